@@ -1,0 +1,251 @@
+//! The firewall's map layout and the key construction both classifiers share.
+//!
+//! Classification is a tuple-space search (see `docs/design/firewall.md`): rules are grouped
+//! by the *shape* of their match (address prefix lengths or sets, protocol present or not,
+//! which port dimensions are used, TCP-flag mask). Each shape is a [`Tuple`]; all rules of one
+//! shape live in a single hash map keyed by the packet's fields masked to that shape. A packet
+//! costs one hash lookup per tuple, whatever the number of rules.
+//!
+//! Every policy map is split into two generations; userspace fills the idle one and then
+//! flips [`Control::active_gen`], so a packet always sees one whole policy.
+
+use crate::{map_type, packet::Packet};
+
+/// Tuples (distinct rule shapes) per generation.
+pub const MAX_TUPLES: u32 = 256;
+/// Rules per generation (after nothing: a rule with a list of CIDRs is still one rule).
+pub const MAX_RULES: u32 = 131_072;
+/// Slots in the rule metadata and rule counter arrays per generation: the rules, then one for
+/// the default action.
+pub const RULE_SLOTS: u32 = MAX_RULES + 1;
+/// The slot of the default action within a generation.
+pub const DEFAULT_SLOT: u32 = MAX_RULES;
+/// Ports (and ICMP type/code pairs) per port-class array per generation.
+pub const PORT_SPACE: u32 = 65_536;
+/// Named sets per generation.
+pub const MAX_SETS: u32 = 1024;
+/// Generations of every policy map.
+pub const GENERATIONS: u32 = 2;
+
+/// Action codes in [`RuleMeta::action`] and [`PolicyHeader::default_action`].
+pub const ACTION_ALLOW: u8 = 0;
+pub const ACTION_DROP: u8 = 1;
+pub const ACTION_RATE_LIMIT: u8 = 2;
+
+/// [`RuleMeta::flags`]: emit an event when this rule drops a packet.
+pub const RULE_LOG: u8 = 1;
+/// [`RuleMeta::flags`]: the token bucket is per source address, not per rule.
+pub const RULE_RATE_PER_SOURCE: u8 = 2;
+
+/// [`Tuple::flags`]: the protocol is part of the key.
+pub const TUPLE_PROTO: u8 = 1;
+/// [`Tuple::flags`]: the source port class is part of the key.
+pub const TUPLE_SPORT: u8 = 2;
+/// [`Tuple::flags`]: the destination port (or ICMP type/code) class is part of the key.
+pub const TUPLE_DPORT: u8 = 4;
+/// [`Tuple::flags`]: the source address must be in set `src_set`.
+pub const TUPLE_SRC_SET: u8 = 8;
+/// [`Tuple::flags`]: the destination address must be in set `dst_set`.
+pub const TUPLE_DST_SET: u8 = 16;
+
+/// [`PolicyHeader::fragments`]: drop non-first fragments.
+pub const FRAGMENTS_DROP: u8 = 0;
+/// [`PolicyHeader::fragments`]: match non-first fragments against layer-3-only tuples.
+pub const FRAGMENTS_MATCH_L3: u8 = 1;
+
+/// [`PolicyHeader::flags`]: emit an event when the default action drops a packet.
+pub const POLICY_LOG_DEFAULT: u8 = 1;
+/// [`PolicyHeader::flags`]: emit an event for every malformed packet dropped.
+pub const POLICY_LOG_MALFORMED: u8 = 2;
+/// [`PolicyHeader::flags`]: emit an event for every non-first fragment dropped.
+pub const POLICY_LOG_FRAGMENTS: u8 = 4;
+
+/// Global control word: which generation the datapath uses.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Control {
+    pub active_gen: u32,
+    /// Incremented by userspace on every swap; reported in status and metrics.
+    pub generation_counter: u32,
+}
+map_type!(Control, 8);
+
+/// Per-generation policy header.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyHeader {
+    pub tuple_count: u32,
+    pub rule_count: u32,
+    pub default_action: u8,
+    pub fragments: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    pub _pad2: u32,
+}
+map_type!(PolicyHeader, 16);
+
+/// One rule shape. `src_mask`/`dst_mask` are over the 16-byte address form.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub src_mask: [u8; 16],
+    pub dst_mask: [u8; 16],
+    /// Set ids (already combined with the generation, see [`set_id`]) when the matching
+    /// `TUPLE_*_SET` flag is on.
+    pub src_set: u32,
+    pub dst_set: u32,
+    /// The smallest evaluation index of any rule in this tuple; tuples are sorted by it so
+    /// the search can stop once a match beats every remaining tuple.
+    pub best_rule: u32,
+    /// 0 for any family, else [`crate::packet::FAMILY_V4`] or `FAMILY_V6`.
+    pub family: u8,
+    pub flags: u8,
+    pub tcp_flags_mask: u8,
+    pub _pad: u8,
+}
+map_type!(Tuple, 48);
+
+/// The hash key of a rule entry: a packet's fields masked to one tuple's shape.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// `generation << 16 | tuple index`.
+    pub tuple: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Port classes (see the port-class arrays), 0 when the tuple ignores the dimension.
+    pub sport_class: u16,
+    pub dport_class: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 2],
+}
+map_type!(FlowKey, 44);
+
+/// The value of a rule entry: the first rule (in evaluation order) with that key.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleRef {
+    /// Evaluation index within the generation (also the rule's slot).
+    pub rule: u32,
+    pub _pad: u32,
+}
+map_type!(RuleRef, 8);
+
+/// What a rule does, per generation and slot.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleMeta {
+    pub action: u8,
+    pub flags: u8,
+    pub _pad: [u8; 6],
+    /// Token-bucket emission interval: nanoseconds per packet (1e9 / pps).
+    pub rate_interval_ns: u64,
+    /// How far ahead of now the bucket's clock may run: `interval * (burst - 1)`.
+    pub rate_tolerance_ns: u64,
+}
+map_type!(RuleMeta, 24);
+
+/// Per-rule counters (per CPU).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+map_type!(RuleStats, 16);
+
+/// Key of the token-bucket map.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateKey {
+    /// Rule slot including the generation (`gen * RULE_SLOTS + rule`).
+    pub slot: u32,
+    /// The source address, or all zero for a per-rule bucket.
+    pub addr: [u8; 16],
+}
+map_type!(RateKey, 20);
+
+/// Data part of the set LPM-trie key: the set id, big-endian so it forms the first 32 bits of
+/// the prefix, then the 16-byte address.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetKey {
+    pub set: [u8; 4],
+    pub addr: [u8; 16],
+}
+map_type!(SetKey, 20);
+
+/// The set id stored in tuples and set keys: generation in the top bit.
+#[inline(always)]
+#[must_use]
+pub const fn set_id(generation: u32, set: u32) -> u32 {
+    generation << 31 | set
+}
+
+/// The slot of `rule` in a generation's rule arrays.
+#[inline(always)]
+#[must_use]
+pub const fn rule_slot(generation: u32, rule: u32) -> u32 {
+    generation * RULE_SLOTS + rule
+}
+
+/// Whether the tuple can match a packet at all, before any lookup.
+///
+/// A non-first fragment has no ports, flags or ICMP type, so it only meets tuples that use
+/// none of them.
+#[inline(always)]
+#[must_use]
+pub fn tuple_applies(t: &Tuple, p: &Packet) -> bool {
+    if t.family != 0 && t.family != p.family {
+        return false;
+    }
+    let needs_l4 = t.flags & (TUPLE_SPORT | TUPLE_DPORT) != 0 || t.tcp_flags_mask != 0;
+    !(needs_l4 && p.frag == crate::packet::FRAG_LATER)
+}
+
+/// The key of `p` in tuple `index` of `generation`, given the packet's port classes.
+#[inline(always)]
+#[must_use]
+pub fn flow_key(
+    generation: u32,
+    index: u32,
+    t: &Tuple,
+    p: &Packet,
+    sport_class: u16,
+    dport_class: u16,
+) -> FlowKey {
+    let mut k = FlowKey {
+        tuple: generation << 16 | index,
+        ..FlowKey::default()
+    };
+    let mut i = 0;
+    while i < 16 {
+        k.src[i] = p.src[i] & t.src_mask[i];
+        k.dst[i] = p.dst[i] & t.dst_mask[i];
+        i += 1;
+    }
+    if t.flags & TUPLE_PROTO != 0 {
+        k.proto = p.proto;
+    }
+    if t.flags & TUPLE_SPORT != 0 {
+        k.sport_class = sport_class;
+    }
+    if t.flags & TUPLE_DPORT != 0 {
+        k.dport_class = dport_class;
+    }
+    k.tcp_flags = p.tcp_flags & t.tcp_flags_mask;
+    k
+}
+
+/// GCRA token bucket step. `tat` is the bucket's theoretical arrival time. Returns the new
+/// `tat` when the packet conforms (passes), `None` when it must be dropped.
+#[inline(always)]
+#[must_use]
+pub fn rate_conforms(tat: u64, now: u64, interval: u64, tolerance: u64) -> Option<u64> {
+    let tat = if tat < now { now } else { tat };
+    if tat - now > tolerance {
+        return None;
+    }
+    Some(tat + interval)
+}

@@ -1,0 +1,26 @@
+//! Types and pure logic shared by Palisade's kernel programs and its userspace.
+//!
+//! Everything here is `no_std` and allocation-free so the same code runs in the kernel and in
+//! the userspace reference. Map keys and values are `#[repr(C)]`, `Copy`, with explicit padding
+//! and no `bool`/`Option`/data-carrying enums, because the kernel and userspace read them as raw
+//! bytes.
+
+#![no_std]
+
+pub mod event;
+pub mod firewall;
+pub mod packet;
+pub mod reason;
+pub mod stats;
+
+/// Implements `aya::Pod` for map types when the `user` feature is on, and checks the size
+/// that the kernel side and the userspace side both rely on.
+macro_rules! map_type {
+    ($ty:ty, $size:expr) => {
+        const _: () = assert!(core::mem::size_of::<$ty>() == $size);
+        #[cfg(feature = "user")]
+        // SAFETY: the type is `repr(C)`, `Copy`, has explicit padding and no invalid bit patterns.
+        unsafe impl aya::Pod for $ty {}
+    };
+}
+pub(crate) use map_type;

@@ -1,0 +1,299 @@
+//! Packet parsing from Ethernet to layer 4, shared by the kernel programs and the userspace
+//! reference.
+//!
+//! The parser is generic over [`Bytes`]: in the kernel it reads through bounds-checked
+//! pointers into the XDP/skb frame, in userspace through a slice. Every loop is bounded by a
+//! named constant and every offset stays below [`MAX_L4_OFFSET`], which is what lets the
+//! verifier accept variable offsets.
+
+use crate::reason;
+
+/// Read access to a frame. `load` returns `None` when `N` bytes at `offset` are not all inside
+/// the frame.
+pub trait Bytes {
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl Bytes for [u8] {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        let s = self.get(offset..end)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(s);
+        Some(out)
+    }
+}
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+/// VLAN tags parsed (802.1Q and 802.1ad); a frame with more is dropped as `malformed-l2`.
+pub const VLAN_MAX_DEPTH: usize = 2;
+/// IPv6 extension headers walked before the chain is declared hostile (`ipv6-ext-chain`).
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// No layer-4 header may start beyond this offset. Real headers stay far below it (2 VLAN
+/// tags + 40 + 6 extension headers of at most 2 KiB is the theoretical worst); the bound
+/// exists so the verifier can prove every variable offset is finite.
+pub const MAX_L4_OFFSET: usize = 4096;
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// Address family codes used in packets, tuples and events.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Fragment state of a packet.
+pub const FRAG_NONE: u8 = 0;
+/// First fragment: offset 0, more-fragments set (or an atomic IPv6 fragment). Has layer 4.
+pub const FRAG_FIRST: u8 = 1;
+/// Non-first fragment: no layer-4 header; ports, flags and ICMP type are unknown.
+pub const FRAG_LATER: u8 = 2;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+pub const TCP_ECE: u8 = 0x40;
+pub const TCP_CWR: u8 = 0x80;
+
+/// What the classifier needs to know about an IP packet.
+///
+/// Addresses are 16 bytes: IPv6 as is, IPv4 as `::ffff:a.b.c.d`, so one set of maps and one
+/// key layout serve both families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    pub family: u8,
+    pub proto: u8,
+    pub frag: u8,
+    pub tcp_flags: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Source port; 0 for ICMP and for protocols without ports.
+    pub sport: u16,
+    /// Destination port; for ICMP/ICMPv6 `type << 8 | code`.
+    pub dport: u16,
+    /// Offset of the IP header in the frame.
+    pub l3_offset: u16,
+    /// Offset of the layer-4 header (meaningless for `FRAG_LATER`).
+    pub l4_offset: u16,
+    /// Bytes of IP payload from `l4_offset` to the end of the IP packet as the header says.
+    pub l4_len: u16,
+}
+
+/// The result of parsing a frame that is not malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): never filtered.
+    NotIp,
+    Ip(Packet),
+}
+
+/// Parses Ethernet, VLAN tags, IPv4/IPv6 (with options and extension headers) and the first
+/// bytes of TCP/UDP/ICMP/ICMPv6. The error is a drop reason from [`crate::reason`].
+#[inline(always)]
+pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Frame, u32> {
+    let eth: [u8; ETH_HLEN] = b.load(0).ok_or(reason::MALFORMED_L2)?;
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut off = ETH_HLEN;
+    let mut depth = 0;
+    // Bounded by VLAN_MAX_DEPTH + 1 so a third tag is seen and rejected.
+    while depth <= VLAN_MAX_DEPTH {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        if depth == VLAN_MAX_DEPTH {
+            return Err(reason::MALFORMED_L2);
+        }
+        let tag: [u8; 4] = b.load(off).ok_or(reason::MALFORMED_L2)?;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        off += 4;
+        depth += 1;
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(b, off).map(Frame::Ip),
+        ETH_P_IPV6 => parse_ipv6(b, off).map(Frame::Ip),
+        _ => Ok(Frame::NotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
+    let h: [u8; 20] = b.load(off).ok_or(reason::MALFORMED_L3)?;
+    if h[0] >> 4 != 4 {
+        return Err(reason::MALFORMED_L3);
+    }
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    if ihl < 20 || total < ihl {
+        return Err(reason::MALFORMED_L3);
+    }
+    // The whole header, options included, must be in the frame; the payload may be cut
+    // short only where the L4 checks below notice.
+    if b.load::<1>(off + ihl - 1).is_none() {
+        return Err(reason::MALFORMED_L3);
+    }
+    let frag_field = u16::from_be_bytes([h[6], h[7]]);
+    let more = frag_field & 0x2000 != 0;
+    let frag_off = frag_field & 0x1fff;
+    let mut p = Packet {
+        family: FAMILY_V4,
+        proto: h[9],
+        frag: if frag_off != 0 {
+            FRAG_LATER
+        } else if more {
+            FRAG_FIRST
+        } else {
+            FRAG_NONE
+        },
+        tcp_flags: 0,
+        src: v4_mapped([h[12], h[13], h[14], h[15]]),
+        dst: v4_mapped([h[16], h[17], h[18], h[19]]),
+        sport: 0,
+        dport: 0,
+        l3_offset: off as u16,
+        l4_offset: (off + ihl) as u16,
+        l4_len: (total - ihl) as u16,
+    };
+    parse_l4(b, &mut p)?;
+    Ok(p)
+}
+
+#[inline(always)]
+fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
+    let h: [u8; 40] = b.load(off).ok_or(reason::MALFORMED_L3)?;
+    if h[0] >> 4 != 6 {
+        return Err(reason::MALFORMED_L3);
+    }
+    let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    dst.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut l4 = off + 40;
+    let mut frag = FRAG_NONE;
+    let mut i = 0;
+    while i < MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let e: [u8; 2] = b.load(l4).ok_or(reason::IPV6_EXT_CHAIN)?;
+                // AH counts its length in 4-octet units minus 2, the others in 8-octet units
+                // not counting the first 8.
+                l4 += if next == IPPROTO_AH {
+                    (usize::from(e[1]) + 2) * 4
+                } else {
+                    (usize::from(e[1]) + 1) * 8
+                };
+                next = e[0];
+            }
+            IPPROTO_FRAGMENT => {
+                let e: [u8; 8] = b.load(l4).ok_or(reason::IPV6_EXT_CHAIN)?;
+                next = e[0];
+                let field = u16::from_be_bytes([e[2], e[3]]);
+                l4 += 8;
+                if field & 0xfff8 != 0 {
+                    frag = FRAG_LATER;
+                    break;
+                }
+                frag = FRAG_FIRST;
+            }
+            _ => break,
+        }
+        if l4 > MAX_L4_OFFSET {
+            return Err(reason::IPV6_EXT_CHAIN);
+        }
+        i += 1;
+    }
+    if i == MAX_IPV6_EXT_HEADERS && is_ext_header(next) {
+        return Err(reason::IPV6_EXT_CHAIN);
+    }
+    let ext_len = l4 - off - 40;
+    if ext_len > payload {
+        return Err(reason::IPV6_EXT_CHAIN);
+    }
+    let mut p = Packet {
+        family: FAMILY_V6,
+        proto: next,
+        frag,
+        tcp_flags: 0,
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+        l3_offset: off as u16,
+        l4_offset: l4 as u16,
+        l4_len: (payload - ext_len) as u16,
+    };
+    parse_l4(b, &mut p)?;
+    Ok(p)
+}
+
+#[inline(always)]
+const fn is_ext_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    )
+}
+
+#[inline(always)]
+fn parse_l4<B: Bytes + ?Sized>(b: &B, p: &mut Packet) -> Result<(), u32> {
+    if p.frag == FRAG_LATER {
+        return Ok(());
+    }
+    let off = usize::from(p.l4_offset);
+    if off > MAX_L4_OFFSET {
+        return Err(reason::MALFORMED_L4);
+    }
+    match p.proto {
+        IPPROTO_TCP => {
+            let t: [u8; 20] = b.load(off).ok_or(reason::MALFORMED_L4)?;
+            if t[12] >> 4 < 5 || p.l4_len < 20 {
+                return Err(reason::MALFORMED_L4);
+            }
+            p.sport = u16::from_be_bytes([t[0], t[1]]);
+            p.dport = u16::from_be_bytes([t[2], t[3]]);
+            p.tcp_flags = t[13];
+        }
+        IPPROTO_UDP => {
+            let u: [u8; 8] = b.load(off).ok_or(reason::MALFORMED_L4)?;
+            if p.l4_len < 8 {
+                return Err(reason::MALFORMED_L4);
+            }
+            p.sport = u16::from_be_bytes([u[0], u[1]]);
+            p.dport = u16::from_be_bytes([u[2], u[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let i: [u8; 4] = b.load(off).ok_or(reason::MALFORMED_L4)?;
+            if p.l4_len < 4 {
+                return Err(reason::MALFORMED_L4);
+            }
+            p.dport = u16::from_be_bytes([i[0], i[1]]);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `a.b.c.d` as `::ffff:a.b.c.d`.
+#[inline(always)]
+#[must_use]
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}

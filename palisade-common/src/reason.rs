@@ -1,0 +1,62 @@
+//! Drop reasons: every packet Palisade drops carries exactly one of these. They index the
+//! per-reason counters and travel in events, so the numbers are part of the on-disk/pinned ABI.
+
+/// Not a drop (the packet passed).
+pub const PASS: u32 = 0;
+/// A firewall rule with action `drop` matched.
+pub const RULE: u32 = 1;
+/// No rule matched and the default action is `drop`.
+pub const DEFAULT: u32 = 2;
+/// A `rate-limit` rule matched and its token bucket was empty.
+pub const RATE_LIMIT: u32 = 3;
+/// Ethernet or VLAN header truncated, or more VLAN tags than Palisade parses.
+pub const MALFORMED_L2: u32 = 4;
+/// IPv4/IPv6 header truncated or inconsistent (IHL < 5, total length beyond the frame...).
+pub const MALFORMED_L3: u32 = 5;
+/// IPv6 extension-header chain truncated or longer than [`crate::packet::MAX_IPV6_EXT_HEADERS`].
+pub const IPV6_EXT_CHAIN: u32 = 6;
+/// TCP/UDP/ICMP header truncated in an unfragmented packet or a first fragment.
+pub const MALFORMED_L4: u32 = 7;
+/// A non-first fragment dropped by the fragment policy.
+pub const FRAGMENT: u32 = 8;
+/// DNS: the name is on a blocklist.
+pub const DNS_BLOCKED: u32 = 9;
+/// DNS: allowlist mode and the name is not on the allowlist.
+pub const DNS_NOT_ALLOWED: u32 = 10;
+/// DNS: the labels below an allowed suffix exceed the entry's entropy bound.
+pub const DNS_ENTROPY: u32 = 11;
+/// DNS: the matching allowlist entry has expired.
+pub const DNS_EXPIRED: u32 = 12;
+/// DNS: the client exceeded its query rate.
+pub const DNS_RATE: u32 = 13;
+/// DNS: the query could not be parsed safely.
+pub const DNS_MALFORMED: u32 = 14;
+
+/// Size of the per-reason counter array.
+pub const COUNT: u32 = 16;
+
+/// Short stable names, indexed by reason; used in metrics labels, events and listings.
+pub const NAMES: [&str; COUNT as usize] = [
+    "pass",
+    "rule",
+    "default",
+    "rate-limit",
+    "malformed-l2",
+    "malformed-l3",
+    "ipv6-ext-chain",
+    "malformed-l4",
+    "fragment",
+    "dns-blocked",
+    "dns-not-allowed",
+    "dns-entropy",
+    "dns-expired",
+    "dns-rate",
+    "dns-malformed",
+    "reserved",
+];
+
+/// The name of a reason code, `"unknown"` for codes this build does not know.
+#[must_use]
+pub fn name(reason: u32) -> &'static str {
+    NAMES.get(reason as usize).copied().unwrap_or("unknown")
+}

@@ -1,0 +1,30 @@
+//! Global per-CPU counters (index into the `STATS` map).
+
+/// Packets the firewall program saw.
+pub const PACKETS: u32 = 0;
+/// Packets passed (including non-IP).
+pub const PASSED: u32 = 1;
+/// Packets dropped, for any reason.
+pub const DROPPED: u32 = 2;
+/// Frames that are not IPv4/IPv6 (ARP, LLDP...): always passed.
+pub const NOT_IP: u32 = 3;
+/// Events that could not be written because the ring buffer was full.
+pub const EVENTS_LOST: u32 = 4;
+/// Internal errors (a map lookup that cannot fail did); the packet passes (fail-open).
+pub const INTERNAL: u32 = 5;
+/// Non-first fragments seen.
+pub const FRAGMENTS: u32 = 6;
+/// Size of the `STATS` array.
+pub const COUNT: u32 = 8;
+
+/// Stable names, indexed by counter.
+pub const NAMES: [&str; COUNT as usize] = [
+    "packets",
+    "passed",
+    "dropped",
+    "not_ip",
+    "events_lost",
+    "internal_errors",
+    "fragments",
+    "reserved",
+];

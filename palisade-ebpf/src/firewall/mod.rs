@@ -1,0 +1,111 @@
+//! The XDP firewall: parse, pick the live policy generation, classify, act.
+
+mod classify;
+mod ratelimit;
+
+use aya_ebpf::programs::XdpContext;
+use palisade_common::{
+    firewall::{
+        ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, DEFAULT_SLOT, FRAGMENTS_DROP,
+        POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED, RULE_LOG, rule_slot,
+    },
+    packet::{self, FRAG_LATER, Frame},
+    reason, stats,
+};
+
+use crate::{
+    bytes::XdpBytes,
+    maps::{CONTROL, FW_HEADER, FW_RULE_META, FW_RULE_STATS, STATS, bump},
+    verdict::{self, Decision, NO_RULE},
+};
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    bump(&STATS, stats::PACKETS);
+    let Some(control) = CONTROL.get(0) else {
+        return verdict::internal_error();
+    };
+    let generation = control.active_gen & 1;
+    let Some(header) = FW_HEADER.get(generation) else {
+        return verdict::internal_error();
+    };
+    let p = match packet::parse(&XdpBytes(ctx)) {
+        Ok(Frame::Ip(p)) => p,
+        Ok(Frame::NotIp) => {
+            bump(&STATS, stats::NOT_IP);
+            return verdict::pass();
+        }
+        Err(reason) => {
+            let d = Decision {
+                reason,
+                rule: NO_RULE,
+                generation,
+                log: header.flags & POLICY_LOG_MALFORMED != 0,
+            };
+            return verdict::drop(ctx, None, &d);
+        }
+    };
+    if p.frag == FRAG_LATER {
+        bump(&STATS, stats::FRAGMENTS);
+        if header.fragments == FRAGMENTS_DROP {
+            let d = Decision {
+                reason: reason::FRAGMENT,
+                rule: NO_RULE,
+                generation,
+                log: header.flags & POLICY_LOG_FRAGMENTS != 0,
+            };
+            return verdict::drop(ctx, Some(&p), &d);
+        }
+    }
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let rule = classify::first_match(generation, header, &p).unwrap_or(DEFAULT_SLOT);
+    let slot = rule_slot(generation, rule);
+    if let Some(s) = FW_RULE_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+        }
+    }
+    if rule == DEFAULT_SLOT {
+        if header.default_action == ACTION_ALLOW {
+            return verdict::pass();
+        }
+        let d = Decision {
+            reason: reason::DEFAULT,
+            rule,
+            generation,
+            log: header.flags & POLICY_LOG_DEFAULT != 0,
+        };
+        return verdict::drop(ctx, Some(&p), &d);
+    }
+    let Some(meta) = FW_RULE_META.get(slot) else {
+        return verdict::internal_error();
+    };
+    let log = meta.flags & RULE_LOG != 0;
+    match meta.action {
+        ACTION_DROP => {
+            let d = Decision {
+                reason: reason::RULE,
+                rule,
+                generation,
+                log,
+            };
+            verdict::drop(ctx, Some(&p), &d)
+        }
+        ACTION_RATE_LIMIT => {
+            if ratelimit::admit(slot, meta, &p) {
+                verdict::pass()
+            } else {
+                let d = Decision {
+                    reason: reason::RATE_LIMIT,
+                    rule,
+                    generation,
+                    log,
+                };
+                verdict::drop(ctx, Some(&p), &d)
+            }
+        }
+        _ => verdict::pass(),
+    }
+}

@@ -1,0 +1,42 @@
+//! Token buckets for `rate-limit` rules (GCRA: one timestamp per bucket).
+//!
+//! Buckets are shared by all CPUs and updated without atomics: two CPUs racing on one bucket
+//! may both admit a packet. The error is bounded by the number of CPUs per instant, which is
+//! accepted for a DDoS shield and documented.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use palisade_common::{
+    firewall::{RULE_RATE_PER_SOURCE, RateKey, RuleMeta, rate_conforms},
+    packet::Packet,
+};
+
+use crate::maps::FW_RATE;
+
+#[inline(always)]
+pub fn admit(slot: u32, meta: &RuleMeta, p: &Packet) -> bool {
+    let key = RateKey {
+        slot,
+        addr: if meta.flags & RULE_RATE_PER_SOURCE != 0 {
+            p.src
+        } else {
+            [0; 16]
+        },
+    };
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(tat) = FW_RATE.get_ptr_mut(&key) {
+        // SAFETY: the pointer came from a successful lookup of this map.
+        let current = unsafe { *tat };
+        match rate_conforms(current, now, meta.rate_interval_ns, meta.rate_tolerance_ns) {
+            Some(next) => {
+                unsafe { *tat = next };
+                true
+            }
+            None => false,
+        }
+    } else {
+        // A new bucket starts full: the first packet always conforms.
+        let _ = FW_RATE.insert(&key, &(now + meta.rate_interval_ns), 0);
+        true
+    }
+}

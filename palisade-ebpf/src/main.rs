@@ -1,0 +1,45 @@
+//! Palisade's kernel programs. Each `#[xdp]`/`#[classifier]`/`#[cgroup_skb]` entry point is
+//! thin: it calls into one module per concern and maps the result to a verdict in exactly one
+//! place, where the fail-open or fail-closed choice for that hook is made.
+
+#![no_std]
+#![no_main]
+
+mod bytes;
+mod firewall;
+mod maps;
+mod verdict;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// XDP ingress firewall.
+///
+/// Fail-closed for malformed IP packets (they are dropped with a reason), fail-open for
+/// internal errors (a map that cannot be read): a broken load must never cut the operator off.
+#[xdp]
+pub fn palisade_firewall(ctx: XdpContext) -> u32 {
+    firewall::run(&ctx)
+}
+
+/// The smallest XDP program: passes everything. Loaded by the benchmarks as the cost floor.
+#[xdp]
+pub fn palisade_floor_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Drops everything: the floor for the drop path in benchmarks.
+#[xdp]
+pub fn palisade_floor_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: any reachable panic would have been rejected.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,80 @@
+//! Every map the kernel programs use, in one place, so the names userspace looks up are easy
+//! to find. Sizes here are defaults; userspace may resize the large ones at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use palisade_common::{
+    firewall::{
+        Control, FlowKey, GENERATIONS, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS,
+        RateKey, RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
+    },
+    reason, stats,
+};
+
+/// Which generation is live.
+#[map]
+pub static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
+
+/// Per-generation policy header.
+#[map]
+pub static FW_HEADER: Array<PolicyHeader> = Array::with_max_entries(GENERATIONS, 0);
+
+/// Rule shapes, `gen * MAX_TUPLES + i`, sorted by their best rule.
+#[map]
+pub static FW_TUPLES: Array<Tuple> = Array::with_max_entries(GENERATIONS * MAX_TUPLES, 0);
+
+/// Rule entries of every tuple of both generations.
+#[map]
+pub static FW_RULES: HashMap<FlowKey, RuleRef> =
+    HashMap::with_max_entries(1 << 22, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Rule actions, `rule_slot(gen, rule)`.
+#[map]
+pub static FW_RULE_META: Array<RuleMeta> = Array::with_max_entries(GENERATIONS * RULE_SLOTS, 0);
+
+/// Port -> source-port class, `gen * PORT_SPACE + port`.
+#[map]
+pub static FW_SPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PORT_SPACE, 0);
+
+/// Port (or ICMP `type << 8 | code`) -> destination-port class.
+#[map]
+pub static FW_DPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PORT_SPACE, 0);
+
+/// Members of every named set: key `(set id, address)`, prefix length `32 + bits`.
+#[map]
+pub static FW_SETS: LpmTrie<SetKey, u8> =
+    LpmTrie::with_max_entries(2 * 1024 * 1024, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Token buckets of rate-limit rules: GCRA theoretical arrival time in ns.
+#[map]
+pub static FW_RATE: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per-rule packet and byte counters, `rule_slot(gen, rule)`.
+#[map]
+pub static FW_RULE_STATS: PerCpuArray<RuleStats> =
+    PerCpuArray::with_max_entries(GENERATIONS * RULE_SLOTS, 0);
+
+/// Drops per reason.
+#[map]
+pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
+
+/// Global counters (see `palisade_common::stats`).
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+/// Events to userspace.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Add one to a per-CPU counter.
+#[inline(always)]
+pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+const _: () = assert!(MAX_SETS > 0);

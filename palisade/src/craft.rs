@@ -1,0 +1,306 @@
+//! Building frames byte by byte, for tests, benchmarks and the differential checks.
+//!
+//! Only what Palisade parses is modelled; checksums are computed so that frames crafted here
+//! are also valid on a real interface.
+
+use std::net::IpAddr;
+
+use palisade_common::packet::{
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_FRAGMENT, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+/// An IPv6 extension header to put between the fixed header and layer 4.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtHeader {
+    /// Hop-by-hop (0), routing (43) or destination options (60), `len8` extra 8-byte units.
+    Options { kind: u8, len8: u8 },
+    /// Fragment header with this offset (in 8-byte units) and more-fragments flag.
+    Fragment { offset: u16, more: bool },
+}
+
+/// Layer 4 of a crafted frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    /// ICMP (IPv4) or ICMPv6 (IPv6), by the frame's family.
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+    },
+    /// Another protocol number with raw bytes after the IP header.
+    Raw {
+        proto: u8,
+    },
+}
+
+/// A frame to build.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub vlans: Vec<u16>,
+    /// Use 802.1ad for the outer tag when there are two.
+    pub qinq: bool,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub l4: L4,
+    pub payload: Vec<u8>,
+    /// IPv4 options (padded to 4 bytes).
+    pub ipv4_options: Vec<u8>,
+    /// IPv4: (offset in 8-byte units, more fragments).
+    pub ipv4_frag: Option<(u16, bool)>,
+    pub ipv6_ext: Vec<ExtHeader>,
+    pub ttl: u8,
+}
+
+impl Frame {
+    /// A frame from `src` to `dst` with the given layer 4 and no payload.
+    #[must_use]
+    pub fn new(src: IpAddr, dst: IpAddr, l4: L4) -> Self {
+        Self {
+            vlans: Vec::new(),
+            qinq: false,
+            src,
+            dst,
+            l4,
+            payload: Vec::new(),
+            ipv4_options: Vec::new(),
+            ipv4_frag: None,
+            ipv6_ext: Vec::new(),
+            ttl: 64,
+        }
+    }
+
+    #[must_use]
+    pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Self {
+        Self::new(
+            ip(src),
+            ip(dst),
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
+    }
+
+    #[must_use]
+    pub fn udp(src: &str, dst: &str, sport: u16, dport: u16) -> Self {
+        Self::new(ip(src), ip(dst), L4::Udp { sport, dport })
+    }
+
+    #[must_use]
+    pub fn icmp(src: &str, dst: &str, icmp_type: u8, code: u8) -> Self {
+        Self::new(ip(src), ip(dst), L4::Icmp { icmp_type, code })
+    }
+
+    #[must_use]
+    pub fn with_vlans(mut self, vlans: &[u16], qinq: bool) -> Self {
+        self.vlans = vlans.to_vec();
+        self.qinq = qinq;
+        self
+    }
+
+    #[must_use]
+    pub fn with_payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    /// The frame's bytes.
+    #[must_use]
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+        let ethertype = if self.src.is_ipv4() {
+            ETH_P_IP
+        } else {
+            ETH_P_IPV6
+        };
+        for (i, vid) in self.vlans.iter().enumerate() {
+            let tpid = if i == 0 && self.qinq && self.vlans.len() > 1 {
+                ETH_P_8021AD
+            } else {
+                ETH_P_8021Q
+            };
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        let l4 = self.l4_bytes();
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut opts = self.ipv4_options.clone();
+                while opts.len() % 4 != 0 {
+                    opts.push(0);
+                }
+                let ihl = 20 + opts.len();
+                let total = (ihl + l4.len()) as u16;
+                let (off, more) = self.ipv4_frag.unwrap_or((0, false));
+                let frag = off & 0x1fff | if more { 0x2000 } else { 0 };
+                let mut h = vec![0x40 | (ihl / 4) as u8, 0];
+                h.extend_from_slice(&total.to_be_bytes());
+                h.extend_from_slice(&[0x12, 0x34]);
+                h.extend_from_slice(&frag.to_be_bytes());
+                h.extend_from_slice(&[self.ttl, self.proto(), 0, 0]);
+                h.extend_from_slice(&s.octets());
+                h.extend_from_slice(&d.octets());
+                h.extend_from_slice(&opts);
+                let sum = checksum(&h, 0);
+                h[10..12].copy_from_slice(&sum.to_be_bytes());
+                f.extend_from_slice(&h);
+                f.extend_from_slice(&l4);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut ext = Vec::new();
+                let mut next_kinds: Vec<u8> = self
+                    .ipv6_ext
+                    .iter()
+                    .map(|e| match e {
+                        ExtHeader::Options { kind, .. } => *kind,
+                        ExtHeader::Fragment { .. } => IPPROTO_FRAGMENT,
+                    })
+                    .collect();
+                next_kinds.push(self.proto());
+                for (i, e) in self.ipv6_ext.iter().enumerate() {
+                    let next = next_kinds[i + 1];
+                    match e {
+                        ExtHeader::Options { len8, .. } => {
+                            let mut b = vec![next, *len8, 1, 4, 0, 0, 0, 0];
+                            b.resize(8 + usize::from(*len8) * 8, 0);
+                            ext.extend_from_slice(&b);
+                        }
+                        ExtHeader::Fragment { offset, more } => {
+                            let field = offset << 3 | u16::from(*more);
+                            ext.extend_from_slice(&[next, 0]);
+                            ext.extend_from_slice(&field.to_be_bytes());
+                            ext.extend_from_slice(&[0, 0, 0x56, 0x78]);
+                        }
+                    }
+                }
+                let payload_len = (ext.len() + l4.len()) as u16;
+                let mut h = vec![0x60, 0, 0, 0];
+                h.extend_from_slice(&payload_len.to_be_bytes());
+                h.push(next_kinds[0]);
+                h.push(self.ttl);
+                h.extend_from_slice(&s.octets());
+                h.extend_from_slice(&d.octets());
+                f.extend_from_slice(&h);
+                f.extend_from_slice(&ext);
+                f.extend_from_slice(&l4);
+            }
+            _ => panic!("crafted frame mixes address families"),
+        }
+        f
+    }
+
+    fn proto(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { .. } => IPPROTO_TCP,
+            L4::Udp { .. } => IPPROTO_UDP,
+            L4::Icmp { .. } if self.src.is_ipv4() => IPPROTO_ICMP,
+            L4::Icmp { .. } => IPPROTO_ICMPV6,
+            L4::Raw { proto } => proto,
+        }
+    }
+
+    fn l4_bytes(&self) -> Vec<u8> {
+        let mut b = match self.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
+                let mut t = Vec::with_capacity(20);
+                t.extend_from_slice(&sport.to_be_bytes());
+                t.extend_from_slice(&dport.to_be_bytes());
+                t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+                t
+            }
+            L4::Udp { sport, dport } => {
+                let mut u = Vec::with_capacity(8);
+                u.extend_from_slice(&sport.to_be_bytes());
+                u.extend_from_slice(&dport.to_be_bytes());
+                u.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                u.extend_from_slice(&[0, 0]);
+                u
+            }
+            L4::Icmp { icmp_type, code } => vec![icmp_type, code, 0, 0, 0, 0, 0, 0],
+            L4::Raw { .. } => Vec::new(),
+        };
+        b.extend_from_slice(&self.payload);
+        if let Some(off) = self.l4_checksum_offset() {
+            let sum = checksum(&b, self.pseudo_header_sum(b.len()));
+            let sum = if sum == 0 && matches!(self.l4, L4::Udp { .. }) {
+                0xffff
+            } else {
+                sum
+            };
+            b[off..off + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        b
+    }
+
+    fn l4_checksum_offset(&self) -> Option<usize> {
+        match self.l4 {
+            L4::Tcp { .. } => Some(16),
+            L4::Udp { .. } => Some(6),
+            L4::Icmp { .. } => Some(2),
+            L4::Raw { .. } => None,
+        }
+    }
+
+    fn pseudo_header_sum(&self, len: usize) -> u32 {
+        if matches!(self.l4, L4::Icmp { .. }) && self.src.is_ipv4() {
+            return 0;
+        }
+        let mut sum = 0u32;
+        let mut add = |bytes: &[u8]| {
+            for c in bytes.chunks(2) {
+                sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            }
+        };
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                add(&s.octets());
+                add(&d.octets());
+                add(&[0, self.proto()]);
+                add(&(len as u16).to_be_bytes());
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                add(&s.octets());
+                add(&d.octets());
+                add(&(len as u32).to_be_bytes());
+                add(&[0, 0, 0, self.proto()]);
+            }
+            _ => {}
+        }
+        sum
+    }
+}
+
+/// Parses an address literal; panics on a bad literal (test input).
+#[must_use]
+pub fn ip(s: &str) -> IpAddr {
+    s.parse()
+        .unwrap_or_else(|_| panic!("bad address literal {s}"))
+}
+
+/// The Internet checksum of `data`, starting from a partial sum.
+#[must_use]
+pub fn checksum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

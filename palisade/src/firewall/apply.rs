@@ -1,0 +1,166 @@
+//! Writes a [`CompiledFirewall`] into the idle generation of the kernel maps, then makes it
+//! live with one write to `CONTROL`.
+//!
+//! Until that last write nothing a packet can observe has changed, so a failure at any step
+//! leaves the running policy exactly as it was.
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+};
+use palisade_common::firewall::{
+    Control, DEFAULT_SLOT, FlowKey, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS, RateKey,
+    RuleMeta, RuleRef, RuleStats, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id,
+};
+
+use super::compile::CompiledFirewall;
+use crate::maps::{map, map_mut};
+
+/// The live generation and its swap counter.
+///
+/// # Errors
+/// When the control map cannot be read.
+pub fn control(ebpf: &Ebpf) -> Result<Control> {
+    let ctl: Array<&MapData, Control> = Array::try_from(map(ebpf, "CONTROL")?)?;
+    Ok(ctl.get(&0, 0)?)
+}
+
+/// Installs `c` and makes it live. Returns the new control word.
+///
+/// # Errors
+/// When a map write fails; the previous policy then stays live.
+pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall) -> Result<Control> {
+    let current = control(ebpf)?;
+    let idle = (current.active_gen ^ 1) & 1;
+    clear_generation(ebpf, idle).context("clearing the idle policy generation")?;
+    write_sets(ebpf, idle, c).context("writing set members")?;
+    write_port_classes(ebpf, idle, c).context("writing port classes")?;
+    write_rules(ebpf, idle, c).context("writing rules")?;
+    {
+        let mut tuples: Array<&mut MapData, Tuple> = Array::try_from(map_mut(ebpf, "FW_TUPLES")?)?;
+        for (i, t) in c.tuples.iter().enumerate() {
+            let mut t = *t;
+            if t.flags & TUPLE_SRC_SET != 0 {
+                t.src_set = set_id(idle, t.src_set);
+            }
+            if t.flags & TUPLE_DST_SET != 0 {
+                t.dst_set = set_id(idle, t.dst_set);
+            }
+            tuples.set(idle * MAX_TUPLES + i as u32, t, 0)?;
+        }
+    }
+    {
+        let mut header: Array<&mut MapData, PolicyHeader> =
+            Array::try_from(map_mut(ebpf, "FW_HEADER")?)?;
+        header.set(idle, c.header, 0)?;
+    }
+    let next = Control {
+        active_gen: idle,
+        generation_counter: current.generation_counter.wrapping_add(1),
+    };
+    let mut ctl: Array<&mut MapData, Control> = Array::try_from(map_mut(ebpf, "CONTROL")?)?;
+    // The single write that makes the new policy live.
+    ctl.set(0, next, 0)?;
+    Ok(next)
+}
+
+/// Removes every entry that belongs to `generation` from the keyed maps. Arrays need no
+/// clearing: everything they hold for a generation is rewritten by `install`.
+fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
+    {
+        let mut rules: HashMap<&mut MapData, FlowKey, RuleRef> =
+            HashMap::try_from(map_mut(ebpf, "FW_RULES")?)?;
+        let stale: Vec<FlowKey> = rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tuple >> 16 == generation)
+            .collect();
+        for k in stale {
+            rules.remove(&k)?;
+        }
+    }
+    {
+        let mut sets: LpmTrie<&mut MapData, SetKey, u8> =
+            LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
+        let stale: Vec<Key<SetKey>> = sets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| u32::from_be_bytes(k.data().set) >> 31 == generation)
+            .collect();
+        for k in stale {
+            sets.remove(&k)?;
+        }
+    }
+    {
+        let mut rate: HashMap<&mut MapData, RateKey, u64> =
+            HashMap::try_from(map_mut(ebpf, "FW_RATE")?)?;
+        let range = rule_slot(generation, 0)..rule_slot(generation, RULE_SLOTS);
+        let stale: Vec<RateKey> = rate
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| range.contains(&k.slot))
+            .collect();
+        for k in stale {
+            // An LRU map may have evicted it meanwhile.
+            let _ = rate.remove(&k);
+        }
+    }
+    Ok(())
+}
+
+fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
+    let mut sets: LpmTrie<&mut MapData, SetKey, u8> = LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
+    for (index, members) in c.sets.iter().enumerate() {
+        let set = set_id(generation, index as u32).to_be_bytes();
+        for m in members {
+            let key = Key::new(
+                32 + u32::from(m.stored_prefix_len()),
+                SetKey { set, addr: m.addr },
+            );
+            sets.insert(&key, 1, 0)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
+    for (name, classes) in [
+        ("FW_SPORT_CLASS", &c.sport_class),
+        ("FW_DPORT_CLASS", &c.dport_class),
+    ] {
+        let mut arr: Array<&mut MapData, u16> = Array::try_from(map_mut(ebpf, name)?)?;
+        for (port, class) in classes.iter().enumerate() {
+            arr.set(generation * PORT_SPACE + port as u32, class, 0)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
+    {
+        let mut meta: Array<&mut MapData, RuleMeta> =
+            Array::try_from(map_mut(ebpf, "FW_RULE_META")?)?;
+        for (i, m) in c.rules.iter().enumerate() {
+            meta.set(rule_slot(generation, i as u32), m, 0)?;
+        }
+    }
+    {
+        let mut stats: PerCpuArray<&mut MapData, RuleStats> =
+            PerCpuArray::try_from(map_mut(ebpf, "FW_RULE_STATS")?)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let slots = (0..c.rules.len() as u32).chain([DEFAULT_SLOT]);
+        for rule in slots {
+            let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus])?;
+            stats.set(rule_slot(generation, rule), zero, 0)?;
+        }
+    }
+    let mut rules: HashMap<&mut MapData, FlowKey, RuleRef> =
+        HashMap::try_from(map_mut(ebpf, "FW_RULES")?)?;
+    for (key, &rule) in &c.entries {
+        let mut key = *key;
+        key.tuple |= generation << 16;
+        rules.insert(key, RuleRef { rule, _pad: 0 }, 0)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! The XDP firewall, userspace side: compile a policy, install it, and the two classifiers
+//! the kernel program is checked against.
+
+pub mod apply;
+pub mod classify;
+pub mod compile;
+pub mod reference;

@@ -1,0 +1,2078 @@
+//! The policy file: a TOML document that [`parse_policy`] checks and turns into a
+//! [`Policy`].
+//!
+//! # Format
+//!
+//! ```toml
+//! [firewall]
+//! default = "allow"        # what happens when no rule matches: "allow" | "drop" (default "allow")
+//! log_default = false      # emit an event for each packet the default action drops
+//! fragments = "match-l3"   # non-first IP fragments: "drop" | "match-l3" (default "match-l3")
+//!
+//! [sets.blocklist]         # a named IP set, referred to as "@blocklist"
+//! entries = ["203.0.113.0/24", "2001:db8:bad::/48", "198.51.100.7"]
+//! files = ["blocklist.txt"]
+//!
+//! [[firewall.rule]]
+//! name = "ssh-from-office"
+//! priority = 10
+//! action = "allow"
+//! proto = "tcp"
+//! src = "10.0.0.0/8"
+//! dport = 22
+//!
+//! [[firewall.rule]]
+//! name = "drop-blocklist"
+//! priority = 20
+//! action = "drop"
+//! src = "@blocklist"
+//! log = true
+//!
+//! [[firewall.rule]]
+//! name = "ping-limit"
+//! action = "rate-limit"
+//! proto = "icmp"
+//! icmp_type = 8
+//! rate = { pps = 100, burst = 200, per = "source" }
+//! ```
+//!
+//! ## `[firewall]`
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `default` | `"allow"` or `"drop"` (`"rate-limit"` is not allowed here) | `"allow"` |
+//! | `log_default` | boolean: emit an event for each packet the default action drops | `false` |
+//! | `fragments` | `"drop"` or `"match-l3"`: how non-first IP fragments, which carry no ports, are handled (see [`FragmentPolicy`]) | `"match-l3"` |
+//!
+//! A policy may hold at most [`MAX_RULES`] rules.
+//!
+//! ## `[sets.NAME]`
+//!
+//! A named set of addresses. `NAME` is 1 to 64 of `A-Z a-z 0-9 _ -`.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `entries` | list of addresses or CIDR blocks |
+//! | `files` | list of set files (one address or CIDR per line, `#` comments; see [`super::setfile`]); relative paths are taken from the policy file's directory |
+//!
+//! Both keys are optional; a set with no entries at all is valid and matches nothing.
+//!
+//! ## `[[firewall.rule]]`
+//!
+//! Every condition given must hold for a rule to match; a condition left out matches
+//! everything.
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `name` | 1 to 64 of `A-Z a-z 0-9 _ . -`, unique among rules | none |
+//! | `priority` | integer `0..=4294967295`; lower runs first | `1000000` + position in file |
+//! | `action` | `"allow"`, `"drop"` or `"rate-limit"` | required |
+//! | `rate` | `{ pps = N, burst = N, per = "source" \| "rule" }`: required with `"rate-limit"` and only allowed with it; `pps` and `burst` are at least 1; `per = "source"` keeps one bucket per source address, `"rule"` one for the whole rule | `per = "source"` |
+//! | `proto` | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, `"any"`, or a protocol number `0..=255` | `"any"` |
+//! | `src`, `dst` | an address or CIDR, a non-empty list of them, or `"@set"` | any address |
+//! | `sport`, `dport` | a port `N` (integer or string) or a range `"LO-HI"` with `LO <= HI`; needs `proto` `"tcp"` or `"udp"` | any port |
+//! | `tcp_flags` | `"VALUE/MASK"`, see below; needs `proto = "tcp"` | any flags |
+//! | `icmp_type` | `0..=255`; needs `proto` `"icmp"` or `"icmpv6"` | any type |
+//! | `icmp_code` | `0..=255`; needs `icmp_type` | any code |
+//! | `log` | boolean: emit an event for every packet this rule drops | `false` |
+//!
+//! **Order.** Rules run in order of `priority`, ties in file order. A rule without
+//! `priority` gets `1000000` plus its 0-based position among the rules of the file, so rules
+//! without priorities run after every rule with a priority below 1000000, in the order they
+//! are written. A file that gives no priorities at all simply runs top to bottom.
+//!
+//! **Addresses.** A bare address means a single host (`/32` or `/128`). A CIDR block must
+//! have no bits set past its prefix: `10.0.0.1/8` is rejected as a likely typo for
+//! `10.0.0.0/8`. IPv4 and IPv6 entries may be mixed, but a rule whose `src` and `dst` share no
+//! address family can never match and is rejected.
+//!
+//! **TCP flags.** Flag names are `fin`, `syn`, `rst`, `psh`, `ack`, `urg`, `ece`, `cwr`,
+//! comma-separated. The rule matches when the flags named in `MASK` are set exactly as in
+//! `VALUE`: `"syn/syn,ack"` is a connection attempt (SYN set, ACK clear), `"/syn"` means SYN
+//! clear, and `"syn,ack"` without a mask is the same as `"syn,ack/syn,ack"`. `VALUE` must be a
+//! subset of `MASK`.
+//!
+//! **Errors.** Every problem in the file is reported at once, each as
+//! `file:line:column: message` pointing at the offending value, or at the table when a key
+//! is missing. Unknown keys are errors, so a misspelt key cannot silently do nothing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
+
+use super::model::{
+    Action, AddrMatch, Cidr, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet, Policy, PortRange,
+    Protocol, RateLimit, RatePer, Rule, TcpFlags,
+};
+use super::setfile::{family_name, parse_cidr, parse_set_file};
+
+/// The most rules a policy may hold, counted as written (before sets or lists expand).
+pub const MAX_RULES: usize = 100_000;
+
+/// Priority given to a rule without one, plus its position in the file.
+pub const IMPLICIT_PRIORITY_BASE: u32 = 1_000_000;
+
+/// One problem found in a policy or set file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct Diagnostic {
+    /// The file as named to the user.
+    pub file: String,
+    /// 1-based line, or 0 when the problem concerns the whole file (e.g. it cannot be read).
+    pub line: usize,
+    /// 1-based column in characters, or 0 with line 0.
+    pub column: usize,
+    /// What is wrong, on one line.
+    pub message: String,
+}
+
+/// Everything wrong with a policy: never empty when returned by this module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// In file order for the policy file, followed by problems in set files.
+    pub errors: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    /// One line per diagnostic.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The policy used when none is configured: it drops nothing, so it can never cut an
+/// operator off a server, and its rules only make common traffic visible in the counters.
+pub const DEFAULT_POLICY: &str = r#"# Palisade's built-in policy, used when no policy file is given.
+#
+# It never drops anything, so starting Palisade on a server cannot lock anyone out,
+# including you over SSH. The rules below allow traffic that the default would allow
+# anyway: they exist only so that their counters show SSH and ping traffic at a glance.
+#
+# To write your own policy, start from a copy of this file, add rules, and switch
+# `default` to "drop" only once a rule allows your own access.
+
+[firewall]
+default = "allow"        # packets no rule matches pass
+log_default = false      # nothing is dropped by default, so there is nothing to log
+fragments = "match-l3"   # later fragments follow address-only rules, then the default
+
+[[firewall.rule]]
+name = "count-ssh"
+action = "allow"
+proto = "tcp"
+dport = 22
+
+[[firewall.rule]]
+name = "count-icmp"
+action = "allow"
+proto = "icmp"
+
+[[firewall.rule]]
+name = "count-icmpv6"
+action = "allow"
+proto = "icmpv6"
+"#;
+
+/// The parsed [`DEFAULT_POLICY`].
+///
+/// # Panics
+///
+/// Only if the embedded text were invalid, which the tests rule out.
+#[must_use]
+pub fn default_policy() -> Policy {
+    parse_policy(DEFAULT_POLICY, "<embedded default>", Path::new("."))
+        .expect("the embedded default policy is valid (checked by tests)")
+}
+
+/// Reads and parses a policy file; set files are looked up relative to its directory.
+///
+/// A read failure is a single diagnostic at line 0, column 0.
+pub fn load_policy(path: &Path) -> Result<Policy, ConfigError> {
+    let file_name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        errors: vec![Diagnostic {
+            file: file_name.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read policy file: {e}"),
+        }],
+    })?;
+    let base_dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    parse_policy(&text, &file_name, base_dir)
+}
+
+/// Parses and validates policy text.
+///
+/// `file_name` labels diagnostics; relative set file paths are resolved against `base_dir`.
+/// Returns every problem found, not just the first.
+pub fn parse_policy(text: &str, file_name: &str, base_dir: &Path) -> Result<Policy, ConfigError> {
+    let lines = LineIndex::new(text);
+    let doc = match ImDocument::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let at = e.span().map_or(0, |s| s.start);
+            // The parser's message can span lines ("invalid key\nexpected ..."); a diagnostic
+            // is one line.
+            let message = e
+                .message()
+                .trim()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let (line, column) = lines.locate(at);
+            return Err(ConfigError {
+                errors: vec![Diagnostic {
+                    file: file_name.to_owned(),
+                    line,
+                    column,
+                    message,
+                }],
+            });
+        }
+    };
+    let root = table_node(doc.as_table(), 0);
+    let mut checker = Checker {
+        base_dir,
+        lines: &lines,
+        errors: Vec::new(),
+        set_file_errors: Vec::new(),
+    };
+    let policy = checker.policy(&root);
+    if checker.errors.is_empty()
+        && checker.set_file_errors.is_empty()
+        && let Some(policy) = policy
+    {
+        return Ok(policy);
+    }
+    // Sorting keeps the report in file order although sets are checked before rules.
+    checker.errors.sort_by_key(|&(at, _)| at);
+    let mut errors: Vec<Diagnostic> = checker
+        .errors
+        .into_iter()
+        .map(|(at, message)| {
+            let (line, column) = lines.locate(at);
+            Diagnostic {
+                file: file_name.to_owned(),
+                line,
+                column,
+                message,
+            }
+        })
+        .collect();
+    errors.extend(checker.set_file_errors);
+    if errors.is_empty() {
+        // Unreachable by construction (every `None` records an error), but a bug must not
+        // turn into an empty error list that prints as success.
+        errors.push(Diagnostic {
+            file: file_name.to_owned(),
+            line: 0,
+            column: 0,
+            message: "policy rejected without a specific error".to_owned(),
+        });
+    }
+    Err(ConfigError { errors })
+}
+
+// ---------------------------------------------------------------------------------------
+// Source positions
+
+/// Maps byte offsets to 1-based line and character column.
+struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(
+                text.bytes()
+                    .enumerate()
+                    .filter(|&(_, b)| b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
+        Self { text, starts }
+    }
+
+    fn locate(&self, at: usize) -> (usize, usize) {
+        let at = at.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= at).max(1);
+        let start = self.starts[line - 1];
+        let column = match self.text.get(start..at) {
+            Some(prefix) => prefix.chars().count(),
+            None => at - start,
+        };
+        (line, column + 1)
+    }
+
+    fn line(&self, at: usize) -> usize {
+        self.locate(at).0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A plain tree with a source offset on every key and value
+//
+// toml_edit keeps spans on keys and most values but not on implicit tables (`[a.b]` creates
+// `a` without a header; so does a dotted key). Copying into this tree fills each missing
+// position with the position of the key that names it, so every later check has a place to
+// point at.
+
+struct Node {
+    at: usize,
+    val: Val,
+}
+
+enum Val {
+    Str(String),
+    Int(i64),
+    Float,
+    Bool(bool),
+    Datetime,
+    Array(Vec<Node>),
+    Table(Vec<Entry>),
+}
+
+struct Entry {
+    key: String,
+    key_at: usize,
+    node: Node,
+}
+
+impl Val {
+    const fn type_name(&self) -> &'static str {
+        match self {
+            Self::Str(_) => "a string",
+            Self::Int(_) => "an integer",
+            Self::Float => "a float",
+            Self::Bool(_) => "a boolean",
+            Self::Datetime => "a date-time",
+            Self::Array(_) => "an array",
+            Self::Table(_) => "a table",
+        }
+    }
+}
+
+fn start_or(span: Option<std::ops::Range<usize>>, fallback: usize) -> usize {
+    span.map_or(fallback, |s| s.start)
+}
+
+fn table_node(table: &TomlTable, fallback: usize) -> Node {
+    let at = start_or(table.span(), fallback);
+    let entries = table
+        .iter()
+        .filter_map(|(key, item)| {
+            let key_at = start_or(table.key(key).and_then(toml_edit::Key::span), at);
+            item_node(item, key_at).map(|node| Entry {
+                key: key.to_owned(),
+                key_at,
+                node,
+            })
+        })
+        .collect();
+    Node {
+        at,
+        val: Val::Table(entries),
+    }
+}
+
+fn inline_table_node(table: &InlineTable, fallback: usize) -> Node {
+    let at = start_or(table.span(), fallback);
+    let entries = table
+        .iter()
+        .map(|(key, value)| {
+            let key_at = start_or(table.key(key).and_then(toml_edit::Key::span), at);
+            Entry {
+                key: key.to_owned(),
+                key_at,
+                node: value_node(value, key_at),
+            }
+        })
+        .collect();
+    Node {
+        at,
+        val: Val::Table(entries),
+    }
+}
+
+fn item_node(item: &Item, fallback: usize) -> Option<Node> {
+    match item {
+        Item::None => None,
+        Item::Value(v) => Some(value_node(v, fallback)),
+        Item::Table(t) => Some(table_node(t, fallback)),
+        Item::ArrayOfTables(tables) => {
+            let at = start_or(tables.span(), fallback);
+            let nodes = tables.iter().map(|t| table_node(t, at)).collect();
+            Some(Node {
+                at,
+                val: Val::Array(nodes),
+            })
+        }
+    }
+}
+
+fn value_node(value: &Value, fallback: usize) -> Node {
+    let at = start_or(value.span(), fallback);
+    let val = match value {
+        Value::String(s) => Val::Str(s.value().clone()),
+        Value::Integer(i) => Val::Int(*i.value()),
+        Value::Float(_) => Val::Float,
+        Value::Boolean(b) => Val::Bool(*b.value()),
+        Value::Datetime(_) => Val::Datetime,
+        Value::Array(a) => Val::Array(a.iter().map(|v| value_node(v, at)).collect()),
+        Value::InlineTable(t) => return inline_table_node(t, at),
+    };
+    Node { at, val }
+}
+
+/// A table node seen as its entries.
+#[derive(Clone, Copy)]
+struct TableView<'n> {
+    at: usize,
+    entries: &'n [Entry],
+}
+
+impl<'n> TableView<'n> {
+    fn of(node: &'n Node) -> Option<Self> {
+        match &node.val {
+            Val::Table(entries) => Some(Self {
+                at: node.at,
+                entries,
+            }),
+            _ => None,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries.iter().find(|e| e.key == key).map(|e| &e.node)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+
+const TOP_KEYS: &[&str] = &["firewall", "sets"];
+const FIREWALL_KEYS: &[&str] = &["default", "log_default", "fragments", "rule"];
+const SET_KEYS: &[&str] = &["entries", "files"];
+const RULE_KEYS: &[&str] = &[
+    "name",
+    "priority",
+    "action",
+    "proto",
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "tcp_flags",
+    "icmp_type",
+    "icmp_code",
+    "rate",
+    "log",
+];
+const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
+
+const TCP_FLAG_NAMES: [(&str, u8); 8] = [
+    ("fin", 0x01),
+    ("syn", 0x02),
+    ("rst", 0x04),
+    ("psh", 0x08),
+    ("ack", 0x10),
+    ("urg", 0x20),
+    ("ece", 0x40),
+    ("cwr", 0x80),
+];
+
+/// What `proto` said, keeping "invalid" apart from "absent" so a bad `proto` does not also
+/// make every port or flag condition an error.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProtoField {
+    Any,
+    Is(Protocol),
+    Invalid,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ActionKind {
+    Allow,
+    Drop,
+    RateLimit,
+}
+
+/// The sets as far as rules need them: the name lookup and what families each holds.
+struct SetTable {
+    sets: Vec<IpSet>,
+    by_name: HashMap<String, usize>,
+}
+
+/// Which address families an address condition can match (`None`: no restriction known).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+impl Families {
+    fn of(cidrs: &[Cidr]) -> Self {
+        Self {
+            v4: cidrs.iter().any(|c| c.family == Family::V4),
+            v6: cidrs.iter().any(|c| c.family == Family::V6),
+        }
+    }
+
+    const fn describe(self) -> &'static str {
+        match (self.v4, self.v6) {
+            (true, false) => family_name(Family::V4),
+            (false, true) => family_name(Family::V6),
+            _ => "IPv4 and IPv6",
+        }
+    }
+}
+
+struct Checker<'a> {
+    base_dir: &'a Path,
+    lines: &'a LineIndex<'a>,
+    /// Problems in the policy file, by byte offset.
+    errors: Vec<(usize, String)>,
+    /// Problems inside set files, already located in their own files.
+    set_file_errors: Vec<Diagnostic>,
+}
+
+fn quoted_list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn valid_name(name: &str, extra: &[u8]) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || extra.contains(&b))
+}
+
+impl Checker<'_> {
+    fn err(&mut self, at: usize, message: impl Into<String>) {
+        self.errors.push((at, message.into()));
+    }
+
+    fn error_count(&self) -> usize {
+        self.errors.len() + self.set_file_errors.len()
+    }
+
+    fn check_keys(&mut self, table: TableView<'_>, what: &str, allowed: &[&str]) {
+        for entry in table.entries {
+            if !allowed.contains(&entry.key.as_str()) {
+                let msg = format!(
+                    "unknown key `{}` in {what}; expected one of {}",
+                    entry.key,
+                    quoted_list(allowed)
+                );
+                self.err(entry.key_at, msg);
+            }
+        }
+    }
+
+    fn table<'n>(&mut self, node: &'n Node, what: &str) -> Option<TableView<'n>> {
+        let view = TableView::of(node);
+        if view.is_none() {
+            self.err(
+                node.at,
+                format!("{what} must be a table, found {}", node.val.type_name()),
+            );
+        }
+        view
+    }
+
+    fn string<'n>(&mut self, node: &'n Node, key: &str) -> Option<&'n str> {
+        match &node.val {
+            Val::Str(s) => Some(s),
+            other => {
+                self.err(
+                    node.at,
+                    format!("`{key}` must be a string, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, key: &str) -> Option<bool> {
+        match node.val {
+            Val::Bool(b) => Some(b),
+            ref other => {
+                self.err(
+                    node.at,
+                    format!("`{key}` must be true or false, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, node: &Node, key: &str, min: i64, max: i64) -> Option<i64> {
+        match node.val {
+            Val::Int(n) if (min..=max).contains(&n) => Some(n),
+            Val::Int(n) => {
+                self.err(
+                    node.at,
+                    format!("`{key}` must be between {min} and {max}, found {n}"),
+                );
+                None
+            }
+            ref other => {
+                self.err(
+                    node.at,
+                    format!("`{key}` must be an integer, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn u8_field(&mut self, node: &Node, key: &str) -> Option<u8> {
+        self.integer(node, key, 0, 255)
+            .and_then(|n| u8::try_from(n).ok())
+    }
+
+    fn u32_field(&mut self, node: &Node, key: &str, min: i64) -> Option<u32> {
+        self.integer(node, key, min, i64::from(u32::MAX))
+            .and_then(|n| u32::try_from(n).ok())
+    }
+
+    /// The whole document. `None` only when an error was recorded.
+    fn policy(&mut self, root: &Node) -> Option<Policy> {
+        let root = TableView::of(root)?;
+        self.check_keys(root, "the top level", TOP_KEYS);
+        let sets = match root.get("sets") {
+            Some(node) => self.sets(node),
+            None => SetTable {
+                sets: Vec::new(),
+                by_name: HashMap::new(),
+            },
+        };
+        let firewall = match root.get("firewall") {
+            Some(node) => self.firewall(node, &sets),
+            None => Some(Firewall {
+                default_action: Action::Allow,
+                log_default: false,
+                fragments: FragmentPolicy::MatchL3,
+                rules: Vec::new(),
+            }),
+        };
+        Some(Policy {
+            firewall: firewall?,
+            sets: sets.sets,
+        })
+    }
+
+    fn sets(&mut self, node: &Node) -> SetTable {
+        let mut table = SetTable {
+            sets: Vec::new(),
+            by_name: HashMap::new(),
+        };
+        let Some(view) = self.table(node, "`sets`") else {
+            return table;
+        };
+        for entry in view.entries {
+            let name = entry.key.as_str();
+            if !valid_name(name, b"") {
+                self.err(
+                    entry.key_at,
+                    format!("invalid set name `{name}`: use 1 to 64 of A-Z a-z 0-9 _ -"),
+                );
+            }
+            // Registered even when broken, so rules naming it get no second, misleading error.
+            table.by_name.insert(name.to_owned(), table.sets.len());
+            let entries = self.set_entries(&entry.node, name);
+            table.sets.push(IpSet {
+                name: name.to_owned(),
+                entries,
+            });
+        }
+        table
+    }
+
+    fn set_entries(&mut self, node: &Node, name: &str) -> Vec<Cidr> {
+        let mut cidrs = Vec::new();
+        let what = format!("set `{name}`");
+        let Some(view) = self.table(node, &what) else {
+            return cidrs;
+        };
+        self.check_keys(view, &what, SET_KEYS);
+        if let Some(list) = view.get("entries") {
+            for item in self.string_list(list, "entries") {
+                match parse_cidr(&item.0) {
+                    Ok(c) => cidrs.push(c),
+                    Err(e) => self.err(item.1, e.to_string()),
+                }
+            }
+        }
+        if let Some(list) = view.get("files") {
+            for (file, at) in self.string_list(list, "files") {
+                let path = self.base_dir.join(&file);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => match parse_set_file(&text, &path.display().to_string()) {
+                        Ok(mut found) => cidrs.append(&mut found),
+                        Err(mut errors) => self.set_file_errors.append(&mut errors),
+                    },
+                    Err(e) => {
+                        self.err(
+                            at,
+                            format!("cannot read set file `{}`: {e}", path.display()),
+                        );
+                    }
+                }
+            }
+        }
+        cidrs
+    }
+
+    /// A list of strings with their positions; wrong types are reported and skipped.
+    fn string_list(&mut self, node: &Node, key: &str) -> Vec<(String, usize)> {
+        let Val::Array(items) = &node.val else {
+            self.err(
+                node.at,
+                format!(
+                    "`{key}` must be a list of strings, found {}",
+                    node.val.type_name()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some(s) = self.string(item, key) {
+                out.push((s.to_owned(), item.at));
+            }
+        }
+        out
+    }
+
+    fn firewall(&mut self, node: &Node, sets: &SetTable) -> Option<Firewall> {
+        let view = self.table(node, "`firewall`")?;
+        let errors_before = self.error_count();
+        self.check_keys(view, "[firewall]", FIREWALL_KEYS);
+        let default_action = match view.get("default") {
+            None => Action::Allow,
+            Some(node) => match self.string(node, "default") {
+                Some("allow") => Action::Allow,
+                Some("drop") => Action::Drop,
+                Some("rate-limit") => {
+                    self.err(
+                        node.at,
+                        "the default action cannot be `rate-limit`; use `allow` or `drop`",
+                    );
+                    Action::Allow
+                }
+                Some(other) => {
+                    let msg =
+                        format!("unknown default action `{other}`; expected `allow` or `drop`");
+                    self.err(node.at, msg);
+                    Action::Allow
+                }
+                None => Action::Allow,
+            },
+        };
+        let log_default = view
+            .get("log_default")
+            .and_then(|n| self.boolean(n, "log_default"));
+        let fragments = match view.get("fragments") {
+            None => FragmentPolicy::MatchL3,
+            Some(node) => match self.string(node, "fragments") {
+                Some("drop") => FragmentPolicy::Drop,
+                Some("match-l3") => FragmentPolicy::MatchL3,
+                Some(other) => {
+                    let msg =
+                        format!("unknown fragment policy `{other}`; expected `drop` or `match-l3`");
+                    self.err(node.at, msg);
+                    FragmentPolicy::MatchL3
+                }
+                None => FragmentPolicy::MatchL3,
+            },
+        };
+        let rules = match view.get("rule") {
+            None => Vec::new(),
+            Some(node) => self.rules(node, view.at, sets),
+        };
+        (self.error_count() == errors_before).then_some(Firewall {
+            default_action,
+            log_default: log_default.unwrap_or(false),
+            fragments,
+            rules,
+        })
+    }
+
+    fn rules(&mut self, node: &Node, firewall_at: usize, sets: &SetTable) -> Vec<Rule> {
+        let items = match &node.val {
+            Val::Array(items) => items,
+            Val::Table(_) => {
+                self.err(
+                    node.at,
+                    "`rule` must be an array of tables: write each rule under [[firewall.rule]]",
+                );
+                return Vec::new();
+            }
+            other => {
+                let msg = format!(
+                    "`rule` must be an array of tables, found {}",
+                    other.type_name()
+                );
+                self.err(node.at, msg);
+                return Vec::new();
+            }
+        };
+        if items.len() > MAX_RULES {
+            let msg = format!(
+                "too many firewall rules: {} (at most {MAX_RULES})",
+                items.len()
+            );
+            self.err(firewall_at, msg);
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut rules = Vec::with_capacity(items.len());
+        for (position, item) in items.iter().enumerate() {
+            let Some(view) = self.table(item, "each firewall rule") else {
+                continue;
+            };
+            if let Some(rule) = self.rule(view, position, sets, &mut names) {
+                rules.push(rule);
+            }
+        }
+        // Stable, so equal priorities keep file order.
+        rules.sort_by_key(|r| r.priority);
+        rules
+    }
+
+    /// One rule; `None` when it had any error (all of them recorded).
+    fn rule(
+        &mut self,
+        view: TableView<'_>,
+        position: usize,
+        sets: &SetTable,
+        names: &mut HashMap<String, usize>,
+    ) -> Option<Rule> {
+        let errors_before = self.error_count();
+        let line = self.lines.line(view.at);
+        self.check_keys(view, "firewall rule", RULE_KEYS);
+
+        let name = view.get("name").and_then(|node| {
+            let name = self.string(node, "name")?;
+            if !valid_name(name, b".") {
+                let msg = format!("invalid rule name `{name}`: use 1 to 64 of A-Z a-z 0-9 _ . -");
+                self.err(node.at, msg);
+                return None;
+            }
+            if let Some(first) = names.get(name) {
+                let msg = format!("duplicate rule name `{name}` (first used on line {first})");
+                self.err(node.at, msg);
+                return None;
+            }
+            names.insert(name.to_owned(), self.lines.line(node.at));
+            Some(name.to_owned())
+        });
+
+        let priority = match view.get("priority") {
+            Some(node) => self.u32_field(node, "priority", 0),
+            None => Some(
+                u32::try_from(position)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(IMPLICIT_PRIORITY_BASE),
+            ),
+        };
+
+        let action_node = view.get("action");
+        let action_kind = match action_node {
+            None => {
+                self.err(
+                    view.at,
+                    "firewall rule is missing `action` (one of `allow`, `drop`, `rate-limit`)",
+                );
+                None
+            }
+            Some(node) => match self.string(node, "action") {
+                Some("allow") => Some(ActionKind::Allow),
+                Some("drop") => Some(ActionKind::Drop),
+                Some("rate-limit") => Some(ActionKind::RateLimit),
+                Some(other) => {
+                    let msg = format!(
+                        "unknown action `{other}`; expected `allow`, `drop` or `rate-limit`"
+                    );
+                    self.err(node.at, msg);
+                    None
+                }
+                None => None,
+            },
+        };
+        let rate = view.get("rate").and_then(|node| self.rate(node));
+        match (action_kind, action_node, view.get("rate")) {
+            (Some(ActionKind::RateLimit), Some(node), None) => self.err(
+                node.at,
+                "action `rate-limit` needs a `rate`, e.g. rate = { pps = 100, burst = 200 }",
+            ),
+            (Some(ActionKind::Allow | ActionKind::Drop), _, Some(node)) => {
+                self.err(
+                    node.at,
+                    "`rate` is only allowed with action = \"rate-limit\"",
+                );
+            }
+            _ => {}
+        }
+
+        let log = view
+            .get("log")
+            .and_then(|n| self.boolean(n, "log"))
+            .unwrap_or(false);
+        let proto = match view.get("proto") {
+            None => ProtoField::Any,
+            Some(node) => self.proto(node),
+        };
+
+        let src = view.get("src").map(|n| self.addr_match(n, "src", sets));
+        let dst = view.get("dst").map(|n| self.addr_match(n, "dst", sets));
+
+        let ports_ok = matches!(proto, ProtoField::Is(Protocol::Tcp | Protocol::Udp));
+        let port = |this: &mut Self, key: &str| {
+            let node = view.get(key)?;
+            let range = this.port_range(node, key);
+            if !ports_ok && proto != ProtoField::Invalid {
+                this.err(node.at, format!("`{key}` needs proto = \"tcp\" or \"udp\""));
+            }
+            range
+        };
+        let src_ports = port(self, "sport");
+        let dst_ports = port(self, "dport");
+
+        let tcp_flags = view.get("tcp_flags").and_then(|node| {
+            let flags = self.tcp_flags(node);
+            if !matches!(proto, ProtoField::Is(Protocol::Tcp) | ProtoField::Invalid) {
+                self.err(node.at, "`tcp_flags` needs proto = \"tcp\"");
+            }
+            flags
+        });
+
+        let icmp_type = view.get("icmp_type").and_then(|node| {
+            let value = self.u8_field(node, "icmp_type");
+            let icmp = matches!(
+                proto,
+                ProtoField::Is(Protocol::Icmp | Protocol::Icmpv6) | ProtoField::Invalid
+            );
+            if !icmp {
+                self.err(node.at, "`icmp_type` needs proto = \"icmp\" or \"icmpv6\"");
+            }
+            value
+        });
+        let icmp_code = view.get("icmp_code").and_then(|node| {
+            let value = self.u8_field(node, "icmp_code");
+            if view.get("icmp_type").is_none() {
+                self.err(node.at, "`icmp_code` needs `icmp_type`");
+            }
+            value
+        });
+
+        // Families are only compared once both sides parsed; a broken side already has its
+        // own error.
+        if let (Some(Some(s)), Some(Some(d)), Some(dst_node)) = (&src, &dst, view.get("dst"))
+            && let (Some(sf), Some(df)) = (families(s, sets), families(d, sets))
+            && !(sf.v4 && df.v4 || sf.v6 && df.v6)
+        {
+            let msg = format!(
+                "`src` matches only {} addresses and `dst` only {} ones, so this rule can never \
+                 match",
+                sf.describe(),
+                df.describe()
+            );
+            self.err(dst_node.at, msg);
+        }
+
+        if self.error_count() != errors_before {
+            return None;
+        }
+        let action = match action_kind? {
+            ActionKind::Allow => Action::Allow,
+            ActionKind::Drop => Action::Drop,
+            ActionKind::RateLimit => Action::RateLimit(rate?),
+        };
+        let protocol = match proto {
+            ProtoField::Any => None,
+            ProtoField::Is(p) => Some(p),
+            ProtoField::Invalid => return None,
+        };
+        Some(Rule {
+            name,
+            priority: priority?,
+            action,
+            log,
+            src: src.unwrap_or(Some(AddrMatch::Any))?,
+            dst: dst.unwrap_or(Some(AddrMatch::Any))?,
+            protocol,
+            src_ports,
+            dst_ports,
+            tcp_flags,
+            icmp: icmp_type.map(|icmp_type| IcmpMatch {
+                icmp_type,
+                code: icmp_code,
+            }),
+            line,
+        })
+    }
+
+    fn rate(&mut self, node: &Node) -> Option<RateLimit> {
+        let view = self.table(node, "`rate`")?;
+        self.check_keys(view, "`rate`", RATE_KEYS);
+        let required = |this: &mut Self, key: &str| match view.get(key) {
+            Some(n) => this.u32_field(n, key, 1),
+            None => {
+                this.err(view.at, format!("`rate` is missing `{key}`"));
+                None
+            }
+        };
+        let pps = required(self, "pps");
+        let burst = required(self, "burst");
+        let per = match view.get("per") {
+            None => Some(RatePer::Source),
+            Some(n) => match self.string(n, "per") {
+                Some("source") => Some(RatePer::Source),
+                Some("rule") => Some(RatePer::Rule),
+                Some(other) => {
+                    self.err(
+                        n.at,
+                        format!("unknown `per` value `{other}`; expected `source` or `rule`"),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        Some(RateLimit {
+            pps: pps?,
+            burst: burst?,
+            per: per?,
+        })
+    }
+
+    fn proto(&mut self, node: &Node) -> ProtoField {
+        let known = |n: u8| match n {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            1 => Protocol::Icmp,
+            58 => Protocol::Icmpv6,
+            // Numbers with a name are folded into it above, so the compiler and the
+            // port/flag checks see one spelling of each protocol.
+            n => Protocol::Other(n),
+        };
+        match &node.val {
+            Val::Str(s) => match s.as_str() {
+                "tcp" => ProtoField::Is(Protocol::Tcp),
+                "udp" => ProtoField::Is(Protocol::Udp),
+                "icmp" => ProtoField::Is(Protocol::Icmp),
+                "icmpv6" => ProtoField::Is(Protocol::Icmpv6),
+                "any" => ProtoField::Any,
+                other => {
+                    let msg = format!(
+                        "unknown protocol `{other}`; expected `tcp`, `udp`, `icmp`, `icmpv6`, \
+                         `any` or a protocol number 0 to 255"
+                    );
+                    self.err(node.at, msg);
+                    ProtoField::Invalid
+                }
+            },
+            Val::Int(_) => self
+                .u8_field(node, "proto")
+                .map_or(ProtoField::Invalid, |n| ProtoField::Is(known(n))),
+            other => {
+                let msg = format!(
+                    "`proto` must be a protocol name or number, found {}",
+                    other.type_name()
+                );
+                self.err(node.at, msg);
+                ProtoField::Invalid
+            }
+        }
+    }
+
+    /// `src` or `dst`. The outer caller keeps `None` (an error) apart from an absent key.
+    fn addr_match(&mut self, node: &Node, key: &str, sets: &SetTable) -> Option<AddrMatch> {
+        match &node.val {
+            Val::Str(s) => match s.strip_prefix('@') {
+                Some(set) => self.set_ref(set, node.at, sets),
+                None => match parse_cidr(s) {
+                    Ok(c) => Some(AddrMatch::Cidrs(vec![c])),
+                    Err(e) => {
+                        self.err(node.at, e.to_string());
+                        None
+                    }
+                },
+            },
+            Val::Array(items) if items.is_empty() => {
+                let msg = format!(
+                    "empty `{key}` list can never match; leave `{key}` out to match any address"
+                );
+                self.err(node.at, msg);
+                None
+            }
+            Val::Array(items) => {
+                if let [only] = items.as_slice()
+                    && let Val::Str(s) = &only.val
+                    && let Some(set) = s.strip_prefix('@')
+                {
+                    return self.set_ref(set, only.at, sets);
+                }
+                let mut cidrs = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for item in items {
+                    let Some(text) = self.string(item, key) else {
+                        ok = false;
+                        continue;
+                    };
+                    if text.starts_with('@') {
+                        self.err(
+                            item.at,
+                            format!(
+                                "set `{text}` cannot be listed with other entries; \
+                                 use `{key} = \"{text}\"` or add the entries to the set"
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    match parse_cidr(text) {
+                        Ok(c) => cidrs.push(c),
+                        Err(e) => {
+                            self.err(item.at, e.to_string());
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(AddrMatch::Cidrs(cidrs))
+            }
+            other => {
+                let msg = format!(
+                    "`{key}` must be an address, a CIDR, a list of them, or \"@set\"; found {}",
+                    other.type_name()
+                );
+                self.err(node.at, msg);
+                None
+            }
+        }
+    }
+
+    fn set_ref(&mut self, name: &str, at: usize, sets: &SetTable) -> Option<AddrMatch> {
+        if let Some(&index) = sets.by_name.get(name) {
+            return Some(AddrMatch::Set(index));
+        }
+        self.err(
+            at,
+            format!("unknown set `@{name}`; define it under [sets.{name}]"),
+        );
+        None
+    }
+
+    fn port_range(&mut self, node: &Node, key: &str) -> Option<PortRange> {
+        let out_of_range = |n: &str| format!("port {n} is out of range 0 to 65535");
+        let parse_port = |text: &str| -> Result<u16, String> {
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("invalid port `{text}` in `{key}`"));
+            }
+            text.parse::<u16>().map_err(|_| out_of_range(text))
+        };
+        let range = match &node.val {
+            Val::Int(n) => match u16::try_from(*n) {
+                Ok(p) => Ok(PortRange { lo: p, hi: p }),
+                Err(_) => Err(out_of_range(&n.to_string())),
+            },
+            Val::Str(s) => {
+                let s = s.trim();
+                match s.split_once('-') {
+                    None => parse_port(s).map(|p| PortRange { lo: p, hi: p }),
+                    Some((lo, hi)) => match (parse_port(lo.trim()), parse_port(hi.trim())) {
+                        (Ok(lo), Ok(hi)) if lo <= hi => Ok(PortRange { lo, hi }),
+                        (Ok(lo), Ok(hi)) => Err(format!(
+                            "port range {lo}-{hi} is reversed; the low port comes first"
+                        )),
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                    },
+                }
+            }
+            other => Err(format!(
+                "`{key}` must be a port number or a \"LO-HI\" range, found {}",
+                other.type_name()
+            )),
+        };
+        range.map_err(|msg| self.err(node.at, msg)).ok()
+    }
+
+    fn tcp_flags(&mut self, node: &Node) -> Option<TcpFlags> {
+        let text = self.string(node, "tcp_flags")?;
+        match parse_tcp_flags(text) {
+            Ok(flags) => Some(flags),
+            Err(msg) => {
+                self.err(node.at, msg);
+                None
+            }
+        }
+    }
+}
+
+/// What families `m` can match, or `None` when it is not restricted or not yet known (an
+/// empty set, e.g. one whose file failed to load, restricts nothing worth reporting).
+fn families(m: &AddrMatch, sets: &SetTable) -> Option<Families> {
+    match m {
+        AddrMatch::Any => None,
+        AddrMatch::Cidrs(cidrs) => Some(Families::of(cidrs)),
+        AddrMatch::Set(i) => {
+            let set = sets.sets.get(*i)?;
+            (!set.entries.is_empty()).then(|| Families::of(&set.entries))
+        }
+    }
+}
+
+/// `"VALUE/MASK"` or `"VALUE"` (mask = value); flag names are case-insensitive.
+fn parse_tcp_flags(text: &str) -> Result<TcpFlags, String> {
+    let names = |part: &str| -> Result<u8, String> {
+        let mut bits = 0u8;
+        if part.trim().is_empty() {
+            return Ok(0);
+        }
+        for name in part.split(',') {
+            let name = name.trim();
+            let bit = TCP_FLAG_NAMES
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|&(_, bit)| bit)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = TCP_FLAG_NAMES.iter().map(|&(n, _)| n).collect();
+                    format!(
+                        "unknown TCP flag `{name}` in `{text}`; expected {}",
+                        known.join(", ")
+                    )
+                })?;
+            bits |= bit;
+        }
+        Ok(bits)
+    };
+    let (value, mask) = match text.split_once('/') {
+        Some((value, mask)) => {
+            let (value, mask) = (names(value)?, names(mask)?);
+            if mask == 0 {
+                return Err(format!(
+                    "`tcp_flags` `{text}` has an empty mask after `/`, so it tests no flag"
+                ));
+            }
+            (value, mask)
+        }
+        None => {
+            let value = names(text)?;
+            if value == 0 {
+                return Err("`tcp_flags` is empty; name flags like \"syn/syn,ack\"".to_owned());
+            }
+            (value, value)
+        }
+    };
+    if value & !mask != 0 {
+        return Err(format!(
+            "`tcp_flags` `{text}`: every flag before `/` must also be in the mask after it"
+        ));
+    }
+    Ok(TcpFlags { value, mask })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn cidr(text: &str, len: u8) -> Cidr {
+        Cidr::new(text.parse::<IpAddr>().expect("test address"), len).expect("test prefix")
+    }
+
+    fn parse(text: &str) -> Result<Policy, ConfigError> {
+        parse_policy(text, "p.toml", Path::new("/nonexistent"))
+    }
+
+    /// The diagnostics for `text`, as printed.
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(policy) => panic!("expected errors, parsed {policy:#?}"),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// A rule with nothing but an action, as a starting point for expected values.
+    fn bare_rule(action: Action, priority: u32, line: usize) -> Rule {
+        Rule {
+            name: None,
+            priority,
+            action,
+            log: false,
+            src: AddrMatch::Any,
+            dst: AddrMatch::Any,
+            protocol: None,
+            src_ports: None,
+            dst_ports: None,
+            tcp_flags: None,
+            icmp: None,
+            line,
+        }
+    }
+
+    const EXAMPLE: &str = r#"
+[firewall]
+default = "drop"
+log_default = true
+fragments = "drop"
+
+[sets.blocklist]
+entries = ["203.0.113.0/24", "2001:db8:bad::/48", "198.51.100.7"]
+
+[sets.empty]
+
+[[firewall.rule]]
+name = "web"
+action = "allow"
+proto = "tcp"
+dport = "80-443"
+
+[[firewall.rule]]
+name = "ssh-from-office"
+priority = 10
+action = "allow"
+proto = "tcp"
+src = "10.0.0.0/8"
+dst = ["192.0.2.1", "2001:db8::/32"]
+sport = "1024-65535"
+dport = 22
+tcp_flags = "syn/syn,ack"
+
+[[firewall.rule]]
+name = "drop-blocklist"
+priority = 10
+action = "drop"
+src = "@blocklist"
+log = true
+
+[[firewall.rule]]
+name = "ping.limit"
+priority = 5
+action = "rate-limit"
+proto = "icmp"
+icmp_type = 8
+icmp_code = 0
+rate = { pps = 100, burst = 200 }
+
+[[firewall.rule]]
+action = "rate-limit"
+proto = 47
+rate = { pps = 1, burst = 1, per = "rule" }
+"#;
+
+    #[test]
+    fn full_example_parses_to_the_expected_model() {
+        let policy = parse(EXAMPLE).expect("valid example");
+        assert_eq!(
+            policy.sets,
+            vec![
+                IpSet {
+                    name: "blocklist".into(),
+                    entries: vec![
+                        cidr("203.0.113.0", 24),
+                        cidr("2001:db8:bad::", 48),
+                        cidr("198.51.100.7", 32),
+                    ],
+                },
+                IpSet {
+                    name: "empty".into(),
+                    entries: vec![]
+                },
+            ]
+        );
+        let ping = Rule {
+            name: Some("ping.limit".into()),
+            protocol: Some(Protocol::Icmp),
+            icmp: Some(IcmpMatch {
+                icmp_type: 8,
+                code: Some(0),
+            }),
+            ..bare_rule(
+                Action::RateLimit(RateLimit {
+                    pps: 100,
+                    burst: 200,
+                    per: RatePer::Source,
+                }),
+                5,
+                36,
+            )
+        };
+        let ssh = Rule {
+            name: Some("ssh-from-office".into()),
+            protocol: Some(Protocol::Tcp),
+            src: AddrMatch::Cidrs(vec![cidr("10.0.0.0", 8)]),
+            dst: AddrMatch::Cidrs(vec![cidr("192.0.2.1", 32), cidr("2001:db8::", 32)]),
+            src_ports: Some(PortRange {
+                lo: 1024,
+                hi: 65535,
+            }),
+            dst_ports: Some(PortRange { lo: 22, hi: 22 }),
+            tcp_flags: Some(TcpFlags {
+                value: 0x02,
+                mask: 0x12,
+            }),
+            ..bare_rule(Action::Allow, 10, 18)
+        };
+        let blocklist = Rule {
+            name: Some("drop-blocklist".into()),
+            log: true,
+            src: AddrMatch::Set(0),
+            ..bare_rule(Action::Drop, 10, 29)
+        };
+        let web = Rule {
+            name: Some("web".into()),
+            protocol: Some(Protocol::Tcp),
+            dst_ports: Some(PortRange { lo: 80, hi: 443 }),
+            ..bare_rule(Action::Allow, 1_000_000, 12)
+        };
+        let gre = Rule {
+            protocol: Some(Protocol::Other(47)),
+            ..bare_rule(
+                Action::RateLimit(RateLimit {
+                    pps: 1,
+                    burst: 1,
+                    per: RatePer::Rule,
+                }),
+                1_000_004,
+                45,
+            )
+        };
+        assert_eq!(
+            policy.firewall,
+            Firewall {
+                default_action: Action::Drop,
+                log_default: true,
+                fragments: FragmentPolicy::Drop,
+                // By priority; the two priority-10 rules keep file order.
+                rules: vec![ping, ssh, blocklist, web, gre],
+            }
+        );
+    }
+
+    #[test]
+    fn ipv4_is_stored_mapped_with_family_bits() {
+        let policy = parse("[sets.s]\nentries = [\"192.0.2.0/24\", \"::ffff:192.0.2.0/120\"]\n")
+            .expect("valid");
+        let [v4, v6] = policy.sets[0].entries[..] else {
+            panic!("two entries")
+        };
+        assert_eq!(v4.family, Family::V4);
+        assert_eq!(
+            v4.addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 0]
+        );
+        assert_eq!(v4.prefix_len, 24);
+        // The same bytes written as IPv6 stay an IPv6 block: families never merge.
+        assert_eq!(v6.family, Family::V6);
+        assert_eq!(v6.addr, v4.addr);
+        assert_eq!(v6.prefix_len, 120);
+    }
+
+    #[test]
+    fn empty_file_is_the_permissive_default() {
+        let policy = parse("# nothing here\n").expect("valid");
+        assert_eq!(
+            policy,
+            Policy {
+                firewall: Firewall {
+                    default_action: Action::Allow,
+                    log_default: false,
+                    fragments: FragmentPolicy::MatchL3,
+                    rules: vec![],
+                },
+                sets: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn unprioritised_rules_follow_prioritised_ones_in_file_order() {
+        let text = "[[firewall.rule]]\naction = \"allow\"\nname = \"a\"\n\
+                    [[firewall.rule]]\naction = \"drop\"\nname = \"b\"\npriority = 4000000000\n\
+                    [[firewall.rule]]\naction = \"allow\"\nname = \"c\"\n\
+                    [[firewall.rule]]\naction = \"allow\"\nname = \"d\"\npriority = 0\n";
+        let policy = parse(text).expect("valid");
+        let order: Vec<(&str, u32, usize)> = policy
+            .firewall
+            .rules
+            .iter()
+            .map(|r| (r.name.as_deref().unwrap_or(""), r.priority, r.line))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("d", 0, 11),
+                ("a", 1_000_000, 1),
+                ("c", 1_000_002, 8),
+                ("b", 4_000_000_000, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn dotted_keys_and_inline_rule_arrays_are_accepted() {
+        let text = "firewall.default = \"drop\"\n\
+                    firewall.rule = [{ action = \"allow\", proto = \"udp\", dport = \"53\" }]\n";
+        let policy = parse(text).expect("valid");
+        assert_eq!(policy.firewall.default_action, Action::Drop);
+        assert_eq!(
+            policy.firewall.rules,
+            vec![Rule {
+                protocol: Some(Protocol::Udp),
+                dst_ports: Some(PortRange { lo: 53, hi: 53 }),
+                ..bare_rule(Action::Allow, 1_000_000, 2)
+            }]
+        );
+    }
+
+    #[test]
+    fn protocol_numbers_with_names_are_normalised() {
+        let text = "[[firewall.rule]]\naction = \"allow\"\nproto = 6\ndport = 22\n\
+                    [[firewall.rule]]\naction = \"allow\"\nproto = 58\nicmp_type = 128\n\
+                    [[firewall.rule]]\naction = \"allow\"\nproto = \"any\"\n";
+        let rules = parse(text).expect("valid").firewall.rules;
+        let protos: Vec<Option<Protocol>> = rules.iter().map(|r| r.protocol).collect();
+        assert_eq!(protos, [Some(Protocol::Tcp), Some(Protocol::Icmpv6), None]);
+    }
+
+    #[test]
+    fn tcp_flag_forms() {
+        let flags = |text: &str| parse_tcp_flags(text);
+        assert_eq!(
+            flags("syn/syn,ack"),
+            Ok(TcpFlags {
+                value: 0x02,
+                mask: 0x12
+            })
+        );
+        assert_eq!(
+            flags("syn,ack"),
+            Ok(TcpFlags {
+                value: 0x12,
+                mask: 0x12
+            })
+        );
+        assert_eq!(
+            flags("/syn"),
+            Ok(TcpFlags {
+                value: 0,
+                mask: 0x02
+            })
+        );
+        assert_eq!(
+            flags("FIN, Rst / fin,rst,psh,urg,ece,cwr"),
+            Ok(TcpFlags {
+                value: 0x05,
+                mask: 0xed
+            })
+        );
+        assert_eq!(
+            flags("syn,ack/syn"),
+            Err("`tcp_flags` `syn,ack/syn`: every flag before `/` must also be in the mask after it"
+                .to_owned())
+        );
+        assert_eq!(
+            flags("syn/"),
+            Err("`tcp_flags` `syn/` has an empty mask after `/`, so it tests no flag".to_owned())
+        );
+        assert_eq!(
+            flags(""),
+            Err("`tcp_flags` is empty; name flags like \"syn/syn,ack\"".to_owned())
+        );
+        assert_eq!(
+            flags("syn,,ack"),
+            Err("unknown TCP flag `` in `syn,,ack`; expected fin, syn, rst, psh, ack, urg, ece, cwr"
+                .to_owned())
+        );
+        assert_eq!(
+            flags("sin/syn"),
+            Err("unknown TCP flag `sin` in `sin/syn`; expected fin, syn, rst, psh, ack, urg, ece, cwr"
+                .to_owned())
+        );
+    }
+
+    /// One case per validation rule: the text and exactly the diagnostics it must produce.
+    #[test]
+    fn each_validation_error_is_located() {
+        let rule = |body: &str| format!("[[firewall.rule]]\naction = \"allow\"\n{body}\n");
+        let cases: Vec<(String, Vec<&str>)> = vec![
+            (
+                rule("src = \"10.0.0.300\""),
+                vec!["p.toml:3:7: invalid address or CIDR `10.0.0.300`"],
+            ),
+            (
+                rule("src = \"10.0.0.0/8 \""),
+                vec!["p.toml:3:7: invalid address or CIDR `10.0.0.0/8 `"],
+            ),
+            (
+                rule("dst = [\"10.0.0.0/8\", \"2001:db8::/129\"]"),
+                vec![
+                    "p.toml:3:22: prefix length 129 is too long for an IPv6 address (at most 128) \
+                     in `2001:db8::/129`",
+                ],
+            ),
+            (
+                rule("src = \"10.0.0.1/8\""),
+                vec!["p.toml:3:7: host bits set; did you mean 10.0.0.0/8?"],
+            ),
+            (
+                rule("src = \"10.0.0.0/8\"\ndst = [\"2001:db8::/32\", \"2001:db8:1::/48\"]"),
+                vec![
+                    "p.toml:4:7: `src` matches only IPv4 addresses and `dst` only IPv6 ones, so \
+                     this rule can never match",
+                ],
+            ),
+            (
+                rule("src = \"@nope\""),
+                vec!["p.toml:3:7: unknown set `@nope`; define it under [sets.nope]"],
+            ),
+            (
+                rule("src = [\"@nope\", \"10.0.0.0/8\"]"),
+                vec![
+                    "p.toml:3:8: set `@nope` cannot be listed with other entries; use `src = \
+                     \"@nope\"` or add the entries to the set",
+                ],
+            ),
+            (
+                rule("dport = 22"),
+                vec!["p.toml:3:9: `dport` needs proto = \"tcp\" or \"udp\""],
+            ),
+            (
+                rule("proto = \"icmp\"\nsport = \"1000-2000\""),
+                vec!["p.toml:4:9: `sport` needs proto = \"tcp\" or \"udp\""],
+            ),
+            (
+                rule("proto = \"udp\"\ntcp_flags = \"syn\""),
+                vec!["p.toml:4:13: `tcp_flags` needs proto = \"tcp\""],
+            ),
+            (
+                rule("proto = \"tcp\"\nicmp_type = 8"),
+                vec!["p.toml:4:13: `icmp_type` needs proto = \"icmp\" or \"icmpv6\""],
+            ),
+            (
+                rule("proto = \"icmp\"\nicmp_code = 0"),
+                vec!["p.toml:4:13: `icmp_code` needs `icmp_type`"],
+            ),
+            (
+                rule("proto = \"tcp\"\ndport = \"2000-1000\""),
+                vec!["p.toml:4:9: port range 2000-1000 is reversed; the low port comes first"],
+            ),
+            (
+                rule("proto = \"tcp\"\ndport = 70000\nsport = \"1-65536\""),
+                vec![
+                    "p.toml:4:9: port 70000 is out of range 0 to 65535",
+                    "p.toml:5:9: port 65536 is out of range 0 to 65535",
+                ],
+            ),
+            (
+                rule("proto = \"tcp\"\ndport = \"http\""),
+                vec!["p.toml:4:9: invalid port `http` in `dport`"],
+            ),
+            (
+                "[[firewall.rule]]\naction = \"rate-limit\"\n".to_owned(),
+                vec![
+                    "p.toml:2:10: action `rate-limit` needs a `rate`, e.g. rate = { pps = 100, \
+                     burst = 200 }",
+                ],
+            ),
+            (
+                rule("rate = { pps = 10, burst = 10 }"),
+                vec!["p.toml:3:8: `rate` is only allowed with action = \"rate-limit\""],
+            ),
+            (
+                "[[firewall.rule]]\naction = \"rate-limit\"\nrate = { pps = 0, per = \"host\" }\n"
+                    .to_owned(),
+                vec![
+                    "p.toml:3:8: `rate` is missing `burst`",
+                    "p.toml:3:16: `pps` must be between 1 and 4294967295, found 0",
+                    "p.toml:3:25: unknown `per` value `host`; expected `source` or `rule`",
+                ],
+            ),
+            (
+                "[firewall]\ndefault = \"rate-limit\"\n".to_owned(),
+                vec![
+                    "p.toml:2:11: the default action cannot be `rate-limit`; use `allow` or `drop`",
+                ],
+            ),
+            (
+                "[firewall]\ndefault = \"reject\"\nfragments = \"keep\"\nlog_default = 1\n"
+                    .to_owned(),
+                vec![
+                    "p.toml:2:11: unknown default action `reject`; expected `allow` or `drop`",
+                    "p.toml:3:13: unknown fragment policy `keep`; expected `drop` or `match-l3`",
+                    "p.toml:4:15: `log_default` must be true or false, found an integer",
+                ],
+            ),
+            (
+                format!("{}{}", rule("name = \"a\""), rule("name = \"a\"")),
+                vec!["p.toml:6:8: duplicate rule name `a` (first used on line 3)"],
+            ),
+            (
+                rule("name = \"has space\""),
+                vec!["p.toml:3:8: invalid rule name `has space`: use 1 to 64 of A-Z a-z 0-9 _ . -"],
+            ),
+            (
+                rule("src = []"),
+                vec![
+                    "p.toml:3:7: empty `src` list can never match; leave `src` out to match any address",
+                ],
+            ),
+            (
+                rule("prot = \"tcp\""),
+                vec![
+                    "p.toml:3:1: unknown key `prot` in firewall rule; expected one of `name`, \
+                     `priority`, `action`, `proto`, `src`, `dst`, `sport`, `dport`, `tcp_flags`, \
+                     `icmp_type`, `icmp_code`, `rate`, `log`",
+                ],
+            ),
+            (
+                "[[firewall.rule]]\nname = \"x\"\n".to_owned(),
+                vec![
+                    "p.toml:1:1: firewall rule is missing `action` (one of `allow`, `drop`, \
+                     `rate-limit`)",
+                ],
+            ),
+            (
+                rule("proto = \"sctp\""),
+                vec![
+                    "p.toml:3:9: unknown protocol `sctp`; expected `tcp`, `udp`, `icmp`, `icmpv6`, \
+                     `any` or a protocol number 0 to 255",
+                ],
+            ),
+            (
+                rule("proto = 256"),
+                vec!["p.toml:3:9: `proto` must be between 0 and 255, found 256"],
+            ),
+            (
+                rule("priority = -1"),
+                vec!["p.toml:3:12: `priority` must be between 0 and 4294967295, found -1"],
+            ),
+            (
+                "[[firewall.rule]]\naction = \"allow\"\nproto = \"icmp\"\nicmp_type = 300\n"
+                    .to_owned(),
+                vec!["p.toml:4:13: `icmp_type` must be between 0 and 255, found 300"],
+            ),
+            (
+                "[firewall.rule]\naction = \"allow\"\n".to_owned(),
+                vec![
+                    "p.toml:1:1: `rule` must be an array of tables: write each rule under \
+                     [[firewall.rule]]",
+                ],
+            ),
+            (
+                "[sets.\"bad name\"]\nentries = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\nfile = []\n"
+                    .to_owned(),
+                vec![
+                    "p.toml:1:7: invalid set name `bad name`: use 1 to 64 of A-Z a-z 0-9 _ -",
+                    "p.toml:2:26: host bits set; did you mean 10.0.0.0/8?",
+                    "p.toml:3:1: unknown key `file` in set `bad name`; expected one of `entries`, \
+                     `files`",
+                ],
+            ),
+            (
+                "[sets.s]\nfiles = [\"missing.txt\"]\n".to_owned(),
+                vec![
+                    "p.toml:2:10: cannot read set file `/nonexistent/missing.txt`: No such file \
+                     or directory (os error 2)",
+                ],
+            ),
+            (
+                "firewal = {}\n[fire]\n".to_owned(),
+                vec![
+                    "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
+                     `firewall`, `sets`",
+                    "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
+                     `sets`",
+                ],
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(errors(&text), expected, "for:\n{text}");
+        }
+    }
+
+    #[test]
+    fn families_that_overlap_are_fine() {
+        let text = "[sets.v6]\nentries = [\"2001:db8::/32\"]\n[sets.none]\n\
+                    [[firewall.rule]]\naction = \"drop\"\n\
+                    src = [\"10.0.0.0/8\", \"2001:db8::/32\"]\ndst = \"192.0.2.1\"\n\
+                    [[firewall.rule]]\naction = \"drop\"\nsrc = \"@v6\"\ndst = \"2001:db8::1\"\n\
+                    [[firewall.rule]]\naction = \"drop\"\nsrc = \"@none\"\ndst = \"192.0.2.1\"\n";
+        assert_eq!(parse(text).map(|p| p.firewall.rules.len()), Ok(3));
+        let mismatch = "[sets.v6]\nentries = [\"2001:db8::/32\"]\n\
+                        [[firewall.rule]]\naction = \"drop\"\nsrc = \"192.0.2.0/24\"\ndst = \"@v6\"\n";
+        assert_eq!(
+            errors(mismatch),
+            [
+                "p.toml:6:7: `src` matches only IPv4 addresses and `dst` only IPv6 ones, so this \
+              rule can never match"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_error_in_a_file_is_reported_in_order() {
+        let text = r#"[firewall]
+default = "rate-limit"
+bogus = 1
+
+[sets.feed]
+entries = ["1.2.3.4/33"]
+
+[[firewall.rule]]
+action = "rate-limit"
+proto = "udp"
+dport = "9-1"
+
+[[firewall.rule]]
+action = "drop"
+src = "@feed"
+dst = "@other"
+tcp_flags = "syn"
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "p.toml:2:11: the default action cannot be `rate-limit`; use `allow` or `drop`",
+                "p.toml:3:1: unknown key `bogus` in [firewall]; expected one of `default`, \
+                 `log_default`, `fragments`, `rule`",
+                "p.toml:6:12: prefix length 33 is too long for an IPv4 address (at most 32) in \
+                 `1.2.3.4/33`",
+                "p.toml:9:10: action `rate-limit` needs a `rate`, e.g. rate = { pps = 100, burst \
+                 = 200 }",
+                "p.toml:11:9: port range 9-1 is reversed; the low port comes first",
+                "p.toml:16:7: unknown set `@other`; define it under [sets.other]",
+                "p.toml:17:13: `tcp_flags` needs proto = \"tcp\"",
+            ]
+        );
+        let err = parse(text).expect_err("invalid");
+        assert_eq!(err.to_string().lines().count(), 7);
+    }
+
+    #[test]
+    fn a_bad_proto_does_not_cascade() {
+        assert_eq!(
+            errors(
+                "[[firewall.rule]]\naction = \"drop\"\nproto = \"tpc\"\ndport = 22\ntcp_flags = \"syn\"\n"
+            ),
+            [
+                "p.toml:3:9: unknown protocol `tpc`; expected `tcp`, `udp`, `icmp`, `icmpv6`, \
+                 `any` or a protocol number 0 to 255",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_one_located_diagnostic() {
+        let err = parse("[firewall]\ndefault = allow\n").expect_err("bad syntax");
+        assert_eq!(err.errors.len(), 1);
+        let d = &err.errors[0];
+        assert_eq!((d.file.as_str(), d.line, d.column), ("p.toml", 2, 11));
+        assert!(
+            !d.message.is_empty() && !d.message.contains('\n'),
+            "{:?}",
+            d.message
+        );
+
+        let err = parse("[[firewall.rule]]\naction = \"drop\"\naction = \"allow\"\n")
+            .expect_err("duplicate key");
+        assert_eq!(err.errors.len(), 1);
+        assert_eq!((err.errors[0].line, err.errors[0].column), (3, 1));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let text = format!("a = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let err = parse(&text).expect_err("too deep");
+        assert_eq!(err.errors.len(), 1);
+        assert_eq!(err.errors[0].line, 1);
+    }
+
+    #[test]
+    fn too_many_rules_is_an_error_at_the_firewall_table() {
+        let mut text = String::from("# many\n[firewall]\n");
+        for _ in 0..=MAX_RULES {
+            text.push_str("[[firewall.rule]]\naction = \"drop\"\n");
+        }
+        assert_eq!(
+            errors(&text),
+            ["p.toml:2:1: too many firewall rules: 100001 (at most 100000)"]
+        );
+    }
+
+    #[test]
+    fn set_files_load_relative_to_the_policy() {
+        let dir = std::env::temp_dir().join(format!("palisade-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("good.txt"), "# feed\n192.0.2.0/24\n2001:db8::1\n").expect("write");
+        std::fs::write(dir.join("bad.txt"), "192.0.2.0/24\n\n192.0.2.1/24 # oops\n")
+            .expect("write");
+        let policy_path = dir.join("policy.toml");
+        std::fs::write(
+            &policy_path,
+            "[sets.s]\nentries = [\"10.0.0.0/8\"]\nfiles = [\"good.txt\"]\n\
+             [[firewall.rule]]\naction = \"drop\"\nsrc = \"@s\"\n",
+        )
+        .expect("write");
+        let good = load_policy(&policy_path);
+        std::fs::write(
+            &policy_path,
+            "[sets.s]\nfiles = [\"good.txt\", \"bad.txt\"]\n",
+        )
+        .expect("write");
+        let bad = load_policy(&policy_path);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let good = good.expect("valid");
+        assert_eq!(
+            good.sets,
+            vec![IpSet {
+                name: "s".into(),
+                entries: vec![
+                    cidr("10.0.0.0", 8),
+                    cidr("192.0.2.0", 24),
+                    cidr("2001:db8::1", 128)
+                ],
+            }]
+        );
+        assert_eq!(good.firewall.rules[0].src, AddrMatch::Set(0));
+        let bad = bad.expect_err("bad set file");
+        assert_eq!(
+            bad.errors,
+            vec![Diagnostic {
+                file: dir.join("bad.txt").display().to_string(),
+                line: 3,
+                column: 1,
+                message: "host bits set; did you mean 192.0.2.0/24?".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn unreadable_policy_is_reported_at_line_zero() {
+        let err = load_policy(Path::new("/nonexistent/palisade/policy.toml")).expect_err("missing");
+        assert_eq!(err.errors.len(), 1);
+        let d = &err.errors[0];
+        assert_eq!(
+            (d.file.as_str(), d.line, d.column),
+            ("/nonexistent/palisade/policy.toml", 0, 0)
+        );
+        assert!(
+            d.message.starts_with("cannot read policy file: "),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn diagnostic_display_format() {
+        let d = Diagnostic {
+            file: "a.toml".into(),
+            line: 3,
+            column: 7,
+            message: "bad".into(),
+        };
+        assert_eq!(d.to_string(), "a.toml:3:7: bad");
+        let e = ConfigError {
+            errors: vec![d.clone(), Diagnostic { line: 4, ..d }],
+        };
+        assert_eq!(e.to_string(), "a.toml:3:7: bad\na.toml:4:7: bad");
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        assert_eq!(
+            errors("# ünïcödé\n[[firewall.rule]] # é\naction = \"allow\" ; src = 1\n")
+                .iter()
+                .map(|e| e.split(": ").next().unwrap_or("").to_owned())
+                .collect::<Vec<_>>(),
+            ["p.toml:3:18"]
+        );
+        assert_eq!(
+            errors("[[firewall.rule]]\nname = \"é\" \naction = \"allow\"\nsrc = \"é\"\n"),
+            [
+                "p.toml:2:8: invalid rule name `é`: use 1 to 64 of A-Z a-z 0-9 _ . -",
+                "p.toml:4:7: invalid address or CIDR `é`",
+            ]
+        );
+    }
+
+    #[test]
+    fn default_policy_is_valid_and_never_drops() {
+        let policy = default_policy();
+        assert_eq!(policy.firewall.default_action, Action::Allow);
+        assert_eq!(policy.firewall.fragments, FragmentPolicy::MatchL3);
+        assert!(!policy.firewall.log_default);
+        assert!(policy.sets.is_empty());
+        let names: Vec<&str> = policy
+            .firewall
+            .rules
+            .iter()
+            .filter_map(|r| r.name.as_deref())
+            .collect();
+        assert_eq!(names, ["count-ssh", "count-icmp", "count-icmpv6"]);
+        assert!(
+            policy
+                .firewall
+                .rules
+                .iter()
+                .all(|r| r.action == Action::Allow)
+        );
+        assert_eq!(
+            policy.firewall.rules[0],
+            Rule {
+                name: Some("count-ssh".into()),
+                protocol: Some(Protocol::Tcp),
+                dst_ports: Some(PortRange { lo: 22, hi: 22 }),
+                ..bare_rule(Action::Allow, 1_000_000, policy.firewall.rules[0].line)
+            }
+        );
+    }
+
+    #[test]
+    fn example_in_module_docs_parses() {
+        // The format reference above doubles as the README's example; keep it valid.
+        let doc = include_str!("config.rs");
+        let start = doc.find("//! ```toml\n").expect("doc example") + "//! ```toml\n".len();
+        let end = start + doc[start..].find("//! ```\n").expect("doc example end");
+        let text: String = doc[start..end]
+            .lines()
+            .map(|l| {
+                l.strip_prefix("//! ")
+                    .or_else(|| l.strip_prefix("//!"))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = std::env::temp_dir().join(format!("palisade-docex-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("blocklist.txt"), "192.0.2.66\n").expect("write");
+        let result = parse_policy(&text, "doc.toml", &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let policy = result.expect("doc example is valid");
+        assert_eq!(policy.firewall.rules.len(), 3);
+        assert_eq!(policy.sets[0].entries.len(), 4);
+    }
+}

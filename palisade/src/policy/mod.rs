@@ -1,0 +1,6 @@
+//! Policy: the config file format, its validated model, the compiler to map contents, and a
+//! reference classifier.
+
+pub mod config;
+pub mod model;
+pub mod setfile;

@@ -1,0 +1,236 @@
+//! The validated policy: what a config file means once every field has been checked.
+//!
+//! Nothing here knows about TOML or about kernel maps. `config` turns text into this model,
+//! `compile` turns this model into map contents, and `reference` classifies packets against it
+//! the slow, obvious way so the kernel program has something to be checked against.
+
+use std::net::IpAddr;
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// A CIDR block. `addr` is stored as 16 bytes: IPv6 as is, IPv4 as `::ffff:a.b.c.d`.
+/// `prefix_len` counts bits of the family's own address (0..=32 for IPv4, 0..=128 for IPv6),
+/// and the host bits of `addr` are always zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub family: Family,
+    pub addr: [u8; 16],
+    pub prefix_len: u8,
+}
+
+/// What a rule's source or destination must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrMatch {
+    /// Any address of any family.
+    Any,
+    /// Any of these blocks (a one-element list for a single CIDR). Never empty.
+    Cidrs(Vec<Cidr>),
+    /// A member of the named set (index into `Policy::sets`).
+    Set(usize),
+}
+
+/// Layer-4 protocol a rule is limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    /// Any other IP protocol by number (e.g. 47 for GRE).
+    Other(u8),
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    #[must_use]
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Icmp => 1,
+            Self::Icmpv6 => 58,
+            Self::Other(n) => n,
+        }
+    }
+}
+
+/// An inclusive range of ports (`lo <= hi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// TCP flags must satisfy `packet_flags & mask == value` (`value & !mask == 0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TcpFlags {
+    pub value: u8,
+    pub mask: u8,
+}
+
+/// ICMP / ICMPv6 type, and optionally code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IcmpMatch {
+    pub icmp_type: u8,
+    pub code: Option<u8>,
+}
+
+/// Whose packets share one token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RatePer {
+    /// One bucket for each source address.
+    Source,
+    /// One bucket for the whole rule.
+    Rule,
+}
+
+/// A token bucket: `pps` tokens per second, holding at most `burst` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub pps: u32,
+    pub burst: u32,
+    pub per: RatePer,
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Drop,
+    /// Packets within the rate pass, the rest are dropped.
+    RateLimit(RateLimit),
+}
+
+/// One firewall rule. All conditions must hold for the rule to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Optional name, shown in events, counters and listings.
+    pub name: Option<String>,
+    /// Lower numbers are evaluated first; ties keep file order.
+    pub priority: u32,
+    pub action: Action,
+    /// Emit an event for every packet this rule drops.
+    pub log: bool,
+    pub src: AddrMatch,
+    pub dst: AddrMatch,
+    /// `None` matches every protocol; ports, flags and ICMP need a protocol that has them.
+    pub protocol: Option<Protocol>,
+    pub src_ports: Option<PortRange>,
+    pub dst_ports: Option<PortRange>,
+    pub tcp_flags: Option<TcpFlags>,
+    pub icmp: Option<IcmpMatch>,
+    /// 1-based line of the rule in its config file, for messages (0 when built in code).
+    pub line: usize,
+}
+
+/// What the firewall does with a non-first IP fragment, which carries no layer-4 header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FragmentPolicy {
+    /// Drop every non-first fragment (reason `fragment`).
+    Drop,
+    /// Match non-first fragments against rules with no layer-4 condition only, then the
+    /// default action. A port rule can never be bypassed: it drops the first fragment, and
+    /// the later ones cannot be reassembled without it.
+    MatchL3,
+}
+
+/// The firewall part of a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firewall {
+    /// Used when no rule matches: `Allow` or `Drop` (never `RateLimit`).
+    pub default_action: Action,
+    /// Emit an event for every packet the default action drops.
+    pub log_default: bool,
+    pub fragments: FragmentPolicy,
+    /// Sorted by `(priority, file order)`: index in this vector is the evaluation order.
+    pub rules: Vec<Rule>,
+}
+
+/// A named set of addresses and CIDR blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpSet {
+    pub name: String,
+    pub entries: Vec<Cidr>,
+}
+
+/// A whole validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub firewall: Firewall,
+    pub sets: Vec<IpSet>,
+}
+
+impl Cidr {
+    /// A block from an address and a prefix length in that address's own bits.
+    ///
+    /// Returns `None` when the prefix is longer than the address. Host bits are cleared.
+    #[must_use]
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Option<Self> {
+        let (family, bytes, max) = match addr {
+            IpAddr::V4(a) => (Family::V4, a.to_ipv6_mapped().octets(), 32),
+            IpAddr::V6(a) => (Family::V6, a.octets(), 128),
+        };
+        if prefix_len > max {
+            return None;
+        }
+        let mut cidr = Self {
+            family,
+            addr: bytes,
+            prefix_len,
+        };
+        let mask = cidr.mask();
+        for (b, m) in cidr.addr.iter_mut().zip(mask) {
+            *b &= m;
+        }
+        Some(cidr)
+    }
+
+    /// The prefix length over the 16-byte stored form (IPv4 blocks gain 96 bits).
+    #[must_use]
+    pub const fn stored_prefix_len(&self) -> u8 {
+        match self.family {
+            Family::V4 => self.prefix_len + 96,
+            Family::V6 => self.prefix_len,
+        }
+    }
+
+    /// The 16-byte mask of the stored form.
+    #[must_use]
+    pub fn mask(&self) -> [u8; 16] {
+        prefix_mask(self.stored_prefix_len())
+    }
+
+    /// Whether `addr` (16-byte stored form of `family`) lies inside this block.
+    #[must_use]
+    pub fn contains(&self, family: Family, addr: &[u8; 16]) -> bool {
+        family == self.family
+            && addr
+                .iter()
+                .zip(self.mask())
+                .zip(self.addr)
+                .all(|((a, m), c)| a & m == c)
+    }
+}
+
+/// A 16-byte mask with the first `bits` bits set.
+#[must_use]
+pub fn prefix_mask(bits: u8) -> [u8; 16] {
+    let mut mask = [0u8; 16];
+    for (i, m) in mask.iter_mut().enumerate() {
+        let lo = i * 8;
+        let bits = usize::from(bits);
+        *m = if bits >= lo + 8 {
+            0xff
+        } else if bits > lo {
+            0xffu8 << (8 - (bits - lo))
+        } else {
+            0
+        };
+    }
+    mask
+}

@@ -1,0 +1,164 @@
+//! Running the kernel programs on crafted frames with `BPF_PROG_TEST_RUN`: the engine of the
+//! datapath tests, the differential checks and the benchmarks.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use palisade_common::{
+    event::FirewallEvent,
+    firewall::{RuleStats, rule_slot},
+    reason, stats,
+};
+
+use crate::{
+    firewall::{apply, compile},
+    loader,
+    maps::{map, map_mut},
+    policy::model::Policy,
+};
+
+/// The XDP firewall program's name in the object.
+pub const FIREWALL: &str = "palisade_firewall";
+
+/// A loaded object with its XDP programs verified, ready for test runs.
+pub struct Bench {
+    pub ebpf: Ebpf,
+    events: Option<RingBuf<MapData>>,
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: u32,
+    /// Mean time per run as the kernel measured it.
+    pub duration: Duration,
+}
+
+impl Bench {
+    /// Loads the object and verifies the XDP programs.
+    ///
+    /// # Errors
+    /// When loading or verification fails.
+    pub fn new() -> Result<Self> {
+        let mut ebpf = loader::load()?;
+        for name in [FIREWALL, "palisade_floor_pass", "palisade_floor_drop"] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("no program {name}"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+        }
+        let events = ebpf.take_map("EVENTS").map(RingBuf::try_from).transpose()?;
+        Ok(Self { ebpf, events })
+    }
+
+    /// Compiles and installs `policy`.
+    ///
+    /// # Errors
+    /// When the policy cannot be compiled or written.
+    pub fn install(&mut self, policy: &Policy) -> Result<()> {
+        let compiled = compile::compile(policy)?;
+        apply::install(&mut self.ebpf, &compiled)?;
+        Ok(())
+    }
+
+    /// Runs program `name` once on `frame`.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_prog(&self, name: &str, frame: &[u8], repeat: u32) -> Result<Outcome> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts)?;
+        Ok(Outcome {
+            action: r.return_value,
+            duration: r.duration,
+        })
+    }
+
+    /// Runs the firewall once on `frame` and returns the XDP action.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run(&self, frame: &[u8]) -> Result<u32> {
+        Ok(self.run_prog(FIREWALL, frame, 1)?.action)
+    }
+
+    /// Sum over CPUs of a global counter.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn stat(&self, index: u32) -> Result<u64> {
+        sum_counter(&self.ebpf, "STATS", index)
+    }
+
+    /// Sum over CPUs of the drops for `reason`.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn reason_count(&self, r: u32) -> Result<u64> {
+        sum_counter(&self.ebpf, "REASON_STATS", r)
+    }
+
+    /// Packet and byte hits of `rule` (an evaluation index, or `DEFAULT_SLOT`) in the live
+    /// generation.
+    ///
+    /// # Errors
+    /// When the maps cannot be read.
+    pub fn rule_hits(&self, rule: u32) -> Result<RuleStats> {
+        let generation = apply::control(&self.ebpf)?.active_gen;
+        let m: PerCpuArray<&MapData, RuleStats> =
+            PerCpuArray::try_from(map(&self.ebpf, "FW_RULE_STATS")?)?;
+        let v = m.get(&rule_slot(generation, rule), 0)?;
+        Ok(v.iter().fold(RuleStats::default(), |a, s| RuleStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+        }))
+    }
+
+    /// Every firewall event waiting in the ring buffer.
+    pub fn drain_events(&mut self) -> Vec<FirewallEvent> {
+        let mut out = Vec::new();
+        if let Some(rb) = self.events.as_mut() {
+            while let Some(item) = rb.next() {
+                if item.len() >= size_of::<FirewallEvent>() {
+                    // SAFETY: FirewallEvent is plain old data and the length was checked.
+                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+                }
+            }
+        }
+        out
+    }
+
+    /// Mutable access to the object, for tests that poke maps directly.
+    ///
+    /// # Errors
+    /// When the map does not exist.
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        map_mut(&mut self.ebpf, name)
+    }
+}
+
+/// Sum over CPUs of `name[index]` for a per-CPU `u64` array.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn sum_counter(ebpf: &Ebpf, name: &str, index: u32) -> Result<u64> {
+    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, name)?)?;
+    Ok(m.get(&index, 0)?.iter().sum())
+}
+
+const _: () = assert!(reason::COUNT > 0 && stats::COUNT > 0);
