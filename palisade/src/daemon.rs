@@ -87,7 +87,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ebpf.take_map("EVENTS")
             .ok_or_else(|| anyhow!("no EVENTS map"))?,
     )?;
-    let mut ring = AsyncFd::new(ring)?;
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it; it is never
+    // closed behind tokio's back.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("watching the event ring: {e}"))?;
     let mut names = rule_names(&policy);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

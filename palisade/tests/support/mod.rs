@@ -1,0 +1,6 @@
+//! Helpers shared by the integration tests that use real network namespaces.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+pub mod daemon;
+pub mod netns;

@@ -1,0 +1,99 @@
+//! Two network namespaces joined by a veth pair, removed again when the guard drops (also
+//! when the test panics).
+//!
+//! Addresses: side A is 10.201.N.1 / fd00:201:N::1, side B 10.201.N.2 / fd00:201:N::2, where N
+//! is unique per guard, so tests can run in parallel. Traffic never leaves the namespaces.
+
+use std::{
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct NetnsPair {
+    pub ns_a: String,
+    pub ns_b: String,
+    /// Interface names inside each namespace.
+    pub if_a: String,
+    pub if_b: String,
+    pub v4_a: String,
+    pub v4_b: String,
+    pub v6_a: String,
+    pub v6_b: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetnsPair {
+    #[must_use]
+    pub fn new() -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = std::process::id() % 10_000;
+        let tag = format!("{id}x{n}");
+        let net = (id + n * 7) % 250 + 1;
+        let pair = Self {
+            ns_a: format!("pal-a-{tag}"),
+            ns_b: format!("pal-b-{tag}"),
+            if_a: "veth-a".into(),
+            if_b: "veth-b".into(),
+            v4_a: format!("10.201.{net}.1"),
+            v4_b: format!("10.201.{net}.2"),
+            v6_a: format!("fd00:201:{net:x}::1"),
+            v6_b: format!("fd00:201:{net:x}::2"),
+        };
+        // From here on Drop cleans up whatever was created.
+        ip(&["netns", "add", &pair.ns_a]);
+        ip(&["netns", "add", &pair.ns_b]);
+        let tmp_a = format!("pa{tag}");
+        let tmp_b = format!("pb{tag}");
+        ip(&["link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b]);
+        ip(&["link", "set", &tmp_a, "netns", &pair.ns_a]);
+        ip(&["link", "set", &tmp_b, "netns", &pair.ns_b]);
+        for (ns, tmp, name, v4, v6) in [
+            (&pair.ns_a, &tmp_a, &pair.if_a, &pair.v4_a, &pair.v6_a),
+            (&pair.ns_b, &tmp_b, &pair.if_b, &pair.v4_b, &pair.v6_b),
+        ] {
+            ip(&["-n", ns, "link", "set", tmp, "name", name]);
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", name]);
+            ip(&["-n", ns, "-6", "addr", "add", &format!("{v6}/64"), "dev", name, "nodad"]);
+            ip(&["-n", ns, "link", "set", name, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// Runs a command inside namespace `ns`.
+    pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// A command prepared to run inside namespace `ns` (for long-running children).
+    #[must_use]
+    pub fn command(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        // Deleting a namespace destroys its end of the veth, which destroys the pair.
+        for ns in [&self.ns_a, &self.ns_b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
