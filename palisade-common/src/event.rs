@@ -31,3 +31,51 @@ pub struct FirewallEvent {
     pub packet_len: u32,
 }
 map_type!(FirewallEvent, 72);
+
+/// [`DnsEvent::kind`]: a DNS decision.
+pub const KIND_DNS: u32 = 2;
+
+/// [`DnsEvent::verdict`].
+pub const DNS_VERDICT_ALLOW: u8 = 0;
+pub const DNS_VERDICT_DROP: u8 = 1;
+pub const DNS_VERDICT_NXDOMAIN: u8 = 2;
+/// Audit mode: would have been blocked, was let through.
+pub const DNS_VERDICT_AUDIT: u8 = 3;
+
+/// A DNS decision: the query, who sent it, what was decided and why.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsEvent {
+    /// Always [`KIND_DNS`].
+    pub kind: u32,
+    /// Reason (see [`crate::reason`]); [`crate::reason::PASS`] for allowed queries.
+    pub reason: u32,
+    pub timestamp_ns: u64,
+    /// Socket cgroup id (egress), 0 on ingress.
+    pub cgroup_id: u64,
+    /// Process id (thread group) and thread id of the sender (egress), 0 on ingress.
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub ifindex: u32,
+    pub generation: u32,
+    /// Client address (the query's source).
+    pub client: [u8; 16],
+    pub comm: [u8; 16],
+    pub client_port: u16,
+    pub qtype: u16,
+    /// Wire length of `name` (0 when the name could not be parsed).
+    pub name_len: u16,
+    pub family: u8,
+    pub scope: u8,
+    pub verdict: u8,
+    /// 1 when the query came over TCP.
+    pub tcp: u8,
+    /// List index of the matching entry, `u16::MAX` when none matched.
+    pub list: u16,
+    /// Case-folded wire-format question name.
+    pub name: [u8; 256],
+    pub _pad: [u8; 4],
+}
+map_type!(DnsEvent, 352);

@@ -7,6 +7,7 @@
 
 #![no_std]
 
+pub mod dns;
 pub mod event;
 pub mod firewall;
 pub mod packet;

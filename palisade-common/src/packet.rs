@@ -130,6 +130,17 @@ pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Frame, u32> {
     }
 }
 
+/// Parses a frame that starts with the IP header (what cgroup and some TC hooks see);
+/// `ethertype` says which IP version to expect.
+#[inline(always)]
+pub fn parse_l3<B: Bytes + ?Sized>(b: &B, ethertype: u16) -> Result<Frame, u32> {
+    match ethertype {
+        ETH_P_IP => parse_ipv4(b, 0).map(Frame::Ip),
+        ETH_P_IPV6 => parse_ipv6(b, 0).map(Frame::Ip),
+        _ => Ok(Frame::NotIp),
+    }
+}
+
 #[inline(always)]
 fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
     let h: [u8; 20] = b.load(off).ok_or(reason::MALFORMED_L3)?;

@@ -14,6 +14,8 @@ pub const EVENTS_LOST: u32 = 4;
 pub const INTERNAL: u32 = 5;
 /// Non-first fragments seen.
 pub const FRAGMENTS: u32 = 6;
+/// Packets answered in place (DNS NXDOMAIN with `XDP_TX`).
+pub const ANSWERED: u32 = 7;
 /// Size of the `STATS` array.
 pub const COUNT: u32 = 8;
 
@@ -26,5 +28,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "events_lost",
     "internal_errors",
     "fragments",
-    "reserved",
+    "answered",
 ];

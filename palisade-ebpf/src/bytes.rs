@@ -20,3 +20,14 @@ impl Bytes for XdpBytes<'_> {
         Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
     }
 }
+
+/// The packet a socket-buffer program (cgroup_skb, TC) sees.
+pub struct SkbBytes<'a>(pub &'a aya_ebpf::programs::SkBuffContext);
+
+impl Bytes for SkbBytes<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        // bpf_skb_load_bytes checks the range itself.
+        self.0.load::<[u8; N]>(offset).ok()
+    }
+}

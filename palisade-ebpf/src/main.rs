@@ -6,11 +6,16 @@
 #![no_main]
 
 mod bytes;
+mod dns;
 mod firewall;
 mod maps;
 mod verdict;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{cgroup_skb, xdp},
+    programs::{SkBuffContext, XdpContext},
+};
 
 /// XDP ingress firewall.
 ///
@@ -19,6 +24,19 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn palisade_firewall(ctx: XdpContext) -> u32 {
     firewall::run(&ctx)
+}
+
+/// DNS inspection of queries arriving on the guarded interfaces; entered by tail call from
+/// [`palisade_firewall`] for packets it allowed to a DNS port.
+#[xdp]
+pub fn palisade_dns_ingress(ctx: XdpContext) -> u32 {
+    dns::ingress::run(&ctx)
+}
+
+/// DNS policy for queries sent by local processes.
+#[cgroup_skb]
+pub fn palisade_dns_egress(ctx: SkBuffContext) -> i32 {
+    dns::egress::run(&ctx)
 }
 
 /// The smallest XDP program: passes everything. Loaded by the benchmarks as the cost floor.

@@ -78,3 +78,53 @@ pub fn bump(map: &PerCpuArray<u64>, index: u32) {
 }
 
 const _: () = assert!(MAX_SETS > 0);
+
+// ---- DNS ----
+
+use aya_ebpf::maps::ProgramArray;
+use palisade_common::dns::{
+    hash::HashKey,
+    maps::{ClientKey, DNS_STATS_PER_SCOPE, DnsGlobal, NameKey, NameValue, SCOPES, ScopeConfig},
+};
+
+/// The secret key of the name hashes (set once when the maps are created).
+#[map]
+pub static DNS_KEY: Array<HashKey> = Array::with_max_entries(1, 0);
+
+/// Per-generation DNS settings.
+#[map]
+pub static DNS_GLOBAL: Array<DnsGlobal> = Array::with_max_entries(GENERATIONS, 0);
+
+/// Per-generation, per-scope DNS policy: `gen * SCOPES + scope`.
+#[map]
+pub static DNS_SCOPES: Array<ScopeConfig> = Array::with_max_entries(GENERATIONS * SCOPES, 0);
+
+/// Every name entry of every scope and generation.
+#[map]
+pub static DNS_NAMES: HashMap<NameKey, NameValue> =
+    HashMap::with_max_entries(1 << 22, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Per-client query buckets (GCRA time).
+#[map]
+pub static DNS_RATE: LruHashMap<ClientKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per-scope DNS counters.
+#[map]
+pub static DNS_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(SCOPES * DNS_STATS_PER_SCOPE, 0);
+
+/// Per-CPU working space of the DNS inspector (far larger than the 512-byte stack).
+#[map]
+pub static DNS_SCRATCH: PerCpuArray<crate::dns::inspect::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU space where a DNS event is assembled before it is copied to the ring.
+#[map]
+pub static DNS_EVENT_SCRATCH: PerCpuArray<palisade_common::event::DnsEvent> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Tail-call targets of the XDP firewall: slot [`TAIL_DNS`] is the DNS inspector.
+#[map]
+pub static XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// Slot of the DNS ingress inspector in [`XDP_TAILS`].
+pub const TAIL_DNS: u32 = 0;

@@ -31,6 +31,20 @@ pub fn internal_error() -> u32 {
     pass()
 }
 
+/// The packet leaves by the interface it came in on (an answer Palisade wrote).
+#[inline(always)]
+pub fn tx() -> u32 {
+    bump(&STATS, stats::ANSWERED);
+    xdp_action::XDP_TX
+}
+
+/// Drop whose reason the caller has already counted.
+#[inline(always)]
+pub fn drop_counted() -> u32 {
+    bump(&STATS, stats::DROPPED);
+    xdp_action::XDP_DROP
+}
+
 #[inline(always)]
 pub fn drop(ctx: &XdpContext, p: Option<&Packet>, d: &Decision) -> u32 {
     bump(&STATS, stats::DROPPED);

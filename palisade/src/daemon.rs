@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
-    programs::Xdp,
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Xdp},
 };
 use palisade_common::{firewall::DEFAULT_SLOT, reason, stats};
 use tokio::{
@@ -20,13 +20,12 @@ use crate::{
     cli::RunArgs,
     events,
     firewall::{apply, compile},
-    loader,
+    guard, loader,
     policy::{config, model::Policy},
     testrun::sum_counter,
 };
 
-/// Name of the XDP firewall program in the object.
-const FIREWALL: &str = "palisade_firewall";
+use crate::guard::FIREWALL;
 
 /// Loads the policy named on the command line, or the built-in one.
 ///
@@ -48,7 +47,8 @@ pub fn load_policy(path: Option<&Path>) -> Result<(Policy, String)> {
 /// When the policy is invalid, loading fails, or no interface can be attached.
 pub async fn run(args: RunArgs) -> Result<()> {
     let (policy, source) = load_policy(args.config.as_deref())?;
-    let compiled = compile::compile(&policy).context("compiling the policy")?;
+    // Compile once before touching the kernel so a policy that cannot load fails fast.
+    compile::compile(&policy).context("compiling the policy")?;
     let ifaces = if args.ifaces.is_empty() {
         vec![attach::default_route_interface()?]
     } else {
@@ -60,17 +60,38 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     let mut ebpf = loader::load()?;
-    apply::install(&mut ebpf, &compiled).context("installing the policy")?;
+    guard::install(&mut ebpf, &policy).context("installing the policy")?;
+    {
+        let prog: &mut Xdp = ebpf
+            .program_mut(guard::DNS_INGRESS)
+            .ok_or_else(|| anyhow!("kernel object has no program {}", guard::DNS_INGRESS))?
+            .try_into()?;
+        prog.load().context("the kernel refused the XDP DNS program")?;
+    }
+    guard::link_tail_calls(&mut ebpf)?;
     {
         let prog: &mut Xdp = ebpf
             .program_mut(FIREWALL)
             .ok_or_else(|| anyhow!("kernel object has no program {FIREWALL}"))?
             .try_into()?;
-        prog.load()
-            .context("the kernel refused the XDP firewall program")?;
+        prog.load().context("the kernel refused the XDP firewall program")?;
         for i in &ifaces {
             let mode = attach::attach_xdp(prog, i, args.generic)?;
             eprintln!("palisade: attached to {i} ({mode} XDP)");
+        }
+    }
+    if let Some(egress) = &policy.dns.egress {
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(guard::DNS_EGRESS)
+            .ok_or_else(|| anyhow!("kernel object has no program {}", guard::DNS_EGRESS))?
+            .try_into()?;
+        prog.load().context("the kernel refused the cgroup DNS program")?;
+        for cg in &egress.cgroups {
+            let dir = std::fs::File::open(cg)
+                .with_context(|| format!("opening cgroup {}", cg.display()))?;
+            prog.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::AllowMultiple)
+                .with_context(|| format!("attaching DNS egress policy to cgroup {}", cg.display()))?;
+            eprintln!("palisade: DNS egress policy on cgroup {}", cg.display());
         }
     }
     eprintln!(
@@ -137,8 +158,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 fn reload(ebpf: &mut Ebpf, path: Option<&Path>) -> Result<(Policy, u32)> {
     let (policy, _) = load_policy(path)?;
-    let compiled = compile::compile(&policy)?;
-    let ctl = apply::install(ebpf, &compiled)?;
+    let ctl = guard::install(ebpf, &policy)?;
     Ok((policy, ctl.generation_counter))
 }
 
@@ -156,6 +176,12 @@ fn drain(ring: &mut RingBuf<MapData>, names: &[String], json: bool) {
     let lookup = |i: u32| names.get(i as usize).cloned();
     while let Some(item) = ring.next() {
         if let Some(ev) = events::decode(&item, &lookup) {
+            if json {
+                println!("{}", serde_json::to_string(&ev).unwrap_or_default());
+            } else {
+                println!("{ev}");
+            }
+        } else if let Some(ev) = events::decode_dns(&item) {
             if json {
                 println!("{}", serde_json::to_string(&ev).unwrap_or_default());
             } else {

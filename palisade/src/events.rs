@@ -95,3 +95,148 @@ impl std::fmt::Display for Event {
         write!(f, " len={} ifindex={}", self.len, self.ifindex)
     }
 }
+
+/// A DNS decision in the form users see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsDecision {
+    pub kind: &'static str,
+    pub timestamp_ns: u64,
+    /// `ingress` (XDP) or `egress` (cgroup).
+    pub scope: &'static str,
+    /// `allow`, `drop`, `nxdomain` or `audit` (would have been blocked).
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    /// The question name, dotted; bytes outside printable ASCII and dots inside labels are
+    /// escaped as in zone files.
+    pub name: String,
+    pub qtype: String,
+    pub client: Option<IpAddr>,
+    pub client_port: u16,
+    pub tcp: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    pub generation: u32,
+}
+
+/// Decodes a DNS event record.
+#[must_use]
+pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
+    use palisade_common::{
+        dns::maps::SCOPE_EGRESS,
+        event::{DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN, DnsEvent, KIND_DNS},
+    };
+    if bytes.len() < size_of::<DnsEvent>() {
+        return None;
+    }
+    // SAFETY: DnsEvent is plain old data and the length was checked.
+    let e: DnsEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if e.kind != KIND_DNS {
+        return None;
+    }
+    let egress = e.scope == SCOPE_EGRESS;
+    let client = match e.family {
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(e.client[12], e.client[13], e.client[14], e.client[15]))),
+        6 => Some(IpAddr::V6(Ipv6Addr::from(e.client))),
+        _ => None,
+    };
+    let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+    Some(DnsDecision {
+        kind: "dns",
+        timestamp_ns: e.timestamp_ns,
+        scope: if egress { "egress" } else { "ingress" },
+        verdict: match e.verdict {
+            DNS_VERDICT_DROP => "drop",
+            DNS_VERDICT_NXDOMAIN => "nxdomain",
+            DNS_VERDICT_AUDIT => "audit",
+            _ => "allow",
+        },
+        reason: reason::name(e.reason),
+        name: wire_name_to_text(&e.name[..usize::from(e.name_len).min(e.name.len())]),
+        qtype: qtype_name(e.qtype),
+        client,
+        client_port: e.client_port,
+        tcp: e.tcp != 0,
+        list: (e.list != u16::MAX).then_some(e.list),
+        pid: egress.then_some(e.pid),
+        uid: egress.then_some(e.uid),
+        comm: egress.then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
+        cgroup_id: egress.then_some(e.cgroup_id),
+        generation: e.generation,
+    })
+}
+
+/// A wire-format name as zone-file text (`www.example.com.`; `.` for the root).
+#[must_use]
+pub fn wire_name_to_text(wire: &[u8]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while let Some(&len) = wire.get(i) {
+        if len == 0 || len & 0xc0 != 0 {
+            break;
+        }
+        let end = (i + 1 + usize::from(len)).min(wire.len());
+        for &b in &wire[i + 1..end] {
+            match b {
+                b'.' | b'\\' => {
+                    out.push('\\');
+                    out.push(char::from(b));
+                }
+                0x21..=0x7e => out.push(char::from(b)),
+                _ => out.push_str(&format!("\\{b:03}")),
+            }
+        }
+        out.push('.');
+        i = end;
+    }
+    if out.is_empty() {
+        out.push('.');
+    }
+    out
+}
+
+/// A query type's mnemonic, or `TYPEnnn`.
+#[must_use]
+pub fn qtype_name(q: u16) -> String {
+    match q {
+        1 => "A".into(),
+        2 => "NS".into(),
+        5 => "CNAME".into(),
+        6 => "SOA".into(),
+        12 => "PTR".into(),
+        15 => "MX".into(),
+        16 => "TXT".into(),
+        28 => "AAAA".into(),
+        33 => "SRV".into(),
+        64 => "SVCB".into(),
+        65 => "HTTPS".into(),
+        255 => "ANY".into(),
+        n => format!("TYPE{n}"),
+    }
+}
+
+impl std::fmt::Display for DnsDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "dns {} {} reason={} {} {}", self.scope, self.verdict, self.reason, self.name, self.qtype)?;
+        if let Some(c) = self.client {
+            write!(f, " client={c}:{}", self.client_port)?;
+        }
+        if self.tcp {
+            f.write_str(" tcp")?;
+        }
+        if let (Some(pid), Some(uid), Some(comm)) = (self.pid, self.uid, &self.comm) {
+            write!(f, " pid={pid} uid={uid} comm={comm}")?;
+        }
+        if let Some(cg) = self.cgroup_id {
+            write!(f, " cgroup={cg}")?;
+        }
+        Ok(())
+    }
+}

@@ -6,9 +6,11 @@
 pub mod attach;
 pub mod cli;
 pub mod craft;
+pub mod dns;
 pub mod daemon;
 pub mod events;
 pub mod firewall;
+pub mod guard;
 pub mod loader;
 pub mod maps;
 pub mod policy;

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp},
 };
 use palisade_common::{
     event::FirewallEvent,
@@ -16,14 +16,13 @@ use palisade_common::{
 };
 
 use crate::{
-    firewall::{apply, compile},
+    firewall::apply,
     loader,
     maps::{map, map_mut},
     policy::model::Policy,
 };
 
-/// The XDP firewall program's name in the object.
-pub const FIREWALL: &str = "palisade_firewall";
+pub use crate::guard::{DNS_EGRESS, DNS_INGRESS, FIREWALL};
 
 /// A loaded object with its XDP programs verified, ready for test runs.
 pub struct Bench {
@@ -46,13 +45,21 @@ impl Bench {
     /// When loading or verification fails.
     pub fn new() -> Result<Self> {
         let mut ebpf = loader::load()?;
-        for name in [FIREWALL, "palisade_floor_pass", "palisade_floor_drop"] {
+        for name in [FIREWALL, DNS_INGRESS, "palisade_floor_pass", "palisade_floor_drop"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("no program {name}"))?
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
+        {
+            let prog: &mut CgroupSkb = ebpf
+                .program_mut(DNS_EGRESS)
+                .ok_or_else(|| anyhow!("no program {DNS_EGRESS}"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying {DNS_EGRESS}"))?;
+        }
+        crate::guard::link_tail_calls(&mut ebpf)?;
         let events = ebpf.take_map("EVENTS").map(RingBuf::try_from).transpose()?;
         Ok(Self { ebpf, events })
     }
@@ -62,9 +69,46 @@ impl Bench {
     /// # Errors
     /// When the policy cannot be compiled or written.
     pub fn install(&mut self, policy: &Policy) -> Result<()> {
-        let compiled = compile::compile(policy)?;
-        apply::install(&mut self.ebpf, &compiled)?;
+        crate::guard::install(&mut self.ebpf, policy)?;
         Ok(())
+    }
+
+    /// Runs the cgroup egress DNS program on a packet that starts at its IP header, as a
+    /// local process would send it. Returns 1 (allow) or 0 (drop).
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_egress(&self, ip_packet: &[u8]) -> Result<u32> {
+        let prog: &CgroupSkb = self
+            .ebpf
+            .program(DNS_EGRESS)
+            .ok_or_else(|| anyhow!("no program {DNS_EGRESS}"))?
+            .try_into()?;
+        let mut out = vec![0u8; ip_packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(ip_packet);
+        opts.data_out = Some(&mut out);
+        Ok(prog.test_run(opts)?.return_value)
+    }
+
+    /// Runs the firewall (and, by tail call, the DNS inspector) on `frame` and returns the
+    /// action and the frame as the program left it.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_with_output(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(FIREWALL)
+            .ok_or_else(|| anyhow!("no program {FIREWALL}"))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = prog.test_run(opts)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     /// Runs program `name` once on `frame`.

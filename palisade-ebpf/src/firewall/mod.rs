@@ -9,13 +9,17 @@ use palisade_common::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, DEFAULT_SLOT, FRAGMENTS_DROP,
         POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED, RULE_LOG, rule_slot,
     },
-    packet::{self, FRAG_LATER, Frame},
+    dns::maps::{MODE_OFF, SCOPE_INGRESS, SCOPES},
+    packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP},
     reason, stats,
 };
 
 use crate::{
     bytes::XdpBytes,
-    maps::{CONTROL, FW_HEADER, FW_RULE_META, FW_RULE_STATS, STATS, bump},
+    maps::{
+        CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS, STATS, TAIL_DNS,
+        XDP_TAILS, bump,
+    },
     verdict::{self, Decision, NO_RULE},
 };
 
@@ -69,7 +73,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
     if rule == DEFAULT_SLOT {
         if header.default_action == ACTION_ALLOW {
-            return verdict::pass();
+            return allowed(ctx, generation, &p);
         }
         let d = Decision {
             reason: reason::DEFAULT,
@@ -95,7 +99,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         }
         ACTION_RATE_LIMIT => {
             if ratelimit::admit(slot, meta, &p) {
-                verdict::pass()
+                allowed(ctx, generation, &p)
             } else {
                 let d = Decision {
                     reason: reason::RATE_LIMIT,
@@ -106,6 +110,29 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 verdict::drop(ctx, Some(&p), &d)
             }
         }
-        _ => verdict::pass(),
+        _ => allowed(ctx, generation, &p),
     }
+}
+
+/// The firewall lets the packet through; DNS queries go on to the DNS inspector.
+#[inline(always)]
+fn allowed(ctx: &XdpContext, generation: u32, p: &packet::Packet) -> u32 {
+    if p.frag != FRAG_LATER
+        && (p.proto == IPPROTO_UDP || p.proto == IPPROTO_TCP)
+        && DNS_GLOBAL.get(generation).is_some_and(|g| g.is_dns_port(p.dport))
+        && DNS_SCOPES
+            .get(generation * SCOPES + u32::from(SCOPE_INGRESS))
+            .is_some_and(|c| c.mode != MODE_OFF)
+    {
+        // Hand the parsed packet over; the DNS program runs next on this CPU.
+        if let Some(s) = DNS_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+            unsafe { (*s).packet = *p };
+        }
+        // SAFETY: a tail call with this program's own context.
+        unsafe { XDP_TAILS.tail_call(ctx, TAIL_DNS) };
+        // Only reached when the slot is empty: DNS inspection is off, fail open.
+        bump(&STATS, stats::INTERNAL);
+    }
+    verdict::pass()
 }

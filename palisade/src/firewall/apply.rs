@@ -1,5 +1,5 @@
-//! Writes a [`CompiledFirewall`] into the idle generation of the kernel maps, then makes it
-//! live with one write to `CONTROL`.
+//! Writes a compiled policy (firewall and DNS) into the idle generation of the kernel maps,
+//! then makes it live with one write to `CONTROL`.
 //!
 //! Until that last write nothing a packet can observe has changed, so a failure at any step
 //! leaves the running policy exactly as it was.
@@ -14,7 +14,13 @@ use palisade_common::firewall::{
     RuleMeta, RuleRef, RuleStats, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id,
 };
 
+use palisade_common::dns::{
+    hash::HashKey,
+    maps::{DnsGlobal, NameKey, NameValue, SCOPES, ScopeConfig},
+};
+
 use super::compile::CompiledFirewall;
+use crate::dns::compile::CompiledDns;
 use crate::maps::{map, map_mut};
 
 /// The live generation and its swap counter.
@@ -26,14 +32,38 @@ pub fn control(ebpf: &Ebpf) -> Result<Control> {
     Ok(ctl.get(&0, 0)?)
 }
 
-/// Installs `c` and makes it live. Returns the new control word.
+/// The secret key of the DNS name hashes, created (from the kernel's random source) the
+/// first time the maps are used. It must stay the same for as long as the maps live.
+///
+/// # Errors
+/// When the key map cannot be read or written, or no randomness is available.
+pub fn hash_key(ebpf: &mut Ebpf) -> Result<HashKey> {
+    let mut m: Array<&mut MapData, HashKey> = Array::try_from(map_mut(ebpf, "DNS_KEY")?)?;
+    let key = m.get(&0, 0)?;
+    if key != HashKey::default() {
+        return Ok(key);
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom for the DNS hash key")?;
+    let mut key = HashKey::default();
+    for (k, chunk) in key.k.iter_mut().zip(bytes.chunks_exact(8)) {
+        *k = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+    }
+    m.set(0, key, 0)?;
+    Ok(key)
+}
+
+/// Installs `c` (and `dns`) and makes it live. Returns the new control word.
 ///
 /// # Errors
 /// When a map write fails; the previous policy then stays live.
-pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall) -> Result<Control> {
+pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Result<Control> {
     let current = control(ebpf)?;
     let idle = (current.active_gen ^ 1) & 1;
     clear_generation(ebpf, idle).context("clearing the idle policy generation")?;
+    write_dns(ebpf, idle, dns).context("writing DNS names")?;
     write_sets(ebpf, idle, c).context("writing set members")?;
     write_port_classes(ebpf, idle, c).context("writing port classes")?;
     write_rules(ebpf, idle, c).context("writing rules")?;
@@ -93,6 +123,18 @@ fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
         }
     }
     {
+        let mut names: HashMap<&mut MapData, NameKey, NameValue> =
+            HashMap::try_from(map_mut(ebpf, "DNS_NAMES")?)?;
+        let stale: Vec<NameKey> = names
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| u32::from(k.generation) == generation)
+            .collect();
+        for k in stale {
+            names.remove(&k)?;
+        }
+    }
+    {
         let mut rate: HashMap<&mut MapData, RateKey, u64> =
             HashMap::try_from(map_mut(ebpf, "FW_RATE")?)?;
         let range = rule_slot(generation, 0)..rule_slot(generation, RULE_SLOTS);
@@ -106,6 +148,28 @@ fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
             let _ = rate.remove(&k);
         }
     }
+    Ok(())
+}
+
+fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> {
+    {
+        let mut names: HashMap<&mut MapData, NameKey, NameValue> =
+            HashMap::try_from(map_mut(ebpf, "DNS_NAMES")?)?;
+        for (key, value) in &dns.names {
+            let mut key = *key;
+            key.generation = generation as u8;
+            names.insert(key, value, 0)?;
+        }
+    }
+    {
+        let mut scopes: Array<&mut MapData, ScopeConfig> =
+            Array::try_from(map_mut(ebpf, "DNS_SCOPES")?)?;
+        for (i, s) in dns.scopes.iter().enumerate() {
+            scopes.set(generation * SCOPES + i as u32, s, 0)?;
+        }
+    }
+    let mut global: Array<&mut MapData, DnsGlobal> = Array::try_from(map_mut(ebpf, "DNS_GLOBAL")?)?;
+    global.set(generation, dns.global, 0)?;
     Ok(())
 }
 

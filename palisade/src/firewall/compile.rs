@@ -358,3 +358,1362 @@ fn tuple_of(shape: Shape, best_rule: u32) -> Tuple {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    //! The compiler against the linear reference (through the userspace tuple-space
+    //! classifier), and the details of what it emits.
+
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use palisade_common::{
+        firewall::{MAX_SETS, MAX_TUPLES, TUPLE_DST_SET, TUPLE_SRC_SET},
+        packet::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, IPPROTO_ICMP, IPPROTO_TCP, Packet, v4_mapped},
+    };
+    use proptest::{prelude::*, sample::Index};
+
+    use super::*;
+    use crate::{
+        firewall::{classify, reference},
+        policy::model::{Firewall, IcmpMatch, IpSet, Protocol, RateLimit},
+    };
+
+    // ---------------------------------------------------------------- builders
+
+    fn cidr(text: &str) -> Cidr {
+        let (addr, len) = text.split_once('/').expect("CIDR literal");
+        Cidr::new(addr.parse().expect("address"), len.parse().expect("prefix")).expect("prefix")
+    }
+
+    fn cidrs(list: &[&str]) -> AddrMatch {
+        AddrMatch::Cidrs(list.iter().map(|c| cidr(c)).collect())
+    }
+
+    fn any_rule() -> Rule {
+        Rule {
+            name: None,
+            priority: 0,
+            action: Action::Drop,
+            log: false,
+            src: AddrMatch::Any,
+            dst: AddrMatch::Any,
+            protocol: None,
+            src_ports: None,
+            dst_ports: None,
+            tcp_flags: None,
+            icmp: None,
+            line: 0,
+        }
+    }
+
+    fn tcp_rule(dst_ports: Option<(u16, u16)>) -> Rule {
+        Rule {
+            protocol: Some(Protocol::Tcp),
+            dst_ports: dst_ports.map(|(lo, hi)| PortRange { lo, hi }),
+            ..any_rule()
+        }
+    }
+
+    fn policy(rules: Vec<Rule>, sets: Vec<IpSet>) -> Policy {
+        Policy {
+            firewall: Firewall {
+                default_action: Action::Drop,
+                log_default: false,
+                fragments: FragmentPolicy::MatchL3,
+                rules,
+            },
+            sets,
+            dns: Default::default(),
+        }
+    }
+
+    fn set(name: &str, entries: &[&str]) -> IpSet {
+        IpSet {
+            name: name.to_owned(),
+            entries: entries.iter().map(|c| cidr(c)).collect(),
+        }
+    }
+
+    fn stored(addr: IpAddr) -> [u8; 16] {
+        match addr {
+            IpAddr::V4(a) => v4_mapped(a.octets()),
+            IpAddr::V6(a) => a.octets(),
+        }
+    }
+
+    /// A packet as `packet::parse` would produce it. The family follows the literal, so
+    /// `::ffff:10.0.0.1` is an IPv6 packet carrying an IPv4-mapped address.
+    fn packet(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Packet {
+        let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        assert_eq!(src.is_ipv4(), dst.is_ipv4(), "test packet mixes families");
+        Packet {
+            family: if src.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+            proto,
+            frag: FRAG_NONE,
+            tcp_flags: 0,
+            src: stored(src),
+            dst: stored(dst),
+            sport,
+            dport,
+            l3_offset: 14,
+            l4_offset: 34,
+            l4_len: 20,
+        }
+    }
+
+    fn tcp(src: &str, dst: &str, sport: u16, dport: u16) -> Packet {
+        packet(src, dst, IPPROTO_TCP, sport, dport)
+    }
+
+    /// Both classifiers on one packet; fails unless they agree, returns their answer.
+    fn classify_both(p: &Policy, c: &CompiledFirewall, pkt: &Packet) -> Option<u32> {
+        let fast = classify::first_match(c, pkt);
+        let slow = reference::first_match(p, pkt);
+        assert_eq!(fast, slow, "classifiers disagree on {pkt:?}");
+        fast
+    }
+
+    fn entries_of_tuple(c: &CompiledFirewall, tuple: u32) -> Vec<(FlowKey, u32)> {
+        c.entries
+            .iter()
+            .filter(|(k, _)| k.tuple == tuple)
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- port classes
+
+    #[test]
+    fn port_classes_split_at_every_range_edge() {
+        let p = policy(
+            vec![
+                tcp_rule(Some((80, 80))),
+                tcp_rule(Some((1000, 2000))),
+                tcp_rule(Some((1500, 65535))),
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        let expect = |port: usize| match port {
+            0..=79 => 0,
+            80 => 1,
+            81..=999 => 2,
+            1000..=1499 => 3,
+            1500..=2000 => 4,
+            _ => 5,
+        };
+        for port in 0..PORT_SPACE as usize {
+            assert_eq!(c.dport_class[port], expect(port), "port {port}");
+            // No rule has a source port condition: one class for everything.
+            assert_eq!(c.sport_class[port], 0, "sport {port}");
+        }
+        assert_eq!(c.dport_class.len(), PORT_SPACE as usize);
+        assert_eq!(c.sport_class.len(), PORT_SPACE as usize);
+        // Rule 1 covers classes 3 and 4, rule 2 classes 4 and 5; class 4 is rule 1's.
+        let classes_of = |rule: u32| {
+            let mut v: Vec<u16> = c
+                .entries
+                .iter()
+                .filter(|&(_, &r)| r == rule)
+                .map(|(k, _)| k.dport_class)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(classes_of(0), [1]);
+        assert_eq!(classes_of(1), [3, 4]);
+        assert_eq!(classes_of(2), [5]);
+    }
+
+    #[test]
+    fn full_port_range_and_extremes() {
+        let p = policy(
+            vec![
+                Rule {
+                    src_ports: Some(PortRange { lo: 0, hi: 65535 }),
+                    ..tcp_rule(Some((65535, 65535)))
+                },
+                tcp_rule(Some((0, 0))),
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        assert!(c.sport_class.iter().all(|&k| k == 0));
+        assert_eq!(c.dport_class[0], 0);
+        assert_eq!(c.dport_class[1], 1);
+        assert_eq!(c.dport_class[65534], 1);
+        assert_eq!(c.dport_class[65535], 2);
+        for (dport, want) in [(65535, Some(0)), (0, Some(1)), (1, None), (65534, None)] {
+            assert_eq!(
+                classify_both(&p, &c, &tcp("10.0.0.1", "10.0.0.2", 9, dport)),
+                want
+            );
+        }
+    }
+
+    #[test]
+    fn icmp_type_and_code_are_destination_port_classes() {
+        let icmp = |icmp_type, code| Rule {
+            protocol: Some(Protocol::Icmp),
+            icmp: Some(IcmpMatch { icmp_type, code }),
+            ..any_rule()
+        };
+        let p = policy(vec![icmp(8, Some(0)), icmp(3, None), icmp(255, None)], vec![]);
+        let c = compile(&p).unwrap();
+        // Ranges 0x0800..=0x0800, 0x0300..=0x03ff and 0xff00..=0xffff.
+        let k = &c.dport_class;
+        assert_eq!(k[0x02ff], k[0]);
+        assert_ne!(k[0x0300], k[0x02ff]);
+        assert_eq!(k[0x0300], k[0x03ff]);
+        assert_ne!(k[0x0400], k[0x03ff]);
+        assert_ne!(k[0x0800], k[0x07ff]);
+        assert_ne!(k[0x0800], k[0x0801]);
+        assert_eq!(k[0xff00], k[0xffff]);
+        let ping = |t: u8, code: u8| {
+            packet("10.0.0.1", "10.0.0.2", IPPROTO_ICMP, 0, u16::from(t) << 8 | u16::from(code))
+        };
+        assert_eq!(classify_both(&p, &c, &ping(8, 0)), Some(0));
+        assert_eq!(classify_both(&p, &c, &ping(8, 1)), None);
+        assert_eq!(classify_both(&p, &c, &ping(3, 0)), Some(1));
+        assert_eq!(classify_both(&p, &c, &ping(3, 13)), Some(1));
+        assert_eq!(classify_both(&p, &c, &ping(255, 255)), Some(2));
+        assert_eq!(classify_both(&p, &c, &ping(4, 0)), None);
+        // A TCP packet whose destination port spells 8/0 is not a ping.
+        assert_eq!(classify_both(&p, &c, &tcp("10.0.0.1", "10.0.0.2", 0, 0x0800)), None);
+    }
+
+    fn arb_ranges() -> impl Strategy<Value = Vec<PortRange>> {
+        prop::collection::vec(arb_port_range(), 0..8)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Every range a rule uses is exactly a run of whole classes, and classes only split
+        /// where some range starts or ends (so there are as few as possible).
+        #[test]
+        fn every_range_is_a_union_of_classes(sports in arb_ranges(), dports in arb_ranges()) {
+            let mut rules: Vec<Rule> = sports.iter().map(|r| Rule {
+                src_ports: Some(*r),
+                ..tcp_rule(None)
+            }).collect();
+            rules.extend(dports.iter().map(|r| Rule { dst_ports: Some(*r), ..tcp_rule(None) }));
+            let c = compile(&policy(rules, vec![])).unwrap();
+            for (ranges, class) in [(&sports, &c.sport_class), (&dports, &c.dport_class)] {
+                prop_assert_eq!(class.len(), PORT_SPACE as usize);
+                prop_assert_eq!(class[0], 0);
+                let mut edges = vec![false; PORT_SPACE as usize + 1];
+                for r in ranges.iter() {
+                    edges[usize::from(r.lo)] = true;
+                    edges[usize::from(r.hi) + 1] = true;
+                }
+                for port in 1..PORT_SPACE as usize {
+                    let step = class[port] - class[port - 1];
+                    prop_assert_eq!(step, u16::from(edges[port]), "class step at port {}", port);
+                }
+                for r in ranges.iter() {
+                    let (lo, hi) = (class[usize::from(r.lo)], class[usize::from(r.hi)]);
+                    for port in 0..PORT_SPACE as usize {
+                        let inside = (usize::from(r.lo)..=usize::from(r.hi)).contains(&port);
+                        prop_assert_eq!(
+                            inside,
+                            (lo..=hi).contains(&class[port]),
+                            "range {:?}, port {}", r, port
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- tuples
+
+    #[test]
+    fn tuples_are_ordered_by_their_best_rule() {
+        let src = |c: &str| Rule {
+            src: cidrs(&[c]),
+            ..any_rule()
+        };
+        let p = policy(
+            vec![
+                src("10.1.0.0/16"),
+                src("10.2.3.0/24"),
+                src("10.9.0.0/16"),
+                src("10.0.0.0/8"),
+                tcp_rule(Some((22, 22))),
+                src("10.4.5.0/24"),
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        let summary: Vec<(u32, [u8; 16])> =
+            c.tuples.iter().map(|t| (t.best_rule, t.src_mask)).collect();
+        assert_eq!(
+            summary,
+            [
+                (0, prefix_mask(96 + 16)),
+                (1, prefix_mask(96 + 24)),
+                (3, prefix_mask(96 + 8)),
+                (4, [0; 16]),
+            ]
+        );
+        assert_eq!(c.header.tuple_count, 4);
+        assert_eq!(c.header.rule_count, 6);
+        assert_eq!(c.tuples[0].family, FAMILY_V4);
+        assert_eq!(c.tuples[3].family, 0);
+        assert_eq!(c.tuples[3].flags, TUPLE_PROTO | TUPLE_DPORT);
+        let mut in_first: Vec<u32> = entries_of_tuple(&c, 0).iter().map(|e| e.1).collect();
+        in_first.sort_unstable();
+        assert_eq!(in_first, [0, 2]);
+        // The search stops at tuple 2 once rule 1 matched: rule 3 would match too.
+        let p1 = tcp("10.2.3.4", "192.0.2.1", 1, 22);
+        assert_eq!(classify_both(&p, &c, &p1), Some(1));
+        assert_eq!(classify_both(&p, &c, &tcp("10.4.5.6", "192.0.2.1", 1, 22)), Some(3));
+        assert_eq!(classify_both(&p, &c, &tcp("11.4.5.6", "192.0.2.1", 1, 22)), Some(4));
+        assert_eq!(classify_both(&p, &c, &tcp("11.4.5.6", "192.0.2.1", 1, 23)), None);
+    }
+
+    #[test]
+    fn one_rule_with_several_shapes_gives_tuples_with_the_same_best_rule() {
+        let p = policy(
+            vec![
+                Rule {
+                    src: cidrs(&["10.0.0.0/8", "10.1.2.0/24", "2001:db8::/32"]),
+                    ..any_rule()
+                },
+                Rule {
+                    src: cidrs(&["10.0.0.0/8"]),
+                    ..tcp_rule(None)
+                },
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        let best: Vec<u32> = c.tuples.iter().map(|t| t.best_rule).collect();
+        assert_eq!(best, [0, 0, 0, 1]);
+        assert!(c.tuples.windows(2).all(|w| w[0].best_rule <= w[1].best_rule));
+    }
+
+    // ---------------------------------------------------------------- entries
+
+    #[test]
+    fn duplicate_keys_keep_the_first_rule() {
+        let web = |ports, action| Rule {
+            action,
+            src: cidrs(&["10.0.0.0/8"]),
+            ..tcp_rule(Some(ports))
+        };
+        let p = policy(
+            vec![
+                web((80, 90), Action::Drop),
+                web((85, 100), Action::Allow),
+                web((80, 90), Action::Allow),
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        // Classes: 80-84, 85-90, 91-100. Rule 1 keeps only 91-100; rule 2 keeps nothing.
+        assert_eq!(c.entries.len(), 3);
+        let rule_at = |port: usize| {
+            c.entries
+                .iter()
+                .find(|(k, _)| k.dport_class == c.dport_class[port])
+                .map(|(_, &r)| r)
+        };
+        assert_eq!(rule_at(80), Some(0));
+        assert_eq!(rule_at(85), Some(0));
+        assert_eq!(rule_at(90), Some(0));
+        assert_eq!(rule_at(91), Some(1));
+        assert_eq!(rule_at(100), Some(1));
+        assert!(!c.entries.values().any(|&r| r == 2));
+        // The same packets through both classifiers.
+        for (port, want) in [(79, None), (80, Some(0)), (88, Some(0)), (95, Some(1)), (101, None)] {
+            assert_eq!(classify_both(&p, &c, &tcp("10.7.7.7", "10.0.0.1", 5, port)), want);
+        }
+        // Metadata keeps one slot per rule, including the shadowed one.
+        assert_eq!(c.rules.len(), 3);
+        assert_eq!(c.rules[2].action, ACTION_ALLOW);
+    }
+
+    #[test]
+    fn identical_rules_compile_to_the_first_ones_entries() {
+        let r = Rule {
+            src: cidrs(&["192.0.2.0/24", "2001:db8::/48"]),
+            dst: cidrs(&["198.51.100.7/32"]),
+            ..tcp_rule(Some((443, 443)))
+        };
+        let one = compile(&policy(vec![r.clone()], vec![])).unwrap();
+        let two = compile(&policy(vec![r.clone(), r], vec![])).unwrap();
+        assert_eq!(one.entries, two.entries);
+        assert_eq!(one.tuples, two.tuples);
+        assert_eq!(two.rules.len(), 2);
+    }
+
+    #[test]
+    fn keys_hold_masked_addresses_and_the_flag_value() {
+        let p = policy(
+            vec![Rule {
+                src: cidrs(&["10.1.2.3/16"]),
+                dst: cidrs(&["2001:db8:1:2::/64"]),
+                tcp_flags: Some(TcpFlags {
+                    value: 0x02,
+                    mask: 0x12,
+                }),
+                ..tcp_rule(None)
+            }],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        // A v4 source with a v6 destination can never match: no shape at all.
+        assert!(c.tuples.is_empty());
+        assert!(c.entries.is_empty());
+        assert_eq!(c.header.tuple_count, 0);
+
+        let p = policy(
+            vec![Rule {
+                src: cidrs(&["10.1.2.3/16"]),
+                tcp_flags: Some(TcpFlags {
+                    value: 0x02,
+                    mask: 0x12,
+                }),
+                ..tcp_rule(None)
+            }],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        assert_eq!(c.tuples.len(), 1);
+        let t = c.tuples[0];
+        assert_eq!(t.tcp_flags_mask, 0x12);
+        assert_eq!(t.flags, TUPLE_PROTO);
+        let (key, rule) = c.entries.iter().next().map(|(k, v)| (*k, *v)).unwrap();
+        assert_eq!(rule, 0);
+        assert_eq!(key.src, v4_mapped([10, 1, 0, 0]));
+        assert_eq!(key.dst, [0; 16]);
+        assert_eq!(key.proto, IPPROTO_TCP);
+        assert_eq!(key.tcp_flags, 0x02);
+        let with_flags = |flags| Packet {
+            tcp_flags: flags,
+            ..tcp("10.1.200.1", "10.0.0.1", 1, 2)
+        };
+        assert_eq!(classify_both(&p, &c, &with_flags(0x02)), Some(0));
+        assert_eq!(classify_both(&p, &c, &with_flags(0x02 | 0x08 | 0x01)), Some(0));
+        assert_eq!(classify_both(&p, &c, &with_flags(0x12)), None);
+        assert_eq!(classify_both(&p, &c, &with_flags(0x10)), None);
+    }
+
+    #[test]
+    fn non_first_fragments_only_meet_rules_without_layer4_conditions() {
+        let p = policy(
+            vec![
+                tcp_rule(Some((80, 80))),
+                Rule {
+                    tcp_flags: Some(TcpFlags { value: 0, mask: 0x02 }),
+                    ..tcp_rule(None)
+                },
+                tcp_rule(None),
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        let later = Packet {
+            frag: FRAG_LATER,
+            ..tcp("10.0.0.1", "10.0.0.2", 0, 0)
+        };
+        assert_eq!(classify_both(&p, &c, &later), Some(2));
+        let first = Packet {
+            frag: FRAG_FIRST,
+            ..tcp("10.0.0.1", "10.0.0.2", 0, 80)
+        };
+        assert_eq!(classify_both(&p, &c, &first), Some(0));
+    }
+
+    // ---------------------------------------------------------------- families
+
+    #[test]
+    fn mixed_family_lists_pair_only_within_a_family() {
+        let p = policy(
+            vec![Rule {
+                src: cidrs(&["10.0.0.0/8", "2001:db8::/32"]),
+                dst: cidrs(&["192.168.0.0/16", "2001:db8:ffff::/48"]),
+                ..any_rule()
+            }],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        let mut shapes: Vec<(u8, [u8; 16], [u8; 16])> = c
+            .tuples
+            .iter()
+            .map(|t| (t.family, t.src_mask, t.dst_mask))
+            .collect();
+        shapes.sort_unstable();
+        assert_eq!(
+            shapes,
+            [
+                (FAMILY_V4, prefix_mask(104), prefix_mask(112)),
+                (FAMILY_V6, prefix_mask(32), prefix_mask(48)),
+            ]
+        );
+        assert_eq!(c.entries.len(), 2);
+        let cases = [
+            ("10.1.1.1", "192.168.3.4", Some(0)),
+            ("2001:db8:5::1", "2001:db8:ffff:1::9", Some(0)),
+            // A v4-mapped IPv6 packet is not an IPv4 packet for a CIDR rule.
+            ("::ffff:10.1.1.1", "::ffff:192.168.3.4", None),
+            ("10.1.1.1", "192.169.0.1", None),
+            ("2001:db9::1", "2001:db8:ffff::1", None),
+        ];
+        for (s, d, want) in cases {
+            assert_eq!(classify_both(&p, &c, &tcp(s, d, 1, 2)), want, "{s} -> {d}");
+        }
+    }
+
+    #[test]
+    fn zero_prefixes_are_per_family_and_any_is_both() {
+        let p = policy(
+            vec![
+                Rule {
+                    src: cidrs(&["0.0.0.0/0"]),
+                    ..tcp_rule(Some((1, 1)))
+                },
+                Rule {
+                    src: cidrs(&["::/0"]),
+                    ..tcp_rule(Some((1, 1)))
+                },
+                Rule {
+                    src: cidrs(&["::ffff:0.0.0.0/96"]),
+                    ..tcp_rule(Some((2, 2)))
+                },
+                tcp_rule(Some((3, 3))),
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        let families: Vec<u8> = c.tuples.iter().map(|t| t.family).collect();
+        assert_eq!(families, [FAMILY_V4, FAMILY_V6, FAMILY_V6, 0]);
+        assert_eq!(c.tuples[0].src_mask, prefix_mask(96));
+        assert_eq!(c.tuples[1].src_mask, [0; 16]);
+        let cases = [
+            ("1.2.3.4", "5.6.7.8", 1, Some(0)),
+            ("2001:db8::1", "::1", 1, Some(1)),
+            ("::ffff:1.2.3.4", "::1", 1, Some(1)),
+            // ::ffff:0:0/96 is an IPv6 block: mapped addresses in IPv6 packets only.
+            ("::ffff:1.2.3.4", "::1", 2, Some(2)),
+            ("1.2.3.4", "5.6.7.8", 2, None),
+            ("1.2.3.4", "5.6.7.8", 3, Some(3)),
+            ("2001:db8::1", "::1", 3, Some(3)),
+        ];
+        for (s, d, port, want) in cases {
+            assert_eq!(classify_both(&p, &c, &tcp(s, d, 0, port)), want, "{s} port {port}");
+        }
+    }
+
+    // ---------------------------------------------------------------- sets
+
+    #[test]
+    fn set_conditions_become_set_tuples() {
+        let p = policy(
+            vec![
+                Rule {
+                    src: AddrMatch::Set(1),
+                    dst: cidrs(&["10.0.0.0/24"]),
+                    ..any_rule()
+                },
+                Rule {
+                    src: AddrMatch::Set(0),
+                    dst: AddrMatch::Set(1),
+                    ..tcp_rule(Some((53, 53)))
+                },
+                Rule {
+                    dst: AddrMatch::Set(0),
+                    ..any_rule()
+                },
+                Rule {
+                    src: AddrMatch::Set(2),
+                    ..any_rule()
+                },
+            ],
+            vec![
+                set("blocked", &["192.0.2.0/24", "2001:db8:bad::/48", "203.0.113.9/32"]),
+                set("partners", &["198.51.100.0/24", "10.0.0.0/8"]),
+                set("empty", &[]),
+            ],
+        );
+        let c = compile(&p).unwrap();
+        assert_eq!(c.sets.len(), 3);
+        assert_eq!(c.sets[0], p.sets[0].entries);
+        assert_eq!(c.tuples.len(), 4);
+        let t = &c.tuples;
+        assert_eq!(t[0].flags, TUPLE_SRC_SET);
+        assert_eq!(t[0].src_set, 1);
+        assert_eq!(t[0].src_mask, [0; 16]);
+        assert_eq!(t[0].dst_mask, prefix_mask(120));
+        assert_eq!(t[0].family, FAMILY_V4);
+        assert_eq!(t[1].flags, TUPLE_SRC_SET | TUPLE_DST_SET | TUPLE_PROTO | TUPLE_DPORT);
+        assert_eq!((t[1].src_set, t[1].dst_set), (0, 1));
+        assert_eq!(t[1].family, 0);
+        assert_eq!(t[2].flags, TUPLE_DST_SET);
+        assert_eq!(t[2].dst_set, 0);
+        assert_eq!((t[3].flags, t[3].src_set), (TUPLE_SRC_SET, 2));
+        for (k, _) in &c.entries {
+            if t[k.tuple as usize].flags & TUPLE_SRC_SET != 0 {
+                assert_eq!(k.src, [0; 16]);
+            }
+            if t[k.tuple as usize].flags & TUPLE_DST_SET != 0 {
+                assert_eq!(k.dst, [0; 16]);
+            }
+        }
+        let cases = [
+            ("198.51.100.1", "10.0.0.200", IPPROTO_TCP, 53, Some(0)),
+            ("198.51.100.1", "10.0.1.200", IPPROTO_TCP, 53, None),
+            ("192.0.2.77", "10.200.0.1", IPPROTO_TCP, 53, Some(1)),
+            ("192.0.2.77", "10.200.0.1", IPPROTO_TCP, 54, None),
+            ("192.0.2.77", "203.0.113.9", 17, 54, Some(2)),
+            ("192.0.2.77", "203.0.113.8", 17, 54, None),
+            ("2001:db8::1", "2001:db8:bad:1::1", 17, 0, Some(2)),
+            // Set membership is by stored form: a mapped address in an IPv6 packet is the
+            // IPv4 address it names.
+            ("::1", "::ffff:203.0.113.9", 17, 0, Some(2)),
+            ("::ffff:198.51.100.1", "::ffff:10.0.0.1", IPPROTO_TCP, 53, None),
+        ];
+        for (s, d, proto, port, want) in cases {
+            let pkt = packet(s, d, proto, 1, port);
+            assert_eq!(classify_both(&p, &c, &pkt), want, "{s} -> {d}:{port}");
+        }
+    }
+
+    // ---------------------------------------------------------------- limits
+
+    #[test]
+    fn more_than_max_tuples_shapes_is_an_error() {
+        // 129 source prefix lengths and 128 destination ones: 257 IPv6 shapes.
+        let mut rules: Vec<Rule> = (0..=128)
+            .map(|len| Rule {
+                src: AddrMatch::Cidrs(vec![
+                    Cidr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), len).unwrap(),
+                ]),
+                ..any_rule()
+            })
+            .collect();
+        rules.extend((0..128).map(|len| Rule {
+            dst: AddrMatch::Cidrs(vec![Cidr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), len).unwrap()]),
+            ..any_rule()
+        }));
+        assert_eq!(rules.len(), MAX_TUPLES as usize + 1);
+        let mut p = policy(rules, vec![]);
+        assert_eq!(
+            compile(&p),
+            Err(CompileError::TooManyTuples {
+                count: MAX_TUPLES as usize + 1
+            })
+        );
+        // Rules of an existing shape do not count.
+        p.firewall.rules.pop();
+        p.firewall.rules.push(Rule {
+            src: cidrs(&["2001:db8::/64"]),
+            ..any_rule()
+        });
+        let c = compile(&p).unwrap();
+        assert_eq!(c.tuples.len(), MAX_TUPLES as usize);
+        assert_eq!(c.header.tuple_count, MAX_TUPLES);
+    }
+
+    #[test]
+    fn more_than_max_rules_is_an_error() {
+        let mut p = policy(vec![any_rule(); MAX_RULES as usize], vec![]);
+        let c = compile(&p).unwrap();
+        // All the same: one entry, owned by the first.
+        assert_eq!(c.entries.len(), 1);
+        assert_eq!(c.entries.values().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!(c.rules.len(), MAX_RULES as usize);
+        p.firewall.rules.push(any_rule());
+        assert_eq!(
+            compile(&p),
+            Err(CompileError::TooManyRules {
+                count: MAX_RULES as usize + 1
+            })
+        );
+    }
+
+    #[test]
+    fn more_than_max_sets_is_an_error() {
+        let sets: Vec<IpSet> = (0..=MAX_SETS).map(|i| set(&format!("s{i}"), &[])).collect();
+        assert_eq!(
+            compile(&policy(vec![], sets)),
+            Err(CompileError::TooManySets {
+                count: MAX_SETS as usize + 1
+            })
+        );
+    }
+
+    #[test]
+    fn too_many_entries_names_the_rule() {
+        // 800 single source ports and 800 single destination ports make about 1600 classes
+        // on each side; a rule with both full ranges then needs about 2.5 million entries.
+        let mut rules: Vec<Rule> = (0..800u16)
+            .map(|i| Rule {
+                src_ports: Some(PortRange { lo: i * 3, hi: i * 3 }),
+                ..tcp_rule(None)
+            })
+            .collect();
+        rules.extend((0..800u16).map(|i| tcp_rule(Some((i * 3, i * 3)))));
+        rules.push(Rule {
+            name: Some("everything".to_owned()),
+            line: 42,
+            src_ports: Some(PortRange { lo: 0, hi: 65535 }),
+            ..tcp_rule(Some((0, 65535)))
+        });
+        assert_eq!(
+            compile(&policy(rules, vec![])),
+            Err(CompileError::TooManyEntries {
+                rule: "everything".to_owned(),
+                line: 42
+            })
+        );
+    }
+
+    // ---------------------------------------------------------------- header and metadata
+
+    #[test]
+    fn header_and_rule_metadata() {
+        let mut p = policy(
+            vec![
+                Rule {
+                    log: true,
+                    ..any_rule()
+                },
+                Rule {
+                    action: Action::Allow,
+                    ..any_rule()
+                },
+                Rule {
+                    action: Action::RateLimit(RateLimit {
+                        pps: 100,
+                        burst: 200,
+                        per: RatePer::Source,
+                    }),
+                    log: true,
+                    ..any_rule()
+                },
+                Rule {
+                    action: Action::RateLimit(RateLimit {
+                        pps: 3,
+                        burst: 1,
+                        per: RatePer::Rule,
+                    }),
+                    ..any_rule()
+                },
+            ],
+            vec![],
+        );
+        p.firewall.log_default = true;
+        p.firewall.fragments = FragmentPolicy::Drop;
+        let c = compile(&p).unwrap();
+        assert_eq!(c.header.default_action, ACTION_DROP);
+        assert_eq!(c.header.fragments, FRAGMENTS_DROP);
+        assert_eq!(
+            c.header.flags,
+            POLICY_LOG_DEFAULT | POLICY_LOG_MALFORMED | POLICY_LOG_FRAGMENTS
+        );
+        assert_eq!(c.rules[0].action, ACTION_DROP);
+        assert_eq!(c.rules[0].flags, RULE_LOG);
+        assert_eq!(c.rules[1].action, ACTION_ALLOW);
+        assert_eq!(c.rules[1].flags, 0);
+        assert_eq!(c.rules[2].action, ACTION_RATE_LIMIT);
+        assert_eq!(c.rules[2].flags, RULE_LOG | RULE_RATE_PER_SOURCE);
+        assert_eq!(c.rules[2].rate_interval_ns, 10_000_000);
+        assert_eq!(c.rules[2].rate_tolerance_ns, 10_000_000 * 199);
+        assert_eq!(c.rules[3].flags, 0);
+        assert_eq!(c.rules[3].rate_interval_ns, 333_333_333);
+        assert_eq!(c.rules[3].rate_tolerance_ns, 0);
+
+        p.firewall.default_action = Action::Allow;
+        p.firewall.log_default = false;
+        p.firewall.fragments = FragmentPolicy::MatchL3;
+        let c = compile(&p).unwrap();
+        assert_eq!(c.header.default_action, ACTION_ALLOW);
+        assert_eq!(c.header.fragments, FRAGMENTS_MATCH_L3);
+        assert_eq!(c.header.flags, 0);
+    }
+
+    // ---------------------------------------------------------------- random policies
+
+    fn arb_port_range() -> impl Strategy<Value = PortRange> {
+        let lo = prop_oneof![
+            prop::sample::select(vec![0u16, 1, 22, 53, 80, 443, 1023, 1024, 8080, 65534, 65535]),
+            any::<u16>(),
+        ];
+        let width = prop_oneof![
+            prop::sample::select(vec![0u16, 1, 2, 10, 1000, 40000, u16::MAX]),
+            any::<u16>(),
+        ];
+        (lo, width).prop_map(|(lo, w)| PortRange {
+            lo,
+            hi: lo.saturating_add(w),
+        })
+    }
+
+    fn arb_v4_cidr() -> impl Strategy<Value = Cidr> {
+        let len = prop_oneof![
+            prop::sample::select(vec![0u8, 8, 16, 24, 28, 31, 32]),
+            0u8..=32,
+        ];
+        let small = || prop_oneof![0u8..4, any::<u8>()];
+        (len, prop::sample::select(vec![10u8, 192, 0, 255]), small(), small(), any::<u8>())
+            .prop_map(|(len, a, b, c, d)| {
+                Cidr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), len).unwrap()
+            })
+    }
+
+    fn arb_v6_cidr() -> impl Strategy<Value = Cidr> {
+        let len = prop_oneof![
+            prop::sample::select(vec![0u8, 16, 32, 48, 64, 96, 112, 127, 128]),
+            0u8..=128,
+        ];
+        prop_oneof![
+            3 => (len, 0u8..3, 0u8..3, any::<[u8; 16]>()).prop_map(|(len, x, y, mut b)| {
+                b[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, x, y]);
+                Cidr::new(IpAddr::V6(Ipv6Addr::from(b)), len).unwrap()
+            }),
+            // Blocks of the v4-mapped space, written as IPv6.
+            1 => (96u8..=128, arb_v4_cidr()).prop_map(|(len, v4)| {
+                Cidr::new(IpAddr::V6(Ipv6Addr::from(v4.addr)), len).unwrap()
+            }),
+        ]
+    }
+
+    fn arb_cidr() -> impl Strategy<Value = Cidr> {
+        prop_oneof![3 => arb_v4_cidr(), 2 => arb_v6_cidr()]
+    }
+
+    /// An address condition; a set is an index resolved once the sets are known.
+    #[derive(Debug, Clone)]
+    enum RawAddr {
+        Any,
+        Cidrs(Vec<Cidr>),
+        Set(Index),
+    }
+
+    fn arb_addr() -> impl Strategy<Value = RawAddr> {
+        prop_oneof![
+            3 => Just(RawAddr::Any),
+            5 => prop::collection::vec(arb_cidr(), 1..=3).prop_map(RawAddr::Cidrs),
+            2 => any::<Index>().prop_map(RawAddr::Set),
+        ]
+    }
+
+    fn arb_action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            Just(Action::Allow),
+            Just(Action::Drop),
+            (1u32..1000, 1u32..1000, any::<bool>()).prop_map(|(pps, burst, per_source)| {
+                Action::RateLimit(RateLimit {
+                    pps,
+                    burst,
+                    per: if per_source {
+                        RatePer::Source
+                    } else {
+                        RatePer::Rule
+                    },
+                })
+            }),
+        ]
+    }
+
+    fn arb_protocol() -> impl Strategy<Value = Option<Protocol>> {
+        prop_oneof![
+            3 => Just(None),
+            3 => Just(Some(Protocol::Tcp)),
+            2 => Just(Some(Protocol::Udp)),
+            1 => Just(Some(Protocol::Icmp)),
+            1 => Just(Some(Protocol::Icmpv6)),
+            1 => Just(Some(Protocol::Other(47))),
+        ]
+    }
+
+    fn arb_tcp_flags() -> impl Strategy<Value = TcpFlags> {
+        prop_oneof![
+            prop::sample::select(vec![(0x02u8, 0x12u8), (0x12, 0x12), (0x10, 0x10), (0, 0x04)]),
+            (any::<u8>(), 1u8..=255),
+        ]
+        .prop_map(|(value, mask)| TcpFlags {
+            value: value & mask,
+            mask,
+        })
+    }
+
+    fn arb_icmp() -> impl Strategy<Value = IcmpMatch> {
+        let icmp_type = prop_oneof![
+            prop::sample::select(vec![0u8, 3, 8, 11, 128, 129, 135, 255]),
+            any::<u8>(),
+        ];
+        let code = prop_oneof![
+            Just(None),
+            prop::sample::select(vec![0u8, 1, 255]).prop_map(Some),
+            any::<u8>().prop_map(Some),
+        ];
+        (icmp_type, code).prop_map(|(icmp_type, code)| IcmpMatch { icmp_type, code })
+    }
+
+    /// A rule whose conditions respect what the config checker allows: ports need TCP or
+    /// UDP, flags need TCP, ICMP needs ICMP or ICMPv6, and a flag mask is never empty.
+    #[derive(Debug, Clone)]
+    struct RawRule {
+        action: Action,
+        src: RawAddr,
+        dst: RawAddr,
+        protocol: Option<Protocol>,
+        src_ports: Option<PortRange>,
+        dst_ports: Option<PortRange>,
+        tcp_flags: Option<TcpFlags>,
+        icmp: Option<IcmpMatch>,
+    }
+
+    fn arb_raw_rule() -> impl Strategy<Value = RawRule> {
+        (
+            arb_action(),
+            arb_addr(),
+            arb_addr(),
+            arb_protocol(),
+            prop::option::weighted(0.4, arb_port_range()),
+            prop::option::weighted(0.6, arb_port_range()),
+            prop::option::weighted(0.3, arb_tcp_flags()),
+            prop::option::weighted(0.6, arb_icmp()),
+        )
+            .prop_map(|(action, src, dst, protocol, sp, dp, flags, icmp)| {
+                let ports = matches!(protocol, Some(Protocol::Tcp | Protocol::Udp));
+                let is_icmp = matches!(protocol, Some(Protocol::Icmp | Protocol::Icmpv6));
+                RawRule {
+                    action,
+                    src,
+                    dst,
+                    protocol,
+                    src_ports: sp.filter(|_| ports),
+                    dst_ports: dp.filter(|_| ports),
+                    tcp_flags: flags.filter(|_| protocol == Some(Protocol::Tcp)),
+                    icmp: icmp.filter(|_| is_icmp),
+                }
+            })
+    }
+
+    fn arb_policy(max_rules: usize) -> impl Strategy<Value = Policy> {
+        (
+            prop::collection::vec(prop::collection::vec(arb_cidr(), 0..6), 0..3),
+            prop::collection::vec(arb_raw_rule(), 0..max_rules),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(sets, raw, default_drop, log_default, frag_drop)| {
+                let addr = |a: RawAddr| match a {
+                    RawAddr::Any => AddrMatch::Any,
+                    RawAddr::Cidrs(c) => AddrMatch::Cidrs(c),
+                    RawAddr::Set(_) if sets.is_empty() => AddrMatch::Any,
+                    RawAddr::Set(i) => AddrMatch::Set(i.index(sets.len())),
+                };
+                let rules = raw
+                    .into_iter()
+                    .map(|r| Rule {
+                        action: r.action,
+                        src: addr(r.src),
+                        dst: addr(r.dst),
+                        protocol: r.protocol,
+                        src_ports: r.src_ports,
+                        dst_ports: r.dst_ports,
+                        tcp_flags: r.tcp_flags,
+                        icmp: r.icmp,
+                        ..any_rule()
+                    })
+                    .collect();
+                Policy {
+                    firewall: Firewall {
+                        default_action: if default_drop {
+                            Action::Drop
+                        } else {
+                            Action::Allow
+                        },
+                        log_default,
+                        fragments: if frag_drop {
+                            FragmentPolicy::Drop
+                        } else {
+                            FragmentPolicy::MatchL3
+                        },
+                        rules,
+                    },
+                    sets: sets
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, entries)| IpSet {
+                            name: format!("set{i}"),
+                            entries,
+                        })
+                        .collect(),
+                    dns: Default::default(),
+                }
+            })
+    }
+
+    // ---------------------------------------------------------------- random packets
+
+    /// How to choose one address: near an edge of a block of the aimed-at rule (`follow`),
+    /// else near a block from anywhere in the policy, else at random.
+    #[derive(Debug, Clone)]
+    struct AddrSpec {
+        follow: bool,
+        pick: Index,
+        edge: u8,
+        noise: [u8; 16],
+    }
+
+    #[derive(Debug, Clone)]
+    struct PortSpec {
+        follow: bool,
+        pick: Index,
+        edge: u8,
+        noise: u16,
+    }
+
+    /// A packet described relative to a policy, so it shrinks independently of it.
+    #[derive(Debug, Clone)]
+    struct PacketSpec {
+        target: Index,
+        v6: bool,
+        /// Carry IPv4 addresses in an IPv6 packet (v4-mapped).
+        cross: bool,
+        src: AddrSpec,
+        dst: AddrSpec,
+        follow_proto: bool,
+        proto: Index,
+        sport: PortSpec,
+        dport: PortSpec,
+        follow_flags: bool,
+        flags_edge: u8,
+        flags_noise: u8,
+        frag: u8,
+    }
+
+    fn arb_addr_spec() -> impl Strategy<Value = AddrSpec> {
+        (prop::bool::weighted(0.85), any::<Index>(), 0u8..6, any::<[u8; 16]>()).prop_map(
+            |(follow, pick, edge, noise)| AddrSpec {
+                follow,
+                pick,
+                edge,
+                noise,
+            },
+        )
+    }
+
+    fn arb_port_spec() -> impl Strategy<Value = PortSpec> {
+        (prop::bool::weighted(0.85), any::<Index>(), 0u8..6, any::<u16>()).prop_map(
+            |(follow, pick, edge, noise)| PortSpec {
+                follow,
+                pick,
+                edge,
+                noise,
+            },
+        )
+    }
+
+    fn arb_packet_spec() -> impl Strategy<Value = PacketSpec> {
+        (
+            (any::<Index>(), any::<bool>(), prop::bool::weighted(0.1)),
+            (arb_addr_spec(), arb_addr_spec()),
+            (prop::bool::weighted(0.85), any::<Index>()),
+            (arb_port_spec(), arb_port_spec()),
+            (prop::bool::weighted(0.8), 0u8..3, any::<u8>()),
+            prop_oneof![6 => Just(FRAG_NONE), 2 => Just(FRAG_FIRST), 2 => Just(FRAG_LATER)],
+        )
+            .prop_map(
+                |(
+                    (target, v6, cross),
+                    (src, dst),
+                    (follow_proto, proto),
+                    (sport, dport),
+                    (follow_flags, flags_edge, flags_noise),
+                    frag,
+                )| PacketSpec {
+                    target,
+                    v6,
+                    cross,
+                    src,
+                    dst,
+                    follow_proto,
+                    proto,
+                    sport,
+                    dport,
+                    follow_flags,
+                    flags_edge,
+                    flags_noise,
+                    frag,
+                },
+            )
+    }
+
+    /// The blocks an address condition names (a set's members for a set).
+    fn blocks(p: &Policy, m: &AddrMatch) -> Vec<Cidr> {
+        match m {
+            AddrMatch::Any => Vec::new(),
+            AddrMatch::Cidrs(c) => c.clone(),
+            AddrMatch::Set(s) => p.sets[*s].entries.clone(),
+        }
+    }
+
+    /// An address at or just beyond an edge of `c`, in the 16-byte stored form. IPv4 blocks
+    /// stay inside the v4-mapped space.
+    fn edge_addr(c: &Cidr, edge: u8, noise: &[u8; 16]) -> [u8; 16] {
+        let n = u128::from_be_bytes(*noise);
+        let (base, bits, width) = match c.family {
+            Family::V4 => (
+                u128::from(u32::from_be_bytes(c.addr[12..].try_into().unwrap())),
+                u32::from(c.prefix_len),
+                32,
+            ),
+            Family::V6 => (u128::from_be_bytes(c.addr), u32::from(c.prefix_len), 128),
+        };
+        let all = if width == 128 {
+            u128::MAX
+        } else {
+            (1u128 << width) - 1
+        };
+        let host = if bits == width { 0 } else { all >> bits };
+        let v = match edge {
+            0 => base,
+            1 => base | host,
+            2 => base.wrapping_sub(1),
+            3 => (base | host).wrapping_add(1),
+            4 => base | (n & host),
+            // The sibling block: same prefix but the last bit flipped.
+            _ if bits == 0 => n,
+            _ => (base ^ (1u128 << (width - bits))) | (n & host),
+        } & all;
+        match c.family {
+            Family::V4 => v4_mapped((v as u32).to_be_bytes()),
+            Family::V6 => v.to_be_bytes(),
+        }
+    }
+
+    fn noise_addr(v4: bool, noise: &[u8; 16]) -> [u8; 16] {
+        if v4 {
+            v4_mapped([noise[0], noise[1], noise[2], noise[3]])
+        } else {
+            *noise
+        }
+    }
+
+    fn port_at(r: PortRange, edge: u8, noise: u16) -> u16 {
+        match edge {
+            0 => r.lo,
+            1 => r.hi,
+            2 => r.lo.wrapping_sub(1),
+            3 => r.hi.wrapping_add(1),
+            4 => r.lo + (u32::from(noise) % (u32::from(r.hi - r.lo) + 1)) as u16,
+            _ => noise,
+        }
+    }
+
+    fn resolve(p: &Policy, s: &PacketSpec) -> Packet {
+        let rules = &p.firewall.rules;
+        let target = (!rules.is_empty()).then(|| &rules[s.target.index(rules.len())]);
+        let src_blocks = target.map(|r| blocks(p, &r.src)).unwrap_or_default();
+        let dst_blocks = target.map(|r| blocks(p, &r.dst)).unwrap_or_default();
+        // The address space: that of the first followed block, else the spec's choice.
+        let lead = [(&s.src, &src_blocks), (&s.dst, &dst_blocks)]
+            .into_iter()
+            .find(|(a, b)| a.follow && !b.is_empty())
+            .map(|(a, b)| b[a.pick.index(b.len())].family);
+        let v4 = lead.map_or(!s.v6, |f| f == Family::V4);
+        let family = Some(if v4 { Family::V4 } else { Family::V6 });
+        let everywhere: Vec<Cidr> = rules
+            .iter()
+            .flat_map(|r| [blocks(p, &r.src), blocks(p, &r.dst)])
+            .flatten()
+            .filter(|c| Some(c.family) == family)
+            .collect();
+        let addr = |a: &AddrSpec, own: &[Cidr]| {
+            let own: Vec<&Cidr> = own.iter().filter(|c| Some(c.family) == family).collect();
+            if a.follow && !own.is_empty() {
+                edge_addr(own[a.pick.index(own.len())], a.edge, &a.noise)
+            } else if a.edge < 4 && !everywhere.is_empty() {
+                edge_addr(&everywhere[a.pick.index(everywhere.len())], a.edge, &a.noise)
+            } else {
+                noise_addr(v4, &a.noise)
+            }
+        };
+        let src = addr(&s.src, &src_blocks);
+        let dst = addr(&s.dst, &dst_blocks);
+
+        const PROTOS: [u8; 7] = [6, 17, 1, 58, 47, 6, 17];
+        let proto = match target.and_then(|r| r.protocol) {
+            Some(pr) if s.follow_proto => pr.number(),
+            _ => PROTOS[s.proto.index(PROTOS.len())],
+        };
+        let port = |ps: &PortSpec, own: Option<PortRange>, all: &[PortRange]| match own {
+            Some(r) if ps.follow => port_at(r, ps.edge, ps.noise),
+            _ if !all.is_empty() && ps.edge < 5 => {
+                port_at(all[ps.pick.index(all.len())], ps.edge, ps.noise)
+            }
+            _ => ps.noise,
+        };
+        let sports: Vec<PortRange> = rules.iter().filter_map(|r| r.src_ports).collect();
+        let dports: Vec<PortRange> = rules.iter().filter_map(dport_range).collect();
+        let (mut sport, mut dport, mut tcp_flags) = (0, 0, 0);
+        match proto {
+            6 | 17 => {
+                sport = port(&s.sport, target.and_then(|r| r.src_ports), &sports);
+                dport = port(&s.dport, target.and_then(|r| r.dst_ports), &dports);
+            }
+            1 | 58 => dport = port(&s.dport, target.and_then(dport_range), &dports),
+            _ => {}
+        }
+        if proto == 6 {
+            tcp_flags = match target.and_then(|r| r.tcp_flags) {
+                Some(f) if s.follow_flags => {
+                    let free = s.flags_noise & !f.mask;
+                    match s.flags_edge {
+                        0 => f.value | free,
+                        // One tested flag wrong.
+                        1 => {
+                            let bit = 1u8 << (s.flags_noise % 8);
+                            let bit = if bit & f.mask != 0 {
+                                bit
+                            } else {
+                                f.mask & f.mask.wrapping_neg()
+                            };
+                            (f.value ^ bit) | free
+                        }
+                        _ => s.flags_noise,
+                    }
+                }
+                _ => s.flags_noise,
+            };
+        }
+        if s.frag == FRAG_LATER {
+            (sport, dport, tcp_flags) = (0, 0, 0);
+        }
+        Packet {
+            family: if v4 && !s.cross {
+                FAMILY_V4
+            } else {
+                FAMILY_V6
+            },
+            proto,
+            frag: s.frag,
+            tcp_flags,
+            src,
+            dst,
+            sport,
+            dport,
+            l3_offset: 14,
+            l4_offset: 34,
+            l4_len: 20,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The heart of it: the tuple-space search over the compiled maps finds exactly the
+        /// rule the linear reference finds.
+        #[test]
+        fn tuple_space_search_agrees_with_reference(
+            p in arb_policy(14),
+            specs in prop::collection::vec(arb_packet_spec(), 1..48),
+        ) {
+            let c = compile(&p).unwrap();
+            for s in &specs {
+                let pkt = resolve(&p, s);
+                prop_assert_eq!(
+                    classify::first_match(&c, &pkt),
+                    reference::first_match(&p, &pkt),
+                    "packet {:?}", pkt
+                );
+            }
+        }
+
+        /// What the compiler emits is internally consistent.
+        #[test]
+        fn compiled_structure_is_consistent(p in arb_policy(14)) {
+            let c = compile(&p).unwrap();
+            prop_assert_eq!(c.header.tuple_count as usize, c.tuples.len());
+            prop_assert_eq!(c.header.rule_count as usize, p.firewall.rules.len());
+            prop_assert_eq!(c.rules.len(), p.firewall.rules.len());
+            prop_assert!(c.tuples.len() <= MAX_TUPLES as usize);
+            prop_assert!(c.tuples.windows(2).all(|w| w[0].best_rule <= w[1].best_rule));
+            for (i, t) in c.tuples.iter().enumerate() {
+                // Each tuple's best rule is the smallest rule among its entries, and the
+                // entry of that rule survived deduplication.
+                let least = entries_of_tuple(&c, i as u32).iter().map(|e| e.1).min();
+                prop_assert_eq!(least, Some(t.best_rule), "tuple {}", i);
+                let r = &p.firewall.rules[t.best_rule as usize];
+                prop_assert_eq!(t.flags & TUPLE_PROTO != 0, r.protocol.is_some());
+                prop_assert_eq!(t.flags & TUPLE_SPORT != 0, r.src_ports.is_some());
+                prop_assert_eq!(t.flags & TUPLE_DPORT != 0, dport_range(r).is_some());
+                prop_assert_eq!(t.tcp_flags_mask, r.tcp_flags.map_or(0, |f| f.mask));
+                if t.flags & TUPLE_SRC_SET != 0 {
+                    prop_assert!((t.src_set as usize) < p.sets.len());
+                    prop_assert_eq!(t.src_mask, [0; 16]);
+                }
+                if t.flags & TUPLE_DST_SET != 0 {
+                    prop_assert!((t.dst_set as usize) < p.sets.len());
+                    prop_assert_eq!(t.dst_mask, [0; 16]);
+                }
+            }
+            for (k, &rule) in &c.entries {
+                prop_assert!((k.tuple as usize) < c.tuples.len());
+                prop_assert!((rule as usize) < p.firewall.rules.len());
+                let t = &c.tuples[k.tuple as usize];
+                // Keys are already masked to their tuple.
+                for i in 0..16 {
+                    prop_assert_eq!(k.src[i] & !t.src_mask[i], 0);
+                    prop_assert_eq!(k.dst[i] & !t.dst_mask[i], 0);
+                }
+                prop_assert_eq!(k.tcp_flags & !t.tcp_flags_mask, 0);
+                if t.flags & TUPLE_SPORT == 0 {
+                    prop_assert_eq!(k.sport_class, 0);
+                }
+                if t.flags & TUPLE_DPORT == 0 {
+                    prop_assert_eq!(k.dport_class, 0);
+                }
+            }
+        }
+    }
+
+    /// The packet generator is only useful if its packets reach rules: check that random
+    /// policies see a fair share of packets matched by a rule, fall to the default, and match
+    /// rules beyond the first.
+    #[test]
+    fn generated_packets_often_hit_rules() {
+        use proptest::{
+            strategy::ValueTree as _,
+            test_runner::{Config, TestRng, TestRunner},
+        };
+        let mut runner = TestRunner::new_with_rng(
+            Config::default(),
+            TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha),
+        );
+        let (mut total, mut hit, mut later_rule) = (0u32, 0u32, 0u32);
+        for _ in 0..200 {
+            let p = arb_policy(14).new_tree(&mut runner).unwrap().current();
+            if p.firewall.rules.is_empty() {
+                continue;
+            }
+            for _ in 0..50 {
+                let s = arb_packet_spec().new_tree(&mut runner).unwrap().current();
+                let pkt = resolve(&p, &s);
+                total += 1;
+                match reference::first_match(&p, &pkt) {
+                    Some(0) => hit += 1,
+                    Some(_) => {
+                        hit += 1;
+                        later_rule += 1;
+                    }
+                    None => {}
+                }
+            }
+        }
+        let share = |n: u32| f64::from(n) / f64::from(total);
+        eprintln!("{total} packets: {hit} hit a rule, {later_rule} a rule after the first");
+        assert!(share(hit) > 0.3, "only {hit} of {total} packets hit a rule");
+        assert!(share(hit) < 0.9, "{hit} of {total} packets hit a rule: no default left");
+        assert!(share(later_rule) > 0.15, "only {later_rule} of {total} hit a later rule");
+    }
+}

@@ -92,20 +92,112 @@
 //! clear, and `"syn,ack"` without a mask is the same as `"syn,ack/syn,ack"`. `VALUE` must be a
 //! subset of `MASK`.
 //!
-//! **Errors.** Every problem in the file is reported at once, each as
-//! `file:line:column: message` pointing at the offending value, or at the table when a key
-//! is missing. Unknown keys are errors, so a misspelt key cannot silently do nothing.
+//! # DNS
+//!
+//! The `[dns]` section filters DNS queries by the name they ask for, at two attachment
+//! points: queries arriving on the guarded interfaces (`[dns.ingress]`, in the XDP program)
+//! and queries sent by local processes (`[dns.egress]`, a cgroup v2 `cgroup_skb` egress
+//! program). Either may be left out; a policy without them filters no DNS at all.
+//!
+//! ```toml
+//! [dns]
+//! ports = [53]                       # destination ports carrying DNS, UDP and TCP
+//!
+//! [dns.ingress]                      # queries arriving on the guarded interfaces
+//! mode = "blocklist"
+//! action = "nxdomain"
+//! lists = ["ads", "malware"]
+//! rate = { qps = 50, burst = 100 }   # per client address
+//!
+//! [dns.egress]                       # queries sent by local processes
+//! mode = "allowlist"
+//! lists = ["corp"]
+//! cgroups = ["/sys/fs/cgroup/unified"]
+//! log_allowed = true
+//!
+//! [dns.lists.ads]
+//! files = ["ads.hosts", "ads.txt"]   # hosts files, name lists or adblock `||name^` lists
+//! names = ["ads.example.com", "*.tracker.example"]
+//!
+//! [dns.lists.malware]
+//! names = ["malware.example"]
+//! subdomains = true                  # plain names also match every name below them
+//!
+//! [dns.lists.corp]
+//! names = ["example.com", "*.example.com"]
+//!
+//! [[dns.lists.corp.entry]]           # a name with options
+//! name = "*.cdn.example.net"
+//! qtypes = ["A", "AAAA", 65]
+//! max_entropy = 3.5
+//! expires = "2026-12-31T00:00:00Z"
+//! ```
+//!
+//! ## `[dns]`
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `ports` | list of 1 to [`MAX_DNS_PORTS`] distinct destination ports `1..=65535`; UDP and TCP packets to them are taken as DNS | `[53]` |
+//!
+//! ## `[dns.ingress]` and `[dns.egress]`
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `mode` | `"blocklist"`: names in the lists are blocked, every other name resolves; `"allowlist"`: only names in the lists resolve | required |
+//! | `action` | what a blocked query gets: `"nxdomain"`, an NXDOMAIN answer, or `"drop"`. On egress `"nxdomain"` is accepted but falls back to `"drop"`, and the sending process gets `EPERM` at once | `"nxdomain"` on ingress, `"drop"` on egress |
+//! | `lists` | names of `[dns.lists.NAME]` tables, each at most once; may be empty (an empty allowlist blocks every query) | required |
+//! | `audit` | boolean: decide and report, but never block | `false` |
+//! | `malformed` | `"drop"` or `"allow"`: queries that cannot be parsed safely (see [`DnsScope::block_malformed`]) | `"drop"` in allowlist mode, `"allow"` in blocklist mode |
+//! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address, `qps` and `burst` at least 1 | no limit |
+//! | `log_allowed` | boolean: also report allowed queries | `false` |
+//! | `cgroups` | egress only: absolute paths of the cgroup v2 directories to attach to | `["/sys/fs/cgroup/unified"]`, the cgroup v2 root |
+//!
+//! ## `[dns.lists.NAME]`
+//!
+//! A named list of DNS names. `NAME` is 1 to 64 of `A-Z a-z 0-9 _ -`. All keys are optional
+//! and may be combined; a list with no names at all is valid and matches nothing.
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `files` | list files: hosts files, one name per line, `*.name` wildcards or adblock-style `\|\|name^` (see [`super::namelist`]); relative paths are taken from the policy file's directory | none |
+//! | `names` | list of names | none |
+//! | `subdomains` | boolean: plain names in this list (from `files`, `names` and `entry`) also match every name below them | `false` |
+//! | `entry` | names with options, one `[[dns.lists.NAME.entry]]` table each (below) | none |
+//!
+//! **Names** are written as in zone files (see [`super::namelist`]): case does not matter,
+//! one trailing dot is optional, and `\.`, `\\` and `\DDD` escape a dot, a backslash or
+//! any byte inside a label. `example.com` matches exactly that name (or, with
+//! `subdomains = true`, that name and every name below it); `*.example.com` matches every
+//! name strictly below `example.com`, but not `example.com` itself.
+//!
+//! ## `[[dns.lists.NAME.entry]]`
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `name` | one name, as in `names` | required |
+//! | `qtypes` | non-empty list of the query types the entry applies to: `A`, `NS`, `CNAME`, `SOA`, `PTR`, `MX`, `TXT`, `AAAA`, `SRV`, `DS`, `DNSKEY`, `SVCB`, `HTTPS`, `CAA`, `ANY` (in any case) or numbers `1..=65535` | every type |
+//! | `max_entropy` | `0.0..=8.0`: the most Shannon entropy, in bits per character, that the labels below the matched name may have, so random-looking names (DNS tunnels) are refused. Allowlists only: an error in a list that a blocklist uses | no limit |
+//! | `expires` | RFC 3339 time in UTC, `"2026-12-31T00:00:00Z"` (a string or a TOML date-time; the offset must be `Z`), or a unix time in seconds: the entry no longer applies after it | never |
+//!
+//! # Errors
+//!
+//! Every problem in the file is reported at once, each as `file:line:column: message`
+//! pointing at the offending value, or at the table when a key is missing. Unknown keys are
+//! errors, so a misspelt key cannot silently do nothing. Problems inside set and list files
+//! follow, each located in its own file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
 use super::model::{
-    Action, AddrMatch, Cidr, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet, Policy, PortRange,
-    Protocol, RateLimit, RatePer, Rule, TcpFlags,
+    Action, AddrMatch, Cidr, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall,
+    FragmentPolicy, IcmpMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange, Protocol,
+    QueryRate, RateLimit, RatePer, Rule, TcpFlags,
 };
+use super::namelist::{parse_list_bytes, parse_name};
 use super::setfile::{family_name, parse_cidr, parse_set_file};
 
 /// The most rules a policy may hold, counted as written (before sets or lists expand).
@@ -113,6 +205,34 @@ pub const MAX_RULES: usize = 100_000;
 
 /// Priority given to a rule without one, plus its position in the file.
 pub const IMPLICIT_PRIORITY_BASE: u32 = 1_000_000;
+
+/// The most DNS ports a policy may list.
+pub const MAX_DNS_PORTS: usize = 8;
+
+/// DNS ports when `[dns]` gives none.
+pub const DEFAULT_DNS_PORTS: [u16; 1] = [53];
+
+/// Where `[dns.egress]` attaches when it names no cgroups: the cgroup v2 root.
+pub const DEFAULT_DNS_CGROUP: &str = "/sys/fs/cgroup/unified";
+
+/// Query type names accepted in `qtypes`, with their numbers.
+pub const QTYPE_NAMES: [(&str, u16); 15] = [
+    ("A", 1),
+    ("NS", 2),
+    ("CNAME", 5),
+    ("SOA", 6),
+    ("PTR", 12),
+    ("MX", 15),
+    ("TXT", 16),
+    ("AAAA", 28),
+    ("SRV", 33),
+    ("DS", 43),
+    ("DNSKEY", 48),
+    ("SVCB", 64),
+    ("HTTPS", 65),
+    ("ANY", 255),
+    ("CAA", 257),
+];
 
 /// One problem found in a policy or set file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,7 +251,7 @@ pub struct Diagnostic {
 /// Everything wrong with a policy: never empty when returned by this module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// In file order for the policy file, followed by problems in set files.
+    /// In file order for the policy file, followed by problems in set and list files.
     pub errors: Vec<Diagnostic>,
 }
 
@@ -249,11 +369,11 @@ pub fn parse_policy(text: &str, file_name: &str, base_dir: &Path) -> Result<Poli
         base_dir,
         lines: &lines,
         errors: Vec::new(),
-        set_file_errors: Vec::new(),
+        file_errors: Vec::new(),
     };
     let policy = checker.policy(&root);
     if checker.errors.is_empty()
-        && checker.set_file_errors.is_empty()
+        && checker.file_errors.is_empty()
         && let Some(policy) = policy
     {
         return Ok(policy);
@@ -273,7 +393,7 @@ pub fn parse_policy(text: &str, file_name: &str, base_dir: &Path) -> Result<Poli
             }
         })
         .collect();
-    errors.extend(checker.set_file_errors);
+    errors.extend(checker.file_errors);
     if errors.is_empty() {
         // Unreachable by construction (every `None` records an error), but a bug must not
         // turn into an empty error list that prints as success.
@@ -341,9 +461,10 @@ struct Node {
 enum Val {
     Str(String),
     Int(i64),
-    Float,
+    Float(f64),
     Bool(bool),
-    Datetime,
+    /// As TOML wrote it, e.g. `2026-12-31T00:00:00Z`.
+    Datetime(String),
     Array(Vec<Node>),
     Table(Vec<Entry>),
 }
@@ -359,9 +480,9 @@ impl Val {
         match self {
             Self::Str(_) => "a string",
             Self::Int(_) => "an integer",
-            Self::Float => "a float",
+            Self::Float(_) => "a float",
             Self::Bool(_) => "a boolean",
-            Self::Datetime => "a date-time",
+            Self::Datetime(_) => "a date-time",
             Self::Array(_) => "an array",
             Self::Table(_) => "a table",
         }
@@ -431,9 +552,9 @@ fn value_node(value: &Value, fallback: usize) -> Node {
     let val = match value {
         Value::String(s) => Val::Str(s.value().clone()),
         Value::Integer(i) => Val::Int(*i.value()),
-        Value::Float(_) => Val::Float,
+        Value::Float(f) => Val::Float(*f.value()),
         Value::Boolean(b) => Val::Bool(*b.value()),
-        Value::Datetime(_) => Val::Datetime,
+        Value::Datetime(d) => Val::Datetime(d.value().to_string()),
         Value::Array(a) => Val::Array(a.iter().map(|v| value_node(v, at)).collect()),
         Value::InlineTable(t) => return inline_table_node(t, at),
     };
@@ -466,7 +587,7 @@ impl<'n> TableView<'n> {
 // ---------------------------------------------------------------------------------------
 // Validation
 
-const TOP_KEYS: &[&str] = &["firewall", "sets"];
+const TOP_KEYS: &[&str] = &["firewall", "sets", "dns"];
 const FIREWALL_KEYS: &[&str] = &["default", "log_default", "fragments", "rule"];
 const SET_KEYS: &[&str] = &["entries", "files"];
 const RULE_KEYS: &[&str] = &[
@@ -485,6 +606,29 @@ const RULE_KEYS: &[&str] = &[
     "log",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
+const DNS_KEYS: &[&str] = &["ports", "ingress", "egress", "lists"];
+const INGRESS_KEYS: &[&str] = &[
+    "mode",
+    "action",
+    "lists",
+    "audit",
+    "malformed",
+    "rate",
+    "log_allowed",
+];
+const EGRESS_KEYS: &[&str] = &[
+    "mode",
+    "action",
+    "lists",
+    "audit",
+    "malformed",
+    "rate",
+    "log_allowed",
+    "cgroups",
+];
+const QUERY_RATE_KEYS: &[&str] = &["qps", "burst"];
+const LIST_KEYS: &[&str] = &["files", "names", "subdomains", "entry"];
+const LIST_ENTRY_KEYS: &[&str] = &["name", "qtypes", "max_entropy", "expires"];
 
 const TCP_FLAG_NAMES: [(&str, u8); 8] = [
     ("fin", 0x01),
@@ -548,8 +692,8 @@ struct Checker<'a> {
     lines: &'a LineIndex<'a>,
     /// Problems in the policy file, by byte offset.
     errors: Vec<(usize, String)>,
-    /// Problems inside set files, already located in their own files.
-    set_file_errors: Vec<Diagnostic>,
+    /// Problems inside set and list files, already located in their own files.
+    file_errors: Vec<Diagnostic>,
 }
 
 fn quoted_list(items: &[&str]) -> String {
@@ -573,7 +717,7 @@ impl Checker<'_> {
     }
 
     fn error_count(&self) -> usize {
-        self.errors.len() + self.set_file_errors.len()
+        self.errors.len() + self.file_errors.len()
     }
 
     fn check_keys(&mut self, table: TableView<'_>, what: &str, allowed: &[&str]) {
@@ -676,9 +820,17 @@ impl Checker<'_> {
                 rules: Vec::new(),
             }),
         };
+        let dns = match root.get("dns") {
+            Some(node) => self.dns(node),
+            None => Dns {
+                ports: DEFAULT_DNS_PORTS.to_vec(),
+                ..Dns::default()
+            },
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
+            dns,
         })
     }
 
@@ -730,7 +882,7 @@ impl Checker<'_> {
                 match std::fs::read_to_string(&path) {
                     Ok(text) => match parse_set_file(&text, &path.display().to_string()) {
                         Ok(mut found) => cidrs.append(&mut found),
-                        Err(mut errors) => self.set_file_errors.append(&mut errors),
+                        Err(mut errors) => self.file_errors.append(&mut errors),
                     },
                     Err(e) => {
                         self.err(
@@ -1230,6 +1382,660 @@ impl Checker<'_> {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The `[dns]` section
+
+/// What a scope's `mode` and `lists` resolved to, kept even when the scope has other errors
+/// so the `max_entropy` check still sees which lists a blocklist uses.
+struct ScopeCheck {
+    scope: Option<DnsScope>,
+    table: &'static str,
+}
+
+/// A parsed `[dns.lists.NAME]`, with where its `max_entropy` values were written.
+struct ListCheck {
+    list: NameList,
+    max_entropy_at: Vec<usize>,
+}
+
+impl Checker<'_> {
+    fn dns(&mut self, node: &Node) -> Dns {
+        let mut dns = Dns {
+            ports: DEFAULT_DNS_PORTS.to_vec(),
+            ..Dns::default()
+        };
+        let Some(view) = self.table(node, "`dns`") else {
+            return dns;
+        };
+        self.check_keys(view, "[dns]", DNS_KEYS);
+        if let Some(ports) = view.get("ports").and_then(|n| self.dns_ports(n)) {
+            dns.ports = ports;
+        }
+        let lists = match view.get("lists") {
+            Some(node) => self.dns_lists(node),
+            None => Vec::new(),
+        };
+        let by_name: HashMap<&str, usize> = lists
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.list.name.as_str(), i))
+            .collect();
+
+        let ingress = view.get("ingress").map(|node| ScopeCheck {
+            scope: self.dns_scope(node, "[dns.ingress]", INGRESS_KEYS, &by_name),
+            table: "[dns.ingress]",
+        });
+        let mut cgroups = Vec::new();
+        let egress = view.get("egress").map(|node| {
+            let scope = self.dns_scope(node, "[dns.egress]", EGRESS_KEYS, &by_name);
+            cgroups = match TableView::of(node).and_then(|v| v.get("cgroups")) {
+                Some(n) => self.cgroups(n),
+                None => vec![PathBuf::from(DEFAULT_DNS_CGROUP)],
+            };
+            ScopeCheck {
+                scope,
+                table: "[dns.egress]",
+            }
+        });
+
+        // `max_entropy` limits what an allowlist lets through; in a blocklist it would have
+        // to mean "block only when random enough", which nothing implements.
+        let mut reported = HashSet::new();
+        for check in ingress.iter().chain(egress.iter()) {
+            let Some(scope) = &check.scope else { continue };
+            if scope.mode != DnsMode::Blocklist {
+                continue;
+            }
+            for &index in &scope.lists {
+                let list = &lists[index];
+                for &at in &list.max_entropy_at {
+                    if reported.insert(at) {
+                        let msg = format!(
+                            "max_entropy only applies to allowlists, but list `{}` is used by \
+                             the blocklist in {}",
+                            list.list.name, check.table
+                        );
+                        self.err(at, msg);
+                    }
+                }
+            }
+        }
+
+        dns.ingress = ingress.and_then(|c| c.scope);
+        dns.egress = egress
+            .and_then(|c| c.scope)
+            .map(|scope| DnsEgress { scope, cgroups });
+        dns.lists = lists.into_iter().map(|l| l.list).collect();
+        dns
+    }
+
+    fn dns_ports(&mut self, node: &Node) -> Option<Vec<u16>> {
+        let Val::Array(items) = &node.val else {
+            let msg = format!(
+                "`ports` must be a list of port numbers, found {}",
+                node.val.type_name()
+            );
+            self.err(node.at, msg);
+            return None;
+        };
+        if items.is_empty() {
+            self.err(node.at, "`ports` is empty; leave it out to use port 53");
+            return None;
+        }
+        if items.len() > MAX_DNS_PORTS {
+            let msg = format!(
+                "too many DNS ports: {} (at most {MAX_DNS_PORTS})",
+                items.len()
+            );
+            self.err(node.at, msg);
+        }
+        let mut ports = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match self
+                .integer(item, "ports", 1, 65535)
+                .and_then(|n| u16::try_from(n).ok())
+            {
+                Some(port) if ports.contains(&port) => {
+                    self.err(item.at, format!("port {port} is listed twice in `ports`"));
+                    ok = false;
+                }
+                Some(port) => ports.push(port),
+                None => ok = false,
+            }
+        }
+        ok.then_some(ports)
+    }
+
+    /// `[dns.ingress]` or `[dns.egress]`: `None` when `mode` is missing or invalid (with an
+    /// error recorded). Other problems are recorded and replaced by defaults, so the caller
+    /// still knows the scope's mode and lists.
+    fn dns_scope(
+        &mut self,
+        node: &Node,
+        table: &str,
+        allowed: &[&str],
+        lists: &HashMap<&str, usize>,
+    ) -> Option<DnsScope> {
+        let view = self.table(node, &format!("`{}`", &table[1..table.len() - 1]))?;
+        self.check_keys(view, table, allowed);
+        let mode = match view.get("mode") {
+            None => {
+                self.err(
+                    view.at,
+                    format!("{table} is missing `mode` (`blocklist` or `allowlist`)"),
+                );
+                None
+            }
+            Some(node) => match self.string(node, "mode") {
+                Some("blocklist") => Some(DnsMode::Blocklist),
+                Some("allowlist") => Some(DnsMode::Allowlist),
+                Some(other) => {
+                    let msg =
+                        format!("unknown DNS mode `{other}`; expected `blocklist` or `allowlist`");
+                    self.err(node.at, msg);
+                    None
+                }
+                None => None,
+            },
+        };
+        let default_action = if table == "[dns.egress]" {
+            DnsAction::Drop
+        } else {
+            DnsAction::Nxdomain
+        };
+        let action = match view.get("action") {
+            None => default_action,
+            Some(node) => match self.string(node, "action") {
+                Some("nxdomain") => DnsAction::Nxdomain,
+                Some("drop") => DnsAction::Drop,
+                Some(other) => {
+                    let msg =
+                        format!("unknown DNS action `{other}`; expected `nxdomain` or `drop`");
+                    self.err(node.at, msg);
+                    default_action
+                }
+                None => default_action,
+            },
+        };
+        let list_indices = match view.get("lists") {
+            None => {
+                self.err(
+                    view.at,
+                    format!(
+                        "{table} is missing `lists` (names of [dns.lists.NAME] tables; may be \
+                         empty)"
+                    ),
+                );
+                Vec::new()
+            }
+            Some(node) => self.list_refs(node, lists),
+        };
+        let flag = |this: &mut Self, key: &str| {
+            view.get(key)
+                .and_then(|n| this.boolean(n, key))
+                .unwrap_or(false)
+        };
+        let audit = flag(self, "audit");
+        let log_allowed = flag(self, "log_allowed");
+        let malformed =
+            view.get("malformed")
+                .and_then(|node| match self.string(node, "malformed") {
+                    Some("drop") => Some(true),
+                    Some("allow") => Some(false),
+                    Some(other) => {
+                        let msg = format!(
+                            "unknown `malformed` value `{other}`; expected `drop` or `allow`"
+                        );
+                        self.err(node.at, msg);
+                        None
+                    }
+                    None => None,
+                });
+        let rate = view.get("rate").and_then(|node| self.query_rate(node));
+        let mode = mode?;
+        Some(DnsScope {
+            mode,
+            action,
+            audit,
+            lists: list_indices,
+            block_malformed: malformed.unwrap_or(mode == DnsMode::Allowlist),
+            rate,
+            log_allowed,
+        })
+    }
+
+    fn list_refs(&mut self, node: &Node, lists: &HashMap<&str, usize>) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (name, at) in self.string_list(node, "lists") {
+            match lists.get(name.as_str()) {
+                Some(index) if out.contains(index) => {
+                    self.err(at, format!("list `{name}` is named twice"));
+                }
+                Some(&index) => out.push(index),
+                None => self.err(
+                    at,
+                    format!("unknown DNS list `{name}`; define it under [dns.lists.{name}]"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn query_rate(&mut self, node: &Node) -> Option<QueryRate> {
+        let view = self.table(node, "`rate`")?;
+        self.check_keys(view, "`rate`", QUERY_RATE_KEYS);
+        let required = |this: &mut Self, key: &str| match view.get(key) {
+            Some(n) => this.u32_field(n, key, 1),
+            None => {
+                this.err(view.at, format!("`rate` is missing `{key}`"));
+                None
+            }
+        };
+        let qps = required(self, "qps");
+        let burst = required(self, "burst");
+        Some(QueryRate {
+            qps: qps?,
+            burst: burst?,
+        })
+    }
+
+    fn cgroups(&mut self, node: &Node) -> Vec<PathBuf> {
+        if matches!(&node.val, Val::Array(items) if items.is_empty()) {
+            self.err(
+                node.at,
+                "`cgroups` is empty; leave it out to attach at the cgroup v2 root",
+            );
+            return Vec::new();
+        }
+        let mut out: Vec<PathBuf> = Vec::new();
+        for (path, at) in self.string_list(node, "cgroups") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                let msg = format!("cgroup path `{}` must be absolute", path.display());
+                self.err(at, msg);
+            } else if out.contains(&path) {
+                let msg = format!("cgroup `{}` is listed twice", path.display());
+                self.err(at, msg);
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    fn dns_lists(&mut self, node: &Node) -> Vec<ListCheck> {
+        let mut lists = Vec::new();
+        let Some(view) = self.table(node, "`dns.lists`") else {
+            return lists;
+        };
+        for entry in view.entries {
+            let name = entry.key.as_str();
+            if !valid_name(name, b"") {
+                self.err(
+                    entry.key_at,
+                    format!("invalid DNS list name `{name}`: use 1 to 64 of A-Z a-z 0-9 _ -"),
+                );
+            }
+            // Kept even when broken, so scopes naming it get no second, misleading error.
+            lists.push(self.name_list(&entry.node, name));
+        }
+        lists
+    }
+
+    fn name_list(&mut self, node: &Node, name: &str) -> ListCheck {
+        let mut check = ListCheck {
+            list: NameList {
+                name: name.to_owned(),
+                entries: Vec::new(),
+            },
+            max_entropy_at: Vec::new(),
+        };
+        let what = format!("DNS list `{name}`");
+        let Some(view) = self.table(node, &what) else {
+            return check;
+        };
+        self.check_keys(view, &what, LIST_KEYS);
+        let subdomains = view
+            .get("subdomains")
+            .and_then(|n| self.boolean(n, "subdomains"))
+            .unwrap_or(false);
+        let entries = &mut check.list.entries;
+        if let Some(list) = view.get("files") {
+            for (file, at) in self.string_list(list, "files") {
+                let path = self.base_dir.join(&file);
+                match std::fs::read(&path) {
+                    Ok(bytes) => {
+                        match parse_list_bytes(&bytes, &path.display().to_string(), subdomains) {
+                            Ok(mut found) => entries.append(&mut found),
+                            Err(mut errors) => self.file_errors.append(&mut errors),
+                        }
+                    }
+                    Err(e) => {
+                        self.err(
+                            at,
+                            format!("cannot read list file `{}`: {e}", path.display()),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(list) = view.get("names") {
+            for (text, at) in self.string_list(list, "names") {
+                if let Some(entry) = self.name_entry(&text, at, subdomains) {
+                    entries.push(entry);
+                }
+            }
+        }
+        if let Some(node) = view.get("entry") {
+            let items = match &node.val {
+                Val::Array(items) => items.as_slice(),
+                Val::Table(_) => {
+                    self.err(
+                        node.at,
+                        format!(
+                            "`entry` must be an array of tables: write each entry under \
+                             [[dns.lists.{name}.entry]]"
+                        ),
+                    );
+                    &[]
+                }
+                other => {
+                    let msg = format!(
+                        "`entry` must be an array of tables, found {}",
+                        other.type_name()
+                    );
+                    self.err(node.at, msg);
+                    &[]
+                }
+            };
+            for item in items {
+                let Some(view) = self.table(item, "each DNS list entry") else {
+                    continue;
+                };
+                if let Some((entry, entropy_at)) = self.list_entry(view, subdomains) {
+                    entries.push(entry);
+                    check.max_entropy_at.extend(entropy_at);
+                }
+            }
+        }
+        check
+    }
+
+    /// One name as written in the policy file, at byte offset `at`.
+    fn name_entry(&mut self, text: &str, at: usize, subdomains: bool) -> Option<NameEntry> {
+        match parse_name(text) {
+            Ok((labels, wildcard)) => Some(NameEntry {
+                labels,
+                kind: if wildcard {
+                    NameMatch::Subdomains
+                } else if subdomains {
+                    NameMatch::ApexAndSubdomains
+                } else {
+                    NameMatch::Exact
+                },
+                qtypes: Vec::new(),
+                expires: None,
+                max_entropy: None,
+                line: self.lines.line(at),
+            }),
+            Err(e) => {
+                self.err(at, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// `[[dns.lists.NAME.entry]]`, and where its valid `max_entropy` was written.
+    fn list_entry(
+        &mut self,
+        view: TableView<'_>,
+        subdomains: bool,
+    ) -> Option<(NameEntry, Option<usize>)> {
+        let errors_before = self.error_count();
+        self.check_keys(view, "DNS list entry", LIST_ENTRY_KEYS);
+        let entry = match view.get("name") {
+            None => {
+                self.err(view.at, "DNS list entry is missing `name`");
+                None
+            }
+            Some(node) => self
+                .string(node, "name")
+                .and_then(|text| self.name_entry(text, node.at, subdomains)),
+        };
+        let qtypes = view
+            .get("qtypes")
+            .map(|node| self.qtypes(node))
+            .unwrap_or_default();
+        let max_entropy = view
+            .get("max_entropy")
+            .and_then(|node| self.max_entropy(node).map(|v| (v, node.at)));
+        let expires = view.get("expires").and_then(|node| self.expires(node));
+        if self.error_count() != errors_before {
+            return None;
+        }
+        let entry = NameEntry {
+            qtypes,
+            expires,
+            max_entropy: max_entropy.map(|(v, _)| v),
+            line: self.lines.line(view.at),
+            ..entry?
+        };
+        Some((entry, max_entropy.map(|(_, at)| at)))
+    }
+
+    fn qtypes(&mut self, node: &Node) -> Vec<u16> {
+        let Val::Array(items) = &node.val else {
+            let msg = format!(
+                "`qtypes` must be a list of query type names or numbers, found {}",
+                node.val.type_name()
+            );
+            self.err(node.at, msg);
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.err(
+                node.at,
+                "`qtypes` is empty; leave it out to match every query type",
+            );
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let qtype = match &item.val {
+                Val::Str(s) => {
+                    let known = QTYPE_NAMES
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(s))
+                        .map(|&(_, v)| v);
+                    if known.is_none() {
+                        let names: Vec<&str> = QTYPE_NAMES.iter().map(|&(n, _)| n).collect();
+                        let msg = format!(
+                            "unknown query type `{s}`; expected one of {} or a number 1 to 65535",
+                            names.join(", ")
+                        );
+                        self.err(item.at, msg);
+                    }
+                    known
+                }
+                Val::Int(_) => self
+                    .integer(item, "qtypes", 1, 65535)
+                    .and_then(|n| u16::try_from(n).ok()),
+                other => {
+                    let msg = format!(
+                        "`qtypes` entries must be query type names or numbers, found {}",
+                        other.type_name()
+                    );
+                    self.err(item.at, msg);
+                    None
+                }
+            };
+            match qtype {
+                Some(t) if out.contains(&t) => {
+                    self.err(
+                        item.at,
+                        format!("query type {} is listed twice", qtype_text(t)),
+                    );
+                }
+                Some(t) => out.push(t),
+                None => {}
+            }
+        }
+        out
+    }
+
+    fn max_entropy(&mut self, node: &Node) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)] // only small integers are in range
+        let value = match node.val {
+            Val::Float(f) => f,
+            Val::Int(n) => n as f64,
+            ref other => {
+                let msg = format!(
+                    "`max_entropy` must be a number of bits per character, found {}",
+                    other.type_name()
+                );
+                self.err(node.at, msg);
+                return None;
+            }
+        };
+        if (0.0..=8.0).contains(&value) {
+            Some(value)
+        } else {
+            self.err(
+                node.at,
+                format!(
+                    "`max_entropy` must be between 0.0 and 8.0 bits per character, found {value}"
+                ),
+            );
+            None
+        }
+    }
+
+    fn expires(&mut self, node: &Node) -> Option<u64> {
+        let result = match &node.val {
+            Val::Str(s) | Val::Datetime(s) => parse_utc_time(s),
+            Val::Int(n) => u64::try_from(*n)
+                .map_err(|_| format!("`expires` must be a unix time of 0 or more, found {n}")),
+            other => Err(format!(
+                "`expires` must be an RFC 3339 UTC time or a unix time in seconds, found {}",
+                other.type_name()
+            )),
+        };
+        result.map_err(|msg| self.err(node.at, msg)).ok()
+    }
+}
+
+/// `AAAA (28)` for a named type, `1234` otherwise.
+fn qtype_text(qtype: u16) -> String {
+    match QTYPE_NAMES.iter().find(|&&(_, v)| v == qtype) {
+        Some((name, _)) => format!("{name} ({qtype})"),
+        None => qtype.to_string(),
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (RFC 3339 in UTC; `t`, `z` and a space for `T`
+/// are accepted as RFC 3339 allows) into unix seconds; a fraction is dropped.
+fn parse_utc_time(text: &str) -> Result<u64, String> {
+    let invalid = || {
+        format!(
+            "invalid time `{text}`; use RFC 3339 in UTC, like \"2026-12-31T00:00:00Z\", or a \
+             unix time in seconds"
+        )
+    };
+    let b = text.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<u64> {
+        let digits = b.get(range)?;
+        digits
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| digits.iter().fold(0, |v, d| v * 10 + u64::from(d - b'0')))
+    };
+    let sep = |at: usize, allowed: &[u8]| b.get(at).is_some_and(|c| allowed.contains(c));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return Err(invalid());
+    }
+    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
+        num(0..4),
+        num(5..7),
+        num(8..10),
+        num(11..13),
+        num(14..16),
+        num(17..19),
+    ) else {
+        return Err(invalid());
+    };
+    let mut zone = 19;
+    if b.get(zone) == Some(&b'.') {
+        zone += 1;
+        let digits = b[zone..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(invalid());
+        }
+        zone += digits;
+    }
+    match &b[zone.min(b.len())..] {
+        b"Z" | b"z" => {}
+        [b'+' | b'-', ..] => {
+            return Err(format!(
+                "time `{text}` has a UTC offset; write it in UTC with a final `Z`"
+            ));
+        }
+        [] => {
+            return Err(format!(
+                "time `{text}` has no time zone; write it in UTC with a final `Z`"
+            ));
+        }
+        _ => return Err(invalid()),
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    let days_in_month = usize::try_from(month)
+        .ok()
+        .and_then(|m| m.checked_sub(1))
+        .and_then(|m| month_days.get(m).copied());
+    let Some(days_in_month) = days_in_month else {
+        return Err(format!("time `{text}`: month {month} does not exist"));
+    };
+    if day == 0 || day > days_in_month {
+        return Err(format!(
+            "time `{text}`: day {day} does not exist in month {month}"
+        ));
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return Err(format!(
+            "time `{text}`: {hour:02}:{minute:02}:{second:02} is not a time of day"
+        ));
+    }
+    if year < 1970 {
+        return Err(format!("time `{text}` is before 1970"));
+    }
+    Ok(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days from 1970-01-01 to a date in the proleptic Gregorian calendar, for years from 1970.
+const fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    // Years start in March so the leap day comes last.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// What families `m` can match, or `None` when it is not restricted or not yet known (an
 /// empty set, e.g. one whose file failed to load, restricts nothing worth reporting).
 fn families(m: &AddrMatch, sets: &SetTable) -> Option<Families> {
@@ -1503,6 +2309,10 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     rules: vec![],
                 },
                 sets: vec![],
+                dns: Dns {
+                    ports: vec![53],
+                    ..Dns::default()
+                },
             }
         );
     }
@@ -1802,9 +2612,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`",
+                     `firewall`, `sets`, `dns`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`",
+                     `sets`, `dns`",
                 ],
             ),
         ];
@@ -2019,9 +2829,582 @@ tcp_flags = "syn"
         );
     }
 
+    // -----------------------------------------------------------------------------------
+    // [dns]
+
+    fn name(parts: &[&str], kind: NameMatch, line: usize) -> NameEntry {
+        NameEntry {
+            labels: parts.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            kind,
+            qtypes: vec![],
+            expires: None,
+            max_entropy: None,
+            line,
+        }
+    }
+
+    fn scope(mode: DnsMode, action: DnsAction, lists: Vec<usize>) -> DnsScope {
+        DnsScope {
+            mode,
+            action,
+            audit: false,
+            lists,
+            block_malformed: mode == DnsMode::Allowlist,
+            rate: None,
+            log_allowed: false,
+        }
+    }
+
+    /// A fresh directory under the system temp dir, removed by the caller.
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("palisade-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn dns_example_in_module_docs_parses() {
+        let text = doc_example(1);
+        let dir = temp_dir("dns-docex");
+        std::fs::write(
+            dir.join("ads.hosts"),
+            "# hosts\n127.0.0.1 localhost\n0.0.0.0 a.ads.example b.ads.example\n",
+        )
+        .expect("write");
+        std::fs::write(dir.join("ads.txt"), "! adblock\n||c.ads.example^\n").expect("write");
+        let result = parse_policy(&text, "doc.toml", &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let dns = result.expect("doc example is valid").dns;
+        assert_eq!(dns.ports, [53]);
+        assert_eq!(
+            dns.ingress,
+            Some(DnsScope {
+                rate: Some(QueryRate {
+                    qps: 50,
+                    burst: 100
+                }),
+                ..scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![0, 1])
+            })
+        );
+        assert_eq!(
+            dns.egress,
+            Some(DnsEgress {
+                scope: DnsScope {
+                    log_allowed: true,
+                    ..scope(DnsMode::Allowlist, DnsAction::Drop, vec![2])
+                },
+                cgroups: vec![PathBuf::from("/sys/fs/cgroup/unified")],
+            })
+        );
+        assert_eq!(
+            dns.lists,
+            vec![
+                NameList {
+                    name: "ads".into(),
+                    entries: vec![
+                        name(&["a", "ads", "example"], NameMatch::Exact, 3),
+                        name(&["b", "ads", "example"], NameMatch::Exact, 3),
+                        name(&["c", "ads", "example"], NameMatch::ApexAndSubdomains, 2),
+                        name(&["ads", "example", "com"], NameMatch::Exact, 18),
+                        name(&["tracker", "example"], NameMatch::Subdomains, 18),
+                    ],
+                },
+                NameList {
+                    name: "malware".into(),
+                    entries: vec![name(
+                        &["malware", "example"],
+                        NameMatch::ApexAndSubdomains,
+                        21
+                    )],
+                },
+                NameList {
+                    name: "corp".into(),
+                    entries: vec![
+                        name(&["example", "com"], NameMatch::Exact, 25),
+                        name(&["example", "com"], NameMatch::Subdomains, 25),
+                        NameEntry {
+                            qtypes: vec![1, 28, 65],
+                            max_entropy: Some(3.5),
+                            expires: Some(1_798_675_200),
+                            ..name(&["cdn", "example", "net"], NameMatch::Subdomains, 27)
+                        },
+                    ],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_defaults_depend_on_mode_and_scope() {
+        let policy = parse(
+            "[dns.ingress]\nmode = \"blocklist\"\nlists = []\n\
+             [dns.egress]\nmode = \"allowlist\"\nlists = []\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            policy.dns,
+            Dns {
+                ports: vec![53],
+                ingress: Some(scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![])),
+                egress: Some(DnsEgress {
+                    scope: scope(DnsMode::Allowlist, DnsAction::Drop, vec![]),
+                    cgroups: vec![PathBuf::from(DEFAULT_DNS_CGROUP)],
+                }),
+                lists: vec![],
+            }
+        );
+        let ingress = scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![]);
+        assert!(!ingress.block_malformed);
+
+        // The other way round, with dotted keys and inline tables.
+        let policy = parse(
+            "dns.ingress = { mode = \"allowlist\", lists = [] }\n\
+             dns.egress = { mode = \"blocklist\", lists = [], action = \"nxdomain\" }\n",
+        )
+        .expect("valid");
+        let ingress = policy.dns.ingress.expect("ingress");
+        let egress = policy.dns.egress.expect("egress").scope;
+        assert_eq!(
+            (ingress.action, ingress.block_malformed),
+            (DnsAction::Nxdomain, true)
+        );
+        assert_eq!(
+            (egress.action, egress.block_malformed),
+            (DnsAction::Nxdomain, false)
+        );
+
+        // Explicit values win over every default.
+        let policy = parse(
+            "[dns]\nports = [53, 5353]\n\
+             [dns.ingress]\nmode = \"allowlist\"\nlists = [\"l\"]\naction = \"drop\"\n\
+             malformed = \"allow\"\naudit = true\nlog_allowed = true\n\
+             [dns.egress]\nmode = \"blocklist\"\nlists = [\"l\"]\nmalformed = \"drop\"\n\
+             cgroups = [\"/sys/fs/cgroup/system.slice\", \"/sys/fs/cgroup/user.slice\"]\n\
+             [dns.lists.l]\nsubdomains = true\nnames = [\"Example.COM.\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(policy.dns.ports, [53, 5353]);
+        assert_eq!(
+            policy.dns.ingress,
+            Some(DnsScope {
+                block_malformed: false,
+                audit: true,
+                log_allowed: true,
+                ..scope(DnsMode::Allowlist, DnsAction::Drop, vec![0])
+            })
+        );
+        let egress = policy.dns.egress.expect("egress");
+        assert!(egress.scope.block_malformed);
+        assert_eq!(
+            egress.cgroups,
+            [
+                PathBuf::from("/sys/fs/cgroup/system.slice"),
+                PathBuf::from("/sys/fs/cgroup/user.slice")
+            ]
+        );
+        assert_eq!(
+            policy.dns.lists[0].entries,
+            [name(&["example", "com"], NameMatch::ApexAndSubdomains, 17)]
+        );
+    }
+
+    #[test]
+    fn no_dns_section_means_no_dns_filtering() {
+        let dns = parse("[firewall]\n").expect("valid").dns;
+        assert_eq!(
+            dns,
+            Dns {
+                ports: vec![53],
+                ..Dns::default()
+            }
+        );
+        // Lists alone, used by no scope, are fine too.
+        let dns = parse("[dns.lists.spare]\nnames = [\"a.example\"]\n")
+            .expect("valid")
+            .dns;
+        assert_eq!((dns.ingress, dns.egress.is_none()), (None, true));
+        assert_eq!(dns.lists.len(), 1);
+    }
+
+    /// One case per DNS validation rule: the text and exactly the diagnostics it produces.
+    #[test]
+    fn each_dns_error_is_located() {
+        let cases: Vec<(&str, Vec<&str>)> = vec![
+            (
+                "dns = 5\n",
+                vec!["p.toml:1:7: `dns` must be a table, found an integer"],
+            ),
+            (
+                "[dns]\nport = [53]\ningress = 1\nlists = 2\n",
+                vec![
+                    "p.toml:2:1: unknown key `port` in [dns]; expected one of `ports`, \
+                     `ingress`, `egress`, `lists`",
+                    "p.toml:3:11: `dns.ingress` must be a table, found an integer",
+                    "p.toml:4:9: `dns.lists` must be a table, found an integer",
+                ],
+            ),
+            (
+                "[dns]\nports = []\n",
+                vec!["p.toml:2:9: `ports` is empty; leave it out to use port 53"],
+            ),
+            (
+                "[dns]\nports = 53\n",
+                vec!["p.toml:2:9: `ports` must be a list of port numbers, found an integer"],
+            ),
+            (
+                "[dns]\nports = [53, 0, 53, \"x\"]\n",
+                vec![
+                    "p.toml:2:14: `ports` must be between 1 and 65535, found 0",
+                    "p.toml:2:17: port 53 is listed twice in `ports`",
+                    "p.toml:2:21: `ports` must be an integer, found a string",
+                ],
+            ),
+            (
+                "[dns]\nports = [1, 2, 3, 4, 5, 6, 7, 8, 9]\n",
+                vec!["p.toml:2:9: too many DNS ports: 9 (at most 8)"],
+            ),
+            (
+                "[dns.ingress]\naction = \"drop\"\n",
+                vec![
+                    "p.toml:1:1: [dns.ingress] is missing `mode` (`blocklist` or `allowlist`)",
+                    "p.toml:1:1: [dns.ingress] is missing `lists` (names of [dns.lists.NAME] \
+                     tables; may be empty)",
+                ],
+            ),
+            (
+                "[dns.egress]\n\
+                 mode = \"denylist\"\n\
+                 action = \"refuse\"\n\
+                 lists = [\"nope\", 3]\n\
+                 audit = \"yes\"\n\
+                 malformed = \"pass\"\n\
+                 rate = { qps = 0 }\n\
+                 log_allowed = 1\n\
+                 cgroups = [\"sys/fs/cgroup\", \"/a\", \"/a\"]\n\
+                 extra = true\n",
+                vec![
+                    "p.toml:2:8: unknown DNS mode `denylist`; expected `blocklist` or `allowlist`",
+                    "p.toml:3:10: unknown DNS action `refuse`; expected `nxdomain` or `drop`",
+                    "p.toml:4:10: unknown DNS list `nope`; define it under [dns.lists.nope]",
+                    "p.toml:4:18: `lists` must be a string, found an integer",
+                    "p.toml:5:9: `audit` must be true or false, found a string",
+                    "p.toml:6:13: unknown `malformed` value `pass`; expected `drop` or `allow`",
+                    "p.toml:7:8: `rate` is missing `burst`",
+                    "p.toml:7:16: `qps` must be between 1 and 4294967295, found 0",
+                    "p.toml:8:15: `log_allowed` must be true or false, found an integer",
+                    "p.toml:9:12: cgroup path `sys/fs/cgroup` must be absolute",
+                    "p.toml:9:35: cgroup `/a` is listed twice",
+                    "p.toml:10:1: unknown key `extra` in [dns.egress]; expected one of `mode`, \
+                     `action`, `lists`, `audit`, `malformed`, `rate`, `log_allowed`, `cgroups`",
+                ],
+            ),
+            (
+                "[dns.ingress]\nmode = \"allowlist\"\nlists = []\ncgroups = [\"/x\"]\n\
+                 rate = { qps = 1, burst = 1, per = \"source\" }\n",
+                vec![
+                    "p.toml:4:1: unknown key `cgroups` in [dns.ingress]; expected one of \
+                     `mode`, `action`, `lists`, `audit`, `malformed`, `rate`, `log_allowed`",
+                    "p.toml:5:30: unknown key `per` in `rate`; expected one of `qps`, `burst`",
+                ],
+            ),
+            (
+                "[dns.egress]\nmode = \"allowlist\"\nlists = []\ncgroups = []\n",
+                vec![
+                    "p.toml:4:11: `cgroups` is empty; leave it out to attach at the cgroup v2 \
+                     root",
+                ],
+            ),
+            (
+                "[dns.lists.\"bad name\"]\n[dns.lists.ok]\n\
+                 [dns.ingress]\nmode = \"blocklist\"\nlists = [\"ok\", \"ok\"]\n",
+                vec![
+                    "p.toml:1:12: invalid DNS list name `bad name`: use 1 to 64 of A-Z a-z 0-9 \
+                     _ -",
+                    "p.toml:5:16: list `ok` is named twice",
+                ],
+            ),
+            (
+                "[dns.lists]\nl = 1\n",
+                vec!["p.toml:2:5: DNS list `l` must be a table, found an integer"],
+            ),
+            (
+                "[dns.lists.l]\n\
+                 names = [\"a..b\", \"*\", 5, \"ok.example\"]\n\
+                 files = \"x.txt\"\n\
+                 subdomains = \"yes\"\n\
+                 entries = []\n",
+                vec![
+                    "p.toml:2:10: `a..b` has an empty label (a leading dot or two dots in a row)",
+                    "p.toml:2:18: `*`: `*` alone would match every name; write `*.example.com` \
+                     to match the names below a domain",
+                    "p.toml:2:23: `names` must be a string, found an integer",
+                    "p.toml:3:9: `files` must be a list of strings, found a string",
+                    "p.toml:4:14: `subdomains` must be true or false, found a string",
+                    "p.toml:5:1: unknown key `entries` in DNS list `l`; expected one of \
+                     `files`, `names`, `subdomains`, `entry`",
+                ],
+            ),
+            (
+                "[[dns.lists.l.entry]]\n\
+                 qtypes = [\"A\", \"a\", \"AXFR\", 0, 65536, 1.5]\n\
+                 max_entropy = 9\n\
+                 expires = \"2026-12-31T00:00:00+01:00\"\n\
+                 [[dns.lists.l.entry]]\n\
+                 name = \"x.example\"\n\
+                 qtypes = []\n\
+                 max_entropy = \"high\"\n\
+                 expires = -1\n\
+                 ttl = 5\n\
+                 [[dns.lists.l.entry]]\n\
+                 name = \"*.y.example\"\n\
+                 max_entropy = nan\n\
+                 expires = 2026-12-31\n",
+                vec![
+                    "p.toml:1:1: DNS list entry is missing `name`",
+                    "p.toml:2:16: query type A (1) is listed twice",
+                    "p.toml:2:21: unknown query type `AXFR`; expected one of A, NS, CNAME, SOA, \
+                     PTR, MX, TXT, AAAA, SRV, DS, DNSKEY, SVCB, HTTPS, ANY, CAA or a number 1 \
+                     to 65535",
+                    "p.toml:2:29: `qtypes` must be between 1 and 65535, found 0",
+                    "p.toml:2:32: `qtypes` must be between 1 and 65535, found 65536",
+                    "p.toml:2:39: `qtypes` entries must be query type names or numbers, found \
+                     a float",
+                    "p.toml:3:15: `max_entropy` must be between 0.0 and 8.0 bits per character, \
+                     found 9",
+                    "p.toml:4:11: time `2026-12-31T00:00:00+01:00` has a UTC offset; write it \
+                     in UTC with a final `Z`",
+                    "p.toml:7:10: `qtypes` is empty; leave it out to match every query type",
+                    "p.toml:8:15: `max_entropy` must be a number of bits per character, found \
+                     a string",
+                    "p.toml:9:11: `expires` must be a unix time of 0 or more, found -1",
+                    "p.toml:10:1: unknown key `ttl` in DNS list entry; expected one of `name`, \
+                     `qtypes`, `max_entropy`, `expires`",
+                    "p.toml:13:15: `max_entropy` must be between 0.0 and 8.0 bits per \
+                     character, found NaN",
+                    "p.toml:14:11: invalid time `2026-12-31`; use RFC 3339 in UTC, like \
+                     \"2026-12-31T00:00:00Z\", or a unix time in seconds",
+                ],
+            ),
+            (
+                "[dns.lists.l.entry]\nname = \"a\"\n",
+                vec![
+                    "p.toml:1:1: `entry` must be an array of tables: write each entry under \
+                     [[dns.lists.l.entry]]",
+                ],
+            ),
+            (
+                "[dns.lists.l]\nfiles = [\"missing.txt\"]\n",
+                vec![
+                    "p.toml:2:10: cannot read list file `/nonexistent/missing.txt`: No such \
+                     file or directory (os error 2)",
+                ],
+            ),
+            (
+                "[dns.ingress]\nmode = \"blocklist\"\nlists = [\"corp\"]\n\
+                 [dns.egress]\nmode = \"blocklist\"\nlists = [\"corp\"]\n\
+                 [[dns.lists.corp.entry]]\nname = \"a.example\"\nmax_entropy = 3.5\n\
+                 [[dns.lists.corp.entry]]\nname = \"b.example\"\n",
+                vec![
+                    "p.toml:9:15: max_entropy only applies to allowlists, but list `corp` is \
+                     used by the blocklist in [dns.ingress]",
+                ],
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(errors(text), expected, "for:\n{text}");
+        }
+    }
+
+    #[test]
+    fn max_entropy_is_fine_in_lists_only_allowlists_use() {
+        let text = "[dns.ingress]\nmode = \"blocklist\"\nlists = [\"ads\"]\n\
+                    [dns.egress]\nmode = \"allowlist\"\nlists = [\"corp\", \"ads\"]\n\
+                    [dns.lists.ads]\nnames = [\"ads.example\"]\n\
+                    [[dns.lists.corp.entry]]\nname = \"*.example.com\"\nmax_entropy = 0\n";
+        let dns = parse(text).expect("valid").dns;
+        assert_eq!(dns.lists[1].name, "corp");
+        assert_eq!(dns.lists[1].entries[0].max_entropy, Some(0.0));
+        assert_eq!(dns.egress.expect("egress").scope.lists, [1, 0]);
+    }
+
+    #[test]
+    fn expiry_times() {
+        assert_eq!(parse_utc_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_utc_time("2026-12-31T00:00:00Z"), Ok(1_798_675_200));
+        assert_eq!(parse_utc_time("2000-02-29t12:34:56.789z"), Ok(951_827_696));
+        assert_eq!(parse_utc_time("2024-02-29 00:00:00Z"), Ok(1_709_164_800));
+        assert_eq!(parse_utc_time("9999-12-31T23:59:59Z"), Ok(253_402_300_799));
+        for (text, message) in [
+            (
+                "2023-02-29T00:00:00Z",
+                "time `2023-02-29T00:00:00Z`: day 29 does not exist in month 2",
+            ),
+            (
+                "2026-13-01T00:00:00Z",
+                "time `2026-13-01T00:00:00Z`: month 13 does not exist",
+            ),
+            (
+                "2026-12-31T24:00:00Z",
+                "time `2026-12-31T24:00:00Z`: 24:00:00 is not a time of day",
+            ),
+            (
+                "1969-12-31T23:59:59Z",
+                "time `1969-12-31T23:59:59Z` is before 1970",
+            ),
+            (
+                "2026-12-31T00:00:00",
+                "time `2026-12-31T00:00:00` has no time zone; write it in UTC with a final `Z`",
+            ),
+            (
+                "2026-12-31T00:00:00-00:00",
+                "time `2026-12-31T00:00:00-00:00` has a UTC offset; write it in UTC with a \
+                 final `Z`",
+            ),
+        ] {
+            assert_eq!(parse_utc_time(text), Err(message.to_owned()), "{text}");
+        }
+        for bad in [
+            "",
+            "2026-12-31",
+            "2026-12-31T00:00:00.Z",
+            "2026-12-31T00:00:00ZZ",
+            "2026-1-31T00:00:00Z",
+            "+026-12-31T00:00:00Z",
+            "2026-12-31T00:00Z",
+            "２026-12-31T00:00:00Z",
+        ] {
+            assert!(
+                parse_utc_time(bad).is_err_and(|e| e.starts_with("invalid time")),
+                "{bad}"
+            );
+        }
+        // Day counting agrees with stepping through the calendar one day at a time.
+        let mut days = 0;
+        for year in 1970..2400 {
+            let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+            for (month, len) in (1..).zip([
+                31,
+                28 + u64::from(leap),
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ]) {
+                for day in 1..=len {
+                    assert_eq!(
+                        days_from_civil(year, month, day),
+                        days,
+                        "{year}-{month}-{day}"
+                    );
+                    days += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_accepts_unix_times_and_toml_datetimes() {
+        let text = "[[dns.lists.l.entry]]\nname = \"a\"\nexpires = 1798675200\n\
+                    [[dns.lists.l.entry]]\nname = \"b\"\nexpires = 2026-12-31T00:00:00Z\n\
+                    [[dns.lists.l.entry]]\nname = \"c\"\nexpires = 0\n";
+        let dns = parse(text).expect("valid").dns;
+        let expiries: Vec<Option<u64>> = dns.lists[0].entries.iter().map(|e| e.expires).collect();
+        assert_eq!(
+            expiries,
+            [Some(1_798_675_200), Some(1_798_675_200), Some(0)]
+        );
+    }
+
+    #[test]
+    fn dns_list_files_load_relative_to_the_policy() {
+        let dir = temp_dir("config-dns");
+        std::fs::create_dir_all(dir.join("lists")).expect("dir");
+        std::fs::write(
+            dir.join("lists/ads.hosts"),
+            "0.0.0.0 localhost\r\n0.0.0.0 ads.example # x\r\n",
+        )
+        .expect("write");
+        std::fs::write(dir.join("bad.txt"), "ok.example\nbad..example\n\n*.*.x\n").expect("write");
+        let policy_path = dir.join("policy.toml");
+        std::fs::write(
+            &policy_path,
+            "[dns.lists.ads]\nsubdomains = true\nfiles = [\"lists/ads.hosts\"]\n\
+             [dns.ingress]\nmode = \"blocklist\"\nlists = [\"ads\"]\n",
+        )
+        .expect("write");
+        let good = load_policy(&policy_path);
+        std::fs::write(
+            &policy_path,
+            "[dns.lists.ads]\nfiles = [\"lists/ads.hosts\", \"bad.txt\", \"gone.txt\"]\n\
+             names = [\"x..y\"]\n",
+        )
+        .expect("write");
+        let bad = load_policy(&policy_path);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let good = good.expect("valid");
+        assert_eq!(
+            good.dns.lists,
+            [NameList {
+                name: "ads".into(),
+                entries: vec![name(&["ads", "example"], NameMatch::ApexAndSubdomains, 2)],
+            }]
+        );
+        assert_eq!(
+            good.dns.ingress,
+            Some(scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![0]))
+        );
+        let bad: Vec<String> = bad
+            .expect_err("bad list")
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let policy = policy_path.display();
+        let bad_txt = dir.join("bad.txt");
+        let bad_txt = bad_txt.display();
+        let gone = dir.join("gone.txt");
+        assert_eq!(
+            bad,
+            [
+                format!(
+                    "{policy}:2:40: cannot read list file `{}`: No such file or directory (os \
+                     error 2)",
+                    gone.display()
+                ),
+                format!(
+                    "{policy}:3:10: `x..y` has an empty label (a leading dot or two dots in a \
+                     row)"
+                ),
+                format!(
+                    "{bad_txt}:2:1: `bad..example` has an empty label (a leading dot or two \
+                     dots in a row)"
+                ),
+                format!(
+                    "{bad_txt}:4:1: `*.*.x`: `*` is only allowed as the whole first label, as in \
+                     `*.example.com`"
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn default_policy_is_valid_and_never_drops() {
         let policy = default_policy();
+        assert_eq!(
+            policy.dns,
+            Dns {
+                ports: vec![53],
+                ..Dns::default()
+            },
+            "the default policy filters no DNS"
+        );
         assert_eq!(policy.firewall.default_action, Action::Allow);
         assert_eq!(policy.firewall.fragments, FragmentPolicy::MatchL3);
         assert!(!policy.firewall.log_default);
@@ -2051,13 +3434,16 @@ tcp_flags = "syn"
         );
     }
 
-    #[test]
-    fn example_in_module_docs_parses() {
-        // The format reference above doubles as the README's example; keep it valid.
+    /// The `index`th (0-based) TOML example in the module documentation.
+    fn doc_example(index: usize) -> String {
         let doc = include_str!("config.rs");
-        let start = doc.find("//! ```toml\n").expect("doc example") + "//! ```toml\n".len();
+        let mut start = 0;
+        for _ in 0..=index {
+            start +=
+                doc[start..].find("//! ```toml\n").expect("doc example") + "//! ```toml\n".len();
+        }
         let end = start + doc[start..].find("//! ```\n").expect("doc example end");
-        let text: String = doc[start..end]
+        doc[start..end]
             .lines()
             .map(|l| {
                 l.strip_prefix("//! ")
@@ -2065,7 +3451,13 @@ tcp_flags = "syn"
                     .unwrap_or(l)
             })
             .collect::<Vec<_>>()
-            .join("\n");
+            .join("\n")
+    }
+
+    #[test]
+    fn example_in_module_docs_parses() {
+        // The format reference above doubles as the README's example; keep it valid.
+        let text = doc_example(0);
         let dir = std::env::temp_dir().join(format!("palisade-docex-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("blocklist.txt"), "192.0.2.66\n").expect("write");

@@ -159,10 +159,11 @@ pub struct IpSet {
 }
 
 /// A whole validated policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub firewall: Firewall,
     pub sets: Vec<IpSet>,
+    pub dns: Dns,
 }
 
 impl Cidr {
@@ -233,4 +234,105 @@ pub fn prefix_mask(bits: u8) -> [u8; 16] {
         };
     }
     mask
+}
+
+/// Whether a DNS attachment point blocks listed names or allows only listed names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsMode {
+    /// Listed names are blocked; everything else resolves.
+    Blocklist,
+    /// Default deny: only listed names resolve.
+    Allowlist,
+}
+
+/// What happens to a blocked query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsAction {
+    /// Drop the query (the client times out; on egress the sending process gets `EPERM` at
+    /// once, which resolver libraries treat as a failed server).
+    Drop,
+    /// Answer NXDOMAIN (XDP ingress over UDP; elsewhere this falls back to `Drop`).
+    Nxdomain,
+}
+
+/// How a list entry's name matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameMatch {
+    /// `example.com`: exactly this name.
+    Exact,
+    /// `*.example.com`: every name strictly below `example.com`, not the apex.
+    Subdomains,
+    /// `example.com` in a list with `subdomains = true`: the apex and every name below it.
+    ApexAndSubdomains,
+}
+
+/// One name in a DNS list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameEntry {
+    /// Lower-case labels, most significant last (`["www", "example", "com"]`). Labels are raw
+    /// bytes: a dot written as `\.` inside a label stays inside it. Never empty (the root is
+    /// not a valid entry); each label 1..=63 bytes; the wire form is at most 255 bytes.
+    pub labels: Vec<Vec<u8>>,
+    pub kind: NameMatch,
+    /// Query types the entry applies to (numbers, e.g. 1 = A, 28 = AAAA); empty = all.
+    pub qtypes: Vec<u16>,
+    /// Unix time (seconds) after which the entry no longer applies.
+    pub expires: Option<u64>,
+    /// Allowlist only: the Shannon entropy, in bits per character, of the labels below the
+    /// matched suffix must not exceed this.
+    pub max_entropy: Option<f64>,
+    /// 1-based line in the file it came from (0 when built in code).
+    pub line: usize,
+}
+
+/// A named list of DNS names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameList {
+    pub name: String,
+    pub entries: Vec<NameEntry>,
+}
+
+/// A token bucket for DNS queries per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryRate {
+    pub qps: u32,
+    pub burst: u32,
+}
+
+/// DNS policy at one attachment point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsScope {
+    pub mode: DnsMode,
+    pub action: DnsAction,
+    /// Decide and report, but never block.
+    pub audit: bool,
+    /// Indices into [`Dns::lists`].
+    pub lists: Vec<usize>,
+    /// What to do with queries that cannot be parsed safely (QDCOUNT != 1, compression in the
+    /// question, truncated, a TCP query not whole in its segment). `true` = block.
+    /// Default: block in allowlist mode, allow in blocklist mode.
+    pub block_malformed: bool,
+    pub rate: Option<QueryRate>,
+    /// Also emit events for allowed queries.
+    pub log_allowed: bool,
+}
+
+/// Egress DNS policy for local processes (cgroup v2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsEgress {
+    pub scope: DnsScope,
+    /// cgroup v2 directories to attach to; default the cgroup v2 root.
+    pub cgroups: Vec<std::path::PathBuf>,
+}
+
+/// The DNS part of a policy.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Dns {
+    /// Destination ports that carry DNS (UDP and TCP); default `[53]`.
+    pub ports: Vec<u16>,
+    /// Queries arriving on the guarded interfaces (XDP).
+    pub ingress: Option<DnsScope>,
+    /// Queries sent by local processes (cgroup_skb egress).
+    pub egress: Option<DnsEgress>,
+    pub lists: Vec<NameList>,
 }

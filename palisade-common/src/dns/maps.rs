@@ -1,0 +1,142 @@
+//! DNS map keys and values. Like the firewall's, every policy map is split into two
+//! generations selected by `Control::active_gen`.
+
+use crate::map_type;
+
+/// Scope of a DNS policy: where the query was seen.
+pub const SCOPE_INGRESS: u8 = 0;
+pub const SCOPE_EGRESS: u8 = 1;
+/// Number of scopes.
+pub const SCOPES: u32 = 2;
+
+/// [`NameKey::kind`]: the entry matches the name itself.
+pub const KIND_APEX: u8 = 0;
+/// [`NameKey::kind`]: the entry matches names strictly below it.
+pub const KIND_BELOW: u8 = 1;
+
+/// Destination ports recognised as DNS, at most.
+pub const MAX_PORTS: usize = 8;
+/// Query types an entry may be limited to, at most.
+pub const MAX_QTYPES: usize = 4;
+
+/// [`ScopeConfig::mode`].
+pub const MODE_OFF: u8 = 0;
+pub const MODE_BLOCKLIST: u8 = 1;
+pub const MODE_ALLOWLIST: u8 = 2;
+
+/// [`ScopeConfig::action`].
+pub const ACTION_DROP: u8 = 0;
+pub const ACTION_NXDOMAIN: u8 = 1;
+
+/// [`ScopeConfig::flags`]: report, never block.
+pub const SCOPE_AUDIT: u8 = 1;
+/// [`ScopeConfig::flags`]: block queries that cannot be parsed safely.
+pub const SCOPE_BLOCK_MALFORMED: u8 = 2;
+/// [`ScopeConfig::flags`]: emit events for allowed queries too.
+pub const SCOPE_LOG_ALLOWED: u8 = 4;
+/// [`ScopeConfig::flags`]: per-client rate limit on.
+pub const SCOPE_RATE: u8 = 8;
+
+/// Key of the name map: a suffix hash (see [`super::hash`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct NameKey {
+    pub a: u64,
+    pub b: u64,
+    /// Wire length of the suffix (length bytes and the root byte included).
+    pub wire_len: u16,
+    pub scope: u8,
+    pub kind: u8,
+    pub generation: u8,
+    pub _pad: [u8; 3],
+}
+map_type!(NameKey, 24);
+
+/// What a matching name entry says.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NameValue {
+    /// `CLOCK_BOOTTIME` nanoseconds after which the entry no longer applies; 0 = never.
+    pub expires_boot_ns: u64,
+    /// Allowlist: entropy bound in bits per character, 16 fractional bits; `u32::MAX` = none.
+    pub max_entropy_fp: u32,
+    /// Query types the entry applies to; 0 marks an unused slot; all zero = every type.
+    pub qtypes: [u16; MAX_QTYPES],
+    /// Index of the list the entry came from (for events).
+    pub list: u16,
+    pub _pad: [u8; 2],
+}
+map_type!(NameValue, 24);
+
+impl NameValue {
+    /// Whether the entry applies to query type `qtype`.
+    #[inline(always)]
+    #[must_use]
+    pub fn applies_to(&self, qtype: u16) -> bool {
+        let q = self.qtypes;
+        (q[0] == 0 && q[1] == 0 && q[2] == 0 && q[3] == 0)
+            || q[0] == qtype
+            || q[1] == qtype
+            || q[2] == qtype
+            || q[3] == qtype
+    }
+}
+
+/// Policy of one scope in one generation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScopeConfig {
+    pub mode: u8,
+    pub action: u8,
+    pub flags: u8,
+    pub _pad: [u8; 5],
+    pub rate_interval_ns: u64,
+    pub rate_tolerance_ns: u64,
+}
+map_type!(ScopeConfig, 24);
+
+/// DNS settings shared by the scopes of one generation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsGlobal {
+    /// Destination ports carrying DNS; 0 marks an unused slot.
+    pub ports: [u16; MAX_PORTS],
+}
+map_type!(DnsGlobal, 16);
+
+impl DnsGlobal {
+    #[inline(always)]
+    #[must_use]
+    pub fn is_dns_port(&self, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_PORTS {
+            if port != 0 && self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Key of the per-client query rate buckets.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientKey {
+    pub addr: [u8; 16],
+    pub scope: u32,
+}
+map_type!(ClientKey, 20);
+
+/// Per-scope DNS counters (index `scope * DNS_STATS_PER_SCOPE + counter`).
+pub const STAT_QUERIES: u32 = 0;
+pub const STAT_ALLOWED: u32 = 1;
+pub const STAT_BLOCKED: u32 = 2;
+pub const STAT_NXDOMAIN_SENT: u32 = 3;
+/// Blocked in audit mode: would have been blocked, was let through.
+pub const STAT_AUDITED: u32 = 4;
+pub const STAT_TCP: u32 = 5;
+pub const DNS_STATS_PER_SCOPE: u32 = 8;
+/// Stable names, indexed by counter.
+pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] =
+    ["queries", "allowed", "blocked", "nxdomain_sent", "audited", "tcp", "reserved6", "reserved7"];

@@ -1,0 +1,13 @@
+//! DNS in the kernel: the pieces both the kernel programs and the userspace reference use.
+//!
+//! - [`wire`]: DNS header fields and the NXDOMAIN header rewrite.
+//! - [`name`]: the QNAME walker, one byte per step, case-folding and hashing as it goes.
+//! - [`hash`]: keyed 128-bit label and suffix hashes (the keys of the name maps).
+//! - [`entropy`]: Shannon entropy in fixed point.
+//! - [`maps`]: map keys and values.
+
+pub mod entropy;
+pub mod hash;
+pub mod maps;
+pub mod name;
+pub mod wire;

@@ -1,0 +1,379 @@
+//! The DNS inspector: header checks, the QNAME walk, suffix lookups, entropy, rate limits
+//! and the decision. Hook-independent: the hooks copy the DNS message into
+//! [`Scratch::msg`] and act on the returned [`Decision`].
+//!
+//! Every loop runs in `bpf_loop`, so the verifier checks each body once whatever the name
+//! length; the callbacks fetch the per-CPU scratch themselves so that only scalars cross
+//! the callback boundary.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_ns, generated::bpf_loop};
+use palisade_common::{
+    dns::{
+        entropy::{NLOGN, TABLE_LEN, exceeds},
+        hash::{self, HashKey},
+        maps::{
+            ClientKey, KIND_APEX, KIND_BELOW, MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue,
+            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, ScopeConfig,
+        },
+        name::{Step, Walker},
+        wire::{HEADER_LEN, INSPECT_LEN, MAX_LABELS, MAX_NAME_WIRE, check_query_header},
+    },
+    firewall::rate_conforms,
+    packet::Packet,
+    reason,
+};
+
+use crate::maps::{DNS_KEY, DNS_NAMES, DNS_RATE, DNS_SCRATCH};
+
+/// Masks a label index into the 128-entry arrays; a name has at most `MAX_LABELS` (127)
+/// labels, so the mask never changes a valid index. It is there for the verifier.
+const LABEL_MASK: usize = 127;
+const _: () = assert!(MAX_LABELS <= LABEL_MASK + 1);
+
+/// Per-CPU working space.
+#[repr(C)]
+pub struct Scratch {
+    /// The packet being inspected, parsed by the hook.
+    pub packet: Packet,
+    /// The DNS message as copied from the packet (header first).
+    pub msg: [u8; INSPECT_LEN],
+    /// Case-folded wire name.
+    pub name: [u8; 256],
+    /// Offset of each label's length byte in `name`.
+    pub starts: [u8; 128],
+    /// Hash of each label.
+    pub hashes: [[u64; 2]; 128],
+    /// Byte counts for the entropy check.
+    pub counts: [u8; 256],
+}
+
+/// What the inspector concluded.
+#[derive(Clone, Copy)]
+pub struct Decision {
+    /// `reason::PASS` or the reason to block.
+    pub reason: u32,
+    pub qtype: u16,
+    /// 0 when the name could not be parsed.
+    pub wire_len: u16,
+    /// Sum of the raw question bytes (name, qtype, qclass) for the NXDOMAIN checksum.
+    pub question_sum: u32,
+    /// List of the deciding entry, `u16::MAX` for none.
+    pub list: u16,
+}
+
+impl Decision {
+    /// The decision for a query that cannot be parsed safely.
+    pub const fn malformed(block: bool) -> Self {
+        Self {
+            reason: if block { reason::DNS_MALFORMED } else { reason::PASS },
+            qtype: 0,
+            wire_len: 0,
+            question_sum: 0,
+            list: u16::MAX,
+        }
+    }
+}
+
+/// One query to inspect (the packet itself is in the scratch).
+pub struct Request {
+    pub scope: u8,
+    pub generation: u32,
+    /// Bytes of the message copied into the scratch.
+    pub msg_len: usize,
+}
+
+/// Inspects the message in the scratch for `req.scope`. Returns `None` on an internal
+/// failure (the hook then fails open).
+///
+/// Not inlined: it gets its own stack frame, which keeps each frame of the hook programs
+/// within the verifier's 512 bytes.
+#[inline(never)]
+pub fn inspect(cfg: &ScopeConfig, req: &Request, out: &mut Decision) -> bool {
+    match inspect_inner(cfg, req.scope, req.generation, req.msg_len) {
+        Some(d) => {
+            *out = d;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn inspect_inner(
+    cfg: &ScopeConfig,
+    scope: u8,
+    generation: u32,
+    msg_len: usize,
+) -> Option<Decision> {
+    let block_malformed = cfg.flags & SCOPE_BLOCK_MALFORMED != 0;
+    let key = *DNS_KEY.get(0)?;
+    let scratch = DNS_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    let s = unsafe { &mut *scratch };
+    if msg_len < HEADER_LEN {
+        return Some(Decision::malformed(block_malformed));
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(&s.msg[..HEADER_LEN]);
+    if check_query_header(&header).is_err() {
+        return Some(Decision::malformed(block_malformed));
+    }
+
+    let mut walk = WalkCtx { walker: Walker::new(&key), key, msg_len, raw_sum: 0, wire_len: 0, failed: false };
+    // SAFETY: callback signature as bpf_loop expects; the context outlives the call.
+    unsafe { bpf_loop(MAX_NAME_WIRE as u32, walk_byte as *mut c_void, (&raw mut walk).cast(), 0) };
+    if walk.failed || walk.wire_len == 0 {
+        return Some(Decision::malformed(block_malformed));
+    }
+    let q = HEADER_LEN + usize::from(walk.wire_len);
+    if q + 4 > msg_len || q + 4 > INSPECT_LEN {
+        return Some(Decision::malformed(block_malformed));
+    }
+    let mut tail = [0u8; 4];
+    let Some(bytes) = s.msg.get(q..q + 4) else {
+        return Some(Decision::malformed(block_malformed));
+    };
+    tail.copy_from_slice(bytes);
+    let qtype = u16::from_be_bytes([tail[0], tail[1]]);
+    // The name starts at an even offset of the message; continue the parity from its end.
+    let mut question_sum = walk.raw_sum;
+    let mut i = 0;
+    while i < 4 {
+        let pos = usize::from(walk.wire_len) + i;
+        question_sum += if pos % 2 == 0 { u32::from(tail[i]) << 8 } else { u32::from(tail[i]) };
+        i += 1;
+    }
+    let mut d = Decision {
+        reason: reason::PASS,
+        qtype,
+        wire_len: walk.wire_len,
+        question_sum,
+        list: u16::MAX,
+    };
+
+    if cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.packet.src) {
+        d.reason = reason::DNS_RATE;
+        return Some(d);
+    }
+
+    let labels = walk.walker.labels;
+    let mut m = MatchCtx {
+        suffix: hash::root(&key),
+        labels,
+        wire_len: walk.wire_len,
+        scope,
+        generation: generation as u8,
+        qtype,
+        mode: cfg.mode,
+        // SAFETY: a helper with no preconditions.
+        now: unsafe { bpf_ktime_get_boot_ns() },
+        found: false,
+        expired: false,
+        best: 0,
+        value: NameValue::default(),
+    };
+    if labels > 0 {
+        // SAFETY: as above.
+        unsafe { bpf_loop(u32::from(labels), match_suffix as *mut c_void, (&raw mut m).cast(), 0) };
+    }
+    if m.found {
+        d.list = m.value.list;
+    }
+    d.reason = match cfg.mode {
+        MODE_BLOCKLIST if m.found => reason::DNS_BLOCKED,
+        MODE_ALLOWLIST if !m.found => reason::DNS_NOT_ALLOWED,
+        MODE_ALLOWLIST if m.expired => reason::DNS_EXPIRED,
+        MODE_ALLOWLIST if m.value.max_entropy_fp != u32::MAX && m.best > 0 => {
+            // The labels below the matched suffix: name bytes before its first label.
+            let end = s.starts[usize::from(m.best) & LABEL_MASK];
+            if entropy_exceeds(end, m.value.max_entropy_fp) {
+                reason::DNS_ENTROPY
+            } else {
+                reason::PASS
+            }
+        }
+        _ => reason::PASS,
+    };
+    Some(d)
+}
+
+struct WalkCtx {
+    walker: Walker,
+    key: HashKey,
+    msg_len: usize,
+    raw_sum: u32,
+    wire_len: u16,
+    failed: bool,
+}
+
+extern "C" fn walk_byte(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `WalkCtx` that `inspect` passed.
+    let w = unsafe { &mut *ctx.cast::<WalkCtx>() };
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
+        w.failed = true;
+        return 1;
+    };
+    // SAFETY: per-CPU scratch.
+    let s = unsafe { &mut *s };
+    let pos = usize::from(w.walker.pos);
+    let at = HEADER_LEN + pos;
+    if at >= w.msg_len {
+        w.failed = true;
+        return 1;
+    }
+    let Some(&byte) = s.msg.get(at) else {
+        w.failed = true;
+        return 1;
+    };
+    let (stored, step) = w.walker.step(byte, &w.key);
+    if let Some(slot) = s.name.get_mut(pos) {
+        *slot = stored;
+    }
+    w.raw_sum += if pos % 2 == 0 { u32::from(byte) << 8 } else { u32::from(byte) };
+    match step {
+        Step::More => 0,
+        Step::Label { index, start, hash } => {
+            let i = usize::from(index) & LABEL_MASK;
+            s.starts[i] = start;
+            s.hashes[i] = [hash.0, hash.1];
+            0
+        }
+        Step::End { wire_len } => {
+            w.wire_len = wire_len;
+            1
+        }
+        Step::Error(_) => {
+            w.failed = true;
+            1
+        }
+    }
+}
+
+struct MatchCtx {
+    suffix: (u64, u64),
+    labels: u8,
+    wire_len: u16,
+    scope: u8,
+    generation: u8,
+    qtype: u16,
+    mode: u8,
+    now: u64,
+    found: bool,
+    expired: bool,
+    /// Index of the first label of the longest matching suffix.
+    best: u8,
+    value: NameValue,
+}
+
+/// Visits suffixes from the shortest (the last label) to the whole name; a later (longer)
+/// hit replaces an earlier one, so the most specific entry wins.
+extern "C" fn match_suffix(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `MatchCtx` that `inspect` passed.
+    let m = unsafe { &mut *ctx.cast::<MatchCtx>() };
+    let Some(s) = DNS_SCRATCH.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch.
+    let s = unsafe { &*s };
+    let label = (u64::from(m.labels).wrapping_sub(index + 1) as usize) & LABEL_MASK;
+    let h = s.hashes[label];
+    m.suffix = hash::extend(m.suffix, (h[0], h[1]));
+    let key = NameKey {
+        a: m.suffix.0,
+        b: m.suffix.1,
+        wire_len: m.wire_len.wrapping_sub(u16::from(s.starts[label])),
+        scope: m.scope,
+        kind: if label == 0 { KIND_APEX } else { KIND_BELOW },
+        generation: m.generation,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(v) = unsafe { DNS_NAMES.get(&key) } {
+        if v.applies_to(m.qtype) {
+            let expired = v.expires_boot_ns != 0 && m.now > v.expires_boot_ns;
+            // An expired blocklist entry no longer blocks; an expired allowlist entry is
+            // reported as such if it is the most specific match.
+            if !(expired && m.mode == MODE_BLOCKLIST) {
+                m.found = true;
+                m.expired = expired;
+                m.best = label as u8;
+                m.value = *v;
+            }
+        }
+    }
+    0
+}
+
+struct EntropyCtx {
+    next_len: u8,
+    n: u64,
+    sum: u64,
+}
+
+#[inline(always)]
+fn entropy_exceeds(end: u8, bound_fp: u32) -> bool {
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU scratch.
+    let s = unsafe { &mut *s };
+    // Word stores: a `[0; 256]` assignment would be built on the 512-byte stack first.
+    let words = s.counts.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i < 32 {
+        // SAFETY: 32 aligned words inside `counts` (the struct is 8-aligned, `counts` at an
+        // 8-byte offset).
+        unsafe { words.add(i).write_unaligned(0) };
+        i += 1;
+    }
+    let mut e = EntropyCtx { next_len: 0, n: 0, sum: 0 };
+    // SAFETY: callback signature as bpf_loop expects; the context outlives the call.
+    unsafe { bpf_loop(u32::from(end), count_byte as *mut c_void, (&raw mut e).cast(), 0) };
+    let n = (e.n as usize).min(TABLE_LEN - 1);
+    exceeds(NLOGN[n], e.sum, n as u64, bound_fp)
+}
+
+extern "C" fn count_byte(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `EntropyCtx` that `entropy_exceeds` passed.
+    let e = unsafe { &mut *ctx.cast::<EntropyCtx>() };
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch.
+    let s = unsafe { &mut *s };
+    let pos = (index as usize) & 0xff;
+    let byte = s.name[pos];
+    if pos == usize::from(e.next_len) {
+        // A length byte: not part of any label.
+        e.next_len = e.next_len.wrapping_add(byte).wrapping_add(1);
+        return 0;
+    }
+    let c = s.counts[usize::from(byte)];
+    let c_idx = usize::from(c).min(TABLE_LEN - 2);
+    e.sum += NLOGN[c_idx + 1] - NLOGN[c_idx];
+    s.counts[usize::from(byte)] = c.saturating_add(1);
+    e.n += 1;
+    0
+}
+
+#[inline(always)]
+fn rate_ok(cfg: &ScopeConfig, scope: u8, client: &[u8; 16]) -> bool {
+    let key = ClientKey { addr: *client, scope: u32::from(scope) };
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(tat) = DNS_RATE.get_ptr_mut(&key) {
+        // SAFETY: pointer from a successful lookup.
+        match rate_conforms(unsafe { *tat }, now, cfg.rate_interval_ns, cfg.rate_tolerance_ns) {
+            Some(next) => {
+                unsafe { *tat = next };
+                true
+            }
+            None => false,
+        }
+    } else {
+        let _ = DNS_RATE.insert(&key, &(now + cfg.rate_interval_ns), 0);
+        true
+    }
+}

@@ -1,0 +1,7 @@
+//! DNS policy in the kernel: the inspector shared by every hook, and the hooks.
+
+pub mod egress;
+pub mod ingress;
+pub mod inspect;
+mod nxdomain;
+mod report;

@@ -1,0 +1,92 @@
+//! DNS counters and events.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns},
+};
+use palisade_common::{
+    dns::maps::DNS_STATS_PER_SCOPE,
+    event::{DnsEvent, KIND_DNS},
+    stats,
+};
+
+use super::inspect::Decision;
+use crate::maps::{DNS_EVENT_SCRATCH, DNS_SCRATCH, DNS_STATS, EVENTS, REASON_STATS, STATS, bump};
+
+/// Adds one to a scope's DNS counter.
+#[inline(always)]
+pub fn count(scope: u8, counter: u32) {
+    bump(&DNS_STATS, u32::from(scope) * DNS_STATS_PER_SCOPE + counter);
+}
+
+/// Counts a block under its reason.
+#[inline(always)]
+pub fn count_reason(reason: u32) {
+    bump(&REASON_STATS, reason);
+}
+
+/// Who sent the query, where the hook can tell (addresses come from the scratch packet).
+pub struct Origin {
+    pub tcp: bool,
+    pub ifindex: u32,
+    pub generation: u32,
+    /// Socket cgroup (egress).
+    pub cgroup_id: u64,
+    /// Read the current task's pid, uid and comm (process context hooks only).
+    pub task: bool,
+}
+
+/// Emits an event for `d` with `verdict`.
+#[inline(always)]
+pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
+    let Some(ev) = DNS_EVENT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let Some(s) = DNS_SCRATCH.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch values.
+    let (ev, s) = unsafe { (&mut *ev, &*s) };
+    ev.kind = KIND_DNS;
+    ev.reason = d.reason;
+    // SAFETY: a helper with no preconditions.
+    ev.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    ev.cgroup_id = o.cgroup_id;
+    ev.ifindex = o.ifindex;
+    ev.generation = o.generation;
+    ev.client = s.packet.src;
+    ev.client_port = s.packet.sport;
+    ev.qtype = d.qtype;
+    ev.name_len = d.wire_len;
+    ev.family = s.packet.family;
+    ev.scope = scope;
+    ev.verdict = verdict;
+    ev.tcp = u8::from(o.tcp);
+    ev.list = d.list;
+    if o.task {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        ev.pid = (pid_tgid >> 32) as u32;
+        ev.tid = pid_tgid as u32;
+        let uid_gid = bpf_get_current_uid_gid();
+        ev.uid = uid_gid as u32;
+        ev.gid = (uid_gid >> 32) as u32;
+        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    } else {
+        ev.pid = 0;
+        ev.tid = 0;
+        ev.uid = 0;
+        ev.gid = 0;
+        ev.comm = [0; 16];
+    }
+    // Word copies: a plain array assignment would stage 256 bytes on the stack.
+    let from = s.name.as_ptr().cast::<u64>();
+    let to = ev.name.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i < 32 {
+        // SAFETY: 32 words inside both 256-byte arrays.
+        unsafe { to.add(i).write_unaligned(from.add(i).read_unaligned()) };
+        i += 1;
+    }
+    if EVENTS.output::<DnsEvent>(ev, 0).is_err() {
+        bump(&STATS, stats::EVENTS_LOST);
+    }
+}

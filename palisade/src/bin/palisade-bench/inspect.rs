@@ -1,0 +1,183 @@
+//! What the kernel says about the loaded object (verifier work, code size, map memory) and
+//! what the machine is.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::MapInfo,
+    programs::ProgramInfo,
+};
+use serde::Serialize;
+
+use crate::harness::LoadFailure;
+
+/// A verifier budget that leaves room to grow: the kernel's hard limit is 1M processed
+/// instructions, and a program near it breaks with the next compiler or kernel change.
+pub const VERIFIER_BUDGET: u32 = 500_000;
+/// The kernel's limit.
+pub const VERIFIER_LIMIT: u32 = 1_000_000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramReport {
+    pub program: String,
+    /// Instructions the verifier processed (all paths it walked), not the program's length.
+    pub verified_insns: Option<u32>,
+    pub xlated_bytes: Option<u32>,
+    pub jited_bytes: u32,
+    pub within_budget: bool,
+    /// Set when the program failed to load: the verifier's complaint.
+    pub load_error: Option<String>,
+}
+
+fn info(ebpf: &Ebpf, name: &str) -> Result<ProgramInfo> {
+    ebpf.program(name)
+        .ok_or_else(|| anyhow!("no program {name}"))?
+        .info()
+        .with_context(|| format!("reading program info of {name} (is it loaded?)"))
+}
+
+/// Verifier statistics of program `name`, or of its failed load.
+///
+/// # Errors
+/// When the program neither loaded nor failed to.
+pub fn program(ebpf: &Ebpf, name: &str, failures: &[LoadFailure]) -> Result<ProgramReport> {
+    if let Some(f) = failures.iter().find(|f| f.program == name) {
+        return Ok(ProgramReport {
+            program: name.to_string(),
+            verified_insns: f.processed_insns,
+            xlated_bytes: None,
+            jited_bytes: 0,
+            within_budget: false,
+            load_error: Some(f.summary.clone()),
+        });
+    }
+    let info = info(ebpf, name)?;
+    let verified = info.verified_instruction_count();
+    Ok(ProgramReport {
+        program: name.to_string(),
+        verified_insns: verified,
+        xlated_bytes: info.size_translated(),
+        jited_bytes: info.size_jitted(),
+        within_budget: verified.is_none_or(|v| v <= VERIFIER_BUDGET),
+        load_error: None,
+    })
+}
+
+/// Memory the kernel charges for one map (`memlock` in its fdinfo).
+#[derive(Debug, Clone, Serialize)]
+pub struct MapMemory {
+    pub name: String,
+    pub max_entries: u32,
+    pub memlock_bytes: u64,
+}
+
+/// The memory of every map `name` uses, by map name.
+///
+/// # Errors
+/// When the program or its maps cannot be inspected.
+pub fn maps_of(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<String, MapMemory>> {
+    let info = info(ebpf, name)?;
+    let ids = info
+        .map_ids()
+        .context("listing the program's maps")?
+        .unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let m = MapInfo::from_id(id).with_context(|| format!("map id {id}"))?;
+        let name = m.name_as_str().unwrap_or("?").to_string();
+        let fd = m.fd()?;
+        let memlock = fdinfo_field(fd.as_fd().as_raw_fd(), "memlock")?.unwrap_or(0);
+        out.insert(
+            name.clone(),
+            MapMemory {
+                name,
+                max_entries: m.max_entries(),
+                memlock_bytes: memlock,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn fdinfo_field(fd: i32, key: &str) -> Result<Option<u64>> {
+    let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    Ok(text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok()).flatten()
+    }))
+}
+
+/// Facts about the machine that decide how to read the numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory_mib: u64,
+    pub virtualized: bool,
+    pub bpf_jit_enable: String,
+    pub bpf_jit_harden: String,
+    pub spectre_v2: String,
+    pub bench_cpu: Option<usize>,
+}
+
+fn read_trim(path: &str) -> String {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn machine(bench_cpu: Option<usize>) -> Machine {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let memory_kib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    Machine {
+        kernel: read_trim("/proc/sys/kernel/osrelease"),
+        cpu_model: field("model name").unwrap_or_else(|| "unknown".into()),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        memory_mib: memory_kib / 1024,
+        virtualized: field("flags").is_some_and(|f| f.split(' ').any(|x| x == "hypervisor")),
+        bpf_jit_enable: read_trim("/proc/sys/net/core/bpf_jit_enable"),
+        bpf_jit_harden: read_trim("/proc/sys/net/core/bpf_jit_harden"),
+        spectre_v2: read_trim("/sys/devices/system/cpu/vulnerabilities/spectre_v2"),
+        bench_cpu,
+    }
+}
+
+/// Pins the calling thread to `cpu`: a test run executes on the calling CPU, and a migration
+/// in the middle of a measurement would mix two caches.
+///
+/// # Errors
+/// When the CPU does not exist.
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays within it for cpu < CPU_SETSIZE, checked.
+    unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            anyhow::bail!("cpu {cpu} out of range");
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning to cpu {cpu}"));
+        }
+    }
+    Ok(())
+}

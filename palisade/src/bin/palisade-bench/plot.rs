@@ -1,0 +1,256 @@
+//! A line chart with a logarithmic x axis, written as SVG by hand: axes, grid, one polyline
+//! per series with min–max bars, dashed horizontal reference lines, a legend.
+
+use std::fmt::Write as _;
+
+/// One line of the chart.
+pub struct Series {
+    pub label: String,
+    pub color: &'static str,
+    /// `(x, median, min, max)`; `x > 0`.
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// A horizontal line for a value that has no x (the firewall with no rules, the floor).
+pub struct Reference {
+    pub label: String,
+    pub color: &'static str,
+    pub y: f64,
+}
+
+pub struct Chart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub series: Vec<Series>,
+    pub references: Vec<Reference>,
+}
+
+const W: f64 = 760.0;
+const H: f64 = 460.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 24.0;
+const TOP: f64 = 48.0;
+const BOTTOM: f64 = 120.0;
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A tick step of 1, 2 or 5 times a power of ten giving about five ticks up to `max`.
+fn nice_step(max: f64) -> f64 {
+    let raw = (max / 5.0).max(1e-9);
+    let mag = 10f64.powf(raw.log10().floor());
+    let m = raw / mag;
+    let nice = if m <= 1.0 {
+        1.0
+    } else if m <= 2.0 {
+        2.0
+    } else if m <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * mag
+}
+
+fn decade_label(e: i32) -> String {
+    match e {
+        0 => "1".into(),
+        1 => "10".into(),
+        2 => "100".into(),
+        3 => "1k".into(),
+        4 => "10k".into(),
+        5 => "100k".into(),
+        6 => "1M".into(),
+        7 => "10M".into(),
+        _ => format!("1e{e}"),
+    }
+}
+
+impl Chart<'_> {
+    pub fn svg(&self) -> String {
+        let xs = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+        let (lo, hi) = xs.fold((f64::INFINITY, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (1.0, 10.0) };
+        let e_lo = lo.log10().floor() as i32;
+        let e_hi = (hi.log10().ceil() as i32).max(e_lo + 1);
+        let y_top = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.3.max(p.1)))
+            .chain(self.references.iter().map(|r| r.y))
+            .filter(|y| y.is_finite())
+            .fold(0f64, f64::max)
+            * 1.12;
+        let step = nice_step(y_top.max(1.0));
+        let y_max = (y_top / step).ceil().max(1.0) * step;
+        let pw = W - LEFT - RIGHT;
+        let ph = H - TOP - BOTTOM;
+        let px = |x: f64| LEFT + (x.log10() - f64::from(e_lo)) / f64::from(e_hi - e_lo) * pw;
+        let py = |y: f64| TOP + ph - (y / y_max) * ph;
+
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
+            W / 2.0,
+            escape(self.title)
+        );
+        // Grid and ticks.
+        let mut y = 0.0;
+        while y <= y_max + step / 2.0 {
+            let yy = py(y);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                LEFT + pw,
+                LEFT - 6.0,
+                yy + 4.0,
+                format_tick(y, step)
+            );
+            y += step;
+        }
+        for e in e_lo..=e_hi {
+            let xx = px(10f64.powi(e));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{xx:.1}" y1="{TOP}" x2="{xx:.1}" y2="{:.1}" stroke="#e4e4e4"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                TOP + ph,
+                TOP + ph + 18.0,
+                decade_label(e)
+            );
+            if e < e_hi {
+                for m in 2..10 {
+                    let xm = px(f64::from(m) * 10f64.powi(e));
+                    let _ = writeln!(
+                        s,
+                        r##"<line x1="{xm:.1}" y1="{:.1}" x2="{xm:.1}" y2="{:.1}" stroke="#999"/>"##,
+                        TOP + ph,
+                        TOP + ph + 4.0
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            r#"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            LEFT + pw / 2.0,
+            TOP + ph + 38.0,
+            escape(self.x_label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            TOP + ph / 2.0,
+            escape(self.y_label)
+        );
+        for r in &self.references {
+            let yy = py(r.y);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="{}" stroke-width="1.5" stroke-dasharray="6 4"/>"#,
+                LEFT + pw,
+                r.color
+            );
+        }
+        for series in &self.series {
+            let pts: Vec<String> = series
+                .points
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.2"/>"#,
+                pts.join(" "),
+                series.color
+            );
+            for &(x, m, lo, hi) in &series.points {
+                let (xx, c) = (px(x), series.color);
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="{c}"/><circle cx="{xx:.1}" cy="{:.1}" r="3.5" fill="{c}"/>"#,
+                    py(lo),
+                    py(hi),
+                    py(m)
+                );
+            }
+        }
+        // Legend below the plot, two columns.
+        let entries: Vec<(&str, &str, bool)> = self
+            .series
+            .iter()
+            .map(|x| (x.label.as_str(), x.color, false))
+            .chain(self.references.iter().map(|r| (r.label.as_str(), r.color, true)))
+            .collect();
+        for (i, (label, color, dashed)) in entries.iter().enumerate() {
+            let col = (i % 2) as f64;
+            let row = (i / 2) as f64;
+            let x = LEFT + col * (pw / 2.0);
+            let y = TOP + ph + 60.0 + row * 18.0;
+            let dash = if *dashed { r#" stroke-dasharray="6 4""# } else { "" };
+            let _ = writeln!(
+                s,
+                r#"<line x1="{x:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{color}" stroke-width="2.2"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                y - 4.0,
+                x + 26.0,
+                y - 4.0,
+                x + 32.0,
+                y,
+                escape(label)
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn format_tick(y: f64, step: f64) -> String {
+    if step >= 1.0 {
+        format!("{y:.0}")
+    } else {
+        format!("{y:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_points_and_references() {
+        let c = Chart {
+            title: "t",
+            x_label: "x",
+            y_label: "y",
+            series: vec![Series {
+                label: "a <b>".into(),
+                color: "#123456",
+                points: vec![(1.0, 5.0, 4.0, 6.0), (1000.0, 7.0, 6.0, 8.0)],
+            }],
+            references: vec![Reference {
+                label: "r".into(),
+                color: "#654321",
+                y: 3.0,
+            }],
+        };
+        let svg = c.svg();
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("<polyline"));
+        assert!(svg.contains("a &lt;b&gt;"));
+        assert!(svg.contains("stroke-dasharray"));
+        assert_eq!(nice_step(23.0), 5.0);
+    }
+}

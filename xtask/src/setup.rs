@@ -1,0 +1,404 @@
+//! `cargo xtask setup`: what the build and the tests need, installed only where missing.
+//!
+//! Every step checks before it acts and prints one line, so a second run installs nothing
+//! and takes well under two seconds.
+
+use std::{
+    env, fs, io,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::sys;
+
+/// How much of the machine a command needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// What building the kernel programs needs: nightly, its `rust-src`, `bpf-linker`.
+    Build,
+    /// [`Scope::Build`], the Debian packages the tests drive, and a bpffs mount.
+    All,
+}
+
+/// Debian packages the tests use (peers to compare with, traffic and DNS tools).
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "dnsutils",
+    "unbound",
+    "dnsmasq",
+    "nftables",
+    "iptables",
+    "ipset",
+    "xdp-tools",
+    "dnsperf",
+    "python3-scapy",
+    "iputils-ping",
+    "netcat-openbsd",
+    "procps",
+];
+
+/// The toolchain `aya-build` compiles the kernel programs with.
+const NIGHTLY: &str = "nightly";
+
+/// Wait for another apt or dpkg run to finish rather than fail on its lock.
+const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+
+/// Where bpffs is expected; pinned maps live below it.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Runs every step of `scope`.
+///
+/// # Errors
+/// When a missing piece cannot be installed.
+pub fn run(scope: Scope) -> Result<()> {
+    let started = Instant::now();
+    nightly_toolchain()?;
+    rust_src()?;
+    bpf_linker()?;
+    if scope == Scope::All {
+        debian_packages()?;
+        bpffs()?;
+    }
+    println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn nightly_toolchain() -> Result<()> {
+    let list = sys::output(sys::command("rustup").args(["toolchain", "list"]))
+        .context("`rustup toolchain list` failed: Palisade builds with rustup's stable and nightly toolchains")?;
+    if has_nightly(&list) {
+        println!("ok: {NIGHTLY} toolchain present");
+        return Ok(());
+    }
+    println!("installing: {NIGHTLY} toolchain (with rust-src)");
+    sys::run(sys::command("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+/// Whether `rustup toolchain list` shows the plain `nightly` channel (not a dated one).
+fn has_nightly(list: &str) -> bool {
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|name| {
+            name == NIGHTLY
+                || name
+                    .strip_prefix("nightly-")
+                    .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+}
+
+fn rust_src() -> Result<()> {
+    let installed = sys::output(sys::command("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        NIGHTLY,
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == "rust-src") {
+        println!("ok: rust-src present for {NIGHTLY}");
+        return Ok(());
+    }
+    println!("installing: rust-src for {NIGHTLY} (the kernel programs build `core` from source)");
+    sys::run(sys::command("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// `bpf-linker` links against the LLVM inside the nightly toolchain: the machine has no
+/// system LLVM of the version rustc uses. It finds that library through a folder of symlinks
+/// baked into its rpath, which is repaired here before anything is rebuilt.
+fn bpf_linker() -> Result<()> {
+    if let Some(version) = bpf_linker_version() {
+        println!("ok: bpf-linker present ({version})");
+        return Ok(());
+    }
+    let info = sys::output(sys::command("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))
+        .context("`rustc +nightly -vV` failed")?;
+    let major = llvm_major(&info).context("`rustc +nightly -vV` names no LLVM version")?;
+    let sysroot =
+        sys::output(sys::command("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+            .context("`rustc +nightly --print sysroot` failed")?;
+    let libllvm = nightly_libllvm(&Path::new(sysroot.trim()).join("lib"))?;
+    let prefix = llvm_prefix()?;
+    if link_llvm(&prefix.join("lib"), &libllvm)?
+        && let Some(version) = bpf_linker_version()
+    {
+        println!("ok: bpf-linker present ({version}; repaired its link to nightly's LLVM)");
+        return Ok(());
+    }
+    let feature = format!("llvm-{major}");
+    println!("installing: bpf-linker, built against nightly's LLVM {major} (one to two minutes)");
+    sys::run(
+        sys::command("cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .args([
+                "install",
+                "bpf-linker",
+                "--force",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(&feature)
+            .stdin(Stdio::null()),
+    )?;
+    let version = bpf_linker_version()
+        .context("bpf-linker was installed but `bpf-linker --version` still fails")?;
+    println!("ok: bpf-linker installed ({version})");
+    Ok(())
+}
+
+fn bpf_linker_version() -> Option<String> {
+    sys::output(sys::command("bpf-linker").arg("--version")).map(|v| v.trim().to_owned())
+}
+
+/// The major version from the `LLVM version: 22.1.4` line of `rustc -vV`.
+fn llvm_major(rustc_vv: &str) -> Option<u32> {
+    rustc_vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version:"))?
+        .trim()
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The shared LLVM library of a toolchain, named by its soname (`libLLVM.so.22.1-rust-...`).
+fn nightly_libllvm(lib_dir: &Path) -> Result<PathBuf> {
+    let entries =
+        fs::read_dir(lib_dir).with_context(|| format!("cannot list {}", lib_dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("libLLVM.so.")
+        {
+            return Ok(entry.path());
+        }
+    }
+    bail!(
+        "the {NIGHTLY} toolchain has no libLLVM.so.* in {}",
+        lib_dir.display()
+    )
+}
+
+/// The folder handed to the bpf-linker build as `LLVM_PREFIX`; it must outlive the build.
+fn llvm_prefix() -> Result<PathBuf> {
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".cache/palisade/llvm"))
+}
+
+/// Makes `lib_dir` hold `libLLVM.so` (for linking) and the library under its soname (for
+/// loading) as symlinks to `libllvm`, and drops links left dangling by an older nightly.
+/// Returns whether anything changed.
+fn link_llvm(lib_dir: &Path, libllvm: &Path) -> Result<bool> {
+    fs::create_dir_all(lib_dir).with_context(|| format!("cannot create {}", lib_dir.display()))?;
+    let mut changed = false;
+    for entry in fs::read_dir(lib_dir)? {
+        let path = entry?.path();
+        let dangling = fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) && !path.exists();
+        if dangling {
+            fs::remove_file(&path)?;
+            changed = true;
+        }
+    }
+    let soname = libllvm
+        .file_name()
+        .context("library path has no file name")?;
+    for name in [Path::new("libLLVM.so"), Path::new(soname)] {
+        let link = lib_dir.join(name);
+        if fs::read_link(&link).is_ok_and(|t| t == libllvm) {
+            continue;
+        }
+        match fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot replace {}", link.display())),
+        }
+        symlink(libllvm, &link).with_context(|| format!("cannot create {}", link.display()))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+fn debian_packages() -> Result<()> {
+    if sys::output(sys::command("dpkg-query").arg("--version")).is_none() {
+        println!(
+            "skip: no dpkg-query (not Debian?); install these by hand for the tests: {}",
+            DEBIAN_PACKAGES.join(" ")
+        );
+        return Ok(());
+    }
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        println!("ok: {} Debian packages present", DEBIAN_PACKAGES.len());
+        return Ok(());
+    }
+    if !sys::is_root() {
+        bail!(
+            "missing Debian packages: {}; run `cargo xtask setup` as root to install them",
+            missing.join(" ")
+        );
+    }
+    println!("installing: {}", missing.join(" "));
+    sys::run(
+        sys::command("apt-get")
+            .args(["update", "-q", "-o", APT_LOCK_WAIT])
+            .stdin(Stdio::null()),
+    )?;
+    sys::run(
+        sys::command("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "-o",
+                APT_LOCK_WAIT,
+            ])
+            .args(&missing)
+            .stdin(Stdio::null()),
+    )?;
+    let still = missing_packages()?;
+    if !still.is_empty() {
+        bail!("apt-get did not install: {}", still.join(" "));
+    }
+    println!("ok: installed {}", missing.join(" "));
+    Ok(())
+}
+
+fn missing_packages() -> Result<Vec<&'static str>> {
+    // dpkg-query exits non-zero when some package is unknown, yet still reports the others.
+    let out = sys::command("dpkg-query")
+        .args(["-W", "-f=${Package}\t${Status}\n"])
+        .args(DEBIAN_PACKAGES)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .context("cannot run dpkg-query")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let installed = installed_packages(&stdout);
+    Ok(DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(p))
+        .collect())
+}
+
+/// Names of the packages whose status is `install ok installed` in `dpkg-query` output of
+/// the form `name<TAB>status`.
+fn installed_packages(dpkg_query: &str) -> Vec<&str> {
+    dpkg_query
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, status)| status.trim() == "install ok installed")
+        // Multi-arch packages are reported as `name:arch`.
+        .map(|(name, _)| name.split(':').next().unwrap_or(name))
+        .collect()
+}
+
+fn bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if bpffs_mounted(&mounts) {
+        println!("ok: bpffs mounted at {BPFFS}");
+        return Ok(());
+    }
+    if !sys::is_root() {
+        println!("skip: bpffs is not mounted at {BPFFS}, and mounting it needs root");
+        return Ok(());
+    }
+    println!("mounting: bpffs at {BPFFS}");
+    sys::run(sys::command("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+/// Whether `/proc/self/mounts` text shows a bpf filesystem at [`BPFFS`].
+fn bpffs_mounted(mounts: &str) -> bool {
+    mounts.lines().any(|l| {
+        let mut f = l.split_whitespace().skip(1);
+        f.next() == Some(BPFFS) && f.next() == Some("bpf")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nightly_is_found_by_channel_not_by_date() {
+        let list = "stable-x86_64-unknown-linux-gnu (active, default)\n\
+                    nightly-x86_64-unknown-linux-gnu\n";
+        assert!(has_nightly(list));
+        assert!(!has_nightly("stable-x86_64-unknown-linux-gnu (default)\n"));
+        assert!(!has_nightly(
+            "nightly-2025-01-01-x86_64-unknown-linux-gnu\n"
+        ));
+    }
+
+    #[test]
+    fn llvm_major_from_rustc_verbose_version() {
+        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\n\
+                  host: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(vv), Some(22));
+        assert_eq!(llvm_major("rustc 1.0.0\n"), None);
+    }
+
+    #[test]
+    fn only_fully_installed_packages_count() {
+        let out = "iproute2\tinstall ok installed\n\
+                   unbound\tdeinstall ok config-files\n\
+                   libc6:amd64\tinstall ok installed\n\
+                   dnsmasq\tinstall ok unpacked\n";
+        assert_eq!(installed_packages(out), ["iproute2", "libc6"]);
+    }
+
+    #[test]
+    fn bpffs_is_recognised_by_mount_point_and_type() {
+        let with = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,relatime 0 0\n";
+        let without = "sysfs /sys sysfs rw 0 0\ntmpfs /sys/fs/bpf tmpfs rw 0 0\n";
+        assert!(bpffs_mounted(with));
+        assert!(!bpffs_mounted(without));
+    }
+
+    #[test]
+    fn llvm_links_are_made_repaired_and_pruned() {
+        let dir = env::temp_dir().join(format!("xtask-llvm-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let lib = dir.join("lib");
+        let real = dir.join("libLLVM.so.22.1-rust-test");
+        fs::create_dir_all(&lib).unwrap();
+        fs::write(&real, b"").unwrap();
+        symlink(
+            dir.join("libLLVM.so.21.1-rust-gone"),
+            lib.join("libLLVM.so.21.1-rust-gone"),
+        )
+        .unwrap();
+
+        assert!(link_llvm(&lib, &real).unwrap());
+        assert_eq!(fs::read_link(lib.join("libLLVM.so")).unwrap(), real);
+        assert_eq!(
+            fs::read_link(lib.join("libLLVM.so.22.1-rust-test")).unwrap(),
+            real
+        );
+        assert!(fs::symlink_metadata(lib.join("libLLVM.so.21.1-rust-gone")).is_err());
+        assert!(
+            !link_llvm(&lib, &real).unwrap(),
+            "a second pass changes nothing"
+        );
+
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
