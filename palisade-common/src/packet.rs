@@ -227,6 +227,12 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
         if l4 > MAX_L4_OFFSET {
             return Err(reason::IPV6_EXT_CHAIN);
         }
+        // Only the first bytes of an options header are read, but the whole header must be
+        // in the frame, as IPv4 options must: otherwise a chain cut short would pass, with
+        // layer 4 beyond the frame, whenever the protocol behind it is one not read here.
+        if b.load::<1>(l4 - 1).is_none() {
+            return Err(reason::IPV6_EXT_CHAIN);
+        }
         i += 1;
     }
     if i == MAX_IPV6_EXT_HEADERS && is_ext_header(next) {

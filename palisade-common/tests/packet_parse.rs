@@ -6,8 +6,8 @@
 
 use palisade_common::{
     packet::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FRAG_FIRST,
-        FRAG_LATER, FRAG_NONE, Frame, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6,
+        FRAG_FIRST, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
         IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP,
         MAX_IPV6_EXT_HEADERS, MAX_L4_OFFSET, Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN,
         VLAN_MAX_DEPTH, parse, v4_mapped,
@@ -25,8 +25,12 @@ const IPPROTO_NONE: u8 = 59;
 
 const SRC4: [u8; 4] = [192, 0, 2, 1];
 const DST4: [u8; 4] = [198, 51, 100, 2];
-const SRC6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01];
-const DST6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02];
+const SRC6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+];
+const DST6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02,
+];
 
 /// Ethernet header (with one 4-byte tag per TPID in `tags`) ending in `ethertype`.
 fn eth(tags: &[u16], ethertype: u16) -> Vec<u8> {
@@ -265,7 +269,11 @@ fn non_ip_frames_are_not_ip() {
     for ethertype in [0x88cc, 0x0040, 0x9100] {
         let mut f = eth(&[], ethertype);
         f.extend_from_slice(&[0x45; 40]);
-        assert_eq!(parse(&f[..]), Ok(Frame::NotIp), "ethertype {ethertype:#06x}");
+        assert_eq!(
+            parse(&f[..]),
+            Ok(Frame::NotIp),
+            "ethertype {ethertype:#06x}"
+        );
     }
 }
 
@@ -300,7 +308,13 @@ fn more_vlan_tags_than_parsed_are_malformed_l2() {
     assert_eq!(VLAN_MAX_DEPTH, 2);
     let l4 = tcp(1, 22, 0);
     err(
-        &frame4(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], 5, 0, IPPROTO_TCP, &l4),
+        &frame4(
+            &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
+            5,
+            0,
+            IPPROTO_TCP,
+            &l4,
+        ),
         MALFORMED_L2,
     );
     err(
@@ -314,7 +328,13 @@ fn more_vlan_tags_than_parsed_are_malformed_l2() {
 
 #[test]
 fn truncated_vlan_tag_is_malformed_l2() {
-    let f = frame4(&[ETH_P_8021AD, ETH_P_8021Q], 5, 0, IPPROTO_TCP, &tcp(1, 2, 0));
+    let f = frame4(
+        &[ETH_P_8021AD, ETH_P_8021Q],
+        5,
+        0,
+        IPPROTO_TCP,
+        &tcp(1, 2, 0),
+    );
     for n in ETH_HLEN..ETH_HLEN + 8 {
         err(&f[..n], MALFORMED_L2);
     }
@@ -328,7 +348,10 @@ fn truncated_vlan_tag_is_malformed_l2() {
 fn ipv4_tcp_udp_icmp_and_other() {
     ok(
         &frame4(&[], 5, 0, IPPROTO_TCP, &tcp(1234, 443, TCP_SYN | TCP_ACK)),
-        flags(ports(v4(IPPROTO_TCP, 14, 5, 20), 1234, 443), TCP_SYN | TCP_ACK),
+        flags(
+            ports(v4(IPPROTO_TCP, 14, 5, 20), 1234, 443),
+            TCP_SYN | TCP_ACK,
+        ),
     );
     ok(
         &frame4(&[], 5, 0, IPPROTO_UDP, &udp(0, 65535)),
@@ -348,12 +371,21 @@ fn ipv4_tcp_udp_icmp_and_other() {
         &frame4(&[], 5, 0, IPPROTO_GRE, &[0xff; 12]),
         v4(IPPROTO_GRE, 14, 5, 12),
     );
-    ok(&frame4(&[], 5, 0, IPPROTO_GRE, &[]), v4(IPPROTO_GRE, 14, 5, 0));
+    ok(
+        &frame4(&[], 5, 0, IPPROTO_GRE, &[]),
+        v4(IPPROTO_GRE, 14, 5, 0),
+    );
 }
 
 #[test]
 fn tcp_flags_are_the_flags_byte() {
-    for f in [0, TCP_SYN, TCP_SYN | TCP_ACK, TCP_FIN | TCP_PSH | TCP_ACK, 0xff] {
+    for f in [
+        0,
+        TCP_SYN,
+        TCP_SYN | TCP_ACK,
+        TCP_FIN | TCP_PSH | TCP_ACK,
+        0xff,
+    ] {
         ok(
             &frame4(&[], 5, 0, IPPROTO_TCP, &tcp(1, 2, f)),
             flags(ports(v4(IPPROTO_TCP, 14, 5, 20), 1, 2), f),
@@ -466,7 +498,10 @@ fn ipv4_fragments() {
     // DF alone is not a fragment.
     ok(&frame4(&[], 5, 0x4000, IPPROTO_TCP, &l4), full);
     // First fragment: offset 0, more fragments; layer 4 is parsed.
-    ok(&frame4(&[], 5, 0x2000, IPPROTO_TCP, &l4), frag(full, FRAG_FIRST));
+    ok(
+        &frame4(&[], 5, 0x2000, IPPROTO_TCP, &l4),
+        frag(full, FRAG_FIRST),
+    );
     // Later fragments: no ports, no flags, whatever the bytes after the header say.
     let later = frag(v4(IPPROTO_TCP, 14, 5, 20), FRAG_LATER);
     for field in [0x0001, 0x2001, 0x1fff, 0x3fff, 0x00b9] {
@@ -502,7 +537,10 @@ fn ipv6_basic() {
         &frame6(&[], &[], IPPROTO_ICMPV6, &icmp(128, 0)),
         ports(v6(IPPROTO_ICMPV6, 14, 0, 8), 0, 0x8000),
     );
-    ok(&frame6(&[], &[], IPPROTO_NONE, &[]), v6(IPPROTO_NONE, 14, 0, 0));
+    ok(
+        &frame6(&[], &[], IPPROTO_NONE, &[]),
+        v6(IPPROTO_NONE, 14, 0, 0),
+    );
     ok(
         &frame6(&[ETH_P_8021Q], &[], IPPROTO_GRE, &[0; 4]),
         v6(IPPROTO_GRE, 18, 0, 4),
@@ -541,15 +579,16 @@ fn ipv6_extension_headers_are_walked() {
         // An atomic fragment (offset 0, no more fragments) carries layer 4 as well.
         (&[Ext::Frag(0, false)], 8, FRAG_FIRST),
         (&[hbh(0), rt(1), Ext::Frag(0, true), dst(0)], 40, FRAG_FIRST),
-        (&[hbh(1), dst(0), rt(0), Ext::Ah(1), dst(2), dst(0)], 76, FRAG_NONE),
+        (
+            &[hbh(1), dst(0), rt(0), Ext::Ah(1), dst(2), dst(0)],
+            76,
+            FRAG_NONE,
+        ),
     ];
     for (exts, ext_len, fr) in cases {
         for tags in [&[][..], &[ETH_P_8021AD, ETH_P_8021Q][..]] {
             let l3 = ETH_HLEN + 4 * tags.len();
-            let want = flags(
-                ports(v6(IPPROTO_TCP, l3, ext_len, 20), 5000, 22),
-                TCP_SYN,
-            );
+            let want = flags(ports(v6(IPPROTO_TCP, l3, ext_len, 20), 5000, 22), TCP_SYN);
             ok(&frame6(tags, exts, IPPROTO_TCP, &l4), frag(want, fr));
         }
     }
@@ -566,7 +605,14 @@ fn ipv6_chain_bound() {
         ports(v6(IPPROTO_UDP, 14, 48, 8), 1, 53),
     );
     // One more, of any kind: refused.
-    for seventh in [hbh(0), rt(0), dst(0), Ext::Ah(1), Ext::Frag(0, true), Ext::Frag(9, false)] {
+    for seventh in [
+        hbh(0),
+        rt(0),
+        dst(0),
+        Ext::Ah(1),
+        Ext::Frag(0, true),
+        Ext::Frag(9, false),
+    ] {
         let mut seven = six.to_vec();
         seven.push(seventh);
         err(&frame6(&[], &seven, IPPROTO_UDP, &l4), IPV6_EXT_CHAIN);
@@ -632,7 +678,12 @@ fn ipv6_chain_beyond_max_l4_offset_is_ext_chain() {
 fn ipv6_truncated_chain_is_ext_chain() {
     // Cut inside the hop-by-hop header (54..62) or the fragment header (62..70): the chain
     // is truncated. Cut inside TCP (70..90): layer 4 is.
-    let f = frame6(&[], &[hbh(0), Ext::Frag(0, true)], IPPROTO_TCP, &tcp(1, 22, 0));
+    let f = frame6(
+        &[],
+        &[hbh(0), Ext::Frag(0, true)],
+        IPPROTO_TCP,
+        &tcp(1, 22, 0),
+    );
     for n in 54..70 {
         err(&f[..n], IPV6_EXT_CHAIN);
     }
@@ -821,24 +872,40 @@ fn valid_frame() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(any::<u8>(), 0..16).prop_map(|b| (IPPROTO_GRE, b)),
     ];
     let ext = prop_oneof![
-        (prop::sample::select(vec![IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS]), 0..4u8)
+        (
+            prop::sample::select(vec![IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS]),
+            0..4u8
+        )
             .prop_map(|(k, l)| Ext::Opt(k, l)),
         (0..3u16, any::<bool>()).prop_map(|(o, m)| Ext::Frag(o, m)),
         (0..6u8).prop_map(Ext::Ah),
     ];
     let exts = prop::collection::vec(ext, 0..=7);
     let payload = prop::collection::vec(any::<u8>(), 0..24);
-    (tags, any::<bool>(), 5..=15u8, any::<u16>(), l4, exts, payload).prop_map(
-        |(tags, v6, ihl, frag_field, (proto, mut l4), exts, payload)| {
-            l4.extend_from_slice(&payload);
-            if v6 {
-                let proto = if proto == IPPROTO_ICMP { IPPROTO_ICMPV6 } else { proto };
-                frame6(&tags, &exts, proto, &l4)
-            } else {
-                frame4(&tags, ihl, frag_field & 0x3fff, proto, &l4)
-            }
-        },
+    (
+        tags,
+        any::<bool>(),
+        5..=15u8,
+        any::<u16>(),
+        l4,
+        exts,
+        payload,
     )
+        .prop_map(
+            |(tags, v6, ihl, frag_field, (proto, mut l4), exts, payload)| {
+                l4.extend_from_slice(&payload);
+                if v6 {
+                    let proto = if proto == IPPROTO_ICMP {
+                        IPPROTO_ICMPV6
+                    } else {
+                        proto
+                    };
+                    frame6(&tags, &exts, proto, &l4)
+                } else {
+                    frame4(&tags, ihl, frag_field & 0x3fff, proto, &l4)
+                }
+            },
+        )
 }
 
 proptest! {

@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod bytes;
 mod dns;
 mod firewall;

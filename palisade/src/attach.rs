@@ -1,16 +1,48 @@
-//! Attaching the XDP firewall to interfaces: native mode first, generic as the fallback.
+//! Attaching the XDP firewall to interfaces (native mode first, generic as the fallback) and
+//! the DNS egress program to cgroups.
 
-use std::{fs, io, net::Ipv4Addr};
+use std::{
+    ffi::CString,
+    fs, io,
+    net::Ipv4Addr,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Xdp, XdpMode, links::FdLink,
+};
 use tracing::{info, warn};
+
+use crate::policy::config::DEFAULT_DNS_CGROUP;
 
 /// How a program ended up attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Native,
     Generic,
+}
+
+impl Mode {
+    /// The word used in messages and pin names.
+    #[must_use]
+    pub const fn word(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// Parses [`Mode::word`].
+    #[must_use]
+    pub fn from_word(w: &str) -> Option<Self> {
+        match w {
+            "native" => Some(Self::Native),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Mode {
@@ -46,6 +78,154 @@ pub fn attach_xdp(prog: &mut Xdp, iface: &str, force_generic: bool) -> Result<Mo
         .with_context(|| format!("attaching the XDP firewall to {iface} in generic mode"))?;
     info!(iface, mode = "generic", "XDP firewall attached");
     Ok(Mode::Generic)
+}
+
+/// Like [`attach_xdp`], but hands the attachment back as a link that can be pinned, so it
+/// outlives the process. `None` when the kernel only offered a netlink attachment (before
+/// 5.9), which cannot be pinned and ends with the process.
+///
+/// # Errors
+/// As [`attach_xdp`].
+pub fn attach_xdp_link(
+    prog: &mut Xdp,
+    iface: &str,
+    force_generic: bool,
+) -> Result<(Mode, Option<FdLink>)> {
+    let c = CString::new(iface).map_err(|_| anyhow!("invalid interface name {iface:?}"))?;
+    // SAFETY: a NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no network interface named {iface:?}");
+    }
+    let mut try_mode = |mode: XdpMode| -> Result<Option<FdLink>, aya::programs::ProgramError> {
+        let id = prog.attach_to_if_index(ifindex, mode)?;
+        let link = prog.take_link(id)?;
+        Ok(FdLink::try_from(link).ok())
+    };
+    let occupied = |e: &aya::programs::ProgramError| {
+        matches!(e, aya::programs::ProgramError::SyscallError(s)
+            if matches!(s.io_error.raw_os_error(), Some(libc::EEXIST | libc::EBUSY)))
+    };
+    let taken = || {
+        anyhow!(
+            "{iface} already has an XDP program attached (another Palisade with a different --pin-dir, or another tool; see `ip link show {iface}`)"
+        )
+    };
+    if !force_generic {
+        match try_mode(XdpMode::Driver) {
+            Ok(link) => {
+                info!(iface, mode = "native", "XDP firewall attached");
+                return Ok((Mode::Native, link));
+            }
+            Err(e) if occupied(&e) => return Err(taken()),
+            Err(e) => {
+                warn!(iface, error = %e, "native XDP not available on this interface; falling back to generic mode (slower, same policy)");
+            }
+        }
+    }
+    let link = match try_mode(XdpMode::Skb) {
+        Ok(l) => l,
+        Err(e) if occupied(&e) => return Err(taken()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "attaching the XDP firewall to {iface} in generic mode"
+            )));
+        }
+    };
+    info!(iface, mode = "generic", "XDP firewall attached");
+    Ok((Mode::Generic, link))
+}
+
+/// The index of `iface` in this network namespace, if it exists.
+#[must_use]
+pub fn ifindex(iface: &str) -> Option<u32> {
+    let c = CString::new(iface).ok()?;
+    // SAFETY: a NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// Attaches the DNS egress program to a cgroup as a pinnable link.
+///
+/// # Errors
+/// When the cgroup cannot be opened or the kernel refuses.
+pub fn attach_cgroup_link(prog: &mut CgroupSkb, cgroup: &Path) -> Result<Option<FdLink>> {
+    let dir =
+        fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    // `Single`: aya attaches through a bpf_link on every kernel Palisade runs on, and the
+    // kernel refuses any attach flag there (`BPF_LINK_CREATE` fails with EINVAL for
+    // `BPF_F_ALLOW_MULTI`); links always coexist with the cgroup's other programs anyway.
+    let id = prog
+        .attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching DNS egress policy to cgroup {}", cgroup.display()))?;
+    let link = prog.take_link(id)?;
+    Ok(FdLink::try_from(link).ok())
+}
+
+/// `statfs` magic of cgroup2fs.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// The cgroup v2 root on systems with only the unified hierarchy.
+pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
+
+/// Whether `path` is a directory on a cgroup v2 file system.
+#[must_use]
+pub fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statfs is a valid out-parameter and `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is not i64 on every target"
+    )]
+    let f_type = i64::from(st.f_type);
+    r == 0 && f_type == CGROUP2_SUPER_MAGIC
+}
+
+/// The cgroup to attach to for a configured path, with a note when it differs.
+///
+/// The policy's default, `/sys/fs/cgroup/unified`, is where hybrid systems mount cgroup v2;
+/// systems with only cgroup v2 mount it at `/sys/fs/cgroup` and have no `unified`. When the
+/// default is missing and `/sys/fs/cgroup` is cgroup v2, that is used instead.
+///
+/// # Errors
+/// When the path is missing or not cgroup v2, with what to do about it.
+pub fn effective_cgroup(configured: &Path) -> Result<(PathBuf, Option<String>)> {
+    choose_cgroup(configured, &|p| p.exists(), &is_cgroup2)
+}
+
+fn choose_cgroup(
+    configured: &Path,
+    exists: &dyn Fn(&Path) -> bool,
+    cgroup2: &dyn Fn(&Path) -> bool,
+) -> Result<(PathBuf, Option<String>)> {
+    if configured == Path::new(DEFAULT_DNS_CGROUP) && !exists(configured) {
+        let root = Path::new(CGROUP2_ROOT);
+        if cgroup2(root) {
+            return Ok((
+                root.to_path_buf(),
+                Some(format!(
+                    "{DEFAULT_DNS_CGROUP} does not exist; this system mounts cgroup v2 at {CGROUP2_ROOT}, using that for DNS egress"
+                )),
+            ));
+        }
+        bail!(
+            "cgroup {DEFAULT_DNS_CGROUP} (the default for [dns.egress]) does not exist and {CGROUP2_ROOT} is not cgroup v2; set `cgroups` in [dns.egress] to a cgroup v2 directory"
+        );
+    }
+    if !exists(configured) {
+        bail!("cgroup {} does not exist", configured.display());
+    }
+    if !cgroup2(configured) {
+        bail!(
+            "{} is not a cgroup v2 directory; DNS egress filtering needs cgroup v2",
+            configured.display()
+        );
+    }
+    Ok((configured.to_path_buf(), None))
 }
 
 /// The interface that carries the IPv4 default route (else the IPv6 one).
@@ -102,6 +282,38 @@ pub fn hint(e: &io::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_cgroup_falls_back_to_the_v2_root_only_when_missing() {
+        let default = Path::new(DEFAULT_DNS_CGROUP);
+        // Hybrid system: the default exists and is cgroup v2.
+        let (p, note) = choose_cgroup(default, &|_| true, &|_| true).unwrap();
+        assert_eq!((p.as_path(), note), (default, None));
+        // v2-only system: the default is missing, /sys/fs/cgroup is cgroup v2.
+        let (p, note) = choose_cgroup(default, &|p| p != default, &|p| {
+            p == Path::new(CGROUP2_ROOT)
+        })
+        .unwrap();
+        assert_eq!(p, Path::new(CGROUP2_ROOT));
+        assert!(note.unwrap().contains("does not exist"));
+        // v1-only system: nothing to fall back to.
+        let e = choose_cgroup(default, &|p| p != default, &|_| false).unwrap_err();
+        assert!(e.to_string().contains("not cgroup v2"), "{e}");
+        // A configured path is never replaced.
+        let mine = Path::new("/sys/fs/cgroup/unified/app");
+        assert!(
+            choose_cgroup(mine, &|_| false, &|_| true)
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
+        assert!(
+            choose_cgroup(mine, &|_| true, &|_| false)
+                .unwrap_err()
+                .to_string()
+                .contains("not a cgroup v2")
+        );
+    }
 
     #[test]
     fn finds_v4_default_route() {

@@ -2,42 +2,320 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{api::proto::DEFAULT_SOCKET, pin::DEFAULT_PIN_DIR};
 
 /// Palisade: an eBPF network guard for Linux.
 ///
 /// Palisade loads an XDP firewall into the kernel and enforces a policy file on the
 /// interfaces you name. With no policy file it enforces a built-in policy that allows
 /// everything and only counts, so it can never cut you off.
+///
+/// `palisade run` is the daemon. The other commands talk to it over a local Unix socket
+/// (root only, or a group given with `run --socket-group`).
 #[derive(Debug, Parser)]
-#[command(name = "palisade", version, propagate_version = true)]
+#[command(
+    name = "palisade",
+    version,
+    propagate_version = true,
+    after_long_help = "Examples:
+  palisade run --config /etc/palisade/policy.toml --iface eth0
+  palisade status
+  palisade rule add --name block-telnet --action drop --proto tcp --dport 23
+  palisade set add blocklist 203.0.113.7 198.51.100.0/24
+  palisade dns add ads tracker.example --ttl 1h
+  palisade events --kind firewall --verdict drop
+  palisade unload"
+)]
 pub struct Cli {
+    /// The daemon's control socket (where `run` listens and the other commands connect).
+    #[arg(long, global = true, env = "PALISADE_SOCKET", value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Enforce a policy until interrupted (SIGINT/SIGTERM detach cleanly; SIGHUP reloads).
+    /// Enforce a policy as a daemon, in the foreground.
+    ///
+    /// Everything it loads is pinned under --pin-dir, so enforcement continues when the
+    /// daemon exits or is killed, and a restarted daemon adopts the pinned state without a
+    /// gap. SIGINT and SIGTERM stop the daemon and leave the policy enforced (use
+    /// `palisade unload`, or --unload-on-exit, to remove it); SIGHUP reloads the policy file.
     ///
     /// Examples:
     ///   palisade run                                 # built-in policy, default-route interface
     ///   palisade run --config /etc/palisade.toml --iface eth0 --iface eth1
     ///   palisade run --config policy.toml --json     # events as JSON lines
+    ///   palisade run --config policy.toml --metrics  # Prometheus on 127.0.0.1:9477
+    #[command(verbatim_doc_comment)]
     Run(RunArgs),
     /// Validate a policy file; every error is reported with its line and column.
     ///
     /// Example:
     ///   palisade check /etc/palisade.toml
+    #[command(verbatim_doc_comment)]
     Check {
         /// The policy file to validate.
         file: PathBuf,
     },
     /// Print the built-in default policy.
     DefaultPolicy,
+    /// Show what the daemon enforces: programs, interfaces, policy generation, counters.
+    ///
+    /// Example:
+    ///   palisade status --json
+    #[command(verbatim_doc_comment)]
+    Status(JsonFlag),
+    /// List rules, sets and DNS entries (all of them, or one kind).
+    ///
+    /// Examples:
+    ///   palisade list
+    ///   palisade list rules --json
+    #[command(verbatim_doc_comment)]
+    List {
+        /// What to list; everything when left out.
+        what: Option<ListWhat>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Firewall rules: list, add or delete them in the running policy.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// IP sets: list them, add or delete members.
+    #[command(subcommand)]
+    Set(SetCommand),
+    /// DNS lists: list them, add or delete names (optionally for a limited time).
+    #[command(subcommand)]
+    Dns(DnsCommand),
+    /// Read the policy file again and install it in one step (live changes are discarded).
+    ///
+    /// An invalid file changes nothing; the errors are printed.
+    Reload,
+    /// Stream events: firewall drops and DNS decisions.
+    ///
+    /// Examples:
+    ///   palisade events
+    ///   palisade events --kind dns --verdict drop --json
+    ///   palisade events --name example.com
+    #[command(verbatim_doc_comment)]
+    Events(EventsArgs),
+    /// Show every counter: totals, drops by reason, per rule, DNS.
+    Stats(JsonFlag),
+    /// Detach everything and remove every pin; the daemon, if running, exits.
+    ///
+    /// Without a running daemon it removes what is pinned under --pin-dir (for example after
+    /// the daemon was killed).
+    Unload {
+        /// Where the state is pinned (used when no daemon answers).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Examples:
+    ///   palisade completions bash > /etc/bash_completion.d/palisade
+    ///   palisade completions zsh > "${fpath[1]}/_palisade"
+    ///   palisade completions fish > ~/.config/fish/completions/palisade.fish
+    #[command(verbatim_doc_comment)]
+    Completions { shell: clap_complete::Shell },
 }
 
-#[derive(Debug, clap::Args)]
+/// `--json`.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListWhat {
+    Rules,
+    Sets,
+    Dns,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// List the rules in evaluation order, with their counters.
+    List(JsonFlag),
+    /// Add a rule. It is checked like a rule in the policy file; an invalid rule changes
+    /// nothing.
+    ///
+    /// Examples:
+    ///   palisade rule add --name block-telnet --action drop --proto tcp --dport 23
+    ///   palisade rule add --name office-ssh --priority 5 --action allow --proto tcp --dport 22 --src 10.0.0.0/8
+    ///   palisade rule add --name drop-bad --action drop --src @blocklist --log
+    ///   palisade rule add --name ping-limit --action rate-limit --proto icmp --icmp-type 8 --rate-pps 10 --rate-burst 20
+    #[command(verbatim_doc_comment)]
+    Add(Box<RuleAddArgs>),
+    /// Delete the rule with this name.
+    ///
+    /// Example:
+    ///   palisade rule delete block-telnet
+    #[command(verbatim_doc_comment, visible_aliases = ["del", "remove", "rm"])]
+    Delete {
+        /// The rule's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuleAddArgs {
+    /// The rule's name (1 to 64 of A-Z a-z 0-9 _ . -), unique among rules.
+    #[arg(long)]
+    pub name: String,
+    /// `allow`, `drop` or `rate-limit`.
+    #[arg(long)]
+    pub action: String,
+    /// Lower runs first; default: after every existing rule.
+    #[arg(long)]
+    pub priority: Option<u32>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `any` or a protocol number.
+    #[arg(long)]
+    pub proto: Option<String>,
+    /// Source address, CIDR block or @set; repeat for several blocks.
+    #[arg(long)]
+    pub src: Vec<String>,
+    /// Destination address, CIDR block or @set; repeat for several blocks.
+    #[arg(long)]
+    pub dst: Vec<String>,
+    /// Source port or range LO-HI (tcp/udp).
+    #[arg(long)]
+    pub sport: Option<String>,
+    /// Destination port or range LO-HI (tcp/udp).
+    #[arg(long)]
+    pub dport: Option<String>,
+    /// TCP flags VALUE/MASK, e.g. `syn/syn,ack`.
+    #[arg(long)]
+    pub tcp_flags: Option<String>,
+    /// ICMP or ICMPv6 type.
+    #[arg(long)]
+    pub icmp_type: Option<u8>,
+    /// ICMP or ICMPv6 code (needs --icmp-type).
+    #[arg(long)]
+    pub icmp_code: Option<u8>,
+    /// Emit an event for every packet this rule drops.
+    #[arg(long)]
+    pub log: bool,
+    /// rate-limit: packets per second.
+    #[arg(long)]
+    pub rate_pps: Option<u32>,
+    /// rate-limit: bucket size in packets.
+    #[arg(long)]
+    pub rate_burst: Option<u32>,
+    /// rate-limit: `source` (a bucket per source address) or `rule`.
+    #[arg(long)]
+    pub rate_per: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetCommand {
+    /// List the sets (or one) and their members.
+    List {
+        /// Only this set.
+        set: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Add addresses or CIDR blocks to a set.
+    ///
+    /// Example:
+    ///   palisade set add blocklist 203.0.113.7 2001:db8:bad::/48
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The set's name (with or without @).
+        set: String,
+        /// Addresses or CIDR blocks.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Remove addresses or CIDR blocks from a set (each must be in it).
+    ///
+    /// Example:
+    ///   palisade set delete blocklist 203.0.113.7
+    #[command(verbatim_doc_comment, visible_aliases = ["del", "remove", "rm"])]
+    Delete {
+        set: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DnsCommand {
+    /// List the DNS lists (or one) and their entries.
+    List {
+        /// Only this list.
+        list: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Add names to a DNS list; with --ttl they stop applying after that time.
+    ///
+    /// Examples:
+    ///   palisade dns add ads tracker.example '*.ads.example'
+    ///   palisade dns add corp build.example.net --ttl 30m --qtype A --qtype AAAA
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The list's name.
+        list: String,
+        /// Names (`example.com` exactly, `*.example.com` the names below it).
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// How long the names apply: seconds, or a number with s, m, h or d.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<u64>,
+        /// Only these query types (A, AAAA, MX, ... or a number); repeat for several.
+        #[arg(long = "qtype")]
+        qtypes: Vec<String>,
+        /// Plain names also match every name below them.
+        #[arg(long)]
+        subdomains: bool,
+    },
+    /// Remove names from a DNS list (each must be in it).
+    ///
+    /// Example:
+    ///   palisade dns delete ads tracker.example
+    #[command(verbatim_doc_comment, visible_aliases = ["del", "remove", "rm"])]
+    Delete {
+        list: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventsArgs {
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only events of this kind.
+    #[arg(long, value_parser = ["firewall", "dns"])]
+    pub kind: Option<String>,
+    /// Only events with this verdict (`pass` and `allow` are the same).
+    #[arg(long, value_parser = ["drop", "pass", "allow", "nxdomain", "audit"])]
+    pub verdict: Option<String>,
+    /// Only events whose DNS name or rule name contains this text (case-insensitive).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Policy file (TOML). Without it the built-in default policy is used.
     #[arg(short, long, value_name = "FILE")]
@@ -51,7 +329,125 @@ pub struct RunArgs {
     /// Print events as JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Do not print events on stdout (`palisade events` still streams them).
+    #[arg(long)]
+    pub quiet: bool,
     /// Stop after this many seconds (for scripted runs); 0 runs until interrupted.
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub duration: u64,
+    /// Where maps, programs and links are pinned (on a BPF filesystem; mounted at
+    /// /sys/fs/bpf when missing).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Detach everything and remove the pins when the daemon exits (by signal or
+    /// --duration). By default the policy stays enforced after the daemon exits.
+    #[arg(long)]
+    pub unload_on_exit: bool,
+    /// Also let members of this group use the control socket.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Mode of the control socket, in octal [default: 0600, or 0660 with --socket-group].
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default address: 127.0.0.1:9477].
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::metrics::DEFAULT_ADDR)]
+    pub metrics: Option<String>,
+    /// Format of log lines on stderr (level from PALISADE_LOG, e.g. `info`).
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+/// Parses `--ttl`: seconds, or a number followed by s, m, h or d.
+///
+/// # Errors
+/// When the text is not such a duration or is zero.
+pub fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (num, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration: use seconds, or a number with s, m, h or d (e.g. 90, 15m, 2h)"
+            ));
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: it needs a number, e.g. 15m"))?;
+    if n == 0 {
+        return Err("the TTL must be at least 1 second".into());
+    }
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// Parses `--socket-mode` (octal).
+///
+/// # Errors
+/// When it is not an octal mode up to 0777.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let t = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(t, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("`{text}` is not a file mode: use octal, e.g. 0660")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ttls_and_modes() {
+        assert_eq!(parse_ttl("90"), Ok(90));
+        assert_eq!(parse_ttl("15m"), Ok(900));
+        assert_eq!(parse_ttl("2h"), Ok(7200));
+        assert_eq!(parse_ttl("1d"), Ok(86_400));
+        assert!(parse_ttl("0").unwrap_err().contains("at least"));
+        assert!(parse_ttl("5y").unwrap_err().contains("`5y`"));
+        assert!(parse_ttl("m").is_err());
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert!(parse_mode("999").is_err());
+    }
+
+    #[test]
+    fn existing_run_flags_still_parse() {
+        let cli = Cli::try_parse_from([
+            "palisade",
+            "run",
+            "--config",
+            "p.toml",
+            "--iface",
+            "eth0",
+            "--json",
+            "--generic",
+            "--duration",
+            "3",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!()
+        };
+        assert!(a.json && a.generic && a.duration == 3 && !a.unload_on_exit);
+        assert_eq!(a.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert_eq!(a.metrics, None);
+        let cli = Cli::try_parse_from(["palisade", "run", "--metrics"]).unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.metrics.as_deref(), Some("127.0.0.1:9477"));
+    }
 }

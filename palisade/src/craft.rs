@@ -304,3 +304,190 @@ pub fn checksum(data: &[u8], initial: u32) -> u16 {
     }
     !(sum as u16)
 }
+
+impl Frame {
+    /// The packet without its Ethernet and VLAN headers (starting at the IP header), as a
+    /// local socket hands it to the cgroup hooks.
+    #[must_use]
+    pub fn build_ip(&self) -> Vec<u8> {
+        let mut f = self.build();
+        f.drain(..14 + 4 * self.vlans.len());
+        f
+    }
+
+    /// A UDP datagram carrying the DNS message `msg` to port 53.
+    #[must_use]
+    pub fn dns_udp(src: &str, dst: &str, sport: u16, msg: &[u8]) -> Self {
+        Self::udp(src, dst, sport, 53).with_payload(msg)
+    }
+
+    /// A TCP segment (PSH+ACK) carrying the DNS message `msg` behind its 2-byte length
+    /// prefix (RFC 1035 §4.2.2) to port 53.
+    #[must_use]
+    pub fn dns_tcp(src: &str, dst: &str, sport: u16, msg: &[u8]) -> Self {
+        use palisade_common::packet::{TCP_ACK, TCP_PSH};
+        Self::tcp(src, dst, sport, 53, TCP_PSH | TCP_ACK).with_payload(&dns_tcp_payload(msg))
+    }
+}
+
+/// `msg` behind its 2-byte big-endian length prefix, as DNS over TCP sends it.
+#[must_use]
+pub fn dns_tcp_payload(msg: &[u8]) -> Vec<u8> {
+    let mut p = (msg.len() as u16).to_be_bytes().to_vec();
+    p.extend_from_slice(msg);
+    p
+}
+
+/// A name in text form as raw labels: split at every `.`, a trailing dot ignored. Use
+/// [`DnsQuestion::labels`] directly for labels that contain a dot.
+#[must_use]
+pub fn dns_labels(name: &str) -> Vec<Vec<u8>> {
+    name.strip_suffix('.')
+        .unwrap_or(name)
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.as_bytes().to_vec())
+        .collect()
+}
+
+/// RD: recursion desired, the flags of an ordinary stub query.
+pub const DNS_FLAG_RD: u16 = 0x0100;
+/// CD: checking disabled.
+pub const DNS_FLAG_CD: u16 = 0x0010;
+/// AD: authentic data.
+pub const DNS_FLAG_AD: u16 = 0x0020;
+/// QR: the message is a response.
+pub const DNS_FLAG_QR: u16 = 0x8000;
+
+/// One question of a crafted DNS message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsQuestion {
+    /// Raw labels, most significant last; a `.` byte inside a label stays inside it. Lengths
+    /// are written as given (`len as u8`), so over-long labels can be crafted on purpose.
+    pub labels: Vec<Vec<u8>>,
+    /// End the name with a compression pointer to this offset instead of the root byte.
+    pub pointer: Option<u16>,
+    pub qtype: u16,
+    pub qclass: u16,
+}
+
+impl DnsQuestion {
+    /// A question of class IN for `labels` and `qtype`.
+    #[must_use]
+    pub fn new(labels: Vec<Vec<u8>>, qtype: u16) -> Self {
+        Self { labels, pointer: None, qtype, qclass: 1 }
+    }
+
+    /// The question's wire bytes: the name, then qtype and qclass.
+    #[must_use]
+    pub fn wire(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        for l in &self.labels {
+            b.push(l.len() as u8);
+            b.extend_from_slice(l);
+        }
+        match self.pointer {
+            Some(off) => b.extend_from_slice(&(0xc000 | (off & 0x3fff)).to_be_bytes()),
+            None => b.push(0),
+        }
+        b.extend_from_slice(&self.qtype.to_be_bytes());
+        b.extend_from_slice(&self.qclass.to_be_bytes());
+        b
+    }
+}
+
+/// A DNS query message to build (RFC 1035 §4.1), malformed on request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsQuery {
+    pub id: u16,
+    /// Header bytes 2..4 (QR, opcode, AA, TC, RD, RA, Z, AD, CD, RCODE).
+    pub flags: u16,
+    /// QDCOUNT as written, whatever `questions` holds.
+    pub qdcount: u16,
+    pub questions: Vec<DnsQuestion>,
+    /// An EDNS OPT record (RFC 6891) in the additional section with this UDP payload size.
+    pub edns: Option<u16>,
+}
+
+impl DnsQuery {
+    /// A standard recursive query (RD set) with one question.
+    #[must_use]
+    pub fn new(labels: Vec<Vec<u8>>, qtype: u16) -> Self {
+        Self {
+            id: 0x1234,
+            flags: DNS_FLAG_RD,
+            qdcount: 1,
+            questions: vec![DnsQuestion::new(labels, qtype)],
+            edns: None,
+        }
+    }
+
+    /// A standard query for a dotted name (see [`dns_labels`]).
+    #[must_use]
+    pub fn name(name: &str, qtype: u16) -> Self {
+        Self::new(dns_labels(name), qtype)
+    }
+
+    #[must_use]
+    pub fn with_id(mut self, id: u16) -> Self {
+        self.id = id;
+        self
+    }
+
+    #[must_use]
+    pub fn with_flags(mut self, flags: u16) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    #[must_use]
+    pub fn with_qdcount(mut self, qdcount: u16) -> Self {
+        self.qdcount = qdcount;
+        self
+    }
+
+    /// Adds a question (QDCOUNT is left as it is).
+    #[must_use]
+    pub fn with_question(mut self, q: DnsQuestion) -> Self {
+        self.questions.push(q);
+        self
+    }
+
+    #[must_use]
+    pub fn with_edns(mut self, udp_size: u16) -> Self {
+        self.edns = Some(udp_size);
+        self
+    }
+
+    /// Ends the first question's name with a compression pointer to `offset`.
+    #[must_use]
+    pub fn with_pointer(mut self, offset: u16) -> Self {
+        if let Some(q) = self.questions.first_mut() {
+            q.pointer = Some(offset);
+        }
+        self
+    }
+
+    /// The message's bytes.
+    #[must_use]
+    pub fn build(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(64);
+        m.extend_from_slice(&self.id.to_be_bytes());
+        m.extend_from_slice(&self.flags.to_be_bytes());
+        m.extend_from_slice(&self.qdcount.to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        m.extend_from_slice(&u16::from(self.edns.is_some()).to_be_bytes());
+        for q in &self.questions {
+            m.extend_from_slice(&q.wire());
+        }
+        if let Some(size) = self.edns {
+            // Root owner, TYPE OPT (41), CLASS = UDP payload size, TTL 0 (extended RCODE,
+            // version 0, DO clear), no options.
+            m.push(0);
+            m.extend_from_slice(&41u16.to_be_bytes());
+            m.extend_from_slice(&size.to_be_bytes());
+            m.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        m
+    }
+}

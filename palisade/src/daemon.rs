@@ -1,31 +1,50 @@
-//! `palisade run`: load, attach, enforce, report, reload on SIGHUP, detach on exit.
+//! `palisade run`: the daemon. Loads (or adopts) the pinned datapath, installs the policy,
+//! serves the control socket and the metrics endpoint, streams events, and on exit either
+//! leaves the policy enforced (the default) or removes everything (`--unload-on-exit`,
+//! `palisade unload`).
+//!
+//! Every policy change, whether a reload of the file or a live change from the control
+//! socket, goes through [`Daemon::apply`]: the new policy is a complete model, compiled in
+//! full before anything is written, written into the idle generation and made live with one
+//! write (see `guard::install`). A change that fails anywhere leaves the running policy as
+//! it was, and the caller is told why.
 
-use std::{path::Path, time::Duration};
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::{
-    Ebpf,
-    maps::{MapData, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Xdp},
-};
-use palisade_common::{firewall::DEFAULT_SLOT, reason, stats};
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::{broadcast, mpsc},
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
+    api::{
+        proto::{
+            self, CgroupStatus, Changed, DnsEntryRow, DnsListRow, DnsLists, InterfaceStatus,
+            PolicySummary, ProgramStatus, Request, Response, RuleRow, Rules, SetRow, Sets, Status,
+            Unloaded,
+        },
+        server::{self, Access, Call, EventLine, SocketFile},
+    },
     attach,
     cli::RunArgs,
-    events,
-    firewall::{apply, compile},
-    guard, loader,
-    policy::{config, model::Policy},
-    testrun::sum_counter,
+    datapath::{Datapath, Options, Origin},
+    events, guard, live,
+    policy::{
+        config,
+        model::{Action, AddrMatch, DnsMode, Policy},
+        setfile::format_cidr,
+    },
+    stats::{self, GenerationRules, RuleTotals},
 };
-
-use crate::guard::FIREWALL;
 
 /// Loads the policy named on the command line, or the built-in one.
 ///
@@ -41,14 +60,84 @@ pub fn load_policy(path: Option<&Path>) -> Result<(Policy, String)> {
     }
 }
 
-/// Runs until a signal (or `--duration`) ends it.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Tells systemd (`Type=notify`) about the daemon's state; a no-op elsewhere.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt as _;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = if let Some(name) = bytes.strip_prefix(b"@") {
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+    } else {
+        std::os::unix::net::SocketAddr::from_pathname(Path::new(&path))
+    };
+    if let Ok(addr) = addr {
+        let _ = sock.send_to_addr(state.as_bytes(), &addr);
+    }
+}
+
+fn action_word(a: &Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::Drop => "drop",
+        Action::RateLimit(_) => "rate-limit",
+    }
+}
+
+/// Why the main loop ended.
+enum Exit {
+    /// A signal or `--duration`.
+    Stop,
+    /// `palisade unload`: answer once everything is removed.
+    Unload(
+        tokio::sync::oneshot::Sender<Response>,
+        Option<tokio::sync::oneshot::Receiver<()>>,
+    ),
+}
+
+struct Daemon {
+    dp: Datapath,
+    args: RunArgs,
+    socket: PathBuf,
+    source: String,
+    policy: Policy,
+    /// Rule names by generation slot (events name rules of the generation they came from).
+    names: [Vec<String>; 2],
+    totals: RuleTotals,
+    live_changes: u64,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    live_applied: u64,
+    live_refused: u64,
+    last_error: Option<String>,
+    started: Instant,
+    metrics: Option<String>,
+    events: broadcast::Sender<Arc<EventLine>>,
+}
+
+/// Runs until a signal, `--duration` or `palisade unload` ends it.
 ///
 /// # Errors
 /// When the policy is invalid, loading fails, or no interface can be attached.
-pub async fn run(args: RunArgs) -> Result<()> {
+pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     let (policy, source) = load_policy(args.config.as_deref())?;
     // Compile once before touching the kernel so a policy that cannot load fails fast.
-    compile::compile(&policy).context("compiling the policy")?;
+    crate::firewall::compile::compile(&policy).context("compiling the policy")?;
+    if let Some(egress) = &policy.dns.egress {
+        for c in &egress.cgroups {
+            attach::effective_cgroup(c)?;
+        }
+    }
     let ifaces = if args.ifaces.is_empty() {
         vec![attach::default_route_interface()?]
     } else {
@@ -59,59 +148,130 @@ pub async fn run(args: RunArgs) -> Result<()> {
             return Err(anyhow!("no network interface named {i:?}"));
         }
     }
-    let mut ebpf = loader::load()?;
-    guard::install(&mut ebpf, &policy).context("installing the policy")?;
-    {
-        let prog: &mut Xdp = ebpf
-            .program_mut(guard::DNS_INGRESS)
-            .ok_or_else(|| anyhow!("kernel object has no program {}", guard::DNS_INGRESS))?
-            .try_into()?;
-        prog.load().context("the kernel refused the XDP DNS program")?;
+    let group = args
+        .socket_group
+        .as_deref()
+        .map(|g| server::group_id(g).map(|id| (g.to_string(), id)))
+        .transpose()?;
+    let mode = args
+        .socket_mode
+        .unwrap_or(if group.is_some() { 0o660 } else { 0o600 });
+    let listener = server::bind(&socket, group.as_ref().map(|g| g.1), mode)?;
+    let socket_file = SocketFile(socket.clone());
+    let metrics = match &args.metrics {
+        Some(a) => {
+            let addr = crate::metrics::parse_addr(a)?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            Some((l, addr))
+        }
+        None => None,
+    };
+
+    let opts = Options {
+        pin_dir: args.pin_dir.clone(),
+        ifaces: ifaces.clone(),
+        force_generic: args.generic,
+    };
+    let mut notes = Vec::new();
+    let dp = Datapath::load(&opts, &mut notes)?;
+    for n in notes.drain(..) {
+        eprintln!("palisade: {n}");
     }
-    guard::link_tail_calls(&mut ebpf)?;
-    {
-        let prog: &mut Xdp = ebpf
-            .program_mut(FIREWALL)
-            .ok_or_else(|| anyhow!("kernel object has no program {FIREWALL}"))?
-            .try_into()?;
-        prog.load().context("the kernel refused the XDP firewall program")?;
-        for i in &ifaces {
-            let mode = attach::attach_xdp(prog, i, args.generic)?;
-            eprintln!("palisade: attached to {i} ({mode} XDP)");
+    let (events_tx, _) = broadcast::channel(4096);
+    let mut d = Daemon {
+        dp,
+        args: args.clone(),
+        socket: socket.clone(),
+        source,
+        policy: policy.clone(),
+        names: [Vec::new(), Vec::new()],
+        totals: RuleTotals::default(),
+        live_changes: 0,
+        reloads_ok: 0,
+        reloads_failed: 0,
+        live_applied: 0,
+        live_refused: 0,
+        last_error: None,
+        started: Instant::now(),
+        metrics: metrics.as_ref().map(|(_, a)| a.to_string()),
+        events: events_tx.clone(),
+    };
+    d.install(&policy).context("installing the policy")?;
+    let attach_notes = d.dp.attach(&opts, &policy)?;
+    for a in &d.dp.xdp {
+        eprintln!("palisade: attached to {} ({} XDP)", a.iface, a.mode);
+        match a.origin {
+            Origin::Adopted => {
+                eprintln!("palisade: adopted the pinned link on {} (no gap)", a.iface)
+            }
+            Origin::Moved => eprintln!(
+                "palisade: moved the pinned link on {} from an incompatible build to this one (no gap)",
+                a.iface
+            ),
+            Origin::Created | Origin::Unpinned => {}
         }
     }
-    if let Some(egress) = &policy.dns.egress {
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(guard::DNS_EGRESS)
-            .ok_or_else(|| anyhow!("kernel object has no program {}", guard::DNS_EGRESS))?
-            .try_into()?;
-        prog.load().context("the kernel refused the cgroup DNS program")?;
-        for cg in &egress.cgroups {
-            let dir = std::fs::File::open(cg)
-                .with_context(|| format!("opening cgroup {}", cg.display()))?;
-            prog.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::AllowMultiple)
-                .with_context(|| format!("attaching DNS egress policy to cgroup {}", cg.display()))?;
-            eprintln!("palisade: DNS egress policy on cgroup {}", cg.display());
-        }
+    for n in attach_notes {
+        eprintln!("palisade: {n}");
     }
     eprintln!(
-        "palisade: enforcing {source}: {} rules, {} sets, default {}",
+        "palisade: state pinned under {}{}",
+        d.dp.layout.dir().display(),
+        if d.dp.adopted() {
+            format!(
+                " (adopted: maps reused{})",
+                if d.dp.programs_reused {
+                    ", programs reused"
+                } else {
+                    ", programs reloaded"
+                }
+            )
+        } else {
+            String::new()
+        }
+    );
+    if let Some(m) = &d.metrics {
+        eprintln!("palisade: metrics on http://{m}/metrics");
+    }
+    eprintln!(
+        "palisade: enforcing {}: {} rules, {} sets, default {}",
+        d.source,
         policy.firewall.rules.len(),
         policy.sets.len(),
-        if policy.firewall.default_action == crate::policy::model::Action::Drop {
-            "drop"
-        } else {
-            "allow"
-        },
+        action_word(&policy.firewall.default_action),
     );
+    info!(
+        source = %d.source,
+        rules = policy.firewall.rules.len(),
+        pin_dir = %args.pin_dir.display(),
+        adopted = d.dp.adopted(),
+        "enforcing"
+    );
+    sd_notify("READY=1");
+
     let ring = RingBuf::try_from(
-        ebpf.take_map("EVENTS")
+        d.dp.ebpf
+            .take_map("EVENTS")
             .ok_or_else(|| anyhow!("no EVENTS map"))?,
     )?;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it; it is never
     // closed behind tokio's back.
-    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("watching the event ring: {e}"))?;
-    let mut names = rule_names(&policy);
+    let mut ring =
+        unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("watching the event ring: {e}"))?;
+
+    let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
+    let access = Access {
+        // SAFETY: geteuid has no preconditions.
+        euid: unsafe { libc::geteuid() },
+        group,
+    };
+    let api = tokio::spawn(server::serve(listener, access, calls_tx.clone(), events_tx));
+    let metrics_task =
+        metrics.map(|(l, _)| tokio::spawn(crate::metrics::serve(l, calls_tx.clone())));
+    drop(calls_tx);
+
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -123,106 +283,577 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     };
     tokio::pin!(deadline);
-    loop {
+    let exit = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &names, args.json);
+                d.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
+            Some(call) = calls.recv() => {
+                if matches!(call.request, Request::Unload) {
+                    break Exit::Unload(call.reply, call.written);
+                }
+                let r = d.handle(call.request);
+                let _ = call.reply.send(r);
+            }
             _ = sighup.recv() => {
-                match reload(&mut ebpf, args.config.as_deref()) {
-                    Ok((p, generation)) => {
-                        names = rule_names(&p);
-                        info!(generation, rules = p.firewall.rules.len(), "policy reloaded");
-                        eprintln!("palisade: reloaded policy (generation {generation})");
-                    }
-                    Err(e) => {
-                        error!("reload refused, the running policy is unchanged: {e:#}");
-                        eprintln!("palisade: reload refused, the running policy is unchanged: {e:#}");
-                    }
+                match d.reload() {
+                    Ok(c) => eprintln!("palisade: {}", c.message),
+                    Err(e) => eprintln!("palisade: reload refused, the running policy is unchanged: {e}"),
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            () = &mut deadline => break,
+            _ = sigint.recv() => break Exit::Stop,
+            _ = sigterm.recv() => break Exit::Stop,
+            () = &mut deadline => break Exit::Stop,
         }
-    }
-    drain(ring.get_mut(), &names, args.json);
-    print_summary(&ebpf, &names);
-    // Dropping `ebpf` detaches every link.
-    drop(ebpf);
-    eprintln!("palisade: detached");
-    Ok(())
-}
-
-fn reload(ebpf: &mut Ebpf, path: Option<&Path>) -> Result<(Policy, u32)> {
-    let (policy, _) = load_policy(path)?;
-    let ctl = guard::install(ebpf, &policy)?;
-    Ok((policy, ctl.generation_counter))
-}
-
-fn rule_names(policy: &Policy) -> Vec<String> {
-    policy
-        .firewall
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("#{i}")))
-        .collect()
-}
-
-fn drain(ring: &mut RingBuf<MapData>, names: &[String], json: bool) {
-    let lookup = |i: u32| names.get(i as usize).cloned();
-    while let Some(item) = ring.next() {
-        if let Some(ev) = events::decode(&item, &lookup) {
-            if json {
-                println!("{}", serde_json::to_string(&ev).unwrap_or_default());
-            } else {
-                println!("{ev}");
-            }
-        } else if let Some(ev) = events::decode_dns(&item) {
-            if json {
-                println!("{}", serde_json::to_string(&ev).unwrap_or_default());
-            } else {
-                println!("{ev}");
-            }
-        }
-    }
-}
-
-fn print_summary(ebpf: &Ebpf, names: &[String]) {
-    let get = |i| sum_counter(ebpf, "STATS", i).unwrap_or(0);
-    eprintln!(
-        "palisade: {} packets, {} passed, {} dropped, {} not IP, {} events lost",
-        get(stats::PACKETS),
-        get(stats::PASSED),
-        get(stats::DROPPED),
-        get(stats::NOT_IP),
-        get(stats::EVENTS_LOST),
-    );
-    for r in 1..reason::COUNT {
-        let n = sum_counter(ebpf, "REASON_STATS", r).unwrap_or(0);
-        if n > 0 {
-            eprintln!("  dropped {n:>10}  {}", reason::name(r));
-        }
-    }
-    let Ok(generation) = apply::control(ebpf).map(|c| c.active_gen) else {
-        return;
     };
-    for (i, name) in names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (i as u32, n.as_str()))
-        .chain([(DEFAULT_SLOT, "default")])
-    {
-        if let Ok(s) = crate::stats::rule_stats(ebpf, generation, i) {
-            if s.packets > 0 {
+    sd_notify("STOPPING=1");
+    api.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    let reply_to = |exit: Exit, r: Response| async move {
+        if let Exit::Unload(reply, written) = exit {
+            let _ = reply.send(r);
+            if let Some(w) = written {
+                let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+            }
+        }
+    };
+    d.drain(ring.get_mut());
+    d.print_summary();
+    let unload = matches!(exit, Exit::Unload(..)) || args.unload_on_exit;
+    let result = if unload {
+        let pin_dir = d.dp.layout.root.clone();
+        match d.dp.unload() {
+            Ok(done) => {
+                info!(pin_dir = %pin_dir.display(), "unloaded");
+                eprintln!("palisade: detached");
+                reply_to(exit, Response::ok(&Unloaded { done })).await;
+                Ok(())
+            }
+            Err(e) => {
+                reply_to(exit, Response::err(format!("unloading failed: {e:#}"))).await;
+                Err(e.context("unloading"))
+            }
+        }
+    } else {
+        let dir = d.dp.layout.root.display().to_string();
+        drop(d);
+        eprintln!(
+            "palisade: exiting; the policy stays enforced (pinned under {dir}); `palisade unload` removes it"
+        );
+        Ok(())
+    };
+    drop(socket_file);
+    result
+}
+
+impl Daemon {
+    /// Writes `policy` into the kernel in one generation switch and makes it the daemon's
+    /// model. Nothing changes when it fails.
+    fn install(&mut self, policy: &Policy) -> Result<u32> {
+        self.totals.before_install(&self.dp.ebpf);
+        match guard::install(&mut self.dp.ebpf, policy) {
+            Ok(ctl) => {
+                self.totals
+                    .after_install(Some(GenerationRules::of(ctl.active_gen, policy)));
+                self.names[(ctl.active_gen & 1) as usize] = policy
+                    .firewall
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("#{i}")))
+                    .collect();
+                self.policy = policy.clone();
+                Ok(ctl.generation_counter)
+            }
+            Err(e) => {
+                self.totals.after_install(None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks what the kernel cannot (cgroups exist), installs, then brings the egress
+    /// attachments in line.
+    fn apply(&mut self, policy: Policy) -> Result<u32, String> {
+        if let Some(egress) = &policy.dns.egress {
+            for c in &egress.cgroups {
+                attach::effective_cgroup(c).map_err(|e| format!("{e:#}"))?;
+            }
+        }
+        let generation = self.install(&policy).map_err(|e| format!("{e:#}"))?;
+        match self.dp.sync_cgroups(&policy) {
+            Ok(notes) => {
+                for n in notes {
+                    eprintln!("palisade: {n}");
+                }
+            }
+            Err(e) => {
+                let msg =
+                    format!("the policy is installed, but DNS egress attachments failed: {e:#}");
+                warn!("{msg}");
+                self.last_error = Some(msg);
+            }
+        }
+        Ok(generation)
+    }
+
+    fn reload(&mut self) -> Result<Changed, String> {
+        let result = load_policy(self.args.config.as_deref())
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|(p, source)| self.apply(p).map(|g| (g, source)));
+        match result {
+            Ok((generation, source)) => {
+                self.reloads_ok += 1;
+                let discarded = std::mem::take(&mut self.live_changes);
+                self.source = source;
+                info!(
+                    generation,
+                    rules = self.policy.firewall.rules.len(),
+                    "policy reloaded"
+                );
+                let mut message = format!(
+                    "reloaded {}: {} rules, {} sets",
+                    self.source,
+                    self.policy.firewall.rules.len(),
+                    self.policy.sets.len()
+                );
+                if discarded > 0 {
+                    message.push_str(&format!("; {discarded} live change(s) discarded"));
+                }
+                Ok(Changed {
+                    message,
+                    generation,
+                })
+            }
+            Err(e) => {
+                self.reloads_failed += 1;
+                error!("reload refused, the running policy is unchanged: {e}");
+                self.last_error = Some(format!("reload refused: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    fn live(
+        &mut self,
+        what: &str,
+        change: impl FnOnce(&Policy) -> Result<live::Outcome, String>,
+    ) -> Response {
+        let mut base = self.policy.clone();
+        let pruned = live::prune_expired(&mut base, unix_now());
+        let refused = |this: &mut Self, e: String| {
+            this.live_refused += 1;
+            warn!(change = what, error = %e, "live change refused");
+            Response::err(e)
+        };
+        match change(&base) {
+            Err(e) => refused(self, e),
+            Ok((None, msg)) if pruned == 0 => Response::ok(&Changed {
+                message: format!("{msg}; nothing changed"),
+                generation: self.generation(),
+            }),
+            Ok((next, msg)) => {
+                let next = next.unwrap_or(base);
+                match self.apply(next) {
+                    Ok(generation) => {
+                        self.live_applied += 1;
+                        self.live_changes += 1;
+                        info!(change = what, generation, "{msg}");
+                        Response::ok(&Changed {
+                            message: msg,
+                            generation,
+                        })
+                    }
+                    Err(e) => refused(self, format!("refused, nothing changed: {e}")),
+                }
+            }
+        }
+    }
+
+    fn generation(&self) -> u32 {
+        crate::firewall::apply::control(&self.dp.ebpf).map_or(0, |c| c.generation_counter)
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::ok(&self.status()),
+            Request::ListRules => Response::ok(&self.rules()),
+            Request::ListSets { set } => match self.sets(set.as_deref()) {
+                Ok(s) => Response::ok(&s),
+                Err(e) => Response::err(e),
+            },
+            Request::ListDns { list } => match self.dns(list.as_deref()) {
+                Ok(s) => Response::ok(&s),
+                Err(e) => Response::err(e),
+            },
+            Request::AddRule { rule } => self.live("add rule", |p| live::add_rule(p, &rule)),
+            Request::DeleteRule { name } => {
+                self.live("delete rule", |p| live::delete_rule(p, &name))
+            }
+            Request::AddMembers { set, members } => {
+                self.live("add set members", |p| live::add_members(p, &set, &members))
+            }
+            Request::DeleteMembers { set, members } => self.live("delete set members", |p| {
+                live::delete_members(p, &set, &members)
+            }),
+            Request::AddDns {
+                list,
+                names,
+                ttl,
+                qtypes,
+                subdomains,
+            } => {
+                let now = unix_now();
+                self.live("add DNS names", |p| {
+                    live::add_dns(p, &list, &names, ttl, &qtypes, subdomains, now)
+                })
+            }
+            Request::DeleteDns { list, names } => {
+                self.live("delete DNS names", |p| live::delete_dns(p, &list, &names))
+            }
+            Request::Reload => match self.reload() {
+                Ok(c) => Response::ok(&c),
+                Err(e) => Response::err(format!(
+                    "reload refused, the running policy is unchanged:\n{e}"
+                )),
+            },
+            Request::Stats => Response::ok(&self.stats()),
+            // Handled by the server (events) and the main loop (unload).
+            Request::Events { .. } | Request::Unload => Response::err("not handled here"),
+        }
+    }
+
+    fn stats(&self) -> proto::Stats {
+        let mut counters = stats::read_kernel_counters(&self.dp.ebpf);
+        counters.rules = self.totals.totals(&self.dp.ebpf);
+        proto::Stats {
+            generation: self.generation(),
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            live_applied: self.live_applied,
+            live_refused: self.live_refused,
+            counters,
+        }
+    }
+
+    fn status(&self) -> Status {
+        let get = |i: u32| stats::sum_u64(&self.dp.ebpf, "STATS", i);
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            policy: PolicySummary {
+                source: self.source.clone(),
+                rules: self.policy.firewall.rules.len(),
+                sets: self.policy.sets.len(),
+                dns_lists: self.policy.dns.lists.len(),
+                default_action: action_word(&self.policy.firewall.default_action).to_string(),
+                live_changes: self.live_changes,
+            },
+            generation: self.generation(),
+            pin_dir: self.dp.layout.root.display().to_string(),
+            layout: self.dp.layout.dir().display().to_string(),
+            adopted: self.dp.adopted(),
+            programs_reused: self.dp.programs_reused,
+            programs: self
+                .dp
+                .program_ids()
+                .into_iter()
+                .map(|(name, id)| ProgramStatus {
+                    name: name.to_string(),
+                    id,
+                })
+                .collect(),
+            interfaces: self
+                .dp
+                .xdp
+                .iter()
+                .map(|a| InterfaceStatus {
+                    iface: a.iface.clone(),
+                    ifindex: a.ifindex,
+                    mode: a.mode.word().to_string(),
+                    link_id: a.link_id,
+                    origin: serde_json::to_value(a.origin)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            cgroups: self
+                .dp
+                .cgroups
+                .iter()
+                .map(|c| CgroupStatus {
+                    path: c.path.display().to_string(),
+                    link_id: c.link_id,
+                    origin: serde_json::to_value(c.origin)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            packets: get(palisade_common::stats::PACKETS),
+            passed: get(palisade_common::stats::PASSED),
+            dropped: get(palisade_common::stats::DROPPED),
+            events_lost: get(palisade_common::stats::EVENTS_LOST),
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            last_error: self.last_error.clone(),
+            unload_on_exit: self.args.unload_on_exit,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    fn rules(&self) -> Rules {
+        let totals = self.totals.totals(&self.dp.ebpf);
+        let count = |name: &str| {
+            totals
+                .iter()
+                .find(|t| t.rule == name)
+                .map_or((0, 0), |t| (t.packets, t.bytes))
+        };
+        let rules = self
+            .policy
+            .firewall
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let name = r.name.clone().unwrap_or_else(|| format!("#{i}"));
+                let (packets, bytes) = count(&name);
+                RuleRow {
+                    index: i,
+                    priority: r.priority,
+                    action: live::action_word(&r.action),
+                    matches: live::describe(r, &self.policy),
+                    log: r.log,
+                    live: r.line == 0,
+                    packets,
+                    bytes,
+                    name,
+                }
+            })
+            .collect();
+        let (default_packets, default_bytes) = count("default");
+        Rules {
+            generation: self.generation(),
+            rules,
+            default_action: action_word(&self.policy.firewall.default_action).to_string(),
+            default_packets,
+            default_bytes,
+        }
+    }
+
+    fn sets(&self, only: Option<&str>) -> Result<Sets, String> {
+        let only = only.map(|s| s.strip_prefix('@').unwrap_or(s));
+        if let Some(name) = only
+            && !self.policy.sets.iter().any(|s| s.name == name)
+        {
+            let names: Vec<&str> = self.policy.sets.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!("no set named `{name}`; sets: {}", names.join(", ")));
+        }
+        let sets = self
+            .policy
+            .sets
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| only.is_none_or(|n| n == s.name))
+            .map(|(i, s)| SetRow {
+                name: s.name.clone(),
+                members: s.entries.iter().map(format_cidr).collect(),
+                used_by: self
+                    .policy
+                    .firewall
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.src == AddrMatch::Set(i) || r.dst == AddrMatch::Set(i))
+                    .map(|(j, r)| r.name.clone().unwrap_or_else(|| format!("#{j}")))
+                    .collect(),
+            })
+            .collect();
+        Ok(Sets { sets })
+    }
+
+    fn dns(&self, only: Option<&str>) -> Result<DnsLists, String> {
+        let dns = &self.policy.dns;
+        if let Some(name) = only
+            && !dns.lists.iter().any(|l| l.name == name)
+        {
+            let names: Vec<&str> = dns.lists.iter().map(|l| l.name.as_str()).collect();
+            return Err(format!(
+                "no DNS list named `{name}`; lists: {}",
+                names.join(", ")
+            ));
+        }
+        let scope_text = |s: &crate::policy::model::DnsScope| {
+            format!(
+                "{} {}{}",
+                if s.mode == DnsMode::Blocklist {
+                    "blocklist"
+                } else {
+                    "allowlist"
+                },
+                match s.action {
+                    crate::policy::model::DnsAction::Drop => "drop",
+                    crate::policy::model::DnsAction::Nxdomain => "nxdomain",
+                },
+                if s.audit { " (audit)" } else { "" }
+            )
+        };
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        let lists = dns
+            .lists
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| only.is_none_or(|n| n == l.name))
+            .map(|(i, l)| {
+                let mut used_by = Vec::new();
+                if dns.ingress.as_ref().is_some_and(|s| s.lists.contains(&i)) {
+                    used_by.push("ingress".to_string());
+                }
+                if dns
+                    .egress
+                    .as_ref()
+                    .is_some_and(|e| e.scope.lists.contains(&i))
+                {
+                    used_by.push("egress".to_string());
+                }
+                DnsListRow {
+                    name: l.name.clone(),
+                    used_by,
+                    entries: l
+                        .entries
+                        .iter()
+                        .map(|e| {
+                            let (name, kind) = live::entry_text(e);
+                            DnsEntryRow {
+                                name,
+                                matches: kind.to_string(),
+                                qtypes: e.qtypes.clone(),
+                                expires: e.expires,
+                                ttl_left: e
+                                    .expires
+                                    .map(|x| i64::try_from(x).unwrap_or(i64::MAX) - now),
+                                max_entropy: e.max_entropy,
+                                live: e.line == 0,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(DnsLists {
+            ports: dns.ports.clone(),
+            ingress: dns.ingress.as_ref().map(scope_text),
+            egress: dns.egress.as_ref().map(|e| {
+                format!(
+                    "{} on {}",
+                    scope_text(&e.scope),
+                    e.cgroups
+                        .iter()
+                        .map(|c| c.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }),
+            lists,
+        })
+    }
+
+    /// Reads every record in the ring buffer: printed on stdout (unless `--quiet`) and sent
+    /// to `palisade events` clients.
+    fn drain(&self, ring: &mut RingBuf<MapData>) {
+        let subscribers = self.events.receiver_count() > 0;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        while let Some(item) = ring.next() {
+            // Rules are named by the generation the event came from (it travels in the event):
+            // decode with indices, then look the index up in that generation's names.
+            let line = if let Some(mut ev) = events::decode(&item, &|_| None) {
+                let slot = (ev.generation & 1) as usize;
+                if let Some(i) = ev
+                    .rule
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix('#'))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    && let Some(n) = self.names[slot].get(i)
+                {
+                    ev.rule = Some(n.clone());
+                }
+                EventLine {
+                    kind: "firewall",
+                    verdict: ev.verdict.to_string(),
+                    names: ev.rule.iter().cloned().collect(),
+                    json: serde_json::to_string(&ev).unwrap_or_default(),
+                    text: ev.to_string(),
+                }
+            } else if let Some(ev) = events::decode_dns(&item) {
+                EventLine {
+                    kind: "dns",
+                    verdict: ev.verdict.to_string(),
+                    names: vec![ev.name.clone()],
+                    json: serde_json::to_string(&ev).unwrap_or_default(),
+                    text: ev.to_string(),
+                }
+            } else {
+                continue;
+            };
+            if !self.args.quiet {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    if self.args.json {
+                        &line.json
+                    } else {
+                        &line.text
+                    }
+                );
+            }
+            if subscribers {
+                let _ = self.events.send(Arc::new(line));
+            }
+        }
+        let _ = out.flush();
+    }
+
+    fn print_summary(&self) {
+        let get = |i| stats::sum_u64(&self.dp.ebpf, "STATS", i);
+        use palisade_common::{reason, stats as s};
+        eprintln!(
+            "palisade: {} packets, {} passed, {} dropped, {} not IP, {} events lost",
+            get(s::PACKETS),
+            get(s::PASSED),
+            get(s::DROPPED),
+            get(s::NOT_IP),
+            get(s::EVENTS_LOST),
+        );
+        for r in 1..reason::COUNT {
+            let n = stats::sum_u64(&self.dp.ebpf, "REASON_STATS", r);
+            if n > 0 {
+                eprintln!("  dropped {n:>10}  {}", reason::name(r));
+            }
+        }
+        for t in self.totals.totals(&self.dp.ebpf) {
+            if t.packets > 0 {
                 eprintln!(
-                    "  rule {name:<24} {:>10} packets {:>12} bytes",
-                    s.packets, s.bytes
+                    "  rule {:<24} {:>10} packets {:>12} bytes",
+                    t.rule, t.packets, t.bytes
                 );
             }
         }
+    }
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("socket", &self.socket)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }

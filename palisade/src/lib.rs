@@ -3,16 +3,22 @@
 //! The kernel programs live in the `palisade-ebpf` crate and are embedded in this one; the
 //! types both sides share live in `palisade-common`.
 
+pub mod api;
 pub mod attach;
 pub mod cli;
+pub mod commands;
 pub mod craft;
+pub mod datapath;
 pub mod dns;
 pub mod daemon;
 pub mod events;
 pub mod firewall;
 pub mod guard;
+pub mod live;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
+pub mod pin;
 pub mod policy;
 pub mod stats;
 pub mod testrun;

@@ -1,7 +1,11 @@
 //! Loads Palisade's kernel object (embedded in this binary at build time).
 
+use std::path::PathBuf;
+
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader};
+
+use crate::pin::{self, Layout, MapShape};
 
 /// The BPF object built from `palisade-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
@@ -20,6 +24,94 @@ pub fn load() -> Result<Ebpf> {
         "loading the kernel object failed; Palisade needs root (or CAP_BPF, CAP_NET_ADMIN and \
          CAP_PERFMON) and a kernel with BPF, BTF and ring buffers (5.8 or newer)",
     )
+}
+
+/// The shape of every map the object defines, as the layout hash sees it.
+///
+/// # Errors
+/// When the embedded object cannot be parsed (a broken build).
+pub fn map_shapes() -> Result<Vec<MapShape>> {
+    if OBJECT.is_empty() {
+        bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
+    }
+    let obj = aya_obj::Object::parse(OBJECT).context("parsing the embedded kernel object")?;
+    let mut shapes: Vec<MapShape> = obj
+        .maps
+        .iter()
+        .map(|(name, m)| MapShape {
+            name: name.clone(),
+            map_type: m.map_type(),
+            key_size: m.key_size(),
+            value_size: m.value_size(),
+            max_entries: m.max_entries(),
+            flags: m.map_flags(),
+        })
+        .collect();
+    shapes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(shapes)
+}
+
+/// A hash of the embedded object: programs pinned by another build are not reused.
+#[must_use]
+pub fn build_id() -> String {
+    format!("{:016x}", pin::fnv64(OBJECT))
+}
+
+/// The pin layout of this build under `root`.
+///
+/// # Errors
+/// When the object cannot be parsed.
+pub fn layout(root: PathBuf) -> Result<Layout> {
+    Ok(Layout {
+        layout_id: pin::layout_id(&map_shapes()?),
+        build_id: build_id(),
+        root,
+    })
+}
+
+/// What [`load_pinned`] found.
+pub struct Pinned {
+    pub ebpf: Ebpf,
+    /// Maps that were not pinned yet and were created now.
+    pub created: Vec<String>,
+    /// Maps reused from their pins.
+    pub reused: Vec<String>,
+}
+
+/// Loads the object with every shared map pinned under `layout`: a map already pinned there
+/// is reused as it is (contents, counters, ring buffer and all), a missing one is created and
+/// pinned.
+///
+/// # Errors
+/// As [`load`], or when a pin cannot be created.
+pub fn load_pinned(layout: &Layout) -> Result<Pinned> {
+    if OBJECT.is_empty() {
+        bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
+    }
+    check_privileges()?;
+    raise_memlock();
+    layout.create_dirs()?;
+    let names: Vec<String> = map_shapes()?
+        .into_iter()
+        .map(|s| s.name)
+        .filter(|n| pin::is_pinned_map(n))
+        .collect();
+    let (reused, created): (Vec<String>, Vec<String>) =
+        names.iter().cloned().partition(|n| layout.map(n).exists());
+    let paths: Vec<(String, PathBuf)> = names.iter().map(|n| (n.clone(), layout.map(n))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &paths {
+        loader.map_pin_path(name.as_str(), path.as_path());
+    }
+    let ebpf = loader.load(OBJECT).context(
+        "loading the kernel object failed; Palisade needs root (or CAP_BPF, CAP_NET_ADMIN and \
+         CAP_PERFMON) and a kernel with BPF, BTF and ring buffers (5.8 or newer)",
+    )?;
+    Ok(Pinned {
+        ebpf,
+        created,
+        reused,
+    })
 }
 
 fn check_privileges() -> Result<()> {

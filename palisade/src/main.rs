@@ -2,54 +2,79 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use palisade::{
-    cli::{Cli, Command},
-    daemon,
+    cli::{Cli, Command, LogFormat},
+    commands, daemon,
     policy::config,
 };
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
-    match cli.command {
-        Command::Check { file } => match config::load_policy(&file) {
-            Ok(p) => match palisade::firewall::compile::compile(&p) {
-                Ok(c) => {
-                    println!(
-                        "{}: ok: {} rules, {} sets ({} set entries), {} rule shapes, {} map entries",
-                        file.display(),
-                        p.firewall.rules.len(),
-                        p.sets.len(),
-                        p.sets.iter().map(|s| s.entries.len()).sum::<usize>(),
-                        c.tuples.len(),
-                        c.entries.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    ExitCode::from(1)
-                }
-            },
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn check(file: &std::path::Path) -> ExitCode {
+    match config::load_policy(file) {
+        Ok(p) => match palisade::firewall::compile::compile(&p) {
+            Ok(c) => {
+                println!(
+                    "{}: ok: {} rules, {} sets ({} set entries), {} rule shapes, {} map entries",
+                    file.display(),
+                    p.firewall.rules.len(),
+                    p.sets.len(),
+                    p.sets.iter().map(|s| s.entries.len()).sum::<usize>(),
+                    c.tuples.len(),
+                    c.entries.len()
+                );
+                ExitCode::SUCCESS
+            }
             Err(e) => {
-                eprint!("{e}");
-                if !e.to_string().ends_with('\n') {
-                    eprintln!();
-                }
-                eprintln!("{}: {} error(s)", file.display(), e.errors.len());
+                eprintln!("{}: {e}", file.display());
                 ExitCode::from(1)
             }
         },
+        Err(e) => {
+            eprint!("{e}");
+            if !e.to_string().ends_with('\n') {
+                eprintln!();
+            }
+            eprintln!("{}: {} error(s)", file.display(), e.errors.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Run(a) => a.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(log_format);
+    let socket = cli.socket;
+    let result = match cli.command {
+        Command::Check { file } => return check(&file),
         Command::DefaultPolicy => {
             print!("{}", config::DEFAULT_POLICY);
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "palisade",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
         }
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
@@ -62,13 +87,23 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(daemon::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("palisade: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            rt.block_on(daemon::run(args, socket))
+        }
+        Command::Status(j) => commands::status(&socket, j.json),
+        Command::List { what, json } => commands::list(&socket, what, json.json),
+        Command::Rule(c) => commands::rule(&socket, c),
+        Command::Set(c) => commands::set(&socket, c),
+        Command::Dns(c) => commands::dns(&socket, c),
+        Command::Reload => commands::reload(&socket),
+        Command::Events(a) => commands::events(&socket, a),
+        Command::Stats(j) => commands::stats(&socket, j.json),
+        Command::Unload { pin_dir } => commands::unload(&socket, &pin_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -1,11 +1,23 @@
-//! Reading the kernel's per-CPU counters.
+//! Reading the kernel's per-CPU counters, and per-rule totals that survive policy changes.
+//!
+//! Rule counters live per generation in `FW_RULE_STATS` and the slots of a generation are
+//! zeroed when a new policy is written into it. [`RuleTotals`] folds a generation's counts
+//! into running totals, by rule name, just before its slots are reused, so a rule's packets
+//! and bytes keep counting up across reloads and live changes.
+
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray},
 };
-use palisade_common::firewall::{RuleStats, rule_slot};
+use palisade_common::{
+    dns::maps::{DNS_STATS_PER_SCOPE, SCOPES, STAT_NAMES},
+    firewall::{DEFAULT_SLOT, RuleStats, rule_slot},
+    reason, stats,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::maps::map;
 
@@ -21,4 +33,223 @@ pub fn rule_stats(ebpf: &Ebpf, generation: u32, rule: u32) -> Result<RuleStats> 
         packets: a.packets + s.packets,
         bytes: a.bytes + s.bytes,
     }))
+}
+
+/// Entry `index` of the per-CPU `u64` array `name`, summed over CPUs (0 when unreadable).
+#[must_use]
+pub fn sum_u64(ebpf: &Ebpf, name: &str, index: u32) -> u64 {
+    let Ok(m) = map(ebpf, name) else { return 0 };
+    let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(m) else {
+        return 0;
+    };
+    arr.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// One named counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Named {
+    pub name: String,
+    pub value: u64,
+}
+
+/// One DNS counter of one scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsCounter {
+    pub scope: String,
+    pub name: String,
+    pub value: u64,
+}
+
+/// A rule's running totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCounter {
+    /// The rule's name, `#index` for an unnamed rule, or `default`.
+    pub rule: String,
+    /// `allow`, `drop`, `rate-limit` (or `gone` for a rule no longer in the policy).
+    pub action: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Every counter, as `palisade stats` and the metrics endpoint show them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// `packets`, `passed`, `dropped`, `not_ip`, `events_lost`, ... (see `palisade_common::stats`).
+    pub global: Vec<Named>,
+    /// Drops by reason, every reason but `pass`.
+    pub reasons: Vec<Named>,
+    pub dns: Vec<DnsCounter>,
+    pub rules: Vec<RuleCounter>,
+}
+
+impl Counters {
+    /// A global counter by name (0 when unknown).
+    #[must_use]
+    pub fn global(&self, name: &str) -> u64 {
+        self.global
+            .iter()
+            .find(|n| n.name == name)
+            .map_or(0, |n| n.value)
+    }
+}
+
+/// Reads the global, reason and DNS counters.
+#[must_use]
+pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
+    let global = (0..stats::COUNT)
+        .map(|i| Named {
+            name: stats::NAMES[i as usize].to_string(),
+            value: sum_u64(ebpf, "STATS", i),
+        })
+        .collect();
+    let reasons = (1..reason::COUNT)
+        .filter(|&r| reason::name(r) != "reserved")
+        .map(|r| Named {
+            name: reason::name(r).to_string(),
+            value: sum_u64(ebpf, "REASON_STATS", r),
+        })
+        .collect();
+    let mut dns = Vec::new();
+    for scope in 0..SCOPES {
+        for c in 0..DNS_STATS_PER_SCOPE {
+            let name = STAT_NAMES[c as usize];
+            if name.starts_with("reserved") {
+                continue;
+            }
+            dns.push(DnsCounter {
+                scope: if scope == 0 { "ingress" } else { "egress" }.to_string(),
+                name: name.to_string(),
+                value: sum_u64(ebpf, "DNS_STATS", scope * DNS_STATS_PER_SCOPE + c),
+            });
+        }
+    }
+    Counters {
+        global,
+        reasons,
+        dns,
+        rules: Vec::new(),
+    }
+}
+
+/// The rules of one installed generation: slot, name and action word.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenerationRules {
+    pub generation: u32,
+    /// `(slot, name, action)`, the default action last with slot `DEFAULT_SLOT`.
+    pub rules: Vec<(u32, String, String)>,
+}
+
+impl GenerationRules {
+    /// The rules of `policy` as installed in `generation`.
+    #[must_use]
+    pub fn of(generation: u32, policy: &crate::policy::model::Policy) -> Self {
+        use crate::policy::model::Action;
+        let word = |a: &Action| match a {
+            Action::Allow => "allow",
+            Action::Drop => "drop",
+            Action::RateLimit(_) => "rate-limit",
+        };
+        let mut rules: Vec<(u32, String, String)> = policy
+            .firewall
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    i as u32,
+                    r.name.clone().unwrap_or_else(|| format!("#{i}")),
+                    word(&r.action).to_string(),
+                )
+            })
+            .collect();
+        rules.push((
+            DEFAULT_SLOT,
+            "default".to_string(),
+            word(&policy.firewall.default_action).to_string(),
+        ));
+        Self { generation, rules }
+    }
+
+    fn read(&self, ebpf: &Ebpf) -> Vec<(String, RuleStats)> {
+        self.rules
+            .iter()
+            .map(|(slot, name, _)| {
+                (
+                    name.clone(),
+                    rule_stats(ebpf, self.generation, *slot).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Per-rule totals across generations.
+#[derive(Debug, Default)]
+pub struct RuleTotals {
+    /// Counts of generations whose slots have since been reused.
+    folded: HashMap<String, RuleStats>,
+    /// The generation before the active one: no longer used, not yet overwritten.
+    retired: Option<GenerationRules>,
+    /// The active generation.
+    pub active: Option<GenerationRules>,
+}
+
+impl RuleTotals {
+    /// Call just before writing a new policy into the idle generation: folds the retired
+    /// generation (about to be overwritten) into the totals.
+    pub fn before_install(&mut self, ebpf: &Ebpf) {
+        if let Some(retired) = self.retired.take() {
+            for (name, s) in retired.read(ebpf) {
+                let e = self.folded.entry(name).or_default();
+                e.packets += s.packets;
+                e.bytes += s.bytes;
+            }
+        }
+    }
+
+    /// Call after an install: `next` is now active and the previous active generation is
+    /// retired. After a failed install pass `None`: nothing changed but the retired
+    /// generation, already folded, may be partly overwritten.
+    pub fn after_install(&mut self, next: Option<GenerationRules>) {
+        if let Some(next) = next {
+            self.retired = self.active.replace(next);
+        }
+    }
+
+    /// Every rule's totals: the active policy's rules first, in evaluation order, then rules
+    /// that are gone but counted packets.
+    #[must_use]
+    pub fn totals(&self, ebpf: &Ebpf) -> Vec<RuleCounter> {
+        let mut sum: HashMap<String, RuleStats> = self.folded.clone();
+        for g in self.retired.iter().chain(self.active.iter()) {
+            for (name, s) in g.read(ebpf) {
+                let e = sum.entry(name).or_default();
+                e.packets += s.packets;
+                e.bytes += s.bytes;
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(active) = &self.active {
+            for (_, name, action) in &active.rules {
+                let s = sum.remove(name).unwrap_or_default();
+                out.push(RuleCounter {
+                    rule: name.clone(),
+                    action: action.clone(),
+                    packets: s.packets,
+                    bytes: s.bytes,
+                });
+            }
+        }
+        let gone: BTreeMap<String, RuleStats> =
+            sum.into_iter().filter(|(_, s)| s.packets > 0).collect();
+        for (name, s) in gone {
+            out.push(RuleCounter {
+                rule: name,
+                action: "gone".to_string(),
+                packets: s.packets,
+                bytes: s.bytes,
+            });
+        }
+        out
+    }
 }

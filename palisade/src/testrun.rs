@@ -10,12 +10,13 @@ use aya::{
     programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp},
 };
 use palisade_common::{
-    event::FirewallEvent,
+    event::{FirewallEvent, KIND_DNS},
     firewall::{RuleStats, rule_slot},
     reason, stats,
 };
 
 use crate::{
+    events::{DnsDecision, decode_dns},
     firewall::apply,
     loader,
     maps::{map, map_mut},
@@ -28,6 +29,9 @@ pub use crate::guard::{DNS_EGRESS, DNS_INGRESS, FIREWALL};
 pub struct Bench {
     pub ebpf: Ebpf,
     events: Option<RingBuf<MapData>>,
+    /// Records read from the ring buffer but not yet handed out, by kind.
+    firewall_events: Vec<FirewallEvent>,
+    dns_events: Vec<DnsDecision>,
 }
 
 /// The outcome of one run.
@@ -61,7 +65,7 @@ impl Bench {
         }
         crate::guard::link_tail_calls(&mut ebpf)?;
         let events = ebpf.take_map("EVENTS").map(RingBuf::try_from).transpose()?;
-        Ok(Self { ebpf, events })
+        Ok(Self { ebpf, events, firewall_events: Vec::new(), dns_events: Vec::new() })
     }
 
     /// Compiles and installs `policy`.
@@ -76,6 +80,11 @@ impl Bench {
     /// Runs the cgroup egress DNS program on a packet that starts at its IP header, as a
     /// local process would send it. Returns 1 (allow) or 0 (drop).
     ///
+    /// For cgroup_skb programs the kernel's test run takes an Ethernet frame: it pulls the
+    /// link-layer header (`eth_type_trans`, which also sets `skb->protocol`) and runs the
+    /// program on what follows. So a header whose ethertype follows the IP version is put in
+    /// front here, and the program sees the packet from its IP header, as on a real socket.
+    ///
     /// # Errors
     /// When the kernel refuses the run.
     pub fn run_egress(&self, ip_packet: &[u8]) -> Result<u32> {
@@ -84,9 +93,16 @@ impl Bench {
             .program(DNS_EGRESS)
             .ok_or_else(|| anyhow!("no program {DNS_EGRESS}"))?
             .try_into()?;
-        let mut out = vec![0u8; ip_packet.len() + 256];
+        let ethertype: u16 = match ip_packet.first().map(|b| b >> 4) {
+            Some(6) => 0x86dd,
+            _ => 0x0800,
+        };
+        let mut frame = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        frame.extend_from_slice(ip_packet);
+        let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
-        opts.data_in = Some(ip_packet);
+        opts.data_in = Some(&frame);
         opts.data_out = Some(&mut out);
         Ok(prog.test_run(opts)?.return_value)
     }
@@ -175,16 +191,30 @@ impl Bench {
 
     /// Every firewall event waiting in the ring buffer.
     pub fn drain_events(&mut self) -> Vec<FirewallEvent> {
-        let mut out = Vec::new();
-        if let Some(rb) = self.events.as_mut() {
-            while let Some(item) = rb.next() {
-                if item.len() >= size_of::<FirewallEvent>() {
-                    // SAFETY: FirewallEvent is plain old data and the length was checked.
-                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        self.read_ring();
+        std::mem::take(&mut self.firewall_events)
+    }
+
+    /// Every DNS event waiting in the ring buffer, decoded.
+    pub fn drain_dns_events(&mut self) -> Vec<DnsDecision> {
+        self.read_ring();
+        std::mem::take(&mut self.dns_events)
+    }
+
+    /// Moves every record in the ring buffer into the queue of its kind.
+    fn read_ring(&mut self) {
+        let Some(rb) = self.events.as_mut() else { return };
+        while let Some(item) = rb.next() {
+            let kind = item.get(..4).map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
+            if kind == Some(KIND_DNS) {
+                if let Some(e) = decode_dns(&item) {
+                    self.dns_events.push(e);
                 }
+            } else if item.len() >= size_of::<FirewallEvent>() {
+                // SAFETY: FirewallEvent is plain old data and the length was checked.
+                self.firewall_events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
             }
         }
-        out
     }
 
     /// Mutable access to the object, for tests that poke maps directly.

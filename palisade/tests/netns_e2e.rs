@@ -128,7 +128,17 @@ fn enforces_policy_on_real_traffic() {
     let daemon = Daemon::start(
         &pair,
         &ns_b,
-        &["run", "--config", policy.to_str().unwrap(), "--iface", &pair.if_b, "--json"],
+        &[
+            "run",
+            "--config",
+            policy.to_str().unwrap(),
+            "--iface",
+            &pair.if_b,
+            "--json",
+            "--unload-on-exit",
+            "--socket",
+            dir.join("palisade.sock").to_str().unwrap(),
+        ],
     );
 
     // Allowed UDP: every datagram counted and delivered.

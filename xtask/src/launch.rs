@@ -1,8 +1,7 @@
 //! `cargo xtask run` and `cargo xtask bench`: build in release mode and hand over.
 //!
 //! Both end in `exec`: `cargo run` in turn replaces itself with the program, so the program
-//! keeps this process's id and receives Ctrl-C (SIGINT) and SIGTERM directly, and detaches
-//! cleanly on them.
+//! keeps this process's id and receives Ctrl-C (SIGINT) and SIGTERM directly.
 
 use std::{os::unix::process::CommandExt as _, process::Command};
 

@@ -50,12 +50,13 @@ enum Command {
     /// Run setup, build palisade in release mode and run `palisade run ARGS`.
     ///
     /// With no arguments Palisade enforces its built-in policy (allow everything, count)
-    /// on the interface of the default route. Ctrl-C detaches cleanly.
+    /// on the interface of the default route. Ctrl-C stops it; the policy stays enforced
+    /// unless `--unload-on-exit` is given (`palisade unload` removes it later).
     ///
     /// Examples:
     ///   cargo xtask run
     ///   cargo xtask run -- --config policy.toml --iface eth0
-    ///   cargo xtask run -- --iface lo --duration 10
+    ///   cargo xtask run -- --iface lo --duration 10 --unload-on-exit
     #[command(verbatim_doc_comment)]
     Run {
         /// Arguments for `palisade run` (see `palisade run --help`).

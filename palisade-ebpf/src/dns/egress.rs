@@ -138,6 +138,7 @@ pub fn run(ctx: &SkBuffContext) -> i32 {
         // SAFETY: the context pointer is the program's own skb.
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) },
         task: true,
+        socket_uid: ctx.get_socket_uid(),
     };
     if d.reason == reason::PASS {
         report::count(SCOPE_EGRESS, STAT_ALLOWED);

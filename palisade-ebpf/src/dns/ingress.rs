@@ -14,7 +14,7 @@ use palisade_common::{
         wire::INSPECT_LEN,
     },
     event::{DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN},
-    packet::{self, FRAG_LATER, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    packet::{FRAG_LATER, IPPROTO_TCP, IPPROTO_UDP, Packet},
     reason,
 };
 
@@ -84,6 +84,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         generation,
         cgroup_id: 0,
         task: false,
+        socket_uid: 0,
     };
     if d.reason == reason::PASS {
         report::count(SCOPE_INGRESS, STAT_ALLOWED);

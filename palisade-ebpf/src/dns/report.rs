@@ -1,7 +1,10 @@
 //! DNS counters and events.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::bpf_get_current_cgroup_id,
+    },
 };
 use palisade_common::{
     dns::maps::DNS_STATS_PER_SCOPE,
@@ -31,8 +34,10 @@ pub struct Origin {
     pub generation: u32,
     /// Socket cgroup (egress).
     pub cgroup_id: u64,
-    /// Read the current task's pid, uid and comm (process context hooks only).
+    /// Read the current task's pid, gid and comm (process context hooks only).
     pub task: bool,
+    /// Owner of the sending socket (egress), 0 on ingress.
+    pub socket_uid: u32,
 }
 
 /// Emits an event for `d` with `verdict`.
@@ -62,18 +67,23 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     ev.verdict = verdict;
     ev.tcp = u8::from(o.tcp);
     ev.list = d.list;
-    if o.task {
+    // The socket's owner is always right; the current task is the sender only when the
+    // packet is sent from the sender's own context (UDP sendmsg, a TCP write). TCP
+    // retransmissions leave from a timer, in whatever task happens to run: the task's cgroup
+    // then differs from the socket's, and pid/comm are left at 0 (unknown).
+    ev.uid = o.socket_uid;
+    // SAFETY: a helper with no preconditions.
+    let current_cgroup = if o.task { unsafe { bpf_get_current_cgroup_id() } } else { 0 };
+    if o.task && current_cgroup == o.cgroup_id {
         let pid_tgid = bpf_get_current_pid_tgid();
         ev.pid = (pid_tgid >> 32) as u32;
         ev.tid = pid_tgid as u32;
         let uid_gid = bpf_get_current_uid_gid();
-        ev.uid = uid_gid as u32;
         ev.gid = (uid_gid >> 32) as u32;
         ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     } else {
         ev.pid = 0;
         ev.tid = 0;
-        ev.uid = 0;
         ev.gid = 0;
         ev.comm = [0; 16];
     }

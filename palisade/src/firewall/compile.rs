@@ -558,7 +558,10 @@ mod tests {
             icmp: Some(IcmpMatch { icmp_type, code }),
             ..any_rule()
         };
-        let p = policy(vec![icmp(8, Some(0)), icmp(3, None), icmp(255, None)], vec![]);
+        let p = policy(
+            vec![icmp(8, Some(0)), icmp(3, None), icmp(255, None)],
+            vec![],
+        );
         let c = compile(&p).unwrap();
         // Ranges 0x0800..=0x0800, 0x0300..=0x03ff and 0xff00..=0xffff.
         let k = &c.dport_class;
@@ -570,7 +573,13 @@ mod tests {
         assert_ne!(k[0x0800], k[0x0801]);
         assert_eq!(k[0xff00], k[0xffff]);
         let ping = |t: u8, code: u8| {
-            packet("10.0.0.1", "10.0.0.2", IPPROTO_ICMP, 0, u16::from(t) << 8 | u16::from(code))
+            packet(
+                "10.0.0.1",
+                "10.0.0.2",
+                IPPROTO_ICMP,
+                0,
+                u16::from(t) << 8 | u16::from(code),
+            )
         };
         assert_eq!(classify_both(&p, &c, &ping(8, 0)), Some(0));
         assert_eq!(classify_both(&p, &c, &ping(8, 1)), None);
@@ -579,7 +588,10 @@ mod tests {
         assert_eq!(classify_both(&p, &c, &ping(255, 255)), Some(2));
         assert_eq!(classify_both(&p, &c, &ping(4, 0)), None);
         // A TCP packet whose destination port spells 8/0 is not a ping.
-        assert_eq!(classify_both(&p, &c, &tcp("10.0.0.1", "10.0.0.2", 0, 0x0800)), None);
+        assert_eq!(
+            classify_both(&p, &c, &tcp("10.0.0.1", "10.0.0.2", 0, 0x0800)),
+            None
+        );
     }
 
     fn arb_ranges() -> impl Strategy<Value = Vec<PortRange>> {
@@ -613,11 +625,11 @@ mod tests {
                 }
                 for r in ranges.iter() {
                     let (lo, hi) = (class[usize::from(r.lo)], class[usize::from(r.hi)]);
-                    for port in 0..PORT_SPACE as usize {
+                    for (port, k) in class.iter().enumerate() {
                         let inside = (usize::from(r.lo)..=usize::from(r.hi)).contains(&port);
                         prop_assert_eq!(
                             inside,
-                            (lo..=hi).contains(&class[port]),
+                            (lo..=hi).contains(k),
                             "range {:?}, port {}", r, port
                         );
                     }
@@ -668,9 +680,49 @@ mod tests {
         // The search stops at tuple 2 once rule 1 matched: rule 3 would match too.
         let p1 = tcp("10.2.3.4", "192.0.2.1", 1, 22);
         assert_eq!(classify_both(&p, &c, &p1), Some(1));
-        assert_eq!(classify_both(&p, &c, &tcp("10.4.5.6", "192.0.2.1", 1, 22)), Some(3));
-        assert_eq!(classify_both(&p, &c, &tcp("11.4.5.6", "192.0.2.1", 1, 22)), Some(4));
-        assert_eq!(classify_both(&p, &c, &tcp("11.4.5.6", "192.0.2.1", 1, 23)), None);
+        assert_eq!(
+            classify_both(&p, &c, &tcp("10.4.5.6", "192.0.2.1", 1, 22)),
+            Some(3)
+        );
+        assert_eq!(
+            classify_both(&p, &c, &tcp("11.4.5.6", "192.0.2.1", 1, 22)),
+            Some(4)
+        );
+        assert_eq!(
+            classify_both(&p, &c, &tcp("11.4.5.6", "192.0.2.1", 1, 23)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_later_tuple_can_only_improve_the_match() {
+        // Tuple A (protocol only) holds rules 0 and 3, tuple B (protocol and port) rules 1
+        // and 4. A TCP packet to port 80 matches 3 in A, then B must still be searched (its
+        // best rule 1 beats 3) but its match, 4, must not replace 3.
+        let udp = Rule {
+            protocol: Some(Protocol::Udp),
+            ..any_rule()
+        };
+        let p = policy(
+            vec![
+                udp.clone(),
+                tcp_rule(Some((5, 5))),
+                udp,
+                tcp_rule(None),
+                tcp_rule(Some((80, 80))),
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        assert_eq!(c.tuples.len(), 2);
+        assert_eq!(
+            classify_both(&p, &c, &tcp("10.0.0.1", "10.0.0.2", 1, 80)),
+            Some(3)
+        );
+        assert_eq!(
+            classify_both(&p, &c, &tcp("10.0.0.1", "10.0.0.2", 1, 5)),
+            Some(1)
+        );
     }
 
     #[test]
@@ -691,7 +743,11 @@ mod tests {
         let c = compile(&p).unwrap();
         let best: Vec<u32> = c.tuples.iter().map(|t| t.best_rule).collect();
         assert_eq!(best, [0, 0, 0, 1]);
-        assert!(c.tuples.windows(2).all(|w| w[0].best_rule <= w[1].best_rule));
+        assert!(
+            c.tuples
+                .windows(2)
+                .all(|w| w[0].best_rule <= w[1].best_rule)
+        );
     }
 
     // ---------------------------------------------------------------- entries
@@ -727,8 +783,17 @@ mod tests {
         assert_eq!(rule_at(100), Some(1));
         assert!(!c.entries.values().any(|&r| r == 2));
         // The same packets through both classifiers.
-        for (port, want) in [(79, None), (80, Some(0)), (88, Some(0)), (95, Some(1)), (101, None)] {
-            assert_eq!(classify_both(&p, &c, &tcp("10.7.7.7", "10.0.0.1", 5, port)), want);
+        for (port, want) in [
+            (79, None),
+            (80, Some(0)),
+            (88, Some(0)),
+            (95, Some(1)),
+            (101, None),
+        ] {
+            assert_eq!(
+                classify_both(&p, &c, &tcp("10.7.7.7", "10.0.0.1", 5, port)),
+                want
+            );
         }
         // Metadata keeps one slot per rule, including the shadowed one.
         assert_eq!(c.rules.len(), 3);
@@ -796,7 +861,10 @@ mod tests {
             ..tcp("10.1.200.1", "10.0.0.1", 1, 2)
         };
         assert_eq!(classify_both(&p, &c, &with_flags(0x02)), Some(0));
-        assert_eq!(classify_both(&p, &c, &with_flags(0x02 | 0x08 | 0x01)), Some(0));
+        assert_eq!(
+            classify_both(&p, &c, &with_flags(0x02 | 0x08 | 0x01)),
+            Some(0)
+        );
         assert_eq!(classify_both(&p, &c, &with_flags(0x12)), None);
         assert_eq!(classify_both(&p, &c, &with_flags(0x10)), None);
     }
@@ -807,7 +875,10 @@ mod tests {
             vec![
                 tcp_rule(Some((80, 80))),
                 Rule {
-                    tcp_flags: Some(TcpFlags { value: 0, mask: 0x02 }),
+                    tcp_flags: Some(TcpFlags {
+                        value: 0,
+                        mask: 0x02,
+                    }),
                     ..tcp_rule(None)
                 },
                 tcp_rule(None),
@@ -903,7 +974,11 @@ mod tests {
             ("2001:db8::1", "::1", 3, Some(3)),
         ];
         for (s, d, port, want) in cases {
-            assert_eq!(classify_both(&p, &c, &tcp(s, d, 0, port)), want, "{s} port {port}");
+            assert_eq!(
+                classify_both(&p, &c, &tcp(s, d, 0, port)),
+                want,
+                "{s} port {port}"
+            );
         }
     }
 
@@ -933,7 +1008,10 @@ mod tests {
                 },
             ],
             vec![
-                set("blocked", &["192.0.2.0/24", "2001:db8:bad::/48", "203.0.113.9/32"]),
+                set(
+                    "blocked",
+                    &["192.0.2.0/24", "2001:db8:bad::/48", "203.0.113.9/32"],
+                ),
                 set("partners", &["198.51.100.0/24", "10.0.0.0/8"]),
                 set("empty", &[]),
             ],
@@ -948,13 +1026,16 @@ mod tests {
         assert_eq!(t[0].src_mask, [0; 16]);
         assert_eq!(t[0].dst_mask, prefix_mask(120));
         assert_eq!(t[0].family, FAMILY_V4);
-        assert_eq!(t[1].flags, TUPLE_SRC_SET | TUPLE_DST_SET | TUPLE_PROTO | TUPLE_DPORT);
+        assert_eq!(
+            t[1].flags,
+            TUPLE_SRC_SET | TUPLE_DST_SET | TUPLE_PROTO | TUPLE_DPORT
+        );
         assert_eq!((t[1].src_set, t[1].dst_set), (0, 1));
         assert_eq!(t[1].family, 0);
         assert_eq!(t[2].flags, TUPLE_DST_SET);
         assert_eq!(t[2].dst_set, 0);
         assert_eq!((t[3].flags, t[3].src_set), (TUPLE_SRC_SET, 2));
-        for (k, _) in &c.entries {
+        for k in c.entries.keys() {
             if t[k.tuple as usize].flags & TUPLE_SRC_SET != 0 {
                 assert_eq!(k.src, [0; 16]);
             }
@@ -973,7 +1054,13 @@ mod tests {
             // Set membership is by stored form: a mapped address in an IPv6 packet is the
             // IPv4 address it names.
             ("::1", "::ffff:203.0.113.9", 17, 0, Some(2)),
-            ("::ffff:198.51.100.1", "::ffff:10.0.0.1", IPPROTO_TCP, 53, None),
+            (
+                "::ffff:198.51.100.1",
+                "::ffff:10.0.0.1",
+                IPPROTO_TCP,
+                53,
+                None,
+            ),
         ];
         for (s, d, proto, port, want) in cases {
             let pkt = packet(s, d, proto, 1, port);
@@ -995,7 +1082,9 @@ mod tests {
             })
             .collect();
         rules.extend((0..128).map(|len| Rule {
-            dst: AddrMatch::Cidrs(vec![Cidr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), len).unwrap()]),
+            dst: AddrMatch::Cidrs(vec![
+                Cidr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), len).unwrap(),
+            ]),
             ..any_rule()
         }));
         assert_eq!(rules.len(), MAX_TUPLES as usize + 1);
@@ -1051,7 +1140,10 @@ mod tests {
         // on each side; a rule with both full ranges then needs about 2.5 million entries.
         let mut rules: Vec<Rule> = (0..800u16)
             .map(|i| Rule {
-                src_ports: Some(PortRange { lo: i * 3, hi: i * 3 }),
+                src_ports: Some(PortRange {
+                    lo: i * 3,
+                    hi: i * 3,
+                }),
                 ..tcp_rule(None)
             })
             .collect();
@@ -1139,7 +1231,9 @@ mod tests {
 
     fn arb_port_range() -> impl Strategy<Value = PortRange> {
         let lo = prop_oneof![
-            prop::sample::select(vec![0u16, 1, 22, 53, 80, 443, 1023, 1024, 8080, 65534, 65535]),
+            prop::sample::select(vec![
+                0u16, 1, 22, 53, 80, 443, 1023, 1024, 8080, 65534, 65535
+            ]),
             any::<u16>(),
         ];
         let width = prop_oneof![
@@ -1158,7 +1252,13 @@ mod tests {
             0u8..=32,
         ];
         let small = || prop_oneof![0u8..4, any::<u8>()];
-        (len, prop::sample::select(vec![10u8, 192, 0, 255]), small(), small(), any::<u8>())
+        (
+            len,
+            prop::sample::select(vec![10u8, 192, 0, 255]),
+            small(),
+            small(),
+            any::<u8>(),
+        )
             .prop_map(|(len, a, b, c, d)| {
                 Cidr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), len).unwrap()
             })
@@ -1232,7 +1332,12 @@ mod tests {
 
     fn arb_tcp_flags() -> impl Strategy<Value = TcpFlags> {
         prop_oneof![
-            prop::sample::select(vec![(0x02u8, 0x12u8), (0x12, 0x12), (0x10, 0x10), (0, 0x04)]),
+            prop::sample::select(vec![
+                (0x02u8, 0x12u8),
+                (0x12, 0x12),
+                (0x10, 0x10),
+                (0, 0x04)
+            ]),
             (any::<u8>(), 1u8..=255),
         ]
         .prop_map(|(value, mask)| TcpFlags {
@@ -1295,10 +1400,78 @@ mod tests {
             })
     }
 
+    /// `c` with another prefix length (host bits cleared).
+    fn with_prefix(c: &Cidr, len: u8) -> Cidr {
+        let max = match c.family {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        };
+        let mut out = Cidr {
+            prefix_len: len.min(max),
+            ..*c
+        };
+        let mask = out.mask();
+        for (b, m) in out.addr.iter_mut().zip(mask) {
+            *b &= m;
+        }
+        out
+    }
+
+    /// A rule that overlaps `base`: the same conditions, or one of them wider or narrower.
+    fn derive_rule(base: &Rule, how: u8, k: u8) -> Rule {
+        let mut r = base.clone();
+        let resize = |m: &mut AddrMatch, wider: bool| {
+            if let AddrMatch::Cidrs(list) = m {
+                for c in list.iter_mut() {
+                    let len = if wider {
+                        c.prefix_len.saturating_sub(k)
+                    } else {
+                        c.prefix_len.saturating_add(k)
+                    };
+                    *c = with_prefix(c, len);
+                }
+            }
+        };
+        match how {
+            // Same conditions (only the action differs).
+            0 => {}
+            1 => resize(&mut r.src, true),
+            2 => resize(&mut r.dst, false),
+            3 => {
+                r.protocol = None;
+                r.src_ports = None;
+                r.dst_ports = None;
+                r.tcp_flags = None;
+                r.icmp = None;
+            }
+            4 => {
+                r.dst_ports = r.dst_ports.map(|p| PortRange {
+                    lo: p.lo.saturating_sub(u16::from(k) * 7),
+                    hi: p.hi.saturating_add(u16::from(k)),
+                });
+            }
+            5 => r.src = AddrMatch::Any,
+            _ => {
+                r.dst_ports = r.dst_ports.map(|p| {
+                    let port = p.lo.saturating_add(u16::from(k)).min(p.hi);
+                    PortRange { lo: port, hi: port }
+                });
+                r.tcp_flags = None;
+            }
+        }
+        r
+    }
+
     fn arb_policy(max_rules: usize) -> impl Strategy<Value = Policy> {
         (
             prop::collection::vec(prop::collection::vec(arb_cidr(), 0..6), 0..3),
-            prop::collection::vec(arb_raw_rule(), 0..max_rules),
+            prop::collection::vec(
+                (
+                    arb_raw_rule(),
+                    prop::option::weighted(0.35, (any::<Index>(), 0u8..7, 1u8..=8)),
+                ),
+                0..max_rules,
+            ),
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
@@ -1310,20 +1483,29 @@ mod tests {
                     RawAddr::Set(_) if sets.is_empty() => AddrMatch::Any,
                     RawAddr::Set(i) => AddrMatch::Set(i.index(sets.len())),
                 };
-                let rules = raw
-                    .into_iter()
-                    .map(|r| Rule {
-                        action: r.action,
-                        src: addr(r.src),
-                        dst: addr(r.dst),
-                        protocol: r.protocol,
-                        src_ports: r.src_ports,
-                        dst_ports: r.dst_ports,
-                        tcp_flags: r.tcp_flags,
-                        icmp: r.icmp,
-                        ..any_rule()
-                    })
-                    .collect();
+                let mut rules: Vec<Rule> = Vec::with_capacity(raw.len());
+                for (r, derive) in raw {
+                    let rule = match derive {
+                        // A variant of an earlier rule: overlapping rules in the same and in
+                        // neighbouring shapes are where first-match order matters.
+                        Some((base, how, k)) if !rules.is_empty() => Rule {
+                            action: r.action,
+                            ..derive_rule(&rules[base.index(rules.len())], how, k)
+                        },
+                        _ => Rule {
+                            action: r.action,
+                            src: addr(r.src),
+                            dst: addr(r.dst),
+                            protocol: r.protocol,
+                            src_ports: r.src_ports,
+                            dst_ports: r.dst_ports,
+                            tcp_flags: r.tcp_flags,
+                            icmp: r.icmp,
+                            ..any_rule()
+                        },
+                    };
+                    rules.push(rule);
+                }
                 Policy {
                     firewall: Firewall {
                         default_action: if default_drop {
@@ -1350,6 +1532,106 @@ mod tests {
                     dns: Default::default(),
                 }
             })
+    }
+
+    /// A policy whose rules all draw from a small palette: a block, its sibling and a child
+    /// block, one destination block, nested port ranges, TCP or any protocol. Rules then
+    /// share few shapes and overlap a lot, so packets match several rules in several tuples:
+    /// what the search's early stop and its minimum have to get right.
+    fn arb_palette_policy(max_rules: usize) -> impl Strategy<Value = Policy> {
+        let pick = (
+            0u8..6,
+            0u8..5,
+            0u8..2,
+            0u8..10,
+            0u8..3,
+            0u8..8,
+            any::<bool>(),
+        );
+        (
+            prop_oneof![arb_v4_cidr(), arb_v6_cidr()],
+            arb_cidr(),
+            arb_cidr(),
+            arb_port_range(),
+            prop::collection::vec(pick, max_rules / 2..max_rules),
+            any::<bool>(),
+        )
+            .prop_map(|(base, dst, other, ports, picks, frag_drop)| {
+                let max = if base.family == Family::V4 { 32 } else { 128 };
+                let block = with_prefix(&base, base.prefix_len.clamp(1, max - 4));
+                let bit = u32::from(block.stored_prefix_len()) - 1;
+                let mut sibling = block;
+                sibling.addr[(bit / 8) as usize] ^= 0x80 >> (bit % 8);
+                let child = with_prefix(&block, block.prefix_len + 4);
+                let src = |k: u8| match k {
+                    0 | 1 => AddrMatch::Any,
+                    2 => AddrMatch::Cidrs(vec![block]),
+                    3 => AddrMatch::Cidrs(vec![sibling]),
+                    4 => AddrMatch::Cidrs(vec![child]),
+                    _ => AddrMatch::Cidrs(vec![block, other]),
+                };
+                let dst = |k: u8| match k {
+                    4 => AddrMatch::Cidrs(vec![dst]),
+                    _ => AddrMatch::Any,
+                };
+                let mid = ports.lo + (ports.hi - ports.lo) / 2;
+                let port_chain = [
+                    None,
+                    Some(PortRange {
+                        lo: ports.lo.saturating_sub(100),
+                        hi: ports.hi.saturating_add(100),
+                    }),
+                    Some(ports),
+                    Some(PortRange { lo: mid, hi: mid }),
+                ];
+                let rules = picks
+                    .into_iter()
+                    .map(|(s, d, proto, sport, dport, flags, allow)| {
+                        let protocol = [None, Some(Protocol::Tcp)][usize::from(proto)];
+                        let ports_ok = protocol.is_some();
+                        let tcp = protocol == Some(Protocol::Tcp);
+                        Rule {
+                            action: if allow { Action::Allow } else { Action::Drop },
+                            src: src(s),
+                            dst: dst(d),
+                            protocol,
+                            src_ports: (sport >= 8).then_some(ports).filter(|_| ports_ok),
+                            dst_ports: port_chain[usize::from(dport)].filter(|_| ports_ok),
+                            tcp_flags: match flags {
+                                6 => Some(TcpFlags {
+                                    value: 0x02,
+                                    mask: 0x12,
+                                }),
+                                7 => Some(TcpFlags {
+                                    value: 0x02,
+                                    mask: 0x02,
+                                }),
+                                _ => None,
+                            }
+                            .filter(|_| tcp),
+                            ..any_rule()
+                        }
+                    })
+                    .collect();
+                Policy {
+                    firewall: Firewall {
+                        default_action: Action::Drop,
+                        log_default: false,
+                        fragments: if frag_drop {
+                            FragmentPolicy::Drop
+                        } else {
+                            FragmentPolicy::MatchL3
+                        },
+                        rules,
+                    },
+                    sets: vec![],
+                    dns: Default::default(),
+                }
+            })
+    }
+
+    fn arb_any_policy() -> impl Strategy<Value = Policy> {
+        prop_oneof![arb_policy(14), arb_palette_policy(40)]
     }
 
     // ---------------------------------------------------------------- random packets
@@ -1392,25 +1674,33 @@ mod tests {
     }
 
     fn arb_addr_spec() -> impl Strategy<Value = AddrSpec> {
-        (prop::bool::weighted(0.85), any::<Index>(), 0u8..6, any::<[u8; 16]>()).prop_map(
-            |(follow, pick, edge, noise)| AddrSpec {
+        (
+            prop::bool::weighted(0.85),
+            any::<Index>(),
+            0u8..6,
+            any::<[u8; 16]>(),
+        )
+            .prop_map(|(follow, pick, edge, noise)| AddrSpec {
                 follow,
                 pick,
                 edge,
                 noise,
-            },
-        )
+            })
     }
 
     fn arb_port_spec() -> impl Strategy<Value = PortSpec> {
-        (prop::bool::weighted(0.85), any::<Index>(), 0u8..6, any::<u16>()).prop_map(
-            |(follow, pick, edge, noise)| PortSpec {
+        (
+            prop::bool::weighted(0.85),
+            any::<Index>(),
+            0u8..6,
+            any::<u16>(),
+        )
+            .prop_map(|(follow, pick, edge, noise)| PortSpec {
                 follow,
                 pick,
                 edge,
                 noise,
-            },
-        )
+            })
     }
 
     fn arb_packet_spec() -> impl Strategy<Value = PacketSpec> {
@@ -1533,7 +1823,11 @@ mod tests {
             if a.follow && !own.is_empty() {
                 edge_addr(own[a.pick.index(own.len())], a.edge, &a.noise)
             } else if a.edge < 4 && !everywhere.is_empty() {
-                edge_addr(&everywhere[a.pick.index(everywhere.len())], a.edge, &a.noise)
+                edge_addr(
+                    &everywhere[a.pick.index(everywhere.len())],
+                    a.edge,
+                    &a.noise,
+                )
             } else {
                 noise_addr(v4, &a.noise)
             }
@@ -1590,11 +1884,7 @@ mod tests {
             (sport, dport, tcp_flags) = (0, 0, 0);
         }
         Packet {
-            family: if v4 && !s.cross {
-                FAMILY_V4
-            } else {
-                FAMILY_V6
-            },
+            family: if v4 && !s.cross { FAMILY_V4 } else { FAMILY_V6 },
             proto,
             frag: s.frag,
             tcp_flags,
@@ -1609,13 +1899,13 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
         /// The heart of it: the tuple-space search over the compiled maps finds exactly the
         /// rule the linear reference finds.
         #[test]
         fn tuple_space_search_agrees_with_reference(
-            p in arb_policy(14),
+            p in arb_any_policy(),
             specs in prop::collection::vec(arb_packet_spec(), 1..48),
         ) {
             let c = compile(&p).unwrap();
@@ -1631,7 +1921,7 @@ mod tests {
 
         /// What the compiler emits is internally consistent.
         #[test]
-        fn compiled_structure_is_consistent(p in arb_policy(14)) {
+        fn compiled_structure_is_consistent(p in arb_any_policy()) {
             let c = compile(&p).unwrap();
             prop_assert_eq!(c.header.tuple_count as usize, c.tuples.len());
             prop_assert_eq!(c.header.rule_count as usize, p.firewall.rules.len());
@@ -1692,7 +1982,7 @@ mod tests {
         );
         let (mut total, mut hit, mut later_rule) = (0u32, 0u32, 0u32);
         for _ in 0..200 {
-            let p = arb_policy(14).new_tree(&mut runner).unwrap().current();
+            let p = arb_any_policy().new_tree(&mut runner).unwrap().current();
             if p.firewall.rules.is_empty() {
                 continue;
             }
@@ -1713,7 +2003,13 @@ mod tests {
         let share = |n: u32| f64::from(n) / f64::from(total);
         eprintln!("{total} packets: {hit} hit a rule, {later_rule} a rule after the first");
         assert!(share(hit) > 0.3, "only {hit} of {total} packets hit a rule");
-        assert!(share(hit) < 0.9, "{hit} of {total} packets hit a rule: no default left");
-        assert!(share(later_rule) > 0.15, "only {later_rule} of {total} hit a later rule");
+        assert!(
+            share(hit) < 0.9,
+            "{hit} of {total} packets hit a rule: no default left"
+        );
+        assert!(
+            share(later_rule) > 0.15,
+            "only {later_rule} of {total} hit a later rule"
+        );
     }
 }

@@ -62,6 +62,46 @@ impl Daemon {
         }
     }
 
+    /// Starts a prepared command that ends up exec'ing `palisade run` (so the child's pid is
+    /// palisade's) and waits until it enforces; fails at once, with what it printed, if it
+    /// exits first.
+    pub fn start_command(mut cmd: std::process::Command) -> Self {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn palisade");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        let mut d = Self { child: Some(child), stdout, stderr, readers };
+        let start = Instant::now();
+        loop {
+            if d.stderr.lock().unwrap().iter().any(|l| l.contains("palisade: enforcing")) {
+                return d;
+            }
+            let exited = d.child.as_mut().unwrap().try_wait().expect("wait palisade");
+            if let Some(status) = exited {
+                // Let the readers take in the last lines.
+                for r in d.readers.drain(..) {
+                    let _ = r.join();
+                }
+                panic!("palisade exited ({status}) before enforcing: {:?}", d.stderr.lock().unwrap());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "palisade did not start within 60 s: {:?}",
+                d.stderr.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Sends `sig` to the daemon (through `ip netns exec`, which execs, so the pid is palisade's).
     pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {

@@ -43,14 +43,17 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Loads the object and verifies its programs.
+    /// Loads the object and verifies the programs the measurements need, and with `all` the
+    /// others too (once is enough for the verifier report: the policy lives in maps, so every
+    /// copy verifies the same way).
     ///
     /// # Errors
     /// When the object cannot be loaded or a program the measurements need fails to verify.
-    pub fn new() -> Result<Self> {
+    pub fn new(all: bool) -> Result<Self> {
         let mut ebpf = loader::load()?;
         let mut failures = Vec::new();
-        for name in REQUIRED.into_iter().chain(REPORTED) {
+        let reported: &[&'static str] = if all { &REPORTED } else { &[] };
+        for name in REQUIRED.into_iter().chain(reported.iter().copied()) {
             if let Err(e) = load_one(&mut ebpf, name) {
                 let failure = summarize(name, &e);
                 if REQUIRED.contains(&name) {
@@ -59,7 +62,7 @@ impl Loaded {
                 failures.push(failure);
             }
         }
-        if !failures.iter().any(|f| f.program == DNS_INGRESS) {
+        if all && !failures.iter().any(|f| f.program == DNS_INGRESS) {
             guard::link_tail_calls(&mut ebpf)?;
         }
         Ok(Self { ebpf, failures })
@@ -72,6 +75,27 @@ impl Loaded {
     pub fn install(&mut self, policy: &Policy) -> Result<()> {
         guard::install(&mut self.ebpf, policy)?;
         Ok(())
+    }
+
+    /// Loads (verifies) one more XDP program of the object.
+    ///
+    /// # Errors
+    /// When it fails to load.
+    pub fn load_xdp(&mut self, name: &'static str) -> Result<()> {
+        load_one(&mut self.ebpf, name)
+            .map_err(|e| anyhow!("{name}: {}", summarize(name, &e).summary))
+    }
+
+    /// The XDP program `name`, to attach it somewhere.
+    ///
+    /// # Errors
+    /// When there is no such XDP program.
+    pub fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?)
     }
 
     /// Runs the XDP program `name` on `frame`, `repeat` times.
@@ -115,7 +139,11 @@ fn load_one(ebpf: &mut Ebpf, name: &str) -> Result<()> {
 /// the thousands of lines of trace before them.
 fn summarize(program: &'static str, e: &anyhow::Error) -> LoadFailure {
     let text = format!("{e:#}");
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let processed_insns = lines.iter().find_map(|l| {
         l.strip_prefix("processed ")
             .and_then(|r| r.split_whitespace().next())
@@ -136,7 +164,11 @@ fn summarize(program: &'static str, e: &anyhow::Error) -> LoadFailure {
         .rev()
         .collect();
     let summary = if complaint.is_empty() {
-        lines.first().copied().unwrap_or("unknown error").to_string()
+        lines
+            .first()
+            .copied()
+            .unwrap_or("unknown error")
+            .to_string()
     } else {
         complaint.join(" / ")
     };

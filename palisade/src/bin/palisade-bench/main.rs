@@ -9,6 +9,8 @@
 
 mod harness;
 mod inspect;
+mod live;
+mod netns;
 mod plot;
 mod report;
 mod rng;
@@ -28,12 +30,10 @@ use palisade::{firewall::compile, guard::FIREWALL, policy::model::Policy};
 
 use crate::{
     harness::{ALL_PROGRAMS, FLOOR_DROP, FLOOR_PASS, Loaded},
-    report::{
-        ClassResult, ConfigResult, Growth, Install, Method, ProbeInfo, Report, loglog_slope,
-    },
+    report::{ClassResult, ConfigResult, Growth, Install, Method, ProbeInfo, Report, loglog_slope},
     rng::Rng,
     runner::{Expect, Spread, Target},
-    workload::{Kind, ProbeClass, Workload, XDP_DROP, XDP_PASS},
+    workload::{Kind, ProbeClass, Workload, XDP_DROP, XDP_PASS, short_count},
 };
 
 /// Measures the cost per packet of Palisade's XDP firewall against the size of its policy.
@@ -44,6 +44,10 @@ use crate::{
 /// the verifier's instruction count for each program, install times and map memory, as
 /// markdown, JSON and an SVG chart.
 ///
+/// With --live, measures real traffic instead: a flood of blocklisted packets generated with
+/// XDP live frames into a veth pair, dropped by Palisade, nftables, iptables, ipset or
+/// xdp-filter holding the same blocklist; reports CPU per packet and packets per CPU-second.
+///
 /// Needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON).
 #[derive(Debug, Parser)]
 #[command(
@@ -51,7 +55,8 @@ use crate::{
     after_help = "Examples:\n  \
         palisade-bench                      full run, results in bench/results/\n  \
         palisade-bench --quick              CI run (< 1 min), results in a temporary directory\n  \
-        palisade-bench --rules 0,1000 --sets 1000000 --rounds 11 --out /tmp/b"
+        palisade-bench --rules 0,1000 --sets 1000000 --rounds 11 --out /tmp/b\n  \
+        palisade-bench --live               live traffic against nftables, iptables, ipset, xdp-filter"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -84,7 +89,30 @@ struct Args {
     /// Do not pin the measurements to one CPU.
     #[arg(long, conflicts_with = "cpu")]
     no_pin: bool,
-    /// Skip timing a steady-state reload of each policy (saves a few seconds on big sets).
+    /// Fail (exit status 2) when a program's verifier instruction count is above this.
+    #[arg(long, default_value_t = inspect::VERIFIER_BUDGET, value_name = "INSNS")]
+    verifier_budget: u32,
+    /// Scheduling priority (nice value) for the benchmark; 0 leaves it alone.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    nice: i32,
+    /// Run the live-traffic suite (veth, XDP live frames, other filters) instead of the
+    /// test-run suite.
+    #[arg(long)]
+    live: bool,
+    /// Live suite: blocklist sizes [default: 1,1000,100000; 1,1000 with --quick].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    live_sizes: Option<Vec<usize>>,
+    /// Live suite: measurement windows per configuration [default: 5, 3 with --quick].
+    #[arg(long)]
+    live_windows: Option<usize>,
+    /// Live suite: length of one window in milliseconds [default: 1000, 300 with --quick].
+    #[arg(long, value_name = "MS")]
+    live_window_ms: Option<u64>,
+    /// Live suite: largest list given to xdp-filter (it adds one address per process).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    xdp_filter_max: usize,
+    /// Skip timing a steady-state reload of each policy (saves a few seconds on big sets;
+    /// --quick never times reloads).
     #[arg(long)]
     no_reload: bool,
 }
@@ -108,12 +136,14 @@ impl Args {
         } else {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results")
         };
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let cpus = inspect::online_cpus();
         Settings {
             mode: if self.quick { "quick" } else { "full" },
             out: self.out.clone().unwrap_or(default_out),
             rounds: self.rounds.unwrap_or(if self.quick { 3 } else { 7 }).max(1),
-            target_ms: self.target_ms.unwrap_or(if self.quick { 15.0 } else { 100.0 }),
+            target_ms: self
+                .target_ms
+                .unwrap_or(if self.quick { 15.0 } else { 100.0 }),
             rules: self.rules.clone().unwrap_or_else(|| {
                 if self.quick {
                     vec![0, 1, 100, 1000, 10_000]
@@ -133,7 +163,7 @@ impl Args {
             } else {
                 Some(self.cpu.unwrap_or(cpus - 1))
             },
-            reload: !self.no_reload,
+            reload: !self.no_reload && !self.quick,
         }
     }
 }
@@ -193,8 +223,24 @@ fn install(bench: &mut Loaded, policy: &Policy, reload: bool) -> Result<Install>
 fn run(args: &Args) -> Result<ExitCode> {
     let s = args.settings();
     let started = Instant::now();
+    let load_start = inspect::loadavg();
     if let Some(cpu) = s.cpu {
         inspect::pin_to_cpu(cpu)?;
+    }
+    if args.nice != 0
+        && let Err(e) = inspect::raise_priority(args.nice)
+    {
+        eprintln!(
+            "palisade-bench: warning: could not set nice {}: {e:#}",
+            args.nice
+        );
+    }
+    let command = std::iter::once("palisade-bench".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if args.live {
+        return run_live(args, &s, command);
     }
     let mut rng = Rng::new(args.seed);
 
@@ -210,13 +256,36 @@ fn run(args: &Args) -> Result<ExitCode> {
         bail!("nothing to measure: give --rules or --sets");
     }
 
+    // Declared before the objects so that it outlives their attachments.
+    let mut pin = match netns::DispatcherPin::new() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!(
+                "palisade-bench: warning: cannot keep programs attached ({e:#}); every test run \
+                 will wait for RCU grace periods and the run will take much longer"
+            );
+            None
+        }
+    };
     // One loaded object per policy, so that rounds can interleave without reinstalling.
     let mut benches = Vec::with_capacity(workloads.len());
     let mut installs = Vec::with_capacity(workloads.len());
     for w in &workloads {
         let t = Instant::now();
-        let mut bench = Loaded::new().context("loading the kernel object")?;
-        let i = install(&mut bench, &w.policy, s.reload).with_context(|| format!("{}", w.id))?;
+        let mut bench = Loaded::new(benches.is_empty()).context("loading the kernel object")?;
+        let i = install(&mut bench, &w.policy, s.reload).with_context(|| w.id.clone())?;
+        if let Some(p) = pin.as_mut() {
+            let names: &[&str] = if benches.is_empty() {
+                &[FIREWALL, FLOOR_PASS, FLOOR_DROP]
+            } else {
+                &[FIREWALL]
+            };
+            for name in names {
+                p.pin(bench.xdp_mut(name)?).with_context(|| {
+                    format!("attaching {name} to keep it in the XDP dispatcher")
+                })?;
+            }
+        }
         eprintln!(
             "  {:<12} {} tuples, {} hash entries: compile {:.1} ms, install {:.1} ms{} (load+install {:.1} s)",
             w.id,
@@ -224,7 +293,8 @@ fn run(args: &Args) -> Result<ExitCode> {
             i.hash_entries,
             i.compile_ms,
             i.install_ms,
-            i.reload_ms.map_or_else(String::new, |r| format!(", reload {r:.1} ms")),
+            i.reload_ms
+                .map_or_else(String::new, |r| format!(", reload {r:.1} ms")),
             t.elapsed().as_secs_f64()
         );
         benches.push(bench);
@@ -233,7 +303,14 @@ fn run(args: &Args) -> Result<ExitCode> {
 
     let verifier = ALL_PROGRAMS
         .iter()
-        .map(|p| inspect::program(&benches[0].ebpf, p, &benches[0].failures))
+        .map(|p| {
+            inspect::program(
+                &benches[0].ebpf,
+                p,
+                &benches[0].failures,
+                args.verifier_budget,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
 
     // Targets: the two floors on the first bench, then the firewall of each workload.
@@ -269,16 +346,22 @@ fn run(args: &Args) -> Result<ExitCode> {
     for t in &mut targets {
         t.calibrate(s.target_ms).with_context(|| t.id.clone())?;
     }
-    eprintln!("measuring: {} rounds of {} configurations", s.rounds, targets.len());
-    let (samples, orders) = runner::run_rounds(&targets, s.rounds, &mut rng, |round, id, sample| {
-        eprintln!(
-            "  round {} {:<12} {:>7.1} ns/packet ({:.0} ms)",
-            round + 1,
-            id,
-            sample.kernel_ns,
-            sample.elapsed_ms
-        );
-    })?;
+    eprintln!(
+        "measuring: {} rounds of {} configurations",
+        s.rounds,
+        targets.len()
+    );
+    let runner::Rounds { samples, orders } =
+        runner::run_rounds(&targets, s.rounds, &mut rng, |round, id, sample| {
+            eprintln!(
+                "  round {} {:<12} {:>7.1} ns/packet ({:.0} ms, {:.0} ms CPU)",
+                round + 1,
+                id,
+                sample.kernel_ns,
+                sample.elapsed_ms,
+                sample.cpu_ms
+            );
+        })?;
 
     let floor: Vec<f64> = samples[0].iter().map(|x| x.kernel_ns).collect();
     let mut configs = Vec::with_capacity(targets.len());
@@ -310,7 +393,13 @@ fn run(args: &Args) -> Result<ExitCode> {
             (Kind::Floor, 0, 0, 0, None)
         } else {
             let w = &workloads[i - 2];
-            (w.kind, w.rules, w.set_entries, w.port_rules, Some(installs[i - 2].clone()))
+            (
+                w.kind,
+                w.rules,
+                w.set_entries,
+                w.port_rules,
+                Some(installs[i - 2].clone()),
+            )
         };
         configs.push(ConfigResult {
             id: t.id.clone(),
@@ -358,18 +447,22 @@ fn run(args: &Args) -> Result<ExitCode> {
         suite: "firewall",
         mode: s.mode.to_string(),
         generated_at: utc_now(),
-        command: std::iter::once("palisade-bench".to_string())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
+        command,
         wall_seconds: started.elapsed().as_secs_f64(),
         machine: inspect::machine(s.cpu),
+        conditions: inspect::Conditions {
+            loadavg_start: load_start,
+            loadavg_end: inspect::loadavg(),
+            cpu_seconds: inspect::cpu_seconds(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+        },
         method: Method {
             rounds: s.rounds,
             probes: workload::PROBES,
             target_ms_per_measurement: s.target_ms,
             seed: args.seed,
             floor_program: FLOOR_PASS,
+            verifier_budget: args.verifier_budget,
             order: "shuffled anew each round",
         },
         configs,
@@ -394,7 +487,8 @@ fn run(args: &Args) -> Result<ExitCode> {
                 Some(e) => eprintln!(
                     "\n!!! {} FAILS VERIFICATION ({} instructions processed): {e} !!!",
                     p.program,
-                    p.verified_insns.map_or_else(|| "?".into(), |v| v.to_string())
+                    p.verified_insns
+                        .map_or_else(|| "?".into(), |v| v.to_string())
                 ),
                 None => eprintln!(
                     "\n!!! VERIFIER BUDGET EXCEEDED: {} processed {} instructions, more than {}. \
@@ -402,13 +496,51 @@ fn run(args: &Args) -> Result<ExitCode> {
                      compiler or kernel. !!!",
                     p.program,
                     p.verified_insns.unwrap_or(0),
-                    inspect::VERIFIER_BUDGET,
+                    args.verifier_budget,
                     inspect::VERIFIER_LIMIT
                 ),
             }
         }
         return Ok(ExitCode::from(2));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_live(args: &Args, s: &Settings, command: String) -> Result<ExitCode> {
+    let started = Instant::now();
+    let settings = live::LiveSettings {
+        mode: s.mode,
+        sizes: args.live_sizes.clone().unwrap_or_else(|| {
+            if args.quick {
+                vec![1, 1000]
+            } else {
+                vec![1, 1000, 100_000]
+            }
+        }),
+        window: std::time::Duration::from_millis(args.live_window_ms.unwrap_or(if args.quick {
+            300
+        } else {
+            1000
+        })),
+        windows: args
+            .live_windows
+            .unwrap_or(if args.quick { 3 } else { 5 })
+            .max(1),
+        cpu: s.cpu.unwrap_or(inspect::online_cpus() - 1),
+        seed: args.seed,
+        nice: args.nice,
+        xdp_filter_max: args.xdp_filter_max,
+        out: s.out.clone(),
+    };
+    eprintln!("palisade-bench ({} mode): live traffic", s.mode);
+    let report = live::run(&settings, command)?;
+    let stem = report.write(&settings.out)?;
+    println!("{}", report.terminal());
+    println!(
+        "wrote {}/{stem}.{{md,json,svg}} in {:.1} s",
+        settings.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -421,17 +553,22 @@ fn growth(configs: &[ConfigResult]) -> Growth {
             .collect()
     };
     let rules = pts(Kind::Rules, 100, |c| c.rules);
-    let by_rules: BTreeMap<usize, f64> = configs
+    // Compare lists with the same shapes: below 100 rules the generator has no service rules,
+    // so fewer tuples, and the difference would be the tuples, not the rules.
+    let by_rules: BTreeMap<usize, (f64, usize)> = configs
         .iter()
-        .filter(|c| c.kind == Kind::Rules && c.rules > 0)
-        .map(|c| (c.rules, c.above_floor_ns.median))
+        .filter(|c| c.kind == Kind::Rules && c.rules >= 100)
+        .map(|c| {
+            let tuples = c.install.as_ref().map_or(0, |i| i.tuples);
+            (c.rules, (c.above_floor_ns.median, tuples))
+        })
         .collect();
     let smallest_to_largest = match (by_rules.first_key_value(), by_rules.last_key_value()) {
-        (Some((&a, &ca)), Some((&b, &cb))) if b > a => Some(format!(
-            "From {} to {} rules ({}x more) the cost above the floor goes from {ca:.1} ns to \
-             {cb:.1} ns ({:.2}x).",
-            a,
-            b,
+        (Some((&a, &(ca, ta))), Some((&b, &(cb, tb)))) if b > a => Some(format!(
+            "From {} rules ({ta} tuples) to {} rules ({tb} tuples), {}x more rules, the cost \
+             above the floor goes from {ca:.1} ns to {cb:.1} ns ({:.2}x).",
+            short_count(a),
+            short_count(b),
             b / a,
             cb / ca
         )),

@@ -3,12 +3,21 @@
 
 use std::fmt::Write as _;
 
+/// One point: its median, its range and an optional note written beside it.
+pub struct Point {
+    /// `> 0` (log axis).
+    pub x: f64,
+    pub y: f64,
+    pub lo: f64,
+    pub hi: f64,
+    pub note: Option<String>,
+}
+
 /// One line of the chart.
 pub struct Series {
     pub label: String,
     pub color: &'static str,
-    /// `(x, median, min, max)`; `x > 0`.
-    pub points: Vec<(f64, f64, f64, f64)>,
+    pub points: Vec<Point>,
 }
 
 /// A horizontal line for a value that has no x (the firewall with no rules, the floor).
@@ -72,15 +81,22 @@ fn decade_label(e: i32) -> String {
 
 impl Chart<'_> {
     pub fn svg(&self) -> String {
-        let xs = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+        let xs = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.x));
         let (lo, hi) = xs.fold((f64::INFINITY, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
-        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (1.0, 10.0) };
+        let (lo, hi) = if lo.is_finite() {
+            (lo, hi)
+        } else {
+            (1.0, 10.0)
+        };
         let e_lo = lo.log10().floor() as i32;
         let e_hi = (hi.log10().ceil() as i32).max(e_lo + 1);
         let y_top = self
             .series
             .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.3.max(p.1)))
+            .flat_map(|s| s.points.iter().map(|p| p.hi.max(p.y)))
             .chain(self.references.iter().map(|r| r.y))
             .filter(|y| y.is_finite())
             .fold(0f64, f64::max)
@@ -169,7 +185,7 @@ impl Chart<'_> {
             let pts: Vec<String> = series
                 .points
                 .iter()
-                .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
+                .map(|p| format!("{:.1},{:.1}", px(p.x), py(p.y)))
                 .collect();
             let _ = writeln!(
                 s,
@@ -177,15 +193,24 @@ impl Chart<'_> {
                 pts.join(" "),
                 series.color
             );
-            for &(x, m, lo, hi) in &series.points {
-                let (xx, c) = (px(x), series.color);
+            for p in &series.points {
+                let (xx, c) = (px(p.x), series.color);
                 let _ = writeln!(
                     s,
                     r#"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="{c}"/><circle cx="{xx:.1}" cy="{:.1}" r="3.5" fill="{c}"/>"#,
-                    py(lo),
-                    py(hi),
-                    py(m)
+                    py(p.lo),
+                    py(p.hi),
+                    py(p.y)
                 );
+                if let Some(note) = &p.note {
+                    let _ = writeln!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10" fill="{c}">{}</text>"#,
+                        xx,
+                        py(p.hi) - 7.0,
+                        escape(note)
+                    );
+                }
             }
         }
         // Legend below the plot, two columns.
@@ -193,14 +218,22 @@ impl Chart<'_> {
             .series
             .iter()
             .map(|x| (x.label.as_str(), x.color, false))
-            .chain(self.references.iter().map(|r| (r.label.as_str(), r.color, true)))
+            .chain(
+                self.references
+                    .iter()
+                    .map(|r| (r.label.as_str(), r.color, true)),
+            )
             .collect();
         for (i, (label, color, dashed)) in entries.iter().enumerate() {
             let col = (i % 2) as f64;
             let row = (i / 2) as f64;
             let x = LEFT + col * (pw / 2.0);
             let y = TOP + ph + 60.0 + row * 18.0;
-            let dash = if *dashed { r#" stroke-dasharray="6 4""# } else { "" };
+            let dash = if *dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
             let _ = writeln!(
                 s,
                 r#"<line x1="{x:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{color}" stroke-width="2.2"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"#,
@@ -238,7 +271,22 @@ mod tests {
             series: vec![Series {
                 label: "a <b>".into(),
                 color: "#123456",
-                points: vec![(1.0, 5.0, 4.0, 6.0), (1000.0, 7.0, 6.0, 8.0)],
+                points: vec![
+                    Point {
+                        x: 1.0,
+                        y: 5.0,
+                        lo: 4.0,
+                        hi: 6.0,
+                        note: Some("n".into()),
+                    },
+                    Point {
+                        x: 1000.0,
+                        y: 7.0,
+                        lo: 6.0,
+                        hi: 8.0,
+                        note: None,
+                    },
+                ],
             }],
             references: vec![Reference {
                 label: "r".into(),

@@ -6,8 +6,8 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    inspect::{Machine, MapMemory, ProgramReport, VERIFIER_BUDGET, VERIFIER_LIMIT},
-    plot::{Chart, Reference, Series},
+    inspect::{Conditions, Machine, MapMemory, ProgramReport, VERIFIER_LIMIT},
+    plot::{Chart, Point, Reference, Series},
     runner::Spread,
     workload::{Kind, ProbeClass, short_count},
 };
@@ -19,6 +19,7 @@ pub struct Method {
     pub target_ms_per_measurement: f64,
     pub seed: u64,
     pub floor_program: &'static str,
+    pub verifier_budget: u32,
     pub order: &'static str,
 }
 
@@ -108,6 +109,7 @@ pub struct Report {
     pub command: String,
     pub wall_seconds: f64,
     pub machine: Machine,
+    pub conditions: Conditions,
     pub method: Method,
     pub configs: Vec<ConfigResult>,
     pub verifier: Vec<ProgramReport>,
@@ -148,6 +150,7 @@ fn ratio(s: &Spread) -> String {
 fn label(c: &ConfigResult) -> String {
     match c.kind {
         Kind::Floor => format!("empty XDP ({})", c.program.trim_start_matches("palisade_")),
+        Kind::Rules if c.rules == 1 => "firewall, 1 rule".into(),
         Kind::Rules => format!("firewall, {} rules", short_count(c.rules)),
         Kind::Set => format!("firewall, 1 rule, set of {}", short_count(c.set_entries)),
     }
@@ -226,11 +229,13 @@ impl Report {
                 i.hash_entries,
                 i.compile_ms,
                 i.install_ms,
-                i.reload_ms.map_or_else(|| "–".into(), |r| format!("{r:.1}")),
+                i.reload_ms
+                    .map_or_else(|| "–".into(), |r| format!("{r:.1}")),
                 mib(i.map_bytes("FW_RULES")),
                 mib(i.map_bytes("FW_SETS")),
                 mib(i.total_bytes()),
-                i.rule_maps_two_generations_bytes.map_or_else(|| "–".into(), mib),
+                i.rule_maps_two_generations_bytes
+                    .map_or_else(|| "–".into(), mib),
             );
         }
         t
@@ -238,7 +243,7 @@ impl Report {
 
     fn verifier_table(&self) -> String {
         let mut t = String::from(
-            "| program | verified instructions | % of the 1M limit | translated bytes | JIT bytes | within the 500k budget |\n\
+            "| program | verified instructions | % of the 1M limit | translated bytes | JIT bytes | within budget |\n\
              |---|---:|---:|---:|---:|---|\n",
         );
         for p in &self.verifier {
@@ -246,15 +251,18 @@ impl Report {
                 t,
                 "| `{}` | {} | {} | {} | {} | {} |",
                 p.program,
-                p.verified_insns.map_or_else(|| "n/a".into(), |v| v.to_string()),
+                p.verified_insns
+                    .map_or_else(|| "n/a".into(), |v| v.to_string()),
                 p.verified_insns.map_or_else(
                     || "n/a".into(),
                     |v| format!("{:.2} %", f64::from(v) * 100.0 / f64::from(VERIFIER_LIMIT))
                 ),
-                p.xlated_bytes.map_or_else(|| "n/a".into(), |v| v.to_string()),
+                p.xlated_bytes
+                    .map_or_else(|| "n/a".into(), |v| v.to_string()),
                 p.jited_bytes,
                 match (&p.load_error, p.within_budget) {
-                    (Some(e), _) => format!("**NO: fails verification** ({})", e.replace('|', "\\|")),
+                    (Some(e), _) =>
+                        format!("**NO: fails verification** ({})", e.replace('|', "\\|")),
                     (None, true) => "yes".into(),
                     (None, false) => "**NO**".into(),
                 }
@@ -287,13 +295,22 @@ impl Report {
 
     pub fn chart(&self) -> Chart<'_> {
         let floor = self.floor();
-        let line = |kind: Kind, x: fn(&ConfigResult) -> usize| -> Vec<(f64, f64, f64, f64)> {
+        let line = |kind: Kind, x: fn(&ConfigResult) -> usize| -> Vec<Point> {
             self.configs
                 .iter()
                 .filter(|c| c.kind == kind && x(c) > 0)
                 .map(|c| {
                     let s = c.above_floor_ns;
-                    (x(c) as f64, s.median, s.min, s.max)
+                    let tuples = c.install.as_ref().map_or(0, |i| i.tuples);
+                    Point {
+                        x: x(c) as f64,
+                        y: s.median,
+                        lo: s.min,
+                        hi: s.max,
+                        note: (kind == Kind::Rules).then(|| {
+                            format!("{tuples} tuple{}", if tuples == 1 { "" } else { "s" })
+                        }),
+                    }
                 })
                 .collect()
         };
@@ -311,19 +328,23 @@ impl Report {
             });
         }
         let mut references = Vec::new();
-        if let Some(zero) = self.configs.iter().find(|c| c.kind == Kind::Rules && c.rules == 0) {
+        if let Some(zero) = self
+            .configs
+            .iter()
+            .find(|c| c.kind == Kind::Rules && c.rules == 0)
+        {
             references.push(Reference {
-                label: format!(
-                    "Palisade: 0 rules ({:.1} ns)",
-                    zero.above_floor_ns.median
-                ),
+                label: format!("Palisade: 0 rules ({:.1} ns)", zero.above_floor_ns.median),
                 color: "#2a9d4b",
                 y: zero.above_floor_ns.median,
             });
         }
         if let Some(f) = floor {
             references.push(Reference {
-                label: format!("empty XDP program = 0 ({:.1} ns absolute)", f.ns_per_packet.median),
+                label: format!(
+                    "empty XDP program = 0 ({:.1} ns absolute)",
+                    f.ns_per_packet.median
+                ),
                 color: "#888888",
                 y: 0.0,
             });
@@ -339,7 +360,11 @@ impl Report {
 
     pub fn markdown(&self, svg_name: &str) -> String {
         let mut m = String::new();
-        let _ = writeln!(m, "# Palisade firewall cost per packet ({} mode)\n", self.mode);
+        let _ = writeln!(
+            m,
+            "# Palisade firewall cost per packet ({} mode)\n",
+            self.mode
+        );
         let _ = writeln!(
             m,
             "Generated {} by `{}` in {:.0} s. Machine and method: [../README.md](../README.md).\n",
@@ -358,7 +383,16 @@ impl Report {
             mc.bpf_jit_enable,
             mc.bpf_jit_harden,
             mc.spectre_v2,
-            mc.bench_cpu.map_or_else(|| "none".into(), |c| c.to_string())
+            mc.bench_cpu
+                .map_or_else(|| "none".into(), |c| c.to_string())
+        );
+        let cd = &self.conditions;
+        let _ = writeln!(
+            m,
+            "Load average {:.2} at the start, {:.2} at the end; the benchmark used {:.1} s of CPU \
+             in {:.1} s. The kernel's timer leaves out time the benchmark was not running, but a \
+             busy machine still shows as wider min–max ranges.\n",
+            cd.loadavg_start, cd.loadavg_end, cd.cpu_seconds, cd.wall_seconds
         );
         let _ = writeln!(
             m,
@@ -391,8 +425,9 @@ impl Report {
         let _ = writeln!(
             m,
             "Instructions processed by the verifier when loading each program (the kernel refuses \
-             a program above {VERIFIER_LIMIT}; this benchmark fails above {VERIFIER_BUDGET}). The \
-             count does not depend on the policy: policies live in maps.\n"
+             a program above {VERIFIER_LIMIT}; this benchmark fails above {}). The count does not \
+             depend on the policy: policies live in maps.\n",
+            self.method.verifier_budget
         );
         m.push_str(&self.verifier_table());
         m.push_str("\n## Install time and map memory\n\n");
@@ -419,7 +454,10 @@ impl Report {
         let svg_name = format!("{stem}.svg");
         let files = [
             (format!("{stem}.md"), self.markdown(&svg_name)),
-            (format!("{stem}.json"), serde_json::to_string_pretty(self)? + "\n"),
+            (
+                format!("{stem}.json"),
+                serde_json::to_string_pretty(self)? + "\n",
+            ),
             (svg_name.clone(), self.chart().svg()),
         ];
         for (name, text) in files {
@@ -435,19 +473,42 @@ impl Report {
         let _ = writeln!(
             s,
             "{:<34} {:>7} {:>9} {:>6}  {:>22}  {:>22}  {:>8}",
-            "configuration", "rules", "set", "tuples", "ns/packet [min-max]", "above floor [min-max]", "ratio"
+            "configuration",
+            "rules",
+            "set",
+            "tuples",
+            "ns/packet [min-max]",
+            "above floor [min-max]",
+            "ratio"
         );
         for c in &self.configs {
-            let tuples = c.install.as_ref().map_or_else(|| "-".into(), |i| i.tuples.to_string());
+            let tuples = c
+                .install
+                .as_ref()
+                .map_or_else(|| "-".into(), |i| i.tuples.to_string());
             let _ = writeln!(
                 s,
                 "{:<34} {:>7} {:>9} {:>6}  {:>22}  {:>22}  {:>7.2}x",
                 label(c),
-                if c.kind == Kind::Floor { "-".into() } else { c.rules.to_string() },
-                if c.kind == Kind::Floor { "-".into() } else { c.set_entries.to_string() },
+                if c.kind == Kind::Floor {
+                    "-".into()
+                } else {
+                    c.rules.to_string()
+                },
+                if c.kind == Kind::Floor {
+                    "-".into()
+                } else {
+                    c.set_entries.to_string()
+                },
                 tuples,
-                format!("{:.1} [{:.1}-{:.1}]", c.ns_per_packet.median, c.ns_per_packet.min, c.ns_per_packet.max),
-                format!("{:.1} [{:.1}-{:.1}]", c.above_floor_ns.median, c.above_floor_ns.min, c.above_floor_ns.max),
+                format!(
+                    "{:.1} [{:.1}-{:.1}]",
+                    c.ns_per_packet.median, c.ns_per_packet.min, c.ns_per_packet.max
+                ),
+                format!(
+                    "{:.1} [{:.1}-{:.1}]",
+                    c.above_floor_ns.median, c.above_floor_ns.min, c.above_floor_ns.max
+                ),
                 c.ratio_to_floor.median
             );
         }
@@ -457,11 +518,12 @@ impl Report {
                 s,
                 "verifier: {:<24} {:>8} instructions processed{}",
                 p.program,
-                p.verified_insns.map_or_else(|| "n/a".into(), |v| v.to_string()),
+                p.verified_insns
+                    .map_or_else(|| "n/a".into(), |v| v.to_string()),
                 match (&p.load_error, p.within_budget) {
                     (Some(_), _) => "  <-- FAILS VERIFICATION",
                     (None, true) => "",
-                    (None, false) => "  <-- ABOVE THE 500k BUDGET",
+                    (None, false) => "  <-- ABOVE THE BUDGET",
                 }
             );
         }

@@ -41,11 +41,14 @@ pub struct Target<'a> {
 pub struct Sample {
     /// Mean over the packets of the kernel's mean time per run, ns.
     pub kernel_ns: f64,
-    /// The same from the wall clock around each syscall (includes the syscall and setup,
-    /// spread over `repeat` runs): a cross-check for the kernel's integer nanoseconds.
+    /// The same from the wall clock around each syscall, spread over `repeat` runs. It also
+    /// counts the syscall, the setup and any time the thread was not running, so it is only a
+    /// cross-check on an idle machine.
     pub wall_ns: f64,
     pub by_class: BTreeMap<ProbeClass, f64>,
     pub elapsed_ms: f64,
+    /// CPU time this thread used during the measurement.
+    pub cpu_ms: f64,
 }
 
 impl Target<'_> {
@@ -55,6 +58,7 @@ impl Target<'_> {
     /// When the kernel refuses the run or a verdict is not the expected one.
     pub fn measure(&self, repeat: u32) -> Result<Sample> {
         let start = Instant::now();
+        let cpu_start = crate::inspect::thread_cpu_seconds();
         let mut kernel = 0.0;
         let mut wall = 0.0;
         let mut classes: BTreeMap<ProbeClass, (f64, usize)> = BTreeMap::new();
@@ -90,27 +94,37 @@ impl Target<'_> {
                 .map(|(c, (sum, count))| (c, sum / count as f64))
                 .collect(),
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+            cpu_ms: (crate::inspect::thread_cpu_seconds() - cpu_start) * 1e3,
         })
     }
 
-    /// Picks `repeat` so that one measurement takes about `target_ms`, from a short trial run.
-    /// The trial also warms the caches and the branch predictors.
+    /// Picks `repeat` so that one measurement takes about `target_ms` of kernel time, from a
+    /// short trial run. The trial also warms the caches and the branch predictors.
+    ///
+    /// Kernel time, not wall time: the kernel's timer stops while the test run yields the CPU,
+    /// so on a busy machine the wall clock says more about the neighbours than about us.
     ///
     /// # Errors
     /// When the trial run fails.
     pub fn calibrate(&mut self, target_ms: f64) -> Result<()> {
         const TRIAL: u32 = 2_000;
         let s = self.measure(TRIAL)?;
-        let per_run_ns = s.elapsed_ms * 1e6 / (f64::from(TRIAL) * self.probes.len() as f64);
-        let want = target_ms * 1e6 / (per_run_ns.max(1.0) * self.probes.len() as f64);
+        let want = target_ms * 1e6 / (s.kernel_ns.max(1.0) * self.probes.len() as f64);
         // Round to a thousand so the numbers in the report read easily.
         self.repeat = ((want / 1000.0).round() as u32).clamp(1, 5_000) * 1000;
         Ok(())
     }
 }
 
-/// Runs `rounds` rounds over `targets`; returns the samples (`[target][round]`) and the order
-/// of each round (target indices).
+/// Everything the rounds measured.
+pub struct Rounds {
+    /// `samples[target][round]`.
+    pub samples: Vec<Vec<Sample>>,
+    /// The order of each round, as target indices.
+    pub orders: Vec<Vec<usize>>,
+}
+
+/// Runs `rounds` rounds over `targets`.
 ///
 /// # Errors
 /// When a measurement fails.
@@ -119,8 +133,9 @@ pub fn run_rounds(
     rounds: usize,
     rng: &mut Rng,
     mut progress: impl FnMut(usize, &str, &Sample),
-) -> Result<(Vec<Vec<Sample>>, Vec<Vec<usize>>)> {
-    let mut samples: Vec<Vec<Sample>> = targets.iter().map(|_| Vec::with_capacity(rounds)).collect();
+) -> Result<Rounds> {
+    let mut samples: Vec<Vec<Sample>> =
+        targets.iter().map(|_| Vec::with_capacity(rounds)).collect();
     let mut orders = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -132,7 +147,7 @@ pub fn run_rounds(
         }
         orders.push(order);
     }
-    Ok((samples, orders))
+    Ok(Rounds { samples, orders })
 }
 
 /// Median, minimum and maximum.

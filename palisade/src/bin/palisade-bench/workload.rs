@@ -128,9 +128,9 @@ enum Spec {
 
 /// `1000` -> `1k`, `1000000` -> `1M`.
 pub fn short_count(n: usize) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
@@ -140,7 +140,7 @@ pub fn short_count(n: usize) -> String {
 /// A policy with no rules, no sets and nothing else enabled: default allow, non-first
 /// fragments matched on layer 3. Parsed from text so that parts of the policy this benchmark
 /// does not exercise keep their defaults.
-fn empty_policy() -> Policy {
+pub fn empty_policy() -> Policy {
     let mut p = config::parse_policy(
         "[firewall]\ndefault = \"allow\"\n",
         "<palisade-bench>",
@@ -152,7 +152,7 @@ fn empty_policy() -> Policy {
     p
 }
 
-fn rule(action: Action, src: AddrMatch, protocol: Option<Protocol>) -> Rule {
+pub fn rule(action: Action, src: AddrMatch, protocol: Option<Protocol>) -> Rule {
     Rule {
         name: None,
         priority: 0,
@@ -169,13 +169,13 @@ fn rule(action: Action, src: AddrMatch, protocol: Option<Protocol>) -> Rule {
     }
 }
 
-fn cidr(addr: impl Into<IpAddr>, len: u8) -> Cidr {
+pub fn cidr(addr: impl Into<IpAddr>, len: u8) -> Cidr {
     Cidr::new(addr.into(), len).expect("prefix length within the family")
 }
 
 /// A random IPv4 unicast address outside the ranges the probes use for other purposes
 /// (10/8 and 192.168/16 admin networks, 100/8 misses, 198/8 destinations).
-fn public_v4(rng: &mut Rng) -> Ipv4Addr {
+pub fn public_v4(rng: &mut Rng) -> Ipv4Addr {
     loop {
         let a = rng.u32();
         let first = a >> 24;
@@ -227,7 +227,14 @@ fn miss_v4(rng: &mut Rng) -> IpAddr {
 
 fn miss_v6(rng: &mut Rng) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(
-        0x2001, 0x0db8, 0xffff, rng.u16(), rng.u16(), rng.u16(), rng.u16(), rng.u16(),
+        0x2001,
+        0x0db8,
+        0xffff,
+        rng.u16(),
+        rng.u16(),
+        rng.u16(),
+        rng.u16(),
+        rng.u16(),
     ))
 }
 
@@ -237,7 +244,14 @@ fn dst_for(src: IpAddr, rng: &mut Rng) -> IpAddr {
     match src {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(0xc612_0000 | (rng.u32() & 0x0001_ffff))),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(
-            0x2001, 0x0db8, 1, 0, 0, 0, rng.u16(), rng.u16(),
+            0x2001,
+            0x0db8,
+            1,
+            0,
+            0,
+            0,
+            rng.u16(),
+            rng.u16(),
         )),
     }
 }
@@ -269,7 +283,11 @@ fn port_rule(j: usize) -> Rule {
     match j % 8 {
         0 => Rule {
             dst_ports: single,
-            ..rule(Action::Allow, AddrMatch::Cidrs(vec![admin_v4()]), Some(Protocol::Tcp))
+            ..rule(
+                Action::Allow,
+                AddrMatch::Cidrs(vec![admin_v4()]),
+                Some(Protocol::Tcp),
+            )
         },
         1 => Rule {
             dst_ports: single,
@@ -284,7 +302,11 @@ fn port_rule(j: usize) -> Rule {
         },
         3 => Rule {
             dst_ports: single,
-            ..rule(Action::Allow, AddrMatch::Cidrs(vec![office_v4()]), Some(Protocol::Udp))
+            ..rule(
+                Action::Allow,
+                AddrMatch::Cidrs(vec![office_v4()]),
+                Some(Protocol::Udp),
+            )
         },
         4 => Rule {
             src_ports: single,
@@ -307,7 +329,11 @@ fn port_rule(j: usize) -> Rule {
         },
         _ => Rule {
             dst_ports: single,
-            ..rule(Action::Allow, AddrMatch::Cidrs(vec![admin_v6()]), Some(Protocol::Tcp))
+            ..rule(
+                Action::Allow,
+                AddrMatch::Cidrs(vec![admin_v6()]),
+                Some(Protocol::Tcp),
+            )
         },
     }
 }
@@ -423,10 +449,10 @@ fn misses(
             miss_v4(rng)
         };
         let frame = any_traffic(src, rng).build();
-        if let Some(c) = compiled {
-            if classify_frame(policy, c, &frame)?.1.is_some() {
-                continue;
-            }
+        if let Some(c) = compiled
+            && classify_frame(policy, c, &frame)?.1.is_some()
+        {
+            continue;
         }
         out.push(Probe {
             class: ProbeClass::Miss,
@@ -521,13 +547,25 @@ pub fn rules(n: usize, seed: u64) -> Result<Workload> {
             ),
             (ProbeClass::Late, n.saturating_sub(window), n),
         ] {
-            targets.extend(spread(&within(lo, hi), HITS_PER_CLASS).into_iter().map(|i| (class, i)));
+            targets.extend(
+                spread(&within(lo, hi), HITS_PER_CLASS)
+                    .into_iter()
+                    .map(|i| (class, i)),
+            );
         }
         if port.is_empty() {
             // No service rules in a list this small: more blocklist hits instead.
-            targets.extend(spread(&block, HITS_PER_CLASS).into_iter().map(|i| (ProbeClass::Middle, i)));
+            targets.extend(
+                spread(&block, HITS_PER_CLASS)
+                    .into_iter()
+                    .map(|i| (ProbeClass::Middle, i)),
+            );
         } else {
-            targets.extend(spread(&port, HITS_PER_CLASS).into_iter().map(|i| (ProbeClass::Port, i)));
+            targets.extend(
+                spread(&port, HITS_PER_CLASS)
+                    .into_iter()
+                    .map(|i| (ProbeClass::Port, i)),
+            );
         }
         for (class, index) in targets {
             let mut attempt = 0;
@@ -586,7 +624,10 @@ pub fn set(n: usize, seed: u64) -> Result<Workload> {
         name: "blocklist".into(),
         entries,
     });
-    policy.firewall.rules.push(rule(Action::Drop, AddrMatch::Set(0), None));
+    policy
+        .firewall
+        .rules
+        .push(rule(Action::Drop, AddrMatch::Set(0), None));
     // Membership is known by construction (misses come from 100.64.0.0/10, which no entry
     // covers), so the linear userspace set check is not needed; the kernel's verdicts are
     // still checked during the run.
@@ -633,12 +674,25 @@ mod tests {
         let w = rules(1000, 7).unwrap();
         assert_eq!(w.probes.len(), PROBES);
         assert_eq!(w.port_rules, 100);
-        let early: Vec<_> = w.probes.iter().filter(|p| p.class == ProbeClass::Early).collect();
+        let early: Vec<_> = w
+            .probes
+            .iter()
+            .filter(|p| p.class == ProbeClass::Early)
+            .collect();
         assert_eq!(early.len(), HITS_PER_CLASS);
         assert!(early.iter().all(|p| p.rule.is_some_and(|r| r < 20)));
-        let late: Vec<_> = w.probes.iter().filter(|p| p.class == ProbeClass::Late).collect();
+        let late: Vec<_> = w
+            .probes
+            .iter()
+            .filter(|p| p.class == ProbeClass::Late)
+            .collect();
         assert!(late.iter().all(|p| p.rule.is_some_and(|r| r >= 980)));
-        assert!(w.probes.iter().filter(|p| p.class == ProbeClass::Miss).all(|p| p.rule.is_none()));
+        assert!(
+            w.probes
+                .iter()
+                .filter(|p| p.class == ProbeClass::Miss)
+                .all(|p| p.rule.is_none())
+        );
         let tuples = compile::compile(&w.policy).unwrap().tuples.len();
         assert!((8..=14).contains(&tuples), "{tuples} tuples");
     }

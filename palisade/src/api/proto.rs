@@ -1,0 +1,430 @@
+//! Requests, responses and the data they carry.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Counters;
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/palisade/palisade.sock";
+/// The longest request line the daemon reads.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// One request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// What runs: programs, interfaces, policy generation, counters.
+    Status,
+    /// The firewall rules in evaluation order, with their counters.
+    ListRules,
+    /// The sets and their members (one set when named).
+    ListSets {
+        #[serde(default)]
+        set: Option<String>,
+    },
+    /// The DNS lists and their entries (one list when named).
+    ListDns {
+        #[serde(default)]
+        list: Option<String>,
+    },
+    /// Adds a firewall rule.
+    AddRule { rule: RuleSpec },
+    /// Removes the firewall rule with this name.
+    DeleteRule { name: String },
+    /// Adds addresses or CIDR blocks to a set.
+    AddMembers { set: String, members: Vec<String> },
+    /// Removes addresses or CIDR blocks from a set.
+    DeleteMembers { set: String, members: Vec<String> },
+    /// Adds names to a DNS list.
+    AddDns {
+        list: String,
+        names: Vec<String>,
+        /// Seconds until the entries stop applying.
+        #[serde(default)]
+        ttl: Option<u64>,
+        /// Query types (`A`, `AAAA`, numbers); empty for every type.
+        #[serde(default)]
+        qtypes: Vec<String>,
+        /// Plain names also match every name below them.
+        #[serde(default)]
+        subdomains: bool,
+    },
+    /// Removes names from a DNS list.
+    DeleteDns { list: String, names: Vec<String> },
+    /// Reads the policy file again and installs it (live changes are discarded).
+    Reload,
+    /// Every counter.
+    Stats,
+    /// Streams events until the client hangs up.
+    Events {
+        #[serde(default)]
+        filter: EventFilter,
+        /// JSON lines instead of text.
+        #[serde(default)]
+        json: bool,
+    },
+    /// Detaches everything, removes every pin, and stops the daemon.
+    Unload,
+}
+
+/// A rule given on the command line. Values are checked by the policy file's own parser.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    pub name: String,
+    #[serde(default)]
+    pub priority: Option<u32>,
+    pub action: String,
+    #[serde(default)]
+    pub proto: Option<String>,
+    #[serde(default)]
+    pub src: Vec<String>,
+    #[serde(default)]
+    pub dst: Vec<String>,
+    #[serde(default)]
+    pub sport: Option<String>,
+    #[serde(default)]
+    pub dport: Option<String>,
+    #[serde(default)]
+    pub tcp_flags: Option<String>,
+    #[serde(default)]
+    pub icmp_type: Option<u8>,
+    #[serde(default)]
+    pub icmp_code: Option<u8>,
+    #[serde(default)]
+    pub log: bool,
+    #[serde(default)]
+    pub rate_pps: Option<u32>,
+    #[serde(default)]
+    pub rate_burst: Option<u32>,
+    #[serde(default)]
+    pub rate_per: Option<String>,
+}
+
+/// Which events a stream carries. Every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFilter {
+    /// `firewall` or `dns`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// `drop`, `pass` (= `allow`), `nxdomain` or `audit`.
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// A substring of the DNS name or the firewall rule's name (case-insensitive).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Event kinds a filter accepts.
+pub const EVENT_KINDS: [&str; 2] = ["firewall", "dns"];
+/// Verdicts a filter accepts.
+pub const EVENT_VERDICTS: [&str; 5] = ["drop", "pass", "allow", "nxdomain", "audit"];
+
+impl EventFilter {
+    /// Checks the values; the message names the bad one.
+    ///
+    /// # Errors
+    /// On an unknown kind or verdict.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(k) = &self.kind
+            && !EVENT_KINDS.contains(&k.as_str())
+        {
+            return Err(format!(
+                "unknown event kind `{k}`: use one of {}",
+                EVENT_KINDS.join(", ")
+            ));
+        }
+        if let Some(v) = &self.verdict
+            && !EVENT_VERDICTS.contains(&v.as_str())
+        {
+            return Err(format!(
+                "unknown verdict `{v}`: use one of {}",
+                EVENT_VERDICTS.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether an event passes.
+    #[must_use]
+    pub fn matches(&self, kind: &str, verdict: &str, names: &[&str]) -> bool {
+        if self.kind.as_deref().is_some_and(|k| k != kind) {
+            return false;
+        }
+        if let Some(v) = &self.verdict {
+            let norm = |s: &str| {
+                if s == "allow" {
+                    "pass".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
+            if norm(v) != norm(verdict) {
+                return false;
+            }
+        }
+        if let Some(n) = &self.name {
+            let n = n.to_ascii_lowercase();
+            if !names.iter().any(|s| s.to_ascii_lowercase().contains(&n)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One answer line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Response {
+    /// A success carrying `data`.
+    #[must_use]
+    pub fn ok(data: &impl Serialize) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            data: Some(serde_json::to_value(data).unwrap_or_default()),
+        }
+    }
+
+    /// A refusal.
+    #[must_use]
+    pub fn err(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(message.into()),
+            data: None,
+        }
+    }
+}
+
+/// `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub policy: PolicySummary,
+    pub generation: u32,
+    pub pin_dir: String,
+    pub layout: String,
+    /// Whether the maps were adopted from pins left by an earlier daemon.
+    pub adopted: bool,
+    pub programs_reused: bool,
+    pub programs: Vec<ProgramStatus>,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub cgroups: Vec<CgroupStatus>,
+    pub packets: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub events_lost: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub unload_on_exit: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+}
+
+/// The policy in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySummary {
+    pub source: String,
+    pub rules: usize,
+    pub sets: usize,
+    pub dns_lists: usize,
+    pub default_action: String,
+    /// Changes made since the file was last loaded.
+    pub live_changes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub id: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_id: Option<u32>,
+    /// `created`, `adopted`, `moved` or `unpinned`.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupStatus {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_id: Option<u32>,
+    pub origin: String,
+}
+
+/// `list rules`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rules {
+    pub generation: u32,
+    pub rules: Vec<RuleRow>,
+    pub default_action: String,
+    pub default_packets: u64,
+    pub default_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRow {
+    /// Evaluation order.
+    pub index: usize,
+    pub name: String,
+    pub priority: u32,
+    pub action: String,
+    /// The conditions, written as on the command line.
+    pub matches: String,
+    pub log: bool,
+    /// Added at run time (not in the policy file).
+    pub live: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `list sets`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sets {
+    pub sets: Vec<SetRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRow {
+    pub name: String,
+    pub members: Vec<String>,
+    /// Rules that refer to the set.
+    pub used_by: Vec<String>,
+}
+
+/// `list dns`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsLists {
+    pub ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
+    pub lists: Vec<DnsListRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsListRow {
+    pub name: String,
+    /// `ingress`/`egress` scopes using the list.
+    pub used_by: Vec<String>,
+    pub entries: Vec<DnsEntryRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsEntryRow {
+    /// As written in a list (`*.example.com` for names strictly below).
+    pub name: String,
+    /// `exact`, `subdomains` (strictly below) or `apex-and-subdomains`.
+    pub matches: String,
+    pub qtypes: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    /// Seconds left before `expires` (negative once expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_left: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entropy: Option<f64>,
+    pub live: bool,
+}
+
+/// The answer to a change (add, delete, reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    pub message: String,
+    /// The policy generation now in force.
+    pub generation: u32,
+}
+
+/// `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub generation: u32,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub live_applied: u64,
+    pub live_refused: u64,
+    pub counters: Counters,
+}
+
+/// `unload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unloaded {
+    pub done: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json_lines() {
+        let r = Request::AddMembers {
+            set: "bad".into(),
+            members: vec!["10.0.0.1".into()],
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"cmd":"add-members","set":"bad","members":["10.0.0.1"]}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
+            Request::Status
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"events"}"#).unwrap(),
+            Request::Events {
+                filter: EventFilter::default(),
+                json: false
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+    }
+
+    #[test]
+    fn filters_match_kind_verdict_and_name() {
+        let f = EventFilter {
+            kind: Some("dns".into()),
+            verdict: Some("drop".into()),
+            name: Some("Ads".into()),
+        };
+        assert!(f.matches("dns", "drop", &["ads.example.com"]));
+        assert!(!f.matches("firewall", "drop", &["ads"]));
+        assert!(!f.matches("dns", "allow", &["ads.example.com"]));
+        assert!(!f.matches("dns", "drop", &["example.com"]));
+        let pass = EventFilter {
+            verdict: Some("allow".into()),
+            ..EventFilter::default()
+        };
+        assert!(pass.matches("firewall", "pass", &[]));
+        assert!(
+            EventFilter {
+                kind: Some("tcp".into()),
+                ..EventFilter::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("tcp")
+        );
+    }
+}

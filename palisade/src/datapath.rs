@@ -1,0 +1,689 @@
+//! The kernel side of the daemon: maps, programs and links, all pinned under bpffs so the
+//! policy stays enforced when the daemon exits or dies, and adopted again when it restarts.
+//!
+//! Start-up, in order, so that no packet ever meets a missing or half-written policy:
+//!
+//! 1. [`Datapath::load`]: the maps of this build's layout are opened from their pins (or
+//!    created and pinned the first time). Their contents, counters and the event ring carry
+//!    over.
+//! 2. The daemon installs its policy (an idle-generation write and one flip, see `guard`).
+//! 3. [`Datapath::attach`]: the programs are reused from their pins when this build pinned
+//!    them against these maps, otherwise loaded and pinned; each pinned link is reopened and,
+//!    if it runs another program, switched with `BPF_LINK_UPDATE` (no detach); interfaces
+//!    with no link get a new one. Links found under an incompatible layout are moved the
+//!    same way, and that layout's pins are removed only after every link has moved.
+
+use std::{
+    fs,
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{MapData, ProgramArray},
+    programs::{CgroupSkb, CgroupSkbAttachType, Xdp},
+};
+use aya_obj::programs::XdpAttachType;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    attach::{self, Mode},
+    guard::{DNS_EGRESS, DNS_INGRESS, FIREWALL},
+    loader,
+    maps::map_mut,
+    pin::{self, Layout, LinkPin, Mounted, PinLock},
+    policy::model::Policy,
+};
+
+/// Slot of the DNS inspector in `XDP_TAILS` (the kernel's `maps::TAIL_DNS`).
+const TAIL_DNS: u32 = 0;
+
+/// Where the daemon keeps its state and what it guards.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub pin_dir: PathBuf,
+    pub ifaces: Vec<String>,
+    pub force_generic: bool,
+}
+
+/// How an attachment came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// Attached by this daemon.
+    Created,
+    /// A pinned link of this layout, reopened.
+    Adopted,
+    /// A pinned link of an incompatible layout, switched to this build's program.
+    Moved,
+    /// Attached without a pin (old kernel): it ends with the daemon.
+    Unpinned,
+}
+
+/// The firewall on one interface.
+#[derive(Debug)]
+pub struct XdpAttachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: Mode,
+    pub link: Option<OwnedFd>,
+    pub link_id: Option<u32>,
+    pub origin: Origin,
+}
+
+/// The DNS egress program on one cgroup.
+#[derive(Debug)]
+pub struct CgroupAttachment {
+    pub path: PathBuf,
+    pub link: Option<OwnedFd>,
+    pub link_id: Option<u32>,
+    pub origin: Origin,
+}
+
+/// The loaded, pinned datapath.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pub layout: Layout,
+    _lock: PinLock,
+    pub mounted: Mounted,
+    /// Maps reused from pins (the rest were created now).
+    pub maps_reused: usize,
+    pub maps_created: usize,
+    firewall: Option<Xdp>,
+    dns_ingress: Option<Xdp>,
+    egress: Option<CgroupSkb>,
+    /// Whether the XDP programs came from pins rather than a fresh load.
+    pub programs_reused: bool,
+    pub xdp: Vec<XdpAttachment>,
+    pub cgroups: Vec<CgroupAttachment>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Datapath {
+    /// Opens (or creates) the pinned maps of this build under `opts.pin_dir`. Notes for the
+    /// operator go to `notes`.
+    ///
+    /// # Errors
+    /// When the pin directory cannot be prepared or locked, or the object cannot be loaded.
+    pub fn load(opts: &Options, notes: &mut Vec<String>) -> Result<Self> {
+        let mounted = pin::prepare_root(&opts.pin_dir)?;
+        match mounted {
+            Mounted::Existing => {}
+            Mounted::Mounted => notes.push(format!("mounted a BPF filesystem at {}", pin::BPFFS_ROOT)),
+            Mounted::MountedPrivately => notes.push(format!(
+                "mounted a BPF filesystem at {} inside a private mount namespace: the pins vanish when this process exits (run in the host's mount namespace, or pass --pin-dir on a shared bpffs)",
+                pin::BPFFS_ROOT
+            )),
+        }
+        let lock = PinLock::acquire(&opts.pin_dir)?;
+        let layout = loader::layout(opts.pin_dir.clone())?;
+        let mut pinned = loader::load_pinned(&layout)?;
+        if let Err(e) = verify_map_shapes(&layout) {
+            drop(pinned);
+            let aside = opts.pin_dir.join(format!(
+                "layout-{}-damaged-{}",
+                layout.layout_id,
+                unix_now()
+            ));
+            fs::rename(layout.dir(), &aside).with_context(|| {
+                format!("setting aside damaged pins {}", layout.dir().display())
+            })?;
+            notes.push(format!(
+                "pinned maps under {} do not match this build ({e:#}); starting fresh state, the old one is removed once everything is attached",
+                layout.dir().display()
+            ));
+            pinned = loader::load_pinned(&layout)?;
+        }
+        if !pinned.created.is_empty() {
+            // Pinned programs refer to the maps they were loaded with; with any map new they
+            // are stale. Removing their pins keeps "a pinned program is valid" true even if
+            // this start is interrupted.
+            for d in std::iter::once(layout.progs_dir()).chain(layout.other_builds()) {
+                pin::remove_tree(&d)?;
+            }
+            layout.create_dirs()?;
+        }
+        Ok(Self {
+            ebpf: pinned.ebpf,
+            layout,
+            _lock: lock,
+            mounted,
+            maps_reused: pinned.reused.len(),
+            maps_created: pinned.created.len(),
+            firewall: None,
+            dns_ingress: None,
+            egress: None,
+            programs_reused: false,
+            xdp: Vec::new(),
+            cgroups: Vec::new(),
+        })
+    }
+
+    /// Whether the state was adopted from an earlier daemon (maps reused).
+    #[must_use]
+    pub const fn adopted(&self) -> bool {
+        self.maps_reused > 0 && self.maps_created == 0
+    }
+
+    /// Loads or reuses the programs and attaches them to every interface and to the
+    /// policy's egress cgroups, then removes pins of incompatible layouts. Returns notes.
+    ///
+    /// # Errors
+    /// When a program is refused or an attachment fails; the pins of other layouts are
+    /// then left alone.
+    pub fn attach(&mut self, opts: &Options, policy: &Policy) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        self.ensure_xdp_programs()?;
+        self.sync_xdp(opts, &mut notes)?;
+        notes.extend(self.sync_cgroups(policy)?);
+        for old in self.layout.foreign_layouts() {
+            let detached = pin::remove_tree(&old)?;
+            notes.push(format!(
+                "removed the pinned state of an incompatible build ({}){}",
+                old.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+                if detached.is_empty() {
+                    String::new()
+                } else {
+                    format!(", detaching {} link(s) it still had", detached.len())
+                }
+            ));
+        }
+        for old in self.layout.other_builds() {
+            pin::remove_tree(&old)?;
+        }
+        Ok(notes)
+    }
+
+    fn ensure_xdp_programs(&mut self) -> Result<()> {
+        let reused = match (
+            Xdp::from_pin(self.layout.prog(FIREWALL), XdpAttachType::Interface),
+            Xdp::from_pin(self.layout.prog(DNS_INGRESS), XdpAttachType::Interface),
+        ) {
+            (Ok(fw), Ok(dns)) if self.layout.prog(FIREWALL).exists() => Some((fw, dns)),
+            _ => None,
+        };
+        let (fw, dns) = match reused {
+            Some(p) => {
+                self.programs_reused = true;
+                p
+            }
+            None => {
+                for name in [DNS_INGRESS, FIREWALL] {
+                    let path = self.layout.prog(name);
+                    let prog: &mut Xdp = self
+                        .ebpf
+                        .program_mut(name)
+                        .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
+                        .try_into()?;
+                    prog.load()
+                        .with_context(|| format!("the kernel refused the program {name}"))?;
+                    let _ = fs::remove_file(&path);
+                    prog.pin(&path)
+                        .with_context(|| format!("pinning {name} at {}", path.display()))?;
+                }
+                (
+                    Xdp::from_pin(self.layout.prog(FIREWALL), XdpAttachType::Interface)?,
+                    Xdp::from_pin(self.layout.prog(DNS_INGRESS), XdpAttachType::Interface)?,
+                )
+            }
+        };
+        // The DNS inspector goes into the (pinned) tail-call table before any link runs the
+        // firewall that calls it.
+        let mut tails: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map_mut(&mut self.ebpf, "XDP_TAILS")?)?;
+        tails
+            .set(TAIL_DNS, dns.fd()?, 0)
+            .context("filling the tail-call table")?;
+        self.firewall = Some(fw);
+        self.dns_ingress = Some(dns);
+        Ok(())
+    }
+
+    fn ensure_egress_program(&mut self) -> Result<()> {
+        if self.egress.is_some() {
+            return Ok(());
+        }
+        let path = self.layout.prog(DNS_EGRESS);
+        if let Ok(p) = CgroupSkb::from_pin(&path, CgroupSkbAttachType::Egress) {
+            self.egress = Some(p);
+            return Ok(());
+        }
+        let prog: &mut CgroupSkb = self
+            .ebpf
+            .program_mut(DNS_EGRESS)
+            .ok_or_else(|| anyhow!("kernel object has no program {DNS_EGRESS}"))?
+            .try_into()?;
+        prog.load()
+            .context("the kernel refused the cgroup DNS program")?;
+        let _ = fs::remove_file(&path);
+        prog.pin(&path)
+            .with_context(|| format!("pinning {DNS_EGRESS} at {}", path.display()))?;
+        self.egress = Some(CgroupSkb::from_pin(&path, CgroupSkbAttachType::Egress)?);
+        Ok(())
+    }
+
+    /// The id of a loaded program.
+    fn prog_id<P>(
+        p: Option<&P>,
+        info: impl Fn(&P) -> Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+    ) -> Option<u32> {
+        p.and_then(|p| info(p).ok()).map(|i| i.id())
+    }
+
+    /// Ids of the firewall, DNS ingress and (when loaded) DNS egress programs.
+    #[must_use]
+    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+        let mut v = Vec::new();
+        if let Some(id) = Self::prog_id(self.firewall.as_ref(), Xdp::info) {
+            v.push((FIREWALL, id));
+        }
+        if let Some(id) = Self::prog_id(self.dns_ingress.as_ref(), Xdp::info) {
+            v.push((DNS_INGRESS, id));
+        }
+        if let Some(id) = Self::prog_id(self.egress.as_ref(), CgroupSkb::info) {
+            v.push((DNS_EGRESS, id));
+        }
+        v
+    }
+
+    /// Link pins of this layout, then of incompatible ones.
+    fn all_link_pins(&self) -> Vec<(LinkPin, PathBuf, bool)> {
+        let mut v: Vec<(LinkPin, PathBuf, bool)> = pin::link_pins(&self.layout.links_dir())
+            .into_iter()
+            .map(|(a, b)| (a, b, true))
+            .collect();
+        for d in self.layout.foreign_layouts() {
+            v.extend(
+                pin::link_pins(&d.join("links"))
+                    .into_iter()
+                    .map(|(a, b)| (a, b, false)),
+            );
+        }
+        v
+    }
+
+    fn sync_xdp(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        let fw_fd = self.firewall.as_ref().expect("loaded").fd()?.try_clone()?;
+        let fw_id = Self::prog_id(self.firewall.as_ref(), Xdp::info).unwrap_or(0);
+        let pins = self.all_link_pins();
+        for iface in &opts.ifaces {
+            let ifindex = attach::ifindex(iface)
+                .ok_or_else(|| anyhow!("no network interface named {iface:?}"))?;
+            let mut found: Option<XdpAttachment> = None;
+            for (pin, path, ours) in &pins {
+                let LinkPin::Xdp {
+                    mode,
+                    iface: pinned_iface,
+                } = pin
+                else {
+                    continue;
+                };
+                if pinned_iface != iface || found.is_some() {
+                    continue;
+                }
+                let Ok(fd) = pin::obj_get(path) else { continue };
+                let info = pin::link_info(fd.as_fd());
+                match info {
+                    Ok(info) if info.link_type == pin::LINK_TYPE_XDP && info.ifindex == ifindex => {
+                        if info.prog_id != fw_id {
+                            pin::link_update(fd.as_fd(), fw_fd.as_fd()).with_context(|| {
+                                format!("switching the pinned XDP link on {iface} to this build's program")
+                            })?;
+                        }
+                        let mode = Mode::from_word(mode).unwrap_or(Mode::Native);
+                        if *ours {
+                            found = Some(XdpAttachment {
+                                iface: iface.clone(),
+                                ifindex,
+                                mode,
+                                link_id: Some(info.id),
+                                link: Some(fd),
+                                origin: Origin::Adopted,
+                            });
+                        } else {
+                            let to = self.layout.links_dir().join(pin.file_name());
+                            pin::move_link_pin(fd.as_fd(), path, &to)?;
+                            found = Some(XdpAttachment {
+                                iface: iface.clone(),
+                                ifindex,
+                                mode,
+                                link_id: Some(info.id),
+                                link: Some(fd),
+                                origin: Origin::Moved,
+                            });
+                        }
+                        if opts.force_generic && mode == Mode::Native {
+                            notes.push(format!("{iface} keeps its pinned native-mode attachment; `palisade unload` first to switch to generic mode"));
+                        }
+                    }
+                    _ => {
+                        // A link whose device went away (or was replaced): it guards nothing.
+                        let _ = pin::link_detach(fd.as_fd());
+                        let _ = fs::remove_file(path);
+                        notes.push(format!(
+                            "removed a stale pinned link for {iface} ({})",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+            let att = match found {
+                Some(a) => a,
+                None => {
+                    let prog = self.firewall.as_mut().expect("loaded");
+                    let (mode, link) = attach::attach_xdp_link(prog, iface, opts.force_generic)?;
+                    match link {
+                        Some(link) => {
+                            let path = self.layout.links_dir().join(
+                                LinkPin::Xdp {
+                                    mode: mode.word().to_string(),
+                                    iface: iface.clone(),
+                                }
+                                .file_name(),
+                            );
+                            let _ = fs::remove_file(&path);
+                            drop(
+                                link.pin(&path)
+                                    .with_context(|| format!("pinning the XDP link of {iface}"))?,
+                            );
+                            let fd = pin::obj_get(&path)?;
+                            let id = pin::link_info(fd.as_fd()).ok().map(|i| i.id);
+                            XdpAttachment {
+                                iface: iface.clone(),
+                                ifindex,
+                                mode,
+                                link: Some(fd),
+                                link_id: id,
+                                origin: Origin::Created,
+                            }
+                        }
+                        None => {
+                            notes.push(format!(
+                                "the kernel attached {iface} through netlink, which cannot be pinned: the firewall there ends with this process"
+                            ));
+                            XdpAttachment {
+                                iface: iface.clone(),
+                                ifindex,
+                                mode,
+                                link: None,
+                                link_id: None,
+                                origin: Origin::Unpinned,
+                            }
+                        }
+                    }
+                }
+            };
+            self.xdp.push(att);
+        }
+        // Our links on interfaces no longer configured.
+        for (pin, path) in pin::link_pins(&self.layout.links_dir()) {
+            if let LinkPin::Xdp { iface, .. } = &pin
+                && !opts.ifaces.contains(iface)
+            {
+                if let Ok(fd) = pin::obj_get(&path) {
+                    let _ = pin::link_detach(fd.as_fd());
+                }
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                notes.push(format!(
+                    "detached from {iface} (no longer given with --iface)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the egress attachments match `policy`: attaches to new cgroups, adopts pinned
+    /// links, detaches from cgroups the policy no longer names. Returns notes.
+    ///
+    /// # Errors
+    /// When a cgroup is missing or the kernel refuses.
+    pub fn sync_cgroups(&mut self, policy: &Policy) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        let mut desired: Vec<PathBuf> = Vec::new();
+        if let Some(egress) = &policy.dns.egress {
+            for c in &egress.cgroups {
+                let (path, note) = attach::effective_cgroup(c)?;
+                notes.extend(note);
+                if !desired.contains(&path) {
+                    desired.push(path);
+                }
+            }
+        }
+        if !desired.is_empty() {
+            self.ensure_egress_program()?;
+        }
+        // Drop attachments no longer wanted.
+        let mut keep = Vec::new();
+        for a in self.cgroups.drain(..) {
+            if desired.contains(&a.path) {
+                keep.push(a);
+            } else {
+                if let Some(fd) = &a.link {
+                    let _ = pin::link_detach(fd.as_fd());
+                }
+                let _ = fs::remove_file(
+                    self.layout.links_dir().join(
+                        LinkPin::Cgroup {
+                            path: a.path.clone(),
+                        }
+                        .file_name(),
+                    ),
+                );
+                notes.push(format!(
+                    "DNS egress policy removed from cgroup {}",
+                    a.path.display()
+                ));
+            }
+        }
+        self.cgroups = keep;
+        for (pin, path) in pin::link_pins(&self.layout.links_dir()) {
+            if let LinkPin::Cgroup { path: cg } = &pin
+                && !desired.contains(cg)
+                && !self.cgroups.iter().any(|a| &a.path == cg)
+            {
+                if let Ok(fd) = pin::obj_get(&path) {
+                    let _ = pin::link_detach(fd.as_fd());
+                }
+                let _ = fs::remove_file(&path);
+                notes.push(format!(
+                    "DNS egress policy removed from cgroup {}",
+                    cg.display()
+                ));
+            }
+        }
+        let pins = self.all_link_pins();
+        for cg in desired {
+            if self.cgroups.iter().any(|a| a.path == cg) {
+                continue;
+            }
+            let egress_fd = self.egress.as_ref().expect("loaded").fd()?.try_clone()?;
+            let egress_id = Self::prog_id(self.egress.as_ref(), CgroupSkb::info).unwrap_or(0);
+            let ino = fs::metadata(&cg).map(|m| m.ino()).unwrap_or(0);
+            let mut found = None;
+            for (pin, path, ours) in &pins {
+                let LinkPin::Cgroup { path: pinned } = pin else {
+                    continue;
+                };
+                if pinned != &cg || found.is_some() {
+                    continue;
+                }
+                let Ok(fd) = pin::obj_get(path) else { continue };
+                match pin::link_info(fd.as_fd()) {
+                    Ok(info)
+                        if info.link_type == pin::LINK_TYPE_CGROUP && info.cgroup_id == ino =>
+                    {
+                        if info.prog_id != egress_id {
+                            pin::link_update(fd.as_fd(), egress_fd.as_fd()).with_context(|| {
+                                format!("switching the pinned cgroup link on {} to this build's program", cg.display())
+                            })?;
+                        }
+                        let origin = if *ours {
+                            Origin::Adopted
+                        } else {
+                            pin::move_link_pin(
+                                fd.as_fd(),
+                                path,
+                                &self.layout.links_dir().join(pin.file_name()),
+                            )?;
+                            Origin::Moved
+                        };
+                        found = Some(CgroupAttachment {
+                            path: cg.clone(),
+                            link_id: Some(info.id),
+                            link: Some(fd),
+                            origin,
+                        });
+                    }
+                    _ => {
+                        let _ = pin::link_detach(fd.as_fd());
+                        let _ = fs::remove_file(path);
+                    }
+                }
+            }
+            let att = match found {
+                Some(a) => a,
+                None => {
+                    let prog = self.egress.as_mut().expect("loaded");
+                    match attach::attach_cgroup_link(prog, &cg)? {
+                        Some(link) => {
+                            let path = self
+                                .layout
+                                .links_dir()
+                                .join(LinkPin::Cgroup { path: cg.clone() }.file_name());
+                            let _ = fs::remove_file(&path);
+                            drop(link.pin(&path).with_context(|| {
+                                format!("pinning the cgroup link of {}", cg.display())
+                            })?);
+                            let fd = pin::obj_get(&path)?;
+                            let id = pin::link_info(fd.as_fd()).ok().map(|i| i.id);
+                            CgroupAttachment {
+                                path: cg.clone(),
+                                link: Some(fd),
+                                link_id: id,
+                                origin: Origin::Created,
+                            }
+                        }
+                        None => CgroupAttachment {
+                            path: cg.clone(),
+                            link: None,
+                            link_id: None,
+                            origin: Origin::Unpinned,
+                        },
+                    }
+                }
+            };
+            notes.push(format!("DNS egress policy on cgroup {}", cg.display()));
+            self.cgroups.push(att);
+        }
+        Ok(notes)
+    }
+
+    /// Detaches every link and removes every pin (this layout's and any other's). The
+    /// datapath is gone afterwards.
+    ///
+    /// # Errors
+    /// When a pin cannot be removed.
+    pub fn unload(mut self) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for a in &self.xdp {
+            if let Some(fd) = &a.link {
+                let _ = pin::link_detach(fd.as_fd());
+            }
+            done.push(format!("detached from {}", a.iface));
+        }
+        for a in &self.cgroups {
+            if let Some(fd) = &a.link {
+                let _ = pin::link_detach(fd.as_fd());
+            }
+            done.push(format!("detached from cgroup {}", a.path.display()));
+        }
+        self.xdp.clear();
+        self.cgroups.clear();
+        let root = self.layout.root.clone();
+        pin::remove_tree(&self.layout.dir())?;
+        for old in self.layout.foreign_layouts() {
+            pin::remove_tree(&old)?;
+        }
+        // Netlink attachments (old kernels) end when the programs are dropped.
+        self.firewall = None;
+        self.dns_ingress = None;
+        self.egress = None;
+        if root != Path::new(pin::BPFFS_ROOT) {
+            let _ = fs::remove_dir(&root);
+        }
+        done.push(format!("removed the pins under {}", root.display()));
+        Ok(done)
+    }
+}
+
+/// Checks every pinned map against this build's definition (a pin edited by hand, or left
+/// by a build whose layout hash collided).
+fn verify_map_shapes(layout: &Layout) -> Result<()> {
+    for s in loader::map_shapes()? {
+        if !pin::is_pinned_map(&s.name) {
+            continue;
+        }
+        let fd = pin::obj_get(&layout.map(&s.name))
+            .with_context(|| format!("opening pinned map {}", s.name))?;
+        let (map_type, _, key, value, max, _) = pin::map_info(fd.as_fd())?;
+        if (map_type, key, value, max) != (s.map_type, s.key_size, s.value_size, s.max_entries) {
+            return Err(anyhow!(
+                "map {} is pinned as type {map_type} key {key} value {value} max {max}, this build has type {} key {} value {} max {}",
+                s.name,
+                s.map_type,
+                s.key_size,
+                s.value_size,
+                s.max_entries
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes every pin under `pin_dir` when no daemon runs: detaches each pinned link first.
+/// Returns what was done.
+///
+/// # Errors
+/// When a daemon holds the pin directory, or a pin cannot be removed.
+pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
+    if !pin_dir.exists() {
+        return Ok(vec![format!("nothing pinned under {}", pin_dir.display())]);
+    }
+    let lock = PinLock::acquire(pin_dir)?;
+    let mut done = Vec::new();
+    let dirs: Vec<PathBuf> = fs::read_dir(pin_dir)
+        .with_context(|| format!("reading {}", pin_dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("layout-"))
+        })
+        .collect();
+    for d in dirs {
+        for l in pin::remove_tree(&d)? {
+            done.push(match l {
+                LinkPin::Xdp { iface, .. } => format!("detached from {iface}"),
+                LinkPin::Cgroup { path } => format!("detached from cgroup {}", path.display()),
+            });
+        }
+    }
+    drop(lock);
+    if pin_dir != Path::new(pin::BPFFS_ROOT) {
+        let _ = fs::remove_dir(pin_dir);
+    }
+    done.push(format!("removed the pins under {}", pin_dir.display()));
+    Ok(done)
+}

@@ -1,0 +1,429 @@
+//! The Prometheus endpoint: a minimal HTTP/1.1 responder (GET or HEAD of `/metrics`, one
+//! request per connection) serving the text exposition format.
+
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+
+use anyhow::{Result, anyhow};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+};
+use tracing::debug;
+
+use crate::api::{
+    proto::{Request, Stats},
+    server::Call,
+};
+
+/// Where `--metrics` listens when given without an address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9477";
+/// The longest request head read.
+const MAX_HEAD: usize = 8192;
+
+/// Parses `--metrics`: `HOST:PORT`, `[V6]:PORT`, or a bare port (on 127.0.0.1).
+///
+/// # Errors
+/// When it is none of these.
+pub fn parse_addr(text: &str) -> Result<SocketAddr> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(port) = text.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        anyhow!("invalid --metrics address `{text}`: use HOST:PORT (e.g. {DEFAULT_ADDR}) or a port")
+    })
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {value}");
+        } else {
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = writeln!(self.0, "{name}{{{}}} {value}", l.join(","));
+        }
+    }
+}
+
+fn global_help(name: &str) -> &'static str {
+    match name {
+        "packets" => "Packets seen by the XDP firewall.",
+        "passed" => "Packets passed by the XDP firewall (including non-IP frames).",
+        "dropped" => "Packets dropped, for any reason (see palisade_drops_total).",
+        "not_ip" => "Frames that are not IPv4 or IPv6, always passed.",
+        "events_lost" => "Events lost because the ring buffer was full.",
+        "internal_errors" => "Internal datapath errors (the packet passed).",
+        "fragments" => "Non-first IP fragments seen.",
+        "answered" => "Packets answered in place (DNS NXDOMAIN).",
+        _ => "Datapath counter.",
+    }
+}
+
+fn dns_help(name: &str) -> &'static str {
+    match name {
+        "queries" => "DNS queries inspected, by attachment point (ingress, egress).",
+        "allowed" => "DNS queries allowed, by attachment point.",
+        "blocked" => "DNS queries blocked, by attachment point.",
+        "nxdomain_sent" => "NXDOMAIN answers sent, by attachment point.",
+        "audited" => "DNS queries that audit mode would have blocked, by attachment point.",
+        "tcp" => "DNS queries over TCP, by attachment point.",
+        _ => "DNS counter, by attachment point.",
+    }
+}
+
+/// The exposition text for `s`.
+#[must_use]
+pub fn render(s: &Stats) -> String {
+    let mut o = Out(String::new());
+    o.family("palisade_up", "gauge", "1 while the daemon serves metrics.");
+    o.sample("palisade_up", &[], 1);
+    for n in &s.counters.global {
+        let name = format!("palisade_{}_total", n.name);
+        o.family(&name, "counter", global_help(&n.name));
+        o.sample(&name, &[], n.value);
+    }
+    o.family(
+        "palisade_drops_total",
+        "counter",
+        "Packets dropped, by reason.",
+    );
+    for n in &s.counters.reasons {
+        o.sample("palisade_drops_total", &[("reason", &n.name)], n.value);
+    }
+    o.family(
+        "palisade_rule_packets_total",
+        "counter",
+        "Packets that matched a firewall rule (or the default action).",
+    );
+    for r in &s.counters.rules {
+        o.sample(
+            "palisade_rule_packets_total",
+            &[("rule", &r.rule), ("action", &r.action)],
+            r.packets,
+        );
+    }
+    o.family(
+        "palisade_rule_bytes_total",
+        "counter",
+        "Bytes that matched a firewall rule (or the default action).",
+    );
+    for r in &s.counters.rules {
+        o.sample(
+            "palisade_rule_bytes_total",
+            &[("rule", &r.rule), ("action", &r.action)],
+            r.bytes,
+        );
+    }
+    let mut seen = Vec::new();
+    for d in &s.counters.dns {
+        let name = format!("palisade_dns_{}_total", d.name);
+        if !seen.contains(&name) {
+            o.family(&name, "counter", dns_help(&d.name));
+            seen.push(name.clone());
+        }
+        o.sample(&name, &[("scope", &d.scope)], d.value);
+    }
+    o.family(
+        "palisade_policy_generation",
+        "gauge",
+        "Policy swaps since the maps were created.",
+    );
+    o.sample("palisade_policy_generation", &[], u64::from(s.generation));
+    o.family(
+        "palisade_reloads_total",
+        "counter",
+        "Policy file reloads, by result.",
+    );
+    o.sample(
+        "palisade_reloads_total",
+        &[("result", "success")],
+        s.reloads_ok,
+    );
+    o.sample(
+        "palisade_reloads_total",
+        &[("result", "failure")],
+        s.reloads_failed,
+    );
+    o.family(
+        "palisade_live_changes_total",
+        "counter",
+        "Live changes (rules, set members, DNS entries), by result.",
+    );
+    o.sample(
+        "palisade_live_changes_total",
+        &[("result", "applied")],
+        s.live_applied,
+    );
+    o.sample(
+        "palisade_live_changes_total",
+        &[("result", "refused")],
+        s.live_refused,
+    );
+    o.0
+}
+
+/// Serves until the listener fails.
+pub async fn serve(listener: TcpListener, calls: mpsc::Sender<Call>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, calls).await {
+                debug!(%peer, error = %e, "metrics connection ended");
+            }
+        });
+    }
+}
+
+/// Reads a request head: up to the blank line, at most [`MAX_HEAD`] bytes.
+async fn read_head(s: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
+            return Ok(Some(buf));
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(Some(buf));
+        }
+    }
+}
+
+async fn reply(
+    s: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &str,
+    head_only: bool,
+    extra: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    if !head_only {
+        s.write_all(body.as_bytes()).await?;
+    }
+    s.flush().await?;
+    s.shutdown().await
+}
+
+async fn connection(mut s: TcpStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+    let text = "text/plain; charset=utf-8";
+    let Ok(head) = tokio::time::timeout(Duration::from_secs(5), read_head(&mut s)).await else {
+        return Ok(());
+    };
+    let Some(head) = head? else { return Ok(()) };
+    if head.len() > MAX_HEAD {
+        return reply(
+            &mut s,
+            "431 Request Header Fields Too Large",
+            text,
+            "request head too large\n",
+            false,
+            "",
+        )
+        .await;
+    }
+    let head = String::from_utf8_lossy(&head);
+    let first = head.lines().next().unwrap_or("");
+    let mut parts = first.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return reply(
+            &mut s,
+            "400 Bad Request",
+            text,
+            "malformed request line\n",
+            false,
+            "",
+        )
+        .await;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return reply(
+            &mut s,
+            "505 HTTP Version Not Supported",
+            text,
+            "HTTP/1.x only\n",
+            false,
+            "",
+        )
+        .await;
+    }
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        return reply(
+            &mut s,
+            "405 Method Not Allowed",
+            text,
+            "use GET\n",
+            false,
+            "Allow: GET, HEAD\r\n",
+        )
+        .await;
+    }
+    let path = target.split('?').next().unwrap_or("");
+    match path {
+        "/metrics" => {
+            let (tx, rx) = oneshot::channel();
+            let stats = if calls
+                .send(Call {
+                    request: Request::Stats,
+                    reply: tx,
+                    written: None,
+                })
+                .await
+                .is_ok()
+            {
+                rx.await
+                    .ok()
+                    .filter(|r| r.ok)
+                    .and_then(|r| r.data)
+                    .and_then(|d| serde_json::from_value::<Stats>(d).ok())
+            } else {
+                None
+            };
+            match stats {
+                Some(st) => {
+                    reply(
+                        &mut s,
+                        "200 OK",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        &render(&st),
+                        head_only,
+                        "",
+                    )
+                    .await
+                }
+                None => {
+                    reply(
+                        &mut s,
+                        "503 Service Unavailable",
+                        text,
+                        "the daemon is shutting down\n",
+                        head_only,
+                        "",
+                    )
+                    .await
+                }
+            }
+        }
+        "/" => {
+            reply(
+                &mut s,
+                "200 OK",
+                text,
+                "palisade: metrics at /metrics\n",
+                head_only,
+                "",
+            )
+            .await
+        }
+        _ => {
+            reply(
+                &mut s,
+                "404 Not Found",
+                text,
+                "not found; metrics are at /metrics\n",
+                head_only,
+                "",
+            )
+            .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Counters, DnsCounter, Named, RuleCounter};
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_addr("9477").unwrap().to_string(), "127.0.0.1:9477");
+        assert_eq!(parse_addr(":9100").unwrap().to_string(), "127.0.0.1:9100");
+        assert_eq!(parse_addr("[::1]:9477").unwrap().to_string(), "[::1]:9477");
+        assert!(
+            parse_addr("localhost:x")
+                .unwrap_err()
+                .to_string()
+                .contains("localhost:x")
+        );
+    }
+
+    #[test]
+    fn exposition_has_every_family_once_with_escaped_labels() {
+        let s = Stats {
+            generation: 7,
+            reloads_ok: 2,
+            reloads_failed: 1,
+            live_applied: 3,
+            live_refused: 4,
+            counters: Counters {
+                global: vec![Named {
+                    name: "packets".into(),
+                    value: 10,
+                }],
+                reasons: vec![Named {
+                    name: "rule".into(),
+                    value: 5,
+                }],
+                dns: vec![
+                    DnsCounter {
+                        scope: "ingress".into(),
+                        name: "queries".into(),
+                        value: 1,
+                    },
+                    DnsCounter {
+                        scope: "egress".into(),
+                        name: "queries".into(),
+                        value: 2,
+                    },
+                ],
+                rules: vec![RuleCounter {
+                    rule: "a\"b".into(),
+                    action: "drop".into(),
+                    packets: 5,
+                    bytes: 300,
+                }],
+            },
+        };
+        let t = render(&s);
+        assert!(t.contains("palisade_packets_total 10\n"));
+        assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));
+        assert!(t.contains("palisade_rule_packets_total{rule=\"a\\\"b\",action=\"drop\"} 5\n"));
+        assert!(t.contains("palisade_dns_queries_total{scope=\"egress\"} 2\n"));
+        assert_eq!(t.matches("# TYPE palisade_dns_queries_total").count(), 1);
+        assert!(t.contains("palisade_policy_generation 7\n"));
+        assert!(t.contains("palisade_reloads_total{result=\"failure\"} 1\n"));
+        assert!(t.contains("palisade_live_changes_total{result=\"refused\"} 4\n"));
+    }
+}

@@ -1,0 +1,649 @@
+//! Pinned state under bpffs: where every map, program and link lives, how an existing
+//! layout is recognised, and the few BPF syscalls aya does not expose (link info, link
+//! update, link detach, pinning a raw fd).
+//!
+//! # Layout
+//!
+//! ```text
+//! PIN_DIR/                                   default /sys/fs/bpf/palisade
+//!   layout-<L>/                              L: hash of every map's name, type, key size,
+//!                                            value size, max entries and flags
+//!     maps/<MAP>                             every named map of the kernel object
+//!     progs-<B>/<PROGRAM>                    B: hash of the kernel object (the build)
+//!     links/xdp-<mode>-<IFACE>               one XDP link per guarded interface
+//!     links/cgroup-<PATH>                    one cgroup_skb egress link per cgroup
+//! ```
+//!
+//! bpffs holds only BPF objects and directories (and refuses names with dots), so the
+//! versions are carried by directory names and interface names and paths are escaped.
+//! A daemon whose layout hash differs finds the other `layout-*` directory, builds a
+//! complete new state next to it, moves each link over with `BPF_LINK_UPDATE` and removes
+//! the old directory only afterwards.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::{
+        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+/// Where the daemon pins by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/palisade";
+/// Where bpffs is normally mounted.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Bumped by hand when the meaning of a map's contents changes without its shape changing,
+/// so such a build is treated as incompatible with the pins of an older one.
+const LAYOUT_EPOCH: &str = "palisade-layout-1";
+
+/// 64-bit FNV-1a: stable across builds and Rust versions (unlike `DefaultHasher`).
+#[must_use]
+pub fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// One map as the layout hash sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapShape {
+    pub name: String,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl MapShape {
+    fn line(&self) -> String {
+        format!(
+            "{} type={} key={} value={} max={} flags={}",
+            self.name, self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
+}
+
+/// Whether a map of the object is pinned. Data sections (`.rodata`, `.bss`) are part of a
+/// program load, not shared state.
+#[must_use]
+pub fn is_pinned_map(name: &str) -> bool {
+    !name.is_empty() && !name.contains('.')
+}
+
+/// The layout id: 16 hex digits over every pinned map's shape, in name order.
+#[must_use]
+pub fn layout_id(shapes: &[MapShape]) -> String {
+    let mut lines: Vec<String> = shapes
+        .iter()
+        .filter(|s| is_pinned_map(&s.name))
+        .map(MapShape::line)
+        .collect();
+    lines.sort();
+    let text = format!("{LAYOUT_EPOCH}\n{}", lines.join("\n"));
+    format!("{:016x}", fnv64(text.as_bytes()))
+}
+
+/// Escapes a name for bpffs: keeps `A-Z a-z 0-9 _ -`, writes every other byte as `%XX`.
+#[must_use]
+pub fn escape(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &b in name {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`escape`]. `None` for text [`escape`] cannot produce.
+#[must_use]
+pub fn unescape(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The pin paths of one layout and build under a pin directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub layout_id: String,
+    pub build_id: String,
+}
+
+impl Layout {
+    #[must_use]
+    pub fn dir(&self) -> PathBuf {
+        self.root.join(format!("layout-{}", self.layout_id))
+    }
+    #[must_use]
+    pub fn maps_dir(&self) -> PathBuf {
+        self.dir().join("maps")
+    }
+    #[must_use]
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+    #[must_use]
+    pub fn progs_dir(&self) -> PathBuf {
+        self.dir().join(format!("progs-{}", self.build_id))
+    }
+    #[must_use]
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.progs_dir().join(name)
+    }
+    #[must_use]
+    pub fn links_dir(&self) -> PathBuf {
+        self.dir().join("links")
+    }
+
+    /// Creates the directories of this layout.
+    ///
+    /// # Errors
+    /// When bpffs refuses.
+    pub fn create_dirs(&self) -> Result<()> {
+        for d in [self.maps_dir(), self.progs_dir(), self.links_dir()] {
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Other `layout-*` directories under the pin directory: state left by a build with an
+    /// incompatible map layout (or set aside as damaged).
+    #[must_use]
+    pub fn foreign_layouts(&self) -> Vec<PathBuf> {
+        let ours = self.dir();
+        let mut v: Vec<PathBuf> = fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p != &ours
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("layout-"))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `progs-*` directories of this layout left by other builds.
+    #[must_use]
+    pub fn other_builds(&self) -> Vec<PathBuf> {
+        let ours = self.progs_dir();
+        let mut v: Vec<PathBuf> = fs::read_dir(self.dir())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p != &ours
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("progs-"))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// What a link pin's file name says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkPin {
+    /// `xdp-<mode>-<iface>`
+    Xdp { mode: String, iface: String },
+    /// `cgroup-<path>`
+    Cgroup { path: PathBuf },
+}
+
+impl LinkPin {
+    #[must_use]
+    pub fn file_name(&self) -> String {
+        match self {
+            Self::Xdp { mode, iface } => format!("xdp-{mode}-{}", escape(iface.as_bytes())),
+            Self::Cgroup { path } => format!("cgroup-{}", escape(path.as_os_str().as_bytes())),
+        }
+    }
+
+    #[must_use]
+    pub fn parse(file_name: &str) -> Option<Self> {
+        if let Some(rest) = file_name.strip_prefix("xdp-") {
+            let (mode, iface) = rest.split_once('-')?;
+            let iface = String::from_utf8(unescape(iface)?).ok()?;
+            return Some(Self::Xdp {
+                mode: mode.to_string(),
+                iface,
+            });
+        }
+        let rest = file_name.strip_prefix("cgroup-")?;
+        let path: std::ffi::OsString = std::os::unix::ffi::OsStringExt::from_vec(unescape(rest)?);
+        Some(Self::Cgroup {
+            path: PathBuf::from(path),
+        })
+    }
+}
+
+/// Every parseable link pin in `links_dir`, with its path.
+#[must_use]
+pub fn link_pins(links_dir: &Path) -> Vec<(LinkPin, PathBuf)> {
+    let mut v: Vec<(LinkPin, PathBuf)> = fs::read_dir(links_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name();
+            LinkPin::parse(name.to_str()?).map(|p| (p, e.path()))
+        })
+        .collect();
+    v.sort_by(|a, b| a.1.cmp(&b.1));
+    v
+}
+
+/// Whether `path` is on a bpffs.
+#[must_use]
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statfs is a valid out-parameter and `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is not i64 on every target"
+    )]
+    let f_type = i64::from(st.f_type);
+    r == 0 && f_type == BPF_FS_MAGIC
+}
+
+/// How the pin directory was made ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mounted {
+    /// bpffs was already there.
+    Existing,
+    /// This process mounted bpffs at [`BPFFS_ROOT`].
+    Mounted,
+    /// It mounted it, in a mount namespace private to this process tree: the pins vanish
+    /// when it exits.
+    MountedPrivately,
+}
+
+/// Makes sure `root` exists on a bpffs: mounts bpffs at `/sys/fs/bpf` when `root` lies below
+/// it and nothing is mounted there, then creates `root`.
+///
+/// # Errors
+/// When `root` is elsewhere and not on bpffs, or mounting fails.
+pub fn prepare_root(root: &Path) -> Result<Mounted> {
+    let mut how = Mounted::Existing;
+    let bpffs = Path::new(BPFFS_ROOT);
+    if root.starts_with(bpffs) && !is_bpffs(bpffs) {
+        fs::create_dir_all(bpffs).ok();
+        let src = CString::new("bpf").expect("no NUL");
+        let target = CString::new(BPFFS_ROOT).expect("no NUL");
+        let opts = CString::new("mode=0700").expect("no NUL");
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            bail!(
+                "{BPFFS_ROOT} is not a BPF filesystem and mounting one there failed: {e} (mount it with `mount -t bpf bpf {BPFFS_ROOT}`)"
+            );
+        }
+        how = if private_mount_namespace() {
+            Mounted::MountedPrivately
+        } else {
+            Mounted::Mounted
+        };
+    }
+    let mut probe = root.to_path_buf();
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p.to_path_buf(),
+            None => break,
+        }
+    }
+    if !is_bpffs(&probe) {
+        bail!(
+            "pin directory {} is not on a BPF filesystem; mount one there (`mount -t bpf bpf DIR`) or pick a directory under {BPFFS_ROOT}",
+            root.display()
+        );
+    }
+    fs::create_dir_all(root)
+        .with_context(|| format!("creating pin directory {}", root.display()))?;
+    Ok(how)
+}
+
+/// Whether this process lives in a different mount namespace than init.
+fn private_mount_namespace() -> bool {
+    match (
+        fs::read_link("/proc/self/ns/mnt"),
+        fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => false,
+    }
+}
+
+/// An exclusive lock on the pin directory, held for the life of the daemon (and released by
+/// the kernel when it dies, even by SIGKILL).
+#[derive(Debug)]
+pub struct PinLock(#[allow(dead_code, reason = "held for its lifetime")] OwnedFd);
+
+impl PinLock {
+    /// Takes the lock without waiting.
+    ///
+    /// # Errors
+    /// When another process holds it.
+    pub fn acquire(root: &Path) -> Result<Self> {
+        let dir = fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
+        let fd = OwnedFd::from(dir);
+        // SAFETY: a valid fd.
+        let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                bail!(
+                    "another palisade daemon is using the pin directory {}; stop it first, or give this one its own --pin-dir",
+                    root.display()
+                );
+            }
+            return Err(anyhow!("locking {}: {e}", root.display()));
+        }
+        Ok(Self(fd))
+    }
+}
+
+// ---- raw BPF syscalls -------------------------------------------------------------------
+
+const BPF_OBJ_PIN: u32 = 6;
+const BPF_OBJ_GET: u32 = 7;
+const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+const BPF_LINK_UPDATE: u32 = 29;
+const BPF_LINK_DETACH: u32 = 34;
+
+/// `bpf_link_type` values used here.
+pub const LINK_TYPE_CGROUP: u32 = 3;
+pub const LINK_TYPE_XDP: u32 = 6;
+
+/// `union bpf_attr`, large enough for every command used here, zeroed.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Attr {
+    const fn new() -> Self {
+        Self([0; 128])
+    }
+    fn put_u32(&mut self, at: usize, v: u32) {
+        self.0[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn put_u64(&mut self, at: usize, v: u64) {
+        self.0[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+fn sys_bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a properly sized and aligned `bpf_attr` for `cmd`; every pointer in it
+    // points to memory that outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Opens a pinned object.
+///
+/// # Errors
+/// When nothing is pinned there.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut a = Attr::new();
+    a.put_u64(0, c.as_ptr() as u64);
+    let fd = sys_bpf(BPF_OBJ_GET, &mut a)?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins `fd` at `path`.
+///
+/// # Errors
+/// When the path exists or is not on bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut a = Attr::new();
+    a.put_u64(0, c.as_ptr() as u64);
+    a.put_u32(8, fd.as_raw_fd() as u32);
+    sys_bpf(BPF_OBJ_PIN, &mut a).map(drop)
+}
+
+/// What the kernel says about a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// XDP: the interface index (0 once the device is gone).
+    pub ifindex: u32,
+    /// cgroup: the cgroup id (its inode on cgroup2fs).
+    pub cgroup_id: u64,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a link.
+///
+/// # Errors
+/// When `fd` is not a link.
+pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    let mut info = [0u64; 32];
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u32(4, (info.len() * 8) as u32);
+    a.put_u64(8, info.as_mut_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let u32_at = |i: usize| -> u32 {
+        let word = info[i / 8];
+        if i.is_multiple_of(8) {
+            word as u32
+        } else {
+            (word >> 32) as u32
+        }
+    };
+    let link_type = u32_at(0);
+    Ok(LinkInfo {
+        link_type,
+        id: u32_at(4),
+        prog_id: u32_at(8),
+        ifindex: if link_type == LINK_TYPE_XDP {
+            u32_at(16)
+        } else {
+            0
+        },
+        cgroup_id: if link_type == LINK_TYPE_CGROUP {
+            info[2]
+        } else {
+            0
+        },
+    })
+}
+
+/// What the kernel says about a map: `(type, id, key size, value size, max entries, flags)`.
+///
+/// # Errors
+/// When `fd` is not a map.
+pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32, u32, u32, u32, u32)> {
+    let mut info = [0u32; 40];
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u32(4, (info.len() * 4) as u32);
+    a.put_u64(8, info.as_mut_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok((info[0], info[1], info[2], info[3], info[4], info[5]))
+}
+
+/// Replaces the program of a link in one step (`BPF_LINK_UPDATE`): the hook never runs
+/// without a program.
+///
+/// # Errors
+/// When the kernel refuses (e.g. a program of another type).
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.put_u32(0, link.as_raw_fd() as u32);
+    a.put_u32(4, prog.as_raw_fd() as u32);
+    sys_bpf(BPF_LINK_UPDATE, &mut a).map(drop)
+}
+
+/// Detaches a link now, whoever else holds it open (`BPF_LINK_DETACH`).
+///
+/// # Errors
+/// When the kernel refuses.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.put_u32(0, link.as_raw_fd() as u32);
+    sys_bpf(BPF_LINK_DETACH, &mut a).map(drop)
+}
+
+/// Moves a pinned link to `to`: pins the same link there, then removes the old pin.
+///
+/// # Errors
+/// When either step fails; the link stays pinned at least once.
+pub fn move_link_pin(link: BorrowedFd<'_>, from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        fs::remove_file(to).with_context(|| format!("removing stale pin {}", to.display()))?;
+    }
+    obj_pin(link, to).with_context(|| format!("pinning link at {}", to.display()))?;
+    fs::remove_file(from).with_context(|| format!("removing old pin {}", from.display()))?;
+    Ok(())
+}
+
+/// Removes a pinned state tree: detaches every link pinned under `links/` (so nothing keeps
+/// running on state about to disappear), then unlinks everything and removes the
+/// directories. Returns what it detached, for messages.
+///
+/// # Errors
+/// When a pin cannot be removed.
+pub fn remove_tree(dir: &Path) -> Result<Vec<LinkPin>> {
+    let mut detached = Vec::new();
+    for (pin, path) in link_pins(&dir.join("links")) {
+        if let Ok(fd) = obj_get(&path) {
+            let _ = link_detach(fd.as_fd());
+        }
+        detached.push(pin);
+    }
+    remove_recursively(dir)?;
+    Ok(detached)
+}
+
+fn remove_recursively(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow!("{}: {e}", path.display())),
+    };
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+            remove_recursively(&entry?.path())?;
+        }
+        fs::remove_dir(path).with_context(|| format!("removing {}", path.display()))?;
+    } else {
+        fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_round_trips_and_avoids_dots_and_slashes() {
+        for name in [
+            "eth0",
+            "eth0.100",
+            "br-lan_1",
+            "/sys/fs/cgroup/a.b",
+            "wlan%0",
+        ] {
+            let e = escape(name.as_bytes());
+            assert!(!e.contains('.') && !e.contains('/'), "{e}");
+            assert_eq!(unescape(&e).unwrap(), name.as_bytes());
+        }
+        assert_eq!(unescape("%zz"), None);
+    }
+
+    #[test]
+    fn link_pin_names_parse_back() {
+        for pin in [
+            LinkPin::Xdp {
+                mode: "native".into(),
+                iface: "eth0.100".into(),
+            },
+            LinkPin::Xdp {
+                mode: "generic".into(),
+                iface: "veth-b".into(),
+            },
+            LinkPin::Cgroup {
+                path: "/sys/fs/cgroup/unified".into(),
+            },
+        ] {
+            assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));
+        }
+        assert_eq!(LinkPin::parse("something-else"), None);
+    }
+
+    #[test]
+    fn layout_id_depends_on_every_shape_field_but_not_order() {
+        let shape = |name: &str, max| MapShape {
+            name: name.into(),
+            map_type: 2,
+            key_size: 4,
+            value_size: 8,
+            max_entries: max,
+            flags: 0,
+        };
+        let a = layout_id(&[shape("A", 1), shape("B", 2)]);
+        assert_eq!(a, layout_id(&[shape("B", 2), shape("A", 1)]));
+        assert_ne!(a, layout_id(&[shape("A", 1), shape("B", 3)]));
+        assert_eq!(
+            a,
+            layout_id(&[shape("A", 1), shape("B", 2), shape(".rodata", 1)])
+        );
+        assert_eq!(a.len(), 16);
+    }
+}

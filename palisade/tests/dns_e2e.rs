@@ -1,0 +1,416 @@
+//! End to end, DNS on ingress: a real resolver (unbound) in namespace B behind the real
+//! `palisade` binary on B's veth, a real client (`dig`) in namespace A, over IPv4 and IPv6,
+//! UDP and TCP.
+//!
+//! Every name the tests ask for exists in the resolver's zone, so the resolver itself would
+//! answer NOERROR with an address: an NXDOMAIN can only come from Palisade, and the resolver's
+//! query log shows which queries got past it.
+
+#[path = "support/dns/mod.rs"]
+mod dns_support;
+mod support;
+
+use std::time::Duration;
+
+use dns_support::{
+    TempDir, check_policy,
+    dig::{Dig, dig},
+    dns_events, require_tools, run_args,
+    unbound::{Unbound, zone_answer},
+    xdp::XdpPass,
+};
+use serde_json::Value;
+use support::{daemon::Daemon, netns::NetnsPair};
+
+/// dig's timeout for one try, in seconds.
+const TIMEOUT: u32 = 2;
+
+/// One namespace pair with unbound serving the test zone in B on both of B's addresses.
+struct Setup {
+    unbound: Unbound,
+    pair: NetnsPair,
+    dir: TempDir,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Self {
+        require_tools();
+        let pair = NetnsPair::new();
+        let unbound = Unbound::start(&pair, &pair.ns_b, &[&pair.v4_b, &pair.v6_b]);
+        Self {
+            unbound,
+            pair,
+            dir: TempDir::new(tag),
+        }
+    }
+
+    /// Starts palisade in B on B's veth with `policy`, after checking `palisade check` takes it.
+    fn palisade(&self, policy: &str) -> Daemon {
+        let path = self.dir.write("policy.toml", policy);
+        check_policy(&path);
+        let args = run_args(&self.dir, &path, &self.pair.if_b);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start(&self.pair, &self.pair.ns_b, &args)
+    }
+
+    /// `dig @server name qtype` from A.
+    fn dig(&self, server: &str, name: &str, qtype: &str, extra: &[&str]) -> Dig {
+        dig(
+            &self.pair,
+            &self.pair.ns_a,
+            server,
+            name,
+            qtype,
+            TIMEOUT,
+            extra,
+        )
+    }
+
+    /// Asks `name` before palisade runs: the resolver answers it with its zone data.
+    fn baseline(&self, name: &str) {
+        let d = self.dig(&self.pair.v4_b, name, "A", &[]);
+        assert_eq!(
+            d.status.as_deref(),
+            Some("NOERROR"),
+            "resolver without palisade: {d}"
+        );
+        assert_eq!(
+            d.answers,
+            [zone_answer(name, "A")],
+            "resolver without palisade: {d}"
+        );
+    }
+}
+
+/// The resolver's real answer.
+fn assert_resolves(d: &Dig, name: &str, qtype: &str) {
+    assert_eq!(d.status.as_deref(), Some("NOERROR"), "{d}");
+    assert_eq!(d.answers, [zone_answer(name, qtype)], "{d}");
+    assert!(
+        d.has_flag("aa"),
+        "the resolver's answers are authoritative: {d}"
+    );
+}
+
+/// Palisade's NXDOMAIN: fast, not authoritative (the resolver's would be), no records, the
+/// question echoed exactly as sent.
+fn assert_palisade_nxdomain(d: &Dig, name: &str, qtype: &str) {
+    assert_eq!(d.status.as_deref(), Some("NXDOMAIN"), "{d}");
+    assert!(d.answers.is_empty(), "{d}");
+    for f in ["qr", "rd", "ra"] {
+        assert!(d.has_flag(f), "flag {f} in {:?}: {d}", d.flags);
+    }
+    assert!(
+        !d.has_flag("aa") && !d.has_flag("tc"),
+        "Palisade's answer is not authoritative: {d}"
+    );
+    let q = d.question.as_deref().unwrap_or_default();
+    let f: Vec<&str> = q.split_whitespace().collect();
+    assert_eq!(
+        f,
+        [format!(";{name}.").as_str(), "IN", qtype],
+        "question echoed as sent: {d}"
+    );
+    let qt = d.query_time.expect("dig reports the query time");
+    assert!(qt < Duration::from_millis(500), "answered in {qt:?}: {d}");
+    assert!(d.elapsed < Duration::from_secs(u64::from(TIMEOUT)), "{d}");
+}
+
+/// dig got no answer at all and gave up after its timeout.
+fn assert_no_answer(d: &Dig) {
+    assert!(!d.answered(), "{d}");
+    assert_ne!(d.exit_code, Some(0), "{d}");
+    assert!(
+        d.elapsed >= Duration::from_millis(u64::from(TIMEOUT) * 1000 - 100),
+        "{d}"
+    );
+}
+
+/// Events for `name` (the lower-case dotted form palisade prints).
+fn events_for<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["name"] == name).collect()
+}
+
+fn assert_event(e: &Value, verdict: &str, reason: &str, qtype: &str, client: &str, tcp: bool) {
+    assert_eq!(e["scope"], "ingress", "{e}");
+    assert_eq!(e["verdict"], verdict, "{e}");
+    assert_eq!(e["reason"], reason, "{e}");
+    assert_eq!(e["qtype"], qtype, "{e}");
+    assert_eq!(e["client"], client, "{e}");
+    assert_eq!(e["tcp"], tcp, "{e}");
+    assert!(
+        e.get("pid").is_none() && e.get("comm").is_none(),
+        "no process on ingress: {e}"
+    );
+}
+
+#[test]
+fn blocklist_answers_nxdomain_over_udp_and_drops_tcp() {
+    let s = Setup::new("dns-blocklist");
+    let p = &s.pair;
+    // Palisade's XDP_TX answer crosses the veth only if A's end has an XDP program.
+    let _xdp = XdpPass::attach(&p.ns_a, &p.if_a);
+    s.baseline("blocked.test");
+    let before = s.unbound.queries().len();
+
+    let daemon = s.palisade(
+        r#"
+[dns.ingress]
+mode = "blocklist"
+action = "nxdomain"
+lists = ["bad"]
+log_allowed = true
+
+[dns.lists.bad]
+names = ["blocked.test"]
+"#,
+    );
+
+    // Blocked, over both families; letter case is kept in the echoed question.
+    let v4 = s.dig(&p.v4_b, "BloCked.TEST", "A", &[]);
+    assert_palisade_nxdomain(&v4, "BloCked.TEST", "A");
+    let v6 = s.dig(&p.v6_b, "blocked.test", "AAAA", &[]);
+    assert_palisade_nxdomain(&v6, "blocked.test", "AAAA");
+    // Allowed: the resolver's own answer, both families.
+    assert_resolves(
+        &s.dig(&p.v4_b, "allowed.test", "A", &[]),
+        "allowed.test",
+        "A",
+    );
+    assert_resolves(
+        &s.dig(&p.v6_b, "allowed.test", "AAAA", &[]),
+        "allowed.test",
+        "AAAA",
+    );
+    // A name below a blocked one is not blocked without a wildcard or `subdomains`.
+    assert_resolves(
+        &s.dig(&p.v4_b, "ads.blocked.test", "A", &[]),
+        "ads.blocked.test",
+        "A",
+    );
+    // TCP: a blocked query is dropped (never answered), an allowed one resolves.
+    let tcp = s.dig(&p.v4_b, "blocked.test", "A", &["+tcp"]);
+    assert_no_answer(&tcp);
+    assert_resolves(
+        &s.dig(&p.v6_b, "allowed.test", "A", &["+tcp"]),
+        "allowed.test",
+        "A",
+    );
+
+    let t = daemon.stop();
+    assert!(t.success, "palisade exited with an error: {:?}", t.stderr);
+    assert!(
+        t.stderr.iter().any(|l| l.contains("0 events lost")),
+        "{:?}",
+        t.stderr
+    );
+    let events = dns_events(&t.stdout);
+
+    let blocked = events_for(&events, "blocked.test.");
+    let udp: Vec<_> = blocked.iter().filter(|e| e["tcp"] == false).collect();
+    assert_eq!(
+        udp.len(),
+        2,
+        "one event per blocked UDP query: {:#?}",
+        t.stdout
+    );
+    assert_event(udp[0], "nxdomain", "dns-blocked", "A", &p.v4_a, false);
+    assert_eq!(udp[0]["list"], 0, "{}", udp[0]);
+    assert_event(udp[1], "nxdomain", "dns-blocked", "AAAA", &p.v6_a, false);
+    let tcp_events: Vec<_> = blocked.iter().filter(|e| e["tcp"] == true).collect();
+    assert!(
+        !tcp_events.is_empty(),
+        "the TCP query was reported: {:#?}",
+        t.stdout
+    );
+    for e in tcp_events {
+        assert_event(e, "drop", "dns-blocked", "A", &p.v4_a, true);
+    }
+    let allowed = events_for(&events, "allowed.test.");
+    assert_eq!(
+        allowed.len(),
+        3,
+        "log_allowed reports each allowed query: {:#?}",
+        t.stdout
+    );
+    assert_event(allowed[0], "allow", "pass", "A", &p.v4_a, false);
+    assert_event(allowed[1], "allow", "pass", "AAAA", &p.v6_a, false);
+    assert_event(allowed[2], "allow", "pass", "A", &p.v6_a, true);
+
+    // The resolver saw every allowed query and no blocked one.
+    let seen = &s.unbound.queries()[before..];
+    assert!(
+        seen.iter()
+            .all(|q| !q.name.eq_ignore_ascii_case("blocked.test.")),
+        "a blocked query reached the resolver: {seen:?}"
+    );
+    let allowed_seen = seen.iter().filter(|q| q.name == "allowed.test.").count();
+    assert_eq!(allowed_seen, 3, "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|q| q.name == "ads.blocked.test." && q.client == p.v4_a),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn allowlist_with_drop_action_leaves_other_names_unanswered() {
+    let s = Setup::new("dns-allowlist");
+    let p = &s.pair;
+    s.baseline("other.test");
+    let before = s.unbound.queries().len();
+
+    let daemon = s.palisade(
+        r#"
+[dns.ingress]
+mode = "allowlist"
+action = "drop"
+lists = ["good"]
+
+[dns.lists.good]
+names = ["allowed.test"]
+"#,
+    );
+
+    assert_resolves(
+        &s.dig(&p.v4_b, "allowed.test", "A", &[]),
+        "allowed.test",
+        "A",
+    );
+    assert_resolves(
+        &s.dig(&p.v6_b, "ALLOWED.test", "AAAA", &[]),
+        "allowed.test",
+        "AAAA",
+    );
+    assert_no_answer(&s.dig(&p.v4_b, "other.test", "A", &[]));
+    assert_no_answer(&s.dig(&p.v6_b, "blocked.test", "AAAA", &[]));
+    assert_no_answer(&s.dig(&p.v4_b, "blocked.test", "A", &["+tcp"]));
+
+    let t = daemon.stop();
+    assert!(t.success, "palisade exited with an error: {:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    // Allowed queries are not reported without log_allowed.
+    assert!(
+        events_for(&events, "allowed.test.").is_empty(),
+        "{:#?}",
+        t.stdout
+    );
+    let other = events_for(&events, "other.test.");
+    assert_eq!(other.len(), 1, "{:#?}", t.stdout);
+    assert_event(other[0], "drop", "dns-not-allowed", "A", &p.v4_a, false);
+    assert!(
+        other[0].get("list").is_none(),
+        "no list matched: {}",
+        other[0]
+    );
+    let blocked = events_for(&events, "blocked.test.");
+    assert!(
+        blocked
+            .iter()
+            .any(|e| e["qtype"] == "AAAA" && e["client"] == p.v6_a.as_str() && e["tcp"] == false),
+        "{:#?}",
+        t.stdout
+    );
+    for e in &blocked {
+        assert_eq!(e["verdict"], "drop", "{e}");
+        assert_eq!(e["reason"], "dns-not-allowed", "{e}");
+    }
+    assert!(blocked.iter().any(|e| e["tcp"] == true), "{:#?}", t.stdout);
+    assert!(
+        t.stderr
+            .iter()
+            .any(|l| l.split_whitespace().last() == Some("dns-not-allowed")),
+        "summary counts the reason: {:?}",
+        t.stderr
+    );
+
+    let seen = &s.unbound.queries()[before..];
+    let names: Vec<&str> = seen.iter().map(|q| q.name.as_str()).collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.eq_ignore_ascii_case("allowed.test.")),
+        "only allowed queries reach the resolver: {seen:?}"
+    );
+    assert_eq!(names.len(), 2, "{seen:?}");
+}
+
+#[test]
+fn wildcard_blocks_names_below_but_not_the_apex() {
+    let s = Setup::new("dns-wildcard");
+    let p = &s.pair;
+    let _xdp = XdpPass::attach(&p.ns_a, &p.if_a);
+    s.baseline("ads.blocked.test");
+    let before = s.unbound.queries().len();
+
+    let daemon = s.palisade(
+        r#"
+[dns.ingress]
+mode = "blocklist"
+lists = ["ads"]
+
+[dns.lists.ads]
+names = ["*.blocked.test"]
+"#,
+    );
+
+    assert_palisade_nxdomain(
+        &s.dig(&p.v4_b, "ads.blocked.test", "A", &[]),
+        "ads.blocked.test",
+        "A",
+    );
+    assert_palisade_nxdomain(
+        &s.dig(&p.v6_b, "deep.ads.blocked.test", "A", &[]),
+        "deep.ads.blocked.test",
+        "A",
+    );
+    assert_palisade_nxdomain(
+        &s.dig(&p.v6_b, "Ads.Blocked.Test", "AAAA", &[]),
+        "Ads.Blocked.Test",
+        "AAAA",
+    );
+    // `*.blocked.test` does not cover `blocked.test` itself.
+    assert_resolves(
+        &s.dig(&p.v4_b, "blocked.test", "A", &[]),
+        "blocked.test",
+        "A",
+    );
+    assert_resolves(
+        &s.dig(&p.v6_b, "blocked.test", "AAAA", &[]),
+        "blocked.test",
+        "AAAA",
+    );
+    assert_resolves(
+        &s.dig(&p.v4_b, "allowed.test", "A", &[]),
+        "allowed.test",
+        "A",
+    );
+
+    let t = daemon.stop();
+    assert!(t.success, "palisade exited with an error: {:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    let ads = events_for(&events, "ads.blocked.test.");
+    assert_eq!(ads.len(), 2, "{:#?}", t.stdout);
+    assert_event(ads[0], "nxdomain", "dns-blocked", "A", &p.v4_a, false);
+    assert_event(ads[1], "nxdomain", "dns-blocked", "AAAA", &p.v6_a, false);
+    let deep = events_for(&events, "deep.ads.blocked.test.");
+    assert_eq!(deep.len(), 1, "{:#?}", t.stdout);
+    assert_event(deep[0], "nxdomain", "dns-blocked", "A", &p.v6_a, false);
+    assert!(
+        events_for(&events, "blocked.test.").is_empty(),
+        "the apex is not blocked: {:#?}",
+        t.stdout
+    );
+
+    let seen = &s.unbound.queries()[before..];
+    assert!(
+        seen.iter()
+            .all(|q| !q.name.to_ascii_lowercase().ends_with(".blocked.test.")),
+        "a blocked query reached the resolver: {seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|q| q.name == "blocked.test.").count(),
+        2,
+        "{seen:?}"
+    );
+}

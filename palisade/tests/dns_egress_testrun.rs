@@ -1,0 +1,504 @@
+//! The cgroup egress DNS program (`palisade_dns_egress`), run on crafted IP packets through
+//! `BPF_PROG_TEST_RUN`, as a local process would send them.
+//!
+//! Every check asserts the verdict (1 allow, 0 drop), the exact movement of the egress DNS
+//! counters, the drops per reason and the global counters (which the egress program leaves
+//! alone), and the event.
+//!
+//! What the process fields of an event hold in a test run: the kernel runs the program in
+//! the context of the thread that issued `BPF_PROG_TEST_RUN`, so `pid` is this test
+//! process, `comm` the name of the calling thread (what `/proc/thread-self/comm` shows), `uid`
+//! ours, and the socket cgroup that of the dummy socket the kernel makes for the run, which is
+//! created in the caller's cgroup v2.
+//!
+//! Needs root. The tests share one loaded object and take turns.
+
+use std::{
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    sync::{Mutex, MutexGuard, OnceLock},
+};
+
+use palisade::{
+    craft::{DNS_FLAG_QR, DnsQuery, DnsQuestion, Frame, dns_labels, dns_tcp_payload},
+    events::DnsDecision,
+    firewall::apply,
+    policy::{
+        model::{
+            Action, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry,
+            NameList, NameMatch, Policy, QueryRate,
+        },
+        namelist::parse_name,
+    },
+    testrun::{Bench, DNS_EGRESS, sum_counter},
+};
+use palisade_common::{
+    dns::maps::{
+        DNS_STATS_PER_SCOPE, SCOPE_EGRESS, SCOPE_INGRESS, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED,
+        STAT_QUERIES, STAT_TCP,
+    },
+    packet::{TCP_ACK, TCP_PSH, TCP_SYN},
+    reason, stats,
+};
+
+const ALLOW: u32 = 1;
+const DROP: u32 = 0;
+const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
+
+const A: u16 = 1;
+const AAAA: u16 = 28;
+
+const HOST: &str = "10.1.2.3";
+const RESOLVER: &str = "10.1.0.53";
+const HOST6: &str = "fd00::3";
+const RESOLVER6: &str = "fd00::53";
+
+fn entry(text: &str) -> NameEntry {
+    let (labels, wildcard) = parse_name(text).unwrap_or_else(|e| panic!("bad test name {text}: {e}"));
+    NameEntry {
+        labels,
+        kind: if wildcard { NameMatch::Subdomains } else { NameMatch::Exact },
+        qtypes: vec![],
+        expires: None,
+        max_entropy: None,
+        line: 0,
+    }
+}
+
+fn scope(mode: DnsMode) -> DnsScope {
+    DnsScope {
+        mode,
+        action: DnsAction::Drop,
+        audit: false,
+        lists: vec![0],
+        block_malformed: mode == DnsMode::Allowlist,
+        rate: None,
+        log_allowed: false,
+    }
+}
+
+/// Egress `egress` over list 0, ingress `ingress` over list 1.
+fn policy(egress: Option<DnsScope>, ingress: Option<DnsScope>, list0: Vec<NameEntry>, list1: Vec<NameEntry>) -> Policy {
+    Policy {
+        firewall: Firewall {
+            default_action: Action::Allow,
+            log_default: false,
+            fragments: FragmentPolicy::MatchL3,
+            rules: vec![],
+        },
+        sets: vec![],
+        dns: Dns {
+            ports: vec![53],
+            ingress,
+            egress: egress.map(|scope| DnsEgress { scope, cgroups: vec![] }),
+            lists: vec![
+                NameList { name: "egress".into(), entries: list0 },
+                NameList { name: "ingress".into(), entries: list1 },
+            ],
+        },
+    }
+}
+
+fn query(name: &str, qtype: u16) -> Vec<u8> {
+    DnsQuery::name(name, qtype).build()
+}
+
+/// A UDP query as a local process sends it, from the IP header on.
+fn udp(msg: &[u8]) -> Vec<u8> {
+    Frame::dns_udp(HOST, RESOLVER, 33000, msg).build_ip()
+}
+
+fn udp6(msg: &[u8]) -> Vec<u8> {
+    Frame::dns_udp(HOST6, RESOLVER6, 33000, msg).build_ip()
+}
+
+fn tcp(payload: &[u8]) -> Vec<u8> {
+    Frame::tcp(HOST, RESOLVER, 33000, 53, TCP_PSH | TCP_ACK).with_payload(payload).build_ip()
+}
+
+fn q(name: &str, qtype: u16) -> Vec<u8> {
+    udp(&query(name, qtype))
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    Allow,
+    /// Dropped for this reason.
+    Drop(u32),
+    Audit(u32),
+    /// Not a DNS query to inspect: allowed, nothing counted.
+    Untouched,
+}
+
+use Want::{Allow, Audit, Drop, Untouched};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Counters {
+    stats: Vec<u64>,
+    reasons: Vec<u64>,
+    dns: Vec<u64>,
+}
+
+fn counters(b: &Bench) -> Counters {
+    let e = &b.ebpf;
+    Counters {
+        stats: (0..stats::COUNT).map(|i| sum_counter(e, "STATS", i).expect("STATS")).collect(),
+        reasons: (0..reason::COUNT)
+            .map(|i| sum_counter(e, "REASON_STATS", i).expect("REASON_STATS"))
+            .collect(),
+        dns: (0..2 * DNS_STATS_PER_SCOPE)
+            .map(|i| sum_counter(e, "DNS_STATS", i).expect("DNS_STATS"))
+            .collect(),
+    }
+}
+
+fn stat(scope: u8, stat: u32) -> usize {
+    (u32::from(scope) * DNS_STATS_PER_SCOPE + stat) as usize
+}
+
+static BENCH: OnceLock<Mutex<Bench>> = OnceLock::new();
+
+fn bench() -> MutexGuard<'static, Bench> {
+    BENCH
+        .get_or_init(|| {
+            Mutex::new(Bench::new().expect("loading and verifying the kernel programs (needs root)"))
+        })
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct T {
+    b: MutexGuard<'static, Bench>,
+    policy: Policy,
+}
+
+fn setup(egress: DnsScope, entries: Vec<NameEntry>) -> T {
+    setup_policy(policy(Some(egress), None, entries, vec![]))
+}
+
+fn setup_policy(policy: Policy) -> T {
+    let mut b = bench();
+    b.install(&policy).expect("installing the policy");
+    b.drain_dns_events();
+    b.drain_events();
+    T { b, policy }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ev<'a> {
+    name: &'a str,
+    qtype: &'a str,
+}
+
+const MALFORMED: Ev<'static> = Ev { name: ".", qtype: "TYPE0" };
+
+fn ev<'a>(name: &'a str, qtype: &'a str) -> Ev<'a> {
+    Ev { name, qtype }
+}
+
+/// The calling thread's command name, as the kernel keeps it.
+fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm").expect("comm").trim_end_matches('\n').to_string()
+}
+
+/// The id of this process's cgroup v2 (the inode number of its directory), if cgroup v2 is
+/// mounted.
+fn own_cgroup_id() -> Option<u64> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let root = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(std::fs::metadata(format!("{root}{path}")).ok()?.ino())
+}
+
+impl T {
+    fn egress(&self) -> &DnsScope {
+        &self.policy.dns.egress.as_ref().expect("an egress scope").scope
+    }
+
+    #[track_caller]
+    fn check(&mut self, packet: &[u8], want: Want, e: Ev<'_>) -> Option<DnsDecision> {
+        let what = format!("{want:?} {e:?} for packet {packet:02x?}");
+        let before = counters(&self.b);
+        let verdict = self.b.run_egress(packet).expect("BPF_PROG_TEST_RUN");
+        let after = counters(&self.b);
+        let events = self.b.drain_dns_events();
+        assert_eq!(self.b.drain_events(), vec![], "no firewall events: {what}");
+
+        let want_verdict = if matches!(want, Drop(_)) { DROP } else { ALLOW };
+        assert_eq!(verdict, want_verdict, "verdict: {what}");
+
+        let is_tcp = packet[if packet[0] >> 4 == 4 { 9 } else { 6 }] == 6;
+        let mut x = before.clone();
+        if want != Untouched {
+            x.dns[stat(SCOPE_EGRESS, STAT_QUERIES)] += 1;
+            if is_tcp {
+                x.dns[stat(SCOPE_EGRESS, STAT_TCP)] += 1;
+            }
+        }
+        match want {
+            Allow => x.dns[stat(SCOPE_EGRESS, STAT_ALLOWED)] += 1,
+            Audit(_) => x.dns[stat(SCOPE_EGRESS, STAT_AUDITED)] += 1,
+            Drop(r) => {
+                x.dns[stat(SCOPE_EGRESS, STAT_BLOCKED)] += 1;
+                x.reasons[r as usize] += 1;
+            }
+            Untouched => {}
+        }
+        assert_eq!(after, x, "counters (before {before:?}): {what}");
+
+        let (verdict, r) = match want {
+            Allow => ("allow", reason::PASS),
+            Drop(r) => ("drop", r),
+            Audit(r) => ("audit", r),
+            Untouched => ("", 0),
+        };
+        let logged = match want {
+            Allow => self.policy.dns.egress.as_ref().is_some_and(|s| s.scope.log_allowed),
+            Untouched => false,
+            _ => true,
+        };
+        if !logged {
+            assert_eq!(events, vec![], "no DNS event: {what}");
+            return None;
+        }
+        assert_eq!(events.len(), 1, "one DNS event: {what}: {events:?}");
+        let got = events.into_iter().next().expect("one event");
+        let parsed = e.name != ".";
+        let list = match r {
+            reason::DNS_BLOCKED | reason::DNS_ENTROPY | reason::DNS_EXPIRED => Some(0),
+            reason::PASS if parsed && self.egress().mode == DnsMode::Allowlist => Some(0),
+            _ => None,
+        };
+        let (src, sport): (IpAddr, u16) = if packet[0] >> 4 == 4 {
+            (IpAddr::from([packet[12], packet[13], packet[14], packet[15]]), u16::from_be_bytes([packet[20], packet[21]]))
+        } else {
+            let a: [u8; 16] = packet[8..24].try_into().expect("16 bytes");
+            (IpAddr::from(a), u16::from_be_bytes([packet[40], packet[41]]))
+        };
+        let generation = apply::control(&self.b.ebpf).expect("CONTROL").active_gen;
+        assert_eq!(
+            (got.kind, got.scope, got.verdict, got.reason, got.name.as_str(), got.qtype.as_str()),
+            ("dns", "egress", verdict, reason::name(r), e.name, e.qtype),
+            "event: {what}: {got:?}"
+        );
+        assert_eq!(
+            (got.client, got.client_port, got.tcp, got.list, got.generation),
+            (Some(src), sport, is_tcp, list, generation),
+            "event origin: {what}: {got:?}"
+        );
+        // The process that ran the test: see the module documentation.
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(
+            (got.pid, got.uid, got.comm.clone()),
+            (Some(std::process::id()), Some(uid), Some(thread_comm())),
+            "event process: {got:?}"
+        );
+        if let Some(id) = own_cgroup_id() {
+            assert_eq!(got.cgroup_id, Some(id), "socket cgroup: {got:?}");
+        } else {
+            assert!(got.cgroup_id.is_some());
+        }
+        Some(got)
+    }
+
+    #[track_caller]
+    fn checks(&mut self, cases: &[(Vec<u8>, Want, Ev<'_>)]) {
+        for (p, want, e) in cases {
+            self.check(p, *want, *e);
+        }
+    }
+
+    fn again(&mut self, egress: DnsScope, entries: Vec<NameEntry>) {
+        self.again_policy(policy(Some(egress), None, entries, vec![]));
+    }
+
+    fn again_policy(&mut self, policy: Policy) {
+        self.b.install(&policy).expect("installing the policy");
+        self.policy = policy;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn egress_program_loads() {
+    use aya::programs::CgroupSkb;
+    let b = bench();
+    let p: &CgroupSkb = b.ebpf.program(DNS_EGRESS).expect("program").try_into().expect("cgroup_skb");
+    let n = p.info().expect("info").verified_instruction_count().expect("reported");
+    println!("{DNS_EGRESS}: {n} verified instructions");
+    assert!(n > 0 && n < 1_000_000);
+}
+
+#[test]
+fn allowlist_allows_listed_names_and_drops_the_rest() {
+    let mut t = setup(DnsScope { log_allowed: true, ..scope(DnsMode::Allowlist) }, vec![entry("ok.example"), entry("*.corp.example")]);
+    let e = t.check(&q("ok.example", A), Allow, ev("ok.example.", "A")).expect("event");
+    println!("allowed: {e:?}");
+    let e = t.check(&q("bad.example", A), Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A")).expect("event");
+    println!("dropped: {e:?}");
+    t.checks(&[
+        (q("Host.Corp.Example", AAAA), Allow, ev("host.corp.example.", "AAAA")),
+        (q("corp.example", A), Drop(reason::DNS_NOT_ALLOWED), ev("corp.example.", "A")),
+    ]);
+}
+
+#[test]
+fn the_process_fields_are_those_of_the_calling_thread() {
+    let mut t = setup(scope(DnsMode::Allowlist), vec![]);
+    // Run from a thread with a name of our choosing: comm is the calling thread's.
+    let b: &mut Bench = &mut t.b;
+    let (events, comm) = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("dns-egress-probe".into())
+            .spawn_scoped(s, || {
+                let v = b.run_egress(&q("x.example", A)).expect("run");
+                assert_eq!(v, DROP);
+                (b.drain_dns_events(), thread_comm())
+            })
+            .expect("spawn")
+            .join()
+            .expect("join")
+    });
+    assert_eq!(comm, "dns-egress-prob", "the kernel keeps 15 bytes of a thread name");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].comm.as_deref(), Some("dns-egress-prob"));
+    assert_eq!(events[0].pid, Some(std::process::id()));
+}
+
+#[test]
+fn blocklist_and_nxdomain_falls_back_to_drop() {
+    let mut t = setup(DnsScope { action: DnsAction::Nxdomain, ..scope(DnsMode::Blocklist) }, vec![entry("*.ads.example")]);
+    t.checks(&[
+        (q("x.ads.example", A), Drop(reason::DNS_BLOCKED), ev("x.ads.example.", "A")),
+        (q("ads.example", A), Allow, ev("ads.example.", "A")),
+        (q("news.example", A), Allow, ev("news.example.", "A")),
+    ]);
+}
+
+#[test]
+fn ipv6_and_tcp_queries() {
+    let mut t = setup(scope(DnsMode::Allowlist), vec![entry("ok.example")]);
+    let ok = query("ok.example", AAAA);
+    let bad = query("bad.example", AAAA);
+    let whole = dns_tcp_payload(&ok);
+    t.checks(&[
+        (udp6(&ok), Allow, ev("ok.example.", "AAAA")),
+        (udp6(&bad), Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "AAAA")),
+        (Frame::dns_tcp(HOST, RESOLVER, 33000, &ok).build_ip(), Allow, ev("ok.example.", "AAAA")),
+        (Frame::dns_tcp(HOST6, RESOLVER6, 33000, &bad).build_ip(), Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "AAAA")),
+        // Split across segments: the first one is malformed, so is the rest.
+        (tcp(&whole[..whole.len() - 4]), Drop(reason::DNS_MALFORMED), MALFORMED),
+        (tcp(&whole[whole.len() - 4..]), Drop(reason::DNS_MALFORMED), MALFORMED),
+        (tcp(&whole[..1]), Drop(reason::DNS_MALFORMED), MALFORMED),
+        // Handshake: not a query.
+        (Frame::tcp(HOST, RESOLVER, 33000, 53, TCP_SYN).build_ip(), Untouched, MALFORMED),
+    ]);
+}
+
+#[test]
+fn malformed_queries_follow_the_scope_setting() {
+    let two = DnsQuery::name("ok.example", A)
+        .with_qdcount(2)
+        .with_question(DnsQuestion::new(dns_labels("bad.example"), A))
+        .build();
+    let response = DnsQuery::name("ok.example", A).with_flags(DNS_FLAG_QR).build();
+    let pointer = DnsQuery::new(dns_labels("ok"), A).with_pointer(12).build();
+    let mut long = vec![vec![b'x'; 64]];
+    long.push(b"example".to_vec());
+    let long = DnsQuery::new(long, A).build();
+    let cases = [two, response, pointer, long, vec![0; 11], vec![]];
+
+    let mut t = setup(scope(DnsMode::Allowlist), vec![entry("ok.example")]);
+    for m in &cases {
+        t.check(&udp(m), Drop(reason::DNS_MALFORMED), MALFORMED);
+    }
+    t.again(scope(DnsMode::Blocklist), vec![entry("bad.example")]);
+    for m in &cases {
+        t.check(&udp(m), Allow, MALFORMED);
+    }
+    t.again(DnsScope { block_malformed: true, ..scope(DnsMode::Blocklist) }, vec![entry("bad.example")]);
+    for m in &cases {
+        t.check(&udp(m), Drop(reason::DNS_MALFORMED), MALFORMED);
+    }
+}
+
+#[test]
+fn non_dns_packets_are_untouched() {
+    let mut t = setup(scope(DnsMode::Allowlist), vec![]);
+    let msg = query("bad.example", A);
+    t.checks(&[
+        (Frame::udp(HOST, RESOLVER, 33000, 5353).with_payload(&msg).build_ip(), Untouched, MALFORMED),
+        (Frame::udp(HOST, RESOLVER, 53, 33000).with_payload(&msg).build_ip(), Untouched, MALFORMED),
+        (Frame::icmp(HOST, RESOLVER, 8, 0).build_ip(), Untouched, MALFORMED),
+        (Frame::tcp(HOST, RESOLVER, 33000, 443, TCP_SYN).build_ip(), Untouched, MALFORMED),
+    ]);
+    // Without an egress scope nothing is inspected.
+    t.again_policy(policy(None, Some(scope(DnsMode::Allowlist)), vec![], vec![]));
+    t.check(&q("bad.example", A), Untouched, MALFORMED);
+}
+
+#[test]
+fn audit_mode_reports_but_allows() {
+    let mut t = setup(DnsScope { audit: true, ..scope(DnsMode::Allowlist) }, vec![entry("ok.example")]);
+    t.checks(&[
+        (q("ok.example", A), Allow, ev("ok.example.", "A")),
+        (q("bad.example", A), Audit(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A")),
+        (udp(&[1, 2, 3]), Audit(reason::DNS_MALFORMED), MALFORMED),
+    ]);
+}
+
+#[test]
+fn egress_rate_limit_has_its_own_buckets() {
+    let rate = QueryRate { qps: 1, burst: 2 };
+    let egress = DnsScope { rate: Some(rate), ..scope(DnsMode::Blocklist) };
+    let ingress = DnsScope { rate: Some(rate), action: DnsAction::Nxdomain, ..scope(DnsMode::Blocklist) };
+    let mut t = setup_policy(policy(Some(egress), Some(ingress), vec![], vec![]));
+    let host = "10.9.9.9";
+    let p = || Frame::dns_udp(host, RESOLVER, 33000, &query("ok.example", A));
+    t.check(&p().build_ip(), Allow, ev("ok.example.", "A"));
+    t.check(&p().build_ip(), Allow, ev("ok.example.", "A"));
+    t.check(&p().build_ip(), Drop(reason::DNS_RATE), ev("ok.example.", "A"));
+    // The same address arriving on XDP ingress has a bucket of its own.
+    let before = sum_counter(&t.b.ebpf, "DNS_STATS", u32::from(SCOPE_INGRESS) * DNS_STATS_PER_SCOPE + STAT_ALLOWED).expect("stat");
+    assert_eq!(t.b.run(&p().build()).expect("run"), XDP_PASS);
+    assert_eq!(t.b.run(&p().build()).expect("run"), XDP_PASS);
+    assert_eq!(t.b.run(&p().build()).expect("run"), XDP_DROP);
+    let after = sum_counter(&t.b.ebpf, "DNS_STATS", u32::from(SCOPE_INGRESS) * DNS_STATS_PER_SCOPE + STAT_ALLOWED).expect("stat");
+    assert_eq!(after - before, 2);
+    let events = t.b.drain_dns_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].scope, events[0].verdict, events[0].reason), ("ingress", "drop", "dns-rate"));
+}
+
+#[test]
+fn ingress_and_egress_scopes_have_their_own_lists() {
+    // Egress: allowlist over list 0; ingress: blocklist over list 1.
+    let mut t = setup_policy(policy(
+        Some(scope(DnsMode::Allowlist)),
+        Some(DnsScope { lists: vec![1], action: DnsAction::Drop, ..scope(DnsMode::Blocklist) }),
+        vec![entry("corp.example")],
+        vec![entry("corp.example"), entry("evil.example")],
+    ));
+    t.check(&q("corp.example", A), Allow, ev("corp.example.", "A"));
+    t.check(&q("evil.example", A), Drop(reason::DNS_NOT_ALLOWED), ev("evil.example.", "A"));
+    let xdp = |name: &str| Frame::dns_udp(HOST, RESOLVER, 33000, &query(name, A)).build();
+    assert_eq!(t.b.run(&xdp("corp.example")).expect("run"), XDP_DROP);
+    assert_eq!(t.b.run(&xdp("other.example")).expect("run"), XDP_PASS);
+    let events = t.b.drain_dns_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].scope, events[0].verdict, events[0].reason, events[0].name.as_str(), events[0].list),
+        ("ingress", "drop", "dns-blocked", "corp.example.", Some(1))
+    );
+}

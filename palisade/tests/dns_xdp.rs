@@ -1,0 +1,1181 @@
+//! The XDP DNS inspector (`palisade_dns_ingress`, tail-called by the firewall), run on
+//! crafted frames through `BPF_PROG_TEST_RUN`.
+//!
+//! Every check is build → run → check: the XDP action, the exact movement of the global
+//! counters, the drops per reason and the per-scope DNS counters, and the DNS event (scope,
+//! verdict, reason, name, query type, client, list). NXDOMAIN answers are checked byte by
+//! byte and parsed again with hickory-proto.
+//!
+//! Needs root (or CAP_BPF + CAP_NET_ADMIN). Loading and verifying the object takes seconds,
+//! so the tests of this file share one loaded object and take turns: each installs its own
+//! policy first. Rate-limit buckets outlive a policy, so each test that uses them has its
+//! own client addresses.
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, ResponseCode},
+    rr::RecordType,
+};
+use palisade::{
+    craft::{
+        DNS_FLAG_AD, DNS_FLAG_CD, DNS_FLAG_QR, DNS_FLAG_RD, DnsQuery, DnsQuestion, ExtHeader, Frame,
+        dns_labels,
+    },
+    events::DnsDecision,
+    firewall::apply,
+    policy::{
+        model::{
+            Action, Dns, DnsAction, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry, NameList,
+            NameMatch, Policy, QueryRate,
+        },
+        namelist::parse_name,
+    },
+    testrun::{Bench, DNS_EGRESS, DNS_INGRESS, FIREWALL, sum_counter},
+};
+use palisade_common::{
+    dns::{
+        entropy,
+        maps::{
+            DNS_STATS_PER_SCOPE, SCOPE_INGRESS, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED,
+            STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_TCP,
+        },
+    },
+    packet::{self, Frame as Parsed, IPPROTO_TCP, TCP_SYN},
+    reason, stats,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const A: u16 = 1;
+const MX: u16 = 15;
+const TXT: u16 = 16;
+const AAAA: u16 = 28;
+
+const CLIENT: &str = "192.0.2.10";
+const RESOLVER: &str = "198.51.100.53";
+const CLIENT6: &str = "2001:db8::10";
+const RESOLVER6: &str = "2001:db8:53::1";
+
+// ---------------------------------------------------------------------------------------
+// Policies
+
+/// One list entry from its text as a policy file writes it (`*.name` for subdomains).
+fn entry(text: &str) -> NameEntry {
+    let (labels, wildcard) = parse_name(text).unwrap_or_else(|e| panic!("bad test name {text}: {e}"));
+    NameEntry {
+        labels,
+        kind: if wildcard { NameMatch::Subdomains } else { NameMatch::Exact },
+        qtypes: vec![],
+        expires: None,
+        max_entropy: None,
+        line: 0,
+    }
+}
+
+/// `text` and every name below it.
+fn apex_and_below(text: &str) -> NameEntry {
+    NameEntry { kind: NameMatch::ApexAndSubdomains, ..entry(text) }
+}
+
+fn with_qtypes(e: NameEntry, qtypes: &[u16]) -> NameEntry {
+    NameEntry { qtypes: qtypes.to_vec(), ..e }
+}
+
+fn with_expiry(e: NameEntry, unix: u64) -> NameEntry {
+    NameEntry { expires: Some(unix), ..e }
+}
+
+fn with_entropy(e: NameEntry, bits: f64) -> NameEntry {
+    NameEntry { max_entropy: Some(bits), ..e }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// An ingress scope with the model's defaults: NXDOMAIN answers, malformed queries blocked
+/// in allowlist mode and passed in blocklist mode, list 0.
+fn scope(mode: DnsMode) -> DnsScope {
+    DnsScope {
+        mode,
+        action: DnsAction::Nxdomain,
+        audit: false,
+        lists: vec![0],
+        block_malformed: mode == DnsMode::Allowlist,
+        rate: None,
+        log_allowed: false,
+    }
+}
+
+fn allowlist() -> DnsScope {
+    scope(DnsMode::Allowlist)
+}
+
+fn blocklist() -> DnsScope {
+    scope(DnsMode::Blocklist)
+}
+
+/// An allow-everything firewall with `scope` on ingress over `entries` (list 0).
+fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Policy {
+    Policy {
+        firewall: Firewall {
+            default_action: Action::Allow,
+            log_default: false,
+            fragments: FragmentPolicy::MatchL3,
+            rules: vec![],
+        },
+        sets: vec![],
+        dns: Dns {
+            ports: ports.to_vec(),
+            ingress: scope,
+            egress: None,
+            lists: vec![NameList { name: "test".into(), entries }],
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames
+
+fn query(name: &str, qtype: u16) -> Vec<u8> {
+    DnsQuery::name(name, qtype).build()
+}
+
+fn udp(msg: &[u8]) -> Vec<u8> {
+    Frame::dns_udp(CLIENT, RESOLVER, 40000, msg).build()
+}
+
+fn udp_from(client: &str, msg: &[u8]) -> Vec<u8> {
+    let resolver = if client.contains(':') { RESOLVER6 } else { RESOLVER };
+    Frame::dns_udp(client, resolver, 40001, msg).build()
+}
+
+fn udp6(msg: &[u8]) -> Vec<u8> {
+    Frame::dns_udp(CLIENT6, RESOLVER6, 40000, msg).build()
+}
+
+fn tcp(payload: &[u8]) -> Vec<u8> {
+    use palisade_common::packet::{TCP_ACK, TCP_PSH};
+    Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_PSH | TCP_ACK).with_payload(payload).build()
+}
+
+fn q(name: &str, qtype: u16) -> Vec<u8> {
+    udp(&query(name, qtype))
+}
+
+/// Labels given one by one (a label may contain a dot).
+fn raw(labels: &[&[u8]]) -> Vec<Vec<u8>> {
+    labels.iter().map(|l| l.to_vec()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness
+
+/// What must happen to one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// Inspected and allowed: XDP_PASS.
+    Allow,
+    /// Blocked for this reason and answered NXDOMAIN: XDP_TX.
+    Nx(u32),
+    /// Blocked for this reason and dropped.
+    Drop(u32),
+    /// Audit mode: would have been blocked for this reason, passed.
+    Audit(u32),
+    /// Not a DNS query the inspector counts (other port, DNS off, TCP without payload):
+    /// passed by the firewall, no DNS counter moves, no event.
+    Untouched,
+}
+
+use Want::{Allow, Audit, Drop, Nx, Untouched};
+
+/// Every counter a DNS query moves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Counters {
+    stats: Vec<u64>,
+    reasons: Vec<u64>,
+    dns: Vec<u64>,
+}
+
+fn counters(b: &Bench) -> Counters {
+    let e = &b.ebpf;
+    Counters {
+        stats: (0..stats::COUNT).map(|i| sum_counter(e, "STATS", i).expect("STATS")).collect(),
+        reasons: (0..reason::COUNT)
+            .map(|i| sum_counter(e, "REASON_STATS", i).expect("REASON_STATS"))
+            .collect(),
+        dns: (0..2 * DNS_STATS_PER_SCOPE)
+            .map(|i| sum_counter(e, "DNS_STATS", i).expect("DNS_STATS"))
+            .collect(),
+    }
+}
+
+fn ingress_stat(stat: u32) -> usize {
+    (u32::from(SCOPE_INGRESS) * DNS_STATS_PER_SCOPE + stat) as usize
+}
+
+static BENCH: OnceLock<Mutex<Bench>> = OnceLock::new();
+
+/// The loaded object, for this test alone until the guard drops.
+fn bench() -> MutexGuard<'static, Bench> {
+    BENCH
+        .get_or_init(|| {
+            Mutex::new(Bench::new().expect("loading and verifying the kernel programs (needs root)"))
+        })
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The shared object with a policy installed.
+struct T {
+    b: MutexGuard<'static, Bench>,
+    policy: Policy,
+}
+
+fn setup(scope: DnsScope, entries: Vec<NameEntry>) -> T {
+    setup_policy(policy(Some(scope), entries, &[53]))
+}
+
+fn setup_policy(policy: Policy) -> T {
+    let mut b = bench();
+    b.install(&policy).expect("installing the policy");
+    // Whatever an earlier (possibly failed) test left behind.
+    b.drain_dns_events();
+    b.drain_events();
+    T { b, policy }
+}
+
+/// What the event of a check must say besides verdict and reason.
+#[derive(Clone, Copy, Debug)]
+struct Ev<'a> {
+    /// Zone-file text of the case-folded name, `.` when it could not be parsed.
+    name: &'a str,
+    qtype: &'a str,
+}
+
+/// The event of a query that could not be parsed.
+const MALFORMED: Ev<'static> = Ev { name: ".", qtype: "TYPE0" };
+
+fn ev<'a>(name: &'a str, qtype: &'a str) -> Ev<'a> {
+    Ev { name, qtype }
+}
+
+impl T {
+    /// Replaces the policy (the lock is kept).
+    fn again(&mut self, scope: DnsScope, entries: Vec<NameEntry>) {
+        self.again_policy(policy(Some(scope), entries, &[53]));
+    }
+
+    fn again_policy(&mut self, policy: Policy) {
+        self.b.install(&policy).expect("installing the policy");
+        self.policy = policy;
+    }
+
+    fn scope(&self) -> &DnsScope {
+        self.policy.dns.ingress.as_ref().expect("an ingress scope")
+    }
+
+    /// Runs `frame` and checks the action, every counter and the event. Returns the frame
+    /// as the program left it and the event, if any.
+    #[track_caller]
+    fn check(&mut self, frame: &[u8], want: Want, e: Ev<'_>) -> (Vec<u8>, Option<DnsDecision>) {
+        let what = format!("{want:?} {e:?} for frame {frame:02x?}");
+        let before = counters(&self.b);
+        let (action, out) = self.b.run_with_output(frame).expect("BPF_PROG_TEST_RUN");
+        let after = counters(&self.b);
+        let events = self.b.drain_dns_events();
+        assert_eq!(self.b.drain_events(), vec![], "no firewall events: {what}");
+
+        let Ok(Parsed::Ip(p)) = packet::parse(frame) else { panic!("test frame does not parse: {what}") };
+        let is_tcp = p.proto == IPPROTO_TCP;
+        let log_allowed = self.policy.dns.ingress.as_ref().is_some_and(|s| s.log_allowed);
+
+        let want_action = match want {
+            Allow | Audit(_) | Untouched => XDP_PASS,
+            Nx(_) => XDP_TX,
+            Drop(_) => XDP_DROP,
+        };
+        assert_eq!(action, want_action, "XDP action: {what}");
+
+        let mut x = before.clone();
+        x.stats[stats::PACKETS as usize] += 1;
+        if want != Untouched {
+            x.dns[ingress_stat(STAT_QUERIES)] += 1;
+            if is_tcp {
+                x.dns[ingress_stat(STAT_TCP)] += 1;
+            }
+        }
+        match want {
+            Allow => {
+                x.stats[stats::PASSED as usize] += 1;
+                x.dns[ingress_stat(STAT_ALLOWED)] += 1;
+            }
+            Untouched => x.stats[stats::PASSED as usize] += 1,
+            Audit(_) => {
+                x.stats[stats::PASSED as usize] += 1;
+                x.dns[ingress_stat(STAT_AUDITED)] += 1;
+            }
+            Nx(r) => {
+                x.stats[stats::ANSWERED as usize] += 1;
+                x.reasons[r as usize] += 1;
+                x.dns[ingress_stat(STAT_BLOCKED)] += 1;
+                x.dns[ingress_stat(STAT_NXDOMAIN_SENT)] += 1;
+            }
+            Drop(r) => {
+                x.stats[stats::DROPPED as usize] += 1;
+                x.reasons[r as usize] += 1;
+                x.dns[ingress_stat(STAT_BLOCKED)] += 1;
+            }
+        }
+        assert_eq!(after, x, "counters (before {before:?}): {what}");
+
+        let (verdict, r) = match want {
+            Allow => ("allow", reason::PASS),
+            Nx(r) => ("nxdomain", r),
+            Drop(r) => ("drop", r),
+            Audit(r) => ("audit", r),
+            Untouched => ("", 0),
+        };
+        let logged = match want {
+            Allow => log_allowed,
+            Untouched => false,
+            _ => true,
+        };
+        if !logged {
+            assert_eq!(events, vec![], "no DNS event: {what}");
+            return (out, None);
+        }
+        assert_eq!(events.len(), 1, "one DNS event: {what}: {events:?}");
+        let got = events.into_iter().next().expect("one event");
+        // The deciding entry's list: the only list (0) when an entry decided, none when no
+        // entry matched, the query was malformed or rate-limited.
+        let parsed = e.name != ".";
+        let list = match r {
+            reason::DNS_BLOCKED | reason::DNS_ENTROPY | reason::DNS_EXPIRED => Some(0),
+            reason::PASS if parsed && self.scope().mode == DnsMode::Allowlist => Some(0),
+            _ => None,
+        };
+        let generation = apply::control(&self.b.ebpf).expect("CONTROL").active_gen;
+        assert_eq!(
+            (got.kind, got.scope, got.verdict, got.reason, got.name.as_str(), got.qtype.as_str()),
+            ("dns", "ingress", verdict, reason::name(r), e.name, e.qtype),
+            "event: {what}: {got:?}"
+        );
+        let client = addr(p.family, p.src);
+        assert_eq!(
+            (got.client, got.client_port, got.tcp, got.list, got.generation),
+            (Some(client), p.sport, is_tcp, list, generation),
+            "event origin: {what}: {got:?}"
+        );
+        assert_eq!(
+            (got.pid, got.uid, got.comm.as_deref(), got.cgroup_id),
+            (None, None, None, None),
+            "no process on ingress: {got:?}"
+        );
+        (out, Some(got))
+    }
+
+    #[track_caller]
+    fn checks(&mut self, cases: &[(Vec<u8>, Want, Ev<'_>)]) {
+        for (frame, want, e) in cases {
+            self.check(frame, *want, *e);
+        }
+    }
+}
+
+/// An address as the parser stores it (IPv4 mapped into IPv6).
+fn addr(family: u8, a: [u8; 16]) -> std::net::IpAddr {
+    if family == packet::FAMILY_V4 {
+        std::net::Ipv4Addr::new(a[12], a[13], a[14], a[15]).into()
+    } else {
+        std::net::Ipv6Addr::from(a).into()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading
+
+#[test]
+fn programs_load_within_the_verifier_budget() {
+    use aya::programs::{CgroupSkb, Xdp};
+    let b = bench();
+    let xdp = |name: &str| -> u32 {
+        let p: &Xdp = b.ebpf.program(name).expect("program").try_into().expect("XDP");
+        p.info().expect("program info").verified_instruction_count().expect("kernel reports it")
+    };
+    let ingress = xdp(DNS_INGRESS);
+    let firewall = xdp(FIREWALL);
+    let egress = {
+        let p: &CgroupSkb = b.ebpf.program(DNS_EGRESS).expect("program").try_into().expect("cgroup_skb");
+        p.info().expect("program info").verified_instruction_count().expect("kernel reports it")
+    };
+    println!("verified instructions: {DNS_INGRESS} {ingress}, {DNS_EGRESS} {egress}, {FIREWALL} {firewall}");
+    for (name, n) in [(DNS_INGRESS, ingress), (DNS_EGRESS, egress)] {
+        assert!(n > 0, "{name}: {n}");
+        assert!(n < 500_000, "{name} needs {n} verified instructions: too close to the 1,000,000 limit");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Matching
+
+#[test]
+fn blocklist_exact_wildcard_and_apex_and_subdomains() {
+    let mut t = setup(
+        blocklist(),
+        vec![entry("ads.example"), entry("*.tracker.example"), apex_and_below("malware.example")],
+    );
+    let blocked = Nx(reason::DNS_BLOCKED);
+    t.checks(&[
+        (q("ads.example", A), blocked, ev("ads.example.", "A")),
+        // Exact: nothing below it.
+        (q("www.ads.example", A), Allow, ev("www.ads.example.", "A")),
+        // `*.tracker.example`: everything below, not the apex.
+        (q("tracker.example", A), Allow, ev("tracker.example.", "A")),
+        (q("a.tracker.example", A), blocked, ev("a.tracker.example.", "A")),
+        (q("a.b.c.tracker.example", AAAA), blocked, ev("a.b.c.tracker.example.", "AAAA")),
+        // Apex and subdomains.
+        (q("malware.example", A), blocked, ev("malware.example.", "A")),
+        (q("x.y.malware.example", TXT), blocked, ev("x.y.malware.example.", "TXT")),
+        // Label boundaries: a longer label is another name.
+        (q("notmalware.example", A), Allow, ev("notmalware.example.", "A")),
+        (q("ads.example.com", A), Allow, ev("ads.example.com.", "A")),
+        (q("example", A), Allow, ev("example.", "A")),
+        (q("other.example", A), Allow, ev("other.example.", "A")),
+    ]);
+}
+
+#[test]
+fn blocklist_with_drop_action() {
+    let mut t = setup(DnsScope { action: DnsAction::Drop, ..blocklist() }, vec![entry("ads.example")]);
+    t.check(&q("ads.example", A), Drop(reason::DNS_BLOCKED), ev("ads.example.", "A"));
+    t.check(&q("good.example", A), Allow, ev("good.example.", "A"));
+}
+
+#[test]
+fn allowlist_exact_wildcard_and_apex_and_subdomains() {
+    let mut t = setup(
+        allowlist(),
+        vec![entry("example.com"), entry("*.corp.example"), apex_and_below("cdn.example.net")],
+    );
+    let no = Nx(reason::DNS_NOT_ALLOWED);
+    t.checks(&[
+        (q("example.com", A), Allow, ev("example.com.", "A")),
+        (q("www.example.com", A), no, ev("www.example.com.", "A")),
+        (q("com", A), no, ev("com.", "A")),
+        (q("corp.example", A), no, ev("corp.example.", "A")),
+        (q("mail.corp.example", MX), Allow, ev("mail.corp.example.", "MX")),
+        (q("a.b.corp.example", A), Allow, ev("a.b.corp.example.", "A")),
+        (q("cdn.example.net", AAAA), Allow, ev("cdn.example.net.", "AAAA")),
+        (q("img.cdn.example.net", A), Allow, ev("img.cdn.example.net.", "A")),
+        (q("xcdn.example.net", A), no, ev("xcdn.example.net.", "A")),
+        (q("example.net", A), no, ev("example.net.", "A")),
+    ]);
+}
+
+#[test]
+fn an_empty_allowlist_blocks_everything() {
+    let mut t = setup(allowlist(), vec![]);
+    t.check(&q("example.com", A), Nx(reason::DNS_NOT_ALLOWED), ev("example.com.", "A"));
+}
+
+#[test]
+fn the_most_specific_entry_wins() {
+    let bound = 2.5;
+    let mut t = setup(
+        allowlist(),
+        vec![
+            with_entropy(entry("*.example.com"), bound),
+            // More specific and without a bound: this random-looking name is allowed.
+            entry("x7kq9zj2mv.example.com"),
+            // More specific and expired: reported as expired, the wildcard does not rescue it.
+            with_expiry(entry("old.example.com"), unix_now() - 3600),
+        ],
+    );
+    assert!(entropy::bits_per_char(b"x7kq9zj2mv") > bound);
+    t.checks(&[
+        (q("x7kq9zj2mv.example.com", A), Allow, ev("x7kq9zj2mv.example.com.", "A")),
+        (q("x7kq9zj2mw.example.com", A), Nx(reason::DNS_ENTROPY), ev("x7kq9zj2mw.example.com.", "A")),
+        (q("www.example.com", A), Allow, ev("www.example.com.", "A")),
+        (q("old.example.com", A), Nx(reason::DNS_EXPIRED), ev("old.example.com.", "A")),
+        // Below the exact entry only the wildcard matches, with its bound: "xyzwold" has
+        // 2.81 bits per character, "wwwold" 1.79.
+        (q("xyzw.old.example.com", A), Nx(reason::DNS_ENTROPY), ev("xyzw.old.example.com.", "A")),
+        (q("www.old.example.com", A), Allow, ev("www.old.example.com.", "A")),
+    ]);
+}
+
+#[test]
+fn an_expired_specific_blocklist_entry_leaves_the_wildcard_in_force() {
+    let past = unix_now() - 60;
+    let mut t = setup(
+        blocklist(),
+        vec![entry("*.example.com"), with_expiry(entry("www.example.com"), past), with_expiry(entry("gone.example"), past)],
+    );
+    t.checks(&[
+        (q("www.example.com", A), Nx(reason::DNS_BLOCKED), ev("www.example.com.", "A")),
+        (q("gone.example", A), Allow, ev("gone.example.", "A")),
+    ]);
+}
+
+#[test]
+fn qtype_limited_entries() {
+    let mut t = setup(blocklist(), vec![with_qtypes(entry("ads.example"), &[A, AAAA])]);
+    t.checks(&[
+        (q("ads.example", A), Nx(reason::DNS_BLOCKED), ev("ads.example.", "A")),
+        (q("ads.example", AAAA), Nx(reason::DNS_BLOCKED), ev("ads.example.", "AAAA")),
+        (q("ads.example", TXT), Allow, ev("ads.example.", "TXT")),
+        (q("ads.example", 65), Allow, ev("ads.example.", "HTTPS")),
+        (q("ads.example", 4242), Allow, ev("ads.example.", "TYPE4242")),
+    ]);
+
+    t.again(
+        allowlist(),
+        vec![
+            with_qtypes(entry("mail.example"), &[MX]),
+            // A qtype-limited specific entry; other types fall back to the wildcard and its bound.
+            with_entropy(entry("*.example.org"), 1.0),
+            with_qtypes(entry("xyz.example.org"), &[A]),
+        ],
+    );
+    t.checks(&[
+        (q("mail.example", MX), Allow, ev("mail.example.", "MX")),
+        (q("mail.example", A), Nx(reason::DNS_NOT_ALLOWED), ev("mail.example.", "A")),
+        (q("xyz.example.org", A), Allow, ev("xyz.example.org.", "A")),
+        (q("xyz.example.org", AAAA), Nx(reason::DNS_ENTROPY), ev("xyz.example.org.", "AAAA")),
+        (q("aaa.example.org", AAAA), Allow, ev("aaa.example.org.", "AAAA")),
+    ]);
+}
+
+#[test]
+fn duplicate_entries_merge_into_their_union() {
+    // Same name, same coverage: one map entry covering A and MX.
+    let mut t = setup(
+        allowlist(),
+        vec![with_qtypes(entry("mx.example"), &[A]), with_qtypes(entry("mx.example"), &[MX])],
+    );
+    t.checks(&[
+        (q("mx.example", A), Allow, ev("mx.example.", "A")),
+        (q("mx.example", MX), Allow, ev("mx.example.", "MX")),
+        (q("mx.example", TXT), Nx(reason::DNS_NOT_ALLOWED), ev("mx.example.", "TXT")),
+    ]);
+}
+
+#[test]
+fn expired_entries() {
+    let now = unix_now();
+    let mut t = setup(
+        blocklist(),
+        vec![with_expiry(entry("old.example"), now - 1), with_expiry(entry("new.example"), now + 3600)],
+    );
+    t.check(&q("old.example", A), Allow, ev("old.example.", "A"));
+    t.check(&q("new.example", A), Nx(reason::DNS_BLOCKED), ev("new.example.", "A"));
+
+    t.again(
+        allowlist(),
+        vec![with_expiry(entry("old.example"), now - 1), with_expiry(entry("new.example"), now + 3600)],
+    );
+    t.check(&q("old.example", A), Nx(reason::DNS_EXPIRED), ev("old.example.", "A"));
+    t.check(&q("new.example", A), Allow, ev("new.example.", "A"));
+}
+
+/// `n` base32 characters of a deterministic pseudo-random stream, like a DNS tunnel's data.
+fn base32ish(n: usize, seed: u64) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            char::from(ALPHABET[(x >> 59) as usize])
+        })
+        .collect()
+}
+
+#[test]
+fn entropy_bound_blocks_a_tunnel_under_an_allowed_suffix() {
+    let bound = 3.5;
+    let mut t = setup(allowlist(), vec![with_entropy(apex_and_below("example.com"), bound)]);
+    let data = base32ish(52, 7);
+    let more = base32ish(30, 8);
+    let tunnel = format!("{data}.{more}.t.example.com");
+    let below = format!("{data}{more}t");
+    let h = entropy::bits_per_char(below.as_bytes());
+    assert!(h > bound, "the crafted tunnel name has {h} bits per character");
+    let name = format!("{tunnel}.");
+    t.checks(&[
+        (q(&tunnel, TXT), Nx(reason::DNS_ENTROPY), ev(&name, "TXT")),
+        (q("www.example.com", A), Allow, ev("www.example.com.", "A")),
+        (q("static-assets.eu-west.example.com", A), Allow, ev("static-assets.eu-west.example.com.", "A")),
+        // The apex has no labels below the entry: nothing to measure.
+        (q("example.com", A), Allow, ev("example.com.", "A")),
+    ]);
+    // Case folding happens before counting: upper case does not add entropy.
+    let upper = tunnel.to_ascii_uppercase();
+    t.check(&q(&upper, TXT), Nx(reason::DNS_ENTROPY), ev(&name, "TXT"));
+}
+
+#[test]
+fn audit_mode_reports_but_passes() {
+    let mut t = setup(DnsScope { audit: true, ..allowlist() }, vec![entry("ok.example")]);
+    t.checks(&[
+        (q("ok.example", A), Allow, ev("ok.example.", "A")),
+        (q("bad.example", A), Audit(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A")),
+        (udp(&DnsQuery::name("x.example", A).with_qdcount(2).build()), Audit(reason::DNS_MALFORMED), MALFORMED),
+    ]);
+}
+
+#[test]
+fn log_allowed_reports_allowed_queries() {
+    let mut t = setup(DnsScope { log_allowed: true, ..allowlist() }, vec![entry("ok.example")]);
+    let (_, e) = t.check(&q("OK.example", A), Allow, ev("ok.example.", "A"));
+    assert_eq!(e.expect("event").list, Some(0));
+    t.check(&q("bad.example", A), Nx(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A"));
+
+    t.again(DnsScope { log_allowed: true, ..blocklist() }, vec![entry("bad.example")]);
+    let (_, e) = t.check(&q("ok.example", A), Allow, ev("ok.example.", "A"));
+    assert_eq!(e.expect("event").list, None, "no entry matched");
+    // Blocklist mode passes malformed queries by default; with log_allowed they are reported.
+    t.check(&udp(&[0u8; 5]), Allow, MALFORMED);
+}
+
+#[test]
+fn per_client_rate_limit() {
+    let rate = QueryRate { qps: 1, burst: 3 };
+    let mut t = setup(DnsScope { rate: Some(rate), ..allowlist() }, vec![entry("ok.example")]);
+    let a = "192.0.2.201";
+    let b = "192.0.2.202";
+    let ok = || query("ok.example", A);
+    // A burst of 3 passes (one of them blocked by the policy, which still costs a token)...
+    t.check(&udp_from(a, &ok()), Allow, ev("ok.example.", "A"));
+    t.check(&udp_from(a, &query("no.example", A)), Nx(reason::DNS_NOT_ALLOWED), ev("no.example.", "A"));
+    t.check(&udp_from(a, &ok()), Allow, ev("ok.example.", "A"));
+    // ...then the client is limited: dropped, never answered, whatever the name.
+    t.check(&udp_from(a, &ok()), Drop(reason::DNS_RATE), ev("ok.example.", "A"));
+    t.check(&udp_from(a, &query("no.example", AAAA)), Drop(reason::DNS_RATE), ev("no.example.", "AAAA"));
+    // Another client has its own bucket, per address family too.
+    t.check(&udp_from(b, &ok()), Allow, ev("ok.example.", "A"));
+    t.check(&udp_from("2001:db8::202", &ok()), Allow, ev("ok.example.", "A"));
+    // Malformed queries are judged malformed before the rate is looked at.
+    t.check(&udp_from(a, &[0u8; 4]), Drop(reason::DNS_MALFORMED), MALFORMED);
+}
+
+// ---------------------------------------------------------------------------------------
+// Bypass attempts
+
+#[test]
+fn letter_case_is_no_bypass() {
+    let mut t = setup(blocklist(), vec![entry("www.example.com")]);
+    let msg = query("WwW.ExAmPlE.CoM", A);
+    let (out, _) = t.check(&udp(&msg), Nx(reason::DNS_BLOCKED), ev("www.example.com.", "A"));
+    // The answer echoes the question as the client wrote it.
+    assert!(out.windows(17).any(|w| w == b"\x03WwW\x07ExAmPlE\x03CoM\x00"), "{out:02x?}");
+}
+
+#[test]
+fn a_dot_inside_a_label_is_part_of_the_label() {
+    let mut t = setup(allowlist(), vec![entry("www.example.com"), entry(r"dotted\.label.example")]);
+    let dotted = DnsQuery::new(raw(&[b"www.example", b"com"]), A).build();
+    let split = DnsQuery::new(raw(&[b"www", b"example.com"]), A).build();
+    let as_one = DnsQuery::new(raw(&[b"www.example.com"]), A).build();
+    t.checks(&[
+        (udp(&dotted), Nx(reason::DNS_NOT_ALLOWED), ev(r"www\.example.com.", "A")),
+        (udp(&split), Nx(reason::DNS_NOT_ALLOWED), ev(r"www.example\.com.", "A")),
+        (udp(&as_one), Nx(reason::DNS_NOT_ALLOWED), ev(r"www\.example\.com.", "A")),
+        (q("www.example.com", A), Allow, ev("www.example.com.", "A")),
+        // An escaped dot in the policy matches exactly the one label with a dot in it.
+        (udp(&DnsQuery::new(raw(&[b"dotted.label", b"example"]), A).build()), Allow, ev(r"dotted\.label.example.", "A")),
+        (q("dotted.label.example", A), Nx(reason::DNS_NOT_ALLOWED), ev("dotted.label.example.", "A")),
+    ]);
+    t.again(blocklist(), vec![entry("www.example.com")]);
+    t.check(&udp(&dotted), Allow, ev(r"www\.example.com.", "A"));
+}
+
+#[test]
+fn a_trailing_dot_or_upper_case_in_the_policy_is_normalised() {
+    assert_eq!(parse_name("WWW.Example.COM.").expect("valid"), parse_name("www.example.com").expect("valid"));
+    let mut t = setup(blocklist(), vec![entry("WWW.Example.COM."), entry("*.Tracker.Example.")]);
+    t.check(&q("www.example.com", A), Nx(reason::DNS_BLOCKED), ev("www.example.com.", "A"));
+    t.check(&q("a.tracker.example.", A), Nx(reason::DNS_BLOCKED), ev("a.tracker.example.", "A"));
+}
+
+/// Labels making a name of exactly `wire` bytes in wire form, with `label` bytes per label
+/// where possible.
+fn labels_of_wire_len(wire: usize, label: usize) -> Vec<Vec<u8>> {
+    let mut left = wire - 1;
+    let mut out = Vec::new();
+    let mut i = 0u8;
+    while left > 0 {
+        let n = (left - 1).min(label);
+        assert!(n > 0, "cannot make {wire} bytes");
+        out.push(vec![b'a' + i % 26; n]);
+        left -= n + 1;
+        i += 1;
+    }
+    out
+}
+
+fn wire_len(labels: &[Vec<u8>]) -> usize {
+    labels.iter().map(|l| l.len() + 1).sum::<usize>() + 1
+}
+
+fn text(labels: &[Vec<u8>]) -> String {
+    let mut s: String = labels.iter().map(|l| format!("{}.", String::from_utf8_lossy(l))).collect();
+    if s.is_empty() {
+        s.push('.');
+    }
+    s
+}
+
+#[test]
+fn name_and_label_length_limits() {
+    let long_label = vec![vec![b'l'; 63], b"example".to_vec()];
+    let too_long_label = vec![vec![b'l'; 64], b"example".to_vec()];
+    let name255 = labels_of_wire_len(255, 63);
+    let many255 = labels_of_wire_len(255, 1);
+    assert_eq!((wire_len(&name255), wire_len(&many255), many255.len()), (255, 255, 127));
+    let mut name256 = name255.clone();
+    name256[0].push(b'x');
+    assert_eq!(wire_len(&name256), 256);
+
+    let mut t = setup(
+        allowlist(),
+        vec![
+            entry(&text(&long_label)),
+            entry(&text(&name255)),
+            entry(&text(&many255)),
+        ],
+    );
+    let m = |labels: &Vec<Vec<u8>>| udp(&DnsQuery::new(labels.clone(), A).build());
+    t.checks(&[
+        (m(&long_label), Allow, ev(&text(&long_label), "A")),
+        (m(&name255), Allow, ev(&text(&name255), "A")),
+        (m(&many255), Allow, ev(&text(&many255), "A")),
+        // One byte more: malformed, dropped (malformed queries are never answered).
+        (m(&too_long_label), Drop(reason::DNS_MALFORMED), MALFORMED),
+        (m(&name256), Drop(reason::DNS_MALFORMED), MALFORMED),
+    ]);
+    // 128 labels: 257 bytes.
+    let mut many = many255.clone();
+    many.push(b"z".to_vec());
+    t.check(&m(&many), Drop(reason::DNS_MALFORMED), MALFORMED);
+}
+
+#[test]
+fn a_second_question_is_malformed() {
+    let two = DnsQuery::name("ok.example", A)
+        .with_qdcount(2)
+        .with_question(DnsQuestion::new(dns_labels("blocked.example"), A))
+        .build();
+    let mut t = setup(allowlist(), vec![entry("ok.example")]);
+    t.check(&udp(&two), Drop(reason::DNS_MALFORMED), MALFORMED);
+    // QDCOUNT 0, and QDCOUNT 1 in a header with two questions (the second is trailing data).
+    t.check(&udp(&DnsQuery::name("ok.example", A).with_qdcount(0).build()), Drop(reason::DNS_MALFORMED), MALFORMED);
+    let trailing = DnsQuery::name("ok.example", A).with_question(DnsQuestion::new(dns_labels("blocked.example"), A)).build();
+    t.check(&udp(&trailing), Allow, ev("ok.example.", "A"));
+
+    t.again(DnsScope { block_malformed: true, ..blocklist() }, vec![entry("blocked.example")]);
+    t.check(&udp(&two), Drop(reason::DNS_MALFORMED), MALFORMED);
+    // The blocklist default lets malformed queries through.
+    t.again(blocklist(), vec![entry("blocked.example")]);
+    t.check(&udp(&two), Allow, MALFORMED);
+}
+
+#[test]
+fn compression_and_reserved_label_types_in_the_question_are_malformed() {
+    let mut t = setup(allowlist(), vec![entry("www.example.com")]);
+    let pointer_only = DnsQuery::new(vec![], A).with_pointer(12).build();
+    let pointer_after_label = DnsQuery::new(dns_labels("www"), A).with_pointer(12).build();
+    let mut reserved40 = query("www.example.com", A);
+    reserved40[12 + 4] = 0x47; // "example" length byte with the 0x40 label type
+    let mut reserved80 = query("www.example.com", A);
+    reserved80[12 + 4] = 0x87;
+    t.checks(&[
+        (udp(&pointer_only), Drop(reason::DNS_MALFORMED), MALFORMED),
+        (udp(&pointer_after_label), Drop(reason::DNS_MALFORMED), MALFORMED),
+        (udp(&reserved40), Drop(reason::DNS_MALFORMED), MALFORMED),
+        (udp(&reserved80), Drop(reason::DNS_MALFORMED), MALFORMED),
+    ]);
+}
+
+#[test]
+fn responses_other_opcodes_and_truncated_messages_are_malformed() {
+    let mut t = setup(allowlist(), vec![entry("ok.example")]);
+    let ok = query("ok.example", A);
+    let response = DnsQuery::name("ok.example", A).with_flags(DNS_FLAG_QR | DNS_FLAG_RD).build();
+    let notify = DnsQuery::name("ok.example", A).with_flags(4 << 11).build();
+    let update = DnsQuery::name("ok.example", A).with_flags(5 << 11).build();
+    let cases = [
+        (response, "QR=1"),
+        (notify, "opcode NOTIFY"),
+        (update, "opcode UPDATE"),
+        (vec![], "empty"),
+        (ok[..11].to_vec(), "short header"),
+        (ok[..12].to_vec(), "header only"),
+        (ok[..20].to_vec(), "name cut"),
+        (ok[..23].to_vec(), "no root byte"),
+        (ok[..24].to_vec(), "no qtype and qclass"),
+        (ok[..ok.len() - 1].to_vec(), "qclass cut"),
+    ];
+    for (msg, what) in cases {
+        eprintln!("{what}");
+        t.check(&udp(&msg), Drop(reason::DNS_MALFORMED), MALFORMED);
+    }
+    t.check(&udp(&ok), Allow, ev("ok.example.", "A"));
+    // In blocklist mode, by default, they pass (counted as allowed).
+    t.again(blocklist(), vec![entry("ok.example")]);
+    let response = DnsQuery::name("ok.example", A).with_flags(DNS_FLAG_QR).build();
+    t.check(&udp(&response), Allow, MALFORMED);
+}
+
+#[test]
+fn tcp_queries() {
+    let mut t = setup(allowlist(), vec![entry("ok.example")]);
+    let ok = query("ok.example", A);
+    let bad = query("bad.example", A);
+    let framed = |m: &[u8]| palisade::craft::dns_tcp_payload(m);
+    // Whole queries: allowed, or blocked and dropped (no NXDOMAIN over TCP).
+    t.check(&Frame::dns_tcp(CLIENT, RESOLVER, 40000, &ok).build(), Allow, ev("ok.example.", "A"));
+    t.check(&Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(), Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A"));
+    // The first segment carries the length prefix and part of the message: malformed.
+    let whole = framed(&ok);
+    t.check(&tcp(&whole[..whole.len() - 3]), Drop(reason::DNS_MALFORMED), MALFORMED);
+    t.check(&tcp(&whole[..2]), Drop(reason::DNS_MALFORMED), MALFORMED);
+    t.check(&tcp(&whole[..1]), Drop(reason::DNS_MALFORMED), MALFORMED);
+    // The rest of a message without its prefix, and two messages in one segment.
+    t.check(&tcp(&ok[2..]), Drop(reason::DNS_MALFORMED), MALFORMED);
+    let mut two = framed(&ok);
+    two.extend_from_slice(&framed(&bad));
+    t.check(&tcp(&two), Drop(reason::DNS_MALFORMED), MALFORMED);
+    // A prefix that claims less than the segment carries.
+    let mut extra = framed(&ok);
+    extra.push(0);
+    t.check(&tcp(&extra), Drop(reason::DNS_MALFORMED), MALFORMED);
+    // Segments without payload (handshake, ACKs) are not queries.
+    t.check(&Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_SYN).build(), Untouched, MALFORMED);
+    // Mixed case over TCP.
+    t.check(&Frame::dns_tcp(CLIENT, RESOLVER, 40000, &query("OK.Example", A)).build(), Allow, ev("ok.example.", "A"));
+
+    // Blocklist, NXDOMAIN action: still dropped over TCP.
+    t.again(blocklist(), vec![entry("bad.example")]);
+    t.check(&Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(), Drop(reason::DNS_BLOCKED), ev("bad.example.", "A"));
+}
+
+#[test]
+fn vlan_tagged_queries() {
+    let mut t = setup(blocklist(), vec![entry("bad.example")]);
+    for (vlans, qinq) in [(&[100u16][..], false), (&[100, 200][..], true), (&[100, 200][..], false)] {
+        let f = |name: &str| Frame::dns_udp(CLIENT, RESOLVER, 40000, &query(name, A)).with_vlans(vlans, qinq).build();
+        let frame = f("bad.example");
+        let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev("bad.example.", "A"));
+        check_nxdomain(&frame, &out, vlans.len());
+        t.check(&f("good.example"), Allow, ev("good.example.", "A"));
+    }
+}
+
+#[test]
+fn ipv6_queries() {
+    let mut t = setup(allowlist(), vec![entry("ok.example")]);
+    t.check(&udp6(&query("ok.example", AAAA)), Allow, ev("ok.example.", "AAAA"));
+    let frame = udp6(&query("bad.example", AAAA));
+    let (out, _) = t.check(&frame, Nx(reason::DNS_NOT_ALLOWED), ev("bad.example.", "AAAA"));
+    check_nxdomain(&frame, &out, 0);
+    let tcp6 = Frame::dns_tcp(CLIENT6, RESOLVER6, 40000, &query("bad.example", A)).build();
+    t.check(&tcp6, Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A"));
+}
+
+#[test]
+fn only_plain_packets_are_answered() {
+    let mut t = setup(blocklist(), vec![entry("bad.example")]);
+    let msg = query("bad.example", A);
+    let blocked = Drop(reason::DNS_BLOCKED);
+    let e = ev("bad.example.", "A");
+    // IPv4 with options (a router alert).
+    let mut f = Frame::dns_udp(CLIENT, RESOLVER, 40000, &msg);
+    f.ipv4_options = vec![0x94, 0x04, 0, 0];
+    t.check(&f.build(), blocked, e);
+    // IPv6 with a destination options header.
+    let mut f = Frame::dns_udp(CLIENT6, RESOLVER6, 40000, &msg);
+    f.ipv6_ext = vec![ExtHeader::Options { kind: 60, len8: 0 }];
+    t.check(&f.build(), blocked, e);
+    // A first fragment (the whole query happens to be in it).
+    let mut f = Frame::dns_udp(CLIENT, RESOLVER, 40000, &msg);
+    f.ipv4_frag = Some((0, true));
+    t.check(&f.build(), blocked, e);
+    // Plain: answered.
+    t.check(&udp(&msg), Nx(reason::DNS_BLOCKED), e);
+}
+
+#[test]
+fn non_dns_traffic_is_untouched() {
+    let mut t = setup_policy(policy(Some(blocklist()), vec![entry("bad.example")], &[53, 5353]));
+    let msg = query("bad.example", A);
+    t.checks(&[
+        (Frame::udp(CLIENT, RESOLVER, 40000, 5300).with_payload(&msg).build(), Untouched, MALFORMED),
+        // From port 53 (a resolver's answer to a query it sent): not to a DNS port.
+        (Frame::udp(RESOLVER, CLIENT, 53, 40000).with_payload(&msg).build(), Untouched, MALFORMED),
+        (Frame::icmp(CLIENT, RESOLVER, 8, 0).build(), Untouched, MALFORMED),
+        // Every configured port is inspected.
+        (Frame::udp(CLIENT, RESOLVER, 40000, 5353).with_payload(&msg).build(), Nx(reason::DNS_BLOCKED), ev("bad.example.", "A")),
+        (udp(&msg), Nx(reason::DNS_BLOCKED), ev("bad.example.", "A")),
+    ]);
+    // Without an ingress scope nothing is inspected.
+    t.again_policy(policy(None, vec![entry("bad.example")], &[53]));
+    t.check(&udp(&msg), Untouched, MALFORMED);
+}
+
+// ---------------------------------------------------------------------------------------
+// The NXDOMAIN answer, byte by byte
+
+/// The one's-complement sum of 16-bit big-endian words, folded (an odd byte is padded).
+fn ones_complement_sum(parts: &[&[u8]]) -> u16 {
+    let mut bytes = Vec::new();
+    for p in parts {
+        bytes.extend_from_slice(p);
+    }
+    if bytes.len() % 2 == 1 {
+        bytes.push(0);
+    }
+    let mut sum: u64 = bytes.chunks(2).map(|c| u64::from(c[0]) << 8 | u64::from(c[1])).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Checks that `answer` is the NXDOMAIN answer to the UDP query `query` (with `vlans` tags).
+#[track_caller]
+fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
+    let l3 = 14 + 4 * vlans;
+    let v6 = query[l3] >> 4 == 6;
+    let ip_len = if v6 { 40 } else { 20 };
+    assert_eq!(query[l3] & 0x0f, if v6 { 0 } else { 5 }, "plain query expected");
+    let l4 = l3 + ip_len;
+    let dns = l4 + 8;
+    let q = &query[dns..];
+    let a = &answer[dns.min(answer.len())..];
+    // The question of the query: the name up to its root byte, then type and class.
+    let mut end = 12;
+    while q[end] != 0 {
+        end += 1 + usize::from(q[end]);
+    }
+    let question = &q[12..end + 5];
+
+    assert_eq!(answer.len(), dns + 12 + question.len(), "the answer ends after the question");
+    assert!(answer.len() <= query.len());
+
+    // Ethernet: MACs swapped, tags and ethertype kept.
+    assert_eq!(&answer[0..6], &query[6..12], "destination MAC");
+    assert_eq!(&answer[6..12], &query[0..6], "source MAC");
+    assert_eq!(&answer[12..l3], &query[12..l3], "VLAN tags and ethertype");
+
+    let udp_len = answer.len() - l4;
+    let (src, dst) = if v6 {
+        let (h, qh) = (&answer[l3..l4], &query[l3..l4]);
+        assert_eq!(&h[0..4], &qh[0..4], "version, traffic class, flow label");
+        assert_eq!(usize::from(u16::from_be_bytes([h[4], h[5]])), udp_len, "payload length");
+        assert_eq!(h[6], 17, "next header");
+        assert_eq!(h[7], 64, "hop limit");
+        assert_eq!(&h[8..24], &qh[24..40], "source address");
+        assert_eq!(&h[24..40], &qh[8..24], "destination address");
+        (h[8..24].to_vec(), h[24..40].to_vec())
+    } else {
+        let (h, qh) = (&answer[l3..l4], &query[l3..l4]);
+        assert_eq!(h[0], 0x45);
+        assert_eq!(h[1], qh[1], "TOS");
+        assert_eq!(usize::from(u16::from_be_bytes([h[2], h[3]])), answer.len() - l3, "total length");
+        assert_eq!(&h[4..6], &qh[4..6], "identification");
+        assert_eq!(&h[6..8], &[0x40, 0], "DF, not a fragment");
+        assert_eq!(h[8], 64, "TTL");
+        assert_eq!(h[9], 17, "protocol");
+        assert_eq!(ones_complement_sum(&[h]), 0xffff, "IPv4 header checksum {:02x?}", &h[10..12]);
+        assert_eq!(&h[12..16], &qh[16..20], "source address");
+        assert_eq!(&h[16..20], &qh[12..16], "destination address");
+        (h[12..16].to_vec(), h[16..20].to_vec())
+    };
+
+    let (u, qu) = (&answer[l4..dns], &query[l4..dns]);
+    assert_eq!(&u[0..2], &qu[2..4], "source port");
+    assert_eq!(&u[2..4], &qu[0..2], "destination port");
+    assert_eq!(usize::from(u16::from_be_bytes([u[4], u[5]])), udp_len, "UDP length");
+    assert_ne!(&u[6..8], &[0, 0], "a UDP checksum is present");
+    let len_bytes = (udp_len as u32).to_be_bytes();
+    let pseudo: Vec<u8> = if v6 {
+        [&src[..], &dst[..], &len_bytes[..], &[0, 0, 0, 17][..]].concat()
+    } else {
+        [&src[..], &dst[..], &[0, 17][..], &len_bytes[2..]].concat()
+    };
+    assert_eq!(ones_complement_sum(&[&pseudo, &answer[l4..]]), 0xffff, "UDP checksum {:02x?}", &u[6..8]);
+
+    // DNS header.
+    assert_eq!(&a[0..2], &q[0..2], "ID echoed");
+    let (q2, q3) = (q[2], q[3]);
+    let want2 = 0x80 | (q2 & 0x01); // QR, opcode 0, AA 0, TC 0, RD as asked
+    let want3 = 0x80 | (q3 & 0x10) | 3; // RA, Z 0, AD 0, CD as asked, NXDOMAIN
+    assert_eq!((a[2], a[3]), (want2, want3), "flags {:08b} {:08b}", a[2], a[3]);
+    assert_eq!(&a[4..12], &[0, 1, 0, 0, 0, 0, 0, 0], "QDCOUNT 1, nothing else");
+    assert_eq!(&a[12..], question, "question echoed byte for byte");
+
+    // The same, as an independent DNS library reads it.
+    let m = Message::from_vec(a).expect("hickory parses the answer");
+    let qm = Message::from_vec(q).expect("hickory parses the query");
+    assert_eq!(m.metadata.id, qm.metadata.id);
+    assert_eq!(m.metadata.message_type, MessageType::Response);
+    assert_eq!(m.metadata.op_code, OpCode::Query);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(!m.metadata.authoritative && !m.metadata.truncation && m.metadata.recursion_available);
+    assert!(!m.metadata.authentic_data);
+    assert_eq!(m.metadata.recursion_desired, qm.metadata.recursion_desired);
+    assert_eq!(m.metadata.checking_disabled, qm.metadata.checking_disabled);
+    assert_eq!(m.queries.len(), 1);
+    let (got, asked) = (&m.queries[0], &qm.queries[0]);
+    assert_eq!(got.name().cmp_case(asked.name()), std::cmp::Ordering::Equal, "name, case included");
+    assert_eq!((got.query_type(), got.query_class()), (asked.query_type(), asked.query_class()));
+    assert!(m.answers.is_empty() && m.authorities.is_empty() && m.additionals.is_empty());
+    assert!(m.edns.is_none(), "no OPT record in the answer");
+}
+
+#[test]
+fn nxdomain_answer_ipv4() {
+    let mut t = setup(blocklist(), vec![apex_and_below("bad.example")]);
+    for (name, flags, id) in [
+        ("bad.example", DNS_FLAG_RD, 0x1234),
+        // Odd and even name lengths, so the checksum sees both parities.
+        ("Bad.Example", 0, 0xbeef),
+        ("a.bad.example", DNS_FLAG_RD | DNS_FLAG_CD, 0),
+        ("bb.bad.example", DNS_FLAG_RD, 0x0102),
+        // AD, AA, TC and Z set in a query: cleared in the answer.
+        ("bad.example", DNS_FLAG_AD | 0x0400 | 0x0200 | 0x0040, 0xffff),
+    ] {
+        let msg = DnsQuery::name(name, A).with_flags(flags).with_id(id).build();
+        let frame = udp(&msg);
+        let lower = format!("{}.", name.to_ascii_lowercase());
+        let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev(&lower, "A"));
+        check_nxdomain(&frame, &out, 0);
+    }
+    // An allowed query leaves unchanged.
+    let frame = q("good.example", A);
+    let (out, _) = t.check(&frame, Allow, ev("good.example.", "A"));
+    assert_eq!(out, frame);
+}
+
+#[test]
+fn nxdomain_answer_ipv6() {
+    let mut t = setup(allowlist(), vec![]);
+    for (name, flags) in [("x.example", DNS_FLAG_RD), ("Xy.Example", DNS_FLAG_CD), ("xyz.example", 0)] {
+        let frame = udp6(&DnsQuery::name(name, AAAA).with_flags(flags).with_id(0x4242).build());
+        let lower = format!("{}.", name.to_ascii_lowercase());
+        let (out, _) = t.check(&frame, Nx(reason::DNS_NOT_ALLOWED), ev(&lower, "AAAA"));
+        check_nxdomain(&frame, &out, 0);
+    }
+}
+
+#[test]
+fn nxdomain_answer_drops_edns_and_trailing_data() {
+    let mut t = setup(allowlist(), vec![]);
+    let with_opt = DnsQuery::name("Edns.Example", A).with_edns(1232).build();
+    for frame in [udp(&with_opt), udp6(&with_opt)] {
+        let (out, _) = t.check(&frame, Nx(reason::DNS_NOT_ALLOWED), ev("edns.example.", "A"));
+        check_nxdomain(&frame, &out, 0);
+        assert_eq!(out.len(), frame.len() - 11, "the OPT record is cut off");
+    }
+    // Trailing bytes after the question (no ARCOUNT): cut too.
+    let mut junk = query("junk.example", A);
+    junk.extend_from_slice(&[0xde, 0xad, 0xbe]);
+    let frame = udp(&junk);
+    let (out, _) = t.check(&frame, Nx(reason::DNS_NOT_ALLOWED), ev("junk.example.", "A"));
+    check_nxdomain(&frame, &out, 0);
+    // A long name: the answer is still exactly header + question.
+    let long = labels_of_wire_len(255, 63);
+    let frame = udp(&DnsQuery::new(long.clone(), TXT).with_edns(4096).build());
+    let (out, _) = t.check(&frame, Nx(reason::DNS_NOT_ALLOWED), ev(&text(&long), "TXT"));
+    check_nxdomain(&frame, &out, 0);
+}
+
+#[test]
+fn nxdomain_answer_with_a_vlan_tag() {
+    let mut t = setup(blocklist(), vec![entry("*.example")]);
+    for src in [(CLIENT, RESOLVER), (CLIENT6, RESOLVER6)] {
+        let frame = Frame::dns_udp(src.0, src.1, 5353, &DnsQuery::name("A.Example", A).with_edns(512).build())
+            .with_vlans(&[42], false)
+            .build();
+        let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev("a.example.", "A"));
+        check_nxdomain(&frame, &out, 1);
+    }
+}
+
+#[test]
+fn hickory_and_the_datapath_agree_on_crafted_queries() {
+    // A sanity check of the crafted messages themselves.
+    let m = Message::from_vec(&DnsQuery::name("www.example.com", AAAA).with_edns(1232).build()).expect("valid");
+    assert_eq!(m.queries.len(), 1);
+    assert_eq!(m.queries[0].query_type(), RecordType::AAAA);
+    assert_eq!(m.queries[0].name().to_ascii(), "www.example.com.");
+    assert!(m.edns.is_some());
+    let m = Message::from_vec(&DnsQuery::new(raw(&[b"www.example", b"com"]), A).build()).expect("valid");
+    let labels: Vec<&[u8]> = m.queries[0].name().iter().collect();
+    assert_eq!(labels, vec![&b"www.example"[..], b"com"]);
+}
+
+#[test]
+fn nxdomain_answer_whose_udp_checksum_computes_to_zero() {
+    // A computed UDP checksum of 0 must go out as 0xffff (0 means "no checksum"). The DNS
+    // ID is the only answer byte the client chooses freely, so pick the one that makes it 0.
+    let mut t = setup(blocklist(), vec![entry("bad.example")]);
+    for v6 in [false, true] {
+        let frame_for = |id: u16| {
+            let msg = DnsQuery::name("bad.example", A).with_id(id).build();
+            if v6 { udp6(&msg) } else { udp(&msg) }
+        };
+        let frame = frame_for(0);
+        let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev("bad.example.", "A"));
+        let l4 = 14 + if v6 { 40 } else { 20 };
+        let mut segment = out[l4..].to_vec();
+        segment[6] = 0;
+        segment[7] = 0;
+        let udp_len = (segment.len() as u32).to_be_bytes();
+        let pseudo: Vec<u8> = if v6 {
+            [&out[22..54], &udp_len[..], &[0, 0, 0, 17][..]].concat()
+        } else {
+            [&out[26..34], &[0, 17][..], &udp_len[2..]].concat()
+        };
+        let without_id = ones_complement_sum(&[&pseudo, &segment]);
+        let id = 0xffff - without_id;
+        let frame = frame_for(id);
+        let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev("bad.example.", "A"));
+        assert_eq!(&out[l4 + 6..l4 + 8], &[0xff, 0xff], "id {id:#06x}: a zero checksum is sent as 0xffff");
+        check_nxdomain(&frame, &out, 0);
+    }
+}
+
+#[test]
+fn a_new_policy_leaves_no_stale_names_behind() {
+    // Each install fills the idle generation; the one before last must be gone entirely.
+    let mut t = setup(blocklist(), vec![entry("one.example")]);
+    t.check(&q("one.example", A), Nx(reason::DNS_BLOCKED), ev("one.example.", "A"));
+    t.again(blocklist(), vec![entry("two.example")]);
+    t.check(&q("one.example", A), Allow, ev("one.example.", "A"));
+    t.check(&q("two.example", A), Nx(reason::DNS_BLOCKED), ev("two.example.", "A"));
+    // Back in the generation that held `one.example`.
+    t.again(blocklist(), vec![entry("three.example")]);
+    t.checks(&[
+        (q("one.example", A), Allow, ev("one.example.", "A")),
+        (q("two.example", A), Allow, ev("two.example.", "A")),
+        (q("three.example", A), Nx(reason::DNS_BLOCKED), ev("three.example.", "A")),
+    ]);
+}
+
+#[test]
+fn nxdomain_answer_to_a_padded_frame() {
+    // Ethernet padding after the IP packet: not part of the query, not part of the answer.
+    let mut t = setup(blocklist(), vec![entry("p.example")]);
+    let mut frame = q("p.example", A);
+    frame.extend_from_slice(&[0; 12]);
+    let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev("p.example.", "A"));
+    check_nxdomain(&frame, &out, 0);
+}
