@@ -47,6 +47,12 @@ pub struct Scratch {
     pub hashes: [[u64; 2]; 128],
     /// Byte counts for the entropy check.
     pub counts: [u8; 256],
+    /// Loop state of the three `bpf_loop`s. It lives here, not on the stack: values read
+    /// from a map are unknown to the verifier, so each callback is verified once for all
+    /// iterations instead of once per distinct precise state.
+    walk: WalkCtx,
+    matcher: MatchCtx,
+    entropy: EntropyCtx,
 }
 
 /// What the inspector concluded.
@@ -121,9 +127,10 @@ fn inspect_inner(
         return Some(Decision::malformed(block_malformed));
     }
 
-    let mut walk = WalkCtx { walker: Walker::new(&key), key, msg_len, raw_sum: 0, wire_len: 0, failed: false };
-    // SAFETY: callback signature as bpf_loop expects; the context outlives the call.
-    unsafe { bpf_loop(MAX_NAME_WIRE as u32, walk_byte as *mut c_void, (&raw mut walk).cast(), 0) };
+    s.walk = WalkCtx { walker: Walker::new(&key), key, msg_len, raw_sum: 0, wire_len: 0, failed: false };
+    // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
+    unsafe { bpf_loop(MAX_NAME_WIRE as u32, walk_byte as *mut c_void, core::ptr::null_mut(), 0) };
+    let walk = &s.walk;
     if walk.failed || walk.wire_len == 0 {
         return Some(Decision::malformed(block_malformed));
     }
@@ -159,7 +166,7 @@ fn inspect_inner(
     }
 
     let labels = walk.walker.labels;
-    let mut m = MatchCtx {
+    s.matcher = MatchCtx {
         suffix: hash::root(&key),
         labels,
         wire_len: walk.wire_len,
@@ -176,8 +183,9 @@ fn inspect_inner(
     };
     if labels > 0 {
         // SAFETY: as above.
-        unsafe { bpf_loop(u32::from(labels), match_suffix as *mut c_void, (&raw mut m).cast(), 0) };
+        unsafe { bpf_loop(u32::from(labels), match_suffix as *mut c_void, core::ptr::null_mut(), 0) };
     }
+    let m = &s.matcher;
     if m.found {
         d.list = m.value.list;
     }
@@ -208,15 +216,13 @@ struct WalkCtx {
     failed: bool,
 }
 
-extern "C" fn walk_byte(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `WalkCtx` that `inspect` passed.
-    let w = unsafe { &mut *ctx.cast::<WalkCtx>() };
+extern "C" fn walk_byte(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
-        w.failed = true;
         return 1;
     };
     // SAFETY: per-CPU scratch.
     let s = unsafe { &mut *s };
+    let w = &mut s.walk;
     let pos = usize::from(w.walker.pos);
     let at = HEADER_LEN + pos;
     if at >= w.msg_len {
@@ -269,14 +275,13 @@ struct MatchCtx {
 
 /// Visits suffixes from the shortest (the last label) to the whole name; a later (longer)
 /// hit replaces an earlier one, so the most specific entry wins.
-extern "C" fn match_suffix(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `MatchCtx` that `inspect` passed.
-    let m = unsafe { &mut *ctx.cast::<MatchCtx>() };
-    let Some(s) = DNS_SCRATCH.get_ptr(0) else {
+extern "C" fn match_suffix(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
         return 1;
     };
     // SAFETY: per-CPU scratch.
-    let s = unsafe { &*s };
+    let s = unsafe { &mut *s };
+    let m = &mut s.matcher;
     let label = (u64::from(m.labels).wrapping_sub(index + 1) as usize) & LABEL_MASK;
     let h = s.hashes[label];
     m.suffix = hash::extend(m.suffix, (h[0], h[1]));
@@ -328,21 +333,21 @@ fn entropy_exceeds(end: u8, bound_fp: u32) -> bool {
         unsafe { words.add(i).write_unaligned(0) };
         i += 1;
     }
-    let mut e = EntropyCtx { next_len: 0, n: 0, sum: 0 };
-    // SAFETY: callback signature as bpf_loop expects; the context outlives the call.
-    unsafe { bpf_loop(u32::from(end), count_byte as *mut c_void, (&raw mut e).cast(), 0) };
+    s.entropy = EntropyCtx { next_len: 0, n: 0, sum: 0 };
+    // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
+    unsafe { bpf_loop(u32::from(end), count_byte as *mut c_void, core::ptr::null_mut(), 0) };
+    let e = &s.entropy;
     let n = (e.n as usize).min(TABLE_LEN - 1);
     exceeds(NLOGN[n], e.sum, n as u64, bound_fp)
 }
 
-extern "C" fn count_byte(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `EntropyCtx` that `entropy_exceeds` passed.
-    let e = unsafe { &mut *ctx.cast::<EntropyCtx>() };
+extern "C" fn count_byte(index: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
         return 1;
     };
     // SAFETY: per-CPU scratch.
     let s = unsafe { &mut *s };
+    let e = &mut s.entropy;
     let pos = (index as usize) & 0xff;
     let byte = s.name[pos];
     if pos == usize::from(e.next_len) {
