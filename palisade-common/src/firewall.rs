@@ -167,14 +167,20 @@ pub struct RateKey {
 map_type!(RateKey, 20);
 
 /// Data part of the set LPM-trie key: the set id, big-endian so it forms the first 32 bits of
-/// the prefix, then the 16-byte address.
+/// the prefix, then the address family, then the 16-byte address. The family is part of the
+/// key because IPv4 addresses are stored IPv4-mapped: without it an IPv6 entry such as
+/// `::/8` or `::ffff:0:0/96` (common in bogon lists) would contain every IPv4 address.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SetKey {
     pub set: [u8; 4],
+    pub family: u8,
     pub addr: [u8; 16],
 }
-map_type!(SetKey, 20);
+map_type!(SetKey, 21);
+
+/// Bits of a [`SetKey`] before the address: set id and family.
+pub const SET_KEY_PREFIX_BITS: u32 = 40;
 
 /// The set id stored in tuples and set keys: generation in the top bit.
 #[inline(always)]

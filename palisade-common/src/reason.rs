@@ -11,7 +11,10 @@ pub const DEFAULT: u32 = 2;
 pub const RATE_LIMIT: u32 = 3;
 /// Ethernet or VLAN header truncated, or more VLAN tags than Palisade parses.
 pub const MALFORMED_L2: u32 = 4;
-/// IPv4/IPv6 header truncated or inconsistent (IHL < 5, total length beyond the frame...).
+/// IPv4/IPv6 header truncated or inconsistent (wrong version, IHL < 5, total length shorter
+/// than the header). A total length *beyond* the frame is not an error as long as the headers
+/// Palisade reads are present: the stack drops such packets anyway, and multi-buffer XDP frames
+/// legitimately carry less than the IP length in their first buffer.
 pub const MALFORMED_L3: u32 = 5;
 /// IPv6 extension-header chain truncated or longer than [`crate::packet::MAX_IPV6_EXT_HEADERS`].
 pub const IPV6_EXT_CHAIN: u32 = 6;

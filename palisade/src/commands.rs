@@ -137,6 +137,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     if let Some(m) = &s.metrics {
         println!("metrics     http://{m}/metrics");
     }
+    if s.event_streams > 0 {
+        println!("events      {} client(s) streaming", s.event_streams);
+    }
     Ok(())
 }
 

@@ -605,6 +605,7 @@ impl Daemon {
             last_error: self.last_error.clone(),
             unload_on_exit: self.args.unload_on_exit,
             metrics: self.metrics.clone(),
+            event_streams: self.events.receiver_count(),
         }
     }
 

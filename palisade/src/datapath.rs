@@ -150,7 +150,7 @@ impl Datapath {
             // are stale. Removing their pins keeps "a pinned program is valid" true even if
             // this start is interrupted.
             for d in std::iter::once(layout.progs_dir()).chain(layout.other_builds()) {
-                pin::remove_tree(&d)?;
+                pin::remove_tree(&d, &[])?;
             }
             layout.create_dirs()?;
         }
@@ -187,8 +187,14 @@ impl Datapath {
         self.ensure_xdp_programs()?;
         self.sync_xdp(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
+        let in_use: Vec<u32> = self
+            .xdp
+            .iter()
+            .filter_map(|a| a.link_id)
+            .chain(self.cgroups.iter().filter_map(|a| a.link_id))
+            .collect();
         for old in self.layout.foreign_layouts() {
-            let detached = pin::remove_tree(&old)?;
+            let detached = pin::remove_tree(&old, &in_use)?;
             notes.push(format!(
                 "removed the pinned state of an incompatible build ({}){}",
                 old.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
@@ -200,7 +206,7 @@ impl Datapath {
             ));
         }
         for old in self.layout.other_builds() {
-            pin::remove_tree(&old)?;
+            pin::remove_tree(&old, &[])?;
         }
         Ok(notes)
     }
@@ -611,9 +617,9 @@ impl Datapath {
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
-        pin::remove_tree(&self.layout.dir())?;
+        pin::remove_tree(&self.layout.dir(), &[])?;
         for old in self.layout.foreign_layouts() {
-            pin::remove_tree(&old)?;
+            pin::remove_tree(&old, &[])?;
         }
         // Netlink attachments (old kernels) end when the programs are dropped.
         self.firewall = None;
@@ -673,7 +679,7 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
         })
         .collect();
     for d in dirs {
-        for l in pin::remove_tree(&d)? {
+        for l in pin::remove_tree(&d, &[])? {
             done.push(match l {
                 LinkPin::Xdp { iface, .. } => format!("detached from {iface}"),
                 LinkPin::Cgroup { path } => format!("detached from cgroup {}", path.display()),

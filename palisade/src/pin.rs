@@ -553,15 +553,19 @@ pub fn move_link_pin(link: BorrowedFd<'_>, from: &Path, to: &Path) -> Result<()>
 }
 
 /// Removes a pinned state tree: detaches every link pinned under `links/` (so nothing keeps
-/// running on state about to disappear), then unlinks everything and removes the
-/// directories. Returns what it detached, for messages.
+/// running on state about to disappear) except the links whose ids are in `keep` (links
+/// already moved to another directory, pinned twice after an interrupted move), then
+/// unlinks everything and removes the directories. Returns what it detached, for messages.
 ///
 /// # Errors
 /// When a pin cannot be removed.
-pub fn remove_tree(dir: &Path) -> Result<Vec<LinkPin>> {
+pub fn remove_tree(dir: &Path, keep: &[u32]) -> Result<Vec<LinkPin>> {
     let mut detached = Vec::new();
     for (pin, path) in link_pins(&dir.join("links")) {
         if let Ok(fd) = obj_get(&path) {
+            if link_info(fd.as_fd()).is_ok_and(|i| keep.contains(&i.id)) {
+                continue;
+            }
             let _ = link_detach(fd.as_fd());
         }
         detached.push(pin);

@@ -7,7 +7,9 @@ mod support;
 
 use std::{thread, time::Duration};
 
-use control::{Bg, BgCli, Proc, Scratch, cli, cli_as_nobody, cli_json, py};
+use control::{
+    BgCli, Proc, Scratch, cli, cli_as_nobody, cli_json, delivered, py, wait_for_streams,
+};
 use support::netns::NetnsPair;
 
 const POLICY: &str = r#"
@@ -64,32 +66,24 @@ lists = ["ads"]
 names = ["ads.example"]
 "#;
 
-/// Sends `n` datagrams from A to B's `port` and returns how many arrived.
-fn delivered(pair: &NetnsPair, port: u16, n: u32) -> u32 {
-    let rx = Bg::start(
-        pair,
-        &pair.ns_b,
-        control::UDP_COUNT,
-        &[&pair.v4_b, &port.to_string(), "0.7"],
-    )
-    .ready();
-    py(
-        pair,
-        &pair.ns_a,
-        control::UDP_SEND,
-        &[&pair.v4_b, &port.to_string(), &n.to_string()],
-    );
-    rx.finish()
-        .last()
-        .and_then(|l| l.parse().ok())
-        .expect("receiver count")
-}
-
 fn generation(socket: &std::path::Path) -> u64 {
     cli_json(socket, &["status", "--json"])["generation"]
         .as_u64()
         .unwrap()
 }
+
+/// An HTTP request: prints the status code, then the body.
+const HTTP: &str = r"
+import sys, urllib.request, urllib.error
+url, method = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(url, method=method, data=b'' if method == 'POST' else None)
+try:
+    r = urllib.request.urlopen(req, timeout=5)
+    print(r.status)
+    sys.stdout.write(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code)
+";
 
 /// Value of one sample in a Prometheus exposition.
 fn sample(text: &str, series: &str) -> Option<u64> {
@@ -146,9 +140,10 @@ fn cli_and_api_end_to_end() {
     let mut sent_7000 = 0;
 
     // Baseline traffic flows.
-    assert_eq!(delivered(&pair, 7001, 5), 5);
+    assert_eq!(delivered(&pair, &scratch, 7001, 5), 5);
 
     // A rule added live drops the traffic; its drops stream as events.
+    wait_for_streams(&socket, 0);
     let events = BgCli::start(
         &socket,
         &[
@@ -164,7 +159,7 @@ fn cli_and_api_end_to_end() {
             "3",
         ],
     );
-    thread::sleep(Duration::from_millis(300));
+    wait_for_streams(&socket, 1);
     let add = cli(
         &socket,
         &[
@@ -186,7 +181,7 @@ fn cli_and_api_end_to_end() {
         "{add:?}"
     );
     assert_eq!(
-        delivered(&pair, 7001, 5),
+        delivered(&pair, &scratch, 7001, 5),
         0,
         "the live drop rule is enforced"
     );
@@ -200,8 +195,9 @@ fn cli_and_api_end_to_end() {
             "{l}"
         );
     }
+    wait_for_streams(&socket, 0);
     let text_events = BgCli::start(&socket, &["events", "--kind", "firewall", "--count", "1"]);
-    thread::sleep(Duration::from_millis(300));
+    wait_for_streams(&socket, 1);
     py(
         &pair,
         &pair.ns_a,
@@ -297,10 +293,10 @@ fn cli_and_api_end_to_end() {
 
     // Deleting the rule lets the traffic through again.
     assert!(cli(&socket, &["rule", "delete", "drop-7001"]).ok);
-    assert_eq!(delivered(&pair, 7001, 5), 5);
+    assert_eq!(delivered(&pair, &scratch, 7001, 5), 5);
 
     // Set members: A's address in the set drops everything from A; removing it restores.
-    assert_eq!(delivered(&pair, 7000, 4), 4);
+    assert_eq!(delivered(&pair, &scratch, 7000, 4), 4);
     sent_7000 += 4;
     let add = cli(
         &socket,
@@ -318,12 +314,12 @@ fn cli_and_api_end_to_end() {
     );
     assert_eq!(sets["sets"][0]["used_by"][0], "drop-blocked");
     assert_eq!(
-        delivered(&pair, 7000, 4),
+        delivered(&pair, &scratch, 7000, 4),
         0,
         "a live set member is enforced"
     );
     assert!(cli(&socket, &["set", "delete", "blocked", &pair.v4_a]).ok);
-    assert_eq!(delivered(&pair, 7000, 4), 4);
+    assert_eq!(delivered(&pair, &scratch, 7000, 4), 4);
     sent_7000 += 4;
 
     // DNS: a name added live with a TTL is blocked, then applies no more.
@@ -364,13 +360,14 @@ fn cli_and_api_end_to_end() {
             .stdout
             .contains("*tracker.example  (expires in")
     );
+    wait_for_streams(&socket, 0);
     let dns_events = BgCli::start(
         &socket,
         &[
             "events", "--json", "--kind", "dns", "--name", "TRACKER", "--count", "1",
         ],
     );
-    thread::sleep(Duration::from_millis(300));
+    wait_for_streams(&socket, 1);
     assert_eq!(
         q("tracker.example"),
         "timeout",
@@ -418,7 +415,11 @@ fn cli_and_api_end_to_end() {
         gen_before + 1,
         "only the live change moved the generation"
     );
-    assert_eq!(delivered(&pair, 7000, 3), 3, "the old policy still runs");
+    assert_eq!(
+        delivered(&pair, &scratch, 7000, 3),
+        3,
+        "the old policy still runs"
+    );
     sent_7000 += 3;
     std::fs::write(&policy, RELOADED).unwrap();
     let r = cli(&socket, &["reload"]);
@@ -426,8 +427,12 @@ fn cli_and_api_end_to_end() {
         r.ok && r.stdout.contains("6 live change(s) discarded"),
         "{r:?}"
     );
-    assert_eq!(delivered(&pair, 7002, 5), 0, "the reloaded policy runs");
-    assert_eq!(delivered(&pair, 7000, 2), 2);
+    assert_eq!(
+        delivered(&pair, &scratch, 7002, 5),
+        0,
+        "the reloaded policy runs"
+    );
+    assert_eq!(delivered(&pair, &scratch, 7000, 2), 2);
     sent_7000 += 2;
     assert!(!cli(&socket, &["list", "rules"]).stdout.contains("live-one"));
 
@@ -449,17 +454,15 @@ fn cli_and_api_end_to_end() {
     );
     assert_eq!(rule("drop-blocked"), Some(4), "{stats}");
     assert_eq!(rule("drop-udp-7002"), Some(5), "{stats}");
-    let scrape = pair.exec(
+    let scrape = py(
+        &pair,
         &pair.ns_b,
-        "curl",
-        &["-sf", "--max-time", "5", "http://127.0.0.1:19477/metrics"],
+        HTTP,
+        &["http://127.0.0.1:19477/metrics", "GET"],
     );
-    assert!(
-        scrape.status.success(),
-        "scrape failed: {}",
-        String::from_utf8_lossy(&scrape.stderr)
-    );
-    let m = String::from_utf8_lossy(&scrape.stdout).into_owned();
+    let (status, m) = scrape.split_once('\n').unwrap_or((&scrape, ""));
+    assert_eq!(status, "200", "scrape failed: {scrape}");
+    let m = m.to_string();
     assert_eq!(
         sample(
             &m,
@@ -511,21 +514,13 @@ fn cli_and_api_end_to_end() {
         sample(&m, "palisade_live_changes_total{result=\"refused\"}").unwrap() >= 11,
         "{m}"
     );
-    let bad = pair.exec(
+    let bad = py(
+        &pair,
         &pair.ns_b,
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "POST",
-            "http://127.0.0.1:19477/metrics",
-        ],
+        HTTP,
+        &["http://127.0.0.1:19477/metrics", "POST"],
     );
-    assert_eq!(String::from_utf8_lossy(&bad.stdout), "405");
+    assert_eq!(bad, "405");
     let text_stats = cli(&socket, &["stats"]);
     assert!(
         text_stats.ok && text_stats.stdout.contains("count-udp-7000"),
@@ -589,7 +584,7 @@ fn cli_and_api_end_to_end() {
     );
     assert!(!pin_dir.exists(), "pins removed");
     assert!(!socket.exists(), "socket removed");
-    assert_eq!(delivered(&pair, 7002, 3), 3);
+    assert_eq!(delivered(&pair, &scratch, 7002, 3), 3);
     let o = cli(&socket, &["status"]);
     assert!(!o.ok && o.stderr.contains("no palisade daemon at"), "{o:?}");
 }

@@ -161,7 +161,7 @@ fn mutate(rng: &mut StdRng, m: &mut Vec<u8>) {
             4 if m.len() > 13 => {
                 // A pointer (or reserved label type) where a length byte may be.
                 let i = rng.gen_range(12..m.len() - 1);
-                m[i] = 0x40 * rng.gen_range(1..=3) | rng.gen_range(0..0x40);
+                m[i] = (0x40 * rng.gen_range(1..=3)) | rng.gen_range(0..0x40);
             }
             5 if !m.is_empty() => {
                 let i = rng.gen_range(0..m.len());

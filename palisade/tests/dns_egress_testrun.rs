@@ -502,3 +502,200 @@ fn ingress_and_egress_scopes_have_their_own_lists() {
         ("ingress", "drop", "dns-blocked", "corp.example.", Some(1))
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Sharing the per-CPU scratch with the XDP program
+
+#[path = "support/netns.rs"]
+#[allow(dead_code, reason = "only the namespace pair is used here")]
+mod netns;
+
+/// Moves the calling thread into the named network namespace.
+fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(format!("/run/netns/{name}")).expect("open the namespace");
+    // SAFETY: a valid namespace descriptor; only this thread changes namespace.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; the set outlives the call.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+/// The id of the cgroup v2 mount, if any.
+fn cgroup2_root() -> Option<String> {
+    std::fs::read_to_string("/proc/self/mounts").ok()?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+    })
+}
+
+/// A throw-away cgroup v2 directory, removed on drop.
+struct Cgroup(String);
+
+impl std::ops::Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Python sending the query (hex) to 127.0.0.1:53 for some seconds; prints "sent eperm".
+const SENDER: &str = r#"
+import socket, sys, time
+q = bytes.fromhex(sys.argv[1])
+end = time.time() + float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sent = eperm = 0
+while time.time() < end:
+    for _ in range(200):
+        try:
+            s.sendto(q, ("127.0.0.1", 53))
+        except PermissionError:
+            eperm += 1
+        sent += 1
+print(sent, eperm)
+"#;
+
+/// What one race run saw.
+struct Race {
+    /// Queries the sender sent, and how many of them failed with `EPERM`.
+    sent: u64,
+    refused: u64,
+    /// Egress events by (verdict, reason, name, client).
+    events: std::collections::BTreeMap<(&'static str, &'static str, String, Option<IpAddr>), u64>,
+}
+
+/// Runs the egress program where it really runs, racing XDP on the same CPU.
+///
+/// The egress program runs in the sender's context: process context, bottom halves
+/// enabled. XDP runs in softirq, which can run on top of it on the same CPU, here on return
+/// from the IPI by which RPS hands packets arriving on a veth to CPU 0. `BPF_PROG_TEST_RUN`
+/// runs programs with bottom halves disabled, so this needs the real path: the egress program
+/// attached to a throw-away cgroup, a python3 process in it pinned to CPU 0 sending `sent`
+/// to 127.0.0.1:53 (in namespace A) for some seconds, and paced queries for `flood` from CPU 1
+/// to B's veth, whose RPS mask is CPU 0. The ingress scope inspects them but blocks nothing,
+/// so the only events are egress drops.
+fn race(t: &mut T, sent: &str, flood: &str, egress_list: Vec<NameEntry>) -> Race {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Xdp, XdpMode};
+    use palisade::testrun::FIREWALL;
+
+    let secs = std::env::var("PALISADE_RACE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10u64);
+    let gap = std::time::Duration::from_micros(
+        std::env::var("PALISADE_FLOOD_GAP_US").ok().and_then(|v| v.parse().ok()).unwrap_or(100),
+    );
+    let pair = netns::NetnsPair::new();
+    let rps = pair.exec(&pair.ns_b, "sh", &["-c", "echo 1 > /sys/class/net/veth-b/queues/rx-0/rps_cpus"]);
+    assert!(rps.status.success(), "{rps:?}");
+    t.again_policy(policy(
+        Some(scope(DnsMode::Allowlist)),
+        Some(DnsScope { lists: vec![1], ..scope(DnsMode::Blocklist) }),
+        egress_list,
+        vec![entry("nothing.invalid")],
+    ));
+    let b: &mut Bench = &mut t.b;
+    b.drain_dns_events();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(&pair.ns_b);
+            let p: &mut Xdp = b.ebpf.program_mut(FIREWALL).expect("firewall").try_into().expect("xdp");
+            p.attach(&pair.if_b, XdpMode::Skb).expect("attach generic XDP");
+        })
+        .join()
+        .expect("attach thread");
+    });
+    let root = cgroup2_root().expect("cgroup v2 mounted");
+    let cg = Cgroup(format!("{root}/palisade-dns-race-{}", std::process::id()));
+    std::fs::create_dir(&cg.0).expect("create the test cgroup");
+    let link = {
+        let dir = std::fs::File::open(&cg.0).expect("open the test cgroup");
+        let p: &mut CgroupSkb = b.ebpf.program_mut(DNS_EGRESS).expect("egress").try_into().expect("cgroup_skb");
+        p.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).expect("attach to the test cgroup")
+    };
+    let egress_queries = |b: &Bench| {
+        sum_counter(&b.ebpf, "DNS_STATS", u32::from(SCOPE_EGRESS) * DNS_STATS_PER_SCOPE + STAT_QUERIES).expect("DNS_STATS")
+    };
+    let packets_before = b.stat(stats::PACKETS).expect("STATS");
+    let queries_before = egress_queries(b);
+
+    let stop = AtomicBool::new(false);
+    let hex: String = query(sent, A).iter().map(|b| format!("{b:02x}")).collect();
+    let output = std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to(1);
+            enter_netns(&pair.ns_a);
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("socket");
+            let msg = query(flood, AAAA);
+            let to = format!("{}:53", pair.v4_b);
+            let mut next = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = sock.send_to(&msg, &to);
+                next += gap;
+                while std::time::Instant::now() < next {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        // Into the cgroup first: `ip netns exec` mounts its own /sys.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec ip netns exec "$1" taskset -c 0 python3 -c "$2" "$3" "$4""#)
+            .args([&cg.0, &pair.ns_a, SENDER, &hex, &secs.to_string()])
+            .output()
+            .expect("run the sender");
+        stop.store(true, Ordering::Relaxed);
+        out
+    });
+    {
+        let p: &mut CgroupSkb = b.ebpf.program_mut(DNS_EGRESS).expect("egress").try_into().expect("cgroup_skb");
+        p.detach(link).expect("detach");
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "sender: {output:?}");
+    let counts: Vec<u64> = stdout.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let [sent_n, refused] = counts[..] else { panic!("sender printed {stdout:?}") };
+    let xdp_packets = b.stat(stats::PACKETS).expect("STATS") - packets_before;
+    let inspected = egress_queries(b) - queries_before;
+    let mut events = std::collections::BTreeMap::new();
+    for e in b.drain_dns_events().into_iter().filter(|e| e.scope == "egress") {
+        *events.entry((e.verdict, e.reason, e.name, e.client)).or_insert(0u64) += 1;
+    }
+    println!(
+        "sent {sent:?} x {sent_n} from the cgroup ({inspected} inspected, {refused} refused) while XDP saw \
+         {xdp_packets} packets for {flood:?} on the same CPU; egress events:"
+    );
+    for (k, n) in &events {
+        println!("  {n} x {k:?}");
+    }
+    assert!(inspected >= sent_n, "every query went through the egress program");
+    assert!(xdp_packets > 10_000, "the flood did not reach XDP: {xdp_packets}");
+    Race { sent: sent_n, refused, events }
+}
+
+/// An allowed query must stay allowed whatever XDP does on the same CPU.
+#[test]
+#[ignore = "stress test: needs 2 CPUs, network namespaces, cgroup v2, python3, 10 seconds"]
+fn xdp_on_the_same_cpu_does_not_make_egress_refuse_allowed_queries() {
+    let mut t = setup(scope(DnsMode::Allowlist), vec![]);
+    let r = race(&mut t, "allowed.example", "a-much-longer-name-than-the-other-one.flood.example", vec![entry("allowed.example")]);
+    assert_eq!(r.refused, 0, "allowed queries refused: {:?}", r.events);
+    assert!(r.events.is_empty(), "{:?}", r.events);
+}
+
+/// A blocked query must stay blocked whatever XDP does on the same CPU: the allowlist
+/// cannot be bypassed by racing inbound traffic for an allowed name.
+#[test]
+#[ignore = "stress test: needs 2 CPUs, network namespaces, cgroup v2, python3, 10 seconds"]
+fn xdp_on_the_same_cpu_does_not_let_blocked_egress_queries_through() {
+    let mut t = setup(scope(DnsMode::Allowlist), vec![]);
+    let r = race(&mut t, "exfil.blocked.example", "allowed.example", vec![entry("allowed.example")]);
+    assert_eq!(r.sent - r.refused, 0, "blocked queries let through (allowlist bypass): {:?}", r.events);
+}

@@ -17,12 +17,21 @@ const BENCH_BIN: &str = "palisade-bench";
 
 /// Runs setup, then `palisade run ARGS`.
 ///
+/// This is the "try it" command, so Ctrl-C removes the policy again (`--unload-on-exit`);
+/// `palisade run` itself keeps enforcing after it exits, as a daemon should. Pass
+/// `--keep` to get the daemon behaviour here too.
+///
 /// # Errors
 /// Only when setup fails or `cargo` cannot be started; otherwise this does not return.
 pub fn run(args: &[String]) -> Result<()> {
     setup::run(Scope::All)?;
     let mut cmd = cargo_run("palisade");
-    cmd.arg("run").args(args);
+    cmd.arg("run");
+    let keep = args.iter().any(|a| a == "--keep");
+    if !keep && !args.iter().any(|a| a == "--unload-on-exit") {
+        cmd.arg("--unload-on-exit");
+    }
+    cmd.args(args.iter().filter(|a| *a != "--keep"));
     exec(&mut cmd)
 }
 

@@ -8,7 +8,7 @@ use core::ffi::c_void;
 use aya_ebpf::{helpers::generated::bpf_loop, maps::lpm_trie::Key};
 use palisade_common::{
     firewall::{
-        MAX_TUPLES, PORT_SPACE, PolicyHeader, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, flow_key,
+        MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_KEY_PREFIX_BITS, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, flow_key,
         tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
@@ -86,8 +86,8 @@ extern "C" fn visit_tuple(index: u64, ctx: *mut c_void) -> i64 {
     }
     let p = &s.packet;
     if !tuple_applies(t, p)
-        || (t.flags & TUPLE_SRC_SET != 0 && !in_set(t.src_set, &p.src))
-        || (t.flags & TUPLE_DST_SET != 0 && !in_set(t.dst_set, &p.dst))
+        || (t.flags & TUPLE_SRC_SET != 0 && !in_set(t.src_set, p.family, &p.src))
+        || (t.flags & TUPLE_DST_SET != 0 && !in_set(t.dst_set, p.family, &p.dst))
     {
         return 0;
     }
@@ -102,11 +102,12 @@ extern "C" fn visit_tuple(index: u64, ctx: *mut c_void) -> i64 {
 }
 
 #[inline(always)]
-fn in_set(set: u32, addr: &[u8; 16]) -> bool {
+fn in_set(set: u32, family: u8, addr: &[u8; 16]) -> bool {
     let key = Key::new(
-        32 + 128,
+        SET_KEY_PREFIX_BITS + 128,
         SetKey {
             set: set.to_be_bytes(),
+            family,
             addr: *addr,
         },
     );

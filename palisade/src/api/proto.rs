@@ -231,6 +231,9 @@ pub struct Status {
     pub unload_on_exit: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// `palisade events` clients connected now.
+    #[serde(default)]
+    pub event_streams: usize,
 }
 
 /// The policy in force.

@@ -11,7 +11,7 @@ use aya::{
 };
 use palisade_common::firewall::{
     Control, DEFAULT_SLOT, FlowKey, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS, RateKey,
-    RuleMeta, RuleRef, RuleStats, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id,
+    RuleMeta, RuleRef, RuleStats, SET_KEY_PREFIX_BITS, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id,
 };
 
 use palisade_common::dns::{
@@ -19,7 +19,7 @@ use palisade_common::dns::{
     maps::{DnsGlobal, NameKey, NameValue, SCOPES, ScopeConfig},
 };
 
-use super::compile::CompiledFirewall;
+use super::compile::{CompiledFirewall, family_code};
 use crate::dns::compile::CompiledDns;
 use crate::maps::{map, map_mut};
 
@@ -179,8 +179,8 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
         let set = set_id(generation, index as u32).to_be_bytes();
         for m in members {
             let key = Key::new(
-                32 + u32::from(m.stored_prefix_len()),
-                SetKey { set, addr: m.addr },
+                SET_KEY_PREFIX_BITS + u32::from(m.stored_prefix_len()),
+                SetKey { set, family: family_code(m.family), addr: m.addr },
             );
             sets.insert(&key, 1, 0)?;
         }

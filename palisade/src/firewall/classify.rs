@@ -31,7 +31,7 @@ pub fn first_match(c: &CompiledFirewall, p: &Packet) -> Option<u32> {
         let in_set = |set: u32, addr: &[u8; 16]| {
             c.sets
                 .get(set as usize)
-                .is_some_and(|members| set_contains(members, addr))
+                .is_some_and(|members| set_contains(members, p.family, addr))
         };
         if !tuple_applies(t, p)
             || (t.flags & TUPLE_SRC_SET != 0 && !in_set(t.src_set, &p.src))
@@ -47,14 +47,12 @@ pub fn first_match(c: &CompiledFirewall, p: &Packet) -> Option<u32> {
     (best != u32::MAX).then_some(best)
 }
 
-/// Set membership as the kernel's LPM trie decides it: on the 16-byte stored form, so an IPv6
-/// packet carrying an IPv4-mapped address is the IPv4 address it names.
+/// Set membership as the kernel's LPM trie decides it: the family must match (an IPv6 entry
+/// never contains an IPv4 address, even though IPv4 is stored IPv4-mapped), then the prefix.
 #[must_use]
-pub fn set_contains(members: &[Cidr], addr: &[u8; 16]) -> bool {
+pub fn set_contains(members: &[Cidr], family: u8, addr: &[u8; 16]) -> bool {
     members.iter().any(|m| {
-        addr.iter()
-            .zip(m.mask())
-            .zip(m.addr)
-            .all(|((a, k), c)| a & k == c)
+        super::compile::family_code(m.family) == family
+            && addr.iter().zip(m.mask()).zip(m.addr).all(|((a, k), c)| a & k == c)
     })
 }

@@ -169,7 +169,9 @@ fn dport_range(rule: &Rule) -> Option<PortRange> {
     rule.dst_ports
 }
 
-const fn family_code(f: Family) -> u8 {
+/// The family code used in tuples and set keys.
+#[must_use]
+pub const fn family_code(f: Family) -> u8 {
     match f {
         Family::V4 => FAMILY_V4,
         Family::V6 => FAMILY_V6,
@@ -1051,9 +1053,9 @@ mod tests {
             ("192.0.2.77", "203.0.113.9", 17, 54, Some(2)),
             ("192.0.2.77", "203.0.113.8", 17, 54, None),
             ("2001:db8::1", "2001:db8:bad:1::1", 17, 0, Some(2)),
-            // Set membership is by stored form: a mapped address in an IPv6 packet is the
-            // IPv4 address it names.
-            ("::1", "::ffff:203.0.113.9", 17, 0, Some(2)),
+            // Set membership is per family: an IPv4-mapped address in an IPv6 packet is not
+            // a member of an IPv4 entry (nor is an IPv4 packet a member of an IPv6 entry).
+            ("::1", "::ffff:203.0.113.9", 17, 0, None),
             (
                 "::ffff:198.51.100.1",
                 "::ffff:10.0.0.1",
@@ -1065,6 +1067,38 @@ mod tests {
         for (s, d, proto, port, want) in cases {
             let pkt = packet(s, d, proto, 1, port);
             assert_eq!(classify_both(&p, &c, &pkt), want, "{s} -> {d}:{port}");
+        }
+    }
+
+    #[test]
+    fn set_entries_hold_only_their_own_family() {
+        // Bogon lists carry entries like ::/8 and ::ffff:0:0/96; IPv4 is stored mapped, yet
+        // no IPv6 entry may hold an IPv4 packet, and no IPv4 entry an IPv6 packet.
+        let p = policy(
+            vec![
+                Rule {
+                    src: AddrMatch::Set(0),
+                    ..any_rule()
+                },
+                Rule {
+                    src: AddrMatch::Set(1),
+                    ..any_rule()
+                },
+            ],
+            vec![
+                set("v6", &["::/8", "::ffff:0.0.0.0/96"]),
+                set("v4", &["0.0.0.0/0"]),
+            ],
+        );
+        let c = compile(&p).unwrap();
+        let cases = [
+            ("1.2.3.4", "5.6.7.8", Some(1)),
+            ("::ffff:1.2.3.4", "::1", Some(0)),
+            ("::1", "::2", Some(0)),
+            ("2001:db8::1", "::2", None),
+        ];
+        for (s, d, want) in cases {
+            assert_eq!(classify_both(&p, &c, &tcp(s, d, 1, 2)), want, "{s}");
         }
     }
 
@@ -1918,6 +1952,11 @@ mod tests {
                 );
             }
         }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
         /// What the compiler emits is internally consistent.
         #[test]

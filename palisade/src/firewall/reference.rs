@@ -76,7 +76,7 @@ fn matches(policy: &Policy, r: &Rule, p: &Packet) -> bool {
     let addr_ok = |m: &AddrMatch, addr: &[u8; 16]| match m {
         AddrMatch::Any => true,
         AddrMatch::Cidrs(cidrs) => cidrs.iter().any(|c| c.contains(family, addr)),
-        AddrMatch::Set(s) => set_contains(&policy.sets[*s].entries, addr),
+        AddrMatch::Set(s) => set_contains(&policy.sets[*s].entries, p.family, addr),
     };
     if !addr_ok(&r.src, &p.src) || !addr_ok(&r.dst, &p.dst) {
         return false;

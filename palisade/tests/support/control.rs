@@ -515,6 +515,47 @@ pub fn run_pinned(prog: &Path, frames: &[Vec<u8>]) -> Vec<u32> {
         .collect()
 }
 
+/// Sends `n` datagrams from A to B's `port`; returns how many arrived. The receiver stops
+/// a second after the sender is done, however long either took to start.
+pub fn delivered(pair: &NetnsPair, scratch: &Scratch, port: u16, n: u32) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let stop = scratch.file(&format!(
+        "delivered-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let port = port.to_string();
+    let rx = Bg::start(
+        pair,
+        &pair.ns_b,
+        UDP_COUNT_UNTIL,
+        &[&pair.v4_b, stop.to_str().unwrap(), "60", &port],
+    )
+    .ready();
+    py(
+        pair,
+        &pair.ns_a,
+        UDP_SEND,
+        &[&pair.v4_b, &port, &n.to_string()],
+    );
+    std::fs::write(&stop, b"").unwrap();
+    let lines = rx.finish();
+    lines
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{port} "))
+                .and_then(|c| c.trim().parse().ok())
+        })
+        .expect("receiver count")
+}
+
+/// Waits until `n` `palisade events` clients are connected to the daemon.
+pub fn wait_for_streams(socket: &Path, n: u64) {
+    let ok = eventually(Duration::from_secs(20), || {
+        cli_json(socket, &["status", "--json"])["event_streams"].as_u64() == Some(n)
+    });
+    assert!(ok, "{n} event stream(s) never connected");
+}
+
 /// Polls `f` until it returns true or `limit` passes.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

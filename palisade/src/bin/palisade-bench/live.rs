@@ -61,6 +61,9 @@ const FILT_IF: &str = "filt";
 /// `craft` frames are addressed to this MAC; `filt` takes it so the stack accepts them.
 const FILT_MAC: &str = "02:00:00:00:00:02";
 const NFT_TABLE: &str = "palisade_bench";
+/// A configuration whose windows spread more than this (max over min, less one) is marked
+/// noisy in the report: on a shared machine a burst of other work lands on some windows.
+const NOISY: f64 = 0.15;
 const IPSET: &str = "palisade_bench";
 
 /// What sits on `filt`.
@@ -96,6 +99,17 @@ impl Tool {
             Self::Iptables => "iptables-legacy raw, N rules (linear)",
             Self::Ipset => "iptables-legacy raw + ipset hash:ip of N",
             Self::XdpFilter => "xdp-filter, N addresses",
+        }
+    }
+
+    /// The label with N filled in.
+    fn describe(self, n: usize) -> String {
+        let text = self.label().replace('N', &short_count(n));
+        if n == 1 {
+            text.replace(" 1 rules", " 1 rule")
+                .replace(" 1 addresses", " 1 address")
+        } else {
+            text
         }
     }
 
@@ -167,7 +181,7 @@ pub struct LiveSettings {
 pub struct LiveResult {
     pub id: String,
     pub tool: Tool,
-    pub label: &'static str,
+    pub label: String,
     pub rules: usize,
     /// Frames sent during the measurement windows.
     pub packets: u64,
@@ -481,6 +495,26 @@ fn install(
                 link: attach(base, ns, FIREWALL)?,
             }
         }
+        Tool::Nft | Tool::Iptables | Tool::Ipset | Tool::XdpFilter => {
+            if let Err(e) = install_tool(tool, list, ns) {
+                remove_tool(tool, ns);
+                return Err(e);
+            }
+            if tool == Tool::XdpFilter {
+                Installed::XdpFilter
+            } else {
+                Installed::Stack {
+                    tool,
+                    pass: attach(base, ns, FLOOR_PASS)?,
+                }
+            }
+        }
+    })
+}
+
+/// Puts the rules of a tool other than Palisade in place.
+fn install_tool(tool: Tool, list: &[std::net::Ipv4Addr], ns: &Netns) -> Result<()> {
+    match tool {
         Tool::Nft => {
             let mut t = format!(
                 "table netdev {NFT_TABLE} {{\n  set blocklist {{\n    type ipv4_addr\n    size {}\n    elements = {{ ",
@@ -493,9 +527,7 @@ fn install(
                 t,
                 " }}\n  }}\n  chain ingress {{\n    type filter hook ingress device \"{FILT_IF}\" priority 0; policy accept;\n    ip saddr @blocklist counter drop\n  }}\n}}\n"
             );
-            let pass = attach(base, ns, FLOOR_PASS)?;
             ns_run(ns, "nft", &["-f", "-"], Some(&t))?;
-            Installed::Stack { tool, pass }
         }
         Tool::Iptables => {
             let mut t = String::from("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
@@ -503,9 +535,7 @@ fn install(
                 let _ = writeln!(t, "-A PREROUTING -s {a}/32 -j DROP");
             }
             t.push_str("COMMIT\n");
-            let pass = attach(base, ns, FLOOR_PASS)?;
             ns_run(ns, "iptables-legacy-restore", &[], Some(&t))?;
-            Installed::Stack { tool, pass }
         }
         Tool::Ipset => {
             let mut t = format!(
@@ -516,7 +546,6 @@ fn install(
             for a in list {
                 let _ = writeln!(t, "add {IPSET} {a}");
             }
-            let pass = attach(base, ns, FLOOR_PASS)?;
             ns_run(ns, "ipset", &["restore"], Some(&t))?;
             ns_run(
                 ns,
@@ -536,7 +565,6 @@ fn install(
                 ],
                 None,
             )?;
-            Installed::Stack { tool, pass }
         }
         Tool::XdpFilter => {
             ns_run(
@@ -548,9 +576,28 @@ fn install(
             for a in list {
                 ns_run(ns, "xdp-filter", &["ip", "-m", "src", &a.to_string()], None)?;
             }
-            Installed::XdpFilter
         }
-    })
+        _ => bail!("{} is not a separate tool", tool.slug()),
+    }
+    Ok(())
+}
+
+/// Takes a tool's rules out again. Errors are ignored: after a failed setup there may be
+/// nothing to remove.
+fn remove_tool(tool: Tool, ns: &Netns) {
+    let steps: &[(&str, &[&str])] = match tool {
+        Tool::Nft => &[("nft", &["delete", "table", "netdev", NFT_TABLE])],
+        Tool::Iptables => &[("iptables-legacy", &["-t", "raw", "-F", "PREROUTING"])],
+        Tool::Ipset => &[
+            ("iptables-legacy", &["-t", "raw", "-F", "PREROUTING"]),
+            ("ipset", &["destroy", IPSET]),
+        ],
+        Tool::XdpFilter => &[("xdp-filter", &["unload", FILT_IF])],
+        _ => &[],
+    };
+    for (program, args) in steps {
+        let _ = ns_run(ns, program, args, None);
+    }
 }
 
 /// The sum of the first number after each `marker` in `text`.
@@ -605,31 +652,13 @@ impl Installed {
         match self {
             Self::Xdp { program, link } => detach(base, program, link),
             Self::Stack { tool, pass } => {
-                match tool {
-                    Tool::Nft => {
-                        ns_run(ns, "nft", &["delete", "table", "netdev", NFT_TABLE], None)?;
-                    }
-                    Tool::Iptables => {
-                        ns_run(
-                            ns,
-                            "iptables-legacy",
-                            &["-t", "raw", "-F", "PREROUTING"],
-                            None,
-                        )?;
-                    }
-                    _ => {
-                        ns_run(
-                            ns,
-                            "iptables-legacy",
-                            &["-t", "raw", "-F", "PREROUTING"],
-                            None,
-                        )?;
-                        ns_run(ns, "ipset", &["destroy", IPSET], None)?;
-                    }
-                }
+                remove_tool(tool, ns);
                 detach(base, FLOOR_PASS, pass)
             }
-            Self::XdpFilter => ns_run(ns, "xdp-filter", &["unload", FILT_IF], None).map(drop),
+            Self::XdpFilter => {
+                remove_tool(Tool::XdpFilter, ns);
+                Ok(())
+            }
         }
     }
 }
@@ -664,6 +693,83 @@ fn plan(s: &LiveSettings) -> Plan {
         }
     }
     Plan { todo, skipped }
+}
+
+/// What every configuration's measurement shares.
+struct Context<'a> {
+    s: &'a LiveSettings,
+    ns: &'a Netns,
+}
+
+/// Sets up one configuration, sends through it, takes it down again.
+fn measure_one(
+    cx: &Context<'_>,
+    base: &mut Loaded,
+    tool: Tool,
+    n: usize,
+    id: &str,
+    largest: usize,
+    rng: &mut Rng,
+) -> Result<LiveResult> {
+    let (s, ns) = (cx.s, cx.ns);
+    // Rule-less configurations get the traffic of the largest list.
+    let list = blocklist(if n == 0 { largest } else { n }, s.seed);
+    {
+        let frames = templates(&list, rng);
+        let mut m: Array<_, [u8; FRAME_LEN]> = Array::try_from(
+            base.ebpf
+                .map_mut("BENCH_FRAMES")
+                .ok_or_else(|| anyhow!("no BENCH_FRAMES map"))?,
+        )?;
+        for (i, f) in frames.iter().enumerate() {
+            m.set(i as u32, *f, 0)?;
+        }
+    }
+    let rules = if n == 0 { &[][..] } else { &list[..] };
+    let t = Instant::now();
+    let installed = install(tool, rules, base, ns).with_context(|| format!("setting up {id}"))?;
+    let setup_ms = t.elapsed().as_secs_f64() * 1e3;
+    let before = installed.dropped(base, ns);
+    let mut generator = Generator {
+        prog: base
+            .ebpf
+            .program(GENERATOR)
+            .ok_or_else(|| anyhow!("no {GENERATOR}"))?
+            .try_into()?,
+        ns,
+        cpu: s.cpu,
+        nice: s.nice,
+        softirqd: ksoftirqd(s.cpu),
+        chunk: 4096,
+        sent: 0,
+    };
+    let windows = generator.run(Duration::from_millis(300), s.window, s.windows);
+    let sent = generator.sent;
+    let after = installed.dropped(base, ns);
+    // Always take the filter down, whatever happened while sending.
+    let removed = installed.remove(base, ns);
+    let windows = windows.with_context(|| format!("sending through {id}"))?;
+    removed.with_context(|| format!("removing {id}"))?;
+    let dropped = match (before?, after?) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
+    let per = |f: fn(&Window) -> f64| Spread::of(&windows.iter().map(f).collect::<Vec<_>>());
+    let cpu_ns = per(|w| w.cpu_s * 1e9 / w.packets as f64);
+    Ok(LiveResult {
+        id: id.to_string(),
+        tool,
+        label: tool.describe(n),
+        rules: n,
+        packets: windows.iter().map(|w| w.packets).sum(),
+        cpu_ns_per_packet: cpu_ns,
+        // Filled in once the floor is known.
+        above_floor_ns: None,
+        mpps_per_core: per(|w| w.packets as f64 / w.cpu_s / 1e6),
+        wall_mpps: per(|w| w.packets as f64 / w.wall_s / 1e6),
+        dropped_fraction: dropped.map(|d| d as f64 / sent.max(1) as f64),
+        setup_ms,
+    })
 }
 
 /// Runs the live suite and writes `live-<mode>.{md,json,svg}`.
@@ -704,93 +810,38 @@ pub fn run(s: &LiveSettings, command: String) -> Result<LiveReport> {
     let mut rng = Rng::new(s.seed);
     let largest = s.sizes.iter().copied().max().unwrap_or(1).max(1);
     let mut results: Vec<LiveResult> = Vec::new();
-    let mut floor_median = None;
+    let mut skipped = skipped;
     for (tool, n) in todo {
         let id = if n == 0 {
             tool.slug().to_string()
         } else {
             format!("{}-{}", tool.slug(), short_count(n))
         };
-        // Rule-less configurations get the traffic of the largest list.
-        let list = blocklist(if n == 0 { largest } else { n }, s.seed);
-        {
-            let frames = templates(&list, &mut rng);
-            let mut m: Array<_, [u8; FRAME_LEN]> = Array::try_from(
-                base.ebpf
-                    .map_mut("BENCH_FRAMES")
-                    .ok_or_else(|| anyhow!("no BENCH_FRAMES map"))?,
-            )?;
-            for (i, f) in frames.iter().enumerate() {
-                m.set(i as u32, *f, 0)?;
+        let cx = Context { s, ns: &ns };
+        match measure_one(&cx, &mut base, tool, n, &id, largest, &mut rng) {
+            Ok(r) => {
+                eprintln!(
+                    "  {id:<18} {:>8.1} ns/packet CPU, {:>6.2} Mpps per core, dropped {}, setup {:.0} ms",
+                    r.cpu_ns_per_packet.median,
+                    r.mpps_per_core.median,
+                    r.dropped_fraction
+                        .map_or_else(|| "n/a".into(), |f| format!("{:.1} %", f * 100.0)),
+                    r.setup_ms
+                );
+                results.push(r);
+            }
+            Err(e) => {
+                eprintln!("  {id:<18} FAILED: {e:#}");
+                skipped.push((id, format!("failed: {e:#}")));
             }
         }
-        let rules = if n == 0 { &[][..] } else { &list[..] };
-        let t = Instant::now();
-        let installed =
-            install(tool, rules, &mut base, &ns).with_context(|| format!("setting up {id}"))?;
-        let setup_ms = t.elapsed().as_secs_f64() * 1e3;
-        let before = installed.dropped(&base, &ns)?;
-        let mut generator = Generator {
-            prog: base
-                .ebpf
-                .program(GENERATOR)
-                .ok_or_else(|| anyhow!("no {GENERATOR}"))?
-                .try_into()?,
-            ns: &ns,
-            cpu: s.cpu,
-            nice: s.nice,
-            softirqd: ksoftirqd(s.cpu),
-            chunk: 4096,
-            sent: 0,
-        };
-        let windows = generator.run(Duration::from_millis(300), s.window, s.windows);
-        let sent = generator.sent;
-        let after = installed.dropped(&base, &ns);
-        let removed = installed.remove(&mut base, &ns);
-        let windows = windows.with_context(|| format!("sending through {id}"))?;
-        removed.with_context(|| format!("removing {id}"))?;
-        let dropped = match (before, after?) {
-            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-            _ => None,
-        };
-        let cpu_ns: Vec<f64> = windows
-            .iter()
-            .map(|w| w.cpu_s * 1e9 / w.packets as f64)
-            .collect();
-        let mpps: Vec<f64> = windows
-            .iter()
-            .map(|w| w.packets as f64 / w.cpu_s / 1e6)
-            .collect();
-        let wall: Vec<f64> = windows
-            .iter()
-            .map(|w| w.packets as f64 / w.wall_s / 1e6)
-            .collect();
-        let cpu_ns = Spread::of(&cpu_ns);
-        if tool == Tool::XdpDrop {
-            floor_median = Some(cpu_ns.median);
-        }
-        let r = LiveResult {
-            id: id.clone(),
-            tool,
-            label: tool.label(),
-            rules: n,
-            packets: windows.iter().map(|w| w.packets).sum(),
-            cpu_ns_per_packet: cpu_ns,
-            above_floor_ns: floor_median.map(|f| cpu_ns.median - f),
-            mpps_per_core: Spread::of(&mpps),
-            wall_mpps: Spread::of(&wall),
-            dropped_fraction: dropped.map(|d| d as f64 / sent.max(1) as f64),
-            setup_ms,
-        };
-        eprintln!(
-            "  {id:<18} {:>8.1} ns/packet CPU, {:>6.2} Mpps per core, dropped {}, setup {:.0} ms",
-            r.cpu_ns_per_packet.median,
-            r.mpps_per_core.median,
-            r.dropped_fraction
-                .map_or_else(|| "n/a".into(), |f| format!("{:.1} %", f * 100.0)),
-            setup_ms
-        );
-        results.push(r);
+    }
+    let floor = results
+        .iter()
+        .find(|r| r.tool == Tool::XdpDrop)
+        .map(|r| r.cpu_ns_per_packet.median);
+    for r in &mut results {
+        r.above_floor_ns = floor.map(|f| r.cpu_ns_per_packet.median - f);
     }
     // Objects first, then the namespaces their programs were attached in.
     drop(base);
@@ -822,10 +873,16 @@ impl LiveReport {
              |---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &self.results {
+            let c = &r.cpu_ns_per_packet;
+            let noisy = if c.max > c.min * (1.0 + NOISY) {
+                " (noisy)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.1} [{:.1}–{:.1}] | {} | {:.2} [{:.2}–{:.2}] | {:.2} | {} | {:.0} |",
-                r.label.replace('N', &short_count(r.rules)),
+                "| {}{noisy} | {} | {:.1} [{:.1}–{:.1}] | {} | {:.2} [{:.2}–{:.2}] | {:.2} | {} | {:.0} |",
+                r.label,
                 if r.rules == 0 {
                     "–".into()
                 } else {
@@ -929,9 +986,13 @@ impl LiveReport {
              that CPU) is the whole cost of a packet. `above floor` subtracts the XDP_DROP \
              program, i.e. generation and veth. {} windows of {} ms per configuration (median \
              [min–max]); configurations are not interleaved (setting up 100k iptables rules takes \
-             a while). `dropped` is the tool's own counter over every frame sent, warm-up \
-             included.\n",
-            self.windows, self.window_ms
+             a while), so a burst of other work on the machine lands on one configuration: \
+             those whose windows spread by more than {:.0} % are marked (noisy), and their \
+             minimum is the better estimate. `dropped` is the tool's own counter over every frame \
+             sent, warm-up included.\n",
+            self.windows,
+            self.window_ms,
+            NOISY * 100.0
         );
         m.push_str(&self.table());
         let _ = writeln!(m, "\n![packets per CPU-second against rule count]({svg})\n");

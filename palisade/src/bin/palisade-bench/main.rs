@@ -19,7 +19,7 @@ mod workload;
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -134,7 +134,11 @@ impl Args {
         let default_out = if self.quick {
             std::env::temp_dir().join("palisade-bench")
         } else {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results")
+            // The workspace's bench/results, wherever the command is run from.
+            Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(
+                || PathBuf::from("bench/results"),
+                |root| root.join("bench/results"),
+            )
         };
         let cpus = inspect::online_cpus();
         Settings {

@@ -84,10 +84,25 @@ impl Netns {
         ip(&a)
     }
 
-    /// A command that runs inside the namespace (`ip netns exec`).
+    /// A command that runs inside the namespace.
+    ///
+    /// Only the network namespace changes. `ip netns exec` would also give the command a
+    /// private mount namespace with a fresh /sys, which hides /sys/fs/bpf: tools that pin maps
+    /// there between invocations (xdp-filter) then lose them.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
+        use std::os::unix::process::CommandExt as _;
+        let fd = self.fd.as_raw_fd();
+        let mut c = Command::new(program);
+        // SAFETY: only setns between fork and exec, which is async-signal-safe; the namespace
+        // descriptor stays open until exec closes it.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         c
     }
 

@@ -36,11 +36,13 @@ pub struct Chart<'a> {
 }
 
 const W: f64 = 760.0;
-const H: f64 = 460.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 24.0;
 const TOP: f64 = 48.0;
-const BOTTOM: f64 = 120.0;
+/// Height of the plot area.
+const PH: f64 = 292.0;
+/// Legend labels longer than this get a row of their own.
+const LEGEND_TWO_COLUMNS_MAX: usize = 50;
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -103,17 +105,38 @@ impl Chart<'_> {
             * 1.12;
         let step = nice_step(y_top.max(1.0));
         let y_max = (y_top / step).ceil().max(1.0) * step;
+        let entries: Vec<(&str, &str, bool)> = self
+            .series
+            .iter()
+            .map(|x| (x.label.as_str(), x.color, false))
+            .chain(
+                self.references
+                    .iter()
+                    .map(|r| (r.label.as_str(), r.color, true)),
+            )
+            .collect();
+        let columns = if entries
+            .iter()
+            .all(|e| e.0.chars().count() <= LEGEND_TWO_COLUMNS_MAX)
+        {
+            2
+        } else {
+            1
+        };
+        let rows = entries.len().div_ceil(columns);
         let pw = W - LEFT - RIGHT;
-        let ph = H - TOP - BOTTOM;
+        let ph = PH;
+        #[expect(clippy::cast_precision_loss, reason = "a handful of legend rows")]
+        let h = TOP + ph + 60.0 + rows as f64 * 18.0;
         let px = |x: f64| LEFT + (x.log10() - f64::from(e_lo)) / f64::from(e_hi - e_lo) * pw;
         let py = |y: f64| TOP + ph - (y / y_max) * ph;
 
         let mut s = String::new();
         let _ = writeln!(
             s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">"#
         );
-        let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+        let _ = writeln!(s, r#"<rect width="{W}" height="{h}" fill="white"/>"#);
         let _ = writeln!(
             s,
             r#"<text x="{}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
@@ -203,9 +226,17 @@ impl Chart<'_> {
                     py(p.y)
                 );
                 if let Some(note) = &p.note {
+                    // Keep notes at the edges inside the plot.
+                    let anchor = if xx < LEFT + 30.0 {
+                        "start"
+                    } else if xx > LEFT + pw - 30.0 {
+                        "end"
+                    } else {
+                        "middle"
+                    };
                     let _ = writeln!(
                         s,
-                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10" fill="{c}">{}</text>"#,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}" font-size="10" fill="{c}">{}</text>"#,
                         xx,
                         py(p.hi) - 7.0,
                         escape(note)
@@ -213,20 +244,10 @@ impl Chart<'_> {
                 }
             }
         }
-        // Legend below the plot, two columns.
-        let entries: Vec<(&str, &str, bool)> = self
-            .series
-            .iter()
-            .map(|x| (x.label.as_str(), x.color, false))
-            .chain(
-                self.references
-                    .iter()
-                    .map(|r| (r.label.as_str(), r.color, true)),
-            )
-            .collect();
+        // Legend below the plot, in one or two columns.
         for (i, (label, color, dashed)) in entries.iter().enumerate() {
-            let col = (i % 2) as f64;
-            let row = (i / 2) as f64;
+            let col = (i % columns) as f64;
+            let row = (i / columns) as f64;
             let x = LEFT + col * (pw / 2.0);
             let y = TOP + ph + 60.0 + row * 18.0;
             let dash = if *dashed {
