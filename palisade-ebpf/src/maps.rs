@@ -113,14 +113,32 @@ pub static DNS_RATE: LruHashMap<ClientKey, u64> = LruHashMap::with_max_entries(6
 pub static DNS_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(SCOPES * DNS_STATS_PER_SCOPE, 0);
 
-/// Per-CPU working space of the DNS inspector (far larger than the 512-byte stack).
+/// Per-CPU working space of the DNS inspector (far larger than the 512-byte stack), one
+/// slot per hook that can be running on a CPU at once: see [`SLOT_XDP`].
 #[map]
-pub static DNS_SCRATCH: PerCpuArray<crate::dns::inspect::Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static DNS_SCRATCH: PerCpuArray<crate::dns::inspect::Scratch> =
+    PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
-/// Per-CPU space where a DNS event is assembled before it is copied to the ring.
+/// Per-CPU space where a DNS event is assembled before it is copied to the ring, one slot
+/// per scratch slot.
 #[map]
 pub static DNS_EVENT_SCRATCH: PerCpuArray<palisade_common::event::DnsEvent> =
-    PerCpuArray::with_max_entries(1, 0);
+    PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// How many egress inspections are running on this CPU (a softirq can send, and so run the
+/// egress program, while a process's own send is half inspected).
+#[map]
+pub static DNS_EGRESS_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch slot of the XDP inspector. XDP runs in softirq and can interrupt an egress
+/// inspection in process context on the same CPU, so the hooks never share a slot.
+pub const SLOT_XDP: u32 = 0;
+/// First scratch slot of the egress inspector; a nested egress inspection takes the next.
+pub const SLOT_EGRESS: u32 = 1;
+/// Egress inspections that may nest on one CPU (process context, then softirq).
+pub const EGRESS_MAX_DEPTH: u32 = 2;
+/// Scratch slots in all.
+pub const SCRATCH_SLOTS: u32 = SLOT_EGRESS + EGRESS_MAX_DEPTH;
 
 /// Tail-call targets of the XDP firewall: slot [`TAIL_DNS`] is the DNS inspector.
 #[map]

@@ -12,6 +12,10 @@
 //! created in the caller's cgroup v2.
 //!
 //! Needs root. The tests share one loaded object and take turns.
+//!
+//! Two stress tests (ignored by default, see [`race`]) run the egress program where it really
+//! runs, attached to a cgroup, while XDP runs on the same CPU, and check that its decisions
+//! do not change.
 
 use std::{
     net::IpAddr,
@@ -682,7 +686,6 @@ fn race(t: &mut T, sent: &str, flood: &str, egress_list: Vec<NameEntry>) -> Race
 
 /// An allowed query must stay allowed whatever XDP does on the same CPU.
 #[test]
-#[ignore = "stress test: needs 2 CPUs, network namespaces, cgroup v2, python3, 10 seconds"]
 fn xdp_on_the_same_cpu_does_not_make_egress_refuse_allowed_queries() {
     let mut t = setup(scope(DnsMode::Allowlist), vec![]);
     let r = race(&mut t, "allowed.example", "a-much-longer-name-than-the-other-one.flood.example", vec![entry("allowed.example")]);
@@ -693,7 +696,6 @@ fn xdp_on_the_same_cpu_does_not_make_egress_refuse_allowed_queries() {
 /// A blocked query must stay blocked whatever XDP does on the same CPU: the allowlist
 /// cannot be bypassed by racing inbound traffic for an allowed name.
 #[test]
-#[ignore = "stress test: needs 2 CPUs, network namespaces, cgroup v2, python3, 10 seconds"]
 fn xdp_on_the_same_cpu_does_not_let_blocked_egress_queries_through() {
     let mut t = setup(scope(DnsMode::Allowlist), vec![]);
     let r = race(&mut t, "exfil.blocked.example", "allowed.example", vec![entry("allowed.example")]);

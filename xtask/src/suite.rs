@@ -43,7 +43,10 @@ pub fn test(libtest_args: &[String]) -> Result<()> {
     libtest.extend_from_slice(libtest_args);
 
     let mut cmd = sys::command("cargo");
-    cmd.args(["test", "--no-fail-fast"]);
+    // Release: the kernel tests push millions of map entries and random policies through
+    // userspace code that is tens of times slower unoptimised; the release build also shares
+    // its dependencies with `cargo xtask run` and `cargo xtask bench`.
+    cmd.args(["test", "--release", "--no-fail-fast"]);
     for p in PACKAGES {
         cmd.args(["--package", p]);
     }

@@ -30,7 +30,10 @@ use super::{
 };
 use crate::{
     bytes::SkbBytes,
-    maps::{CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, STATS, bump},
+    maps::{
+        CONTROL, DNS_EGRESS_DEPTH, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, EGRESS_MAX_DEPTH, SLOT_EGRESS,
+        STATS, bump,
+    },
 };
 
 /// Parses the packet (it starts at the IP header) into `out`; false for anything but IP.
@@ -53,6 +56,27 @@ const DROP: i32 = 0;
 
 #[inline(always)]
 pub fn run(ctx: &SkBuffContext) -> i32 {
+    let Some(depth) = DNS_EGRESS_DEPTH.get_ptr_mut(0) else {
+        bump(&STATS, stats::INTERNAL);
+        return ALLOW;
+    };
+    // SAFETY: per-CPU counter. A nested run (a softirq sending while this CPU's process
+    // context is mid-inspection) starts and ends entirely between two of our instructions,
+    // so a plain load and store cannot lose an update that matters.
+    let d = unsafe { *depth };
+    if d >= EGRESS_MAX_DEPTH {
+        // Deeper nesting than any send path produces: fail open, counted.
+        bump(&STATS, stats::INTERNAL);
+        return ALLOW;
+    }
+    unsafe { *depth = d + 1 };
+    let verdict = inspect_egress(ctx, SLOT_EGRESS + d);
+    unsafe { *depth = d };
+    verdict
+}
+
+#[inline(always)]
+fn inspect_egress(ctx: &SkBuffContext, slot: u32) -> i32 {
     let Some(control) = CONTROL.get(0) else {
         bump(&STATS, stats::INTERNAL);
         return ALLOW;
@@ -68,11 +92,11 @@ pub fn run(ctx: &SkBuffContext) -> i32 {
     if cfg.mode == MODE_OFF {
         return ALLOW;
     }
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
         bump(&STATS, stats::INTERNAL);
         return ALLOW;
     };
-    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    // SAFETY: this run's own per-CPU scratch slot.
     if !parse_into(ctx, unsafe { &mut (*scratch).packet }) {
         return ALLOW;
     }
@@ -125,13 +149,14 @@ pub fn run(ctx: &SkBuffContext) -> i32 {
     // A TCP query not whole in this segment is never passed by accident: it is judged as
     // malformed.
     if whole {
-        let req = Request { scope: SCOPE_EGRESS, generation, msg_len: copied.min(INSPECT_LEN) };
+        let req = Request { slot, scope: SCOPE_EGRESS, generation, msg_len: copied.min(INSPECT_LEN) };
         if !inspect::inspect(cfg, &req, &mut d) {
         bump(&STATS, stats::INTERNAL);
         return ALLOW;
         }
     }
     let origin = Origin {
+        slot,
         tcp,
         ifindex: 0,
         generation,

@@ -24,7 +24,7 @@ use super::{
     report::{self, Origin},
 };
 use crate::{
-    maps::{CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH},
+    maps::{CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, SLOT_XDP},
     verdict,
 };
 
@@ -43,7 +43,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     if cfg.mode == MODE_OFF {
         return verdict::pass();
     }
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) else {
         return verdict::internal_error();
     };
     // The firewall left the parsed packet in the per-CPU scratch just before the tail call
@@ -73,12 +73,13 @@ pub fn run(ctx: &XdpContext) -> u32 {
     // A TCP query not whole in this segment is never passed by accident: it is judged as
     // malformed.
     if whole {
-        let req = Request { scope: SCOPE_INGRESS, generation, msg_len: msg_len.min(INSPECT_LEN) };
+        let req = Request { slot: SLOT_XDP, scope: SCOPE_INGRESS, generation, msg_len: msg_len.min(INSPECT_LEN) };
         if !inspect::inspect(cfg, &req, &mut d) {
         return verdict::internal_error();
         }
     }
     let origin = Origin {
+        slot: SLOT_XDP,
         tcp,
         ifindex: ctx.ingress_ifindex() as u32,
         generation,
@@ -154,7 +155,7 @@ fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
 /// Copies up to `INSPECT_LEN` bytes of the message into the scratch.
 #[inline(always)]
 fn copy_message(ctx: &XdpContext, off: usize, len: usize) -> bool {
-    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) else {
         return false;
     };
     if len == 0 {

@@ -84,6 +84,8 @@ impl Decision {
 
 /// One query to inspect (the packet itself is in the scratch).
 pub struct Request {
+    /// Scratch slot of the calling hook.
+    pub slot: u32,
     pub scope: u8,
     pub generation: u32,
     /// Bytes of the message copied into the scratch.
@@ -97,7 +99,7 @@ pub struct Request {
 /// within the verifier's 512 bytes.
 #[inline(never)]
 pub fn inspect(cfg: &ScopeConfig, req: &Request, out: &mut Decision) -> bool {
-    match inspect_inner(cfg, req.scope, req.generation, req.msg_len) {
+    match inspect_inner(cfg, req.slot, req.scope, req.generation, req.msg_len) {
         Some(d) => {
             *out = d;
             true
@@ -109,14 +111,15 @@ pub fn inspect(cfg: &ScopeConfig, req: &Request, out: &mut Decision) -> bool {
 #[inline(always)]
 fn inspect_inner(
     cfg: &ScopeConfig,
+    slot: u32,
     scope: u8,
     generation: u32,
     msg_len: usize,
 ) -> Option<Decision> {
     let block_malformed = cfg.flags & SCOPE_BLOCK_MALFORMED != 0;
     let key = *DNS_KEY.get(0)?;
-    let scratch = DNS_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    let scratch = DNS_SCRATCH.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU scratch slot of this hook, used by one program at a time.
     let s = unsafe { &mut *scratch };
     if msg_len < HEADER_LEN {
         return Some(Decision::malformed(block_malformed));
@@ -129,7 +132,7 @@ fn inspect_inner(
 
     s.walk = WalkCtx { walker: Walker::new(&key), key, msg_len, raw_sum: 0, wire_len: 0, failed: false };
     // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
-    unsafe { bpf_loop(MAX_NAME_WIRE as u32, walk_byte as *mut c_void, core::ptr::null_mut(), 0) };
+    unsafe { bpf_loop(MAX_NAME_WIRE as u32, walk_byte as *mut c_void, slot_arg(&slot), 0) };
     let walk = &s.walk;
     if walk.failed || walk.wire_len == 0 {
         return Some(Decision::malformed(block_malformed));
@@ -183,7 +186,7 @@ fn inspect_inner(
     };
     if labels > 0 {
         // SAFETY: as above.
-        unsafe { bpf_loop(u32::from(labels), match_suffix as *mut c_void, core::ptr::null_mut(), 0) };
+        unsafe { bpf_loop(u32::from(labels), match_suffix as *mut c_void, slot_arg(&slot), 0) };
     }
     let m = &s.matcher;
     if m.found {
@@ -196,7 +199,7 @@ fn inspect_inner(
         MODE_ALLOWLIST if m.value.max_entropy_fp != u32::MAX && m.best > 0 => {
             // The labels below the matched suffix: name bytes before its first label.
             let end = s.starts[usize::from(m.best) & LABEL_MASK];
-            if entropy_exceeds(end, m.value.max_entropy_fp) {
+            if entropy_exceeds(slot, end, m.value.max_entropy_fp) {
                 reason::DNS_ENTROPY
             } else {
                 reason::PASS
@@ -205,6 +208,20 @@ fn inspect_inner(
         _ => reason::PASS,
     };
     Some(d)
+}
+
+/// The `bpf_loop` context: the caller's scratch slot, on its stack (the helper only passes
+/// stack pointers). A constant for the whole loop, so it costs the verifier nothing.
+#[inline(always)]
+fn slot_arg(slot: &u32) -> *mut c_void {
+    core::ptr::from_ref(slot).cast_mut().cast()
+}
+
+/// Reads the slot back in a callback.
+#[inline(always)]
+fn slot_of(ctx: *mut c_void) -> u32 {
+    // SAFETY: every bpf_loop here passes `slot_arg`, a pointer to a live u32.
+    unsafe { *ctx.cast::<u32>() }
 }
 
 struct WalkCtx {
@@ -216,8 +233,8 @@ struct WalkCtx {
     failed: bool,
 }
 
-extern "C" fn walk_byte(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
+extern "C" fn walk_byte(_index: u64, ctx: *mut c_void) -> i64 {
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(slot_of(ctx)) else {
         return 1;
     };
     // SAFETY: per-CPU scratch.
@@ -275,8 +292,8 @@ struct MatchCtx {
 
 /// Visits suffixes from the shortest (the last label) to the whole name; a later (longer)
 /// hit replaces an earlier one, so the most specific entry wins.
-extern "C" fn match_suffix(index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
+extern "C" fn match_suffix(index: u64, ctx: *mut c_void) -> i64 {
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(slot_of(ctx)) else {
         return 1;
     };
     // SAFETY: per-CPU scratch.
@@ -318,8 +335,8 @@ struct EntropyCtx {
 }
 
 #[inline(always)]
-fn entropy_exceeds(end: u8, bound_fp: u32) -> bool {
-    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
+fn entropy_exceeds(slot: u32, end: u8, bound_fp: u32) -> bool {
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return false;
     };
     // SAFETY: per-CPU scratch.
@@ -335,14 +352,14 @@ fn entropy_exceeds(end: u8, bound_fp: u32) -> bool {
     }
     s.entropy = EntropyCtx { next_len: 0, n: 0, sum: 0 };
     // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
-    unsafe { bpf_loop(u32::from(end), count_byte as *mut c_void, core::ptr::null_mut(), 0) };
+    unsafe { bpf_loop(u32::from(end), count_byte as *mut c_void, slot_arg(&slot), 0) };
     let e = &s.entropy;
     let n = (e.n as usize).min(TABLE_LEN - 1);
     exceeds(NLOGN[n], e.sum, n as u64, bound_fp)
 }
 
-extern "C" fn count_byte(index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(s) = DNS_SCRATCH.get_ptr_mut(0) else {
+extern "C" fn count_byte(index: u64, ctx: *mut c_void) -> i64 {
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(slot_of(ctx)) else {
         return 1;
     };
     // SAFETY: per-CPU scratch.

@@ -29,6 +29,8 @@ pub fn count_reason(reason: u32) {
 
 /// Who sent the query, where the hook can tell (addresses come from the scratch packet).
 pub struct Origin {
+    /// Scratch slot of the calling hook (the packet and the name are there).
+    pub slot: u32,
     pub tcp: bool,
     pub ifindex: u32,
     pub generation: u32,
@@ -43,10 +45,10 @@ pub struct Origin {
 /// Emits an event for `d` with `verdict`.
 #[inline(always)]
 pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
-    let Some(ev) = DNS_EVENT_SCRATCH.get_ptr_mut(0) else {
+    let Some(ev) = DNS_EVENT_SCRATCH.get_ptr_mut(o.slot) else {
         return;
     };
-    let Some(s) = DNS_SCRATCH.get_ptr(0) else {
+    let Some(s) = DNS_SCRATCH.get_ptr(o.slot) else {
         return;
     };
     // SAFETY: per-CPU scratch values.

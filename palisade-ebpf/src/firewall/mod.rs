@@ -17,7 +17,7 @@ use palisade_common::{
 use crate::{
     bytes::XdpBytes,
     maps::{
-        CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS, STATS, TAIL_DNS,
+        CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS, SLOT_XDP, STATS, TAIL_DNS,
         XDP_TAILS, bump,
     },
     verdict::{self, Decision, NO_RULE},
@@ -125,7 +125,7 @@ fn allowed(ctx: &XdpContext, generation: u32, p: &packet::Packet) -> u32 {
             .is_some_and(|c| c.mode != MODE_OFF)
     {
         // Hand the parsed packet over; the DNS program runs next on this CPU.
-        if let Some(s) = DNS_SCRATCH.get_ptr_mut(0) {
+        if let Some(s) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) {
             // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
             unsafe { (*s).packet = *p };
         }
