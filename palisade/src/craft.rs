@@ -137,7 +137,7 @@ impl Frame {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let mut opts = self.ipv4_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0);
                 }
                 let ihl = 20 + opts.len();
@@ -375,7 +375,12 @@ impl DnsQuestion {
     /// A question of class IN for `labels` and `qtype`.
     #[must_use]
     pub fn new(labels: Vec<Vec<u8>>, qtype: u16) -> Self {
-        Self { labels, pointer: None, qtype, qclass: 1 }
+        Self {
+            labels,
+            pointer: None,
+            qtype,
+            qclass: 1,
+        }
     }
 
     /// The question's wire bytes: the name, then qtype and qclass.

@@ -143,7 +143,12 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
     }
     let egress = e.scope == SCOPE_EGRESS;
     let client = match e.family {
-        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(e.client[12], e.client[13], e.client[14], e.client[15]))),
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(
+            e.client[12],
+            e.client[13],
+            e.client[14],
+            e.client[15],
+        ))),
         6 => Some(IpAddr::V6(Ipv6Addr::from(e.client))),
         _ => None,
     };
@@ -224,7 +229,11 @@ pub fn qtype_name(q: u16) -> String {
 
 impl std::fmt::Display for DnsDecision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "dns {} {} reason={} {} {}", self.scope, self.verdict, self.reason, self.name, self.qtype)?;
+        write!(
+            f,
+            "dns {} {} reason={} {} {}",
+            self.scope, self.verdict, self.reason, self.name, self.qtype
+        )?;
         if let Some(c) = self.client {
             write!(f, " client={c}:{}", self.client_port)?;
         }

@@ -2,11 +2,7 @@
 //! switch. Shared by `palisade run`, the tests and the benchmarks.
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::{
-    Ebpf,
-    maps::ProgramArray,
-    programs::Xdp,
-};
+use aya::{Ebpf, maps::ProgramArray, programs::Xdp};
 use palisade_common::firewall::Control;
 
 use crate::{

@@ -49,7 +49,12 @@ impl Bench {
     /// When loading or verification fails.
     pub fn new() -> Result<Self> {
         let mut ebpf = loader::load()?;
-        for name in [FIREWALL, DNS_INGRESS, "palisade_floor_pass", "palisade_floor_drop"] {
+        for name in [
+            FIREWALL,
+            DNS_INGRESS,
+            "palisade_floor_pass",
+            "palisade_floor_drop",
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("no program {name}"))?
@@ -61,11 +66,17 @@ impl Bench {
                 .program_mut(DNS_EGRESS)
                 .ok_or_else(|| anyhow!("no program {DNS_EGRESS}"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("verifying {DNS_EGRESS}"))?;
+            prog.load()
+                .with_context(|| format!("verifying {DNS_EGRESS}"))?;
         }
         crate::guard::link_tail_calls(&mut ebpf)?;
         let events = ebpf.take_map("EVENTS").map(RingBuf::try_from).transpose()?;
-        Ok(Self { ebpf, events, firewall_events: Vec::new(), dns_events: Vec::new() })
+        Ok(Self {
+            ebpf,
+            events,
+            firewall_events: Vec::new(),
+            dns_events: Vec::new(),
+        })
     }
 
     /// Compiles and installs `policy`.
@@ -203,16 +214,21 @@ impl Bench {
 
     /// Moves every record in the ring buffer into the queue of its kind.
     fn read_ring(&mut self) {
-        let Some(rb) = self.events.as_mut() else { return };
+        let Some(rb) = self.events.as_mut() else {
+            return;
+        };
         while let Some(item) = rb.next() {
-            let kind = item.get(..4).map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
+            let kind = item
+                .get(..4)
+                .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
             if kind == Some(KIND_DNS) {
                 if let Some(e) = decode_dns(&item) {
                     self.dns_events.push(e);
                 }
             } else if item.len() >= size_of::<FirewallEvent>() {
                 // SAFETY: FirewallEvent is plain old data and the length was checked.
-                self.firewall_events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+                self.firewall_events
+                    .push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
             }
         }
     }

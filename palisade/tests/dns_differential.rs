@@ -49,13 +49,29 @@ const XDP_TX: u32 = 3;
 
 /// Labels the pool names are built from: few, so that names share suffixes.
 const WORDS: &[&[u8]] = &[
-    b"com", b"net", b"example", b"corp", b"www", b"api", b"a", b"b", b"mail", b"cdn", b"x.y", b"tld",
-    b"\xc3\xa9t\xc3\xa9", b"_srv", b"0", b"long-label-long-label-long-label",
+    b"com",
+    b"net",
+    b"example",
+    b"corp",
+    b"www",
+    b"api",
+    b"a",
+    b"b",
+    b"mail",
+    b"cdn",
+    b"x.y",
+    b"tld",
+    b"\xc3\xa9t\xc3\xa9",
+    b"_srv",
+    b"0",
+    b"long-label-long-label-long-label",
 ];
 
 fn pool_name(rng: &mut StdRng) -> Vec<Vec<u8>> {
     let n = rng.gen_range(1..=4);
-    (0..n).map(|_| WORDS.choose(rng).expect("non-empty").to_vec()).collect()
+    (0..n)
+        .map(|_| WORDS.choose(rng).expect("non-empty").to_vec())
+        .collect()
 }
 
 /// A random label: mostly letters and digits in both cases, sometimes a dot, a random byte,
@@ -84,14 +100,20 @@ fn random_case(rng: &mut StdRng, labels: &mut [Vec<u8>]) {
     for l in labels.iter_mut() {
         for b in l.iter_mut() {
             if rng.gen_bool(0.3) {
-                *b = if b.is_ascii_lowercase() { b.to_ascii_uppercase() } else { b.to_ascii_lowercase() };
+                *b = if b.is_ascii_lowercase() {
+                    b.to_ascii_uppercase()
+                } else {
+                    b.to_ascii_lowercase()
+                };
             }
         }
     }
 }
 
 fn qtype(rng: &mut StdRng) -> u16 {
-    *[1u16, 1, 1, 28, 28, 15, 16, 65, 255, 12].choose(rng).map_or(&1, |q| q)
+    *[1u16, 1, 1, 28, 28, 15, 16, 65, 255, 12]
+        .choose(rng)
+        .map_or(&1, |q| q)
 }
 
 /// A query for a name related to the pool: one of them, a name below, a parent, with the
@@ -101,7 +123,11 @@ fn pool_query(rng: &mut StdRng, pool: &[Vec<Vec<u8>>]) -> Vec<Vec<u8>> {
     match rng.gen_range(0..10) {
         0..=3 => {
             for _ in 0..rng.gen_range(1..=3) {
-                let l = if rng.gen_bool(0.5) { WORDS.choose(rng).expect("words").to_vec() } else { random_label(rng) };
+                let l = if rng.gen_bool(0.5) {
+                    WORDS.choose(rng).expect("words").to_vec()
+                } else {
+                    random_label(rng)
+                };
                 if !l.is_empty() && l.len() <= 63 {
                     labels.insert(0, l);
                 }
@@ -126,10 +152,14 @@ fn message(rng: &mut StdRng, pool: &[Vec<Vec<u8>>]) -> Vec<u8> {
     let labels = if kind < 60 {
         pool_query(rng, pool)
     } else {
-        (0..rng.gen_range(0..=6)).map(|_| random_label(rng)).collect()
+        (0..rng.gen_range(0..=6))
+            .map(|_| random_label(rng))
+            .collect()
     };
     let mut q = DnsQuery::new(labels, qtype(rng)).with_id(rng.r#gen());
-    q.flags = *[0x0100u16, 0x0000, 0x0110, 0x0120, 0x0300].choose(rng).map_or(&0x0100, |f| f);
+    q.flags = *[0x0100u16, 0x0000, 0x0110, 0x0120, 0x0300]
+        .choose(rng)
+        .map_or(&0x0100, |f| f);
     if rng.gen_bool(0.3) {
         q = q.with_edns(rng.gen_range(512..=4096));
     }
@@ -182,9 +212,13 @@ fn entries(rng: &mut StdRng, pool: &[Vec<Vec<u8>>], mode: DnsMode, now: u64) -> 
             continue;
         }
         for _ in 0..if rng.gen_bool(0.15) { 2 } else { 1 } {
-            let kind = *[NameMatch::Exact, NameMatch::Subdomains, NameMatch::ApexAndSubdomains]
-                .choose(rng)
-                .expect("kinds");
+            let kind = *[
+                NameMatch::Exact,
+                NameMatch::Subdomains,
+                NameMatch::ApexAndSubdomains,
+            ]
+            .choose(rng)
+            .expect("kinds");
             let qtypes = if rng.gen_bool(0.25) {
                 let mut q: Vec<u16> = (0..rng.gen_range(1..=3)).map(|_| qtype(rng)).collect();
                 q.sort_unstable();
@@ -198,7 +232,8 @@ fn entries(rng: &mut StdRng, pool: &[Vec<Vec<u8>>], mode: DnsMode, now: u64) -> 
                 2 => Some(now + rng.gen_range(1000..100_000)),
                 _ => None,
             };
-            let max_entropy = (mode == DnsMode::Allowlist && rng.gen_bool(0.3)).then(|| rng.gen_range(0.5..4.0));
+            let max_entropy =
+                (mode == DnsMode::Allowlist && rng.gen_bool(0.3)).then(|| rng.gen_range(0.5..4.0));
             out.push(NameEntry {
                 labels: name.iter().map(|l| l.to_ascii_lowercase()).collect(),
                 kind,
@@ -216,7 +251,10 @@ fn entries(rng: &mut StdRng, pool: &[Vec<Vec<u8>>], mode: DnsMode, now: u64) -> 
 // Checks
 
 fn ones_complement_sum(bytes: &[u8]) -> u16 {
-    let mut sum: u64 = bytes.chunks(2).map(|c| u64::from(c[0]) << 8 | u64::from(*c.get(1).unwrap_or(&0))).sum();
+    let mut sum: u64 = bytes
+        .chunks(2)
+        .map(|c| u64::from(c[0]) << 8 | u64::from(*c.get(1).unwrap_or(&0)))
+        .sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -230,21 +268,38 @@ fn check_answer(frame: &[u8], answer: &[u8], msg: &[u8], question_len: usize, wh
     let v6 = frame[14] >> 4 == 6;
     let l4 = 14 + if v6 { 40 } else { 20 };
     let dns = l4 + 8;
-    assert_eq!(answer.len(), dns + 12 + question_len, "answer length: {what}");
+    assert_eq!(
+        answer.len(),
+        dns + 12 + question_len,
+        "answer length: {what}"
+    );
     let a = &answer[dns..];
     assert_eq!(&a[..2], &msg[..2], "ID: {what}");
-    assert_eq!((a[2], a[3]), (0x80 | (msg[2] & 0x01), 0x80 | (msg[3] & 0x10) | 3), "flags: {what}");
+    assert_eq!(
+        (a[2], a[3]),
+        (0x80 | (msg[2] & 0x01), 0x80 | (msg[3] & 0x10) | 3),
+        "flags: {what}"
+    );
     assert_eq!(&a[4..12], &[0, 1, 0, 0, 0, 0, 0, 0], "counts: {what}");
     assert_eq!(&a[12..], &msg[12..12 + question_len], "question: {what}");
     let udp_len = (answer.len() - l4) as u32;
     let pseudo: Vec<u8> = if v6 {
         [&answer[22..54], &udp_len.to_be_bytes()[..], &[0, 0, 0, 17]].concat()
     } else {
-        assert_eq!(ones_complement_sum(&answer[14..34]), 0xffff, "IPv4 checksum: {what}");
+        assert_eq!(
+            ones_complement_sum(&answer[14..34]),
+            0xffff,
+            "IPv4 checksum: {what}"
+        );
         [&answer[26..34], &[0, 17], &udp_len.to_be_bytes()[2..]].concat()
     };
-    assert_eq!(ones_complement_sum(&[&pseudo[..], &answer[l4..]].concat()), 0xffff, "UDP checksum: {what}");
-    let m = Message::from_vec(a).unwrap_or_else(|e| panic!("hickory cannot parse the answer ({e}): {what}"));
+    assert_eq!(
+        ones_complement_sum(&[&pseudo[..], &answer[l4..]].concat()),
+        0xffff,
+        "UDP checksum: {what}"
+    );
+    let m = Message::from_vec(a)
+        .unwrap_or_else(|e| panic!("hickory cannot parse the answer ({e}): {what}"));
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{what}");
     assert_eq!(m.metadata.message_type, MessageType::Response, "{what}");
     assert_eq!(m.queries.len(), 1, "{what}");
@@ -290,7 +345,12 @@ struct Tally {
 }
 
 fn stat(b: &Bench, scope: u8, s: u32) -> u64 {
-    sum_counter(&b.ebpf, "DNS_STATS", u32::from(scope) * DNS_STATS_PER_SCOPE + s).expect("DNS_STATS")
+    sum_counter(
+        &b.ebpf,
+        "DNS_STATS",
+        u32::from(scope) * DNS_STATS_PER_SCOPE + s,
+    )
+    .expect("DNS_STATS")
 }
 
 #[track_caller]
@@ -327,8 +387,17 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         dns: Dns {
             ports: vec![53],
             ingress: Some(scope.clone()),
-            egress: Some(DnsEgress { scope: DnsScope { action: DnsAction::Drop, ..scope.clone() }, cgroups: vec![] }),
-            lists: vec![NameList { name: "pool".into(), entries: entries(&mut rng, &pool, mode, now) }],
+            egress: Some(DnsEgress {
+                scope: DnsScope {
+                    action: DnsAction::Drop,
+                    ..scope.clone()
+                },
+                cgroups: vec![],
+            }),
+            lists: vec![NameList {
+                name: "pool".into(),
+                entries: entries(&mut rng, &pool, mode, now),
+            }],
         },
     };
     b.install(&policy).expect("install");
@@ -339,28 +408,48 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         .iter()
         .map(|&s| stat(b, SCOPE_INGRESS, s))
         .collect();
-    let before_egress = [stat(b, SCOPE_EGRESS, STAT_QUERIES), stat(b, SCOPE_EGRESS, STAT_BLOCKED)];
+    let before_egress = [
+        stat(b, SCOPE_EGRESS, STAT_QUERIES),
+        stat(b, SCOPE_EGRESS, STAT_BLOCKED),
+    ];
 
     let mut t = Tally::default();
     for case in 0..cases {
         let msg = message(&mut rng, &pool);
         let transport = rng.gen_range(0..10);
         let (frame, tcp) = match transport {
-            0 => (Frame::dns_udp("2001:db8::1", "2001:db8::53", 1053, &msg).build(), false),
-            1 => (Frame::dns_tcp("192.0.2.1", "192.0.2.53", 1053, &msg).build(), true),
-            _ => (Frame::dns_udp("192.0.2.1", "192.0.2.53", 1053, &msg).build(), false),
+            0 => (
+                Frame::dns_udp("2001:db8::1", "2001:db8::53", 1053, &msg).build(),
+                false,
+            ),
+            1 => (
+                Frame::dns_tcp("192.0.2.1", "192.0.2.53", 1053, &msg).build(),
+                true,
+            ),
+            _ => (
+                Frame::dns_udp("192.0.2.1", "192.0.2.53", 1053, &msg).build(),
+                false,
+            ),
         };
         let what = format!("seed {seed} {mode:?} case {case}: message {msg:02x?}");
         let want = reference::decide(&policy, &scope, &msg, now);
 
         let (action, out) = b.run_with_output(&frame).expect("test run");
         let got = one_event(b, &what);
-        assert_eq!(got.reason, reason::name(want.reason), "XDP decision vs reference: {what}: {got:?} {want:?}");
+        assert_eq!(
+            got.reason,
+            reason::name(want.reason),
+            "XDP decision vs reference: {what}: {got:?} {want:?}"
+        );
         let (name, qtype) = match &want.labels {
             Some(l) => (wire_name_to_text(&wire(l)), qtype_name(want.qtype)),
             None => (".".to_string(), qtype_name(0)),
         };
-        assert_eq!((got.name.as_str(), got.qtype.as_str()), (name.as_str(), qtype.as_str()), "name: {what}");
+        assert_eq!(
+            (got.name.as_str(), got.qtype.as_str()),
+            (name.as_str(), qtype.as_str()),
+            "name: {what}"
+        );
         let answerable = !tcp && want.reason != reason::DNS_MALFORMED;
         let want_action = match want.reason {
             reason::PASS => XDP_PASS,
@@ -368,11 +457,15 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
             _ => XDP_DROP,
         };
         assert_eq!(action, want_action, "XDP action: {what}");
-        assert_eq!(got.verdict, match action {
-            XDP_PASS => "allow",
-            XDP_TX => "nxdomain",
-            _ => "drop",
-        }, "{what}");
+        assert_eq!(
+            got.verdict,
+            match action {
+                XDP_PASS => "allow",
+                XDP_TX => "nxdomain",
+                _ => "drop",
+            },
+            "{what}"
+        );
         match action {
             XDP_PASS => {
                 assert_eq!(out, frame, "an allowed query is not modified: {what}");
@@ -386,7 +479,9 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
             }
             _ => t.blocked += 1,
         }
-        if want.reason == reason::DNS_MALFORMED || (want.reason == reason::PASS && want.labels.is_none()) {
+        if want.reason == reason::DNS_MALFORMED
+            || (want.reason == reason::PASS && want.labels.is_none())
+        {
             t.malformed += 1;
         }
 
@@ -394,8 +489,16 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         let ip = Frame::dns_udp("192.0.2.1", "192.0.2.53", 1053, &msg).build_ip();
         let verdict = b.run_egress(&ip).expect("egress test run");
         let got = one_event(b, &what);
-        assert_eq!((got.scope, got.reason, got.name.as_str()), ("egress", reason::name(want.reason), name.as_str()), "egress: {what}");
-        assert_eq!(verdict, u32::from(want.reason == reason::PASS), "egress verdict: {what}");
+        assert_eq!(
+            (got.scope, got.reason, got.name.as_str()),
+            ("egress", reason::name(want.reason), name.as_str()),
+            "egress: {what}"
+        );
+        assert_eq!(
+            verdict,
+            u32::from(want.reason == reason::PASS),
+            "egress verdict: {what}"
+        );
         t.egress_blocked += u64::from(verdict == 0);
 
         // hickory-proto's reading of the same bytes.
@@ -405,11 +508,25 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
                 && m.metadata.op_code == OpCode::Query;
             if single && !name_has_pointer(&msg) {
                 t.hickory_checked += 1;
-                assert_ne!(want.reason, reason::DNS_MALFORMED, "hickory reads a plain query the datapath calls malformed: {what}");
-                let labels = want.labels.as_ref().unwrap_or_else(|| panic!("reference could not parse what hickory parses: {what}"));
-                let theirs: Vec<Vec<u8>> = m.queries[0].name().iter().map(<[u8]>::to_ascii_lowercase).collect();
+                assert_ne!(
+                    want.reason,
+                    reason::DNS_MALFORMED,
+                    "hickory reads a plain query the datapath calls malformed: {what}"
+                );
+                let labels = want.labels.as_ref().unwrap_or_else(|| {
+                    panic!("reference could not parse what hickory parses: {what}")
+                });
+                let theirs: Vec<Vec<u8>> = m.queries[0]
+                    .name()
+                    .iter()
+                    .map(<[u8]>::to_ascii_lowercase)
+                    .collect();
                 assert_eq!(labels, &theirs, "labels vs hickory: {what}");
-                assert_eq!(want.qtype, u16::from(m.queries[0].query_type()), "qtype vs hickory: {what}");
+                assert_eq!(
+                    want.qtype,
+                    u16::from(m.queries[0].query_type()),
+                    "qtype vs hickory: {what}"
+                );
             }
         }
         t.reasons[want.reason as usize] += 1;
@@ -421,10 +538,20 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         .map(|&s| stat(b, SCOPE_INGRESS, s))
         .collect();
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_eq!(delta, vec![t.cases, t.allowed, t.blocked, t.nxdomain], "ingress counters");
-    let after_egress = [stat(b, SCOPE_EGRESS, STAT_QUERIES), stat(b, SCOPE_EGRESS, STAT_BLOCKED)];
     assert_eq!(
-        [after_egress[0] - before_egress[0], after_egress[1] - before_egress[1]],
+        delta,
+        vec![t.cases, t.allowed, t.blocked, t.nxdomain],
+        "ingress counters"
+    );
+    let after_egress = [
+        stat(b, SCOPE_EGRESS, STAT_QUERIES),
+        stat(b, SCOPE_EGRESS, STAT_BLOCKED),
+    ];
+    assert_eq!(
+        [
+            after_egress[0] - before_egress[0],
+            after_egress[1] - before_egress[1]
+        ],
         [t.cases, t.egress_blocked],
         "egress counters"
     );
@@ -433,11 +560,20 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
 
 #[test]
 fn kernel_reference_and_hickory_agree() {
-    let seed: u64 = std::env::var("PALISADE_DNS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_d115);
-    let cases: usize = std::env::var("PALISADE_DNS_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(5000);
+    let seed: u64 = std::env::var("PALISADE_DNS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_d115);
+    let cases: usize = std::env::var("PALISADE_DNS_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5000);
     let mut b = Bench::new().expect("loading and verifying the kernel programs (needs root)");
     let start = std::time::Instant::now();
-    for (i, mode) in [DnsMode::Allowlist, DnsMode::Blocklist].into_iter().enumerate() {
+    for (i, mode) in [DnsMode::Allowlist, DnsMode::Blocklist]
+        .into_iter()
+        .enumerate()
+    {
         let s = seed.wrapping_add(i as u64);
         let t = run_mode(&mut b, s, mode, cases);
         println!("seed {s} {mode:?}: {t:?}");
@@ -446,8 +582,17 @@ fn kernel_reference_and_hickory_agree() {
         assert!(t.hickory_checked > t.cases / 3, "{t:?}");
         if mode == DnsMode::Allowlist {
             assert!(t.nxdomain > 0, "{t:?}");
-            for r in [reason::DNS_NOT_ALLOWED, reason::DNS_ENTROPY, reason::DNS_EXPIRED, reason::DNS_MALFORMED] {
-                assert!(t.reasons[r as usize] > 0, "no {} decision: {t:?}", reason::name(r));
+            for r in [
+                reason::DNS_NOT_ALLOWED,
+                reason::DNS_ENTROPY,
+                reason::DNS_EXPIRED,
+                reason::DNS_MALFORMED,
+            ] {
+                assert!(
+                    t.reasons[r as usize] > 0,
+                    "no {} decision: {t:?}",
+                    reason::name(r)
+                );
             }
         } else {
             assert!(t.reasons[reason::DNS_BLOCKED as usize] > 0, "{t:?}");
@@ -469,15 +614,35 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         log_allowed: false,
     };
     let policy = Policy {
-        firewall: Firewall { default_action: Action::Allow, log_default: false, fragments: FragmentPolicy::MatchL3, rules: vec![] },
+        firewall: Firewall {
+            default_action: Action::Allow,
+            log_default: false,
+            fragments: FragmentPolicy::MatchL3,
+            rules: vec![],
+        },
         sets: vec![],
-        dns: Dns { ports: vec![53], ingress: Some(scope.clone()), egress: None, lists: vec![] },
+        dns: Dns {
+            ports: vec![53],
+            ingress: Some(scope.clone()),
+            egress: None,
+            lists: vec![],
+        },
     };
     let cases: Vec<Vec<Vec<u8>>> = vec![
         vec![],
         vec![vec![b'a'; 63]],
-        vec![vec![b'a'; 63], vec![b'b'; 63], vec![b'c'; 63], vec![b'd'; 61]],
-        vec![vec![b'a'; 63], vec![b'b'; 63], vec![b'c'; 63], vec![b'd'; 62]],
+        vec![
+            vec![b'a'; 63],
+            vec![b'b'; 63],
+            vec![b'c'; 63],
+            vec![b'd'; 61],
+        ],
+        vec![
+            vec![b'a'; 63],
+            vec![b'b'; 63],
+            vec![b'c'; 63],
+            vec![b'd'; 62],
+        ],
         (0..127).map(|_| vec![b'x']).collect(),
         (0..128).map(|_| vec![b'x']).collect(),
         vec![b"A.B".to_vec(), b"\x00\xff".to_vec()],
@@ -488,11 +653,20 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         let h = Message::from_vec(&msg);
         match (&v.labels, &h) {
             (Some(l), Ok(m)) => {
-                let theirs: Vec<Vec<u8>> = m.queries[0].name().iter().map(<[u8]>::to_ascii_lowercase).collect();
+                let theirs: Vec<Vec<u8>> = m.queries[0]
+                    .name()
+                    .iter()
+                    .map(<[u8]>::to_ascii_lowercase)
+                    .collect();
                 assert_eq!(l, &theirs);
             }
             (None, Err(_)) => {}
-            _ => panic!("reference {:?} vs hickory {:?} for {} bytes", v.labels.is_some(), h.is_ok(), wire(&labels).len()),
+            _ => panic!(
+                "reference {:?} vs hickory {:?} for {} bytes",
+                v.labels.is_some(),
+                h.is_ok(),
+                wire(&labels).len()
+            ),
         }
     }
 }

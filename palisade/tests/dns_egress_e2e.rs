@@ -396,5 +396,8 @@ fn egress_tcp_retransmissions_are_never_attributed_to_another_process() {
             "an event for dig's query names dig or nobody: {e}"
         );
     }
-    assert_eq!(tcp[0]["pid"], d.pid, "the first send happens in dig's own context");
+    assert_eq!(
+        tcp[0]["pid"], d.pid,
+        "the first send happens in dig's own context"
+    );
 }

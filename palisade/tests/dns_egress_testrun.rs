@@ -29,8 +29,8 @@ use palisade::{
     firewall::apply,
     policy::{
         model::{
-            Action, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry,
-            NameList, NameMatch, Policy, QueryRate,
+            Action, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, FragmentPolicy,
+            NameEntry, NameList, NameMatch, Policy, QueryRate,
         },
         namelist::parse_name,
     },
@@ -59,10 +59,15 @@ const HOST6: &str = "fd00::3";
 const RESOLVER6: &str = "fd00::53";
 
 fn entry(text: &str) -> NameEntry {
-    let (labels, wildcard) = parse_name(text).unwrap_or_else(|e| panic!("bad test name {text}: {e}"));
+    let (labels, wildcard) =
+        parse_name(text).unwrap_or_else(|e| panic!("bad test name {text}: {e}"));
     NameEntry {
         labels,
-        kind: if wildcard { NameMatch::Subdomains } else { NameMatch::Exact },
+        kind: if wildcard {
+            NameMatch::Subdomains
+        } else {
+            NameMatch::Exact
+        },
         qtypes: vec![],
         expires: None,
         max_entropy: None,
@@ -83,7 +88,12 @@ fn scope(mode: DnsMode) -> DnsScope {
 }
 
 /// Egress `egress` over list 0, ingress `ingress` over list 1.
-fn policy(egress: Option<DnsScope>, ingress: Option<DnsScope>, list0: Vec<NameEntry>, list1: Vec<NameEntry>) -> Policy {
+fn policy(
+    egress: Option<DnsScope>,
+    ingress: Option<DnsScope>,
+    list0: Vec<NameEntry>,
+    list1: Vec<NameEntry>,
+) -> Policy {
     Policy {
         firewall: Firewall {
             default_action: Action::Allow,
@@ -95,10 +105,19 @@ fn policy(egress: Option<DnsScope>, ingress: Option<DnsScope>, list0: Vec<NameEn
         dns: Dns {
             ports: vec![53],
             ingress,
-            egress: egress.map(|scope| DnsEgress { scope, cgroups: vec![] }),
+            egress: egress.map(|scope| DnsEgress {
+                scope,
+                cgroups: vec![],
+            }),
             lists: vec![
-                NameList { name: "egress".into(), entries: list0 },
-                NameList { name: "ingress".into(), entries: list1 },
+                NameList {
+                    name: "egress".into(),
+                    entries: list0,
+                },
+                NameList {
+                    name: "ingress".into(),
+                    entries: list1,
+                },
             ],
         },
     }
@@ -118,7 +137,9 @@ fn udp6(msg: &[u8]) -> Vec<u8> {
 }
 
 fn tcp(payload: &[u8]) -> Vec<u8> {
-    Frame::tcp(HOST, RESOLVER, 33000, 53, TCP_PSH | TCP_ACK).with_payload(payload).build_ip()
+    Frame::tcp(HOST, RESOLVER, 33000, 53, TCP_PSH | TCP_ACK)
+        .with_payload(payload)
+        .build_ip()
 }
 
 fn q(name: &str, qtype: u16) -> Vec<u8> {
@@ -150,7 +171,9 @@ struct Counters {
 fn counters(b: &Bench) -> Counters {
     let e = &b.ebpf;
     Counters {
-        stats: (0..stats::COUNT).map(|i| sum_counter(e, "STATS", i).expect("STATS")).collect(),
+        stats: (0..stats::COUNT)
+            .map(|i| sum_counter(e, "STATS", i).expect("STATS"))
+            .collect(),
         reasons: (0..reason::COUNT)
             .map(|i| sum_counter(e, "REASON_STATS", i).expect("REASON_STATS"))
             .collect(),
@@ -169,7 +192,9 @@ static BENCH: OnceLock<Mutex<Bench>> = OnceLock::new();
 fn bench() -> MutexGuard<'static, Bench> {
     BENCH
         .get_or_init(|| {
-            Mutex::new(Bench::new().expect("loading and verifying the kernel programs (needs root)"))
+            Mutex::new(
+                Bench::new().expect("loading and verifying the kernel programs (needs root)"),
+            )
         })
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -198,7 +223,10 @@ struct Ev<'a> {
     qtype: &'a str,
 }
 
-const MALFORMED: Ev<'static> = Ev { name: ".", qtype: "TYPE0" };
+const MALFORMED: Ev<'static> = Ev {
+    name: ".",
+    qtype: "TYPE0",
+};
 
 fn ev<'a>(name: &'a str, qtype: &'a str) -> Ev<'a> {
     Ev { name, qtype }
@@ -206,7 +234,10 @@ fn ev<'a>(name: &'a str, qtype: &'a str) -> Ev<'a> {
 
 /// The calling thread's command name, as the kernel keeps it.
 fn thread_comm() -> String {
-    std::fs::read_to_string("/proc/thread-self/comm").expect("comm").trim_end_matches('\n').to_string()
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .expect("comm")
+        .trim_end_matches('\n')
+        .to_string()
 }
 
 /// The id of this process's cgroup v2 (the inode number of its directory), if cgroup v2 is
@@ -224,7 +255,13 @@ fn own_cgroup_id() -> Option<u64> {
 
 impl T {
     fn egress(&self) -> &DnsScope {
-        &self.policy.dns.egress.as_ref().expect("an egress scope").scope
+        &self
+            .policy
+            .dns
+            .egress
+            .as_ref()
+            .expect("an egress scope")
+            .scope
     }
 
     #[track_caller]
@@ -265,7 +302,12 @@ impl T {
             Untouched => ("", 0),
         };
         let logged = match want {
-            Allow => self.policy.dns.egress.as_ref().is_some_and(|s| s.scope.log_allowed),
+            Allow => self
+                .policy
+                .dns
+                .egress
+                .as_ref()
+                .is_some_and(|s| s.scope.log_allowed),
             Untouched => false,
             _ => true,
         };
@@ -282,19 +324,38 @@ impl T {
             _ => None,
         };
         let (src, sport): (IpAddr, u16) = if packet[0] >> 4 == 4 {
-            (IpAddr::from([packet[12], packet[13], packet[14], packet[15]]), u16::from_be_bytes([packet[20], packet[21]]))
+            (
+                IpAddr::from([packet[12], packet[13], packet[14], packet[15]]),
+                u16::from_be_bytes([packet[20], packet[21]]),
+            )
         } else {
             let a: [u8; 16] = packet[8..24].try_into().expect("16 bytes");
-            (IpAddr::from(a), u16::from_be_bytes([packet[40], packet[41]]))
+            (
+                IpAddr::from(a),
+                u16::from_be_bytes([packet[40], packet[41]]),
+            )
         };
         let generation = apply::control(&self.b.ebpf).expect("CONTROL").active_gen;
         assert_eq!(
-            (got.kind, got.scope, got.verdict, got.reason, got.name.as_str(), got.qtype.as_str()),
+            (
+                got.kind,
+                got.scope,
+                got.verdict,
+                got.reason,
+                got.name.as_str(),
+                got.qtype.as_str()
+            ),
             ("dns", "egress", verdict, reason::name(r), e.name, e.qtype),
             "event: {what}: {got:?}"
         );
         assert_eq!(
-            (got.client, got.client_port, got.tcp, got.list, got.generation),
+            (
+                got.client,
+                got.client_port,
+                got.tcp,
+                got.list,
+                got.generation
+            ),
             (Some(src), sport, is_tcp, list, generation),
             "event origin: {what}: {got:?}"
         );
@@ -338,22 +399,53 @@ impl T {
 fn egress_program_loads() {
     use aya::programs::CgroupSkb;
     let b = bench();
-    let p: &CgroupSkb = b.ebpf.program(DNS_EGRESS).expect("program").try_into().expect("cgroup_skb");
-    let n = p.info().expect("info").verified_instruction_count().expect("reported");
+    let p: &CgroupSkb = b
+        .ebpf
+        .program(DNS_EGRESS)
+        .expect("program")
+        .try_into()
+        .expect("cgroup_skb");
+    let n = p
+        .info()
+        .expect("info")
+        .verified_instruction_count()
+        .expect("reported");
     println!("{DNS_EGRESS}: {n} verified instructions");
     assert!(n > 0 && n < 1_000_000);
 }
 
 #[test]
 fn allowlist_allows_listed_names_and_drops_the_rest() {
-    let mut t = setup(DnsScope { log_allowed: true, ..scope(DnsMode::Allowlist) }, vec![entry("ok.example"), entry("*.corp.example")]);
-    let e = t.check(&q("ok.example", A), Allow, ev("ok.example.", "A")).expect("event");
+    let mut t = setup(
+        DnsScope {
+            log_allowed: true,
+            ..scope(DnsMode::Allowlist)
+        },
+        vec![entry("ok.example"), entry("*.corp.example")],
+    );
+    let e = t
+        .check(&q("ok.example", A), Allow, ev("ok.example.", "A"))
+        .expect("event");
     println!("allowed: {e:?}");
-    let e = t.check(&q("bad.example", A), Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A")).expect("event");
+    let e = t
+        .check(
+            &q("bad.example", A),
+            Drop(reason::DNS_NOT_ALLOWED),
+            ev("bad.example.", "A"),
+        )
+        .expect("event");
     println!("dropped: {e:?}");
     t.checks(&[
-        (q("Host.Corp.Example", AAAA), Allow, ev("host.corp.example.", "AAAA")),
-        (q("corp.example", A), Drop(reason::DNS_NOT_ALLOWED), ev("corp.example.", "A")),
+        (
+            q("Host.Corp.Example", AAAA),
+            Allow,
+            ev("host.corp.example.", "AAAA"),
+        ),
+        (
+            q("corp.example", A),
+            Drop(reason::DNS_NOT_ALLOWED),
+            ev("corp.example.", "A"),
+        ),
     ]);
 }
 
@@ -374,7 +466,10 @@ fn the_process_fields_are_those_of_the_calling_thread() {
             .join()
             .expect("join")
     });
-    assert_eq!(comm, "dns-egress-prob", "the kernel keeps 15 bytes of a thread name");
+    assert_eq!(
+        comm, "dns-egress-prob",
+        "the kernel keeps 15 bytes of a thread name"
+    );
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].comm.as_deref(), Some("dns-egress-prob"));
     assert_eq!(events[0].pid, Some(std::process::id()));
@@ -382,9 +477,19 @@ fn the_process_fields_are_those_of_the_calling_thread() {
 
 #[test]
 fn blocklist_and_nxdomain_falls_back_to_drop() {
-    let mut t = setup(DnsScope { action: DnsAction::Nxdomain, ..scope(DnsMode::Blocklist) }, vec![entry("*.ads.example")]);
+    let mut t = setup(
+        DnsScope {
+            action: DnsAction::Nxdomain,
+            ..scope(DnsMode::Blocklist)
+        },
+        vec![entry("*.ads.example")],
+    );
     t.checks(&[
-        (q("x.ads.example", A), Drop(reason::DNS_BLOCKED), ev("x.ads.example.", "A")),
+        (
+            q("x.ads.example", A),
+            Drop(reason::DNS_BLOCKED),
+            ev("x.ads.example.", "A"),
+        ),
         (q("ads.example", A), Allow, ev("ads.example.", "A")),
         (q("news.example", A), Allow, ev("news.example.", "A")),
     ]);
@@ -398,15 +503,39 @@ fn ipv6_and_tcp_queries() {
     let whole = dns_tcp_payload(&ok);
     t.checks(&[
         (udp6(&ok), Allow, ev("ok.example.", "AAAA")),
-        (udp6(&bad), Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "AAAA")),
-        (Frame::dns_tcp(HOST, RESOLVER, 33000, &ok).build_ip(), Allow, ev("ok.example.", "AAAA")),
-        (Frame::dns_tcp(HOST6, RESOLVER6, 33000, &bad).build_ip(), Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "AAAA")),
+        (
+            udp6(&bad),
+            Drop(reason::DNS_NOT_ALLOWED),
+            ev("bad.example.", "AAAA"),
+        ),
+        (
+            Frame::dns_tcp(HOST, RESOLVER, 33000, &ok).build_ip(),
+            Allow,
+            ev("ok.example.", "AAAA"),
+        ),
+        (
+            Frame::dns_tcp(HOST6, RESOLVER6, 33000, &bad).build_ip(),
+            Drop(reason::DNS_NOT_ALLOWED),
+            ev("bad.example.", "AAAA"),
+        ),
         // Split across segments: the first one is malformed, so is the rest.
-        (tcp(&whole[..whole.len() - 4]), Drop(reason::DNS_MALFORMED), MALFORMED),
-        (tcp(&whole[whole.len() - 4..]), Drop(reason::DNS_MALFORMED), MALFORMED),
+        (
+            tcp(&whole[..whole.len() - 4]),
+            Drop(reason::DNS_MALFORMED),
+            MALFORMED,
+        ),
+        (
+            tcp(&whole[whole.len() - 4..]),
+            Drop(reason::DNS_MALFORMED),
+            MALFORMED,
+        ),
         (tcp(&whole[..1]), Drop(reason::DNS_MALFORMED), MALFORMED),
         // Handshake: not a query.
-        (Frame::tcp(HOST, RESOLVER, 33000, 53, TCP_SYN).build_ip(), Untouched, MALFORMED),
+        (
+            Frame::tcp(HOST, RESOLVER, 33000, 53, TCP_SYN).build_ip(),
+            Untouched,
+            MALFORMED,
+        ),
     ]);
 }
 
@@ -416,7 +545,9 @@ fn malformed_queries_follow_the_scope_setting() {
         .with_qdcount(2)
         .with_question(DnsQuestion::new(dns_labels("bad.example"), A))
         .build();
-    let response = DnsQuery::name("ok.example", A).with_flags(DNS_FLAG_QR).build();
+    let response = DnsQuery::name("ok.example", A)
+        .with_flags(DNS_FLAG_QR)
+        .build();
     let pointer = DnsQuery::new(dns_labels("ok"), A).with_pointer(12).build();
     let mut long = vec![vec![b'x'; 64]];
     long.push(b"example".to_vec());
@@ -431,7 +562,13 @@ fn malformed_queries_follow_the_scope_setting() {
     for m in &cases {
         t.check(&udp(m), Allow, MALFORMED);
     }
-    t.again(DnsScope { block_malformed: true, ..scope(DnsMode::Blocklist) }, vec![entry("bad.example")]);
+    t.again(
+        DnsScope {
+            block_malformed: true,
+            ..scope(DnsMode::Blocklist)
+        },
+        vec![entry("bad.example")],
+    );
     for m in &cases {
         t.check(&udp(m), Drop(reason::DNS_MALFORMED), MALFORMED);
     }
@@ -442,22 +579,57 @@ fn non_dns_packets_are_untouched() {
     let mut t = setup(scope(DnsMode::Allowlist), vec![]);
     let msg = query("bad.example", A);
     t.checks(&[
-        (Frame::udp(HOST, RESOLVER, 33000, 5353).with_payload(&msg).build_ip(), Untouched, MALFORMED),
-        (Frame::udp(HOST, RESOLVER, 53, 33000).with_payload(&msg).build_ip(), Untouched, MALFORMED),
-        (Frame::icmp(HOST, RESOLVER, 8, 0).build_ip(), Untouched, MALFORMED),
-        (Frame::tcp(HOST, RESOLVER, 33000, 443, TCP_SYN).build_ip(), Untouched, MALFORMED),
+        (
+            Frame::udp(HOST, RESOLVER, 33000, 5353)
+                .with_payload(&msg)
+                .build_ip(),
+            Untouched,
+            MALFORMED,
+        ),
+        (
+            Frame::udp(HOST, RESOLVER, 53, 33000)
+                .with_payload(&msg)
+                .build_ip(),
+            Untouched,
+            MALFORMED,
+        ),
+        (
+            Frame::icmp(HOST, RESOLVER, 8, 0).build_ip(),
+            Untouched,
+            MALFORMED,
+        ),
+        (
+            Frame::tcp(HOST, RESOLVER, 33000, 443, TCP_SYN).build_ip(),
+            Untouched,
+            MALFORMED,
+        ),
     ]);
     // Without an egress scope nothing is inspected.
-    t.again_policy(policy(None, Some(scope(DnsMode::Allowlist)), vec![], vec![]));
+    t.again_policy(policy(
+        None,
+        Some(scope(DnsMode::Allowlist)),
+        vec![],
+        vec![],
+    ));
     t.check(&q("bad.example", A), Untouched, MALFORMED);
 }
 
 #[test]
 fn audit_mode_reports_but_allows() {
-    let mut t = setup(DnsScope { audit: true, ..scope(DnsMode::Allowlist) }, vec![entry("ok.example")]);
+    let mut t = setup(
+        DnsScope {
+            audit: true,
+            ..scope(DnsMode::Allowlist)
+        },
+        vec![entry("ok.example")],
+    );
     t.checks(&[
         (q("ok.example", A), Allow, ev("ok.example.", "A")),
-        (q("bad.example", A), Audit(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A")),
+        (
+            q("bad.example", A),
+            Audit(reason::DNS_NOT_ALLOWED),
+            ev("bad.example.", "A"),
+        ),
         (udp(&[1, 2, 3]), Audit(reason::DNS_MALFORMED), MALFORMED),
     ]);
 }
@@ -465,24 +637,48 @@ fn audit_mode_reports_but_allows() {
 #[test]
 fn egress_rate_limit_has_its_own_buckets() {
     let rate = QueryRate { qps: 1, burst: 2 };
-    let egress = DnsScope { rate: Some(rate), ..scope(DnsMode::Blocklist) };
-    let ingress = DnsScope { rate: Some(rate), action: DnsAction::Nxdomain, ..scope(DnsMode::Blocklist) };
+    let egress = DnsScope {
+        rate: Some(rate),
+        ..scope(DnsMode::Blocklist)
+    };
+    let ingress = DnsScope {
+        rate: Some(rate),
+        action: DnsAction::Nxdomain,
+        ..scope(DnsMode::Blocklist)
+    };
     let mut t = setup_policy(policy(Some(egress), Some(ingress), vec![], vec![]));
     let host = "10.9.9.9";
     let p = || Frame::dns_udp(host, RESOLVER, 33000, &query("ok.example", A));
     t.check(&p().build_ip(), Allow, ev("ok.example.", "A"));
     t.check(&p().build_ip(), Allow, ev("ok.example.", "A"));
-    t.check(&p().build_ip(), Drop(reason::DNS_RATE), ev("ok.example.", "A"));
+    t.check(
+        &p().build_ip(),
+        Drop(reason::DNS_RATE),
+        ev("ok.example.", "A"),
+    );
     // The same address arriving on XDP ingress has a bucket of its own.
-    let before = sum_counter(&t.b.ebpf, "DNS_STATS", u32::from(SCOPE_INGRESS) * DNS_STATS_PER_SCOPE + STAT_ALLOWED).expect("stat");
+    let before = sum_counter(
+        &t.b.ebpf,
+        "DNS_STATS",
+        u32::from(SCOPE_INGRESS) * DNS_STATS_PER_SCOPE + STAT_ALLOWED,
+    )
+    .expect("stat");
     assert_eq!(t.b.run(&p().build()).expect("run"), XDP_PASS);
     assert_eq!(t.b.run(&p().build()).expect("run"), XDP_PASS);
     assert_eq!(t.b.run(&p().build()).expect("run"), XDP_DROP);
-    let after = sum_counter(&t.b.ebpf, "DNS_STATS", u32::from(SCOPE_INGRESS) * DNS_STATS_PER_SCOPE + STAT_ALLOWED).expect("stat");
+    let after = sum_counter(
+        &t.b.ebpf,
+        "DNS_STATS",
+        u32::from(SCOPE_INGRESS) * DNS_STATS_PER_SCOPE + STAT_ALLOWED,
+    )
+    .expect("stat");
     assert_eq!(after - before, 2);
     let events = t.b.drain_dns_events();
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!((events[0].scope, events[0].verdict, events[0].reason), ("ingress", "drop", "dns-rate"));
+    assert_eq!(
+        (events[0].scope, events[0].verdict, events[0].reason),
+        ("ingress", "drop", "dns-rate")
+    );
 }
 
 #[test]
@@ -490,19 +686,33 @@ fn ingress_and_egress_scopes_have_their_own_lists() {
     // Egress: allowlist over list 0; ingress: blocklist over list 1.
     let mut t = setup_policy(policy(
         Some(scope(DnsMode::Allowlist)),
-        Some(DnsScope { lists: vec![1], action: DnsAction::Drop, ..scope(DnsMode::Blocklist) }),
+        Some(DnsScope {
+            lists: vec![1],
+            action: DnsAction::Drop,
+            ..scope(DnsMode::Blocklist)
+        }),
         vec![entry("corp.example")],
         vec![entry("corp.example"), entry("evil.example")],
     ));
     t.check(&q("corp.example", A), Allow, ev("corp.example.", "A"));
-    t.check(&q("evil.example", A), Drop(reason::DNS_NOT_ALLOWED), ev("evil.example.", "A"));
+    t.check(
+        &q("evil.example", A),
+        Drop(reason::DNS_NOT_ALLOWED),
+        ev("evil.example.", "A"),
+    );
     let xdp = |name: &str| Frame::dns_udp(HOST, RESOLVER, 33000, &query(name, A)).build();
     assert_eq!(t.b.run(&xdp("corp.example")).expect("run"), XDP_DROP);
     assert_eq!(t.b.run(&xdp("other.example")).expect("run"), XDP_PASS);
     let events = t.b.drain_dns_events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(
-        (events[0].scope, events[0].verdict, events[0].reason, events[0].name.as_str(), events[0].list),
+        (
+            events[0].scope,
+            events[0].verdict,
+            events[0].reason,
+            events[0].name.as_str(),
+            events[0].list
+        ),
         ("ingress", "drop", "dns-blocked", "corp.example.", Some(1))
     );
 }
@@ -529,16 +739,22 @@ fn pin_to(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
 }
 
 /// The id of the cgroup v2 mount, if any.
 fn cgroup2_root() -> Option<String> {
-    std::fs::read_to_string("/proc/self/mounts").ok()?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
-    })
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+        })
 }
 
 /// A throw-away cgroup v2 directory, removed on drop.
@@ -592,16 +808,29 @@ fn race(t: &mut T, sent: &str, flood: &str, egress_list: Vec<NameEntry>) -> Race
     use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Xdp, XdpMode};
     use palisade::testrun::FIREWALL;
 
-    let secs = std::env::var("PALISADE_RACE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10u64);
+    let secs = std::env::var("PALISADE_RACE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10u64);
     let gap = std::time::Duration::from_micros(
-        std::env::var("PALISADE_FLOOD_GAP_US").ok().and_then(|v| v.parse().ok()).unwrap_or(100),
+        std::env::var("PALISADE_FLOOD_GAP_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100),
     );
     let pair = netns::NetnsPair::new();
-    let rps = pair.exec(&pair.ns_b, "sh", &["-c", "echo 1 > /sys/class/net/veth-b/queues/rx-0/rps_cpus"]);
+    let rps = pair.exec(
+        &pair.ns_b,
+        "sh",
+        &["-c", "echo 1 > /sys/class/net/veth-b/queues/rx-0/rps_cpus"],
+    );
     assert!(rps.status.success(), "{rps:?}");
     t.again_policy(policy(
         Some(scope(DnsMode::Allowlist)),
-        Some(DnsScope { lists: vec![1], ..scope(DnsMode::Blocklist) }),
+        Some(DnsScope {
+            lists: vec![1],
+            ..scope(DnsMode::Blocklist)
+        }),
         egress_list,
         vec![entry("nothing.invalid")],
     ));
@@ -610,8 +839,14 @@ fn race(t: &mut T, sent: &str, flood: &str, egress_list: Vec<NameEntry>) -> Race
     std::thread::scope(|s| {
         s.spawn(|| {
             enter_netns(&pair.ns_b);
-            let p: &mut Xdp = b.ebpf.program_mut(FIREWALL).expect("firewall").try_into().expect("xdp");
-            p.attach(&pair.if_b, XdpMode::Skb).expect("attach generic XDP");
+            let p: &mut Xdp = b
+                .ebpf
+                .program_mut(FIREWALL)
+                .expect("firewall")
+                .try_into()
+                .expect("xdp");
+            p.attach(&pair.if_b, XdpMode::Skb)
+                .expect("attach generic XDP");
         })
         .join()
         .expect("attach thread");
@@ -621,11 +856,22 @@ fn race(t: &mut T, sent: &str, flood: &str, egress_list: Vec<NameEntry>) -> Race
     std::fs::create_dir(&cg.0).expect("create the test cgroup");
     let link = {
         let dir = std::fs::File::open(&cg.0).expect("open the test cgroup");
-        let p: &mut CgroupSkb = b.ebpf.program_mut(DNS_EGRESS).expect("egress").try_into().expect("cgroup_skb");
-        p.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).expect("attach to the test cgroup")
+        let p: &mut CgroupSkb = b
+            .ebpf
+            .program_mut(DNS_EGRESS)
+            .expect("egress")
+            .try_into()
+            .expect("cgroup_skb");
+        p.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .expect("attach to the test cgroup")
     };
     let egress_queries = |b: &Bench| {
-        sum_counter(&b.ebpf, "DNS_STATS", u32::from(SCOPE_EGRESS) * DNS_STATS_PER_SCOPE + STAT_QUERIES).expect("DNS_STATS")
+        sum_counter(
+            &b.ebpf,
+            "DNS_STATS",
+            u32::from(SCOPE_EGRESS) * DNS_STATS_PER_SCOPE + STAT_QUERIES,
+        )
+        .expect("DNS_STATS")
     };
     let packets_before = b.stat(stats::PACKETS).expect("STATS");
     let queries_before = egress_queries(b);
@@ -659,18 +905,34 @@ fn race(t: &mut T, sent: &str, flood: &str, egress_list: Vec<NameEntry>) -> Race
         out
     });
     {
-        let p: &mut CgroupSkb = b.ebpf.program_mut(DNS_EGRESS).expect("egress").try_into().expect("cgroup_skb");
+        let p: &mut CgroupSkb = b
+            .ebpf
+            .program_mut(DNS_EGRESS)
+            .expect("egress")
+            .try_into()
+            .expect("cgroup_skb");
         p.detach(link).expect("detach");
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "sender: {output:?}");
-    let counts: Vec<u64> = stdout.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    let [sent_n, refused] = counts[..] else { panic!("sender printed {stdout:?}") };
+    let counts: Vec<u64> = stdout
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [sent_n, refused] = counts[..] else {
+        panic!("sender printed {stdout:?}")
+    };
     let xdp_packets = b.stat(stats::PACKETS).expect("STATS") - packets_before;
     let inspected = egress_queries(b) - queries_before;
     let mut events = std::collections::BTreeMap::new();
-    for e in b.drain_dns_events().into_iter().filter(|e| e.scope == "egress") {
-        *events.entry((e.verdict, e.reason, e.name, e.client)).or_insert(0u64) += 1;
+    for e in b
+        .drain_dns_events()
+        .into_iter()
+        .filter(|e| e.scope == "egress")
+    {
+        *events
+            .entry((e.verdict, e.reason, e.name, e.client))
+            .or_insert(0u64) += 1;
     }
     println!(
         "sent {sent:?} x {sent_n} from the cgroup ({inspected} inspected, {refused} refused) while XDP saw \
@@ -679,16 +941,31 @@ fn race(t: &mut T, sent: &str, flood: &str, egress_list: Vec<NameEntry>) -> Race
     for (k, n) in &events {
         println!("  {n} x {k:?}");
     }
-    assert!(inspected >= sent_n, "every query went through the egress program");
-    assert!(xdp_packets > 10_000, "the flood did not reach XDP: {xdp_packets}");
-    Race { sent: sent_n, refused, events }
+    assert!(
+        inspected >= sent_n,
+        "every query went through the egress program"
+    );
+    assert!(
+        xdp_packets > 10_000,
+        "the flood did not reach XDP: {xdp_packets}"
+    );
+    Race {
+        sent: sent_n,
+        refused,
+        events,
+    }
 }
 
 /// An allowed query must stay allowed whatever XDP does on the same CPU.
 #[test]
 fn xdp_on_the_same_cpu_does_not_make_egress_refuse_allowed_queries() {
     let mut t = setup(scope(DnsMode::Allowlist), vec![]);
-    let r = race(&mut t, "allowed.example", "a-much-longer-name-than-the-other-one.flood.example", vec![entry("allowed.example")]);
+    let r = race(
+        &mut t,
+        "allowed.example",
+        "a-much-longer-name-than-the-other-one.flood.example",
+        vec![entry("allowed.example")],
+    );
     assert_eq!(r.refused, 0, "allowed queries refused: {:?}", r.events);
     assert!(r.events.is_empty(), "{:?}", r.events);
 }
@@ -698,6 +975,16 @@ fn xdp_on_the_same_cpu_does_not_make_egress_refuse_allowed_queries() {
 #[test]
 fn xdp_on_the_same_cpu_does_not_let_blocked_egress_queries_through() {
     let mut t = setup(scope(DnsMode::Allowlist), vec![]);
-    let r = race(&mut t, "exfil.blocked.example", "allowed.example", vec![entry("allowed.example")]);
-    assert_eq!(r.sent - r.refused, 0, "blocked queries let through (allowlist bypass): {:?}", r.events);
+    let r = race(
+        &mut t,
+        "exfil.blocked.example",
+        "allowed.example",
+        vec![entry("allowed.example")],
+    );
+    assert_eq!(
+        r.sent - r.refused,
+        0,
+        "blocked queries let through (allowlist bypass): {:?}",
+        r.events
+    );
 }

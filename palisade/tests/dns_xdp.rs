@@ -19,15 +19,15 @@ use hickory_proto::{
 };
 use palisade::{
     craft::{
-        DNS_FLAG_AD, DNS_FLAG_CD, DNS_FLAG_QR, DNS_FLAG_RD, DnsQuery, DnsQuestion, ExtHeader, Frame,
-        dns_labels,
+        DNS_FLAG_AD, DNS_FLAG_CD, DNS_FLAG_QR, DNS_FLAG_RD, DnsQuery, DnsQuestion, ExtHeader,
+        Frame, dns_labels,
     },
     events::DnsDecision,
     firewall::apply,
     policy::{
         model::{
-            Action, Dns, DnsAction, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry, NameList,
-            NameMatch, Policy, QueryRate,
+            Action, Dns, DnsAction, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry,
+            NameList, NameMatch, Policy, QueryRate,
         },
         namelist::parse_name,
     },
@@ -64,10 +64,15 @@ const RESOLVER6: &str = "2001:db8:53::1";
 
 /// One list entry from its text as a policy file writes it (`*.name` for subdomains).
 fn entry(text: &str) -> NameEntry {
-    let (labels, wildcard) = parse_name(text).unwrap_or_else(|e| panic!("bad test name {text}: {e}"));
+    let (labels, wildcard) =
+        parse_name(text).unwrap_or_else(|e| panic!("bad test name {text}: {e}"));
     NameEntry {
         labels,
-        kind: if wildcard { NameMatch::Subdomains } else { NameMatch::Exact },
+        kind: if wildcard {
+            NameMatch::Subdomains
+        } else {
+            NameMatch::Exact
+        },
         qtypes: vec![],
         expires: None,
         max_entropy: None,
@@ -77,19 +82,31 @@ fn entry(text: &str) -> NameEntry {
 
 /// `text` and every name below it.
 fn apex_and_below(text: &str) -> NameEntry {
-    NameEntry { kind: NameMatch::ApexAndSubdomains, ..entry(text) }
+    NameEntry {
+        kind: NameMatch::ApexAndSubdomains,
+        ..entry(text)
+    }
 }
 
 fn with_qtypes(e: NameEntry, qtypes: &[u16]) -> NameEntry {
-    NameEntry { qtypes: qtypes.to_vec(), ..e }
+    NameEntry {
+        qtypes: qtypes.to_vec(),
+        ..e
+    }
 }
 
 fn with_expiry(e: NameEntry, unix: u64) -> NameEntry {
-    NameEntry { expires: Some(unix), ..e }
+    NameEntry {
+        expires: Some(unix),
+        ..e
+    }
 }
 
 fn with_entropy(e: NameEntry, bits: f64) -> NameEntry {
-    NameEntry { max_entropy: Some(bits), ..e }
+    NameEntry {
+        max_entropy: Some(bits),
+        ..e
+    }
 }
 
 fn unix_now() -> u64 {
@@ -135,7 +152,10 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
             ports: ports.to_vec(),
             ingress: scope,
             egress: None,
-            lists: vec![NameList { name: "test".into(), entries }],
+            lists: vec![NameList {
+                name: "test".into(),
+                entries,
+            }],
         },
     }
 }
@@ -152,7 +172,11 @@ fn udp(msg: &[u8]) -> Vec<u8> {
 }
 
 fn udp_from(client: &str, msg: &[u8]) -> Vec<u8> {
-    let resolver = if client.contains(':') { RESOLVER6 } else { RESOLVER };
+    let resolver = if client.contains(':') {
+        RESOLVER6
+    } else {
+        RESOLVER
+    };
     Frame::dns_udp(client, resolver, 40001, msg).build()
 }
 
@@ -162,7 +186,9 @@ fn udp6(msg: &[u8]) -> Vec<u8> {
 
 fn tcp(payload: &[u8]) -> Vec<u8> {
     use palisade_common::packet::{TCP_ACK, TCP_PSH};
-    Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_PSH | TCP_ACK).with_payload(payload).build()
+    Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_PSH | TCP_ACK)
+        .with_payload(payload)
+        .build()
 }
 
 fn q(name: &str, qtype: u16) -> Vec<u8> {
@@ -206,7 +232,9 @@ struct Counters {
 fn counters(b: &Bench) -> Counters {
     let e = &b.ebpf;
     Counters {
-        stats: (0..stats::COUNT).map(|i| sum_counter(e, "STATS", i).expect("STATS")).collect(),
+        stats: (0..stats::COUNT)
+            .map(|i| sum_counter(e, "STATS", i).expect("STATS"))
+            .collect(),
         reasons: (0..reason::COUNT)
             .map(|i| sum_counter(e, "REASON_STATS", i).expect("REASON_STATS"))
             .collect(),
@@ -226,7 +254,9 @@ static BENCH: OnceLock<Mutex<Bench>> = OnceLock::new();
 fn bench() -> MutexGuard<'static, Bench> {
     BENCH
         .get_or_init(|| {
-            Mutex::new(Bench::new().expect("loading and verifying the kernel programs (needs root)"))
+            Mutex::new(
+                Bench::new().expect("loading and verifying the kernel programs (needs root)"),
+            )
         })
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -260,7 +290,10 @@ struct Ev<'a> {
 }
 
 /// The event of a query that could not be parsed.
-const MALFORMED: Ev<'static> = Ev { name: ".", qtype: "TYPE0" };
+const MALFORMED: Ev<'static> = Ev {
+    name: ".",
+    qtype: "TYPE0",
+};
 
 fn ev<'a>(name: &'a str, qtype: &'a str) -> Ev<'a> {
     Ev { name, qtype }
@@ -292,9 +325,16 @@ impl T {
         let events = self.b.drain_dns_events();
         assert_eq!(self.b.drain_events(), vec![], "no firewall events: {what}");
 
-        let Ok(Parsed::Ip(p)) = packet::parse(frame) else { panic!("test frame does not parse: {what}") };
+        let Ok(Parsed::Ip(p)) = packet::parse(frame) else {
+            panic!("test frame does not parse: {what}")
+        };
         let is_tcp = p.proto == IPPROTO_TCP;
-        let log_allowed = self.policy.dns.ingress.as_ref().is_some_and(|s| s.log_allowed);
+        let log_allowed = self
+            .policy
+            .dns
+            .ingress
+            .as_ref()
+            .is_some_and(|s| s.log_allowed);
 
         let want_action = match want {
             Allow | Audit(_) | Untouched => XDP_PASS,
@@ -363,13 +403,26 @@ impl T {
         };
         let generation = apply::control(&self.b.ebpf).expect("CONTROL").active_gen;
         assert_eq!(
-            (got.kind, got.scope, got.verdict, got.reason, got.name.as_str(), got.qtype.as_str()),
+            (
+                got.kind,
+                got.scope,
+                got.verdict,
+                got.reason,
+                got.name.as_str(),
+                got.qtype.as_str()
+            ),
             ("dns", "ingress", verdict, reason::name(r), e.name, e.qtype),
             "event: {what}: {got:?}"
         );
         let client = addr(p.family, p.src);
         assert_eq!(
-            (got.client, got.client_port, got.tcp, got.list, got.generation),
+            (
+                got.client,
+                got.client_port,
+                got.tcp,
+                got.list,
+                got.generation
+            ),
             (Some(client), p.sport, is_tcp, list, generation),
             "event origin: {what}: {got:?}"
         );
@@ -406,19 +459,40 @@ fn programs_load_within_the_verifier_budget() {
     use aya::programs::{CgroupSkb, Xdp};
     let b = bench();
     let xdp = |name: &str| -> u32 {
-        let p: &Xdp = b.ebpf.program(name).expect("program").try_into().expect("XDP");
-        p.info().expect("program info").verified_instruction_count().expect("kernel reports it")
+        let p: &Xdp = b
+            .ebpf
+            .program(name)
+            .expect("program")
+            .try_into()
+            .expect("XDP");
+        p.info()
+            .expect("program info")
+            .verified_instruction_count()
+            .expect("kernel reports it")
     };
     let ingress = xdp(DNS_INGRESS);
     let firewall = xdp(FIREWALL);
     let egress = {
-        let p: &CgroupSkb = b.ebpf.program(DNS_EGRESS).expect("program").try_into().expect("cgroup_skb");
-        p.info().expect("program info").verified_instruction_count().expect("kernel reports it")
+        let p: &CgroupSkb = b
+            .ebpf
+            .program(DNS_EGRESS)
+            .expect("program")
+            .try_into()
+            .expect("cgroup_skb");
+        p.info()
+            .expect("program info")
+            .verified_instruction_count()
+            .expect("kernel reports it")
     };
-    println!("verified instructions: {DNS_INGRESS} {ingress}, {DNS_EGRESS} {egress}, {FIREWALL} {firewall}");
+    println!(
+        "verified instructions: {DNS_INGRESS} {ingress}, {DNS_EGRESS} {egress}, {FIREWALL} {firewall}"
+    );
     for (name, n) in [(DNS_INGRESS, ingress), (DNS_EGRESS, egress)] {
         assert!(n > 0, "{name}: {n}");
-        assert!(n < 500_000, "{name} needs {n} verified instructions: too close to the 1,000,000 limit");
+        assert!(
+            n < 500_000,
+            "{name} needs {n} verified instructions: too close to the 1,000,000 limit"
+        );
     }
 }
 
@@ -429,7 +503,11 @@ fn programs_load_within_the_verifier_budget() {
 fn blocklist_exact_wildcard_and_apex_and_subdomains() {
     let mut t = setup(
         blocklist(),
-        vec![entry("ads.example"), entry("*.tracker.example"), apex_and_below("malware.example")],
+        vec![
+            entry("ads.example"),
+            entry("*.tracker.example"),
+            apex_and_below("malware.example"),
+        ],
     );
     let blocked = Nx(reason::DNS_BLOCKED);
     t.checks(&[
@@ -438,13 +516,33 @@ fn blocklist_exact_wildcard_and_apex_and_subdomains() {
         (q("www.ads.example", A), Allow, ev("www.ads.example.", "A")),
         // `*.tracker.example`: everything below, not the apex.
         (q("tracker.example", A), Allow, ev("tracker.example.", "A")),
-        (q("a.tracker.example", A), blocked, ev("a.tracker.example.", "A")),
-        (q("a.b.c.tracker.example", AAAA), blocked, ev("a.b.c.tracker.example.", "AAAA")),
+        (
+            q("a.tracker.example", A),
+            blocked,
+            ev("a.tracker.example.", "A"),
+        ),
+        (
+            q("a.b.c.tracker.example", AAAA),
+            blocked,
+            ev("a.b.c.tracker.example.", "AAAA"),
+        ),
         // Apex and subdomains.
-        (q("malware.example", A), blocked, ev("malware.example.", "A")),
-        (q("x.y.malware.example", TXT), blocked, ev("x.y.malware.example.", "TXT")),
+        (
+            q("malware.example", A),
+            blocked,
+            ev("malware.example.", "A"),
+        ),
+        (
+            q("x.y.malware.example", TXT),
+            blocked,
+            ev("x.y.malware.example.", "TXT"),
+        ),
         // Label boundaries: a longer label is another name.
-        (q("notmalware.example", A), Allow, ev("notmalware.example.", "A")),
+        (
+            q("notmalware.example", A),
+            Allow,
+            ev("notmalware.example.", "A"),
+        ),
         (q("ads.example.com", A), Allow, ev("ads.example.com.", "A")),
         (q("example", A), Allow, ev("example.", "A")),
         (q("other.example", A), Allow, ev("other.example.", "A")),
@@ -453,8 +551,18 @@ fn blocklist_exact_wildcard_and_apex_and_subdomains() {
 
 #[test]
 fn blocklist_with_drop_action() {
-    let mut t = setup(DnsScope { action: DnsAction::Drop, ..blocklist() }, vec![entry("ads.example")]);
-    t.check(&q("ads.example", A), Drop(reason::DNS_BLOCKED), ev("ads.example.", "A"));
+    let mut t = setup(
+        DnsScope {
+            action: DnsAction::Drop,
+            ..blocklist()
+        },
+        vec![entry("ads.example")],
+    );
+    t.check(
+        &q("ads.example", A),
+        Drop(reason::DNS_BLOCKED),
+        ev("ads.example.", "A"),
+    );
     t.check(&q("good.example", A), Allow, ev("good.example.", "A"));
 }
 
@@ -462,7 +570,11 @@ fn blocklist_with_drop_action() {
 fn allowlist_exact_wildcard_and_apex_and_subdomains() {
     let mut t = setup(
         allowlist(),
-        vec![entry("example.com"), entry("*.corp.example"), apex_and_below("cdn.example.net")],
+        vec![
+            entry("example.com"),
+            entry("*.corp.example"),
+            apex_and_below("cdn.example.net"),
+        ],
     );
     let no = Nx(reason::DNS_NOT_ALLOWED);
     t.checks(&[
@@ -470,10 +582,26 @@ fn allowlist_exact_wildcard_and_apex_and_subdomains() {
         (q("www.example.com", A), no, ev("www.example.com.", "A")),
         (q("com", A), no, ev("com.", "A")),
         (q("corp.example", A), no, ev("corp.example.", "A")),
-        (q("mail.corp.example", MX), Allow, ev("mail.corp.example.", "MX")),
-        (q("a.b.corp.example", A), Allow, ev("a.b.corp.example.", "A")),
-        (q("cdn.example.net", AAAA), Allow, ev("cdn.example.net.", "AAAA")),
-        (q("img.cdn.example.net", A), Allow, ev("img.cdn.example.net.", "A")),
+        (
+            q("mail.corp.example", MX),
+            Allow,
+            ev("mail.corp.example.", "MX"),
+        ),
+        (
+            q("a.b.corp.example", A),
+            Allow,
+            ev("a.b.corp.example.", "A"),
+        ),
+        (
+            q("cdn.example.net", AAAA),
+            Allow,
+            ev("cdn.example.net.", "AAAA"),
+        ),
+        (
+            q("img.cdn.example.net", A),
+            Allow,
+            ev("img.cdn.example.net.", "A"),
+        ),
         (q("xcdn.example.net", A), no, ev("xcdn.example.net.", "A")),
         (q("example.net", A), no, ev("example.net.", "A")),
     ]);
@@ -482,7 +610,11 @@ fn allowlist_exact_wildcard_and_apex_and_subdomains() {
 #[test]
 fn an_empty_allowlist_blocks_everything() {
     let mut t = setup(allowlist(), vec![]);
-    t.check(&q("example.com", A), Nx(reason::DNS_NOT_ALLOWED), ev("example.com.", "A"));
+    t.check(
+        &q("example.com", A),
+        Nx(reason::DNS_NOT_ALLOWED),
+        ev("example.com.", "A"),
+    );
 }
 
 #[test]
@@ -500,14 +632,34 @@ fn the_most_specific_entry_wins() {
     );
     assert!(entropy::bits_per_char(b"x7kq9zj2mv") > bound);
     t.checks(&[
-        (q("x7kq9zj2mv.example.com", A), Allow, ev("x7kq9zj2mv.example.com.", "A")),
-        (q("x7kq9zj2mw.example.com", A), Nx(reason::DNS_ENTROPY), ev("x7kq9zj2mw.example.com.", "A")),
+        (
+            q("x7kq9zj2mv.example.com", A),
+            Allow,
+            ev("x7kq9zj2mv.example.com.", "A"),
+        ),
+        (
+            q("x7kq9zj2mw.example.com", A),
+            Nx(reason::DNS_ENTROPY),
+            ev("x7kq9zj2mw.example.com.", "A"),
+        ),
         (q("www.example.com", A), Allow, ev("www.example.com.", "A")),
-        (q("old.example.com", A), Nx(reason::DNS_EXPIRED), ev("old.example.com.", "A")),
+        (
+            q("old.example.com", A),
+            Nx(reason::DNS_EXPIRED),
+            ev("old.example.com.", "A"),
+        ),
         // Below the exact entry only the wildcard matches, with its bound: "xyzwold" has
         // 2.81 bits per character, "wwwold" 1.79.
-        (q("xyzw.old.example.com", A), Nx(reason::DNS_ENTROPY), ev("xyzw.old.example.com.", "A")),
-        (q("www.old.example.com", A), Allow, ev("www.old.example.com.", "A")),
+        (
+            q("xyzw.old.example.com", A),
+            Nx(reason::DNS_ENTROPY),
+            ev("xyzw.old.example.com.", "A"),
+        ),
+        (
+            q("www.old.example.com", A),
+            Allow,
+            ev("www.old.example.com.", "A"),
+        ),
     ]);
 }
 
@@ -516,23 +668,46 @@ fn an_expired_specific_blocklist_entry_leaves_the_wildcard_in_force() {
     let past = unix_now() - 60;
     let mut t = setup(
         blocklist(),
-        vec![entry("*.example.com"), with_expiry(entry("www.example.com"), past), with_expiry(entry("gone.example"), past)],
+        vec![
+            entry("*.example.com"),
+            with_expiry(entry("www.example.com"), past),
+            with_expiry(entry("gone.example"), past),
+        ],
     );
     t.checks(&[
-        (q("www.example.com", A), Nx(reason::DNS_BLOCKED), ev("www.example.com.", "A")),
+        (
+            q("www.example.com", A),
+            Nx(reason::DNS_BLOCKED),
+            ev("www.example.com.", "A"),
+        ),
         (q("gone.example", A), Allow, ev("gone.example.", "A")),
     ]);
 }
 
 #[test]
 fn qtype_limited_entries() {
-    let mut t = setup(blocklist(), vec![with_qtypes(entry("ads.example"), &[A, AAAA])]);
+    let mut t = setup(
+        blocklist(),
+        vec![with_qtypes(entry("ads.example"), &[A, AAAA])],
+    );
     t.checks(&[
-        (q("ads.example", A), Nx(reason::DNS_BLOCKED), ev("ads.example.", "A")),
-        (q("ads.example", AAAA), Nx(reason::DNS_BLOCKED), ev("ads.example.", "AAAA")),
+        (
+            q("ads.example", A),
+            Nx(reason::DNS_BLOCKED),
+            ev("ads.example.", "A"),
+        ),
+        (
+            q("ads.example", AAAA),
+            Nx(reason::DNS_BLOCKED),
+            ev("ads.example.", "AAAA"),
+        ),
         (q("ads.example", TXT), Allow, ev("ads.example.", "TXT")),
         (q("ads.example", 65), Allow, ev("ads.example.", "HTTPS")),
-        (q("ads.example", 4242), Allow, ev("ads.example.", "TYPE4242")),
+        (
+            q("ads.example", 4242),
+            Allow,
+            ev("ads.example.", "TYPE4242"),
+        ),
     ]);
 
     t.again(
@@ -546,10 +721,22 @@ fn qtype_limited_entries() {
     );
     t.checks(&[
         (q("mail.example", MX), Allow, ev("mail.example.", "MX")),
-        (q("mail.example", A), Nx(reason::DNS_NOT_ALLOWED), ev("mail.example.", "A")),
+        (
+            q("mail.example", A),
+            Nx(reason::DNS_NOT_ALLOWED),
+            ev("mail.example.", "A"),
+        ),
         (q("xyz.example.org", A), Allow, ev("xyz.example.org.", "A")),
-        (q("xyz.example.org", AAAA), Nx(reason::DNS_ENTROPY), ev("xyz.example.org.", "AAAA")),
-        (q("aaa.example.org", AAAA), Allow, ev("aaa.example.org.", "AAAA")),
+        (
+            q("xyz.example.org", AAAA),
+            Nx(reason::DNS_ENTROPY),
+            ev("xyz.example.org.", "AAAA"),
+        ),
+        (
+            q("aaa.example.org", AAAA),
+            Allow,
+            ev("aaa.example.org.", "AAAA"),
+        ),
     ]);
 }
 
@@ -558,12 +745,19 @@ fn duplicate_entries_merge_into_their_union() {
     // Same name, same coverage: one map entry covering A and MX.
     let mut t = setup(
         allowlist(),
-        vec![with_qtypes(entry("mx.example"), &[A]), with_qtypes(entry("mx.example"), &[MX])],
+        vec![
+            with_qtypes(entry("mx.example"), &[A]),
+            with_qtypes(entry("mx.example"), &[MX]),
+        ],
     );
     t.checks(&[
         (q("mx.example", A), Allow, ev("mx.example.", "A")),
         (q("mx.example", MX), Allow, ev("mx.example.", "MX")),
-        (q("mx.example", TXT), Nx(reason::DNS_NOT_ALLOWED), ev("mx.example.", "TXT")),
+        (
+            q("mx.example", TXT),
+            Nx(reason::DNS_NOT_ALLOWED),
+            ev("mx.example.", "TXT"),
+        ),
     ]);
 }
 
@@ -572,16 +766,30 @@ fn expired_entries() {
     let now = unix_now();
     let mut t = setup(
         blocklist(),
-        vec![with_expiry(entry("old.example"), now - 1), with_expiry(entry("new.example"), now + 3600)],
+        vec![
+            with_expiry(entry("old.example"), now - 1),
+            with_expiry(entry("new.example"), now + 3600),
+        ],
     );
     t.check(&q("old.example", A), Allow, ev("old.example.", "A"));
-    t.check(&q("new.example", A), Nx(reason::DNS_BLOCKED), ev("new.example.", "A"));
+    t.check(
+        &q("new.example", A),
+        Nx(reason::DNS_BLOCKED),
+        ev("new.example.", "A"),
+    );
 
     t.again(
         allowlist(),
-        vec![with_expiry(entry("old.example"), now - 1), with_expiry(entry("new.example"), now + 3600)],
+        vec![
+            with_expiry(entry("old.example"), now - 1),
+            with_expiry(entry("new.example"), now + 3600),
+        ],
     );
-    t.check(&q("old.example", A), Nx(reason::DNS_EXPIRED), ev("old.example.", "A"));
+    t.check(
+        &q("old.example", A),
+        Nx(reason::DNS_EXPIRED),
+        ev("old.example.", "A"),
+    );
     t.check(&q("new.example", A), Allow, ev("new.example.", "A"));
 }
 
@@ -591,7 +799,9 @@ fn base32ish(n: usize, seed: u64) -> String {
     let mut x = seed;
     (0..n)
         .map(|_| {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             char::from(ALPHABET[(x >> 59) as usize])
         })
         .collect()
@@ -600,18 +810,28 @@ fn base32ish(n: usize, seed: u64) -> String {
 #[test]
 fn entropy_bound_blocks_a_tunnel_under_an_allowed_suffix() {
     let bound = 3.5;
-    let mut t = setup(allowlist(), vec![with_entropy(apex_and_below("example.com"), bound)]);
+    let mut t = setup(
+        allowlist(),
+        vec![with_entropy(apex_and_below("example.com"), bound)],
+    );
     let data = base32ish(52, 7);
     let more = base32ish(30, 8);
     let tunnel = format!("{data}.{more}.t.example.com");
     let below = format!("{data}{more}t");
     let h = entropy::bits_per_char(below.as_bytes());
-    assert!(h > bound, "the crafted tunnel name has {h} bits per character");
+    assert!(
+        h > bound,
+        "the crafted tunnel name has {h} bits per character"
+    );
     let name = format!("{tunnel}.");
     t.checks(&[
         (q(&tunnel, TXT), Nx(reason::DNS_ENTROPY), ev(&name, "TXT")),
         (q("www.example.com", A), Allow, ev("www.example.com.", "A")),
-        (q("static-assets.eu-west.example.com", A), Allow, ev("static-assets.eu-west.example.com.", "A")),
+        (
+            q("static-assets.eu-west.example.com", A),
+            Allow,
+            ev("static-assets.eu-west.example.com.", "A"),
+        ),
         // The apex has no labels below the entry: nothing to measure.
         (q("example.com", A), Allow, ev("example.com.", "A")),
     ]);
@@ -622,22 +842,52 @@ fn entropy_bound_blocks_a_tunnel_under_an_allowed_suffix() {
 
 #[test]
 fn audit_mode_reports_but_passes() {
-    let mut t = setup(DnsScope { audit: true, ..allowlist() }, vec![entry("ok.example")]);
+    let mut t = setup(
+        DnsScope {
+            audit: true,
+            ..allowlist()
+        },
+        vec![entry("ok.example")],
+    );
     t.checks(&[
         (q("ok.example", A), Allow, ev("ok.example.", "A")),
-        (q("bad.example", A), Audit(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A")),
-        (udp(&DnsQuery::name("x.example", A).with_qdcount(2).build()), Audit(reason::DNS_MALFORMED), MALFORMED),
+        (
+            q("bad.example", A),
+            Audit(reason::DNS_NOT_ALLOWED),
+            ev("bad.example.", "A"),
+        ),
+        (
+            udp(&DnsQuery::name("x.example", A).with_qdcount(2).build()),
+            Audit(reason::DNS_MALFORMED),
+            MALFORMED,
+        ),
     ]);
 }
 
 #[test]
 fn log_allowed_reports_allowed_queries() {
-    let mut t = setup(DnsScope { log_allowed: true, ..allowlist() }, vec![entry("ok.example")]);
+    let mut t = setup(
+        DnsScope {
+            log_allowed: true,
+            ..allowlist()
+        },
+        vec![entry("ok.example")],
+    );
     let (_, e) = t.check(&q("OK.example", A), Allow, ev("ok.example.", "A"));
     assert_eq!(e.expect("event").list, Some(0));
-    t.check(&q("bad.example", A), Nx(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A"));
+    t.check(
+        &q("bad.example", A),
+        Nx(reason::DNS_NOT_ALLOWED),
+        ev("bad.example.", "A"),
+    );
 
-    t.again(DnsScope { log_allowed: true, ..blocklist() }, vec![entry("bad.example")]);
+    t.again(
+        DnsScope {
+            log_allowed: true,
+            ..blocklist()
+        },
+        vec![entry("bad.example")],
+    );
     let (_, e) = t.check(&q("ok.example", A), Allow, ev("ok.example.", "A"));
     assert_eq!(e.expect("event").list, None, "no entry matched");
     // Blocklist mode passes malformed queries by default; with log_allowed they are reported.
@@ -647,22 +897,48 @@ fn log_allowed_reports_allowed_queries() {
 #[test]
 fn per_client_rate_limit() {
     let rate = QueryRate { qps: 1, burst: 3 };
-    let mut t = setup(DnsScope { rate: Some(rate), ..allowlist() }, vec![entry("ok.example")]);
+    let mut t = setup(
+        DnsScope {
+            rate: Some(rate),
+            ..allowlist()
+        },
+        vec![entry("ok.example")],
+    );
     let a = "192.0.2.201";
     let b = "192.0.2.202";
     let ok = || query("ok.example", A);
     // A burst of 3 passes (one of them blocked by the policy, which still costs a token)...
     t.check(&udp_from(a, &ok()), Allow, ev("ok.example.", "A"));
-    t.check(&udp_from(a, &query("no.example", A)), Nx(reason::DNS_NOT_ALLOWED), ev("no.example.", "A"));
+    t.check(
+        &udp_from(a, &query("no.example", A)),
+        Nx(reason::DNS_NOT_ALLOWED),
+        ev("no.example.", "A"),
+    );
     t.check(&udp_from(a, &ok()), Allow, ev("ok.example.", "A"));
     // ...then the client is limited: dropped, never answered, whatever the name.
-    t.check(&udp_from(a, &ok()), Drop(reason::DNS_RATE), ev("ok.example.", "A"));
-    t.check(&udp_from(a, &query("no.example", AAAA)), Drop(reason::DNS_RATE), ev("no.example.", "AAAA"));
+    t.check(
+        &udp_from(a, &ok()),
+        Drop(reason::DNS_RATE),
+        ev("ok.example.", "A"),
+    );
+    t.check(
+        &udp_from(a, &query("no.example", AAAA)),
+        Drop(reason::DNS_RATE),
+        ev("no.example.", "AAAA"),
+    );
     // Another client has its own bucket, per address family too.
     t.check(&udp_from(b, &ok()), Allow, ev("ok.example.", "A"));
-    t.check(&udp_from("2001:db8::202", &ok()), Allow, ev("ok.example.", "A"));
+    t.check(
+        &udp_from("2001:db8::202", &ok()),
+        Allow,
+        ev("ok.example.", "A"),
+    );
     // Malformed queries are judged malformed before the rate is looked at.
-    t.check(&udp_from(a, &[0u8; 4]), Drop(reason::DNS_MALFORMED), MALFORMED);
+    t.check(
+        &udp_from(a, &[0u8; 4]),
+        Drop(reason::DNS_MALFORMED),
+        MALFORMED,
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -672,25 +948,56 @@ fn per_client_rate_limit() {
 fn letter_case_is_no_bypass() {
     let mut t = setup(blocklist(), vec![entry("www.example.com")]);
     let msg = query("WwW.ExAmPlE.CoM", A);
-    let (out, _) = t.check(&udp(&msg), Nx(reason::DNS_BLOCKED), ev("www.example.com.", "A"));
+    let (out, _) = t.check(
+        &udp(&msg),
+        Nx(reason::DNS_BLOCKED),
+        ev("www.example.com.", "A"),
+    );
     // The answer echoes the question as the client wrote it.
-    assert!(out.windows(17).any(|w| w == b"\x03WwW\x07ExAmPlE\x03CoM\x00"), "{out:02x?}");
+    assert!(
+        out.windows(17)
+            .any(|w| w == b"\x03WwW\x07ExAmPlE\x03CoM\x00"),
+        "{out:02x?}"
+    );
 }
 
 #[test]
 fn a_dot_inside_a_label_is_part_of_the_label() {
-    let mut t = setup(allowlist(), vec![entry("www.example.com"), entry(r"dotted\.label.example")]);
+    let mut t = setup(
+        allowlist(),
+        vec![entry("www.example.com"), entry(r"dotted\.label.example")],
+    );
     let dotted = DnsQuery::new(raw(&[b"www.example", b"com"]), A).build();
     let split = DnsQuery::new(raw(&[b"www", b"example.com"]), A).build();
     let as_one = DnsQuery::new(raw(&[b"www.example.com"]), A).build();
     t.checks(&[
-        (udp(&dotted), Nx(reason::DNS_NOT_ALLOWED), ev(r"www\.example.com.", "A")),
-        (udp(&split), Nx(reason::DNS_NOT_ALLOWED), ev(r"www.example\.com.", "A")),
-        (udp(&as_one), Nx(reason::DNS_NOT_ALLOWED), ev(r"www\.example\.com.", "A")),
+        (
+            udp(&dotted),
+            Nx(reason::DNS_NOT_ALLOWED),
+            ev(r"www\.example.com.", "A"),
+        ),
+        (
+            udp(&split),
+            Nx(reason::DNS_NOT_ALLOWED),
+            ev(r"www.example\.com.", "A"),
+        ),
+        (
+            udp(&as_one),
+            Nx(reason::DNS_NOT_ALLOWED),
+            ev(r"www\.example\.com.", "A"),
+        ),
         (q("www.example.com", A), Allow, ev("www.example.com.", "A")),
         // An escaped dot in the policy matches exactly the one label with a dot in it.
-        (udp(&DnsQuery::new(raw(&[b"dotted.label", b"example"]), A).build()), Allow, ev(r"dotted\.label.example.", "A")),
-        (q("dotted.label.example", A), Nx(reason::DNS_NOT_ALLOWED), ev("dotted.label.example.", "A")),
+        (
+            udp(&DnsQuery::new(raw(&[b"dotted.label", b"example"]), A).build()),
+            Allow,
+            ev(r"dotted\.label.example.", "A"),
+        ),
+        (
+            q("dotted.label.example", A),
+            Nx(reason::DNS_NOT_ALLOWED),
+            ev("dotted.label.example.", "A"),
+        ),
     ]);
     t.again(blocklist(), vec![entry("www.example.com")]);
     t.check(&udp(&dotted), Allow, ev(r"www\.example.com.", "A"));
@@ -698,10 +1005,24 @@ fn a_dot_inside_a_label_is_part_of_the_label() {
 
 #[test]
 fn a_trailing_dot_or_upper_case_in_the_policy_is_normalised() {
-    assert_eq!(parse_name("WWW.Example.COM.").expect("valid"), parse_name("www.example.com").expect("valid"));
-    let mut t = setup(blocklist(), vec![entry("WWW.Example.COM."), entry("*.Tracker.Example.")]);
-    t.check(&q("www.example.com", A), Nx(reason::DNS_BLOCKED), ev("www.example.com.", "A"));
-    t.check(&q("a.tracker.example.", A), Nx(reason::DNS_BLOCKED), ev("a.tracker.example.", "A"));
+    assert_eq!(
+        parse_name("WWW.Example.COM.").expect("valid"),
+        parse_name("www.example.com").expect("valid")
+    );
+    let mut t = setup(
+        blocklist(),
+        vec![entry("WWW.Example.COM."), entry("*.Tracker.Example.")],
+    );
+    t.check(
+        &q("www.example.com", A),
+        Nx(reason::DNS_BLOCKED),
+        ev("www.example.com.", "A"),
+    );
+    t.check(
+        &q("a.tracker.example.", A),
+        Nx(reason::DNS_BLOCKED),
+        ev("a.tracker.example.", "A"),
+    );
 }
 
 /// Labels making a name of exactly `wire` bytes in wire form, with `label` bytes per label
@@ -725,7 +1046,10 @@ fn wire_len(labels: &[Vec<u8>]) -> usize {
 }
 
 fn text(labels: &[Vec<u8>]) -> String {
-    let mut s: String = labels.iter().map(|l| format!("{}.", String::from_utf8_lossy(l))).collect();
+    let mut s: String = labels
+        .iter()
+        .map(|l| format!("{}.", String::from_utf8_lossy(l)))
+        .collect();
     if s.is_empty() {
         s.push('.');
     }
@@ -738,7 +1062,10 @@ fn name_and_label_length_limits() {
     let too_long_label = vec![vec![b'l'; 64], b"example".to_vec()];
     let name255 = labels_of_wire_len(255, 63);
     let many255 = labels_of_wire_len(255, 1);
-    assert_eq!((wire_len(&name255), wire_len(&many255), many255.len()), (255, 255, 127));
+    assert_eq!(
+        (wire_len(&name255), wire_len(&many255), many255.len()),
+        (255, 255, 127)
+    );
     let mut name256 = name255.clone();
     name256[0].push(b'x');
     assert_eq!(wire_len(&name256), 256);
@@ -775,11 +1102,23 @@ fn a_second_question_is_malformed() {
     let mut t = setup(allowlist(), vec![entry("ok.example")]);
     t.check(&udp(&two), Drop(reason::DNS_MALFORMED), MALFORMED);
     // QDCOUNT 0, and QDCOUNT 1 in a header with two questions (the second is trailing data).
-    t.check(&udp(&DnsQuery::name("ok.example", A).with_qdcount(0).build()), Drop(reason::DNS_MALFORMED), MALFORMED);
-    let trailing = DnsQuery::name("ok.example", A).with_question(DnsQuestion::new(dns_labels("blocked.example"), A)).build();
+    t.check(
+        &udp(&DnsQuery::name("ok.example", A).with_qdcount(0).build()),
+        Drop(reason::DNS_MALFORMED),
+        MALFORMED,
+    );
+    let trailing = DnsQuery::name("ok.example", A)
+        .with_question(DnsQuestion::new(dns_labels("blocked.example"), A))
+        .build();
     t.check(&udp(&trailing), Allow, ev("ok.example.", "A"));
 
-    t.again(DnsScope { block_malformed: true, ..blocklist() }, vec![entry("blocked.example")]);
+    t.again(
+        DnsScope {
+            block_malformed: true,
+            ..blocklist()
+        },
+        vec![entry("blocked.example")],
+    );
     t.check(&udp(&two), Drop(reason::DNS_MALFORMED), MALFORMED);
     // The blocklist default lets malformed queries through.
     t.again(blocklist(), vec![entry("blocked.example")]);
@@ -797,7 +1136,11 @@ fn compression_and_reserved_label_types_in_the_question_are_malformed() {
     reserved80[12 + 4] = 0x87;
     t.checks(&[
         (udp(&pointer_only), Drop(reason::DNS_MALFORMED), MALFORMED),
-        (udp(&pointer_after_label), Drop(reason::DNS_MALFORMED), MALFORMED),
+        (
+            udp(&pointer_after_label),
+            Drop(reason::DNS_MALFORMED),
+            MALFORMED,
+        ),
         (udp(&reserved40), Drop(reason::DNS_MALFORMED), MALFORMED),
         (udp(&reserved80), Drop(reason::DNS_MALFORMED), MALFORMED),
     ]);
@@ -807,7 +1150,9 @@ fn compression_and_reserved_label_types_in_the_question_are_malformed() {
 fn responses_other_opcodes_and_truncated_messages_are_malformed() {
     let mut t = setup(allowlist(), vec![entry("ok.example")]);
     let ok = query("ok.example", A);
-    let response = DnsQuery::name("ok.example", A).with_flags(DNS_FLAG_QR | DNS_FLAG_RD).build();
+    let response = DnsQuery::name("ok.example", A)
+        .with_flags(DNS_FLAG_QR | DNS_FLAG_RD)
+        .build();
     let notify = DnsQuery::name("ok.example", A).with_flags(4 << 11).build();
     let update = DnsQuery::name("ok.example", A).with_flags(5 << 11).build();
     let cases = [
@@ -829,7 +1174,9 @@ fn responses_other_opcodes_and_truncated_messages_are_malformed() {
     t.check(&udp(&ok), Allow, ev("ok.example.", "A"));
     // In blocklist mode, by default, they pass (counted as allowed).
     t.again(blocklist(), vec![entry("ok.example")]);
-    let response = DnsQuery::name("ok.example", A).with_flags(DNS_FLAG_QR).build();
+    let response = DnsQuery::name("ok.example", A)
+        .with_flags(DNS_FLAG_QR)
+        .build();
     t.check(&udp(&response), Allow, MALFORMED);
 }
 
@@ -840,11 +1187,23 @@ fn tcp_queries() {
     let bad = query("bad.example", A);
     let framed = |m: &[u8]| palisade::craft::dns_tcp_payload(m);
     // Whole queries: allowed, or blocked and dropped (no NXDOMAIN over TCP).
-    t.check(&Frame::dns_tcp(CLIENT, RESOLVER, 40000, &ok).build(), Allow, ev("ok.example.", "A"));
-    t.check(&Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(), Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A"));
+    t.check(
+        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &ok).build(),
+        Allow,
+        ev("ok.example.", "A"),
+    );
+    t.check(
+        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(),
+        Drop(reason::DNS_NOT_ALLOWED),
+        ev("bad.example.", "A"),
+    );
     // The first segment carries the length prefix and part of the message: malformed.
     let whole = framed(&ok);
-    t.check(&tcp(&whole[..whole.len() - 3]), Drop(reason::DNS_MALFORMED), MALFORMED);
+    t.check(
+        &tcp(&whole[..whole.len() - 3]),
+        Drop(reason::DNS_MALFORMED),
+        MALFORMED,
+    );
     t.check(&tcp(&whole[..2]), Drop(reason::DNS_MALFORMED), MALFORMED);
     t.check(&tcp(&whole[..1]), Drop(reason::DNS_MALFORMED), MALFORMED);
     // The rest of a message without its prefix, and two messages in one segment.
@@ -857,20 +1216,40 @@ fn tcp_queries() {
     extra.push(0);
     t.check(&tcp(&extra), Drop(reason::DNS_MALFORMED), MALFORMED);
     // Segments without payload (handshake, ACKs) are not queries.
-    t.check(&Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_SYN).build(), Untouched, MALFORMED);
+    t.check(
+        &Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_SYN).build(),
+        Untouched,
+        MALFORMED,
+    );
     // Mixed case over TCP.
-    t.check(&Frame::dns_tcp(CLIENT, RESOLVER, 40000, &query("OK.Example", A)).build(), Allow, ev("ok.example.", "A"));
+    t.check(
+        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &query("OK.Example", A)).build(),
+        Allow,
+        ev("ok.example.", "A"),
+    );
 
     // Blocklist, NXDOMAIN action: still dropped over TCP.
     t.again(blocklist(), vec![entry("bad.example")]);
-    t.check(&Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(), Drop(reason::DNS_BLOCKED), ev("bad.example.", "A"));
+    t.check(
+        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(),
+        Drop(reason::DNS_BLOCKED),
+        ev("bad.example.", "A"),
+    );
 }
 
 #[test]
 fn vlan_tagged_queries() {
     let mut t = setup(blocklist(), vec![entry("bad.example")]);
-    for (vlans, qinq) in [(&[100u16][..], false), (&[100, 200][..], true), (&[100, 200][..], false)] {
-        let f = |name: &str| Frame::dns_udp(CLIENT, RESOLVER, 40000, &query(name, A)).with_vlans(vlans, qinq).build();
+    for (vlans, qinq) in [
+        (&[100u16][..], false),
+        (&[100, 200][..], true),
+        (&[100, 200][..], false),
+    ] {
+        let f = |name: &str| {
+            Frame::dns_udp(CLIENT, RESOLVER, 40000, &query(name, A))
+                .with_vlans(vlans, qinq)
+                .build()
+        };
         let frame = f("bad.example");
         let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev("bad.example.", "A"));
         check_nxdomain(&frame, &out, vlans.len());
@@ -881,12 +1260,24 @@ fn vlan_tagged_queries() {
 #[test]
 fn ipv6_queries() {
     let mut t = setup(allowlist(), vec![entry("ok.example")]);
-    t.check(&udp6(&query("ok.example", AAAA)), Allow, ev("ok.example.", "AAAA"));
+    t.check(
+        &udp6(&query("ok.example", AAAA)),
+        Allow,
+        ev("ok.example.", "AAAA"),
+    );
     let frame = udp6(&query("bad.example", AAAA));
-    let (out, _) = t.check(&frame, Nx(reason::DNS_NOT_ALLOWED), ev("bad.example.", "AAAA"));
+    let (out, _) = t.check(
+        &frame,
+        Nx(reason::DNS_NOT_ALLOWED),
+        ev("bad.example.", "AAAA"),
+    );
     check_nxdomain(&frame, &out, 0);
     let tcp6 = Frame::dns_tcp(CLIENT6, RESOLVER6, 40000, &query("bad.example", A)).build();
-    t.check(&tcp6, Drop(reason::DNS_NOT_ALLOWED), ev("bad.example.", "A"));
+    t.check(
+        &tcp6,
+        Drop(reason::DNS_NOT_ALLOWED),
+        ev("bad.example.", "A"),
+    );
 }
 
 #[test]
@@ -913,15 +1304,41 @@ fn only_plain_packets_are_answered() {
 
 #[test]
 fn non_dns_traffic_is_untouched() {
-    let mut t = setup_policy(policy(Some(blocklist()), vec![entry("bad.example")], &[53, 5353]));
+    let mut t = setup_policy(policy(
+        Some(blocklist()),
+        vec![entry("bad.example")],
+        &[53, 5353],
+    ));
     let msg = query("bad.example", A);
     t.checks(&[
-        (Frame::udp(CLIENT, RESOLVER, 40000, 5300).with_payload(&msg).build(), Untouched, MALFORMED),
+        (
+            Frame::udp(CLIENT, RESOLVER, 40000, 5300)
+                .with_payload(&msg)
+                .build(),
+            Untouched,
+            MALFORMED,
+        ),
         // From port 53 (a resolver's answer to a query it sent): not to a DNS port.
-        (Frame::udp(RESOLVER, CLIENT, 53, 40000).with_payload(&msg).build(), Untouched, MALFORMED),
-        (Frame::icmp(CLIENT, RESOLVER, 8, 0).build(), Untouched, MALFORMED),
+        (
+            Frame::udp(RESOLVER, CLIENT, 53, 40000)
+                .with_payload(&msg)
+                .build(),
+            Untouched,
+            MALFORMED,
+        ),
+        (
+            Frame::icmp(CLIENT, RESOLVER, 8, 0).build(),
+            Untouched,
+            MALFORMED,
+        ),
         // Every configured port is inspected.
-        (Frame::udp(CLIENT, RESOLVER, 40000, 5353).with_payload(&msg).build(), Nx(reason::DNS_BLOCKED), ev("bad.example.", "A")),
+        (
+            Frame::udp(CLIENT, RESOLVER, 40000, 5353)
+                .with_payload(&msg)
+                .build(),
+            Nx(reason::DNS_BLOCKED),
+            ev("bad.example.", "A"),
+        ),
         (udp(&msg), Nx(reason::DNS_BLOCKED), ev("bad.example.", "A")),
     ]);
     // Without an ingress scope nothing is inspected.
@@ -941,7 +1358,10 @@ fn ones_complement_sum(parts: &[&[u8]]) -> u16 {
     if bytes.len() % 2 == 1 {
         bytes.push(0);
     }
-    let mut sum: u64 = bytes.chunks(2).map(|c| u64::from(c[0]) << 8 | u64::from(c[1])).sum();
+    let mut sum: u64 = bytes
+        .chunks(2)
+        .map(|c| u64::from(c[0]) << 8 | u64::from(c[1]))
+        .sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -954,7 +1374,11 @@ fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
     let l3 = 14 + 4 * vlans;
     let v6 = query[l3] >> 4 == 6;
     let ip_len = if v6 { 40 } else { 20 };
-    assert_eq!(query[l3] & 0x0f, if v6 { 0 } else { 5 }, "plain query expected");
+    assert_eq!(
+        query[l3] & 0x0f,
+        if v6 { 0 } else { 5 },
+        "plain query expected"
+    );
     let l4 = l3 + ip_len;
     let dns = l4 + 8;
     let q = &query[dns..];
@@ -966,7 +1390,11 @@ fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
     }
     let question = &q[12..end + 5];
 
-    assert_eq!(answer.len(), dns + 12 + question.len(), "the answer ends after the question");
+    assert_eq!(
+        answer.len(),
+        dns + 12 + question.len(),
+        "the answer ends after the question"
+    );
     assert!(answer.len() <= query.len());
 
     // Ethernet: MACs swapped, tags and ethertype kept.
@@ -978,7 +1406,11 @@ fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
     let (src, dst) = if v6 {
         let (h, qh) = (&answer[l3..l4], &query[l3..l4]);
         assert_eq!(&h[0..4], &qh[0..4], "version, traffic class, flow label");
-        assert_eq!(usize::from(u16::from_be_bytes([h[4], h[5]])), udp_len, "payload length");
+        assert_eq!(
+            usize::from(u16::from_be_bytes([h[4], h[5]])),
+            udp_len,
+            "payload length"
+        );
         assert_eq!(h[6], 17, "next header");
         assert_eq!(h[7], 64, "hop limit");
         assert_eq!(&h[8..24], &qh[24..40], "source address");
@@ -988,12 +1420,21 @@ fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
         let (h, qh) = (&answer[l3..l4], &query[l3..l4]);
         assert_eq!(h[0], 0x45);
         assert_eq!(h[1], qh[1], "TOS");
-        assert_eq!(usize::from(u16::from_be_bytes([h[2], h[3]])), answer.len() - l3, "total length");
+        assert_eq!(
+            usize::from(u16::from_be_bytes([h[2], h[3]])),
+            answer.len() - l3,
+            "total length"
+        );
         assert_eq!(&h[4..6], &qh[4..6], "identification");
         assert_eq!(&h[6..8], &[0x40, 0], "DF, not a fragment");
         assert_eq!(h[8], 64, "TTL");
         assert_eq!(h[9], 17, "protocol");
-        assert_eq!(ones_complement_sum(&[h]), 0xffff, "IPv4 header checksum {:02x?}", &h[10..12]);
+        assert_eq!(
+            ones_complement_sum(&[h]),
+            0xffff,
+            "IPv4 header checksum {:02x?}",
+            &h[10..12]
+        );
         assert_eq!(&h[12..16], &qh[16..20], "source address");
         assert_eq!(&h[16..20], &qh[12..16], "destination address");
         (h[12..16].to_vec(), h[16..20].to_vec())
@@ -1002,7 +1443,11 @@ fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
     let (u, qu) = (&answer[l4..dns], &query[l4..dns]);
     assert_eq!(&u[0..2], &qu[2..4], "source port");
     assert_eq!(&u[2..4], &qu[0..2], "destination port");
-    assert_eq!(usize::from(u16::from_be_bytes([u[4], u[5]])), udp_len, "UDP length");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([u[4], u[5]])),
+        udp_len,
+        "UDP length"
+    );
     assert_ne!(&u[6..8], &[0, 0], "a UDP checksum is present");
     let len_bytes = (udp_len as u32).to_be_bytes();
     let pseudo: Vec<u8> = if v6 {
@@ -1010,15 +1455,30 @@ fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
     } else {
         [&src[..], &dst[..], &[0, 17][..], &len_bytes[2..]].concat()
     };
-    assert_eq!(ones_complement_sum(&[&pseudo, &answer[l4..]]), 0xffff, "UDP checksum {:02x?}", &u[6..8]);
+    assert_eq!(
+        ones_complement_sum(&[&pseudo, &answer[l4..]]),
+        0xffff,
+        "UDP checksum {:02x?}",
+        &u[6..8]
+    );
 
     // DNS header.
     assert_eq!(&a[0..2], &q[0..2], "ID echoed");
     let (q2, q3) = (q[2], q[3]);
     let want2 = 0x80 | (q2 & 0x01); // QR, opcode 0, AA 0, TC 0, RD as asked
     let want3 = 0x80 | (q3 & 0x10) | 3; // RA, Z 0, AD 0, CD as asked, NXDOMAIN
-    assert_eq!((a[2], a[3]), (want2, want3), "flags {:08b} {:08b}", a[2], a[3]);
-    assert_eq!(&a[4..12], &[0, 1, 0, 0, 0, 0, 0, 0], "QDCOUNT 1, nothing else");
+    assert_eq!(
+        (a[2], a[3]),
+        (want2, want3),
+        "flags {:08b} {:08b}",
+        a[2],
+        a[3]
+    );
+    assert_eq!(
+        &a[4..12],
+        &[0, 1, 0, 0, 0, 0, 0, 0],
+        "QDCOUNT 1, nothing else"
+    );
     assert_eq!(&a[12..], question, "question echoed byte for byte");
 
     // The same, as an independent DNS library reads it.
@@ -1034,8 +1494,15 @@ fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
     assert_eq!(m.metadata.checking_disabled, qm.metadata.checking_disabled);
     assert_eq!(m.queries.len(), 1);
     let (got, asked) = (&m.queries[0], &qm.queries[0]);
-    assert_eq!(got.name().cmp_case(asked.name()), std::cmp::Ordering::Equal, "name, case included");
-    assert_eq!((got.query_type(), got.query_class()), (asked.query_type(), asked.query_class()));
+    assert_eq!(
+        got.name().cmp_case(asked.name()),
+        std::cmp::Ordering::Equal,
+        "name, case included"
+    );
+    assert_eq!(
+        (got.query_type(), got.query_class()),
+        (asked.query_type(), asked.query_class())
+    );
     assert!(m.answers.is_empty() && m.authorities.is_empty() && m.additionals.is_empty());
     assert!(m.edns.is_none(), "no OPT record in the answer");
 }
@@ -1050,9 +1517,16 @@ fn nxdomain_answer_ipv4() {
         ("a.bad.example", DNS_FLAG_RD | DNS_FLAG_CD, 0),
         ("bb.bad.example", DNS_FLAG_RD, 0x0102),
         // AD, AA, TC and Z set in a query: cleared in the answer.
-        ("bad.example", DNS_FLAG_AD | 0x0400 | 0x0200 | 0x0040, 0xffff),
+        (
+            "bad.example",
+            DNS_FLAG_AD | 0x0400 | 0x0200 | 0x0040,
+            0xffff,
+        ),
     ] {
-        let msg = DnsQuery::name(name, A).with_flags(flags).with_id(id).build();
+        let msg = DnsQuery::name(name, A)
+            .with_flags(flags)
+            .with_id(id)
+            .build();
         let frame = udp(&msg);
         let lower = format!("{}.", name.to_ascii_lowercase());
         let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev(&lower, "A"));
@@ -1067,8 +1541,17 @@ fn nxdomain_answer_ipv4() {
 #[test]
 fn nxdomain_answer_ipv6() {
     let mut t = setup(allowlist(), vec![]);
-    for (name, flags) in [("x.example", DNS_FLAG_RD), ("Xy.Example", DNS_FLAG_CD), ("xyz.example", 0)] {
-        let frame = udp6(&DnsQuery::name(name, AAAA).with_flags(flags).with_id(0x4242).build());
+    for (name, flags) in [
+        ("x.example", DNS_FLAG_RD),
+        ("Xy.Example", DNS_FLAG_CD),
+        ("xyz.example", 0),
+    ] {
+        let frame = udp6(
+            &DnsQuery::name(name, AAAA)
+                .with_flags(flags)
+                .with_id(0x4242)
+                .build(),
+        );
         let lower = format!("{}.", name.to_ascii_lowercase());
         let (out, _) = t.check(&frame, Nx(reason::DNS_NOT_ALLOWED), ev(&lower, "AAAA"));
         check_nxdomain(&frame, &out, 0);
@@ -1080,7 +1563,11 @@ fn nxdomain_answer_drops_edns_and_trailing_data() {
     let mut t = setup(allowlist(), vec![]);
     let with_opt = DnsQuery::name("Edns.Example", A).with_edns(1232).build();
     for frame in [udp(&with_opt), udp6(&with_opt)] {
-        let (out, _) = t.check(&frame, Nx(reason::DNS_NOT_ALLOWED), ev("edns.example.", "A"));
+        let (out, _) = t.check(
+            &frame,
+            Nx(reason::DNS_NOT_ALLOWED),
+            ev("edns.example.", "A"),
+        );
         check_nxdomain(&frame, &out, 0);
         assert_eq!(out.len(), frame.len() - 11, "the OPT record is cut off");
     }
@@ -1088,7 +1575,11 @@ fn nxdomain_answer_drops_edns_and_trailing_data() {
     let mut junk = query("junk.example", A);
     junk.extend_from_slice(&[0xde, 0xad, 0xbe]);
     let frame = udp(&junk);
-    let (out, _) = t.check(&frame, Nx(reason::DNS_NOT_ALLOWED), ev("junk.example.", "A"));
+    let (out, _) = t.check(
+        &frame,
+        Nx(reason::DNS_NOT_ALLOWED),
+        ev("junk.example.", "A"),
+    );
     check_nxdomain(&frame, &out, 0);
     // A long name: the answer is still exactly header + question.
     let long = labels_of_wire_len(255, 63);
@@ -1101,9 +1592,14 @@ fn nxdomain_answer_drops_edns_and_trailing_data() {
 fn nxdomain_answer_with_a_vlan_tag() {
     let mut t = setup(blocklist(), vec![entry("*.example")]);
     for src in [(CLIENT, RESOLVER), (CLIENT6, RESOLVER6)] {
-        let frame = Frame::dns_udp(src.0, src.1, 5353, &DnsQuery::name("A.Example", A).with_edns(512).build())
-            .with_vlans(&[42], false)
-            .build();
+        let frame = Frame::dns_udp(
+            src.0,
+            src.1,
+            5353,
+            &DnsQuery::name("A.Example", A).with_edns(512).build(),
+        )
+        .with_vlans(&[42], false)
+        .build();
         let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev("a.example.", "A"));
         check_nxdomain(&frame, &out, 1);
     }
@@ -1112,12 +1608,18 @@ fn nxdomain_answer_with_a_vlan_tag() {
 #[test]
 fn crafted_queries_parse_with_hickory() {
     // A sanity check of the crafted messages themselves.
-    let m = Message::from_vec(&DnsQuery::name("www.example.com", AAAA).with_edns(1232).build()).expect("valid");
+    let m = Message::from_vec(
+        &DnsQuery::name("www.example.com", AAAA)
+            .with_edns(1232)
+            .build(),
+    )
+    .expect("valid");
     assert_eq!(m.queries.len(), 1);
     assert_eq!(m.queries[0].query_type(), RecordType::AAAA);
     assert_eq!(m.queries[0].name().to_ascii(), "www.example.com.");
     assert!(m.edns.is_some());
-    let m = Message::from_vec(&DnsQuery::new(raw(&[b"www.example", b"com"]), A).build()).expect("valid");
+    let m = Message::from_vec(&DnsQuery::new(raw(&[b"www.example", b"com"]), A).build())
+        .expect("valid");
     let labels: Vec<&[u8]> = m.queries[0].name().iter().collect();
     assert_eq!(labels, vec![&b"www.example"[..], b"com"]);
 }
@@ -1148,7 +1650,11 @@ fn nxdomain_answer_whose_udp_checksum_computes_to_zero() {
         let id = 0xffff - without_id;
         let frame = frame_for(id);
         let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev("bad.example.", "A"));
-        assert_eq!(&out[l4 + 6..l4 + 8], &[0xff, 0xff], "id {id:#06x}: a zero checksum is sent as 0xffff");
+        assert_eq!(
+            &out[l4 + 6..l4 + 8],
+            &[0xff, 0xff],
+            "id {id:#06x}: a zero checksum is sent as 0xffff"
+        );
         check_nxdomain(&frame, &out, 0);
     }
 }
@@ -1157,16 +1663,28 @@ fn nxdomain_answer_whose_udp_checksum_computes_to_zero() {
 fn a_new_policy_leaves_no_stale_names_behind() {
     // Each install fills the idle generation; the one before last must be gone entirely.
     let mut t = setup(blocklist(), vec![entry("one.example")]);
-    t.check(&q("one.example", A), Nx(reason::DNS_BLOCKED), ev("one.example.", "A"));
+    t.check(
+        &q("one.example", A),
+        Nx(reason::DNS_BLOCKED),
+        ev("one.example.", "A"),
+    );
     t.again(blocklist(), vec![entry("two.example")]);
     t.check(&q("one.example", A), Allow, ev("one.example.", "A"));
-    t.check(&q("two.example", A), Nx(reason::DNS_BLOCKED), ev("two.example.", "A"));
+    t.check(
+        &q("two.example", A),
+        Nx(reason::DNS_BLOCKED),
+        ev("two.example.", "A"),
+    );
     // Back in the generation that held `one.example`.
     t.again(blocklist(), vec![entry("three.example")]);
     t.checks(&[
         (q("one.example", A), Allow, ev("one.example.", "A")),
         (q("two.example", A), Allow, ev("two.example.", "A")),
-        (q("three.example", A), Nx(reason::DNS_BLOCKED), ev("three.example.", "A")),
+        (
+            q("three.example", A),
+            Nx(reason::DNS_BLOCKED),
+            ev("three.example.", "A"),
+        ),
     ]);
 }
 

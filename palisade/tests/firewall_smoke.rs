@@ -22,7 +22,9 @@ fn verifier_cost_stays_far_below_the_limit() {
     let b = Bench::new().expect("load");
     for name in [FIREWALL, DNS_INGRESS, DNS_EGRESS] {
         let info = b.ebpf.program(name).unwrap().info().expect("program info");
-        let n = info.verified_instruction_count().expect("kernel reports verified instructions");
+        let n = info
+            .verified_instruction_count()
+            .expect("kernel reports verified instructions");
         println!("{name}: {n} instructions verified");
         assert!(n > 0 && n < 500_000, "{name}: {n}");
     }

@@ -103,11 +103,17 @@ fn py(pair: &NetnsPair, ns: &str, script: &str, args: &[&str]) -> String {
     let mut a = vec!["-c", script];
     a.extend_from_slice(args);
     let out = pair.exec(ns, "python3", &a);
-    assert!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn in_background(cmd: &mut std::process::Command) -> thread::JoinHandle<std::io::Result<std::process::Output>> {
+fn in_background(
+    cmd: &mut std::process::Command,
+) -> thread::JoinHandle<std::io::Result<std::process::Output>> {
     let child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -143,37 +149,80 @@ fn enforces_policy_on_real_traffic() {
 
     // Allowed UDP: every datagram counted and delivered.
     let v4_b = pair.v4_b.clone();
-    let receiver = in_background(pair.command(&ns_b, "python3").args(["-c", UDP_COUNT, &v4_b, "7777", "2"]));
+    let receiver = in_background(
+        pair.command(&ns_b, "python3")
+            .args(["-c", UDP_COUNT, &v4_b, "7777", "2"]),
+    );
     thread::sleep(Duration::from_millis(300));
     py(&pair, &ns_a, UDP_SEND, &[&pair.v4_b, "7777", "7"]);
     let received = receiver.join().unwrap().expect("receiver ran");
-    assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), "7", "allowed UDP delivered");
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout).trim(),
+        "7",
+        "allowed UDP delivered"
+    );
 
     // Dropped UDP over both families.
     py(&pair, &ns_a, UDP_SEND, &[&pair.v4_b, "9999", "10"]);
     py(&pair, &ns_a, UDP_SEND, &[&pair.v6_b, "9999", "10"]);
 
     // TCP: the allowed port connects, the dropped one times out.
-    let listener = in_background(pair.command(&ns_b, "python3").args(["-c", TCP_LISTEN, "::", "8080", "3"]));
-    let listener2 = in_background(pair.command(&ns_b, "python3").args(["-c", TCP_LISTEN, "::", "2222", "3"]));
+    let listener = in_background(
+        pair.command(&ns_b, "python3")
+            .args(["-c", TCP_LISTEN, "::", "8080", "3"]),
+    );
+    let listener2 = in_background(
+        pair.command(&ns_b, "python3")
+            .args(["-c", TCP_LISTEN, "::", "2222", "3"]),
+    );
     thread::sleep(Duration::from_millis(300));
-    assert_eq!(py(&pair, &ns_a, TCP_CONNECT, &[&pair.v4_b, "8080", "2"]), "connected");
-    assert_eq!(py(&pair, &ns_a, TCP_CONNECT, &[&pair.v6_b, "8080", "2"]), "connected");
+    assert_eq!(
+        py(&pair, &ns_a, TCP_CONNECT, &[&pair.v4_b, "8080", "2"]),
+        "connected"
+    );
+    assert_eq!(
+        py(&pair, &ns_a, TCP_CONNECT, &[&pair.v6_b, "8080", "2"]),
+        "connected"
+    );
     assert!(py(&pair, &ns_a, TCP_CONNECT, &[&pair.v4_b, "2222", "1"]).starts_with("failed"));
     listener.join().unwrap().expect("listener ran");
     listener2.join().unwrap().expect("listener ran");
 
     // Ping over both families: 3 echo requests each.
-    let ping4 = pair.exec(&ns_a, "ping", &["-c", "3", "-i", "0.2", "-W", "1", &pair.v4_b]);
-    assert!(ping4.status.success(), "ping v4: {}", String::from_utf8_lossy(&ping4.stdout));
-    let ping6 = pair.exec(&ns_a, "ping", &["-6", "-c", "3", "-i", "0.2", "-W", "1", &pair.v6_b]);
-    assert!(ping6.status.success(), "ping v6: {}", String::from_utf8_lossy(&ping6.stdout));
+    let ping4 = pair.exec(
+        &ns_a,
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "1", &pair.v4_b],
+    );
+    assert!(
+        ping4.status.success(),
+        "ping v4: {}",
+        String::from_utf8_lossy(&ping4.stdout)
+    );
+    let ping6 = pair.exec(
+        &ns_a,
+        "ping",
+        &["-6", "-c", "3", "-i", "0.2", "-W", "1", &pair.v6_b],
+    );
+    assert!(
+        ping6.status.success(),
+        "ping v6: {}",
+        String::from_utf8_lossy(&ping6.stdout)
+    );
 
     thread::sleep(Duration::from_millis(200));
     let t = daemon.stop();
     assert!(t.success, "palisade exited with an error: {:?}", t.stderr);
-    assert!(t.stderr.iter().any(|l| l.contains("palisade: detached")), "{:?}", t.stderr);
-    assert!(t.stderr.iter().any(|l| l.contains("(native XDP)")), "veth supports native XDP: {:?}", t.stderr);
+    assert!(
+        t.stderr.iter().any(|l| l.contains("palisade: detached")),
+        "{:?}",
+        t.stderr
+    );
+    assert!(
+        t.stderr.iter().any(|l| l.contains("(native XDP)")),
+        "veth supports native XDP: {:?}",
+        t.stderr
+    );
 
     assert_eq!(t.rule_packets("count-udp-7777"), 7, "{:?}", t.stderr);
     assert_eq!(t.rule_packets("drop-udp-9999"), 20, "{:?}", t.stderr);
@@ -184,15 +233,22 @@ fn enforces_policy_on_real_traffic() {
     assert!(t.rule_packets("drop-tcp-2222") >= 1, "{:?}", t.stderr);
 
     // Every logged drop reached userspace as a JSON event naming the rule and reason.
-    let events: Vec<serde_json::Value> =
-        t.stdout.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let events: Vec<serde_json::Value> = t
+        .stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let udp_drops = events
         .iter()
         .filter(|e| e["rule"] == "drop-udp-9999" && e["reason"] == "rule" && e["dport"] == 9999)
         .count();
     assert_eq!(udp_drops, 20, "events: {:?}", t.stdout);
     assert!(events.iter().any(|e| e["src"] == pair.v6_a.as_str()));
-    assert!(t.stderr.iter().any(|l| l.contains("0 events lost")), "{:?}", t.stderr);
+    assert!(
+        t.stderr.iter().any(|l| l.contains("0 events lost")),
+        "{:?}",
+        t.stderr
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -205,7 +261,13 @@ fn namespaces_are_removed_even_when_a_test_panics() {
     })
     .unwrap_err();
     let (a, b) = names.downcast_ref::<(String, String)>().unwrap().clone();
-    let list = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
-    assert!(!list.contains(&a) && !list.contains(&b), "left behind: {list}");
+    assert!(
+        !list.contains(&a) && !list.contains(&b),
+        "left behind: {list}"
+    );
 }

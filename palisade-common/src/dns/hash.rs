@@ -45,7 +45,10 @@ impl LabelHasher {
     #[inline(always)]
     #[must_use]
     pub const fn new(key: &HashKey) -> Self {
-        Self { a: key.k[0], b: key.k[1] }
+        Self {
+            a: key.k[0],
+            b: key.k[1],
+        }
     }
 
     /// Feeds one (already case-folded) byte.
@@ -61,7 +64,10 @@ impl LabelHasher {
     #[inline(always)]
     #[must_use]
     pub const fn finish(&self, len: u8) -> (u64, u64) {
-        (fmix(self.a ^ len as u64), fmix(self.b ^ ((len as u64) << 8)))
+        (
+            fmix(self.a ^ len as u64),
+            fmix(self.b ^ ((len as u64) << 8)),
+        )
     }
 }
 

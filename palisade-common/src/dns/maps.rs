@@ -138,5 +138,13 @@ pub const STAT_AUDITED: u32 = 4;
 pub const STAT_TCP: u32 = 5;
 pub const DNS_STATS_PER_SCOPE: u32 = 8;
 /// Stable names, indexed by counter.
-pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] =
-    ["queries", "allowed", "blocked", "nxdomain_sent", "audited", "tcp", "reserved6", "reserved7"];
+pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
+    "queries",
+    "allowed",
+    "blocked",
+    "nxdomain_sent",
+    "audited",
+    "tcp",
+    "reserved6",
+    "reserved7",
+];

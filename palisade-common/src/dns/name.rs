@@ -26,9 +26,15 @@ pub enum Step {
     /// Keep feeding.
     More,
     /// A label ended: its index, the offset of its length byte, and its hash.
-    Label { index: u8, start: u8, hash: (u64, u64) },
+    Label {
+        index: u8,
+        start: u8,
+        hash: (u64, u64),
+    },
     /// The root byte: the name is complete (`wire_len` bytes, root included).
-    End { wire_len: u16 },
+    End {
+        wire_len: u16,
+    },
     Error(NameError),
 }
 
@@ -52,7 +58,14 @@ impl Walker {
     #[inline(always)]
     #[must_use]
     pub const fn new(key: &HashKey) -> Self {
-        Self { pos: 0, left: 0, len: 0, labels: 0, start: 0, hasher: LabelHasher::new(key) }
+        Self {
+            pos: 0,
+            left: 0,
+            len: 0,
+            labels: 0,
+            start: 0,
+            hasher: LabelHasher::new(key),
+        }
     }
 
     /// Feeds the byte at offset `self.pos` of the name. Returns the byte to store in the
@@ -85,7 +98,14 @@ impl Walker {
         if self.left == 0 {
             let index = self.labels;
             self.labels += 1;
-            return (lower, Step::Label { index, start: self.start, hash: self.hasher.finish(self.len) });
+            return (
+                lower,
+                Step::Label {
+                    index,
+                    start: self.start,
+                    hash: self.hasher.finish(self.len),
+                },
+            );
         }
         (lower, Step::More)
     }
@@ -123,13 +143,21 @@ pub fn walk(bytes: &[u8], key: &HashKey) -> Result<Name, NameError> {
     loop {
         let pos = usize::from(w.pos);
         let Some(&byte) = bytes.get(pos) else {
-            return Err(if pos >= MAX_NAME_WIRE { NameError::TooLong } else { NameError::Truncated });
+            return Err(if pos >= MAX_NAME_WIRE {
+                NameError::TooLong
+            } else {
+                NameError::Truncated
+            });
         };
         let (stored, step) = w.step(byte, key);
         if let Some(slot) = n.wire.get_mut(pos) {
             *slot = stored;
         }
-        n.raw_sum += if pos % 2 == 0 { u32::from(byte) << 8 } else { u32::from(byte) };
+        n.raw_sum += if pos % 2 == 0 {
+            u32::from(byte) << 8
+        } else {
+            u32::from(byte)
+        };
         match step {
             Step::More => {}
             Step::Label { index, start, hash } => {

@@ -63,7 +63,11 @@ pub fn sum16(bytes: &[u8]) -> u32 {
     let mut sum = 0u32;
     let mut i = 0;
     while i < bytes.len() {
-        sum += if i % 2 == 0 { u32::from(bytes[i]) << 8 } else { u32::from(bytes[i]) };
+        sum += if i % 2 == 0 {
+            u32::from(bytes[i]) << 8
+        } else {
+            u32::from(bytes[i])
+        };
         i += 1;
     }
     sum

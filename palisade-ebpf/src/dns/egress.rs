@@ -31,8 +31,8 @@ use super::{
 use crate::{
     bytes::SkbBytes,
     maps::{
-        CONTROL, DNS_EGRESS_DEPTH, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, EGRESS_MAX_DEPTH, SLOT_EGRESS,
-        STATS, bump,
+        CONTROL, DNS_EGRESS_DEPTH, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, EGRESS_MAX_DEPTH,
+        SLOT_EGRESS, STATS, bump,
     },
 };
 
@@ -112,7 +112,9 @@ fn inspect_egress(ctx: &SkBuffContext, slot: u32) -> i32 {
     let l4 = usize::from(p.l4_offset);
     let ip_end = l4 + usize::from(p.l4_len);
     let (msg_off, msg_len, whole) = if tcp {
-        let Some(h) = packet::Bytes::load::<13>(&SkbBytes(ctx), l4) else { return ALLOW };
+        let Some(h) = packet::Bytes::load::<13>(&SkbBytes(ctx), l4) else {
+            return ALLOW;
+        };
         let payload = l4 + usize::from(h[12] >> 4) * 4;
         if payload >= ip_end {
             return ALLOW;
@@ -120,7 +122,11 @@ fn inspect_egress(ctx: &SkBuffContext, slot: u32) -> i32 {
         let avail = ip_end - payload;
         let claimed = packet::Bytes::load::<2>(&SkbBytes(ctx), payload)
             .map_or(usize::MAX, |b| usize::from(u16::from_be_bytes(b)));
-        (payload + 2, avail.saturating_sub(2), avail >= 2 && claimed == avail - 2)
+        (
+            payload + 2,
+            avail.saturating_sub(2),
+            avail >= 2 && claimed == avail - 2,
+        )
     } else {
         (l4 + 8, ip_end.saturating_sub(l4 + 8), true)
     };
@@ -128,7 +134,10 @@ fn inspect_egress(ctx: &SkBuffContext, slot: u32) -> i32 {
     if tcp {
         report::count(SCOPE_EGRESS, STAT_TCP);
     }
-    let avail = (ctx.len() as usize).saturating_sub(msg_off).min(msg_len).min(INSPECT_LEN);
+    let avail = (ctx.len() as usize)
+        .saturating_sub(msg_off)
+        .min(msg_len)
+        .min(INSPECT_LEN);
     let copied = if avail == 0 {
         0
     } else {
@@ -149,10 +158,15 @@ fn inspect_egress(ctx: &SkBuffContext, slot: u32) -> i32 {
     // A TCP query not whole in this segment is never passed by accident: it is judged as
     // malformed.
     if whole {
-        let req = Request { slot, scope: SCOPE_EGRESS, generation, msg_len: copied.min(INSPECT_LEN) };
+        let req = Request {
+            slot,
+            scope: SCOPE_EGRESS,
+            generation,
+            msg_len: copied.min(INSPECT_LEN),
+        };
         if !inspect::inspect(cfg, &req, &mut d) {
-        bump(&STATS, stats::INTERNAL);
-        return ALLOW;
+            bump(&STATS, stats::INTERNAL);
+            return ALLOW;
         }
     }
     let origin = Origin {

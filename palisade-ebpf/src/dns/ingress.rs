@@ -8,8 +8,9 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use palisade_common::{
     dns::{
         maps::{
-            ACTION_NXDOMAIN, MODE_OFF, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPES,
-            STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED, STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_TCP,
+            ACTION_NXDOMAIN, MODE_OFF, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED, SCOPE_INGRESS,
+            SCOPE_LOG_ALLOWED, SCOPES, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED,
+            STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_TCP,
         },
         wire::INSPECT_LEN,
     },
@@ -73,9 +74,14 @@ pub fn run(ctx: &XdpContext) -> u32 {
     // A TCP query not whole in this segment is never passed by accident: it is judged as
     // malformed.
     if whole {
-        let req = Request { slot: SLOT_XDP, scope: SCOPE_INGRESS, generation, msg_len: msg_len.min(INSPECT_LEN) };
+        let req = Request {
+            slot: SLOT_XDP,
+            scope: SCOPE_INGRESS,
+            generation,
+            msg_len: msg_len.min(INSPECT_LEN),
+        };
         if !inspect::inspect(cfg, &req, &mut d) {
-        return verdict::internal_error();
+            return verdict::internal_error();
         }
     }
     let origin = Origin {
@@ -148,7 +154,14 @@ fn locate_message(ctx: &XdpContext, p: &Packet) -> Option<(usize, usize, bool)> 
 fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     // SAFETY: `out` is N writable bytes.
-    let r = unsafe { bpf_xdp_load_bytes(ctx.ctx.cast(), off as u32, out.as_mut_ptr().cast(), N as u32) };
+    let r = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx.cast(),
+            off as u32,
+            out.as_mut_ptr().cast(),
+            N as u32,
+        )
+    };
     (r == 0).then_some(out)
 }
 
@@ -166,7 +179,12 @@ fn copy_message(ctx: &XdpContext, off: usize, len: usize) -> bool {
     // SAFETY: the destination is the per-CPU scratch buffer of INSPECT_LEN bytes and `len`
     // is in 1..=INSPECT_LEN; the helper checks the packet range itself.
     let r = unsafe {
-        bpf_xdp_load_bytes(ctx.ctx.cast(), off as u32, (*s).msg.as_mut_ptr().cast(), len as u32)
+        bpf_xdp_load_bytes(
+            ctx.ctx.cast(),
+            off as u32,
+            (*s).msg.as_mut_ptr().cast(),
+            len as u32,
+        )
     };
     r == 0
 }

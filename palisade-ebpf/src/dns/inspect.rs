@@ -73,7 +73,11 @@ impl Decision {
     /// The decision for a query that cannot be parsed safely.
     pub const fn malformed(block: bool) -> Self {
         Self {
-            reason: if block { reason::DNS_MALFORMED } else { reason::PASS },
+            reason: if block {
+                reason::DNS_MALFORMED
+            } else {
+                reason::PASS
+            },
             qtype: 0,
             wire_len: 0,
             question_sum: 0,
@@ -130,9 +134,23 @@ fn inspect_inner(
         return Some(Decision::malformed(block_malformed));
     }
 
-    s.walk = WalkCtx { walker: Walker::new(&key), key, msg_len, raw_sum: 0, wire_len: 0, failed: false };
+    s.walk = WalkCtx {
+        walker: Walker::new(&key),
+        key,
+        msg_len,
+        raw_sum: 0,
+        wire_len: 0,
+        failed: false,
+    };
     // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
-    unsafe { bpf_loop(MAX_NAME_WIRE as u32, walk_byte as *mut c_void, slot_arg(&slot), 0) };
+    unsafe {
+        bpf_loop(
+            MAX_NAME_WIRE as u32,
+            walk_byte as *mut c_void,
+            slot_arg(&slot),
+            0,
+        )
+    };
     let walk = &s.walk;
     if walk.failed || walk.wire_len == 0 {
         return Some(Decision::malformed(block_malformed));
@@ -152,7 +170,11 @@ fn inspect_inner(
     let mut i = 0;
     while i < 4 {
         let pos = usize::from(walk.wire_len) + i;
-        question_sum += if pos % 2 == 0 { u32::from(tail[i]) << 8 } else { u32::from(tail[i]) };
+        question_sum += if pos % 2 == 0 {
+            u32::from(tail[i]) << 8
+        } else {
+            u32::from(tail[i])
+        };
         i += 1;
     }
     let mut d = Decision {
@@ -186,7 +208,14 @@ fn inspect_inner(
     };
     if labels > 0 {
         // SAFETY: as above.
-        unsafe { bpf_loop(u32::from(labels), match_suffix as *mut c_void, slot_arg(&slot), 0) };
+        unsafe {
+            bpf_loop(
+                u32::from(labels),
+                match_suffix as *mut c_void,
+                slot_arg(&slot),
+                0,
+            )
+        };
     }
     let m = &s.matcher;
     if m.found {
@@ -254,7 +283,11 @@ extern "C" fn walk_byte(_index: u64, ctx: *mut c_void) -> i64 {
     if let Some(slot) = s.name.get_mut(pos) {
         *slot = stored;
     }
-    w.raw_sum += if pos % 2 == 0 { u32::from(byte) << 8 } else { u32::from(byte) };
+    w.raw_sum += if pos % 2 == 0 {
+        u32::from(byte) << 8
+    } else {
+        u32::from(byte)
+    };
     match step {
         Step::More => 0,
         Step::Label { index, start, hash } => {
@@ -350,9 +383,20 @@ fn entropy_exceeds(slot: u32, end: u8, bound_fp: u32) -> bool {
         unsafe { words.add(i).write_unaligned(0) };
         i += 1;
     }
-    s.entropy = EntropyCtx { next_len: 0, n: 0, sum: 0 };
+    s.entropy = EntropyCtx {
+        next_len: 0,
+        n: 0,
+        sum: 0,
+    };
     // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
-    unsafe { bpf_loop(u32::from(end), count_byte as *mut c_void, slot_arg(&slot), 0) };
+    unsafe {
+        bpf_loop(
+            u32::from(end),
+            count_byte as *mut c_void,
+            slot_arg(&slot),
+            0,
+        )
+    };
     let e = &s.entropy;
     let n = (e.n as usize).min(TABLE_LEN - 1);
     exceeds(NLOGN[n], e.sum, n as u64, bound_fp)
@@ -382,12 +426,20 @@ extern "C" fn count_byte(index: u64, ctx: *mut c_void) -> i64 {
 
 #[inline(always)]
 fn rate_ok(cfg: &ScopeConfig, scope: u8, client: &[u8; 16]) -> bool {
-    let key = ClientKey { addr: *client, scope: u32::from(scope) };
+    let key = ClientKey {
+        addr: *client,
+        scope: u32::from(scope),
+    };
     // SAFETY: a helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(tat) = DNS_RATE.get_ptr_mut(&key) {
         // SAFETY: pointer from a successful lookup.
-        match rate_conforms(unsafe { *tat }, now, cfg.rate_interval_ns, cfg.rate_tolerance_ns) {
+        match rate_conforms(
+            unsafe { *tat },
+            now,
+            cfg.rate_interval_ns,
+            cfg.rate_tolerance_ns,
+        ) {
             Some(next) => {
                 unsafe { *tat = next };
                 true

@@ -43,7 +43,9 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
     }
     let udp_len = (end - l4) as u16;
 
-    let Some(eth) = load::<12>(ctx, 0) else { return false };
+    let Some(eth) = load::<12>(ctx, 0) else {
+        return false;
+    };
     let mut swapped = [0u8; 12];
     swapped[..6].copy_from_slice(&eth[6..12]);
     swapped[6..].copy_from_slice(&eth[..6]);
@@ -53,7 +55,9 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
 
     let mut sum: u64;
     if v4 {
-        let Some(mut h) = load::<20>(ctx, l3) else { return false };
+        let Some(mut h) = load::<20>(ctx, l3) else {
+            return false;
+        };
         let mut src = [0u8; 4];
         src.copy_from_slice(&h[12..16]);
         let mut dst = [0u8; 4];
@@ -73,7 +77,9 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
         }
         sum = u64::from(sum16(&src)) + u64::from(sum16(&dst)) + 17 + u64::from(udp_len);
     } else {
-        let Some(mut h) = load::<40>(ctx, l3) else { return false };
+        let Some(mut h) = load::<40>(ctx, l3) else {
+            return false;
+        };
         let mut src = [0u8; 16];
         src.copy_from_slice(&h[8..24]);
         let mut dst = [0u8; 16];
@@ -88,7 +94,9 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
         sum = u64::from(sum16(&src)) + u64::from(sum16(&dst)) + 17 + u64::from(udp_len);
     }
 
-    let Some(mut u) = load::<8>(ctx, l4) else { return false };
+    let Some(mut u) = load::<8>(ctx, l4) else {
+        return false;
+    };
     let sport = [u[0], u[1]];
     u[0] = u[2];
     u[1] = u[3];
@@ -98,7 +106,9 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
     u[6] = 0;
     u[7] = 0;
 
-    let Some(mut h) = load::<HEADER_LEN>(ctx, dns) else { return false };
+    let Some(mut h) = load::<HEADER_LEN>(ctx, dns) else {
+        return false;
+    };
     make_nxdomain_header(&mut h);
     if !store(ctx, dns, &h) {
         return false;
@@ -120,12 +130,26 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
 fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     // SAFETY: `out` is N writable bytes; the helper checks the packet range.
-    let r = unsafe { bpf_xdp_load_bytes(ctx.ctx.cast(), off as u32, out.as_mut_ptr().cast(), N as u32) };
+    let r = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx.cast(),
+            off as u32,
+            out.as_mut_ptr().cast(),
+            N as u32,
+        )
+    };
     (r == 0).then_some(out)
 }
 
 #[inline(always)]
 fn store<const N: usize>(ctx: &XdpContext, off: usize, v: &[u8; N]) -> bool {
     // SAFETY: `v` is N readable bytes; the helper checks the packet range.
-    unsafe { bpf_xdp_store_bytes(ctx.ctx.cast(), off as u32, v.as_ptr().cast_mut().cast(), N as u32) == 0 }
+    unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx.cast(),
+            off as u32,
+            v.as_ptr().cast_mut().cast(),
+            N as u32,
+        ) == 0
+    }
 }

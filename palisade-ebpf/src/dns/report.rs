@@ -1,10 +1,8 @@
 //! DNS counters and events.
 
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        generated::bpf_get_current_cgroup_id,
-    },
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    generated::bpf_get_current_cgroup_id,
 };
 use palisade_common::{
     dns::maps::DNS_STATS_PER_SCOPE,
@@ -75,7 +73,11 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     // then differs from the socket's, and pid/comm are left at 0 (unknown).
     ev.uid = o.socket_uid;
     // SAFETY: a helper with no preconditions.
-    let current_cgroup = if o.task { unsafe { bpf_get_current_cgroup_id() } } else { 0 };
+    let current_cgroup = if o.task {
+        unsafe { bpf_get_current_cgroup_id() }
+    } else {
+        0
+    };
     if o.task && current_cgroup == o.cgroup_id {
         let pid_tgid = bpf_get_current_pid_tgid();
         ev.pid = (pid_tgid >> 32) as u32;

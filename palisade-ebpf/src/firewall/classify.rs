@@ -8,8 +8,8 @@ use core::ffi::c_void;
 use aya_ebpf::{helpers::generated::bpf_loop, maps::lpm_trie::Key};
 use palisade_common::{
     firewall::{
-        MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_KEY_PREFIX_BITS, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, flow_key,
-        tuple_applies,
+        MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_KEY_PREFIX_BITS, SetKey, TUPLE_DST_SET,
+        TUPLE_SRC_SET, flow_key, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
 };

@@ -5,11 +5,11 @@ mod ratelimit;
 
 use aya_ebpf::programs::XdpContext;
 use palisade_common::{
+    dns::maps::{MODE_OFF, SCOPE_INGRESS, SCOPES},
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, DEFAULT_SLOT, FRAGMENTS_DROP,
         POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED, RULE_LOG, rule_slot,
     },
-    dns::maps::{MODE_OFF, SCOPE_INGRESS, SCOPES},
     packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP},
     reason, stats,
 };
@@ -17,8 +17,8 @@ use palisade_common::{
 use crate::{
     bytes::XdpBytes,
     maps::{
-        CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS, SLOT_XDP, STATS, TAIL_DNS,
-        XDP_TAILS, bump,
+        CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS,
+        SLOT_XDP, STATS, TAIL_DNS, XDP_TAILS, bump,
     },
     verdict::{self, Decision, NO_RULE},
 };
@@ -119,7 +119,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
 fn allowed(ctx: &XdpContext, generation: u32, p: &packet::Packet) -> u32 {
     if p.frag != FRAG_LATER
         && (p.proto == IPPROTO_UDP || p.proto == IPPROTO_TCP)
-        && DNS_GLOBAL.get(generation).is_some_and(|g| g.is_dns_port(p.dport))
+        && DNS_GLOBAL
+            .get(generation)
+            .is_some_and(|g| g.is_dns_port(p.dport))
         && DNS_SCOPES
             .get(generation * SCOPES + u32::from(SCOPE_INGRESS))
             .is_some_and(|c| c.mode != MODE_OFF)

@@ -2,17 +2,15 @@
 
 use std::collections::HashMap;
 
-use palisade_common::{
-    dns::{
-        entropy,
-        hash::{HashKey, suffix_hashes},
-        maps::{
-            ACTION_DROP, ACTION_NXDOMAIN, DnsGlobal, KIND_APEX, KIND_BELOW, MAX_PORTS, MAX_QTYPES,
-            MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED,
-            SCOPE_EGRESS, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPE_RATE, SCOPES, ScopeConfig,
-        },
-        wire::MAX_LABELS,
+use palisade_common::dns::{
+    entropy,
+    hash::{HashKey, suffix_hashes},
+    maps::{
+        ACTION_DROP, ACTION_NXDOMAIN, DnsGlobal, KIND_APEX, KIND_BELOW, MAX_PORTS, MAX_QTYPES,
+        MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED,
+        SCOPE_EGRESS, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPE_RATE, SCOPES, ScopeConfig,
     },
+    wire::MAX_LABELS,
 };
 
 use crate::policy::model::{DnsAction, DnsMode, DnsScope, NameEntry, NameMatch, Policy};
@@ -48,11 +46,17 @@ impl Clock {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: a valid timespec pointer.
         unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
         let boot = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-        Self { unix_now_ns: unix, boot_now_ns: boot }
+        Self {
+            unix_now_ns: unix,
+            boot_now_ns: boot,
+        }
     }
 
     /// The boot-clock time of unix second `expires`; at least 1 so 0 keeps meaning "never".
@@ -61,7 +65,10 @@ impl Clock {
         let at = u128::from(expires) * 1_000_000_000;
         if at <= self.unix_now_ns {
             // Already expired: any time before now.
-            return self.boot_now_ns.saturating_sub((self.unix_now_ns - at).min(u128::from(u64::MAX)) as u64).max(1);
+            return self
+                .boot_now_ns
+                .saturating_sub((self.unix_now_ns - at).min(u128::from(u64::MAX)) as u64)
+                .max(1);
         }
         let ahead = (at - self.unix_now_ns).min(u128::from(u64::MAX)) as u64;
         self.boot_now_ns.saturating_add(ahead)
@@ -107,7 +114,13 @@ fn merge(a: &mut NameValue, b: &NameValue) {
     if unrestricted(a) || unrestricted(b) {
         a.qtypes = [0; MAX_QTYPES];
     } else {
-        let mut all: Vec<u16> = a.qtypes.iter().chain(&b.qtypes).copied().filter(|&q| q != 0).collect();
+        let mut all: Vec<u16> = a
+            .qtypes
+            .iter()
+            .chain(&b.qtypes)
+            .copied()
+            .filter(|&q| q != 0)
+            .collect();
         all.sort_unstable();
         all.dedup();
         if all.len() > MAX_QTYPES {
@@ -125,9 +138,17 @@ fn merge(a: &mut NameValue, b: &NameValue) {
     a.max_entropy_fp = a.max_entropy_fp.max(b.max_entropy_fp);
 }
 
-fn entry_value(e: &NameEntry, list: usize, clock: &Clock, list_name: &str) -> Result<NameValue, DnsCompileError> {
+fn entry_value(
+    e: &NameEntry,
+    list: usize,
+    clock: &Clock,
+    list_name: &str,
+) -> Result<NameValue, DnsCompileError> {
     if e.qtypes.len() > MAX_QTYPES {
-        return Err(DnsCompileError::TooManyQtypes { list: list_name.to_string(), line: e.line });
+        return Err(DnsCompileError::TooManyQtypes {
+            list: list_name.to_string(),
+            line: e.line,
+        });
     }
     let mut v = NameValue {
         expires_boot_ns: e.expires.map_or(0, |t| clock.boot_ns(t)),
@@ -160,10 +181,16 @@ pub fn name_key(key: &HashKey, labels: &[Vec<u8>], scope: u8, kind: u8) -> NameK
 ///
 /// # Errors
 /// When the policy exceeds what the maps can express.
-pub fn compile(policy: &Policy, key: &HashKey, clock: &Clock) -> Result<CompiledDns, DnsCompileError> {
+pub fn compile(
+    policy: &Policy,
+    key: &HashKey,
+    clock: &Clock,
+) -> Result<CompiledDns, DnsCompileError> {
     let dns = &policy.dns;
     if dns.ports.len() > MAX_PORTS {
-        return Err(DnsCompileError::TooManyPorts { count: dns.ports.len() });
+        return Err(DnsCompileError::TooManyPorts {
+            count: dns.ports.len(),
+        });
     }
     let mut out = CompiledDns::default();
     out.global.ports[..dns.ports.len()].copy_from_slice(&dns.ports);
@@ -185,7 +212,10 @@ pub fn compile(policy: &Policy, key: &HashKey, clock: &Clock) -> Result<Compiled
                 };
                 for &kind in kinds {
                     let k = name_key(key, &e.labels, scope, kind);
-                    out.names.entry(k).and_modify(|old| merge(old, &v)).or_insert(v);
+                    out.names
+                        .entry(k)
+                        .and_modify(|old| merge(old, &v))
+                        .or_insert(v);
                 }
             }
         }

@@ -23,18 +23,25 @@ pub struct Verdict {
     pub qtype: u16,
 }
 
+/// Entries for one name merged: query types (`None` = all), expiry, entropy bound.
+type Merged = (Option<Vec<u16>>, Option<u64>, Option<f64>);
+
 /// Parses the question of a DNS message: case-folded labels and qtype.
 ///
 /// # Errors
 /// When the message is not a single-question query with an uncompressed, whole name.
 pub fn question(msg: &[u8]) -> Result<(Vec<Vec<u8>>, u16), NameError> {
-    let header: [u8; HEADER_LEN] =
-        msg.get(..HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or(NameError::Truncated)?;
+    let header: [u8; HEADER_LEN] = msg
+        .get(..HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(NameError::Truncated)?;
     check_query_header(&header).map_err(|_| NameError::Truncated)?;
     let name = walk(&msg[HEADER_LEN..], &HashKey::default())?;
     let q = HEADER_LEN + usize::from(name.wire_len);
     let t = msg.get(q..q + 4).ok_or(NameError::Truncated)?;
-    let labels = (0..usize::from(name.labels)).map(|i| name.label(i).to_vec()).collect();
+    let labels = (0..usize::from(name.labels))
+        .map(|i| name.label(i).to_vec())
+        .collect();
     Ok((labels, u16::from_be_bytes([t[0], t[1]])))
 }
 
@@ -43,7 +50,11 @@ pub fn question(msg: &[u8]) -> Result<(Vec<Vec<u8>>, u16), NameError> {
 pub fn decide(policy: &Policy, scope: &DnsScope, msg: &[u8], now: u64) -> Verdict {
     let Ok((labels, qtype)) = question(msg) else {
         return Verdict {
-            reason: if scope.block_malformed { reason::DNS_MALFORMED } else { reason::PASS },
+            reason: if scope.block_malformed {
+                reason::DNS_MALFORMED
+            } else {
+                reason::PASS
+            },
             labels: None,
             qtype: 0,
         };
@@ -55,7 +66,7 @@ pub fn decide(policy: &Policy, scope: &DnsScope, msg: &[u8], now: u64) -> Verdic
     for n in 1..=labels.len() {
         let suffix = &labels[labels.len() - n..];
         let apex = n == labels.len();
-        let mut merged: Option<(Option<Vec<u16>>, Option<u64>, Option<f64>)> = None;
+        let mut merged: Option<Merged> = None;
         for &list in &scope.lists {
             for e in &policy.dns.lists[list].entries {
                 let covers = match e.kind {
@@ -85,7 +96,9 @@ pub fn decide(policy: &Policy, scope: &DnsScope, msg: &[u8], now: u64) -> Verdic
                 });
             }
         }
-        let Some((qtypes, expires, bound)) = merged else { continue };
+        let Some((qtypes, expires, bound)) = merged else {
+            continue;
+        };
         if qtypes.is_some_and(|q| !q.contains(&qtype)) {
             continue;
         }
@@ -110,5 +123,9 @@ pub fn decide(policy: &Policy, scope: &DnsScope, msg: &[u8], now: u64) -> Verdic
         }
         (DnsMode::Allowlist, Some(_)) => reason::PASS,
     };
-    Verdict { reason, labels: Some(labels), qtype }
+    Verdict {
+        reason,
+        labels: Some(labels),
+        qtype,
+    }
 }

@@ -11,7 +11,8 @@ use aya::{
 };
 use palisade_common::firewall::{
     Control, DEFAULT_SLOT, FlowKey, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS, RateKey,
-    RuleMeta, RuleRef, RuleStats, SET_KEY_PREFIX_BITS, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id,
+    RuleMeta, RuleRef, RuleStats, SET_KEY_PREFIX_BITS, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple,
+    rule_slot, set_id,
 };
 
 use palisade_common::dns::{
@@ -180,7 +181,11 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
         for m in members {
             let key = Key::new(
                 SET_KEY_PREFIX_BITS + u32::from(m.stored_prefix_len()),
-                SetKey { set, family: family_code(m.family), addr: m.addr },
+                SetKey {
+                    set,
+                    family: family_code(m.family),
+                    addr: m.addr,
+                },
             );
             sets.insert(&key, 1, 0)?;
         }

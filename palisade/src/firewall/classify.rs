@@ -53,6 +53,10 @@ pub fn first_match(c: &CompiledFirewall, p: &Packet) -> Option<u32> {
 pub fn set_contains(members: &[Cidr], family: u8, addr: &[u8; 16]) -> bool {
     members.iter().any(|m| {
         super::compile::family_code(m.family) == family
-            && addr.iter().zip(m.mask()).zip(m.addr).all(|((a, k), c)| a & k == c)
+            && addr
+                .iter()
+                .zip(m.mask())
+                .zip(m.addr)
+                .all(|((a, k), c)| a & k == c)
     })
 }

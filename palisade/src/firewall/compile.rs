@@ -135,8 +135,8 @@ impl PortClasses {
         }
         let mut class = Vec::with_capacity(PORT_SPACE as usize);
         let mut id: u16 = 0;
-        for port in 0..PORT_SPACE as usize {
-            if port > 0 && starts[port] {
+        for (port, &start) in starts.iter().enumerate().take(PORT_SPACE as usize) {
+            if port > 0 && start {
                 // At most 65536 intervals, so ids fit in u16.
                 id += 1;
             }

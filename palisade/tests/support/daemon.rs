@@ -24,7 +24,10 @@ pub struct Transcript {
     pub success: bool,
 }
 
-fn collect(r: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) -> thread::JoinHandle<()> {
+fn collect(
+    r: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         for line in BufReader::new(r).lines().map_while(Result::ok) {
             into.lock().unwrap().push(line);
@@ -36,7 +39,10 @@ impl Daemon {
     /// Starts `palisade ARGS` inside namespace `ns` and waits until it enforces.
     pub fn start(pair: &NetnsPair, ns: &str, args: &[&str]) -> Self {
         let mut cmd = pair.command(ns, env!("CARGO_BIN_EXE_palisade"));
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn palisade");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -44,15 +50,27 @@ impl Daemon {
             collect(child.stdout.take().unwrap(), stdout.clone()),
             collect(child.stderr.take().unwrap(), stderr.clone()),
         ];
-        let d = Self { child: Some(child), stdout, stderr, readers };
+        let d = Self {
+            child: Some(child),
+            stdout,
+            stderr,
+            readers,
+        };
         let start = Instant::now();
         loop {
-            if d.stderr.lock().unwrap().iter().any(|l| l.contains("palisade: enforcing")) {
+            if d.stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("palisade: enforcing"))
+            {
                 return d;
             }
-            let exited = d.child.as_ref().map(|c| c.id()).is_some_and(|pid| {
-                !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            });
+            let exited = d
+                .child
+                .as_ref()
+                .map(|c| c.id())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
             assert!(
                 !exited && start.elapsed() < Duration::from_secs(30),
                 "palisade did not start: {:?}",
@@ -66,7 +84,9 @@ impl Daemon {
     /// palisade's) and waits until it enforces; fails at once, with what it printed, if it
     /// exits first.
     pub fn start_command(mut cmd: std::process::Command) -> Self {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn palisade");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -74,10 +94,20 @@ impl Daemon {
             collect(child.stdout.take().unwrap(), stdout.clone()),
             collect(child.stderr.take().unwrap(), stderr.clone()),
         ];
-        let mut d = Self { child: Some(child), stdout, stderr, readers };
+        let mut d = Self {
+            child: Some(child),
+            stdout,
+            stderr,
+            readers,
+        };
         let start = Instant::now();
         loop {
-            if d.stderr.lock().unwrap().iter().any(|l| l.contains("palisade: enforcing")) {
+            if d.stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("palisade: enforcing"))
+            {
                 return d;
             }
             let exited = d.child.as_mut().unwrap().try_wait().expect("wait palisade");
@@ -86,7 +116,10 @@ impl Daemon {
                 for r in d.readers.drain(..) {
                     let _ = r.join();
                 }
-                panic!("palisade exited ({status}) before enforcing: {:?}", d.stderr.lock().unwrap());
+                panic!(
+                    "palisade exited ({status}) before enforcing: {:?}",
+                    d.stderr.lock().unwrap()
+                );
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),

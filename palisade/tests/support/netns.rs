@@ -55,7 +55,9 @@ impl NetnsPair {
         ip(&["netns", "add", &pair.ns_b]);
         let tmp_a = format!("pa{tag}");
         let tmp_b = format!("pb{tag}");
-        ip(&["link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b]);
+        ip(&[
+            "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
+        ]);
         ip(&["link", "set", &tmp_a, "netns", &pair.ns_a]);
         ip(&["link", "set", &tmp_b, "netns", &pair.ns_b]);
         for (ns, tmp, name, v4, v6) in [
@@ -64,7 +66,17 @@ impl NetnsPair {
         ] {
             ip(&["-n", ns, "link", "set", tmp, "name", name]);
             ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", name]);
-            ip(&["-n", ns, "-6", "addr", "add", &format!("{v6}/64"), "dev", name, "nodad"]);
+            ip(&[
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                name,
+                "nodad",
+            ]);
             ip(&["-n", ns, "link", "set", name, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
