@@ -267,7 +267,13 @@ fn v6_default(table: &str) -> Option<String> {
 /// Whether an interface exists (for early, clear errors).
 #[must_use]
 pub fn interface_exists(iface: &str) -> bool {
-    fs::metadata(format!("/sys/class/net/{iface}")).is_ok()
+    // Asks the kernel, in this process's network namespace: /sys/class/net reflects the
+    // namespace sysfs was mounted in, which differs under `nsenter --net`.
+    let Ok(name) = std::ffi::CString::new(iface) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 /// Maps an I/O error to a short hint, for messages.
