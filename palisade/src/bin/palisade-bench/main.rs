@@ -8,6 +8,7 @@
 //! `bench/README.md` for the method and how to read the results.
 
 mod dns;
+mod dnsperf;
 mod harness;
 mod inspect;
 mod live;
@@ -48,7 +49,8 @@ use clap::Parser;
         palisade-bench                      full run, results in bench/results/\n  \
         palisade-bench --quick              CI run (< 1 min), results in a temporary directory\n  \
         palisade-bench --rules 0,1000 --sets 1000000 --rounds 11 --out /tmp/b\n  \
-        palisade-bench --live               live traffic against nftables, iptables, ipset, xdp-filter"
+        palisade-bench --live               live traffic against nftables, iptables, ipset, xdp-filter\n  \
+        palisade-bench --dnsperf            dnsperf: NXDOMAIN for blocked names against unbound, dnsmasq"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -121,6 +123,16 @@ struct Args {
     /// Skip the DNS suite.
     #[arg(long)]
     no_dns: bool,
+    /// Run the dnsperf suite instead: Palisade's NXDOMAIN answers against unbound and dnsmasq
+    /// holding the same blocklist, queried with dnsperf over a veth pair.
+    #[arg(long, conflicts_with = "live")]
+    dnsperf: bool,
+    /// dnsperf suite: list sizes [default: 100000,1000000; 1000 with --quick].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    dnsperf_sizes: Option<Vec<usize>>,
+    /// dnsperf suite: seconds per run [default: 10, 3 with --quick].
+    #[arg(long, value_name = "S")]
+    dnsperf_seconds: Option<u64>,
 }
 
 /// Settings once the mode's defaults are applied.
@@ -203,6 +215,10 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<ExitCode> {
     let s = args.settings();
+    if args.dnsperf {
+        // Before pinning: dnsperf and the servers get CPUs of their own.
+        return run_dnsperf(args, &s);
+    }
     let started = Instant::now();
     let load_start = inspect::loadavg();
     if let Some(cpu) = s.cpu {
@@ -270,6 +286,42 @@ fn run_live(args: &Args, s: &Settings, command: String) -> Result<ExitCode> {
     println!("{}", report.terminal());
     println!(
         "wrote {}/{stem}.{{md,json,svg}} in {:.1} s",
+        settings.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_dnsperf(args: &Args, s: &Settings) -> Result<ExitCode> {
+    let started = Instant::now();
+    let command = std::iter::once("palisade-bench".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let settings = dnsperf::DnsperfSettings {
+        mode: s.mode,
+        sizes: args.dnsperf_sizes.clone().unwrap_or_else(|| {
+            if args.quick {
+                vec![1000]
+            } else {
+                vec![100_000, 1_000_000]
+            }
+        }),
+        seconds: args
+            .dnsperf_seconds
+            .unwrap_or(if args.quick { 3 } else { 10 })
+            .max(1),
+        load_timeout: std::time::Duration::from_secs(60),
+        clients: 4,
+        seed: args.seed,
+        out: s.out.clone(),
+    };
+    eprintln!("palisade-bench ({} mode): dnsperf", s.mode);
+    let report = dnsperf::run(&settings, command)?;
+    let stem = report.write(&settings.out)?;
+    println!("{}", report.terminal());
+    println!(
+        "wrote {}/{stem}.{{md,json}} in {:.1} s",
         settings.out.display(),
         started.elapsed().as_secs_f64()
     );
