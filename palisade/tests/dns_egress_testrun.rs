@@ -30,9 +30,9 @@ use palisade::{
     policy::{
         model::{
             Action, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, FragmentPolicy,
-            NameEntry, NameList, NameMatch, Policy, QueryRate,
+            NameEntry, NameList, Policy, QueryRate,
         },
-        namelist::parse_name,
+        namelist,
     },
     testrun::{Bench, DNS_EGRESS, sum_counter},
 };
@@ -59,20 +59,7 @@ const HOST6: &str = "fd00::3";
 const RESOLVER6: &str = "fd00::53";
 
 fn entry(text: &str) -> NameEntry {
-    let (labels, wildcard) =
-        parse_name(text).unwrap_or_else(|e| panic!("bad test name {text}: {e}"));
-    NameEntry {
-        labels,
-        kind: if wildcard {
-            NameMatch::Subdomains
-        } else {
-            NameMatch::Exact
-        },
-        qtypes: vec![],
-        expires: None,
-        max_entropy: None,
-        line: 0,
-    }
+    namelist::entry(text, false, 0).unwrap_or_else(|e| panic!("bad test name {text}: {e}"))
 }
 
 fn scope(mode: DnsMode) -> DnsScope {

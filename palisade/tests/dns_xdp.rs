@@ -29,7 +29,7 @@ use palisade::{
             Action, Dns, DnsAction, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry,
             NameList, NameMatch, Policy, QueryRate,
         },
-        namelist::parse_name,
+        namelist::{self, parse_name},
     },
     testrun::{Bench, DNS_EGRESS, DNS_INGRESS, FIREWALL, sum_counter},
 };
@@ -64,20 +64,7 @@ const RESOLVER6: &str = "2001:db8:53::1";
 
 /// One list entry from its text as a policy file writes it (`*.name` for subdomains).
 fn entry(text: &str) -> NameEntry {
-    let (labels, wildcard) =
-        parse_name(text).unwrap_or_else(|e| panic!("bad test name {text}: {e}"));
-    NameEntry {
-        labels,
-        kind: if wildcard {
-            NameMatch::Subdomains
-        } else {
-            NameMatch::Exact
-        },
-        qtypes: vec![],
-        expires: None,
-        max_entropy: None,
-        line: 0,
-    }
+    namelist::entry(text, false, 0).unwrap_or_else(|e| panic!("bad test name {text}: {e}"))
 }
 
 /// `text` and every name below it.

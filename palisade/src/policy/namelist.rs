@@ -256,6 +256,31 @@ fn unescape(rest: &str, at: usize, label: &mut LabelBuf, text: &str) -> Result<u
     Ok(ch.len_utf8())
 }
 
+/// A list entry from a name as a policy or list file writes it: `*.name` matches the names
+/// below `name`; a plain name matches itself, or itself and everything below it when
+/// `subdomains` is set. No query-type limit, expiry or entropy bound.
+///
+/// # Errors
+/// When the name is not valid (see [`parse_name`]).
+pub fn entry(text: &str, subdomains: bool, line: usize) -> Result<NameEntry, NameError> {
+    let (labels, wildcard) = parse_name(text)?;
+    let kind = if wildcard {
+        NameMatch::Subdomains
+    } else if subdomains {
+        NameMatch::ApexAndSubdomains
+    } else {
+        NameMatch::Exact
+    };
+    Ok(NameEntry {
+        labels,
+        kind,
+        qtypes: Vec::new(),
+        expires: None,
+        max_entropy: None,
+        line,
+    })
+}
+
 /// Writes labels so that [`parse_name`] reads them back unchanged: `.` and `\` are escaped
 /// with a backslash; bytes outside printable ASCII, `*` and `#` as `\DDD`. Upper-case letters
 /// are written as they are (and so read back lower-cased).
@@ -486,24 +511,8 @@ impl<'a> ListParser<'a> {
             self.error(raw, line, at, msg);
             return;
         }
-        match parse_name(text) {
-            Ok((labels, wildcard)) => {
-                let kind = if wildcard {
-                    NameMatch::Subdomains
-                } else if apex_and_below || self.subdomains {
-                    NameMatch::ApexAndSubdomains
-                } else {
-                    NameMatch::Exact
-                };
-                self.entries.push(NameEntry {
-                    labels,
-                    kind,
-                    qtypes: Vec::new(),
-                    expires: None,
-                    max_entropy: None,
-                    line,
-                });
-            }
+        match entry(text, apex_and_below || self.subdomains, line) {
+            Ok(e) => self.entries.push(e),
             Err(e) => self.error(raw, line, at, e.to_string()),
         }
     }
