@@ -144,27 +144,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
 }
 
 fn print_rules(r: &Rules) {
-    let name_w = r
-        .rules
-        .iter()
-        .map(|x| x.name.len())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 32);
-    let match_w = r
-        .rules
-        .iter()
-        .map(|x| x.matches.len())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, 48);
-    let action_w = r
-        .rules
-        .iter()
-        .map(|x| x.action.len())
-        .max()
-        .unwrap_or(6)
-        .clamp(6, 40);
+    let name_w = col_width(r.rules.iter().map(|x| x.name.len()), 4, 32);
+    let match_w = col_width(r.rules.iter().map(|x| x.matches.len()), 5, 48);
+    let action_w = col_width(r.rules.iter().map(|x| x.action.len()), 6, 40);
     println!(
         "{:>5}  {:<name_w$}  {:>10}  {:<action_w$}  {:<match_w$}  {:>12}  {:>14}",
         "#", "NAME", "PRIORITY", "ACTION", "MATCH", "PACKETS", "BYTES"
@@ -515,13 +497,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
         }
     );
     println!("rules:");
-    let w = c
-        .rules
-        .iter()
-        .map(|r| r.rule.len())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 32);
+    let w = col_width(c.rules.iter().map(|r| r.rule.len()), 4, 32);
     for r in &c.rules {
         println!(
             "  {:<w$}  {:<10}  {:>12} packets  {:>14} bytes",
@@ -564,4 +540,9 @@ pub fn unload(socket: &Path, pin_dir: &Path) -> Result<()> {
         println!("{d}");
     }
     Ok(())
+}
+
+/// Width of a table column: the widest cell, at least `min` (the header) and at most `max`.
+fn col_width(cells: impl Iterator<Item = usize>, min: usize, max: usize) -> usize {
+    cells.max().unwrap_or(min).clamp(min, max)
 }

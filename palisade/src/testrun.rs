@@ -10,6 +10,7 @@ use aya::{
     programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp},
 };
 use palisade_common::{
+    dns::maps::{DNS_STATS_PER_SCOPE, SCOPES},
     event::{FirewallEvent, KIND_DNS},
     firewall::{RuleStats, rule_slot},
     reason, stats,
@@ -239,6 +240,34 @@ impl Bench {
     /// When the map does not exist.
     pub fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         map_mut(&mut self.ebpf, name)
+    }
+}
+
+/// Every global, per-reason and per-DNS-scope counter at one moment, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    /// `STATS`, by `palisade_common::stats` index.
+    pub stats: Vec<u64>,
+    /// `REASON_STATS`, by reason.
+    pub reasons: Vec<u64>,
+    /// `DNS_STATS`, by `scope * DNS_STATS_PER_SCOPE + counter`.
+    pub dns: Vec<u64>,
+}
+
+impl Bench {
+    /// A snapshot of every global counter (tests compare two of them around a run).
+    ///
+    /// # Errors
+    /// When a counter map cannot be read.
+    pub fn counters(&self) -> Result<Counters> {
+        let read = |name: &str, n: u32| -> Result<Vec<u64>> {
+            (0..n).map(|i| sum_counter(&self.ebpf, name, i)).collect()
+        };
+        Ok(Counters {
+            stats: read("STATS", stats::COUNT)?,
+            reasons: read("REASON_STATS", reason::COUNT)?,
+            dns: read("DNS_STATS", SCOPES * DNS_STATS_PER_SCOPE)?,
+        })
     }
 }
 

@@ -34,7 +34,7 @@ use palisade::{
         },
         namelist,
     },
-    testrun::{Bench, DNS_EGRESS, sum_counter},
+    testrun::{Bench, Counters, DNS_EGRESS, sum_counter},
 };
 use palisade_common::{
     dns::maps::{
@@ -148,26 +148,8 @@ enum Want {
 
 use Want::{Allow, Audit, Drop, Untouched};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Counters {
-    stats: Vec<u64>,
-    reasons: Vec<u64>,
-    dns: Vec<u64>,
-}
-
 fn counters(b: &Bench) -> Counters {
-    let e = &b.ebpf;
-    Counters {
-        stats: (0..stats::COUNT)
-            .map(|i| sum_counter(e, "STATS", i).expect("STATS"))
-            .collect(),
-        reasons: (0..reason::COUNT)
-            .map(|i| sum_counter(e, "REASON_STATS", i).expect("REASON_STATS"))
-            .collect(),
-        dns: (0..2 * DNS_STATS_PER_SCOPE)
-            .map(|i| sum_counter(e, "DNS_STATS", i).expect("DNS_STATS"))
-            .collect(),
-    }
+    b.counters().expect("counter maps")
 }
 
 fn stat(scope: u8, stat: u32) -> usize {

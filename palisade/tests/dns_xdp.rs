@@ -31,7 +31,7 @@ use palisade::{
         },
         namelist::{self, parse_name},
     },
-    testrun::{Bench, DNS_EGRESS, DNS_INGRESS, FIREWALL, sum_counter},
+    testrun::{Bench, Counters, DNS_EGRESS, DNS_INGRESS, FIREWALL},
 };
 use palisade_common::{
     dns::{
@@ -208,27 +208,8 @@ enum Want {
 
 use Want::{Allow, Audit, Drop, Nx, Untouched};
 
-/// Every counter a DNS query moves.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Counters {
-    stats: Vec<u64>,
-    reasons: Vec<u64>,
-    dns: Vec<u64>,
-}
-
 fn counters(b: &Bench) -> Counters {
-    let e = &b.ebpf;
-    Counters {
-        stats: (0..stats::COUNT)
-            .map(|i| sum_counter(e, "STATS", i).expect("STATS"))
-            .collect(),
-        reasons: (0..reason::COUNT)
-            .map(|i| sum_counter(e, "REASON_STATS", i).expect("REASON_STATS"))
-            .collect(),
-        dns: (0..2 * DNS_STATS_PER_SCOPE)
-            .map(|i| sum_counter(e, "DNS_STATS", i).expect("DNS_STATS"))
-            .collect(),
-    }
+    b.counters().expect("counter maps")
 }
 
 fn ingress_stat(stat: u32) -> usize {
