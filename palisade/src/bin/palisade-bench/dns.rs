@@ -957,6 +957,7 @@ impl DnsReport {
             y_label: "ns per query above the floor (median, min–max)",
             series,
             references,
+            log_y: false,
         }
     }
 

@@ -93,7 +93,8 @@ struct Args {
     /// test-run suite.
     #[arg(long)]
     live: bool,
-    /// Live suite: blocklist sizes [default: 1,1000,100000; 1,1000 with --quick].
+    /// Live suite: blocklist sizes [default: 1,1000,10000,100000,1000000; 1,1000 with
+    /// --quick]. Tools with a limit (xdp-filter's map, iptables' linear chain) skip larger N.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     live_sizes: Option<Vec<usize>>,
     /// Live suite: rounds, each setting up every configuration once [default: 3, 1 with
@@ -107,9 +108,6 @@ struct Args {
     /// Live suite: length of one window in milliseconds [default: 1000, 300 with --quick].
     #[arg(long, value_name = "MS")]
     live_window_ms: Option<u64>,
-    /// Live suite: largest list given to xdp-filter (it adds one address per process).
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    xdp_filter_max: usize,
     /// Skip timing a steady-state reload of each policy (saves a few seconds on big sets;
     /// --quick never times reloads).
     #[arg(long)]
@@ -258,7 +256,7 @@ fn run_live(args: &Args, s: &Settings, command: String) -> Result<ExitCode> {
             if args.quick {
                 vec![1, 1000]
             } else {
-                vec![1, 1000, 100_000]
+                vec![1, 1000, 10_000, 100_000, 1_000_000]
             }
         }),
         window: std::time::Duration::from_millis(args.live_window_ms.unwrap_or(if args.quick {
@@ -277,7 +275,6 @@ fn run_live(args: &Args, s: &Settings, command: String) -> Result<ExitCode> {
         cpu: s.cpu.unwrap_or(inspect::online_cpus() - 1),
         seed: args.seed,
         nice: args.nice,
-        xdp_filter_max: args.xdp_filter_max,
         out: s.out.clone(),
     };
     eprintln!("palisade-bench ({} mode): live traffic", s.mode);

@@ -33,6 +33,9 @@ pub struct Chart<'a> {
     pub y_label: &'a str,
     pub series: Vec<Series>,
     pub references: Vec<Reference>,
+    /// A logarithmic y axis, for costs that span several decades (a linear chain against
+    /// a hash lookup). Values at or below zero are drawn at the bottom edge.
+    pub log_y: bool,
 }
 
 const W: f64 = 760.0;
@@ -95,16 +98,18 @@ impl Chart<'_> {
         };
         let e_lo = lo.log10().floor() as i32;
         let e_hi = (hi.log10().ceil() as i32).max(e_lo + 1);
-        let y_top = self
+        let ys: Vec<f64> = self
             .series
             .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.hi.max(p.y)))
+            .flat_map(|s| s.points.iter().flat_map(|p| [p.lo, p.y, p.hi]))
             .chain(self.references.iter().map(|r| r.y))
             .filter(|y| y.is_finite())
-            .fold(0f64, f64::max)
-            * 1.12;
-        let step = nice_step(y_top.max(1.0));
-        let y_max = (y_top / step).ceil().max(1.0) * step;
+            .collect();
+        let axis = if self.log_y {
+            YAxis::log(&ys)
+        } else {
+            YAxis::linear(&ys)
+        };
         let entries: Vec<(&str, &str, bool)> = self
             .series
             .iter()
@@ -129,7 +134,7 @@ impl Chart<'_> {
         #[expect(clippy::cast_precision_loss, reason = "a handful of legend rows")]
         let h = TOP + ph + 60.0 + rows as f64 * 18.0;
         let px = |x: f64| LEFT + (x.log10() - f64::from(e_lo)) / f64::from(e_hi - e_lo) * pw;
-        let py = |y: f64| TOP + ph - (y / y_max) * ph;
+        let py = |y: f64| TOP + ph - axis.fraction(y) * ph;
 
         let mut s = String::new();
         let _ = writeln!(
@@ -144,18 +149,15 @@ impl Chart<'_> {
             escape(self.title)
         );
         // Grid and ticks.
-        let mut y = 0.0;
-        while y <= y_max + step / 2.0 {
+        for (y, label) in axis.ticks() {
             let yy = py(y);
             let _ = writeln!(
                 s,
-                r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"##,
                 LEFT + pw,
                 LEFT - 6.0,
                 yy + 4.0,
-                format_tick(y, step)
             );
-            y += step;
         }
         for e in e_lo..=e_hi {
             let xx = px(10f64.powi(e));
@@ -271,6 +273,70 @@ impl Chart<'_> {
     }
 }
 
+/// How values map to the height of the plot.
+enum YAxis {
+    /// From 0 to `max`, ticks every `step`.
+    Linear { max: f64, step: f64 },
+    /// Whole decades from `10^lo` to `10^hi`.
+    Log { lo: i32, hi: i32 },
+}
+
+impl YAxis {
+    fn linear(ys: &[f64]) -> Self {
+        let top = ys.iter().copied().fold(0f64, f64::max) * 1.12;
+        let step = nice_step(top.max(1.0));
+        Self::Linear {
+            max: (top / step).ceil().max(1.0) * step,
+            step,
+        }
+    }
+
+    fn log(ys: &[f64]) -> Self {
+        let positive = || ys.iter().copied().filter(|y| *y > 0.0);
+        let lo = positive().fold(f64::INFINITY, f64::min);
+        let hi = positive().fold(0f64, f64::max);
+        if !lo.is_finite() {
+            return Self::Log { lo: 0, hi: 1 };
+        }
+        let lo = lo.log10().floor() as i32;
+        Self::Log {
+            lo,
+            hi: (hi.log10().ceil() as i32).max(lo + 1),
+        }
+    }
+
+    /// Where `y` sits, from 0 (bottom) to 1 (top).
+    fn fraction(&self, y: f64) -> f64 {
+        match *self {
+            Self::Linear { max, .. } => y / max,
+            Self::Log { lo, hi } => {
+                if y <= 0.0 {
+                    0.0
+                } else {
+                    ((y.log10() - f64::from(lo)) / f64::from(hi - lo)).clamp(0.0, 1.0)
+                }
+            }
+        }
+    }
+
+    fn ticks(&self) -> Vec<(f64, String)> {
+        match *self {
+            Self::Linear { max, step } => {
+                let mut out = Vec::new();
+                let mut y = 0.0;
+                while y <= max + step / 2.0 {
+                    out.push((y, format_tick(y, step)));
+                    y += step;
+                }
+                out
+            }
+            Self::Log { lo, hi } => (lo..=hi)
+                .map(|e| (10f64.powi(e), decade_label(e)))
+                .collect(),
+        }
+    }
+}
+
 fn format_tick(y: f64, step: f64) -> String {
     if step >= 1.0 {
         format!("{y:.0}")
@@ -314,6 +380,7 @@ mod tests {
                 color: "#654321",
                 y: 3.0,
             }],
+            log_y: false,
         };
         let svg = c.svg();
         assert!(svg.starts_with("<svg"));
@@ -321,5 +388,19 @@ mod tests {
         assert!(svg.contains("a &lt;b&gt;"));
         assert!(svg.contains("stroke-dasharray"));
         assert_eq!(nice_step(23.0), 5.0);
+    }
+
+    #[test]
+    fn log_axis_spans_whole_decades() {
+        let YAxis::Log { lo, hi } = YAxis::log(&[0.0, 45.0, 148_000.0]) else {
+            panic!("not a log axis");
+        };
+        assert_eq!((lo, hi), (1, 6));
+        let axis = YAxis::Log { lo, hi };
+        assert!(axis.fraction(10.0).abs() < 1e-12);
+        assert!((axis.fraction(1e6) - 1.0).abs() < 1e-12);
+        assert!((axis.fraction(1e3) - 0.4).abs() < 1e-12);
+        assert_eq!(axis.fraction(-3.0), 0.0);
+        assert_eq!(axis.ticks().len(), 6);
     }
 }

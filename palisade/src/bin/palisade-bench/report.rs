@@ -355,6 +355,7 @@ impl Report {
             y_label: "ns per packet above the floor (median, min–max)",
             series,
             references,
+            log_y: false,
         }
     }
 

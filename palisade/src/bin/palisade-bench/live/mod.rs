@@ -61,8 +61,6 @@ pub struct LiveSettings {
     pub cpu: usize,
     pub seed: u64,
     pub nice: i32,
-    /// xdp-filter takes one process per address; above this it is skipped.
-    pub xdp_filter_max: usize,
     pub out: std::path::PathBuf,
 }
 
@@ -105,13 +103,10 @@ fn plan(s: &LiveSettings) -> Plan {
             let id = format!("{}-{}", tool.slug(), short_count(n));
             if !missing.is_empty() {
                 skipped.push((id, format!("not installed: {}", missing.join(", "))));
-            } else if tool == Tool::XdpFilter && n > s.xdp_filter_max {
+            } else if let Some((max, why)) = tool.limit().filter(|(max, _)| n > *max) {
                 skipped.push((
                     id,
-                    format!(
-                        "xdp-filter adds one address per process; above {} that takes minutes",
-                        s.xdp_filter_max
-                    ),
+                    format!("{why} (largest measured: {})", short_count(max)),
                 ));
             } else {
                 todo.push((tool, n));
@@ -129,6 +124,7 @@ struct Context<'a> {
 
 /// One round of one configuration.
 struct Measured {
+    round: usize,
     windows: Vec<Window>,
     /// Frames sent, warm-up included.
     sent: u64,
@@ -144,6 +140,7 @@ fn measure_one(
     n: usize,
     id: &str,
     largest: usize,
+    round: usize,
 ) -> Result<Measured> {
     let (s, ns) = (cx.s, cx.ns);
     // Rule-less configurations get the traffic of the largest list.
@@ -190,11 +187,34 @@ fn measure_one(
         _ => None,
     };
     Ok(Measured {
+        round,
         windows,
         sent,
         dropped,
         setup_ms,
     })
+}
+
+impl Measured {
+    /// CPU ns per packet over this round's windows.
+    fn ns_per_packet(&self) -> f64 {
+        let w = &self.windows;
+        w.iter().map(|w| w.cpu_s).sum::<f64>() * 1e9
+            / w.iter().map(|w| w.packets).sum::<u64>().max(1) as f64
+    }
+}
+
+/// A configuration's cost above the floor in each round that measured both (the floor of
+/// the same round, so drift between rounds cancels), as median [min–max] over rounds.
+fn above_floor(rounds: &[Measured], floor: &[Measured]) -> Option<Spread> {
+    let per_round: Vec<f64> = rounds
+        .iter()
+        .filter_map(|m| {
+            let f = floor.iter().find(|f| f.round == m.round)?;
+            Some(m.ns_per_packet() - f.ns_per_packet())
+        })
+        .collect();
+    (!per_round.is_empty()).then(|| Spread::of(&per_round))
 }
 
 /// Everything measured for one configuration, over all rounds.
@@ -215,6 +235,7 @@ fn summarize(tool: Tool, n: usize, id: String, rounds: &[Measured]) -> LiveResul
         cpu_ns_per_packet: per(|w| w.cpu_s * 1e9 / w.packets as f64),
         // Filled in once the floor is known.
         above_floor_ns: None,
+        ratio_to_palisade: None,
         mpps_per_core: per(|w| w.packets as f64 / w.cpu_s / 1e6),
         wall_mpps: per(|w| w.packets as f64 / w.wall_s / 1e6),
         dropped_fraction: dropped.map(|d| d as f64 / sent.max(1) as f64),
@@ -281,11 +302,9 @@ pub fn run(s: &LiveSettings, command: String) -> Result<LiveReport> {
                 continue;
             }
             let ((tool, n), id) = (todo[i], &ids[i]);
-            match measure_one(&cx, &mut base, tool, n, id, largest) {
+            match measure_one(&cx, &mut base, tool, n, id, largest, round) {
                 Ok(m) => {
-                    let w = &m.windows;
-                    let ns_per = w.iter().map(|w| w.cpu_s).sum::<f64>() * 1e9
-                        / w.iter().map(|w| w.packets).sum::<u64>().max(1) as f64;
+                    let ns_per = m.ns_per_packet();
                     eprintln!(
                         "  round {} {id:<18} {ns_per:>9.1} ns/packet CPU, dropped {}, setup {:.0} ms",
                         round + 1,
@@ -312,13 +331,19 @@ pub fn run(s: &LiveSettings, command: String) -> Result<LiveReport> {
         .filter(|(_, m)| !m.is_empty())
         .map(|(((tool, n), id), m)| summarize(*tool, *n, id, m))
         .collect();
-    let floor = results
+    let floor = todo
         .iter()
-        .find(|r| r.tool == Tool::XdpDrop)
-        .map(|r| r.cpu_ns_per_packet.median);
+        .position(|&(tool, _)| tool == Tool::XdpDrop)
+        .map(|i| &measured[i][..])
+        .unwrap_or_default();
     for r in &mut results {
-        r.above_floor_ns = floor.map(|f| r.cpu_ns_per_packet.median - f);
+        let i = todo
+            .iter()
+            .position(|&(tool, n)| tool == r.tool && n == r.rules)
+            .expect("every result comes from the plan");
+        r.above_floor_ns = above_floor(&measured[i], floor);
     }
+    report::compare_to_palisade(&mut results);
     // Objects first, then the namespaces their programs were attached in.
     drop(base);
     drop(ns);

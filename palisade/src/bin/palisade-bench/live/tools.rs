@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{XdpMode, xdp::XdpLinkId};
 use palisade::{
     guard::FIREWALL,
+    policy::config::MAX_RULES,
     policy::model::{Action, AddrMatch, IpSet, Policy},
     testrun::sum_counter,
 };
@@ -24,6 +25,7 @@ use crate::{
 };
 
 const NFT_TABLE: &str = "palisade_bench";
+const NFT_INET_TABLE: &str = "palisade_bench_inet";
 const IPSET: &str = "palisade_bench";
 
 /// What sits on `filt`.
@@ -40,6 +42,9 @@ pub enum Tool {
     PalisadeSet,
     /// nftables, netdev ingress hook, one rule on a hash set of N addresses.
     Nft,
+    /// nftables, inet family, prerouting hook at raw priority (before conntrack), one rule
+    /// on a hash set of N addresses: where most nftables rulesets filter.
+    NftInet,
     /// iptables (legacy), raw PREROUTING, N rules in a linear chain.
     Iptables,
     /// iptables (legacy) raw PREROUTING, one rule on an ipset `hash:ip` of N addresses.
@@ -56,6 +61,7 @@ impl Tool {
             Self::Palisade => "Palisade, N rules",
             Self::PalisadeSet => "Palisade, 1 rule on a set of N",
             Self::Nft => "nftables netdev ingress, set of N",
+            Self::NftInet => "nftables inet prerouting (raw), set of N",
             Self::Iptables => "iptables-legacy raw, N rules (linear)",
             Self::Ipset => "iptables-legacy raw + ipset hash:ip of N",
             Self::XdpFilter => "xdp-filter, N addresses",
@@ -80,6 +86,7 @@ impl Tool {
             Self::Palisade => "palisade",
             Self::PalisadeSet => "palisade-set",
             Self::Nft => "nft",
+            Self::NftInet => "nft-inet",
             Self::Iptables => "iptables",
             Self::Ipset => "ipset",
             Self::XdpFilter => "xdp-filter",
@@ -89,7 +96,7 @@ impl Tool {
     /// The commands the tool needs.
     pub const fn needs(self) -> &'static [&'static str] {
         match self {
-            Self::Nft => &["nft"],
+            Self::Nft | Self::NftInet => &["nft"],
             Self::Iptables => &[
                 "iptables-legacy",
                 "iptables-legacy-restore",
@@ -106,6 +113,7 @@ impl Tool {
             Self::Palisade => "#1f6fb4",
             Self::PalisadeSet => "#d9641e",
             Self::Nft => "#2a9d4b",
+            Self::NftInet => "#16a085",
             Self::Iptables => "#c0392b",
             Self::Ipset => "#8e44ad",
             Self::XdpFilter => "#b8860b",
@@ -113,15 +121,52 @@ impl Tool {
         }
     }
 
-    pub const SCALED: [Self; 6] = [
+    pub const SCALED: [Self; 7] = [
         Self::Palisade,
         Self::PalisadeSet,
         Self::Nft,
+        Self::NftInet,
         Self::Iptables,
         Self::Ipset,
         Self::XdpFilter,
     ];
+
+    /// The largest list the tool is measured with, and why, when it has a limit.
+    pub const fn limit(self) -> Option<(usize, &'static str)> {
+        match self {
+            Self::XdpFilter => Some((
+                XDP_FILTER_CAPACITY,
+                "xdp-filter keeps IPv4 addresses in a per-CPU hash map of 10,000 entries \
+                 (filter_ipv4, max_entries checked when it is loaded): it cannot hold more",
+            )),
+            Self::Palisade => Some((
+                MAX_RULES,
+                "a Palisade policy holds at most 100,000 rules; bigger lists belong in a set \
+                 (the set line)",
+            )),
+            Self::Iptables => Some((
+                100_000,
+                "a linear chain: every packet walks the rules before its match, so the cost \
+                 grows with N (see the 100k line); 1M rules are not run",
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether the tool runs in the stack behind the XDP_PASS floor.
+    const fn in_stack(self) -> bool {
+        matches!(
+            self,
+            Self::Nft | Self::NftInet | Self::Iptables | Self::Ipset
+        )
+    }
 }
+
+/// Entries in xdp-filter's `filter_ipv4` map (xdp-tools 1.x); [`install_tool`] checks the
+/// map the tool actually created.
+pub const XDP_FILTER_CAPACITY: usize = 10_000;
+/// Where xdp-filter pins its IPv4 address map.
+const XDP_FILTER_IPV4_MAP: &str = "/sys/fs/bpf/xdp-filter/filter_ipv4";
 
 pub fn have(cmd: &str) -> bool {
     std::env::var_os("PATH")
@@ -236,18 +281,18 @@ pub fn install(
                 link: attach(base, ns, FIREWALL)?,
             }
         }
-        Tool::Nft | Tool::Iptables | Tool::Ipset | Tool::XdpFilter => {
+        Tool::Nft | Tool::NftInet | Tool::Iptables | Tool::Ipset | Tool::XdpFilter => {
             if let Err(e) = install_tool(tool, list, ns) {
                 remove_tool(tool, ns);
                 return Err(e);
             }
-            if tool == Tool::XdpFilter {
-                Installed::XdpFilter
-            } else {
+            if tool.in_stack() {
                 Installed::Stack {
                     tool,
                     pass: attach(base, ns, FLOOR_PASS)?,
                 }
+            } else {
+                Installed::XdpFilter
             }
         }
     })
@@ -257,16 +302,18 @@ pub fn install(
 pub fn install_tool(tool: Tool, list: &[std::net::Ipv4Addr], ns: &Netns) -> Result<()> {
     match tool {
         Tool::Nft => {
-            let mut t = format!(
-                "table netdev {NFT_TABLE} {{\n  set blocklist {{\n    type ipv4_addr\n    size {}\n    elements = {{ ",
-                list.len().max(1) * 2
+            let t = nft_table(
+                &format!("netdev {NFT_TABLE}"),
+                &format!("type filter hook ingress device \"{FILT_IF}\" priority 0"),
+                list,
             );
-            for (i, a) in list.iter().enumerate() {
-                let _ = write!(t, "{}{a}", if i == 0 { "" } else { ", " });
-            }
-            let _ = write!(
-                t,
-                " }}\n  }}\n  chain ingress {{\n    type filter hook ingress device \"{FILT_IF}\" priority 0; policy accept;\n    ip saddr @blocklist counter drop\n  }}\n}}\n"
+            ns_run(ns, "nft", &["-f", "-"], Some(&t))?;
+        }
+        Tool::NftInet => {
+            let t = nft_table(
+                &format!("inet {NFT_INET_TABLE}"),
+                "type filter hook prerouting priority raw",
+                list,
             );
             ns_run(ns, "nft", &["-f", "-"], Some(&t))?;
         }
@@ -314,6 +361,16 @@ pub fn install_tool(tool: Tool, list: &[std::net::Ipv4Addr], ns: &Netns) -> Resu
                 &["load", FILT_IF, "-m", "native", "-p", "allow", "-f", "ipv4"],
                 None,
             )?;
+            let capacity = aya::maps::MapData::from_pin(XDP_FILTER_IPV4_MAP)
+                .and_then(|m| m.info())
+                .map(|i| i.max_entries() as usize)
+                .map_err(|e| anyhow!("reading {XDP_FILTER_IPV4_MAP}: {e}"))?;
+            if list.len() > capacity {
+                bail!(
+                    "xdp-filter's filter_ipv4 holds {capacity} entries, {} asked",
+                    list.len()
+                );
+            }
             for a in list {
                 ns_run(ns, "xdp-filter", &["ip", "-m", "src", &a.to_string()], None)?;
             }
@@ -323,11 +380,29 @@ pub fn install_tool(tool: Tool, list: &[std::net::Ipv4Addr], ns: &Netns) -> Resu
     Ok(())
 }
 
+/// An nftables table `family_name` with a hash set `blocklist` of `list` and one chain on
+/// `hook` that drops (and counts) packets from a member.
+fn nft_table(family_name: &str, hook: &str, list: &[std::net::Ipv4Addr]) -> String {
+    let mut t = format!(
+        "table {family_name} {{\n  set blocklist {{\n    type ipv4_addr\n    size {}\n    elements = {{ ",
+        list.len().max(1) * 2
+    );
+    for (i, a) in list.iter().enumerate() {
+        let _ = write!(t, "{}{a}", if i == 0 { "" } else { ", " });
+    }
+    let _ = write!(
+        t,
+        " }}\n  }}\n  chain filter {{\n    {hook}; policy accept;\n    ip saddr @blocklist counter drop\n  }}\n}}\n"
+    );
+    t
+}
+
 /// Takes a tool's rules out again. Errors are ignored: after a failed setup there may be
 /// nothing to remove.
 pub fn remove_tool(tool: Tool, ns: &Netns) {
     let steps: &[(&str, &[&str])] = match tool {
         Tool::Nft => &[("nft", &["delete", "table", "netdev", NFT_TABLE])],
+        Tool::NftInet => &[("nft", &["delete", "table", "inet", NFT_INET_TABLE])],
         Tool::Iptables => &[("iptables-legacy", &["-t", "raw", "-F", "PREROUTING"])],
         Tool::Ipset => &[
             ("iptables-legacy", &["-t", "raw", "-F", "PREROUTING"]),
@@ -373,9 +448,15 @@ impl Installed {
             }
             Self::Xdp { .. } => None,
             Self::Stack {
-                tool: Tool::Nft, ..
+                tool: tool @ (Tool::Nft | Tool::NftInet),
+                ..
             } => {
-                let out = ns_run(ns, "nft", &["list", "table", "netdev", NFT_TABLE], None)?;
+                let (family, table) = if *tool == Tool::Nft {
+                    ("netdev", NFT_TABLE)
+                } else {
+                    ("inet", NFT_INET_TABLE)
+                };
+                let out = ns_run(ns, "nft", &["list", "table", family, table], None)?;
                 Some(sum_after(&out, "counter packets "))
             }
             Self::Stack { .. } => {
@@ -422,5 +503,26 @@ mod tests {
         assert_eq!(Tool::Palisade.describe(1), "Palisade, 1 rule");
         assert_eq!(Tool::Palisade.describe(1000), "Palisade, 1k rules");
         assert_eq!(Tool::XdpFilter.describe(1), "xdp-filter, 1 address");
+    }
+
+    #[test]
+    fn limits_say_what_they_are() {
+        // The text of Palisade's limit spells the number out.
+        assert_eq!(MAX_RULES, 100_000);
+        assert_eq!(Tool::XdpFilter.limit().map(|l| l.0), Some(10_000));
+        assert!(Tool::PalisadeSet.limit().is_none());
+    }
+
+    #[test]
+    fn nft_tables_hold_the_list_and_one_counting_rule() {
+        let list = [
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+        ];
+        let t = nft_table("inet t", "type filter hook prerouting priority raw", &list);
+        assert!(t.starts_with("table inet t {"));
+        assert!(t.contains("elements = { 192.0.2.1, 198.51.100.7 }"));
+        assert!(t.contains("type filter hook prerouting priority raw; policy accept;"));
+        assert_eq!(t.matches("counter drop").count(), 1);
     }
 }
