@@ -166,21 +166,52 @@ pub struct RateKey {
 }
 map_type!(RateKey, 20);
 
-/// Data part of the set LPM-trie key: the set id, big-endian so it forms the first 32 bits of
-/// the prefix, then the address family, then the 16-byte address. The family is part of the
-/// key because IPv4 addresses are stored IPv4-mapped: without it an IPv6 entry such as
-/// `::/8` or `::ffff:0:0/96` (common in bogon lists) would contain every IPv4 address.
+/// A set member's key, in the host hash as it is and as the data part of the prefix trie's
+/// key: the set id, big-endian so it forms the first 32 bits of the prefix, then the address
+/// family and three zero bytes, then the 16-byte address. The family is part of the key
+/// because IPv4 addresses are stored IPv4-mapped: without it an IPv6 entry such as `::/8` or
+/// `::ffff:0:0/96` (common in bogon lists) would contain every IPv4 address. The padding makes
+/// the key a whole number of 32-bit words, which the kernel's hash tables hash faster.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SetKey {
     pub set: [u8; 4],
     pub family: u8,
+    pub pad: [u8; 3],
     pub addr: [u8; 16],
 }
-map_type!(SetKey, 21);
+map_type!(SetKey, 24);
 
-/// Bits of a [`SetKey`] before the address: set id and family.
-pub const SET_KEY_PREFIX_BITS: u32 = 40;
+impl SetKey {
+    /// The key of `addr` (16-byte stored form) of `family` in the set with id `set_id`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(set_id: u32, family: u8, addr: [u8; 16]) -> Self {
+        Self {
+            set: set_id.to_be_bytes(),
+            family,
+            pad: [0; 3],
+            addr,
+        }
+    }
+}
+
+/// Bits of a [`SetKey`] before the address: set id, family and padding.
+pub const SET_KEY_PREFIX_BITS: u32 = 64;
+
+/// [`set_kind_slot`] bits: the set holds single addresses (IPv4 /32, IPv6 /128), kept in an
+/// exact-match hash (`FW_SET_HOSTS`) so a blocklist of hosts costs one hash lookup whatever
+/// its size.
+pub const SET_HOSTS: u8 = 1;
+/// [`set_kind_slot`] bits: the set holds shorter prefixes, kept in the LPM trie (`FW_SETS`).
+pub const SET_PREFIXES: u8 = 2;
+
+/// The slot of a set's kind bits (`FW_SET_KIND`) for the set id `id` (see [`set_id`]).
+#[inline(always)]
+#[must_use]
+pub const fn set_kind_slot(id: u32) -> u32 {
+    (id >> 31) * MAX_SETS + (id & 0x7fff_ffff)
+}
 
 /// The set id stored in tuples and set keys: generation in the top bit.
 #[inline(always)]

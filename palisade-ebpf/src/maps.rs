@@ -42,10 +42,22 @@ pub static FW_SPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PO
 #[map]
 pub static FW_DPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PORT_SPACE, 0);
 
-/// Members of every named set: key `(set id, address)`, prefix length `32 + bits`.
+/// Members of every named set that are shorter prefixes than one address: key
+/// `(set id, family, address)`, prefix length `40 + stored bits`.
 #[map]
 pub static FW_SETS: LpmTrie<SetKey, u8> =
     LpmTrie::with_max_entries(2 * 1024 * 1024, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Members of every named set that are single addresses (IPv4 /32, IPv6 /128): the same key,
+/// matched exactly. A hash lookup stays flat as a blocklist grows; a trie walk does not.
+#[map]
+pub static FW_SET_HOSTS: HashMap<SetKey, u8> =
+    HashMap::with_max_entries(2 * 1024 * 1024, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// What each set holds (`SET_HOSTS`, `SET_PREFIXES`), `set_kind_slot(set id)`: a set without
+/// prefixes never walks the trie, one without hosts never probes the hash.
+#[map]
+pub static FW_SET_KIND: Array<u8> = Array::with_max_entries(GENERATIONS * MAX_SETS, 0);
 
 /// Token buckets of rate-limit rules: GCRA theoretical arrival time in ns.
 #[map]

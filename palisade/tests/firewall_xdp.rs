@@ -739,6 +739,80 @@ src = "@bogons6"
     ]);
 }
 
+#[test]
+fn set_members_move_between_the_host_hash_and_the_prefix_trie_across_reloads() {
+    // Single addresses live in an exact hash, shorter prefixes in the trie, and each set
+    // records which of the two it uses. Reload the same set names through every combination:
+    // a member of the previous policy must never match, whichever map held it.
+    let hosts_only = r#"
+[sets.s]
+entries = ["192.0.2.1", "192.0.2.2", "2001:db8::1", "::ffff:198.51.100.9/128"]
+
+[[firewall.rule]]
+name = "s"
+action = "drop"
+src = "@s"
+"#;
+    let prefixes_only = r#"
+[sets.s]
+entries = ["203.0.113.0/24", "2001:db8:aa::/48"]
+
+[[firewall.rule]]
+name = "s"
+action = "drop"
+src = "@s"
+"#;
+    let mixed = r#"
+[sets.s]
+entries = ["192.0.2.2", "203.0.113.0/25", "203.0.113.200", "2001:db8:aa::/48", "2001:db8::2"]
+
+[[firewall.rule]]
+name = "s"
+action = "drop"
+src = "@s"
+"#;
+    let dst4 = "198.51.100.1";
+    let dst6 = "2001:db8:ffff::1";
+    let mut fw = fw(hosts_only);
+    let check_hosts_only = |fw: &mut Fw| {
+        fw.checks(&[
+            (tcp("192.0.2.1", dst4, 80), Drop("s")),
+            (tcp("192.0.2.2", dst4, 80), Drop("s")),
+            (tcp("192.0.2.3", dst4, 80), DefaultPass),
+            (tcp("2001:db8::1", dst6, 80), Drop("s")),
+            (tcp("2001:db8::3", dst6, 80), DefaultPass),
+            // An IPv6 host written v4-mapped is an IPv6 member only.
+            (tcp("::ffff:198.51.100.9", dst6, 80), Drop("s")),
+            (tcp("198.51.100.9", dst4, 80), DefaultPass),
+            (tcp("203.0.113.7", dst4, 80), DefaultPass),
+        ]);
+    };
+    check_hosts_only(&mut fw);
+    fw.install(prefixes_only);
+    fw.checks(&[
+        (tcp("192.0.2.1", dst4, 80), DefaultPass),
+        (tcp("2001:db8::1", dst6, 80), DefaultPass),
+        (tcp("203.0.113.7", dst4, 80), Drop("s")),
+        (tcp("2001:db8:aa::7", dst6, 80), Drop("s")),
+    ]);
+    fw.install(mixed);
+    fw.checks(&[
+        (tcp("192.0.2.1", dst4, 80), DefaultPass),
+        (tcp("192.0.2.2", dst4, 80), Drop("s")),
+        (tcp("203.0.113.7", dst4, 80), Drop("s")),
+        (tcp("203.0.113.199", dst4, 80), DefaultPass),
+        (tcp("203.0.113.200", dst4, 80), Drop("s")),
+        (tcp("2001:db8:aa::7", dst6, 80), Drop("s")),
+        (tcp("2001:db8::2", dst6, 80), Drop("s")),
+        (tcp("2001:db8::1", dst6, 80), DefaultPass),
+    ]);
+    // Both generations have now held other members: back to hosts only, twice.
+    fw.install(hosts_only);
+    check_hosts_only(&mut fw);
+    fw.install(hosts_only);
+    check_hosts_only(&mut fw);
+}
+
 // ---------------------------------------------------------------------------------------
 // Protocols, ports, flags, ICMP
 

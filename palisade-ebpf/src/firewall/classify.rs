@@ -8,17 +8,21 @@ use core::ffi::c_void;
 use aya_ebpf::{helpers::generated::bpf_loop, maps::lpm_trie::Key};
 use palisade_common::{
     firewall::{
-        MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_KEY_PREFIX_BITS, SetKey, TUPLE_DST_SET,
-        TUPLE_SRC_SET, flow_key, tuple_applies,
+        MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_PREFIXES, SetKey,
+        TUPLE_DST_SET, TUPLE_SRC_SET, flow_key, set_kind_slot, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
 };
 
-use crate::maps::{FW_DPORT_CLASS, FW_RULES, FW_SETS, FW_SPORT_CLASS, FW_TUPLES};
+use crate::maps::{
+    FW_DPORT_CLASS, FW_RULES, FW_SET_HOSTS, FW_SET_KIND, FW_SETS, FW_SPORT_CLASS, FW_TUPLES,
+};
 
 /// State shared between `first_match` and the loop callback (lives on the caller's stack).
+/// It points at the caller's packet rather than copying it: the callback's stack counts
+/// against the caller's, and both share the 512-byte budget.
 struct Search {
-    packet: Packet,
+    packet: *const Packet,
     generation: u32,
     count: u32,
     best: u32,
@@ -45,7 +49,7 @@ pub fn first_match(generation: u32, header: &PolicyHeader, p: &Packet) -> Option
         )
     };
     let mut s = Search {
-        packet: *p,
+        packet: p,
         generation,
         count: header.tuple_count,
         best: u32::MAX,
@@ -84,7 +88,8 @@ extern "C" fn visit_tuple(index: u64, ctx: *mut c_void) -> i64 {
     if t.best_rule >= s.best {
         return 1;
     }
-    let p = &s.packet;
+    // SAFETY: `first_match`'s caller keeps the packet alive for the whole loop.
+    let p = unsafe { &*s.packet };
     if !tuple_applies(t, p)
         || (t.flags & TUPLE_SRC_SET != 0 && !in_set(t.src_set, p.family, &p.src))
         || (t.flags & TUPLE_DST_SET != 0 && !in_set(t.dst_set, p.family, &p.dst))
@@ -101,15 +106,20 @@ extern "C" fn visit_tuple(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
+/// Whether `addr` is a member of set `set`: an exact lookup among its single addresses,
+/// then, if it has any, a longest-prefix lookup among its prefixes.
 #[inline(always)]
 fn in_set(set: u32, family: u8, addr: &[u8; 16]) -> bool {
-    let key = Key::new(
-        SET_KEY_PREFIX_BITS + 128,
-        SetKey {
-            set: set.to_be_bytes(),
-            family,
-            addr: *addr,
-        },
-    );
-    FW_SETS.get(&key).is_some()
+    // A set that was never written (cannot happen for a live tuple) counts as holding both.
+    let kind = FW_SET_KIND
+        .get(set_kind_slot(set))
+        .copied()
+        .unwrap_or(SET_HOSTS | SET_PREFIXES);
+    // One key for both maps: the callback's stack is counted against the caller's.
+    let key = Key::new(SET_KEY_PREFIX_BITS + 128, SetKey::new(set, family, *addr));
+    // SAFETY: the value is only tested for presence.
+    if kind & SET_HOSTS != 0 && unsafe { FW_SET_HOSTS.get(&key.data) }.is_some() {
+        return true;
+    }
+    kind & SET_PREFIXES != 0 && FW_SETS.get(&key).is_some()
 }

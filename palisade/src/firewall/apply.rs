@@ -10,9 +10,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
 };
 use palisade_common::firewall::{
-    Control, DEFAULT_SLOT, FlowKey, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS, RateKey,
-    RuleMeta, RuleRef, RuleStats, SET_KEY_PREFIX_BITS, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple,
-    rule_slot, set_id,
+    Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS,
+    RateKey, RuleMeta, RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_PREFIXES, SetKey,
+    TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
 };
 
 use palisade_common::dns::{
@@ -124,6 +124,18 @@ fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
         }
     }
     {
+        let mut hosts: HashMap<&mut MapData, SetKey, u8> =
+            HashMap::try_from(map_mut(ebpf, "FW_SET_HOSTS")?)?;
+        let stale: Vec<SetKey> = hosts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| u32::from_be_bytes(k.set) >> 31 == generation)
+            .collect();
+        for k in stale {
+            hosts.remove(&k)?;
+        }
+    }
+    {
         let mut names: HashMap<&mut MapData, NameKey, NameValue> =
             HashMap::try_from(map_mut(ebpf, "DNS_NAMES")?)?;
         let stale: Vec<NameKey> = names
@@ -174,21 +186,39 @@ fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> 
     Ok(())
 }
 
+/// Writes every set's members: single addresses into the exact hash, shorter prefixes into
+/// the trie, and what each set holds into `FW_SET_KIND` (every slot of the generation, so a
+/// slot never keeps the kind of an earlier policy's set).
 fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
-    let mut sets: LpmTrie<&mut MapData, SetKey, u8> = LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
-    for (index, members) in c.sets.iter().enumerate() {
-        let set = set_id(generation, index as u32).to_be_bytes();
-        for m in members {
-            let key = Key::new(
-                SET_KEY_PREFIX_BITS + u32::from(m.stored_prefix_len()),
-                SetKey {
-                    set,
-                    family: family_code(m.family),
-                    addr: m.addr,
-                },
-            );
-            sets.insert(&key, 1, 0)?;
+    let mut kinds = vec![0u8; MAX_SETS as usize];
+    {
+        let mut trie: LpmTrie<&mut MapData, SetKey, u8> =
+            LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
+        for (index, members) in c.sets.iter().enumerate() {
+            let set = set_id(generation, index as u32);
+            for m in members.iter().filter(|m| m.stored_prefix_len() < 128) {
+                let key = SetKey::new(set, family_code(m.family), m.addr);
+                let bits = SET_KEY_PREFIX_BITS + u32::from(m.stored_prefix_len());
+                trie.insert(&Key::new(bits, key), 1, 0)?;
+                kinds[index] |= SET_PREFIXES;
+            }
         }
+    }
+    {
+        let mut hosts: HashMap<&mut MapData, SetKey, u8> =
+            HashMap::try_from(map_mut(ebpf, "FW_SET_HOSTS")?)?;
+        for (index, members) in c.sets.iter().enumerate() {
+            let set = set_id(generation, index as u32);
+            for m in members.iter().filter(|m| m.stored_prefix_len() == 128) {
+                let key = SetKey::new(set, family_code(m.family), m.addr);
+                hosts.insert(key, 1, 0)?;
+                kinds[index] |= SET_HOSTS;
+            }
+        }
+    }
+    let mut kind: Array<&mut MapData, u8> = Array::try_from(map_mut(ebpf, "FW_SET_KIND")?)?;
+    for (index, k) in kinds.iter().enumerate() {
+        kind.set(set_kind_slot(set_id(generation, index as u32)), k, 0)?;
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub struct Install {
     pub hash_entries: usize,
     /// Kernel-charged memory of every map after the first install (one generation live).
     pub maps: BTreeMap<String, MapMemory>,
-    /// FW_RULES + FW_SETS after the reload, when both generations hold the policy.
+    /// FW_RULES + FW_SETS + FW_SET_HOSTS after the reload, when both generations hold the policy.
     pub rule_maps_two_generations_bytes: Option<u64>,
 }
 
@@ -216,7 +216,7 @@ impl Report {
 
     fn install_table(&self) -> String {
         let mut t = String::from(
-            "| configuration | tuples | hash entries | compile (ms) | install (ms) | reload (ms) | FW_RULES (MiB) | FW_SETS (MiB) | all maps (MiB) | rule maps, 2 generations (MiB) |\n\
+            "| configuration | tuples | hash entries | compile (ms) | install (ms) | reload (ms) | FW_RULES (MiB) | sets: FW_SETS + FW_SET_HOSTS (MiB) | all maps (MiB) | rule maps, 2 generations (MiB) |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for c in &self.configs {
@@ -232,7 +232,7 @@ impl Report {
                 i.reload_ms
                     .map_or_else(|| "–".into(), |r| format!("{r:.1}")),
                 mib(i.map_bytes("FW_RULES")),
-                mib(i.map_bytes("FW_SETS")),
+                mib(i.map_bytes("FW_SETS") + i.map_bytes("FW_SET_HOSTS")),
                 mib(i.total_bytes()),
                 i.rule_maps_two_generations_bytes
                     .map_or_else(|| "–".into(), mib),

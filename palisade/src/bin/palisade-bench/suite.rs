@@ -42,7 +42,7 @@ fn install(bench: &mut Loaded, policy: &Policy, reload: bool) -> Result<Install>
         reload_ms = Some(ms_since(t));
         let after = inspect::maps_of(&bench.ebpf, FIREWALL)?;
         two = Some(
-            ["FW_RULES", "FW_SETS"]
+            ["FW_RULES", "FW_SETS", "FW_SET_HOSTS"]
                 .iter()
                 .filter_map(|n| after.get(*n).map(|m| m.memlock_bytes))
                 .sum(),
