@@ -287,7 +287,8 @@ impl Report {
             let _ = writeln!(
                 s,
                 "- Sets: the same slope against the number of set entries is **{slope:.3}** \
-                 (an LPM-trie lookup walks at most one node per prefix bit, not per entry)."
+                 (single addresses are one hash lookup; prefixes one LPM-trie lookup, which \
+                 walks at most one node per prefix bit, not per entry)."
             );
         }
         s
