@@ -50,7 +50,7 @@ use clap::Parser;
         palisade-bench --quick              CI run (< 1 min), results in a temporary directory\n  \
         palisade-bench --rules 0,1000 --sets 1000000 --rounds 11 --out /tmp/b\n  \
         palisade-bench --live               live traffic against nftables, iptables, ipset, xdp-filter\n  \
-        palisade-bench --dnsperf            dnsperf: NXDOMAIN for blocked names against unbound, dnsmasq"
+        palisade-bench --dnsperf            dnsperf: NXDOMAIN and drop for blocked names against unbound, dnsmasq"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -121,16 +121,25 @@ struct Args {
     /// Skip the DNS suite.
     #[arg(long)]
     no_dns: bool,
-    /// Run the dnsperf suite instead: Palisade's NXDOMAIN answers against unbound and dnsmasq
-    /// holding the same blocklist, queried with dnsperf over a veth pair.
+    /// Run the dnsperf suite instead: Palisade answering NXDOMAIN and dropping, against
+    /// unbound and dnsmasq holding the same blocklist, queried with dnsperf over veth pairs
+    /// (exact names and subdomains of listed names).
     #[arg(long, conflicts_with = "live")]
     dnsperf: bool,
     /// dnsperf suite: list sizes [default: 100000,1000000; 1000 with --quick].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     dnsperf_sizes: Option<Vec<usize>>,
-    /// dnsperf suite: seconds per run [default: 10, 3 with --quick].
+    /// dnsperf suite: seconds per NXDOMAIN run and per measured window of a drop run
+    /// [default: 5, 2 with --quick].
     #[arg(long, value_name = "S")]
     dnsperf_seconds: Option<u64>,
+    /// dnsperf suite: rounds per list size, each running every configuration once in a
+    /// shuffled order [default: 3, 1 with --quick].
+    #[arg(long, value_name = "N")]
+    dnsperf_rounds: Option<usize>,
+    /// dnsperf suite: the fixed rate of the drop runs, in queries per second (at least 100).
+    #[arg(long, default_value_t = 10_000, value_name = "QPS", value_parser = clap::value_parser!(u32).range(100..))]
+    dnsperf_drop_rate: u32,
 }
 
 /// Settings once the mode's defaults are applied.
@@ -306,8 +315,13 @@ fn run_dnsperf(args: &Args, s: &Settings) -> Result<ExitCode> {
         }),
         seconds: args
             .dnsperf_seconds
-            .unwrap_or(if args.quick { 3 } else { 10 })
+            .unwrap_or(if args.quick { 2 } else { 5 })
             .max(1),
+        rounds: args
+            .dnsperf_rounds
+            .unwrap_or(if args.quick { 1 } else { 3 })
+            .max(1),
+        drop_rate: args.dnsperf_drop_rate,
         load_timeout: std::time::Duration::from_secs(60),
         clients: 4,
         seed: args.seed,
