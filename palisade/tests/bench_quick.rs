@@ -1,23 +1,94 @@
-//! The benchmark keeps working: its quick mode runs end to end against the real kernel and
-//! writes its report. Figures are not checked here (timing belongs to the benchmark, not to
-//! tests); the report's existence and shape are.
+//! The benchmark keeps working: each suite's quick mode runs end to end against the real
+//! kernel and writes its report. Figures are not checked here (timing belongs to the
+//! benchmark, not to tests); the reports' existence and shape are, and what the suites verify
+//! about the traffic itself (every frame dropped, every answer NXDOMAIN).
+//!
+//! The suites pin CPUs and measure CPU time, so they run one at a time.
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command, sync::Mutex};
 
-#[test]
-fn quick_benchmark_runs_and_writes_its_report() {
-    let out = std::env::temp_dir().join(format!("palisade-bench-quick-{}", std::process::id()));
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `palisade-bench --quick ARGS --out DIR` and returns DIR.
+fn quick(name: &str, args: &[&str]) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("palisade-bench-{name}-{}", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_palisade-bench"))
-        .args(["--quick", "--out"])
+        .arg("--quick")
+        .args(args)
+        .arg("--out")
         .arg(&out)
         .status()
         .expect("run palisade-bench");
-    assert!(status.success(), "palisade-bench --quick failed: {status}");
+    assert!(
+        status.success(),
+        "palisade-bench --quick {args:?} failed: {status}"
+    );
+    out
+}
+
+fn json(path: PathBuf) -> serde_json::Value {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?} is not JSON: {e}"))
+}
+
+#[test]
+fn test_run_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = quick("testrun", &[]);
     let md = std::fs::read_to_string(out.join("firewall-quick.md")).expect("markdown report");
     assert!(md.contains("above floor"), "{md}");
-    let json = std::fs::read_to_string(out.join("firewall-quick.json")).expect("JSON report");
-    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
-    assert!(v.is_object(), "{json}");
+    assert!(json(out.join("firewall-quick.json")).is_object());
     assert!(out.join("firewall-quick.svg").exists());
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn live_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = quick("live", &["--live"]);
+    let report = json(out.join("live-quick.json"));
+    assert!(out.join("live-quick.svg").exists());
+    // The test command installs every peer, so nothing may be skipped at these sizes.
+    assert_eq!(report["skipped"], serde_json::json!([]), "{report:#}");
+    let results = report["results"].as_array().expect("results");
+    for tool in [
+        "palisade",
+        "palisade-set",
+        "nft",
+        "nft-inet",
+        "iptables",
+        "ipset",
+        "xdp-filter",
+    ] {
+        let rows: Vec<_> = results.iter().filter(|r| r["tool"] == tool).collect();
+        assert_eq!(rows.len(), 2, "{tool}: one row for 1 and for 1k entries");
+        for r in rows {
+            // Every frame comes from a listed source: each tool's own counter saw all of
+            // them dropped.
+            assert_eq!(r["dropped_fraction"], 1.0, "{r:#}");
+            assert!(r["above_floor_ns"]["median"].is_number(), "{r:#}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn dnsperf_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = quick("dnsperf", &["--dnsperf"]);
+    let report = json(out.join("dnsperf-quick.json"));
+    let size = &report["sizes"][0];
+    let nxdomain = size["nxdomain"].as_array().expect("nxdomain rows");
+    // Palisade, unbound, dnsmasq, each with exact and subdomain queries.
+    assert_eq!(nxdomain.len(), 6, "{report:#}");
+    for r in nxdomain {
+        assert_eq!(r["all_nxdomain"], true, "{r:#}");
+    }
+    // Floor, Palisade, unbound, each with both query sets.
+    assert_eq!(
+        size["drop"].as_array().expect("drop rows").len(),
+        6,
+        "{report:#}"
+    );
     let _ = std::fs::remove_dir_all(out);
 }
