@@ -2,10 +2,12 @@
 //! to find. Sizes here are defaults; userspace may resize the large ones at load time.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
+    event::EVENT_WAKEUP_BYTES,
     firewall::{
         Control, FlowKey, GENERATIONS, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS,
         RateKey, RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
@@ -79,6 +81,17 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT,
 /// Events to userspace.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Submit flags for a record on [`EVENTS`]: wake the reader only once a batch waits (see
+/// `palisade_common::event::EVENT_WAKEUP_BYTES`).
+#[inline(always)]
+pub fn event_flags() -> u64 {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= EVENT_WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
 
 /// Add one to a per-CPU counter.
 #[inline(always)]

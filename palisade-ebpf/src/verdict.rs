@@ -8,7 +8,7 @@ use palisade_common::{
     reason, stats,
 };
 
-use crate::maps::{EVENTS, REASON_STATS, STATS, bump};
+use crate::maps::{EVENTS, REASON_STATS, STATS, bump, event_flags};
 
 /// Who decided, for counters and events.
 pub struct Decision {
@@ -82,7 +82,7 @@ fn emit(ctx: &XdpContext, p: Option<&Packet>, d: &Decision, action: u8) {
         ev.dst = p.dst;
     }
     entry.write(ev);
-    entry.submit(0);
+    entry.submit(event_flags());
 }
 
 /// No rule involved (malformed packets).

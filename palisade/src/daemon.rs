@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{MapData, RingBuf};
+use palisade_common::event::EVENT_DRAIN_INTERVAL_MS;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -283,12 +284,19 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         }
     };
     tokio::pin!(deadline);
+    // The kernel wakes the ring's reader only for batches (see `EVENT_WAKEUP_BYTES`); a quiet
+    // stream is drained on this tick.
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(EVENT_DRAIN_INTERVAL_MS));
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 d.drain(guard.get_inner_mut());
                 guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                d.drain(ring.get_mut());
             }
             Some(call) = calls.recv() => {
                 if matches!(call.request, Request::Unload) {

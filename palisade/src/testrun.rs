@@ -161,6 +161,12 @@ impl Bench {
         })
     }
 
+    /// The event ring's file descriptor, for waiting on it as a reader does.
+    pub fn events_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.events.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
     /// Runs the firewall once on `frame` and returns the XDP action.
     ///
     /// # Errors

@@ -8,7 +8,10 @@
 //!
 //! Needs root (or CAP_BPF + CAP_NET_ADMIN); each test loads its own copy of the object.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use palisade::{
     craft::{ExtHeader, Frame, L4, ip},
@@ -16,6 +19,7 @@ use palisade::{
         apply,
         reference::{self, Verdict},
     },
+    guard::FIREWALL,
     policy::{
         config,
         model::{Action, Policy},
@@ -23,7 +27,7 @@ use palisade::{
     testrun::Bench,
 };
 use palisade_common::{
-    event::{FirewallEvent, KIND_FIREWALL},
+    event::{EVENT_WAKEUP_BYTES, FirewallEvent, KIND_FIREWALL},
     firewall::{DEFAULT_SLOT, RuleStats},
     packet::{
         self, ETH_HLEN, FAMILY_V4, FAMILY_V6, FRAG_LATER, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS,
@@ -1344,6 +1348,60 @@ proto = "udp"
 
 // ---------------------------------------------------------------------------------------
 // Events
+
+#[test]
+fn event_reader_is_woken_for_batches_not_for_each_record() {
+    // A reader asleep on the ring is woken once `EVENT_WAKEUP_BYTES` wait, not per record:
+    // a wakeup per record costs the packet's CPU more than the record. Readers drain on a
+    // timer besides (the daemon every `EVENT_DRAIN_INTERVAL_MS`).
+    let mut fw = fw(r#"
+[[firewall.rule]]
+name = "ssh"
+action = "drop"
+proto = "tcp"
+dport = 22
+log = true
+"#);
+    let frame = Frame::tcp("192.0.2.1", "198.51.100.2", 50000, 22, TCP_SYN).build();
+    let fd = fw.bench.events_fd().expect("the event ring");
+    let timeout = Duration::from_secs(2);
+    // How long a reader waiting in poll() sleeps while `records` logged drops are written.
+    let sleep_of_reader = |bench: &Bench, records: u32| {
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let t = Instant::now();
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&raw mut p, 1, timeout.as_millis() as i32) };
+                t.elapsed()
+            });
+            // Let the reader fall asleep on the empty ring first.
+            std::thread::sleep(Duration::from_millis(300));
+            let out = bench.run_prog(FIREWALL, &frame, records).expect("test run");
+            assert_eq!(out.action, XDP_DROP);
+            reader.join().expect("reader")
+        })
+    };
+    let one = sleep_of_reader(&fw.bench, 1);
+    assert!(
+        one >= timeout - Duration::from_millis(100),
+        "one record woke the reader after {one:?}"
+    );
+    assert_eq!(fw.bench.drain_events().len(), 1);
+    // 80 bytes a record on the ring: 1000 records pass the threshold.
+    let per_record = (std::mem::size_of::<FirewallEvent>() + 8) as u64;
+    assert!(1000 * per_record > EVENT_WAKEUP_BYTES);
+    let batch = sleep_of_reader(&fw.bench, 1000);
+    assert!(
+        batch < timeout / 2,
+        "a batch past the threshold did not wake the reader ({batch:?})"
+    );
+    assert_eq!(fw.bench.drain_events().len(), 1000);
+}
 
 #[test]
 fn logged_rule_drops_emit_events() {

@@ -11,7 +11,9 @@ use palisade_common::{
 };
 
 use super::inspect::Decision;
-use crate::maps::{DNS_EVENT_SCRATCH, DNS_SCRATCH, DNS_STATS, EVENTS, REASON_STATS, STATS, bump};
+use crate::maps::{
+    DNS_EVENT_SCRATCH, DNS_SCRATCH, DNS_STATS, EVENTS, REASON_STATS, STATS, bump, event_flags,
+};
 
 /// Adds one to a scope's DNS counter.
 #[inline(always)]
@@ -100,7 +102,7 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
         unsafe { to.add(i).write_unaligned(from.add(i).read_unaligned()) };
         i += 1;
     }
-    if EVENTS.output::<DnsEvent>(ev, 0).is_err() {
+    if EVENTS.output::<DnsEvent>(ev, event_flags()).is_err() {
         bump(&STATS, stats::EVENTS_LOST);
     }
 }

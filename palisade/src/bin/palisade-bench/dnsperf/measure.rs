@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::{
     DnsperfSettings, Server,
+    events::thread_runtime,
     setup::{Pair, Running, SERVER_IF},
 };
 use crate::netns::Netns;
@@ -197,6 +198,10 @@ pub struct Counters {
     pub palisade_dns_blocked: Option<u64>,
     /// Palisade: packets its programs dropped (`STATS`).
     pub palisade_dropped: Option<u64>,
+    /// Palisade: event records its reader has read.
+    pub palisade_events_read: Option<u64>,
+    /// Palisade: event records the kernel could not write for a full ring (`events_lost`).
+    pub palisade_events_lost: Option<u64>,
 }
 
 impl Counters {
@@ -224,6 +229,8 @@ impl Counters {
                     .sum()
             }),
             palisade_dropped: palisade.as_ref().map(|c| c.global("dropped")),
+            palisade_events_read: r.events_read(),
+            palisade_events_lost: palisade.as_ref().map(|c| c.global("events_lost")),
         })
     }
 
@@ -241,6 +248,8 @@ impl Counters {
             server_if_rx: self.server_if_rx.saturating_sub(before.server_if_rx),
             palisade_dns_blocked: opt(self.palisade_dns_blocked, before.palisade_dns_blocked),
             palisade_dropped: opt(self.palisade_dropped, before.palisade_dropped),
+            palisade_events_read: opt(self.palisade_events_read, before.palisade_events_read),
+            palisade_events_lost: opt(self.palisade_events_lost, before.palisade_events_lost),
         }
     }
 }
@@ -263,11 +272,13 @@ pub fn drops_verified(
         && match server {
             // XDP dropped them on the server's veth: they arrived there, nothing reached IP.
             Server::FloorDrop => during.server_ip_in == 0 && during.server_if_rx >= out,
-            // ... and Palisade counted each as blocked.
+            // ... and Palisade counted each as blocked, and reported each on its event ring
+            // without losing one (a full ring costs the kernel less than a record written).
             Server::PalisadeDrop => {
                 during.server_ip_in == 0
                     && during.server_if_rx >= out
                     && during.palisade_dns_blocked == Some(out)
+                    && during.palisade_events_lost == Some(0)
             }
             // Every one reached the server's UDP layer, and in the window unbound read every
             // one (and answered none): the kernel dropped none for a full socket buffer, which
@@ -492,12 +503,16 @@ struct Sample {
 }
 
 impl Sample {
-    fn take(dnsperf: Option<u32>, servers: &[u32], softirqd: &[u32]) -> Result<Self> {
+    fn take(dnsperf: Option<u32>, r: &Running, softirqd: &[u32]) -> Result<Self> {
         let (busy_s, softirq_s) = proc_stat()?;
         Ok(Self {
             at: Instant::now(),
             dnsperf_s: dnsperf.map_or(0.0, task_runtime),
-            servers_s: servers.iter().copied().map(task_runtime).sum(),
+            servers_s: r.server_pids().into_iter().map(task_runtime).sum::<f64>()
+                + r.server_threads()
+                    .into_iter()
+                    .map(thread_runtime)
+                    .sum::<f64>(),
             ksoftirqd_s: softirqd.iter().copied().map(task_runtime).sum(),
             busy_s,
             softirq_s,
@@ -535,8 +550,11 @@ pub struct Run {
     /// Softirq time (all CPUs) per completed query; also charged to whichever task was running.
     pub softirq_us_per_query: f64,
     /// The server's processes per completed query (for Palisade: the resolver behind it,
-    /// which should see nothing).
+    /// which should see nothing, and the thread reading its events).
     pub resolver_cpu_us_per_query: f64,
+    /// Palisade: event records read and lost (ring full) over the run.
+    pub events_read: Option<u64>,
+    pub events_lost: Option<u64>,
 }
 
 /// Runs dnsperf flat out against `r` for the run time over `queryfile`.
@@ -561,12 +579,13 @@ pub fn nxdomain_run(
     ]
     .map(String::from)
     .into();
-    let servers = r.server_pids();
     let softirqd = ksoftirqd();
-    let a = Sample::take(None, &servers, &softirqd)?;
+    let counters_before = Counters::read(r)?;
+    let a = Sample::take(None, r, &softirqd)?;
     let perf = Dnsperf::start(&r.pair, queryfile, &args)?;
     let done = perf.finish(None)?;
-    let b = Sample::take(None, &servers, &softirqd)?;
+    let b = Sample::take(None, r, &softirqd)?;
+    let during = Counters::read(r)?.since(&counters_before);
     let sum = Summary::parse(&done.out);
     let wall_s = b.at.duration_since(a.at).as_secs_f64();
     let per_q = |sec: f64| {
@@ -595,6 +614,8 @@ pub fn nxdomain_run(
         server_est_cpu_us_per_query: per_q((total - done.cpu_s).max(0.0)),
         softirq_us_per_query: per_q(b.softirq_s - a.softirq_s),
         resolver_cpu_us_per_query: per_q(servers_s),
+        events_read: during.palisade_events_read,
+        events_lost: during.palisade_events_lost,
     })
 }
 
@@ -670,7 +691,6 @@ pub fn drop_run(
         "-O".into(),
         "suppress=timeouts".into(),
     ];
-    let servers = r.server_pids();
     let softirqd = ksoftirqd();
     let sent_now = || client_udp_out(&r.pair);
 
@@ -699,9 +719,9 @@ pub fn drop_run(
     let rcvbuf_errors =
         || -> Result<u64> { snmp_value(&snmp(&r.pair.server)?, "Udp", "RcvbufErrors") };
     let (out0, drops0) = (sent_now()?, rcvbuf_errors()?);
-    let a = Sample::take(Some(perf.pid()), &servers, &softirqd)?;
+    let a = Sample::take(Some(perf.pid()), r, &softirqd)?;
     thread::sleep(Duration::from_secs(s.seconds));
-    let b = Sample::take(Some(perf.pid()), &servers, &softirqd)?;
+    let b = Sample::take(Some(perf.pid()), r, &softirqd)?;
     let (out1, drops1) = (sent_now()?, rcvbuf_errors()?);
     let done = perf.finish(Some(libc::SIGINT))?;
     // unbound counts a datagram when it reads it: give it a moment for the last ones.

@@ -15,6 +15,7 @@
 //! own, and kept running; then each round runs every configuration (server × query set) once,
 //! in an order shuffled anew, so that drift on a shared machine spreads over all of them.
 
+mod events;
 mod measure;
 mod report;
 mod setup;

@@ -337,12 +337,19 @@ fn ready(info: Option<&ServerInfo>) -> String {
         .map_or_else(|| "–".into(), |t| format!("{t:.1}"))
 }
 
+/// Palisade's event records read and lost over all rounds; `None` for the resolvers.
+fn events(rounds: &[Round<Run>]) -> Option<(u64, u64)> {
+    rounds.iter().try_fold((0, 0), |(read, lost), r| {
+        Some((read + r.run.events_read?, lost + r.run.events_lost?))
+    })
+}
+
 /// How the counters showed the drops, per configuration.
 const fn evidence(server: Server) -> &'static str {
     match server {
         Server::FloorDrop => "0 answers, every frame reached the veth, none reached IP",
         Server::PalisadeDrop => {
-            "0 answers, none reached IP, every query counted blocked by Palisade"
+            "0 answers, none reached IP, every query counted blocked by Palisade, no event lost"
         }
         Server::UnboundDeny => {
             "0 answers, every query reached unbound's socket, none lost to a full buffer in the window"
@@ -377,6 +384,13 @@ impl DnsperfReport {
                             .collect::<Vec<_>>()
                             .join(", ")
                     )
+                };
+                let answers = match events(&r.rounds) {
+                    Some((read, 0)) => format!("{answers}; {read} events read, none lost"),
+                    Some((read, lost)) => {
+                        format!("{answers}; {read} events read, **{lost} lost**")
+                    }
+                    None => answers,
                 };
                 let info = size.server(r.server);
                 let _ = writeln!(
@@ -500,7 +514,9 @@ impl DnsperfReport {
              for a listed name. **CPU per query** is the CPU time of every task the run \
              involves, per completed query: dnsperf (`wait4`), the server's processes (their \
              threads' scheduler runtime; for Palisade, the unbound behind it, which sees no \
-             listed query) and the ksoftirqd threads. It is the scheduler's own accounting, so \
+             listed query, and a thread reading Palisade's event ring on the server CPU, doing \
+             for each blocked query what the daemon does: decode it, render it as JSON and text) \
+             and the ksoftirqd threads. It is the scheduler's own accounting, so \
              other work on the shared machine does not leak in, and it covers Palisade: veth \
              runs the receiving end in softirq on the sending CPU, inside dnsperf's send calls, \
              so the XDP program's work is part of dnsperf's system time (the query's way up to \
@@ -526,7 +542,8 @@ impl DnsperfReport {
              (dnsperf from its threads' scheduler runtime). *drops verified*: over each whole \
              run, dnsperf got no answer, the client's UDP counter matches dnsperf's count of \
              queries sent, and the server side shows where they ended (the server namespace's \
-             IP and UDP counters, the veth's receive counter, Palisade's own DNS counters); \
+             IP and UDP counters, the veth's receive counter, Palisade's own DNS counters, and \
+             no Palisade event lost to a full ring); \
              rounds that fail the check are left out of the figures. The per-query figures of \
              this table do not compare with the NXDOMAIN table's: there dnsperf runs flat out, \
              here it sleeps and wakes for every query and expires every one (the floor carries \

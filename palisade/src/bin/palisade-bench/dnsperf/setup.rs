@@ -23,6 +23,7 @@ use palisade::{
 
 use super::{
     Server,
+    events::EventReader,
     measure::{probe, proc_rss, set_affinity},
 };
 use crate::{
@@ -168,6 +169,8 @@ impl Drop for Proc {
 /// One server, set up and serving.
 pub struct Running {
     pub server: Server,
+    /// Palisade: the thread reading its event ring, as the daemon would.
+    events: Option<EventReader>,
     /// Palisade: its object, the policy installed and the firewall attached to the server's
     /// veth end. Fields drop in order: the programs go before the processes and the
     /// namespaces.
@@ -193,6 +196,16 @@ impl Running {
     /// The server's processes (for Palisade: the unbound behind it).
     pub fn server_pids(&self) -> Vec<u32> {
         self.procs.iter().map(Proc::pid).collect()
+    }
+
+    /// Threads of this process that work for the server (Palisade's event reader).
+    pub fn server_threads(&self) -> Vec<u32> {
+        self.events.iter().map(EventReader::tid).collect()
+    }
+
+    /// Palisade: event records read so far.
+    pub fn events_read(&self) -> Option<u64> {
+        self.events.as_ref().map(EventReader::read)
     }
 
     pub const fn palisade(&self) -> Option<&Loaded> {
@@ -251,6 +264,7 @@ pub fn start(
     let listed = list.first().ok_or_else(|| anyhow!("empty list"))?;
     let mut running = Running {
         server,
+        events: None,
         palisade: None,
         procs: Vec::new(),
         pair,
@@ -295,6 +309,7 @@ pub fn start(
                 // Attaching is synchronous: the program is in effect once it returns.
                 Some(t.elapsed().as_secs_f64())
             };
+            running.events = Some(EventReader::start(&mut loaded.ebpf, SERVER_CPU)?);
             running.palisade = Some(loaded);
             if running.ready_s.is_none() {
                 bail!("Palisade did not answer NXDOMAIN for a listed name");
