@@ -917,10 +917,16 @@ mod tests {
             &counters(1000, 3, 1000, None),
             0
         ));
-        // Palisade must have counted every one as blocked.
-        let pal = counters(1000, 0, 1000, Some(1000));
+        // Palisade must have counted every one as blocked, and lost no event.
+        let mut pal = counters(1000, 0, 1000, Some(1000));
+        pal.palisade_events_lost = Some(0);
         assert!(verified(Server::PalisadeDrop, 0, &pal, 0));
-        let pal = counters(1000, 0, 1000, Some(999));
+        pal.palisade_events_lost = Some(1);
+        assert!(!verified(Server::PalisadeDrop, 0, &pal, 0));
+        pal.palisade_events_lost = None;
+        assert!(!verified(Server::PalisadeDrop, 0, &pal, 0));
+        let mut pal = counters(1000, 0, 1000, Some(999));
+        pal.palisade_events_lost = Some(0);
         assert!(!verified(Server::PalisadeDrop, 0, &pal, 0));
         // Every query reached unbound's socket; in the window the kernel dropped none.
         let mut deny = counters(1000, 1000, 1000, None);
