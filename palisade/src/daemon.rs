@@ -236,6 +236,11 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     if let Some(m) = &d.metrics {
         eprintln!("palisade: metrics on http://{m}/metrics");
     }
+    // Signals are taken over before anyone is told the daemon is up: a SIGTERM sent the
+    // moment it says so (systemd, a test) must stop it, not be lost.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     eprintln!(
         "palisade: enforcing {}: {} rules, {} sets, default {}",
         d.source,
@@ -273,9 +278,6 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         metrics.map(|(l, _)| tokio::spawn(crate::metrics::serve(l, calls_tx.clone())));
     drop(calls_tx);
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let deadline = async {
         if args.duration == 0 {
             std::future::pending::<()>().await;
