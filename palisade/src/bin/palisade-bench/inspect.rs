@@ -130,6 +130,18 @@ pub struct Machine {
 }
 
 /// CPUs online on the machine (not only those this thread may run on).
+/// The scheduler's runtime of a task, in nanoseconds: the first field of a `schedstat` file
+/// (`/proc/<pid>/schedstat`, `/proc/<pid>/task/<tid>/schedstat`). `None` when the task is
+/// gone or the kernel keeps no schedstats.
+pub fn schedstat_ns(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn online_cpus() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };

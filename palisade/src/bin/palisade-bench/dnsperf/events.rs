@@ -122,8 +122,6 @@ fn drain(ring: &mut RingBuf<MapData>, stop: &AtomicBool, read: &AtomicU64) {
 
 /// CPU time of thread `tid` of this process, in seconds (scheduler runtime); 0 once it is gone.
 pub fn thread_runtime(tid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 / 1e9)
+    let path = format!("/proc/self/task/{tid}/schedstat");
+    crate::inspect::schedstat_ns(std::path::Path::new(&path)).map_or(0.0, |ns| ns as f64 / 1e9)
 }

@@ -28,7 +28,7 @@ use super::{
     events::thread_runtime,
     setup::{Pair, Running, SERVER_IF},
 };
-use crate::netns::Netns;
+use crate::{inspect, netns::Netns};
 
 // ---------------------------------------------------------------------------------------------
 // CPU and memory readings
@@ -70,9 +70,7 @@ pub fn task_runtime(pid: u32) -> f64 {
         .flatten()
         .map(|t| {
             let dir = t.path();
-            fs::read_to_string(dir.join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            inspect::schedstat_ns(&dir.join("schedstat"))
                 .map_or_else(|| stat_cpu(&dir.join("stat")), |ns| ns as f64 / 1e9)
         })
         .sum()

@@ -60,12 +60,9 @@ pub fn templates(list: &[std::net::Ipv4Addr], rng: &mut Rng) -> Vec<[u8; FRAME_L
         .collect()
 }
 
-/// Nanoseconds a thread has spent on a CPU, from `/proc/<pid>/schedstat`.
+/// Nanoseconds a thread has spent on a CPU, from `/proc/<pid>/schedstat`; 0 once it is gone.
 pub fn schedstat_ns(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+    inspect::schedstat_ns(std::path::Path::new(&format!("/proc/{pid}/schedstat"))).unwrap_or(0)
 }
 
 pub fn ksoftirqd(cpu: usize) -> Option<u32> {
