@@ -47,6 +47,8 @@ pub const TUPLE_DPORT: u8 = 4;
 pub const TUPLE_SRC_SET: u8 = 8;
 /// [`Tuple::flags`]: the destination address must be in set `dst_set`.
 pub const TUPLE_DST_SET: u8 = 16;
+/// [`Tuple::flags`]: the connection-tracking state is part of the key.
+pub const TUPLE_CT_STATE: u8 = 32;
 
 /// [`PolicyHeader::fragments`]: drop non-first fragments.
 pub const FRAGMENTS_DROP: u8 = 0;
@@ -59,6 +61,10 @@ pub const POLICY_LOG_DEFAULT: u8 = 1;
 pub const POLICY_LOG_MALFORMED: u8 = 2;
 /// [`PolicyHeader::flags`]: emit an event for every non-first fragment dropped.
 pub const POLICY_LOG_FRAGMENTS: u8 = 4;
+/// [`PolicyHeader::flags`]: track connections (ingress and egress).
+pub const POLICY_CT_TRACK: u8 = 8;
+/// [`PolicyHeader::flags`]: accept established and related packets before the rules.
+pub const POLICY_STATEFUL: u8 = 16;
 
 /// Global control word: which generation the datapath uses.
 #[repr(C)]
@@ -101,7 +107,9 @@ pub struct Tuple {
     pub family: u8,
     pub flags: u8,
     pub tcp_flags_mask: u8,
-    pub _pad: u8,
+    /// 0xff when the tuple keys on the connection-tracking state ([`TUPLE_CT_STATE`]), else
+    /// 0: a mask rather than a flag test keeps the key construction branch-free.
+    pub ct_state_mask: u8,
 }
 map_type!(Tuple, 48);
 
@@ -118,7 +126,9 @@ pub struct FlowKey {
     pub dport_class: u16,
     pub proto: u8,
     pub tcp_flags: u8,
-    pub _pad: [u8; 2],
+    /// The packet's connection-tracking state bit, 0 when the tuple ignores it.
+    pub ct_state: u8,
+    pub _pad: [u8; 1],
 }
 map_type!(FlowKey, 44);
 
@@ -272,6 +282,7 @@ pub fn flow_key(
         k.dport_class = dport_class;
     }
     k.tcp_flags = p.tcp_flags & t.tcp_flags_mask;
+    k.ct_state = p.ct_state & t.ct_state_mask;
     k
 }
 

@@ -7,6 +7,7 @@
 
 #![no_std]
 
+pub mod conntrack;
 pub mod dns;
 pub mod event;
 pub mod firewall;

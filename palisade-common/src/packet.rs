@@ -73,8 +73,11 @@ pub const TCP_CWR: u8 = 0x80;
 /// What the classifier needs to know about an IP packet.
 ///
 /// Addresses are 16 bytes: IPv6 as is, IPv4 as `::ffff:a.b.c.d`, so one set of maps and one
-/// key layout serve both families.
+/// key layout serve both families. The tracker reads the addresses as words
+/// ([`Packet::src_words`]): byte arrays copied by value are split into single bytes, each
+/// spilled to the BPF stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct Packet {
     pub family: u8,
     pub proto: u8,
@@ -92,7 +95,30 @@ pub struct Packet {
     pub l4_offset: u16,
     /// Bytes of IP payload from `l4_offset` to the end of the IP packet as the header says.
     pub l4_len: u16,
+    /// Connection-tracking state bit (`conntrack::STATE_*`) once the tracker has classified
+    /// the packet; 0 before (the parser leaves it 0).
+    pub ct_state: u8,
+    pub _pad: u8,
 }
+
+impl Packet {
+    /// The source address as four native-endian words.
+    #[inline(always)]
+    #[must_use]
+    pub const fn src_words(&self) -> [u32; 4] {
+        // SAFETY: 16 readable bytes; the read makes no alignment assumption.
+        unsafe { core::ptr::read_unaligned(self.src.as_ptr().cast::<[u32; 4]>()) }
+    }
+
+    /// The destination address as four native-endian words.
+    #[inline(always)]
+    #[must_use]
+    pub const fn dst_words(&self) -> [u32; 4] {
+        // SAFETY: as for `src_words`.
+        unsafe { core::ptr::read_unaligned(self.dst.as_ptr().cast::<[u32; 4]>()) }
+    }
+}
+
 
 /// The result of parsing a frame that is not malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +204,8 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
         l3_offset: off as u16,
         l4_offset: (off + ihl) as u16,
         l4_len: (total - ihl) as u16,
+        ct_state: 0,
+        _pad: 0,
     };
     parse_l4(b, &mut p)?;
     Ok(p)
@@ -254,6 +282,8 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
         l3_offset: off as u16,
         l4_offset: l4 as u16,
         l4_len: (payload - ext_len) as u16,
+        ct_state: 0,
+        _pad: 0,
     };
     parse_l4(b, &mut p)?;
     Ok(p)

@@ -31,3 +31,71 @@ impl Bytes for SkbBytes<'_> {
         self.0.load::<[u8; N]>(offset).ok()
     }
 }
+
+/// The linear part of the frame a TC program sees (from the Ethernet header), read directly
+/// like XDP's. Headers that lie beyond the linear part read as missing: pulling them in would
+/// copy the head of every cloned skb (every TCP segment the host sends). The bounds are read
+/// once, like [`XdpFrame`]'s, so the struct can be handed to non-inlined functions.
+pub struct TcBytes {
+    start: usize,
+    end: usize,
+}
+
+impl TcBytes {
+    #[inline(always)]
+    pub fn of(ctx: &aya_ebpf::programs::TcContext) -> Self {
+        let skb = ctx.skb.skb;
+        // SAFETY: `skb` is the program's context; its fields are plain reads.
+        unsafe {
+            Self {
+                start: core::ptr::read_volatile(&raw const (*skb).data) as usize,
+                end: core::ptr::read_volatile(&raw const (*skb).data_end) as usize,
+            }
+        }
+    }
+}
+
+impl Bytes for TcBytes {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if self.start + offset + N > self.end {
+            return None;
+        }
+        // SAFETY: the range was just checked to lie inside the linear data.
+        Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const [u8; N]) })
+    }
+}
+
+/// An XDP frame's bounds read once, with volatile loads, inside the function that uses
+/// them. A non-inlined function that takes the context would otherwise have the loads
+/// hoisted into its caller (argument promotion), and the verifier refuses the widening the
+/// callee then does on the frame-end pointer.
+pub struct XdpFrame {
+    start: usize,
+    end: usize,
+}
+
+impl XdpFrame {
+    #[inline(always)]
+    pub fn of(ctx: &XdpContext) -> Self {
+        let md = ctx.ctx;
+        // SAFETY: `md` is the program's context; its fields are plain reads.
+        unsafe {
+            Self {
+                start: core::ptr::read_volatile(&raw const (*md).data) as usize,
+                end: core::ptr::read_volatile(&raw const (*md).data_end) as usize,
+            }
+        }
+    }
+}
+
+impl Bytes for XdpFrame {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if self.start + offset + N > self.end {
+            return None;
+        }
+        // SAFETY: the range was just checked to lie inside the frame.
+        Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const [u8; N]) })
+    }
+}

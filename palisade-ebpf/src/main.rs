@@ -7,6 +7,7 @@
 
 mod bench;
 mod bytes;
+mod ct;
 mod dns;
 mod firewall;
 mod maps;
@@ -14,8 +15,8 @@ mod verdict;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{cgroup_skb, xdp},
-    programs::{SkBuffContext, XdpContext},
+    macros::{cgroup_skb, classifier, xdp},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 
 /// XDP ingress firewall.
@@ -38,6 +39,34 @@ pub fn palisade_dns_ingress(ctx: XdpContext) -> u32 {
 #[cgroup_skb]
 pub fn palisade_dns_egress(ctx: SkBuffContext) -> i32 {
     dns::egress::run(&ctx)
+}
+
+/// Connection tracking of packets arriving on the guarded interfaces; entered by tail call
+/// from [`palisade_firewall`] when the policy tracks connections.
+#[xdp]
+pub fn palisade_ct_ingress(ctx: XdpContext) -> u32 {
+    ct::ingress::run(&ctx)
+}
+
+/// The firewall's rules, after the tracker; entered by tail call from
+/// [`palisade_ct_ingress`].
+#[xdp]
+pub fn palisade_rules(ctx: XdpContext) -> u32 {
+    firewall::run_rules(&ctx)
+}
+
+/// Connection tracking of what the host sends on the guarded interfaces (TC egress). Never
+/// drops: fail-open for everything, including internal errors.
+#[classifier]
+pub fn palisade_ct_egress(ctx: TcContext) -> i32 {
+    ct::egress::run(&ctx)
+}
+
+/// Removes expired (or flushed) flows and counts the rest; run by userspace through
+/// `BPF_PROG_TEST_RUN`, never attached.
+#[xdp]
+pub fn palisade_ct_sweep(ctx: XdpContext) -> u32 {
+    ct::sweep::run(&ctx)
 }
 
 /// The smallest XDP program: passes everything. Loaded by the benchmarks as the cost floor.

@@ -165,9 +165,52 @@ pub const EGRESS_MAX_DEPTH: u32 = 2;
 /// Scratch slots in all.
 pub const SCRATCH_SLOTS: u32 = SLOT_EGRESS + EGRESS_MAX_DEPTH;
 
-/// Tail-call targets of the XDP firewall: slot [`TAIL_DNS`] is the DNS inspector.
+/// Tail-call targets of the XDP pipeline (see `docs/design/pipeline.md`).
 #[map]
 pub static XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 
 /// Slot of the DNS ingress inspector in [`XDP_TAILS`].
 pub const TAIL_DNS: u32 = 0;
+/// Slot of the connection tracker's ingress stage.
+pub const TAIL_CT: u32 = 1;
+/// Slot of the rules stage that follows the tracker.
+pub const TAIL_RULES: u32 = 2;
+
+// ---- Connection tracking ----
+
+use palisade_common::conntrack::{CT_STATS as CT_STAT_COUNT, CtCensus, CtConfig, CtEntry, CtKey};
+
+/// Default capacity of [`CT_EST`]; userspace sets the real one from `[conntrack]
+/// max_entries` when it creates the map.
+pub const CT_EST_DEFAULT: u32 = 262_144;
+/// Default capacity of [`CT_NEW`] (`[conntrack] max_unvalidated`).
+pub const CT_NEW_DEFAULT: u32 = 65_536;
+
+/// Validated flows: a completed handshake, an answered datagram, or a flow this host sends
+/// on. Only such flows enter, so a flood from spoofed sources cannot fill it; not an LRU, so
+/// nothing is ever evicted unseen: entries leave by expiry, flush or teardown, and an insert
+/// into a full table fails and is counted. Allocated as entries arrive.
+#[map]
+pub static CT_EST: HashMap<CtKey, CtEntry> =
+    HashMap::with_max_entries(CT_EST_DEFAULT, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Flows not validated yet (a SYN, an unanswered datagram or echo request). An LRU: a flood
+/// churns this table, never [`CT_EST`].
+#[map]
+pub static CT_NEW: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_NEW_DEFAULT, 0);
+
+/// Tracker settings (timeouts), written by userspace.
+#[map]
+pub static CT_CONFIG: Array<CtConfig> = Array::with_max_entries(1, 0);
+
+/// The entry of a new flow waiting for its packet's verdict.
+#[map]
+pub static CT_PENDING: PerCpuArray<crate::ct::Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tracker counters (see `palisade_common::conntrack::CS_*`).
+#[map]
+pub static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CT_STAT_COUNT, 0);
+
+/// What the last sweep found.
+#[map]
+pub static CT_CENSUS: Array<CtCensus> = Array::with_max_entries(1, 0);

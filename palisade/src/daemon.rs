@@ -124,6 +124,29 @@ struct Daemon {
     started: Instant,
     metrics: Option<String>,
     events: broadcast::Sender<Arc<EventLine>>,
+    /// What the last sweep of the connection tables counted.
+    ct_census: Option<palisade_common::conntrack::CtCensus>,
+    /// Sweeps that failed (logged once each).
+    ct_sweep_errors: u64,
+}
+
+impl Daemon {
+    /// Removes expired flows and keeps the census for status and metrics.
+    fn sweep_connections(&mut self) {
+        let req = palisade_common::conntrack::SweepRequest {
+            op: palisade_common::conntrack::SWEEP_EXPIRE,
+            ..Default::default()
+        };
+        match self.dp.sweep(&req) {
+            Ok(c) => self.ct_census = Some(c),
+            Err(e) => {
+                self.ct_sweep_errors += 1;
+                if self.ct_sweep_errors == 1 {
+                    eprintln!("palisade: the connection-table sweep failed: {e:#}");
+                }
+            }
+        }
+    }
 }
 
 /// Runs until a signal, `--duration` or `palisade unload` ends it.
@@ -198,6 +221,8 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         started: Instant::now(),
         metrics: metrics.as_ref().map(|(_, a)| a.to_string()),
         events: events_tx.clone(),
+        ct_census: None,
+        ct_sweep_errors: 0,
     };
     d.install(&policy).context("installing the policy")?;
     let attach_notes = d.dp.attach(&opts, &policy)?;
@@ -290,8 +315,16 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     // stream is drained on this tick.
     let mut drain_tick = tokio::time::interval(Duration::from_millis(EVENT_DRAIN_INTERVAL_MS));
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Expired flows leave the connection tables within a timeout plus this interval; the
+    // sweep is one syscall whatever the table size.
+    let mut ct_tick =
+        tokio::time::interval(Duration::from_millis(crate::conntrack::SWEEP_INTERVAL_MS));
+    ct_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
         tokio::select! {
+            _ = ct_tick.tick() => {
+                d.sweep_connections();
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 d.drain(guard.get_inner_mut());

@@ -27,22 +27,28 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     maps::{MapData, ProgramArray},
-    programs::{CgroupSkb, CgroupSkbAttachType, Xdp},
+    programs::{
+        CgroupSkb, CgroupSkbAttachType, LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        links::FdLink, tc::TcAttachOptions,
+    },
 };
 use aya_obj::programs::XdpAttachType;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     attach::{self, Mode},
-    guard::{DNS_EGRESS, DNS_INGRESS, FIREWALL},
+    guard::{CT_INGRESS, DNS_EGRESS, DNS_INGRESS, FIREWALL, RULES, TAILS},
     loader,
     maps::map_mut,
     pin::{self, Layout, LinkPin, Mounted, PinLock},
     policy::model::Policy,
 };
 
-/// Slot of the DNS inspector in `XDP_TAILS` (the kernel's `maps::TAIL_DNS`).
-const TAIL_DNS: u32 = 0;
+/// Every XDP program, loaded and pinned together: the firewall (attached), the DNS
+/// inspector, then the other stages and the sweep.
+const XDP_PROGRAMS: [&str; 5] = [FIREWALL, DNS_INGRESS, CT_INGRESS, RULES, crate::conntrack::SWEEP];
+/// The egress tracker (TC).
+const CT_EGRESS: &str = crate::conntrack::EGRESS;
 
 /// Where the daemon keeps its state and what it guards.
 #[derive(Debug, Clone)]
@@ -97,6 +103,11 @@ pub struct Datapath {
     pub maps_created: usize,
     firewall: Option<Xdp>,
     dns_ingress: Option<Xdp>,
+    /// The XDP programs after the first two of [`XDP_PROGRAMS`], in that order.
+    stages: Vec<Xdp>,
+    ct_egress: Option<SchedClassifier>,
+    /// The egress tracker's link on each guarded interface.
+    pub tc: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -163,6 +174,9 @@ impl Datapath {
             maps_created: pinned.created.len(),
             firewall: None,
             dns_ingress: None,
+            stages: Vec::new(),
+            ct_egress: None,
+            tc: Vec::new(),
             egress: None,
             programs_reused: false,
             xdp: Vec::new(),
@@ -186,12 +200,18 @@ impl Datapath {
         let mut notes = Vec::new();
         self.ensure_xdp_programs()?;
         self.sync_xdp(opts, &mut notes)?;
+        self.sync_tc(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         let in_use: Vec<u32> = self
             .xdp
             .iter()
             .filter_map(|a| a.link_id)
             .chain(self.cgroups.iter().filter_map(|a| a.link_id))
+            .chain(
+                self.tc
+                    .iter()
+                    .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
+            )
             .collect();
         for old in self.layout.foreign_layouts() {
             let detached = pin::remove_tree(&old, &in_use)?;
@@ -212,20 +232,19 @@ impl Datapath {
     }
 
     fn ensure_xdp_programs(&mut self) -> Result<()> {
-        let reused = match (
-            Xdp::from_pin(self.layout.prog(FIREWALL), XdpAttachType::Interface),
-            Xdp::from_pin(self.layout.prog(DNS_INGRESS), XdpAttachType::Interface),
-        ) {
-            (Ok(fw), Ok(dns)) if self.layout.prog(FIREWALL).exists() => Some((fw, dns)),
-            _ => None,
+        let open_all = |layout: &Layout| -> Option<Vec<Xdp>> {
+            XDP_PROGRAMS
+                .iter()
+                .map(|n| Xdp::from_pin(layout.prog(n), XdpAttachType::Interface).ok())
+                .collect()
         };
-        let (fw, dns) = match reused {
+        let progs = match open_all(&self.layout) {
             Some(p) => {
                 self.programs_reused = true;
                 p
             }
             None => {
-                for name in [DNS_INGRESS, FIREWALL] {
+                for name in XDP_PROGRAMS.iter().rev() {
                     let path = self.layout.prog(name);
                     let prog: &mut Xdp = self
                         .ebpf
@@ -238,21 +257,159 @@ impl Datapath {
                     prog.pin(&path)
                         .with_context(|| format!("pinning {name} at {}", path.display()))?;
                 }
-                (
-                    Xdp::from_pin(self.layout.prog(FIREWALL), XdpAttachType::Interface)?,
-                    Xdp::from_pin(self.layout.prog(DNS_INGRESS), XdpAttachType::Interface)?,
-                )
+                open_all(&self.layout)
+                    .ok_or_else(|| anyhow!("reopening the programs just pinned"))?
             }
         };
-        // The DNS inspector goes into the (pinned) tail-call table before any link runs the
-        // firewall that calls it.
-        let mut tails: ProgramArray<&mut MapData> =
-            ProgramArray::try_from(map_mut(&mut self.ebpf, "XDP_TAILS")?)?;
-        tails
-            .set(TAIL_DNS, dns.fd()?, 0)
-            .context("filling the tail-call table")?;
-        self.firewall = Some(fw);
-        self.dns_ingress = Some(dns);
+        // The tail-call stages go into the (pinned) table before any link runs the firewall
+        // that calls them.
+        {
+            let mut tails: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(map_mut(&mut self.ebpf, "XDP_TAILS")?)?;
+            for (slot, name) in TAILS {
+                let i = XDP_PROGRAMS
+                    .iter()
+                    .position(|n| *n == name)
+                    .expect("every tail-call stage is an XDP program");
+                tails
+                    .set(slot, progs[i].fd()?, 0)
+                    .context("filling the tail-call table")?;
+            }
+        }
+        let mut progs = progs.into_iter();
+        self.firewall = progs.next();
+        self.dns_ingress = progs.next();
+        self.stages = progs.collect();
+        Ok(())
+    }
+
+    /// The sweep program (expiry of tracked flows, flushes), once the programs are loaded.
+    #[must_use]
+    pub fn sweep_program(&self) -> Option<&Xdp> {
+        let i = XDP_PROGRAMS.iter().position(|n| *n == crate::conntrack::SWEEP)?;
+        self.stages.get(i.checked_sub(2)?)
+    }
+
+    /// Runs the tracker's sweep once.
+    ///
+    /// # Errors
+    /// When the programs are not loaded or the kernel refuses the run.
+    pub fn sweep(
+        &self,
+        req: &palisade_common::conntrack::SweepRequest,
+    ) -> Result<palisade_common::conntrack::CtCensus> {
+        let prog = self
+            .sweep_program()
+            .ok_or_else(|| anyhow!("the conntrack sweep is not loaded"))?;
+        crate::conntrack::sweep(prog, &self.ebpf, req)
+    }
+
+    fn ensure_tc_program(&mut self) -> Result<()> {
+        if self.ct_egress.is_some() {
+            return Ok(());
+        }
+        let path = self.layout.prog(CT_EGRESS);
+        if let Ok(p) = SchedClassifier::from_pin(&path) {
+            self.ct_egress = Some(p);
+            return Ok(());
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(CT_EGRESS)
+            .ok_or_else(|| anyhow!("kernel object has no program {CT_EGRESS}"))?
+            .try_into()?;
+        prog.load()
+            .context("the kernel refused the egress connection tracker")?;
+        let _ = fs::remove_file(&path);
+        prog.pin(&path)
+            .with_context(|| format!("pinning {CT_EGRESS} at {}", path.display()))?;
+        self.ct_egress = Some(SchedClassifier::from_pin(&path)?);
+        Ok(())
+    }
+
+    /// Attaches the egress tracker (tcx) to every guarded interface, adopting pinned links
+    /// and switching them to this build's program. Links are pinned: tracking of what the
+    /// host sends survives the daemon, like the firewall.
+    fn sync_tc(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_tc_program()?;
+        let prog_fd = self.ct_egress.as_ref().expect("loaded").fd()?.try_clone()?;
+        let prog_id = self
+            .ct_egress
+            .as_ref()
+            .and_then(|p| p.info().ok())
+            .map_or(0, |i| i.id());
+        let pins = self.all_link_pins();
+        for iface in &opts.ifaces {
+            let ifindex = attach::ifindex(iface)
+                .ok_or_else(|| anyhow!("no network interface named {iface:?}"))?;
+            let mut done = false;
+            for (pin, path, ours) in &pins {
+                let LinkPin::TcxEgress { iface: pinned } = pin else {
+                    continue;
+                };
+                if pinned != iface || done {
+                    continue;
+                }
+                let Ok(fd) = pin::obj_get(path) else { continue };
+                match pin::link_info(fd.as_fd()) {
+                    Ok(info) if info.link_type == pin::LINK_TYPE_TCX && info.ifindex == ifindex => {
+                        if info.prog_id != prog_id {
+                            pin::link_update(fd.as_fd(), prog_fd.as_fd()).with_context(|| {
+                                format!("switching the pinned egress tracker on {iface} to this build's program")
+                            })?;
+                        }
+                        if !*ours {
+                            pin::move_link_pin(
+                                fd.as_fd(),
+                                path,
+                                &self.layout.links_dir().join(pin.file_name()),
+                            )?;
+                        }
+                        self.tc.push((iface.clone(), fd));
+                        done = true;
+                    }
+                    _ => {
+                        let _ = pin::link_detach(fd.as_fd());
+                        let _ = fs::remove_file(path);
+                    }
+                }
+            }
+            if done {
+                continue;
+            }
+            let prog = self.ct_egress.as_mut().expect("loaded");
+            let id = prog
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .with_context(|| format!("attaching the egress connection tracker to {iface} (tcx needs Linux 6.6)"))?;
+            let link = prog.take_link(id)?;
+            let link = FdLink::try_from(link)
+                .map_err(|e| anyhow!("the egress tracker link on {iface} cannot be pinned: {e}"))?;
+            let path = self
+                .layout
+                .links_dir()
+                .join(LinkPin::TcxEgress { iface: iface.clone() }.file_name());
+            let _ = fs::remove_file(&path);
+            drop(
+                link.pin(&path)
+                    .with_context(|| format!("pinning the egress tracker link of {iface}"))?,
+            );
+            self.tc.push((iface.clone(), pin::obj_get(&path)?));
+            notes.push(format!("tracking egress connections on {iface} (tcx)"));
+        }
+        for (pin, path) in pin::link_pins(&self.layout.links_dir()) {
+            if let LinkPin::TcxEgress { iface } = &pin
+                && !opts.ifaces.contains(iface)
+            {
+                if let Ok(fd) = pin::obj_get(&path) {
+                    let _ = pin::link_detach(fd.as_fd());
+                }
+                let _ = fs::remove_file(&path);
+            }
+        }
         Ok(())
     }
 
@@ -614,6 +771,10 @@ impl Datapath {
             }
             done.push(format!("detached from cgroup {}", a.path.display()));
         }
+        for (iface, fd) in self.tc.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the egress tracker from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -683,6 +844,7 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
             done.push(match l {
                 LinkPin::Xdp { iface, .. } => format!("detached from {iface}"),
                 LinkPin::Cgroup { path } => format!("detached from cgroup {}", path.display()),
+                LinkPin::TcxEgress { iface } => format!("detached the egress tracker from {iface}"),
             });
         }
     }

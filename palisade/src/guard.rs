@@ -18,8 +18,12 @@ pub const FIREWALL: &str = "palisade_firewall";
 pub const DNS_INGRESS: &str = "palisade_dns_ingress";
 /// The cgroup_skb egress DNS program.
 pub const DNS_EGRESS: &str = "palisade_dns_egress";
-/// Slot of the DNS inspector in `XDP_TAILS` (see the kernel's `maps::TAIL_DNS`).
-const TAIL_DNS: u32 = 0;
+/// The XDP connection tracker, entered by tail call from the firewall.
+pub const CT_INGRESS: &str = "palisade_ct_ingress";
+/// The XDP rules stage after the tracker.
+pub const RULES: &str = "palisade_rules";
+/// Slots of `XDP_TAILS` and their programs (see the kernel's `maps::TAIL_*`).
+pub const TAILS: [(u32, &str); 3] = [(0, DNS_INGRESS), (1, CT_INGRESS), (2, RULES)];
 
 /// Compiles `policy` completely, then installs it. Nothing changes in the kernel unless the
 /// whole policy compiled.
@@ -31,23 +35,28 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
     let key = apply::hash_key(ebpf)?;
     let dns = dns::compile::compile(policy, &key, &dns::compile::Clock::now())
         .context("compiling the DNS policy")?;
+    // The tracker's timeouts apply at once (they are not part of a generation); the flows
+    // themselves carry over every policy change.
+    crate::conntrack::write_config(ebpf, &crate::policy::conntrack::ct_config(policy))?;
     apply::install(ebpf, &firewall, &dns)
 }
 
-/// Puts the (already loaded) DNS inspector into the firewall's tail-call table.
+/// Puts the (already loaded) tail-call stages into the firewall's tail-call table.
 ///
 /// # Errors
-/// When the program is not loaded or the table cannot be written.
+/// When a program is not loaded or the table cannot be written.
 pub fn link_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
-    let fd = {
-        let prog: &Xdp = ebpf
-            .program(DNS_INGRESS)
-            .ok_or_else(|| anyhow!("kernel object has no program {DNS_INGRESS}"))?
-            .try_into()?;
-        prog.fd()?.try_clone()?
-    };
-    let mut tails: ProgramArray<&mut aya::maps::MapData> =
-        ProgramArray::try_from(map_mut(ebpf, "XDP_TAILS")?)?;
-    tails.set(TAIL_DNS, &fd, 0)?;
+    for (slot, name) in TAILS {
+        let fd = {
+            let prog: &Xdp = ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
+                .try_into()?;
+            prog.fd()?.try_clone()?
+        };
+        let mut tails: ProgramArray<&mut aya::maps::MapData> =
+            ProgramArray::try_from(map_mut(ebpf, "XDP_TAILS")?)?;
+        tails.set(slot, &fd, 0)?;
+    }
     Ok(())
 }

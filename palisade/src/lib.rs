@@ -7,6 +7,7 @@ pub mod api;
 pub mod attach;
 pub mod cli;
 pub mod commands;
+pub mod conntrack;
 pub mod craft;
 pub mod daemon;
 pub mod datapath;

@@ -220,6 +220,8 @@ pub enum LinkPin {
     Xdp { mode: String, iface: String },
     /// `cgroup-<path>`
     Cgroup { path: PathBuf },
+    /// `tcx-egress-<iface>`: the connection tracker's egress program.
+    TcxEgress { iface: String },
 }
 
 impl LinkPin {
@@ -228,11 +230,16 @@ impl LinkPin {
         match self {
             Self::Xdp { mode, iface } => format!("xdp-{mode}-{}", escape(iface.as_bytes())),
             Self::Cgroup { path } => format!("cgroup-{}", escape(path.as_os_str().as_bytes())),
+            Self::TcxEgress { iface } => format!("tcx-egress-{}", escape(iface.as_bytes())),
         }
     }
 
     #[must_use]
     pub fn parse(file_name: &str) -> Option<Self> {
+        if let Some(rest) = file_name.strip_prefix("tcx-egress-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxEgress { iface });
+        }
         if let Some(rest) = file_name.strip_prefix("xdp-") {
             let (mode, iface) = rest.split_once('-')?;
             let iface = String::from_utf8(unescape(iface)?).ok()?;
@@ -399,6 +406,7 @@ const BPF_LINK_DETACH: u32 = 34;
 /// `bpf_link_type` values used here.
 pub const LINK_TYPE_CGROUP: u32 = 3;
 pub const LINK_TYPE_XDP: u32 = 6;
+pub const LINK_TYPE_TCX: u32 = 11;
 
 /// `union bpf_attr`, large enough for every command used here, zeroed.
 #[repr(C, align(8))]
@@ -490,7 +498,7 @@ pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         link_type,
         id: u32_at(4),
         prog_id: u32_at(8),
-        ifindex: if link_type == LINK_TYPE_XDP {
+        ifindex: if link_type == LINK_TYPE_XDP || link_type == LINK_TYPE_TCX {
             u32_at(16)
         } else {
             0

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp},
+    programs::{CgroupSkb, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use palisade_common::{
     dns::maps::{DNS_STATS_PER_SCOPE, SCOPES},
@@ -53,6 +53,9 @@ impl Bench {
         for name in [
             FIREWALL,
             DNS_INGRESS,
+            crate::guard::CT_INGRESS,
+            crate::guard::RULES,
+            crate::conntrack::SWEEP,
             "palisade_floor_pass",
             "palisade_floor_drop",
         ] {
@@ -69,6 +72,14 @@ impl Bench {
                 .try_into()?;
             prog.load()
                 .with_context(|| format!("verifying {DNS_EGRESS}"))?;
+        }
+        {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(crate::conntrack::EGRESS)
+                .ok_or_else(|| anyhow!("no program {}", crate::conntrack::EGRESS))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifying {}", crate::conntrack::EGRESS))?;
         }
         crate::guard::link_tail_calls(&mut ebpf)?;
         let events = ebpf.take_map("EVENTS").map(RingBuf::try_from).transpose()?;
@@ -117,6 +128,24 @@ impl Bench {
         opts.data_in = Some(&frame);
         opts.data_out = Some(&mut out);
         Ok(prog.test_run(opts)?.return_value)
+    }
+
+    /// Runs the connection tracker's TC egress program on an Ethernet `frame`, as the host
+    /// would send it on a guarded interface. Returns the TC verdict (always "continue", -1).
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_ct_egress(&self, frame: &[u8]) -> Result<i32> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(crate::conntrack::EGRESS)
+            .ok_or_else(|| anyhow!("no program {}", crate::conntrack::EGRESS))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        Ok(prog.test_run(opts)?.return_value as i32)
     }
 
     /// Runs the firewall (and, by tail call, the DNS inspector) on `frame` and returns the

@@ -381,9 +381,11 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
+            stateful: false,
             rules: vec![],
         },
         sets: vec![],
+        conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
             ports: vec![53],
             ingress: Some(scope.clone()),
@@ -618,9 +620,11 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
+            stateful: false,
             rules: vec![],
         },
         sets: vec![],
+        conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
             ports: vec![53],
             ingress: Some(scope.clone()),

@@ -86,8 +86,10 @@ fn policy(
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
+            stateful: false,
             rules: vec![],
         },
+        conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
             ports: vec![53],

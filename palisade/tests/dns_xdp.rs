@@ -132,8 +132,10 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
+            stateful: false,
             rules: vec![],
         },
+        conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
             ports: ports.to_vec(),

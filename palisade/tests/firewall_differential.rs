@@ -265,6 +265,7 @@ fn random_rule(rng: &mut StdRng, sets: usize) -> Rule {
         dst_ports: (ports && rng.gen_bool(0.6)).then(|| port_range(rng)),
         tcp_flags: (protocol == Some(Protocol::Tcp) && rng.gen_bool(0.3)).then(|| tcp_flags(rng)),
         icmp: (icmp && rng.gen_bool(0.7)).then(|| icmp_match(rng)),
+        state: None,
         line: 0,
     }
 }
@@ -304,8 +305,10 @@ fn random_policy(rng: &mut StdRng) -> Policy {
             } else {
                 FragmentPolicy::MatchL3
             },
+            stateful: false,
             rules,
         },
+        conntrack: Default::default(),
         sets,
         dns: Default::default(),
     }
@@ -445,6 +448,7 @@ fn palette_rules(rng: &mut StdRng) -> Vec<Rule> {
                     _ => None,
                 },
                 icmp: None,
+                state: None,
                 line: 0,
             }
         })
@@ -1282,6 +1286,7 @@ fn rule(src: AddrMatch, dst: AddrMatch, protocol: Option<Protocol>) -> Rule {
         dst_ports: None,
         tcp_flags: None,
         icmp: None,
+        state: None,
         line: 0,
     }
 }
@@ -1303,8 +1308,10 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
             default_action: Action::Drop,
             log_default: true,
             fragments,
+            stateful: false,
             rules,
         },
+        conntrack: Default::default(),
         sets,
         dns: Default::default(),
     }
@@ -1569,6 +1576,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         dst_ports: None,
         tcp_flags: None,
         icmp: None,
+        state: None,
         line: 0,
     };
     let cidr = |ip: IpAddr, len| Cidr::new(ip, len).unwrap();
@@ -1645,8 +1653,10 @@ fn hundred_thousand_rules_and_a_million_set_members() {
             default_action: Action::Drop,
             log_default: true,
             fragments: FragmentPolicy::MatchL3,
+            stateful: false,
             rules,
         },
+        conntrack: Default::default(),
         sets: vec![IpSet {
             name: "big".to_owned(),
             entries: members,

@@ -8,7 +8,8 @@ use palisade_common::{
     dns::maps::{MODE_OFF, SCOPE_INGRESS, SCOPES},
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, DEFAULT_SLOT, FRAGMENTS_DROP,
-        POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED, RULE_LOG, rule_slot,
+        POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED,
+        PolicyHeader, RULE_LOG, rule_slot,
     },
     packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP},
     reason, stats,
@@ -16,9 +17,10 @@ use palisade_common::{
 
 use crate::{
     bytes::XdpBytes,
+    ct,
     maps::{
         CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS,
-        SLOT_XDP, STATS, TAIL_DNS, XDP_TAILS, bump,
+        SLOT_XDP, STATS, TAIL_CT, TAIL_DNS, XDP_TAILS, bump,
     },
     verdict::{self, Decision, NO_RULE},
 };
@@ -61,8 +63,51 @@ pub fn run(ctx: &XdpContext) -> u32 {
             return verdict::drop(ctx, Some(&p), &d);
         }
     }
+    if header.flags & POLICY_CT_TRACK != 0 {
+        // The tracker is a stage of its own (its code would not fit this program's stack):
+        // it reads the packet from the per-CPU handoff slot and goes on to `run_rules`.
+        if let Some(s) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) {
+            // SAFETY: per-CPU slot, used by one XDP stage at a time on this CPU.
+            unsafe { (*s).packet = p };
+            // SAFETY: a tail call with this program's own context.
+            unsafe { XDP_TAILS.tail_call(ctx, TAIL_CT) };
+        }
+        // Only reached when the tracker is missing: the packet goes on untracked.
+        bump(&STATS, stats::INTERNAL);
+    }
+    decide(ctx, generation, header, &p, false)
+}
+
+/// The rules stage after the tracker: entered by tail call from `ct::ingress` with the
+/// classified packet in the handoff slot.
+#[inline(always)]
+pub fn run_rules(ctx: &XdpContext) -> u32 {
+    let Some(control) = CONTROL.get(0) else {
+        return verdict::internal_error();
+    };
+    let generation = control.active_gen & 1;
+    let Some(header) = FW_HEADER.get(generation) else {
+        return verdict::internal_error();
+    };
+    let Some(s) = DNS_SCRATCH.get_ptr(SLOT_XDP) else {
+        return verdict::internal_error();
+    };
+    // SAFETY: per-CPU slot written by the earlier stages of this packet.
+    let p = unsafe { (*s).packet };
+    decide(ctx, generation, header, &p, true)
+}
+
+/// Classifies an IP packet against the rules and acts on the verdict.
+#[inline(always)]
+fn decide(
+    ctx: &XdpContext,
+    generation: u32,
+    header: &PolicyHeader,
+    p: &packet::Packet,
+    track: bool,
+) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let rule = classify::first_match(generation, header, &p).unwrap_or(DEFAULT_SLOT);
+    let rule = classify::first_match(generation, header, p).unwrap_or(DEFAULT_SLOT);
     let slot = rule_slot(generation, rule);
     if let Some(s) = FW_RULE_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -73,7 +118,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
     if rule == DEFAULT_SLOT {
         if header.default_action == ACTION_ALLOW {
-            return allowed(ctx, generation, &p);
+            return allowed(ctx, generation, p, track);
         }
         let d = Decision {
             reason: reason::DEFAULT,
@@ -81,7 +126,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
             generation,
             log: header.flags & POLICY_LOG_DEFAULT != 0,
         };
-        return verdict::drop(ctx, Some(&p), &d);
+        return verdict::drop(ctx, Some(p), &d);
     }
     let Some(meta) = FW_RULE_META.get(slot) else {
         return verdict::internal_error();
@@ -95,11 +140,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 generation,
                 log,
             };
-            verdict::drop(ctx, Some(&p), &d)
+            verdict::drop(ctx, Some(p), &d)
         }
         ACTION_RATE_LIMIT => {
-            if ratelimit::admit(slot, meta, &p) {
-                allowed(ctx, generation, &p)
+            if ratelimit::admit(slot, meta, p) {
+                allowed(ctx, generation, p, track)
             } else {
                 let d = Decision {
                     reason: reason::RATE_LIMIT,
@@ -107,16 +152,20 @@ pub fn run(ctx: &XdpContext) -> u32 {
                     generation,
                     log,
                 };
-                verdict::drop(ctx, Some(&p), &d)
+                verdict::drop(ctx, Some(p), &d)
             }
         }
-        _ => allowed(ctx, generation, &p),
+        _ => allowed(ctx, generation, p, track),
     }
 }
 
-/// The firewall lets the packet through; DNS queries go on to the DNS inspector.
+/// The firewall lets the packet through: a new flow's entry is inserted, and DNS queries go
+/// on to the DNS inspector.
 #[inline(always)]
-fn allowed(ctx: &XdpContext, generation: u32, p: &packet::Packet) -> u32 {
+pub fn allowed(ctx: &XdpContext, generation: u32, p: &packet::Packet, track: bool) -> u32 {
+    if track {
+        ct::commit();
+    }
     if p.frag != FRAG_LATER
         && (p.proto == IPPROTO_UDP || p.proto == IPPROTO_TCP)
         && DNS_GLOBAL

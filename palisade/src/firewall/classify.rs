@@ -60,3 +60,92 @@ pub fn set_contains(members: &[Cidr], family: u8, addr: &[u8; 16]) -> bool {
                 .all(|((a, k), c)| a & k == c)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use palisade_common::{
+        conntrack::{STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED},
+        firewall::TUPLE_CT_STATE,
+        packet::{FAMILY_V6, FRAG_NONE, IPPROTO_UDP},
+    };
+
+    use super::*;
+    use crate::{
+        firewall::{compile::compile, reference},
+        policy::config::parse_policy,
+    };
+
+    fn udp(dport: u16, ct_state: u8) -> Packet {
+        Packet {
+            family: FAMILY_V6,
+            proto: IPPROTO_UDP,
+            frag: FRAG_NONE,
+            tcp_flags: 0,
+            ct_state,
+            _pad: 0,
+            src: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            dst: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            sport: 5353,
+            dport,
+            l3_offset: 14,
+            l4_offset: 54,
+            l4_len: 8,
+        }
+    }
+
+    #[test]
+    fn only_state_tuples_key_on_the_packet_state() {
+        let text = r#"
+[[firewall.rule]]
+action = "allow"
+proto = "udp"
+dport = "53"
+state = ["established", "related"]
+
+[[firewall.rule]]
+action = "drop"
+proto = "udp"
+dport = "50-60"
+
+[[firewall.rule]]
+action = "drop"
+state = ["new", "invalid"]
+"#;
+        let policy = parse_policy(text, "p.toml", Path::new("/")).expect("valid");
+        let c = compile(&policy).expect("compiles");
+        let with_state: Vec<bool> = c
+            .tuples
+            .iter()
+            .map(|t| t.flags & TUPLE_CT_STATE != 0)
+            .collect();
+        assert_eq!(with_state, [true, false, true]);
+        // A tuple without the flag ignores the packet's state: its key's state byte stays 0.
+        let (sc, dc) = (c.sport_class[5353], c.dport_class[53]);
+        for ct in [0, STATE_NEW, STATE_ESTABLISHED, 0x80] {
+            let p = udp(53, ct);
+            assert_eq!(flow_key(0, 1, &c.tuples[1], &p, sc, dc).ct_state, 0);
+            assert_eq!(flow_key(0, 0, &c.tuples[0], &p, sc, dc).ct_state, ct);
+        }
+        for (dport, ct, want) in [
+            (53, 0, Some(1)),
+            (53, STATE_ESTABLISHED, Some(0)),
+            (53, STATE_RELATED, Some(0)),
+            (53, STATE_NEW, Some(1)),
+            (54, STATE_ESTABLISHED, Some(1)),
+            (80, STATE_NEW, Some(2)),
+            (80, STATE_INVALID, Some(2)),
+            (80, STATE_ESTABLISHED, None),
+            (80, 0, None),
+        ] {
+            let p = udp(dport, ct);
+            assert_eq!(first_match(&c, &p), want, "port {dport} state {ct}");
+            assert_eq!(
+                reference::first_match(&policy, &p),
+                want,
+                "port {dport} state {ct}"
+            );
+        }
+    }
+}

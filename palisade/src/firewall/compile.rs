@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use palisade_common::{
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, FRAGMENTS_DROP, FRAGMENTS_MATCH_L3, FlowKey,
-        MAX_RULES, MAX_SETS, MAX_TUPLES, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS,
-        POLICY_LOG_MALFORMED, PORT_SPACE, PolicyHeader, RULE_LOG, RULE_RATE_PER_SOURCE, RuleMeta,
-        TUPLE_DPORT, TUPLE_DST_SET, TUPLE_PROTO, TUPLE_SPORT, TUPLE_SRC_SET, Tuple,
+        MAX_RULES, MAX_SETS, MAX_TUPLES, POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS,
+        POLICY_LOG_MALFORMED, POLICY_STATEFUL, PORT_SPACE, PolicyHeader, RULE_LOG,
+        RULE_RATE_PER_SOURCE, RuleMeta, TUPLE_CT_STATE, TUPLE_DPORT, TUPLE_DST_SET, TUPLE_PROTO,
+        TUPLE_SPORT, TUPLE_SRC_SET, Tuple,
     },
     packet::{FAMILY_V4, FAMILY_V6},
 };
@@ -30,9 +31,9 @@ pub enum CompileError {
     #[error("{count} rules; at most {MAX_RULES} are supported")]
     TooManyRules { count: usize },
     #[error(
-        "the rules have {count} distinct shapes (address prefix lengths, sets, protocol, port \
-         and flag conditions); at most {MAX_TUPLES} are supported. Rules with the same prefix \
-         lengths and the same kinds of condition share a shape"
+        "the rules have {count} distinct shapes (address prefix lengths, sets, protocol, port, \
+         flag and state conditions); at most {MAX_TUPLES} are supported. Rules with the same \
+         prefix lengths and the same kinds of condition share a shape"
     )]
     TooManyTuples { count: usize },
     #[error(
@@ -42,6 +43,16 @@ pub enum CompileError {
     TooManyEntries { rule: String, line: usize },
     #[error("{count} sets; at most {MAX_SETS} are supported")]
     TooManySets { count: usize },
+    #[error(
+        "`stateful = true` needs connection tracking, but [conntrack] turns it off \
+         (enabled = false)"
+    )]
+    StatefulWithoutTracking,
+    #[error(
+        "rule {rule} (line {line}) matches on `state`, which needs connection tracking, but \
+         [conntrack] turns it off (enabled = false)"
+    )]
+    StateWithoutTracking { rule: String, line: usize },
 }
 
 /// Everything the kernel needs for one generation of the firewall.
@@ -71,6 +82,7 @@ struct Shape {
     sport: bool,
     dport: bool,
     tcp_flags_mask: u8,
+    state: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -199,12 +211,44 @@ fn rule_meta(rule: &Rule) -> RuleMeta {
     meta
 }
 
+/// The name of rule `index` in messages.
+fn rule_label(rule: &Rule, index: usize) -> String {
+    rule.name.clone().unwrap_or_else(|| format!("#{index}"))
+}
+
+/// The state bits a rule's `state` names, lowest first; `[0]` (the key's state byte left 0)
+/// for a rule without `state`.
+fn state_bits(rule: &Rule) -> Vec<u8> {
+    match rule.state {
+        None => vec![0],
+        Some(mask) => (0..8).map(|i| 1u8 << i).filter(|b| mask & b != 0).collect(),
+    }
+}
+
 /// Compiles `policy`'s firewall.
 ///
+/// A rule with `state` expands, like a port range into its classes, into one key per state
+/// bit it names, in a tuple that has [`TUPLE_CT_STATE`]. The header carries
+/// [`POLICY_CT_TRACK`] when the policy tracks connections
+/// ([`Policy::tracks_connections`]) and [`POLICY_STATEFUL`] with `stateful = true`.
+///
 /// # Errors
-/// When the policy, although valid, exceeds what the maps can hold.
+/// When the policy, although valid, exceeds what the maps can hold, or (for a policy built
+/// in code, which the config checker would have refused) uses `stateful` or `state` while
+/// `[conntrack]` turns tracking off.
 pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
     let fw = &policy.firewall;
+    if !policy.conntrack.enabled {
+        if fw.stateful {
+            return Err(CompileError::StatefulWithoutTracking);
+        }
+        if let Some((index, rule)) = fw.rules.iter().enumerate().find(|(_, r)| r.state.is_some()) {
+            return Err(CompileError::StateWithoutTracking {
+                rule: rule_label(rule, index),
+                line: rule.line,
+            });
+        }
+    }
     if fw.rules.len() > MAX_RULES as usize {
         return Err(CompileError::TooManyRules {
             count: fw.rules.len(),
@@ -228,6 +272,12 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         let sport_classes = sport_range.map_or(0..=0, |r| sports.classes_of(r));
         let dport_classes = dport_range.map_or(0..=0, |r| dports.classes_of(r));
         let flags = rule.tcp_flags.unwrap_or(TcpFlags { value: 0, mask: 0 });
+        let states = state_bits(rule);
+        if states.is_empty() {
+            // `state` with no bit at all (never written by the config checker) matches
+            // nothing, like the reference.
+            continue;
+        }
         for src in alternatives(&rule.src) {
             for dst in alternatives(&rule.dst) {
                 let family = match (src.family(), dst.family()) {
@@ -243,27 +293,31 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
                     sport: sport_range.is_some(),
                     dport: dport_range.is_some(),
                     tcp_flags_mask: flags.mask,
+                    state: rule.state.is_some(),
                 };
                 let best = shapes.entry(shape).or_insert(index);
                 *best = (*best).min(index);
                 for sc in sport_classes.clone() {
                     for dc in dport_classes.clone() {
-                        let key = FlowKey {
-                            tuple: 0,
-                            src: src.addr(),
-                            dst: dst.addr(),
-                            sport_class: sc,
-                            dport_class: dc,
-                            proto: rule.protocol.map_or(0, |p| p.number()),
-                            tcp_flags: flags.value,
-                            _pad: [0; 2],
-                        };
-                        keyed.entry((shape, key)).or_insert(index);
-                        if keyed.len() > MAX_ENTRIES {
-                            return Err(CompileError::TooManyEntries {
-                                rule: rule.name.clone().unwrap_or_else(|| format!("#{index}")),
-                                line: rule.line,
-                            });
+                        for &ct_state in &states {
+                            let key = FlowKey {
+                                tuple: 0,
+                                src: src.addr(),
+                                dst: dst.addr(),
+                                sport_class: sc,
+                                dport_class: dc,
+                                proto: rule.protocol.map_or(0, |p| p.number()),
+                                tcp_flags: flags.value,
+                                ct_state,
+                                _pad: [0; 1],
+                            };
+                            keyed.entry((shape, key)).or_insert(index);
+                            if keyed.len() > MAX_ENTRIES {
+                                return Err(CompileError::TooManyEntries {
+                                    rule: rule_label(rule, index as usize),
+                                    line: rule.line,
+                                });
+                            }
                         }
                     }
                 }
@@ -302,6 +356,12 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
     // are drops no rule asked for.
     if fw.log_default {
         flags |= POLICY_LOG_MALFORMED | POLICY_LOG_FRAGMENTS;
+    }
+    if policy.tracks_connections() {
+        flags |= POLICY_CT_TRACK;
+    }
+    if fw.stateful {
+        flags |= POLICY_STATEFUL;
     }
     let header = PolicyHeader {
         tuple_count: ordered.len() as u32,
@@ -358,6 +418,10 @@ fn tuple_of(shape: Shape, best_rule: u32) -> Tuple {
     if shape.dport {
         t.flags |= TUPLE_DPORT;
     }
+    if shape.state {
+        t.flags |= TUPLE_CT_STATE;
+        t.ct_state_mask = 0xff;
+    }
     t
 }
 
@@ -369,6 +433,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use palisade_common::{
+        conntrack::{STATE_ALL, STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED},
         firewall::{MAX_SETS, MAX_TUPLES, TUPLE_DST_SET, TUPLE_SRC_SET},
         packet::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, IPPROTO_ICMP, IPPROTO_TCP, Packet, v4_mapped},
     };
@@ -377,7 +442,7 @@ mod tests {
     use super::*;
     use crate::{
         firewall::{classify, reference},
-        policy::model::{Firewall, IcmpMatch, IpSet, Protocol, RateLimit},
+        policy::model::{Conntrack, Firewall, IcmpMatch, IpSet, Protocol, RateLimit},
     };
 
     // ---------------------------------------------------------------- builders
@@ -404,6 +469,7 @@ mod tests {
             dst_ports: None,
             tcp_flags: None,
             icmp: None,
+            state: None,
             line: 0,
         }
     }
@@ -422,10 +488,12 @@ mod tests {
                 default_action: Action::Drop,
                 log_default: false,
                 fragments: FragmentPolicy::MatchL3,
+                stateful: false,
                 rules,
             },
             sets,
             dns: Default::default(),
+            conntrack: Conntrack::default(),
         }
     }
 
@@ -453,6 +521,8 @@ mod tests {
             proto,
             frag: FRAG_NONE,
             tcp_flags: 0,
+            ct_state: 0,
+            _pad: 0,
             src: stored(src),
             dst: stored(dst),
             sport,
@@ -1261,6 +1331,218 @@ mod tests {
         assert_eq!(c.header.flags, 0);
     }
 
+    // ---------------------------------------------------------------- connection tracking
+
+    fn with_state(ct_state: u8, pkt: Packet) -> Packet {
+        Packet { ct_state, ..pkt }
+    }
+
+    #[test]
+    fn state_conditions_expand_to_one_entry_per_state_bit() {
+        let p = policy(
+            vec![
+                Rule {
+                    state: Some(STATE_ESTABLISHED | STATE_RELATED),
+                    action: Action::Allow,
+                    ..tcp_rule(Some((80, 90)))
+                },
+                Rule {
+                    state: Some(STATE_NEW),
+                    ..tcp_rule(Some((85, 100)))
+                },
+                tcp_rule(Some((80, 100))),
+                Rule {
+                    state: Some(STATE_INVALID),
+                    src: cidrs(&["10.0.0.0/8"]),
+                    ..any_rule()
+                },
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        // The two TCP state rules share a shape; the plain rule and the address rule do not.
+        assert_eq!(c.tuples.len(), 3);
+        assert_eq!(
+            c.tuples[0].flags,
+            TUPLE_PROTO | TUPLE_DPORT | TUPLE_CT_STATE
+        );
+        assert_eq!(c.tuples[1].flags, TUPLE_PROTO | TUPLE_DPORT);
+        assert_eq!(c.tuples[2].flags, TUPLE_CT_STATE);
+        assert_eq!(c.tuples[2].family, FAMILY_V4);
+        // Classes 80-84, 85-90, 91-100: rule 0 has two classes times two states, rule 1
+        // two classes times one state, rule 2 three classes, rule 3 one state.
+        let mut keys: Vec<(u32, u16, u8)> = c
+            .entries
+            .iter()
+            .map(|(k, &r)| (r, k.dport_class, k.ct_state))
+            .collect();
+        keys.sort_unstable();
+        let (a, b, d) = (c.dport_class[80], c.dport_class[85], c.dport_class[91]);
+        assert_eq!(
+            keys,
+            [
+                (0, a, STATE_ESTABLISHED),
+                (0, a, STATE_RELATED),
+                (0, b, STATE_ESTABLISHED),
+                (0, b, STATE_RELATED),
+                (1, b, STATE_NEW),
+                (1, d, STATE_NEW),
+                (2, a, 0),
+                (2, b, 0),
+                (2, d, 0),
+                (3, 0, STATE_INVALID),
+            ]
+        );
+        let web = |ct, port| with_state(ct, tcp("192.0.2.1", "192.0.2.2", 1000, port));
+        let cases = [
+            (0, 80, Some(2)),
+            (STATE_NEW, 80, Some(2)),
+            (STATE_NEW, 85, Some(1)),
+            (STATE_NEW, 95, Some(1)),
+            (STATE_ESTABLISHED, 85, Some(0)),
+            (STATE_RELATED, 90, Some(0)),
+            (STATE_RELATED, 91, Some(2)),
+            (STATE_INVALID, 85, Some(2)),
+            (STATE_INVALID, 101, None),
+        ];
+        for (ct, port, want) in cases {
+            assert_eq!(
+                classify_both(&p, &c, &web(ct, port)),
+                want,
+                "{ct} port {port}"
+            );
+        }
+        let from_ten = |ct| with_state(ct, packet("10.1.2.3", "192.0.2.2", 17, 5, 5));
+        assert_eq!(classify_both(&p, &c, &from_ten(STATE_INVALID)), Some(3));
+        assert_eq!(classify_both(&p, &c, &from_ten(STATE_NEW)), None);
+        assert_eq!(classify_both(&p, &c, &from_ten(0)), None);
+    }
+
+    #[test]
+    fn untracked_packets_never_meet_state_rules() {
+        let p = policy(
+            vec![
+                Rule {
+                    state: Some(STATE_ALL),
+                    ..any_rule()
+                },
+                Rule {
+                    action: Action::Allow,
+                    ..any_rule()
+                },
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        let pkt = tcp("10.0.0.1", "10.0.0.2", 1, 2);
+        assert_eq!(classify_both(&p, &c, &pkt), Some(1));
+        for bit in [STATE_NEW, STATE_ESTABLISHED, STATE_RELATED, STATE_INVALID] {
+            assert_eq!(classify_both(&p, &c, &with_state(bit, pkt)), Some(0));
+        }
+        // Bits outside the four states belong to no rule.
+        assert_eq!(classify_both(&p, &c, &with_state(16, pkt)), Some(1));
+        // A non-first fragment keeps the state the tracker gave it (none, today).
+        let later = Packet {
+            frag: FRAG_LATER,
+            ..pkt
+        };
+        assert_eq!(classify_both(&p, &c, &later), Some(1));
+        assert_eq!(
+            classify_both(&p, &c, &with_state(STATE_ESTABLISHED, later)),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_state_mask_without_bits_matches_nothing() {
+        // The checker never writes one; a policy built in code may.
+        let p = policy(
+            vec![
+                Rule {
+                    state: Some(0),
+                    ..any_rule()
+                },
+                tcp_rule(None),
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        assert_eq!(c.tuples.len(), 1);
+        for ct in [0, STATE_NEW, STATE_INVALID] {
+            let pkt = with_state(ct, tcp("10.0.0.1", "10.0.0.2", 1, 2));
+            assert_eq!(classify_both(&p, &c, &pkt), Some(1));
+        }
+    }
+
+    #[test]
+    fn header_flags_follow_tracking_and_stateful() {
+        let flags = |p: &Policy| compile(p).unwrap().header.flags;
+        let mut p = policy(vec![tcp_rule(None)], vec![]);
+        assert_eq!(flags(&p), 0);
+        p.conntrack.present = true;
+        assert_eq!(flags(&p), POLICY_CT_TRACK);
+        p.conntrack.present = false;
+        p.firewall.stateful = true;
+        assert_eq!(flags(&p), POLICY_CT_TRACK | POLICY_STATEFUL);
+        p.firewall.stateful = false;
+        p.firewall.rules[0].state = Some(STATE_NEW);
+        assert_eq!(flags(&p), POLICY_CT_TRACK);
+        p.firewall.log_default = true;
+        assert_eq!(
+            flags(&p),
+            POLICY_CT_TRACK | POLICY_LOG_DEFAULT | POLICY_LOG_MALFORMED | POLICY_LOG_FRAGMENTS
+        );
+        // A present but disabled section keeps tracking off.
+        let mut p = policy(vec![tcp_rule(None)], vec![]);
+        p.conntrack.present = true;
+        p.conntrack.enabled = false;
+        assert_eq!(flags(&p), 0);
+    }
+
+    #[test]
+    fn state_or_stateful_with_tracking_off_is_an_error() {
+        let mut p = policy(
+            vec![
+                tcp_rule(None),
+                Rule {
+                    name: Some("est".to_owned()),
+                    line: 7,
+                    state: Some(STATE_ESTABLISHED),
+                    ..any_rule()
+                },
+            ],
+            vec![],
+        );
+        p.conntrack.enabled = false;
+        assert_eq!(
+            compile(&p),
+            Err(CompileError::StateWithoutTracking {
+                rule: "est".to_owned(),
+                line: 7
+            })
+        );
+        p.firewall.rules[1].name = None;
+        assert_eq!(
+            compile(&p),
+            Err(CompileError::StateWithoutTracking {
+                rule: "#1".to_owned(),
+                line: 7
+            })
+        );
+        p.firewall.stateful = true;
+        assert_eq!(compile(&p), Err(CompileError::StatefulWithoutTracking));
+        p.conntrack.enabled = true;
+        assert!(compile(&p).is_ok());
+    }
+
+    #[test]
+    fn the_built_in_policy_tracks_and_is_stateful() {
+        let c = compile(&crate::policy::config::default_policy()).unwrap();
+        assert_eq!(c.header.flags, POLICY_CT_TRACK | POLICY_STATEFUL);
+        assert_eq!(c.header.default_action, ACTION_ALLOW);
+        assert!(c.tuples.iter().all(|t| t.flags & TUPLE_CT_STATE == 0));
+    }
+
     // ---------------------------------------------------------------- random policies
 
     fn arb_port_range() -> impl Strategy<Value = PortRange> {
@@ -1393,8 +1675,22 @@ mod tests {
         (icmp_type, code).prop_map(|(icmp_type, code)| IcmpMatch { icmp_type, code })
     }
 
+    /// A `state` mask: never empty, often one bit, sometimes several or all four.
+    fn arb_state() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            3 => prop::sample::select(vec![
+                STATE_NEW,
+                STATE_ESTABLISHED,
+                STATE_RELATED,
+                STATE_INVALID,
+            ]),
+            2 => 1u8..=STATE_ALL,
+        ]
+    }
+
     /// A rule whose conditions respect what the config checker allows: ports need TCP or
-    /// UDP, flags need TCP, ICMP needs ICMP or ICMPv6, and a flag mask is never empty.
+    /// UDP, flags need TCP, ICMP needs ICMP or ICMPv6, a flag mask and a state mask are
+    /// never empty.
     #[derive(Debug, Clone)]
     struct RawRule {
         action: Action,
@@ -1405,6 +1701,7 @@ mod tests {
         dst_ports: Option<PortRange>,
         tcp_flags: Option<TcpFlags>,
         icmp: Option<IcmpMatch>,
+        state: Option<u8>,
     }
 
     fn arb_raw_rule() -> impl Strategy<Value = RawRule> {
@@ -1417,8 +1714,9 @@ mod tests {
             prop::option::weighted(0.6, arb_port_range()),
             prop::option::weighted(0.3, arb_tcp_flags()),
             prop::option::weighted(0.6, arb_icmp()),
+            prop::option::weighted(0.3, arb_state()),
         )
-            .prop_map(|(action, src, dst, protocol, sp, dp, flags, icmp)| {
+            .prop_map(|(action, src, dst, protocol, sp, dp, flags, icmp, state)| {
                 let ports = matches!(protocol, Some(Protocol::Tcp | Protocol::Udp));
                 let is_icmp = matches!(protocol, Some(Protocol::Icmp | Protocol::Icmpv6));
                 RawRule {
@@ -1430,6 +1728,7 @@ mod tests {
                     dst_ports: dp.filter(|_| ports),
                     tcp_flags: flags.filter(|_| protocol == Some(Protocol::Tcp)),
                     icmp: icmp.filter(|_| is_icmp),
+                    state,
                 }
             })
     }
@@ -1485,12 +1784,21 @@ mod tests {
                 });
             }
             5 => r.src = AddrMatch::Any,
-            _ => {
+            6 => {
                 r.dst_ports = r.dst_ports.map(|p| {
                     let port = p.lo.saturating_add(u16::from(k)).min(p.hi);
                     PortRange { lo: port, hi: port }
                 });
                 r.tcp_flags = None;
+            }
+            // Another state condition: none, a neighbouring bit added, or a single bit.
+            _ => {
+                let bit = 1u8 << (k % 4);
+                r.state = match (r.state, k % 3) {
+                    (_, 0) => None,
+                    (Some(m), 1) => Some(m | bit),
+                    _ => Some(bit),
+                };
             }
         }
         r
@@ -1502,70 +1810,76 @@ mod tests {
             prop::collection::vec(
                 (
                     arb_raw_rule(),
-                    prop::option::weighted(0.35, (any::<Index>(), 0u8..7, 1u8..=8)),
+                    prop::option::weighted(0.35, (any::<Index>(), 0u8..8, 1u8..=8)),
                 ),
                 0..max_rules,
             ),
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(sets, raw, default_drop, log_default, frag_drop)| {
-                let addr = |a: RawAddr| match a {
-                    RawAddr::Any => AddrMatch::Any,
-                    RawAddr::Cidrs(c) => AddrMatch::Cidrs(c),
-                    RawAddr::Set(_) if sets.is_empty() => AddrMatch::Any,
-                    RawAddr::Set(i) => AddrMatch::Set(i.index(sets.len())),
-                };
-                let mut rules: Vec<Rule> = Vec::with_capacity(raw.len());
-                for (r, derive) in raw {
-                    let rule = match derive {
-                        // A variant of an earlier rule: overlapping rules in the same and in
-                        // neighbouring shapes are where first-match order matters.
-                        Some((base, how, k)) if !rules.is_empty() => Rule {
-                            action: r.action,
-                            ..derive_rule(&rules[base.index(rules.len())], how, k)
-                        },
-                        _ => Rule {
-                            action: r.action,
-                            src: addr(r.src),
-                            dst: addr(r.dst),
-                            protocol: r.protocol,
-                            src_ports: r.src_ports,
-                            dst_ports: r.dst_ports,
-                            tcp_flags: r.tcp_flags,
-                            icmp: r.icmp,
-                            ..any_rule()
-                        },
+            .prop_map(
+                |(sets, raw, default_drop, log_default, frag_drop, stateful)| {
+                    let addr = |a: RawAddr| match a {
+                        RawAddr::Any => AddrMatch::Any,
+                        RawAddr::Cidrs(c) => AddrMatch::Cidrs(c),
+                        RawAddr::Set(_) if sets.is_empty() => AddrMatch::Any,
+                        RawAddr::Set(i) => AddrMatch::Set(i.index(sets.len())),
                     };
-                    rules.push(rule);
-                }
-                Policy {
-                    firewall: Firewall {
-                        default_action: if default_drop {
-                            Action::Drop
-                        } else {
-                            Action::Allow
+                    let mut rules: Vec<Rule> = Vec::with_capacity(raw.len());
+                    for (r, derive) in raw {
+                        let rule = match derive {
+                            // A variant of an earlier rule: overlapping rules in the same and in
+                            // neighbouring shapes are where first-match order matters.
+                            Some((base, how, k)) if !rules.is_empty() => Rule {
+                                action: r.action,
+                                ..derive_rule(&rules[base.index(rules.len())], how, k)
+                            },
+                            _ => Rule {
+                                action: r.action,
+                                src: addr(r.src),
+                                dst: addr(r.dst),
+                                protocol: r.protocol,
+                                src_ports: r.src_ports,
+                                dst_ports: r.dst_ports,
+                                tcp_flags: r.tcp_flags,
+                                icmp: r.icmp,
+                                state: r.state,
+                                ..any_rule()
+                            },
+                        };
+                        rules.push(rule);
+                    }
+                    Policy {
+                        firewall: Firewall {
+                            default_action: if default_drop {
+                                Action::Drop
+                            } else {
+                                Action::Allow
+                            },
+                            log_default,
+                            fragments: if frag_drop {
+                                FragmentPolicy::Drop
+                            } else {
+                                FragmentPolicy::MatchL3
+                            },
+                            stateful,
+                            rules,
                         },
-                        log_default,
-                        fragments: if frag_drop {
-                            FragmentPolicy::Drop
-                        } else {
-                            FragmentPolicy::MatchL3
-                        },
-                        rules,
-                    },
-                    sets: sets
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, entries)| IpSet {
-                            name: format!("set{i}"),
-                            entries,
-                        })
-                        .collect(),
-                    dns: Default::default(),
-                }
-            })
+                        sets: sets
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, entries)| IpSet {
+                                name: format!("set{i}"),
+                                entries,
+                            })
+                            .collect(),
+                        dns: Default::default(),
+                        conntrack: Conntrack::default(),
+                    }
+                },
+            )
     }
 
     /// A policy whose rules all draw from a small palette: a block, its sibling and a child
@@ -1581,6 +1895,7 @@ mod tests {
             0u8..3,
             0u8..8,
             any::<bool>(),
+            0u8..8,
         );
         (
             prop_oneof![arb_v4_cidr(), arb_v6_cidr()],
@@ -1589,8 +1904,9 @@ mod tests {
             arb_port_range(),
             prop::collection::vec(pick, max_rules / 2..max_rules),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(base, dst, other, ports, picks, frag_drop)| {
+            .prop_map(|(base, dst, other, ports, picks, frag_drop, stateful)| {
                 let max = if base.family == Family::V4 { 32 } else { 128 };
                 let block = with_prefix(&base, base.prefix_len.clamp(1, max - 4));
                 let bit = u32::from(block.stored_prefix_len()) - 1;
@@ -1620,7 +1936,7 @@ mod tests {
                 ];
                 let rules = picks
                     .into_iter()
-                    .map(|(s, d, proto, sport, dport, flags, allow)| {
+                    .map(|(s, d, proto, sport, dport, flags, allow, state)| {
                         let protocol = [None, Some(Protocol::Tcp)][usize::from(proto)];
                         let ports_ok = protocol.is_some();
                         let tcp = protocol == Some(Protocol::Tcp);
@@ -1643,6 +1959,17 @@ mod tests {
                                 _ => None,
                             }
                             .filter(|_| tcp),
+                            // Nested like the port chain: one bit, two, all, none.
+                            state: [
+                                None,
+                                None,
+                                None,
+                                Some(STATE_NEW),
+                                Some(STATE_ESTABLISHED),
+                                Some(STATE_ESTABLISHED | STATE_RELATED),
+                                Some(STATE_NEW | STATE_INVALID),
+                                Some(STATE_ALL),
+                            ][usize::from(state)],
                             ..any_rule()
                         }
                     })
@@ -1656,10 +1983,12 @@ mod tests {
                         } else {
                             FragmentPolicy::MatchL3
                         },
+                        stateful,
                         rules,
                     },
                     sets: vec![],
                     dns: Default::default(),
+                    conntrack: Conntrack::default(),
                 }
             })
     }
@@ -1705,7 +2034,19 @@ mod tests {
         flags_edge: u8,
         flags_noise: u8,
         frag: u8,
+        /// Take a state bit of the aimed-at rule's `state`, else `CT_STATES[ct_pick]`.
+        follow_state: bool,
+        ct_pick: Index,
     }
+
+    /// The values the tracker gives `Packet::ct_state`: unclassified, or one state bit.
+    const CT_STATES: [u8; 5] = [
+        0,
+        STATE_NEW,
+        STATE_ESTABLISHED,
+        STATE_RELATED,
+        STATE_INVALID,
+    ];
 
     fn arb_addr_spec() -> impl Strategy<Value = AddrSpec> {
         (
@@ -1745,6 +2086,7 @@ mod tests {
             (arb_port_spec(), arb_port_spec()),
             (prop::bool::weighted(0.8), 0u8..3, any::<u8>()),
             prop_oneof![6 => Just(FRAG_NONE), 2 => Just(FRAG_FIRST), 2 => Just(FRAG_LATER)],
+            (prop::bool::weighted(0.8), any::<Index>()),
         )
             .prop_map(
                 |(
@@ -1754,6 +2096,7 @@ mod tests {
                     (sport, dport),
                     (follow_flags, flags_edge, flags_noise),
                     frag,
+                    (follow_state, ct_pick),
                 )| PacketSpec {
                     target,
                     v6,
@@ -1768,6 +2111,8 @@ mod tests {
                     flags_edge,
                     flags_noise,
                     frag,
+                    follow_state,
+                    ct_pick,
                 },
             )
     }
@@ -1917,11 +2262,20 @@ mod tests {
         if s.frag == FRAG_LATER {
             (sport, dport, tcp_flags) = (0, 0, 0);
         }
+        let ct_state = match target.and_then(|r| r.state) {
+            Some(mask) if s.follow_state && mask != 0 => {
+                let bits: Vec<u8> = (0..8).map(|i| 1u8 << i).filter(|b| mask & b != 0).collect();
+                bits[s.ct_pick.index(bits.len())]
+            }
+            _ => CT_STATES[s.ct_pick.index(CT_STATES.len())],
+        };
         Packet {
             family: if v4 && !s.cross { FAMILY_V4 } else { FAMILY_V6 },
             proto,
             frag: s.frag,
             tcp_flags,
+            ct_state,
+            _pad: 0,
             src,
             dst,
             sport,
@@ -1958,6 +2312,32 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
+        /// The same agreement whatever state the tracker gave the packet: unclassified (0),
+        /// each of the four state bits, and the bits no state uses, which must match no
+        /// `state` rule in either classifier.
+        #[test]
+        fn tuple_space_search_agrees_with_reference_in_every_ct_state(
+            p in arb_any_policy(),
+            specs in prop::collection::vec(arb_packet_spec(), 1..24),
+        ) {
+            let c = compile(&p).unwrap();
+            for s in &specs {
+                let pkt = resolve(&p, s);
+                for ct_state in std::iter::once(0).chain((0..8).map(|i| 1u8 << i)) {
+                    let pkt = Packet { ct_state, ..pkt };
+                    prop_assert_eq!(
+                        classify::first_match(&c, &pkt),
+                        reference::first_match(&p, &pkt),
+                        "packet {:?}", pkt
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
         /// What the compiler emits is internally consistent.
         #[test]
         fn compiled_structure_is_consistent(p in arb_any_policy()) {
@@ -1977,6 +2357,7 @@ mod tests {
                 prop_assert_eq!(t.flags & TUPLE_SPORT != 0, r.src_ports.is_some());
                 prop_assert_eq!(t.flags & TUPLE_DPORT != 0, dport_range(r).is_some());
                 prop_assert_eq!(t.tcp_flags_mask, r.tcp_flags.map_or(0, |f| f.mask));
+                prop_assert_eq!(t.flags & TUPLE_CT_STATE != 0, r.state.is_some());
                 if t.flags & TUPLE_SRC_SET != 0 {
                     prop_assert!((t.src_set as usize) < p.sets.len());
                     prop_assert_eq!(t.src_mask, [0; 16]);
@@ -2002,7 +2383,23 @@ mod tests {
                 if t.flags & TUPLE_DPORT == 0 {
                     prop_assert_eq!(k.dport_class, 0);
                 }
+                // One state bit of the rule's mask per key in a state tuple, else none.
+                match p.firewall.rules[rule as usize].state {
+                    Some(mask) => {
+                        prop_assert!(t.flags & TUPLE_CT_STATE != 0);
+                        prop_assert_eq!(k.ct_state.count_ones(), 1);
+                        prop_assert_eq!(k.ct_state & !mask, 0);
+                    }
+                    None => {
+                        prop_assert_eq!(t.flags & TUPLE_CT_STATE, 0);
+                        prop_assert_eq!(k.ct_state, 0);
+                    }
+                }
             }
+            // The header asks for tracking exactly when something needs it.
+            let tracked = p.firewall.rules.iter().any(|r| r.state.is_some());
+            prop_assert_eq!(c.header.flags & POLICY_CT_TRACK != 0, tracked || p.firewall.stateful);
+            prop_assert_eq!(c.header.flags & POLICY_STATEFUL != 0, p.firewall.stateful);
         }
     }
 

@@ -4,6 +4,7 @@
 //! [`Packet`]; it exists to be compared against them.
 
 use palisade_common::{
+    conntrack::{STATE_ESTABLISHED, STATE_RELATED},
     packet::{FAMILY_V4, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, Packet},
     reason,
 };
@@ -38,7 +39,12 @@ pub fn first_match(policy: &Policy, p: &Packet) -> Option<u32> {
         .map(|i| i as u32)
 }
 
-/// The full verdict for an IP packet.
+/// The full verdict for an IP packet, whose `ct_state` the tracker has already set (0 when
+/// it did not classify the packet).
+///
+/// With `stateful = true`, an established or related packet passes before any rule is tried
+/// (as `Pass { rule: None }`, like the default); non-first fragments are dropped before that
+/// when the policy drops them.
 #[must_use]
 pub fn verdict(policy: &Policy, p: &Packet) -> Verdict {
     let fw = &policy.firewall;
@@ -47,6 +53,12 @@ pub fn verdict(policy: &Policy, p: &Packet) -> Verdict {
             rule: None,
             reason: reason::FRAGMENT,
         };
+    }
+    if fw.stateful
+        && policy.tracks_connections()
+        && p.ct_state & (STATE_ESTABLISHED | STATE_RELATED) != 0
+    {
+        return Verdict::Pass { rule: None };
     }
     match first_match(policy, p) {
         None => match fw.default_action {
@@ -109,5 +121,161 @@ fn matches(policy: &Policy, r: &Rule, p: &Packet) -> bool {
             return false;
         }
     }
+    // An untracked packet (`ct_state == 0`) is in no state, so it never meets a `state` rule.
+    if r.state.is_some_and(|mask| p.ct_state & mask == 0) {
+        return false;
+    }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use palisade_common::{
+        conntrack::{STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED},
+        packet::{FAMILY_V4, FRAG_LATER, FRAG_NONE, IPPROTO_TCP, Packet, v4_mapped},
+        reason,
+    };
+
+    use super::*;
+    use crate::policy::config::parse_policy;
+
+    fn policy(text: &str) -> Policy {
+        parse_policy(text, "p.toml", Path::new("/")).expect("valid test policy")
+    }
+
+    fn tcp(dport: u16, ct_state: u8) -> Packet {
+        Packet {
+            family: FAMILY_V4,
+            proto: IPPROTO_TCP,
+            frag: FRAG_NONE,
+            tcp_flags: 0,
+            ct_state,
+            _pad: 0,
+            src: v4_mapped([192, 0, 2, 1]),
+            dst: v4_mapped([198, 51, 100, 1]),
+            sport: 40000,
+            dport,
+            l3_offset: 14,
+            l4_offset: 34,
+            l4_len: 20,
+        }
+    }
+
+    const ALL: [u8; 5] = [
+        0,
+        STATE_NEW,
+        STATE_ESTABLISHED,
+        STATE_RELATED,
+        STATE_INVALID,
+    ];
+
+    #[test]
+    fn a_state_rule_matches_packets_in_one_of_its_states() {
+        let p = policy(
+            r#"
+[[firewall.rule]]
+action = "allow"
+proto = "tcp"
+dport = 22
+state = ["new", "related"]
+
+[[firewall.rule]]
+action = "drop"
+state = "invalid"
+
+[[firewall.rule]]
+action = "allow"
+dport = 80
+proto = "tcp"
+"#,
+        );
+        let want = |dport, ct| match (dport, ct) {
+            (22, STATE_NEW | STATE_RELATED) => Some(0),
+            (_, STATE_INVALID) => Some(1),
+            (80, _) => Some(2),
+            _ => None,
+        };
+        for dport in [22, 80, 443] {
+            for ct in ALL {
+                assert_eq!(
+                    first_match(&p, &tcp(dport, ct)),
+                    want(dport, ct),
+                    "port {dport} state {ct}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stateful_passes_established_and_related_packets_before_the_rules() {
+        let text = |stateful: bool| {
+            format!(
+                "[firewall]\ndefault = \"drop\"\nfragments = \"drop\"\nstateful = {stateful}\n\
+                 [[firewall.rule]]\naction = \"drop\"\nproto = \"tcp\"\ndport = 22\n\
+                 [[firewall.rule]]\naction = \"allow\"\nproto = \"tcp\"\ndport = 80\n"
+            )
+        };
+        let on = policy(&text(true));
+        let off = policy(&text(false));
+        for ct in ALL {
+            let accepted = ct == STATE_ESTABLISHED || ct == STATE_RELATED;
+            // Even a packet a rule would drop, or the default would.
+            for (dport, rule, pass) in [(22, Some(0), false), (80, Some(1), true), (9, None, false)]
+            {
+                let without = if pass {
+                    Verdict::Pass { rule }
+                } else {
+                    Verdict::Drop {
+                        rule,
+                        reason: if rule.is_some() {
+                            reason::RULE
+                        } else {
+                            reason::DEFAULT
+                        },
+                    }
+                };
+                let with = if accepted {
+                    Verdict::Pass { rule: None }
+                } else {
+                    without
+                };
+                assert_eq!(verdict(&on, &tcp(dport, ct)), with, "{dport} state {ct}");
+                assert_eq!(
+                    verdict(&off, &tcp(dport, ct)),
+                    without,
+                    "{dport} state {ct}"
+                );
+                // The rules' own answer is unchanged: only the verdict short-cuts them.
+                assert_eq!(first_match(&on, &tcp(dport, ct)), rule);
+            }
+        }
+        // Dropped fragments are dropped first, as the datapath does.
+        let later = Packet {
+            frag: FRAG_LATER,
+            ..tcp(0, STATE_ESTABLISHED)
+        };
+        assert_eq!(
+            verdict(&on, &later),
+            Verdict::Drop {
+                rule: None,
+                reason: reason::FRAGMENT
+            }
+        );
+    }
+
+    #[test]
+    fn stateful_without_tracking_short_cuts_nothing() {
+        // Only a policy built in code can say this (the checker and the compiler refuse it).
+        let mut p = policy("[firewall]\ndefault = \"drop\"\nstateful = true\n");
+        p.conntrack.enabled = false;
+        assert_eq!(
+            verdict(&p, &tcp(80, STATE_ESTABLISHED)),
+            Verdict::Drop {
+                rule: None,
+                reason: reason::DEFAULT
+            }
+        );
+    }
 }

@@ -43,6 +43,7 @@
 //! | `default` | `"allow"` or `"drop"` (`"rate-limit"` is not allowed here) | `"allow"` |
 //! | `log_default` | boolean: emit an event for each packet the default action drops | `false` |
 //! | `fragments` | `"drop"` or `"match-l3"`: how non-first IP fragments, which carry no ports, are handled (see [`FragmentPolicy`]) | `"match-l3"` |
+//! | `stateful` | boolean: accept every packet of an established or related connection before any rule is tried, so rules only decide which connections may start. Turns connection tracking on (see [Connection tracking](#connection-tracking)); an error with `[conntrack] enabled = false` | `false` |
 //!
 //! A policy may hold at most [`MAX_RULES`] rules.
 //!
@@ -74,6 +75,7 @@
 //! | `tcp_flags` | `"VALUE/MASK"`, see below; needs `proto = "tcp"` | any flags |
 //! | `icmp_type` | `0..=255`; needs `proto` `"icmp"` or `"icmpv6"` | any type |
 //! | `icmp_code` | `0..=255`; needs `icmp_type` | any code |
+//! | `state` | connection-tracking states: a non-empty list of distinct names among `"new"`, `"established"`, `"related"`, `"invalid"`, or one name as a string; the rule matches packets in any of them. Turns connection tracking on; an error with `[conntrack] enabled = false` | any state, tracked or not |
 //! | `log` | boolean: emit an event for every packet this rule drops | `false` |
 //!
 //! **Order.** Rules run in order of `priority`, ties in file order. A rule without
@@ -91,6 +93,14 @@
 //! `VALUE`: `"syn/syn,ack"` is a connection attempt (SYN set, ACK clear), `"/syn"` means SYN
 //! clear, and `"syn,ack"` without a mask is the same as `"syn,ack/syn,ack"`. `VALUE` must be a
 //! subset of `MASK`.
+//!
+//! **States.** With connection tracking on, every packet is classified before the rules as
+//! `new` (it opens a flow, or its flow has not been answered yet), `established` (its flow
+//! has seen traffic in both directions), `related` (an ICMP error about a tracked flow) or
+//! `invalid` (it can neither belong to a flow nor open one, e.g. a TCP segment outside the
+//! window or a stray acknowledgement). A packet the tracker does not classify (a non-first
+//! fragment, a TCP header cut short) is in no state: a rule with `state` never matches it,
+//! rules without `state` still do.
 //!
 //! # DNS
 //!
@@ -179,6 +189,59 @@
 //! | `max_entropy` | `0.0..=8.0`: the most Shannon entropy, in bits per character, that the labels below the matched name may have, so random-looking names (DNS tunnels) are refused. Allowlists only: an error in a list that a blocklist uses | no limit |
 //! | `expires` | RFC 3339 time in UTC, `"2026-12-31T00:00:00Z"` (a string or a TOML date-time; the offset must be `Z`), or a unix time in seconds: the entry no longer applies after it | never |
 //!
+//! # Connection tracking
+//!
+//! With tracking on, the datapath follows every flow through the guarded interfaces (both
+//! directions), so rules can match on a packet's state (`state` above) and `stateful = true`
+//! can let the packets of accepted connections through without a rule for their replies.
+//! Tracking is on when `[firewall] stateful = true`, when any rule has `state`, or when the
+//! policy has a `[conntrack]` section that does not say `enabled = false`. The section only
+//! tunes the tracker; every key is optional.
+//!
+//! ```toml
+//! [firewall]
+//! default = "drop"
+//! stateful = true              # replies and related ICMP errors pass before the rules
+//!
+//! [[firewall.rule]]
+//! name = "ssh-in"
+//! action = "allow"
+//! proto = "tcp"
+//! dport = 22
+//! state = "new"
+//!
+//! [[firewall.rule]]
+//! name = "drop-invalid"
+//! priority = 1
+//! action = "drop"
+//! state = ["invalid"]
+//! log = true
+//!
+//! [conntrack]
+//! max_entries = 524288         # established flows tracked at once
+//! tcp_established = 7200       # seconds an idle established TCP connection is kept
+//! udp = 20
+//! ```
+//!
+//! ## `[conntrack]`
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `enabled` | boolean: `false` keeps tracking off even though the section is present; then `stateful = true` and `state` are errors | `true` |
+//! | `max_entries` | integer `1024..=16777216`: capacity of the table of validated flows (a completed handshake, an answered datagram); only validated flows enter it, so a flood of spoofed packets cannot evict them | `262144` |
+//! | `max_unvalidated` | integer `1024..=4194304`: capacity of the table of flows not validated yet (a SYN, an unanswered UDP datagram or echo request); least recently used entries make room when it is full | `65536` |
+//! | `tcp_syn` | seconds a TCP handshake may take | `60` |
+//! | `tcp_established` | seconds an idle established TCP connection is kept | `21600` (6 h) |
+//! | `tcp_closing` | seconds a TCP connection may take to close after the first FIN | `120` |
+//! | `tcp_time_wait` | seconds a closed TCP connection stays in TIME_WAIT | `120` |
+//! | `tcp_close` | seconds a reset TCP connection is kept | `10` |
+//! | `udp` | seconds an unanswered UDP flow is kept | `30` |
+//! | `udp_replied` | seconds an idle answered UDP flow is kept | `180` |
+//! | `icmp` | seconds an ICMP echo flow is kept | `30` |
+//! | `other` | seconds a flow of any other protocol is kept | `600` |
+//!
+//! Every timeout is an integer number of seconds from `1` to `2592000` (30 days).
+//!
 //! # Errors
 //!
 //! Every problem in the file is reported at once, each as `file:line:column: message`
@@ -190,12 +253,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use palisade_common::conntrack::{STATE_NAMES, TIMEOUT_NAMES, TIMEOUTS};
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
 use super::model::{
-    Action, AddrMatch, Cidr, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall,
-    FragmentPolicy, IcmpMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange, Protocol,
-    QueryRate, RateLimit, RatePer, Rule, TcpFlags,
+    Action, AddrMatch, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE, CT_TIMEOUT_RANGE_S, Cidr,
+    Conntrack, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy,
+    IcmpMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate,
+    RateLimit, RatePer, Rule, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 use super::setfile::{family_name, parse_cidr, parse_set_file};
@@ -280,11 +345,29 @@ pub const DEFAULT_POLICY: &str = r#"# Palisade's built-in policy, used when no p
 #
 # To write your own policy, start from a copy of this file, add rules, and switch
 # `default` to "drop" only once a rule allows your own access.
+#
+# Connections are tracked, so the counters below only see the packets that open a
+# connection: its replies and the rest of it pass as established before any rule.
 
 [firewall]
 default = "allow"        # packets no rule matches pass
 log_default = false      # nothing is dropped by default, so there is nothing to log
 fragments = "match-l3"   # later fragments follow address-only rules, then the default
+stateful = true          # packets of established and related connections pass first
+
+[conntrack]              # connection tracking; the values below are the defaults
+# enabled = true
+# max_entries = 262144        # connections tracked once validated (answered)
+# max_unvalidated = 65536     # flows not answered yet (SYNs, lone UDP); least recent go
+# tcp_syn = 60                # timeouts, in seconds
+# tcp_established = 21600
+# tcp_closing = 120
+# tcp_time_wait = 120
+# tcp_close = 10
+# udp = 30
+# udp_replied = 180
+# icmp = 30
+# other = 600
 
 [[firewall.rule]]
 name = "count-ssh"
@@ -587,8 +670,8 @@ impl<'n> TableView<'n> {
 // ---------------------------------------------------------------------------------------
 // Validation
 
-const TOP_KEYS: &[&str] = &["firewall", "sets", "dns"];
-const FIREWALL_KEYS: &[&str] = &["default", "log_default", "fragments", "rule"];
+const TOP_KEYS: &[&str] = &["firewall", "sets", "dns", "conntrack"];
+const FIREWALL_KEYS: &[&str] = &["default", "log_default", "fragments", "stateful", "rule"];
 const SET_KEYS: &[&str] = &["entries", "files"];
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -602,6 +685,7 @@ const RULE_KEYS: &[&str] = &[
     "tcp_flags",
     "icmp_type",
     "icmp_code",
+    "state",
     "rate",
     "log",
 ];
@@ -629,6 +713,19 @@ const EGRESS_KEYS: &[&str] = &[
 const QUERY_RATE_KEYS: &[&str] = &["qps", "burst"];
 const LIST_KEYS: &[&str] = &["files", "names", "subdomains", "entry"];
 const LIST_ENTRY_KEYS: &[&str] = &["name", "qtypes", "max_entropy", "expires"];
+/// `[conntrack]`: the switch, the two capacities, then every timeout by its name.
+const CONNTRACK_KEYS: [&str; 3 + TIMEOUTS] = {
+    let mut keys = [""; 3 + TIMEOUTS];
+    keys[0] = "enabled";
+    keys[1] = "max_entries";
+    keys[2] = "max_unvalidated";
+    let mut i = 0;
+    while i < TIMEOUTS {
+        keys[3 + i] = TIMEOUT_NAMES[i];
+        i += 1;
+    }
+    keys
+};
 
 const TCP_FLAG_NAMES: [(&str, u8); 8] = [
     ("fin", 0x01),
@@ -811,14 +908,17 @@ impl Checker<'_> {
                 by_name: HashMap::new(),
             },
         };
+        // Before the firewall, whose `stateful` and `state` must know whether tracking is off.
+        let conntrack = match root.get("conntrack") {
+            Some(node) => self.conntrack(node),
+            None => CtCheck {
+                conntrack: Conntrack::default(),
+                disabled_at: None,
+            },
+        };
         let firewall = match root.get("firewall") {
-            Some(node) => self.firewall(node, &sets),
-            None => Some(Firewall {
-                default_action: Action::Allow,
-                log_default: false,
-                fragments: FragmentPolicy::MatchL3,
-                rules: Vec::new(),
-            }),
+            Some(node) => self.firewall(node, &sets, conntrack.disabled_at),
+            None => Some(Firewall::default()),
         };
         let dns = match root.get("dns") {
             Some(node) => self.dns(node),
@@ -831,6 +931,7 @@ impl Checker<'_> {
             firewall: firewall?,
             sets: sets.sets,
             dns,
+            conntrack: conntrack.conntrack,
         })
     }
 
@@ -917,7 +1018,13 @@ impl Checker<'_> {
         out
     }
 
-    fn firewall(&mut self, node: &Node, sets: &SetTable) -> Option<Firewall> {
+    /// `[firewall]`; `ct_disabled_at` is where `[conntrack]` says `enabled = false`, if it does.
+    fn firewall(
+        &mut self,
+        node: &Node,
+        sets: &SetTable,
+        ct_disabled_at: Option<usize>,
+    ) -> Option<Firewall> {
         let view = self.table(node, "`firewall`")?;
         let errors_before = self.error_count();
         self.check_keys(view, "[firewall]", FIREWALL_KEYS);
@@ -959,19 +1066,38 @@ impl Checker<'_> {
                 None => FragmentPolicy::MatchL3,
             },
         };
+        let stateful = view.get("stateful").and_then(|node| {
+            let stateful = self.boolean(node, "stateful")?;
+            if stateful && let Some(at) = ct_disabled_at {
+                let msg = format!(
+                    "`stateful = true` needs connection tracking, but [conntrack] turns it off \
+                     (`enabled = false` on line {})",
+                    self.lines.line(at)
+                );
+                self.err(node.at, msg);
+            }
+            Some(stateful)
+        });
         let rules = match view.get("rule") {
             None => Vec::new(),
-            Some(node) => self.rules(node, view.at, sets),
+            Some(node) => self.rules(node, view.at, sets, ct_disabled_at),
         };
         (self.error_count() == errors_before).then_some(Firewall {
             default_action,
             log_default: log_default.unwrap_or(false),
             fragments,
+            stateful: stateful.unwrap_or(false),
             rules,
         })
     }
 
-    fn rules(&mut self, node: &Node, firewall_at: usize, sets: &SetTable) -> Vec<Rule> {
+    fn rules(
+        &mut self,
+        node: &Node,
+        firewall_at: usize,
+        sets: &SetTable,
+        ct_disabled_at: Option<usize>,
+    ) -> Vec<Rule> {
         let items = match &node.val {
             Val::Array(items) => items,
             Val::Table(_) => {
@@ -1003,7 +1129,7 @@ impl Checker<'_> {
             let Some(view) = self.table(item, "each firewall rule") else {
                 continue;
             };
-            if let Some(rule) = self.rule(view, position, sets, &mut names) {
+            if let Some(rule) = self.rule(view, position, sets, &mut names, ct_disabled_at) {
                 rules.push(rule);
             }
         }
@@ -1019,6 +1145,7 @@ impl Checker<'_> {
         position: usize,
         sets: &SetTable,
         names: &mut HashMap<String, usize>,
+        ct_disabled_at: Option<usize>,
     ) -> Option<Rule> {
         let errors_before = self.error_count();
         let line = self.lines.line(view.at);
@@ -1138,6 +1265,19 @@ impl Checker<'_> {
             value
         });
 
+        let state = view.get("state").and_then(|node| {
+            let state = self.state(node);
+            if let Some(at) = ct_disabled_at {
+                let msg = format!(
+                    "`state` needs connection tracking, but [conntrack] turns it off \
+                     (`enabled = false` on line {})",
+                    self.lines.line(at)
+                );
+                self.err(node.at, msg);
+            }
+            state
+        });
+
         // Families are only compared once both sides parsed; a broken side already has its
         // own error.
         if let (Some(Some(s)), Some(Some(d)), Some(dst_node)) = (&src, &dst, view.get("dst"))
@@ -1181,8 +1321,60 @@ impl Checker<'_> {
                 icmp_type,
                 code: icmp_code,
             }),
+            state,
             line,
         })
+    }
+
+    /// `state`: one state name, or a non-empty list of distinct ones. The bitmask of
+    /// `palisade_common::conntrack::STATE_*` bits.
+    fn state(&mut self, node: &Node) -> Option<u8> {
+        let expected = || {
+            let names: Vec<String> = STATE_NAMES.iter().map(|n| format!("`{n}`")).collect();
+            let (last, rest) = names.split_last().expect("state names");
+            format!("{} or {last}", rest.join(", "))
+        };
+        let items: &[Node] = match &node.val {
+            Val::Str(_) => std::slice::from_ref(node),
+            Val::Array(items) if items.is_empty() => {
+                self.err(
+                    node.at,
+                    "empty `state` list can never match; leave `state` out to match packets in \
+                     any state",
+                );
+                return None;
+            }
+            Val::Array(items) => items,
+            other => {
+                let msg = format!(
+                    "`state` must be a state name or a list of them, found {}",
+                    other.type_name()
+                );
+                self.err(node.at, msg);
+                return None;
+            }
+        };
+        let mut mask = 0u8;
+        let mut ok = true;
+        for item in items {
+            let Some(name) = self.string(item, "state") else {
+                ok = false;
+                continue;
+            };
+            match STATE_NAMES.iter().position(|n| *n == name) {
+                Some(i) if mask & (1 << i) != 0 => {
+                    self.err(item.at, format!("state `{name}` is listed twice"));
+                    ok = false;
+                }
+                Some(i) => mask |= 1 << i,
+                None => {
+                    let msg = format!("unknown state `{name}`; expected {}", expected());
+                    self.err(item.at, msg);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(mask)
     }
 
     fn rate(&mut self, node: &Node) -> Option<RateLimit> {
@@ -1379,6 +1571,87 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The `[conntrack]` section
+
+/// A parsed `[conntrack]`, with where it turns tracking off (`enabled = false`), so that
+/// `stateful` and `state` can be reported against it.
+struct CtCheck {
+    conntrack: Conntrack,
+    disabled_at: Option<usize>,
+}
+
+impl Checker<'_> {
+    /// `[conntrack]`. Problems are recorded and replaced by defaults.
+    fn conntrack(&mut self, node: &Node) -> CtCheck {
+        let mut check = CtCheck {
+            conntrack: Conntrack {
+                present: true,
+                line: self.lines.line(node.at),
+                ..Conntrack::default()
+            },
+            disabled_at: None,
+        };
+        let Some(view) = self.table(node, "`conntrack`") else {
+            return check;
+        };
+        self.check_keys(view, "[conntrack]", &CONNTRACK_KEYS);
+        let ct = &mut check.conntrack;
+        if let Some(node) = view.get("enabled")
+            && let Some(enabled) = self.boolean(node, "enabled")
+        {
+            ct.enabled = enabled;
+            if !enabled {
+                check.disabled_at = Some(node.at);
+            }
+        }
+        let capacity = |this: &mut Self, key: &str, range: &std::ops::RangeInclusive<u32>| {
+            let node = view.get(key)?;
+            this.integer(
+                node,
+                key,
+                i64::from(*range.start()),
+                i64::from(*range.end()),
+            )
+            .and_then(|n| u32::try_from(n).ok())
+        };
+        if let Some(n) = capacity(self, "max_entries", &CT_MAX_ENTRIES_RANGE) {
+            ct.max_entries = n;
+        }
+        if let Some(n) = capacity(self, "max_unvalidated", &CT_MAX_UNVALIDATED_RANGE) {
+            ct.max_unvalidated = n;
+        }
+        for (class, key) in TIMEOUT_NAMES.iter().enumerate() {
+            let Some(node) = view.get(key) else { continue };
+            let (lo, hi) = (*CT_TIMEOUT_RANGE_S.start(), *CT_TIMEOUT_RANGE_S.end());
+            let seconds = match node.val {
+                Val::Int(n) if u64::try_from(n).is_ok_and(|n| (lo..=hi).contains(&n)) => {
+                    u64::try_from(n).ok()
+                }
+                Val::Int(n) => {
+                    let msg = format!(
+                        "`{key}` must be between {lo} and {hi} seconds (30 days), found {n}"
+                    );
+                    self.err(node.at, msg);
+                    None
+                }
+                ref other => {
+                    let msg = format!(
+                        "`{key}` must be a whole number of seconds, found {}",
+                        other.type_name()
+                    );
+                    self.err(node.at, msg);
+                    None
+                }
+            };
+            if let Some(seconds) = seconds {
+                ct.timeouts_s[class] = seconds;
+            }
+        }
+        check
     }
 }
 
@@ -2102,6 +2375,11 @@ fn parse_tcp_flags(text: &str) -> Result<TcpFlags, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_common::conntrack::{
+        DEFAULT_TIMEOUTS_S, STATE_ALL, STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED,
+        T_ICMP, T_OTHER, T_TCP_CLOSE, T_TCP_CLOSING, T_TCP_ESTABLISHED, T_TCP_SYN, T_TCP_TIME_WAIT,
+        T_UDP, T_UDP_REPLIED,
+    };
     use std::net::IpAddr;
 
     fn cidr(text: &str, len: u8) -> Cidr {
@@ -2134,6 +2412,7 @@ mod tests {
             dst_ports: None,
             tcp_flags: None,
             icmp: None,
+            state: None,
             line,
         }
     }
@@ -2271,6 +2550,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 default_action: Action::Drop,
                 log_default: true,
                 fragments: FragmentPolicy::Drop,
+                stateful: false,
                 // By priority; the two priority-10 rules keep file order.
                 rules: vec![ping, ssh, blocklist, web, gre],
             }
@@ -2306,6 +2586,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     default_action: Action::Allow,
                     log_default: false,
                     fragments: FragmentPolicy::MatchL3,
+                    stateful: false,
                     rules: vec![],
                 },
                 sets: vec![],
@@ -2313,8 +2594,17 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     ports: vec![53],
                     ..Dns::default()
                 },
+                conntrack: Conntrack {
+                    enabled: true,
+                    present: false,
+                    timeouts_s: palisade_common::conntrack::DEFAULT_TIMEOUTS_S,
+                    max_entries: 262_144,
+                    max_unvalidated: 65_536,
+                    line: 0,
+                },
             }
         );
+        assert!(!parse("").expect("valid").tracks_connections());
     }
 
     #[test]
@@ -2554,7 +2844,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:3:1: unknown key `prot` in firewall rule; expected one of `name`, \
                      `priority`, `action`, `proto`, `src`, `dst`, `sport`, `dport`, `tcp_flags`, \
-                     `icmp_type`, `icmp_code`, `rate`, `log`",
+                     `icmp_type`, `icmp_code`, `state`, `rate`, `log`",
                 ],
             ),
             (
@@ -2612,9 +2902,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`, `dns`",
+                     `firewall`, `sets`, `dns`, `conntrack`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`",
+                     `sets`, `dns`, `conntrack`",
                 ],
             ),
         ];
@@ -2667,7 +2957,7 @@ tcp_flags = "syn"
             [
                 "p.toml:2:11: the default action cannot be `rate-limit`; use `allow` or `drop`",
                 "p.toml:3:1: unknown key `bogus` in [firewall]; expected one of `default`, \
-                 `log_default`, `fragments`, `rule`",
+                 `log_default`, `fragments`, `stateful`, `rule`",
                 "p.toml:6:12: prefix length 33 is too long for an IPv4 address (at most 32) in \
                  `1.2.3.4/33`",
                 "p.toml:9:10: action `rate-limit` needs a `rate`, e.g. rate = { pps = 100, burst \
@@ -3432,6 +3722,46 @@ tcp_flags = "syn"
                 ..bare_rule(Action::Allow, 1_000_000, policy.firewall.rules[0].line)
             }
         );
+        // Connections are tracked, with every setting at its default; `stateful` only lets
+        // packets through earlier, so nothing is dropped that the rules would not drop.
+        assert!(policy.firewall.stateful);
+        assert!(policy.tracks_connections());
+        assert!(policy.firewall.rules.iter().all(|r| r.state.is_none()));
+        assert_eq!(
+            policy.conntrack,
+            Conntrack {
+                present: true,
+                line: policy.conntrack.line,
+                ..Conntrack::default()
+            }
+        );
+        assert!(policy.conntrack.line > 0);
+    }
+
+    #[test]
+    fn default_policy_conntrack_comments_show_the_defaults() {
+        // Uncommenting every `# key = value` line of the default's [conntrack] section must
+        // change nothing: the comments document the real defaults.
+        let mut in_section = false;
+        let mut uncommented = 0;
+        let text: String = DEFAULT_POLICY
+            .lines()
+            .map(|line| {
+                if line.starts_with('[') {
+                    in_section = line.starts_with("[conntrack]");
+                }
+                match line.strip_prefix("# ") {
+                    Some(setting) if in_section && setting.contains(" = ") => {
+                        uncommented += 1;
+                        format!("{setting}\n")
+                    }
+                    _ => format!("{line}\n"),
+                }
+            })
+            .collect();
+        assert_eq!(uncommented, 3 + TIMEOUTS);
+        let explicit = parse(&text).expect("uncommented default policy is valid");
+        assert_eq!(explicit, default_policy());
     }
 
     /// The `index`th (0-based) TOML example in the module documentation.
@@ -3466,5 +3796,335 @@ tcp_flags = "syn"
         let policy = result.expect("doc example is valid");
         assert_eq!(policy.firewall.rules.len(), 3);
         assert_eq!(policy.sets[0].entries.len(), 4);
+    }
+
+    // ------------------------------------------------------------ connection tracking
+
+    #[test]
+    fn conntrack_keys_are_the_switch_capacities_and_timeout_names() {
+        assert_eq!(
+            CONNTRACK_KEYS,
+            [
+                "enabled",
+                "max_entries",
+                "max_unvalidated",
+                "tcp_syn",
+                "tcp_established",
+                "tcp_closing",
+                "tcp_time_wait",
+                "tcp_close",
+                "udp",
+                "udp_replied",
+                "icmp",
+                "other",
+            ]
+        );
+    }
+
+    #[test]
+    fn stateful_and_state_parse_to_the_model() {
+        let text = r#"[firewall]
+default = "drop"
+stateful = true
+
+[[firewall.rule]]
+name = "one"
+action = "allow"
+state = "new"
+
+[[firewall.rule]]
+name = "list"
+action = "drop"
+proto = "tcp"
+state = ["related", "established"]
+
+[[firewall.rule]]
+name = "all"
+action = "allow"
+state = ["invalid", "new", "established", "related"]
+
+[[firewall.rule]]
+name = "none"
+action = "allow"
+"#;
+        let policy = parse(text).expect("valid");
+        assert!(policy.firewall.stateful);
+        let states: Vec<(&str, Option<u8>)> = policy
+            .firewall
+            .rules
+            .iter()
+            .map(|r| (r.name.as_deref().unwrap_or(""), r.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("one", Some(STATE_NEW)),
+                ("list", Some(STATE_ESTABLISHED | STATE_RELATED)),
+                ("all", Some(STATE_ALL)),
+                ("none", None),
+            ]
+        );
+        assert_eq!(
+            policy.firewall.rules[1],
+            Rule {
+                name: Some("list".into()),
+                protocol: Some(Protocol::Tcp),
+                state: Some(STATE_ESTABLISHED | STATE_RELATED),
+                ..bare_rule(Action::Drop, 1_000_001, 10)
+            }
+        );
+        // No [conntrack] section: its defaults, and tracking on because of the rest.
+        assert_eq!(policy.conntrack, Conntrack::default());
+        assert!(policy.tracks_connections());
+        assert_eq!(
+            parse("[[firewall.rule]]\naction = \"drop\"\nstate = [\"invalid\"]\n")
+                .expect("valid")
+                .firewall
+                .rules[0]
+                .state,
+            Some(STATE_INVALID)
+        );
+    }
+
+    #[test]
+    fn conntrack_section_parses_to_the_model() {
+        let text = r#"# tuned
+[conntrack]
+enabled = true
+max_entries = 16777216
+max_unvalidated = 1024
+tcp_syn = 1
+tcp_established = 2592000
+tcp_closing = 3
+tcp_time_wait = 4
+tcp_close = 5
+udp = 6
+udp_replied = 7
+icmp = 8
+other = 9
+"#;
+        let ct = parse(text).expect("valid").conntrack;
+        let mut timeouts = [0; TIMEOUTS];
+        for (class, seconds) in [
+            (T_TCP_SYN, 1),
+            (T_TCP_ESTABLISHED, 2_592_000),
+            (T_TCP_CLOSING, 3),
+            (T_TCP_TIME_WAIT, 4),
+            (T_TCP_CLOSE, 5),
+            (T_UDP, 6),
+            (T_UDP_REPLIED, 7),
+            (T_ICMP, 8),
+            (T_OTHER, 9),
+        ] {
+            timeouts[class] = seconds;
+        }
+        assert_eq!(
+            ct,
+            Conntrack {
+                enabled: true,
+                present: true,
+                timeouts_s: timeouts,
+                max_entries: 16_777_216,
+                max_unvalidated: 1024,
+                line: 2,
+            }
+        );
+        // Keys left out keep their defaults; dotted keys and inline tables work too.
+        let ct = parse("conntrack.udp = 45\n").expect("valid").conntrack;
+        let mut want = DEFAULT_TIMEOUTS_S;
+        want[T_UDP] = 45;
+        assert_eq!(ct.timeouts_s, want);
+        assert_eq!((ct.present, ct.enabled, ct.line), (true, true, 1));
+        assert_eq!(ct.max_entries, 262_144);
+        assert_eq!(ct.max_unvalidated, 65_536);
+        let ct = parse("conntrack = { max_entries = 2048, enabled = false }\n")
+            .expect("valid")
+            .conntrack;
+        assert_eq!(
+            (ct.max_entries, ct.enabled, ct.present),
+            (2048, false, true)
+        );
+    }
+
+    #[test]
+    fn tracking_follows_stateful_state_and_the_section() {
+        let state_rule = "[[firewall.rule]]\naction = \"allow\"\nstate = \"new\"\n";
+        let cases = [
+            (String::new(), false),
+            ("[firewall]\nstateful = false\n".to_owned(), false),
+            ("[firewall]\nstateful = true\n".to_owned(), true),
+            (state_rule.to_owned(), true),
+            ("[conntrack]\n".to_owned(), true),
+            ("[conntrack]\nenabled = true\n".to_owned(), true),
+            ("[conntrack]\nudp = 10\n".to_owned(), true),
+            ("[conntrack]\nenabled = false\n".to_owned(), false),
+            (
+                "[firewall]\nstateful = false\n[conntrack]\nenabled = false\n".to_owned(),
+                false,
+            ),
+            (
+                format!("[firewall]\nstateful = true\n{state_rule}[conntrack]\nenabled = true\n"),
+                true,
+            ),
+        ];
+        for (text, want) in cases {
+            let policy = parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(policy.tracks_connections(), want, "for:\n{text}");
+        }
+    }
+
+    #[test]
+    fn each_conntrack_error_is_located() {
+        let rule = |body: &str| format!("[[firewall.rule]]\naction = \"allow\"\n{body}\n");
+        let cases: Vec<(String, Vec<&str>)> = vec![
+            (
+                rule("state = []"),
+                vec![
+                    "p.toml:3:9: empty `state` list can never match; leave `state` out to match \
+                     packets in any state",
+                ],
+            ),
+            (
+                rule("state = \"NEW\""),
+                vec![
+                    "p.toml:3:9: unknown state `NEW`; expected `new`, `established`, `related` \
+                     or `invalid`",
+                ],
+            ),
+            (
+                rule("state = [\"new\", \"untracked\", \"new\", 4]"),
+                vec![
+                    "p.toml:3:17: unknown state `untracked`; expected `new`, `established`, \
+                     `related` or `invalid`",
+                    "p.toml:3:30: state `new` is listed twice",
+                    "p.toml:3:37: `state` must be a string, found an integer",
+                ],
+            ),
+            (
+                rule("state = 2"),
+                vec![
+                    "p.toml:3:9: `state` must be a state name or a list of them, found an integer",
+                ],
+            ),
+            (
+                "[firewall]\nstateful = \"yes\"\n".to_owned(),
+                vec!["p.toml:2:12: `stateful` must be true or false, found a string"],
+            ),
+            (
+                "[conntrack]\nenabled = false\n[firewall]\nstateful = true\n".to_owned(),
+                vec![
+                    "p.toml:4:12: `stateful = true` needs connection tracking, but [conntrack] \
+                     turns it off (`enabled = false` on line 2)",
+                ],
+            ),
+            (
+                format!(
+                    "{}{}[conntrack]\nenabled = false\n",
+                    rule("state = \"established\""),
+                    rule("name = \"x\"\nstate = [\"new\", \"invalid\"]"),
+                ),
+                vec![
+                    "p.toml:3:9: `state` needs connection tracking, but [conntrack] turns it off \
+                     (`enabled = false` on line 9)",
+                    "p.toml:7:9: `state` needs connection tracking, but [conntrack] turns it off \
+                     (`enabled = false` on line 9)",
+                ],
+            ),
+            (
+                "[conntrack]\ntcp_syn = 0\nudp = 2592001\nicmp = \"30\"\nother = 1.5\n\
+                 tcp_close = -1\n"
+                    .to_owned(),
+                vec![
+                    "p.toml:2:11: `tcp_syn` must be between 1 and 2592000 seconds (30 days), \
+                     found 0",
+                    "p.toml:3:7: `udp` must be between 1 and 2592000 seconds (30 days), found \
+                     2592001",
+                    "p.toml:4:8: `icmp` must be a whole number of seconds, found a string",
+                    "p.toml:5:9: `other` must be a whole number of seconds, found a float",
+                    "p.toml:6:13: `tcp_close` must be between 1 and 2592000 seconds (30 days), \
+                     found -1",
+                ],
+            ),
+            (
+                "[conntrack]\nmax_entries = 1023\nmax_unvalidated = 4194305\nenabled = 0\n"
+                    .to_owned(),
+                vec![
+                    "p.toml:2:15: `max_entries` must be between 1024 and 16777216, found 1023",
+                    "p.toml:3:19: `max_unvalidated` must be between 1024 and 4194304, found \
+                     4194305",
+                    "p.toml:4:11: `enabled` must be true or false, found an integer",
+                ],
+            ),
+            (
+                "[conntrack]\ntcp_establish = 60\n".to_owned(),
+                vec![
+                    "p.toml:2:1: unknown key `tcp_establish` in [conntrack]; expected one of \
+                     `enabled`, `max_entries`, `max_unvalidated`, `tcp_syn`, `tcp_established`, \
+                     `tcp_closing`, `tcp_time_wait`, `tcp_close`, `udp`, `udp_replied`, `icmp`, \
+                     `other`",
+                ],
+            ),
+            (
+                "conntrack = true\n".to_owned(),
+                vec!["p.toml:1:13: `conntrack` must be a table, found a boolean"],
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(errors(&text), expected, "for:\n{text}");
+        }
+    }
+
+    #[test]
+    fn conntrack_errors_come_with_every_other_error_in_file_order() {
+        let text = r#"[firewall]
+stateful = true
+default = "reject"
+
+[[firewall.rule]]
+action = "drop"
+state = ["new", "old"]
+proto = "tcp"
+dport = "x"
+
+[conntrack]
+enabled = false
+udp = 0
+"#;
+        assert_eq!(
+            errors(text),
+            [
+                "p.toml:2:12: `stateful = true` needs connection tracking, but [conntrack] turns \
+                 it off (`enabled = false` on line 12)",
+                "p.toml:3:11: unknown default action `reject`; expected `allow` or `drop`",
+                "p.toml:7:9: `state` needs connection tracking, but [conntrack] turns it off \
+                 (`enabled = false` on line 12)",
+                "p.toml:7:17: unknown state `old`; expected `new`, `established`, `related` or \
+                 `invalid`",
+                "p.toml:9:9: invalid port `x` in `dport`",
+                "p.toml:13:7: `udp` must be between 1 and 2592000 seconds (30 days), found 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn conntrack_example_in_module_docs_parses() {
+        let policy = parse(&doc_example(2)).expect("doc example is valid");
+        assert!(policy.firewall.stateful);
+        assert!(policy.tracks_connections());
+        let states: Vec<Option<u8>> = policy.firewall.rules.iter().map(|r| r.state).collect();
+        assert_eq!(states, [Some(STATE_INVALID), Some(STATE_NEW)]);
+        let mut timeouts = DEFAULT_TIMEOUTS_S;
+        timeouts[T_TCP_ESTABLISHED] = 7200;
+        timeouts[T_UDP] = 20;
+        assert_eq!(
+            policy.conntrack,
+            Conntrack {
+                max_entries: 524_288,
+                timeouts_s: timeouts,
+                present: true,
+                line: policy.conntrack.line,
+                ..Conntrack::default()
+            }
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! reference classifier.
 
 pub mod config;
+pub mod conntrack;
 pub mod model;
 pub mod namelist;
 pub mod setfile;

@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use palisade_common::conntrack::{DEFAULT_TIMEOUTS_S, TIMEOUTS};
+
 /// An address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -124,6 +126,10 @@ pub struct Rule {
     pub dst_ports: Option<PortRange>,
     pub tcp_flags: Option<TcpFlags>,
     pub icmp: Option<IcmpMatch>,
+    /// Connection-tracking states the packet must be in: a non-empty bitmask of
+    /// `palisade_common::conntrack::STATE_*` bits. `None` matches every packet, tracked or
+    /// not; `Some` never matches a packet the tracker did not classify (`ct_state == 0`).
+    pub state: Option<u8>,
     /// 1-based line of the rule in its config file, for messages (0 when built in code).
     pub line: usize,
 }
@@ -147,8 +153,68 @@ pub struct Firewall {
     /// Emit an event for every packet the default action drops.
     pub log_default: bool,
     pub fragments: FragmentPolicy,
+    /// Accept packets of established and related flows before any rule is tried (needs
+    /// connection tracking, see [`Policy::tracks_connections`]).
+    pub stateful: bool,
     /// Sorted by `(priority, file order)`: index in this vector is the evaluation order.
     pub rules: Vec<Rule>,
+}
+
+impl Default for Firewall {
+    /// What a policy without a `[firewall]` section gets: no rules, everything passes.
+    fn default() -> Self {
+        Self {
+            default_action: Action::Allow,
+            log_default: false,
+            fragments: FragmentPolicy::MatchL3,
+            stateful: false,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Default capacity of the table of validated (established) flows.
+pub const DEFAULT_CT_MAX_ENTRIES: u32 = 262_144;
+/// Bounds of [`Conntrack::max_entries`].
+pub const CT_MAX_ENTRIES_RANGE: std::ops::RangeInclusive<u32> = 1024..=16_777_216;
+/// Default capacity of the LRU table of flows not validated yet (SYNs, unanswered UDP).
+pub const DEFAULT_CT_MAX_UNVALIDATED: u32 = 65_536;
+/// Bounds of [`Conntrack::max_unvalidated`].
+pub const CT_MAX_UNVALIDATED_RANGE: std::ops::RangeInclusive<u32> = 1024..=4_194_304;
+/// Bounds of every timeout, in seconds (the longest is 30 days).
+pub const CT_TIMEOUT_RANGE_S: std::ops::RangeInclusive<u64> = 1..=2_592_000;
+
+/// Connection-tracking settings (`[conntrack]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conntrack {
+    /// `false` only when the policy says `enabled = false`: tracking then stays off even
+    /// though the section is present.
+    pub enabled: bool,
+    /// Whether the policy has a `[conntrack]` section; an enabled section turns tracking on
+    /// by itself (see [`Policy::tracks_connections`]).
+    pub present: bool,
+    /// Timeouts in seconds, indexed by `palisade_common::conntrack::T_*`.
+    pub timeouts_s: [u64; TIMEOUTS],
+    /// Capacity of the table of validated flows.
+    pub max_entries: u32,
+    /// Capacity of the LRU table of flows not validated yet.
+    pub max_unvalidated: u32,
+    /// 1-based line of the `[conntrack]` section (0 when absent or built in code).
+    pub line: usize,
+}
+
+impl Default for Conntrack {
+    /// No `[conntrack]` section: every setting at its default.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            present: false,
+            timeouts_s: DEFAULT_TIMEOUTS_S,
+            max_entries: DEFAULT_CT_MAX_ENTRIES,
+            max_unvalidated: DEFAULT_CT_MAX_UNVALIDATED,
+            line: 0,
+        }
+    }
 }
 
 /// A named set of addresses and CIDR blocks.
@@ -164,6 +230,25 @@ pub struct Policy {
     pub firewall: Firewall,
     pub sets: Vec<IpSet>,
     pub dns: Dns,
+    pub conntrack: Conntrack,
+}
+
+impl Policy {
+    /// Whether connections are tracked: `stateful = true`, a rule with `state`, or an enabled
+    /// `[conntrack]` section turns tracking on. A policy whose `[conntrack]` says
+    /// `enabled = false` is never tracked (the config checker rejects `stateful` and `state`
+    /// with it, and the compiler refuses such a policy built in code).
+    #[must_use]
+    pub fn tracks_connections(&self) -> bool {
+        self.conntrack.enabled
+            && (self.conntrack.present || self.firewall.stateful || self.uses_state())
+    }
+
+    /// Whether any rule has a `state` condition.
+    #[must_use]
+    pub fn uses_state(&self) -> bool {
+        self.firewall.rules.iter().any(|r| r.state.is_some())
+    }
 }
 
 impl Cidr {
@@ -335,4 +420,82 @@ pub struct Dns {
     /// Queries sent by local processes (cgroup_skb egress).
     pub egress: Option<DnsEgress>,
     pub lists: Vec<NameList>,
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_common::conntrack::{CtConfig, STATE_NEW};
+
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            firewall: Firewall::default(),
+            sets: Vec::new(),
+            dns: Dns::default(),
+            conntrack: Conntrack::default(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let ct = Conntrack::default();
+        assert!(ct.enabled && !ct.present);
+        assert_eq!(ct.line, 0);
+        assert_eq!(ct.max_entries, 262_144);
+        assert_eq!(ct.max_unvalidated, 65_536);
+        // The same timeouts as the datapath's own defaults.
+        let ns: Vec<u64> = ct.timeouts_s.iter().map(|s| s * 1_000_000_000).collect();
+        assert_eq!(ns, CtConfig::defaults().timeout_ns);
+        for (value, range) in [
+            (ct.max_entries, &CT_MAX_ENTRIES_RANGE),
+            (ct.max_unvalidated, &CT_MAX_UNVALIDATED_RANGE),
+        ] {
+            assert!(range.contains(&value));
+        }
+        assert!(ct.timeouts_s.iter().all(|t| CT_TIMEOUT_RANGE_S.contains(t)));
+        let fw = Firewall::default();
+        assert_eq!(fw.default_action, Action::Allow);
+        assert!(!fw.stateful && !fw.log_default && fw.rules.is_empty());
+        assert_eq!(fw.fragments, FragmentPolicy::MatchL3);
+    }
+
+    #[test]
+    fn tracking_is_on_when_something_asks_for_it_and_nothing_forbids_it() {
+        let rule = Rule {
+            name: None,
+            priority: 0,
+            action: Action::Allow,
+            log: false,
+            src: AddrMatch::Any,
+            dst: AddrMatch::Any,
+            protocol: None,
+            src_ports: None,
+            dst_ports: None,
+            tcp_flags: None,
+            icmp: None,
+            state: None,
+            line: 0,
+        };
+        let mut p = policy();
+        assert!(!p.tracks_connections() && !p.uses_state());
+        p.firewall.rules.push(rule.clone());
+        assert!(!p.tracks_connections());
+        p.firewall.rules.push(Rule {
+            state: Some(STATE_NEW),
+            ..rule
+        });
+        assert!(p.uses_state() && p.tracks_connections());
+        p.conntrack.enabled = false;
+        assert!(!p.tracks_connections());
+
+        let mut p = policy();
+        p.firewall.stateful = true;
+        assert!(p.tracks_connections());
+        p.firewall.stateful = false;
+        p.conntrack.present = true;
+        assert!(p.tracks_connections());
+        p.conntrack.enabled = false;
+        assert!(!p.tracks_connections());
+    }
 }

@@ -165,6 +165,7 @@ pub fn rule(action: Action, src: AddrMatch, protocol: Option<Protocol>) -> Rule 
         dst_ports: None,
         tcp_flags: None,
         icmp: None,
+        state: None,
         line: 0,
     }
 }

@@ -1,0 +1,48 @@
+//! The ingress half of connection tracking: an XDP stage between the parser and the rules,
+//! entered by tail call from the firewall when the policy tracks connections.
+//!
+//! Fail-open like the firewall: a tracker that cannot read its maps, or a rules stage missing
+//! from its slot, lets the packet through, counted in `internal_errors`.
+
+use aya_ebpf::programs::XdpContext;
+use palisade_common::{
+    conntrack::{CS_ACCEPTED, HOOK_INGRESS, STATE_ESTABLISHED, STATE_RELATED},
+    firewall::POLICY_STATEFUL,
+    stats,
+};
+
+use crate::{
+    bytes::XdpFrame,
+    firewall,
+    maps::{CONTROL, CT_STATS, DNS_SCRATCH, FW_HEADER, SLOT_XDP, STATS, TAIL_RULES, XDP_TAILS, bump},
+    verdict,
+};
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let Some(control) = CONTROL.get(0) else {
+        return verdict::internal_error();
+    };
+    let generation = control.active_gen & 1;
+    let Some(header) = FW_HEADER.get(generation) else {
+        return verdict::internal_error();
+    };
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) else {
+        return verdict::internal_error();
+    };
+    // SAFETY: per-CPU handoff slot, written by the firewall stage of this very packet.
+    let p = unsafe { &mut (*s).packet };
+    if !super::track(&XdpFrame::of(ctx), p, HOOK_INGRESS, ctx.ingress_ifindex() as u32) {
+        // The tracker's maps are unreadable: the packet goes on unclassified.
+        bump(&STATS, stats::INTERNAL);
+    } else if header.flags & POLICY_STATEFUL != 0
+        && p.ct_state & (STATE_ESTABLISHED | STATE_RELATED) != 0
+    {
+        bump(&CT_STATS, CS_ACCEPTED);
+        return firewall::allowed(ctx, generation, p, true);
+    }
+    // SAFETY: a tail call with this program's own context.
+    unsafe { XDP_TAILS.tail_call(ctx, TAIL_RULES) };
+    // Only reached when the rules stage is missing: fail open.
+    verdict::internal_error()
+}

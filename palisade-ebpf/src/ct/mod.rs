@@ -1,0 +1,351 @@
+//! Connection tracking in the kernel: the ingress side runs inside the XDP firewall, the
+//! egress side in a TC program on the same interfaces (XDP never sees what the host sends).
+//! The state machine itself is `palisade_common::conntrack`, shared with userspace.
+//!
+//! An entry of an existing flow is updated when the packet is seen (as netfilter does); an
+//! entry for a new flow is prepared in a per-CPU slot and inserted only once the packet is
+//! allowed ([`commit`]), so dropped packets never create state.
+
+pub mod egress;
+pub mod ingress;
+pub mod sweep;
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use palisade_common::{
+    conntrack::{
+        CS_ESTABLISHED, CS_EXPIRED_LOOKUP, CS_INSERT_EST, CS_INSERT_FAIL_EST, CS_INSERT_FAIL_NEW,
+        CS_INSERT_NEW, CS_INVALID, CS_NEW, CS_PICKUP, CS_PROMOTED, CS_RELATED, CS_REOPENED,
+        CS_UNTRACKED, CtConfig, CtDir, CtEntry, CtKey, ENTRY_LOCAL, ENTRY_ORIG_B, ENTRY_PICKUP,
+        HOOK_EGRESS, IcmpKind, STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED,
+        TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT, TCP_TIME_WAIT, TIMEOUTS, UNREPLIED, icmp_kind,
+        is_validated, other_step, quoted_flow, read_segment, tcp_open, tcp_step, timeout_class,
+    },
+    packet::{
+        Bytes, FRAG_LATER, IPPROTO_ICMP, MAX_L4_OFFSET, IPPROTO_ICMPV6, IPPROTO_TCP, Packet, TCP_ACK, TCP_SYN,
+    },
+};
+
+use crate::maps::{CT_CONFIG, CT_EST, CT_NEW, CT_PENDING, CT_STATS, bump};
+
+/// A new flow's entry, waiting for the packet's verdict (one per CPU, XDP only).
+#[repr(C)]
+pub struct Pending {
+    pub key: CtKey,
+    pub entry: CtEntry,
+    /// 1 when `key`/`entry` hold a flow to insert.
+    pub armed: u32,
+    /// 1 when it goes straight into the table of validated flows.
+    pub validated: u32,
+}
+
+/// Coarse monotonic time: a jiffy of precision is plenty for timeouts of seconds, and it
+/// costs less than the precise clock.
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper with no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// What every step of one packet's tracking shares (BPF functions take at most five
+/// arguments).
+struct Env<'a> {
+    cfg: &'a CtConfig,
+    pending: &'a mut Pending,
+    t: u64,
+    ifindex: u32,
+    hook: u8,
+}
+
+/// Where an entry was found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    New,
+    Est,
+}
+
+/// Classifies `p` (its `ct_state` is set) and updates or prepares its flow's entry.
+/// Returns false on an internal error (a map that cannot be read); the packet is then left
+/// unclassified.
+#[inline(never)]
+pub fn track<B: Bytes + ?Sized>(b: &B, p: &mut Packet, hook: u8, ifindex: u32) -> bool {
+    let Some(pending) = CT_PENDING.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot; the XDP and TC hooks run with bottom halves off and never nest
+    // on one CPU.
+    let pending = unsafe { &mut *pending };
+    pending.armed = 0;
+    let Some(cfg) = CT_CONFIG.get(0) else {
+        return false;
+    };
+    if p.frag == FRAG_LATER {
+        // No ports: the flow is unknown. Left unclassified (rules without `state` decide).
+        bump(&CT_STATS, CS_UNTRACKED);
+        return true;
+    }
+    let mut env = Env {
+        cfg,
+        pending,
+        t: now(),
+        ifindex,
+        hook,
+    };
+    let state = match p.proto {
+        IPPROTO_TCP => match tcp(b, p, &mut env) {
+            Some(state) => state,
+            None => {
+                bump(&CT_STATS, CS_UNTRACKED);
+                return true;
+            }
+        },
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Read at the header's own offset (see `read_segment`), bounded so the verifier
+            // can prove the read inside the packet.
+            let at = usize::from(p.l4_offset);
+            let id = if at > MAX_L4_OFFSET {
+                0
+            } else {
+                b.load::<8>(at).map_or(0, |h| u16::from_be_bytes([h[4], h[5]]))
+            };
+            match icmp_kind(p.proto, (p.dport >> 8) as u8, id) {
+                IcmpKind::EchoRequest(id) => flow(p, id, id, true, &mut env),
+                IcmpKind::EchoReply(id) => flow(p, id, id, false, &mut env),
+                IcmpKind::Error => related(b, p, &env),
+                IcmpKind::Other => {
+                    bump(&CT_STATS, CS_UNTRACKED);
+                    return true;
+                }
+            }
+        }
+        _ => flow(p, p.sport, p.dport, true, &mut env),
+    };
+    p.ct_state = state;
+    bump(
+        &CT_STATS,
+        match state {
+            STATE_NEW => CS_NEW,
+            STATE_ESTABLISHED => CS_ESTABLISHED,
+            STATE_RELATED => CS_RELATED,
+            _ => CS_INVALID,
+        },
+    );
+    true
+}
+
+/// A TCP segment; `None` when its header cannot be read. Not inlined: its frame is not
+/// stacked on the caller's (the verifier's 512-byte budget covers the whole call chain).
+#[inline(never)]
+fn tcp<B: Bytes + ?Sized>(b: &B, p: &Packet, env: &mut Env<'_>) -> Option<u8> {
+    let (cfg, t, hook, ifindex) = (env.cfg, env.t, env.hook, env.ifindex);
+    let pending = &mut *env.pending;
+    let seg = read_segment(b, p)?;
+    let (key, swap) = CtKey::of(p, p.sport, p.dport);
+    Some(match find(&key, cfg, t) {
+        Some((e, table)) => {
+            // SAFETY: a live map value; concurrent writers touch other directions.
+            let e = unsafe { &mut *e };
+            let reply = swap != (e.flags & ENTRY_ORIG_B != 0);
+            let mut cls = tcp_step(e, reply, &seg);
+            if cls == STATE_NEW
+                && (e.state == TCP_TIME_WAIT || e.state == TCP_CLOSE)
+                && seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            {
+                reopen(e, &seg, swap, hook, ifindex, t);
+                bump(&CT_STATS, CS_REOPENED);
+                cls = STATE_NEW;
+            }
+            touch(e, cls, reply, p, t);
+            if table == Table::New {
+                promote(&key, e);
+            }
+            cls
+        }
+        None => match tcp_open(&seg, hook) {
+            Some((state, cls, dir)) => {
+                arm(pending, &key, swap, state, dir, hook, ifindex, t, p);
+                if state == TCP_ESTABLISHED {
+                    pending.entry.flags |= ENTRY_PICKUP;
+                    pending.validated = 1;
+                    bump(&CT_STATS, CS_PICKUP);
+                }
+                cls
+            }
+            None => STATE_INVALID,
+        },
+    })
+}
+
+/// An ICMP error: related when the flow it quotes is tracked.
+#[inline(never)]
+fn related<B: Bytes + ?Sized>(b: &B, p: &Packet, env: &Env<'_>) -> u8 {
+    match quoted_flow(b, p) {
+        Some(k) if find(&k, env.cfg, env.t).is_some() => STATE_RELATED,
+        _ => STATE_INVALID,
+    }
+}
+
+/// UDP, ICMP echo and other protocols: only whether an answer was seen. `opens` says
+/// whether a packet without an entry may start a flow.
+#[inline(never)]
+fn flow(p: &Packet, sport: u16, dport: u16, opens: bool, env: &mut Env<'_>) -> u8 {
+    let (cfg, t, hook, ifindex) = (env.cfg, env.t, env.hook, env.ifindex);
+    let pending = &mut *env.pending;
+    let (key, swap) = CtKey::of(p, sport, dport);
+    if let Some((e, table)) = find(&key, cfg, t) {
+        // SAFETY: a live map value.
+        let e = unsafe { &mut *e };
+        let reply = swap != (e.flags & ENTRY_ORIG_B != 0);
+        let cls = other_step(e, reply);
+        touch(e, cls, reply, p, t);
+        if table == Table::New {
+            promote(&key, e);
+        }
+        return cls;
+    }
+    if !opens {
+        return STATE_INVALID;
+    }
+    let dir = CtDir {
+        flags: palisade_common::conntrack::DIR_SEEN,
+        ..CtDir::default()
+    };
+    arm(pending, &key, swap, UNREPLIED, dir, hook, ifindex, t, p);
+    STATE_NEW
+}
+
+/// The live entry of `key`, validated flows first. An expired entry is removed and not
+/// returned.
+#[inline(always)]
+fn find(key: &CtKey, cfg: &CtConfig, t: u64) -> Option<(*mut CtEntry, Table)> {
+    let (e, table) = match CT_EST.get_ptr_mut(key) {
+        Some(e) => (e, Table::Est),
+        None => (CT_NEW.get_ptr_mut(key)?, Table::New),
+    };
+    // SAFETY: a live map value, read once.
+    let (last, state) = unsafe { ((*e).last_ns, (*e).state) };
+    let class = timeout_class(key.proto, state);
+    let timeout = if class < TIMEOUTS { cfg.timeout_ns[class] } else { 0 };
+    if t > last && t - last > timeout {
+        bump(&CT_STATS, CS_EXPIRED_LOOKUP);
+        let _ = match table {
+            Table::Est => CT_EST.remove(key),
+            Table::New => CT_NEW.remove(key),
+        };
+        return None;
+    }
+    Some((e, table))
+}
+
+/// Records a packet that was not invalid in its flow's entry.
+#[inline(always)]
+fn touch(e: &mut CtEntry, cls: u8, reply: bool, p: &Packet, t: u64) {
+    if cls == STATE_INVALID {
+        return;
+    }
+    e.last_ns = t;
+    let d = &mut e.dirs[usize::from(reply)];
+    d.packets = d.packets.wrapping_add(1);
+    d.bytes = d.bytes.wrapping_add(u64::from(p.l4_len));
+}
+
+/// Moves a flow that has just been validated into the table of validated flows. When that
+/// table is full it stays where it is (counted), and keeps working until evicted.
+#[inline(always)]
+fn promote(key: &CtKey, e: &CtEntry) {
+    if !is_validated(e.state) {
+        return;
+    }
+    if CT_EST.insert(key, e, 0).is_ok() {
+        bump(&CT_STATS, CS_INSERT_EST);
+        bump(&CT_STATS, CS_PROMOTED);
+        let _ = CT_NEW.remove(key);
+    } else {
+        bump(&CT_STATS, CS_INSERT_FAIL_EST);
+    }
+}
+
+/// Prepares a new flow's entry in the per-CPU slot.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "fills one record; inlined")]
+fn arm(
+    pending: &mut Pending,
+    key: &CtKey,
+    swap: bool,
+    state: u8,
+    dir: CtDir,
+    hook: u8,
+    ifindex: u32,
+    t: u64,
+    p: &Packet,
+) {
+    pending.key = *key;
+    let e = &mut pending.entry;
+    e.created_ns = t;
+    e.last_ns = t;
+    e.dirs[0] = dir;
+    e.dirs[0].packets = 1;
+    e.dirs[0].bytes = u64::from(p.l4_len);
+    e.dirs[1] = CtDir::default();
+    e.state = state;
+    e.flags = 0;
+    if swap {
+        e.flags |= ENTRY_ORIG_B;
+    }
+    if hook == HOOK_EGRESS {
+        e.flags |= ENTRY_LOCAL;
+    }
+    e._pad = [0; 2];
+    e.ifindex = ifindex;
+    pending.validated = 0;
+    pending.armed = 1;
+}
+
+/// A new SYN on the ports of a flow in TIME_WAIT or closed: the entry starts over, its
+/// sender the new originator.
+#[inline(always)]
+fn reopen(
+    e: &mut CtEntry,
+    seg: &palisade_common::conntrack::Segment,
+    swap: bool,
+    hook: u8,
+    ifindex: u32,
+    t: u64,
+) {
+    if let Some((_, _, dir)) = tcp_open(seg, hook) {
+        e.dirs[0] = dir;
+    }
+    e.dirs[1] = CtDir::default();
+    e.state = TCP_SYN_SENT;
+    e.flags = if swap { ENTRY_ORIG_B } else { 0 };
+    if hook == HOOK_EGRESS {
+        e.flags |= ENTRY_LOCAL;
+    }
+    e.created_ns = t;
+    e.ifindex = ifindex;
+}
+
+/// Inserts the flow prepared by [`track`], if any: called once the packet is allowed.
+#[inline(always)]
+pub fn commit() {
+    let Some(pending) = CT_PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, see `track`.
+    let pending = unsafe { &mut *pending };
+    if pending.armed == 0 {
+        return;
+    }
+    pending.armed = 0;
+    if pending.validated != 0 {
+        if CT_EST.insert(&pending.key, &pending.entry, 0).is_ok() {
+            bump(&CT_STATS, CS_INSERT_EST);
+            return;
+        }
+        bump(&CT_STATS, CS_INSERT_FAIL_EST);
+    }
+    if CT_NEW.insert(&pending.key, &pending.entry, 0).is_ok() {
+        bump(&CT_STATS, CS_INSERT_NEW);
+    } else {
+        bump(&CT_STATS, CS_INSERT_FAIL_NEW);
+    }
+}

@@ -1,0 +1,127 @@
+//! The sweep: one run removes every expired entry from both tables (and, for `palisade ct
+//! flush`, every entry matching a filter) and counts the rest by table, protocol and state.
+//! Userspace runs it with `BPF_PROG_TEST_RUN` about once a second, so entries expire within
+//! their timeout plus a second at one syscall per sweep whatever the table size. The request
+//! travels as the test-run packet.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_for_each_map_elem, bpf_ktime_get_coarse_ns, bpf_map_delete_elem},
+    programs::XdpContext,
+};
+use palisade_common::{
+    conntrack::{
+        CtCensus, CtConfig, CtEntry, CtKey, ENTRY_STATES, PROTO_CLASSES, SWEEP_FLUSH, SweepRequest,
+        TABLE_EST, TABLE_NEW, TIMEOUTS, proto_class, timeout_class,
+    },
+    packet::Bytes,
+};
+
+use crate::{
+    bytes::XdpBytes,
+    maps::{CT_CENSUS, CT_CONFIG, CT_EST, CT_NEW},
+};
+
+/// What the callback needs; lives on the sweep program's stack.
+struct Walk {
+    req: SweepRequest,
+    census: *mut CtCensus,
+    cfg: *const CtConfig,
+    now: u64,
+    table: usize,
+}
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let Some(req) = XdpBytes(ctx).load::<{ core::mem::size_of::<SweepRequest>() }>(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: SweepRequest is plain bytes of this size.
+    let req: SweepRequest = unsafe { core::mem::transmute(req) };
+    let Some(census) = CT_CENSUS.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let Some(cfg) = CT_CONFIG.get_ptr(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: the census slot is written only by sweeps, which userspace runs one at a time.
+    unsafe {
+        let c = &mut *census;
+        let mut t = 0;
+        while t < 2 {
+            let mut pc = 0;
+            while pc < PROTO_CLASSES {
+                let mut s = 0;
+                while s < ENTRY_STATES + 1 {
+                    c.live[t][pc][s] = 0;
+                    s += 1;
+                }
+                pc += 1;
+            }
+            t += 1;
+        }
+    }
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let mut walk = Walk {
+        req,
+        census,
+        cfg,
+        now,
+        table: TABLE_EST,
+    };
+    // SAFETY: the callback has the signature bpf_for_each_map_elem expects and only touches
+    // `walk`, which outlives both calls; the map pointers are the maps' definitions.
+    unsafe {
+        bpf_for_each_map_elem(
+            (&raw const CT_EST).cast_mut().cast(),
+            visit as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+        walk.table = TABLE_NEW;
+        bpf_for_each_map_elem(
+            (&raw const CT_NEW).cast_mut().cast(),
+            visit as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+        (*census).now_ns = now;
+        (*census).sweeps += 1;
+    }
+    xdp_action::XDP_PASS
+}
+
+/// One entry: removes it when expired or flushed, counts it otherwise. Returns 0 to go on.
+extern "C" fn visit(map: *mut c_void, key: *mut c_void, value: *mut c_void, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the sweep's `Walk`; key and value are the current element's.
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    let k = unsafe { &*key.cast::<CtKey>() };
+    let e = unsafe { &*value.cast::<CtEntry>() };
+    let cfg = unsafe { &*w.cfg };
+    let census = unsafe { &mut *w.census };
+    let table = if w.table == TABLE_NEW { TABLE_NEW } else { TABLE_EST };
+    let class = timeout_class(k.proto, e.state);
+    let timeout = if class < TIMEOUTS { cfg.timeout_ns[class] } else { 0 };
+    let expired = w.now > e.last_ns && w.now - e.last_ns > timeout;
+    let flush = !expired && w.req.op == SWEEP_FLUSH && w.req.matches(k, e);
+    if expired || flush {
+        // SAFETY: deleting the element being visited is allowed for hash maps.
+        if unsafe { bpf_map_delete_elem(map, key) } == 0 {
+            if expired {
+                census.expired[table] += 1;
+            } else {
+                census.flushed[table] += 1;
+            }
+            return 0;
+        }
+    }
+    let pc = proto_class(k.proto);
+    let st = usize::from(e.state);
+    if pc < PROTO_CLASSES && st <= ENTRY_STATES {
+        census.live[table][pc][st] += 1;
+    }
+    0
+}

@@ -1,0 +1,14 @@
+//! Connection tracking, userspace side: the tracker's settings, the sweep that expires
+//! entries, and reading the tables for `palisade ct` and the counters. The datapath and the
+//! state machine are described in `docs/design/conntrack.md`.
+
+pub mod table;
+
+pub use table::{Flow, FlowFilter, census, flows, read_stats, sweep, sweep_program, write_config};
+
+/// The sweep program (XDP, run through `BPF_PROG_TEST_RUN`, never attached).
+pub const SWEEP: &str = "palisade_ct_sweep";
+/// The TC egress program that tracks what the host sends.
+pub const EGRESS: &str = "palisade_ct_egress";
+/// How often the daemon sweeps: entries expire within their timeout plus this.
+pub const SWEEP_INTERVAL_MS: u64 = 1000;

@@ -1,0 +1,208 @@
+//! The tracker's maps as userspace sees them.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use palisade_common::{
+    conntrack::{
+        CT_STATS, CtCensus, CtConfig, CtEntry, CtKey, ENTRY_LOCAL, ENTRY_ORIG_B, ENTRY_STATE_NAMES,
+        SweepRequest,
+    },
+    packet::FAMILY_V4,
+};
+use serde::Serialize;
+
+use super::SWEEP;
+
+/// The sweep's verdict when it ran to the end.
+const XDP_PASS: u32 = 2;
+use crate::maps::{map, map_mut};
+
+/// Writes the tracker's settings (read by the datapath on every tracked packet).
+///
+/// # Errors
+/// When the map cannot be written.
+pub fn write_config(ebpf: &mut Ebpf, cfg: &CtConfig) -> Result<()> {
+    let mut m: Array<&mut MapData, CtConfig> = Array::try_from(map_mut(ebpf, "CT_CONFIG")?)?;
+    m.set(0, *cfg, 0).context("writing the conntrack settings")?;
+    Ok(())
+}
+
+/// The sweep program of a loaded object (tests and benchmarks; the daemon keeps its own,
+/// possibly reused from a pin).
+///
+/// # Errors
+/// When the object has no such program.
+pub fn sweep_program(ebpf: &Ebpf) -> Result<&Xdp> {
+    Ok(ebpf
+        .program(SWEEP)
+        .ok_or_else(|| anyhow!("kernel object has no program {SWEEP}"))?
+        .try_into()?)
+}
+
+/// Runs the (loaded) sweep program once: expired entries (and, with `SWEEP_FLUSH`, matching
+/// ones) are removed, the rest counted. Returns the census it wrote.
+///
+/// # Errors
+/// When the kernel refuses the run.
+pub fn sweep(prog: &Xdp, ebpf: &Ebpf, req: &SweepRequest) -> Result<CtCensus> {
+    // The request is the packet; XDP test runs want at least an Ethernet header's worth.
+    let mut frame = vec![0u8; 64];
+    // SAFETY: SweepRequest is plain old data of this size.
+    let bytes: [u8; core::mem::size_of::<SweepRequest>()] = unsafe { core::mem::transmute(*req) };
+    frame[..bytes.len()].copy_from_slice(&bytes);
+    let mut out = vec![0u8; 128];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&frame);
+    opts.data_out = Some(&mut out);
+    let r = prog.test_run(opts).context("running the conntrack sweep")?;
+    if r.return_value != XDP_PASS {
+        // Anything else means the sweep could not read its request or its maps.
+        return Err(anyhow!("the conntrack sweep failed (verdict {})", r.return_value));
+    }
+    census(ebpf)
+}
+
+/// What the last sweep counted.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn census(ebpf: &Ebpf) -> Result<CtCensus> {
+    let m: Array<&MapData, CtCensus> = Array::try_from(map(ebpf, "CT_CENSUS")?)?;
+    Ok(m.get(&0, 0)?)
+}
+
+/// The tracker's counters, summed over CPUs, indexed like `CT_STAT_NAMES`.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn read_stats(ebpf: &Ebpf) -> Result<Vec<u64>> {
+    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, "CT_STATS")?)?;
+    (0..CT_STATS)
+        .map(|i| Ok(m.get(&i, 0)?.iter().sum()))
+        .collect()
+}
+
+/// One tracked flow, as `palisade ct list` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Flow {
+    pub proto: u8,
+    /// The endpoint that opened the flow.
+    pub orig_addr: IpAddr,
+    pub orig_port: u16,
+    pub reply_addr: IpAddr,
+    pub reply_port: u16,
+    pub state: &'static str,
+    /// `validated` or `unvalidated`: which table holds it.
+    pub table: &'static str,
+    /// Opened by this host (first seen leaving it).
+    pub local: bool,
+    pub age_s: u64,
+    pub idle_s: u64,
+    pub packets_orig: u32,
+    pub packets_reply: u32,
+    pub bytes_orig: u64,
+    pub bytes_reply: u64,
+    pub ifindex: u32,
+}
+
+/// Which flows a listing or a flush takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowFilter {
+    pub addr: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub proto: Option<u8>,
+    /// An entry state name (`ENTRY_STATE_NAMES`).
+    pub state: Option<u8>,
+}
+
+impl FlowFilter {
+    #[must_use]
+    pub fn matches(&self, f: &Flow) -> bool {
+        self.addr
+            .is_none_or(|a| f.orig_addr == a || f.reply_addr == a)
+            && self
+                .port
+                .is_none_or(|p| f.orig_port == p || f.reply_port == p)
+            && self.proto.is_none_or(|p| f.proto == p)
+            && self
+                .state
+                .is_none_or(|s| ENTRY_STATE_NAMES.get(usize::from(s)) == Some(&f.state))
+    }
+}
+
+fn addr_of(family: u8, words: &[u32; 4]) -> IpAddr {
+    let b = palisade_common::conntrack::words_to_bytes(words);
+    if family == FAMILY_V4 {
+        IpAddr::from([b[12], b[13], b[14], b[15]])
+    } else {
+        IpAddr::from(b)
+    }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of the entries' timestamps.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The flow an entry describes.
+#[must_use]
+pub fn flow_of(k: &CtKey, e: &CtEntry, table: &'static str, now_ns: u64) -> Flow {
+    let (oa, op, ra, rp) = if e.flags & ENTRY_ORIG_B != 0 {
+        (&k.b, k.b_port, &k.a, k.a_port)
+    } else {
+        (&k.a, k.a_port, &k.b, k.b_port)
+    };
+    Flow {
+        proto: k.proto,
+        orig_addr: addr_of(k.family, oa),
+        orig_port: op,
+        reply_addr: addr_of(k.family, ra),
+        reply_port: rp,
+        state: ENTRY_STATE_NAMES
+            .get(usize::from(e.state))
+            .copied()
+            .unwrap_or("unknown"),
+        table,
+        local: e.flags & ENTRY_LOCAL != 0,
+        age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
+        idle_s: now_ns.saturating_sub(e.last_ns) / 1_000_000_000,
+        packets_orig: e.dirs[0].packets,
+        packets_reply: e.dirs[1].packets,
+        bytes_orig: e.dirs[0].bytes,
+        bytes_reply: e.dirs[1].bytes,
+        ifindex: e.ifindex,
+    }
+}
+
+/// Every tracked flow that matches `filter`, validated ones first.
+///
+/// # Errors
+/// When a table cannot be read.
+pub fn flows(ebpf: &Ebpf, filter: &FlowFilter) -> Result<Vec<Flow>> {
+    let now = coarse_now_ns();
+    let mut out = Vec::new();
+    for (name, table) in [("CT_EST", "validated"), ("CT_NEW", "unvalidated")] {
+        let m: HashMap<&MapData, CtKey, CtEntry> = HashMap::try_from(map(ebpf, name)?)?;
+        for item in m.iter() {
+            // An entry deleted while the walk runs ends that key's read; the rest go on.
+            let Ok((k, e)) = item else { continue };
+            let f = flow_of(&k, &e, table, now);
+            if filter.matches(&f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
