@@ -12,8 +12,8 @@
 use crate::{
     map_type,
     packet::{
-        Bytes, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet,
-        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TCP_URG,
+        Bytes, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK,
+        TCP_FIN, TCP_RST, TCP_SYN, TCP_URG,
     },
 };
 
@@ -121,7 +121,10 @@ pub const fn timeout_class(proto: u8, state: u8) -> usize {
 #[inline(always)]
 #[must_use]
 pub const fn is_validated(state: u8) -> bool {
-    !matches!(state, TCP_SYN_SENT | TCP_SYN_SENT2 | TCP_SYN_RECV | UNREPLIED)
+    !matches!(
+        state,
+        TCP_SYN_SENT | TCP_SYN_SENT2 | TCP_SYN_RECV | UNREPLIED
+    )
 }
 
 /// Settings the datapath reads on every tracked packet (one slot, written by userspace).
@@ -462,7 +465,9 @@ impl SweepRequest {
                 return false;
             }
             let bits = self.prefix_len.min(128);
-            if !prefix_eq(&k.a_bytes(), &self.addr, bits) && !prefix_eq(&k.b_bytes(), &self.addr, bits) {
+            if !prefix_eq(&k.a_bytes(), &self.addr, bits)
+                && !prefix_eq(&k.b_bytes(), &self.addr, bits)
+            {
                 return false;
             }
         }
@@ -632,7 +637,11 @@ fn open_dir(d: &mut CtDir, s: &Segment) {
     *d = CtDir {
         end: s.end(),
         ackend: 0,
-        maxwin: if s.window == 0 { 1 } else { u32::from(s.window) },
+        maxwin: if s.window == 0 {
+            1
+        } else {
+            u32::from(s.window)
+        },
         fin_end: 0,
         wscale: 0,
         flags: DIR_SEEN,
@@ -936,8 +945,18 @@ pub fn quoted_flow<B: Bytes + ?Sized>(b: &B, p: &Packet) -> Option<CtKey> {
         if h[0] >> 4 != 4 || h[0] & 0x0f < 5 {
             return None;
         }
-        k.a = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([h[12], h[13], h[14], h[15]])];
-        k.b = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([h[16], h[17], h[18], h[19]])];
+        k.a = [
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+            u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
+        ];
+        k.b = [
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+            u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
+        ];
         k.proto = h[9];
         inner + usize::from(h[0] & 0x0f) * 4
     } else {

@@ -119,7 +119,6 @@ impl Packet {
     }
 }
 
-
 /// The result of parsing a frame that is not malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame {

@@ -46,7 +46,13 @@ use crate::{
 
 /// Every XDP program, loaded and pinned together: the firewall (attached), the DNS
 /// inspector, then the other stages and the sweep.
-const XDP_PROGRAMS: [&str; 5] = [FIREWALL, DNS_INGRESS, CT_INGRESS, RULES, crate::conntrack::SWEEP];
+const XDP_PROGRAMS: [&str; 5] = [
+    FIREWALL,
+    DNS_INGRESS,
+    CT_INGRESS,
+    RULES,
+    crate::conntrack::SWEEP,
+];
 /// The egress tracker (TC).
 const CT_EGRESS: &str = crate::conntrack::EGRESS;
 
@@ -286,7 +292,9 @@ impl Datapath {
     /// The sweep program (expiry of tracked flows, flushes), once the programs are loaded.
     #[must_use]
     pub fn sweep_program(&self) -> Option<&Xdp> {
-        let i = XDP_PROGRAMS.iter().position(|n| *n == crate::conntrack::SWEEP)?;
+        let i = XDP_PROGRAMS
+            .iter()
+            .position(|n| *n == crate::conntrack::SWEEP)?;
         self.stages.get(i.checked_sub(2)?)
     }
 
@@ -384,14 +392,20 @@ impl Datapath {
                     TcAttachType::Egress,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
-                .with_context(|| format!("attaching the egress connection tracker to {iface} (tcx needs Linux 6.6)"))?;
+                .with_context(|| {
+                    format!(
+                        "attaching the egress connection tracker to {iface} (tcx needs Linux 6.6)"
+                    )
+                })?;
             let link = prog.take_link(id)?;
             let link = FdLink::try_from(link)
                 .map_err(|e| anyhow!("the egress tracker link on {iface} cannot be pinned: {e}"))?;
-            let path = self
-                .layout
-                .links_dir()
-                .join(LinkPin::TcxEgress { iface: iface.clone() }.file_name());
+            let path = self.layout.links_dir().join(
+                LinkPin::TcxEgress {
+                    iface: iface.clone(),
+                }
+                .file_name(),
+            );
             let _ = fs::remove_file(&path);
             drop(
                 link.pin(&path)

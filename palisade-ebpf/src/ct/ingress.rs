@@ -14,7 +14,9 @@ use palisade_common::{
 use crate::{
     bytes::XdpFrame,
     firewall,
-    maps::{CONTROL, CT_STATS, DNS_SCRATCH, FW_HEADER, SLOT_XDP, STATS, TAIL_RULES, XDP_TAILS, bump},
+    maps::{
+        CONTROL, CT_STATS, DNS_SCRATCH, FW_HEADER, SLOT_XDP, STATS, TAIL_RULES, XDP_TAILS, bump,
+    },
     verdict,
 };
 
@@ -32,7 +34,12 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: per-CPU handoff slot, written by the firewall stage of this very packet.
     let p = unsafe { &mut (*s).packet };
-    if !super::track(&XdpFrame::of(ctx), p, HOOK_INGRESS, ctx.ingress_ifindex() as u32) {
+    if !super::track(
+        &XdpFrame::of(ctx),
+        p,
+        HOOK_INGRESS,
+        ctx.ingress_ifindex() as u32,
+    ) {
         // The tracker's maps are unreadable: the packet goes on unclassified.
         bump(&STATS, stats::INTERNAL);
     } else if header.flags & POLICY_STATEFUL != 0

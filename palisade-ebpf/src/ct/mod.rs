@@ -21,7 +21,8 @@ use palisade_common::{
         is_validated, other_step, quoted_flow, read_segment, tcp_open, tcp_step, timeout_class,
     },
     packet::{
-        Bytes, FRAG_LATER, IPPROTO_ICMP, MAX_L4_OFFSET, IPPROTO_ICMPV6, IPPROTO_TCP, Packet, TCP_ACK, TCP_SYN,
+        Bytes, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, MAX_L4_OFFSET, Packet,
+        TCP_ACK, TCP_SYN,
     },
 };
 
@@ -105,7 +106,8 @@ pub fn track<B: Bytes + ?Sized>(b: &B, p: &mut Packet, hook: u8, ifindex: u32) -
             let id = if at > MAX_L4_OFFSET {
                 0
             } else {
-                b.load::<8>(at).map_or(0, |h| u16::from_be_bytes([h[4], h[5]]))
+                b.load::<8>(at)
+                    .map_or(0, |h| u16::from_be_bytes([h[4], h[5]]))
             };
             match icmp_kind(p.proto, (p.dport >> 8) as u8, id) {
                 IcmpKind::EchoRequest(id) => flow(p, id, id, true, &mut env),
@@ -224,7 +226,11 @@ fn find(key: &CtKey, cfg: &CtConfig, t: u64) -> Option<(*mut CtEntry, Table)> {
     // SAFETY: a live map value, read once.
     let (last, state) = unsafe { ((*e).last_ns, (*e).state) };
     let class = timeout_class(key.proto, state);
-    let timeout = if class < TIMEOUTS { cfg.timeout_ns[class] } else { 0 };
+    let timeout = if class < TIMEOUTS {
+        cfg.timeout_ns[class]
+    } else {
+        0
+    };
     if t > last && t - last > timeout {
         bump(&CT_STATS, CS_EXPIRED_LOOKUP);
         let _ = match table {

@@ -95,16 +95,29 @@ pub fn run(ctx: &XdpContext) -> u32 {
 }
 
 /// One entry: removes it when expired or flushed, counts it otherwise. Returns 0 to go on.
-extern "C" fn visit(map: *mut c_void, key: *mut c_void, value: *mut c_void, ctx: *mut c_void) -> i64 {
+extern "C" fn visit(
+    map: *mut c_void,
+    key: *mut c_void,
+    value: *mut c_void,
+    ctx: *mut c_void,
+) -> i64 {
     // SAFETY: `ctx` is the sweep's `Walk`; key and value are the current element's.
     let w = unsafe { &mut *ctx.cast::<Walk>() };
     let k = unsafe { &*key.cast::<CtKey>() };
     let e = unsafe { &*value.cast::<CtEntry>() };
     let cfg = unsafe { &*w.cfg };
     let census = unsafe { &mut *w.census };
-    let table = if w.table == TABLE_NEW { TABLE_NEW } else { TABLE_EST };
+    let table = if w.table == TABLE_NEW {
+        TABLE_NEW
+    } else {
+        TABLE_EST
+    };
     let class = timeout_class(k.proto, e.state);
-    let timeout = if class < TIMEOUTS { cfg.timeout_ns[class] } else { 0 };
+    let timeout = if class < TIMEOUTS {
+        cfg.timeout_ns[class]
+    } else {
+        0
+    };
     let expired = w.now > e.last_ns && w.now - e.last_ns > timeout;
     let flush = !expired && w.req.op == SWEEP_FLUSH && w.req.matches(k, e);
     if expired || flush {

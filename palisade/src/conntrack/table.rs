@@ -29,7 +29,8 @@ use crate::maps::{map, map_mut};
 /// When the map cannot be written.
 pub fn write_config(ebpf: &mut Ebpf, cfg: &CtConfig) -> Result<()> {
     let mut m: Array<&mut MapData, CtConfig> = Array::try_from(map_mut(ebpf, "CT_CONFIG")?)?;
-    m.set(0, *cfg, 0).context("writing the conntrack settings")?;
+    m.set(0, *cfg, 0)
+        .context("writing the conntrack settings")?;
     Ok(())
 }
 
@@ -63,7 +64,10 @@ pub fn sweep(prog: &Xdp, ebpf: &Ebpf, req: &SweepRequest) -> Result<CtCensus> {
     let r = prog.test_run(opts).context("running the conntrack sweep")?;
     if r.return_value != XDP_PASS {
         // Anything else means the sweep could not read its request or its maps.
-        return Err(anyhow!("the conntrack sweep failed (verdict {})", r.return_value));
+        return Err(anyhow!(
+            "the conntrack sweep failed (verdict {})",
+            r.return_value
+        ));
     }
     census(ebpf)
 }

@@ -24,10 +24,18 @@ pub const FLOOR_DROP: &str = "palisade_floor_drop";
 /// Programs the measurements run: a failure to load any of them is fatal.
 const REQUIRED: [&str; 3] = [FIREWALL, FLOOR_PASS, FLOOR_DROP];
 /// Programs only reported on.
-const REPORTED: [&str; 2] = [DNS_INGRESS, DNS_EGRESS];
+const REPORTED: [&str; 4] = [DNS_INGRESS, guard::CT_INGRESS, guard::RULES, DNS_EGRESS];
 
 /// Every program the verifier report covers, in report order.
-pub const ALL_PROGRAMS: [&str; 5] = [FIREWALL, DNS_INGRESS, DNS_EGRESS, FLOOR_PASS, FLOOR_DROP];
+pub const ALL_PROGRAMS: [&str; 7] = [
+    FIREWALL,
+    DNS_INGRESS,
+    guard::CT_INGRESS,
+    guard::RULES,
+    DNS_EGRESS,
+    FLOOR_PASS,
+    FLOOR_DROP,
+];
 
 /// Why a program did not load: the verifier's last words and its instruction count.
 #[derive(Debug, Clone)]
@@ -62,7 +70,11 @@ impl Loaded {
                 failures.push(failure);
             }
         }
-        if all && !failures.iter().any(|f| f.program == DNS_INGRESS) {
+        if all
+            && !failures
+                .iter()
+                .any(|f| guard::TAILS.iter().any(|(_, n)| *n == f.program))
+        {
             guard::link_tail_calls(&mut ebpf)?;
         }
         Ok(Self { ebpf, failures })
