@@ -32,6 +32,20 @@ pub const STATE_NAMES: [&str; 4] = ["new", "established", "related", "invalid"];
 /// the pinned entries of an older build instead of losing them.
 pub const ENTRY_VERSION: u32 = 1;
 
+/// An entry of a table written by a build whose entries have layout `version`, as this
+/// build's [`CtEntry`]; `None` when this build cannot read that layout. Every layout change
+/// bumps [`ENTRY_VERSION`] and adds its conversion here, so an upgrade keeps the flows.
+#[must_use]
+pub fn convert_entry(version: u32, bytes: &[u8]) -> Option<CtEntry> {
+    match version {
+        ENTRY_VERSION if bytes.len() == core::mem::size_of::<CtEntry>() => {
+            // SAFETY: the length was checked; `CtEntry` is plain data, valid for any bits.
+            Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) })
+        }
+        _ => None,
+    }
+}
+
 /// [`CtEntry::state`] values. TCP follows the handshake and the teardown; other protocols
 /// only know whether an answer was seen.
 pub const TCP_SYN_SENT: u8 = 1;
@@ -338,8 +352,8 @@ pub const CS_INSERT_FAIL_NEW: u32 = 6;
 pub const CS_INSERT_FAIL_EST: u32 = 7;
 /// Entries moved out of the unvalidated table when validated.
 pub const CS_PROMOTED: u32 = 8;
-/// Expired entries found by a packet and replaced.
-pub const CS_EXPIRED_LOOKUP: u32 = 9;
+/// Expired entries of the unvalidated table found (and removed) by a packet.
+pub const CS_EXPIRED_LOOKUP_NEW: u32 = 9;
 /// Packets accepted by `stateful = true` before the rules.
 pub const CS_ACCEPTED: u32 = 10;
 /// Flows picked up in the middle from egress packets.
@@ -348,6 +362,11 @@ pub const CS_PICKUP: u32 = 11;
 pub const CS_REOPENED: u32 = 12;
 /// Packets the tracker did not look at (non-first fragments without a known first one).
 pub const CS_UNTRACKED: u32 = 13;
+/// Expired entries of the validated table found (and removed) by a packet.
+pub const CS_EXPIRED_LOOKUP_EST: u32 = 14;
+/// Validated flows that left their table because a new SYN reopened them (they start over
+/// in the unvalidated table).
+pub const CS_REOPENED_EST: u32 = 15;
 /// Size of `CT_STATS`.
 pub const CT_STATS: u32 = 16;
 /// Stable names of the counters.
@@ -361,13 +380,13 @@ pub const CT_STAT_NAMES: [&str; CT_STATS as usize] = [
     "insert_failed_new",
     "insert_failed_established",
     "promoted",
-    "expired_on_lookup",
+    "expired_on_lookup_new",
     "accepted",
     "picked_up",
     "reopened",
     "untracked",
-    "reserved14",
-    "reserved15",
+    "expired_on_lookup_established",
+    "reopened_established",
 ];
 
 /// Tables of `CT_GC_STATS`: unvalidated flows, validated flows.
@@ -634,6 +653,8 @@ const MIN_ACK_WINDOW: u32 = 66_000;
 /// The first direction record of a new flow's sender.
 #[inline(always)]
 fn open_dir(d: &mut CtDir, s: &Segment) {
+    // The flow's packet and byte counts survive a retransmitted SYN.
+    let (packets, bytes) = (d.packets, d.bytes);
     *d = CtDir {
         end: s.end(),
         ackend: 0,
@@ -646,8 +667,8 @@ fn open_dir(d: &mut CtDir, s: &Segment) {
         wscale: 0,
         flags: DIR_SEEN,
         _pad: [0; 2],
-        packets: 0,
-        bytes: 0,
+        packets,
+        bytes,
     };
     if let Some(w) = s.wscale {
         d.wscale = w;

@@ -37,6 +37,7 @@ use crate::{
     },
     attach,
     cli::RunArgs,
+    conntrack::carry,
     datapath::{Datapath, Options, Origin},
     events, guard, live,
     policy::{
@@ -149,6 +150,14 @@ impl Daemon {
     }
 }
 
+/// The connection tracking table capacities `policy` asks for.
+fn ct_sizes(policy: &Policy) -> carry::Sizes {
+    carry::Sizes {
+        validated: policy.conntrack.max_entries,
+        unvalidated: policy.conntrack.max_unvalidated,
+    }
+}
+
 /// Runs until a signal, `--duration` or `palisade unload` ends it.
 ///
 /// # Errors
@@ -197,6 +206,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         pin_dir: args.pin_dir.clone(),
         ifaces: ifaces.clone(),
         force_generic: args.generic,
+        ct_sizes: ct_sizes(&policy),
     };
     let mut notes = Vec::new();
     let dp = Datapath::load(&opts, &mut notes)?;
@@ -466,6 +476,11 @@ impl Daemon {
                 );
                 if discarded > 0 {
                     message.push_str(&format!("; {discarded} live change(s) discarded"));
+                }
+                if ct_sizes(&self.policy) != self.dp.ct_sizes {
+                    message.push_str(
+                        "; the new [conntrack] table sizes take effect when the daemon restarts (tracked connections are carried over)",
+                    );
                 }
                 Ok(Changed {
                     message,

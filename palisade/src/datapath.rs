@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     attach::{self, Mode},
+    conntrack::carry,
     guard::{CT_INGRESS, DNS_EGRESS, DNS_INGRESS, FIREWALL, RULES, TAILS},
     loader,
     maps::map_mut,
@@ -62,6 +63,8 @@ pub struct Options {
     pub pin_dir: PathBuf,
     pub ifaces: Vec<String>,
     pub force_generic: bool,
+    /// Capacities of the connection tracking tables (`[conntrack]`).
+    pub ct_sizes: carry::Sizes,
 }
 
 /// How an attachment came to be.
@@ -117,6 +120,13 @@ pub struct Datapath {
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
+    /// Old connection tracking tables whose flows are being carried into this build's
+    /// (until the attachments switched).
+    carry: Vec<carry::Source>,
+    /// When the first copy pass began.
+    carry_since: u64,
+    /// The capacities the tracking tables were created with.
+    pub ct_sizes: carry::Sizes,
     pub xdp: Vec<XdpAttachment>,
     pub cgroups: Vec<CgroupAttachment>,
 }
@@ -145,7 +155,8 @@ impl Datapath {
         }
         let lock = PinLock::acquire(&opts.pin_dir)?;
         let layout = loader::layout(opts.pin_dir.clone())?;
-        let mut pinned = loader::load_pinned(&layout)?;
+        let mut carried = carry::take_resized(&layout, opts.ct_sizes)?;
+        let mut pinned = loader::load_pinned(&layout, opts.ct_sizes)?;
         if let Err(e) = verify_map_shapes(&layout) {
             drop(pinned);
             let aside = opts.pin_dir.join(format!(
@@ -160,7 +171,18 @@ impl Datapath {
                 "pinned maps under {} do not match this build ({e:#}); starting fresh state, the old one is removed once everything is attached",
                 layout.dir().display()
             ));
-            pinned = loader::load_pinned(&layout)?;
+            pinned = loader::load_pinned(&layout, opts.ct_sizes)?;
+        }
+        carried.extend(carry::take_foreign(&layout)?);
+        let carry_since = carry::now_ns();
+        if !carried.is_empty() {
+            let c = carry::copy(&carried, &pinned.ebpf, None)?;
+            notes.push(format!(
+                "carrying tracked connections from {} into new tables: {} copied{}",
+                carry::describe(&carried),
+                c.copied,
+                c.lost_note()
+            ));
         }
         if !pinned.created.is_empty() {
             // Pinned programs refer to the maps they were loaded with; with any map new they
@@ -185,6 +207,9 @@ impl Datapath {
             tc: Vec::new(),
             egress: None,
             programs_reused: false,
+            carry: carried,
+            carry_since,
+            ct_sizes: opts.ct_sizes,
             xdp: Vec::new(),
             cgroups: Vec::new(),
         })
@@ -204,10 +229,32 @@ impl Datapath {
     /// then left alone.
     pub fn attach(&mut self, opts: &Options, policy: &Policy) -> Result<Vec<String>> {
         let mut notes = Vec::new();
+        // Every program is loaded (and verified, which takes long) before any hook switches,
+        // so the hooks switch within moments of each other.
+        self.ensure_tc_program()?;
         self.ensure_xdp_programs()?;
+        if !self.carry.is_empty() {
+            // The old programs ran on while these loaded: refresh the copy just before the
+            // switch.
+            self.carry_since = carry::now_ns();
+            carry::copy(&self.carry, &self.ebpf, None)?;
+        }
+        self.fill_tail_calls()?;
         self.sync_xdp(opts, &mut notes)?;
         self.sync_tc(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
+        if !self.carry.is_empty() {
+            // The new programs run now: bring over what the old ones did meanwhile.
+            let c = carry::copy(&self.carry, &self.ebpf, Some(self.carry_since))?;
+            notes.push(format!(
+                "tracked connections carried over: {} more copied after the switch ({} TCP flows updated on both sides now followed without window checks), {} already current{}",
+                c.copied,
+                c.loosened,
+                c.kept,
+                c.lost_note()
+            ));
+            notes.extend(carry::release(std::mem::take(&mut self.carry)));
+        }
         let in_use: Vec<u32> = self
             .xdp
             .iter()
@@ -267,25 +314,39 @@ impl Datapath {
                     .ok_or_else(|| anyhow!("reopening the programs just pinned"))?
             }
         };
-        // The tail-call stages go into the (pinned) table before any link runs the firewall
-        // that calls them.
-        {
-            let mut tails: ProgramArray<&mut MapData> =
-                ProgramArray::try_from(map_mut(&mut self.ebpf, "XDP_TAILS")?)?;
-            for (slot, name) in TAILS {
-                let i = XDP_PROGRAMS
-                    .iter()
-                    .position(|n| *n == name)
-                    .expect("every tail-call stage is an XDP program");
-                tails
-                    .set(slot, progs[i].fd()?, 0)
-                    .context("filling the tail-call table")?;
-            }
-        }
         let mut progs = progs.into_iter();
         self.firewall = progs.next();
         self.dns_ingress = progs.next();
         self.stages = progs.collect();
+        Ok(())
+    }
+
+    /// Puts the tail-call stages into the (pinned) table: before any link runs the firewall
+    /// that calls them, and, when the stages change, the moment the pipeline switches.
+    fn fill_tail_calls(&mut self) -> Result<()> {
+        let stages: Vec<(u32, aya::programs::ProgramFd)> = TAILS
+            .iter()
+            .map(|(slot, name)| {
+                let i = XDP_PROGRAMS
+                    .iter()
+                    .position(|n| n == name)
+                    .expect("every tail-call stage is an XDP program");
+                let prog = match i {
+                    0 => self.firewall.as_ref(),
+                    1 => self.dns_ingress.as_ref(),
+                    _ => self.stages.get(i - 2),
+                }
+                .ok_or_else(|| anyhow!("the program {name} is not loaded"))?;
+                Ok((*slot, prog.fd()?.try_clone()?))
+            })
+            .collect::<Result<_>>()?;
+        let mut tails: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map_mut(&mut self.ebpf, "XDP_TAILS")?)?;
+        for (slot, fd) in &stages {
+            tails
+                .set(*slot, fd, 0)
+                .context("filling the tail-call table")?;
+        }
         Ok(())
     }
 
@@ -817,7 +878,11 @@ fn verify_map_shapes(layout: &Layout) -> Result<()> {
         }
         let fd = pin::obj_get(&layout.map(&s.name))
             .with_context(|| format!("opening pinned map {}", s.name))?;
-        let (map_type, _, key, value, max, _) = pin::map_info(fd.as_fd())?;
+        let (map_type, _, key, value, mut max, _) = pin::map_info(fd.as_fd())?;
+        if pin::is_resizable_map(&s.name) {
+            // Sized by the policy; the tables are resized (carried) when it changes.
+            max = s.max_entries;
+        }
         if (map_type, key, value, max) != (s.map_type, s.key_size, s.value_size, s.max_entries) {
             return Err(anyhow!(
                 "map {} is pinned as type {map_type} key {key} value {value} max {max}, this build has type {} key {} value {} max {}",

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::pin::{self, Layout, MapShape};
+use crate::{
+    conntrack::carry::{self, Sizes},
+    pin::{self, Layout, MapShape},
+};
 
 /// The BPF object built from `palisade-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
@@ -80,11 +83,11 @@ pub struct Pinned {
 
 /// Loads the object with every shared map pinned under `layout`: a map already pinned there
 /// is reused as it is (contents, counters, ring buffer and all), a missing one is created and
-/// pinned.
+/// pinned (the connection tracking tables with `sizes`).
 ///
 /// # Errors
 /// As [`load`], or when a pin cannot be created.
-pub fn load_pinned(layout: &Layout) -> Result<Pinned> {
+pub fn load_pinned(layout: &Layout, sizes: Sizes) -> Result<Pinned> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
     }
@@ -102,6 +105,11 @@ pub fn load_pinned(layout: &Layout) -> Result<Pinned> {
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name.as_str(), path.as_path());
+    }
+    // Used when the tables are created; pinned ones of another size were moved aside by
+    // `conntrack::carry::take_resized`.
+    for (name, table) in carry::TABLES {
+        loader.map_max_entries(name, sizes.of(table));
     }
     let ebpf = loader.load(OBJECT).context(
         "loading the kernel object failed; Palisade needs root (or CAP_BPF, CAP_NET_ADMIN and \

@@ -65,10 +65,17 @@ pub struct MapShape {
 }
 
 impl MapShape {
+    /// The shape as the layout id sees it: the capacity of a map sized by the configuration
+    /// ([`is_resizable_map`]) is not part of the layout.
     fn line(&self) -> String {
+        let max = if is_resizable_map(&self.name) {
+            0
+        } else {
+            self.max_entries
+        };
         format!(
-            "{} type={} key={} value={} max={} flags={}",
-            self.name, self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+            "{} type={} key={} value={} max={max} flags={}",
+            self.name, self.map_type, self.key_size, self.value_size, self.flags
         )
     }
 }
@@ -78,6 +85,15 @@ impl MapShape {
 #[must_use]
 pub fn is_pinned_map(name: &str) -> bool {
     !name.is_empty() && !name.contains('.')
+}
+
+/// Whether a map's capacity comes from the policy (the connection tracking tables), so
+/// pins of another size belong to the same layout and are resized by carrying their entries.
+#[must_use]
+pub fn is_resizable_map(name: &str) -> bool {
+    crate::conntrack::carry::TABLES
+        .iter()
+        .any(|(n, _)| *n == name)
 }
 
 /// The layout id: 16 hex digits over every pinned map's shape, in name order.
@@ -397,6 +413,9 @@ impl PinLock {
 
 // ---- raw BPF syscalls -------------------------------------------------------------------
 
+const BPF_MAP_LOOKUP_ELEM: u32 = 1;
+const BPF_MAP_UPDATE_ELEM: u32 = 2;
+const BPF_MAP_GET_NEXT_KEY: u32 = 4;
 const BPF_OBJ_PIN: u32 = 6;
 const BPF_OBJ_GET: u32 = 7;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
@@ -460,6 +479,52 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     a.put_u64(0, c.as_ptr() as u64);
     a.put_u32(8, fd.as_raw_fd() as u32);
     sys_bpf(BPF_OBJ_PIN, &mut a).map(drop)
+}
+
+/// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (the first key with `None`) written to
+/// `next`; false at the end of the map.
+///
+/// # Errors
+/// When `fd` is not a map or the buffers do not match its key size.
+pub fn map_next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u64(8, key.map_or(0, |k| k.as_ptr() as u64));
+    a.put_u64(16, next.as_mut_ptr() as u64);
+    match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` into `value`; false when the key is absent.
+///
+/// # Errors
+/// When `fd` is not a map or the buffers do not match its sizes.
+pub fn map_lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    a.put_u64(16, value.as_mut_ptr() as u64);
+    match sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `BPF_MAP_UPDATE_ELEM` with `flags` (`BPF_ANY` 0, `BPF_NOEXIST` 1, `BPF_EXIST` 2).
+///
+/// # Errors
+/// As the kernel reports it (`EEXIST`, `ENOENT`, `E2BIG` when full, ...).
+pub fn map_update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    a.put_u64(16, value.as_ptr() as u64);
+    a.put_u64(24, flags);
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(drop)
 }
 
 /// What the kernel says about a link.

@@ -13,12 +13,13 @@ pub mod sweep;
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use palisade_common::{
     conntrack::{
-        CS_ESTABLISHED, CS_EXPIRED_LOOKUP, CS_INSERT_EST, CS_INSERT_FAIL_EST, CS_INSERT_FAIL_NEW,
-        CS_INSERT_NEW, CS_INVALID, CS_NEW, CS_PICKUP, CS_PROMOTED, CS_RELATED, CS_REOPENED,
-        CS_UNTRACKED, CtConfig, CtDir, CtEntry, CtKey, ENTRY_LOCAL, ENTRY_ORIG_B, ENTRY_PICKUP,
-        HOOK_EGRESS, IcmpKind, STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED,
-        TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT, TCP_TIME_WAIT, TIMEOUTS, UNREPLIED, icmp_kind,
-        is_validated, other_step, quoted_flow, read_segment, tcp_open, tcp_step, timeout_class,
+        CS_ESTABLISHED, CS_EXPIRED_LOOKUP_EST, CS_EXPIRED_LOOKUP_NEW, CS_INSERT_EST,
+        CS_INSERT_FAIL_EST, CS_INSERT_FAIL_NEW, CS_INSERT_NEW, CS_INVALID, CS_NEW, CS_PICKUP,
+        CS_PROMOTED, CS_RELATED, CS_REOPENED, CS_REOPENED_EST, CS_UNTRACKED, CtConfig, CtDir,
+        CtEntry, CtKey, ENTRY_LOCAL, ENTRY_ORIG_B, ENTRY_PICKUP, HOOK_EGRESS, IcmpKind,
+        STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED, TCP_CLOSE, TCP_ESTABLISHED,
+        TCP_TIME_WAIT, TIMEOUTS, UNREPLIED, icmp_kind, is_validated, other_step, quoted_flow,
+        read_segment, tcp_open, tcp_step, timeout_class,
     },
     packet::{
         Bytes, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, MAX_L4_OFFSET, Packet,
@@ -37,6 +38,10 @@ pub struct Pending {
     pub armed: u32,
     /// 1 when it goes straight into the table of validated flows.
     pub validated: u32,
+    /// 1 when it replaces a closed flow on the same ports (a new SYN in TIME_WAIT or CLOSE);
+    /// 2 when that flow was in the table of validated flows.
+    pub reopens: u32,
+    pub _pad: u32,
 }
 
 /// Coarse monotonic time: a jiffy of precision is plenty for timeouts of seconds, and it
@@ -147,14 +152,20 @@ fn tcp<B: Bytes + ?Sized>(b: &B, p: &Packet, env: &mut Env<'_>) -> Option<u8> {
             // SAFETY: a live map value; concurrent writers touch other directions.
             let e = unsafe { &mut *e };
             let reply = swap != (e.flags & ENTRY_ORIG_B != 0);
-            let mut cls = tcp_step(e, reply, &seg);
+            let cls = tcp_step(e, reply, &seg);
             if cls == STATE_NEW
                 && (e.state == TCP_TIME_WAIT || e.state == TCP_CLOSE)
                 && seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             {
-                reopen(e, &seg, swap, hook, ifindex, t);
-                bump(&CT_STATS, CS_REOPENED);
-                cls = STATE_NEW;
+                // A new connection on the ports of a closed one. Like any new flow it is
+                // prepared aside and replaces the old entry only once the packet is allowed:
+                // a SYN the rules drop leaves the closed flow as it was.
+                let Some((state, cls, dir)) = tcp_open(&seg, hook) else {
+                    return Some(STATE_INVALID);
+                };
+                arm(pending, &key, swap, state, dir, hook, ifindex, t, p);
+                pending.reopens = if table == Table::Est { 2 } else { 1 };
+                return Some(cls);
             }
             touch(e, cls, reply, p, t);
             if table == Table::New {
@@ -232,10 +243,14 @@ fn find(key: &CtKey, cfg: &CtConfig, t: u64) -> Option<(*mut CtEntry, Table)> {
         0
     };
     if t > last && t - last > timeout {
-        bump(&CT_STATS, CS_EXPIRED_LOOKUP);
+        // Counted only when this packet removed it (the sweep may be at it too).
         let _ = match table {
-            Table::Est => CT_EST.remove(key),
-            Table::New => CT_NEW.remove(key),
+            Table::Est => CT_EST
+                .remove(key)
+                .map(|()| bump(&CT_STATS, CS_EXPIRED_LOOKUP_EST)),
+            Table::New => CT_NEW
+                .remove(key)
+                .map(|()| bump(&CT_STATS, CS_EXPIRED_LOOKUP_NEW)),
         };
         return None;
     }
@@ -303,31 +318,8 @@ fn arm(
     e._pad = [0; 2];
     e.ifindex = ifindex;
     pending.validated = 0;
+    pending.reopens = 0;
     pending.armed = 1;
-}
-
-/// A new SYN on the ports of a flow in TIME_WAIT or closed: the entry starts over, its
-/// sender the new originator.
-#[inline(always)]
-fn reopen(
-    e: &mut CtEntry,
-    seg: &palisade_common::conntrack::Segment,
-    swap: bool,
-    hook: u8,
-    ifindex: u32,
-    t: u64,
-) {
-    if let Some((_, _, dir)) = tcp_open(seg, hook) {
-        e.dirs[0] = dir;
-    }
-    e.dirs[1] = CtDir::default();
-    e.state = TCP_SYN_SENT;
-    e.flags = if swap { ENTRY_ORIG_B } else { 0 };
-    if hook == HOOK_EGRESS {
-        e.flags |= ENTRY_LOCAL;
-    }
-    e.created_ns = t;
-    e.ifindex = ifindex;
 }
 
 /// Inserts the flow prepared by [`track`], if any: called once the packet is allowed.
@@ -342,16 +334,45 @@ pub fn commit() {
         return;
     }
     pending.armed = 0;
-    if pending.validated != 0 {
-        if CT_EST.insert(&pending.key, &pending.entry, 0).is_ok() {
-            bump(&CT_STATS, CS_INSERT_EST);
-            return;
+    if pending.reopens != 0 {
+        bump(&CT_STATS, CS_REOPENED);
+        if pending.reopens == 2 {
+            // The closed flow leaves the validated table; the new one starts unvalidated.
+            if CT_EST.remove(&pending.key).is_ok() {
+                bump(&CT_STATS, CS_REOPENED_EST);
+            }
+            insert_new(pending);
+        } else if CT_NEW.insert(&pending.key, &pending.entry, 0).is_err() {
+            // Overwritten in place (no entry added), or failed.
+            bump(&CT_STATS, CS_INSERT_FAIL_NEW);
         }
-        bump(&CT_STATS, CS_INSERT_FAIL_EST);
+        return;
     }
-    if CT_NEW.insert(&pending.key, &pending.entry, 0).is_ok() {
-        bump(&CT_STATS, CS_INSERT_NEW);
-    } else {
-        bump(&CT_STATS, CS_INSERT_FAIL_NEW);
+    if pending.validated != 0 {
+        // NOEXIST: another CPU may have inserted the same flow a moment ago; that one stands.
+        match CT_EST.insert(&pending.key, &pending.entry, NOEXIST) {
+            Ok(()) => {
+                bump(&CT_STATS, CS_INSERT_EST);
+                return;
+            }
+            Err(EEXIST) => return,
+            Err(_) => bump(&CT_STATS, CS_INSERT_FAIL_EST),
+        }
+    }
+    insert_new(pending);
+}
+
+/// `BPF_NOEXIST`.
+const NOEXIST: u64 = 1;
+/// `-EEXIST`, as the map helpers return it.
+const EEXIST: i32 = -17;
+
+/// Inserts a new flow into the table of unvalidated flows, counting the outcome.
+#[inline(always)]
+fn insert_new(pending: &Pending) {
+    match CT_NEW.insert(&pending.key, &pending.entry, NOEXIST) {
+        Ok(()) => bump(&CT_STATS, CS_INSERT_NEW),
+        Err(EEXIST) => {}
+        Err(_) => bump(&CT_STATS, CS_INSERT_FAIL_NEW),
     }
 }

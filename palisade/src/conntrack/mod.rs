@@ -2,6 +2,7 @@
 //! entries, and reading the tables for `palisade ct` and the counters. The datapath and the
 //! state machine are described in `docs/design/conntrack.md`.
 
+pub mod carry;
 pub mod table;
 
 pub use table::{Flow, FlowFilter, census, flows, read_stats, sweep, sweep_program, write_config};

@@ -149,17 +149,6 @@ fn addr_of(family: u8, words: &[u32; 4]) -> IpAddr {
     }
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of the entries' timestamps.
-fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// The flow an entry describes.
 #[must_use]
 pub fn flow_of(k: &CtKey, e: &CtEntry, table: &'static str, now_ns: u64) -> Flow {
@@ -195,7 +184,7 @@ pub fn flow_of(k: &CtKey, e: &CtEntry, table: &'static str, now_ns: u64) -> Flow
 /// # Errors
 /// When a table cannot be read.
 pub fn flows(ebpf: &Ebpf, filter: &FlowFilter) -> Result<Vec<Flow>> {
-    let now = coarse_now_ns();
+    let now = super::carry::now_ns();
     let mut out = Vec::new();
     for (name, table) in [("CT_EST", "validated"), ("CT_NEW", "unvalidated")] {
         let m: HashMap<&MapData, CtKey, CtEntry> = HashMap::try_from(map(ebpf, name)?)?;

@@ -406,6 +406,17 @@ impl Bg {
         self
     }
 
+    /// The lines printed so far (without `ready`).
+    pub fn lines_now(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| *l != "ready")
+            .cloned()
+            .collect()
+    }
+
     /// Waits for the script to end; returns its output lines (without `ready`).
     pub fn finish(mut self) -> Vec<String> {
         let _ = self.child.wait();
