@@ -165,7 +165,7 @@ impl Capture {
                 continue;
             }
             last = Instant::now();
-            if sa.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if sa.sll_pkttype != libc::PACKET_OUTGOING {
                 out.push(buf[..n as usize].to_vec());
             }
         }
