@@ -19,7 +19,7 @@ mod support;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{
@@ -157,6 +157,31 @@ impl Lab {
             .collect();
         assert_eq!(layouts.len(), 1, "{layouts:?}");
         layouts[0].join("maps").join(name)
+    }
+
+    /// Makes the pinned programs look like another build's (an upgrade): the next daemon
+    /// adopts the maps and links but loads its own programs and switches the links to them.
+    fn pretend_upgrade(&self) {
+        let layout = self
+            .pinned_map("x")
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let progs: Vec<PathBuf> = std::fs::read_dir(&layout)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("progs-")
+            })
+            .collect();
+        assert_eq!(progs.len(), 1, "{progs:?}");
+        std::fs::rename(&progs[0], layout.join("progs-00000000deadbeef")).unwrap();
     }
 
     /// Entry `index` of the pinned per-CPU counter array `name`, summed over CPUs.
@@ -390,6 +415,34 @@ fn talks_out(lab: &Lab, unbound: &dns_support::unbound::Unbound) {
             assert_eq!(d.answers, ["192.0.2.1"], "{d}");
         }
     }
+    // Errors about the host's own flows are related, and reach the application at once: a
+    // reset answering a SYN, an ICMP port unreachable answering a datagram.
+    let related = lab.ct_stat(CS_RELATED);
+    for outside in [Routed::OUTSIDE_V4, Routed::OUTSIDE_V6] {
+        let refused = connect(&lab.net.guarded, outside, 9, Duration::from_secs(3));
+        assert!(
+            matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "TCP to a closed port of {outside}: {refused:?}"
+        );
+        let to = sockaddr(outside, 9);
+        let udp = in_netns(&lab.net.guarded, move || {
+            let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let u = UdpSocket::bind(any).expect("bind UDP");
+            u.connect(to).expect("connect UDP");
+            u
+        });
+        udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        udp.send(b"anyone?").unwrap();
+        let got = udp.recv(&mut [0u8; 64]);
+        assert!(
+            matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "UDP to a closed port of {outside}: {got:?}"
+        );
+    }
+    assert!(
+        lab.ct_stat(CS_RELATED) >= related + 2,
+        "the port unreachables were related"
+    );
     let questions = unbound.queries_for("allowed.test").len();
     assert_eq!(questions, 4, "{}", unbound.log_text());
     assert!(
@@ -759,6 +812,18 @@ fn established_flows_survive_kill_9_restarts_and_reloads() {
     progress("while no daemon ran after a stop");
     lab.start();
     progress("after the second restart");
+
+    // An upgrade: the next build adopts the tables and links and switches the links to its
+    // own programs.
+    lab.kill9();
+    lab.pretend_upgrade();
+    lab.start();
+    let err = lab.daemon().stderr_now();
+    assert!(
+        err.iter().any(|l| l.contains("programs reloaded")),
+        "{err:?}"
+    );
+    progress("after an upgrade");
 
     for (f, before) in flows.iter().zip(&entries) {
         let now = lab
