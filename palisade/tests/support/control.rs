@@ -94,6 +94,20 @@ impl Proc {
     pub fn start(pair: &NetnsPair, ns: &str, socket: &Path, args: &[&str]) -> Self {
         let mut cmd = pair.command(ns, BIN);
         cmd.arg("--socket").arg(socket).arg("run").args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Like [`Proc::start`], with `nsenter --net`: the daemon runs in `ns`'s network stack
+    /// but the host's mount namespace, so its pins under `/sys/fs/bpf` are the host's and
+    /// outlive it.
+    pub fn start_nsenter(ns: &str, socket: &Path, args: &[&str]) -> Self {
+        let mut cmd = crate::support::netns::nsenter(ns, BIN);
+        cmd.arg("--socket").arg(socket).arg("run").args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Spawns `cmd` (which must exec `palisade ... run`) and waits until it enforces.
+    pub fn spawn(mut cmd: Command) -> Self {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());

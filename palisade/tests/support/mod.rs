@@ -4,3 +4,5 @@
 
 pub mod daemon;
 pub mod netns;
+pub mod routed;
+pub mod wire;

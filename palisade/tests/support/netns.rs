@@ -85,20 +85,60 @@ impl NetnsPair {
 
     /// Runs a command inside namespace `ns`.
     pub fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", ns, program])
-            .args(args)
-            .output()
-            .expect("run ip netns exec")
+        exec_in(ns, program, args)
     }
 
     /// A command prepared to run inside namespace `ns` (for long-running children).
     #[must_use]
     pub fn command(&self, ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]);
-        c
+        command_in(ns, program)
     }
+}
+
+/// A command prepared to run inside namespace `ns` with `ip netns exec` (which execs, so the
+/// child's pid is the program's). Its private mount namespace hides the host's bpffs: use
+/// [`nsenter`] for processes that need the pins.
+#[must_use]
+pub fn command_in(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+/// A command prepared to run in namespace `ns`'s network stack only, in the host's mount
+/// namespace (so `/sys/fs/bpf` and the cgroup tree are the host's). `nsenter` execs, so the
+/// child's pid is the program's.
+#[must_use]
+pub fn nsenter(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{ns}"))
+        .arg("--")
+        .arg(program);
+    c
+}
+
+/// Runs a command inside namespace `ns` to completion.
+pub fn exec_in(ns: &str, program: &str, args: &[&str]) -> Output {
+    command_in(ns, program)
+        .args(args)
+        .output()
+        .expect("run ip netns exec")
+}
+
+/// Runs `f` on a thread that has joined namespace `ns`'s network stack. Sockets it creates
+/// belong to that namespace for their whole life, wherever they are used afterwards, so a
+/// test can drive real connections between namespaces from its own process.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns with a namespace file we hold open; it changes this thread only.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 impl Drop for NetnsPair {

@@ -14,7 +14,7 @@ use std::{
 };
 
 use super::TempDir;
-use crate::support::netns::NetnsPair;
+use crate::support::netns::{NetnsPair, command_in};
 
 /// The zone every DNS test serves. Palisade answers blocked names with NXDOMAIN, so each name
 /// here exists: an NXDOMAIN for one of them can only have come from Palisade.
@@ -55,7 +55,13 @@ pub struct Unbound {
 
 impl Unbound {
     /// Starts unbound in namespace `ns`, listening on `addrs`, and waits until it serves.
-    pub fn start(pair: &NetnsPair, ns: &str, addrs: &[&str]) -> Self {
+    pub fn start(_pair: &NetnsPair, ns: &str, addrs: &[&str]) -> Self {
+        Self::start_in(ns, addrs)
+    }
+
+    /// Starts unbound in namespace `ns` (of any topology), listening on `addrs`, and waits
+    /// until it serves.
+    pub fn start_in(ns: &str, addrs: &[&str]) -> Self {
         let dir = TempDir::new("unbound");
         let d = dir.path().display().to_string();
         let mut conf = String::from("server:\n");
@@ -95,8 +101,7 @@ impl Unbound {
         let conf_path = dir.write("unbound.conf", &conf);
         let log = dir.path().join("unbound.log");
 
-        let child = pair
-            .command(ns, "unbound")
+        let child = command_in(ns, "unbound")
             .args(["-d", "-c"])
             .arg(&conf_path)
             .stdin(Stdio::null())
