@@ -429,8 +429,21 @@ pub const MATCH_PORT: u32 = 2;
 pub const MATCH_PROTO: u32 = 4;
 /// [`SweepRequest::match_flags`]: compare the entry state.
 pub const MATCH_STATE: u32 = 8;
+/// [`SweepRequest::match_flags`]: compare the originator's address with `src`.
+pub const MATCH_SRC: u32 = 16;
+/// [`SweepRequest::match_flags`]: compare the responder's address with `dst`.
+pub const MATCH_DST: u32 = 32;
+/// [`SweepRequest::match_flags`]: compare the originator's port with `sport`.
+pub const MATCH_SPORT: u32 = 64;
+/// [`SweepRequest::match_flags`]: compare the responder's port with `dport`.
+pub const MATCH_DPORT: u32 = 128;
+/// [`SweepRequest::match_flags`]: the entry state is one of `states` (bit `1 << state`).
+pub const MATCH_STATES: u32 = 256;
 
 /// What userspace asks of a sweep; it travels as the test-run packet of the sweep program.
+/// The filter is also what `palisade ct list` applies, so a listing shows exactly what a
+/// flush with the same filter removes. Every condition given must hold; addresses are all
+/// of `family`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepRequest {
@@ -444,32 +457,72 @@ pub struct SweepRequest {
     pub state: u8,
     pub family: u8,
     pub _pad: [u8; 7],
+    /// The originator's address block (16-byte form) and its prefix length in those bits.
+    pub src: [u8; 16],
+    pub src_prefix_len: u32,
+    /// The responder's address block.
+    pub dst: [u8; 16],
+    pub dst_prefix_len: u32,
+    /// The originator's port.
+    pub sport: u16,
+    /// The responder's port.
+    pub dport: u16,
+    /// Entry states, bit `1 << state`.
+    pub states: u16,
+    pub _pad2: [u8; 2],
 }
-map_type!(SweepRequest, 40);
+map_type!(SweepRequest, 88);
 
 impl SweepRequest {
     /// Whether the entry matches the filter.
+    #[inline(always)]
     #[must_use]
     pub fn matches(&self, k: &CtKey, e: &CtEntry) -> bool {
-        if self.match_flags & MATCH_PROTO != 0 && k.proto != self.proto {
+        let f = self.match_flags;
+        if f & MATCH_PROTO != 0 && k.proto != self.proto {
             return false;
         }
-        if self.match_flags & MATCH_STATE != 0 && e.state != self.state {
+        if f & MATCH_STATE != 0 && e.state != self.state {
             return false;
         }
-        if self.match_flags & MATCH_PORT != 0 && k.a_port != self.port && k.b_port != self.port {
+        // States past the mask's 16 bits never match.
+        if f & MATCH_STATES != 0 && (e.state >= 16 || self.states & (1u16 << e.state) == 0) {
             return false;
         }
-        if self.match_flags & MATCH_ADDR != 0 {
-            if k.family != self.family {
-                return false;
-            }
+        if f & MATCH_PORT != 0 && k.a_port != self.port && k.b_port != self.port {
+            return false;
+        }
+        let orig_b = e.flags & ENTRY_ORIG_B != 0;
+        let (sport, dport) = if orig_b {
+            (k.b_port, k.a_port)
+        } else {
+            (k.a_port, k.b_port)
+        };
+        if f & MATCH_SPORT != 0 && sport != self.sport {
+            return false;
+        }
+        if f & MATCH_DPORT != 0 && dport != self.dport {
+            return false;
+        }
+        if f & (MATCH_ADDR | MATCH_SRC | MATCH_DST) == 0 {
+            return true;
+        }
+        if k.family != self.family {
+            return false;
+        }
+        let (a, b) = (k.a_bytes(), k.b_bytes());
+        if f & MATCH_ADDR != 0 {
             let bits = self.prefix_len.min(128);
-            if !prefix_eq(&k.a_bytes(), &self.addr, bits)
-                && !prefix_eq(&k.b_bytes(), &self.addr, bits)
-            {
+            if !prefix_eq(&a, &self.addr, bits) && !prefix_eq(&b, &self.addr, bits) {
                 return false;
             }
+        }
+        let (orig, resp) = if orig_b { (&b, &a) } else { (&a, &b) };
+        if f & MATCH_SRC != 0 && !prefix_eq(orig, &self.src, self.src_prefix_len.min(128)) {
+            return false;
+        }
+        if f & MATCH_DST != 0 && !prefix_eq(resp, &self.dst, self.dst_prefix_len.min(128)) {
+            return false;
         }
         true
     }
