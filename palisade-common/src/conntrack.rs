@@ -457,12 +457,15 @@ pub struct SweepRequest {
     pub state: u8,
     pub family: u8,
     pub _pad: [u8; 7],
-    /// The originator's address block (16-byte form) and its prefix length in those bits.
-    pub src: [u8; 16],
-    pub src_prefix_len: u32,
-    /// The responder's address block.
-    pub dst: [u8; 16],
-    pub dst_prefix_len: u32,
+    /// `addr` (as words) masked to its prefix: what the matcher compares, without a loop
+    /// over bits (the sweep's callback must stay small for the verifier).
+    pub addr_mask: [u32; 4],
+    /// The originator's address block (stored form, as words) and its mask.
+    pub src: [u32; 4],
+    pub src_mask: [u32; 4],
+    /// The responder's address block and its mask.
+    pub dst: [u32; 4],
+    pub dst_mask: [u32; 4],
     /// The originator's port.
     pub sport: u16,
     /// The responder's port.
@@ -471,7 +474,7 @@ pub struct SweepRequest {
     pub states: u16,
     pub _pad2: [u8; 2],
 }
-map_type!(SweepRequest, 88);
+map_type!(SweepRequest, 128);
 
 impl SweepRequest {
     /// Whether the entry matches the filter.
@@ -510,36 +513,32 @@ impl SweepRequest {
         if k.family != self.family {
             return false;
         }
-        let (a, b) = (k.a_bytes(), k.b_bytes());
         if f & MATCH_ADDR != 0 {
-            let bits = self.prefix_len.min(128);
-            if !prefix_eq(&a, &self.addr, bits) && !prefix_eq(&b, &self.addr, bits) {
+            let addr = bytes_to_words(&self.addr);
+            if !masked_eq(&k.a, &addr, &self.addr_mask) && !masked_eq(&k.b, &addr, &self.addr_mask)
+            {
                 return false;
             }
         }
-        let (orig, resp) = if orig_b { (&b, &a) } else { (&a, &b) };
-        if f & MATCH_SRC != 0 && !prefix_eq(orig, &self.src, self.src_prefix_len.min(128)) {
+        let (orig, resp) = if orig_b { (&k.b, &k.a) } else { (&k.a, &k.b) };
+        if f & MATCH_SRC != 0 && !masked_eq(orig, &self.src, &self.src_mask) {
             return false;
         }
-        if f & MATCH_DST != 0 && !prefix_eq(resp, &self.dst, self.dst_prefix_len.min(128)) {
+        if f & MATCH_DST != 0 && !masked_eq(resp, &self.dst, &self.dst_mask) {
             return false;
         }
         true
     }
 }
 
+/// Whether `x` and `y` agree on the bits of `mask`: straight-line code, no loop.
 #[inline(always)]
-fn prefix_eq(x: &[u8; 16], y: &[u8; 16], bits: u32) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        let have = bits.saturating_sub(i as u32 * 8).min(8);
-        let mask: u8 = if have == 0 { 0 } else { 0xffu8 << (8 - have) };
-        if x[i] & mask != y[i] & mask {
-            return false;
-        }
-        i += 1;
-    }
-    true
+fn masked_eq(x: &[u32; 4], y: &[u32; 4], mask: &[u32; 4]) -> bool {
+    ((x[0] ^ y[0]) & mask[0])
+        | ((x[1] ^ y[1]) & mask[1])
+        | ((x[2] ^ y[2]) & mask[2])
+        | ((x[3] ^ y[3]) & mask[3])
+        == 0
 }
 
 /// Where a packet travels relative to the guarded host.

@@ -7,14 +7,14 @@ use palisade_common::{
     conntrack::{
         ENTRY_STATE_NAMES, ENTRY_STATES, MATCH_ADDR, MATCH_DPORT, MATCH_DST, MATCH_PORT,
         MATCH_PROTO, MATCH_SPORT, MATCH_SRC, MATCH_STATES, REPLIED, STATE_NAMES, SweepRequest,
-        TCP_ESTABLISHED, is_validated,
+        TCP_ESTABLISHED, bytes_to_words, is_validated,
     },
     packet::{FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{
-    model::{Cidr, Family},
+    model::{Cidr, Family, prefix_mask},
     setfile::parse_cidr,
 };
 
@@ -154,13 +154,19 @@ impl From<crate::cli::CtFilterArgs> for FlowFilter {
     }
 }
 
-/// The stored form and family of a block, as the sweep request holds it.
+/// The stored form, prefix length and family of a block, as the sweep request holds it.
 fn stored(c: &Cidr) -> ([u8; 16], u32, u8) {
     let family = match c.family {
         Family::V4 => FAMILY_V4,
         Family::V6 => FAMILY_V6,
     };
     (c.addr, u32::from(c.stored_prefix_len()), family)
+}
+
+/// The words a request compares for a block: the address and its mask.
+fn words(addr: &[u8; 16], prefix_len: u32) -> ([u32; 4], [u32; 4]) {
+    let bits = u8::try_from(prefix_len.min(128)).unwrap_or(128);
+    (bytes_to_words(addr), bytes_to_words(&prefix_mask(bits)))
 }
 
 impl FlowFilter {
@@ -199,14 +205,15 @@ impl FlowFilter {
         if let Some((a, len, fam)) = addr("addr", &self.addr)? {
             r.match_flags |= MATCH_ADDR;
             (r.addr, r.prefix_len, r.family) = (a, len, fam);
+            r.addr_mask = words(&a, len).1;
         }
         if let Some((a, len, fam)) = addr("src", &self.src)? {
             r.match_flags |= MATCH_SRC;
-            (r.src, r.src_prefix_len, r.family) = (a, len, fam);
+            ((r.src, r.src_mask), r.family) = (words(&a, len), fam);
         }
         if let Some((a, len, fam)) = addr("dst", &self.dst)? {
             r.match_flags |= MATCH_DST;
-            (r.dst, r.dst_prefix_len, r.family) = (a, len, fam);
+            ((r.dst, r.dst_mask), r.family) = (words(&a, len), fam);
         }
         if let Some(p) = self.port {
             r.match_flags |= MATCH_PORT;
