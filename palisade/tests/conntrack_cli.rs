@@ -245,7 +245,7 @@ fn operators_list_flush_and_count_tracked_flows() {
         let expect: Vec<&Value> = all.iter().filter(|f| want(f)).collect();
         assert!(!expect.is_empty(), "{filter:?} selects something");
         assert_eq!(got.len(), expect.len(), "{filter:?}: {got:#?}");
-        assert!(got.iter().all(|f| want(f)), "{filter:?}: {got:#?}");
+        assert!(got.iter().all(want), "{filter:?}: {got:#?}");
     };
     same(&["--proto", "udp"], &|f| f["proto"] == 17);
     same(&["--proto", "icmp"], &|f| f["proto"] == 1);

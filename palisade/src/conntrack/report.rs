@@ -475,6 +475,9 @@ pub fn metric_families(s: &CtStats) -> Vec<Family> {
         );
     }
     for n in &s.counters {
+        if EXPORTED_ELSEWHERE.contains(&n.name.as_str()) {
+            continue;
+        }
         let Some((metric, help, label)) = counter_help(&n.name) else {
             continue;
         };
