@@ -448,8 +448,21 @@ pub const MATCH_PORT: u32 = 2;
 pub const MATCH_PROTO: u32 = 4;
 /// [`SweepRequest::match_flags`]: compare the entry state.
 pub const MATCH_STATE: u32 = 8;
+/// [`SweepRequest::match_flags`]: compare the originator's address with `src`.
+pub const MATCH_SRC: u32 = 16;
+/// [`SweepRequest::match_flags`]: compare the responder's address with `dst`.
+pub const MATCH_DST: u32 = 32;
+/// [`SweepRequest::match_flags`]: compare the originator's port with `sport`.
+pub const MATCH_SPORT: u32 = 64;
+/// [`SweepRequest::match_flags`]: compare the responder's port with `dport`.
+pub const MATCH_DPORT: u32 = 128;
+/// [`SweepRequest::match_flags`]: the entry state is one of `states` (bit `1 << state`).
+pub const MATCH_STATES: u32 = 256;
 
 /// What userspace asks of a sweep; it travels as the test-run packet of the sweep program.
+/// The filter is also what `palisade ct list` applies, so a listing shows exactly what a
+/// flush with the same filter removes. Every condition given must hold; addresses are all
+/// of `family`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepRequest {
@@ -463,49 +476,88 @@ pub struct SweepRequest {
     pub state: u8,
     pub family: u8,
     pub _pad: [u8; 7],
+    /// `addr` (as words) masked to its prefix: what the matcher compares, without a loop
+    /// over bits (the sweep's callback must stay small for the verifier).
+    pub addr_mask: [u32; 4],
+    /// The originator's address block (stored form, as words) and its mask.
+    pub src: [u32; 4],
+    pub src_mask: [u32; 4],
+    /// The responder's address block and its mask.
+    pub dst: [u32; 4],
+    pub dst_mask: [u32; 4],
+    /// The originator's port.
+    pub sport: u16,
+    /// The responder's port.
+    pub dport: u16,
+    /// Entry states, bit `1 << state`.
+    pub states: u16,
+    pub _pad2: [u8; 2],
 }
-map_type!(SweepRequest, 40);
+map_type!(SweepRequest, 128);
 
 impl SweepRequest {
     /// Whether the entry matches the filter.
+    #[inline(always)]
     #[must_use]
     pub fn matches(&self, k: &CtKey, e: &CtEntry) -> bool {
-        if self.match_flags & MATCH_PROTO != 0 && k.proto != self.proto {
+        let f = self.match_flags;
+        if f & MATCH_PROTO != 0 && k.proto != self.proto {
             return false;
         }
-        if self.match_flags & MATCH_STATE != 0 && e.state != self.state {
+        if f & MATCH_STATE != 0 && e.state != self.state {
             return false;
         }
-        if self.match_flags & MATCH_PORT != 0 && k.a_port != self.port && k.b_port != self.port {
+        // States past the mask's 16 bits never match.
+        if f & MATCH_STATES != 0 && (e.state >= 16 || self.states & (1u16 << e.state) == 0) {
             return false;
         }
-        if self.match_flags & MATCH_ADDR != 0 {
-            if k.family != self.family {
-                return false;
-            }
-            let bits = self.prefix_len.min(128);
-            if !prefix_eq(&k.a_bytes(), &self.addr, bits)
-                && !prefix_eq(&k.b_bytes(), &self.addr, bits)
+        if f & MATCH_PORT != 0 && k.a_port != self.port && k.b_port != self.port {
+            return false;
+        }
+        let orig_b = e.flags & ENTRY_ORIG_B != 0;
+        let (sport, dport) = if orig_b {
+            (k.b_port, k.a_port)
+        } else {
+            (k.a_port, k.b_port)
+        };
+        if f & MATCH_SPORT != 0 && sport != self.sport {
+            return false;
+        }
+        if f & MATCH_DPORT != 0 && dport != self.dport {
+            return false;
+        }
+        if f & (MATCH_ADDR | MATCH_SRC | MATCH_DST) == 0 {
+            return true;
+        }
+        if k.family != self.family {
+            return false;
+        }
+        if f & MATCH_ADDR != 0 {
+            let addr = bytes_to_words(&self.addr);
+            if !masked_eq(&k.a, &addr, &self.addr_mask) && !masked_eq(&k.b, &addr, &self.addr_mask)
             {
                 return false;
             }
+        }
+        let (orig, resp) = if orig_b { (&k.b, &k.a) } else { (&k.a, &k.b) };
+        if f & MATCH_SRC != 0 && !masked_eq(orig, &self.src, &self.src_mask) {
+            return false;
+        }
+        if f & MATCH_DST != 0 && !masked_eq(resp, &self.dst, &self.dst_mask) {
+            return false;
         }
         true
     }
 }
 
+/// Whether `x` and `y` agree on the bits of `mask`: straight-line code, no loop.
 #[inline(always)]
-fn prefix_eq(x: &[u8; 16], y: &[u8; 16], bits: u32) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        let have = bits.saturating_sub(i as u32 * 8).min(8);
-        let mask: u8 = if have == 0 { 0 } else { 0xffu8 << (8 - have) };
-        if x[i] & mask != y[i] & mask {
-            return false;
-        }
-        i += 1;
-    }
-    true
+fn masked_eq(x: &[u32; 4], y: &[u32; 4], mask: &[u32; 4]) -> bool {
+    ((x[0] ^ y[0]) & mask[0])
+        | ((x[1] ^ y[1]) & mask[1])
+        | ((x[2] ^ y[2]) & mask[2])
+        | ((x[3] ^ y[3]) & mask[3])
+        == 0
 }
 
 /// Where a packet travels relative to the guarded host.

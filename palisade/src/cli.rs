@@ -26,6 +26,7 @@ use crate::{api::proto::DEFAULT_SOCKET, pin::DEFAULT_PIN_DIR};
   palisade set add blocklist 203.0.113.7 198.51.100.0/24
   palisade dns add ads tracker.example --ttl 1h
   palisade events --kind firewall --verdict drop
+  palisade ct list --proto tcp --state established
   palisade unload"
 )]
 pub struct Cli {
@@ -104,6 +105,9 @@ pub enum Command {
     Events(EventsArgs),
     /// Show every counter: totals, drops by reason, per rule, DNS.
     Stats(JsonFlag),
+    /// Connection tracking: list or flush tracked flows, show the tracker's counters.
+    #[command(subcommand)]
+    Ct(CtCommand),
     /// Detach everything and remove every pin; the daemon, if running, exits.
     ///
     /// Without a running daemon it removes what is pinned under --pin-dir (for example after
@@ -288,6 +292,86 @@ pub enum DnsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum CtCommand {
+    /// List tracked flows: who opened them, their state, age, idle time and traffic.
+    ///
+    /// SOURCE is the endpoint that opened the flow. Filters combine: every one given must
+    /// hold. `ct flush` with the same filters removes exactly the flows listed.
+    ///
+    /// Examples:
+    ///   palisade ct list
+    ///   palisade ct list --proto tcp --state established --json
+    ///   palisade ct list --addr 203.0.113.0/24 --dport 443
+    ///   palisade ct list --state syn-sent,syn-recv
+    #[command(verbatim_doc_comment, visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        filter: CtFilterArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Remove tracked flows (all of them without filters) and print how many were removed.
+    ///
+    /// One pass of the in-kernel sweep removes them, whatever the table size. Packets of a
+    /// removed flow are judged again as new (a TCP segment without SYN as invalid), so a
+    /// flush under `stateful = true` cuts flows the rules do not allow on their own.
+    ///
+    /// Examples:
+    ///   palisade ct flush --src 198.51.100.7
+    ///   palisade ct flush --proto udp --dport 53
+    ///   palisade ct flush --state new
+    ///   palisade ct flush                  # every flow
+    #[command(verbatim_doc_comment)]
+    Flush {
+        #[command(flatten)]
+        filter: CtFilterArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show the tracker's counters, its tables by protocol and state, and the top sources.
+    ///
+    /// `evicted` is derived: the kernel does not report evictions from the LRU table of
+    /// unvalidated flows, so they are the entries inserted there less those promoted,
+    /// expired, flushed and present.
+    ///
+    /// Example:
+    ///   palisade ct stats --json
+    #[command(verbatim_doc_comment)]
+    Stats(JsonFlag),
+}
+
+/// Which tracked flows `ct list` and `ct flush` take.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CtFilterArgs {
+    /// Address or CIDR block of either endpoint.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = crate::conntrack::filter::check_addr)]
+    pub addr: Option<String>,
+    /// Address or CIDR block of the endpoint that opened the flow.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = crate::conntrack::filter::check_addr)]
+    pub src: Option<String>,
+    /// Address or CIDR block of the endpoint that answers.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = crate::conntrack::filter::check_addr)]
+    pub dst: Option<String>,
+    /// Port of either endpoint (for ICMP echo flows: the identifier).
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Port of the endpoint that opened the flow.
+    #[arg(long, value_name = "N")]
+    pub sport: Option<u16>,
+    /// Port of the endpoint that answers.
+    #[arg(long, value_name = "N")]
+    pub dport: Option<u16>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or a protocol number.
+    #[arg(long, value_parser = crate::conntrack::filter::check_proto)]
+    pub proto: Option<String>,
+    /// `new` (not answered yet), `established` (TCP established, or answered), or entry
+    /// states: syn-sent, syn-sent2, syn-recv, established, fin-wait, last-ack, time-wait,
+    /// close, unreplied, replied. Several separated by commas.
+    #[arg(long, value_name = "STATE[,STATE...]", value_parser = crate::conntrack::filter::check_states)]
+    pub state: Option<String>,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct EventsArgs {
     /// Print JSON lines instead of text.
@@ -449,5 +533,50 @@ mod tests {
             panic!()
         };
         assert_eq!(a.metrics.as_deref(), Some("127.0.0.1:9477"));
+    }
+
+    #[test]
+    fn ct_filters_parse_and_bad_ones_name_their_argument() {
+        let cli = Cli::try_parse_from([
+            "palisade",
+            "ct",
+            "list",
+            "--addr",
+            "10.0.0.0/8",
+            "--dport",
+            "443",
+            "--proto",
+            "TCP",
+            "--state",
+            "new,time-wait",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Ct(CtCommand::List { filter, json }) = cli.command else {
+            panic!()
+        };
+        assert!(json.json);
+        assert_eq!(filter.addr.as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(filter.dport, Some(443));
+        assert_eq!(filter.proto.as_deref(), Some("TCP"));
+        assert_eq!(filter.state.as_deref(), Some("new,time-wait"));
+        for (args, arg, why) in [
+            (["--state", "bogus"], "--state", "unknown state `bogus`"),
+            (["--state", "related"], "--state", "classifies packets"),
+            (["--proto", "tcpx"], "--proto", "unknown protocol `tcpx`"),
+            (["--addr", "10.0.0.1/40"], "--addr", "prefix length 40"),
+            (["--src", "nowhere"], "--src", "invalid address"),
+            (["--port", "70000"], "--port", "70000"),
+        ] {
+            let e = Cli::try_parse_from(["palisade", "ct", "flush", args[0], args[1]])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(arg) && e.contains(why), "{args:?}: {e}");
+        }
+        let cli = Cli::try_parse_from(["palisade", "ct", "flush"]).unwrap();
+        let Command::Ct(CtCommand::Flush { filter, .. }) = cli.command else {
+            panic!()
+        };
+        assert!(crate::conntrack::FlowFilter::from(filter).is_empty());
     }
 }

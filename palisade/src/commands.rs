@@ -13,7 +13,8 @@ use crate::{
             Changed, DnsLists, EventFilter, Request, RuleSpec, Rules, Sets, Stats, Status, Unloaded,
         },
     },
-    cli::{DnsCommand, EventsArgs, ListWhat, RuleAddArgs, RuleCommand, SetCommand},
+    cli::{CtCommand, DnsCommand, EventsArgs, ListWhat, RuleAddArgs, RuleCommand, SetCommand},
+    conntrack::report as ct_report,
     datapath,
     policy::config::QTYPE_NAMES,
 };
@@ -139,6 +140,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     }
     if s.event_streams > 0 {
         println!("events      {} client(s) streaming", s.event_streams);
+    }
+    for l in ct_report::status_lines(s.conntrack.as_ref()) {
+        println!("{l}");
     }
     Ok(())
 }
@@ -522,6 +526,53 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused
     );
+    Ok(())
+}
+
+/// `palisade ct ...`.
+///
+/// # Errors
+/// When the daemon cannot be reached or refuses the filter.
+pub fn ct(socket: &Path, cmd: CtCommand) -> Result<()> {
+    let mut c = Client::connect(socket)?;
+    match cmd {
+        CtCommand::List { filter, json } => {
+            let l: ct_report::FlowList = c.request(&Request::CtList {
+                filter: filter.into(),
+            })?;
+            if json.json {
+                print_json(&l.flows);
+            } else {
+                print!("{}", ct_report::print_flows(&l));
+            }
+        }
+        CtCommand::Flush { filter, json } => {
+            let f: ct_report::Flushed = c.request(&Request::CtFlush {
+                filter: filter.into(),
+            })?;
+            if json.json {
+                print_json(&f);
+            } else {
+                println!(
+                    "removed {} ({} left)",
+                    plural(
+                        usize::try_from(f.removed).unwrap_or(usize::MAX),
+                        "flow",
+                        "flows"
+                    ),
+                    f.remaining
+                );
+            }
+        }
+        CtCommand::Stats(json) => {
+            let s: ct_report::CtStats = c.request(&Request::CtStats)?;
+            if json.json {
+                print_json(&s);
+            } else {
+                print!("{}", ct_report::print_stats(&s));
+            }
+        }
+    }
     Ok(())
 }
 

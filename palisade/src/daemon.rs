@@ -37,7 +37,7 @@ use crate::{
     },
     attach,
     cli::RunArgs,
-    conntrack::carry,
+    conntrack::{carry, report as ct_report},
     datapath::{Datapath, Options, Origin},
     events, guard, live,
     policy::{
@@ -538,7 +538,10 @@ impl Daemon {
 
     fn handle(&mut self, request: Request) -> Response {
         match request {
-            Request::Status => Response::ok(&self.status()),
+            Request::Status => {
+                let ct = self.ct_snapshot();
+                Response::ok(&self.status(ct))
+            }
             Request::ListRules => Response::ok(&self.rules()),
             Request::ListSets { set } => match self.sets(set.as_deref()) {
                 Ok(s) => Response::ok(&s),
@@ -580,6 +583,25 @@ impl Daemon {
                 )),
             },
             Request::Stats => Response::ok(&self.stats()),
+            Request::CtList { filter } => match ct_report::list(&self.dp, &filter) {
+                Ok(l) => Response::ok(&l),
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::CtFlush { filter } => match ct_report::flush(&self.dp, &filter) {
+                Ok((f, raw)) => {
+                    self.ct_census = Some(raw);
+                    info!(removed = f.removed, ?filter, "flushed tracked flows");
+                    Response::ok(&f)
+                }
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::CtStats => match ct_report::stats(&self.dp) {
+                Ok((st, raw)) => {
+                    self.ct_census = Some(raw);
+                    Response::ok(&st)
+                }
+                Err(e) => Response::err(format!("{e:#}")),
+            },
             // Handled by the server (events) and the main loop (unload).
             Request::Events { .. } | Request::Unload => Response::err("not handled here"),
         }
@@ -598,7 +620,22 @@ impl Daemon {
         }
     }
 
-    fn status(&self) -> Status {
+    /// Sweeps now and reads the counters, so that the census and what is derived from it
+    /// describe one moment; the census is kept like the periodic sweep's.
+    fn ct_snapshot(&mut self) -> Option<ct_report::Census> {
+        match ct_report::snapshot(&self.dp) {
+            Ok((census, _, raw)) => {
+                self.ct_census = Some(raw);
+                Some(census)
+            }
+            Err(_) => self.ct_census.map(|c| {
+                let counters = crate::conntrack::read_stats(&self.dp.ebpf).unwrap_or_default();
+                ct_report::Census::of(&c, &counters)
+            }),
+        }
+    }
+
+    fn status(&self, conntrack: Option<ct_report::Census>) -> Status {
         let get = |i: u32| stats::sum_u64(&self.dp.ebpf, "STATS", i);
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -664,6 +701,7 @@ impl Daemon {
             unload_on_exit: self.args.unload_on_exit,
             metrics: self.metrics.clone(),
             event_streams: self.events.receiver_count(),
+            conntrack,
         }
     }
 

@@ -97,6 +97,7 @@ fn main() -> ExitCode {
         Command::Reload => commands::reload(&socket),
         Command::Events(a) => commands::events(&socket, a),
         Command::Stats(j) => commands::stats(&socket, j.json),
+        Command::Ct(c) => commands::ct(&socket, c),
         Command::Unload { pin_dir } => commands::unload(&socket, &pin_dir),
     };
     match result {

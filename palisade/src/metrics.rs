@@ -11,9 +11,12 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::api::{
-    proto::{Request, Stats},
-    server::Call,
+use crate::{
+    api::{
+        proto::{Request, Stats},
+        server::Call,
+    },
+    conntrack::report::CtStats,
 };
 
 /// Where `--metrics` listens when given without an address.
@@ -43,6 +46,18 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One metric family, for features that describe their own metrics (see
+/// `conntrack::report::metric_families`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub name: String,
+    /// `counter` or `gauge`.
+    pub kind: String,
+    pub help: String,
+    /// Label pairs and value of each sample.
+    pub samples: Vec<(Vec<(String, String)>, u64)>,
+}
+
 struct Out(String);
 
 impl Out {
@@ -59,6 +74,16 @@ impl Out {
                 .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
                 .collect();
             let _ = writeln!(self.0, "{name}{{{}}} {value}", l.join(","));
+        }
+    }
+    fn write(&mut self, f: &Family) {
+        self.family(&f.name, &f.kind, &f.help);
+        for (labels, v) in &f.samples {
+            let l: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            self.sample(&f.name, &l, *v);
         }
     }
 }
@@ -89,9 +114,9 @@ fn dns_help(name: &str) -> &'static str {
     }
 }
 
-/// The exposition text for `s`.
+/// The exposition text for `s`, and the connection tracker's when the daemon reported it.
 #[must_use]
-pub fn render(s: &Stats) -> String {
+pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
     let mut o = Out(String::new());
     o.family("palisade_up", "gauge", "1 while the daemon serves metrics.");
     o.sample("palisade_up", &[], 1);
@@ -177,6 +202,11 @@ pub fn render(s: &Stats) -> String {
         &[("result", "refused")],
         s.live_refused,
     );
+    if let Some(ct) = ct {
+        for f in crate::conntrack::report::metric_families(ct) {
+            o.write(&f);
+        }
+    }
     o.0
 }
 
@@ -233,6 +263,27 @@ async fn reply(
     }
     s.flush().await?;
     s.shutdown().await
+}
+
+/// Sends one request to the daemon's loop; `None` when it refuses or is gone.
+async fn ask<T: serde::de::DeserializeOwned>(
+    calls: &mpsc::Sender<Call>,
+    request: Request,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    calls
+        .send(Call {
+            request,
+            reply: tx,
+            written: None,
+        })
+        .await
+        .ok()?;
+    rx.await
+        .ok()
+        .filter(|r| r.ok)
+        .and_then(|r| r.data)
+        .and_then(|d| serde_json::from_value(d).ok())
 }
 
 async fn connection(mut s: TcpStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
@@ -293,31 +344,16 @@ async fn connection(mut s: TcpStream, calls: mpsc::Sender<Call>) -> std::io::Res
     let path = target.split('?').next().unwrap_or("");
     match path {
         "/metrics" => {
-            let (tx, rx) = oneshot::channel();
-            let stats = if calls
-                .send(Call {
-                    request: Request::Stats,
-                    reply: tx,
-                    written: None,
-                })
-                .await
-                .is_ok()
-            {
-                rx.await
-                    .ok()
-                    .filter(|r| r.ok)
-                    .and_then(|r| r.data)
-                    .and_then(|d| serde_json::from_value::<Stats>(d).ok())
-            } else {
-                None
-            };
+            let stats: Option<Stats> = ask(&calls, Request::Stats).await;
+            // Without tracker maps (or a sweep) the rest is still served.
+            let ct: Option<CtStats> = ask(&calls, Request::CtStats).await;
             match stats {
                 Some(st) => {
                     reply(
                         &mut s,
                         "200 OK",
                         "text/plain; version=0.0.4; charset=utf-8",
-                        &render(&st),
+                        &render(&st, ct.as_ref()),
                         head_only,
                         "",
                     )
@@ -416,7 +452,8 @@ mod tests {
                 }],
             },
         };
-        let t = render(&s);
+        let t = render(&s, None);
+        assert!(!t.contains("palisade_ct_"));
         assert!(t.contains("palisade_packets_total 10\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));
         assert!(t.contains("palisade_rule_packets_total{rule=\"a\\\"b\",action=\"drop\"} 5\n"));

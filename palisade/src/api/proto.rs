@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::Counters;
+use crate::{
+    conntrack::{FlowFilter, report::Census},
+    stats::Counters,
+};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/palisade/palisade.sock";
@@ -65,6 +68,18 @@ pub enum Request {
     },
     /// Detaches everything, removes every pin, and stops the daemon.
     Unload,
+    /// The tracked flows that match the filter.
+    CtList {
+        #[serde(default)]
+        filter: FlowFilter,
+    },
+    /// Removes the tracked flows that match the filter (every flow when it is empty).
+    CtFlush {
+        #[serde(default)]
+        filter: FlowFilter,
+    },
+    /// The tracker's counters, the census of its tables, and the top sources.
+    CtStats,
 }
 
 /// A rule given on the command line. Values are checked by the policy file's own parser.
@@ -234,6 +249,9 @@ pub struct Status {
     /// `palisade events` clients connected now.
     #[serde(default)]
     pub event_streams: usize,
+    /// The connection tables as the last sweep counted them (absent before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<Census>,
 }
 
 /// The policy in force.
@@ -402,6 +420,21 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"ct-flush","filter":{"port":22}}"#).unwrap(),
+            Request::CtFlush {
+                filter: FlowFilter {
+                    port: Some(22),
+                    ..FlowFilter::default()
+                }
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"ct-list"}"#).unwrap(),
+            Request::CtList {
+                filter: FlowFilter::default()
+            }
+        );
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Connection tracking, userspace side: the tracker's settings, the sweep that expires
-//! entries, and reading the tables for `palisade ct` and the counters. The datapath and the
+//! entries, reading the tables, and what `palisade ct`, `status` and the metrics report. The datapath and the
 //! state machine are described in `docs/design/conntrack.md`.
 
 pub mod carry;
+pub mod filter;
+pub mod report;
 pub mod table;
 
-pub use table::{Flow, FlowFilter, census, flows, read_stats, sweep, sweep_program, write_config};
+pub use filter::FlowFilter;
+pub use table::{Flow, census, flows, read_stats, sweep, sweep_program, write_config};
 
 /// The sweep program (XDP, run through `BPF_PROG_TEST_RUN`, never attached).
 pub const SWEEP: &str = "palisade_ct_sweep";

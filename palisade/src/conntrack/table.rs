@@ -1,6 +1,6 @@
 //! The tracker's maps as userspace sees them.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -11,13 +11,13 @@ use aya::{
 use palisade_common::{
     conntrack::{
         CT_STATS, CtCensus, CtConfig, CtEntry, CtKey, ENTRY_LOCAL, ENTRY_ORIG_B, ENTRY_STATE_NAMES,
-        SweepRequest,
+        SWEEP_FLUSH, SweepRequest,
     },
     packet::FAMILY_V4,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::SWEEP;
+use super::{SWEEP, filter::FlowFilter};
 
 /// The sweep's verdict when it ran to the end.
 const XDP_PASS: u32 = 2;
@@ -53,7 +53,7 @@ pub fn sweep_program(ebpf: &Ebpf) -> Result<&Xdp> {
 /// When the kernel refuses the run.
 pub fn sweep(prog: &Xdp, ebpf: &Ebpf, req: &SweepRequest) -> Result<CtCensus> {
     // The request is the packet; XDP test runs want at least an Ethernet header's worth.
-    let mut frame = vec![0u8; 64];
+    let mut frame = vec![0u8; core::mem::size_of::<SweepRequest>().max(64)];
     // SAFETY: SweepRequest is plain old data of this size.
     let bytes: [u8; core::mem::size_of::<SweepRequest>()] = unsafe { core::mem::transmute(*req) };
     frame[..bytes.len()].copy_from_slice(&bytes);
@@ -93,7 +93,7 @@ pub fn read_stats(ebpf: &Ebpf) -> Result<Vec<u64>> {
 }
 
 /// One tracked flow, as `palisade ct list` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Flow {
     pub proto: u8,
     /// The endpoint that opened the flow.
@@ -101,9 +101,10 @@ pub struct Flow {
     pub orig_port: u16,
     pub reply_addr: IpAddr,
     pub reply_port: u16,
-    pub state: &'static str,
+    /// The entry state (`ENTRY_STATE_NAMES`).
+    pub state: Cow<'static, str>,
     /// `validated` or `unvalidated`: which table holds it.
-    pub table: &'static str,
+    pub table: Cow<'static, str>,
     /// Opened by this host (first seen leaving it).
     pub local: bool,
     pub age_s: u64,
@@ -113,31 +114,6 @@ pub struct Flow {
     pub bytes_orig: u64,
     pub bytes_reply: u64,
     pub ifindex: u32,
-}
-
-/// Which flows a listing or a flush takes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlowFilter {
-    pub addr: Option<IpAddr>,
-    pub port: Option<u16>,
-    pub proto: Option<u8>,
-    /// An entry state name (`ENTRY_STATE_NAMES`).
-    pub state: Option<u8>,
-}
-
-impl FlowFilter {
-    #[must_use]
-    pub fn matches(&self, f: &Flow) -> bool {
-        self.addr
-            .is_none_or(|a| f.orig_addr == a || f.reply_addr == a)
-            && self
-                .port
-                .is_none_or(|p| f.orig_port == p || f.reply_port == p)
-            && self.proto.is_none_or(|p| f.proto == p)
-            && self
-                .state
-                .is_none_or(|s| ENTRY_STATE_NAMES.get(usize::from(s)) == Some(&f.state))
-    }
 }
 
 fn addr_of(family: u8, words: &[u32; 4]) -> IpAddr {
@@ -163,11 +139,13 @@ pub fn flow_of(k: &CtKey, e: &CtEntry, table: &'static str, now_ns: u64) -> Flow
         orig_port: op,
         reply_addr: addr_of(k.family, ra),
         reply_port: rp,
-        state: ENTRY_STATE_NAMES
-            .get(usize::from(e.state))
-            .copied()
-            .unwrap_or("unknown"),
-        table,
+        state: Cow::Borrowed(
+            ENTRY_STATE_NAMES
+                .get(usize::from(e.state))
+                .copied()
+                .unwrap_or("unknown"),
+        ),
+        table: Cow::Borrowed(table),
         local: e.flags & ENTRY_LOCAL != 0,
         age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
         idle_s: now_ns.saturating_sub(e.last_ns) / 1_000_000_000,
@@ -179,23 +157,48 @@ pub fn flow_of(k: &CtKey, e: &CtEntry, table: &'static str, now_ns: u64) -> Flow
     }
 }
 
-/// Every tracked flow that matches `filter`, validated ones first.
+/// Every tracked flow that matches `filter`, validated ones first. The filter is the one a
+/// flush with it would apply in the kernel ([`SweepRequest::matches`]).
 ///
 /// # Errors
-/// When a table cannot be read.
+/// When the filter is invalid or a table cannot be read.
 pub fn flows(ebpf: &Ebpf, filter: &FlowFilter) -> Result<Vec<Flow>> {
+    let req = filter.request(SWEEP_FLUSH).map_err(|e| anyhow!(e))?;
     let now = super::carry::now_ns();
     let mut out = Vec::new();
+    walk(ebpf, |k, e, table| {
+        if req.matches(k, e) {
+            out.push(flow_of(k, e, table, now));
+        }
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every entry of both tables (validated first) and the table's name.
+///
+/// # Errors
+/// When a table cannot be opened.
+pub fn walk(ebpf: &Ebpf, mut f: impl FnMut(&CtKey, &CtEntry, &'static str)) -> Result<()> {
     for (name, table) in [("CT_EST", "validated"), ("CT_NEW", "unvalidated")] {
         let m: HashMap<&MapData, CtKey, CtEntry> = HashMap::try_from(map(ebpf, name)?)?;
         for item in m.iter() {
             // An entry deleted while the walk runs ends that key's read; the rest go on.
             let Ok((k, e)) = item else { continue };
-            let f = flow_of(&k, &e, table, now);
-            if filter.matches(&f) {
-                out.push(f);
-            }
+            f(&k, &e, table);
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The address that opened the flow of an entry.
+#[must_use]
+pub fn originator(k: &CtKey, e: &CtEntry) -> IpAddr {
+    addr_of(
+        k.family,
+        if e.flags & ENTRY_ORIG_B != 0 {
+            &k.b
+        } else {
+            &k.a
+        },
+    )
 }
