@@ -4,7 +4,10 @@
 
 pub mod table;
 
-pub use table::{Flow, FlowFilter, census, flows, read_stats, sweep, sweep_program, write_config};
+pub use table::{
+    Balance, Flow, FlowFilter, balance, census, flows, read_stats, sweep, sweep_program,
+    sweep_timed, write_config,
+};
 
 /// The sweep program (XDP, run through `BPF_PROG_TEST_RUN`, never attached).
 pub const SWEEP: &str = "palisade_ct_sweep";
