@@ -126,5 +126,23 @@ fn conntrack_suite() {
         assert_eq!(s["entries"], 20_000, "{s:#}");
         assert!(s["kernel_ms"]["median"].is_number(), "{s:#}");
     }
+    // Live traffic (nft is installed by the test setup): both trackers passed every data
+    // packet as established, by their own counters.
+    assert_eq!(
+        report["live_skipped"],
+        serde_json::Value::Null,
+        "{report:#}"
+    );
+    let live = report["live"]["results"].as_array().expect("live results");
+    let configs: Vec<_> = live.iter().map(|r| r["config"].clone()).collect();
+    assert_eq!(
+        configs,
+        ["no-filter", "palisade-stateful", "nft-ct"],
+        "{report:#}"
+    );
+    for r in &live[1..] {
+        assert_eq!(r["established_fraction"], 1.0, "{r:#}");
+        assert!(r["above_floor_ns"]["median"].is_number(), "{r:#}");
+    }
     let _ = std::fs::remove_dir_all(out);
 }

@@ -136,6 +136,11 @@ struct Args {
     /// --quick].
     #[arg(long, value_name = "N")]
     ct_sweep_rounds: Option<usize>,
+    /// conntrack suite: skip the live traffic (Palisade stateful against nftables with
+    /// netfilter's conntrack over a veth pair; --live-rounds, --live-windows and
+    /// --live-window-ms apply).
+    #[arg(long)]
+    ct_no_live: bool,
     /// Run the dnsperf suite instead: Palisade answering NXDOMAIN and dropping, against
     /// unbound and dnsmasq holding the same blocklist, queried with dnsperf over veth pairs
     /// (exact names and subdomains of listed names).
@@ -333,6 +338,23 @@ fn run_conntrack(args: &Args, s: &Settings, command: String) -> Result<ExitCode>
             .max(1),
         seed: s.seed,
         cpu: s.cpu,
+        live: (!args.ct_no_live).then(|| conntrack::LiveCtSettings {
+            rounds: args
+                .live_rounds
+                .unwrap_or(if args.quick { 1 } else { 3 })
+                .max(1),
+            window: std::time::Duration::from_millis(
+                args.live_window_ms
+                    .unwrap_or(if args.quick { 300 } else { 1000 }),
+            ),
+            windows: args
+                .live_windows
+                .unwrap_or(if args.quick { 3 } else { 2 })
+                .max(1),
+            cpu: s.cpu.unwrap_or(inspect::online_cpus() - 1),
+            nice: args.nice,
+            seed: args.seed,
+        }),
     };
     let report = conntrack::run(&settings, command)?;
     let stem = report.write(&settings.out)?;
