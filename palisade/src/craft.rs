@@ -496,3 +496,59 @@ impl DnsQuery {
         m
     }
 }
+
+/// A TCP segment's header fields, for frames whose sequence numbers matter (connection
+/// tracking follows them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
+    /// Payload bytes after the header.
+    pub payload: usize,
+}
+
+impl TcpSegment {
+    /// A segment with a full window and no payload.
+    #[must_use]
+    pub const fn new(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Self {
+        Self {
+            sport,
+            dport,
+            flags,
+            seq,
+            ack,
+            window: 65_535,
+            payload: 0,
+        }
+    }
+
+    /// The same segment carrying `n` bytes.
+    #[must_use]
+    pub const fn with_payload(mut self, n: usize) -> Self {
+        self.payload = n;
+        self
+    }
+
+    /// The Ethernet frame carrying this segment from `src` to `dst`, checksums included.
+    #[must_use]
+    pub fn frame(&self, src: IpAddr, dst: IpAddr) -> Vec<u8> {
+        let mut t = Vec::with_capacity(20 + self.payload);
+        t.extend_from_slice(&self.sport.to_be_bytes());
+        t.extend_from_slice(&self.dport.to_be_bytes());
+        t.extend_from_slice(&self.seq.to_be_bytes());
+        t.extend_from_slice(&self.ack.to_be_bytes());
+        t.extend_from_slice(&[5 << 4, self.flags]);
+        t.extend_from_slice(&self.window.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 0]);
+        t.extend((0..self.payload).map(|i| i as u8));
+        let mut f = Frame::new(src, dst, L4::Raw { proto: IPPROTO_TCP });
+        let sum = checksum(&t, f.pseudo_header_sum(t.len()));
+        t[16..18].copy_from_slice(&sum.to_be_bytes());
+        f.payload = t;
+        f.build()
+    }
+}

@@ -18,12 +18,25 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pa
 /// # Errors
 /// When not running with the needed privileges, or the kernel lacks a required feature.
 pub fn load() -> Result<Ebpf> {
+    load_sized(&[])
+}
+
+/// [`load`], with some maps created with another capacity than the object declares
+/// (`(map name, max_entries)`).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_sized(sizes: &[(&str, u32)]) -> Result<Ebpf> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
     }
     check_privileges()?;
     raise_memlock();
-    EbpfLoader::new().load(OBJECT).context(
+    let mut loader = EbpfLoader::new();
+    for &(name, n) in sizes {
+        loader.map_max_entries(name, n);
+    }
+    loader.load(OBJECT).context(
         "loading the kernel object failed; Palisade needs root (or CAP_BPF, CAP_NET_ADMIN and \
          CAP_PERFMON) and a kernel with BPF, BTF and ring buffers (5.8 or newer)",
     )

@@ -92,3 +92,57 @@ fn dnsperf_suite() {
     );
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn conntrack_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = quick("conntrack", &["--conntrack", "--ct-entries", "20000"]);
+    let md = std::fs::read_to_string(out.join("conntrack-quick.md")).expect("markdown report");
+    assert!(md.contains("The sweep"), "{md}");
+    let report = json(out.join("conntrack-quick.json"));
+    let ids: Vec<_> = report["paths"]
+        .as_array()
+        .expect("paths")
+        .iter()
+        .map(|p| p["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(ids, ["floor-pass", "stateless", "stateful"], "{report:#}");
+    for p in report["paths"].as_array().expect("paths") {
+        assert!(p["above_floor_ns"]["median"].is_number(), "{p:#}");
+    }
+    let tracking = &report["tracking"];
+    assert!(tracking["added_ns"]["median"].is_number(), "{tracking:#}");
+    assert!(
+        tracking["established_runs"].as_u64() > Some(0),
+        "{tracking:#}"
+    );
+    // Both sweeps ran over the whole table; the second removed every entry (checked by the
+    // suite against the sweep's census).
+    let sweeps = report["sweep"]["sweeps"].as_array().expect("sweeps");
+    assert_eq!(sweeps.len(), 2, "{report:#}");
+    assert_eq!(sweeps[0]["removed"], 0, "{report:#}");
+    assert_eq!(sweeps[1]["removed"], 20_000, "{report:#}");
+    for s in sweeps {
+        assert_eq!(s["entries"], 20_000, "{s:#}");
+        assert!(s["kernel_ms"]["median"].is_number(), "{s:#}");
+    }
+    // Live traffic (nft is installed by the test setup): both trackers passed every data
+    // packet as established, by their own counters.
+    assert_eq!(
+        report["live_skipped"],
+        serde_json::Value::Null,
+        "{report:#}"
+    );
+    let live = report["live"]["results"].as_array().expect("live results");
+    let configs: Vec<_> = live.iter().map(|r| r["config"].clone()).collect();
+    assert_eq!(
+        configs,
+        ["no-filter", "palisade-stateful", "nft-ct"],
+        "{report:#}"
+    );
+    for r in &live[1..] {
+        assert_eq!(r["established_fraction"], 1.0, "{r:#}");
+        assert!(r["above_floor_ns"]["median"].is_number(), "{r:#}");
+    }
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -8,7 +8,10 @@ pub mod report;
 pub mod table;
 
 pub use filter::FlowFilter;
-pub use table::{Flow, census, flows, read_stats, sweep, sweep_program, write_config};
+pub use table::{
+    Balance, Flow, balance, census, flows, read_stats, sweep, sweep_program, sweep_timed,
+    write_config,
+};
 
 /// The sweep program (XDP, run through `BPF_PROG_TEST_RUN`, never attached).
 pub const SWEEP: &str = "palisade_ct_sweep";

@@ -52,6 +52,18 @@ pub fn sweep_program(ebpf: &Ebpf) -> Result<&Xdp> {
 /// # Errors
 /// When the kernel refuses the run.
 pub fn sweep(prog: &Xdp, ebpf: &Ebpf, req: &SweepRequest) -> Result<CtCensus> {
+    Ok(sweep_timed(prog, ebpf, req)?.0)
+}
+
+/// [`sweep`], also returning how long the sweep ran as the kernel measured it.
+///
+/// # Errors
+/// When the kernel refuses the run.
+pub fn sweep_timed(
+    prog: &Xdp,
+    ebpf: &Ebpf,
+    req: &SweepRequest,
+) -> Result<(CtCensus, std::time::Duration)> {
     // The request is the packet; XDP test runs want at least an Ethernet header's worth.
     let mut frame = vec![0u8; core::mem::size_of::<SweepRequest>().max(64)];
     // SAFETY: SweepRequest is plain old data of this size.
@@ -69,7 +81,7 @@ pub fn sweep(prog: &Xdp, ebpf: &Ebpf, req: &SweepRequest) -> Result<CtCensus> {
             r.return_value
         ));
     }
-    census(ebpf)
+    Ok((census(ebpf)?, r.duration))
 }
 
 /// What the last sweep counted.
@@ -201,4 +213,69 @@ pub fn originator(k: &CtKey, e: &CtEntry) -> IpAddr {
             &k.a
         },
     )
+}
+
+/// Where every entry the datapath inserted has gone, from the tracker's counters and a
+/// census. The kernel does not report what an LRU table evicts, so evictions are what the
+/// other figures leave unexplained: every entry inserted was promoted, expired, flushed or
+/// evicted, or is still present.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Balance {
+    /// Entries inserted into either table (`insert_new` + `insert_established`).
+    pub inserted: u64,
+    /// Inserts that failed (`insert_failed_new` + `insert_failed_established`).
+    pub failed: u64,
+    /// Entries moved from the unvalidated table into the validated one: each is counted once
+    /// as inserted in each table and leaves the first.
+    pub promoted: u64,
+    /// Entries removed on expiry, by a packet or by a sweep.
+    pub expired: u64,
+    /// Validated entries a new SYN took out of their table (`reopened_established`): the
+    /// flow starts over as an unvalidated insert.
+    pub reopened: u64,
+    /// Entries removed by a flush.
+    pub flushed: u64,
+    /// Entries the census found in both tables.
+    pub present: u64,
+    /// `inserted - promoted - expired - reopened - flushed - present`: entries the LRU table
+    /// evicted.
+    /// Negative only if the counters are wrong.
+    pub evicted: i64,
+}
+
+/// The balance of `stats` (as [`read_stats`] returns them) against `census`. Exact when no
+/// packet runs between the census and the reading of the counters.
+#[must_use]
+pub fn balance(stats: &[u64], census: &CtCensus) -> Balance {
+    use palisade_common::conntrack::{
+        CS_EXPIRED_LOOKUP_EST, CS_EXPIRED_LOOKUP_NEW, CS_INSERT_EST, CS_INSERT_FAIL_EST,
+        CS_INSERT_FAIL_NEW, CS_INSERT_NEW, CS_PROMOTED, CS_REOPENED_EST,
+    };
+    let stat = |i: u32| stats.get(i as usize).copied().unwrap_or(0);
+    let present = census
+        .live
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|&n| u64::from(n))
+        .sum();
+    let mut b = Balance {
+        inserted: stat(CS_INSERT_NEW) + stat(CS_INSERT_EST),
+        failed: stat(CS_INSERT_FAIL_NEW) + stat(CS_INSERT_FAIL_EST),
+        promoted: stat(CS_PROMOTED),
+        expired: stat(CS_EXPIRED_LOOKUP_NEW)
+            + stat(CS_EXPIRED_LOOKUP_EST)
+            + census.expired.iter().sum::<u64>(),
+        reopened: stat(CS_REOPENED_EST),
+        flushed: census.flushed.iter().sum(),
+        present,
+        evicted: 0,
+    };
+    b.evicted = b.inserted as i64
+        - b.promoted as i64
+        - b.expired as i64
+        - b.reopened as i64
+        - b.flushed as i64
+        - b.present as i64;
+    b
 }

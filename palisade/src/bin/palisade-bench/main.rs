@@ -7,6 +7,7 @@
 //! program, the time to compile and install each policy and the memory its maps take. See
 //! `bench/README.md` for the method and how to read the results.
 
+mod conntrack;
 mod dns;
 mod dnsperf;
 mod harness;
@@ -50,7 +51,8 @@ use clap::Parser;
         palisade-bench --quick              CI run (< 1 min), results in a temporary directory\n  \
         palisade-bench --rules 0,1000 --sets 1000000 --rounds 11 --out /tmp/b\n  \
         palisade-bench --live               live traffic against nftables, iptables, ipset, xdp-filter\n  \
-        palisade-bench --dnsperf            dnsperf: NXDOMAIN and drop for blocked names against unbound, dnsmasq"
+        palisade-bench --dnsperf            dnsperf: NXDOMAIN and drop for blocked names against unbound, dnsmasq\n  \
+        palisade-bench --conntrack          connection tracking: cost per established packet, sweep of 1M entries"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -121,6 +123,24 @@ struct Args {
     /// Skip the DNS suite.
     #[arg(long)]
     no_dns: bool,
+    /// Run the conntrack suite instead: an established flow's packet through the stateful
+    /// pipeline against the stateless firewall with the same rules (test runs), and the
+    /// sweep over a table of --ct-entries flows.
+    #[arg(long, conflicts_with_all = ["live", "dnsperf"])]
+    conntrack: bool,
+    /// conntrack suite: flows in the table for the sweep [default: 1000000; 100000 with
+    /// --quick].
+    #[arg(long, value_name = "N")]
+    ct_entries: Option<usize>,
+    /// conntrack suite: rounds of the sweep, each filling the table anew [default: 3, 1 with
+    /// --quick].
+    #[arg(long, value_name = "N")]
+    ct_sweep_rounds: Option<usize>,
+    /// conntrack suite: skip the live traffic (Palisade stateful against nftables with
+    /// netfilter's conntrack over a veth pair; --live-rounds, --live-windows and
+    /// --live-window-ms apply).
+    #[arg(long)]
+    ct_no_live: bool,
     /// Run the dnsperf suite instead: Palisade answering NXDOMAIN and dropping, against
     /// unbound and dnsmasq holding the same blocklist, queried with dnsperf over veth pairs
     /// (exact names and subdomains of listed names).
@@ -246,6 +266,9 @@ fn run(args: &Args) -> Result<ExitCode> {
     if args.live {
         return run_live(args, &s, command);
     }
+    if args.conntrack {
+        return run_conntrack(args, &s, command);
+    }
     let firewall = if args.dns_only {
         ExitCode::SUCCESS
     } else {
@@ -292,6 +315,52 @@ fn run_live(args: &Args, s: &Settings, command: String) -> Result<ExitCode> {
     println!("{}", report.terminal());
     println!(
         "wrote {}/{stem}.{{md,json,svg}} in {:.1} s",
+        settings.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_conntrack(args: &Args, s: &Settings, command: String) -> Result<ExitCode> {
+    let started = Instant::now();
+    let settings = conntrack::CtSettings {
+        mode: s.mode,
+        out: s.out.clone(),
+        rounds: s.rounds,
+        target_ms: s.target_ms,
+        sweep_entries: args
+            .ct_entries
+            .unwrap_or(if args.quick { 100_000 } else { 1_000_000 })
+            .max(1),
+        sweep_rounds: args
+            .ct_sweep_rounds
+            .unwrap_or(if args.quick { 1 } else { 3 })
+            .max(1),
+        seed: s.seed,
+        cpu: s.cpu,
+        live: (!args.ct_no_live).then(|| conntrack::LiveCtSettings {
+            rounds: args
+                .live_rounds
+                .unwrap_or(if args.quick { 1 } else { 3 })
+                .max(1),
+            window: std::time::Duration::from_millis(
+                args.live_window_ms
+                    .unwrap_or(if args.quick { 300 } else { 1000 }),
+            ),
+            windows: args
+                .live_windows
+                .unwrap_or(if args.quick { 3 } else { 2 })
+                .max(1),
+            cpu: s.cpu.unwrap_or(inspect::online_cpus() - 1),
+            nice: args.nice,
+            seed: args.seed,
+        }),
+    };
+    let report = conntrack::run(&settings, command)?;
+    let stem = report.write(&settings.out)?;
+    println!("{}", report.terminal());
+    println!(
+        "wrote {}/{stem}.{{md,json}} in {:.1} s",
         settings.out.display(),
         started.elapsed().as_secs_f64()
     );

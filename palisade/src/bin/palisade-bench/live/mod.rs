@@ -19,8 +19,8 @@
 //! the "no filter" line measures: packets go up the stack and a blackhole route discards them.
 
 mod report;
-mod tools;
-mod traffic;
+pub mod tools;
+pub mod traffic;
 
 use std::time::{Duration, Instant};
 
@@ -42,11 +42,11 @@ use crate::{
     workload::short_count,
 };
 
-const GENERATOR: &str = "palisade_bench_redirect";
-const GEN_IF: &str = "gen";
-const FILT_IF: &str = "filt";
+pub const GENERATOR: &str = "palisade_bench_redirect";
+pub const GEN_IF: &str = "gen";
+pub const FILT_IF: &str = "filt";
 /// `craft` frames are addressed to this MAC; `filt` takes it so the stack accepts them.
-const FILT_MAC: &str = "02:00:00:00:00:02";
+pub const FILT_MAC: &str = "02:00:00:00:00:02";
 
 /// How the live suite runs, once the mode's defaults are applied.
 pub struct LiveSettings {
