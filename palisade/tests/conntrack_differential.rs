@@ -1654,22 +1654,11 @@ enum Cause {
     /// with another initial sequence number: netfilter accepts an acknowledgement within
     /// 66 000 of the latest SYN; Palisade wants the latest SYN acknowledged exactly.
     SynAckOfEarlierSyn,
-    /// An inbound SYN on the ports of a flow in TIME_WAIT or CLOSE reopens the entry before
-    /// the rules decide; when the rules drop the SYN, Palisade keeps the reopened entry (the
-    /// outside as originator) where netfilter has removed the old flow and inserted nothing.
-    /// A SYN the host sends next is then the "answer" of a simultaneous open.
-    ReopenBeforeVerdict,
     /// A SYN of the flow's opener on an established flow: netfilter lets it pass as
     /// established without changing the flow (it may open a new connection after a lost
     /// close, and netfilter resynchronises if the other side answers it); Palisade calls it
     /// invalid. (A SYN of the responder is invalid on both.)
     IgnoredSyn,
-    /// Palisade keys an ICMP echo flow by its identifier and does not check the message
-    /// type against the direction: an echo request from the outside with the identifier of
-    /// the host's own ping is taken as its answer, an echo reply the host sends on its own
-    /// ping continues the flow. Netfilter's tuple holds the type: the request is new, the
-    /// reply invalid.
-    EchoDirection,
     /// A reset during the handshake other than the answer refusing a SYN (the opener
     /// aborting its attempt, either side during a simultaneous open): netfilter accepts it
     /// when it lies in the window (class `new` while no answer was seen), Palisade calls it
@@ -1692,10 +1681,6 @@ fn cause_of(step: &Step, nf: Obs, pal: Obs) -> Option<Cause> {
         (_, Cls::New | Cls::Est, Cls::Inv) if tcp && d.flags & TCP_RST != 0 => {
             Some(Cause::ResetDuringHandshake)
         }
-        (Host, Cls::New, Cls::Est) if tcp && d.flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
-            Some(Cause::ReopenBeforeVerdict)
-        }
-        _ if d.proto == IPPROTO_ICMP || d.proto == IPPROTO_ICMPV6 => Some(Cause::EchoDirection),
         _ => None,
     }
 }
@@ -1744,32 +1729,11 @@ const EXPECTED: &[(&str, &[&str], Obs, Obs, Cause)] = &[
         Cause::SynAckOfEarlierSyn,
     ),
     (
-        "time-wait-reuse: out SYN from the host after it",
-        BOTH,
-        obs(New, Sent),
-        obs(Est, Sent),
-        Cause::ReopenBeforeVerdict,
-    ),
-    (
         "syn-on-established: out SYN",
         BOTH,
         obs(Est, Sent),
         obs(Inv, Sent),
         Cause::IgnoredSyn,
-    ),
-    (
-        "echo: in request with the id of the host's ping",
-        BOTH,
-        obs(New, Verdict::Default),
-        obs(Est, Tracked),
-        Cause::EchoDirection,
-    ),
-    (
-        "echo: out reply on its own ping",
-        BOTH,
-        obs(Inv, Sent),
-        obs(Est, Sent),
-        Cause::EchoDirection,
     ),
 ];
 

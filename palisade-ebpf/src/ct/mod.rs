@@ -115,8 +115,8 @@ pub fn track<B: Bytes + ?Sized>(b: &B, p: &mut Packet, hook: u8, ifindex: u32) -
                     .map_or(0, |h| u16::from_be_bytes([h[4], h[5]]))
             };
             match icmp_kind(p.proto, (p.dport >> 8) as u8, id) {
-                IcmpKind::EchoRequest(id) => flow(p, id, id, true, &mut env),
-                IcmpKind::EchoReply(id) => flow(p, id, id, false, &mut env),
+                IcmpKind::EchoRequest(id) => flow(p, id, id, Kind::EchoRequest, &mut env),
+                IcmpKind::EchoReply(id) => flow(p, id, id, Kind::EchoReply, &mut env),
                 IcmpKind::Error => related(b, p, &env),
                 IcmpKind::Other => {
                     bump(&CT_STATS, CS_UNTRACKED);
@@ -124,7 +124,7 @@ pub fn track<B: Bytes + ?Sized>(b: &B, p: &mut Packet, hook: u8, ifindex: u32) -
                 }
             }
         }
-        _ => flow(p, p.sport, p.dport, true, &mut env),
+        _ => flow(p, p.sport, p.dport, Kind::Datagram, &mut env),
     };
     p.ct_state = state;
     bump(
@@ -197,10 +197,20 @@ fn related<B: Bytes + ?Sized>(b: &B, p: &Packet, env: &Env<'_>) -> u8 {
     }
 }
 
-/// UDP, ICMP echo and other protocols: only whether an answer was seen. `opens` says
-/// whether a packet without an entry may start a flow.
+/// What a packet of a flow without TCP's state machine is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// UDP and other protocols: either side may send anything.
+    Datagram,
+    /// An ICMP echo request: only the flow's opener sends them.
+    EchoRequest,
+    /// An ICMP echo reply: only the answering side sends them, and never first.
+    EchoReply,
+}
+
+/// UDP, ICMP echo and other protocols: only whether an answer was seen.
 #[inline(never)]
-fn flow(p: &Packet, sport: u16, dport: u16, opens: bool, env: &mut Env<'_>) -> u8 {
+fn flow(p: &Packet, sport: u16, dport: u16, kind: Kind, env: &mut Env<'_>) -> u8 {
     let (cfg, t, hook, ifindex) = (env.cfg, env.t, env.hook, env.ifindex);
     let pending = &mut *env.pending;
     let (key, swap) = CtKey::of(p, sport, dport);
@@ -208,6 +218,14 @@ fn flow(p: &Packet, sport: u16, dport: u16, opens: bool, env: &mut Env<'_>) -> u
         // SAFETY: a live map value.
         let e = unsafe { &mut *e };
         let reply = swap != (e.flags & ENTRY_ORIG_B != 0);
+        // Echo messages keep their direction (netfilter's tuple holds the type): a request
+        // from the answering side is a ping of its own, new and left to the rules (the key
+        // is taken by this flow, so it is not tracked); a reply from the opener is invalid.
+        match kind {
+            Kind::EchoRequest if reply => return STATE_NEW,
+            Kind::EchoReply if !reply => return STATE_INVALID,
+            _ => {}
+        }
         let cls = other_step(e, reply);
         touch(e, cls, reply, p, t);
         if table == Table::New {
@@ -215,7 +233,7 @@ fn flow(p: &Packet, sport: u16, dport: u16, opens: bool, env: &mut Env<'_>) -> u
         }
         return cls;
     }
-    if !opens {
+    if kind == Kind::EchoReply {
         return STATE_INVALID;
     }
     let dir = CtDir {
