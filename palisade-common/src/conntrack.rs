@@ -842,6 +842,12 @@ pub fn tcp_step(e: &mut CtEntry, reply: bool, s: &Segment) -> u8 {
                     open_dir(&mut e.dirs[0], s);
                     return STATE_NEW;
                 }
+                if rst && s.seq == e.dirs[0].end {
+                    // The opener gives up its attempt, at its next sequence number. Nothing
+                    // was answered: the reset is still `new`.
+                    e.state = TCP_CLOSE;
+                    return STATE_NEW;
+                }
                 return STATE_INVALID;
             }
             if syn && ack {
@@ -878,6 +884,11 @@ pub fn tcp_step(e: &mut CtEntry, reply: bool, s: &Segment) -> u8 {
                 return STATE_ESTABLISHED;
             }
             if syn && !ack {
+                return STATE_ESTABLISHED;
+            }
+            if rst && s.seq == e.dirs[si].end {
+                // Either side aborts the simultaneous open at its next sequence number.
+                e.state = TCP_CLOSE;
                 return STATE_ESTABLISHED;
             }
             STATE_INVALID

@@ -1660,9 +1660,9 @@ enum Cause {
     /// invalid. (A SYN of the responder is invalid on both.)
     IgnoredSyn,
     /// A reset during the handshake other than the answer refusing a SYN (the opener
-    /// aborting its attempt, either side during a simultaneous open): netfilter accepts it
-    /// when it lies in the window (class `new` while no answer was seen), Palisade calls it
-    /// invalid.
+    /// aborting its attempt, either side during a simultaneous open), off the sender's next
+    /// sequence number: netfilter accepts it when it lies in the window (class `new` while
+    /// no answer was seen), Palisade calls it invalid.
     ResetDuringHandshake,
 }
 

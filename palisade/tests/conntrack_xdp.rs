@@ -981,6 +981,87 @@ fn fin_teardown_then_reopen() {
 }
 
 #[test]
+fn resets_during_the_handshake_close_the_flow() {
+    let ct = load(STATEFUL);
+    let inb = net(REMOTE, HOST);
+    let tcp = IPPROTO_TCP;
+    // The opener aborts its attempt: a reset at its next sequence number closes the flow;
+    // one elsewhere is invalid.
+    ct.ingress(
+        "SYN to port 22",
+        &inb.tcp(&seg(50_200, 22, TCP_SYN, 9_000, 0)),
+        Pass,
+        Cls::New,
+        INSERTED,
+    );
+    ct.ingress(
+        "RST off the sequence (the SSH rule, without `state`, still takes it)",
+        &inb.tcp(&seg(50_200, 22, TCP_RST, 9_500, 0)),
+        Pass,
+        Cls::Inv,
+        NOTHING,
+    );
+    ct.expect_flow(
+        "after a reset off the sequence",
+        tcp,
+        (REMOTE, 50_200),
+        (HOST, 22),
+        "syn-sent",
+        UNVALIDATED,
+        false,
+    );
+    ct.ingress(
+        "RST of the opener",
+        &inb.tcp(&seg(50_200, 22, TCP_RST, 9_001, 0)),
+        Pass,
+        Cls::New,
+        NOTHING,
+    );
+    ct.expect_flow(
+        "after the opener's reset",
+        tcp,
+        (REMOTE, 50_200),
+        (HOST, 22),
+        "close",
+        UNVALIDATED,
+        false,
+    );
+
+    // Either side of a simultaneous open may abort it.
+    let out = net(HOST, REMOTE);
+    let back = out.reversed();
+    ct.egress(
+        "SYN",
+        &out.tcp(&seg(40_003, 6001, TCP_SYN, 100, 0)),
+        Cls::New,
+        INSERTED,
+    );
+    ct.ingress(
+        "crossing SYN",
+        &back.tcp(&seg(6001, 40_003, TCP_SYN, 300, 0)),
+        Pass,
+        Cls::Est,
+        NOTHING,
+    );
+    ct.ingress(
+        "RST of the remote",
+        &back.tcp(&seg(6001, 40_003, TCP_RST, 301, 0)),
+        Pass,
+        Cls::Est,
+        NOTHING,
+    );
+    ct.expect_flow(
+        "after the remote's reset",
+        tcp,
+        (HOST, 40_003),
+        (REMOTE, 6001),
+        "close",
+        UNVALIDATED,
+        true,
+    );
+}
+
+#[test]
 fn simultaneous_open() {
     let ct = load(STATEFUL);
     let out = net(HOST, REMOTE);

@@ -291,7 +291,10 @@ fn touch(e: &mut CtEntry, cls: u8, reply: bool, p: &Packet, t: u64) {
 /// table is full it stays where it is (counted), and keeps working until evicted.
 #[inline(always)]
 fn promote(key: &CtKey, e: &CtEntry) {
-    if !is_validated(e.state) {
+    // A flow closed during its handshake (refused, or aborted by its opener) was never
+    // validated by an answer worth protecting: it stays with the unvalidated flows, so a
+    // flood of SYNs to closed ports (or SYN-RST pairs) cannot fill the validated table.
+    if !is_validated(e.state) || e.state == TCP_CLOSE {
         return;
     }
     if CT_EST.insert(key, e, 0).is_ok() {
