@@ -23,6 +23,9 @@ pub const STATE_NEW: u8 = 1;
 pub const STATE_ESTABLISHED: u8 = 2;
 pub const STATE_RELATED: u8 = 4;
 pub const STATE_INVALID: u8 = 8;
+/// Not a state: marks the packet of a new flow over a per-source limit (`[conntrack]
+/// max_per_source`, `new_per_source`), which the rules stage drops before any rule.
+pub const STATE_OVER_LIMIT: u8 = 0x80;
 /// Every state bit.
 pub const STATE_ALL: u8 = STATE_NEW | STATE_ESTABLISHED | STATE_RELATED | STATE_INVALID;
 /// Stable names of the state bits, lowest bit first.
@@ -149,9 +152,14 @@ pub struct CtConfig {
     pub timeout_ns: [u64; TIMEOUTS],
     /// [`ENTRY_VERSION`] of the tables this datapath writes.
     pub version: u32,
+    /// Validated flows one outside address may have open at once; 0 for no limit.
+    pub max_per_source: u32,
+    /// New flows one outside address may open per second (a token bucket holding as many);
+    /// 0 for no limit.
+    pub new_per_source: u32,
     pub _pad: u32,
 }
-map_type!(CtConfig, 80);
+map_type!(CtConfig, 88);
 
 impl CtConfig {
     /// The configuration with [`DEFAULT_TIMEOUTS_S`].
@@ -166,8 +174,66 @@ impl CtConfig {
         Self {
             timeout_ns,
             version: ENTRY_VERSION,
+            max_per_source: 0,
+            new_per_source: 0,
             _pad: 0,
         }
+    }
+}
+
+/// What the tracker keeps per outside address (`CT_SOURCES`), for the per-source limits.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceEntry {
+    /// Validated flows this address opened that are in the table now.
+    pub flows: u32,
+    /// Tokens left for new flows (refilled at `new_per_source` a second).
+    pub tokens: u32,
+    /// When the tokens were last refilled (`bpf_ktime_get_coarse_ns`).
+    pub refill_ns: u64,
+}
+map_type!(SourceEntry, 16);
+
+impl SourceEntry {
+    /// Takes a token for a new flow at time `t`, refilling first; false when the bucket
+    /// (`rate` tokens a second, holding at most `rate`) is empty.
+    #[inline(always)]
+    pub fn take_token(&mut self, rate: u32, t: u64) -> bool {
+        if t > self.refill_ns {
+            let elapsed = t - self.refill_ns;
+            // A second refills the whole bucket; below that the product stays under 2^50
+            // (no 128-bit multiply, which BPF lacks).
+            let earned = if elapsed >= 1_000_000_000 {
+                u64::from(rate)
+            } else {
+                elapsed * u64::from(rate) / 1_000_000_000
+            };
+            if earned > 0 {
+                let tokens = u64::from(self.tokens) + earned;
+                self.tokens = if tokens > u64::from(rate) {
+                    rate
+                } else {
+                    tokens as u32
+                };
+                self.refill_ns = t;
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// The address that opened the flow of `k`, as stored.
+#[inline(always)]
+#[must_use]
+pub fn originator(k: &CtKey, e: &CtEntry) -> [u32; 4] {
+    if e.flags & ENTRY_ORIG_B != 0 {
+        k.b
+    } else {
+        k.a
     }
 }
 

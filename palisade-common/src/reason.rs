@@ -35,6 +35,10 @@ pub const DNS_RATE: u32 = 13;
 /// DNS: the query could not be parsed safely.
 pub const DNS_MALFORMED: u32 = 14;
 
+/// Connection tracking: a new flow from an address over its per-source limit (concurrent
+/// flows or new flows per second, `[conntrack]`).
+pub const CT_LIMIT: u32 = 15;
+
 /// Size of the per-reason counter array.
 pub const COUNT: u32 = 16;
 
@@ -55,7 +59,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-expired",
     "dns-rate",
     "dns-malformed",
-    "reserved",
+    "conn-limit",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -178,7 +178,9 @@ pub const TAIL_RULES: u32 = 2;
 
 // ---- Connection tracking ----
 
-use palisade_common::conntrack::{CT_STATS as CT_STAT_COUNT, CtCensus, CtConfig, CtEntry, CtKey};
+use palisade_common::conntrack::{
+    CT_STATS as CT_STAT_COUNT, CtCensus, CtConfig, CtEntry, CtKey, SourceEntry,
+};
 
 /// Default capacity of [`CT_EST`]; userspace sets the real one from `[conntrack]
 /// max_entries` when it creates the map.
@@ -198,6 +200,17 @@ pub static CT_EST: HashMap<CtKey, CtEntry> =
 /// churns this table, never [`CT_EST`].
 #[map]
 pub static CT_NEW: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_NEW_DEFAULT, 0);
+
+/// Capacity of [`CT_SOURCES`].
+pub const CT_SOURCES_MAX: u32 = 65_536;
+
+/// Per outside address: its validated flows and its bucket of new flows, for the per-source
+/// limits of `[conntrack]`. An LRU: under more distinct sources than this, the least recent
+/// lose their count (their limits restart). Updated without atomics, like the rate-limit
+/// buckets: two CPUs racing on one address can lose an update.
+#[map]
+pub static CT_SOURCES: LruHashMap<[u32; 4], SourceEntry> =
+    LruHashMap::with_max_entries(CT_SOURCES_MAX, 0);
 
 /// Tracker settings (timeouts), written by userspace.
 #[map]

@@ -318,9 +318,11 @@ enum Want {
     DropDefault,
     /// Dropped by a rule with action drop.
     DropRule,
+    /// Dropped as a new flow over a per-source limit of `[conntrack]`.
+    DropLimit,
 }
 
-use Want::{DropDefault, DropRule, Pass};
+use Want::{DropDefault, DropLimit, DropRule, Pass};
 
 /// The class the tracker gives a packet (which `CT_STATS` counter it moves).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -386,6 +388,7 @@ struct FwCounters {
     internal: u64,
     by_rule: u64,
     by_default: u64,
+    by_limit: u64,
 }
 
 impl Ct {
@@ -401,6 +404,7 @@ impl Ct {
             internal: b.stat(stats::INTERNAL).expect("STATS"),
             by_rule: b.reason_count(reason::RULE).expect("REASON_STATS"),
             by_default: b.reason_count(reason::DEFAULT).expect("REASON_STATS"),
+            by_limit: b.reason_count(reason::CT_LIMIT).expect("REASON_STATS"),
         }
     }
 
@@ -454,6 +458,10 @@ impl Ct {
             DropRule => {
                 fw_want.dropped += 1;
                 fw_want.by_rule += 1;
+            }
+            DropLimit => {
+                fw_want.dropped += 1;
+                fw_want.by_limit += 1;
             }
         }
         assert_eq!(fw_after, fw_want, "firewall counters after ingress {what}");
@@ -978,6 +986,117 @@ fn fin_teardown_then_reopen() {
     let f = ct.flows_between(tcp, h, r);
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0].state, "syn-recv", "{:?}", f[0]);
+}
+
+#[test]
+fn new_flows_per_source_are_rate_limited() {
+    let ct = load(&format!("{STATEFUL}\n[conntrack]\nnew_per_source = 2\n"));
+    let inb = net(REMOTE, HOST);
+    for port in [50_301, 50_302] {
+        ct.ingress(
+            "SYN within the rate",
+            &inb.tcp(&seg(port, 22, TCP_SYN, 1_000, 0)),
+            Pass,
+            Cls::New,
+            INSERTED,
+        );
+    }
+    ct.ingress(
+        "retransmitted SYN (not a new flow)",
+        &inb.tcp(&seg(50_302, 22, TCP_SYN, 1_000, 0)),
+        Pass,
+        Cls::New,
+        NOTHING,
+    );
+    ct.ingress(
+        "third new flow in the same second",
+        &inb.tcp(&seg(50_303, 22, TCP_SYN, 1_000, 0)),
+        DropLimit,
+        Cls::New,
+        NOTHING,
+    );
+    ct.expect_no_flow(
+        "the refused flow",
+        IPPROTO_TCP,
+        (REMOTE, 50_303),
+        (HOST, 22),
+    );
+    ct.ingress(
+        "another source",
+        &net("10.0.0.3", HOST).tcp(&seg(50_304, 22, TCP_SYN, 1_000, 0)),
+        Pass,
+        Cls::New,
+        INSERTED,
+    );
+    // The bucket refills at two tokens a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    ct.ingress(
+        "a new flow a second later",
+        &inb.tcp(&seg(50_305, 22, TCP_SYN, 1_000, 0)),
+        Pass,
+        Cls::New,
+        INSERTED,
+    );
+}
+
+#[test]
+fn open_flows_per_source_are_limited_and_released() {
+    let ct = load(&format!("{STATEFUL}\n[conntrack]\nmax_per_source = 1\n"));
+    let inb = net(REMOTE, HOST);
+    let out = inb.reversed();
+    let open = |port: u16| {
+        ct.ingress(
+            "SYN",
+            &inb.tcp(&seg(port, 22, TCP_SYN, 5_000, 0)),
+            Pass,
+            Cls::New,
+            INSERTED,
+        );
+        ct.egress(
+            "SYN-ACK",
+            &out.tcp(&seg(22, port, TCP_SYN | TCP_ACK, 9_000, 5_001)),
+            Cls::Est,
+            NOTHING,
+        );
+        ct.ingress(
+            "ACK",
+            &inb.tcp(&seg(port, 22, TCP_ACK, 5_001, 9_001)),
+            Pass,
+            Cls::Est,
+            PROMOTED,
+        );
+    };
+    open(50_401);
+    // Unvalidated flows do not count: a second SYN opens, its handshake does not finish.
+    ct.ingress(
+        "second flow while the first is open",
+        &inb.tcp(&seg(50_402, 22, TCP_SYN, 5_000, 0)),
+        DropLimit,
+        Cls::New,
+        NOTHING,
+    );
+    // Flushing the open flow gives the source its room back.
+    let prog = sweep_program(&ct.bench.ebpf).expect("sweep program");
+    let c = sweep(
+        prog,
+        &ct.bench.ebpf,
+        &SweepRequest {
+            op: palisade_common::conntrack::SWEEP_FLUSH,
+            ..SweepRequest::default()
+        },
+    )
+    .expect("sweep");
+    assert_eq!(c.flushed.iter().sum::<u64>(), 1, "{c:?}");
+    open(50_403);
+    // Flows this host opens never count against the remote.
+    establish_out(&ct, &net(HOST, REMOTE), 40_100, 443);
+    ct.ingress(
+        "over the limit again",
+        &inb.tcp(&seg(50_404, 22, TCP_SYN, 5_000, 0)),
+        DropLimit,
+        Cls::New,
+        NOTHING,
+    );
 }
 
 #[test]

@@ -2,11 +2,15 @@
 //! entered by tail call from the firewall when the policy tracks connections.
 //!
 //! Fail-open like the firewall: a tracker that cannot read its maps, or a rules stage missing
-//! from its slot, lets the packet through, counted in `internal_errors`.
+//! from its slot, lets the packet through, counted in `internal_errors`. A new flow from an
+//! address over a per-source limit (`[conntrack] max_per_source`, `new_per_source`) is
+//! marked here and dropped by the rules stage before any rule, with reason `conn-limit`.
 
 use aya_ebpf::programs::XdpContext;
 use palisade_common::{
-    conntrack::{CS_ACCEPTED, HOOK_INGRESS, STATE_ESTABLISHED, STATE_RELATED},
+    conntrack::{
+        CS_ACCEPTED, HOOK_INGRESS, STATE_ESTABLISHED, STATE_NEW, STATE_OVER_LIMIT, STATE_RELATED,
+    },
     firewall::POLICY_STATEFUL,
     stats,
 };
@@ -47,6 +51,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
     {
         bump(&CT_STATS, CS_ACCEPTED);
         return firewall::allowed(ctx, generation, p, true);
+    } else if p.ct_state == STATE_NEW && !super::admit(p) {
+        // Over a per-source limit: the rules stage drops it, before any rule, with its own
+        // reason (dropping here would stack the drop path on the tracker's frames).
+        p.ct_state |= STATE_OVER_LIMIT;
     }
     // SAFETY: a tail call with this program's own context.
     unsafe { XDP_TAILS.tail_call(ctx, TAIL_RULES) };

@@ -17,9 +17,9 @@ use palisade_common::{
         CS_INSERT_FAIL_EST, CS_INSERT_FAIL_NEW, CS_INSERT_NEW, CS_INVALID, CS_NEW, CS_PICKUP,
         CS_PROMOTED, CS_RELATED, CS_REOPENED, CS_REOPENED_EST, CS_UNTRACKED, CtConfig, CtDir,
         CtEntry, CtKey, ENTRY_LOCAL, ENTRY_ORIG_B, ENTRY_PICKUP, HOOK_EGRESS, IcmpKind,
-        STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED, TCP_CLOSE, TCP_ESTABLISHED,
-        TCP_TIME_WAIT, TIMEOUTS, UNREPLIED, icmp_kind, is_validated, other_step, quoted_flow,
-        read_segment, tcp_open, tcp_step, timeout_class,
+        STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED, SourceEntry, TCP_CLOSE,
+        TCP_ESTABLISHED, TCP_TIME_WAIT, TIMEOUTS, UNREPLIED, icmp_kind, is_validated, originator,
+        other_step, quoted_flow, read_segment, tcp_open, tcp_step, timeout_class,
     },
     packet::{
         Bytes, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, MAX_L4_OFFSET, Packet,
@@ -27,7 +27,7 @@ use palisade_common::{
     },
 };
 
-use crate::maps::{CT_CONFIG, CT_EST, CT_NEW, CT_PENDING, CT_STATS, bump};
+use crate::maps::{CT_CONFIG, CT_EST, CT_NEW, CT_PENDING, CT_SOURCES, CT_STATS, bump};
 
 /// A new flow's entry, waiting for the packet's verdict (one per CPU, XDP only).
 #[repr(C)]
@@ -253,7 +253,7 @@ fn find(key: &CtKey, cfg: &CtConfig, t: u64) -> Option<(*mut CtEntry, Table)> {
         None => (CT_NEW.get_ptr_mut(key)?, Table::New),
     };
     // SAFETY: a live map value, read once.
-    let (last, state) = unsafe { ((*e).last_ns, (*e).state) };
+    let (last, state, flags) = unsafe { ((*e).last_ns, (*e).state, (*e).flags) };
     let class = timeout_class(key.proto, state);
     let timeout = if class < TIMEOUTS {
         cfg.timeout_ns[class]
@@ -263,9 +263,10 @@ fn find(key: &CtKey, cfg: &CtConfig, t: u64) -> Option<(*mut CtEntry, Table)> {
     if t > last && t - last > timeout {
         // Counted only when this packet removed it (the sweep may be at it too).
         let _ = match table {
-            Table::Est => CT_EST
-                .remove(key)
-                .map(|()| bump(&CT_STATS, CS_EXPIRED_LOOKUP_EST)),
+            Table::Est => CT_EST.remove(key).map(|()| {
+                bump(&CT_STATS, CS_EXPIRED_LOOKUP_EST);
+                release_source(key, flags);
+            }),
             Table::New => CT_NEW
                 .remove(key)
                 .map(|()| bump(&CT_STATS, CS_EXPIRED_LOOKUP_NEW)),
@@ -300,6 +301,12 @@ fn promote(key: &CtKey, e: &CtEntry) {
     if CT_EST.insert(key, e, 0).is_ok() {
         bump(&CT_STATS, CS_INSERT_EST);
         bump(&CT_STATS, CS_PROMOTED);
+        if e.flags & ENTRY_LOCAL == 0
+            && let Some(s) = CT_SOURCES.get_ptr_mut(&originator(key, e))
+        {
+            // SAFETY: a live map value; see `CT_SOURCES` on races.
+            unsafe { (*s).flows = (*s).flows.saturating_add(1) };
+        }
         let _ = CT_NEW.remove(key);
     } else {
         bump(&CT_STATS, CS_INSERT_FAIL_EST);
@@ -359,8 +366,11 @@ pub fn commit() {
         bump(&CT_STATS, CS_REOPENED);
         if pending.reopens == 2 {
             // The closed flow leaves the validated table; the new one starts unvalidated.
+            // SAFETY: a live map value, read once.
+            let flags = unsafe { CT_EST.get(&pending.key) }.map_or(ENTRY_LOCAL, |e| e.flags);
             if CT_EST.remove(&pending.key).is_ok() {
                 bump(&CT_STATS, CS_REOPENED_EST);
+                release_source(&pending.key, flags);
             }
             insert_new(pending);
         } else if CT_NEW.insert(&pending.key, &pending.entry, 0).is_err() {
@@ -396,4 +406,65 @@ fn insert_new(pending: &Pending) {
         Err(EEXIST) => {}
         Err(_) => bump(&CT_STATS, CS_INSERT_FAIL_NEW),
     }
+}
+
+/// A validated flow opened from the outside left its table: one flow less for its source.
+#[inline(always)]
+pub fn release_source(key: &CtKey, flags: u8) {
+    if flags & ENTRY_LOCAL != 0 {
+        return;
+    }
+    let src = if flags & ENTRY_ORIG_B != 0 {
+        key.b
+    } else {
+        key.a
+    };
+    if let Some(s) = CT_SOURCES.get_ptr_mut(&src) {
+        // SAFETY: a live map value; see `CT_SOURCES` on races.
+        unsafe { (*s).flows = (*s).flows.saturating_sub(1) };
+    }
+}
+
+/// The per-source limits of `[conntrack]` for the new flow [`track`] prepared from an outside
+/// packet `p`: false when its source is over a limit (the flow is then not inserted). A source
+/// met for the first time gets a full bucket.
+#[inline(never)]
+pub fn admit(p: &Packet) -> bool {
+    let Some(pending) = CT_PENDING.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot, see `track`.
+    let pending = unsafe { &mut *pending };
+    if pending.armed == 0 {
+        return true;
+    }
+    let Some(cfg) = CT_CONFIG.get(0) else {
+        return true;
+    };
+    let (max, rate) = (cfg.max_per_source, cfg.new_per_source);
+    if max == 0 && rate == 0 {
+        return true;
+    }
+    let src = p.src_words();
+    let t = now();
+    let ok = match CT_SOURCES.get_ptr_mut(&src) {
+        Some(s) => {
+            // SAFETY: a live map value; see `CT_SOURCES` on races.
+            let s = unsafe { &mut *s };
+            (max == 0 || s.flows < max) && (rate == 0 || s.take_token(rate, t))
+        }
+        None => {
+            let fresh = SourceEntry {
+                flows: 0,
+                tokens: rate.saturating_sub(1),
+                refill_ns: t,
+            };
+            let _ = CT_SOURCES.insert(&src, &fresh, 0);
+            true
+        }
+    };
+    if !ok {
+        pending.armed = 0;
+    }
+    ok
 }

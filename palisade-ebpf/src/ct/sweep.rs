@@ -122,7 +122,11 @@ extern "C" fn visit(
     let flush = !expired && w.req.op == SWEEP_FLUSH && w.req.matches(k, e);
     if expired || flush {
         // SAFETY: deleting the element being visited is allowed for hash maps.
+        let flags = e.flags;
         if unsafe { bpf_map_delete_elem(map, key) } == 0 {
+            if table == TABLE_EST {
+                super::release_source(k, flags);
+            }
             if expired {
                 census.expired[table] += 1;
             } else {

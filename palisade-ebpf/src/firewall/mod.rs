@@ -5,6 +5,7 @@ mod ratelimit;
 
 use aya_ebpf::programs::XdpContext;
 use palisade_common::{
+    conntrack::STATE_OVER_LIMIT,
     dns::maps::{MODE_OFF, SCOPE_INGRESS, SCOPES},
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, DEFAULT_SLOT, FRAGMENTS_DROP,
@@ -94,6 +95,15 @@ pub fn run_rules(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: per-CPU slot written by the earlier stages of this packet.
     let p = unsafe { (*s).packet };
+    if p.ct_state & STATE_OVER_LIMIT != 0 {
+        let d = Decision {
+            reason: reason::CT_LIMIT,
+            rule: NO_RULE,
+            generation,
+            log: true,
+        };
+        return verdict::drop(ctx, Some(&p), &d);
+    }
     decide(ctx, generation, header, &p, true)
 }
 

@@ -205,14 +205,7 @@ pub fn walk(ebpf: &Ebpf, mut f: impl FnMut(&CtKey, &CtEntry, &'static str)) -> R
 /// The address that opened the flow of an entry.
 #[must_use]
 pub fn originator(k: &CtKey, e: &CtEntry) -> IpAddr {
-    addr_of(
-        k.family,
-        if e.flags & ENTRY_ORIG_B != 0 {
-            &k.b
-        } else {
-            &k.a
-        },
-    )
+    addr_of(k.family, &palisade_common::conntrack::originator(k, e))
 }
 
 /// Where every entry the datapath inserted has gone, from the tracker's counters and a

@@ -230,6 +230,8 @@
 //! | `enabled` | boolean: `false` keeps tracking off even though the section is present; then `stateful = true` and `state` are errors | `true` |
 //! | `max_entries` | integer `1024..=16777216`: capacity of the table of validated flows (a completed handshake, an answered datagram); only validated flows enter it, so a flood of spoofed packets cannot evict them | `262144` |
 //! | `max_unvalidated` | integer `1024..=4194304`: capacity of the table of flows not validated yet (a SYN, an unanswered UDP datagram or echo request); least recently used entries make room when it is full | `65536` |
+//! | `max_per_source` | integer `0..=1000000`: validated flows one outside address may have open at once; a new flow over it is dropped (reason `conn-limit`); `0` for no limit | `0` |
+//! | `new_per_source` | integer `0..=1000000`: new flows one outside address may open per second (bursts of as many); over it they are dropped (reason `conn-limit`); `0` for no limit | `0` |
 //! | `tcp_syn` | seconds a TCP handshake may take | `60` |
 //! | `tcp_established` | seconds an idle established TCP connection is kept | `21600` (6 h) |
 //! | `tcp_closing` | seconds a TCP connection may take to close after the first FIN | `120` |
@@ -257,10 +259,10 @@ use palisade_common::conntrack::{STATE_NAMES, TIMEOUT_NAMES, TIMEOUTS};
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
 use super::model::{
-    Action, AddrMatch, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE, CT_TIMEOUT_RANGE_S, Cidr,
-    Conntrack, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy,
-    IcmpMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate,
-    RateLimit, RatePer, Rule, TcpFlags,
+    Action, AddrMatch, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE, CT_PER_SOURCE_RANGE,
+    CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Family,
+    Firewall, FragmentPolicy, IcmpMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange,
+    Protocol, QueryRate, RateLimit, RatePer, Rule, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 use super::setfile::{family_name, parse_cidr, parse_set_file};
@@ -359,6 +361,8 @@ stateful = true          # packets of established and related connections pass f
 # enabled = true
 # max_entries = 262144        # connections tracked once validated (answered)
 # max_unvalidated = 65536     # flows not answered yet (SYNs, lone UDP); least recent go
+# max_per_source = 0          # open flows per outside address (0: no limit)
+# new_per_source = 0          # new flows per second per outside address (0: no limit)
 # tcp_syn = 60                # timeouts, in seconds
 # tcp_established = 21600
 # tcp_closing = 120
@@ -713,15 +717,18 @@ const EGRESS_KEYS: &[&str] = &[
 const QUERY_RATE_KEYS: &[&str] = &["qps", "burst"];
 const LIST_KEYS: &[&str] = &["files", "names", "subdomains", "entry"];
 const LIST_ENTRY_KEYS: &[&str] = &["name", "qtypes", "max_entropy", "expires"];
-/// `[conntrack]`: the switch, the two capacities, then every timeout by its name.
-const CONNTRACK_KEYS: [&str; 3 + TIMEOUTS] = {
-    let mut keys = [""; 3 + TIMEOUTS];
+/// `[conntrack]`: the switch, the two capacities, the per-source limits, then every timeout
+/// by its name.
+const CONNTRACK_KEYS: [&str; 5 + TIMEOUTS] = {
+    let mut keys = [""; 5 + TIMEOUTS];
     keys[0] = "enabled";
     keys[1] = "max_entries";
     keys[2] = "max_unvalidated";
+    keys[3] = "max_per_source";
+    keys[4] = "new_per_source";
     let mut i = 0;
     while i < TIMEOUTS {
-        keys[3 + i] = TIMEOUT_NAMES[i];
+        keys[5 + i] = TIMEOUT_NAMES[i];
         i += 1;
     }
     keys
@@ -1623,6 +1630,12 @@ impl Checker<'_> {
         }
         if let Some(n) = capacity(self, "max_unvalidated", &CT_MAX_UNVALIDATED_RANGE) {
             ct.max_unvalidated = n;
+        }
+        if let Some(n) = capacity(self, "max_per_source", &CT_PER_SOURCE_RANGE) {
+            ct.max_per_source = n;
+        }
+        if let Some(n) = capacity(self, "new_per_source", &CT_PER_SOURCE_RANGE) {
+            ct.new_per_source = n;
         }
         for (class, key) in TIMEOUT_NAMES.iter().enumerate() {
             let Some(node) = view.get(key) else { continue };
@@ -2600,6 +2613,8 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     timeouts_s: palisade_common::conntrack::DEFAULT_TIMEOUTS_S,
                     max_entries: 262_144,
                     max_unvalidated: 65_536,
+                    max_per_source: 0,
+                    new_per_source: 0,
                     line: 0,
                 },
             }
@@ -3759,7 +3774,7 @@ tcp_flags = "syn"
                 }
             })
             .collect();
-        assert_eq!(uncommented, 3 + TIMEOUTS);
+        assert_eq!(uncommented, CONNTRACK_KEYS.len());
         let explicit = parse(&text).expect("uncommented default policy is valid");
         assert_eq!(explicit, default_policy());
     }
@@ -3808,6 +3823,8 @@ tcp_flags = "syn"
                 "enabled",
                 "max_entries",
                 "max_unvalidated",
+                "max_per_source",
+                "new_per_source",
                 "tcp_syn",
                 "tcp_established",
                 "tcp_closing",
@@ -3893,6 +3910,8 @@ action = "allow"
 enabled = true
 max_entries = 16777216
 max_unvalidated = 1024
+max_per_source = 100
+new_per_source = 1000000
 tcp_syn = 1
 tcp_established = 2592000
 tcp_closing = 3
@@ -3926,6 +3945,8 @@ other = 9
                 timeouts_s: timeouts,
                 max_entries: 16_777_216,
                 max_unvalidated: 1024,
+                max_per_source: 100,
+                new_per_source: 1_000_000,
                 line: 2,
             }
         );
@@ -4046,22 +4067,24 @@ other = 9
                 ],
             ),
             (
-                "[conntrack]\nmax_entries = 1023\nmax_unvalidated = 4194305\nenabled = 0\n"
+                "[conntrack]\nmax_entries = 1023\nmax_unvalidated = 4194305\nenabled = 0\n\
+                 new_per_source = -1\n"
                     .to_owned(),
                 vec![
                     "p.toml:2:15: `max_entries` must be between 1024 and 16777216, found 1023",
                     "p.toml:3:19: `max_unvalidated` must be between 1024 and 4194304, found \
                      4194305",
                     "p.toml:4:11: `enabled` must be true or false, found an integer",
+                    "p.toml:5:18: `new_per_source` must be between 0 and 1000000, found -1",
                 ],
             ),
             (
                 "[conntrack]\ntcp_establish = 60\n".to_owned(),
                 vec![
                     "p.toml:2:1: unknown key `tcp_establish` in [conntrack]; expected one of \
-                     `enabled`, `max_entries`, `max_unvalidated`, `tcp_syn`, `tcp_established`, \
-                     `tcp_closing`, `tcp_time_wait`, `tcp_close`, `udp`, `udp_replied`, `icmp`, \
-                     `other`",
+                     `enabled`, `max_entries`, `max_unvalidated`, `max_per_source`, \
+                     `new_per_source`, `tcp_syn`, `tcp_established`, `tcp_closing`, \
+                     `tcp_time_wait`, `tcp_close`, `udp`, `udp_replied`, `icmp`, `other`",
                 ],
             ),
             (

@@ -24,6 +24,8 @@ pub fn ct_config(policy: &Policy) -> CtConfig {
     CtConfig {
         timeout_ns,
         version: ENTRY_VERSION,
+        max_per_source: policy.conntrack.max_per_source,
+        new_per_source: policy.conntrack.new_per_source,
         _pad: 0,
     }
 }

@@ -181,6 +181,8 @@ pub const CT_MAX_ENTRIES_RANGE: std::ops::RangeInclusive<u32> = 1024..=16_777_21
 pub const DEFAULT_CT_MAX_UNVALIDATED: u32 = 65_536;
 /// Bounds of [`Conntrack::max_unvalidated`].
 pub const CT_MAX_UNVALIDATED_RANGE: std::ops::RangeInclusive<u32> = 1024..=4_194_304;
+/// Bounds of [`Conntrack::max_per_source`] and [`Conntrack::new_per_source`] (0: no limit).
+pub const CT_PER_SOURCE_RANGE: std::ops::RangeInclusive<u32> = 0..=1_000_000;
 /// Bounds of every timeout, in seconds (the longest is 30 days).
 pub const CT_TIMEOUT_RANGE_S: std::ops::RangeInclusive<u64> = 1..=2_592_000;
 
@@ -199,6 +201,10 @@ pub struct Conntrack {
     pub max_entries: u32,
     /// Capacity of the LRU table of flows not validated yet.
     pub max_unvalidated: u32,
+    /// Validated flows one outside address may have open at once (0: no limit).
+    pub max_per_source: u32,
+    /// New flows one outside address may open per second (0: no limit).
+    pub new_per_source: u32,
     /// 1-based line of the `[conntrack]` section (0 when absent or built in code).
     pub line: usize,
 }
@@ -212,6 +218,8 @@ impl Default for Conntrack {
             timeouts_s: DEFAULT_TIMEOUTS_S,
             max_entries: DEFAULT_CT_MAX_ENTRIES,
             max_unvalidated: DEFAULT_CT_MAX_UNVALIDATED,
+            max_per_source: 0,
+            new_per_source: 0,
             line: 0,
         }
     }
