@@ -498,6 +498,29 @@ pub fn map_next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> 
     }
 }
 
+/// Every key of a hash map, one after the other (each the map's key size). The walk is
+/// bounded by hand: an entry deleted under it restarts it from the first key (the kernel's
+/// rule), so a busy map could otherwise keep it going.
+///
+/// # Errors
+/// When `fd` is not a map.
+pub fn map_keys(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let (_, _, key_size, _, max, _) = map_info(fd)?;
+    let key_size = key_size as usize;
+    let mut keys: Vec<u8> = Vec::new();
+    let mut next = vec![0u8; key_size];
+    let mut budget = 4 * u64::from(max) + 16;
+    while budget > 0 {
+        budget -= 1;
+        let last = keys.len().checked_sub(key_size).map(|at| &keys[at..]);
+        if !map_next_key(fd, last, &mut next)? {
+            break;
+        }
+        keys.extend_from_slice(&next);
+    }
+    Ok(keys)
+}
+
 /// `BPF_MAP_LOOKUP_ELEM` into `value`; false when the key is absent.
 ///
 /// # Errors

@@ -250,24 +250,11 @@ fn copy_one(
     since: Option<u64>,
     done: &mut Copied,
 ) -> Result<()> {
-    let mut key = vec![0u8; s.key_size];
-    let mut next = vec![0u8; s.key_size];
     let mut value = vec![0u8; s.value_size];
     let mut have = vec![0u8; size_of::<CtEntry>()];
-    let mut first = true;
-    // Keys are walked in the kernel's order; an entry deleted under the walk restarts it from
-    // the first key (the kernel's rule), so the number of steps is bounded by hand.
-    let mut budget = 4 * u64::from(pin::map_info(s.fd.as_fd())?.4) + 16;
-    while budget > 0 {
-        budget -= 1;
-        let more = pin::map_next_key(s.fd.as_fd(), (!first).then_some(&key[..]), &mut next)
-            .with_context(|| format!("walking {}", s.origin))?;
-        if !more {
-            break;
-        }
-        first = false;
-        key.copy_from_slice(&next);
-        if !pin::map_lookup(s.fd.as_fd(), &key, &mut value)? {
+    let keys = pin::map_keys(s.fd.as_fd()).with_context(|| format!("walking {}", s.origin))?;
+    for key in keys.chunks_exact(s.key_size.max(1)) {
+        if !pin::map_lookup(s.fd.as_fd(), key, &mut value)? {
             continue;
         }
         if s.key_size != size_of::<CtKey>() {
@@ -280,12 +267,12 @@ fn copy_one(
         };
         // SAFETY: the key size was checked; a plain-data key.
         let k: CtKey = unsafe { std::ptr::read_unaligned(key.as_ptr().cast()) };
-        if s.table == Table::Unvalidated && pin::map_lookup(est.as_fd(), &key, &mut have)? {
+        if s.table == Table::Unvalidated && pin::map_lookup(est.as_fd(), key, &mut have)? {
             // Validated since, by the new programs.
             done.kept += 1;
             continue;
         }
-        if pin::map_lookup(into.as_fd(), &key, &mut have)? {
+        if pin::map_lookup(into.as_fd(), key, &mut have)? {
             // SAFETY: `have` holds a whole entry read from a table of this build.
             let cur: CtEntry = unsafe { std::ptr::read_unaligned(have.as_ptr().cast()) };
             let current = match since {
@@ -314,7 +301,7 @@ fn copy_one(
         let bytes: &[u8] = unsafe {
             std::slice::from_raw_parts((&raw const entry).cast::<u8>(), size_of::<CtEntry>())
         };
-        match pin::map_update(into.as_fd(), &key, bytes, 0) {
+        match pin::map_update(into.as_fd(), key, bytes, 0) {
             Ok(()) => done.copied += 1,
             Err(e) if e.raw_os_error() == Some(libc::E2BIG) => done.full += 1,
             Err(e) => {
@@ -346,21 +333,10 @@ fn source(
     })
 }
 
-/// Entries in a table (walked; bounded by its capacity).
+/// Entries in a table (walked).
 fn count(fd: &OwnedFd) -> Result<u64> {
-    let (_, _, key, _, max, _) = pin::map_info(fd.as_fd())?;
-    let mut k = vec![0u8; key as usize];
-    let mut next = vec![0u8; key as usize];
-    let mut n = 0u64;
-    let mut first = true;
-    while n <= u64::from(max)
-        && pin::map_next_key(fd.as_fd(), (!first).then_some(&k[..]), &mut next)?
-    {
-        first = false;
-        k.copy_from_slice(&next);
-        n += 1;
-    }
-    Ok(n)
+    let key_size = pin::map_info(fd.as_fd())?.2.max(1) as usize;
+    Ok((pin::map_keys(fd.as_fd())?.len() / key_size) as u64)
 }
 
 /// The entry version recorded in a pinned `CT_CONFIG`; this build's when it holds none
