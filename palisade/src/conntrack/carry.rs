@@ -276,10 +276,12 @@ fn copy_one(
             // SAFETY: `have` holds a whole entry read from a table of this build.
             let cur: CtEntry = unsafe { std::ptr::read_unaligned(have.as_ptr().cast()) };
             let current = match since {
-                // Before the switch the old tables are the truth: a newer old entry wins.
-                None => cur.last_ns >= entry.last_ns,
-                // After it, only an old entry that moved on since the copy matters.
-                Some(t) => entry.last_ns <= t,
+                // Before the switch the old tables are the truth. (Timestamps cannot tell:
+                // the coarse clock gives updates within one tick the same time.)
+                None => false,
+                // After it, only an old entry that may have moved on since the refresh
+                // matters; one stamped in the refresh's own tick may have, so it counts.
+                Some(t) => entry.last_ns < t,
             };
             if current {
                 done.kept += 1;
