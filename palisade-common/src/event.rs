@@ -88,6 +88,84 @@ pub struct DnsEvent {
     pub list: u16,
     /// Case-folded wire-format question name.
     pub name: [u8; 256],
-    pub _pad: [u8; 4],
+    /// Why this event was sent while its scope is over the event budget:
+    /// [`DNS_SENT_IN_BUDGET`], [`DNS_SENT_FIRST`] or [`DNS_SENT_SAMPLE`].
+    pub sent: u8,
+    pub _pad: [u8; 3],
 }
 map_type!(DnsEvent, 352);
+
+/// [`DnsEvent::sent`]: within the event budget, every query is an event.
+pub const DNS_SENT_IN_BUDGET: u8 = 0;
+/// [`DnsEvent::sent`]: over the budget, the first query of its name (with this scope,
+/// verdict and reason) in the current summary interval; later ones are only counted.
+pub const DNS_SENT_FIRST: u8 = 1;
+/// [`DnsEvent::sent`]: over the budget, one of every `event_sample` aggregated queries.
+pub const DNS_SENT_SAMPLE: u8 = 2;
+
+/// Capacity of the kernel's `DNS_EVENT_NAMES` map: the distinct names (per scope, verdict
+/// and reason) an interval of aggregation remembers; past it the least recently used name is
+/// forgotten and its next query is reported in full again.
+pub const DNS_AGG_NAMES: u32 = 16_384;
+/// Capacity of the kernel's `DNS_EVENT_CLIENTS` map: the distinct (name, client) counts of
+/// one interval. An LRU: past it, the least recently used count is lost (the global
+/// `events_aggregated` counter still has every query).
+pub const DNS_AGG_CLIENTS: u32 = 65_536;
+/// How often the daemon turns the aggregated counts into summary events.
+pub const DNS_SUMMARY_INTERVAL_MS: u64 = 1_000;
+
+/// Per-CPU state of the DNS event budget.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsEventBudget {
+    /// GCRA theoretical arrival time of the next full event, `bpf_ktime_get_ns` clock.
+    pub tat_ns: u64,
+    /// Aggregated queries until the next sample.
+    pub until_sample: u32,
+    pub _pad: [u8; 4],
+}
+map_type!(DnsEventBudget, 16);
+
+/// Key of the aggregated names: one name with one outcome in one summary interval.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DnsAggName {
+    /// Keyed hash of the case-folded wire name (the secret of the name hashes).
+    pub hash: [u64; 2],
+    pub reason: u32,
+    /// Wire length of the name.
+    pub name_len: u16,
+    pub scope: u8,
+    pub verdict: u8,
+    /// The summary interval: the kernel's `DNS_EVENT_EPOCH` when the query was counted. The
+    /// daemon advances it, then collects the interval before.
+    pub epoch: u32,
+    pub _pad: [u8; 4],
+}
+map_type!(DnsAggName, 32);
+
+/// Value of the aggregated names: what a summary needs to show the name.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsAggNameInfo {
+    /// `bpf_ktime_get_ns` of the first aggregated query.
+    pub first_ns: u64,
+    pub qtype: u16,
+    /// List of the deciding entry, `u16::MAX` for none.
+    pub list: u16,
+    pub generation: u32,
+    /// Case-folded wire name.
+    pub name: [u8; 256],
+}
+map_type!(DnsAggNameInfo, 272);
+
+/// Key of the aggregated counts: a name's key and one client.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DnsAggClient {
+    pub name: DnsAggName,
+    pub client: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 7],
+}
+map_type!(DnsAggClient, 56);

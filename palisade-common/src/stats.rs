@@ -16,8 +16,12 @@ pub const INTERNAL: u32 = 5;
 pub const FRAGMENTS: u32 = 6;
 /// Packets answered in place (DNS NXDOMAIN with `XDP_TX`).
 pub const ANSWERED: u32 = 7;
+/// DNS queries over the event budget: counted in the aggregate maps instead of sent.
+pub const EVENTS_AGGREGATED: u32 = 8;
+/// Aggregated DNS queries still sent in full as samples (`[dns] event_sample`).
+pub const EVENTS_SAMPLED: u32 = 9;
 /// Size of the `STATS` array.
-pub const COUNT: u32 = 8;
+pub const COUNT: u32 = 10;
 
 /// Stable names, indexed by counter.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -29,4 +33,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "internal_errors",
     "fragments",
     "answered",
+    "events_aggregated",
+    "events_sampled",
 ];

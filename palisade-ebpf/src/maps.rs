@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
     event::EVENT_WAKEUP_BYTES,
@@ -148,6 +148,35 @@ pub static DNS_SCRATCH: PerCpuArray<crate::dns::inspect::Scratch> =
 /// per scratch slot.
 #[map]
 pub static DNS_EVENT_SCRATCH: PerCpuArray<palisade_common::event::DnsEvent> =
+    PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// Per-CPU state of the DNS event budget (see `report::aggregate`).
+#[map]
+pub static DNS_EVENT_BUDGET: PerCpuArray<palisade_common::event::DnsEventBudget> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// The current summary interval of the DNS aggregate maps, advanced by the daemon.
+#[map]
+pub static DNS_EVENT_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Names aggregated over the event budget, in the current and the last interval; capacity
+/// [`palisade_common::event::DNS_AGG_NAMES`].
+#[map]
+pub static DNS_EVENT_NAMES: LruHashMap<
+    palisade_common::event::DnsAggName,
+    palisade_common::event::DnsAggNameInfo,
+> = LruHashMap::with_max_entries(palisade_common::event::DNS_AGG_NAMES, 0);
+
+/// Aggregated query counts per name and client, per CPU; capacity
+/// [`palisade_common::event::DNS_AGG_CLIENTS`].
+#[map]
+pub static DNS_EVENT_CLIENTS: LruPerCpuHashMap<palisade_common::event::DnsAggClient, u64> =
+    LruPerCpuHashMap::with_max_entries(palisade_common::event::DNS_AGG_CLIENTS, 0);
+
+/// Per-CPU working space of the event budget (keys, a new name's value), one slot per
+/// scratch slot.
+#[map]
+pub static DNS_AGG_SCRATCH: PerCpuArray<crate::dns::report::AggScratch> =
     PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
 /// How many egress inspections are running on this CPU (a softirq can send, and so run the

@@ -129,6 +129,8 @@ struct Daemon {
     ct_census: Option<palisade_common::conntrack::CtCensus>,
     /// Sweeps that failed (logged once each).
     ct_sweep_errors: u64,
+    /// Reads the DNS queries aggregated over the event budget.
+    summaries: Option<crate::dns::summary::Collector>,
 }
 
 impl Daemon {
@@ -214,6 +216,13 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         eprintln!("palisade: {n}");
     }
     let (events_tx, _) = broadcast::channel(4096);
+    let summaries = match crate::dns::summary::Collector::open(&dp.ebpf) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!(error = %e, "DNS summaries unavailable");
+            None
+        }
+    };
     let mut d = Daemon {
         dp,
         args: args.clone(),
@@ -233,6 +242,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         events: events_tx.clone(),
         ct_census: None,
         ct_sweep_errors: 0,
+        summaries,
     };
     d.install(&policy).context("installing the policy")?;
     let attach_notes = d.dp.attach(&opts, &policy)?;
@@ -330,8 +340,15 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     let mut ct_tick =
         tokio::time::interval(Duration::from_millis(crate::conntrack::SWEEP_INTERVAL_MS));
     ct_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summary_tick = tokio::time::interval(Duration::from_millis(
+        palisade_common::event::DNS_SUMMARY_INTERVAL_MS,
+    ));
+    summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
         tokio::select! {
+            _ = summary_tick.tick() => {
+                d.summarize(false);
+            }
             _ = ct_tick.tick() => {
                 d.sweep_connections();
             }
@@ -375,6 +392,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         }
     };
     d.drain(ring.get_mut());
+    d.summarize(true);
     d.print_summary();
     let unload = matches!(exit, Exit::Unload(..)) || args.unload_on_exit;
     let result = if unload {
@@ -900,20 +918,55 @@ impl Daemon {
             } else {
                 continue;
             };
-            if !self.args.quiet {
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    if self.args.json {
-                        &line.json
-                    } else {
-                        &line.text
-                    }
-                );
+            self.publish(&mut out, line, subscribers);
+        }
+        let _ = out.flush();
+    }
+
+    /// Prints an event (unless `--quiet`) and sends it to `palisade events` clients.
+    fn publish(&self, out: &mut impl std::io::Write, line: EventLine, subscribers: bool) {
+        if !self.args.quiet {
+            let _ = writeln!(
+                out,
+                "{}",
+                if self.args.json {
+                    &line.json
+                } else {
+                    &line.text
+                }
+            );
+        }
+        if subscribers {
+            let _ = self.events.send(Arc::new(line));
+        }
+    }
+
+    /// Turns the DNS queries counted over the event budget into `dns_summary` events: the
+    /// intervals before the one just closed, or with `all` every interval (at exit).
+    fn summarize(&mut self, all: bool) {
+        let Some(c) = self.summaries.as_mut() else {
+            return;
+        };
+        let collected = if all { c.collect_all() } else { c.collect() };
+        let collected = match collected {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "collecting DNS summaries");
+                return;
             }
-            if subscribers {
-                let _ = self.events.send(Arc::new(line));
-            }
+        };
+        let subscribers = self.events.receiver_count() > 0;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for s in collected.summaries {
+            let line = EventLine {
+                kind: "dns",
+                verdict: s.verdict.to_string(),
+                names: vec![s.name.clone()],
+                json: serde_json::to_string(&s).unwrap_or_default(),
+                text: s.to_string(),
+            };
+            self.publish(&mut out, line, subscribers);
         }
         let _ = out.flush();
     }

@@ -124,6 +124,10 @@ pub struct DnsDecision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
     pub generation: u32,
+    /// Over the event budget: `first` (the name's first query in the summary interval) or
+    /// `sample`; absent within the budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<&'static str>,
 }
 
 /// Decodes a DNS event record.
@@ -175,6 +179,11 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
         comm: egress.then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
         cgroup_id: egress.then_some(e.cgroup_id),
         generation: e.generation,
+        sent: match e.sent {
+            palisade_common::event::DNS_SENT_FIRST => Some("first"),
+            palisade_common::event::DNS_SENT_SAMPLE => Some("sample"),
+            _ => None,
+        },
     })
 }
 
@@ -245,6 +254,9 @@ impl std::fmt::Display for DnsDecision {
         }
         if let Some(cg) = self.cgroup_id {
             write!(f, " cgroup={cg}")?;
+        }
+        if let Some(sent) = self.sent {
+            write!(f, " sent={sent}")?;
         }
         Ok(())
     }

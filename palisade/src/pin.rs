@@ -419,6 +419,8 @@ const BPF_MAP_GET_NEXT_KEY: u32 = 4;
 const BPF_OBJ_PIN: u32 = 6;
 const BPF_OBJ_GET: u32 = 7;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+const BPF_MAP_LOOKUP_BATCH: u32 = 24;
+const BPF_MAP_DELETE_BATCH: u32 = 27;
 const BPF_LINK_UPDATE: u32 = 29;
 const BPF_LINK_DETACH: u32 = 34;
 
@@ -440,6 +442,9 @@ impl Attr {
     }
     fn put_u64(&mut self, at: usize, v: u64) {
         self.0[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn get_u32(&self, at: usize) -> u32 {
+        u32::from_ne_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
     }
 }
 
@@ -548,6 +553,73 @@ pub fn map_update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> i
     a.put_u64(16, value.as_ptr() as u64);
     a.put_u64(24, flags);
     sys_bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(drop)
+}
+
+/// Every entry of a hash map, read `chunk` entries per `BPF_MAP_LOOKUP_BATCH` call: the keys
+/// and the values one after the other (each the map's key or value size), as many of each.
+/// Not a snapshot: entries added or removed during the walk may or may not be seen.
+///
+/// # Errors
+/// When `fd` is not a hash map, or the sizes do not match.
+pub fn map_entries_batch(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    chunk: u32,
+) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    let mut cursor = [0u64; 1];
+    let mut first = true;
+    let mut kbuf = vec![0u8; key_size * chunk as usize];
+    let mut vbuf = vec![0u8; value_size * chunk as usize];
+    loop {
+        let mut a = Attr::new();
+        let in_batch = if first { 0 } else { cursor.as_ptr() as u64 };
+        a.put_u64(0, in_batch);
+        a.put_u64(8, cursor.as_mut_ptr() as u64);
+        a.put_u64(16, kbuf.as_mut_ptr() as u64);
+        a.put_u64(24, vbuf.as_mut_ptr() as u64);
+        a.put_u32(32, chunk);
+        a.put_u32(36, fd.as_raw_fd() as u32);
+        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
+        let n = a.get_u32(32) as usize;
+        keys.extend_from_slice(&kbuf[..n * key_size]);
+        values.extend_from_slice(&vbuf[..n * value_size]);
+        match r {
+            Ok(_) => first = false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((keys, values)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Deletes `keys` (each `key_size` bytes) with `BPF_MAP_DELETE_BATCH`; a key already gone
+/// (evicted from an LRU map meanwhile) is skipped. Returns how many were deleted.
+///
+/// # Errors
+/// When `fd` is not a map, or the sizes do not match.
+pub fn map_delete_batch(fd: BorrowedFd<'_>, keys: &[u8], key_size: usize) -> io::Result<usize> {
+    let total = keys.len() / key_size;
+    let mut at = 0;
+    let mut deleted = 0;
+    while at < total {
+        let mut a = Attr::new();
+        a.put_u64(16, keys[at * key_size..].as_ptr() as u64);
+        a.put_u32(32, (total - at) as u32);
+        a.put_u32(36, fd.as_raw_fd() as u32);
+        let r = sys_bpf(BPF_MAP_DELETE_BATCH, &mut a);
+        let n = a.get_u32(32) as usize;
+        deleted += n;
+        at += n;
+        match r {
+            Ok(_) => {}
+            // The key at `at` is gone: skip it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => at += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
 }
 
 /// What the kernel says about a link.

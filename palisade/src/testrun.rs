@@ -196,6 +196,17 @@ impl Bench {
         self.events.as_ref().map(AsRawFd::as_raw_fd)
     }
 
+    /// Takes the event ring out, for a reader of its own (the benchmarks read it on another
+    /// thread, as the daemon does); [`Self::put_events`] gives it back.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Gives back a ring taken with [`Self::take_events`].
+    pub fn put_events(&mut self, ring: RingBuf<MapData>) {
+        self.events = Some(ring);
+    }
+
     /// Runs the firewall once on `frame` and returns the XDP action.
     ///
     /// # Errors

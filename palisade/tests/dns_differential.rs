@@ -387,6 +387,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
+            events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             ingress: Some(scope.clone()),
             egress: Some(DnsEgress {
@@ -626,6 +627,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
+            events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             ingress: Some(scope.clone()),
             egress: None,

@@ -92,6 +92,7 @@ fn policy(
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
+            events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             ingress,
             egress: egress.map(|scope| DnsEgress {

@@ -138,6 +138,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
+            events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: ports.to_vec(),
             ingress: scope,
             egress: None,

@@ -101,8 +101,17 @@ map_type!(ScopeConfig, 24);
 pub struct DnsGlobal {
     /// Destination ports carrying DNS; 0 marks an unused slot.
     pub ports: [u16; MAX_PORTS],
+    /// Event budget per CPU (GCRA): one full event per this many ns; 0 = never aggregate
+    /// (see `crate::event::DnsAggName`).
+    pub event_interval_ns: u64,
+    /// How far ahead of now the budget may run: a burst of `tolerance / interval + 1` events.
+    pub event_tolerance_ns: u64,
+    /// Over the budget, every this many aggregated queries on a CPU one is still sent in
+    /// full (a sample); 0 = never.
+    pub event_sample: u32,
+    pub _pad: [u8; 4],
 }
-map_type!(DnsGlobal, 16);
+map_type!(DnsGlobal, 40);
 
 impl DnsGlobal {
     #[inline(always)]

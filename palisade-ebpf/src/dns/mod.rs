@@ -4,4 +4,4 @@ pub mod egress;
 pub mod ingress;
 pub mod inspect;
 mod nxdomain;
-mod report;
+pub mod report;

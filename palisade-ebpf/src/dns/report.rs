@@ -1,18 +1,34 @@
 //! DNS counters and events.
+//!
+//! Every reported decision is an event while its CPU is within the event budget
+//! (`[dns] event_rate`). Over the budget a query is counted per (name, verdict, reason,
+//! client) in the aggregate maps instead, which the daemon turns into summary events; the
+//! first query of each name in a summary interval, and one in every `event_sample`, are still
+//! sent in full. See `docs/design/dns.md`.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-    generated::bpf_get_current_cgroup_id,
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::{bpf_get_current_cgroup_id, bpf_loop},
+    },
 };
 use palisade_common::{
-    dns::maps::DNS_STATS_PER_SCOPE,
-    event::{DnsEvent, KIND_DNS},
+    dns::{hash::fmix, maps::DNS_STATS_PER_SCOPE},
+    event::{
+        DNS_SENT_FIRST, DNS_SENT_IN_BUDGET, DNS_SENT_SAMPLE, DnsAggClient, DnsAggNameInfo,
+        DnsEvent, KIND_DNS,
+    },
     stats,
 };
 
-use super::inspect::Decision;
+use super::inspect::{Decision, Scratch};
 use crate::maps::{
-    DNS_EVENT_SCRATCH, DNS_SCRATCH, DNS_STATS, EVENTS, REASON_STATS, STATS, bump, event_flags,
+    DNS_AGG_SCRATCH, DNS_EVENT_BUDGET, DNS_EVENT_CLIENTS, DNS_EVENT_EPOCH, DNS_EVENT_NAMES,
+    DNS_EVENT_SCRATCH, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS, REASON_STATS, STATS,
+    bump, event_flags,
 };
 
 /// Adds one to a scope's DNS counter.
@@ -42,21 +58,36 @@ pub struct Origin {
     pub socket_uid: u32,
 }
 
-/// Emits an event for `d` with `verdict`.
+/// Reports `d` with `verdict`: an event within the budget, a count (and maybe an event) over
+/// it.
 #[inline(always)]
 pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
-    let Some(ev) = DNS_EVENT_SCRATCH.get_ptr_mut(o.slot) else {
-        return;
-    };
     let Some(s) = DNS_SCRATCH.get_ptr(o.slot) else {
         return;
     };
-    // SAFETY: per-CPU scratch values.
-    let (ev, s) = unsafe { (&mut *ev, &*s) };
+    // SAFETY: per-CPU scratch value.
+    let s = unsafe { &*s };
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sent = aggregate(
+        o.slot,
+        o.generation,
+        now,
+        d,
+        u32::from(scope) << 8 | u32::from(verdict),
+    );
+    if sent == COUNTED {
+        return;
+    }
+    let Some(ev) = DNS_EVENT_SCRATCH.get_ptr_mut(o.slot) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch value.
+    let ev = unsafe { &mut *ev };
+    ev.sent = sent;
     ev.kind = KIND_DNS;
     ev.reason = d.reason;
-    // SAFETY: a helper with no preconditions.
-    ev.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    ev.timestamp_ns = now;
     ev.cgroup_id = o.cgroup_id;
     ev.ifindex = o.ifindex;
     ev.generation = o.generation;
@@ -93,16 +124,212 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
         ev.gid = 0;
         ev.comm = [0; 16];
     }
-    // Word copies: a plain array assignment would stage 256 bytes on the stack.
-    let from = s.name.as_ptr().cast::<u64>();
-    let to = ev.name.as_mut_ptr().cast::<u64>();
+    copy_name(&s.name, &mut ev.name);
+    if EVENTS.output::<DnsEvent>(ev, event_flags()).is_err() {
+        bump(&STATS, stats::EVENTS_LOST);
+    }
+}
+
+/// What [`over_budget`] returns when the query was only counted.
+const COUNTED: u8 = u8::MAX;
+
+/// Per-CPU working space of [`aggregate`]: its inputs, its result and the map keys and value
+/// it builds (the hook's own stack is nearly full).
+pub struct AggScratch {
+    key: DnsAggClient,
+    info: DnsAggNameInfo,
+    reason: u32,
+    generation: u32,
+    now: u64,
+    qtype: u16,
+    wire_len: u16,
+    list: u16,
+    scope: u8,
+    verdict: u8,
+}
+
+/// Charges one report to this CPU's event budget. The `DNS_SENT_*` value when the event is
+/// to be sent (within the budget, the first of its name in the interval, or a sample),
+/// [`COUNTED`] when the query was only counted.
+///
+/// A function of its own (a BPF subprogram with its own stack frame): the hooks' frames have
+/// no room left for its keys and spills. It takes scalars and the decision, which already
+/// lives on the hook's stack, so the hook's frame does not grow.
+#[inline(never)]
+fn aggregate(slot: u32, generation: u32, now: u64, d: &Decision, scope_verdict: u32) -> u8 {
+    let (Some(a), Some(s)) = (DNS_AGG_SCRATCH.get_ptr_mut(slot), DNS_SCRATCH.get_ptr(slot)) else {
+        return DNS_SENT_IN_BUDGET;
+    };
+    // SAFETY: per-CPU scratch values.
+    let (a, s) = unsafe { (&mut *a, &*s) };
+    a.reason = d.reason;
+    a.generation = generation;
+    a.now = now;
+    a.qtype = d.qtype;
+    a.wire_len = d.wire_len;
+    a.list = d.list;
+    a.scope = (scope_verdict >> 8) as u8;
+    a.verdict = scope_verdict as u8;
+    over_budget(a, s, slot)
+}
+
+#[inline(always)]
+fn over_budget(a: &mut AggScratch, s: &Scratch, slot: u32) -> u8 {
+    let Some(g) = DNS_GLOBAL.get(a.generation) else {
+        return DNS_SENT_IN_BUDGET;
+    };
+    let interval = g.event_interval_ns;
+    if interval == 0 {
+        return DNS_SENT_IN_BUDGET;
+    }
+    let Some(b) = DNS_EVENT_BUDGET.get_ptr_mut(0) else {
+        return DNS_SENT_IN_BUDGET;
+    };
+    // SAFETY: per-CPU value; hooks nesting on a CPU can only lose an update of it.
+    let b = unsafe { &mut *b };
+    let now = a.now;
+    let tat = if b.tat_ns > now { b.tat_ns } else { now };
+    if tat - now <= g.event_tolerance_ns {
+        b.tat_ns = tat + interval;
+        return DNS_SENT_IN_BUDGET;
+    }
+    bump(&STATS, stats::EVENTS_AGGREGATED);
+    let sample = if g.event_sample == 0 {
+        false
+    } else if b.until_sample <= 1 {
+        b.until_sample = g.event_sample;
+        true
+    } else {
+        b.until_sample -= 1;
+        false
+    };
+    let k = &mut a.key;
+    k.name.hash = name_hash(slot, a.wire_len);
+    k.name.reason = a.reason;
+    k.name.name_len = a.wire_len;
+    k.name.scope = a.scope;
+    k.name.verdict = a.verdict;
+    k.name.epoch = DNS_EVENT_EPOCH.get(0).copied().unwrap_or(0);
+    k.name._pad = [0; 4];
+    k.client = s.packet.src;
+    k.family = s.packet.family;
+    k._pad = [0; 7];
+    // SAFETY: only whether the entry exists is used.
+    let first = if unsafe { DNS_EVENT_NAMES.get(&k.name) }.is_some() {
+        false
+    } else {
+        let v = &mut a.info;
+        v.first_ns = now;
+        v.qtype = a.qtype;
+        v.list = a.list;
+        v.generation = a.generation;
+        copy_name(&s.name, &mut v.name);
+        // Another CPU may have added the name since the lookup: then this query is not
+        // the first.
+        DNS_EVENT_NAMES
+            .insert(&k.name, v, u64::from(BPF_NOEXIST))
+            .is_ok()
+    };
+    count_client(k);
+    if first {
+        DNS_SENT_FIRST
+    } else if sample {
+        bump(&STATS, stats::EVENTS_SAMPLED);
+        DNS_SENT_SAMPLE
+    } else {
+        COUNTED
+    }
+}
+
+/// Adds one to this CPU's (name, client) count (a per-CPU map: no atomics, and no
+/// increments lost between CPUs).
+#[inline(always)]
+fn count_client(key: &DnsAggClient) {
+    if let Some(c) = DNS_EVENT_CLIENTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of the value.
+        unsafe { *c += 1 };
+        return;
+    }
+    // Inserting sets this CPU's slot and zeroes the others. Another CPU may have inserted the
+    // key since the lookup; then this CPU's slot is there, still 0.
+    if DNS_EVENT_CLIENTS
+        .insert(key, &1, u64::from(BPF_NOEXIST))
+        .is_err()
+        && let Some(c) = DNS_EVENT_CLIENTS.get_ptr_mut(key)
+    {
+        // SAFETY: as above.
+        unsafe { *c += 1 };
+    }
+}
+
+/// State of [`name_hash`]'s loop. It lives on the caller's stack and travels by pointer, so
+/// the compiler knows the callback reads and writes it.
+#[repr(C)]
+struct HashCtx {
+    h: [u64; 2],
+    slot: u32,
+    len: u32,
+}
+
+/// Keyed hash of the first `len` bytes of the scratch name of `slot` (the rest of the buffer
+/// holds whatever an earlier query left). Keyed with the name hashes' secret, so a sender
+/// cannot make two names share a count.
+///
+/// One word per `bpf_loop` iteration: a loop in the program itself, with its exit depending on
+/// the name's length, would leave the verifier one state per exit to carry through the rest of
+/// the reporting, at every place a report is made.
+#[inline(always)]
+fn name_hash(slot: u32, len: u16) -> [u64; 2] {
+    let mut c = HashCtx {
+        h: match DNS_KEY.get(0) {
+            Some(k) => [k.k[0], k.k[1]],
+            None => [0, 0],
+        },
+        slot,
+        len: u32::from(len).min(256),
+    };
+    // SAFETY: callback signature as bpf_loop expects; the context is `c`, alive throughout.
+    unsafe {
+        bpf_loop(
+            c.len.div_ceil(8),
+            hash_word as *mut c_void,
+            (&raw mut c).cast(),
+            0,
+        )
+    };
+    let len = u64::from(c.len);
+    [fmix(c.h[0] ^ len), fmix(c.h[1] ^ (len << 8))]
+}
+
+extern "C" fn hash_word(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `name_hash` passes a pointer to its live `HashCtx`.
+    let c = unsafe { &mut *ctx.cast::<HashCtx>() };
+    let Some(s) = DNS_SCRATCH.get_ptr(c.slot) else {
+        return 1;
+    };
+    // The mask keeps the word inside the name for the verifier; `index < 32` anyway.
+    let i = (index & 31) as usize;
+    // SAFETY: word `i < 32` of the 256-byte name of a per-CPU scratch value.
+    let mut w = unsafe { (*s).name.as_ptr().cast::<u64>().add(i).read_unaligned() };
+    let left = (c.len as usize).saturating_sub(i * 8);
+    if left < 8 {
+        w &= (1u64 << ((left & 7) * 8)) - 1;
+    }
+    let x = (c.h[0] ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let y = (c.h[1] ^ w).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    c.h = [x ^ (x >> 32), y ^ (y >> 29)];
+    0
+}
+
+/// Copies a 256-byte name by words: a plain array assignment would stage it on the stack.
+#[inline(always)]
+fn copy_name(from: &[u8; 256], to: &mut [u8; 256]) {
+    let from = from.as_ptr().cast::<u64>();
+    let to = to.as_mut_ptr().cast::<u64>();
     let mut i = 0;
     while i < 32 {
         // SAFETY: 32 words inside both 256-byte arrays.
         unsafe { to.add(i).write_unaligned(from.add(i).read_unaligned()) };
         i += 1;
-    }
-    if EVENTS.output::<DnsEvent>(ev, event_flags()).is_err() {
-        bump(&STATS, stats::EVENTS_LOST);
     }
 }

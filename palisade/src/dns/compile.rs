@@ -194,6 +194,13 @@ pub fn compile(
     }
     let mut out = CompiledDns::default();
     out.global.ports[..dns.ports.len()].copy_from_slice(&dns.ports);
+    if dns.events.rate > 0 {
+        // The burst is one second's worth: `rate` events, then one every interval.
+        let interval = (1_000_000_000 / u64::from(dns.events.rate)).max(1);
+        out.global.event_interval_ns = interval;
+        out.global.event_tolerance_ns = interval * (u64::from(dns.events.rate) - 1);
+        out.global.event_sample = dns.events.sample;
+    }
     let scopes = [
         (SCOPE_INGRESS, dns.ingress.as_ref()),
         (SCOPE_EGRESS, dns.egress.as_ref().map(|e| &e.scope)),

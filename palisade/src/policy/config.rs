@@ -148,6 +148,8 @@
 //! | key | value | default |
 //! | --- | --- | --- |
 //! | `ports` | list of 1 to [`MAX_DNS_PORTS`] distinct destination ports `1..=65535`; UDP and TCP packets to them are taken as DNS | `[53]` |
+//! | `event_rate` | integer `0..=4294967295`: DNS events per second per CPU (a burst of as many), past which queries are aggregated: counted per name, verdict, reason and client and reported as `dns_summary` events every second, with the first query of each name in each second and samples still reported in full (see `docs/design/dns.md`); `0` = never aggregate, every reported query is an event | `1000` ([`DnsEvents::DEFAULT_RATE`](super::model::DnsEvents::DEFAULT_RATE)) |
+//! | `event_sample` | integer `0..=4294967295`: over the event budget, one aggregated query in this many is still reported in full (`"sent": "sample"`); `0` = none | `1000` ([`DnsEvents::DEFAULT_SAMPLE`](super::model::DnsEvents::DEFAULT_SAMPLE)) |
 //!
 //! ## `[dns.ingress]` and `[dns.egress]`
 //!
@@ -694,7 +696,14 @@ const RULE_KEYS: &[&str] = &[
     "log",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
-const DNS_KEYS: &[&str] = &["ports", "ingress", "egress", "lists"];
+const DNS_KEYS: &[&str] = &[
+    "ports",
+    "ingress",
+    "egress",
+    "lists",
+    "event_rate",
+    "event_sample",
+];
 const INGRESS_KEYS: &[&str] = &[
     "mode",
     "action",
@@ -1696,6 +1705,18 @@ impl Checker<'_> {
         self.check_keys(view, "[dns]", DNS_KEYS);
         if let Some(ports) = view.get("ports").and_then(|n| self.dns_ports(n)) {
             dns.ports = ports;
+        }
+        if let Some(rate) = view
+            .get("event_rate")
+            .and_then(|n| self.u32_field(n, "event_rate", 0))
+        {
+            dns.events.rate = rate;
+        }
+        if let Some(n) = view
+            .get("event_sample")
+            .and_then(|n| self.u32_field(n, "event_sample", 0))
+        {
+            dns.events.sample = n;
         }
         let lists = match view.get("lists") {
             Some(node) => self.dns_lists(node),
@@ -3249,6 +3270,7 @@ tcp_flags = "syn"
         assert_eq!(
             policy.dns,
             Dns {
+                events: crate::policy::model::DnsEvents::default(),
                 ports: vec![53],
                 ingress: Some(scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![])),
                 egress: Some(DnsEgress {

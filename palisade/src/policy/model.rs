@@ -428,6 +428,36 @@ pub struct Dns {
     /// Queries sent by local processes (cgroup_skb egress).
     pub egress: Option<DnsEgress>,
     pub lists: Vec<NameList>,
+    /// When DNS events are aggregated instead of sent one by one.
+    pub events: DnsEvents,
+}
+
+/// DNS event budget (`[dns] event_rate`, `event_sample`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsEvents {
+    /// Full events per second per CPU before queries are aggregated; 0 = never aggregate.
+    pub rate: u32,
+    /// Over the budget, one aggregated query in this many is still sent in full; 0 = never.
+    pub sample: u32,
+}
+
+impl DnsEvents {
+    /// Default `[dns] event_rate`: reading an event costs the daemon about a microsecond, so
+    /// this keeps a flood's events under a few thousandths of a CPU per CPU.
+    pub const DEFAULT_RATE: u32 = 1_000;
+    /// Default `[dns] event_sample`.
+    pub const DEFAULT_SAMPLE: u32 = 1_000;
+    /// Every reported query is an event (`event_rate = 0`).
+    pub const EVERY_QUERY: Self = Self { rate: 0, sample: 0 };
+}
+
+impl Default for DnsEvents {
+    fn default() -> Self {
+        Self {
+            rate: Self::DEFAULT_RATE,
+            sample: Self::DEFAULT_SAMPLE,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -295,6 +295,7 @@ fn policy(kind: PolicyKind, set: Option<&NameSet>) -> Policy {
         _ => (DnsMode::Blocklist, DnsAction::Drop, None),
     };
     p.dns = Dns {
+        events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
         ingress: Some(DnsScope {
             mode,

@@ -10,6 +10,7 @@
 mod conntrack;
 mod dns;
 mod dnsperf;
+mod events_flood;
 mod harness;
 mod inspect;
 mod live;
@@ -52,7 +53,8 @@ use clap::Parser;
         palisade-bench --rules 0,1000 --sets 1000000 --rounds 11 --out /tmp/b\n  \
         palisade-bench --live               live traffic against nftables, iptables, ipset, xdp-filter\n  \
         palisade-bench --dnsperf            dnsperf: NXDOMAIN and drop for blocked names against unbound, dnsmasq\n  \
-        palisade-bench --conntrack          connection tracking: cost per established packet, sweep of 1M entries"
+        palisade-bench --conntrack          connection tracking: cost per established packet, sweep of 1M entries\n  \
+        palisade-bench --dns-events         DNS events under a flood: every query an event against the event budget"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -146,6 +148,15 @@ struct Args {
     /// (exact names and subdomains of listed names).
     #[arg(long, conflicts_with = "live")]
     dnsperf: bool,
+    /// Run the DNS event-flood suite instead: a flood of blocked queries with their events
+    /// read as the daemon reads them, every query an event against the event budget
+    /// (aggregation and summaries).
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack"])]
+    dns_events: bool,
+    /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
+    /// --quick].
+    #[arg(long, value_name = "S")]
+    events_seconds: Option<f64>,
     /// dnsperf suite: list sizes [default: 100000,1000000; 1000 with --quick].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     dnsperf_sizes: Option<Vec<usize>>,
@@ -268,6 +279,22 @@ fn run(args: &Args) -> Result<ExitCode> {
     }
     if args.conntrack {
         return run_conntrack(args, &s, command);
+    }
+    if args.dns_events {
+        events_flood::run(
+            &events_flood::FloodSettings {
+                mode: s.mode,
+                out: s.out.clone(),
+                rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+                seconds: args
+                    .events_seconds
+                    .unwrap_or(if args.quick { 0.5 } else { 2.0 }),
+                cpu: s.cpu.unwrap_or(inspect::online_cpus() - 1),
+                seed: s.seed,
+            },
+            command,
+        )?;
+        return Ok(ExitCode::SUCCESS);
     }
     let firewall = if args.dns_only {
         ExitCode::SUCCESS

@@ -1,0 +1,350 @@
+//! DNS events under a flood: the event budget (`[dns] event_rate`), the aggregate maps and
+//! the summaries collected from them, through `BPF_PROG_TEST_RUN` on the real programs.
+//!
+//! Every test installs its own policy, clears the budget and the aggregate maps, pins itself
+//! to one CPU (the budget is per CPU) and checks the exact accounting: every query is either
+//! an event within the budget or a count in the aggregate maps, every name reaches an event,
+//! samples are counted.
+//!
+//! Needs root. The tests share one loaded object and take turns.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Mutex, MutexGuard, OnceLock},
+};
+
+use aya::maps::{PerCpuArray, PerCpuValues};
+use palisade::{
+    craft::{DnsQuery, Frame},
+    dns::summary::{Collected, Collector},
+    events::DnsDecision,
+    policy::{
+        model::{
+            Action, Dns, DnsAction, DnsEvents, DnsMode, DnsScope, Firewall, FragmentPolicy,
+            NameEntry, NameList, Policy,
+        },
+        namelist,
+    },
+    testrun::Bench,
+};
+use palisade_common::{event::DnsEventBudget, reason, stats};
+
+const XDP_DROP: u32 = 1;
+const A: u16 = 1;
+const RESOLVER: &str = "198.51.100.53";
+
+static BENCH: OnceLock<Mutex<Bench>> = OnceLock::new();
+
+fn bench() -> MutexGuard<'static, Bench> {
+    BENCH
+        .get_or_init(|| {
+            Mutex::new(
+                Bench::new().expect("loading and verifying the kernel programs (needs root)"),
+            )
+        })
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the calling thread on CPU 0 only: the budget and the sample countdown are per CPU.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
+            0,
+            "pinning the test to CPU 0"
+        );
+    }
+}
+
+fn entry(text: &str) -> NameEntry {
+    namelist::entry(text, false, 0).unwrap_or_else(|e| panic!("bad test name {text}: {e}"))
+}
+
+/// A blocklist on ingress dropping `names`, with the event budget `events`.
+fn policy(names: &[&str], events: DnsEvents) -> Policy {
+    Policy {
+        firewall: Firewall {
+            default_action: Action::Allow,
+            log_default: false,
+            fragments: FragmentPolicy::MatchL3,
+            stateful: false,
+            rules: vec![],
+        },
+        conntrack: Default::default(),
+        sets: vec![],
+        dns: Dns {
+            ports: vec![53],
+            ingress: Some(DnsScope {
+                mode: DnsMode::Blocklist,
+                action: DnsAction::Drop,
+                audit: false,
+                lists: vec![0],
+                block_malformed: false,
+                rate: None,
+                log_allowed: false,
+            }),
+            egress: None,
+            lists: vec![NameList {
+                name: "flood".into(),
+                entries: names.iter().map(|n| entry(n)).collect(),
+            }],
+            events,
+        },
+    }
+}
+
+/// The shared object with `policy` installed, its budget full, its aggregate maps and its
+/// ring empty.
+fn setup(policy: &Policy) -> MutexGuard<'static, Bench> {
+    pin_to_cpu0();
+    let mut b = bench();
+    b.install(policy).expect("installing the policy");
+    {
+        let m = b.map_mut("DNS_EVENT_BUDGET").expect("DNS_EVENT_BUDGET");
+        let mut budget: PerCpuArray<&mut aya::maps::MapData, DnsEventBudget> =
+            PerCpuArray::try_from(m).expect("DNS_EVENT_BUDGET is a per-CPU array");
+        let cpus = aya::util::nr_cpus().expect("possible CPUs");
+        let zero = PerCpuValues::try_from(vec![DnsEventBudget::default(); cpus])
+            .expect("one value per CPU");
+        budget.set(0, zero, 0).expect("clearing the budget");
+    }
+    Collector::open(&b.ebpf)
+        .expect("opening the aggregate maps")
+        .collect_all()
+        .expect("clearing the aggregate maps");
+    b.drain_dns_events();
+    b
+}
+
+fn frame(client: &str, name: &str) -> Vec<u8> {
+    Frame::dns_udp(client, RESOLVER, 40000, &DnsQuery::name(name, A).build()).build()
+}
+
+fn collect(b: &Bench) -> Collected {
+    Collector::open(&b.ebpf)
+        .expect("opening the aggregate maps")
+        .collect_all()
+        .expect("reading the aggregate maps")
+}
+
+fn stat(b: &Bench, i: u32) -> u64 {
+    b.stat(i).expect("reading STATS")
+}
+
+/// Events by how they were sent: within the budget, first of a name, sample.
+fn split(events: &[DnsDecision]) -> (Vec<&DnsDecision>, Vec<&DnsDecision>, Vec<&DnsDecision>) {
+    let of = |s: Option<&str>| events.iter().filter(|e| e.sent == s).collect::<Vec<_>>();
+    (of(None), of(Some("first")), of(Some("sample")))
+}
+
+#[test]
+fn flood_over_budget_is_counted_per_name_and_client() {
+    const NAMES: [&str; 5] = [
+        "ads.example",
+        "tracker.example",
+        "malware.example",
+        "c2.example",
+        "phish.example",
+    ];
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 10;
+    const SAMPLE: u32 = 7;
+    // One event per second: the first query is within the budget, the flood is not.
+    let mut b = setup(&policy(
+        &NAMES,
+        DnsEvents {
+            rate: 1,
+            sample: SAMPLE,
+        },
+    ));
+    let before = (
+        stat(&b, stats::EVENTS_AGGREGATED),
+        stat(&b, stats::EVENTS_SAMPLED),
+        stat(&b, stats::EVENTS_LOST),
+    );
+    let mut sent: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for _ in 0..ROUNDS {
+        for c in 0..CLIENTS {
+            let client = format!("10.0.0.{}", c + 1);
+            for n in NAMES {
+                assert_eq!(b.run(&frame(&client, n)).expect("test run"), XDP_DROP);
+                *sent.entry((format!("{n}."), client.clone())).or_default() += 1;
+            }
+        }
+    }
+    let total = (ROUNDS * CLIENTS * NAMES.len()) as u64;
+    let aggregated = stat(&b, stats::EVENTS_AGGREGATED) - before.0;
+    let sampled = stat(&b, stats::EVENTS_SAMPLED) - before.1;
+    assert_eq!(stat(&b, stats::EVENTS_LOST), before.2, "no event lost");
+    let events = b.drain_dns_events();
+    let (in_budget, first, samples) = split(&events);
+    assert_eq!(events.len(), in_budget.len() + first.len() + samples.len());
+
+    // Every query is an event within the budget or a count.
+    assert!(
+        !in_budget.is_empty(),
+        "the first query is within the budget"
+    );
+    assert!(
+        in_budget.len() < 5,
+        "one event per second: {} within the budget",
+        in_budget.len()
+    );
+    assert_eq!(in_budget.len() as u64 + aggregated, total);
+
+    // Every name aggregated is reported once in full, the first time.
+    let first_names: Vec<&str> = first.iter().map(|e| e.name.as_str()).collect();
+    let distinct: BTreeSet<&str> = first_names.iter().copied().collect();
+    assert_eq!(
+        first_names.len(),
+        distinct.len(),
+        "one first event per name"
+    );
+    let all: BTreeSet<String> = NAMES.iter().map(|n| format!("{n}.")).collect();
+    assert_eq!(
+        distinct
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect::<BTreeSet<_>>(),
+        all,
+        "every name reaches an event"
+    );
+    for e in &events {
+        assert_eq!(e.verdict, "drop");
+        assert_eq!(e.reason, reason::name(reason::DNS_BLOCKED));
+    }
+
+    // Samples: every SAMPLE-th aggregated query, unless it was also a name's first.
+    assert_eq!(samples.len() as u64, sampled, "every sample is counted");
+    let positions = aggregated.div_ceil(u64::from(SAMPLE));
+    assert!(
+        sampled <= positions && sampled + first.len() as u64 >= positions,
+        "{sampled} samples for {aggregated} aggregated queries"
+    );
+
+    // The counts: per (name, client), exactly the queries that were not events within the
+    // budget, summing to every aggregated query.
+    let collected = collect(&b);
+    assert_eq!(collected.queries, aggregated);
+    let mut expected = sent.clone();
+    for e in &in_budget {
+        let client = e.client.expect("client address").to_string();
+        *expected
+            .get_mut(&(e.name.clone(), client))
+            .expect("a sent key") -= 1;
+    }
+    expected.retain(|_, n| *n > 0);
+    let mut counted: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for s in &collected.summaries {
+        assert_eq!(s.kind, "dns_summary");
+        assert_eq!(s.verdict, "drop");
+        assert_eq!(s.scope, "ingress");
+        assert_eq!(s.reason, reason::name(reason::DNS_BLOCKED));
+        assert_eq!(s.qtype, "A");
+        let key = (
+            s.name.clone(),
+            s.client.expect("client address").to_string(),
+        );
+        assert!(
+            counted.insert(key, s.count).is_none(),
+            "one summary per key"
+        );
+    }
+    assert_eq!(counted, expected);
+    assert!(
+        collect(&b).summaries.is_empty(),
+        "collecting clears the maps"
+    );
+}
+
+#[test]
+fn within_budget_every_query_is_an_event() {
+    let mut b = setup(&policy(
+        &["ads.example"],
+        DnsEvents {
+            rate: 100_000,
+            sample: 10,
+        },
+    ));
+    let aggregated = stat(&b, stats::EVENTS_AGGREGATED);
+    for i in 0..200 {
+        let client = format!("10.1.{}.{}", i / 200, i % 200 + 1);
+        assert_eq!(
+            b.run(&frame(&client, "ads.example")).expect("test run"),
+            XDP_DROP
+        );
+    }
+    let events = b.drain_dns_events();
+    assert_eq!(events.len(), 200);
+    assert!(events.iter().all(|e| e.sent.is_none()));
+    assert_eq!(stat(&b, stats::EVENTS_AGGREGATED), aggregated);
+    assert!(collect(&b).summaries.is_empty());
+}
+
+#[test]
+fn rate_zero_never_aggregates_and_repeat_floods_are_counted() {
+    let f = frame("10.2.0.1", "ads.example");
+    {
+        let mut b = setup(&policy(&["ads.example"], DnsEvents::EVERY_QUERY));
+        let aggregated = stat(&b, stats::EVENTS_AGGREGATED);
+        let r = b
+            .run_prog(palisade::testrun::FIREWALL, &f, 500)
+            .expect("test run");
+        assert_eq!(r.action, XDP_DROP);
+        assert_eq!(b.drain_dns_events().len(), 500);
+        assert_eq!(stat(&b, stats::EVENTS_AGGREGATED), aggregated);
+    }
+    let mut b = setup(&policy(&["ads.example"], DnsEvents { rate: 1, sample: 0 }));
+    let aggregated = stat(&b, stats::EVENTS_AGGREGATED);
+    let r = b
+        .run_prog(palisade::testrun::FIREWALL, &f, 100_000)
+        .expect("test run");
+    assert_eq!(r.action, XDP_DROP);
+    let aggregated = stat(&b, stats::EVENTS_AGGREGATED) - aggregated;
+    let events = b.drain_dns_events();
+    let (in_budget, first, samples) = split(&events);
+    assert!(samples.is_empty(), "sampling is off");
+    assert_eq!(first.len(), 1);
+    assert_eq!(in_budget.len() as u64 + aggregated, 100_000);
+    let collected = collect(&b);
+    assert_eq!(collected.summaries.len(), 1);
+    assert_eq!(collected.summaries[0].count, aggregated);
+    assert_eq!(collected.summaries[0].name, "ads.example.");
+}
+
+#[test]
+fn many_distinct_names_each_reach_an_event_every_interval() {
+    let mut b = setup(&policy(
+        &["*.flood.example"],
+        DnsEvents { rate: 1, sample: 0 },
+    ));
+    let names: Vec<String> = (0..300).map(|i| format!("n{i}.flood.example")).collect();
+    for n in &names {
+        assert_eq!(b.run(&frame("10.3.0.1", n)).expect("test run"), XDP_DROP);
+    }
+    let events = b.drain_dns_events();
+    let shown: BTreeSet<String> = events.iter().map(|e| e.name.clone()).collect();
+    let want: BTreeSet<String> = names.iter().map(|n| format!("{n}.")).collect();
+    assert_eq!(shown, want, "every distinct name is an event");
+    assert_eq!(events.len(), 300, "each name once");
+    let (in_budget, first, _) = split(&events);
+    let collected = collect(&b);
+    assert_eq!(collected.summaries.len(), first.len());
+    assert_eq!(collected.queries, 300 - in_budget.len() as u64);
+
+    // A new interval: the same names are new again, and reported in full again.
+    for n in &names[..10] {
+        assert_eq!(b.run(&frame("10.3.0.1", n)).expect("test run"), XDP_DROP);
+    }
+    let again = b.drain_dns_events();
+    let (_, first, _) = split(&again);
+    assert_eq!(first.len(), again.len());
+    assert!(
+        first.len() >= 9,
+        "the names' first events of the new interval"
+    );
+}
