@@ -16,7 +16,8 @@ pub const INTERNAL: u32 = 5;
 pub const FRAGMENTS: u32 = 6;
 /// Packets answered in place (DNS NXDOMAIN with `XDP_TX`).
 pub const ANSWERED: u32 = 7;
-/// DNS queries over the event budget: counted in the aggregate maps instead of sent.
+/// DNS queries over the event budget: counted for a summary, or sent in full as a name's
+/// first or a sample.
 pub const EVENTS_AGGREGATED: u32 = 8;
 /// Aggregated DNS queries still sent in full as samples (`[dns] event_sample`).
 pub const EVENTS_SAMPLED: u32 = 9;

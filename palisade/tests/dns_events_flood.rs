@@ -6,7 +6,14 @@
 //! an event within the budget or a count in the aggregate maps, every name reaches an event,
 //! samples are counted.
 //!
-//! Needs root. The tests share one loaded object and take turns.
+//! The last test runs the real daemon behind a veth pair and floods it from the other end: its
+//! JSON output must account for every query, as events and `dns_summary` counts.
+//!
+//! Needs root. The test-run tests share one loaded object and take turns.
+
+#[path = "support/dns/mod.rs"]
+mod dns_support;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -226,12 +233,15 @@ fn flood_over_budget_is_counted_per_name_and_client() {
         "{sampled} samples for {aggregated} aggregated queries"
     );
 
-    // The counts: per (name, client), exactly the queries that were not events within the
-    // budget, summing to every aggregated query.
+    // The counts: per (name, client), exactly the queries that were not sent as events.
+    // Every query is reported once: as an event, or in a summary's count.
     let collected = collect(&b);
-    assert_eq!(collected.queries, aggregated);
+    assert_eq!(
+        collected.queries,
+        aggregated - first.len() as u64 - samples.len() as u64
+    );
     let mut expected = sent.clone();
-    for e in &in_budget {
+    for e in &events {
         let client = e.client.expect("client address").to_string();
         *expected
             .get_mut(&(e.name.clone(), client))
@@ -312,7 +322,7 @@ fn rate_zero_never_aggregates_and_repeat_floods_are_counted() {
     assert_eq!(in_budget.len() as u64 + aggregated, 100_000);
     let collected = collect(&b);
     assert_eq!(collected.summaries.len(), 1);
-    assert_eq!(collected.summaries[0].count, aggregated);
+    assert_eq!(collected.summaries[0].count, aggregated - 1);
     assert_eq!(collected.summaries[0].name, "ads.example.");
 }
 
@@ -331,10 +341,11 @@ fn many_distinct_names_each_reach_an_event_every_interval() {
     let want: BTreeSet<String> = names.iter().map(|n| format!("{n}.")).collect();
     assert_eq!(shown, want, "every distinct name is an event");
     assert_eq!(events.len(), 300, "each name once");
+    // Each name's one query was its first, sent in full: nothing is left to summarise.
     let (in_budget, first, _) = split(&events);
+    assert_eq!(in_budget.len() + first.len(), 300);
     let collected = collect(&b);
-    assert_eq!(collected.summaries.len(), first.len());
-    assert_eq!(collected.queries, 300 - in_budget.len() as u64);
+    assert!(collected.summaries.is_empty());
 
     // A new interval: the same names are new again, and reported in full again.
     for n in &names[..10] {
@@ -346,5 +357,100 @@ fn many_distinct_names_each_reach_an_event_every_interval() {
     assert!(
         first.len() >= 9,
         "the names' first events of the new interval"
+    );
+}
+
+/// The daemon, flooded over a veth pair with more blocked queries than its budget: its JSON
+/// output shows the name's first query in full and a `dns_summary` whose count, with the
+/// events, accounts for every query.
+#[test]
+fn daemon_reports_a_flood_as_events_and_summaries() {
+    use dns_support::{TempDir, check_policy, run_args};
+    use support::{daemon::Daemon, netns::NetnsPair};
+
+    const QUERIES: usize = 300;
+    let pair = NetnsPair::new();
+    let dir = TempDir::new("dns-events-flood");
+    let policy = dir.write(
+        "policy.toml",
+        r#"
+[dns]
+event_rate = 1
+event_sample = 0
+
+[dns.ingress]
+mode = "blocklist"
+action = "drop"
+lists = ["bad"]
+
+[dns.lists.bad]
+names = ["blocked.test"]
+"#,
+    );
+    check_policy(&policy);
+    let args = run_args(&dir, &policy, &pair.if_b);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(&pair, &pair.ns_b, &args);
+
+    // QUERIES queries from one socket in A, as fast as it can send them, once a datagram to
+    // another port has resolved B's address.
+    let script = format!(
+        "import socket, time\n\
+         q = bytes.fromhex('12340100000100000000000007626c6f636b656404746573740000010001')\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.sendto(b'x', ('{b}', 9))\n\
+         time.sleep(0.5)\n\
+         for _ in range({QUERIES}):\n    s.sendto(q, ('{b}', 53))\n",
+        b = pair.v4_b
+    );
+    let sent = pair
+        .command(&pair.ns_a, "python3")
+        .args(["-c", &script])
+        .status()
+        .expect("run python3 in A");
+    assert!(sent.success(), "sending the queries");
+    // Summaries come one to two intervals later, and at exit for the rest.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let t = daemon.stop();
+    assert!(t.success, "palisade exited with an error: {:?}", t.stderr);
+
+    let lines: Vec<serde_json::Value> = t
+        .stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let events: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|e| e["kind"] == "dns" && e["name"] == "blocked.test.")
+        .collect();
+    let summaries: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|e| e["kind"] == "dns_summary")
+        .collect();
+    // One first event and one summary per interval the flood touched (it lasts milliseconds,
+    // so nearly always one).
+    let firsts = events.iter().filter(|e| e["sent"] == "first").count();
+    assert!(
+        (1..=2).contains(&firsts),
+        "the name's first query over the budget: {events:?}"
+    );
+    assert!(
+        (1..=2).contains(&summaries.len()),
+        "one name from one client: {summaries:?}"
+    );
+    let mut count = 0;
+    for s in &summaries {
+        assert_eq!(s["name"], "blocked.test.");
+        assert_eq!(s["verdict"], "drop");
+        assert_eq!(s["scope"], "ingress");
+        assert_eq!(s["reason"], reason::name(reason::DNS_BLOCKED));
+        assert_eq!(s["client"], pair.v4_a.as_str());
+        count += s["count"].as_u64().expect("a count");
+    }
+    assert_eq!(
+        events.len() as u64 + count,
+        QUERIES as u64,
+        "every query reported once: {} events, a count of {count}",
+        events.len()
     );
 }

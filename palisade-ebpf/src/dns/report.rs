@@ -230,15 +230,16 @@ fn over_budget(a: &mut AggScratch, s: &Scratch, slot: u32) -> u8 {
             .insert(&k.name, v, u64::from(BPF_NOEXIST))
             .is_ok()
     };
-    count_client(k);
+    // Every query is reported once: in full, or in its summary's count.
     if first {
-        DNS_SENT_FIRST
-    } else if sample {
-        bump(&STATS, stats::EVENTS_SAMPLED);
-        DNS_SENT_SAMPLE
-    } else {
-        COUNTED
+        return DNS_SENT_FIRST;
     }
+    if sample {
+        bump(&STATS, stats::EVENTS_SAMPLED);
+        return DNS_SENT_SAMPLE;
+    }
+    count_client(k);
+    COUNTED
 }
 
 /// Adds one to this CPU's (name, client) count (a per-CPU map: no atomics, and no
