@@ -621,10 +621,8 @@ fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         m,
-        "Blocked queries (type A, action drop) through `palisade_firewall` and `palisade_dns_ingress` under `BPF_PROG_TEST_RUN`, {} s per configuration and round, {} rounds in shuffled orders. *Kernel* is the kernel's time per query, *reader* the CPU time per query of a thread on the same CPU doing what the daemon does (draining the ring, decoding and rendering every record as JSON and text; every second collecting the aggregate maps and rendering every summary), *total* their sum. The floor is the empty XDP program measured in the same round ({}): *ratio* is total / floor. *Events cost* is total less the same workload with nobody reading (every record refused by a full ring) in the same round: what delivering the events costs. Cells are median [min–max] over rounds, ns per query.\n",
-        r.seconds_per_run,
-        r.rounds,
-        "one run per syscall, as the queries: with more runs per syscall the kernel attaches and detaches the program around every call, which waits for an RCU grace period"
+        "Blocked queries (type A, action drop) through `palisade_firewall` and `palisade_dns_ingress` under `BPF_PROG_TEST_RUN`, {} s per configuration and round, {} rounds in shuffled orders. *Kernel* is the kernel's time per query, *reader* the CPU time per query of a thread on the same CPU doing what the daemon does (draining the ring, decoding and rendering every record as JSON and text; every second collecting the aggregate maps and rendering every summary), *total* their sum. The floor is the empty XDP program measured in the same round (one run per syscall, as the queries: with more runs per syscall the kernel attaches and detaches the program around every call, which waits for an RCU grace period): *ratio* is total / floor. *Events cost* is total less the same workload with nobody reading (every record refused by a full ring) in the same round: what delivering the events costs. Cells are median [min–max] over rounds, ns per query.\n",
+        r.seconds_per_run, r.rounds,
     );
     let _ = writeln!(
         m,
