@@ -3336,6 +3336,20 @@ tcp_flags = "syn"
     }
 
     #[test]
+    fn dns_event_budget_defaults_and_settings() {
+        use crate::policy::model::DnsEvents;
+        let d = parse("").expect("empty policy").dns.events;
+        assert_eq!(d, DnsEvents::default());
+        assert_eq!((d.rate, d.sample), (1000, 1000));
+        let p = parse("[dns]\nevent_rate = 0\nevent_sample = 7\n").expect("valid");
+        assert_eq!(p.dns.events, DnsEvents { rate: 0, sample: 7 });
+        let e = errors("[dns]\nevent_rate = -1\nevent_sample = \"x\"\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("p.toml:2"), "{e:?}");
+        assert!(e[1].contains("p.toml:3"), "{e:?}");
+    }
+
+    #[test]
     fn no_dns_section_means_no_dns_filtering() {
         let dns = parse("[firewall]\n").expect("valid").dns;
         assert_eq!(
@@ -3365,7 +3379,7 @@ tcp_flags = "syn"
                 "[dns]\nport = [53]\ningress = 1\nlists = 2\n",
                 vec![
                     "p.toml:2:1: unknown key `port` in [dns]; expected one of `ports`, \
-                     `ingress`, `egress`, `lists`",
+                     `ingress`, `egress`, `lists`, `event_rate`, `event_sample`",
                     "p.toml:3:11: `dns.ingress` must be a table, found an integer",
                     "p.toml:4:9: `dns.lists` must be a table, found an integer",
                 ],
