@@ -98,6 +98,11 @@ fn global_help(name: &str) -> &'static str {
         "internal_errors" => "Internal datapath errors (the packet passed).",
         "fragments" => "Non-first IP fragments seen.",
         "answered" => "Packets answered in place (DNS NXDOMAIN).",
+        "events_aggregated" => {
+            "DNS queries over the event budget ([dns] event_rate): in dns_summary counts, or sent \
+             in full as a name's first or a sample."
+        }
+        "events_sampled" => "DNS queries over the event budget sent in full as samples.",
         _ => "Datapath counter.",
     }
 }
