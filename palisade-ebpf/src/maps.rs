@@ -150,20 +150,25 @@ pub static DNS_SCRATCH: PerCpuArray<crate::dns::inspect::Scratch> =
 pub static DNS_EVENT_SCRATCH: PerCpuArray<palisade_common::event::DnsEvent> =
     PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
-/// How many egress inspections are running on this CPU (a softirq can send, and so run the
-/// egress program, while a process's own send is half inspected).
+/// Busy flags of the egress scratch slots on this CPU: `DNS_EGRESS_BUSY[i]` is 1 while an
+/// egress inspection owns slot `SLOT_EGRESS + i`. Claimed with an atomic compare-and-exchange
+/// (see `dns::egress`): the egress program runs with migration disabled but can be preempted
+/// (and interrupted by a softirq that sends), so inspections on one CPU do not nest in order.
 #[map]
-pub static DNS_EGRESS_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static DNS_EGRESS_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(EGRESS_SLOTS, 0);
 
 /// Scratch slot of the XDP inspector. XDP runs in softirq and can interrupt an egress
 /// inspection in process context on the same CPU, so the hooks never share a slot.
 pub const SLOT_XDP: u32 = 0;
-/// First scratch slot of the egress inspector; a nested egress inspection takes the next.
+/// First scratch slot of the egress inspector.
 pub const SLOT_EGRESS: u32 = 1;
-/// Egress inspections that may nest on one CPU (process context, then softirq).
-pub const EGRESS_MAX_DEPTH: u32 = 2;
+/// Egress inspections that may be under way on one CPU at once: tasks preempted in the
+/// middle of the program, plus a softirq on top. When all are taken the packet is not
+/// inspected (an allowlist refuses it, reason `dns-busy`). Each slot costs one `Scratch`
+/// and one event per CPU (about 4 KiB).
+pub const EGRESS_SLOTS: u32 = 4;
 /// Scratch slots in all.
-pub const SCRATCH_SLOTS: u32 = SLOT_EGRESS + EGRESS_MAX_DEPTH;
+pub const SCRATCH_SLOTS: u32 = SLOT_EGRESS + EGRESS_SLOTS;
 
 /// Tail-call targets of the XDP pipeline (see `docs/design/pipeline.md`).
 #[map]

@@ -123,6 +123,9 @@ impl DnsGlobal {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientKey {
+    /// Who the bucket belongs to: the client address on ingress; on egress the sending
+    /// socket's cgroup id (native-endian, in the first eight bytes, the rest zero), so one
+    /// local process cannot spend the bucket of every other one.
     pub addr: [u8; 16],
     pub scope: u32,
 }

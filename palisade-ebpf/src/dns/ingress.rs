@@ -70,6 +70,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
     if !copy_message(ctx, msg_off, msg_len) {
         return verdict::internal_error();
     }
+    // SAFETY: as above.
+    unsafe { (*scratch).rate_key = (*scratch).packet.src };
     let mut d = Decision::malformed(cfg.flags & SCOPE_BLOCK_MALFORMED != 0);
     // A TCP query not whole in this segment is never passed by accident: it is judged as
     // malformed.

@@ -40,6 +40,10 @@ const CHUNK: usize = 8;
 pub struct Scratch {
     /// The packet being inspected, parsed by the hook.
     pub packet: Packet,
+    /// Whose query-rate bucket the query counts against, set by the hook: the client
+    /// address on ingress, the socket's cgroup on egress. (Here rather than in [`Request`],
+    /// whose copy on the hook's stack is counted against the verifier's 512 bytes.)
+    pub rate_key: [u8; 16],
     /// The DNS message as copied from the packet (header first).
     pub msg: [u8; INSPECT_LEN],
     /// Case-folded wire name.
@@ -188,7 +192,7 @@ fn inspect_inner(
         list: u16::MAX,
     };
 
-    if cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.packet.src) {
+    if cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.rate_key) {
         d.reason = reason::DNS_RATE;
         return Some(d);
     }
@@ -460,9 +464,9 @@ fn count_one(s: &mut Scratch, pos: usize) {
 }
 
 #[inline(always)]
-fn rate_ok(cfg: &ScopeConfig, scope: u8, client: &[u8; 16]) -> bool {
+fn rate_ok(cfg: &ScopeConfig, scope: u8, rate_key: &[u8; 16]) -> bool {
     let key = ClientKey {
-        addr: *client,
+        addr: *rate_key,
         scope: u32::from(scope),
     };
     // SAFETY: a helper with no preconditions.
