@@ -117,7 +117,7 @@
 //! mode = "blocklist"
 //! action = "nxdomain"
 //! lists = ["ads", "malware"]
-//! rate = { qps = 50, burst = 100 }   # per client address
+//! rate = { qps = 50, burst = 100 }   # per client address (per cgroup on egress)
 //!
 //! [dns.egress]                       # queries sent by local processes
 //! mode = "allowlist"
@@ -158,7 +158,7 @@
 //! | `lists` | names of `[dns.lists.NAME]` tables, each at most once; may be empty (an empty allowlist blocks every query) | required |
 //! | `audit` | boolean: decide and report, but never block | `false` |
 //! | `malformed` | `"drop"` or `"allow"`: queries that cannot be parsed safely (see [`DnsScope::block_malformed`]) | `"drop"` in allowlist mode, `"allow"` in blocklist mode |
-//! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address, `qps` and `burst` at least 1 | no limit |
+//! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address on ingress, per cgroup (the sending socket's) on egress; `qps` and `burst` at least 1 | no limit |
 //! | `log_allowed` | boolean: also report allowed queries | `false` |
 //! | `cgroups` | egress only: absolute paths of the cgroup v2 directories to attach to | `["/sys/fs/cgroup/unified"]`, the cgroup v2 root |
 //!
