@@ -150,8 +150,8 @@ pub static DNS_SCRATCH: PerCpuArray<crate::dns::inspect::Scratch> =
 pub static DNS_EVENT_SCRATCH: PerCpuArray<palisade_common::event::DnsEvent> =
     PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
-/// Busy flags of the egress scratch slots on this CPU: `DNS_EGRESS_BUSY[i]` is 1 while an
-/// egress inspection owns slot `SLOT_EGRESS + i`. Claimed with an atomic compare-and-exchange
+/// Busy flags of the egress scratch slots on this CPU: `DNS_EGRESS_BUSY[i]` is not 0 while
+/// an egress inspection owns slot `SLOT_EGRESS + i`. Claimed with an atomic compare-and-exchange
 /// (see `dns::egress`): the egress program runs with migration disabled but can be preempted
 /// (and interrupted by a softirq that sends), so inspections on one CPU do not nest in order.
 #[map]

@@ -17,7 +17,8 @@
 //!   show to be something else is refused, counted under its reason and reported.
 //! - **blocklist: fail open.** Everything not listed may leave; the packet passes (internal
 //!   conditions are counted as `internal`).
-//! - **audit**: the packet passes and is reported as an audit with the reason.
+//! - **allowlist with audit**: the packet passes and is reported as an audit with the
+//!   reason.
 //!
 //! Without a loaded policy (no configuration at all) there is nothing to enforce: the
 //! packet passes and `internal` is counted.
@@ -131,7 +132,10 @@ pub fn run(ctx: &SkBuffContext) -> i32 {
     verdict
 }
 
-/// Claims a free scratch slot of this CPU.
+const _: () = assert!(EGRESS_SLOTS.is_power_of_two());
+
+/// Claims a free scratch slot of this CPU: its busy flag goes from 0 to the slot's index
+/// plus one.
 #[inline(always)]
 fn claim_slot() -> Option<u32> {
     let mut i = 0;
@@ -140,8 +144,13 @@ fn claim_slot() -> Option<u32> {
             // One instruction: no run that preempts or interrupts this one can come between
             // the test and the set.
             // SAFETY: an aligned u64 in a map value.
-            if unsafe { atomic::compare_exchange(flag, 0, 1) } {
-                return Some(SLOT_EGRESS + i);
+            if unsafe { atomic::compare_exchange(flag, 0, u64::from(i) + 1) } {
+                // The owner's mark read back: a value from a map is unknown to the verifier,
+                // so what follows is verified once for every slot, not once per slot. No
+                // other run changes a claimed flag, so the mark is the one just written.
+                // SAFETY: as above.
+                let mark = unsafe { core::ptr::read_volatile(flag) };
+                return Some(SLOT_EGRESS + (mark.wrapping_sub(1) as u32 & (EGRESS_SLOTS - 1)));
             }
         }
         i += 1;
@@ -159,22 +168,23 @@ fn release_slot(slot: u32) {
 }
 
 /// The one place that decides what becomes of a packet the hook could not inspect (see the
-/// module documentation): refused under an allowlist, passed under a blocklist, reported
-/// under audit.
+/// module documentation): refused under an allowlist (reported and passed under an
+/// allowlist in audit mode), passed under a blocklist.
 #[inline(never)]
 fn unchecked(cfg: &ScopeConfig, generation: u32, why: u32, sender: &Sender) -> i32 {
-    let verdict = if cfg.flags & SCOPE_AUDIT != 0 {
-        report::count(SCOPE_EGRESS, STAT_AUDITED);
-        DNS_VERDICT_AUDIT
-    } else if cfg.mode == MODE_ALLOWLIST {
-        report::count(SCOPE_EGRESS, STAT_BLOCKED);
-        report::count_reason(why);
-        DNS_VERDICT_DROP
-    } else {
+    if cfg.mode != MODE_ALLOWLIST {
         if why == reason::DNS_BUSY || why == reason::DNS_INTERNAL {
             bump(&STATS, stats::INTERNAL);
         }
         return ALLOW;
+    }
+    let verdict = if cfg.flags & SCOPE_AUDIT != 0 {
+        report::count(SCOPE_EGRESS, STAT_AUDITED);
+        DNS_VERDICT_AUDIT
+    } else {
+        report::count(SCOPE_EGRESS, STAT_BLOCKED);
+        report::count_reason(why);
+        DNS_VERDICT_DROP
     };
     report::emit_unchecked(
         SCOPE_EGRESS,
