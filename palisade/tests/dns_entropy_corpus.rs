@@ -205,8 +205,11 @@ fn dnscat2_with_payload(rng: &mut Rng, payload: usize) -> Vec<Vec<u8>> {
 // ---------------------------------------------------------------------------------------
 // The ordinary names
 
+/// A name as labels, most significant last.
+type Labels = Vec<Vec<u8>>;
+
 /// (labels of the name, labels of the allowed suffix), from the data file.
-fn ordinary() -> Vec<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+fn ordinary() -> Vec<(Labels, Labels)> {
     ORDINARY
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
