@@ -256,8 +256,8 @@ fn print_dns(d: &DnsLists) {
                     "expired".into()
                 });
             }
-            if let Some(h) = e.max_entropy {
-                extra.push(format!("max entropy {h}"));
+            if let Some(h) = e.max_entropy_bits {
+                extra.push(format!("max entropy {h} bits"));
             }
             println!(
                 "  {}{}{}",

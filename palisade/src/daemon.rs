@@ -836,7 +836,7 @@ impl Daemon {
                                 ttl_left: e
                                     .expires
                                     .map(|x| i64::try_from(x).unwrap_or(i64::MAX) - now),
-                                max_entropy: e.max_entropy,
+                                max_entropy_bits: e.max_entropy_bits,
                                 live: e.line == 0,
                             }
                         })

@@ -22,6 +22,7 @@ use palisade::{
         DNS_FLAG_AD, DNS_FLAG_CD, DNS_FLAG_QR, DNS_FLAG_RD, DnsQuery, DnsQuestion, ExtHeader,
         Frame, dns_labels,
     },
+    dns::reference,
     events::DnsDecision,
     firewall::apply,
     policy::{
@@ -89,9 +90,9 @@ fn with_expiry(e: NameEntry, unix: u64) -> NameEntry {
     }
 }
 
-fn with_entropy(e: NameEntry, bits: f64) -> NameEntry {
+fn with_entropy(e: NameEntry, bits: u32) -> NameEntry {
     NameEntry {
-        max_entropy: Some(bits),
+        max_entropy_bits: Some(bits),
         ..e
     }
 }
@@ -589,7 +590,7 @@ fn an_empty_allowlist_blocks_everything() {
 
 #[test]
 fn the_most_specific_entry_wins() {
-    let bound = 2.5;
+    let bound = 16;
     let mut t = setup(
         allowlist(),
         vec![
@@ -600,7 +601,8 @@ fn the_most_specific_entry_wins() {
             with_expiry(entry("old.example.com"), unix_now() - 3600),
         ],
     );
-    assert!(entropy::bits_per_char(b"x7kq9zj2mv") > bound);
+    // Ten distinct characters: 10 * log2(10) = 33.2 bits.
+    assert!(entropy::bits(b"x7kq9zj2mv") > f64::from(bound));
     t.checks(&[
         (
             q("x7kq9zj2mv.example.com", A),
@@ -619,7 +621,7 @@ fn the_most_specific_entry_wins() {
             ev("old.example.com.", "A"),
         ),
         // Below the exact entry only the wildcard matches, with its bound: "xyzwold" has
-        // 2.81 bits per character, "wwwold" 1.79.
+        // 19.7 bits, "wwwold" 10.8.
         (
             q("xyzw.old.example.com", A),
             Nx(reason::DNS_ENTROPY),
@@ -685,7 +687,7 @@ fn qtype_limited_entries() {
         vec![
             with_qtypes(entry("mail.example"), &[MX]),
             // A qtype-limited specific entry; other types fall back to the wildcard and its bound.
-            with_entropy(entry("*.example.org"), 1.0),
+            with_entropy(entry("*.example.org"), 1),
             with_qtypes(entry("xyz.example.org"), &[A]),
         ],
     );
@@ -710,9 +712,33 @@ fn qtype_limited_entries() {
     ]);
 }
 
+impl T {
+    /// [`T::checks`], and the userspace reference, which takes every entry on its own (their
+    /// union), decides each query the same way.
+    #[track_caller]
+    fn union_checks(&mut self, cases: &[(&str, u16, Want)]) {
+        for &(name, qtype, want) in cases {
+            let msg = query(name, qtype);
+            let verdict = reference::decide(&self.policy, self.scope(), &msg, unix_now());
+            let want_reason = match want {
+                Nx(r) | Drop(r) | Audit(r) => r,
+                Allow | Untouched => reason::PASS,
+            };
+            assert_eq!(
+                verdict.reason, want_reason,
+                "reference for {name} type {qtype}"
+            );
+            let text = format!("{name}.");
+            let qtype_text = palisade::events::qtype_name(qtype);
+            self.check(&udp(&msg), want, ev(&text, &qtype_text));
+        }
+    }
+}
+
 #[test]
 fn duplicate_entries_merge_into_their_union() {
-    // Same name, same coverage: one map entry covering A and MX.
+    let now = unix_now();
+    // Same name, same coverage, same terms: one map entry covering A and MX.
     let mut t = setup(
         allowlist(),
         vec![
@@ -720,14 +746,80 @@ fn duplicate_entries_merge_into_their_union() {
             with_qtypes(entry("mx.example"), &[MX]),
         ],
     );
-    t.checks(&[
-        (q("mx.example", A), Allow, ev("mx.example.", "A")),
-        (q("mx.example", MX), Allow, ev("mx.example.", "MX")),
-        (
-            q("mx.example", TXT),
-            Nx(reason::DNS_NOT_ALLOWED),
-            ev("mx.example.", "TXT"),
-        ),
+    t.union_checks(&[
+        ("mx.example", A, Allow),
+        ("mx.example", MX, Allow),
+        ("mx.example", TXT, Nx(reason::DNS_NOT_ALLOWED)),
+    ]);
+
+    // One covers the other (every type, never expires, the looser bound): it alone decides,
+    // which is what the two allow together.
+    t.again(
+        allowlist(),
+        vec![
+            with_expiry(
+                with_entropy(with_qtypes(entry("*.cdn.example"), &[A]), 16),
+                now - 60,
+            ),
+            with_entropy(entry("*.cdn.example"), 40),
+            with_qtypes(entry("*.cdn.example"), &[]),
+        ],
+    );
+    t.union_checks(&[
+        // 33 bits: over the first bound, under the others.
+        ("x7kq9zj2mv.cdn.example", A, Allow),
+        ("x7kq9zj2mv.cdn.example", AAAA, Allow),
+    ]);
+    t.again(
+        allowlist(),
+        vec![
+            with_expiry(
+                with_entropy(with_qtypes(entry("*.cdn.example"), &[A]), 16),
+                now - 60,
+            ),
+            with_entropy(entry("*.cdn.example"), 40),
+        ],
+    );
+    t.union_checks(&[
+        ("x7kq9zj2mv.cdn.example", A, Allow),
+        // 12 distinct characters, 43 bits.
+        ("x7kq9zj2mvbw.cdn.example", TXT, Nx(reason::DNS_ENTROPY)),
+        ("www.cdn.example", MX, Allow),
+    ]);
+
+    // What one map entry cannot hold is refused with both entries' places, and the policy
+    // in force stays.
+    let mut list = t.policy.clone();
+    list.dns.lists[0].entries = vec![
+        NameEntry {
+            line: 4,
+            ..with_entropy(entry("*.cdn.example"), 256)
+        },
+        NameEntry {
+            line: 9,
+            ..with_qtypes(entry("*.cdn.example"), &[TXT])
+        },
+    ];
+    let err = t.b.install(&list).expect_err("conflicting duplicates");
+    assert_eq!(
+        format!("{err:#}"),
+        "compiling the DNS policy: list `test` line 9: `*.cdn.example` is also listed in list \
+         `test` line 4, with a different expiry or entropy bound and other query types; one \
+         name holds one entry, so give both the same `expires` and `max_entropy_bits`, or let \
+         one cover the other (all its query types, an expiry no earlier and a bound no lower)"
+    );
+    list.dns.lists[0].entries = [A, AAAA, MX, TXT, 65]
+        .iter()
+        .map(|&q| with_qtypes(entry("*.cdn.example"), &[q]))
+        .collect();
+    let err = t.b.install(&list).expect_err("five query types");
+    assert!(
+        format!("{err:#}").contains("together they name more than 4 query types"),
+        "{err:#}"
+    );
+    t.union_checks(&[
+        ("x7kq9zj2mvbw.cdn.example", TXT, Nx(reason::DNS_ENTROPY)),
+        ("www.cdn.example", 65, Allow),
     ]);
 }
 
@@ -779,7 +871,8 @@ fn base32ish(n: usize, seed: u64) -> String {
 
 #[test]
 fn entropy_bound_blocks_a_tunnel_under_an_allowed_suffix() {
-    let bound = 3.5;
+    // The bound the documentation recommends.
+    let bound = 256;
     let mut t = setup(
         allowlist(),
         vec![with_entropy(apex_and_below("example.com"), bound)],
@@ -788,11 +881,8 @@ fn entropy_bound_blocks_a_tunnel_under_an_allowed_suffix() {
     let more = base32ish(30, 8);
     let tunnel = format!("{data}.{more}.t.example.com");
     let below = format!("{data}{more}t");
-    let h = entropy::bits_per_char(below.as_bytes());
-    assert!(
-        h > bound,
-        "the crafted tunnel name has {h} bits per character"
-    );
+    let h = entropy::bits(below.as_bytes());
+    assert!(h > f64::from(bound), "the crafted tunnel name has {h} bits");
     let name = format!("{tunnel}.");
     t.checks(&[
         (q(&tunnel, TXT), Nx(reason::DNS_ENTROPY), ev(&name, "TXT")),
@@ -805,9 +895,63 @@ fn entropy_bound_blocks_a_tunnel_under_an_allowed_suffix() {
         // The apex has no labels below the entry: nothing to measure.
         (q("example.com", A), Allow, ev("example.com.", "A")),
     ]);
-    // Case folding happens before counting: upper case does not add entropy.
+    // All in upper case it is the same tunnel.
     let upper = tunnel.to_ascii_uppercase();
     t.check(&q(&upper, TXT), Nx(reason::DNS_ENTROPY), ev(&name, "TXT"));
+}
+
+#[test]
+fn letter_case_and_padding_do_not_hide_a_tunnel() {
+    let bound = 40;
+    let mut t = setup(
+        allowlist(),
+        vec![with_entropy(entry("*.example.com"), bound)],
+    );
+    // Four symbols, 16 characters: 32 bits. Letter case doubles the symbols: 48 bits.
+    assert!(entropy::bits(b"abcdabcdabcdabcd") < f64::from(bound));
+    assert!(entropy::bits(b"aBcDAbCdabcdABCD") > f64::from(bound));
+    t.checks(&[
+        (
+            q("abcdabcdabcdabcd.example.com", A),
+            Allow,
+            ev("abcdabcdabcdabcd.example.com.", "A"),
+        ),
+        // The case channel: counted as sent.
+        (
+            q("aBcDAbCdabcdABCD.example.com", A),
+            Nx(reason::DNS_ENTROPY),
+            ev("abcdabcdabcdabcd.example.com.", "A"),
+        ),
+        // The same case throughout carries nothing more.
+        (
+            q("ABCDABCDABCDABCD.example.com", A),
+            Allow,
+            ev("abcdabcdabcdabcd.example.com.", "A"),
+        ),
+        // 12 distinct characters, 43 bits: over.
+        (
+            q("x7kq9zj2mvbw.example.com", A),
+            Nx(reason::DNS_ENTROPY),
+            ev("x7kq9zj2mvbw.example.com.", "A"),
+        ),
+        // Padding labels or characters only add to the total.
+        (
+            q(
+                "aaaaaaaaaaaaaaaaaaaa.x7kq9zj2mvbw.aaaaaaaaaaaa.example.com",
+                A,
+            ),
+            Nx(reason::DNS_ENTROPY),
+            ev(
+                "aaaaaaaaaaaaaaaaaaaa.x7kq9zj2mvbw.aaaaaaaaaaaa.example.com.",
+                "A",
+            ),
+        ),
+        (
+            q("xa7aka9azaja2amavabawa.example.com", A),
+            Nx(reason::DNS_ENTROPY),
+            ev("xa7aka9azaja2amavabawa.example.com.", "A"),
+        ),
+    ]);
 }
 
 #[test]

@@ -58,7 +58,8 @@ map_type!(NameKey, 24);
 pub struct NameValue {
     /// `CLOCK_BOOTTIME` nanoseconds after which the entry no longer applies; 0 = never.
     pub expires_boot_ns: u64,
-    /// Allowlist: entropy bound in bits per character, 16 fractional bits; `u32::MAX` = none.
+    /// Allowlist: the most entropy the labels below may carry, in bits with 16 fractional
+    /// bits (see [`super::entropy::bound_fp`]); `u32::MAX` = none.
     pub max_entropy_fp: u32,
     /// Query types the entry applies to; 0 marks an unused slot; all zero = every type.
     pub qtypes: [u16; MAX_QTYPES],

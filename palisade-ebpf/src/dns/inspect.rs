@@ -48,11 +48,13 @@ pub struct Scratch {
     pub msg: [u8; INSPECT_LEN],
     /// Case-folded wire name.
     pub name: [u8; 256],
+    /// The wire name as sent (letter case kept), at the same offsets as `name`.
+    pub raw_name: [u8; 256],
     /// Offset of each label's length byte in `name`.
     pub starts: [u8; 128],
     /// Hash of each label.
     pub hashes: [[u64; 2]; 128],
-    /// Byte counts for the entropy check.
+    /// Byte counts for the entropy check (of `raw_name`).
     pub counts: [u8; 256],
     /// Loop state of the three `bpf_loop`s. It lives here, not on the stack: values read
     /// from a map are unknown to the verifier, so each callback is verified once for all
@@ -305,6 +307,9 @@ fn walk_one(s: &mut Scratch) -> bool {
     if let Some(slot) = s.name.get_mut(pos) {
         *slot = stored;
     }
+    if let Some(slot) = s.raw_name.get_mut(pos) {
+        *slot = byte;
+    }
     w.raw_sum += if pos % 2 == 0 {
         u32::from(byte) << 8
     } else {
@@ -424,7 +429,7 @@ fn entropy_exceeds(slot: u32, end: u8, bound_fp: u32) -> bool {
     };
     let e = &s.entropy;
     let n = (e.n as usize).min(TABLE_LEN - 1);
-    exceeds(NLOGN[n], e.sum, n as u64, bound_fp)
+    exceeds(NLOGN[n], e.sum, bound_fp)
 }
 
 extern "C" fn count_bytes(index: u64, ctx: *mut c_void) -> i64 {
@@ -450,7 +455,9 @@ extern "C" fn count_bytes(index: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn count_one(s: &mut Scratch, pos: usize) {
     let e = &mut s.entropy;
-    let byte = s.name[pos];
+    // As sent: letter case is information a tunnel can use. Length bytes are the same in
+    // both copies.
+    let byte = s.raw_name[pos];
     if pos == usize::from(e.next_len) {
         // A length byte: not part of any label.
         e.next_len = e.next_len.wrapping_add(byte).wrapping_add(1);

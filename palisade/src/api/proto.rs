@@ -363,7 +363,7 @@ pub struct DnsEntryRow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_left: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_entropy: Option<f64>,
+    pub max_entropy_bits: Option<u32>,
     pub live: bool,
 }
 

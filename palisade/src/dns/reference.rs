@@ -23,9 +23,6 @@ pub struct Verdict {
     pub qtype: u16,
 }
 
-/// Entries for one name merged: query types (`None` = all), expiry, entropy bound.
-type Merged = (Option<Vec<u16>>, Option<u64>, Option<f64>);
-
 /// Parses the question of a DNS message: case-folded labels and qtype.
 ///
 /// # Errors
@@ -45,6 +42,19 @@ pub fn question(msg: &[u8]) -> Result<(Vec<Vec<u8>>, u16), NameError> {
     Ok((labels, u16::from_be_bytes([t[0], t[1]])))
 }
 
+/// The first `count` labels of the question name as sent (letter case kept), for a message
+/// [`question`] accepted.
+fn raw_labels(msg: &[u8], count: usize) -> Vec<Vec<u8>> {
+    let mut at = HEADER_LEN;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = usize::from(msg[at]);
+        out.push(msg[at + 1..at + 1 + len].to_vec());
+        at += 1 + len;
+    }
+    out
+}
+
 /// Decides a query the way the kernel must, at unix time `now` (seconds).
 #[must_use]
 pub fn decide(policy: &Policy, scope: &DnsScope, msg: &[u8], now: u64) -> Verdict {
@@ -59,14 +69,18 @@ pub fn decide(policy: &Policy, scope: &DnsScope, msg: &[u8], now: u64) -> Verdic
             qtype: 0,
         };
     };
-    // Entries with the same name and the same apex/below coverage are one map entry,
-    // merged into the union of what they cover (see the compiler); then the longest
-    // applicable suffix wins.
-    let mut best: Option<(usize, bool, Option<f64>)> = None;
+    let raw = raw_labels(msg, labels.len());
+    // Every entry on its own, the longest suffix with an entry that applies winning. Entries
+    // for the same suffix are a union: in an allowlist the query is allowed when any of them
+    // allows it (the loosest bound of those in force), and reported expired only when all of
+    // them have expired; in a blocklist any entry in force blocks.
+    let mut best: Option<(usize, bool, Option<u32>)> = None;
     for n in 1..=labels.len() {
         let suffix = &labels[labels.len() - n..];
         let apex = n == labels.len();
-        let mut merged: Option<Merged> = None;
+        // (an entry applies, one in force applies, the loosest bound of those in force)
+        let mut applies = false;
+        let mut live: Option<Option<u32>> = None;
         for &list in &scope.lists {
             for e in &policy.dns.lists[list].entries {
                 let covers = match e.kind {
@@ -77,36 +91,24 @@ pub fn decide(policy: &Policy, scope: &DnsScope, msg: &[u8], now: u64) -> Verdic
                 if !covers || e.labels[..] != *suffix {
                     continue;
                 }
-                let qtypes = (!e.qtypes.is_empty()).then(|| e.qtypes.clone());
-                merged = Some(match merged {
-                    None => (qtypes, e.expires, e.max_entropy),
-                    Some((q, x, b)) => (
-                        match (q, qtypes) {
-                            (Some(mut a), Some(b)) => {
-                                a.extend(b);
-                                a.sort_unstable();
-                                a.dedup();
-                                (a.len() <= palisade_common::dns::maps::MAX_QTYPES).then_some(a)
-                            }
-                            _ => None,
-                        },
-                        x.zip(e.expires).map(|(a, b)| a.max(b)),
-                        b.zip(e.max_entropy).map(|(a, b)| a.max(b)),
-                    ),
+                if !e.qtypes.is_empty() && !e.qtypes.contains(&qtype) {
+                    continue;
+                }
+                applies = true;
+                if e.expires.is_some_and(|t| now > t) {
+                    continue;
+                }
+                live = Some(match live {
+                    None => e.max_entropy_bits,
+                    Some(b) => b.zip(e.max_entropy_bits).map(|(x, y)| x.max(y)),
                 });
             }
         }
-        let Some((qtypes, expires, bound)) = merged else {
-            continue;
-        };
-        if qtypes.is_some_and(|q| !q.contains(&qtype)) {
-            continue;
+        match (live, scope.mode) {
+            (Some(bound), _) => best = Some((n, false, bound)),
+            (None, DnsMode::Allowlist) if applies => best = Some((n, true, None)),
+            (None, _) => {}
         }
-        let expired = expires.is_some_and(|t| now > t);
-        if expired && scope.mode == DnsMode::Blocklist {
-            continue;
-        }
-        best = Some((n, expired, bound));
     }
     let reason = match (scope.mode, best) {
         (DnsMode::Blocklist, Some(_)) => reason::DNS_BLOCKED,
@@ -114,7 +116,8 @@ pub fn decide(policy: &Policy, scope: &DnsScope, msg: &[u8], now: u64) -> Verdic
         (DnsMode::Allowlist, None) => reason::DNS_NOT_ALLOWED,
         (DnsMode::Allowlist, Some((_, true, _))) => reason::DNS_EXPIRED,
         (DnsMode::Allowlist, Some((n, false, Some(bound)))) if n < labels.len() => {
-            let below: Vec<u8> = labels[..labels.len() - n].concat();
+            // Counted as sent: letter case included.
+            let below: Vec<u8> = raw[..labels.len() - n].concat();
             if entropy::exceeds_bound(&below, entropy::bound_fp(bound)) {
                 reason::DNS_ENTROPY
             } else {

@@ -139,7 +139,7 @@
 //! [[dns.lists.corp.entry]]           # a name with options
 //! name = "*.cdn.example.net"
 //! qtypes = ["A", "AAAA", 65]
-//! max_entropy = 3.5
+//! max_entropy_bits = 256
 //! expires = "2026-12-31T00:00:00Z"
 //! ```
 //!
@@ -186,7 +186,7 @@
 //! | --- | --- | --- |
 //! | `name` | one name, as in `names` | required |
 //! | `qtypes` | non-empty list of the query types the entry applies to: `A`, `NS`, `CNAME`, `SOA`, `PTR`, `MX`, `TXT`, `AAAA`, `SRV`, `DS`, `DNSKEY`, `SVCB`, `HTTPS`, `CAA`, `ANY` (in any case) or numbers `1..=65535` | every type |
-//! | `max_entropy` | `0.0..=8.0`: the most Shannon entropy, in bits per character, that the labels below the matched name may have, so random-looking names (DNS tunnels) are refused. Allowlists only: an error in a list that a blocklist uses | no limit |
+//! | `max_entropy_bits` | integer `0..=2040`: the most Shannon entropy, in bits, that all the labels below the matched name may carry together (counted as sent, letter case included; see [`palisade_common::dns::entropy`]), so DNS tunnels are refused. 256 is recommended: it lets ordinary CDN, cloud and mail host names through and stops tunnels whose names carry more than about 40 bytes. Allowlists only: an error in a list that a blocklist uses. The older `max_entropy` (bits per character) is refused with a message saying this | no limit |
 //! | `expires` | RFC 3339 time in UTC, `"2026-12-31T00:00:00Z"` (a string or a TOML date-time; the offset must be `Z`), or a unix time in seconds: the entry no longer applies after it | never |
 //!
 //! # Connection tracking
@@ -255,7 +255,10 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use palisade_common::conntrack::{STATE_NAMES, TIMEOUT_NAMES, TIMEOUTS};
+use palisade_common::{
+    conntrack::{STATE_NAMES, TIMEOUT_NAMES, TIMEOUTS},
+    dns::entropy::MAX_BITS,
+};
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
 use super::model::{
@@ -548,7 +551,8 @@ struct Node {
 enum Val {
     Str(String),
     Int(i64),
-    Float(f64),
+    /// No key takes a float: kept to name the type in messages.
+    Float,
     Bool(bool),
     /// As TOML wrote it, e.g. `2026-12-31T00:00:00Z`.
     Datetime(String),
@@ -567,7 +571,7 @@ impl Val {
         match self {
             Self::Str(_) => "a string",
             Self::Int(_) => "an integer",
-            Self::Float(_) => "a float",
+            Self::Float => "a float",
             Self::Bool(_) => "a boolean",
             Self::Datetime(_) => "a date-time",
             Self::Array(_) => "an array",
@@ -639,7 +643,7 @@ fn value_node(value: &Value, fallback: usize) -> Node {
     let val = match value {
         Value::String(s) => Val::Str(s.value().clone()),
         Value::Integer(i) => Val::Int(*i.value()),
-        Value::Float(f) => Val::Float(*f.value()),
+        Value::Float(_) => Val::Float,
         Value::Boolean(b) => Val::Bool(*b.value()),
         Value::Datetime(d) => Val::Datetime(d.value().to_string()),
         Value::Array(a) => Val::Array(a.iter().map(|v| value_node(v, at)).collect()),
@@ -716,7 +720,12 @@ const EGRESS_KEYS: &[&str] = &[
 ];
 const QUERY_RATE_KEYS: &[&str] = &["qps", "burst"];
 const LIST_KEYS: &[&str] = &["files", "names", "subdomains", "entry"];
-const LIST_ENTRY_KEYS: &[&str] = &["name", "qtypes", "max_entropy", "expires"];
+const LIST_ENTRY_KEYS: &[&str] = &["name", "qtypes", "max_entropy_bits", "expires"];
+/// What `max_entropy_bits` replaced, and why the old value cannot be carried over.
+const RETIRED_MAX_ENTROPY: &str = "`max_entropy` (an average in bits per character) is no \
+    longer supported: an average let short names, padding and letter case through. Use \
+    `max_entropy_bits`, the total entropy in bits of the labels below the name (case \
+    counted); 256 lets ordinary host names through and stops tunnels";
 /// `[conntrack]`: the switch, the two capacities, the per-source limits, then every timeout
 /// by its name.
 const CONNTRACK_KEYS: [&str; 5 + TIMEOUTS] = {
@@ -825,8 +834,21 @@ impl Checker<'_> {
     }
 
     fn check_keys(&mut self, table: TableView<'_>, what: &str, allowed: &[&str]) {
+        self.check_keys_but(table, what, allowed, &[]);
+    }
+
+    /// [`Self::check_keys`], leaving out `retired` keys (reported by the caller with what
+    /// replaced them).
+    fn check_keys_but(
+        &mut self,
+        table: TableView<'_>,
+        what: &str,
+        allowed: &[&str],
+        retired: &[&str],
+    ) {
         for entry in table.entries {
-            if !allowed.contains(&entry.key.as_str()) {
+            let key = entry.key.as_str();
+            if !allowed.contains(&key) && !retired.contains(&key) {
                 let msg = format!(
                     "unknown key `{}` in {what}; expected one of {}",
                     entry.key,
@@ -1672,13 +1694,13 @@ impl Checker<'_> {
 // The `[dns]` section
 
 /// What a scope's `mode` and `lists` resolved to, kept even when the scope has other errors
-/// so the `max_entropy` check still sees which lists a blocklist uses.
+/// so the `max_entropy_bits` check still sees which lists a blocklist uses.
 struct ScopeCheck {
     scope: Option<DnsScope>,
     table: &'static str,
 }
 
-/// A parsed `[dns.lists.NAME]`, with where its `max_entropy` values were written.
+/// A parsed `[dns.lists.NAME]`, with where its `max_entropy_bits` values were written.
 struct ListCheck {
     list: NameList,
     max_entropy_at: Vec<usize>,
@@ -1724,7 +1746,7 @@ impl Checker<'_> {
             }
         });
 
-        // `max_entropy` limits what an allowlist lets through; in a blocklist it would have
+        // `max_entropy_bits` limits what an allowlist lets through; in a blocklist it would have
         // to mean "block only when random enough", which nothing implements.
         let mut reported = HashSet::new();
         for check in ingress.iter().chain(egress.iter()) {
@@ -1737,7 +1759,7 @@ impl Checker<'_> {
                 for &at in &list.max_entropy_at {
                     if reported.insert(at) {
                         let msg = format!(
-                            "max_entropy only applies to allowlists, but list `{}` is used by \
+                            "max_entropy_bits only applies to allowlists, but list `{}` is used by \
                              the blocklist in {}",
                             list.list.name, check.table
                         );
@@ -2062,7 +2084,7 @@ impl Checker<'_> {
                 },
                 qtypes: Vec::new(),
                 expires: None,
-                max_entropy: None,
+                max_entropy_bits: None,
                 line: self.lines.line(at),
             }),
             Err(e) => {
@@ -2072,14 +2094,19 @@ impl Checker<'_> {
         }
     }
 
-    /// `[[dns.lists.NAME.entry]]`, and where its valid `max_entropy` was written.
+    /// `[[dns.lists.NAME.entry]]`, and where its valid `max_entropy_bits` was written.
     fn list_entry(
         &mut self,
         view: TableView<'_>,
         subdomains: bool,
     ) -> Option<(NameEntry, Option<usize>)> {
         let errors_before = self.error_count();
-        self.check_keys(view, "DNS list entry", LIST_ENTRY_KEYS);
+        for e in view.entries {
+            if e.key == "max_entropy" {
+                self.err(e.key_at, RETIRED_MAX_ENTROPY);
+            }
+        }
+        self.check_keys_but(view, "DNS list entry", LIST_ENTRY_KEYS, &["max_entropy"]);
         let entry = match view.get("name") {
             None => {
                 self.err(view.at, "DNS list entry is missing `name`");
@@ -2093,9 +2120,11 @@ impl Checker<'_> {
             .get("qtypes")
             .map(|node| self.qtypes(node))
             .unwrap_or_default();
-        let max_entropy = view
-            .get("max_entropy")
-            .and_then(|node| self.max_entropy(node).map(|v| (v, node.at)));
+        let max_entropy = view.get("max_entropy_bits").and_then(|node| {
+            self.integer(node, "max_entropy_bits", 0, i64::from(MAX_BITS))
+                .and_then(|v| u32::try_from(v).ok())
+                .map(|v| (v, node.at))
+        });
         let expires = view.get("expires").and_then(|node| self.expires(node));
         if self.error_count() != errors_before {
             return None;
@@ -2103,7 +2132,7 @@ impl Checker<'_> {
         let entry = NameEntry {
             qtypes,
             expires,
-            max_entropy: max_entropy.map(|(v, _)| v),
+            max_entropy_bits: max_entropy.map(|(v, _)| v),
             line: self.lines.line(view.at),
             ..entry?
         };
@@ -2167,33 +2196,6 @@ impl Checker<'_> {
             }
         }
         out
-    }
-
-    fn max_entropy(&mut self, node: &Node) -> Option<f64> {
-        #[allow(clippy::cast_precision_loss)] // only small integers are in range
-        let value = match node.val {
-            Val::Float(f) => f,
-            Val::Int(n) => n as f64,
-            ref other => {
-                let msg = format!(
-                    "`max_entropy` must be a number of bits per character, found {}",
-                    other.type_name()
-                );
-                self.err(node.at, msg);
-                return None;
-            }
-        };
-        if (0.0..=8.0).contains(&value) {
-            Some(value)
-        } else {
-            self.err(
-                node.at,
-                format!(
-                    "`max_entropy` must be between 0.0 and 8.0 bits per character, found {value}"
-                ),
-            );
-            None
-        }
     }
 
     fn expires(&mut self, node: &Node) -> Option<u64> {
@@ -3143,7 +3145,7 @@ tcp_flags = "syn"
             kind,
             qtypes: vec![],
             expires: None,
-            max_entropy: None,
+            max_entropy_bits: None,
             line,
         }
     }
@@ -3229,7 +3231,7 @@ tcp_flags = "syn"
                         name(&["example", "com"], NameMatch::Subdomains, 25),
                         NameEntry {
                             qtypes: vec![1, 28, 65],
-                            max_entropy: Some(3.5),
+                            max_entropy_bits: Some(256),
                             expires: Some(1_798_675_200),
                             ..name(&["cdn", "example", "net"], NameMatch::Subdomains, 27)
                         },
@@ -3452,12 +3454,12 @@ tcp_flags = "syn"
             (
                 "[[dns.lists.l.entry]]\n\
                  qtypes = [\"A\", \"a\", \"AXFR\", 0, 65536, 1.5]\n\
-                 max_entropy = 9\n\
+                 max_entropy_bits = 9000\n\
                  expires = \"2026-12-31T00:00:00+01:00\"\n\
                  [[dns.lists.l.entry]]\n\
                  name = \"x.example\"\n\
                  qtypes = []\n\
-                 max_entropy = \"high\"\n\
+                 max_entropy_bits = \"high\"\n\
                  expires = -1\n\
                  ttl = 5\n\
                  [[dns.lists.l.entry]]\n\
@@ -3474,18 +3476,19 @@ tcp_flags = "syn"
                     "p.toml:2:32: `qtypes` must be between 1 and 65535, found 65536",
                     "p.toml:2:39: `qtypes` entries must be query type names or numbers, found \
                      a float",
-                    "p.toml:3:15: `max_entropy` must be between 0.0 and 8.0 bits per character, \
-                     found 9",
+                    "p.toml:3:20: `max_entropy_bits` must be between 0 and 2040, found 9000",
                     "p.toml:4:11: time `2026-12-31T00:00:00+01:00` has a UTC offset; write it \
                      in UTC with a final `Z`",
                     "p.toml:7:10: `qtypes` is empty; leave it out to match every query type",
-                    "p.toml:8:15: `max_entropy` must be a number of bits per character, found \
-                     a string",
+                    "p.toml:8:20: `max_entropy_bits` must be an integer, found a string",
                     "p.toml:9:11: `expires` must be a unix time of 0 or more, found -1",
                     "p.toml:10:1: unknown key `ttl` in DNS list entry; expected one of `name`, \
-                     `qtypes`, `max_entropy`, `expires`",
-                    "p.toml:13:15: `max_entropy` must be between 0.0 and 8.0 bits per \
-                     character, found NaN",
+                     `qtypes`, `max_entropy_bits`, `expires`",
+                    "p.toml:13:1: `max_entropy` (an average in bits per character) is no longer \
+                     supported: an average let short names, padding and letter case through. \
+                     Use `max_entropy_bits`, the total entropy in bits of the labels below the \
+                     name (case counted); 256 lets ordinary host names through and stops \
+                     tunnels",
                     "p.toml:14:11: invalid time `2026-12-31`; use RFC 3339 in UTC, like \
                      \"2026-12-31T00:00:00Z\", or a unix time in seconds",
                 ],
@@ -3507,10 +3510,10 @@ tcp_flags = "syn"
             (
                 "[dns.ingress]\nmode = \"blocklist\"\nlists = [\"corp\"]\n\
                  [dns.egress]\nmode = \"blocklist\"\nlists = [\"corp\"]\n\
-                 [[dns.lists.corp.entry]]\nname = \"a.example\"\nmax_entropy = 3.5\n\
+                 [[dns.lists.corp.entry]]\nname = \"a.example\"\nmax_entropy_bits = 256\n\
                  [[dns.lists.corp.entry]]\nname = \"b.example\"\n",
                 vec![
-                    "p.toml:9:15: max_entropy only applies to allowlists, but list `corp` is \
+                    "p.toml:9:20: max_entropy_bits only applies to allowlists, but list `corp` is \
                      used by the blocklist in [dns.ingress]",
                 ],
             ),
@@ -3525,10 +3528,10 @@ tcp_flags = "syn"
         let text = "[dns.ingress]\nmode = \"blocklist\"\nlists = [\"ads\"]\n\
                     [dns.egress]\nmode = \"allowlist\"\nlists = [\"corp\", \"ads\"]\n\
                     [dns.lists.ads]\nnames = [\"ads.example\"]\n\
-                    [[dns.lists.corp.entry]]\nname = \"*.example.com\"\nmax_entropy = 0\n";
+                    [[dns.lists.corp.entry]]\nname = \"*.example.com\"\nmax_entropy_bits = 0\n";
         let dns = parse(text).expect("valid").dns;
         assert_eq!(dns.lists[1].name, "corp");
-        assert_eq!(dns.lists[1].entries[0].max_entropy, Some(0.0));
+        assert_eq!(dns.lists[1].entries[0].max_entropy_bits, Some(0));
         assert_eq!(dns.egress.expect("egress").scope.lists, [1, 0]);
     }
 

@@ -371,9 +371,10 @@ pub struct NameEntry {
     pub qtypes: Vec<u16>,
     /// Unix time (seconds) after which the entry no longer applies.
     pub expires: Option<u64>,
-    /// Allowlist only: the Shannon entropy, in bits per character, of the labels below the
-    /// matched suffix must not exceed this.
-    pub max_entropy: Option<f64>,
+    /// Allowlist only: the total Shannon entropy, in bits, of the labels below the matched
+    /// suffix (counted as sent, letter case included) must not exceed this (see
+    /// [`palisade_common::dns::entropy`]).
+    pub max_entropy_bits: Option<u32>,
     /// 1-based line in the file it came from (0 when built in code).
     pub line: usize,
 }
