@@ -26,8 +26,8 @@ use palisade::{
     dns::reference,
     events::{DnsDecision, qtype_name, wire_name_to_text},
     policy::model::{
-        Action, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry,
-        NameList, NameMatch, Policy,
+        Action, AnswerBudget, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall,
+        FragmentPolicy, NameEntry, NameList, NameMatch, Policy,
     },
     testrun::{Bench, sum_counter},
 };
@@ -388,6 +388,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
             ports: vec![53],
+            answers: AnswerBudget::UNLIMITED,
             ingress: Some(scope.clone()),
             egress: Some(DnsEgress {
                 scope: DnsScope {
@@ -627,6 +628,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
             ports: vec![53],
+            answers: AnswerBudget::UNLIMITED,
             ingress: Some(scope.clone()),
             egress: None,
             lists: vec![],

@@ -29,8 +29,8 @@ use palisade::{
     firewall::apply,
     policy::{
         model::{
-            Action, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, FragmentPolicy,
-            NameEntry, NameList, Policy, QueryRate,
+            Action, AnswerBudget, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall,
+            FragmentPolicy, NameEntry, NameList, Policy, QueryRate,
         },
         namelist,
     },
@@ -93,6 +93,7 @@ fn policy(
         sets: vec![],
         dns: Dns {
             ports: vec![53],
+            answers: AnswerBudget::UNLIMITED,
             ingress,
             egress: egress.map(|scope| DnsEgress {
                 scope,

@@ -101,8 +101,48 @@ map_type!(ScopeConfig, 24);
 pub struct DnsGlobal {
     /// Destination ports carrying DNS; 0 marks an unused slot.
     pub ports: [u16; MAX_PORTS],
+    /// The answer budget (GCRA): nanoseconds per NXDOMAIN answer to one client prefix;
+    /// 0 = no budget.
+    pub answer_interval_ns: u64,
+    /// Burst tolerance of the answer budget, in nanoseconds.
+    pub answer_tolerance_ns: u64,
+    /// Prefix length that groups IPv4 clients under one answer budget (0..=32).
+    pub answer_prefix_v4: u8,
+    /// Prefix length that groups IPv6 clients under one answer budget (0..=128).
+    pub answer_prefix_v6: u8,
+    pub _pad: [u8; 6],
 }
-map_type!(DnsGlobal, 16);
+map_type!(DnsGlobal, 40);
+
+impl DnsGlobal {
+    /// The answer budget key of a client: its address (IPv4 mapped into IPv6) cut to the
+    /// configured prefix.
+    #[inline(always)]
+    #[must_use]
+    pub fn answer_key(&self, addr: &[u8; 16], v4: bool) -> ClientKey {
+        // An IPv4 address sits in the last 32 bits of the mapped form.
+        let bits = if v4 {
+            96 + u32::from(self.answer_prefix_v4.min(32))
+        } else {
+            u32::from(self.answer_prefix_v6.min(128))
+        };
+        let mut out = *addr;
+        let mut i = 0;
+        while i < 16 {
+            let first = (i as u32) * 8;
+            if bits <= first {
+                out[i] = 0;
+            } else if bits < first + 8 {
+                out[i] &= 0xffu8 << (8 - (bits - first));
+            }
+            i += 1;
+        }
+        ClientKey {
+            addr: out,
+            scope: u32::from(SCOPE_INGRESS),
+        }
+    }
+}
 
 impl DnsGlobal {
     #[inline(always)]

@@ -13,6 +13,10 @@ pub const INSPECT_LEN: usize = 512;
 
 /// RCODE NXDOMAIN.
 pub const RCODE_NXDOMAIN: u8 = 3;
+/// The EDNS(0) OPT pseudo-record type (RFC 6891).
+pub const TYPE_OPT: u16 = 41;
+/// An OPT record before its options: root owner, type, class, TTL and RDLENGTH.
+pub const OPT_FIXED_LEN: usize = 11;
 
 /// Why a query is not inspectable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +27,17 @@ pub enum HeaderError {
     Opcode,
     /// QDCOUNT is not 1.
     QdCount,
+    /// Answer or authority records, or more than one additional record.
+    Records,
+    /// What follows the question is not exactly what ARCOUNT announces: bytes after the
+    /// question without an OPT record, a record that is not OPT, or an OPT record that does
+    /// not end exactly at the end of the message.
+    Trailing,
 }
 
-/// Checks a query header: QR = 0, opcode QUERY, exactly one question.
+/// Checks a query header: QR = 0, opcode QUERY, exactly one question, no answer or
+/// authority records and at most one additional record (the OPT record, checked by
+/// [`check_additional`]).
 #[inline(always)]
 pub fn check_query_header(h: &[u8; HEADER_LEN]) -> Result<(), HeaderError> {
     if h[2] & 0x80 != 0 {
@@ -36,6 +48,40 @@ pub fn check_query_header(h: &[u8; HEADER_LEN]) -> Result<(), HeaderError> {
     }
     if h[4] != 0 || h[5] != 1 {
         return Err(HeaderError::QdCount);
+    }
+    if h[6] != 0 || h[7] != 0 || h[8] != 0 || h[9] != 0 || h[10] != 0 || h[11] > 1 {
+        return Err(HeaderError::Records);
+    }
+    Ok(())
+}
+
+/// Checks what follows the question, `after` bytes in all, of which `opt` holds the first
+/// [`OPT_FIXED_LEN`] (zeros past the end). With ARCOUNT 0 nothing may follow; with
+/// ARCOUNT 1 exactly one OPT record must: root owner, type 41, its RDATA ending exactly at
+/// the end of the message. Resolvers differ in what they make of anything else (some
+/// ignore trailing bytes, some read names in them), so anything else is refused.
+#[inline(always)]
+pub fn check_additional(
+    h: &[u8; HEADER_LEN],
+    opt: &[u8; OPT_FIXED_LEN],
+    after: usize,
+) -> Result<(), HeaderError> {
+    if h[10] != 0 || h[11] > 1 {
+        return Err(HeaderError::Records);
+    }
+    if h[11] == 0 {
+        return if after == 0 {
+            Ok(())
+        } else {
+            Err(HeaderError::Trailing)
+        };
+    }
+    if after < OPT_FIXED_LEN || opt[0] != 0 || u16::from_be_bytes([opt[1], opt[2]]) != TYPE_OPT {
+        return Err(HeaderError::Trailing);
+    }
+    let rdlength = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
+    if after != OPT_FIXED_LEN + rdlength {
+        return Err(HeaderError::Trailing);
     }
     Ok(())
 }

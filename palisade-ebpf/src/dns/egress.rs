@@ -163,6 +163,8 @@ fn inspect_egress(ctx: &SkBuffContext, slot: u32) -> i32 {
             scope: SCOPE_EGRESS,
             generation,
             msg_len: copied.min(INSPECT_LEN),
+            total_len: msg_len,
+            whole: true,
         };
         if !inspect::inspect(cfg, &req, &mut d) {
             bump(&STATS, stats::INTERNAL);
