@@ -3247,8 +3247,8 @@ tcp_flags = "syn"
                         name(&["a", "ads", "example"], NameMatch::Exact, 3),
                         name(&["b", "ads", "example"], NameMatch::Exact, 3),
                         name(&["c", "ads", "example"], NameMatch::ApexAndSubdomains, 2),
-                        name(&["ads", "example", "com"], NameMatch::Exact, 18),
-                        name(&["tracker", "example"], NameMatch::Subdomains, 18),
+                        name(&["ads", "example", "com"], NameMatch::Exact, 19),
+                        name(&["tracker", "example"], NameMatch::Subdomains, 19),
                     ],
                 },
                 NameList {
@@ -3256,19 +3256,19 @@ tcp_flags = "syn"
                     entries: vec![name(
                         &["malware", "example"],
                         NameMatch::ApexAndSubdomains,
-                        21
+                        22
                     )],
                 },
                 NameList {
                     name: "corp".into(),
                     entries: vec![
-                        name(&["example", "com"], NameMatch::Exact, 25),
-                        name(&["example", "com"], NameMatch::Subdomains, 25),
+                        name(&["example", "com"], NameMatch::Exact, 26),
+                        name(&["example", "com"], NameMatch::Subdomains, 26),
                         NameEntry {
                             qtypes: vec![1, 28, 65],
                             max_entropy: Some(3.5),
                             expires: Some(1_798_675_200),
-                            ..name(&["cdn", "example", "net"], NameMatch::Subdomains, 27)
+                            ..name(&["cdn", "example", "net"], NameMatch::Subdomains, 28)
                         },
                     ],
                 },
@@ -3423,6 +3423,7 @@ tcp_flags = "syn"
                 "[dns]\nport = [53]\ningress = 1\nlists = 2\n",
                 vec![
                     "p.toml:2:1: unknown key `port` in [dns]; expected one of `ports`, \
+                     `answer_rate`, `answer_burst`, `answer_prefix_v4`, `answer_prefix_v6`, \
                      `ingress`, `egress`, `lists`",
                     "p.toml:3:11: `dns.ingress` must be a table, found an integer",
                     "p.toml:4:9: `dns.lists` must be a table, found an integer",
