@@ -188,3 +188,43 @@ pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
     "reserved6",
     "reserved7",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_keys_cut_addresses_to_the_prefix() {
+        let g = DnsGlobal {
+            answer_prefix_v4: 24,
+            answer_prefix_v6: 56,
+            ..DnsGlobal::default()
+        };
+        let mut v4 = [0u8; 16];
+        v4[10] = 0xff;
+        v4[11] = 0xff;
+        v4[12..].copy_from_slice(&[203, 0, 113, 77]);
+        let k = g.answer_key(&v4, true);
+        assert_eq!(&k.addr[10..], &[0xff, 0xff, 203, 0, 113, 0]);
+        assert_eq!(k.scope, u32::from(SCOPE_INGRESS));
+        let v6 = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0xaa, 0xbb, 0x34, 1, 2, 3, 4, 5, 6, 7, 8,
+        ];
+        let k = g.answer_key(&v6, false);
+        assert_eq!(
+            k.addr,
+            [
+                0x20, 0x01, 0x0d, 0xb8, 0, 0xaa, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        // Prefixes that do not end on a byte boundary.
+        let g = DnsGlobal {
+            answer_prefix_v4: 20,
+            answer_prefix_v6: 3,
+            ..g
+        };
+        assert_eq!(&g.answer_key(&v4, true).addr[12..], &[203, 0, 112, 0]);
+        assert_eq!(g.answer_key(&v6, false).addr[0], 0x20);
+        assert_eq!(g.answer_key(&v6, false).addr[1..], [0; 15]);
+    }
+}

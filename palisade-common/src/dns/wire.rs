@@ -128,3 +128,65 @@ pub fn fold_checksum(mut sum: u64) -> u16 {
     }
     !(sum as u16)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(ar: u8) -> [u8; HEADER_LEN] {
+        [0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, ar]
+    }
+
+    fn opt(rdlength: u16) -> [u8; OPT_FIXED_LEN] {
+        let r = rdlength.to_be_bytes();
+        [0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, r[0], r[1]]
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(check_query_header(&header(0)), Ok(()));
+        assert_eq!(check_query_header(&header(1)), Ok(()));
+        assert_eq!(check_query_header(&header(2)), Err(HeaderError::Records));
+        let mut h = header(0);
+        h[7] = 1;
+        assert_eq!(check_query_header(&h), Err(HeaderError::Records));
+        let mut h = header(0);
+        h[8] = 1;
+        assert_eq!(check_query_header(&h), Err(HeaderError::Records));
+    }
+
+    #[test]
+    fn what_may_follow_the_question() {
+        let none = [0; OPT_FIXED_LEN];
+        assert_eq!(check_additional(&header(0), &none, 0), Ok(()));
+        assert_eq!(
+            check_additional(&header(0), &none, 1),
+            Err(HeaderError::Trailing)
+        );
+        assert_eq!(
+            check_additional(&header(1), &none, 0),
+            Err(HeaderError::Trailing)
+        );
+        assert_eq!(check_additional(&header(1), &opt(0), 11), Ok(()));
+        assert_eq!(check_additional(&header(1), &opt(12), 23), Ok(()));
+        for after in [22, 24, 10] {
+            assert_eq!(
+                check_additional(&header(1), &opt(12), after),
+                Err(HeaderError::Trailing),
+                "{after}"
+            );
+        }
+        let mut not_opt = opt(0);
+        not_opt[2] = 1;
+        assert_eq!(
+            check_additional(&header(1), &not_opt, 11),
+            Err(HeaderError::Trailing)
+        );
+        let mut owner = opt(0);
+        owner[0] = 1;
+        assert_eq!(
+            check_additional(&header(1), &owner, 11),
+            Err(HeaderError::Trailing)
+        );
+    }
+}
