@@ -52,8 +52,17 @@ pub const DNS_BUSY: u32 = 17;
 /// kept the packet from being inspected, so it is refused.
 pub const DNS_INTERNAL: u32 = 18;
 
+/// DNS: a blocked query that would have been answered was sent to or from a broadcast,
+/// multicast or unspecified MAC or IP address; it is dropped, never answered (an answer
+/// there would reach many hosts, or a forged one).
+pub const DNS_GROUP_ADDRESS: u32 = 19;
+/// DNS: a blocked query that would have been answered, but the client's prefix has used
+/// its answer budget (`[dns] answer_rate`); dropped without an answer, so Palisade cannot
+/// be made to bounce traffic at a forged source address.
+pub const DNS_ANSWER_BUDGET: u32 = 20;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 19;
+pub const COUNT: u32 = 21;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -76,6 +85,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-gso",
     "dns-busy",
     "dns-internal",
+    "dns-group-address",
+    "dns-answer-budget",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

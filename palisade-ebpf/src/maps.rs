@@ -133,6 +133,12 @@ pub static DNS_NAMES: HashMap<NameKey, NameValue> =
 #[map]
 pub static DNS_RATE: LruHashMap<ClientKey, u64> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Answer budgets (GCRA time) per client prefix (`[dns] answer_prefix_v4`/`_v6`), ingress
+/// only. 65,536 prefixes: LRU, so under a spread of forged sources the least recently seen
+/// prefix is forgotten first, and forgetting one only gives it a fresh burst.
+#[map]
+pub static DNS_ANSWERS: LruHashMap<ClientKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
 /// Per-scope DNS counters.
 #[map]
 pub static DNS_STATS: PerCpuArray<u64> =

@@ -287,6 +287,8 @@ fn policy(bits: u32) -> Policy {
                 name: "corpus".into(),
                 entries,
             }],
+            // Thousands of answers to one client: no per-prefix budget.
+            answers: palisade::policy::model::AnswerBudget::UNLIMITED,
         },
     }
 }

@@ -286,6 +286,8 @@ fn inspect_egress(
             scope: SCOPE_EGRESS,
             generation,
             msg_len: copied.min(INSPECT_LEN),
+            total_len: msg_len,
+            whole: true,
         };
         // SAFETY: this run's own scratch slot.
         unsafe { (*scratch).rate_key = cgroup_rate_key(sender.cgroup_id) };

@@ -17,8 +17,11 @@ use palisade_common::{
             ClientKey, KIND_APEX, KIND_BELOW, MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue,
             SCOPE_BLOCK_MALFORMED, SCOPE_RATE, ScopeConfig,
         },
-        name::{Step, Walker},
-        wire::{HEADER_LEN, INSPECT_LEN, MAX_LABELS, MAX_NAME_WIRE, check_query_header},
+        name::{MAX_WALK_BYTES, Step, Walker},
+        wire::{
+            HEADER_LEN, INSPECT_LEN, MAX_LABELS, OPT_FIXED_LEN, check_additional,
+            check_query_header,
+        },
     },
     firewall::rate_conforms,
     packet::Packet,
@@ -46,9 +49,9 @@ pub struct Scratch {
     pub rate_key: [u8; 16],
     /// The DNS message as copied from the packet (header first).
     pub msg: [u8; INSPECT_LEN],
-    /// Case-folded wire name.
+    /// Case-folded logical wire name (compression pointers followed).
     pub name: [u8; 256],
-    /// The wire name as sent (letter case kept), at the same offsets as `name`.
+    /// The same name bytes as sent, letter case kept, at the same positions as `name`.
     pub raw_name: [u8; 256],
     /// Offset of each label's length byte in `name`.
     pub starts: [u8; 128],
@@ -70,8 +73,11 @@ pub struct Decision {
     /// `reason::PASS` or the reason to block.
     pub reason: u32,
     pub qtype: u16,
-    /// 0 when the name could not be parsed.
+    /// Logical length of the name (pointers followed); 0 when it could not be parsed.
     pub wire_len: u16,
+    /// Bytes the name takes in the message (up to its first pointer); what an NXDOMAIN
+    /// answer echoes.
+    pub in_message: u16,
     /// Sum of the raw question bytes (name, qtype, qclass) for the NXDOMAIN checksum.
     pub question_sum: u32,
     /// List of the deciding entry, `u16::MAX` for none.
@@ -89,6 +95,7 @@ impl Decision {
             },
             qtype: 0,
             wire_len: 0,
+            in_message: 0,
             question_sum: 0,
             list: u16::MAX,
         }
@@ -103,6 +110,11 @@ pub struct Request {
     pub generation: u32,
     /// Bytes of the message copied into the scratch.
     pub msg_len: usize,
+    /// Length of the whole message (what the receiver sees), at least `msg_len`.
+    pub total_len: usize,
+    /// Whether the whole message is in this packet; when not, the query is judged
+    /// malformed (after the rate limit has taken its token).
+    pub whole: bool,
 }
 
 /// Inspects the message in the scratch for `req.scope`. Returns `None` on an internal
@@ -112,7 +124,7 @@ pub struct Request {
 /// within the verifier's 512 bytes.
 #[inline(never)]
 pub fn inspect(cfg: &ScopeConfig, req: &Request, out: &mut Decision) -> bool {
-    match inspect_inner(cfg, req.slot, req.scope, req.generation, req.msg_len) {
+    match inspect_inner(cfg, req) {
         Some(d) => {
             *out = d;
             true
@@ -122,29 +134,34 @@ pub fn inspect(cfg: &ScopeConfig, req: &Request, out: &mut Decision) -> bool {
 }
 
 #[inline(always)]
-fn inspect_inner(
-    cfg: &ScopeConfig,
-    slot: u32,
-    scope: u8,
-    generation: u32,
-    msg_len: usize,
-) -> Option<Decision> {
+fn inspect_inner(cfg: &ScopeConfig, req: &Request) -> Option<Decision> {
+    let (slot, scope, generation, msg_len) = (req.slot, req.scope, req.generation, req.msg_len);
     let block_malformed = cfg.flags & SCOPE_BLOCK_MALFORMED != 0;
     let key = *DNS_KEY.get(0)?;
     let scratch = DNS_SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: per-CPU scratch slot of this hook, used by one program at a time.
     let s = unsafe { &mut *scratch };
-    if msg_len < HEADER_LEN {
+    // The rate limit comes before any parsing: a flood of unparsable queries spends the
+    // client's tokens like any other.
+    if cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.rate_key) {
+        let mut d = Decision::malformed(true);
+        d.reason = reason::DNS_RATE;
+        return Some(d);
+    }
+    if !req.whole || msg_len < HEADER_LEN || req.total_len < msg_len {
         return Some(Decision::malformed(block_malformed));
     }
-    let mut header = [0u8; HEADER_LEN];
-    header.copy_from_slice(&s.msg[..HEADER_LEN]);
-    if check_query_header(&header).is_err() {
+    // The header and the OPT record are checked where they lie in the scratch: copies on
+    // the stack would push the hook and this frame together past 512 bytes.
+    let Some(header) = s.msg.first_chunk::<HEADER_LEN>() else {
+        return Some(Decision::malformed(block_malformed));
+    };
+    if check_query_header(header).is_err() {
         return Some(Decision::malformed(block_malformed));
     }
 
     s.walk = WalkCtx {
-        walker: Walker::new(&key),
+        walker: Walker::new(&key, HEADER_LEN as u16),
         key,
         msg_len,
         raw_sum: 0,
@@ -154,7 +171,7 @@ fn inspect_inner(
     // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
     unsafe {
         bpf_loop(
-            MAX_NAME_WIRE.div_ceil(CHUNK) as u32,
+            MAX_WALK_BYTES.div_ceil(CHUNK) as u32,
             walk_bytes as *mut c_void,
             slot_arg(&slot),
             0,
@@ -164,7 +181,8 @@ fn inspect_inner(
     if walk.failed || walk.wire_len == 0 {
         return Some(Decision::malformed(block_malformed));
     }
-    let q = HEADER_LEN + usize::from(walk.wire_len);
+    let in_message = walk.walker.in_message;
+    let q = HEADER_LEN + usize::from(in_message);
     if q + 4 > msg_len || q + 4 > INSPECT_LEN {
         return Some(Decision::malformed(block_malformed));
     }
@@ -174,11 +192,27 @@ fn inspect_inner(
     };
     tail.copy_from_slice(bytes);
     let qtype = u16::from_be_bytes([tail[0], tail[1]]);
-    // The name starts at an even offset of the message; continue the parity from its end.
+    // What follows the question: nothing, or exactly one OPT record.
+    let end = q + 4;
+    let after = req.total_len - end.min(req.total_len);
+    // With fewer than OPT_FIXED_LEN bytes after the question the record is not read.
+    let opt_at = if after >= OPT_FIXED_LEN { end } else { 0 };
+    let (Some(header), Some(opt)) = (
+        s.msg.first_chunk::<HEADER_LEN>(),
+        s.msg
+            .get(opt_at..)
+            .and_then(<[u8]>::first_chunk::<OPT_FIXED_LEN>),
+    ) else {
+        return Some(Decision::malformed(block_malformed));
+    };
+    if end > req.total_len || check_additional(header, opt, after).is_err() {
+        return Some(Decision::malformed(block_malformed));
+    }
+    // The raw sum counts by message offset; the header is even, so is the name's start.
     let mut question_sum = walk.raw_sum;
     let mut i = 0;
     while i < 4 {
-        let pos = usize::from(walk.wire_len) + i;
+        let pos = q + i;
         question_sum += if pos % 2 == 0 {
             u32::from(tail[i]) << 8
         } else {
@@ -190,14 +224,10 @@ fn inspect_inner(
         reason: reason::PASS,
         qtype,
         wire_len: walk.wire_len,
+        in_message,
         question_sum,
         list: u16::MAX,
     };
-
-    if cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.rate_key) {
-        d.reason = reason::DNS_RATE;
-        return Some(d);
-    }
 
     let labels = walk.walker.labels;
     s.matcher = MatchCtx {
@@ -289,12 +319,12 @@ extern "C" fn walk_bytes(_index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Feeds one name byte to the walker; true when the walk is over (end or error).
+/// Feeds one message byte to the walker (where it asks, pointers followed); true when the
+/// walk is over (end or error).
 #[inline(always)]
 fn walk_one(s: &mut Scratch) -> bool {
     let w = &mut s.walk;
-    let pos = usize::from(w.walker.pos);
-    let at = HEADER_LEN + pos;
+    let at = usize::from(w.walker.at);
     if at >= w.msg_len {
         w.failed = true;
         return true;
@@ -303,20 +333,22 @@ fn walk_one(s: &mut Scratch) -> bool {
         w.failed = true;
         return true;
     };
+    // The logical position; the walker keeps it below 256 (the mask is for the verifier).
+    let pos = usize::from(w.walker.pos) & 0xff;
+    if w.walker.in_message() {
+        w.raw_sum += if at % 2 == 0 {
+            u32::from(byte) << 8
+        } else {
+            u32::from(byte)
+        };
+    }
     let (stored, step) = w.walker.step(byte, &w.key);
-    if let Some(slot) = s.name.get_mut(pos) {
-        *slot = stored;
+    if !matches!(step, Step::Pointer | Step::Error(_)) {
+        s.name[pos] = stored;
+        s.raw_name[pos] = byte;
     }
-    if let Some(slot) = s.raw_name.get_mut(pos) {
-        *slot = byte;
-    }
-    w.raw_sum += if pos % 2 == 0 {
-        u32::from(byte) << 8
-    } else {
-        u32::from(byte)
-    };
     match step {
-        Step::More => false,
+        Step::More | Step::Pointer => false,
         Step::Label { index, start, hash } => {
             let i = usize::from(index) & LABEL_MASK;
             s.starts[i] = start;

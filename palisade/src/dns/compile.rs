@@ -250,6 +250,14 @@ pub fn compile(
     // Where each key's first entry came from: (list, line), for conflict messages.
     let mut origin: HashMap<NameKey, (usize, usize)> = HashMap::new();
     out.global.ports[..dns.ports.len()].copy_from_slice(&dns.ports);
+    let budget = dns.answers;
+    if budget.per_second > 0 {
+        let interval = 1_000_000_000 / u64::from(budget.per_second);
+        out.global.answer_interval_ns = interval;
+        out.global.answer_tolerance_ns = interval * u64::from(budget.burst.max(1) - 1);
+    }
+    out.global.answer_prefix_v4 = budget.prefix_v4.min(32);
+    out.global.answer_prefix_v6 = budget.prefix_v6.min(128);
     let scopes = [
         (SCOPE_INGRESS, dns.ingress.as_ref()),
         (SCOPE_EGRESS, dns.egress.as_ref().map(|e| &e.scope)),
@@ -435,6 +443,7 @@ mod tests {
                 ingress: Some(scope),
                 egress: None,
                 lists,
+                answers: crate::policy::model::AnswerBudget::default(),
             },
         }
     }

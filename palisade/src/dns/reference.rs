@@ -6,7 +6,7 @@ use palisade_common::{
         entropy,
         hash::HashKey,
         name::{NameError, walk},
-        wire::{HEADER_LEN, check_query_header},
+        wire::{HEADER_LEN, HeaderError, OPT_FIXED_LEN, check_additional, check_query_header},
     },
     reason,
 };
@@ -23,19 +23,35 @@ pub struct Verdict {
     pub qtype: u16,
 }
 
-/// Parses the question of a DNS message: case-folded labels and qtype.
+/// Why a message is not an inspectable query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuestionError {
+    /// Shorter than a header, or the message ends inside the question's type and class.
+    Truncated,
+    Header(HeaderError),
+    Name(NameError),
+}
+
+/// Parses the question of a DNS message: case-folded labels (compression pointers
+/// followed) and qtype. The message must be one query with one question, nothing after it
+/// but at most one OPT record that ends the message.
 ///
 /// # Errors
-/// When the message is not a single-question query with an uncompressed, whole name.
-pub fn question(msg: &[u8]) -> Result<(Vec<Vec<u8>>, u16), NameError> {
+/// When the message is not such a query.
+pub fn question(msg: &[u8]) -> Result<(Vec<Vec<u8>>, u16), QuestionError> {
     let header: [u8; HEADER_LEN] = msg
         .get(..HEADER_LEN)
         .and_then(|h| h.try_into().ok())
-        .ok_or(NameError::Truncated)?;
-    check_query_header(&header).map_err(|_| NameError::Truncated)?;
-    let name = walk(&msg[HEADER_LEN..], &HashKey::default())?;
-    let q = HEADER_LEN + usize::from(name.wire_len);
-    let t = msg.get(q..q + 4).ok_or(NameError::Truncated)?;
+        .ok_or(QuestionError::Truncated)?;
+    check_query_header(&header).map_err(QuestionError::Header)?;
+    let name = walk(msg, HEADER_LEN as u16, &HashKey::default()).map_err(QuestionError::Name)?;
+    let q = HEADER_LEN + usize::from(name.in_message);
+    let t = msg.get(q..q + 4).ok_or(QuestionError::Truncated)?;
+    let rest = &msg[q + 4..];
+    let mut opt = [0u8; OPT_FIXED_LEN];
+    let n = rest.len().min(OPT_FIXED_LEN);
+    opt[..n].copy_from_slice(&rest[..n]);
+    check_additional(&header, &opt, rest.len()).map_err(QuestionError::Header)?;
     let labels = (0..usize::from(name.labels))
         .map(|i| name.label(i).to_vec())
         .collect();

@@ -112,6 +112,7 @@
 //! ```toml
 //! [dns]
 //! ports = [53]                       # destination ports carrying DNS, UDP and TCP
+//! answer_rate = 50                   # NXDOMAIN answers/s per client /24 or /56
 //!
 //! [dns.ingress]                      # queries arriving on the guarded interfaces
 //! mode = "blocklist"
@@ -148,6 +149,14 @@
 //! | key | value | default |
 //! | --- | --- | --- |
 //! | `ports` | list of 1 to [`MAX_DNS_PORTS`] distinct destination ports `1..=65535`; UDP and TCP packets to them are taken as DNS | `[53]` |
+//! | `answer_rate` | integer `0..`: NXDOMAIN answers per second that one client prefix may get on ingress; a blocked query over it is dropped unanswered (reason `dns-answer-budget`), so forged queries cannot turn Palisade into a reflector. `0` for no budget | `50` |
+//! | `answer_burst` | integer `1..`: answers a client prefix may get at once | `100` |
+//! | `answer_prefix_v4` | `0..=32`: IPv4 clients in one prefix of this length share a budget | `24` |
+//! | `answer_prefix_v6` | `0..=128`: IPv6 clients in one prefix of this length share a budget | `56` |
+//!
+//! Blocked queries sent to or from a broadcast or multicast MAC or IP address (or from the
+//! unspecified address) are never answered: they are dropped with reason
+//! `dns-group-address`.
 //!
 //! ## `[dns.ingress]` and `[dns.egress]`
 //!
@@ -157,7 +166,7 @@
 //! | `action` | what a blocked query gets: `"nxdomain"`, an NXDOMAIN answer, or `"drop"`. On egress `"nxdomain"` is accepted but falls back to `"drop"`, and the sending process gets `EPERM` at once | `"nxdomain"` on ingress, `"drop"` on egress |
 //! | `lists` | names of `[dns.lists.NAME]` tables, each at most once; may be empty (an empty allowlist blocks every query) | required |
 //! | `audit` | boolean: decide and report, but never block | `false` |
-//! | `malformed` | `"drop"` or `"allow"`: queries that cannot be parsed safely (see [`DnsScope::block_malformed`]) | `"drop"` in allowlist mode, `"allow"` in blocklist mode |
+//! | `malformed` | `"drop"` or `"allow"`: queries that cannot be parsed safely (see [`DnsScope::block_malformed`]): not exactly one question and at most one OPT record ending the message, a compression pointer in the name that does not point strictly backward, more than [`palisade_common::dns::name::MAX_POINTER_HOPS`] pointers, truncated, a TCP query not alone and whole in its segment, a fragmented query. `"allow"` lets a resolver answer names Palisade could not read | `"drop"` |
 //! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address on ingress, per cgroup (the sending socket's) on egress; `qps` and `burst` at least 1 | no limit |
 //! | `log_allowed` | boolean: also report allowed queries | `false` |
 //! | `cgroups` | egress only: absolute paths of the cgroup v2 directories to attach to | `["/sys/fs/cgroup/unified"]`, the cgroup v2 root |
@@ -262,10 +271,10 @@ use palisade_common::{
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
 use super::model::{
-    Action, AddrMatch, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE, CT_PER_SOURCE_RANGE,
-    CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Family,
-    Firewall, FragmentPolicy, IcmpMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange,
-    Protocol, QueryRate, RateLimit, RatePer, Rule, TcpFlags,
+    Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE,
+    CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns, DnsAction, DnsEgress, DnsMode,
+    DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet, NameEntry, NameList, NameMatch,
+    Policy, PortRange, Protocol, QueryRate, RateLimit, RatePer, Rule, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 use super::setfile::{family_name, parse_cidr, parse_set_file};
@@ -698,7 +707,16 @@ const RULE_KEYS: &[&str] = &[
     "log",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
-const DNS_KEYS: &[&str] = &["ports", "ingress", "egress", "lists"];
+const DNS_KEYS: &[&str] = &[
+    "ports",
+    "answer_rate",
+    "answer_burst",
+    "answer_prefix_v4",
+    "answer_prefix_v6",
+    "ingress",
+    "egress",
+    "lists",
+];
 const INGRESS_KEYS: &[&str] = &[
     "mode",
     "action",
@@ -1719,6 +1737,23 @@ impl Checker<'_> {
         if let Some(ports) = view.get("ports").and_then(|n| self.dns_ports(n)) {
             dns.ports = ports;
         }
+        let budget: &mut AnswerBudget = &mut dns.answers;
+        if let Some(n) = view.get("answer_rate") {
+            budget.per_second = self.u32_field(n, "answer_rate", 0).unwrap_or(0);
+        }
+        if let Some(n) = view.get("answer_burst") {
+            budget.burst = self.u32_field(n, "answer_burst", 1).unwrap_or(1);
+        }
+        if let Some(n) = view.get("answer_prefix_v4") {
+            budget.prefix_v4 = self
+                .integer(n, "answer_prefix_v4", 0, 32)
+                .map_or(32, |v| v as u8);
+        }
+        if let Some(n) = view.get("answer_prefix_v6") {
+            budget.prefix_v6 = self
+                .integer(n, "answer_prefix_v6", 0, 128)
+                .map_or(128, |v| v as u8);
+        }
         let lists = match view.get("lists") {
             Some(node) => self.dns_lists(node),
             None => Vec::new(),
@@ -1907,7 +1942,9 @@ impl Checker<'_> {
             action,
             audit,
             lists: list_indices,
-            block_malformed: malformed.unwrap_or(mode == DnsMode::Allowlist),
+            // A resolver may still answer what Palisade cannot read: such a query is dropped
+            // in either mode unless the policy says otherwise.
+            block_malformed: malformed.unwrap_or(true),
             rate,
             log_allowed,
         })
@@ -3156,7 +3193,7 @@ tcp_flags = "syn"
             action,
             audit: false,
             lists,
-            block_malformed: mode == DnsMode::Allowlist,
+            block_malformed: true,
             rate: None,
             log_allowed: false,
         }
@@ -3212,8 +3249,8 @@ tcp_flags = "syn"
                         name(&["a", "ads", "example"], NameMatch::Exact, 3),
                         name(&["b", "ads", "example"], NameMatch::Exact, 3),
                         name(&["c", "ads", "example"], NameMatch::ApexAndSubdomains, 2),
-                        name(&["ads", "example", "com"], NameMatch::Exact, 18),
-                        name(&["tracker", "example"], NameMatch::Subdomains, 18),
+                        name(&["ads", "example", "com"], NameMatch::Exact, 19),
+                        name(&["tracker", "example"], NameMatch::Subdomains, 19),
                     ],
                 },
                 NameList {
@@ -3221,22 +3258,64 @@ tcp_flags = "syn"
                     entries: vec![name(
                         &["malware", "example"],
                         NameMatch::ApexAndSubdomains,
-                        21
+                        22
                     )],
                 },
                 NameList {
                     name: "corp".into(),
                     entries: vec![
-                        name(&["example", "com"], NameMatch::Exact, 25),
-                        name(&["example", "com"], NameMatch::Subdomains, 25),
+                        name(&["example", "com"], NameMatch::Exact, 26),
+                        name(&["example", "com"], NameMatch::Subdomains, 26),
                         NameEntry {
                             qtypes: vec![1, 28, 65],
                             max_entropy_bits: Some(256),
                             expires: Some(1_798_675_200),
-                            ..name(&["cdn", "example", "net"], NameMatch::Subdomains, 27)
+                            ..name(&["cdn", "example", "net"], NameMatch::Subdomains, 28)
                         },
                     ],
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_answer_budget_keys() {
+        let dns = parse("[dns.ingress]\nmode = \"blocklist\"\nlists = []\n")
+            .expect("valid")
+            .dns;
+        assert_eq!(
+            dns.answers,
+            AnswerBudget {
+                per_second: 50,
+                burst: 100,
+                prefix_v4: 24,
+                prefix_v6: 56
+            }
+        );
+        let dns = parse(
+            "[dns]\nanswer_rate = 0\nanswer_burst = 7\nanswer_prefix_v4 = 32\n\
+             answer_prefix_v6 = 64\n",
+        )
+        .expect("valid")
+        .dns;
+        assert_eq!(
+            dns.answers,
+            AnswerBudget {
+                per_second: 0,
+                burst: 7,
+                prefix_v4: 32,
+                prefix_v6: 64
+            }
+        );
+        assert_eq!(
+            errors("[dns]\nanswer_prefix_v4 = 33\nanswer_burst = 0\n"),
+            [
+                "p.toml:2:20: `answer_prefix_v4` must be between 0 and 32, found 33",
+                format!(
+                    "p.toml:3:16: `answer_burst` must be between 1 and {}, found 0",
+                    u32::MAX
+                )
+                .as_str(),
             ]
         );
     }
@@ -3258,10 +3337,11 @@ tcp_flags = "syn"
                     cgroups: vec![PathBuf::from(DEFAULT_DNS_CGROUP)],
                 }),
                 lists: vec![],
+                answers: AnswerBudget::default(),
             }
         );
         let ingress = scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![]);
-        assert!(!ingress.block_malformed);
+        assert!(ingress.block_malformed);
 
         // The other way round, with dotted keys and inline tables.
         let policy = parse(
@@ -3277,7 +3357,7 @@ tcp_flags = "syn"
         );
         assert_eq!(
             (egress.action, egress.block_malformed),
-            (DnsAction::Nxdomain, false)
+            (DnsAction::Nxdomain, true)
         );
 
         // Explicit values win over every default.
@@ -3345,6 +3425,7 @@ tcp_flags = "syn"
                 "[dns]\nport = [53]\ningress = 1\nlists = 2\n",
                 vec![
                     "p.toml:2:1: unknown key `port` in [dns]; expected one of `ports`, \
+                     `answer_rate`, `answer_burst`, `answer_prefix_v4`, `answer_prefix_v6`, \
                      `ingress`, `egress`, `lists`",
                     "p.toml:3:11: `dns.ingress` must be a table, found an integer",
                     "p.toml:4:9: `dns.lists` must be a table, found an integer",

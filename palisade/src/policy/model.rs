@@ -402,9 +402,11 @@ pub struct DnsScope {
     pub audit: bool,
     /// Indices into [`Dns::lists`].
     pub lists: Vec<usize>,
-    /// What to do with queries that cannot be parsed safely (QDCOUNT != 1, compression in the
-    /// question, truncated, a TCP query not whole in its segment). `true` = block.
-    /// Default: block in allowlist mode, allow in blocklist mode.
+    /// What to do with queries that cannot be parsed safely (not one question and at most
+    /// one OPT record, a compression pointer that does not point strictly backward or more
+    /// than `MAX_POINTER_HOPS` of them, bytes after the question, truncated, a TCP query not
+    /// whole in its segment, a fragmented query). `true` = block, the default in both
+    /// modes: a resolver may still answer what Palisade cannot read.
     pub block_malformed: bool,
     pub rate: Option<QueryRate>,
     /// Also emit events for allowed queries.
@@ -429,6 +431,44 @@ pub struct Dns {
     /// Queries sent by local processes (cgroup_skb egress).
     pub egress: Option<DnsEgress>,
     pub lists: Vec<NameList>,
+    /// How many NXDOMAIN answers a client prefix gets (ingress).
+    pub answers: AnswerBudget,
+}
+
+/// The NXDOMAIN answer budget: a token bucket per client prefix, like response-rate
+/// limiting, so forged queries cannot make Palisade bounce answers at a victim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerBudget {
+    /// Answers per second per prefix; 0 = no budget.
+    pub per_second: u32,
+    /// Answers a prefix may get at once.
+    pub burst: u32,
+    /// IPv4 clients sharing a budget: prefix length `0..=32`.
+    pub prefix_v4: u8,
+    /// IPv6 clients sharing a budget: prefix length `0..=128`.
+    pub prefix_v6: u8,
+}
+
+impl AnswerBudget {
+    /// No budget: every blocked query may be answered.
+    pub const UNLIMITED: Self = Self {
+        per_second: 0,
+        burst: 0,
+        prefix_v4: 32,
+        prefix_v6: 128,
+    };
+}
+
+impl Default for AnswerBudget {
+    /// 50 answers a second, bursts of 100, per /24 (IPv4) and /56 (IPv6).
+    fn default() -> Self {
+        Self {
+            per_second: 50,
+            burst: 100,
+            prefix_v4: 24,
+            prefix_v6: 56,
+        }
+    }
 }
 
 #[cfg(test)]

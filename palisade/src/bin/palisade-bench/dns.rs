@@ -21,7 +21,9 @@ use palisade::{
     dns::compile::{self as dns_compile, Clock},
     firewall::apply,
     guard::{DNS_EGRESS, DNS_INGRESS, FIREWALL},
-    policy::model::{Dns, DnsAction, DnsMode, DnsScope, NameEntry, NameList, NameMatch, Policy},
+    policy::model::{
+        AnswerBudget, Dns, DnsAction, DnsMode, DnsScope, NameEntry, NameList, NameMatch, Policy,
+    },
 };
 use serde::Serialize;
 
@@ -302,6 +304,7 @@ fn policy(kind: PolicyKind, set: Option<&NameSet>) -> Policy {
     };
     p.dns = Dns {
         ports: vec![53],
+        answers: AnswerBudget::UNLIMITED,
         ingress: Some(DnsScope {
             mode,
             action,

@@ -16,7 +16,7 @@ use aya::programs::XdpMode;
 use palisade::{
     guard::{DNS_INGRESS, FIREWALL},
     policy::{
-        model::{Dns, DnsAction, DnsMode, DnsScope, NameList, Policy},
+        model::{AnswerBudget, Dns, DnsAction, DnsMode, DnsScope, NameList, Policy},
         namelist,
     },
 };
@@ -421,6 +421,7 @@ pub fn policy(list: &[String], action: DnsAction) -> Result<Policy> {
     let mut p = workload::empty_policy();
     p.dns = Dns {
         ports: vec![53],
+        answers: AnswerBudget::UNLIMITED,
         ingress: Some(DnsScope {
             mode: DnsMode::Blocklist,
             action,
