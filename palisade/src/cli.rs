@@ -339,6 +339,42 @@ pub enum CtCommand {
     ///   palisade ct stats --json
     #[command(verbatim_doc_comment)]
     Stats(JsonFlag),
+    /// List the overload set: addresses that went over `[conntrack] max_per_source` or
+    /// `new_per_source`, how long they stay, and the limit that put them there.
+    ///
+    /// Rules naming the set (`src = "@NAME"`) match them like listed members until their
+    /// time (`overload_ttl`) is over. `flush` takes them out at once.
+    ///
+    /// Examples:
+    ///   palisade ct overload
+    ///   palisade ct overload --addr 203.0.113.0/24 --json
+    ///   palisade ct overload flush --addr 203.0.113.9
+    ///   palisade ct overload flush             # every member
+    #[command(verbatim_doc_comment)]
+    Overload {
+        #[command(subcommand)]
+        action: Option<OverloadAction>,
+        /// Only members in this address or CIDR block.
+        #[arg(long, value_name = "ADDR|CIDR", value_parser = crate::conntrack::filter::check_addr)]
+        addr: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// What `ct overload` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum OverloadAction {
+    /// Remove members (all of them without `--addr`) and print how many were removed.
+    ///
+    /// One pass of the in-kernel sweep removes them, whatever their number.
+    Flush {
+        /// Only members in this address or CIDR block.
+        #[arg(long, value_name = "ADDR|CIDR", value_parser = crate::conntrack::filter::check_addr)]
+        addr: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 /// Which tracked flows `ct list` and `ct flush` take.
