@@ -5,9 +5,20 @@
 //! Frames arriving from outside go through the XDP firewall (which tail-calls the tracker);
 //! replies the host sends go through the TC egress tracker. The guarded host is 10.0.0.1.
 //!
+//! The last test runs a daemon on one end of a veth pair and checks `palisade ct overload`
+//! (list and flush), `ct stats` and the metrics against a real flood of UDP flows, across a
+//! `kill -9` and restart.
+//!
 //! Needs root (or CAP_BPF + CAP_NET_ADMIN); each test loads its own copy of the object.
 
+#[path = "support/control.rs"]
+mod control;
+mod support;
+
 use std::{path::Path, time::Duration};
+
+use control::{Bg, Proc, Scratch, cli, cli_json, py};
+use support::netns::NetnsPair;
 
 use aya::maps::HashMap;
 use palisade::{
@@ -473,4 +484,199 @@ fn bad_overload_settings_are_located_errors() {
             .to_string();
         assert!(e.contains(want), "for:\n{text}\nerror:\n{e}");
     }
+}
+
+/// Answers every UDP datagram on `addr:port` until `stopfile` exists. Prints `ready`.
+const UDP_ECHO: &str = r"
+import socket, sys, os
+addr, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port)); s.settimeout(0.05)
+print('ready', flush=True)
+while not os.path.exists(stop):
+    try:
+        d, a = s.recvfrom(2048); s.sendto(d, a)
+    except socket.timeout:
+        pass
+";
+
+/// Sends one datagram from each of `n` sockets (a new flow each) to `host:port`, all at
+/// once, then prints how many were answered within a second.
+const UDP_ASK: &str = r"
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
+    s.sendto(b'q', (host, port)); socks.append(s)
+got, end = set(), time.time() + 1
+while time.time() < end and len(got) < n:
+    for i, s in enumerate(socks):
+        try:
+            s.recv(64); got.add(i)
+        except BlockingIOError:
+            pass
+    time.sleep(0.01)
+print(len(got))
+";
+
+const HTTP_GET: &str = r"
+import sys, urllib.request
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
+";
+
+/// Value of one sample in a Prometheus exposition.
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|r| r.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+#[test]
+fn operators_list_and_flush_the_overload_set_through_the_daemon() {
+    let pair = NetnsPair::new();
+    let scratch = Scratch::new("ct-overload");
+    let policy_file = scratch.file("policy.toml");
+    std::fs::write(
+        &policy_file,
+        policy("new_per_source = 3\noverload_set = \"flooders\"\noverload_ttl = 600"),
+    )
+    .unwrap();
+    let socket = scratch.socket();
+    let pin_dir = scratch.pin_dir();
+    let (a, b) = (pair.v4_a.clone(), pair.v4_b.clone());
+    let metrics = format!("127.0.0.1:{}", 19_000 + std::process::id() % 1000);
+    let start = || {
+        Proc::start(
+            &pair,
+            &pair.ns_b,
+            &socket,
+            &[
+                "--config",
+                policy_file.to_str().unwrap(),
+                "--iface",
+                &pair.if_b,
+                "--pin-dir",
+                pin_dir.to_str().unwrap(),
+                "--metrics",
+                &metrics,
+                "--quiet",
+            ],
+        )
+    };
+    let mut daemon = start();
+    let stop = scratch.file("stop");
+    let _echo = Bg::start(
+        &pair,
+        &pair.ns_b,
+        UDP_ECHO,
+        &[&b, "7000", stop.to_str().unwrap()],
+    )
+    .ready();
+    let ask = |n: &str| py(&pair, &pair.ns_a, UDP_ASK, &[&b, "7000", n]);
+    let list = || cli_json(&socket, &["ct", "overload", "--json"]);
+
+    let none = list();
+    assert_eq!(none["set"], "flooders", "{none:#}");
+    assert_eq!(none["ttl_s"], 600, "{none:#}");
+    assert_eq!(
+        none["members"].as_array().map(Vec::len),
+        Some(0),
+        "{none:#}"
+    );
+
+    // Six new flows at once: three within the rate, then A goes over and joins the set.
+    assert_eq!(ask("6"), "3", "the flows within the rate are answered");
+    let l = list();
+    let members = l["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "{l:#}");
+    assert_eq!(members[0]["addr"], a.as_str(), "{l:#}");
+    assert_eq!(members[0]["limit"], "new_per_source", "{l:#}");
+    assert_eq!(members[0]["limit_value"], 3, "{l:#}");
+    let left = members[0]["remaining_s"].as_u64().unwrap();
+    assert!((590..=600).contains(&left), "{l:#}");
+    let text = cli(&socket, &["ct", "overload"]);
+    assert!(
+        text.ok
+            && text
+                .stdout
+                .starts_with("overload set @flooders (members stay 600s)\n")
+            && text.stdout.contains(&format!("{a} "))
+            && text.stdout.contains("new_per_source 3")
+            && text.stdout.ends_with("1 member\n"),
+        "{text:?}"
+    );
+
+    let st = cli_json(&socket, &["ct", "stats", "--json"]);
+    let counter = |name: &str| {
+        st["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["value"].as_u64())
+            .unwrap_or_else(|| panic!("no counter {name} in {st:#}"))
+    };
+    assert_eq!(counter("overload_added"), 1, "{st:#}");
+    assert_eq!(counter("overload_full"), 0, "{st:#}");
+    assert_eq!(st["census"]["overload_members"], 1, "{st:#}");
+    let text = cli(&socket, &["ct", "stats"]);
+    assert!(
+        text.stdout
+            .contains("overload set: 1 members; 1 added, 0 expired, 0 flushed, 0 refused"),
+        "{text:?}"
+    );
+    let m = py(
+        &pair,
+        &pair.ns_b,
+        HTTP_GET,
+        &[&format!("http://{metrics}/metrics")],
+    );
+    assert_eq!(sample(&m, "palisade_ct_overload_members"), Some(1), "{m}");
+    assert_eq!(
+        sample(&m, "palisade_ct_overload_additions_total"),
+        Some(1),
+        "{m}"
+    );
+
+    // Membership is pinned: it outlives kill -9 and a restart.
+    daemon.kill9();
+    daemon = start();
+    let l = list();
+    assert_eq!(
+        l["members"][0]["addr"],
+        a.as_str(),
+        "after a restart: {l:#}"
+    );
+    // Back under its rate a second later, A is still shut out by the rule on the set.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(ask("1"), "0", "a member's new flow is dropped by the rule");
+
+    // Flushes take what they name.
+    let f = cli_json(
+        &socket,
+        &[
+            "ct",
+            "overload",
+            "flush",
+            "--addr",
+            "192.0.2.0/24",
+            "--json",
+        ],
+    );
+    assert!(f["removed"] == 0 && f["remaining"] == 1, "{f:#}");
+    let f = cli(&socket, &["ct", "overload", "flush", "--addr", &a]);
+    assert!(f.ok && f.stdout == "removed 1 address (0 left)\n", "{f:?}");
+    assert_eq!(list()["members"].as_array().map(Vec::len), Some(0));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(ask("1"), "1", "flushed, A's new flow is answered");
+    let bad = cli(
+        &socket,
+        &["ct", "overload", "flush", "--addr", "10.0.0.1/8"],
+    );
+    assert!(!bad.ok && bad.stderr.contains("--addr"), "{bad:?}");
+    drop(daemon);
+    std::fs::write(&stop, "").unwrap();
 }
