@@ -572,6 +572,49 @@ mod tests {
     }
 
     #[test]
+    fn ct_overload_lists_and_flushes() {
+        let cli = Cli::try_parse_from(["palisade", "ct", "overload", "--json"]).unwrap();
+        let Command::Ct(CtCommand::Overload {
+            action: None,
+            addr: None,
+            json,
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert!(json.json);
+        let cli = Cli::try_parse_from([
+            "palisade",
+            "ct",
+            "overload",
+            "flush",
+            "--addr",
+            "203.0.113.0/24",
+        ])
+        .unwrap();
+        let Command::Ct(CtCommand::Overload {
+            action: Some(OverloadAction::Flush { addr, json }),
+            ..
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(addr.as_deref(), Some("203.0.113.0/24"));
+        assert!(!json.json);
+        let e = Cli::try_parse_from([
+            "palisade",
+            "ct",
+            "overload",
+            "flush",
+            "--addr",
+            "10.0.0.1/8",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--addr"), "{e}");
+    }
+
+    #[test]
     fn ct_filters_parse_and_bad_ones_name_their_argument() {
         let cli = Cli::try_parse_from([
             "palisade",
