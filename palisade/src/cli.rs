@@ -329,7 +329,8 @@ pub enum CtCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Show the tracker's counters, its tables by protocol and state, and the top sources.
+    /// Show the tracker's counters, its tables by protocol and state, the top sources, and the
+    /// overload set's members, additions and removals.
     ///
     /// `evicted` is derived: the kernel does not report evictions from the LRU table of
     /// unvalidated flows, so they are the entries inserted there less those promoted,
