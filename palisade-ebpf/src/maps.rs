@@ -190,7 +190,7 @@ pub const TAIL_RULES: u32 = 2;
 // ---- Connection tracking ----
 
 use palisade_common::conntrack::{
-    CT_STATS as CT_STAT_COUNT, CtCensus, CtConfig, CtEntry, CtKey, SourceEntry,
+    CT_STATS as CT_STAT_COUNT, CtCensus, CtConfig, CtEntry, CtKey, OverloadEntry, SourceEntry,
 };
 
 /// Default capacity of [`CT_EST`]; userspace sets the real one from `[conntrack]
@@ -222,6 +222,19 @@ pub const CT_SOURCES_MAX: u32 = 65_536;
 #[map]
 pub static CT_SOURCES: LruHashMap<[u32; 4], SourceEntry> =
     LruHashMap::with_max_entries(CT_SOURCES_MAX, 0);
+
+/// Capacity of [`CT_OVERLOAD`].
+pub const CT_OVERLOAD_MAX: u32 = 65_536;
+
+/// Dynamic members of the overload set (`[conntrack] overload_set`): addresses that went
+/// over a per-source limit, with their expiry. Keyed by address (a `SetKey` with set id 0),
+/// not by a generation's set id, so members stay through reloads. Not an LRU: a member is
+/// never pushed out by a flood of others; when full, an address that goes over a limit is
+/// refused the set (counted, `overload_full`) and still gets its `conn-limit` drops.
+/// Preallocated, so the datapath never allocates; entries leave on expiry (sweep) or flush.
+#[map]
+pub static CT_OVERLOAD: HashMap<SetKey, OverloadEntry> =
+    HashMap::with_max_entries(CT_OVERLOAD_MAX, 0);
 
 /// Tracker settings (timeouts), written by userspace.
 #[map]

@@ -37,7 +37,7 @@ use crate::{
     },
     attach,
     cli::RunArgs,
-    conntrack::{carry, report as ct_report},
+    conntrack::{carry, overload, report as ct_report},
     datapath::{Datapath, Options, Origin},
     events, guard, live,
     policy::{
@@ -599,6 +599,31 @@ impl Daemon {
                 Ok((st, raw)) => {
                     self.ct_census = Some(raw);
                     Response::ok(&st)
+                }
+                Err(e) => Response::err(format!("{e:#}")),
+            },
+            Request::CtOverload { addr } => {
+                let now = crate::conntrack::carry::now_ns();
+                match overload::members(&self.dp.ebpf, addr.as_deref(), now) {
+                    Ok(members) => {
+                        let ct = &self.policy.conntrack;
+                        Response::ok(&overload::OverloadList {
+                            set: ct
+                                .overload_set
+                                .and_then(|i| self.policy.sets.get(i))
+                                .map(|s| s.name.clone()),
+                            ttl_s: ct.overload_ttl_s,
+                            members,
+                        })
+                    }
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
+            }
+            Request::CtOverloadFlush { addr } => match overload::flush(&self.dp, addr.as_deref()) {
+                Ok((f, raw)) => {
+                    self.ct_census = Some(raw);
+                    info!(removed = f.removed, ?addr, "flushed the overload set");
+                    Response::ok(&f)
                 }
                 Err(e) => Response::err(format!("{e:#}")),
             },

@@ -241,6 +241,8 @@
 //! | `max_unvalidated` | integer `1024..=4194304`: capacity of the table of flows not validated yet (a SYN, an unanswered UDP datagram or echo request); least recently used entries make room when it is full | `65536` |
 //! | `max_per_source` | integer `0..=1000000`: validated flows one outside address may have open at once; a new flow over it is dropped (reason `conn-limit`); `0` for no limit | `0` |
 //! | `new_per_source` | integer `0..=1000000`: new flows one outside address may open per second (bursts of as many); over it they are dropped (reason `conn-limit`); `0` for no limit | `0` |
+//! | `overload_set` | string: the name of a set declared under `[sets.NAME]` (it may have no entries); an address that goes over `max_per_source` or `new_per_source` joins it for `overload_ttl` seconds, and every rule naming `"@NAME"` matches it like a listed member (so `src = "@NAME"` with `action = "drop"` shuts it out). Needs one of those limits and tracking on. Members stay through reloads and restarts; `palisade ct overload` lists them | none |
+//! | `overload_ttl` | integer `1..=86400`: seconds an address stays in `overload_set`, counted from when it first went over (going over again meanwhile does not extend it) | `600` |
 //! | `tcp_syn` | seconds a TCP handshake may take | `60` |
 //! | `tcp_established` | seconds an idle established TCP connection is kept | `21600` (6 h) |
 //! | `tcp_closing` | seconds a TCP connection may take to close after the first FIN | `120` |
@@ -271,7 +273,7 @@ use palisade_common::{
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
 use super::model::{
-    Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE,
+    Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE, CT_OVERLOAD_TTL_RANGE_S,
     CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns, DnsAction, DnsEgress, DnsMode,
     DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet, NameEntry, NameList, NameMatch,
     Policy, PortRange, Protocol, QueryRate, RateLimit, RatePer, Rule, TcpFlags,
@@ -375,6 +377,7 @@ stateful = true          # packets of established and related connections pass f
 # max_unvalidated = 65536     # flows not answered yet (SYNs, lone UDP); least recent go
 # max_per_source = 0          # open flows per outside address (0: no limit)
 # new_per_source = 0          # new flows per second per outside address (0: no limit)
+# overload_ttl = 600          # seconds an address over a limit stays in `overload_set`
 # tcp_syn = 60                # timeouts, in seconds
 # tcp_established = 21600
 # tcp_closing = 120
@@ -744,18 +747,20 @@ const RETIRED_MAX_ENTROPY: &str = "`max_entropy` (an average in bits per charact
     longer supported: an average let short names, padding and letter case through. Use \
     `max_entropy_bits`, the total entropy in bits of the labels below the name (case \
     counted); 256 lets ordinary host names through and stops tunnels";
-/// `[conntrack]`: the switch, the two capacities, the per-source limits, then every timeout
-/// by its name.
-const CONNTRACK_KEYS: [&str; 5 + TIMEOUTS] = {
-    let mut keys = [""; 5 + TIMEOUTS];
+/// `[conntrack]`: the switch, the two capacities, the per-source limits and their overload
+/// set, then every timeout by its name.
+const CONNTRACK_KEYS: [&str; 7 + TIMEOUTS] = {
+    let mut keys = [""; 7 + TIMEOUTS];
     keys[0] = "enabled";
     keys[1] = "max_entries";
     keys[2] = "max_unvalidated";
     keys[3] = "max_per_source";
     keys[4] = "new_per_source";
+    keys[5] = "overload_set";
+    keys[6] = "overload_ttl";
     let mut i = 0;
     while i < TIMEOUTS {
-        keys[5 + i] = TIMEOUT_NAMES[i];
+        keys[7 + i] = TIMEOUT_NAMES[i];
         i += 1;
     }
     keys
@@ -957,7 +962,7 @@ impl Checker<'_> {
         };
         // Before the firewall, whose `stateful` and `state` must know whether tracking is off.
         let conntrack = match root.get("conntrack") {
-            Some(node) => self.conntrack(node),
+            Some(node) => self.conntrack(node, &sets),
             None => CtCheck {
                 conntrack: Conntrack::default(),
                 disabled_at: None,
@@ -1633,7 +1638,7 @@ struct CtCheck {
 
 impl Checker<'_> {
     /// `[conntrack]`. Problems are recorded and replaced by defaults.
-    fn conntrack(&mut self, node: &Node) -> CtCheck {
+    fn conntrack(&mut self, node: &Node, sets: &SetTable) -> CtCheck {
         let mut check = CtCheck {
             conntrack: Conntrack {
                 present: true,
@@ -1676,6 +1681,46 @@ impl Checker<'_> {
         }
         if let Some(n) = capacity(self, "new_per_source", &CT_PER_SOURCE_RANGE) {
             ct.new_per_source = n;
+        }
+        if let Some(node) = view.get("overload_ttl") {
+            let (lo, hi) = (
+                *CT_OVERLOAD_TTL_RANGE_S.start(),
+                *CT_OVERLOAD_TTL_RANGE_S.end(),
+            );
+            if let Some(n) = self.integer(node, "overload_ttl", lo as i64, hi as i64) {
+                ct.overload_ttl_s = n as u64;
+            }
+        }
+        if let Some(node) = view.get("overload_set")
+            && let Some(name) = self.string(node, "overload_set")
+        {
+            let name = name.strip_prefix('@').unwrap_or(name);
+            match sets.by_name.get(name) {
+                Some(&index) => ct.overload_set = Some(index),
+                None => self.err(
+                    node.at,
+                    format!(
+                        "`overload_set` names no set: declare it under [sets.{name}] (it may \
+                         have no entries)"
+                    ),
+                ),
+            }
+            if let Some(at) = check.disabled_at {
+                self.err(
+                    node.at,
+                    format!(
+                        "`overload_set` needs connection tracking, but [conntrack] turns it \
+                         off (`enabled = false` on line {})",
+                        self.lines.line(at)
+                    ),
+                );
+            } else if ct.max_per_source == 0 && ct.new_per_source == 0 {
+                self.err(
+                    node.at,
+                    "`overload_set` is only filled by a per-source limit: set \
+                     `max_per_source` or `new_per_source` too",
+                );
+            }
         }
         for (class, key) in TIMEOUT_NAMES.iter().enumerate() {
             let Some(node) = view.get(key) else { continue };
@@ -2654,6 +2699,8 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     max_unvalidated: 65_536,
                     max_per_source: 0,
                     new_per_source: 0,
+                    overload_set: None,
+                    overload_ttl_s: 600,
                     line: 0,
                 },
             }
@@ -3858,7 +3905,8 @@ tcp_flags = "syn"
                 }
             })
             .collect();
-        assert_eq!(uncommented, CONNTRACK_KEYS.len());
+        // Every key but `overload_set`, which has no default.
+        assert_eq!(uncommented, CONNTRACK_KEYS.len() - 1);
         let explicit = parse(&text).expect("uncommented default policy is valid");
         assert_eq!(explicit, default_policy());
     }
@@ -3909,6 +3957,8 @@ tcp_flags = "syn"
                 "max_unvalidated",
                 "max_per_source",
                 "new_per_source",
+                "overload_set",
+                "overload_ttl",
                 "tcp_syn",
                 "tcp_established",
                 "tcp_closing",
@@ -3996,6 +4046,8 @@ max_entries = 16777216
 max_unvalidated = 1024
 max_per_source = 100
 new_per_source = 1000000
+overload_set = "flooders"
+overload_ttl = 86400
 tcp_syn = 1
 tcp_established = 2592000
 tcp_closing = 3
@@ -4005,6 +4057,8 @@ udp = 6
 udp_replied = 7
 icmp = 8
 other = 9
+
+[sets.flooders]
 "#;
         let ct = parse(text).expect("valid").conntrack;
         let mut timeouts = [0; TIMEOUTS];
@@ -4031,6 +4085,8 @@ other = 9
                 max_unvalidated: 1024,
                 max_per_source: 100,
                 new_per_source: 1_000_000,
+                overload_set: Some(0),
+                overload_ttl_s: 86_400,
                 line: 2,
             }
         );
@@ -4167,8 +4223,9 @@ other = 9
                 vec![
                     "p.toml:2:1: unknown key `tcp_establish` in [conntrack]; expected one of \
                      `enabled`, `max_entries`, `max_unvalidated`, `max_per_source`, \
-                     `new_per_source`, `tcp_syn`, `tcp_established`, `tcp_closing`, \
-                     `tcp_time_wait`, `tcp_close`, `udp`, `udp_replied`, `icmp`, `other`",
+                     `new_per_source`, `overload_set`, `overload_ttl`, `tcp_syn`, \
+                     `tcp_established`, `tcp_closing`, `tcp_time_wait`, `tcp_close`, `udp`, \
+                     `udp_replied`, `icmp`, `other`",
                 ],
             ),
             (
@@ -4211,6 +4268,51 @@ udp = 0
                 "p.toml:13:7: `udp` must be between 1 and 2592000 seconds (30 days), found 0",
             ]
         );
+    }
+
+    #[test]
+    fn overload_set_must_name_a_set_and_have_a_limit_to_fill_it() {
+        for (text, want) in [
+            (
+                "[conntrack]\nmax_per_source = 5\noverload_set = \"nope\"\n\n[sets.other]\n",
+                "p.toml:3:16: `overload_set` names no set: declare it under [sets.nope] (it may \
+                 have no entries)",
+            ),
+            (
+                "[sets.bad]\n[conntrack]\nenabled = false\nnew_per_source = 9\n\
+                 overload_set = \"bad\"\n",
+                "p.toml:5:16: `overload_set` needs connection tracking, but [conntrack] turns it \
+                 off (`enabled = false` on line 3)",
+            ),
+            (
+                "[sets.bad]\n[conntrack]\noverload_set = \"bad\"\n",
+                "p.toml:3:16: `overload_set` is only filled by a per-source limit: set \
+                 `max_per_source` or `new_per_source` too",
+            ),
+            (
+                "[sets.bad]\n[conntrack]\nmax_per_source = 1\noverload_set = 7\n",
+                "p.toml:4:16: `overload_set` must be a string, found an integer",
+            ),
+            (
+                "[conntrack]\noverload_ttl = 0\n",
+                "p.toml:2:16: `overload_ttl` must be between 1 and 86400, found 0",
+            ),
+            (
+                "[conntrack]\noverload_ttl = 86401\n",
+                "p.toml:2:16: `overload_ttl` must be between 1 and 86400, found 86401",
+            ),
+        ] {
+            assert_eq!(errors(text), [want], "for:\n{text}");
+        }
+        // Declared after [conntrack], with no entries, named with or without its `@`.
+        for name in ["bad", "@bad"] {
+            let text = format!(
+                "[conntrack]\nnew_per_source = 3\noverload_set = \"{name}\"\noverload_ttl = 1\n\
+                 [sets.good]\nentries = [\"10.0.0.0/8\"]\n[sets.bad]\n"
+            );
+            let ct = parse(&text).expect("valid").conntrack;
+            assert_eq!((ct.overload_set, ct.overload_ttl_s), (Some(1), 1), "{text}");
+        }
     }
 
     #[test]

@@ -183,6 +183,10 @@ pub const DEFAULT_CT_MAX_UNVALIDATED: u32 = 65_536;
 pub const CT_MAX_UNVALIDATED_RANGE: std::ops::RangeInclusive<u32> = 1024..=4_194_304;
 /// Bounds of [`Conntrack::max_per_source`] and [`Conntrack::new_per_source`] (0: no limit).
 pub const CT_PER_SOURCE_RANGE: std::ops::RangeInclusive<u32> = 0..=1_000_000;
+/// Default of [`Conntrack::overload_ttl_s`]: ten minutes.
+pub const DEFAULT_CT_OVERLOAD_TTL_S: u64 = 600;
+/// Bounds of [`Conntrack::overload_ttl_s`], in seconds (the longest is a day).
+pub const CT_OVERLOAD_TTL_RANGE_S: std::ops::RangeInclusive<u64> = 1..=86_400;
 /// Bounds of every timeout, in seconds (the longest is 30 days).
 pub const CT_TIMEOUT_RANGE_S: std::ops::RangeInclusive<u64> = 1..=2_592_000;
 
@@ -205,6 +209,11 @@ pub struct Conntrack {
     pub max_per_source: u32,
     /// New flows one outside address may open per second (0: no limit).
     pub new_per_source: u32,
+    /// Index in [`Policy::sets`] of the overload set: addresses over a per-source limit join
+    /// it for [`Self::overload_ttl_s`].
+    pub overload_set: Option<usize>,
+    /// Seconds an address stays in the overload set.
+    pub overload_ttl_s: u64,
     /// 1-based line of the `[conntrack]` section (0 when absent or built in code).
     pub line: usize,
 }
@@ -220,6 +229,8 @@ impl Default for Conntrack {
             max_unvalidated: DEFAULT_CT_MAX_UNVALIDATED,
             max_per_source: 0,
             new_per_source: 0,
+            overload_set: None,
+            overload_ttl_s: DEFAULT_CT_OVERLOAD_TTL_S,
             line: 0,
         }
     }
