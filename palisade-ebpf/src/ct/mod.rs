@@ -74,7 +74,13 @@ enum Table {
 /// Classifies `p` (its `ct_state` is set) and updates or prepares its flow's entry.
 /// Returns false on an internal error (a map that cannot be read); the packet is then left
 /// unclassified.
-#[inline(never)]
+///
+/// Inlined into each hook's program: a BPF-to-BPF call costs an established packet about
+/// 20 ns here (argument spills, and a return through the kernel's return thunk), a third of
+/// what the tracker cost before. Its own frame is small; the big one is [`tcp`]'s, which
+/// stays a call of its own (inlined, it would stack on the caller's frame and multiply the
+/// verifier's states with the window-scale option loop).
+#[inline(always)]
 pub fn track<B: Bytes + ?Sized>(b: &B, p: &mut Packet, hook: u8, ifindex: u32) -> bool {
     let Some(pending) = CT_PENDING.get_ptr_mut(0) else {
         return false;
