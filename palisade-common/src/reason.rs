@@ -61,8 +61,13 @@ pub const DNS_GROUP_ADDRESS: u32 = 19;
 /// be made to bounce traffic at a forged source address.
 pub const DNS_ANSWER_BUDGET: u32 = 20;
 
+/// DNS over TCP: a segment that does not start where Palisade knows how the resolver will
+/// read the stream (an overlap, a gap, urgent data, data after the FIN, or a flow whose
+/// handshake was not seen). See `dns::stream`.
+pub const DNS_STREAM: u32 = 21;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 21;
+pub const COUNT: u32 = 22;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -87,6 +92,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-internal",
     "dns-group-address",
     "dns-answer-budget",
+    "dns-stream",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

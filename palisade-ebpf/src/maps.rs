@@ -139,6 +139,15 @@ pub static DNS_RATE: LruHashMap<ClientKey, u64> = LruHashMap::with_max_entries(6
 #[map]
 pub static DNS_ANSWERS: LruHashMap<ClientKey, u64> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Stream position of every DNS-over-TCP flow a hook judges (`dns::stream`), keyed by the
+/// flow as its sender sees it and the scope. LRU: a flow evicted under pressure has its
+/// next data segment rejected (`dns-stream`), never passed unjudged.
+#[map]
+pub static DNS_STREAMS: LruHashMap<
+    palisade_common::dns::stream::StreamKey,
+    palisade_common::dns::stream::StreamState,
+> = LruHashMap::with_max_entries(65_536, 0);
+
 /// Per-scope DNS counters.
 #[map]
 pub static DNS_STATS: PerCpuArray<u64> =

@@ -613,10 +613,18 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
                 Frame::dns_udp("2001:db8::1", "2001:db8::53", 1053, &msg).build(),
                 false,
             ),
-            1 => (
-                Frame::dns_tcp("192.0.2.1", "192.0.2.53", 1053, &msg).build(),
-                true,
-            ),
+            1 => {
+                // Each TCP query on a stream of its own, opened by a SYN (not a query).
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let port = 20_000 + (n % 40_000) as u16;
+                let syn = Frame::dns_tcp_syn("192.0.2.1", "192.0.2.53", port).build();
+                b.run_with_output(&syn).expect("test run");
+                (
+                    Frame::dns_tcp("192.0.2.1", "192.0.2.53", port, &msg).build(),
+                    true,
+                )
+            }
             _ => (
                 Frame::dns_udp("192.0.2.1", "192.0.2.53", 1053, &msg).build(),
                 false,

@@ -227,6 +227,25 @@ fn egress_allowlist_blocks_by_process_in_the_cgroup() {
         run(cg.command_in_ns(&p.ns_a, &["getent", "ahosts", "allowed.test"]));
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains(zone_answer("allowed.test", "A")), "{out}");
+    // Over TCP (`use-vc`), the C library writes its A and AAAA queries in one segment: both
+    // are inspected, so the allowed name resolves and the blocked one does not.
+    let use_vc = |name: &str| {
+        let mut cmd = cg.command_in_ns(&p.ns_a, &["getent", "ahosts", name]);
+        cmd.env("RES_OPTIONS", "use-vc");
+        run(cmd)
+    };
+    let (out, err, code, _, _) = use_vc("allowed.test");
+    assert_eq!(code, Some(0), "use-vc: {out}{err}");
+    assert!(
+        out.contains(zone_answer("allowed.test", "A")),
+        "use-vc: {out}"
+    );
+    assert!(
+        out.contains(zone_answer("allowed.test", "AAAA")),
+        "use-vc: {out}"
+    );
+    let (out, err, code, _, _) = use_vc("blocked.test");
+    assert_eq!(code, Some(2), "use-vc, blocked: {out}{err}");
 
     // Not listed, dig: no answer. (dig ignores the failed send and waits for its timeout.)
     let dig_blocked = dig_in(&p.v4_b, "blocked.test", "A");

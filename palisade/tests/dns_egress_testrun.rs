@@ -559,6 +559,17 @@ fn ipv6_and_tcp_queries() {
     let bad = query("bad.example", AAAA);
     let whole = dns_tcp_payload(&ok);
     t.checks(&[
+        // The handshakes that open the two TCP streams: not queries.
+        (
+            Frame::dns_tcp_syn(HOST, RESOLVER, 33000).build_ip(),
+            Untouched,
+            MALFORMED,
+        ),
+        (
+            Frame::dns_tcp_syn(HOST6, RESOLVER6, 33000).build_ip(),
+            Untouched,
+            MALFORMED,
+        ),
         (udp6(&ok), Allow, ev("ok.example.", "AAAA")),
         (
             udp6(&bad),
@@ -575,7 +586,8 @@ fn ipv6_and_tcp_queries() {
             Drop(reason::DNS_NOT_ALLOWED),
             ev("bad.example.", "AAAA"),
         ),
-        // Split across segments: the first one is malformed, so is the rest.
+        // Split across segments (retransmitted from the stream's start): the first one is
+        // malformed, so is the rest.
         (
             tcp(&whole[..whole.len() - 4]),
             Drop(reason::DNS_MALFORMED),
@@ -793,9 +805,9 @@ fn udp_sends_the_kernel_would_segment_are_refused_in_every_mode() {
     let gso = (SEG, 2);
 
     let mut t = setup(scope(DnsMode::Allowlist), vec![entry("ok.example")]);
-    // As one datagram the inspector sees the allowed question first and passes it: the
-    // segmentation alone makes the difference.
-    t.check(&both, Allow, ev("ok.example.", "A"));
+    // As one datagram, the bytes after the first question make it malformed (the one-query
+    // framing); with segmentation it is refused for the segmentation alone.
+    t.check(&both, Drop(reason::DNS_MALFORMED), MALFORMED);
     t.check_gso(&both, gso, Drop(reason::DNS_GSO), MALFORMED);
     t.check_gso(
         &udp6(&two_segments(&ok, &bad, SEG as usize)),
@@ -811,8 +823,13 @@ fn udp_sends_the_kernel_would_segment_are_refused_in_every_mode() {
         MALFORMED,
     );
     // TCP segmentation offload is how TCP leaves; a TCP query is judged as usual.
+    t.check(
+        &Frame::dns_tcp_syn(HOST, RESOLVER, 33100).build_ip(),
+        Untouched,
+        MALFORMED,
+    );
     t.check_gso(
-        &Frame::dns_tcp(HOST, RESOLVER, 33000, &ok).build_ip(),
+        &Frame::dns_tcp(HOST, RESOLVER, 33100, &ok).build_ip(),
         gso,
         Allow,
         ev("ok.example.", "A"),
@@ -829,7 +846,8 @@ fn udp_sends_the_kernel_would_segment_are_refused_in_every_mode() {
 
     // A blocklist refuses it too: the second query could be a listed name.
     t.again(scope(DnsMode::Blocklist), vec![entry("bad.example")]);
-    t.check(&both, Allow, ev("ok.example.", "A"));
+    // (These test scopes pass malformed queries under a blocklist.)
+    t.check(&both, Allow, MALFORMED);
     t.check_gso(&both, gso, Drop(reason::DNS_GSO), MALFORMED);
     // Audit reports it and lets it go.
     t.again(

@@ -177,11 +177,23 @@ fn udp6(msg: &[u8]) -> Vec<u8> {
     Frame::dns_udp(CLIENT6, RESOLVER6, 40000, msg).build()
 }
 
-fn tcp(payload: &[u8]) -> Vec<u8> {
+/// A PSH+ACK segment from `sport` with sequence number `seq` carrying `payload`.
+fn tcp_at(sport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     use palisade_common::packet::{TCP_ACK, TCP_PSH};
-    Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_PSH | TCP_ACK)
+    Frame::tcp(CLIENT, RESOLVER, sport, 53, TCP_PSH | TCP_ACK)
+        .with_tcp_seq(seq)
         .with_payload(payload)
         .build()
+}
+
+/// Opens a DNS-over-TCP stream from `sport` (its SYN is not a query); its first data
+/// segment has sequence number 1.
+fn open_tcp(t: &mut T, sport: u16) {
+    t.check(
+        &Frame::dns_tcp_syn(CLIENT, RESOLVER, sport).build(),
+        Untouched,
+        MALFORMED,
+    );
 }
 
 fn q(name: &str, qtype: u16) -> Vec<u8> {
@@ -409,6 +421,36 @@ impl T {
             "no process on ingress: {got:?}"
         );
         (out, Some(got))
+    }
+
+    /// Runs one TCP segment and checks the action, the reason counter and how many queries
+    /// were counted (every message of the segment that was looked at).
+    #[track_caller]
+    fn run_tcp(&mut self, sport: u16, seq: u32, flags: u8, payload: &[u8], want: Want, n: u64) {
+        let frame = Frame::tcp(CLIENT, RESOLVER, sport, 53, flags)
+            .with_tcp_seq(seq)
+            .with_payload(payload)
+            .build();
+        let what = format!("{want:?} for port {sport} seq {seq} flags {flags:#x}");
+        let before = counters(&self.b);
+        let (action, _) = self.b.run_with_output(&frame).expect("BPF_PROG_TEST_RUN");
+        let after = counters(&self.b);
+        self.b.drain_dns_events();
+        let (want_action, r) = match want {
+            Allow => (XDP_PASS, reason::PASS),
+            Drop(r) => (XDP_DROP, r),
+            other => panic!("run_tcp checks passes and drops only, not {other:?}"),
+        };
+        assert_eq!(action, want_action, "XDP action: {what}");
+        if r != reason::PASS {
+            assert_eq!(
+                after.reasons[r as usize],
+                before.reasons[r as usize] + 1,
+                "reason counter: {what}"
+            );
+        }
+        let q = ingress_stat(STAT_QUERIES);
+        assert_eq!(after.dns[q], before.dns[q] + n, "queries counted: {what}");
     }
 
     #[track_caller]
@@ -1087,6 +1129,11 @@ fn malformed_queries_spend_rate_tokens() {
         MALFORMED,
     );
     t.check(
+        &Frame::dns_tcp_syn(c, RESOLVER, 40001).build(),
+        Untouched,
+        MALFORMED,
+    );
+    t.check(
         &Frame::tcp(c, RESOLVER, 40001, 53, packet::TCP_ACK)
             .with_payload(&[0, 40, 1])
             .build(),
@@ -1357,55 +1404,143 @@ fn tcp_queries() {
     let ok = query("ok.example", A);
     let bad = query("bad.example", A);
     let framed = |m: &[u8]| palisade::craft::dns_tcp_payload(m);
-    // Whole queries: allowed, or blocked and dropped (no NXDOMAIN over TCP).
+    // Whole queries on streams whose handshake was seen: allowed, or blocked and dropped
+    // (no NXDOMAIN over TCP).
+    open_tcp(&mut t, 41001);
     t.check(
-        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &ok).build(),
+        &tcp_at(41001, 1, &framed(&ok)),
         Allow,
         ev("ok.example.", "A"),
     );
+    open_tcp(&mut t, 41002);
     t.check(
-        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(),
+        &tcp_at(41002, 1, &framed(&bad)),
         Drop(reason::DNS_NOT_ALLOWED),
         ev("bad.example.", "A"),
     );
     // The first segment carries the length prefix and part of the message: malformed.
     let whole = framed(&ok);
-    t.check(
-        &tcp(&whole[..whole.len() - 3]),
-        Drop(reason::DNS_MALFORMED),
-        MALFORMED,
-    );
-    t.check(&tcp(&whole[..2]), Drop(reason::DNS_MALFORMED), MALFORMED);
-    t.check(&tcp(&whole[..1]), Drop(reason::DNS_MALFORMED), MALFORMED);
-    // The rest of a message without its prefix, and two messages in one segment.
-    t.check(&tcp(&ok[2..]), Drop(reason::DNS_MALFORMED), MALFORMED);
-    let mut two = framed(&ok);
-    two.extend_from_slice(&framed(&bad));
-    t.check(&tcp(&two), Drop(reason::DNS_MALFORMED), MALFORMED);
+    for (port, part) in [
+        (41003, &whole[..whole.len() - 3]),
+        (41004, &whole[..2]),
+        (41005, &whole[..1]),
+        // The rest of a message without its prefix.
+        (41006, &ok[2..]),
+    ] {
+        open_tcp(&mut t, port);
+        t.check(
+            &tcp_at(port, 1, part),
+            Drop(reason::DNS_MALFORMED),
+            MALFORMED,
+        );
+    }
     // A prefix that claims less than the segment carries.
     let mut extra = framed(&ok);
     extra.push(0);
-    t.check(&tcp(&extra), Drop(reason::DNS_MALFORMED), MALFORMED);
-    // Segments without payload (handshake, ACKs) are not queries.
+    open_tcp(&mut t, 41007);
     t.check(
-        &Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_SYN).build(),
-        Untouched,
+        &tcp_at(41007, 1, &extra),
+        Drop(reason::DNS_MALFORMED),
         MALFORMED,
     );
     // Mixed case over TCP.
+    open_tcp(&mut t, 41008);
     t.check(
-        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &query("OK.Example", A)).build(),
+        &tcp_at(41008, 1, &framed(&query("OK.Example", A))),
         Allow,
         ev("ok.example.", "A"),
     );
 
     // Blocklist, NXDOMAIN action: still dropped over TCP.
     t.again(blocklist(), vec![entry("bad.example")]);
+    open_tcp(&mut t, 41009);
     t.check(
-        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(),
+        &tcp_at(41009, 1, &framed(&bad)),
         Drop(reason::DNS_BLOCKED),
         ev("bad.example.", "A"),
     );
+}
+
+/// DNS over TCP is judged as the resolver reads the stream: every message of a segment,
+/// each byte range once, at the position where it will be read.
+#[test]
+fn tcp_streams() {
+    let mut t = setup(blocklist(), vec![entry("bad.example")]);
+    let good = palisade::craft::dns_tcp_payload(&query("good.example", A));
+    let good6 = palisade::craft::dns_tcp_payload(&query("good.example", AAAA));
+    let bad = palisade::craft::dns_tcp_payload(&query("bad.example", A));
+    let cat = |parts: &[&[u8]]| parts.concat();
+    let stream = Drop(reason::DNS_STREAM);
+    let blocked = Drop(reason::DNS_BLOCKED);
+
+    // A data segment on a flow whose handshake was not seen: its boundaries are unknown.
+    t.run_tcp(42001, 1, 0x18, &good, stream, 1);
+
+    // glibc's `use-vc` writes A and AAAA queries in one segment: both inspected, both pass.
+    open_tcp(&mut t, 42002);
+    t.run_tcp(42002, 1, 0x18, &cat(&[&good, &good6]), Allow, 2);
+    // ... and a blocked query behind an allowed one is found (it used to pass in blocklist
+    // mode as an unparsable segment).
+    open_tcp(&mut t, 42003);
+    t.run_tcp(42003, 1, 0x18, &cat(&[&good, &bad]), blocked, 2);
+    // The segment after a pass continues the stream; more messages than a segment may carry
+    // are malformed.
+    open_tcp(&mut t, 42004);
+    t.run_tcp(42004, 1, 0x18, &good, Allow, 1);
+    let next = 1 + good.len() as u32;
+    t.run_tcp(42004, next, 0x18, &good6, Allow, 1);
+    let five = cat(&[&good, &good, &good, &good, &good]);
+    let next = next + good6.len() as u32;
+    t.run_tcp(42004, next, 0x18, &five, Drop(reason::DNS_MALFORMED), 1);
+
+    // Overlaps: a segment that starts inside judged data is rejected; one that starts where
+    // a judged segment started is judged again, and must break where the receiver may
+    // switch from the first copy to this one.
+    open_tcp(&mut t, 42005);
+    t.run_tcp(42005, 1, 0x18, &good, Allow, 1);
+    t.run_tcp(42005, 5, 0x18, &bad, stream, 1);
+    t.run_tcp(42005, 1, 0x18, &bad, blocked, 1);
+    // One message that runs across the end of the judged `good`: the resolver would read
+    // its tail as the next message.
+    let long = palisade::craft::dns_tcp_payload(&query("long-enough-to-overlap.example", A));
+    assert!(long.len() > good.len());
+    t.run_tcp(42005, 1, 0x18, &long, stream, 1);
+    // A retransmission with the same boundaries passes.
+    t.run_tcp(42005, 1, 0x18, &cat(&[&good, &good6]), Allow, 2);
+    // A gap ahead of the stream.
+    let next = 1 + (good.len() + good6.len()) as u32;
+    t.run_tcp(42005, next + 7, 0x18, &good, stream, 1);
+    t.run_tcp(42005, next, 0x18, &good, Allow, 1);
+
+    // A SYN in the middle of a live stream does not move it.
+    open_tcp(&mut t, 42006);
+    t.run_tcp(42006, 1, 0x18, &good, Allow, 1);
+    t.check(
+        &Frame::tcp(CLIENT, RESOLVER, 42006, 53, TCP_SYN)
+            .with_tcp_seq(4)
+            .build(),
+        Untouched,
+        MALFORMED,
+    );
+    t.run_tcp(42006, 5, 0x18, &good, stream, 1);
+
+    // Urgent data leaves the stream the resolver reads.
+    open_tcp(&mut t, 42007);
+    t.run_tcp(42007, 1, 0x38, &good, stream, 1);
+    t.run_tcp(42007, 1, 0x18, &good, Allow, 1);
+
+    // Data after the FIN is never read; a SYN after it starts a new stream.
+    let fin = 1 + good.len() as u32;
+    t.check(
+        &Frame::tcp(CLIENT, RESOLVER, 42007, 53, 0x11)
+            .with_tcp_seq(fin)
+            .build(),
+        Untouched,
+        MALFORMED,
+    );
+    t.run_tcp(42007, fin, 0x18, &good, stream, 1);
+    open_tcp(&mut t, 42007);
+    t.run_tcp(42007, 1, 0x18, &bad, blocked, 1);
 }
 
 #[test]
@@ -1443,7 +1578,12 @@ fn ipv6_queries() {
         ev("bad.example.", "AAAA"),
     );
     check_nxdomain(&frame, &out, 0);
-    let tcp6 = Frame::dns_tcp(CLIENT6, RESOLVER6, 40000, &query("bad.example", A)).build();
+    t.check(
+        &Frame::dns_tcp_syn(CLIENT6, RESOLVER6, 43001).build(),
+        Untouched,
+        MALFORMED,
+    );
+    let tcp6 = Frame::dns_tcp(CLIENT6, RESOLVER6, 43001, &query("bad.example", A)).build();
     t.check(
         &tcp6,
         Drop(reason::DNS_NOT_ALLOWED),
@@ -2088,11 +2228,13 @@ fn bytes_after_the_question() {
     let mut m = base();
     set_count(&mut m, 8, 1);
     cases.push((m, "NSCOUNT 1"));
-    for (msg, what) in &cases {
+    for (i, (msg, what)) in cases.iter().enumerate() {
         eprintln!("{what}");
         t.check(&udp(msg), malformed, MALFORMED);
+        let port = 44_000 + i as u16;
+        open_tcp(&mut t, port);
         t.check(
-            &Frame::dns_tcp(CLIENT, RESOLVER, 40000, msg).build(),
+            &Frame::dns_tcp(CLIENT, RESOLVER, port, msg).build(),
             malformed,
             MALFORMED,
         );

@@ -57,6 +57,7 @@ use palisade_common::{
             SCOPE_LOG_ALLOWED, SCOPES, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED, STAT_QUERIES,
             STAT_TCP, ScopeConfig,
         },
+        stream::MAX_MESSAGES,
         wire::INSPECT_LEN,
     },
     event::{DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP},
@@ -67,6 +68,7 @@ use palisade_common::{
 use super::{
     inspect::{self, Decision, Request},
     report::{self, Origin},
+    stream::{self, Plan},
 };
 use crate::{
     atomic,
@@ -226,73 +228,39 @@ fn inspect_egress(
         return ALLOW;
     }
     let tcp = p.proto == IPPROTO_TCP;
-    let l4 = usize::from(p.l4_offset);
-    let ip_end = l4 + usize::from(p.l4_len);
-    let (msg_off, msg_len, whole) = if tcp {
-        let Some(h) = packet::Bytes::load::<13>(&SkbBytes(ctx), l4) else {
-            return unchecked(cfg, generation, reason::MALFORMED_L4, sender);
-        };
-        let payload = l4 + usize::from(h[12] >> 4) * 4;
-        if payload >= ip_end {
-            return ALLOW;
-        }
-        let avail = ip_end - payload;
-        let claimed = packet::Bytes::load::<2>(&SkbBytes(ctx), payload)
-            .map_or(usize::MAX, |b| usize::from(u16::from_be_bytes(b)));
-        (
-            payload + 2,
-            avail.saturating_sub(2),
-            avail >= 2 && claimed == avail - 2,
-        )
-    } else {
-        (l4 + 8, ip_end.saturating_sub(l4 + 8), true)
-    };
-    report::count(SCOPE_EGRESS, STAT_QUERIES);
-    if tcp {
-        report::count(SCOPE_EGRESS, STAT_TCP);
-    }
-    let avail = (ctx.len() as usize)
-        .saturating_sub(msg_off)
-        .min(msg_len)
-        .min(INSPECT_LEN);
-    let copied = if avail == 0 {
-        0
-    } else {
-        // `(n - 1) % 512 + 1` keeps n in 1..=512 in a form the verifier can follow.
-        let len = ((avail - 1) & (INSPECT_LEN - 1)) + 1;
-        // SAFETY: the destination is the per-CPU scratch buffer of INSPECT_LEN bytes.
-        let r = unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb.cast(),
-                msg_off as u32,
-                (*scratch).msg.as_mut_ptr().cast(),
-                len as u32,
-            )
-        };
-        if r == 0 { len } else { 0 }
-    };
+    // SAFETY: this run's own scratch slot.
+    unsafe { (*scratch).rate_key = cgroup_rate_key(sender.cgroup_id) };
     let mut d = Decision::malformed(cfg.flags & SCOPE_BLOCK_MALFORMED != 0);
-    // SAFETY: a field of the program's own context (cgroup_skb may read it).
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if !tcp && gso_size != 0 {
-        // The kernel will cut this datagram into several, each a query of its own to the
-        // resolver: the first alone can be inspected here.
-        d.reason = reason::DNS_GSO;
-    } else if whole {
-        // A TCP query not whole in this segment is never passed by accident: it is judged
-        // as malformed.
-        let req = Request {
-            slot,
-            scope: SCOPE_EGRESS,
-            generation,
-            msg_len: copied.min(INSPECT_LEN),
-            total_len: msg_len,
-            whole: true,
-        };
-        // SAFETY: this run's own scratch slot.
-        unsafe { (*scratch).rate_key = cgroup_rate_key(sender.cgroup_id) };
-        if !inspect::inspect(cfg, &req, &mut d) {
-            return unchecked(cfg, generation, reason::DNS_INTERNAL, sender);
+    if tcp {
+        match judge_tcp(ctx, slot, generation, cfg.flags & SCOPE_AUDIT != 0, &mut d) {
+            Tcp::Empty => return ALLOW,
+            Tcp::Unreadable => return unchecked(cfg, generation, reason::MALFORMED_L4, sender),
+            Tcp::Internal => return unchecked(cfg, generation, reason::DNS_INTERNAL, sender),
+            Tcp::Judged => {}
+        }
+    } else {
+        let l4 = usize::from(p.l4_offset);
+        let msg_off = l4 + 8;
+        let msg_len = (l4 + usize::from(p.l4_len)).saturating_sub(msg_off);
+        report::count(SCOPE_EGRESS, STAT_QUERIES);
+        // SAFETY: a field of the program's own context (cgroup_skb may read it).
+        let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+        if gso_size != 0 {
+            // The kernel will cut this datagram into several, each a query of its own to the
+            // resolver: the first alone can be inspected here.
+            d.reason = reason::DNS_GSO;
+        } else {
+            let req = Request {
+                slot,
+                scope: SCOPE_EGRESS,
+                generation,
+                msg_len: copy_message(ctx, slot, msg_off, msg_len),
+                total_len: msg_len,
+                whole: true,
+            };
+            if !inspect::inspect(&req, &mut d) {
+                return unchecked(cfg, generation, reason::DNS_INTERNAL, sender);
+            }
         }
     }
     let origin = Origin {
@@ -320,6 +288,123 @@ fn inspect_egress(
     report::count_reason(d.reason);
     report::emit(SCOPE_EGRESS, DNS_VERDICT_DROP, &d, &origin);
     DROP
+}
+
+/// What became of a TCP segment.
+enum Tcp {
+    /// No payload (handshake, ACK, FIN): nothing to judge.
+    Empty,
+    /// Judged: the decision is in `d`.
+    Judged,
+    /// The TCP header cannot be read.
+    Unreadable,
+    /// Palisade itself failed.
+    Internal,
+}
+
+/// Judges a TCP segment as the resolver will read the stream (see `stream`): every message
+/// in it (glibc's `use-vc` writes its A and AAAA queries in one segment), the first that is
+/// not passed deciding. A segment that passes (or is audited) moves the stream on. Not
+/// inlined: the segment's layout stays out of the hook's frame.
+#[inline(never)]
+fn judge_tcp(
+    ctx: &SkBuffContext,
+    slot: u32,
+    generation: u32,
+    audit: bool,
+    d: &mut Decision,
+) -> Tcp {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return Tcp::Internal;
+    };
+    // SAFETY: this run's own per-CPU scratch slot.
+    let s = unsafe { &mut *scratch };
+    let bytes = SkbBytes(ctx);
+    let Some(seg) = stream::payload(&bytes, &s.packet, ctx.len() as usize) else {
+        return Tcp::Unreadable;
+    };
+    s.segment = seg;
+    let plan = stream::plan(&bytes, &s.packet, SCOPE_EGRESS, &s.segment, &mut s.messages);
+    match plan {
+        Plan::Empty => return Tcp::Empty,
+        Plan::Reject => {
+            report::count(SCOPE_EGRESS, STAT_QUERIES);
+            report::count(SCOPE_EGRESS, STAT_TCP);
+            d.reason = reason::DNS_STREAM;
+        }
+        Plan::Malformed => {
+            report::count(SCOPE_EGRESS, STAT_QUERIES);
+            report::count(SCOPE_EGRESS, STAT_TCP);
+            // Judged as malformed by the inspector, after the rate limit took its token.
+            let req = Request {
+                slot: slot,
+                scope: SCOPE_EGRESS,
+                generation,
+                msg_len: 0,
+                total_len: 0,
+                whole: false,
+            };
+            if !inspect::inspect(&req, d) {
+                return Tcp::Internal;
+            }
+        }
+        Plan::Inspect => {
+            let mut k = 0;
+            while k < MAX_MESSAGES && k < usize::from(s.messages.count) {
+                report::count(SCOPE_EGRESS, STAT_QUERIES);
+                report::count(SCOPE_EGRESS, STAT_TCP);
+                let len = usize::from(s.messages.lens[k]);
+                let off = s.segment.off + usize::from(s.messages.offsets[k]);
+                let req = Request {
+                    slot,
+                    scope: SCOPE_EGRESS,
+                    generation,
+                    msg_len: copy_message(ctx, slot, off, len),
+                    total_len: len,
+                    whole: true,
+                };
+                if !inspect::inspect(&req, d) {
+                    return Tcp::Internal;
+                }
+                if d.reason != reason::PASS {
+                    break;
+                }
+                k += 1;
+            }
+        }
+    }
+    if d.reason == reason::PASS || audit {
+        stream::passed(&s.packet, SCOPE_EGRESS, &s.segment);
+    }
+    Tcp::Judged
+}
+
+/// Copies up to `INSPECT_LEN` bytes of the message at `off` into the scratch slot; returns
+/// the bytes copied (0 when nothing could be).
+#[inline(always)]
+fn copy_message(ctx: &SkBuffContext, slot: u32, off: usize, msg_len: usize) -> usize {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return 0;
+    };
+    let avail = (ctx.len() as usize)
+        .saturating_sub(off)
+        .min(msg_len)
+        .min(INSPECT_LEN);
+    if avail == 0 {
+        return 0;
+    }
+    // `(n - 1) % 512 + 1` keeps n in 1..=512 in a form the verifier can follow.
+    let len = ((avail - 1) & (INSPECT_LEN - 1)) + 1;
+    // SAFETY: the destination is the per-CPU scratch buffer of INSPECT_LEN bytes.
+    let r = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            off as u32,
+            (*scratch).msg.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if r == 0 { len } else { 0 }
 }
 
 /// The egress rate bucket of a cgroup (see `ClientKey::addr`).

@@ -6,6 +6,9 @@
 //! not reassembled (a question fits any MTU, so only evasion fragments one), and dropping
 //! its first fragment is enough for the datagram never to be whole.
 //!
+//! DNS over TCP is judged as the resolver reads the stream (`stream`): every message of a
+//! segment, and only segments that start where Palisade knows the stream's boundaries.
+//!
 //! A blocked query is answered only when the answer goes back to one host that has
 //! answers left in its budget: never to or from a broadcast, multicast or unspecified
 //! address (reason `dns-group-address`), and at most `[dns] answer_rate` answers a second
@@ -20,8 +23,9 @@ use palisade_common::{
         maps::{
             ACTION_NXDOMAIN, DnsGlobal, MODE_OFF, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED,
             SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPES, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED,
-            STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_TCP, ScopeConfig,
+            STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_TCP,
         },
+        stream::MAX_MESSAGES,
         wire::INSPECT_LEN,
     },
     event::{DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN},
@@ -36,8 +40,10 @@ use super::{
     inspect::{self, Decision, Request},
     nxdomain,
     report::{self, Origin},
+    stream::{self, Plan},
 };
 use crate::{
+    bytes::XdpFrame,
     maps::{CONTROL, DNS_ANSWERS, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, SLOT_XDP},
     verdict,
 };
@@ -72,30 +78,26 @@ pub fn run(ctx: &XdpContext) -> u32 {
         return verdict::pass();
     }
     let tcp = p.proto == IPPROTO_TCP;
-    let Some((msg_off, msg_len, whole)) = locate_message(ctx, p) else {
-        // A TCP segment without payload (handshake, ACK): nothing to inspect.
-        return verdict::pass();
-    };
-    report::count(SCOPE_INGRESS, STAT_QUERIES);
-    if tcp {
-        report::count(SCOPE_INGRESS, STAT_TCP);
-    }
-    if !copy_message(ctx, msg_off, msg_len) {
-        return verdict::internal_error();
-    }
     // SAFETY: as above.
     unsafe { (*scratch).rate_key = (*scratch).packet.src };
     let mut d = Decision::malformed(cfg.flags & SCOPE_BLOCK_MALFORMED != 0);
-    // A query not whole in this packet (a TCP segment with less or more than one message,
-    // a first fragment) is never passed by accident: it is judged as malformed.
-    if !decide(
-        cfg,
-        generation,
-        msg_len,
-        whole && p.frag == FRAG_NONE,
-        &mut d,
-    ) {
-        return verdict::internal_error();
+    if tcp {
+        match judge_tcp(ctx, generation, cfg.flags & SCOPE_AUDIT != 0, &mut d) {
+            Tcp::Empty => return verdict::pass(),
+            Tcp::Internal => return verdict::internal_error(),
+            Tcp::Judged => {}
+        }
+    } else {
+        let (msg_off, msg_len, whole) = locate_udp(ctx, p);
+        report::count(SCOPE_INGRESS, STAT_QUERIES);
+        if !copy_message(ctx, msg_off, msg_len) {
+            return verdict::internal_error();
+        }
+        // A query not whole in this packet (a first fragment, a UDP length the packet does
+        // not hold) is never passed by accident: it is judged as malformed.
+        if !decide(generation, msg_len, whole && p.frag == FRAG_NONE, &mut d) {
+            return verdict::internal_error();
+        }
     }
     let origin = Origin {
         slot: SLOT_XDP,
@@ -146,13 +148,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 /// Runs the inspector. Not inlined: the request stays out of the hook's frame, on which the
 /// NXDOMAIN rewrite's large frame is stacked.
 #[inline(never)]
-fn decide(
-    cfg: &ScopeConfig,
-    generation: u32,
-    msg_len: usize,
-    whole: bool,
-    d: &mut Decision,
-) -> bool {
+fn decide(generation: u32, msg_len: usize, whole: bool, d: &mut Decision) -> bool {
     let req = Request {
         slot: SLOT_XDP,
         scope: SCOPE_INGRESS,
@@ -161,45 +157,118 @@ fn decide(
         total_len: msg_len,
         whole,
     };
-    inspect::inspect(cfg, &req, d)
+    inspect::inspect(&req, d)
 }
 
-/// Offset and length of the DNS message in the frame, and whether the whole message is
-/// there. `None` for a TCP segment with no payload.
+/// What became of a TCP segment.
+enum Tcp {
+    /// No payload (handshake, ACK, FIN): nothing to judge.
+    Empty,
+    /// Judged: the decision is in `d`.
+    Judged,
+    /// Palisade itself failed.
+    Internal,
+}
+
+/// Judges a TCP segment as the resolver will read the stream (see `stream`): every message
+/// in it, the first that is not passed deciding. A segment that passes (or is audited)
+/// moves the stream on. Not inlined: the segment's layout stays out of the hook's frame.
+#[inline(never)]
+fn judge_tcp(ctx: &XdpContext, generation: u32, audit: bool, d: &mut Decision) -> Tcp {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) else {
+        return Tcp::Internal;
+    };
+    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    let s = unsafe { &mut *scratch };
+    let frame = XdpFrame::of(ctx);
+    let frame_len = ctx.data_end() - ctx.data();
+    let Some(seg) = stream::payload(&frame, &s.packet, frame_len) else {
+        return Tcp::Empty;
+    };
+    s.segment = seg;
+    let plan = stream::plan(
+        &frame,
+        &s.packet,
+        SCOPE_INGRESS,
+        &s.segment,
+        &mut s.messages,
+    );
+    match plan {
+        Plan::Empty => return Tcp::Empty,
+        Plan::Reject => {
+            report::count(SCOPE_INGRESS, STAT_QUERIES);
+            report::count(SCOPE_INGRESS, STAT_TCP);
+            d.reason = reason::DNS_STREAM;
+        }
+        Plan::Malformed => {
+            report::count(SCOPE_INGRESS, STAT_QUERIES);
+            report::count(SCOPE_INGRESS, STAT_TCP);
+            // Judged as malformed by the inspector, after the rate limit took its token.
+            let req = Request {
+                slot: SLOT_XDP,
+                scope: SCOPE_INGRESS,
+                generation,
+                msg_len: 0,
+                total_len: 0,
+                whole: false,
+            };
+            if !inspect::inspect(&req, d) {
+                return Tcp::Internal;
+            }
+        }
+        Plan::Inspect => {
+            let mut k = 0;
+            while k < MAX_MESSAGES && k < usize::from(s.messages.count) {
+                report::count(SCOPE_INGRESS, STAT_QUERIES);
+                report::count(SCOPE_INGRESS, STAT_TCP);
+                let len = usize::from(s.messages.lens[k]);
+                let off = s.segment.off + usize::from(s.messages.offsets[k]);
+                if !copy_message(ctx, off, len) {
+                    return Tcp::Internal;
+                }
+                let req = Request {
+                    slot: SLOT_XDP,
+                    scope: SCOPE_INGRESS,
+                    generation,
+                    msg_len: len.min(INSPECT_LEN),
+                    total_len: len,
+                    whole: true,
+                };
+                if !inspect::inspect(&req, d) {
+                    return Tcp::Internal;
+                }
+                if d.reason != reason::PASS {
+                    break;
+                }
+                k += 1;
+            }
+        }
+    }
+    if d.reason == reason::PASS || audit {
+        stream::passed(&s.packet, SCOPE_INGRESS, &s.segment);
+    }
+    Tcp::Judged
+}
+
+/// Offset and length of the DNS message in a UDP datagram, and whether the whole message is
+/// there.
 #[inline(always)]
-fn locate_message(ctx: &XdpContext, p: &Packet) -> Option<(usize, usize, bool)> {
+fn locate_udp(ctx: &XdpContext, p: &Packet) -> (usize, usize, bool) {
     let frame_len = ctx.data_end() - ctx.data();
     let l4 = usize::from(p.l4_offset);
     let ip_end = (l4 + usize::from(p.l4_len)).min(frame_len);
-    if p.proto == IPPROTO_UDP {
-        let off = l4 + 8;
-        let avail = ip_end.saturating_sub(off);
-        // The receiver sees the UDP length's worth of message: that is what is inspected.
-        // A length the packet does not hold (a first fragment, a lie) is not whole.
-        let Some(udp) = load::<8>(ctx, l4) else {
-            return Some((off, avail, false));
-        };
-        let claimed = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-        if claimed < 8 || claimed - 8 > avail {
-            return Some((off, avail, false));
-        }
-        return Some((off, claimed - 8, true));
+    let off = l4 + 8;
+    let avail = ip_end.saturating_sub(off);
+    // The receiver sees the UDP length's worth of message: that is what is inspected.
+    // A length the packet does not hold (a first fragment, a lie) is not whole.
+    let Some(udp) = load::<8>(ctx, l4) else {
+        return (off, avail, false);
+    };
+    let claimed = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if claimed < 8 || claimed - 8 > avail {
+        return (off, avail, false);
     }
-    let tcp: [u8; 13] = load(ctx, l4)?;
-    let payload = l4 + usize::from(tcp[12] >> 4) * 4;
-    if payload >= ip_end {
-        return None;
-    }
-    let avail = ip_end - payload;
-    if avail < 2 {
-        return Some((payload, 0, false));
-    }
-    let prefix: [u8; 2] = load(ctx, payload)?;
-    let claimed = usize::from(u16::from_be_bytes(prefix));
-    // Exactly one whole message in this segment, nothing else: anything else cannot be
-    // inspected from one packet.
-    let whole = claimed == avail - 2;
-    Some((payload + 2, avail - 2, whole))
+    (off, claimed - 8, true)
 }
 
 /// Reads `N` bytes at a variable offset through the helper, which checks the range itself.

@@ -15,7 +15,7 @@ use palisade_common::{
         hash::{self, HashKey},
         maps::{
             ClientKey, KIND_APEX, KIND_BELOW, MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue,
-            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, ScopeConfig,
+            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, SCOPES, ScopeConfig,
         },
         name::{MAX_WALK_BYTES, Step, Walker},
         wire::{
@@ -28,7 +28,7 @@ use palisade_common::{
     reason,
 };
 
-use crate::maps::{DNS_KEY, DNS_NAMES, DNS_RATE, DNS_SCRATCH};
+use crate::maps::{DNS_KEY, DNS_NAMES, DNS_RATE, DNS_SCOPES, DNS_SCRATCH};
 
 /// Masks a label index into the 128-entry arrays; a name has at most `MAX_LABELS` (127)
 /// labels, so the mask never changes a valid index. It is there for the verifier.
@@ -59,6 +59,12 @@ pub struct Scratch {
     pub hashes: [[u64; 2]; 128],
     /// Byte counts for the entropy check (of `raw_name`).
     pub counts: [u8; 256],
+    /// The inspector's decision, read back by [`inspect`].
+    pub decision: Decision,
+    /// The TCP segment being judged and its messages (`stream`), kept here rather than in
+    /// the frames under the inspector's.
+    pub segment: super::stream::Payload,
+    pub messages: palisade_common::dns::stream::Messages,
     /// Loop state of the three `bpf_loop`s. It lives here, not on the stack: values read
     /// from a map are unknown to the verifier, so each callback is verified once for all
     /// iterations instead of once per distinct precise state.
@@ -117,20 +123,67 @@ pub struct Request {
     pub whole: bool,
 }
 
-/// Inspects the message in the scratch for `req.scope`. Returns `None` on an internal
-/// failure (the hook then fails open).
-///
-/// Not inlined: it gets its own stack frame, which keeps each frame of the hook programs
-/// within the verifier's 512 bytes.
-#[inline(never)]
-pub fn inspect(cfg: &ScopeConfig, req: &Request, out: &mut Decision) -> bool {
-    match inspect_inner(cfg, req) {
-        Some(d) => {
-            *out = d;
-            true
-        }
-        None => false,
+/// Inspects the message in the scratch for `req.scope`. Returns `false` on an internal
+/// failure (the hook then decides by its fail-open or fail-closed rule).
+#[inline(always)]
+pub fn inspect(req: &Request, out: &mut Decision) -> bool {
+    // The total length fits in 16 bits (IP payloads do); bit 31 says whether it is whole.
+    let total = (req.total_len.min(0xffff) as u32) | (u32::from(req.whole) << 31);
+    let ok = palisade_dns_inspect(
+        req.slot,
+        u32::from(req.scope),
+        req.generation,
+        req.msg_len.min(INSPECT_LEN) as u32,
+        total,
+    );
+    if ok == 0 {
+        return false;
     }
+    let Some(s) = DNS_SCRATCH.get_ptr(req.slot) else {
+        return false;
+    };
+    // SAFETY: this hook's per-CPU scratch slot; the decision was just written there.
+    *out = unsafe { (*s).decision };
+    true
+}
+
+/// The inspector as a global BPF function: the verifier checks it once, on its own, instead
+/// of at every call site with the caller's state. A hook inspects every message of a TCP
+/// segment by calling it in a loop; as a static function that multiplied the verifier's work
+/// past its limit, and its frame no longer counts on top of the caller's. Only scalars cross
+/// the call; the decision is left in the scratch slot. Returns 1 when it is there, 0 on an
+/// internal failure.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn palisade_dns_inspect(
+    slot: u32,
+    scope: u32,
+    generation: u32,
+    msg_len: u32,
+    total: u32,
+) -> u32 {
+    let generation = generation & 1;
+    let scope = scope % SCOPES;
+    let Some(cfg) = DNS_SCOPES.get(generation * SCOPES + scope) else {
+        return 0;
+    };
+    let req = Request {
+        slot,
+        scope: scope as u8,
+        generation,
+        msg_len: (msg_len as usize).min(INSPECT_LEN),
+        total_len: (total & 0xffff) as usize,
+        whole: total >> 31 != 0,
+    };
+    let Some(d) = inspect_inner(cfg, &req) else {
+        return 0;
+    };
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return 0;
+    };
+    // SAFETY: the caller's per-CPU scratch slot.
+    unsafe { (*s).decision = d };
+    1
 }
 
 #[inline(always)]

@@ -58,14 +58,27 @@ pub fn question(msg: &[u8]) -> Result<(Vec<Vec<u8>>, u16), QuestionError> {
     Ok((labels, u16::from_be_bytes([t[0], t[1]])))
 }
 
-/// The first `count` labels of the question name as sent (letter case kept), for a message
-/// [`question`] accepted.
+/// The first `count` labels of the question name as sent (letter case kept, compression
+/// pointers followed as the walker follows them), for a message [`question`] accepted.
 fn raw_labels(msg: &[u8], count: usize) -> Vec<Vec<u8>> {
     let mut at = HEADER_LEN;
     let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = usize::from(msg[at]);
-        out.push(msg[at + 1..at + 1 + len].to_vec());
+    // `question` accepted the name, so every pointer points backward and the walk ends;
+    // the hop bound only keeps a bug from looping.
+    let mut hops = 0;
+    while out.len() < count && hops <= 255 {
+        let Some(&len) = msg.get(at) else { break };
+        if len & 0xc0 == 0xc0 {
+            let Some(&low) = msg.get(at + 1) else { break };
+            at = usize::from(u16::from_be_bytes([len & 0x3f, low]));
+            hops += 1;
+            continue;
+        }
+        let len = usize::from(len);
+        let Some(label) = msg.get(at + 1..at + 1 + len) else {
+            break;
+        };
+        out.push(label.to_vec());
         at += 1 + len;
     }
     out
