@@ -158,8 +158,11 @@ pub struct CtConfig {
     /// 0 for no limit.
     pub new_per_source: u32,
     pub _pad: u32,
+    /// How long an address stays in the overload set once over a per-source limit
+    /// (`[conntrack] overload_ttl`); 0 when the policy names no overload set.
+    pub overload_ttl_ns: u64,
 }
-map_type!(CtConfig, 88);
+map_type!(CtConfig, 96);
 
 impl CtConfig {
     /// The configuration with [`DEFAULT_TIMEOUTS_S`].
@@ -177,7 +180,42 @@ impl CtConfig {
             max_per_source: 0,
             new_per_source: 0,
             _pad: 0,
+            overload_ttl_ns: 0,
         }
+    }
+}
+
+/// [`OverloadEntry::limit`]: the address had `max_per_source` validated flows open.
+pub const OVER_MAX_PER_SOURCE: u8 = 1;
+/// [`OverloadEntry::limit`]: the address opened more than `new_per_source` flows a second.
+pub const OVER_NEW_PER_SOURCE: u8 = 2;
+/// Names of the limits, by [`OverloadEntry::limit`] (0 is not a limit).
+pub const OVER_LIMIT_NAMES: [&str; 3] = ["unknown", "max_per_source", "new_per_source"];
+
+/// A dynamic member of the overload set (`CT_OVERLOAD`, keyed by a [`crate::firewall::SetKey`]
+/// whose set id is 0: membership belongs to the address, not to one generation's set id, so
+/// it survives reloads).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OverloadEntry {
+    /// When membership ends (`bpf_ktime_get_coarse_ns`); a lookup at or after it misses.
+    pub expires_ns: u64,
+    /// When the address was added.
+    pub added_ns: u64,
+    /// The limit's value when the address went over it.
+    pub limit_value: u32,
+    /// Which limit ([`OVER_MAX_PER_SOURCE`], [`OVER_NEW_PER_SOURCE`]).
+    pub limit: u8,
+    pub _pad: [u8; 3],
+}
+map_type!(OverloadEntry, 24);
+
+impl OverloadEntry {
+    /// Whether the entry still makes its address a member at time `t`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn live(&self, t: u64) -> bool {
+        t < self.expires_ns
     }
 }
 
@@ -433,8 +471,13 @@ pub const CS_EXPIRED_LOOKUP_EST: u32 = 14;
 /// Validated flows that left their table because a new SYN reopened them (they start over
 /// in the unvalidated table).
 pub const CS_REOPENED_EST: u32 = 15;
+/// Addresses added to the overload set (`[conntrack] overload_set`) on going over a
+/// per-source limit.
+pub const CS_OVERLOAD_ADDED: u32 = 16;
+/// Addresses that went over a limit but could not join the overload set (its map was full).
+pub const CS_OVERLOAD_FULL: u32 = 17;
 /// Size of `CT_STATS`.
-pub const CT_STATS: u32 = 16;
+pub const CT_STATS: u32 = 18;
 /// Stable names of the counters.
 pub const CT_STAT_NAMES: [&str; CT_STATS as usize] = [
     "new",
@@ -453,6 +496,8 @@ pub const CT_STAT_NAMES: [&str; CT_STATS as usize] = [
     "untracked",
     "expired_on_lookup_established",
     "reopened_established",
+    "overload_added",
+    "overload_full",
 ];
 
 /// Tables of `CT_GC_STATS`: unvalidated flows, validated flows.
@@ -486,8 +531,14 @@ pub struct CtCensus {
     /// `bpf_ktime_get_coarse_ns` of the sweep.
     pub now_ns: u64,
     pub sweeps: u64,
+    /// Live members of the overload set.
+    pub overload_members: u64,
+    /// Members removed because their time in the set was over.
+    pub overload_expired: u64,
+    /// Members removed by `palisade ct overload flush`.
+    pub overload_flushed: u64,
 }
-map_type!(CtCensus, 2 * PROTO_CLASSES * (ENTRY_STATES + 1) * 4 + 48);
+map_type!(CtCensus, 2 * PROTO_CLASSES * (ENTRY_STATES + 1) * 4 + 72);
 
 impl Default for CtCensus {
     fn default() -> Self {
@@ -497,6 +548,9 @@ impl Default for CtCensus {
             flushed: [0; 2],
             now_ns: 0,
             sweeps: 0,
+            overload_members: 0,
+            overload_expired: 0,
+            overload_flushed: 0,
         }
     }
 }
@@ -505,6 +559,9 @@ impl Default for CtCensus {
 pub const SWEEP_EXPIRE: u32 = 1;
 /// [`SweepRequest::op`]: also remove every entry that matches the filter.
 pub const SWEEP_FLUSH: u32 = 2;
+/// [`SweepRequest::op`]: remove expired entries, and every member of the overload set that
+/// matches the filter ([`SweepRequest::matches_member`]); no flow is flushed.
+pub const SWEEP_OVERLOAD_FLUSH: u32 = 3;
 
 /// [`SweepRequest::match_flags`]: compare the address (either endpoint).
 pub const MATCH_ADDR: u32 = 1;
@@ -613,6 +670,22 @@ impl SweepRequest {
             return false;
         }
         true
+    }
+}
+
+impl SweepRequest {
+    /// Whether a member of the overload set (its family and stored address) matches the
+    /// filter: only [`MATCH_ADDR`] applies.
+    #[inline(always)]
+    #[must_use]
+    pub fn matches_member(&self, family: u8, addr: &[u8; 16]) -> bool {
+        self.match_flags & MATCH_ADDR == 0
+            || (family == self.family
+                && masked_eq(
+                    &bytes_to_words(addr),
+                    &bytes_to_words(&self.addr),
+                    &self.addr_mask,
+                ))
     }
 }
 

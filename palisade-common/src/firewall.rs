@@ -215,6 +215,9 @@ pub const SET_KEY_PREFIX_BITS: u32 = 64;
 pub const SET_HOSTS: u8 = 1;
 /// [`set_kind_slot`] bits: the set holds shorter prefixes, kept in the LPM trie (`FW_SETS`).
 pub const SET_PREFIXES: u8 = 2;
+/// [`set_kind_slot`] bits: the set is the overload set of `[conntrack]`; its dynamic members
+/// live in `CT_OVERLOAD`, consulted only for a set with this bit.
+pub const SET_OVERLOAD: u8 = 4;
 
 /// The slot of a set's kind bits (`FW_SET_KIND`) for the set id `id` (see [`set_id`]).
 #[inline(always)]

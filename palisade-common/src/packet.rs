@@ -61,6 +61,25 @@ pub const FRAG_FIRST: u8 = 1;
 /// Non-first fragment: no layer-4 header; ports, flags and ICMP type are unknown.
 pub const FRAG_LATER: u8 = 2;
 
+/// Whether an address (IPv4 mapped into IPv6, as [`Packet`] holds it) is one nothing
+/// should ever be answered at or from: IPv4 multicast, the reserved 240/4 block and the
+/// limited broadcast `255.255.255.255`, IPv6 multicast, and the unspecified address.
+#[inline(always)]
+#[must_use]
+pub fn is_group_or_unspecified(family: u8, a: &[u8; 16]) -> bool {
+    if family == FAMILY_V4 {
+        a[12] >= 224 || (a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 0)
+    } else {
+        let mut zero = true;
+        let mut i = 0;
+        while i < 16 {
+            zero &= a[i] == 0;
+            i += 1;
+        }
+        a[0] == 0xff || zero
+    }
+}
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;

@@ -39,8 +39,35 @@ pub const DNS_MALFORMED: u32 = 14;
 /// flows or new flows per second, `[conntrack]`).
 pub const CT_LIMIT: u32 = 15;
 
+/// DNS egress: a UDP send to a DNS port that the kernel would split into several datagrams
+/// (UDP segmentation offload, `UDP_SEGMENT`). One send would leave as several queries while
+/// the hook sees one packet; no resolver client sends this way, so it is refused whatever
+/// the mode.
+pub const DNS_GSO: u32 = 16;
+/// DNS egress, allowlist: every per-CPU inspection slot was in use (more egress
+/// inspections interrupted or preempted on one CPU than there are slots), so the packet
+/// could not be inspected and is refused.
+pub const DNS_BUSY: u32 = 17;
+/// DNS egress, allowlist: an internal error (a map that should always answer did not)
+/// kept the packet from being inspected, so it is refused.
+pub const DNS_INTERNAL: u32 = 18;
+
+/// DNS: a blocked query that would have been answered was sent to or from a broadcast,
+/// multicast or unspecified MAC or IP address; it is dropped, never answered (an answer
+/// there would reach many hosts, or a forged one).
+pub const DNS_GROUP_ADDRESS: u32 = 19;
+/// DNS: a blocked query that would have been answered, but the client's prefix has used
+/// its answer budget (`[dns] answer_rate`); dropped without an answer, so Palisade cannot
+/// be made to bounce traffic at a forged source address.
+pub const DNS_ANSWER_BUDGET: u32 = 20;
+
+/// DNS over TCP: a segment that does not start where Palisade knows how the resolver will
+/// read the stream (an overlap, a gap, urgent data, data after the FIN, or a flow whose
+/// handshake was not seen). See `dns::stream`.
+pub const DNS_STREAM: u32 = 21;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 16;
+pub const COUNT: u32 = 22;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -60,6 +87,12 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-rate",
     "dns-malformed",
     "conn-limit",
+    "dns-gso",
+    "dns-busy",
+    "dns-internal",
+    "dns-group-address",
+    "dns-answer-budget",
+    "dns-stream",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

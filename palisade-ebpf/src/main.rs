@@ -4,7 +4,13 @@
 
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap in `core::sync::atomic` (its spec says
+// `atomic-cas: false`), but the kernel has had the instructions since 5.12: `atomic` reaches
+// them through the compiler's intrinsics.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic intrinsics, see `atomic`")]
 
+mod atomic;
 mod bench;
 mod bytes;
 mod ct;

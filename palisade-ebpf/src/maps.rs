@@ -133,6 +133,21 @@ pub static DNS_NAMES: HashMap<NameKey, NameValue> =
 #[map]
 pub static DNS_RATE: LruHashMap<ClientKey, u64> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Answer budgets (GCRA time) per client prefix (`[dns] answer_prefix_v4`/`_v6`), ingress
+/// only. 65,536 prefixes: LRU, so under a spread of forged sources the least recently seen
+/// prefix is forgotten first, and forgetting one only gives it a fresh burst.
+#[map]
+pub static DNS_ANSWERS: LruHashMap<ClientKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Stream position of every DNS-over-TCP flow a hook judges (`dns::stream`), keyed by the
+/// flow as its sender sees it and the scope. LRU: a flow evicted under pressure has its
+/// next data segment rejected (`dns-stream`), never passed unjudged.
+#[map]
+pub static DNS_STREAMS: LruHashMap<
+    palisade_common::dns::stream::StreamKey,
+    palisade_common::dns::stream::StreamState,
+> = LruHashMap::with_max_entries(65_536, 0);
+
 /// Per-scope DNS counters.
 #[map]
 pub static DNS_STATS: PerCpuArray<u64> =
@@ -179,20 +194,25 @@ pub static DNS_EVENT_CLIENTS: LruPerCpuHashMap<palisade_common::event::DnsAggCli
 pub static DNS_AGG_SCRATCH: PerCpuArray<crate::dns::report::AggScratch> =
     PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
-/// How many egress inspections are running on this CPU (a softirq can send, and so run the
-/// egress program, while a process's own send is half inspected).
+/// Busy flags of the egress scratch slots on this CPU: `DNS_EGRESS_BUSY[i]` is not 0 while
+/// an egress inspection owns slot `SLOT_EGRESS + i`. Claimed with an atomic compare-and-exchange
+/// (see `dns::egress`): the egress program runs with migration disabled but can be preempted
+/// (and interrupted by a softirq that sends), so inspections on one CPU do not nest in order.
 #[map]
-pub static DNS_EGRESS_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static DNS_EGRESS_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(EGRESS_SLOTS, 0);
 
 /// Scratch slot of the XDP inspector. XDP runs in softirq and can interrupt an egress
 /// inspection in process context on the same CPU, so the hooks never share a slot.
 pub const SLOT_XDP: u32 = 0;
-/// First scratch slot of the egress inspector; a nested egress inspection takes the next.
+/// First scratch slot of the egress inspector.
 pub const SLOT_EGRESS: u32 = 1;
-/// Egress inspections that may nest on one CPU (process context, then softirq).
-pub const EGRESS_MAX_DEPTH: u32 = 2;
+/// Egress inspections that may be under way on one CPU at once: tasks preempted in the
+/// middle of the program, plus a softirq on top. When all are taken the packet is not
+/// inspected (an allowlist refuses it, reason `dns-busy`). Each slot costs one `Scratch`
+/// and one event per CPU (about 4 KiB).
+pub const EGRESS_SLOTS: u32 = 4;
 /// Scratch slots in all.
-pub const SCRATCH_SLOTS: u32 = SLOT_EGRESS + EGRESS_MAX_DEPTH;
+pub const SCRATCH_SLOTS: u32 = SLOT_EGRESS + EGRESS_SLOTS;
 
 /// Tail-call targets of the XDP pipeline (see `docs/design/pipeline.md`).
 #[map]
@@ -208,7 +228,7 @@ pub const TAIL_RULES: u32 = 2;
 // ---- Connection tracking ----
 
 use palisade_common::conntrack::{
-    CT_STATS as CT_STAT_COUNT, CtCensus, CtConfig, CtEntry, CtKey, SourceEntry,
+    CT_STATS as CT_STAT_COUNT, CtCensus, CtConfig, CtEntry, CtKey, OverloadEntry, SourceEntry,
 };
 
 /// Default capacity of [`CT_EST`]; userspace sets the real one from `[conntrack]
@@ -240,6 +260,19 @@ pub const CT_SOURCES_MAX: u32 = 65_536;
 #[map]
 pub static CT_SOURCES: LruHashMap<[u32; 4], SourceEntry> =
     LruHashMap::with_max_entries(CT_SOURCES_MAX, 0);
+
+/// Capacity of [`CT_OVERLOAD`].
+pub const CT_OVERLOAD_MAX: u32 = 65_536;
+
+/// Dynamic members of the overload set (`[conntrack] overload_set`): addresses that went
+/// over a per-source limit, with their expiry. Keyed by address (a `SetKey` with set id 0),
+/// not by a generation's set id, so members stay through reloads. Not an LRU: a member is
+/// never pushed out by a flood of others; when full, an address that goes over a limit is
+/// refused the set (counted, `overload_full`) and still gets its `conn-limit` drops.
+/// Preallocated, so the datapath never allocates; entries leave on expiry (sweep) or flush.
+#[map]
+pub static CT_OVERLOAD: HashMap<SetKey, OverloadEntry> =
+    HashMap::with_max_entries(CT_OVERLOAD_MAX, 0);
 
 /// Tracker settings (timeouts), written by userspace.
 #[map]

@@ -329,7 +329,8 @@ pub enum CtCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Show the tracker's counters, its tables by protocol and state, and the top sources.
+    /// Show the tracker's counters, its tables by protocol and state, the top sources, and the
+    /// overload set's members, additions and removals.
     ///
     /// `evicted` is derived: the kernel does not report evictions from the LRU table of
     /// unvalidated flows, so they are the entries inserted there less those promoted,
@@ -339,6 +340,42 @@ pub enum CtCommand {
     ///   palisade ct stats --json
     #[command(verbatim_doc_comment)]
     Stats(JsonFlag),
+    /// List the overload set: addresses that went over `[conntrack] max_per_source` or
+    /// `new_per_source`, how long they stay, and the limit that put them there.
+    ///
+    /// Rules naming the set (`src = "@NAME"`) match them like listed members until their
+    /// time (`overload_ttl`) is over. `flush` takes them out at once.
+    ///
+    /// Examples:
+    ///   palisade ct overload
+    ///   palisade ct overload --addr 203.0.113.0/24 --json
+    ///   palisade ct overload flush --addr 203.0.113.9
+    ///   palisade ct overload flush             # every member
+    #[command(verbatim_doc_comment)]
+    Overload {
+        #[command(subcommand)]
+        action: Option<OverloadAction>,
+        /// Only members in this address or CIDR block.
+        #[arg(long, value_name = "ADDR|CIDR", value_parser = crate::conntrack::filter::check_addr)]
+        addr: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// What `ct overload` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum OverloadAction {
+    /// Remove members (all of them without `--addr`) and print how many were removed.
+    ///
+    /// One pass of the in-kernel sweep removes them, whatever their number.
+    Flush {
+        /// Only members in this address or CIDR block.
+        #[arg(long, value_name = "ADDR|CIDR", value_parser = crate::conntrack::filter::check_addr)]
+        addr: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 /// Which tracked flows `ct list` and `ct flush` take.
@@ -533,6 +570,49 @@ mod tests {
             panic!()
         };
         assert_eq!(a.metrics.as_deref(), Some("127.0.0.1:9477"));
+    }
+
+    #[test]
+    fn ct_overload_lists_and_flushes() {
+        let cli = Cli::try_parse_from(["palisade", "ct", "overload", "--json"]).unwrap();
+        let Command::Ct(CtCommand::Overload {
+            action: None,
+            addr: None,
+            json,
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert!(json.json);
+        let cli = Cli::try_parse_from([
+            "palisade",
+            "ct",
+            "overload",
+            "flush",
+            "--addr",
+            "203.0.113.0/24",
+        ])
+        .unwrap();
+        let Command::Ct(CtCommand::Overload {
+            action: Some(OverloadAction::Flush { addr, json }),
+            ..
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(addr.as_deref(), Some("203.0.113.0/24"));
+        assert!(!json.json);
+        let e = Cli::try_parse_from([
+            "palisade",
+            "ct",
+            "overload",
+            "flush",
+            "--addr",
+            "10.0.0.1/8",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--addr"), "{e}");
     }
 
     #[test]

@@ -13,8 +13,11 @@ use crate::{
             Changed, DnsLists, EventFilter, Request, RuleSpec, Rules, Sets, Stats, Status, Unloaded,
         },
     },
-    cli::{CtCommand, DnsCommand, EventsArgs, ListWhat, RuleAddArgs, RuleCommand, SetCommand},
-    conntrack::report as ct_report,
+    cli::{
+        CtCommand, DnsCommand, EventsArgs, ListWhat, OverloadAction, RuleAddArgs, RuleCommand,
+        SetCommand,
+    },
+    conntrack::{overload, report as ct_report},
     datapath,
     policy::config::QTYPE_NAMES,
 };
@@ -256,8 +259,8 @@ fn print_dns(d: &DnsLists) {
                     "expired".into()
                 });
             }
-            if let Some(h) = e.max_entropy {
-                extra.push(format!("max entropy {h}"));
+            if let Some(h) = e.max_entropy_bits {
+                extra.push(format!("max entropy {h} bits"));
             }
             println!(
                 "  {}{}{}",
@@ -559,6 +562,37 @@ pub fn ct(socket: &Path, cmd: CtCommand) -> Result<()> {
                         usize::try_from(f.removed).unwrap_or(usize::MAX),
                         "flow",
                         "flows"
+                    ),
+                    f.remaining
+                );
+            }
+        }
+        CtCommand::Overload {
+            action: None,
+            addr,
+            json,
+        } => {
+            let l: overload::OverloadList = c.request(&Request::CtOverload { addr })?;
+            if json.json {
+                print_json(&l);
+            } else {
+                print!("{}", overload::print_list(&l));
+            }
+        }
+        CtCommand::Overload {
+            action: Some(OverloadAction::Flush { addr, json }),
+            ..
+        } => {
+            let f: overload::OverloadFlushed = c.request(&Request::CtOverloadFlush { addr })?;
+            if json.json {
+                print_json(&f);
+            } else {
+                println!(
+                    "removed {} ({} left)",
+                    plural(
+                        usize::try_from(f.removed).unwrap_or(usize::MAX),
+                        "address",
+                        "addresses"
                     ),
                     f.remaining
                 );

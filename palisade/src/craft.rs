@@ -58,6 +58,8 @@ pub struct Frame {
     pub ipv4_frag: Option<(u16, bool)>,
     pub ipv6_ext: Vec<ExtHeader>,
     pub ttl: u8,
+    /// TCP sequence number (layer 4 `Tcp` only).
+    pub tcp_seq: u32,
 }
 
 impl Frame {
@@ -75,6 +77,7 @@ impl Frame {
             ipv4_frag: None,
             ipv6_ext: Vec::new(),
             ttl: 64,
+            tcp_seq: 1,
         }
     }
 
@@ -105,6 +108,13 @@ impl Frame {
     pub fn with_vlans(mut self, vlans: &[u16], qinq: bool) -> Self {
         self.vlans = vlans.to_vec();
         self.qinq = qinq;
+        self
+    }
+
+    /// The TCP sequence number (1 unless set).
+    #[must_use]
+    pub fn with_tcp_seq(mut self, seq: u32) -> Self {
+        self.tcp_seq = seq;
         self
     }
 
@@ -220,7 +230,8 @@ impl Frame {
                 let mut t = Vec::with_capacity(20);
                 t.extend_from_slice(&sport.to_be_bytes());
                 t.extend_from_slice(&dport.to_be_bytes());
-                t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+                t.extend_from_slice(&self.tcp_seq.to_be_bytes());
+                t.extend_from_slice(&[0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
                 t
             }
             L4::Udp { sport, dport } => {
@@ -327,6 +338,16 @@ impl Frame {
     pub fn dns_tcp(src: &str, dst: &str, sport: u16, msg: &[u8]) -> Self {
         use palisade_common::packet::{TCP_ACK, TCP_PSH};
         Self::tcp(src, dst, sport, 53, TCP_PSH | TCP_ACK).with_payload(&dns_tcp_payload(msg))
+    }
+}
+
+impl Frame {
+    /// The SYN (sequence number 0) that opens a DNS-over-TCP stream to port 53: the first
+    /// data segment of the stream has sequence number 1, as [`Frame::dns_tcp`] builds it.
+    #[must_use]
+    pub fn dns_tcp_syn(src: &str, dst: &str, sport: u16) -> Self {
+        use palisade_common::packet::TCP_SYN;
+        Self::tcp(src, dst, sport, 53, TCP_SYN).with_tcp_seq(0)
     }
 }
 

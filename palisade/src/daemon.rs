@@ -37,7 +37,7 @@ use crate::{
     },
     attach,
     cli::RunArgs,
-    conntrack::{carry, report as ct_report},
+    conntrack::{carry, overload, report as ct_report},
     datapath::{Datapath, Options, Origin},
     events, guard, live,
     policy::{
@@ -620,6 +620,31 @@ impl Daemon {
                 }
                 Err(e) => Response::err(format!("{e:#}")),
             },
+            Request::CtOverload { addr } => {
+                let now = crate::conntrack::carry::now_ns();
+                match overload::members(&self.dp.ebpf, addr.as_deref(), now) {
+                    Ok(members) => {
+                        let ct = &self.policy.conntrack;
+                        Response::ok(&overload::OverloadList {
+                            set: ct
+                                .overload_set
+                                .and_then(|i| self.policy.sets.get(i))
+                                .map(|s| s.name.clone()),
+                            ttl_s: ct.overload_ttl_s,
+                            members,
+                        })
+                    }
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
+            }
+            Request::CtOverloadFlush { addr } => match overload::flush(&self.dp, addr.as_deref()) {
+                Ok((f, raw)) => {
+                    self.ct_census = Some(raw);
+                    info!(removed = f.removed, ?addr, "flushed the overload set");
+                    Response::ok(&f)
+                }
+                Err(e) => Response::err(format!("{e:#}")),
+            },
             // Handled by the server (events) and the main loop (unload).
             Request::Events { .. } | Request::Unload => Response::err("not handled here"),
         }
@@ -854,7 +879,7 @@ impl Daemon {
                                 ttl_left: e
                                     .expires
                                     .map(|x| i64::try_from(x).unwrap_or(i64::MAX) - now),
-                                max_entropy: e.max_entropy,
+                                max_entropy_bits: e.max_entropy_bits,
                                 live: e.line == 0,
                             }
                         })

@@ -119,6 +119,9 @@ pub struct DnsDecision {
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// The sending thread's command name, which the process chooses: bytes outside
+    /// printable ASCII, spaces and backslashes are escaped as `\xNN` (see [`escape_bytes`]),
+    /// so it can neither break a line of text output nor pass for another field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,7 +179,7 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
         list: (e.list != u16::MAX).then_some(e.list),
         pid: egress.then_some(e.pid),
         uid: egress.then_some(e.uid),
-        comm: egress.then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
+        comm: egress.then(|| escape_bytes(&e.comm[..comm_len])),
         cgroup_id: egress.then_some(e.cgroup_id),
         generation: e.generation,
         sent: match e.sent {
@@ -185,6 +188,26 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
             _ => None,
         },
     })
+}
+
+/// Text for bytes a sender chose (a command name): printable ASCII but space and backslash
+/// as is, every other byte as `\xNN`. The result is one printable, space-free word, so a
+/// line of text output stays one line with the fields it claims, and the escape is
+/// reversible.
+#[must_use]
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x21..=0x7e => out.push(char::from(b)),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out
 }
 
 /// A wire-format name as zone-file text (`www.example.com.`; `.` for the root).
@@ -259,5 +282,77 @@ impl std::fmt::Display for DnsDecision {
             write!(f, " sent={sent}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_chosen_bytes_become_one_printable_word() {
+        assert_eq!(escape_bytes(b"python3"), "python3");
+        assert_eq!(escape_bytes(b"isc-net-0000"), "isc-net-0000");
+        assert_eq!(escape_bytes(b"a\nfake line"), "a\\x0afake\\x20line");
+        assert_eq!(escape_bytes(b"x\r\t\x1b[31m"), "x\\x0d\\x09\\x1b[31m");
+        assert_eq!(escape_bytes(b"back\\slash"), "back\\\\slash");
+        assert_eq!(escape_bytes(&[0x7f, 0x80, 0xff]), "\\x7f\\x80\\xff");
+        assert_eq!(escape_bytes(b""), "");
+        // Reversible: an escaped backslash cannot be confused with an escape.
+        assert_ne!(escape_bytes(b"\\x0a"), escape_bytes(b"\n"));
+    }
+
+    /// A DNS event as the kernel sends it, from an egress hook, with `comm` and `name`.
+    fn record(comm: &[u8], name: &[u8]) -> Vec<u8> {
+        use palisade_common::{
+            dns::maps::SCOPE_EGRESS,
+            event::{DNS_VERDICT_DROP, DnsEvent, KIND_DNS},
+        };
+        // SAFETY: DnsEvent is plain old data; all zeroes is a valid value.
+        let mut e: DnsEvent = unsafe { std::mem::zeroed() };
+        e.kind = KIND_DNS;
+        e.scope = SCOPE_EGRESS;
+        e.verdict = DNS_VERDICT_DROP;
+        e.reason = reason::DNS_NOT_ALLOWED;
+        e.family = FAMILY_V4;
+        e.client[12..].copy_from_slice(&[10, 0, 0, 1]);
+        e.qtype = 1;
+        e.pid = 42;
+        e.cgroup_id = 7;
+        e.list = u16::MAX;
+        e.comm[..comm.len()].copy_from_slice(comm);
+        e.name[..name.len()].copy_from_slice(name);
+        e.name_len = name.len() as u16;
+        // SAFETY: reading the bytes of a plain-old-data value.
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(&e).cast::<u8>(), size_of::<DnsEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn a_command_name_cannot_forge_a_line_or_a_field_of_text_output() {
+        let d = decode_dns(&record(b"x\ndns egress", b"\x02ok\x00")).expect("a DNS event");
+        assert_eq!(d.comm.as_deref(), Some("x\\x0adns\\x20egress"));
+        let text = d.to_string();
+        assert!(!text.contains('\n'), "{text:?}");
+        assert_eq!(
+            text,
+            "dns egress drop reason=dns-not-allowed ok. A client=10.0.0.1:0 pid=42 uid=0 \
+             comm=x\\x0adns\\x20egress cgroup=7"
+        );
+        // Invalid UTF-8 and a full 16-byte name without a terminator.
+        let d = decode_dns(&record(&[0xff; 16], b"\x00")).expect("a DNS event");
+        assert_eq!(d.comm.as_deref(), Some("\\xff".repeat(16).as_str()));
+        let json = serde_json::to_string(&d).expect("json");
+        assert!(json.contains(r#""comm":"\\xff"#), "{json}");
+    }
+
+    #[test]
+    fn odd_bytes_in_a_name_are_escaped() {
+        let d = decode_dns(&record(b"dig", b"\x05a b\nc\x04x.y\\\x03\x00\x7f\xc3\x00"))
+            .expect("a DNS event");
+        assert_eq!(d.name, "a\\032b\\010c.x\\.y\\\\.\\000\\127\\195.");
+        assert!(!d.to_string().contains('\n'));
     }
 }

@@ -24,7 +24,19 @@ fn init_logging(format: LogFormat) {
 
 fn check(file: &std::path::Path) -> ExitCode {
     match config::load_policy(file) {
-        Ok(p) => match palisade::firewall::compile::compile(&p) {
+        Ok(p) => match palisade::firewall::compile::compile(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                // The DNS part too: duplicate names that one map entry cannot hold are only
+                // found when compiling. The hash key does not change what compiles.
+                palisade::dns::compile::compile(
+                    &p,
+                    &palisade_common::dns::hash::HashKey::default(),
+                    &palisade::dns::compile::Clock::now(),
+                )
+                .map(|_| c)
+                .map_err(|e| e.to_string())
+            }) {
             Ok(c) => {
                 println!(
                     "{}: ok: {} rules, {} sets ({} set entries), {} rule shapes, {} map entries",

@@ -111,6 +111,20 @@ impl Bench {
     /// # Errors
     /// When the kernel refuses the run.
     pub fn run_egress(&self, ip_packet: &[u8]) -> Result<u32> {
+        self.run_egress_gso(ip_packet, 0, 0)
+    }
+
+    /// As [`Self::run_egress`], with the packet marked for UDP segmentation offload as a
+    /// `UDP_SEGMENT` send leaves it: `gso_size` bytes of payload per datagram, `gso_segs`
+    /// datagrams (the `__sk_buff` fields the kernel lets a test run set).
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_egress_gso(&self, ip_packet: &[u8], gso_size: u32, gso_segs: u32) -> Result<u32> {
+        /// `struct __sk_buff`: its size and the offsets of `gso_segs` and `gso_size`.
+        const SKB_LEN: usize = 192;
+        const GSO_SEGS: usize = 164;
+        const GSO_SIZE: usize = 176;
         let prog: &CgroupSkb = self
             .ebpf
             .program(DNS_EGRESS)
@@ -124,9 +138,15 @@ impl Bench {
         frame.extend_from_slice(&ethertype.to_be_bytes());
         frame.extend_from_slice(ip_packet);
         let mut out = vec![0u8; frame.len() + 256];
+        let mut ctx = [0u8; SKB_LEN];
+        ctx[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
+        ctx[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(&frame);
         opts.data_out = Some(&mut out);
+        if gso_size != 0 || gso_segs != 0 {
+            opts.ctx_in = Some(&ctx);
+        }
         Ok(prog.test_run(opts)?.return_value)
     }
 

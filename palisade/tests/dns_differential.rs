@@ -8,8 +8,14 @@
 //!   the name in the event is the reference's name, so the kernel never decides on a
 //!   different name than the one asked;
 //! - whenever hickory parses a single-question query whose name has no compression pointer,
-//!   the kernel does not call it malformed, and the reference's labels are hickory's labels
-//!   in lower case with the same query type;
+//!   with no records but an OPT record and nothing after the message's end, the kernel does
+//!   not call it malformed, and the reference's labels are hickory's labels in lower case
+//!   with the same query type;
+//! - names with compression pointers (backward into a label that spells a pool name, chains
+//!   of two hops, forward, self and looping pointers) and messages with bytes after the
+//!   question (OPT records with options, RDLENGTHs that miss the end, ARCOUNT mismatches) are
+//!   generated too: kernel and reference read the same logical name or both call it
+//!   malformed;
 //! - an allowed query leaves the XDP program unchanged; an NXDOMAIN answer carries the
 //!   question byte for byte, correct checksums, and parses with hickory as NXDOMAIN;
 //! - the DNS counters moved by exactly the number of decisions of each kind.
@@ -20,18 +26,25 @@
 //! `PALISADE_DNS_SEED` to replay a seed, `PALISADE_DNS_CASES` for the number of messages per
 //! mode. Needs root.
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, ResponseCode},
+    serialize::binary::{BinDecodable, BinDecoder},
+};
 use palisade::{
     craft::{DnsQuery, Frame},
-    dns::reference,
+    dns::{
+        compile::{Clock, DnsCompileError, compile},
+        reference,
+    },
     events::{DnsDecision, qtype_name, wire_name_to_text},
     policy::model::{
-        Action, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry,
-        NameList, NameMatch, Policy,
+        Action, AnswerBudget, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall,
+        FragmentPolicy, NameEntry, NameList, NameMatch, Policy,
     },
     testrun::{Bench, sum_counter},
 };
 use palisade_common::{
+    dns::hash::HashKey,
     dns::maps::{
         DNS_STATS_PER_SCOPE, SCOPE_EGRESS, SCOPE_INGRESS, STAT_ALLOWED, STAT_BLOCKED,
         STAT_NXDOMAIN_SENT, STAT_QUERIES,
@@ -149,6 +162,16 @@ fn message(rng: &mut StdRng, pool: &[Vec<Vec<u8>>]) -> Vec<u8> {
         let n = rng.gen_range(0..300);
         return (0..n).map(|_| rng.r#gen()).collect();
     }
+    if kind < 15 {
+        let mut m = pointer_message(rng, pool);
+        if rng.gen_bool(0.2) {
+            mutate(rng, &mut m);
+        }
+        return m;
+    }
+    if kind < 22 {
+        return additional_message(rng, pool);
+    }
     let labels = if kind < 60 {
         pool_query(rng, pool)
     } else {
@@ -169,6 +192,126 @@ fn message(rng: &mut StdRng, pool: &[Vec<Vec<u8>>]) -> Vec<u8> {
     let mut m = q.build();
     if kind >= 75 {
         mutate(rng, &mut m);
+    }
+    m
+}
+
+/// A header for one question, ARCOUNT `ar`.
+fn header(rng: &mut StdRng, ar: u16) -> Vec<u8> {
+    let mut h = rng.r#gen::<u16>().to_be_bytes().to_vec();
+    h.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0]);
+    h.extend_from_slice(&ar.to_be_bytes());
+    h
+}
+
+/// The wire form of a pool name short enough to be the bytes of one label.
+fn short_pool_wire(rng: &mut StdRng, pool: &[Vec<Vec<u8>>]) -> Vec<u8> {
+    let mut labels = pool_query(rng, pool);
+    while wire(&labels).len() > 40 && labels.len() > 1 {
+        labels.remove(0);
+    }
+    let mut w = wire(&labels);
+    w.truncate(40);
+    w
+}
+
+/// A query whose name uses compression pointers: mostly backward ones that resolvers follow
+/// (the listed name spelled inside a label, then a pointer to it), also chains of two, and
+/// forward, self and looping ones.
+fn pointer_message(rng: &mut StdRng, pool: &[Vec<Vec<u8>>]) -> Vec<u8> {
+    let mut m = header(rng, 0);
+    // Plain labels first, so the pointers are not always at the same offsets.
+    for _ in 0..rng.gen_range(0..=2) {
+        let l = random_label(rng);
+        m.push(l.len() as u8);
+        m.extend_from_slice(&l);
+    }
+    let ptr = |at: usize| [0xc0 | (at >> 8) as u8, at as u8];
+    match rng.gen_range(0..10) {
+        0..=5 => {
+            // A label holding a pool name's wire form, then a pointer into it (at its start
+            // or at one of its labels).
+            let inner = short_pool_wire(rng, pool);
+            let start = m.len() + 1;
+            m.push(inner.len() as u8);
+            m.extend_from_slice(&inner);
+            let mut at = start;
+            while rng.gen_bool(0.3) && inner[at - start] != 0 {
+                at += 1 + usize::from(inner[at - start]);
+            }
+            m.extend_from_slice(&ptr(at));
+        }
+        6 => {
+            // Two hops, the second landing below the first.
+            let inner = short_pool_wire(rng, pool);
+            let first = m.len() + 1;
+            m.push(inner.len() as u8);
+            m.extend_from_slice(&inner);
+            let l = random_label(rng);
+            let l = &l[..l.len().min(20)];
+            let second = m.len() + 1;
+            m.push((l.len() + 3) as u8);
+            m.push(l.len() as u8);
+            m.extend_from_slice(l);
+            m.extend_from_slice(&ptr(first));
+            m.extend_from_slice(&ptr(second));
+        }
+        7 => {
+            // Forward: to a name placed after the question.
+            let at = m.len() + 6;
+            m.extend_from_slice(&ptr(at));
+            m.extend_from_slice(&[0, 1, 0, 1]);
+            m.extend_from_slice(&short_pool_wire(rng, pool));
+            return m;
+        }
+        8 => {
+            // At itself or back to the start of the name (a loop).
+            let at = if rng.gen_bool(0.5) { m.len() } else { 12 };
+            m.extend_from_slice(&ptr(at));
+        }
+        _ => {
+            let at = rng.gen_range(0..m.len() + 4);
+            m.extend_from_slice(&ptr(at));
+        }
+    }
+    m.extend_from_slice(&qtype(rng).to_be_bytes());
+    m.extend_from_slice(&[0, 1]);
+    m
+}
+
+/// A query with something after the question: an OPT record with options, possibly with
+/// an RDLENGTH that misses the end, a count that does not match, or a record of another
+/// type.
+fn additional_message(rng: &mut StdRng, pool: &[Vec<Vec<u8>>]) -> Vec<u8> {
+    let ar = *[1u16, 1, 1, 0, 2].choose(rng).expect("counts");
+    let mut m = header(rng, ar);
+    m.extend_from_slice(&wire(&pool_query(rng, pool)));
+    m.extend_from_slice(&qtype(rng).to_be_bytes());
+    m.extend_from_slice(&[0, 1]);
+    let options: Vec<u8> = match rng.gen_range(0..3) {
+        0 => vec![],
+        1 => [&[0, 10, 0, 8][..], &rng.r#gen::<[u8; 8]>()[..]].concat(),
+        _ => [&[0, 12, 0, 4][..], &[0; 4][..]].concat(),
+    };
+    let rdlength = match rng.gen_range(0..6) {
+        0 => options.len() + 1,
+        1 if !options.is_empty() => options.len() - 1,
+        _ => options.len(),
+    };
+    let owner: &[u8] = if rng.gen_bool(0.1) {
+        b"\x01x\x00"
+    } else {
+        &[0]
+    };
+    let rtype: u16 = if rng.gen_bool(0.1) { 1 } else { 41 };
+    m.extend_from_slice(owner);
+    m.extend_from_slice(&rtype.to_be_bytes());
+    m.extend_from_slice(&1232u16.to_be_bytes());
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m.extend_from_slice(&(rdlength as u16).to_be_bytes());
+    m.extend_from_slice(&options);
+    if rng.gen_bool(0.1) {
+        m.push(0);
     }
     m
 }
@@ -211,6 +354,7 @@ fn entries(rng: &mut StdRng, pool: &[Vec<Vec<u8>>], mode: DnsMode, now: u64) -> 
         if rng.gen_bool(0.35) {
             continue;
         }
+        let mut first: Option<(Option<u64>, Option<u32>)> = None;
         for _ in 0..if rng.gen_bool(0.15) { 2 } else { 1 } {
             let kind = *[
                 NameMatch::Exact,
@@ -232,15 +376,22 @@ fn entries(rng: &mut StdRng, pool: &[Vec<Vec<u8>>], mode: DnsMode, now: u64) -> 
                 2 => Some(now + rng.gen_range(1000..100_000)),
                 _ => None,
             };
-            let max_entropy =
-                (mode == DnsMode::Allowlist && rng.gen_bool(0.3)).then(|| rng.gen_range(0.5..4.0));
+            let max_entropy_bits =
+                (mode == DnsMode::Allowlist && rng.gen_bool(0.3)).then(|| rng.gen_range(0..300));
+            // A duplicate often has the same terms, so that its query types are joined.
+            let (expires, max_entropy_bits) = match first {
+                Some(terms) if rng.gen_bool(0.5) => terms,
+                _ => (expires, max_entropy_bits),
+            };
+            first = Some((expires, max_entropy_bits));
             out.push(NameEntry {
                 labels: name.iter().map(|l| l.to_ascii_lowercase()).collect(),
                 kind,
                 qtypes,
                 expires,
-                max_entropy,
-                line: 0,
+                max_entropy_bits,
+                // Which entry a refused duplicate is (see `without_conflicts`).
+                line: out.len() + 1,
             });
         }
     }
@@ -259,6 +410,19 @@ fn ones_complement_sum(bytes: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     sum as u16
+}
+
+/// Bytes of the question as it lies in the message: the name up to its root byte or its
+/// first compression pointer, then type and class.
+fn question_len(msg: &[u8]) -> usize {
+    let mut i = 12;
+    loop {
+        match msg[i] {
+            0 => return i + 1 + 4 - 12,
+            b if b & 0xc0 == 0xc0 => return i + 2 + 4 - 12,
+            len => i += 1 + usize::from(len),
+        }
+    }
 }
 
 /// The NXDOMAIN answer to the plain IPv4/IPv6 UDP query `frame` carrying `msg`, whose
@@ -298,6 +462,11 @@ fn check_answer(frame: &[u8], answer: &[u8], msg: &[u8], question_len: usize, wh
         0xffff,
         "UDP checksum: {what}"
     );
+    // hickory-proto refuses pointers that do not point before the name's start, which any
+    // pointer in a question name does (it lands in the name itself).
+    if name_has_pointer(msg) {
+        return;
+    }
     let m = Message::from_vec(a)
         .unwrap_or_else(|e| panic!("hickory cannot parse the answer ({e}): {what}"));
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{what}");
@@ -340,6 +509,9 @@ struct Tally {
     malformed: u64,
     hickory_checked: u64,
     egress_blocked: u64,
+    /// Names read through compression pointers, and of those the ones an entry blocked.
+    pointer_names: u64,
+    pointer_blocked: u64,
     /// Decisions by reason code.
     reasons: [u64; reason::COUNT as usize],
 }
@@ -358,6 +530,21 @@ fn one_event(b: &mut Bench, what: &str) -> DnsDecision {
     let mut ev = b.drain_dns_events();
     assert_eq!(ev.len(), 1, "one event: {what}: {ev:?}");
     ev.remove(0)
+}
+
+/// `policy` without the duplicate entries the compiler refuses (those whose union one map
+/// entry cannot hold); the reference still takes every remaining entry on its own.
+fn without_conflicts(mut policy: Policy) -> Policy {
+    let clock = Clock::now();
+    loop {
+        match compile(&policy, &HashKey::default(), &clock) {
+            Ok(_) => return policy,
+            Err(DnsCompileError::ConflictingDuplicates { line, .. }) => {
+                policy.dns.lists[0].entries.retain(|e| e.line != line);
+            }
+            Err(e) => panic!("the generated policy does not compile: {e}"),
+        }
+    }
 }
 
 fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
@@ -389,6 +576,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         dns: Dns {
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
+            answers: AnswerBudget::UNLIMITED,
             ingress: Some(scope.clone()),
             egress: Some(DnsEgress {
                 scope: DnsScope {
@@ -403,6 +591,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
             }],
         },
     };
+    let policy = without_conflicts(policy);
     b.install(&policy).expect("install");
     b.drain_dns_events();
     b.drain_events();
@@ -425,10 +614,18 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
                 Frame::dns_udp("2001:db8::1", "2001:db8::53", 1053, &msg).build(),
                 false,
             ),
-            1 => (
-                Frame::dns_tcp("192.0.2.1", "192.0.2.53", 1053, &msg).build(),
-                true,
-            ),
+            1 => {
+                // Each TCP query on a stream of its own, opened by a SYN (not a query).
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let port = 20_000 + (n % 40_000) as u16;
+                let syn = Frame::dns_tcp_syn("192.0.2.1", "192.0.2.53", port).build();
+                b.run_with_output(&syn).expect("test run");
+                (
+                    Frame::dns_tcp("192.0.2.1", "192.0.2.53", port, &msg).build(),
+                    true,
+                )
+            }
             _ => (
                 Frame::dns_udp("192.0.2.1", "192.0.2.53", 1053, &msg).build(),
                 false,
@@ -475,8 +672,8 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
                 t.allowed += 1;
             }
             XDP_TX => {
-                let labels = want.labels.as_ref().expect("answered queries parsed");
-                check_answer(&frame, &out, &msg, wire(labels).len() + 4, &what);
+                assert!(want.labels.is_some(), "answered queries parsed: {what}");
+                check_answer(&frame, &out, &msg, question_len(&msg), &what);
                 t.nxdomain += 1;
                 t.blocked += 1;
             }
@@ -504,11 +701,16 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         );
         t.egress_blocked += u64::from(verdict == 0);
 
-        // hickory-proto's reading of the same bytes.
-        if let Ok(m) = Message::from_vec(&msg) {
+        // hickory-proto's reading of the same bytes, when it reads the whole message.
+        let mut decoder = BinDecoder::new(&msg);
+        if let Ok(m) = Message::read(&mut decoder) {
             let single = m.queries.len() == 1
                 && m.metadata.message_type == MessageType::Query
-                && m.metadata.op_code == OpCode::Query;
+                && m.metadata.op_code == OpCode::Query
+                && m.answers.is_empty()
+                && m.authorities.is_empty()
+                && m.additionals.is_empty()
+                && decoder.is_empty();
             if single && !name_has_pointer(&msg) {
                 t.hickory_checked += 1;
                 assert_ne!(
@@ -531,6 +733,10 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
                     "qtype vs hickory: {what}"
                 );
             }
+        }
+        if want.labels.is_some() && name_has_pointer(&msg) {
+            t.pointer_names += 1;
+            t.pointer_blocked += u64::from(want.reason != reason::PASS);
         }
         t.reasons[want.reason as usize] += 1;
         t.cases += 1;
@@ -583,6 +789,7 @@ fn kernel_reference_and_hickory_agree() {
         // The generator must exercise every outcome.
         assert!(t.allowed > 0 && t.blocked > 0 && t.malformed > 0, "{t:?}");
         assert!(t.hickory_checked > t.cases / 3, "{t:?}");
+        assert!(t.pointer_names > 0 && t.pointer_blocked > 0, "{t:?}");
         if mode == DnsMode::Allowlist {
             assert!(t.nxdomain > 0, "{t:?}");
             for r in [
@@ -629,6 +836,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         dns: Dns {
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
+            answers: AnswerBudget::UNLIMITED,
             ingress: Some(scope.clone()),
             egress: None,
             lists: vec![],

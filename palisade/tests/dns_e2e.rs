@@ -414,3 +414,189 @@ names = ["*.blocked.test"]
         "{seen:?}"
     );
 }
+
+/// dnsmasq serving local answers in a namespace, stopped on drop.
+struct Dnsmasq {
+    child: std::process::Child,
+}
+
+impl Dnsmasq {
+    /// dnsmasq in `ns` on `addr`, answering every name at and below `names` (with the
+    /// address given) and nothing else.
+    fn start(ns: &str, addr: &str, names: &[(&str, &str)], dir: &TempDir) -> Self {
+        dns_support::require("dnsmasq", "dnsmasq");
+        let mut cmd = support::netns::command_in(ns, "dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--port=53",
+            "--user=root",
+            "--pid-file=",
+            "--log-queries",
+        ])
+        .arg(format!("--listen-address={addr}"))
+        .arg(format!(
+            "--log-facility={}",
+            dir.path().join("dnsmasq.log").display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        for (name, a) in names {
+            cmd.arg(format!("--address=/{name}/{a}"));
+        }
+        let child = cmd.spawn().expect("spawn dnsmasq");
+        let me = Self { child };
+        // Ready when it answers.
+        let server = addr.to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let probe = udp_exchange(ns, &server, &plain_query(0x5151, names[0].0));
+            if probe.is_some() {
+                return me;
+            }
+        }
+        panic!("dnsmasq did not answer within 5 s");
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A standard query (RD) for `name`, type A.
+fn plain_query(id: u16, name: &str) -> Vec<u8> {
+    let mut m = id.to_be_bytes().to_vec();
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for l in name.split('.') {
+        m.push(l.len() as u8);
+        m.extend_from_slice(l.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
+}
+
+/// The bypass: a first label whose bytes spell `name` in wire form, then a compression
+/// pointer to them. dnsmasq reads the name as that label followed by `name`.
+fn pointer_query(id: u16, name: &str) -> Vec<u8> {
+    let mut inner = Vec::new();
+    for l in name.split('.') {
+        inner.push(l.len() as u8);
+        inner.extend_from_slice(l.as_bytes());
+    }
+    inner.push(0);
+    let mut m = id.to_be_bytes().to_vec();
+    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    m.push(inner.len() as u8);
+    m.extend_from_slice(&inner);
+    m.extend_from_slice(&[0xc0, 13, 0, 1, 0, 1]);
+    m
+}
+
+/// Sends `msg` over UDP from namespace `ns` to port 53 of `server`; the reply with the same
+/// ID, if one comes within 1 s.
+fn udp_exchange(ns: &str, server: &str, msg: &[u8]) -> Option<Vec<u8>> {
+    let (server, msg) = (server.to_owned(), msg.to_vec());
+    support::netns::in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        s.send_to(&msg, (server.as_str(), 53)).expect("send");
+        let mut buf = [0u8; 1500];
+        loop {
+            match s.recv(&mut buf) {
+                Ok(n) if n >= 12 && buf[..2] == msg[..2] => return Some(buf[..n].to_vec()),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+}
+
+#[test]
+fn a_name_behind_a_compression_pointer_gets_no_answer_from_dnsmasq() {
+    let pair = NetnsPair::new();
+    let dir = TempDir::new("dns-pointer");
+    let _dnsmasq = Dnsmasq::start(
+        &pair.ns_b,
+        &pair.v4_b,
+        &[
+            ("ok.example.com", "192.0.2.1"),
+            ("ads.example.com", "192.0.2.99"),
+        ],
+        &dir,
+    );
+    let (a, b) = (&pair.ns_a, &pair.v4_b);
+    // Without Palisade, dnsmasq answers the listed name behind a pointer with its address.
+    let bypass = pointer_query(0x4242, "ads.example.com");
+    let r = udp_exchange(a, b, &bypass).expect("dnsmasq answers the pointer query");
+    assert_eq!((r[3] & 0x0f, r[7]), (0, 1), "NOERROR, one answer: {r:02x?}");
+    assert!(r.ends_with(&[192, 0, 2, 99]), "{r:02x?}");
+
+    let run = |policy: &str| {
+        let path = dir.write("policy.toml", policy);
+        check_policy(&path);
+        let args = run_args(&dir, &path, &pair.if_b);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start(&pair, &pair.ns_b, &args)
+    };
+    // A blocklist with the defaults but `action = "drop"`: the query never reaches dnsmasq,
+    // nor does one whose pointer points forward (malformed, dropped by default).
+    let daemon = run(
+        "[dns.ingress]\nmode = \"blocklist\"\naction = \"drop\"\nlists = [\"bad\"]\n\
+         [dns.lists.bad]\nnames = [\"ads.example.com\"]\nsubdomains = true\n",
+    );
+    assert_eq!(udp_exchange(a, b, &bypass), None, "the bypass is dropped");
+    let mut forward = plain_query(0x4343, "x");
+    let at = forward.len() + 1;
+    forward.truncate(12 + 2);
+    forward.extend_from_slice(&[0xc0, at as u8, 0, 1, 0, 1]);
+    forward.extend_from_slice(&pointer_query(0, "ads.example.com")[13..13 + 17]);
+    assert_eq!(
+        udp_exchange(a, b, &forward),
+        None,
+        "a forward pointer is dropped"
+    );
+    // Other names still resolve through Palisade.
+    let ok = udp_exchange(a, b, &plain_query(0x4444, "ok.example.com"))
+        .expect("an allowed name resolves");
+    assert!(ok.ends_with(&[192, 0, 2, 1]), "{ok:02x?}");
+    let t = daemon.stop();
+    assert!(t.success, "palisade exited with an error: {:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    let blocked: Vec<_> = events
+        .iter()
+        .filter(|e| e["reason"] == "dns-blocked")
+        .collect();
+    assert_eq!(blocked.len(), 1, "{events:#?}");
+    assert!(
+        blocked[0]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with(".ads.example.com.")),
+        "the event names the logical name: {}",
+        blocked[0]
+    );
+    assert_eq!(blocked[0]["verdict"], "drop", "{}", blocked[0]);
+    assert!(
+        events.iter().any(|e| e["reason"] == "dns-malformed"),
+        "{events:#?}"
+    );
+
+    // With the NXDOMAIN action the client gets Palisade's answer, not dnsmasq's address.
+    let _xdp = XdpPass::attach(&pair.ns_a, &pair.if_a);
+    let daemon = run("[dns.ingress]\nmode = \"blocklist\"\nlists = [\"bad\"]\n\
+         [dns.lists.bad]\nnames = [\"ads.example.com\"]\nsubdomains = true\n");
+    let r = udp_exchange(a, b, &bypass).expect("Palisade answers");
+    assert_eq!((r[3] & 0x0f, r[7]), (3, 0), "NXDOMAIN, no answer: {r:02x?}");
+    assert_eq!(
+        &r[12..],
+        &bypass[12..],
+        "the question echoed, pointer included"
+    );
+    let t = daemon.stop();
+    assert!(t.success, "palisade exited with an error: {:?}", t.stderr);
+}

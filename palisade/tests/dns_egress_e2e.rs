@@ -227,6 +227,25 @@ fn egress_allowlist_blocks_by_process_in_the_cgroup() {
         run(cg.command_in_ns(&p.ns_a, &["getent", "ahosts", "allowed.test"]));
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains(zone_answer("allowed.test", "A")), "{out}");
+    // Over TCP (`use-vc`), the C library writes its A and AAAA queries in one segment: both
+    // are inspected, so the allowed name resolves and the blocked one does not.
+    let use_vc = |name: &str| {
+        let mut cmd = cg.command_in_ns(&p.ns_a, &["getent", "ahosts", name]);
+        cmd.env("RES_OPTIONS", "use-vc");
+        run(cmd)
+    };
+    let (out, err, code, _, _) = use_vc("allowed.test");
+    assert_eq!(code, Some(0), "use-vc: {out}{err}");
+    assert!(
+        out.contains(zone_answer("allowed.test", "A")),
+        "use-vc: {out}"
+    );
+    assert!(
+        out.contains(zone_answer("allowed.test", "AAAA")),
+        "use-vc: {out}"
+    );
+    let (out, err, code, _, _) = use_vc("blocked.test");
+    assert_eq!(code, Some(2), "use-vc, blocked: {out}{err}");
 
     // Not listed, dig: no answer. (dig ignores the failed send and waits for its timeout.)
     let dig_blocked = dig_in(&p.v4_b, "blocked.test", "A");
@@ -400,4 +419,283 @@ fn egress_tcp_retransmissions_are_never_attributed_to_another_process() {
         tcp[0]["pid"], d.pid,
         "the first send happens in dig's own context"
     );
+}
+
+/// One UDP send with `UDP_SEGMENT`: the A query for `argv[2]` padded to `argv[4]` bytes,
+/// then the query for `argv[3]`, which the kernel sends as two datagrams. Prints JSON: the
+/// errno of a failed send, or the ids of the answers that came back (1 for the first
+/// query, 2 for the second).
+const GSO_QUERY: &str = r"
+import json, os, socket, struct, sys
+server, first, second, seg = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def query(qid, name):
+    q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
+    q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0'
+    return q + struct.pack('>HH', 1, 1)
+payload = query(1, first).ljust(seg, b'\0') + query(2, second)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, seg)  # UDP_SEGMENT
+s.settimeout(1)
+out = {'pid': os.getpid()}
+try:
+    s.sendto(payload, (server, 53))
+    ids = []
+    try:
+        while True:
+            ids.append(struct.unpack('>H', s.recv(512)[:2])[0])
+    except socket.timeout:
+        pass
+    out['answers'] = sorted(ids)
+except OSError as e:
+    out['errno'] = e.errno
+print(json.dumps(out))
+";
+
+/// One IPv6 UDP query for `argv[3]` from `argv[1]` to `argv[2]`:53, sent on a raw socket
+/// with `argv[4]` extension headers (hop-by-hop, then destination options). Prints JSON:
+/// the errno of a failed send, or `sent`.
+const RAW_EXT_QUERY: &str = r"
+import json, os, socket, struct, sys
+src, dst, name, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+q = struct.pack('>HHHHHH', 0x5053, 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0'
+q += struct.pack('>HH', 1, 1)
+s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+ulen = 8 + len(q)
+pseudo = s6 + d6 + struct.pack('>I3xB', ulen, 17)
+udp = struct.pack('>HHHH', 33053, 53, ulen, 0) + q
+data = pseudo + udp + (b'\0' if len(udp) % 2 else b'')
+c = sum(struct.unpack('>%dH' % (len(data) // 2), data))
+while c >> 16:
+    c = (c & 0xffff) + (c >> 16)
+c = (~c & 0xffff) or 0xffff
+udp = udp[:6] + struct.pack('>H', c) + udp[8:]
+ext = b''
+for i in range(n):
+    nxt = 17 if i == n - 1 else 60
+    ext += bytes([nxt, 0, 1, 4, 0, 0, 0, 0])  # PadN: an empty 8-byte options header
+first = 0 if n else 17
+hdr = struct.pack('>IHBB', 6 << 28, len(ext) + len(udp), first, 64) + s6 + d6
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+out = {'pid': os.getpid()}
+try:
+    s.sendto(hdr + ext + udp, (dst, 0))
+    out['sent'] = True
+except OSError as e:
+    out['errno'] = e.errno
+print(json.dumps(out))
+";
+
+/// Sends `n` A queries for `name` to `server`:53 one after the other and prints JSON: per
+/// query `ok` (answered), `eperm` (the send failed with EPERM) or `timeout`.
+/// Waits up to two seconds for `cond` about what the resolver logged.
+fn wait_for(cond: impl Fn() -> bool, unbound: &Unbound) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the resolver never logged it:\n{}",
+            unbound.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const BURST_QUERY: &str = r"
+import json, socket, struct, sys
+server, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+q = struct.pack('>HHHHHH', 0x5053, 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0'
+q += struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+out = []
+for _ in range(n):
+    try:
+        s.sendto(q, (server, 53))
+        s.recv(512)
+        out.append('ok')
+    except PermissionError:
+        out.append('eperm')
+    except socket.timeout:
+        out.append('timeout')
+print(json.dumps(out))
+";
+
+/// What the egress hook cannot judge query by query is refused, and one cgroup cannot spend
+/// another's query rate:
+/// - one `sendto` with `UDP_SEGMENT` carrying an allowed and a blocked query fails with
+///   `EPERM` and neither reaches the resolver (from outside the cgroup the same send
+///   delivers both, so the resolver would have answered the blocked name);
+/// - an IPv6 query on a raw socket behind more extension headers than Palisade parses fails
+///   with `EPERM` under the allowlist;
+/// - a cgroup that exhausts its query rate is refused while another cgroup, sending from the
+///   same address, still resolves.
+#[test]
+fn egress_refuses_segmented_and_unparsable_sends_and_rates_per_cgroup() {
+    require_tools();
+    const SEG: &str = "64";
+    let pair = NetnsPair::new();
+    let p = &pair;
+    let unbound = Unbound::start(p, &p.ns_b, &[&p.v4_b, &p.v6_b]);
+    let cg_a = TestCgroup::new();
+    let cg_b = TestCgroup::new();
+    let dir = TempDir::new("dns-egress-bypass");
+    let policy = format!(
+        r#"
+[dns.egress]
+mode = "allowlist"
+lists = ["corp"]
+cgroups = ["{}", "{}"]
+rate = {{ qps = 1, burst = 3 }}
+
+[dns.lists.corp]
+names = ["allowed.test"]
+"#,
+        cg_a.path.display(),
+        cg_b.path.display()
+    );
+    let daemon = start_palisade(p, &dir, &policy);
+
+    // --- segmented sends ---
+    let gso = |cmd: std::process::Command| -> Value {
+        let (stdout, stderr, code, pid, _) = run(cmd);
+        assert_eq!(code, Some(0), "python3 client failed: {stdout}{stderr}");
+        let v: Value =
+            serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        assert_eq!(v["pid"], pid, "{v}");
+        v
+    };
+    let mut outside = p.command(&p.ns_a, "python3");
+    outside.args([
+        "-c",
+        GSO_QUERY,
+        &p.v4_b,
+        "allowed.test",
+        "gso-outside.test",
+        SEG,
+    ]);
+    let out = gso(outside);
+    assert_eq!(out["answers"], serde_json::json!([1, 2]), "{out}");
+    wait_for(
+        || unbound.queries_for("gso-outside.test").len() == 1,
+        &unbound,
+    );
+
+    let inside = gso(cg_a.command_in_ns(
+        &p.ns_a,
+        &[
+            "python3",
+            "-c",
+            GSO_QUERY,
+            &p.v4_b,
+            "allowed.test",
+            "gso-blocked.test",
+            SEG,
+        ],
+    ));
+    assert_eq!(inside["errno"], libc::EPERM, "{inside}");
+
+    // --- an extension chain longer than the parser follows, on a raw socket ---
+    let raw = |cmd: std::process::Command| -> Value {
+        let (stdout, stderr, code, _, _) = run(cmd);
+        assert_eq!(code, Some(0), "python3 client failed: {stdout}{stderr}");
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let mut outside = p.command(&p.ns_a, "python3");
+    outside.args([
+        "-c",
+        RAW_EXT_QUERY,
+        &p.v6_a,
+        &p.v6_b,
+        "raw-outside.test",
+        "7",
+    ]);
+    let out = raw(outside);
+    assert_eq!(out["sent"], true, "{out}");
+    wait_for(
+        || !unbound.queries_for("raw-outside.test").is_empty(),
+        &unbound,
+    );
+    let inside_raw = raw(cg_a.command_in_ns(
+        &p.ns_a,
+        &[
+            "python3",
+            "-c",
+            RAW_EXT_QUERY,
+            &p.v6_a,
+            &p.v6_b,
+            "raw-blocked.test",
+            "7",
+        ],
+    ));
+    assert_eq!(inside_raw["errno"], libc::EPERM, "{inside_raw}");
+
+    // --- query rate per cgroup ---
+    let burst = |cg: &TestCgroup, n: &str| -> Vec<String> {
+        let (stdout, stderr, code, _, _) = run(cg.command_in_ns(
+            &p.ns_a,
+            &["python3", "-c", BURST_QUERY, &p.v4_b, "allowed.test", n],
+        ));
+        assert_eq!(code, Some(0), "python3 client failed: {stdout}{stderr}");
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let a = burst(&cg_a, "8");
+    assert_eq!(a[..3], ["ok", "ok", "ok"], "the burst: {a:?}");
+    assert!(a[3..].iter().any(|r| r == "eperm"), "over the rate: {a:?}");
+    // The same address, another cgroup: its own bucket.
+    let b = burst(&cg_b, "3");
+    assert_eq!(b, ["ok", "ok", "ok"], "the other cgroup: {b:?}");
+
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    let by_reason = |r: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["scope"] == "egress" && e["reason"] == r)
+            .collect()
+    };
+    let g = by_reason("dns-gso");
+    assert_eq!(g.len(), 1, "{:#?}", t.stdout);
+    assert_eq!(
+        (
+            &g[0]["verdict"],
+            &g[0]["pid"],
+            &g[0]["cgroup_id"],
+            &g[0]["comm"]
+        ),
+        (
+            &"drop".into(),
+            &inside["pid"],
+            &cg_a.id().into(),
+            &"python3".into()
+        ),
+        "{}",
+        g[0]
+    );
+    let x = by_reason("ipv6-ext-chain");
+    assert_eq!(x.len(), 1, "{:#?}", t.stdout);
+    assert_eq!(
+        (
+            &x[0]["verdict"],
+            &x[0]["pid"],
+            &x[0]["cgroup_id"],
+            &x[0]["name"]
+        ),
+        (
+            &"drop".into(),
+            &inside_raw["pid"],
+            &cg_a.id().into(),
+            &".".into()
+        ),
+        "{}",
+        x[0]
+    );
+    let r = by_reason("dns-rate");
+    assert!(!r.is_empty(), "{:#?}", t.stdout);
+    assert!(r.iter().all(|e| e["cgroup_id"] == cg_a.id()), "{r:?}");
+    // Nothing the cgroups sent past the hook reached the resolver.
+    assert_eq!(unbound.queries_for("gso-blocked.test"), vec![]);
+    assert_eq!(unbound.queries_for("raw-blocked.test"), vec![]);
 }

@@ -29,8 +29,8 @@ use palisade::{
     firewall::apply,
     policy::{
         model::{
-            Action, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, FragmentPolicy,
-            NameEntry, NameList, Policy, QueryRate,
+            Action, AnswerBudget, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall,
+            FragmentPolicy, NameEntry, NameList, Policy, QueryRate,
         },
         namelist,
     },
@@ -94,6 +94,7 @@ fn policy(
         dns: Dns {
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
+            answers: AnswerBudget::UNLIMITED,
             ingress,
             egress: egress.map(|scope| DnsEgress {
                 scope,
@@ -238,9 +239,24 @@ impl T {
 
     #[track_caller]
     fn check(&mut self, packet: &[u8], want: Want, e: Ev<'_>) -> Option<DnsDecision> {
-        let what = format!("{want:?} {e:?} for packet {packet:02x?}");
+        self.check_gso(packet, (0, 0), want, e)
+    }
+
+    /// As [`Self::check`], the packet marked for segmentation: `(gso_size, gso_segs)`.
+    #[track_caller]
+    fn check_gso(
+        &mut self,
+        packet: &[u8],
+        (gso_size, gso_segs): (u32, u32),
+        want: Want,
+        e: Ev<'_>,
+    ) -> Option<DnsDecision> {
+        let what = format!("{want:?} {e:?} gso {gso_size}x{gso_segs} for packet {packet:02x?}");
         let before = counters(&self.b);
-        let verdict = self.b.run_egress(packet).expect("BPF_PROG_TEST_RUN");
+        let verdict = self
+            .b
+            .run_egress_gso(packet, gso_size, gso_segs)
+            .expect("BPF_PROG_TEST_RUN");
         let after = counters(&self.b);
         let events = self.b.drain_dns_events();
         assert_eq!(self.b.drain_events(), vec![], "no firewall events: {what}");
@@ -302,9 +318,15 @@ impl T {
             )
         } else {
             let a: [u8; 16] = packet[8..24].try_into().expect("16 bytes");
+            // Past the options headers, if any.
+            let (mut next, mut l4) = (packet[6], 40);
+            while matches!(next, 0 | 43 | 60) {
+                next = packet[l4];
+                l4 += (usize::from(packet[l4 + 1]) + 1) * 8;
+            }
             (
                 IpAddr::from(a),
-                u16::from_be_bytes([packet[40], packet[41]]),
+                u16::from_be_bytes([packet[l4], packet[l4 + 1]]),
             )
         };
         let generation = apply::control(&self.b.ebpf).expect("CONTROL").active_gen;
@@ -345,6 +367,70 @@ impl T {
             assert!(got.cgroup_id.is_some());
         }
         Some(got)
+    }
+
+    /// Checks a packet the hook cannot inspect (see the module documentation of the egress
+    /// program): `Drop(r)` refused under reason `r`, `Audit(r)` reported and passed,
+    /// `Untouched` passed without a count or an event (with `internal` counted or not). Such
+    /// packets are not counted as queries, and their event has no address and no name.
+    #[track_caller]
+    fn check_unchecked(&mut self, packet: &[u8], want: Want, internal: bool) {
+        let what = format!("{want:?} for packet {packet:02x?}");
+        let before = counters(&self.b);
+        let verdict = self.b.run_egress(packet).expect("BPF_PROG_TEST_RUN");
+        let after = counters(&self.b);
+        let events = self.b.drain_dns_events();
+        let want_verdict = if matches!(want, Drop(_)) { DROP } else { ALLOW };
+        assert_eq!(verdict, want_verdict, "verdict: {what}");
+        let mut x = before.clone();
+        if internal {
+            x.stats[stats::INTERNAL as usize] += 1;
+        }
+        let (verdict, r) = match want {
+            Drop(r) => {
+                x.dns[stat(SCOPE_EGRESS, STAT_BLOCKED)] += 1;
+                x.reasons[r as usize] += 1;
+                ("drop", r)
+            }
+            Audit(r) => {
+                x.dns[stat(SCOPE_EGRESS, STAT_AUDITED)] += 1;
+                ("audit", r)
+            }
+            Allow | Untouched => {
+                assert_eq!(after, x, "counters: {what}");
+                assert_eq!(events, vec![], "no event: {what}");
+                return;
+            }
+        };
+        assert_eq!(after, x, "counters (before {before:?}): {what}");
+        assert_eq!(events.len(), 1, "one event: {what}: {events:?}");
+        let e = &events[0];
+        assert_eq!(
+            (
+                e.scope,
+                e.verdict,
+                e.reason,
+                e.name.as_str(),
+                e.qtype.as_str()
+            ),
+            ("egress", verdict, reason::name(r), ".", "TYPE0"),
+            "event: {what}: {e:?}"
+        );
+        assert_eq!(
+            (e.client, e.client_port, e.tcp, e.list),
+            (None, 0, false, None),
+            "no address in the event: {what}: {e:?}"
+        );
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(
+            (e.pid, e.uid, e.comm.clone()),
+            (Some(std::process::id()), Some(uid), Some(thread_comm())),
+            "the sender is named: {e:?}"
+        );
+        if let Some(id) = own_cgroup_id() {
+            assert_eq!(e.cgroup_id, Some(id), "socket cgroup: {e:?}");
+        }
     }
 
     #[track_caller]
@@ -474,6 +560,17 @@ fn ipv6_and_tcp_queries() {
     let bad = query("bad.example", AAAA);
     let whole = dns_tcp_payload(&ok);
     t.checks(&[
+        // The handshakes that open the two TCP streams: not queries.
+        (
+            Frame::dns_tcp_syn(HOST, RESOLVER, 33000).build_ip(),
+            Untouched,
+            MALFORMED,
+        ),
+        (
+            Frame::dns_tcp_syn(HOST6, RESOLVER6, 33000).build_ip(),
+            Untouched,
+            MALFORMED,
+        ),
         (udp6(&ok), Allow, ev("ok.example.", "AAAA")),
         (
             udp6(&bad),
@@ -490,7 +587,8 @@ fn ipv6_and_tcp_queries() {
             Drop(reason::DNS_NOT_ALLOWED),
             ev("bad.example.", "AAAA"),
         ),
-        // Split across segments: the first one is malformed, so is the rest.
+        // Split across segments (retransmitted from the stream's start): the first one is
+        // malformed, so is the rest.
         (
             tcp(&whole[..whole.len() - 4]),
             Drop(reason::DNS_MALFORMED),
@@ -623,11 +721,8 @@ fn egress_rate_limit_has_its_own_buckets() {
     let p = || Frame::dns_udp(host, RESOLVER, 33000, &query("ok.example", A));
     t.check(&p().build_ip(), Allow, ev("ok.example.", "A"));
     t.check(&p().build_ip(), Allow, ev("ok.example.", "A"));
-    t.check(
-        &p().build_ip(),
-        Drop(reason::DNS_RATE),
-        ev("ok.example.", "A"),
-    );
+    // The rate limit comes before parsing, so a rate-limited query's event has no name.
+    t.check(&p().build_ip(), Drop(reason::DNS_RATE), MALFORMED);
     // The same address arriving on XDP ingress has a bucket of its own.
     let before = sum_counter(
         &t.b.ebpf,
@@ -687,6 +782,218 @@ fn ingress_and_egress_scopes_have_their_own_lists() {
         ),
         ("ingress", "drop", "dns-blocked", "corp.example.", Some(1))
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Sends the hook cannot judge as one query, and packets it cannot inspect
+
+/// `[first || second]`, the first padded to `seg` bytes: what a `UDP_SEGMENT` send of `seg`
+/// carries as two datagrams.
+fn two_segments(first: &[u8], second: &[u8], seg: usize) -> Vec<u8> {
+    let mut m = first.to_vec();
+    assert!(m.len() <= seg);
+    m.resize(seg, 0);
+    m.extend_from_slice(second);
+    m
+}
+
+#[test]
+fn udp_sends_the_kernel_would_segment_are_refused_in_every_mode() {
+    const SEG: u32 = 64;
+    let ok = query("ok.example", A);
+    let bad = query("bad.example", A);
+    let both = udp(&two_segments(&ok, &bad, SEG as usize));
+    let gso = (SEG, 2);
+
+    let mut t = setup(scope(DnsMode::Allowlist), vec![entry("ok.example")]);
+    // As one datagram, the bytes after the first question make it malformed (the one-query
+    // framing); with segmentation it is refused for the segmentation alone.
+    t.check(&both, Drop(reason::DNS_MALFORMED), MALFORMED);
+    t.check_gso(&both, gso, Drop(reason::DNS_GSO), MALFORMED);
+    t.check_gso(
+        &udp6(&two_segments(&ok, &bad, SEG as usize)),
+        gso,
+        Drop(reason::DNS_GSO),
+        MALFORMED,
+    );
+    // Even a send whose every segment would be allowed: no resolver client sends so.
+    t.check_gso(
+        &udp(&two_segments(&ok, &ok, SEG as usize)),
+        gso,
+        Drop(reason::DNS_GSO),
+        MALFORMED,
+    );
+    // TCP segmentation offload is how TCP leaves; a TCP query is judged as usual.
+    t.check(
+        &Frame::dns_tcp_syn(HOST, RESOLVER, 33100).build_ip(),
+        Untouched,
+        MALFORMED,
+    );
+    t.check_gso(
+        &Frame::dns_tcp(HOST, RESOLVER, 33100, &ok).build_ip(),
+        gso,
+        Allow,
+        ev("ok.example.", "A"),
+    );
+    // Not to a DNS port: untouched.
+    t.check_gso(
+        &Frame::udp(HOST, RESOLVER, 33000, 443)
+            .with_payload(&two_segments(&ok, &bad, SEG as usize))
+            .build_ip(),
+        gso,
+        Untouched,
+        MALFORMED,
+    );
+
+    // A blocklist refuses it too: the second query could be a listed name.
+    t.again(scope(DnsMode::Blocklist), vec![entry("bad.example")]);
+    // (These test scopes pass malformed queries under a blocklist.)
+    t.check(&both, Allow, MALFORMED);
+    t.check_gso(&both, gso, Drop(reason::DNS_GSO), MALFORMED);
+    // Audit reports it and lets it go.
+    t.again(
+        DnsScope {
+            audit: true,
+            ..scope(DnsMode::Allowlist)
+        },
+        vec![entry("ok.example")],
+    );
+    t.check_gso(&both, gso, Audit(reason::DNS_GSO), MALFORMED);
+}
+
+/// A UDP query over IPv6 with `n` extension headers (hop-by-hop, then destination options).
+fn udp6_ext(msg: &[u8], n: usize) -> Vec<u8> {
+    use palisade::craft::ExtHeader;
+    let mut f = Frame::dns_udp(HOST6, RESOLVER6, 33000, msg);
+    f.ipv6_ext = (0..n)
+        .map(|i| ExtHeader::Options {
+            kind: if i == 0 { 0 } else { 60 },
+            len8: 0,
+        })
+        .collect();
+    f.build_ip()
+}
+
+#[test]
+fn packets_the_hook_cannot_parse_fail_closed_under_an_allowlist_only() {
+    use palisade_common::packet::MAX_IPV6_EXT_HEADERS;
+    let ok = query("ok.example", A);
+    let bad = query("bad.example", A);
+    let max = MAX_IPV6_EXT_HEADERS;
+    // IPv4 with a header length below 20 bytes.
+    let mut short_ihl = udp(&ok);
+    short_ihl[0] = 0x44;
+
+    let mut t = setup(scope(DnsMode::Allowlist), vec![entry("ok.example")]);
+    // As long a chain as the parser follows: inspected as usual.
+    t.check(&udp6_ext(&ok, max), Allow, ev("ok.example.", "A"));
+    t.check(
+        &udp6_ext(&bad, max),
+        Drop(reason::DNS_NOT_ALLOWED),
+        ev("bad.example.", "A"),
+    );
+    // One more: the hook cannot see whether it carries a query, so the allowlist refuses it,
+    // even for an allowed name.
+    t.check_unchecked(
+        &udp6_ext(&bad, max + 1),
+        Drop(reason::IPV6_EXT_CHAIN),
+        false,
+    );
+    t.check_unchecked(&udp6_ext(&ok, max + 1), Drop(reason::IPV6_EXT_CHAIN), false);
+    t.check_unchecked(&short_ihl, Drop(reason::MALFORMED_L3), false);
+
+    // A blocklist lets what it cannot read through, unreported.
+    t.again(scope(DnsMode::Blocklist), vec![entry("bad.example")]);
+    t.check_unchecked(&udp6_ext(&bad, max + 1), Untouched, false);
+    t.check_unchecked(&short_ihl, Untouched, false);
+    // Audit reports what an allowlist would have refused.
+    t.again(
+        DnsScope {
+            audit: true,
+            ..scope(DnsMode::Allowlist)
+        },
+        vec![entry("ok.example")],
+    );
+    t.check_unchecked(
+        &udp6_ext(&bad, max + 1),
+        Audit(reason::IPV6_EXT_CHAIN),
+        false,
+    );
+}
+
+/// Sets every egress scratch slot's busy flag on every CPU to `busy`.
+fn set_busy(b: &mut Bench, busy: u64) {
+    use aya::maps::{PerCpuArray, PerCpuValues};
+    let n = aya::util::nr_cpus().expect("CPUs");
+    let mut m: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(b.ebpf.map_mut("DNS_EGRESS_BUSY").expect("DNS_EGRESS_BUSY"))
+            .expect("per-CPU array");
+    for i in 0..m.len() {
+        let v = PerCpuValues::try_from(vec![busy; n]).expect("values");
+        m.set(i, v, 0).expect("set");
+    }
+}
+
+/// The busy flags of every slot on every CPU.
+fn busy_flags(b: &Bench) -> Vec<u64> {
+    use aya::maps::PerCpuArray;
+    let m: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(b.ebpf.map("DNS_EGRESS_BUSY").expect("DNS_EGRESS_BUSY"))
+            .expect("per-CPU array");
+    (0..m.len())
+        .flat_map(|i| {
+            m.get(&i, 0)
+                .expect("get")
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn with_every_scratch_slot_taken_an_allowlist_refuses_and_a_blocklist_passes() {
+    let ok = q("ok.example", A);
+    let mut t = setup(scope(DnsMode::Allowlist), vec![entry("ok.example")]);
+    // Every run gives its slot back.
+    t.check(&ok, Allow, ev("ok.example.", "A"));
+    t.check(
+        &q("bad.example", A),
+        Drop(reason::DNS_NOT_ALLOWED),
+        ev("bad.example.", "A"),
+    );
+    let flags = busy_flags(&t.b);
+    assert!(
+        !flags.is_empty() && flags.iter().all(|&f| f == 0),
+        "{flags:?}"
+    );
+
+    // As if every slot of the CPU belonged to a preempted or interrupted inspection.
+    set_busy(&mut t.b, 1);
+    t.check_unchecked(&ok, Drop(reason::DNS_BUSY), false);
+    // Not even a packet that is not DNS can be told apart without a slot.
+    t.check_unchecked(
+        &Frame::tcp(HOST, RESOLVER, 33000, 443, TCP_SYN).build_ip(),
+        Drop(reason::DNS_BUSY),
+        false,
+    );
+    t.again(scope(DnsMode::Blocklist), vec![entry("bad.example")]);
+    t.check_unchecked(&q("bad.example", A), Untouched, true);
+    t.again(
+        DnsScope {
+            audit: true,
+            ..scope(DnsMode::Allowlist)
+        },
+        vec![entry("ok.example")],
+    );
+    t.check_unchecked(&q("bad.example", A), Audit(reason::DNS_BUSY), false);
+    // The flags were left as they were: a refused run claims nothing.
+    assert!(busy_flags(&t.b).iter().all(|&f| f == 1));
+
+    // One free slot is enough.
+    set_busy(&mut t.b, 0);
+    t.again(scope(DnsMode::Allowlist), vec![entry("ok.example")]);
+    t.check(&ok, Allow, ev("ok.example.", "A"));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
                 log_allowed: false,
             }),
             egress: None,
+            answers: palisade::policy::model::AnswerBudget::UNLIMITED,
             lists: vec![NameList {
                 name: "flood".into(),
                 entries: names.iter().map(|n| entry(n)).collect(),

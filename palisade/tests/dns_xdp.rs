@@ -22,12 +22,13 @@ use palisade::{
         DNS_FLAG_AD, DNS_FLAG_CD, DNS_FLAG_QR, DNS_FLAG_RD, DnsQuery, DnsQuestion, ExtHeader,
         Frame, dns_labels,
     },
+    dns::reference,
     events::DnsDecision,
     firewall::apply,
     policy::{
         model::{
-            Action, Dns, DnsAction, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry,
-            NameList, NameMatch, Policy, QueryRate,
+            Action, AnswerBudget, Dns, DnsAction, DnsMode, DnsScope, Firewall, FragmentPolicy,
+            NameEntry, NameList, NameMatch, Policy, QueryRate,
         },
         namelist::{self, parse_name},
     },
@@ -89,9 +90,9 @@ fn with_expiry(e: NameEntry, unix: u64) -> NameEntry {
     }
 }
 
-fn with_entropy(e: NameEntry, bits: f64) -> NameEntry {
+fn with_entropy(e: NameEntry, bits: u32) -> NameEntry {
     NameEntry {
-        max_entropy: Some(bits),
+        max_entropy_bits: Some(bits),
         ..e
     }
 }
@@ -103,15 +104,15 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// An ingress scope with the model's defaults: NXDOMAIN answers, malformed queries blocked
-/// in allowlist mode and passed in blocklist mode, list 0.
+/// An ingress scope with the policy file's defaults: NXDOMAIN answers, malformed queries
+/// blocked (in both modes), list 0.
 fn scope(mode: DnsMode) -> DnsScope {
     DnsScope {
         mode,
         action: DnsAction::Nxdomain,
         audit: false,
         lists: vec![0],
-        block_malformed: mode == DnsMode::Allowlist,
+        block_malformed: true,
         rate: None,
         log_allowed: false,
     }
@@ -125,7 +126,9 @@ fn blocklist() -> DnsScope {
     scope(DnsMode::Blocklist)
 }
 
-/// An allow-everything firewall with `scope` on ingress over `entries` (list 0).
+/// An allow-everything firewall with `scope` on ingress over `entries` (list 0). No answer
+/// budget: the tests here answer far more than one client prefix's default budget; the
+/// budget has its own test.
 fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Policy {
     Policy {
         firewall: Firewall {
@@ -140,6 +143,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         dns: Dns {
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: ports.to_vec(),
+            answers: AnswerBudget::UNLIMITED,
             ingress: scope,
             egress: None,
             lists: vec![NameList {
@@ -174,11 +178,23 @@ fn udp6(msg: &[u8]) -> Vec<u8> {
     Frame::dns_udp(CLIENT6, RESOLVER6, 40000, msg).build()
 }
 
-fn tcp(payload: &[u8]) -> Vec<u8> {
+/// A PSH+ACK segment from `sport` with sequence number `seq` carrying `payload`.
+fn tcp_at(sport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     use palisade_common::packet::{TCP_ACK, TCP_PSH};
-    Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_PSH | TCP_ACK)
+    Frame::tcp(CLIENT, RESOLVER, sport, 53, TCP_PSH | TCP_ACK)
+        .with_tcp_seq(seq)
         .with_payload(payload)
         .build()
+}
+
+/// Opens a DNS-over-TCP stream from `sport` (its SYN is not a query); its first data
+/// segment has sequence number 1.
+fn open_tcp(t: &mut T, sport: u16) {
+    t.check(
+        &Frame::dns_tcp_syn(CLIENT, RESOLVER, sport).build(),
+        Untouched,
+        MALFORMED,
+    );
 }
 
 fn q(name: &str, qtype: u16) -> Vec<u8> {
@@ -369,6 +385,9 @@ impl T {
         let parsed = e.name != ".";
         let list = match r {
             reason::DNS_BLOCKED | reason::DNS_ENTROPY | reason::DNS_EXPIRED => Some(0),
+            // Not answered though blocked: the blocking entry's list (the tests of these
+            // block by a blocklist entry).
+            reason::DNS_GROUP_ADDRESS | reason::DNS_ANSWER_BUDGET => Some(0),
             reason::PASS if parsed && self.scope().mode == DnsMode::Allowlist => Some(0),
             _ => None,
         };
@@ -403,6 +422,36 @@ impl T {
             "no process on ingress: {got:?}"
         );
         (out, Some(got))
+    }
+
+    /// Runs one TCP segment and checks the action, the reason counter and how many queries
+    /// were counted (every message of the segment that was looked at).
+    #[track_caller]
+    fn run_tcp(&mut self, sport: u16, seq: u32, flags: u8, payload: &[u8], want: Want, n: u64) {
+        let frame = Frame::tcp(CLIENT, RESOLVER, sport, 53, flags)
+            .with_tcp_seq(seq)
+            .with_payload(payload)
+            .build();
+        let what = format!("{want:?} for port {sport} seq {seq} flags {flags:#x}");
+        let before = counters(&self.b);
+        let (action, _) = self.b.run_with_output(&frame).expect("BPF_PROG_TEST_RUN");
+        let after = counters(&self.b);
+        self.b.drain_dns_events();
+        let (want_action, r) = match want {
+            Allow => (XDP_PASS, reason::PASS),
+            Drop(r) => (XDP_DROP, r),
+            other => panic!("run_tcp checks passes and drops only, not {other:?}"),
+        };
+        assert_eq!(action, want_action, "XDP action: {what}");
+        if r != reason::PASS {
+            assert_eq!(
+                after.reasons[r as usize],
+                before.reasons[r as usize] + 1,
+                "reason counter: {what}"
+            );
+        }
+        let q = ingress_stat(STAT_QUERIES);
+        assert_eq!(after.dns[q], before.dns[q] + n, "queries counted: {what}");
     }
 
     #[track_caller]
@@ -590,7 +639,7 @@ fn an_empty_allowlist_blocks_everything() {
 
 #[test]
 fn the_most_specific_entry_wins() {
-    let bound = 2.5;
+    let bound = 16;
     let mut t = setup(
         allowlist(),
         vec![
@@ -601,7 +650,8 @@ fn the_most_specific_entry_wins() {
             with_expiry(entry("old.example.com"), unix_now() - 3600),
         ],
     );
-    assert!(entropy::bits_per_char(b"x7kq9zj2mv") > bound);
+    // Ten distinct characters: 10 * log2(10) = 33.2 bits.
+    assert!(entropy::bits(b"x7kq9zj2mv") > f64::from(bound));
     t.checks(&[
         (
             q("x7kq9zj2mv.example.com", A),
@@ -620,7 +670,7 @@ fn the_most_specific_entry_wins() {
             ev("old.example.com.", "A"),
         ),
         // Below the exact entry only the wildcard matches, with its bound: "xyzwold" has
-        // 2.81 bits per character, "wwwold" 1.79.
+        // 19.7 bits, "wwwold" 10.8.
         (
             q("xyzw.old.example.com", A),
             Nx(reason::DNS_ENTROPY),
@@ -686,7 +736,7 @@ fn qtype_limited_entries() {
         vec![
             with_qtypes(entry("mail.example"), &[MX]),
             // A qtype-limited specific entry; other types fall back to the wildcard and its bound.
-            with_entropy(entry("*.example.org"), 1.0),
+            with_entropy(entry("*.example.org"), 1),
             with_qtypes(entry("xyz.example.org"), &[A]),
         ],
     );
@@ -711,9 +761,33 @@ fn qtype_limited_entries() {
     ]);
 }
 
+impl T {
+    /// [`T::checks`], and the userspace reference, which takes every entry on its own (their
+    /// union), decides each query the same way.
+    #[track_caller]
+    fn union_checks(&mut self, cases: &[(&str, u16, Want)]) {
+        for &(name, qtype, want) in cases {
+            let msg = query(name, qtype);
+            let verdict = reference::decide(&self.policy, self.scope(), &msg, unix_now());
+            let want_reason = match want {
+                Nx(r) | Drop(r) | Audit(r) => r,
+                Allow | Untouched => reason::PASS,
+            };
+            assert_eq!(
+                verdict.reason, want_reason,
+                "reference for {name} type {qtype}"
+            );
+            let text = format!("{name}.");
+            let qtype_text = palisade::events::qtype_name(qtype);
+            self.check(&udp(&msg), want, ev(&text, &qtype_text));
+        }
+    }
+}
+
 #[test]
 fn duplicate_entries_merge_into_their_union() {
-    // Same name, same coverage: one map entry covering A and MX.
+    let now = unix_now();
+    // Same name, same coverage, same terms: one map entry covering A and MX.
     let mut t = setup(
         allowlist(),
         vec![
@@ -721,14 +795,80 @@ fn duplicate_entries_merge_into_their_union() {
             with_qtypes(entry("mx.example"), &[MX]),
         ],
     );
-    t.checks(&[
-        (q("mx.example", A), Allow, ev("mx.example.", "A")),
-        (q("mx.example", MX), Allow, ev("mx.example.", "MX")),
-        (
-            q("mx.example", TXT),
-            Nx(reason::DNS_NOT_ALLOWED),
-            ev("mx.example.", "TXT"),
-        ),
+    t.union_checks(&[
+        ("mx.example", A, Allow),
+        ("mx.example", MX, Allow),
+        ("mx.example", TXT, Nx(reason::DNS_NOT_ALLOWED)),
+    ]);
+
+    // One covers the other (every type, never expires, the looser bound): it alone decides,
+    // which is what the two allow together.
+    t.again(
+        allowlist(),
+        vec![
+            with_expiry(
+                with_entropy(with_qtypes(entry("*.cdn.example"), &[A]), 16),
+                now - 60,
+            ),
+            with_entropy(entry("*.cdn.example"), 40),
+            with_qtypes(entry("*.cdn.example"), &[]),
+        ],
+    );
+    t.union_checks(&[
+        // 33 bits: over the first bound, under the others.
+        ("x7kq9zj2mv.cdn.example", A, Allow),
+        ("x7kq9zj2mv.cdn.example", AAAA, Allow),
+    ]);
+    t.again(
+        allowlist(),
+        vec![
+            with_expiry(
+                with_entropy(with_qtypes(entry("*.cdn.example"), &[A]), 16),
+                now - 60,
+            ),
+            with_entropy(entry("*.cdn.example"), 40),
+        ],
+    );
+    t.union_checks(&[
+        ("x7kq9zj2mv.cdn.example", A, Allow),
+        // 12 distinct characters, 43 bits.
+        ("x7kq9zj2mvbw.cdn.example", TXT, Nx(reason::DNS_ENTROPY)),
+        ("www.cdn.example", MX, Allow),
+    ]);
+
+    // What one map entry cannot hold is refused with both entries' places, and the policy
+    // in force stays.
+    let mut list = t.policy.clone();
+    list.dns.lists[0].entries = vec![
+        NameEntry {
+            line: 4,
+            ..with_entropy(entry("*.cdn.example"), 256)
+        },
+        NameEntry {
+            line: 9,
+            ..with_qtypes(entry("*.cdn.example"), &[TXT])
+        },
+    ];
+    let err = t.b.install(&list).expect_err("conflicting duplicates");
+    assert_eq!(
+        format!("{err:#}"),
+        "compiling the DNS policy: list `test` line 9: `*.cdn.example` is also listed in list \
+         `test` line 4, with a different expiry or entropy bound and other query types; one \
+         name holds one entry, so give both the same `expires` and `max_entropy_bits`, or let \
+         one cover the other (all its query types, an expiry no earlier and a bound no lower)"
+    );
+    list.dns.lists[0].entries = [A, AAAA, MX, TXT, 65]
+        .iter()
+        .map(|&q| with_qtypes(entry("*.cdn.example"), &[q]))
+        .collect();
+    let err = t.b.install(&list).expect_err("five query types");
+    assert!(
+        format!("{err:#}").contains("together they name more than 4 query types"),
+        "{err:#}"
+    );
+    t.union_checks(&[
+        ("x7kq9zj2mvbw.cdn.example", TXT, Nx(reason::DNS_ENTROPY)),
+        ("www.cdn.example", 65, Allow),
     ]);
 }
 
@@ -780,7 +920,8 @@ fn base32ish(n: usize, seed: u64) -> String {
 
 #[test]
 fn entropy_bound_blocks_a_tunnel_under_an_allowed_suffix() {
-    let bound = 3.5;
+    // The bound the documentation recommends.
+    let bound = 256;
     let mut t = setup(
         allowlist(),
         vec![with_entropy(apex_and_below("example.com"), bound)],
@@ -789,11 +930,8 @@ fn entropy_bound_blocks_a_tunnel_under_an_allowed_suffix() {
     let more = base32ish(30, 8);
     let tunnel = format!("{data}.{more}.t.example.com");
     let below = format!("{data}{more}t");
-    let h = entropy::bits_per_char(below.as_bytes());
-    assert!(
-        h > bound,
-        "the crafted tunnel name has {h} bits per character"
-    );
+    let h = entropy::bits(below.as_bytes());
+    assert!(h > f64::from(bound), "the crafted tunnel name has {h} bits");
     let name = format!("{tunnel}.");
     t.checks(&[
         (q(&tunnel, TXT), Nx(reason::DNS_ENTROPY), ev(&name, "TXT")),
@@ -806,9 +944,63 @@ fn entropy_bound_blocks_a_tunnel_under_an_allowed_suffix() {
         // The apex has no labels below the entry: nothing to measure.
         (q("example.com", A), Allow, ev("example.com.", "A")),
     ]);
-    // Case folding happens before counting: upper case does not add entropy.
+    // All in upper case it is the same tunnel.
     let upper = tunnel.to_ascii_uppercase();
     t.check(&q(&upper, TXT), Nx(reason::DNS_ENTROPY), ev(&name, "TXT"));
+}
+
+#[test]
+fn letter_case_and_padding_do_not_hide_a_tunnel() {
+    let bound = 40;
+    let mut t = setup(
+        allowlist(),
+        vec![with_entropy(entry("*.example.com"), bound)],
+    );
+    // Four symbols, 16 characters: 32 bits. Letter case doubles the symbols: 48 bits.
+    assert!(entropy::bits(b"abcdabcdabcdabcd") < f64::from(bound));
+    assert!(entropy::bits(b"aBcDAbCdabcdABCD") > f64::from(bound));
+    t.checks(&[
+        (
+            q("abcdabcdabcdabcd.example.com", A),
+            Allow,
+            ev("abcdabcdabcdabcd.example.com.", "A"),
+        ),
+        // The case channel: counted as sent.
+        (
+            q("aBcDAbCdabcdABCD.example.com", A),
+            Nx(reason::DNS_ENTROPY),
+            ev("abcdabcdabcdabcd.example.com.", "A"),
+        ),
+        // The same case throughout carries nothing more.
+        (
+            q("ABCDABCDABCDABCD.example.com", A),
+            Allow,
+            ev("abcdabcdabcdabcd.example.com.", "A"),
+        ),
+        // 12 distinct characters, 43 bits: over.
+        (
+            q("x7kq9zj2mvbw.example.com", A),
+            Nx(reason::DNS_ENTROPY),
+            ev("x7kq9zj2mvbw.example.com.", "A"),
+        ),
+        // Padding labels or characters only add to the total.
+        (
+            q(
+                "aaaaaaaaaaaaaaaaaaaa.x7kq9zj2mvbw.aaaaaaaaaaaa.example.com",
+                A,
+            ),
+            Nx(reason::DNS_ENTROPY),
+            ev(
+                "aaaaaaaaaaaaaaaaaaaa.x7kq9zj2mvbw.aaaaaaaaaaaa.example.com.",
+                "A",
+            ),
+        ),
+        (
+            q("xa7aka9azaja2amavabawa.example.com", A),
+            Nx(reason::DNS_ENTROPY),
+            ev("xa7aka9azaja2amavabawa.example.com.", "A"),
+        ),
+    ]);
 }
 
 #[test]
@@ -861,7 +1053,15 @@ fn log_allowed_reports_allowed_queries() {
     );
     let (_, e) = t.check(&q("ok.example", A), Allow, ev("ok.example.", "A"));
     assert_eq!(e.expect("event").list, None, "no entry matched");
-    // Blocklist mode passes malformed queries by default; with log_allowed they are reported.
+    // Malformed queries let through (`malformed = "allow"`) are reported with log_allowed.
+    t.again(
+        DnsScope {
+            log_allowed: true,
+            block_malformed: false,
+            ..blocklist()
+        },
+        vec![entry("bad.example")],
+    );
     t.check(&udp(&[0u8; 5]), Allow, MALFORMED);
 }
 
@@ -886,16 +1086,13 @@ fn per_client_rate_limit() {
         ev("no.example.", "A"),
     );
     t.check(&udp_from(a, &ok()), Allow, ev("ok.example.", "A"));
-    // ...then the client is limited: dropped, never answered, whatever the name.
-    t.check(
-        &udp_from(a, &ok()),
-        Drop(reason::DNS_RATE),
-        ev("ok.example.", "A"),
-    );
+    // ...then the client is limited: dropped, never answered, whatever the name. The limit
+    // comes before parsing, so the event has no name.
+    t.check(&udp_from(a, &ok()), Drop(reason::DNS_RATE), MALFORMED);
     t.check(
         &udp_from(a, &query("no.example", AAAA)),
         Drop(reason::DNS_RATE),
-        ev("no.example.", "AAAA"),
+        MALFORMED,
     );
     // Another client has its own bucket, per address family too.
     t.check(&udp_from(b, &ok()), Allow, ev("ok.example.", "A"));
@@ -904,10 +1101,50 @@ fn per_client_rate_limit() {
         Allow,
         ev("ok.example.", "A"),
     );
-    // Malformed queries are judged malformed before the rate is looked at.
+    // A limited client's malformed queries are rate-limited too.
+    t.check(&udp_from(a, &[0u8; 4]), Drop(reason::DNS_RATE), MALFORMED);
+}
+
+#[test]
+fn malformed_queries_spend_rate_tokens() {
+    let rate = QueryRate { qps: 1, burst: 3 };
+    let mut t = setup(
+        DnsScope {
+            rate: Some(rate),
+            ..blocklist()
+        },
+        vec![entry("bad.example")],
+    );
+    let c = "192.0.2.203";
+    // A flood of unparsable queries (TCP fragments of a message, a bare header, a forward
+    // pointer) uses up the burst...
+    let forward = DnsQuery::new(vec![], A).with_pointer(40).build();
     t.check(
-        &udp_from(a, &[0u8; 4]),
+        &udp_from(c, &[0u8; 4]),
         Drop(reason::DNS_MALFORMED),
+        MALFORMED,
+    );
+    t.check(
+        &udp_from(c, &forward),
+        Drop(reason::DNS_MALFORMED),
+        MALFORMED,
+    );
+    t.check(
+        &Frame::dns_tcp_syn(c, RESOLVER, 40001).build(),
+        Untouched,
+        MALFORMED,
+    );
+    t.check(
+        &Frame::tcp(c, RESOLVER, 40001, 53, packet::TCP_ACK)
+            .with_payload(&[0, 40, 1])
+            .build(),
+        Drop(reason::DNS_MALFORMED),
+        MALFORMED,
+    );
+    // ...so the client's next well-formed query finds no token left.
+    t.check(
+        &udp_from(c, &query("good.example", A)),
+        Drop(reason::DNS_RATE),
         MALFORMED,
     );
 }
@@ -1081,18 +1318,20 @@ fn a_second_question_is_malformed() {
     let trailing = DnsQuery::name("ok.example", A)
         .with_question(DnsQuestion::new(dns_labels("blocked.example"), A))
         .build();
-    t.check(&udp(&trailing), Allow, ev("ok.example.", "A"));
+    t.check(&udp(&trailing), Drop(reason::DNS_MALFORMED), MALFORMED);
 
+    // The blocklist default drops them too.
+    t.again(blocklist(), vec![entry("blocked.example")]);
+    t.check(&udp(&two), Drop(reason::DNS_MALFORMED), MALFORMED);
+    t.check(&udp(&trailing), Drop(reason::DNS_MALFORMED), MALFORMED);
+    // `malformed = "allow"` lets them through.
     t.again(
         DnsScope {
-            block_malformed: true,
+            block_malformed: false,
             ..blocklist()
         },
         vec![entry("blocked.example")],
     );
-    t.check(&udp(&two), Drop(reason::DNS_MALFORMED), MALFORMED);
-    // The blocklist default lets malformed queries through.
-    t.again(blocklist(), vec![entry("blocked.example")]);
     t.check(&udp(&two), Allow, MALFORMED);
 }
 
@@ -1143,11 +1382,20 @@ fn responses_other_opcodes_and_truncated_messages_are_malformed() {
         t.check(&udp(&msg), Drop(reason::DNS_MALFORMED), MALFORMED);
     }
     t.check(&udp(&ok), Allow, ev("ok.example.", "A"));
-    // In blocklist mode, by default, they pass (counted as allowed).
-    t.again(blocklist(), vec![entry("ok.example")]);
+    // In blocklist mode too, by default, they are dropped; `malformed = "allow"` passes
+    // them (counted as allowed).
     let response = DnsQuery::name("ok.example", A)
         .with_flags(DNS_FLAG_QR)
         .build();
+    t.again(blocklist(), vec![entry("ok.example")]);
+    t.check(&udp(&response), Drop(reason::DNS_MALFORMED), MALFORMED);
+    t.again(
+        DnsScope {
+            block_malformed: false,
+            ..blocklist()
+        },
+        vec![entry("ok.example")],
+    );
     t.check(&udp(&response), Allow, MALFORMED);
 }
 
@@ -1157,55 +1405,143 @@ fn tcp_queries() {
     let ok = query("ok.example", A);
     let bad = query("bad.example", A);
     let framed = |m: &[u8]| palisade::craft::dns_tcp_payload(m);
-    // Whole queries: allowed, or blocked and dropped (no NXDOMAIN over TCP).
+    // Whole queries on streams whose handshake was seen: allowed, or blocked and dropped
+    // (no NXDOMAIN over TCP).
+    open_tcp(&mut t, 41001);
     t.check(
-        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &ok).build(),
+        &tcp_at(41001, 1, &framed(&ok)),
         Allow,
         ev("ok.example.", "A"),
     );
+    open_tcp(&mut t, 41002);
     t.check(
-        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(),
+        &tcp_at(41002, 1, &framed(&bad)),
         Drop(reason::DNS_NOT_ALLOWED),
         ev("bad.example.", "A"),
     );
     // The first segment carries the length prefix and part of the message: malformed.
     let whole = framed(&ok);
-    t.check(
-        &tcp(&whole[..whole.len() - 3]),
-        Drop(reason::DNS_MALFORMED),
-        MALFORMED,
-    );
-    t.check(&tcp(&whole[..2]), Drop(reason::DNS_MALFORMED), MALFORMED);
-    t.check(&tcp(&whole[..1]), Drop(reason::DNS_MALFORMED), MALFORMED);
-    // The rest of a message without its prefix, and two messages in one segment.
-    t.check(&tcp(&ok[2..]), Drop(reason::DNS_MALFORMED), MALFORMED);
-    let mut two = framed(&ok);
-    two.extend_from_slice(&framed(&bad));
-    t.check(&tcp(&two), Drop(reason::DNS_MALFORMED), MALFORMED);
+    for (port, part) in [
+        (41003, &whole[..whole.len() - 3]),
+        (41004, &whole[..2]),
+        (41005, &whole[..1]),
+        // The rest of a message without its prefix.
+        (41006, &ok[2..]),
+    ] {
+        open_tcp(&mut t, port);
+        t.check(
+            &tcp_at(port, 1, part),
+            Drop(reason::DNS_MALFORMED),
+            MALFORMED,
+        );
+    }
     // A prefix that claims less than the segment carries.
     let mut extra = framed(&ok);
     extra.push(0);
-    t.check(&tcp(&extra), Drop(reason::DNS_MALFORMED), MALFORMED);
-    // Segments without payload (handshake, ACKs) are not queries.
+    open_tcp(&mut t, 41007);
     t.check(
-        &Frame::tcp(CLIENT, RESOLVER, 40000, 53, TCP_SYN).build(),
-        Untouched,
+        &tcp_at(41007, 1, &extra),
+        Drop(reason::DNS_MALFORMED),
         MALFORMED,
     );
     // Mixed case over TCP.
+    open_tcp(&mut t, 41008);
     t.check(
-        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &query("OK.Example", A)).build(),
+        &tcp_at(41008, 1, &framed(&query("OK.Example", A))),
         Allow,
         ev("ok.example.", "A"),
     );
 
     // Blocklist, NXDOMAIN action: still dropped over TCP.
     t.again(blocklist(), vec![entry("bad.example")]);
+    open_tcp(&mut t, 41009);
     t.check(
-        &Frame::dns_tcp(CLIENT, RESOLVER, 40000, &bad).build(),
+        &tcp_at(41009, 1, &framed(&bad)),
         Drop(reason::DNS_BLOCKED),
         ev("bad.example.", "A"),
     );
+}
+
+/// DNS over TCP is judged as the resolver reads the stream: every message of a segment,
+/// each byte range once, at the position where it will be read.
+#[test]
+fn tcp_streams() {
+    let mut t = setup(blocklist(), vec![entry("bad.example")]);
+    let good = palisade::craft::dns_tcp_payload(&query("good.example", A));
+    let good6 = palisade::craft::dns_tcp_payload(&query("good.example", AAAA));
+    let bad = palisade::craft::dns_tcp_payload(&query("bad.example", A));
+    let cat = |parts: &[&[u8]]| parts.concat();
+    let stream = Drop(reason::DNS_STREAM);
+    let blocked = Drop(reason::DNS_BLOCKED);
+
+    // A data segment on a flow whose handshake was not seen: its boundaries are unknown.
+    t.run_tcp(42001, 1, 0x18, &good, stream, 1);
+
+    // glibc's `use-vc` writes A and AAAA queries in one segment: both inspected, both pass.
+    open_tcp(&mut t, 42002);
+    t.run_tcp(42002, 1, 0x18, &cat(&[&good, &good6]), Allow, 2);
+    // ... and a blocked query behind an allowed one is found (it used to pass in blocklist
+    // mode as an unparsable segment).
+    open_tcp(&mut t, 42003);
+    t.run_tcp(42003, 1, 0x18, &cat(&[&good, &bad]), blocked, 2);
+    // The segment after a pass continues the stream; more messages than a segment may carry
+    // are malformed.
+    open_tcp(&mut t, 42004);
+    t.run_tcp(42004, 1, 0x18, &good, Allow, 1);
+    let next = 1 + good.len() as u32;
+    t.run_tcp(42004, next, 0x18, &good6, Allow, 1);
+    let five = cat(&[&good, &good, &good, &good, &good]);
+    let next = next + good6.len() as u32;
+    t.run_tcp(42004, next, 0x18, &five, Drop(reason::DNS_MALFORMED), 1);
+
+    // Overlaps: a segment that starts inside judged data is rejected; one that starts where
+    // a judged segment started is judged again, and must break where the receiver may
+    // switch from the first copy to this one.
+    open_tcp(&mut t, 42005);
+    t.run_tcp(42005, 1, 0x18, &good, Allow, 1);
+    t.run_tcp(42005, 5, 0x18, &bad, stream, 1);
+    t.run_tcp(42005, 1, 0x18, &bad, blocked, 1);
+    // One message that runs across the end of the judged `good`: the resolver would read
+    // its tail as the next message.
+    let long = palisade::craft::dns_tcp_payload(&query("long-enough-to-overlap.example", A));
+    assert!(long.len() > good.len());
+    t.run_tcp(42005, 1, 0x18, &long, stream, 1);
+    // A retransmission with the same boundaries passes.
+    t.run_tcp(42005, 1, 0x18, &cat(&[&good, &good6]), Allow, 2);
+    // A gap ahead of the stream.
+    let next = 1 + (good.len() + good6.len()) as u32;
+    t.run_tcp(42005, next + 7, 0x18, &good, stream, 1);
+    t.run_tcp(42005, next, 0x18, &good, Allow, 1);
+
+    // A SYN in the middle of a live stream does not move it.
+    open_tcp(&mut t, 42006);
+    t.run_tcp(42006, 1, 0x18, &good, Allow, 1);
+    t.check(
+        &Frame::tcp(CLIENT, RESOLVER, 42006, 53, TCP_SYN)
+            .with_tcp_seq(4)
+            .build(),
+        Untouched,
+        MALFORMED,
+    );
+    t.run_tcp(42006, 5, 0x18, &good, stream, 1);
+
+    // Urgent data leaves the stream the resolver reads.
+    open_tcp(&mut t, 42007);
+    t.run_tcp(42007, 1, 0x38, &good, stream, 1);
+    t.run_tcp(42007, 1, 0x18, &good, Allow, 1);
+
+    // Data after the FIN is never read; a SYN after it starts a new stream.
+    let fin = 1 + good.len() as u32;
+    t.check(
+        &Frame::tcp(CLIENT, RESOLVER, 42007, 53, 0x11)
+            .with_tcp_seq(fin)
+            .build(),
+        Untouched,
+        MALFORMED,
+    );
+    t.run_tcp(42007, fin, 0x18, &good, stream, 1);
+    open_tcp(&mut t, 42007);
+    t.run_tcp(42007, 1, 0x18, &bad, blocked, 1);
 }
 
 #[test]
@@ -1243,7 +1579,12 @@ fn ipv6_queries() {
         ev("bad.example.", "AAAA"),
     );
     check_nxdomain(&frame, &out, 0);
-    let tcp6 = Frame::dns_tcp(CLIENT6, RESOLVER6, 40000, &query("bad.example", A)).build();
+    t.check(
+        &Frame::dns_tcp_syn(CLIENT6, RESOLVER6, 43001).build(),
+        Untouched,
+        MALFORMED,
+    );
+    let tcp6 = Frame::dns_tcp(CLIENT6, RESOLVER6, 43001, &query("bad.example", A)).build();
     t.check(
         &tcp6,
         Drop(reason::DNS_NOT_ALLOWED),
@@ -1265,10 +1606,11 @@ fn only_plain_packets_are_answered() {
     let mut f = Frame::dns_udp(CLIENT6, RESOLVER6, 40000, &msg);
     f.ipv6_ext = vec![ExtHeader::Options { kind: 60, len8: 0 }];
     t.check(&f.build(), blocked, e);
-    // A first fragment (the whole query happens to be in it).
+    // A first fragment (the whole query happens to be in it): fragmented queries are not
+    // reassembled, they are malformed.
     let mut f = Frame::dns_udp(CLIENT, RESOLVER, 40000, &msg);
     f.ipv4_frag = Some((0, true));
-    t.check(&f.build(), blocked, e);
+    t.check(&f.build(), Drop(reason::DNS_MALFORMED), MALFORMED);
     // Plain: answered.
     t.check(&udp(&msg), Nx(reason::DNS_BLOCKED), e);
 }
@@ -1339,9 +1681,20 @@ fn ones_complement_sum(parts: &[&[u8]]) -> u16 {
     sum as u16
 }
 
-/// Checks that `answer` is the NXDOMAIN answer to the UDP query `query` (with `vlans` tags).
+/// Checks that `answer` is the NXDOMAIN answer to the UDP query `query` (with `vlans` tags),
+/// byte by byte and as hickory-proto reads it.
 #[track_caller]
 fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
+    check_nxdomain_bytes(query, answer, vlans);
+    let l3 = 14 + 4 * vlans;
+    let dns = l3 + if query[l3] >> 4 == 6 { 40 } else { 20 } + 8;
+    check_nxdomain_parsed(&query[dns..], &answer[dns..]);
+}
+
+/// The byte-by-byte half of [`check_nxdomain`], for questions a DNS library refuses (a
+/// compression pointer into the middle of a label).
+#[track_caller]
+fn check_nxdomain_bytes(query: &[u8], answer: &[u8], vlans: usize) {
     let l3 = 14 + 4 * vlans;
     let v6 = query[l3] >> 4 == 6;
     let ip_len = if v6 { 40 } else { 20 };
@@ -1354,12 +1707,23 @@ fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
     let dns = l4 + 8;
     let q = &query[dns..];
     let a = &answer[dns.min(answer.len())..];
-    // The question of the query: the name up to its root byte, then type and class.
+    // The question of the query as it lies in the message: the name up to its root byte or
+    // its first compression pointer, then type and class.
     let mut end = 12;
-    while q[end] != 0 {
-        end += 1 + usize::from(q[end]);
+    loop {
+        match q[end] {
+            0 => {
+                end += 1;
+                break;
+            }
+            b if b & 0xc0 == 0xc0 => {
+                end += 2;
+                break;
+            }
+            len => end += 1 + usize::from(len),
+        }
     }
-    let question = &q[12..end + 5];
+    let question = &q[12..end + 4];
 
     assert_eq!(
         answer.len(),
@@ -1451,8 +1815,11 @@ fn check_nxdomain(query: &[u8], answer: &[u8], vlans: usize) {
         "QDCOUNT 1, nothing else"
     );
     assert_eq!(&a[12..], question, "question echoed byte for byte");
+}
 
-    // The same, as an independent DNS library reads it.
+/// The same, as an independent DNS library reads it.
+#[track_caller]
+fn check_nxdomain_parsed(q: &[u8], a: &[u8]) {
     let m = Message::from_vec(a).expect("hickory parses the answer");
     let qm = Message::from_vec(q).expect("hickory parses the query");
     assert_eq!(m.metadata.id, qm.metadata.id);
@@ -1530,7 +1897,7 @@ fn nxdomain_answer_ipv6() {
 }
 
 #[test]
-fn nxdomain_answer_drops_edns_and_trailing_data() {
+fn nxdomain_answer_drops_the_opt_record() {
     let mut t = setup(allowlist(), vec![]);
     let with_opt = DnsQuery::name("Edns.Example", A).with_edns(1232).build();
     for frame in [udp(&with_opt), udp6(&with_opt)] {
@@ -1542,16 +1909,11 @@ fn nxdomain_answer_drops_edns_and_trailing_data() {
         check_nxdomain(&frame, &out, 0);
         assert_eq!(out.len(), frame.len() - 11, "the OPT record is cut off");
     }
-    // Trailing bytes after the question (no ARCOUNT): cut too.
+    // Trailing bytes after the question (no ARCOUNT) make the query malformed (see
+    // `bytes_after_the_question`).
     let mut junk = query("junk.example", A);
     junk.extend_from_slice(&[0xde, 0xad, 0xbe]);
-    let frame = udp(&junk);
-    let (out, _) = t.check(
-        &frame,
-        Nx(reason::DNS_NOT_ALLOWED),
-        ev("junk.example.", "A"),
-    );
-    check_nxdomain(&frame, &out, 0);
+    t.check(&udp(&junk), Drop(reason::DNS_MALFORMED), MALFORMED);
     // A long name: the answer is still exactly header + question.
     let long = labels_of_wire_len(255, 63);
     let frame = udp(&DnsQuery::new(long.clone(), TXT).with_edns(4096).build());
@@ -1667,4 +2029,366 @@ fn nxdomain_answer_to_a_padded_frame() {
     frame.extend_from_slice(&[0; 12]);
     let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev("p.example.", "A"));
     check_nxdomain(&frame, &out, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Compression pointers, bytes after the question, group addresses, the answer budget
+
+/// A header (one question, RD) followed by `name` and type A, class IN: names built byte
+/// by byte, compression pointers included.
+fn raw_query(name: &[u8]) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(name);
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    m
+}
+
+/// The wire form of a dotted name, root byte included.
+fn wire(name: &str) -> Vec<u8> {
+    let mut w = Vec::new();
+    for l in dns_labels(name) {
+        w.push(l.len() as u8);
+        w.extend_from_slice(&l);
+    }
+    w.push(0);
+    w
+}
+
+/// A name whose first label's bytes spell `target` in wire form, followed by a pointer to
+/// them: the logical name is that label, then `target` (the bypass dnsmasq answers).
+fn pointer_into_first_label(target: &str) -> (Vec<u8>, Vec<u8>) {
+    let inner = wire(target);
+    let mut name = vec![inner.len() as u8];
+    name.extend_from_slice(&inner);
+    name.extend_from_slice(&[0xc0, 13]);
+    let mut logical = name[..1 + inner.len()].to_vec();
+    logical.extend_from_slice(&inner);
+    (name, logical)
+}
+
+fn text_of(wire: &[u8]) -> String {
+    palisade::events::wire_name_to_text(&wire.to_ascii_lowercase())
+}
+
+#[test]
+fn names_behind_backward_pointers_are_matched() {
+    let mut t = setup(
+        blocklist(),
+        vec![
+            apex_and_below("ads.example.com"),
+            entry("*.tracker.example"),
+        ],
+    );
+    // One hop, the listed name in mixed case.
+    let (name, logical) = pointer_into_first_label("AdS.Example.COM");
+    let text = text_of(&logical);
+    let frame = udp(&raw_query(&name));
+    let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev(&text, "A"));
+    // The answer echoes the question with its pointer, which still points at the same bytes.
+    // (hickory-proto refuses a pointer into the middle of a label, and within one question
+    // every backward pointer lands inside a label or the header, so only the bytes are
+    // checked here.)
+    check_nxdomain_bytes(&frame, &out, 0);
+    let frame6 = udp6(&raw_query(&name));
+    let (out, _) = t.check(&frame6, Nx(reason::DNS_BLOCKED), ev(&text, "A"));
+    check_nxdomain_bytes(&frame6, &out, 0);
+
+    // Two hops, each landing lower: L1 = "\x07tracker\x07example\x00", L2 = "\x01x" + a
+    // pointer to L1's bytes; then a pointer to L2's bytes.
+    let mut name = vec![17];
+    name.extend_from_slice(&wire("tracker.example"));
+    let l2 = 12 + name.len() as u8 + 1;
+    name.extend_from_slice(&[4, 1, b'x', 0xc0, 13]);
+    name.extend_from_slice(&[0xc0, l2]);
+    let mut logical = name[..name.len() - 2].to_vec();
+    logical.extend_from_slice(&[1, b'x']);
+    logical.extend_from_slice(&wire("tracker.example"));
+    let text = text_of(&logical);
+    t.check(
+        &udp(&raw_query(&name)),
+        Nx(reason::DNS_BLOCKED),
+        ev(&text, "A"),
+    );
+
+    // Names that are not listed pass, pointers or not.
+    let (name, logical) = pointer_into_first_label("fine.example.com");
+    t.check(&udp(&raw_query(&name)), Allow, ev(&text_of(&logical), "A"));
+
+    // An allowlist reads the same logical name.
+    t.again(allowlist(), vec![apex_and_below("ok.example")]);
+    let (name, logical) = pointer_into_first_label("ok.example");
+    t.check(&udp(&raw_query(&name)), Allow, ev(&text_of(&logical), "A"));
+    let (name, logical) = pointer_into_first_label("no.example");
+    t.check(
+        &udp(&raw_query(&name)),
+        Nx(reason::DNS_NOT_ALLOWED),
+        ev(&text_of(&logical), "A"),
+    );
+}
+
+#[test]
+fn bad_pointers_are_malformed_and_dropped_by_default() {
+    use palisade_common::dns::name::MAX_POINTER_HOPS;
+    let mut t = setup(blocklist(), vec![apex_and_below("ads.example.com")]);
+    let malformed = Drop(reason::DNS_MALFORMED);
+    // A forward pointer, to the listed name placed after the question (trailing bytes that
+    // a lenient resolver would read as the name).
+    let mut forward = raw_query(&[1, b'x', 0xc0, 20]);
+    forward.extend_from_slice(&wire("ads.example.com"));
+    // At itself; back to the start of the name (a loop through the same pointer); a second
+    // pointer whose target is not below the first one's (13, then 17: a loop otherwise).
+    let at_itself = raw_query(&[1, b'x', 0xc0, 14]);
+    let looping = raw_query(&[1, b'x', 0xc0, 12]);
+    let not_lower = raw_query(&[2, 0xc0, 17, 1, b'x', 1, b'y', 0xc0, 13]);
+    // A pointer cut short.
+    let mut cut = raw_query(&[1, b'x', 0xc0]);
+    cut.truncate(12 + 3);
+    for msg in [forward, at_itself.clone(), looping, not_lower, cut] {
+        t.check(&udp(&msg), malformed, MALFORMED);
+    }
+
+    // A chain of `hops` pointers: a label holding a root byte (offset 13) and pointers, each
+    // to the one before it, then a pointer to the last of them.
+    let chain = |hops: u8| {
+        let m = hops - 1;
+        let mut content = vec![0u8];
+        for k in 0..m {
+            content.extend_from_slice(&[0xc0, if k == 0 { 13 } else { 14 + 2 * (k - 1) }]);
+        }
+        let mut name = vec![content.len() as u8];
+        name.extend_from_slice(&content);
+        name.extend_from_slice(&[0xc0, if m == 0 { 13 } else { 14 + 2 * (m - 1) }]);
+        raw_query(&name)
+    };
+    t.check(&udp(&chain(1)), Allow, MALFORMED);
+    t.check(&udp(&chain(MAX_POINTER_HOPS)), Allow, MALFORMED);
+    t.check(&udp(&chain(MAX_POINTER_HOPS + 1)), malformed, MALFORMED);
+
+    // With `malformed = "allow"` they pass.
+    t.again(
+        DnsScope {
+            block_malformed: false,
+            ..blocklist()
+        },
+        vec![apex_and_below("ads.example.com")],
+    );
+    t.check(&udp(&at_itself), Allow, MALFORMED);
+}
+
+#[test]
+fn bytes_after_the_question() {
+    let mut t = setup(blocklist(), vec![entry("bad.example")]);
+    let base = || DnsQuery::name("bad.example", A).build();
+    let blocked = Nx(reason::DNS_BLOCKED);
+    let e = ev("bad.example.", "A");
+    let malformed = Drop(reason::DNS_MALFORMED);
+    // An OPT record, without and with options that end exactly at the end of the message.
+    let plain_opt = DnsQuery::name("bad.example", A).with_edns(1232).build();
+    t.check(&udp(&plain_opt), blocked, e);
+    let mut cookie = plain_opt.clone();
+    let n = cookie.len();
+    cookie[n - 2..].copy_from_slice(&12u16.to_be_bytes());
+    cookie.extend_from_slice(&[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+    let frame = udp(&cookie);
+    let (out, _) = t.check(&frame, blocked, e);
+    check_nxdomain(&frame, &out, 0);
+
+    let set_count = |m: &mut Vec<u8>, at: usize, v: u16| {
+        m[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    };
+    let mut cases: Vec<(Vec<u8>, &str)> = Vec::new();
+    let mut m = base();
+    m.extend_from_slice(&[0xde, 0xad]);
+    cases.push((m, "bytes after the question, ARCOUNT 0"));
+    let mut m = plain_opt.clone();
+    m.push(0);
+    cases.push((m, "a byte after the OPT record"));
+    let mut m = cookie.clone();
+    m.pop();
+    cases.push((m, "OPT RDLENGTH past the end"));
+    let mut m = plain_opt.clone();
+    m.truncate(m.len() - 1);
+    cases.push((m, "OPT record cut"));
+    let mut m = plain_opt.clone();
+    let q_end = base().len();
+    m[q_end + 2] = 1; // type A instead of OPT
+    cases.push((m, "an additional record that is not OPT"));
+    let mut m = plain_opt.clone();
+    m.splice(q_end..q_end + 1, wire("x"));
+    cases.push((m, "an OPT record with an owner name"));
+    let mut m = base();
+    set_count(&mut m, 10, 1);
+    cases.push((m, "ARCOUNT 1, nothing after the question"));
+    let mut m = plain_opt.clone();
+    m.extend_from_slice(&plain_opt[q_end..]);
+    set_count(&mut m, 10, 2);
+    cases.push((m, "two OPT records"));
+    let mut m = base();
+    set_count(&mut m, 6, 1);
+    cases.push((m, "ANCOUNT 1"));
+    let mut m = base();
+    set_count(&mut m, 8, 1);
+    cases.push((m, "NSCOUNT 1"));
+    for (i, (msg, what)) in cases.iter().enumerate() {
+        eprintln!("{what}");
+        t.check(&udp(msg), malformed, MALFORMED);
+        let port = 44_000 + i as u16;
+        open_tcp(&mut t, port);
+        t.check(
+            &Frame::dns_tcp(CLIENT, RESOLVER, port, msg).build(),
+            malformed,
+            MALFORMED,
+        );
+    }
+
+    // The message is what the UDP length says (what the resolver gets): bytes after it in
+    // the IP packet are not part of it...
+    let mut f = udp(&base());
+    let udp_at = 14 + 20;
+    f.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let ip_len = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    t.check(&f, blocked, e);
+    // ...and a UDP length beyond the packet is not a whole message.
+    let mut f = udp(&base());
+    let claimed = u16::from_be_bytes([f[udp_at + 4], f[udp_at + 5]]) + 1;
+    f[udp_at + 4..udp_at + 6].copy_from_slice(&claimed.to_be_bytes());
+    t.check(&f, malformed, MALFORMED);
+    let mut f = udp(&base());
+    f[udp_at + 4..udp_at + 6].copy_from_slice(&4u16.to_be_bytes());
+    t.check(&f, malformed, MALFORMED);
+}
+
+#[test]
+fn fragmented_queries_are_malformed() {
+    let mut t = setup(blocklist(), vec![entry("bad.example")]);
+    // A first fragment holding the whole question (the rest would come later), and one
+    // holding only part of the header: both are judged malformed, so the datagram can never
+    // be reassembled behind Palisade's back.
+    for msg in [
+        query("good.example", A),
+        query("good.example", A)[..6].to_vec(),
+    ] {
+        let mut f = Frame::dns_udp(CLIENT, RESOLVER, 40000, &msg);
+        f.ipv4_frag = Some((0, true));
+        t.check(&f.build(), Drop(reason::DNS_MALFORMED), MALFORMED);
+        let mut f = Frame::dns_udp(CLIENT6, RESOLVER6, 40000, &msg);
+        f.ipv6_ext = vec![ExtHeader::Fragment {
+            offset: 0,
+            more: true,
+        }];
+        t.check(&f.build(), Drop(reason::DNS_MALFORMED), MALFORMED);
+    }
+}
+
+#[test]
+fn queries_to_or_from_group_addresses_are_never_answered() {
+    let mut t = setup(blocklist(), vec![entry("bad.example")]);
+    let msg = query("bad.example", A);
+    let e = ev("bad.example.", "A");
+    let group = Drop(reason::DNS_GROUP_ADDRESS);
+    let with_mac = |mut f: Vec<u8>, at: usize, mac: [u8; 6]| {
+        f[at..at + 6].copy_from_slice(&mac);
+        f
+    };
+    let bcast = [0xff; 6];
+    let mcast4 = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
+    let mcast6 = [0x33, 0x33, 0, 0, 0, 1];
+    let cases = [
+        (with_mac(udp(&msg), 0, bcast), "to the broadcast MAC"),
+        (with_mac(udp(&msg), 0, mcast4), "to a multicast MAC"),
+        (with_mac(udp(&msg), 6, mcast6), "from a multicast MAC"),
+        (
+            Frame::dns_udp(CLIENT, "255.255.255.255", 40000, &msg).build(),
+            "to the limited broadcast",
+        ),
+        (
+            Frame::dns_udp(CLIENT, "224.0.0.251", 40000, &msg).build(),
+            "to IPv4 multicast",
+        ),
+        (
+            Frame::dns_udp("239.1.2.3", RESOLVER, 40000, &msg).build(),
+            "from IPv4 multicast",
+        ),
+        (
+            Frame::dns_udp("0.0.0.0", RESOLVER, 40000, &msg).build(),
+            "from 0.0.0.0",
+        ),
+        (
+            Frame::dns_udp(CLIENT6, "ff02::fb", 40000, &msg).build(),
+            "to IPv6 multicast",
+        ),
+        (
+            Frame::dns_udp("ff05::1:3", RESOLVER6, 40000, &msg).build(),
+            "from IPv6 multicast",
+        ),
+        (
+            Frame::dns_udp("::", RESOLVER6, 40000, &msg).build(),
+            "from ::",
+        ),
+    ];
+    for (frame, what) in &cases {
+        eprintln!("{what}");
+        t.check(frame, group, e);
+    }
+    // Allowed queries to those addresses pass as before; only answers are refused.
+    t.check(
+        &with_mac(udp(&query("good.example", A)), 0, bcast),
+        Allow,
+        ev("good.example.", "A"),
+    );
+    // With action = "drop" the reason stays the block's own.
+    t.again(
+        DnsScope {
+            action: DnsAction::Drop,
+            ..blocklist()
+        },
+        vec![entry("bad.example")],
+    );
+    t.check(&cases[0].0, Drop(reason::DNS_BLOCKED), e);
+}
+
+#[test]
+fn answers_have_a_budget_per_client_prefix() {
+    let mut p = policy(Some(blocklist()), vec![entry("bad.example")], &[53]);
+    p.dns.answers = AnswerBudget {
+        per_second: 1,
+        burst: 3,
+        prefix_v4: 24,
+        prefix_v6: 56,
+    };
+    let mut t = setup_policy(p);
+    let msg = query("bad.example", A);
+    let e = ev("bad.example.", "A");
+    let nx = Nx(reason::DNS_BLOCKED);
+    let over = Drop(reason::DNS_ANSWER_BUDGET);
+    // A burst of 3 answers to one /24, shared by its addresses...
+    t.check(&udp_from("203.0.113.1", &msg), nx, e);
+    t.check(&udp_from("203.0.113.2", &msg), nx, e);
+    t.check(&udp_from("203.0.113.1", &msg), nx, e);
+    // ...then blocked queries from it are dropped unanswered.
+    t.check(&udp_from("203.0.113.1", &msg), over, e);
+    t.check(&udp_from("203.0.113.254", &msg), over, e);
+    // Allowed queries are not answered by Palisade and spend nothing.
+    t.check(
+        &udp_from("203.0.113.1", &query("good.example", A)),
+        Allow,
+        ev("good.example.", "A"),
+    );
+    // The next /24 has its own budget.
+    t.check(&udp_from("203.0.114.1", &msg), nx, e);
+    // IPv6: per /56.
+    for c in [
+        "2001:db8:aa:bb00::1",
+        "2001:db8:aa:bbff::2",
+        "2001:db8:aa:bb12::3",
+    ] {
+        t.check(&udp_from(c, &msg), nx, e);
+    }
+    t.check(&udp_from("2001:db8:aa:bb34::4", &msg), over, e);
+    t.check(&udp_from("2001:db8:aa:cc00::1", &msg), nx, e);
+    // The budget refills with time: one answer a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    t.check(&udp_from("203.0.113.9", &msg), nx, e);
+    t.check(&udp_from("203.0.113.9", &msg), over, e);
 }

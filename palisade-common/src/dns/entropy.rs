@@ -1,28 +1,45 @@
-//! Shannon entropy of a byte string in fixed point, without floating point.
+//! The entropy bound: how much information the labels below an allowed name can carry,
+//! in fixed point, without floating point.
 //!
-//! For counts `c_i` over `n` bytes, `H = log2(n) - (1/n) * sum(c_i * log2(c_i))`. With the
-//! table `T[c] = round(c * log2(c) * 2^16)` this is `H * n * 2^16 = T[n] - sum(T[c_i])`, so
-//! "H exceeds `bound` bits per character" is `T[n] - sum > bound_fp * n` in integers. The sum
-//! is kept incrementally: when a byte's count goes from `c` to `c + 1` the sum grows by
-//! `T[c + 1] - T[c]`.
+//! The measure is the *total* empirical Shannon entropy of those bytes, in bits: for byte
+//! counts `c_i` over `n` bytes, `n * H = n * log2(n) - sum(c_i * log2(c_i))`. Bytes are
+//! counted as sent (letter case kept) and length bytes are left out; all the labels below
+//! the matched suffix are counted together.
+//!
+//! Why the total rather than bits per character:
+//! - `n * H` never decreases when bytes are added (it is the shortest code length for the
+//!   bytes under the best fixed byte distribution, and adding a byte cannot shorten that),
+//!   so padding labels or padding characters cannot bring a name under the bound;
+//! - it is close to an upper bound on what any encoding can carry in those bytes: the
+//!   arrangements of a multiset with counts `c_i` number at most `2^(n*H)`, so a tunnel
+//!   pays in bits whatever alphabet (hex, base32, base64, letter case) it uses;
+//! - a short name carries few bits and passes, which is the point: the bound is the data a
+//!   single query can smuggle out. Averages let a name through whenever it was short.
+//!
+//! With the table `T[c] = round(c * log2(c) * 2^16)`, `n * H * 2^16 = T[n] - sum(T[c_i])`, so
+//! "exceeds `bound` bits" is `T[n] - sum > bound * 2^16` in integers. The sum is kept
+//! incrementally: when a byte's count goes from `c` to `c + 1` it grows by `T[c + 1] - T[c]`.
 
 /// Fixed-point scale: 16 fractional bits.
 pub const SCALE: u64 = 1 << 16;
 /// Table size: counts up to 255 characters (a 255-byte name has fewer).
 pub const TABLE_LEN: usize = 256;
+/// The largest bound that means anything: 255 bytes of 8 bits each.
+pub const MAX_BITS: u32 = 255 * 8;
 
-/// `bits` (bits per character) in fixed point.
+/// A bound of `bits` bits in the fixed point of [`exceeds`].
 #[must_use]
-pub fn bound_fp(bits: f64) -> u32 {
-    // `as` saturates; adding 0.5 rounds the non-negative values that matter.
-    (bits * SCALE as f64 + 0.5).clamp(0.0, f64::from(u32::MAX - 1)) as u32
+pub const fn bound_fp(bits: u32) -> u32 {
+    let bits = if bits > MAX_BITS { MAX_BITS } else { bits };
+    bits << 16
 }
 
-/// Whether the entropy of the counted bytes exceeds `bound_fp` (see the module doc).
+/// Whether the counted bytes carry more than `bound_fp` (from [`bound_fp`]): `t_n` is
+/// `T[n]` for the number of bytes counted, `sum` the sum of `T[c_i]` over their counts.
 #[inline(always)]
 #[must_use]
-pub const fn exceeds(t_n: u64, sum: u64, n: u64, bound_fp: u32) -> bool {
-    t_n.saturating_sub(sum) > bound_fp as u64 * n
+pub const fn exceeds(t_n: u64, sum: u64, bound_fp: u32) -> bool {
+    t_n.saturating_sub(sum) > bound_fp as u64
 }
 
 /// Integer `c * log2(c) * 2^16`, rounded, from an integer binary logarithm (no floating
@@ -69,49 +86,33 @@ pub const fn table() -> [u64; TABLE_LEN] {
 /// The table, computed at compile time for both sides.
 pub static NLOGN: [u64; TABLE_LEN] = table();
 
-/// Entropy check of a byte string, the reference way (counts, then the sum).
+/// `n * H * 2^16` of `bytes`, the reference way (counts, then the sum), with the kernel's
+/// saturations: counts and `n` stop at 255.
 #[must_use]
-pub fn exceeds_bound(bytes: &[u8], bound_fp: u32) -> bool {
+pub fn total_fp(bytes: &[u8]) -> u64 {
     let mut counts = [0u8; 256];
     let mut sum = 0u64;
+    let mut n = 0usize;
     for &b in bytes {
-        let c = counts[usize::from(b)];
-        sum += NLOGN[usize::from(c) + 1] - NLOGN[usize::from(c)];
-        counts[usize::from(b)] = c.saturating_add(1);
+        let c = usize::from(counts[usize::from(b)]).min(TABLE_LEN - 2);
+        sum += NLOGN[c + 1] - NLOGN[c];
+        counts[usize::from(b)] = counts[usize::from(b)].saturating_add(1);
+        n += 1;
     }
-    let n = bytes.len().min(TABLE_LEN - 1);
-    exceeds(NLOGN[n], sum, n as u64, bound_fp)
+    NLOGN[n.min(TABLE_LEN - 1)].saturating_sub(sum)
 }
 
-/// Entropy in bits per character, for messages and tests.
+/// Whether `bytes` (the labels below the matched name, concatenated, case kept) carry more
+/// than `bound_fp` (see [`bound_fp`]).
 #[must_use]
-pub fn bits_per_char(bytes: &[u8]) -> f64 {
-    if bytes.is_empty() {
-        return 0.0;
-    }
-    let mut counts = [0u32; 256];
-    for &b in bytes {
-        counts[usize::from(b)] += 1;
-    }
-    let n = bytes.len() as f64;
-    let mut h = 0.0;
-    let mut i = 0;
-    while i < 256 {
-        let c = counts[i];
-        if c > 0 {
-            let p = f64::from(c) / n;
-            h -= p * log2_approx(p);
-        }
-        i += 1;
-    }
-    h
+pub fn exceeds_bound(bytes: &[u8], bound_fp: u32) -> bool {
+    total_fp(bytes) > u64::from(bound_fp)
 }
 
-/// log2 for the no_std reference: `nlogn` based, enough precision for messages.
-fn log2_approx(p: f64) -> f64 {
-    // p = c/n; log2(p) = log2(c) - log2(n), with each via nlogn(x)/x/2^16 at 2^20 scale.
-    let scaled = (p * f64::from(1u32 << 20)).max(1.0) as u64;
-    nlogn(scaled) as f64 / scaled as f64 / SCALE as f64 - 20.0
+/// The total entropy of `bytes` in bits, for messages and tests.
+#[must_use]
+pub fn bits(bytes: &[u8]) -> f64 {
+    total_fp(bytes) as f64 / SCALE as f64
 }
 
 #[cfg(test)]
@@ -131,13 +132,39 @@ mod tests {
     }
 
     #[test]
-    fn bounds() {
-        // "aaaa": entropy 0; "abcd": 2 bits; "abcdefgh": 3 bits.
+    fn totals() {
+        // "aaaa": 0 bits; "abcd": 4 * 2 = 8 bits; "abcdefgh": 8 * 3 = 24 bits.
         assert!(!exceeds_bound(b"aaaa", 0));
-        assert!(exceeds_bound(b"abcd", bound_fp(1.99)));
-        assert!(!exceeds_bound(b"abcd", bound_fp(2.01)));
-        assert!(exceeds_bound(b"abcdefgh", bound_fp(2.99)));
-        assert!(!exceeds_bound(b"abcdefgh", bound_fp(3.01)));
+        assert!(exceeds_bound(b"abcd", bound_fp(7)));
+        assert!(!exceeds_bound(b"abcd", bound_fp(8)));
+        assert!(exceeds_bound(b"abcdefgh", bound_fp(23)));
+        assert!(!exceeds_bound(b"abcdefgh", bound_fp(24)));
         assert!(!exceeds_bound(b"", 0));
+        assert!((bits(b"abcdefgh") - 24.0).abs() < 1e-3);
+        assert_eq!(bound_fp(MAX_BITS + 1), bound_fp(MAX_BITS));
+    }
+
+    #[test]
+    fn letter_case_counts() {
+        // Folded, "abab" is 4 bits; as sent, "aBAb" has four symbols... of two letters in
+        // two cases: 8 bits.
+        assert!((bits(b"abab") - 4.0).abs() < 1e-3);
+        assert!((bits(b"aBAb") - 8.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn adding_bytes_never_lowers_the_total() {
+        // Padding of any kind, anywhere: the total of the longer string is never lower.
+        let base = b"mzxw6ytboi2dcnrtgq3tsmbr";
+        let before = total_fp(base);
+        for pad in [b'a', b'm', b'-', b'0', b'z'] {
+            for at in 0..=base.len() {
+                let mut v = base.to_vec();
+                for k in 0..20 {
+                    v.insert((at + k) % (v.len() + 1), pad);
+                    assert!(total_fp(&v) >= before, "pad {pad} at {at}");
+                }
+            }
+        }
     }
 }

@@ -58,7 +58,8 @@ map_type!(NameKey, 24);
 pub struct NameValue {
     /// `CLOCK_BOOTTIME` nanoseconds after which the entry no longer applies; 0 = never.
     pub expires_boot_ns: u64,
-    /// Allowlist: entropy bound in bits per character, 16 fractional bits; `u32::MAX` = none.
+    /// Allowlist: the most entropy the labels below may carry, in bits with 16 fractional
+    /// bits (see [`super::entropy::bound_fp`]); `u32::MAX` = none.
     pub max_entropy_fp: u32,
     /// Query types the entry applies to; 0 marks an unused slot; all zero = every type.
     pub qtypes: [u16; MAX_QTYPES],
@@ -101,6 +102,11 @@ map_type!(ScopeConfig, 24);
 pub struct DnsGlobal {
     /// Destination ports carrying DNS; 0 marks an unused slot.
     pub ports: [u16; MAX_PORTS],
+    /// The answer budget (GCRA): nanoseconds per NXDOMAIN answer to one client prefix;
+    /// 0 = no budget.
+    pub answer_interval_ns: u64,
+    /// Burst tolerance of the answer budget, in nanoseconds.
+    pub answer_tolerance_ns: u64,
     /// Event budget per CPU (GCRA): one full event per this many ns; 0 = never aggregate
     /// (see `crate::event::DnsAggName`).
     pub event_interval_ns: u64,
@@ -109,9 +115,43 @@ pub struct DnsGlobal {
     /// Over the budget, every this many aggregated queries on a CPU one is still sent in
     /// full (a sample); 0 = never.
     pub event_sample: u32,
-    pub _pad: [u8; 4],
+    /// Prefix length that groups IPv4 clients under one answer budget (0..=32).
+    pub answer_prefix_v4: u8,
+    /// Prefix length that groups IPv6 clients under one answer budget (0..=128).
+    pub answer_prefix_v6: u8,
+    pub _pad: [u8; 2],
 }
-map_type!(DnsGlobal, 40);
+map_type!(DnsGlobal, 56);
+
+impl DnsGlobal {
+    /// The answer budget key of a client: its address (IPv4 mapped into IPv6) cut to the
+    /// configured prefix.
+    #[inline(always)]
+    #[must_use]
+    pub fn answer_key(&self, addr: &[u8; 16], v4: bool) -> ClientKey {
+        // An IPv4 address sits in the last 32 bits of the mapped form.
+        let bits = if v4 {
+            96 + u32::from(self.answer_prefix_v4.min(32))
+        } else {
+            u32::from(self.answer_prefix_v6.min(128))
+        };
+        let mut out = *addr;
+        let mut i = 0;
+        while i < 16 {
+            let first = (i as u32) * 8;
+            if bits <= first {
+                out[i] = 0;
+            } else if bits < first + 8 {
+                out[i] &= 0xffu8 << (8 - (bits - first));
+            }
+            i += 1;
+        }
+        ClientKey {
+            addr: out,
+            scope: u32::from(SCOPE_INGRESS),
+        }
+    }
+}
 
 impl DnsGlobal {
     #[inline(always)]
@@ -132,6 +172,9 @@ impl DnsGlobal {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientKey {
+    /// Who the bucket belongs to: the client address on ingress; on egress the sending
+    /// socket's cgroup id (native-endian, in the first eight bytes, the rest zero), so one
+    /// local process cannot spend the bucket of every other one.
     pub addr: [u8; 16],
     pub scope: u32,
 }
@@ -157,3 +200,43 @@ pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
     "reserved6",
     "reserved7",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_keys_cut_addresses_to_the_prefix() {
+        let g = DnsGlobal {
+            answer_prefix_v4: 24,
+            answer_prefix_v6: 56,
+            ..DnsGlobal::default()
+        };
+        let mut v4 = [0u8; 16];
+        v4[10] = 0xff;
+        v4[11] = 0xff;
+        v4[12..].copy_from_slice(&[203, 0, 113, 77]);
+        let k = g.answer_key(&v4, true);
+        assert_eq!(&k.addr[10..], &[0xff, 0xff, 203, 0, 113, 0]);
+        assert_eq!(k.scope, u32::from(SCOPE_INGRESS));
+        let v6 = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0xaa, 0xbb, 0x34, 1, 2, 3, 4, 5, 6, 7, 8,
+        ];
+        let k = g.answer_key(&v6, false);
+        assert_eq!(
+            k.addr,
+            [
+                0x20, 0x01, 0x0d, 0xb8, 0, 0xaa, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        // Prefixes that do not end on a byte boundary.
+        let g = DnsGlobal {
+            answer_prefix_v4: 20,
+            answer_prefix_v6: 3,
+            ..g
+        };
+        assert_eq!(&g.answer_key(&v4, true).addr[12..], &[203, 0, 112, 0]);
+        assert_eq!(g.answer_key(&v6, false).addr[0], 0x20);
+        assert_eq!(g.answer_key(&v6, false).addr[1..], [0; 15]);
+    }
+}

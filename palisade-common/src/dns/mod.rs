@@ -5,9 +5,11 @@
 //! - [`hash`]: keyed 128-bit label and suffix hashes (the keys of the name maps).
 //! - [`entropy`]: Shannon entropy in fixed point.
 //! - [`maps`]: map keys and values.
+//! - [`stream`]: DNS over TCP as a stream (which segments are judged, message splitting).
 
 pub mod entropy;
 pub mod hash;
 pub mod maps;
 pub mod name;
+pub mod stream;
 pub mod wire;

@@ -1,8 +1,10 @@
 //! The sweep: one run removes every expired entry from both tables (and, for `palisade ct
 //! flush`, every entry matching a filter) and counts the rest by table, protocol and state.
 //! Userspace runs it with `BPF_PROG_TEST_RUN` about once a second, so entries expire within
-//! their timeout plus a second at one syscall per sweep whatever the table size. The request
-//! travels as the test-run packet.
+//! their timeout plus a second at one syscall per sweep whatever the table size. The same run
+//! removes members of the overload set whose time is over (and, for `palisade ct overload
+//! flush`, those matching an address filter) and counts the rest. The request travels as the
+//! test-run packet.
 
 use core::ffi::c_void;
 
@@ -13,15 +15,17 @@ use aya_ebpf::{
 };
 use palisade_common::{
     conntrack::{
-        CtCensus, CtConfig, CtEntry, CtKey, ENTRY_STATES, PROTO_CLASSES, SWEEP_FLUSH, SweepRequest,
-        TABLE_EST, TABLE_NEW, TIMEOUTS, proto_class, timeout_class,
+        CtCensus, CtConfig, CtEntry, CtKey, ENTRY_STATES, OverloadEntry, PROTO_CLASSES,
+        SWEEP_FLUSH, SWEEP_OVERLOAD_FLUSH, SweepRequest, TABLE_EST, TABLE_NEW, TIMEOUTS,
+        proto_class, timeout_class,
     },
+    firewall::SetKey,
     packet::Bytes,
 };
 
 use crate::{
     bytes::XdpBytes,
-    maps::{CT_CENSUS, CT_CONFIG, CT_EST, CT_NEW},
+    maps::{CT_CENSUS, CT_CONFIG, CT_EST, CT_NEW, CT_OVERLOAD},
 };
 
 /// What the callback needs; lives on the sweep program's stack.
@@ -62,6 +66,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
             }
             t += 1;
         }
+        c.overload_members = 0;
     }
     // SAFETY: a helper with no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -85,6 +90,12 @@ pub fn run(ctx: &XdpContext) -> u32 {
         bpf_for_each_map_elem(
             (&raw const CT_NEW).cast_mut().cast(),
             visit as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+        bpf_for_each_map_elem(
+            (&raw const CT_OVERLOAD).cast_mut().cast(),
+            visit_member as *mut c_void,
             (&raw mut walk).cast(),
             0,
         );
@@ -140,5 +151,36 @@ extern "C" fn visit(
     if pc < PROTO_CLASSES && st <= ENTRY_STATES {
         census.live[table][pc][st] += 1;
     }
+    0
+}
+
+/// One member of the overload set: removes it when its time is over or it is flushed,
+/// counts it otherwise. Returns 0 to go on.
+extern "C" fn visit_member(
+    map: *mut c_void,
+    key: *mut c_void,
+    value: *mut c_void,
+    ctx: *mut c_void,
+) -> i64 {
+    // SAFETY: `ctx` is the sweep's `Walk`; key and value are the current element's.
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    let k = unsafe { &*key.cast::<SetKey>() };
+    let e = unsafe { &*value.cast::<OverloadEntry>() };
+    let census = unsafe { &mut *w.census };
+    let expired = !e.live(w.now);
+    let flush =
+        !expired && w.req.op == SWEEP_OVERLOAD_FLUSH && w.req.matches_member(k.family, &k.addr);
+    if expired || flush {
+        // SAFETY: deleting the element being visited is allowed for hash maps.
+        if unsafe { bpf_map_delete_elem(map, key) } == 0 {
+            if expired {
+                census.overload_expired += 1;
+            } else {
+                census.overload_flushed += 1;
+            }
+            return 0;
+        }
+    }
+    census.overload_members += 1;
     0
 }

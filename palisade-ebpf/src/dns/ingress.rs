@@ -2,20 +2,37 @@
 //! for packets the firewall passed whose destination port is a DNS port.
 //!
 //! Fail-open on internal errors (the firewall already allowed the packet); malformed
-//! queries follow the scope's `malformed` setting.
+//! queries follow the scope's `malformed` setting. A fragmented query is malformed: it is
+//! not reassembled (a question fits any MTU, so only evasion fragments one), and dropping
+//! its first fragment is enough for the datagram never to be whole.
+//!
+//! DNS over TCP is judged as the resolver reads the stream (`stream`): every message of a
+//! segment, and only segments that start where Palisade knows the stream's boundaries.
+//!
+//! A blocked query is answered only when the answer goes back to one host that has
+//! answers left in its budget: never to or from a broadcast, multicast or unspecified
+//! address (reason `dns-group-address`), and at most `[dns] answer_rate` answers a second
+//! per client prefix (reason `dns-answer-budget`); otherwise it is dropped.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
 use palisade_common::{
     dns::{
         maps::{
-            ACTION_NXDOMAIN, MODE_OFF, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED, SCOPE_INGRESS,
-            SCOPE_LOG_ALLOWED, SCOPES, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED,
+            ACTION_NXDOMAIN, DnsGlobal, MODE_OFF, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED,
+            SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPES, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED,
             STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_TCP,
         },
+        stream::MAX_MESSAGES,
         wire::INSPECT_LEN,
     },
     event::{DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN},
-    packet::{FRAG_LATER, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    firewall::rate_conforms,
+    packet::{
+        FAMILY_V4, FRAG_LATER, FRAG_NONE, IPPROTO_TCP, IPPROTO_UDP, Packet, is_group_or_unspecified,
+    },
     reason,
 };
 
@@ -23,9 +40,11 @@ use super::{
     inspect::{self, Decision, Request},
     nxdomain,
     report::{self, Origin},
+    stream::{self, Plan},
 };
 use crate::{
-    maps::{CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, SLOT_XDP},
+    bytes::XdpFrame,
+    maps::{CONTROL, DNS_ANSWERS, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, SLOT_XDP},
     verdict,
 };
 
@@ -59,28 +78,24 @@ pub fn run(ctx: &XdpContext) -> u32 {
         return verdict::pass();
     }
     let tcp = p.proto == IPPROTO_TCP;
-    let Some((msg_off, msg_len, whole)) = locate_message(ctx, p) else {
-        // A TCP segment without payload (handshake, ACK): nothing to inspect.
-        return verdict::pass();
-    };
-    report::count(SCOPE_INGRESS, STAT_QUERIES);
-    if tcp {
-        report::count(SCOPE_INGRESS, STAT_TCP);
-    }
-    if !copy_message(ctx, msg_off, msg_len) {
-        return verdict::internal_error();
-    }
+    // SAFETY: as above.
+    unsafe { (*scratch).rate_key = (*scratch).packet.src };
     let mut d = Decision::malformed(cfg.flags & SCOPE_BLOCK_MALFORMED != 0);
-    // A TCP query not whole in this segment is never passed by accident: it is judged as
-    // malformed.
-    if whole {
-        let req = Request {
-            slot: SLOT_XDP,
-            scope: SCOPE_INGRESS,
-            generation,
-            msg_len: msg_len.min(INSPECT_LEN),
-        };
-        if !inspect::inspect(cfg, &req, &mut d) {
+    if tcp {
+        match judge_tcp(ctx, generation, cfg.flags & SCOPE_AUDIT != 0, &mut d) {
+            Tcp::Empty => return verdict::pass(),
+            Tcp::Internal => return verdict::internal_error(),
+            Tcp::Judged => {}
+        }
+    } else {
+        let (msg_off, msg_len, whole) = locate_udp(ctx, p);
+        report::count(SCOPE_INGRESS, STAT_QUERIES);
+        if !copy_message(ctx, msg_off, msg_len) {
+            return verdict::internal_error();
+        }
+        // A query not whole in this packet (a first fragment, a UDP length the packet does
+        // not hold) is never passed by accident: it is judged as malformed.
+        if !decide(generation, msg_len, whole && p.frag == FRAG_NONE, &mut d) {
             return verdict::internal_error();
         }
     }
@@ -106,12 +121,21 @@ pub fn run(ctx: &XdpContext) -> u32 {
         return verdict::pass();
     }
     report::count(SCOPE_INGRESS, STAT_BLOCKED);
-    report::count_reason(d.reason);
     // Rate-limited and malformed queries are dropped: answering them would amplify.
-    let answer = cfg.action == ACTION_NXDOMAIN
+    let mut answer = cfg.action == ACTION_NXDOMAIN
         && !tcp
         && d.reason != reason::DNS_RATE
         && d.reason != reason::DNS_MALFORMED;
+    if answer {
+        if group_addressed(ctx, p) {
+            d.reason = reason::DNS_GROUP_ADDRESS;
+            answer = false;
+        } else if !answer_budget_ok(global, p) {
+            d.reason = reason::DNS_ANSWER_BUDGET;
+            answer = false;
+        }
+    }
+    report::count_reason(d.reason);
     if answer && nxdomain::rewrite(ctx, p, &d) {
         report::count(SCOPE_INGRESS, STAT_NXDOMAIN_SENT);
         report::emit(SCOPE_INGRESS, DNS_VERDICT_NXDOMAIN, &d, &origin);
@@ -121,32 +145,130 @@ pub fn run(ctx: &XdpContext) -> u32 {
     verdict::drop_counted()
 }
 
-/// Offset and length of the DNS message in the frame, and whether the whole message is
-/// there. `None` for a TCP segment with no payload.
+/// Runs the inspector. Not inlined: the request stays out of the hook's frame, on which the
+/// NXDOMAIN rewrite's large frame is stacked.
+#[inline(never)]
+fn decide(generation: u32, msg_len: usize, whole: bool, d: &mut Decision) -> bool {
+    let req = Request {
+        slot: SLOT_XDP,
+        scope: SCOPE_INGRESS,
+        generation,
+        msg_len: msg_len.min(INSPECT_LEN),
+        total_len: msg_len,
+        whole,
+    };
+    inspect::inspect(&req, d)
+}
+
+/// What became of a TCP segment.
+enum Tcp {
+    /// No payload (handshake, ACK, FIN): nothing to judge.
+    Empty,
+    /// Judged: the decision is in `d`.
+    Judged,
+    /// Palisade itself failed.
+    Internal,
+}
+
+/// Judges a TCP segment as the resolver will read the stream (see `stream`): every message
+/// in it, the first that is not passed deciding. A segment that passes (or is audited)
+/// moves the stream on. Not inlined: the segment's layout stays out of the hook's frame.
+#[inline(never)]
+fn judge_tcp(ctx: &XdpContext, generation: u32, audit: bool, d: &mut Decision) -> Tcp {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) else {
+        return Tcp::Internal;
+    };
+    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
+    let s = unsafe { &mut *scratch };
+    let frame = XdpFrame::of(ctx);
+    let frame_len = ctx.data_end() - ctx.data();
+    let Some(seg) = stream::payload(&frame, &s.packet, frame_len) else {
+        return Tcp::Empty;
+    };
+    s.segment = seg;
+    let plan = stream::plan(
+        &frame,
+        &s.packet,
+        SCOPE_INGRESS,
+        &s.segment,
+        &mut s.messages,
+    );
+    match plan {
+        Plan::Empty => return Tcp::Empty,
+        Plan::Reject => {
+            report::count(SCOPE_INGRESS, STAT_QUERIES);
+            report::count(SCOPE_INGRESS, STAT_TCP);
+            d.reason = reason::DNS_STREAM;
+        }
+        Plan::Malformed => {
+            report::count(SCOPE_INGRESS, STAT_QUERIES);
+            report::count(SCOPE_INGRESS, STAT_TCP);
+            // Judged as malformed by the inspector, after the rate limit took its token.
+            let req = Request {
+                slot: SLOT_XDP,
+                scope: SCOPE_INGRESS,
+                generation,
+                msg_len: 0,
+                total_len: 0,
+                whole: false,
+            };
+            if !inspect::inspect(&req, d) {
+                return Tcp::Internal;
+            }
+        }
+        Plan::Inspect => {
+            let mut k = 0;
+            while k < MAX_MESSAGES && k < usize::from(s.messages.count) {
+                report::count(SCOPE_INGRESS, STAT_QUERIES);
+                report::count(SCOPE_INGRESS, STAT_TCP);
+                let len = usize::from(s.messages.lens[k]);
+                let off = s.segment.off + usize::from(s.messages.offsets[k]);
+                if !copy_message(ctx, off, len) {
+                    return Tcp::Internal;
+                }
+                let req = Request {
+                    slot: SLOT_XDP,
+                    scope: SCOPE_INGRESS,
+                    generation,
+                    msg_len: len.min(INSPECT_LEN),
+                    total_len: len,
+                    whole: true,
+                };
+                if !inspect::inspect(&req, d) {
+                    return Tcp::Internal;
+                }
+                if d.reason != reason::PASS {
+                    break;
+                }
+                k += 1;
+            }
+        }
+    }
+    if d.reason == reason::PASS || audit {
+        stream::passed(&s.packet, SCOPE_INGRESS, &s.segment);
+    }
+    Tcp::Judged
+}
+
+/// Offset and length of the DNS message in a UDP datagram, and whether the whole message is
+/// there.
 #[inline(always)]
-fn locate_message(ctx: &XdpContext, p: &Packet) -> Option<(usize, usize, bool)> {
+fn locate_udp(ctx: &XdpContext, p: &Packet) -> (usize, usize, bool) {
     let frame_len = ctx.data_end() - ctx.data();
     let l4 = usize::from(p.l4_offset);
     let ip_end = (l4 + usize::from(p.l4_len)).min(frame_len);
-    if p.proto == IPPROTO_UDP {
-        let off = l4 + 8;
-        return Some((off, ip_end.saturating_sub(off), true));
+    let off = l4 + 8;
+    let avail = ip_end.saturating_sub(off);
+    // The receiver sees the UDP length's worth of message: that is what is inspected.
+    // A length the packet does not hold (a first fragment, a lie) is not whole.
+    let Some(udp) = load::<8>(ctx, l4) else {
+        return (off, avail, false);
+    };
+    let claimed = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if claimed < 8 || claimed - 8 > avail {
+        return (off, avail, false);
     }
-    let tcp: [u8; 13] = load(ctx, l4)?;
-    let payload = l4 + usize::from(tcp[12] >> 4) * 4;
-    if payload >= ip_end {
-        return None;
-    }
-    let avail = ip_end - payload;
-    if avail < 2 {
-        return Some((payload, 0, false));
-    }
-    let prefix: [u8; 2] = load(ctx, payload)?;
-    let claimed = usize::from(u16::from_be_bytes(prefix));
-    // Exactly one whole message in this segment, nothing else: anything else cannot be
-    // inspected from one packet.
-    let whole = claimed == avail - 2;
-    Some((payload + 2, avail - 2, whole))
+    (off, claimed - 8, true)
 }
 
 /// Reads `N` bytes at a variable offset through the helper, which checks the range itself.
@@ -187,4 +309,49 @@ fn copy_message(ctx: &XdpContext, off: usize, len: usize) -> bool {
         )
     };
     r == 0
+}
+
+/// Whether the frame comes from or goes to a group (broadcast or multicast) MAC or IP
+/// address, or comes from the unspecified IP address: such a query is never answered.
+/// Not inlined (nor is the budget): their locals stay out of the hook's frame, which the
+/// inspector's frame is stacked on.
+#[inline(never)]
+fn group_addressed(ctx: &XdpContext, p: &Packet) -> bool {
+    // The I/G bit of either MAC address; an unreadable header is not answered either.
+    let Some(eth) = load::<12>(ctx, 0) else {
+        return true;
+    };
+    eth[0] & 1 != 0
+        || eth[6] & 1 != 0
+        || is_group_or_unspecified(p.family, &p.dst)
+        || is_group_or_unspecified(p.family, &p.src)
+}
+
+/// Takes one answer from the client prefix's budget; false when it has none left.
+#[inline(never)]
+fn answer_budget_ok(global: &DnsGlobal, p: &Packet) -> bool {
+    if global.answer_interval_ns == 0 {
+        return true;
+    }
+    let key = global.answer_key(&p.src, p.family == FAMILY_V4);
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(tat) = DNS_ANSWERS.get_ptr_mut(&key) {
+        // SAFETY: pointer from a successful lookup, into the map value.
+        match rate_conforms(
+            unsafe { *tat },
+            now,
+            global.answer_interval_ns,
+            global.answer_tolerance_ns,
+        ) {
+            Some(next) => {
+                unsafe { *tat = next };
+                true
+            }
+            None => false,
+        }
+    } else {
+        let _ = DNS_ANSWERS.insert(&key, &(now + global.answer_interval_ns), 0);
+        true
+    }
 }

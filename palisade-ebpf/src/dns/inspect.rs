@@ -15,17 +15,20 @@ use palisade_common::{
         hash::{self, HashKey},
         maps::{
             ClientKey, KIND_APEX, KIND_BELOW, MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue,
-            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, ScopeConfig,
+            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, SCOPES, ScopeConfig,
         },
-        name::{Step, Walker},
-        wire::{HEADER_LEN, INSPECT_LEN, MAX_LABELS, MAX_NAME_WIRE, check_query_header},
+        name::{MAX_WALK_BYTES, Step, Walker},
+        wire::{
+            HEADER_LEN, INSPECT_LEN, MAX_LABELS, OPT_FIXED_LEN, check_additional,
+            check_query_header,
+        },
     },
     firewall::rate_conforms,
     packet::Packet,
     reason,
 };
 
-use crate::maps::{DNS_KEY, DNS_NAMES, DNS_RATE, DNS_SCRATCH};
+use crate::maps::{DNS_KEY, DNS_NAMES, DNS_RATE, DNS_SCOPES, DNS_SCRATCH};
 
 /// Masks a label index into the 128-entry arrays; a name has at most `MAX_LABELS` (127)
 /// labels, so the mask never changes a valid index. It is there for the verifier.
@@ -40,16 +43,28 @@ const CHUNK: usize = 8;
 pub struct Scratch {
     /// The packet being inspected, parsed by the hook.
     pub packet: Packet,
+    /// Whose query-rate bucket the query counts against, set by the hook: the client
+    /// address on ingress, the socket's cgroup on egress. (Here rather than in [`Request`],
+    /// whose copy on the hook's stack is counted against the verifier's 512 bytes.)
+    pub rate_key: [u8; 16],
     /// The DNS message as copied from the packet (header first).
     pub msg: [u8; INSPECT_LEN],
-    /// Case-folded wire name.
+    /// Case-folded logical wire name (compression pointers followed).
     pub name: [u8; 256],
+    /// The same name bytes as sent, letter case kept, at the same positions as `name`.
+    pub raw_name: [u8; 256],
     /// Offset of each label's length byte in `name`.
     pub starts: [u8; 128],
     /// Hash of each label.
     pub hashes: [[u64; 2]; 128],
-    /// Byte counts for the entropy check.
+    /// Byte counts for the entropy check (of `raw_name`).
     pub counts: [u8; 256],
+    /// The inspector's decision, read back by [`inspect`].
+    pub decision: Decision,
+    /// The TCP segment being judged and its messages (`stream`), kept here rather than in
+    /// the frames under the inspector's.
+    pub segment: super::stream::Payload,
+    pub messages: palisade_common::dns::stream::Messages,
     /// Loop state of the three `bpf_loop`s. It lives here, not on the stack: values read
     /// from a map are unknown to the verifier, so each callback is verified once for all
     /// iterations instead of once per distinct precise state.
@@ -64,8 +79,11 @@ pub struct Decision {
     /// `reason::PASS` or the reason to block.
     pub reason: u32,
     pub qtype: u16,
-    /// 0 when the name could not be parsed.
+    /// Logical length of the name (pointers followed); 0 when it could not be parsed.
     pub wire_len: u16,
+    /// Bytes the name takes in the message (up to its first pointer); what an NXDOMAIN
+    /// answer echoes.
+    pub in_message: u16,
     /// Sum of the raw question bytes (name, qtype, qclass) for the NXDOMAIN checksum.
     pub question_sum: u32,
     /// List of the deciding entry, `u16::MAX` for none.
@@ -83,6 +101,7 @@ impl Decision {
             },
             qtype: 0,
             wire_len: 0,
+            in_message: 0,
             question_sum: 0,
             list: u16::MAX,
         }
@@ -97,48 +116,105 @@ pub struct Request {
     pub generation: u32,
     /// Bytes of the message copied into the scratch.
     pub msg_len: usize,
+    /// Length of the whole message (what the receiver sees), at least `msg_len`.
+    pub total_len: usize,
+    /// Whether the whole message is in this packet; when not, the query is judged
+    /// malformed (after the rate limit has taken its token).
+    pub whole: bool,
 }
 
-/// Inspects the message in the scratch for `req.scope`. Returns `None` on an internal
-/// failure (the hook then fails open).
-///
-/// Not inlined: it gets its own stack frame, which keeps each frame of the hook programs
-/// within the verifier's 512 bytes.
-#[inline(never)]
-pub fn inspect(cfg: &ScopeConfig, req: &Request, out: &mut Decision) -> bool {
-    match inspect_inner(cfg, req.slot, req.scope, req.generation, req.msg_len) {
-        Some(d) => {
-            *out = d;
-            true
-        }
-        None => false,
+/// Inspects the message in the scratch for `req.scope`. Returns `false` on an internal
+/// failure (the hook then decides by its fail-open or fail-closed rule).
+#[inline(always)]
+pub fn inspect(req: &Request, out: &mut Decision) -> bool {
+    // The total length fits in 16 bits (IP payloads do); bit 31 says whether it is whole.
+    let total = (req.total_len.min(0xffff) as u32) | (u32::from(req.whole) << 31);
+    let ok = palisade_dns_inspect(
+        req.slot,
+        u32::from(req.scope),
+        req.generation,
+        req.msg_len.min(INSPECT_LEN) as u32,
+        total,
+    );
+    if ok == 0 {
+        return false;
     }
+    let Some(s) = DNS_SCRATCH.get_ptr(req.slot) else {
+        return false;
+    };
+    // SAFETY: this hook's per-CPU scratch slot; the decision was just written there.
+    *out = unsafe { (*s).decision };
+    true
+}
+
+/// The inspector as a global BPF function: the verifier checks it once, on its own, instead
+/// of at every call site with the caller's state. A hook inspects every message of a TCP
+/// segment by calling it in a loop; as a static function that multiplied the verifier's work
+/// past its limit, and its frame no longer counts on top of the caller's. Only scalars cross
+/// the call; the decision is left in the scratch slot. Returns 1 when it is there, 0 on an
+/// internal failure.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn palisade_dns_inspect(
+    slot: u32,
+    scope: u32,
+    generation: u32,
+    msg_len: u32,
+    total: u32,
+) -> u32 {
+    let generation = generation & 1;
+    let scope = scope % SCOPES;
+    let Some(cfg) = DNS_SCOPES.get(generation * SCOPES + scope) else {
+        return 0;
+    };
+    let req = Request {
+        slot,
+        scope: scope as u8,
+        generation,
+        msg_len: (msg_len as usize).min(INSPECT_LEN),
+        total_len: (total & 0xffff) as usize,
+        whole: total >> 31 != 0,
+    };
+    let Some(d) = inspect_inner(cfg, &req) else {
+        return 0;
+    };
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return 0;
+    };
+    // SAFETY: the caller's per-CPU scratch slot.
+    unsafe { (*s).decision = d };
+    1
 }
 
 #[inline(always)]
-fn inspect_inner(
-    cfg: &ScopeConfig,
-    slot: u32,
-    scope: u8,
-    generation: u32,
-    msg_len: usize,
-) -> Option<Decision> {
+fn inspect_inner(cfg: &ScopeConfig, req: &Request) -> Option<Decision> {
+    let (slot, scope, generation, msg_len) = (req.slot, req.scope, req.generation, req.msg_len);
     let block_malformed = cfg.flags & SCOPE_BLOCK_MALFORMED != 0;
     let key = *DNS_KEY.get(0)?;
     let scratch = DNS_SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: per-CPU scratch slot of this hook, used by one program at a time.
     let s = unsafe { &mut *scratch };
-    if msg_len < HEADER_LEN {
+    // The rate limit comes before any parsing: a flood of unparsable queries spends the
+    // client's tokens like any other.
+    if cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.rate_key) {
+        let mut d = Decision::malformed(true);
+        d.reason = reason::DNS_RATE;
+        return Some(d);
+    }
+    if !req.whole || msg_len < HEADER_LEN || req.total_len < msg_len {
         return Some(Decision::malformed(block_malformed));
     }
-    let mut header = [0u8; HEADER_LEN];
-    header.copy_from_slice(&s.msg[..HEADER_LEN]);
-    if check_query_header(&header).is_err() {
+    // The header and the OPT record are checked where they lie in the scratch: copies on
+    // the stack would push the hook and this frame together past 512 bytes.
+    let Some(header) = s.msg.first_chunk::<HEADER_LEN>() else {
+        return Some(Decision::malformed(block_malformed));
+    };
+    if check_query_header(header).is_err() {
         return Some(Decision::malformed(block_malformed));
     }
 
     s.walk = WalkCtx {
-        walker: Walker::new(&key),
+        walker: Walker::new(&key, HEADER_LEN as u16),
         key,
         msg_len,
         raw_sum: 0,
@@ -148,7 +224,7 @@ fn inspect_inner(
     // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
     unsafe {
         bpf_loop(
-            MAX_NAME_WIRE.div_ceil(CHUNK) as u32,
+            MAX_WALK_BYTES.div_ceil(CHUNK) as u32,
             walk_bytes as *mut c_void,
             slot_arg(&slot),
             0,
@@ -158,7 +234,8 @@ fn inspect_inner(
     if walk.failed || walk.wire_len == 0 {
         return Some(Decision::malformed(block_malformed));
     }
-    let q = HEADER_LEN + usize::from(walk.wire_len);
+    let in_message = walk.walker.in_message;
+    let q = HEADER_LEN + usize::from(in_message);
     if q + 4 > msg_len || q + 4 > INSPECT_LEN {
         return Some(Decision::malformed(block_malformed));
     }
@@ -168,11 +245,27 @@ fn inspect_inner(
     };
     tail.copy_from_slice(bytes);
     let qtype = u16::from_be_bytes([tail[0], tail[1]]);
-    // The name starts at an even offset of the message; continue the parity from its end.
+    // What follows the question: nothing, or exactly one OPT record.
+    let end = q + 4;
+    let after = req.total_len - end.min(req.total_len);
+    // With fewer than OPT_FIXED_LEN bytes after the question the record is not read.
+    let opt_at = if after >= OPT_FIXED_LEN { end } else { 0 };
+    let (Some(header), Some(opt)) = (
+        s.msg.first_chunk::<HEADER_LEN>(),
+        s.msg
+            .get(opt_at..)
+            .and_then(<[u8]>::first_chunk::<OPT_FIXED_LEN>),
+    ) else {
+        return Some(Decision::malformed(block_malformed));
+    };
+    if end > req.total_len || check_additional(header, opt, after).is_err() {
+        return Some(Decision::malformed(block_malformed));
+    }
+    // The raw sum counts by message offset; the header is even, so is the name's start.
     let mut question_sum = walk.raw_sum;
     let mut i = 0;
     while i < 4 {
-        let pos = usize::from(walk.wire_len) + i;
+        let pos = q + i;
         question_sum += if pos % 2 == 0 {
             u32::from(tail[i]) << 8
         } else {
@@ -184,14 +277,10 @@ fn inspect_inner(
         reason: reason::PASS,
         qtype,
         wire_len: walk.wire_len,
+        in_message,
         question_sum,
         list: u16::MAX,
     };
-
-    if cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.packet.src) {
-        d.reason = reason::DNS_RATE;
-        return Some(d);
-    }
 
     let labels = walk.walker.labels;
     s.matcher = MatchCtx {
@@ -283,12 +372,12 @@ extern "C" fn walk_bytes(_index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Feeds one name byte to the walker; true when the walk is over (end or error).
+/// Feeds one message byte to the walker (where it asks, pointers followed); true when the
+/// walk is over (end or error).
 #[inline(always)]
 fn walk_one(s: &mut Scratch) -> bool {
     let w = &mut s.walk;
-    let pos = usize::from(w.walker.pos);
-    let at = HEADER_LEN + pos;
+    let at = usize::from(w.walker.at);
     if at >= w.msg_len {
         w.failed = true;
         return true;
@@ -297,17 +386,22 @@ fn walk_one(s: &mut Scratch) -> bool {
         w.failed = true;
         return true;
     };
-    let (stored, step) = w.walker.step(byte, &w.key);
-    if let Some(slot) = s.name.get_mut(pos) {
-        *slot = stored;
+    // The logical position; the walker keeps it below 256 (the mask is for the verifier).
+    let pos = usize::from(w.walker.pos) & 0xff;
+    if w.walker.in_message() {
+        w.raw_sum += if at % 2 == 0 {
+            u32::from(byte) << 8
+        } else {
+            u32::from(byte)
+        };
     }
-    w.raw_sum += if pos % 2 == 0 {
-        u32::from(byte) << 8
-    } else {
-        u32::from(byte)
-    };
+    let (stored, step) = w.walker.step(byte, &w.key);
+    if !matches!(step, Step::Pointer | Step::Error(_)) {
+        s.name[pos] = stored;
+        s.raw_name[pos] = byte;
+    }
     match step {
-        Step::More => false,
+        Step::More | Step::Pointer => false,
         Step::Label { index, start, hash } => {
             let i = usize::from(index) & LABEL_MASK;
             s.starts[i] = start;
@@ -420,7 +514,7 @@ fn entropy_exceeds(slot: u32, end: u8, bound_fp: u32) -> bool {
     };
     let e = &s.entropy;
     let n = (e.n as usize).min(TABLE_LEN - 1);
-    exceeds(NLOGN[n], e.sum, n as u64, bound_fp)
+    exceeds(NLOGN[n], e.sum, bound_fp)
 }
 
 extern "C" fn count_bytes(index: u64, ctx: *mut c_void) -> i64 {
@@ -446,7 +540,9 @@ extern "C" fn count_bytes(index: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn count_one(s: &mut Scratch, pos: usize) {
     let e = &mut s.entropy;
-    let byte = s.name[pos];
+    // As sent: letter case is information a tunnel can use. Length bytes are the same in
+    // both copies.
+    let byte = s.raw_name[pos];
     if pos == usize::from(e.next_len) {
         // A length byte: not part of any label.
         e.next_len = e.next_len.wrapping_add(byte).wrapping_add(1);
@@ -460,9 +556,9 @@ fn count_one(s: &mut Scratch, pos: usize) {
 }
 
 #[inline(always)]
-fn rate_ok(cfg: &ScopeConfig, scope: u8, client: &[u8; 16]) -> bool {
+fn rate_ok(cfg: &ScopeConfig, scope: u8, rate_key: &[u8; 16]) -> bool {
     let key = ClientKey {
-        addr: *client,
+        addr: *rate_key,
         scope: u32::from(scope),
     };
     // SAFETY: a helper with no preconditions.

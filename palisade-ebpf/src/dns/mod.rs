@@ -5,3 +5,4 @@ pub mod ingress;
 pub mod inspect;
 mod nxdomain;
 pub mod report;
+mod stream;

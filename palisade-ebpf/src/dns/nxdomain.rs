@@ -30,7 +30,9 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
         return false;
     }
     let dns = l4 + 8;
-    let end = dns + HEADER_LEN + usize::from(d.wire_len) + 4;
+    // The question as it lies in the message: a name that ends in a compression pointer
+    // is echoed with the pointer, which points at the same bytes in the answer.
+    let end = dns + HEADER_LEN + usize::from(d.in_message) + 4;
     let len = ctx.data_end() - ctx.data();
     if end > len || end > 4096 {
         return false;

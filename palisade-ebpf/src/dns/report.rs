@@ -24,6 +24,35 @@ use palisade_common::{
     stats,
 };
 
+/// Fills the sender's identity into an event.
+#[inline(always)]
+fn process_fields(ev: &mut DnsEvent, task: bool, cgroup_id: u64, socket_uid: u32) {
+    // The socket's owner is always right; the current task is the sender only when the
+    // packet is sent from the sender's own context (UDP sendmsg, a TCP write). TCP
+    // retransmissions leave from a timer, in whatever task happens to run: the task's cgroup
+    // then differs from the socket's, and pid/comm are left at 0 (unknown).
+    ev.uid = socket_uid;
+    // SAFETY: a helper with no preconditions.
+    let current_cgroup = if task {
+        unsafe { bpf_get_current_cgroup_id() }
+    } else {
+        0
+    };
+    if task && current_cgroup == cgroup_id {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        ev.pid = (pid_tgid >> 32) as u32;
+        ev.tid = pid_tgid as u32;
+        let uid_gid = bpf_get_current_uid_gid();
+        ev.gid = (uid_gid >> 32) as u32;
+        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    } else {
+        ev.pid = 0;
+        ev.tid = 0;
+        ev.gid = 0;
+        ev.comm = [0; 16];
+    }
+}
+
 use super::inspect::{Decision, Scratch};
 use crate::maps::{
     DNS_AGG_SCRATCH, DNS_EVENT_BUDGET, DNS_EVENT_CLIENTS, DNS_EVENT_EPOCH, DNS_EVENT_NAMES,
@@ -100,30 +129,7 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     ev.verdict = verdict;
     ev.tcp = u8::from(o.tcp);
     ev.list = d.list;
-    // The socket's owner is always right; the current task is the sender only when the
-    // packet is sent from the sender's own context (UDP sendmsg, a TCP write). TCP
-    // retransmissions leave from a timer, in whatever task happens to run: the task's cgroup
-    // then differs from the socket's, and pid/comm are left at 0 (unknown).
-    ev.uid = o.socket_uid;
-    // SAFETY: a helper with no preconditions.
-    let current_cgroup = if o.task {
-        unsafe { bpf_get_current_cgroup_id() }
-    } else {
-        0
-    };
-    if o.task && current_cgroup == o.cgroup_id {
-        let pid_tgid = bpf_get_current_pid_tgid();
-        ev.pid = (pid_tgid >> 32) as u32;
-        ev.tid = pid_tgid as u32;
-        let uid_gid = bpf_get_current_uid_gid();
-        ev.gid = (uid_gid >> 32) as u32;
-        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    } else {
-        ev.pid = 0;
-        ev.tid = 0;
-        ev.gid = 0;
-        ev.comm = [0; 16];
-    }
+    process_fields(ev, o.task, o.cgroup_id, o.socket_uid);
     copy_name(&s.name, &mut ev.name);
     if EVENTS.output::<DnsEvent>(ev, event_flags()).is_err() {
         bump(&STATS, stats::EVENTS_LOST);
@@ -333,4 +339,44 @@ fn copy_name(from: &[u8; 256], to: &mut [u8; 256]) {
         unsafe { to.add(i).write_unaligned(from.add(i).read_unaligned()) };
         i += 1;
     }
+}
+
+/// Emits an event for a packet the egress hook could not inspect (no scratch slot, not
+/// parsable): no address, no name, only the reason and the sender. Assembled in the ring
+/// buffer itself, so it needs no scratch slot.
+#[inline(always)]
+pub fn emit_unchecked(
+    scope: u8,
+    verdict: u8,
+    reason: u32,
+    generation: u32,
+    cgroup_id: u64,
+    socket_uid: u32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
+        bump(&STATS, stats::EVENTS_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // Word stores: a zeroed `DnsEvent` value would be built on the stack first.
+    let words = ev.cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<DnsEvent>() / 8 {
+        // SAFETY: inside the reserved record, which is 8-aligned and a multiple of 8 long.
+        unsafe { words.add(i).write(0) };
+        i += 1;
+    }
+    // SAFETY: the record is reserved for us and now fully initialised.
+    let e = unsafe { &mut *ev };
+    e.kind = KIND_DNS;
+    e.reason = reason;
+    // SAFETY: a helper with no preconditions.
+    e.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    e.cgroup_id = cgroup_id;
+    e.generation = generation;
+    e.scope = scope;
+    e.verdict = verdict;
+    e.list = u16::MAX;
+    process_fields(e, true, cgroup_id, socket_uid);
+    entry.submit(event_flags());
 }

@@ -5,11 +5,14 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{helpers::generated::bpf_loop, maps::lpm_trie::Key};
+use aya_ebpf::{
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
+    maps::lpm_trie::Key,
+};
 use palisade_common::{
     firewall::{
-        MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_PREFIXES, SetKey,
-        TUPLE_DST_SET, TUPLE_SRC_SET, flow_key, set_kind_slot, tuple_applies,
+        MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD,
+        SET_PREFIXES, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, flow_key, set_kind_slot, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
 };
@@ -107,7 +110,8 @@ extern "C" fn visit_tuple(index: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// Whether `addr` is a member of set `set`: an exact lookup among its single addresses,
-/// then, if it has any, a longest-prefix lookup among its prefixes.
+/// then, if it has any, a longest-prefix lookup among its prefixes, then, for the overload
+/// set of `[conntrack]` only, a lookup among its dynamic members.
 #[inline(always)]
 fn in_set(set: u32, family: u8, addr: &[u8; 16]) -> bool {
     // A set that was never written (cannot happen for a live tuple) counts as holding both.
@@ -115,11 +119,16 @@ fn in_set(set: u32, family: u8, addr: &[u8; 16]) -> bool {
         .get(set_kind_slot(set))
         .copied()
         .unwrap_or(SET_HOSTS | SET_PREFIXES);
-    // One key for both maps: the callback's stack is counted against the caller's.
-    let key = Key::new(SET_KEY_PREFIX_BITS + 128, SetKey::new(set, family, *addr));
+    // One key for every map: the callback's stack is counted against the caller's.
+    let mut key = Key::new(SET_KEY_PREFIX_BITS + 128, SetKey::new(set, family, *addr));
     // SAFETY: the value is only tested for presence.
     if kind & SET_HOSTS != 0 && unsafe { FW_SET_HOSTS.get(&key.data) }.is_some() {
         return true;
     }
-    kind & SET_PREFIXES != 0 && FW_SETS.get(&key).is_some()
+    if kind & SET_PREFIXES != 0 && FW_SETS.get(&key).is_some() {
+        return true;
+    }
+    // SAFETY: a helper with no preconditions.
+    kind & SET_OVERLOAD != 0
+        && crate::ct::overload::member(&mut key.data, unsafe { bpf_ktime_get_coarse_ns() })
 }

@@ -80,6 +80,17 @@ pub enum Request {
     },
     /// The tracker's counters, the census of its tables, and the top sources.
     CtStats,
+    /// The members of the overload set that `addr` (an address or CIDR block) takes, all
+    /// without it.
+    CtOverload {
+        #[serde(default)]
+        addr: Option<String>,
+    },
+    /// Removes the members of the overload set that `addr` takes (all without it).
+    CtOverloadFlush {
+        #[serde(default)]
+        addr: Option<String>,
+    },
 }
 
 /// A rule given on the command line. Values are checked by the policy file's own parser.
@@ -363,7 +374,7 @@ pub struct DnsEntryRow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_left: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_entropy: Option<f64>,
+    pub max_entropy_bits: Option<u32>,
     pub live: bool,
 }
 
@@ -427,6 +438,17 @@ mod tests {
                     port: Some(22),
                     ..FlowFilter::default()
                 }
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"ct-overload"}"#).unwrap(),
+            Request::CtOverload { addr: None }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"ct-overload-flush","addr":"10.0.0.0/8"}"#)
+                .unwrap(),
+            Request::CtOverloadFlush {
+                addr: Some("10.0.0.0/8".into())
             }
         );
         assert_eq!(

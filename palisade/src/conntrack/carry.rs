@@ -347,21 +347,21 @@ fn config_version(path: &Path) -> u32 {
     let Ok(fd) = pin::obj_get(path) else {
         return ENTRY_VERSION;
     };
-    let mut value = vec![0u8; size_of::<CtConfig>()];
-    let key = 0u32.to_ne_bytes();
-    match pin::map_info(fd.as_fd()) {
-        Ok((_, _, 4, v, _, _)) if v as usize == size_of::<CtConfig>() => {}
+    // Builds append settings to the record, so its size differs between them; the version
+    // has kept its place.
+    let at = std::mem::offset_of!(CtConfig, version);
+    let size = match pin::map_info(fd.as_fd()) {
+        Ok((_, _, 4, v, _, _)) if v as usize >= at + 4 && v <= 4096 => v as usize,
         _ => return ENTRY_VERSION,
-    }
+    };
+    let mut value = vec![0u8; size];
+    let key = 0u32.to_ne_bytes();
     if !matches!(pin::map_lookup(fd.as_fd(), &key, &mut value), Ok(true)) {
         return ENTRY_VERSION;
     }
-    // SAFETY: the size was checked; a plain-data record.
-    let cfg: CtConfig = unsafe { std::ptr::read_unaligned(value.as_ptr().cast()) };
-    if cfg.version == 0 {
-        ENTRY_VERSION
-    } else {
-        cfg.version
+    match u32::from_ne_bytes([value[at], value[at + 1], value[at + 2], value[at + 3]]) {
+        0 => ENTRY_VERSION,
+        v => v,
     }
 }
 

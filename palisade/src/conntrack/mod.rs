@@ -4,6 +4,7 @@
 
 pub mod carry;
 pub mod filter;
+pub mod overload;
 pub mod report;
 pub mod table;
 

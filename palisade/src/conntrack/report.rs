@@ -8,9 +8,9 @@ use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
 
 use anyhow::{Result, anyhow};
 use palisade_common::conntrack::{
-    CS_EXPIRED_LOOKUP_EST, CS_EXPIRED_LOOKUP_NEW, CT_STAT_NAMES, CtCensus, ENTRY_STATE_NAMES,
-    ENTRY_STATES, PROTO_CLASS_NAMES, PROTO_CLASSES, REPLIED, SWEEP_EXPIRE, SWEEP_FLUSH,
-    SweepRequest, TABLE_EST, TABLE_NEW, UNREPLIED,
+    CS_EXPIRED_LOOKUP_EST, CS_EXPIRED_LOOKUP_NEW, CS_OVERLOAD_ADDED, CS_OVERLOAD_FULL,
+    CT_STAT_NAMES, CtCensus, ENTRY_STATE_NAMES, ENTRY_STATES, PROTO_CLASS_NAMES, PROTO_CLASSES,
+    REPLIED, SWEEP_EXPIRE, SWEEP_FLUSH, SweepRequest, TABLE_EST, TABLE_NEW, UNREPLIED,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,21 @@ pub struct Census {
     /// Unvalidated entries the LRU table evicted to make room (derived, see [`evictions`]).
     pub evictions: u64,
     pub sweeps: u64,
+    /// Members of the overload set (`[conntrack] overload_set`) at the last sweep.
+    #[serde(default)]
+    pub overload_members: u64,
+    /// Addresses added to the overload set.
+    #[serde(default)]
+    pub overload_added: u64,
+    /// Addresses over a limit that found the overload set's map full.
+    #[serde(default)]
+    pub overload_full: u64,
+    /// Members removed by the sweep when their time was over.
+    #[serde(default)]
+    pub overload_expired: u64,
+    /// Members removed by `palisade ct overload flush`.
+    #[serde(default)]
+    pub overload_flushed: u64,
 }
 
 /// `palisade ct stats`.
@@ -123,6 +138,7 @@ impl Census {
             }
         }
         let (validated, unvalidated) = (table(TABLE_EST), table(TABLE_NEW));
+        let stat = |i: u32| counters.get(i as usize).copied().unwrap_or(0);
         Self {
             entries: validated + unvalidated,
             validated,
@@ -136,6 +152,11 @@ impl Census {
             flushed: c.flushed.iter().sum(),
             evictions: evictions(counters, c),
             sweeps: c.sweeps,
+            overload_members: c.overload_members,
+            overload_added: stat(CS_OVERLOAD_ADDED),
+            overload_full: stat(CS_OVERLOAD_FULL),
+            overload_expired: c.overload_expired,
+            overload_flushed: c.overload_flushed,
         }
     }
 }
@@ -322,6 +343,16 @@ pub fn census_lines(c: &Census) -> Vec<String> {
     for (p, v) in by_proto {
         lines.push(format!("{p}: {}", v.join(", ")));
     }
+    if c.overload_members + c.overload_added + c.overload_full > 0 {
+        lines.push(format!(
+            "overload set: {} members; {} added, {} expired, {} flushed, {} refused (map full)",
+            c.overload_members,
+            c.overload_added,
+            c.overload_expired,
+            c.overload_flushed,
+            c.overload_full
+        ));
+    }
     lines
 }
 
@@ -373,8 +404,14 @@ pub fn print_stats(s: &CtStats) -> String {
 }
 
 /// Datapath counters exported under another family: `expired_on_lookup` is
-/// `palisade_ct_expirations_total{by="lookup"}`.
-const EXPORTED_ELSEWHERE: [&str; 2] = ["expired_on_lookup_new", "expired_on_lookup_established"];
+/// `palisade_ct_expirations_total{by="lookup"}`, the overload counters are
+/// `palisade_ct_overload_*`.
+const EXPORTED_ELSEWHERE: [&str; 4] = [
+    "expired_on_lookup_new",
+    "expired_on_lookup_established",
+    "overload_added",
+    "overload_full",
+];
 
 fn counter_help(name: &str) -> Option<(&'static str, &'static str, &'static str)> {
     // (metric, help, label=value) for each datapath counter.
@@ -525,6 +562,42 @@ pub fn metric_families(s: &CtStats) -> Vec<Family> {
         Vec::new(),
         c.sweeps,
     );
+    add(
+        "palisade_ct_overload_members",
+        "gauge",
+        "Addresses in the overload set of [conntrack] (at the last sweep).",
+        Vec::new(),
+        c.overload_members,
+    );
+    add(
+        "palisade_ct_overload_additions_total",
+        "counter",
+        "Addresses added to the overload set on going over a per-source limit.",
+        Vec::new(),
+        c.overload_added,
+    );
+    add(
+        "palisade_ct_overload_full_total",
+        "counter",
+        "Addresses over a per-source limit that could not join the overload set (its map was full).",
+        Vec::new(),
+        c.overload_full,
+    );
+    let rm = "Members removed from the overload set: their time was over, or flushed.";
+    add(
+        "palisade_ct_overload_removals_total",
+        "counter",
+        rm,
+        vec![("by".into(), "expiry".into())],
+        c.overload_expired,
+    );
+    add(
+        "palisade_ct_overload_removals_total",
+        "counter",
+        rm,
+        vec![("by".into(), "flush".into())],
+        c.overload_flushed,
+    );
     let top = "Tracked flows opened by each of the addresses that opened the most (top 10).";
     for t in &s.top_sources {
         add(
@@ -630,6 +703,8 @@ mod tests {
             "palisade_ct_evictions_total",
             "palisade_ct_expirations_total",
             "palisade_ct_top_source_entries",
+            "palisade_ct_overload_members",
+            "palisade_ct_overload_additions_total",
         ] {
             assert_eq!(names.iter().filter(|n| **n == want).count(), 1, "{want}");
         }

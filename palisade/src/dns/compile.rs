@@ -13,7 +13,20 @@ use palisade_common::dns::{
     wire::MAX_LABELS,
 };
 
-use crate::policy::model::{DnsAction, DnsMode, DnsScope, NameEntry, NameMatch, Policy};
+use crate::policy::{
+    model::{DnsAction, DnsMode, DnsScope, NameEntry, NameMatch, Policy},
+    namelist::format_name,
+};
+
+/// An entry's name as a list writes it.
+fn format_entry(e: &NameEntry) -> String {
+    let name = format_name(&e.labels);
+    if e.kind == NameMatch::Subdomains {
+        format!("*.{name}")
+    } else {
+        name
+    }
+}
 
 /// Why a valid DNS policy cannot be loaded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +35,21 @@ pub enum DnsCompileError {
     TooManyPorts { count: usize },
     #[error("list `{list}` line {line}: more than {MAX_QTYPES} query types on one entry")]
     TooManyQtypes { list: String, line: usize },
+    /// Two entries for the same name and coverage whose union one map entry cannot hold.
+    #[error(
+        "list `{list}` line {line}: `{name}` is also listed in list `{first_list}` line \
+         {first_line}, {why}; one name holds one entry, so give both the same `expires` and \
+         `max_entropy_bits`, or let one cover the other (all its query types, an expiry no \
+         earlier and a bound no lower)"
+    )]
+    ConflictingDuplicates {
+        name: String,
+        list: String,
+        line: usize,
+        first_list: String,
+        first_line: usize,
+        why: &'static str,
+    },
 }
 
 /// Map contents for the DNS part of one generation (generation byte of keys left 0).
@@ -107,35 +135,61 @@ fn scope_config(s: &DnsScope) -> ScopeConfig {
     c
 }
 
-/// Merges two entries with the same key: the union of what they cover (all query types if
-/// either has no restriction, the later expiry or none, the looser entropy bound or none).
-fn merge(a: &mut NameValue, b: &NameValue) {
-    let unrestricted = |v: &NameValue| v.qtypes.iter().all(|&q| q == 0);
-    if unrestricted(a) || unrestricted(b) {
-        a.qtypes = [0; MAX_QTYPES];
-    } else {
-        let mut all: Vec<u16> = a
-            .qtypes
-            .iter()
-            .chain(&b.qtypes)
-            .copied()
-            .filter(|&q| q != 0)
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        if all.len() > MAX_QTYPES {
-            a.qtypes = [0; MAX_QTYPES];
-        } else {
-            a.qtypes = [0; MAX_QTYPES];
-            a.qtypes[..all.len()].copy_from_slice(&all);
-        }
+/// Why two entries with the same key cannot be one map entry.
+const WIDER_THAN_QTYPES: &str = "together they name more than 4 query types";
+const DIFFERENT_TERMS: &str = "with a different expiry or entropy bound and other query types";
+
+/// Merges two entries with the same key into one that means exactly their union, or says
+/// why no single entry can:
+/// - when one covers the other (every query type of it, an expiry no earlier, a bound no
+///   lower), the other adds nothing and is dropped;
+/// - with the same expiry and bound, the query types are joined (at most [`MAX_QTYPES`]).
+///
+/// Anything else would change what one of them means (a joined expiry would keep a query type
+/// alive past its own entry's expiry, a joined bound would loosen the other's), so it is
+/// refused rather than widened.
+///
+/// # Errors
+/// With the reason, for [`DnsCompileError::ConflictingDuplicates`].
+pub fn merge(a: &NameValue, b: &NameValue) -> Result<NameValue, &'static str> {
+    if covers(a, b) {
+        return Ok(*a);
     }
-    a.expires_boot_ns = if a.expires_boot_ns == 0 || b.expires_boot_ns == 0 {
-        0
-    } else {
-        a.expires_boot_ns.max(b.expires_boot_ns)
-    };
-    a.max_entropy_fp = a.max_entropy_fp.max(b.max_entropy_fp);
+    if covers(b, a) {
+        return Ok(*b);
+    }
+    if a.expires_boot_ns != b.expires_boot_ns || a.max_entropy_fp != b.max_entropy_fp {
+        return Err(DIFFERENT_TERMS);
+    }
+    // Neither covers the other, so both are limited to some query types.
+    let mut all: Vec<u16> = a
+        .qtypes
+        .iter()
+        .chain(&b.qtypes)
+        .copied()
+        .filter(|&q| q != 0)
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    if all.len() > MAX_QTYPES {
+        return Err(WIDER_THAN_QTYPES);
+    }
+    let mut merged = *a;
+    merged.qtypes = [0; MAX_QTYPES];
+    merged.qtypes[..all.len()].copy_from_slice(&all);
+    Ok(merged)
+}
+
+/// Whether `a` allows (or blocks) everything `b` does, whenever `b` does.
+fn covers(a: &NameValue, b: &NameValue) -> bool {
+    let every_type = |v: &NameValue| v.qtypes.iter().all(|&q| q == 0);
+    let types = every_type(a)
+        || (!every_type(b) && b.qtypes.iter().all(|&q| q == 0 || a.qtypes.contains(&q)));
+    // 0 is "never expires".
+    let lasts = a.expires_boot_ns == 0
+        || (b.expires_boot_ns != 0 && a.expires_boot_ns >= b.expires_boot_ns);
+    // `u32::MAX` is "no bound".
+    types && lasts && a.max_entropy_fp >= b.max_entropy_fp
 }
 
 fn entry_value(
@@ -152,7 +206,7 @@ fn entry_value(
     }
     let mut v = NameValue {
         expires_boot_ns: e.expires.map_or(0, |t| clock.boot_ns(t)),
-        max_entropy_fp: e.max_entropy.map_or(u32::MAX, entropy::bound_fp),
+        max_entropy_fp: e.max_entropy_bits.map_or(u32::MAX, entropy::bound_fp),
         list: list.min(usize::from(u16::MAX - 1)) as u16,
         ..NameValue::default()
     };
@@ -193,7 +247,17 @@ pub fn compile(
         });
     }
     let mut out = CompiledDns::default();
+    // Where each key's first entry came from: (list, line), for conflict messages.
+    let mut origin: HashMap<NameKey, (usize, usize)> = HashMap::new();
     out.global.ports[..dns.ports.len()].copy_from_slice(&dns.ports);
+    let budget = dns.answers;
+    if budget.per_second > 0 {
+        let interval = 1_000_000_000 / u64::from(budget.per_second);
+        out.global.answer_interval_ns = interval;
+        out.global.answer_tolerance_ns = interval * u64::from(budget.burst.max(1) - 1);
+    }
+    out.global.answer_prefix_v4 = budget.prefix_v4.min(32);
+    out.global.answer_prefix_v6 = budget.prefix_v6.min(128);
     if dns.events.rate > 0 {
         // The burst is one second's worth: `rate` events, then one every interval.
         let interval = (1_000_000_000 / u64::from(dns.events.rate)).max(1);
@@ -219,13 +283,226 @@ pub fn compile(
                 };
                 for &kind in kinds {
                     let k = name_key(key, &e.labels, scope, kind);
-                    out.names
-                        .entry(k)
-                        .and_modify(|old| merge(old, &v))
-                        .or_insert(v);
+                    let Some(old) = out.names.get_mut(&k) else {
+                        out.names.insert(k, v);
+                        origin.insert(k, (list, e.line));
+                        continue;
+                    };
+                    *old = merge(old, &v).map_err(|why| {
+                        let (first, first_line) = origin.get(&k).copied().unwrap_or_default();
+                        DnsCompileError::ConflictingDuplicates {
+                            name: format_entry(e),
+                            list: l.name.clone(),
+                            line: e.line,
+                            first_list: dns.lists[first].name.clone(),
+                            first_line,
+                            why,
+                        }
+                    })?;
                 }
             }
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{Action, Dns, Firewall, FragmentPolicy, NameList};
+
+    const A: u16 = 1;
+    const MX: u16 = 15;
+    const TXT: u16 = 16;
+    const AAAA: u16 = 28;
+
+    fn value(qtypes: &[u16], expires: u64, bits: Option<u32>) -> NameValue {
+        let mut v = NameValue {
+            expires_boot_ns: expires,
+            max_entropy_fp: bits.map_or(u32::MAX, entropy::bound_fp),
+            ..NameValue::default()
+        };
+        v.qtypes[..qtypes.len()].copy_from_slice(qtypes);
+        v
+    }
+
+    /// What a value decides for `qtype` at boot time `now` and a name below carrying
+    /// `bits`: `None` when it does not apply, `Some(false)` expired, `Some(true)` allowed.
+    fn decides(v: &NameValue, qtype: u16, now: u64, bits: u32) -> Option<bool> {
+        if !v.applies_to(qtype) {
+            return None;
+        }
+        if v.expires_boot_ns != 0 && now > v.expires_boot_ns {
+            return Some(false);
+        }
+        Some(u64::from(entropy::bound_fp(bits)) <= u64::from(v.max_entropy_fp))
+    }
+
+    /// The union of two entries' decisions: allowed if either allows, expired if one applies
+    /// and none allows.
+    fn union(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+        match (a, b) {
+            (None, x) | (x, None) => x,
+            (Some(x), Some(y)) => Some(x || y),
+        }
+    }
+
+    /// Every merge that succeeds decides exactly as the two entries would, for every query
+    /// type, time and entropy of interest.
+    #[test]
+    fn merged_entries_mean_their_union() {
+        let qsets: [&[u16]; 5] = [&[], &[A], &[A, AAAA], &[MX], &[A, MX, TXT]];
+        let expiries = [0u64, 100, 200];
+        let bounds = [None, Some(40), Some(160)];
+        let mut merged = 0;
+        let mut refused = 0;
+        for qa in qsets {
+            for qb in qsets {
+                for &xa in &expiries {
+                    for &xb in &expiries {
+                        for ba in bounds {
+                            for bb in bounds {
+                                let a = value(qa, xa, ba);
+                                let b = value(qb, xb, bb);
+                                let Ok(m) = merge(&a, &b) else {
+                                    refused += 1;
+                                    continue;
+                                };
+                                merged += 1;
+                                for q in [A, AAAA, MX, TXT, 99] {
+                                    for now in [50, 150, 250] {
+                                        for bits in [10, 100, 1000] {
+                                            assert_eq!(
+                                                decides(&m, q, now, bits),
+                                                union(
+                                                    decides(&a, q, now, bits),
+                                                    decides(&b, q, now, bits)
+                                                ),
+                                                "{a:?} + {b:?} = {m:?}: qtype {q} at {now}, \
+                                                 {bits} bits"
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Both outcomes are exercised.
+        assert!(
+            merged > 500 && refused > 500,
+            "{merged} merged, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn what_merges_and_what_is_refused() {
+        // Same terms: query types joined.
+        assert_eq!(
+            merge(&value(&[A], 0, None), &value(&[MX], 0, None)),
+            Ok(value(&[A, MX], 0, None))
+        );
+        // One covers the other: it stays as it is.
+        let wide = value(&[], 0, Some(160));
+        assert_eq!(merge(&wide, &value(&[A], 100, Some(40))), Ok(wide));
+        assert_eq!(merge(&value(&[A], 100, Some(40)), &wide), Ok(wide));
+        // No longer widened to every type past four.
+        assert_eq!(
+            merge(&value(&[A, AAAA, MX], 0, None), &value(&[TXT, 99], 0, None)),
+            Err(WIDER_THAN_QTYPES)
+        );
+        // No longer an expiry carried over to the other's query types.
+        assert_eq!(
+            merge(&value(&[A], 100, None), &value(&[MX], 0, None)),
+            Err(DIFFERENT_TERMS)
+        );
+        // No longer a bound lost: every type with a bound, one type without.
+        assert_eq!(
+            merge(&value(&[], 0, Some(40)), &value(&[TXT], 0, None)),
+            Err(DIFFERENT_TERMS)
+        );
+    }
+
+    fn policy(lists: Vec<NameList>) -> Policy {
+        let scope = DnsScope {
+            mode: DnsMode::Allowlist,
+            action: DnsAction::Nxdomain,
+            audit: false,
+            lists: (0..lists.len()).collect(),
+            block_malformed: true,
+            rate: None,
+            log_allowed: false,
+        };
+        Policy {
+            firewall: Firewall {
+                default_action: Action::Allow,
+                log_default: false,
+                fragments: FragmentPolicy::MatchL3,
+                stateful: false,
+                rules: vec![],
+            },
+            conntrack: Default::default(),
+            sets: vec![],
+            dns: Dns {
+                ports: vec![53],
+                ingress: Some(scope),
+                egress: None,
+                events: crate::policy::model::DnsEvents::EVERY_QUERY,
+                lists,
+                answers: crate::policy::model::AnswerBudget::default(),
+            },
+        }
+    }
+
+    fn entry(name: &str, qtypes: &[u16], bits: Option<u32>, line: usize) -> NameEntry {
+        NameEntry {
+            qtypes: qtypes.to_vec(),
+            max_entropy_bits: bits,
+            line,
+            ..crate::policy::namelist::entry(name, false, line).expect("valid name")
+        }
+    }
+
+    #[test]
+    fn conflicts_name_both_entries() {
+        let clock = Clock {
+            unix_now_ns: 0,
+            boot_now_ns: 1,
+        };
+        let p = policy(vec![
+            NameList {
+                name: "corp".into(),
+                entries: vec![entry("*.cdn.example", &[], Some(160), 3)],
+            },
+            NameList {
+                name: "extra".into(),
+                entries: vec![
+                    entry("*.cdn.example", &[A], Some(40), 7),
+                    entry("*.cdn.example", &[TXT], None, 9),
+                ],
+            },
+        ]);
+        let err = compile(&p, &HashKey::default(), &clock).expect_err("a conflict");
+        assert_eq!(
+            err.to_string(),
+            "list `extra` line 9: `*.cdn.example` is also listed in list `corp` line 3, with a \
+             different expiry or entropy bound and other query types; one name holds one \
+             entry, so give both the same `expires` and `max_entropy_bits`, or let one cover \
+             the other (all its query types, an expiry no earlier and a bound no lower)"
+        );
+        // Without the last entry the second is covered by the first: one map entry.
+        let mut p = p;
+        p.dns.lists[1].entries.pop();
+        let c = compile(&p, &HashKey::default(), &clock).expect("compiles");
+        assert_eq!(c.names.len(), 1);
+        assert_eq!(
+            c.names
+                .values()
+                .next()
+                .map(|v| (v.qtypes, v.max_entropy_fp)),
+            Some(([0; MAX_QTYPES], entropy::bound_fp(160)))
+        );
+    }
 }

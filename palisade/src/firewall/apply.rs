@@ -11,8 +11,8 @@ use aya::{
 };
 use palisade_common::firewall::{
     Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS,
-    RateKey, RuleMeta, RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_PREFIXES, SetKey,
-    TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
+    RateKey, RuleMeta, RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD,
+    SET_PREFIXES, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
 };
 
 use palisade_common::dns::{
@@ -215,6 +215,9 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
                 kinds[index] |= SET_HOSTS;
             }
         }
+    }
+    if let Some(k) = c.overload_set.and_then(|i| kinds.get_mut(i)) {
+        *k |= SET_OVERLOAD;
     }
     let mut kind: Array<&mut MapData, u8> = Array::try_from(map_mut(ebpf, "FW_SET_KIND")?)?;
     for (index, k) in kinds.iter().enumerate() {

@@ -70,6 +70,9 @@ pub struct CompiledFirewall {
     pub dport_class: Vec<u16>,
     /// Members of each set, by set index.
     pub sets: Vec<Vec<Cidr>>,
+    /// The set index of `[conntrack] overload_set` when connections are tracked: rules
+    /// naming it also match its dynamic members (`SET_OVERLOAD`).
+    pub overload_set: Option<usize>,
 }
 
 /// The shape of one expanded rule condition: what decides which tuple it lands in.
@@ -386,6 +389,10 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         sport_class: sports.class,
         dport_class: dports.class,
         sets: policy.sets.iter().map(|s| s.entries.clone()).collect(),
+        overload_set: policy
+            .conntrack
+            .overload_set
+            .filter(|i| *i < policy.sets.len() && policy.tracks_connections()),
     })
 }
 

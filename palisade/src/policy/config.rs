@@ -112,12 +112,13 @@
 //! ```toml
 //! [dns]
 //! ports = [53]                       # destination ports carrying DNS, UDP and TCP
+//! answer_rate = 50                   # NXDOMAIN answers/s per client /24 or /56
 //!
 //! [dns.ingress]                      # queries arriving on the guarded interfaces
 //! mode = "blocklist"
 //! action = "nxdomain"
 //! lists = ["ads", "malware"]
-//! rate = { qps = 50, burst = 100 }   # per client address
+//! rate = { qps = 50, burst = 100 }   # per client address (per cgroup on egress)
 //!
 //! [dns.egress]                       # queries sent by local processes
 //! mode = "allowlist"
@@ -139,7 +140,7 @@
 //! [[dns.lists.corp.entry]]           # a name with options
 //! name = "*.cdn.example.net"
 //! qtypes = ["A", "AAAA", 65]
-//! max_entropy = 3.5
+//! max_entropy_bits = 256
 //! expires = "2026-12-31T00:00:00Z"
 //! ```
 //!
@@ -148,8 +149,16 @@
 //! | key | value | default |
 //! | --- | --- | --- |
 //! | `ports` | list of 1 to [`MAX_DNS_PORTS`] distinct destination ports `1..=65535`; UDP and TCP packets to them are taken as DNS | `[53]` |
-//! | `event_rate` | integer `0..=4294967295`: DNS events per second per CPU (a burst of as many), past which queries are aggregated: counted per name, verdict, reason and client and reported as `dns_summary` events every second, with the first query of each name in each second and samples still reported in full (see `docs/design/dns.md`); `0` = never aggregate, every reported query is an event | `1000` ([`DnsEvents::DEFAULT_RATE`](super::model::DnsEvents::DEFAULT_RATE)) |
+//! | `answer_rate` | integer `0..`: NXDOMAIN answers per second that one client prefix may get on ingress; a blocked query over it is dropped unanswered (reason `dns-answer-budget`), so forged queries cannot turn Palisade into a reflector. `0` for no budget | `50` |
+//! | `answer_burst` | integer `1..`: answers a client prefix may get at once | `100` |
+//! | `answer_prefix_v4` | `0..=32`: IPv4 clients in one prefix of this length share a budget | `24` |
+//! | `answer_prefix_v6` | `0..=128`: IPv6 clients in one prefix of this length share a budget | `56` |
+//! | `event_rate` | integer `0..=4294967295`: DNS events per second per CPU (a burst of as many), past which queries are aggregated: counted per name, verdict, reason and client and reported as `dns_summary` events every second, with the first query of each name in each second and samples still reported in full (see `docs/design/dns.md`); `0` = never aggregate, every reported query is an event. Off by default: aggregation pays off in floods of repeated names, but a flood of distinct names costs more with it (measured in `bench/results/dns-events-full.md`) | `0` ([`DnsEvents::DEFAULT_RATE`](super::model::DnsEvents::DEFAULT_RATE)) |
 //! | `event_sample` | integer `0..=4294967295`: over the event budget, one aggregated query in this many is still reported in full (`"sent": "sample"`); `0` = none | `1000` ([`DnsEvents::DEFAULT_SAMPLE`](super::model::DnsEvents::DEFAULT_SAMPLE)) |
+//!
+//! Blocked queries sent to or from a broadcast or multicast MAC or IP address (or from the
+//! unspecified address) are never answered: they are dropped with reason
+//! `dns-group-address`.
 //!
 //! ## `[dns.ingress]` and `[dns.egress]`
 //!
@@ -159,8 +168,8 @@
 //! | `action` | what a blocked query gets: `"nxdomain"`, an NXDOMAIN answer, or `"drop"`. On egress `"nxdomain"` is accepted but falls back to `"drop"`, and the sending process gets `EPERM` at once | `"nxdomain"` on ingress, `"drop"` on egress |
 //! | `lists` | names of `[dns.lists.NAME]` tables, each at most once; may be empty (an empty allowlist blocks every query) | required |
 //! | `audit` | boolean: decide and report, but never block | `false` |
-//! | `malformed` | `"drop"` or `"allow"`: queries that cannot be parsed safely (see [`DnsScope::block_malformed`]) | `"drop"` in allowlist mode, `"allow"` in blocklist mode |
-//! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address, `qps` and `burst` at least 1 | no limit |
+//! | `malformed` | `"drop"` or `"allow"`: queries that cannot be parsed safely (see [`DnsScope::block_malformed`]): not exactly one question and at most one OPT record ending the message, a compression pointer in the name that does not point strictly backward, more than [`palisade_common::dns::name::MAX_POINTER_HOPS`] pointers, truncated, a TCP query not alone and whole in its segment, a fragmented query. `"allow"` lets a resolver answer names Palisade could not read | `"drop"` |
+//! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address on ingress, per cgroup (the sending socket's) on egress; `qps` and `burst` at least 1 | no limit |
 //! | `log_allowed` | boolean: also report allowed queries | `false` |
 //! | `cgroups` | egress only: absolute paths of the cgroup v2 directories to attach to | `["/sys/fs/cgroup/unified"]`, the cgroup v2 root |
 //!
@@ -188,7 +197,7 @@
 //! | --- | --- | --- |
 //! | `name` | one name, as in `names` | required |
 //! | `qtypes` | non-empty list of the query types the entry applies to: `A`, `NS`, `CNAME`, `SOA`, `PTR`, `MX`, `TXT`, `AAAA`, `SRV`, `DS`, `DNSKEY`, `SVCB`, `HTTPS`, `CAA`, `ANY` (in any case) or numbers `1..=65535` | every type |
-//! | `max_entropy` | `0.0..=8.0`: the most Shannon entropy, in bits per character, that the labels below the matched name may have, so random-looking names (DNS tunnels) are refused. Allowlists only: an error in a list that a blocklist uses | no limit |
+//! | `max_entropy_bits` | integer `0..=2040`: the most Shannon entropy, in bits, that all the labels below the matched name may carry together (counted as sent, letter case included; see [`palisade_common::dns::entropy`]), so DNS tunnels are refused. 256 is recommended: it lets ordinary CDN, cloud and mail host names through and stops tunnels whose names carry more than about 40 bytes. Allowlists only: an error in a list that a blocklist uses. The older `max_entropy` (bits per character) is refused with a message saying this | no limit |
 //! | `expires` | RFC 3339 time in UTC, `"2026-12-31T00:00:00Z"` (a string or a TOML date-time; the offset must be `Z`), or a unix time in seconds: the entry no longer applies after it | never |
 //!
 //! # Connection tracking
@@ -234,6 +243,8 @@
 //! | `max_unvalidated` | integer `1024..=4194304`: capacity of the table of flows not validated yet (a SYN, an unanswered UDP datagram or echo request); least recently used entries make room when it is full | `65536` |
 //! | `max_per_source` | integer `0..=1000000`: validated flows one outside address may have open at once; a new flow over it is dropped (reason `conn-limit`); `0` for no limit | `0` |
 //! | `new_per_source` | integer `0..=1000000`: new flows one outside address may open per second (bursts of as many); over it they are dropped (reason `conn-limit`); `0` for no limit | `0` |
+//! | `overload_set` | string: the name of a set declared under `[sets.NAME]` (it may have no entries); an address that goes over `max_per_source` or `new_per_source` joins it for `overload_ttl` seconds, and every rule naming `"@NAME"` matches it like a listed member (so `src = "@NAME"` with `action = "drop"` shuts it out). Needs one of those limits and tracking on. Members stay through reloads and restarts; `palisade ct overload` lists them | none |
+//! | `overload_ttl` | integer `1..=86400`: seconds an address stays in `overload_set`, counted from when it first went over (going over again meanwhile does not extend it) | `600` |
 //! | `tcp_syn` | seconds a TCP handshake may take | `60` |
 //! | `tcp_established` | seconds an idle established TCP connection is kept | `21600` (6 h) |
 //! | `tcp_closing` | seconds a TCP connection may take to close after the first FIN | `120` |
@@ -257,14 +268,17 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use palisade_common::conntrack::{STATE_NAMES, TIMEOUT_NAMES, TIMEOUTS};
+use palisade_common::{
+    conntrack::{STATE_NAMES, TIMEOUT_NAMES, TIMEOUTS},
+    dns::entropy::MAX_BITS,
+};
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
 use super::model::{
-    Action, AddrMatch, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE, CT_PER_SOURCE_RANGE,
-    CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Family,
-    Firewall, FragmentPolicy, IcmpMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange,
-    Protocol, QueryRate, RateLimit, RatePer, Rule, TcpFlags,
+    Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE, CT_OVERLOAD_TTL_RANGE_S,
+    CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns, DnsAction, DnsEgress, DnsMode,
+    DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet, NameEntry, NameList, NameMatch,
+    Policy, PortRange, Protocol, QueryRate, RateLimit, RatePer, Rule, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 use super::setfile::{family_name, parse_cidr, parse_set_file};
@@ -365,6 +379,7 @@ stateful = true          # packets of established and related connections pass f
 # max_unvalidated = 65536     # flows not answered yet (SYNs, lone UDP); least recent go
 # max_per_source = 0          # open flows per outside address (0: no limit)
 # new_per_source = 0          # new flows per second per outside address (0: no limit)
+# overload_ttl = 600          # seconds an address over a limit stays in `overload_set`
 # tcp_syn = 60                # timeouts, in seconds
 # tcp_established = 21600
 # tcp_closing = 120
@@ -550,7 +565,8 @@ struct Node {
 enum Val {
     Str(String),
     Int(i64),
-    Float(f64),
+    /// No key takes a float: kept to name the type in messages.
+    Float,
     Bool(bool),
     /// As TOML wrote it, e.g. `2026-12-31T00:00:00Z`.
     Datetime(String),
@@ -569,7 +585,7 @@ impl Val {
         match self {
             Self::Str(_) => "a string",
             Self::Int(_) => "an integer",
-            Self::Float(_) => "a float",
+            Self::Float => "a float",
             Self::Bool(_) => "a boolean",
             Self::Datetime(_) => "a date-time",
             Self::Array(_) => "an array",
@@ -641,7 +657,7 @@ fn value_node(value: &Value, fallback: usize) -> Node {
     let val = match value {
         Value::String(s) => Val::Str(s.value().clone()),
         Value::Integer(i) => Val::Int(*i.value()),
-        Value::Float(f) => Val::Float(*f.value()),
+        Value::Float(_) => Val::Float,
         Value::Boolean(b) => Val::Bool(*b.value()),
         Value::Datetime(d) => Val::Datetime(d.value().to_string()),
         Value::Array(a) => Val::Array(a.iter().map(|v| value_node(v, at)).collect()),
@@ -698,6 +714,10 @@ const RULE_KEYS: &[&str] = &[
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
 const DNS_KEYS: &[&str] = &[
     "ports",
+    "answer_rate",
+    "answer_burst",
+    "answer_prefix_v4",
+    "answer_prefix_v6",
     "ingress",
     "egress",
     "lists",
@@ -725,19 +745,26 @@ const EGRESS_KEYS: &[&str] = &[
 ];
 const QUERY_RATE_KEYS: &[&str] = &["qps", "burst"];
 const LIST_KEYS: &[&str] = &["files", "names", "subdomains", "entry"];
-const LIST_ENTRY_KEYS: &[&str] = &["name", "qtypes", "max_entropy", "expires"];
-/// `[conntrack]`: the switch, the two capacities, the per-source limits, then every timeout
-/// by its name.
-const CONNTRACK_KEYS: [&str; 5 + TIMEOUTS] = {
-    let mut keys = [""; 5 + TIMEOUTS];
+const LIST_ENTRY_KEYS: &[&str] = &["name", "qtypes", "max_entropy_bits", "expires"];
+/// What `max_entropy_bits` replaced, and why the old value cannot be carried over.
+const RETIRED_MAX_ENTROPY: &str = "`max_entropy` (an average in bits per character) is no \
+    longer supported: an average let short names, padding and letter case through. Use \
+    `max_entropy_bits`, the total entropy in bits of the labels below the name (case \
+    counted); 256 lets ordinary host names through and stops tunnels";
+/// `[conntrack]`: the switch, the two capacities, the per-source limits and their overload
+/// set, then every timeout by its name.
+const CONNTRACK_KEYS: [&str; 7 + TIMEOUTS] = {
+    let mut keys = [""; 7 + TIMEOUTS];
     keys[0] = "enabled";
     keys[1] = "max_entries";
     keys[2] = "max_unvalidated";
     keys[3] = "max_per_source";
     keys[4] = "new_per_source";
+    keys[5] = "overload_set";
+    keys[6] = "overload_ttl";
     let mut i = 0;
     while i < TIMEOUTS {
-        keys[5 + i] = TIMEOUT_NAMES[i];
+        keys[7 + i] = TIMEOUT_NAMES[i];
         i += 1;
     }
     keys
@@ -834,8 +861,21 @@ impl Checker<'_> {
     }
 
     fn check_keys(&mut self, table: TableView<'_>, what: &str, allowed: &[&str]) {
+        self.check_keys_but(table, what, allowed, &[]);
+    }
+
+    /// [`Self::check_keys`], leaving out `retired` keys (reported by the caller with what
+    /// replaced them).
+    fn check_keys_but(
+        &mut self,
+        table: TableView<'_>,
+        what: &str,
+        allowed: &[&str],
+        retired: &[&str],
+    ) {
         for entry in table.entries {
-            if !allowed.contains(&entry.key.as_str()) {
+            let key = entry.key.as_str();
+            if !allowed.contains(&key) && !retired.contains(&key) {
                 let msg = format!(
                     "unknown key `{}` in {what}; expected one of {}",
                     entry.key,
@@ -926,7 +966,7 @@ impl Checker<'_> {
         };
         // Before the firewall, whose `stateful` and `state` must know whether tracking is off.
         let conntrack = match root.get("conntrack") {
-            Some(node) => self.conntrack(node),
+            Some(node) => self.conntrack(node, &sets),
             None => CtCheck {
                 conntrack: Conntrack::default(),
                 disabled_at: None,
@@ -1602,7 +1642,7 @@ struct CtCheck {
 
 impl Checker<'_> {
     /// `[conntrack]`. Problems are recorded and replaced by defaults.
-    fn conntrack(&mut self, node: &Node) -> CtCheck {
+    fn conntrack(&mut self, node: &Node, sets: &SetTable) -> CtCheck {
         let mut check = CtCheck {
             conntrack: Conntrack {
                 present: true,
@@ -1646,6 +1686,46 @@ impl Checker<'_> {
         if let Some(n) = capacity(self, "new_per_source", &CT_PER_SOURCE_RANGE) {
             ct.new_per_source = n;
         }
+        if let Some(node) = view.get("overload_ttl") {
+            let (lo, hi) = (
+                *CT_OVERLOAD_TTL_RANGE_S.start(),
+                *CT_OVERLOAD_TTL_RANGE_S.end(),
+            );
+            if let Some(n) = self.integer(node, "overload_ttl", lo as i64, hi as i64) {
+                ct.overload_ttl_s = n as u64;
+            }
+        }
+        if let Some(node) = view.get("overload_set")
+            && let Some(name) = self.string(node, "overload_set")
+        {
+            let name = name.strip_prefix('@').unwrap_or(name);
+            match sets.by_name.get(name) {
+                Some(&index) => ct.overload_set = Some(index),
+                None => self.err(
+                    node.at,
+                    format!(
+                        "`overload_set` names no set: declare it under [sets.{name}] (it may \
+                         have no entries)"
+                    ),
+                ),
+            }
+            if let Some(at) = check.disabled_at {
+                self.err(
+                    node.at,
+                    format!(
+                        "`overload_set` needs connection tracking, but [conntrack] turns it \
+                         off (`enabled = false` on line {})",
+                        self.lines.line(at)
+                    ),
+                );
+            } else if ct.max_per_source == 0 && ct.new_per_source == 0 {
+                self.err(
+                    node.at,
+                    "`overload_set` is only filled by a per-source limit: set \
+                     `max_per_source` or `new_per_source` too",
+                );
+            }
+        }
         for (class, key) in TIMEOUT_NAMES.iter().enumerate() {
             let Some(node) = view.get(key) else { continue };
             let (lo, hi) = (*CT_TIMEOUT_RANGE_S.start(), *CT_TIMEOUT_RANGE_S.end());
@@ -1681,13 +1761,13 @@ impl Checker<'_> {
 // The `[dns]` section
 
 /// What a scope's `mode` and `lists` resolved to, kept even when the scope has other errors
-/// so the `max_entropy` check still sees which lists a blocklist uses.
+/// so the `max_entropy_bits` check still sees which lists a blocklist uses.
 struct ScopeCheck {
     scope: Option<DnsScope>,
     table: &'static str,
 }
 
-/// A parsed `[dns.lists.NAME]`, with where its `max_entropy` values were written.
+/// A parsed `[dns.lists.NAME]`, with where its `max_entropy_bits` values were written.
 struct ListCheck {
     list: NameList,
     max_entropy_at: Vec<usize>,
@@ -1705,6 +1785,23 @@ impl Checker<'_> {
         self.check_keys(view, "[dns]", DNS_KEYS);
         if let Some(ports) = view.get("ports").and_then(|n| self.dns_ports(n)) {
             dns.ports = ports;
+        }
+        let budget: &mut AnswerBudget = &mut dns.answers;
+        if let Some(n) = view.get("answer_rate") {
+            budget.per_second = self.u32_field(n, "answer_rate", 0).unwrap_or(0);
+        }
+        if let Some(n) = view.get("answer_burst") {
+            budget.burst = self.u32_field(n, "answer_burst", 1).unwrap_or(1);
+        }
+        if let Some(n) = view.get("answer_prefix_v4") {
+            budget.prefix_v4 = self
+                .integer(n, "answer_prefix_v4", 0, 32)
+                .map_or(32, |v| v as u8);
+        }
+        if let Some(n) = view.get("answer_prefix_v6") {
+            budget.prefix_v6 = self
+                .integer(n, "answer_prefix_v6", 0, 128)
+                .map_or(128, |v| v as u8);
         }
         if let Some(rate) = view
             .get("event_rate")
@@ -1745,7 +1842,7 @@ impl Checker<'_> {
             }
         });
 
-        // `max_entropy` limits what an allowlist lets through; in a blocklist it would have
+        // `max_entropy_bits` limits what an allowlist lets through; in a blocklist it would have
         // to mean "block only when random enough", which nothing implements.
         let mut reported = HashSet::new();
         for check in ingress.iter().chain(egress.iter()) {
@@ -1758,7 +1855,7 @@ impl Checker<'_> {
                 for &at in &list.max_entropy_at {
                     if reported.insert(at) {
                         let msg = format!(
-                            "max_entropy only applies to allowlists, but list `{}` is used by \
+                            "max_entropy_bits only applies to allowlists, but list `{}` is used by \
                              the blocklist in {}",
                             list.list.name, check.table
                         );
@@ -1906,7 +2003,9 @@ impl Checker<'_> {
             action,
             audit,
             lists: list_indices,
-            block_malformed: malformed.unwrap_or(mode == DnsMode::Allowlist),
+            // A resolver may still answer what Palisade cannot read: such a query is dropped
+            // in either mode unless the policy says otherwise.
+            block_malformed: malformed.unwrap_or(true),
             rate,
             log_allowed,
         })
@@ -2083,7 +2182,7 @@ impl Checker<'_> {
                 },
                 qtypes: Vec::new(),
                 expires: None,
-                max_entropy: None,
+                max_entropy_bits: None,
                 line: self.lines.line(at),
             }),
             Err(e) => {
@@ -2093,14 +2192,19 @@ impl Checker<'_> {
         }
     }
 
-    /// `[[dns.lists.NAME.entry]]`, and where its valid `max_entropy` was written.
+    /// `[[dns.lists.NAME.entry]]`, and where its valid `max_entropy_bits` was written.
     fn list_entry(
         &mut self,
         view: TableView<'_>,
         subdomains: bool,
     ) -> Option<(NameEntry, Option<usize>)> {
         let errors_before = self.error_count();
-        self.check_keys(view, "DNS list entry", LIST_ENTRY_KEYS);
+        for e in view.entries {
+            if e.key == "max_entropy" {
+                self.err(e.key_at, RETIRED_MAX_ENTROPY);
+            }
+        }
+        self.check_keys_but(view, "DNS list entry", LIST_ENTRY_KEYS, &["max_entropy"]);
         let entry = match view.get("name") {
             None => {
                 self.err(view.at, "DNS list entry is missing `name`");
@@ -2114,9 +2218,11 @@ impl Checker<'_> {
             .get("qtypes")
             .map(|node| self.qtypes(node))
             .unwrap_or_default();
-        let max_entropy = view
-            .get("max_entropy")
-            .and_then(|node| self.max_entropy(node).map(|v| (v, node.at)));
+        let max_entropy = view.get("max_entropy_bits").and_then(|node| {
+            self.integer(node, "max_entropy_bits", 0, i64::from(MAX_BITS))
+                .and_then(|v| u32::try_from(v).ok())
+                .map(|v| (v, node.at))
+        });
         let expires = view.get("expires").and_then(|node| self.expires(node));
         if self.error_count() != errors_before {
             return None;
@@ -2124,7 +2230,7 @@ impl Checker<'_> {
         let entry = NameEntry {
             qtypes,
             expires,
-            max_entropy: max_entropy.map(|(v, _)| v),
+            max_entropy_bits: max_entropy.map(|(v, _)| v),
             line: self.lines.line(view.at),
             ..entry?
         };
@@ -2188,33 +2294,6 @@ impl Checker<'_> {
             }
         }
         out
-    }
-
-    fn max_entropy(&mut self, node: &Node) -> Option<f64> {
-        #[allow(clippy::cast_precision_loss)] // only small integers are in range
-        let value = match node.val {
-            Val::Float(f) => f,
-            Val::Int(n) => n as f64,
-            ref other => {
-                let msg = format!(
-                    "`max_entropy` must be a number of bits per character, found {}",
-                    other.type_name()
-                );
-                self.err(node.at, msg);
-                return None;
-            }
-        };
-        if (0.0..=8.0).contains(&value) {
-            Some(value)
-        } else {
-            self.err(
-                node.at,
-                format!(
-                    "`max_entropy` must be between 0.0 and 8.0 bits per character, found {value}"
-                ),
-            );
-            None
-        }
     }
 
     fn expires(&mut self, node: &Node) -> Option<u64> {
@@ -2636,6 +2715,8 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     max_unvalidated: 65_536,
                     max_per_source: 0,
                     new_per_source: 0,
+                    overload_set: None,
+                    overload_ttl_s: 600,
                     line: 0,
                 },
             }
@@ -3164,7 +3245,7 @@ tcp_flags = "syn"
             kind,
             qtypes: vec![],
             expires: None,
-            max_entropy: None,
+            max_entropy_bits: None,
             line,
         }
     }
@@ -3175,7 +3256,7 @@ tcp_flags = "syn"
             action,
             audit: false,
             lists,
-            block_malformed: mode == DnsMode::Allowlist,
+            block_malformed: true,
             rate: None,
             log_allowed: false,
         }
@@ -3231,8 +3312,8 @@ tcp_flags = "syn"
                         name(&["a", "ads", "example"], NameMatch::Exact, 3),
                         name(&["b", "ads", "example"], NameMatch::Exact, 3),
                         name(&["c", "ads", "example"], NameMatch::ApexAndSubdomains, 2),
-                        name(&["ads", "example", "com"], NameMatch::Exact, 18),
-                        name(&["tracker", "example"], NameMatch::Subdomains, 18),
+                        name(&["ads", "example", "com"], NameMatch::Exact, 19),
+                        name(&["tracker", "example"], NameMatch::Subdomains, 19),
                     ],
                 },
                 NameList {
@@ -3240,22 +3321,64 @@ tcp_flags = "syn"
                     entries: vec![name(
                         &["malware", "example"],
                         NameMatch::ApexAndSubdomains,
-                        21
+                        22
                     )],
                 },
                 NameList {
                     name: "corp".into(),
                     entries: vec![
-                        name(&["example", "com"], NameMatch::Exact, 25),
-                        name(&["example", "com"], NameMatch::Subdomains, 25),
+                        name(&["example", "com"], NameMatch::Exact, 26),
+                        name(&["example", "com"], NameMatch::Subdomains, 26),
                         NameEntry {
                             qtypes: vec![1, 28, 65],
-                            max_entropy: Some(3.5),
+                            max_entropy_bits: Some(256),
                             expires: Some(1_798_675_200),
-                            ..name(&["cdn", "example", "net"], NameMatch::Subdomains, 27)
+                            ..name(&["cdn", "example", "net"], NameMatch::Subdomains, 28)
                         },
                     ],
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_answer_budget_keys() {
+        let dns = parse("[dns.ingress]\nmode = \"blocklist\"\nlists = []\n")
+            .expect("valid")
+            .dns;
+        assert_eq!(
+            dns.answers,
+            AnswerBudget {
+                per_second: 50,
+                burst: 100,
+                prefix_v4: 24,
+                prefix_v6: 56
+            }
+        );
+        let dns = parse(
+            "[dns]\nanswer_rate = 0\nanswer_burst = 7\nanswer_prefix_v4 = 32\n\
+             answer_prefix_v6 = 64\n",
+        )
+        .expect("valid")
+        .dns;
+        assert_eq!(
+            dns.answers,
+            AnswerBudget {
+                per_second: 0,
+                burst: 7,
+                prefix_v4: 32,
+                prefix_v6: 64
+            }
+        );
+        assert_eq!(
+            errors("[dns]\nanswer_prefix_v4 = 33\nanswer_burst = 0\n"),
+            [
+                "p.toml:2:20: `answer_prefix_v4` must be between 0 and 32, found 33",
+                format!(
+                    "p.toml:3:16: `answer_burst` must be between 1 and {}, found 0",
+                    u32::MAX
+                )
+                .as_str(),
             ]
         );
     }
@@ -3278,10 +3401,11 @@ tcp_flags = "syn"
                     cgroups: vec![PathBuf::from(DEFAULT_DNS_CGROUP)],
                 }),
                 lists: vec![],
+                answers: AnswerBudget::default(),
             }
         );
         let ingress = scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![]);
-        assert!(!ingress.block_malformed);
+        assert!(ingress.block_malformed);
 
         // The other way round, with dotted keys and inline tables.
         let policy = parse(
@@ -3297,7 +3421,7 @@ tcp_flags = "syn"
         );
         assert_eq!(
             (egress.action, egress.block_malformed),
-            (DnsAction::Nxdomain, false)
+            (DnsAction::Nxdomain, true)
         );
 
         // Explicit values win over every default.
@@ -3340,9 +3464,10 @@ tcp_flags = "syn"
         use crate::policy::model::DnsEvents;
         let d = parse("").expect("empty policy").dns.events;
         assert_eq!(d, DnsEvents::default());
-        assert_eq!((d.rate, d.sample), (1000, 1000));
-        let p = parse("[dns]\nevent_rate = 0\nevent_sample = 7\n").expect("valid");
-        assert_eq!(p.dns.events, DnsEvents { rate: 0, sample: 7 });
+        // Aggregation is off unless asked for.
+        assert_eq!((d.rate, d.sample), (0, 1000));
+        let p = parse("[dns]\nevent_rate = 500\nevent_sample = 7\n").expect("valid");
+        assert_eq!(p.dns.events, DnsEvents { rate: 500, sample: 7 });
         let e = errors("[dns]\nevent_rate = -1\nevent_sample = \"x\"\n");
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].contains("p.toml:2"), "{e:?}");
@@ -3379,6 +3504,7 @@ tcp_flags = "syn"
                 "[dns]\nport = [53]\ningress = 1\nlists = 2\n",
                 vec![
                     "p.toml:2:1: unknown key `port` in [dns]; expected one of `ports`, \
+                     `answer_rate`, `answer_burst`, `answer_prefix_v4`, `answer_prefix_v6`, \
                      `ingress`, `egress`, `lists`, `event_rate`, `event_sample`",
                     "p.toml:3:11: `dns.ingress` must be a table, found an integer",
                     "p.toml:4:9: `dns.lists` must be a table, found an integer",
@@ -3488,12 +3614,12 @@ tcp_flags = "syn"
             (
                 "[[dns.lists.l.entry]]\n\
                  qtypes = [\"A\", \"a\", \"AXFR\", 0, 65536, 1.5]\n\
-                 max_entropy = 9\n\
+                 max_entropy_bits = 9000\n\
                  expires = \"2026-12-31T00:00:00+01:00\"\n\
                  [[dns.lists.l.entry]]\n\
                  name = \"x.example\"\n\
                  qtypes = []\n\
-                 max_entropy = \"high\"\n\
+                 max_entropy_bits = \"high\"\n\
                  expires = -1\n\
                  ttl = 5\n\
                  [[dns.lists.l.entry]]\n\
@@ -3510,18 +3636,19 @@ tcp_flags = "syn"
                     "p.toml:2:32: `qtypes` must be between 1 and 65535, found 65536",
                     "p.toml:2:39: `qtypes` entries must be query type names or numbers, found \
                      a float",
-                    "p.toml:3:15: `max_entropy` must be between 0.0 and 8.0 bits per character, \
-                     found 9",
+                    "p.toml:3:20: `max_entropy_bits` must be between 0 and 2040, found 9000",
                     "p.toml:4:11: time `2026-12-31T00:00:00+01:00` has a UTC offset; write it \
                      in UTC with a final `Z`",
                     "p.toml:7:10: `qtypes` is empty; leave it out to match every query type",
-                    "p.toml:8:15: `max_entropy` must be a number of bits per character, found \
-                     a string",
+                    "p.toml:8:20: `max_entropy_bits` must be an integer, found a string",
                     "p.toml:9:11: `expires` must be a unix time of 0 or more, found -1",
                     "p.toml:10:1: unknown key `ttl` in DNS list entry; expected one of `name`, \
-                     `qtypes`, `max_entropy`, `expires`",
-                    "p.toml:13:15: `max_entropy` must be between 0.0 and 8.0 bits per \
-                     character, found NaN",
+                     `qtypes`, `max_entropy_bits`, `expires`",
+                    "p.toml:13:1: `max_entropy` (an average in bits per character) is no longer \
+                     supported: an average let short names, padding and letter case through. \
+                     Use `max_entropy_bits`, the total entropy in bits of the labels below the \
+                     name (case counted); 256 lets ordinary host names through and stops \
+                     tunnels",
                     "p.toml:14:11: invalid time `2026-12-31`; use RFC 3339 in UTC, like \
                      \"2026-12-31T00:00:00Z\", or a unix time in seconds",
                 ],
@@ -3543,10 +3670,10 @@ tcp_flags = "syn"
             (
                 "[dns.ingress]\nmode = \"blocklist\"\nlists = [\"corp\"]\n\
                  [dns.egress]\nmode = \"blocklist\"\nlists = [\"corp\"]\n\
-                 [[dns.lists.corp.entry]]\nname = \"a.example\"\nmax_entropy = 3.5\n\
+                 [[dns.lists.corp.entry]]\nname = \"a.example\"\nmax_entropy_bits = 256\n\
                  [[dns.lists.corp.entry]]\nname = \"b.example\"\n",
                 vec![
-                    "p.toml:9:15: max_entropy only applies to allowlists, but list `corp` is \
+                    "p.toml:9:20: max_entropy_bits only applies to allowlists, but list `corp` is \
                      used by the blocklist in [dns.ingress]",
                 ],
             ),
@@ -3561,10 +3688,10 @@ tcp_flags = "syn"
         let text = "[dns.ingress]\nmode = \"blocklist\"\nlists = [\"ads\"]\n\
                     [dns.egress]\nmode = \"allowlist\"\nlists = [\"corp\", \"ads\"]\n\
                     [dns.lists.ads]\nnames = [\"ads.example\"]\n\
-                    [[dns.lists.corp.entry]]\nname = \"*.example.com\"\nmax_entropy = 0\n";
+                    [[dns.lists.corp.entry]]\nname = \"*.example.com\"\nmax_entropy_bits = 0\n";
         let dns = parse(text).expect("valid").dns;
         assert_eq!(dns.lists[1].name, "corp");
-        assert_eq!(dns.lists[1].entries[0].max_entropy, Some(0.0));
+        assert_eq!(dns.lists[1].entries[0].max_entropy_bits, Some(0));
         assert_eq!(dns.egress.expect("egress").scope.lists, [1, 0]);
     }
 
@@ -3810,7 +3937,8 @@ tcp_flags = "syn"
                 }
             })
             .collect();
-        assert_eq!(uncommented, CONNTRACK_KEYS.len());
+        // Every key but `overload_set`, which has no default.
+        assert_eq!(uncommented, CONNTRACK_KEYS.len() - 1);
         let explicit = parse(&text).expect("uncommented default policy is valid");
         assert_eq!(explicit, default_policy());
     }
@@ -3861,6 +3989,8 @@ tcp_flags = "syn"
                 "max_unvalidated",
                 "max_per_source",
                 "new_per_source",
+                "overload_set",
+                "overload_ttl",
                 "tcp_syn",
                 "tcp_established",
                 "tcp_closing",
@@ -3948,6 +4078,8 @@ max_entries = 16777216
 max_unvalidated = 1024
 max_per_source = 100
 new_per_source = 1000000
+overload_set = "flooders"
+overload_ttl = 86400
 tcp_syn = 1
 tcp_established = 2592000
 tcp_closing = 3
@@ -3957,6 +4089,8 @@ udp = 6
 udp_replied = 7
 icmp = 8
 other = 9
+
+[sets.flooders]
 "#;
         let ct = parse(text).expect("valid").conntrack;
         let mut timeouts = [0; TIMEOUTS];
@@ -3983,6 +4117,8 @@ other = 9
                 max_unvalidated: 1024,
                 max_per_source: 100,
                 new_per_source: 1_000_000,
+                overload_set: Some(0),
+                overload_ttl_s: 86_400,
                 line: 2,
             }
         );
@@ -4119,8 +4255,9 @@ other = 9
                 vec![
                     "p.toml:2:1: unknown key `tcp_establish` in [conntrack]; expected one of \
                      `enabled`, `max_entries`, `max_unvalidated`, `max_per_source`, \
-                     `new_per_source`, `tcp_syn`, `tcp_established`, `tcp_closing`, \
-                     `tcp_time_wait`, `tcp_close`, `udp`, `udp_replied`, `icmp`, `other`",
+                     `new_per_source`, `overload_set`, `overload_ttl`, `tcp_syn`, \
+                     `tcp_established`, `tcp_closing`, `tcp_time_wait`, `tcp_close`, `udp`, \
+                     `udp_replied`, `icmp`, `other`",
                 ],
             ),
             (
@@ -4163,6 +4300,51 @@ udp = 0
                 "p.toml:13:7: `udp` must be between 1 and 2592000 seconds (30 days), found 0",
             ]
         );
+    }
+
+    #[test]
+    fn overload_set_must_name_a_set_and_have_a_limit_to_fill_it() {
+        for (text, want) in [
+            (
+                "[conntrack]\nmax_per_source = 5\noverload_set = \"nope\"\n\n[sets.other]\n",
+                "p.toml:3:16: `overload_set` names no set: declare it under [sets.nope] (it may \
+                 have no entries)",
+            ),
+            (
+                "[sets.bad]\n[conntrack]\nenabled = false\nnew_per_source = 9\n\
+                 overload_set = \"bad\"\n",
+                "p.toml:5:16: `overload_set` needs connection tracking, but [conntrack] turns it \
+                 off (`enabled = false` on line 3)",
+            ),
+            (
+                "[sets.bad]\n[conntrack]\noverload_set = \"bad\"\n",
+                "p.toml:3:16: `overload_set` is only filled by a per-source limit: set \
+                 `max_per_source` or `new_per_source` too",
+            ),
+            (
+                "[sets.bad]\n[conntrack]\nmax_per_source = 1\noverload_set = 7\n",
+                "p.toml:4:16: `overload_set` must be a string, found an integer",
+            ),
+            (
+                "[conntrack]\noverload_ttl = 0\n",
+                "p.toml:2:16: `overload_ttl` must be between 1 and 86400, found 0",
+            ),
+            (
+                "[conntrack]\noverload_ttl = 86401\n",
+                "p.toml:2:16: `overload_ttl` must be between 1 and 86400, found 86401",
+            ),
+        ] {
+            assert_eq!(errors(text), [want], "for:\n{text}");
+        }
+        // Declared after [conntrack], with no entries, named with or without its `@`.
+        for name in ["bad", "@bad"] {
+            let text = format!(
+                "[conntrack]\nnew_per_source = 3\noverload_set = \"{name}\"\noverload_ttl = 1\n\
+                 [sets.good]\nentries = [\"10.0.0.0/8\"]\n[sets.bad]\n"
+            );
+            let ct = parse(&text).expect("valid").conntrack;
+            assert_eq!((ct.overload_set, ct.overload_ttl_s), (Some(1), 1), "{text}");
+        }
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub fn ct_config(policy: &Policy) -> CtConfig {
         max_per_source: policy.conntrack.max_per_source,
         new_per_source: policy.conntrack.new_per_source,
         _pad: 0,
+        overload_ttl_ns: if policy.conntrack.overload_set.is_some() {
+            policy.conntrack.overload_ttl_s.saturating_mul(NS_PER_S)
+        } else {
+            0
+        },
     }
 }
 

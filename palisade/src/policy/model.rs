@@ -183,6 +183,10 @@ pub const DEFAULT_CT_MAX_UNVALIDATED: u32 = 65_536;
 pub const CT_MAX_UNVALIDATED_RANGE: std::ops::RangeInclusive<u32> = 1024..=4_194_304;
 /// Bounds of [`Conntrack::max_per_source`] and [`Conntrack::new_per_source`] (0: no limit).
 pub const CT_PER_SOURCE_RANGE: std::ops::RangeInclusive<u32> = 0..=1_000_000;
+/// Default of [`Conntrack::overload_ttl_s`]: ten minutes.
+pub const DEFAULT_CT_OVERLOAD_TTL_S: u64 = 600;
+/// Bounds of [`Conntrack::overload_ttl_s`], in seconds (the longest is a day).
+pub const CT_OVERLOAD_TTL_RANGE_S: std::ops::RangeInclusive<u64> = 1..=86_400;
 /// Bounds of every timeout, in seconds (the longest is 30 days).
 pub const CT_TIMEOUT_RANGE_S: std::ops::RangeInclusive<u64> = 1..=2_592_000;
 
@@ -205,6 +209,11 @@ pub struct Conntrack {
     pub max_per_source: u32,
     /// New flows one outside address may open per second (0: no limit).
     pub new_per_source: u32,
+    /// Index in [`Policy::sets`] of the overload set: addresses over a per-source limit join
+    /// it for [`Self::overload_ttl_s`].
+    pub overload_set: Option<usize>,
+    /// Seconds an address stays in the overload set.
+    pub overload_ttl_s: u64,
     /// 1-based line of the `[conntrack]` section (0 when absent or built in code).
     pub line: usize,
 }
@@ -220,6 +229,8 @@ impl Default for Conntrack {
             max_unvalidated: DEFAULT_CT_MAX_UNVALIDATED,
             max_per_source: 0,
             new_per_source: 0,
+            overload_set: None,
+            overload_ttl_s: DEFAULT_CT_OVERLOAD_TTL_S,
             line: 0,
         }
     }
@@ -371,9 +382,10 @@ pub struct NameEntry {
     pub qtypes: Vec<u16>,
     /// Unix time (seconds) after which the entry no longer applies.
     pub expires: Option<u64>,
-    /// Allowlist only: the Shannon entropy, in bits per character, of the labels below the
-    /// matched suffix must not exceed this.
-    pub max_entropy: Option<f64>,
+    /// Allowlist only: the total Shannon entropy, in bits, of the labels below the matched
+    /// suffix (counted as sent, letter case included) must not exceed this (see
+    /// [`palisade_common::dns::entropy`]).
+    pub max_entropy_bits: Option<u32>,
     /// 1-based line in the file it came from (0 when built in code).
     pub line: usize,
 }
@@ -401,9 +413,11 @@ pub struct DnsScope {
     pub audit: bool,
     /// Indices into [`Dns::lists`].
     pub lists: Vec<usize>,
-    /// What to do with queries that cannot be parsed safely (QDCOUNT != 1, compression in the
-    /// question, truncated, a TCP query not whole in its segment). `true` = block.
-    /// Default: block in allowlist mode, allow in blocklist mode.
+    /// What to do with queries that cannot be parsed safely (not one question and at most
+    /// one OPT record, a compression pointer that does not point strictly backward or more
+    /// than `MAX_POINTER_HOPS` of them, bytes after the question, truncated, a TCP query not
+    /// whole in its segment, a fragmented query). `true` = block, the default in both
+    /// modes: a resolver may still answer what Palisade cannot read.
     pub block_malformed: bool,
     pub rate: Option<QueryRate>,
     /// Also emit events for allowed queries.
@@ -428,8 +442,46 @@ pub struct Dns {
     /// Queries sent by local processes (cgroup_skb egress).
     pub egress: Option<DnsEgress>,
     pub lists: Vec<NameList>,
+    /// How many NXDOMAIN answers a client prefix gets (ingress).
+    pub answers: AnswerBudget,
     /// When DNS events are aggregated instead of sent one by one.
     pub events: DnsEvents,
+}
+
+/// The NXDOMAIN answer budget: a token bucket per client prefix, like response-rate
+/// limiting, so forged queries cannot make Palisade bounce answers at a victim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerBudget {
+    /// Answers per second per prefix; 0 = no budget.
+    pub per_second: u32,
+    /// Answers a prefix may get at once.
+    pub burst: u32,
+    /// IPv4 clients sharing a budget: prefix length `0..=32`.
+    pub prefix_v4: u8,
+    /// IPv6 clients sharing a budget: prefix length `0..=128`.
+    pub prefix_v6: u8,
+}
+
+impl AnswerBudget {
+    /// No budget: every blocked query may be answered.
+    pub const UNLIMITED: Self = Self {
+        per_second: 0,
+        burst: 0,
+        prefix_v4: 32,
+        prefix_v6: 128,
+    };
+}
+
+impl Default for AnswerBudget {
+    /// 50 answers a second, bursts of 100, per /24 (IPv4) and /56 (IPv6).
+    fn default() -> Self {
+        Self {
+            per_second: 50,
+            burst: 100,
+            prefix_v4: 24,
+            prefix_v6: 56,
+        }
+    }
 }
 
 /// DNS event budget (`[dns] event_rate`, `event_sample`).
@@ -442,9 +494,10 @@ pub struct DnsEvents {
 }
 
 impl DnsEvents {
-    /// Default `[dns] event_rate`: reading an event costs the daemon about a microsecond, so
-    /// this keeps a flood's events under a few thousandths of a CPU per CPU.
-    pub const DEFAULT_RATE: u32 = 1_000;
+    /// Default `[dns] event_rate`: never aggregate. Aggregation makes a flood of repeated
+    /// names far cheaper to report, but a flood of distinct names dearer (every name is still
+    /// sent once, and remembered), so it is a choice for the operator.
+    pub const DEFAULT_RATE: u32 = 0;
     /// Default `[dns] event_sample`.
     pub const DEFAULT_SAMPLE: u32 = 1_000;
     /// Every reported query is an event (`event_rate = 0`).

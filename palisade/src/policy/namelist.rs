@@ -276,7 +276,7 @@ pub fn entry(text: &str, subdomains: bool, line: usize) -> Result<NameEntry, Nam
         kind,
         qtypes: Vec::new(),
         expires: None,
-        max_entropy: None,
+        max_entropy_bits: None,
         line,
     })
 }
@@ -554,7 +554,7 @@ mod tests {
             kind,
             qtypes: Vec::new(),
             expires: None,
-            max_entropy: None,
+            max_entropy_bits: None,
             line,
         }
     }

@@ -310,6 +310,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
                 log_allowed: false,
             }),
             egress: None,
+            answers: palisade::policy::model::AnswerBudget::UNLIMITED,
             lists: vec![NameList {
                 name: "flood".into(),
                 entries,

@@ -16,7 +16,7 @@ use aya::programs::XdpMode;
 use palisade::{
     guard::{DNS_INGRESS, FIREWALL},
     policy::{
-        model::{Dns, DnsAction, DnsMode, DnsScope, NameList, Policy},
+        model::{AnswerBudget, Dns, DnsAction, DnsMode, DnsScope, NameList, Policy},
         namelist,
     },
 };
@@ -422,6 +422,7 @@ pub fn policy(list: &[String], action: DnsAction) -> Result<Policy> {
     p.dns = Dns {
         events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
+        answers: AnswerBudget::UNLIMITED,
         ingress: Some(DnsScope {
             mode: DnsMode::Blocklist,
             action,
