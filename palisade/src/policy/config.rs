@@ -275,10 +275,11 @@ use palisade_common::{
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
 use super::model::{
-    Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE, CT_OVERLOAD_TTL_RANGE_S,
-    CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns, DnsAction, DnsEgress, DnsMode,
-    DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet, NameEntry, NameList, NameMatch,
-    Policy, PortRange, Protocol, QueryRate, RateLimit, RatePer, Rule, TcpFlags,
+    Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE,
+    CT_OVERLOAD_TTL_RANGE_S, CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns,
+    DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet,
+    NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate, RateLimit, RatePer,
+    Rule, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 use super::setfile::{family_name, parse_cidr, parse_set_file};
@@ -3467,7 +3468,13 @@ tcp_flags = "syn"
         // Aggregation is off unless asked for.
         assert_eq!((d.rate, d.sample), (0, 1000));
         let p = parse("[dns]\nevent_rate = 500\nevent_sample = 7\n").expect("valid");
-        assert_eq!(p.dns.events, DnsEvents { rate: 500, sample: 7 });
+        assert_eq!(
+            p.dns.events,
+            DnsEvents {
+                rate: 500,
+                sample: 7
+            }
+        );
         let e = errors("[dns]\nevent_rate = -1\nevent_sample = \"x\"\n");
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].contains("p.toml:2"), "{e:?}");
