@@ -55,9 +55,8 @@ use palisade_common::{
         maps::{
             DnsGlobal, MODE_ALLOWLIST, MODE_OFF, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED, SCOPE_EGRESS,
             SCOPE_LOG_ALLOWED, SCOPES, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED, STAT_QUERIES,
-            STAT_TCP, ScopeConfig,
+            ScopeConfig,
         },
-        stream::MAX_MESSAGES,
         wire::INSPECT_LEN,
     },
     event::{DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP},
@@ -68,7 +67,7 @@ use palisade_common::{
 use super::{
     inspect::{self, Decision, Request},
     report::{self, Origin},
-    stream::{self, Plan},
+    stream::{self, Judged},
 };
 use crate::{
     atomic,
@@ -233,10 +232,10 @@ fn inspect_egress(
     let mut d = Decision::malformed(cfg.flags & SCOPE_BLOCK_MALFORMED != 0);
     if tcp {
         match judge_tcp(ctx, slot, generation, cfg.flags & SCOPE_AUDIT != 0, &mut d) {
-            Tcp::Empty => return ALLOW,
-            Tcp::Unreadable => return unchecked(cfg, generation, reason::MALFORMED_L4, sender),
-            Tcp::Internal => return unchecked(cfg, generation, reason::DNS_INTERNAL, sender),
-            Tcp::Judged => {}
+            Judged::Empty => return ALLOW,
+            Judged::Unreadable => return unchecked(cfg, generation, reason::MALFORMED_L4, sender),
+            Judged::Internal => return unchecked(cfg, generation, reason::DNS_INTERNAL, sender),
+            Judged::Judged => {}
         }
     } else {
         let l4 = usize::from(p.l4_offset);
@@ -290,22 +289,8 @@ fn inspect_egress(
     DROP
 }
 
-/// What became of a TCP segment.
-enum Tcp {
-    /// No payload (handshake, ACK, FIN): nothing to judge.
-    Empty,
-    /// Judged: the decision is in `d`.
-    Judged,
-    /// The TCP header cannot be read.
-    Unreadable,
-    /// Palisade itself failed.
-    Internal,
-}
-
-/// Judges a TCP segment as the resolver will read the stream (see `stream`): every message
-/// in it (glibc's `use-vc` writes its A and AAAA queries in one segment), the first that is
-/// not passed deciding. A segment that passes (or is audited) moves the stream on. Not
-/// inlined: the segment's layout stays out of the hook's frame.
+/// Judges a TCP segment (see [`stream::judge`]). Not inlined: the segment's layout stays out
+/// of the hook's frame.
 #[inline(never)]
 fn judge_tcp(
     ctx: &SkBuffContext,
@@ -313,70 +298,16 @@ fn judge_tcp(
     generation: u32,
     audit: bool,
     d: &mut Decision,
-) -> Tcp {
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
-        return Tcp::Internal;
+) -> Judged {
+    let hook = stream::Hook {
+        slot,
+        scope: SCOPE_EGRESS,
+        generation,
+        audit,
     };
-    // SAFETY: this run's own per-CPU scratch slot.
-    let s = unsafe { &mut *scratch };
-    let bytes = SkbBytes(ctx);
-    let Some(seg) = stream::payload(&bytes, &s.packet, ctx.len() as usize) else {
-        return Tcp::Unreadable;
-    };
-    s.segment = seg;
-    let plan = stream::plan(&bytes, &s.packet, SCOPE_EGRESS, &s.segment, &mut s.messages);
-    match plan {
-        Plan::Empty => return Tcp::Empty,
-        Plan::Reject => {
-            report::count(SCOPE_EGRESS, STAT_QUERIES);
-            report::count(SCOPE_EGRESS, STAT_TCP);
-            d.reason = reason::DNS_STREAM;
-        }
-        Plan::Malformed => {
-            report::count(SCOPE_EGRESS, STAT_QUERIES);
-            report::count(SCOPE_EGRESS, STAT_TCP);
-            // Judged as malformed by the inspector, after the rate limit took its token.
-            let req = Request {
-                slot: slot,
-                scope: SCOPE_EGRESS,
-                generation,
-                msg_len: 0,
-                total_len: 0,
-                whole: false,
-            };
-            if !inspect::inspect(&req, d) {
-                return Tcp::Internal;
-            }
-        }
-        Plan::Inspect => {
-            let mut k = 0;
-            while k < MAX_MESSAGES && k < usize::from(s.messages.count) {
-                report::count(SCOPE_EGRESS, STAT_QUERIES);
-                report::count(SCOPE_EGRESS, STAT_TCP);
-                let len = usize::from(s.messages.lens[k]);
-                let off = s.segment.off + usize::from(s.messages.offsets[k]);
-                let req = Request {
-                    slot,
-                    scope: SCOPE_EGRESS,
-                    generation,
-                    msg_len: copy_message(ctx, slot, off, len),
-                    total_len: len,
-                    whole: true,
-                };
-                if !inspect::inspect(&req, d) {
-                    return Tcp::Internal;
-                }
-                if d.reason != reason::PASS {
-                    break;
-                }
-                k += 1;
-            }
-        }
-    }
-    if d.reason == reason::PASS || audit {
-        stream::passed(&s.packet, SCOPE_EGRESS, &s.segment);
-    }
-    Tcp::Judged
+    stream::judge(&SkbBytes(ctx), ctx.len() as usize, &hook, d, |off, len| {
+        Some(copy_message(ctx, slot, off, len))
+    })
 }
 
 /// Copies up to `INSPECT_LEN` bytes of the message at `off` into the scratch slot; returns

@@ -23,9 +23,8 @@ use palisade_common::{
         maps::{
             ACTION_NXDOMAIN, DnsGlobal, MODE_OFF, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED,
             SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPES, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED,
-            STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_TCP,
+            STAT_NXDOMAIN_SENT, STAT_QUERIES,
         },
-        stream::MAX_MESSAGES,
         wire::INSPECT_LEN,
     },
     event::{DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN},
@@ -40,7 +39,7 @@ use super::{
     inspect::{self, Decision, Request},
     nxdomain,
     report::{self, Origin},
-    stream::{self, Plan},
+    stream::{self, Judged},
 };
 use crate::{
     bytes::XdpFrame,
@@ -83,9 +82,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let mut d = Decision::malformed(cfg.flags & SCOPE_BLOCK_MALFORMED != 0);
     if tcp {
         match judge_tcp(ctx, generation, cfg.flags & SCOPE_AUDIT != 0, &mut d) {
-            Tcp::Empty => return verdict::pass(),
-            Tcp::Internal => return verdict::internal_error(),
-            Tcp::Judged => {}
+            // No payload, or a header the firewall parsed but the payload's offset cannot
+            // be read from: nothing to inspect.
+            Judged::Empty | Judged::Unreadable => return verdict::pass(),
+            Judged::Internal => return verdict::internal_error(),
+            Judged::Judged => {}
         }
     } else {
         let (msg_off, msg_len, whole) = locate_udp(ctx, p);
@@ -160,94 +161,20 @@ fn decide(generation: u32, msg_len: usize, whole: bool, d: &mut Decision) -> boo
     inspect::inspect(&req, d)
 }
 
-/// What became of a TCP segment.
-enum Tcp {
-    /// No payload (handshake, ACK, FIN): nothing to judge.
-    Empty,
-    /// Judged: the decision is in `d`.
-    Judged,
-    /// Palisade itself failed.
-    Internal,
-}
-
-/// Judges a TCP segment as the resolver will read the stream (see `stream`): every message
-/// in it, the first that is not passed deciding. A segment that passes (or is audited)
-/// moves the stream on. Not inlined: the segment's layout stays out of the hook's frame.
+/// Judges a TCP segment (see [`stream::judge`]). Not inlined: the segment's layout stays out
+/// of the hook's frame, on which the NXDOMAIN rewrite's large frame is stacked.
 #[inline(never)]
-fn judge_tcp(ctx: &XdpContext, generation: u32, audit: bool, d: &mut Decision) -> Tcp {
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) else {
-        return Tcp::Internal;
+fn judge_tcp(ctx: &XdpContext, generation: u32, audit: bool, d: &mut Decision) -> Judged {
+    let hook = stream::Hook {
+        slot: SLOT_XDP,
+        scope: SCOPE_INGRESS,
+        generation,
+        audit,
     };
-    // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
-    let s = unsafe { &mut *scratch };
-    let frame = XdpFrame::of(ctx);
     let frame_len = ctx.data_end() - ctx.data();
-    let Some(seg) = stream::payload(&frame, &s.packet, frame_len) else {
-        return Tcp::Empty;
-    };
-    s.segment = seg;
-    let plan = stream::plan(
-        &frame,
-        &s.packet,
-        SCOPE_INGRESS,
-        &s.segment,
-        &mut s.messages,
-    );
-    match plan {
-        Plan::Empty => return Tcp::Empty,
-        Plan::Reject => {
-            report::count(SCOPE_INGRESS, STAT_QUERIES);
-            report::count(SCOPE_INGRESS, STAT_TCP);
-            d.reason = reason::DNS_STREAM;
-        }
-        Plan::Malformed => {
-            report::count(SCOPE_INGRESS, STAT_QUERIES);
-            report::count(SCOPE_INGRESS, STAT_TCP);
-            // Judged as malformed by the inspector, after the rate limit took its token.
-            let req = Request {
-                slot: SLOT_XDP,
-                scope: SCOPE_INGRESS,
-                generation,
-                msg_len: 0,
-                total_len: 0,
-                whole: false,
-            };
-            if !inspect::inspect(&req, d) {
-                return Tcp::Internal;
-            }
-        }
-        Plan::Inspect => {
-            let mut k = 0;
-            while k < MAX_MESSAGES && k < usize::from(s.messages.count) {
-                report::count(SCOPE_INGRESS, STAT_QUERIES);
-                report::count(SCOPE_INGRESS, STAT_TCP);
-                let len = usize::from(s.messages.lens[k]);
-                let off = s.segment.off + usize::from(s.messages.offsets[k]);
-                if !copy_message(ctx, off, len) {
-                    return Tcp::Internal;
-                }
-                let req = Request {
-                    slot: SLOT_XDP,
-                    scope: SCOPE_INGRESS,
-                    generation,
-                    msg_len: len.min(INSPECT_LEN),
-                    total_len: len,
-                    whole: true,
-                };
-                if !inspect::inspect(&req, d) {
-                    return Tcp::Internal;
-                }
-                if d.reason != reason::PASS {
-                    break;
-                }
-                k += 1;
-            }
-        }
-    }
-    if d.reason == reason::PASS || audit {
-        stream::passed(&s.packet, SCOPE_INGRESS, &s.segment);
-    }
-    Tcp::Judged
+    stream::judge(&XdpFrame::of(ctx), frame_len, &hook, d, |off, len| {
+        copy_message(ctx, off, len).then_some(len.min(INSPECT_LEN))
+    })
 }
 
 /// Offset and length of the DNS message in a UDP datagram, and whether the whole message is

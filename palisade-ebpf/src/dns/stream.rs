@@ -4,11 +4,111 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use palisade_common::{
-    dns::stream::{self, Messages, Segment, StreamKey, StreamState},
+    dns::{
+        maps::{STAT_QUERIES, STAT_TCP},
+        stream::{self, MAX_MESSAGES, Messages, Segment, StreamKey, StreamState},
+        wire::INSPECT_LEN,
+    },
     packet::{Bytes, MAX_L4_OFFSET, Packet},
+    reason,
 };
 
-use crate::maps::DNS_STREAMS;
+use super::{
+    inspect::{self, Decision, Request},
+    report,
+};
+use crate::maps::{DNS_SCRATCH, DNS_STREAMS};
+
+/// The hook that judges a segment: its scratch slot, its scope, the policy generation, and
+/// whether the scope only audits.
+pub struct Hook {
+    pub slot: u32,
+    pub scope: u8,
+    pub generation: u32,
+    pub audit: bool,
+}
+
+/// What became of a TCP segment.
+pub enum Judged {
+    /// No payload (handshake, ACK, FIN): nothing to judge.
+    Empty,
+    /// Judged: the decision is in the hook's `Decision`.
+    Judged,
+    /// The TCP header cannot be read.
+    Unreadable,
+    /// Palisade itself failed.
+    Internal,
+}
+
+/// Judges a TCP segment as the resolver will read the stream: every message in it (glibc's
+/// `use-vc` writes its A and AAAA queries in one segment), the first that is not passed
+/// deciding; a segment the stream cannot place is `dns-stream`, one that is not whole
+/// messages is malformed (after the rate limit took its token). A segment that passes (or
+/// is audited) moves the stream on. `copy(off, len)` copies the message at frame offset
+/// `off` into the hook's scratch and returns the bytes copied.
+#[inline(always)]
+pub fn judge<B: Bytes>(
+    b: &B,
+    frame_len: usize,
+    h: &Hook,
+    d: &mut Decision,
+    mut copy: impl FnMut(usize, usize) -> Option<usize>,
+) -> Judged {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(h.slot) else {
+        return Judged::Internal;
+    };
+    // SAFETY: the hook's own per-CPU scratch slot.
+    let s = unsafe { &mut *scratch };
+    let Some(seg) = payload(b, &s.packet, frame_len) else {
+        return Judged::Unreadable;
+    };
+    s.segment = seg;
+    let what = plan(b, &s.packet, h.scope, &s.segment, &mut s.messages);
+    if what == Plan::Empty {
+        return Judged::Empty;
+    }
+    let mut req = Request {
+        slot: h.slot,
+        scope: h.scope,
+        generation: h.generation,
+        msg_len: 0,
+        total_len: 0,
+        whole: false,
+    };
+    if what == Plan::Inspect {
+        let mut k = 0;
+        while k < MAX_MESSAGES && k < usize::from(s.messages.count) {
+            report::count(h.scope, STAT_QUERIES);
+            report::count(h.scope, STAT_TCP);
+            let len = usize::from(s.messages.lens[k]);
+            let Some(copied) = copy(s.segment.off + usize::from(s.messages.offsets[k]), len) else {
+                return Judged::Internal;
+            };
+            req.msg_len = copied.min(INSPECT_LEN);
+            req.total_len = len;
+            req.whole = true;
+            if !inspect::inspect(&req, d) {
+                return Judged::Internal;
+            }
+            if d.reason != reason::PASS {
+                break;
+            }
+            k += 1;
+        }
+    } else {
+        report::count(h.scope, STAT_QUERIES);
+        report::count(h.scope, STAT_TCP);
+        if what == Plan::Reject {
+            d.reason = reason::DNS_STREAM;
+        } else if !inspect::inspect(&req, d) {
+            return Judged::Internal;
+        }
+    }
+    if d.reason == reason::PASS || h.audit {
+        passed(&s.packet, h.scope, &s.segment);
+    }
+    Judged::Judged
+}
 
 /// Length prefixes are read up to this offset in the frame; a segment whose messages run
 /// past it is malformed (queries are small; a segment of 4 of them stays far below).
