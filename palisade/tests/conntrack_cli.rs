@@ -9,7 +9,7 @@ mod support;
 
 use std::{path::Path, thread, time::Duration};
 
-use control::{Bg, Proc, Scratch, cli, cli_json, eventually, py};
+use control::{Bg, HTTP_GET, Proc, Scratch, UDP_ECHO, cli, cli_json, eventually, py, sample};
 use serde_json::Value;
 use support::netns::NetnsPair;
 
@@ -77,20 +77,6 @@ while not os.path.exists(stop):
     time.sleep(0.05)
 ";
 
-/// Answers every UDP datagram on `addr:port` until `stopfile` exists. Prints `ready`.
-const UDP_ECHO: &str = r"
-import socket, sys, os
-addr, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((addr, port)); s.settimeout(0.05)
-print('ready', flush=True)
-while not os.path.exists(stop):
-    try:
-        d, a = s.recvfrom(2048); s.sendto(d, a)
-    except socket.timeout:
-        pass
-";
-
 /// Sends one datagram from each of `n` sockets to `host:port`; prints how many were answered.
 const UDP_ASK: &str = r"
 import socket, sys
@@ -127,20 +113,6 @@ fn flows(socket: &Path, filter: &[&str]) -> Vec<Value> {
 fn by_proto(f: &[Value], proto: u64) -> Vec<&Value> {
     f.iter().filter(|x| x["proto"] == proto).collect()
 }
-
-/// Value of one sample in a Prometheus exposition.
-fn sample(text: &str, series: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|r| r.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
-
-const HTTP_GET: &str = r"
-import sys, urllib.request
-sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
-";
 
 fn counter(stats: &Value, name: &str) -> u64 {
     stats["counters"]

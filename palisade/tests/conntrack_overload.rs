@@ -17,7 +17,7 @@ mod support;
 
 use std::{path::Path, time::Duration};
 
-use control::{Bg, Proc, Scratch, cli, cli_json, py};
+use control::{Bg, HTTP_GET, Proc, Scratch, UDP_ECHO, cli, cli_json, py, sample};
 use support::netns::NetnsPair;
 
 use aya::maps::HashMap;
@@ -493,20 +493,6 @@ fn bad_overload_settings_are_located_errors() {
     }
 }
 
-/// Answers every UDP datagram on `addr:port` until `stopfile` exists. Prints `ready`.
-const UDP_ECHO: &str = r"
-import socket, sys, os
-addr, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((addr, port)); s.settimeout(0.05)
-print('ready', flush=True)
-while not os.path.exists(stop):
-    try:
-        d, a = s.recvfrom(2048); s.sendto(d, a)
-    except socket.timeout:
-        pass
-";
-
 /// Sends one datagram from each of `n` sockets (a new flow each) to `host:port`, all at
 /// once, then prints how many were answered within a second.
 const UDP_ASK: &str = r"
@@ -526,20 +512,6 @@ while time.time() < end and len(got) < n:
     time.sleep(0.01)
 print(len(got))
 ";
-
-const HTTP_GET: &str = r"
-import sys, urllib.request
-sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
-";
-
-/// Value of one sample in a Prometheus exposition.
-fn sample(text: &str, series: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|r| r.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
 
 #[test]
 fn operators_list_and_flush_the_overload_set_through_the_daemon() {

@@ -8,7 +8,7 @@ mod support;
 use std::{thread, time::Duration};
 
 use control::{
-    BgCli, Proc, Scratch, cli, cli_as_nobody, cli_json, delivered, py, wait_for_streams,
+    BgCli, Proc, Scratch, cli, cli_as_nobody, cli_json, delivered, py, sample, wait_for_streams,
 };
 use support::netns::NetnsPair;
 
@@ -84,15 +84,6 @@ try:
 except urllib.error.HTTPError as e:
     print(e.code)
 ";
-
-/// Value of one sample in a Prometheus exposition.
-fn sample(text: &str, series: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|r| r.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
 
 #[test]
 fn cli_and_api_end_to_end() {

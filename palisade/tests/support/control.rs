@@ -265,6 +265,35 @@ pub fn cli_json(socket: &Path, args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("palisade {args:?} printed no JSON ({e}): {o:?}"))
 }
 
+/// Answers every UDP datagram on `addr:port` until `stopfile` exists. Prints `ready`.
+pub const UDP_ECHO: &str = r"
+import socket, sys, os
+addr, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port)); s.settimeout(0.05)
+print('ready', flush=True)
+while not os.path.exists(stop):
+    try:
+        d, a = s.recvfrom(2048); s.sendto(d, a)
+    except socket.timeout:
+        pass
+";
+
+/// Prints the body of an HTTP GET of `url`.
+pub const HTTP_GET: &str = r"
+import sys, urllib.request
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
+";
+
+/// Value of one sample in a Prometheus exposition.
+pub fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|r| r.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
 /// Sends `count` UDP datagrams from `ns` to `host:port`.
 pub const UDP_SEND: &str = r"
 import socket, sys
