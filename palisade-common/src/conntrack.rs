@@ -248,12 +248,16 @@ impl SourceEntry {
             };
             if earned > 0 {
                 let tokens = u64::from(self.tokens) + earned;
-                self.tokens = if tokens > u64::from(rate) {
-                    rate
+                if tokens >= u64::from(rate) {
+                    self.tokens = rate;
+                    self.refill_ns = t;
                 } else {
-                    tokens as u32
-                };
-                self.refill_ns = t;
+                    self.tokens = tokens as u32;
+                    // Only the time the earned tokens took is spent: the rest of `elapsed`
+                    // counts toward the next token, else sources asking faster than `rate`
+                    // would get fewer than `rate` (`earned > 0` means `rate > 0`).
+                    self.refill_ns += earned * 1_000_000_000 / u64::from(rate);
+                }
             }
         }
         if self.tokens == 0 {
@@ -1212,4 +1216,33 @@ pub fn quoted_flow<B: Bytes + ?Sized>(b: &B, p: &Packet) -> Option<CtKey> {
     }
     k.canonicalize();
     Some(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SourceEntry;
+
+    /// Asking every 0.7 of a token's time, a source gets exactly `rate` new flows a second
+    /// once its bucket is empty: the part of a token's time left over at each refill is kept.
+    #[test]
+    fn new_flow_tokens_keep_the_time_left_over() {
+        let rate = 1_000_000;
+        let mut s = SourceEntry {
+            flows: 0,
+            tokens: 0,
+            refill_ns: 0,
+        };
+        let mut admitted = 0u64;
+        let mut t = 0;
+        while t < 1_000_000_000 {
+            t += 700;
+            if s.take_token(rate, t) {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, u64::from(rate));
+        // A second idle refills the bucket to `rate`, no more.
+        assert!(s.take_token(rate, t + 5_000_000_000));
+        assert_eq!(s.tokens, rate - 1);
+    }
 }

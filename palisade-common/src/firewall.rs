@@ -289,6 +289,29 @@ pub fn flow_key(
     k
 }
 
+/// The fastest rate a token bucket takes, in tokens (packets, queries, answers, events) a
+/// second.
+///
+/// A bucket stores the time between two tokens in whole nanoseconds (`1e9 / rate`, rounded
+/// down), so it runs fast by the rounding: by less than 1 % up to this rate, but by up to
+/// 2x between 5e8 and 1e9 a second, and above 1e9 the interval is 0 and nothing is ever
+/// limited. Rates above it are refused by the policy checker.
+pub const MAX_RATE: u32 = 10_000_000;
+
+/// The GCRA parameters of a bucket of `rate` tokens a second holding at most `burst`:
+/// (emission interval, burst tolerance), both in nanoseconds. `rate` and `burst` count from
+/// 1 (0 is taken as 1); `rate` must be at most [`MAX_RATE`] to be kept within 1 %.
+///
+/// The tolerance is at most `1e9 * (2^32 - 2)` (under 2^62), so a bucket's clock
+/// (`now + tolerance + interval`) cannot overflow.
+#[must_use]
+pub const fn gcra(rate: u32, burst: u32) -> (u64, u64) {
+    let rate = if rate == 0 { 1 } else { rate };
+    let burst = if burst == 0 { 1 } else { burst };
+    let interval = 1_000_000_000 / rate as u64;
+    (interval, interval * (burst as u64 - 1))
+}
+
 /// GCRA token bucket step. `tat` is the bucket's theoretical arrival time. Returns the new
 /// `tat` when the packet conforms (passes), `None` when it must be dropped.
 #[inline(always)]

@@ -2,15 +2,18 @@
 
 use std::collections::HashMap;
 
-use palisade_common::dns::{
-    entropy,
-    hash::{HashKey, suffix_hashes},
-    maps::{
-        ACTION_DROP, ACTION_NXDOMAIN, DnsGlobal, KIND_APEX, KIND_BELOW, MAX_PORTS, MAX_QTYPES,
-        MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED,
-        SCOPE_EGRESS, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPE_RATE, SCOPES, ScopeConfig,
+use palisade_common::{
+    dns::{
+        entropy,
+        hash::{HashKey, suffix_hashes},
+        maps::{
+            ACTION_DROP, ACTION_NXDOMAIN, DnsGlobal, KIND_APEX, KIND_BELOW, MAX_PORTS, MAX_QTYPES,
+            MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED,
+            SCOPE_EGRESS, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPE_RATE, SCOPES, ScopeConfig,
+        },
+        wire::MAX_LABELS,
     },
-    wire::MAX_LABELS,
+    firewall::{MAX_RATE, gcra},
 };
 
 use crate::policy::{
@@ -33,6 +36,8 @@ fn format_entry(e: &NameEntry) -> String {
 pub enum DnsCompileError {
     #[error("{count} DNS ports; at most {MAX_PORTS} are supported")]
     TooManyPorts { count: usize },
+    #[error("{what} is {rate} a second; at most {MAX_RATE} is supported")]
+    RateTooHigh { what: &'static str, rate: u32 },
     #[error("list `{list}` line {line}: more than {MAX_QTYPES} query types on one entry")]
     TooManyQtypes { list: String, line: usize },
     /// Two entries for the same name and coverage whose union one map entry cannot hold.
@@ -127,9 +132,7 @@ fn scope_config(s: &DnsScope) -> ScopeConfig {
     };
     if let Some(rate) = s.rate {
         flags |= SCOPE_RATE;
-        let interval = 1_000_000_000 / u64::from(rate.qps.max(1));
-        c.rate_interval_ns = interval;
-        c.rate_tolerance_ns = interval * u64::from(rate.burst.max(1) - 1);
+        (c.rate_interval_ns, c.rate_tolerance_ns) = gcra(rate.qps, rate.burst);
     }
     c.flags = flags;
     c
@@ -246,23 +249,44 @@ pub fn compile(
             count: dns.ports.len(),
         });
     }
+    let rates = [
+        ("`[dns] answer_rate`", dns.answers.per_second),
+        ("`[dns] event_rate`", dns.events.rate),
+        (
+            "the `rate` of `[dns.ingress]`",
+            dns.ingress
+                .as_ref()
+                .and_then(|s| s.rate)
+                .map_or(0, |r| r.qps),
+        ),
+        (
+            "the `rate` of `[dns.egress]`",
+            dns.egress
+                .as_ref()
+                .and_then(|e| e.scope.rate)
+                .map_or(0, |r| r.qps),
+        ),
+    ];
+    if let Some(&(what, rate)) = rates.iter().find(|(_, rate)| *rate > MAX_RATE) {
+        return Err(DnsCompileError::RateTooHigh { what, rate });
+    }
     let mut out = CompiledDns::default();
     // Where each key's first entry came from: (list, line), for conflict messages.
     let mut origin: HashMap<NameKey, (usize, usize)> = HashMap::new();
     out.global.ports[..dns.ports.len()].copy_from_slice(&dns.ports);
     let budget = dns.answers;
     if budget.per_second > 0 {
-        let interval = 1_000_000_000 / u64::from(budget.per_second);
-        out.global.answer_interval_ns = interval;
-        out.global.answer_tolerance_ns = interval * u64::from(budget.burst.max(1) - 1);
+        (
+            out.global.answer_interval_ns,
+            out.global.answer_tolerance_ns,
+        ) = gcra(budget.per_second, budget.burst);
     }
     out.global.answer_prefix_v4 = budget.prefix_v4.min(32);
     out.global.answer_prefix_v6 = budget.prefix_v6.min(128);
     if dns.events.rate > 0 {
         // The burst is one second's worth: `rate` events, then one every interval.
-        let interval = (1_000_000_000 / u64::from(dns.events.rate)).max(1);
-        out.global.event_interval_ns = interval;
-        out.global.event_tolerance_ns = interval * (u64::from(dns.events.rate) - 1);
+        (out.global.event_interval_ns, out.global.event_tolerance_ns) =
+            gcra(dns.events.rate, dns.events.rate);
         out.global.event_sample = dns.events.sample;
     }
     let scopes = [
@@ -503,6 +527,35 @@ mod tests {
                 .next()
                 .map(|v| (v.qtypes, v.max_entropy_fp)),
             Some(([0; MAX_QTYPES], entropy::bound_fp(160)))
+        );
+    }
+
+    /// A policy built in code meets the same bound on rates as the checker's, and the fastest
+    /// rates keep an interval of whole nanoseconds.
+    #[test]
+    fn rates_are_bounded() {
+        let clock = Clock {
+            unix_now_ns: 0,
+            boot_now_ns: 1,
+        };
+        let mut p = policy(vec![]);
+        p.dns.answers.per_second = MAX_RATE;
+        p.dns.answers.burst = u32::MAX;
+        p.dns.events.rate = MAX_RATE;
+        let c = compile(&p, &HashKey::default(), &clock).expect("compiles");
+        assert_eq!(c.global.answer_interval_ns, 100);
+        assert_eq!(
+            c.global.answer_tolerance_ns,
+            100 * (u64::from(u32::MAX) - 1)
+        );
+        assert_eq!(c.global.event_interval_ns, 100);
+        assert_eq!(c.global.event_tolerance_ns, 100 * u64::from(MAX_RATE - 1));
+        p.dns.events.rate = MAX_RATE + 1;
+        assert_eq!(
+            compile(&p, &HashKey::default(), &clock)
+                .expect_err("too fast")
+                .to_string(),
+            "`[dns] event_rate` is 10000001 a second; at most 10000000 is supported"
         );
     }
 }

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use palisade_common::{
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, FRAGMENTS_DROP, FRAGMENTS_MATCH_L3, FlowKey,
-        MAX_RULES, MAX_SETS, MAX_TUPLES, POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS,
-        POLICY_LOG_MALFORMED, POLICY_STATEFUL, PORT_SPACE, PolicyHeader, RULE_LOG,
-        RULE_RATE_PER_SOURCE, RuleMeta, TUPLE_CT_STATE, TUPLE_DPORT, TUPLE_DST_SET, TUPLE_PROTO,
-        TUPLE_SPORT, TUPLE_SRC_SET, Tuple,
+        MAX_RATE, MAX_RULES, MAX_SETS, MAX_TUPLES, POLICY_CT_TRACK, POLICY_LOG_DEFAULT,
+        POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED, POLICY_STATEFUL, PORT_SPACE, PolicyHeader,
+        RULE_LOG, RULE_RATE_PER_SOURCE, RuleMeta, TUPLE_CT_STATE, TUPLE_DPORT, TUPLE_DST_SET,
+        TUPLE_PROTO, TUPLE_SPORT, TUPLE_SRC_SET, Tuple, gcra,
     },
     packet::{FAMILY_V4, FAMILY_V6},
 };
@@ -53,6 +53,11 @@ pub enum CompileError {
          [conntrack] turns it off (enabled = false)"
     )]
     StateWithoutTracking { rule: String, line: usize },
+    #[error(
+        "rule {rule} (line {line}) limits to {pps} packets a second; at most {MAX_RATE} are \
+         supported (the token bucket counts whole nanoseconds between packets)"
+    )]
+    RateTooHigh { rule: String, line: usize, pps: u32 },
 }
 
 /// Everything the kernel needs for one generation of the firewall.
@@ -206,9 +211,7 @@ fn rule_meta(rule: &Rule) -> RuleMeta {
             if rl.per == RatePer::Source {
                 meta.flags |= RULE_RATE_PER_SOURCE;
             }
-            let interval = 1_000_000_000 / u64::from(rl.pps.max(1));
-            meta.rate_interval_ns = interval;
-            meta.rate_tolerance_ns = interval * u64::from(rl.burst.max(1) - 1);
+            (meta.rate_interval_ns, meta.rate_tolerance_ns) = gcra(rl.pps, rl.burst);
         }
     }
     meta
@@ -249,6 +252,17 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
             return Err(CompileError::StateWithoutTracking {
                 rule: rule_label(rule, index),
                 line: rule.line,
+            });
+        }
+    }
+    for (index, rule) in fw.rules.iter().enumerate() {
+        if let Action::RateLimit(rl) = rule.action
+            && rl.pps > MAX_RATE
+        {
+            return Err(CompileError::RateTooHigh {
+                rule: rule_label(rule, index),
+                line: rule.line,
+                pps: rl.pps,
             });
         }
     }
@@ -1328,6 +1342,29 @@ mod tests {
         assert_eq!(c.rules[3].flags, 0);
         assert_eq!(c.rules[3].rate_interval_ns, 333_333_333);
         assert_eq!(c.rules[3].rate_tolerance_ns, 0);
+        // The fastest rate keeps its interval (100 ns); the largest burst does not overflow.
+        assert_eq!(
+            gcra(MAX_RATE, u32::MAX),
+            (100, 100 * (u64::from(u32::MAX) - 1))
+        );
+        assert_eq!(
+            gcra(1, u32::MAX),
+            (1_000_000_000, 1_000_000_000 * (u64::from(u32::MAX) - 1))
+        );
+
+        // A policy built in code gets the same bound as the checker's.
+        let mut fast = p.clone();
+        fast.firewall.rules[3].action = Action::RateLimit(RateLimit {
+            pps: MAX_RATE + 1,
+            burst: 1,
+            per: RatePer::Rule,
+        });
+        fast.firewall.rules[3].line = 9;
+        assert_eq!(
+            compile(&fast).unwrap_err().to_string(),
+            "rule #3 (line 9) limits to 10000001 packets a second; at most 10000000 are \
+             supported (the token bucket counts whole nanoseconds between packets)"
+        );
 
         p.firewall.default_action = Action::Allow;
         p.firewall.log_default = false;

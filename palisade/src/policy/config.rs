@@ -47,6 +47,15 @@
 //!
 //! A policy may hold at most [`MAX_RULES`] rules.
 //!
+//! ## Rates
+//!
+//! Every rate (`pps`, `qps`, `answer_rate`, `event_rate`) is kept as a token bucket that
+//! counts whole nanoseconds between two tokens (`1e9 / rate`, rounded down), so a rate runs
+//! fast by the rounding: by less than 1 % up to 10 000 000 a second ([`MAX_RATE`]), by up to
+//! 2x near 1e9, and above 1e9 it would not limit at all. Faster rates are refused with an
+//! error that names the rule or section. A `burst` may be anything up to 4294967295: the
+//! bucket's clock stays far from overflowing.
+//!
 //! ## `[sets.NAME]`
 //!
 //! A named set of addresses. `NAME` is 1 to 64 of `A-Z a-z 0-9 _ -`.
@@ -68,7 +77,7 @@
 //! | `name` | 1 to 64 of `A-Z a-z 0-9 _ . -`, unique among rules | none |
 //! | `priority` | integer `0..=4294967295`; lower runs first | `1000000` + position in file |
 //! | `action` | `"allow"`, `"drop"` or `"rate-limit"` | required |
-//! | `rate` | `{ pps = N, burst = N, per = "source" \| "rule" }`: required with `"rate-limit"` and only allowed with it; `pps` and `burst` are at least 1; `per = "source"` keeps one bucket per source address, `"rule"` one for the whole rule | `per = "source"` |
+//! | `rate` | `{ pps = N, burst = N, per = "source" \| "rule" }`: required with `"rate-limit"` and only allowed with it; `pps` is `1..=10000000` ([`MAX_RATE`], see [Rates](#rates)), `burst` `1..=4294967295`; `per = "source"` keeps one bucket per source address, `"rule"` one for the whole rule | `per = "source"` |
 //! | `proto` | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, `"any"`, or a protocol number `0..=255` | `"any"` |
 //! | `src`, `dst` | an address or CIDR, a non-empty list of them, or `"@set"` | any address |
 //! | `sport`, `dport` | a port `N` (integer or string) or a range `"LO-HI"` with `LO <= HI`; needs `proto` `"tcp"` or `"udp"` | any port |
@@ -149,11 +158,11 @@
 //! | key | value | default |
 //! | --- | --- | --- |
 //! | `ports` | list of 1 to [`MAX_DNS_PORTS`] distinct destination ports `1..=65535`; UDP and TCP packets to them are taken as DNS | `[53]` |
-//! | `answer_rate` | integer `0..`: NXDOMAIN answers per second that one client prefix may get on ingress; a blocked query over it is dropped unanswered (reason `dns-answer-budget`), so forged queries cannot turn Palisade into a reflector. `0` for no budget | `50` |
+//! | `answer_rate` | integer `0..=10000000` (see [Rates](#rates)): NXDOMAIN answers per second that one client prefix may get on ingress; a blocked query over it is dropped unanswered (reason `dns-answer-budget`), so forged queries cannot turn Palisade into a reflector. `0` for no budget | `50` |
 //! | `answer_burst` | integer `1..`: answers a client prefix may get at once | `100` |
 //! | `answer_prefix_v4` | `0..=32`: IPv4 clients in one prefix of this length share a budget | `24` |
 //! | `answer_prefix_v6` | `0..=128`: IPv6 clients in one prefix of this length share a budget | `56` |
-//! | `event_rate` | integer `0..=4294967295`: DNS events per second per CPU (a burst of as many), past which queries are aggregated: counted per name, verdict, reason and client and reported as `dns_summary` events every second, with the first query of each name in each second and samples still reported in full (see `docs/design/dns.md`); `0` = never aggregate, every reported query is an event. Off by default: aggregation pays off in floods of repeated names, but a flood of distinct names costs more with it (measured in `bench/results/dns-events-full.md`) | `0` ([`DnsEvents::DEFAULT_RATE`](super::model::DnsEvents::DEFAULT_RATE)) |
+//! | `event_rate` | integer `0..=10000000` (see [Rates](#rates)): DNS events per second per CPU (a burst of as many), past which queries are aggregated: counted per name, verdict, reason and client and reported as `dns_summary` events every second, with the first query of each name in each second and samples still reported in full (see `docs/design/dns.md`); `0` = never aggregate, every reported query is an event. Off by default: aggregation pays off in floods of repeated names, but a flood of distinct names costs more with it (measured in `bench/results/dns-events-full.md`) | `0` ([`DnsEvents::DEFAULT_RATE`](super::model::DnsEvents::DEFAULT_RATE)) |
 //! | `event_sample` | integer `0..=4294967295`: over the event budget, one aggregated query in this many is still reported in full (`"sent": "sample"`); `0` = none | `1000` ([`DnsEvents::DEFAULT_SAMPLE`](super::model::DnsEvents::DEFAULT_SAMPLE)) |
 //!
 //! Blocked queries sent to or from a broadcast or multicast MAC or IP address (or from the
@@ -169,7 +178,7 @@
 //! | `lists` | names of `[dns.lists.NAME]` tables, each at most once; may be empty (an empty allowlist blocks every query) | required |
 //! | `audit` | boolean: decide and report, but never block | `false` |
 //! | `malformed` | `"drop"` or `"allow"`: queries that cannot be parsed safely (see [`DnsScope::block_malformed`]): not exactly one question and at most one OPT record ending the message, a compression pointer in the name that does not point strictly backward, more than [`palisade_common::dns::name::MAX_POINTER_HOPS`] pointers, truncated, a TCP query not alone and whole in its segment, a fragmented query. `"allow"` lets a resolver answer names Palisade could not read | `"drop"` |
-//! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address on ingress, per cgroup (the sending socket's) on egress; `qps` and `burst` at least 1 | no limit |
+//! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address on ingress, per cgroup (the sending socket's) on egress; `qps` `1..=10000000` (see [Rates](#rates)), `burst` at least 1 | no limit |
 //! | `log_allowed` | boolean: also report allowed queries | `false` |
 //! | `cgroups` | egress only: absolute paths of the cgroup v2 directories to attach to | `["/sys/fs/cgroup/unified"]`, the cgroup v2 root |
 //!
@@ -271,6 +280,7 @@ use std::path::{Path, PathBuf};
 use palisade_common::{
     conntrack::{STATE_NAMES, TIMEOUT_NAMES, TIMEOUTS},
     dns::entropy::MAX_BITS,
+    firewall::MAX_RATE,
 };
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
@@ -954,6 +964,32 @@ impl Checker<'_> {
             .and_then(|n| u32::try_from(n).ok())
     }
 
+    /// A rate (tokens a second) of `whose`, between `min` and [`MAX_RATE`]; `instead` is what
+    /// to write rather than a faster rate.
+    fn rate_field(
+        &mut self,
+        node: &Node,
+        key: &str,
+        min: i64,
+        whose: &str,
+        instead: &str,
+    ) -> Option<u32> {
+        if let Val::Int(n) = node.val
+            && n > i64::from(MAX_RATE)
+        {
+            let msg = format!(
+                "{whose}: `{key}` = {n} is faster than the {MAX_RATE} a second a rate may be: \
+                 a token bucket counts whole nanoseconds between tokens, so a faster rate would \
+                 be rounded up (by more than 1 %, and above 1000000000 to no limit at all); \
+                 use at most {MAX_RATE}{instead}"
+            );
+            self.err(node.at, msg);
+            return None;
+        }
+        self.integer(node, key, min, i64::from(MAX_RATE))
+            .and_then(|n| u32::try_from(n).ok())
+    }
+
     /// The whole document. `None` only when an error was recorded.
     fn policy(&mut self, root: &Node) -> Option<Policy> {
         let root = TableView::of(root)?;
@@ -1256,7 +1292,11 @@ impl Checker<'_> {
                 None => None,
             },
         };
-        let rate = view.get("rate").and_then(|node| self.rate(node));
+        let whose = name.as_ref().map_or_else(
+            || format!("the rule on line {line}"),
+            |n| format!("rule `{n}`"),
+        );
+        let rate = view.get("rate").and_then(|node| self.rate(node, &whose));
         match (action_kind, action_node, view.get("rate")) {
             (Some(ActionKind::RateLimit), Some(node), None) => self.err(
                 node.at,
@@ -1434,18 +1474,30 @@ impl Checker<'_> {
         ok.then_some(mask)
     }
 
-    fn rate(&mut self, node: &Node) -> Option<RateLimit> {
+    /// A rule's `rate`; `whose` names the rule in messages.
+    fn rate(&mut self, node: &Node, whose: &str) -> Option<RateLimit> {
         let view = self.table(node, "`rate`")?;
         self.check_keys(view, "`rate`", RATE_KEYS);
-        let required = |this: &mut Self, key: &str| match view.get(key) {
-            Some(n) => this.u32_field(n, key, 1),
+        let pps = match view.get("pps") {
+            Some(n) => self.rate_field(
+                n,
+                "pps",
+                1,
+                whose,
+                " (a rule that should not limit at all is an `allow` rule)",
+            ),
             None => {
-                this.err(view.at, format!("`rate` is missing `{key}`"));
+                self.err(view.at, "`rate` is missing `pps`");
                 None
             }
         };
-        let pps = required(self, "pps");
-        let burst = required(self, "burst");
+        let burst = match view.get("burst") {
+            Some(n) => self.u32_field(n, "burst", 1),
+            None => {
+                self.err(view.at, "`rate` is missing `burst`");
+                None
+            }
+        };
         let per = match view.get("per") {
             None => Some(RatePer::Source),
             Some(n) => match self.string(n, "per") {
@@ -1789,7 +1841,9 @@ impl Checker<'_> {
         }
         let budget: &mut AnswerBudget = &mut dns.answers;
         if let Some(n) = view.get("answer_rate") {
-            budget.per_second = self.u32_field(n, "answer_rate", 0).unwrap_or(0);
+            budget.per_second = self
+                .rate_field(n, "answer_rate", 0, "[dns]", " (0 for no budget)")
+                .unwrap_or(0);
         }
         if let Some(n) = view.get("answer_burst") {
             budget.burst = self.u32_field(n, "answer_burst", 1).unwrap_or(1);
@@ -1806,7 +1860,7 @@ impl Checker<'_> {
         }
         if let Some(rate) = view
             .get("event_rate")
-            .and_then(|n| self.u32_field(n, "event_rate", 0))
+            .and_then(|n| self.rate_field(n, "event_rate", 0, "[dns]", " (0 never aggregates)"))
         {
             dns.events.rate = rate;
         }
@@ -1997,7 +2051,9 @@ impl Checker<'_> {
                     }
                     None => None,
                 });
-        let rate = view.get("rate").and_then(|node| self.query_rate(node));
+        let rate = view
+            .get("rate")
+            .and_then(|node| self.query_rate(node, table));
         let mode = mode?;
         Some(DnsScope {
             mode,
@@ -2029,18 +2085,24 @@ impl Checker<'_> {
         out
     }
 
-    fn query_rate(&mut self, node: &Node) -> Option<QueryRate> {
+    /// The `rate` of the scope `table` (`[dns.ingress]` or `[dns.egress]`).
+    fn query_rate(&mut self, node: &Node, table: &str) -> Option<QueryRate> {
         let view = self.table(node, "`rate`")?;
         self.check_keys(view, "`rate`", QUERY_RATE_KEYS);
-        let required = |this: &mut Self, key: &str| match view.get(key) {
-            Some(n) => this.u32_field(n, key, 1),
+        let qps = match view.get("qps") {
+            Some(n) => self.rate_field(n, "qps", 1, &format!("{table} `rate`"), ""),
             None => {
-                this.err(view.at, format!("`rate` is missing `{key}`"));
+                self.err(view.at, "`rate` is missing `qps`");
                 None
             }
         };
-        let qps = required(self, "qps");
-        let burst = required(self, "burst");
+        let burst = match view.get("burst") {
+            Some(n) => self.u32_field(n, "burst", 1),
+            None => {
+                self.err(view.at, "`rate` is missing `burst`");
+                None
+            }
+        };
         Some(QueryRate {
             qps: qps?,
             burst: burst?,
@@ -2924,7 +2986,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     .to_owned(),
                 vec![
                     "p.toml:3:8: `rate` is missing `burst`",
-                    "p.toml:3:16: `pps` must be between 1 and 4294967295, found 0",
+                    "p.toml:3:16: `pps` must be between 1 and 10000000, found 0",
                     "p.toml:3:25: unknown `per` value `host`; expected `source` or `rule`",
                 ],
             ),
@@ -3343,6 +3405,60 @@ tcp_flags = "syn"
     }
 
     #[test]
+    fn rates_faster_than_the_bucket_can_hold_are_refused_where_written() {
+        let why = "is faster than the 10000000 a second a rate may be: a token bucket counts \
+                   whole nanoseconds between tokens, so a faster rate would be rounded up (by \
+                   more than 1 %, and above 1000000000 to no limit at all); use at most 10000000";
+        assert_eq!(
+            errors(
+                "[[firewall.rule]]\nname = \"flood\"\naction = \"rate-limit\"\n\
+                 rate = { pps = 2000000000, burst = 2000000000 }\n\
+                 [[firewall.rule]]\naction = \"rate-limit\"\n\
+                 rate = { pps = 10000001, burst = 1 }\n"
+            ),
+            [
+                format!(
+                    "p.toml:4:16: rule `flood`: `pps` = 2000000000 {why} (a rule that should \
+                     not limit at all is an `allow` rule)"
+                ),
+                format!(
+                    "p.toml:7:16: the rule on line 5: `pps` = 10000001 {why} (a rule that \
+                     should not limit at all is an `allow` rule)"
+                ),
+            ]
+        );
+        assert_eq!(
+            errors(
+                "[dns]\nanswer_rate = 1000000001\nevent_rate = 4294967295\n\
+                 [dns.ingress]\nmode = \"blocklist\"\nlists = []\n\
+                 rate = { qps = 50000000, burst = 1 }\n"
+            ),
+            [
+                format!("p.toml:2:15: [dns]: `answer_rate` = 1000000001 {why} (0 for no budget)"),
+                format!("p.toml:3:14: [dns]: `event_rate` = 4294967295 {why} (0 never aggregates)"),
+                format!("p.toml:7:16: [dns.ingress] `rate`: `qps` = 50000000 {why}"),
+            ]
+        );
+        // The fastest rate is taken, with the largest burst.
+        let p = parse(
+            "[[firewall.rule]]\naction = \"rate-limit\"\n\
+             rate = { pps = 10000000, burst = 4294967295 }\n\
+             [dns]\nanswer_rate = 10000000\nevent_rate = 10000000\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            p.firewall.rules[0].action,
+            Action::RateLimit(RateLimit {
+                pps: 10_000_000,
+                burst: u32::MAX,
+                per: RatePer::Source
+            })
+        );
+        assert_eq!(p.dns.answers.per_second, 10_000_000);
+        assert_eq!(p.dns.events.rate, 10_000_000);
+    }
+
+    #[test]
     fn dns_answer_budget_keys() {
         let dns = parse("[dns.ingress]\nmode = \"blocklist\"\nlists = []\n")
             .expect("valid")
@@ -3564,7 +3680,7 @@ tcp_flags = "syn"
                     "p.toml:5:9: `audit` must be true or false, found a string",
                     "p.toml:6:13: unknown `malformed` value `pass`; expected `drop` or `allow`",
                     "p.toml:7:8: `rate` is missing `burst`",
-                    "p.toml:7:16: `qps` must be between 1 and 4294967295, found 0",
+                    "p.toml:7:16: `qps` must be between 1 and 10000000, found 0",
                     "p.toml:8:15: `log_allowed` must be true or false, found an integer",
                     "p.toml:9:12: cgroup path `sys/fs/cgroup` must be absolute",
                     "p.toml:9:35: cgroup `/a` is listed twice",
