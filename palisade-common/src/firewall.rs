@@ -85,8 +85,12 @@ pub struct PolicyHeader {
     pub default_action: u8,
     pub fragments: u8,
     pub flags: u8,
-    pub _pad: u8,
-    pub _pad2: u32,
+    /// Prefix length that groups IPv4 sources under one per-source rate bucket (see
+    /// [`crate::packet::rate_source`]; 0 keeps the whole address).
+    pub rate_prefix_v4: u8,
+    /// The same for IPv6 sources.
+    pub rate_prefix_v6: u8,
+    pub _pad: [u8; 3],
 }
 map_type!(PolicyHeader, 16);
 

@@ -354,6 +354,51 @@ fn parse_l4<B: Bytes + ?Sized>(b: &B, p: &mut Packet) -> Result<(), u32> {
     Ok(())
 }
 
+/// Clears every bit of `addr` (the 16-byte form) past its first `bits`, in place (a copy
+/// would cost the caller's stack, which is tight in the DNS programs).
+#[inline(always)]
+pub fn cut_to_prefix(addr: &mut [u8; 16], bits: u32) {
+    let mut i = 0;
+    while i < 16 {
+        let first = (i as u32) * 8;
+        if bits <= first {
+            addr[i] = 0;
+        } else if bits < first + 8 {
+            addr[i] &= 0xffu8 << (8 - (bits - first));
+        }
+        i += 1;
+    }
+}
+
+/// `addr` (the 16-byte form) with every bit past its first `bits` cleared.
+#[inline(always)]
+#[must_use]
+pub fn keep_prefix(addr: &[u8; 16], bits: u32) -> [u8; 16] {
+    let mut out = *addr;
+    cut_to_prefix(&mut out, bits);
+    out
+}
+
+/// How many leading bits of a source address (the 16-byte form) a per-source rate bucket
+/// is kept for: `prefix_v4` bits of an IPv4 address (which sits in the last 32 bits) or
+/// `prefix_v6` bits of an IPv6 one. A length of 0, as in a policy written before the setting
+/// existed, keeps the whole address.
+#[inline(always)]
+#[must_use]
+pub fn rate_prefix_bits(v4: bool, prefix_v4: u8, prefix_v6: u8) -> u32 {
+    if v4 {
+        if prefix_v4 == 0 || prefix_v4 >= 32 {
+            128
+        } else {
+            96 + u32::from(prefix_v4)
+        }
+    } else if prefix_v6 == 0 || prefix_v6 >= 128 {
+        128
+    } else {
+        u32::from(prefix_v6)
+    }
+}
+
 /// `a.b.c.d` as `::ffff:a.b.c.d`.
 #[inline(always)]
 #[must_use]

@@ -565,6 +565,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
     };
     let policy = Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
@@ -574,6 +575,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
+            rate_prefix: Default::default(),
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,
@@ -825,6 +827,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
     };
     let policy = Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
@@ -834,6 +837,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
+            rate_prefix: Default::default(),
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,

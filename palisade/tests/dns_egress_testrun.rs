@@ -83,6 +83,7 @@ fn policy(
 ) -> Policy {
     Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
@@ -92,6 +93,7 @@ fn policy(
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
+            rate_prefix: Default::default(),
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,

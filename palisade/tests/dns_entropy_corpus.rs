@@ -271,6 +271,7 @@ fn policy(bits: u32) -> Policy {
         .collect();
     Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
@@ -280,6 +281,7 @@ fn policy(bits: u32) -> Policy {
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
+            rate_prefix: Default::default(),
             ports: vec![53],
             ingress: Some(scope()),
             egress: None,

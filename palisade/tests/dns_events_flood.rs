@@ -75,6 +75,7 @@ fn entry(text: &str) -> NameEntry {
 fn policy(names: &[&str], events: DnsEvents) -> Policy {
     Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
@@ -84,6 +85,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
+            rate_prefix: Default::default(),
             ports: vec![53],
             ingress: Some(DnsScope {
                 mode: DnsMode::Blocklist,

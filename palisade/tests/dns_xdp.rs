@@ -28,7 +28,7 @@ use palisade::{
     policy::{
         model::{
             Action, AnswerBudget, Dns, DnsAction, DnsMode, DnsScope, Firewall, FragmentPolicy,
-            NameEntry, NameList, NameMatch, Policy, QueryRate,
+            NameEntry, NameList, NameMatch, Policy, QueryRate, SourcePrefix,
         },
         namelist::{self, parse_name},
     },
@@ -132,6 +132,7 @@ fn blocklist() -> DnsScope {
 fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Policy {
     Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
@@ -141,6 +142,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
+            rate_prefix: Default::default(),
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: ports.to_vec(),
             answers: AnswerBudget::UNLIMITED,
@@ -1103,6 +1105,62 @@ fn per_client_rate_limit() {
     );
     // A limited client's malformed queries are rate-limited too.
     t.check(&udp_from(a, &[0u8; 4]), Drop(reason::DNS_RATE), MALFORMED);
+}
+
+#[test]
+fn per_client_rate_limit_groups_clients_by_prefix() {
+    let rate = QueryRate { qps: 1, burst: 2 };
+    let scope = DnsScope {
+        rate: Some(rate),
+        ..allowlist()
+    };
+    let ok = || query("ok.example", A);
+    let a = "2001:db8:7:1::a";
+    let b = "2001:db8:7:1:8000::b";
+    // By default one IPv6 /64 shares a bucket, and IPv4 clients have one each.
+    let mut t = setup(scope.clone(), vec![entry("ok.example")]);
+    for _ in 0..2 {
+        t.check(&udp_from(a, &ok()), Allow, ev("ok.example.", "A"));
+    }
+    t.check(&udp_from(b, &ok()), Drop(reason::DNS_RATE), MALFORMED);
+    t.check(
+        &udp_from("2001:db8:7:2::a", &ok()),
+        Allow,
+        ev("ok.example.", "A"),
+    );
+    for _ in 0..2 {
+        t.check(
+            &udp_from("192.0.2.71", &ok()),
+            Allow,
+            ev("ok.example.", "A"),
+        );
+    }
+    t.check(
+        &udp_from("192.0.2.72", &ok()),
+        Allow,
+        ev("ok.example.", "A"),
+    );
+
+    // `[dns] rate_prefix_v6 = 128`, `rate_prefix_v4 = 24`: the other way round.
+    let mut p = policy(Some(scope), vec![entry("ok.example")], &[53]);
+    p.dns.rate_prefix = SourcePrefix { v4: 24, v6: 128 };
+    t.again_policy(p);
+    for _ in 0..2 {
+        t.check(&udp_from(a, &ok()), Allow, ev("ok.example.", "A"));
+    }
+    t.check(&udp_from(b, &ok()), Allow, ev("ok.example.", "A"));
+    for _ in 0..2 {
+        t.check(
+            &udp_from("192.0.2.71", &ok()),
+            Allow,
+            ev("ok.example.", "A"),
+        );
+    }
+    t.check(
+        &udp_from("192.0.2.72", &ok()),
+        Drop(reason::DNS_RATE),
+        MALFORMED,
+    );
 }
 
 #[test]

@@ -294,6 +294,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
     };
     Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: if rng.gen_bool(0.5) {
                 Action::Drop
             } else {
@@ -1305,6 +1306,7 @@ fn cidrs(list: &[&str]) -> AddrMatch {
 fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) -> Policy {
     Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: Action::Drop,
             log_default: true,
             fragments,
@@ -1650,6 +1652,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
     assert_eq!(members.len(), SCALE_SET);
     let policy = Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: Action::Drop,
             log_default: true,
             fragments: FragmentPolicy::MatchL3,

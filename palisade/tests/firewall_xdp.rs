@@ -1570,6 +1570,69 @@ rate = { pps = 1, burst = 5, per = "source" }
     fw.check(&a, Limited("limit"));
 }
 
+#[test]
+fn per_source_buckets_are_kept_per_source_prefix() {
+    let limit =
+        |firewall: &str| format!("[firewall]\n{firewall}\n{}", fw_policy_text_limit("source"));
+    // By default an IPv6 client's whole /64 shares one bucket; IPv4 sources keep one each.
+    let mut fw = fw(&limit(""));
+    let a = udp("2001:db8:1:2::1", "2001:db8::53", 123);
+    let b = udp("2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:db8::53", 123);
+    let other64 = udp("2001:db8:1:3::1", "2001:db8::53", 123);
+    let v4a = udp("192.0.2.1", "198.51.100.1", 123);
+    let v4b = udp("192.0.2.2", "198.51.100.1", 123);
+    for _ in 0..5 {
+        fw.check(&a, Allow("limit"));
+    }
+    fw.check(&b, Limited("limit"));
+    fw.check(&other64, Allow("limit"));
+    for _ in 0..5 {
+        fw.check(&v4a, Allow("limit"));
+    }
+    fw.check(&v4a, Limited("limit"));
+    fw.check(&v4b, Allow("limit"));
+
+    // /128: every address has its own bucket; IPv4 /24: the two addresses share one.
+    fw.install(&limit(
+        "rate_prefix_v6 = 128
+rate_prefix_v4 = 24",
+    ));
+    for _ in 0..5 {
+        fw.check(&a, Allow("limit"));
+    }
+    fw.check(&a, Limited("limit"));
+    fw.check(&b, Allow("limit"));
+    for _ in 0..5 {
+        fw.check(&v4a, Allow("limit"));
+    }
+    fw.check(&v4b, Limited("limit"));
+    fw.check(&udp("192.0.3.2", "198.51.100.1", 123), Allow("limit"));
+
+    // A prefix that does not end on a byte boundary: 2001:db8:1::/60 holds :2:: and :f::.
+    fw.install(&limit("rate_prefix_v6 = 60"));
+    for _ in 0..5 {
+        fw.check(&a, Allow("limit"));
+    }
+    fw.check(
+        &udp("2001:db8:1:f::9", "2001:db8::53", 123),
+        Limited("limit"),
+    );
+    fw.check(
+        &udp("2001:db8:1:10::9", "2001:db8::53", 123),
+        Allow("limit"),
+    );
+
+    // A per-rule bucket ignores the prefixes.
+    fw.install(&format!(
+        "[firewall]\nrate_prefix_v6 = 1\n{}",
+        fw_policy_text_limit("rule")
+    ));
+    for _ in 0..5 {
+        fw.check(&v4a, Allow("limit"));
+    }
+    fw.check(&other64, Limited("limit"));
+}
+
 fn fw_policy_text_limit(per: &str) -> String {
     format!(
         "[[firewall.rule]]\nname = \"limit\"\naction = \"rate-limit\"\nproto = \"udp\"\n\

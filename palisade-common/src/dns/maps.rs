@@ -119,7 +119,10 @@ pub struct DnsGlobal {
     pub answer_prefix_v4: u8,
     /// Prefix length that groups IPv6 clients under one answer budget (0..=128).
     pub answer_prefix_v6: u8,
-    pub _pad: [u8; 2],
+    /// Prefix lengths that group ingress clients under one query rate bucket (see
+    /// [`crate::packet::rate_source`]; 0 keeps the whole address).
+    pub rate_prefix_v4: u8,
+    pub rate_prefix_v6: u8,
 }
 map_type!(DnsGlobal, 56);
 
@@ -135,19 +138,8 @@ impl DnsGlobal {
         } else {
             u32::from(self.answer_prefix_v6.min(128))
         };
-        let mut out = *addr;
-        let mut i = 0;
-        while i < 16 {
-            let first = (i as u32) * 8;
-            if bits <= first {
-                out[i] = 0;
-            } else if bits < first + 8 {
-                out[i] &= 0xffu8 << (8 - (bits - first));
-            }
-            i += 1;
-        }
         ClientKey {
-            addr: out,
+            addr: crate::packet::keep_prefix(addr, bits),
             scope: u32::from(SCOPE_INGRESS),
         }
     }

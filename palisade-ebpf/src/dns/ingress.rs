@@ -30,7 +30,8 @@ use palisade_common::{
     event::{DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN},
     firewall::rate_conforms,
     packet::{
-        FAMILY_V4, FRAG_LATER, FRAG_NONE, IPPROTO_TCP, IPPROTO_UDP, Packet, is_group_or_unspecified,
+        FAMILY_V4, FRAG_LATER, FRAG_NONE, IPPROTO_TCP, IPPROTO_UDP, Packet, cut_to_prefix,
+        is_group_or_unspecified, rate_prefix_bits,
     },
     reason,
 };
@@ -77,8 +78,18 @@ pub fn run(ctx: &XdpContext) -> u32 {
         return verdict::pass();
     }
     let tcp = p.proto == IPPROTO_TCP;
+    let bits = rate_prefix_bits(
+        p.family == FAMILY_V4,
+        global.rate_prefix_v4,
+        global.rate_prefix_v6,
+    );
+    // One bucket per client prefix (a client owning an IPv6 /64 must not get a fresh bucket
+    // for each address in it), cut in place: this frame has no stack to spare.
     // SAFETY: as above.
-    unsafe { (*scratch).rate_key = (*scratch).packet.src };
+    unsafe {
+        (*scratch).rate_key = (*scratch).packet.src;
+        cut_to_prefix(&mut (*scratch).rate_key, bits);
+    }
     let mut d = Decision::malformed(cfg.flags & SCOPE_BLOCK_MALFORMED != 0);
     if tcp {
         match judge_tcp(ctx, generation, cfg.flags & SCOPE_AUDIT != 0, &mut d) {

@@ -153,7 +153,7 @@ fn decide(
             verdict::drop(ctx, Some(p), &d)
         }
         ACTION_RATE_LIMIT => {
-            if ratelimit::admit(slot, meta, p) {
+            if ratelimit::admit(slot, header, meta, p) {
                 allowed(ctx, generation, p, track)
             } else {
                 let d = Decision {

@@ -6,22 +6,29 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{
-    firewall::{RULE_RATE_PER_SOURCE, RateKey, RuleMeta, rate_conforms},
-    packet::Packet,
+    firewall::{PolicyHeader, RULE_RATE_PER_SOURCE, RateKey, RuleMeta, rate_conforms},
+    packet::{FAMILY_V4, Packet, cut_to_prefix, rate_prefix_bits},
 };
 
 use crate::maps::FW_RATE;
 
 #[inline(always)]
-pub fn admit(slot: u32, meta: &RuleMeta, p: &Packet) -> bool {
-    let key = RateKey {
+pub fn admit(slot: u32, header: &PolicyHeader, meta: &RuleMeta, p: &Packet) -> bool {
+    let mut key = RateKey {
         slot,
-        addr: if meta.flags & RULE_RATE_PER_SOURCE != 0 {
-            p.src
-        } else {
-            [0; 16]
-        },
+        addr: [0; 16],
     };
+    if meta.flags & RULE_RATE_PER_SOURCE != 0 {
+        // One bucket per source prefix: a client owning a whole prefix (an IPv6 /64) must
+        // not get a fresh bucket for each address in it.
+        key.addr = p.src;
+        let bits = rate_prefix_bits(
+            p.family == FAMILY_V4,
+            header.rate_prefix_v4,
+            header.rate_prefix_v6,
+        );
+        cut_to_prefix(&mut key.addr, bits);
+    }
     // SAFETY: a helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(tat) = FW_RATE.get_ptr_mut(&key) {

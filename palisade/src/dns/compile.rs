@@ -283,6 +283,8 @@ pub fn compile(
     }
     out.global.answer_prefix_v4 = budget.prefix_v4.min(32);
     out.global.answer_prefix_v6 = budget.prefix_v6.min(128);
+    out.global.rate_prefix_v4 = dns.rate_prefix.v4;
+    out.global.rate_prefix_v6 = dns.rate_prefix.v6;
     if dns.events.rate > 0 {
         // The burst is one second's worth: `rate` events, then one every interval.
         (out.global.event_interval_ns, out.global.event_tolerance_ns) =
@@ -461,6 +463,7 @@ mod tests {
         };
         Policy {
             firewall: Firewall {
+                rate_prefix: Default::default(),
                 default_action: Action::Allow,
                 log_default: false,
                 fragments: FragmentPolicy::MatchL3,
@@ -470,6 +473,7 @@ mod tests {
             conntrack: Default::default(),
             sets: vec![],
             dns: Dns {
+                rate_prefix: Default::default(),
                 ports: vec![53],
                 ingress: Some(scope),
                 egress: None,

@@ -393,6 +393,8 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
             FragmentPolicy::MatchL3 => FRAGMENTS_MATCH_L3,
         },
         flags,
+        rate_prefix_v4: fw.rate_prefix.v4,
+        rate_prefix_v6: fw.rate_prefix.v6,
         ..PolicyHeader::default()
     };
     Ok(CompiledFirewall {
@@ -506,6 +508,7 @@ mod tests {
     fn policy(rules: Vec<Rule>, sets: Vec<IpSet>) -> Policy {
         Policy {
             firewall: Firewall {
+                rate_prefix: Default::default(),
                 default_action: Action::Drop,
                 log_default: false,
                 fragments: FragmentPolicy::MatchL3,
@@ -1897,6 +1900,7 @@ mod tests {
                     }
                     Policy {
                         firewall: Firewall {
+                            rate_prefix: Default::default(),
                             default_action: if default_drop {
                                 Action::Drop
                             } else {
@@ -2020,6 +2024,7 @@ mod tests {
                     .collect();
                 Policy {
                     firewall: Firewall {
+                        rate_prefix: Default::default(),
                         default_action: Action::Drop,
                         log_default: false,
                         fragments: if frag_drop {

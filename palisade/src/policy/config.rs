@@ -43,6 +43,8 @@
 //! | `default` | `"allow"` or `"drop"` (`"rate-limit"` is not allowed here) | `"allow"` |
 //! | `log_default` | boolean: emit an event for each packet the default action drops | `false` |
 //! | `fragments` | `"drop"` or `"match-l3"`: how non-first IP fragments, which carry no ports, are handled (see [`FragmentPolicy`]) | `"match-l3"` |
+//! | `rate_prefix_v6` | `1..=128`: the IPv6 sources in one prefix of this length share the bucket of a `per = "source"` rate limit, so a client cannot get a fresh bucket for each address of the /64 it is given | `64` |
+//! | `rate_prefix_v4` | `1..=32`: the same for IPv4 sources | `32` |
 //! | `stateful` | boolean: accept every packet of an established or related connection before any rule is tried, so rules only decide which connections may start. Turns connection tracking on (see [Connection tracking](#connection-tracking)); an error with `[conntrack] enabled = false` | `false` |
 //!
 //! A policy may hold at most [`MAX_RULES`] rules.
@@ -77,7 +79,7 @@
 //! | `name` | 1 to 64 of `A-Z a-z 0-9 _ . -`, unique among rules | none |
 //! | `priority` | integer `0..=4294967295`; lower runs first | `1000000` + position in file |
 //! | `action` | `"allow"`, `"drop"` or `"rate-limit"` | required |
-//! | `rate` | `{ pps = N, burst = N, per = "source" \| "rule" }`: required with `"rate-limit"` and only allowed with it; `pps` is `1..=10000000` ([`MAX_RATE`], see [Rates](#rates)), `burst` `1..=4294967295`; `per = "source"` keeps one bucket per source address, `"rule"` one for the whole rule | `per = "source"` |
+//! | `rate` | `{ pps = N, burst = N, per = "source" \| "rule" }`: required with `"rate-limit"` and only allowed with it; `pps` is `1..=10000000` ([`MAX_RATE`], see [Rates](#rates)), `burst` `1..=4294967295`; `per = "source"` keeps one bucket per source address (per IPv6 /64 by default, see `rate_prefix_v6`), `"rule"` one for the whole rule | `per = "source"` |
 //! | `proto` | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, `"any"`, or a protocol number `0..=255` | `"any"` |
 //! | `src`, `dst` | an address or CIDR, a non-empty list of them, or `"@set"` | any address |
 //! | `sport`, `dport` | a port `N` (integer or string) or a range `"LO-HI"` with `LO <= HI`; needs `proto` `"tcp"` or `"udp"` | any port |
@@ -163,6 +165,8 @@
 //! | `answer_prefix_v4` | `0..=32`: IPv4 clients in one prefix of this length share a budget | `24` |
 //! | `answer_prefix_v6` | `0..=128`: IPv6 clients in one prefix of this length share a budget | `56` |
 //! | `event_rate` | integer `0..=10000000` (see [Rates](#rates)): DNS events per second per CPU (a burst of as many), past which queries are aggregated: counted per name, verdict, reason and client and reported as `dns_summary` events every second, with the first query of each name in each second and samples still reported in full (see `docs/design/dns.md`); `0` = never aggregate, every reported query is an event. Off by default: aggregation pays off in floods of repeated names, but a flood of distinct names costs more with it (measured in `bench/results/dns-events-full.md`) | `0` ([`DnsEvents::DEFAULT_RATE`](super::model::DnsEvents::DEFAULT_RATE)) |
+//! | `rate_prefix_v6` | `1..=128`: IPv6 clients in one prefix of this length share the query rate bucket of `[dns.ingress] rate` (egress buckets are per cgroup) | `64` |
+//! | `rate_prefix_v4` | `1..=32`: the same for IPv4 clients | `32` |
 //! | `event_sample` | integer `0..=4294967295`: over the event budget, one aggregated query in this many is still reported in full (`"sent": "sample"`); `0` = none | `1000` ([`DnsEvents::DEFAULT_SAMPLE`](super::model::DnsEvents::DEFAULT_SAMPLE)) |
 //!
 //! Blocked queries sent to or from a broadcast or multicast MAC or IP address (or from the
@@ -178,7 +182,7 @@
 //! | `lists` | names of `[dns.lists.NAME]` tables, each at most once; may be empty (an empty allowlist blocks every query) | required |
 //! | `audit` | boolean: decide and report, but never block | `false` |
 //! | `malformed` | `"drop"` or `"allow"`: queries that cannot be parsed safely (see [`DnsScope::block_malformed`]): not exactly one question and at most one OPT record ending the message, a compression pointer in the name that does not point strictly backward, more than [`palisade_common::dns::name::MAX_POINTER_HOPS`] pointers, truncated, a TCP query not alone and whole in its segment, a fragmented query. `"allow"` lets a resolver answer names Palisade could not read | `"drop"` |
-//! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address on ingress, per cgroup (the sending socket's) on egress; `qps` `1..=10000000` (see [Rates](#rates)), `burst` at least 1 | no limit |
+//! | `rate` | `{ qps = N, burst = N }`: a token bucket per client address on ingress (per IPv6 /64 by default, see `[dns] rate_prefix_v6`), per cgroup (the sending socket's) on egress; `qps` `1..=10000000` (see [Rates](#rates)), `burst` at least 1 | no limit |
 //! | `log_allowed` | boolean: also report allowed queries | `false` |
 //! | `cgroups` | egress only: absolute paths of the cgroup v2 directories to attach to | `["/sys/fs/cgroup/unified"]`, the cgroup v2 root |
 //!
@@ -289,7 +293,7 @@ use super::model::{
     CT_OVERLOAD_TTL_RANGE_S, CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns,
     DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet,
     NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate, RateLimit, RatePer,
-    Rule, TcpFlags,
+    Rule, SourcePrefix, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 use super::setfile::{family_name, parse_cidr, parse_set_file};
@@ -704,7 +708,15 @@ impl<'n> TableView<'n> {
 // Validation
 
 const TOP_KEYS: &[&str] = &["firewall", "sets", "dns", "conntrack"];
-const FIREWALL_KEYS: &[&str] = &["default", "log_default", "fragments", "stateful", "rule"];
+const FIREWALL_KEYS: &[&str] = &[
+    "default",
+    "log_default",
+    "fragments",
+    "stateful",
+    "rate_prefix_v4",
+    "rate_prefix_v6",
+    "rule",
+];
 const SET_KEYS: &[&str] = &["entries", "files"];
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -734,6 +746,8 @@ const DNS_KEYS: &[&str] = &[
     "lists",
     "event_rate",
     "event_sample",
+    "rate_prefix_v4",
+    "rate_prefix_v6",
 ];
 const INGRESS_KEYS: &[&str] = &[
     "mode",
@@ -1175,13 +1189,34 @@ impl Checker<'_> {
             None => Vec::new(),
             Some(node) => self.rules(node, view.at, sets, ct_disabled_at),
         };
+        let rate_prefix = self.source_prefix(view);
         (self.error_count() == errors_before).then_some(Firewall {
+            rate_prefix,
             default_action,
             log_default: log_default.unwrap_or(false),
             fragments,
             stateful: stateful.unwrap_or(false),
             rules,
         })
+    }
+
+    /// `rate_prefix_v4` and `rate_prefix_v6` of `[firewall]` or `[dns]`: how per-source rate
+    /// buckets group addresses. 0 is refused: it is how the kernel reads a policy written
+    /// before the setting existed (whole addresses), and `per = "rule"` already shares one
+    /// bucket among all sources.
+    fn source_prefix(&mut self, view: TableView<'_>) -> SourcePrefix {
+        let mut prefix = SourcePrefix::DEFAULT;
+        if let Some(n) = view.get("rate_prefix_v4") {
+            prefix.v4 = self
+                .integer(n, "rate_prefix_v4", 1, 32)
+                .map_or(prefix.v4, |v| v as u8);
+        }
+        if let Some(n) = view.get("rate_prefix_v6") {
+            prefix.v6 = self
+                .integer(n, "rate_prefix_v6", 1, 128)
+                .map_or(prefix.v6, |v| v as u8);
+        }
+        prefix
     }
 
     fn rules(
@@ -1858,6 +1893,7 @@ impl Checker<'_> {
                 .integer(n, "answer_prefix_v6", 0, 128)
                 .map_or(128, |v| v as u8);
         }
+        dns.rate_prefix = self.source_prefix(view);
         if let Some(rate) = view
             .get("event_rate")
             .and_then(|n| self.rate_field(n, "event_rate", 0, "[dns]", " (0 never aggregates)"))
@@ -2723,6 +2759,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
         assert_eq!(
             policy.firewall,
             Firewall {
+                rate_prefix: Default::default(),
                 default_action: Action::Drop,
                 log_default: true,
                 fragments: FragmentPolicy::Drop,
@@ -2759,6 +2796,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
             policy,
             Policy {
                 firewall: Firewall {
+                    rate_prefix: Default::default(),
                     default_action: Action::Allow,
                     log_default: false,
                     fragments: FragmentPolicy::MatchL3,
@@ -3137,7 +3175,7 @@ tcp_flags = "syn"
             [
                 "p.toml:2:11: the default action cannot be `rate-limit`; use `allow` or `drop`",
                 "p.toml:3:1: unknown key `bogus` in [firewall]; expected one of `default`, \
-                 `log_default`, `fragments`, `stateful`, `rule`",
+                 `log_default`, `fragments`, `stateful`, `rate_prefix_v4`, `rate_prefix_v6`, `rule`",
                 "p.toml:6:12: prefix length 33 is too long for an IPv4 address (at most 32) in \
                  `1.2.3.4/33`",
                 "p.toml:9:10: action `rate-limit` needs a `rate`, e.g. rate = { pps = 100, burst \
@@ -3459,6 +3497,32 @@ tcp_flags = "syn"
     }
 
     #[test]
+    fn rate_source_prefixes() {
+        let p = parse("[firewall]\n[dns]\n").expect("valid");
+        assert_eq!(p.firewall.rate_prefix, SourcePrefix { v4: 32, v6: 64 });
+        assert_eq!(p.dns.rate_prefix, SourcePrefix { v4: 32, v6: 64 });
+        let p = parse(
+            "[firewall]\nrate_prefix_v4 = 1\nrate_prefix_v6 = 128\n\
+             [dns]\nrate_prefix_v4 = 32\nrate_prefix_v6 = 1\n",
+        )
+        .expect("valid");
+        assert_eq!(p.firewall.rate_prefix, SourcePrefix { v4: 1, v6: 128 });
+        assert_eq!(p.dns.rate_prefix, SourcePrefix { v4: 32, v6: 1 });
+        assert_eq!(
+            errors(
+                "[firewall]\nrate_prefix_v4 = 33\nrate_prefix_v6 = 0\n\
+                 [dns]\nrate_prefix_v6 = 129\nrate_prefix_v4 = \"24\"\n"
+            ),
+            [
+                "p.toml:2:18: `rate_prefix_v4` must be between 1 and 32, found 33",
+                "p.toml:3:18: `rate_prefix_v6` must be between 1 and 128, found 0",
+                "p.toml:5:18: `rate_prefix_v6` must be between 1 and 128, found 129",
+                "p.toml:6:18: `rate_prefix_v4` must be an integer, found a string",
+            ]
+        );
+    }
+
+    #[test]
     fn dns_answer_budget_keys() {
         let dns = parse("[dns.ingress]\nmode = \"blocklist\"\nlists = []\n")
             .expect("valid")
@@ -3510,6 +3574,7 @@ tcp_flags = "syn"
         assert_eq!(
             policy.dns,
             Dns {
+                rate_prefix: Default::default(),
                 events: crate::policy::model::DnsEvents::default(),
                 ports: vec![53],
                 ingress: Some(scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![])),
@@ -3628,7 +3693,7 @@ tcp_flags = "syn"
                 vec![
                     "p.toml:2:1: unknown key `port` in [dns]; expected one of `ports`, \
                      `answer_rate`, `answer_burst`, `answer_prefix_v4`, `answer_prefix_v6`, \
-                     `ingress`, `egress`, `lists`, `event_rate`, `event_sample`",
+                     `ingress`, `egress`, `lists`, `event_rate`, `event_sample`, `rate_prefix_v4`, `rate_prefix_v6`",
                     "p.toml:3:11: `dns.ingress` must be a table, found an integer",
                     "p.toml:4:9: `dns.lists` must be a table, found an integer",
                 ],

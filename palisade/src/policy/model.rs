@@ -158,6 +158,30 @@ pub struct Firewall {
     pub stateful: bool,
     /// Sorted by `(priority, file order)`: index in this vector is the evaluation order.
     pub rules: Vec<Rule>,
+    /// How `per = "source"` rate buckets group source addresses.
+    pub rate_prefix: SourcePrefix,
+}
+
+/// How per-source rate buckets group addresses: one bucket for each prefix of these lengths,
+/// so one client owning a whole prefix (an IPv6 /64 is the usual smallest one handed out)
+/// cannot get a fresh bucket for each address in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePrefix {
+    /// IPv4 prefix length, `1..=32`.
+    pub v4: u8,
+    /// IPv6 prefix length, `1..=128`.
+    pub v6: u8,
+}
+
+impl SourcePrefix {
+    /// One bucket per IPv4 address and per IPv6 /64.
+    pub const DEFAULT: Self = Self { v4: 32, v6: 64 };
+}
+
+impl Default for SourcePrefix {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl Default for Firewall {
@@ -169,6 +193,7 @@ impl Default for Firewall {
             fragments: FragmentPolicy::MatchL3,
             stateful: false,
             rules: Vec::new(),
+            rate_prefix: SourcePrefix::DEFAULT,
         }
     }
 }
@@ -446,6 +471,8 @@ pub struct Dns {
     pub answers: AnswerBudget,
     /// When DNS events are aggregated instead of sent one by one.
     pub events: DnsEvents,
+    /// How ingress clients are grouped under one query rate bucket.
+    pub rate_prefix: SourcePrefix,
 }
 
 /// The NXDOMAIN answer budget: a token bucket per client prefix, like response-rate

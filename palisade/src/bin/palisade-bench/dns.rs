@@ -303,6 +303,7 @@ fn policy(kind: PolicyKind, set: Option<&NameSet>) -> Policy {
         _ => (DnsMode::Blocklist, DnsAction::Drop, None),
     };
     p.dns = Dns {
+        rate_prefix: Default::default(),
         events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
         answers: AnswerBudget::UNLIMITED,

@@ -290,6 +290,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
     entries.push(namelist::entry("*.flood.example", false, 0)?);
     Ok(Policy {
         firewall: Firewall {
+            rate_prefix: Default::default(),
             default_action: Action::Allow,
             log_default: false,
             fragments: FragmentPolicy::MatchL3,
@@ -299,6 +300,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
+            rate_prefix: Default::default(),
             ports: vec![53],
             ingress: Some(DnsScope {
                 mode: DnsMode::Blocklist,

@@ -420,6 +420,7 @@ pub fn policy(list: &[String], action: DnsAction) -> Result<Policy> {
         .collect::<Result<Vec<_>>>()?;
     let mut p = workload::empty_policy();
     p.dns = Dns {
+        rate_prefix: Default::default(),
         events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
         answers: AnswerBudget::UNLIMITED,
