@@ -1921,6 +1921,45 @@ fn ipv6_authentication_header_is_walked() {
 }
 
 #[test]
+fn ipv4_authentication_header_is_a_protocol() {
+    // IPv4 carries AH as its protocol; a rule limited to IPv4 matches it. The checker refuses
+    // `proto = 51` on a rule that could match IPv6, where AH is an extension header.
+    let mut fw = fw(r#"
+[[firewall.rule]]
+name = "ah"
+action = "drop"
+proto = 51
+src = "0.0.0.0/0"
+
+[[firewall.rule]]
+name = "ssh"
+action = "drop"
+proto = "tcp"
+dport = 22
+"#);
+    fw.checks(&[
+        (raw("198.51.100.1", "192.0.2.51", 51), Drop("ah")),
+        (raw("198.51.100.1", "192.0.2.51", 50), DefaultPass),
+    ]);
+    // In IPv6 the header is walked: the packet is matched by what it carries.
+    let mut f = with_ext(
+        Frame::tcp("2001:db8::1", "2001:db8::2", 1, 22, TCP_SYN),
+        &[ExtHeader::Options { kind: 51, len8: 1 }],
+    )
+    .build();
+    f[ETH_HLEN + 40 + 1] = 2;
+    fw.check(&f, Drop("ssh"));
+    assert!(
+        config::parse_policy(
+            "[[firewall.rule]]\naction = \"drop\"\nproto = 51\n",
+            "test.toml",
+            Path::new(".")
+        )
+        .is_err()
+    );
+}
+
+#[test]
 fn ipv6_chain_longer_than_the_bound_is_ext_chain() {
     let mut fw = fw(PORTS);
     let seven = [

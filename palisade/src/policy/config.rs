@@ -80,7 +80,7 @@
 //! | `priority` | integer `0..=4294967295`; lower runs first | `1000000` + position in file |
 //! | `action` | `"allow"`, `"drop"` or `"rate-limit"` | required |
 //! | `rate` | `{ pps = N, burst = N, per = "source" \| "rule" }`: required with `"rate-limit"` and only allowed with it; `pps` is `1..=10000000` ([`MAX_RATE`], see [Rates](#rates)), `burst` `1..=4294967295`; `per = "source"` keeps one bucket per source address (per IPv6 /64 by default, see `rate_prefix_v6`), `"rule"` one for the whole rule | `per = "source"` |
-//! | `proto` | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, `"any"`, or a protocol number `0..=255` | `"any"` |
+//! | `proto` | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, `"any"`, or a protocol number `0..=255`. The numbers of IPv6 extension headers (0 Hop-by-Hop, 43 Routing, 44 Fragment, 51 AH, 60 Destination Options) are refused on a rule that could match IPv6: the firewall walks past those headers and matches the protocol after them, so no IPv6 packet has them as its protocol. On a rule limited to IPv4 addresses they are taken (51 is IPv4's AH) | `"any"` |
 //! | `src`, `dst` | an address or CIDR, a non-empty list of them, or `"@set"` | any address |
 //! | `sport`, `dport` | a port `N` (integer or string) or a range `"LO-HI"` with `LO <= HI`; needs `proto` `"tcp"` or `"udp"` | any port |
 //! | `tcp_flags` | `"VALUE/MASK"`, see below; needs `proto = "tcp"` | any flags |
@@ -285,6 +285,7 @@ use palisade_common::{
     conntrack::{STATE_NAMES, TIMEOUT_NAMES, TIMEOUTS},
     dns::entropy::MAX_BITS,
     firewall::MAX_RATE,
+    packet::{IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING},
 };
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 
@@ -1425,6 +1426,39 @@ impl Checker<'_> {
             self.err(dst_node.at, msg);
         }
 
+        // A protocol number the IPv6 parser walks past can never be the protocol of an IPv6
+        // packet; refused unless the rule is limited to IPv4.
+        if let ProtoField::Is(Protocol::Other(n)) = proto
+            && let Some(header) = ipv6_extension_header(n)
+            && let Some(node) = view.get("proto")
+        {
+            let can_match = |m: &Option<Option<AddrMatch>>| match m {
+                Some(Some(m)) => families(m, sets).is_none_or(|f| f.v6),
+                _ => true,
+            };
+            if can_match(&src) && can_match(&dst) {
+                let msg = if n == IPPROTO_AH {
+                    format!(
+                        "{whose}: `proto = {n}` ({header}) matches only IPv4 packets: in IPv6 AH \
+                         is an extension header, which Palisade walks past to match the protocol \
+                         after it, so the rule could never match an IPv6 packet. Limit the rule \
+                         to IPv4 addresses (e.g. `src = \"0.0.0.0/0\"`) to match IPv4 AH, and \
+                         match IPv6 packets by the protocol after the header (e.g. `proto = \
+                         \"tcp\"`)"
+                    )
+                } else {
+                    format!(
+                        "{whose}: `proto = {n}` names the IPv6 {header} extension header, which \
+                         Palisade walks past to match the protocol after it, so the rule could \
+                         never match an IPv6 packet. Write the protocol after the header (e.g. \
+                         `proto = \"tcp\"`), or limit the rule to IPv4 addresses if IPv4 packets \
+                         with protocol number {n} are meant"
+                    )
+                };
+                self.err(node.at, msg);
+            }
+        }
+
         if self.error_count() != errors_before {
             return None;
         }
@@ -2521,6 +2555,20 @@ const fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The name of the IPv6 extension header protocol number `n` names, if any: the packet
+/// parser walks past these headers to the protocol after them, so no IPv6 packet ever has
+/// them as its protocol.
+const fn ipv6_extension_header(n: u8) -> Option<&'static str> {
+    match n {
+        IPPROTO_HOPOPTS => Some("Hop-by-Hop Options"),
+        IPPROTO_ROUTING => Some("Routing"),
+        IPPROTO_FRAGMENT => Some("Fragment"),
+        IPPROTO_AH => Some("Authentication Header"),
+        IPPROTO_DSTOPTS => Some("Destination Options"),
+        _ => None,
+    }
+}
+
 /// What families `m` can match, or `None` when it is not restricted or not yet known (an
 /// empty set, e.g. one whose file failed to load, restricts nothing worth reporting).
 fn families(m: &AddrMatch, sets: &SetTable) -> Option<Families> {
@@ -3187,6 +3235,62 @@ tcp_flags = "syn"
         );
         let err = parse(text).expect_err("invalid");
         assert_eq!(err.to_string().lines().count(), 7);
+    }
+
+    #[test]
+    fn ipv6_extension_header_numbers_are_refused_where_ipv6_could_match() {
+        let rule = |extra: &str| format!("[[firewall.rule]]\naction = \"drop\"\n{extra}\n");
+        let header = |whose: &str, n: u8, name: &str| {
+            format!(
+                "{whose}: `proto = {n}` names the IPv6 {name} extension header, which Palisade \
+                 walks past to match the protocol after it, so the rule could never match an \
+                 IPv6 packet. Write the protocol after the header (e.g. `proto = \"tcp\"`), or \
+                 limit the rule to IPv4 addresses if IPv4 packets with protocol number {n} are \
+                 meant"
+            )
+        };
+        for (n, name) in [
+            (0, "Hop-by-Hop Options"),
+            (43, "Routing"),
+            (44, "Fragment"),
+            (60, "Destination Options"),
+        ] {
+            // Any family, IPv6 only, or a mix: refused.
+            for addrs in [
+                "",
+                "src = \"2001:db8::/32\"",
+                "dst = [\"192.0.2.0/24\", \"::/0\"]",
+            ] {
+                assert_eq!(
+                    errors(&rule(&format!("proto = {n}\n{addrs}"))),
+                    [format!(
+                        "p.toml:3:9: {}",
+                        header("the rule on line 1", n, name)
+                    )],
+                    "{addrs}"
+                );
+            }
+            // Limited to IPv4: IPv4 packets can carry the number.
+            parse(&rule(&format!("proto = {n}\nsrc = \"0.0.0.0/0\""))).expect("IPv4 only");
+        }
+        let ah = "`proto = 51` (Authentication Header) matches only IPv4 packets: in IPv6 AH is \
+                  an extension header, which Palisade walks past to match the protocol after \
+                  it, so the rule could never match an IPv6 packet. Limit the rule to IPv4 \
+                  addresses (e.g. `src = \"0.0.0.0/0\"`) to match IPv4 AH, and match IPv6 \
+                  packets by the protocol after the header (e.g. `proto = \"tcp\"`)";
+        assert_eq!(
+            errors(&rule(
+                "name = \"ah\"\nproto = 51\ndst = \"@v6\"\n[sets.v6]\nentries = [\"2001:db8::1\"]"
+            )),
+            [format!("p.toml:4:9: rule `ah`: {ah}")]
+        );
+        let p = parse(&rule(
+            "proto = 51\ndst = \"@v4\"\n[sets.v4]\nentries = [\"192.0.2.1\"]",
+        ))
+        .expect("IPv4 AH");
+        assert_eq!(p.firewall.rules[0].protocol, Some(Protocol::Other(51)));
+        // Other numbers are taken in any family.
+        parse(&rule("proto = 50")).expect("ESP");
     }
 
     #[test]
