@@ -15,6 +15,7 @@ pub mod dns;
 pub mod events;
 pub mod firewall;
 pub mod guard;
+pub mod kernel;
 pub mod live;
 pub mod loader;
 pub mod maps;

@@ -7,6 +7,7 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::{
     conntrack::carry::{self, Sizes},
+    kernel,
     pin::{self, Layout, MapShape},
 };
 
@@ -30,6 +31,7 @@ pub fn load_sized(sizes: &[(&str, u32)]) -> Result<Ebpf> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
     }
+    kernel::check()?;
     check_privileges()?;
     raise_memlock();
     let mut loader = EbpfLoader::new();
@@ -38,7 +40,7 @@ pub fn load_sized(sizes: &[(&str, u32)]) -> Result<Ebpf> {
     }
     loader.load(OBJECT).context(
         "loading the kernel object failed; Palisade needs root (or CAP_BPF, CAP_NET_ADMIN and \
-         CAP_PERFMON) and a kernel with BPF, BTF and ring buffers (5.8 or newer)",
+         CAP_PERFMON) and a kernel with BPF and BTF (Linux 6.6 or newer)",
     )
 }
 
@@ -104,6 +106,7 @@ pub fn load_pinned(layout: &Layout, sizes: Sizes) -> Result<Pinned> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
     }
+    kernel::check()?;
     check_privileges()?;
     raise_memlock();
     layout.create_dirs()?;
