@@ -152,7 +152,11 @@ map_type!(RuleRef, 8);
 pub struct RuleMeta {
     pub action: u8,
     pub flags: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The install this rule belongs to (the swap counter of [`Control`] that made it live):
+    /// part of its buckets' keys, so a new policy starts with fresh buckets without anything
+    /// being removed from `FW_RATE`, and the old ones age out of the LRU.
+    pub rate_epoch: u32,
     /// Token-bucket emission interval: nanoseconds per packet (1e9 / pps).
     pub rate_interval_ns: u64,
     /// How far ahead of now the bucket's clock may run: `interval * (burst - 1)`.
@@ -175,10 +179,13 @@ map_type!(RuleStats, 16);
 pub struct RateKey {
     /// Rule slot including the generation (`gen * RULE_SLOTS + rule`).
     pub slot: u32,
-    /// The source address, or all zero for a per-rule bucket.
+    /// The rule's [`RuleMeta::rate_epoch`].
+    pub epoch: u32,
+    /// The source address cut to the policy's source prefix, or all zero for a per-rule
+    /// bucket.
     pub addr: [u8; 16],
 }
-map_type!(RateKey, 20);
+map_type!(RateKey, 24);
 
 /// A set member's key, in the host hash as it is and as the data part of the prefix trie's
 /// key: the set id, big-endian so it forms the first 32 bits of the prefix, then the address

@@ -9,9 +9,16 @@
 //! Needs root (or CAP_BPF + CAP_NET_ADMIN); each test loads its own copy of the object.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
+
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya_obj::programs::XdpAttachType;
 
 use palisade::{
     craft::{ExtHeader, Frame, L4, ip},
@@ -1631,6 +1638,106 @@ rate_prefix_v4 = 24",
         fw.check(&v4a, Allow("limit"));
     }
     fw.check(&other64, Limited("limit"));
+}
+
+/// Removes a pin when dropped.
+struct PinFile(PathBuf);
+
+impl std::ops::Drop for PinFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn reload_finishes_while_a_flood_churns_the_rate_buckets() {
+    let policy = |n: u32| format!("# policy {n}\n{}", fw_policy_text_limit("source"));
+    let mut fw = fw(&policy(0));
+    let mut quiet = Duration::ZERO;
+    for n in 1..=3 {
+        let t = Instant::now();
+        fw.install(&policy(n));
+        quiet = quiet.max(t.elapsed());
+    }
+    // A second handle on the firewall program, for a thread that floods it from new sources
+    // while this one reloads.
+    let flood = {
+        let pin = PinFile(PathBuf::from(format!(
+            "/sys/fs/bpf/palisade-test-flood-{}",
+            std::process::id()
+        )));
+        let prog: &mut Xdp = fw
+            .bench
+            .ebpf
+            .program_mut(FIREWALL)
+            .expect("the firewall program")
+            .try_into()
+            .expect("an XDP program");
+        prog.pin(&pin.0).expect("pinning the firewall");
+        Xdp::from_pin(&pin.0, XdpAttachType::Interface).expect("opening the pinned firewall")
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flooder = {
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            let mut out = vec![0u8; 512];
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                // A new /64 for every packet, as spoofed sources: each one makes a bucket,
+                // and the LRU (65 536 buckets) evicts old ones all the time.
+                let src = format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff);
+                let frame = udp(&src, "2001:db8::53", 123);
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(&frame);
+                opts.data_out = Some(&mut out);
+                flood.test_run(opts).expect("a flood run");
+                i = i.wrapping_add(1);
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Fill the LRU once before reloading.
+    let start = Instant::now();
+    while sent.load(Ordering::Relaxed) < 70_000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the flood thread is stuck"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = sent.load(Ordering::Relaxed);
+    let mut slowest = Duration::ZERO;
+    let mut total = Duration::ZERO;
+    for n in 1..=20 {
+        let t = Instant::now();
+        fw.install(&policy(n));
+        slowest = slowest.max(t.elapsed());
+        total += t.elapsed();
+    }
+    let during = sent.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().expect("the flood thread");
+    eprintln!(
+        "20 reloads under a flood of {during} packets from new sources: slowest {slowest:?}, \
+         total {total:?} (slowest without the flood: {quiet:?})"
+    );
+    assert!(
+        during >= 1_000,
+        "the flood ran during the reloads ({during} packets)"
+    );
+    // Reloads never walk the buckets, so the flood only competes for the CPU. The bound is
+    // loose for a loaded 2-CPU machine; a walk of the churning LRU could take forever.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a reload under the flood took {slowest:?} (without it: {quiet:?})"
+    );
+    // The last policy starts with full buckets, and they work.
+    let a = udp("2001:db8:ffff:1::1", "2001:db8::53", 123);
+    for _ in 0..5 {
+        fw.check(&a, Allow("limit"));
+    }
+    fw.check(&a, Limited("limit"));
 }
 
 fn fw_policy_text_limit(per: &str) -> String {

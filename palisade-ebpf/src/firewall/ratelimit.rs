@@ -16,6 +16,7 @@ use crate::maps::FW_RATE;
 pub fn admit(slot: u32, header: &PolicyHeader, meta: &RuleMeta, p: &Packet) -> bool {
     let mut key = RateKey {
         slot,
+        epoch: meta.rate_epoch,
         addr: [0; 16],
     };
     if meta.flags & RULE_RATE_PER_SOURCE != 0 {

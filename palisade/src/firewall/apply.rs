@@ -10,9 +10,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
 };
 use palisade_common::firewall::{
-    Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS,
-    RateKey, RuleMeta, RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD,
-    SET_PREFIXES, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
+    Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleMeta,
+    RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SetKey,
+    TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
 };
 
 use palisade_common::dns::{
@@ -67,7 +67,8 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
     write_dns(ebpf, idle, dns).context("writing DNS names")?;
     write_sets(ebpf, idle, c).context("writing set members")?;
     write_port_classes(ebpf, idle, c).context("writing port classes")?;
-    write_rules(ebpf, idle, c).context("writing rules")?;
+    let epoch = current.generation_counter.wrapping_add(1);
+    write_rules(ebpf, idle, epoch, c).context("writing rules")?;
     {
         let mut tuples: Array<&mut MapData, Tuple> = Array::try_from(map_mut(ebpf, "FW_TUPLES")?)?;
         for (i, t) in c.tuples.iter().enumerate() {
@@ -88,7 +89,7 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
     }
     let next = Control {
         active_gen: idle,
-        generation_counter: current.generation_counter.wrapping_add(1),
+        generation_counter: epoch,
     };
     let mut ctl: Array<&mut MapData, Control> = Array::try_from(map_mut(ebpf, "CONTROL")?)?;
     // The single write that makes the new policy live.
@@ -98,6 +99,11 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
 
 /// Removes every entry that belongs to `generation` from the keyed maps. Arrays need no
 /// clearing: everything they hold for a generation is rewritten by `install`.
+///
+/// `FW_RATE` is not walked: the datapath writes it, and walking an LRU that a flood of
+/// spoofed sources keeps changing might never end. Its keys carry the install's epoch
+/// instead ([`RuleMeta::rate_epoch`]), so the new policy's buckets start fresh and the old
+/// ones are evicted first as they are never used again.
 fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
     {
         let mut rules: HashMap<&mut MapData, FlowKey, RuleRef> =
@@ -145,20 +151,6 @@ fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
             .collect();
         for k in stale {
             names.remove(&k)?;
-        }
-    }
-    {
-        let mut rate: HashMap<&mut MapData, RateKey, u64> =
-            HashMap::try_from(map_mut(ebpf, "FW_RATE")?)?;
-        let range = rule_slot(generation, 0)..rule_slot(generation, RULE_SLOTS);
-        let stale: Vec<RateKey> = rate
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| range.contains(&k.slot))
-            .collect();
-        for k in stale {
-            // An LRU map may have evicted it meanwhile.
-            let _ = rate.remove(&k);
         }
     }
     Ok(())
@@ -239,11 +231,15 @@ fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) ->
     Ok(())
 }
 
-fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
+fn write_rules(ebpf: &mut Ebpf, generation: u32, epoch: u32, c: &CompiledFirewall) -> Result<()> {
     {
         let mut meta: Array<&mut MapData, RuleMeta> =
             Array::try_from(map_mut(ebpf, "FW_RULE_META")?)?;
         for (i, m) in c.rules.iter().enumerate() {
+            let m = RuleMeta {
+                rate_epoch: epoch,
+                ..*m
+            };
             meta.set(rule_slot(generation, i as u32), m, 0)?;
         }
     }
