@@ -37,14 +37,17 @@ use palisade::{
     },
     policy::model::{
         Action, AddrMatch, Cidr, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet, Policy,
-        PortRange, Protocol, RateLimit, RatePer, Rule, TcpFlags,
+        PortRange, Protocol, RateLimit, RatePer, Rule, SourcePrefix, TcpFlags,
     },
     testrun::Bench,
 };
 use palisade_common::{
     event::{FirewallEvent, KIND_FIREWALL},
     firewall::DEFAULT_SLOT,
-    packet::{self, FAMILY_V4, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Packet, v4_mapped},
+    packet::{
+        self, FAMILY_V4, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Packet, keep_prefix, rate_prefix_bits,
+        v4_mapped,
+    },
     reason,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
@@ -294,7 +297,11 @@ fn random_policy(rng: &mut StdRng) -> Policy {
     };
     Policy {
         firewall: Firewall {
-            rate_prefix: Default::default(),
+            // Per-source buckets of whole addresses, the default prefixes, or wider ones.
+            rate_prefix: SourcePrefix {
+                v4: *[32u8, 32, 24, 1].choose(rng).unwrap(),
+                v6: *[64u8, 128, 48, 127].choose(rng).unwrap(),
+            },
             default_action: if rng.gen_bool(0.5) {
                 Action::Drop
             } else {
@@ -822,7 +829,7 @@ fn verdict_expect(p: &Policy, pkt: &Packet, buckets: &Buckets, after_run: Instan
             if rl.burst > 1 {
                 pass
             } else {
-                match buckets.get(&bucket_key(rule, rl, pkt)) {
+                match buckets.get(&bucket_key(p, rule, rl, pkt)) {
                     None => pass,
                     // The bucket refills one second after the last pass. `last` was taken
                     // before that run and `after_run` after this one, so if they are less
@@ -837,9 +844,11 @@ fn verdict_expect(p: &Policy, pkt: &Packet, buckets: &Buckets, after_run: Instan
     })
 }
 
-fn bucket_key(rule: u32, rl: RateLimit, pkt: &Packet) -> (u32, [u8; 16]) {
+fn bucket_key(p: &Policy, rule: u32, rl: RateLimit, pkt: &Packet) -> (u32, [u8; 16]) {
     let addr = if rl.per == RatePer::Source {
-        pkt.src
+        let prefix = p.firewall.rate_prefix;
+        let bits = rate_prefix_bits(pkt.family == FAMILY_V4, prefix.v4, prefix.v6);
+        keep_prefix(&pkt.src, bits)
     } else {
         [0; 16]
     };
@@ -914,7 +923,7 @@ fn check_policy(
             if let Action::RateLimit(rl) = p.firewall.rules[rule as usize].action
                 && seen.action == XDP_PASS
             {
-                buckets.insert(bucket_key(rule, rl, &pkt), before);
+                buckets.insert(bucket_key(p, rule, rl, &pkt), before);
             }
             tally.rate_limited += 1;
         }
