@@ -964,3 +964,33 @@ proptest! {
         }
     }
 }
+
+/// Per-source rate buckets: the prefix lengths count within the family, and 0 (a policy
+/// header written before the setting existed) keeps the whole address.
+#[test]
+fn rate_sources_are_cut_to_their_family_prefix() {
+    use palisade_common::packet::{keep_prefix, rate_prefix_bits};
+    assert_eq!(rate_prefix_bits(true, 24, 64), 96 + 24);
+    assert_eq!(rate_prefix_bits(true, 32, 64), 128);
+    assert_eq!(rate_prefix_bits(true, 0, 64), 128);
+    assert_eq!(rate_prefix_bits(false, 24, 64), 64);
+    assert_eq!(rate_prefix_bits(false, 24, 0), 128);
+    assert_eq!(rate_prefix_bits(false, 24, 128), 128);
+    let v4 = v4_mapped([203, 0, 113, 77]);
+    assert_eq!(
+        keep_prefix(&v4, rate_prefix_bits(true, 20, 64)),
+        v4_mapped([203, 0, 112, 0])
+    );
+    let v6 = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4,
+    ];
+    assert_eq!(
+        keep_prefix(&v6, rate_prefix_bits(false, 32, 64)),
+        [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(
+        keep_prefix(&v6, rate_prefix_bits(false, 32, 60)),
+        [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(keep_prefix(&v6, rate_prefix_bits(false, 32, 0)), v6);
+}
