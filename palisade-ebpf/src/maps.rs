@@ -188,6 +188,12 @@ pub static DNS_EVENT_NAMES: LruHashMap<
 pub static DNS_EVENT_CLIENTS: LruPerCpuHashMap<palisade_common::event::DnsAggClient, u64> =
     LruPerCpuHashMap::with_max_entries(palisade_common::event::DNS_AGG_CLIENTS, 0);
 
+/// Per CPU, the names this CPU sent or counted lately over the event budget, direct-mapped
+/// by the name's hash; [`crate::dns::report::SEEN_SLOTS`] slots (40 bytes each per CPU).
+#[map]
+pub static DNS_EVENT_SEEN: PerCpuArray<crate::dns::report::Seen> =
+    PerCpuArray::with_max_entries(crate::dns::report::SEEN_SLOTS, 0);
+
 /// Per-CPU working space of the event budget (keys, a new name's value), one slot per
 /// scratch slot.
 #[map]
