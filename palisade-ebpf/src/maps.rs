@@ -61,6 +61,11 @@ pub static FW_SET_HOSTS: HashMap<SetKey, u8> =
 #[map]
 pub static FW_SET_KIND: Array<u8> = Array::with_max_entries(GENERATIONS * MAX_SETS, 0);
 
+/// Per-CPU keys of the tuple search (`firewall::classify`), kept off the stack: one entry.
+#[map]
+pub static FW_SEARCH: PerCpuArray<crate::firewall::classify::SearchKeys> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Token buckets of rate-limit rules: GCRA theoretical arrival time in ns.
 #[map]
 pub static FW_RATE: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(65_536, 0);
