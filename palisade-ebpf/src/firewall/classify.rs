@@ -9,7 +9,7 @@
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use palisade_common::{
     firewall::{
-        FlowKey, MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS, SET_KEY_PREFIX_BITS,
+        FlowKey, MAX_RULES, MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS, SET_KEY_PREFIX_BITS,
         SET_OVERLOAD, SET_PREFIXES, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, fill_flow_key,
         set_kind_slot, tuple_applies,
     },
@@ -28,8 +28,8 @@ pub struct SearchKeys {
     set: Key<SetKey>,
 }
 
-/// No rule matched.
-const NONE: u32 = u32::MAX;
+/// No rule matched (yet): above every evaluation index, below [`STOPPED`].
+const NONE: u32 = STOPPED - 1;
 
 /// The evaluation index of the first rule that matches `p` (the packet in the XDP handoff
 /// slot), if any.
@@ -55,41 +55,64 @@ pub fn first_match(generation: u32, header: &PolicyHeader, p: &Packet) -> Option
         )
     };
     // The search reads the packet from the per-CPU handoff slot, where `p` is (a global
-    // function takes scalars only).
-    let best = palisade_fw_search(
-        generation,
-        header.tuple_count,
-        u32::from(sport_class) << 16 | u32::from(dport_class),
-    );
+    // function takes scalars only). It goes a chunk of tuples per call, so the verifier walks
+    // the loop of one chunk, not of all `MAX_TUPLES`.
+    let classes = u32::from(sport_class) << 16 | u32::from(dport_class);
+    let count = header.tuple_count.min(MAX_TUPLES);
+    let mut best = NONE;
+    let mut from = 0;
+    while from < count {
+        let r = palisade_fw_search(generation, from, count, classes, best);
+        best = r & !STOPPED;
+        if r & STOPPED != 0 {
+            break;
+        }
+        from += CHUNK;
+    }
     if best == NONE { None } else { Some(best) }
 }
 
-/// The best (lowest) evaluation index among the rules of the first `count` tuples of
-/// `generation` that match the packet in the XDP handoff slot, or [`NONE`]. `classes` holds
-/// the packet's source port class in its high half, the destination's in its low half.
+/// Tuples searched per call of [`palisade_fw_search`].
+const CHUNK: u32 = 32;
+/// Set in what [`palisade_fw_search`] returns when no later tuple can beat its result.
+const STOPPED: u32 = 1 << 31;
+
+const _: () = assert!(MAX_TUPLES % CHUNK == 0 && MAX_RULES < NONE);
+
+/// Searches tuples `from..from + CHUNK` (and below `count`) of `generation` for the packet in
+/// the XDP handoff slot: the best (lowest) evaluation index among their matching rules and
+/// `best`, the best found so far ([`NONE`] for none), with [`STOPPED`] set when the
+/// search can stop (tuples are sorted by their best rule, so once a match beats a tuple's,
+/// none that follows can). `classes` holds the packet's source port class in its high half,
+/// the destination's in its low half.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn palisade_fw_search(generation: u32, count: u32, classes: u32) -> u32 {
+pub extern "C" fn palisade_fw_search(
+    generation: u32,
+    from: u32,
+    count: u32,
+    classes: u32,
+    best: u32,
+) -> u32 {
     let (Some(s), Some(keys)) = (DNS_SCRATCH.get_ptr(SLOT_XDP), FW_SEARCH.get_ptr_mut(0)) else {
-        return NONE;
+        return best | STOPPED;
     };
     // SAFETY: per-CPU slots: the packet written by the caller, the keys this search's own.
     let (p, keys) = unsafe { (&(*s).packet, &mut *keys) };
     let generation = generation & 1;
-    let count = if count > MAX_TUPLES {
-        MAX_TUPLES
-    } else {
-        count
-    };
-    let mut best = NONE;
-    let mut i = 0;
-    while i < count {
+    let count = count.min(MAX_TUPLES);
+    let mut best = best & !STOPPED;
+    let mut j = 0;
+    while j < CHUNK {
+        let i = from + j;
+        if i >= count {
+            break;
+        }
         let Some(t) = FW_TUPLES.get(generation * MAX_TUPLES + i) else {
-            break;
+            return best | STOPPED;
         };
-        // Tuples are sorted by their best rule: once a match beats it, none that follows can.
         if t.best_rule >= best {
-            break;
+            return best | STOPPED;
         }
         if tuple_applies(t, p)
             && (t.flags & TUPLE_SRC_SET == 0 || in_set(&mut keys.set, t.src_set, p.family, &p.src))
@@ -103,7 +126,7 @@ pub extern "C" fn palisade_fw_search(generation: u32, count: u32, classes: u32) 
                 best = r.rule;
             }
         }
-        i += 1;
+        j += 1;
     }
     best
 }
