@@ -276,28 +276,66 @@ pub fn flow_key(
     sport_class: u16,
     dport_class: u16,
 ) -> FlowKey {
-    let mut k = FlowKey {
-        tuple: generation << 16 | index,
-        ..FlowKey::default()
-    };
+    let mut k = FlowKey::default();
+    let classes = u32::from(sport_class) << 16 | u32::from(dport_class);
+    fill_flow_key(&mut k, generation << 16 | index, t, p, classes);
+    k
+}
+
+const _: () = {
+    assert!(align_of::<Packet>() >= 4 && align_of::<Tuple>() >= 4 && align_of::<FlowKey>() >= 4);
+    assert!(core::mem::offset_of!(Packet, src) % 4 == 0);
+    assert!(core::mem::offset_of!(Packet, dst) % 4 == 0);
+    assert!(core::mem::offset_of!(Tuple, src_mask) % 4 == 0);
+    assert!(core::mem::offset_of!(Tuple, dst_mask) % 4 == 0);
+    assert!(core::mem::offset_of!(FlowKey, src) % 4 == 0);
+    assert!(core::mem::offset_of!(FlowKey, dst) % 4 == 0);
+};
+
+/// Writes the key of `p` in tuple `tuple` (`generation << 16 | index`) into `k`, in place
+/// (the kernel keeps it off its stack); `classes` is the source port class in the high half,
+/// the destination's in the low half.
+#[inline(always)]
+pub fn fill_flow_key(k: &mut FlowKey, tuple: u32, t: &Tuple, p: &Packet, classes: u32) {
+    k.tuple = tuple;
+    // By words: the addresses and masks are 4-aligned in all three records (checked below);
+    // byte by byte, the kernel's compiler spills every byte.
+    let (ps, pd) = (p.src.as_ptr().cast::<u32>(), p.dst.as_ptr().cast::<u32>());
+    let (ms, md) = (
+        t.src_mask.as_ptr().cast::<u32>(),
+        t.dst_mask.as_ptr().cast::<u32>(),
+    );
+    let (ks, kd) = (
+        k.src.as_mut_ptr().cast::<u32>(),
+        k.dst.as_mut_ptr().cast::<u32>(),
+    );
     let mut i = 0;
-    while i < 16 {
-        k.src[i] = p.src[i] & t.src_mask[i];
-        k.dst[i] = p.dst[i] & t.dst_mask[i];
+    while i < 4 {
+        // SAFETY: word `i < 4` of 16-byte arrays at 4-aligned offsets of 4-aligned records.
+        unsafe {
+            ks.add(i).write(ps.add(i).read() & ms.add(i).read());
+            kd.add(i).write(pd.add(i).read() & md.add(i).read());
+        }
         i += 1;
     }
-    if t.flags & TUPLE_PROTO != 0 {
-        k.proto = p.proto;
-    }
-    if t.flags & TUPLE_SPORT != 0 {
-        k.sport_class = sport_class;
-    }
-    if t.flags & TUPLE_DPORT != 0 {
-        k.dport_class = dport_class;
-    }
+    k.proto = if t.flags & TUPLE_PROTO != 0 {
+        p.proto
+    } else {
+        0
+    };
+    k.sport_class = if t.flags & TUPLE_SPORT != 0 {
+        (classes >> 16) as u16
+    } else {
+        0
+    };
+    k.dport_class = if t.flags & TUPLE_DPORT != 0 {
+        classes as u16
+    } else {
+        0
+    };
     k.tcp_flags = p.tcp_flags & t.tcp_flags_mask;
     k.ct_state = p.ct_state & t.ct_state_mask;
-    k
+    k._pad = [0];
 }
 
 /// The fastest rate a token bucket takes, in tokens (packets, queries, answers, events) a

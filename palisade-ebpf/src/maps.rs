@@ -61,6 +61,11 @@ pub static FW_SET_HOSTS: HashMap<SetKey, u8> =
 #[map]
 pub static FW_SET_KIND: Array<u8> = Array::with_max_entries(GENERATIONS * MAX_SETS, 0);
 
+/// Per-CPU keys of the tuple search (`firewall::classify`), kept off the stack: one entry.
+#[map]
+pub static FW_SEARCH: PerCpuArray<crate::firewall::classify::SearchKeys> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Token buckets of rate-limit rules: GCRA theoretical arrival time in ns.
 #[map]
 pub static FW_RATE: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(65_536, 0);
@@ -187,6 +192,12 @@ pub static DNS_EVENT_NAMES: LruHashMap<
 #[map]
 pub static DNS_EVENT_CLIENTS: LruPerCpuHashMap<palisade_common::event::DnsAggClient, u64> =
     LruPerCpuHashMap::with_max_entries(palisade_common::event::DNS_AGG_CLIENTS, 0);
+
+/// Per CPU, the names this CPU sent or counted lately over the event budget, direct-mapped
+/// by the name's hash; [`crate::dns::report::SEEN_SLOTS`] slots (40 bytes each per CPU).
+#[map]
+pub static DNS_EVENT_SEEN: PerCpuArray<crate::dns::report::Seen> =
+    PerCpuArray::with_max_entries(crate::dns::report::SEEN_SLOTS, 0);
 
 /// Per-CPU working space of the event budget (keys, a new name's value), one slot per
 /// scratch slot.

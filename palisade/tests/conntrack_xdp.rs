@@ -14,7 +14,12 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use palisade::{
-    conntrack::{Flow, FlowFilter, census, flows, read_stats, sweep, sweep_program},
+    conntrack::{
+        Flow, FlowFilter,
+        carry::{STAMP_LAG_NS, now_ns},
+        census, flows, read_stats, sweep, sweep_program,
+        table::walk,
+    },
     craft::{checksum, ip},
     policy::{config, model::Policy},
     testrun::Bench,
@@ -1692,6 +1697,51 @@ fn expired_entries_are_swept_and_replies_then_dropped() {
         Pass,
         Cls::Est,
         NOTHING,
+    );
+}
+
+/// Each CPU keeps the coarse clock's value for the tick it read it in: the entries' stamps
+/// must still follow the clock (never ahead of it, never more than the allowed lag behind,
+/// and moving on as time does).
+#[test]
+fn stamps_follow_the_coarse_clock() {
+    let ct = load(STATEFUL);
+    let out = net(HOST, REMOTE);
+    let back = out.reversed();
+    ct.egress("query", &out.udp(7100, 53), Cls::New, INSERTED);
+    ct.ingress("reply", &back.udp(53, 7100), Pass, Cls::Est, PROMOTED);
+    let stamp = || {
+        let mut last = Vec::new();
+        walk(&ct.bench.ebpf, |_, e, _| last.push(e.last_ns)).expect("walking the tables");
+        assert_eq!(last.len(), 1, "one flow: {last:?}");
+        last[0]
+    };
+    let mut first = None;
+    let mut stamps = Vec::new();
+    for i in 0..25 {
+        let before = now_ns();
+        ct.ingress(
+            "another reply",
+            &back.udp(53, 7100),
+            Pass,
+            Cls::Est,
+            NOTHING,
+        );
+        let after = now_ns();
+        let t = stamp();
+        assert!(
+            t <= after && t + STAMP_LAG_NS >= before,
+            "reply {i}: stamped {t}, the clock read {before} before and {after} after"
+        );
+        first.get_or_insert(before);
+        stamps.push(t);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (first, last) = (first.unwrap_or_default(), stamps[stamps.len() - 1]);
+    assert!(
+        last >= first + 400_000_000,
+        "the stamps moved {} ms in about 500 ms: {stamps:?}",
+        last.saturating_sub(first) / 1_000_000
     );
 }
 

@@ -11,7 +11,7 @@ pub mod ingress;
 pub mod overload;
 pub mod sweep;
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use palisade_common::{
     conntrack::{
         CS_ESTABLISHED, CS_EXPIRED_LOOKUP_EST, CS_EXPIRED_LOOKUP_NEW, CS_INSERT_EST,
@@ -44,14 +44,40 @@ pub struct Pending {
     /// 2 when that flow was in the table of validated flows.
     pub reopens: u32,
     pub _pad: u32,
+    /// The `jiffies` value [`now`] last read the clock at, and what the clock said then.
+    pub clock_tick: u64,
+    pub clock_ns: u64,
 }
 
-/// Coarse monotonic time: a jiffy of precision is plenty for timeouts of seconds, and it
-/// costs less than the precise clock.
+/// Coarse monotonic time (`bpf_ktime_get_coarse_ns`): a tick of precision is plenty for
+/// timeouts of seconds. The coarse clock moves only when the timekeeping tick moves
+/// `jiffies`, and the verifier turns a read of `jiffies` into one load, while the clock's
+/// helper is a call into timekeeping (about 12 ns an established packet, a quarter of what
+/// tracking adds). So each CPU keeps the clock's value for the tick it last read it in, and
+/// calls the helper only when `jiffies` moved.
+///
+/// The kernel moves `jiffies` a moment before it updates the clock (on another CPU, maybe):
+/// a CPU that reads the clock in that moment gets the previous tick's time. When that is
+/// the time it holds already, it keeps asking; otherwise it keeps that time for this tick.
+/// Stamps may so lag the clock by a tick (10 ms at the lowest `HZ`), which the carry across
+/// restarts allows for (`STAMP_LAG_NS` in `palisade/src/conntrack/carry.rs`); timeouts of
+/// seconds do not notice.
 #[inline(always)]
-fn now() -> u64 {
-    // SAFETY: a helper with no preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
+fn now(pending: &mut Pending) -> u64 {
+    // SAFETY: a helper with no preconditions (inlined by the verifier).
+    let tick = unsafe { bpf_jiffies64() };
+    if tick != pending.clock_tick {
+        // SAFETY: a helper with no preconditions.
+        let ns = unsafe { bpf_ktime_get_coarse_ns() };
+        if ns == pending.clock_ns {
+            // Read between the two updates: `jiffies` moved, the clock not yet. Not kept
+            // for this tick, so the next packet reads the clock again.
+            return ns;
+        }
+        pending.clock_ns = ns;
+        pending.clock_tick = tick;
+    }
+    pending.clock_ns
 }
 
 /// What every step of one packet's tracking shares (BPF functions take at most five
@@ -97,10 +123,11 @@ pub fn track<B: Bytes + ?Sized>(b: &B, p: &mut Packet, hook: u8, ifindex: u32) -
         bump(&CT_STATS, CS_UNTRACKED);
         return true;
     }
+    let t = now(pending);
     let mut env = Env {
         cfg,
         pending,
-        t: now(),
+        t,
         ifindex,
         hook,
     };
@@ -454,7 +481,7 @@ pub fn admit(p: &Packet) -> bool {
         return true;
     }
     let src = p.src_words();
-    let t = now();
+    let t = now(pending);
     let over = match CT_SOURCES.get_ptr_mut(&src) {
         Some(s) => {
             // SAFETY: a live map value; see `CT_SOURCES` on races.

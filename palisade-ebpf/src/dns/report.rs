@@ -6,20 +6,18 @@
 //! first query of each name in a summary interval, and one in every `event_sample`, are still
 //! sent in full. See `docs/design/dns.md`.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        generated::{bpf_get_current_cgroup_id, bpf_loop},
+        generated::bpf_get_current_cgroup_id,
     },
 };
 use palisade_common::{
     dns::{hash::fmix, maps::DNS_STATS_PER_SCOPE},
     event::{
-        DNS_SENT_FIRST, DNS_SENT_IN_BUDGET, DNS_SENT_SAMPLE, DnsAggClient, DnsAggNameInfo,
-        DnsEvent, KIND_DNS,
+        DNS_SENT_FIRST, DNS_SENT_IN_BUDGET, DNS_SENT_SAMPLE, DnsAggClient, DnsAggName,
+        DnsAggNameInfo, DnsEvent, KIND_DNS,
     },
     stats,
 };
@@ -56,8 +54,8 @@ fn process_fields(ev: &mut DnsEvent, task: bool, cgroup_id: u64, socket_uid: u32
 use super::inspect::{Decision, Scratch};
 use crate::maps::{
     DNS_AGG_SCRATCH, DNS_EVENT_BUDGET, DNS_EVENT_CLIENTS, DNS_EVENT_EPOCH, DNS_EVENT_NAMES,
-    DNS_EVENT_SCRATCH, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS, REASON_STATS, STATS,
-    bump, event_flags,
+    DNS_EVENT_SCRATCH, DNS_EVENT_SEEN, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS,
+    REASON_STATS, STATS, bump, event_flags,
 };
 
 /// Adds one to a scope's DNS counter.
@@ -210,7 +208,6 @@ fn over_budget(a: &mut AggScratch, s: &Scratch, slot: u32) -> u8 {
         false
     };
     let k = &mut a.key;
-    k.name.hash = name_hash(slot, a.wire_len);
     k.name.reason = a.reason;
     k.name.name_len = a.wire_len;
     k.name.scope = a.scope;
@@ -220,32 +217,72 @@ fn over_budget(a: &mut AggScratch, s: &Scratch, slot: u32) -> u8 {
     k.client = s.packet.src;
     k.family = s.packet.family;
     k._pad = [0; 7];
-    // SAFETY: only whether the entry exists is used.
-    let first = if unsafe { DNS_EVENT_NAMES.get(&k.name) }.is_some() {
-        false
-    } else {
+    if palisade_dns_event_hash(slot, u32::from(a.wire_len)) == 0 {
+        return DNS_SENT_IN_BUDGET;
+    }
+    // SAFETY: the hash the call just wrote into this very value (through its own pointer:
+    // read anew, not assumed unchanged).
+    a.key.name.hash = unsafe { core::ptr::read_volatile(&raw const a.key.name.hash) };
+    let k = &a.key;
+    let Some(seen) = DNS_EVENT_SEEN.get_ptr_mut((k.name.hash[0] as u32) & (SEEN_SLOTS - 1)) else {
+        return DNS_SENT_IN_BUDGET;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array.
+    let seen = unsafe { &mut *seen };
+    if !same_name(&seen.name, &k.name) {
+        // The first of its name on this CPU in this interval (or its slot was taken by
+        // another name since): sent in full, and remembered.
+        seen.name = k.name;
+        seen.named = 0;
+        return DNS_SENT_FIRST;
+    }
+    // Every query is reported once: in full, or in its summary's count.
+    if sample {
+        bump(&STATS, stats::EVENTS_SAMPLED);
+        return DNS_SENT_SAMPLE;
+    }
+    if seen.named == 0 {
+        // The name's first count on this CPU: the summary needs its bytes. Another CPU may
+        // have added them already.
         let v = &mut a.info;
         v.first_ns = now;
         v.qtype = a.qtype;
         v.list = a.list;
         v.generation = a.generation;
         copy_name(&s.name, &mut v.name);
-        // Another CPU may have added the name since the lookup: then this query is not
-        // the first.
-        DNS_EVENT_NAMES
-            .insert(&k.name, v, u64::from(BPF_NOEXIST))
-            .is_ok()
-    };
-    // Every query is reported once: in full, or in its summary's count.
-    if first {
-        return DNS_SENT_FIRST;
-    }
-    if sample {
-        bump(&STATS, stats::EVENTS_SAMPLED);
-        return DNS_SENT_SAMPLE;
+        let _ = DNS_EVENT_NAMES.insert(&k.name, v, u64::from(BPF_NOEXIST));
+        seen.named = 1;
     }
     count_client(k);
     COUNTED
+}
+
+/// Slots of `DNS_EVENT_SEEN` per CPU (a power of two).
+pub const SEEN_SLOTS: u32 = 4096;
+
+/// A slot of `DNS_EVENT_SEEN`: a name this CPU met over the budget in an interval.
+pub struct Seen {
+    /// The name's aggregation key (its hash, reason, verdict, scope and interval).
+    name: DnsAggName,
+    /// 1 once the name's bytes were put in `DNS_EVENT_NAMES` for its summary.
+    named: u32,
+    _pad: u32,
+}
+
+/// Whether two aggregation keys are equal, compared by words.
+#[inline(always)]
+fn same_name(a: &DnsAggName, b: &DnsAggName) -> bool {
+    let a = (&raw const *a).cast::<u64>();
+    let b = (&raw const *b).cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<DnsAggName>() / 8 {
+        // SAFETY: word `i` of two 32-byte keys.
+        if unsafe { a.add(i).read_unaligned() != b.add(i).read_unaligned() } {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Adds one to this CPU's (name, client) count (a per-CPU map: no atomics, and no
@@ -269,63 +306,45 @@ fn count_client(key: &DnsAggClient) {
     }
 }
 
-/// State of [`name_hash`]'s loop. It lives on the caller's stack and travels by pointer, so
-/// the compiler knows the callback reads and writes it.
-#[repr(C)]
-struct HashCtx {
-    h: [u64; 2],
-    slot: u32,
-    len: u32,
-}
-
-/// Keyed hash of the first `len` bytes of the scratch name of `slot` (the rest of the buffer
-/// holds whatever an earlier query left). Keyed with the name hashes' secret, so a sender
-/// cannot make two names share a count.
+/// Writes the keyed hash of the first `len` bytes of the scratch name of `slot` (the rest of
+/// the buffer holds whatever an earlier query left) into the aggregation key of `slot`'s
+/// `DNS_AGG_SCRATCH`. Keyed with the name hashes' secret, so a sender cannot make two names
+/// share a count. 0 when a map could not be read.
 ///
-/// One word per `bpf_loop` iteration: a loop in the program itself, with its exit depending on
-/// the name's length, would leave the verifier one state per exit to carry through the rest of
-/// the reporting, at every place a report is made.
-#[inline(always)]
-fn name_hash(slot: u32, len: u16) -> [u64; 2] {
-    let mut c = HashCtx {
-        h: match DNS_KEY.get(0) {
-            Some(k) => [k.k[0], k.k[1]],
-            None => [0, 0],
-        },
-        slot,
-        len: u32::from(len).min(256),
+/// A global function: the verifier checks it once, for any `len`, so the exits of its loop
+/// do not multiply the states of the reporting around it (a plain loop there would), and it
+/// costs none of the `bpf_loop` callback calls the hash once took (one per word).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn palisade_dns_event_hash(slot: u32, len: u32) -> u32 {
+    let (Some(s), Some(a), Some(key)) = (
+        DNS_SCRATCH.get_ptr(slot),
+        DNS_AGG_SCRATCH.get_ptr_mut(slot),
+        DNS_KEY.get(0),
+    ) else {
+        return 0;
     };
-    // SAFETY: callback signature as bpf_loop expects; the context is `c`, alive throughout.
-    unsafe {
-        bpf_loop(
-            c.len.div_ceil(8),
-            hash_word as *mut c_void,
-            (&raw mut c).cast(),
-            0,
-        )
-    };
-    let len = u64::from(c.len);
-    [fmix(c.h[0] ^ len), fmix(c.h[1] ^ (len << 8))]
-}
-
-extern "C" fn hash_word(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `name_hash` passes a pointer to its live `HashCtx`.
-    let c = unsafe { &mut *ctx.cast::<HashCtx>() };
-    let Some(s) = DNS_SCRATCH.get_ptr(c.slot) else {
-        return 1;
-    };
-    // The mask keeps the word inside the name for the verifier; `index < 32` anyway.
-    let i = (index & 31) as usize;
-    // SAFETY: word `i < 32` of the 256-byte name of a per-CPU scratch value.
-    let mut w = unsafe { (*s).name.as_ptr().cast::<u64>().add(i).read_unaligned() };
-    let left = (c.len as usize).saturating_sub(i * 8);
-    if left < 8 {
-        w &= (1u64 << ((left & 7) * 8)) - 1;
+    let len = len.min(256) as usize;
+    let mut h = [key.k[0], key.k[1]];
+    // SAFETY: a per-CPU scratch value; its name is 256 bytes, 32 words.
+    let name = unsafe { (*s).name.as_ptr().cast::<u64>() };
+    let mut i = 0;
+    while i < 32 && i * 8 < len {
+        // SAFETY: word `i < 32` of the 256-byte name.
+        let mut w = unsafe { name.add(i).read_unaligned() };
+        let left = len - i * 8;
+        if left < 8 {
+            w &= (1u64 << (left * 8)) - 1;
+        }
+        let x = (h[0] ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let y = (h[1] ^ w).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        h = [x ^ (x >> 32), y ^ (y >> 29)];
+        i += 1;
     }
-    let x = (c.h[0] ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let y = (c.h[1] ^ w).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    c.h = [x ^ (x >> 32), y ^ (y >> 29)];
-    0
+    let len = len as u64;
+    // SAFETY: a per-CPU scratch value.
+    unsafe { (*a).key.name.hash = [fmix(h[0] ^ len), fmix(h[1] ^ (len << 8))] };
+    1
 }
 
 /// Copies a 256-byte name by words: a plain array assignment would stage it on the stack.

@@ -1,41 +1,44 @@
 //! Tuple-space search over the live generation (see `docs/design/firewall.md`).
 //!
-//! The search runs inside `bpf_loop`: the verifier checks the callback once instead of
-//! unrolling `MAX_TUPLES` iterations of a branchy body, which would exceed its budget.
+//! The search is a global BPF function ([`palisade_fw_search`]) with a plain loop over the
+//! tuples: the verifier checks it once, on its own, for any packet and tuple count, so its
+//! iterations do not multiply the states of the program around it. (It was a `bpf_loop`
+//! before: one callback call per tuple, and on kernels that return through a return thunk,
+//! every call and return is dear.)
 
-use core::ffi::c_void;
-
-use aya_ebpf::{
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
-    maps::lpm_trie::Key,
-};
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use palisade_common::{
     firewall::{
-        MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD,
-        SET_PREFIXES, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, flow_key, set_kind_slot, tuple_applies,
+        FlowKey, MAX_RULES, MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS, SET_KEY_PREFIX_BITS,
+        SET_OVERLOAD, SET_PREFIXES, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, fill_flow_key,
+        set_kind_slot, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
 };
 
 use crate::maps::{
-    FW_DPORT_CLASS, FW_RULES, FW_SET_HOSTS, FW_SET_KIND, FW_SETS, FW_SPORT_CLASS, FW_TUPLES,
+    DNS_SCRATCH, FW_DPORT_CLASS, FW_RULES, FW_SEARCH, FW_SET_HOSTS, FW_SET_KIND, FW_SETS,
+    FW_SPORT_CLASS, FW_TUPLES, SLOT_XDP,
 };
 
-/// State shared between `first_match` and the loop callback (lives on the caller's stack).
-/// It points at the caller's packet rather than copying it: the callback's stack counts
-/// against the caller's, and both share the 512-byte budget.
-struct Search {
-    packet: *const Packet,
-    generation: u32,
-    count: u32,
-    best: u32,
-    sport_class: u16,
-    dport_class: u16,
+/// The search's map keys, in a per-CPU map: the search's frame stacks on the firewall's,
+/// which leaves it little room.
+pub struct SearchKeys {
+    flow: FlowKey,
+    set: Key<SetKey>,
 }
 
-/// The evaluation index of the first rule that matches `p`, if any.
+/// No rule matched (yet): above every evaluation index, below [`STOPPED`].
+const NONE: u32 = STOPPED - 1;
+
+/// The evaluation index of the first rule that matches `p` (the packet in the XDP handoff
+/// slot), if any.
 #[inline(always)]
 pub fn first_match(generation: u32, header: &PolicyHeader, p: &Packet) -> Option<u32> {
+    if header.tuple_count == 0 {
+        // No rules: nothing to search (a policy of only a default action, or DNS only).
+        return None;
+    }
     let (sport_class, dport_class) = if p.frag == FRAG_LATER {
         (0, 0)
     } else {
@@ -51,81 +54,100 @@ pub fn first_match(generation: u32, header: &PolicyHeader, p: &Packet) -> Option
                 .unwrap_or(0),
         )
     };
-    let mut s = Search {
-        packet: p,
-        generation,
-        count: header.tuple_count,
-        best: u32::MAX,
-        sport_class,
-        dport_class,
-    };
-    // SAFETY: the callback has the signature bpf_loop expects and only touches `s`, which
-    // outlives the call.
-    unsafe {
-        bpf_loop(
-            MAX_TUPLES,
-            visit_tuple as *mut c_void,
-            (&raw mut s).cast(),
-            0,
-        );
+    // The search reads the packet from the per-CPU handoff slot, where `p` is (a global
+    // function takes scalars only). It goes a chunk of tuples per call, so the verifier walks
+    // the loop of one chunk, not of all `MAX_TUPLES`.
+    let classes = u32::from(sport_class) << 16 | u32::from(dport_class);
+    let count = header.tuple_count.min(MAX_TUPLES);
+    let mut best = NONE;
+    let mut from = 0;
+    while from < count {
+        let r = palisade_fw_search(generation, from, count, classes, best);
+        best = r & !STOPPED;
+        if r & STOPPED != 0 {
+            break;
+        }
+        from += CHUNK;
     }
-    if s.best == u32::MAX {
-        None
-    } else {
-        Some(s.best)
-    }
+    if best == NONE { None } else { Some(best) }
 }
 
-/// One tuple: returns 1 to stop the loop, 0 to go on.
-extern "C" fn visit_tuple(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Search` that `first_match` passed.
-    let s = unsafe { &mut *ctx.cast::<Search>() };
-    let i = index as u32;
-    if i >= s.count {
-        return 1;
-    }
-    let Some(t) = FW_TUPLES.get(s.generation * MAX_TUPLES + i) else {
-        return 1;
+/// Tuples searched per call of [`palisade_fw_search`].
+const CHUNK: u32 = 32;
+/// Set in what [`palisade_fw_search`] returns when no later tuple can beat its result.
+const STOPPED: u32 = 1 << 31;
+
+const _: () = assert!(MAX_TUPLES % CHUNK == 0 && MAX_RULES < NONE);
+
+/// Searches tuples `from..from + CHUNK` (and below `count`) of `generation` for the packet in
+/// the XDP handoff slot: the best (lowest) evaluation index among their matching rules and
+/// `best`, the best found so far ([`NONE`] for none), with [`STOPPED`] set when the
+/// search can stop (tuples are sorted by their best rule, so once a match beats a tuple's,
+/// none that follows can). `classes` holds the packet's source port class in its high half,
+/// the destination's in its low half.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn palisade_fw_search(
+    generation: u32,
+    from: u32,
+    count: u32,
+    classes: u32,
+    best: u32,
+) -> u32 {
+    let (Some(s), Some(keys)) = (DNS_SCRATCH.get_ptr(SLOT_XDP), FW_SEARCH.get_ptr_mut(0)) else {
+        return best | STOPPED;
     };
-    // Tuples are sorted by their best rule: once a match beats it, none that follows can.
-    if t.best_rule >= s.best {
-        return 1;
-    }
-    // SAFETY: `first_match`'s caller keeps the packet alive for the whole loop.
-    let p = unsafe { &*s.packet };
-    if !tuple_applies(t, p)
-        || (t.flags & TUPLE_SRC_SET != 0 && !in_set(t.src_set, p.family, &p.src))
-        || (t.flags & TUPLE_DST_SET != 0 && !in_set(t.dst_set, p.family, &p.dst))
-    {
-        return 0;
-    }
-    let key = flow_key(s.generation, i, t, p, s.sport_class, s.dport_class);
-    // SAFETY: the value is copied out at once; entries are never mutated in place.
-    if let Some(r) = unsafe { FW_RULES.get(&key) } {
-        if r.rule < s.best {
-            s.best = r.rule;
+    // SAFETY: per-CPU slots: the packet written by the caller, the keys this search's own.
+    let (p, keys) = unsafe { (&(*s).packet, &mut *keys) };
+    let generation = generation & 1;
+    let count = count.min(MAX_TUPLES);
+    let mut best = best & !STOPPED;
+    let mut j = 0;
+    while j < CHUNK {
+        let i = from + j;
+        if i >= count {
+            break;
         }
+        let Some(t) = FW_TUPLES.get(generation * MAX_TUPLES + i) else {
+            return best | STOPPED;
+        };
+        if t.best_rule >= best {
+            return best | STOPPED;
+        }
+        if tuple_applies(t, p)
+            && (t.flags & TUPLE_SRC_SET == 0 || in_set(&mut keys.set, t.src_set, p.family, &p.src))
+            && (t.flags & TUPLE_DST_SET == 0 || in_set(&mut keys.set, t.dst_set, p.family, &p.dst))
+        {
+            fill_flow_key(&mut keys.flow, generation << 16 | i, t, p, classes);
+            // SAFETY: the value is copied out at once; entries are never mutated in place.
+            if let Some(r) = unsafe { FW_RULES.get(&keys.flow) }
+                && r.rule < best
+            {
+                best = r.rule;
+            }
+        }
+        j += 1;
     }
-    0
+    best
 }
 
 /// Whether `addr` is a member of set `set`: an exact lookup among its single addresses,
 /// then, if it has any, a longest-prefix lookup among its prefixes, then, for the overload
 /// set of `[conntrack]` only, a lookup among its dynamic members.
 #[inline(always)]
-fn in_set(set: u32, family: u8, addr: &[u8; 16]) -> bool {
+fn in_set(key: &mut Key<SetKey>, set: u32, family: u8, addr: &[u8; 16]) -> bool {
     // A set that was never written (cannot happen for a live tuple) counts as holding both.
     let kind = FW_SET_KIND
         .get(set_kind_slot(set))
         .copied()
         .unwrap_or(SET_HOSTS | SET_PREFIXES);
-    // One key for every map: the callback's stack is counted against the caller's.
-    let mut key = Key::new(SET_KEY_PREFIX_BITS + 128, SetKey::new(set, family, *addr));
+    key.prefix_len = SET_KEY_PREFIX_BITS + 128;
+    key.data = SetKey::new(set, family, *addr);
     // SAFETY: the value is only tested for presence.
     if kind & SET_HOSTS != 0 && unsafe { FW_SET_HOSTS.get(&key.data) }.is_some() {
         return true;
     }
-    if kind & SET_PREFIXES != 0 && FW_SETS.get(&key).is_some() {
+    if kind & SET_PREFIXES != 0 && FW_SETS.get(&*key).is_some() {
         return true;
     }
     // SAFETY: a helper with no preconditions.

@@ -1,6 +1,6 @@
 //! The XDP firewall: parse, pick the live policy generation, classify, act.
 
-mod classify;
+pub mod classify;
 mod ratelimit;
 
 use aya_ebpf::programs::XdpContext;
@@ -17,7 +17,7 @@ use palisade_common::{
 };
 
 use crate::{
-    bytes::XdpBytes,
+    bytes::XdpFrame,
     ct,
     maps::{
         CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS,
@@ -36,13 +36,20 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(header) = FW_HEADER.get(generation) else {
         return verdict::internal_error();
     };
-    let p = match packet::parse(&XdpBytes(ctx)) {
-        Ok(Frame::Ip(p)) => p,
-        Ok(Frame::NotIp) => {
+    // The packet is parsed straight into the per-CPU handoff slot, where the search, the
+    // tracker and the DNS stage read it: no copy of it lives on this frame.
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) else {
+        return verdict::internal_error();
+    };
+    // SAFETY: per-CPU slot, used by one XDP stage at a time on this CPU.
+    let p = unsafe { &mut (*s).packet };
+    match parse_into(ctx, p) {
+        PARSED => {}
+        NOT_IP => {
             bump(&STATS, stats::NOT_IP);
             return verdict::pass();
         }
-        Err(reason) => {
+        reason => {
             let d = Decision {
                 reason,
                 rule: NO_RULE,
@@ -51,7 +58,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
             };
             return verdict::drop(ctx, None, &d);
         }
-    };
+    }
     if p.frag == FRAG_LATER {
         bump(&STATS, stats::FRAGMENTS);
         if header.fragments == FRAGMENTS_DROP {
@@ -61,22 +68,38 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 generation,
                 log: header.flags & POLICY_LOG_FRAGMENTS != 0,
             };
-            return verdict::drop(ctx, Some(&p), &d);
+            return verdict::drop(ctx, Some(p), &d);
         }
     }
     if header.flags & POLICY_CT_TRACK != 0 {
         // The tracker is a stage of its own (its code would not fit this program's stack):
-        // it reads the packet from the per-CPU handoff slot and goes on to `run_rules`.
-        if let Some(s) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) {
-            // SAFETY: per-CPU slot, used by one XDP stage at a time on this CPU.
-            unsafe { (*s).packet = p };
-            // SAFETY: a tail call with this program's own context.
-            unsafe { XDP_TAILS.tail_call(ctx, TAIL_CT) };
-        }
+        // it reads the packet from the handoff slot and goes on to `run_rules`.
+        // SAFETY: a tail call with this program's own context.
+        unsafe { XDP_TAILS.tail_call(ctx, TAIL_CT) };
         // Only reached when the tracker is missing: the packet goes on untracked.
         bump(&STATS, stats::INTERNAL);
     }
-    decide(ctx, generation, header, &p, false)
+    decide(ctx, generation, header, p, false)
+}
+
+/// What [`parse_into`] returns for an IP packet.
+const PARSED: u32 = u32::MAX;
+/// What [`parse_into`] returns for a frame that is not IP.
+const NOT_IP: u32 = u32::MAX - 1;
+
+/// Parses the frame into `out`: [`PARSED`], [`NOT_IP`], or the reason a malformed frame is
+/// dropped for. Not inlined: the parser's temporaries get a frame of their own, beside (not
+/// under) the rule search's.
+#[inline(never)]
+fn parse_into(ctx: &XdpContext, out: &mut packet::Packet) -> u32 {
+    match packet::parse(&XdpFrame::of(ctx)) {
+        Ok(Frame::Ip(p)) => {
+            *out = p;
+            PARSED
+        }
+        Ok(Frame::NotIp) => NOT_IP,
+        Err(reason) => reason,
+    }
 }
 
 /// The rules stage after the tracker: entered by tail call from `ct::ingress` with the
@@ -94,7 +117,7 @@ pub fn run_rules(ctx: &XdpContext) -> u32 {
         return verdict::internal_error();
     };
     // SAFETY: per-CPU slot written by the earlier stages of this packet.
-    let p = unsafe { (*s).packet };
+    let p = unsafe { &(*s).packet };
     if p.ct_state & STATE_OVER_LIMIT != 0 {
         let d = Decision {
             reason: reason::CT_LIMIT,
@@ -102,9 +125,9 @@ pub fn run_rules(ctx: &XdpContext) -> u32 {
             generation,
             log: true,
         };
-        return verdict::drop(ctx, Some(&p), &d);
+        return verdict::drop(ctx, Some(p), &d);
     }
-    decide(ctx, generation, header, &p, true)
+    decide(ctx, generation, header, p, true)
 }
 
 /// Classifies an IP packet against the rules and acts on the verdict.
@@ -170,7 +193,7 @@ fn decide(
 }
 
 /// The firewall lets the packet through: a new flow's entry is inserted, and DNS queries go
-/// on to the DNS inspector.
+/// on to the DNS inspector. `p` is the packet in the XDP handoff slot.
 #[inline(always)]
 pub fn allowed(ctx: &XdpContext, generation: u32, p: &packet::Packet, track: bool) -> u32 {
     if track {
@@ -185,11 +208,8 @@ pub fn allowed(ctx: &XdpContext, generation: u32, p: &packet::Packet, track: boo
             .get(generation * SCOPES + u32::from(SCOPE_INGRESS))
             .is_some_and(|c| c.mode != MODE_OFF)
     {
-        // Hand the parsed packet over; the DNS program runs next on this CPU.
-        if let Some(s) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) {
-            // SAFETY: per-CPU scratch, used by one program at a time on this CPU.
-            unsafe { (*s).packet = *p };
-        }
+        // The parsed packet is in the handoff slot already; the DNS program runs next on
+        // this CPU.
         // SAFETY: a tail call with this program's own context.
         unsafe { XDP_TAILS.tail_call(ctx, TAIL_DNS) };
         // Only reached when the slot is empty: DNS inspection is off, fail open.

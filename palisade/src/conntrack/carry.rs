@@ -280,8 +280,9 @@ fn copy_one(
                 // the coarse clock gives updates within one tick the same time.)
                 None => false,
                 // After it, only an old entry that may have moved on since the refresh
-                // matters; one stamped in the refresh's own tick may have, so it counts.
-                Some(t) => entry.last_ns < t,
+                // matters; one stamped in the refresh's own tick may have, and the
+                // datapath's stamps may lag the clock, so those count too.
+                Some(t) => entry.last_ns < t.saturating_sub(STAMP_LAG_NS),
             };
             if current {
                 done.kept += 1;
@@ -364,6 +365,11 @@ fn config_version(path: &Path) -> u32 {
         v => v,
     }
 }
+
+/// How far the datapath's stamps may lag the coarse clock: each CPU keeps the clock's value
+/// for the tick it read it in (`now` in `palisade-ebpf/src/ct/mod.rs`), which a read racing
+/// the tick's update leaves a tick behind. Five ticks at the lowest `HZ` (100).
+pub const STAMP_LAG_NS: u64 = 50_000_000;
 
 /// The tracker's clock (`bpf_ktime_get_coarse_ns`), as userspace reads it.
 #[must_use]

@@ -83,7 +83,7 @@ impl Workload {
 enum Path {
     /// `event_rate = 0`: every blocked query is an event, read by the reader.
     EveryQuery,
-    /// The default budget (`event_rate = 1000`, `event_sample = 1000`).
+    /// A budget of `event_rate = 1000` (`BUDGET_RATE`) with the default `event_sample`.
     Budget,
     /// `event_rate = 0` and nobody reading: the ring is full and each record is refused at
     /// once. The inspection without delivering events.
@@ -94,7 +94,7 @@ impl Path {
     const fn label(self) -> &'static str {
         match self {
             Self::EveryQuery => "every query an event (event_rate = 0)",
-            Self::Budget => "event budget (default event_rate = 1000)",
+            Self::Budget => "event budget (event_rate = 1000)",
             Self::Unread => "no reader, ring full (records refused)",
         }
     }
@@ -282,6 +282,9 @@ fn read_loop(
     (summaries + n, queries + q, firsts)
 }
 
+/// The `event_rate` of the budget configuration.
+const BUDGET_RATE: u32 = 1_000;
+
 fn policy(events: DnsEvents) -> Result<Policy> {
     let mut entries = Vec::new();
     for i in 0..32 {
@@ -359,7 +362,10 @@ fn flood(
     rng: &mut Rng,
 ) -> Result<Run> {
     let events = if path == Path::Budget {
-        DnsEvents::default()
+        DnsEvents {
+            rate: BUDGET_RATE,
+            ..DnsEvents::default()
+        }
     } else {
         DnsEvents::EVERY_QUERY
     };
