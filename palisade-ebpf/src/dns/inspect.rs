@@ -75,6 +75,9 @@ pub struct Scratch {
     entropy: EntropyCtx,
 }
 
+// `entropy_exceeds` clears the counts by aligned words.
+const _: () = assert!(core::mem::offset_of!(Scratch, counts) % 8 == 0);
+
 /// What the inspector concluded.
 ///
 /// The fields are laid out so that the ones a malformed decision zeroes make one aligned
@@ -535,16 +538,16 @@ fn entropy_exceeds(slot: u32, end: u8, bound_fp: u32) -> bool {
     let mut i = 0;
     while i < 32 {
         // SAFETY: 32 aligned words inside `counts` (the struct is 8-aligned, `counts` at an
-        // 8-byte offset).
-        unsafe { words.add(i).write_unaligned(0) };
+        // 8-byte offset). Volatile: plain stores are merged into a byte-by-byte `memset` call.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
         i += 1;
     }
-    s.entropy = EntropyCtx {
-        end,
-        next_len: 0,
-        n: 0,
-        sum: 0,
-    };
+    // Field by field, for the same reason.
+    let e = &mut s.entropy;
+    e.end = end;
+    e.next_len = 0;
+    e.n = 0;
+    e.sum = 0;
     // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
     unsafe {
         bpf_loop(
