@@ -89,6 +89,19 @@ impl XdpFrame {
     }
 }
 
+impl XdpFrame {
+    /// Writes `v` at `offset`; false when the range is not inside the frame.
+    #[inline(always)]
+    pub fn store<const N: usize>(&self, offset: usize, v: &[u8; N]) -> bool {
+        if self.start + offset + N > self.end {
+            return false;
+        }
+        // SAFETY: the range was just checked to lie inside the frame.
+        unsafe { core::ptr::write_unaligned((self.start + offset) as *mut [u8; N], *v) };
+        true
+    }
+}
+
 impl Bytes for XdpFrame {
     #[inline(always)]
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {

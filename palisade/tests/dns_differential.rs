@@ -888,3 +888,234 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The inspector's fast path (plain names of up to 4 labels and 64 wire bytes) and its
+// boundaries: every case, on both sides of each limit, must decide as the reference does.
+
+/// A label of `len` bytes that differs from every other such label by `tag`.
+fn label_of(len: usize, tag: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[(i * 7 + usize::from(tag)) % 36])
+        .collect()
+}
+
+/// A name of labels of the given lengths (the last one `com`-like).
+fn name_of(lens: &[usize], tag: u8) -> Vec<Vec<u8>> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &n)| label_of(n, tag.wrapping_add(i as u8)))
+        .collect()
+}
+
+fn query(name_wire: &[u8]) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(name_wire);
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    m
+}
+
+/// Runs `msg` through the XDP hook (IPv4 and IPv6) and the egress hook, and checks each
+/// decision, its event and an NXDOMAIN answer against the reference. Returns the reason.
+fn judge_like_the_reference(
+    b: &mut Bench,
+    policy: &Policy,
+    scope: &DnsScope,
+    msg: &[u8],
+    what: &str,
+) -> u32 {
+    let want = reference::decide(policy, scope, msg, 0);
+    let name = match &want.labels {
+        Some(l) => wire_name_to_text(&wire(l)),
+        None => ".".to_string(),
+    };
+    for (src, dst) in [("192.0.2.1", "192.0.2.53"), ("2001:db8::1", "2001:db8::53")] {
+        let frame = Frame::dns_udp(src, dst, 1053, msg).build();
+        let (action, out) = b.run_with_output(&frame).expect("test run");
+        let got = one_event(b, what);
+        assert_eq!(
+            (got.reason, got.name.as_str()),
+            (reason::name(want.reason), name.as_str()),
+            "XDP vs reference from {src}: {what}"
+        );
+        let want_action = match want.reason {
+            reason::PASS => XDP_PASS,
+            reason::DNS_MALFORMED => XDP_DROP,
+            _ if scope.action == DnsAction::Nxdomain => XDP_TX,
+            _ => XDP_DROP,
+        };
+        assert_eq!(action, want_action, "XDP action from {src}: {what}");
+        if action == XDP_TX {
+            check_answer(&frame, &out, msg, question_len(msg), what);
+        }
+    }
+    let ip = Frame::dns_udp("192.0.2.1", "192.0.2.53", 1053, msg).build_ip();
+    let verdict = b.run_egress(&ip).expect("egress test run");
+    let got = one_event(b, what);
+    assert_eq!(
+        (got.reason, got.name.as_str()),
+        (reason::name(want.reason), name.as_str()),
+        "egress vs reference: {what}"
+    );
+    assert_eq!(
+        verdict,
+        u32::from(want.reason == reason::PASS),
+        "egress: {what}"
+    );
+    want.reason
+}
+
+#[test]
+fn fast_path_boundaries_decide_as_the_reference() {
+    let mut b = Bench::new().expect("loading and verifying the kernel programs (needs root)");
+    // (what, labels): each listed exactly, and once more below a listed wildcard suffix.
+    let listed: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        // 1+20 + 1+20 + 1+15 + 1+4 + 1 = 64 wire bytes: the longest fast-path name.
+        ("4 labels, 64 bytes", name_of(&[20, 20, 15, 4], 1)),
+        // One byte more: the byte walker's.
+        ("4 labels, 65 bytes", name_of(&[20, 20, 16, 4], 2)),
+        ("5 labels", name_of(&[3, 4, 5, 6, 3], 3)),
+        ("1 label of 62 bytes (64 wire bytes)", name_of(&[62], 4)),
+        ("1 label of 63 bytes", name_of(&[63], 5)),
+        ("labels across word boundaries", name_of(&[7, 8, 9, 15], 6)),
+        ("labels of 1 byte", name_of(&[1, 1, 1, 1], 7)),
+    ];
+    let suffix = name_of(&[9, 3], 40);
+    let mut entries = Vec::new();
+    for (_, labels) in &listed {
+        entries.push(NameEntry {
+            labels: labels.clone(),
+            kind: NameMatch::Exact,
+            qtypes: vec![],
+            expires: None,
+            max_entropy_bits: None,
+            line: entries.len() + 1,
+        });
+    }
+    entries.push(NameEntry {
+        labels: suffix.clone(),
+        kind: NameMatch::Subdomains,
+        qtypes: vec![],
+        expires: None,
+        max_entropy_bits: None,
+        line: entries.len() + 1,
+    });
+
+    // The messages: every listed name as sent (upper case too), unlisted neighbours, names
+    // below the wildcard at the fast path's limits, and the shapes the fast path leaves to
+    // the byte walker.
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for (what, labels) in &listed {
+        cases.push(((*what).to_string(), query(&wire(labels))));
+        let upper: Vec<Vec<u8>> = labels.iter().map(|l| l.to_ascii_uppercase()).collect();
+        cases.push((format!("{what}, upper case"), query(&wire(&upper))));
+        let mut other = labels.clone();
+        other[0][0] ^= 1;
+        cases.push((format!("{what}, one letter changed"), query(&wire(&other))));
+    }
+    for (what, below) in [
+        // 1+24 + 1+23 + 1+9 + 1+3 + 1 = 64 wire bytes, then one more.
+        (
+            "below the wildcard, 4 labels, 64 bytes",
+            name_of(&[24, 23], 50),
+        ),
+        (
+            "below the wildcard, 4 labels, 65 bytes",
+            name_of(&[24, 24], 51),
+        ),
+        ("below the wildcard, 5 labels", name_of(&[2, 2, 2], 52)),
+        ("below the wildcard, 3 labels", name_of(&[5], 53)),
+    ] {
+        let mut labels = below;
+        labels.extend(suffix.iter().cloned());
+        let mut mixed = labels.clone();
+        mixed[0] = mixed[0].to_ascii_uppercase();
+        cases.push((what.to_string(), query(&wire(&labels))));
+        cases.push((format!("{what}, upper case"), query(&wire(&mixed))));
+    }
+    // The suffix itself: a wildcard does not match its apex.
+    cases.push(("the wildcard's apex".into(), query(&wire(&suffix))));
+    // The root name: no label at all.
+    cases.push(("the root name".into(), query(&[0])));
+    // An empty label ends the name early: what follows is trailing bytes.
+    let mut early = wire(&listed[0].1[..2]);
+    early.truncate(early.len() - 1);
+    early.extend_from_slice(&[0, 3, b'c', b'o', b'm', 0]);
+    cases.push(("an empty label inside the name".into(), query(&early)));
+    // A listed name behind a compression pointer: its wire form as one label's bytes, then a
+    // pointer to them.
+    let inner = wire(&listed[5].1);
+    let mut pointed = vec![inner.len() as u8];
+    pointed.extend_from_slice(&inner);
+    pointed.extend_from_slice(&[0xc0, 13]);
+    cases.push((
+        "a compression pointer to a listed name".into(),
+        query(&pointed),
+    ));
+    // A pointer as the name's first byte, back into the header (which reads as the root).
+    cases.push(("a pointer into the header".into(), query(&[0xc0, 4])));
+    // The reserved label types.
+    cases.push(("a 0x40 label type".into(), query(&[0x41, b'a', 0])));
+    // A name that does not end inside the message (no root byte, no question tail).
+    let mut cut = query(&wire(&listed[0].1));
+    cut.truncate(12 + 30);
+    cases.push(("a name cut by the message's end".into(), cut));
+    // The root byte is the message's last byte: no room for the type and class.
+    let mut short = query(&wire(&listed[5].1));
+    short.truncate(short.len() - 4);
+    cases.push(("no type and class".into(), short));
+
+    for (mode, action) in [
+        (DnsMode::Blocklist, DnsAction::Nxdomain),
+        (DnsMode::Blocklist, DnsAction::Drop),
+        (DnsMode::Allowlist, DnsAction::Nxdomain),
+    ] {
+        let scope = DnsScope {
+            mode,
+            action,
+            audit: false,
+            lists: vec![0],
+            block_malformed: true,
+            rate: None,
+            log_allowed: true,
+        };
+        let policy = Policy {
+            firewall: Firewall {
+                default_action: Action::Allow,
+                log_default: false,
+                fragments: FragmentPolicy::MatchL3,
+                stateful: false,
+                rules: vec![],
+            },
+            sets: vec![],
+            conntrack: palisade::policy::model::Conntrack::default(),
+            dns: Dns {
+                events: palisade::policy::model::DnsEvents::EVERY_QUERY,
+                ports: vec![53],
+                answers: AnswerBudget::UNLIMITED,
+                ingress: Some(scope.clone()),
+                egress: Some(DnsEgress {
+                    scope: DnsScope {
+                        action: DnsAction::Drop,
+                        ..scope.clone()
+                    },
+                    cgroups: vec![],
+                }),
+                lists: vec![NameList {
+                    name: "boundaries".into(),
+                    entries: entries.clone(),
+                }],
+            },
+        };
+        b.install(&policy).expect("install");
+        b.drain_dns_events();
+        let mut blocked = 0;
+        for (what, msg) in &cases {
+            let what = format!("{mode:?} {action:?}: {what}: {msg:02x?}");
+            let r = judge_like_the_reference(&mut b, &policy, &scope, msg, &what);
+            blocked += usize::from(r != reason::PASS);
+        }
+        // Both outcomes occur in every mode: the cases test the match, not only the parse.
+        assert!(blocked > 0 && blocked < cases.len(), "{mode:?}: {blocked}");
+    }
+}

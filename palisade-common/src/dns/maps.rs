@@ -52,6 +52,30 @@ pub struct NameKey {
 }
 map_type!(NameKey, 24);
 
+impl NameKey {
+    /// The key as three words, the way the kernel builds it: a struct with a byte array of
+    /// padding is zeroed through a byte-by-byte `memset` call there, the words are not.
+    /// `key_words(..)` has the same bytes as the `NameKey` with these fields (checked by a
+    /// test), so either can be passed as the key.
+    #[inline(always)]
+    #[must_use]
+    pub const fn key_words(
+        a: u64,
+        b: u64,
+        wire_len: u16,
+        scope: u8,
+        kind: u8,
+        generation: u8,
+    ) -> [u64; 3] {
+        let tail = u16::to_ne_bytes(wire_len);
+        [
+            a,
+            b,
+            u64::from_ne_bytes([tail[0], tail[1], scope, kind, generation, 0, 0, 0]),
+        ]
+    }
+}
+
 /// What a matching name entry says.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -196,6 +220,23 @@ pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_words_are_the_key_bytes() {
+        let k = NameKey {
+            a: 0x1122_3344_5566_7788,
+            b: 0x99aa_bbcc_ddee_ff00,
+            wire_len: 0x1234,
+            scope: 1,
+            kind: KIND_BELOW,
+            generation: 1,
+            _pad: [0; 3],
+        };
+        let w = NameKey::key_words(k.a, k.b, k.wire_len, k.scope, k.kind, k.generation);
+        // SAFETY: both are 24 plain bytes.
+        let as_words: [u64; 3] = unsafe { core::mem::transmute(k) };
+        assert_eq!(w, as_words);
+    }
 
     #[test]
     fn answer_keys_cut_addresses_to_the_prefix() {

@@ -190,6 +190,24 @@ impl Walker {
     }
 }
 
+/// Folds the ASCII capitals among eight bytes to lower case, as `u8::to_ascii_lowercase`
+/// does byte by byte (no other byte changes, so length bytes and pointers pass as they are).
+/// The kernel's fast path folds a name a word at a time with it.
+#[inline(always)]
+#[must_use]
+pub const fn fold_word(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x80 * ONES;
+    // Each byte's low seven bits plus a constant: bit 7 of the sum tells whether the byte
+    // is at least b'A' (resp. above b'Z'); the sums stay below 0x100, so no byte carries
+    // into the next.
+    let low = w & !HIGH;
+    let from_a = low + (0x80 - b'A' as u64) * ONES;
+    let past_z = low + (0x80 - b'Z' as u64 - 1) * ONES;
+    let capital = from_a & !past_z & !w & HIGH;
+    w | (capital >> 2)
+}
+
 /// A parsed question name, as the userspace reference sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name {
@@ -299,6 +317,20 @@ mod tests {
         (0..usize::from(n.labels))
             .map(|i| n.label(i).to_vec())
             .collect()
+    }
+
+    #[test]
+    fn word_folding_matches_byte_folding() {
+        for b in 0..=255u8 {
+            for lane in 0..8 {
+                // The byte in every lane, next to neighbours that must not change it.
+                let mut bytes = [b'Z', b'A', 0x40, 0x5b, 0xc1, 0xff, b'@', b'['];
+                bytes[lane] = b;
+                let want = bytes.map(|x| x.to_ascii_lowercase());
+                let got = fold_word(u64::from_le_bytes(bytes)).to_le_bytes();
+                assert_eq!(got, want, "byte {b:#x} in lane {lane}");
+            }
+        }
     }
 
     #[test]

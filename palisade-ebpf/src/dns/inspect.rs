@@ -30,6 +30,8 @@ use palisade_common::{
 
 use crate::maps::{DNS_KEY, DNS_NAMES, DNS_RATE, DNS_SCOPES, DNS_SCRATCH};
 
+mod fast;
+
 /// Masks a label index into the 128-entry arrays; a name has at most `MAX_LABELS` (127)
 /// labels, so the mask never changes a valid index. It is there for the verifier.
 const LABEL_MASK: usize = 127;
@@ -73,22 +75,30 @@ pub struct Scratch {
     entropy: EntropyCtx,
 }
 
+// `entropy_exceeds` clears the counts by aligned words.
+const _: () = assert!(core::mem::offset_of!(Scratch, counts) % 8 == 0);
+
 /// What the inspector concluded.
+///
+/// The fields are laid out so that the ones a malformed decision zeroes make one aligned
+/// word: scattered zeroed bytes are merged into a byte-by-byte `memset` call.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Decision {
-    /// `reason::PASS` or the reason to block.
-    pub reason: u32,
+    /// Sum of the raw question bytes (name, qtype, qclass) for the NXDOMAIN checksum.
+    pub question_sum: u32,
     pub qtype: u16,
     /// Logical length of the name (pointers followed); 0 when it could not be parsed.
     pub wire_len: u16,
+    /// `reason::PASS` or the reason to block.
+    pub reason: u32,
     /// Bytes the name takes in the message (up to its first pointer); what an NXDOMAIN
     /// answer echoes.
     pub in_message: u16,
-    /// Sum of the raw question bytes (name, qtype, qclass) for the NXDOMAIN checksum.
-    pub question_sum: u32,
     /// List of the deciding entry, `u16::MAX` for none.
     pub list: u16,
 }
+const _: () = assert!(size_of::<Decision>() == 16);
 
 impl Decision {
     /// The decision for a query that cannot be parsed safely.
@@ -190,7 +200,8 @@ pub extern "C" fn palisade_dns_inspect(
 fn inspect_inner(cfg: &ScopeConfig, req: &Request) -> Option<Decision> {
     let (slot, scope, generation, msg_len) = (req.slot, req.scope, req.generation, req.msg_len);
     let block_malformed = cfg.flags & SCOPE_BLOCK_MALFORMED != 0;
-    let key = *DNS_KEY.get(0)?;
+    // Left in the map, not copied: the inspector's frame is stacked on the hooks'.
+    let key = DNS_KEY.get(0)?;
     let scratch = DNS_SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: per-CPU scratch slot of this hook, used by one program at a time.
     let s = unsafe { &mut *scratch };
@@ -213,23 +224,25 @@ fn inspect_inner(cfg: &ScopeConfig, req: &Request) -> Option<Decision> {
         return Some(Decision::malformed(block_malformed));
     }
 
-    s.walk = WalkCtx {
-        walker: Walker::new(&key, HEADER_LEN as u16),
-        key,
-        msg_len,
-        raw_sum: 0,
-        wire_len: 0,
-        failed: false,
-    };
-    // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
-    unsafe {
-        bpf_loop(
-            MAX_WALK_BYTES.div_ceil(CHUNK) as u32,
-            walk_bytes as *mut c_void,
-            slot_arg(&slot),
-            0,
-        )
-    };
+    if !fast::walk(slot, msg_len) {
+        s.walk = WalkCtx {
+            walker: Walker::new(key, HEADER_LEN as u16),
+            key: *key,
+            msg_len,
+            raw_sum: 0,
+            wire_len: 0,
+            failed: false,
+        };
+        // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
+        unsafe {
+            bpf_loop(
+                MAX_WALK_BYTES.div_ceil(CHUNK) as u32,
+                walk_bytes as *mut c_void,
+                slot_arg(&slot),
+                0,
+            )
+        };
+    }
     let walk = &s.walk;
     if walk.failed || walk.wire_len == 0 {
         return Some(Decision::malformed(block_malformed));
@@ -283,22 +296,24 @@ fn inspect_inner(cfg: &ScopeConfig, req: &Request) -> Option<Decision> {
     };
 
     let labels = walk.walker.labels;
-    s.matcher = MatchCtx {
-        suffix: hash::root(&key),
-        labels,
-        wire_len: walk.wire_len,
-        scope,
-        generation: generation as u8,
-        qtype,
-        mode: cfg.mode,
-        // SAFETY: a helper with no preconditions.
-        now: unsafe { bpf_ktime_get_boot_ns() },
-        found: false,
-        expired: false,
-        best: 0,
-        value: NameValue::default(),
-    };
-    if labels > 0 {
+    // Field by field: `value` is only read once `found` is set, and a whole-struct store
+    // would zero it through a byte-by-byte `memset` call.
+    let wire_len = walk.wire_len;
+    let m = &mut s.matcher;
+    m.suffix = hash::root(key);
+    m.labels = labels;
+    m.wire_len = wire_len;
+    m.scope = scope;
+    m.generation = generation as u8;
+    m.qtype = qtype;
+    m.mode = cfg.mode;
+    m.now = 0;
+    m.found = false;
+    m.expired = false;
+    m.best = 0;
+    if usize::from(labels) <= fast::LABELS {
+        fast::match_suffixes(slot);
+    } else {
         // SAFETY: as above.
         unsafe {
             bpf_loop(
@@ -358,12 +373,15 @@ extern "C" fn walk_bytes(_index: u64, ctx: *mut c_void) -> i64 {
     let Some(s) = DNS_SCRATCH.get_ptr_mut(slot_of(ctx)) else {
         return 1;
     };
-    // SAFETY: per-CPU scratch.
-    let s = unsafe { &mut *s };
     // Several bytes per callback: each bpf_loop iteration is an indirect call, which costs
     // tens of nanoseconds with retpolines; the verifier checks this bounded body once.
     let mut j = 0;
     while j < CHUNK {
+        // The scratch pointer is read back (volatile) for every byte, so the walker's state
+        // is reloaded from the scratch rather than carried in registers from byte to byte:
+        // carried, it spills onto a stack the hooks' frames have nearly filled.
+        // SAFETY: per-CPU scratch; `s` is a local holding the pointer.
+        let s = unsafe { &mut *core::ptr::read_volatile(&raw const s) };
         if walk_one(s) {
             return 1;
         }
@@ -442,23 +460,35 @@ extern "C" fn match_suffix(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     // SAFETY: per-CPU scratch.
-    let s = unsafe { &mut *s };
+    match_one(unsafe { &mut *s }, index);
+    0
+}
+
+/// Looks up the suffix that starts `index + 1` labels from the end.
+#[inline(always)]
+fn match_one(s: &mut Scratch, index: u64) {
     let m = &mut s.matcher;
     let label = (u64::from(m.labels).wrapping_sub(index + 1) as usize) & LABEL_MASK;
     let h = s.hashes[label];
     m.suffix = hash::extend(m.suffix, (h[0], h[1]));
-    let key = NameKey {
-        a: m.suffix.0,
-        b: m.suffix.1,
-        wire_len: m.wire_len.wrapping_sub(u16::from(s.starts[label])),
-        scope: m.scope,
-        kind: if label == 0 { KIND_APEX } else { KIND_BELOW },
-        generation: m.generation,
-        _pad: [0; 3],
-    };
+    let key = NameKey::key_words(
+        m.suffix.0,
+        m.suffix.1,
+        m.wire_len.wrapping_sub(u16::from(s.starts[label])),
+        m.scope,
+        if label == 0 { KIND_APEX } else { KIND_BELOW },
+        m.generation,
+    );
+    // SAFETY: `key` has the bytes of a `NameKey` and its alignment (`NameKey::key_words`).
+    let key = unsafe { &*key.as_ptr().cast::<NameKey>() };
     // SAFETY: the value is copied out at once.
-    if let Some(v) = unsafe { DNS_NAMES.get(&key) } {
+    if let Some(v) = unsafe { DNS_NAMES.get(key) } {
         if v.applies_to(m.qtype) {
+            // The clock is read once per query, and only when an entry can expire.
+            if v.expires_boot_ns != 0 && m.now == 0 {
+                // SAFETY: a helper with no preconditions.
+                m.now = unsafe { bpf_ktime_get_boot_ns() };
+            }
             let expired = v.expires_boot_ns != 0 && m.now > v.expires_boot_ns;
             // An expired blocklist entry no longer blocks; an expired allowlist entry is
             // reported as such if it is the most specific match.
@@ -466,11 +496,26 @@ extern "C" fn match_suffix(index: u64, ctx: *mut c_void) -> i64 {
                 m.found = true;
                 m.expired = expired;
                 m.best = label as u8;
-                m.value = *v;
+                copy_value(v, &mut m.value);
             }
         }
     }
-    0
+}
+
+/// Copies a name entry by words: a struct copy becomes a byte-by-byte `memmove` call.
+#[inline(always)]
+fn copy_value(from: &NameValue, to: &mut NameValue) {
+    const WORDS: usize = size_of::<NameValue>() / 8;
+    const _: () = assert!(size_of::<NameValue>() % 8 == 0 && align_of::<NameValue>() == 8);
+    let from = core::ptr::from_ref(from).cast::<u64>();
+    let to = core::ptr::from_mut(to).cast::<u64>();
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: word `i` of two aligned `NameValue`s. Volatile, so the words are not
+        // merged back into a `memmove` call.
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
+        i += 1;
+    }
 }
 
 struct EntropyCtx {
@@ -493,16 +538,16 @@ fn entropy_exceeds(slot: u32, end: u8, bound_fp: u32) -> bool {
     let mut i = 0;
     while i < 32 {
         // SAFETY: 32 aligned words inside `counts` (the struct is 8-aligned, `counts` at an
-        // 8-byte offset).
-        unsafe { words.add(i).write_unaligned(0) };
+        // 8-byte offset). Volatile: plain stores are merged into a byte-by-byte `memset` call.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
         i += 1;
     }
-    s.entropy = EntropyCtx {
-        end,
-        next_len: 0,
-        n: 0,
-        sum: 0,
-    };
+    // Field by field, for the same reason.
+    let e = &mut s.entropy;
+    e.end = end;
+    e.next_len = 0;
+    e.n = 0;
+    e.sum = 0;
     // SAFETY: callback signature as bpf_loop expects; it finds its state in the scratch.
     unsafe {
         bpf_loop(

@@ -6,16 +6,14 @@
 //! packets are answered (IPv4 without options, IPv6 without extension headers, not a
 //! fragment); the caller drops the rest.
 
-use aya_ebpf::{
-    helpers::generated::{bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
 use palisade_common::{
     dns::wire::{HEADER_LEN, fold_checksum, make_nxdomain_header, sum16},
-    packet::{FAMILY_V4, FRAG_NONE, Packet},
+    packet::{Bytes as _, FAMILY_V4, FRAG_NONE, MAX_L4_OFFSET, Packet},
 };
 
 use super::inspect::Decision;
+use crate::bytes::XdpFrame;
 
 /// Hop limit / TTL of the answer.
 const ANSWER_TTL: u8 = 64;
@@ -44,20 +42,37 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
         }
     }
     let udp_len = (end - l4) as u16;
+    // The headers are read and written in place, not through the load/store helpers (a
+    // call each). Their offsets depend on the VLAN depth and must be seen bounded by the
+    // verifier: read again (volatile) and checked, as the compiler would drop a check it
+    // can deduce from the ones above, and the verifier cannot.
+    // SAFETY: fields of the packet in the scratch.
+    let (l3, l4) = unsafe {
+        (
+            usize::from(core::ptr::read_volatile(&raw const p.l3_offset)),
+            usize::from(core::ptr::read_volatile(&raw const p.l4_offset)),
+        )
+    };
+    if l3 > MAX_L4_OFFSET || l4 > MAX_L4_OFFSET {
+        return false;
+    }
+    let dns = l4 + 8;
+    // Read after the cut: it moved the frame's end.
+    let f = XdpFrame::of(ctx);
 
-    let Some(eth) = load::<12>(ctx, 0) else {
+    let Some(eth) = f.load::<12>(0) else {
         return false;
     };
     let mut swapped = [0u8; 12];
     swapped[..6].copy_from_slice(&eth[6..12]);
     swapped[6..].copy_from_slice(&eth[..6]);
-    if !store(ctx, 0, &swapped) {
+    if !f.store(0, &swapped) {
         return false;
     }
 
     let mut sum: u64;
     if v4 {
-        let Some(mut h) = load::<20>(ctx, l3) else {
+        let Some(mut h) = f.load::<20>(l3) else {
             return false;
         };
         let mut src = [0u8; 4];
@@ -74,12 +89,12 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
         h[11] = 0;
         let c = fold_checksum(u64::from(sum16(&h)));
         h[10..12].copy_from_slice(&c.to_be_bytes());
-        if !store(ctx, l3, &h) {
+        if !f.store(l3, &h) {
             return false;
         }
         sum = u64::from(sum16(&src)) + u64::from(sum16(&dst)) + 17 + u64::from(udp_len);
     } else {
-        let Some(mut h) = load::<40>(ctx, l3) else {
+        let Some(mut h) = f.load::<40>(l3) else {
             return false;
         };
         let mut src = [0u8; 16];
@@ -90,13 +105,13 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
         h[24..40].copy_from_slice(&src);
         h[4..6].copy_from_slice(&udp_len.to_be_bytes());
         h[7] = ANSWER_TTL;
-        if !store(ctx, l3, &h) {
+        if !f.store(l3, &h) {
             return false;
         }
         sum = u64::from(sum16(&src)) + u64::from(sum16(&dst)) + 17 + u64::from(udp_len);
     }
 
-    let Some(mut u) = load::<8>(ctx, l4) else {
+    let Some(mut u) = f.load::<8>(l4) else {
         return false;
     };
     let sport = [u[0], u[1]];
@@ -108,11 +123,11 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
     u[6] = 0;
     u[7] = 0;
 
-    let Some(mut h) = load::<HEADER_LEN>(ctx, dns) else {
+    let Some(mut h) = f.load::<HEADER_LEN>(dns) else {
         return false;
     };
     make_nxdomain_header(&mut h);
-    if !store(ctx, dns, &h) {
+    if !f.store(dns, &h) {
         return false;
     }
 
@@ -122,36 +137,5 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision) -> bool {
         c = 0xffff;
     }
     u[6..8].copy_from_slice(&c.to_be_bytes());
-    store(ctx, l4, &u)
-}
-
-// The offsets here depend on the VLAN depth; the load/store helpers check the range
-// themselves, which spares the verifier from tracking variable packet offsets.
-
-#[inline(always)]
-fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
-    let mut out = [0u8; N];
-    // SAFETY: `out` is N writable bytes; the helper checks the packet range.
-    let r = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx.cast(),
-            off as u32,
-            out.as_mut_ptr().cast(),
-            N as u32,
-        )
-    };
-    (r == 0).then_some(out)
-}
-
-#[inline(always)]
-fn store<const N: usize>(ctx: &XdpContext, off: usize, v: &[u8; N]) -> bool {
-    // SAFETY: `v` is N readable bytes; the helper checks the packet range.
-    unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx.cast(),
-            off as u32,
-            v.as_ptr().cast_mut().cast(),
-            N as u32,
-        ) == 0
-    }
+    f.store(l4, &u)
 }

@@ -406,8 +406,24 @@ pub struct DnsConfig {
     pub repeat: u32,
     pub ns_per_query: Spread,
     pub above_floor_ns: Spread,
+    /// Cost above the firewall-only path (the firewall with no DNS policy, measured in the
+    /// same rounds): what the DNS inspection adds. None for the floor and that path itself.
+    pub above_firewall_ns: Option<Spread>,
+    /// `above_firewall_ns` as a multiple of the firewall-only path's own cost above the
+    /// floor, round by round: a ratio that carries over between machines.
+    pub firewall_ratio: Option<Spread>,
     pub per_round_ns: Vec<f64>,
 }
+
+/// The inspection-cost goals, ns above the firewall-only path on the reference machine for
+/// names of up to 4 labels and 64 bytes, and the firewall-only path's cost there (what the
+/// goals are scaled by to compare across machines, as ratios).
+const GOALS: [(PolicyKind, Case, f64); 3] = [
+    (PolicyKind::Nxdomain, Case::Miss, 80.0),
+    (PolicyKind::Drop, Case::ExactHit, 120.0),
+    (PolicyKind::Nxdomain, Case::ExactHit, 250.0),
+];
+const REFERENCE_FIREWALL_NS: f64 = 35.7;
 
 #[derive(Debug, Serialize)]
 pub struct SeriesSlope {
@@ -678,12 +694,37 @@ pub fn run(s: &Settings, command: String) -> Result<bool> {
         }
         eprintln!("  round {} done", round + 1);
     }
+    // The firewall-only path, above its floor, round by round.
+    let firewall: Option<Vec<f64>> = targets
+        .iter()
+        .position(|t| t.policy == PolicyKind::NoDns)
+        .map(|i| {
+            samples[i]
+                .iter()
+                .zip(&samples[0])
+                .map(|(k, f)| k - f)
+                .collect()
+        });
     let configs: Vec<DnsConfig> = targets
         .iter()
         .enumerate()
         .map(|(i, t)| {
             let floor = &samples[usize::from(t.once)];
             let above: Vec<f64> = samples[i].iter().zip(floor).map(|(k, f)| k - f).collect();
+            let inspected = !matches!(t.policy, PolicyKind::Floor | PolicyKind::NoDns);
+            let over_firewall: Option<Vec<f64>> = firewall
+                .as_ref()
+                .filter(|_| inspected)
+                .map(|fw| above.iter().zip(fw).map(|(a, f)| a - f).collect());
+            let ratio = over_firewall
+                .as_ref()
+                .zip(firewall.as_ref())
+                .map(|(o, fw)| {
+                    o.iter()
+                        .zip(fw)
+                        .map(|(o, f)| if *f > 0.0 { o / f } else { f64::NAN })
+                        .collect::<Vec<f64>>()
+                });
             DnsConfig {
                 id: t.id.clone(),
                 policy: t.policy,
@@ -694,6 +735,8 @@ pub fn run(s: &Settings, command: String) -> Result<bool> {
                 repeat: t.repeat,
                 ns_per_query: Spread::of(&samples[i]),
                 above_floor_ns: Spread::of(&above),
+                above_firewall_ns: over_firewall.as_deref().map(Spread::of),
+                firewall_ratio: ratio.as_deref().map(Spread::of),
                 per_round_ns: samples[i].clone(),
             }
         })
@@ -851,6 +894,35 @@ impl DnsReport {
                 self.slope(p, c)
                     .map_or_else(|| "–".into(), |s| format!("{s:.3}"))
             );
+        }
+        t
+    }
+
+    /// The inspection's cost above the firewall-only path against the goals, as ns and as
+    /// ratios to the firewall-only path (the goals scaled by the reference machine's).
+    fn goals_table(&self) -> String {
+        let mut t = String::from(
+            "| path | names | above the firewall-only path (ns) | ratio to the firewall-only path | goal (ns on the reference machine) | goal as a ratio | met |\n|---|---:|---:|---:|---:|---:|---|\n",
+        );
+        for (p, c, goal) in GOALS {
+            for x in self.configs.iter().filter(|x| x.policy == p && x.case == c) {
+                let (Some(ns), Some(r)) = (&x.above_firewall_ns, &x.firewall_ratio) else {
+                    continue;
+                };
+                let goal_ratio = goal / REFERENCE_FIREWALL_NS;
+                let _ = writeln!(
+                    t,
+                    "| {}, {} | {} | {} | {:.2} [{:.2}–{:.2}] | {goal:.0} | {goal_ratio:.2} | {} |",
+                    p.name(),
+                    c.name(),
+                    short_count(x.names),
+                    cell(ns),
+                    r.median,
+                    r.min,
+                    r.max,
+                    if r.median <= goal_ratio { "yes" } else { "no" }
+                );
+            }
         }
         t
     }
@@ -1024,7 +1096,19 @@ impl DnsReport {
             "A log-log slope of 1 would be cost growing linearly with the list, 0 a flat cost: \
              lookups are hashes of the name and of each of its suffixes, not a scan of the list.\n\n",
         );
-        m.push_str("## Every configuration\n\n");
+        m.push_str("## Against the firewall-only path and the goals\n\n");
+        let _ = writeln!(
+            m,
+            "What the DNS inspection adds: each configuration's cost above the floor minus the \
+             firewall-only path's (the firewall without a DNS policy), round by round, and that \
+             as a ratio to the firewall-only path's own cost above the floor. The goals are ns \
+             on the reference machine, whose firewall-only path costs {REFERENCE_FIREWALL_NS} ns; \
+             their ratios are what carries over to another machine or load. The goals are for \
+             names of up to 4 labels and 64 bytes; these queries are 2 to 4 labels of up to 12 \
+             characters (exact hits and misses, all within).\n"
+        );
+        m.push_str(&self.goals_table());
+        m.push_str("\n## Every configuration\n\n");
         m.push_str(&self.full_table());
         m.push_str("\n## Install time and map memory\n\n");
         m.push_str(
@@ -1061,6 +1145,8 @@ impl DnsReport {
     fn terminal(&self) -> String {
         let mut s = String::from("DNS: ns per query above the floor, median [min-max]\n");
         s.push_str(&self.pivot().replace('–', "-"));
+        s.push_str("DNS: against the firewall-only path and the goals\n");
+        s.push_str(&self.goals_table().replace('–', "-"));
         for i in &self.installs {
             let _ = writeln!(
                 s,
