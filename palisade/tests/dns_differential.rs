@@ -1086,11 +1086,13 @@ fn fast_path_boundaries_decide_as_the_reference() {
                 fragments: FragmentPolicy::MatchL3,
                 stateful: false,
                 rules: vec![],
+                rate_prefix: Default::default(),
             },
             sets: vec![],
             conntrack: palisade::policy::model::Conntrack::default(),
             dns: Dns {
                 events: palisade::policy::model::DnsEvents::EVERY_QUERY,
+                rate_prefix: Default::default(),
                 ports: vec![53],
                 answers: AnswerBudget::UNLIMITED,
                 ingress: Some(scope.clone()),
