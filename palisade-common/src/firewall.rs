@@ -283,13 +283,13 @@ pub fn flow_key(
 }
 
 const _: () = {
-    assert!(align_of::<Packet>() >= 4 && align_of::<Tuple>() >= 4 && align_of::<FlowKey>() >= 4);
-    assert!(core::mem::offset_of!(Packet, src) % 4 == 0);
-    assert!(core::mem::offset_of!(Packet, dst) % 4 == 0);
-    assert!(core::mem::offset_of!(Tuple, src_mask) % 4 == 0);
-    assert!(core::mem::offset_of!(Tuple, dst_mask) % 4 == 0);
-    assert!(core::mem::offset_of!(FlowKey, src) % 4 == 0);
-    assert!(core::mem::offset_of!(FlowKey, dst) % 4 == 0);
+    assert!(align_of::<Packet>() >= 2 && align_of::<Tuple>() >= 2 && align_of::<FlowKey>() >= 2);
+    assert!(core::mem::offset_of!(Packet, src) % 2 == 0);
+    assert!(core::mem::offset_of!(Packet, dst) % 2 == 0);
+    assert!(core::mem::offset_of!(Tuple, src_mask) % 2 == 0);
+    assert!(core::mem::offset_of!(Tuple, dst_mask) % 2 == 0);
+    assert!(core::mem::offset_of!(FlowKey, src) % 2 == 0);
+    assert!(core::mem::offset_of!(FlowKey, dst) % 2 == 0);
 };
 
 /// Writes the key of `p` in tuple `tuple` (`generation << 16 | index`) into `k`, in place
@@ -298,20 +298,20 @@ const _: () = {
 #[inline(always)]
 pub fn fill_flow_key(k: &mut FlowKey, tuple: u32, t: &Tuple, p: &Packet, classes: u32) {
     k.tuple = tuple;
-    // By words: the addresses and masks are 4-aligned in all three records (checked below);
-    // byte by byte, the kernel's compiler spills every byte.
-    let (ps, pd) = (p.src.as_ptr().cast::<u32>(), p.dst.as_ptr().cast::<u32>());
+    // By 16-bit words: the addresses and masks are 2-aligned in all three records (checked
+    // below); byte by byte, the kernel's compiler spills every byte.
+    let (ps, pd) = (p.src.as_ptr().cast::<u16>(), p.dst.as_ptr().cast::<u16>());
     let (ms, md) = (
-        t.src_mask.as_ptr().cast::<u32>(),
-        t.dst_mask.as_ptr().cast::<u32>(),
+        t.src_mask.as_ptr().cast::<u16>(),
+        t.dst_mask.as_ptr().cast::<u16>(),
     );
     let (ks, kd) = (
-        k.src.as_mut_ptr().cast::<u32>(),
-        k.dst.as_mut_ptr().cast::<u32>(),
+        k.src.as_mut_ptr().cast::<u16>(),
+        k.dst.as_mut_ptr().cast::<u16>(),
     );
     let mut i = 0;
-    while i < 4 {
-        // SAFETY: word `i < 4` of 16-byte arrays at 4-aligned offsets of 4-aligned records.
+    while i < 8 {
+        // SAFETY: word `i < 8` of 16-byte arrays at 2-aligned offsets of 2-aligned records.
         unsafe {
             ks.add(i).write(ps.add(i).read() & ms.add(i).read());
             kd.add(i).write(pd.add(i).read() & md.add(i).read());

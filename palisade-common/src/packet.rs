@@ -94,9 +94,10 @@ pub const TCP_CWR: u8 = 0x80;
 /// Addresses are 16 bytes: IPv6 as is, IPv4 as `::ffff:a.b.c.d`, so one set of maps and one
 /// key layout serve both families. The tracker reads the addresses as words
 /// ([`Packet::src_words`]): byte arrays copied by value are split into single bytes, each
-/// spilled to the BPF stack. Aligned to 4 so the addresses can be read as aligned words.
+/// spilled to the BPF stack. (Not aligned beyond its fields' 2: a 4-aligned packet grows the
+/// parser's frame, which the egress hook's call chain cannot afford.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C, align(4))]
+#[repr(C)]
 pub struct Packet {
     pub family: u8,
     pub proto: u8,

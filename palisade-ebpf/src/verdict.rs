@@ -69,8 +69,8 @@ fn emit(ctx: &XdpContext, p: Option<&Packet>, d: &Decision, action: u8, packet_l
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: the reserved record, ours until submitted; plain data, zeroed first. `src` and
-    // `dst` sit 4-aligned in both the record (8-aligned in the ring) and the packet (in an
-    // 8-aligned map value), so they are copied by words.
+    // `dst` sit 2-aligned in the packet and 4-aligned in the record, so they are copied by
+    // 16-bit words.
     unsafe {
         core::ptr::write_bytes(ev, 0, 1);
         (*ev).kind = KIND_FIREWALL;
@@ -87,15 +87,15 @@ fn emit(ctx: &XdpContext, p: Option<&Packet>, d: &Decision, action: u8, packet_l
             (*ev).sport = p.sport;
             (*ev).dport = p.dport;
             let (from, to) = (
-                p.src.as_ptr().cast::<u32>(),
-                (*ev).src.as_mut_ptr().cast::<u32>(),
+                p.src.as_ptr().cast::<u16>(),
+                (*ev).src.as_mut_ptr().cast::<u16>(),
             );
             let (from6, to6) = (
-                p.dst.as_ptr().cast::<u32>(),
-                (*ev).dst.as_mut_ptr().cast::<u32>(),
+                p.dst.as_ptr().cast::<u16>(),
+                (*ev).dst.as_mut_ptr().cast::<u16>(),
             );
             let mut i = 0;
-            while i < 4 {
+            while i < 8 {
                 to.add(i).write(from.add(i).read());
                 to6.add(i).write(from6.add(i).read());
                 i += 1;

@@ -223,12 +223,11 @@ fn over_budget(a: &mut AggScratch, s: &Scratch, slot: u32) -> u8 {
     k.client = s.packet.src;
     k.family = s.packet.family;
     k._pad = [0; 7];
-    if palisade_dns_event_hash(slot, u32::from(a.wire_len)) == 0 {
+    let hash = palisade_dns_event_hash(slot, u32::from(a.wire_len));
+    if hash == 0 {
         return DNS_SENT_IN_BUDGET;
     }
-    // SAFETY: the hash the call just wrote into this very value (through its own pointer:
-    // read anew, not assumed unchanged).
-    a.key.name.hash = unsafe { core::ptr::read_volatile(&raw const a.key.name.hash) };
+    a.key.name.hash = [hash, 0];
     let k = &a.key;
     let Some(seen) = DNS_EVENT_SEEN.get_ptr_mut((k.name.hash[0] as u32) & (SEEN_SLOTS - 1)) else {
         return DNS_SENT_IN_BUDGET;
@@ -312,26 +311,27 @@ fn count_client(key: &DnsAggClient) {
     }
 }
 
-/// Writes the keyed hash of the first `len` bytes of the scratch name of `slot` (the rest of
-/// the buffer holds whatever an earlier query left) into the aggregation key of `slot`'s
-/// `DNS_AGG_SCRATCH`. Keyed with the name hashes' secret, so a sender cannot make two names
-/// share a count. 0 when a map could not be read.
+/// The keyed 64-bit hash of the first `len` bytes of the scratch name of `slot` (the rest of
+/// the buffer holds whatever an earlier query left), from two 64-bit lanes. Keyed with the
+/// name hashes' secret, so a sender cannot make two names share a count. 0 when a map could
+/// not be read (a name whose hash is 0 is then sent in full).
 ///
 /// A global function: the verifier checks it once, for any `len`, so the exits of its loop
 /// do not multiply the states of the reporting around it (a plain loop there would), and it
-/// costs none of the `bpf_loop` callback calls the hash once took (one per word).
+/// costs none of the `bpf_loop` callback calls the hash once took (one per word). It returns
+/// the hash rather than writing 128 bits into the scratch: a smaller frame, since the
+/// egress hook's deepest call chain leaves it only a few bytes.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn palisade_dns_event_hash(slot: u32, len: u32) -> u32 {
-    let (Some(s), Some(a), Some(key)) = (
-        DNS_SCRATCH.get_ptr(slot),
-        DNS_AGG_SCRATCH.get_ptr_mut(slot),
-        DNS_KEY.get(0),
-    ) else {
+pub extern "C" fn palisade_dns_event_hash(slot: u32, len: u32) -> u64 {
+    let Some(key) = DNS_KEY.get(0) else {
+        return 0;
+    };
+    let mut h = [key.k[0], key.k[1]];
+    let Some(s) = DNS_SCRATCH.get_ptr(slot) else {
         return 0;
     };
     let len = len.min(256) as usize;
-    let mut h = [key.k[0], key.k[1]];
     // SAFETY: a per-CPU scratch value; its name is 256 bytes, 32 words.
     let name = unsafe { (*s).name.as_ptr().cast::<u64>() };
     let mut i = 0;
@@ -348,9 +348,7 @@ pub extern "C" fn palisade_dns_event_hash(slot: u32, len: u32) -> u32 {
         i += 1;
     }
     let len = len as u64;
-    // SAFETY: a per-CPU scratch value.
-    unsafe { (*a).key.name.hash = [fmix(h[0] ^ len), fmix(h[1] ^ (len << 8))] };
-    1
+    fmix(h[0] ^ len) ^ fmix(h[1] ^ (len << 8)).rotate_left(32)
 }
 
 const _: () = assert!(
