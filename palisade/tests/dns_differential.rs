@@ -38,8 +38,8 @@ use palisade::{
     },
     events::{DnsDecision, qtype_name, wire_name_to_text},
     policy::model::{
-        Action, AnswerBudget, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall,
-        FragmentPolicy, NameEntry, NameList, NameMatch, Policy,
+        AnswerBudget, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, NameEntry, NameList,
+        NameMatch, Policy,
     },
     testrun::{Bench, sum_counter},
 };
@@ -564,14 +564,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         log_allowed: true,
     };
     let policy = Policy {
-        firewall: Firewall {
-            rate_prefix: Default::default(),
-            default_action: Action::Allow,
-            log_default: false,
-            fragments: FragmentPolicy::MatchL3,
-            stateful: false,
-            rules: vec![],
-        },
+        firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
@@ -826,14 +819,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         log_allowed: false,
     };
     let policy = Policy {
-        firewall: Firewall {
-            rate_prefix: Default::default(),
-            default_action: Action::Allow,
-            log_default: false,
-            fragments: FragmentPolicy::MatchL3,
-            stateful: false,
-            rules: vec![],
-        },
+        firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
@@ -1080,14 +1066,7 @@ fn fast_path_boundaries_decide_as_the_reference() {
             log_allowed: true,
         };
         let policy = Policy {
-            firewall: Firewall {
-                default_action: Action::Allow,
-                log_default: false,
-                fragments: FragmentPolicy::MatchL3,
-                stateful: false,
-                rules: vec![],
-                rate_prefix: Default::default(),
-            },
+            firewall: Firewall::default(),
             sets: vec![],
             conntrack: palisade::policy::model::Conntrack::default(),
             dns: Dns {

@@ -29,8 +29,8 @@ use palisade::{
     firewall::apply,
     policy::{
         model::{
-            Action, AnswerBudget, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall,
-            FragmentPolicy, NameEntry, NameList, Policy, QueryRate,
+            AnswerBudget, Dns, DnsAction, DnsEgress, DnsMode, DnsScope, Firewall, NameEntry,
+            NameList, Policy, QueryRate,
         },
         namelist,
     },
@@ -82,14 +82,7 @@ fn policy(
     list1: Vec<NameEntry>,
 ) -> Policy {
     Policy {
-        firewall: Firewall {
-            rate_prefix: Default::default(),
-            default_action: Action::Allow,
-            log_default: false,
-            fragments: FragmentPolicy::MatchL3,
-            stateful: false,
-            rules: vec![],
-        },
+        firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {

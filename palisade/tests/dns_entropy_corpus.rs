@@ -14,8 +14,7 @@ use palisade::{
     dns::reference,
     policy::{
         model::{
-            Action, Dns, DnsAction, DnsMode, DnsScope, Firewall, FragmentPolicy, NameEntry,
-            NameList, NameMatch, Policy,
+            Dns, DnsAction, DnsMode, DnsScope, Firewall, NameEntry, NameList, NameMatch, Policy,
         },
         namelist::parse_name,
     },
@@ -270,14 +269,7 @@ fn policy(bits: u32) -> Policy {
         })
         .collect();
     Policy {
-        firewall: Firewall {
-            rate_prefix: Default::default(),
-            default_action: Action::Allow,
-            log_default: false,
-            fragments: FragmentPolicy::MatchL3,
-            stateful: false,
-            rules: vec![],
-        },
+        firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {

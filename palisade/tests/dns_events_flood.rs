@@ -27,8 +27,7 @@ use palisade::{
     events::DnsDecision,
     policy::{
         model::{
-            Action, Dns, DnsAction, DnsEvents, DnsMode, DnsScope, Firewall, FragmentPolicy,
-            NameEntry, NameList, Policy,
+            Dns, DnsAction, DnsEvents, DnsMode, DnsScope, Firewall, NameEntry, NameList, Policy,
         },
         namelist,
     },
@@ -74,14 +73,7 @@ fn entry(text: &str) -> NameEntry {
 /// A blocklist on ingress dropping `names`, with the event budget `events`.
 fn policy(names: &[&str], events: DnsEvents) -> Policy {
     Policy {
-        firewall: Firewall {
-            rate_prefix: Default::default(),
-            default_action: Action::Allow,
-            log_default: false,
-            fragments: FragmentPolicy::MatchL3,
-            stateful: false,
-            rules: vec![],
-        },
+        firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {

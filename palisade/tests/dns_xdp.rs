@@ -27,8 +27,8 @@ use palisade::{
     firewall::apply,
     policy::{
         model::{
-            Action, AnswerBudget, Dns, DnsAction, DnsMode, DnsScope, Firewall, FragmentPolicy,
-            NameEntry, NameList, NameMatch, Policy, QueryRate, SourcePrefix,
+            AnswerBudget, Dns, DnsAction, DnsMode, DnsScope, Firewall, NameEntry, NameList,
+            NameMatch, Policy, QueryRate, SourcePrefix,
         },
         namelist::{self, parse_name},
     },
@@ -131,14 +131,7 @@ fn blocklist() -> DnsScope {
 /// budget has its own test.
 fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Policy {
     Policy {
-        firewall: Firewall {
-            rate_prefix: Default::default(),
-            default_action: Action::Allow,
-            log_default: false,
-            fragments: FragmentPolicy::MatchL3,
-            stateful: false,
-            rules: vec![],
-        },
+        firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {

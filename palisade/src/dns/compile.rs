@@ -335,7 +335,7 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::model::{Action, Dns, Firewall, FragmentPolicy, NameList};
+    use crate::policy::model::{Dns, Firewall, NameList};
 
     const A: u16 = 1;
     const MX: u16 = 15;
@@ -462,14 +462,7 @@ mod tests {
             log_allowed: false,
         };
         Policy {
-            firewall: Firewall {
-                rate_prefix: Default::default(),
-                default_action: Action::Allow,
-                log_default: false,
-                fragments: FragmentPolicy::MatchL3,
-                stateful: false,
-                rules: vec![],
-            },
+            firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],
             dns: Dns {

@@ -28,10 +28,7 @@ use palisade::{
     dns::summary::Collector,
     events::decode_dns,
     policy::{
-        model::{
-            Action, Dns, DnsAction, DnsEvents, DnsMode, DnsScope, Firewall, FragmentPolicy,
-            NameList, Policy,
-        },
+        model::{Dns, DnsAction, DnsEvents, DnsMode, DnsScope, Firewall, NameList, Policy},
         namelist,
     },
     testrun::{Bench, FIREWALL},
@@ -292,14 +289,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
     }
     entries.push(namelist::entry("*.flood.example", false, 0)?);
     Ok(Policy {
-        firewall: Firewall {
-            rate_prefix: Default::default(),
-            default_action: Action::Allow,
-            log_default: false,
-            fragments: FragmentPolicy::MatchL3,
-            stateful: false,
-            rules: vec![],
-        },
+        firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],
         dns: Dns {
