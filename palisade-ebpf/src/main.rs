@@ -9,6 +9,8 @@
 // them through the compiler's intrinsics.
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic intrinsics, see `atomic`")]
+// Inline assembly on this target: one unaligned packet load (`bytes::load_word`).
+#![feature(asm_experimental_arch)]
 
 mod atomic;
 mod bench;

@@ -114,7 +114,10 @@ const _: () = assert!(MAX_SETS > 0);
 use aya_ebpf::maps::ProgramArray;
 use palisade_common::dns::{
     hash::HashKey,
-    maps::{ClientKey, DNS_STATS_PER_SCOPE, DnsGlobal, NameKey, NameValue, SCOPES, ScopeConfig},
+    maps::{
+        ClientKey, DNS_STATS_PER_SCOPE, DnsGlobal, NameFilter, NameKey, NameValue, SCOPES,
+        ScopeConfig,
+    },
 };
 
 /// The secret key of the name hashes (set once when the maps are created).
@@ -133,6 +136,11 @@ pub static DNS_SCOPES: Array<ScopeConfig> = Array::with_max_entries(GENERATIONS 
 #[map]
 pub static DNS_NAMES: HashMap<NameKey, NameValue> =
     HashMap::with_max_entries(1 << 22, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Per generation, a filter of `DNS_NAMES`' keys: a suffix whose bits are not set is not
+/// looked up (see `NameFilter`).
+#[map]
+pub static DNS_FILTER: Array<NameFilter> = Array::with_max_entries(GENERATIONS, 0);
 
 /// Per-client query buckets (GCRA time).
 #[map]

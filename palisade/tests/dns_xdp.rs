@@ -1927,6 +1927,45 @@ fn nxdomain_answer_ipv4() {
     assert_eq!(out, frame);
 }
 
+/// The message is read straight from the frame by words when it is short, the last word
+/// ending with the frame when the message does; longer messages go through the helper. Every
+/// message length modulo 8, with and without bytes after the message in the frame (Ethernet
+/// padding), over both families and across the 128-byte switch to the helper, decides and
+/// answers from the whole message.
+#[test]
+fn messages_of_every_length_are_read_whole() {
+    let mut t = setup(blocklist(), vec![entry("*.blocked.test")]);
+    let long = "b".repeat(63);
+    let mut names: Vec<String> = (1..=63)
+        .map(|n| format!("{}.blocked.test", "a".repeat(n)))
+        .collect();
+    // Messages of 126 to 134 bytes, around the switch.
+    names.extend((43..=51).map(|n| format!("{}.{long}.blocked.test", "c".repeat(n))));
+    for name in &names {
+        for padding in [0, 1, 7] {
+            for v6 in [false, true] {
+                let msg = DnsQuery::name(name, AAAA).with_id(0x5a5a).build();
+                let mut frame = if v6 { udp6(&msg) } else { udp(&msg) };
+                // Bytes after the IP packet: not part of the message.
+                frame.extend(std::iter::repeat_n(0xee, padding));
+                let fqdn = format!("{name}.");
+                let (out, _) = t.check(&frame, Nx(reason::DNS_BLOCKED), ev(&fqdn, "AAAA"));
+                // The answer ends after the question: the padding is cut.
+                check_nxdomain(&frame[..frame.len() - padding], &out, 0);
+                // One letter off in the last label: not listed.
+                let other = format!(
+                    "{}.blocked.tesu",
+                    &name[..name.len() - ".blocked.test".len()]
+                );
+                let msg = DnsQuery::name(&other, AAAA).build();
+                let mut frame = if v6 { udp6(&msg) } else { udp(&msg) };
+                frame.extend(std::iter::repeat_n(0xee, padding));
+                t.check(&frame, Allow, ev(&format!("{other}."), "AAAA"));
+            }
+        }
+    }
+}
+
 #[test]
 fn nxdomain_answer_ipv6() {
     let mut t = setup(allowlist(), vec![]);

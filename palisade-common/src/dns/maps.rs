@@ -76,6 +76,56 @@ impl NameKey {
     }
 }
 
+/// Name keys one generation may hold: two generations share `DNS_NAMES`, whose capacity is
+/// twice this, so a new policy is written in full next to the running one.
+pub const MAX_NAME_KEYS: usize = 1 << 21;
+
+/// Words of one generation's name filter: 2^18 words, 16M bits, 2 MiB.
+pub const FILTER_WORDS: usize = 1 << 18;
+
+/// A per-generation filter of the name keys (a Bloom filter blocked by word: each key sets
+/// two bits of one 64-bit word). The inspector looks a suffix up in `DNS_NAMES` only when
+/// both of its bits are set, so a name on no list costs no hash-map lookup, only one array
+/// word per suffix. False positives cost a lookup and change nothing; there are no false
+/// negatives, as every key of a generation is added before the generation goes live. With
+/// 1M keys about 2 % of lookups of absent suffixes pass, with 2M about 7 %.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NameFilter {
+    pub words: [u64; FILTER_WORDS],
+}
+map_type!(NameFilter, FILTER_WORDS * 8);
+
+impl NameFilter {
+    /// Where a key's two bits are: the word's index and the mask of both bits. From the
+    /// suffix hash's first lane (already a full-avalanche mix) with the scope and the kind
+    /// mixed in, so that an exact entry does not set the bits of the wildcard with the same
+    /// suffix.
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot(a: u64, scope: u8, kind: u8) -> (usize, u64) {
+        let h = a ^ ((((scope as u64) << 1) | kind as u64) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let word = (h >> 40) as usize & (FILTER_WORDS - 1);
+        let bits = (1u64 << (h & 63)) | (1u64 << ((h >> 6) & 63));
+        (word, bits)
+    }
+
+    /// Adds the key.
+    #[inline]
+    pub fn insert(&mut self, key: &NameKey) {
+        let (word, bits) = Self::slot(key.a, key.scope, key.kind);
+        self.words[word] |= bits;
+    }
+
+    /// Whether the key may be in the set.
+    #[inline(always)]
+    #[must_use]
+    pub fn may_hold(&self, a: u64, scope: u8, kind: u8) -> bool {
+        let (word, bits) = Self::slot(a, scope, kind);
+        self.words[word] & bits == bits
+    }
+}
+
 /// What a matching name entry says.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -219,7 +269,57 @@ pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::boxed::Box;
+
     use super::*;
+
+    fn empty_filter() -> Box<NameFilter> {
+        // SAFETY: all-zero words are an empty filter.
+        unsafe { Box::new_zeroed().assume_init() }
+    }
+
+    #[test]
+    fn filter_holds_what_was_inserted_and_rejects_most_else() {
+        let mut f = empty_filter();
+        let mut x = 0x0123_4567_89ab_cdefu64;
+        let mut next = || {
+            x = crate::dns::hash::fmix(x.wrapping_add(0x9e37_79b9_7f4a_7c15));
+            x
+        };
+        let keys: std::vec::Vec<NameKey> = (0..200_000)
+            .map(|i| NameKey {
+                a: next(),
+                scope: (i % 2) as u8,
+                kind: ((i / 2) % 2) as u8,
+                ..NameKey::default()
+            })
+            .collect();
+        for k in &keys {
+            f.insert(k);
+        }
+        assert!(keys.iter().all(|k| f.may_hold(k.a, k.scope, k.kind)));
+        // The same hashes under the other kind, and fresh hashes: absent. With 200k keys in
+        // 16M bits about 0.1 % pass (two bits of 2.4 % density, or one when they coincide);
+        // allow three times that.
+        let absent = (0..100_000)
+            .map(|i| (next(), (i % 2) as u8, (i / 2 % 2) as u8))
+            .chain(keys.iter().map(|k| (k.a, k.scope, k.kind ^ 1)))
+            .filter(|&(a, scope, kind)| f.may_hold(a, scope, kind))
+            .count();
+        assert!(absent < 900, "{absent} false positives in 300k");
+    }
+
+    #[test]
+    fn filter_slot_sets_one_or_two_bits_of_one_word() {
+        for a in [0, 1, u64::MAX, 0x8000_0000_0000_0000] {
+            for (scope, kind) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                let (word, bits) = NameFilter::slot(a, scope, kind);
+                assert!(word < FILTER_WORDS);
+                assert!((1..=2).contains(&bits.count_ones()));
+            }
+        }
+    }
 
     #[test]
     fn key_words_are_the_key_bytes() {

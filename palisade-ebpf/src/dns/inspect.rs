@@ -28,7 +28,7 @@ use palisade_common::{
     reason,
 };
 
-use crate::maps::{DNS_KEY, DNS_NAMES, DNS_RATE, DNS_SCOPES, DNS_SCRATCH};
+use crate::maps::{DNS_FILTER, DNS_KEY, DNS_NAMES, DNS_RATE, DNS_SCOPES, DNS_SCRATCH};
 
 mod fast;
 
@@ -471,12 +471,20 @@ fn match_one(s: &mut Scratch, index: u64) {
     let label = (u64::from(m.labels).wrapping_sub(index + 1) as usize) & LABEL_MASK;
     let h = s.hashes[label];
     m.suffix = hash::extend(m.suffix, (h[0], h[1]));
+    let kind = if label == 0 { KIND_APEX } else { KIND_BELOW };
+    // Most suffixes are on no list: the generation's filter says so without a lookup. A
+    // filter that cannot be read filters nothing.
+    if let Some(f) = DNS_FILTER.get(u32::from(m.generation)) {
+        if !f.may_hold(m.suffix.0, m.scope, kind) {
+            return;
+        }
+    }
     let key = NameKey::key_words(
         m.suffix.0,
         m.suffix.1,
         m.wire_len.wrapping_sub(u16::from(s.starts[label])),
         m.scope,
-        if label == 0 { KIND_APEX } else { KIND_BELOW },
+        kind,
         m.generation,
     );
     // SAFETY: `key` has the bytes of a `NameKey` and its alignment (`NameKey::key_words`).

@@ -7,9 +7,10 @@ use palisade_common::{
         entropy,
         hash::{HashKey, suffix_hashes},
         maps::{
-            ACTION_DROP, ACTION_NXDOMAIN, DnsGlobal, KIND_APEX, KIND_BELOW, MAX_PORTS, MAX_QTYPES,
-            MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED,
-            SCOPE_EGRESS, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPE_RATE, SCOPES, ScopeConfig,
+            ACTION_DROP, ACTION_NXDOMAIN, DnsGlobal, KIND_APEX, KIND_BELOW, MAX_NAME_KEYS,
+            MAX_PORTS, MAX_QTYPES, MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue, SCOPE_AUDIT,
+            SCOPE_BLOCK_MALFORMED, SCOPE_EGRESS, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPE_RATE,
+            SCOPES, ScopeConfig,
         },
         wire::MAX_LABELS,
     },
@@ -40,6 +41,13 @@ pub enum DnsCompileError {
     RateTooHigh { what: &'static str, rate: u32 },
     #[error("list `{list}` line {line}: more than {MAX_QTYPES} query types on one entry")]
     TooManyQtypes { list: String, line: usize },
+    /// More name keys than one generation's share of `DNS_NAMES` holds.
+    #[error(
+        "the DNS lists make {keys} name entries (a name listed with its subdomains makes two, \
+         one per scope that uses its list); at most {MAX_NAME_KEYS} are supported, so that the \
+         next policy can be written next to the running one"
+    )]
+    TooManyNames { keys: usize },
     /// Two entries for the same name and coverage whose union one map entry cannot hold.
     #[error(
         "list `{list}` line {line}: `{name}` is also listed in list `{first_list}` line \
@@ -328,6 +336,11 @@ pub fn compile(
                 }
             }
         }
+    }
+    if out.names.len() > MAX_NAME_KEYS {
+        return Err(DnsCompileError::TooManyNames {
+            keys: out.names.len(),
+        });
     }
     Ok(out)
 }

@@ -17,7 +17,7 @@ use palisade_common::firewall::{
 
 use palisade_common::dns::{
     hash::HashKey,
-    maps::{DnsGlobal, NameKey, NameValue, SCOPES, ScopeConfig},
+    maps::{DnsGlobal, NameFilter, NameKey, NameValue, SCOPES, ScopeConfig},
 };
 
 use super::compile::{CompiledFirewall, family_code};
@@ -157,6 +157,8 @@ fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
 }
 
 fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> {
+    // SAFETY: all-zero words are an empty filter.
+    let mut filter: Box<NameFilter> = unsafe { Box::new_zeroed().assume_init() };
     {
         let mut names: HashMap<&mut MapData, NameKey, NameValue> =
             HashMap::try_from(map_mut(ebpf, "DNS_NAMES")?)?;
@@ -164,7 +166,15 @@ fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> 
             let mut key = *key;
             key.generation = generation as u8;
             names.insert(key, value, 0)?;
+            filter.insert(&key);
         }
+    }
+    {
+        let mut filters: Array<&mut MapData, NameFilter> =
+            Array::try_from(map_mut(ebpf, "DNS_FILTER")?)?;
+        // By reference: the filter by value would be a 2 MiB copy on the stack.
+        #[expect(clippy::needless_borrows_for_generic_args, reason = "a 2 MiB value")]
+        filters.set(generation, &*filter, 0)?;
     }
     {
         let mut scopes: Array<&mut MapData, ScopeConfig> =
