@@ -348,7 +348,7 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::model::{Dns, Firewall, NameList};
+    use crate::policy::model::{Dns, Firewall, NameList, NameMatch};
 
     const A: u16 = 1;
     const MX: u16 = 15;
@@ -537,6 +537,38 @@ mod tests {
                 .next()
                 .map(|v| (v.qtypes, v.max_entropy_fp)),
             Some(([0; MAX_QTYPES], entropy::bound_fp(160)))
+        );
+    }
+
+    /// One generation's share of the name map: a list that makes more keys than that is
+    /// refused by the compiler, before anything is written.
+    #[test]
+    fn name_lists_beyond_a_generations_share_are_refused() {
+        let clock = Clock {
+            unix_now_ns: 0,
+            boot_now_ns: 1,
+        };
+        // A name with its subdomains makes two keys.
+        let list = |n: usize| NameList {
+            name: "big".into(),
+            entries: (0..n)
+                .map(|i| NameEntry {
+                    kind: NameMatch::ApexAndSubdomains,
+                    ..entry(&format!("n{i}.example"), &[], None, i + 1)
+                })
+                .collect(),
+        };
+        let over = policy(vec![list(MAX_NAME_KEYS / 2 + 1)]);
+        assert_eq!(
+            compile(&over, &HashKey::default(), &clock)
+                .expect_err("too many names")
+                .to_string(),
+            format!(
+                "the DNS lists make {} name entries (a name listed with its subdomains makes \
+                 two, one per scope that uses its list); at most {MAX_NAME_KEYS} are supported, \
+                 so that the next policy can be written next to the running one",
+                MAX_NAME_KEYS + 2
+            )
         );
     }
 
