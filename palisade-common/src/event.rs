@@ -86,12 +86,13 @@ pub struct DnsEvent {
     pub tcp: u8,
     /// List index of the matching entry, `u16::MAX` when none matched.
     pub list: u16,
-    /// Case-folded wire-format question name.
-    pub name: [u8; 256],
     /// Why this event was sent while its scope is over the event budget:
     /// [`DNS_SENT_IN_BUDGET`], [`DNS_SENT_FIRST`] or [`DNS_SENT_SAMPLE`].
     pub sent: u8,
     pub _pad: [u8; 3],
+    /// Case-folded wire-format question name (8-aligned, so it is copied by words); only
+    /// its first `name_len` bytes are meaningful.
+    pub name: [u8; 256],
 }
 map_type!(DnsEvent, 352);
 

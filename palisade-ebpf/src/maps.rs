@@ -172,12 +172,6 @@ pub static DNS_STATS: PerCpuArray<u64> =
 pub static DNS_SCRATCH: PerCpuArray<crate::dns::inspect::Scratch> =
     PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
-/// Per-CPU space where a DNS event is assembled before it is copied to the ring, one slot
-/// per scratch slot.
-#[map]
-pub static DNS_EVENT_SCRATCH: PerCpuArray<palisade_common::event::DnsEvent> =
-    PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
-
 /// Per-CPU state of the DNS event budget (see `report::aggregate`).
 #[map]
 pub static DNS_EVENT_BUDGET: PerCpuArray<palisade_common::event::DnsEventBudget> =

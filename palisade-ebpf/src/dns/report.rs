@@ -60,7 +60,7 @@ fn process_fields(ev: &mut DnsEvent, task: bool, cgroup_id: u64, socket_uid: u32
 use super::inspect::{Decision, Scratch};
 use crate::maps::{
     DNS_AGG_SCRATCH, DNS_EVENT_BUDGET, DNS_EVENT_CLIENTS, DNS_EVENT_EPOCH, DNS_EVENT_NAMES,
-    DNS_EVENT_SCRATCH, DNS_EVENT_SEEN, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS,
+    DNS_EVENT_SEEN, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS,
     REASON_STATS, STATS, bump, event_flags,
 };
 
@@ -92,7 +92,8 @@ pub struct Origin {
 }
 
 /// Reports `d` with `verdict`: an event within the budget, a count (and maybe an event) over
-/// it.
+/// it. The event is written in the ring buffer in place, field by field, and only the
+/// name's own words are copied.
 #[inline(always)]
 pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     let Some(s) = DNS_SCRATCH.get_ptr(o.slot) else {
@@ -102,22 +103,31 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     let s = unsafe { &*s };
     // SAFETY: a helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let sent = aggregate(
-        o.slot,
-        o.generation,
-        now,
-        d,
-        u32::from(scope) << 8 | u32::from(verdict),
-    );
+    // Without a budget every query is an event: no call into the aggregation.
+    let budget = DNS_GLOBAL
+        .get(o.generation)
+        .is_some_and(|g| g.event_interval_ns != 0);
+    let sent = if budget {
+        aggregate(
+            o.slot,
+            o.generation,
+            now,
+            d,
+            u32::from(scope) << 8 | u32::from(verdict),
+        )
+    } else {
+        DNS_SENT_IN_BUDGET
+    };
     if sent == COUNTED {
         return;
     }
-    let Some(ev) = DNS_EVENT_SCRATCH.get_ptr_mut(o.slot) else {
+    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
+        bump(&STATS, stats::EVENTS_LOST);
         return;
     };
-    // SAFETY: per-CPU scratch value.
-    let ev = unsafe { &mut *ev };
-    ev.sent = sent;
+    // SAFETY: the record is reserved for this program; every field is written below (the
+    // name up to its length, which is all a reader takes of it).
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.kind = KIND_DNS;
     ev.reason = d.reason;
     ev.timestamp_ns = now;
@@ -133,11 +143,10 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     ev.verdict = verdict;
     ev.tcp = u8::from(o.tcp);
     ev.list = d.list;
+    ev.sent = sent;
     process_fields(ev, o.task, o.cgroup_id, o.socket_uid);
-    copy_name(&s.name, &mut ev.name);
-    if EVENTS.output::<DnsEvent>(ev, event_flags()).is_err() {
-        bump(&STATS, stats::EVENTS_LOST);
-    }
+    copy_name_words(&s.name, &mut ev.name, d.wire_len);
+    entry.submit(event_flags());
 }
 
 /// What [`over_budget`] returns when the query was only counted.
@@ -354,6 +363,8 @@ pub extern "C" fn palisade_dns_event_hash(slot: u32, len: u32) -> u64 {
 const _: () = assert!(
     core::mem::offset_of!(DnsEvent, client) % 4 == 0
         && core::mem::offset_of!(DnsEvent, comm) % 4 == 0
+        && core::mem::offset_of!(DnsEvent, name) % 8 == 0
+        && core::mem::align_of::<DnsEvent>() == 8
 );
 
 /// Stores 16 bytes as four words. The source and the destination are different map values
@@ -367,6 +378,24 @@ fn put16(to: &mut [u8; 16], words: [u32; 4]) {
     while i < 4 {
         // SAFETY: word `i` of 16 bytes, 4-aligned as the caller guarantees.
         unsafe { core::ptr::write_volatile(to.add(i), words[i]) };
+        i += 1;
+    }
+}
+
+/// Copies the words of a name that hold its first `len` bytes (all 32 words when `len` is
+/// 256 or more), in aligned 8-byte stores: `to` must be 8-aligned (the event's name is).
+#[inline(always)]
+fn copy_name_words(from: &[u8; 256], to: &mut [u8; 256], len: u16) {
+    let from = from.as_ptr().cast::<u64>();
+    let to = to.as_mut_ptr().cast::<u64>();
+    let words = usize::from(len).div_ceil(8);
+    let mut i = 0;
+    while i < 32 {
+        if i >= words {
+            break;
+        }
+        // SAFETY: word `i < 32` of both 256-byte arrays, both 8-aligned.
+        unsafe { to.add(i).write(from.add(i).read()) };
         i += 1;
     }
 }
