@@ -60,8 +60,8 @@ fn process_fields(ev: &mut DnsEvent, task: bool, cgroup_id: u64, socket_uid: u32
 use super::inspect::{Decision, Scratch};
 use crate::maps::{
     DNS_AGG_SCRATCH, DNS_EVENT_BUDGET, DNS_EVENT_CLIENTS, DNS_EVENT_EPOCH, DNS_EVENT_NAMES,
-    DNS_EVENT_SEEN, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS,
-    REASON_STATS, STATS, bump, event_flags,
+    DNS_EVENT_SEEN, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS, REASON_STATS, STATS, bump,
+    event_flags,
 };
 
 /// Adds one to a scope's DNS counter.
