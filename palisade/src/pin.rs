@@ -420,6 +420,7 @@ const BPF_OBJ_PIN: u32 = 6;
 const BPF_OBJ_GET: u32 = 7;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
 const BPF_MAP_LOOKUP_BATCH: u32 = 24;
+const BPF_MAP_UPDATE_BATCH: u32 = 26;
 const BPF_MAP_DELETE_BATCH: u32 = 27;
 const BPF_LINK_UPDATE: u32 = 29;
 const BPF_LINK_DETACH: u32 = 34;
@@ -592,6 +593,26 @@ pub fn map_entries_batch(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Writes `count` entries with `BPF_MAP_UPDATE_BATCH`: `keys` and `values` hold them one
+/// after the other (each the map's key or value size; a per-CPU map's values one per CPU).
+///
+/// # Errors
+/// When the kernel refuses an entry (`E2BIG` when the map is full); the entries before it
+/// are written.
+pub fn map_update_batch(
+    fd: BorrowedFd<'_>,
+    keys: &[u8],
+    values: &[u8],
+    count: usize,
+) -> io::Result<()> {
+    let mut a = Attr::new();
+    a.put_u64(16, keys.as_ptr() as u64);
+    a.put_u64(24, values.as_ptr() as u64);
+    a.put_u32(32, count as u32);
+    a.put_u32(36, fd.as_raw_fd() as u32);
+    sys_bpf(BPF_MAP_UPDATE_BATCH, &mut a).map(drop)
 }
 
 /// Deletes `keys` (each `key_size` bytes) with `BPF_MAP_DELETE_BATCH`; a key already gone

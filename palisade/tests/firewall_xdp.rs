@@ -824,6 +824,78 @@ src = "@s"
     check_hosts_only(&mut fw);
 }
 
+/// Large sets and name lists are written and cleared in batches. Policies of 200k hosts and
+/// 200k names follow each other until both generations have been rewritten twice: after each
+/// install the maps hold exactly the running and the previous policy's entries (the one
+/// before was cleared), the new members match and the old ones no longer do.
+#[test]
+fn big_sets_and_name_lists_reload_without_stale_entries() {
+    use palisade::maps;
+    use palisade_common::{
+        dns::maps::{NameKey, NameValue},
+        firewall::SetKey,
+    };
+    const N: u32 = 200_000;
+    let dir = std::env::temp_dir().join(format!("palisade-big-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let host = |p: u32, i: u32| format!("10.{}.{}.{}", p * 4 + i / 65_536, i / 256 % 256, i % 256);
+    let policy = |p: u32| {
+        let hosts = dir.join(format!("hosts-{p}.txt"));
+        let names = dir.join(format!("names-{p}.txt"));
+        let h: String = (0..N).map(|i| host(p, i) + "\n").collect();
+        std::fs::write(&hosts, h).expect("hosts file");
+        let n: String = (0..N).map(|i| format!("n{i}.p{p}.example\n")).collect();
+        std::fs::write(&names, n).expect("names file");
+        format!(
+            r#"
+[sets.big]
+files = ["{}"]
+
+[[firewall.rule]]
+name = "big"
+action = "drop"
+src = "@big"
+
+[dns.ingress]
+mode = "blocklist"
+lists = ["big"]
+
+[dns.lists.big]
+files = ["{}"]
+"#,
+            hosts.display(),
+            names.display()
+        )
+    };
+    // Entries held by the host hash and the name map.
+    let count = |fw: &Fw| -> (usize, usize) {
+        let m = |n| maps::data(fw.bench.ebpf.map(n).expect("map")).expect("map data");
+        let hosts = maps::keys_batch::<SetKey, u8>(m("FW_SET_HOSTS")).expect("hosts");
+        let names = maps::keys_batch::<NameKey, NameValue>(m("DNS_NAMES")).expect("names");
+        (hosts.len(), names.len())
+    };
+    let dst = "198.51.100.1";
+    let mut fw = fw(&policy(0));
+    assert_eq!(count(&fw), (N as usize, N as usize));
+    for (p, before) in [(1u32, 0u32), (2, 1), (3, 2), (0, 3)] {
+        let started = Instant::now();
+        fw.install(&policy(p));
+        eprintln!("install of {N} hosts and {N} names: {:?}", started.elapsed());
+        assert_eq!(
+            count(&fw),
+            (2 * N as usize, 2 * N as usize),
+            "policy {p}: the running and the previous generation only"
+        );
+        fw.checks(&[
+            (tcp(&host(p, 0), dst, 80), Drop("big")),
+            (tcp(&host(p, N - 1), dst, 80), Drop("big")),
+            (tcp(&host(before, 0), dst, 80), DefaultPass),
+            (tcp(&host(before, N - 1), dst, 80), DefaultPass),
+        ]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------------------------
 // Protocols, ports, flags, ICMP
 

@@ -7,7 +7,7 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, lpm_trie::Key},
 };
 use palisade_common::firewall::{
     Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleMeta,
@@ -22,7 +22,7 @@ use palisade_common::dns::{
 
 use super::compile::{CompiledFirewall, family_code};
 use crate::dns::compile::CompiledDns;
-use crate::maps::{map, map_mut};
+use crate::maps::{self, map, map_mut};
 
 /// The live generation and its swap counter.
 ///
@@ -105,70 +105,59 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
 /// instead ([`RuleMeta::rate_epoch`]), so the new policy's buckets start fresh and the old
 /// ones are evicted first as they are never used again.
 fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
-    {
-        let mut rules: HashMap<&mut MapData, FlowKey, RuleRef> =
-            HashMap::try_from(map_mut(ebpf, "FW_RULES")?)?;
-        let stale: Vec<FlowKey> = rules
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.tuple >> 16 == generation)
-            .collect();
-        for k in stale {
-            rules.remove(&k)?;
-        }
-    }
-    {
-        let mut sets: LpmTrie<&mut MapData, SetKey, u8> =
-            LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
-        let stale: Vec<Key<SetKey>> = sets
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| u32::from_be_bytes(k.data().set) >> 31 == generation)
-            .collect();
-        for k in stale {
-            sets.remove(&k)?;
-        }
-    }
-    {
-        let mut hosts: HashMap<&mut MapData, SetKey, u8> =
-            HashMap::try_from(map_mut(ebpf, "FW_SET_HOSTS")?)?;
-        let stale: Vec<SetKey> = hosts
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| u32::from_be_bytes(k.set) >> 31 == generation)
-            .collect();
-        for k in stale {
-            hosts.remove(&k)?;
-        }
-    }
-    {
-        let mut names: HashMap<&mut MapData, NameKey, NameValue> =
-            HashMap::try_from(map_mut(ebpf, "DNS_NAMES")?)?;
-        let stale: Vec<NameKey> = names
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| u32::from(k.generation) == generation)
-            .collect();
-        for k in stale {
-            names.remove(&k)?;
-        }
+    // The hash maps are read and cleared many keys per syscall.
+    clear_hash::<FlowKey, RuleRef>(ebpf, "FW_RULES", |k| k.tuple >> 16 == generation)?;
+    clear_hash::<SetKey, u8>(ebpf, "FW_SET_HOSTS", |k| {
+        u32::from_be_bytes(k.set) >> 31 == generation
+    })?;
+    clear_hash::<NameKey, NameValue>(ebpf, "DNS_NAMES", |k| {
+        u32::from(k.generation) == generation
+    })?;
+    // The trie has no batch operations: key by key (it holds only the sets' prefixes).
+    let mut sets: LpmTrie<&mut MapData, SetKey, u8> =
+        LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
+    let stale: Vec<Key<SetKey>> = sets
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| u32::from_be_bytes(k.data().set) >> 31 == generation)
+        .collect();
+    for k in stale {
+        sets.remove(&k)?;
     }
     Ok(())
+}
+
+/// Deletes the keys of hash map `name` that `stale` picks.
+fn clear_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &str,
+    stale: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let m = maps::data(map(ebpf, name)?)?;
+    let keys: Vec<K> = maps::keys_batch::<K, V>(m)
+        .with_context(|| format!("reading {name}"))?
+        .into_iter()
+        .filter(|k| stale(k))
+        .collect();
+    maps::delete_batch(m, &keys).with_context(|| format!("clearing {name}"))
 }
 
 fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> {
     // SAFETY: all-zero words are an empty filter.
     let mut filter: Box<NameFilter> = unsafe { Box::new_zeroed().assume_init() };
-    {
-        let mut names: HashMap<&mut MapData, NameKey, NameValue> =
-            HashMap::try_from(map_mut(ebpf, "DNS_NAMES")?)?;
-        for (key, value) in &dns.names {
-            let mut key = *key;
-            key.generation = generation as u8;
-            names.insert(key, value, 0)?;
-            filter.insert(&key);
-        }
-    }
+    let (keys, values): (Vec<NameKey>, Vec<NameValue>) = dns
+        .names
+        .iter()
+        .map(|(k, v)| {
+            let k = NameKey {
+                generation: generation as u8,
+                ..*k
+            };
+            filter.insert(&k);
+            (k, *v)
+        })
+        .unzip();
+    maps::update_batch(maps::data(map(ebpf, "DNS_NAMES")?)?, &keys, &values)?;
     {
         let mut filters: Array<&mut MapData, NameFilter> =
             Array::try_from(map_mut(ebpf, "DNS_FILTER")?)?;
@@ -206,26 +195,23 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
             }
         }
     }
-    {
-        let mut hosts: HashMap<&mut MapData, SetKey, u8> =
-            HashMap::try_from(map_mut(ebpf, "FW_SET_HOSTS")?)?;
-        for (index, members) in c.sets.iter().enumerate() {
-            let set = set_id(generation, index as u32);
-            for m in members.iter().filter(|m| m.stored_prefix_len() == 128) {
-                let key = SetKey::new(set, family_code(m.family), m.addr);
-                hosts.insert(key, 1, 0)?;
-                kinds[index] |= SET_HOSTS;
-            }
+    let mut hosts: Vec<SetKey> = Vec::new();
+    for (index, members) in c.sets.iter().enumerate() {
+        let set = set_id(generation, index as u32);
+        for m in members.iter().filter(|m| m.stored_prefix_len() == 128) {
+            hosts.push(SetKey::new(set, family_code(m.family), m.addr));
+            kinds[index] |= SET_HOSTS;
         }
     }
+    let ones = vec![1u8; hosts.len()];
+    maps::update_batch(maps::data(map(ebpf, "FW_SET_HOSTS")?)?, &hosts, &ones)?;
     if let Some(k) = c.overload_set.and_then(|i| kinds.get_mut(i)) {
         *k |= SET_OVERLOAD;
     }
-    let mut kind: Array<&mut MapData, u8> = Array::try_from(map_mut(ebpf, "FW_SET_KIND")?)?;
-    for (index, k) in kinds.iter().enumerate() {
-        kind.set(set_kind_slot(set_id(generation, index as u32)), k, 0)?;
-    }
-    Ok(())
+    let slots: Vec<u32> = (0..kinds.len() as u32)
+        .map(|index| set_kind_slot(set_id(generation, index)))
+        .collect();
+    maps::update_batch(maps::data(map(ebpf, "FW_SET_KIND")?)?, &slots, &kinds)
 }
 
 fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
@@ -233,42 +219,45 @@ fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) ->
         ("FW_SPORT_CLASS", &c.sport_class),
         ("FW_DPORT_CLASS", &c.dport_class),
     ] {
-        let mut arr: Array<&mut MapData, u16> = Array::try_from(map_mut(ebpf, name)?)?;
-        for (port, class) in classes.iter().enumerate() {
-            arr.set(generation * PORT_SPACE + port as u32, class, 0)?;
-        }
+        let slots: Vec<u32> = (0..classes.len() as u32)
+            .map(|port| generation * PORT_SPACE + port)
+            .collect();
+        maps::update_batch(maps::data(map(ebpf, name)?)?, &slots, classes)?;
     }
     Ok(())
 }
 
 fn write_rules(ebpf: &mut Ebpf, generation: u32, epoch: u32, c: &CompiledFirewall) -> Result<()> {
-    {
-        let mut meta: Array<&mut MapData, RuleMeta> =
-            Array::try_from(map_mut(ebpf, "FW_RULE_META")?)?;
-        for (i, m) in c.rules.iter().enumerate() {
-            let m = RuleMeta {
-                rate_epoch: epoch,
-                ..*m
-            };
-            meta.set(rule_slot(generation, i as u32), m, 0)?;
-        }
-    }
-    {
-        let mut stats: PerCpuArray<&mut MapData, RuleStats> =
-            PerCpuArray::try_from(map_mut(ebpf, "FW_RULE_STATS")?)?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let slots = (0..c.rules.len() as u32).chain([DEFAULT_SLOT]);
-        for rule in slots {
-            let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus])?;
-            stats.set(rule_slot(generation, rule), zero, 0)?;
-        }
-    }
-    let mut rules: HashMap<&mut MapData, FlowKey, RuleRef> =
-        HashMap::try_from(map_mut(ebpf, "FW_RULES")?)?;
-    for (key, &rule) in &c.entries {
-        let mut key = *key;
-        key.tuple |= generation << 16;
-        rules.insert(key, RuleRef { rule, _pad: 0 }, 0)?;
-    }
-    Ok(())
+    let slots: Vec<u32> = (0..c.rules.len() as u32)
+        .map(|i| rule_slot(generation, i))
+        .collect();
+    let metas: Vec<RuleMeta> = c
+        .rules
+        .iter()
+        .map(|m| RuleMeta {
+            rate_epoch: epoch,
+            ..*m
+        })
+        .collect();
+    maps::update_batch(maps::data(map(ebpf, "FW_RULE_META")?)?, &slots, &metas)?;
+    // Every CPU's counters of every rule (and the default) start at zero: one value per CPU
+    // per slot, as the per-CPU batch layout has it.
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let stat_slots: Vec<u32> = (0..c.rules.len() as u32)
+        .chain([DEFAULT_SLOT])
+        .map(|rule| rule_slot(generation, rule))
+        .collect();
+    const _: () = assert!(size_of::<RuleStats>().is_multiple_of(8));
+    let zeros = vec![RuleStats::default(); stat_slots.len() * cpus];
+    maps::update_batch(maps::data(map(ebpf, "FW_RULE_STATS")?)?, &stat_slots, &zeros)?;
+    let (keys, refs): (Vec<FlowKey>, Vec<RuleRef>) = c
+        .entries
+        .iter()
+        .map(|(key, &rule)| {
+            let mut key = *key;
+            key.tuple |= generation << 16;
+            (key, RuleRef { rule, _pad: 0 })
+        })
+        .collect();
+    maps::update_batch(maps::data(map(ebpf, "FW_RULES")?)?, &keys, &refs)
 }
