@@ -102,9 +102,8 @@ pub fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K]) -> Result<()> {
 /// # Errors
 /// When the kernel refuses the lookup.
 pub fn keys_batch<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<K>> {
-    let (keys, _) =
-        pin::map_entries_batch(fd(map), size_of::<K>(), size_of::<V>(), BATCH as u32)
-            .map_err(|e| anyhow!("reading map keys: {e}"))?;
+    let (keys, _) = pin::map_entries_batch(fd(map), size_of::<K>(), size_of::<V>(), BATCH as u32)
+        .map_err(|e| anyhow!("reading map keys: {e}"))?;
     Ok(keys
         .chunks_exact(size_of::<K>())
         // SAFETY: each chunk holds the bytes of one key, written by the kernel.

@@ -880,7 +880,10 @@ files = ["{}"]
     for (p, before) in [(1u32, 0u32), (2, 1), (3, 2), (0, 3)] {
         let started = Instant::now();
         fw.install(&policy(p));
-        eprintln!("install of {N} hosts and {N} names: {:?}", started.elapsed());
+        eprintln!(
+            "install of {N} hosts and {N} names: {:?}",
+            started.elapsed()
+        );
         assert_eq!(
             count(&fw),
             (2 * N as usize, 2 * N as usize),

@@ -12,7 +12,6 @@ use palisade_common::{
             SCOPE_BLOCK_MALFORMED, SCOPE_EGRESS, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPE_RATE,
             SCOPES, ScopeConfig,
         },
-        wire::MAX_LABELS,
     },
     firewall::{MAX_RATE, gcra},
 };
@@ -268,7 +267,8 @@ fn entry_value(
 /// The map key of a name entry's suffix hash.
 #[must_use]
 pub fn name_key(key: &HashKey, labels: &[Vec<u8>], scope: u8, kind: u8) -> NameKey {
-    let mut hashes = [(0u64, 0u64); MAX_LABELS];
+    // Only the whole name's hash is kept: a one-element output.
+    let mut hashes = [(0u64, 0u64); 1];
     suffix_hashes(key, labels.iter().map(Vec::as_slice), &mut hashes);
     let wire_len = labels.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
     NameKey {
@@ -319,8 +319,17 @@ pub fn compile(
         return Err(DnsCompileError::RateTooHigh { what, rate });
     }
     let mut out = CompiledDns::default();
+    // At most this many keys (fewer when entries share one).
+    let keys: usize = [dns.ingress.as_ref(), dns.egress.as_ref().map(|e| &e.scope)]
+        .into_iter()
+        .flatten()
+        .flat_map(|s| &s.lists)
+        .map(|&l| 2 * dns.lists[l].entries.len())
+        .sum();
+    out.names.reserve(keys.min(2 * MAX_NAME_KEYS));
     // Where each key's first entry came from: (list, line), for conflict messages.
-    let mut origin: HashMap<NameKey, (usize, usize), KeyHash> = HashMap::default();
+    let mut origin: HashMap<NameKey, (usize, usize), KeyHash> =
+        HashMap::with_capacity_and_hasher(keys.min(2 * MAX_NAME_KEYS), KeyHash);
     out.global.ports[..dns.ports.len()].copy_from_slice(&dns.ports);
     let budget = dns.answers;
     if budget.per_second > 0 {
@@ -355,8 +364,9 @@ pub fn compile(
                     NameMatch::Subdomains => &[KIND_BELOW],
                     NameMatch::ApexAndSubdomains => &[KIND_APEX, KIND_BELOW],
                 };
+                let apex = name_key(key, &e.labels, scope, KIND_APEX);
                 for &kind in kinds {
-                    let k = name_key(key, &e.labels, scope, kind);
+                    let k = NameKey { kind, ..apex };
                     let Some(old) = out.names.get_mut(&k) else {
                         out.names.insert(k, v);
                         origin.insert(k, (list, e.line));

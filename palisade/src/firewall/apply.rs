@@ -110,12 +110,9 @@ fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
     clear_hash::<SetKey, u8>(ebpf, "FW_SET_HOSTS", |k| {
         u32::from_be_bytes(k.set) >> 31 == generation
     })?;
-    clear_hash::<NameKey, NameValue>(ebpf, "DNS_NAMES", |k| {
-        u32::from(k.generation) == generation
-    })?;
+    clear_hash::<NameKey, NameValue>(ebpf, "DNS_NAMES", |k| u32::from(k.generation) == generation)?;
     // The trie has no batch operations: key by key (it holds only the sets' prefixes).
-    let mut sets: LpmTrie<&mut MapData, SetKey, u8> =
-        LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
+    let mut sets: LpmTrie<&mut MapData, SetKey, u8> = LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
     let stale: Vec<Key<SetKey>> = sets
         .keys()
         .filter_map(Result::ok)
@@ -249,7 +246,11 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, epoch: u32, c: &CompiledFirewal
         .collect();
     const _: () = assert!(size_of::<RuleStats>().is_multiple_of(8));
     let zeros = vec![RuleStats::default(); stat_slots.len() * cpus];
-    maps::update_batch(maps::data(map(ebpf, "FW_RULE_STATS")?)?, &stat_slots, &zeros)?;
+    maps::update_batch(
+        maps::data(map(ebpf, "FW_RULE_STATS")?)?,
+        &stat_slots,
+        &zeros,
+    )?;
     let (keys, refs): (Vec<FlowKey>, Vec<RuleRef>) = c
         .entries
         .iter()
