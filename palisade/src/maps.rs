@@ -96,17 +96,31 @@ pub fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K]) -> Result<()> {
     Ok(())
 }
 
-/// Every key of a hash map (`K`, `V` its key and value types), read many at a time with
-/// `BPF_MAP_LOOKUP_BATCH` instead of one `get_next_key` syscall per key.
+/// The keys of a hash map (`K`, `V` its key and value types) that `keep` picks, read many at
+/// a time with `BPF_MAP_LOOKUP_BATCH` instead of one `get_next_key` syscall per key; only the
+/// kept keys are held.
 ///
 /// # Errors
 /// When the kernel refuses the lookup.
-pub fn keys_batch<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<K>> {
-    let (keys, _) = pin::map_entries_batch(fd(map), size_of::<K>(), size_of::<V>(), BATCH as u32)
-        .map_err(|e| anyhow!("reading map keys: {e}"))?;
-    Ok(keys
-        .chunks_exact(size_of::<K>())
-        // SAFETY: each chunk holds the bytes of one key, written by the kernel.
-        .map(|k| unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<K>()) })
-        .collect())
+pub fn keys_batch<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    keep: impl Fn(&K) -> bool,
+) -> Result<Vec<K>> {
+    let mut kept = Vec::new();
+    pin::map_chunks_batch(
+        fd(map),
+        size_of::<K>(),
+        size_of::<V>(),
+        BATCH as u32,
+        |keys, _| {
+            kept.extend(
+                keys.chunks_exact(size_of::<K>())
+                    // SAFETY: each chunk holds the bytes of one key, written by the kernel.
+                    .map(|k| unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<K>()) })
+                    .filter(|k| keep(k)),
+            );
+        },
+    )
+    .map_err(|e| anyhow!("reading map keys: {e}"))?;
+    Ok(kept)
 }

@@ -570,6 +570,26 @@ pub fn map_entries_batch(
 ) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut keys = Vec::new();
     let mut values = Vec::new();
+    map_chunks_batch(fd, key_size, value_size, chunk, |k, v| {
+        keys.extend_from_slice(k);
+        values.extend_from_slice(v);
+    })?;
+    Ok((keys, values))
+}
+
+/// Reads a hash map `chunk` entries per `BPF_MAP_LOOKUP_BATCH` call and hands each chunk's
+/// keys and values (one after the other) to `f`, so a caller that keeps a few of them does
+/// not hold the whole map in memory.
+///
+/// # Errors
+/// As [`map_entries_batch`].
+pub fn map_chunks_batch(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    chunk: u32,
+    mut f: impl FnMut(&[u8], &[u8]),
+) -> io::Result<()> {
     let mut cursor = [0u64; 1];
     let mut first = true;
     let mut kbuf = vec![0u8; key_size * chunk as usize];
@@ -584,12 +604,11 @@ pub fn map_entries_batch(
         a.put_u32(32, chunk);
         a.put_u32(36, fd.as_raw_fd() as u32);
         let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
-        let n = a.get_u32(32) as usize;
-        keys.extend_from_slice(&kbuf[..n * key_size]);
-        values.extend_from_slice(&vbuf[..n * value_size]);
+        let n = (a.get_u32(32) as usize).min(chunk as usize);
+        f(&kbuf[..n * key_size], &vbuf[..n * value_size]);
         match r {
             Ok(_) => first = false,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((keys, values)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Err(e) => return Err(e),
         }
     }

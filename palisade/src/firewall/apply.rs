@@ -131,11 +131,8 @@ fn clear_hash<K: aya::Pod, V: aya::Pod>(
     stale: impl Fn(&K) -> bool,
 ) -> Result<()> {
     let m = maps::data(map(ebpf, name)?)?;
-    let keys: Vec<K> = maps::keys_batch::<K, V>(m)
-        .with_context(|| format!("reading {name}"))?
-        .into_iter()
-        .filter(|k| stale(k))
-        .collect();
+    let keys: Vec<K> =
+        maps::keys_batch::<K, V>(m, stale).with_context(|| format!("reading {name}"))?;
     maps::delete_batch(m, &keys).with_context(|| format!("clearing {name}"))
 }
 
