@@ -24,6 +24,11 @@ pub const DEFAULT_SLOT: u32 = MAX_RULES;
 pub const PORT_SPACE: u32 = 65_536;
 /// Named sets per generation.
 pub const MAX_SETS: u32 = 1024;
+/// Set members per generation that are single addresses (`FW_SET_HOSTS`), and members that are
+/// shorter prefixes (`FW_SETS`). Each map holds two generations' worth, so that the next policy
+/// is written next to the running one.
+pub const MAX_SET_HOSTS: u32 = 1 << 20;
+pub const MAX_SET_PREFIXES: u32 = 1 << 20;
 /// Generations of every policy map.
 pub const GENERATIONS: u32 = 2;
 

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use palisade_common::{
     event::EVENT_WAKEUP_BYTES,
     firewall::{
-        Control, FlowKey, GENERATIONS, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS,
-        RateKey, RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
+        Control, FlowKey, GENERATIONS, MAX_SET_HOSTS, MAX_SET_PREFIXES, MAX_SETS, MAX_TUPLES,
+        PORT_SPACE, PolicyHeader, RULE_SLOTS, RateKey, RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
     },
     reason, stats,
 };
@@ -47,14 +47,18 @@ pub static FW_DPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PO
 /// Members of every named set that are shorter prefixes than one address: key
 /// `(set id, family, address)`, prefix length `40 + stored bits`.
 #[map]
-pub static FW_SETS: LpmTrie<SetKey, u8> =
-    LpmTrie::with_max_entries(2 * 1024 * 1024, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+pub static FW_SETS: LpmTrie<SetKey, u8> = LpmTrie::with_max_entries(
+    GENERATIONS * MAX_SET_PREFIXES,
+    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+);
 
 /// Members of every named set that are single addresses (IPv4 /32, IPv6 /128): the same key,
 /// matched exactly. A hash lookup stays flat as a blocklist grows; a trie walk does not.
 #[map]
-pub static FW_SET_HOSTS: HashMap<SetKey, u8> =
-    HashMap::with_max_entries(2 * 1024 * 1024, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+pub static FW_SET_HOSTS: HashMap<SetKey, u8> = HashMap::with_max_entries(
+    GENERATIONS * MAX_SET_HOSTS,
+    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+);
 
 /// What each set holds (`SET_HOSTS`, `SET_PREFIXES`), `set_kind_slot(set id)`: a set without
 /// prefixes never walks the trie, one without hosts never probes the hash.
@@ -227,7 +231,8 @@ pub const EGRESS_SLOTS: u32 = 4;
 /// Scratch slots in all.
 pub const SCRATCH_SLOTS: u32 = SLOT_EGRESS + EGRESS_SLOTS;
 
-/// Tail-call targets of the XDP pipeline (see `docs/design/pipeline.md`).
+/// Tail-call targets of the XDP pipeline: the firewall tail-calls the connection tracker and
+/// the DNS inspector (see `docs/design/conntrack.md` and `docs/design/dns.md`).
 #[map]
 pub static XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(4, 0);
 

@@ -9,10 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use palisade_common::{
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, FRAGMENTS_DROP, FRAGMENTS_MATCH_L3, FlowKey,
-        MAX_RATE, MAX_RULES, MAX_SETS, MAX_TUPLES, POLICY_CT_TRACK, POLICY_LOG_DEFAULT,
-        POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED, POLICY_STATEFUL, PORT_SPACE, PolicyHeader,
-        RULE_LOG, RULE_RATE_PER_SOURCE, RuleMeta, TUPLE_CT_STATE, TUPLE_DPORT, TUPLE_DST_SET,
-        TUPLE_PROTO, TUPLE_SPORT, TUPLE_SRC_SET, Tuple, gcra,
+        MAX_RATE, MAX_RULES, MAX_SET_HOSTS, MAX_SET_PREFIXES, MAX_SETS, MAX_TUPLES,
+        POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED,
+        POLICY_STATEFUL, PORT_SPACE, PolicyHeader, RULE_LOG, RULE_RATE_PER_SOURCE, RuleMeta,
+        TUPLE_CT_STATE, TUPLE_DPORT, TUPLE_DST_SET, TUPLE_PROTO, TUPLE_SPORT, TUPLE_SRC_SET, Tuple,
+        gcra,
     },
     packet::{FAMILY_V4, FAMILY_V6},
 };
@@ -43,6 +44,16 @@ pub enum CompileError {
     TooManyEntries { rule: String, line: usize },
     #[error("{count} sets; at most {MAX_SETS} are supported")]
     TooManySets { count: usize },
+    /// More set members than one generation's share of the set maps.
+    #[error(
+        "the sets hold {count} {what} in all; at most {limit} are supported, so that the next \
+         policy can be written next to the running one"
+    )]
+    TooManySetMembers {
+        count: usize,
+        what: &'static str,
+        limit: u32,
+    },
     #[error(
         "`stateful = true` needs connection tracking, but [conntrack] turns it off \
          (enabled = false)"
@@ -275,6 +286,24 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         return Err(CompileError::TooManySets {
             count: policy.sets.len(),
         });
+    }
+    let members = policy.sets.iter().flat_map(|s| &s.entries);
+    let hosts = members
+        .clone()
+        .filter(|m| m.stored_prefix_len() == 128)
+        .count();
+    let prefixes = members.count() - hosts;
+    for (count, what, limit) in [
+        (hosts, "single addresses", MAX_SET_HOSTS),
+        (
+            prefixes,
+            "prefixes shorter than one address",
+            MAX_SET_PREFIXES,
+        ),
+    ] {
+        if count > limit as usize {
+            return Err(CompileError::TooManySetMembers { count, what, limit });
+        }
     }
     let sports = PortClasses::new(fw.rules.iter().filter_map(|r| r.src_ports));
     let dports = PortClasses::new(fw.rules.iter().filter_map(dport_range));
@@ -1258,6 +1287,45 @@ mod tests {
             compile(&policy(vec![], sets)),
             Err(CompileError::TooManySets {
                 count: MAX_SETS as usize + 1
+            })
+        );
+    }
+
+    /// Set members beyond one generation's share of the set maps are refused, counted over
+    /// every set, hosts and prefixes each against their own map.
+    #[test]
+    fn set_members_beyond_a_generations_share_are_refused() {
+        fn refs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let addr = |a: u32, i: u32| format!("{a}.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255);
+        let hosts: Vec<String> = (0..=MAX_SET_HOSTS).map(|i| addr(10, i)).collect();
+        let half = hosts.len() / 2;
+        // Split over two sets: the limit is on the sum.
+        let sets = vec![
+            set("a", &refs(&hosts[..half])),
+            set("b", &refs(&hosts[half..])),
+        ];
+        assert_eq!(
+            compile(&policy(vec![], sets)).map(|_| ()),
+            Err(CompileError::TooManySetMembers {
+                count: MAX_SET_HOSTS as usize + 1,
+                what: "single addresses",
+                limit: MAX_SET_HOSTS
+            })
+        );
+        // At the limit it compiles.
+        let sets = vec![set("a", &refs(&hosts[..MAX_SET_HOSTS as usize]))];
+        assert!(compile(&policy(vec![], sets)).is_ok());
+        let prefixes: Vec<String> = (0..=MAX_SET_PREFIXES)
+            .map(|i| addr(11, 2 * i).replace("/32", "/31"))
+            .collect();
+        assert_eq!(
+            compile(&policy(vec![], vec![set("p", &refs(&prefixes))])).map(|_| ()),
+            Err(CompileError::TooManySetMembers {
+                count: MAX_SET_PREFIXES as usize + 1,
+                what: "prefixes shorter than one address",
+                limit: MAX_SET_PREFIXES
             })
         );
     }
