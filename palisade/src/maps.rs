@@ -44,6 +44,14 @@ pub fn data(m: &Map) -> Result<&MapData> {
     }
 }
 
+/// The kernel object behind the map called `name` (see [`data`]).
+///
+/// # Errors
+/// When there is no such map, or it is of another kind.
+pub fn data_of<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
+    data(map(ebpf, name)?)
+}
+
 /// Entries per batch syscall: large enough that the syscalls cost nothing next to the work,
 /// small enough that one call does not hold the CPU for long.
 const BATCH: usize = 65_536;

@@ -869,7 +869,7 @@ files = ["{}"]
     };
     // Entries held by the host hash and the name map.
     let count = |fw: &Fw| -> (usize, usize) {
-        let m = |n| maps::data(fw.bench.ebpf.map(n).expect("map")).expect("map data");
+        let m = |n| maps::data_of(&fw.bench.ebpf, n).expect("map data");
         let hosts = maps::keys_batch::<SetKey, u8>(m("FW_SET_HOSTS"), |_| true).expect("hosts");
         let names =
             maps::keys_batch::<NameKey, NameValue>(m("DNS_NAMES"), |_| true).expect("names");

@@ -263,7 +263,7 @@ fn over_budget(a: &mut AggScratch, s: &Scratch, slot: u32) -> u8 {
         v.qtype = a.qtype;
         v.list = a.list;
         v.generation = a.generation;
-        copy_name(&s.name, &mut v.name);
+        copy_name_words(&s.name, &mut v.name, a.wire_len);
         let _ = DNS_EVENT_NAMES.insert(&k.name, v, u64::from(BPF_NOEXIST));
         seen.named = 1;
     }
@@ -365,6 +365,8 @@ const _: () = assert!(
         && core::mem::offset_of!(DnsEvent, comm) % 4 == 0
         && core::mem::offset_of!(DnsEvent, name) % 8 == 0
         && core::mem::align_of::<DnsEvent>() == 8
+        && core::mem::offset_of!(DnsAggNameInfo, name) % 8 == 0
+        && core::mem::align_of::<DnsAggNameInfo>() == 8
 );
 
 /// Stores 16 bytes as four words. The source and the destination are different map values
@@ -383,7 +385,8 @@ fn put16(to: &mut [u8; 16], words: [u32; 4]) {
 }
 
 /// Copies the words of a name that hold its first `len` bytes (all 32 words when `len` is
-/// 256 or more), in aligned 8-byte stores: `to` must be 8-aligned (the event's name is).
+/// 256 or more), in aligned 8-byte stores: `to` must be 8-aligned (the event's and the
+/// aggregated name's are). Readers take only the first `len` bytes.
 #[inline(always)]
 fn copy_name_words(from: &[u8; 256], to: &mut [u8; 256], len: u16) {
     let from = from.as_ptr().cast::<u64>();
@@ -396,19 +399,6 @@ fn copy_name_words(from: &[u8; 256], to: &mut [u8; 256], len: u16) {
         }
         // SAFETY: word `i < 32` of both 256-byte arrays, both 8-aligned.
         unsafe { to.add(i).write(from.add(i).read()) };
-        i += 1;
-    }
-}
-
-/// Copies a 256-byte name by words: a plain array assignment would stage it on the stack.
-#[inline(always)]
-fn copy_name(from: &[u8; 256], to: &mut [u8; 256]) {
-    let from = from.as_ptr().cast::<u64>();
-    let to = to.as_mut_ptr().cast::<u64>();
-    let mut i = 0;
-    while i < 32 {
-        // SAFETY: 32 words inside both 256-byte arrays.
-        unsafe { to.add(i).write_unaligned(from.add(i).read_unaligned()) };
         i += 1;
     }
 }

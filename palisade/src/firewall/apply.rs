@@ -130,7 +130,7 @@ fn clear_hash<K: aya::Pod, V: aya::Pod>(
     name: &str,
     stale: impl Fn(&K) -> bool,
 ) -> Result<()> {
-    let m = maps::data(map(ebpf, name)?)?;
+    let m = maps::data_of(ebpf, name)?;
     let keys: Vec<K> =
         maps::keys_batch::<K, V>(m, stale).with_context(|| format!("reading {name}"))?;
     maps::delete_batch(m, &keys).with_context(|| format!("clearing {name}"))
@@ -151,7 +151,7 @@ fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> 
             (k, *v)
         })
         .unzip();
-    maps::update_batch(maps::data(map(ebpf, "DNS_NAMES")?)?, &keys, &values)?;
+    maps::update_batch(maps::data_of(ebpf, "DNS_NAMES")?, &keys, &values)?;
     {
         let mut filters: Array<&mut MapData, NameFilter> =
             Array::try_from(map_mut(ebpf, "DNS_FILTER")?)?;
@@ -198,14 +198,14 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
         }
     }
     let ones = vec![1u8; hosts.len()];
-    maps::update_batch(maps::data(map(ebpf, "FW_SET_HOSTS")?)?, &hosts, &ones)?;
+    maps::update_batch(maps::data_of(ebpf, "FW_SET_HOSTS")?, &hosts, &ones)?;
     if let Some(k) = c.overload_set.and_then(|i| kinds.get_mut(i)) {
         *k |= SET_OVERLOAD;
     }
     let slots: Vec<u32> = (0..kinds.len() as u32)
         .map(|index| set_kind_slot(set_id(generation, index)))
         .collect();
-    maps::update_batch(maps::data(map(ebpf, "FW_SET_KIND")?)?, &slots, &kinds)
+    maps::update_batch(maps::data_of(ebpf, "FW_SET_KIND")?, &slots, &kinds)
 }
 
 fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
@@ -216,7 +216,7 @@ fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) ->
         let slots: Vec<u32> = (0..classes.len() as u32)
             .map(|port| generation * PORT_SPACE + port)
             .collect();
-        maps::update_batch(maps::data(map(ebpf, name)?)?, &slots, classes)?;
+        maps::update_batch(maps::data_of(ebpf, name)?, &slots, classes)?;
     }
     Ok(())
 }
@@ -233,7 +233,7 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, epoch: u32, c: &CompiledFirewal
             ..*m
         })
         .collect();
-    maps::update_batch(maps::data(map(ebpf, "FW_RULE_META")?)?, &slots, &metas)?;
+    maps::update_batch(maps::data_of(ebpf, "FW_RULE_META")?, &slots, &metas)?;
     // Every CPU's counters of every rule (and the default) start at zero: one value per CPU
     // per slot, as the per-CPU batch layout has it.
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
@@ -243,11 +243,7 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, epoch: u32, c: &CompiledFirewal
         .collect();
     const _: () = assert!(size_of::<RuleStats>().is_multiple_of(8));
     let zeros = vec![RuleStats::default(); stat_slots.len() * cpus];
-    maps::update_batch(
-        maps::data(map(ebpf, "FW_RULE_STATS")?)?,
-        &stat_slots,
-        &zeros,
-    )?;
+    maps::update_batch(maps::data_of(ebpf, "FW_RULE_STATS")?, &stat_slots, &zeros)?;
     let (keys, refs): (Vec<FlowKey>, Vec<RuleRef>) = c
         .entries
         .iter()
@@ -257,5 +253,5 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, epoch: u32, c: &CompiledFirewal
             (key, RuleRef { rule, _pad: 0 })
         })
         .collect();
-    maps::update_batch(maps::data(map(ebpf, "FW_RULES")?)?, &keys, &refs)
+    maps::update_batch(maps::data_of(ebpf, "FW_RULES")?, &keys, &refs)
 }
