@@ -957,6 +957,21 @@ pub fn tcp_open(s: &Segment, hook: u8) -> Option<(u8, u8, CtDir)> {
     None
 }
 
+/// Starts a TCP entry from the ACK that brought back a valid SYN cookie (the shield's
+/// handshake, answered from XDP, left no entry): established, with the windows learned as
+/// for a pickup (the handshake's SYN-ACK was never seen here). `None` for anything but an
+/// ACK without SYN or RST.
+#[inline(always)]
+#[must_use]
+pub fn tcp_open_cookie(s: &Segment) -> Option<(u8, CtDir)> {
+    if !valid_flags(s.flags) || s.flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
+        return None;
+    }
+    let mut d = CtDir::default();
+    open_dir(&mut d, s);
+    Some((TCP_ESTABLISHED, d))
+}
+
 /// One TCP segment of a tracked flow; `reply` is true when it comes from the responder.
 /// Returns the state bit the packet is classified as; the entry is updated only for packets
 /// that are not invalid.

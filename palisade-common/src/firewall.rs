@@ -70,6 +70,8 @@ pub const POLICY_LOG_FRAGMENTS: u8 = 4;
 pub const POLICY_CT_TRACK: u8 = 8;
 /// [`PolicyHeader::flags`]: accept established and related packets before the rules.
 pub const POLICY_STATEFUL: u8 = 16;
+/// Some shield of `[shield]` is on (its settings are in `SHIELD_CONFIG`).
+pub const POLICY_SHIELD: u8 = 32;
 
 /// Global control word: which generation the datapath uses.
 #[repr(C)]

@@ -13,6 +13,7 @@ pub mod event;
 pub mod firewall;
 pub mod packet;
 pub mod reason;
+pub mod shield;
 pub mod stats;
 
 /// Implements `aya::Pod` for map types when the `user` feature is on, and checks the size

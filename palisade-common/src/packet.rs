@@ -118,7 +118,9 @@ pub struct Packet {
     /// Connection-tracking state bit (`conntrack::STATE_*`) once the tracker has classified
     /// the packet; 0 before (the parser leaves it 0).
     pub ct_state: u8,
-    pub _pad: u8,
+    /// A reason code (`reason::SHIELD_*`) when a shield condemned the packet in the tracker's
+    /// stage; the rules stage drops it before any rule. 0 otherwise (the parser leaves it 0).
+    pub shield: u8,
 }
 
 impl Packet {
@@ -224,7 +226,7 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
         l4_offset: (off + ihl) as u16,
         l4_len: (total - ihl) as u16,
         ct_state: 0,
-        _pad: 0,
+        shield: 0,
     };
     parse_l4(b, &mut p)?;
     Ok(p)
@@ -302,7 +304,7 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
         l4_offset: l4 as u16,
         l4_len: (payload - ext_len) as u16,
         ct_state: 0,
-        _pad: 0,
+        shield: 0,
     };
     parse_l4(b, &mut p)?;
     Ok(p)

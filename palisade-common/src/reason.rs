@@ -66,8 +66,16 @@ pub const DNS_ANSWER_BUDGET: u32 = 20;
 /// handshake was not seen). See `dns::stream`.
 pub const DNS_STREAM: u32 = 21;
 
+/// A TCP segment of no tracked flow that is not a valid SYN-cookie ACK, or a segment outside
+/// the windows of a tracked flow (`[shield] tcp_invalid = "drop"`): ACK, RST and FIN floods.
+pub const SHIELD_TCP_INVALID: u32 = 22;
+
+/// A UDP datagram from a reflector port (`[shield] amplification_ports`) that answers nothing
+/// this host sent: reflected amplification.
+pub const SHIELD_AMPLIFICATION: u32 = 23;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 22;
+pub const COUNT: u32 = 24;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -93,6 +101,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-group-address",
     "dns-answer-budget",
     "dns-stream",
+    "shield-tcp-invalid",
+    "shield-amplification",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

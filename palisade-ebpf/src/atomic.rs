@@ -27,3 +27,16 @@ pub unsafe fn exchange(dst: *mut u64, new: u64) -> u64 {
     // SAFETY: as the caller promises.
     unsafe { atomic_xchg::<u64, { AtomicOrdering::AcqRel }>(dst, new) }
 }
+
+/// Adds `v` to `*dst` (one `BPF_XADD`; its old value is not returned: the instruction set
+/// this builds for has no fetching add).
+///
+/// # Safety
+/// As for [`compare_exchange`].
+#[inline(always)]
+pub unsafe fn add(dst: *mut u64, v: u64) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v);
+    }
+}

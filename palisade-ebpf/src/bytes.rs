@@ -102,6 +102,24 @@ impl XdpFrame {
     }
 }
 
+impl XdpFrame {
+    /// Bytes in the frame.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// A pointer to the `N` bytes at `offset`, for helpers that read a header in place;
+    /// `None` when they are not all inside the frame.
+    #[inline(always)]
+    pub fn ptr<const N: usize>(&self, offset: usize) -> Option<*mut u8> {
+        if self.start + offset + N > self.end {
+            return None;
+        }
+        Some((self.start + offset) as *mut u8)
+    }
+}
+
 impl Bytes for XdpFrame {
     #[inline(always)]
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {

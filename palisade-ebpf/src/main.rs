@@ -19,6 +19,7 @@ mod ct;
 mod dns;
 mod firewall;
 mod maps;
+mod shield;
 mod verdict;
 
 use aya_ebpf::{
@@ -61,6 +62,13 @@ pub fn palisade_ct_ingress(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn palisade_rules(ctx: XdpContext) -> u32 {
     firewall::run_rules(&ctx)
+}
+
+/// The SYN-cookie answer of the SYN shield; entered by tail call from the rules when they
+/// allowed a SYN to a port whose cookies are engaged.
+#[xdp]
+pub fn palisade_syncookie(ctx: XdpContext) -> u32 {
+    shield::syncookie::run(&ctx)
 }
 
 /// Connection tracking of what the host sends on the guarded interfaces (TC egress). Never

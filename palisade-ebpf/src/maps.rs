@@ -242,6 +242,35 @@ pub const TAIL_DNS: u32 = 0;
 pub const TAIL_CT: u32 = 1;
 /// Slot of the rules stage that follows the tracker.
 pub const TAIL_RULES: u32 = 2;
+/// Slot of the SYN-cookie answer (`shield::syncookie`).
+pub const TAIL_SYNCOOKIE: u32 = 3;
+
+// ---- Shields ----
+
+use palisade_common::shield::{LISTENER_SLOTS, PORT_SLOTS, PortState, SH_COUNT, ShieldConfig};
+
+/// Shield settings, one slot per policy generation (`[shield]`).
+#[map]
+pub static SHIELD_CONFIG: Array<ShieldConfig> = Array::with_max_entries(GENERATIONS, 0);
+
+/// The SYN rate and engagement of each destination port slot, shared by every CPU so the
+/// rate that engages cookies is the host's, not one CPU's (128 KiB).
+#[map]
+pub static SHIELD_PORTS: Array<PortState> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// When a SYN last went on to the stack while cookies were engaged, per destination address
+/// and port hash (32 KiB).
+#[map]
+pub static SHIELD_LISTENERS: Array<u64> = Array::with_max_entries(LISTENER_SLOTS, 0);
+
+/// Shield counters (`palisade_common::shield::SH_*`).
+#[map]
+pub static SHIELD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SH_COUNT, 0);
+
+/// Where the SYN-cookie answer is put together (one per CPU).
+#[map]
+pub static SHIELD_SCRATCH: PerCpuArray<crate::shield::syncookie::Scratch> =
+    PerCpuArray::with_max_entries(1, 0);
 
 // ---- Connection tracking ----
 

@@ -425,6 +425,12 @@ impl Daemon {
     /// Writes `policy` into the kernel in one generation switch and makes it the daemon's
     /// model. Nothing changes when it fails.
     fn install(&mut self, policy: &Policy) -> Result<u32> {
+        if policy.shield.syn_on() {
+            // The kernel must take the cookies back (see `shield::SYN_SYSCTLS`).
+            for note in crate::shield::prepare_host(std::path::Path::new("/proc/sys"))? {
+                eprintln!("palisade: {note}");
+            }
+        }
         self.totals.before_install(&self.dp.ebpf);
         match guard::install(&mut self.dp.ebpf, policy) {
             Ok(ctl) => {

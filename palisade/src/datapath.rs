@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     attach::{self, Mode},
     conntrack::carry,
-    guard::{CT_INGRESS, DNS_EGRESS, DNS_INGRESS, FIREWALL, RULES, TAILS},
+    guard::{CT_INGRESS, DNS_EGRESS, DNS_INGRESS, FIREWALL, RULES, SYNCOOKIE, TAILS},
     loader,
     maps::map_mut,
     pin::{self, Layout, LinkPin, Mounted, PinLock},
@@ -47,12 +47,13 @@ use crate::{
 
 /// Every XDP program, loaded and pinned together: the firewall (attached), the DNS
 /// inspector, then the other stages and the sweep.
-const XDP_PROGRAMS: [&str; 5] = [
+const XDP_PROGRAMS: [&str; 6] = [
     FIREWALL,
     DNS_INGRESS,
     CT_INGRESS,
     RULES,
     crate::conntrack::SWEEP,
+    SYNCOOKIE,
 ];
 /// The egress tracker (TC).
 const CT_EGRESS: &str = crate::conntrack::EGRESS;

@@ -22,8 +22,15 @@ pub const DNS_EGRESS: &str = "palisade_dns_egress";
 pub const CT_INGRESS: &str = "palisade_ct_ingress";
 /// The XDP rules stage after the tracker.
 pub const RULES: &str = "palisade_rules";
+/// The XDP SYN-cookie answer of the SYN shield, entered by tail call from the rules.
+pub const SYNCOOKIE: &str = "palisade_syncookie";
 /// Slots of `XDP_TAILS` and their programs (see the kernel's `maps::TAIL_*`).
-pub const TAILS: [(u32, &str); 3] = [(0, DNS_INGRESS), (1, CT_INGRESS), (2, RULES)];
+pub const TAILS: [(u32, &str); 4] = [
+    (0, DNS_INGRESS),
+    (1, CT_INGRESS),
+    (2, RULES),
+    (3, SYNCOOKIE),
+];
 
 /// Compiles `policy` completely, then installs it. Nothing changes in the kernel unless the
 /// whole policy compiled.
@@ -38,6 +45,14 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
     // The tracker's timeouts apply at once (they are not part of a generation); the flows
     // themselves carry over every policy change.
     crate::conntrack::write_config(ebpf, &crate::policy::conntrack::ct_config(policy))?;
+    // The shields of the generation about to go live; the live one's stay as they are.
+    let idle = (apply::control(ebpf)?.active_gen ^ 1) & 1;
+    let shield = policy
+        .shield
+        .datapath(crate::shield::host_wscale(std::path::Path::new(
+            "/proc/sys",
+        )));
+    crate::shield::write_config(ebpf, idle, &shield)?;
     apply::install(ebpf, &firewall, &dns)
 }
 

@@ -22,5 +22,6 @@ pub mod maps;
 pub mod metrics;
 pub mod pin;
 pub mod policy;
+pub mod shield;
 pub mod stats;
 pub mod testrun;

@@ -55,6 +55,7 @@ impl Bench {
             DNS_INGRESS,
             crate::guard::CT_INGRESS,
             crate::guard::RULES,
+            crate::guard::SYNCOOKIE,
             crate::conntrack::SWEEP,
             "palisade_floor_pass",
             "palisade_floor_drop",

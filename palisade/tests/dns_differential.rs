@@ -564,6 +564,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         log_allowed: true,
     };
     let policy = Policy {
+        shield: palisade::shield::Shield::default(),
         firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
@@ -819,6 +820,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         log_allowed: false,
     };
     let policy = Policy {
+        shield: palisade::shield::Shield::default(),
         firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
@@ -1066,6 +1068,7 @@ fn fast_path_boundaries_decide_as_the_reference() {
             log_allowed: true,
         };
         let policy = Policy {
+            shield: palisade::shield::Shield::default(),
             firewall: Firewall::default(),
             sets: vec![],
             conntrack: palisade::policy::model::Conntrack::default(),

@@ -82,6 +82,7 @@ fn policy(
     list1: Vec<NameEntry>,
 ) -> Policy {
     Policy {
+        shield: palisade::shield::Shield::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

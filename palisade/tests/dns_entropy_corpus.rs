@@ -269,6 +269,7 @@ fn policy(bits: u32) -> Policy {
         })
         .collect();
     Policy {
+        shield: palisade::shield::Shield::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

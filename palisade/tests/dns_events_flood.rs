@@ -73,6 +73,7 @@ fn entry(text: &str) -> NameEntry {
 /// A blocklist on ingress dropping `names`, with the event budget `events`.
 fn policy(names: &[&str], events: DnsEvents) -> Policy {
     Policy {
+        shield: palisade::shield::Shield::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

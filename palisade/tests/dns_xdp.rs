@@ -131,6 +131,7 @@ fn blocklist() -> DnsScope {
 /// budget has its own test.
 fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Policy {
     Policy {
+        shield: palisade::shield::Shield::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -11,7 +11,7 @@ use palisade_common::{
     conntrack::{
         CS_ACCEPTED, HOOK_INGRESS, STATE_ESTABLISHED, STATE_NEW, STATE_OVER_LIMIT, STATE_RELATED,
     },
-    firewall::POLICY_STATEFUL,
+    firewall::{POLICY_SHIELD, POLICY_STATEFUL},
     stats,
 };
 
@@ -21,7 +21,7 @@ use crate::{
     maps::{
         CONTROL, CT_STATS, DNS_SCRATCH, FW_HEADER, SLOT_XDP, STATS, TAIL_RULES, XDP_TAILS, bump,
     },
-    verdict,
+    shield, verdict,
 };
 
 #[inline(always)]
@@ -38,12 +38,16 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: per-CPU handoff slot, written by the firewall stage of this very packet.
     let p = unsafe { &mut (*s).packet };
-    if !super::track(
+    let tracked = super::track(
         &XdpFrame::of(ctx),
         p,
         HOOK_INGRESS,
         ctx.ingress_ifindex() as u32,
-    ) {
+    );
+    if tracked && header.flags & POLICY_SHIELD != 0 {
+        shield::screen(ctx, p, generation);
+    }
+    if !tracked {
         // The tracker's maps are unreadable: the packet goes on unclassified.
         bump(&STATS, stats::INTERNAL);
     } else if header.flags & POLICY_STATEFUL != 0

@@ -17,11 +17,11 @@ use palisade_common::{
         CS_ESTABLISHED, CS_EXPIRED_LOOKUP_EST, CS_EXPIRED_LOOKUP_NEW, CS_INSERT_EST,
         CS_INSERT_FAIL_EST, CS_INSERT_FAIL_NEW, CS_INSERT_NEW, CS_INVALID, CS_NEW, CS_PICKUP,
         CS_PROMOTED, CS_RELATED, CS_REOPENED, CS_REOPENED_EST, CS_UNTRACKED, CtConfig, CtDir,
-        CtEntry, CtKey, ENTRY_LOCAL, ENTRY_ORIG_B, ENTRY_PICKUP, HOOK_EGRESS, IcmpKind,
-        OVER_MAX_PER_SOURCE, OVER_NEW_PER_SOURCE, STATE_ESTABLISHED, STATE_INVALID, STATE_NEW,
-        STATE_RELATED, SourceEntry, TCP_CLOSE, TCP_ESTABLISHED, TCP_TIME_WAIT, TIMEOUTS, UNREPLIED,
-        icmp_kind, is_validated, originator, other_step, quoted_flow, read_segment, tcp_open,
-        tcp_step, timeout_class,
+        CtEntry, CtKey, ENTRY_LOCAL, ENTRY_ORIG_B, ENTRY_PICKUP, HOOK_EGRESS, HOOK_INGRESS,
+        IcmpKind, OVER_MAX_PER_SOURCE, OVER_NEW_PER_SOURCE, STATE_ESTABLISHED, STATE_INVALID,
+        STATE_NEW, STATE_RELATED, SourceEntry, TCP_CLOSE, TCP_ESTABLISHED, TCP_TIME_WAIT, TIMEOUTS,
+        UNREPLIED, icmp_kind, is_validated, originator, other_step, quoted_flow, read_segment,
+        tcp_open, tcp_open_cookie, tcp_step, timeout_class,
     },
     packet::{
         Bytes, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, MAX_L4_OFFSET, Packet,
@@ -221,6 +221,30 @@ fn tcp<B: Bytes + ?Sized>(b: &B, p: &Packet, env: &mut Env<'_>) -> Option<u8> {
             None => STATE_INVALID,
         },
     })
+}
+
+/// Prepares the entry of a flow whose ACK carried a valid SYN cookie (see `shield`): an
+/// established pickup, inserted straight into the table of validated flows once the rules
+/// allow the packet. False when the segment cannot open one.
+#[inline(always)]
+pub fn open_from_cookie<B: Bytes + ?Sized>(b: &B, p: &Packet) -> bool {
+    let Some(pending) = CT_PENDING.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, see `track`.
+    let pending = unsafe { &mut *pending };
+    let Some(seg) = read_segment(b, p) else {
+        return false;
+    };
+    let Some((state, dir)) = tcp_open_cookie(&seg) else {
+        return false;
+    };
+    let t = now(pending);
+    let (key, swap) = CtKey::of(p, p.sport, p.dport);
+    arm(pending, &key, swap, state, dir, HOOK_INGRESS, 0, t, p);
+    pending.entry.flags |= ENTRY_PICKUP;
+    pending.validated = 1;
+    true
 }
 
 /// An ICMP error: related when the flow it quotes is tracked.

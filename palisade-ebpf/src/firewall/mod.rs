@@ -12,7 +12,7 @@ use palisade_common::{
         POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED,
         PolicyHeader, RULE_LOG, rule_slot,
     },
-    packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP},
+    packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
     reason, stats,
 };
 
@@ -21,8 +21,9 @@ use crate::{
     ct,
     maps::{
         CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS,
-        SLOT_XDP, STATS, TAIL_CT, TAIL_DNS, XDP_TAILS, bump,
+        SLOT_XDP, STATS, TAIL_CT, TAIL_DNS, TAIL_SYNCOOKIE, XDP_TAILS, bump,
     },
+    shield,
     verdict::{self, Decision, NO_RULE},
 };
 
@@ -118,6 +119,16 @@ pub fn run_rules(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: per-CPU slot written by the earlier stages of this packet.
     let p = unsafe { &(*s).packet };
+    if p.shield != 0 {
+        // Condemned by a shield in the tracker's stage.
+        let d = Decision {
+            reason: u32::from(p.shield),
+            rule: NO_RULE,
+            generation,
+            log: true,
+        };
+        return verdict::drop(ctx, Some(p), &d);
+    }
     if p.ct_state & STATE_OVER_LIMIT != 0 {
         let d = Decision {
             reason: reason::CT_LIMIT,
@@ -197,6 +208,17 @@ fn decide(
 #[inline(always)]
 pub fn allowed(ctx: &XdpContext, generation: u32, p: &packet::Packet, track: bool) -> u32 {
     if track {
+        if p.proto == IPPROTO_TCP
+            && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+            && p.frag != FRAG_LATER
+            && shield::answer_with_cookie(generation, p)
+        {
+            // Answered statelessly: the flow prepared for this SYN is not inserted.
+            // SAFETY: a tail call with this program's own context.
+            unsafe { XDP_TAILS.tail_call(ctx, TAIL_SYNCOOKIE) };
+            // Only reached when the stage is missing: the stack answers.
+            bump(&STATS, stats::INTERNAL);
+        }
         ct::commit();
     }
     if p.frag != FRAG_LATER

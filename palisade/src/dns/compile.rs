@@ -525,6 +525,7 @@ mod tests {
             log_allowed: false,
         };
         Policy {
+            shield: crate::shield::Shield::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

@@ -84,7 +84,7 @@ mod tests {
             frag: FRAG_NONE,
             tcp_flags: 0,
             ct_state,
-            _pad: 0,
+            shield: 0,
             src: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             dst: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
             sport: 5353,

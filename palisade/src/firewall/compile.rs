@@ -11,9 +11,9 @@ use palisade_common::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, FRAGMENTS_DROP, FRAGMENTS_MATCH_L3, FlowKey,
         MAX_RATE, MAX_RULES, MAX_SET_HOSTS, MAX_SET_PREFIXES, MAX_SETS, MAX_TUPLES,
         POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED,
-        POLICY_STATEFUL, PORT_SPACE, PolicyHeader, RULE_LOG, RULE_RATE_PER_SOURCE, RuleMeta,
-        TUPLE_CT_STATE, TUPLE_DPORT, TUPLE_DST_SET, TUPLE_PROTO, TUPLE_SPORT, TUPLE_SRC_SET, Tuple,
-        gcra,
+        POLICY_SHIELD, POLICY_STATEFUL, PORT_SPACE, PolicyHeader, RULE_LOG, RULE_RATE_PER_SOURCE,
+        RuleMeta, TUPLE_CT_STATE, TUPLE_DPORT, TUPLE_DST_SET, TUPLE_PROTO, TUPLE_SPORT,
+        TUPLE_SRC_SET, Tuple, gcra,
     },
     packet::{FAMILY_V4, FAMILY_V6},
 };
@@ -409,6 +409,9 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
     if fw.stateful {
         flags |= POLICY_STATEFUL;
     }
+    if policy.shield.any() && policy.tracks_connections() {
+        flags |= POLICY_SHIELD;
+    }
     let header = PolicyHeader {
         tuple_count: ordered.len() as u32,
         rule_count: fw.rules.len() as u32,
@@ -536,6 +539,7 @@ mod tests {
 
     fn policy(rules: Vec<Rule>, sets: Vec<IpSet>) -> Policy {
         Policy {
+            shield: crate::shield::Shield::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -575,7 +579,7 @@ mod tests {
             frag: FRAG_NONE,
             tcp_flags: 0,
             ct_state: 0,
-            _pad: 0,
+            shield: 0,
             src: stored(src),
             dst: stored(dst),
             sport,
@@ -1967,6 +1971,7 @@ mod tests {
                         rules.push(rule);
                     }
                     Policy {
+                        shield: crate::shield::Shield::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2091,6 +2096,7 @@ mod tests {
                     })
                     .collect();
                 Policy {
+                    shield: crate::shield::Shield::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,
@@ -2392,7 +2398,7 @@ mod tests {
             frag: s.frag,
             tcp_flags,
             ct_state,
-            _pad: 0,
+            shield: 0,
             src,
             dst,
             sport,

@@ -152,7 +152,7 @@ mod tests {
             frag: FRAG_NONE,
             tcp_flags: 0,
             ct_state,
-            _pad: 0,
+            shield: 0,
             src: v4_mapped([192, 0, 2, 1]),
             dst: v4_mapped([198, 51, 100, 1]),
             sport: 40000,

@@ -270,6 +270,27 @@
 //!
 //! Every timeout is an integer number of seconds from `1` to `2592000` (30 days).
 //!
+//! # Shields
+//!
+//! `[shield]` turns on DDoS shields in XDP (see `docs/design/shield.md`); each needs
+//! connection tracking and turns it on.
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `syn_ports` | non-empty list of ports and `"LO-HI"` ranges whose SYNs may be answered with SYN cookies from XDP | none |
+//! | `syn_cookies` | `"auto"` (when a port's SYN rate from all sources goes over `syn_rate`), `"on"` (always) or `"off"`; needs `syn_ports` | `"auto"` |
+//! | `syn_rate` | integer `1..=100000000`: SYNs per second to one port that engage cookies | `1000` |
+//! | `syn_hold` | integer `1..=86400`: seconds cookies stay engaged after the rate last went over | `10` |
+//! | `mss_v4`, `mss_v6` | the MSS the cookie SYN-ACK offers (`536..=8960`, `1220..=8940`) | `1460`, `1440` |
+//! | `wscale` | integer `0..=14`: the window scale the SYN-ACK offers | the host's (from `tcp_rmem` and `rmem_max`) |
+//! | `tcp_invalid` | `"drop"`: TCP segments of no flow (not a valid cookie ACK) and outside a flow's windows are dropped before the rules (reason `shield-tcp-invalid`); `"pass"` leaves them to the rules | `"pass"` |
+//! | `amplification` | boolean: UDP datagrams from `amplification_ports` that answer nothing this host sent are dropped (reason `shield-amplification`) | `false` |
+//! | `amplification_ports` | list of ports and ranges; needs `amplification = true` | `19, 53, 123, 161, 389, 1900, 3702, 11211` |
+//!
+//! With SYN cookies on, the daemon sets `net.ipv4.tcp_syncookies = 2` and
+//! `net.ipv4.tcp_timestamps = 2` in its network namespace: the kernel accepts the connections
+//! from the cookies, and needs both to take them back with the client's options.
+//!
 //! # Errors
 //!
 //! Every problem in the file is reported at once, each as `file:line:column: message`
@@ -297,6 +318,8 @@ use super::model::{
     Rule, SourcePrefix, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
+
+mod shield;
 use super::setfile::{family_name, parse_cidr, parse_set_file};
 
 /// The most rules a policy may hold, counted as written (before sets or lists expand).
@@ -708,7 +731,7 @@ impl<'n> TableView<'n> {
 // ---------------------------------------------------------------------------------------
 // Validation
 
-const TOP_KEYS: &[&str] = &["firewall", "sets", "dns", "conntrack"];
+const TOP_KEYS: &[&str] = &["firewall", "sets", "dns", "conntrack", "shield"];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
     "log_default",
@@ -1035,11 +1058,16 @@ impl Checker<'_> {
                 ..Dns::default()
             },
         };
+        let shield = match root.get("shield") {
+            Some(node) => self.shield(node, conntrack.disabled_at),
+            None => crate::shield::Shield::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
             dns,
             conntrack: conntrack.conntrack,
+            shield,
         })
     }
 
@@ -2843,6 +2871,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
         assert_eq!(
             policy,
             Policy {
+                shield: crate::shield::Shield::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,

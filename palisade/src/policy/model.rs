@@ -275,17 +275,21 @@ pub struct Policy {
     pub sets: Vec<IpSet>,
     pub dns: Dns,
     pub conntrack: Conntrack,
+    pub shield: crate::shield::Shield,
 }
 
 impl Policy {
-    /// Whether connections are tracked: `stateful = true`, a rule with `state`, or an enabled
-    /// `[conntrack]` section turns tracking on. A policy whose `[conntrack]` says
+    /// Whether connections are tracked: `stateful = true`, a rule with `state`, a shield, or an
+    /// enabled `[conntrack]` section turns tracking on. A policy whose `[conntrack]` says
     /// `enabled = false` is never tracked (the config checker rejects `stateful` and `state`
     /// with it, and the compiler refuses such a policy built in code).
     #[must_use]
     pub fn tracks_connections(&self) -> bool {
         self.conntrack.enabled
-            && (self.conntrack.present || self.firewall.stateful || self.uses_state())
+            && (self.conntrack.present
+                || self.firewall.stateful
+                || self.uses_state()
+                || self.shield.any())
     }
 
     /// Whether any rule has a `state` condition.
@@ -548,6 +552,7 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
+            shield: crate::shield::Shield::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),

@@ -289,6 +289,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
     }
     entries.push(namelist::entry("*.flood.example", false, 0)?);
     Ok(Policy {
+        shield: palisade::shield::Shield::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

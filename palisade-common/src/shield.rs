@@ -1,0 +1,445 @@
+//! DDoS shields: the `[shield]` settings as the datapath reads them, and the pieces of the
+//! SYN-cookie answer that the kernel programs and the userspace tests share (the client's
+//! options, the timestamp that carries them, the SYN-ACK's options).
+//!
+//! The answer follows the kernel's own SYN cookies exactly, because the kernel is what
+//! accepts the connection when the cookie comes back (see `docs/design/shield.md`): the
+//! cookie itself comes from `bpf_tcp_raw_gen_syncookie_ipv4/6` (the kernel's function and
+//! secret), and the client's window scale, SACK permission and ECN are kept in the low bits
+//! of the timestamp the SYN-ACK sends, as `cookie_init_timestamp` keeps them, so the kernel's
+//! `cookie_timestamp_decode` restores them from the client's echo.
+
+use crate::map_type;
+
+/// `ShieldConfig::flags`: SYN cookies for the ports in `syn_ports`.
+pub const SHIELD_SYN: u32 = 1;
+/// Cookies answer every SYN to those ports, whatever the rate (`syn_cookies = "on"`).
+pub const SHIELD_SYN_FORCE: u32 = 2;
+/// TCP segments of no tracked flow, and segments outside the windows of one, are dropped
+/// before the rules (`tcp_invalid = "drop"`): ACK, RST and FIN floods.
+pub const SHIELD_TCP_INVALID: u32 = 4;
+/// UDP datagrams from a port in `amp_ports` that answer nothing this host sent are dropped.
+pub const SHIELD_AMPLIFICATION: u32 = 8;
+
+/// Words of a port bitmap (65 536 bits).
+pub const PORT_WORDS: usize = 1024;
+
+/// One generation's shield settings (`SHIELD_CONFIG`, one slot per policy generation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShieldConfig {
+    pub flags: u32,
+    /// SYNs per second to one port, from all sources together, that engage cookies.
+    pub syn_rate: u32,
+    /// How long cookies stay engaged after the rate last went over `syn_rate`.
+    pub hold_ns: u64,
+    /// While engaged, one SYN per listener slot and this interval goes on to the stack, which
+    /// answers it with its own cookie: that keeps the listener accepting cookies (the kernel
+    /// takes them only within two minutes of sending one itself).
+    pub stack_every_ns: u64,
+    /// The MSS the SYN-ACK offers, by family.
+    pub mss_v4: u16,
+    pub mss_v6: u16,
+    /// The window scale the SYN-ACK offers: the one the kernel will pick for the socket it
+    /// makes from the cookie (`tcp_select_initial_window`), so both ends agree.
+    pub wscale: u8,
+    pub _pad: [u8; 3],
+    /// Destination ports with SYN cookies, one bit each.
+    pub syn_ports: [u64; PORT_WORDS],
+    /// Source ports of reflectors (`amplification_ports`), one bit each.
+    pub amp_ports: [u64; PORT_WORDS],
+}
+map_type!(ShieldConfig, 32 + 16 * PORT_WORDS);
+
+impl ShieldConfig {
+    /// No shield at all.
+    #[must_use]
+    pub const fn off() -> Self {
+        Self {
+            flags: 0,
+            syn_rate: 0,
+            hold_ns: 0,
+            stack_every_ns: 0,
+            mss_v4: 0,
+            mss_v6: 0,
+            wscale: 0,
+            _pad: [0; 3],
+            syn_ports: [0; PORT_WORDS],
+            amp_ports: [0; PORT_WORDS],
+        }
+    }
+}
+
+/// Whether `port`'s bit is set in a port bitmap.
+#[inline(always)]
+#[must_use]
+pub fn port_bit(map: &[u64; PORT_WORDS], port: u16) -> bool {
+    (map[usize::from(port >> 6) & (PORT_WORDS - 1)] >> (port & 63)) & 1 != 0
+}
+
+/// Sets `port`'s bit in a port bitmap.
+pub fn set_port_bit(map: &mut [u64; PORT_WORDS], port: u16) {
+    map[usize::from(port >> 6)] |= 1 << (port & 63);
+}
+
+/// Slots of `SHIELD_PORTS` (the SYN rate and engagement per destination port, shared by all
+/// CPUs; ports that collide modulo this share one).
+pub const PORT_SLOTS: u32 = 4096;
+/// Slots of `SHIELD_LISTENERS` (when a SYN last went on to the stack, per destination
+/// address and port hash).
+pub const LISTENER_SLOTS: u32 = 4096;
+
+/// The SYN rate of one port slot (`SHIELD_PORTS`), updated by every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortState {
+    /// Start of the current one-second window.
+    pub window_ns: u64,
+    /// SYNs in that window.
+    pub syns: u64,
+    /// Cookies stay engaged until this time.
+    pub engaged_until_ns: u64,
+    /// Times cookies were engaged by the rate (counted when an engagement starts).
+    pub engagements: u64,
+}
+map_type!(PortState, 32);
+
+/// Counters of `SHIELD_STATS` (per CPU).
+/// SYNs to a port with SYN cookies that the rules allowed.
+pub const SH_SYN: u32 = 0;
+/// SYN-ACKs with a cookie sent from XDP.
+pub const SH_COOKIE_SENT: u32 = 1;
+/// SYNs that went on to the stack while cookies were engaged, to keep the listener taking
+/// cookies.
+pub const SH_SYN_TO_STACK: u32 = 2;
+/// SYNs cookies could not answer (a header the helper refused): passed to the stack.
+pub const SH_COOKIE_UNANSWERED: u32 = 3;
+/// ACKs that carried a valid cookie: their flow is tracked from them on.
+pub const SH_COOKIE_VALID: u32 = 4;
+/// ACKs of no tracked flow to a port with SYN cookies whose cookie is not valid.
+pub const SH_COOKIE_INVALID: u32 = 5;
+/// TCP segments dropped as invalid (`tcp_invalid = "drop"`).
+pub const SH_TCP_INVALID_DROPPED: u32 = 6;
+/// UDP datagrams dropped as unsolicited replies from a reflector port.
+pub const SH_AMPLIFICATION_DROPPED: u32 = 7;
+/// Times cookies were engaged by the SYN rate.
+pub const SH_ENGAGED: u32 = 8;
+pub const SH_COUNT: u32 = 9;
+
+/// Names of the `SH_*` counters, as `stats`, `status` and the metrics show them.
+pub const SH_NAMES: [&str; SH_COUNT as usize] = [
+    "syn",
+    "cookies_sent",
+    "syn_to_stack",
+    "cookies_unanswered",
+    "cookies_valid",
+    "cookies_invalid",
+    "tcp_invalid_dropped",
+    "amplification_dropped",
+    "engaged",
+];
+
+pub const TCPOPT_EOL: u8 = 0;
+pub const TCPOPT_NOP: u8 = 1;
+pub const TCPOPT_MSS: u8 = 2;
+pub const TCPOPT_WSCALE: u8 = 3;
+pub const TCPOPT_SACK_PERM: u8 = 4;
+pub const TCPOPT_TIMESTAMP: u8 = 8;
+/// The largest window scale TCP allows (RFC 7323).
+pub const MAX_WSCALE: u8 = 14;
+/// Bytes of a TCP header with every option: the most a SYN can carry.
+pub const TCP_MAX_HEADER: usize = 60;
+
+/// What a SYN offered, as far as a cookie answer needs it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynOptions {
+    /// The window scale the client offered, `None` without the option.
+    pub wscale: Option<u8>,
+    pub sack: bool,
+    /// The client's timestamp, `None` without the option.
+    pub tsval: Option<u32>,
+}
+
+/// Reads the options of a SYN whose TCP header (`len` bytes, 20 to 60) is in `th`. A
+/// malformed option list ends the walk: what was read before it counts.
+#[inline(always)]
+#[must_use]
+pub fn syn_options(th: &[u8; TCP_MAX_HEADER], len: usize) -> SynOptions {
+    let mut o = SynOptions::default();
+    let mut skip = 0;
+    read_syn_options(th, len, &mut o, &mut skip);
+    o
+}
+
+/// [`syn_options`] into `o`, which starts cleared; `skip` holds the walk's count of bytes
+/// left in the option being passed over. The kernel passes map memory for both: what the
+/// walk found so far is then not in registers, where the verifier would tell the paths
+/// apart by it and walk each combination of option lengths and positions separately.
+#[inline(always)]
+pub fn read_syn_options(th: &[u8; TCP_MAX_HEADER], len: usize, o: &mut SynOptions, skip: &mut u8) {
+    *o = SynOptions::default();
+    let end = if len > TCP_MAX_HEADER {
+        TCP_MAX_HEADER
+    } else {
+        len
+    };
+    let at = |k: usize| th.get(k).copied().unwrap_or(TCPOPT_EOL);
+    // One step per byte, skipping the bytes of the option being read: the loop's only
+    // precise value is the position, so the verifier's states for one position merge.
+    // SAFETY (both volatile accesses): a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(skip, 0) };
+    let mut pos = 20usize;
+    while pos < TCP_MAX_HEADER {
+        if pos >= end {
+            break;
+        }
+        let left = unsafe { core::ptr::read_volatile(skip) };
+        if left > 0 {
+            unsafe { core::ptr::write_volatile(skip, left - 1) };
+            pos += 1;
+            continue;
+        }
+        let kind = at(pos);
+        if kind == TCPOPT_EOL {
+            break;
+        }
+        if kind == TCPOPT_NOP {
+            pos += 1;
+            continue;
+        }
+        let l = usize::from(at(pos + 1));
+        if l < 2 || pos + l > end {
+            break;
+        }
+        if kind == TCPOPT_WSCALE && l == 3 {
+            let v = at(pos + 2);
+            o.wscale = Some(if v > MAX_WSCALE { MAX_WSCALE } else { v });
+        } else if kind == TCPOPT_SACK_PERM && l == 2 {
+            o.sack = true;
+        } else if kind == TCPOPT_TIMESTAMP && l == 10 {
+            o.tsval = Some(u32::from_be_bytes([
+                at(pos + 2),
+                at(pos + 3),
+                at(pos + 4),
+                at(pos + 5),
+            ]));
+        }
+        unsafe { core::ptr::write_volatile(skip, (l - 1) as u8) };
+        pos += 1;
+    }
+}
+
+/// Low bits of a cookie timestamp: the client's window scale (`0xf` for none), then SACK and
+/// ECN (the kernel's `TS_OPT_*`).
+pub const TS_OPT_WSCALE_MASK: u32 = 0xf;
+pub const TS_OPT_SACK: u32 = 1 << 4;
+/// Bits of a cookie timestamp that carry options.
+pub const TS_OPT_BITS: u32 = 6;
+
+/// The timestamp a cookie SYN-ACK sends at `now_ms` (the TCP clock in milliseconds), carrying
+/// the client's options as the kernel's `cookie_init_timestamp` does: never later than the
+/// clock, so the connection's next timestamps do not go backwards.
+#[inline(always)]
+#[must_use]
+pub fn cookie_timestamp(now_ms: u32, o: &SynOptions) -> u32 {
+    let mut options = match o.wscale {
+        Some(w) => u32::from(w) & TS_OPT_WSCALE_MASK,
+        None => TS_OPT_WSCALE_MASK,
+    };
+    if o.sack {
+        options |= TS_OPT_SACK;
+    }
+    let mut ts = (now_ms >> TS_OPT_BITS << TS_OPT_BITS) | options;
+    if ts > now_ms {
+        ts = ts.wrapping_sub(1 << TS_OPT_BITS);
+    }
+    ts
+}
+
+/// Bytes of the largest options block [`synack_options`] writes.
+pub const SYNACK_OPTIONS_MAX: usize = 20;
+
+/// Writes the options of a cookie SYN-ACK into `out` and returns their length (a multiple of
+/// four), laid out as Linux lays out its own: MSS, then SACK permission and the timestamp,
+/// then the window scale. As the kernel's cookies do, a SYN without a timestamp gets the MSS
+/// alone: the options travel in the timestamp, and without one the kernel's socket will have
+/// none of them.
+#[inline(always)]
+pub fn synack_options(
+    o: &SynOptions,
+    mss: u16,
+    wscale: u8,
+    tsval: u32,
+    out: &mut [u8; SYNACK_OPTIONS_MAX],
+) -> usize {
+    let m = mss.to_be_bytes();
+    out[0] = TCPOPT_MSS;
+    out[1] = 4;
+    out[2] = m[0];
+    out[3] = m[1];
+    let Some(ecr) = o.tsval else {
+        return 4;
+    };
+    if o.sack {
+        out[4] = TCPOPT_SACK_PERM;
+        out[5] = 2;
+    } else {
+        out[4] = TCPOPT_NOP;
+        out[5] = TCPOPT_NOP;
+    }
+    out[6] = TCPOPT_TIMESTAMP;
+    out[7] = 10;
+    let v = tsval.to_be_bytes();
+    let e = ecr.to_be_bytes();
+    out[8] = v[0];
+    out[9] = v[1];
+    out[10] = v[2];
+    out[11] = v[3];
+    out[12] = e[0];
+    out[13] = e[1];
+    out[14] = e[2];
+    out[15] = e[3];
+    if o.wscale.is_none() {
+        return 16;
+    }
+    out[16] = TCPOPT_NOP;
+    out[17] = TCPOPT_WSCALE;
+    out[18] = 3;
+    out[19] = if wscale > MAX_WSCALE {
+        MAX_WSCALE
+    } else {
+        wscale
+    };
+    20
+}
+
+/// The ones'-complement sum of `data` (big-endian 16-bit words; an odd last byte is padded),
+/// added to `sum`, not folded.
+#[inline(always)]
+#[must_use]
+pub fn sum_words(data: &[u8], mut sum: u32) -> u32 {
+    let mut i = 0;
+    while i + 1 < data.len() {
+        sum += u32::from(u16::from_be_bytes([data[i], data[i + 1]]));
+        i += 2;
+    }
+    if i < data.len() {
+        sum += u32::from(data[i]) << 8;
+    }
+    sum
+}
+
+/// Folds a ones'-complement sum and complements it: the checksum field's value.
+#[inline(always)]
+#[must_use]
+pub const fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(options: &[u8]) -> ([u8; TCP_MAX_HEADER], usize) {
+        let mut th = [0u8; TCP_MAX_HEADER];
+        th[20..20 + options.len()].copy_from_slice(options);
+        (th, 20 + options.len())
+    }
+
+    #[test]
+    fn linux_syn_options_are_read() {
+        // MSS 1460, SACK permitted, timestamp 0x01020304/0, NOP, window scale 7.
+        let (th, len) = header(&[
+            2, 4, 5, 180, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 0, 1, 3, 3, 7,
+        ]);
+        let o = syn_options(&th, len);
+        assert_eq!(
+            o,
+            SynOptions {
+                wscale: Some(7),
+                sack: true,
+                tsval: Some(0x0102_0304)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_option_lists_stop_the_walk() {
+        // A zero length would loop forever if it were not refused.
+        let (th, len) = header(&[4, 2, 3, 0, 0, 0]);
+        assert_eq!(
+            syn_options(&th, len),
+            SynOptions {
+                sack: true,
+                ..SynOptions::default()
+            }
+        );
+        // An option running past the header is ignored.
+        let (th, len) = header(&[1, 1, 8, 10, 1, 2, 3, 4]);
+        assert_eq!(syn_options(&th, len), SynOptions::default());
+        // A window scale beyond 14 is taken as 14 (RFC 7323).
+        let (th, len) = header(&[3, 3, 200, 0]);
+        assert_eq!(syn_options(&th, len).wscale, Some(MAX_WSCALE));
+    }
+
+    #[test]
+    fn the_timestamp_carries_the_options_and_never_runs_ahead() {
+        let o = SynOptions {
+            wscale: Some(7),
+            sack: true,
+            tsval: Some(1),
+        };
+        let ts = cookie_timestamp(1_000_000, &o);
+        assert_eq!(ts & 0x3f, 7 | TS_OPT_SACK);
+        assert!(ts <= 1_000_000 && 1_000_000 - ts < 64);
+        let none = cookie_timestamp(1_000_000, &SynOptions::default());
+        assert_eq!(none & 0x3f, TS_OPT_WSCALE_MASK);
+        // Options bits above the clock's own low bits: one step back.
+        let ts = cookie_timestamp(0x1000_0040, &o);
+        assert_eq!(ts, 0x1000_0000 | 7 | TS_OPT_SACK);
+    }
+
+    #[test]
+    fn synack_options_follow_the_kernel() {
+        let mut out = [0u8; SYNACK_OPTIONS_MAX];
+        let full = SynOptions {
+            wscale: Some(9),
+            sack: true,
+            tsval: Some(0xaabb_ccdd),
+        };
+        let n = synack_options(&full, 1460, 7, 0x1122_3344, &mut out);
+        assert_eq!(
+            &out[..n],
+            &[
+                2, 4, 5, 180, 4, 2, 8, 10, 0x11, 0x22, 0x33, 0x44, 0xaa, 0xbb, 0xcc, 0xdd, 1, 3, 3,
+                7
+            ]
+        );
+        let no_ts = SynOptions {
+            tsval: None,
+            ..full
+        };
+        assert_eq!(synack_options(&no_ts, 1440, 7, 0, &mut out), 4);
+        assert_eq!(&out[..4], &[2, 4, 5, 160]);
+    }
+
+    #[test]
+    fn checksum_of_a_known_header() {
+        // RFC 1071's example words.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum_words(&data, 0)), !0xddf2);
+    }
+
+    #[test]
+    fn port_bitmaps() {
+        let mut m = [0u64; PORT_WORDS];
+        for p in [0u16, 53, 63, 64, 65535] {
+            set_port_bit(&mut m, p);
+            assert!(port_bit(&m, p));
+        }
+        assert!(!port_bit(&m, 52));
+        assert!(!port_bit(&m, 65534));
+    }
+}

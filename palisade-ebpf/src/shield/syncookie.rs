@@ -1,0 +1,309 @@
+//! The SYN-cookie answer: an XDP stage entered by tail call when the rules allowed a SYN
+//! that [`super::answer_with_cookie`] said to answer. The SYN becomes its SYN-ACK in place
+//! and leaves by the interface it came in on; nothing is kept, so a flood of spoofed SYNs
+//! costs no memory. The kernel accepts the connection when the client's ACK brings the
+//! cookie back (`docs/design/shield.md`).
+//!
+//! Fail-open: a SYN that cannot be answered here (a header the helper refuses, a frame that
+//! cannot be resized) goes on to the stack with its flow committed, as if cookies were off.
+
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6,
+        bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
+    },
+    programs::XdpContext,
+};
+use palisade_common::{
+    packet::{Bytes, FAMILY_V4, IPPROTO_TCP, Packet},
+    shield::{
+        SH_COOKIE_SENT, SH_COOKIE_UNANSWERED, SYNACK_OPTIONS_MAX, ShieldConfig, SynOptions,
+        TCP_MAX_HEADER, cookie_timestamp, fold, read_syn_options, synack_options,
+    },
+    stats,
+};
+
+use crate::{
+    bytes::XdpFrame,
+    ct,
+    maps::{
+        CONTROL, DNS_SCRATCH, SHIELD_CONFIG, SHIELD_SCRATCH, SHIELD_STATS, SLOT_XDP, STATS, bump,
+    },
+    verdict,
+};
+
+/// Bytes of the answer from its IP header on: an IPv6 header and a TCP header with every
+/// option the answer may carry.
+const OUT_MAX: usize = 40 + 20 + SYNACK_OPTIONS_MAX;
+
+/// Where the answer is put together (one per CPU): the helpers take the SYN's headers from
+/// here, where the verifier knows their size whatever the TCP header's length.
+#[repr(C)]
+pub struct Scratch {
+    /// The SYN's fixed IP header (20 bytes for IPv4, 40 for IPv6).
+    ip: [u8; 40],
+    /// The SYN's TCP header with its options.
+    th: [u8; TCP_MAX_HEADER],
+    /// The answer's IP and TCP headers.
+    out: [u8; OUT_MAX],
+    /// The answer's options, before they are placed.
+    opts: [u8; SYNACK_OPTIONS_MAX],
+    /// What the SYN offered.
+    syn: SynOptions,
+    /// The SYN's TCP header length, read back from here (see [`answer`]).
+    th_len: u32,
+    /// The option walk's position state (see `read_syn_options`).
+    skip: u8,
+    /// 1 once [`answer`] resized the frame and until it has written the answer.
+    resized: u32,
+}
+
+/// Offsets the verifier can bound (headers start far below this).
+const OFFSET_MASK: usize = 0xfff;
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let Some(control) = CONTROL.get(0) else {
+        return verdict::internal_error();
+    };
+    let Some(cfg) = SHIELD_CONFIG.get(control.active_gen & 1) else {
+        return verdict::internal_error();
+    };
+    let Some(s) = DNS_SCRATCH.get_ptr(SLOT_XDP) else {
+        return verdict::internal_error();
+    };
+    let Some(scratch) = SHIELD_SCRATCH.get_ptr_mut(0) else {
+        return verdict::internal_error();
+    };
+    // SAFETY: per-CPU slots: the packet handed over by the earlier stages of this packet,
+    // and this stage's own scratch.
+    let (p, scratch) = unsafe { (&(*s).packet, &mut *scratch) };
+    if answer(ctx, cfg, p, scratch) {
+        bump(&SHIELD_STATS, SH_COOKIE_SENT);
+        return verdict::tx();
+    }
+    if scratch.resized != 0 {
+        // The frame was resized but not rewritten: it is neither the SYN nor its answer.
+        bump(&STATS, stats::INTERNAL);
+        return verdict::drop_counted();
+    }
+    // Not answerable here: the stack answers it, and the tracker follows the flow.
+    bump(&SHIELD_STATS, SH_COOKIE_UNANSWERED);
+    ct::commit();
+    verdict::pass()
+}
+
+/// Turns the SYN into its cookie SYN-ACK. False when it cannot; the frame is then untouched
+/// unless `resized` says otherwise.
+#[inline(never)]
+fn answer(ctx: &XdpContext, cfg: &ShieldConfig, p: &Packet, s: &mut Scratch) -> bool {
+    s.resized = 0;
+    let frame = XdpFrame::of(ctx);
+    let v4 = p.family == FAMILY_V4;
+    let (l3, l4) = (
+        usize::from(p.l3_offset) & OFFSET_MASK,
+        usize::from(p.l4_offset) & OFFSET_MASK,
+    );
+    // The SYN's TCP header, with its options, into the scratch.
+    let Some(fixed) = frame.load::<20>(l4) else {
+        return false;
+    };
+    let th_len = usize::from(fixed[12] >> 4) * 4;
+    if th_len < 20 {
+        return false;
+    }
+    // Zeroed first: past the header's length the option walk finds end-of-list bytes, so it
+    // needs no bound of its own (which would multiply the verifier's states).
+    s.th = [0; TCP_MAX_HEADER];
+    let mut w = 0;
+    while w < TCP_MAX_HEADER / 4 {
+        if w * 4 >= th_len {
+            break;
+        }
+        let Some(word) = frame.load::<4>(l4 + w * 4) else {
+            return false;
+        };
+        if let Some(d) = s.th.get_mut(w * 4..w * 4 + 4) {
+            d.copy_from_slice(&word);
+        }
+        w += 1;
+    }
+    // Read back from memory: the verifier then knows only its bounds, not which of the
+    // eleven header lengths this path took, so the rest is verified once rather than for
+    // each of them.
+    s.th_len = th_len as u32;
+    // SAFETY: a field of the scratch, just written.
+    // Masked where it is read, so the bound the verifier needs is on the very register the
+    // helpers get.
+    let th_len = (unsafe { core::ptr::read_volatile(&raw const s.th_len) } & 0x3f) as usize;
+    if !(20..=TCP_MAX_HEADER).contains(&th_len) {
+        return false;
+    }
+    // The SYN's fixed IP header, and the cookie.
+    // SAFETY: the helpers read the headers from the scratch (40 and 60 bytes, more than they
+    // read); `th_len` is 20 to 60, the TCP header's own length, as they require.
+    let cookie = unsafe {
+        if v4 {
+            let Some(ip) = frame.load::<20>(l3) else {
+                return false;
+            };
+            s.ip[..20].copy_from_slice(&ip);
+            bpf_tcp_raw_gen_syncookie_ipv4(
+                s.ip.as_mut_ptr().cast(),
+                s.th.as_mut_ptr().cast(),
+                th_len as u32,
+            )
+        } else {
+            let Some(ip) = frame.load::<40>(l3) else {
+                return false;
+            };
+            s.ip = ip;
+            bpf_tcp_raw_gen_syncookie_ipv6(
+                s.ip.as_mut_ptr().cast(),
+                s.th.as_mut_ptr().cast(),
+                th_len as u32,
+            )
+        }
+    };
+    if cookie < 0 {
+        return false;
+    }
+    read_syn_options(&s.th, TCP_MAX_HEADER, &mut s.syn, &mut s.skip);
+    let o = s.syn;
+    // SAFETY: a helper with no preconditions. The TCP clock is the monotonic clock in
+    // milliseconds (with `tcp_timestamps = 2`, no offset per connection).
+    let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
+    let tsval = cookie_timestamp(now_ms, &o);
+    let mss = if v4 { cfg.mss_v4 } else { cfg.mss_v6 };
+    s.opts = [0; SYNACK_OPTIONS_MAX];
+    let opt_len = synack_options(&o, mss, cfg.wscale, tsval, &mut s.opts);
+    let tcp_len = 20 + opt_len;
+    let ip_len = if v4 { 20 } else { 40 };
+    // The IP header: addresses swapped, from the SYN's.
+    s.out = [0; OUT_MAX];
+    let seq = s.th[4..8].try_into().map_or(0, u32::from_be_bytes);
+    let mut sum = if v4 {
+        let total = ((ip_len + tcp_len) as u16).to_be_bytes();
+        let h = &mut s.out[..20];
+        h[0] = 0x45;
+        h[2] = total[0];
+        h[3] = total[1];
+        h[6] = 0x40; // don't fragment
+        h[8] = 64;
+        h[9] = IPPROTO_TCP;
+        h[12..16].copy_from_slice(&s.ip[16..20]);
+        h[16..20].copy_from_slice(&s.ip[12..16]);
+        let c = fold(sum20(h)).to_be_bytes();
+        h[10] = c[0];
+        h[11] = c[1];
+        pseudo_sum(&s.ip[12..20])
+    } else {
+        let payload = (tcp_len as u16).to_be_bytes();
+        let h = &mut s.out[..40];
+        h[0] = 0x60;
+        h[4] = payload[0];
+        h[5] = payload[1];
+        h[6] = IPPROTO_TCP;
+        h[7] = 64;
+        h[8..24].copy_from_slice(&s.ip[24..40]);
+        h[24..40].copy_from_slice(&s.ip[8..24]);
+        pseudo_sum(&s.ip[8..40])
+    };
+    sum += u32::from(IPPROTO_TCP) + tcp_len as u32;
+    // The TCP header: ports swapped, the cookie as our sequence number, the SYN acknowledged.
+    {
+        let (sport, dport) = ([s.th[0], s.th[1]], [s.th[2], s.th[3]]);
+        let Some(t) = s.out.get_mut(ip_len..ip_len + 20 + SYNACK_OPTIONS_MAX) else {
+            return false;
+        };
+        t[0] = dport[0];
+        t[1] = dport[1];
+        t[2] = sport[0];
+        t[3] = sport[1];
+        t[4..8].copy_from_slice(&(cookie as u32).to_be_bytes());
+        t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+        t[12] = ((tcp_len / 4) as u8) << 4;
+        t[13] = 0x12; // SYN, ACK
+        let window = 65535 - 65535 % mss.max(1);
+        t[14..16].copy_from_slice(&window.to_be_bytes());
+        t[20..].copy_from_slice(&s.opts);
+        // Unwritten option bytes are zero and add nothing to the sum.
+        let c = fold(sum40(t, sum)).to_be_bytes();
+        t[16] = c[0];
+        t[17] = c[1];
+    }
+    // Resize the frame to the answer's length, then write it.
+    let frame_len = frame.len();
+    let want = l3 + ip_len + tcp_len;
+    // SAFETY: the program's own context.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - frame_len as i32) } != 0 {
+        return false;
+    }
+    s.resized = 1;
+    let frame = XdpFrame::of(ctx);
+    let Some(eth) = frame.load::<12>(0) else {
+        return false;
+    };
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&eth[6..]);
+    swapped[6..].copy_from_slice(&eth[..6]);
+    if !frame.store(0, &swapped) {
+        return false;
+    }
+    let len = (ip_len + tcp_len) as u32;
+    if len as usize > OUT_MAX {
+        return false;
+    }
+    // SAFETY: `len` bytes of the scratch (bounded above) are written at `l3`, which the
+    // helper checks against the frame.
+    if unsafe { bpf_xdp_store_bytes(ctx.ctx, l3 as u32, s.out.as_mut_ptr().cast(), len) } != 0 {
+        return false;
+    }
+    s.resized = 0;
+    true
+}
+
+/// The ones'-complement sum of a 20-byte IPv4 header.
+#[inline(always)]
+fn sum20(h: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([
+            h.get(i).copied().unwrap_or(0),
+            h.get(i + 1).copied().unwrap_or(0),
+        ]));
+        i += 2;
+    }
+    sum
+}
+
+/// The sum of the pseudo-header's addresses (8 bytes for IPv4, 32 for IPv6), as given by
+/// the SYN (the same pair, swapped, sums the same).
+#[inline(always)]
+fn pseudo_sum(addrs: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 32 {
+        if i + 1 >= addrs.len() {
+            break;
+        }
+        sum += u32::from(u16::from_be_bytes([addrs[i], addrs[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+/// `sum` plus the ones'-complement sum of the 40 bytes of a TCP header slot.
+#[inline(always)]
+fn sum40(t: &[u8], mut sum: u32) -> u32 {
+    let mut i = 0;
+    while i < 40 {
+        sum += u32::from(u16::from_be_bytes([
+            t.get(i).copied().unwrap_or(0),
+            t.get(i + 1).copied().unwrap_or(0),
+        ]));
+        i += 2;
+    }
+    sum
+}

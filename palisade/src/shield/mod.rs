@@ -1,0 +1,281 @@
+//! DDoS shields (`[shield]`): SYN cookies from XDP, invalid-TCP and amplification drops.
+//! The section's model, what the datapath reads of it, and the host settings the SYN
+//! shield relies on. `docs/design/shield.md` explains the design.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray},
+};
+use palisade_common::shield::{
+    PORT_WORDS, SH_COUNT, SHIELD_AMPLIFICATION, SHIELD_SYN, SHIELD_SYN_FORCE, SHIELD_TCP_INVALID,
+    ShieldConfig, set_port_bit,
+};
+
+use crate::{maps::map_mut, policy::model::PortRange};
+
+/// When SYN cookies answer SYNs to `syn_ports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynCookies {
+    /// When a port's SYN rate goes over `syn_rate`, for `syn_hold` seconds.
+    Auto,
+    /// Always.
+    On,
+    /// Never (the ports are listed but the shield is off).
+    Off,
+}
+
+/// Reflector ports whose unsolicited datagrams the amplification shield drops by default:
+/// chargen, DNS, NTP, SNMP, CLDAP, SSDP, WS-Discovery, memcached.
+pub const DEFAULT_AMPLIFICATION_PORTS: [u16; 8] = [19, 53, 123, 161, 389, 1900, 3702, 11211];
+
+/// The `[shield]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shield {
+    /// Destination ports whose SYNs cookies may answer.
+    pub syn_ports: Vec<PortRange>,
+    pub syn_cookies: SynCookies,
+    /// SYNs per second to one port (all sources together) that engage cookies.
+    pub syn_rate: u32,
+    /// Seconds cookies stay engaged after the rate last went over `syn_rate`.
+    pub syn_hold_s: u32,
+    /// The MSS the cookie SYN-ACK offers, by family.
+    pub mss_v4: u16,
+    pub mss_v6: u16,
+    /// The window scale the cookie SYN-ACK offers; `None` takes the host's (what the kernel
+    /// will pick for the socket: see [`host_wscale`]).
+    pub wscale: Option<u8>,
+    /// Drop TCP segments of no tracked flow (and outside the windows of one) before the
+    /// rules: ACK, RST and FIN floods.
+    pub tcp_invalid_drop: bool,
+    /// Drop datagrams from `amplification_ports` that answer nothing this host sent.
+    pub amplification: bool,
+    pub amplification_ports: Vec<PortRange>,
+    /// 1-based line of the section (0 when absent or built in code).
+    pub line: usize,
+}
+
+/// Bounds of `syn_rate` (SYNs per second to one port).
+pub const SYN_RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000_000;
+/// Bounds of `syn_hold` (seconds).
+pub const SYN_HOLD_RANGE_S: std::ops::RangeInclusive<u32> = 1..=86_400;
+/// Bounds of `mss_v4`: the smallest MSS IPv4 must take (RFC 879) to a 9000-byte jumbo frame's.
+pub const MSS_V4_RANGE: std::ops::RangeInclusive<u16> = 536..=8960;
+/// Bounds of `mss_v6`: IPv6's minimum MTU (1280) less headers, to a jumbo frame's.
+pub const MSS_V6_RANGE: std::ops::RangeInclusive<u16> = 1220..=8940;
+/// Seconds between the SYNs that go on to the stack while cookies are engaged (the kernel
+/// takes cookies back for two minutes after it last sent one).
+pub const STACK_EVERY_S: u64 = 30;
+
+impl Default for Shield {
+    /// No `[shield]` section: every shield off.
+    fn default() -> Self {
+        Self {
+            syn_ports: Vec::new(),
+            syn_cookies: SynCookies::Auto,
+            syn_rate: 1000,
+            syn_hold_s: 10,
+            mss_v4: 1460,
+            mss_v6: 1440,
+            wscale: None,
+            tcp_invalid_drop: false,
+            amplification: false,
+            amplification_ports: DEFAULT_AMPLIFICATION_PORTS
+                .iter()
+                .map(|&p| PortRange { lo: p, hi: p })
+                .collect(),
+            line: 0,
+        }
+    }
+}
+
+impl Shield {
+    /// Whether SYN cookies may answer some SYNs.
+    #[must_use]
+    pub fn syn_on(&self) -> bool {
+        !self.syn_ports.is_empty() && self.syn_cookies != SynCookies::Off
+    }
+
+    /// Whether any shield is on (each needs connection tracking).
+    #[must_use]
+    pub fn any(&self) -> bool {
+        self.syn_on() || self.tcp_invalid_drop || self.amplification
+    }
+
+    /// What the datapath reads for this section; `host_wscale` is used when the section
+    /// names no `wscale`.
+    #[must_use]
+    pub fn datapath(&self, host_wscale: u8) -> ShieldConfig {
+        let mut c = ShieldConfig::off();
+        if self.syn_on() {
+            c.flags |= SHIELD_SYN;
+            if self.syn_cookies == SynCookies::On {
+                c.flags |= SHIELD_SYN_FORCE;
+            }
+            fill(&mut c.syn_ports, &self.syn_ports);
+        }
+        if self.tcp_invalid_drop {
+            c.flags |= SHIELD_TCP_INVALID;
+        }
+        if self.amplification {
+            c.flags |= SHIELD_AMPLIFICATION;
+            fill(&mut c.amp_ports, &self.amplification_ports);
+        }
+        c.syn_rate = self.syn_rate;
+        c.hold_ns = u64::from(self.syn_hold_s) * 1_000_000_000;
+        c.stack_every_ns = STACK_EVERY_S * 1_000_000_000;
+        c.mss_v4 = self.mss_v4;
+        c.mss_v6 = self.mss_v6;
+        c.wscale = self.wscale.unwrap_or(host_wscale);
+        c
+    }
+}
+
+fn fill(map: &mut [u64; PORT_WORDS], ports: &[PortRange]) {
+    for r in ports {
+        for p in r.lo..=r.hi {
+            set_port_bit(map, p);
+        }
+    }
+}
+
+/// The window scale the kernel picks for a socket it makes from a cookie
+/// (`tcp_select_initial_window`: the largest receive buffer it may grow to, in 64 KiB
+/// steps), from the sysctls under `proc_sys` (`/proc/sys` of the network namespace).
+/// 7 (the kernel's default settings) when they cannot be read.
+#[must_use]
+pub fn host_wscale(proc_sys: &Path) -> u8 {
+    let read = |rel: &str| std::fs::read_to_string(proc_sys.join(rel)).ok();
+    let tcp_rmem_max = read("net/ipv4/tcp_rmem").and_then(|s| {
+        s.split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    let rmem_max = read("net/core/rmem_max").and_then(|s| s.trim().parse::<u64>().ok());
+    let space = match (tcp_rmem_max, rmem_max) {
+        (None, None) => return 7,
+        (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
+    };
+    wscale_for(space)
+}
+
+/// `ilog2(space) - 15`, between 0 and 14.
+#[must_use]
+pub fn wscale_for(space: u64) -> u8 {
+    let log = 63 - space.max(1).leading_zeros();
+    log.saturating_sub(15).min(14) as u8
+}
+
+/// The sysctls the SYN shield needs, with the value it needs: the kernel takes a cookie
+/// back only from a listener that sent one itself lately (`tcp_syncookies = 2` makes every
+/// SYN that reaches it do so), and decodes the client's options from the echoed timestamp
+/// only when timestamps carry no per-connection offset (`tcp_timestamps = 2`).
+pub const SYN_SYSCTLS: [(&str, &str); 2] = [
+    ("net/ipv4/tcp_syncookies", "2"),
+    ("net/ipv4/tcp_timestamps", "2"),
+];
+
+/// Sets [`SYN_SYSCTLS`] under `proc_sys` where they differ; returns a note for each change.
+///
+/// # Errors
+/// When a sysctl cannot be read or written.
+pub fn prepare_host(proc_sys: &Path) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for (rel, want) in SYN_SYSCTLS {
+        let path = proc_sys.join(rel);
+        let have = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if have.trim() != want {
+            std::fs::write(&path, want).with_context(|| format!("writing {}", path.display()))?;
+            notes.push(format!(
+                "SYN shield: set {} from {} to {want}",
+                rel.replace('/', "."),
+                have.trim()
+            ));
+        }
+    }
+    Ok(notes)
+}
+
+/// Writes `config` into the shield slot of `generation` (before that generation goes live).
+///
+/// # Errors
+/// When the map cannot be written.
+pub fn write_config(ebpf: &mut Ebpf, generation: u32, config: &ShieldConfig) -> Result<()> {
+    let mut m: Array<&mut MapData, ShieldConfig> =
+        Array::try_from(map_mut(ebpf, "SHIELD_CONFIG")?)?;
+    m.set(generation, config, 0)
+        .context("writing the shield settings")?;
+    Ok(())
+}
+
+/// The shield counters summed over CPUs, indexed by `palisade_common::shield::SH_*`.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn counters(ebpf: &Ebpf) -> Result<[u64; SH_COUNT as usize]> {
+    let m: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(crate::maps::map(ebpf, "SHIELD_STATS")?)?;
+    let mut out = [0u64; SH_COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = m.get(&(i as u32), 0)?.iter().sum();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_common::shield::port_bit;
+
+    #[test]
+    fn wscale_follows_the_largest_buffer() {
+        // Linux defaults: tcp_rmem max 6 MiB, rmem_max 208 KiB.
+        assert_eq!(wscale_for(6_291_456), 7);
+        assert_eq!(wscale_for(33_554_432), 10);
+        assert_eq!(wscale_for(65_535), 0);
+        assert_eq!(wscale_for(u64::MAX), 14);
+    }
+
+    #[test]
+    fn host_wscale_reads_the_sysctls() {
+        let dir = std::env::temp_dir().join(format!("palisade-wscale-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("net/ipv4")).unwrap();
+        std::fs::create_dir_all(dir.join("net/core")).unwrap();
+        std::fs::write(dir.join("net/ipv4/tcp_rmem"), "4096\t131072\t6291456\n").unwrap();
+        std::fs::write(dir.join("net/core/rmem_max"), "212992\n").unwrap();
+        assert_eq!(host_wscale(&dir), 7);
+        std::fs::write(dir.join("net/core/rmem_max"), "67108864\n").unwrap();
+        assert_eq!(host_wscale(&dir), 11);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(host_wscale(Path::new("/nonexistent")), 7);
+    }
+
+    #[test]
+    fn datapath_settings() {
+        let s = Shield {
+            syn_ports: vec![
+                PortRange { lo: 80, hi: 80 },
+                PortRange { lo: 8000, hi: 8002 },
+            ],
+            amplification: true,
+            ..Shield::default()
+        };
+        let c = s.datapath(9);
+        assert_eq!(c.flags, SHIELD_SYN | SHIELD_AMPLIFICATION);
+        for p in [80, 8000, 8001, 8002] {
+            assert!(port_bit(&c.syn_ports, p));
+        }
+        assert!(!port_bit(&c.syn_ports, 8003));
+        assert!(port_bit(&c.amp_ports, 11211) && !port_bit(&c.amp_ports, 80));
+        assert_eq!((c.wscale, c.syn_rate, c.hold_ns), (9, 1000, 10_000_000_000));
+        let off = Shield {
+            syn_cookies: SynCookies::Off,
+            ..s
+        };
+        assert_eq!(off.datapath(7).flags, SHIELD_AMPLIFICATION);
+        assert!(!Shield::default().any());
+    }
+}
