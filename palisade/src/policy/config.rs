@@ -3197,9 +3197,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`, `dns`, `conntrack`",
+                     `firewall`, `sets`, `dns`, `conntrack`, `shield`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`",
+                     `sets`, `dns`, `conntrack`, `shield`",
                 ],
             ),
         ];

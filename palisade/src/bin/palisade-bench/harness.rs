@@ -27,11 +27,12 @@ const REQUIRED: [&str; 3] = [FIREWALL, FLOOR_PASS, FLOOR_DROP];
 const REPORTED: [&str; 4] = [DNS_INGRESS, guard::CT_INGRESS, guard::RULES, DNS_EGRESS];
 
 /// Every program the verifier report covers, in report order.
-pub const ALL_PROGRAMS: [&str; 7] = [
+pub const ALL_PROGRAMS: [&str; 8] = [
     FIREWALL,
     DNS_INGRESS,
     guard::CT_INGRESS,
     guard::RULES,
+    guard::SYNCOOKIE,
     DNS_EGRESS,
     FLOOR_PASS,
     FLOOR_DROP,
