@@ -957,19 +957,57 @@ pub fn tcp_open(s: &Segment, hook: u8) -> Option<(u8, u8, CtDir)> {
     None
 }
 
-/// Starts a TCP entry from the ACK that brought back a valid SYN cookie (the shield's
-/// handshake, answered from XDP, left no entry): established, with the windows learned as
-/// for a pickup (the handshake's SYN-ACK was never seen here). `None` for anything but an
-/// ACK without SYN or RST.
+/// Starts a TCP entry from the ACK that brought back a valid SYN cookie: the handshake was
+/// answered from XDP and left no entry, but the ACK tells all of it. The client's initial
+/// sequence number is the ACK's `seq - 1`, the cookie is its `ack - 1`, the client's window
+/// scale came back in the timestamp (`client_wscale`), and the SYN-ACK offered
+/// `server_wscale` and a window of `server_window`. So both directions are known and the
+/// windows are judged from the first segment on, as for a handshake seen whole. Returns the
+/// state and the client's and the server's directions; `None` for anything but an ACK
+/// without SYN or RST.
 #[inline(always)]
 #[must_use]
-pub fn tcp_open_cookie(s: &Segment) -> Option<(u8, CtDir)> {
+pub fn tcp_open_cookie(
+    s: &Segment,
+    client_wscale: Option<u8>,
+    server_wscale: u8,
+    server_window: u16,
+) -> Option<(u8, CtDir, CtDir)> {
     if !valid_flags(s.flags) || s.flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
         return None;
     }
-    let mut d = CtDir::default();
-    open_dir(&mut d, s);
-    Some((TCP_ESTABLISHED, d))
+    let scaled = client_wscale.is_some();
+    let mut client = CtDir {
+        end: s.seq,
+        maxwin: 1,
+        flags: DIR_SEEN,
+        ..CtDir::default()
+    };
+    let server_window = u32::from(server_window.max(1));
+    let mut server = CtDir {
+        end: s.ack,
+        ackend: s.seq.wrapping_add(server_window),
+        maxwin: server_window,
+        flags: DIR_SEEN | DIR_ACKED,
+        ..CtDir::default()
+    };
+    if let Some(w) = client_wscale {
+        client.wscale = if w > MAX_WSCALE { MAX_WSCALE } else { w };
+        client.flags |= DIR_WSCALE;
+        server.wscale = if server_wscale > MAX_WSCALE {
+            MAX_WSCALE
+        } else {
+            server_wscale
+        };
+        server.flags |= DIR_WSCALE;
+    }
+    let win = if scaled {
+        u32::from(s.window) << client.wscale
+    } else {
+        u32::from(s.window)
+    };
+    learn(&mut client, s, win);
+    Some((TCP_ESTABLISHED, client, server))
 }
 
 /// One TCP segment of a tracked flow; `reply` is true when it comes from the responder.

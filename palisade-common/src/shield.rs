@@ -116,7 +116,8 @@ pub const SH_SYN_TO_STACK: u32 = 2;
 pub const SH_COOKIE_UNANSWERED: u32 = 3;
 /// ACKs that carried a valid cookie: their flow is tracked from them on.
 pub const SH_COOKIE_VALID: u32 = 4;
-/// ACKs of no tracked flow to a port with SYN cookies whose cookie is not valid.
+/// ACKs the tracker found invalid (no flow, or outside a flow's windows), to a port with SYN
+/// cookies, whose cookie is not valid.
 pub const SH_COOKIE_INVALID: u32 = 5;
 /// TCP segments dropped as invalid (`tcp_invalid = "drop"`).
 pub const SH_TCP_INVALID_DROPPED: u32 = 6;
@@ -158,6 +159,30 @@ pub struct SynOptions {
     pub sack: bool,
     /// The client's timestamp, `None` without the option.
     pub tsval: Option<u32>,
+    /// The timestamp it echoes (0 without the option): in a cookie ACK, the SYN-ACK's, which
+    /// carries the client's window scale and SACK permission.
+    pub tsecr: u32,
+}
+
+impl SynOptions {
+    /// The client's window scale as a cookie ACK's echoed timestamp carries it; `None` when
+    /// the ACK has no timestamp or the client offered no scaling.
+    #[must_use]
+    pub const fn echoed_wscale(&self) -> Option<u8> {
+        if self.tsval.is_none() || self.tsecr & TS_OPT_WSCALE_MASK == TS_OPT_WSCALE_MASK {
+            None
+        } else {
+            Some((self.tsecr & TS_OPT_WSCALE_MASK) as u8)
+        }
+    }
+}
+
+/// The window a cookie SYN-ACK offers: the largest multiple of the MSS it offers that fits
+/// an unscaled window.
+#[must_use]
+pub const fn synack_window(mss: u16) -> u16 {
+    let mss = if mss == 0 { 1 } else { mss };
+    65535 - 65535 % mss
 }
 
 /// Reads the options of a SYN whose TCP header (`len` bytes, 20 to 60) is in `th`. A
@@ -223,6 +248,7 @@ pub fn read_syn_options(th: &[u8; TCP_MAX_HEADER], len: usize, o: &mut SynOption
                 at(pos + 4),
                 at(pos + 5),
             ]));
+            o.tsecr = u32::from_be_bytes([at(pos + 6), at(pos + 7), at(pos + 8), at(pos + 9)]);
         }
         unsafe { core::ptr::write_volatile(skip, (l - 1) as u8) };
         pos += 1;
@@ -360,7 +386,8 @@ mod tests {
             SynOptions {
                 wscale: Some(7),
                 sack: true,
-                tsval: Some(0x0102_0304)
+                tsval: Some(0x0102_0304),
+                tsecr: 0,
             }
         );
     }
@@ -390,6 +417,7 @@ mod tests {
             wscale: Some(7),
             sack: true,
             tsval: Some(1),
+            tsecr: 0,
         };
         let ts = cookie_timestamp(1_000_000, &o);
         assert_eq!(ts & 0x3f, 7 | TS_OPT_SACK);
@@ -408,6 +436,7 @@ mod tests {
             wscale: Some(9),
             sack: true,
             tsval: Some(0xaabb_ccdd),
+            tsecr: 0,
         };
         let n = synack_options(&full, 1460, 7, 0x1122_3344, &mut out);
         assert_eq!(
@@ -423,6 +452,28 @@ mod tests {
         };
         assert_eq!(synack_options(&no_ts, 1440, 7, 0, &mut out), 4);
         assert_eq!(&out[..4], &[2, 4, 5, 160]);
+    }
+
+    #[test]
+    fn the_echo_gives_back_the_clients_window_scale() {
+        let mut o = SynOptions {
+            tsval: Some(5),
+            tsecr: cookie_timestamp(
+                1_000_000,
+                &SynOptions {
+                    wscale: Some(10),
+                    ..SynOptions::default()
+                },
+            ),
+            ..SynOptions::default()
+        };
+        assert_eq!(o.echoed_wscale(), Some(10));
+        o.tsecr = cookie_timestamp(1_000_000, &SynOptions::default());
+        assert_eq!(o.echoed_wscale(), None);
+        o.tsval = None;
+        o.tsecr = 7;
+        assert_eq!(o.echoed_wscale(), None);
+        assert_eq!((synack_window(1460), synack_window(1440)), (64240, 64800));
     }
 
     #[test]

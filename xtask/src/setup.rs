@@ -40,6 +40,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "netcat-openbsd",
     "procps",
+    "curl",
 ];
 
 /// The toolchain `aya-build` compiles the kernel programs with.

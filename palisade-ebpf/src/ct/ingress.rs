@@ -19,7 +19,8 @@ use crate::{
     bytes::XdpFrame,
     firewall,
     maps::{
-        CONTROL, CT_STATS, DNS_SCRATCH, FW_HEADER, SLOT_XDP, STATS, TAIL_RULES, XDP_TAILS, bump,
+        CONTROL, CT_STATS, DNS_SCRATCH, FW_HEADER, SLOT_XDP, STATS, TAIL_RULES, TAIL_SYNCOOKIE,
+        XDP_TAILS, bump,
     },
     shield, verdict,
 };
@@ -44,8 +45,12 @@ pub fn run(ctx: &XdpContext) -> u32 {
         HOOK_INGRESS,
         ctx.ingress_ifindex() as u32,
     );
-    if tracked && header.flags & POLICY_SHIELD != 0 {
-        shield::screen(ctx, p, generation);
+    if tracked && header.flags & POLICY_SHIELD != 0 && shield::screen(p, generation) {
+        // An ACK that may carry a SYN cookie: the cookie stage checks it, then the rules.
+        // SAFETY: a tail call with this program's own context.
+        unsafe { XDP_TAILS.tail_call(ctx, TAIL_SYNCOOKIE) };
+        // Only reached when the stage is missing: the ACK stays invalid.
+        bump(&STATS, stats::INTERNAL);
     }
     if !tracked {
         // The tracker's maps are unreadable: the packet goes on unclassified.

@@ -223,11 +223,18 @@ fn tcp<B: Bytes + ?Sized>(b: &B, p: &Packet, env: &mut Env<'_>) -> Option<u8> {
     })
 }
 
-/// Prepares the entry of a flow whose ACK carried a valid SYN cookie (see `shield`): an
-/// established pickup, inserted straight into the table of validated flows once the rules
-/// allow the packet. False when the segment cannot open one.
+/// Prepares the entry of a flow whose ACK carried a valid SYN cookie (see `shield`), with
+/// both directions as the handshake made them (`tcp_open_cookie`), inserted straight into
+/// the table of validated flows once the rules allow the packet. False when the segment
+/// cannot open one.
 #[inline(always)]
-pub fn open_from_cookie<B: Bytes + ?Sized>(b: &B, p: &Packet) -> bool {
+pub fn open_from_cookie<B: Bytes + ?Sized>(
+    b: &B,
+    p: &Packet,
+    client_wscale: Option<u8>,
+    server_wscale: u8,
+    server_window: u16,
+) -> bool {
     let Some(pending) = CT_PENDING.get_ptr_mut(0) else {
         return false;
     };
@@ -236,13 +243,15 @@ pub fn open_from_cookie<B: Bytes + ?Sized>(b: &B, p: &Packet) -> bool {
     let Some(seg) = read_segment(b, p) else {
         return false;
     };
-    let Some((state, dir)) = tcp_open_cookie(&seg) else {
+    let Some((state, client, server)) =
+        tcp_open_cookie(&seg, client_wscale, server_wscale, server_window)
+    else {
         return false;
     };
     let t = now(pending);
     let (key, swap) = CtKey::of(p, p.sport, p.dport);
-    arm(pending, &key, swap, state, dir, HOOK_INGRESS, 0, t, p);
-    pending.entry.flags |= ENTRY_PICKUP;
+    arm(pending, &key, swap, state, client, HOOK_INGRESS, 0, t, p);
+    pending.entry.dirs[1] = server;
     pending.validated = 1;
     true
 }

@@ -1,8 +1,9 @@
 //! DDoS shields (`[shield]`, see `docs/design/shield.md`), in two places of the XDP pipeline:
 //!
 //! - [`screen`], in the tracker's stage once the packet is classified: an ACK of no tracked
-//!   flow that carries a valid SYN cookie opens its flow; what is still invalid TCP, and
-//!   unsolicited datagrams from reflector ports, are marked for the rules stage to drop first.
+//!   flow to a port with SYN cookies goes to the cookie stage, which opens its flow when the
+//!   cookie is valid; what is still invalid TCP, and unsolicited datagrams from reflector
+//!   ports, are marked for the rules stage to drop first.
 //! - [`answer_with_cookie`], when the rules have allowed a SYN: while cookies are engaged
 //!   for its port, the SYN-ACK is sent from XDP ([`syncookie`]) and nothing is kept.
 //!
@@ -10,27 +11,23 @@
 
 pub mod syncookie;
 
-use aya_ebpf::{
-    helpers::generated::{
-        bpf_ktime_get_coarse_ns, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
-    },
-    programs::XdpContext,
+use aya_ebpf::helpers::generated::{
+    bpf_ktime_get_coarse_ns, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
 };
 use palisade_common::{
     conntrack::{STATE_INVALID, STATE_NEW},
     packet::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     reason,
     shield::{
-        LISTENER_SLOTS, PORT_SLOTS, SH_AMPLIFICATION_DROPPED, SH_COOKIE_INVALID, SH_COOKIE_VALID,
-        SH_ENGAGED, SH_SYN, SH_SYN_TO_STACK, SH_TCP_INVALID_DROPPED, SHIELD_AMPLIFICATION,
-        SHIELD_SYN, SHIELD_SYN_FORCE, SHIELD_TCP_INVALID, port_bit,
+        LISTENER_SLOTS, PORT_SLOTS, SH_AMPLIFICATION_DROPPED, SH_ENGAGED, SH_SYN, SH_SYN_TO_STACK,
+        SH_TCP_INVALID_DROPPED, SHIELD_AMPLIFICATION, SHIELD_SYN, SHIELD_SYN_FORCE,
+        SHIELD_TCP_INVALID, ShieldConfig, port_bit,
     },
 };
 
 use crate::{
     atomic,
     bytes::XdpFrame,
-    ct,
     maps::{SHIELD_CONFIG, SHIELD_LISTENERS, SHIELD_PORTS, SHIELD_STATS, bump},
 };
 
@@ -40,33 +37,21 @@ const NS_PER_S: u64 = 1_000_000_000;
 const OFFSET_MASK: usize = 0xfff;
 
 /// Judges a packet the tracker has classified (`p.ct_state`), for a policy with shields.
+/// True when it is an ACK of no flow to a port with SYN cookies: the caller hands it to the
+/// cookie stage ([`syncookie`]), which checks the cookie.
 #[inline(never)]
-pub fn screen(ctx: &XdpContext, p: &mut Packet, generation: u32) {
+pub fn screen(p: &mut Packet, generation: u32) -> bool {
     let Some(cfg) = SHIELD_CONFIG.get(generation) else {
-        return;
+        return false;
     };
-    // The frame's bounds are read here, in the function that uses them (see `XdpFrame`).
-    let frame = &XdpFrame::of(ctx);
     if p.proto == IPPROTO_TCP && p.ct_state == STATE_INVALID {
         if cfg.flags & SHIELD_SYN != 0
             && p.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
             && port_bit(&cfg.syn_ports, p.dport)
         {
-            if cookie_valid(frame, p) {
-                if ct::open_from_cookie(frame, p) {
-                    bump(&SHIELD_STATS, SH_COOKIE_VALID);
-                    // The flow's first validated packet: the rules decide it as a new one.
-                    p.ct_state = STATE_NEW;
-                    return;
-                }
-            } else {
-                bump(&SHIELD_STATS, SH_COOKIE_INVALID);
-            }
+            return true;
         }
-        if cfg.flags & SHIELD_TCP_INVALID != 0 {
-            bump(&SHIELD_STATS, SH_TCP_INVALID_DROPPED);
-            p.shield = reason::SHIELD_TCP_INVALID as u8;
-        }
+        condemn_invalid(cfg, p);
     } else if p.proto == IPPROTO_UDP
         && p.ct_state == STATE_NEW
         && cfg.flags & SHIELD_AMPLIFICATION != 0
@@ -77,12 +62,22 @@ pub fn screen(ctx: &XdpContext, p: &mut Packet, generation: u32) {
         bump(&SHIELD_STATS, SH_AMPLIFICATION_DROPPED);
         p.shield = reason::SHIELD_AMPLIFICATION as u8;
     }
+    false
+}
+
+/// Marks invalid TCP for the rules stage to drop, when `tcp_invalid = "drop"`.
+#[inline(always)]
+pub fn condemn_invalid(cfg: &ShieldConfig, p: &mut Packet) {
+    if cfg.flags & SHIELD_TCP_INVALID != 0 {
+        bump(&SHIELD_STATS, SH_TCP_INVALID_DROPPED);
+        p.shield = reason::SHIELD_TCP_INVALID as u8;
+    }
 }
 
 /// Whether an ACK's acknowledgement is a SYN cookie the kernel issued for its flow within
 /// the last two minutes (`bpf_tcp_raw_check_syncookie_*`: the kernel's own check and secret).
 #[inline(always)]
-fn cookie_valid(frame: &XdpFrame, p: &Packet) -> bool {
+pub fn cookie_valid(frame: &XdpFrame, p: &Packet) -> bool {
     let (l3, l4) = (
         usize::from(p.l3_offset) & OFFSET_MASK,
         usize::from(p.l4_offset) & OFFSET_MASK,

@@ -15,10 +15,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use palisade_common::{
-    packet::{Bytes, FAMILY_V4, IPPROTO_TCP, Packet},
+    conntrack::{STATE_NEW, STATE_OVER_LIMIT},
+    packet::{Bytes, FAMILY_V4, IPPROTO_TCP, Packet, TCP_SYN},
     shield::{
-        SH_COOKIE_SENT, SH_COOKIE_UNANSWERED, SYNACK_OPTIONS_MAX, ShieldConfig, SynOptions,
-        TCP_MAX_HEADER, cookie_timestamp, fold, read_syn_options, synack_options,
+        SH_COOKIE_INVALID, SH_COOKIE_SENT, SH_COOKIE_UNANSWERED, SH_COOKIE_VALID,
+        SYNACK_OPTIONS_MAX, ShieldConfig, SynOptions, TCP_MAX_HEADER, cookie_timestamp, fold,
+        read_syn_options, synack_options, synack_window,
     },
     stats,
 };
@@ -27,7 +29,8 @@ use crate::{
     bytes::XdpFrame,
     ct,
     maps::{
-        CONTROL, DNS_SCRATCH, SHIELD_CONFIG, SHIELD_SCRATCH, SHIELD_STATS, SLOT_XDP, STATS, bump,
+        CONTROL, DNS_SCRATCH, SHIELD_CONFIG, SHIELD_SCRATCH, SHIELD_STATS, SLOT_XDP, STATS,
+        TAIL_RULES, XDP_TAILS, bump,
     },
     verdict,
 };
@@ -66,10 +69,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(control) = CONTROL.get(0) else {
         return verdict::internal_error();
     };
-    let Some(cfg) = SHIELD_CONFIG.get(control.active_gen & 1) else {
+    let generation = control.active_gen & 1;
+    let Some(cfg) = SHIELD_CONFIG.get(generation) else {
         return verdict::internal_error();
     };
-    let Some(s) = DNS_SCRATCH.get_ptr(SLOT_XDP) else {
+    let Some(s) = DNS_SCRATCH.get_ptr_mut(SLOT_XDP) else {
         return verdict::internal_error();
     };
     let Some(scratch) = SHIELD_SCRATCH.get_ptr_mut(0) else {
@@ -77,7 +81,15 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: per-CPU slots: the packet handed over by the earlier stages of this packet,
     // and this stage's own scratch.
-    let (p, scratch) = unsafe { (&(*s).packet, &mut *scratch) };
+    let (p, scratch) = unsafe { (&mut (*s).packet, &mut *scratch) };
+    if p.tcp_flags & TCP_SYN == 0 {
+        // An ACK of no flow, from the tracker's stage: its cookie decides, then the rules.
+        check_ack(ctx, cfg, p, scratch);
+        // SAFETY: a tail call with this program's own context.
+        unsafe { XDP_TAILS.tail_call(ctx, TAIL_RULES) };
+        // Only reached when the rules stage is missing: fail open.
+        return verdict::internal_error();
+    }
     if answer(ctx, cfg, p, scratch) {
         bump(&SHIELD_STATS, SH_COOKIE_SENT);
         return verdict::tx();
@@ -93,6 +105,80 @@ pub fn run(ctx: &XdpContext) -> u32 {
     verdict::pass()
 }
 
+/// An ACK of no tracked flow to a port with SYN cookies: with a valid cookie its flow is
+/// prepared, both directions as the handshake made them (the client's window scale comes
+/// back in the echoed timestamp), and it goes to the rules as a new flow's first packet;
+/// otherwise it stays invalid (dropped first by the rules with `tcp_invalid = "drop"`).
+#[inline(never)]
+fn check_ack(ctx: &XdpContext, cfg: &ShieldConfig, p: &mut Packet, s: &mut Scratch) {
+    let frame = XdpFrame::of(ctx);
+    if !super::cookie_valid(&frame, p) {
+        bump(&SHIELD_STATS, SH_COOKIE_INVALID);
+        super::condemn_invalid(cfg, p);
+        return;
+    }
+    let client_wscale = match copy_header(&frame, p, s) {
+        Some(_) => {
+            read_syn_options(&s.th, TCP_MAX_HEADER, &mut s.syn, &mut s.skip);
+            s.syn.echoed_wscale()
+        }
+        None => None,
+    };
+    let mss = if p.family == FAMILY_V4 {
+        cfg.mss_v4
+    } else {
+        cfg.mss_v6
+    };
+    if ct::open_from_cookie(&frame, p, client_wscale, cfg.wscale, synack_window(mss)) {
+        bump(&SHIELD_STATS, SH_COOKIE_VALID);
+        // The flow's first validated packet: the rules decide it as a new one, and the
+        // per-source limits of `[conntrack]` count it.
+        p.ct_state = STATE_NEW;
+        if !ct::admit(p) {
+            p.ct_state |= STATE_OVER_LIMIT;
+        }
+    } else {
+        super::condemn_invalid(cfg, p);
+    }
+}
+
+/// Copies the segment's TCP header, with its options, into the scratch (zeroed past it, so
+/// the option walk finds end-of-list bytes there and needs no bound of its own, which would
+/// multiply the verifier's states). Returns the header's length, 20 to 60.
+#[inline(always)]
+fn copy_header(frame: &XdpFrame, p: &Packet, s: &mut Scratch) -> Option<usize> {
+    let l4 = usize::from(p.l4_offset) & OFFSET_MASK;
+    let fixed = frame.load::<20>(l4)?;
+    let th_len = usize::from(fixed[12] >> 4) * 4;
+    if th_len < 20 {
+        return None;
+    }
+    s.th = [0; TCP_MAX_HEADER];
+    let mut w = 0;
+    while w < TCP_MAX_HEADER / 4 {
+        if w * 4 >= th_len {
+            break;
+        }
+        let word = frame.load::<4>(l4 + w * 4)?;
+        if let Some(d) = s.th.get_mut(w * 4..w * 4 + 4) {
+            d.copy_from_slice(&word);
+        }
+        w += 1;
+    }
+    // Read back from memory: the verifier then knows only its bounds, not which of the
+    // eleven header lengths this path took, so what follows is verified once rather than
+    // for each of them. Masked where it is read, so the bound is on the very register the
+    // helpers get.
+    s.th_len = th_len as u32;
+    // SAFETY: a field of the scratch, just written.
+    let th_len = (unsafe { core::ptr::read_volatile(&raw const s.th_len) } & 0x3f) as usize;
+    if (20..=TCP_MAX_HEADER).contains(&th_len) {
+        Some(th_len)
+    } else {
+        None
+    }
+}
+
 /// Turns the SYN into its cookie SYN-ACK. False when it cannot; the frame is then untouched
 /// unless `resized` says otherwise.
 #[inline(never)]
@@ -100,45 +186,11 @@ fn answer(ctx: &XdpContext, cfg: &ShieldConfig, p: &Packet, s: &mut Scratch) -> 
     s.resized = 0;
     let frame = XdpFrame::of(ctx);
     let v4 = p.family == FAMILY_V4;
-    let (l3, l4) = (
-        usize::from(p.l3_offset) & OFFSET_MASK,
-        usize::from(p.l4_offset) & OFFSET_MASK,
-    );
+    let l3 = usize::from(p.l3_offset) & OFFSET_MASK;
     // The SYN's TCP header, with its options, into the scratch.
-    let Some(fixed) = frame.load::<20>(l4) else {
+    let Some(th_len) = copy_header(&frame, p, s) else {
         return false;
     };
-    let th_len = usize::from(fixed[12] >> 4) * 4;
-    if th_len < 20 {
-        return false;
-    }
-    // Zeroed first: past the header's length the option walk finds end-of-list bytes, so it
-    // needs no bound of its own (which would multiply the verifier's states).
-    s.th = [0; TCP_MAX_HEADER];
-    let mut w = 0;
-    while w < TCP_MAX_HEADER / 4 {
-        if w * 4 >= th_len {
-            break;
-        }
-        let Some(word) = frame.load::<4>(l4 + w * 4) else {
-            return false;
-        };
-        if let Some(d) = s.th.get_mut(w * 4..w * 4 + 4) {
-            d.copy_from_slice(&word);
-        }
-        w += 1;
-    }
-    // Read back from memory: the verifier then knows only its bounds, not which of the
-    // eleven header lengths this path took, so the rest is verified once rather than for
-    // each of them.
-    s.th_len = th_len as u32;
-    // SAFETY: a field of the scratch, just written.
-    // Masked where it is read, so the bound the verifier needs is on the very register the
-    // helpers get.
-    let th_len = (unsafe { core::ptr::read_volatile(&raw const s.th_len) } & 0x3f) as usize;
-    if !(20..=TCP_MAX_HEADER).contains(&th_len) {
-        return false;
-    }
     // The SYN's fixed IP header, and the cookie.
     // SAFETY: the helpers read the headers from the scratch (40 and 60 bytes, more than they
     // read); `th_len` is 20 to 60, the TCP header's own length, as they require.
@@ -224,7 +276,7 @@ fn answer(ctx: &XdpContext, cfg: &ShieldConfig, p: &Packet, s: &mut Scratch) -> 
         t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
         t[12] = ((tcp_len / 4) as u8) << 4;
         t[13] = 0x12; // SYN, ACK
-        let window = 65535 - 65535 % mss.max(1);
+        let window = synack_window(mss);
         t[14..16].copy_from_slice(&window.to_be_bytes());
         t[20..].copy_from_slice(&s.opts);
         // Unwritten option bytes are zero and add nothing to the sum.
