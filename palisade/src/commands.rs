@@ -147,7 +147,27 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     for l in ct_report::status_lines(s.conntrack.as_ref()) {
         println!("{l}");
     }
+    if !s.shield.is_empty() {
+        println!("{}", shield_line(&s.shield));
+    }
     Ok(())
+}
+
+/// The shields' counters in one line (those that moved).
+fn shield_line(counters: &[crate::stats::Named]) -> String {
+    let moved: Vec<String> = counters
+        .iter()
+        .filter(|n| n.value > 0)
+        .map(|n| format!("{} {}", n.name, n.value))
+        .collect();
+    format!(
+        "shield: {}",
+        if moved.is_empty() {
+            "nothing seen".to_string()
+        } else {
+            moved.join("  ")
+        }
+    )
 }
 
 fn print_rules(r: &Rules) {
@@ -525,6 +545,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
             dns.join("  ")
         }
     );
+    println!("{}", shield_line(&c.shield));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

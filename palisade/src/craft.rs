@@ -557,14 +557,21 @@ impl TcpSegment {
     /// The Ethernet frame carrying this segment from `src` to `dst`, checksums included.
     #[must_use]
     pub fn frame(&self, src: IpAddr, dst: IpAddr) -> Vec<u8> {
-        let mut t = Vec::with_capacity(20 + self.payload);
+        self.frame_with_options(src, dst, &[])
+    }
+
+    /// As [`Self::frame`], with TCP `options` (a multiple of four bytes, at most 40).
+    #[must_use]
+    pub fn frame_with_options(&self, src: IpAddr, dst: IpAddr, options: &[u8]) -> Vec<u8> {
+        let mut t = Vec::with_capacity(20 + options.len() + self.payload);
         t.extend_from_slice(&self.sport.to_be_bytes());
         t.extend_from_slice(&self.dport.to_be_bytes());
         t.extend_from_slice(&self.seq.to_be_bytes());
         t.extend_from_slice(&self.ack.to_be_bytes());
-        t.extend_from_slice(&[5 << 4, self.flags]);
+        t.extend_from_slice(&[((20 + options.len()) / 4) as u8 * 16, self.flags]);
         t.extend_from_slice(&self.window.to_be_bytes());
         t.extend_from_slice(&[0, 0, 0, 0]);
+        t.extend_from_slice(options);
         t.extend((0..self.payload).map(|i| i as u8));
         let mut f = Frame::new(src, dst, L4::Raw { proto: IPPROTO_TCP });
         let sum = checksum(&t, f.pseudo_header_sum(t.len()));

@@ -751,6 +751,11 @@ impl Daemon {
             metrics: self.metrics.clone(),
             event_streams: self.events.receiver_count(),
             conntrack,
+            shield: if self.policy.shield.any() {
+                crate::stats::shield_counters(&self.dp.ebpf)
+            } else {
+                Vec::new()
+            },
         }
     }
 

@@ -138,6 +138,17 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
     for n in &s.counters.reasons {
         o.sample("palisade_drops_total", &[("reason", &n.name)], n.value);
     }
+    if !s.counters.shield.is_empty() {
+        o.family(
+            "palisade_shield_total",
+            "counter",
+            "What the shields of [shield] did: SYNs seen and answered with cookies, cookie ACKs \
+             valid and invalid, SYNs passed to the stack, drops, engagements.",
+        );
+        for n in &s.counters.shield {
+            o.sample("palisade_shield_total", &[("event", &n.name)], n.value);
+        }
+    }
     o.family(
         "palisade_rule_packets_total",
         "counter",
@@ -455,11 +466,16 @@ mod tests {
                     packets: 5,
                     bytes: 300,
                 }],
+                shield: vec![Named {
+                    name: "cookies_sent".into(),
+                    value: 9,
+                }],
             },
         };
         let t = render(&s, None);
         assert!(!t.contains("palisade_ct_"));
         assert!(t.contains("palisade_packets_total 10\n"));
+        assert!(t.contains("palisade_shield_total{event=\"cookies_sent\"} 9\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));
         assert!(t.contains("palisade_rule_packets_total{rule=\"a\\\"b\",action=\"drop\"} 5\n"));
         assert!(t.contains("palisade_dns_queries_total{scope=\"egress\"} 2\n"));

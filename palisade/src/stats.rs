@@ -15,7 +15,9 @@ use aya::{
 use palisade_common::{
     dns::maps::{DNS_STATS_PER_SCOPE, SCOPES, STAT_NAMES},
     firewall::{DEFAULT_SLOT, RuleStats, rule_slot},
-    reason, stats,
+    reason,
+    shield::SH_NAMES,
+    stats,
 };
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +82,9 @@ pub struct Counters {
     pub reasons: Vec<Named>,
     pub dns: Vec<DnsCounter>,
     pub rules: Vec<RuleCounter>,
+    /// The shields' counters (`palisade_common::shield::SH_NAMES`).
+    #[serde(default)]
+    pub shield: Vec<Named>,
 }
 
 impl Counters {
@@ -128,7 +133,21 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         reasons,
         dns,
         rules: Vec::new(),
+        shield: shield_counters(ebpf),
     }
+}
+
+/// The shields' counters, by name.
+#[must_use]
+pub fn shield_counters(ebpf: &Ebpf) -> Vec<Named> {
+    SH_NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Named {
+            name: (*name).to_string(),
+            value: sum_u64(ebpf, "SHIELD_STATS", i as u32),
+        })
+        .collect()
 }
 
 /// The rules of one installed generation: slot, name and action word.

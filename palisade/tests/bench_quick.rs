@@ -43,6 +43,27 @@ fn test_run_suite() {
 }
 
 #[test]
+fn shield_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = quick("shield", &["--shield"]);
+    let report = json(out.join("shield-quick.json"));
+    let targets = report["targets"].as_array().expect("targets");
+    let ids: Vec<&str> = targets.iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        ["floor-pass", "syn-to-stack", "syn-cookie"],
+        "{report:#}"
+    );
+    assert!(
+        report["synack_above_floor_ns"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{report:#}"
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
 fn live_suite() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = quick("live", &["--live"]);

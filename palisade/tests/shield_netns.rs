@@ -257,6 +257,24 @@ fn real_clients_connect_through_xdp_syn_cookies_with_their_options() {
     let sent = lab.counter(SH_COOKIE_SENT) - before;
     assert!(sent >= 10, "{sent} SYN-ACKs from XDP");
     assert!(lab.counter(SH_COOKIE_VALID) >= 10);
+    // The same counters through the daemon: `stats --json`, and `status`.
+    let out = cli(&lab.scratch.socket(), &["stats", "--json"]);
+    assert!(out.ok, "{out:?}");
+    let stats: serde_json::Value = serde_json::from_str(&out.stdout).expect("stats JSON");
+    let shield = &stats["counters"]["shield"];
+    let get = |name: &str| {
+        shield
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == name))
+            .and_then(|n| n["value"].as_u64())
+    };
+    assert!(get("cookies_sent").is_some_and(|v| v >= 10), "{stats}");
+    assert!(get("cookies_valid").is_some_and(|v| v >= 10), "{stats}");
+    let status = cli(&lab.scratch.socket(), &["status"]).stdout;
+    assert!(
+        status.contains("shield: ") && status.contains("cookies_sent "),
+        "{status}"
+    );
 
     // A connection held open: the server's socket has window scaling and SACK.
     let script = format!(

@@ -477,3 +477,19 @@ fn invalid_tcp_and_unsolicited_reflector_datagrams_are_dropped_with_their_reason
     assert_eq!(bench.run(&other).unwrap(), XDP_PASS);
     assert_eq!(bench.reason_count(reason::SHIELD_AMPLIFICATION).unwrap(), 1);
 }
+
+#[test]
+fn the_cookie_stage_stays_within_the_verifier_budget() {
+    // The benchmark's budget (`--verifier-budget`): a program that needs more is one compiler
+    // or kernel change away from the verifier's limit.
+    let bench = Bench::new().expect("load");
+    let prog: &aya::programs::Xdp = bench
+        .ebpf
+        .program(palisade::guard::SYNCOOKIE)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let n = prog.info().unwrap().verified_instruction_count().unwrap();
+    eprintln!("palisade_syncookie: {n} instructions verified");
+    assert!(n <= 500_000, "{n} instructions verified");
+}

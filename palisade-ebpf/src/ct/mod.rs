@@ -19,9 +19,9 @@ use palisade_common::{
         CS_PROMOTED, CS_RELATED, CS_REOPENED, CS_REOPENED_EST, CS_UNTRACKED, CtConfig, CtDir,
         CtEntry, CtKey, ENTRY_LOCAL, ENTRY_ORIG_B, ENTRY_PICKUP, HOOK_EGRESS, HOOK_INGRESS,
         IcmpKind, OVER_MAX_PER_SOURCE, OVER_NEW_PER_SOURCE, STATE_ESTABLISHED, STATE_INVALID,
-        STATE_NEW, STATE_RELATED, SourceEntry, TCP_CLOSE, TCP_ESTABLISHED, TCP_TIME_WAIT, TIMEOUTS,
-        UNREPLIED, icmp_kind, is_validated, originator, other_step, quoted_flow, read_segment,
-        tcp_open, tcp_open_cookie, tcp_step, timeout_class,
+        STATE_NEW, STATE_RELATED, Segment, SourceEntry, TCP_CLOSE, TCP_ESTABLISHED, TCP_TIME_WAIT,
+        TIMEOUTS, UNREPLIED, icmp_kind, is_validated, originator, other_step, quoted_flow,
+        read_segment, tcp_open, tcp_open_cookie, tcp_step, timeout_class,
     },
     packet::{
         Bytes, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, MAX_L4_OFFSET, Packet,
@@ -228,8 +228,8 @@ fn tcp<B: Bytes + ?Sized>(b: &B, p: &Packet, env: &mut Env<'_>) -> Option<u8> {
 /// the table of validated flows once the rules allow the packet. False when the segment
 /// cannot open one.
 #[inline(always)]
-pub fn open_from_cookie<B: Bytes + ?Sized>(
-    b: &B,
+pub fn open_from_cookie(
+    seg: &Segment,
     p: &Packet,
     client_wscale: Option<u8>,
     server_wscale: u8,
@@ -240,11 +240,8 @@ pub fn open_from_cookie<B: Bytes + ?Sized>(
     };
     // SAFETY: per-CPU slot, see `track`.
     let pending = unsafe { &mut *pending };
-    let Some(seg) = read_segment(b, p) else {
-        return false;
-    };
     let Some((state, client, server)) =
-        tcp_open_cookie(&seg, client_wscale, server_wscale, server_window)
+        tcp_open_cookie(seg, client_wscale, server_wscale, server_window)
     else {
         return false;
     };

@@ -263,6 +263,9 @@ pub struct Status {
     /// The connection tables as the last sweep counted them (absent before the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<Census>,
+    /// The shields' counters, when the policy has `[shield]` (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shield: Vec<crate::stats::Named>,
 }
 
 /// The policy in force.

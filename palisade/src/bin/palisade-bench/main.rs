@@ -19,6 +19,7 @@ mod plot;
 mod report;
 mod rng;
 mod runner;
+mod shield;
 mod suite;
 mod workload;
 
@@ -54,7 +55,8 @@ use clap::Parser;
         palisade-bench --live               live traffic against nftables, iptables, ipset, xdp-filter\n  \
         palisade-bench --dnsperf            dnsperf: NXDOMAIN and drop for blocked names against unbound, dnsmasq\n  \
         palisade-bench --conntrack          connection tracking: cost per established packet, sweep of 1M entries\n  \
-        palisade-bench --dns-events         DNS events under a flood: every query an event against the event budget"
+        palisade-bench --dns-events         DNS events under a flood: every query an event against the event budget\n  \
+        palisade-bench --shield             SYN shield: a cookie SYN-ACK from XDP against the floor and the stack path"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -153,6 +155,11 @@ struct Args {
     /// (aggregation and summaries).
     #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack"])]
     dns_events: bool,
+    /// Run the shield suite instead: a SYN answered with a cookie SYN-ACK from XDP, and the
+    /// same SYN passed to the stack, above the empty program (test runs, one run per
+    /// syscall: the cookie path rewrites its packet).
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events"])]
+    shield: bool,
     /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
     /// --quick].
     #[arg(long, value_name = "S")]
@@ -279,6 +286,21 @@ fn run(args: &Args) -> Result<ExitCode> {
     }
     if args.conntrack {
         return run_conntrack(args, &s, command);
+    }
+    if args.shield {
+        let report = shield::run(
+            &shield::ShieldSettings {
+                mode: s.mode,
+                rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 7 }).max(1),
+                packets: if args.quick { 500 } else { 5000 },
+                seed: s.seed,
+            },
+            command,
+        )?;
+        let stem = report.write(&s.out)?;
+        println!("{}", report.terminal());
+        println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
     }
     if args.dns_events {
         events_flood::run(
