@@ -73,10 +73,11 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Self {
+    /// `tag` names the test's scratch directory and socket (tests run in parallel).
+    fn new(tag: &str) -> Self {
         dns_support::require("ip", "iproute2");
         dns_support::require("nsenter", "util-linux");
-        let scratch = Scratch::new("shield");
+        let scratch = Scratch::new(tag);
         let path = scratch.file("policy.toml");
         std::fs::write(&path, policy()).unwrap();
         dns_support::check_policy(&path);
@@ -207,7 +208,7 @@ fn ss(ns: &str) -> String {
 
 #[test]
 fn real_clients_connect_through_xdp_syn_cookies_with_their_options() {
-    let lab = Lab::new();
+    let lab = Lab::new("shield-clients");
     let server_ns = lab.net.guarded.clone();
     let seen_by_server = Arc::new(Mutex::new(Vec::new()));
     for addr in [Routed::GUARDED_V4, Routed::GUARDED_V6] {
@@ -330,7 +331,7 @@ fn serve_echo(l: TcpListener) {
 
 #[test]
 fn ack_and_rst_floods_leave_established_flows_alone() {
-    let lab = Lab::new();
+    let lab = Lab::new("shield-floods");
     let a = SocketAddr::new(Routed::GUARDED_V4.parse().unwrap(), PORT);
     serve_echo(in_netns(&lab.net.guarded, move || {
         TcpListener::bind(a).unwrap()
