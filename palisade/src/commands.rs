@@ -148,26 +148,23 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
         println!("{l}");
     }
     if !s.shield.is_empty() {
-        println!("{}", shield_line(&s.shield));
+        println!("{}", moved_line("shield", &s.shield, "nothing seen"));
     }
     Ok(())
 }
 
-/// The shields' counters in one line (those that moved).
-fn shield_line(counters: &[crate::stats::Named]) -> String {
+/// `label: name value  name value ...` for the counters that moved, or `label: none_text`.
+fn moved_line(label: &str, counters: &[crate::stats::Named], none_text: &str) -> String {
     let moved: Vec<String> = counters
         .iter()
         .filter(|n| n.value > 0)
         .map(|n| format!("{} {}", n.name, n.value))
         .collect();
-    format!(
-        "shield: {}",
-        if moved.is_empty() {
-            "nothing seen".to_string()
-        } else {
-            moved.join("  ")
-        }
-    )
+    if moved.is_empty() {
+        format!("{label}: {none_text}")
+    } else {
+        format!("{label}: {}", moved.join("  "))
+    }
 }
 
 fn print_rules(r: &Rules) {
@@ -509,20 +506,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join("  ")
     );
-    let drops: Vec<String> = c
-        .reasons
-        .iter()
-        .filter(|n| n.value > 0)
-        .map(|n| format!("{} {}", n.name, n.value))
-        .collect();
-    println!(
-        "drops by reason: {}",
-        if drops.is_empty() {
-            "none".to_string()
-        } else {
-            drops.join("  ")
-        }
-    );
+    println!("{}", moved_line("drops by reason", &c.reasons, "none"));
     println!("rules:");
     let w = col_width(c.rules.iter().map(|r| r.rule.len()), 4, 32);
     for r in &c.rules {
@@ -545,7 +529,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
             dns.join("  ")
         }
     );
-    println!("{}", shield_line(&c.shield));
+    println!("{}", moved_line("shield", &c.shield, "nothing seen"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

@@ -20,7 +20,6 @@ mod support;
 use std::{
     io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{
         Arc,
@@ -41,7 +40,7 @@ use palisade_common::{
     stats,
 };
 use support::{
-    netns::{command_in, exec_in, in_netns},
+    netns::{command_in, exec_in, in_netns, tcp_info},
     routed::Routed,
     wire::{Capture, send_ip, tcp_segment},
 };
@@ -305,24 +304,6 @@ fn assert_times_out(ns: &str, addr: &str, port: u16) {
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
         other => panic!("connect from {ns} to {addr} port {port} should time out: {other:?}"),
     }
-}
-
-fn tcp_info(s: &TcpStream) -> libc::tcp_info {
-    // SAFETY: zeroed tcp_info is a valid value; the kernel fills at most `len` bytes.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: getsockopt into a buffer of the size given.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info
 }
 
 fn ping(ns: &str, addr: &str) -> bool {

@@ -13,7 +13,6 @@ mod support;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener},
-    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{Arc, Mutex},
     thread,
@@ -24,7 +23,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use control::{Proc, Scratch, cli};
 use palisade_common::shield::{SH_COOKIE_SENT, SH_COOKIE_VALID};
 use support::{
-    netns::{exec_in, in_netns},
+    netns::{exec_in, in_netns, tcp_info},
     routed::Routed,
 };
 
@@ -171,24 +170,6 @@ fn serve(l: TcpListener, seen: Arc<Mutex<Vec<Negotiated>>>) {
             });
         }
     });
-}
-
-fn tcp_info(s: &std::net::TcpStream) -> libc::tcp_info {
-    // SAFETY: zeroed tcp_info is a valid value; the kernel fills at most `len` bytes.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: getsockopt into a buffer of the size given.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info
 }
 
 /// `ss -ti` on the server for connections to PORT.

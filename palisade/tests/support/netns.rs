@@ -149,3 +149,23 @@ impl Drop for NetnsPair {
         }
     }
 }
+
+/// The kernel's `TCP_INFO` for a connected socket.
+pub fn tcp_info(s: &std::net::TcpStream) -> libc::tcp_info {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: zeroed tcp_info is a valid value; the kernel fills at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt into a buffer of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info
+}
