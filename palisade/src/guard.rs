@@ -49,9 +49,7 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
     let idle = (apply::control(ebpf)?.active_gen ^ 1) & 1;
     let shield = policy
         .shield
-        .datapath(crate::shield::host_wscale(std::path::Path::new(
-            "/proc/sys",
-        )));
+        .datapath(|| crate::shield::host_wscale(std::path::Path::new("/proc/sys")));
     crate::shield::write_config(ebpf, idle, &shield)?;
     apply::install(ebpf, &firewall, &dns)
 }

@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use control::{Proc, Scratch, cli};
 use palisade::craft;
 use palisade_common::{
@@ -143,19 +143,7 @@ impl Lab {
 
     /// The path of pinned map `name`.
     fn pinned_map(&self, name: &str) -> PathBuf {
-        let layouts: Vec<PathBuf> = std::fs::read_dir(self.scratch.pin_dir())
-            .expect("pin directory")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("layout-")
-            })
-            .collect();
-        assert_eq!(layouts.len(), 1, "{layouts:?}");
-        layouts[0].join("maps").join(name)
+        self.scratch.pinned_map(name)
     }
 
     /// Makes the pinned programs look like another build's (an upgrade): the next daemon
@@ -185,10 +173,7 @@ impl Lab {
 
     /// Entry `index` of the pinned per-CPU counter array `name`, summed over CPUs.
     fn counter(&self, name: &str, index: u32) -> u64 {
-        let data = MapData::from_pin(self.pinned_map(name)).expect("open pinned counters");
-        let arr: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(Map::PerCpuArray(data)).expect("per-CPU array");
-        arr.get(&index, 0).expect("read counter").iter().sum()
+        self.scratch.counter(name, index)
     }
 
     fn ct_stat(&self, index: u32) -> u64 {

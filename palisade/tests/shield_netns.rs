@@ -13,13 +13,11 @@ mod support;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
     sync::{Arc, Mutex},
     thread,
     time::Duration,
 };
 
-use aya::maps::{Map, MapData, PerCpuArray};
 use control::{Proc, Scratch, cli};
 use palisade_common::shield::{SH_COOKIE_SENT, SH_COOKIE_VALID};
 use support::{
@@ -106,20 +104,7 @@ impl Lab {
     }
 
     fn counter(&self, index: u32) -> u64 {
-        let layout: Vec<PathBuf> = std::fs::read_dir(self.scratch.pin_dir())
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("layout-")
-            })
-            .collect();
-        let data = MapData::from_pin(layout[0].join("maps").join("SHIELD_STATS")).unwrap();
-        let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data)).unwrap();
-        arr.get(&index, 0).unwrap().iter().sum()
+        self.scratch.counter("SHIELD_STATS", index)
     }
 }
 

@@ -60,7 +60,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     {
         bump(&CT_STATS, CS_ACCEPTED);
         // Nothing to commit: only a new flow's packet prepares an entry.
-        return firewall::allowed(ctx, generation, p, false);
+        return firewall::allowed(ctx, generation, p, false, false);
     } else if p.ct_state == STATE_NEW && !super::admit(p) {
         // Over a per-source limit: the rules stage drops it, before any rule, with its own
         // reason (dropping here would stack the drop path on the tracker's frames).

@@ -10,7 +10,7 @@ use palisade_common::{
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, DEFAULT_SLOT, FRAGMENTS_DROP,
         POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED,
-        PolicyHeader, RULE_LOG, rule_slot,
+        POLICY_SHIELD, PolicyHeader, RULE_LOG, rule_slot,
     },
     packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
     reason, stats,
@@ -162,7 +162,7 @@ fn decide(
     }
     if rule == DEFAULT_SLOT {
         if header.default_action == ACTION_ALLOW {
-            return allowed(ctx, generation, p, track);
+            return allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0);
         }
         let d = Decision {
             reason: reason::DEFAULT,
@@ -188,7 +188,7 @@ fn decide(
         }
         ACTION_RATE_LIMIT => {
             if ratelimit::admit(slot, header, meta, p) {
-                allowed(ctx, generation, p, track)
+                allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
             } else {
                 let d = Decision {
                     reason: reason::RATE_LIMIT,
@@ -199,16 +199,25 @@ fn decide(
                 verdict::drop(ctx, Some(p), &d)
             }
         }
-        _ => allowed(ctx, generation, p, track),
+        _ => allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0),
     }
 }
 
-/// The firewall lets the packet through: a new flow's entry is inserted, and DNS queries go
-/// on to the DNS inspector. `p` is the packet in the XDP handoff slot.
+/// The firewall lets the packet through: a new flow's entry is inserted (or, for a SYN the
+/// SYN shield answers, not), and DNS queries go on to the DNS inspector. `p` is the packet in
+/// the XDP handoff slot; `shield` says whether the policy has shields (`POLICY_SHIELD`), so
+/// that a policy without them pays nothing for a SYN.
 #[inline(always)]
-pub fn allowed(ctx: &XdpContext, generation: u32, p: &packet::Packet, track: bool) -> u32 {
+pub fn allowed(
+    ctx: &XdpContext,
+    generation: u32,
+    p: &packet::Packet,
+    track: bool,
+    shield: bool,
+) -> u32 {
     if track {
-        if p.proto == IPPROTO_TCP
+        if shield
+            && p.proto == IPPROTO_TCP
             && p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
             && p.frag != FRAG_LATER
             && shield::answer_with_cookie(generation, p)

@@ -104,10 +104,10 @@ impl Shield {
         self.syn_on() || self.tcp_invalid_drop || self.amplification
     }
 
-    /// What the datapath reads for this section; `host_wscale` is used when the section
-    /// names no `wscale`.
+    /// What the datapath reads for this section; `host_wscale` gives the window scale when
+    /// SYN cookies are on and the section names none (only then are the host's sysctls read).
     #[must_use]
-    pub fn datapath(&self, host_wscale: u8) -> ShieldConfig {
+    pub fn datapath(&self, host_wscale: impl FnOnce() -> u8) -> ShieldConfig {
         let mut c = ShieldConfig::off();
         if self.syn_on() {
             c.flags |= SHIELD_SYN;
@@ -128,7 +128,11 @@ impl Shield {
         c.stack_every_ns = STACK_EVERY_S * 1_000_000_000;
         c.mss_v4 = self.mss_v4;
         c.mss_v6 = self.mss_v6;
-        c.wscale = self.wscale.unwrap_or(host_wscale);
+        c.wscale = match self.wscale {
+            Some(w) => w,
+            None if self.syn_on() => host_wscale(),
+            None => 0,
+        };
         c
     }
 }
@@ -263,7 +267,7 @@ mod tests {
             amplification: true,
             ..Shield::default()
         };
-        let c = s.datapath(9);
+        let c = s.datapath(|| 9);
         assert_eq!(c.flags, SHIELD_SYN | SHIELD_AMPLIFICATION);
         for p in [80, 8000, 8001, 8002] {
             assert!(port_bit(&c.syn_ports, p));
@@ -275,7 +279,7 @@ mod tests {
             syn_cookies: SynCookies::Off,
             ..s
         };
-        assert_eq!(off.datapath(7).flags, SHIELD_AMPLIFICATION);
+        assert_eq!(off.datapath(|| unreachable!()).flags, SHIELD_AMPLIFICATION);
         assert!(!Shield::default().any());
     }
 }

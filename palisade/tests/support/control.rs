@@ -57,6 +57,32 @@ impl Scratch {
         self.dir.join("palisade.sock")
     }
 
+    /// The path of pinned map `name` in the one layout the daemon pinned.
+    pub fn pinned_map(&self, name: &str) -> PathBuf {
+        let layouts: Vec<PathBuf> = std::fs::read_dir(self.pin_dir())
+            .expect("pin directory")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("layout-")
+            })
+            .collect();
+        assert_eq!(layouts.len(), 1, "{layouts:?}");
+        layouts[0].join("maps").join(name)
+    }
+
+    /// Entry `index` of the pinned per-CPU counter array `name`, summed over CPUs.
+    pub fn counter(&self, name: &str, index: u32) -> u64 {
+        use aya::maps::{Map, MapData, PerCpuArray};
+        let data = MapData::from_pin(self.pinned_map(name)).expect("open pinned counters");
+        let arr: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(data)).expect("per-CPU array");
+        arr.get(&index, 0).expect("read counter").iter().sum()
+    }
+
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
