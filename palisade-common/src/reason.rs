@@ -74,8 +74,23 @@ pub const SHIELD_TCP_INVALID: u32 = 22;
 /// this host sent: reflected amplification.
 pub const SHIELD_AMPLIFICATION: u32 = 23;
 
+/// A new flow from a source prefix (`[shield] source_prefix_v4`/`_v6`) that went over
+/// `[shield] source_rate` in this window.
+pub const SHIELD_SOURCE_RATE: u32 = 24;
+
+/// A packet opening a flow, or of no flow, from a source prefix blocked for going over
+/// `[shield] source_rate` (`source_block`).
+pub const SHIELD_SOURCE_BLOCKED: u32 = 25;
+
+/// An ICMP echo request over `[shield] icmp_echo_rate` (its source prefix's) or
+/// `icmp_echo_global_rate` (all sources').
+pub const SHIELD_ICMP_RATE: u32 = 26;
+
+/// An ICMP echo request whose payload is over `[shield] icmp_echo_max_payload`.
+pub const SHIELD_ICMP_OVERSIZED: u32 = 27;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 24;
+pub const COUNT: u32 = 28;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -103,6 +118,10 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-stream",
     "shield-tcp-invalid",
     "shield-amplification",
+    "shield-source-rate",
+    "shield-source-blocked",
+    "shield-icmp-rate",
+    "shield-icmp-oversized",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -20,6 +20,9 @@ pub const SHIELD_SYN_FORCE: u32 = 2;
 pub const SHIELD_TCP_INVALID: u32 = 4;
 /// UDP datagrams from a port in `amp_ports` that answer nothing this host sent are dropped.
 pub const SHIELD_AMPLIFICATION: u32 = 8;
+/// Sources are aggregated by prefix and counted in the sketch: new flows over
+/// `source_limit` and echo requests over `echo_source_limit` are dropped.
+pub const SHIELD_SOURCES: u32 = 16;
 
 /// Words of a port bitmap (65 536 bits).
 pub const PORT_WORDS: usize = 1024;
@@ -44,12 +47,32 @@ pub struct ShieldConfig {
     /// makes from the cookie (`tcp_select_initial_window`), so both ends agree.
     pub wscale: u8,
     pub _pad: [u8; 3],
+    /// New flows one source prefix may open per sketch window ([`window_limit`] of
+    /// `source_rate`); 0: no limit.
+    pub source_limit: u32,
+    /// ICMP echo requests one source prefix may send per window; 0: no limit.
+    pub echo_source_limit: u32,
+    /// ICMP echo requests all sources together may send per window; 0: no limit.
+    pub echo_global_limit: u32,
+    /// Echo payloads (bytes after the 8-byte ICMP header) this long or longer are dropped
+    /// (`icmp_echo_max_payload + 1`); 0: any length passes.
+    pub echo_payload_over: u32,
+    /// How long a prefix that went over `source_limit` stays blocked, from when it went
+    /// over; 0: prefixes over the limit are only limited, never blocked.
+    pub block_ns: u64,
+    /// Keys the sketch's hashes: random per daemon, kept across reloads, so the counts stay
+    /// and an outsider cannot aim sources at one counter.
+    pub seed: u32,
+    /// The prefix lengths sources are aggregated by, by family.
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub _pad2: [u8; 2],
     /// Destination ports with SYN cookies, one bit each.
     pub syn_ports: [u64; PORT_WORDS],
     /// Source ports of reflectors (`amplification_ports`), one bit each.
     pub amp_ports: [u64; PORT_WORDS],
 }
-map_type!(ShieldConfig, 32 + 16 * PORT_WORDS);
+map_type!(ShieldConfig, 64 + 16 * PORT_WORDS);
 
 impl ShieldConfig {
     /// No shield at all.
@@ -64,6 +87,15 @@ impl ShieldConfig {
             mss_v6: 0,
             wscale: 0,
             _pad: [0; 3],
+            source_limit: 0,
+            echo_source_limit: 0,
+            echo_global_limit: 0,
+            echo_payload_over: 0,
+            block_ns: 0,
+            seed: 0,
+            prefix_v4: 32,
+            prefix_v6: 64,
+            _pad2: [0; 2],
             syn_ports: [0; PORT_WORDS],
             amp_ports: [0; PORT_WORDS],
         }
@@ -125,7 +157,20 @@ pub const SH_TCP_INVALID_DROPPED: u32 = 6;
 pub const SH_AMPLIFICATION_DROPPED: u32 = 7;
 /// Times cookies were engaged by the SYN rate.
 pub const SH_ENGAGED: u32 = 8;
-pub const SH_COUNT: u32 = 9;
+/// New flows dropped because their source prefix went over `source_rate`.
+pub const SH_SOURCE_LIMITED: u32 = 9;
+/// Packets dropped because their source prefix is blocked (`source_block`).
+pub const SH_SOURCE_BLOCKED: u32 = 10;
+/// Times a prefix went over `source_rate` and was recorded in `SHIELD_HITTERS` (blocked,
+/// when `source_block` is set).
+pub const SH_HITTERS: u32 = 11;
+/// Echo requests dropped because their source prefix went over `icmp_echo_rate`.
+pub const SH_ECHO_SOURCE_LIMITED: u32 = 12;
+/// Echo requests dropped because all sources together went over `icmp_echo_global_rate`.
+pub const SH_ECHO_GLOBAL_LIMITED: u32 = 13;
+/// Echo requests dropped for a payload over `icmp_echo_max_payload`.
+pub const SH_ECHO_OVERSIZED: u32 = 14;
+pub const SH_COUNT: u32 = 15;
 
 /// Names of the `SH_*` counters, as `stats`, `status` and the metrics show them.
 pub const SH_NAMES: [&str; SH_COUNT as usize] = [
@@ -138,7 +183,139 @@ pub const SH_NAMES: [&str; SH_COUNT as usize] = [
     "tcp_invalid_dropped",
     "amplification_dropped",
     "engaged",
+    "source_limited",
+    "source_blocked",
+    "hitters",
+    "echo_source_limited",
+    "echo_global_limited",
+    "echo_oversized",
 ];
+
+// ---- Per-source limits at scale ----
+
+/// Counters per row of `SHIELD_SKETCH`.
+pub const SKETCH_WIDTH: u32 = 1 << 16;
+/// Rows of `SHIELD_SKETCH`, each hashed apart; a prefix's count is its smallest counter.
+pub const SKETCH_ROWS: u32 = 4;
+/// The cell after the rows: the echo requests of all sources together.
+pub const SKETCH_GLOBAL_ECHO: u32 = SKETCH_ROWS * SKETCH_WIDTH;
+/// Cells of `SHIELD_SKETCH` (2 MiB).
+pub const SKETCH_CELLS: u32 = SKETCH_GLOBAL_ECHO + 1;
+/// The counting window is `2^WINDOW_SHIFT` ns (1.07 s): a cell holds the window's number in
+/// its high half and the window's count in its low half, so a cell of an old window counts
+/// as 0 and is restarted by the first packet of the new one, with no sweep.
+pub const WINDOW_SHIFT: u32 = 30;
+/// Capacity of `SHIELD_HITTERS` (prefixes that went over `source_rate`, least recently
+/// seen evicted first).
+pub const HITTER_SLOTS: u32 = 65_536;
+
+/// What a sketch counter counts for a prefix.
+pub const CLASS_FLOWS: u32 = 0;
+pub const CLASS_ECHO: u32 = 1;
+
+/// The per-window count a per-second rate allows: the configured rate is the enforced rate
+/// whatever the number of CPUs (the counters are shared) and whatever the window's length.
+#[must_use]
+pub const fn window_limit(per_second: u32) -> u32 {
+    let w = (per_second as u64 * (1 << WINDOW_SHIFT)).div_ceil(1_000_000_000);
+    if w > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        w as u32
+    }
+}
+
+/// The window a time (`bpf_ktime_get_coarse_ns`) falls in, as a cell stores it.
+#[inline(always)]
+#[must_use]
+pub const fn window_of(t_ns: u64) -> u32 {
+    (t_ns >> WINDOW_SHIFT) as u32
+}
+
+/// A source address (native-endian words of the 16-byte stored form; an IPv4 address is
+/// the last word) cut to its first `plen` bits.
+#[inline(always)]
+#[must_use]
+pub const fn prefix_words(family: u8, words: [u32; 4], plen: u8) -> [u32; 4] {
+    let bits = if family == crate::packet::FAMILY_V4 {
+        plen as u32 + 96
+    } else {
+        plen as u32
+    };
+    let mut out = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        let have = bits.saturating_sub(i as u32 * 32);
+        out[i] = if have >= 32 {
+            words[i]
+        } else if have == 0 {
+            0
+        } else {
+            // The mask in network order, as the address bytes are.
+            words[i] & (u32::MAX << (32 - have)).to_be()
+        };
+        i += 1;
+    }
+    out
+}
+
+/// The key of a source prefix in `SHIELD_HITTERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub family: u8,
+    pub plen: u8,
+    pub _pad: [u8; 2],
+    /// [`prefix_words`] of the source.
+    pub prefix: [u32; 4],
+}
+map_type!(SourceKey, 20);
+
+/// A prefix that went over `source_rate` (`SHIELD_HITTERS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HitterEntry {
+    /// When it first went over; with `source_block`, when its block started (it stays
+    /// blocked for that long from here, so a shorter block in a reloaded policy applies at
+    /// once).
+    pub since_ns: u64,
+    /// When a packet of it was last dropped.
+    pub last_ns: u64,
+    /// Packets of it dropped (over the limit, or blocked).
+    pub drops: u64,
+    /// Its count in the window when it went over.
+    pub count: u32,
+    pub _pad: u32,
+}
+map_type!(HitterEntry, 32);
+
+/// The sketch cells of a prefix (`words` of [`prefix_words`]), one per row, for counting
+/// `class`: double hashing (row `r` takes `h1 + r * h2`) keyed by the daemon's seed and the
+/// prefix length, so counts under another prefix length never mix with these.
+#[inline(always)]
+#[must_use]
+pub const fn sketch_cells(words: [u32; 4], plen: u8, class: u32, seed: u32) -> [u32; 4] {
+    let mut h1 = seed ^ ((plen as u32) << 8 | class).wrapping_mul(0x85eb_ca6b);
+    let mut h2 = !seed;
+    let mut i = 0;
+    while i < 4 {
+        h1 = (h1 ^ words[i]).wrapping_mul(0x9e37_79b1);
+        h1 ^= h1 >> 15;
+        h2 = (h2 ^ words[i]).wrapping_mul(0xc2b2_ae35);
+        h2 ^= h2 >> 13;
+        i += 1;
+    }
+    h1 ^= h1 >> 16;
+    h2 = (h2 ^ (h2 >> 16)) | 1;
+    let mut out = [0u32; 4];
+    let mut r = 0;
+    while r < 4 {
+        out[r as usize] = r * SKETCH_WIDTH + (h1.wrapping_add(r.wrapping_mul(h2)) >> 16);
+        r += 1;
+    }
+    out
+}
+const _: () = assert!(SKETCH_ROWS == 4 && SKETCH_WIDTH == 1 << 16);
 
 pub const TCPOPT_EOL: u8 = 0;
 pub const TCPOPT_NOP: u8 = 1;

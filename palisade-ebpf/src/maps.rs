@@ -247,7 +247,10 @@ pub const TAIL_SYNCOOKIE: u32 = 3;
 
 // ---- Shields ----
 
-use palisade_common::shield::{LISTENER_SLOTS, PORT_SLOTS, PortState, SH_COUNT, ShieldConfig};
+use palisade_common::shield::{
+    HITTER_SLOTS, HitterEntry, LISTENER_SLOTS, PORT_SLOTS, PortState, SH_COUNT, SKETCH_CELLS,
+    ShieldConfig, SourceKey,
+};
 
 /// Shield settings, one slot per policy generation (`[shield]`).
 #[map]
@@ -262,6 +265,18 @@ pub static SHIELD_PORTS: Array<PortState> = Array::with_max_entries(PORT_SLOTS, 
 /// and port hash (32 KiB).
 #[map]
 pub static SHIELD_LISTENERS: Array<u64> = Array::with_max_entries(LISTENER_SLOTS, 0);
+
+/// The count-min sketch of the per-source limits (`shield::sources`): 4 rows of 65 536
+/// window-stamped counters, and the global echo counter; shared by every CPU (2 MiB).
+#[map]
+pub static SHIELD_SKETCH: Array<u64> = Array::with_max_entries(SKETCH_CELLS, 0);
+
+/// The heavy hitters: source prefixes that went over `source_rate`, blocked while their
+/// block lasts; the least recently updated are evicted when full (65 536 entries, 3.4 MiB
+/// with the kernel's per-entry overhead).
+#[map]
+pub static SHIELD_HITTERS: LruHashMap<SourceKey, HitterEntry> =
+    LruHashMap::with_max_entries(HITTER_SLOTS, 0);
 
 /// Shield counters (`palisade_common::shield::SH_*`).
 #[map]

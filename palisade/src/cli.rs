@@ -108,6 +108,9 @@ pub enum Command {
     /// Connection tracking: list or flush tracked flows, show the tracker's counters.
     #[command(subcommand)]
     Ct(CtCommand),
+    /// DDoS shields: the heavy hitters of the per-source limits.
+    #[command(subcommand)]
+    Shield(ShieldCommand),
     /// Detach everything and remove every pin; the daemon, if running, exits.
     ///
     /// Without a running daemon it removes what is pinned under --pin-dir (for example after
@@ -363,6 +366,36 @@ pub enum CtCommand {
     },
 }
 
+/// `palisade shield ...`
+#[derive(Debug, Subcommand)]
+pub enum ShieldCommand {
+    /// List the heavy hitters: source prefixes that went over `[shield] source_rate`, their
+    /// drops, and how long their block has left (with `source_block`). `flush` forgets them,
+    /// which ends their blocks.
+    ///
+    /// Examples:
+    ///   palisade shield hitters
+    ///   palisade shield hitters --json
+    ///   palisade shield hitters flush
+    #[command(verbatim_doc_comment)]
+    Hitters {
+        #[command(subcommand)]
+        action: Option<HittersAction>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// What `shield hitters` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum HittersAction {
+    /// Forget every heavy hitter (their blocks end) and print how many there were.
+    Flush {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
 /// What `ct overload` does besides listing.
 #[derive(Debug, Subcommand)]
 pub enum OverloadAction {
@@ -570,6 +603,24 @@ mod tests {
             panic!()
         };
         assert_eq!(a.metrics.as_deref(), Some("127.0.0.1:9477"));
+    }
+
+    #[test]
+    fn shield_hitters_lists_and_flushes() {
+        let cli = Cli::try_parse_from(["palisade", "shield", "hitters", "--json"]).unwrap();
+        let Command::Shield(ShieldCommand::Hitters { action: None, json }) = cli.command else {
+            panic!()
+        };
+        assert!(json.json);
+        let cli = Cli::try_parse_from(["palisade", "shield", "hitters", "flush"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Shield(ShieldCommand::Hitters {
+                action: Some(HittersAction::Flush { .. }),
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["palisade", "shield", "hitter"]).is_err());
     }
 
     #[test]

@@ -14,12 +14,13 @@ use crate::{
         },
     },
     cli::{
-        CtCommand, DnsCommand, EventsArgs, ListWhat, OverloadAction, RuleAddArgs, RuleCommand,
-        SetCommand,
+        CtCommand, DnsCommand, EventsArgs, HittersAction, ListWhat, OverloadAction, RuleAddArgs,
+        RuleCommand, SetCommand, ShieldCommand,
     },
     conntrack::{overload, report as ct_report},
     datapath,
     policy::config::QTYPE_NAMES,
+    shield::hitters,
 };
 
 fn print_json(v: &impl Serialize) {
@@ -146,6 +147,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     }
     for l in ct_report::status_lines(s.conntrack.as_ref()) {
         println!("{l}");
+    }
+    if let Some(st) = &s.shield_state {
+        println!("{}", crate::shield::status_line(st));
     }
     if !s.shield.is_empty() {
         println!("{}", moved_line("shield", &s.shield, "nothing seen"));
@@ -534,6 +538,43 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused
     );
+    Ok(())
+}
+
+/// `palisade shield ...`.
+///
+/// # Errors
+/// When the daemon cannot be reached or the maps cannot be read.
+pub fn shield(socket: &Path, cmd: ShieldCommand) -> Result<()> {
+    let mut c = Client::connect(socket)?;
+    match cmd {
+        ShieldCommand::Hitters { action: None, json } => {
+            let l: hitters::HitterList = c.request(&Request::ShieldHitters)?;
+            if json.json {
+                print_json(&l);
+            } else {
+                print!("{}", hitters::print_list(&l));
+            }
+        }
+        ShieldCommand::Hitters {
+            action: Some(HittersAction::Flush { json }),
+            ..
+        } => {
+            let f: hitters::HittersFlushed = c.request(&Request::ShieldHittersFlush)?;
+            if json.json {
+                print_json(&f);
+            } else {
+                println!(
+                    "forgot {}",
+                    plural(
+                        usize::try_from(f.removed).unwrap_or(usize::MAX),
+                        "heavy hitter",
+                        "heavy hitters"
+                    )
+                );
+            }
+        }
+    }
     Ok(())
 }
 

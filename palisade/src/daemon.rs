@@ -45,6 +45,7 @@ use crate::{
         model::{Action, AddrMatch, DnsMode, Policy},
         setfile::format_cidr,
     },
+    shield::hitters,
     stats::{self, GenerationRules, RuleTotals},
 };
 
@@ -651,6 +652,27 @@ impl Daemon {
                 }
                 Err(e) => Response::err(format!("{e:#}")),
             },
+            Request::ShieldHitters => {
+                let now = crate::conntrack::carry::now_ns();
+                match hitters::list(&self.dp.ebpf, now) {
+                    Ok(list) => {
+                        let sh = &self.policy.shield;
+                        Response::ok(&hitters::HitterList {
+                            source_rate: sh.source_rate,
+                            block_s: sh.source_block_s.filter(|_| sh.source_rate.is_some()),
+                            hitters: list,
+                        })
+                    }
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
+            }
+            Request::ShieldHittersFlush => match hitters::flush(&mut self.dp.ebpf) {
+                Ok(f) => {
+                    info!(removed = f.removed, "forgot the heavy hitters");
+                    Response::ok(&f)
+                }
+                Err(e) => Response::err(format!("{e:#}")),
+            },
             // Handled by the server (events) and the main loop (unload).
             Request::Events { .. } | Request::Unload => Response::err("not handled here"),
         }
@@ -756,6 +778,14 @@ impl Daemon {
             } else {
                 Vec::new()
             },
+            shield_state: self
+                .policy
+                .shield
+                .any()
+                .then(|| {
+                    crate::shield::state(&self.dp.ebpf, &self.policy.shield, carry::now_ns()).ok()
+                })
+                .flatten(),
         }
     }
 

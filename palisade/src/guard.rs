@@ -47,9 +47,10 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
     crate::conntrack::write_config(ebpf, &crate::policy::conntrack::ct_config(policy))?;
     // The shields of the generation about to go live; the live one's stay as they are.
     let idle = (apply::control(ebpf)?.active_gen ^ 1) & 1;
-    let shield = policy
-        .shield
-        .datapath(|| crate::shield::host_wscale(std::path::Path::new("/proc/sys")));
+    // The sketch's seed comes from the hash key: random, and kept with the pinned state.
+    let shield = policy.shield.datapath(key.k[1] as u32, || {
+        crate::shield::host_wscale(std::path::Path::new("/proc/sys"))
+    });
     crate::shield::write_config(ebpf, idle, &shield)?;
     apply::install(ebpf, &firewall, &dns)
 }

@@ -110,6 +110,7 @@ fn main() -> ExitCode {
         Command::Events(a) => commands::events(&socket, a),
         Command::Stats(j) => commands::stats(&socket, j.json),
         Command::Ct(c) => commands::ct(&socket, c),
+        Command::Shield(c) => commands::shield(&socket, c),
         Command::Unload { pin_dir } => commands::unload(&socket, &pin_dir),
     };
     match result {

@@ -57,7 +57,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
         bump(&STATS, stats::INTERNAL);
     } else if header.flags & POLICY_STATEFUL != 0
         && p.ct_state & (STATE_ESTABLISHED | STATE_RELATED) != 0
+        && p.shield == 0
     {
+        // (A packet a shield condemned, such as an echo request over its rate on a known
+        // echo flow, goes on to the rules stage, which drops it.)
         bump(&CT_STATS, CS_ACCEPTED);
         // Nothing to commit: only a new flow's packet prepares an entry.
         return firewall::allowed(ctx, generation, p, false, false);

@@ -2,13 +2,15 @@
 //!
 //! - [`screen`], in the tracker's stage once the packet is classified: an ACK of no tracked
 //!   flow to a port with SYN cookies goes to the cookie stage, which opens its flow when the
-//!   cookie is valid; what is still invalid TCP, and unsolicited datagrams from reflector
-//!   ports, are marked for the rules stage to drop first.
+//!   cookie is valid; what is still invalid TCP, unsolicited datagrams from reflector ports,
+//!   and what goes over a per-source or echo limit ([`sources`]) are marked for the rules
+//!   stage to drop first.
 //! - [`answer_with_cookie`], when the rules have allowed a SYN: while cookies are engaged
 //!   for its port, the SYN-ACK is sent from XDP ([`syncookie`]) and nothing is kept.
 //!
 //! Fail-open like the firewall: a shield that cannot read its maps lets the packet go on.
 
+pub mod sources;
 pub mod syncookie;
 
 use aya_ebpf::helpers::generated::{
@@ -20,7 +22,7 @@ use palisade_common::{
     reason,
     shield::{
         LISTENER_SLOTS, PORT_SLOTS, SH_AMPLIFICATION_DROPPED, SH_ENGAGED, SH_SYN, SH_SYN_TO_STACK,
-        SH_TCP_INVALID_DROPPED, SHIELD_AMPLIFICATION, SHIELD_SYN, SHIELD_SYN_FORCE,
+        SH_TCP_INVALID_DROPPED, SHIELD_AMPLIFICATION, SHIELD_SOURCES, SHIELD_SYN, SHIELD_SYN_FORCE,
         SHIELD_TCP_INVALID, ShieldConfig, port_bit,
     },
 };
@@ -44,6 +46,13 @@ pub fn screen(p: &mut Packet, generation: u32) -> bool {
     let Some(cfg) = SHIELD_CONFIG.get(generation) else {
         return false;
     };
+    if cfg.flags & SHIELD_SOURCES != 0 {
+        let r = sources::limit(cfg, p);
+        if r != 0 {
+            p.shield = r as u8;
+            return false;
+        }
+    }
     if p.proto == IPPROTO_TCP && p.ct_state == STATE_INVALID {
         if cfg.flags & SHIELD_SYN != 0
             && p.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK

@@ -91,6 +91,10 @@ pub enum Request {
         #[serde(default)]
         addr: Option<String>,
     },
+    /// The heavy hitters of the per-source limits.
+    ShieldHitters,
+    /// Forgets every heavy hitter.
+    ShieldHittersFlush,
 }
 
 /// A rule given on the command line. Values are checked by the policy file's own parser.
@@ -266,6 +270,9 @@ pub struct Status {
     /// The shields' counters, when the policy has `[shield]` (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shield: Vec<crate::stats::Named>,
+    /// What the shields are doing now, when the policy has `[shield]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shield_state: Option<crate::shield::ShieldState>,
 }
 
 /// The policy in force.
@@ -442,6 +449,10 @@ mod tests {
                     ..FlowFilter::default()
                 }
             }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"shield-hitters-flush"}"#).unwrap(),
+            Request::ShieldHittersFlush
         );
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"ct-overload"}"#).unwrap(),

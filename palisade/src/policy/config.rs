@@ -286,6 +286,16 @@
 //! | `tcp_invalid` | `"drop"`: TCP segments of no flow (not a valid cookie ACK) and outside a flow's windows are dropped before the rules (reason `shield-tcp-invalid`); `"pass"` leaves them to the rules | `"pass"` |
 //! | `amplification` | boolean: UDP datagrams from `amplification_ports` that answer nothing this host sent are dropped (reason `shield-amplification`) | `false` |
 //! | `amplification_ports` | list of ports and ranges; needs `amplification = true` | `19, 53, 123, 161, 389, 1900, 3702, 11211` |
+//! | `source_rate` | integer `1..=100000000`: new flows per second one source prefix may open; more are dropped (reason `shield-source-rate`) and the prefix is recorded as a heavy hitter | no limit |
+//! | `source_prefix_v4`, `source_prefix_v6` | prefix lengths sources are counted by (`8..=32`, `16..=128`); need `source_rate` or `icmp_echo_rate` | `32`, `64` |
+//! | `source_block` | integer `1..=86400`: seconds a prefix over `source_rate` stays blocked (new flows, packets of no flow and echo requests dropped, reason `shield-source-blocked`); needs `source_rate` | not blocked, only limited |
+//! | `icmp_echo_rate` | integer `1..=100000000`: ICMP/ICMPv6 echo requests per second per source prefix (reason `shield-icmp-rate`) | no limit |
+//! | `icmp_echo_global_rate` | integer `1..=100000000`: echo requests per second from all sources together (reason `shield-icmp-rate`) | no limit |
+//! | `icmp_echo_max_payload` | integer `0..=65507`: the largest echo payload let through, in bytes (reason `shield-icmp-oversized`) | any |
+//!
+//! The per-source limits count in shared windows of 1.07 s, so the rate enforced is the one
+//! configured, over all CPUs; established and related packets (ICMP errors for path MTU
+//! discovery among them) are never counted nor limited.
 //!
 //! With SYN cookies on, the daemon sets `net.ipv4.tcp_syncookies = 2` and
 //! `net.ipv4.tcp_timestamps = 2` in its network namespace: the kernel accepts the connections

@@ -1,6 +1,9 @@
-//! DDoS shields (`[shield]`): SYN cookies from XDP, invalid-TCP and amplification drops.
+//! DDoS shields (`[shield]`): SYN cookies from XDP, invalid-TCP and amplification drops,
+//! per-source limits by prefix with a sketch and blocked heavy hitters, ICMP echo limits.
 //! The section's model, what the datapath reads of it, and the host settings the SYN
 //! shield relies on. `docs/design/shield.md` explains the design.
+
+pub mod hitters;
 
 use std::path::Path;
 
@@ -10,9 +13,11 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
 };
 use palisade_common::shield::{
-    PORT_WORDS, SH_COUNT, SHIELD_AMPLIFICATION, SHIELD_SYN, SHIELD_SYN_FORCE, SHIELD_TCP_INVALID,
-    ShieldConfig, set_port_bit,
+    PORT_SLOTS, PORT_WORDS, PortState, SH_COUNT, SHIELD_AMPLIFICATION, SHIELD_SOURCES, SHIELD_SYN,
+    SHIELD_SYN_FORCE, SHIELD_TCP_INVALID, ShieldConfig, set_port_bit, window_limit,
 };
+
+use serde::{Deserialize, Serialize};
 
 use crate::{maps::map_mut, policy::model::PortRange};
 
@@ -53,6 +58,18 @@ pub struct Shield {
     /// Drop datagrams from `amplification_ports` that answer nothing this host sent.
     pub amplification: bool,
     pub amplification_ports: Vec<PortRange>,
+    /// New flows per second one source prefix may open (`None`: no limit).
+    pub source_rate: Option<u32>,
+    /// The prefix lengths sources are aggregated by.
+    pub source_prefix_v4: u8,
+    pub source_prefix_v6: u8,
+    /// Seconds a prefix over `source_rate` stays blocked (`None`: only limited).
+    pub source_block_s: Option<u32>,
+    /// ICMP echo requests per second per source prefix, and from all sources together.
+    pub icmp_echo_rate: Option<u32>,
+    pub icmp_echo_global_rate: Option<u32>,
+    /// The largest ICMP echo payload let through, in bytes.
+    pub icmp_echo_max_payload: Option<u32>,
     /// 1-based line of the section (0 when absent or built in code).
     pub line: usize,
 }
@@ -65,6 +82,16 @@ pub const SYN_HOLD_RANGE_S: std::ops::RangeInclusive<u32> = 1..=86_400;
 pub const MSS_V4_RANGE: std::ops::RangeInclusive<u16> = 536..=8960;
 /// Bounds of `mss_v6`: IPv6's minimum MTU (1280) less headers, to a jumbo frame's.
 pub const MSS_V6_RANGE: std::ops::RangeInclusive<u16> = 1220..=8940;
+/// Bounds of `source_rate`, `icmp_echo_rate` and `icmp_echo_global_rate` (per second).
+pub const SOURCE_RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000_000;
+/// Bounds of `source_prefix_v4` and `source_prefix_v6`.
+pub const PREFIX_V4_RANGE: std::ops::RangeInclusive<u8> = 8..=32;
+pub const PREFIX_V6_RANGE: std::ops::RangeInclusive<u8> = 16..=128;
+/// Bounds of `source_block` (seconds).
+pub const SOURCE_BLOCK_RANGE_S: std::ops::RangeInclusive<u32> = 1..=86_400;
+/// Bounds of `icmp_echo_max_payload`: an IPv4 datagram's largest ICMP payload.
+pub const ECHO_PAYLOAD_RANGE: std::ops::RangeInclusive<u32> = 0..=65_507;
+
 /// Seconds between the SYNs that go on to the stack while cookies are engaged (the kernel
 /// takes cookies back for two minutes after it last sent one).
 pub const STACK_EVERY_S: u64 = 30;
@@ -86,6 +113,13 @@ impl Default for Shield {
                 .iter()
                 .map(|&p| PortRange { lo: p, hi: p })
                 .collect(),
+            source_rate: None,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
+            source_block_s: None,
+            icmp_echo_rate: None,
+            icmp_echo_global_rate: None,
+            icmp_echo_max_payload: None,
             line: 0,
         }
     }
@@ -101,13 +135,24 @@ impl Shield {
     /// Whether any shield is on (each needs connection tracking).
     #[must_use]
     pub fn any(&self) -> bool {
-        self.syn_on() || self.tcp_invalid_drop || self.amplification
+        self.syn_on() || self.tcp_invalid_drop || self.amplification || self.sources_on()
     }
 
-    /// What the datapath reads for this section; `host_wscale` gives the window scale when
-    /// SYN cookies are on and the section names none (only then are the host's sysctls read).
+    /// Whether sources are counted: a per-source flow limit or any echo limit.
     #[must_use]
-    pub fn datapath(&self, host_wscale: impl FnOnce() -> u8) -> ShieldConfig {
+    pub fn sources_on(&self) -> bool {
+        self.source_rate.is_some()
+            || self.icmp_echo_rate.is_some()
+            || self.icmp_echo_global_rate.is_some()
+            || self.icmp_echo_max_payload.is_some()
+    }
+
+    /// What the datapath reads for this section; `seed` keys the sketch's hashes (random, and
+    /// the same across reloads and restarts, so the counts carry over and an outsider cannot
+    /// aim addresses at one counter); `host_wscale` gives the window scale when SYN cookies
+    /// are on and the section names none (only then are the host's sysctls read).
+    #[must_use]
+    pub fn datapath(&self, seed: u32, host_wscale: impl FnOnce() -> u8) -> ShieldConfig {
         let mut c = ShieldConfig::off();
         if self.syn_on() {
             c.flags |= SHIELD_SYN;
@@ -122,6 +167,19 @@ impl Shield {
         if self.amplification {
             c.flags |= SHIELD_AMPLIFICATION;
             fill(&mut c.amp_ports, &self.amplification_ports);
+        }
+        if self.sources_on() {
+            c.flags |= SHIELD_SOURCES;
+            c.source_limit = self.source_rate.map_or(0, window_limit);
+            c.echo_source_limit = self.icmp_echo_rate.map_or(0, window_limit);
+            c.echo_global_limit = self.icmp_echo_global_rate.map_or(0, window_limit);
+            c.echo_payload_over = self.icmp_echo_max_payload.map_or(0, |m| m + 1);
+            c.block_ns = self
+                .source_block_s
+                .map_or(0, |s| u64::from(s) * 1_000_000_000);
+            c.prefix_v4 = self.source_prefix_v4;
+            c.prefix_v6 = self.source_prefix_v6;
+            c.seed = seed;
         }
         c.syn_rate = self.syn_rate;
         c.hold_ns = u64::from(self.syn_hold_s) * 1_000_000_000;
@@ -215,6 +273,82 @@ pub fn write_config(ebpf: &mut Ebpf, generation: u32, config: &ShieldConfig) -> 
     Ok(())
 }
 
+/// What the shields are doing now, for `palisade status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShieldState {
+    /// `syn_cookies = "on"`: cookies answer every SYN to `syn_ports`.
+    pub cookies_forced: bool,
+    /// Ports of `syn_ports` whose cookies the SYN rate engaged, with the seconds left.
+    pub engaged: Vec<(u16, u64)>,
+    /// Heavy hitters recorded, and how many of them are blocked now.
+    pub hitters: u64,
+    pub blocked: u64,
+}
+
+/// The shields' state at `now_ns` (the kernel's coarse clock) under `sh`.
+///
+/// # Errors
+/// When the maps cannot be read.
+pub fn state(ebpf: &Ebpf, sh: &Shield, now_ns: u64) -> Result<ShieldState> {
+    let mut st = ShieldState {
+        cookies_forced: sh.syn_on() && sh.syn_cookies == SynCookies::On,
+        ..ShieldState::default()
+    };
+    if sh.syn_on() && sh.syn_cookies == SynCookies::Auto {
+        let m: Array<&MapData, PortState> =
+            Array::try_from(crate::maps::map(ebpf, "SHIELD_PORTS")?)?;
+        // Ports equal modulo the slot count share a slot: each shows its slot's state.
+        for r in &sh.syn_ports {
+            for port in r.lo..=r.hi {
+                let s = m.get(&(u32::from(port) % PORT_SLOTS), 0)?;
+                if s.engaged_until_ns > now_ns {
+                    st.engaged
+                        .push((port, (s.engaged_until_ns - now_ns).div_ceil(1_000_000_000)));
+                }
+            }
+        }
+    }
+    if sh.source_rate.is_some() {
+        let list = hitters::list(ebpf, now_ns)?;
+        st.hitters = list.len() as u64;
+        st.blocked = list.iter().filter(|h| h.blocked_s.is_some()).count() as u64;
+    }
+    Ok(st)
+}
+
+/// One line for `palisade status`.
+#[must_use]
+pub fn status_line(st: &ShieldState) -> String {
+    let mut parts = Vec::new();
+    if st.cookies_forced {
+        parts.push("SYN cookies forced on".to_owned());
+    } else if !st.engaged.is_empty() {
+        let ports: Vec<String> = st
+            .engaged
+            .iter()
+            .take(8)
+            .map(|(p, s)| format!("{p} ({s}s left)"))
+            .collect();
+        let more = st.engaged.len().saturating_sub(8);
+        let tail = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        parts.push(format!("SYN cookies engaged on {}{tail}", ports.join(", ")));
+    }
+    if st.hitters > 0 {
+        parts.push(format!(
+            "{} heavy hitters ({} blocked)",
+            st.hitters, st.blocked
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("idle".to_owned());
+    }
+    format!("shields     {}", parts.join("; "))
+}
+
 /// The shield counters summed over CPUs, indexed by `palisade_common::shield::SH_*`.
 ///
 /// # Errors
@@ -267,7 +401,7 @@ mod tests {
             amplification: true,
             ..Shield::default()
         };
-        let c = s.datapath(|| 9);
+        let c = s.datapath(1, || 9);
         assert_eq!(c.flags, SHIELD_SYN | SHIELD_AMPLIFICATION);
         for p in [80, 8000, 8001, 8002] {
             assert!(port_bit(&c.syn_ports, p));
@@ -279,7 +413,10 @@ mod tests {
             syn_cookies: SynCookies::Off,
             ..s
         };
-        assert_eq!(off.datapath(|| unreachable!()).flags, SHIELD_AMPLIFICATION);
+        assert_eq!(
+            off.datapath(1, || unreachable!()).flags,
+            SHIELD_AMPLIFICATION
+        );
         assert!(!Shield::default().any());
     }
 }

@@ -3,7 +3,11 @@
 use super::{Checker, Node, Val};
 use crate::{
     policy::model::PortRange,
-    shield::{MSS_V4_RANGE, MSS_V6_RANGE, SYN_HOLD_RANGE_S, SYN_RATE_RANGE, Shield, SynCookies},
+    shield::{
+        ECHO_PAYLOAD_RANGE, MSS_V4_RANGE, MSS_V6_RANGE, PREFIX_V4_RANGE, PREFIX_V6_RANGE,
+        SOURCE_BLOCK_RANGE_S, SOURCE_RATE_RANGE, SYN_HOLD_RANGE_S, SYN_RATE_RANGE, Shield,
+        SynCookies,
+    },
 };
 
 pub(super) const SHIELD_KEYS: &[&str] = &[
@@ -17,6 +21,13 @@ pub(super) const SHIELD_KEYS: &[&str] = &[
     "tcp_invalid",
     "amplification",
     "amplification_ports",
+    "source_rate",
+    "source_prefix_v4",
+    "source_prefix_v6",
+    "source_block",
+    "icmp_echo_rate",
+    "icmp_echo_global_rate",
+    "icmp_echo_max_payload",
 ];
 
 impl Checker<'_> {
@@ -114,6 +125,7 @@ impl Checker<'_> {
                 self.err(n.at, "`amplification_ports` needs `amplification = true`");
             }
         }
+        self.source_limits(view, &mut sh);
         if sh.any()
             && let Some(at) = ct_disabled_at
         {
@@ -127,6 +139,63 @@ impl Checker<'_> {
             );
         }
         sh
+    }
+
+    /// The per-source and echo limits of `[shield]`.
+    fn source_limits(&mut self, view: super::TableView<'_>, sh: &mut Shield) {
+        let int = |this: &mut Self, key: &str, lo: u32, hi: u32| {
+            view.get(key)
+                .and_then(|n| this.integer(n, key, lo.into(), hi.into()))
+                .map(|n| n as u32)
+        };
+        let (rate_lo, rate_hi) = (*SOURCE_RATE_RANGE.start(), *SOURCE_RATE_RANGE.end());
+        sh.source_rate = int(self, "source_rate", rate_lo, rate_hi);
+        sh.icmp_echo_rate = int(self, "icmp_echo_rate", rate_lo, rate_hi);
+        sh.icmp_echo_global_rate = int(self, "icmp_echo_global_rate", rate_lo, rate_hi);
+        sh.icmp_echo_max_payload = int(
+            self,
+            "icmp_echo_max_payload",
+            *ECHO_PAYLOAD_RANGE.start(),
+            *ECHO_PAYLOAD_RANGE.end(),
+        );
+        if let Some(n) = int(
+            self,
+            "source_prefix_v4",
+            (*PREFIX_V4_RANGE.start()).into(),
+            (*PREFIX_V4_RANGE.end()).into(),
+        ) {
+            sh.source_prefix_v4 = n as u8;
+        }
+        if let Some(n) = int(
+            self,
+            "source_prefix_v6",
+            (*PREFIX_V6_RANGE.start()).into(),
+            (*PREFIX_V6_RANGE.end()).into(),
+        ) {
+            sh.source_prefix_v6 = n as u8;
+        }
+        sh.source_block_s = int(
+            self,
+            "source_block",
+            *SOURCE_BLOCK_RANGE_S.start(),
+            *SOURCE_BLOCK_RANGE_S.end(),
+        );
+        if sh.source_rate.is_none()
+            && let Some(n) = view.get("source_block")
+        {
+            self.err(
+                n.at,
+                "`source_block` needs `source_rate`: what a prefix goes over",
+            );
+        }
+        if sh.source_rate.is_none() && sh.icmp_echo_rate.is_none() {
+            for key in ["source_prefix_v4", "source_prefix_v6"] {
+                if let Some(n) = view.get(key) {
+                    let msg = format!("`{key}` needs `source_rate` or `icmp_echo_rate`");
+                    self.err(n.at, msg);
+                }
+            }
+        }
     }
 
     /// A non-empty list of ports and `"LO-HI"` ranges.
