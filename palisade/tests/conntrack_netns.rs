@@ -40,6 +40,7 @@ use palisade_common::{
     stats,
 };
 use support::{
+    bulk::{BULK, fold, pattern, sink, source},
     netns::{command_in, exec_in, in_netns, tcp_info},
     routed::Routed,
     wire::{Capture, send_ip, tcp_segment},
@@ -501,44 +502,6 @@ fn unsolicited_segments_draw_no_reset(lab: &Lab, probes: &Probes) {
         dropped,
         lab.dropped()
     );
-}
-
-/// Receives until EOF and answers with the byte count and a checksum of what arrived.
-fn sink(mut c: TcpStream) {
-    let mut buf = vec![0u8; 65_536];
-    let (mut n, mut sum) = (0u64, 0u64);
-    loop {
-        match c.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => {
-                sum = buf[..k]
-                    .iter()
-                    .fold(sum, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
-                n += k as u64;
-            }
-            Err(_) => return,
-        }
-    }
-    let _ = c.write_all(&n.to_be_bytes());
-    let _ = c.write_all(&sum.to_be_bytes());
-}
-
-/// Sends `BULK` bytes of the pattern, then closes.
-fn source(mut c: TcpStream) {
-    let data = pattern(BULK);
-    let _ = c.write_all(&data);
-    let _ = c.shutdown(Shutdown::Write);
-}
-
-const BULK: usize = 8 << 20;
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
-}
-
-fn fold(data: &[u8]) -> u64 {
-    data.iter()
-        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)))
 }
 
 /// 8 MiB up and 8 MiB down, each family. The upload's full-size segments meet the narrow hop
