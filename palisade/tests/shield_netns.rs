@@ -23,13 +23,12 @@ mod support;
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use control::{Proc, Scratch, cli, eventually};
+use control::{GuardedHost, cli, eventually};
 use palisade::craft;
 use palisade_common::{
     conntrack::CS_RELATED,
@@ -144,12 +143,11 @@ impl Topology for VlanLink {
     }
 }
 
-/// The namespaces, a private bpffs for the pins and the guarded host's daemon.
+/// The namespaces and the guarded host's daemon (with its private bpffs for the pins).
 struct Lab<N: Topology> {
-    daemon: Option<Proc>,
+    // Dropped first: the daemon goes before its namespaces.
+    host: GuardedHost,
     _peer_xdp: dns_support::xdp::XdpPass,
-    scratch: Scratch,
-    policy: PathBuf,
     net: N,
 }
 
@@ -158,39 +156,23 @@ impl<N: Topology> Lab<N> {
     fn new(tag: &str, policy_text: &str, net: N) -> Self {
         dns_support::require("ip", "iproute2");
         dns_support::require("nsenter", "util-linux");
-        let scratch = Scratch::new(tag);
-        let policy = scratch.file("policy.toml");
-        std::fs::write(&policy, policy_text).unwrap();
-        dns_support::check_policy(&policy);
+        let (ns, iface) = net.guarded();
+        let mut host = GuardedHost::new(tag, policy_text, ns, iface);
+        dns_support::check_policy(&host.policy);
         // A frame sent back with XDP_TX crosses a veth pair only when the peer runs XDP
         // too (a real NIC sends it on its own).
         let (peer_ns, peer_if) = net.peer();
         let peer_xdp = dns_support::xdp::XdpPass::attach(peer_ns, peer_if);
-        let (ns, iface) = net.guarded();
-        let daemon = Some(Proc::start_nsenter(
-            ns,
-            &scratch.socket(),
-            &[
-                "--config",
-                policy.to_str().unwrap(),
-                "--iface",
-                iface,
-                "--pin-dir",
-                scratch.pin_dir().to_str().unwrap(),
-                "--quiet",
-            ],
-        ));
+        host.start();
         Self {
-            daemon,
+            host,
             _peer_xdp: peer_xdp,
-            scratch,
-            policy,
             net,
         }
     }
 
     fn counter(&self, index: u32) -> u64 {
-        self.scratch.counter("SHIELD_STATS", index)
+        self.host.scratch.counter("SHIELD_STATS", index)
     }
 
     /// Every shield counter, by name (for failure messages).
@@ -200,33 +182,11 @@ impl<N: Topology> Lab<N> {
             .collect()
     }
 
-    fn reload(&self, policy_text: &str) {
-        std::fs::write(&self.policy, policy_text).unwrap();
-        let r = cli(&self.scratch.socket(), &["reload"]);
-        assert!(r.ok && r.stdout.contains("reloaded"), "{r:?}");
-    }
-
     /// `stats --json`: the counters.
     fn stats(&self) -> serde_json::Value {
-        let out = cli(&self.scratch.socket(), &["stats", "--json"]);
+        let out = cli(&self.host.socket(), &["stats", "--json"]);
         assert!(out.ok, "{out:?}");
         serde_json::from_str(&out.stdout).expect("stats JSON")
-    }
-}
-
-impl<N: Topology> Drop for Lab<N> {
-    fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.kill9();
-        }
-        let _ = cli(
-            &self.scratch.socket(),
-            &[
-                "unload",
-                "--pin-dir",
-                self.scratch.pin_dir().to_str().unwrap(),
-            ],
-        );
     }
 }
 
@@ -369,7 +329,7 @@ fn real_clients_connect_through_xdp_syn_cookies_with_their_options() {
         stat(&stats, "shield", "cookies_valid").is_some_and(|v| v >= 10),
         "{stats}"
     );
-    let status = cli(&lab.scratch.socket(), &["status"]).stdout;
+    let status = cli(&lab.host.socket(), &["status"]).stdout;
     assert!(
         status.contains("shield: ") && status.contains("cookies_sent "),
         "{status}"
@@ -580,7 +540,7 @@ fn the_hosts_own_dns_and_ntp_answers_pass_and_unsolicited_ones_are_dropped() {
 
     // The control: without the shield the same datagrams reach the service (the rule lets
     // them in), so it was the shield that kept them out.
-    lab.reload(&policy(false));
+    lab.host.reload(&policy(false));
     let counted = lab.counter(SH_AMPLIFICATION_DROPPED);
     send_unsolicited(&lab.net.outside);
     let seen = arrived(&inbox, 2 * (REFLECTOR_PORTS.len() + 1));
@@ -673,7 +633,7 @@ fn path_mtu_discovery_works_through_the_shields() {
         );
     }
     let data = pattern(BULK);
-    let related = || lab.scratch.counter("CT_STATS", CS_RELATED);
+    let related = || lab.host.scratch.counter("CT_STATS", CS_RELATED);
     for (outside, guarded) in [
         (Routed::OUTSIDE_V4, Routed::GUARDED_V4),
         (Routed::OUTSIDE_V6, Routed::GUARDED_V6),
