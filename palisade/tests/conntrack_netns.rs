@@ -30,7 +30,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use control::{Proc, Scratch, cli};
+use control::{GuardedHost, Proc};
 use palisade::craft;
 use palisade_common::{
     conntrack::{
@@ -40,6 +40,7 @@ use palisade_common::{
     stats,
 };
 use support::{
+    bulk::{BULK, fold, pattern, sink, source},
     netns::{command_in, exec_in, in_netns, tcp_info},
     routed::Routed,
     wire::{Capture, send_ip, tcp_segment},
@@ -78,60 +79,38 @@ enabled = true
     )
 }
 
-/// The routed namespaces, a private bpffs for the pins and the guarded host's daemon.
+/// The routed namespaces and the guarded host's daemon (with its private bpffs for the pins).
 struct Lab {
-    daemon: Option<Proc>,
-    scratch: Scratch,
+    // Dropped first: the daemon goes before its namespaces.
+    host: GuardedHost,
     net: Routed,
-    policy: PathBuf,
 }
 
 impl Lab {
     fn new(tag: &str, policy_text: &str) -> Self {
         dns_support::require("ip", "iproute2");
         dns_support::require("nsenter", "util-linux");
-        let scratch = Scratch::new(tag);
-        let policy = scratch.file("policy.toml");
-        std::fs::write(&policy, policy_text).unwrap();
-        dns_support::check_policy(&policy);
-        Self {
-            daemon: None,
-            net: Routed::new(),
-            scratch,
-            policy,
-        }
+        let net = Routed::new();
+        let host = GuardedHost::new(tag, policy_text, &net.guarded, Routed::GUARDED_IF);
+        dns_support::check_policy(&host.policy);
+        Self { host, net }
     }
 
     fn start(&mut self) {
-        assert!(self.daemon.is_none(), "a daemon is already running");
-        let started = Instant::now();
-        self.daemon = Some(Proc::start_nsenter(
-            &self.net.guarded,
-            &self.scratch.socket(),
-            &[
-                "--config",
-                self.policy.to_str().unwrap(),
-                "--iface",
-                Routed::GUARDED_IF,
-                "--pin-dir",
-                self.scratch.pin_dir().to_str().unwrap(),
-                "--quiet",
-            ],
-        ));
-        eprintln!("palisade enforcing after {:?}", started.elapsed());
+        self.host.start();
     }
 
     fn daemon(&self) -> &Proc {
-        self.daemon.as_ref().expect("daemon running")
+        self.host.daemon()
     }
 
     fn kill9(&mut self) {
-        self.daemon.take().expect("daemon running").kill9();
+        self.host.take_daemon().kill9();
     }
 
     /// SIGTERM; the policy and the tables stay pinned.
     fn stop(&mut self) {
-        let mut d = self.daemon.take().expect("daemon running");
+        let mut d = self.host.take_daemon();
         d.signal(libc::SIGTERM);
         assert!(d.wait(Duration::from_secs(20)), "{:?}", d.stderr_now());
         let err = d.stderr_now();
@@ -143,7 +122,7 @@ impl Lab {
 
     /// The path of pinned map `name`.
     fn pinned_map(&self, name: &str) -> PathBuf {
-        self.scratch.pinned_map(name)
+        self.host.scratch.pinned_map(name)
     }
 
     /// Makes the pinned programs look like another build's (an upgrade): the next daemon
@@ -173,7 +152,7 @@ impl Lab {
 
     /// Entry `index` of the pinned per-CPU counter array `name`, summed over CPUs.
     fn counter(&self, name: &str, index: u32) -> u64 {
-        self.scratch.counter(name, index)
+        self.host.scratch.counter(name, index)
     }
 
     fn ct_stat(&self, index: u32) -> u64 {
@@ -212,23 +191,6 @@ impl Lab {
             .collect();
         assert_eq!(keys.len(), 1, "{keys:?}");
         table.remove(&keys[0]).expect("remove the entry");
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.kill9();
-        }
-        // Detach and unpin (unmounting the private bpffs afterwards frees whatever is left).
-        let _ = cli(
-            &self.scratch.socket(),
-            &[
-                "unload",
-                "--pin-dir",
-                self.scratch.pin_dir().to_str().unwrap(),
-            ],
-        );
     }
 }
 
@@ -348,9 +310,7 @@ fn a_stateful_default_drop_host_talks_out_and_lets_only_ssh_in() {
     // The control: the same policy without `stateful`. Tracking goes on, but the rules alone
     // decide, and no rule lets replies in: this is what the checks above would see if
     // `stateful` had no effect.
-    std::fs::write(&lab.policy, policy(false, "")).unwrap();
-    let r = cli(&lab.scratch.socket(), &["reload"]);
-    assert!(r.ok && r.stdout.contains("reloaded"), "{r:?}");
+    lab.host.reload(&policy(false, ""));
     let accepted = lab.ct_stat(CS_ACCEPTED);
     for outside in [Routed::OUTSIDE_V4, Routed::OUTSIDE_V6] {
         assert_times_out(&lab.net.guarded, outside, 7);
@@ -501,44 +461,6 @@ fn unsolicited_segments_draw_no_reset(lab: &Lab, probes: &Probes) {
         dropped,
         lab.dropped()
     );
-}
-
-/// Receives until EOF and answers with the byte count and a checksum of what arrived.
-fn sink(mut c: TcpStream) {
-    let mut buf = vec![0u8; 65_536];
-    let (mut n, mut sum) = (0u64, 0u64);
-    loop {
-        match c.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => {
-                sum = buf[..k]
-                    .iter()
-                    .fold(sum, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
-                n += k as u64;
-            }
-            Err(_) => return,
-        }
-    }
-    let _ = c.write_all(&n.to_be_bytes());
-    let _ = c.write_all(&sum.to_be_bytes());
-}
-
-/// Sends `BULK` bytes of the pattern, then closes.
-fn source(mut c: TcpStream) {
-    let data = pattern(BULK);
-    let _ = c.write_all(&data);
-    let _ = c.shutdown(Shutdown::Write);
-}
-
-const BULK: usize = 8 << 20;
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
-}
-
-fn fold(data: &[u8]) -> u64 {
-    data.iter()
-        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)))
 }
 
 /// 8 MiB up and 8 MiB down, each family. The upload's full-size segments meet the narrow hop
@@ -743,19 +665,15 @@ fn established_flows_survive_kill_9_restarts_and_reloads() {
 
     // A reload to a different policy (one more rule, other timeouts) through the CLI, then
     // back through SIGHUP.
-    std::fs::write(
-        &lab.policy,
-        policy(
+    lab.host.reload(
+        &policy(
             true,
             "\n[[firewall.rule]]\nname = \"alt-ssh\"\naction = \"allow\"\nproto = \"tcp\"\ndport = 2222\n",
         )
         .replace("enabled = true", "enabled = true\ntcp_established = 7200\n"),
-    )
-    .unwrap();
-    let r = cli(&lab.scratch.socket(), &["reload"]);
-    assert!(r.ok && r.stdout.contains("reloaded"), "{r:?}");
+    );
     progress("after a reload");
-    std::fs::write(&lab.policy, policy(true, "")).unwrap();
+    std::fs::write(&lab.host.policy, policy(true, "")).unwrap();
     lab.daemon().signal(libc::SIGHUP);
     let t = Instant::now();
     while !lab

@@ -41,6 +41,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "procps",
     "curl",
+    "chrony",
+    "ethtool",
 ];
 
 /// The toolchain `aya-build` compiles the kernel programs with.

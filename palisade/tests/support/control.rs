@@ -228,6 +228,92 @@ impl Drop for Proc {
     }
 }
 
+/// The daemon of a netns test's guarded host: `palisade run` on one interface of a namespace,
+/// started with `nsenter --net` so that its pins (on the scratch's private bpffs) are the
+/// test's to read, with its scratch directory and policy file. Dropping it kills the daemon
+/// and unloads whatever is still pinned.
+pub struct GuardedHost {
+    daemon: Option<Proc>,
+    pub scratch: Scratch,
+    pub policy: PathBuf,
+    ns: String,
+    iface: String,
+}
+
+impl GuardedHost {
+    /// A scratch directory named `tag` (tests run in parallel) holding `policy_text` as the
+    /// policy, for a daemon on `iface` in namespace `ns`; not started yet.
+    pub fn new(tag: &str, policy_text: &str, ns: &str, iface: &str) -> Self {
+        let scratch = Scratch::new(tag);
+        let policy = scratch.file("policy.toml");
+        std::fs::write(&policy, policy_text).unwrap();
+        Self {
+            daemon: None,
+            scratch,
+            policy,
+            ns: ns.to_owned(),
+            iface: iface.to_owned(),
+        }
+    }
+
+    /// Starts the daemon and waits until it enforces.
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none(), "a daemon is already running");
+        let started = Instant::now();
+        self.daemon = Some(Proc::start_nsenter(
+            &self.ns,
+            &self.scratch.socket(),
+            &[
+                "--config",
+                self.policy.to_str().unwrap(),
+                "--iface",
+                &self.iface,
+                "--pin-dir",
+                self.scratch.pin_dir().to_str().unwrap(),
+                "--quiet",
+            ],
+        ));
+        eprintln!("palisade enforcing after {:?}", started.elapsed());
+    }
+
+    pub fn daemon(&self) -> &Proc {
+        self.daemon.as_ref().expect("daemon running")
+    }
+
+    /// The running daemon, handed over (to be stopped by the caller).
+    pub fn take_daemon(&mut self) -> Proc {
+        self.daemon.take().expect("daemon running")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.scratch.socket()
+    }
+
+    /// Writes `policy_text` as the policy and has the daemon reload it.
+    pub fn reload(&self, policy_text: &str) {
+        std::fs::write(&self.policy, policy_text).unwrap();
+        let r = cli(&self.socket(), &["reload"]);
+        assert!(r.ok && r.stdout.contains("reloaded"), "{r:?}");
+    }
+}
+
+impl Drop for GuardedHost {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.kill9();
+        }
+        // Detach and unpin (unmounting the private bpffs afterwards frees whatever is left).
+        let _ = cli(
+            &self.socket(),
+            &[
+                "unload",
+                "--pin-dir",
+                self.scratch.pin_dir().to_str().unwrap(),
+            ],
+        );
+    }
+}
+
 /// What a CLI run printed.
 pub struct CliOut {
     pub ok: bool,

@@ -2,7 +2,11 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod bulk;
 pub mod daemon;
 pub mod netns;
+pub mod ntp;
+pub mod rawbpf;
 pub mod routed;
+pub mod vlan;
 pub mod wire;
