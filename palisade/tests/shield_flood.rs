@@ -29,7 +29,7 @@ use std::{
 
 use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
-use control::{Proc, Scratch, cli, pinned_firewall};
+use control::{GuardedHost, pinned_firewall};
 use palisade_common::shield::{
     SH_COOKIE_SENT, SH_COOKIE_UNANSWERED, SH_COOKIE_VALID, SH_COUNT, SH_ENGAGED, SH_NAMES, SH_SYN,
     SH_SYN_TO_STACK,
@@ -76,9 +76,8 @@ tcp_invalid = "drop"
 }
 
 struct Lab {
-    daemon: Option<Proc>,
+    host: GuardedHost,
     _router_xdp: dns_support::xdp::XdpPass,
-    scratch: Scratch,
     net: Routed,
 }
 
@@ -88,11 +87,9 @@ impl Lab {
         dns_support::require("nsenter", "util-linux");
         dns_support::require("python3", "python3");
         dns_support::require("nstat", "iproute2");
-        let scratch = Scratch::new(tag);
-        let path = scratch.file("policy.toml");
-        std::fs::write(&path, policy(cookies)).unwrap();
-        dns_support::check_policy(&path);
         let net = Routed::new();
+        let mut host = GuardedHost::new(tag, &policy(cookies), &net.guarded, Routed::GUARDED_IF);
+        dns_support::check_policy(&host.policy);
         // Cookie SYN-ACKs cross the veth pair only when its other end runs XDP too.
         let router_xdp = dns_support::xdp::XdpPass::attach(&net.router, "veth-rg");
         // The spoofed sources are routed nowhere: the router discards the answers quietly.
@@ -117,47 +114,18 @@ impl Lab {
             "name",
             "park1",
         ]);
-        let daemon = Some(Proc::start_nsenter(
-            &net.guarded,
-            &scratch.socket(),
-            &[
-                "--config",
-                path.to_str().unwrap(),
-                "--iface",
-                Routed::GUARDED_IF,
-                "--pin-dir",
-                scratch.pin_dir().to_str().unwrap(),
-                "--quiet",
-            ],
-        ));
+        host.start();
         Self {
-            daemon,
+            host,
             _router_xdp: router_xdp,
-            scratch,
             net,
         }
     }
 
     fn counters(&self) -> Vec<u64> {
         (0..SH_COUNT)
-            .map(|i| self.scratch.counter("SHIELD_STATS", i))
+            .map(|i| self.host.scratch.counter("SHIELD_STATS", i))
             .collect()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.kill9();
-        }
-        let _ = cli(
-            &self.scratch.socket(),
-            &[
-                "unload",
-                "--pin-dir",
-                self.scratch.pin_dir().to_str().unwrap(),
-            ],
-        );
     }
 }
 
@@ -367,7 +335,7 @@ fn flood(tag: &str, cookies: &str) -> Outcome {
     template[..6].copy_from_slice(&mac(&lab.net.guarded, Routed::GUARDED_IF));
     template[6..12].copy_from_slice(&mac(&lab.net.router, "veth-rg"));
     let firewall = Xdp::from_pin(
-        pinned_firewall(&lab.scratch.pin_dir()),
+        pinned_firewall(&lab.host.scratch.pin_dir()),
         XdpAttachType::Interface,
     )
     .expect("the daemon's pinned firewall");

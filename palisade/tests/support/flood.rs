@@ -17,6 +17,8 @@
 
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 
+use super::rawbpf::{BPF_PROG_TYPE_XDP, BPF_XDP, insn};
+
 /// `bpf(2)` with `attr` as the attribute union.
 fn bpf<T>(cmd: u32, attr: &mut T) -> std::io::Result<i64> {
     // SAFETY: `attr` is a repr(C) prefix of `union bpf_attr`, valid for its size; the kernel
@@ -44,11 +46,7 @@ const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_LINK_CREATE: u32 = 28;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-/// The attach type aya gives XDP programs; a tail call slot takes only programs of its first
-/// occupant's type and attach type.
-const BPF_XDP: u32 = 37;
 /// Frames per live-frames batch (the kernel's NAPI weight).
 pub const BATCH: u32 = 64;
 
@@ -155,14 +153,6 @@ fn map_create(map_type: u32, value_size: u32) -> OwnedFd {
         map_flags: 0,
     };
     owned(bpf(BPF_MAP_CREATE, &mut attr).expect("BPF_MAP_CREATE"))
-}
-
-/// One BPF instruction: opcode, registers, offset, immediate.
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    code as u64
-        | ((dst | (src << 4)) as u64) << 8
-        | (off as u16 as u64) << 16
-        | (imm as u32 as u64) << 32
 }
 
 /// The interface index of `name` in the calling thread's namespace.
@@ -375,6 +365,8 @@ impl Generator {
             log_size: log.len() as u32,
             log_buf: log.as_mut_ptr() as u64,
             prog_name: name,
+            // The attach type aya gives XDP programs: a tail call slot takes only programs
+            // of its first occupant's type and attach type.
             expected_attach_type: BPF_XDP,
             ..ProgLoad::default()
         };

@@ -11,7 +11,7 @@ mod conntrack;
 mod dns;
 mod dnsperf;
 mod events_flood;
-/// The flood generator the tests use too.
+/// The flood generator the tests use too, and the raw BPF helpers it builds on.
 #[path = "../../../tests/support/flood.rs"]
 #[expect(
     dead_code,
@@ -23,6 +23,12 @@ mod inspect;
 mod live;
 mod netns;
 mod plot;
+#[path = "../../../tests/support/rawbpf.rs"]
+#[expect(
+    dead_code,
+    reason = "the flood generator needs its instruction encoder only"
+)]
+mod rawbpf;
 mod report;
 mod rng;
 mod runner;
