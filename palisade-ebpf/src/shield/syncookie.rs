@@ -19,8 +19,8 @@ use palisade_common::{
     packet::{Bytes, FAMILY_V4, IPPROTO_TCP, Packet, TCP_SYN},
     shield::{
         SH_COOKIE_INVALID, SH_COOKIE_SENT, SH_COOKIE_UNANSWERED, SH_COOKIE_VALID,
-        SYNACK_OPTIONS_MAX, ShieldConfig, SynOptions, TCP_MAX_HEADER, cookie_timestamp, fold,
-        read_syn_options, synack_options, synack_window,
+        SYNACK_OPTIONS_MAX, ShieldConfig, SynOptions, TCP_MAX_HEADER, cookie_timestamp,
+        linux_syn_options, read_syn_options, synack_options, synack_window,
     },
     stats,
 };
@@ -239,7 +239,11 @@ fn answer(ctx: &XdpContext, cfg: &ShieldConfig, p: &Packet, s: &mut Scratch) -> 
     if cookie < 0 {
         return false;
     }
-    read_syn_options(&s.th, TCP_MAX_HEADER, &mut s.syn, &mut s.skip);
+    // Linux's layout is read at once; any other is walked.
+    match linux_syn_options(&s.th, th_len) {
+        Some(o) => s.syn = o,
+        None => read_syn_options(&s.th, TCP_MAX_HEADER, &mut s.syn, &mut s.skip),
+    }
     let o = s.syn;
     // SAFETY: a helper with no preconditions. The TCP clock is the monotonic clock in
     // milliseconds (with `tcp_timestamps = 2`, no offset per connection).
@@ -260,6 +264,8 @@ fn answer(ctx: &XdpContext, cfg: &ShieldConfig, p: &Packet, s: &mut Scratch) -> 
     // The IP header: addresses swapped, from the SYN's.
     zero_words(s.out.as_mut_ptr(), OUT_MAX / 4);
     let seq = s.th[4..8].try_into().map_or(0, u32::from_be_bytes);
+    // Checksums are summed by 32-bit words in the machine's byte order (RFC 1071: the sum
+    // in one byte order is the byte swap of the sum in the other), and stored as they are.
     let mut sum = if v4 {
         let total = ((ip_len + tcp_len) as u16).to_be_bytes();
         let h = &mut s.out[..20];
@@ -271,10 +277,12 @@ fn answer(ctx: &XdpContext, cfg: &ShieldConfig, p: &Packet, s: &mut Scratch) -> 
         h[9] = IPPROTO_TCP;
         h[12..16].copy_from_slice(&s.ip[16..20]);
         h[16..20].copy_from_slice(&s.ip[12..16]);
-        let c = fold(sum20(h)).to_be_bytes();
+        // SAFETY: 20 bytes at the start of `out`, a 4-aligned field (see `Scratch`).
+        let c = csum_fold(unsafe { sum_words(h.as_ptr(), 5) }).to_ne_bytes();
         h[10] = c[0];
         h[11] = c[1];
-        pseudo_sum(&s.ip[12..20])
+        // SAFETY: the SYN's addresses, bytes 12 to 20 of the 4-aligned `ip`.
+        unsafe { sum_words(s.ip.as_ptr().add(12), 2) }
     } else {
         let payload = (tcp_len as u16).to_be_bytes();
         let h = &mut s.out[..40];
@@ -285,9 +293,10 @@ fn answer(ctx: &XdpContext, cfg: &ShieldConfig, p: &Packet, s: &mut Scratch) -> 
         h[7] = 64;
         h[8..24].copy_from_slice(&s.ip[24..40]);
         h[24..40].copy_from_slice(&s.ip[8..24]);
-        pseudo_sum(&s.ip[8..40])
+        // SAFETY: the SYN's addresses, bytes 8 to 40 of the 4-aligned `ip`.
+        unsafe { sum_words(s.ip.as_ptr().add(8), 8) }
     };
-    sum += u32::from(IPPROTO_TCP) + tcp_len as u32;
+    sum += u64::from(u16::from(IPPROTO_TCP).to_be()) + u64::from((tcp_len as u16).to_be());
     // The TCP header: ports swapped, the cookie as our sequence number, the SYN acknowledged.
     {
         let (sport, dport) = ([s.th[0], s.th[1]], [s.th[2], s.th[3]]);
@@ -306,7 +315,8 @@ fn answer(ctx: &XdpContext, cfg: &ShieldConfig, p: &Packet, s: &mut Scratch) -> 
         t[14..16].copy_from_slice(&window.to_be_bytes());
         t[20..].copy_from_slice(&s.opts);
         // Unwritten option bytes are zero and add nothing to the sum.
-        let c = fold(sum40(t, sum)).to_be_bytes();
+        // SAFETY: the 40-byte TCP slot of `out`, at 20 or 40: 4-aligned.
+        let c = csum_fold(sum + unsafe { sum_words(t.as_ptr(), 10) }).to_ne_bytes();
         t[16] = c[0];
         t[17] = c[1];
     }
@@ -355,47 +365,34 @@ fn zero_words(p: *mut u8, words: usize) {
     }
 }
 
-/// The ones'-complement sum of a 20-byte IPv4 header.
+/// The sum of `words` 32-bit words at `p`, in the machine's byte order, unfolded.
+///
+/// # Safety
+/// `p` is 4-aligned with `words * 4` readable bytes.
 #[inline(always)]
-fn sum20(h: &[u8]) -> u32 {
-    let mut sum = 0u32;
+unsafe fn sum_words(p: *const u8, words: usize) -> u64 {
+    let p = p.cast::<u32>();
+    let mut sum = 0u64;
     let mut i = 0;
-    while i < 20 {
-        sum += u32::from(u16::from_be_bytes([
-            h.get(i).copied().unwrap_or(0),
-            h.get(i + 1).copied().unwrap_or(0),
-        ]));
-        i += 2;
+    while i < words {
+        // SAFETY: as the caller promises.
+        sum += u64::from(unsafe { p.add(i).read() });
+        i += 1;
     }
     sum
 }
 
-/// The sum of the pseudo-header's addresses (8 bytes for IPv4, 32 for IPv6), as given by
-/// the SYN (the same pair, swapped, sums the same).
+/// The checksum of a sum of [`sum_words`]: folded to 16 bits with the carries, complemented.
 #[inline(always)]
-fn pseudo_sum(addrs: &[u8]) -> u32 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 32 {
-        if i + 1 >= addrs.len() {
-            break;
-        }
-        sum += u32::from(u16::from_be_bytes([addrs[i], addrs[i + 1]]));
-        i += 2;
-    }
-    sum
+fn csum_fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
-/// `sum` plus the ones'-complement sum of the 40 bytes of a TCP header slot.
-#[inline(always)]
-fn sum40(t: &[u8], mut sum: u32) -> u32 {
-    let mut i = 0;
-    while i < 40 {
-        sum += u32::from(u16::from_be_bytes([
-            t.get(i).copied().unwrap_or(0),
-            t.get(i + 1).copied().unwrap_or(0),
-        ]));
-        i += 2;
-    }
-    sum
-}
+// The checksums read `ip` and `out` by aligned 32-bit words.
+const _: () = assert!(
+    core::mem::offset_of!(Scratch, ip) % 4 == 0 && core::mem::offset_of!(Scratch, out) % 4 == 0
+);
