@@ -534,6 +534,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
         }
     );
     println!("{}", moved_line("shield", &c.shield, "nothing seen"));
+    println!("{}", moved_line("scrub", &c.scrub, "nothing rewritten"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

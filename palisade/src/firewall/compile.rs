@@ -540,6 +540,7 @@ mod tests {
     fn policy(rules: Vec<Rule>, sets: Vec<IpSet>) -> Policy {
         Policy {
             shield: crate::shield::Shield::default(),
+            scrub: crate::scrub::Scrub::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -1972,6 +1973,7 @@ mod tests {
                     }
                     Policy {
                         shield: crate::shield::Shield::default(),
+                        scrub: crate::scrub::Scrub::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2097,6 +2099,7 @@ mod tests {
                     .collect();
                 Policy {
                     shield: crate::shield::Shield::default(),
+                    scrub: crate::scrub::Scrub::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,
