@@ -355,6 +355,24 @@ fn ping(ns: &str, addr: &str, size: usize, count: usize) {
 fn fragments_reassemble_and_whole_packets_get_random_ids() {
     let lab = Lab::new("scrub-frag");
     let r = &lab.r;
+    // The guarded host's first large IPv6 answer meets the narrow link: IPv6 routers do not
+    // fragment, the router answers "packet too big" and the guarded host fragments smaller
+    // from then on. Learnt before the captures, so that every datagram below arrives.
+    let _ = exec_in(
+        &r.outside,
+        "ping",
+        &[
+            "-c",
+            "2",
+            "-s",
+            "3000",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            Routed::GUARDED_V6,
+        ],
+    );
     let at_guarded = lab.capture(&r.guarded, Routed::GUARDED_IF, "cap-g");
     let at_outside = lab.capture(&r.outside, Routed::OUTSIDE_IF, "cap-o");
     // Whole packets, then datagrams the narrow link (and the guarded host's answer) split.
