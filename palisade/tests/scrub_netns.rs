@@ -11,7 +11,9 @@
 //!   raised, DF cleared;
 //! - pings of 3000 bytes, fragmented on the narrow link and by the guarded host, still
 //!   reassemble (both ways, both families): fragments keep their identification, while
-//!   unfragmented packets get random ones.
+//!   unfragmented packets get random ones;
+//! - a reload changes the limits for the next handshake, the pinned programs go on scrubbing
+//!   when the daemon is killed, and a new daemon adopts their links.
 
 #[path = "support/control.rs"]
 mod control;
@@ -446,5 +448,61 @@ fn fragments_reassemble_and_whole_packets_get_random_ids() {
         stats.stdout.contains("ingress_fragment_id_kept"),
         "{}",
         stats.stdout
+    );
+}
+
+/// The scrub links pinned under the daemon's pin directory, by file name.
+fn scrub_link_pins(host: &GuardedHost) -> Vec<String> {
+    let mut names = Vec::new();
+    for layout in std::fs::read_dir(host.scratch.pin_dir()).unwrap().flatten() {
+        let Ok(links) = std::fs::read_dir(layout.path().join("links")) else {
+            continue;
+        };
+        for l in links.flatten() {
+            let name = l.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tcx-scrub-") {
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn reloads_switch_the_limits_and_scrub_outlives_the_daemon() {
+    let mut lab = Lab::new("scrub-life");
+    let v4: SocketAddr = format!("{}:{PORT}", Routed::GUARDED_V4).parse().unwrap();
+    let (server, _) = exchange(&lab.r, v4);
+    assert!(server <= MSS_V4, "before the reload: {server}");
+    assert_eq!(
+        scrub_link_pins(&lab.host),
+        ["tcx-scrub-in-veth-rg", "tcx-scrub-out-veth-rg"]
+    );
+    // A reload with a lower limit applies to the next handshake.
+    let lower = policy().replace(&format!("max_mss_v4 = {MSS_V4}"), "max_mss_v4 = 800");
+    lab.host.reload(&lower);
+    let (server, client) = exchange(&lab.r, v4);
+    assert!(
+        server <= 800 && client <= 800,
+        "after the reload: {server} {client}"
+    );
+    // The daemon dies: the pinned programs go on scrubbing.
+    lab.host.take_daemon().kill9();
+    let (server, client) = exchange(&lab.r, v4);
+    assert!(
+        server <= 800 && client <= 800,
+        "without the daemon: {server} {client}"
+    );
+    // A new daemon takes the pinned links over: still one per direction.
+    lab.host.start();
+    let (server, client) = exchange(&lab.r, v4);
+    assert!(
+        server <= 800 && client <= 800,
+        "after the restart: {server} {client}"
+    );
+    assert_eq!(
+        scrub_link_pins(&lab.host),
+        ["tcx-scrub-in-veth-rg", "tcx-scrub-out-veth-rg"]
     );
 }
