@@ -154,6 +154,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     if !s.shield.is_empty() {
         println!("{}", moved_line("shield", &s.shield, "nothing seen"));
     }
+    if !s.scrub.is_empty() {
+        println!("{}", moved_line("scrub", &s.scrub, "nothing rewritten"));
+    }
     Ok(())
 }
 

@@ -786,6 +786,11 @@ impl Daemon {
                     crate::shield::state(&self.dp.ebpf, &self.policy.shield, carry::now_ns()).ok()
                 })
                 .flatten(),
+            scrub: if self.policy.scrub.any() {
+                crate::scrub::named_counters(&self.dp.ebpf)
+            } else {
+                Vec::new()
+            },
         }
     }
 

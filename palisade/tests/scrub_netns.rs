@@ -333,6 +333,13 @@ fn tcp_handshakes_are_clamped_both_ways_with_valid_checksums() {
             stats.stdout
         );
     }
+    let status = cli(&lab.host.socket(), &["status"]);
+    assert!(
+        status.ok
+            && status.stdout.contains("scrub: ")
+            && status.stdout.contains("ingress_ttl_raised "),
+        "{status:?}"
+    );
 }
 
 /// Pings `addr` from `ns` with `size` bytes of payload; panics unless every echo came back.
