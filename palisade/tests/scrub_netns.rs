@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use control::{GuardedHost, cli};
+use control::{GuardedHost, cli, cli_json};
 use support::{
     netns::{command_in, exec_in, in_netns, tcp_info},
     routed::Routed,
@@ -333,6 +333,22 @@ fn tcp_handshakes_are_clamped_both_ways_with_valid_checksums() {
             stats.stdout
         );
     }
+    let json = cli_json(&lab.host.socket(), &["stats", "--json"]);
+    let scrub = json["counters"]["scrub"]
+        .as_array()
+        .expect("counters.scrub");
+    let value = |name: &str| {
+        scrub
+            .iter()
+            .find(|n| n["name"] == name)
+            .and_then(|n| n["value"].as_u64())
+    };
+    assert_eq!(value("ingress_mss_clamped_v6"), Some(1), "{scrub:?}");
+    assert!(
+        value("egress_df_cleared").is_some_and(|n| n > 10),
+        "{scrub:?}"
+    );
+    assert_eq!(value("ingress_not_parsed"), Some(0), "{scrub:?}");
     let status = cli(&lab.host.socket(), &["status"]);
     assert!(
         status.ok
