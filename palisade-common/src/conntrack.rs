@@ -237,6 +237,11 @@ impl SourceEntry {
     /// (`rate` tokens a second, holding at most `rate`) is empty.
     #[inline(always)]
     pub fn take_token(&mut self, rate: u32, t: u64) -> bool {
+        // A bucket filled under a higher rate (before a reload lowered it) holds no more
+        // than the new rate allows.
+        if self.tokens > rate {
+            self.tokens = rate;
+        }
         if t > self.refill_ns {
             let elapsed = t - self.refill_ns;
             // A second refills the whole bucket; below that the product stays under 2^50
@@ -1297,5 +1302,9 @@ mod tests {
         // A second idle refills the bucket to `rate`, no more.
         assert!(s.take_token(rate, t + 5_000_000_000));
         assert_eq!(s.tokens, rate - 1);
+        // A reload that lowers the rate: the full bucket holds the new rate's burst at most.
+        let t = t + 5_000_000_000;
+        let admitted = (0..20).filter(|_| s.take_token(10, t)).count();
+        assert_eq!(admitted, 10);
     }
 }

@@ -160,16 +160,57 @@ pub struct RuleMeta {
     pub action: u8,
     pub flags: u8,
     pub _pad: [u8; 2],
-    /// The install this rule belongs to (the swap counter of [`Control`] that made it live):
-    /// part of its buckets' keys, so a new policy starts with fresh buckets without anything
-    /// being removed from `FW_RATE`, and the old ones age out of the LRU.
-    pub rate_epoch: u32,
+    /// A rate-limit rule's identity across reloads (a hash of what it matches and whom it
+    /// counts, not of its rate nor its place): its buckets' key, so a reload keeps them (no
+    /// refill) and the new rate applies to them at once; buckets of rules gone age out of
+    /// the LRU. Unique within a policy.
+    pub rate_id: u32,
     /// Token-bucket emission interval: nanoseconds per packet (1e9 / pps).
     pub rate_interval_ns: u64,
     /// How far ahead of now the bucket's clock may run: `interval * (burst - 1)`.
     pub rate_tolerance_ns: u64,
 }
 map_type!(RuleMeta, 24);
+
+/// A rate-limit bucket (`FW_RATE`): the GCRA clock, and the interval it runs at, so a
+/// reload that changes the rule's rate carries what the bucket owes over to the new rate.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateBucket {
+    /// The theoretical arrival time of the next packet.
+    pub tat: u64,
+    /// The emission interval `tat` was last advanced by.
+    pub interval_ns: u64,
+}
+map_type!(RateBucket, 16);
+
+impl RateBucket {
+    /// [`rate_conforms`] for this bucket under the rule's current rate: when the rate changed
+    /// since the bucket was last used, the packets it owes (its clock's lead on `now`, in
+    /// its old intervals) are owed at the new interval, so a reload neither refills the
+    /// bucket nor keeps the old rate. The updated bucket when the packet conforms.
+    #[inline(always)]
+    #[must_use]
+    pub fn conforms(&self, now: u64, interval: u64, tolerance: u64) -> Option<Self> {
+        let mut tat = self.tat;
+        if self.interval_ns != interval && self.interval_ns != 0 && tat > now {
+            // At most the burst is owed; bounded so the product cannot overflow (intervals
+            // are under 2^31 ns).
+            let owed = ((tat - now) / self.interval_ns).min(u64::from(u32::MAX));
+            tat = now.saturating_add(owed.wrapping_mul(interval));
+        }
+        // Never further ahead than the rate allows (a bucket from a rate changed twice
+        // between two of its packets owes no more than an empty bucket).
+        let cap = now.saturating_add(tolerance).saturating_add(interval);
+        if tat > cap {
+            tat = cap;
+        }
+        rate_conforms(tat, now, interval, tolerance).map(|tat| Self {
+            tat,
+            interval_ns: interval,
+        })
+    }
+}
 
 /// Per-rule counters (per CPU).
 #[repr(C)]
@@ -184,10 +225,9 @@ map_type!(RuleStats, 16);
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateKey {
-    /// Rule slot including the generation (`gen * RULE_SLOTS + rule`).
-    pub slot: u32,
-    /// The rule's [`RuleMeta::rate_epoch`].
-    pub epoch: u32,
+    /// The rule's [`RuleMeta::rate_id`].
+    pub rule: u32,
+    pub _pad: u32,
     /// The source address cut to the policy's source prefix, or all zero for a per-rule
     /// bucket.
     pub addr: [u8; 16],
@@ -378,4 +418,42 @@ pub fn rate_conforms(tat: u64, now: u64, interval: u64, tolerance: u64) -> Optio
         return None;
     }
     Some(tat + interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_bucket_owes_what_it_owed_at_a_new_rate() {
+        // 1 packet a second, burst 5: five pass, the sixth does not.
+        let (i1, t1) = gcra(1, 5);
+        let mut b = RateBucket::default();
+        let now = 100 * S;
+        for _ in 0..5 {
+            b = b.conforms(now, i1, t1).expect("within the burst");
+        }
+        assert!(b.conforms(now, i1, t1).is_none());
+        // The same rate later: one packet a second again.
+        assert!(b.conforms(now + S, i1, t1).is_some());
+        // 1000 a second: the five packets owed are owed at a millisecond each; the bucket is
+        // empty (no refill) and refills at the new rate.
+        let (i2, t2) = gcra(1000, 5);
+        assert!(b.conforms(now, i2, t2).is_none());
+        let later = b
+            .conforms(now + 2_000_000, i2, t2)
+            .expect("refilled at the new rate");
+        assert_eq!(later.interval_ns, i2);
+        // Back to the slow rate: what the fast bucket owes is owed at a second each.
+        let mut f = RateBucket::default();
+        for _ in 0..5 {
+            f = f.conforms(now, i2, t2).unwrap();
+        }
+        assert!(
+            f.conforms(now, i1, t1).is_none(),
+            "no refill from a rate change"
+        );
+    }
 }

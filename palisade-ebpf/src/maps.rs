@@ -70,9 +70,11 @@ pub static FW_SET_KIND: Array<u8> = Array::with_max_entries(GENERATIONS * MAX_SE
 pub static FW_SEARCH: PerCpuArray<crate::firewall::classify::SearchKeys> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// Token buckets of rate-limit rules: GCRA theoretical arrival time in ns.
+/// Token buckets of rate-limit rules, keyed by rule identity (kept across reloads) and source
+/// prefix: the GCRA clock and the interval it ran at (65 536 entries, LRU).
 #[map]
-pub static FW_RATE: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+pub static FW_RATE: LruHashMap<RateKey, palisade_common::firewall::RateBucket> =
+    LruHashMap::with_max_entries(65_536, 0);
 
 /// Per-rule packet and byte counters, `rule_slot(gen, rule)`.
 #[map]

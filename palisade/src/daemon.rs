@@ -688,7 +688,15 @@ impl Daemon {
             live_applied: self.live_applied,
             live_refused: self.live_refused,
             counters,
+            shield_state: self.shield_state(),
         }
+    }
+
+    fn shield_state(&self) -> Option<crate::shield::ShieldState> {
+        let sh = &self.policy.shield;
+        sh.any()
+            .then(|| crate::shield::state(&self.dp.ebpf, sh, carry::now_ns()).ok())
+            .flatten()
     }
 
     /// Sweeps now and reads the counters, so that the census and what is derived from it
@@ -778,14 +786,7 @@ impl Daemon {
             } else {
                 Vec::new()
             },
-            shield_state: self
-                .policy
-                .shield
-                .any()
-                .then(|| {
-                    crate::shield::state(&self.dp.ebpf, &self.policy.shield, carry::now_ns()).ok()
-                })
-                .flatten(),
+            shield_state: self.shield_state(),
             scrub: if self.policy.scrub.any() {
                 crate::scrub::named_counters(&self.dp.ebpf)
             } else {

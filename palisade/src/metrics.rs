@@ -149,6 +149,33 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             o.sample("palisade_shield_total", &[("event", &n.name)], n.value);
         }
     }
+    if let Some(st) = &s.shield_state {
+        o.family(
+            "palisade_shield_heavy_hitters",
+            "gauge",
+            "Source prefixes over [shield] source_rate (SHIELD_HITTERS), and how many are blocked now.",
+        );
+        o.sample(
+            "palisade_shield_heavy_hitters",
+            &[("state", "recorded")],
+            st.hitters,
+        );
+        o.sample(
+            "palisade_shield_heavy_hitters",
+            &[("state", "blocked")],
+            st.blocked,
+        );
+        o.family(
+            "palisade_shield_syn_cookies_engaged_ports",
+            "gauge",
+            "Ports of [shield] syn_ports whose SYN cookies the SYN rate engaged now.",
+        );
+        o.sample(
+            "palisade_shield_syn_cookies_engaged_ports",
+            &[],
+            st.engaged.len() as u64,
+        );
+    }
     if !s.counters.scrub.is_empty() {
         o.family(
             "palisade_scrub_total",
@@ -492,6 +519,12 @@ mod tests {
                     value: 4,
                 }],
             },
+            shield_state: Some(crate::shield::ShieldState {
+                cookies_forced: false,
+                engaged: vec![(443, 7)],
+                hitters: 3,
+                blocked: 2,
+            }),
         };
         let t = render(&s, None);
         assert!(!t.contains("palisade_ct_"));
@@ -500,6 +533,8 @@ mod tests {
         assert!(
             t.contains("palisade_scrub_total{direction=\"egress\",event=\"mss_clamped_v6\"} 4\n")
         );
+        assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
+        assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));
         assert!(t.contains("palisade_rule_packets_total{rule=\"a\\\"b\",action=\"drop\"} 5\n"));
         assert!(t.contains("palisade_dns_queries_total{scope=\"egress\"} 2\n"));

@@ -60,6 +60,29 @@ fn shield_suite() {
             .is_some_and(|v| v > 0.0),
         "{report:#}"
     );
+    // The live SYN flood: both configurations and the generator measured, real clients
+    // counted, and Palisade's cookies answered every SYN of its flood (the suite checks it).
+    let live = &report["live"];
+    let configs = live["configs"].as_array().expect("live configurations");
+    let ids: Vec<&str> = configs.iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        ["generator", "kernel-syncookies", "palisade-cookies"],
+        "{live:#}"
+    );
+    for c in &configs[1..] {
+        assert!(
+            c["clients_attempted"].as_u64().is_some_and(|n| n > 0),
+            "{live:#}"
+        );
+        for r in c["rounds"].as_array().expect("rounds") {
+            assert!(r["syns"].as_u64().is_some_and(|n| n > 0), "{live:#}");
+        }
+    }
+    for r in configs[2]["rounds"].as_array().expect("rounds") {
+        assert!(r["cookies_sent"].as_u64() >= r["syns"].as_u64(), "{live:#}");
+    }
+    assert!(live["cpu_ratio"].as_f64().is_some(), "{live:#}");
     let _ = std::fs::remove_dir_all(out);
 }
 

@@ -6,15 +6,17 @@
 //! The 1000 flows are opened through the real programs (SYN through the XDP firewall, SYN-ACK
 //! through the TC egress tracker, ACK through the firewall). The flood then runs on one CPU
 //! with `BPF_PROG_TEST_RUN` in XDP live-frames mode, while the other CPU keeps data flowing on
-//! every established flow. Live frames run one frame over and over, so a small generator
-//! (below, in raw BPF instructions) stamps the next source address on each frame and
-//! tail-calls the firewall: every SYN of the flood comes from an address not seen before.
+//! every established flow. The generator (`support/flood.rs`) stamps the next source address
+//! on each frame and tail-calls the firewall: every SYN of the flood comes from an address
+//! not seen before.
 //!
 //! Needs root; loads its own copy of the object.
 
+mod support;
+
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::Path,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Instant,
@@ -37,6 +39,7 @@ use palisade_common::{
     packet::{TCP_ACK, TCP_PSH, TCP_SYN},
     stats,
 };
+use support::flood::{Generator, Then};
 
 const XDP_PASS: u32 = 2;
 /// The TC verdict of the egress tracker (`TC_ACT_UNSPEC`).
@@ -48,8 +51,6 @@ const FLOWS: u32 = 1000;
 const FLOOD: u32 = 1 << 20;
 /// SYNs per test run: the flood reports its progress between runs.
 const CHUNK: u32 = 1 << 15;
-/// Frames per live-frames batch (the kernel's NAPI weight).
-const BATCH: u32 = 64;
 /// The first spoofed source, 100.64.0.0 (shared address space, far from the real peers);
 /// the generator adds a counter.
 const FLOOD_BASE: u32 = 0x6440_0000;
@@ -94,9 +95,6 @@ fn tcp_frame(
         .frame(src.into(), dst.into())
 }
 
-/// Offset of the IPv4 source address in a frame from [`tcp_frame`].
-const SRC_OFFSET: i16 = 14 + 12;
-
 /// One of the established flows: a peer connected to the host's SSH port.
 struct Peer {
     addr: Ipv4Addr,
@@ -120,251 +118,6 @@ impl Peer {
 
     fn outbound(&self, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
         tcp_frame(HOST, self.addr, SSH, PEER_PORT, flags, seq, ack, 0)
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The flood generator, in raw BPF (the test needs no program of its own in the object)
-
-/// `bpf(2)` with `attr` as the attribute union.
-fn bpf<T>(cmd: u32, attr: &mut T) -> std::io::Result<i64> {
-    // SAFETY: `attr` is a repr(C) prefix of `union bpf_attr`, valid for its size; the kernel
-    // zero-extends shorter attributes.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr).cast::<libc::c_void>(),
-            size_of::<T>(),
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-const BPF_MAP_CREATE: u32 = 0;
-const BPF_MAP_UPDATE_ELEM: u32 = 2;
-const BPF_PROG_LOAD: u32 = 5;
-const BPF_PROG_TEST_RUN: u32 = 10;
-const BPF_LINK_CREATE: u32 = 28;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-/// The attach type aya gives XDP programs; a tail call slot takes only programs of its first
-/// occupant's type and attach type.
-const BPF_XDP: u32 = 37;
-
-#[repr(C)]
-#[derive(Default)]
-struct MapCreate {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct MapUpdate {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreate {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRun {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-fn map_create(map_type: u32, value_size: u32) -> OwnedFd {
-    let mut attr = MapCreate {
-        map_type,
-        key_size: 4,
-        value_size,
-        max_entries: 1,
-        map_flags: 0,
-    };
-    let fd = bpf(BPF_MAP_CREATE, &mut attr).expect("BPF_MAP_CREATE");
-    // SAFETY: a new descriptor that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-}
-
-/// One BPF instruction: opcode, registers, offset, immediate.
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    code as u64
-        | ((dst | (src << 4)) as u64) << 8
-        | (off as u16 as u64) << 16
-        | (imm as u32 as u64) << 32
-}
-
-/// `dst = map` (a two-slot `BPF_LD_IMM64` of a map descriptor).
-fn ld_map(dst: u8, fd: &OwnedFd) -> [u64; 2] {
-    [insn(0x18, dst, 1, 0, fd.as_raw_fd()), 0]
-}
-
-/// The generator: on each frame, source address = [`FLOOD_BASE`] + a counter it increments,
-/// then a tail call into the firewall.
-struct Generator {
-    prog: OwnedFd,
-    _counter: OwnedFd,
-    _target: OwnedFd,
-    /// The program's attachment to a silent interface (see the firewall's, in the test).
-    _link: OwnedFd,
-}
-
-impl Generator {
-    fn new(firewall: RawFd, iface: &str) -> Self {
-        let counter = map_create(BPF_MAP_TYPE_ARRAY, 4);
-        let target = map_create(BPF_MAP_TYPE_PROG_ARRAY, 4);
-        let key = 0u32;
-        let value = firewall as u32;
-        let mut up = MapUpdate {
-            map_fd: target.as_raw_fd() as u32,
-            key: std::ptr::from_ref(&key) as u64,
-            value: std::ptr::from_ref(&value) as u64,
-            ..MapUpdate::default()
-        };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut up).expect("putting the firewall in the generator's slot");
-
-        // Registers: r6 the context, r7 the frame's start.
-        let abort = 23;
-        let mut code = vec![
-            insn(0xbf, 6, 1, 0, 0),             // r6 = r1
-            insn(0x61, 2, 6, 0, 0),             // r2 = ctx->data
-            insn(0x61, 3, 6, 4, 0),             // r3 = ctx->data_end
-            insn(0xbf, 7, 2, 0, 0),             // r7 = r2
-            insn(0x07, 2, 0, 0, 34),            // r2 += Ethernet + IPv4 header
-            insn(0x2d, 2, 3, abort - 5 - 1, 0), // if r2 > r3 goto abort
-            insn(0x62, 10, 0, -4, 0),           // *(u32 *)(r10 - 4) = 0
-            insn(0xbf, 2, 10, 0, 0),            // r2 = r10
-            insn(0x07, 2, 0, 0, -4),            // r2 -= 4
-        ];
-        code.extend(ld_map(1, &counter)); //        r1 = counter map
-        code.extend([
-            insn(0x85, 0, 0, 0, 1),                 // r0 = bpf_map_lookup_elem(r1, r2)
-            insn(0x15, 0, 0, abort - 12 - 1, 0),    // if r0 == 0 goto abort
-            insn(0xb7, 1, 0, 0, 1),                 // r1 = 1
-            insn(0xc3, 0, 1, 0, 1),                 // r1 = atomic_fetch_add((u32 *)r0, r1)
-            insn(0x04, 1, 0, 0, FLOOD_BASE as i32), // w1 += FLOOD_BASE
-            insn(0xdc, 1, 0, 0, 32),                // r1 = htobe32(r1)
-            insn(0x63, 7, 1, SRC_OFFSET, 0),        // *(u32 *)(r7 + source) = r1
-            insn(0xbf, 1, 6, 0, 0),                 // r1 = r6
-        ]);
-        code.extend(ld_map(2, &target)); //         r2 = target slot
-        code.extend([
-            insn(0xb7, 3, 0, 0, 0),  // r3 = 0
-            insn(0x85, 0, 0, 0, 12), // bpf_tail_call(r1, r2, r3)
-            insn(0xb7, 0, 0, 0, 0),  // abort: r0 = XDP_ABORTED
-            insn(0x95, 0, 0, 0, 0),  // exit
-        ]);
-        assert_eq!(code.len(), abort as usize + 2, "jump targets");
-
-        let license = c"GPL";
-        let mut log = vec![0u8; 64 * 1024];
-        let mut name = [0u8; 16];
-        name[..11].copy_from_slice(b"flood_spoof");
-        let mut attr = ProgLoad {
-            prog_type: BPF_PROG_TYPE_XDP,
-            insn_cnt: code.len() as u32,
-            insns: code.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 1,
-            log_size: log.len() as u32,
-            log_buf: log.as_mut_ptr() as u64,
-            prog_name: name,
-            expected_attach_type: BPF_XDP,
-            ..ProgLoad::default()
-        };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).unwrap_or_else(|e| {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            panic!(
-                "loading the flood generator: {e}\n{}",
-                String::from_utf8_lossy(&log[..end])
-            )
-        });
-        // SAFETY: a new descriptor that nothing else owns.
-        let prog = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        let name = std::ffi::CString::new(iface).expect("interface name");
-        // SAFETY: a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(ifindex, 0, "no interface {iface}");
-        let mut attr = LinkCreate {
-            prog_fd: prog.as_raw_fd() as u32,
-            target_ifindex: ifindex,
-            attach_type: BPF_XDP,
-            flags: 0,
-        };
-        let link = bpf(BPF_LINK_CREATE, &mut attr).expect("attaching the flood generator");
-        Self {
-            prog,
-            _counter: counter,
-            _target: target,
-            // SAFETY: a new descriptor that nothing else owns.
-            _link: unsafe { OwnedFd::from_raw_fd(link as RawFd) },
-        }
-    }
-
-    /// Runs `frame` `count` times in live-frames mode: `count` SYNs, each from a new source.
-    fn send(&self, frame: &[u8], count: u32) {
-        let mut attr = TestRun {
-            prog_fd: self.prog.as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            repeat: count,
-            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-            batch_size: BATCH,
-            ..TestRun::default()
-        };
-        bpf(BPF_PROG_TEST_RUN, &mut attr).expect("BPF_PROG_TEST_RUN in live-frames mode");
     }
 }
 
@@ -531,16 +284,6 @@ fn syn_flood_from_a_million_sources_leaves_established_flows_alone() {
     );
 
     // The flood on CPU 0, traffic on the established flows on CPU 1 until it ends.
-    let firewall = {
-        let prog: &aya::programs::Xdp = bench
-            .ebpf
-            .program(FIREWALL)
-            .expect("firewall program")
-            .try_into()
-            .expect("an XDP program");
-        prog.fd().expect("loaded").as_fd().as_raw_fd()
-    };
-    let generator = Generator::new(firewall, "pin1");
     let template = tcp_frame(
         Ipv4Addr::from(FLOOD_BASE),
         HOST,
@@ -551,6 +294,20 @@ fn syn_flood_from_a_million_sources_leaves_established_flows_alone() {
         0,
         0,
     );
+    let generator = {
+        let prog: &aya::programs::Xdp = bench
+            .ebpf
+            .program(FIREWALL)
+            .expect("firewall program")
+            .try_into()
+            .expect("an XDP program");
+        Generator::new(
+            &template,
+            Ipv4Addr::from(FLOOD_BASE),
+            Then::TailCall(prog.fd().expect("loaded").as_fd()),
+            "pin1",
+        )
+    };
     let flooded = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let mut rounds = 0u64;
@@ -564,7 +321,7 @@ fn syn_flood_from_a_million_sources_leaves_established_flows_alone() {
             let mut sent = 0;
             while sent < FLOOD {
                 let count = CHUNK.min(FLOOD - sent);
-                generator.send(&template, count);
+                generator.send(count);
                 sent += count;
                 flooded.store(u64::from(sent), Ordering::Release);
             }

@@ -1645,12 +1645,52 @@ rate = { pps = 1, burst = 5, per = "source" }
     }
     fw.check(&c, Limited("limit"));
 
-    // A new policy starts with full buckets.
+    // A reload keeps the buckets: no refill, for a source or for the rule.
     fw.install(&format!("# again\n{}", fw_policy_text_limit("source")));
-    for _ in 0..5 {
-        fw.check(&a, Allow("limit"));
-    }
     fw.check(&a, Limited("limit"));
+    fw.check(&b, Limited("limit"));
+    // Another rule (here: counting per rule) has buckets of its own.
+    fw.install(&fw_policy_text_limit("rule"));
+    fw.check(&a, Allow("limit"));
+}
+
+#[test]
+fn a_reload_neither_refills_the_buckets_nor_keeps_an_old_rate() {
+    let text = |pps: u32, burst: u32| {
+        format!(
+            "[[firewall.rule]]\nname = \"limit\"\naction = \"rate-limit\"\nproto = \"udp\"\n\
+             rate = {{ pps = {pps}, burst = {burst} }}\n"
+        )
+    };
+    let mut fw = fw(&text(1, 5));
+    let f = udp("192.0.2.1", "198.51.100.1", 123);
+    for _ in 0..5 {
+        fw.check(&f, Allow("limit"));
+    }
+    fw.check(&f, Limited("limit"));
+    // The same rule, moved and renumbered by other rules, keeps its empty bucket.
+    fw.install(&format!(
+        "[[firewall.rule]]\naction = \"allow\"\nproto = \"tcp\"\ndport = 22\n{}",
+        text(1, 5)
+    ));
+    fw.check(&f, Limited("limit"));
+    // A faster rate: the packets the bucket owes (four or so, as the reload took under a
+    // second or two) are owed at a millisecond each, so the next five at once are not all
+    // admitted (a refill would admit them), and after a few milliseconds the bucket has
+    // refilled at the new rate, with the new burst.
+    fw.install(&text(1000, 5));
+    let admitted = (0..5)
+        .filter(|_| fw.bench.run(&f).unwrap() == XDP_PASS)
+        .count();
+    assert!(
+        admitted < 5,
+        "{admitted} of 5 admitted right after the reload"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    for _ in 0..5 {
+        fw.check(&f, Allow("limit"));
+    }
+    fw.check(&f, Limited("limit"));
 }
 
 #[test]

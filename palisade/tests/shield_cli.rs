@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use control::{Bg, HTTP_GET, Proc, Scratch, UDP_ECHO, cli, cli_json, eventually, py, sample};
+use control::{Bg, GuardedHost, HTTP_GET, UDP_ECHO, cli, cli_json, eventually, py, sample};
 use palisade_common::shield::window_limit;
 use support::netns::NetnsPair;
 
@@ -97,27 +97,11 @@ fn ping_replies(pair: &NetnsPair, to: &str, count: &str) -> u64 {
 #[test]
 fn a_flooding_network_is_limited_blocked_listed_and_forgiven() {
     let pair = NetnsPair::new();
-    let scratch = Scratch::new("shield-cli");
-    let policy = scratch.file("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let socket = scratch.socket();
+    let mut host = GuardedHost::new("shield-cli", POLICY, &pair.ns_b, &pair.if_b);
     let metrics = format!("127.0.0.1:{}", 19_500 + std::process::id() % 400);
-    let _daemon = Proc::start(
-        &pair,
-        &pair.ns_b,
-        &socket,
-        &[
-            "--config",
-            policy.to_str().unwrap(),
-            "--iface",
-            &pair.if_b,
-            "--pin-dir",
-            scratch.pin_dir().to_str().unwrap(),
-            "--metrics",
-            &metrics,
-            "--quiet",
-        ],
-    );
+    host.start_with(&["--metrics", &metrics]);
+    let socket = host.socket();
+    let scratch = &host.scratch;
     let b = pair.v4_b.as_str();
     let stop = scratch.file("stop");
     let _udp = Bg::start(

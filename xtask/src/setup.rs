@@ -36,6 +36,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "ipset",
     "xdp-tools",
     "dnsperf",
+    "python3",
     "python3-scapy",
     "iputils-ping",
     "netcat-openbsd",

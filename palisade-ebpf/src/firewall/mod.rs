@@ -187,7 +187,7 @@ fn decide(
             verdict::drop(ctx, Some(p), &d)
         }
         ACTION_RATE_LIMIT => {
-            if ratelimit::admit(slot, header, meta, p) {
+            if ratelimit::admit(header, meta, p) {
                 allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
             } else {
                 let d = Decision {

@@ -6,17 +6,17 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{
-    firewall::{PolicyHeader, RULE_RATE_PER_SOURCE, RateKey, RuleMeta, rate_conforms},
+    firewall::{PolicyHeader, RULE_RATE_PER_SOURCE, RateBucket, RateKey, RuleMeta},
     packet::{FAMILY_V4, Packet, cut_to_prefix, rate_prefix_bits},
 };
 
 use crate::maps::FW_RATE;
 
 #[inline(always)]
-pub fn admit(slot: u32, header: &PolicyHeader, meta: &RuleMeta, p: &Packet) -> bool {
+pub fn admit(header: &PolicyHeader, meta: &RuleMeta, p: &Packet) -> bool {
     let mut key = RateKey {
-        slot,
-        epoch: meta.rate_epoch,
+        rule: meta.rate_id,
+        _pad: 0,
         addr: [0; 16],
     };
     if meta.flags & RULE_RATE_PER_SOURCE != 0 {
@@ -32,19 +32,23 @@ pub fn admit(slot: u32, header: &PolicyHeader, meta: &RuleMeta, p: &Packet) -> b
     }
     // SAFETY: a helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(tat) = FW_RATE.get_ptr_mut(&key) {
+    if let Some(b) = FW_RATE.get_ptr_mut(&key) {
         // SAFETY: the pointer came from a successful lookup of this map.
-        let current = unsafe { *tat };
-        match rate_conforms(current, now, meta.rate_interval_ns, meta.rate_tolerance_ns) {
+        let current = unsafe { *b };
+        match current.conforms(now, meta.rate_interval_ns, meta.rate_tolerance_ns) {
             Some(next) => {
-                unsafe { *tat = next };
+                unsafe { *b = next };
                 true
             }
             None => false,
         }
     } else {
         // A new bucket starts full: the first packet always conforms.
-        let _ = FW_RATE.insert(&key, &(now + meta.rate_interval_ns), 0);
+        let b = RateBucket {
+            tat: now + meta.rate_interval_ns,
+            interval_ns: meta.rate_interval_ns,
+        };
+        let _ = FW_RATE.insert(&key, &b, 0);
         true
     }
 }

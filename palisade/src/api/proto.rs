@@ -408,6 +408,9 @@ pub struct Stats {
     pub live_applied: u64,
     pub live_refused: u64,
     pub counters: Counters,
+    /// What the shields are doing now, when the policy has `[shield]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shield_state: Option<crate::shield::ShieldState>,
 }
 
 /// `unload`.

@@ -10,9 +10,9 @@ use aya::{
     maps::{Array, LpmTrie, MapData, lpm_trie::Key},
 };
 use palisade_common::firewall::{
-    Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleMeta,
-    RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SetKey,
-    TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
+    Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleRef,
+    RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SetKey, TUPLE_DST_SET,
+    TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
 };
 
 use palisade_common::dns::{
@@ -68,7 +68,7 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
     write_sets(ebpf, idle, c).context("writing set members")?;
     write_port_classes(ebpf, idle, c).context("writing port classes")?;
     let epoch = current.generation_counter.wrapping_add(1);
-    write_rules(ebpf, idle, epoch, c).context("writing rules")?;
+    write_rules(ebpf, idle, c).context("writing rules")?;
     {
         let mut tuples: Array<&mut MapData, Tuple> = Array::try_from(map_mut(ebpf, "FW_TUPLES")?)?;
         for (i, t) in c.tuples.iter().enumerate() {
@@ -101,9 +101,9 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
 /// clearing: everything they hold for a generation is rewritten by `install`.
 ///
 /// `FW_RATE` is not walked: the datapath writes it, and walking an LRU that a flood of
-/// spoofed sources keeps changing might never end. Its keys carry the install's epoch
-/// instead ([`RuleMeta::rate_epoch`]), so the new policy's buckets start fresh and the old
-/// ones are evicted first as they are never used again.
+/// spoofed sources keeps changing might never end. Its keys are the rules' identities
+/// ([`RuleMeta::rate_id`]), which a reload keeps; buckets of rules that are gone are
+/// evicted first as they are never used again.
 fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
     // The hash maps are read and cleared many keys per syscall.
     clear_hash::<FlowKey, RuleRef>(ebpf, "FW_RULES", |k| k.tuple >> 16 == generation)?;
@@ -221,19 +221,11 @@ fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) ->
     Ok(())
 }
 
-fn write_rules(ebpf: &mut Ebpf, generation: u32, epoch: u32, c: &CompiledFirewall) -> Result<()> {
+fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
     let slots: Vec<u32> = (0..c.rules.len() as u32)
         .map(|i| rule_slot(generation, i))
         .collect();
-    let metas: Vec<RuleMeta> = c
-        .rules
-        .iter()
-        .map(|m| RuleMeta {
-            rate_epoch: epoch,
-            ..*m
-        })
-        .collect();
-    maps::update_batch(maps::data_of(ebpf, "FW_RULE_META")?, &slots, &metas)?;
+    maps::update_batch(maps::data_of(ebpf, "FW_RULE_META")?, &slots, &c.rules)?;
     // Every CPU's counters of every rule (and the default) start at zero: one value per CPU
     // per slot, as the per-CPU batch layout has it.
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;

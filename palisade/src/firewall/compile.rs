@@ -228,6 +228,54 @@ fn rule_meta(rule: &Rule) -> RuleMeta {
     meta
 }
 
+/// The rules' metadata, each rate limit with its identity ([`rate_id`]), made unique within
+/// the policy (two identical rules are two buckets).
+fn rule_metas(rules: &[Rule]) -> Vec<RuleMeta> {
+    let mut taken = std::collections::HashSet::new();
+    rules
+        .iter()
+        .map(|r| {
+            let mut m = rule_meta(r);
+            if m.action == ACTION_RATE_LIMIT {
+                let mut id = rate_id(r);
+                while !taken.insert(id) {
+                    id = id.wrapping_add(1);
+                }
+                m.rate_id = id;
+            }
+            m
+        })
+        .collect()
+}
+
+/// What identifies a rate-limit rule across reloads: what it matches and how it counts, not
+/// its rate, burst, priority, line or logging. A reload that keeps the rule keeps its
+/// buckets; one that changes its rate applies the new rate to them.
+fn rate_id(rule: &Rule) -> u32 {
+    use std::hash::{Hash as _, Hasher as _};
+    let per = match rule.action {
+        Action::RateLimit(rl) => Some(rl.per),
+        _ => None,
+    };
+    let identity = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        rule.name,
+        per,
+        rule.src,
+        rule.dst,
+        rule.protocol,
+        rule.src_ports,
+        rule.dst_ports,
+        rule.tcp_flags,
+        rule.icmp,
+        rule.state
+    );
+    // SipHash with fixed keys: the same on every run of this build.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    identity.hash(&mut h);
+    h.finish() as u32
+}
+
 /// The name of rule `index` in messages.
 fn rule_label(rule: &Rule, index: usize) -> String {
     rule.name.clone().unwrap_or_else(|| format!("#{index}"))
@@ -433,7 +481,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         header,
         tuples,
         entries,
-        rules: fw.rules.iter().map(rule_meta).collect(),
+        rules: rule_metas(&fw.rules),
         sport_class: sports.class,
         dport_class: dports.class,
         sets: policy.sets.iter().map(|s| s.entries.clone()).collect(),

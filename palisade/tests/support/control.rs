@@ -258,21 +258,25 @@ impl GuardedHost {
 
     /// Starts the daemon and waits until it enforces.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// [`Self::start`] with more arguments for `palisade run`.
+    pub fn start_with(&mut self, extra: &[&str]) {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let started = Instant::now();
-        self.daemon = Some(Proc::start_nsenter(
-            &self.ns,
-            &self.scratch.socket(),
-            &[
-                "--config",
-                self.policy.to_str().unwrap(),
-                "--iface",
-                &self.iface,
-                "--pin-dir",
-                self.scratch.pin_dir().to_str().unwrap(),
-                "--quiet",
-            ],
-        ));
+        let pin_dir = self.scratch.pin_dir();
+        let mut args = vec![
+            "--config",
+            self.policy.to_str().unwrap(),
+            "--iface",
+            &self.iface,
+            "--pin-dir",
+            pin_dir.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        self.daemon = Some(Proc::start_nsenter(&self.ns, &self.scratch.socket(), &args));
         eprintln!("palisade enforcing after {:?}", started.elapsed());
     }
 

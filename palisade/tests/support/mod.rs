@@ -4,6 +4,7 @@
 
 pub mod bulk;
 pub mod daemon;
+pub mod flood;
 pub mod netns;
 pub mod ntp;
 pub mod rawbpf;

@@ -11,16 +11,30 @@ mod conntrack;
 mod dns;
 mod dnsperf;
 mod events_flood;
+/// The flood generator the tests use too, and the raw BPF helpers it builds on.
+#[path = "../../../tests/support/flood.rs"]
+#[expect(
+    dead_code,
+    reason = "the bench sends from an ingress interface only; the tests use the rest"
+)]
+mod flood;
 mod harness;
 mod inspect;
 mod live;
 mod netns;
 mod plot;
+#[path = "../../../tests/support/rawbpf.rs"]
+#[expect(
+    dead_code,
+    reason = "the flood generator needs its instruction encoder only"
+)]
+mod rawbpf;
 mod report;
 mod rng;
 mod runner;
 mod shield;
 mod suite;
+mod synflood;
 mod workload;
 
 use std::{
@@ -160,6 +174,15 @@ struct Args {
     /// syscall: the cookie path rewrites its packet).
     #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events"])]
     shield: bool,
+    /// shield suite: skip the live SYN flood (the daemon's cookies from XDP against the
+    /// kernel's own SYN cookies, CPU per SYN and real clients' success; --live-rounds and
+    /// --shield-flood-seconds apply).
+    #[arg(long)]
+    shield_no_live: bool,
+    /// shield suite: seconds of flood per configuration and round [default: 3, 1 with
+    /// --quick].
+    #[arg(long, value_name = "S")]
+    shield_flood_seconds: Option<f64>,
     /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
     /// --quick].
     #[arg(long, value_name = "S")]
@@ -294,6 +317,20 @@ fn run(args: &Args) -> Result<ExitCode> {
                 rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 7 }).max(1),
                 packets: if args.quick { 500 } else { 5000 },
                 seed: s.seed,
+                live: (!args.shield_no_live).then(|| synflood::FloodSettings {
+                    rounds: args
+                        .live_rounds
+                        .unwrap_or(if args.quick { 1 } else { 3 })
+                        .max(1),
+                    seconds: args.shield_flood_seconds.unwrap_or(if args.quick {
+                        1.0
+                    } else {
+                        3.0
+                    }),
+                    cpu: s.cpu.unwrap_or(inspect::online_cpus() - 1),
+                    clients: 4,
+                    seed: s.seed,
+                }),
             },
             command,
         )?;

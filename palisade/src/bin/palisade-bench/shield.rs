@@ -41,6 +41,8 @@ pub struct ShieldSettings {
     /// SYNs per target and round.
     pub packets: usize,
     pub seed: u64,
+    /// The live SYN flood, unless skipped.
+    pub live: Option<crate::synflood::FloodSettings>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +69,8 @@ pub struct ShieldReport {
     /// The cookie path's cost above the floor over the stack path's, in the same rounds.
     pub synack_to_stack_ratio: f64,
     pub goal_ns: f64,
+    /// The live SYN flood (`synflood.rs`), unless skipped.
+    pub live: Option<crate::synflood::FloodReport>,
     pub elapsed_s: f64,
 }
 
@@ -196,6 +200,8 @@ pub fn run(s: &ShieldSettings, command: String) -> Result<ShieldReport> {
         .collect();
     let synack = results[2].above_floor_ns.median;
     let stack = results[1].above_floor_ns.median;
+    drop((off, on));
+    let live = s.live.as_ref().map(crate::synflood::run).transpose()?;
     Ok(ShieldReport {
         generated: utc_now(),
         command,
@@ -207,6 +213,7 @@ pub fn run(s: &ShieldSettings, command: String) -> Result<ShieldReport> {
         synack_above_floor_ns: synack,
         synack_to_stack_ratio: if stack > 0.0 { synack / stack } else { 0.0 },
         goal_ns: GOAL_NS,
+        live,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -234,8 +241,13 @@ impl ShieldReport {
     }
 
     pub fn terminal(&self) -> String {
+        let live = self
+            .live
+            .as_ref()
+            .map(|l| format!("\n\nlive SYN flood:\n{}\n{}", l.table(), l.summary()))
+            .unwrap_or_default();
         format!(
-            "{}\ncookie SYN-ACK: {:.0} ns above the floor, {:.2}x the stack path's (goal at most {:.0} ns: {})",
+            "{}\ncookie SYN-ACK: {:.0} ns above the floor, {:.2}x the stack path's (goal at most {:.0} ns: {}){live}",
             self.table(),
             self.synack_above_floor_ns,
             self.synack_to_stack_ratio,
@@ -272,6 +284,37 @@ impl ShieldReport {
             self.synack_to_stack_ratio,
             self.goal_ns
         );
+        let md = match &self.live {
+            Some(l) => format!(
+                "{md}\n## Live SYN flood\n\n{} s of flood per configuration in each of {} \
+                 rounds (configurations shuffled within a round), every SYN from a new spoofed \
+                 source, generated with XDP live frames on CPU {} as if received by the guarded host's veth; {} real clients on the \
+                 other CPUs connect to the flooded port, send a line and read it back (3 s \
+                 limits), counted by when they start. CPU is that of the flood's CPU per SYN: \
+                 the generator's thread (the XDP programs, the kernel's SYN handling and the \
+                 softirq work raised when each batch ends all run in it) and ksoftirqd{}; the \
+                 generator's own cost (its frames dropped) is subtracted. Load average {:.2} \
+                 when the flood began, {:.2} when it ended: on a shared machine other work takes \
+                 the flood's CPU, which moves the SYN rates much more than the CPU per SYN.\n\n\
+                 {}\n{}\n",
+                l.seconds,
+                l.rounds,
+                l.cpu,
+                l.clients,
+                if l.irq_time_apart {
+                    ", plus that CPU's softirq time from `/proc/stat` (this kernel accounts \
+                     interrupt time apart)"
+                } else {
+                    " (this kernel does not account interrupt time apart: softirq work is the \
+                     time of the task it interrupted)"
+                },
+                l.loadavg.0,
+                l.loadavg.1,
+                l.table(),
+                l.summary()
+            ),
+            None => md,
+        };
         std::fs::write(dir.join(format!("{stem}.md")), md)?;
         std::fs::write(
             dir.join(format!("{stem}.json")),

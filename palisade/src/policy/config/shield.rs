@@ -180,15 +180,15 @@ impl Checker<'_> {
             *SOURCE_BLOCK_RANGE_S.start(),
             *SOURCE_BLOCK_RANGE_S.end(),
         );
-        if sh.source_rate.is_none()
-            && let Some(n) = view.get("source_block")
-        {
+        // (A key given but invalid has its own error already.)
+        let has_rate = view.get("source_rate").is_some();
+        if !has_rate && let Some(n) = view.get("source_block") {
             self.err(
                 n.at,
                 "`source_block` needs `source_rate`: what a prefix goes over",
             );
         }
-        if sh.source_rate.is_none() && sh.icmp_echo_rate.is_none() {
+        if !has_rate && view.get("icmp_echo_rate").is_none() {
             for key in ["source_prefix_v4", "source_prefix_v6"] {
                 if let Some(n) = view.get(key) {
                     let msg = format!("`{key}` needs `source_rate` or `icmp_echo_rate`");
