@@ -13,6 +13,7 @@ pub mod event;
 pub mod firewall;
 pub mod packet;
 pub mod reason;
+pub mod scrub;
 pub mod shield;
 pub mod stats;
 

@@ -19,6 +19,7 @@ mod ct;
 mod dns;
 mod firewall;
 mod maps;
+mod scrub;
 mod shield;
 mod verdict;
 
@@ -76,6 +77,19 @@ pub fn palisade_syncookie(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn palisade_ct_egress(ctx: TcContext) -> i32 {
     ct::egress::run(&ctx)
+}
+
+/// Scrub of what arrives on the guarded interfaces (TC ingress, after the XDP firewall let
+/// it in). Never drops: fail-open for everything, see `scrub`.
+#[classifier]
+pub fn palisade_scrub_ingress(ctx: TcContext) -> i32 {
+    scrub::run(&ctx, palisade_common::scrub::SCRUB_INGRESS)
+}
+
+/// Scrub of what leaves through the guarded interfaces (TC egress). Never drops.
+#[classifier]
+pub fn palisade_scrub_egress(ctx: TcContext) -> i32 {
+    scrub::run(&ctx, palisade_common::scrub::SCRUB_EGRESS)
 }
 
 /// Removes expired (or flushed) flows and counts the rest; run by userspace through

@@ -289,6 +289,22 @@ pub static SHIELD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SH_COU
 pub static SHIELD_SCRATCH: PerCpuArray<crate::shield::syncookie::Scratch> =
     PerCpuArray::with_max_entries(1, 0);
 
+// ---- Scrub ----
+
+use palisade_common::scrub::{SC_COUNT, ScrubConfig};
+
+/// Scrub settings, one slot per policy generation (`[scrub]`, 16 bytes each).
+#[map]
+pub static SCRUB_CONFIG: Array<ScrubConfig> = Array::with_max_entries(GENERATIONS, 0);
+
+/// Scrub counters (`palisade_common::scrub::SC_*`), ingress then egress, per CPU.
+#[map]
+pub static SCRUB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SC_COUNT, 0);
+
+/// Where scrub walks a SYN's TCP options (one per CPU, 65 bytes).
+#[map]
+pub static SCRUB_SCRATCH: PerCpuArray<crate::scrub::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 // ---- Connection tracking ----
 
 use palisade_common::conntrack::{

@@ -154,6 +154,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     if !s.shield.is_empty() {
         println!("{}", moved_line("shield", &s.shield, "nothing seen"));
     }
+    if !s.scrub.is_empty() {
+        println!("{}", moved_line("scrub", &s.scrub, "nothing rewritten"));
+    }
     Ok(())
 }
 
@@ -534,6 +537,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
         }
     );
     println!("{}", moved_line("shield", &c.shield, "nothing seen"));
+    println!("{}", moved_line("scrub", &c.scrub, "nothing rewritten"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

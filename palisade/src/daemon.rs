@@ -787,6 +787,11 @@ impl Daemon {
                 Vec::new()
             },
             shield_state: self.shield_state(),
+            scrub: if self.policy.scrub.any() {
+                crate::scrub::named_counters(&self.dp.ebpf)
+            } else {
+                Vec::new()
+            },
         }
     }
 

@@ -118,6 +118,10 @@ pub struct Datapath {
     ct_egress: Option<SchedClassifier>,
     /// The egress tracker's link on each guarded interface.
     pub tc: Vec<(String, OwnedFd)>,
+    /// The scrub programs, ingress then egress, once loaded.
+    scrub: Vec<SchedClassifier>,
+    /// Their links: each guarded interface's ingress link, then its egress one.
+    pub scrub_links: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -206,6 +210,8 @@ impl Datapath {
             stages: Vec::new(),
             ct_egress: None,
             tc: Vec::new(),
+            scrub: Vec::new(),
+            scrub_links: Vec::new(),
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -233,6 +239,7 @@ impl Datapath {
         // Every program is loaded (and verified, which takes long) before any hook switches,
         // so the hooks switch within moments of each other.
         self.ensure_tc_program()?;
+        self.ensure_scrub_programs()?;
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -243,6 +250,7 @@ impl Datapath {
         self.fill_tail_calls()?;
         self.sync_xdp(opts, &mut notes)?;
         self.sync_tc(opts, &mut notes)?;
+        self.sync_scrub(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -264,6 +272,7 @@ impl Datapath {
             .chain(
                 self.tc
                     .iter()
+                    .chain(&self.scrub_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -402,90 +411,70 @@ impl Datapath {
     /// host sends survives the daemon, like the firewall.
     fn sync_tc(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
         self.ensure_tc_program()?;
-        let prog_fd = self.ct_egress.as_ref().expect("loaded").fd()?.try_clone()?;
-        let prog_id = self
-            .ct_egress
-            .as_ref()
-            .and_then(|p| p.info().ok())
-            .map_or(0, |i| i.id());
         let pins = self.all_link_pins();
-        for iface in &opts.ifaces {
-            let ifindex = attach::ifindex(iface)
-                .ok_or_else(|| anyhow!("no network interface named {iface:?}"))?;
-            let mut done = false;
-            for (pin, path, ours) in &pins {
-                let LinkPin::TcxEgress { iface: pinned } = pin else {
-                    continue;
-                };
-                if pinned != iface || done {
-                    continue;
-                }
-                let Ok(fd) = pin::obj_get(path) else { continue };
-                match pin::link_info(fd.as_fd()) {
-                    Ok(info) if info.link_type == pin::LINK_TYPE_TCX && info.ifindex == ifindex => {
-                        if info.prog_id != prog_id {
-                            pin::link_update(fd.as_fd(), prog_fd.as_fd()).with_context(|| {
-                                format!("switching the pinned egress tracker on {iface} to this build's program")
-                            })?;
-                        }
-                        if !*ours {
-                            pin::move_link_pin(
-                                fd.as_fd(),
-                                path,
-                                &self.layout.links_dir().join(pin.file_name()),
-                            )?;
-                        }
-                        self.tc.push((iface.clone(), fd));
-                        done = true;
-                    }
-                    _ => {
-                        let _ = pin::link_detach(fd.as_fd());
-                        let _ = fs::remove_file(path);
-                    }
-                }
-            }
-            if done {
+        let prog = self.ct_egress.as_mut().expect("loaded");
+        self.tc = sync_tcx(
+            &self.layout,
+            &pins,
+            prog,
+            Tcx::CtEgress,
+            &opts.ifaces,
+            notes,
+        )?;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) scrub programs.
+    fn ensure_scrub_programs(&mut self) -> Result<()> {
+        if !self.scrub.is_empty() {
+            return Ok(());
+        }
+        let mut progs = Vec::new();
+        for name in [crate::scrub::INGRESS, crate::scrub::EGRESS] {
+            let path = self.layout.prog(name);
+            if let Ok(p) = SchedClassifier::from_pin(&path) {
+                progs.push(p);
                 continue;
             }
-            let prog = self.ct_egress.as_mut().expect("loaded");
-            let id = prog
-                .attach_with_options(
-                    iface,
-                    TcAttachType::Egress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .with_context(|| {
-                    format!(
-                        "attaching the egress connection tracker to {iface} (tcx needs Linux 6.6)"
-                    )
-                })?;
-            let link = prog.take_link(id)?;
-            let link = FdLink::try_from(link)
-                .map_err(|e| anyhow!("the egress tracker link on {iface} cannot be pinned: {e}"))?;
-            let path = self.layout.links_dir().join(
-                LinkPin::TcxEgress {
-                    iface: iface.clone(),
-                }
-                .file_name(),
-            );
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel refused the scrub program {name}"))?;
             let _ = fs::remove_file(&path);
-            drop(
-                link.pin(&path)
-                    .with_context(|| format!("pinning the egress tracker link of {iface}"))?,
-            );
-            self.tc.push((iface.clone(), pin::obj_get(&path)?));
-            notes.push(format!("tracking egress connections on {iface} (tcx)"));
+            prog.pin(&path)
+                .with_context(|| format!("pinning {name} at {}", path.display()))?;
+            progs.push(SchedClassifier::from_pin(&path)?);
         }
-        for (pin, path) in pin::link_pins(&self.layout.links_dir()) {
-            if let LinkPin::TcxEgress { iface } = &pin
-                && !opts.ifaces.contains(iface)
-            {
-                if let Ok(fd) = pin::obj_get(&path) {
-                    let _ = pin::link_detach(fd.as_fd());
-                }
-                let _ = fs::remove_file(&path);
-            }
+        self.scrub = progs;
+        Ok(())
+    }
+
+    /// Attaches the scrub programs (tcx ingress and egress) to every guarded interface, like
+    /// the egress tracker. They are attached whatever the policy: with no `[scrub]` they
+    /// read one map slot and let the packet go, and a reload that turns scrub on then needs
+    /// no attachment.
+    fn sync_scrub(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_scrub_programs()?;
+        let pins = self.all_link_pins();
+        let mut links = Vec::new();
+        for (prog, kind) in self
+            .scrub
+            .iter_mut()
+            .zip([Tcx::ScrubIngress, Tcx::ScrubEgress])
+        {
+            links.extend(sync_tcx(
+                &self.layout,
+                &pins,
+                prog,
+                kind,
+                &opts.ifaces,
+                notes,
+            )?);
         }
+        self.scrub_links = links;
         Ok(())
     }
 
@@ -851,6 +840,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the egress tracker from {iface}"));
         }
+        for (iface, fd) in self.scrub_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the scrub from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -868,6 +861,156 @@ impl Datapath {
         done.push(format!("removed the pins under {}", root.display()));
         Ok(done)
     }
+}
+
+/// The tcx programs attached to every guarded interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tcx {
+    CtEgress,
+    ScrubIngress,
+    ScrubEgress,
+}
+
+impl Tcx {
+    fn pin(self, iface: &str) -> LinkPin {
+        let iface = iface.to_string();
+        match self {
+            Self::CtEgress => LinkPin::TcxEgress { iface },
+            Self::ScrubIngress => LinkPin::TcxScrub {
+                ingress: true,
+                iface,
+            },
+            Self::ScrubEgress => LinkPin::TcxScrub {
+                ingress: false,
+                iface,
+            },
+        }
+    }
+
+    /// The interface a pin of this kind is for.
+    fn iface_of(self, pin: &LinkPin) -> Option<&str> {
+        match (self, pin) {
+            (Self::CtEgress, LinkPin::TcxEgress { iface }) => Some(iface),
+            (
+                Self::ScrubIngress,
+                LinkPin::TcxScrub {
+                    ingress: true,
+                    iface,
+                },
+            )
+            | (
+                Self::ScrubEgress,
+                LinkPin::TcxScrub {
+                    ingress: false,
+                    iface,
+                },
+            ) => Some(iface),
+            _ => None,
+        }
+    }
+
+    const fn attach_type(self) -> TcAttachType {
+        match self {
+            Self::ScrubIngress => TcAttachType::Ingress,
+            Self::CtEgress | Self::ScrubEgress => TcAttachType::Egress,
+        }
+    }
+
+    const fn what(self) -> &'static str {
+        match self {
+            Self::CtEgress => "the egress connection tracker",
+            Self::ScrubIngress => "the ingress scrub",
+            Self::ScrubEgress => "the egress scrub",
+        }
+    }
+}
+
+/// Attaches `prog` (a tcx program of `kind`) to every interface of `ifaces`, adopting pinned
+/// links of `pins` and switching them to `prog`; detaches the pinned links of this kind on
+/// interfaces no longer guarded. Returns the links.
+fn sync_tcx(
+    layout: &Layout,
+    pins: &[(LinkPin, PathBuf, bool)],
+    prog: &mut SchedClassifier,
+    kind: Tcx,
+    ifaces: &[String],
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, OwnedFd)>> {
+    let what = kind.what();
+    let prog_fd = prog.fd()?.try_clone()?;
+    let prog_id = prog.info().map_or(0, |i| i.id());
+    let mut links = Vec::new();
+    for iface in ifaces {
+        let ifindex = attach::ifindex(iface)
+            .ok_or_else(|| anyhow!("no network interface named {iface:?}"))?;
+        let mut done = false;
+        for (pin, path, ours) in pins {
+            let Some(pinned) = kind.iface_of(pin) else {
+                continue;
+            };
+            if pinned != iface || done {
+                continue;
+            }
+            let Ok(fd) = pin::obj_get(path) else { continue };
+            match pin::link_info(fd.as_fd()) {
+                Ok(info) if info.link_type == pin::LINK_TYPE_TCX && info.ifindex == ifindex => {
+                    if info.prog_id != prog_id {
+                        pin::link_update(fd.as_fd(), prog_fd.as_fd()).with_context(|| {
+                            format!("switching the pinned link of {what} on {iface} to this build's program")
+                        })?;
+                    }
+                    if !*ours {
+                        pin::move_link_pin(
+                            fd.as_fd(),
+                            path,
+                            &layout.links_dir().join(pin.file_name()),
+                        )?;
+                    }
+                    links.push((iface.clone(), fd));
+                    done = true;
+                }
+                _ => {
+                    let _ = pin::link_detach(fd.as_fd());
+                    let _ = fs::remove_file(path);
+                }
+            }
+        }
+        if done {
+            continue;
+        }
+        let id = prog
+            .attach_with_options(
+                iface,
+                kind.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| format!("attaching {what} to {iface} (tcx needs Linux 6.6)"))?;
+        let link = prog.take_link(id)?;
+        let link = FdLink::try_from(link)
+            .map_err(|e| anyhow!("the link of {what} on {iface} cannot be pinned: {e}"))?;
+        let path = layout.links_dir().join(kind.pin(iface).file_name());
+        let _ = fs::remove_file(&path);
+        drop(
+            link.pin(&path)
+                .with_context(|| format!("pinning the link of {what} on {iface}"))?,
+        );
+        links.push((iface.clone(), pin::obj_get(&path)?));
+        notes.push(match kind {
+            Tcx::CtEgress => format!("tracking egress connections on {iface} (tcx)"),
+            Tcx::ScrubIngress | Tcx::ScrubEgress => format!("attached {what} to {iface} (tcx)"),
+        });
+    }
+    for (pin, path) in pin::link_pins(&layout.links_dir()) {
+        if let Some(iface) = kind.iface_of(&pin)
+            && !ifaces.iter().any(|i| i == iface)
+        {
+            if let Ok(fd) = pin::obj_get(&path) {
+                let _ = pin::link_detach(fd.as_fd());
+            }
+            let _ = fs::remove_file(&path);
+        }
+    }
+    Ok(links)
 }
 
 /// Checks every pinned map against this build's definition (a pin edited by hand, or left
@@ -925,6 +1068,10 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 LinkPin::Xdp { iface, .. } => format!("detached from {iface}"),
                 LinkPin::Cgroup { path } => format!("detached from cgroup {}", path.display()),
                 LinkPin::TcxEgress { iface } => format!("detached the egress tracker from {iface}"),
+                LinkPin::TcxScrub { ingress, iface } => format!(
+                    "detached the {} scrub from {iface}",
+                    if ingress { "ingress" } else { "egress" }
+                ),
             });
         }
     }

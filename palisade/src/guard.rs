@@ -52,6 +52,7 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
         crate::shield::host_wscale(std::path::Path::new("/proc/sys"))
     });
     crate::shield::write_config(ebpf, idle, &shield)?;
+    crate::scrub::write_config(ebpf, idle, &policy.scrub.datapath())?;
     apply::install(ebpf, &firewall, &dns)
 }
 

@@ -27,10 +27,10 @@ pub const MINIMUM: Release = Release {
 };
 
 /// What needs [`MINIMUM`], newest first: the features that set the floor.
-pub const NEEDS: &str = "tcx links for the egress connection tracker (6.6), the sending \
-                         process's name and ids in cgroup programs (6.1), bpf_xdp_load_bytes \
-                         (5.18), bpf_loop (5.17), bpf_for_each_map_elem (5.13), \
-                         bpf_ktime_get_coarse_ns (5.11) and ring buffers (5.8)";
+pub const NEEDS: &str = "tcx links for the egress connection tracker and the scrub (6.6), \
+                         the sending process's name and ids in cgroup programs (6.1), \
+                         bpf_xdp_load_bytes (5.18), bpf_loop (5.17), bpf_for_each_map_elem \
+                         (5.13), bpf_ktime_get_coarse_ns (5.11) and ring buffers (5.8)";
 
 /// The numbers at the start of `release` (`6.1.0-18-amd64`, `6.6.0-rc3`, `6.8`); `None`
 /// when it does not start with `MAJOR.MINOR`. A missing patch level is 0.
@@ -162,9 +162,10 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "this kernel is Linux 6.5.13-generic, and Palisade needs Linux 6.6 or newer: it uses \
-             tcx links for the egress connection tracker (6.6), the sending process's name and \
-             ids in cgroup programs (6.1), bpf_xdp_load_bytes (5.18), bpf_loop (5.17), \
-             bpf_for_each_map_elem (5.13), bpf_ktime_get_coarse_ns (5.11) and ring buffers (5.8)"
+             tcx links for the egress connection tracker and the scrub (6.6), the sending \
+             process's name and ids in cgroup programs (6.1), bpf_xdp_load_bytes (5.18), \
+             bpf_loop (5.17), bpf_for_each_map_elem (5.13), bpf_ktime_get_coarse_ns (5.11) and \
+             ring buffers (5.8)"
         );
         assert!(check_release("5.8.0").is_err());
         assert!(check_release("4.19.0").is_err());

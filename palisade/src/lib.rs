@@ -22,6 +22,7 @@ pub mod maps;
 pub mod metrics;
 pub mod pin;
 pub mod policy;
+pub mod scrub;
 pub mod shield;
 pub mod stats;
 pub mod testrun;

@@ -176,6 +176,23 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             st.engaged.len() as u64,
         );
     }
+    if !s.counters.scrub.is_empty() {
+        o.family(
+            "palisade_scrub_total",
+            "counter",
+            "What the scrub of [scrub] rewrote, by direction and kind (TTLs and hop limits \
+             raised, MSS clamped, DF cleared, IDs randomized), and what it left alone \
+             (fragment IDs kept, frames it could not parse, rewrites the kernel refused).",
+        );
+        for n in &s.counters.scrub {
+            let (direction, event) = crate::scrub::split_name(&n.name);
+            o.sample(
+                "palisade_scrub_total",
+                &[("direction", direction), ("event", event)],
+                n.value,
+            );
+        }
+    }
     o.family(
         "palisade_rule_packets_total",
         "counter",
@@ -497,6 +514,10 @@ mod tests {
                     name: "cookies_sent".into(),
                     value: 9,
                 }],
+                scrub: vec![Named {
+                    name: "egress_mss_clamped_v6".into(),
+                    value: 4,
+                }],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -509,6 +530,9 @@ mod tests {
         assert!(!t.contains("palisade_ct_"));
         assert!(t.contains("palisade_packets_total 10\n"));
         assert!(t.contains("palisade_shield_total{event=\"cookies_sent\"} 9\n"));
+        assert!(
+            t.contains("palisade_scrub_total{direction=\"egress\",event=\"mss_clamped_v6\"} 4\n")
+        );
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));

@@ -238,6 +238,8 @@ pub enum LinkPin {
     Cgroup { path: PathBuf },
     /// `tcx-egress-<iface>`: the connection tracker's egress program.
     TcxEgress { iface: String },
+    /// `tcx-scrub-in-<iface>`, `tcx-scrub-out-<iface>`: the scrub programs.
+    TcxScrub { ingress: bool, iface: String },
 }
 
 impl LinkPin {
@@ -247,6 +249,11 @@ impl LinkPin {
             Self::Xdp { mode, iface } => format!("xdp-{mode}-{}", escape(iface.as_bytes())),
             Self::Cgroup { path } => format!("cgroup-{}", escape(path.as_os_str().as_bytes())),
             Self::TcxEgress { iface } => format!("tcx-egress-{}", escape(iface.as_bytes())),
+            Self::TcxScrub { ingress, iface } => format!(
+                "tcx-scrub-{}-{}",
+                if *ingress { "in" } else { "out" },
+                escape(iface.as_bytes())
+            ),
         }
     }
 
@@ -255,6 +262,16 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-egress-") {
             let iface = String::from_utf8(unescape(rest)?).ok()?;
             return Some(Self::TcxEgress { iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-scrub-") {
+            let (dir, iface) = rest.split_once('-')?;
+            let ingress = match dir {
+                "in" => true,
+                "out" => false,
+                _ => return None,
+            };
+            let iface = String::from_utf8(unescape(iface)?).ok()?;
+            return Some(Self::TcxScrub { ingress, iface });
         }
         if let Some(rest) = file_name.strip_prefix("xdp-") {
             let (mode, iface) = rest.split_once('-')?;
@@ -832,6 +849,14 @@ mod tests {
             },
             LinkPin::Cgroup {
                 path: "/sys/fs/cgroup/unified".into(),
+            },
+            LinkPin::TcxScrub {
+                ingress: true,
+                iface: "veth-in".into(),
+            },
+            LinkPin::TcxScrub {
+                ingress: false,
+                iface: "eth-1".into(),
             },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));

@@ -85,6 +85,9 @@ pub struct Counters {
     /// The shields' counters (`palisade_common::shield::SH_NAMES`).
     #[serde(default)]
     pub shield: Vec<Named>,
+    /// The scrub's counters, `<direction>_<event>` (see `crate::scrub::named_counters`).
+    #[serde(default)]
+    pub scrub: Vec<Named>,
 }
 
 impl Counters {
@@ -134,6 +137,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         dns,
         rules: Vec::new(),
         shield: shield_counters(ebpf),
+        scrub: crate::scrub::named_counters(ebpf),
     }
 }
 

@@ -74,13 +74,16 @@ impl Bench {
             prog.load()
                 .with_context(|| format!("verifying {DNS_EGRESS}"))?;
         }
-        {
+        for name in [
+            crate::conntrack::EGRESS,
+            crate::scrub::INGRESS,
+            crate::scrub::EGRESS,
+        ] {
             let prog: &mut SchedClassifier = ebpf
-                .program_mut(crate::conntrack::EGRESS)
-                .ok_or_else(|| anyhow!("no program {}", crate::conntrack::EGRESS))?
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("no program {name}"))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifying {}", crate::conntrack::EGRESS))?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
         }
         crate::guard::link_tail_calls(&mut ebpf)?;
         let events = ebpf.take_map("EVENTS").map(RingBuf::try_from).transpose()?;
@@ -167,6 +170,26 @@ impl Bench {
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
         Ok(prog.test_run(opts)?.return_value as i32)
+    }
+
+    /// Runs the TC program `name` (a scrub program, `crate::scrub::INGRESS` or `EGRESS`) on
+    /// an Ethernet `frame` and returns the TC verdict and the frame as the program left it.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_tc(&self, name: &str, frame: &[u8]) -> Result<(i32, Vec<u8>)> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = prog.test_run(opts)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value as i32, out))
     }
 
     /// Runs the firewall (and, by tail call, the DNS inspector) on `frame` and returns the

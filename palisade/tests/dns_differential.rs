@@ -565,6 +565,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
     };
     let policy = Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
@@ -821,6 +822,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
     };
     let policy = Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
@@ -1069,6 +1071,7 @@ fn fast_path_boundaries_decide_as_the_reference() {
         };
         let policy = Policy {
             shield: palisade::shield::Shield::default(),
+            scrub: palisade::scrub::Scrub::default(),
             firewall: Firewall::default(),
             sets: vec![],
             conntrack: palisade::policy::model::Conntrack::default(),

@@ -83,6 +83,7 @@ fn policy(
 ) -> Policy {
     Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -270,6 +270,7 @@ fn policy(bits: u32) -> Policy {
         .collect();
     Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

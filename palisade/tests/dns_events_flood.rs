@@ -74,6 +74,7 @@ fn entry(text: &str) -> NameEntry {
 fn policy(names: &[&str], events: DnsEvents) -> Policy {
     Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

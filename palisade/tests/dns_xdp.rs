@@ -132,6 +132,7 @@ fn blocklist() -> DnsScope {
 fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Policy {
     Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

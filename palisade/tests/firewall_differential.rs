@@ -297,6 +297,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
     };
     Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1316,6 +1317,7 @@ fn cidrs(list: &[&str]) -> AddrMatch {
 fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) -> Policy {
     Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -1663,6 +1665,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
     assert_eq!(members.len(), SCALE_SET);
     let policy = Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

@@ -273,6 +273,9 @@ pub struct Status {
     /// What the shields are doing now, when the policy has `[shield]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shield_state: Option<crate::shield::ShieldState>,
+    /// The scrub's counters, when the policy has `[scrub]` (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scrub: Vec<crate::stats::Named>,
 }
 
 /// The policy in force.

@@ -526,6 +526,7 @@ mod tests {
         };
         Policy {
             shield: crate::shield::Shield::default(),
+            scrub: crate::scrub::Scrub::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

@@ -588,6 +588,7 @@ mod tests {
     fn policy(rules: Vec<Rule>, sets: Vec<IpSet>) -> Policy {
         Policy {
             shield: crate::shield::Shield::default(),
+            scrub: crate::scrub::Scrub::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2020,6 +2021,7 @@ mod tests {
                     }
                     Policy {
                         shield: crate::shield::Shield::default(),
+                        scrub: crate::scrub::Scrub::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2145,6 +2147,7 @@ mod tests {
                     .collect();
                 Policy {
                     shield: crate::shield::Shield::default(),
+                    scrub: crate::scrub::Scrub::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

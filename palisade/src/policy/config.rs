@@ -301,6 +301,21 @@
 //! `net.ipv4.tcp_timestamps = 2` in its network namespace: the kernel accepts the connections
 //! from the cookies, and needs both to take them back with the client's options.
 //!
+//! # Scrub
+//!
+//! `[scrub]` rewrites packets on the guarded interfaces with pf's `scrub` semantics, in TC
+//! ingress and egress (see `docs/design/scrub.md`). It never drops; each rewrite keeps the
+//! IPv4 header and TCP checksums valid. Every rewrite is off unless its key is there.
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `min_ttl` | integer `1..=255`: IPv4 TTLs and IPv6 hop limits under it are raised to it (pf `min-ttl`) | not raised |
+//! | `max_mss_v4` | integer `536..=65535`: the MSS option of IPv4 SYNs and SYN-ACKs above it is lowered to it (pf `max-mss`) | not clamped |
+//! | `max_mss_v6` | integer `1220..=65535`: the same for IPv6 | not clamped |
+//! | `clear_df` | boolean: clear the IPv4 don't-fragment bit (pf `no-df`) | `false` |
+//! | `random_id` | boolean: a random IPv4 identification for unfragmented packets; fragments keep theirs (pf `random-id`) | `false` |
+//! | `directions` | non-empty list of `"in"` (what arrives) and `"out"` (what leaves, sent or forwarded) | `["in", "out"]` |
+//!
 //! # Errors
 //!
 //! Every problem in the file is reported at once, each as `file:line:column: message`
@@ -329,6 +344,7 @@ use super::model::{
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
+mod scrub;
 mod shield;
 use super::setfile::{family_name, parse_cidr, parse_set_file};
 
@@ -741,7 +757,7 @@ impl<'n> TableView<'n> {
 // ---------------------------------------------------------------------------------------
 // Validation
 
-const TOP_KEYS: &[&str] = &["firewall", "sets", "dns", "conntrack", "shield"];
+const TOP_KEYS: &[&str] = &["firewall", "sets", "dns", "conntrack", "shield", "scrub"];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
     "log_default",
@@ -1072,12 +1088,17 @@ impl Checker<'_> {
             Some(node) => self.shield(node, conntrack.disabled_at),
             None => crate::shield::Shield::default(),
         };
+        let scrub = match root.get("scrub") {
+            Some(node) => self.scrub(node),
+            None => crate::scrub::Scrub::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
             dns,
             conntrack: conntrack.conntrack,
             shield,
+            scrub,
         })
     }
 
@@ -2882,6 +2903,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
             policy,
             Policy {
                 shield: crate::shield::Shield::default(),
+                scrub: crate::scrub::Scrub::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3207,9 +3229,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`, `dns`, `conntrack`, `shield`",
+                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`, `shield`",
+                     `sets`, `dns`, `conntrack`, `shield`, `scrub`",
                 ],
             ),
         ];

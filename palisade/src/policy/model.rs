@@ -276,6 +276,7 @@ pub struct Policy {
     pub dns: Dns,
     pub conntrack: Conntrack,
     pub shield: crate::shield::Shield,
+    pub scrub: crate::scrub::Scrub,
 }
 
 impl Policy {
@@ -553,6 +554,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             shield: crate::shield::Shield::default(),
+            scrub: crate::scrub::Scrub::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),

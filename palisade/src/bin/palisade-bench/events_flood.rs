@@ -290,6 +290,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
     entries.push(namelist::entry("*.flood.example", false, 0)?);
     Ok(Policy {
         shield: palisade::shield::Shield::default(),
+        scrub: palisade::scrub::Scrub::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],
