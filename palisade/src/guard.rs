@@ -48,9 +48,10 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
     // The shields of the generation about to go live; the live one's stay as they are.
     let idle = (apply::control(ebpf)?.active_gen ^ 1) & 1;
     // The sketch's seed comes from the hash key: random, and kept with the pinned state.
-    let shield = policy.shield.datapath(key.k[1] as u32, || {
+    let mut shield = policy.shield.datapath(key.k[1] as u32, || {
         crate::shield::host_wscale(std::path::Path::new("/proc/sys"))
     });
+    crate::shield::within_scrub(&mut shield, &policy.scrub);
     crate::shield::write_config(ebpf, idle, &shield)?;
     crate::scrub::write_config(ebpf, idle, &policy.scrub.datapath())?;
     apply::install(ebpf, &firewall, &dns)

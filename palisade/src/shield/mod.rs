@@ -273,6 +273,20 @@ pub fn write_config(ebpf: &mut Ebpf, generation: u32, config: &ShieldConfig) -> 
     Ok(())
 }
 
+/// Holds the MSS a cookie SYN-ACK offers within `[scrub]`'s limits for outgoing packets: the
+/// answer leaves from XDP, before the scrub's TC stage could clamp it.
+pub fn within_scrub(c: &mut ShieldConfig, scrub: &crate::scrub::Scrub) {
+    if !scrub.egress {
+        return;
+    }
+    if let Some(m) = scrub.max_mss_v4 {
+        c.mss_v4 = c.mss_v4.min(m);
+    }
+    if let Some(m) = scrub.max_mss_v6 {
+        c.mss_v6 = c.mss_v6.min(m);
+    }
+}
+
 /// What the shields are doing now, for `palisade status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShieldState {
@@ -411,12 +425,21 @@ mod tests {
         assert_eq!((c.wscale, c.syn_rate, c.hold_ns), (9, 1000, 10_000_000_000));
         let off = Shield {
             syn_cookies: SynCookies::Off,
-            ..s
+            ..s.clone()
         };
         assert_eq!(
             off.datapath(1, || unreachable!()).flags,
             SHIELD_AMPLIFICATION
         );
         assert!(!Shield::default().any());
+        // A scrub limit on outgoing MSS holds the cookie SYN-ACK's too.
+        let mut c = s.datapath(1, || 9);
+        let scrub = crate::scrub::Scrub {
+            max_mss_v4: Some(1200),
+            egress: true,
+            ..crate::scrub::Scrub::default()
+        };
+        within_scrub(&mut c, &scrub);
+        assert_eq!((c.mss_v4, c.mss_v6), (1200, 1440));
     }
 }
