@@ -160,16 +160,7 @@ impl Bench {
     /// # Errors
     /// When the kernel refuses the run.
     pub fn run_ct_egress(&self, frame: &[u8]) -> Result<i32> {
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(crate::conntrack::EGRESS)
-            .ok_or_else(|| anyhow!("no program {}", crate::conntrack::EGRESS))?
-            .try_into()?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        Ok(prog.test_run(opts)?.return_value as i32)
+        Ok(self.run_tc(crate::conntrack::EGRESS, frame)?.0)
     }
 
     /// Runs the TC program `name` (a scrub program, `crate::scrub::INGRESS` or `EGRESS`) on

@@ -19,7 +19,7 @@ mod support;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
     sync::{
         Arc,
@@ -40,7 +40,7 @@ use palisade_common::{
     stats,
 };
 use support::{
-    bulk::{BULK, fold, pattern, sink, source},
+    bulk::{BULK, pattern, sink, source, upload_through_narrow_hop},
     netns::{command_in, exec_in, in_netns, tcp_info},
     routed::Routed,
     wire::{Capture, send_ip, tcp_segment},
@@ -470,42 +470,10 @@ fn large_transfers_cross_a_narrower_hop(lab: &Lab) {
     let data = pattern(BULK);
     for outside in [Routed::OUTSIDE_V4, Routed::OUTSIDE_V6] {
         let related = lab.ct_stat(CS_RELATED);
-        let started = Instant::now();
-        let mut c = connect(&lab.net.guarded, outside, 9000, Duration::from_secs(3))
+        let c = connect(&lab.net.guarded, outside, 9000, Duration::from_secs(3))
             .unwrap_or_else(|e| panic!("connect {outside}: {e}"));
-        let mss_before = tcp_info(&c).tcpi_snd_mss;
-        c.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        c.write_all(&data)
-            .unwrap_or_else(|e| panic!("upload to {outside} stalled: {e}"));
-        c.shutdown(Shutdown::Write).unwrap();
-        let mut answer = [0u8; 16];
-        c.read_exact(&mut answer)
-            .unwrap_or_else(|e| panic!("upload to {outside}: no answer: {e}"));
-        let info = tcp_info(&c);
-        eprintln!(
-            "{outside}: {} MiB up in {:?}, MSS {} -> {}, path MTU {}, {} retransmitted",
-            BULK >> 20,
-            started.elapsed(),
-            mss_before,
-            info.tcpi_snd_mss,
-            info.tcpi_pmtu,
-            info.tcpi_total_retrans
-        );
-        assert_eq!(
-            u64::from_be_bytes(answer[..8].try_into().unwrap()),
-            BULK as u64
-        );
-        assert_eq!(
-            u64::from_be_bytes(answer[8..].try_into().unwrap()),
-            fold(&data)
-        );
-        assert!(
-            mss_before + 40 > Routed::NARROW_MTU,
-            "the handshake already fit the narrow hop (MSS {mss_before}): nothing to discover"
-        );
-        // The path MTU was learned from the router's error, which the firewall let in.
-        assert_eq!(info.tcpi_pmtu, Routed::NARROW_MTU, "path MTU not learned");
+        // The path MTU is learned from the router's error, which the firewall lets in.
+        upload_through_narrow_hop(c, &data, outside, String::new);
         assert!(
             lab.ct_stat(CS_RELATED) > related,
             "no ICMP error was accepted as related"

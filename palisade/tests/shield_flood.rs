@@ -37,7 +37,7 @@ use palisade_common::shield::{
 use support::{
     flood::{Generator, Then, ifindex},
     netns::{exec_in, in_netns, nsenter},
-    routed::Routed,
+    routed::{Routed, ip},
 };
 
 const PORT: u16 = 8080;
@@ -127,19 +127,6 @@ impl Lab {
             .map(|i| self.host.scratch.counter("SHIELD_STATS", i))
             .collect()
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The MAC address of `iface` in namespace `ns`.

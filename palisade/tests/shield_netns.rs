@@ -35,7 +35,7 @@ use palisade_common::{
     shield::{SH_AMPLIFICATION_DROPPED, SH_COOKIE_SENT, SH_COOKIE_VALID, SH_NAMES},
 };
 use support::{
-    bulk::{BULK, fold, pattern, sink},
+    bulk::{BULK, pattern, sink, upload_through_narrow_hop},
     netns::{NetnsPair, exec_in, in_netns, tcp_info},
     ntp,
     routed::Routed,
@@ -640,47 +640,14 @@ fn path_mtu_discovery_works_through_the_shields() {
     ] {
         // Upload on a flow the guarded host opened.
         let before = related();
-        let started = Instant::now();
         let to = SocketAddr::new(outside.parse().unwrap(), 9000);
-        let mut c = in_netns(&lab.net.guarded, move || {
+        let c = in_netns(&lab.net.guarded, move || {
             TcpStream::connect_timeout(&to, Duration::from_secs(3))
         })
         .unwrap_or_else(|e| panic!("connect {outside}: {e}"));
-        let mss_before = tcp_info(&c).tcpi_snd_mss;
-        c.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        c.write_all(&data).unwrap_or_else(|e| {
-            panic!(
-                "upload to {outside} stalled: {e}; shield counters {:?}",
-                lab.counters()
-            )
+        upload_through_narrow_hop(c, &data, outside, || {
+            format!("shield counters {:?}", lab.counters())
         });
-        c.shutdown(Shutdown::Write).unwrap();
-        let mut answer = [0u8; 16];
-        c.read_exact(&mut answer)
-            .unwrap_or_else(|e| panic!("upload to {outside}: no answer: {e}"));
-        let info = tcp_info(&c);
-        eprintln!(
-            "{outside}: {} MiB up in {:?}, MSS {mss_before} -> {}, path MTU {}, {} retransmitted",
-            BULK >> 20,
-            started.elapsed(),
-            info.tcpi_snd_mss,
-            info.tcpi_pmtu,
-            info.tcpi_total_retrans
-        );
-        assert_eq!(
-            u64::from_be_bytes(answer[..8].try_into().unwrap()),
-            BULK as u64
-        );
-        assert_eq!(
-            u64::from_be_bytes(answer[8..].try_into().unwrap()),
-            fold(&data)
-        );
-        assert!(
-            mss_before + 40 > Routed::NARROW_MTU,
-            "the handshake already fit the narrow hop (MSS {mss_before}): nothing to discover"
-        );
-        assert_eq!(info.tcpi_pmtu, Routed::NARROW_MTU, "path MTU not learned");
         assert!(related() > before, "no ICMP error was accepted as related");
 
         // Download on a flow the outside opened through a cookie, with the path MTU just

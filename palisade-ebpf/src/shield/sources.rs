@@ -42,8 +42,6 @@ const ICMP_ECHO_HEADER: u16 = 8;
 /// among them) are never counted nor limited.
 #[inline(never)]
 pub fn limit(cfg: &ShieldConfig, p: &Packet) -> u32 {
-    // SAFETY: a helper with no preconditions.
-    let t = unsafe { bpf_ktime_get_coarse_ns() };
     let echo_type = if p.proto == IPPROTO_ICMP {
         ECHO_REQUEST_V4
     } else {
@@ -51,18 +49,22 @@ pub fn limit(cfg: &ShieldConfig, p: &Packet) -> u32 {
     };
     let echo = (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6) && p.dport >> 8 == echo_type;
     let opening = p.ct_state & (STATE_NEW | STATE_INVALID) != 0;
-    if !opening && !echo {
+    if !echo && (!opening || cfg.source_limit == 0) {
+        // Established and related packets, or no flow limit: nothing to count, not even the
+        // clock read (`source_block` needs `source_rate`).
         return 0;
     }
+    // SAFETY: a helper with no preconditions.
+    let t = unsafe { bpf_ktime_get_coarse_ns() };
     let key = key_of(cfg, p);
-    if cfg.block_ns != 0 && (opening || echo) && blocked(&key, cfg.block_ns, t) {
+    if cfg.block_ns != 0 && blocked(&key, cfg.block_ns, t) {
         bump(&SHIELD_STATS, SH_SOURCE_BLOCKED);
         return reason::SHIELD_SOURCE_BLOCKED;
     }
     if echo {
         return echo_limits(cfg, &key, p, t);
     }
-    if cfg.source_limit == 0 || p.ct_state != STATE_NEW {
+    if p.ct_state != STATE_NEW {
         return 0;
     }
     let n = count(&key, CLASS_FLOWS, cfg.seed, window_of(t));

@@ -28,7 +28,8 @@ pub struct Routed {
     pub outside: String,
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip` with `args` (in the caller's namespace) and asserts it succeeded.
+pub fn ip(args: &[&str]) {
     let out = std::process::Command::new("ip")
         .args(args)
         .output()
