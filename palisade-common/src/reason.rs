@@ -89,8 +89,15 @@ pub const SHIELD_ICMP_RATE: u32 = 26;
 /// An ICMP echo request whose payload is over `[shield] icmp_echo_max_payload`.
 pub const SHIELD_ICMP_OVERSIZED: u32 = 27;
 
+/// A new flow through the NAT found no free external port in `nat::PORT_RETRIES` tries
+/// (TC egress of the outside interface; never remapped onto a port in use).
+pub const NAT_PORT_EXHAUSTED: u32 = 28;
+
+/// A new flow through the NAT could not be recorded: a mapping table is full.
+pub const NAT_TABLE_FULL: u32 = 29;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 28;
+pub const COUNT: u32 = 30;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -122,6 +129,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "shield-source-blocked",
     "shield-icmp-rate",
     "shield-icmp-oversized",
+    "nat-port-exhausted",
+    "nat-table-full",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

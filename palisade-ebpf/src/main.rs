@@ -19,6 +19,7 @@ mod ct;
 mod dns;
 mod firewall;
 mod maps;
+mod nat;
 mod scrub;
 mod shield;
 mod verdict;
@@ -90,6 +91,23 @@ pub fn palisade_scrub_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn palisade_scrub_egress(ctx: TcContext) -> i32 {
     scrub::run(&ctx, palisade_common::scrub::SCRUB_EGRESS)
+}
+
+/// NAT of what arrives on the outside interface (TC ingress, after the XDP firewall and
+/// tracker): replies of masqueraded flows and new flows to port forwards get their
+/// destination translated. Fail-open, but for a new forwarded flow that cannot be mapped
+/// (dropped with its reason); see `nat`.
+#[classifier]
+pub fn palisade_nat_ingress(ctx: TcContext) -> i32 {
+    nat::run(&ctx, true)
+}
+
+/// NAT of what leaves through the outside interface (TC egress, before the egress tracker):
+/// sources translated; a new flow from a masqueraded subnet that cannot get a port is
+/// dropped with `nat-port-exhausted` (fail-closed), anything NAT does not handle passes.
+#[classifier]
+pub fn palisade_nat_egress(ctx: TcContext) -> i32 {
+    nat::run(&ctx, false)
 }
 
 /// Removes expired (or flushed) flows and counts the rest; run by userspace through

@@ -305,6 +305,54 @@ pub static SCRUB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SC_COUN
 #[map]
 pub static SCRUB_SCRATCH: PerCpuArray<crate::scrub::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+// ---- NAT ----
+
+use palisade_common::nat::{
+    ForwardKey, ForwardTarget, MAX_FORWARDS, NS_COUNT, NatCensus, NatConfig, NatEntry, NatKey,
+};
+
+/// NAT settings, one slot per policy generation (`[nat]`, 560 bytes each).
+#[map]
+pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(GENERATIONS, 0);
+
+/// Mappings by the untranslated tuple of what leaves through the outside interface: the
+/// source it gets (`palisade_common::nat::MAX_ENTRIES`, allocated as mappings are made).
+#[map]
+pub static NAT_EGRESS: HashMap<NatKey, NatEntry> = HashMap::with_max_entries(
+    palisade_common::nat::MAX_ENTRIES,
+    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+);
+
+/// Mappings by the outside tuple of what arrives: the destination it gets. Its keys are the
+/// external tuples handed out, unique by construction (inserted with `BPF_NOEXIST`).
+#[map]
+pub static NAT_INGRESS: HashMap<NatKey, NatEntry> = HashMap::with_max_entries(
+    palisade_common::nat::MAX_ENTRIES,
+    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+);
+
+/// Port forwards of both generations.
+#[map]
+pub static NAT_FORWARDS: HashMap<ForwardKey, ForwardTarget> =
+    HashMap::with_max_entries(GENERATIONS * MAX_FORWARDS, 0);
+
+/// NAT counters (`palisade_common::nat::NS_*`), per CPU.
+#[map]
+pub static NAT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NS_COUNT, 0);
+
+/// What the sweep counted of the mappings.
+#[map]
+pub static NAT_CENSUS: Array<NatCensus> = Array::with_max_entries(1, 0);
+
+/// Where a new mapping is put together (one per CPU).
+#[map]
+pub static NAT_SCRATCH: PerCpuArray<crate::nat::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the sweep builds the keys of a mapping it checks (one per CPU).
+#[map]
+pub static NAT_SWEEP_SCRATCH: PerCpuArray<crate::ct::sweep::SweepScratch> =
+    PerCpuArray::with_max_entries(1, 0);
+
 // ---- Connection tracking ----
 
 use palisade_common::conntrack::{

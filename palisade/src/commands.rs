@@ -157,6 +157,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     if !s.scrub.is_empty() {
         println!("{}", moved_line("scrub", &s.scrub, "nothing rewritten"));
     }
+    if !s.nat.is_empty() {
+        println!("{}", moved_line("nat", &s.nat, "nothing translated"));
+    }
     Ok(())
 }
 
@@ -538,6 +541,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     );
     println!("{}", moved_line("shield", &c.shield, "nothing seen"));
     println!("{}", moved_line("scrub", &c.scrub, "nothing rewritten"));
+    println!("{}", moved_line("nat", &c.nat, "nothing translated"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

@@ -792,6 +792,11 @@ impl Daemon {
             } else {
                 Vec::new()
             },
+            nat: if self.policy.nat.any() {
+                crate::nat::named_counters(&self.dp.ebpf)
+            } else {
+                Vec::new()
+            },
         }
     }
 

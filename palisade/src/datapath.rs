@@ -122,6 +122,10 @@ pub struct Datapath {
     scrub: Vec<SchedClassifier>,
     /// Their links: each guarded interface's ingress link, then its egress one.
     pub scrub_links: Vec<(String, OwnedFd)>,
+    /// The NAT programs, ingress then egress, once loaded.
+    nat: Vec<SchedClassifier>,
+    /// Their links, like the scrub's.
+    pub nat_links: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -212,6 +216,8 @@ impl Datapath {
             tc: Vec::new(),
             scrub: Vec::new(),
             scrub_links: Vec::new(),
+            nat: Vec::new(),
+            nat_links: Vec::new(),
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -240,6 +246,7 @@ impl Datapath {
         // so the hooks switch within moments of each other.
         self.ensure_tc_program()?;
         self.ensure_scrub_programs()?;
+        self.ensure_nat_programs()?;
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -251,6 +258,7 @@ impl Datapath {
         self.sync_xdp(opts, &mut notes)?;
         self.sync_tc(opts, &mut notes)?;
         self.sync_scrub(opts, &mut notes)?;
+        self.sync_nat(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -273,6 +281,7 @@ impl Datapath {
                 self.tc
                     .iter()
                     .chain(&self.scrub_links)
+                    .chain(&self.nat_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -429,8 +438,45 @@ impl Datapath {
         if !self.scrub.is_empty() {
             return Ok(());
         }
+        self.scrub = self.tc_programs([crate::scrub::INGRESS, crate::scrub::EGRESS], "scrub")?;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) NAT programs.
+    fn ensure_nat_programs(&mut self) -> Result<()> {
+        if !self.nat.is_empty() {
+            return Ok(());
+        }
+        self.nat = self.tc_programs([crate::nat::INGRESS, crate::nat::EGRESS], "NAT")?;
+        Ok(())
+    }
+
+    /// Attaches the NAT programs to every guarded interface (each translates only on the
+    /// `[nat] out` interface, read from its generation's settings, so a reload moves NAT
+    /// without attaching anything). The egress program goes first in the tcx chain, before
+    /// the egress tracker: the tracker must see what leaves translated.
+    fn sync_nat(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_nat_programs()?;
+        let pins = self.all_link_pins();
+        let mut links = Vec::new();
+        for (prog, kind) in self.nat.iter_mut().zip([Tcx::NatIngress, Tcx::NatEgress]) {
+            links.extend(sync_tcx(
+                &self.layout,
+                &pins,
+                prog,
+                kind,
+                &opts.ifaces,
+                notes,
+            )?);
+        }
+        self.nat_links = links;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) TC programs `names` of `what`.
+    fn tc_programs(&mut self, names: [&str; 2], what: &str) -> Result<Vec<SchedClassifier>> {
         let mut progs = Vec::new();
-        for name in [crate::scrub::INGRESS, crate::scrub::EGRESS] {
+        for name in names {
             let path = self.layout.prog(name);
             if let Ok(p) = SchedClassifier::from_pin(&path) {
                 progs.push(p);
@@ -442,14 +488,13 @@ impl Datapath {
                 .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
                 .try_into()?;
             prog.load()
-                .with_context(|| format!("the kernel refused the scrub program {name}"))?;
+                .with_context(|| format!("the kernel refused the {what} program {name}"))?;
             let _ = fs::remove_file(&path);
             prog.pin(&path)
                 .with_context(|| format!("pinning {name} at {}", path.display()))?;
             progs.push(SchedClassifier::from_pin(&path)?);
         }
-        self.scrub = progs;
-        Ok(())
+        Ok(progs)
     }
 
     /// Attaches the scrub programs (tcx ingress and egress) to every guarded interface, like
@@ -844,6 +889,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the scrub from {iface}"));
         }
+        for (iface, fd) in self.nat_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the NAT from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -869,6 +918,8 @@ enum Tcx {
     CtEgress,
     ScrubIngress,
     ScrubEgress,
+    NatIngress,
+    NatEgress,
 }
 
 impl Tcx {
@@ -881,6 +932,14 @@ impl Tcx {
                 iface,
             },
             Self::ScrubEgress => LinkPin::TcxScrub {
+                ingress: false,
+                iface,
+            },
+            Self::NatIngress => LinkPin::TcxNat {
+                ingress: true,
+                iface,
+            },
+            Self::NatEgress => LinkPin::TcxNat {
                 ingress: false,
                 iface,
             },
@@ -905,14 +964,28 @@ impl Tcx {
                     iface,
                 },
             ) => Some(iface),
+            (
+                Self::NatIngress,
+                LinkPin::TcxNat {
+                    ingress: true,
+                    iface,
+                },
+            )
+            | (
+                Self::NatEgress,
+                LinkPin::TcxNat {
+                    ingress: false,
+                    iface,
+                },
+            ) => Some(iface),
             _ => None,
         }
     }
 
     const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::ScrubIngress => TcAttachType::Ingress,
-            Self::CtEgress | Self::ScrubEgress => TcAttachType::Egress,
+            Self::ScrubIngress | Self::NatIngress => TcAttachType::Ingress,
+            Self::CtEgress | Self::ScrubEgress | Self::NatEgress => TcAttachType::Egress,
         }
     }
 
@@ -921,6 +994,8 @@ impl Tcx {
             Self::CtEgress => "the egress connection tracker",
             Self::ScrubIngress => "the ingress scrub",
             Self::ScrubEgress => "the egress scrub",
+            Self::NatIngress => "the ingress NAT",
+            Self::NatEgress => "the egress NAT",
         }
     }
 }
@@ -982,7 +1057,11 @@ fn sync_tcx(
             .attach_with_options(
                 iface,
                 kind.attach_type(),
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcAttachOptions::TcxOrder(if kind == Tcx::NatEgress {
+                    LinkOrder::first()
+                } else {
+                    LinkOrder::default()
+                }),
             )
             .with_context(|| format!("attaching {what} to {iface} (tcx needs Linux 6.6)"))?;
         let link = prog.take_link(id)?;
@@ -997,7 +1076,9 @@ fn sync_tcx(
         links.push((iface.clone(), pin::obj_get(&path)?));
         notes.push(match kind {
             Tcx::CtEgress => format!("tracking egress connections on {iface} (tcx)"),
-            Tcx::ScrubIngress | Tcx::ScrubEgress => format!("attached {what} to {iface} (tcx)"),
+            Tcx::ScrubIngress | Tcx::ScrubEgress | Tcx::NatIngress | Tcx::NatEgress => {
+                format!("attached {what} to {iface} (tcx)")
+            }
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1070,6 +1151,10 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 LinkPin::TcxEgress { iface } => format!("detached the egress tracker from {iface}"),
                 LinkPin::TcxScrub { ingress, iface } => format!(
                     "detached the {} scrub from {iface}",
+                    if ingress { "ingress" } else { "egress" }
+                ),
+                LinkPin::TcxNat { ingress, iface } => format!(
+                    "detached the {} NAT from {iface}",
                     if ingress { "ingress" } else { "egress" }
                 ),
             });

@@ -44,6 +44,12 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
         .context("compiling the DNS policy")?;
     // The tracker's timeouts apply at once (they are not part of a generation); the flows
     // themselves carry over every policy change.
+    // The interface and addresses NAT needs are looked up before anything is written: a
+    // policy naming a missing interface is refused with the running one untouched.
+    let nat = policy
+        .nat
+        .datapath(&crate::nat::ThisHost)
+        .context("resolving [nat]")?;
     crate::conntrack::write_config(ebpf, &crate::policy::conntrack::ct_config(policy))?;
     // The shields of the generation about to go live; the live one's stay as they are.
     let idle = (apply::control(ebpf)?.active_gen ^ 1) & 1;
@@ -54,6 +60,7 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
     crate::shield::within_scrub(&mut shield, &policy.scrub);
     crate::shield::write_config(ebpf, idle, &shield)?;
     crate::scrub::write_config(ebpf, idle, &policy.scrub.datapath())?;
+    crate::nat::write_config(ebpf, idle, &nat, &policy.nat)?;
     apply::install(ebpf, &firewall, &dns)
 }
 

@@ -20,6 +20,7 @@ pub mod live;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod nat;
 pub mod pin;
 pub mod policy;
 pub mod scrub;

@@ -193,6 +193,19 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             );
         }
     }
+    if s.counters.nat.iter().any(|n| n.value > 0) {
+        o.family(
+            "palisade_nat_total",
+            "counter",
+            "What the NAT of [nat] did: mappings made (snat, dnat), packets translated per \
+             direction, ICMP errors translated with their quoted packet, ports tried and \
+             passed over, new flows dropped (port exhausted, table full), mappings swept with \
+             their flow.",
+        );
+        for n in &s.counters.nat {
+            o.sample("palisade_nat_total", &[("event", n.name.as_str())], n.value);
+        }
+    }
     o.family(
         "palisade_rule_packets_total",
         "counter",
@@ -518,6 +531,10 @@ mod tests {
                     name: "egress_mss_clamped_v6".into(),
                     value: 4,
                 }],
+                nat: vec![Named {
+                    name: "port_exhausted".into(),
+                    value: 6,
+                }],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -533,6 +550,7 @@ mod tests {
         assert!(
             t.contains("palisade_scrub_total{direction=\"egress\",event=\"mss_clamped_v6\"} 4\n")
         );
+        assert!(t.contains("palisade_nat_total{event=\"port_exhausted\"} 6\n"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));

@@ -240,6 +240,8 @@ pub enum LinkPin {
     TcxEgress { iface: String },
     /// `tcx-scrub-in-<iface>`, `tcx-scrub-out-<iface>`: the scrub programs.
     TcxScrub { ingress: bool, iface: String },
+    /// `tcx-nat-in-<iface>`, `tcx-nat-out-<iface>`: the NAT programs.
+    TcxNat { ingress: bool, iface: String },
 }
 
 impl LinkPin {
@@ -254,6 +256,11 @@ impl LinkPin {
                 if *ingress { "in" } else { "out" },
                 escape(iface.as_bytes())
             ),
+            Self::TcxNat { ingress, iface } => format!(
+                "tcx-nat-{}-{}",
+                if *ingress { "in" } else { "out" },
+                escape(iface.as_bytes())
+            ),
         }
     }
 
@@ -262,6 +269,16 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-egress-") {
             let iface = String::from_utf8(unescape(rest)?).ok()?;
             return Some(Self::TcxEgress { iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-nat-") {
+            let (dir, iface) = rest.split_once('-')?;
+            let ingress = match dir {
+                "in" => true,
+                "out" => false,
+                _ => return None,
+            };
+            let iface = String::from_utf8(unescape(iface)?).ok()?;
+            return Some(Self::TcxNat { ingress, iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-scrub-") {
             let (dir, iface) = rest.split_once('-')?;
@@ -857,6 +874,10 @@ mod tests {
             LinkPin::TcxScrub {
                 ingress: false,
                 iface: "eth-1".into(),
+            },
+            LinkPin::TcxNat {
+                ingress: true,
+                iface: "wan-0".into(),
             },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));

@@ -78,6 +78,8 @@ impl Bench {
             crate::conntrack::EGRESS,
             crate::scrub::INGRESS,
             crate::scrub::EGRESS,
+            crate::nat::INGRESS,
+            crate::nat::EGRESS,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

@@ -84,6 +84,7 @@ fn policy(
     Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        nat: palisade::nat::Nat::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

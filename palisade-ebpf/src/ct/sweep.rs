@@ -20,12 +20,16 @@ use palisade_common::{
         proto_class, timeout_class,
     },
     firewall::SetKey,
+    nat::{CT_GRACE_NS, NS_SWEPT, NatEntry, NatKey, ct_key, egress_pair},
     packet::Bytes,
 };
 
 use crate::{
     bytes::XdpBytes,
-    maps::{CT_CENSUS, CT_CONFIG, CT_EST, CT_NEW, CT_OVERLOAD},
+    maps::{
+        CT_CENSUS, CT_CONFIG, CT_EST, CT_NEW, CT_OVERLOAD, NAT_CENSUS, NAT_EGRESS, NAT_INGRESS,
+        NAT_STATS, NAT_SWEEP_SCRATCH, bump,
+    },
 };
 
 /// What the callback needs; lives on the sweep program's stack.
@@ -77,6 +81,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
         now,
         table: TABLE_EST,
     };
+    if let Some(nc) = NAT_CENSUS.get_ptr_mut(0) {
+        // SAFETY: the census slot is written only by sweeps, one at a time.
+        unsafe { (*nc).live = 0 };
+    }
     // SAFETY: the callback has the signature bpf_for_each_map_elem expects and only touches
     // `walk`, which outlives both calls; the map pointers are the maps' definitions.
     unsafe {
@@ -96,6 +104,13 @@ pub fn run(ctx: &XdpContext) -> u32 {
         bpf_for_each_map_elem(
             (&raw const CT_OVERLOAD).cast_mut().cast(),
             visit_member as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+        // After both tables: a mapping goes in the same run as its flow's entry.
+        bpf_for_each_map_elem(
+            (&raw const NAT_INGRESS).cast_mut().cast(),
+            visit_mapping as *mut c_void,
             (&raw mut walk).cast(),
             0,
         );
@@ -183,4 +198,52 @@ extern "C" fn visit_member(
     }
     census.overload_members += 1;
     0
+}
+
+/// One NAT mapping (`NAT_INGRESS`, keyed by the flow's outside tuple): removed with its
+/// `NAT_EGRESS` pair when the tracker holds no entry for that tuple any more (expired or
+/// flushed in this very run, or earlier), once it is older than `CT_GRACE_NS` (the tracker
+/// commits a new flow after the mapping is made). Returns 0 to go on.
+extern "C" fn visit_mapping(
+    map: *mut c_void,
+    key: *mut c_void,
+    value: *mut c_void,
+    ctx: *mut c_void,
+) -> i64 {
+    // SAFETY: `ctx` is the sweep's `Walk`; key and value are the current element's.
+    let w = unsafe { &*ctx.cast::<Walk>() };
+    let k = unsafe { &*key.cast::<NatKey>() };
+    let e = unsafe { &*value.cast::<NatEntry>() };
+    // The keys built here live in a per-CPU slot: this callback's frame is stacked on the
+    // sweep's, and the two must stay within 512 bytes.
+    let (Some(nc), Some(scratch)) = (NAT_CENSUS.get_ptr_mut(0), NAT_SWEEP_SCRATCH.get_ptr_mut(0))
+    else {
+        return 1;
+    };
+    // SAFETY: the census slot and the per-CPU scratch are the sweep's alone while it runs.
+    let (nc, scratch) = unsafe { (&mut *nc, &mut *scratch) };
+    let young = w.now <= e.created_ns || w.now - e.created_ns < CT_GRACE_NS;
+    scratch.ct = ct_key(k);
+    let tracked = CT_EST.get_ptr(&scratch.ct).is_some() || CT_NEW.get_ptr(&scratch.ct).is_some();
+    if tracked || young {
+        nc.live += 1;
+        return 0;
+    }
+    scratch.pair = egress_pair(k, e);
+    // SAFETY: deleting the element being visited is allowed for hash maps.
+    if unsafe { bpf_map_delete_elem(map, key) } == 0 {
+        let _ = NAT_EGRESS.remove(&scratch.pair);
+        nc.removed += 1;
+        bump(&NAT_STATS, NS_SWEPT);
+    } else {
+        nc.live += 1;
+    }
+    0
+}
+
+/// Where [`visit_mapping`] builds its keys (one per CPU).
+#[repr(C)]
+pub struct SweepScratch {
+    ct: CtKey,
+    pair: NatKey,
 }

@@ -276,6 +276,9 @@ pub struct Status {
     /// The scrub's counters, when the policy has `[scrub]` (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scrub: Vec<crate::stats::Named>,
+    /// The NAT's counters, when the policy has `[nat]` (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat: Vec<crate::stats::Named>,
 }
 
 /// The policy in force.

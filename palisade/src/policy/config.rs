@@ -316,6 +316,20 @@
 //! | `random_id` | boolean: a random IPv4 identification for unfragmented packets; fragments keep theirs (pf `random-id`) | `false` |
 //! | `directions` | non-empty list of `"in"` (what arrives) and `"out"` (what leaves, sent or forwarded) | `["in", "out"]` |
 //!
+//! # NAT
+//!
+//! `[nat]` masquerades subnets behind the host and forwards ports, in TC on the outside
+//! interface (see `docs/design/nat.md`). It turns connection tracking on (a mapping lives as
+//! long as its flow's entry) and is refused with `[conntrack] enabled = false`.
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `out` | the outside interface, one of the guarded ones | required |
+//! | `masquerade` | list of source subnets (IPv4 and IPv6 CIDRs, at most 16) whose flows leave through `out` with the external address | none |
+//! | `address_v4`, `address_v6` | the external address of the family | the interface's first address (global, for IPv6), read when the policy is installed |
+//! | `ports` | `[low, high]`, external ports handed out, `1..=65535` | `[1024, 65535]` |
+//! | `[[nat.forward]]` | `proto` (`"tcp"`/`"udp"`), `port` (external), `to` (`"10.0.0.2:80"`, `"[fd00::2]:80"`); at most 1024, each (family, proto, port) once | none |
+//!
 //! # Errors
 //!
 //! Every problem in the file is reported at once, each as `file:line:column: message`
@@ -344,6 +358,7 @@ use super::model::{
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
+mod nat;
 mod scrub;
 mod shield;
 use super::setfile::{family_name, parse_cidr, parse_set_file};
@@ -757,7 +772,15 @@ impl<'n> TableView<'n> {
 // ---------------------------------------------------------------------------------------
 // Validation
 
-const TOP_KEYS: &[&str] = &["firewall", "sets", "dns", "conntrack", "shield", "scrub"];
+const TOP_KEYS: &[&str] = &[
+    "firewall",
+    "sets",
+    "dns",
+    "conntrack",
+    "shield",
+    "scrub",
+    "nat",
+];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
     "log_default",
@@ -1092,6 +1115,10 @@ impl Checker<'_> {
             Some(node) => self.scrub(node),
             None => crate::scrub::Scrub::default(),
         };
+        let nat = match root.get("nat") {
+            Some(node) => self.nat(node, conntrack.disabled_at),
+            None => crate::nat::Nat::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1099,6 +1126,7 @@ impl Checker<'_> {
             conntrack: conntrack.conntrack,
             shield,
             scrub,
+            nat,
         })
     }
 
@@ -2717,6 +2745,109 @@ mod tests {
         }
     }
 
+    #[test]
+    fn nat_section_parses_to_the_model() {
+        let p = parse(
+            r#"
+[nat]
+out = "wan0"
+masquerade = ["10.1.0.0/16", "fd01::/64"]
+address_v4 = "198.51.100.1"
+ports = [20000, 29999]
+
+[[nat.forward]]
+proto = "tcp"
+port = 8080
+to = "10.1.0.5:80"
+
+[[nat.forward]]
+proto = "udp"
+port = 53
+to = "[fd01::5]:5353"
+"#,
+        )
+        .expect("parses");
+        let n = &p.nat;
+        assert_eq!(n.out.as_deref(), Some("wan0"));
+        assert_eq!(n.masquerade.len(), 2);
+        assert_eq!(n.address_v4, Some("198.51.100.1".parse().expect("ip")));
+        assert_eq!(n.address_v6, None);
+        assert_eq!(n.ports, (20_000, 29_999));
+        assert_eq!(n.forwards.len(), 2);
+        assert_eq!(n.forwards[1].to, "[fd01::5]:5353".parse().expect("addr"));
+        assert_eq!((n.forwards[0].line, n.line), (8, 2));
+        // NAT turns tracking on.
+        assert!(p.tracks_connections());
+        assert!(!parse("").expect("empty").nat.any());
+    }
+
+    #[test]
+    fn each_nat_error_is_located() {
+        for (text, want) in [
+            (
+                "[nat]\nmasquerade = [\"10.0.0.0/8\"]\n",
+                "p.toml:1:1: [nat] needs `out`",
+            ),
+            (
+                "[nat]\nout = \"wan0\"\nmasquerade = [\"10.0.0.300/8\"]\n",
+                "p.toml:3:15: [nat].masquerade:",
+            ),
+            (
+                "[nat]\nout = \"wan0\"\nmasquerade = [\"10.0.0.0/8\"]\naddress_v4 = \"fd00::1\"\n",
+                "p.toml:4:14: [nat].address_v4 must be a unicast IPv4 address",
+            ),
+            (
+                "[nat]\nout = \"wan0\"\nmasquerade = [\"10.0.0.0/8\"]\nports = [3000, 2000]\n",
+                "p.toml:4:9: [nat].ports: the low end 3000 is above the high end 2000",
+            ),
+            (
+                "[nat]\nout = \"wan0\"\nmasquerade = [\"10.0.0.0/8\"]\nports = [0, 2000]\n",
+                "p.toml:4:10: `ports` must be between 1 and 65535, found 0",
+            ),
+            (
+                "[nat]\nout = \"wan0\"\n",
+                "p.toml:1:1: [nat] translates nothing",
+            ),
+            (
+                "[nat]\nout = \"wan0\"\n[[nat.forward]]\nproto = \"sctp\"\nport = 1\nto = \"10.0.0.1:1\"\n",
+                "p.toml:4:9: [[nat.forward]].proto must be \"tcp\" or \"udp\"",
+            ),
+            (
+                "[nat]\nout = \"wan0\"\n[[nat.forward]]\nproto = \"tcp\"\nport = 1\nto = \"10.0.0.1\"\n",
+                "p.toml:6:6: [[nat.forward]].to must be an inside address and port",
+            ),
+            (
+                "[nat]\nout = \"wan0\"\n[[nat.forward]]\nproto = \"tcp\"\nport = 1\nto = \"10.0.0.1:1\"\n[[nat.forward]]\nproto = \"tcp\"\nport = 1\nto = \"10.0.0.2:1\"\n",
+                "p.toml:7:1: [[nat.forward]]: tcp port 1 is forwarded already (line 3)",
+            ),
+            (
+                "[conntrack]\nenabled = false\n[nat]\nout = \"wan0\"\nmasquerade = [\"10.0.0.0/8\"]\n",
+                "p.toml:2:11: [nat] needs connection tracking",
+            ),
+            (
+                "[nat]\nout = \"wan0\"\nmasquerade = [\"10.0.0.0/8\"]\nport = 1\n",
+                "p.toml:4:1: unknown key `port` in [nat]",
+            ),
+        ] {
+            let errs = errors(text);
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "{text:?}: wanted {want:?}, got {errs:?}"
+            );
+        }
+        let many = (0..17)
+            .map(|i| format!("\"10.{i}.0.0/16\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let errs = errors(&format!("[nat]\nout = \"wan0\"\nmasquerade = [{many}]\n"));
+        assert!(
+            errs.iter().any(
+                |e| e.starts_with("p.toml:3:14: [nat].masquerade lists 17 subnets; at most 16")
+            ),
+            "{errs:?}"
+        );
+    }
+
     /// A rule with nothing but an action, as a starting point for expected values.
     fn bare_rule(action: Action, priority: u32, line: usize) -> Rule {
         Rule {
@@ -2904,6 +3035,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
             Policy {
                 shield: crate::shield::Shield::default(),
                 scrub: crate::scrub::Scrub::default(),
+                nat: crate::nat::Nat::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3229,9 +3361,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`",
+                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`, `shield`, `scrub`",
+                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`",
                 ],
             ),
         ];

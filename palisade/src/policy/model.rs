@@ -277,6 +277,7 @@ pub struct Policy {
     pub conntrack: Conntrack,
     pub shield: crate::shield::Shield,
     pub scrub: crate::scrub::Scrub,
+    pub nat: crate::nat::Nat,
 }
 
 impl Policy {
@@ -290,7 +291,8 @@ impl Policy {
             && (self.conntrack.present
                 || self.firewall.stateful
                 || self.uses_state()
-                || self.shield.any())
+                || self.shield.any()
+                || self.nat.any())
     }
 
     /// Whether any rule has a `state` condition.
@@ -555,6 +557,7 @@ mod tests {
         Policy {
             shield: crate::shield::Shield::default(),
             scrub: crate::scrub::Scrub::default(),
+            nat: crate::nat::Nat::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),
