@@ -397,7 +397,7 @@ fn icmp_errors_translate_their_quoted_packet() {
 
 #[test]
 fn exhaustion_drops_with_its_reason_and_never_remaps() {
-    let b = bench("[20000, 20001]", "");
+    let mut b = bench("[20000, 20001]", "");
     let before = b.reason_count(reason::NAT_PORT_EXHAUSTED).expect("reasons");
     for host in ["10.1.0.1", "10.1.0.2"] {
         assert_eq!(egress(&b, &udp(host, 1000, REMOTE4, 53)).0, CONTINUE);
@@ -415,6 +415,14 @@ fn exhaustion_drops_with_its_reason_and_never_remaps() {
         b.reason_count(reason::NAT_PORT_EXHAUSTED).expect("reasons"),
         before + 1
     );
+    // The drop is reported as an event with its reason and the packet's tuple.
+    let events = b.drain_events();
+    let ev = events
+        .iter()
+        .find(|e| e.reason == reason::NAT_PORT_EXHAUSTED)
+        .unwrap_or_else(|| panic!("no exhaustion event in {events:?}"));
+    assert_eq!((ev.proto, ev.sport, ev.dport), (17, 1000, 53));
+    assert_eq!(ev.src, v4_mapped([10, 1, 0, 3]));
     // No mapping was made for it, and the others still translate to their own ports.
     assert_eq!(nat::mappings(&b.ebpf).expect("mappings").len(), 2);
     // The same ports towards another remote endpoint are free: a tuple is unique per

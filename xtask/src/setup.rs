@@ -39,6 +39,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "python3-scapy",
     "iputils-ping",
+    "traceroute",
     "netcat-openbsd",
     "procps",
     "curl",

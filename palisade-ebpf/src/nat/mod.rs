@@ -24,14 +24,15 @@ use aya_ebpf::{
     helpers::{
         bpf_get_prandom_u32,
         generated::{
-            bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_sk_lookup_udp, bpf_sk_release,
-            bpf_skc_lookup_tcp,
+            bpf_csum_diff, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_sk_lookup_udp,
+            bpf_sk_release, bpf_skc_lookup_tcp,
         },
     },
     programs::TcContext,
 };
 use palisade_common::{
     conntrack::words_to_bytes,
+    event::{FirewallEvent, KIND_FIREWALL},
     nat::{
         ENTRY_DNAT, ENTRY_SNAT, ForwardKey, NAT_ON, NS_DNAT_NEW, NS_EGRESS, NS_EXHAUSTED,
         NS_FORWARD_PORT, NS_FRAGMENTS, NS_ICMP_ERRORS, NS_INGRESS, NS_LOCAL_SOCKET, NS_NOT_PARSED,
@@ -48,8 +49,8 @@ use palisade_common::{
 use crate::{
     bytes::TcBytes,
     maps::{
-        CONTROL, NAT_CONFIG, NAT_EGRESS, NAT_FORWARDS, NAT_INGRESS, NAT_SCRATCH, NAT_STATS,
-        REASON_STATS, STATS, bump,
+        CONTROL, EVENTS, NAT_CONFIG, NAT_EGRESS, NAT_FORWARDS, NAT_INGRESS, NAT_SCRATCH, NAT_STATS,
+        REASON_STATS, STATS, bump, event_flags,
     },
 };
 
@@ -132,7 +133,51 @@ pub fn run(ctx: &TcContext, ingress: bool) -> i32 {
     }
     bump(&STATS, stats::DROPPED);
     bump(&REASON_STATS, r);
+    emit_drop(ctx, &p, r, generation);
     DROP
+}
+
+/// Reports a drop as a firewall event (`rule` = `u32::MAX`: no rule decided). NAT drops
+/// are new flows that found no port or no room, rare by nature, so every one is sent.
+#[inline(never)]
+fn emit_drop(ctx: &TcContext, p: &Packet, reason: u32, generation: u32) {
+    let Some(mut entry) = EVENTS.reserve::<FirewallEvent>(0) else {
+        bump(&STATS, stats::EVENTS_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: the reserved record, ours until submitted; every field is written. Addresses
+    // are copied by 16-bit words (the packet's are 2-aligned).
+    unsafe {
+        (*ev).kind = KIND_FIREWALL;
+        (*ev).reason = reason;
+        (*ev).timestamp_ns = bpf_ktime_get_ns();
+        (*ev).rule = u32::MAX;
+        (*ev).ifindex = (*ctx.skb.skb).ifindex;
+        (*ev).generation = generation;
+        (*ev).sport = p.sport;
+        (*ev).dport = p.dport;
+        (*ev).family = p.family;
+        (*ev).proto = p.proto;
+        (*ev).action = 1;
+        (*ev)._pad = [0];
+        (*ev).packet_len = (*ctx.skb.skb).len;
+        let (from, to) = (
+            p.src.as_ptr().cast::<u16>(),
+            (*ev).src.as_mut_ptr().cast::<u16>(),
+        );
+        let (from6, to6) = (
+            p.dst.as_ptr().cast::<u16>(),
+            (*ev).dst.as_mut_ptr().cast::<u16>(),
+        );
+        let mut i = 0;
+        while i < 8 {
+            to.add(i).write(from.add(i).read());
+            to6.add(i).write(from6.add(i).read());
+            i += 1;
+        }
+    }
+    entry.submit(event_flags());
 }
 
 /// 1 for an IP packet (written to `out`), 0 for a frame that is not IP, 2 for a malformed
