@@ -21,6 +21,7 @@ mod flood;
 mod harness;
 mod inspect;
 mod live;
+mod nat;
 mod netns;
 mod plot;
 #[path = "../../../tests/support/rawbpf.rs"]
@@ -70,7 +71,8 @@ use clap::Parser;
         palisade-bench --dnsperf            dnsperf: NXDOMAIN and drop for blocked names against unbound, dnsmasq\n  \
         palisade-bench --conntrack          connection tracking: cost per established packet, sweep of 1M entries\n  \
         palisade-bench --dns-events         DNS events under a flood: every query an event against the event budget\n  \
-        palisade-bench --shield             SYN shield: a cookie SYN-ACK from XDP against the floor and the stack path"
+        palisade-bench --shield             SYN shield: a cookie SYN-ACK from XDP against the floor and the stack path\n  \
+        palisade-bench --nat                NAT: masquerade on live frames against nftables masquerade"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -146,6 +148,11 @@ struct Args {
     /// sweep over a table of --ct-entries flows.
     #[arg(long, conflicts_with_all = ["live", "dnsperf"])]
     conntrack: bool,
+    /// Run the NAT suite instead: masquerade of forwarded UDP flows on live frames,
+    /// Palisade's TC NAT against nftables `masquerade` (--live-rounds, --live-windows and
+    /// --live-window-ms apply).
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack"])]
+    nat: bool,
     /// conntrack suite: flows in the table for the sweep [default: 1000000; 100000 with
     /// --quick].
     #[arg(long, value_name = "N")]
@@ -309,6 +316,29 @@ fn run(args: &Args) -> Result<ExitCode> {
     }
     if args.conntrack {
         return run_conntrack(args, &s, command);
+    }
+    if args.nat {
+        let settings = nat::NatSettings {
+            rounds: args
+                .live_rounds
+                .unwrap_or(if args.quick { 1 } else { 3 })
+                .max(1),
+            window: std::time::Duration::from_millis(
+                args.live_window_ms
+                    .unwrap_or(if args.quick { 300 } else { 1000 }),
+            ),
+            windows: args
+                .live_windows
+                .unwrap_or(if args.quick { 3 } else { 2 })
+                .max(1),
+            cpu: s.cpu.unwrap_or(inspect::online_cpus() - 1),
+            nice: args.nice,
+            seed: args.seed,
+            out: s.out.clone(),
+        };
+        let report = nat::run(&settings, command)?;
+        println!("{}", report.terminal());
+        return Ok(ExitCode::SUCCESS);
     }
     if args.shield {
         let report = shield::run(
