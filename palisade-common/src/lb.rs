@@ -126,8 +126,11 @@ map_type!(LbReverse, 24);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ring {
     pub slots: [u16; RING_SIZE as usize],
+    /// Never read. The verifier bounds the byte offset of `slots[ring_index(h)]` by bits,
+    /// one byte past the last entry's start, which this makes part of the value.
+    pub _pad: u16,
 }
-map_type!(Ring, 2 * RING_SIZE as usize);
+map_type!(Ring, 2 * RING_SIZE as usize + 2);
 
 /// `LB_FLOWS` key: a flow as the client sends it.
 #[repr(C)]

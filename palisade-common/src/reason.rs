@@ -89,8 +89,16 @@ pub const SHIELD_ICMP_RATE: u32 = 26;
 /// An ICMP echo request whose payload is over `[shield] icmp_echo_max_payload`.
 pub const SHIELD_ICMP_OVERSIZED: u32 = 27;
 
+/// A packet to a load-balanced service (`[[lb.service]]`) none of whose backends takes new
+/// flows (all down, draining or removed) and of no flow in the flow table.
+pub const LB_NO_BACKEND: u32 = 28;
+
+/// A packet to a load-balanced service whose rewrite the kernel refused (the frame could
+/// not be grown for the outer header, or its headers were not in the frame).
+pub const LB_REWRITE: u32 = 29;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 28;
+pub const COUNT: u32 = 30;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -122,6 +130,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "shield-source-blocked",
     "shield-icmp-rate",
     "shield-icmp-oversized",
+    "lb-no-backend",
+    "lb-rewrite",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

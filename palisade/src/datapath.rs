@@ -47,13 +47,14 @@ use crate::{
 
 /// Every XDP program, loaded and pinned together: the firewall (attached), the DNS
 /// inspector, then the other stages and the sweep.
-const XDP_PROGRAMS: [&str; 6] = [
+const XDP_PROGRAMS: [&str; 7] = [
     FIREWALL,
     DNS_INGRESS,
     CT_INGRESS,
     RULES,
     crate::conntrack::SWEEP,
     SYNCOOKIE,
+    crate::guard::LB,
 ];
 /// The egress tracker (TC).
 const CT_EGRESS: &str = crate::conntrack::EGRESS;

@@ -56,6 +56,7 @@ impl Bench {
             crate::guard::CT_INGRESS,
             crate::guard::RULES,
             crate::guard::SYNCOOKIE,
+            crate::guard::LB,
             crate::conntrack::SWEEP,
             "palisade_floor_pass",
             "palisade_floor_drop",
@@ -78,6 +79,7 @@ impl Bench {
             crate::conntrack::EGRESS,
             crate::scrub::INGRESS,
             crate::scrub::EGRESS,
+            crate::lb::REVERSE,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

@@ -566,6 +566,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
     let policy = Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
@@ -823,6 +824,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
     let policy = Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
@@ -1072,6 +1074,7 @@ fn fast_path_boundaries_decide_as_the_reference() {
         let policy = Policy {
             shield: palisade::shield::Shield::default(),
             scrub: palisade::scrub::Scrub::default(),
+            lb: palisade::lb::Lb::default(),
             firewall: Firewall::default(),
             sets: vec![],
             conntrack: palisade::policy::model::Conntrack::default(),

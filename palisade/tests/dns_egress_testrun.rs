@@ -84,6 +84,7 @@ fn policy(
     Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -75,6 +75,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
     Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

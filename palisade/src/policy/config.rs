@@ -344,6 +344,7 @@ use super::model::{
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
+mod lb;
 mod scrub;
 mod shield;
 use super::setfile::{family_name, parse_cidr, parse_set_file};
@@ -757,7 +758,15 @@ impl<'n> TableView<'n> {
 // ---------------------------------------------------------------------------------------
 // Validation
 
-const TOP_KEYS: &[&str] = &["firewall", "sets", "dns", "conntrack", "shield", "scrub"];
+const TOP_KEYS: &[&str] = &[
+    "firewall",
+    "sets",
+    "dns",
+    "conntrack",
+    "shield",
+    "scrub",
+    "lb",
+];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
     "log_default",
@@ -1092,6 +1101,10 @@ impl Checker<'_> {
             Some(node) => self.scrub(node),
             None => crate::scrub::Scrub::default(),
         };
+        let lb = match root.get("lb") {
+            Some(node) => self.lb(node),
+            None => crate::lb::Lb::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1099,6 +1112,7 @@ impl Checker<'_> {
             conntrack: conntrack.conntrack,
             shield,
             scrub,
+            lb,
         })
     }
 
@@ -2904,6 +2918,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
             Policy {
                 shield: crate::shield::Shield::default(),
                 scrub: crate::scrub::Scrub::default(),
+                lb: crate::lb::Lb::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3229,9 +3244,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`",
+                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `lb`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`, `shield`, `scrub`",
+                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `lb`",
                 ],
             ),
         ];

@@ -1,0 +1,524 @@
+//! The L4 load balancer (`[lb]`, `[[lb.service]]`): the section's model, the tables the XDP
+//! stage reads (Maglev tables built by `palisade_common::lb`), their atomic installation,
+//! the live backend states (health, drain, live removal) and the counters.
+//! `docs/design/lb.md` explains the design.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+};
+use palisade_common::{
+    lb::{
+        BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, LB_SLOTS, LS_COUNT, LS_NAMES, LbBackend,
+        LbControl, LbGlobal, LbReverse, LbService, MAX_BACKENDS, MAX_SERVICES, MODE_DNAT, MODE_DSR,
+        Permutation, RING_SIZE, Ring, VipKey, backend_slot, build_ring, ring_slot,
+    },
+    packet::{FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    maps::{map, map_mut},
+    stats::Named,
+};
+
+/// The XDP stage (a tail-call target of the firewall).
+pub const STAGE: &str = crate::guard::LB;
+/// The TC egress program that translates DNAT replies back.
+pub const REVERSE: &str = "palisade_lb_reverse";
+
+/// `flow_insert_rate` when not set: new flows put into the flow table per second and CPU.
+pub const DEFAULT_INSERT_RATE: u32 = 100_000;
+/// The largest `flow_insert_rate`.
+pub const MAX_INSERT_RATE: u32 = 10_000_000;
+/// `weight` of a backend: 1 to this.
+pub const MAX_WEIGHT: u32 = 65_535;
+
+/// How a service sends packets to its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Direct server return: encapsulated (IPIP / IP6IP6); the backend answers the client.
+    Dsr,
+    /// The destination rewritten; the replies come back through this host.
+    Dnat,
+}
+
+impl Mode {
+    const fn code(self) -> u8 {
+        match self {
+            Self::Dsr => MODE_DSR,
+            Self::Dnat => MODE_DNAT,
+        }
+    }
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// A TCP connection that completes.
+    Tcp,
+    /// An HTTP GET of `path` answered with a 2xx or 3xx status.
+    Http { path: String },
+}
+
+/// A service's health check (`health = { ... }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub check: Check,
+    /// The port checked; the service's port when not set.
+    pub port: Option<u16>,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    /// Failures in a row that take a backend down, successes that bring it back.
+    pub fall: u32,
+    pub rise: u32,
+}
+
+/// A backend of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: IpAddr,
+    pub weight: u32,
+}
+
+/// One `[[lb.service]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+    pub mode: Mode,
+    pub backends: Vec<Backend>,
+    pub health: Option<Health>,
+    pub line: usize,
+}
+
+/// The `[lb]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lb {
+    pub services: Vec<Service>,
+    /// Seed of the flow hash and the Maglev permutations: hosts with the same seed and
+    /// services choose the same backends.
+    pub hash_seed: u64,
+    /// New flows put into the flow table per second and CPU (beyond it they still get
+    /// Maglev's choice).
+    pub flow_insert_rate: u32,
+    /// Outer source prefixes of DSR packets.
+    pub encap_source_v4: Option<(Ipv4Addr, u8)>,
+    pub encap_source_v6: Option<(Ipv6Addr, u8)>,
+    pub line: usize,
+}
+
+impl Default for Lb {
+    fn default() -> Self {
+        Self {
+            services: Vec::new(),
+            hash_seed: 0,
+            flow_insert_rate: DEFAULT_INSERT_RATE,
+            encap_source_v4: None,
+            encap_source_v6: None,
+            line: 0,
+        }
+    }
+}
+
+/// A backend's state at run time (not in the policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Up,
+    /// Keeps its flows, gets no new ones.
+    Draining,
+    /// Failed its health check.
+    Down,
+}
+
+/// Run-time changes over the policy's backends: states, live additions, removals and
+/// weights, by service name and backend address. Kept by the daemon across reloads (entries
+/// of services or backends no longer in the policy are ignored).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Live {
+    pub states: HashMap<(String, IpAddr), State>,
+    pub weights: HashMap<(String, IpAddr), u32>,
+    /// Backends added from the CLI.
+    pub added: Vec<(String, Backend)>,
+    /// Backends removed from the CLI: they stay in the Maglev base (so only their own
+    /// flows move) until the next policy reload.
+    pub removed: Vec<(String, IpAddr)>,
+}
+
+/// A backend as the tables see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub addr: IpAddr,
+    pub weight: u32,
+    pub state: State,
+    /// Removed live: in the table's base, taking nothing.
+    pub removed: bool,
+}
+
+/// A service as the tables see it (`palisade lb` lists these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: String,
+    pub mode: Mode,
+    pub backends: Vec<BackendView>,
+}
+
+impl ServiceView {
+    /// Backends that take new flows.
+    #[must_use]
+    pub fn live(&self) -> usize {
+        self.backends
+            .iter()
+            .filter(|b| b.state == State::Up && !b.removed && b.weight > 0)
+            .count()
+    }
+}
+
+/// The services with the live changes applied.
+#[must_use]
+pub fn view(lb: &Lb, live: &Live) -> Vec<ServiceView> {
+    lb.services
+        .iter()
+        .map(|s| {
+            let mut backends: Vec<Backend> = s.backends.clone();
+            for (name, b) in &live.added {
+                if *name == s.name && !backends.iter().any(|x| x.addr == b.addr) {
+                    backends.push(b.clone());
+                }
+            }
+            let key = |a: IpAddr| (s.name.clone(), a);
+            ServiceView {
+                name: s.name.clone(),
+                vip: s.vip,
+                port: s.port,
+                proto: proto_name(s.proto).to_string(),
+                mode: s.mode,
+                backends: backends
+                    .iter()
+                    .map(|b| BackendView {
+                        addr: b.addr,
+                        weight: live.weights.get(&key(b.addr)).copied().unwrap_or(b.weight),
+                        state: live.states.get(&key(b.addr)).copied().unwrap_or(State::Up),
+                        removed: live.removed.contains(&key(b.addr)),
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// 16 bytes, IPv4 mapped, and the family code.
+#[must_use]
+pub fn addr_bytes(a: IpAddr) -> ([u8; 16], u8) {
+    match a {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), FAMILY_V4),
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The Maglev table of a service view under `seed`.
+#[must_use]
+pub fn ring(seed: u64, svc: &ServiceView) -> Box<Ring> {
+    let mut perms: Vec<Permutation> = svc
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Permutation {
+            live: b.state == State::Up && !b.removed,
+            ..Permutation::of(seed, i as u16, &addr_bytes(b.addr).0, b.weight)
+        })
+        .collect();
+    let mut ring = Box::new(Ring {
+        slots: [0; RING_SIZE as usize],
+        _pad: 0,
+    });
+    build_ring(&mut perms, &mut ring.slots);
+    ring
+}
+
+/// Checks what the tables cannot hold (the policy's own check does this for the policy;
+/// live changes come here).
+///
+/// # Errors
+/// Too many backends in a service.
+pub fn fits(views: &[ServiceView]) -> Result<()> {
+    if views.len() > MAX_SERVICES as usize {
+        return Err(anyhow!(
+            "{} services; the load balancer holds {MAX_SERVICES}",
+            views.len()
+        ));
+    }
+    for v in views {
+        if v.backends.len() > MAX_BACKENDS as usize {
+            return Err(anyhow!(
+                "service {:?} would have {} backends; a service holds {MAX_BACKENDS}",
+                v.name,
+                v.backends.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn prefix_bytes4(p: Option<(Ipv4Addr, u8)>) -> ([u8; 16], u32) {
+    p.map_or(([0; 16], 0), |(a, len)| {
+        (a.to_ipv6_mapped().octets(), 32 - u32::from(len))
+    })
+}
+
+fn prefix_bytes6(p: Option<(Ipv6Addr, u8)>) -> ([u8; 16], u32) {
+    p.map_or(([0; 16], 0), |(a, len)| {
+        (a.octets(), 128u32.saturating_sub(u32::from(len)).min(32))
+    })
+}
+
+/// The per-slot settings of `lb`.
+#[must_use]
+pub fn global(lb: &Lb) -> LbGlobal {
+    let (src_v4, src_v4_host_bits) = prefix_bytes4(lb.encap_source_v4);
+    let (src_v6, src_v6_host_bits) = prefix_bytes6(lb.encap_source_v6);
+    let interval = if lb.flow_insert_rate == 0 {
+        0
+    } else {
+        1_000_000_000 / u64::from(lb.flow_insert_rate)
+    };
+    LbGlobal {
+        seed: lb.hash_seed,
+        insert_interval_ns: interval,
+        // One second's worth of insertions.
+        insert_burst_ns: 1_000_000_000,
+        src_v4,
+        src_v6,
+        src_v4_host_bits,
+        src_v6_host_bits,
+    }
+}
+
+/// Writes the tables of `lb` with `live` applied into the idle slot, then makes it the live
+/// one: every packet sees the old tables or the new ones, never a mix. Flows keep their
+/// backends (the flow table is not touched).
+///
+/// # Errors
+/// When the tables do not fit or a map cannot be written; the live slot is then unchanged.
+pub fn install(ebpf: &mut Ebpf, lb: &Lb, live: &Live) -> Result<()> {
+    let views = view(lb, live);
+    fits(&views)?;
+    let control = {
+        let m: Array<&MapData, LbControl> = Array::try_from(map(ebpf, "LB_CONTROL")?)?;
+        m.get(&0, 0).context("reading LB_CONTROL")?
+    };
+    let idle = (control.active ^ 1) & 1;
+    // The idle slot's keys of the last change go first: nothing reads that slot.
+    clear_slot::<LbService>(ebpf, "LB_VIPS", idle)?;
+    clear_slot::<LbReverse>(ebpf, "LB_REVERSE", idle)?;
+    {
+        let mut m: Array<&mut MapData, LbGlobal> = Array::try_from(map_mut(ebpf, "LB_GLOBAL")?)?;
+        m.set(idle, global(lb), 0).context("writing LB_GLOBAL")?;
+    }
+    for (i, (svc, v)) in lb.services.iter().zip(&views).enumerate() {
+        let i = i as u32;
+        let ring = ring(lb.hash_seed, v);
+        {
+            let mut m: Array<&mut MapData, Ring> = Array::try_from(map_mut(ebpf, "LB_RINGS")?)?;
+            m.set(ring_slot(idle, i), ring.as_ref(), 0)
+                .with_context(|| format!("writing the Maglev table of {:?}", svc.name))?;
+        }
+        {
+            let mut m: Array<&mut MapData, LbBackend> =
+                Array::try_from(map_mut(ebpf, "LB_BACKENDS")?)?;
+            for (b, bv) in v.backends.iter().enumerate() {
+                let (addr, family) = addr_bytes(bv.addr);
+                let state = match (bv.state, bv.removed) {
+                    (_, true) | (State::Down, _) => BACKEND_DOWN,
+                    (State::Draining, _) => BACKEND_DRAINING,
+                    (State::Up, _) => BACKEND_UP,
+                };
+                m.set(
+                    backend_slot(idle, i, b as u32),
+                    LbBackend {
+                        addr,
+                        family,
+                        state,
+                        _pad: 0,
+                        weight: bv.weight,
+                    },
+                    0,
+                )?;
+            }
+        }
+        let (vip, family) = addr_bytes(svc.vip);
+        let key = VipKey {
+            slot: idle as u8,
+            family,
+            proto: svc.proto,
+            _pad: 0,
+            port: svc.port,
+            _pad2: 0,
+            addr: vip,
+        };
+        let live_now = ring
+            .slots
+            .iter()
+            .any(|&e| e != palisade_common::lb::NO_BACKEND);
+        let value = LbService {
+            index: i,
+            mode: svc.mode.code(),
+            live: u8::from(live_now),
+            _pad: 0,
+            backends: v.backends.len() as u32,
+            _pad2: 0,
+        };
+        let mut vips: BpfHashMap<&mut MapData, VipKey, LbService> =
+            BpfHashMap::try_from(map_mut(ebpf, "LB_VIPS")?)?;
+        vips.insert(key, value, 0)
+            .with_context(|| format!("writing the service {:?}", svc.name))?;
+        // ICMP errors about the VIP's flows come to the VIP address (mode 0: look inside).
+        let icmp = VipKey {
+            proto: if family == FAMILY_V4 {
+                IPPROTO_ICMP
+            } else {
+                IPPROTO_ICMPV6
+            },
+            port: 0,
+            ..key
+        };
+        vips.insert(icmp, LbService::default(), 0)?;
+        if svc.mode == Mode::Dnat {
+            let mut rev: BpfHashMap<&mut MapData, VipKey, LbReverse> =
+                BpfHashMap::try_from(map_mut(ebpf, "LB_REVERSE")?)?;
+            for bv in &v.backends {
+                let (addr, family) = addr_bytes(bv.addr);
+                rev.insert(
+                    VipKey {
+                        family,
+                        addr,
+                        ..key
+                    },
+                    LbReverse {
+                        vip,
+                        vport: svc.port,
+                        _pad: 0,
+                        service: i,
+                    },
+                    0,
+                )?;
+            }
+        }
+    }
+    let mut services = control.services;
+    services[idle as usize] = lb.services.len() as u32;
+    let next = LbControl {
+        active: idle,
+        changes: control.changes.wrapping_add(1),
+        services,
+    };
+    let mut m: Array<&mut MapData, LbControl> = Array::try_from(map_mut(ebpf, "LB_CONTROL")?)?;
+    m.set(0, next, 0)
+        .context("switching the load balancer's tables")?;
+    Ok(())
+}
+
+/// Removes the keys of `slot` from the hash map `name` (values of type `V`).
+fn clear_slot<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, slot: u32) -> Result<()> {
+    let mut m: BpfHashMap<&mut MapData, VipKey, V> = BpfHashMap::try_from(map_mut(ebpf, name)?)?;
+    let stale: Vec<VipKey> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| u32::from(k.slot) == slot)
+        .collect();
+    for k in stale {
+        m.remove(&k)
+            .with_context(|| format!("clearing the idle slot of {name}"))?;
+    }
+    Ok(())
+}
+
+/// The counters summed over CPUs.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn counters(ebpf: &Ebpf) -> Result<[u64; LS_COUNT as usize]> {
+    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, "LB_STATS")?)?;
+    let mut out = [0u64; LS_COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = m.get(&(i as u32), 0)?.iter().sum();
+    }
+    Ok(out)
+}
+
+/// The counters by name; empty when they cannot be read.
+#[must_use]
+pub fn named_counters(ebpf: &Ebpf) -> Vec<Named> {
+    let Ok(c) = counters(ebpf) else {
+        return Vec::new();
+    };
+    LS_NAMES
+        .iter()
+        .zip(c)
+        .map(|(n, v)| Named {
+            name: (*n).to_string(),
+            value: v,
+        })
+        .collect()
+}
+
+/// The flow-table entries, counted (an LRU: what is there now).
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn flow_count(ebpf: &Ebpf) -> Result<usize> {
+    let m: BpfHashMap<&MapData, palisade_common::lb::LbFlowKey, palisade_common::lb::LbFlow> =
+        BpfHashMap::try_from(map(ebpf, "LB_FLOWS")?)?;
+    Ok(m.keys().filter_map(Result::ok).count())
+}
+
+/// The flow table as (client address, client port, VIP, port, backend), for `palisade lb
+/// flows` and the tests.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn flows(ebpf: &Ebpf) -> Result<Vec<(IpAddr, u16, IpAddr, u16, IpAddr)>> {
+    let m: BpfHashMap<&MapData, palisade_common::lb::LbFlowKey, palisade_common::lb::LbFlow> =
+        BpfHashMap::try_from(map(ebpf, "LB_FLOWS")?)?;
+    let ip = |a: [u8; 16], family: u8| -> IpAddr {
+        let v6 = Ipv6Addr::from(a);
+        if family == FAMILY_V4 {
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        } else {
+            IpAddr::V6(v6)
+        }
+    };
+    Ok(m.iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| {
+            (
+                ip(k.src, k.family),
+                k.sport,
+                ip(k.dst, k.family),
+                k.dport,
+                ip(v.backend, k.family),
+            )
+        })
+        .collect())
+}
+
+/// The name of a service's protocol.
+#[must_use]
+pub const fn proto_name(proto: u8) -> &'static str {
+    if proto == IPPROTO_TCP { "tcp" } else { "udp" }
+}
+
+const _: () = assert!(LB_SLOTS == 2);
