@@ -123,6 +123,10 @@ pub struct Datapath {
     scrub: Vec<SchedClassifier>,
     /// Their links: each guarded interface's ingress link, then its egress one.
     pub scrub_links: Vec<(String, OwnedFd)>,
+    /// The DNAT reverse translation of the load balancer (TC egress), once loaded.
+    lb_reverse: Option<SchedClassifier>,
+    /// Its link on each guarded interface.
+    pub lb_links: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -213,6 +217,8 @@ impl Datapath {
             tc: Vec::new(),
             scrub: Vec::new(),
             scrub_links: Vec::new(),
+            lb_reverse: None,
+            lb_links: Vec::new(),
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -241,6 +247,7 @@ impl Datapath {
         // so the hooks switch within moments of each other.
         self.ensure_tc_program()?;
         self.ensure_scrub_programs()?;
+        self.ensure_lb_reverse()?;
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -252,6 +259,7 @@ impl Datapath {
         self.sync_xdp(opts, &mut notes)?;
         self.sync_tc(opts, &mut notes)?;
         self.sync_scrub(opts, &mut notes)?;
+        self.sync_lb_reverse(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -274,6 +282,7 @@ impl Datapath {
                 self.tc
                     .iter()
                     .chain(&self.scrub_links)
+                    .chain(&self.lb_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -450,6 +459,49 @@ impl Datapath {
             progs.push(SchedClassifier::from_pin(&path)?);
         }
         self.scrub = progs;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) reverse translation of the load balancer.
+    fn ensure_lb_reverse(&mut self) -> Result<()> {
+        if self.lb_reverse.is_some() {
+            return Ok(());
+        }
+        let name = crate::lb::REVERSE;
+        let path = self.layout.prog(name);
+        if let Ok(p) = SchedClassifier::from_pin(&path) {
+            self.lb_reverse = Some(p);
+            return Ok(());
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("the kernel refused the program {name}"))?;
+        let _ = fs::remove_file(&path);
+        prog.pin(&path)
+            .with_context(|| format!("pinning {name} at {}", path.display()))?;
+        self.lb_reverse = Some(SchedClassifier::from_pin(&path)?);
+        Ok(())
+    }
+
+    /// Attaches the load balancer's reverse translation (tcx egress) to every guarded
+    /// interface, whatever the policy: with no DNAT service it reads one map slot and lets
+    /// the packet go.
+    fn sync_lb_reverse(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_lb_reverse()?;
+        let pins = self.all_link_pins();
+        let prog = self.lb_reverse.as_mut().expect("loaded");
+        self.lb_links = sync_tcx(
+            &self.layout,
+            &pins,
+            prog,
+            Tcx::LbReverse,
+            &opts.ifaces,
+            notes,
+        )?;
         Ok(())
     }
 
@@ -845,6 +897,12 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the scrub from {iface}"));
         }
+        for (iface, fd) in self.lb_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!(
+                "detached the load balancer's reverse translation from {iface}"
+            ));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -870,6 +928,7 @@ enum Tcx {
     CtEgress,
     ScrubIngress,
     ScrubEgress,
+    LbReverse,
 }
 
 impl Tcx {
@@ -885,6 +944,7 @@ impl Tcx {
                 ingress: false,
                 iface,
             },
+            Self::LbReverse => LinkPin::TcxLbReverse { iface },
         }
     }
 
@@ -906,6 +966,7 @@ impl Tcx {
                     iface,
                 },
             ) => Some(iface),
+            (Self::LbReverse, LinkPin::TcxLbReverse { iface }) => Some(iface),
             _ => None,
         }
     }
@@ -913,7 +974,7 @@ impl Tcx {
     const fn attach_type(self) -> TcAttachType {
         match self {
             Self::ScrubIngress => TcAttachType::Ingress,
-            Self::CtEgress | Self::ScrubEgress => TcAttachType::Egress,
+            Self::CtEgress | Self::ScrubEgress | Self::LbReverse => TcAttachType::Egress,
         }
     }
 
@@ -922,6 +983,7 @@ impl Tcx {
             Self::CtEgress => "the egress connection tracker",
             Self::ScrubIngress => "the ingress scrub",
             Self::ScrubEgress => "the egress scrub",
+            Self::LbReverse => "the load balancer's reverse translation",
         }
     }
 }
@@ -998,7 +1060,9 @@ fn sync_tcx(
         links.push((iface.clone(), pin::obj_get(&path)?));
         notes.push(match kind {
             Tcx::CtEgress => format!("tracking egress connections on {iface} (tcx)"),
-            Tcx::ScrubIngress | Tcx::ScrubEgress => format!("attached {what} to {iface} (tcx)"),
+            Tcx::ScrubIngress | Tcx::ScrubEgress | Tcx::LbReverse => {
+                format!("attached {what} to {iface} (tcx)")
+            }
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1073,6 +1137,9 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                     "detached the {} scrub from {iface}",
                     if ingress { "ingress" } else { "egress" }
                 ),
+                LinkPin::TcxLbReverse { iface } => {
+                    format!("detached the load balancer's reverse translation from {iface}")
+                }
             });
         }
     }

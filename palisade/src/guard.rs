@@ -42,6 +42,21 @@ pub const TAILS: [(u32, &str); 5] = [
 /// # Errors
 /// When the policy cannot be compiled or written; the running policy is then unchanged.
 pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
+    install_with(ebpf, policy, &crate::lb::Live::default())
+}
+
+/// [`install`], with the load balancer's run-time changes (drains, health, live backends)
+/// applied to the policy's services.
+///
+/// # Errors
+/// As [`install`].
+pub fn install_with(
+    ebpf: &mut Ebpf,
+    policy: &Policy,
+    lb_live: &crate::lb::Live,
+) -> Result<Control> {
+    // What the load balancer's tables cannot hold is refused before anything changes.
+    crate::lb::fits(&crate::lb::view(&policy.lb, lb_live))?;
     let firewall = compile::compile(policy).context("compiling the firewall policy")?;
     let key = apply::hash_key(ebpf)?;
     let dns = dns::compile::compile(policy, &key, &dns::compile::Clock::now())
@@ -60,8 +75,8 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
     crate::scrub::write_config(ebpf, idle, &policy.scrub.datapath())?;
     let control = apply::install(ebpf, &firewall, &dns)?;
     // The load balancer's tables switch on their own slot, right after the rules that let
-    // VIP traffic in (no run-time changes here: see `install_lb`).
-    crate::lb::install(ebpf, &policy.lb, &crate::lb::Live::default())
+    // VIP traffic in.
+    crate::lb::install(ebpf, &policy.lb, lb_live)
         .context("installing the load balancer's tables")?;
     Ok(control)
 }

@@ -240,6 +240,8 @@ pub enum LinkPin {
     TcxEgress { iface: String },
     /// `tcx-scrub-in-<iface>`, `tcx-scrub-out-<iface>`: the scrub programs.
     TcxScrub { ingress: bool, iface: String },
+    /// `tcx-lbrev-<iface>`: the load balancer's DNAT reverse translation.
+    TcxLbReverse { iface: String },
 }
 
 impl LinkPin {
@@ -254,6 +256,7 @@ impl LinkPin {
                 if *ingress { "in" } else { "out" },
                 escape(iface.as_bytes())
             ),
+            Self::TcxLbReverse { iface } => format!("tcx-lbrev-{}", escape(iface.as_bytes())),
         }
     }
 
@@ -262,6 +265,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-egress-") {
             let iface = String::from_utf8(unescape(rest)?).ok()?;
             return Some(Self::TcxEgress { iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-lbrev-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxLbReverse { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-scrub-") {
             let (dir, iface) = rest.split_once('-')?;
@@ -857,6 +864,9 @@ mod tests {
             LinkPin::TcxScrub {
                 ingress: false,
                 iface: "eth-1".into(),
+            },
+            LinkPin::TcxLbReverse {
+                iface: "veth-lb".into(),
             },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));

@@ -88,6 +88,9 @@ pub struct Counters {
     /// The scrub's counters, `<direction>_<event>` (see `crate::scrub::named_counters`).
     #[serde(default)]
     pub scrub: Vec<Named>,
+    /// The load balancer's counters (`palisade_common::lb::LS_NAMES`).
+    #[serde(default)]
+    pub lb: Vec<Named>,
 }
 
 impl Counters {
@@ -138,6 +141,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         rules: Vec::new(),
         shield: shield_counters(ebpf),
         scrub: crate::scrub::named_counters(ebpf),
+        lb: crate::lb::named_counters(ebpf),
     }
 }
 

@@ -343,7 +343,11 @@ fn draining_and_failed_backends_keep_their_flows_and_get_no_new_ones() {
         }
         let gone = first[0].0;
         let mut live = Live::default();
-        live.states.insert(("web4".into(), gone), state);
+        if state == State::Draining {
+            live.draining.insert(("web4".into(), gone));
+        } else {
+            live.down.insert(("web4".into(), gone));
+        }
         lb::install(&mut b.ebpf, &p.lb, &live).expect("live change");
         // Established flows stay where they are, the drained backend's included.
         for ((c, port), (backend, hash)) in flows.iter().zip(&first) {
@@ -370,7 +374,7 @@ fn a_service_without_backends_drops_with_its_reason() {
     let mut b = bench(&p);
     let mut live = Live::default();
     for a in ["2001:db8:1::1", "2001:db8:1::2"] {
-        live.states.insert(("web6".into(), ip(a)), State::Down);
+        live.down.insert(("web6".into(), ip(a)));
     }
     lb::install(&mut b.ebpf, &p.lb, &live).expect("live change");
     let syn = Frame::tcp("2001:db8:c::7", "2001:db8::100", 50_000, 443, SYN).build();

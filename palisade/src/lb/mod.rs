@@ -3,8 +3,10 @@
 //! the live backend states (health, drain, live removal) and the counters.
 //! `docs/design/lb.md` explains the design.
 
+pub mod health;
+
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -141,18 +143,205 @@ pub enum State {
     Down,
 }
 
-/// Run-time changes over the policy's backends: states, live additions, removals and
-/// weights, by service name and backend address. Kept by the daemon across reloads (entries
-/// of services or backends no longer in the policy are ignored).
+/// Run-time changes over the policy's backends: drains, health, live additions, removals
+/// and weights, by service name and backend address. Kept by the daemon across reloads
+/// (entries of services or backends no longer in the policy are ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Live {
-    pub states: HashMap<(String, IpAddr), State>,
+    /// Drained from the CLI.
+    pub draining: HashSet<(String, IpAddr)>,
+    /// Failing their health checks.
+    pub down: HashSet<(String, IpAddr)>,
     pub weights: HashMap<(String, IpAddr), u32>,
     /// Backends added from the CLI.
     pub added: Vec<(String, Backend)>,
     /// Backends removed from the CLI: they stay in the Maglev base (so only their own
     /// flows move) until the next policy reload.
     pub removed: Vec<(String, IpAddr)>,
+}
+
+/// A live change to a backend (`palisade lb add|remove|drain|undrain|weight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A new backend (its weight 1 unless given), taking new flows at once.
+    Add,
+    /// Takes no new flows and leaves the table's base at the next reload; its flows stay.
+    Remove,
+    /// Keeps its flows, gets no new ones.
+    Drain,
+    /// Takes new flows again.
+    Undrain,
+    /// A new weight.
+    Weight,
+}
+
+impl Live {
+    /// Applies `action` to the backend `addr` of `service` in `lb`; the message says what
+    /// changed.
+    ///
+    /// # Errors
+    /// An unknown service or backend, a backend of the wrong family, a weight out of range,
+    /// or a service that would hold too many backends; `self` is then unchanged.
+    pub fn change(
+        &mut self,
+        lb: &Lb,
+        service: &str,
+        addr: IpAddr,
+        action: Action,
+        weight: Option<u32>,
+    ) -> Result<String, String> {
+        let svc = lb
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .ok_or_else(|| format!("no load-balanced service named {service:?}"))?;
+        let key = (service.to_string(), addr);
+        let listed = svc.backends.iter().any(|b| b.addr == addr)
+            || self
+                .added
+                .iter()
+                .any(|(n, b)| n == service && b.addr == addr);
+        if let Some(w) = weight
+            && !(1..=MAX_WEIGHT).contains(&w)
+        {
+            return Err(format!("a weight is 1 to {MAX_WEIGHT}, not {w}"));
+        }
+        let mut next = self.clone();
+        let msg = match action {
+            Action::Add => {
+                if svc.vip.is_ipv4() != addr.is_ipv4() {
+                    return Err(format!("{addr} is not of the VIP's family ({})", svc.vip));
+                }
+                if next.removed.contains(&key) {
+                    next.removed.retain(|k| *k != key);
+                } else if listed {
+                    return Err(format!("{addr} is already a backend of {service:?}"));
+                } else {
+                    next.added.push((
+                        service.to_string(),
+                        Backend {
+                            addr,
+                            weight: weight.unwrap_or(1),
+                        },
+                    ));
+                }
+                if let Some(w) = weight {
+                    next.weights.insert(key.clone(), w);
+                }
+                format!("added {addr} to {service}")
+            }
+            _ if !listed || next.removed.contains(&key) => {
+                return Err(format!("{addr} is not a backend of {service:?}"));
+            }
+            Action::Remove => {
+                next.removed.push(key.clone());
+                format!("removed {addr} from {service}: its flows stay, it gets no new ones")
+            }
+            Action::Drain => {
+                next.draining.insert(key.clone());
+                format!("draining {addr} of {service}: its flows stay, it gets no new ones")
+            }
+            Action::Undrain => {
+                next.draining.remove(&key);
+                format!("{addr} of {service} takes new flows again")
+            }
+            Action::Weight => {
+                let w = weight.ok_or("`weight` needs a weight")?;
+                next.weights.insert(key.clone(), w);
+                format!("{addr} of {service} has weight {w}")
+            }
+        };
+        fits(&view(lb, &next)).map_err(|e| format!("{e:#}"))?;
+        *self = next;
+        Ok(msg)
+    }
+
+    /// Forgets what no longer names a service or backend of `lb`, and the live removals and
+    /// additions (a reload makes the policy's list the base again).
+    pub fn after_reload(&mut self, lb: &Lb) {
+        let known = |k: &(String, IpAddr)| {
+            lb.services
+                .iter()
+                .any(|s| s.name == k.0 && s.backends.iter().any(|b| b.addr == k.1))
+        };
+        self.added.clear();
+        self.removed.clear();
+        self.draining.retain(known);
+        self.down.retain(known);
+        self.weights.retain(|k, _| known(k));
+    }
+}
+
+/// `palisade lb`: the services with their live state, and the flow table's fill.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub services: Vec<ServiceView>,
+    /// Entries in the flow table now, and its capacity.
+    pub flows: usize,
+    pub flow_capacity: u32,
+    /// Table switches so far.
+    pub changes: u32,
+}
+
+/// The text of `palisade lb`.
+#[must_use]
+pub fn print_listing(l: &Listing) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if l.services.is_empty() {
+        out.push_str("no load-balanced services\n");
+    }
+    for s in &l.services {
+        let vip = match s.vip {
+            IpAddr::V4(a) => format!("{a}:{}", s.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", s.port),
+        };
+        let _ = writeln!(
+            out,
+            "{} {vip}/{} {}: {} of {} backends take new flows",
+            s.name,
+            s.proto,
+            match s.mode {
+                Mode::Dsr => "dsr",
+                Mode::Dnat => "dnat",
+            },
+            s.live(),
+            s.backends.len()
+        );
+        for b in &s.backends {
+            let state = match (b.removed, b.state) {
+                (true, _) => "removed",
+                (_, State::Up) => "up",
+                (_, State::Draining) => "draining",
+                (_, State::Down) => "down",
+            };
+            let _ = writeln!(out, "  {} weight {} {state}", b.addr, b.weight);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "flow table: {} of {} entries; tables switched {} times",
+        l.flows, l.flow_capacity, l.changes
+    );
+    out
+}
+
+/// The listing of `lb` with `live` applied, and the flow table's fill.
+///
+/// # Errors
+/// When the maps cannot be read.
+pub fn listing(ebpf: &Ebpf, lb: &Lb, live: &Live) -> Result<Listing> {
+    let control = {
+        let m: Array<&MapData, LbControl> = Array::try_from(map(ebpf, "LB_CONTROL")?)?;
+        m.get(&0, 0)?
+    };
+    Ok(Listing {
+        services: view(lb, live),
+        flows: flow_count(ebpf)?,
+        flow_capacity: palisade_common::lb::FLOW_ENTRIES,
+        changes: control.changes,
+    })
 }
 
 /// A backend as the tables see it.
@@ -211,7 +400,13 @@ pub fn view(lb: &Lb, live: &Live) -> Vec<ServiceView> {
                     .map(|b| BackendView {
                         addr: b.addr,
                         weight: live.weights.get(&key(b.addr)).copied().unwrap_or(b.weight),
-                        state: live.states.get(&key(b.addr)).copied().unwrap_or(State::Up),
+                        state: if live.down.contains(&key(b.addr)) {
+                            State::Down
+                        } else if live.draining.contains(&key(b.addr)) {
+                            State::Draining
+                        } else {
+                            State::Up
+                        },
                         removed: live.removed.contains(&key(b.addr)),
                     })
                     .collect(),
@@ -485,12 +680,21 @@ pub fn flow_count(ebpf: &Ebpf) -> Result<usize> {
     Ok(m.keys().filter_map(Result::ok).count())
 }
 
-/// The flow table as (client address, client port, VIP, port, backend), for `palisade lb
-/// flows` and the tests.
+/// A flow of the flow table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRow {
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub backend: IpAddr,
+}
+
+/// The flow table, for the tests and diagnostics.
 ///
 /// # Errors
 /// When the map cannot be read.
-pub fn flows(ebpf: &Ebpf) -> Result<Vec<(IpAddr, u16, IpAddr, u16, IpAddr)>> {
+pub fn flows(ebpf: &Ebpf) -> Result<Vec<FlowRow>> {
     let m: BpfHashMap<&MapData, palisade_common::lb::LbFlowKey, palisade_common::lb::LbFlow> =
         BpfHashMap::try_from(map(ebpf, "LB_FLOWS")?)?;
     let ip = |a: [u8; 16], family: u8| -> IpAddr {
@@ -503,14 +707,12 @@ pub fn flows(ebpf: &Ebpf) -> Result<Vec<(IpAddr, u16, IpAddr, u16, IpAddr)>> {
     };
     Ok(m.iter()
         .filter_map(Result::ok)
-        .map(|(k, v)| {
-            (
-                ip(k.src, k.family),
-                k.sport,
-                ip(k.dst, k.family),
-                k.dport,
-                ip(v.backend, k.family),
-            )
+        .map(|(k, v)| FlowRow {
+            client: ip(k.src, k.family),
+            client_port: k.sport,
+            vip: ip(k.dst, k.family),
+            port: k.dport,
+            backend: ip(v.backend, k.family),
         })
         .collect())
 }
