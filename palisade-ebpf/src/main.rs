@@ -87,6 +87,13 @@ pub fn palisade_lb_reverse(ctx: TcContext) -> i32 {
     lb::reverse::run(&ctx)
 }
 
+/// Decapsulation of DSR packets on a backend without IPIP / IP6IP6 tunnel devices (TC
+/// ingress there; never attached by the daemon on the balancer). Never drops.
+#[classifier]
+pub fn palisade_lb_decap(ctx: TcContext) -> i32 {
+    lb::decap::run(&ctx)
+}
+
 /// Connection tracking of what the host sends on the guarded interfaces (TC egress). Never
 /// drops: fail-open for everything, including internal errors.
 #[classifier]

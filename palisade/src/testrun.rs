@@ -80,6 +80,7 @@ impl Bench {
             crate::scrub::INGRESS,
             crate::scrub::EGRESS,
             crate::lb::REVERSE,
+            crate::lb::DECAP,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

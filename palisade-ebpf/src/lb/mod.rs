@@ -14,6 +14,7 @@
 //! pass to the stack unchanged, counted in `unsupported`; internal errors pass (fail-open,
 //! like the firewall).
 
+pub mod decap;
 pub mod reverse;
 
 use aya_ebpf::{

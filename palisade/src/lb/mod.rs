@@ -35,6 +35,10 @@ pub const STAGE: &str = crate::guard::LB;
 /// The TC egress program that translates DNAT replies back.
 pub const REVERSE: &str = "palisade_lb_reverse";
 
+/// The TC ingress program that decapsulates DSR packets on a backend whose kernel has no
+/// IPIP / IP6IP6 tunnel devices (attached there, not by the daemon).
+pub const DECAP: &str = "palisade_lb_decap";
+
 /// `flow_insert_rate` when not set: new flows put into the flow table per second and CPU.
 pub const DEFAULT_INSERT_RATE: u32 = 100_000;
 /// The largest `flow_insert_rate`.
