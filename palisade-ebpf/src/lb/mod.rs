@@ -54,6 +54,8 @@ pub const SCRATCH_TC: u32 = 1;
 #[repr(C)]
 pub struct Scratch {
     pub vip: VipKey,
+    /// The service `is_vip` found, so the stage does not look it up again.
+    pub svc: LbService,
     pub flow: LbFlowKey,
     pub fib: FibParams,
 }
@@ -72,8 +74,9 @@ const AF_INET6: u8 = 10;
 const OUTER_TTL: u8 = 64;
 
 /// Whether `p` (allowed by the firewall) goes to a VIP of the live table: a service's
-/// address, protocol and port, or an ICMP error to a VIP address. Leaves the key in the XDP
-/// scratch for the stage. Costs one array read when no service is configured.
+/// address, protocol and port, or an ICMP error to a VIP address. Leaves the key and the
+/// service in the XDP scratch for the stage (the tail call follows at once on this CPU).
+/// Costs one array read when no service is configured.
 #[inline(always)]
 pub fn is_vip(p: &Packet) -> bool {
     let Some(c) = LB_CONTROL.get(0) else {
@@ -104,8 +107,14 @@ pub fn is_vip(p: &Packet) -> bool {
         p.dport
     };
     copy16(s.vip.addr.as_mut_ptr(), p.dst.as_ptr());
-    // SAFETY: the value is only tested for presence.
-    unsafe { LB_VIPS.get(&s.vip) }.is_some()
+    // SAFETY: a live map value, copied at once.
+    match unsafe { LB_VIPS.get(&s.vip) } {
+        Some(v) => {
+            s.svc = *v;
+            true
+        }
+        None => false,
+    }
 }
 
 /// Copies 16 bytes by 16-bit words (both sides are 2-aligned): a plain copy of a byte array
@@ -148,10 +157,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         bump(&LB_STATS, LS_UNSUPPORTED);
         return verdict::pass();
     }
-    // SAFETY: a live map value, read at once.
-    let Some(svc) = (unsafe { LB_VIPS.get(&s.vip) }).copied() else {
-        return verdict::internal_error();
-    };
+    let svc = s.svc;
     let icmp = svc.mode == 0;
     if icmp {
         if !icmp_flow(ctx, p, slot, s) {

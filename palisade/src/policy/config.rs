@@ -316,6 +316,31 @@
 //! | `random_id` | boolean: a random IPv4 identification for unfragmented packets; fragments keep theirs (pf `random-id`) | `false` |
 //! | `directions` | non-empty list of `"in"` (what arrives) and `"out"` (what leaves, sent or forwarded) | `["in", "out"]` |
 //!
+//! # Load balancer
+//!
+//! `[lb]` and its `[[lb.service]]` tables balance VIP traffic the firewall allowed over
+//! backends (see `docs/design/lb.md`).
+//!
+//! | `[lb]` key | value | default |
+//! | --- | --- | --- |
+//! | `hash_seed` | integer `0..=2^63-1`: seed of the flow hash and the Maglev tables | `0` |
+//! | `flow_insert_rate` | integer `0..=10000000`: flow-table insertions per second and CPU; `0` no limit | `100000` |
+//! | `encap_source_v4` | IPv4 prefix: outer sources of DSR packets, host bits from the flow hash | needed by IPv4 DSR services |
+//! | `encap_source_v6` | IPv6 prefix, `/96` or longer | needed by IPv6 DSR services |
+//!
+//! | `[[lb.service]]` key | value | default |
+//! | --- | --- | --- |
+//! | `name` | string: letters, digits, `_`, `-`, `.`; unique | required |
+//! | `vip` | IPv4 or IPv6 address | required |
+//! | `port` | integer `1..=65535` | required |
+//! | `proto` | `"tcp"` or `"udp"` | `"tcp"` |
+//! | `mode` | `"dsr"` or `"dnat"` | `"dsr"` |
+//! | `backends` | 1 to 256 tables `{ address = "...", weight = 1..=65535 }` of the VIP's family | required |
+//! | `health` | `{ check = "tcp" \| "http", path = "/...", port, interval_ms = 50..=60000, timeout_ms = 10..=60000, fall = 1..=100, rise = 1..=100 }` | no checks; with it: `tcp`, `/`, the service's port, 200, 300, 2, 2 |
+//!
+//! At most 32 services; no two with the same VIP, port and protocol; a DNAT backend's address
+//! and port belong to one service.
+//!
 //! # Errors
 //!
 //! Every problem in the file is reported at once, each as `file:line:column: message`
