@@ -580,10 +580,15 @@ impl Daemon {
         }
     }
 
-    /// (Re)starts the health checks of the policy's services.
+    /// (Re)starts the health checks of the policy's services, each from its backend's
+    /// current state.
     fn restart_health_checks(&mut self) {
         self.lb_checks = None;
-        let targets = crate::lb::health::targets(&self.policy.lb, &self.lb_live.added);
+        let mut targets = crate::lb::health::targets(&self.policy.lb, &self.lb_live.added);
+        // A backend down now starts down: only a change of its health is reported.
+        for t in &mut targets {
+            t.healthy = !self.lb_live.down.contains(&(t.service.clone(), t.addr));
+        }
         if !targets.is_empty() {
             self.lb_checks = Some(crate::lb::health::Checks::start(targets, &self.lb_health));
         }

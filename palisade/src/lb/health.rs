@@ -31,6 +31,8 @@ pub struct Target {
     pub timeout: Duration,
     pub fall: u32,
     pub rise: u32,
+    /// The state the check starts from (what the tables hold now).
+    pub healthy: bool,
 }
 
 /// A backend's health changed.
@@ -63,6 +65,7 @@ pub fn targets(lb: &Lb, extra: &[(String, super::Backend)]) -> Vec<Target> {
                 timeout: Duration::from_millis(u64::from(h.timeout_ms)),
                 fall: h.fall,
                 rise: h.rise,
+                healthy: true,
             });
         }
     }
@@ -116,8 +119,8 @@ pub fn http_ok(head: &[u8]) -> bool {
         && head[11].is_ascii_digit()
 }
 
-/// Runs the checks of `targets` until dropped: one task each, reporting changes on `tx`.
-/// Every backend starts healthy (a new backend takes flows at once, as without checks).
+/// Runs the checks of `targets` until dropped: one task each, reporting changes on `tx`
+/// from the state each target starts in.
 pub struct Checks {
     tasks: Vec<JoinHandle<()>>,
 }
@@ -145,7 +148,7 @@ impl Drop for Checks {
 }
 
 async fn watch(t: Target, tx: mpsc::Sender<Change>) {
-    let mut healthy = true;
+    let mut healthy = t.healthy;
     let mut streak = 0u32;
     let mut tick = tokio::time::interval(t.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -199,6 +202,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             fall: 1,
             rise: 1,
+            healthy: true,
         };
         assert!(probe(&t).await);
         // An HTTP server answering 200, then 503.
