@@ -109,6 +109,30 @@ fn reference(p: &Policy, live: &Live, service: &str, client: IpAddr, sport: u16)
     (v.backends[usize::from(b)].addr, h)
 }
 
+/// [`reference`] for `web4` with the table built once.
+fn chooser(p: &Policy) -> impl Fn(IpAddr, u16) -> (IpAddr, u32) + Sync + '_ {
+    let views = lb::view(&p.lb, &Live::default());
+    let v = views
+        .into_iter()
+        .find(|v| v.name == "web4")
+        .expect("service");
+    let ring = lb::ring(p.lb.hash_seed, &v);
+    move |client, sport| {
+        let h = flow_hash(
+            p.lb.hash_seed,
+            6,
+            words(client),
+            words(v.vip),
+            sport,
+            v.port,
+        );
+        (
+            v.backends[usize::from(ring.slots[ring_index(h) as usize])].addr,
+            h,
+        )
+    }
+}
+
 fn counter(b: &Bench, i: u32) -> u64 {
     lb::counters(&b.ebpf).expect("LB_STATS")[i as usize]
 }
@@ -470,4 +494,147 @@ fn the_backend_decapsulation_gives_back_the_clients_packet() {
             (TC_ACT_UNSPEC, syn.clone())
         );
     }
+}
+
+/// `BPF_PROG_TEST_RUN` through a program fd, from any thread: the run the torture test does
+/// while another thread switches the tables.
+fn raw_run(prog: &std::os::fd::OwnedFd, frame: &[u8]) -> (u32, Vec<u8>) {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestAttr::default()
+    };
+    // SAFETY: the attribute points at live buffers of the sizes given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &raw mut attr,
+            std::mem::size_of::<TestAttr>(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
+    out.truncate(attr.data_size_out as usize);
+    (attr.retval, out)
+}
+
+#[test]
+fn every_packet_sees_the_old_table_or_the_new_one_while_they_switch() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Two tables for one service, with disjoint backends: a packet that mixed one slot's
+    // Maglev table with the other's backends would name a backend of the wrong set at the
+    // wrong index.
+    let table = |net: u8| {
+        policy(&format!(
+            "[lb]\nhash_seed = 5\nflow_insert_rate = 1\nencap_source_v4 = \"192.0.2.0/24\"\n\
+             [[lb.service]]\nname = \"web4\"\nvip = \"10.0.0.100\"\nport = 80\nbackends = [\
+             {{ address = \"10.{net}.0.1\" }}, {{ address = \"10.{net}.0.2\" }}, \
+             {{ address = \"10.{net}.0.3\", weight = 3 }}]\n"
+        ))
+    };
+    let (a, b) = (table(1), table(2));
+    let mut bench = bench(&a);
+    let prog = {
+        let p: &aya::programs::Xdp = bench
+            .ebpf
+            .program(palisade::testrun::FIREWALL)
+            .expect("firewall")
+            .try_into()
+            .expect("xdp");
+        use std::os::fd::AsFd as _;
+        p.fd()
+            .expect("fd")
+            .as_fd()
+            .try_clone_to_owned()
+            .expect("dup")
+    };
+    let (choose_a, choose_b) = (chooser(&a), chooser(&b));
+    // The reference's choices agree with `reference`.
+    let c = ip("198.51.100.1");
+    assert_eq!(
+        choose_a(c, 1),
+        reference(&a, &Live::default(), "web4", c, 1)
+    );
+    let done = AtomicBool::new(false);
+    let (packets, switches) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut n = 0u32;
+            let mut seen = [0u32; 2];
+            // Packets that ran while the switches went on.
+            let mut during = 0u32;
+            while !done.load(Ordering::Relaxed) || n < 2000 {
+                let switching = !done.load(Ordering::Relaxed);
+                let client = format!("198.51.{}.{}", 100 + (n / 250) % 100, 1 + n % 250);
+                let sport = 1024 + (n % 60_000) as u16;
+                let syn = Frame::tcp(&client, "10.0.0.100", sport, 80, SYN).build();
+                let (action, out) = raw_run(&prog, &syn);
+                assert_eq!(action, XDP_PASS);
+                let (ba, ha) = choose_a(ip(&client), sport);
+                let (bb, hb) = choose_b(ip(&client), sport);
+                // A flow inserted earlier keeps the backend of its table, which is one of
+                // these two as well.
+                if out == encapsulated(&syn, ba, ha) {
+                    seen[0] += 1;
+                } else if out == encapsulated(&syn, bb, hb) {
+                    seen[1] += 1;
+                } else {
+                    panic!("packet {n} saw neither table: {out:02x?}");
+                }
+                n += 1;
+                if switching && !done.load(Ordering::Relaxed) {
+                    during += 1;
+                }
+            }
+            (n, seen, during)
+        });
+        let mut switches = 0u32;
+        let started = std::time::Instant::now();
+        while switches < 1000 && started.elapsed() < std::time::Duration::from_secs(60) {
+            let next = if switches % 2 == 0 { &b } else { &a };
+            lb::install(&mut bench.ebpf, &next.lb, &Live::default()).expect("switch");
+            switches += 1;
+        }
+        done.store(true, Ordering::Relaxed);
+        (reader.join().expect("reader"), switches)
+    });
+    let (n, seen, during) = packets;
+    eprintln!("{n} packets, {during} of them during {switches} switches: {seen:?} by table");
+    assert_eq!(switches, 1000);
+    assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+    assert!(
+        during >= 1000,
+        "only {during} packets ran while the tables switched"
+    );
 }
