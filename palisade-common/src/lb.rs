@@ -204,8 +204,9 @@ pub const LS_ICMP_STEERED: u32 = 10;
 pub const LS_TX: u32 = 11;
 /// Rewritten packets left to the kernel to route (no neighbour yet, another interface).
 pub const LS_TO_STACK: u32 = 12;
-/// VIP packets left alone: VLAN-tagged frames, non-first fragments, ICMP errors for no
-/// known service, ICMP other than frag-needed / packet-too-big.
+/// VIP packets left alone: VLAN-tagged frames, ICMP errors about no known service, ICMP
+/// other than frag-needed / packet-too-big. (Non-first fragments carry no ports: they are
+/// not recognised as VIP traffic at all.)
 pub const LS_UNSUPPORTED: u32 = 13;
 /// Dropped: the service has no backend taking new flows (reason `lb-no-backend`).
 pub const LS_NO_BACKEND: u32 = 14;

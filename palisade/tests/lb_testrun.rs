@@ -350,6 +350,40 @@ fn icmp_frag_needed_and_packet_too_big_reach_the_flows_backend() {
 }
 
 #[test]
+fn icmp_errors_about_dnat_flows_reach_the_backend_as_its_own() {
+    let p = policy(&services("dnat"));
+    let b = bench(&p);
+    // The backend sent the packet from its own address; the client saw it from the VIP, and
+    // the router's error quotes the VIP. The backend gets the error as if about its own
+    // packet, every checksum computed from scratch by the frame builder.
+    for (router, vip, client, vport, cport, service) in [
+        (
+            "203.0.113.1",
+            "10.0.0.100",
+            "198.51.100.30",
+            80,
+            43_000,
+            "web4",
+        ),
+        (
+            "2001:db8:ffff::1",
+            "2001:db8::100",
+            "2001:db8:c::30",
+            443,
+            43_001,
+            "web6",
+        ),
+    ] {
+        let (backend, _) = reference(&p, &Live::default(), service, ip(client), cport);
+        let e = icmp_error(router, vip, client, vport, cport);
+        let expected = icmp_error(router, &backend.to_string(), client, vport, cport);
+        assert_eq!(run(&b, &e), (XDP_PASS, expected));
+    }
+    assert_eq!(counter(&b, LS_ICMP_STEERED), 2);
+    assert_eq!(counter(&b, LS_DNAT_V4) + counter(&b, LS_DNAT_V6), 2);
+}
+
+#[test]
 fn draining_and_failed_backends_keep_their_flows_and_get_no_new_ones() {
     let p = policy(&services("dsr"));
     let flows: Vec<(String, u16)> = (0..60u16)

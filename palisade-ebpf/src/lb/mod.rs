@@ -177,7 +177,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let svc = if icmp {
         // SAFETY: as above.
         match unsafe { LB_VIPS.get(&s.vip) } {
-            Some(v) if v.mode == MODE_DSR => *v,
+            Some(v) if v.mode == MODE_DSR || v.mode == MODE_DNAT => *v,
             _ => {
                 bump(&LB_STATS, LS_UNSUPPORTED);
                 return verdict::pass();
@@ -194,7 +194,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
         bump(&LB_STATS, LS_ICMP_STEERED);
     }
     let family = p.family;
-    let sent = if svc.mode == MODE_DNAT {
+    let sent = if svc.mode == MODE_DNAT && icmp {
+        reverse::dnat_icmp(ctx, p, &flow.backend)
+    } else if svc.mode == MODE_DNAT {
         reverse::dnat(ctx, p, &flow.backend)
     } else {
         encapsulate(ctx, family, global, &flow)

@@ -122,6 +122,67 @@ pub fn dnat(ctx: &XdpContext, p: &Packet, backend: &[u8; 16]) -> bool {
     true
 }
 
+/// Sends an ICMP frag-needed / packet-too-big about a DNAT flow to its backend: the outer
+/// destination and the quoted packet's source (both the VIP) become the backend, with the
+/// outer IPv4 header checksum, the quoted IPv4 header checksum and the ICMP checksum (over
+/// the pseudo-header too for ICMPv6) updated incrementally. The quote's own TCP/UDP checksum
+/// lies past the 8 bytes of layer 4 the stage reads and is left as it is (the backend's
+/// kernel finds its socket by addresses and ports). False when the headers are not in the
+/// frame.
+#[inline(always)]
+pub fn dnat_icmp(ctx: &XdpContext, p: &Packet, backend: &[u8; 16]) -> bool {
+    let frame = XdpFrame::of(ctx);
+    let l3 = ETH_HLEN;
+    // The parser keeps layer 4 below MAX_L4_OFFSET; the mask shows the verifier.
+    let l4 = usize::from(p.l4_offset) & (MAX_L4_OFFSET * 2 - 1);
+    let inner = l4 + 8;
+    let Some(c) = frame.load::<2>(l4 + 2) else {
+        return false;
+    };
+    let icmp_check = u16::from_ne_bytes(c);
+    if p.family == FAMILY_V4 {
+        let new = [backend[12], backend[13], backend[14], backend[15]];
+        let (Some(vip), Some(outer_c), Some(h)) = (
+            frame.load::<4>(l3 + 16),
+            frame.load::<2>(l3 + 10),
+            frame.load::<1>(inner),
+        ) else {
+            return false;
+        };
+        let ihl = usize::from(h[0] & 0x0f) * 4;
+        if ihl < 20 {
+            return false;
+        }
+        let Some(inner_c) = frame.load::<2>(inner + 10) else {
+            return false;
+        };
+        let inner_old = u16::from_ne_bytes(inner_c);
+        let inner_new = updated(inner_old, sum(&vip), sum(&new));
+        let outer = updated(u16::from_ne_bytes(outer_c), sum(&vip), sum(&new));
+        let icmp = updated(
+            icmp_check,
+            sum(&vip) + u32::from(inner_old),
+            sum(&new) + u32::from(inner_new),
+        );
+        bump(&LB_STATS, LS_DNAT_V4);
+        frame.store(l3 + 16, &new)
+            && frame.store(l3 + 10, &outer.to_ne_bytes())
+            && frame.store(inner + 12, &new)
+            && frame.store(inner + 10, &inner_new.to_ne_bytes())
+            && frame.store(l4 + 2, &icmp.to_ne_bytes())
+    } else {
+        let Some(vip) = frame.load::<16>(l3 + 24) else {
+            return false;
+        };
+        // The VIP leaves the pseudo-header (outer destination) and the quote (its source).
+        let icmp = updated(icmp_check, 2 * sum(&vip), 2 * sum(backend));
+        bump(&LB_STATS, LS_DNAT_V6);
+        frame.store(l3 + 24, backend)
+            && frame.store(inner + 8, backend)
+            && frame.store(l4 + 2, &icmp.to_ne_bytes())
+    }
+}
+
 /// "Let the next program (or the stack) decide."
 const CONTINUE: i32 = TC_ACT_UNSPEC;
 
