@@ -656,7 +656,7 @@ fn every_packet_sees_the_old_table_or_the_new_one_while_they_switch() {
         let mut switches = 0u32;
         let started = std::time::Instant::now();
         while switches < 1000 && started.elapsed() < std::time::Duration::from_secs(60) {
-            let next = if switches % 2 == 0 { &b } else { &a };
+            let next = if switches.is_multiple_of(2) { &b } else { &a };
             lb::install(&mut bench.ebpf, &next.lb, &Live::default()).expect("switch");
             switches += 1;
         }
