@@ -672,3 +672,34 @@ fn every_packet_sees_the_old_table_or_the_new_one_while_they_switch() {
         "only {during} packets ran while the tables switched"
     );
 }
+
+#[test]
+fn the_firewall_judges_vip_traffic_before_it_is_balanced() {
+    // Default drop with tracking: VIP traffic needs a rule, a blocked source is dropped by
+    // its rule and never balanced, and the client's later segments of a DSR flow (whose
+    // replies this host never sees) are balanced through the same rule.
+    let text = format!(
+        "[firewall]\ndefault = \"drop\"\nstateful = true\n\
+         [[firewall.rule]]\naction = \"drop\"\nsrc = \"198.51.100.66\"\n\
+         [[firewall.rule]]\naction = \"allow\"\nproto = \"tcp\"\ndport = 80\n{}",
+        services("dsr")
+    );
+    let p = policy(&text);
+    let b = bench(&p);
+    let blocked = Frame::tcp("198.51.100.66", "10.0.0.100", 40_000, 80, SYN).build();
+    assert_eq!(run(&b, &blocked).0, XDP_DROP);
+    assert_eq!(b.reason_count(reason::RULE).expect("reasons"), 1);
+    assert_eq!(counter(&b, palisade_common::lb::LS_PACKETS), 0);
+    // Not allowed by any rule (port 443 of the IPv6 VIP): the default drops it.
+    let v6 = Frame::tcp("2001:db8:c::7", "2001:db8::100", 50_000, 443, SYN).build();
+    assert_eq!(run(&b, &v6).0, XDP_DROP);
+    assert_eq!(counter(&b, palisade_common::lb::LS_PACKETS), 0);
+    let (backend, hash) = reference(&p, &Live::default(), "web4", ip("198.51.100.7"), 40_000);
+    for flags in [SYN, ACK, ACK] {
+        let f = Frame::tcp("198.51.100.7", "10.0.0.100", 40_000, 80, flags)
+            .with_payload(b"x")
+            .build();
+        assert_eq!(run(&b, &f), (XDP_PASS, encapsulated(&f, backend, hash)));
+    }
+    assert_eq!(counter(&b, palisade_common::lb::LS_PACKETS), 3);
+}
