@@ -703,3 +703,57 @@ fn the_firewall_judges_vip_traffic_before_it_is_balanced() {
     }
     assert_eq!(counter(&b, palisade_common::lb::LS_PACKETS), 3);
 }
+
+#[test]
+fn adding_and_reweighting_backends_live_keeps_every_established_flow() {
+    let p = policy(&services("dsr"));
+    let mut b = bench(&p);
+    let flows: Vec<(String, u16)> = (0..80u16)
+        .map(|i| (format!("198.51.102.{}", 1 + i), 31_000 + i))
+        .collect();
+    let mut first = Vec::new();
+    for (c, port) in &flows {
+        let syn = Frame::tcp(c, "10.0.0.100", *port, 80, SYN).build();
+        let (backend, hash) = reference(&p, &Live::default(), "web4", ip(c), *port);
+        assert_eq!(run(&b, &syn), (XDP_PASS, encapsulated(&syn, backend, hash)));
+        first.push((backend, hash));
+    }
+    let mut live = Live::default();
+    live.change(&p.lb, "web4", ip("10.1.0.9"), lb::Action::Add, Some(4))
+        .expect("add");
+    live.change(&p.lb, "web4", ip("10.1.0.1"), lb::Action::Weight, Some(3))
+        .expect("weight");
+    lb::install(&mut b.ebpf, &p.lb, &live).expect("live change");
+    for ((c, port), (backend, hash)) in flows.iter().zip(&first) {
+        let ack = Frame::tcp(c, "10.0.0.100", *port, 80, ACK).build();
+        assert_eq!(
+            run(&b, &ack),
+            (XDP_PASS, encapsulated(&ack, *backend, *hash))
+        );
+    }
+    // New flows follow the new table, the new backend among them.
+    let mut to_new = 0;
+    for i in 0..100u16 {
+        let c = format!("198.51.103.{}", 1 + i);
+        let syn = Frame::tcp(&c, "10.0.0.100", 21_000 + i, 80, SYN).build();
+        let (backend, hash) = reference(&p, &live, "web4", ip(&c), 21_000 + i);
+        to_new += usize::from(backend == ip("10.1.0.9"));
+        assert_eq!(run(&b, &syn), (XDP_PASS, encapsulated(&syn, backend, hash)));
+    }
+    assert!(to_new > 10, "{to_new}");
+    // What the tables cannot hold or the service does not have is refused, unchanged.
+    let before = live.clone();
+    assert!(
+        live.change(&p.lb, "web4", ip("2001:db8::9"), lb::Action::Add, None)
+            .is_err()
+    );
+    assert!(
+        live.change(&p.lb, "web4", ip("10.9.9.9"), lb::Action::Drain, None)
+            .is_err()
+    );
+    assert!(
+        live.change(&p.lb, "web4", ip("10.1.0.2"), lb::Action::Weight, Some(0))
+            .is_err()
+    );
+    assert_eq!(live, before);
+}
