@@ -96,8 +96,16 @@ pub const NAT_PORT_EXHAUSTED: u32 = 28;
 /// A new flow through the NAT could not be recorded: a mapping table is full.
 pub const NAT_TABLE_FULL: u32 = 29;
 
+/// A packet to a load-balanced service (`[[lb.service]]`) none of whose backends takes new
+/// flows (all down, draining or removed) and of no flow in the flow table.
+pub const LB_NO_BACKEND: u32 = 30;
+
+/// A packet to a load-balanced service whose rewrite the kernel refused (the frame could
+/// not be grown for the outer header, or its headers were not in the frame).
+pub const LB_REWRITE: u32 = 31;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 30;
+pub const COUNT: u32 = 32;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -131,6 +139,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "shield-icmp-oversized",
     "nat-port-exhausted",
     "nat-table-full",
+    "lb-no-backend",
+    "lb-rewrite",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -18,6 +18,7 @@ mod bytes;
 mod ct;
 mod dns;
 mod firewall;
+mod lb;
 mod maps;
 mod nat;
 mod scrub;
@@ -71,6 +72,27 @@ pub fn palisade_rules(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn palisade_syncookie(ctx: XdpContext) -> u32 {
     shield::syncookie::run(&ctx)
+}
+
+/// The load balancer: entered by tail call from the firewall for an allowed packet to a VIP
+/// of `[[lb.service]]`. Fail-open for internal errors; a service with no backend drops.
+#[xdp]
+pub fn palisade_lb(ctx: XdpContext) -> u32 {
+    lb::run(&ctx)
+}
+
+/// The reverse translation of DNAT services (TC egress): replies of their backends leave
+/// with the VIP as source. Never drops.
+#[classifier]
+pub fn palisade_lb_reverse(ctx: TcContext) -> i32 {
+    lb::reverse::run(&ctx)
+}
+
+/// Decapsulation of DSR packets on a backend without IPIP / IP6IP6 tunnel devices (TC
+/// ingress there; never attached by the daemon on the balancer). Never drops.
+#[classifier]
+pub fn palisade_lb_decap(ctx: TcContext) -> i32 {
+    lb::decap::run(&ctx)
 }
 
 /// Connection tracking of what the host sends on the guarded interfaces (TC egress). Never

@@ -236,7 +236,7 @@ pub const SCRATCH_SLOTS: u32 = SLOT_EGRESS + EGRESS_SLOTS;
 /// Tail-call targets of the XDP pipeline: the firewall tail-calls the connection tracker and
 /// the DNS inspector (see `docs/design/conntrack.md` and `docs/design/dns.md`).
 #[map]
-pub static XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+pub static XDP_TAILS: ProgramArray = ProgramArray::with_max_entries(5, 0);
 
 /// Slot of the DNS ingress inspector in [`XDP_TAILS`].
 pub const TAIL_DNS: u32 = 0;
@@ -246,6 +246,8 @@ pub const TAIL_CT: u32 = 1;
 pub const TAIL_RULES: u32 = 2;
 /// Slot of the SYN-cookie answer (`shield::syncookie`).
 pub const TAIL_SYNCOOKIE: u32 = 3;
+/// Slot of the load balancer's stage (`lb`).
+pub const TAIL_LB: u32 = 4;
 
 // ---- Shields ----
 
@@ -417,3 +419,53 @@ pub static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CT_STAT_CO
 /// What the last sweep found.
 #[map]
 pub static CT_CENSUS: Array<CtCensus> = Array::with_max_entries(1, 0);
+
+// ---- Load balancer ----
+
+use palisade_common::lb::{
+    FLOW_ENTRIES, LB_SLOTS, LS_COUNT, LbBackend, LbControl, LbFlow, LbFlowKey, LbGate, LbGlobal,
+    LbReverse, LbService, MAX_BACKENDS, MAX_SERVICES, REVERSE_ENTRIES, Ring, VIP_ENTRIES, VipKey,
+};
+
+/// Which table slot is live, and how many services each holds.
+#[map]
+pub static LB_CONTROL: Array<LbControl> = Array::with_max_entries(1, 0);
+
+/// Per slot: the hash seed, the insertion gate, the DSR source prefixes (64 bytes each).
+#[map]
+pub static LB_GLOBAL: Array<LbGlobal> = Array::with_max_entries(LB_SLOTS, 0);
+
+/// Services by (slot, address, protocol, port), and one ICMP entry per VIP address (mode 0).
+#[map]
+pub static LB_VIPS: HashMap<VipKey, LbService> = HashMap::with_max_entries(VIP_ENTRIES, 0);
+
+/// Backends, `backend_slot(slot, service, index)` (24 bytes each, 393 KiB).
+#[map]
+pub static LB_BACKENDS: Array<LbBackend> =
+    Array::with_max_entries(LB_SLOTS * MAX_SERVICES * MAX_BACKENDS, 0);
+
+/// Maglev tables, `ring_slot(slot, service)`: 65,537 backend indexes each (128 KiB; 8 MiB
+/// for both slots of every service).
+#[map]
+pub static LB_RINGS: Array<Ring> = Array::with_max_entries(LB_SLOTS * MAX_SERVICES, 0);
+
+/// Flows and their backends, kept across table changes. An LRU; insertions are rate-gated
+/// per CPU (`LB_GATE`), so a flood of new flows cannot push the live ones out.
+#[map]
+pub static LB_FLOWS: LruHashMap<LbFlowKey, LbFlow> = LruHashMap::with_max_entries(FLOW_ENTRIES, 0);
+
+/// DNAT backends by (slot, address, protocol, port): the VIP their replies come back from.
+#[map]
+pub static LB_REVERSE: HashMap<VipKey, LbReverse> = HashMap::with_max_entries(REVERSE_ENTRIES, 0);
+
+/// The flow-insertion bucket of each CPU.
+#[map]
+pub static LB_GATE: PerCpuArray<LbGate> = PerCpuArray::with_max_entries(1, 0);
+
+/// Load-balancer counters (`palisade_common::lb::LS_*`).
+#[map]
+pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LS_COUNT, 0);
+
+/// Working space: the XDP stage's, then the TC reverse translation's.
+#[map]
+pub static LB_SCRATCH: PerCpuArray<crate::lb::Scratch> = PerCpuArray::with_max_entries(2, 0);

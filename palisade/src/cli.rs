@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{api::proto::DEFAULT_SOCKET, pin::DEFAULT_PIN_DIR};
 
@@ -111,6 +111,18 @@ pub enum Command {
     /// DDoS shields: the heavy hitters of the per-source limits.
     #[command(subcommand)]
     Shield(ShieldCommand),
+    /// The load balancer: list services and backends, change backends live.
+    ///
+    /// Examples:
+    ///   palisade lb
+    ///   palisade lb list --json
+    ///   palisade lb add web 10.1.0.4 --weight 2
+    ///   palisade lb drain web 10.1.0.1
+    ///   palisade lb undrain web 10.1.0.1
+    ///   palisade lb weight web 10.1.0.2 3
+    ///   palisade lb remove web 10.1.0.4
+    #[command(verbatim_doc_comment)]
+    Lb(LbArgs),
     /// Detach everything and remove every pin; the daemon, if running, exits.
     ///
     /// Without a running daemon it removes what is pinned under --pin-dir (for example after
@@ -363,6 +375,44 @@ pub enum CtCommand {
         addr: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
+    },
+}
+
+/// `palisade lb ...`
+#[derive(Debug, Args)]
+pub struct LbArgs {
+    #[command(subcommand)]
+    pub command: Option<LbCommand>,
+}
+
+/// What `palisade lb` does; listing when nothing is given.
+#[derive(Debug, Subcommand)]
+pub enum LbCommand {
+    /// The services, their backends (weight and state: up, draining, down, removed) and the
+    /// flow table's fill.
+    List {
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Add a backend to a service: it takes new flows at once.
+    Add {
+        service: String,
+        addr: String,
+        /// Its weight (1 to 65535; 1 when not given).
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Remove a backend: no new flows; its flows stay until they end.
+    Remove { service: String, addr: String },
+    /// Drain a backend: it keeps its flows and gets no new ones.
+    Drain { service: String, addr: String },
+    /// A drained backend takes new flows again.
+    Undrain { service: String, addr: String },
+    /// Set a backend's weight.
+    Weight {
+        service: String,
+        addr: String,
+        weight: u32,
     },
 }
 

@@ -14,8 +14,8 @@ use crate::{
         },
     },
     cli::{
-        CtCommand, DnsCommand, EventsArgs, HittersAction, ListWhat, OverloadAction, RuleAddArgs,
-        RuleCommand, SetCommand, ShieldCommand,
+        CtCommand, DnsCommand, EventsArgs, HittersAction, LbCommand, ListWhat, OverloadAction,
+        RuleAddArgs, RuleCommand, SetCommand, ShieldCommand,
     },
     conntrack::{overload, report as ct_report},
     datapath,
@@ -542,6 +542,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     println!("{}", moved_line("shield", &c.shield, "nothing seen"));
     println!("{}", moved_line("scrub", &c.scrub, "nothing rewritten"));
     println!("{}", moved_line("nat", &c.nat, "nothing translated"));
+    println!("{}", moved_line("lb", &c.lb, "nothing balanced"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused
@@ -583,6 +584,48 @@ pub fn shield(socket: &Path, cmd: ShieldCommand) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `palisade lb ...`.
+///
+/// # Errors
+/// When the daemon cannot be reached or refuses the change.
+pub fn lb(socket: &Path, cmd: Option<LbCommand>) -> Result<()> {
+    use crate::lb::Action;
+    let mut c = Client::connect(socket)?;
+    let (service, addr, action, weight) = match cmd {
+        None | Some(LbCommand::List { .. }) => {
+            let json = matches!(cmd, Some(LbCommand::List { json }) if json.json);
+            let l: crate::lb::Listing = c.request(&Request::LbList)?;
+            if json {
+                print_json(&l);
+            } else {
+                print!("{}", crate::lb::print_listing(&l));
+            }
+            return Ok(());
+        }
+        Some(LbCommand::Add {
+            service,
+            addr,
+            weight,
+        }) => (service, addr, Action::Add, weight),
+        Some(LbCommand::Remove { service, addr }) => (service, addr, Action::Remove, None),
+        Some(LbCommand::Drain { service, addr }) => (service, addr, Action::Drain, None),
+        Some(LbCommand::Undrain { service, addr }) => (service, addr, Action::Undrain, None),
+        Some(LbCommand::Weight {
+            service,
+            addr,
+            weight,
+        }) => (service, addr, Action::Weight, Some(weight)),
+    };
+    let changed: Changed = c.request(&Request::LbChange {
+        service,
+        addr,
+        action,
+        weight,
+    })?;
+    println!("{}", changed.message);
     Ok(())
 }
 

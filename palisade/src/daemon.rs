@@ -132,6 +132,11 @@ struct Daemon {
     ct_sweep_errors: u64,
     /// Reads the DNS queries aggregated over the event budget.
     summaries: Option<crate::dns::summary::Collector>,
+    /// The load balancer's run-time changes (drains, health, live backends).
+    lb_live: crate::lb::Live,
+    /// The running health checks, and where they report.
+    lb_checks: Option<crate::lb::health::Checks>,
+    lb_health: mpsc::Sender<crate::lb::health::Change>,
 }
 
 impl Daemon {
@@ -224,6 +229,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             None
         }
     };
+    let (health_tx, mut health_rx) = mpsc::channel::<crate::lb::health::Change>(256);
     let mut d = Daemon {
         dp,
         args: args.clone(),
@@ -244,8 +250,12 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         ct_census: None,
         ct_sweep_errors: 0,
         summaries,
+        lb_live: crate::lb::Live::default(),
+        lb_checks: None,
+        lb_health: health_tx,
     };
     d.install(&policy).context("installing the policy")?;
+    d.restart_health_checks();
     let attach_notes = d.dp.attach(&opts, &policy)?;
     for a in &d.dp.xdp {
         eprintln!("palisade: attached to {} ({} XDP)", a.iface, a.mode);
@@ -353,6 +363,9 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             _ = ct_tick.tick() => {
                 d.sweep_connections();
             }
+            Some(change) = health_rx.recv() => {
+                d.health_changed(change);
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 d.drain(guard.get_inner_mut());
@@ -433,7 +446,7 @@ impl Daemon {
             }
         }
         self.totals.before_install(&self.dp.ebpf);
-        match guard::install(&mut self.dp.ebpf, policy) {
+        match guard::install_with(&mut self.dp.ebpf, policy, &self.lb_live) {
             Ok(ctl) => {
                 self.totals
                     .after_install(Some(GenerationRules::of(ctl.active_gen, policy)));
@@ -480,9 +493,19 @@ impl Daemon {
     }
 
     fn reload(&mut self) -> Result<Changed, String> {
+        let saved = self.lb_live.clone();
         let result = load_policy(self.args.config.as_deref())
             .map_err(|e| format!("{e:#}"))
-            .and_then(|(p, source)| self.apply(p).map(|g| (g, source)));
+            .and_then(|(p, source)| {
+                // The policy's backend lists become the base again.
+                self.lb_live.after_reload(&p.lb);
+                self.apply(p).map(|g| (g, source))
+            });
+        if result.is_err() {
+            self.lb_live = saved;
+        } else {
+            self.restart_health_checks();
+        }
         match result {
             Ok((generation, source)) => {
                 self.reloads_ok += 1;
@@ -555,6 +578,69 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// (Re)starts the health checks of the policy's services, each from its backend's
+    /// current state.
+    fn restart_health_checks(&mut self) {
+        self.lb_checks = None;
+        let mut targets = crate::lb::health::targets(&self.policy.lb, &self.lb_live.added);
+        // A backend down now starts down: only a change of its health is reported.
+        for t in &mut targets {
+            t.healthy = !self.lb_live.down.contains(&(t.service.clone(), t.addr));
+        }
+        if !targets.is_empty() {
+            self.lb_checks = Some(crate::lb::health::Checks::start(targets, &self.lb_health));
+        }
+    }
+
+    /// A backend's health changed: the tables switch (a down backend gets no new flows).
+    fn health_changed(&mut self, c: crate::lb::health::Change) {
+        let key = (c.service.clone(), c.addr);
+        if c.healthy {
+            self.lb_live.down.remove(&key);
+        } else {
+            self.lb_live.down.insert(key);
+        }
+        let word = if c.healthy {
+            "healthy again"
+        } else {
+            "failing its health check"
+        };
+        match crate::lb::install(&mut self.dp.ebpf, &self.policy.lb, &self.lb_live) {
+            Ok(()) => {
+                info!(service = %c.service, backend = %c.addr, healthy = c.healthy, "backend health changed");
+                eprintln!("palisade: {} of {} is {word}", c.addr, c.service);
+            }
+            Err(e) => error!("switching the load balancer's tables: {e:#}"),
+        }
+    }
+
+    /// `palisade lb add|remove|drain|undrain|weight`.
+    fn lb_change(
+        &mut self,
+        service: &str,
+        addr: &str,
+        action: crate::lb::Action,
+        weight: Option<u32>,
+    ) -> Result<Changed, String> {
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let mut next = self.lb_live.clone();
+        let message = next.change(&self.policy.lb, service, addr, action, weight)?;
+        crate::lb::install(&mut self.dp.ebpf, &self.policy.lb, &next)
+            .map_err(|e| format!("refused, nothing changed: {e:#}"))?;
+        self.lb_live = next;
+        self.live_applied += 1;
+        if action == crate::lb::Action::Add {
+            self.restart_health_checks();
+        }
+        info!(service, backend = %addr, "{message}");
+        Ok(Changed {
+            message,
+            generation: self.generation(),
+        })
     }
 
     fn generation(&self) -> u32 {
@@ -674,6 +760,24 @@ impl Daemon {
                 Err(e) => Response::err(format!("{e:#}")),
             },
             // Handled by the server (events) and the main loop (unload).
+            Request::LbList => {
+                match crate::lb::listing(&self.dp.ebpf, &self.policy.lb, &self.lb_live) {
+                    Ok(l) => Response::ok(&l),
+                    Err(e) => Response::err(format!("{e:#}")),
+                }
+            }
+            Request::LbChange {
+                service,
+                addr,
+                action,
+                weight,
+            } => match self.lb_change(&service, &addr, action, weight) {
+                Ok(c) => Response::ok(&c),
+                Err(e) => {
+                    self.live_refused += 1;
+                    Response::err(e)
+                }
+            },
             Request::Events { .. } | Request::Unload => Response::err("not handled here"),
         }
     }

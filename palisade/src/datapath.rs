@@ -47,13 +47,14 @@ use crate::{
 
 /// Every XDP program, loaded and pinned together: the firewall (attached), the DNS
 /// inspector, then the other stages and the sweep.
-const XDP_PROGRAMS: [&str; 6] = [
+const XDP_PROGRAMS: [&str; 7] = [
     FIREWALL,
     DNS_INGRESS,
     CT_INGRESS,
     RULES,
     crate::conntrack::SWEEP,
     SYNCOOKIE,
+    crate::guard::LB,
 ];
 /// The egress tracker (TC).
 const CT_EGRESS: &str = crate::conntrack::EGRESS;
@@ -126,6 +127,10 @@ pub struct Datapath {
     nat: Vec<SchedClassifier>,
     /// Their links, like the scrub's.
     pub nat_links: Vec<(String, OwnedFd)>,
+    /// The DNAT reverse translation of the load balancer (TC egress), once loaded.
+    lb_reverse: Option<SchedClassifier>,
+    /// Its link on each guarded interface.
+    pub lb_links: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -218,6 +223,8 @@ impl Datapath {
             scrub_links: Vec::new(),
             nat: Vec::new(),
             nat_links: Vec::new(),
+            lb_reverse: None,
+            lb_links: Vec::new(),
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -247,6 +254,7 @@ impl Datapath {
         self.ensure_tc_program()?;
         self.ensure_scrub_programs()?;
         self.ensure_nat_programs()?;
+        self.ensure_lb_reverse()?;
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -259,6 +267,7 @@ impl Datapath {
         self.sync_tc(opts, &mut notes)?;
         self.sync_scrub(opts, &mut notes)?;
         self.sync_nat(opts, &mut notes)?;
+        self.sync_lb_reverse(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -282,6 +291,7 @@ impl Datapath {
                     .iter()
                     .chain(&self.scrub_links)
                     .chain(&self.nat_links)
+                    .chain(&self.lb_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -495,6 +505,49 @@ impl Datapath {
             progs.push(SchedClassifier::from_pin(&path)?);
         }
         Ok(progs)
+    }
+
+    /// Loads (or reuses the pinned) reverse translation of the load balancer.
+    fn ensure_lb_reverse(&mut self) -> Result<()> {
+        if self.lb_reverse.is_some() {
+            return Ok(());
+        }
+        let name = crate::lb::REVERSE;
+        let path = self.layout.prog(name);
+        if let Ok(p) = SchedClassifier::from_pin(&path) {
+            self.lb_reverse = Some(p);
+            return Ok(());
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("the kernel refused the program {name}"))?;
+        let _ = fs::remove_file(&path);
+        prog.pin(&path)
+            .with_context(|| format!("pinning {name} at {}", path.display()))?;
+        self.lb_reverse = Some(SchedClassifier::from_pin(&path)?);
+        Ok(())
+    }
+
+    /// Attaches the load balancer's reverse translation (tcx egress) to every guarded
+    /// interface, whatever the policy: with no DNAT service it reads one map slot and lets
+    /// the packet go.
+    fn sync_lb_reverse(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_lb_reverse()?;
+        let pins = self.all_link_pins();
+        let prog = self.lb_reverse.as_mut().expect("loaded");
+        self.lb_links = sync_tcx(
+            &self.layout,
+            &pins,
+            prog,
+            Tcx::LbReverse,
+            &opts.ifaces,
+            notes,
+        )?;
+        Ok(())
     }
 
     /// Attaches the scrub programs (tcx ingress and egress) to every guarded interface, like
@@ -893,6 +946,12 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the NAT from {iface}"));
         }
+        for (iface, fd) in self.lb_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!(
+                "detached the load balancer's reverse translation from {iface}"
+            ));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -920,6 +979,7 @@ enum Tcx {
     ScrubEgress,
     NatIngress,
     NatEgress,
+    LbReverse,
 }
 
 impl Tcx {
@@ -943,6 +1003,7 @@ impl Tcx {
                 ingress: false,
                 iface,
             },
+            Self::LbReverse => LinkPin::TcxLbReverse { iface },
         }
     }
 
@@ -978,6 +1039,7 @@ impl Tcx {
                     iface,
                 },
             ) => Some(iface),
+            (Self::LbReverse, LinkPin::TcxLbReverse { iface }) => Some(iface),
             _ => None,
         }
     }
@@ -985,7 +1047,9 @@ impl Tcx {
     const fn attach_type(self) -> TcAttachType {
         match self {
             Self::ScrubIngress | Self::NatIngress => TcAttachType::Ingress,
-            Self::CtEgress | Self::ScrubEgress | Self::NatEgress => TcAttachType::Egress,
+            Self::CtEgress | Self::ScrubEgress | Self::NatEgress | Self::LbReverse => {
+                TcAttachType::Egress
+            }
         }
     }
 
@@ -996,6 +1060,7 @@ impl Tcx {
             Self::ScrubEgress => "the egress scrub",
             Self::NatIngress => "the ingress NAT",
             Self::NatEgress => "the egress NAT",
+            Self::LbReverse => "the load balancer's reverse translation",
         }
     }
 }
@@ -1076,9 +1141,11 @@ fn sync_tcx(
         links.push((iface.clone(), pin::obj_get(&path)?));
         notes.push(match kind {
             Tcx::CtEgress => format!("tracking egress connections on {iface} (tcx)"),
-            Tcx::ScrubIngress | Tcx::ScrubEgress | Tcx::NatIngress | Tcx::NatEgress => {
-                format!("attached {what} to {iface} (tcx)")
-            }
+            Tcx::ScrubIngress
+            | Tcx::ScrubEgress
+            | Tcx::NatIngress
+            | Tcx::NatEgress
+            | Tcx::LbReverse => format!("attached {what} to {iface} (tcx)"),
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1157,6 +1224,9 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                     "detached the {} NAT from {iface}",
                     if ingress { "ingress" } else { "egress" }
                 ),
+                LinkPin::TcxLbReverse { iface } => {
+                    format!("detached the load balancer's reverse translation from {iface}")
+                }
             });
         }
     }

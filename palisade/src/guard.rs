@@ -24,12 +24,16 @@ pub const CT_INGRESS: &str = "palisade_ct_ingress";
 pub const RULES: &str = "palisade_rules";
 /// The XDP SYN-cookie answer of the SYN shield, entered by tail call from the rules.
 pub const SYNCOOKIE: &str = "palisade_syncookie";
+/// The XDP stage of the load balancer, entered by tail call once the rules allowed a packet
+/// to a VIP.
+pub const LB: &str = "palisade_lb";
 /// Slots of `XDP_TAILS` and their programs (see the kernel's `maps::TAIL_*`).
-pub const TAILS: [(u32, &str); 4] = [
+pub const TAILS: [(u32, &str); 5] = [
     (0, DNS_INGRESS),
     (1, CT_INGRESS),
     (2, RULES),
     (3, SYNCOOKIE),
+    (4, LB),
 ];
 
 /// Compiles `policy` completely, then installs it. Nothing changes in the kernel unless the
@@ -38,6 +42,21 @@ pub const TAILS: [(u32, &str); 4] = [
 /// # Errors
 /// When the policy cannot be compiled or written; the running policy is then unchanged.
 pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
+    install_with(ebpf, policy, &crate::lb::Live::default())
+}
+
+/// [`install`], with the load balancer's run-time changes (drains, health, live backends)
+/// applied to the policy's services.
+///
+/// # Errors
+/// As [`install`].
+pub fn install_with(
+    ebpf: &mut Ebpf,
+    policy: &Policy,
+    lb_live: &crate::lb::Live,
+) -> Result<Control> {
+    // What the load balancer's tables cannot hold is refused before anything changes.
+    crate::lb::fits(&crate::lb::view(&policy.lb, lb_live))?;
     let firewall = compile::compile(policy).context("compiling the firewall policy")?;
     let key = apply::hash_key(ebpf)?;
     let dns = dns::compile::compile(policy, &key, &dns::compile::Clock::now())
@@ -61,7 +80,12 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
     crate::shield::write_config(ebpf, idle, &shield)?;
     crate::scrub::write_config(ebpf, idle, &policy.scrub.datapath())?;
     crate::nat::write_config(ebpf, idle, &nat, &policy.nat)?;
-    apply::install(ebpf, &firewall, &dns)
+    let control = apply::install(ebpf, &firewall, &dns)?;
+    // The load balancer's tables switch on their own slot, right after the rules that let
+    // VIP traffic in.
+    crate::lb::install(ebpf, &policy.lb, lb_live)
+        .context("installing the load balancer's tables")?;
+    Ok(control)
 }
 
 /// Puts the (already loaded) tail-call stages into the firewall's tail-call table.

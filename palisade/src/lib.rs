@@ -16,6 +16,7 @@ pub mod events;
 pub mod firewall;
 pub mod guard;
 pub mod kernel;
+pub mod lb;
 pub mod live;
 pub mod loader;
 pub mod maps;

@@ -111,6 +111,7 @@ fn main() -> ExitCode {
         Command::Stats(j) => commands::stats(&socket, j.json),
         Command::Ct(c) => commands::ct(&socket, c),
         Command::Shield(c) => commands::shield(&socket, c),
+        Command::Lb(a) => commands::lb(&socket, a.command),
         Command::Unload { pin_dir } => commands::unload(&socket, &pin_dir),
     };
     match result {

@@ -206,6 +206,19 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             o.sample("palisade_nat_total", &[("event", n.name.as_str())], n.value);
         }
     }
+    if s.counters.lb.iter().any(|n| n.value != 0) {
+        o.family(
+            "palisade_lb_total",
+            "counter",
+            "What the load balancer did: packets to services, flow-table hits and new flows, \
+             insertions and gated insertions, packets encapsulated (DSR) or rewritten (DNAT) \
+             by family, replies translated back, ICMP errors steered, and what it left alone \
+             or dropped.",
+        );
+        for n in &s.counters.lb {
+            o.sample("palisade_lb_total", &[("event", &n.name)], n.value);
+        }
+    }
     o.family(
         "palisade_rule_packets_total",
         "counter",
@@ -535,6 +548,10 @@ mod tests {
                     name: "port_exhausted".into(),
                     value: 6,
                 }],
+                lb: vec![Named {
+                    name: "encap_v4".into(),
+                    value: 6,
+                }],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -551,6 +568,7 @@ mod tests {
             t.contains("palisade_scrub_total{direction=\"egress\",event=\"mss_clamped_v6\"} 4\n")
         );
         assert!(t.contains("palisade_nat_total{event=\"port_exhausted\"} 6\n"));
+        assert!(t.contains("palisade_lb_total{event=\"encap_v4\"} 6\n"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));

@@ -242,6 +242,8 @@ pub enum LinkPin {
     TcxScrub { ingress: bool, iface: String },
     /// `tcx-nat-in-<iface>`, `tcx-nat-out-<iface>`: the NAT programs.
     TcxNat { ingress: bool, iface: String },
+    /// `tcx-lbrev-<iface>`: the load balancer's DNAT reverse translation.
+    TcxLbReverse { iface: String },
 }
 
 impl LinkPin {
@@ -261,6 +263,7 @@ impl LinkPin {
                 if *ingress { "in" } else { "out" },
                 escape(iface.as_bytes())
             ),
+            Self::TcxLbReverse { iface } => format!("tcx-lbrev-{}", escape(iface.as_bytes())),
         }
     }
 
@@ -279,6 +282,10 @@ impl LinkPin {
             };
             let iface = String::from_utf8(unescape(iface)?).ok()?;
             return Some(Self::TcxNat { ingress, iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-lbrev-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxLbReverse { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-scrub-") {
             let (dir, iface) = rest.split_once('-')?;
@@ -878,6 +885,9 @@ mod tests {
             LinkPin::TcxNat {
                 ingress: true,
                 iface: "wan-0".into(),
+            },
+            LinkPin::TcxLbReverse {
+                iface: "veth-lb".into(),
             },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));

@@ -91,6 +91,9 @@ pub struct Counters {
     /// The NAT's counters (`palisade_common::nat::NS_NAMES`).
     #[serde(default)]
     pub nat: Vec<Named>,
+    /// The load balancer's counters (`palisade_common::lb::LS_NAMES`).
+    #[serde(default)]
+    pub lb: Vec<Named>,
 }
 
 impl Counters {
@@ -142,6 +145,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         shield: shield_counters(ebpf),
         scrub: crate::scrub::named_counters(ebpf),
         nat: crate::nat::named_counters(ebpf),
+        lb: crate::lb::named_counters(ebpf),
     }
 }
 

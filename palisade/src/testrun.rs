@@ -56,6 +56,7 @@ impl Bench {
             crate::guard::CT_INGRESS,
             crate::guard::RULES,
             crate::guard::SYNCOOKIE,
+            crate::guard::LB,
             crate::conntrack::SWEEP,
             "palisade_floor_pass",
             "palisade_floor_drop",
@@ -80,6 +81,8 @@ impl Bench {
             crate::scrub::EGRESS,
             crate::nat::INGRESS,
             crate::nat::EGRESS,
+            crate::lb::REVERSE,
+            crate::lb::DECAP,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

@@ -87,6 +87,31 @@ fn shield_suite() {
 }
 
 #[test]
+fn lb_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = quick("lb", &["--lb"]);
+    let report = json(out.join("lb-quick.json"));
+    let targets = report["targets"].as_array().expect("targets");
+    let ids: Vec<&str> = targets.iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        ["floor-pass", "firewall", "lb-dsr", "lb-dnat"],
+        "{report:#}"
+    );
+    assert!(
+        report["dsr_above_floor_ns"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["ipvs_available"].as_bool(),
+        Some(std::path::Path::new("/proc/net/ip_vs").exists())
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
 fn live_suite() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = quick("live", &["--live"]);

@@ -85,6 +85,7 @@ fn policy(
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -76,6 +76,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

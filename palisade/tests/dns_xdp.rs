@@ -134,6 +134,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

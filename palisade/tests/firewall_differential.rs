@@ -299,6 +299,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1320,6 +1321,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -1669,6 +1671,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
+        lb: palisade::lb::Lb::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

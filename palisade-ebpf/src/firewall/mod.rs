@@ -18,10 +18,10 @@ use palisade_common::{
 
 use crate::{
     bytes::XdpFrame,
-    ct,
+    ct, lb,
     maps::{
         CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS,
-        SLOT_XDP, STATS, TAIL_CT, TAIL_DNS, TAIL_SYNCOOKIE, XDP_TAILS, bump,
+        SLOT_XDP, STATS, TAIL_CT, TAIL_DNS, TAIL_LB, TAIL_SYNCOOKIE, XDP_TAILS, bump,
     },
     shield,
     verdict::{self, Decision, NO_RULE},
@@ -229,6 +229,13 @@ pub fn allowed(
             bump(&STATS, stats::INTERNAL);
         }
         ct::commit();
+    }
+    if lb::is_vip(p) {
+        // To a service of the load balancer: balanced after the rules allowed it.
+        // SAFETY: a tail call with this program's own context.
+        unsafe { XDP_TAILS.tail_call(ctx, TAIL_LB) };
+        // Only reached when the stage is missing: the stack gets the packet (fail-open).
+        bump(&STATS, stats::INTERNAL);
     }
     if p.frag != FRAG_LATER
         && (p.proto == IPPROTO_UDP || p.proto == IPPROTO_TCP)

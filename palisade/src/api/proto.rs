@@ -95,6 +95,17 @@ pub enum Request {
     ShieldHitters,
     /// Forgets every heavy hitter.
     ShieldHittersFlush,
+    /// The load balancer's services, their backends and states.
+    LbList,
+    /// A live change to a backend of a load-balanced service.
+    LbChange {
+        service: String,
+        addr: String,
+        action: crate::lb::Action,
+        /// The weight of `add` and `weight`.
+        #[serde(default)]
+        weight: Option<u32>,
+    },
 }
 
 /// A rule given on the command line. Values are checked by the policy file's own parser.

@@ -528,6 +528,7 @@ mod tests {
             shield: crate::shield::Shield::default(),
             scrub: crate::scrub::Scrub::default(),
             nat: crate::nat::Nat::default(),
+            lb: crate::lb::Lb::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

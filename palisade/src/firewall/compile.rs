@@ -590,6 +590,7 @@ mod tests {
             shield: crate::shield::Shield::default(),
             scrub: crate::scrub::Scrub::default(),
             nat: crate::nat::Nat::default(),
+            lb: crate::lb::Lb::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2024,6 +2025,7 @@ mod tests {
                         shield: crate::shield::Shield::default(),
                         scrub: crate::scrub::Scrub::default(),
                         nat: crate::nat::Nat::default(),
+                        lb: crate::lb::Lb::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2151,6 +2153,7 @@ mod tests {
                     shield: crate::shield::Shield::default(),
                     scrub: crate::scrub::Scrub::default(),
                     nat: crate::nat::Nat::default(),
+                    lb: crate::lb::Lb::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

@@ -330,6 +330,31 @@
 //! | `ports` | `[low, high]`, external ports handed out, `1..=65535` | `[1024, 65535]` |
 //! | `[[nat.forward]]` | `proto` (`"tcp"`/`"udp"`), `port` (external), `to` (`"10.0.0.2:80"`, `"[fd00::2]:80"`); at most 1024, each (family, proto, port) once | none |
 //!
+//! # Load balancer
+//!
+//! `[lb]` and its `[[lb.service]]` tables balance VIP traffic the firewall allowed over
+//! backends (see `docs/design/lb.md`).
+//!
+//! | `[lb]` key | value | default |
+//! | --- | --- | --- |
+//! | `hash_seed` | integer `0..=2^63-1`: seed of the flow hash and the Maglev tables | `0` |
+//! | `flow_insert_rate` | integer `0..=10000000`: flow-table insertions per second and CPU; `0` no limit | `100000` |
+//! | `encap_source_v4` | IPv4 prefix: outer sources of DSR packets, host bits from the flow hash | needed by IPv4 DSR services |
+//! | `encap_source_v6` | IPv6 prefix, `/96` or longer | needed by IPv6 DSR services |
+//!
+//! | `[[lb.service]]` key | value | default |
+//! | --- | --- | --- |
+//! | `name` | string: letters, digits, `_`, `-`, `.`; unique | required |
+//! | `vip` | IPv4 or IPv6 address | required |
+//! | `port` | integer `1..=65535` | required |
+//! | `proto` | `"tcp"` or `"udp"` | `"tcp"` |
+//! | `mode` | `"dsr"` or `"dnat"` | `"dsr"` |
+//! | `backends` | 1 to 256 tables `{ address = "...", weight = 1..=65535 }` of the VIP's family | required |
+//! | `health` | `{ check = "tcp" \| "http", path = "/...", port, interval_ms = 50..=60000, timeout_ms = 10..=60000, fall = 1..=100, rise = 1..=100 }` | no checks; with it: `tcp`, `/`, the service's port, 200, 300, 2, 2 |
+//!
+//! At most 32 services; no two with the same VIP, port and protocol; a DNAT backend's address
+//! and port belong to one service.
+//!
 //! # Errors
 //!
 //! Every problem in the file is reported at once, each as `file:line:column: message`
@@ -358,6 +383,7 @@ use super::model::{
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
+mod lb;
 mod nat;
 mod scrub;
 mod shield;
@@ -780,6 +806,7 @@ const TOP_KEYS: &[&str] = &[
     "shield",
     "scrub",
     "nat",
+    "lb",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
@@ -1119,6 +1146,10 @@ impl Checker<'_> {
             Some(node) => self.nat(node, conntrack.disabled_at),
             None => crate::nat::Nat::default(),
         };
+        let lb = match root.get("lb") {
+            Some(node) => self.lb(node),
+            None => crate::lb::Lb::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1127,6 +1158,7 @@ impl Checker<'_> {
             shield,
             scrub,
             nat,
+            lb,
         })
     }
 
@@ -3036,6 +3068,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 shield: crate::shield::Shield::default(),
                 scrub: crate::scrub::Scrub::default(),
                 nat: crate::nat::Nat::default(),
+                lb: crate::lb::Lb::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3361,9 +3394,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`",
+                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`",
+                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`",
                 ],
             ),
         ];

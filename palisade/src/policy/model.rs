@@ -278,6 +278,7 @@ pub struct Policy {
     pub shield: crate::shield::Shield,
     pub scrub: crate::scrub::Scrub,
     pub nat: crate::nat::Nat,
+    pub lb: crate::lb::Lb,
 }
 
 impl Policy {
@@ -558,6 +559,7 @@ mod tests {
             shield: crate::shield::Shield::default(),
             scrub: crate::scrub::Scrub::default(),
             nat: crate::nat::Nat::default(),
+            lb: crate::lb::Lb::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),

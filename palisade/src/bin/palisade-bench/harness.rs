@@ -24,21 +24,23 @@ pub const FLOOR_DROP: &str = "palisade_floor_drop";
 /// Programs the measurements run: a failure to load any of them is fatal.
 const REQUIRED: [&str; 3] = [FIREWALL, FLOOR_PASS, FLOOR_DROP];
 /// Programs only reported on.
-const REPORTED: [&str; 5] = [
+const REPORTED: [&str; 6] = [
     DNS_INGRESS,
     guard::CT_INGRESS,
     guard::RULES,
     guard::SYNCOOKIE,
+    guard::LB,
     DNS_EGRESS,
 ];
 
 /// Every program the verifier report covers, in report order.
-pub const ALL_PROGRAMS: [&str; 8] = [
+pub const ALL_PROGRAMS: [&str; 9] = [
     FIREWALL,
     DNS_INGRESS,
     guard::CT_INGRESS,
     guard::RULES,
     guard::SYNCOOKIE,
+    guard::LB,
     DNS_EGRESS,
     FLOOR_PASS,
     FLOOR_DROP,

@@ -20,6 +20,7 @@ mod events_flood;
 mod flood;
 mod harness;
 mod inspect;
+mod lb;
 mod live;
 mod nat;
 mod netns;
@@ -72,7 +73,8 @@ use clap::Parser;
         palisade-bench --conntrack          connection tracking: cost per established packet, sweep of 1M entries\n  \
         palisade-bench --dns-events         DNS events under a flood: every query an event against the event budget\n  \
         palisade-bench --shield             SYN shield: a cookie SYN-ACK from XDP against the floor and the stack path\n  \
-        palisade-bench --nat                NAT: masquerade on live frames against nftables masquerade"
+        palisade-bench --nat                NAT: masquerade on live frames against nftables masquerade\n  \
+        palisade-bench --lb                 load balancer: an established flow's encapsulation against the floor and the firewall"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -181,6 +183,11 @@ struct Args {
     /// syscall: the cookie path rewrites its packet).
     #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events"])]
     shield: bool,
+    /// Run the load-balancer suite instead: a packet of an established flow through the
+    /// load balancer (flow table, IPIP encapsulation or DNAT rewrite) against the floor and
+    /// the firewall alone (test runs, one run per syscall).
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield"])]
+    lb: bool,
     /// shield suite: skip the live SYN flood (the daemon's cookies from XDP against the
     /// kernel's own SYN cookies, CPU per SYN and real clients' success; --live-rounds and
     /// --shield-flood-seconds apply).
@@ -361,6 +368,21 @@ fn run(args: &Args) -> Result<ExitCode> {
                     clients: 4,
                     seed: s.seed,
                 }),
+            },
+            command,
+        )?;
+        let stem = report.write(&s.out)?;
+        println!("{}", report.terminal());
+        println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.lb {
+        let report = lb::run(
+            &lb::LbSettings {
+                mode: s.mode,
+                rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 7 }).max(1),
+                packets: if args.quick { 500 } else { 5000 },
+                seed: s.seed,
             },
             command,
         )?;
