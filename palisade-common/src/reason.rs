@@ -89,8 +89,34 @@ pub const SHIELD_ICMP_RATE: u32 = 26;
 /// An ICMP echo request whose payload is over `[shield] icmp_echo_max_payload`.
 pub const SHIELD_ICMP_OVERSIZED: u32 = 27;
 
+/// TLS (`[tls]`, blocklist mode): the ClientHello's server name is on a block list.
+pub const TLS_SNI_BLOCKED: u32 = 28;
+/// TLS, allowlist mode: the server name is on no allow list.
+pub const TLS_SNI_NOT_ALLOWED: u32 = 29;
+/// TLS: the ClientHello names no server and `[tls] no_sni = "block"`.
+pub const TLS_NO_SNI: u32 = 30;
+/// TLS: the server name is an IP address and `[tls] ip_literal = "block"`.
+pub const TLS_IP_LITERAL: u32 = 31;
+/// TLS: the ClientHello carries Encrypted Client Hello (only the outer name is visible)
+/// and `[tls] ech = "block"`.
+pub const TLS_ECH: u32 = 32;
+/// TLS: the ClientHello's JA4 fingerprint is on `[tls] ja4_block`.
+pub const TLS_JA4_BLOCKED: u32 = 33;
+/// TLS: `[tls] ja4_allow` lists fingerprints and the ClientHello's is not among them.
+pub const TLS_JA4_NOT_ALLOWED: u32 = 34;
+/// TLS: the client's first bytes on a TLS port are not a readable ClientHello (not TLS,
+/// malformed, over 16 KiB, or a retransmission that changes bytes already sent) and
+/// `[tls] malformed = "block"`.
+pub const TLS_MALFORMED: u32 = 35;
+/// TLS: the ClientHello was not whole within `[tls]`'s time bound (2 s), or more flows
+/// were waiting for theirs than the table holds, and `[tls] malformed = "block"`.
+pub const TLS_INCOMPLETE: u32 = 36;
+/// TLS: QUIC (UDP to a `[tls]` port) with `[tls] quic = "block"`, so that clients fall
+/// back to TCP, where the policy sees the server name.
+pub const TLS_QUIC: u32 = 37;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 28;
+pub const COUNT: u32 = 38;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -122,6 +148,16 @@ pub const NAMES: [&str; COUNT as usize] = [
     "shield-source-blocked",
     "shield-icmp-rate",
     "shield-icmp-oversized",
+    "tls-sni-blocked",
+    "tls-sni-not-allowed",
+    "tls-no-sni",
+    "tls-ip-literal",
+    "tls-ech",
+    "tls-ja4-blocked",
+    "tls-ja4-not-allowed",
+    "tls-malformed",
+    "tls-incomplete",
+    "tls-quic",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

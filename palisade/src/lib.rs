@@ -26,3 +26,4 @@ pub mod scrub;
 pub mod shield;
 pub mod stats;
 pub mod testrun;
+pub mod tls;

@@ -271,6 +271,7 @@ fn policy(bits: u32) -> Policy {
     Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -75,6 +75,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
     Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

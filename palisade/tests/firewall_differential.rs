@@ -298,6 +298,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
     Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1318,6 +1319,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
     Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -1666,6 +1668,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
     let policy = Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

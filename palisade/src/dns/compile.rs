@@ -527,6 +527,7 @@ mod tests {
         Policy {
             shield: crate::shield::Shield::default(),
             scrub: crate::scrub::Scrub::default(),
+            tls: crate::tls::Tls::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

@@ -589,6 +589,7 @@ mod tests {
         Policy {
             shield: crate::shield::Shield::default(),
             scrub: crate::scrub::Scrub::default(),
+            tls: crate::tls::Tls::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2022,6 +2023,7 @@ mod tests {
                     Policy {
                         shield: crate::shield::Shield::default(),
                         scrub: crate::scrub::Scrub::default(),
+                        tls: crate::tls::Tls::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2148,6 +2150,7 @@ mod tests {
                 Policy {
                     shield: crate::shield::Shield::default(),
                     scrub: crate::scrub::Scrub::default(),
+                    tls: crate::tls::Tls::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

@@ -346,6 +346,7 @@ use super::namelist::{parse_list_bytes, parse_name};
 
 mod scrub;
 mod shield;
+mod tls;
 use super::setfile::{family_name, parse_cidr, parse_set_file};
 
 /// The most rules a policy may hold, counted as written (before sets or lists expand).
@@ -757,7 +758,15 @@ impl<'n> TableView<'n> {
 // ---------------------------------------------------------------------------------------
 // Validation
 
-const TOP_KEYS: &[&str] = &["firewall", "sets", "dns", "conntrack", "shield", "scrub"];
+const TOP_KEYS: &[&str] = &[
+    "firewall",
+    "sets",
+    "dns",
+    "conntrack",
+    "shield",
+    "scrub",
+    "tls",
+];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
     "log_default",
@@ -1092,6 +1101,10 @@ impl Checker<'_> {
             Some(node) => self.scrub(node),
             None => crate::scrub::Scrub::default(),
         };
+        let tls = match root.get("tls") {
+            Some(node) => self.tls(node, &dns),
+            None => crate::tls::Tls::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1099,6 +1112,7 @@ impl Checker<'_> {
             conntrack: conntrack.conntrack,
             shield,
             scrub,
+            tls,
         })
     }
 
@@ -2904,6 +2918,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
             Policy {
                 shield: crate::shield::Shield::default(),
                 scrub: crate::scrub::Scrub::default(),
+                tls: crate::tls::Tls::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3229,9 +3244,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`",
+                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `tls`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`, `shield`, `scrub`",
+                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `tls`",
                 ],
             ),
         ];

@@ -277,6 +277,7 @@ pub struct Policy {
     pub conntrack: Conntrack,
     pub shield: crate::shield::Shield,
     pub scrub: crate::scrub::Scrub,
+    pub tls: crate::tls::Tls,
 }
 
 impl Policy {
@@ -555,6 +556,7 @@ mod tests {
         Policy {
             shield: crate::shield::Shield::default(),
             scrub: crate::scrub::Scrub::default(),
+            tls: crate::tls::Tls::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),

@@ -291,6 +291,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
     Ok(Policy {
         shield: palisade::shield::Shield::default(),
         scrub: palisade::scrub::Scrub::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],
