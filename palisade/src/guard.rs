@@ -54,6 +54,7 @@ pub fn install(ebpf: &mut Ebpf, policy: &Policy) -> Result<Control> {
     crate::shield::within_scrub(&mut shield, &policy.scrub);
     crate::shield::write_config(ebpf, idle, &shield)?;
     crate::scrub::write_config(ebpf, idle, &policy.scrub.datapath())?;
+    crate::tls::write_config(ebpf, idle, &policy.tls.gate())?;
     apply::install(ebpf, &firewall, &dns)
 }
 

@@ -78,6 +78,8 @@ impl Bench {
             crate::conntrack::EGRESS,
             crate::scrub::INGRESS,
             crate::scrub::EGRESS,
+            crate::tls::INGRESS,
+            crate::tls::EGRESS,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

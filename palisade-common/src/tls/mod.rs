@@ -2,6 +2,7 @@
 //! handshake reader ([`hello`]), JA4 ([`ja4`]), the SHA-256 it needs ([`sha256`]) and the
 //! bounded TCP reassembly of a client's first bytes ([`stream`]).
 
+pub mod gate;
 pub mod hello;
 pub mod ja4;
 pub mod sha256;

@@ -106,11 +106,14 @@ impl Sha256 {
     }
 
     /// Appends `data` to the message.
-    pub fn update(&mut self, data: &[u8]) {
+    pub fn update(&mut self, mut data: &[u8]) {
         self.total = self.total.wrapping_add(data.len() as u64);
-        for &b in data {
-            self.block[self.filled] = b;
-            self.filled += 1;
+        while !data.is_empty() {
+            let take = (64 - self.filled).min(data.len());
+            let (now, rest) = data.split_at(take);
+            self.block[self.filled..self.filled + take].copy_from_slice(now);
+            self.filled += take;
+            data = rest;
             if self.filled == 64 {
                 compress(&mut self.state, &self.block);
                 self.filled = 0;

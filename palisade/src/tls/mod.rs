@@ -90,3 +90,121 @@ impl Default for Tls {
         }
     }
 }
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray},
+};
+use palisade_common::tls::gate::{
+    GATE_BLOCK_QUIC, GATE_ON, MAX_GATE_PORTS, TS_COUNT, TlsGateConfig,
+};
+
+use crate::maps::map_mut;
+
+/// The TC program of the gate on what arrives on the guarded interfaces.
+pub const INGRESS: &str = "palisade_tls_ingress";
+/// The TC program of the gate on what leaves through them.
+pub const EGRESS: &str = "palisade_tls_egress";
+
+const _: () = assert!(MAX_TLS_PORTS == MAX_GATE_PORTS);
+
+impl Tls {
+    /// What the kernel gate reads for this section.
+    #[must_use]
+    pub fn gate(&self) -> TlsGateConfig {
+        let mut cfg = TlsGateConfig::default();
+        if !self.enabled {
+            return cfg;
+        }
+        cfg.flags = GATE_ON;
+        if self.quic == Category::Block && !self.audit {
+            cfg.flags |= GATE_BLOCK_QUIC;
+        }
+        for (slot, &port) in cfg.ports.iter_mut().zip(&self.ports) {
+            *slot = port;
+        }
+        cfg.port_count = self.ports.len().min(MAX_GATE_PORTS) as u32;
+        cfg
+    }
+}
+
+/// Writes `config` into the gate's slot of `generation` (before that generation goes live).
+///
+/// # Errors
+/// When the map cannot be written.
+pub fn write_config(ebpf: &mut Ebpf, generation: u32, config: &TlsGateConfig) -> Result<()> {
+    let mut m: Array<&mut MapData, TlsGateConfig> = Array::try_from(map_mut(ebpf, "TLS_CONFIG")?)?;
+    m.set(generation, config, 0)
+        .context("writing the TLS gate settings")?;
+    Ok(())
+}
+
+/// The gate's counters summed over CPUs, indexed by `TS_*`.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn counters(ebpf: &Ebpf) -> Result<[u64; TS_COUNT as usize]> {
+    let m: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(crate::maps::map(ebpf, "TLS_STATS")?)?;
+    let mut out = [0u64; TS_COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = m.get(&(i as u32), 0)?.iter().sum();
+    }
+    Ok(out)
+}
+
+/// A record of `TLS_SEGMENTS` as the ring buffer hands it out; `None` when it is not one.
+#[must_use]
+pub fn segment_record(bytes: &[u8]) -> Option<palisade_common::tls::gate::SegmentRecord> {
+    (bytes.len() >= std::mem::size_of::<palisade_common::tls::gate::SegmentRecord>()).then(|| {
+        // SAFETY: the length was checked; the record is plain data, valid for any bits.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+    })
+}
+
+/// Writes the daemon's verdict on a flow into the gate's table: allowed, or blocked for
+/// `reason`.
+///
+/// # Errors
+/// When the map cannot be written.
+pub fn set_verdict(
+    ebpf: &mut Ebpf,
+    key: &palisade_common::tls::gate::GateKey,
+    base: u32,
+    blocked_for: Option<u32>,
+) -> Result<()> {
+    use palisade_common::tls::gate::{FLOW_ALLOWED, FLOW_BLOCKED, GateFlow};
+    let mut m: aya::maps::HashMap<&mut MapData, palisade_common::tls::gate::GateKey, GateFlow> =
+        aya::maps::HashMap::try_from(map_mut(ebpf, "TLS_FLOWS")?)?;
+    let flow = GateFlow {
+        state: if blocked_for.is_some() {
+            FLOW_BLOCKED
+        } else {
+            FLOW_ALLOWED
+        },
+        base,
+        reason: blocked_for.unwrap_or(0),
+        _pad: 0,
+    };
+    m.insert(key, flow, 0)
+        .context("writing a TLS verdict into TLS_FLOWS")?;
+    Ok(())
+}
+
+/// The gate's entry for a flow, if any.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn gate_flow(
+    ebpf: &Ebpf,
+    key: &palisade_common::tls::gate::GateKey,
+) -> Result<Option<palisade_common::tls::gate::GateFlow>> {
+    let m: aya::maps::HashMap<&MapData, palisade_common::tls::gate::GateKey, _> =
+        aya::maps::HashMap::try_from(crate::maps::map(ebpf, "TLS_FLOWS")?)?;
+    match m.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -35,6 +35,7 @@ mod runner;
 mod shield;
 mod suite;
 mod synflood;
+mod tls;
 mod workload;
 
 use std::{
@@ -70,7 +71,8 @@ use clap::Parser;
         palisade-bench --dnsperf            dnsperf: NXDOMAIN and drop for blocked names against unbound, dnsmasq\n  \
         palisade-bench --conntrack          connection tracking: cost per established packet, sweep of 1M entries\n  \
         palisade-bench --dns-events         DNS events under a flood: every query an event against the event budget\n  \
-        palisade-bench --shield             SYN shield: a cookie SYN-ACK from XDP against the floor and the stack path"
+        palisade-bench --shield             SYN shield: a cookie SYN-ACK from XDP against the floor and the stack path\n  \
+        palisade-bench --tls                TLS: reading a ClientHello, its JA4 and the decision, per handshake"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -183,6 +185,10 @@ struct Args {
     /// --quick].
     #[arg(long, value_name = "S")]
     shield_flood_seconds: Option<f64>,
+    /// Run the TLS suite instead: what reading a ClientHello, its JA4 and the [tls]
+    /// decision cost the daemon per handshake, against copying the same bytes.
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield"])]
+    tls: bool,
     /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
     /// --quick].
     #[arg(long, value_name = "S")]
@@ -331,6 +337,21 @@ fn run(args: &Args) -> Result<ExitCode> {
                     clients: 4,
                     seed: s.seed,
                 }),
+            },
+            command,
+        )?;
+        let stem = report.write(&s.out)?;
+        println!("{}", report.terminal());
+        println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.tls {
+        let report = tls::run(
+            &tls::TlsSettings {
+                mode: s.mode,
+                rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1),
+                iterations: if args.quick { 2000 } else { 20_000 },
+                names: if args.quick { 10_000 } else { 100_000 },
             },
             command,
         )?;
