@@ -122,6 +122,10 @@ pub struct Datapath {
     scrub: Vec<SchedClassifier>,
     /// Their links: each guarded interface's ingress link, then its egress one.
     pub scrub_links: Vec<(String, OwnedFd)>,
+    /// The TLS gate's programs, ingress then egress, once loaded.
+    tls: Vec<SchedClassifier>,
+    /// Their links, as the scrub's.
+    pub tls_links: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -212,6 +216,8 @@ impl Datapath {
             tc: Vec::new(),
             scrub: Vec::new(),
             scrub_links: Vec::new(),
+            tls: Vec::new(),
+            tls_links: Vec::new(),
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -240,6 +246,7 @@ impl Datapath {
         // so the hooks switch within moments of each other.
         self.ensure_tc_program()?;
         self.ensure_scrub_programs()?;
+        self.ensure_tls_programs()?;
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -251,6 +258,7 @@ impl Datapath {
         self.sync_xdp(opts, &mut notes)?;
         self.sync_tc(opts, &mut notes)?;
         self.sync_scrub(opts, &mut notes)?;
+        self.sync_tls(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -273,6 +281,7 @@ impl Datapath {
                 self.tc
                     .iter()
                     .chain(&self.scrub_links)
+                    .chain(&self.tls_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -449,6 +458,55 @@ impl Datapath {
             progs.push(SchedClassifier::from_pin(&path)?);
         }
         self.scrub = progs;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) TLS gate programs.
+    fn ensure_tls_programs(&mut self) -> Result<()> {
+        if !self.tls.is_empty() {
+            return Ok(());
+        }
+        let mut progs = Vec::new();
+        for name in [crate::tls::INGRESS, crate::tls::EGRESS] {
+            let path = self.layout.prog(name);
+            if let Ok(p) = SchedClassifier::from_pin(&path) {
+                progs.push(p);
+                continue;
+            }
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel refused the TLS gate program {name}"))?;
+            let _ = fs::remove_file(&path);
+            prog.pin(&path)
+                .with_context(|| format!("pinning {name} at {}", path.display()))?;
+            progs.push(SchedClassifier::from_pin(&path)?);
+        }
+        self.tls = progs;
+        Ok(())
+    }
+
+    /// Attaches the TLS gate (tcx ingress and egress) to every guarded interface, like the
+    /// scrub: whatever the policy, since without `[tls]` it reads one map slot and lets the
+    /// packet go.
+    fn sync_tls(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_tls_programs()?;
+        let pins = self.all_link_pins();
+        let mut links = Vec::new();
+        for (prog, kind) in self.tls.iter_mut().zip([Tcx::TlsIngress, Tcx::TlsEgress]) {
+            links.extend(sync_tcx(
+                &self.layout,
+                &pins,
+                prog,
+                kind,
+                &opts.ifaces,
+                notes,
+            )?);
+        }
+        self.tls_links = links;
         Ok(())
     }
 
@@ -844,6 +902,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the scrub from {iface}"));
         }
+        for (iface, fd) in self.tls_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the TLS gate from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -869,6 +931,8 @@ enum Tcx {
     CtEgress,
     ScrubIngress,
     ScrubEgress,
+    TlsIngress,
+    TlsEgress,
 }
 
 impl Tcx {
@@ -881,6 +945,14 @@ impl Tcx {
                 iface,
             },
             Self::ScrubEgress => LinkPin::TcxScrub {
+                ingress: false,
+                iface,
+            },
+            Self::TlsIngress => LinkPin::TcxTls {
+                ingress: true,
+                iface,
+            },
+            Self::TlsEgress => LinkPin::TcxTls {
                 ingress: false,
                 iface,
             },
@@ -904,6 +976,20 @@ impl Tcx {
                     ingress: false,
                     iface,
                 },
+            )
+            | (
+                Self::TlsIngress,
+                LinkPin::TcxTls {
+                    ingress: true,
+                    iface,
+                },
+            )
+            | (
+                Self::TlsEgress,
+                LinkPin::TcxTls {
+                    ingress: false,
+                    iface,
+                },
             ) => Some(iface),
             _ => None,
         }
@@ -911,8 +997,8 @@ impl Tcx {
 
     const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::ScrubIngress => TcAttachType::Ingress,
-            Self::CtEgress | Self::ScrubEgress => TcAttachType::Egress,
+            Self::ScrubIngress | Self::TlsIngress => TcAttachType::Ingress,
+            Self::CtEgress | Self::ScrubEgress | Self::TlsEgress => TcAttachType::Egress,
         }
     }
 
@@ -921,6 +1007,8 @@ impl Tcx {
             Self::CtEgress => "the egress connection tracker",
             Self::ScrubIngress => "the ingress scrub",
             Self::ScrubEgress => "the egress scrub",
+            Self::TlsIngress => "the ingress TLS gate",
+            Self::TlsEgress => "the egress TLS gate",
         }
     }
 }
@@ -997,7 +1085,9 @@ fn sync_tcx(
         links.push((iface.clone(), pin::obj_get(&path)?));
         notes.push(match kind {
             Tcx::CtEgress => format!("tracking egress connections on {iface} (tcx)"),
-            Tcx::ScrubIngress | Tcx::ScrubEgress => format!("attached {what} to {iface} (tcx)"),
+            Tcx::ScrubIngress | Tcx::ScrubEgress | Tcx::TlsIngress | Tcx::TlsEgress => {
+                format!("attached {what} to {iface} (tcx)")
+            }
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1070,6 +1160,10 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 LinkPin::TcxEgress { iface } => format!("detached the egress tracker from {iface}"),
                 LinkPin::TcxScrub { ingress, iface } => format!(
                     "detached the {} scrub from {iface}",
+                    if ingress { "ingress" } else { "egress" }
+                ),
+                LinkPin::TcxTls { ingress, iface } => format!(
+                    "detached the {} TLS gate from {iface}",
                     if ingress { "ingress" } else { "egress" }
                 ),
             });

@@ -240,6 +240,8 @@ pub enum LinkPin {
     TcxEgress { iface: String },
     /// `tcx-scrub-in-<iface>`, `tcx-scrub-out-<iface>`: the scrub programs.
     TcxScrub { ingress: bool, iface: String },
+    /// `tcx-tls-in-<iface>`, `tcx-tls-out-<iface>`: the TLS gate.
+    TcxTls { ingress: bool, iface: String },
 }
 
 impl LinkPin {
@@ -251,6 +253,11 @@ impl LinkPin {
             Self::TcxEgress { iface } => format!("tcx-egress-{}", escape(iface.as_bytes())),
             Self::TcxScrub { ingress, iface } => format!(
                 "tcx-scrub-{}-{}",
+                if *ingress { "in" } else { "out" },
+                escape(iface.as_bytes())
+            ),
+            Self::TcxTls { ingress, iface } => format!(
+                "tcx-tls-{}-{}",
                 if *ingress { "in" } else { "out" },
                 escape(iface.as_bytes())
             ),
@@ -272,6 +279,16 @@ impl LinkPin {
             };
             let iface = String::from_utf8(unescape(iface)?).ok()?;
             return Some(Self::TcxScrub { ingress, iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
+            let (dir, iface) = rest.split_once('-')?;
+            let ingress = match dir {
+                "in" => true,
+                "out" => false,
+                _ => return None,
+            };
+            let iface = String::from_utf8(unescape(iface)?).ok()?;
+            return Some(Self::TcxTls { ingress, iface });
         }
         if let Some(rest) = file_name.strip_prefix("xdp-") {
             let (mode, iface) = rest.split_once('-')?;
@@ -855,6 +872,14 @@ mod tests {
                 iface: "veth-in".into(),
             },
             LinkPin::TcxScrub {
+                ingress: false,
+                iface: "eth-1".into(),
+            },
+            LinkPin::TcxTls {
+                ingress: true,
+                iface: "veth-in".into(),
+            },
+            LinkPin::TcxTls {
                 ingress: false,
                 iface: "eth-1".into(),
             },

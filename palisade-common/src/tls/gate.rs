@@ -92,7 +92,9 @@ pub struct SegmentRecord {
     pub seq: u32,
     /// Bytes of `data` that are the client's.
     pub len: u32,
-    pub _pad: u32,
+    /// The segment's acknowledgement number: the next byte the client expects of the
+    /// server, where a reset towards the client must sit.
+    pub ack: u32,
     pub data: [u8; SEGMENT_BYTES],
 }
 map_type!(SegmentRecord, 40 + 16 + SEGMENT_BYTES);

@@ -124,6 +124,7 @@ fn decide(ctx: &TcContext) -> Verdict {
         return Verdict::Pass;
     };
     let seq = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let ack = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
     if to_server && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         let flow = GateFlow {
             state: FLOW_PENDING,
@@ -152,7 +153,7 @@ fn decide(ctx: &TcContext) -> Verdict {
         },
         FLOW_PENDING if payload == 0 => Verdict::Pass,
         FLOW_PENDING if to_server => {
-            copy_out(ctx, &key, &flow, seq, l4 + header, payload);
+            copy_out(ctx, &key, &flow, (seq, ack), l4 + header, payload);
             Verdict::Pass
         }
         FLOW_PENDING => Verdict::Drop {
@@ -164,10 +165,17 @@ fn decide(ctx: &TcContext) -> Verdict {
     }
 }
 
-/// Copies `len` client bytes at frame offset `at` (sequence number `seq`) to the daemon, in
-/// records of [`SEGMENT_BYTES`].
+/// Copies `len` client bytes at frame offset `at` (sequence number `seq`, acknowledging
+/// `ack`) to the daemon, in records of [`SEGMENT_BYTES`].
 #[inline(always)]
-fn copy_out(ctx: &TcContext, key: &GateKey, flow: &GateFlow, seq: u32, at: usize, len: usize) {
+fn copy_out(
+    ctx: &TcContext,
+    key: &GateKey,
+    flow: &GateFlow,
+    (seq, ack): (u32, u32),
+    at: usize,
+    len: usize,
+) {
     let mut done = 0usize;
     for _ in 0..MAX_SEGMENT_RECORDS {
         if done >= len {
@@ -189,7 +197,7 @@ fn copy_out(ctx: &TcContext, key: &GateKey, flow: &GateFlow, seq: u32, at: usize
             (*rec).base = flow.base;
             (*rec).seq = seq.wrapping_add(done as u32);
             (*rec).len = size;
-            (*rec)._pad = 0;
+            (*rec).ack = ack;
             bpf_skb_load_bytes(
                 ctx.skb.skb as *const c_void,
                 (at + done) as u32,

@@ -21,6 +21,8 @@ use super::decide::{Decision, TlsPolicy};
 /// Flows gathering a hello at once (each holds about 19 KiB while it waits: 35 MiB in all
 /// when full).
 pub const MAX_PENDING: usize = 2048;
+/// How often the daemon looks for overdue hellos (and drains the segment ring).
+pub const EXPIRE_INTERVAL_MS: u64 = 250;
 /// From a flow's first segment to its complete hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 

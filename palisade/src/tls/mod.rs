@@ -5,6 +5,7 @@
 
 pub mod decide;
 pub mod flows;
+pub mod runtime;
 
 use crate::policy::model::NameEntry;
 
