@@ -157,6 +157,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     if !s.scrub.is_empty() {
         println!("{}", moved_line("scrub", &s.scrub, "nothing rewritten"));
     }
+    if !s.tls.is_empty() {
+        println!("{}", moved_line("tls", &s.tls, "nothing seen"));
+    }
     Ok(())
 }
 
@@ -538,6 +541,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     );
     println!("{}", moved_line("shield", &c.shield, "nothing seen"));
     println!("{}", moved_line("scrub", &c.scrub, "nothing rewritten"));
+    println!("{}", moved_line("tls", &c.tls, "nothing seen"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

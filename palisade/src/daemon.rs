@@ -823,6 +823,11 @@ impl Daemon {
             } else {
                 Vec::new()
             },
+            tls: if self.policy.tls.enabled {
+                crate::tls::named_counters(&self.dp.ebpf)
+            } else {
+                Vec::new()
+            },
         }
     }
 

@@ -88,6 +88,9 @@ pub struct Counters {
     /// The scrub's counters, `<direction>_<event>` (see `crate::scrub::named_counters`).
     #[serde(default)]
     pub scrub: Vec<Named>,
+    /// The TLS gate's counters (`palisade_common::tls::gate::TS_NAMES`).
+    #[serde(default)]
+    pub tls: Vec<Named>,
 }
 
 impl Counters {
@@ -138,6 +141,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         rules: Vec::new(),
         shield: shield_counters(ebpf),
         scrub: crate::scrub::named_counters(ebpf),
+        tls: crate::tls::named_counters(ebpf),
     }
 }
 

@@ -205,6 +205,28 @@ impl Bench {
         Ok((r.return_value, out))
     }
 
+    /// Runs the TC program `name` `repeat` times on `frame`; the kernel's mean time per run.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_tc_repeat(&self, name: &str, frame: &[u8], repeat: u32) -> Result<Outcome> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts)?;
+        Ok(Outcome {
+            action: r.return_value,
+            duration: r.duration,
+        })
+    }
+
     /// Runs program `name` once on `frame`.
     ///
     /// # Errors

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use control::GuardedHost;
+use control::{BgCli, GuardedHost, wait_for_streams};
 use palisade_common::tls::gate::{TS_BLOCKED_DROPS, TS_QUIC_DROPS, TS_RECORDS, TS_SERVER_HELD};
 use support::netns::{NetnsPair, command_in, exec_in};
 
@@ -54,25 +54,28 @@ impl Server {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let child = command_in(ns, "openssl")
-            .args(["s_server", "-accept", "443", "-www", "-quiet"])
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl s_server");
+        let server = Self(
+            command_in(ns, "openssl")
+                .args(["s_server", "-accept", "443", "-www", "-quiet"])
+                .arg("-cert")
+                .arg(&cert)
+                .arg("-key")
+                .arg(&key)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_server"),
+        );
         // Wait for the listener.
         for _ in 0..50 {
             let out = exec_in(ns, "ss", &["-ltn", "sport = :443"]);
             if String::from_utf8_lossy(&out.stdout).contains(":443") {
-                return Self(child);
+                return server;
             }
             thread::sleep(Duration::from_millis(100));
         }
+        drop(server);
         panic!("s_server did not listen");
     }
 }
@@ -116,6 +119,8 @@ fn lab(tag: &str) -> (NetnsPair, GuardedHost, Server) {
 #[test]
 fn blocked_name_gets_no_server_data_and_allowed_name_connects() {
     let (pair, host, _server) = lab("tls-netns-block");
+    let events = BgCli::start(&host.socket(), &["events", "--kind", "tls", "--json"]);
+    wait_for_streams(&host.socket(), 1);
     for addr in [pair.v4_a.clone(), pair.v6_a.clone()] {
         let (code, body, log) = curl(&pair.ns_b, "www.blocked.test", &addr);
         assert_ne!(code, 0, "a blocked name must not connect:\n{log}");
@@ -132,6 +137,30 @@ fn blocked_name_gets_no_server_data_and_allowed_name_connects() {
         assert_eq!(code, 0, "{log}");
         assert!(body.contains("s_server"), "{body}");
     }
+    // The decisions as events: the name, its category, ALPN (curl offers http/1.1 here) and
+    // the JA4 of curl's hello.
+    let lines = events.finish(Duration::from_secs(1));
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let blocked: Vec<_> = events
+        .iter()
+        .filter(|e| e["sni"] == "www.blocked.test")
+        .collect();
+    assert_eq!(blocked.len(), 2, "{lines:?}");
+    for e in &blocked {
+        assert_eq!(e["verdict"], "drop");
+        assert_eq!(e["reason"], "tls-sni-blocked");
+        assert_eq!(e["category"], "name");
+        assert_eq!(e["alpn"], "http/1.1");
+        assert!(e["ja4"].as_str().unwrap().starts_with("t13d"), "{e}");
+    }
+    let allowed = events
+        .iter()
+        .filter(|e| e["sni"] == "www.allowed.test" && e["verdict"] == "pass")
+        .count();
+    assert_eq!(allowed, 2, "{lines:?}");
     // Every hello reached the daemon. Whether the server's first flight was held back, or
     // the reset reached the server before it answered, depends on who is faster: either
     // way curl saw nothing of it (above).

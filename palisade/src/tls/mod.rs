@@ -155,6 +155,22 @@ pub fn counters(ebpf: &Ebpf) -> Result<[u64; TS_COUNT as usize]> {
     Ok(out)
 }
 
+/// The gate's counters by name; empty when they cannot be read.
+#[must_use]
+pub fn named_counters(ebpf: &Ebpf) -> Vec<crate::stats::Named> {
+    let Ok(c) = counters(ebpf) else {
+        return Vec::new();
+    };
+    palisade_common::tls::gate::TS_NAMES
+        .iter()
+        .zip(c)
+        .map(|(name, value)| crate::stats::Named {
+            name: (*name).to_string(),
+            value,
+        })
+        .collect()
+}
+
 /// A record of `TLS_SEGMENTS` as the ring buffer hands it out; `None` when it is not one.
 #[must_use]
 pub fn segment_record(bytes: &[u8]) -> Option<palisade_common::tls::gate::SegmentRecord> {

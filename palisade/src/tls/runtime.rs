@@ -22,7 +22,7 @@ pub const DECIDED_MEMORY: std::time::Duration = std::time::Duration::from_secs(1
 #[derive(Debug, Clone, Serialize)]
 pub struct TlsEvent {
     pub kind: &'static str,
-    /// `allowed`, `blocked`, or `audit` (refused by the policy but let through).
+    /// `pass`, `drop`, or `audit` (refused by the policy but let through).
     pub verdict: &'static str,
     pub reason: &'static str,
     pub client: String,
@@ -147,9 +147,9 @@ impl Gatekeeper {
         self.recent.insert(*key, (base, Instant::now()));
         let blocks = d.blocks(&self.policy);
         let verdict = if blocks {
-            "blocked"
+            "drop"
         } else if d.reason == reason::PASS {
-            "allowed"
+            "pass"
         } else {
             "audit"
         };

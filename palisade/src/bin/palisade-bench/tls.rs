@@ -21,6 +21,17 @@ use crate::{runner::Spread, utc_now};
 /// A ClientHello curl 7.88 (OpenSSL 3.0) sent, captured into the corpus.
 const CURL_HELLO: &str = include_str!("../../../../palisade-common/tests/data/tls/curl-h2.hex");
 
+/// The kernel gate's cost per packet, from `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateResult {
+    pub id: String,
+    pub what: String,
+    /// Median over rounds of the kernel's mean ns per run.
+    pub ns: Spread,
+    /// The same less the gate without `[tls]` (one map read) in the same round.
+    pub above_off_ns: Spread,
+}
+
 pub struct TlsSettings {
     pub mode: &'static str,
     pub rounds: usize,
@@ -50,6 +61,7 @@ pub struct TlsReport {
     pub iterations: usize,
     pub names: usize,
     pub targets: Vec<TargetResult>,
+    pub gate: Vec<GateResult>,
 }
 
 fn hex(text: &str) -> Vec<u8> {
@@ -181,6 +193,7 @@ pub fn run(s: &TlsSettings, command: String) -> Result<TlsReport> {
             });
         }
     }
+    let gate = gate_costs(s)?;
     Ok(TlsReport {
         generated: utc_now(),
         command,
@@ -189,7 +202,115 @@ pub fn run(s: &TlsSettings, command: String) -> Result<TlsReport> {
         iterations: s.iterations,
         names: s.names,
         targets,
+        gate,
     })
+}
+
+/// The gate in the kernel: a packet it has nothing to do with (another port), a data
+/// packet of an allowed flow, and a ClientHello segment of a pending flow (copied to the
+/// ring), each against the gate of a policy without `[tls]`, in the same rounds.
+fn gate_costs(s: &TlsSettings) -> Result<Vec<GateResult>> {
+    use palisade::{craft::Frame, testrun::Bench, tls};
+    const REPEAT: u32 = 100_000;
+    let load = |text: &str| -> Result<Bench> {
+        let mut b = Bench::new()?;
+        let p = config::parse_policy(text, "bench.toml", Path::new("."))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        b.install(&p)?;
+        Ok(b)
+    };
+    let off = load("")?;
+    let mut on = load("[tls]\nmode = \"blocklist\"\nblock = [\"blocked.example\"]\n")?;
+    let http = Frame::tcp("10.1.0.2", "10.2.0.2", 40_000, 80, 0x18)
+        .with_payload(&[b'x'; 500])
+        .build();
+    // An allowed flow: its SYN, then the verdict.
+    let syn = Frame::tcp("10.1.0.2", "10.2.0.2", 40_001, 443, 0x02).build();
+    on.run_tc(tls::INGRESS, &syn)?;
+    let key = palisade_common::tls::gate::GateKey {
+        client: std::net::Ipv4Addr::new(10, 1, 0, 2)
+            .to_ipv6_mapped()
+            .octets(),
+        server: std::net::Ipv4Addr::new(10, 2, 0, 2)
+            .to_ipv6_mapped()
+            .octets(),
+        client_port: 40_001,
+        server_port: 443,
+        _pad: 0,
+    };
+    tls::set_verdict(&mut on.ebpf, &key, 2, None)?;
+    let allowed = Frame::tcp("10.2.0.2", "10.1.0.2", 443, 40_001, 0x18)
+        .with_payload(&[b'y'; 500])
+        .build();
+    // A pending flow: every run copies its hello segment to the ring; the ring is drained
+    // between rounds.
+    let syn = Frame::tcp("10.1.0.2", "10.2.0.2", 40_002, 443, 0x02).build();
+    on.run_tc(tls::INGRESS, &syn)?;
+    let hello = ClientHelloSpec::modern("www.example.com").records(16_384);
+    let pending = Frame::tcp("10.1.0.2", "10.2.0.2", 40_002, 443, 0x18)
+        .with_tcp_seq(2)
+        .with_payload(&hello[..1400])
+        .build();
+    let mut ring = aya::maps::RingBuf::try_from(
+        on.ebpf
+            .take_map("TLS_SEGMENTS")
+            .ok_or_else(|| anyhow::anyhow!("no TLS_SEGMENTS"))?,
+    )?;
+    let targets: [(&str, &str, &Bench, &[u8], u32); 4] = [
+        (
+            "off",
+            "no [tls]: the gate reads its settings and returns",
+            &off,
+            &http,
+            REPEAT,
+        ),
+        (
+            "other-port",
+            "[tls] on, a TCP packet to port 80 (not a handshake)",
+            &on,
+            &http,
+            REPEAT,
+        ),
+        (
+            "allowed",
+            "[tls] on, a data packet of an allowed flow on port 443",
+            &on,
+            &allowed,
+            REPEAT,
+        ),
+        (
+            "pending",
+            "[tls] on, a 1400-byte ClientHello segment of a pending flow, copied out",
+            &on,
+            &pending,
+            500,
+        ),
+    ];
+    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
+    for _ in 0..s.rounds {
+        let floor = off
+            .run_tc_repeat(tls::INGRESS, &http, REPEAT)?
+            .duration
+            .as_nanos() as f64;
+        for (i, (_, _, b, frame, repeat)) in targets.iter().enumerate() {
+            let ns = b
+                .run_tc_repeat(tls::INGRESS, frame, *repeat)?
+                .duration
+                .as_nanos() as f64;
+            samples[i].push((ns, ns - floor));
+            while ring.next().is_some() {}
+        }
+    }
+    Ok(targets
+        .iter()
+        .zip(samples)
+        .map(|((id, what, ..), v)| GateResult {
+            id: (*id).to_string(),
+            what: (*what).to_string(),
+            ns: Spread::of(&v.iter().map(|x| x.0).collect::<Vec<_>>()),
+            above_off_ns: Spread::of(&v.iter().map(|x| x.1).collect::<Vec<_>>()),
+        })
+        .collect())
 }
 
 impl TlsReport {
@@ -198,6 +319,13 @@ impl TlsReport {
             "TLS ClientHello cost per handshake ({} rounds x {} handshakes, block list of {} names)\n",
             self.rounds, self.iterations, self.names
         );
+        for g in &self.gate {
+            let _ = writeln!(
+                out,
+                "  gate/{:<13} {:>9.1} ns  ({:+.1} ns above the gate without [tls])",
+                g.id, g.ns.median, g.above_off_ns.median
+            );
+        }
         for t in &self.targets {
             let _ = writeln!(
                 out,
@@ -223,6 +351,17 @@ impl TlsReport {
                 md,
                 "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 t.what, t.bytes, t.ns.median, t.ns.min, t.ns.max, t.times_floor.median
+            );
+        }
+        md.push_str(
+            "\n## The kernel gate, per packet (BPF_PROG_TEST_RUN)\n\n| packet | ns (median) | min | \
+             max | above the gate without [tls] |\n| --- | ---: | ---: | ---: | ---: |\n",
+        );
+        for g in &self.gate {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.1} | {:+.1} |",
+                g.what, g.ns.median, g.ns.min, g.ns.max, g.above_off_ns.median
             );
         }
         std::fs::write(dir.join(format!("{stem}.md")), md)?;
