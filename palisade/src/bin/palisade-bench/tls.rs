@@ -338,7 +338,7 @@ impl TlsReport {
 
     pub fn write(&self, dir: &Path) -> Result<String> {
         std::fs::create_dir_all(dir)?;
-        let stem = "tls";
+        let stem = format!("tls-{}", self.mode);
         let mut md = format!(
             "# TLS ClientHello cost\n\n{} · `{}` · mode {}\n\n{} rounds of {} handshakes; the \
              decision searches a block list of {} names. Floor: copying the hello's bytes \
@@ -369,6 +369,6 @@ impl TlsReport {
             dir.join(format!("{stem}.json")),
             serde_json::to_string_pretty(self)?,
         )?;
-        Ok(stem.to_string())
+        Ok(stem)
     }
 }
