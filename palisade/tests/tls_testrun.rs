@@ -262,3 +262,97 @@ fn quic_is_dropped_unless_allowed() {
     assert!(g.daemon(&mut flows).is_empty());
     assert_eq!(g.counter(TS_RECORDS), 0);
 }
+
+/// The monotonic clock (the kernel's `bpf_ktime_get_ns`) in the gate's units.
+fn now_units() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) },
+        0
+    );
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    (ns >> palisade_common::tls::gate::SINCE_SHIFT) as u32
+}
+
+/// A flow the daemon never decided (stopped, or its records lost): past about 3 s the gate
+/// decides alone, refusing it under `malformed = "block"` and letting it through otherwise.
+#[test]
+fn stale_pending_flows_are_decided_by_the_gate() {
+    use palisade_common::tls::gate::{GateFlow, PENDING_LIMIT, TS_STALE};
+    for (policy, want) in [
+        (POLICY, TC_ACT_SHOT),
+        (
+            "[tls]\nmode = \"blocklist\"\nmalformed = \"allow\"\n",
+            TC_ACT_UNSPEC,
+        ),
+    ] {
+        let mut g = gate(policy);
+        let (c, s) = ("10.1.0.2", "10.2.0.2");
+        let syn = Frame::tcp(c, s, 40_020, 443, SYN).build();
+        assert_eq!(g.ingress(&syn), TC_ACT_UNSPEC);
+        // Fresh: held.
+        assert_eq!(g.egress(&server_data(s, c, 40_020)), TC_ACT_SHOT);
+        assert_eq!(g.counter(TS_STALE), 0);
+        let k = key(c, s, 40_020);
+        let mut m: aya::maps::HashMap<&mut MapData, GateKey, GateFlow> =
+            aya::maps::HashMap::try_from(g.bench.ebpf.map_mut("TLS_FLOWS").unwrap()).unwrap();
+        let mut flow = m.get(&k, 0).unwrap();
+        flow.since = now_units().wrapping_sub(PENDING_LIMIT + 100);
+        m.insert(k, flow, 0).unwrap();
+        assert_eq!(g.egress(&server_data(s, c, 40_020)), want, "{policy}");
+        assert_eq!(g.counter(TS_STALE), 1);
+    }
+}
+
+/// VLAN tags (one and two) and an IPv6 hop-by-hop header in front of the TCP header: the
+/// gate finds the flow and the hello all the same.
+#[test]
+fn vlans_and_ipv6_extension_headers() {
+    use palisade::craft::ExtHeader;
+    let mut g = gate(POLICY);
+    let mut flows = Flows::new();
+    let shape = |f: Frame, n: u16| -> Frame {
+        match n {
+            0 => f.with_vlans(&[100], false),
+            1 => f.with_vlans(&[100, 200], true),
+            _ => {
+                let mut f = f;
+                f.ipv6_ext = vec![ExtHeader::Options { kind: 0, len8: 0 }];
+                f
+            }
+        }
+    };
+    for (n, (c, s)) in [
+        ("10.1.0.2", "10.2.0.2"),
+        ("10.1.0.3", "10.2.0.2"),
+        ("fd00::2", "fd01::2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = n as u16;
+        let cport = 41_000 + n;
+        let isn = 7_000u32;
+        let syn = shape(Frame::tcp(c, s, cport, 443, SYN).with_tcp_seq(isn), n).build();
+        assert_eq!(g.ingress(&syn), TC_ACT_UNSPEC);
+        let stream = ClientHelloSpec::modern("x.blocked.example").records(16_384);
+        for (k, chunk) in stream.chunks(1000).enumerate() {
+            let f = Frame::tcp(c, s, cport, 443, PSH_ACK)
+                .with_tcp_seq(isn + 1 + (k * 1000) as u32)
+                .with_payload(chunk);
+            assert_eq!(g.ingress(&shape(f, n).build()), TC_ACT_UNSPEC);
+        }
+        let decided = g.daemon(&mut flows);
+        assert_eq!(decided.len(), 1, "shape {n}");
+        assert_eq!(decided[0].reason, reason::TLS_SNI_BLOCKED);
+        let data = shape(
+            Frame::tcp(s, c, 443, cport, PSH_ACK).with_payload(&[0x17, 3, 3, 0, 1, 0]),
+            n,
+        );
+        assert_eq!(g.egress(&data.build()), TC_ACT_SHOT, "shape {n}");
+    }
+}

@@ -22,6 +22,16 @@ pub const GATE_FLOWS: u32 = 65_536;
 pub const GATE_ON: u32 = 1;
 /// Drop UDP to the ports (QUIC), so that clients fall back to TCP.
 pub const GATE_BLOCK_QUIC: u32 = 2;
+/// A flow still pending after [`PENDING_LIMIT`] is refused (`[tls] malformed = "block"`);
+/// without this flag it is let through. Either way the gate stops waiting for a daemon
+/// that is not answering (stopped, restarted, or its ring overflowed).
+pub const GATE_FAIL_CLOSED: u32 = 4;
+
+/// [`GateFlow::since`] counts in units of 2^20 ns (about 1.05 ms).
+pub const SINCE_SHIFT: u32 = 20;
+/// How long the gate holds a pending flow before deciding it alone, in those units: about
+/// 3 s, past the daemon's own 2 s bound for a hello.
+pub const PENDING_LIMIT: u32 = 2900;
 
 /// The gate's settings, one slot per policy generation.
 #[repr(C)]
@@ -78,7 +88,9 @@ pub struct GateFlow {
     pub base: u32,
     /// Why a blocked flow was refused (a `reason::TLS_*`).
     pub reason: u32,
-    pub _pad: u32,
+    /// When the flow's SYN was seen: the monotonic clock in units of 2^[`SINCE_SHIFT`] ns,
+    /// wrapping (compared by difference).
+    pub since: u32,
 }
 map_type!(GateFlow, 16);
 
@@ -118,7 +130,9 @@ pub const TS_UNTRACKED: u32 = 5;
 pub const TS_QUIC_DROPS: u32 = 6;
 /// Packets the gate could not parse (let through).
 pub const TS_NOT_PARSED: u32 = 7;
-pub const TS_COUNT: u32 = 8;
+/// Packets of flows pending past [`PENDING_LIMIT`], decided by the gate alone.
+pub const TS_STALE: u32 = 8;
+pub const TS_COUNT: u32 = 9;
 /// Stable names of the counters.
 pub const TS_NAMES: [&str; TS_COUNT as usize] = [
     "flows",
@@ -129,4 +143,5 @@ pub const TS_NAMES: [&str; TS_COUNT as usize] = [
     "untracked",
     "quic_drops",
     "not_parsed",
+    "stale",
 ];

@@ -16,16 +16,17 @@
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     cty::c_void,
-    helpers::bpf_skb_load_bytes,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use palisade_common::{
     packet::{self, FRAG_NONE, Frame, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
     reason, stats,
     tls::gate::{
-        FLOW_ALLOWED, FLOW_BLOCKED, FLOW_PENDING, GATE_BLOCK_QUIC, GATE_ON, GateFlow, GateKey,
-        MAX_SEGMENT_RECORDS, SEGMENT_BYTES, SegmentRecord, TS_BLOCKED_DROPS, TS_FLOWS,
-        TS_NOT_PARSED, TS_QUIC_DROPS, TS_RECORD_LOST, TS_RECORDS, TS_SERVER_HELD, TS_UNTRACKED,
+        FLOW_ALLOWED, FLOW_BLOCKED, FLOW_PENDING, GATE_BLOCK_QUIC, GATE_FAIL_CLOSED, GATE_ON,
+        GateFlow, GateKey, MAX_SEGMENT_RECORDS, PENDING_LIMIT, SEGMENT_BYTES, SINCE_SHIFT,
+        SegmentRecord, TS_BLOCKED_DROPS, TS_FLOWS, TS_NOT_PARSED, TS_QUIC_DROPS, TS_RECORD_LOST,
+        TS_RECORDS, TS_SERVER_HELD, TS_STALE, TS_UNTRACKED,
     },
 };
 
@@ -130,7 +131,7 @@ fn decide(ctx: &TcContext) -> Verdict {
             state: FLOW_PENDING,
             base: seq.wrapping_add(1),
             reason: 0,
-            _pad: 0,
+            since: now_units(),
         };
         // A retransmitted SYN (or a new connection on the same ports) starts over.
         if TLS_FLOWS.insert(&key, &flow, 0).is_ok() {
@@ -152,6 +153,18 @@ fn decide(ctx: &TcContext) -> Verdict {
             counter: TS_BLOCKED_DROPS,
         },
         FLOW_PENDING if payload == 0 => Verdict::Pass,
+        // The daemon did not answer in time: the gate decides alone, as `malformed` says.
+        FLOW_PENDING if now_units().wrapping_sub(flow.since) > PENDING_LIMIT => {
+            if cfg.flags & GATE_FAIL_CLOSED != 0 {
+                Verdict::Drop {
+                    reason: reason::TLS_INCOMPLETE,
+                    counter: TS_STALE,
+                }
+            } else {
+                bump(&TLS_STATS, TS_STALE);
+                Verdict::Pass
+            }
+        }
         FLOW_PENDING if to_server => {
             copy_out(ctx, &key, &flow, (seq, ack), l4 + header, payload);
             Verdict::Pass
@@ -163,6 +176,13 @@ fn decide(ctx: &TcContext) -> Verdict {
         FLOW_ALLOWED => Verdict::Pass,
         _ => Verdict::Pass,
     }
+}
+
+/// The monotonic clock in the units of [`GateFlow::since`].
+#[inline(always)]
+fn now_units() -> u32 {
+    // SAFETY: the helper has no preconditions.
+    (unsafe { bpf_ktime_get_ns() } >> SINCE_SHIFT) as u32
 }
 
 /// Copies `len` client bytes at frame offset `at` (sequence number `seq`, acknowledging

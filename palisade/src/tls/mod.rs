@@ -98,7 +98,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
 };
 use palisade_common::tls::gate::{
-    GATE_BLOCK_QUIC, GATE_ON, MAX_GATE_PORTS, TS_COUNT, TlsGateConfig,
+    GATE_BLOCK_QUIC, GATE_FAIL_CLOSED, GATE_ON, MAX_GATE_PORTS, TS_COUNT, TlsGateConfig,
 };
 
 use crate::maps::map_mut;
@@ -121,6 +121,9 @@ impl Tls {
         cfg.flags = GATE_ON;
         if self.quic == Category::Block && !self.audit {
             cfg.flags |= GATE_BLOCK_QUIC;
+        }
+        if self.malformed == Category::Block && !self.audit {
+            cfg.flags |= GATE_FAIL_CLOSED;
         }
         for (slot, &port) in cfg.ports.iter_mut().zip(&self.ports) {
             *slot = port;
@@ -202,7 +205,7 @@ pub fn set_verdict(
         },
         base,
         reason: blocked_for.unwrap_or(0),
-        _pad: 0,
+        since: 0,
     };
     m.insert(key, flow, 0)
         .context("writing a TLS verdict into TLS_FLOWS")?;
