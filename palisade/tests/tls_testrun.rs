@@ -356,3 +356,45 @@ fn vlans_and_ipv6_extension_headers() {
         assert_eq!(g.egress(&data.build()), TC_ACT_SHOT, "shape {n}");
     }
 }
+
+/// A refused flow's later packets are dropped by the XDP firewall already, before TC: with
+/// reason and counter; resets and new SYNs go on.
+#[test]
+fn refused_flows_are_dropped_in_xdp() {
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    let mut g = gate(POLICY);
+    let mut flows = Flows::new();
+    let (c, s) = ("10.1.0.2", "10.2.0.2");
+    let (_, _) = open(
+        &mut g,
+        &mut flows,
+        (c, s, 40_030),
+        "a.blocked.example",
+        1400,
+    );
+    assert_eq!(g.daemon(&mut flows)[0].reason, reason::TLS_SNI_BLOCKED);
+    let before = g.bench.reason_count(reason::TLS_SNI_BLOCKED).unwrap();
+    let more = Frame::tcp(c, s, 40_030, 443, PSH_ACK)
+        .with_payload(b"GET /")
+        .build();
+    assert_eq!(g.bench.run(&more).unwrap(), XDP_DROP);
+    // The server's side, when the guarded host routes: dropped on arrival too.
+    assert_eq!(g.bench.run(&server_data(s, c, 40_030)).unwrap(), XDP_DROP);
+    assert_eq!(
+        g.bench.reason_count(reason::TLS_SNI_BLOCKED).unwrap(),
+        before + 2
+    );
+    let rst = Frame::tcp(c, s, 40_030, 443, RST).build();
+    assert_eq!(g.bench.run(&rst).unwrap(), XDP_PASS);
+    let syn = Frame::tcp(c, s, 40_030, 443, SYN).build();
+    assert_eq!(g.bench.run(&syn).unwrap(), XDP_PASS);
+    // An allowed flow and other ports are not touched.
+    let (_, _) = open(&mut g, &mut flows, (c, s, 40_031), "www.example.org", 1400);
+    assert_eq!(g.daemon(&mut flows)[0].reason, reason::PASS);
+    assert_eq!(g.bench.run(&server_data(s, c, 40_031)).unwrap(), XDP_PASS);
+    let other = Frame::tcp(c, s, 40_032, 80, PSH_ACK)
+        .with_payload(b"x")
+        .build();
+    assert_eq!(g.bench.run(&other).unwrap(), XDP_PASS);
+}

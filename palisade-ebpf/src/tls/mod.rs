@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    packet::{self, FRAG_NONE, Frame, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
+    packet::{self, FRAG_NONE, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     reason, stats,
     tls::gate::{
         FLOW_ALLOWED, FLOW_BLOCKED, FLOW_PENDING, GATE_BLOCK_QUIC, GATE_FAIL_CLOSED, GATE_ON,
@@ -175,6 +175,52 @@ fn decide(ctx: &TcContext) -> Verdict {
         },
         FLOW_ALLOWED => Verdict::Pass,
         _ => Verdict::Pass,
+    }
+}
+
+/// For the XDP firewall: the reason a packet arriving on a guarded interface belongs to a
+/// flow the gate refused, or 0. Resets and new SYNs are let on to the gate in TC (a reset
+/// closes the flow; a SYN starts the ports over). Not inlined: the firewall's frame stays
+/// as it was.
+#[inline(never)]
+pub fn refused_at_xdp(generation: u32, p: &Packet) -> u32 {
+    if p.proto != IPPROTO_TCP || p.frag != FRAG_NONE || p.tcp_flags & (TCP_RST | TCP_SYN) != 0 {
+        return 0;
+    }
+    let Some(cfg) = TLS_CONFIG.get(generation) else {
+        return 0;
+    };
+    if cfg.flags & GATE_ON == 0 {
+        return 0;
+    }
+    let to_server = cfg.watches(p.dport);
+    if !to_server && !cfg.watches(p.sport) {
+        return 0;
+    }
+    let key = if to_server {
+        GateKey {
+            client: p.src,
+            server: p.dst,
+            client_port: p.sport,
+            server_port: p.dport,
+            _pad: 0,
+        }
+    } else {
+        GateKey {
+            client: p.dst,
+            server: p.src,
+            client_port: p.dport,
+            server_port: p.sport,
+            _pad: 0,
+        }
+    };
+    // SAFETY: read by value at once.
+    match unsafe { TLS_FLOWS.get(&key) } {
+        Some(flow) if flow.state == FLOW_BLOCKED => {
+            bump(&TLS_STATS, TS_BLOCKED_DROPS);
+            flow.reason
+        }
+        _ => 0,
     }
 }
 
