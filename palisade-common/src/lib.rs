@@ -18,6 +18,7 @@ pub mod reason;
 pub mod scrub;
 pub mod shield;
 pub mod stats;
+pub mod tls;
 
 /// Implements `aya::Pod` for map types when the `user` feature is on, and checks the size
 /// that the kernel side and the userspace side both rely on.

@@ -104,8 +104,34 @@ pub const LB_NO_BACKEND: u32 = 30;
 /// not be grown for the outer header, or its headers were not in the frame).
 pub const LB_REWRITE: u32 = 31;
 
+/// TLS (`[tls]`, blocklist mode): the ClientHello's server name is on a block list.
+pub const TLS_SNI_BLOCKED: u32 = 32;
+/// TLS, allowlist mode: the server name is on no allow list.
+pub const TLS_SNI_NOT_ALLOWED: u32 = 33;
+/// TLS: the ClientHello names no server and `[tls] no_sni = "block"`.
+pub const TLS_NO_SNI: u32 = 34;
+/// TLS: the server name is an IP address and `[tls] ip_literal = "block"`.
+pub const TLS_IP_LITERAL: u32 = 35;
+/// TLS: the ClientHello carries Encrypted Client Hello (only the outer name is visible)
+/// and `[tls] ech = "block"`.
+pub const TLS_ECH: u32 = 36;
+/// TLS: the ClientHello's JA4 fingerprint is on `[tls] ja4_block`.
+pub const TLS_JA4_BLOCKED: u32 = 37;
+/// TLS: `[tls] ja4_allow` lists fingerprints and the ClientHello's is not among them.
+pub const TLS_JA4_NOT_ALLOWED: u32 = 38;
+/// TLS: the client's first bytes on a TLS port are not a readable ClientHello (not TLS,
+/// malformed, over 16 KiB, or a retransmission that changes bytes already sent) and
+/// `[tls] malformed = "block"`.
+pub const TLS_MALFORMED: u32 = 39;
+/// TLS: the ClientHello was not whole within `[tls]`'s time bound (2 s), or more flows
+/// were waiting for theirs than the table holds, and `[tls] malformed = "block"`.
+pub const TLS_INCOMPLETE: u32 = 40;
+/// TLS: QUIC (UDP to a `[tls]` port) with `[tls] quic = "block"`, so that clients fall
+/// back to TCP, where the policy sees the server name.
+pub const TLS_QUIC: u32 = 41;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 32;
+pub const COUNT: u32 = 42;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -141,6 +167,16 @@ pub const NAMES: [&str; COUNT as usize] = [
     "nat-table-full",
     "lb-no-backend",
     "lb-rewrite",
+    "tls-sni-blocked",
+    "tls-sni-not-allowed",
+    "tls-no-sni",
+    "tls-ip-literal",
+    "tls-ech",
+    "tls-ja4-blocked",
+    "tls-ja4-not-allowed",
+    "tls-malformed",
+    "tls-incomplete",
+    "tls-quic",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -23,6 +23,7 @@ mod maps;
 mod nat;
 mod scrub;
 mod shield;
+mod tls;
 mod verdict;
 
 use aya_ebpf::{
@@ -130,6 +131,22 @@ pub fn palisade_nat_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn palisade_nat_egress(ctx: TcContext) -> i32 {
     nat::run(&ctx, false)
+}
+
+/// The `[tls]` gate on what arrives on the guarded interfaces (TC ingress): holds flows to
+/// the policy's ports until the daemon has read the ClientHello, then enforces its verdict.
+/// Fail-open for what it cannot parse and for flows it does not know; fail-closed for
+/// refused flows and for server data before the verdict (see `tls`).
+#[classifier]
+pub fn palisade_tls_ingress(ctx: TcContext) -> i32 {
+    tls::run(&ctx)
+}
+
+/// The `[tls]` gate on what leaves through the guarded interfaces (TC egress): the same
+/// program, for a host that is itself the client or the server.
+#[classifier]
+pub fn palisade_tls_egress(ctx: TcContext) -> i32 {
+    tls::run(&ctx)
 }
 
 /// Removes expired (or flushed) flows and counts the rest; run by userspace through

@@ -469,3 +469,24 @@ pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LS_COUNT, 
 /// Working space: the XDP stage's, then the TC reverse translation's.
 #[map]
 pub static LB_SCRATCH: PerCpuArray<crate::lb::Scratch> = PerCpuArray::with_max_entries(2, 0);
+
+// ---- TLS gate ----
+
+use palisade_common::tls::gate::{GATE_FLOWS, GateFlow, GateKey, TS_COUNT, TlsGateConfig};
+
+/// The TLS gate's settings, one slot per policy generation (`[tls]`, 24 bytes each).
+#[map]
+pub static TLS_CONFIG: Array<TlsGateConfig> = Array::with_max_entries(GENERATIONS, 0);
+
+/// Flows to a watched port and their state (pending, allowed, blocked): 40-byte keys,
+/// 16-byte values.
+#[map]
+pub static TLS_FLOWS: LruHashMap<GateKey, GateFlow> = LruHashMap::with_max_entries(GATE_FLOWS, 0);
+
+/// The client bytes of pending flows, for the daemon (1 MiB: about 960 records of 1 KiB).
+#[map]
+pub static TLS_SEGMENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// TLS gate counters (`palisade_common::tls::gate::TS_*`), per CPU.
+#[map]
+pub static TLS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TS_COUNT, 0);

@@ -160,6 +160,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     if !s.nat.is_empty() {
         println!("{}", moved_line("nat", &s.nat, "nothing translated"));
     }
+    if !s.tls.is_empty() {
+        println!("{}", moved_line("tls", &s.tls, "nothing seen"));
+    }
     Ok(())
 }
 
@@ -543,6 +546,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     println!("{}", moved_line("scrub", &c.scrub, "nothing rewritten"));
     println!("{}", moved_line("nat", &c.nat, "nothing translated"));
     println!("{}", moved_line("lb", &c.lb, "nothing balanced"));
+    println!("{}", moved_line("tls", &c.tls, "nothing seen"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

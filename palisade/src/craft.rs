@@ -580,3 +580,112 @@ impl TcpSegment {
         f.build()
     }
 }
+
+/// A TLS ClientHello, for tests and benchmarks: its handshake message (header included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHelloSpec {
+    /// The server name; `None` for no `server_name` extension.
+    pub sni: Option<Vec<u8>>,
+    pub alpn: Vec<Vec<u8>>,
+    pub ciphers: Vec<u16>,
+    /// Further extensions (type, contents), after SNI and ALPN.
+    pub extensions: Vec<(u16, Vec<u8>)>,
+}
+
+impl ClientHelloSpec {
+    /// A TLS 1.3 hello to `sni` offering `h2` and `http/1.1`, with a post-quantum key share
+    /// (X25519MLKEM768, 1216 bytes) among its four key shares that makes it about 1.6 KiB,
+    /// more than one Ethernet segment carries, as current browsers' hellos are.
+    #[must_use]
+    pub fn modern(sni: &str) -> Self {
+        let versions = vec![4, 0x03, 0x04, 0x03, 0x03];
+        let mut shares = Vec::new();
+        for (group, len) in [
+            (0x11ecu16, 1216usize),
+            (0x001d, 32),
+            (0x0017, 65),
+            (0x0018, 97),
+        ] {
+            shares.extend(group.to_be_bytes());
+            shares.extend(u16::try_from(len).unwrap_or(0).to_be_bytes());
+            shares.extend((0..len).map(|i| (i * 13 + 5) as u8));
+        }
+        let mut key_share = u16::try_from(shares.len())
+            .unwrap_or(0)
+            .to_be_bytes()
+            .to_vec();
+        key_share.extend(shares);
+        let sig_algs = vec![0, 8, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x03];
+        Self {
+            sni: Some(sni.as_bytes().to_vec()),
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            ciphers: vec![0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030],
+            extensions: vec![
+                (0x000a, vec![0, 6, 0x11, 0xec, 0x00, 0x1d, 0x00, 0x17]),
+                (0x000d, sig_algs),
+                (0x002b, versions),
+                (0x0033, key_share),
+                (0x002d, vec![1, 1]),
+            ],
+        }
+    }
+
+    /// The handshake message.
+    #[must_use]
+    pub fn message(&self) -> Vec<u8> {
+        let be16 = |n: usize| u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes();
+        let mut exts: Vec<(u16, Vec<u8>)> = Vec::new();
+        if let Some(name) = &self.sni {
+            let mut d = be16(name.len() + 3).to_vec();
+            d.push(0);
+            d.extend(be16(name.len()));
+            d.extend(name);
+            exts.push((0, d));
+        }
+        if !self.alpn.is_empty() {
+            let mut list = Vec::new();
+            for p in &self.alpn {
+                list.push(u8::try_from(p.len()).unwrap_or(u8::MAX));
+                list.extend(p);
+            }
+            let mut d = be16(list.len()).to_vec();
+            d.extend(list);
+            exts.push((0x0010, d));
+        }
+        exts.extend(self.extensions.iter().cloned());
+        let mut body = vec![0x03, 0x03];
+        body.extend([0x5a; 32]);
+        body.push(32);
+        body.extend([0xa5; 32]);
+        body.extend(be16(self.ciphers.len() * 2));
+        for c in &self.ciphers {
+            body.extend(c.to_be_bytes());
+        }
+        body.extend([1, 0]);
+        let mut ext_bytes = Vec::new();
+        for (kind, data) in &exts {
+            ext_bytes.extend(kind.to_be_bytes());
+            ext_bytes.extend(be16(data.len()));
+            ext_bytes.extend(data);
+        }
+        body.extend(be16(ext_bytes.len()));
+        body.extend(ext_bytes);
+        let mut msg = vec![1];
+        msg.extend(&u32::try_from(body.len()).unwrap_or(0).to_be_bytes()[1..]);
+        msg.extend(body);
+        msg
+    }
+
+    /// The message in TLS handshake records of at most `max` bytes each: what the client
+    /// writes to its socket.
+    #[must_use]
+    pub fn records(&self, max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in self.message().chunks(max.max(1)) {
+            out.extend([22, 3, 1]);
+            out.extend(u16::try_from(chunk.len()).unwrap_or(0).to_be_bytes());
+            out.extend(chunk);
+        }
+        out
+    }
+}

@@ -137,6 +137,8 @@ struct Daemon {
     /// The running health checks, and where they report.
     lb_checks: Option<crate::lb::health::Checks>,
     lb_health: mpsc::Sender<crate::lb::health::Change>,
+    /// The TLS gate's daemon side: ClientHellos gathered, decided, enforced.
+    tls: crate::tls::runtime::Gatekeeper,
 }
 
 impl Daemon {
@@ -253,6 +255,10 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         lb_live: crate::lb::Live::default(),
         lb_checks: None,
         lb_health: health_tx,
+        tls: crate::tls::runtime::Gatekeeper::new(crate::tls::decide::TlsPolicy::new(
+            &policy.tls,
+            &policy.dns.lists,
+        )),
     };
     d.install(&policy).context("installing the policy")?;
     d.restart_health_checks();
@@ -323,6 +329,18 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     let mut ring =
         unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("watching the event ring: {e}"))?;
 
+    let tls_ring = RingBuf::try_from(
+        d.dp.ebpf
+            .take_map("TLS_SEGMENTS")
+            .ok_or_else(|| anyhow!("no TLS_SEGMENTS map"))?,
+    )?;
+    // SAFETY: as for the event ring.
+    let mut tls_ring = unsafe { AsyncFd::register(tls_ring) }
+        .map_err(|e| anyhow!("watching the TLS segment ring: {e}"))?;
+    let mut tls_tick =
+        tokio::time::interval(Duration::from_millis(crate::tls::flows::EXPIRE_INTERVAL_MS));
+    tls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let access = Access {
         // SAFETY: geteuid has no preconditions.
@@ -373,6 +391,15 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             }
             _ = drain_tick.tick() => {
                 d.drain(ring.get_mut());
+            }
+            guard = tls_ring.readable_mut() => {
+                let mut guard = guard?;
+                d.tls_drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = tls_tick.tick() => {
+                d.tls_drain(tls_ring.get_mut());
+                d.tls_expire();
             }
             Some(call) = calls.recv() => {
                 if matches!(call.request, Request::Unload) {
@@ -458,6 +485,10 @@ impl Daemon {
                     .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("#{i}")))
                     .collect();
                 self.policy = policy.clone();
+                self.tls.set_policy(crate::tls::decide::TlsPolicy::new(
+                    &policy.tls,
+                    &policy.dns.lists,
+                ));
                 Ok(ctl.generation_counter)
             }
             Err(e) => {
@@ -901,6 +932,11 @@ impl Daemon {
             } else {
                 Vec::new()
             },
+            tls: if self.policy.tls.enabled {
+                crate::tls::named_counters(&self.dp.ebpf)
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -1098,6 +1134,45 @@ impl Daemon {
                 }
             } else {
                 continue;
+            };
+            self.publish(&mut out, line, subscribers);
+        }
+        let _ = out.flush();
+    }
+
+    /// Reads the client bytes the TLS gate copied out and decides the flows whose hello is
+    /// whole.
+    fn tls_drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            if let Some(ev) = self.tls.record(&mut self.dp.ebpf, &item, now) {
+                events.push(ev);
+            }
+        }
+        self.tls_publish(events);
+    }
+
+    /// Decides the flows whose hello is overdue.
+    fn tls_expire(&mut self) {
+        let events = self.tls.expire(&mut self.dp.ebpf, Instant::now());
+        self.tls_publish(events);
+    }
+
+    fn tls_publish(&self, events: Vec<crate::tls::runtime::TlsEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let subscribers = self.events.receiver_count() > 0;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for ev in events {
+            let line = EventLine {
+                kind: "tls",
+                verdict: ev.verdict.to_string(),
+                names: vec![ev.sni.clone()],
+                json: serde_json::to_string(&ev).unwrap_or_default(),
+                text: ev.to_string(),
             };
             self.publish(&mut out, line, subscribers);
         }

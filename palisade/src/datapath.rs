@@ -131,6 +131,10 @@ pub struct Datapath {
     lb_reverse: Option<SchedClassifier>,
     /// Its link on each guarded interface.
     pub lb_links: Vec<(String, OwnedFd)>,
+    /// The TLS gate's programs, ingress then egress, once loaded.
+    tls: Vec<SchedClassifier>,
+    /// Their links, as the scrub's.
+    pub tls_links: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -225,6 +229,8 @@ impl Datapath {
             nat_links: Vec::new(),
             lb_reverse: None,
             lb_links: Vec::new(),
+            tls: Vec::new(),
+            tls_links: Vec::new(),
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -255,6 +261,7 @@ impl Datapath {
         self.ensure_scrub_programs()?;
         self.ensure_nat_programs()?;
         self.ensure_lb_reverse()?;
+        self.ensure_tls_programs()?;
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -268,6 +275,7 @@ impl Datapath {
         self.sync_scrub(opts, &mut notes)?;
         self.sync_nat(opts, &mut notes)?;
         self.sync_lb_reverse(opts, &mut notes)?;
+        self.sync_tls(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -292,6 +300,7 @@ impl Datapath {
                     .chain(&self.scrub_links)
                     .chain(&self.nat_links)
                     .chain(&self.lb_links)
+                    .chain(&self.tls_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -547,6 +556,55 @@ impl Datapath {
             &opts.ifaces,
             notes,
         )?;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) TLS gate programs.
+    fn ensure_tls_programs(&mut self) -> Result<()> {
+        if !self.tls.is_empty() {
+            return Ok(());
+        }
+        let mut progs = Vec::new();
+        for name in [crate::tls::INGRESS, crate::tls::EGRESS] {
+            let path = self.layout.prog(name);
+            if let Ok(p) = SchedClassifier::from_pin(&path) {
+                progs.push(p);
+                continue;
+            }
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel refused the TLS gate program {name}"))?;
+            let _ = fs::remove_file(&path);
+            prog.pin(&path)
+                .with_context(|| format!("pinning {name} at {}", path.display()))?;
+            progs.push(SchedClassifier::from_pin(&path)?);
+        }
+        self.tls = progs;
+        Ok(())
+    }
+
+    /// Attaches the TLS gate (tcx ingress and egress) to every guarded interface, like the
+    /// scrub: whatever the policy, since without `[tls]` it reads one map slot and lets the
+    /// packet go.
+    fn sync_tls(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_tls_programs()?;
+        let pins = self.all_link_pins();
+        let mut links = Vec::new();
+        for (prog, kind) in self.tls.iter_mut().zip([Tcx::TlsIngress, Tcx::TlsEgress]) {
+            links.extend(sync_tcx(
+                &self.layout,
+                &pins,
+                prog,
+                kind,
+                &opts.ifaces,
+                notes,
+            )?);
+        }
+        self.tls_links = links;
         Ok(())
     }
 
@@ -952,6 +1010,10 @@ impl Datapath {
                 "detached the load balancer's reverse translation from {iface}"
             ));
         }
+        for (iface, fd) in self.tls_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the TLS gate from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -980,6 +1042,8 @@ enum Tcx {
     NatIngress,
     NatEgress,
     LbReverse,
+    TlsIngress,
+    TlsEgress,
 }
 
 impl Tcx {
@@ -1004,6 +1068,14 @@ impl Tcx {
                 iface,
             },
             Self::LbReverse => LinkPin::TcxLbReverse { iface },
+            Self::TlsIngress => LinkPin::TcxTls {
+                ingress: true,
+                iface,
+            },
+            Self::TlsEgress => LinkPin::TcxTls {
+                ingress: false,
+                iface,
+            },
         }
     }
 
@@ -1021,6 +1093,20 @@ impl Tcx {
             | (
                 Self::ScrubEgress,
                 LinkPin::TcxScrub {
+                    ingress: false,
+                    iface,
+                },
+            )
+            | (
+                Self::TlsIngress,
+                LinkPin::TcxTls {
+                    ingress: true,
+                    iface,
+                },
+            )
+            | (
+                Self::TlsEgress,
+                LinkPin::TcxTls {
                     ingress: false,
                     iface,
                 },
@@ -1046,10 +1132,12 @@ impl Tcx {
 
     const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::ScrubIngress | Self::NatIngress => TcAttachType::Ingress,
-            Self::CtEgress | Self::ScrubEgress | Self::NatEgress | Self::LbReverse => {
-                TcAttachType::Egress
-            }
+            Self::ScrubIngress | Self::NatIngress | Self::TlsIngress => TcAttachType::Ingress,
+            Self::CtEgress
+            | Self::ScrubEgress
+            | Self::NatEgress
+            | Self::LbReverse
+            | Self::TlsEgress => TcAttachType::Egress,
         }
     }
 
@@ -1061,6 +1149,8 @@ impl Tcx {
             Self::NatIngress => "the ingress NAT",
             Self::NatEgress => "the egress NAT",
             Self::LbReverse => "the load balancer's reverse translation",
+            Self::TlsIngress => "the ingress TLS gate",
+            Self::TlsEgress => "the egress TLS gate",
         }
     }
 }
@@ -1145,7 +1235,9 @@ fn sync_tcx(
             | Tcx::ScrubEgress
             | Tcx::NatIngress
             | Tcx::NatEgress
-            | Tcx::LbReverse => format!("attached {what} to {iface} (tcx)"),
+            | Tcx::LbReverse
+            | Tcx::TlsIngress
+            | Tcx::TlsEgress => format!("attached {what} to {iface} (tcx)"),
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1227,6 +1319,10 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 LinkPin::TcxLbReverse { iface } => {
                     format!("detached the load balancer's reverse translation from {iface}")
                 }
+                LinkPin::TcxTls { ingress, iface } => format!(
+                    "detached the {} TLS gate from {iface}",
+                    if ingress { "ingress" } else { "egress" }
+                ),
             });
         }
     }

@@ -79,6 +79,7 @@ pub fn install_with(
     crate::shield::within_scrub(&mut shield, &policy.scrub);
     crate::shield::write_config(ebpf, idle, &shield)?;
     crate::scrub::write_config(ebpf, idle, &policy.scrub.datapath())?;
+    crate::tls::write_config(ebpf, idle, &policy.tls.gate())?;
     crate::nat::write_config(ebpf, idle, &nat, &policy.nat)?;
     let control = apply::install(ebpf, &firewall, &dns)?;
     // The load balancer's tables switch on their own slot, right after the rules that let

@@ -28,3 +28,4 @@ pub mod scrub;
 pub mod shield;
 pub mod stats;
 pub mod testrun;
+pub mod tls;

@@ -219,6 +219,19 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             o.sample("palisade_lb_total", &[("event", &n.name)], n.value);
         }
     }
+    if !s.counters.tls.is_empty() {
+        o.family(
+            "palisade_tls_total",
+            "counter",
+            "The TLS gate of [tls]: flows seen, client bytes copied to the daemon (and records \
+             lost), server segments held back before a verdict, packets of blocked flows \
+             dropped, packets of flows it did not know, QUIC datagrams dropped, packets it \
+             could not parse.",
+        );
+        for n in &s.counters.tls {
+            o.sample("palisade_tls_total", &[("event", &n.name)], n.value);
+        }
+    }
     o.family(
         "palisade_rule_packets_total",
         "counter",
@@ -552,6 +565,10 @@ mod tests {
                     name: "encap_v4".into(),
                     value: 6,
                 }],
+                tls: vec![Named {
+                    name: "server_held".into(),
+                    value: 6,
+                }],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -569,6 +586,7 @@ mod tests {
         );
         assert!(t.contains("palisade_nat_total{event=\"port_exhausted\"} 6\n"));
         assert!(t.contains("palisade_lb_total{event=\"encap_v4\"} 6\n"));
+        assert!(t.contains("palisade_tls_total{event=\"server_held\"} 6\n"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));

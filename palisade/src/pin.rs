@@ -244,6 +244,8 @@ pub enum LinkPin {
     TcxNat { ingress: bool, iface: String },
     /// `tcx-lbrev-<iface>`: the load balancer's DNAT reverse translation.
     TcxLbReverse { iface: String },
+    /// `tcx-tls-in-<iface>`, `tcx-tls-out-<iface>`: the TLS gate.
+    TcxTls { ingress: bool, iface: String },
 }
 
 impl LinkPin {
@@ -264,6 +266,11 @@ impl LinkPin {
                 escape(iface.as_bytes())
             ),
             Self::TcxLbReverse { iface } => format!("tcx-lbrev-{}", escape(iface.as_bytes())),
+            Self::TcxTls { ingress, iface } => format!(
+                "tcx-tls-{}-{}",
+                if *ingress { "in" } else { "out" },
+                escape(iface.as_bytes())
+            ),
         }
     }
 
@@ -296,6 +303,16 @@ impl LinkPin {
             };
             let iface = String::from_utf8(unescape(iface)?).ok()?;
             return Some(Self::TcxScrub { ingress, iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
+            let (dir, iface) = rest.split_once('-')?;
+            let ingress = match dir {
+                "in" => true,
+                "out" => false,
+                _ => return None,
+            };
+            let iface = String::from_utf8(unescape(iface)?).ok()?;
+            return Some(Self::TcxTls { ingress, iface });
         }
         if let Some(rest) = file_name.strip_prefix("xdp-") {
             let (mode, iface) = rest.split_once('-')?;
@@ -888,6 +905,14 @@ mod tests {
             },
             LinkPin::TcxLbReverse {
                 iface: "veth-lb".into(),
+            },
+            LinkPin::TcxTls {
+                ingress: true,
+                iface: "veth-in".into(),
+            },
+            LinkPin::TcxTls {
+                ingress: false,
+                iface: "eth-1".into(),
             },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));

@@ -94,6 +94,9 @@ pub struct Counters {
     /// The load balancer's counters (`palisade_common::lb::LS_NAMES`).
     #[serde(default)]
     pub lb: Vec<Named>,
+    /// The TLS gate's counters (`palisade_common::tls::gate::TS_NAMES`).
+    #[serde(default)]
+    pub tls: Vec<Named>,
 }
 
 impl Counters {
@@ -146,6 +149,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         scrub: crate::scrub::named_counters(ebpf),
         nat: crate::nat::named_counters(ebpf),
         lb: crate::lb::named_counters(ebpf),
+        tls: crate::tls::named_counters(ebpf),
     }
 }
 

@@ -83,6 +83,8 @@ impl Bench {
             crate::nat::EGRESS,
             crate::lb::REVERSE,
             crate::lb::DECAP,
+            crate::tls::INGRESS,
+            crate::tls::EGRESS,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -206,6 +208,28 @@ impl Bench {
         let r = prog.test_run(opts)?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
+    }
+
+    /// Runs the TC program `name` `repeat` times on `frame`; the kernel's mean time per run.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run.
+    pub fn run_tc_repeat(&self, name: &str, frame: &[u8], repeat: u32) -> Result<Outcome> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts)?;
+        Ok(Outcome {
+            action: r.return_value,
+            duration: r.duration,
+        })
     }
 
     /// Runs program `name` once on `frame`.

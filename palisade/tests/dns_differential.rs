@@ -500,7 +500,7 @@ fn wire(labels: &[Vec<u8>]) -> Vec<u8> {
     w
 }
 
-#[derive(Default, Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Tally {
     cases: u64,
     allowed: u64,
@@ -514,6 +514,24 @@ struct Tally {
     pointer_blocked: u64,
     /// Decisions by reason code.
     reasons: [u64; reason::COUNT as usize],
+}
+
+impl Default for Tally {
+    // Arrays over 32 elements have no derived `Default`.
+    fn default() -> Self {
+        Self {
+            cases: 0,
+            allowed: 0,
+            blocked: 0,
+            nxdomain: 0,
+            malformed: 0,
+            hickory_checked: 0,
+            egress_blocked: 0,
+            pointer_names: 0,
+            pointer_blocked: 0,
+            reasons: [0; reason::COUNT as usize],
+        }
+    }
 }
 
 fn stat(b: &Bench, scope: u8, s: u32) -> u64 {
@@ -568,6 +586,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
@@ -827,6 +846,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall::default(),
         sets: vec![],
         conntrack: palisade::policy::model::Conntrack::default(),
@@ -1078,6 +1098,7 @@ fn fast_path_boundaries_decide_as_the_reference() {
             scrub: palisade::scrub::Scrub::default(),
             nat: palisade::nat::Nat::default(),
             lb: palisade::lb::Lb::default(),
+            tls: palisade::tls::Tls::default(),
             firewall: Firewall::default(),
             sets: vec![],
             conntrack: palisade::policy::model::Conntrack::default(),

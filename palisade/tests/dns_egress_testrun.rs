@@ -86,6 +86,7 @@ fn policy(
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

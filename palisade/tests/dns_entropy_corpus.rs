@@ -273,6 +273,7 @@ fn policy(bits: u32) -> Policy {
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -135,6 +135,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

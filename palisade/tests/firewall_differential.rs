@@ -300,6 +300,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1322,6 +1323,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -1672,6 +1674,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

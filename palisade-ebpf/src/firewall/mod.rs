@@ -72,6 +72,18 @@ pub fn run(ctx: &XdpContext) -> u32 {
             return verdict::drop(ctx, Some(p), &d);
         }
     }
+    let refused = crate::tls::refused_at_xdp(generation, p);
+    if refused != 0 {
+        // A flow the TLS gate's verdict refused: dropped here, before anything else looks
+        // at it (its resets and new SYNs go on to the gate in TC).
+        let d = Decision {
+            reason: refused,
+            rule: NO_RULE,
+            generation,
+            log: false,
+        };
+        return verdict::drop(ctx, Some(p), &d);
+    }
     if header.flags & POLICY_CT_TRACK != 0 {
         // The tracker is a stage of its own (its code would not fit this program's stack):
         // it reads the packet from the handoff slot and goes on to `run_rules`.

@@ -156,7 +156,7 @@ pub struct EventFilter {
 }
 
 /// Event kinds a filter accepts.
-pub const EVENT_KINDS: [&str; 2] = ["firewall", "dns"];
+pub const EVENT_KINDS: [&str; 3] = ["firewall", "dns", "tls"];
 /// Verdicts a filter accepts.
 pub const EVENT_VERDICTS: [&str; 5] = ["drop", "pass", "allow", "nxdomain", "audit"];
 
@@ -290,6 +290,9 @@ pub struct Status {
     /// The NAT's counters, when the policy has `[nat]` (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat: Vec<crate::stats::Named>,
+    /// The TLS gate's counters, when the policy has `[tls]` (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<crate::stats::Named>,
 }
 
 /// The policy in force.

@@ -529,6 +529,7 @@ mod tests {
             scrub: crate::scrub::Scrub::default(),
             nat: crate::nat::Nat::default(),
             lb: crate::lb::Lb::default(),
+            tls: crate::tls::Tls::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

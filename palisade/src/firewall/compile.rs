@@ -591,6 +591,7 @@ mod tests {
             scrub: crate::scrub::Scrub::default(),
             nat: crate::nat::Nat::default(),
             lb: crate::lb::Lb::default(),
+            tls: crate::tls::Tls::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2026,6 +2027,7 @@ mod tests {
                         scrub: crate::scrub::Scrub::default(),
                         nat: crate::nat::Nat::default(),
                         lb: crate::lb::Lb::default(),
+                        tls: crate::tls::Tls::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2154,6 +2156,7 @@ mod tests {
                     scrub: crate::scrub::Scrub::default(),
                     nat: crate::nat::Nat::default(),
                     lb: crate::lb::Lb::default(),
+                    tls: crate::tls::Tls::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

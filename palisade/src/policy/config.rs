@@ -387,6 +387,7 @@ mod lb;
 mod nat;
 mod scrub;
 mod shield;
+mod tls;
 use super::setfile::{family_name, parse_cidr, parse_set_file};
 
 /// The most rules a policy may hold, counted as written (before sets or lists expand).
@@ -807,6 +808,7 @@ const TOP_KEYS: &[&str] = &[
     "scrub",
     "nat",
     "lb",
+    "tls",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
@@ -1150,6 +1152,10 @@ impl Checker<'_> {
             Some(node) => self.lb(node),
             None => crate::lb::Lb::default(),
         };
+        let tls = match root.get("tls") {
+            Some(node) => self.tls(node, &dns),
+            None => crate::tls::Tls::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1159,6 +1165,7 @@ impl Checker<'_> {
             scrub,
             nat,
             lb,
+            tls,
         })
     }
 
@@ -3069,6 +3076,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 scrub: crate::scrub::Scrub::default(),
                 nat: crate::nat::Nat::default(),
                 lb: crate::lb::Lb::default(),
+                tls: crate::tls::Tls::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3394,9 +3402,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`",
+                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`",
+                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`",
                 ],
             ),
         ];

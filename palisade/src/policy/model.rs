@@ -279,6 +279,7 @@ pub struct Policy {
     pub scrub: crate::scrub::Scrub,
     pub nat: crate::nat::Nat,
     pub lb: crate::lb::Lb,
+    pub tls: crate::tls::Tls,
 }
 
 impl Policy {
@@ -560,6 +561,7 @@ mod tests {
             scrub: crate::scrub::Scrub::default(),
             nat: crate::nat::Nat::default(),
             lb: crate::lb::Lb::default(),
+            tls: crate::tls::Tls::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),

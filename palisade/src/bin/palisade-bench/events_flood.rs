@@ -293,6 +293,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
         scrub: palisade::scrub::Scrub::default(),
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
+        tls: palisade::tls::Tls::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -37,6 +37,7 @@ mod runner;
 mod shield;
 mod suite;
 mod synflood;
+mod tls;
 mod workload;
 
 use std::{
@@ -74,7 +75,8 @@ use clap::Parser;
         palisade-bench --dns-events         DNS events under a flood: every query an event against the event budget\n  \
         palisade-bench --shield             SYN shield: a cookie SYN-ACK from XDP against the floor and the stack path\n  \
         palisade-bench --nat                NAT: masquerade on live frames against nftables masquerade\n  \
-        palisade-bench --lb                 load balancer: an established flow's encapsulation against the floor and the firewall"
+        palisade-bench --lb                 load balancer: an established flow's encapsulation against the floor and the firewall\n  \
+        palisade-bench --tls                TLS: reading a ClientHello, its JA4 and the decision, per handshake"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -197,6 +199,10 @@ struct Args {
     /// --quick].
     #[arg(long, value_name = "S")]
     shield_flood_seconds: Option<f64>,
+    /// Run the TLS suite instead: what reading a ClientHello, its JA4 and the [tls]
+    /// decision cost the daemon per handshake, against copying the same bytes.
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield"])]
+    tls: bool,
     /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
     /// --quick].
     #[arg(long, value_name = "S")]
@@ -383,6 +389,21 @@ fn run(args: &Args) -> Result<ExitCode> {
                 rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 7 }).max(1),
                 packets: if args.quick { 500 } else { 5000 },
                 seed: s.seed,
+            },
+            command,
+        )?;
+        let stem = report.write(&s.out)?;
+        println!("{}", report.terminal());
+        println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.tls {
+        let report = tls::run(
+            &tls::TlsSettings {
+                mode: s.mode,
+                rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1),
+                iterations: if args.quick { 2000 } else { 20_000 },
+                names: if args.quick { 10_000 } else { 100_000 },
             },
             command,
         )?;
