@@ -108,6 +108,40 @@ fn lb_suite() {
         report["ipvs_available"].as_bool(),
         Some(std::path::Path::new("/proc/net/ip_vs").exists())
     );
+    // Live frames: the floor, Palisade in both modes and nftables' DNAT, each with every
+    // packet of its check pass counted leaving toward all three backends (the suite fails
+    // otherwise; checked again here from the report).
+    let live = &report["live"];
+    let results = live["results"].as_array().expect("live results");
+    let configs: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r["config"].as_str())
+        .collect();
+    assert_eq!(
+        configs,
+        ["forward", "palisade-dnat", "palisade-dsr", "nft-dnat"],
+        "{live:#}"
+    );
+    let flows = live["flows"].as_u64().expect("flows");
+    for r in results {
+        for round in r["rounds"].as_array().expect("rounds") {
+            let left: Vec<u64> = round["left_per_backend"]
+                .as_array()
+                .expect("left per backend")
+                .iter()
+                .map(|n| n.as_u64().expect("a count"))
+                .collect();
+            let toward = if r["config"] == "forward" { 1 } else { 3 };
+            assert_eq!(left.len(), toward, "{r:#}");
+            assert!(left.iter().all(|&n| n > 0), "{r:#}");
+            assert_eq!(left.iter().sum::<u64>(), flows, "{r:#}");
+        }
+    }
+    for r in &results[1..] {
+        assert!(r["above_floor_ns"]["median"].is_number(), "{r:#}");
+    }
+    assert!(live["dnat_to_nft"].as_f64().is_some(), "{live:#}");
+    assert!(live["dsr_to_nft"].as_f64().is_some(), "{live:#}");
     let _ = std::fs::remove_dir_all(out);
 }
 

@@ -1,5 +1,6 @@
 //! A flood generator for `BPF_PROG_TEST_RUN` in XDP live-frames mode: every frame comes
-//! from a source address not seen before.
+//! from a source address not seen before, or, cycling, from one of a fixed set of sources
+//! in turn (established flows).
 //!
 //! Live frames run one frame over and over, and the kernel recycles the frames' pages without
 //! restoring their bytes, so a program that rewrites its packet (a SYN answered in place with
@@ -13,7 +14,8 @@
 //! Run with an ingress interface ([`Generator::send_on`]), the frames arrive as if received
 //! by that interface: `XDP_PASS` hands them to its stack and `XDP_TX` sends them out of it.
 //!
-//! Used by `conntrack_flood.rs`, `shield_flood.rs` and the bench's SYN-flood suite.
+//! Used by `conntrack_flood.rs`, `shield_flood.rs`, the bench's SYN-flood suite and its
+//! load-balancer suite's live frames.
 
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 
@@ -246,6 +248,33 @@ impl Generator {
     /// When the template is not of that shape or the kernel refuses the program.
     #[must_use]
     pub fn new(template: &[u8], base: std::net::Ipv4Addr, then: Then<'_>, park: &str) -> Self {
+        Self::build(template, base, None, then, park)
+    }
+
+    /// A generator whose sources cycle through `flows` addresses from `base` (a power of
+    /// two): the same flows again and again, as established traffic.
+    ///
+    /// # Panics
+    /// As [`Generator::new`], and when `flows` is not a power of two.
+    #[must_use]
+    pub fn cycling(
+        template: &[u8],
+        base: std::net::Ipv4Addr,
+        flows: u32,
+        then: Then<'_>,
+        park: &str,
+    ) -> Self {
+        assert!(flows.is_power_of_two(), "{flows} flows: not a power of two");
+        Self::build(template, base, Some(flows - 1), then, park)
+    }
+
+    fn build(
+        template: &[u8],
+        base: std::net::Ipv4Addr,
+        mask: Option<u32>,
+        then: Then<'_>,
+        park: &str,
+    ) -> Self {
         assert!(
             template.len() >= L3 + 20 && template[12..14] == [0x08, 0x00] && template[L3] == 0x45,
             "the template is an untagged IPv4 frame without IP options"
@@ -320,6 +349,9 @@ impl Generator {
             a.op(insn(0x72, 7, 0, i as i16, i32::from(b))); // *(u8 *)(r7 + i) = b
         }
         a.op(insn(0xbf, 9, 8, 0, 0)); // r9 = r8
+        if let Some(mask) = mask {
+            a.op(insn(0x54, 9, 0, 0, mask as i32)); // w9 &= mask
+        }
         a.op(insn(0x04, 9, 0, 0, u32::from(base) as i32)); // w9 += base
         a.op(insn(0xbf, 1, 9, 0, 0)); // r1 = r9
         a.op(insn(0xdc, 1, 0, 0, 32)); // r1 = htobe32(r1)
@@ -399,7 +431,8 @@ impl Generator {
         &self.template
     }
 
-    /// Frames stamped so far (the next source is the base plus this).
+    /// Frames stamped so far (the next source is the base plus this, modulo the flows when
+    /// cycling).
     #[must_use]
     pub fn stamped(&self) -> u32 {
         let key = 0u32;

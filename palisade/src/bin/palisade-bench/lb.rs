@@ -9,8 +9,10 @@
 //! packets go to the stack (`XDP_PASS`) after the rewrite; on a live balancer the same lookup
 //! decides `XDP_TX`.
 //!
-//! The IPVS baseline of the issue needs IPVS in the kernel (`CONFIG_IP_VS`): the suite
-//! records whether `/proc/net/ip_vs` exists and measures nothing it cannot measure.
+//! The live part (`crate::lb_live`) measures the same established-flow path on live frames,
+//! against plain forwarding and nftables' DNAT load balancing with conntrack, in the same run.
+//! IPVS, the usual kernel load balancer, needs `CONFIG_IP_VS`: the suite records whether
+//! `/proc/net/ip_vs` exists and measures nothing it cannot measure.
 
 use std::{fmt::Write as _, path::Path, time::Instant};
 
@@ -25,6 +27,7 @@ use serde::Serialize;
 use crate::{
     harness::{FLOOR_PASS, Loaded},
     inspect::{self, Machine},
+    lb_live,
     rng::Rng,
     runner::Spread,
     utc_now,
@@ -40,6 +43,8 @@ pub struct LbSettings {
     /// Flows (one packet each) per target and round.
     pub packets: usize,
     pub seed: u64,
+    /// The live part, unless skipped.
+    pub live: Option<lb_live::LiveSettings>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,8 +69,10 @@ pub struct LbReport {
     /// The DSR path above the floor, and over the firewall-only path above the floor.
     pub dsr_above_floor_ns: f64,
     pub dsr_to_firewall_ratio: f64,
-    /// Whether this kernel has IPVS, the issue's baseline (`/proc/net/ip_vs`).
+    /// Whether this kernel has IPVS, the usual kernel load balancer (`/proc/net/ip_vs`).
     pub ipvs_available: bool,
+    /// Live frames: Palisade against plain forwarding and nftables' DNAT.
+    pub live: Option<lb_live::LiveReport>,
     pub elapsed_s: f64,
 }
 
@@ -191,6 +198,11 @@ pub fn run(s: &LbSettings, command: String) -> Result<LbReport> {
             above_floor_ns: Spread::of(&above[i]),
         })
         .collect();
+    let live = s
+        .live
+        .as_ref()
+        .map(|l| lb_live::run(l, &mut dnat, &mut dsr, &mut plain))
+        .transpose()?;
     let dsr_ns = results[2].above_floor_ns.median;
     let fw_ns = results[1].above_floor_ns.median;
     Ok(LbReport {
@@ -204,6 +216,7 @@ pub fn run(s: &LbSettings, command: String) -> Result<LbReport> {
         dsr_above_floor_ns: dsr_ns,
         dsr_to_firewall_ratio: if fw_ns > 0.0 { dsr_ns / fw_ns } else { 0.0 },
         ipvs_available: Path::new("/proc/net/ip_vs").exists(),
+        live,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -234,18 +247,49 @@ impl LbReport {
         if self.ipvs_available {
             "IPVS is in this kernel, but this suite does not measure it yet."
         } else {
-            "IPVS (the issue's baseline) is not in this kernel (no /proc/net/ip_vs): no IPVS \
-             figure and no ratio against it."
+            "IPVS, the usual kernel load balancer, is not in this kernel (`CONFIG_IP_VS` off, \
+             no /proc/net/ip_vs): no IPVS figure and no ratio against it; nftables' DNAT with \
+             conntrack is the kernel peer measured on live frames."
         }
     }
 
     pub fn terminal(&self) -> String {
+        let live = self.live.as_ref().map_or_else(String::new, |l| {
+            format!("\nLive frames:\n{}\n{}\n", l.table(), l.summary())
+        });
         format!(
-            "{}\nDSR, established flow: {:.0} ns above the floor, {:.2}x the firewall alone.\n{}",
+            "{}\nDSR, established flow: {:.0} ns above the floor, {:.2}x the firewall alone.\n{live}{}",
             self.table(),
             self.dsr_above_floor_ns,
             self.dsr_to_firewall_ratio,
             self.ipvs_line()
+        )
+    }
+
+    fn live_section(&self) -> String {
+        let Some(l) = &self.live else {
+            return "The live part was skipped (`--lb-no-live`).\n".to_string();
+        };
+        format!(
+            "## Live frames\n\n{} established flows (one 64-byte ACK each, in turn) to the VIP, \
+             spread over {} backends, generated with XDP live frames as if received by the \
+             balancer's interface, on one pinned CPU; {} rounds, each measuring every \
+             configuration in a shuffled order for {} windows of {} ms after a 300 ms warm-up. \
+             CPU ns per packet of the generator's thread and its CPU's ksoftirqd; *above the \
+             floor* is less `forward` of the same round. Every configuration's packets were \
+             counted leaving toward all {} backends (a check pass over every flow, counted by \
+             nftables in postrouting), Palisade's counters showed every packet rewritten and \
+             handed to the stack, from the flow table but for each flow's first packet, and \
+             nftables' NAT rule translated each flow once (netfilter's conntrack the rest).\n\n{}\n{}\n\nnftables' ruleset:\n\n```\n{}```\n",
+            l.flows,
+            l.backends.len(),
+            l.rounds,
+            l.windows,
+            l.window_ms,
+            l.backends.len(),
+            l.table(),
+            l.summary(),
+            l.nft_ruleset
         )
     }
 
@@ -261,7 +305,7 @@ impl LbReport {
              {} established flows (one 64-byte ACK each) per target, each run once per \
              `BPF_PROG_TEST_RUN`; the kernel's time of each run, median per round.\n\n{}\n\
              An established DSR flow costs **{:.0} ns** above the floor, {:.2} times what the \
-             same packet costs through the firewall alone.\n\n{}\n",
+             same packet costs through the firewall alone.\n\n{}\n{}\n",
             self.generated,
             self.command,
             self.elapsed_s,
@@ -271,6 +315,7 @@ impl LbReport {
             self.table(),
             self.dsr_above_floor_ns,
             self.dsr_to_firewall_ratio,
+            self.live_section(),
             self.ipvs_line()
         );
         std::fs::write(dir.join(format!("{stem}.md")), md)?;

@@ -21,6 +21,7 @@ mod flood;
 mod harness;
 mod inspect;
 mod lb;
+mod lb_live;
 mod live;
 mod nat;
 mod netns;
@@ -75,7 +76,7 @@ use clap::Parser;
         palisade-bench --dns-events         DNS events under a flood: every query an event against the event budget\n  \
         palisade-bench --shield             SYN shield: a cookie SYN-ACK from XDP against the floor and the stack path\n  \
         palisade-bench --nat                NAT: masquerade on live frames against nftables masquerade\n  \
-        palisade-bench --lb                 load balancer: an established flow's encapsulation against the floor and the firewall\n  \
+        palisade-bench --lb                 load balancer: an established flow's cost in test runs, and on live frames against nftables DNAT\n  \
         palisade-bench --tls                TLS: reading a ClientHello, its JA4 and the decision, per handshake"
 )]
 struct Args {
@@ -187,9 +188,14 @@ struct Args {
     shield: bool,
     /// Run the load-balancer suite instead: a packet of an established flow through the
     /// load balancer (flow table, IPIP encapsulation or DNAT rewrite) against the floor and
-    /// the firewall alone (test runs, one run per syscall).
+    /// the firewall alone (test runs, one run per syscall), then on live frames against plain
+    /// forwarding and nftables' DNAT load balancing with conntrack (--live-rounds,
+    /// --live-windows and --live-window-ms apply).
     #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield"])]
     lb: bool,
+    /// load-balancer suite: skip the live frames.
+    #[arg(long)]
+    lb_no_live: bool,
     /// shield suite: skip the live SYN flood (the daemon's cookies from XDP against the
     /// kernel's own SYN cookies, CPU per SYN and real clients' success; --live-rounds and
     /// --shield-flood-seconds apply).
@@ -389,6 +395,19 @@ fn run(args: &Args) -> Result<ExitCode> {
                 rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 7 }).max(1),
                 packets: if args.quick { 500 } else { 5000 },
                 seed: s.seed,
+                live: (!args.lb_no_live).then(|| lb_live::LiveSettings {
+                    rounds: args
+                        .live_rounds
+                        .unwrap_or(if args.quick { 1 } else { 5 })
+                        .max(1),
+                    window: std::time::Duration::from_millis(
+                        args.live_window_ms
+                            .unwrap_or(if args.quick { 300 } else { 1000 }),
+                    ),
+                    windows: args.live_windows.unwrap_or(2).max(1),
+                    cpu: s.cpu.unwrap_or(inspect::online_cpus() - 1),
+                    seed: s.seed,
+                }),
             },
             command,
         )?;
