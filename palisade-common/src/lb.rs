@@ -534,7 +534,7 @@ mod tests {
         }
         assert!(to.iter().all(|&c| c * 99 < of_removed * 4), "{to:?}");
         // The same table rebuilt from scratch without the backend (a new configuration)
-        // moves more: measured and reported, not bounded by the figure.
+        // moves more: measured and reported, not bounded.
         let rest: Vec<(u32, u32)> = all.iter().copied().filter(|b| b.0 != 37).collect();
         let rebuilt = ring_of(seed, &rest);
         let churn = (0..n)

@@ -54,7 +54,7 @@ use crate::{
     workload::{PROBES, Probe, ProbeClass, XDP_PASS, short_count},
 };
 
-/// The goal for the tracker's cost per packet, ns above the stateless path.
+/// The goal for the tracker's cost per packet, ns above the stateless path.
 const GOAL_NS: f64 = 40.0;
 /// Default capacity of the table of validated flows.
 const CT_EST_DEFAULT: u32 = 262_144;

@@ -32,7 +32,7 @@ use crate::{
 const XDP_TX: u32 = 3;
 /// The port the SYNs go to.
 const PORT: u16 = 443;
-/// The goal of the issue: a cookie SYN-ACK at most this many ns above the floor.
+/// The goal: a cookie SYN-ACK at most this many ns above the floor.
 pub const GOAL_NS: f64 = 250.0;
 
 pub struct ShieldSettings {
