@@ -247,9 +247,14 @@ impl LbReport {
         if self.ipvs_available {
             "IPVS is in this kernel, but this suite does not measure it yet."
         } else {
-            "IPVS, the usual kernel load balancer, is not in this kernel (`CONFIG_IP_VS` off, \
-             no /proc/net/ip_vs): no IPVS figure and no ratio against it; nftables' DNAT with \
-             conntrack is the kernel peer measured on live frames."
+            if self.live.is_some() {
+                "IPVS, the usual kernel load balancer, is not in this kernel (`CONFIG_IP_VS` \
+                 off, no /proc/net/ip_vs): no IPVS figure and no ratio against it; nftables' \
+                 DNAT with conntrack is the kernel peer measured on live frames."
+            } else {
+                "IPVS, the usual kernel load balancer, is not in this kernel (`CONFIG_IP_VS` \
+                 off, no /proc/net/ip_vs): no IPVS figure and no ratio against it."
+            }
         }
     }
 
