@@ -1176,11 +1176,14 @@ fn sync_tcx(
         if done {
             continue;
         }
+        // The translations that change what a packet leaves as go first in the egress chain
+        // (the one attached last first of all: the load balancer's reverse, then NAT), so
+        // the egress tracker sees every flow by the tuple the other end sees.
         let id = prog
             .attach_with_options(
                 iface,
                 kind.attach_type(),
-                TcAttachOptions::TcxOrder(if kind == Tcx::NatEgress {
+                TcAttachOptions::TcxOrder(if matches!(kind, Tcx::NatEgress | Tcx::LbReverse) {
                     LinkOrder::first()
                 } else {
                     LinkOrder::default()
