@@ -457,7 +457,7 @@ impl Datapath {
         if !self.scrub.is_empty() {
             return Ok(());
         }
-        self.scrub = self.tc_programs([crate::scrub::INGRESS, crate::scrub::EGRESS], "scrub")?;
+        self.scrub = self.tc_programs(&[crate::scrub::INGRESS, crate::scrub::EGRESS], "scrub")?;
         Ok(())
     }
 
@@ -466,7 +466,7 @@ impl Datapath {
         if !self.nat.is_empty() {
             return Ok(());
         }
-        self.nat = self.tc_programs([crate::nat::INGRESS, crate::nat::EGRESS], "NAT")?;
+        self.nat = self.tc_programs(&[crate::nat::INGRESS, crate::nat::EGRESS], "NAT")?;
         Ok(())
     }
 
@@ -477,25 +477,21 @@ impl Datapath {
     fn sync_nat(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
         self.ensure_nat_programs()?;
         let pins = self.all_link_pins();
-        let mut links = Vec::new();
-        for (prog, kind) in self.nat.iter_mut().zip([Tcx::NatIngress, Tcx::NatEgress]) {
-            links.extend(sync_tcx(
-                &self.layout,
-                &pins,
-                prog,
-                kind,
-                &opts.ifaces,
-                notes,
-            )?);
-        }
-        self.nat_links = links;
+        self.nat_links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut self.nat,
+            &[Tcx::NatIngress, Tcx::NatEgress],
+            &opts.ifaces,
+            notes,
+        )?;
         Ok(())
     }
 
     /// Loads (or reuses the pinned) TC programs `names` of `what`.
-    fn tc_programs(&mut self, names: [&str; 2], what: &str) -> Result<Vec<SchedClassifier>> {
+    fn tc_programs(&mut self, names: &[&str], what: &str) -> Result<Vec<SchedClassifier>> {
         let mut progs = Vec::new();
-        for name in names {
+        for &name in names {
             let path = self.layout.prog(name);
             if let Ok(p) = SchedClassifier::from_pin(&path) {
                 progs.push(p);
@@ -521,23 +517,9 @@ impl Datapath {
         if self.lb_reverse.is_some() {
             return Ok(());
         }
-        let name = crate::lb::REVERSE;
-        let path = self.layout.prog(name);
-        if let Ok(p) = SchedClassifier::from_pin(&path) {
-            self.lb_reverse = Some(p);
-            return Ok(());
-        }
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
-            .try_into()?;
-        prog.load()
-            .with_context(|| format!("the kernel refused the program {name}"))?;
-        let _ = fs::remove_file(&path);
-        prog.pin(&path)
-            .with_context(|| format!("pinning {name} at {}", path.display()))?;
-        self.lb_reverse = Some(SchedClassifier::from_pin(&path)?);
+        self.lb_reverse = self
+            .tc_programs(&[crate::lb::REVERSE], "load balancer")?
+            .pop();
         Ok(())
     }
 
@@ -564,26 +546,7 @@ impl Datapath {
         if !self.tls.is_empty() {
             return Ok(());
         }
-        let mut progs = Vec::new();
-        for name in [crate::tls::INGRESS, crate::tls::EGRESS] {
-            let path = self.layout.prog(name);
-            if let Ok(p) = SchedClassifier::from_pin(&path) {
-                progs.push(p);
-                continue;
-            }
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel refused the TLS gate program {name}"))?;
-            let _ = fs::remove_file(&path);
-            prog.pin(&path)
-                .with_context(|| format!("pinning {name} at {}", path.display()))?;
-            progs.push(SchedClassifier::from_pin(&path)?);
-        }
-        self.tls = progs;
+        self.tls = self.tc_programs(&[crate::tls::INGRESS, crate::tls::EGRESS], "TLS gate")?;
         Ok(())
     }
 
@@ -593,18 +556,14 @@ impl Datapath {
     fn sync_tls(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
         self.ensure_tls_programs()?;
         let pins = self.all_link_pins();
-        let mut links = Vec::new();
-        for (prog, kind) in self.tls.iter_mut().zip([Tcx::TlsIngress, Tcx::TlsEgress]) {
-            links.extend(sync_tcx(
-                &self.layout,
-                &pins,
-                prog,
-                kind,
-                &opts.ifaces,
-                notes,
-            )?);
-        }
-        self.tls_links = links;
+        self.tls_links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut self.tls,
+            &[Tcx::TlsIngress, Tcx::TlsEgress],
+            &opts.ifaces,
+            notes,
+        )?;
         Ok(())
     }
 
@@ -615,22 +574,14 @@ impl Datapath {
     fn sync_scrub(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
         self.ensure_scrub_programs()?;
         let pins = self.all_link_pins();
-        let mut links = Vec::new();
-        for (prog, kind) in self
-            .scrub
-            .iter_mut()
-            .zip([Tcx::ScrubIngress, Tcx::ScrubEgress])
-        {
-            links.extend(sync_tcx(
-                &self.layout,
-                &pins,
-                prog,
-                kind,
-                &opts.ifaces,
-                notes,
-            )?);
-        }
-        self.scrub_links = links;
+        self.scrub_links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut self.scrub,
+            &[Tcx::ScrubIngress, Tcx::ScrubEgress],
+            &opts.ifaces,
+            notes,
+        )?;
         Ok(())
     }
 
@@ -1155,6 +1106,23 @@ impl Tcx {
     }
 }
 
+/// [`sync_tcx`] for programs that go together (a feature's ingress and egress programs),
+/// `progs[i]` of kind `kinds[i]`; returns the links of all of them.
+fn sync_tcx_group(
+    layout: &Layout,
+    pins: &[(LinkPin, PathBuf, bool)],
+    progs: &mut [SchedClassifier],
+    kinds: &[Tcx],
+    ifaces: &[String],
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, OwnedFd)>> {
+    let mut links = Vec::new();
+    for (prog, &kind) in progs.iter_mut().zip(kinds) {
+        links.extend(sync_tcx(layout, pins, prog, kind, ifaces, notes)?);
+    }
+    Ok(links)
+}
+
 /// Attaches `prog` (a tcx program of `kind`) to every interface of `ifaces`, adopting pinned
 /// links of `pins` and switching them to `prog`; detaches the pinned links of this kind on
 /// interfaces no longer guarded. Returns the links.
@@ -1208,11 +1176,14 @@ fn sync_tcx(
         if done {
             continue;
         }
+        // The translations that change what a packet leaves as go first in the egress chain
+        // (the one attached last first of all: the load balancer's reverse, then NAT), so
+        // the egress tracker sees every flow by the tuple the other end sees.
         let id = prog
             .attach_with_options(
                 iface,
                 kind.attach_type(),
-                TcAttachOptions::TcxOrder(if kind == Tcx::NatEgress {
+                TcAttachOptions::TcxOrder(if matches!(kind, Tcx::NatEgress | Tcx::LbReverse) {
                     LinkOrder::first()
                 } else {
                     LinkOrder::default()

@@ -595,3 +595,42 @@ fn a_drained_backend_keeps_its_flows_and_gets_no_new_ones() {
     );
     let _ = Lab::CLIENT_V4;
 }
+
+/// With connection tracking on (and `[shield] tcp_invalid = "drop"`, which drops segments of
+/// flows the tracker does not know as answered), a DNAT service works and the tracker sees
+/// each client's flow to the VIP answered by the VIP: the reverse translation runs before
+/// the egress tracker, so the reply is the client flow's own, over IPv4 and IPv6. A DSR
+/// service works too: its flows are never answered through the balancer, so their
+/// segments are not condemned as invalid.
+#[test]
+fn dnat_flows_are_tracked_as_the_clients_flows_to_the_vip() {
+    let lab = Lab::new();
+    let policy = format!(
+        "{}\n[conntrack]\nenabled = true\n\n[shield]\ntcp_invalid = \"drop\"\n",
+        policy()
+    );
+    let mut host = GuardedHost::new("lb-ct", &policy, &lab.lb, "veth-lc");
+    host.start();
+    for vip in ["10.72.9.2", "fd72:9::2"] {
+        let mut c = Conn::open(&lab.client, vip);
+        for i in 0..5 {
+            assert!(c.get().is_some(), "request {i} through {vip}");
+        }
+        let flows = cli_json(&host.socket(), &["ct", "list", "--json", "--dport", "8080"]);
+        let to_vip: Vec<&serde_json::Value> = flows
+            .as_array()
+            .expect("a JSON array")
+            .iter()
+            .filter(|f| f["reply_addr"] == vip)
+            .collect();
+        assert_eq!(to_vip.len(), 1, "{flows}");
+        assert_eq!(to_vip[0]["state"], "established", "{flows}");
+        assert_eq!(to_vip[0]["table"], "validated", "{flows}");
+    }
+    for vip in ["10.72.9.1", "fd72:9::1"] {
+        let mut c = Conn::open(&lab.client, vip);
+        for i in 0..5 {
+            assert!(c.get().is_some(), "request {i} through {vip}");
+        }
+    }
+}

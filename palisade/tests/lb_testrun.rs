@@ -441,11 +441,45 @@ fn a_service_without_backends_drops_with_its_reason() {
     assert_eq!(b.reason_count(reason::LB_NO_BACKEND).expect("reasons"), 1);
 }
 
+/// Keeps the calling thread on the CPU it runs on until dropped, then gives it back the
+/// CPUs it had.
+struct OneCpu {
+    before: libc::cpu_set_t,
+}
+
+impl OneCpu {
+    fn pin() -> Self {
+        // SAFETY: plain syscalls on this thread's own affinity, with a zeroed, sized set.
+        unsafe {
+            let mut before: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut before), 0);
+            let cpu = usize::try_from(libc::sched_getcpu()).expect("a CPU");
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+            Self { before }
+        }
+    }
+}
+
+impl Drop for OneCpu {
+    fn drop(&mut self) {
+        // SAFETY: as in `pin`.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.before);
+        }
+    }
+}
+
 #[test]
 fn the_insertion_gate_holds_a_flood_and_still_balances_it() {
     let text = services("dsr").replace("encap_source_v4", "flow_insert_rate = 10\nencap_source_v4");
     let p = policy(&text);
     let b = bench(&p);
+    // The gate's buckets are per CPU: the runs stay on one, or a thread the scheduler moves
+    // would fill two.
+    let _cpu = OneCpu::pin();
     let started = std::time::Instant::now();
     for i in 0..100u16 {
         let c = format!("198.51.{}.{}", 100 + i / 250, 1 + i % 250);
@@ -756,4 +790,38 @@ fn adding_and_reweighting_backends_live_keeps_every_established_flow() {
             .is_err()
     );
     assert_eq!(live, before);
+}
+
+/// A DSR balancer with connection tracking and `[shield] tcp_invalid = "drop"`: the backends
+/// answer the clients directly, so the tracker sees a flow's SYN and never its SYN-ACK, and
+/// the client's next segments are `invalid` to it. They are still balanced (the flow's
+/// backend, encapsulated), not dropped as invalid; invalid TCP to other addresses still is.
+#[test]
+fn dsr_flows_are_not_condemned_as_invalid_when_the_replies_bypass_the_balancer() {
+    let text = format!(
+        "{}\n[conntrack]\nenabled = true\n\n[shield]\ntcp_invalid = \"drop\"\n",
+        services("dsr")
+    );
+    let p = policy(&text);
+    let b = bench(&p);
+    let client = ip("198.51.100.9");
+    let (backend, hash) = reference(&p, &Live::default(), "web4", client, 40_100);
+    let syn = Frame::tcp("198.51.100.9", "10.0.0.100", 40_100, 80, SYN).build();
+    let (action, out) = run(&b, &syn);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, encapsulated(&syn, backend, hash));
+    for i in 0..3u32 {
+        let ack = Frame::tcp("198.51.100.9", "10.0.0.100", 40_100, 80, ACK)
+            .with_tcp_seq(1 + i * 18)
+            .with_payload(b"GET / HTTP/1.0\r\n\r\n")
+            .build();
+        let (action, out) = run(&b, &ack);
+        assert_eq!(action, XDP_PASS, "segment {i}");
+        assert_eq!(out, encapsulated(&ack, backend, hash), "segment {i}");
+    }
+    assert_eq!(b.reason_count(reason::SHIELD_TCP_INVALID).unwrap(), 0);
+    // An ACK of no flow to an address that is no VIP is still dropped as invalid.
+    let stray = Frame::tcp("198.51.100.9", "10.0.0.101", 40_100, 80, ACK).build();
+    assert_eq!(run(&b, &stray).0, XDP_DROP);
+    assert_eq!(b.reason_count(reason::SHIELD_TCP_INVALID).unwrap(), 1);
 }

@@ -398,3 +398,53 @@ fn refused_flows_are_dropped_in_xdp() {
         .build();
     assert_eq!(g.bench.run(&other).unwrap(), XDP_PASS);
 }
+
+/// A flow whose pending entry is gone before its hello (evicted by a flood of SYNs to the
+/// watched ports, or its SYN missed) is held again from the segment that begins its
+/// ClientHello: evicting one's own entry does not let a blocked name through. Data of an
+/// unknown flow that begins no hello (a connection older than the policy) still passes.
+#[test]
+fn a_flow_evicted_before_its_hello_is_held_again() {
+    use palisade_common::tls::gate::{GateFlow, TS_ADOPTED, TS_UNTRACKED};
+    let mut g = gate(POLICY);
+    let mut flows = Flows::new();
+    let (c, s, cport) = ("10.1.0.2", "10.2.0.2", 40_030);
+    let isn = 0x1000_0000u32;
+    let syn = Frame::tcp(c, s, cport, 443, SYN).with_tcp_seq(isn).build();
+    assert_eq!(g.ingress(&syn), TC_ACT_UNSPEC);
+    let k = key(c, s, cport);
+    {
+        let mut m: aya::maps::HashMap<&mut MapData, GateKey, GateFlow> =
+            aya::maps::HashMap::try_from(g.bench.ebpf.map_mut("TLS_FLOWS").unwrap()).unwrap();
+        m.remove(&k).expect("the pending entry");
+    }
+    // Application data of an unknown flow: not a hello, let through untracked.
+    let old = Frame::tcp(c, s, cport, 443, PSH_ACK)
+        .with_tcp_seq(isn.wrapping_add(1))
+        .with_payload(&[23, 3, 3, 0, 4, 1, 0, 0, 0])
+        .build();
+    assert_eq!(g.ingress(&old), TC_ACT_UNSPEC);
+    assert_eq!((g.counter(TS_ADOPTED), g.counter(TS_UNTRACKED)), (0, 1));
+    assert!(tls::gate_flow(&g.bench.ebpf, &k).unwrap().is_none());
+    // The hello, in two segments: the first begins it and is adopted.
+    let stream = ClientHelloSpec::modern("www.blocked.example").records(16_384);
+    for (i, chunk) in stream.chunks(1400).enumerate() {
+        let f = Frame::tcp(c, s, cport, 443, PSH_ACK)
+            .with_tcp_seq(isn.wrapping_add(1).wrapping_add((i * 1400) as u32))
+            .with_payload(chunk)
+            .build();
+        assert_eq!(g.ingress(&f), TC_ACT_UNSPEC);
+    }
+    assert_eq!(g.counter(TS_ADOPTED), 1);
+    let flow = tls::gate_flow(&g.bench.ebpf, &k)
+        .unwrap()
+        .expect("adopted entry");
+    assert_eq!((flow.state, flow.base), (FLOW_PENDING, isn.wrapping_add(1)));
+    // Held again: the server's data waits for the verdict.
+    assert_eq!(g.egress(&server_data(s, c, cport)), TC_ACT_SHOT);
+    let decided = g.daemon(&mut flows);
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].reason, reason::TLS_SNI_BLOCKED);
+    assert_eq!(g.egress(&server_data(s, c, cport)), TC_ACT_SHOT);
+    assert_eq!(g.ingress(&old), TC_ACT_SHOT);
+}

@@ -132,7 +132,11 @@ pub const TS_QUIC_DROPS: u32 = 6;
 pub const TS_NOT_PARSED: u32 = 7;
 /// Packets of flows pending past [`PENDING_LIMIT`], decided by the gate alone.
 pub const TS_STALE: u32 = 8;
-pub const TS_COUNT: u32 = 9;
+/// Client segments of no flow in the table that begin a ClientHello (a handshake record
+/// whose first message is a ClientHello): the flow was evicted between its SYN and its hello
+/// (or its SYN was missed), so the gate starts holding it there.
+pub const TS_ADOPTED: u32 = 9;
+pub const TS_COUNT: u32 = 10;
 /// Stable names of the counters.
 pub const TS_NAMES: [&str; TS_COUNT as usize] = [
     "flows",
@@ -144,4 +148,5 @@ pub const TS_NAMES: [&str; TS_COUNT as usize] = [
     "quic_drops",
     "not_parsed",
     "stale",
+    "adopted",
 ];

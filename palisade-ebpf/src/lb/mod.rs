@@ -117,6 +117,20 @@ pub fn is_vip(p: &Packet) -> bool {
     }
 }
 
+/// Whether `p` goes to a VIP of a DSR service: its replies go from the backend to the
+/// client directly, so the tracker never sees the flow answered and its segments after the
+/// SYN are `invalid` by design. Not inlined: the tracker's stage calls it only for invalid
+/// TCP, with its own frame.
+#[inline(never)]
+pub fn is_dsr_vip(p: &Packet) -> bool {
+    if !is_vip(p) {
+        return false;
+    }
+    LB_SCRATCH
+        .get(SCRATCH_XDP)
+        .is_some_and(|s| s.svc.mode == MODE_DSR)
+}
+
 /// Copies 16 bytes by 16-bit words (both sides are 2-aligned): a plain copy of a byte array
 /// becomes single bytes.
 #[inline(always)]

@@ -77,7 +77,10 @@ pub fn screen(p: &mut Packet, generation: u32) -> bool {
 /// Marks invalid TCP for the rules stage to drop, when `tcp_invalid = "drop"`.
 #[inline(always)]
 pub fn condemn_invalid(cfg: &ShieldConfig, p: &mut Packet) {
-    if cfg.flags & SHIELD_TCP_INVALID != 0 {
+    // The client's side of a DSR flow is all the tracker sees of it when the backends answer
+    // the clients directly (see `lb::is_dsr_vip`): its segments go on to the rules, which
+    // judge VIP traffic by address and port.
+    if cfg.flags & SHIELD_TCP_INVALID != 0 && !crate::lb::is_dsr_vip(p) {
         bump(&SHIELD_STATS, SH_TCP_INVALID_DROPPED);
         p.shield = reason::SHIELD_TCP_INVALID as u8;
     }

@@ -25,8 +25,8 @@ use palisade_common::{
     tls::gate::{
         FLOW_ALLOWED, FLOW_BLOCKED, FLOW_PENDING, GATE_BLOCK_QUIC, GATE_FAIL_CLOSED, GATE_ON,
         GateFlow, GateKey, MAX_SEGMENT_RECORDS, PENDING_LIMIT, SEGMENT_BYTES, SINCE_SHIFT,
-        SegmentRecord, TS_BLOCKED_DROPS, TS_FLOWS, TS_NOT_PARSED, TS_QUIC_DROPS, TS_RECORD_LOST,
-        TS_RECORDS, TS_SERVER_HELD, TS_STALE, TS_UNTRACKED,
+        SegmentRecord, TS_ADOPTED, TS_BLOCKED_DROPS, TS_FLOWS, TS_NOT_PARSED, TS_QUIC_DROPS,
+        TS_RECORD_LOST, TS_RECORDS, TS_SERVER_HELD, TS_STALE, TS_UNTRACKED,
     },
 };
 
@@ -139,13 +139,30 @@ fn decide(ctx: &TcContext) -> Verdict {
         }
         return Verdict::Pass;
     }
+    let header = usize::from(head[12] >> 4) * 4;
+    let payload = usize::from(p.l4_len).saturating_sub(header);
     // SAFETY: the entry is read by value right away; the daemon only ever replaces it.
     let Some(flow) = (unsafe { TLS_FLOWS.get(&key) }).copied() else {
+        if to_server && begins_hello(ctx, l4 + header, payload) {
+            // A flow whose entry was evicted (a flood of SYNs to the watched ports fills
+            // the table) or whose SYN was missed: were it let through untracked, evicting
+            // one's own entry would pass any hello. The hello starts here, so the gate holds
+            // the flow from this byte on.
+            let flow = GateFlow {
+                state: FLOW_PENDING,
+                base: seq,
+                reason: 0,
+                since: now_units(),
+            };
+            if TLS_FLOWS.insert(&key, &flow, 0).is_ok() {
+                bump(&TLS_STATS, TS_ADOPTED);
+                copy_out(ctx, &key, &flow, (seq, ack), l4 + header, payload);
+                return Verdict::Pass;
+            }
+        }
         bump(&TLS_STATS, TS_UNTRACKED);
         return Verdict::Pass;
     };
-    let header = usize::from(head[12] >> 4) * 4;
-    let payload = usize::from(p.l4_len).saturating_sub(header);
     match flow.state {
         FLOW_BLOCKED if p.tcp_flags & TCP_RST != 0 && payload == 0 => Verdict::Pass,
         FLOW_BLOCKED => Verdict::Drop {
@@ -176,6 +193,23 @@ fn decide(ctx: &TcContext) -> Verdict {
         FLOW_ALLOWED => Verdict::Pass,
         _ => Verdict::Pass,
     }
+}
+
+/// Whether the segment's payload (`len` bytes at frame offset `at`) begins a ClientHello: a
+/// TLS handshake record (type 22, version 3.0 to 3.4, a length a record can have) whose
+/// first message is a ClientHello (type 1) shorter than 64 KiB. The record header and the
+/// message header together leave an encrypted handshake record (a TLS 1.2 renegotiation)
+/// about one chance in 65,536 to pass for a hello.
+#[inline(always)]
+fn begins_hello(ctx: &TcContext, at: usize, len: usize) -> bool {
+    if len < 9 {
+        return false;
+    }
+    let Ok(b) = ctx.load::<[u8; 9]>(at) else {
+        return false;
+    };
+    let record = u16::from_be_bytes([b[3], b[4]]);
+    b[0] == 22 && b[1] == 3 && b[2] <= 4 && (4..=18_432).contains(&record) && b[5] == 1 && b[6] == 0
 }
 
 /// For the XDP firewall: the reason a packet arriving on a guarded interface belongs to a
