@@ -43,6 +43,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "procps",
     "curl",
+    "openssl",
     "chrony",
     "ethtool",
 ];
