@@ -123,6 +123,18 @@ pub fn escape(name: &[u8]) -> String {
     out
 }
 
+/// The direction and interface of a link pin's name after its kind: `in-IFACE` or
+/// `out-IFACE`, the interface escaped.
+fn directed(rest: &str) -> Option<(bool, String)> {
+    let (dir, iface) = rest.split_once('-')?;
+    let ingress = match dir {
+        "in" => true,
+        "out" => false,
+        _ => return None,
+    };
+    Some((ingress, String::from_utf8(unescape(iface)?).ok()?))
+}
+
 /// Reverses [`escape`]. `None` for text [`escape`] cannot produce.
 #[must_use]
 pub fn unescape(text: &str) -> Option<Vec<u8>> {
@@ -281,13 +293,7 @@ impl LinkPin {
             return Some(Self::TcxEgress { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-nat-") {
-            let (dir, iface) = rest.split_once('-')?;
-            let ingress = match dir {
-                "in" => true,
-                "out" => false,
-                _ => return None,
-            };
-            let iface = String::from_utf8(unescape(iface)?).ok()?;
+            let (ingress, iface) = directed(rest)?;
             return Some(Self::TcxNat { ingress, iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-lbrev-") {
@@ -295,23 +301,11 @@ impl LinkPin {
             return Some(Self::TcxLbReverse { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-scrub-") {
-            let (dir, iface) = rest.split_once('-')?;
-            let ingress = match dir {
-                "in" => true,
-                "out" => false,
-                _ => return None,
-            };
-            let iface = String::from_utf8(unescape(iface)?).ok()?;
+            let (ingress, iface) = directed(rest)?;
             return Some(Self::TcxScrub { ingress, iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
-            let (dir, iface) = rest.split_once('-')?;
-            let ingress = match dir {
-                "in" => true,
-                "out" => false,
-                _ => return None,
-            };
-            let iface = String::from_utf8(unescape(iface)?).ok()?;
+            let (ingress, iface) = directed(rest)?;
             return Some(Self::TcxTls { ingress, iface });
         }
         if let Some(rest) = file_name.strip_prefix("xdp-") {
