@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod dhcp;
 pub mod dns;
 pub mod event;
 pub mod firewall;

@@ -130,8 +130,14 @@ pub const TLS_INCOMPLETE: u32 = 40;
 /// back to TCP, where the policy sees the server name.
 pub const TLS_QUIC: u32 = 41;
 
+/// DHCP (`[dhcp] rogue = "block"`): a DHCPv4 or DHCPv6 server's message from a source
+/// not on `[dhcp] trusted`.
+pub const DHCP_ROGUE_SERVER: u32 = 42;
+/// DHCP: an IPv6 router advertisement from a router not on `[dhcp] trusted_routers`.
+pub const DHCP_ROGUE_ROUTER: u32 = 43;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 42;
+pub const COUNT: u32 = 44;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -177,6 +183,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tls-malformed",
     "tls-incomplete",
     "tls-quic",
+    "dhcp-rogue-server",
+    "dhcp-rogue-router",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -16,6 +16,7 @@ mod atomic;
 mod bench;
 mod bytes;
 mod ct;
+mod dhcp;
 mod dns;
 mod firewall;
 mod lb;
@@ -147,6 +148,14 @@ pub fn palisade_tls_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn palisade_tls_egress(ctx: TcContext) -> i32 {
     tls::run(&ctx)
+}
+
+/// DHCP snooping of what leaves through the guarded interfaces (TC egress): DHCP, DHCPv6
+/// and router advertisements copied to the daemon; a rogue server's message or router
+/// advertisement dropped under `[dhcp] rogue = "block"`. Fail-open otherwise (see `dhcp`).
+#[classifier]
+pub fn palisade_dhcp_egress(ctx: TcContext) -> i32 {
+    dhcp::run(&ctx)
 }
 
 /// Removes expired (or flushed) flows and counts the rest; run by userspace through

@@ -490,3 +490,24 @@ pub static TLS_SEGMENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// TLS gate counters (`palisade_common::tls::gate::TS_*`), per CPU.
 #[map]
 pub static TLS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TS_COUNT, 0);
+
+// ---- DHCP snooping ----
+
+use palisade_common::dhcp::{DS_COUNT, DhcpConfig, MAX_TRUSTED, RING_BYTES, TrustKey};
+
+/// `[dhcp]`'s settings, one slot per policy generation (8 bytes each).
+#[map]
+pub static DHCP_CONFIG: Array<DhcpConfig> = Array::with_max_entries(GENERATIONS, 0);
+
+/// Trusted servers and routers of both generations (20-byte keys, `MAX_TRUSTED` each).
+#[map]
+pub static DHCP_TRUSTED: HashMap<TrustKey, u8> =
+    HashMap::with_max_entries(GENERATIONS * MAX_TRUSTED, 0);
+
+/// Copied DHCP, DHCPv6 and router-advertisement frames, for the daemon's lease table.
+#[map]
+pub static DHCP_RECORDS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// DHCP snooping counters (`palisade_common::dhcp::DS_*`), per CPU.
+#[map]
+pub static DHCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DS_COUNT, 0);

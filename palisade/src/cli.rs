@@ -123,6 +123,14 @@ pub enum Command {
     ///   palisade lb remove web 10.1.0.4
     #[command(verbatim_doc_comment)]
     Lb(LbArgs),
+    /// The DHCP lease table of `[dhcp]`: MAC, address, hostname and lease end of every
+    /// DHCPv4 and DHCPv6 lease and router advertisement seen on the guarded interfaces.
+    ///
+    /// Examples:
+    ///   palisade leases
+    ///   palisade leases --json
+    #[command(verbatim_doc_comment)]
+    Leases(JsonFlag),
     /// Detach everything and remove every pin; the daemon, if running, exits.
     ///
     /// Without a running daemon it removes what is pinned under --pin-dir (for example after
@@ -498,10 +506,10 @@ pub struct EventsArgs {
     #[arg(long)]
     pub json: bool,
     /// Only events of this kind.
-    #[arg(long, value_parser = ["firewall", "dns", "tls"])]
+    #[arg(long, value_parser = ["firewall", "dns", "tls", "dhcp"])]
     pub kind: Option<String>,
     /// Only events with this verdict (`pass` and `allow` are the same).
-    #[arg(long, value_parser = ["drop", "pass", "allow", "nxdomain", "audit"])]
+    #[arg(long, value_parser = ["drop", "pass", "allow", "nxdomain", "audit", "lease", "alert"])]
     pub verdict: Option<String>,
     /// Only events whose DNS name or rule name contains this text (case-insensitive).
     #[arg(long)]

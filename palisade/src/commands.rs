@@ -547,6 +547,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     println!("{}", moved_line("nat", &c.nat, "nothing translated"));
     println!("{}", moved_line("lb", &c.lb, "nothing balanced"));
     println!("{}", moved_line("tls", &c.tls, "nothing seen"));
+    println!("{}", moved_line("dhcp", &c.dhcp, "nothing snooped"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused
@@ -595,6 +596,21 @@ pub fn shield(socket: &Path, cmd: ShieldCommand) -> Result<()> {
 ///
 /// # Errors
 /// When the daemon cannot be reached or refuses the change.
+/// `palisade leases`.
+///
+/// # Errors
+/// When the daemon does not answer.
+pub fn leases(socket: &Path, json: bool) -> Result<()> {
+    let mut c = Client::connect(socket)?;
+    let l: crate::dhcp::Listing = c.request(&Request::DhcpLeases)?;
+    if json {
+        print_json(&l);
+    } else {
+        print!("{}", crate::dhcp::print_listing(&l));
+    }
+    Ok(())
+}
+
 pub fn lb(socket: &Path, cmd: Option<LbCommand>) -> Result<()> {
     use crate::lb::Action;
     let mut c = Client::connect(socket)?;

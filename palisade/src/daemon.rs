@@ -139,6 +139,8 @@ struct Daemon {
     lb_health: mpsc::Sender<crate::lb::health::Change>,
     /// The TLS gate's daemon side: ClientHellos gathered, decided, enforced.
     tls: crate::tls::runtime::Gatekeeper,
+    /// DHCP snooping's lease table.
+    dhcp: crate::dhcp::runtime::Snooper,
 }
 
 impl Daemon {
@@ -259,6 +261,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             &policy.tls,
             &policy.dns.lists,
         )),
+        dhcp: crate::dhcp::runtime::Snooper::default(),
     };
     d.install(&policy).context("installing the policy")?;
     d.restart_health_checks();
@@ -337,6 +340,14 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     // SAFETY: as for the event ring.
     let mut tls_ring = unsafe { AsyncFd::register(tls_ring) }
         .map_err(|e| anyhow!("watching the TLS segment ring: {e}"))?;
+    let dhcp_ring = RingBuf::try_from(
+        d.dp.ebpf
+            .take_map("DHCP_RECORDS")
+            .ok_or_else(|| anyhow!("no DHCP_RECORDS map"))?,
+    )?;
+    // SAFETY: as for the event ring.
+    let mut dhcp_ring = unsafe { AsyncFd::register(dhcp_ring) }
+        .map_err(|e| anyhow!("watching the DHCP ring: {e}"))?;
     let mut tls_tick =
         tokio::time::interval(Duration::from_millis(crate::tls::flows::EXPIRE_INTERVAL_MS));
     tls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -400,6 +411,12 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             _ = tls_tick.tick() => {
                 d.tls_drain(tls_ring.get_mut());
                 d.tls_expire();
+                d.dhcp_drain(dhcp_ring.get_mut());
+            }
+            guard = dhcp_ring.readable_mut() => {
+                let mut guard = guard?;
+                d.dhcp_drain(guard.get_inner_mut());
+                guard.clear_ready();
             }
             Some(call) = calls.recv() => {
                 if matches!(call.request, Request::Unload) {
@@ -791,6 +808,20 @@ impl Daemon {
                 Err(e) => Response::err(format!("{e:#}")),
             },
             // Handled by the server (events) and the main loop (unload).
+            Request::DhcpLeases => {
+                self.dhcp.expire(crate::dhcp::runtime::unix_now());
+                let t = self.dhcp.tally;
+                Response::ok(&crate::dhcp::Listing {
+                    enabled: self.policy.dhcp.enabled,
+                    leases: self.dhcp.table.list(),
+                    capacity: crate::dhcp::leases::MAX_LEASES,
+                    evicted: self.dhcp.table.evicted,
+                    records: t.records,
+                    unreadable: t.unreadable,
+                    malformed: t.malformed,
+                    rogue_reports: t.rogue_reports,
+                })
+            }
             Request::LbList => {
                 match crate::lb::listing(&self.dp.ebpf, &self.policy.lb, &self.lb_live) {
                     Ok(l) => Response::ok(&l),
@@ -1171,6 +1202,35 @@ impl Daemon {
                 kind: "tls",
                 verdict: ev.verdict.to_string(),
                 names: vec![ev.sni.clone()],
+                json: serde_json::to_string(&ev).unwrap_or_default(),
+                text: ev.to_string(),
+            };
+            self.publish(&mut out, line, subscribers);
+        }
+        let _ = out.flush();
+    }
+
+    /// Reads the frames DHCP snooping copied into the lease table and into events.
+    fn dhcp_drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let now = crate::dhcp::runtime::unix_now();
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            events.extend(
+                self.dhcp
+                    .record(&item, now, &crate::dhcp::runtime::HostIfaces),
+            );
+        }
+        if events.is_empty() {
+            return;
+        }
+        let subscribers = self.events.receiver_count() > 0;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for ev in events {
+            let line = EventLine {
+                kind: "dhcp",
+                verdict: ev.verdict.to_string(),
+                names: ev.hostname.iter().cloned().collect(),
                 json: serde_json::to_string(&ev).unwrap_or_default(),
                 text: ev.to_string(),
             };

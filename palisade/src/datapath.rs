@@ -135,6 +135,10 @@ pub struct Datapath {
     tls: Vec<SchedClassifier>,
     /// Their links, as the scrub's.
     pub tls_links: Vec<(String, OwnedFd)>,
+    /// DHCP snooping of what leaves (TC egress), once loaded.
+    dhcp: Vec<SchedClassifier>,
+    /// Its link on each guarded interface.
+    pub dhcp_links: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -231,6 +235,8 @@ impl Datapath {
             lb_links: Vec::new(),
             tls: Vec::new(),
             tls_links: Vec::new(),
+            dhcp: Vec::new(),
+            dhcp_links: Vec::new(),
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -262,6 +268,7 @@ impl Datapath {
         self.ensure_nat_programs()?;
         self.ensure_lb_reverse()?;
         self.ensure_tls_programs()?;
+        self.ensure_dhcp_program()?;
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -276,6 +283,7 @@ impl Datapath {
         self.sync_nat(opts, &mut notes)?;
         self.sync_lb_reverse(opts, &mut notes)?;
         self.sync_tls(opts, &mut notes)?;
+        self.sync_dhcp(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -301,6 +309,7 @@ impl Datapath {
                     .chain(&self.nat_links)
                     .chain(&self.lb_links)
                     .chain(&self.tls_links)
+                    .chain(&self.dhcp_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -561,6 +570,31 @@ impl Datapath {
             &pins,
             &mut self.tls,
             &[Tcx::TlsIngress, Tcx::TlsEgress],
+            &opts.ifaces,
+            notes,
+        )?;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) DHCP snooping program.
+    fn ensure_dhcp_program(&mut self) -> Result<()> {
+        if !self.dhcp.is_empty() {
+            return Ok(());
+        }
+        self.dhcp = self.tc_programs(&[crate::dhcp::EGRESS], "DHCP snooping")?;
+        Ok(())
+    }
+
+    /// Attaches DHCP snooping (tcx egress) to every guarded interface, whatever the policy,
+    /// like the scrub: without `[dhcp]` it reads one map slot and lets the packet go.
+    fn sync_dhcp(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_dhcp_program()?;
+        let pins = self.all_link_pins();
+        self.dhcp_links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut self.dhcp,
+            &[Tcx::DhcpEgress],
             &opts.ifaces,
             notes,
         )?;
@@ -965,6 +999,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the TLS gate from {iface}"));
         }
+        for (iface, fd) in self.dhcp_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached DHCP snooping from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -995,6 +1033,7 @@ enum Tcx {
     LbReverse,
     TlsIngress,
     TlsEgress,
+    DhcpEgress,
 }
 
 impl Tcx {
@@ -1027,6 +1066,7 @@ impl Tcx {
                 ingress: false,
                 iface,
             },
+            Self::DhcpEgress => LinkPin::TcxDhcp { iface },
         }
     }
 
@@ -1077,6 +1117,7 @@ impl Tcx {
                 },
             ) => Some(iface),
             (Self::LbReverse, LinkPin::TcxLbReverse { iface }) => Some(iface),
+            (Self::DhcpEgress, LinkPin::TcxDhcp { iface }) => Some(iface),
             _ => None,
         }
     }
@@ -1088,7 +1129,8 @@ impl Tcx {
             | Self::ScrubEgress
             | Self::NatEgress
             | Self::LbReverse
-            | Self::TlsEgress => TcAttachType::Egress,
+            | Self::TlsEgress
+            | Self::DhcpEgress => TcAttachType::Egress,
         }
     }
 
@@ -1102,6 +1144,7 @@ impl Tcx {
             Self::LbReverse => "the load balancer's reverse translation",
             Self::TlsIngress => "the ingress TLS gate",
             Self::TlsEgress => "the egress TLS gate",
+            Self::DhcpEgress => "DHCP snooping",
         }
     }
 }
@@ -1208,7 +1251,8 @@ fn sync_tcx(
             | Tcx::NatEgress
             | Tcx::LbReverse
             | Tcx::TlsIngress
-            | Tcx::TlsEgress => format!("attached {what} to {iface} (tcx)"),
+            | Tcx::TlsEgress
+            | Tcx::DhcpEgress => format!("attached {what} to {iface} (tcx)"),
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1294,6 +1338,7 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                     "detached the {} TLS gate from {iface}",
                     if ingress { "ingress" } else { "egress" }
                 ),
+                LinkPin::TcxDhcp { iface } => format!("detached DHCP snooping from {iface}"),
             });
         }
     }

@@ -80,6 +80,7 @@ pub fn install_with(
     crate::shield::write_config(ebpf, idle, &shield)?;
     crate::scrub::write_config(ebpf, idle, &policy.scrub.datapath())?;
     crate::tls::write_config(ebpf, idle, &policy.tls.gate())?;
+    crate::dhcp::write_config(ebpf, idle, &policy.dhcp)?;
     crate::nat::write_config(ebpf, idle, &nat, &policy.nat)?;
     let control = apply::install(ebpf, &firewall, &dns)?;
     // The load balancer's tables switch on their own slot, right after the rules that let

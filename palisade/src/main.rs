@@ -112,6 +112,7 @@ fn main() -> ExitCode {
         Command::Ct(c) => commands::ct(&socket, c),
         Command::Shield(c) => commands::shield(&socket, c),
         Command::Lb(a) => commands::lb(&socket, a.command),
+        Command::Leases(j) => commands::leases(&socket, j.json),
         Command::Unload { pin_dir } => commands::unload(&socket, &pin_dir),
     };
     match result {

@@ -232,6 +232,18 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             o.sample("palisade_tls_total", &[("event", &n.name)], n.value);
         }
     }
+    if !s.counters.dhcp.is_empty() {
+        o.family(
+            "palisade_dhcp_total",
+            "counter",
+            "DHCP snooping of [dhcp]: DHCP, DHCPv6 and router-advertisement frames copied to \
+             the daemon (and lost, or cut), server messages and advertisements from trusted \
+             and from untrusted sources, untrusted ones dropped.",
+        );
+        for n in &s.counters.dhcp {
+            o.sample("palisade_dhcp_total", &[("event", &n.name)], n.value);
+        }
+    }
     o.family(
         "palisade_rule_packets_total",
         "counter",
@@ -569,6 +581,10 @@ mod tests {
                     name: "server_held".into(),
                     value: 6,
                 }],
+                dhcp: vec![Named {
+                    name: "rogue_dropped".into(),
+                    value: 2,
+                }],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -587,6 +603,7 @@ mod tests {
         assert!(t.contains("palisade_nat_total{event=\"port_exhausted\"} 6\n"));
         assert!(t.contains("palisade_lb_total{event=\"encap_v4\"} 6\n"));
         assert!(t.contains("palisade_tls_total{event=\"server_held\"} 6\n"));
+        assert!(t.contains("palisade_dhcp_total{event=\"rogue_dropped\"} 2\n"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));

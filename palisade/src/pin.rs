@@ -258,6 +258,8 @@ pub enum LinkPin {
     TcxLbReverse { iface: String },
     /// `tcx-tls-in-<iface>`, `tcx-tls-out-<iface>`: the TLS gate.
     TcxTls { ingress: bool, iface: String },
+    /// `tcx-dhcp-out-<iface>`: DHCP snooping of what leaves.
+    TcxDhcp { iface: String },
 }
 
 impl LinkPin {
@@ -283,6 +285,7 @@ impl LinkPin {
                 if *ingress { "in" } else { "out" },
                 escape(iface.as_bytes())
             ),
+            Self::TcxDhcp { iface } => format!("tcx-dhcp-out-{}", escape(iface.as_bytes())),
         }
     }
 
@@ -303,6 +306,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-scrub-") {
             let (ingress, iface) = directed(rest)?;
             return Some(Self::TcxScrub { ingress, iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-dhcp-out-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxDhcp { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
             let (ingress, iface) = directed(rest)?;
@@ -907,6 +914,9 @@ mod tests {
             LinkPin::TcxTls {
                 ingress: false,
                 iface: "eth-1".into(),
+            },
+            LinkPin::TcxDhcp {
+                iface: "veth-in".into(),
             },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));

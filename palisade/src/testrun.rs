@@ -85,6 +85,7 @@ impl Bench {
             crate::lb::DECAP,
             crate::tls::INGRESS,
             crate::tls::EGRESS,
+            crate::dhcp::EGRESS,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

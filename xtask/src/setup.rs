@@ -46,6 +46,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",
     "chrony",
     "ethtool",
+    "isc-dhcp-client",
 ];
 
 /// The toolchain `aya-build` compiles the kernel programs with.

@@ -84,6 +84,18 @@ pub fn run(ctx: &XdpContext) -> u32 {
         };
         return verdict::drop(ctx, Some(p), &d);
     }
+    let rogue = crate::dhcp::at_xdp(ctx, generation, p);
+    if rogue != 0 {
+        // A DHCP server or router not on `[dhcp]`'s trusted list, under "block": dropped
+        // before any socket (a DHCP client's packet socket) sees it.
+        let d = Decision {
+            reason: rogue,
+            rule: NO_RULE,
+            generation,
+            log: false,
+        };
+        return verdict::drop(ctx, Some(p), &d);
+    }
     if header.flags & POLICY_CT_TRACK != 0 {
         // The tracker is a stage of its own (its code would not fit this program's stack):
         // it reads the packet from the handoff slot and goes on to `run_rules`.

@@ -106,6 +106,8 @@ pub enum Request {
         #[serde(default)]
         weight: Option<u32>,
     },
+    /// The lease table of DHCP snooping (`[dhcp]`).
+    DhcpLeases,
 }
 
 /// A rule given on the command line. Values are checked by the policy file's own parser.
@@ -156,9 +158,11 @@ pub struct EventFilter {
 }
 
 /// Event kinds a filter accepts.
-pub const EVENT_KINDS: [&str; 3] = ["firewall", "dns", "tls"];
+pub const EVENT_KINDS: [&str; 4] = ["firewall", "dns", "tls", "dhcp"];
 /// Verdicts a filter accepts.
-pub const EVENT_VERDICTS: [&str; 5] = ["drop", "pass", "allow", "nxdomain", "audit"];
+pub const EVENT_VERDICTS: [&str; 7] = [
+    "drop", "pass", "allow", "nxdomain", "audit", "lease", "alert",
+];
 
 impl EventFilter {
     /// Checks the values; the message names the bad one.
