@@ -71,7 +71,10 @@ pub const fn classify(proto: u8, family: u8, sport: u16, dport: u16, first: u8) 
         return KIND_NONE;
     }
     if sport == PORT_V6_SERVER
-        && matches!(first, V6_ADVERTISE | V6_REPLY | V6_RECONFIGURE | V6_RELAY_REPL)
+        && matches!(
+            first,
+            V6_ADVERTISE | V6_REPLY | V6_RECONFIGURE | V6_RELAY_REPL
+        )
     {
         return KIND_V6_SERVER;
     }
@@ -219,14 +222,32 @@ mod tests {
         assert_eq!(classify(IPPROTO_UDP, FAMILY_V4, 67, 68, 1), KIND_V4_CLIENT);
         assert_eq!(classify(IPPROTO_UDP, FAMILY_V4, 53, 68, 2), KIND_NONE);
         assert_eq!(classify(IPPROTO_TCP, FAMILY_V4, 67, 68, 2), KIND_NONE);
-        assert_eq!(classify(IPPROTO_UDP, FAMILY_V6, 547, 546, 7), KIND_V6_SERVER);
-        assert_eq!(classify(IPPROTO_UDP, FAMILY_V6, 547, 546, 2), KIND_V6_SERVER);
-        assert_eq!(classify(IPPROTO_UDP, FAMILY_V6, 547, 547, 13), KIND_V6_SERVER);
-        assert_eq!(classify(IPPROTO_UDP, FAMILY_V6, 546, 547, 1), KIND_V6_CLIENT);
-        assert_eq!(classify(IPPROTO_UDP, FAMILY_V6, 547, 547, 12), KIND_V6_CLIENT);
+        assert_eq!(
+            classify(IPPROTO_UDP, FAMILY_V6, 547, 546, 7),
+            KIND_V6_SERVER
+        );
+        assert_eq!(
+            classify(IPPROTO_UDP, FAMILY_V6, 547, 546, 2),
+            KIND_V6_SERVER
+        );
+        assert_eq!(
+            classify(IPPROTO_UDP, FAMILY_V6, 547, 547, 13),
+            KIND_V6_SERVER
+        );
+        assert_eq!(
+            classify(IPPROTO_UDP, FAMILY_V6, 546, 547, 1),
+            KIND_V6_CLIENT
+        );
+        assert_eq!(
+            classify(IPPROTO_UDP, FAMILY_V6, 547, 547, 12),
+            KIND_V6_CLIENT
+        );
         assert_eq!(classify(IPPROTO_UDP, FAMILY_V6, 67, 68, 2), KIND_NONE);
         assert_eq!(classify(IPPROTO_ICMPV6, FAMILY_V6, 0, 134 << 8, 0), KIND_RA);
-        assert_eq!(classify(IPPROTO_ICMPV6, FAMILY_V6, 0, 133 << 8, 0), KIND_NONE);
+        assert_eq!(
+            classify(IPPROTO_ICMPV6, FAMILY_V6, 0, 133 << 8, 0),
+            KIND_NONE
+        );
         assert!(judged(KIND_RA) && judged(KIND_V4_SERVER) && !judged(KIND_V6_CLIENT));
         assert_eq!(role_of(KIND_RA), ROLE_ROUTER);
         assert_eq!(role_of(KIND_V6_SERVER), ROLE_SERVER);

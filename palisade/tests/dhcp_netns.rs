@@ -131,8 +131,14 @@ fn dnsmasq(ns: &str, dir: &Path, tag: &str, ranges: &[String], extra: &[&str]) -
         "--dhcp-authoritative",
         "--log-dhcp",
     ])
-    .arg(format!("--dhcp-leasefile={}", dir.join(format!("{tag}.leases")).display()))
-    .arg(format!("--pid-file={}", dir.join(format!("{tag}.pid")).display()));
+    .arg(format!(
+        "--dhcp-leasefile={}",
+        dir.join(format!("{tag}.leases")).display()
+    ))
+    .arg(format!(
+        "--pid-file={}",
+        dir.join(format!("{tag}.pid")).display()
+    ));
     for r in ranges {
         c.arg(format!("--dhcp-range={r}"));
     }
@@ -196,7 +202,13 @@ fn leased_address(file: &Path, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines()
         .filter_map(|l| l.trim().strip_prefix(key))
-        .map(|r| r.trim().trim_end_matches(';').trim_end_matches('{').trim().to_string())
+        .map(|r| {
+            r.trim()
+                .trim_end_matches(';')
+                .trim_end_matches('{')
+                .trim()
+                .to_string()
+        })
         .next_back()
 }
 
@@ -264,13 +276,23 @@ fn the_clients_lease_is_snooped_and_a_rogue_server_is_reported() {
     let addr = lease["ip"].as_str().unwrap().to_string();
     assert!(addr.starts_with(&format!("{}.", lan.v4)), "{addr}");
     assert!(
-        eventually(Duration::from_secs(5), || leased_address(&lease_file, "fixed-address")
-            .is_some()),
+        eventually(Duration::from_secs(5), || leased_address(
+            &lease_file,
+            "fixed-address"
+        )
+        .is_some()),
         "dhclient wrote no lease"
     );
-    assert_eq!(leased_address(&lease_file, "fixed-address").as_deref(), Some(addr.as_str()));
-    let (_, line) = wait_event(&events, &["\"lease\"", HOSTNAME, &addr], Duration::from_secs(2))
-        .expect("lease event");
+    assert_eq!(
+        leased_address(&lease_file, "fixed-address").as_deref(),
+        Some(addr.as_str())
+    );
+    let (_, line) = wait_event(
+        &events,
+        &["\"lease\"", HOSTNAME, &addr],
+        Duration::from_secs(2),
+    )
+    .expect("lease event");
     eprintln!("event: {line}");
 
     // A rogue server joins; a new client run (fresh lease file: DISCOVER) draws its offer.
@@ -291,14 +313,20 @@ fn the_clients_lease_is_snooped_and_a_rogue_server_is_reported() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     assert!(line.contains(&format!("{}.9", lan.v4)) && line.contains(ROGUE_MAC));
     let s = cli_json(&socket, &["stats", "--json"]);
-    let dhcp = s["counters"]["dhcp"].as_array().cloned().unwrap_or_default();
+    let dhcp = s["counters"]["dhcp"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let get = |n: &str| {
         dhcp.iter()
             .find(|x| x["name"] == n)
             .and_then(|x| x["value"].as_u64())
             .unwrap_or(0)
     };
-    assert!(get("rogue") >= 1 && get("rogue_dropped") == 0 && get("copied") >= 4, "{dhcp:?}");
+    assert!(
+        get("rogue") >= 1 && get("rogue_dropped") == 0 && get("copied") >= 4,
+        "{dhcp:?}"
+    );
 }
 
 #[test]
@@ -335,7 +363,10 @@ fn block_keeps_the_rogue_servers_lease_from_the_client() {
     assert!(leased_address(&lease_file, "fixed-address").is_none());
     assert!(lease_of(&leases(&socket), "dhcpv4").is_none());
     let s = cli_json(&socket, &["stats", "--json"]);
-    let reasons = s["counters"]["reasons"].as_array().cloned().unwrap_or_default();
+    let reasons = s["counters"]["reasons"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let dropped = reasons
         .iter()
         .find(|x| x["name"] == "dhcp-rogue-server")
@@ -353,13 +384,19 @@ fn block_keeps_the_rogue_servers_lease_from_the_client() {
     );
     let (_client2, lease_file) = dhclient(&lan.cli, &dir, "c2", "-4", 10);
     assert!(
-        eventually(Duration::from_secs(15), || leased_address(&lease_file, "fixed-address")
-            .is_some()),
+        eventually(Duration::from_secs(15), || leased_address(
+            &lease_file,
+            "fixed-address"
+        )
+        .is_some()),
         "no lease from the trusted server"
     );
     let addr = leased_address(&lease_file, "fixed-address").unwrap();
     let last: u32 = addr.rsplit('.').next().unwrap().parse().unwrap();
-    assert!((50..=60).contains(&last), "lease {addr} is not the trusted server's");
+    assert!(
+        (50..=60).contains(&last),
+        "lease {addr} is not the trusted server's"
+    );
     assert!(eventually(Duration::from_secs(3), || {
         lease_of(&leases(&socket), "dhcpv4").is_some_and(|l| l["ip"] == addr.as_str())
     }));
@@ -397,7 +434,12 @@ fn dhcpv6_and_router_advertisements_fill_the_table() {
     let router = lease_of(&l, "router").unwrap().clone();
     eprintln!("dhcpv6 lease: {v6}\nrouter: {router}");
     assert_eq!(v6["mac"], CLIENT_MAC);
-    assert!(v6["ip"].as_str().unwrap().starts_with(&format!("{}::", lan.v6)));
+    assert!(
+        v6["ip"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}::", lan.v6))
+    );
     assert_eq!(v6["hostname"], HOSTNAME);
     let end = v6["lease_end"].as_u64().unwrap();
     assert!(end.abs_diff(now + 3600) <= 30, "{end} vs {now}");
@@ -405,11 +447,76 @@ fn dhcpv6_and_router_advertisements_fill_the_table() {
     assert_eq!(router["trusted"], true);
     assert_eq!(router["prefixes"][0], format!("{}::/64", lan.v6));
     assert!(
-        eventually(Duration::from_secs(5), || leased_address(&lease_file, "iaaddr").is_some()),
+        eventually(Duration::from_secs(5), || leased_address(
+            &lease_file,
+            "iaaddr"
+        )
+        .is_some()),
         "dhclient -6 wrote no lease"
     );
     assert_eq!(
         leased_address(&lease_file, "iaaddr").as_deref(),
         v6["ip"].as_str()
     );
+}
+
+/// The client's IPv6 default routes.
+fn default_routes(ns: &str) -> String {
+    let o = command_in(ns, "ip")
+        .args(["-6", "route", "show", "default"])
+        .output()
+        .expect("ip route");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_rogue_routers_advertisements_never_reach_the_client_under_block() {
+    let lan = Lan::new();
+    let mut host = GuardedHost::new("dhcp-ra", &policy(&lan, "block"), &lan.cli, "eth0");
+    host.start();
+    let dir = host.scratch.file("");
+    let socket = host.socket();
+    let events = BgCli::start(&socket, &["events", "--kind", "dhcp", "--json"]);
+    thread::sleep(Duration::from_millis(300));
+    let ra_only = [format!("{}::,ra-only", lan.v6)];
+    let started = Instant::now();
+    let rogue = dnsmasq(&lan.rogue, &dir, "rogue-ra", &ra_only, &["--enable-ra"]);
+    let (at, line) = wait_event(
+        &events,
+        &["\"rogue\"", "\"ra\"", "\"drop\""],
+        Duration::from_secs(5),
+    )
+    .expect("rogue router reported");
+    eprintln!(
+        "rogue RA dropped and reported {:?} after dnsmasq started: {line}",
+        at.duration_since(started)
+    );
+    assert!(line.contains(ROGUE_MAC));
+    // dnsmasq sends its first advertisements in quick succession: none took.
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(default_routes(&lan.cli), "", "a rogue default route");
+    let s = cli_json(&socket, &["stats", "--json"]);
+    let dropped = s["counters"]["reasons"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["name"] == "dhcp-rogue-router").cloned())
+        .and_then(|x| x["value"].as_u64())
+        .unwrap_or(0);
+    assert!(dropped >= 1);
+    assert!(lease_of(&leases(&socket), "router").is_none());
+
+    // The same advertisements under "alert" (dnsmasq restarted for a new burst): the
+    // client takes the rogue as its default router, which is what "block" prevented.
+    drop(rogue);
+    host.reload(&policy(&lan, "alert"));
+    let _rogue = dnsmasq(&lan.rogue, &dir, "rogue-ra2", &ra_only, &["--enable-ra"]);
+    assert!(
+        eventually(Duration::from_secs(10), || default_routes(&lan.cli)
+            .contains("eth0")),
+        "the client never took the advertisements"
+    );
+    let r = lease_of(&leases(&socket), "router")
+        .cloned()
+        .expect("router listed");
+    assert_eq!(r["mac"], ROGUE_MAC);
+    assert_eq!(r["trusted"], false);
 }

@@ -21,9 +21,9 @@ use palisade::{
 };
 use palisade_common::{
     dhcp::{
-        DS_COPIED, DS_CUT, DS_ROGUE, DS_ROGUE_DROPPED, DS_SHORT, DS_TRUSTED, DhcpRecord,
-        KIND_RA, KIND_V4_CLIENT, KIND_V4_SERVER, KIND_V6_CLIENT, KIND_V6_SERVER, RECORD_BYTES,
-        REC_CUT, REC_DROPPED, REC_INGRESS, REC_ROGUE,
+        DS_COPIED, DS_CUT, DS_ROGUE, DS_ROGUE_DROPPED, DS_SHORT, DS_TRUSTED, DhcpRecord, KIND_RA,
+        KIND_V4_CLIENT, KIND_V4_SERVER, KIND_V6_CLIENT, KIND_V6_SERVER, REC_CUT, REC_DROPPED,
+        REC_INGRESS, REC_ROGUE, RECORD_BYTES,
     },
     reason,
 };
@@ -108,10 +108,20 @@ fn trusted_servers_pass_and_are_copied_byte_for_byte() {
     assert_eq!(recs.len(), 1);
     check_record(&recs[0], &f, REC_INGRESS, KIND_V4_SERVER);
     let c = lab.counters();
-    assert_eq!((c[DS_COPIED as usize], c[DS_TRUSTED as usize], c[DS_ROGUE as usize]), (1, 1, 0));
+    assert_eq!(
+        (
+            c[DS_COPIED as usize],
+            c[DS_TRUSTED as usize],
+            c[DS_ROGUE as usize]
+        ),
+        (1, 1, 0)
+    );
 
     // Trusted by MAC: the IP is on no list, the Ethernet source is.
-    let f = craft::from_mac(ack().frame("10.7.7.7", "10.0.0.50"), [0x02, 0xaa, 0, 0, 0, 1]);
+    let f = craft::from_mac(
+        ack().frame("10.7.7.7", "10.0.0.50"),
+        [0x02, 0xaa, 0, 0, 0, 1],
+    );
     assert_eq!(lab.xdp(&f), XDP_PASS);
     check_record(&lab.records()[0], &f, REC_INGRESS, KIND_V4_SERVER);
 
@@ -155,7 +165,12 @@ fn rogue_servers_and_routers_are_dropped_under_block_with_their_reason() {
 
     // The egress hook: a rogue server on this host is stopped on its way out.
     assert_eq!(lab.egress(&offer), TC_ACT_SHOT);
-    check_record(&lab.records()[0], &offer, REC_ROGUE | REC_DROPPED, KIND_V4_SERVER);
+    check_record(
+        &lab.records()[0],
+        &offer,
+        REC_ROGUE | REC_DROPPED,
+        KIND_V4_SERVER,
+    );
     assert_eq!(lab.reason(reason::DHCP_ROGUE_SERVER) - before_server, 3);
     // ... and a trusted one goes.
     let f = ack().frame("10.0.0.1", "10.0.0.50");
@@ -166,7 +181,8 @@ fn rogue_servers_and_routers_are_dropped_under_block_with_their_reason() {
 #[test]
 fn alert_reports_rogues_and_lets_them_through() {
     let mut lab = Lab::new(&format!("{TRUSTED}rogue = \"alert\"\n"));
-    let offer = V4::reply(2, CLIENT, Ipv4Addr::new(10, 9, 0, 50), 60).frame("10.9.0.1", "10.9.0.50");
+    let offer =
+        V4::reply(2, CLIENT, Ipv4Addr::new(10, 9, 0, 50), 60).frame("10.9.0.1", "10.9.0.50");
     assert_eq!(lab.xdp(&offer), XDP_PASS);
     assert_eq!(lab.egress(&offer), TC_ACT_UNSPEC);
     let recs = lab.records();
@@ -198,7 +214,9 @@ fn client_messages_and_other_traffic_are_never_judged() {
     check_record(&recs[3], &relayed, REC_INGRESS, KIND_V4_CLIENT);
     // Not DHCP: DNS, a router solicitation, TCP to port 67; nothing copied.
     for f in [
-        Frame::udp("10.0.0.1", "10.0.0.2", 5353, 53).with_payload(&[2; 20]).build(),
+        Frame::udp("10.0.0.1", "10.0.0.2", 5353, 53)
+            .with_payload(&[2; 20])
+            .build(),
         Frame::icmp("fe80::2", "ff02::2", 133, 0).build(),
         Frame::tcp("10.0.0.1", "10.0.0.2", 67, 68, 0x02).build(),
     ] {
@@ -216,7 +234,8 @@ fn client_messages_and_other_traffic_are_never_judged() {
 #[test]
 fn without_dhcp_nothing_is_copied_and_generations_switch() {
     let mut lab = Lab::new("");
-    let offer = V4::reply(2, CLIENT, Ipv4Addr::new(10, 9, 0, 50), 60).frame("10.9.0.1", "10.9.0.50");
+    let offer =
+        V4::reply(2, CLIENT, Ipv4Addr::new(10, 9, 0, 50), 60).frame("10.9.0.1", "10.9.0.50");
     assert_eq!(lab.xdp(&offer), XDP_PASS);
     assert_eq!(lab.egress(&offer), TC_ACT_UNSPEC);
     assert!(lab.records().is_empty());
@@ -257,15 +276,27 @@ fn frames_longer_than_a_record_are_cut_and_flagged() {
 #[test]
 fn bad_dhcp_sections_are_refused_with_their_place() {
     for (text, want) in [
-        ("[dhcp]\nrogue = \"drop\"\n", "`rogue` is \"alert\" or \"block\""),
-        ("[dhcp]\ntrusted = [\"server1\"]\n", "neither an IP address nor a MAC"),
+        (
+            "[dhcp]\nrogue = \"drop\"\n",
+            "`rogue` is \"alert\" or \"block\"",
+        ),
+        (
+            "[dhcp]\ntrusted = [\"server1\"]\n",
+            "neither an IP address nor a MAC",
+        ),
         ("[dhcp]\ntrusted = [\"10.0.0.1\", \"10.0.0.1\"]\n", "twice"),
-        ("[dhcp]\ntrusted_router = []\n", "unknown key `trusted_router`"),
+        (
+            "[dhcp]\ntrusted_router = []\n",
+            "unknown key `trusted_router`",
+        ),
         ("[dhcp]\nenabled = 1\n", "`enabled` must be true or false"),
     ] {
         let e = config::parse_policy(text, "p.toml", Path::new("/")).expect_err(text);
         let msg = e.to_string();
-        assert!(msg.contains("p.toml:") && msg.contains(want), "{text}: {msg}");
+        assert!(
+            msg.contains("p.toml:") && msg.contains(want),
+            "{text}: {msg}"
+        );
     }
     let many: Vec<String> = (0..=palisade_common::dhcp::MAX_TRUSTED)
         .map(|i| format!("\"10.1.{}.{}\"", i >> 8, i & 255))

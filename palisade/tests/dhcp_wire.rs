@@ -88,7 +88,9 @@ fn option_overload_reads_file_then_sname() {
 fn long_options_split_in_parts_are_joined() {
     // RFC 3396: the same code twice is one value.
     let mut m = V4::request(REQUEST, CLIENT, None);
-    m.options = vec![53, 1, REQUEST, 12, 3, b'w', b'o', b'r', 12, 4, b'k', b'p', b'c', b'1', 255];
+    m.options = vec![
+        53, 1, REQUEST, 12, 3, b'w', b'o', b'r', 12, 4, b'k', b'p', b'c', b'1', 255,
+    ];
     let r = wire::read_v4(&m.bytes());
     assert_eq!(r.hostname.as_deref(), Some("workpc1"));
 }
@@ -203,7 +205,9 @@ fn truncated_messages_are_flagged_not_read() {
 
 fn v6_reply(mac: [u8; 6], addr: Ipv6Addr, valid: u32) -> Vec<u8> {
     let mut fqdn = vec![0u8];
-    fqdn.extend_from_slice(&[6, b'd', b'e', b's', b'k', b't', b'p', 3, b'l', b'a', b'n', 0]);
+    fqdn.extend_from_slice(&[
+        6, b'd', b'e', b's', b'k', b't', b'p', 3, b'l', b'a', b'n', 0,
+    ]);
     craft::v6_message(
         7,
         &[
@@ -332,7 +336,11 @@ fn router_advertisements_and_their_options() {
     // A zero-length option ends the walk (RFC 4861 would discard the packet).
     let r = wire::read_ra(&craft::ra(
         1800,
-        &[craft::ra_source(SERVER_MAC), vec![3, 0, 0, 0], craft::ra_prefix(prefix, 64, 1, 1)],
+        &[
+            craft::ra_source(SERVER_MAC),
+            vec![3, 0, 0, 0],
+            craft::ra_prefix(prefix, 64, 1, 1),
+        ],
     ));
     assert!(r.anomalies.has(Anomalies::ZERO_LENGTH));
     assert_eq!(r.source_mac, Some(SERVER_MAC));
@@ -349,13 +357,6 @@ fn router_advertisements_and_their_options() {
     assert!(matches!(s.message, Message::Ra(ref r) if r.lifetime == 600));
 }
 
-struct Names;
-impl palisade::dhcp::runtime::Ifaces for Names {
-    fn name(&self, ifindex: u32) -> String {
-        format!("if{ifindex}")
-    }
-}
-
 #[test]
 fn the_lease_table_follows_requests_acks_and_releases() {
     let mut s = Snooper::default();
@@ -365,7 +366,10 @@ fn the_lease_table_follows_requests_acks_and_releases() {
     let ack = V4::reply(ACK, CLIENT, yiaddr(), 3600).frame("10.0.0.1", "10.0.0.50");
     let ev = s.frame(&ack, REC_INGRESS, KIND_V4_SERVER, "eth0", now);
     assert_eq!(ev.len(), 1);
-    assert_eq!((ev[0].event, ev[0].hostname.as_deref()), ("lease", Some("laptop")));
+    assert_eq!(
+        (ev[0].event, ev[0].hostname.as_deref()),
+        ("lease", Some("laptop"))
+    );
     let l = s.table.list();
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].kind, LeaseKind::Dhcpv4);
@@ -381,7 +385,13 @@ fn the_lease_table_follows_requests_acks_and_releases() {
     // The client lets it go.
     let mut rel = V4::request(RELEASE, CLIENT, None);
     rel.ciaddr = yiaddr();
-    let ev = s.frame(&rel.frame("10.0.0.50", "10.0.0.1"), 0, KIND_V4_CLIENT, "eth0", now);
+    let ev = s.frame(
+        &rel.frame("10.0.0.50", "10.0.0.1"),
+        0,
+        KIND_V4_CLIENT,
+        "eth0",
+        now,
+    );
     assert_eq!(ev[0].event, "release");
     assert!(s.table.is_empty());
 
@@ -391,19 +401,33 @@ fn the_lease_table_follows_requests_acks_and_releases() {
     let ev = s.frame(&f, REC_INGRESS, KIND_V6_SERVER, "eth0", now);
     assert_eq!(ev[0].hostname.as_deref(), Some("desktp.lan"));
     let l = s.table.list();
-    assert_eq!((l[0].kind, l[0].ip.as_str()), (LeaseKind::Dhcpv6, "fd00::50"));
+    assert_eq!(
+        (l[0].kind, l[0].ip.as_str()),
+        (LeaseKind::Dhcpv6, "fd00::50")
+    );
     assert_eq!(l[0].lease_end, Some(now + 7200));
     let f = craft::v6_frame("fe80::1", "fe80::2", &v6_reply(CLIENT, addr, 0));
-    assert_eq!(s.frame(&f, REC_INGRESS, KIND_V6_SERVER, "eth0", now)[0].event, "release");
+    assert_eq!(
+        s.frame(&f, REC_INGRESS, KIND_V6_SERVER, "eth0", now)[0].event,
+        "release"
+    );
     assert!(s.table.is_empty());
 
     // A router: its prefixes; expired once past the longest lifetime.
     let ra = craft::ra(
         1800,
-        &[craft::ra_prefix("2001:db8:1::ffff".parse().unwrap(), 64, 86400, 3600)],
+        &[craft::ra_prefix(
+            "2001:db8:1::ffff".parse().unwrap(),
+            64,
+            86400,
+            3600,
+        )],
     );
     let f = craft::from_mac(craft::ra_frame("fe80::1", "ff02::1", &ra), SERVER_MAC);
-    assert_eq!(s.frame(&f, REC_INGRESS, KIND_RA, "eth0", now)[0].event, "router");
+    assert_eq!(
+        s.frame(&f, REC_INGRESS, KIND_RA, "eth0", now)[0].event,
+        "router"
+    );
     let l = s.table.list();
     assert_eq!(l[0].kind, LeaseKind::Router);
     assert_eq!(l[0].mac, "02:00:00:00:00:01");
@@ -423,18 +447,45 @@ fn rogues_are_reported_once_in_a_while_and_dropped_ones_give_no_lease() {
     assert_eq!((ev[0].event, ev[0].verdict), ("rogue", "alert"));
     assert!(ev[0].server.starts_with("10.9.9.9 "));
     // The same source again within the repeat interval: no new report.
-    assert!(s.frame(&offer, REC_INGRESS | REC_ROGUE, KIND_V4_SERVER, "eth0", now + 1).is_empty());
-    let ev = s.frame(&offer, REC_INGRESS | REC_ROGUE, KIND_V4_SERVER, "eth0", now + 11);
+    assert!(
+        s.frame(
+            &offer,
+            REC_INGRESS | REC_ROGUE,
+            KIND_V4_SERVER,
+            "eth0",
+            now + 1
+        )
+        .is_empty()
+    );
+    let ev = s.frame(
+        &offer,
+        REC_INGRESS | REC_ROGUE,
+        KIND_V4_SERVER,
+        "eth0",
+        now + 11,
+    );
     assert_eq!(ev.len(), 1);
     // A dropped rogue ACK: reported (by a new source), never leased.
     let ack = V4::reply(ACK, CLIENT, yiaddr(), 60).frame("10.9.9.8", "10.0.0.50");
-    let ev = s.frame(&ack, REC_INGRESS | REC_ROGUE | REC_DROPPED, KIND_V4_SERVER, "eth0", now);
+    let ev = s.frame(
+        &ack,
+        REC_INGRESS | REC_ROGUE | REC_DROPPED,
+        KIND_V4_SERVER,
+        "eth0",
+        now,
+    );
     assert_eq!((ev[0].event, ev[0].verdict), ("rogue", "drop"));
     assert_eq!(ev.len(), 1);
     assert!(s.table.is_empty());
     // An alerted rogue ACK reaches the client: leased, marked untrusted (the source was
     // reported a moment ago: no second report).
-    let ev = s.frame(&ack, REC_INGRESS | REC_ROGUE, KIND_V4_SERVER, "eth0", now + 5);
+    let ev = s.frame(
+        &ack,
+        REC_INGRESS | REC_ROGUE,
+        KIND_V4_SERVER,
+        "eth0",
+        now + 5,
+    );
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].event, "lease");
     assert!(!s.table.list()[0].trusted);
@@ -458,26 +509,48 @@ impl Rng {
 /// Valid messages of every kind, as frames, to mutate.
 fn seeds() -> Vec<(Vec<u8>, u8)> {
     let mut ov = V4::reply(ACK, CLIENT, yiaddr(), 0);
-    ov.options = vec![53, 1, ACK, 52, 1, 3, 82, 6, 1, 4, b'e', b't', b'h', b'0', 255];
+    ov.options = vec![
+        53, 1, ACK, 52, 1, 3, 82, 6, 1, 4, b'e', b't', b'h', b'0', 255,
+    ];
     ov.file[..7].copy_from_slice(&[51, 4, 0, 0, 0x1c, 0x20, 255]);
     ov.sname[..8].copy_from_slice(&[12, 5, b'p', b'h', b'o', b'n', b'e', 255]);
     vec![
-        (V4::request(REQUEST, CLIENT, Some("pc")).frame("0.0.0.0", "255.255.255.255"), KIND_V4_CLIENT),
-        (V4::reply(ACK, CLIENT, yiaddr(), 60).frame("10.0.0.1", "10.0.0.50"), KIND_V4_SERVER),
+        (
+            V4::request(REQUEST, CLIENT, Some("pc")).frame("0.0.0.0", "255.255.255.255"),
+            KIND_V4_CLIENT,
+        ),
+        (
+            V4::reply(ACK, CLIENT, yiaddr(), 60).frame("10.0.0.1", "10.0.0.50"),
+            KIND_V4_SERVER,
+        ),
         (ov.frame("10.0.0.1", "10.0.0.50"), KIND_V4_SERVER),
         (
-            craft::v6_frame("fe80::1", "fe80::2", &v6_reply(CLIENT, "fd00::9".parse().unwrap(), 60)),
+            craft::v6_frame(
+                "fe80::1",
+                "fe80::2",
+                &v6_reply(CLIENT, "fd00::9".parse().unwrap(), 60),
+            ),
             KIND_V6_SERVER,
         ),
         (
-            craft::v6_frame("fe80::2", "ff02::1:2", &craft::v6_message(1, &[craft::v6_option(1, &craft::duid_ll(CLIENT))])),
+            craft::v6_frame(
+                "fe80::2",
+                "ff02::1:2",
+                &craft::v6_message(1, &[craft::v6_option(1, &craft::duid_ll(CLIENT))]),
+            ),
             KIND_V6_CLIENT,
         ),
         (
             craft::ra_frame(
                 "fe80::1",
                 "ff02::1",
-                &craft::ra(60, &[craft::ra_source(SERVER_MAC), craft::ra_prefix(Ipv6Addr::LOCALHOST, 64, 9, 9)]),
+                &craft::ra(
+                    60,
+                    &[
+                        craft::ra_source(SERVER_MAC),
+                        craft::ra_prefix(Ipv6Addr::LOCALHOST, 64, 9, 9),
+                    ],
+                ),
             ),
             KIND_RA,
         ),

@@ -19,9 +19,9 @@ use aya_ebpf::{
 };
 use palisade_common::{
     dhcp::{
-        BY_IP, BY_MAC, DHCP_BLOCK, DHCP_ON, DS_COPIED, DS_CUT, DS_LOST, DS_ROGUE,
-        DS_ROGUE_DROPPED, DS_SHORT, DS_TRUSTED, DhcpRecord, KIND_NONE, KIND_RA, RECORD_BYTES,
-        REC_CUT, REC_DROPPED, REC_INGRESS, REC_ROGUE, TrustKey, classify, judged, role_of,
+        BY_IP, BY_MAC, DHCP_BLOCK, DHCP_ON, DS_COPIED, DS_CUT, DS_LOST, DS_ROGUE, DS_ROGUE_DROPPED,
+        DS_SHORT, DS_TRUSTED, DhcpRecord, KIND_NONE, KIND_RA, REC_CUT, REC_DROPPED, REC_INGRESS,
+        REC_ROGUE, RECORD_BYTES, TrustKey, classify, judged, role_of,
     },
     packet::{self, FRAG_NONE, Frame, IPPROTO_UDP, Packet},
     reason, stats,
@@ -29,7 +29,9 @@ use palisade_common::{
 
 use crate::{
     bytes::TcBytes,
-    maps::{CONTROL, DHCP_CONFIG, DHCP_RECORDS, DHCP_STATS, DHCP_TRUSTED, REASON_STATS, STATS, bump},
+    maps::{
+        CONTROL, DHCP_CONFIG, DHCP_RECORDS, DHCP_STATS, DHCP_TRUSTED, REASON_STATS, STATS, bump,
+    },
 };
 
 /// Where a frame's bytes are read from: the XDP buffer or the skb, through the helpers

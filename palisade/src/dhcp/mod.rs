@@ -306,7 +306,10 @@ mod tests {
         };
         let k = d.trust_keys(1);
         assert_eq!(k.len(), 2);
-        assert_eq!((k[0].generation, k[0].role, k[0].by), (1, ROLE_SERVER, BY_IP));
+        assert_eq!(
+            (k[0].generation, k[0].role, k[0].by),
+            (1, ROLE_SERVER, BY_IP)
+        );
         assert_eq!(k[0].addr, v4_mapped([10, 0, 0, 1]));
         assert_eq!((k[1].role, k[1].by), (ROLE_ROUTER, BY_MAC));
         assert_eq!(&k[1].addr[..6], &[2, 0, 0, 0, 0, 1]);

@@ -231,7 +231,10 @@ impl Snooper {
         })
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one message's context, read once")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one message's context, read once"
+    )]
     fn v4(
         &mut self,
         s: &Snooped,
@@ -290,9 +293,10 @@ impl Snooper {
                     prefix_len: None,
                     hostname: hostname.clone(),
                     lease_end,
-                    server: m
-                        .server_id
-                        .map_or_else(|| server.to_string(), |id| format!("{id} {}", mac_text(s.src_mac))),
+                    server: m.server_id.map_or_else(
+                        || server.to_string(),
+                        |id| format!("{id} {}", mac_text(s.src_mac)),
+                    ),
                     trusted,
                     iface: iface.to_string(),
                     prefixes: Vec::new(),
@@ -300,7 +304,11 @@ impl Snooper {
                 };
                 let change = self.table.upsert(mac, IpAddr::V4(m.yiaddr), lease);
                 events.push(ev(
-                    if change == Change::New { "lease" } else { "renew" },
+                    if change == Change::New {
+                        "lease"
+                    } else {
+                        "renew"
+                    },
                     m.yiaddr.to_string(),
                     hostname,
                     lease_end,
@@ -310,7 +318,10 @@ impl Snooper {
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one message's context, read once")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one message's context, read once"
+    )]
     fn v6(
         &mut self,
         s: &Snooped,
@@ -325,8 +336,13 @@ impl Snooper {
         // frame, or the server's answer sent to it), unless that is multicast.
         let from_client = matches!(
             m.msg_type,
-            wire::V6_SOLICIT | wire::V6_REQUEST | wire::V6_RENEW | wire::V6_REBIND
-                | wire::V6_RELEASE | wire::V6_DECLINE | wire::V6_CONFIRM
+            wire::V6_SOLICIT
+                | wire::V6_REQUEST
+                | wire::V6_RENEW
+                | wire::V6_REBIND
+                | wire::V6_RELEASE
+                | wire::V6_DECLINE
+                | wire::V6_CONFIRM
         );
         let frame_mac = if from_client { s.src_mac } else { s.dst_mac };
         let Some(mac) = m
@@ -397,7 +413,11 @@ impl Snooper {
                     };
                     let change = self.table.upsert(mac, ip, lease);
                     events.push(DhcpEvent {
-                        event: if change == Change::New { "lease" } else { "renew" },
+                        event: if change == Change::New {
+                            "lease"
+                        } else {
+                            "renew"
+                        },
                         verdict: "lease",
                         proto: "dhcpv6",
                         mac: mac_text(mac),
@@ -414,7 +434,10 @@ impl Snooper {
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one message's context, read once")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one message's context, read once"
+    )]
     fn ra(
         &mut self,
         s: &Snooped,
@@ -500,7 +523,11 @@ impl Snooper {
 fn masked(p: Ipv6Addr, len: u8) -> Ipv6Addr {
     let bits = u128::from(p);
     let len = u32::from(len.min(128));
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
     Ipv6Addr::from(bits & mask)
 }
 

@@ -391,10 +391,7 @@ pub fn read_v4(b: &[u8]) -> V4Message {
     m.hostname = opts
         .get(12)
         .and_then(|v| hostname(v, &mut m.anomalies))
-        .or_else(|| {
-            opts.get(81)
-                .and_then(|v| fqdn_v4(v, &mut m.anomalies))
-        });
+        .or_else(|| opts.get(81).and_then(|v| fqdn_v4(v, &mut m.anomalies)));
     if let Some(v) = opts.get(82) {
         m.relay = Some(relay_info(v, &mut m.anomalies));
     }

@@ -355,6 +355,21 @@
 //! At most 32 services; no two with the same VIP, port and protocol; a DNAT backend's address
 //! and port belong to one service.
 //!
+//! # DHCP
+//!
+//! `[dhcp]` snoops DHCPv4, DHCPv6 and router advertisements on the guarded interfaces into
+//! the daemon's lease table and reports (or drops) servers and routers that are not trusted
+//! (see `docs/design/dhcp.md`).
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `enabled` | boolean | `true` when the section is there |
+//! | `trusted` | list of IP or MAC addresses (`aa:bb:cc:dd:ee:ff`): DHCPv4 and DHCPv6 servers | none trusted |
+//! | `trusted_routers` | the same, for routers sending router advertisements | none trusted |
+//! | `rogue` | `"alert"` (report) or `"block"` (report and drop in the kernel) | `"alert"` |
+//!
+//! At most `palisade_common::dhcp::MAX_TRUSTED` (256) entries in the two lists together.
+//!
 //! # Errors
 //!
 //! Every problem in the file is reported at once, each as `file:line:column: message`
