@@ -287,6 +287,22 @@ fn the_clients_lease_is_snooped_and_a_rogue_server_is_reported() {
         leased_address(&lease_file, "fixed-address").as_deref(),
         Some(addr.as_str())
     );
+    let text = cli(&socket, &["leases"]);
+    assert!(text.ok, "{text:?}");
+    let row = text
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("dhcpv4"))
+        .unwrap_or_else(|| panic!("no row: {text:?}"));
+    for want in [
+        CLIENT_MAC,
+        addr.as_str(),
+        HOSTNAME,
+        &end.to_string(),
+        "eth0",
+    ] {
+        assert!(row.contains(want), "{want} not in {row:?}");
+    }
     let (_, line) = wait_event(
         &events,
         &["\"lease\"", HOSTNAME, &addr],

@@ -8,8 +8,7 @@ use std::{
 };
 
 use palisade_common::dhcp::{
-    DhcpRecord, KIND_RA, KIND_V4_SERVER, KIND_V6_SERVER, REC_CUT, REC_DROPPED, REC_INGRESS,
-    REC_ROGUE,
+    DhcpRecord, KIND_RA, KIND_V4_SERVER, KIND_V6_SERVER, REC_CUT, REC_DROPPED, REC_ROGUE,
 };
 use serde::Serialize;
 
@@ -164,7 +163,6 @@ impl Snooper {
                 return events;
             }
         }
-        let _ingress = flags & REC_INGRESS != 0;
         let server = format!("{} {}", s.src, mac_text(s.src_mac));
         match &s.message {
             Message::V4(m) => self.v4(&s, m, &server, !rogue, iface, now, &mut events),
