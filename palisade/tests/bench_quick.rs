@@ -32,6 +32,26 @@ fn json(path: PathBuf) -> serde_json::Value {
 }
 
 #[test]
+fn dhcp_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = quick("dhcp", &["--dhcp"]);
+    let md = std::fs::read_to_string(out.join("dhcp-quick.md")).expect("markdown report");
+    assert!(md.contains("above the same without [dhcp]"), "{md}");
+    let j = json(out.join("dhcp-quick.json"));
+    let kernel = j["kernel"].as_array().expect("kernel rows");
+    assert_eq!(kernel.len(), 5);
+    // The suite checked each verdict in every round; the rogue's was a drop.
+    let rogue = kernel
+        .iter()
+        .find(|k| k["id"] == "xdp/ack-rogue")
+        .expect("rogue row");
+    assert_eq!(rogue["verdict"], "drop");
+    assert!(kernel.iter().all(|k| k["ns"]["median"].as_f64().is_some()));
+    assert_eq!(j["daemon"].as_array().map(Vec::len), Some(1));
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
 fn test_run_suite() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = quick("testrun", &[]);

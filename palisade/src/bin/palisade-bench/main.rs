@@ -8,6 +8,7 @@
 //! `bench/README.md` for the method and how to read the results.
 
 mod conntrack;
+mod dhcp;
 mod dns;
 mod dnsperf;
 mod events_flood;
@@ -77,7 +78,8 @@ use clap::Parser;
         palisade-bench --shield             SYN shield: a cookie SYN-ACK from XDP against the floor and the stack path\n  \
         palisade-bench --nat                NAT: masquerade on live frames against nftables masquerade\n  \
         palisade-bench --lb                 load balancer: an established flow's cost in test runs, and on live frames against nftables DNAT\n  \
-        palisade-bench --tls                TLS: reading a ClientHello, its JA4 and the decision, per handshake"
+        palisade-bench --tls                TLS: reading a ClientHello, its JA4 and the decision, per handshake\n  \
+        palisade-bench --dhcp               DHCP snooping: the kernel's cost per packet with and without [dhcp], the daemon's per record"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -209,6 +211,10 @@ struct Args {
     /// decision cost the daemon per handshake, against copying the same bytes.
     #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield"])]
     tls: bool,
+    /// Run the DHCP suite instead: what [dhcp] costs the kernel per packet (with and without
+    /// it in the same round) and the daemon per copied frame.
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield", "tls"])]
+    dhcp: bool,
     /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
     /// --quick].
     #[arg(long, value_name = "S")]
@@ -408,6 +414,21 @@ fn run(args: &Args) -> Result<ExitCode> {
                     cpu: s.cpu.unwrap_or(inspect::online_cpus() - 1),
                     seed: s.seed,
                 }),
+            },
+            command,
+        )?;
+        let stem = report.write(&s.out)?;
+        println!("{}", report.terminal());
+        println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.dhcp {
+        let report = dhcp::run(
+            &dhcp::DhcpSettings {
+                mode: s.mode,
+                rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1),
+                repeat: if args.quick { 100_000 } else { 1_000_000 },
+                iterations: if args.quick { 20_000 } else { 200_000 },
             },
             command,
         )?;
