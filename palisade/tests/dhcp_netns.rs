@@ -11,6 +11,9 @@
 //!   its lease from the trusted server while both answer, never one from the rogue;
 //! - DHCPv6 and router advertisements: dnsmasq's RA and DHCPv6 reply to `dhclient -6` fill
 //!   the table with a router and an IA_NA address, with the hostname the client sent.
+//! - with `rogue = "block"`, a rogue dnsmasq's DHCPv6 answers never give `dhclient -6` an
+//!   address (the trusted server's do, while both answer), and a rogue router's
+//!   advertisements never become the client's default route (under "alert" they do).
 //!
 //! Needs root. Run with `cargo test --release -p palisade --test dhcp_netns -- --test-threads=1`.
 
@@ -535,4 +538,79 @@ fn a_rogue_routers_advertisements_never_reach_the_client_under_block() {
         .expect("router listed");
     assert_eq!(r["mac"], ROGUE_MAC);
     assert_eq!(r["trusted"], false);
+}
+
+#[test]
+fn block_keeps_a_rogue_dhcpv6_servers_address_from_the_client() {
+    let lan = Lan::new();
+    let mut host = GuardedHost::new("dhcp-v6-block", &policy(&lan, "block"), &lan.cli, "eth0");
+    host.start();
+    let dir = host.scratch.file("");
+    let socket = host.socket();
+    let events = BgCli::start(&socket, &["events", "--kind", "dhcp", "--json"]);
+    let rogue = dnsmasq(
+        &lan.rogue,
+        &dir,
+        "rogue6",
+        &[format!("{0}::200,{0}::2ff,64,1h", lan.v6)],
+        &[],
+    );
+    // The client's link-local address must be usable before dhclient -6 binds to it.
+    thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    let (mut client, lease_file) = dhclient(&lan.cli, &dir, "c6", "-6", 6);
+    let (at, line) = wait_event(
+        &events,
+        &["\"rogue\"", "\"dhcpv6\"", "\"drop\""],
+        Duration::from_secs(5),
+    )
+    .expect("rogue DHCPv6 server reported");
+    eprintln!(
+        "rogue DHCPv6 server dropped and reported {:?} after the client asked: {line}",
+        at.duration_since(asked)
+    );
+    assert!(line.contains(ROGUE_MAC));
+    let status = (0..300)
+        .find_map(|_| {
+            thread::sleep(Duration::from_millis(100));
+            client.0.try_wait().unwrap()
+        })
+        .expect("dhclient -6 gave up");
+    assert!(
+        !status.success(),
+        "dhclient -6 got an address from the rogue"
+    );
+    assert!(leased_address(&lease_file, "iaaddr").is_none());
+    assert!(lease_of(&leases(&socket), "dhcpv6").is_none());
+
+    // The trusted server joins: its address, never the rogue's.
+    let _srv = dnsmasq(
+        &lan.srv,
+        &dir,
+        "srv6",
+        &[format!("{0}::100,{0}::1ff,64,1h", lan.v6)],
+        &[],
+    );
+    let (_client2, lease_file) = dhclient(&lan.cli, &dir, "c6b", "-6", 10);
+    assert!(
+        eventually(Duration::from_secs(15), || leased_address(
+            &lease_file,
+            "iaaddr"
+        )
+        .is_some()),
+        "no address from the trusted server"
+    );
+    let addr: std::net::Ipv6Addr = leased_address(&lease_file, "iaaddr")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let low = addr.segments()[7];
+    assert!(
+        (0x100..=0x1ff).contains(&low),
+        "{addr} is not the trusted server's"
+    );
+    assert!(eventually(Duration::from_secs(3), || {
+        lease_of(&leases(&socket), "dhcpv6").is_some_and(|l| l["ip"] == addr.to_string())
+    }));
+    drop(rogue);
 }
