@@ -117,13 +117,24 @@ fn kernel_ns(
     Ok((total / f64::from(BATCHES), verdict))
 }
 
+/// One frame the kernel is measured on: id, what, whether the TC egress program runs it
+/// (else the XDP firewall), the frame, whether `[dhcp]` copies it, and the verdict `[dhcp]`
+/// gives it.
+type Target = (
+    &'static str,
+    &'static str,
+    bool,
+    Vec<u8>,
+    bool,
+    &'static str,
+);
+
 fn kernel_costs(s: &DhcpSettings) -> Result<Vec<KernelResult>> {
     let mut b = Bench::new()?;
     let mut ring = RingBuf::try_from(b.ebpf.take_map("DHCP_RECORDS").context("no ring")?)?;
     let mac = [2, 1, 2, 3, 4, 5];
     let yi = Ipv4Addr::new(10, 0, 0, 50);
-    // (id, what, TC?, frame, copied with [dhcp], verdict with [dhcp])
-    let targets: Vec<(&str, &str, bool, Vec<u8>, bool, &str)> = vec![
+    let targets: Vec<Target> = vec![
         (
             "xdp/tcp-syn",
             "XDP firewall: a TCP SYN (not DHCP)",
