@@ -2,7 +2,7 @@
 //! the TC egress program copy DHCPv4, DHCPv6 and router-advertisement frames to the daemon's
 //! ring buffer byte for byte, judge server messages and advertisements against the trusted
 //! list (by IP or by MAC, per role), report or drop rogue ones with their reason and
-//! counters, leave client messages and everything else alone, cut frames longer than a
+//! counters (behind one or two VLAN tags too), leave client messages and everything else alone, cut frames longer than a
 //! record, and switch with the policy generation.
 //!
 //! Needs root (BPF). Run with `cargo test --release -p palisade --test dhcp_testrun`.
@@ -163,6 +163,19 @@ fn rogue_servers_and_routers_are_dropped_under_block_with_their_reason() {
     assert_eq!(lab.reason(reason::DHCP_ROGUE_SERVER) - before_server, 2);
     assert_eq!(lab.reason(reason::DHCP_ROGUE_ROUTER) - before_router, 1);
 
+    // Behind a VLAN tag (and two, 802.1ad outside) the same.
+    for (vlans, qinq) in [(&[10u16][..], false), (&[100, 10][..], true)] {
+        let tagged = Frame::udp("10.9.0.1", "255.255.255.255", 67, 68)
+            .with_vlans(vlans, qinq)
+            .with_payload(&V4::reply(2, CLIENT, Ipv4Addr::new(10, 9, 0, 50), 60).bytes())
+            .build();
+        assert_eq!(lab.xdp(&tagged), XDP_DROP);
+        check_record(&lab.records()[0], &tagged, rogue, KIND_V4_SERVER);
+        let s = dhcp::wire::read_frame(&tagged, false).expect("read");
+        assert!(matches!(s.message, dhcp::wire::Message::V4(ref m) if m.msg_type == Some(2)));
+    }
+    assert_eq!(lab.reason(reason::DHCP_ROGUE_SERVER) - before_server, 4);
+
     // The egress hook: a rogue server on this host is stopped on its way out.
     assert_eq!(lab.egress(&offer), TC_ACT_SHOT);
     check_record(
@@ -171,7 +184,7 @@ fn rogue_servers_and_routers_are_dropped_under_block_with_their_reason() {
         REC_ROGUE | REC_DROPPED,
         KIND_V4_SERVER,
     );
-    assert_eq!(lab.reason(reason::DHCP_ROGUE_SERVER) - before_server, 3);
+    assert_eq!(lab.reason(reason::DHCP_ROGUE_SERVER) - before_server, 5);
     // ... and a trusted one goes.
     let f = ack().frame("10.0.0.1", "10.0.0.50");
     assert_eq!(lab.egress(&f), TC_ACT_UNSPEC);
