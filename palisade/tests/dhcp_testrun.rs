@@ -2,8 +2,8 @@
 //! the TC egress program copy DHCPv4, DHCPv6 and router-advertisement frames to the daemon's
 //! ring buffer byte for byte, judge server messages and advertisements against the trusted
 //! list (by IP or by MAC, per role), report or drop rogue ones with their reason and
-//! counters (behind one or two VLAN tags too), leave client messages and everything else alone, cut frames longer than a
-//! record, and switch with the policy generation.
+//! counters (behind one or two VLAN tags too), leave client messages and everything else
+//! alone, cut frames longer than a record, and switch with the policy generation.
 //!
 //! Needs root (BPF). Run with `cargo test --release -p palisade --test dhcp_testrun`.
 
