@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod dns;
 pub mod event;
 pub mod firewall;
+pub mod intel;
 pub mod lb;
 pub mod nat;
 pub mod packet;

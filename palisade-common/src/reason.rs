@@ -130,8 +130,12 @@ pub const TLS_INCOMPLETE: u32 = 40;
 /// back to TCP, where the policy sees the server name.
 pub const TLS_QUIC: u32 = 41;
 
+/// Threat intelligence (`[intel]`): the source of what arrives, or the destination of what
+/// leaves, is an indicator of a feed with `action = "drop"`.
+pub const INTEL_DROP: u32 = 42;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 42;
+pub const COUNT: u32 = 43;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -177,6 +181,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tls-malformed",
     "tls-incomplete",
     "tls-quic",
+    "intel-drop",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -18,6 +18,7 @@ mod bytes;
 mod ct;
 mod dns;
 mod firewall;
+mod intel;
 mod lb;
 mod maps;
 mod nat;

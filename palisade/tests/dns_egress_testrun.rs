@@ -87,6 +87,7 @@ fn policy(
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -274,6 +274,7 @@ fn policy(bits: u32) -> Policy {
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -78,6 +78,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

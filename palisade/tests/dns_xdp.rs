@@ -136,6 +136,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

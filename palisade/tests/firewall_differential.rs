@@ -301,6 +301,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1324,6 +1325,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -1675,6 +1677,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

@@ -530,6 +530,7 @@ mod tests {
             nat: crate::nat::Nat::default(),
             lb: crate::lb::Lb::default(),
             tls: crate::tls::Tls::default(),
+            intel: crate::intel::Intel::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

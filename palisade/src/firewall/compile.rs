@@ -592,6 +592,7 @@ mod tests {
             nat: crate::nat::Nat::default(),
             lb: crate::lb::Lb::default(),
             tls: crate::tls::Tls::default(),
+            intel: crate::intel::Intel::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2028,6 +2029,7 @@ mod tests {
                         nat: crate::nat::Nat::default(),
                         lb: crate::lb::Lb::default(),
                         tls: crate::tls::Tls::default(),
+                        intel: crate::intel::Intel::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2157,6 +2159,7 @@ mod tests {
                     nat: crate::nat::Nat::default(),
                     lb: crate::lb::Lb::default(),
                     tls: crate::tls::Tls::default(),
+                    intel: crate::intel::Intel::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

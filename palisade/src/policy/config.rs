@@ -385,6 +385,7 @@ use super::namelist::{parse_list_bytes, parse_name};
 
 mod lb;
 mod nat;
+mod intel;
 mod scrub;
 mod shield;
 mod tls;
@@ -809,6 +810,7 @@ const TOP_KEYS: &[&str] = &[
     "nat",
     "lb",
     "tls",
+    "intel",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
@@ -1156,6 +1158,10 @@ impl Checker<'_> {
             Some(node) => self.tls(node, &dns),
             None => crate::tls::Tls::default(),
         };
+        let intel = match root.get("intel") {
+            Some(node) => self.intel(node),
+            None => crate::intel::Intel::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1166,6 +1172,7 @@ impl Checker<'_> {
             nat,
             lb,
             tls,
+            intel,
         })
     }
 
@@ -3077,6 +3084,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 nat: crate::nat::Nat::default(),
                 lb: crate::lb::Lb::default(),
                 tls: crate::tls::Tls::default(),
+                intel: crate::intel::Intel::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3402,9 +3410,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 "firewal = {}\n[fire]\n".to_owned(),
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
-                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`",
+                     `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, `intel`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`",
+                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, `intel`",
                 ],
             ),
         ];

@@ -280,6 +280,7 @@ pub struct Policy {
     pub nat: crate::nat::Nat,
     pub lb: crate::lb::Lb,
     pub tls: crate::tls::Tls,
+    pub intel: crate::intel::Intel,
 }
 
 impl Policy {
@@ -562,6 +563,7 @@ mod tests {
             nat: crate::nat::Nat::default(),
             lb: crate::lb::Lb::default(),
             tls: crate::tls::Tls::default(),
+            intel: crate::intel::Intel::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),

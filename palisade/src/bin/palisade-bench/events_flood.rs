@@ -294,6 +294,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
         nat: palisade::nat::Nat::default(),
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],
