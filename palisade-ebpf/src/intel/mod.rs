@@ -7,7 +7,7 @@
 //! never forgotten). CIDRs cannot go through a filter keyed by whole addresses, so they
 //! have a trie of their own, walked only when the generation holds CIDRs.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use palisade_common::{
     event::FirewallEvent,
     intel::{
@@ -20,8 +20,8 @@ use palisade_common::{
 };
 
 use crate::maps::{
-    EVENTS, INTEL_BLOOM_0, INTEL_BLOOM_1, INTEL_CIDRS_0, INTEL_CIDRS_1, INTEL_CONTROL,
-    INTEL_IPS_0, INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, bump, event_flags,
+    EVENTS, INTEL_BLOOM_0, INTEL_BLOOM_1, INTEL_CIDRS_0, INTEL_CIDRS_1, INTEL_CONTROL, INTEL_IPS_0,
+    INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, bump, event_flags,
 };
 
 /// The value of a tagged address in `INTEL_TAGGED`: the feed and when it was last seen.

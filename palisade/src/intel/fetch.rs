@@ -90,8 +90,7 @@ fn get(url: &str) -> Result<Vec<u8>> {
     }
     let mut body = buf.split_off(end + 4);
     let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding:")
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
             && l.to_ascii_lowercase().contains("chunked")
     });
     if chunked {

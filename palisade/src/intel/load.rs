@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, os::fd::AsRawFd as _};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, BloomFilter, HashMap, MapData, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        Array, BloomFilter, HashMap, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use palisade_common::intel::{
     CHECK_EGRESS, CidrData, GENERATIONS, HAS_CIDRS, HAS_IPS, IntelControl, IntelHit, MAX_FEEDS,
@@ -58,10 +61,7 @@ pub struct Compiled {
 /// nothing has been written then.
 pub fn compile(intel: &Intel, feeds: &Feeds, sizes: Sizes) -> Result<Compiled> {
     if intel.feeds.len() > MAX_FEEDS as usize {
-        bail!(
-            "[intel]: {} feeds; at most {MAX_FEEDS}",
-            intel.feeds.len()
-        );
+        bail!("[intel]: {} feeds; at most {MAX_FEEDS}", intel.feeds.len());
     }
     let mut c = Compiled {
         egress: intel.egress,

@@ -266,8 +266,7 @@ fn stix(text: &str, label: &str, out: &mut Indicators) -> Result<()> {
         }
         let place = format!("{label}: objects[{i}]");
         let pattern = o.get("pattern").and_then(|p| p.as_str()).unwrap_or("");
-        if o
-            .get("pattern_type")
+        if o.get("pattern_type")
             .and_then(|t| t.as_str())
             .is_some_and(|t| t != "stix")
         {
@@ -289,12 +288,16 @@ fn stix(text: &str, label: &str, out: &mut Indicators) -> Result<()> {
         for (object, v) in values {
             match (object.as_str(), entry(&v)) {
                 ("ipv4-addr", Ok(e @ (Entry::Ip(_) | Entry::Cidr(..))))
-                    if v.split('/').next().is_some_and(|a| a.parse::<std::net::Ipv4Addr>().is_ok()) =>
+                    if v.split('/')
+                        .next()
+                        .is_some_and(|a| a.parse::<std::net::Ipv4Addr>().is_ok()) =>
                 {
                     out.add(e);
                 }
                 ("ipv6-addr", Ok(e @ (Entry::Ip(_) | Entry::Cidr(..))))
-                    if v.split('/').next().is_some_and(|a| a.parse::<Ipv6Addr>().is_ok()) =>
+                    if v.split('/')
+                        .next()
+                        .is_some_and(|a| a.parse::<Ipv6Addr>().is_ok()) =>
                 {
                     out.add(e);
                 }
@@ -378,10 +381,7 @@ mod tests {
         };
         let ind = parse(text, &by_name, "c.csv").unwrap();
         assert_eq!(ind.ips, [ip("198.51.100.7")].into_iter().collect());
-        assert_eq!(
-            ind.cidrs,
-            [(ip("203.0.113.0"), 120)].into_iter().collect()
-        );
+        assert_eq!(ind.cidrs, [(ip("203.0.113.0"), 120)].into_iter().collect());
         let places: Vec<&str> = ind.bad.iter().map(|b| b.place.as_str()).collect();
         assert_eq!(places, ["c.csv:4", "c.csv:5"]);
         let missing = Format::Csv {
@@ -415,12 +415,11 @@ mod tests {
         let ind = parse(text, &Format::Stix, "s.json").unwrap();
         assert_eq!(
             ind.ips,
-            [ip("198.51.100.1"), ip("2001:db8::7")].into_iter().collect()
+            [ip("198.51.100.1"), ip("2001:db8::7")]
+                .into_iter()
+                .collect()
         );
-        assert_eq!(
-            ind.cidrs,
-            [(ip("198.51.100.0"), 121)].into_iter().collect()
-        );
+        assert_eq!(ind.cidrs, [(ip("198.51.100.0"), 121)].into_iter().collect());
         assert_eq!(
             ind.domains,
             ["bad.example".to_string()].into_iter().collect()
@@ -428,7 +427,11 @@ mod tests {
         let places: Vec<&str> = ind.bad.iter().map(|b| b.place.as_str()).collect();
         assert_eq!(
             places,
-            ["s.json: objects[4]", "s.json: objects[5]", "s.json: objects[6]"]
+            [
+                "s.json: objects[4]",
+                "s.json: objects[5]",
+                "s.json: objects[6]"
+            ]
         );
         assert!(parse("[1,2]", &Format::Stix, "x").is_err());
         assert!(parse("{", &Format::Stix, "x").is_err());

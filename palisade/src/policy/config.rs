@@ -383,9 +383,9 @@ use super::model::{
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
+mod intel;
 mod lb;
 mod nat;
-mod intel;
 mod scrub;
 mod shield;
 mod tls;

@@ -107,15 +107,13 @@ impl Checker<'_> {
         };
         let source = match view.get("source") {
             Some(n) => match self.string(n, "source") {
-                Some(s) if s.starts_with("http://") => {
-                    match crate::intel::fetch::split_url(s) {
-                        Ok(_) => Some(Source::Http(s.to_owned())),
-                        Err(e) => {
-                            self.err(n.at, format!("`source`: {e}"));
-                            None
-                        }
+                Some(s) if s.starts_with("http://") => match crate::intel::fetch::split_url(s) {
+                    Ok(_) => Some(Source::Http(s.to_owned())),
+                    Err(e) => {
+                        self.err(n.at, format!("`source`: {e}"));
+                        None
                     }
-                }
+                },
                 Some(s) if s.contains("://") => {
                     self.err(
                         n.at,

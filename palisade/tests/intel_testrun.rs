@@ -1,0 +1,286 @@
+//! Threat-intelligence matching (`[intel]`) in the kernel, through `BPF_PROG_TEST_RUN` on
+//! the XDP firewall: exact addresses and CIDRs of both families drop, alert or tag with their
+//! counters and events; a refresh swaps generations, so an indicator removed from a feed
+//! stops matching; a feed set that does not fit is refused before anything changes.
+//!
+//! Needs root (BPF). Run with `cargo test --release -p palisade --test intel_testrun`.
+
+use std::{path::Path, time::Duration};
+
+use aya::maps::{HashMap, MapData};
+use palisade::{
+    craft::{Frame, ip},
+    intel::{
+        Action, Feed, Feeds, Format, Intel, Loaded, Source,
+        load::{self, Sizes},
+        parse,
+        parse::key_of,
+    },
+    maps::map,
+    policy::config,
+    testrun::Bench,
+};
+use palisade_common::{
+    event::FirewallEvent,
+    intel::{
+        ACTION_ALERT, ACTION_DROP, ACTION_TAG, DIR_INGRESS, IS_ALERTED, IS_BLOOM_MAYBE, IS_CHECKED,
+        IS_DROPPED, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, KIND_INTEL,
+    },
+    reason,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const SIZES: Sizes = Sizes { ips: 64, cidrs: 16 };
+
+/// The loaded programs with an empty (allow-all) policy and indicator maps of [`SIZES`].
+fn bench() -> Bench {
+    let mut b = Bench::sized(&SIZES.for_loader()).expect("load and verify the kernel programs");
+    let p = config::parse_policy("", "p.toml", Path::new("/")).expect("valid policy");
+    b.install(&p).expect("install");
+    b
+}
+
+/// An `[intel]` with one feed per `(name, action, text)`, parsed as plain lists.
+fn feeds(list: &[(&str, Action, &str)]) -> (Intel, Feeds) {
+    let mut intel = Intel {
+        max_ips: SIZES.ips,
+        max_cidrs: SIZES.cidrs,
+        ..Intel::default()
+    };
+    let mut loaded = Feeds::default();
+    for (name, action, text) in list {
+        intel.feeds.push(Feed {
+            name: (*name).to_string(),
+            source: Source::File(format!("/feeds/{name}").into()),
+            format: Format::Plain,
+            action: *action,
+            refresh: Duration::from_secs(60),
+            line: 1,
+        });
+        let indicators = parse(text, &Format::Plain, name).expect("parse");
+        assert!(indicators.bad.is_empty(), "{:?}", indicators.bad);
+        loaded.loaded.insert(
+            (*name).to_string(),
+            Loaded {
+                indicators,
+                at: 0,
+                last_error: None,
+            },
+        );
+    }
+    (intel, loaded)
+}
+
+/// Compiles and writes `list`; the live generation afterwards.
+fn write(b: &mut Bench, list: &[(&str, Action, &str)]) -> u32 {
+    let (intel, loaded) = feeds(list);
+    let c = load::compile(&intel, &loaded, SIZES).expect("fits");
+    load::write(&mut b.ebpf, &c).expect("write").0
+}
+
+fn udp_from(src: &str) -> Vec<u8> {
+    let dst = if src.contains(':') {
+        "2001:db8:1::1"
+    } else {
+        "10.0.0.1"
+    };
+    Frame::udp(src, dst, 40_000, 9).build()
+}
+
+fn intel_counter(b: &Bench, i: u32) -> u64 {
+    palisade::testrun::sum_counter(&b.ebpf, "INTEL_STATS", i).expect("counter")
+}
+
+fn intel_events(b: &mut Bench) -> Vec<FirewallEvent> {
+    b.drain_events()
+        .into_iter()
+        .filter(|e| e.kind == KIND_INTEL)
+        .collect()
+}
+
+#[test]
+fn listed_sources_of_both_families_drop_with_reason_counter_and_event() {
+    let mut b = bench();
+    write(
+        &mut b,
+        &[(
+            "block",
+            Action::Drop,
+            "192.0.2.1\n2001:db8::66\n198.51.100.0/24\n2001:db8:bad::/48\n",
+        )],
+    );
+    let before = b.reason_count(reason::INTEL_DROP).unwrap();
+    for src in [
+        "192.0.2.1",
+        "2001:db8::66",
+        "198.51.100.77",
+        "2001:db8:bad:1::9",
+    ] {
+        assert_eq!(b.run(&udp_from(src)).unwrap(), XDP_DROP, "{src} is listed");
+    }
+    for src in [
+        "192.0.2.2",
+        "2001:db8::67",
+        "198.51.101.1",
+        "2001:db8:bae::1",
+        "10.9.9.9",
+    ] {
+        assert_eq!(
+            b.run(&udp_from(src)).unwrap(),
+            XDP_PASS,
+            "{src} is not listed"
+        );
+    }
+    // Only the source is checked on ingress: a listed destination passes.
+    assert_eq!(
+        b.run(&Frame::udp("10.0.0.2", "192.0.2.1", 1, 2).build())
+            .unwrap(),
+        XDP_PASS
+    );
+    assert_eq!(b.reason_count(reason::INTEL_DROP).unwrap() - before, 4);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_CHECKED), 10);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_HIT_IP), 2);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_HIT_CIDR), 2);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_DROPPED), 4);
+    assert_eq!(intel_counter(&b, IS_FEED_HITS), 4);
+    assert!(intel_counter(&b, DIR_INGRESS + IS_BLOOM_MAYBE) >= 2);
+    let events = intel_events(&mut b);
+    assert_eq!(events.len(), 4, "{events:?}");
+    for (e, src) in events.iter().zip([
+        "192.0.2.1",
+        "2001:db8::66",
+        "198.51.100.77",
+        "2001:db8:bad:1::9",
+    ]) {
+        assert_eq!(e.reason, reason::INTEL_DROP);
+        assert_eq!(e.action, ACTION_DROP);
+        assert_eq!(e.rule, 0, "feed id");
+        assert_eq!(e.src, key_of(ip(src)));
+        assert_eq!(e.proto, 17);
+        assert_eq!(e.dport, 9);
+    }
+}
+
+#[test]
+fn alert_and_tag_pass_with_an_event_and_tag_marks_the_address() {
+    let mut b = bench();
+    write(
+        &mut b,
+        &[
+            ("watch", Action::Alert, "203.0.113.5\n"),
+            ("mark", Action::Tag, "2001:db8:77::/64\n"),
+        ],
+    );
+    assert_eq!(b.run(&udp_from("203.0.113.5")).unwrap(), XDP_PASS);
+    assert_eq!(b.run(&udp_from("2001:db8:77::5")).unwrap(), XDP_PASS);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_ALERTED), 1);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_TAGGED), 1);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_DROPPED), 0);
+    assert_eq!(intel_counter(&b, IS_FEED_HITS), 1);
+    assert_eq!(intel_counter(&b, IS_FEED_HITS + 1), 1);
+    let events = intel_events(&mut b);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        (events[0].action, events[0].rule, events[0].reason),
+        (ACTION_ALERT, 0, reason::PASS)
+    );
+    assert_eq!(
+        (events[1].action, events[1].rule, events[1].reason),
+        (ACTION_TAG, 1, reason::PASS)
+    );
+    let tagged: HashMap<&MapData, [u8; 16], [u8; 16]> =
+        HashMap::try_from(map(&b.ebpf, "INTEL_TAGGED").unwrap()).unwrap();
+    let keys: Vec<[u8; 16]> = tagged.keys().map(Result::unwrap).collect();
+    assert_eq!(keys, [key_of(ip("2001:db8:77::5"))]);
+    let v = tagged.get(&key_of(ip("2001:db8:77::5")), 0).unwrap();
+    assert_eq!(v[0], ACTION_TAG, "action");
+    assert_eq!(u16::from_ne_bytes([v[2], v[3]]), 1, "feed id");
+    assert_ne!(&v[8..16], &[0; 8], "last seen");
+}
+
+#[test]
+fn a_refresh_swaps_generations_and_removed_indicators_stop_matching() {
+    let mut b = bench();
+    let g1 = write(
+        &mut b,
+        &[("f", Action::Drop, "192.0.2.10\n198.51.100.0/24\n")],
+    );
+    assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_DROP);
+    assert_eq!(b.run(&udp_from("198.51.100.1")).unwrap(), XDP_DROP);
+    assert_eq!(b.run(&udp_from("192.0.2.11")).unwrap(), XDP_PASS);
+    let g2 = write(&mut b, &[("f", Action::Drop, "192.0.2.11\n")]);
+    assert_ne!(g1, g2);
+    assert_eq!(load::control(&b.ebpf).unwrap().active, g2);
+    assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_PASS, "removed");
+    assert_eq!(
+        b.run(&udp_from("198.51.100.1")).unwrap(),
+        XDP_PASS,
+        "removed"
+    );
+    assert_eq!(b.run(&udp_from("192.0.2.11")).unwrap(), XDP_DROP, "added");
+    // The third write reuses the first generation: what it held before is gone, even
+    // though its bloom filter still has the bits.
+    let g3 = write(&mut b, &[("f", Action::Drop, "2001:db8::1\n")]);
+    assert_eq!(g3, g1);
+    for src in ["192.0.2.10", "198.51.100.1", "192.0.2.11"] {
+        assert_eq!(b.run(&udp_from(src)).unwrap(), XDP_PASS, "{src}");
+    }
+    assert_eq!(b.run(&udp_from("2001:db8::1")).unwrap(), XDP_DROP);
+    // An empty feed set leaves nothing to check.
+    write(&mut b, &[("f", Action::Drop, "")]);
+    let checked = intel_counter(&b, DIR_INGRESS + IS_CHECKED);
+    assert_eq!(b.run(&udp_from("2001:db8::1")).unwrap(), XDP_PASS);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_CHECKED), checked);
+}
+
+#[test]
+fn a_feed_set_that_does_not_fit_is_refused_before_anything_changes() {
+    let mut b = bench();
+    let live = write(&mut b, &[("f", Action::Drop, "192.0.2.10\n")]);
+    let many: String = (0..=SIZES.ips)
+        .map(|i| format!("10.1.{}.{}\n", i / 256, i % 256))
+        .collect();
+    let (intel, loaded) = feeds(&[("f", Action::Drop, &many)]);
+    let err = load::compile(&intel, &loaded, SIZES)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_ips"), "{err}");
+    let cidrs: String = (0..=SIZES.cidrs)
+        .map(|i| format!("10.{i}.0.0/16\n"))
+        .collect();
+    let (intel, loaded) = feeds(&[("f", Action::Drop, &cidrs)]);
+    let err = load::compile(&intel, &loaded, SIZES)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_cidrs"), "{err}");
+    assert_eq!(load::control(&b.ebpf).unwrap().active, live);
+    assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_DROP);
+    // Exactly the capacity fits.
+    let full: String = (0..SIZES.ips).map(|i| format!("10.1.0.{i}\n")).collect();
+    write(&mut b, &[("f", Action::Drop, &full)]);
+    assert_eq!(b.run(&udp_from("10.1.0.63")).unwrap(), XDP_DROP);
+    assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_PASS);
+}
+
+#[test]
+fn an_indicator_in_several_feeds_takes_the_first_feeds_action() {
+    let mut b = bench();
+    write(
+        &mut b,
+        &[
+            ("first", Action::Alert, "192.0.2.20\n"),
+            ("second", Action::Drop, "192.0.2.20\n192.0.2.21\n"),
+        ],
+    );
+    assert_eq!(b.run(&udp_from("192.0.2.20")).unwrap(), XDP_PASS);
+    assert_eq!(b.run(&udp_from("192.0.2.21")).unwrap(), XDP_DROP);
+    let events = intel_events(&mut b);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.rule, e.action))
+            .collect::<Vec<_>>(),
+        [(0, ACTION_ALERT), (1, ACTION_DROP)]
+    );
+}
