@@ -67,6 +67,8 @@ pub struct Options {
     pub force_generic: bool,
     /// Capacities of the connection tracking tables (`[conntrack]`).
     pub ct_sizes: carry::Sizes,
+    /// Capacities of the indicator maps (`[intel]`).
+    pub intel_sizes: crate::intel::load::Sizes,
 }
 
 /// How an attachment came to be.
@@ -174,7 +176,10 @@ impl Datapath {
         let lock = PinLock::acquire(&opts.pin_dir)?;
         let layout = loader::layout(opts.pin_dir.clone())?;
         let mut carried = carry::take_resized(&layout, opts.ct_sizes)?;
-        let mut pinned = loader::load_pinned(&layout, opts.ct_sizes)?;
+        if let Some(n) = crate::intel::load::drop_resized(&layout, opts.intel_sizes)? {
+            notes.push(n);
+        }
+        let mut pinned = loader::load_pinned(&layout, opts.ct_sizes, opts.intel_sizes)?;
         if let Err(e) = verify_map_shapes(&layout) {
             drop(pinned);
             let aside = opts.pin_dir.join(format!(
@@ -189,7 +194,7 @@ impl Datapath {
                 "pinned maps under {} do not match this build ({e:#}); starting fresh state, the old one is removed once everything is attached",
                 layout.dir().display()
             ));
-            pinned = loader::load_pinned(&layout, opts.ct_sizes)?;
+            pinned = loader::load_pinned(&layout, opts.ct_sizes, opts.intel_sizes)?;
         }
         carried.extend(carry::take_foreign(&layout)?);
         let carry_since = carry::now_ns();

@@ -97,6 +97,10 @@ pub struct Counters {
     /// The TLS gate's counters (`palisade_common::tls::gate::TS_NAMES`).
     #[serde(default)]
     pub tls: Vec<Named>,
+    /// The indicator match's counters, `<direction>_<event>` and `feed_<id>_hits` (see
+    /// `crate::intel::named_counters`).
+    #[serde(default)]
+    pub intel: Vec<Named>,
 }
 
 impl Counters {
@@ -150,6 +154,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         nat: crate::nat::named_counters(ebpf),
         lb: crate::lb::named_counters(ebpf),
         tls: crate::tls::named_counters(ebpf),
+        intel: crate::intel::named_counters(ebpf),
     }
 }
 

@@ -151,7 +151,8 @@ fn emit(p: &Packet, hit: IntelHit, reason_code: u32, ifindex: u32, packet_len: u
         (*ev).timestamp_ns = bpf_ktime_get_ns();
         (*ev).rule = u32::from(hit.feed);
         (*ev).ifindex = ifindex;
-        (*ev).generation = dir;
+        // The direction: 0 for what arrives, 1 for what leaves.
+        (*ev).generation = dir / palisade_common::intel::IS_PER_DIRECTION;
         (*ev).action = hit.action;
         (*ev).packet_len = packet_len;
         (*ev).family = p.family;

@@ -43,6 +43,48 @@ impl Sizes {
     }
 }
 
+/// Whether a map's capacity comes from `[intel]`.
+#[must_use]
+pub fn is_sized_map(name: &str) -> bool {
+    MAPS.iter().flatten().any(|m| *m == name)
+}
+
+/// Removes the pins of this layout's indicator maps when their capacity differs from
+/// `sizes`, so that the load creates them anew (their contents are rebuilt from the feeds
+/// before the programs switch to them). Returns a note when it did.
+///
+/// # Errors
+/// When a pin cannot be read or removed.
+pub fn drop_resized(layout: &crate::pin::Layout, sizes: Sizes) -> Result<Option<String>> {
+    use std::os::fd::AsFd as _;
+    let mut stale = false;
+    for (name, want) in sizes.for_loader() {
+        let Ok(fd) = crate::pin::obj_get(&layout.map(name)) else {
+            continue;
+        };
+        let (_, _, _, _, max, _) = crate::pin::map_info(fd.as_fd())?;
+        stale |= max != want;
+    }
+    if !stale {
+        return Ok(None);
+    }
+    for name in MAPS
+        .iter()
+        .flatten()
+        .chain(std::iter::once(&"INTEL_CONTROL"))
+    {
+        let path = layout.map(name);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing {} to resize it", path.display()))?;
+        }
+    }
+    Ok(Some(format!(
+        "the indicator maps are created anew for [intel] max_ips = {}, max_cidrs = {}",
+        sizes.ips, sizes.cidrs
+    )))
+}
+
 /// The indicators of every feed, merged: each address or CIDR once, with the action and id
 /// of the first feed (in policy order) that lists it.
 #[derive(Debug, Default)]

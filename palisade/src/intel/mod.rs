@@ -12,6 +12,7 @@
 pub mod fetch;
 pub mod load;
 pub mod parse;
+pub mod runtime;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -217,4 +218,71 @@ impl Feeds {
         self.loaded.retain(|n, _| names.contains(&n.as_str()));
         notes
     }
+}
+
+/// Decodes an indicator match from the event ring (kind `KIND_INTEL`): an event of kind
+/// `intel` whose verdict is the feed's action and whose `rule` is the feed's name (from
+/// `feed_name`, by feed id).
+#[must_use]
+pub fn decode_event(
+    bytes: &[u8],
+    feed_name: &dyn Fn(u32) -> Option<String>,
+) -> Option<crate::events::Event> {
+    use palisade_common::{event::FirewallEvent, intel::KIND_INTEL};
+    if bytes.len() < size_of::<FirewallEvent>() {
+        return None;
+    }
+    // SAFETY: FirewallEvent is plain old data and the length was checked.
+    let e: FirewallEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if e.kind != KIND_INTEL {
+        return None;
+    }
+    Some(crate::events::Event {
+        kind: "intel",
+        timestamp_ns: e.timestamp_ns,
+        verdict: match e.action {
+            ACTION_DROP => "drop",
+            ACTION_ALERT => "alert",
+            ACTION_TAG => "tag",
+            _ => "unknown",
+        },
+        reason: palisade_common::reason::name(e.reason),
+        rule: Some(feed_name(e.rule).unwrap_or_else(|| format!("feed#{}", e.rule))),
+        generation: e.generation,
+        ifindex: e.ifindex,
+        src: Some(parse::ip_of(e.src)),
+        dst: Some(parse::ip_of(e.dst)),
+        proto: e.proto,
+        sport: e.sport,
+        dport: e.dport,
+        len: e.packet_len,
+    })
+}
+
+/// The kernel's indicator counters by name: `<direction>_<event>` (`ingress_hit_ip`, ...)
+/// and `feed_<id>_hits` for every feed that matched.
+#[must_use]
+pub fn named_counters(ebpf: &aya::Ebpf) -> Vec<crate::stats::Named> {
+    use palisade_common::intel::{COUNTER_NAMES, IS_FEED_HITS, IS_PER_DIRECTION};
+    let Ok(c) = load::counters(ebpf) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (d, dir) in ["ingress", "egress"].iter().enumerate() {
+        for (i, name) in COUNTER_NAMES.iter().enumerate() {
+            out.push(crate::stats::Named {
+                name: format!("{dir}_{name}"),
+                value: c[d * IS_PER_DIRECTION as usize + i],
+            });
+        }
+    }
+    for (id, v) in c.iter().enumerate().skip(IS_FEED_HITS as usize) {
+        if *v > 0 {
+            out.push(crate::stats::Named {
+                name: format!("feed_{}_hits", id - IS_FEED_HITS as usize),
+                value: *v,
+            });
+        }
+    }
+    out
 }
