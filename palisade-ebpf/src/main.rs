@@ -150,6 +150,15 @@ pub fn palisade_tls_egress(ctx: TcContext) -> i32 {
     tls::run(&ctx)
 }
 
+/// The `[intel]` check of what leaves through the guarded interfaces (TC egress): the
+/// destination against the indicators when the policy says `egress = true`. Fail-open for
+/// what it cannot parse and for internal errors; a listed destination of a drop feed is
+/// dropped (`intel-drop`).
+#[classifier]
+pub fn palisade_intel_egress(ctx: TcContext) -> i32 {
+    intel::egress::run(&ctx)
+}
+
 /// Removes expired (or flushed) flows and counts the rest; run by userspace through
 /// `BPF_PROG_TEST_RUN`, never attached.
 #[xdp]

@@ -137,6 +137,10 @@ pub struct Datapath {
     tls: Vec<SchedClassifier>,
     /// Their links, as the scrub's.
     pub tls_links: Vec<(String, OwnedFd)>,
+    /// The indicator check of what leaves (`[intel] egress`), once loaded.
+    intel: Vec<SchedClassifier>,
+    /// Its link on each guarded interface.
+    pub intel_links: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -236,6 +240,8 @@ impl Datapath {
             lb_links: Vec::new(),
             tls: Vec::new(),
             tls_links: Vec::new(),
+            intel: Vec::new(),
+            intel_links: Vec::new(),
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -267,6 +273,7 @@ impl Datapath {
         self.ensure_nat_programs()?;
         self.ensure_lb_reverse()?;
         self.ensure_tls_programs()?;
+        self.ensure_intel_program()?;
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -281,6 +288,7 @@ impl Datapath {
         self.sync_nat(opts, &mut notes)?;
         self.sync_lb_reverse(opts, &mut notes)?;
         self.sync_tls(opts, &mut notes)?;
+        self.sync_intel(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -306,6 +314,7 @@ impl Datapath {
                     .chain(&self.nat_links)
                     .chain(&self.lb_links)
                     .chain(&self.tls_links)
+                    .chain(&self.intel_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -552,6 +561,32 @@ impl Datapath {
             return Ok(());
         }
         self.tls = self.tc_programs(&[crate::tls::INGRESS, crate::tls::EGRESS], "TLS gate")?;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) indicator check of what leaves.
+    fn ensure_intel_program(&mut self) -> Result<()> {
+        if !self.intel.is_empty() {
+            return Ok(());
+        }
+        self.intel = self.tc_programs(&[crate::intel::EGRESS], "intel")?;
+        Ok(())
+    }
+
+    /// Attaches the indicator check (tcx egress) to every guarded interface whatever the
+    /// policy: without `[intel] egress` it reads one map slot and lets the packet go, and
+    /// a refresh that turns it on needs no attach.
+    fn sync_intel(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_intel_program()?;
+        let pins = self.all_link_pins();
+        self.intel_links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut self.intel,
+            &[Tcx::IntelEgress],
+            &opts.ifaces,
+            notes,
+        )?;
         Ok(())
     }
 
@@ -970,6 +1005,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the TLS gate from {iface}"));
         }
+        for (iface, fd) in self.intel_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the egress indicator check from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -1000,6 +1039,7 @@ enum Tcx {
     LbReverse,
     TlsIngress,
     TlsEgress,
+    IntelEgress,
 }
 
 impl Tcx {
@@ -1024,6 +1064,7 @@ impl Tcx {
                 iface,
             },
             Self::LbReverse => LinkPin::TcxLbReverse { iface },
+            Self::IntelEgress => LinkPin::TcxIntel { iface },
             Self::TlsIngress => LinkPin::TcxTls {
                 ingress: true,
                 iface,
@@ -1081,7 +1122,8 @@ impl Tcx {
                     iface,
                 },
             ) => Some(iface),
-            (Self::LbReverse, LinkPin::TcxLbReverse { iface }) => Some(iface),
+            (Self::LbReverse, LinkPin::TcxLbReverse { iface })
+            | (Self::IntelEgress, LinkPin::TcxIntel { iface }) => Some(iface),
             _ => None,
         }
     }
@@ -1093,7 +1135,8 @@ impl Tcx {
             | Self::ScrubEgress
             | Self::NatEgress
             | Self::LbReverse
-            | Self::TlsEgress => TcAttachType::Egress,
+            | Self::TlsEgress
+            | Self::IntelEgress => TcAttachType::Egress,
         }
     }
 
@@ -1107,6 +1150,7 @@ impl Tcx {
             Self::LbReverse => "the load balancer's reverse translation",
             Self::TlsIngress => "the ingress TLS gate",
             Self::TlsEgress => "the egress TLS gate",
+            Self::IntelEgress => "the egress indicator check",
         }
     }
 }
@@ -1213,7 +1257,8 @@ fn sync_tcx(
             | Tcx::NatEgress
             | Tcx::LbReverse
             | Tcx::TlsIngress
-            | Tcx::TlsEgress => format!("attached {what} to {iface} (tcx)"),
+            | Tcx::TlsEgress
+            | Tcx::IntelEgress => format!("attached {what} to {iface} (tcx)"),
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1294,6 +1339,9 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 ),
                 LinkPin::TcxLbReverse { iface } => {
                     format!("detached the load balancer's reverse translation from {iface}")
+                }
+                LinkPin::TcxIntel { iface } => {
+                    format!("detached the egress indicator check from {iface}")
                 }
                 LinkPin::TcxTls { ingress, iface } => format!(
                     "detached the {} TLS gate from {iface}",

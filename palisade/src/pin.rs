@@ -259,6 +259,8 @@ pub enum LinkPin {
     TcxLbReverse { iface: String },
     /// `tcx-tls-in-<iface>`, `tcx-tls-out-<iface>`: the TLS gate.
     TcxTls { ingress: bool, iface: String },
+    /// `tcx-intel-<iface>`: the indicator check of what leaves (`[intel] egress`).
+    TcxIntel { iface: String },
 }
 
 impl LinkPin {
@@ -279,6 +281,7 @@ impl LinkPin {
                 escape(iface.as_bytes())
             ),
             Self::TcxLbReverse { iface } => format!("tcx-lbrev-{}", escape(iface.as_bytes())),
+            Self::TcxIntel { iface } => format!("tcx-intel-{}", escape(iface.as_bytes())),
             Self::TcxTls { ingress, iface } => format!(
                 "tcx-tls-{}-{}",
                 if *ingress { "in" } else { "out" },
@@ -296,6 +299,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-nat-") {
             let (ingress, iface) = directed(rest)?;
             return Some(Self::TcxNat { ingress, iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-intel-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxIntel { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-lbrev-") {
             let iface = String::from_utf8(unescape(rest)?).ok()?;
@@ -900,6 +907,9 @@ mod tests {
             },
             LinkPin::TcxLbReverse {
                 iface: "veth-lb".into(),
+            },
+            LinkPin::TcxIntel {
+                iface: "veth-in".into(),
             },
             LinkPin::TcxTls {
                 ingress: true,

@@ -94,6 +94,7 @@ impl Bench {
             crate::lb::DECAP,
             crate::tls::INGRESS,
             crate::tls::EGRESS,
+            crate::intel::EGRESS,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

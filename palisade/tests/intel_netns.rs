@@ -20,7 +20,7 @@ use std::{
 
 use control::{GuardedHost, cli};
 use palisade_common::{
-    intel::{DIR_INGRESS, IS_DROPPED, IS_FEED_HITS},
+    intel::{DIR_EGRESS, DIR_INGRESS, IS_DROPPED, IS_FEED_HITS},
     reason,
 };
 use support::netns::{NetnsPair, command_in, exec_in};
@@ -91,7 +91,7 @@ fn a_feed_over_http_drops_listed_peers_until_a_refresh_removes_them() {
     let port = 18_000 + (std::process::id() % 1000) as u16;
     let url = format!("http://127.0.0.1:{port}/block.txt");
     let policy = format!(
-        "[firewall]\ndefault = \"allow\"\n\n[intel]\nmax_ips = 1024\nmax_cidrs = 64\n\n\
+        "[firewall]\ndefault = \"allow\"\n\n[intel]\nmax_ips = 1024\nmax_cidrs = 64\negress = true\n\n\
          [[intel.feed]]\nname = \"block\"\nsource = \"{url}\"\nformat = \"plain\"\n\
          action = \"drop\"\nrefresh = 1\n"
     );
@@ -129,7 +129,14 @@ fn a_feed_over_http_drops_listed_peers_until_a_refresh_removes_them() {
     let drops = || host.scratch.counter("REASON_STATS", reason::INTEL_DROP);
     assert!(!ping(&pair.ns_b, &pair.v4_a), "from a listed IPv4 address");
     assert!(!ping(&pair.ns_b, &pair.v6_a), "from a listed IPv6 address");
-    assert!(!ping(&pair.ns_a, &pair.v4_b), "the listed peer's answers");
+    assert!(
+        !ping(&pair.ns_a, &pair.v4_b),
+        "to a listed address (egress = true)"
+    );
+    assert!(
+        host.scratch.counter("INTEL_STATS", DIR_EGRESS + IS_DROPPED) >= 1,
+        "the host's ping to the listed peer is dropped as it leaves"
+    );
     assert!(drops() >= 3, "dropped for intel-drop: {}", drops());
     assert!(
         host.scratch

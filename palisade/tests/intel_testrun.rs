@@ -23,8 +23,8 @@ use palisade::{
 use palisade_common::{
     event::FirewallEvent,
     intel::{
-        ACTION_ALERT, ACTION_DROP, ACTION_TAG, DIR_INGRESS, IS_ALERTED, IS_BLOOM_MAYBE, IS_CHECKED,
-        IS_DROPPED, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, KIND_INTEL,
+        ACTION_ALERT, ACTION_DROP, ACTION_TAG, DIR_EGRESS, DIR_INGRESS, IS_ALERTED, IS_BLOOM_MAYBE,
+        IS_CHECKED, IS_DROPPED, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, KIND_INTEL,
     },
     reason,
 };
@@ -74,7 +74,13 @@ fn feeds(list: &[(&str, Action, &str)]) -> (Intel, Feeds) {
 
 /// Compiles and writes `list`; the live generation afterwards.
 fn write(b: &mut Bench, list: &[(&str, Action, &str)]) -> u32 {
-    let (intel, loaded) = feeds(list);
+    write_with(b, list, false)
+}
+
+/// [`write`], with `[intel] egress` set to `egress`.
+fn write_with(b: &mut Bench, list: &[(&str, Action, &str)], egress: bool) -> u32 {
+    let (mut intel, loaded) = feeds(list);
+    intel.egress = egress;
     let c = load::compile(&intel, &loaded, SIZES).expect("fits");
     load::write(&mut b.ebpf, &c).expect("write").0
 }
@@ -283,4 +289,77 @@ fn an_indicator_in_several_feeds_takes_the_first_feeds_action() {
             .collect::<Vec<_>>(),
         [(0, ACTION_ALERT), (1, ACTION_DROP)]
     );
+}
+
+/// TC's "continue" and "shot".
+const TC_ACT_UNSPEC: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
+
+#[test]
+fn egress_checks_destinations_when_the_policy_asks() {
+    let mut b = bench();
+    let egress = palisade::intel::EGRESS;
+    let to = |dst: &str| {
+        let src = if dst.contains(':') {
+            "2001:db8:1::1"
+        } else {
+            "10.0.0.1"
+        };
+        Frame::tcp(src, dst, 40_000, 443, 0x02).build()
+    };
+    write_with(
+        &mut b,
+        &[("f", Action::Drop, "192.0.2.30\n2001:db8:dead::/48\n")],
+        false,
+    );
+    assert_eq!(
+        b.run_tc(egress, &to("192.0.2.30")).unwrap().0,
+        TC_ACT_UNSPEC,
+        "egress off"
+    );
+    assert_eq!(intel_counter(&b, DIR_EGRESS + IS_CHECKED), 0);
+    write_with(
+        &mut b,
+        &[("f", Action::Drop, "192.0.2.30\n2001:db8:dead::/48\n")],
+        true,
+    );
+    let before = b.reason_count(reason::INTEL_DROP).unwrap();
+    let (verdict, out) = b.run_tc(egress, &to("192.0.2.30")).unwrap();
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(out, to("192.0.2.30"), "never rewritten");
+    assert_eq!(
+        b.run_tc(egress, &to("2001:db8:dead:1::2")).unwrap().0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        b.run_tc(egress, &to("192.0.2.31")).unwrap().0,
+        TC_ACT_UNSPEC
+    );
+    // A listed source leaving (the host holds the address) is not what egress checks.
+    let from_listed = Frame::tcp("192.0.2.30", "10.0.0.9", 443, 40_000, 0x12).build();
+    assert_eq!(b.run_tc(egress, &from_listed).unwrap().0, TC_ACT_UNSPEC);
+    // Not IP, and a truncated TCP header: passed, never judged.
+    let mut arp = to("192.0.2.30");
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(b.run_tc(egress, &arp).unwrap().0, TC_ACT_UNSPEC);
+    assert_eq!(
+        b.run_tc(egress, &to("192.0.2.30")[..14 + 20 + 4])
+            .unwrap()
+            .0,
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(b.reason_count(reason::INTEL_DROP).unwrap() - before, 2);
+    assert_eq!(intel_counter(&b, DIR_EGRESS + IS_DROPPED), 2);
+    assert_eq!(intel_counter(&b, DIR_EGRESS + IS_HIT_IP), 1);
+    assert_eq!(intel_counter(&b, DIR_EGRESS + IS_HIT_CIDR), 1);
+    assert_eq!(
+        intel_counter(&b, DIR_INGRESS + IS_CHECKED),
+        0,
+        "ingress untouched"
+    );
+    let events = intel_events(&mut b);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].generation, 1, "the egress direction");
+    assert_eq!(events[0].dst, key_of(ip("192.0.2.30")));
+    assert_eq!(events[0].reason, reason::INTEL_DROP);
 }

@@ -6,6 +6,11 @@
 //! table's buckets; "maybe" is confirmed in the exact table (never an LRU: an indicator is
 //! never forgotten). CIDRs cannot go through a filter keyed by whole addresses, so they
 //! have a trie of their own, walked only when the generation holds CIDRs.
+//!
+//! With `[intel] egress = true`, `egress` checks the destination of what the host sends
+//! (TC egress) the same way.
+
+pub mod egress;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use palisade_common::{
@@ -33,9 +38,9 @@ pub struct Tagged {
     pub last_seen_ns: u64,
 }
 
-/// Looks `addr` (a map value: the packet in the handoff slot) up in the live generation.
+/// The live generation and what it holds, when it holds indicators.
 #[inline(always)]
-fn lookup(addr: &[u8; 16], dir: u32) -> Option<IntelHit> {
+pub fn live() -> Option<(u32, u32)> {
     let control = INTEL_CONTROL.get(0)?;
     let generation = control.active & 1;
     let enabled = if generation == 0 {
@@ -46,6 +51,13 @@ fn lookup(addr: &[u8; 16], dir: u32) -> Option<IntelHit> {
     if enabled & (HAS_IPS | HAS_CIDRS) == 0 {
         return None;
     }
+    Some((generation, enabled))
+}
+
+/// Looks `addr` (a map value or the stack) up in generation `generation`, whose contents
+/// `enabled` describes; `slot` is the hook's trie-key slot in `INTEL_SCRATCH`.
+#[inline(always)]
+fn lookup(addr: &[u8; 16], dir: u32, generation: u32, enabled: u32, slot: u32) -> Option<IntelHit> {
     bump(&INTEL_STATS, dir + IS_CHECKED);
     if enabled & HAS_IPS != 0 {
         let maybe = if generation == 0 {
@@ -71,9 +83,9 @@ fn lookup(addr: &[u8; 16], dir: u32) -> Option<IntelHit> {
         }
     }
     if enabled & HAS_CIDRS != 0 {
-        let k = INTEL_SCRATCH.get_ptr_mut(0)?;
-        // SAFETY: per-CPU slot, used by one hook at a time on this CPU (the egress hook has
-        // its own, index 1 is reserved for it).
+        let k = INTEL_SCRATCH.get_ptr_mut(slot)?;
+        // SAFETY: per-CPU slot, used by one hook at a time on this CPU (XDP and TC egress
+        // have one each: XDP may interrupt the egress hook).
         let key = unsafe {
             (*k).prefix_len = 128;
             (*k).data = CidrData { addr: *addr };
@@ -97,15 +109,24 @@ fn lookup(addr: &[u8; 16], dir: u32) -> Option<IntelHit> {
 /// address tagged). Not inlined: its keys and the event get a frame beside the parser's.
 #[inline(never)]
 pub fn check_ingress(ctx: &XdpContext, p: &Packet, dir: u32) -> u32 {
-    let Some(hit) = lookup(&p.src, dir) else {
+    let Some((generation, enabled)) = live() else {
         return 0;
     };
+    let Some(hit) = lookup(&p.src, dir, generation, enabled, 0) else {
+        return 0;
+    };
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    act(p, &p.src, hit, dir, ifindex, len)
+}
+
+/// What a match does: counters, the tag, the event; the drop reason or 0.
+#[inline(always)]
+fn act(p: &Packet, addr: &[u8; 16], hit: IntelHit, dir: u32, ifindex: u32, len: u32) -> u32 {
     let feed = u32::from(hit.feed);
     if feed < MAX_FEEDS {
         bump(&INTEL_STATS, IS_FEED_HITS + feed);
     }
-    let len = (ctx.data_end() - ctx.data()) as u32;
-    let ifindex = ctx.ingress_ifindex() as u32;
     let out = match hit.action {
         ACTION_DROP => {
             bump(&INTEL_STATS, dir + IS_DROPPED);
@@ -120,7 +141,7 @@ pub fn check_ingress(ctx: &XdpContext, p: &Packet, dir: u32) -> u32 {
                 last_seen_ns: unsafe { bpf_ktime_get_ns() },
             };
             // A full table evicts the least recently seen tag; the indicator itself stays.
-            let _ = INTEL_TAGGED.insert(&p.src, &t, 0);
+            let _ = INTEL_TAGGED.insert(addr, &t, 0);
             0
         }
         ACTION_ALERT => {

@@ -20,6 +20,9 @@ use palisade_common::intel::{ACTION_ALERT, ACTION_DROP, ACTION_TAG};
 
 pub use parse::{BadLine, Indicators, parse};
 
+/// The TC egress program that checks destinations (`[intel] egress = true`).
+pub const EGRESS: &str = "palisade_intel_egress";
+
 /// Default capacity of the exact address tables (`[intel] max_ips`).
 pub const DEFAULT_MAX_IPS: u32 = 1 << 20;
 /// Default capacity of the CIDR tries (`[intel] max_cidrs`).
