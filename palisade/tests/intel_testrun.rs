@@ -363,3 +363,74 @@ fn egress_checks_destinations_when_the_policy_asks() {
     assert_eq!(events[0].dst, key_of(ip("192.0.2.30")));
     assert_eq!(events[0].reason, reason::INTEL_DROP);
 }
+
+#[test]
+fn domains_of_drop_feeds_join_the_dns_block_lists() {
+    let mut b = bench();
+    let dir = std::env::temp_dir().join(format!("palisade-intel-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("drop.txt"), "Evil.Example.\n192.0.2.40\n").unwrap();
+    std::fs::write(dir.join("alert.txt"), "watched.example\n").unwrap();
+    let policy = config::parse_policy(
+        "[dns.ingress]\nmode = \"blocklist\"\naction = \"drop\"\nlists = []\n",
+        "p.toml",
+        Path::new("/"),
+    )
+    .expect("valid policy");
+    let feed = |name: &str, action| Feed {
+        name: name.to_string(),
+        source: Source::File(dir.join(format!("{name}.txt"))),
+        format: Format::Plain,
+        action,
+        refresh: Duration::from_secs(60),
+        line: 1,
+    };
+    let intel = Intel {
+        max_ips: SIZES.ips,
+        max_cidrs: SIZES.cidrs,
+        feeds: vec![feed("drop", Action::Drop), feed("alert", Action::Alert)],
+        egress: false,
+    };
+    let mut rt = palisade::intel::runtime::Runtime::new(SIZES);
+    let out = rt.refresh(&mut b.ebpf, &intel, false);
+    assert!(out.domains_changed, "{:?}", out.notes);
+    b.install(&rt.with_domains(&policy)).expect("install");
+    let dns = |name: &str| {
+        let msg = palisade::craft::DnsQuery::name(name, 1).build();
+        Frame::dns_udp("10.0.0.2", "10.0.0.53", 40_000, &msg).build()
+    };
+    let before = b.reason_count(reason::DNS_BLOCKED).unwrap();
+    assert_eq!(b.run(&dns("evil.example")).unwrap(), XDP_DROP);
+    assert_eq!(
+        b.run(&dns("www.EVIL.example")).unwrap(),
+        XDP_DROP,
+        "and below it"
+    );
+    assert_eq!(b.run(&dns("notevil.example")).unwrap(), XDP_PASS);
+    assert_eq!(
+        b.run(&dns("watched.example")).unwrap(),
+        XDP_PASS,
+        "alert feeds do not block"
+    );
+    assert_eq!(b.reason_count(reason::DNS_BLOCKED).unwrap() - before, 2);
+    // The address of the same feed is matched in the kernel.
+    assert_eq!(b.run(&udp_from("192.0.2.40")).unwrap(), XDP_DROP);
+    // A refresh that removes the domain changes the lists; the same feeds do not.
+    assert!(!rt.refresh(&mut b.ebpf, &intel, false).domains_changed);
+    std::fs::write(dir.join("drop.txt"), "192.0.2.40\n").unwrap();
+    assert!(rt.refresh(&mut b.ebpf, &intel, false).domains_changed);
+    b.install(&rt.with_domains(&policy)).expect("install");
+    assert_eq!(b.run(&dns("evil.example")).unwrap(), XDP_PASS);
+    // A feed whose file is gone keeps its last good version.
+    std::fs::remove_file(dir.join("drop.txt")).unwrap();
+    let out = rt.refresh(&mut b.ebpf, &intel, false);
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("could not be loaded") && n.contains("keeping")),
+        "{:?}",
+        out.notes
+    );
+    assert_eq!(b.run(&udp_from("192.0.2.40")).unwrap(), XDP_DROP);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -207,3 +207,100 @@ impl Checker<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::parse_policy;
+    use crate::intel::{Action, Column, Format, Source};
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_policy(text, "p.toml", Path::new("/etc/palisade")) {
+            Ok(p) => panic!("expected errors, parsed {:#?}", p.intel),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn feeds_parse_to_the_model_with_defaults() {
+        let p = parse_policy(
+            r#"
+[intel]
+max_ips = 5000
+egress = true
+
+[[intel.feed]]
+name = "blocklist.de"
+source = "feeds/all.txt"
+
+[[intel.feed]]
+name = "abuse"
+source = "http://10.0.0.5:8080/abuse.csv"
+format = "csv"
+column = "ip_address"
+action = "alert"
+refresh = 300
+
+[[intel.feed]]
+name = "cti"
+source = "/var/lib/cti/bundle.json"
+format = "stix"
+action = "tag"
+"#,
+            "p.toml",
+            Path::new("/etc/palisade"),
+        )
+        .expect("valid");
+        let i = &p.intel;
+        assert_eq!((i.max_ips, i.max_cidrs, i.egress), (5000, 1 << 18, true));
+        assert_eq!(i.feeds.len(), 3);
+        assert_eq!(
+            i.feeds[0].source,
+            Source::File("/etc/palisade/feeds/all.txt".into())
+        );
+        assert_eq!(
+            (i.feeds[0].format.clone(), i.feeds[0].action),
+            (Format::Plain, Action::Drop)
+        );
+        assert_eq!(i.feeds[0].refresh.as_secs(), 3600);
+        assert_eq!(
+            i.feeds[1].format,
+            Format::Csv {
+                column: Column::Name("ip_address".into())
+            }
+        );
+        assert_eq!(i.feeds[1].refresh.as_secs(), 300);
+        assert_eq!(
+            (i.feeds[2].format.clone(), i.feeds[2].action),
+            (Format::Stix, Action::Tag)
+        );
+        assert_eq!(p.intel.sizes().ips, 5000);
+        let none = parse_policy("", "p.toml", Path::new("/")).unwrap();
+        assert_eq!(none.intel.sizes().ips, 1, "no feeds, no indicator memory");
+    }
+
+    #[test]
+    fn mistakes_are_reported_at_their_place() {
+        assert_eq!(
+            errors(
+                "[intel]\nmax_ips = 0\nbogus = 1\n\n[[intel.feed]]\nname = \"a\"\nsource = \"https://x/y\"\n\
+                 format = \"xml\"\naction = \"block\"\nrefresh = 0\n\n[[intel.feed]]\nsource = \"f.txt\"\n\
+                 column = 2\n\n[[intel.feed]]\nname = \"b\"\nsource = \"b.txt\"\n\n[[intel.feed]]\n\
+                 name = \"b\"\nsource = \"c.txt\"\n"
+            ),
+            [
+                "p.toml:2:11: `max_ips` must be between 1 and 33554432, found 0",
+                "p.toml:3:1: unknown key `bogus` in [intel]; expected one of `feed`, `max_ips`, \
+                 `max_cidrs`, `egress`",
+                "p.toml:7:10: `source` is a file or an http:// URL, found \"https://x/y\"",
+                "p.toml:8:10: `format` is \"plain\", \"csv\" or \"stix\", found \"xml\"",
+                "p.toml:9:10: `action` is \"drop\", \"alert\" or \"tag\", found \"block\"",
+                "p.toml:10:11: `refresh` must be between 1 and 604800, found 0",
+                "p.toml:12:1: [[intel.feed]] needs a `name`",
+                "p.toml:14:10: `column` is only for `format = \"csv\"`",
+                "p.toml:20:1: [[intel.feed]]: the name \"b\" is taken by the feed of line 16",
+            ]
+        );
+    }
+}
