@@ -51,6 +51,9 @@ pub struct MapMemory {
 pub struct Cost {
     pub id: String,
     pub what: String,
+    /// The firewall's verdict on the frame, checked before timing: `pass` for a miss,
+    /// `drop` for a hit (every feed of the suite drops).
+    pub verdict: String,
     /// Median over rounds of the kernel's mean ns per run.
     pub ns: Spread,
     /// The same less the floor (`palisade_floor_pass` on the same frame) of its round.
@@ -293,6 +296,15 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
             (*id, *what, Frame::udp(src, dst, 40_000, 9).build())
         })
         .collect();
+    let mut verdicts = Vec::new();
+    for (id, _, frame) in &frames {
+        let want = if id.starts_with("miss") { 2 } else { 1 };
+        let got = bench.run(frame)?;
+        if got != want {
+            bail!("{id}: the firewall returned XDP action {got}, expected {want}");
+        }
+        verdicts.push(if want == 1 { "drop" } else { "pass" });
+    }
     let mut samples = vec![(Vec::new(), Vec::new(), Vec::new()); frames.len()];
     for round in 0..s.rounds {
         for (i, (_, _, frame)) in frames.iter().enumerate() {
@@ -319,9 +331,11 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
     let costs = frames
         .iter()
         .zip(samples)
-        .map(|((id, what, _), (ns, floor, fw))| Cost {
+        .zip(verdicts)
+        .map(|(((id, what, _), (ns, floor, fw)), verdict)| Cost {
             id: (*id).to_string(),
             what: (*what).to_string(),
+            verdict: verdict.to_string(),
             ns: Spread::of(&ns),
             above_floor_ns: Spread::of(&floor),
             above_firewall_ns: Spread::of(&fw),
