@@ -603,6 +603,11 @@ impl Daemon {
                 if discarded > 0 {
                     message.push_str(&format!("; {discarded} live change(s) discarded"));
                 }
+                if self.policy.intel.sizes() != self.intel.sizes {
+                    message.push_str(
+                        "; the new [intel] capacities take effect when the daemon restarts (the feeds are checked against the running ones)",
+                    );
+                }
                 if ct_sizes(&self.policy) != self.dp.ct_sizes {
                     message.push_str(
                         "; the new [conntrack] table sizes take effect when the daemon restarts (tracked connections are carried over)",

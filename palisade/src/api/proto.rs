@@ -156,9 +156,10 @@ pub struct EventFilter {
 }
 
 /// Event kinds a filter accepts.
-pub const EVENT_KINDS: [&str; 3] = ["firewall", "dns", "tls"];
-/// Verdicts a filter accepts.
-pub const EVENT_VERDICTS: [&str; 5] = ["drop", "pass", "allow", "nxdomain", "audit"];
+pub const EVENT_KINDS: [&str; 4] = ["firewall", "dns", "tls", "intel"];
+/// Verdicts a filter accepts (`alert` and `tag` are the verdicts of intel events).
+pub const EVENT_VERDICTS: [&str; 7] =
+    ["drop", "pass", "allow", "nxdomain", "audit", "alert", "tag"];
 
 impl EventFilter {
     /// Checks the values; the message names the bad one.
