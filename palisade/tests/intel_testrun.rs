@@ -367,8 +367,8 @@ fn egress_checks_destinations_when_the_policy_asks() {
 #[test]
 fn domains_of_drop_feeds_join_the_dns_block_lists() {
     let mut b = bench();
-    let dir = std::env::temp_dir().join(format!("palisade-intel-dns-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("palisade-intel-dns");
+    let dir = tmp.0.clone();
     std::fs::write(dir.join("drop.txt"), "Evil.Example.\n192.0.2.40\n").unwrap();
     std::fs::write(dir.join("alert.txt"), "watched.example\n").unwrap();
     let policy = config::parse_policy(
@@ -432,5 +432,21 @@ fn domains_of_drop_feeds_join_the_dns_block_lists() {
         out.notes
     );
     assert_eq!(b.run(&udp_from("192.0.2.40")).unwrap(), XDP_DROP);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scratch directory, removed on drop (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
