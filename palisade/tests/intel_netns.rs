@@ -5,7 +5,8 @@
 //! addresses (both families): pings from the peer are dropped in XDP, and so are the
 //! answers to the guarded host's own pings. When the server loses the file, the last good
 //! version keeps matching; when the feed no longer lists the peer, its traffic passes again
-//! after the next refresh.
+//! after the next refresh. A daemon killed with SIGKILL leaves the indicators enforced, and a
+//! new one adopts them.
 
 #[path = "support/control.rs"]
 mod control;
@@ -144,6 +145,16 @@ fn a_feed_over_http_drops_listed_peers_until_a_refresh_removes_them() {
             >= 3
     );
     assert!(host.scratch.counter("INTEL_STATS", IS_FEED_HITS) >= 3);
+
+    // The daemon dies: the pinned programs and indicators go on dropping; a new daemon
+    // adopts them and reads the feed again.
+    host.take_daemon().kill9();
+    assert!(
+        !ping(&pair.ns_b, &pair.v4_a),
+        "enforced while no daemon runs"
+    );
+    host.start();
+    assert!(!ping(&pair.ns_b, &pair.v4_a), "and after the restart");
 
     // The server loses the file (404): the last good version stays live.
     std::fs::remove_file(&feed).unwrap();
