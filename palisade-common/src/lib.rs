@@ -12,6 +12,7 @@ pub mod dhcp;
 pub mod dns;
 pub mod event;
 pub mod firewall;
+pub mod intel;
 pub mod lb;
 pub mod nat;
 pub mod packet;

@@ -136,8 +136,12 @@ pub const DHCP_ROGUE_SERVER: u32 = 42;
 /// DHCP: an IPv6 router advertisement from a router not on `[dhcp] trusted_routers`.
 pub const DHCP_ROGUE_ROUTER: u32 = 43;
 
+/// Threat intelligence (`[intel]`): the source of what arrives, or the destination of what
+/// leaves, is an indicator of a feed with `action = "drop"`.
+pub const INTEL_DROP: u32 = 44;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 44;
+pub const COUNT: u32 = 45;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -185,6 +189,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tls-quic",
     "dhcp-rogue-server",
     "dhcp-rogue-router",
+    "intel-drop",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

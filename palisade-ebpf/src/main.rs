@@ -19,6 +19,7 @@ mod ct;
 mod dhcp;
 mod dns;
 mod firewall;
+mod intel;
 mod lb;
 mod maps;
 mod nat;
@@ -156,6 +157,15 @@ pub fn palisade_tls_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn palisade_dhcp_egress(ctx: TcContext) -> i32 {
     dhcp::run(&ctx)
+}
+
+/// The `[intel]` check of what leaves through the guarded interfaces (TC egress): the
+/// destination against the indicators when the policy says `egress = true`. Fail-open for
+/// what it cannot parse and for internal errors; a listed destination of a drop feed is
+/// dropped (`intel-drop`).
+#[classifier]
+pub fn palisade_intel_egress(ctx: TcContext) -> i32 {
+    intel::egress::run(&ctx)
 }
 
 /// Removes expired (or flushed) flows and counts the rest; run by userspace through

@@ -511,3 +511,54 @@ pub static DHCP_RECORDS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// DHCP snooping counters (`palisade_common::dhcp::DS_*`), per CPU.
 #[map]
 pub static DHCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DS_COUNT, 0);
+
+// ---- Threat intelligence ----
+
+use aya_ebpf::maps::BloomFilter;
+use palisade_common::intel::{CidrData, IS_COUNT, IntelControl, IntelHit};
+
+/// Which indicator generation is live and what each holds (`[intel]`).
+#[map]
+pub static INTEL_CONTROL: Array<IntelControl> = Array::with_max_entries(1, 0);
+
+/// Bloom filters over the exact indicator addresses, one per generation. Declared with one
+/// entry: the daemon creates them with `[intel] max_ips` (`intel::load::sizes`), so no
+/// memory goes to indicators a policy does not have.
+#[map]
+pub static INTEL_BLOOM_0: BloomFilter<[u8; 16]> = BloomFilter::with_max_entries(1, 0);
+#[map]
+pub static INTEL_BLOOM_1: BloomFilter<[u8; 16]> = BloomFilter::with_max_entries(1, 0);
+
+/// Exact indicator addresses (IPv4 mapped) -> action and feed, one per generation; not an
+/// LRU, allocated as entries arrive, capacity `[intel] max_ips`.
+#[map]
+pub static INTEL_IPS_0: HashMap<[u8; 16], IntelHit> =
+    HashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+#[map]
+pub static INTEL_IPS_1: HashMap<[u8; 16], IntelHit> =
+    HashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Indicator CIDRs (IPv4 as `96 + n` bits of the mapped address), one per generation;
+/// capacity `[intel] max_cidrs`.
+#[map]
+pub static INTEL_CIDRS_0: LpmTrie<CidrData, IntelHit> =
+    LpmTrie::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+#[map]
+pub static INTEL_CIDRS_1: LpmTrie<CidrData, IntelHit> =
+    LpmTrie::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Addresses that matched a feed with `action = "tag"`, with the feed and when last seen,
+/// for the other engines and the daemon. An LRU of tags, not of indicators: a tag pushed
+/// out is set again by the address's next packet (65,536 entries).
+#[map]
+pub static INTEL_TAGGED: LruHashMap<[u8; 16], crate::intel::Tagged> =
+    LruHashMap::with_max_entries(65_536, 0);
+
+/// The trie key of a lookup, per CPU: slot 0 for XDP, 1 for TC egress.
+#[map]
+pub static INTEL_SCRATCH: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<CidrData>> =
+    PerCpuArray::with_max_entries(2, 0);
+
+/// Intel counters (`palisade_common::intel::IS_*`), per CPU.
+#[map]
+pub static INTEL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(IS_COUNT, 0);

@@ -548,6 +548,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     println!("{}", moved_line("lb", &c.lb, "nothing balanced"));
     println!("{}", moved_line("tls", &c.tls, "nothing seen"));
     println!("{}", moved_line("dhcp", &c.dhcp, "nothing snooped"));
+    println!("{}", moved_line("intel", &c.intel, "nothing matched"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

@@ -141,9 +141,33 @@ struct Daemon {
     tls: crate::tls::runtime::Gatekeeper,
     /// DHCP snooping's lease table.
     dhcp: crate::dhcp::runtime::Snooper,
+    /// Threat-intelligence feeds, their last good versions and their schedule.
+    intel: crate::intel::runtime::Runtime,
 }
 
 impl Daemon {
+    /// Refreshes the feeds that are due; installs the policy again when their domains
+    /// changed (they are DNS lists of the policy's generation).
+    fn intel_tick(&mut self) {
+        if self.policy.intel.feeds.is_empty() {
+            return;
+        }
+        let intel = self.policy.intel.clone();
+        let out = self.intel.refresh(&mut self.dp.ebpf, &intel, true);
+        for n in &out.notes {
+            info!("{n}");
+            eprintln!("palisade: {n}");
+        }
+        if out.domains_changed {
+            let policy = self.policy.clone();
+            if let Err(e) = self.install(&policy) {
+                let msg = format!("intel: the feeds' domains could not be installed: {e:#}");
+                eprintln!("palisade: {msg}");
+                self.last_error = Some(msg);
+            }
+        }
+    }
+
     /// Removes expired flows and keeps the census for status and metrics.
     fn sweep_connections(&mut self) {
         let req = palisade_common::conntrack::SweepRequest {
@@ -219,6 +243,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         ifaces: ifaces.clone(),
         force_generic: args.generic,
         ct_sizes: ct_sizes(&policy),
+        intel_sizes: policy.intel.sizes(),
     };
     let mut notes = Vec::new();
     let dp = Datapath::load(&opts, &mut notes)?;
@@ -262,7 +287,16 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             &policy.dns.lists,
         )),
         dhcp: crate::dhcp::runtime::Snooper::default(),
+        intel: crate::intel::runtime::Runtime::new(opts.intel_sizes),
     };
+    if !policy.intel.feeds.is_empty() {
+        // Before the policy, whose DNS lists take the feeds' domains, and before the
+        // programs attach, so they start with the indicators in place.
+        let out = d.intel.refresh(&mut d.dp.ebpf, &policy.intel, false);
+        for n in out.notes {
+            eprintln!("palisade: {n}");
+        }
+    }
     d.install(&policy).context("installing the policy")?;
     d.restart_health_checks();
     let attach_notes = d.dp.attach(&opts, &policy)?;
@@ -384,8 +418,13 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         palisade_common::event::DNS_SUMMARY_INTERVAL_MS,
     ));
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut intel_tick = tokio::time::interval(crate::intel::runtime::TICK);
+    intel_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
         tokio::select! {
+            _ = intel_tick.tick() => {
+                d.intel_tick();
+            }
             _ = summary_tick.tick() => {
                 d.summarize(false);
             }
@@ -490,7 +529,9 @@ impl Daemon {
             }
         }
         self.totals.before_install(&self.dp.ebpf);
-        match guard::install_with(&mut self.dp.ebpf, policy, &self.lb_live) {
+        // The feeds' domains join the DNS lists of the generation installed.
+        let effective = self.intel.with_domains(policy);
+        match guard::install_with(&mut self.dp.ebpf, &effective, &self.lb_live) {
             Ok(ctl) => {
                 self.totals
                     .after_install(Some(GenerationRules::of(ctl.active_gen, policy)));
@@ -547,6 +588,12 @@ impl Daemon {
             .and_then(|(p, source)| {
                 // The policy's backend lists become the base again.
                 self.lb_live.after_reload(&p.lb);
+                if p.intel != self.policy.intel {
+                    let out = self.intel.refresh(&mut self.dp.ebpf, &p.intel, false);
+                    for n in out.notes {
+                        eprintln!("palisade: {n}");
+                    }
+                }
                 self.apply(p).map(|g| (g, source))
             });
         if result.is_err() {
@@ -572,6 +619,11 @@ impl Daemon {
                 );
                 if discarded > 0 {
                     message.push_str(&format!("; {discarded} live change(s) discarded"));
+                }
+                if self.policy.intel.sizes() != self.intel.sizes {
+                    message.push_str(
+                        "; the new [intel] capacities take effect when the daemon restarts (the feeds are checked against the running ones)",
+                    );
                 }
                 if ct_sizes(&self.policy) != self.dp.ct_sizes {
                     message.push_str(
@@ -1150,6 +1202,20 @@ impl Daemon {
                 }
                 EventLine {
                     kind: "firewall",
+                    verdict: ev.verdict.to_string(),
+                    names: ev.rule.iter().cloned().collect(),
+                    json: serde_json::to_string(&ev).unwrap_or_default(),
+                    text: ev.to_string(),
+                }
+            } else if let Some(ev) = crate::intel::decode_event(&item, &|id| {
+                self.policy
+                    .intel
+                    .feeds
+                    .get(id as usize)
+                    .map(|f| f.name.clone())
+            }) {
+                EventLine {
+                    kind: "intel",
                     verdict: ev.verdict.to_string(),
                     names: ev.rule.iter().cloned().collect(),
                     json: serde_json::to_string(&ev).unwrap_or_default(),

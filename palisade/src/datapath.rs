@@ -67,6 +67,8 @@ pub struct Options {
     pub force_generic: bool,
     /// Capacities of the connection tracking tables (`[conntrack]`).
     pub ct_sizes: carry::Sizes,
+    /// Capacities of the indicator maps (`[intel]`).
+    pub intel_sizes: crate::intel::load::Sizes,
 }
 
 /// How an attachment came to be.
@@ -139,6 +141,10 @@ pub struct Datapath {
     dhcp: Vec<SchedClassifier>,
     /// Its link on each guarded interface.
     pub dhcp_links: Vec<(String, OwnedFd)>,
+    /// The indicator check of what leaves (`[intel] egress`), once loaded.
+    intel: Vec<SchedClassifier>,
+    /// Its link on each guarded interface.
+    pub intel_links: Vec<(String, OwnedFd)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -178,7 +184,10 @@ impl Datapath {
         let lock = PinLock::acquire(&opts.pin_dir)?;
         let layout = loader::layout(opts.pin_dir.clone())?;
         let mut carried = carry::take_resized(&layout, opts.ct_sizes)?;
-        let mut pinned = loader::load_pinned(&layout, opts.ct_sizes)?;
+        if let Some(n) = crate::intel::load::drop_resized(&layout, opts.intel_sizes)? {
+            notes.push(n);
+        }
+        let mut pinned = loader::load_pinned(&layout, opts.ct_sizes, opts.intel_sizes)?;
         if let Err(e) = verify_map_shapes(&layout) {
             drop(pinned);
             let aside = opts.pin_dir.join(format!(
@@ -193,7 +202,7 @@ impl Datapath {
                 "pinned maps under {} do not match this build ({e:#}); starting fresh state, the old one is removed once everything is attached",
                 layout.dir().display()
             ));
-            pinned = loader::load_pinned(&layout, opts.ct_sizes)?;
+            pinned = loader::load_pinned(&layout, opts.ct_sizes, opts.intel_sizes)?;
         }
         carried.extend(carry::take_foreign(&layout)?);
         let carry_since = carry::now_ns();
@@ -237,6 +246,8 @@ impl Datapath {
             tls_links: Vec::new(),
             dhcp: Vec::new(),
             dhcp_links: Vec::new(),
+            intel: Vec::new(),
+            intel_links: Vec::new(),
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -269,6 +280,7 @@ impl Datapath {
         self.ensure_lb_reverse()?;
         self.ensure_tls_programs()?;
         self.ensure_dhcp_program()?;
+        self.ensure_intel_program()?;
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -284,6 +296,7 @@ impl Datapath {
         self.sync_lb_reverse(opts, &mut notes)?;
         self.sync_tls(opts, &mut notes)?;
         self.sync_dhcp(opts, &mut notes)?;
+        self.sync_intel(opts, &mut notes)?;
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -310,6 +323,7 @@ impl Datapath {
                     .chain(&self.lb_links)
                     .chain(&self.tls_links)
                     .chain(&self.dhcp_links)
+                    .chain(&self.intel_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -556,6 +570,32 @@ impl Datapath {
             return Ok(());
         }
         self.tls = self.tc_programs(&[crate::tls::INGRESS, crate::tls::EGRESS], "TLS gate")?;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) indicator check of what leaves.
+    fn ensure_intel_program(&mut self) -> Result<()> {
+        if !self.intel.is_empty() {
+            return Ok(());
+        }
+        self.intel = self.tc_programs(&[crate::intel::EGRESS], "intel")?;
+        Ok(())
+    }
+
+    /// Attaches the indicator check (tcx egress) to every guarded interface whatever the
+    /// policy: without `[intel] egress` it reads one map slot and lets the packet go, and
+    /// a refresh that turns it on needs no attach.
+    fn sync_intel(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_intel_program()?;
+        let pins = self.all_link_pins();
+        self.intel_links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut self.intel,
+            &[Tcx::IntelEgress],
+            &opts.ifaces,
+            notes,
+        )?;
         Ok(())
     }
 
@@ -1003,6 +1043,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached DHCP snooping from {iface}"));
         }
+        for (iface, fd) in self.intel_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the egress indicator check from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -1034,6 +1078,7 @@ enum Tcx {
     TlsIngress,
     TlsEgress,
     DhcpEgress,
+    IntelEgress,
 }
 
 impl Tcx {
@@ -1058,6 +1103,7 @@ impl Tcx {
                 iface,
             },
             Self::LbReverse => LinkPin::TcxLbReverse { iface },
+            Self::IntelEgress => LinkPin::TcxIntel { iface },
             Self::TlsIngress => LinkPin::TcxTls {
                 ingress: true,
                 iface,
@@ -1116,8 +1162,9 @@ impl Tcx {
                     iface,
                 },
             ) => Some(iface),
-            (Self::LbReverse, LinkPin::TcxLbReverse { iface }) => Some(iface),
-            (Self::DhcpEgress, LinkPin::TcxDhcp { iface }) => Some(iface),
+            (Self::LbReverse, LinkPin::TcxLbReverse { iface })
+            | (Self::DhcpEgress, LinkPin::TcxDhcp { iface })
+            | (Self::IntelEgress, LinkPin::TcxIntel { iface }) => Some(iface),
             _ => None,
         }
     }
@@ -1130,7 +1177,8 @@ impl Tcx {
             | Self::NatEgress
             | Self::LbReverse
             | Self::TlsEgress
-            | Self::DhcpEgress => TcAttachType::Egress,
+            | Self::DhcpEgress
+            | Self::IntelEgress => TcAttachType::Egress,
         }
     }
 
@@ -1145,6 +1193,7 @@ impl Tcx {
             Self::TlsIngress => "the ingress TLS gate",
             Self::TlsEgress => "the egress TLS gate",
             Self::DhcpEgress => "DHCP snooping",
+            Self::IntelEgress => "the egress indicator check",
         }
     }
 }
@@ -1252,7 +1301,8 @@ fn sync_tcx(
             | Tcx::LbReverse
             | Tcx::TlsIngress
             | Tcx::TlsEgress
-            | Tcx::DhcpEgress => format!("attached {what} to {iface} (tcx)"),
+            | Tcx::DhcpEgress
+            | Tcx::IntelEgress => format!("attached {what} to {iface} (tcx)"),
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1333,6 +1383,9 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 ),
                 LinkPin::TcxLbReverse { iface } => {
                     format!("detached the load balancer's reverse translation from {iface}")
+                }
+                LinkPin::TcxIntel { iface } => {
+                    format!("detached the egress indicator check from {iface}")
                 }
                 LinkPin::TcxTls { ingress, iface } => format!(
                     "detached the {} TLS gate from {iface}",

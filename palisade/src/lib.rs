@@ -16,6 +16,7 @@ pub mod dns;
 pub mod events;
 pub mod firewall;
 pub mod guard;
+pub mod intel;
 pub mod kernel;
 pub mod lb;
 pub mod live;

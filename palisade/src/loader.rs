@@ -102,7 +102,11 @@ pub struct Pinned {
 ///
 /// # Errors
 /// As [`load`], or when a pin cannot be created.
-pub fn load_pinned(layout: &Layout, sizes: Sizes) -> Result<Pinned> {
+pub fn load_pinned(
+    layout: &Layout,
+    sizes: Sizes,
+    intel: crate::intel::load::Sizes,
+) -> Result<Pinned> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
     }
@@ -126,6 +130,11 @@ pub fn load_pinned(layout: &Layout, sizes: Sizes) -> Result<Pinned> {
     // `conntrack::carry::take_resized`.
     for (name, table) in carry::TABLES {
         loader.map_max_entries(name, sizes.of(table));
+    }
+    // The indicator maps, sized by `[intel]`; pins of another size were removed by
+    // `intel::load::drop_resized`.
+    for (name, n) in intel.for_loader() {
+        loader.map_max_entries(name, n);
     }
     let ebpf = loader.load(OBJECT).context(
         "loading the kernel object failed; Palisade needs root (or CAP_BPF, CAP_NET_ADMIN and \

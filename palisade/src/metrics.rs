@@ -193,6 +193,28 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             );
         }
     }
+    if s.counters.intel.iter().any(|n| n.value > 0) {
+        o.family(
+            "palisade_intel_total",
+            "counter",
+            "What the indicator match of [intel] did, by direction: addresses checked, bloom \
+             filter maybes and false positives, exact and CIDR hits, drops, alerts, tags, \
+             events lost.",
+        );
+        for n in s
+            .counters
+            .intel
+            .iter()
+            .filter(|n| !n.name.starts_with("feed_"))
+        {
+            let (direction, event) = n.name.split_once('_').unwrap_or(("", &n.name));
+            o.sample(
+                "palisade_intel_total",
+                &[("direction", direction), ("event", event)],
+                n.value,
+            );
+        }
+    }
     if s.counters.nat.iter().any(|n| n.value > 0) {
         o.family(
             "palisade_nat_total",
@@ -585,6 +607,10 @@ mod tests {
                     name: "rogue_dropped".into(),
                     value: 2,
                 }],
+                intel: vec![Named {
+                    name: "ingress_hit_cidr".into(),
+                    value: 3,
+                }],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -604,6 +630,7 @@ mod tests {
         assert!(t.contains("palisade_lb_total{event=\"encap_v4\"} 6\n"));
         assert!(t.contains("palisade_tls_total{event=\"server_held\"} 6\n"));
         assert!(t.contains("palisade_dhcp_total{event=\"rogue_dropped\"} 2\n"));
+        assert!(t.contains("palisade_intel_total{direction=\"ingress\",event=\"hit_cidr\"} 3\n"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));

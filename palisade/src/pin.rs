@@ -94,6 +94,7 @@ pub fn is_resizable_map(name: &str) -> bool {
     crate::conntrack::carry::TABLES
         .iter()
         .any(|(n, _)| *n == name)
+        || crate::intel::load::is_sized_map(name)
 }
 
 /// The layout id: 16 hex digits over every pinned map's shape, in name order.
@@ -260,6 +261,8 @@ pub enum LinkPin {
     TcxTls { ingress: bool, iface: String },
     /// `tcx-dhcp-out-<iface>`: DHCP snooping of what leaves.
     TcxDhcp { iface: String },
+    /// `tcx-intel-<iface>`: the indicator check of what leaves (`[intel] egress`).
+    TcxIntel { iface: String },
 }
 
 impl LinkPin {
@@ -280,6 +283,7 @@ impl LinkPin {
                 escape(iface.as_bytes())
             ),
             Self::TcxLbReverse { iface } => format!("tcx-lbrev-{}", escape(iface.as_bytes())),
+            Self::TcxIntel { iface } => format!("tcx-intel-{}", escape(iface.as_bytes())),
             Self::TcxTls { ingress, iface } => format!(
                 "tcx-tls-{}-{}",
                 if *ingress { "in" } else { "out" },
@@ -298,6 +302,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-nat-") {
             let (ingress, iface) = directed(rest)?;
             return Some(Self::TcxNat { ingress, iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-intel-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxIntel { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-lbrev-") {
             let iface = String::from_utf8(unescape(rest)?).ok()?;
@@ -906,6 +914,9 @@ mod tests {
             },
             LinkPin::TcxLbReverse {
                 iface: "veth-lb".into(),
+            },
+            LinkPin::TcxIntel {
+                iface: "veth-in".into(),
             },
             LinkPin::TcxTls {
                 ingress: true,

@@ -100,6 +100,10 @@ pub struct Counters {
     /// DHCP snooping's counters (`palisade_common::dhcp::DS_NAMES`).
     #[serde(default)]
     pub dhcp: Vec<Named>,
+    /// The indicator match's counters, `<direction>_<event>` and `feed_<id>_hits` (see
+    /// `crate::intel::named_counters`).
+    #[serde(default)]
+    pub intel: Vec<Named>,
 }
 
 impl Counters {
@@ -154,6 +158,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         lb: crate::lb::named_counters(ebpf),
         tls: crate::tls::named_counters(ebpf),
         dhcp: crate::dhcp::named_counters(ebpf),
+        intel: crate::intel::named_counters(ebpf),
     }
 }
 

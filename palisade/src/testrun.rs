@@ -49,7 +49,16 @@ impl Bench {
     /// # Errors
     /// When loading or verification fails.
     pub fn new() -> Result<Self> {
-        let mut ebpf = loader::load()?;
+        Self::sized(&[])
+    }
+
+    /// [`Self::new`], with some maps created with another capacity than the object declares
+    /// (`(map name, max_entries)`, e.g. the indicator tables of `intel::load::Sizes`).
+    ///
+    /// # Errors
+    /// When loading or verification fails.
+    pub fn sized(sizes: &[(&str, u32)]) -> Result<Self> {
+        let mut ebpf = loader::load_sized(sizes)?;
         for name in [
             FIREWALL,
             DNS_INGRESS,
@@ -86,6 +95,7 @@ impl Bench {
             crate::tls::INGRESS,
             crate::tls::EGRESS,
             crate::dhcp::EGRESS,
+            crate::intel::EGRESS,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

@@ -269,3 +269,33 @@ fn conntrack_suite() {
     }
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn intel_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = quick("intel", &["--intel"]);
+    let report = json(out.join("intel-quick.json"));
+    let costs = report["costs"].as_array().expect("costs");
+    let got: Vec<(&str, &str)> = costs
+        .iter()
+        .filter_map(|c| Some((c["id"].as_str()?, c["verdict"].as_str()?)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("miss-v4", "pass"),
+            ("miss-v6", "pass"),
+            ("hit-ip-v4", "drop"),
+            ("hit-ip-v6", "drop"),
+            ("hit-cidr-v4", "drop"),
+        ],
+        "{report:#}"
+    );
+    assert_eq!(report["ips"], 100_000);
+    assert!(
+        report["dns"]["Ok"].is_null(),
+        "the domains load: {report:#}"
+    );
+    assert!(out.join("intel-quick.md").exists());
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -275,6 +275,7 @@ fn policy(bits: u32) -> Policy {
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -302,6 +302,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1326,6 +1327,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -1678,6 +1680,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

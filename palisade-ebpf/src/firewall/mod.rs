@@ -72,6 +72,18 @@ pub fn run(ctx: &XdpContext) -> u32 {
             return verdict::drop(ctx, Some(p), &d);
         }
     }
+    let listed = crate::intel::check_ingress(ctx, p, palisade_common::intel::DIR_INGRESS);
+    if listed != 0 {
+        // The source is an indicator of a feed that drops (`[intel]`); the match was
+        // reported with its feed already.
+        let d = Decision {
+            reason: listed,
+            rule: NO_RULE,
+            generation,
+            log: false,
+        };
+        return verdict::drop(ctx, Some(p), &d);
+    }
     let refused = crate::tls::refused_at_xdp(generation, p);
     if refused != 0 {
         // A flow the TLS gate's verdict refused: dropped here, before anything else looks

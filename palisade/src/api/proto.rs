@@ -158,10 +158,11 @@ pub struct EventFilter {
 }
 
 /// Event kinds a filter accepts.
-pub const EVENT_KINDS: [&str; 4] = ["firewall", "dns", "tls", "dhcp"];
-/// Verdicts a filter accepts.
-pub const EVENT_VERDICTS: [&str; 7] = [
-    "drop", "pass", "allow", "nxdomain", "audit", "lease", "alert",
+pub const EVENT_KINDS: [&str; 5] = ["firewall", "dns", "tls", "dhcp", "intel"];
+/// Verdicts a filter accepts (`alert` is the verdict of DHCP rogue reports and intel
+/// events, `tag` of intel events).
+pub const EVENT_VERDICTS: [&str; 8] = [
+    "drop", "pass", "allow", "nxdomain", "audit", "lease", "alert", "tag",
 ];
 
 impl EventFilter {

@@ -531,6 +531,7 @@ mod tests {
             lb: crate::lb::Lb::default(),
             tls: crate::tls::Tls::default(),
             dhcp: crate::dhcp::Dhcp::default(),
+            intel: crate::intel::Intel::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

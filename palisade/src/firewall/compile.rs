@@ -593,6 +593,7 @@ mod tests {
             lb: crate::lb::Lb::default(),
             tls: crate::tls::Tls::default(),
             dhcp: crate::dhcp::Dhcp::default(),
+            intel: crate::intel::Intel::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2030,6 +2031,7 @@ mod tests {
                         lb: crate::lb::Lb::default(),
                         tls: crate::tls::Tls::default(),
                         dhcp: crate::dhcp::Dhcp::default(),
+                        intel: crate::intel::Intel::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2160,6 +2162,7 @@ mod tests {
                     lb: crate::lb::Lb::default(),
                     tls: crate::tls::Tls::default(),
                     dhcp: crate::dhcp::Dhcp::default(),
+                    intel: crate::intel::Intel::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

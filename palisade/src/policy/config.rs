@@ -399,6 +399,7 @@ use super::model::{
 use super::namelist::{parse_list_bytes, parse_name};
 
 mod dhcp;
+mod intel;
 mod lb;
 mod nat;
 mod scrub;
@@ -826,6 +827,7 @@ const TOP_KEYS: &[&str] = &[
     "lb",
     "tls",
     "dhcp",
+    "intel",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
@@ -1177,6 +1179,10 @@ impl Checker<'_> {
             Some(node) => self.dhcp(node),
             None => crate::dhcp::Dhcp::default(),
         };
+        let intel = match root.get("intel") {
+            Some(node) => self.intel(node),
+            None => crate::intel::Intel::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1188,6 +1194,7 @@ impl Checker<'_> {
             lb,
             tls,
             dhcp,
+            intel,
         })
     }
 
@@ -3100,6 +3107,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 lb: crate::lb::Lb::default(),
                 tls: crate::tls::Tls::default(),
                 dhcp: crate::dhcp::Dhcp::default(),
+                intel: crate::intel::Intel::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3426,9 +3434,9 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
                      `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, \
-                     `dhcp`",
+                     `dhcp`, `intel`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, `dhcp`",
+                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, `dhcp`, `intel`",
                 ],
             ),
         ];

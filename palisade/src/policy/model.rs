@@ -281,6 +281,7 @@ pub struct Policy {
     pub lb: crate::lb::Lb,
     pub tls: crate::tls::Tls,
     pub dhcp: crate::dhcp::Dhcp,
+    pub intel: crate::intel::Intel,
 }
 
 impl Policy {
@@ -564,6 +565,7 @@ mod tests {
             lb: crate::lb::Lb::default(),
             tls: crate::tls::Tls::default(),
             dhcp: crate::dhcp::Dhcp::default(),
+            intel: crate::intel::Intel::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),

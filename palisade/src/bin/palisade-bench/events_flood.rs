@@ -295,6 +295,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
         lb: palisade::lb::Lb::default(),
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
+        intel: palisade::intel::Intel::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -21,6 +21,7 @@ mod events_flood;
 mod flood;
 mod harness;
 mod inspect;
+mod intel;
 mod lb;
 mod lb_live;
 mod live;
@@ -79,7 +80,8 @@ use clap::Parser;
         palisade-bench --nat                NAT: masquerade on live frames against nftables masquerade\n  \
         palisade-bench --lb                 load balancer: an established flow's cost in test runs, and on live frames against nftables DNAT\n  \
         palisade-bench --tls                TLS: reading a ClientHello, its JA4 and the decision, per handshake\n  \
-        palisade-bench --dhcp               DHCP snooping: the kernel's cost per packet with and without [dhcp], the daemon's per record"
+        palisade-bench --dhcp               DHCP snooping: the kernel's cost per packet with and without [dhcp], the daemon's per record\n  \
+        palisade-bench --intel              threat intelligence: loading 10M addresses, 1M CIDRs, 1M domains; match cost at that size"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -215,6 +217,21 @@ struct Args {
     /// it in the same round) and the daemon per copied frame.
     #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield", "tls"])]
     dhcp: bool,
+    /// Run the threat-intelligence suite instead: load --intel-ips addresses, --intel-cidrs
+    /// CIDRs and --intel-domains domains (time and memory of each step), then the match
+    /// cost of a miss and of each kind of hit in test runs, against the floor and the
+    /// firewall without indicators in the same rounds.
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield", "tls"])]
+    intel: bool,
+    /// intel suite: exact addresses [default: 10000000; 100000 with --quick].
+    #[arg(long, value_name = "N")]
+    intel_ips: Option<usize>,
+    /// intel suite: CIDRs [default: 1000000; 10000 with --quick].
+    #[arg(long, value_name = "N")]
+    intel_cidrs: Option<usize>,
+    /// intel suite: domains [default: 1000000; 10000 with --quick].
+    #[arg(long, value_name = "N")]
+    intel_domains: Option<usize>,
     /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
     /// --quick].
     #[arg(long, value_name = "S")]
@@ -444,6 +461,31 @@ fn run(args: &Args) -> Result<ExitCode> {
                 rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1),
                 iterations: if args.quick { 2000 } else { 20_000 },
                 names: if args.quick { 10_000 } else { 100_000 },
+            },
+            command,
+        )?;
+        let stem = report.write(&s.out)?;
+        println!("{}", report.terminal());
+        println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.intel {
+        let report = intel::run(
+            &intel::IntelSettings {
+                mode: s.mode,
+                rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1),
+                repeat: if args.quick { 20_000 } else { 200_000 },
+                ips: args
+                    .intel_ips
+                    .unwrap_or(if args.quick { 100_000 } else { 10_000_000 })
+                    .max(1),
+                cidrs: args
+                    .intel_cidrs
+                    .unwrap_or(if args.quick { 10_000 } else { 1_000_000 })
+                    .max(1),
+                domains: args
+                    .intel_domains
+                    .unwrap_or(if args.quick { 10_000 } else { 1_000_000 }),
             },
             command,
         )?;

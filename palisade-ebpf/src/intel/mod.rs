@@ -1,0 +1,199 @@
+//! Threat-intelligence indicators (`[intel]`): the source address of what arrives is looked
+//! up in the live generation's indicator maps, a bloom filter in front of an exact table,
+//! then a trie of CIDRs.
+//!
+//! The filter answers "surely not" for almost every clean address without touching the
+//! table's buckets; "maybe" is confirmed in the exact table (never an LRU: an indicator is
+//! never forgotten). CIDRs cannot go through a filter keyed by whole addresses, so they
+//! have a trie of their own, walked only when the generation holds CIDRs.
+//!
+//! With `[intel] egress = true`, `egress` checks the destination of what the host sends
+//! (TC egress) the same way.
+
+pub mod egress;
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use palisade_common::{
+    event::FirewallEvent,
+    intel::{
+        ACTION_ALERT, ACTION_DROP, ACTION_TAG, CidrData, HAS_CIDRS, HAS_IPS, IS_ALERTED,
+        IS_BLOOM_FALSE, IS_BLOOM_MAYBE, IS_CHECKED, IS_DROPPED, IS_EVENTS_LOST, IS_FEED_HITS,
+        IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, IntelHit, KIND_INTEL, MAX_FEEDS,
+    },
+    packet::Packet,
+    reason,
+};
+
+use crate::maps::{
+    EVENTS, INTEL_BLOOM_0, INTEL_BLOOM_1, INTEL_CIDRS_0, INTEL_CIDRS_1, INTEL_CONTROL, INTEL_IPS_0,
+    INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, bump, event_flags,
+};
+
+/// The value of a tagged address in `INTEL_TAGGED`: the feed and when it was last seen.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Tagged {
+    pub hit: IntelHit,
+    pub _pad: u32,
+    pub last_seen_ns: u64,
+}
+
+/// The live generation and what it holds, when it holds indicators.
+#[inline(always)]
+pub fn live() -> Option<(u32, u32)> {
+    let control = INTEL_CONTROL.get(0)?;
+    let generation = control.active & 1;
+    let enabled = if generation == 0 {
+        control.enabled[0]
+    } else {
+        control.enabled[1]
+    };
+    if enabled & (HAS_IPS | HAS_CIDRS) == 0 {
+        return None;
+    }
+    Some((generation, enabled))
+}
+
+/// Looks `addr` (a map value or the stack) up in generation `generation`, whose contents
+/// `enabled` describes; `slot` is the hook's trie-key slot in `INTEL_SCRATCH`.
+#[inline(always)]
+fn lookup(addr: &[u8; 16], dir: u32, generation: u32, enabled: u32, slot: u32) -> Option<IntelHit> {
+    bump(&INTEL_STATS, dir + IS_CHECKED);
+    if enabled & HAS_IPS != 0 {
+        let maybe = if generation == 0 {
+            INTEL_BLOOM_0.contains(addr).is_ok()
+        } else {
+            INTEL_BLOOM_1.contains(addr).is_ok()
+        };
+        if maybe {
+            bump(&INTEL_STATS, dir + IS_BLOOM_MAYBE);
+            // SAFETY: plain data read from a map value.
+            let hit = unsafe {
+                if generation == 0 {
+                    INTEL_IPS_0.get(addr).copied()
+                } else {
+                    INTEL_IPS_1.get(addr).copied()
+                }
+            };
+            if let Some(h) = hit {
+                bump(&INTEL_STATS, dir + IS_HIT_IP);
+                return Some(h);
+            }
+            bump(&INTEL_STATS, dir + IS_BLOOM_FALSE);
+        }
+    }
+    if enabled & HAS_CIDRS != 0 {
+        let k = INTEL_SCRATCH.get_ptr_mut(slot)?;
+        // SAFETY: per-CPU slot, used by one hook at a time on this CPU (XDP and TC egress
+        // have one each: XDP may interrupt the egress hook).
+        let key = unsafe {
+            (*k).prefix_len = 128;
+            (*k).data = CidrData { addr: *addr };
+            &*k
+        };
+        let hit = if generation == 0 {
+            INTEL_CIDRS_0.get(key).copied()
+        } else {
+            INTEL_CIDRS_1.get(key).copied()
+        };
+        if let Some(h) = hit {
+            bump(&INTEL_STATS, dir + IS_HIT_CIDR);
+            return Some(h);
+        }
+    }
+    None
+}
+
+/// Checks the source of an arriving packet: [`reason::INTEL_DROP`] when a feed with
+/// `action = "drop"` lists it, 0 to go on (an alert or a tag has been reported and the
+/// address tagged). Not inlined: its keys and the event get a frame beside the parser's.
+#[inline(never)]
+pub fn check_ingress(ctx: &XdpContext, p: &Packet, dir: u32) -> u32 {
+    let Some((generation, enabled)) = live() else {
+        return 0;
+    };
+    let Some(hit) = lookup(&p.src, dir, generation, enabled, 0) else {
+        return 0;
+    };
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    act(p, &p.src, hit, dir, ifindex, len)
+}
+
+/// What a match does: counters, the tag, the event; the drop reason or 0.
+#[inline(always)]
+fn act(p: &Packet, addr: &[u8; 16], hit: IntelHit, dir: u32, ifindex: u32, len: u32) -> u32 {
+    let feed = u32::from(hit.feed);
+    if feed < MAX_FEEDS {
+        bump(&INTEL_STATS, IS_FEED_HITS + feed);
+    }
+    let out = match hit.action {
+        ACTION_DROP => {
+            bump(&INTEL_STATS, dir + IS_DROPPED);
+            reason::INTEL_DROP
+        }
+        ACTION_TAG => {
+            bump(&INTEL_STATS, dir + IS_TAGGED);
+            let t = Tagged {
+                hit,
+                _pad: 0,
+                // SAFETY: no preconditions.
+                last_seen_ns: unsafe { bpf_ktime_get_ns() },
+            };
+            // A full table evicts the least recently seen tag; the indicator itself stays.
+            let _ = INTEL_TAGGED.insert(addr, &t, 0);
+            0
+        }
+        ACTION_ALERT => {
+            bump(&INTEL_STATS, dir + IS_ALERTED);
+            0
+        }
+        _ => 0,
+    };
+    emit(p, hit, out, ifindex, len, dir);
+    out
+}
+
+/// Reports a match: a firewall-shaped record of kind [`KIND_INTEL`] whose `rule` is the
+/// feed id and `action` the feed's action.
+#[inline(always)]
+fn emit(p: &Packet, hit: IntelHit, reason_code: u32, ifindex: u32, packet_len: u32, dir: u32) {
+    let Some(mut entry) = EVENTS.reserve::<FirewallEvent>(0) else {
+        bump(&INTEL_STATS, dir + IS_EVENTS_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: the reserved record, ours until submitted; every field written. Addresses are
+    // copied by 16-bit words, as in `verdict::emit` (2-aligned in the packet).
+    unsafe {
+        (*ev)._pad = [0];
+        (*ev).kind = KIND_INTEL;
+        (*ev).reason = reason_code;
+        (*ev).timestamp_ns = bpf_ktime_get_ns();
+        (*ev).rule = u32::from(hit.feed);
+        (*ev).ifindex = ifindex;
+        // The direction: 0 for what arrives, 1 for what leaves.
+        (*ev).generation = dir / palisade_common::intel::IS_PER_DIRECTION;
+        (*ev).action = hit.action;
+        (*ev).packet_len = packet_len;
+        (*ev).family = p.family;
+        (*ev).proto = p.proto;
+        (*ev).sport = p.sport;
+        (*ev).dport = p.dport;
+        let (from, to) = (
+            p.src.as_ptr().cast::<u16>(),
+            (*ev).src.as_mut_ptr().cast::<u16>(),
+        );
+        let (from6, to6) = (
+            p.dst.as_ptr().cast::<u16>(),
+            (*ev).dst.as_mut_ptr().cast::<u16>(),
+        );
+        let mut i = 0;
+        while i < 8 {
+            to.add(i).write(from.add(i).read());
+            to6.add(i).write(from6.add(i).read());
+            i += 1;
+        }
+    }
+    entry.submit(event_flags());
+}

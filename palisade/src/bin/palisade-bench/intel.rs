@@ -1,0 +1,449 @@
+//! The threat-intelligence suite: loading 10M addresses, 1M CIDRs and 1M domains (time and
+//! memory of each step), then the cost of the indicator match in `BPF_PROG_TEST_RUN` at that
+//! size, a miss and a hit of each kind, against the empty program (the floor) and the
+//! firewall without indicators, measured in the same rounds.
+
+use std::{fmt::Write as _, path::Path, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Array, Map, MapData};
+use palisade::{
+    craft::Frame,
+    intel::{
+        Action, Feed, Feeds, Format, Intel, Loaded, Source,
+        load::{self, Sizes},
+        parse, runtime,
+    },
+    maps::{map, map_mut},
+    policy::config,
+    testrun::Bench,
+};
+use palisade_common::intel::IntelControl;
+use serde::Serialize;
+
+use crate::{runner::Spread, utc_now};
+
+pub struct IntelSettings {
+    pub mode: &'static str,
+    pub rounds: usize,
+    /// Runs per measurement (the kernel's mean over them).
+    pub repeat: u32,
+    pub ips: usize,
+    pub cidrs: usize,
+    pub domains: usize,
+}
+
+/// One step of the load.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub what: String,
+    pub seconds: f64,
+}
+
+/// Kernel memory of one map (`memlock` in its fdinfo).
+#[derive(Debug, Clone, Serialize)]
+pub struct MapMemory {
+    pub map: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cost {
+    pub id: String,
+    pub what: String,
+    /// The firewall's verdict on the frame, checked before timing: `pass` for a miss,
+    /// `drop` for a hit (every feed of the suite drops).
+    pub verdict: String,
+    /// Median over rounds of the kernel's mean ns per run.
+    pub ns: Spread,
+    /// The same less the floor (`palisade_floor_pass` on the same frame) of its round.
+    pub above_floor_ns: Spread,
+    /// The same less the firewall with no indicators live, on the same frame, in its round.
+    pub above_firewall_ns: Spread,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IntelReport {
+    pub generated: String,
+    pub command: String,
+    pub mode: String,
+    pub rounds: usize,
+    pub repeat: u32,
+    pub ips: usize,
+    pub cidrs: usize,
+    pub domains: usize,
+    pub steps: Vec<Step>,
+    pub maps: Vec<MapMemory>,
+    /// Peak resident memory of this process after the load (VmHWM), bytes.
+    pub peak_rss: u64,
+    /// Whether the domains fit the DNS policy's tables, and the error when not.
+    pub dns: Result<(), String>,
+    pub costs: Vec<Cost>,
+}
+
+/// The `i`-th generated exact address: IPv4 from 11.0.0.0 up for 80 %, IPv6 in
+/// 2001:db8:1::/64 for the rest.
+fn nth_ip(i: usize, total: usize) -> String {
+    let v4 = total * 4 / 5;
+    if i < v4 {
+        let n = (11u32 << 24) + i as u32;
+        std::net::Ipv4Addr::from(n).to_string()
+    } else {
+        format!("2001:db8:1::{:x}:{:x}", (i >> 16) & 0xffff, i & 0xffff)
+    }
+}
+
+/// The `i`-th CIDR: IPv4 /24s from 128.0.0.0 up for 90 %, IPv6 /48s for the rest.
+fn nth_cidr(i: usize, total: usize) -> String {
+    let v4 = total * 9 / 10;
+    if i < v4 {
+        let n = (128u32 << 24) + ((i as u32) << 8);
+        format!("{}/24", std::net::Ipv4Addr::from(n))
+    } else {
+        format!("2001:db8:{:x}:{:x}::/64", 0x100 + (i >> 16), i & 0xffff)
+    }
+}
+
+fn text(n: usize, f: impl Fn(usize, usize) -> String) -> String {
+    let mut t = String::with_capacity(n * 16);
+    for i in 0..n {
+        t.push_str(&f(i, n));
+        t.push('\n');
+    }
+    t
+}
+
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn memlock(bench: &Bench, name: &str) -> Result<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let data: &MapData = match map(&bench.ebpf, name)? {
+        Map::BloomFilter(m) | Map::HashMap(m) | Map::LpmTrie(m) => m,
+        _ => bail!("{name}: not an indicator map"),
+    };
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no memlock for {name}"))
+}
+
+fn set_enabled(bench: &mut Bench, on: Option<IntelControl>) -> Result<IntelControl> {
+    let live = load::control(&bench.ebpf)?;
+    let mut a: Array<&mut MapData, IntelControl> =
+        Array::try_from(map_mut(&mut bench.ebpf, "INTEL_CONTROL")?)?;
+    let next = on.unwrap_or(IntelControl {
+        enabled: [0, 0],
+        ..live
+    });
+    a.set(0, next, 0)?;
+    Ok(live)
+}
+
+/// Runs the suite.
+///
+/// # Errors
+/// When the object cannot be loaded or a step fails.
+pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
+    let sizes = Sizes {
+        ips: u32::try_from(s.ips)?.max(1),
+        cidrs: u32::try_from(s.cidrs)?.max(1),
+    };
+    let mut steps = Vec::new();
+    let step = |steps: &mut Vec<Step>, what: &str, start: Instant| {
+        let seconds = start.elapsed().as_secs_f64();
+        eprintln!("  {what}: {seconds:.2} s");
+        steps.push(Step {
+            what: what.to_string(),
+            seconds,
+        });
+    };
+    let t = Instant::now();
+    let mut bench = Bench::sized(&sizes.for_loader())?;
+    step(&mut steps, "load and verify the programs, maps sized", t);
+    let policy = config::parse_policy(
+        "[dns.ingress]\nmode = \"blocklist\"\nlists = []\n",
+        "bench.toml",
+        Path::new("/"),
+    )?;
+    bench.install(&policy)?;
+
+    let t = Instant::now();
+    let feeds_text = [
+        ("ips", text(s.ips, nth_ip)),
+        ("cidrs", text(s.cidrs, nth_cidr)),
+        (
+            "domains",
+            text(s.domains, |i, _| format!("host{i}.bad{}.example", i % 997)),
+        ),
+    ];
+    step(&mut steps, "generate the feeds' text", t);
+    let mut intel = Intel {
+        max_ips: sizes.ips,
+        max_cidrs: sizes.cidrs,
+        ..Intel::default()
+    };
+    let mut feeds = Feeds::default();
+    for (name, body) in &feeds_text {
+        let t = Instant::now();
+        let indicators = parse(body, &Format::Plain, name)?;
+        if !indicators.bad.is_empty() {
+            bail!(
+                "{name}: {} bad lines, first {}",
+                indicators.bad.len(),
+                indicators.bad[0]
+            );
+        }
+        step(
+            &mut steps,
+            &format!("parse {} ({} lines)", name, indicators.len()),
+            t,
+        );
+        intel.feeds.push(Feed {
+            name: (*name).to_string(),
+            source: Source::File(format!("/bench/{name}").into()),
+            format: Format::Plain,
+            action: Action::Drop,
+            refresh: std::time::Duration::from_secs(3600),
+            line: 0,
+        });
+        feeds.loaded.insert(
+            (*name).to_string(),
+            Loaded {
+                indicators,
+                at: 0,
+                last_error: None,
+            },
+        );
+    }
+    drop(feeds_text);
+    let t = Instant::now();
+    let compiled = load::compile(&intel, &feeds, sizes)?;
+    step(&mut steps, "merge the feeds", t);
+    let t = Instant::now();
+    let (_, timing) = load::write(&mut bench.ebpf, &compiled)?;
+    step(&mut steps, "write the idle generation and flip", t);
+    for (what, d) in [
+        ("  of which: empty the idle generation", timing.clear),
+        ("  of which: bloom filter inserts", timing.bloom),
+        ("  of which: exact table (batches of 65,536)", timing.table),
+        ("  of which: CIDR trie inserts", timing.trie),
+    ] {
+        steps.push(Step {
+            what: what.to_string(),
+            seconds: d.as_secs_f64(),
+        });
+    }
+    let t = Instant::now();
+    let (_, _) = load::write(&mut bench.ebpf, &compiled)?;
+    step(
+        &mut steps,
+        "a refresh of the same set (the other generation)",
+        t,
+    );
+    // The domains go into the DNS policy, as the daemon installs them.
+    let lists: Vec<(String, Vec<String>)> = vec![(
+        "intel-domains".to_string(),
+        compiled.domains.keys().cloned().collect(),
+    )];
+    let t = Instant::now();
+    let with = runtime::with_domains(&policy, &lists);
+    let dns = bench.install(&with).map_err(|e| format!("{e:#}"));
+    step(&mut steps, "install the domains as a DNS block list", t);
+    drop(compiled);
+    drop(feeds);
+    let mut maps = Vec::new();
+    for name in load::MAPS.iter().flatten() {
+        maps.push(MapMemory {
+            map: (*name).to_string(),
+            bytes: memlock(&bench, name)?,
+        });
+    }
+
+    let frames = [
+        ("miss-v4", "a miss (IPv4, filter and trie)", "203.0.113.77"),
+        (
+            "miss-v6",
+            "a miss (IPv6, filter and trie)",
+            "2001:db8:ffff::1",
+        ),
+        ("hit-ip-v4", "a hit in the exact table (IPv4)", "11.0.0.5"),
+        (
+            "hit-ip-v6",
+            "a hit in the exact table (IPv6)",
+            &nth_ip(s.ips - 1, s.ips),
+        ),
+        ("hit-cidr-v4", "a hit in the trie (IPv4 /24)", "128.0.2.9"),
+    ];
+    let frames: Vec<(&str, &str, Vec<u8>)> = frames
+        .iter()
+        .map(|(id, what, src)| {
+            let dst = if src.contains(':') {
+                "2001:db8:2::1"
+            } else {
+                "10.0.0.1"
+            };
+            (*id, *what, Frame::udp(src, dst, 40_000, 9).build())
+        })
+        .collect();
+    let mut verdicts = Vec::new();
+    for (id, _, frame) in &frames {
+        let want = if id.starts_with("miss") { 2 } else { 1 };
+        let got = bench.run(frame)?;
+        if got != want {
+            bail!("{id}: the firewall returned XDP action {got}, expected {want}");
+        }
+        verdicts.push(if want == 1 { "drop" } else { "pass" });
+    }
+    let mut samples = vec![(Vec::new(), Vec::new(), Vec::new()); frames.len()];
+    for round in 0..s.rounds {
+        for (i, (_, _, frame)) in frames.iter().enumerate() {
+            let floor = bench
+                .run_prog("palisade_floor_pass", frame, s.repeat)?
+                .duration
+                .as_nanos() as f64;
+            let live = set_enabled(&mut bench, None)?;
+            let off = bench
+                .run_prog(palisade::testrun::FIREWALL, frame, s.repeat)?
+                .duration
+                .as_nanos() as f64;
+            set_enabled(&mut bench, Some(live))?;
+            let on = bench
+                .run_prog(palisade::testrun::FIREWALL, frame, s.repeat)?
+                .duration
+                .as_nanos() as f64;
+            samples[i].0.push(on);
+            samples[i].1.push(on - floor);
+            samples[i].2.push(on - off);
+        }
+        eprintln!("  round {}/{} measured", round + 1, s.rounds);
+    }
+    let costs = frames
+        .iter()
+        .zip(samples)
+        .zip(verdicts)
+        .map(|(((id, what, _), (ns, floor, fw)), verdict)| Cost {
+            id: (*id).to_string(),
+            what: (*what).to_string(),
+            verdict: verdict.to_string(),
+            ns: Spread::of(&ns),
+            above_floor_ns: Spread::of(&floor),
+            above_firewall_ns: Spread::of(&fw),
+        })
+        .collect();
+    Ok(IntelReport {
+        generated: utc_now(),
+        command,
+        mode: s.mode.to_string(),
+        rounds: s.rounds,
+        repeat: s.repeat,
+        ips: s.ips,
+        cidrs: s.cidrs,
+        domains: s.domains,
+        steps,
+        maps,
+        peak_rss: peak_rss(),
+        dns,
+        costs,
+    })
+}
+
+impl IntelReport {
+    #[must_use]
+    pub fn terminal(&self) -> String {
+        let mut t = format!(
+            "intel: {} addresses, {} CIDRs, {} domains; {} rounds of {} runs\n",
+            self.ips, self.cidrs, self.domains, self.rounds, self.repeat
+        );
+        for c in &self.costs {
+            let _ = writeln!(
+                t,
+                "  {:<12} {:>7.1} ns  {:>+7.1} above the floor  {:>+7.1} above the firewall without indicators",
+                c.id, c.ns.median, c.above_floor_ns.median, c.above_firewall_ns.median
+            );
+        }
+        let total: u64 = self.maps.iter().map(|m| m.bytes).sum();
+        let _ = writeln!(
+            t,
+            "  kernel memory of the indicator maps (both generations): {:.1} MiB; peak RSS {:.1} MiB",
+            total as f64 / 1048576.0,
+            self.peak_rss as f64 / 1048576.0
+        );
+        if let Err(e) = &self.dns {
+            let _ = writeln!(t, "  domains: not installed: {e}");
+        }
+        t
+    }
+
+    /// Writes `intel-<mode>.md` and `.json` into `dir`; returns the stem.
+    ///
+    /// # Errors
+    /// When the files cannot be written.
+    pub fn write(&self, dir: &Path) -> Result<String> {
+        std::fs::create_dir_all(dir)?;
+        let stem = format!("intel-{}", self.mode);
+        let mut md = format!(
+            "# Threat-intelligence indicators: load and match cost\n\n{} · `{}` · mode {}\n\n\
+             {} addresses, {} CIDRs, {} domains. {} rounds; each measurement is the kernel's \
+             mean over {} test runs of one frame. Floor: `palisade_floor_pass` on the same \
+             frame; firewall: the same program with no indicator generation live, in the same \
+             round.\n\n## Load\n\n| step | seconds |\n| --- | ---: |\n",
+            self.generated,
+            self.command,
+            self.mode,
+            self.ips,
+            self.cidrs,
+            self.domains,
+            self.rounds,
+            self.repeat
+        );
+        for s in &self.steps {
+            let _ = writeln!(md, "| {} | {:.2} |", s.what, s.seconds);
+        }
+        md.push_str("\n| map | kernel memory (MiB) |\n| --- | ---: |\n");
+        for m in &self.maps {
+            let _ = writeln!(md, "| {} | {:.1} |", m.map, m.bytes as f64 / 1048576.0);
+        }
+        let _ = writeln!(
+            md,
+            "\nPeak resident memory of the loading process: {:.1} MiB. Domains in the DNS policy: {}.",
+            self.peak_rss as f64 / 1048576.0,
+            match &self.dns {
+                Ok(()) => "installed".to_string(),
+                Err(e) => format!("refused ({e})"),
+            }
+        );
+        md.push_str(
+            "\n## Match cost per packet (BPF_PROG_TEST_RUN)\n\n| packet | ns (median) | min | max | \
+             above the floor | above the firewall without indicators |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for c in &self.costs {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                c.what,
+                c.ns.median,
+                c.ns.min,
+                c.ns.max,
+                c.above_floor_ns.median,
+                c.above_firewall_ns.median
+            );
+        }
+        std::fs::write(dir.join(format!("{stem}.md")), md)?;
+        std::fs::write(
+            dir.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(self)?,
+        )?;
+        Ok(stem)
+    }
+}

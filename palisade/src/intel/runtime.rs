@@ -1,0 +1,177 @@
+//! The daemon's side of `[intel]`: feeds read at start and on their schedule, each refresh
+//! compiled and swapped in; domains handed to the DNS policy.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use aya::Ebpf;
+
+use super::{Action, Feeds, Intel, load};
+use crate::policy::model::{DnsMode, NameEntry, NameList, NameMatch, Policy};
+
+/// What the daemon keeps between refreshes.
+#[derive(Debug)]
+pub struct Runtime {
+    pub feeds: Feeds,
+    /// When each feed (by index in the policy) is due next.
+    due: Vec<Instant>,
+    /// The capacities the maps were created with.
+    pub sizes: load::Sizes,
+    /// Counts of the live generation: addresses, CIDRs, domains.
+    pub live: (usize, usize, usize),
+    /// Successful swaps and refused ones.
+    pub swaps: u64,
+    pub refused: u64,
+    pub last_error: Option<String>,
+    /// The domains of the feeds as last compiled, to tell whether the DNS policy must be
+    /// installed again.
+    domains: Vec<(String, Vec<String>)>,
+}
+
+/// What a refresh changed.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub notes: Vec<String>,
+    /// The feeds' domains changed: the policy must be installed again for the DNS lists.
+    pub domains_changed: bool,
+}
+
+impl Runtime {
+    #[must_use]
+    pub fn new(sizes: load::Sizes) -> Self {
+        Self {
+            feeds: Feeds::default(),
+            due: Vec::new(),
+            sizes,
+            live: (0, 0, 0),
+            swaps: 0,
+            refused: 0,
+            last_error: None,
+            domains: Vec::new(),
+        }
+    }
+
+    /// Reads every feed of `intel` (or only those due, with `due_only`), and swaps the
+    /// result in. A feed that cannot be read keeps its last good version; a set that does
+    /// not fit the maps is refused and the live one stays.
+    pub fn refresh(&mut self, ebpf: &mut Ebpf, intel: &Intel, due_only: bool) -> Outcome {
+        let now = Instant::now();
+        self.due.resize(intel.feeds.len(), now);
+        let mut out = Outcome::default();
+        let mut any = !due_only;
+        for (i, feed) in intel.feeds.iter().enumerate() {
+            if due_only && self.due[i] > now {
+                continue;
+            }
+            self.due[i] = now + feed.refresh;
+            if due_only {
+                out.notes
+                    .extend(self.feeds.refresh(intel, Some(feed.name.as_str())));
+                any = true;
+            }
+        }
+        if !due_only {
+            out.notes.extend(self.feeds.refresh(intel, None));
+        }
+        if !any {
+            return out;
+        }
+        match self.swap(ebpf, intel) {
+            Ok(c) => {
+                out.notes.push(format!(
+                    "intel: {} addresses, {} CIDRs, {} domains live from {} feeds (generation {})",
+                    c.ips.len(),
+                    c.cidrs.len(),
+                    c.domains.len(),
+                    self.feeds.loaded.len(),
+                    load::control(ebpf).map_or(0, |c| c.active)
+                ));
+                let domains = domain_lists(intel, &self.feeds);
+                out.domains_changed = domains != self.domains;
+                self.domains = domains;
+            }
+            Err(e) => {
+                self.refused += 1;
+                let msg = format!("intel: refresh refused, the live indicators stay: {e:#}");
+                self.last_error = Some(msg.clone());
+                out.notes.push(msg);
+            }
+        }
+        out
+    }
+
+    fn swap(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Result<load::Compiled> {
+        let c = load::compile(intel, &self.feeds, self.sizes)?;
+        load::write(ebpf, &c)?;
+        self.swaps += 1;
+        self.live = (c.ips.len(), c.cidrs.len(), c.domains.len());
+        Ok(c)
+    }
+
+    /// `policy` with the domains of its drop feeds as DNS block lists, used by every DNS
+    /// scope in blocklist mode. Domains of alert and tag feeds are matched by no DNS scope
+    /// (a DNS scope's audit setting is the scope's, not a list's): they are reported once
+    /// in `notes`.
+    #[must_use]
+    pub fn with_domains(&self, policy: &Policy) -> Policy {
+        with_domains(policy, &self.domains)
+    }
+}
+
+/// The DNS lists the feeds make: `(list name, domains)`, drop feeds only.
+fn domain_lists(intel: &Intel, feeds: &Feeds) -> Vec<(String, Vec<String>)> {
+    intel
+        .feeds
+        .iter()
+        .filter(|f| f.action == Action::Drop)
+        .filter_map(|f| {
+            let l = feeds.loaded.get(&f.name)?;
+            (!l.indicators.domains.is_empty()).then(|| {
+                (
+                    format!("intel-{}", f.name),
+                    l.indicators.domains.iter().cloned().collect(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// See [`Runtime::with_domains`].
+#[must_use]
+pub fn with_domains(policy: &Policy, lists: &[(String, Vec<String>)]) -> Policy {
+    let mut p = policy.clone();
+    if lists.is_empty() {
+        return p;
+    }
+    for (name, domains) in lists {
+        let index = p.dns.lists.len();
+        p.dns.lists.push(NameList {
+            name: name.clone(),
+            entries: domains
+                .iter()
+                .map(|d| NameEntry {
+                    labels: d.split('.').map(|l| l.as_bytes().to_vec()).collect(),
+                    kind: NameMatch::ApexAndSubdomains,
+                    qtypes: Vec::new(),
+                    expires: None,
+                    max_entropy_bits: None,
+                    line: 0,
+                })
+                .collect(),
+        });
+        if let Some(s) = p.dns.ingress.as_mut()
+            && s.mode == DnsMode::Blocklist
+        {
+            s.lists.push(index);
+        }
+        if let Some(e) = p.dns.egress.as_mut()
+            && e.scope.mode == DnsMode::Blocklist
+        {
+            e.scope.lists.push(index);
+        }
+    }
+    p
+}
+
+/// The interval of the daemon's check for feeds that are due.
+pub const TICK: Duration = Duration::from_secs(1);

@@ -1,0 +1,203 @@
+//! End to end: threat-intelligence feeds with the real daemon.
+//!
+//! The guarded host (namespace A, daemon on its veth) reads a feed over HTTP from a Python
+//! `http.server` on its loopback, refreshed every second. The feed lists the peer's
+//! addresses (both families): pings from the peer are dropped in XDP, and so are the
+//! answers to the guarded host's own pings. When the server loses the file, the last good
+//! version keeps matching; when the feed no longer lists the peer, its traffic passes again
+//! after the next refresh. A daemon killed with SIGKILL leaves the indicators enforced, and a
+//! new one adopts them.
+
+#[path = "support/control.rs"]
+mod control;
+mod support;
+
+use std::{
+    path::Path,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use control::{GuardedHost, cli};
+use palisade_common::{
+    intel::{DIR_EGRESS, DIR_INGRESS, IS_DROPPED, IS_FEED_HITS},
+    reason,
+};
+use support::netns::{NetnsPair, command_in, exec_in};
+
+/// A Python HTTP server serving a directory on 127.0.0.1 in a namespace; killed on drop.
+struct FeedServer(Child);
+
+impl FeedServer {
+    fn start(ns: &str, dir: &Path, port: u16) -> Self {
+        let child = command_in(ns, "python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3 -m http.server");
+        let s = Self(child);
+        let probe = format!(
+            "import socket,sys\ns=socket.create_connection(('127.0.0.1',{port}),timeout=1)\n"
+        );
+        let start = Instant::now();
+        while !exec_in(ns, "python3", &["-c", &probe]).status.success() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the feed server never listened"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+}
+
+impl Drop for FeedServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ping(ns: &str, addr: &str) -> bool {
+    exec_in(ns, "ping", &["-c", "1", "-W", "1", addr])
+        .status
+        .success()
+}
+
+/// Waits up to `limit` for `f` to hold; how long it took.
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn a_feed_over_http_drops_listed_peers_until_a_refresh_removes_them() {
+    let pair = NetnsPair::new();
+    let port = 18_000 + (std::process::id() % 1000) as u16;
+    let url = format!("http://127.0.0.1:{port}/block.txt");
+    let policy = format!(
+        "[firewall]\ndefault = \"allow\"\n\n[intel]\nmax_ips = 1024\nmax_cidrs = 64\negress = true\n\n\
+         [[intel.feed]]\nname = \"block\"\nsource = \"{url}\"\nformat = \"plain\"\n\
+         action = \"drop\"\nrefresh = 1\n"
+    );
+    let mut host = GuardedHost::new("intel-netns", &policy, &pair.ns_a, &pair.if_a);
+    let feeds = host.scratch.file("feeds");
+    std::fs::create_dir_all(&feeds).unwrap();
+    let feed = feeds.join("block.txt");
+    std::fs::write(
+        &feed,
+        format!(
+            "# the peer\n{}\nnot-a-valid entry!\n{}\n198.51.100.0/24\n",
+            pair.v4_b, pair.v6_b
+        ),
+    )
+    .unwrap();
+    let _server = FeedServer::start(&pair.ns_a, &feeds, port);
+    assert!(
+        ping(&pair.ns_b, &pair.v4_a),
+        "the peer reaches the host unguarded"
+    );
+
+    host.start();
+    let stderr = host.daemon().stderr_now().join("\n");
+    assert!(
+        stderr.contains(&format!(
+            "{url}:3: not an IP address, a CIDR or a domain name"
+        )),
+        "the bad line is reported with its place: {stderr}"
+    );
+    assert!(
+        stderr.contains("intel: 2 addresses, 1 CIDRs"),
+        "the feed is live: {stderr}"
+    );
+
+    let drops = || host.scratch.counter("REASON_STATS", reason::INTEL_DROP);
+    assert!(!ping(&pair.ns_b, &pair.v4_a), "from a listed IPv4 address");
+    assert!(!ping(&pair.ns_b, &pair.v6_a), "from a listed IPv6 address");
+    assert!(
+        !ping(&pair.ns_a, &pair.v4_b),
+        "to a listed address (egress = true)"
+    );
+    assert!(
+        host.scratch.counter("INTEL_STATS", DIR_EGRESS + IS_DROPPED) >= 1,
+        "the host's ping to the listed peer is dropped as it leaves"
+    );
+    assert!(drops() >= 3, "dropped for intel-drop: {}", drops());
+    assert!(
+        host.scratch
+            .counter("INTEL_STATS", DIR_INGRESS + IS_DROPPED)
+            >= 3
+    );
+    assert!(host.scratch.counter("INTEL_STATS", IS_FEED_HITS) >= 3);
+
+    // The daemon dies: the pinned programs and indicators go on dropping; a new daemon
+    // adopts them and reads the feed again.
+    host.take_daemon().kill9();
+    assert!(
+        !ping(&pair.ns_b, &pair.v4_a),
+        "enforced while no daemon runs"
+    );
+    host.start();
+    assert!(!ping(&pair.ns_b, &pair.v4_a), "and after the restart");
+
+    // The server loses the file (404): the last good version stays live.
+    std::fs::remove_file(&feed).unwrap();
+    let kept = wait_for(Duration::from_secs(10), || {
+        host.daemon()
+            .stderr_now()
+            .iter()
+            .any(|l| l.contains("keeping the version read at"))
+    });
+    assert!(kept.is_some(), "{:?}", host.daemon().stderr_now());
+    assert!(
+        !ping(&pair.ns_b, &pair.v4_a),
+        "still listed after a failed refresh"
+    );
+
+    // The feed no longer lists the peer: after the next refresh its traffic passes.
+    std::fs::write(&feed, "192.0.2.99\n").unwrap();
+    let written = Instant::now();
+    let passed = wait_for(Duration::from_secs(15), || ping(&pair.ns_b, &pair.v4_a));
+    assert!(
+        passed.is_some(),
+        "the peer passes once removed: {:?}",
+        host.daemon().stderr_now()
+    );
+    eprintln!(
+        "removal effective {:?} after the feed changed (refresh = 1 s)",
+        written.elapsed()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || ping(&pair.ns_b, &pair.v6_a)).is_some(),
+        "IPv6 too"
+    );
+    assert!(
+        ping(&pair.ns_a, &pair.v4_b),
+        "and the host's own pings are answered"
+    );
+
+    let out = cli(&host.socket(), &["stats", "--json"]);
+    assert!(out.ok, "{out:?}");
+    let stats: serde_json::Value = serde_json::from_str(&out.stdout).expect("stats JSON");
+    let dropped = stats["counters"]["intel"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "ingress_dropped"))
+        .and_then(|n| n["value"].as_u64());
+    assert!(dropped.is_some_and(|n| n >= 3), "{stats}");
+}

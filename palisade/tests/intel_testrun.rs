@@ -1,0 +1,452 @@
+//! Threat-intelligence matching (`[intel]`) in the kernel, through `BPF_PROG_TEST_RUN` on
+//! the XDP firewall: exact addresses and CIDRs of both families drop, alert or tag with their
+//! counters and events; a refresh swaps generations, so an indicator removed from a feed
+//! stops matching; a feed set that does not fit is refused before anything changes.
+//!
+//! Needs root (BPF). Run with `cargo test --release -p palisade --test intel_testrun`.
+
+use std::{path::Path, time::Duration};
+
+use aya::maps::{HashMap, MapData};
+use palisade::{
+    craft::{Frame, ip},
+    intel::{
+        Action, Feed, Feeds, Format, Intel, Loaded, Source,
+        load::{self, Sizes},
+        parse,
+        parse::key_of,
+    },
+    maps::map,
+    policy::config,
+    testrun::Bench,
+};
+use palisade_common::{
+    event::FirewallEvent,
+    intel::{
+        ACTION_ALERT, ACTION_DROP, ACTION_TAG, DIR_EGRESS, DIR_INGRESS, IS_ALERTED, IS_BLOOM_MAYBE,
+        IS_CHECKED, IS_DROPPED, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, KIND_INTEL,
+    },
+    reason,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const SIZES: Sizes = Sizes { ips: 64, cidrs: 16 };
+
+/// The loaded programs with an empty (allow-all) policy and indicator maps of [`SIZES`].
+fn bench() -> Bench {
+    let mut b = Bench::sized(&SIZES.for_loader()).expect("load and verify the kernel programs");
+    let p = config::parse_policy("", "p.toml", Path::new("/")).expect("valid policy");
+    b.install(&p).expect("install");
+    b
+}
+
+/// An `[intel]` with one feed per `(name, action, text)`, parsed as plain lists.
+fn feeds(list: &[(&str, Action, &str)]) -> (Intel, Feeds) {
+    let mut intel = Intel {
+        max_ips: SIZES.ips,
+        max_cidrs: SIZES.cidrs,
+        ..Intel::default()
+    };
+    let mut loaded = Feeds::default();
+    for (name, action, text) in list {
+        intel.feeds.push(Feed {
+            name: (*name).to_string(),
+            source: Source::File(format!("/feeds/{name}").into()),
+            format: Format::Plain,
+            action: *action,
+            refresh: Duration::from_secs(60),
+            line: 1,
+        });
+        let indicators = parse(text, &Format::Plain, name).expect("parse");
+        assert!(indicators.bad.is_empty(), "{:?}", indicators.bad);
+        loaded.loaded.insert(
+            (*name).to_string(),
+            Loaded {
+                indicators,
+                at: 0,
+                last_error: None,
+            },
+        );
+    }
+    (intel, loaded)
+}
+
+/// Compiles and writes `list`; the live generation afterwards.
+fn write(b: &mut Bench, list: &[(&str, Action, &str)]) -> u32 {
+    write_with(b, list, false)
+}
+
+/// [`write`], with `[intel] egress` set to `egress`.
+fn write_with(b: &mut Bench, list: &[(&str, Action, &str)], egress: bool) -> u32 {
+    let (mut intel, loaded) = feeds(list);
+    intel.egress = egress;
+    let c = load::compile(&intel, &loaded, SIZES).expect("fits");
+    load::write(&mut b.ebpf, &c).expect("write").0
+}
+
+fn udp_from(src: &str) -> Vec<u8> {
+    let dst = if src.contains(':') {
+        "2001:db8:1::1"
+    } else {
+        "10.0.0.1"
+    };
+    Frame::udp(src, dst, 40_000, 9).build()
+}
+
+fn intel_counter(b: &Bench, i: u32) -> u64 {
+    palisade::testrun::sum_counter(&b.ebpf, "INTEL_STATS", i).expect("counter")
+}
+
+fn intel_events(b: &mut Bench) -> Vec<FirewallEvent> {
+    b.drain_events()
+        .into_iter()
+        .filter(|e| e.kind == KIND_INTEL)
+        .collect()
+}
+
+#[test]
+fn listed_sources_of_both_families_drop_with_reason_counter_and_event() {
+    let mut b = bench();
+    write(
+        &mut b,
+        &[(
+            "block",
+            Action::Drop,
+            "192.0.2.1\n2001:db8::66\n198.51.100.0/24\n2001:db8:bad::/48\n",
+        )],
+    );
+    let before = b.reason_count(reason::INTEL_DROP).unwrap();
+    for src in [
+        "192.0.2.1",
+        "2001:db8::66",
+        "198.51.100.77",
+        "2001:db8:bad:1::9",
+    ] {
+        assert_eq!(b.run(&udp_from(src)).unwrap(), XDP_DROP, "{src} is listed");
+    }
+    for src in [
+        "192.0.2.2",
+        "2001:db8::67",
+        "198.51.101.1",
+        "2001:db8:bae::1",
+        "10.9.9.9",
+    ] {
+        assert_eq!(
+            b.run(&udp_from(src)).unwrap(),
+            XDP_PASS,
+            "{src} is not listed"
+        );
+    }
+    // Only the source is checked on ingress: a listed destination passes.
+    assert_eq!(
+        b.run(&Frame::udp("10.0.0.2", "192.0.2.1", 1, 2).build())
+            .unwrap(),
+        XDP_PASS
+    );
+    assert_eq!(b.reason_count(reason::INTEL_DROP).unwrap() - before, 4);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_CHECKED), 10);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_HIT_IP), 2);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_HIT_CIDR), 2);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_DROPPED), 4);
+    assert_eq!(intel_counter(&b, IS_FEED_HITS), 4);
+    assert!(intel_counter(&b, DIR_INGRESS + IS_BLOOM_MAYBE) >= 2);
+    let events = intel_events(&mut b);
+    assert_eq!(events.len(), 4, "{events:?}");
+    for (e, src) in events.iter().zip([
+        "192.0.2.1",
+        "2001:db8::66",
+        "198.51.100.77",
+        "2001:db8:bad:1::9",
+    ]) {
+        assert_eq!(e.reason, reason::INTEL_DROP);
+        assert_eq!(e.action, ACTION_DROP);
+        assert_eq!(e.rule, 0, "feed id");
+        assert_eq!(e.src, key_of(ip(src)));
+        assert_eq!(e.proto, 17);
+        assert_eq!(e.dport, 9);
+    }
+}
+
+#[test]
+fn alert_and_tag_pass_with_an_event_and_tag_marks_the_address() {
+    let mut b = bench();
+    write(
+        &mut b,
+        &[
+            ("watch", Action::Alert, "203.0.113.5\n"),
+            ("mark", Action::Tag, "2001:db8:77::/64\n"),
+        ],
+    );
+    assert_eq!(b.run(&udp_from("203.0.113.5")).unwrap(), XDP_PASS);
+    assert_eq!(b.run(&udp_from("2001:db8:77::5")).unwrap(), XDP_PASS);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_ALERTED), 1);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_TAGGED), 1);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_DROPPED), 0);
+    assert_eq!(intel_counter(&b, IS_FEED_HITS), 1);
+    assert_eq!(intel_counter(&b, IS_FEED_HITS + 1), 1);
+    let events = intel_events(&mut b);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        (events[0].action, events[0].rule, events[0].reason),
+        (ACTION_ALERT, 0, reason::PASS)
+    );
+    assert_eq!(
+        (events[1].action, events[1].rule, events[1].reason),
+        (ACTION_TAG, 1, reason::PASS)
+    );
+    let tagged: HashMap<&MapData, [u8; 16], [u8; 16]> =
+        HashMap::try_from(map(&b.ebpf, "INTEL_TAGGED").unwrap()).unwrap();
+    let keys: Vec<[u8; 16]> = tagged.keys().map(Result::unwrap).collect();
+    assert_eq!(keys, [key_of(ip("2001:db8:77::5"))]);
+    let v = tagged.get(&key_of(ip("2001:db8:77::5")), 0).unwrap();
+    assert_eq!(v[0], ACTION_TAG, "action");
+    assert_eq!(u16::from_ne_bytes([v[2], v[3]]), 1, "feed id");
+    assert_ne!(&v[8..16], &[0; 8], "last seen");
+}
+
+#[test]
+fn a_refresh_swaps_generations_and_removed_indicators_stop_matching() {
+    let mut b = bench();
+    let g1 = write(
+        &mut b,
+        &[("f", Action::Drop, "192.0.2.10\n198.51.100.0/24\n")],
+    );
+    assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_DROP);
+    assert_eq!(b.run(&udp_from("198.51.100.1")).unwrap(), XDP_DROP);
+    assert_eq!(b.run(&udp_from("192.0.2.11")).unwrap(), XDP_PASS);
+    let g2 = write(&mut b, &[("f", Action::Drop, "192.0.2.11\n")]);
+    assert_ne!(g1, g2);
+    assert_eq!(load::control(&b.ebpf).unwrap().active, g2);
+    assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_PASS, "removed");
+    assert_eq!(
+        b.run(&udp_from("198.51.100.1")).unwrap(),
+        XDP_PASS,
+        "removed"
+    );
+    assert_eq!(b.run(&udp_from("192.0.2.11")).unwrap(), XDP_DROP, "added");
+    // The third write reuses the first generation: what it held before is gone, even
+    // though its bloom filter still has the bits.
+    let g3 = write(&mut b, &[("f", Action::Drop, "2001:db8::1\n")]);
+    assert_eq!(g3, g1);
+    for src in ["192.0.2.10", "198.51.100.1", "192.0.2.11"] {
+        assert_eq!(b.run(&udp_from(src)).unwrap(), XDP_PASS, "{src}");
+    }
+    assert_eq!(b.run(&udp_from("2001:db8::1")).unwrap(), XDP_DROP);
+    // An empty feed set leaves nothing to check.
+    write(&mut b, &[("f", Action::Drop, "")]);
+    let checked = intel_counter(&b, DIR_INGRESS + IS_CHECKED);
+    assert_eq!(b.run(&udp_from("2001:db8::1")).unwrap(), XDP_PASS);
+    assert_eq!(intel_counter(&b, DIR_INGRESS + IS_CHECKED), checked);
+}
+
+#[test]
+fn a_feed_set_that_does_not_fit_is_refused_before_anything_changes() {
+    let mut b = bench();
+    let live = write(&mut b, &[("f", Action::Drop, "192.0.2.10\n")]);
+    let many: String = (0..=SIZES.ips)
+        .map(|i| format!("10.1.{}.{}\n", i / 256, i % 256))
+        .collect();
+    let (intel, loaded) = feeds(&[("f", Action::Drop, &many)]);
+    let err = load::compile(&intel, &loaded, SIZES)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_ips"), "{err}");
+    let cidrs: String = (0..=SIZES.cidrs)
+        .map(|i| format!("10.{i}.0.0/16\n"))
+        .collect();
+    let (intel, loaded) = feeds(&[("f", Action::Drop, &cidrs)]);
+    let err = load::compile(&intel, &loaded, SIZES)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_cidrs"), "{err}");
+    assert_eq!(load::control(&b.ebpf).unwrap().active, live);
+    assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_DROP);
+    // Exactly the capacity fits.
+    let full: String = (0..SIZES.ips).map(|i| format!("10.1.0.{i}\n")).collect();
+    write(&mut b, &[("f", Action::Drop, &full)]);
+    assert_eq!(b.run(&udp_from("10.1.0.63")).unwrap(), XDP_DROP);
+    assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_PASS);
+}
+
+#[test]
+fn an_indicator_in_several_feeds_takes_the_first_feeds_action() {
+    let mut b = bench();
+    write(
+        &mut b,
+        &[
+            ("first", Action::Alert, "192.0.2.20\n"),
+            ("second", Action::Drop, "192.0.2.20\n192.0.2.21\n"),
+        ],
+    );
+    assert_eq!(b.run(&udp_from("192.0.2.20")).unwrap(), XDP_PASS);
+    assert_eq!(b.run(&udp_from("192.0.2.21")).unwrap(), XDP_DROP);
+    let events = intel_events(&mut b);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.rule, e.action))
+            .collect::<Vec<_>>(),
+        [(0, ACTION_ALERT), (1, ACTION_DROP)]
+    );
+}
+
+/// TC's "continue" and "shot".
+const TC_ACT_UNSPEC: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
+
+#[test]
+fn egress_checks_destinations_when_the_policy_asks() {
+    let mut b = bench();
+    let egress = palisade::intel::EGRESS;
+    let to = |dst: &str| {
+        let src = if dst.contains(':') {
+            "2001:db8:1::1"
+        } else {
+            "10.0.0.1"
+        };
+        Frame::tcp(src, dst, 40_000, 443, 0x02).build()
+    };
+    write_with(
+        &mut b,
+        &[("f", Action::Drop, "192.0.2.30\n2001:db8:dead::/48\n")],
+        false,
+    );
+    assert_eq!(
+        b.run_tc(egress, &to("192.0.2.30")).unwrap().0,
+        TC_ACT_UNSPEC,
+        "egress off"
+    );
+    assert_eq!(intel_counter(&b, DIR_EGRESS + IS_CHECKED), 0);
+    write_with(
+        &mut b,
+        &[("f", Action::Drop, "192.0.2.30\n2001:db8:dead::/48\n")],
+        true,
+    );
+    let before = b.reason_count(reason::INTEL_DROP).unwrap();
+    let (verdict, out) = b.run_tc(egress, &to("192.0.2.30")).unwrap();
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(out, to("192.0.2.30"), "never rewritten");
+    assert_eq!(
+        b.run_tc(egress, &to("2001:db8:dead:1::2")).unwrap().0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        b.run_tc(egress, &to("192.0.2.31")).unwrap().0,
+        TC_ACT_UNSPEC
+    );
+    // A listed source leaving (the host holds the address) is not what egress checks.
+    let from_listed = Frame::tcp("192.0.2.30", "10.0.0.9", 443, 40_000, 0x12).build();
+    assert_eq!(b.run_tc(egress, &from_listed).unwrap().0, TC_ACT_UNSPEC);
+    // Not IP, and a truncated TCP header: passed, never judged.
+    let mut arp = to("192.0.2.30");
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(b.run_tc(egress, &arp).unwrap().0, TC_ACT_UNSPEC);
+    assert_eq!(
+        b.run_tc(egress, &to("192.0.2.30")[..14 + 20 + 4])
+            .unwrap()
+            .0,
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(b.reason_count(reason::INTEL_DROP).unwrap() - before, 2);
+    assert_eq!(intel_counter(&b, DIR_EGRESS + IS_DROPPED), 2);
+    assert_eq!(intel_counter(&b, DIR_EGRESS + IS_HIT_IP), 1);
+    assert_eq!(intel_counter(&b, DIR_EGRESS + IS_HIT_CIDR), 1);
+    assert_eq!(
+        intel_counter(&b, DIR_INGRESS + IS_CHECKED),
+        0,
+        "ingress untouched"
+    );
+    let events = intel_events(&mut b);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].generation, 1, "the egress direction");
+    assert_eq!(events[0].dst, key_of(ip("192.0.2.30")));
+    assert_eq!(events[0].reason, reason::INTEL_DROP);
+}
+
+#[test]
+fn domains_of_drop_feeds_join_the_dns_block_lists() {
+    let mut b = bench();
+    let tmp = TempDir::new("palisade-intel-dns");
+    let dir = tmp.0.clone();
+    std::fs::write(dir.join("drop.txt"), "Evil.Example.\n192.0.2.40\n").unwrap();
+    std::fs::write(dir.join("alert.txt"), "watched.example\n").unwrap();
+    let policy = config::parse_policy(
+        "[dns.ingress]\nmode = \"blocklist\"\naction = \"drop\"\nlists = []\n",
+        "p.toml",
+        Path::new("/"),
+    )
+    .expect("valid policy");
+    let feed = |name: &str, action| Feed {
+        name: name.to_string(),
+        source: Source::File(dir.join(format!("{name}.txt"))),
+        format: Format::Plain,
+        action,
+        refresh: Duration::from_secs(60),
+        line: 1,
+    };
+    let intel = Intel {
+        max_ips: SIZES.ips,
+        max_cidrs: SIZES.cidrs,
+        feeds: vec![feed("drop", Action::Drop), feed("alert", Action::Alert)],
+        egress: false,
+    };
+    let mut rt = palisade::intel::runtime::Runtime::new(SIZES);
+    let out = rt.refresh(&mut b.ebpf, &intel, false);
+    assert!(out.domains_changed, "{:?}", out.notes);
+    b.install(&rt.with_domains(&policy)).expect("install");
+    let dns = |name: &str| {
+        let msg = palisade::craft::DnsQuery::name(name, 1).build();
+        Frame::dns_udp("10.0.0.2", "10.0.0.53", 40_000, &msg).build()
+    };
+    let before = b.reason_count(reason::DNS_BLOCKED).unwrap();
+    assert_eq!(b.run(&dns("evil.example")).unwrap(), XDP_DROP);
+    assert_eq!(
+        b.run(&dns("www.EVIL.example")).unwrap(),
+        XDP_DROP,
+        "and below it"
+    );
+    assert_eq!(b.run(&dns("notevil.example")).unwrap(), XDP_PASS);
+    assert_eq!(
+        b.run(&dns("watched.example")).unwrap(),
+        XDP_PASS,
+        "alert feeds do not block"
+    );
+    assert_eq!(b.reason_count(reason::DNS_BLOCKED).unwrap() - before, 2);
+    // The address of the same feed is matched in the kernel.
+    assert_eq!(b.run(&udp_from("192.0.2.40")).unwrap(), XDP_DROP);
+    // A refresh that removes the domain changes the lists; the same feeds do not.
+    assert!(!rt.refresh(&mut b.ebpf, &intel, false).domains_changed);
+    std::fs::write(dir.join("drop.txt"), "192.0.2.40\n").unwrap();
+    assert!(rt.refresh(&mut b.ebpf, &intel, false).domains_changed);
+    b.install(&rt.with_domains(&policy)).expect("install");
+    assert_eq!(b.run(&dns("evil.example")).unwrap(), XDP_PASS);
+    // A feed whose file is gone keeps its last good version.
+    std::fs::remove_file(dir.join("drop.txt")).unwrap();
+    let out = rt.refresh(&mut b.ebpf, &intel, false);
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("could not be loaded") && n.contains("keeping")),
+        "{:?}",
+        out.notes
+    );
+    assert_eq!(b.run(&udp_from("192.0.2.40")).unwrap(), XDP_DROP);
+}
+
+/// A scratch directory, removed on drop (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
