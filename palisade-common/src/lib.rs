@@ -9,6 +9,7 @@
 
 pub mod conntrack;
 pub mod dns;
+pub mod dnsbind;
 pub mod event;
 pub mod firewall;
 pub mod lb;

@@ -129,9 +129,12 @@ pub const TLS_INCOMPLETE: u32 = 40;
 /// TLS: QUIC (UDP to a `[tls]` port) with `[tls] quic = "block"`, so that clients fall
 /// back to TCP, where the policy sees the server name.
 pub const TLS_QUIC: u32 = 41;
+/// DNS binding: a cgroup in bind mode connected (or sent) to an address it never received
+/// in a DNS answer, or whose binding expired, and that is not allowed explicitly.
+pub const BIND_UNRESOLVED: u32 = 42;
 
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 42;
+pub const COUNT: u32 = 43;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -177,6 +180,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tls-malformed",
     "tls-incomplete",
     "tls-quic",
+    "bind-unresolved",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -12,6 +12,7 @@ pub mod craft;
 pub mod daemon;
 pub mod datapath;
 pub mod dns;
+pub mod dnsbind;
 pub mod events;
 pub mod firewall;
 pub mod guard;

@@ -383,6 +383,7 @@ use super::model::{
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
+mod dnsbind;
 mod lb;
 mod nat;
 mod scrub;
@@ -850,6 +851,7 @@ const DNS_KEYS: &[&str] = &[
     "event_sample",
     "rate_prefix_v4",
     "rate_prefix_v6",
+    "bind",
 ];
 const INGRESS_KEYS: &[&str] = &[
     "mode",
@@ -2054,6 +2056,7 @@ impl Checker<'_> {
                 .map_or(128, |v| v as u8);
         }
         dns.rate_prefix = self.source_prefix(view);
+        dns.bind = view.get("bind").and_then(|n| self.dns_bind(n));
         if let Some(rate) = view
             .get("event_rate")
             .and_then(|n| self.rate_field(n, "event_rate", 0, "[dns]", " (0 never aggregates)"))
