@@ -1,0 +1,358 @@
+//! End to end, DNS binding: the real `palisade` binary with `[dns.bind]` on a throw-away
+//! cgroup v2 directory; a python3 client in that cgroup, in namespace A, resolves names at a
+//! real resolver (unbound, namespace B) and connects to the answers' addresses, where a real
+//! TCP server (python3, namespace B, answering on whole address ranges) accepts.
+//!
+//! - Trials that connect immediately after each answer, every one to an address never
+//!   resolved before (so no earlier binding helps): none is refused.
+//! - Connections (TCP `connect`, UDP `sendto`) to addresses never resolved: all refused
+//!   with `EPERM`, and the refusal is an event naming the process and its cgroup; the same
+//!   connections from outside the cgroup succeed.
+//! - A binding ends with its TTL plus the grace period.
+//!
+//! Trials are bounded by time (the issue asks for 10,000 of each; the test runs as many as
+//! fit in [`TRIAL_SECS`] and prints how many ran).
+
+#[path = "support/dns/mod.rs"]
+mod dns_support;
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+};
+
+use dns_support::{
+    TempDir,
+    cgroup::{TestCgroup, palisade_with_cgroups},
+    check_policy, dns_events, require, run_args,
+    unbound::Unbound,
+};
+use serde_json::Value;
+use support::{daemon::Daemon, netns::NetnsPair};
+
+/// How many distinct names (and addresses) unbound serves for the trials.
+const NAMES: u32 = 10_000;
+/// Time each bulk trial may take at most.
+const TRIAL_SECS: u32 = 25;
+/// The port of the test server.
+const PORT: u16 = 8080;
+
+/// The client. Modes: `resolve` (query `h<i>.bind.test` A, connect at once to the answer's
+/// address), `direct` (connect to `10.78.<i>` without resolving), `udp` (sendto `10.78.<i>`
+/// on an unconnected UDP socket). Prints one JSON line of counts.
+const CLIENT: &str = r"
+import errno, json, os, socket, struct, sys, time
+mode, server, first, count, port, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+deadline = time.monotonic() + secs
+out = {'pid': os.getpid(), 'done': 0, 'ok': 0, 'eperm': 0, 'other': {}, 'noanswer': 0, 'first_refused': None}
+q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+q.settimeout(3)
+q.connect((server, 53))
+t0 = time.monotonic()
+for i in range(first, first + count):
+    if time.monotonic() > deadline:
+        break
+    if mode == 'resolve':
+        name = 'h%d.bind.test' % i
+        m = struct.pack('>HHHHHH', i & 0xffff, 0x0100, 1, 0, 0, 0)
+        m += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0' + struct.pack('>HH', 1, 1)
+        q.send(m)
+        r = q.recv(512)
+        if struct.unpack('>H', r[6:8])[0] < 1:
+            out['noanswer'] += 1
+            continue
+        ip = socket.inet_ntoa(r[-4:])
+    else:
+        ip = '10.78.%d.%d' % ((i >> 8) & 255, i & 255)
+    try:
+        if mode == 'udp':
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                u.sendto(b'x', (ip, port))
+            finally:
+                u.close()
+        else:
+            s = socket.socket()
+            s.settimeout(3)
+            try:
+                s.connect((ip, port))
+            finally:
+                s.close()
+        out['ok'] += 1
+    except OSError as e:
+        if e.errno == errno.EPERM:
+            out['eperm'] += 1
+            if out['first_refused'] is None:
+                out['first_refused'] = ip
+        else:
+            out['other'][str(e.errno)] = out['other'].get(str(e.errno), 0) + 1
+    out['done'] += 1
+out['elapsed'] = time.monotonic() - t0
+print(json.dumps(out))
+";
+
+/// Accepts and closes connections on every address of the namespace (its local ranges).
+const SERVER: &str = r"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', int(sys.argv[1])))
+s.listen(4096)
+print('ready', flush=True)
+while True:
+    c, _ = s.accept()
+    c.close()
+";
+
+/// A child process killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ip_in(pair: &NetnsPair, ns: &str, args: &[&str]) {
+    let out = pair.exec(ns, "ip", args);
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Routes `10.77.0.0/16` (names the resolver answers), `10.78.0.0/16` (never resolved) and
+/// `10.79.0.0/16` (short TTLs) from A to B, where they are local, and starts the server.
+fn lab(pair: &NetnsPair) -> Server {
+    for net in ["10.77.0.0/16", "10.78.0.0/16", "10.79.0.0/16"] {
+        ip_in(pair, &pair.ns_a, &["route", "add", net, "via", &pair.v4_b]);
+        ip_in(
+            pair,
+            &pair.ns_b,
+            &["route", "add", "local", net, "dev", "lo"],
+        );
+    }
+    let mut child = pair
+        .command(&pair.ns_b, "python3")
+        .args(["-c", SERVER, &PORT.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("server ready");
+    assert_eq!(line.trim(), "ready");
+    Server(child)
+}
+
+fn zone() -> Vec<String> {
+    let mut v: Vec<String> = (1..=NAMES)
+        .map(|i| format!("h{i}.bind.test. 300 IN A 10.77.{}.{}", i >> 8, i & 255))
+        .collect();
+    v.push("short.bind.test. 1 IN A 10.79.0.1".into());
+    v
+}
+
+fn policy(cg: &TestCgroup, resolver: &str) -> String {
+    format!(
+        r#"
+[dns.bind]
+cgroups = ["{}"]
+allow = ["{resolver}/32"]
+grace = 1
+"#,
+        cg.path.display()
+    )
+}
+
+fn client(cg: Option<&TestCgroup>, ns: &str, argv: &[String]) -> Value {
+    let mut full: Vec<&str> = vec!["python3", "-c", CLIENT];
+    full.extend(argv.iter().map(String::as_str));
+    let mut cmd = match cg {
+        Some(cg) => cg.command_in_ns(ns, &full),
+        None => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns]).args(&full);
+            c
+        }
+    };
+    let out = cmd.stdin(Stdio::null()).output().expect("run client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn args(mode: &str, server: &str, first: u32, count: u32, secs: u32) -> Vec<String> {
+    vec![
+        mode.into(),
+        server.into(),
+        first.to_string(),
+        count.to_string(),
+        PORT.to_string(),
+        secs.to_string(),
+    ]
+}
+
+#[test]
+fn bind_mode_connects_only_to_resolved_addresses() {
+    require("ip", "iproute2");
+    require("unbound", "unbound");
+    require("python3", "python3");
+    let pair = NetnsPair::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("dns-bind");
+    let _server = lab(&pair);
+    let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone());
+
+    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b));
+    check_policy(&path);
+    let run = run_args(&dir, &path, &pair.if_a);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+    let note = format!("palisade: DNS binding on cgroup {}", cg.path.display());
+    assert!(
+        daemon.stderr_now().contains(&note),
+        "{:?}",
+        daemon.stderr_now()
+    );
+
+    // --- connect immediately after each answer: no false refusal ---
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("resolve", &pair.v4_b, 1, NAMES, TRIAL_SECS),
+    );
+    let done = r["done"].as_u64().unwrap();
+    eprintln!(
+        "resolve-then-connect trials: {done} in {:.1} s: {r}",
+        r["elapsed"]
+    );
+    assert!(done >= 1000, "too few trials ran: {r}");
+    assert_eq!(
+        r["eperm"], 0,
+        "no connect right after its answer is refused: {r}"
+    );
+    assert_eq!(
+        r["ok"].as_u64().unwrap(),
+        done,
+        "every trial connected: {r}"
+    );
+    assert_eq!(r["noanswer"], 0, "{r}");
+
+    // --- never resolved: every connect and every UDP send refused ---
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("direct", &pair.v4_b, 1, NAMES, TRIAL_SECS),
+    );
+    let done = r["done"].as_u64().unwrap();
+    eprintln!(
+        "connects to never-resolved addresses: {done} in {:.1} s: {r}",
+        r["elapsed"]
+    );
+    assert!(done >= 1000, "{r}");
+    assert_eq!(
+        r["ok"], 0,
+        "no connect to a never-resolved address passes: {r}"
+    );
+    assert_eq!(
+        r["eperm"].as_u64().unwrap(),
+        done,
+        "each refused with EPERM: {r}"
+    );
+    let refused_pid = r["pid"].as_u64().unwrap();
+    let refused_ip = r["first_refused"].as_str().unwrap().to_owned();
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("udp", &pair.v4_b, 1, 2000, TRIAL_SECS),
+    );
+    assert_eq!(
+        r["ok"], 0,
+        "no UDP send to a never-resolved address passes: {r}"
+    );
+    assert_eq!(r["eperm"], r["done"], "{r}");
+
+    // --- outside the cgroup the same destinations are reachable ---
+    let r = client(
+        None,
+        &pair.ns_a,
+        &args("direct", &pair.v4_b, 1, 50, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 50, "outside the cgroup nothing is refused: {r}");
+
+    // --- a binding ends with TTL + grace (1 s + 1 s) ---
+    let short = r"
+import json, socket, struct, sys, time
+server, port = sys.argv[1], int(sys.argv[2])
+q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); q.settimeout(3)
+m = struct.pack('>HHHHHH', 7, 0x0100, 1, 0, 0, 0) + b'\x05short\x04bind\x04test\x00' + struct.pack('>HH', 1, 1)
+q.sendto(m, (server, 53)); r = q.recv(512); ip = socket.inet_ntoa(r[-4:])
+def attempt():
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((ip, port)); return 'ok'
+    except OSError as e:
+        return e.errno
+    finally:
+        s.close()
+first = attempt(); time.sleep(3.5); print(json.dumps([ip, first, attempt()]))
+";
+    let out = cg
+        .command_in_ns(
+            &pair.ns_a,
+            &["python3", "-c", short, &pair.v4_b, &PORT.to_string()],
+        )
+        .output()
+        .expect("run short client");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v[0], "10.79.0.1");
+    assert_eq!(v[1], "ok", "bound right after the answer: {v}");
+    assert_eq!(
+        v[2],
+        libc::EPERM,
+        "refused once TTL and grace have passed: {v}"
+    );
+
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
+    // The refusals are events naming the process, its cgroup and the destination.
+    let events = dns_events(&t.stdout);
+    let bind: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["reason"] == "bind-unresolved")
+        .collect();
+    assert!(
+        !bind.is_empty(),
+        "no bind-unresolved event among {} events",
+        events.len()
+    );
+    let first = bind
+        .iter()
+        .find(|e| e["pid"] == refused_pid)
+        .unwrap_or_else(|| {
+            panic!(
+                "no event from the refused client {refused_pid}: {:?}",
+                bind[0]
+            )
+        });
+    assert_eq!(first["cgroup_id"], cg.id(), "{first}");
+    assert_eq!(first["verdict"], "drop", "{first}");
+    assert_eq!(first["comm"], "python3", "{first}");
+    assert!(
+        bind.iter()
+            .any(|e| e["client"] == refused_ip.as_str() && e["client_port"] == PORT),
+        "an event names the refused destination {refused_ip}:{PORT}"
+    );
+}
