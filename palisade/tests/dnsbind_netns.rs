@@ -29,7 +29,10 @@ use dns_support::{
     unbound::Unbound,
 };
 use serde_json::Value;
-use support::{daemon::Daemon, netns::NetnsPair};
+use support::{
+    daemon::Daemon,
+    netns::{NetnsPair, nsenter},
+};
 
 /// How many distinct names (and addresses) unbound serves for the trials.
 const NAMES: u32 = 10_000;
@@ -63,6 +66,8 @@ for i in range(first, first + count):
             out['noanswer'] += 1
             continue
         ip = socket.inet_ntoa(r[-4:])
+    elif mode == 'bound':
+        ip = '10.77.%d.%d' % ((i >> 8) & 255, i & 255)
     else:
         ip = '10.78.%d.%d' % ((i >> 8) & 255, i & 255)
     try:
@@ -355,4 +360,81 @@ first = attempt(); time.sleep(3.5); print(json.dumps([ip, first, attempt()]))
             .any(|e| e["client"] == refused_ip.as_str() && e["client_port"] == PORT),
         "an event names the refused destination {refused_ip}:{PORT}"
     );
+}
+
+/// Pins left by a daemon that did not unload, removed whatever happens.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The bindings map is pinned: a daemon that stops and starts again (same pins) still lets
+/// the cgroup reach what it resolved before, and refuses the rest again.
+#[test]
+fn bindings_survive_a_daemon_restart() {
+    require("ip", "iproute2");
+    require("unbound", "unbound");
+    require("nsenter", "util-linux");
+    let pair = NetnsPair::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("dns-bind-restart");
+    let _server = lab(&pair);
+    let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone());
+    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b));
+    let mut run = run_args(&dir, &path, &pair.if_a);
+    let pins = PinDir(run.last().unwrap().into());
+    // nsenter: the host's bpffs and cgroup tree, so the pins outlive the process.
+    let start = |run: &[String]| {
+        let mut c = nsenter(&pair.ns_a, env!("CARGO_BIN_EXE_palisade"));
+        c.args(run);
+        Daemon::start_command(c)
+    };
+    let first: Vec<String> = run
+        .iter()
+        .filter(|a| *a != "--unload-on-exit")
+        .cloned()
+        .collect();
+    let daemon = start(&first);
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("resolve", &pair.v4_b, 1, 200, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 200, "{r}");
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
+    assert!(pins.0.exists(), "the first daemon left its pins");
+
+    let daemon = start(&run);
+    assert!(
+        daemon
+            .stderr_now()
+            .iter()
+            .any(|l| l.contains("DNS binding on cgroup")),
+        "{:?}",
+        daemon.stderr_now()
+    );
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("bound", &pair.v4_b, 1, 200, TRIAL_SECS),
+    );
+    assert_eq!(
+        r["ok"], 200,
+        "bindings from before the restart still hold: {r}"
+    );
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("bound", &pair.v4_b, 201, 50, TRIAL_SECS),
+    );
+    assert_eq!(
+        r["eperm"], 50,
+        "names never resolved are refused after the restart: {r}"
+    );
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
 }
