@@ -201,6 +201,13 @@ pub fn palisade_floor_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// The smallest cgroup_skb program: passes everything. The floor of the DNS binding
+/// benchmark's answer path.
+#[cgroup_skb]
+pub fn palisade_floor_skb(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -7,6 +7,7 @@
 //! program, the time to compile and install each policy and the memory its maps take. See
 //! `bench/README.md` for the method and how to read the results.
 
+mod bind;
 mod conntrack;
 mod dns;
 mod dnsperf;
@@ -209,6 +210,11 @@ struct Args {
     /// decision cost the daemon per handshake, against copying the same bytes.
     #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield"])]
     tls: bool,
+    /// Run the DNS binding suite instead: what walking a DNS answer costs (against a
+    /// cgroup_skb program that only passes) and what the connect() check adds to a UDP
+    /// connect() (against a cgroup without the programs).
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield", "tls"])]
+    bind: bool,
     /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
     /// --quick].
     #[arg(long, value_name = "S")]
@@ -429,6 +435,16 @@ fn run(args: &Args) -> Result<ExitCode> {
         let stem = report.write(&s.out)?;
         println!("{}", report.terminal());
         println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.bind {
+        let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1);
+        let report = bind::run(rounds, if args.quick { 20_000 } else { 200_000 })?;
+        println!("{report}");
+        std::fs::create_dir_all(&s.out)?;
+        let path = s.out.join(format!("bind-{}.md", s.mode));
+        std::fs::write(&path, format!("`{command}`\n\n{report}"))?;
+        println!("wrote {}", path.display());
         return Ok(ExitCode::SUCCESS);
     }
     if args.dns_events {
