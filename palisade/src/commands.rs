@@ -547,6 +547,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     println!("{}", moved_line("nat", &c.nat, "nothing translated"));
     println!("{}", moved_line("lb", &c.lb, "nothing balanced"));
     println!("{}", moved_line("tls", &c.tls, "nothing seen"));
+    println!("{}", moved_line("dns bind", &c.bind, "nothing checked"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

@@ -97,6 +97,9 @@ pub struct Counters {
     /// The TLS gate's counters (`palisade_common::tls::gate::TS_NAMES`).
     #[serde(default)]
     pub tls: Vec<Named>,
+    /// DNS binding's counters (`palisade_common::dnsbind::BIND_STAT_NAMES`).
+    #[serde(default)]
+    pub bind: Vec<Named>,
 }
 
 impl Counters {
@@ -150,6 +153,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         nat: crate::nat::named_counters(ebpf),
         lb: crate::lb::named_counters(ebpf),
         tls: crate::tls::named_counters(ebpf),
+        bind: crate::dnsbind::named_counters(ebpf),
     }
 }
 

@@ -384,7 +384,7 @@ fn bindings_survive_a_daemon_restart() {
     let _server = lab(&pair);
     let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone());
     let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b));
-    let mut run = run_args(&dir, &path, &pair.if_a);
+    let run = run_args(&dir, &path, &pair.if_a);
     let pins = PinDir(run.last().unwrap().into());
     // nsenter: the host's bpffs and cgroup tree, so the pins outlive the process.
     let start = |run: &[String]| {

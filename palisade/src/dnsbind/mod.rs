@@ -159,6 +159,22 @@ pub fn counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>> {
     Ok(out)
 }
 
+/// The binding counters as `palisade stats` and the metrics show them; empty when they
+/// cannot be read.
+#[must_use]
+pub fn named_counters(ebpf: &Ebpf) -> Vec<crate::stats::Named> {
+    counters(ebpf)
+        .map(|v| {
+            v.into_iter()
+                .map(|(name, value)| crate::stats::Named {
+                    name: name.to_owned(),
+                    value,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The bind programs' links on one cgroup.
 struct Attached {
     path: PathBuf,

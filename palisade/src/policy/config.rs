@@ -3916,6 +3916,7 @@ tcp_flags = "syn"
             policy.dns,
             Dns {
                 rate_prefix: Default::default(),
+                bind: None,
                 events: crate::policy::model::DnsEvents::default(),
                 ports: vec![53],
                 ingress: Some(scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![])),

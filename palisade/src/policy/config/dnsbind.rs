@@ -47,3 +47,71 @@ impl Checker<'_> {
         Some(b)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::policy::{config::parse_policy, setfile::parse_cidr};
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_policy(text, "p.toml", Path::new("/nonexistent")) {
+            Ok(p) => panic!("expected errors, parsed {:?}", p.dns.bind),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn bind_section_parses_to_the_model() {
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/sys/fs/cgroup/unified/app\"]\ngrace = 10\n\
+             allow = [\"10.1.0.53\", \"fd00::/64\"]\n",
+            "p.toml",
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        let b = p.dns.bind.unwrap();
+        assert_eq!(b.cgroups, [PathBuf::from("/sys/fs/cgroup/unified/app")]);
+        assert_eq!(b.grace_secs, 10);
+        assert_eq!(
+            b.allow,
+            [
+                parse_cidr("10.1.0.53").unwrap(),
+                parse_cidr("fd00::/64").unwrap()
+            ]
+        );
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/a\"]\n",
+            "p.toml",
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(
+            p.dns.bind.unwrap().grace_secs,
+            crate::dnsbind::DEFAULT_GRACE_SECS
+        );
+        let p = parse_policy("", "p.toml", Path::new("/nonexistent")).unwrap();
+        assert_eq!(p.dns.bind, None);
+    }
+
+    #[test]
+    fn bind_section_errors_name_their_place() {
+        assert_eq!(
+            errors("[dns.bind]\ngrace = 5\n"),
+            ["p.toml:1:1: [dns.bind] needs `cgroups`, the cgroup v2 directories in bind mode"]
+        );
+        let e = errors(
+            "[dns.bind]\ncgroups = [\"/a\"]\ngrace = 7200\nallow = [\"10.0.0.1/8\", \"x\"]\nport = 1\n",
+        );
+        assert_eq!(
+            e,
+            [
+                "p.toml:3:9: `grace` must be between 0 and 3600, found 7200",
+                "p.toml:4:10: [dns.bind].allow: host bits set; did you mean 10.0.0.0/8?",
+                "p.toml:4:24: [dns.bind].allow: invalid address or CIDR `x`",
+                "p.toml:5:1: unknown key `port` in [dns.bind]; expected one of `cgroups`, \
+                 `grace`, `allow`",
+            ]
+        );
+    }
+}
