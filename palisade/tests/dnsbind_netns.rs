@@ -36,6 +36,8 @@ use support::{
 
 /// How many distinct names (and addresses) unbound serves for the trials.
 const NAMES: u32 = 10_000;
+/// Names with an AAAA record (`v6h<i>` -> `fd77::<i>`).
+const V6_NAMES: u32 = 2_000;
 /// Time each bulk trial may take at most.
 const TRIAL_SECS: u32 = 25;
 /// The port of the test server.
@@ -49,36 +51,51 @@ import errno, json, os, socket, struct, sys, time
 mode, server, first, count, port, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
 deadline = time.monotonic() + secs
 out = {'pid': os.getpid(), 'done': 0, 'ok': 0, 'eperm': 0, 'other': {}, 'noanswer': 0, 'first_refused': None}
-q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+q = socket.socket(socket.AF_INET6 if ':' in server else socket.AF_INET, socket.SOCK_DGRAM)
 q.settimeout(3)
 q.connect((server, 53))
+def resolve(name, qtype):
+    m = struct.pack('>HHHHHH', i & 0xffff, 0x0100, 1, 0, 0, 0)
+    m += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0' + struct.pack('>HH', qtype, 1)
+    q.send(m)
+    r = q.recv(512)
+    if struct.unpack('>H', r[6:8])[0] < 1:
+        return None
+    return r[-4:] if qtype == 1 else r[-16:]
 t0 = time.monotonic()
 for i in range(first, first + count):
     if time.monotonic() > deadline:
         break
-    if mode == 'resolve':
-        name = 'h%d.bind.test' % i
-        m = struct.pack('>HHHHHH', i & 0xffff, 0x0100, 1, 0, 0, 0)
-        m += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0' + struct.pack('>HH', 1, 1)
-        q.send(m)
-        r = q.recv(512)
-        if struct.unpack('>H', r[6:8])[0] < 1:
+    fam = socket.AF_INET
+    if mode in ('resolve', 'mapped', 'udpbound'):
+        a = resolve('h%d.bind.test' % i, 1)
+        if a is None:
             out['noanswer'] += 1
             continue
-        ip = socket.inet_ntoa(r[-4:])
+        ip = socket.inet_ntoa(a)
+        if mode == 'mapped':
+            fam, ip = socket.AF_INET6, '::ffff:' + ip
+    elif mode == 'resolve6':
+        a = resolve('v6h%d.bind.test' % i, 28)
+        if a is None:
+            out['noanswer'] += 1
+            continue
+        fam, ip = socket.AF_INET6, socket.inet_ntop(socket.AF_INET6, a)
+    elif mode == 'direct6':
+        fam, ip = socket.AF_INET6, 'fd78::%x' % i
     elif mode == 'bound':
         ip = '10.77.%d.%d' % ((i >> 8) & 255, i & 255)
     else:
         ip = '10.78.%d.%d' % ((i >> 8) & 255, i & 255)
     try:
-        if mode == 'udp':
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if mode in ('udp', 'udpbound'):
+            u = socket.socket(fam, socket.SOCK_DGRAM)
             try:
                 u.sendto(b'x', (ip, port))
             finally:
                 u.close()
         else:
-            s = socket.socket()
+            s = socket.socket(fam, socket.SOCK_STREAM)
             s.settimeout(3)
             try:
                 s.connect((ip, port))
@@ -100,9 +117,10 @@ print(json.dumps(out))
 /// Accepts and closes connections on every address of the namespace (its local ranges).
 const SERVER: &str = r"
 import socket, sys
-s = socket.socket()
+s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', int(sys.argv[1])))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(('::', int(sys.argv[1])))
 s.listen(4096)
 print('ready', flush=True)
 while True:
@@ -140,6 +158,38 @@ fn lab(pair: &NetnsPair) -> Server {
             &["route", "add", "local", net, "dev", "lo"],
         );
     }
+    for net in ["fd77::/64", "fd78::/64"] {
+        ip_in(
+            pair,
+            &pair.ns_a,
+            &["-6", "route", "add", net, "via", &pair.v6_b],
+        );
+        ip_in(
+            pair,
+            &pair.ns_b,
+            &["-6", "route", "add", "local", net, "dev", "lo"],
+        );
+    }
+    // The resolver binds B's IPv6 address: wait until it is no longer tentative.
+    let start = std::time::Instant::now();
+    while !String::from_utf8_lossy(
+        &pair
+            .exec(
+                &pair.ns_b,
+                "ip",
+                &["-6", "addr", "show", "dev", &pair.if_b, "tentative"],
+            )
+            .stdout,
+    )
+    .trim()
+    .is_empty()
+    {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "B's IPv6 address stays tentative"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let mut child = pair
         .command(&pair.ns_b, "python3")
         .args(["-c", SERVER, &PORT.to_string()])
@@ -157,19 +207,23 @@ fn lab(pair: &NetnsPair) -> Server {
 }
 
 fn zone() -> Vec<String> {
+    // The bulk trials' names, then fresh ones for the v4-mapped and UDP trials.
     let mut v: Vec<String> = (1..=NAMES)
+        .chain(20_001..=20_500)
+        .chain(30_001..=30_500)
         .map(|i| format!("h{i}.bind.test. 300 IN A 10.77.{}.{}", i >> 8, i & 255))
         .collect();
+    v.extend((1..=V6_NAMES).map(|i| format!("v6h{i}.bind.test. 300 IN AAAA fd77::{i:x}")));
     v.push("short.bind.test. 1 IN A 10.79.0.1".into());
     v
 }
 
-fn policy(cg: &TestCgroup, resolver: &str) -> String {
+fn policy(cg: &TestCgroup, resolver: &str, resolver6: &str) -> String {
     format!(
         r#"
 [dns.bind]
 cgroups = ["{}"]
-allow = ["{resolver}/32"]
+allow = ["{resolver}/32", "{resolver6}"]
 grace = 1
 "#,
         cg.path.display()
@@ -217,9 +271,9 @@ fn bind_mode_connects_only_to_resolved_addresses() {
     let cg = TestCgroup::new();
     let dir = TempDir::new("dns-bind");
     let _server = lab(&pair);
-    let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone());
+    let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b, &pair.v6_b], &zone());
 
-    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b));
+    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b, &pair.v6_b));
     check_policy(&path);
     let run = run_args(&dir, &path, &pair.if_a);
     let run: Vec<&str> = run.iter().map(String::as_str).collect();
@@ -295,6 +349,49 @@ fn bind_mode_connects_only_to_resolved_addresses() {
         &args("direct", &pair.v4_b, 1, 50, TRIAL_SECS),
     );
     assert_eq!(r["ok"], 50, "outside the cgroup nothing is refused: {r}");
+
+    // --- IPv6: AAAA answers bind, never-resolved IPv6 destinations are refused ---
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("resolve6", &pair.v6_b, 1, V6_NAMES, TRIAL_SECS),
+    );
+    eprintln!("IPv6 resolve-then-connect trials: {r}");
+    assert!(r["done"].as_u64().unwrap() >= 500, "{r}");
+    assert_eq!(
+        r["ok"], r["done"],
+        "no IPv6 connect right after its answer is refused: {r}"
+    );
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("direct6", &pair.v6_b, 1, V6_NAMES, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 0, "{r}");
+    assert_eq!(
+        r["eperm"], r["done"],
+        "never-resolved IPv6 destinations refused: {r}"
+    );
+
+    // --- an IPv6 socket to an IPv4-mapped address matches the IPv4 binding; UDP sends to
+    // bound addresses pass ---
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("mapped", &pair.v4_b, 20_001, 500, TRIAL_SECS),
+    );
+    assert_eq!(r["done"], 500, "{r}");
+    assert_eq!(
+        r["ok"], 500,
+        "v4-mapped connects to resolved addresses pass: {r}"
+    );
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("udpbound", &pair.v4_b, 30_001, 500, TRIAL_SECS),
+    );
+    assert_eq!(r["done"], 500, "{r}");
+    assert_eq!(r["ok"], 500, "UDP sends to resolved addresses pass: {r}");
 
     // --- a binding ends with TTL + grace (1 s + 1 s) ---
     let short = r"
@@ -382,8 +479,8 @@ fn bindings_survive_a_daemon_restart() {
     let cg = TestCgroup::new();
     let dir = TempDir::new("dns-bind-restart");
     let _server = lab(&pair);
-    let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone());
-    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b));
+    let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b, &pair.v6_b], &zone());
+    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b, &pair.v6_b));
     let run = run_args(&dir, &path, &pair.if_a);
     let pins = PinDir(run.last().unwrap().into());
     // nsenter: the host's bpffs and cgroup tree, so the pins outlive the process.
