@@ -23,6 +23,18 @@ const _: () = assert!(MAX_BOUND_PER_ANSWER.is_power_of_two());
 /// has fewer: every label step consumes at least 2 bytes, every fixed part 4 or 10.
 pub const MAX_WALK_STEPS: u32 = 640;
 
+/// CNAME records an answer may hold (a chain of this many hops); more and the answer is
+/// refused (reason `dns-answer-chain`) when answers are checked.
+pub const MAX_CNAME_HOPS: u32 = 8;
+/// Distinct names an answer may hold (question, owners, CNAME targets) for the answer
+/// check; more and the answer is refused (`dns-answer-chain`) when answers are checked.
+pub const MAX_CHECKED_NAMES: usize = 16;
+const _: () = assert!(MAX_CHECKED_NAMES.is_power_of_two());
+/// [`AnswerWalk::flags`]: more than [`MAX_CNAME_HOPS`] CNAME records.
+pub const WALK_CHAIN_TOO_LONG: u32 = 1;
+/// [`AnswerWalk::flags`]: more than [`MAX_CHECKED_NAMES`] distinct names.
+pub const WALK_TOO_MANY_NAMES: u32 = 2;
+
 /// Capacity of the bindings map (`BIND_ADDRS`, LRU). When full, the least recently used
 /// binding is evicted: its address is refused until it is resolved again (fail closed).
 pub const BIND_CAPACITY: u32 = 262_144;
@@ -77,7 +89,9 @@ pub const STAT_ADDRS_BOUND: u32 = 6;
 pub const STAT_ADDRS_SKIPPED: u32 = 7;
 /// Answers not walked because the CPU's scratch was in use, or a map did not answer.
 pub const STAT_INTERNAL: u32 = 8;
-pub const BIND_STATS_COUNT: u32 = 9;
+/// Answers dropped by the answer check (a blocked name, a chain too long).
+pub const STAT_ANSWERS_REFUSED: u32 = 9;
+pub const BIND_STATS_COUNT: u32 = 10;
 /// Names of the counters, by index.
 pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "connect_checked",
@@ -89,6 +103,7 @@ pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "addrs_bound",
     "addrs_skipped",
     "internal",
+    "answers_refused",
 ];
 
 /// Walk phases.
@@ -133,8 +148,57 @@ pub struct AnswerWalk {
     pub skipped: u32,
     pub steps: u32,
     pub found: [Found; MAX_BOUND_PER_ANSWER],
+    /// Where the current record's owner name starts.
+    pub name_at: u32,
+    /// CNAME records seen.
+    pub cnames: u32,
+    /// `WALK_CHAIN_TOO_LONG`, `WALK_TOO_MANY_NAMES`.
+    pub flags: u32,
+    /// Names in `names`.
+    pub names_len: u32,
+    /// The question's type.
+    pub qtype: u32,
+    pub _pad: u32,
+    /// Where each distinct name starts in the message (a name that is only a compression
+    /// pointer is recorded as the name it points to): the question, every owner, every
+    /// CNAME target.
+    pub names: [u16; MAX_CHECKED_NAMES],
 }
-map_type!(AnswerWalk, 32 + 24 * MAX_BOUND_PER_ANSWER);
+map_type!(
+    AnswerWalk,
+    32 + 24 * MAX_BOUND_PER_ANSWER + 24 + 2 * MAX_CHECKED_NAMES
+);
+
+/// Records the name at `at` for the answer check, once.
+#[inline(always)]
+fn note_name(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF], at: usize) {
+    let b = byte(msg, at);
+    let at = if b & 0xc0 == 0xc0 {
+        (usize::from(b & 0x3f) << 8) | usize::from(byte(msg, at + 1))
+    } else {
+        at
+    };
+    let mut i = 0;
+    while i < MAX_CHECKED_NAMES {
+        if i >= w.names_len as usize {
+            break;
+        }
+        if usize::from(w.names[i]) == at {
+            return;
+        }
+        i += 1;
+    }
+    if (w.names_len as usize) < MAX_CHECKED_NAMES {
+        // Read again (volatile) and masked: the compiler would otherwise reuse the search
+        // loop's bound as the index, which the verifier cannot bound.
+        // SAFETY: a plain read of a field.
+        let n = unsafe { core::ptr::read_volatile(&raw const w.names_len) } as usize;
+        w.names[n & (MAX_CHECKED_NAMES - 1)] = at as u16;
+        w.names_len += 1;
+    } else {
+        w.flags |= WALK_TOO_MANY_NAMES;
+    }
+}
 
 #[inline(always)]
 fn byte(msg: &[u8; ANSWER_BUF], at: usize) -> u8 {
@@ -158,6 +222,11 @@ pub fn begin(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF], len: usize) {
     w.skipped = 0;
     w.steps = 0;
     w.state = WALK_MORE;
+    w.cnames = 0;
+    w.flags = 0;
+    w.names_len = 1;
+    w.names[0] = 12;
+    w.qtype = 0;
     if len < 12 {
         w.state = WALK_MALFORMED;
         return;
@@ -222,8 +291,10 @@ pub fn step(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF]) -> u32 {
             if off + 4 > len {
                 w.state = WALK_MALFORMED;
             } else {
+                w.qtype = u32::from(be16(msg, off));
                 w.off += 4;
                 w.phase = R_NAME;
+                w.name_at = w.off;
             }
         }
         _ => {
@@ -243,6 +314,19 @@ pub fn step(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF]) -> u32 {
             }
             let v4 = rtype == 1 && rdlen == 4;
             let v6 = rtype == 28 && rdlen == 16;
+            let cname = rtype == 5 && class == 1;
+            if cname || (class == 1 && (v4 || v6)) {
+                note_name(w, msg, w.name_at as usize);
+            }
+            if cname {
+                w.cnames += 1;
+                if w.cnames > MAX_CNAME_HOPS {
+                    w.flags |= WALK_CHAIN_TOO_LONG;
+                }
+                if rdlen >= 1 {
+                    note_name(w, msg, rdata);
+                }
+            }
             if class == 1 && (v4 || v6) {
                 if (w.found_len as usize) < MAX_BOUND_PER_ANSWER {
                     let f = &mut w.found[w.found_len as usize & (MAX_BOUND_PER_ANSWER - 1)];
@@ -272,6 +356,7 @@ pub fn step(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF]) -> u32 {
                 w.state = WALK_DONE;
             } else {
                 w.phase = R_NAME;
+                w.name_at = w.off;
             }
         }
     }
@@ -398,6 +483,58 @@ mod tests {
             m[at + 1] = target;
             assert_eq!(run(&m).state, WALK_MALFORMED, "pointer to {target}");
         }
+    }
+
+    #[test]
+    fn names_to_check_are_recorded_once() {
+        // Question at 12; a CNAME owned by it (pointer to 12) pointing to a new name; an A
+        // owned by a pointer to that target.
+        let mut m = vec_header(2);
+        name(&mut m, "www.example.test");
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        m.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60]);
+        let mut target = Vec::new();
+        name(&mut target, "edge.cdn.test");
+        m.extend_from_slice(&(target.len() as u16).to_be_bytes());
+        let target_at = m.len();
+        m.extend_from_slice(&target);
+        m.extend_from_slice(&[
+            0xc0,
+            target_at as u8,
+            0,
+            1,
+            0,
+            1,
+            0,
+            0,
+            0,
+            60,
+            0,
+            4,
+            1,
+            2,
+            3,
+            4,
+        ]);
+        let w = run(&m);
+        assert_eq!(w.state, WALK_DONE);
+        assert_eq!(w.qtype, 1);
+        assert_eq!(w.cnames, 1);
+        assert_eq!(w.flags, 0);
+        assert_eq!(&w.names[..w.names_len as usize], &[12, target_at as u16]);
+    }
+
+    #[test]
+    fn long_chains_are_flagged() {
+        let mut recs: Vec<(u16, &[u8], u32)> = Vec::new();
+        for _ in 0..=MAX_CNAME_HOPS {
+            recs.push((5, &[0xc0, 12], 5));
+        }
+        let w = run(&answer(&recs));
+        assert_eq!(w.state, WALK_DONE);
+        assert_eq!(w.flags & WALK_CHAIN_TOO_LONG, WALK_CHAIN_TOO_LONG);
+        let w = run(&answer(&recs[..MAX_CNAME_HOPS as usize]));
+        assert_eq!(w.flags, 0);
     }
 
     #[test]

@@ -132,9 +132,15 @@ pub const TLS_QUIC: u32 = 41;
 /// DNS binding: a cgroup in bind mode connected (or sent) to an address it never received
 /// in a DNS answer, or whose binding expired, and that is not allowed explicitly.
 pub const BIND_UNRESOLVED: u32 = 42;
+/// DNS answer check: an owner name or CNAME target of an answer to a cgroup in bind mode is
+/// on the `[dns.egress]` blocklist (CNAME cloaking); the answer is dropped.
+pub const DNS_ANSWER_BLOCKED: u32 = 43;
+/// DNS answer check: an answer with more than 8 CNAME records, or more distinct names than
+/// the check reads (16); dropped.
+pub const DNS_ANSWER_CHAIN: u32 = 44;
 
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 43;
+pub const COUNT: u32 = 45;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -181,6 +187,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tls-incomplete",
     "tls-quic",
     "bind-unresolved",
+    "dns-answer-blocked",
+    "dns-answer-chain",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

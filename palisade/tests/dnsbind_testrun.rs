@@ -27,7 +27,8 @@ use palisade::{
 };
 use palisade_common::dnsbind::{
     ANSWER_BUF, BIND_STATS_COUNT, BindConfig, BindKey, BindValue, MAX_BOUND_PER_ANSWER,
-    STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED, mapped_v4,
+    STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED,
+    STAT_ANSWERS_REFUSED, mapped_v4,
 };
 
 const PASS: u32 = 1;
@@ -531,4 +532,139 @@ fn kernel_and_reference_agree_on_every_cut() {
         let got: Vec<[u8; 16]> = l.bindings().iter().map(|(k, _)| k.addr).collect();
         assert_eq!(got, want, "cut at {cut}");
     }
+}
+
+// ---- answer checks (CNAME cloaking) ----
+
+const BLOCKLIST: &str = r#"
+[dns.egress]
+mode = "blocklist"
+lists = ["trackers"]
+cgroups = ["/sys/fs/cgroup/unified"]
+
+[dns.lists.trackers]
+names = ["tracker.test", "*.ads.test"]
+
+[dns.bind]
+cgroups = ["/sys/fs/cgroup/unified"]
+grace = 0
+"#;
+
+impl Loaded {
+    /// Installs a whole policy (DNS lists included), then clears the bindings.
+    fn install(&mut self, toml: &str) {
+        let p = palisade::policy::config::parse_policy(toml, "p.toml", std::path::Path::new("/"))
+            .expect("test policy");
+        palisade::guard::install(&mut self.ebpf, &p).expect("install");
+        self.clear();
+    }
+
+    fn reason_count(&self, r: u32) -> u64 {
+        palisade::testrun::sum_counter(&self.ebpf, "REASON_STATS", r).unwrap()
+    }
+}
+
+/// Runs `a` and checks it is dropped for `why` (counted once, nothing bound), or passed and
+/// bound (`why` = PASS).
+fn expect_answer(l: &Loaded, a: &Answer, why: u32) {
+    let before = l.stats();
+    let reasons_before = l.reason_count(why);
+    let verdict = l.run(&ip4_udp(53, 40000, &a.bytes()));
+    let after = l.stats();
+    if why == palisade_common::reason::PASS {
+        assert_eq!(verdict, PASS);
+        assert_eq!(
+            after[STAT_ANSWERS_REFUSED as usize],
+            before[STAT_ANSWERS_REFUSED as usize]
+        );
+        assert!(!l.bindings().is_empty(), "the answer's address is bound");
+    } else {
+        assert_eq!(verdict, 0, "dropped");
+        expect_delta(
+            &before,
+            &after,
+            &[(STAT_ANSWERS, 1), (STAT_ANSWERS_REFUSED, 1)],
+        );
+        assert_eq!(l.reason_count(why), reasons_before + 1);
+        assert!(
+            l.bindings().is_empty(),
+            "nothing of a refused answer is bound"
+        );
+    }
+}
+
+/// Under a `[dns.egress]` blocklist, a CNAME to a listed name (however it is compressed),
+/// or an address owned by one, refuses the answer; an unlisted chain passes and binds.
+#[test]
+fn cname_to_a_blocked_name_refuses_the_answer() {
+    use palisade_common::reason::{DNS_ANSWER_BLOCKED, PASS as OK};
+    let mut l = loaded();
+    l.install(BLOCKLIST);
+    // Allowed name, CNAME to an exact entry.
+    let a = Answer::new("www.shop.test")
+        .rr(CNAME, 60, &labels("tracker.test"))
+        .rr_owned(&labels("tracker.test"), A, 60, &[198, 51, 100, 1]);
+    expect_answer(&l, &a, DNS_ANSWER_BLOCKED);
+    // A CNAME target compressed into the question's name: "x" + pointer to "ads.test" of
+    // the question `ads.test` (the apex is not listed, `x.ads.test` is).
+    let a = Answer::new("ads.test")
+        .rr(CNAME, 60, &[1, b'x', 0xc0, 12])
+        .rr(A, 60, &[198, 51, 100, 2]);
+    expect_answer(&l, &a, DNS_ANSWER_BLOCKED);
+    // Letter case does not hide it.
+    let a = Answer::new("www.shop.test").rr(CNAME, 60, &labels("TRACKER.Test"));
+    expect_answer(&l, &a, DNS_ANSWER_BLOCKED);
+    // An address owned by a listed name, no CNAME.
+    let a = Answer::new("www.shop.test").rr_owned(&labels("y.ads.test"), A, 60, &[198, 51, 100, 3]);
+    expect_answer(&l, &a, DNS_ANSWER_BLOCKED);
+    // Unlisted all along: passes and binds.
+    let a = Answer::new("www.shop.test")
+        .rr(CNAME, 60, &labels("edge.cdn.test"))
+        .rr_owned(&labels("edge.cdn.test"), A, 60, &[198, 51, 100, 4]);
+    expect_answer(&l, &a, OK);
+    l.install("");
+}
+
+/// Chains of up to 8 CNAME hops are followed to their end; a longer chain is refused.
+#[test]
+fn cname_chains_are_followed_up_to_8_hops() {
+    use palisade_common::reason::{DNS_ANSWER_BLOCKED, DNS_ANSWER_CHAIN, PASS as OK};
+    let mut l = loaded();
+    l.install(BLOCKLIST);
+    // As resolvers write them: each record's owner is a pointer to the previous target.
+    let chain = |hops: usize, last: &str| {
+        let mut a = Answer::new("start.test");
+        let mut owner = vec![0xc0, 12];
+        for k in 1..=hops {
+            let target = if k == hops {
+                last.to_owned()
+            } else {
+                format!("hop{k}.test")
+            };
+            let at = a.msg.len() + owner.len() + 10;
+            a = a.rr_owned(&owner, CNAME, 60, &labels(&target));
+            owner = vec![0xc0 | (at >> 8) as u8, at as u8];
+        }
+        a.rr_owned(&owner, A, 60, &[198, 51, 100, 9])
+    };
+    expect_answer(&l, &chain(8, "end.test"), OK);
+    l.clear();
+    expect_answer(&l, &chain(8, "z.ads.test"), DNS_ANSWER_BLOCKED);
+    expect_answer(&l, &chain(9, "end.test"), DNS_ANSWER_CHAIN);
+    l.install("");
+}
+
+/// Under an allowlist (or without `[dns.egress]`) the question decided on the way out:
+/// answer names are not checked.
+#[test]
+fn answer_names_are_checked_only_under_a_blocklist() {
+    let mut l = loaded();
+    l.install(&BLOCKLIST.replace("blocklist", "allowlist"));
+    let a = Answer::new("www.shop.test")
+        .rr(CNAME, 60, &labels("tracker.test"))
+        .rr_owned(&labels("tracker.test"), A, 60, &[198, 51, 100, 1]);
+    expect_answer(&l, &a, palisade_common::reason::PASS);
+    l.install("[dns.bind]\ncgroups = [\"/x\"]\ngrace = 0\n");
+    expect_answer(&l, &a, palisade_common::reason::PASS);
+    l.install("");
 }

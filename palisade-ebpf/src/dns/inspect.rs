@@ -157,6 +157,9 @@ pub fn inspect(req: &Request, out: &mut Decision) -> bool {
     true
 }
 
+/// Flag in `palisade_dns_inspect`'s `total`: the message holds a name taken from an answer.
+pub const NOT_A_QUERY: u32 = 1 << 30;
+
 /// The inspector as a global BPF function: the verifier checks it once, on its own, instead
 /// of at every call site with the caller's state. A hook inspects every message of a TCP
 /// segment by calling it in a loop; as a static function that multiplied the verifier's work
@@ -184,6 +187,16 @@ pub extern "C" fn palisade_dns_inspect(
         msg_len: (msg_len as usize).min(INSPECT_LEN),
         total_len: (total & 0xffff) as usize,
         whole: total >> 31 != 0,
+    };
+    // Bit 30: a name from an answer (`dnsbind::answer`), checked against the lists only; it
+    // is no query, so it spends no query-rate token.
+    let mut cfg_copy;
+    let cfg = if total & NOT_A_QUERY != 0 {
+        cfg_copy = *cfg;
+        cfg_copy.flags &= !SCOPE_RATE;
+        &cfg_copy
+    } else {
+        cfg
     };
     let Some(d) = inspect_inner(cfg, &req) else {
         return 0;

@@ -3,8 +3,10 @@
 //! answer that reads to its end binds its address to the socket's cgroup until the record's
 //! TTL plus the grace period has passed.
 //!
-//! The program never drops: an answer it cannot read (malformed, cut, in use scratch) binds
-//! nothing, which is fail closed for the connects that would have needed it. Only the first
+//! An answer it cannot read (malformed, cut, scratch in use) passes and binds nothing,
+//! which is fail closed for the connects that would have needed it. Under a `[dns.egress]`
+//! blocklist every name of an answer is checked first ([`super::check`]); an answer with a
+//! blocked name, or a chain too long to check, is dropped. Only the first
 //! [`ANSWER_BUF`] bytes are walked; records after them are not bound. Answers over TCP are
 //! not walked (not bound).
 
@@ -22,16 +24,18 @@ use palisade_common::{
     dnsbind::{
         self, ANSWER_BUF, AnswerWalk, BIND_ON, BindKey, BindValue, MAX_BOUND_PER_ANSWER,
         MAX_WALK_STEPS, STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED,
-        STAT_INTERNAL, WALK_DONE, WALK_MORE,
+        STAT_ANSWERS_REFUSED, STAT_INTERNAL, WALK_DONE, WALK_MORE,
     },
     packet::{self, Bytes as _, FRAG_NONE, Frame, IPPROTO_UDP, Packet},
+    reason,
 };
 
-use super::{add, count};
+use super::{add, check, count};
+
 use crate::{
     atomic,
     bytes::SkbBytes,
-    maps::{BIND_ADDRS, BIND_BUSY, BIND_CONFIG, BIND_SCRATCH},
+    maps::{BIND_ADDRS, BIND_BUSY, BIND_CONFIG, BIND_SCRATCH, REASON_STATS, bump},
 };
 
 /// The walker's per-CPU working space.
@@ -40,12 +44,14 @@ pub struct Scratch {
     pub msg: [u8; ANSWER_BUF],
     pub walk: AnswerWalk,
     pub packet: Packet,
+    pub expand: super::check::Expand,
 }
 
 /// The port answers come from.
 const DNS_PORT: u16 = 53;
-/// cgroup_skb verdict: the program only observes.
+/// cgroup_skb verdicts.
 const PASS: i32 = 1;
+const DROP: i32 = 0;
 
 #[inline(always)]
 pub fn run(ctx: &SkBuffContext) -> i32 {
@@ -67,10 +73,10 @@ pub fn run(ctx: &SkBuffContext) -> i32 {
         count(STAT_INTERNAL);
         return PASS;
     }
-    walk_packet(ctx, cfg.grace_ns);
+    let verdict = walk_packet(ctx, cfg.grace_ns);
     // SAFETY: as above.
     unsafe { atomic::exchange(busy, 0) };
-    PASS
+    verdict
 }
 
 /// Parses the packet into the scratch. Not inlined: its temporaries get their own frame.
@@ -87,19 +93,19 @@ fn parse_into(ctx: &SkBuffContext, out: &mut Packet) -> bool {
 }
 
 #[inline(never)]
-fn walk_packet(ctx: &SkBuffContext, grace_ns: u64) {
+fn walk_packet(ctx: &SkBuffContext, grace_ns: u64) -> i32 {
     let Some(s) = BIND_SCRATCH.get_ptr_mut(0) else {
         count(STAT_INTERNAL);
-        return;
+        return PASS;
     };
     // SAFETY: this CPU's scratch, claimed above.
     let s = unsafe { &mut *s };
     if !parse_into(ctx, &mut s.packet) {
-        return;
+        return PASS;
     }
     let p = &s.packet;
     if p.proto != IPPROTO_UDP || p.sport != DNS_PORT || p.frag != FRAG_NONE {
-        return;
+        return PASS;
     }
     count(STAT_ANSWERS);
     let l4 = usize::from(p.l4_offset);
@@ -112,14 +118,14 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64) {
     };
     if udp_len < 8 || udp_len > usize::from(p.l4_len) {
         count(STAT_ANSWERS_MALFORMED);
-        return;
+        return PASS;
     }
     let msg_len = udp_len - 8;
     let avail = (ctx.len() as usize).saturating_sub(msg_off).min(msg_len);
     let copied = avail.min(ANSWER_BUF);
     if copied < 12 {
         count(STAT_ANSWERS_MALFORMED);
-        return;
+        return PASS;
     }
     // `(n - 1) % ANSWER_BUF + 1` keeps n in 1..=ANSWER_BUF in a form the verifier follows.
     let n = ((copied - 1) & (ANSWER_BUF - 1)) + 1;
@@ -134,7 +140,7 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64) {
     };
     if r != 0 {
         count(STAT_INTERNAL);
-        return;
+        return PASS;
     }
     // A message longer than the buffer is walked as far as the buffer goes: a record cut
     // there makes the walk malformed, so a long answer binds nothing rather than a part
@@ -152,11 +158,18 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64) {
     };
     if s.walk.state != WALK_DONE {
         count(STAT_ANSWERS_MALFORMED);
-        return;
+        return PASS;
     }
     // SAFETY: the context pointer is the program's own skb.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    let why = check::names(cgroup_id);
+    if why != reason::PASS {
+        count(STAT_ANSWERS_REFUSED);
+        bump(&REASON_STATS, why);
+        return DROP;
+    }
     bind_found(cgroup_id, grace_ns);
+    PASS
 }
 
 /// One step of the walk (`bpf_loop` callback): 0 to go on, 1 to stop.

@@ -8,6 +8,7 @@
 //!   prefix; anything else fails with `EPERM` (reason `bind-unresolved`).
 
 pub mod answer;
+pub(crate) mod check;
 pub mod connect;
 
 use crate::{atomic, maps::BIND_STATS};
