@@ -535,3 +535,115 @@ fn bindings_survive_a_daemon_restart() {
     let t = daemon.stop();
     assert!(t.success, "{:?}", t.stderr);
 }
+
+/// CNAME cloaking: under a `[dns.egress]` blocklist, the answer of an unlisted name whose
+/// CNAME leads to a listed one never reaches the application (it times out), its address
+/// stays unbound (refused), and the drop is an event naming the listed name. An unlisted
+/// chain resolves and binds.
+#[test]
+fn cname_to_a_blocked_name_is_refused() {
+    require("ip", "iproute2");
+    require("unbound", "unbound");
+    let pair = NetnsPair::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("dns-bind-cname");
+    let _server = lab(&pair);
+    let zone = vec![
+        "cloaked.bind.test. 60 IN CNAME metrics.tracker.test.".to_owned(),
+        "metrics.tracker.test. 60 IN A 10.79.0.9".to_owned(),
+        "fine.bind.test. 60 IN CNAME edge.cdn.test.".to_owned(),
+        "edge.cdn.test. 60 IN A 10.79.0.10".to_owned(),
+    ];
+    let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone);
+    let text = format!(
+        r#"
+[dns.egress]
+mode = "blocklist"
+lists = ["trackers"]
+cgroups = ["{cg}"]
+
+[dns.lists.trackers]
+names = ["*.tracker.test"]
+
+[dns.bind]
+cgroups = ["{cg}"]
+allow = ["{r}"]
+"#,
+        cg = cg.path.display(),
+        r = pair.v4_b
+    );
+    let path = dir.write("policy.toml", &text);
+    check_policy(&path);
+    let run = run_args(&dir, &path, &pair.if_a);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+
+    let script = r"
+import json, socket, struct, sys
+server, name, ip, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); q.settimeout(2)
+answer = []
+for n in name.split(','):
+    m = struct.pack('>HHHHHH', 9, 0x0100, 1, 0, 0, 0)
+    m += b''.join(bytes([len(l)]) + l.encode() for l in n.split('.')) + b'\0' + struct.pack('>HH', 1, 1)
+    q.sendto(m, (server, 53))
+    try:
+        r = q.recv(512); answer.append(struct.unpack('>H', r[6:8])[0])
+    except socket.timeout:
+        answer.append('timeout')
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect((ip, port)); conn = 'ok'
+except OSError as e:
+    conn = e.errno
+print(json.dumps([answer, conn]))
+";
+    let ask = |name: &str, ip: &str| -> Value {
+        let out = cg
+            .command_in_ns(
+                &pair.ns_a,
+                &[
+                    "python3",
+                    "-c",
+                    script,
+                    &pair.v4_b,
+                    name,
+                    ip,
+                    &PORT.to_string(),
+                ],
+            )
+            .output()
+            .expect("run client");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    // unbound answers a CNAME of its local data with the CNAME alone; the client asks for
+    // the target next, as stub resolvers do.
+    // (Asking for the listed target itself fails at once: the egress policy refuses it.)
+    let v = ask("cloaked.bind.test", "10.79.0.9");
+    assert_eq!(v[0][0], "timeout", "the cloaked answer never arrives: {v}");
+    assert_eq!(v[1], libc::EPERM, "its address is not bound: {v}");
+    let v = ask("fine.bind.test,edge.cdn.test", "10.79.0.10");
+    assert_eq!(
+        v[0],
+        serde_json::json!([1, 1]),
+        "the CNAME, then the A: {v}"
+    );
+    assert_eq!(v[1], "ok", "an unlisted chain binds: {v}");
+
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    let refused: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["reason"] == "dns-answer-blocked")
+        .collect();
+    assert_eq!(refused.len(), 1, "one refused answer: {refused:?}");
+    assert_eq!(
+        refused[0]["name"], "metrics.tracker.test.",
+        "{}",
+        refused[0]
+    );
+    assert_eq!(refused[0]["cgroup_id"], cg.id(), "{}", refused[0]);
+    assert_eq!(refused[0]["verdict"], "drop", "{}", refused[0]);
+}
