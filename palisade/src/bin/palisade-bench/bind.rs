@@ -178,6 +178,36 @@ pub fn run(rounds: usize, repeat: u32) -> Result<String> {
         );
     }
 
+    // The same answers with their names checked against a `[dns.egress]` blocklist (none
+    // listed: every name is inspected and passes).
+    let policy = palisade::policy::config::parse_policy(
+        "[dns.egress]\nmode = \"blocklist\"\nlists = [\"t\"]\n\
+         [dns.lists.t]\nnames = [\"tracker.example\"]\n\
+         [dns.bind]\ncgroups = [\"/x\"]\n",
+        "bench.toml",
+        Path::new("/"),
+    )
+    .map_err(|e| anyhow!("{e:?}"))?;
+    palisade::guard::install(&mut ebpf, &policy)?;
+    out += "\n### With a `[dns.egress]` blocklist: every name of the answer checked\n\n";
+    out += "| packet | names checked | floor | palisade_bind_answer | added | ratio |\n|---|---:|---:|---:|---:|---:|\n";
+    for (label, frame, names) in [("answer, 1 A", &one, 1), ("answer, CNAME + 4 A", &five, 2)] {
+        let mut floor = Vec::new();
+        let mut bind = Vec::new();
+        for _ in 0..rounds {
+            floor.push(test_run(&ebpf, FLOOR, frame, repeat)?);
+            bind.push(test_run(&ebpf, dnsbind::ANSWER, frame, repeat)?);
+        }
+        let (f, b) = (median(floor), median(bind));
+        let _ = writeln!(
+            out,
+            "| {label} | {names} | {f:.0} | {b:.0} | {:.0} | {:.2} |",
+            b - f,
+            b / f
+        );
+    }
+    dnsbind::write_config(&mut ebpf, Some(&dnsbind::DnsBind::default()))?;
+
     // connect(): one cgroup with the programs, one without.
     let plain = Cgroup::new("plain")?;
     let bound = Cgroup::new("bind")?;
