@@ -10,6 +10,7 @@
 pub mod conntrack;
 pub mod dhcp;
 pub mod dns;
+pub mod dnsbind;
 pub mod event;
 pub mod firewall;
 pub mod intel;

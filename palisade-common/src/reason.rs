@@ -129,6 +129,15 @@ pub const TLS_INCOMPLETE: u32 = 40;
 /// TLS: QUIC (UDP to a `[tls]` port) with `[tls] quic = "block"`, so that clients fall
 /// back to TCP, where the policy sees the server name.
 pub const TLS_QUIC: u32 = 41;
+/// DNS binding: a cgroup in bind mode connected (or sent) to an address it never received
+/// in a DNS answer, or whose binding expired, and that is not allowed explicitly.
+pub const BIND_UNRESOLVED: u32 = 45;
+/// DNS answer check: an owner name or CNAME target of an answer to a cgroup in bind mode is
+/// on the `[dns.egress]` blocklist (CNAME cloaking); the answer is dropped.
+pub const DNS_ANSWER_BLOCKED: u32 = 46;
+/// DNS answer check: an answer with more than 8 CNAME records, or more distinct names than
+/// the check reads (16); dropped.
+pub const DNS_ANSWER_CHAIN: u32 = 47;
 
 /// DHCP (`[dhcp] rogue = "block"`): a DHCPv4 or DHCPv6 server's message from a source
 /// not on `[dhcp] trusted`.
@@ -141,7 +150,7 @@ pub const DHCP_ROGUE_ROUTER: u32 = 43;
 pub const INTEL_DROP: u32 = 44;
 
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 45;
+pub const COUNT: u32 = 48;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -190,6 +199,9 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dhcp-rogue-server",
     "dhcp-rogue-router",
     "intel-drop",
+    "bind-unresolved",
+    "dns-answer-blocked",
+    "dns-answer-chain",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -18,6 +18,7 @@ mod bytes;
 mod ct;
 mod dhcp;
 mod dns;
+mod dnsbind;
 mod firewall;
 mod intel;
 mod lb;
@@ -30,8 +31,8 @@ mod verdict;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{cgroup_skb, classifier, xdp},
-    programs::{SkBuffContext, TcContext, XdpContext},
+    macros::{cgroup_skb, cgroup_sock_addr, classifier, xdp},
+    programs::{SkBuffContext, SockAddrContext, TcContext, XdpContext},
 };
 
 /// XDP ingress firewall.
@@ -54,6 +55,38 @@ pub fn palisade_dns_ingress(ctx: XdpContext) -> u32 {
 #[cgroup_skb]
 pub fn palisade_dns_egress(ctx: SkBuffContext) -> i32 {
     dns::egress::run(&ctx)
+}
+
+/// DNS binding, answer path: binds the addresses of DNS answers delivered to a cgroup in
+/// bind mode. Never drops.
+#[cgroup_skb]
+pub fn palisade_bind_answer(ctx: SkBuffContext) -> i32 {
+    dnsbind::answer::run(&ctx)
+}
+
+/// DNS binding, `connect()` of IPv4 sockets: refused (`EPERM`) unless the destination was
+/// resolved by the cgroup or is allowed explicitly.
+#[cgroup_sock_addr(connect4)]
+pub fn palisade_bind_connect4(ctx: SockAddrContext) -> i32 {
+    dnsbind::connect::run(&ctx, false)
+}
+
+/// DNS binding, `connect()` of IPv6 sockets (v4-mapped destinations included).
+#[cgroup_sock_addr(connect6)]
+pub fn palisade_bind_connect6(ctx: SockAddrContext) -> i32 {
+    dnsbind::connect::run(&ctx, true)
+}
+
+/// DNS binding, `sendmsg()` with a destination on unconnected IPv4 UDP sockets.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn palisade_bind_sendmsg4(ctx: SockAddrContext) -> i32 {
+    dnsbind::connect::run(&ctx, false)
+}
+
+/// DNS binding, `sendmsg()` with a destination on unconnected IPv6 UDP sockets.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn palisade_bind_sendmsg6(ctx: SockAddrContext) -> i32 {
+    dnsbind::connect::run(&ctx, true)
 }
 
 /// Connection tracking of packets arriving on the guarded interfaces; entered by tail call
@@ -185,6 +218,13 @@ pub fn palisade_floor_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn palisade_floor_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
+}
+
+/// The smallest cgroup_skb program: passes everything. The floor of the DNS binding
+/// benchmark's answer path.
+#[cgroup_skb]
+pub fn palisade_floor_skb(_ctx: SkBuffContext) -> i32 {
+    1
 }
 
 #[cfg(not(test))]

@@ -562,3 +562,38 @@ pub static INTEL_SCRATCH: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<CidrData>> =
 /// Intel counters (`palisade_common::intel::IS_*`), per CPU.
 #[map]
 pub static INTEL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(IS_COUNT, 0);
+
+// ---- DNS binding ----
+
+use palisade_common::dnsbind::{
+    BIND_CAPACITY, BIND_STATS_COUNT, BindConfig, BindKey, BindValue, MAX_BIND_ALLOW,
+};
+
+/// The `[dns.bind]` settings (one entry).
+#[map]
+pub static BIND_CONFIG: Array<BindConfig> = Array::with_max_entries(1, 0);
+
+/// What each cgroup in bind mode received in DNS answers, until when (LRU: when full, the
+/// least recently used binding goes and its address is refused until resolved again).
+#[map]
+pub static BIND_ADDRS: LruHashMap<BindKey, BindValue> =
+    LruHashMap::with_max_entries(BIND_CAPACITY, 0);
+
+/// Destinations allowed without a DNS answer (`[dns.bind] allow`, loopback): addresses as
+/// the bindings store them, IPv4 under `::ffff:0:0/96`.
+#[map]
+pub static BIND_ALLOW: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(MAX_BIND_ALLOW, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Binding counters (`palisade_common::dnsbind::STAT_*`), per CPU.
+#[map]
+pub static BIND_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(BIND_STATS_COUNT, 0);
+
+/// The answer walker's working space, one per CPU.
+#[map]
+pub static BIND_SCRATCH: PerCpuArray<crate::dnsbind::answer::Scratch> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Whether this CPU's [`BIND_SCRATCH`] is in use (claimed by compare-and-exchange).
+#[map]
+pub static BIND_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -549,6 +549,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     println!("{}", moved_line("tls", &c.tls, "nothing seen"));
     println!("{}", moved_line("dhcp", &c.dhcp, "nothing snooped"));
     println!("{}", moved_line("intel", &c.intel, "nothing matched"));
+    println!("{}", moved_line("dns bind", &c.bind, "nothing checked"));
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

@@ -564,6 +564,14 @@ impl Daemon {
                 attach::effective_cgroup(c).map_err(|e| format!("{e:#}"))?;
             }
         }
+        for c in policy.dns.bind.iter().flat_map(|b| &b.cgroups) {
+            if !attach::is_cgroup2(c) {
+                return Err(format!(
+                    "[dns.bind]: {} is not a cgroup v2 directory",
+                    c.display()
+                ));
+            }
+        }
         let generation = self.install(&policy).map_err(|e| format!("{e:#}"))?;
         match self.dp.sync_cgroups(&policy) {
             Ok(notes) => {

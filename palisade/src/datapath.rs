@@ -157,6 +157,8 @@ pub struct Datapath {
     pub ct_sizes: carry::Sizes,
     pub xdp: Vec<XdpAttachment>,
     pub cgroups: Vec<CgroupAttachment>,
+    /// The `[dns.bind]` programs' attachments.
+    bind: crate::dnsbind::Attachments,
 }
 
 fn unix_now() -> u64 {
@@ -255,6 +257,7 @@ impl Datapath {
             ct_sizes: opts.ct_sizes,
             xdp: Vec::new(),
             cgroups: Vec::new(),
+            bind: crate::dnsbind::Attachments::default(),
         })
     }
 
@@ -852,12 +855,20 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the egress attachments match `policy`: attaches to new cgroups, adopts pinned
-    /// links, detaches from cgroups the policy no longer names. Returns notes.
+    /// Makes the cgroup attachments match `policy` (`[dns.bind]`, then `[dns.egress]`):
+    /// attaches to new cgroups, adopts pinned egress links, detaches from cgroups the policy
+    /// no longer names. Returns notes.
     ///
     /// # Errors
     /// When a cgroup is missing or the kernel refuses.
     pub fn sync_cgroups(&mut self, policy: &Policy) -> Result<Vec<String>> {
+        let mut notes = self.bind.sync(&mut self.ebpf, policy.dns.bind.as_ref())?;
+        notes.extend(self.sync_egress_cgroups(policy)?);
+        Ok(notes)
+    }
+
+    /// The DNS egress part of [`Self::sync_cgroups`].
+    fn sync_egress_cgroups(&mut self, policy: &Policy) -> Result<Vec<String>> {
         let mut notes = Vec::new();
         let mut desired: Vec<PathBuf> = Vec::new();
         if let Some(egress) = &policy.dns.egress {

@@ -57,6 +57,9 @@ pub fn install_with(
 ) -> Result<Control> {
     // What the load balancer's tables cannot hold is refused before anything changes.
     crate::lb::fits(&crate::lb::view(&policy.lb, lb_live))?;
+    if let Some(b) = &policy.dns.bind {
+        crate::dnsbind::fits(b)?;
+    }
     let firewall = compile::compile(policy).context("compiling the firewall policy")?;
     let key = apply::hash_key(ebpf)?;
     let dns = dns::compile::compile(policy, &key, &dns::compile::Clock::now())
@@ -87,6 +90,7 @@ pub fn install_with(
     // VIP traffic in.
     crate::lb::install(ebpf, &policy.lb, lb_live)
         .context("installing the load balancer's tables")?;
+    crate::dnsbind::write_config(ebpf, policy.dns.bind.as_ref())?;
     Ok(control)
 }
 

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod dhcp;
 pub mod dns;
+pub mod dnsbind;
 pub mod events;
 pub mod firewall;
 pub mod guard;

@@ -215,6 +215,17 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             );
         }
     }
+    if s.counters.bind.iter().any(|n| n.value > 0) {
+        o.family(
+            "palisade_dns_bind_total",
+            "counter",
+            "DNS binding ([dns.bind]): connects and sends checked, passed as bound or allowed \
+             explicitly, refused; answers walked, malformed; addresses bound or skipped.",
+        );
+        for n in &s.counters.bind {
+            o.sample("palisade_dns_bind_total", &[("event", &n.name)], n.value);
+        }
+    }
     if s.counters.nat.iter().any(|n| n.value > 0) {
         o.family(
             "palisade_nat_total",
@@ -611,6 +622,10 @@ mod tests {
                     name: "ingress_hit_cidr".into(),
                     value: 3,
                 }],
+                bind: vec![Named {
+                    name: "connect_denied".into(),
+                    value: 9,
+                }],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -631,6 +646,7 @@ mod tests {
         assert!(t.contains("palisade_tls_total{event=\"server_held\"} 6\n"));
         assert!(t.contains("palisade_dhcp_total{event=\"rogue_dropped\"} 2\n"));
         assert!(t.contains("palisade_intel_total{direction=\"ingress\",event=\"hit_cidr\"} 3\n"));
+        assert!(t.contains("palisade_dns_bind_total{event=\"connect_denied\"} 9\n"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));

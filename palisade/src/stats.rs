@@ -104,6 +104,9 @@ pub struct Counters {
     /// `crate::intel::named_counters`).
     #[serde(default)]
     pub intel: Vec<Named>,
+    /// DNS binding's counters (`palisade_common::dnsbind::BIND_STAT_NAMES`).
+    #[serde(default)]
+    pub bind: Vec<Named>,
 }
 
 impl Counters {
@@ -159,6 +162,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         tls: crate::tls::named_counters(ebpf),
         dhcp: crate::dhcp::named_counters(ebpf),
         intel: crate::intel::named_counters(ebpf),
+        bind: crate::dnsbind::named_counters(ebpf),
     }
 }
 

@@ -594,6 +594,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
             rate_prefix: Default::default(),
+            bind: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,
@@ -856,6 +857,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
             rate_prefix: Default::default(),
+            bind: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,
@@ -1111,6 +1113,7 @@ fn fast_path_boundaries_decide_as_the_reference() {
             dns: Dns {
                 events: palisade::policy::model::DnsEvents::EVERY_QUERY,
                 rate_prefix: Default::default(),
+                bind: None,
                 ports: vec![53],
                 answers: AnswerBudget::UNLIMITED,
                 ingress: Some(scope.clone()),

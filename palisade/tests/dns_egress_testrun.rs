@@ -94,6 +94,7 @@ fn policy(
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            bind: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,

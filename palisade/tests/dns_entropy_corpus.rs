@@ -281,6 +281,7 @@ fn policy(bits: u32) -> Policy {
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            bind: None,
             ports: vec![53],
             ingress: Some(scope()),
             egress: None,

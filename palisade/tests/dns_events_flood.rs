@@ -85,6 +85,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            bind: None,
             ports: vec![53],
             ingress: Some(DnsScope {
                 mode: DnsMode::Blocklist,

@@ -138,7 +138,7 @@ const _: () = assert!(EGRESS_SLOTS.is_power_of_two());
 /// Claims a free scratch slot of this CPU: its busy flag goes from 0 to the slot's index
 /// plus one.
 #[inline(always)]
-fn claim_slot() -> Option<u32> {
+pub(crate) fn claim_slot() -> Option<u32> {
     let mut i = 0;
     while i < EGRESS_SLOTS {
         if let Some(flag) = DNS_EGRESS_BUSY.get_ptr_mut(i) {
@@ -161,7 +161,7 @@ fn claim_slot() -> Option<u32> {
 
 /// Frees a slot claimed by [`claim_slot`].
 #[inline(always)]
-fn release_slot(slot: u32) {
+pub(crate) fn release_slot(slot: u32) {
     if let Some(flag) = DNS_EGRESS_BUSY.get_ptr_mut(slot.wrapping_sub(SLOT_EGRESS)) {
         // SAFETY: as in `claim_slot`.
         unsafe { atomic::exchange(flag, 0) };

@@ -157,6 +157,9 @@ pub fn inspect(req: &Request, out: &mut Decision) -> bool {
     true
 }
 
+/// Flag in `palisade_dns_inspect`'s `total`: the message holds a name taken from an answer.
+pub const NOT_A_QUERY: u32 = 1 << 30;
+
 /// The inspector as a global BPF function: the verifier checks it once, on its own, instead
 /// of at every call site with the caller's state. A hook inspects every message of a TCP
 /// segment by calling it in a loop; as a static function that multiplied the verifier's work
@@ -185,7 +188,9 @@ pub extern "C" fn palisade_dns_inspect(
         total_len: (total & 0xffff) as usize,
         whole: total >> 31 != 0,
     };
-    let Some(d) = inspect_inner(cfg, &req) else {
+    // Bit 30: a name from an answer (`dnsbind::check`), checked against the lists only; it
+    // is no query, so it spends no query-rate token.
+    let Some(d) = inspect_inner(cfg, &req, total & NOT_A_QUERY == 0) else {
         return 0;
     };
     let Some(s) = DNS_SCRATCH.get_ptr_mut(slot) else {
@@ -197,7 +202,7 @@ pub extern "C" fn palisade_dns_inspect(
 }
 
 #[inline(always)]
-fn inspect_inner(cfg: &ScopeConfig, req: &Request) -> Option<Decision> {
+fn inspect_inner(cfg: &ScopeConfig, req: &Request, query: bool) -> Option<Decision> {
     let (slot, scope, generation, msg_len) = (req.slot, req.scope, req.generation, req.msg_len);
     let block_malformed = cfg.flags & SCOPE_BLOCK_MALFORMED != 0;
     // Left in the map, not copied: the inspector's frame is stacked on the hooks'.
@@ -207,7 +212,7 @@ fn inspect_inner(cfg: &ScopeConfig, req: &Request) -> Option<Decision> {
     let s = unsafe { &mut *scratch };
     // The rate limit comes before any parsing: a flood of unparsable queries spends the
     // client's tokens like any other.
-    if cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.rate_key) {
+    if query && cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.rate_key) {
         let mut d = Decision::malformed(true);
         d.reason = reason::DNS_RATE;
         return Some(d);

@@ -537,6 +537,7 @@ mod tests {
             sets: vec![],
             dns: Dns {
                 rate_prefix: Default::default(),
+                bind: None,
                 ports: vec![53],
                 ingress: Some(scope),
                 egress: None,

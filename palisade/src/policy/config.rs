@@ -400,6 +400,7 @@ use super::namelist::{parse_list_bytes, parse_name};
 
 mod dhcp;
 mod intel;
+mod dnsbind;
 mod lb;
 mod nat;
 mod scrub;
@@ -869,6 +870,7 @@ const DNS_KEYS: &[&str] = &[
     "event_sample",
     "rate_prefix_v4",
     "rate_prefix_v6",
+    "bind",
 ];
 const INGRESS_KEYS: &[&str] = &[
     "mode",
@@ -2083,6 +2085,7 @@ impl Checker<'_> {
                 .map_or(128, |v| v as u8);
         }
         dns.rate_prefix = self.source_prefix(view);
+        dns.bind = view.get("bind").and_then(|n| self.dns_bind(n));
         if let Some(rate) = view
             .get("event_rate")
             .and_then(|n| self.rate_field(n, "event_rate", 0, "[dns]", " (0 never aggregates)"))
@@ -3945,6 +3948,7 @@ tcp_flags = "syn"
             policy.dns,
             Dns {
                 rate_prefix: Default::default(),
+                bind: None,
                 events: crate::policy::model::DnsEvents::default(),
                 ports: vec![53],
                 ingress: Some(scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![])),

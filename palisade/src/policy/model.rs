@@ -484,6 +484,8 @@ pub struct Dns {
     pub events: DnsEvents,
     /// How ingress clients are grouped under one query rate bucket.
     pub rate_prefix: SourcePrefix,
+    /// Cgroups in bind mode (`[dns.bind]`): they connect only to what they resolved.
+    pub bind: Option<crate::dnsbind::DnsBind>,
 }
 
 /// The NXDOMAIN answer budget: a token bucket per client prefix, like response-rate

@@ -304,6 +304,7 @@ fn policy(kind: PolicyKind, set: Option<&NameSet>) -> Policy {
     };
     p.dns = Dns {
         rate_prefix: Default::default(),
+        bind: None,
         events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
         answers: AnswerBudget::UNLIMITED,

@@ -301,6 +301,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            bind: None,
             ports: vec![53],
             ingress: Some(DnsScope {
                 mode: DnsMode::Blocklist,

@@ -7,6 +7,7 @@
 //! program, the time to compile and install each policy and the memory its maps take. See
 //! `bench/README.md` for the method and how to read the results.
 
+mod bind;
 mod conntrack;
 mod dhcp;
 mod dns;
@@ -81,7 +82,8 @@ use clap::Parser;
         palisade-bench --lb                 load balancer: an established flow's cost in test runs, and on live frames against nftables DNAT\n  \
         palisade-bench --tls                TLS: reading a ClientHello, its JA4 and the decision, per handshake\n  \
         palisade-bench --dhcp               DHCP snooping: the kernel's cost per packet with and without [dhcp], the daemon's per record\n  \
-        palisade-bench --intel              threat intelligence: loading 10M addresses, 1M CIDRs, 1M domains; match cost at that size"
+        palisade-bench --intel              threat intelligence: loading 10M addresses, 1M CIDRs, 1M domains; match cost at that size\n  \
+        palisade-bench --bind               DNS binding: the answer walk per answer and the connect() check per call"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -232,6 +234,11 @@ struct Args {
     /// intel suite: domains [default: 1000000; 10000 with --quick].
     #[arg(long, value_name = "N")]
     intel_domains: Option<usize>,
+    /// Run the DNS binding suite instead: what walking a DNS answer costs (against a
+    /// cgroup_skb program that only passes) and what the connect() check adds to a UDP
+    /// connect() (against a cgroup without the programs).
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield", "tls"])]
+    bind: bool,
     /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
     /// --quick].
     #[arg(long, value_name = "S")]
@@ -492,6 +499,16 @@ fn run(args: &Args) -> Result<ExitCode> {
         let stem = report.write(&s.out)?;
         println!("{}", report.terminal());
         println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.bind {
+        let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1);
+        let report = bind::run(rounds, if args.quick { 20_000 } else { 200_000 })?;
+        println!("{report}");
+        std::fs::create_dir_all(&s.out)?;
+        let path = s.out.join(format!("bind-{}.md", s.mode));
+        std::fs::write(&path, format!("`{command}`\n\n{report}"))?;
+        println!("wrote {}", path.display());
         return Ok(ExitCode::SUCCESS);
     }
     if args.dns_events {

@@ -62,6 +62,12 @@ impl Unbound {
     /// Starts unbound in namespace `ns` (of any topology), listening on `addrs`, and waits
     /// until it serves.
     pub fn start_in(ns: &str, addrs: &[&str]) -> Self {
+        Self::start_with(ns, addrs, &[])
+    }
+
+    /// [`Self::start_in`], serving `extra` records (`"name. TTL IN TYPE data"`, as unbound's
+    /// `local-data` takes them) besides the test zone.
+    pub fn start_with(ns: &str, addrs: &[&str], extra: &[String]) -> Self {
         let dir = TempDir::new("unbound");
         let d = dir.path().display().to_string();
         let mut conf = String::from("server:\n");
@@ -96,6 +102,9 @@ impl Unbound {
         );
         for (name, qtype, data) in ZONE {
             conf += &format!("    local-data: \"{name} 60 IN {qtype} {data}\"\n");
+        }
+        for rr in extra {
+            conf += &format!("    local-data: \"{rr}\"\n");
         }
         conf += "remote-control:\n    control-enable: no\n";
         let conf_path = dir.write("unbound.conf", &conf);

@@ -421,6 +421,7 @@ pub fn policy(list: &[String], action: DnsAction) -> Result<Policy> {
     let mut p = workload::empty_policy();
     p.dns = Dns {
         rate_prefix: Default::default(),
+        bind: None,
         events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
         answers: AnswerBudget::UNLIMITED,

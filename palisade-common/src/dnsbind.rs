@@ -1,0 +1,545 @@
+//! DNS binding: a cgroup in bind mode may connect only to addresses it received in a DNS
+//! answer (within the answer's TTL plus a grace period), or to addresses allowed explicitly.
+//!
+//! This module holds the map layouts shared by the kernel programs and userspace, and the
+//! answer walker: a state machine that advances one name label or one fixed record part per
+//! [`step`], so the kernel can run it inside `bpf_loop` (verified once) and userspace runs
+//! the very same code as its reference.
+
+use crate::map_type;
+
+/// Bytes of a DNS answer the kernel copies and walks. Records past them are not seen: their
+/// addresses are not bound (fail closed: connecting to them is refused).
+pub const ANSWER_BUF: usize = 1024;
+const MASK: usize = ANSWER_BUF - 1;
+const _: () = assert!(ANSWER_BUF.is_power_of_two());
+
+/// Answer records walked per answer; an answer with more has the rest ignored (not bound).
+pub const MAX_ANSWER_RECORDS: u16 = 64;
+/// Addresses bound per answer; more are ignored (not bound).
+pub const MAX_BOUND_PER_ANSWER: usize = 16;
+const _: () = assert!(MAX_BOUND_PER_ANSWER.is_power_of_two());
+/// Steps of the walk (one label or one fixed part each). A message of [`ANSWER_BUF`] bytes
+/// has fewer: every label step consumes at least 2 bytes, every fixed part 4 or 10.
+pub const MAX_WALK_STEPS: u32 = 640;
+
+/// CNAME records an answer may hold (a chain of this many hops); more and the answer is
+/// refused (reason `dns-answer-chain`) when answers are checked.
+pub const MAX_CNAME_HOPS: u32 = 8;
+/// Distinct names an answer may hold (question, owners, CNAME targets) for the answer
+/// check; more and the answer is refused (`dns-answer-chain`) when answers are checked.
+pub const MAX_CHECKED_NAMES: usize = 16;
+const _: () = assert!(MAX_CHECKED_NAMES.is_power_of_two());
+/// [`AnswerWalk::flags`]: more than [`MAX_CNAME_HOPS`] CNAME records.
+pub const WALK_CHAIN_TOO_LONG: u32 = 1;
+/// [`AnswerWalk::flags`]: more than [`MAX_CHECKED_NAMES`] distinct names.
+pub const WALK_TOO_MANY_NAMES: u32 = 2;
+
+/// Capacity of the bindings map (`BIND_ADDRS`, LRU). When full, the least recently used
+/// binding is evicted: its address is refused until it is resolved again (fail closed).
+pub const BIND_CAPACITY: u32 = 262_144;
+/// Capacity of the explicit allow list (`BIND_ALLOW`, an LPM trie), loopback included.
+pub const MAX_BIND_ALLOW: u32 = 4_096;
+/// The longest TTL honoured (seven days); longer ones are cut to it.
+pub const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
+/// The largest grace period accepted (one hour).
+pub const MAX_GRACE_SECS: u32 = 3600;
+
+/// One binding: this cgroup received this address (IPv4 as `::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BindKey {
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
+}
+map_type!(BindKey, 24);
+
+/// When a binding expires: the answer's TTL plus the grace period, `bpf_ktime_get_boot_ns`
+/// clock (it counts suspended time, as TTLs do).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindValue {
+    pub expires_ns: u64,
+}
+map_type!(BindValue, 8);
+
+/// `BindConfig::enabled`: the policy has a `[dns.bind]` section.
+pub const BIND_ON: u32 = 1;
+
+/// The bind settings (`BIND_CONFIG`, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindConfig {
+    /// Added to every answer's TTL.
+    pub grace_ns: u64,
+    pub enabled: u32,
+    pub _pad: u32,
+}
+map_type!(BindConfig, 16);
+
+/// Counters (`BIND_STATS`, per CPU).
+pub const STAT_CONNECT_CHECKED: u32 = 0;
+pub const STAT_CONNECT_BOUND: u32 = 1;
+pub const STAT_CONNECT_EXPLICIT: u32 = 2;
+pub const STAT_CONNECT_DENIED: u32 = 3;
+pub const STAT_ANSWERS: u32 = 4;
+pub const STAT_ANSWERS_MALFORMED: u32 = 5;
+pub const STAT_ADDRS_BOUND: u32 = 6;
+/// Addresses past [`MAX_BOUND_PER_ANSWER`], or whose binding could not be written.
+pub const STAT_ADDRS_SKIPPED: u32 = 7;
+/// Answers not walked because the CPU's scratch was in use, or a map did not answer.
+pub const STAT_INTERNAL: u32 = 8;
+/// Answers dropped by the answer check (a blocked name, a chain too long).
+pub const STAT_ANSWERS_REFUSED: u32 = 9;
+pub const BIND_STATS_COUNT: u32 = 10;
+/// Names of the counters, by index.
+pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
+    "connect_checked",
+    "connect_bound",
+    "connect_explicit",
+    "connect_denied",
+    "answers",
+    "answers_malformed",
+    "addrs_bound",
+    "addrs_skipped",
+    "internal",
+    "answers_refused",
+];
+
+/// Walk phases.
+const Q_NAME: u32 = 0;
+const Q_TAIL: u32 = 1;
+const R_NAME: u32 = 2;
+const R_FIXED: u32 = 3;
+// The name phases advance to the part after them by one.
+const _: () = assert!(Q_TAIL == Q_NAME + 1 && R_FIXED == R_NAME + 1);
+
+/// [`step`] results.
+pub const WALK_MORE: u32 = 0;
+/// Every answer record was walked and the message is consistent.
+pub const WALK_DONE: u32 = 1;
+/// The message cannot be read as an answer: nothing of it is bound.
+pub const WALK_MALFORMED: u32 = 2;
+
+/// An address found in an answer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    pub addr: [u8; 16],
+    pub ttl: u32,
+    pub _pad: u32,
+}
+map_type!(Found, 24);
+
+/// The walk's state, kept in the per-CPU scratch in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnswerWalk {
+    /// Bytes of the message in the buffer (at most [`ANSWER_BUF`]).
+    pub len: u32,
+    pub off: u32,
+    pub phase: u32,
+    /// [`WALK_MORE`], [`WALK_DONE`] or [`WALK_MALFORMED`].
+    pub state: u32,
+    pub records: u32,
+    /// Addresses in `found`.
+    pub found_len: u32,
+    /// Addresses seen beyond `found`.
+    pub skipped: u32,
+    pub steps: u32,
+    pub found: [Found; MAX_BOUND_PER_ANSWER],
+    /// Where the current record's owner name starts.
+    pub name_at: u32,
+    /// CNAME records seen.
+    pub cnames: u32,
+    /// `WALK_CHAIN_TOO_LONG`, `WALK_TOO_MANY_NAMES`.
+    pub flags: u32,
+    /// Names in `names`.
+    pub names_len: u32,
+    /// The question's type.
+    pub qtype: u32,
+    pub _pad: u32,
+    /// Where each distinct name starts in the message (a name that is only a compression
+    /// pointer is recorded as the name it points to): the question, every owner, every
+    /// CNAME target.
+    pub names: [u16; MAX_CHECKED_NAMES],
+}
+map_type!(
+    AnswerWalk,
+    32 + 24 * MAX_BOUND_PER_ANSWER + 24 + 2 * MAX_CHECKED_NAMES
+);
+
+/// Records the name at `at` for the answer check, once.
+#[inline(always)]
+fn note_name(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF], at: usize) {
+    let b = byte(msg, at);
+    let at = if b & 0xc0 == 0xc0 {
+        (usize::from(b & 0x3f) << 8) | usize::from(byte(msg, at + 1))
+    } else {
+        at
+    };
+    let mut i = 0;
+    while i < MAX_CHECKED_NAMES {
+        if i >= w.names_len as usize {
+            break;
+        }
+        if usize::from(w.names[i]) == at {
+            return;
+        }
+        i += 1;
+    }
+    if (w.names_len as usize) < MAX_CHECKED_NAMES {
+        // Read again (volatile) and masked: the compiler would otherwise reuse the search
+        // loop's bound as the index, which the verifier cannot bound.
+        // SAFETY: a plain read of a field.
+        let n = unsafe { core::ptr::read_volatile(&raw const w.names_len) } as usize;
+        w.names[n & (MAX_CHECKED_NAMES - 1)] = at as u16;
+        w.names_len += 1;
+    } else {
+        w.flags |= WALK_TOO_MANY_NAMES;
+    }
+}
+
+#[inline(always)]
+fn byte(msg: &[u8; ANSWER_BUF], at: usize) -> u8 {
+    msg[at & MASK]
+}
+
+#[inline(always)]
+fn be16(msg: &[u8; ANSWER_BUF], at: usize) -> u16 {
+    u16::from_be_bytes([byte(msg, at), byte(msg, at + 1)])
+}
+
+/// Starts a walk of the `len` bytes of `msg` (a UDP payload from a DNS server). Answers
+/// that are not responses to a standard query with one question are malformed; answers
+/// with an error code, or without records, are done with nothing found.
+#[inline(always)]
+pub fn begin(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF], len: usize) {
+    w.len = len.min(ANSWER_BUF) as u32;
+    w.off = 12;
+    w.phase = Q_NAME;
+    w.found_len = 0;
+    w.skipped = 0;
+    w.steps = 0;
+    w.state = WALK_MORE;
+    w.cnames = 0;
+    w.flags = 0;
+    w.names_len = 1;
+    w.names[0] = 12;
+    w.qtype = 0;
+    if len < 12 {
+        w.state = WALK_MALFORMED;
+        return;
+    }
+    let flags = be16(msg, 2);
+    let qdcount = be16(msg, 4);
+    let ancount = be16(msg, 6);
+    // QR set, opcode QUERY, exactly one question.
+    if flags & 0x8000 == 0 || flags & 0x7800 != 0 || qdcount != 1 {
+        w.state = WALK_MALFORMED;
+        return;
+    }
+    w.records = u32::from(ancount.min(MAX_ANSWER_RECORDS));
+    if flags & 0x000f != 0 || ancount == 0 {
+        w.state = WALK_DONE;
+    }
+}
+
+/// Advances the walk by one label or one fixed part; returns its state.
+#[inline(always)]
+pub fn step(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF]) -> u32 {
+    if w.state != WALK_MORE {
+        return w.state;
+    }
+    w.steps += 1;
+    if w.steps > MAX_WALK_STEPS {
+        w.state = WALK_MALFORMED;
+        return w.state;
+    }
+    let len = w.len as usize;
+    let off = w.off as usize;
+    match w.phase {
+        Q_NAME | R_NAME => {
+            if off >= len {
+                w.state = WALK_MALFORMED;
+                return w.state;
+            }
+            let b = byte(msg, off);
+            if b == 0 {
+                w.off += 1;
+                w.phase += 1;
+            } else if b & 0xc0 == 0xc0 {
+                // A compression pointer ends the name where it stands; where it points is
+                // not needed to find the record's end. It must point backward, past the
+                // header, as every resolver's own pointers do: a forward or self pointer is
+                // malformed.
+                let target = (usize::from(b & 0x3f) << 8) | usize::from(byte(msg, off + 1));
+                if off + 2 > len || target < 12 || target >= off {
+                    w.state = WALK_MALFORMED;
+                } else {
+                    w.off += 2;
+                    w.phase += 1;
+                }
+            } else if b & 0xc0 != 0 {
+                // Reserved label types.
+                w.state = WALK_MALFORMED;
+            } else {
+                w.off += 1 + u32::from(b);
+            }
+        }
+        Q_TAIL => {
+            if off + 4 > len {
+                w.state = WALK_MALFORMED;
+            } else {
+                w.qtype = u32::from(be16(msg, off));
+                w.off += 4;
+                w.phase = R_NAME;
+                w.name_at = w.off;
+            }
+        }
+        _ => {
+            if off + 10 > len {
+                w.state = WALK_MALFORMED;
+                return w.state;
+            }
+            let rtype = be16(msg, off);
+            let class = be16(msg, off + 2);
+            let ttl = (u32::from(be16(msg, off + 4)) << 16) | u32::from(be16(msg, off + 6));
+            let rdlen = usize::from(be16(msg, off + 8));
+            let rdata = off + 10;
+            if rdata + rdlen > len {
+                // A record cut by the end of what was copied (or of the message).
+                w.state = WALK_MALFORMED;
+                return w.state;
+            }
+            let v4 = rtype == 1 && rdlen == 4;
+            let v6 = rtype == 28 && rdlen == 16;
+            let cname = rtype == 5 && class == 1;
+            if cname || (class == 1 && (v4 || v6)) {
+                note_name(w, msg, w.name_at as usize);
+            }
+            if cname {
+                w.cnames += 1;
+                if w.cnames > MAX_CNAME_HOPS {
+                    w.flags |= WALK_CHAIN_TOO_LONG;
+                }
+                if rdlen >= 1 {
+                    note_name(w, msg, rdata);
+                }
+            }
+            if class == 1 && (v4 || v6) {
+                if (w.found_len as usize) < MAX_BOUND_PER_ANSWER {
+                    let f = &mut w.found[w.found_len as usize & (MAX_BOUND_PER_ANSWER - 1)];
+                    f.ttl = ttl.min(MAX_TTL_SECS);
+                    if v4 {
+                        f.addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+                        let mut i = 0;
+                        while i < 4 {
+                            f.addr[12 + i] = byte(msg, rdata + i);
+                            i += 1;
+                        }
+                    } else {
+                        let mut i = 0;
+                        while i < 16 {
+                            f.addr[i] = byte(msg, rdata + i);
+                            i += 1;
+                        }
+                    }
+                    w.found_len += 1;
+                } else {
+                    w.skipped += 1;
+                }
+            }
+            w.off = (rdata + rdlen) as u32;
+            w.records = w.records.saturating_sub(1);
+            if w.records == 0 {
+                w.state = WALK_DONE;
+            } else {
+                w.phase = R_NAME;
+                w.name_at = w.off;
+            }
+        }
+    }
+    w.state
+}
+
+/// Walks a whole answer (the userspace reference; the kernel runs [`step`] in `bpf_loop`).
+#[must_use]
+pub fn walk(msg: &[u8; ANSWER_BUF], len: usize) -> AnswerWalk {
+    let mut w = AnswerWalk::default();
+    begin(&mut w, msg, len);
+    let mut i = 0;
+    while i <= MAX_WALK_STEPS && step(&mut w, msg) == WALK_MORE {
+        i += 1;
+    }
+    w
+}
+
+/// An IPv4 address as the bindings store it (`::ffff:a.b.c.d`).
+#[must_use]
+pub const fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern crate std;
+    use std::vec::Vec;
+
+    fn name(out: &mut Vec<u8>, n: &str) {
+        for l in n.split('.') {
+            out.push(l.len() as u8);
+            out.extend_from_slice(l.as_bytes());
+        }
+        out.push(0);
+    }
+
+    fn answer(records: &[(u16, &[u8], u32)]) -> Vec<u8> {
+        let mut m = vec_header(records.len() as u16);
+        name(&mut m, "example.test");
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        for (t, data, ttl) in records {
+            m.extend_from_slice(&[0xc0, 12]);
+            m.extend_from_slice(&t.to_be_bytes());
+            m.extend_from_slice(&[0, 1]);
+            m.extend_from_slice(&ttl.to_be_bytes());
+            m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            m.extend_from_slice(data);
+        }
+        m
+    }
+
+    fn vec_header(an: u16) -> Vec<u8> {
+        let mut m = std::vec![0x12, 0x34, 0x81, 0x80, 0, 1];
+        m.extend_from_slice(&an.to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        m
+    }
+
+    fn run(m: &[u8]) -> AnswerWalk {
+        let mut buf = [0u8; ANSWER_BUF];
+        let n = m.len().min(ANSWER_BUF);
+        buf[..n].copy_from_slice(&m[..n]);
+        walk(&buf, m.len())
+    }
+
+    #[test]
+    fn finds_a_and_aaaa() {
+        let v6 = [0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        let w = run(&answer(&[
+            (1, &[10, 0, 0, 7], 300),
+            (28, &v6, 60),
+            (16, b"\x03abc", 1),
+        ]));
+        assert_eq!(w.state, WALK_DONE);
+        assert_eq!(w.found_len, 2);
+        assert_eq!(w.found[0].addr, mapped_v4([10, 0, 0, 7]));
+        assert_eq!(w.found[0].ttl, 300);
+        assert_eq!(w.found[1].addr, v6);
+        assert_eq!(w.found[1].ttl, 60);
+    }
+
+    #[test]
+    fn truncated_record_is_malformed() {
+        let m = answer(&[(1, &[10, 0, 0, 7], 300)]);
+        for cut in 12..m.len() {
+            assert_eq!(run(&m[..cut]).state, WALK_MALFORMED, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn queries_and_errors_bind_nothing() {
+        let mut m = answer(&[(1, &[10, 0, 0, 7], 300)]);
+        m[2] = 0x01;
+        assert_eq!(run(&m).state, WALK_MALFORMED);
+        let mut m = answer(&[(1, &[10, 0, 0, 7], 300)]);
+        m[3] = 0x83;
+        let w = run(&m);
+        assert_eq!((w.state, w.found_len), (WALK_DONE, 0));
+    }
+
+    #[test]
+    fn more_addresses_than_bound_are_counted() {
+        let recs: Vec<(u16, &[u8], u32)> =
+            (0..20).map(|_| (1u16, &[1u8, 2, 3, 4][..], 5)).collect();
+        let w = run(&answer(&recs));
+        assert_eq!(w.state, WALK_DONE);
+        assert_eq!(w.found_len as usize, MAX_BOUND_PER_ANSWER);
+        assert_eq!(w.skipped, 4);
+    }
+
+    #[test]
+    fn forward_and_self_pointers_are_malformed() {
+        let base = answer(&[(1, &[10, 0, 0, 7], 300)]);
+        // The record's owner name is the pointer at offset 30.
+        let at = 12 + 14 + 4;
+        assert_eq!(&base[at..at + 2], &[0xc0, 12]);
+        for target in [at as u8, at as u8 + 1, 200, 0, 11] {
+            let mut m = base.clone();
+            m[at + 1] = target;
+            assert_eq!(run(&m).state, WALK_MALFORMED, "pointer to {target}");
+        }
+    }
+
+    #[test]
+    fn names_to_check_are_recorded_once() {
+        // Question at 12; a CNAME owned by it (pointer to 12) pointing to a new name; an A
+        // owned by a pointer to that target.
+        let mut m = vec_header(2);
+        name(&mut m, "www.example.test");
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        m.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60]);
+        let mut target = Vec::new();
+        name(&mut target, "edge.cdn.test");
+        m.extend_from_slice(&(target.len() as u16).to_be_bytes());
+        let target_at = m.len();
+        m.extend_from_slice(&target);
+        m.extend_from_slice(&[
+            0xc0,
+            target_at as u8,
+            0,
+            1,
+            0,
+            1,
+            0,
+            0,
+            0,
+            60,
+            0,
+            4,
+            1,
+            2,
+            3,
+            4,
+        ]);
+        let w = run(&m);
+        assert_eq!(w.state, WALK_DONE);
+        assert_eq!(w.qtype, 1);
+        assert_eq!(w.cnames, 1);
+        assert_eq!(w.flags, 0);
+        assert_eq!(&w.names[..w.names_len as usize], &[12, target_at as u16]);
+    }
+
+    #[test]
+    fn long_chains_are_flagged() {
+        let mut recs: Vec<(u16, &[u8], u32)> = Vec::new();
+        for _ in 0..=MAX_CNAME_HOPS {
+            recs.push((5, &[0xc0, 12], 5));
+        }
+        let w = run(&answer(&recs));
+        assert_eq!(w.state, WALK_DONE);
+        assert_eq!(w.flags & WALK_CHAIN_TOO_LONG, WALK_CHAIN_TOO_LONG);
+        let w = run(&answer(&recs[..MAX_CNAME_HOPS as usize]));
+        assert_eq!(w.flags, 0);
+    }
+
+    #[test]
+    fn ttl_is_capped() {
+        let w = run(&answer(&[(1, &[1, 2, 3, 4], u32::MAX)]));
+        assert_eq!(w.found[0].ttl, MAX_TTL_SECS);
+    }
+}

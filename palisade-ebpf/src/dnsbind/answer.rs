@@ -1,0 +1,226 @@
+//! The answer path (cgroup_skb ingress): every UDP datagram from port 53 delivered to a
+//! socket of a cgroup in bind mode is walked as a DNS answer, and each A/AAAA record of an
+//! answer that reads to its end binds its address to the socket's cgroup until the record's
+//! TTL plus the grace period has passed.
+//!
+//! An answer it cannot read (malformed, cut, scratch in use) passes and binds nothing,
+//! which is fail closed for the connects that would have needed it. Under a `[dns.egress]`
+//! blocklist every name of an answer is checked first ([`super::check`]); an answer with a
+//! blocked name, or a chain too long to check, is dropped. Only the first
+//! [`ANSWER_BUF`] bytes are walked; records after them are not bound. Answers over TCP are
+//! not walked (not bound).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_loop, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    },
+    programs::SkBuffContext,
+};
+use palisade_common::{
+    dnsbind::{
+        self, ANSWER_BUF, AnswerWalk, BIND_ON, BindKey, BindValue, MAX_BOUND_PER_ANSWER,
+        MAX_WALK_STEPS, STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED,
+        STAT_ANSWERS_REFUSED, STAT_INTERNAL, WALK_DONE, WALK_MORE,
+    },
+    packet::{self, Bytes as _, FRAG_NONE, Frame, IPPROTO_UDP, Packet},
+    reason,
+};
+
+use super::{add, check, count};
+
+use crate::{
+    atomic,
+    bytes::SkbBytes,
+    maps::{BIND_ADDRS, BIND_BUSY, BIND_CONFIG, BIND_SCRATCH, REASON_STATS, bump},
+};
+
+/// The walker's per-CPU working space.
+#[repr(C)]
+pub struct Scratch {
+    pub msg: [u8; ANSWER_BUF],
+    pub walk: AnswerWalk,
+    pub packet: Packet,
+    pub expand: super::check::Expand,
+}
+
+/// The port answers come from.
+const DNS_PORT: u16 = 53;
+/// cgroup_skb verdicts.
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+#[inline(always)]
+pub fn run(ctx: &SkBuffContext) -> i32 {
+    let Some(cfg) = BIND_CONFIG.get(0) else {
+        count(STAT_INTERNAL);
+        return PASS;
+    };
+    if cfg.enabled != BIND_ON {
+        return PASS;
+    }
+    let Some(busy) = BIND_BUSY.get_ptr_mut(0) else {
+        count(STAT_INTERNAL);
+        return PASS;
+    };
+    // A run preempted (threaded softirqs) or interrupted on this CPU keeps the scratch; the
+    // other binds nothing.
+    // SAFETY: an aligned u64 in a map value.
+    if !unsafe { atomic::compare_exchange(busy, 0, 1) } {
+        count(STAT_INTERNAL);
+        return PASS;
+    }
+    let verdict = walk_packet(ctx, cfg.grace_ns);
+    // SAFETY: as above.
+    unsafe { atomic::exchange(busy, 0) };
+    verdict
+}
+
+/// Parses the packet into the scratch. Not inlined: its temporaries get their own frame.
+#[inline(never)]
+fn parse_into(ctx: &SkBuffContext, out: &mut Packet) -> bool {
+    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
+    match packet::parse_l3(&SkbBytes(ctx), ethertype) {
+        Ok(Frame::Ip(p)) => {
+            *out = p;
+            true
+        }
+        _ => false,
+    }
+}
+
+#[inline(never)]
+fn walk_packet(ctx: &SkBuffContext, grace_ns: u64) -> i32 {
+    let Some(s) = BIND_SCRATCH.get_ptr_mut(0) else {
+        count(STAT_INTERNAL);
+        return PASS;
+    };
+    // SAFETY: this CPU's scratch, claimed above.
+    let s = unsafe { &mut *s };
+    if !parse_into(ctx, &mut s.packet) {
+        return PASS;
+    }
+    let p = &s.packet;
+    if p.proto != IPPROTO_UDP || p.sport != DNS_PORT || p.frag != FRAG_NONE {
+        return PASS;
+    }
+    count(STAT_ANSWERS);
+    let l4 = usize::from(p.l4_offset);
+    let msg_off = l4 + 8;
+    // The message is what UDP's length says: the socket layer trims what follows it, and
+    // refuses a datagram whose length claims more than the IP packet holds.
+    let udp_len = match SkbBytes(ctx).load::<2>(l4 + 4) {
+        Some(b) => usize::from(u16::from_be_bytes(b)),
+        None => 0,
+    };
+    if udp_len < 8 || udp_len > usize::from(p.l4_len) {
+        count(STAT_ANSWERS_MALFORMED);
+        return PASS;
+    }
+    let msg_len = udp_len - 8;
+    let avail = (ctx.len() as usize).saturating_sub(msg_off).min(msg_len);
+    let copied = avail.min(ANSWER_BUF);
+    if copied < 12 {
+        count(STAT_ANSWERS_MALFORMED);
+        return PASS;
+    }
+    // `(n - 1) % ANSWER_BUF + 1` keeps n in 1..=ANSWER_BUF in a form the verifier follows.
+    let n = ((copied - 1) & (ANSWER_BUF - 1)) + 1;
+    // SAFETY: the destination is the scratch's buffer of ANSWER_BUF bytes.
+    let r = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            msg_off as u32,
+            s.msg.as_mut_ptr().cast(),
+            n as u32,
+        )
+    };
+    if r != 0 {
+        count(STAT_INTERNAL);
+        return PASS;
+    }
+    // A message longer than the buffer is walked as far as the buffer goes: a record cut
+    // there makes the walk malformed, so a long answer binds nothing rather than a part
+    // (the walker sees `len` = what was copied).
+    dnsbind::begin(&mut s.walk, &s.msg, n);
+    // SAFETY: the callback's signature is the one bpf_loop expects; it finds its state in
+    // the scratch.
+    unsafe {
+        bpf_loop(
+            MAX_WALK_STEPS + 1,
+            walk_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if s.walk.state != WALK_DONE {
+        count(STAT_ANSWERS_MALFORMED);
+        return PASS;
+    }
+    // SAFETY: the context pointer is the program's own skb.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    let why = check::names(cgroup_id);
+    if why != reason::PASS {
+        count(STAT_ANSWERS_REFUSED);
+        bump(&REASON_STATS, why);
+        return DROP;
+    }
+    bind_found(cgroup_id, grace_ns);
+    PASS
+}
+
+/// One step of the walk (`bpf_loop` callback): 0 to go on, 1 to stop.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = BIND_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch, claimed by the caller.
+    let s = unsafe { &mut *s };
+    i64::from(dnsbind::step(&mut s.walk, &s.msg) != WALK_MORE)
+}
+
+/// Writes a binding for every address the walk found.
+#[inline(never)]
+fn bind_found(cgroup_id: u64, grace_ns: u64) {
+    let Some(s) = BIND_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch, claimed by the caller.
+    let w = unsafe { &(*s).walk };
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let mut i = 0;
+    while i < MAX_BOUND_PER_ANSWER {
+        if i >= w.found_len as usize {
+            break;
+        }
+        let f = &w.found[i];
+        let key = BindKey {
+            cgroup_id,
+            addr: f.addr,
+        };
+        let expires_ns = now
+            .wrapping_add(u64::from(f.ttl).wrapping_mul(1_000_000_000))
+            .wrapping_add(grace_ns);
+        // A shorter TTL in a later answer does not cut an earlier, longer binding short.
+        // SAFETY: the value is only read.
+        let keep = unsafe { BIND_ADDRS.get(&key) }.is_some_and(|v| v.expires_ns >= expires_ns);
+        if keep
+            || BIND_ADDRS
+                .insert(&key, &BindValue { expires_ns }, 0)
+                .is_ok()
+        {
+            count(STAT_ADDRS_BOUND);
+        } else {
+            count(STAT_ADDRS_SKIPPED);
+        }
+        i += 1;
+    }
+    if w.skipped != 0 {
+        add(STAT_ADDRS_SKIPPED, u64::from(w.skipped));
+    }
+}

@@ -1,0 +1,275 @@
+//! DNS binding (`[dns.bind]`): the policy section, the map writer, the attachments of the
+//! kernel programs to the cgroups in bind mode, and the counters.
+//!
+//! Kernel side: `palisade-ebpf/src/dnsbind/` (answer path and connect path); shared layout
+//! and the answer walker: `palisade_common::dnsbind`. See `docs/design/dns.md`, "Binding".
+
+use std::{fs, path::PathBuf};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
+};
+use palisade_common::dnsbind::{
+    BIND_ON, BIND_STAT_NAMES, BIND_STATS_COUNT, BindConfig, MAX_BIND_ALLOW, MAX_GRACE_SECS,
+};
+
+use crate::{
+    maps::{map, map_mut},
+    policy::model::{Cidr, Family},
+};
+
+/// The answer program (cgroup_skb ingress).
+pub const ANSWER: &str = "palisade_bind_answer";
+/// The connect-path programs (cgroup sock_addr).
+pub const SOCK_ADDR: [&str; 4] = [
+    "palisade_bind_connect4",
+    "palisade_bind_connect6",
+    "palisade_bind_sendmsg4",
+    "palisade_bind_sendmsg6",
+];
+
+/// Default grace period past an answer's TTL, in seconds.
+pub const DEFAULT_GRACE_SECS: u32 = 30;
+
+/// `[dns.bind]`: the cgroups in bind mode and what they may reach without an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsBind {
+    /// cgroup v2 directories in bind mode (their descendants included).
+    pub cgroups: Vec<PathBuf>,
+    /// Seconds a binding outlives its answer's TTL (`0..=MAX_GRACE_SECS`).
+    pub grace_secs: u32,
+    /// Destinations allowed without a DNS answer (the resolvers among them), besides
+    /// loopback and the unspecified address, which are always allowed.
+    pub allow: Vec<Cidr>,
+}
+
+impl Default for DnsBind {
+    fn default() -> Self {
+        Self {
+            cgroups: Vec::new(),
+            grace_secs: DEFAULT_GRACE_SECS,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// Always allowed: loopback and the unspecified address (a connect to it reaches this
+/// host), in both families.
+fn implicit_allow() -> Vec<(u32, [u8; 16])> {
+    let mut lo4 = [0u8; 16];
+    lo4[10] = 0xff;
+    lo4[11] = 0xff;
+    let any4 = lo4;
+    lo4[12] = 127;
+    let mut lo6 = [0u8; 16];
+    lo6[15] = 1;
+    vec![(96 + 8, lo4), (128, any4), (128, lo6), (128, [0; 16])]
+}
+
+/// The LPM entry of a CIDR (IPv4 under `::ffff:0:0/96`).
+#[must_use]
+pub fn allow_entry(c: &Cidr) -> (u32, [u8; 16]) {
+    let len = match c.family {
+        Family::V4 => 96 + u32::from(c.prefix_len),
+        Family::V6 => u32::from(c.prefix_len),
+    };
+    (len, c.addr)
+}
+
+/// Whether `bind` fits the kernel's maps; checked before anything is written.
+///
+/// # Errors
+/// When the allow list (with the implicit entries) is over `MAX_BIND_ALLOW`, or the grace
+/// period over `MAX_GRACE_SECS`.
+pub fn fits(bind: &DnsBind) -> Result<()> {
+    let n = bind.allow.len() + implicit_allow().len();
+    if n > MAX_BIND_ALLOW as usize {
+        return Err(anyhow!(
+            "[dns.bind].allow holds {} prefixes; the kernel table holds {} (with {} implicit)",
+            bind.allow.len(),
+            MAX_BIND_ALLOW,
+            implicit_allow().len()
+        ));
+    }
+    if bind.grace_secs > MAX_GRACE_SECS {
+        return Err(anyhow!(
+            "[dns.bind].grace is {} s; at most {MAX_GRACE_SECS}",
+            bind.grace_secs
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the bind settings and allow list (or turns binding off). Bindings themselves are
+/// kept: they belong to cgroups and expire on their own.
+///
+/// # Errors
+/// When the maps cannot be written, or `bind` does not fit (nothing is then written).
+pub fn write_config(ebpf: &mut Ebpf, bind: Option<&DnsBind>) -> Result<()> {
+    if let Some(b) = bind {
+        fits(b)?;
+    }
+    let wanted: Vec<(u32, [u8; 16])> = match bind {
+        Some(b) => implicit_allow()
+            .into_iter()
+            .chain(b.allow.iter().map(allow_entry))
+            .collect(),
+        None => Vec::new(),
+    };
+    {
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
+            LpmTrie::try_from(map_mut(ebpf, "BIND_ALLOW")?)?;
+        // Additions first, then removals: an entry in both lists is never missing.
+        for (len, addr) in &wanted {
+            trie.insert(&Key::new(*len, *addr), 1, 0)
+                .context("writing [dns.bind].allow")?;
+        }
+        let stale: Vec<Key<[u8; 16]>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            let _ = trie.remove(&k);
+        }
+    }
+    let cfg = bind.map_or_else(BindConfig::default, |b| BindConfig {
+        grace_ns: u64::from(b.grace_secs) * 1_000_000_000,
+        enabled: BIND_ON,
+        _pad: 0,
+    });
+    let mut m: Array<&mut MapData, BindConfig> = Array::try_from(map_mut(ebpf, "BIND_CONFIG")?)?;
+    m.set(0, cfg, 0).context("writing the bind settings")?;
+    Ok(())
+}
+
+/// The binding counters summed over CPUs, by name.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>> {
+    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, "BIND_STATS")?)?;
+    let mut out = Vec::with_capacity(BIND_STATS_COUNT as usize);
+    for (i, name) in BIND_STAT_NAMES.iter().enumerate() {
+        out.push((*name, m.get(&(i as u32), 0)?.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// The binding counters as `palisade stats` and the metrics show them; empty when they
+/// cannot be read.
+#[must_use]
+pub fn named_counters(ebpf: &Ebpf) -> Vec<crate::stats::Named> {
+    counters(ebpf)
+        .map(|v| {
+            v.into_iter()
+                .map(|(name, value)| crate::stats::Named {
+                    name: name.to_owned(),
+                    value,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The bind programs' links on one cgroup.
+struct Attached {
+    path: PathBuf,
+    _links: Vec<FdLink>,
+}
+
+/// The bind programs, once loaded, and their attachments. The links live with the daemon:
+/// they are not pinned, so binding stops when the daemon exits (the bindings map is pinned
+/// and its entries are there again for the next run).
+#[derive(Default)]
+pub struct Attachments {
+    loaded: bool,
+    cgroups: Vec<Attached>,
+}
+
+impl Attachments {
+    /// Loads the programs (once) and makes the attachments match `bind`. Returns notes.
+    ///
+    /// # Errors
+    /// When a program is refused or a cgroup cannot be attached to.
+    pub fn sync(&mut self, ebpf: &mut Ebpf, bind: Option<&DnsBind>) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        let wanted: Vec<PathBuf> = bind.map(|b| b.cgroups.clone()).unwrap_or_default();
+        let before = self.cgroups.len();
+        self.cgroups.retain(|a| wanted.contains(&a.path));
+        if self.cgroups.len() != before {
+            notes.push("DNS binding removed from cgroups no longer in [dns.bind]".to_owned());
+        }
+        if wanted.is_empty() {
+            return Ok(notes);
+        }
+        if !self.loaded {
+            load(ebpf)?;
+            self.loaded = true;
+        }
+        for cg in wanted {
+            if self.cgroups.iter().any(|a| a.path == cg) {
+                continue;
+            }
+            let links = attach(ebpf, &cg)?;
+            notes.push(format!("DNS binding on cgroup {}", cg.display()));
+            self.cgroups.push(Attached {
+                path: cg,
+                _links: links,
+            });
+        }
+        Ok(notes)
+    }
+}
+
+/// Verifies the five programs.
+///
+/// # Errors
+/// When the kernel refuses one.
+pub fn load(ebpf: &mut Ebpf) -> Result<()> {
+    let p: &mut CgroupSkb = ebpf
+        .program_mut(ANSWER)
+        .ok_or_else(|| anyhow!("kernel object has no program {ANSWER}"))?
+        .try_into()?;
+    p.load().with_context(|| format!("verifying {ANSWER}"))?;
+    for name in SOCK_ADDR {
+        let p: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
+            .try_into()?;
+        p.load().with_context(|| format!("verifying {name}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches the (loaded) programs to one cgroup.
+fn attach(ebpf: &mut Ebpf, cg: &std::path::Path) -> Result<Vec<FdLink>> {
+    let open = || fs::File::open(cg).with_context(|| format!("opening cgroup {}", cg.display()));
+    let mut links = Vec::new();
+    let p: &mut CgroupSkb = ebpf
+        .program_mut(ANSWER)
+        .ok_or_else(|| anyhow!("no program {ANSWER}"))?
+        .try_into()?;
+    let id = p
+        .attach(
+            open()?,
+            CgroupSkbAttachType::Ingress,
+            CgroupAttachMode::Single,
+        )
+        .with_context(|| format!("attaching {ANSWER} to {}", cg.display()))?;
+    links.push(FdLink::try_from(p.take_link(id)?)?);
+    for name in SOCK_ADDR {
+        let p: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?;
+        let id = p
+            .attach(open()?, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to {}", cg.display()))?;
+        links.push(FdLink::try_from(p.take_link(id)?)?);
+    }
+    Ok(links)
+}

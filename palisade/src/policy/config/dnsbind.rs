@@ -1,0 +1,117 @@
+//! The `[dns.bind]` section (see [`crate::dnsbind`] and the module docs of `config`).
+
+use super::{Checker, Node};
+use crate::{dnsbind::DnsBind, policy::setfile::parse_cidr};
+
+pub(super) const BIND_KEYS: &[&str] = &["cgroups", "grace", "allow"];
+
+impl Checker<'_> {
+    /// `[dns.bind]`. Problems are recorded; the section is then dropped.
+    pub(super) fn dns_bind(&mut self, node: &Node) -> Option<DnsBind> {
+        let mut b = DnsBind::default();
+        let view = self.table(node, "`dns.bind`")?;
+        self.check_keys(view, "[dns.bind]", BIND_KEYS);
+        match view.get("cgroups") {
+            Some(n) => b.cgroups = self.cgroups(n),
+            None => self.err(
+                view.at,
+                "[dns.bind] needs `cgroups`, the cgroup v2 directories in bind mode",
+            ),
+        }
+        if let Some(n) = view.get("grace")
+            && let Some(v) = self.integer(
+                n,
+                "grace",
+                0,
+                i64::from(palisade_common::dnsbind::MAX_GRACE_SECS),
+            )
+        {
+            b.grace_secs = v as u32;
+        }
+        if let Some(n) = view.get("allow") {
+            for (text, at) in self.string_list(n, "allow") {
+                match parse_cidr(&text) {
+                    Ok(c) => b.allow.push(c),
+                    Err(e) => self.err(at, format!("[dns.bind].allow: {e}")),
+                }
+            }
+            let max = palisade_common::dnsbind::MAX_BIND_ALLOW as usize - 4;
+            if b.allow.len() > max {
+                let msg = format!(
+                    "[dns.bind].allow lists {} prefixes; at most {max} fit",
+                    b.allow.len()
+                );
+                self.err(n.at, msg);
+            }
+        }
+        Some(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::policy::{config::parse_policy, setfile::parse_cidr};
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_policy(text, "p.toml", Path::new("/nonexistent")) {
+            Ok(p) => panic!("expected errors, parsed {:?}", p.dns.bind),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn bind_section_parses_to_the_model() {
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/sys/fs/cgroup/unified/app\"]\ngrace = 10\n\
+             allow = [\"10.1.0.53\", \"fd00::/64\"]\n",
+            "p.toml",
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        let b = p.dns.bind.unwrap();
+        assert_eq!(b.cgroups, [PathBuf::from("/sys/fs/cgroup/unified/app")]);
+        assert_eq!(b.grace_secs, 10);
+        assert_eq!(
+            b.allow,
+            [
+                parse_cidr("10.1.0.53").unwrap(),
+                parse_cidr("fd00::/64").unwrap()
+            ]
+        );
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/a\"]\n",
+            "p.toml",
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(
+            p.dns.bind.unwrap().grace_secs,
+            crate::dnsbind::DEFAULT_GRACE_SECS
+        );
+        let p = parse_policy("", "p.toml", Path::new("/nonexistent")).unwrap();
+        assert_eq!(p.dns.bind, None);
+    }
+
+    #[test]
+    fn bind_section_errors_name_their_place() {
+        assert_eq!(
+            errors("[dns.bind]\ngrace = 5\n"),
+            ["p.toml:1:1: [dns.bind] needs `cgroups`, the cgroup v2 directories in bind mode"]
+        );
+        let e = errors(
+            "[dns.bind]\ncgroups = [\"/a\"]\ngrace = 7200\nallow = [\"10.0.0.1/8\", \"x\"]\nport = 1\n",
+        );
+        assert_eq!(
+            e,
+            [
+                "p.toml:3:9: `grace` must be between 0 and 3600, found 7200",
+                "p.toml:4:10: [dns.bind].allow: host bits set; did you mean 10.0.0.0/8?",
+                "p.toml:4:24: [dns.bind].allow: invalid address or CIDR `x`",
+                "p.toml:5:1: unknown key `port` in [dns.bind]; expected one of `cgroups`, \
+                 `grace`, `allow`",
+            ]
+        );
+    }
+}

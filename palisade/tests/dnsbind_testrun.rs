@@ -1,0 +1,670 @@
+//! DNS binding, the answer path (`palisade_bind_answer`, cgroup_skb ingress), run on crafted
+//! answers through `BPF_PROG_TEST_RUN`, and the four connect-path programs verified.
+//!
+//! Every check asserts the verdict (the answer program never drops), the exact bindings
+//! written (cgroup, address, expiry) and the exact movement of the binding counters.
+//!
+//! In a test run the packet's socket is a dummy the kernel creates in the caller's cgroup
+//! v2, so bindings land under this test process's cgroup id.
+//!
+//! Needs root. The tests share one loaded object and take turns.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    sync::{Mutex, MutexGuard, OnceLock},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{CgroupSkb, TestRun as _, TestRunOptions},
+};
+use palisade::{
+    dnsbind::{self, DnsBind},
+    loader,
+    policy::setfile::parse_cidr,
+};
+use palisade_common::dnsbind::{
+    ANSWER_BUF, BIND_STATS_COUNT, BindConfig, BindKey, BindValue, MAX_BOUND_PER_ANSWER,
+    STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED,
+    STAT_ANSWERS_REFUSED, mapped_v4,
+};
+
+const PASS: u32 = 1;
+const A: u16 = 1;
+const AAAA: u16 = 28;
+const CNAME: u16 = 5;
+
+struct Loaded {
+    ebpf: Ebpf,
+}
+
+fn loaded() -> MutexGuard<'static, Loaded> {
+    static L: OnceLock<Mutex<Loaded>> = OnceLock::new();
+    L.get_or_init(|| {
+        let mut ebpf = loader::load().expect("load the object");
+        dnsbind::load(&mut ebpf).expect("the kernel verifies the bind programs");
+        Mutex::new(Loaded { ebpf })
+    })
+    .lock()
+    .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Loaded {
+    fn configure(&mut self, grace_secs: u32) {
+        let b = DnsBind {
+            cgroups: vec![],
+            grace_secs,
+            allow: vec![parse_cidr("192.0.2.0/24").unwrap()],
+        };
+        dnsbind::write_config(&mut self.ebpf, Some(&b)).unwrap();
+        self.clear();
+    }
+
+    fn clear(&mut self) {
+        let mut m: HashMap<&mut MapData, BindKey, BindValue> =
+            HashMap::try_from(self.ebpf.map_mut("BIND_ADDRS").unwrap()).unwrap();
+        let keys: Vec<BindKey> = m.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            m.remove(&k).unwrap();
+        }
+    }
+
+    fn bindings(&self) -> Vec<(BindKey, BindValue)> {
+        let m: HashMap<&MapData, BindKey, BindValue> =
+            HashMap::try_from(self.ebpf.map("BIND_ADDRS").unwrap()).unwrap();
+        let mut v: Vec<(BindKey, BindValue)> = m.iter().filter_map(Result::ok).collect();
+        v.sort_by_key(|(k, _)| k.addr);
+        v
+    }
+
+    fn stats(&self) -> [u64; BIND_STATS_COUNT as usize] {
+        let m: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("BIND_STATS").unwrap()).unwrap();
+        let mut out = [0; BIND_STATS_COUNT as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = m.get(&(i as u32), 0).unwrap().iter().sum();
+        }
+        out
+    }
+
+    /// Runs the answer program on an IP packet (an Ethernet header is put in front: the
+    /// kernel's test run pulls it, as for every cgroup_skb program).
+    fn run(&self, ip: &[u8]) -> u32 {
+        self.run_repeat(ip, 1).0
+    }
+
+    fn run_repeat(&self, ip: &[u8], repeat: u32) -> (u32, Duration) {
+        let prog: &CgroupSkb = self
+            .ebpf
+            .program(dnsbind::ANSWER)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let ethertype: u16 = if ip[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+        let mut frame = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        frame.extend_from_slice(ip);
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts).expect("test run");
+        (r.return_value, r.duration)
+    }
+}
+
+/// The cgroup id of this process (the dummy socket's in a test run).
+fn own_cgroup_id() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("cgroup v2 line");
+    let root = if std::path::Path::new("/sys/fs/cgroup/unified").exists() {
+        "/sys/fs/cgroup/unified"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    std::fs::metadata(format!("{root}{path}")).unwrap().ino()
+}
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+// ---- packets ----
+
+fn ip4_udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0, 10, 1, 0, 53, 10, 1, 2, 3]);
+    udp(&mut p, sport, dport, payload);
+    p
+}
+
+fn ip6_udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x53]);
+    p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+    udp(&mut p, sport, dport, payload);
+    p
+}
+
+fn udp(p: &mut Vec<u8>, sport: u16, dport: u16, payload: &[u8]) {
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+}
+
+fn labels(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in name.split('.') {
+        out.push(l.len() as u8);
+        out.extend_from_slice(l.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// A DNS answer built record by record; owner names are given in wire form so a test can
+/// put any compression it likes.
+struct Answer {
+    msg: Vec<u8>,
+    count: u16,
+}
+
+impl Answer {
+    fn new(qname: &str) -> Self {
+        let mut msg = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0];
+        msg.extend_from_slice(&labels(qname));
+        msg.extend_from_slice(&[0, 1, 0, 1]);
+        Self { msg, count: 0 }
+    }
+
+    /// A record whose owner is the question's name (a pointer to offset 12).
+    fn rr(self, rtype: u16, ttl: u32, rdata: &[u8]) -> Self {
+        self.rr_owned(&[0xc0, 12], rtype, ttl, rdata)
+    }
+
+    fn rr_owned(mut self, owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) -> Self {
+        self.msg.extend_from_slice(owner);
+        self.msg.extend_from_slice(&rtype.to_be_bytes());
+        self.msg.extend_from_slice(&[0, 1]);
+        self.msg.extend_from_slice(&ttl.to_be_bytes());
+        self.msg
+            .extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        self.msg.extend_from_slice(rdata);
+        self.count += 1;
+        self
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut m = self.msg.clone();
+        m[6..8].copy_from_slice(&self.count.to_be_bytes());
+        m
+    }
+}
+
+const V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42,
+];
+
+fn delta(before: &[u64], after: &[u64]) -> Vec<u64> {
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
+}
+
+fn expect_delta(before: &[u64], after: &[u64], want: &[(u32, u64)]) {
+    let mut w = vec![0u64; BIND_STATS_COUNT as usize];
+    for &(i, n) in want {
+        w[i as usize] = n;
+    }
+    assert_eq!(
+        delta(before, after),
+        w,
+        "counter movement (answers, malformed, bound, skipped...)"
+    );
+}
+
+// ---- tests ----
+
+/// A and AAAA records bind their addresses to the receiving socket's cgroup until TTL plus
+/// grace; other record types bind nothing; the answer passes.
+#[test]
+fn answer_binds_a_and_aaaa_until_ttl_plus_grace() {
+    let mut l = loaded();
+    l.configure(30);
+    let a = Answer::new("www.example.test")
+        .rr(CNAME, 60, &labels("edge.example.test"))
+        .rr(A, 300, &[198, 51, 100, 7])
+        .rr(AAAA, 60, &V6);
+    let before = l.stats();
+    let t0 = boot_ns();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &a.bytes())), PASS);
+    let t1 = boot_ns();
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 1), (STAT_ADDRS_BOUND, 2)],
+    );
+    let b = l.bindings();
+    assert_eq!(b.len(), 2, "{b:?}");
+    let cg = own_cgroup_id();
+    let s = 1_000_000_000u64;
+    assert_eq!(
+        b[0].0,
+        BindKey {
+            cgroup_id: cg,
+            addr: mapped_v4([198, 51, 100, 7])
+        }
+    );
+    assert!(
+        (t0 + 330 * s..=t1 + 330 * s).contains(&b[0].1.expires_ns),
+        "{b:?}"
+    );
+    assert_eq!(
+        b[1].0,
+        BindKey {
+            cgroup_id: cg,
+            addr: V6
+        }
+    );
+    assert!(
+        (t0 + 90 * s..=t1 + 90 * s).contains(&b[1].1.expires_ns),
+        "{b:?}"
+    );
+}
+
+/// The same over IPv6, and a later answer with a shorter TTL does not cut a binding short.
+#[test]
+fn answer_over_ipv6_and_a_shorter_ttl_keeps_the_longer_binding() {
+    let mut l = loaded();
+    l.configure(0);
+    let long = Answer::new("a.test").rr(A, 3600, &[203, 0, 113, 9]);
+    let short = Answer::new("a.test").rr(A, 5, &[203, 0, 113, 9]);
+    assert_eq!(l.run(&ip6_udp(53, 40000, &long.bytes())), PASS);
+    let first = l.bindings();
+    assert_eq!(first.len(), 1);
+    assert_eq!(l.run(&ip6_udp(53, 40000, &short.bytes())), PASS);
+    assert_eq!(l.bindings(), first, "the longer binding stays");
+}
+
+/// Owner names compressed in every legal way (pointers to the question, to an earlier
+/// owner, labels ending in a pointer) are skipped to the record's end.
+#[test]
+fn compressed_owner_names_are_walked() {
+    let mut l = loaded();
+    l.configure(0);
+    let a = Answer::new("www.example.test");
+    let first_rr = a.msg.len() as u8;
+    let mut owner = vec![3];
+    owner.extend_from_slice(b"cdn");
+    owner.extend_from_slice(&[0xc0, 16]); // "cdn" + "example.test" of the question
+    let a = a
+        .rr(A, 60, &[198, 51, 100, 1])
+        .rr_owned(&[0xc0, first_rr], A, 60, &[198, 51, 100, 2])
+        .rr_owned(&owner, A, 60, &[198, 51, 100, 3])
+        .rr_owned(&labels("other.test"), A, 60, &[198, 51, 100, 4]);
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &a.bytes())), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 1), (STAT_ADDRS_BOUND, 4)],
+    );
+    let addrs: Vec<[u8; 16]> = l.bindings().iter().map(|(k, _)| k.addr).collect();
+    assert_eq!(
+        addrs,
+        (1..=4)
+            .map(|i| mapped_v4([198, 51, 100, i]))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// An answer cut anywhere (inside a header, a name, a record's fixed part or its data)
+/// binds nothing and is counted as malformed; the packet still passes.
+#[test]
+fn truncated_answers_bind_nothing() {
+    let mut l = loaded();
+    l.configure(0);
+    let full = Answer::new("t.test")
+        .rr(A, 60, &[198, 51, 100, 1])
+        .rr(AAAA, 60, &V6)
+        .bytes();
+    for cut in 0..full.len() {
+        let before = l.stats();
+        assert_eq!(l.run(&ip4_udp(53, 40000, &full[..cut])), PASS);
+        expect_delta(
+            &before,
+            &l.stats(),
+            &[(STAT_ANSWERS, 1), (STAT_ANSWERS_MALFORMED, 1)],
+        );
+        assert!(l.bindings().is_empty(), "cut at {cut}");
+    }
+    // A UDP length that claims less than the packet carries: the message is what UDP says.
+    let mut p = ip4_udp(53, 40000, &full);
+    let udp_len = (8 + full.len() - 3) as u16;
+    p[24..26].copy_from_slice(&udp_len.to_be_bytes());
+    let before = l.stats();
+    assert_eq!(l.run(&p), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 1), (STAT_ANSWERS_MALFORMED, 1)],
+    );
+    assert!(l.bindings().is_empty());
+}
+
+/// Compression pointers that point forward, at themselves, into the header, or loop,
+/// end the walk as malformed without binding; the walk always ends.
+#[test]
+fn bad_compression_pointers_bind_nothing() {
+    let mut l = loaded();
+    l.configure(0);
+    let a = Answer::new("loop.test");
+    let rr = a.msg.len();
+    for target in [rr as u16, rr as u16 + 1, 0x3fff, 0, 11] {
+        let p = [0xc0 | (target >> 8) as u8, target as u8];
+        let m = Answer::new("loop.test").rr_owned(&p, A, 60, &[198, 51, 100, 1]);
+        let before = l.stats();
+        assert_eq!(l.run(&ip4_udp(53, 40000, &m.bytes())), PASS);
+        expect_delta(
+            &before,
+            &l.stats(),
+            &[(STAT_ANSWERS, 1), (STAT_ANSWERS_MALFORMED, 1)],
+        );
+        assert!(l.bindings().is_empty(), "pointer to {target}");
+    }
+    // The question's name itself is a pointer (there is nothing before it to point to).
+    let mut m = Answer::new("x.test").rr(A, 60, &[198, 51, 100, 1]).bytes();
+    m.splice(12..20, [0xc0, 12]);
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &m)), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 1), (STAT_ANSWERS_MALFORMED, 1)],
+    );
+    // Reserved label types (0x40, 0x80).
+    for b in [0x40u8, 0x80] {
+        let m = Answer::new("r.test").rr_owned(&[b, 1], A, 60, &[198, 51, 100, 1]);
+        assert_eq!(l.run(&ip4_udp(53, 40000, &m.bytes())), PASS);
+    }
+    assert!(l.bindings().is_empty());
+}
+
+/// Queries, answers from other ports, TCP, and error answers bind nothing; the counter of
+/// answers moves only for UDP from port 53.
+#[test]
+fn only_udp_answers_from_port_53_bind() {
+    let mut l = loaded();
+    l.configure(0);
+    let good = Answer::new("p.test").rr(A, 60, &[198, 51, 100, 1]).bytes();
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(5353, 40000, &good)), PASS);
+    expect_delta(&before, &l.stats(), &[]);
+    let mut query = good.clone();
+    query[2] = 0x01;
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &query)), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 1), (STAT_ANSWERS_MALFORMED, 1)],
+    );
+    let mut nx = good.clone();
+    nx[3] = 0x83;
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &nx)), PASS);
+    expect_delta(&before, &l.stats(), &[(STAT_ANSWERS, 1)]);
+    // The same bytes over TCP (protocol 6) are not walked.
+    let mut tcp = ip4_udp(53, 40000, &good);
+    tcp[9] = 6;
+    let before = l.stats();
+    assert_eq!(l.run(&tcp), PASS);
+    expect_delta(&before, &l.stats(), &[]);
+    assert!(l.bindings().is_empty());
+}
+
+/// More addresses than one answer binds: the first `MAX_BOUND_PER_ANSWER` are bound, the
+/// rest counted as skipped (and refused later: fail closed).
+#[test]
+fn addresses_past_the_per_answer_cap_are_skipped() {
+    let mut l = loaded();
+    l.configure(0);
+    let mut a = Answer::new("many.test");
+    for i in 0..(MAX_BOUND_PER_ANSWER as u8 + 5) {
+        a = a.rr(A, 60, &[198, 51, 100, i]);
+    }
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &a.bytes())), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[
+            (STAT_ANSWERS, 1),
+            (STAT_ADDRS_BOUND, MAX_BOUND_PER_ANSWER as u64),
+            (STAT_ADDRS_SKIPPED, 5),
+        ],
+    );
+    assert_eq!(l.bindings().len(), MAX_BOUND_PER_ANSWER);
+}
+
+/// An answer longer than the walked buffer binds what lies whole inside it only if the walk
+/// reaches its last record there; a record cut by the buffer's end makes it bind nothing.
+#[test]
+fn answers_longer_than_the_buffer_bind_nothing_when_cut() {
+    let mut l = loaded();
+    l.configure(0);
+    let mut a = Answer::new("big.test");
+    // TXT records fill the message past ANSWER_BUF, then one A.
+    let filler = [b'x'; 200];
+    while a.msg.len() < ANSWER_BUF + 100 {
+        a = a.rr(16, 60, &filler);
+    }
+    a = a.rr(A, 60, &[198, 51, 100, 1]);
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &a.bytes())), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 1), (STAT_ANSWERS_MALFORMED, 1)],
+    );
+    assert!(l.bindings().is_empty());
+}
+
+/// Without `[dns.bind]` the program binds nothing and counts nothing.
+#[test]
+fn without_bind_settings_nothing_is_bound() {
+    let mut l = loaded();
+    dnsbind::write_config(&mut l.ebpf, None).unwrap();
+    l.clear();
+    let cfg: Array<&MapData, BindConfig> =
+        Array::try_from(l.ebpf.map("BIND_CONFIG").unwrap()).unwrap();
+    assert_eq!(cfg.get(&0, 0).unwrap().enabled, 0);
+    let a = Answer::new("off.test").rr(A, 60, &[198, 51, 100, 1]);
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &a.bytes())), PASS);
+    expect_delta(&before, &l.stats(), &[]);
+    assert!(l.bindings().is_empty());
+}
+
+/// The kernel walk and the userspace reference (`palisade_common::dnsbind::walk`) agree on
+/// every cut of a varied answer: same addresses bound, same malformed verdict.
+#[test]
+fn kernel_and_reference_agree_on_every_cut() {
+    let mut l = loaded();
+    l.configure(0);
+    let full = Answer::new("www.example.test")
+        .rr(CNAME, 60, &labels("x.example.test"))
+        .rr_owned(&labels("x.example.test"), A, 60, &[198, 51, 100, 1])
+        .rr(AAAA, 60, &V6)
+        .rr(A, 60, &[198, 51, 100, 2])
+        .bytes();
+    for cut in 0..=full.len() {
+        l.clear();
+        let msg = &full[..cut];
+        assert_eq!(l.run(&ip4_udp(53, 40000, msg)), PASS);
+        let mut buf = [0u8; ANSWER_BUF];
+        buf[..cut].copy_from_slice(msg);
+        let w = palisade_common::dnsbind::walk(&buf, cut);
+        let want: Vec<[u8; 16]> = if w.state == palisade_common::dnsbind::WALK_DONE {
+            let mut v: Vec<[u8; 16]> = w.found[..w.found_len as usize]
+                .iter()
+                .map(|f| f.addr)
+                .collect();
+            v.sort_unstable();
+            v
+        } else {
+            Vec::new()
+        };
+        let got: Vec<[u8; 16]> = l.bindings().iter().map(|(k, _)| k.addr).collect();
+        assert_eq!(got, want, "cut at {cut}");
+    }
+}
+
+// ---- answer checks (CNAME cloaking) ----
+
+const BLOCKLIST: &str = r#"
+[dns.egress]
+mode = "blocklist"
+lists = ["trackers"]
+cgroups = ["/sys/fs/cgroup/unified"]
+
+[dns.lists.trackers]
+names = ["tracker.test", "*.ads.test"]
+
+[dns.bind]
+cgroups = ["/sys/fs/cgroup/unified"]
+grace = 0
+"#;
+
+impl Loaded {
+    /// Installs a whole policy (DNS lists included), then clears the bindings.
+    fn install(&mut self, toml: &str) {
+        let p = palisade::policy::config::parse_policy(toml, "p.toml", std::path::Path::new("/"))
+            .expect("test policy");
+        palisade::guard::install(&mut self.ebpf, &p).expect("install");
+        self.clear();
+    }
+
+    fn reason_count(&self, r: u32) -> u64 {
+        palisade::testrun::sum_counter(&self.ebpf, "REASON_STATS", r).unwrap()
+    }
+}
+
+/// Runs `a` and checks it is dropped for `why` (counted once, nothing bound), or passed and
+/// bound (`why` = PASS).
+fn expect_answer(l: &Loaded, a: &Answer, why: u32) {
+    let before = l.stats();
+    let reasons_before = l.reason_count(why);
+    let verdict = l.run(&ip4_udp(53, 40000, &a.bytes()));
+    let after = l.stats();
+    if why == palisade_common::reason::PASS {
+        assert_eq!(verdict, PASS);
+        assert_eq!(
+            after[STAT_ANSWERS_REFUSED as usize],
+            before[STAT_ANSWERS_REFUSED as usize]
+        );
+        assert!(!l.bindings().is_empty(), "the answer's address is bound");
+    } else {
+        assert_eq!(verdict, 0, "dropped");
+        expect_delta(
+            &before,
+            &after,
+            &[(STAT_ANSWERS, 1), (STAT_ANSWERS_REFUSED, 1)],
+        );
+        assert_eq!(l.reason_count(why), reasons_before + 1);
+        assert!(
+            l.bindings().is_empty(),
+            "nothing of a refused answer is bound"
+        );
+    }
+}
+
+/// Under a `[dns.egress]` blocklist, a CNAME to a listed name (however it is compressed),
+/// or an address owned by one, refuses the answer; an unlisted chain passes and binds.
+#[test]
+fn cname_to_a_blocked_name_refuses_the_answer() {
+    use palisade_common::reason::{DNS_ANSWER_BLOCKED, PASS as OK};
+    let mut l = loaded();
+    l.install(BLOCKLIST);
+    // Allowed name, CNAME to an exact entry.
+    let a = Answer::new("www.shop.test")
+        .rr(CNAME, 60, &labels("tracker.test"))
+        .rr_owned(&labels("tracker.test"), A, 60, &[198, 51, 100, 1]);
+    expect_answer(&l, &a, DNS_ANSWER_BLOCKED);
+    // A CNAME target compressed into the question's name: "x" + pointer to "ads.test" of
+    // the question `ads.test` (the apex is not listed, `x.ads.test` is).
+    let a = Answer::new("ads.test")
+        .rr(CNAME, 60, &[1, b'x', 0xc0, 12])
+        .rr(A, 60, &[198, 51, 100, 2]);
+    expect_answer(&l, &a, DNS_ANSWER_BLOCKED);
+    // Letter case does not hide it.
+    let a = Answer::new("www.shop.test").rr(CNAME, 60, &labels("TRACKER.Test"));
+    expect_answer(&l, &a, DNS_ANSWER_BLOCKED);
+    // An address owned by a listed name, no CNAME.
+    let a = Answer::new("www.shop.test").rr_owned(&labels("y.ads.test"), A, 60, &[198, 51, 100, 3]);
+    expect_answer(&l, &a, DNS_ANSWER_BLOCKED);
+    // Unlisted all along: passes and binds.
+    let a = Answer::new("www.shop.test")
+        .rr(CNAME, 60, &labels("edge.cdn.test"))
+        .rr_owned(&labels("edge.cdn.test"), A, 60, &[198, 51, 100, 4]);
+    expect_answer(&l, &a, OK);
+    l.install("");
+}
+
+/// Chains of up to 8 CNAME hops are followed to their end; a longer chain is refused.
+#[test]
+fn cname_chains_are_followed_up_to_8_hops() {
+    use palisade_common::reason::{DNS_ANSWER_BLOCKED, DNS_ANSWER_CHAIN, PASS as OK};
+    let mut l = loaded();
+    l.install(BLOCKLIST);
+    // As resolvers write them: each record's owner is a pointer to the previous target.
+    let chain = |hops: usize, last: &str| {
+        let mut a = Answer::new("start.test");
+        let mut owner = vec![0xc0, 12];
+        for k in 1..=hops {
+            let target = if k == hops {
+                last.to_owned()
+            } else {
+                format!("hop{k}.test")
+            };
+            let at = a.msg.len() + owner.len() + 10;
+            a = a.rr_owned(&owner, CNAME, 60, &labels(&target));
+            owner = vec![0xc0 | (at >> 8) as u8, at as u8];
+        }
+        a.rr_owned(&owner, A, 60, &[198, 51, 100, 9])
+    };
+    expect_answer(&l, &chain(8, "end.test"), OK);
+    l.clear();
+    expect_answer(&l, &chain(8, "z.ads.test"), DNS_ANSWER_BLOCKED);
+    expect_answer(&l, &chain(9, "end.test"), DNS_ANSWER_CHAIN);
+    l.install("");
+}
+
+/// Under an allowlist (or without `[dns.egress]`) the question decided on the way out:
+/// answer names are not checked.
+#[test]
+fn answer_names_are_checked_only_under_a_blocklist() {
+    let mut l = loaded();
+    l.install(&BLOCKLIST.replace("blocklist", "allowlist"));
+    let a = Answer::new("www.shop.test")
+        .rr(CNAME, 60, &labels("tracker.test"))
+        .rr_owned(&labels("tracker.test"), A, 60, &[198, 51, 100, 1]);
+    expect_answer(&l, &a, palisade_common::reason::PASS);
+    l.install("[dns.bind]\ncgroups = [\"/x\"]\ngrace = 0\n");
+    expect_answer(&l, &a, palisade_common::reason::PASS);
+    l.install("");
+}
