@@ -82,7 +82,8 @@ pub struct BrokenFlow {
     pub reasons: BTreeMap<&'static str, u64>,
 }
 
-/// One packet that the two policies treat differently.
+/// One packet that the two policies treat differently: another verdict or drop reason (the
+/// deciding rule alone is not a difference, since rules are named per policy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Difference {
     pub packet: usize,
@@ -346,7 +347,7 @@ pub fn report(
         differences: outcomes
             .iter()
             .zip(&other)
-            .filter(|(a, b)| brief(a) != brief(b))
+            .filter(|(a, b)| (a.verdict, a.reason) != (b.verdict, b.reason))
             .map(|(a, b)| Difference {
                 packet: a.packet,
                 flow: a.flow.clone(),
