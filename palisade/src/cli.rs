@@ -144,6 +144,7 @@ pub enum Command {
     ///   palisade replay --config policy.toml traffic.pcap
     ///   palisade replay --config new.toml --against old.toml traffic.pcapng --json
     ///   palisade replay --config policy.toml --expect-no-drops ci.pcap   # exit 3 on drops
+    ///   palisade replay --config policy.toml --host 192.0.2.10 eth0.pcap
     #[command(verbatim_doc_comment)]
     Replay(ReplayArgs),
     /// Print a shell completion script.
@@ -785,6 +786,11 @@ pub struct ReplayArgs {
     /// A second policy: report the packets it treats differently.
     #[arg(long, value_name = "OTHER.toml")]
     pub against: Option<PathBuf>,
+    /// An address or CIDR block of the host whose traffic was captured: packets from it are
+    /// taken as sent by the host (through the tracker's egress program), whatever the link
+    /// type. Repeat for several. Cooked captures need none: they record the direction.
+    #[arg(long, value_name = "CIDR")]
+    pub host: Vec<String>,
     /// Exit with status 3 when the policy would drop any packet.
     #[arg(long)]
     pub expect_no_drops: bool,

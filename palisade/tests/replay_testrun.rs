@@ -404,3 +404,68 @@ fn the_command_prints_one_json_object_and_exits_by_drops() {
     assert_eq!(code, 1);
     assert!(err.contains("bad.toml") && err.contains("default"), "{err}");
 }
+
+#[test]
+fn host_addresses_give_ethernet_captures_their_direction() {
+    let s = Scratch::new("host");
+    let stateful = s.file(
+        "stateful.toml",
+        b"[firewall]\ndefault = \"drop\"\nstateful = true\n",
+    );
+    let out = Frame::udp("192.0.2.10", "198.51.100.1", 40000, 5300).build();
+    let back = Frame::udp("198.51.100.1", "192.0.2.10", 5300, 40000).build();
+    let pcap = s.file(
+        "eth.pcap",
+        &write::pcap(
+            LINKTYPE_ETHERNET,
+            false,
+            false,
+            &[(0, out), (1, back.clone()), (2, back)],
+        ),
+    );
+    let flag = |s: &str| PathBuf::from(s);
+    let verdicts = |j: &serde_json::Value| -> Vec<(String, String)> {
+        j["packets"]
+            .as_array()
+            .expect("packets")
+            .iter()
+            .map(|p| {
+                (
+                    p["direction"].as_str().unwrap_or_default().to_string(),
+                    p["verdict"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pair = |d: &str, v: &str| (d.to_string(), v.to_string());
+    // Without --host every packet arrives: the request and its replies are all dropped.
+    let (code, j, err) = palisade(&[&flag("--config"), &stateful, &flag("--json"), &pcap]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        verdicts(&j),
+        [pair("in", "drop"), pair("in", "drop"), pair("in", "drop")]
+    );
+    // With it the request leaves the host, and its replies pass as replies.
+    let (code, j, err) = palisade(&[
+        &flag("--config"),
+        &stateful,
+        &flag("--host"),
+        &flag("192.0.2.0/28"),
+        &flag("--json"),
+        &pcap,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        verdicts(&j),
+        [pair("out", "pass"), pair("in", "pass"), pair("in", "pass")]
+    );
+    let (code, _, err) = palisade(&[
+        &flag("--config"),
+        &stateful,
+        &flag("--host"),
+        &flag("192.0.2.300"),
+        &pcap,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--host 192.0.2.300"), "{err}");
+}

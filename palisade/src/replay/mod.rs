@@ -22,7 +22,10 @@ use palisade_common::{
 };
 use serde::Serialize;
 
-use crate::{policy::model::Policy, testrun::Bench};
+use crate::{
+    policy::model::{Cidr, Family, Policy},
+    testrun::Bench,
+};
 
 /// Per-packet rule attribution reads every rule's counter after every packet; past this
 /// many rules only the totals are read, once at the end.
@@ -269,6 +272,26 @@ pub fn run(policy: &Policy, records: &[capture::Record]) -> Result<Vec<PacketOut
     Ok(out)
 }
 
+/// Marks as sent by the host every record whose IP source lies in one of `hosts` (for
+/// captures whose link type does not record the direction).
+pub fn mark_sent_by(records: &mut [capture::Record], hosts: &[Cidr]) {
+    if hosts.is_empty() {
+        return;
+    }
+    for r in records {
+        if let Ok(Frame::Ip(p)) = packet::parse(r.frame.as_slice()) {
+            let family = if p.family == FAMILY_V4 {
+                Family::V4
+            } else {
+                Family::V6
+            };
+            if hosts.iter().any(|h| h.contains(family, &p.src)) {
+                r.outgoing = true;
+            }
+        }
+    }
+}
+
 fn totals(outcomes: &[PacketOutcome]) -> Totals {
     let mut t = Totals {
         packets: outcomes.len() as u64,
@@ -461,7 +484,15 @@ pub fn command(a: &crate::cli::ReplayArgs) -> Result<Report> {
     let policy = load(&a.config)?;
     let other = a.against.as_deref().map(load).transpose()?;
     let data = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    let records = capture::read(&data).with_context(|| format!("{}", a.file.display()))?;
+    let mut records = capture::read(&data).with_context(|| format!("{}", a.file.display()))?;
+    let hosts = a
+        .host
+        .iter()
+        .map(|h| {
+            crate::policy::setfile::parse_cidr(h).map_err(|e| anyhow::anyhow!("--host {h}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    mark_sent_by(&mut records, &hosts);
     let outcomes = run(&policy, &records)?;
     let other = other.map(|p| run(&p, &records)).transpose()?;
     let report = report(&records, outcomes, other);
