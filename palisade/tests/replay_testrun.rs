@@ -469,3 +469,18 @@ fn host_addresses_give_ethernet_captures_their_direction() {
     assert_eq!(code, 1);
     assert!(err.contains("--host 192.0.2.300"), "{err}");
 }
+
+#[test]
+fn shell_completions_know_replay_and_its_flags() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["completions", shell])
+            .output()
+            .expect("run palisade");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        for word in ["replay", "expect-no-drops", "against", "host"] {
+            assert!(text.contains(word), "{shell} completions lack {word}");
+        }
+    }
+}

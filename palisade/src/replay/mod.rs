@@ -213,7 +213,12 @@ pub fn run(policy: &Policy, records: &[capture::Record]) -> Result<Vec<PacketOut
     let read_rules = |b: &Bench| -> Result<Vec<u64>> {
         slots.iter().map(|&s| Ok(b.rule_hits(s)?.packets)).collect()
     };
-    let mut reasons = bench.counters()?.reasons;
+    let read_reasons = |b: &Bench| -> Result<Vec<u64>> {
+        (0..reason::COUNT)
+            .map(|r| crate::testrun::sum_counter(&b.ebpf, "REASON_STATS", r))
+            .collect()
+    };
+    let mut reasons = read_reasons(&bench)?;
     let mut rules = if attributed {
         read_rules(&bench)?
     } else {
@@ -232,7 +237,7 @@ pub fn run(policy: &Policy, records: &[capture::Record]) -> Result<Vec<PacketOut
                 .with_context(|| format!("packet {}: running the XDP program", r.number))?;
             (verdict_name(action), "in")
         };
-        let now = bench.counters()?.reasons;
+        let now = read_reasons(&bench)?;
         let reason = (verdict == "drop")
             .then(|| {
                 now.iter()
