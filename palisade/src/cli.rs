@@ -140,6 +140,21 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Run a capture through the kernel programs under a policy file, attaching nothing.
+    ///
+    /// Every packet of FILE (pcap or pcapng; Ethernet or Linux cooked) goes through a private,
+    /// unpinned copy of the datapath with BPF_PROG_TEST_RUN, in capture order, so connection
+    /// tracking carries from packet to packet. A running daemon is not touched. Packets a
+    /// cooked capture marks as sent by the host go through the tracker's egress program.
+    /// Needs root (or CAP_BPF and CAP_NET_ADMIN).
+    ///
+    /// Examples:
+    ///   palisade replay --config policy.toml traffic.pcap
+    ///   palisade replay --config new.toml --against old.toml traffic.pcapng --json
+    ///   palisade replay --config policy.toml --expect-no-drops ci.pcap   # exit 3 on drops
+    ///   palisade replay --config policy.toml --host 192.0.2.10 eth0.pcap
+    #[command(verbatim_doc_comment)]
+    Replay(ReplayArgs),
     /// Print a shell completion script.
     ///
     /// Examples:
@@ -768,4 +783,30 @@ mod tests {
         };
         assert!(crate::conntrack::FlowFilter::from(filter).is_empty());
     }
+}
+
+/// `palisade replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The policy to run the capture under.
+    #[arg(long, value_name = "POLICY.toml")]
+    pub config: PathBuf,
+    /// A second policy: report the packets it treats differently.
+    #[arg(long, value_name = "OTHER.toml")]
+    pub against: Option<PathBuf>,
+    /// An address or CIDR block of the host whose traffic was captured: packets from it are
+    /// taken as sent by the host (through the tracker's egress program), whatever the link
+    /// type. Repeat for several. Cooked captures need none: they record the direction.
+    #[arg(long, value_name = "CIDR")]
+    pub host: Vec<String>,
+    /// Exit with status 3 when the policy would drop any packet.
+    #[arg(long)]
+    pub expect_no_drops: bool,
+    /// Print one JSON object (totals by verdict and reason, rules and names hit, flows that
+    /// would break, differences, and every packet's outcome).
+    #[arg(long)]
+    pub json: bool,
+    /// The capture (pcap or pcapng).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod nat;
 pub mod pin;
 pub mod policy;
+pub mod replay;
 pub mod scrub;
 pub mod shield;
 pub mod stats;

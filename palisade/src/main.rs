@@ -65,6 +65,30 @@ fn check(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Exit status of `replay --expect-no-drops` when something would be dropped (1 is an
+/// error: a bad capture or policy).
+const EXIT_DROPS: u8 = 3;
+
+fn replay(a: &palisade::cli::ReplayArgs) -> ExitCode {
+    match palisade::replay::command(a) {
+        Ok(report) => {
+            if a.expect_no_drops && report.drops() > 0 {
+                eprintln!(
+                    "palisade: {} of {} packets would be dropped",
+                    report.drops(),
+                    report.totals.packets
+                );
+                return ExitCode::from(EXIT_DROPS);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = match &cli.command {
@@ -88,6 +112,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Command::Replay(args) => return replay(&args),
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
