@@ -164,8 +164,58 @@ mod tests {
                 "p.toml:4:10: [dns.bind].allow: host bits set; did you mean 10.0.0.0/8?",
                 "p.toml:4:24: [dns.bind].allow: invalid address or CIDR `x`",
                 "p.toml:5:1: unknown key `port` in [dns.bind]; expected one of `cgroups`, \
-                 `grace`, `allow`",
+                 `grace`, `allow`, `resolvers`, `doh_endpoints`",
             ]
+        );
+    }
+
+    #[test]
+    fn pinning_keys_parse_and_their_errors_name_their_place() {
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/a\"]\nresolvers = [\"10.1.0.53\", \"fd00::53\"]\n\
+             doh_endpoints = [\"192.0.2.0/28\"]\n",
+            "p.toml",
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        let b = p.dns.bind.unwrap();
+        assert_eq!(
+            b.resolvers,
+            [
+                parse_cidr("10.1.0.53").unwrap(),
+                parse_cidr("fd00::53").unwrap()
+            ]
+        );
+        assert_eq!(b.doh_endpoints, [parse_cidr("192.0.2.0/28").unwrap()]);
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/a\"]\n",
+            "p.toml",
+            Path::new("/x"),
+        )
+        .unwrap();
+        let b = p.dns.bind.unwrap();
+        assert!(b.resolvers.is_empty() && b.doh_endpoints.is_empty());
+
+        assert_eq!(
+            errors(
+                "[dns.bind]\ncgroups = [\"/a\"]\nresolvers = [\"10.1.0.53\", \"y\"]\n\
+                 doh_endpoints = [\"10.1.0.53\"]\n"
+            ),
+            [
+                "p.toml:3:13: [dns.bind].resolvers: 10.1.0.53 is also in doh_endpoints",
+                "p.toml:3:27: [dns.bind].resolvers: invalid address or CIDR `y`",
+            ]
+        );
+        assert_eq!(
+            errors("[dns.bind]\ncgroups = [\"/a\"]\ndoh_endpoints = [\"10.0.0.1\"]\n"),
+            [
+                "p.toml:3:17: [dns.bind].doh_endpoints needs `resolvers`: DoH is refused only \
+                 while the cgroups are pinned to their resolvers"
+            ]
+        );
+        assert_eq!(
+            errors("[dns.bind]\ncgroups = [\"/a\"]\nresolvers = []\n"),
+            ["p.toml:3:13: [dns.bind].resolvers is empty; leave it out to turn pinning off"]
         );
     }
 }
