@@ -10,6 +10,8 @@
 //!   (UDP to port 853) fail with `EPERM`;
 //! - DoH (`curl` to a real HTTP endpoint listed in `doh_endpoints`) fails, even after its
 //!   name was resolved through the configured resolver;
+//! - an answer from port 53 of a source that is not the resolver reaches the socket but
+//!   binds nothing: a connect to its address fails;
 //! - every refusal is an event with its reason, the process and the destination.
 //!
 //! The same probes from outside the cgroup succeed, so the servers are really there.
@@ -38,6 +40,10 @@ const OTHER_RESOLVER: &str = "10.81.0.2";
 const DOH: &str = "10.81.0.3";
 /// An ordinary destination, reached through a name.
 const WEB: &str = "10.81.0.4";
+/// An address only a forged answer (from [`FORGER`], not a resolver) names.
+const FORGED: &str = "10.81.0.5";
+/// The source of the forged answer.
+const FORGER: &str = "10.81.0.6";
 /// The HTTP servers' port.
 const HTTP_PORT: u16 = 8443;
 
@@ -61,6 +67,37 @@ for p in sys.argv[1:]:
     except OSError as e:
         out.append(e.errno)
 print(json.dumps(out))
+";
+
+/// Waits on a UDP socket for one datagram (printing the port first), then connects to the
+/// address the forged answer names; prints the datagram's length and the connect's result.
+const FORGED_LISTENER: &str = r"
+import json, socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(('0.0.0.0', 0))
+u.settimeout(5)
+print(u.getsockname()[1], flush=True)
+got = len(u.recv(512))
+s = socket.socket(); s.settimeout(3)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); conn = 'ok'
+except OSError as e:
+    conn = e.errno
+print(json.dumps([got, conn]), flush=True)
+";
+
+/// Sends a DNS answer (`forged.pin.test A <ip>`, TTL 300) from port 53 of `src` to
+/// `dst`:`port`.
+const FORGE: &str = r"
+import socket, struct, sys
+src, dst, port, ip = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+m = struct.pack('>HHHHHH', 7, 0x8180, 1, 1, 0, 0)
+m += b''.join(bytes([len(l)]) + l.encode() for l in 'forged.pin.test'.split('.')) + b'\0'
+m += struct.pack('>HH', 1, 1)
+m += struct.pack('>HHHIH', 0xc00c, 1, 1, 300, 4) + socket.inet_aton(ip)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 53))
+s.sendto(m, (dst, port))
 ";
 
 /// Accepts and closes TCP connections on port 853 (where a DoT server would listen).
@@ -193,7 +230,7 @@ fn pinned_cgroup_reaches_only_its_resolver() {
         &pair.ns_a,
         &["route", "add", "10.81.0.0/24", "via", &pair.v4_b],
     );
-    for a in [OTHER_RESOLVER, DOH, WEB] {
+    for a in [OTHER_RESOLVER, DOH, WEB, FORGED, FORGER] {
         ip_in(
             &pair,
             &pair.ns_b,
@@ -360,6 +397,49 @@ doh_endpoints = ["{DOH}/32"]
     eprintln!("curl to the DoH endpoint from the pinned cgroup: {err}");
     assert_eq!(code, None, "DoH fails from the pinned cgroup: {err}");
 
+    // --- an answer from port 53 of a source that is not a resolver binds nothing ---
+    let mut listener = cg
+        .command_in_ns(
+            &pair.ns_a,
+            &[
+                "python3",
+                "-c",
+                FORGED_LISTENER,
+                FORGED,
+                &HTTP_PORT.to_string(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn listener");
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let port = lines.next().expect("listener port").expect("read port");
+    let out = pair.exec(
+        &pair.ns_b,
+        "python3",
+        &["-c", FORGE, FORGER, &pair.v4_a, port.trim(), FORGED],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = lines.next().expect("listener result").expect("read result");
+    let _ = listener.wait();
+    let v: Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+    assert!(
+        v[0].as_u64().unwrap() > 12,
+        "the forged answer arrived: {v}"
+    );
+    assert_eq!(v[1], libc::EPERM, "and bound nothing: {v}");
+    let v = probe(&pair, None, &[format!("tcp:{FORGED}:{HTTP_PORT}")]);
+    assert_eq!(
+        v,
+        serde_json::json!(["ok"]),
+        "the forged address is reachable outside: {v}"
+    );
+
     // --- the configured resolver still works after all that ---
     assert_eq!(
         dig(&pair, Some(&cg), &pair.v4_b, "web.pin.test", false).as_deref(),
@@ -404,8 +484,14 @@ doh_endpoints = ["{DOH}/32"]
         comms.iter().any(|c| c.starts_with("isc-net")),
         "an event from dig: {comms:?}"
     );
-    assert!(
-        !events.iter().any(|e| e["reason"] == "bind-unresolved"),
-        "nothing refused for want of a binding: {events:?}"
+    let unresolved: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["reason"] == "bind-unresolved")
+        .collect();
+    assert_eq!(
+        unresolved.len(),
+        1,
+        "only the forged address wanted a binding: {unresolved:?}"
     );
+    assert_eq!(unresolved[0]["client"], FORGED, "{}", unresolved[0]);
 }
