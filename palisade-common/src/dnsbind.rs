@@ -40,6 +40,32 @@ pub const WALK_TOO_MANY_NAMES: u32 = 2;
 pub const BIND_CAPACITY: u32 = 262_144;
 /// Capacity of the explicit allow list (`BIND_ALLOW`, an LPM trie), loopback included.
 pub const MAX_BIND_ALLOW: u32 = 4_096;
+/// Capacity of the resolver-pinning table (`BIND_PIN`, an LPM trie): `[dns.bind] resolvers`
+/// and `doh_endpoints` together.
+pub const MAX_BIND_PIN: u32 = 1_024;
+/// `BIND_PIN` values: a configured resolver (plain DNS to it passes, its answers bind).
+pub const PIN_RESOLVER: u8 = 1;
+/// `BIND_PIN` values: a known DNS-over-HTTPS endpoint (every connect to it is refused).
+pub const PIN_DOH: u8 = 2;
+/// The plain DNS port (UDP and TCP).
+pub const DNS_PORT: u16 = 53;
+/// DNS over TLS (TCP) and DNS over QUIC (UDP).
+pub const DOT_PORT: u16 = 853;
+
+/// What resolver pinning makes of a destination: `reason::PASS` when pinning has no say,
+/// or the reason of the refusal. `kind` is the `BIND_PIN` value of the destination (0 when
+/// it is in neither list). Shared by the kernel's connect hooks and the userspace reference.
+#[must_use]
+pub const fn pin_verdict(kind: u8, port: u16) -> u32 {
+    if kind == PIN_DOH || port == DOT_PORT {
+        crate::reason::DNS_ENCRYPTED
+    } else if port == DNS_PORT && kind != PIN_RESOLVER {
+        crate::reason::DNS_RESOLVER_PINNED
+    } else {
+        crate::reason::PASS
+    }
+}
+
 /// The longest TTL honoured (seven days); longer ones are cut to it.
 pub const MAX_TTL_SECS: u32 = 7 * 24 * 3600;
 /// The largest grace period accepted (one hour).
@@ -65,6 +91,8 @@ map_type!(BindValue, 8);
 
 /// `BindConfig::enabled`: the policy has a `[dns.bind]` section.
 pub const BIND_ON: u32 = 1;
+/// `BindConfig::pinned`: `[dns.bind] resolvers` is set; DNS goes only to them.
+pub const PIN_ON: u32 = 1;
 
 /// The bind settings (`BIND_CONFIG`, one entry).
 #[repr(C)]
@@ -73,7 +101,8 @@ pub struct BindConfig {
     /// Added to every answer's TTL.
     pub grace_ns: u64,
     pub enabled: u32,
-    pub _pad: u32,
+    /// [`PIN_ON`] when the cgroups are pinned to their resolvers.
+    pub pinned: u32,
 }
 map_type!(BindConfig, 16);
 
@@ -91,7 +120,11 @@ pub const STAT_ADDRS_SKIPPED: u32 = 7;
 pub const STAT_INTERNAL: u32 = 8;
 /// Answers dropped by the answer check (a blocked name, a chain too long).
 pub const STAT_ANSWERS_REFUSED: u32 = 9;
-pub const BIND_STATS_COUNT: u32 = 10;
+/// Connects and sends refused by resolver pinning (DNS to another server, DoT, DoQ, DoH).
+pub const STAT_PIN_REFUSED: u32 = 10;
+/// Answers from a source that is not a configured resolver, not bound (pinning on).
+pub const STAT_ANSWERS_UNPINNED: u32 = 11;
+pub const BIND_STATS_COUNT: u32 = 12;
 /// Names of the counters, by index.
 pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "connect_checked",
@@ -104,6 +137,8 @@ pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "addrs_skipped",
     "internal",
     "answers_refused",
+    "pin_refused",
+    "answers_unpinned",
 ];
 
 /// Walk phases.
@@ -385,6 +420,24 @@ pub const fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pin_verdicts() {
+        use super::{PIN_DOH, PIN_RESOLVER, pin_verdict};
+        use crate::reason::{DNS_ENCRYPTED, DNS_RESOLVER_PINNED, PASS};
+        // Plain DNS: only to a configured resolver.
+        assert_eq!(pin_verdict(PIN_RESOLVER, 53), PASS);
+        assert_eq!(pin_verdict(0, 53), DNS_RESOLVER_PINNED);
+        // DoT / DoQ: never, not even to a configured resolver.
+        assert_eq!(pin_verdict(PIN_RESOLVER, 853), DNS_ENCRYPTED);
+        assert_eq!(pin_verdict(0, 853), DNS_ENCRYPTED);
+        // A DoH endpoint: no port at all.
+        assert_eq!(pin_verdict(PIN_DOH, 443), DNS_ENCRYPTED);
+        assert_eq!(pin_verdict(PIN_DOH, 53), DNS_ENCRYPTED);
+        // Anything else is left to the bindings.
+        assert_eq!(pin_verdict(0, 443), PASS);
+        assert_eq!(pin_verdict(PIN_RESOLVER, 443), PASS);
+    }
+
     use super::*;
 
     extern crate std;

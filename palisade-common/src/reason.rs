@@ -138,6 +138,12 @@ pub const DNS_ANSWER_BLOCKED: u32 = 46;
 /// DNS answer check: an answer with more than 8 CNAME records, or more distinct names than
 /// the check reads (16); dropped.
 pub const DNS_ANSWER_CHAIN: u32 = 47;
+/// Resolver pinning: a cgroup pinned to its resolvers (`[dns.bind] resolvers`) connected or
+/// sent to port 53 (UDP or TCP) of a server that is not one of them.
+pub const DNS_RESOLVER_PINNED: u32 = 48;
+/// Resolver pinning: a pinned cgroup tried encrypted DNS: port 853 (DoT over TCP, DoQ over
+/// UDP) or any port of a known DoH endpoint (`[dns.bind] doh_endpoints`).
+pub const DNS_ENCRYPTED: u32 = 49;
 
 /// DHCP (`[dhcp] rogue = "block"`): a DHCPv4 or DHCPv6 server's message from a source
 /// not on `[dhcp] trusted`.
@@ -150,7 +156,7 @@ pub const DHCP_ROGUE_ROUTER: u32 = 43;
 pub const INTEL_DROP: u32 = 44;
 
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 48;
+pub const COUNT: u32 = 50;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -202,6 +208,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "bind-unresolved",
     "dns-answer-blocked",
     "dns-answer-chain",
+    "dns-resolver-pinned",
+    "dns-encrypted",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -566,7 +566,7 @@ pub static INTEL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(IS_COUN
 // ---- DNS binding ----
 
 use palisade_common::dnsbind::{
-    BIND_CAPACITY, BIND_STATS_COUNT, BindConfig, BindKey, BindValue, MAX_BIND_ALLOW,
+    BIND_CAPACITY, BIND_STATS_COUNT, BindConfig, BindKey, BindValue, MAX_BIND_ALLOW, MAX_BIND_PIN,
 };
 
 /// The `[dns.bind]` settings (one entry).
@@ -584,6 +584,12 @@ pub static BIND_ADDRS: LruHashMap<BindKey, BindValue> =
 #[map]
 pub static BIND_ALLOW: LpmTrie<[u8; 16], u8> =
     LpmTrie::with_max_entries(MAX_BIND_ALLOW, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Resolver pinning (`[dns.bind] resolvers`, `doh_endpoints`): prefix -> `PIN_RESOLVER` or
+/// `PIN_DOH`, addresses as in `BIND_ALLOW`.
+#[map]
+pub static BIND_PIN: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(MAX_BIND_PIN, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Binding counters (`palisade_common::dnsbind::STAT_*`), per CPU.
 #[map]

@@ -28,7 +28,7 @@ use palisade::{
 use palisade_common::dnsbind::{
     ANSWER_BUF, BIND_STATS_COUNT, BindConfig, BindKey, BindValue, MAX_BOUND_PER_ANSWER,
     STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED,
-    STAT_ANSWERS_REFUSED, mapped_v4,
+    STAT_ANSWERS_REFUSED, STAT_ANSWERS_UNPINNED, mapped_v4,
 };
 
 const PASS: u32 = 1;
@@ -57,6 +57,7 @@ impl Loaded {
             cgroups: vec![],
             grace_secs,
             allow: vec![parse_cidr("192.0.2.0/24").unwrap()],
+            ..DnsBind::default()
         };
         dnsbind::write_config(&mut self.ebpf, Some(&b)).unwrap();
         self.clear();
@@ -482,6 +483,63 @@ fn answers_longer_than_the_buffer_bind_nothing_when_cut() {
         &[(STAT_ANSWERS, 1), (STAT_ANSWERS_MALFORMED, 1)],
     );
     assert!(l.bindings().is_empty());
+}
+
+/// With resolver pinning on, only answers whose source is a configured resolver bind
+/// (IPv4 and IPv6 sources, prefixes matched as in the kernel's trie); an answer from any
+/// other source passes unbound and is counted as `answers_unpinned`.
+#[test]
+fn answers_bind_only_from_the_pinned_resolvers() {
+    fn pin(l: &mut Loaded, resolvers: &[&str]) {
+        let b = DnsBind {
+            grace_secs: 0,
+            resolvers: resolvers.iter().map(|r| parse_cidr(r).unwrap()).collect(),
+            doh_endpoints: vec![parse_cidr("192.0.2.80/28").unwrap()],
+            ..DnsBind::default()
+        };
+        dnsbind::write_config(&mut l.ebpf, Some(&b)).unwrap();
+    }
+    let mut l = loaded();
+    // The crafted packets come from 10.1.0.53 (IPv4) and fd00::53 (IPv6).
+    pin(&mut l, &["10.1.0.54", "fd00::54"]);
+    l.clear();
+    let a = Answer::new("pinned.test").rr(A, 60, &[198, 51, 100, 20]);
+    let a6 = Answer::new("pinned.test").rr(AAAA, 60, &V6);
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &a.bytes())), PASS);
+    assert_eq!(l.run(&ip6_udp(53, 40000, &a6.bytes())), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 2), (STAT_ANSWERS_UNPINNED, 2)],
+    );
+    assert!(l.bindings().is_empty(), "{:?}", l.bindings());
+
+    pin(&mut l, &["10.1.0.0/24", "fd00::53"]);
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &a.bytes())), PASS);
+    assert_eq!(l.run(&ip6_udp(53, 40000, &a6.bytes())), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 2), (STAT_ADDRS_BOUND, 2)],
+    );
+    let b: Vec<[u8; 16]> = l.bindings().iter().map(|(k, _)| k.addr).collect();
+    assert_eq!(b, [mapped_v4([198, 51, 100, 20]), V6]);
+
+    // Pinning off again (no `resolvers`): every answer from port 53 binds.
+    pin(&mut l, &[]);
+    let cfg: Array<&MapData, BindConfig> =
+        Array::try_from(l.ebpf.map("BIND_CONFIG").unwrap()).unwrap();
+    assert_eq!(cfg.get(&0, 0).unwrap().pinned, 0);
+    l.clear();
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_udp(53, 40000, &a.bytes())), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 1), (STAT_ADDRS_BOUND, 1)],
+    );
 }
 
 /// Without `[dns.bind]` the program binds nothing and counts nothing.

@@ -29,6 +29,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
     "dnsutils",
+    "knot-dnsutils",
     "unbound",
     "dnsmasq",
     "nftables",

@@ -8,7 +8,8 @@
 //! blocklist every name of an answer is checked first ([`super::check`]); an answer with a
 //! blocked name, or a chain too long to check, is dropped. Only the first
 //! [`ANSWER_BUF`] bytes are walked; records after them are not bound. Answers over TCP are
-//! not walked (not bound).
+//! not walked (not bound). With resolver pinning on, only answers whose source is a
+//! configured resolver are walked; others pass unbound (counted as `answers_unpinned`).
 
 use core::ffi::c_void;
 
@@ -23,8 +24,9 @@ use aya_ebpf::{
 use palisade_common::{
     dnsbind::{
         self, ANSWER_BUF, AnswerWalk, BIND_ON, BindKey, BindValue, MAX_BOUND_PER_ANSWER,
-        MAX_WALK_STEPS, STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED,
-        STAT_ANSWERS_REFUSED, STAT_INTERNAL, WALK_DONE, WALK_MORE,
+        MAX_WALK_STEPS, PIN_ON, PIN_RESOLVER, STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS,
+        STAT_ANSWERS_MALFORMED, STAT_ANSWERS_REFUSED, STAT_ANSWERS_UNPINNED, STAT_INTERNAL,
+        WALK_DONE, WALK_MORE,
     },
     packet::{self, Bytes as _, FRAG_NONE, Frame, IPPROTO_UDP, Packet},
     reason,
@@ -35,7 +37,7 @@ use super::{add, check, count};
 use crate::{
     atomic,
     bytes::SkbBytes,
-    maps::{BIND_ADDRS, BIND_BUSY, BIND_CONFIG, BIND_SCRATCH, REASON_STATS, bump},
+    maps::{BIND_ADDRS, BIND_BUSY, BIND_CONFIG, BIND_PIN, BIND_SCRATCH, REASON_STATS, bump},
 };
 
 /// The walker's per-CPU working space.
@@ -73,7 +75,7 @@ pub fn run(ctx: &SkBuffContext) -> i32 {
         count(STAT_INTERNAL);
         return PASS;
     }
-    let verdict = walk_packet(ctx, cfg.grace_ns);
+    let verdict = walk_packet(ctx, cfg.grace_ns, cfg.pinned == PIN_ON);
     // SAFETY: as above.
     unsafe { atomic::exchange(busy, 0) };
     verdict
@@ -93,7 +95,7 @@ fn parse_into(ctx: &SkBuffContext, out: &mut Packet) -> bool {
 }
 
 #[inline(never)]
-fn walk_packet(ctx: &SkBuffContext, grace_ns: u64) -> i32 {
+fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool) -> i32 {
     let Some(s) = BIND_SCRATCH.get_ptr_mut(0) else {
         count(STAT_INTERNAL);
         return PASS;
@@ -108,6 +110,15 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64) -> i32 {
         return PASS;
     }
     count(STAT_ANSWERS);
+    if pinned
+        && BIND_PIN
+            .get(&aya_ebpf::maps::lpm_trie::Key::new(128, p.src))
+            .copied()
+            != Some(PIN_RESOLVER)
+    {
+        count(STAT_ANSWERS_UNPINNED);
+        return PASS;
+    }
     let l4 = usize::from(p.l4_offset);
     let msg_off = l4 + 8;
     // The message is what UDP's length says: the socket layer trims what follows it, and

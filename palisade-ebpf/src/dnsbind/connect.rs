@@ -7,6 +7,11 @@
 //! Answers are bound to the receiving socket's cgroup; the two agree unless a process moves
 //! to another cgroup between creating a socket and connecting it (refused: fail closed).
 //!
+//! With resolver pinning on (`[dns.bind] resolvers`), port 53 (UDP and TCP) reaches only the
+//! configured resolvers, and port 853 (DoT, DoQ) and the known DoH endpoints nothing: those
+//! are refused first, whatever the bindings say (reasons `dns-resolver-pinned`,
+//! `dns-encrypted`). A configured resolver is reachable without an answer.
+//!
 //! Fail-open vs fail-closed: without a loaded `[dns.bind]` (no settings) the hook passes
 //! everything; once on, a destination the maps do not vouch for is refused.
 
@@ -21,8 +26,8 @@ use aya_ebpf::{
 use palisade_common::{
     dns::maps::SCOPE_EGRESS,
     dnsbind::{
-        BIND_ON, BindKey, STAT_CONNECT_BOUND, STAT_CONNECT_CHECKED, STAT_CONNECT_DENIED,
-        STAT_CONNECT_EXPLICIT, STAT_INTERNAL,
+        BIND_ON, BindKey, PIN_ON, PIN_RESOLVER, STAT_CONNECT_BOUND, STAT_CONNECT_CHECKED,
+        STAT_CONNECT_DENIED, STAT_CONNECT_EXPLICIT, STAT_INTERNAL, STAT_PIN_REFUSED, pin_verdict,
     },
     event::{DNS_VERDICT_DROP, DnsEvent, KIND_DNS},
     reason, stats,
@@ -30,7 +35,7 @@ use palisade_common::{
 
 use super::count;
 use crate::maps::{
-    BIND_ADDRS, BIND_ALLOW, BIND_CONFIG, EVENTS, REASON_STATS, STATS, bump, event_flags,
+    BIND_ADDRS, BIND_ALLOW, BIND_CONFIG, BIND_PIN, EVENTS, REASON_STATS, STATS, bump, event_flags,
 };
 
 /// sock_addr verdicts.
@@ -38,6 +43,10 @@ const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 /// `SOCK_STREAM`.
 const SOCK_STREAM: u32 = 1;
+/// Bits of [`emit`]'s `how` (BPF functions take at most five arguments): the family is
+/// IPv6, the socket is TCP.
+const HOW_V6: u8 = 1;
+const HOW_TCP: u8 = 2;
 
 #[inline(always)]
 pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
@@ -67,12 +76,27 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
         (addr, port, core::ptr::read_volatile(&raw const (*sa).type_))
     };
     count(STAT_CONNECT_CHECKED);
+    // SAFETY: a helper with no preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let how = u8::from(v6) * HOW_V6 | u8::from(sock_type == SOCK_STREAM) * HOW_TCP;
+    if cfg.pinned == PIN_ON {
+        let kind = BIND_PIN.get(&Key::new(128, addr)).copied().unwrap_or(0);
+        let why = pin_verdict(kind, port);
+        if why != reason::PASS {
+            count(STAT_PIN_REFUSED);
+            bump(&REASON_STATS, why);
+            emit(cgroup_id, &addr, port, how, why);
+            return REFUSE;
+        }
+        if kind == PIN_RESOLVER {
+            count(STAT_CONNECT_EXPLICIT);
+            return ALLOW;
+        }
+    }
     if BIND_ALLOW.get(&Key::new(128, addr)).is_some() {
         count(STAT_CONNECT_EXPLICIT);
         return ALLOW;
     }
-    // SAFETY: a helper with no preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let key = BindKey { cgroup_id, addr };
     // SAFETY: the value is only read.
     if let Some(b) = unsafe { BIND_ADDRS.get(&key) } {
@@ -84,15 +108,15 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     count(STAT_CONNECT_DENIED);
     bump(&REASON_STATS, reason::BIND_UNRESOLVED);
-    emit(cgroup_id, &addr, port, v6, sock_type == SOCK_STREAM);
+    emit(cgroup_id, &addr, port, how, reason::BIND_UNRESOLVED);
     REFUSE
 }
 
 /// Reports a refused destination: a DNS event (egress scope, verdict drop, reason
-/// `bind-unresolved`) whose `client` and `client_port` are the refused destination, with the
+/// `bind-unresolved`, `dns-resolver-pinned` or `dns-encrypted`) whose `client` and `client_port` are the refused destination, with the
 /// calling process.
 #[inline(never)]
-fn emit(cgroup_id: u64, addr: &[u8; 16], port: u16, v6: bool, tcp: bool) {
+fn emit(cgroup_id: u64, addr: &[u8; 16], port: u16, how: u8, why: u32) {
     let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
         bump(&STATS, stats::EVENTS_LOST);
         return;
@@ -109,17 +133,17 @@ fn emit(cgroup_id: u64, addr: &[u8; 16], port: u16, v6: bool, tcp: bool) {
     // SAFETY: the record is reserved for us and now fully initialised.
     let e = unsafe { &mut *ev };
     e.kind = KIND_DNS;
-    e.reason = reason::BIND_UNRESOLVED;
+    e.reason = why;
     // SAFETY: a helper with no preconditions.
     e.timestamp_ns = unsafe { bpf_ktime_get_ns() };
     e.cgroup_id = cgroup_id;
     e.scope = SCOPE_EGRESS;
     e.verdict = DNS_VERDICT_DROP;
     e.list = u16::MAX;
-    e.tcp = u8::from(tcp);
+    e.tcp = u8::from(how & HOW_TCP != 0);
     e.client = *addr;
     e.client_port = port;
-    e.family = if v6 { 6 } else { 4 };
+    e.family = if how & HOW_V6 != 0 { 6 } else { 4 };
     let pid_tgid = bpf_get_current_pid_tgid();
     e.pid = (pid_tgid >> 32) as u32;
     e.tid = pid_tgid as u32;

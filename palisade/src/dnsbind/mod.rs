@@ -13,7 +13,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
 };
 use palisade_common::dnsbind::{
-    BIND_ON, BIND_STAT_NAMES, BIND_STATS_COUNT, BindConfig, MAX_BIND_ALLOW, MAX_GRACE_SECS,
+    BIND_ON, BIND_STAT_NAMES, BIND_STATS_COUNT, BindConfig, MAX_BIND_ALLOW, MAX_BIND_PIN,
+    MAX_GRACE_SECS, PIN_DOH, PIN_ON, PIN_RESOLVER,
 };
 
 use crate::{
@@ -44,6 +45,11 @@ pub struct DnsBind {
     /// Destinations allowed without a DNS answer (the resolvers among them), besides
     /// loopback and the unspecified address, which are always allowed.
     pub allow: Vec<Cidr>,
+    /// Resolver pinning: when not empty, DNS (port 53) goes only to these, and only their
+    /// answers bind; DoT/DoQ (port 853) and [`Self::doh_endpoints`] are refused.
+    pub resolvers: Vec<Cidr>,
+    /// Known DNS-over-HTTPS endpoints, refused while pinning is on.
+    pub doh_endpoints: Vec<Cidr>,
 }
 
 impl Default for DnsBind {
@@ -52,6 +58,8 @@ impl Default for DnsBind {
             cgroups: Vec::new(),
             grace_secs: DEFAULT_GRACE_SECS,
             allow: Vec::new(),
+            resolvers: Vec::new(),
+            doh_endpoints: Vec::new(),
         }
     }
 }
@@ -82,8 +90,8 @@ pub fn allow_entry(c: &Cidr) -> (u32, [u8; 16]) {
 /// Whether `bind` fits the kernel's maps; checked before anything is written.
 ///
 /// # Errors
-/// When the allow list (with the implicit entries) is over `MAX_BIND_ALLOW`, or the grace
-/// period over `MAX_GRACE_SECS`.
+/// When the allow list (with the implicit entries) is over `MAX_BIND_ALLOW`, the resolvers
+/// and DoH endpoints over `MAX_BIND_PIN`, or the grace period over `MAX_GRACE_SECS`.
 pub fn fits(bind: &DnsBind) -> Result<()> {
     let n = bind.allow.len() + implicit_allow().len();
     if n > MAX_BIND_ALLOW as usize {
@@ -92,6 +100,13 @@ pub fn fits(bind: &DnsBind) -> Result<()> {
             bind.allow.len(),
             MAX_BIND_ALLOW,
             implicit_allow().len()
+        ));
+    }
+    let pins = bind.resolvers.len() + bind.doh_endpoints.len();
+    if pins > MAX_BIND_PIN as usize {
+        return Err(anyhow!(
+            "[dns.bind].resolvers and doh_endpoints hold {pins} prefixes; the kernel table \
+             holds {MAX_BIND_PIN}"
         ));
     }
     if bind.grace_secs > MAX_GRACE_SECS {
@@ -136,10 +151,35 @@ pub fn write_config(ebpf: &mut Ebpf, bind: Option<&DnsBind>) -> Result<()> {
             let _ = trie.remove(&k);
         }
     }
+    let pins: Vec<((u32, [u8; 16]), u8)> = bind
+        .map(|b| {
+            b.resolvers
+                .iter()
+                .map(|c| (allow_entry(c), PIN_RESOLVER))
+                .chain(b.doh_endpoints.iter().map(|c| (allow_entry(c), PIN_DOH)))
+                .collect()
+        })
+        .unwrap_or_default();
+    {
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
+            LpmTrie::try_from(map_mut(ebpf, "BIND_PIN")?)?;
+        for ((len, addr), kind) in &pins {
+            trie.insert(&Key::new(*len, *addr), *kind, 0)
+                .context("writing [dns.bind].resolvers and doh_endpoints")?;
+        }
+        let stale: Vec<Key<[u8; 16]>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !pins.iter().any(|(e, _)| *e == (k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            let _ = trie.remove(&k);
+        }
+    }
     let cfg = bind.map_or_else(BindConfig::default, |b| BindConfig {
         grace_ns: u64::from(b.grace_secs) * 1_000_000_000,
         enabled: BIND_ON,
-        _pad: 0,
+        pinned: if b.resolvers.is_empty() { 0 } else { PIN_ON },
     });
     let mut m: Array<&mut MapData, BindConfig> = Array::try_from(map_mut(ebpf, "BIND_CONFIG")?)?;
     m.set(0, cfg, 0).context("writing the bind settings")?;

@@ -8,7 +8,8 @@
 //! - connect(): this process moves into a throw-away cgroup with the four sock_addr programs
 //!   attached and times `connect()` of a UDP socket (no packet is sent) to an explicitly
 //!   allowed address, a bound one and an unbound one (refused), against the same calls from
-//!   a sibling cgroup without programs. Medians over the rounds.
+//!   a sibling cgroup without programs. Medians over the rounds. Then again with resolver
+//!   pinning on (one more trie lookup per call): a bound address, and port 853 (refused).
 
 use std::{
     fmt::Write as _,
@@ -21,11 +22,11 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{HashMap, LpmTrie, MapData, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSockAddr, TestRun as _, TestRunOptions},
 };
 use palisade::{dnsbind, loader};
-use palisade_common::dnsbind::{BindKey, BindValue, mapped_v4};
+use palisade_common::dnsbind::{BindConfig, BindKey, BindValue, PIN_ON, PIN_RESOLVER, mapped_v4};
 
 const FLOOR: &str = "palisade_floor_skb";
 const UNIFIED: &str = "/sys/fs/cgroup/unified";
@@ -246,14 +247,23 @@ pub fn run(rounds: usize, repeat: u32) -> Result<String> {
         )?;
     }
     let n = repeat / 4;
-    let targets: [(&str, SocketAddr); 3] = [
-        ("allowed explicitly (127.0.0.1)", "127.0.0.1:9".parse()?),
-        ("bound (127.0.0.2)", "127.0.0.2:9".parse()?),
-        ("refused (127.0.0.3, EPERM)", "127.0.0.3:9".parse()?),
+    let targets: [(&str, SocketAddr, bool); 5] = [
+        (
+            "allowed explicitly (127.0.0.1)",
+            "127.0.0.1:9".parse()?,
+            false,
+        ),
+        ("bound (127.0.0.2)", "127.0.0.2:9".parse()?, false),
+        ("refused (127.0.0.3, EPERM)", "127.0.0.3:9".parse()?, false),
+        ("pinned: bound (127.0.0.2)", "127.0.0.2:9".parse()?, true),
+        ("pinned: port 853 (EPERM)", "127.0.0.2:853".parse()?, true),
     ];
     out += "\n## connect() of a UDP socket (ns per call)\n\n";
     out += "| destination | no programs (floor) | bind mode | added | ratio | passed in bind mode |\n|---|---:|---:|---:|---:|---|\n";
-    for (label, to) in targets {
+    for (label, to, pinned) in targets {
+        if pinned {
+            pin(&mut ebpf)?;
+        }
         let mut floor = Vec::new();
         let mut with = Vec::new();
         let mut passed = true;
@@ -277,4 +287,22 @@ pub fn run(rounds: usize, repeat: u32) -> Result<String> {
     drop(links);
     drop(dir);
     Ok(out)
+}
+
+/// Turns resolver pinning on with one resolver (192.0.2.53) that the measured calls do not
+/// reach: every call pays the pinning lookup.
+fn pin(ebpf: &mut Ebpf) -> Result<()> {
+    let mut t: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(
+        ebpf.map_mut("BIND_PIN")
+            .ok_or_else(|| anyhow!("BIND_PIN"))?,
+    )?;
+    t.insert(&Key::new(128, mapped_v4([192, 0, 2, 53])), PIN_RESOLVER, 0)?;
+    let mut c: Array<&mut MapData, BindConfig> = Array::try_from(
+        ebpf.map_mut("BIND_CONFIG")
+            .ok_or_else(|| anyhow!("BIND_CONFIG"))?,
+    )?;
+    let mut cfg = c.get(&0, 0)?;
+    cfg.pinned = PIN_ON;
+    c.set(0, cfg, 0)?;
+    Ok(())
 }

@@ -3,7 +3,7 @@
 use super::{Checker, Node};
 use crate::{dnsbind::DnsBind, policy::setfile::parse_cidr};
 
-pub(super) const BIND_KEYS: &[&str] = &["cgroups", "grace", "allow"];
+pub(super) const BIND_KEYS: &[&str] = &["cgroups", "grace", "allow", "resolvers", "doh_endpoints"];
 
 impl Checker<'_> {
     /// `[dns.bind]`. Problems are recorded; the section is then dropped.
@@ -44,7 +44,61 @@ impl Checker<'_> {
                 self.err(n.at, msg);
             }
         }
+        let resolvers = self.bind_prefixes(view.get("resolvers"), "resolvers");
+        let doh = self.bind_prefixes(view.get("doh_endpoints"), "doh_endpoints");
+        b.resolvers = resolvers.iter().map(|(c, _)| *c).collect();
+        b.doh_endpoints = doh.iter().map(|(c, _)| *c).collect();
+        if b.resolvers.is_empty()
+            && let Some(n) = view.get("doh_endpoints")
+        {
+            self.err(
+                n.at,
+                "[dns.bind].doh_endpoints needs `resolvers`: DoH is refused only while the \
+                 cgroups are pinned to their resolvers",
+            );
+        }
+        if let Some(n) = view.get("resolvers") {
+            if b.resolvers.is_empty() {
+                self.err(
+                    n.at,
+                    "[dns.bind].resolvers is empty; leave it out to turn pinning off",
+                );
+            }
+            for (_, text) in resolvers
+                .iter()
+                .filter(|(c, _)| b.doh_endpoints.contains(c))
+            {
+                let msg = format!("[dns.bind].resolvers: {text} is also in doh_endpoints");
+                self.err(n.at, msg);
+            }
+            let max = palisade_common::dnsbind::MAX_BIND_PIN as usize;
+            let pins = b.resolvers.len() + b.doh_endpoints.len();
+            if pins > max {
+                let msg = format!(
+                    "[dns.bind].resolvers and doh_endpoints list {pins} prefixes; at most {max} fit"
+                );
+                self.err(n.at, msg);
+            }
+        }
         Some(b)
+    }
+
+    /// A list of prefixes under `[dns.bind]`; bad entries are recorded and left out.
+    fn bind_prefixes(
+        &mut self,
+        node: Option<&Node>,
+        key: &str,
+    ) -> Vec<(crate::policy::model::Cidr, String)> {
+        let mut out = Vec::new();
+        if let Some(n) = node {
+            for (text, at) in self.string_list(n, key) {
+                match parse_cidr(&text) {
+                    Ok(c) => out.push((c, text)),
+                    Err(e) => self.err(at, format!("[dns.bind].{key}: {e}")),
+                }
+            }
+        }
+        out
     }
 }
 
@@ -110,8 +164,58 @@ mod tests {
                 "p.toml:4:10: [dns.bind].allow: host bits set; did you mean 10.0.0.0/8?",
                 "p.toml:4:24: [dns.bind].allow: invalid address or CIDR `x`",
                 "p.toml:5:1: unknown key `port` in [dns.bind]; expected one of `cgroups`, \
-                 `grace`, `allow`",
+                 `grace`, `allow`, `resolvers`, `doh_endpoints`",
             ]
+        );
+    }
+
+    #[test]
+    fn pinning_keys_parse_and_their_errors_name_their_place() {
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/a\"]\nresolvers = [\"10.1.0.53\", \"fd00::53\"]\n\
+             doh_endpoints = [\"192.0.2.0/28\"]\n",
+            "p.toml",
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        let b = p.dns.bind.unwrap();
+        assert_eq!(
+            b.resolvers,
+            [
+                parse_cidr("10.1.0.53").unwrap(),
+                parse_cidr("fd00::53").unwrap()
+            ]
+        );
+        assert_eq!(b.doh_endpoints, [parse_cidr("192.0.2.0/28").unwrap()]);
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/a\"]\n",
+            "p.toml",
+            Path::new("/x"),
+        )
+        .unwrap();
+        let b = p.dns.bind.unwrap();
+        assert!(b.resolvers.is_empty() && b.doh_endpoints.is_empty());
+
+        assert_eq!(
+            errors(
+                "[dns.bind]\ncgroups = [\"/a\"]\nresolvers = [\"10.1.0.53\", \"y\"]\n\
+                 doh_endpoints = [\"10.1.0.53\"]\n"
+            ),
+            [
+                "p.toml:3:13: [dns.bind].resolvers: 10.1.0.53 is also in doh_endpoints",
+                "p.toml:3:27: [dns.bind].resolvers: invalid address or CIDR `y`",
+            ]
+        );
+        assert_eq!(
+            errors("[dns.bind]\ncgroups = [\"/a\"]\ndoh_endpoints = [\"10.0.0.1\"]\n"),
+            [
+                "p.toml:3:17: [dns.bind].doh_endpoints needs `resolvers`: DoH is refused only \
+                 while the cgroups are pinned to their resolvers"
+            ]
+        );
+        assert_eq!(
+            errors("[dns.bind]\ncgroups = [\"/a\"]\nresolvers = []\n"),
+            ["p.toml:3:13: [dns.bind].resolvers is empty; leave it out to turn pinning off"]
         );
     }
 }
