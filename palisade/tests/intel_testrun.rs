@@ -258,11 +258,8 @@ lists = ["bad"]
         ]
     );
     // The decoded form `palisade events` prints.
-    let line = palisade::events::decode(
-        &as_bytes(&events[1]),
-        &|_| Some("nine".to_string()),
-    )
-    .expect("a firewall event");
+    let line = palisade::events::decode(&as_bytes(&events[1]), &|_| Some("nine".to_string()))
+        .expect("a firewall event");
     assert!(line.intel_tagged);
     assert!(line.to_string().ends_with(" intel=tagged"), "{line}");
     let untagged = palisade::events::decode(&as_bytes(&events[4]), &|_| None).unwrap();
@@ -282,7 +279,10 @@ lists = ["bad"]
         .collect();
     assert_eq!(
         tagged,
-        [(Some(ip("192.0.2.77")), true), (Some(ip("192.0.2.78")), false)]
+        [
+            (Some(ip("192.0.2.77")), true),
+            (Some(ip("192.0.2.78")), false)
+        ]
     );
     assert!(dns_events[0].to_string().contains(" intel=tagged"));
     // The tagged query's own intel event (the tag feed matched its source again).
@@ -318,16 +318,18 @@ fn the_conntrack_listing_marks_flows_whose_peer_is_tagged() {
         &palisade::conntrack::filter::FlowFilter::default(),
     )
     .expect("the tracker's tables");
-    let mut seen: Vec<(std::net::IpAddr, bool)> =
-        flows.iter().map(|f| (f.orig_addr, f.intel_tagged)).collect();
+    let mut seen: Vec<(std::net::IpAddr, bool)> = flows
+        .iter()
+        .map(|f| (f.orig_addr, f.intel_tagged))
+        .collect();
     seen.sort();
-    assert_eq!(
-        seen,
-        [(ip("192.0.2.77"), true), (ip("192.0.2.78"), false)]
-    );
+    assert_eq!(seen, [(ip("192.0.2.77"), true), (ip("192.0.2.78"), false)]);
     let list = palisade::conntrack::report::FlowList { flows };
     let text = palisade::conntrack::report::print_flows(&list);
-    let marked: Vec<&str> = text.lines().filter(|l| l.contains("intel-tagged")).collect();
+    let marked: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("intel-tagged"))
+        .collect();
     assert_eq!(marked.len(), 1, "{text}");
     assert!(marked[0].contains("192.0.2.77:40000"), "{text}");
 }
@@ -335,8 +337,13 @@ fn the_conntrack_listing_marks_flows_whose_peer_is_tagged() {
 /// The bytes of an event record, as the ring delivers them.
 fn as_bytes(e: &FirewallEvent) -> Vec<u8> {
     // SAFETY: plain old data, read as bytes.
-    unsafe { std::slice::from_raw_parts((e as *const FirewallEvent).cast::<u8>(), size_of::<FirewallEvent>()) }
-        .to_vec()
+    unsafe {
+        std::slice::from_raw_parts(
+            (e as *const FirewallEvent).cast::<u8>(),
+            size_of::<FirewallEvent>(),
+        )
+    }
+    .to_vec()
 }
 
 #[test]

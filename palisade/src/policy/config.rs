@@ -399,8 +399,8 @@ use super::model::{
 use super::namelist::{parse_list_bytes, parse_name};
 
 mod dhcp;
-mod intel;
 mod dnsbind;
+mod intel;
 mod lb;
 mod nat;
 mod scrub;
