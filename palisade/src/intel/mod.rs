@@ -277,6 +277,17 @@ pub fn tagged(ebpf: &aya::Ebpf) -> std::collections::HashSet<[u8; 16]> {
     t.keys().filter_map(Result::ok).collect()
 }
 
+/// Whether `addr` (keyed as the maps key it) is in `INTEL_TAGGED`; false when the map
+/// cannot be read.
+#[must_use]
+pub fn is_tagged(ebpf: &aya::Ebpf, addr: &[u8; 16]) -> bool {
+    use aya::maps::{HashMap, MapData};
+    crate::maps::map(ebpf, "INTEL_TAGGED")
+        .ok()
+        .and_then(|m| HashMap::<&MapData, [u8; 16], [u8; 16]>::try_from(m).ok())
+        .is_some_and(|t| t.get(addr, 0).is_ok())
+}
+
 /// The kernel's indicator counters by name: `<direction>_<event>` (`ingress_hit_ip`, ...)
 /// and `feed_<id>_hits` for every feed that matched.
 #[must_use]
