@@ -39,10 +39,16 @@ pub struct FirewallEvent {
     pub family: u8,
     pub proto: u8,
     pub action: u8,
-    pub _pad: [u8; 1],
+    /// [`FLAG_INTEL_TAGGED`]: the packet's source was tagged by an `[intel]` feed with
+    /// `action = "tag"` (it is in `INTEL_TAGGED`) when the event was written.
+    pub flags: u8,
     pub packet_len: u32,
 }
 map_type!(FirewallEvent, 72);
+
+/// [`FirewallEvent::flags`] and [`DnsEvent::flags`]: the peer (the packet's source, the
+/// query's client) is an address an `[intel]` feed with `action = "tag"` marked.
+pub const FLAG_INTEL_TAGGED: u8 = 1;
 
 /// [`DnsEvent::kind`]: a DNS decision.
 pub const KIND_DNS: u32 = 2;
@@ -89,7 +95,9 @@ pub struct DnsEvent {
     /// Why this event was sent while its scope is over the event budget:
     /// [`DNS_SENT_IN_BUDGET`], [`DNS_SENT_FIRST`] or [`DNS_SENT_SAMPLE`].
     pub sent: u8,
-    pub _pad: [u8; 3],
+    /// [`FLAG_INTEL_TAGGED`] when the client is a tagged address (XDP ingress scope).
+    pub flags: u8,
+    pub _pad: [u8; 2],
     /// Case-folded wire-format question name (8-aligned, so it is copied by words); only
     /// its first `name_len` bytes are meaningful.
     pub name: [u8; 256],

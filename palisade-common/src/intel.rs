@@ -8,7 +8,8 @@
 //! Every indicator map exists twice, one per generation ([`GENERATIONS`]); the daemon fills
 //! the idle one and flips [`IntelControl::active`], so a refresh is atomic and an indicator
 //! removed from a feed stops matching at the flip (a bloom filter cannot delete: the idle
-//! generation's filter is created empty for every refresh).
+//! generation's filter keeps the bits of what it held, which only raises its false
+//! positives, [`IS_BLOOM_FALSE`]).
 
 use crate::map_type;
 
@@ -22,7 +23,8 @@ pub const MAX_FEEDS: u32 = 64;
 pub const ACTION_DROP: u8 = 1;
 /// An event, and the packet passes.
 pub const ACTION_ALERT: u8 = 2;
-/// The packet passes, marked for the later stages (`Packet::intel`), and an event.
+/// The packet passes, its source is written to `INTEL_TAGGED` (read by the firewall and DNS
+/// events, [`crate::event::FLAG_INTEL_TAGGED`], and `palisade ct list`), and an event.
 pub const ACTION_TAG: u8 = 3;
 
 /// [`IntelControl::enabled`] bits: the generation holds exact addresses.

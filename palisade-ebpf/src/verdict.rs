@@ -73,7 +73,6 @@ fn emit(ctx: &XdpContext, p: Option<&Packet>, d: &Decision, action: u8, packet_l
     // the packet and 4-aligned in the record (8-aligned in the ring), so they are copied by
     // 16-bit words and cleared by 32-bit ones.
     unsafe {
-        (*ev)._pad = [0];
         (*ev).kind = KIND_FIREWALL;
         (*ev).reason = d.reason;
         (*ev).timestamp_ns = bpf_ktime_get_ns();
@@ -83,6 +82,7 @@ fn emit(ctx: &XdpContext, p: Option<&Packet>, d: &Decision, action: u8, packet_l
         (*ev).action = action;
         (*ev).packet_len = packet_len;
         if let Some(p) = p {
+            (*ev).flags = crate::intel::tag_flag(&p.src);
             (*ev).family = p.family;
             (*ev).proto = p.proto;
             (*ev).sport = p.sport;
@@ -103,6 +103,7 @@ fn emit(ctx: &XdpContext, p: Option<&Packet>, d: &Decision, action: u8, packet_l
             }
         } else {
             // Volatile: plain stores of zeros would be merged into a byte-loop memset.
+            core::ptr::write_volatile(&raw mut (*ev).flags, 0);
             core::ptr::write_volatile(&raw mut (*ev).family, 0);
             core::ptr::write_volatile(&raw mut (*ev).proto, 0);
             core::ptr::write_volatile(&raw mut (*ev).sport, 0);

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use palisade_common::{
-    event::{FirewallEvent, KIND_FIREWALL},
+    event::{FLAG_INTEL_TAGGED, FirewallEvent, KIND_FIREWALL},
     firewall::DEFAULT_SLOT,
     packet::FAMILY_V4,
     reason,
@@ -30,6 +30,10 @@ pub struct Event {
     pub sport: u16,
     pub dport: u16,
     pub len: u32,
+    /// The source was tagged by an `[intel]` feed with `action = "tag"` (`INTEL_TAGGED`)
+    /// when the kernel wrote the event; absent from JSON when not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub intel_tagged: bool,
 }
 
 /// Decodes one ring-buffer record. `rule_name` turns an evaluation index into a name.
@@ -68,6 +72,7 @@ pub fn decode(bytes: &[u8], rule_name: &dyn Fn(u32) -> Option<String>) -> Option
         sport: e.sport,
         dport: e.dport,
         len: e.packet_len,
+        intel_tagged: e.flags & FLAG_INTEL_TAGGED != 0,
     })
 }
 
@@ -92,7 +97,11 @@ impl std::fmt::Display for Event {
                 write!(f, " {proto} {s}:{} -> {d}:{}", self.sport, self.dport)?;
             }
         }
-        write!(f, " len={} ifindex={}", self.len, self.ifindex)
+        write!(f, " len={} ifindex={}", self.len, self.ifindex)?;
+        if self.intel_tagged {
+            f.write_str(" intel=tagged")?;
+        }
+        Ok(())
     }
 }
 
@@ -131,6 +140,10 @@ pub struct DnsDecision {
     /// `sample`; absent within the budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<&'static str>,
+    /// The client was tagged by an `[intel]` feed with `action = "tag"`; absent from JSON
+    /// when not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub intel_tagged: bool,
 }
 
 /// Decodes a DNS event record.
@@ -187,6 +200,7 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
             palisade_common::event::DNS_SENT_SAMPLE => Some("sample"),
             _ => None,
         },
+        intel_tagged: e.flags & FLAG_INTEL_TAGGED != 0,
     })
 }
 
@@ -280,6 +294,9 @@ impl std::fmt::Display for DnsDecision {
         }
         if let Some(sent) = self.sent {
             write!(f, " sent={sent}")?;
+        }
+        if self.intel_tagged {
+            f.write_str(" intel=tagged")?;
         }
         Ok(())
     }

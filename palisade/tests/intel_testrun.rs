@@ -21,7 +21,7 @@ use palisade::{
     testrun::Bench,
 };
 use palisade_common::{
-    event::FirewallEvent,
+    event::{FLAG_INTEL_TAGGED, FirewallEvent, KIND_FIREWALL},
     intel::{
         ACTION_ALERT, ACTION_DROP, ACTION_TAG, DIR_EGRESS, DIR_INGRESS, IS_ALERTED, IS_BLOOM_MAYBE,
         IS_CHECKED, IS_DROPPED, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, KIND_INTEL,
@@ -203,6 +203,147 @@ fn alert_and_tag_pass_with_an_event_and_tag_marks_the_address() {
     assert_eq!(v[0], ACTION_TAG, "action");
     assert_eq!(u16::from_ne_bytes([v[2], v[3]]), 1, "feed id");
     assert_ne!(&v[8..16], &[0; 8], "last seen");
+}
+
+#[test]
+fn a_tagged_source_is_marked_in_the_firewall_and_dns_events_of_its_later_packets() {
+    let mut b = Bench::sized(&SIZES.for_loader()).expect("load and verify the kernel programs");
+    let p = config::parse_policy(
+        r#"
+[[firewall.rule]]
+name = "nine"
+action = "drop"
+proto = "udp"
+dport = 9
+log = true
+
+[dns.lists.bad]
+names = ["bad.example"]
+
+[dns.ingress]
+mode = "blocklist"
+action = "drop"
+lists = ["bad"]
+"#,
+        "p.toml",
+        Path::new("/"),
+    )
+    .expect("valid policy");
+    b.install(&p).expect("install");
+    write(
+        &mut b,
+        &[("mark", Action::Tag, "192.0.2.77\n2001:db8:77::/64\n")],
+    );
+    // Tagged, then dropped by the rule in the same pass: the intel event and the rule's
+    // event both carry the tag.
+    for src in ["192.0.2.77", "2001:db8:77::9"] {
+        assert_eq!(b.run(&udp_from(src)).unwrap(), XDP_DROP, "{src}: the rule");
+    }
+    // Not tagged: the same rule's event without it.
+    for src in ["192.0.2.78", "2001:db8:78::9"] {
+        assert_eq!(b.run(&udp_from(src)).unwrap(), XDP_DROP, "{src}: the rule");
+    }
+    let events = b.drain_events();
+    let seen: Vec<(u32, [u8; 16], u8)> = events.iter().map(|e| (e.kind, e.src, e.flags)).collect();
+    let t = FLAG_INTEL_TAGGED;
+    assert_eq!(
+        seen,
+        [
+            (KIND_INTEL, key_of(ip("192.0.2.77")), t),
+            (KIND_FIREWALL, key_of(ip("192.0.2.77")), t),
+            (KIND_INTEL, key_of(ip("2001:db8:77::9")), t),
+            (KIND_FIREWALL, key_of(ip("2001:db8:77::9")), t),
+            (KIND_FIREWALL, key_of(ip("192.0.2.78")), 0),
+            (KIND_FIREWALL, key_of(ip("2001:db8:78::9")), 0),
+        ]
+    );
+    // The decoded form `palisade events` prints.
+    let line = palisade::events::decode(&as_bytes(&events[1]), &|_| Some("nine".to_string()))
+        .expect("a firewall event");
+    assert!(line.intel_tagged);
+    assert!(line.to_string().ends_with(" intel=tagged"), "{line}");
+    let untagged = palisade::events::decode(&as_bytes(&events[4]), &|_| None).unwrap();
+    assert!(!untagged.intel_tagged);
+    assert!(!untagged.to_string().contains("intel="), "{untagged}");
+    // DNS: a blocked query from the tagged address, and from one that is not.
+    let dns = |src: &str| {
+        let msg = palisade::craft::DnsQuery::name("bad.example", 1).build();
+        Frame::dns_udp(src, "10.0.0.53", 40_000, &msg).build()
+    };
+    assert_eq!(b.run(&dns("192.0.2.77")).unwrap(), XDP_DROP);
+    assert_eq!(b.run(&dns("192.0.2.78")).unwrap(), XDP_DROP);
+    let dns_events = b.drain_dns_events();
+    let tagged: Vec<(Option<std::net::IpAddr>, bool)> = dns_events
+        .iter()
+        .map(|e| (e.client, e.intel_tagged))
+        .collect();
+    assert_eq!(
+        tagged,
+        [
+            (Some(ip("192.0.2.77")), true),
+            (Some(ip("192.0.2.78")), false)
+        ]
+    );
+    assert!(dns_events[0].to_string().contains(" intel=tagged"));
+    // The tagged query's own intel event (the tag feed matched its source again).
+    let intel: Vec<(u32, u8)> = b.drain_events().iter().map(|e| (e.kind, e.flags)).collect();
+    assert_eq!(intel, [(KIND_INTEL, FLAG_INTEL_TAGGED)]);
+    // A tag the table no longer holds is no longer reported.
+    let mut table: HashMap<&mut MapData, [u8; 16], [u8; 16]> =
+        HashMap::try_from(palisade::maps::map_mut(&mut b.ebpf, "INTEL_TAGGED").unwrap()).unwrap();
+    table.remove(&key_of(ip("192.0.2.77"))).unwrap();
+    write(&mut b, &[("mark", Action::Tag, "")]);
+    assert_eq!(b.run(&udp_from("192.0.2.77")).unwrap(), XDP_DROP);
+    let events = b.drain_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].kind, events[0].flags), (KIND_FIREWALL, 0));
+}
+
+#[test]
+fn the_conntrack_listing_marks_flows_whose_peer_is_tagged() {
+    let mut b = Bench::sized(&SIZES.for_loader()).expect("load and verify the kernel programs");
+    let p = config::parse_policy(
+        "[firewall]\ndefault = \"drop\"\nstateful = true\n\n[[firewall.rule]]\nname = \"nine\"\naction = \"allow\"\nproto = \"udp\"\ndport = 9\n",
+        "p.toml",
+        Path::new("/"),
+    )
+    .expect("valid policy");
+    b.install(&p).expect("install");
+    write(&mut b, &[("mark", Action::Tag, "192.0.2.77\n")]);
+    for src in ["192.0.2.77", "192.0.2.78"] {
+        assert_eq!(b.run(&udp_from(src)).unwrap(), XDP_PASS, "{src}: allowed");
+    }
+    let flows = palisade::conntrack::table::flows(
+        &b.ebpf,
+        &palisade::conntrack::filter::FlowFilter::default(),
+    )
+    .expect("the tracker's tables");
+    let mut seen: Vec<(std::net::IpAddr, bool)> = flows
+        .iter()
+        .map(|f| (f.orig_addr, f.intel_tagged))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [(ip("192.0.2.77"), true), (ip("192.0.2.78"), false)]);
+    let list = palisade::conntrack::report::FlowList { flows };
+    let text = palisade::conntrack::report::print_flows(&list);
+    let marked: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("intel-tagged"))
+        .collect();
+    assert_eq!(marked.len(), 1, "{text}");
+    assert!(marked[0].contains("192.0.2.77:40000"), "{text}");
+}
+
+/// The bytes of an event record, as the ring delivers them.
+fn as_bytes(e: &FirewallEvent) -> Vec<u8> {
+    // SAFETY: plain old data, read as bytes.
+    unsafe {
+        std::slice::from_raw_parts(
+            (e as *const FirewallEvent).cast::<u8>(),
+            size_of::<FirewallEvent>(),
+        )
+    }
+    .to_vec()
 }
 
 #[test]

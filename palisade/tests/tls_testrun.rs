@@ -448,3 +448,54 @@ fn a_flow_evicted_before_its_hello_is_held_again() {
     assert_eq!(g.egress(&server_data(s, c, cport)), TC_ACT_SHOT);
     assert_eq!(g.ingress(&old), TC_ACT_SHOT);
 }
+
+#[test]
+fn a_decided_flow_with_a_tagged_server_says_so_in_its_event() {
+    use aya::maps::HashMap;
+    let mut g = gate(POLICY);
+    let (c, s) = ("10.1.0.2", "10.2.0.9");
+    // The server's address as a tag feed leaves it (`intel_testrun` covers the tagging).
+    {
+        let mut tagged: HashMap<&mut MapData, [u8; 16], [u8; 16]> =
+            HashMap::try_from(palisade::maps::map_mut(&mut g.bench.ebpf, "INTEL_TAGGED").unwrap())
+                .unwrap();
+        let mut value = [0u8; 16];
+        value[0] = palisade_common::intel::ACTION_TAG;
+        tagged.insert(key(c, s, 0).server, value, 0).unwrap();
+    }
+    let mut keeper = palisade::tls::runtime::Gatekeeper::new(g.policy.clone());
+    let mut events = Vec::new();
+    for (server, cport) in [(s, 41_000), ("10.2.0.10", 41_001)] {
+        let mut flows = Flows::new();
+        let (v, _) = open(
+            &mut g,
+            &mut flows,
+            (c, server, cport),
+            "www.ok.example",
+            1400,
+        );
+        assert!(v.iter().all(|&x| x == TC_ACT_UNSPEC), "{v:?}");
+        while let Some(item) = g.segments.next() {
+            let raw = item.to_vec();
+            drop(item);
+            events.extend(keeper.record(&mut g.bench.ebpf, &raw, Instant::now()));
+        }
+    }
+    let seen: Vec<(String, &str, bool)> = events
+        .iter()
+        .map(|e| (e.server.clone(), e.verdict, e.intel_tagged))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (s.to_string(), "pass", true),
+            ("10.2.0.10".to_string(), "pass", false)
+        ]
+    );
+    assert!(
+        events[0].to_string().ends_with(" intel=tagged"),
+        "{}",
+        events[0]
+    );
+    assert!(!events[1].to_string().contains("intel="), "{}", events[1]);
+}

@@ -14,7 +14,7 @@ pub mod egress;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use palisade_common::{
-    event::FirewallEvent,
+    event::{FLAG_INTEL_TAGGED, FirewallEvent},
     intel::{
         ACTION_ALERT, ACTION_DROP, ACTION_TAG, CidrData, HAS_CIDRS, HAS_IPS, IS_ALERTED,
         IS_BLOOM_FALSE, IS_BLOOM_MAYBE, IS_CHECKED, IS_DROPPED, IS_EVENTS_LOST, IS_FEED_HITS,
@@ -36,6 +36,18 @@ pub struct Tagged {
     pub hit: IntelHit,
     pub _pad: u32,
     pub last_seen_ns: u64,
+}
+
+/// [`FLAG_INTEL_TAGGED`] when `addr` (a map value: the handoff slot, a scratch slot) is in
+/// `INTEL_TAGGED`, else 0: how the events of the other engines carry the tag.
+#[inline(always)]
+pub fn tag_flag(addr: &[u8; 16]) -> u8 {
+    // SAFETY: only the presence of the value is used.
+    if unsafe { INTEL_TAGGED.get(addr) }.is_some() {
+        FLAG_INTEL_TAGGED
+    } else {
+        0
+    }
 }
 
 /// The live generation and what it holds, when it holds indicators.
@@ -166,7 +178,11 @@ fn emit(p: &Packet, hit: IntelHit, reason_code: u32, ifindex: u32, packet_len: u
     // SAFETY: the reserved record, ours until submitted; every field written. Addresses are
     // copied by 16-bit words, as in `verdict::emit` (2-aligned in the packet).
     unsafe {
-        (*ev)._pad = [0];
+        (*ev).flags = if hit.action == ACTION_TAG {
+            FLAG_INTEL_TAGGED
+        } else {
+            0
+        };
         (*ev).kind = KIND_INTEL;
         (*ev).reason = reason_code;
         (*ev).timestamp_ns = bpf_ktime_get_ns();

@@ -160,7 +160,7 @@ fn emit_drop(ctx: &TcContext, p: &Packet, reason: u32, generation: u32) {
         (*ev).family = p.family;
         (*ev).proto = p.proto;
         (*ev).action = 1;
-        (*ev)._pad = [0];
+        (*ev).flags = 0;
         (*ev).packet_len = (*ctx.skb.skb).len;
         let (from, to) = (
             p.src.as_ptr().cast::<u16>(),

@@ -275,7 +275,12 @@ pub fn print_flows(l: &FlowList) -> String {
                 proto_name(f.proto),
                 endpoint(f.orig_addr, f.orig_port),
                 endpoint(f.reply_addr, f.reply_port),
-                format!("{}{}", f.state, if f.local { " local" } else { "" }),
+                format!(
+                    "{}{}{}",
+                    f.state,
+                    if f.local { " local" } else { "" },
+                    if f.intel_tagged { " intel-tagged" } else { "" }
+                ),
                 format!("{}s", f.age_s),
                 format!("{}s", f.idle_s),
                 format!("{}/{}", f.packets_orig, f.packets_reply),

@@ -126,6 +126,10 @@ pub struct Flow {
     pub bytes_orig: u64,
     pub bytes_reply: u64,
     pub ifindex: u32,
+    /// An endpoint is an address an `[intel]` feed with `action = "tag"` marked
+    /// (`INTEL_TAGGED`, read when the list is made).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub intel_tagged: bool,
 }
 
 fn addr_of(family: u8, words: &[u32; 4]) -> IpAddr {
@@ -166,6 +170,7 @@ pub fn flow_of(k: &CtKey, e: &CtEntry, table: &'static str, now_ns: u64) -> Flow
         bytes_orig: e.dirs[0].bytes,
         bytes_reply: e.dirs[1].bytes,
         ifindex: e.ifindex,
+        intel_tagged: false,
     }
 }
 
@@ -177,10 +182,15 @@ pub fn flow_of(k: &CtKey, e: &CtEntry, table: &'static str, now_ns: u64) -> Flow
 pub fn flows(ebpf: &Ebpf, filter: &FlowFilter) -> Result<Vec<Flow>> {
     let req = filter.request(SWEEP_FLUSH).map_err(|e| anyhow!(e))?;
     let now = super::carry::now_ns();
+    let tagged = crate::intel::tagged(ebpf);
     let mut out = Vec::new();
     walk(ebpf, |k, e, table| {
         if req.matches(k, e) {
-            out.push(flow_of(k, e, table, now));
+            let mut f = flow_of(k, e, table, now);
+            f.intel_tagged = [f.orig_addr, f.reply_addr]
+                .iter()
+                .any(|a| tagged.contains(&crate::intel::parse::key_of(*a)));
+            out.push(f);
         }
     })?;
     Ok(out)

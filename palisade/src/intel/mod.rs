@@ -259,7 +259,33 @@ pub fn decode_event(
         sport: e.sport,
         dport: e.dport,
         len: e.packet_len,
+        intel_tagged: e.flags & palisade_common::event::FLAG_INTEL_TAGGED != 0,
     })
+}
+
+/// The addresses in `INTEL_TAGGED` (tagged by a feed with `action = "tag"`), keyed as the
+/// maps key them; empty when the map cannot be read.
+#[must_use]
+pub fn tagged(ebpf: &aya::Ebpf) -> std::collections::HashSet<[u8; 16]> {
+    use aya::maps::{HashMap, MapData};
+    let Ok(m) = crate::maps::map(ebpf, "INTEL_TAGGED") else {
+        return std::collections::HashSet::new();
+    };
+    let Ok(t) = HashMap::<&MapData, [u8; 16], [u8; 16]>::try_from(m) else {
+        return std::collections::HashSet::new();
+    };
+    t.keys().filter_map(Result::ok).collect()
+}
+
+/// Whether `addr` (keyed as the maps key it) is in `INTEL_TAGGED`; false when the map
+/// cannot be read.
+#[must_use]
+pub fn is_tagged(ebpf: &aya::Ebpf, addr: &[u8; 16]) -> bool {
+    use aya::maps::{HashMap, MapData};
+    crate::maps::map(ebpf, "INTEL_TAGGED")
+        .ok()
+        .and_then(|m| HashMap::<&MapData, [u8; 16], [u8; 16]>::try_from(m).ok())
+        .is_some_and(|t| t.get(addr, 0).is_ok())
 }
 
 /// The kernel's indicator counters by name: `<direction>_<event>` (`ingress_hit_ip`, ...)

@@ -34,6 +34,10 @@ pub struct TlsEvent {
     pub category: &'static str,
     pub alpn: String,
     pub ja4: String,
+    /// The client or the server is an address an `[intel]` feed with `action = "tag"`
+    /// marked (`INTEL_TAGGED`, read when the flow is decided); absent from JSON when not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub intel_tagged: bool,
 }
 
 impl std::fmt::Display for TlsEvent {
@@ -55,7 +59,11 @@ impl std::fmt::Display for TlsEvent {
             },
             if self.ja4.is_empty() { "-" } else { &self.ja4 },
             self.reason
-        )
+        )?;
+        if self.intel_tagged {
+            f.write_str(" intel=tagged")?;
+        }
+        Ok(())
     }
 }
 
@@ -179,6 +187,8 @@ impl Gatekeeper {
             },
             alpn: d.alpn.clone(),
             ja4: d.ja4.clone(),
+            intel_tagged: crate::intel::is_tagged(ebpf, &key.client)
+                || crate::intel::is_tagged(ebpf, &key.server),
         }
     }
 }

@@ -79,6 +79,116 @@ pub struct IntelReport {
     /// Whether the domains fit the DNS policy's tables, and the error when not.
     pub dns: Result<(), String>,
     pub costs: Vec<Cost>,
+    /// The bloom filter's false positives as refreshes accumulate stale bits.
+    pub staleness: Vec<Staleness>,
+}
+
+/// The live filter's answers to clean addresses after a write.
+#[derive(Debug, Clone, Serialize)]
+pub struct Staleness {
+    /// Address sets of `ips` entries the live generation's filter has held (1: a fresh
+    /// filter; each refresh that reuses it adds one).
+    pub sets: usize,
+    /// Clean addresses probed (one test run each).
+    pub probes: u64,
+    /// Of those, how many the filter answered "maybe" (`bloom_maybe`).
+    pub maybe: u64,
+    /// `bloom_false_positive` over the same probes (equal to `maybe`: none is listed).
+    pub false_positive: u64,
+}
+
+/// Clean addresses probed per staleness measurement.
+const STALE_PROBES: u32 = 20_000;
+
+/// The `i`-th address of the `set`-th disjoint address set (set 0 is [`nth_ip`]): IPv4
+/// from `(11 + 16 * set).0.0.0`, IPv6 in `2001:db8:(1 + set)::/64`.
+fn nth_ip_of(set: usize, i: usize, total: usize) -> String {
+    let v4 = total * 4 / 5;
+    if i < v4 {
+        let n = ((11 + 16 * set as u32) << 24) + i as u32;
+        std::net::Ipv4Addr::from(n).to_string()
+    } else {
+        format!(
+            "2001:db8:{:x}::{:x}:{:x}",
+            1 + set,
+            (i >> 16) & 0xffff,
+            i & 0xffff
+        )
+    }
+}
+
+/// Probes [`STALE_PROBES`] addresses of 100.64.0.0/10, none listed, through the firewall.
+fn probe_clean(bench: &mut Bench, sets: usize) -> Result<Staleness> {
+    use palisade_common::intel::{DIR_INGRESS, IS_BLOOM_FALSE, IS_BLOOM_MAYBE, IS_CHECKED};
+    let before = load::counters(&bench.ebpf)?;
+    for i in 0..STALE_PROBES {
+        let src = std::net::Ipv4Addr::from((100u32 << 24) + (64 << 16) + i * 7);
+        let frame = Frame::udp(&src.to_string(), "10.0.0.1", 40_000, 9).build();
+        if bench.run(&frame)? != 2 {
+            bail!("{src}: a clean address was not passed");
+        }
+    }
+    let after = load::counters(&bench.ebpf)?;
+    let d = |i: u32| after[(DIR_INGRESS + i) as usize] - before[(DIR_INGRESS + i) as usize];
+    if d(IS_CHECKED) != u64::from(STALE_PROBES) {
+        bail!("{} of {STALE_PROBES} probes checked", d(IS_CHECKED));
+    }
+    Ok(Staleness {
+        sets,
+        probes: u64::from(STALE_PROBES),
+        maybe: d(IS_BLOOM_MAYBE),
+        false_positive: d(IS_BLOOM_FALSE),
+    })
+}
+
+/// Refreshes with disjoint address sets and measures the live filter's false positives
+/// after each: the generations alternate, so the live filter holds the bits of 1, 2, 2, 3
+/// sets.
+fn staleness(bench: &mut Bench, s: &IntelSettings, sizes: Sizes) -> Result<Vec<Staleness>> {
+    let mut out = Vec::new();
+    // Both generations hold set 0 (the two writes above): a fresh filter each.
+    out.push(probe_clean(bench, 1)?);
+    let mut held = [1usize, 1];
+    for set in 1..=3 {
+        let indicators = parse(
+            &text(s.ips, |i, n| nth_ip_of(set, i, n)),
+            &Format::Plain,
+            "ips",
+        )?;
+        let intel = Intel {
+            max_ips: sizes.ips,
+            max_cidrs: sizes.cidrs,
+            feeds: vec![Feed {
+                name: "ips".to_string(),
+                source: Source::File("/bench/ips".into()),
+                format: Format::Plain,
+                action: Action::Drop,
+                refresh: std::time::Duration::from_secs(3600),
+                line: 0,
+            }],
+            ..Intel::default()
+        };
+        let mut feeds = Feeds::default();
+        feeds.loaded.insert(
+            "ips".to_string(),
+            Loaded {
+                indicators,
+                at: 0,
+                last_error: None,
+            },
+        );
+        let compiled = load::compile(&intel, &feeds, sizes)?;
+        let (generation, _) = load::write(&mut bench.ebpf, &compiled)?;
+        let g = (generation & 1) as usize;
+        held[g] += 1;
+        let m = probe_clean(bench, held[g])?;
+        eprintln!(
+            "  bloom filter holding {} sets: {} of {} clean addresses answered maybe",
+            m.sets, m.maybe, m.probes
+        );
+        out.push(m);
+    }
+    Ok(out)
 }
 
 /// The `i`-th generated exact address: IPv4 from 11.0.0.0 up for 80 %, IPv6 in
@@ -341,6 +451,7 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
             above_firewall_ns: Spread::of(&fw),
         })
         .collect();
+    let staleness = staleness(&mut bench, s, sizes)?;
     Ok(IntelReport {
         generated: utc_now(),
         command,
@@ -355,6 +466,7 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         peak_rss: peak_rss(),
         dns,
         costs,
+        staleness,
     })
 }
 
@@ -381,6 +493,13 @@ impl IntelReport {
         );
         if let Err(e) = &self.dns {
             let _ = writeln!(t, "  domains: not installed: {e}");
+        }
+        for m in &self.staleness {
+            let _ = writeln!(
+                t,
+                "  bloom filter after {} sets: {} false positives in {} clean probes",
+                m.sets, m.false_positive, m.probes
+            );
         }
         t
     }
@@ -437,6 +556,25 @@ impl IntelReport {
                 c.ns.max,
                 c.above_floor_ns.median,
                 c.above_firewall_ns.median
+            );
+        }
+        md.push_str(
+            "\n## Bloom filter staleness\n\nA refresh writes the idle generation, whose filter \
+             keeps the bits of what it held before (a bloom filter cannot delete). Each refresh \
+             below lists a new disjoint set of the same size; clean addresses (none listed) are \
+             probed through the firewall after each, and the filter's \"maybe\" answers counted \
+             (`bloom_maybe`; each is a false positive, `bloom_false_positive`, confirmed absent \
+             in the exact table).\n\n| sets the live filter has held | probes | maybe | \
+             false-positive rate (`bloom_false_positive` / probes) |\n| ---: | ---: | ---: | ---: |\n",
+        );
+        for m in &self.staleness {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.3} % |",
+                m.sets,
+                m.probes,
+                m.maybe,
+                100.0 * m.false_positive as f64 / m.probes as f64
             );
         }
         std::fs::write(dir.join(format!("{stem}.md")), md)?;
