@@ -15,7 +15,7 @@
 //!   address (the trusted server's do, while both answer), and a rogue router's
 //!   advertisements never become the client's default route (under "alert" they do).
 //!
-//! Needs root. Run with `cargo test --release -p palisade --test dhcp_netns -- --test-threads=1`.
+//! Needs root. The tests take the LAN one at a time, so the suite may run them in parallel.
 
 #[path = "support/control.rs"]
 mod control;
@@ -24,6 +24,10 @@ mod support;
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -46,6 +50,12 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// One LAN at a time: the suite runs tests in parallel, and each test's timing bounds (a
+/// rogue reported within 1 s) are about its own servers and client, not a neighbour's.
+static ONE_LAN: Mutex<()> = Mutex::new(());
+/// Tells this process's LANs apart, so that a LAN left by a failed test never collides.
+static NEXT_LAN: AtomicU32 = AtomicU32::new(0);
+
 /// The LAN; dropping it removes the namespaces (and with them every veth).
 struct Lan {
     br: String,
@@ -55,11 +65,17 @@ struct Lan {
     /// `10.203.K` and `fd00:203:K`.
     v4: String,
     v6: String,
+    /// Held until the namespaces are gone (fields drop after `Drop::drop`).
+    _one: MutexGuard<'static, ()>,
 }
 
 impl Lan {
     fn new() -> Self {
-        let id = std::process::id() % 10_000;
+        // A test that failed holding the lock poisons it; the next LAN is still its own.
+        let one = ONE_LAN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = (std::process::id() % 1_000) * 10 + NEXT_LAN.fetch_add(1, Ordering::Relaxed) % 10;
         let k = id % 250 + 1;
         let lan = Self {
             br: format!("pdb-{id}"),
@@ -68,6 +84,7 @@ impl Lan {
             cli: format!("pdc-{id}"),
             v4: format!("10.203.{k}"),
             v6: format!("fd00:203:{k:x}"),
+            _one: one,
         };
         for ns in [&lan.br, &lan.srv, &lan.rogue, &lan.cli] {
             ip(&["netns", "add", ns]);
