@@ -1,7 +1,13 @@
 //! The one exit path of the XDP firewall: every verdict goes through here so that every drop
-//! is counted under its reason and, when asked, reported as an event.
+//! is counted under its reason and, when asked, reported as an event. The TC programs that
+//! drop (the TLS gate, the DHCP snooper, the indicator check) count theirs through
+//! [`tc_drop`], so that `dropped` holds every packet any hook dropped.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
 use palisade_common::{
     event::{FirewallEvent, KIND_FIREWALL},
     packet::Packet,
@@ -43,6 +49,15 @@ pub fn tx() -> u32 {
 pub fn drop_counted() -> u32 {
     bump(&STATS, stats::DROPPED);
     xdp_action::XDP_DROP
+}
+
+/// A TC program's drop: counted with the other drops and under its reason, as
+/// [`drop`] counts XDP's.
+#[inline(always)]
+pub fn tc_drop(reason: u32) -> i32 {
+    bump(&STATS, stats::DROPPED);
+    bump(&REASON_STATS, reason);
+    TC_ACT_SHOT
 }
 
 #[inline(always)]

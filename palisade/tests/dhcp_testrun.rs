@@ -25,7 +25,7 @@ use palisade_common::{
         KIND_V4_CLIENT, KIND_V4_SERVER, KIND_V6_CLIENT, KIND_V6_SERVER, REC_CUT, REC_DROPPED,
         REC_INGRESS, REC_ROGUE, RECORD_BYTES,
     },
-    reason,
+    reason, stats,
 };
 
 const XDP_DROP: u32 = 1;
@@ -176,8 +176,11 @@ fn rogue_servers_and_routers_are_dropped_under_block_with_their_reason() {
     }
     assert_eq!(lab.reason(reason::DHCP_ROGUE_SERVER) - before_server, 4);
 
-    // The egress hook: a rogue server on this host is stopped on its way out.
+    // The egress hook: a rogue server on this host is stopped on its way out, and the drop
+    // counts with every other drop.
+    let dropped_before = lab.bench.stat(stats::DROPPED).unwrap();
     assert_eq!(lab.egress(&offer), TC_ACT_SHOT);
+    assert_eq!(lab.bench.stat(stats::DROPPED).unwrap() - dropped_before, 1);
     check_record(
         &lab.records()[0],
         &offer,

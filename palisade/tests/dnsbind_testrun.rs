@@ -620,6 +620,11 @@ impl Loaded {
     fn reason_count(&self, r: u32) -> u64 {
         palisade::testrun::sum_counter(&self.ebpf, "REASON_STATS", r).unwrap()
     }
+
+    fn dropped(&self) -> u64 {
+        palisade::testrun::sum_counter(&self.ebpf, "STATS", palisade_common::stats::DROPPED)
+            .unwrap()
+    }
 }
 
 /// Runs `a` and checks it is dropped for `why` (counted once, nothing bound), or passed and
@@ -627,6 +632,7 @@ impl Loaded {
 fn expect_answer(l: &Loaded, a: &Answer, why: u32) {
     let before = l.stats();
     let reasons_before = l.reason_count(why);
+    let dropped_before = l.dropped();
     let verdict = l.run(&ip4_udp(53, 40000, &a.bytes()));
     let after = l.stats();
     if why == palisade_common::reason::PASS {
@@ -644,6 +650,7 @@ fn expect_answer(l: &Loaded, a: &Answer, why: u32) {
             &[(STAT_ANSWERS, 1), (STAT_ANSWERS_REFUSED, 1)],
         );
         assert_eq!(l.reason_count(why), reasons_before + 1);
+        assert_eq!(l.dropped(), dropped_before + 1, "counted with every drop");
         assert!(
             l.bindings().is_empty(),
             "nothing of a refused answer is bound"

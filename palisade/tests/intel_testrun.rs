@@ -26,7 +26,7 @@ use palisade_common::{
         ACTION_ALERT, ACTION_DROP, ACTION_TAG, DIR_EGRESS, DIR_INGRESS, IS_ALERTED, IS_BLOOM_MAYBE,
         IS_CHECKED, IS_DROPPED, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, KIND_INTEL,
     },
-    reason,
+    reason, stats,
 };
 
 const XDP_DROP: u32 = 1;
@@ -465,6 +465,7 @@ fn egress_checks_destinations_when_the_policy_asks() {
         true,
     );
     let before = b.reason_count(reason::INTEL_DROP).unwrap();
+    let dropped_before = b.stat(stats::DROPPED).unwrap();
     let (verdict, out) = b.run_tc(egress, &to("192.0.2.30")).unwrap();
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(out, to("192.0.2.30"), "never rewritten");
@@ -490,6 +491,11 @@ fn egress_checks_destinations_when_the_policy_asks() {
         TC_ACT_UNSPEC
     );
     assert_eq!(b.reason_count(reason::INTEL_DROP).unwrap() - before, 2);
+    assert_eq!(
+        b.stat(stats::DROPPED).unwrap() - dropped_before,
+        2,
+        "TC drops count with every other drop"
+    );
     assert_eq!(intel_counter(&b, DIR_EGRESS + IS_DROPPED), 2);
     assert_eq!(intel_counter(&b, DIR_EGRESS + IS_HIT_IP), 1);
     assert_eq!(intel_counter(&b, DIR_EGRESS + IS_HIT_CIDR), 1);

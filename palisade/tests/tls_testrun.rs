@@ -22,7 +22,7 @@ use palisade::{
     },
 };
 use palisade_common::{
-    reason,
+    reason, stats,
     tls::gate::{FLOW_PENDING, GateKey, TS_RECORDS, TS_SERVER_HELD},
 };
 
@@ -181,6 +181,7 @@ fn blocked_name_gets_no_server_data() {
     assert_eq!(decided[0].alpn, "h2");
     // Blocked: server data and client data dropped both ways, resets pass.
     let before = g.bench.reason_count(reason::TLS_SNI_BLOCKED).unwrap();
+    let dropped_before = g.bench.stat(stats::DROPPED).unwrap();
     assert_eq!(g.egress(&server_data(s, c, 40_000)), TC_ACT_SHOT);
     assert_eq!(g.ingress(&server_data(s, c, 40_000)), TC_ACT_SHOT);
     let more = Frame::tcp(c, s, 40_000, 443, PSH_ACK)
@@ -190,6 +191,11 @@ fn blocked_name_gets_no_server_data() {
     assert_eq!(
         g.bench.reason_count(reason::TLS_SNI_BLOCKED).unwrap(),
         before + 3
+    );
+    assert_eq!(
+        g.bench.stat(stats::DROPPED).unwrap() - dropped_before,
+        3,
+        "the gate's drops count with every other drop"
     );
     assert_eq!(
         g.ingress(&Frame::tcp(c, s, 40_000, 443, RST).build()),

@@ -12,7 +12,7 @@
 //! (counted). Fail-closed: a judged message from an untrusted source under "block".
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::TC_ACT_UNSPEC,
     cty::c_void,
     helpers::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
@@ -29,9 +29,7 @@ use palisade_common::{
 
 use crate::{
     bytes::TcBytes,
-    maps::{
-        CONTROL, DHCP_CONFIG, DHCP_RECORDS, DHCP_STATS, DHCP_TRUSTED, REASON_STATS, STATS, bump,
-    },
+    maps::{CONTROL, DHCP_CONFIG, DHCP_RECORDS, DHCP_STATS, DHCP_TRUSTED, STATS, bump},
 };
 
 /// Where a frame's bytes are read from: the XDP buffer or the skb, through the helpers
@@ -118,10 +116,7 @@ pub fn run(ctx: &TcContext) -> i32 {
     };
     match snoop(ctx, generation, flags, &p, 0) {
         0 => TC_ACT_UNSPEC,
-        reason => {
-            bump(&REASON_STATS, reason);
-            TC_ACT_SHOT
-        }
+        reason => crate::verdict::tc_drop(reason),
     }
 }
 

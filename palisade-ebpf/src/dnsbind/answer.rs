@@ -29,7 +29,7 @@ use palisade_common::{
         WALK_DONE, WALK_MORE,
     },
     packet::{self, Bytes as _, FRAG_NONE, Frame, IPPROTO_UDP, Packet},
-    reason,
+    reason, stats,
 };
 
 use super::{add, check, count};
@@ -37,7 +37,7 @@ use super::{add, check, count};
 use crate::{
     atomic,
     bytes::SkbBytes,
-    maps::{BIND_ADDRS, BIND_BUSY, BIND_CONFIG, BIND_PIN, BIND_SCRATCH, REASON_STATS, bump},
+    maps::{BIND_ADDRS, BIND_BUSY, BIND_CONFIG, BIND_PIN, BIND_SCRATCH, REASON_STATS, STATS, bump},
 };
 
 /// The walker's per-CPU working space.
@@ -176,6 +176,7 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool) -> i32 {
     let why = check::names(cgroup_id);
     if why != reason::PASS {
         count(STAT_ANSWERS_REFUSED);
+        bump(&STATS, stats::DROPPED);
         bump(&REASON_STATS, why);
         return DROP;
     }

@@ -2,29 +2,20 @@
 //! `[intel] egress = true`). Fail-open: a frame it cannot parse, and any internal error,
 //! goes on; a listed destination of a drop feed is shot with `intel-drop`.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use palisade_common::{
     intel::{CHECK_EGRESS, DIR_EGRESS},
     packet::{self, Frame},
 };
 
-use crate::{
-    bytes::TcBytes,
-    maps::{REASON_STATS, bump},
-};
+use crate::bytes::TcBytes;
 
-/// The one exit of the hook: a drop is counted by reason here.
+/// The one exit of the hook: a drop is counted (with every drop, and by reason) here.
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
     match decide(ctx) {
         0 => TC_ACT_UNSPEC,
-        reason => {
-            bump(&REASON_STATS, reason);
-            TC_ACT_SHOT
-        }
+        reason => crate::verdict::tc_drop(reason),
     }
 }
 

@@ -14,7 +14,7 @@
 //! pass (counted). Fail-closed: what the daemon refused, and server data before a verdict.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::TC_ACT_UNSPEC,
     cty::c_void,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
@@ -32,7 +32,7 @@ use palisade_common::{
 
 use crate::{
     bytes::TcBytes,
-    maps::{CONTROL, REASON_STATS, STATS, TLS_CONFIG, TLS_FLOWS, TLS_SEGMENTS, TLS_STATS, bump},
+    maps::{CONTROL, STATS, TLS_CONFIG, TLS_FLOWS, TLS_SEGMENTS, TLS_STATS, bump},
 };
 
 /// What the gate does with a packet.
@@ -50,13 +50,12 @@ enum Verdict {
 /// between them.
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    // The one exit: a drop is counted by reason here.
+    // The one exit: a drop is counted (with every drop, and by reason) here.
     match decide(ctx) {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop { reason, counter } => {
             bump(&TLS_STATS, counter);
-            bump(&REASON_STATS, reason);
-            TC_ACT_SHOT
+            crate::verdict::tc_drop(reason)
         }
     }
 }
