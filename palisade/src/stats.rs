@@ -47,6 +47,35 @@ pub fn sum_u64(ebpf: &Ebpf, name: &str, index: u32) -> u64 {
     arr.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
+/// Every entry of the per-CPU `u64` array `name` (a feature's counters), summed over CPUs.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn summed<const N: usize>(ebpf: &Ebpf, name: &str) -> Result<[u64; N]> {
+    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, name)?)?;
+    let mut out = [0u64; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = m.get(&(i as u32), 0)?.iter().sum();
+    }
+    Ok(out)
+}
+
+/// `values` under `names`, in order; empty when the counters could not be read.
+#[must_use]
+pub fn named<const N: usize>(names: &[&str], values: Result<[u64; N]>) -> Vec<Named> {
+    let Ok(values) = values else {
+        return Vec::new();
+    };
+    names
+        .iter()
+        .zip(values)
+        .map(|(name, value)| Named {
+            name: (*name).to_string(),
+            value,
+        })
+        .collect()
+}
+
 /// One named counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Named {

@@ -16,7 +16,7 @@ use std::{fmt::Write as _, net::IpAddr};
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData},
 };
 use palisade_common::{
     dhcp::{
@@ -178,29 +178,13 @@ pub fn write_config(ebpf: &mut Ebpf, generation: u32, dhcp: &Dhcp) -> Result<()>
 /// # Errors
 /// When the map cannot be read.
 pub fn counters(ebpf: &Ebpf) -> Result<[u64; DS_COUNT as usize]> {
-    let m: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(crate::maps::map(ebpf, "DHCP_STATS")?)?;
-    let mut out = [0u64; DS_COUNT as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = m.get(&(i as u32), 0)?.iter().sum();
-    }
-    Ok(out)
+    crate::stats::summed(ebpf, "DHCP_STATS")
 }
 
 /// The counters by name; empty when they cannot be read.
 #[must_use]
 pub fn named_counters(ebpf: &Ebpf) -> Vec<Named> {
-    let Ok(c) = counters(ebpf) else {
-        return Vec::new();
-    };
-    DS_NAMES
-        .iter()
-        .zip(c)
-        .map(|(n, value)| Named {
-            name: (*n).to_string(),
-            value,
-        })
-        .collect()
+    crate::stats::named(&DS_NAMES, counters(ebpf))
 }
 
 /// What `palisade leases` shows.

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData},
 };
 use palisade_common::{
     lb::{
@@ -650,28 +650,13 @@ fn clear_slot<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, slot: u32) -> Result<()>
 /// # Errors
 /// When the map cannot be read.
 pub fn counters(ebpf: &Ebpf) -> Result<[u64; LS_COUNT as usize]> {
-    let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(ebpf, "LB_STATS")?)?;
-    let mut out = [0u64; LS_COUNT as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = m.get(&(i as u32), 0)?.iter().sum();
-    }
-    Ok(out)
+    crate::stats::summed(ebpf, "LB_STATS")
 }
 
 /// The counters by name; empty when they cannot be read.
 #[must_use]
 pub fn named_counters(ebpf: &Ebpf) -> Vec<Named> {
-    let Ok(c) = counters(ebpf) else {
-        return Vec::new();
-    };
-    LS_NAMES
-        .iter()
-        .zip(c)
-        .map(|(n, v)| Named {
-            name: (*n).to_string(),
-            value: v,
-        })
-        .collect()
+    crate::stats::named(&LS_NAMES, counters(ebpf))
 }
 
 /// The flow-table entries, counted (an LRU: what is there now).

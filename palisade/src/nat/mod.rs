@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData},
 };
 use palisade_common::{
     conntrack::bytes_to_words,
@@ -289,29 +289,13 @@ pub fn write_config(ebpf: &mut Ebpf, generation: u32, config: &NatConfig, nat: &
 /// # Errors
 /// When the map cannot be read.
 pub fn counters(ebpf: &Ebpf) -> Result<[u64; NS_COUNT as usize]> {
-    let m: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(crate::maps::map(ebpf, "NAT_STATS")?)?;
-    let mut out = [0u64; NS_COUNT as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = m.get(&(i as u32), 0)?.iter().sum();
-    }
-    Ok(out)
+    crate::stats::summed(ebpf, "NAT_STATS")
 }
 
 /// The counters by name; empty when they cannot be read.
 #[must_use]
 pub fn named_counters(ebpf: &Ebpf) -> Vec<Named> {
-    let Ok(c) = counters(ebpf) else {
-        return Vec::new();
-    };
-    NS_NAMES
-        .iter()
-        .zip(c)
-        .map(|(name, value)| Named {
-            name: (*name).to_string(),
-            value,
-        })
-        .collect()
+    crate::stats::named(&NS_NAMES, counters(ebpf))
 }
 
 /// What the last sweep counted of the mappings.

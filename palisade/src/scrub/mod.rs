@@ -8,7 +8,7 @@ use std::ops::RangeInclusive;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, MapData},
 };
 use palisade_common::scrub::{
     SC_COUNT, SC_DIRECTIONS, SC_NAMES, SC_PER_DIRECTION, SCRUB_CLEAR_DF, SCRUB_EGRESS,
@@ -111,13 +111,7 @@ pub fn write_config(ebpf: &mut Ebpf, generation: u32, config: &ScrubConfig) -> R
 /// # Errors
 /// When the map cannot be read.
 pub fn counters(ebpf: &Ebpf) -> Result<[u64; SC_COUNT as usize]> {
-    let m: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(crate::maps::map(ebpf, "SCRUB_STATS")?)?;
-    let mut out = [0u64; SC_COUNT as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = m.get(&(i as u32), 0)?.iter().sum();
-    }
-    Ok(out)
+    crate::stats::summed(ebpf, "SCRUB_STATS")
 }
 
 /// The counters by name, `<direction>_<event>` (`ingress_mss_clamped_v4`, ...); empty when

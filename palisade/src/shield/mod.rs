@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, MapData},
 };
 use palisade_common::shield::{
     PORT_SLOTS, PORT_WORDS, PortState, SH_COUNT, SHIELD_AMPLIFICATION, SHIELD_SOURCES, SHIELD_SYN,
@@ -368,13 +368,7 @@ pub fn status_line(st: &ShieldState) -> String {
 /// # Errors
 /// When the map cannot be read.
 pub fn counters(ebpf: &Ebpf) -> Result<[u64; SH_COUNT as usize]> {
-    let m: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(crate::maps::map(ebpf, "SHIELD_STATS")?)?;
-    let mut out = [0u64; SH_COUNT as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = m.get(&(i as u32), 0)?.iter().sum();
-    }
-    Ok(out)
+    crate::stats::summed(ebpf, "SHIELD_STATS")
 }
 
 #[cfg(test)]

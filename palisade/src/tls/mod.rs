@@ -95,7 +95,7 @@ impl Default for Tls {
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, MapData},
 };
 use palisade_common::tls::gate::{
     GATE_BLOCK_QUIC, GATE_FAIL_CLOSED, GATE_ON, MAX_GATE_PORTS, TS_COUNT, TlsGateConfig,
@@ -149,29 +149,13 @@ pub fn write_config(ebpf: &mut Ebpf, generation: u32, config: &TlsGateConfig) ->
 /// # Errors
 /// When the map cannot be read.
 pub fn counters(ebpf: &Ebpf) -> Result<[u64; TS_COUNT as usize]> {
-    let m: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(crate::maps::map(ebpf, "TLS_STATS")?)?;
-    let mut out = [0u64; TS_COUNT as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = m.get(&(i as u32), 0)?.iter().sum();
-    }
-    Ok(out)
+    crate::stats::summed(ebpf, "TLS_STATS")
 }
 
 /// The gate's counters by name; empty when they cannot be read.
 #[must_use]
 pub fn named_counters(ebpf: &Ebpf) -> Vec<crate::stats::Named> {
-    let Ok(c) = counters(ebpf) else {
-        return Vec::new();
-    };
-    palisade_common::tls::gate::TS_NAMES
-        .iter()
-        .zip(c)
-        .map(|(name, value)| crate::stats::Named {
-            name: (*name).to_string(),
-            value,
-        })
-        .collect()
+    crate::stats::named(&palisade_common::tls::gate::TS_NAMES, counters(ebpf))
 }
 
 /// A record of `TLS_SEGMENTS` as the ring buffer hands it out; `None` when it is not one.
