@@ -59,6 +59,23 @@ pub const DNS_VERDICT_DROP: u8 = 1;
 pub const DNS_VERDICT_NXDOMAIN: u8 = 2;
 /// Audit mode: would have been blocked, was let through.
 pub const DNS_VERDICT_AUDIT: u8 = 3;
+/// Answered from the sinkhole's addresses (or NODATA).
+pub const DNS_VERDICT_SINKHOLE: u8 = 4;
+/// Answered REFUSED.
+pub const DNS_VERDICT_REFUSED: u8 = 5;
+
+/// The name of a [`DnsEvent::verdict`] in events and summaries.
+#[must_use]
+pub const fn dns_verdict_name(verdict: u8) -> &'static str {
+    match verdict {
+        DNS_VERDICT_DROP => "drop",
+        DNS_VERDICT_NXDOMAIN => "nxdomain",
+        DNS_VERDICT_AUDIT => "audit",
+        DNS_VERDICT_SINKHOLE => "sinkhole",
+        DNS_VERDICT_REFUSED => "refused",
+        _ => "allow",
+    }
+}
 
 /// A DNS decision: the query, who sent it, what was decided and why.
 #[repr(C)]

@@ -524,7 +524,7 @@ pub struct EventsArgs {
     #[arg(long, value_parser = ["firewall", "dns", "tls", "dhcp", "intel"])]
     pub kind: Option<String>,
     /// Only events with this verdict (`pass` and `allow` are the same).
-    #[arg(long, value_parser = ["drop", "pass", "allow", "nxdomain", "audit", "lease", "alert", "tag"])]
+    #[arg(long, value_parser = ["drop", "pass", "allow", "nxdomain", "sinkhole", "refused", "audit", "lease", "alert", "tag"])]
     pub verdict: Option<String>,
     /// Only events whose DNS name or rule name contains this text (case-insensitive).
     #[arg(long)]

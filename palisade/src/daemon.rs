@@ -1121,10 +1121,7 @@ impl Daemon {
                 } else {
                     "allowlist"
                 },
-                match s.action {
-                    crate::policy::model::DnsAction::Drop => "drop",
-                    crate::policy::model::DnsAction::Nxdomain => "nxdomain",
-                },
+                s.action.name(),
                 if s.audit { " (audit)" } else { "" }
             )
         };

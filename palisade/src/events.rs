@@ -151,7 +151,7 @@ pub struct DnsDecision {
 pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
     use palisade_common::{
         dns::maps::SCOPE_EGRESS,
-        event::{DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN, DnsEvent, KIND_DNS},
+        event::{DnsEvent, KIND_DNS, dns_verdict_name},
     };
     if bytes.len() < size_of::<DnsEvent>() {
         return None;
@@ -177,12 +177,7 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
         kind: "dns",
         timestamp_ns: e.timestamp_ns,
         scope: if egress { "egress" } else { "ingress" },
-        verdict: match e.verdict {
-            DNS_VERDICT_DROP => "drop",
-            DNS_VERDICT_NXDOMAIN => "nxdomain",
-            DNS_VERDICT_AUDIT => "audit",
-            _ => "allow",
-        },
+        verdict: dns_verdict_name(e.verdict),
         reason: reason::name(e.reason),
         name: wire_name_to_text(&e.name[..usize::from(e.name_len).min(e.name.len())]),
         qtype: qtype_name(e.qtype),

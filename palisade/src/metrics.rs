@@ -97,7 +97,7 @@ fn global_help(name: &str) -> &'static str {
         "events_lost" => "Events lost because the ring buffer was full.",
         "internal_errors" => "Internal datapath errors (the packet passed).",
         "fragments" => "Non-first IP fragments seen.",
-        "answered" => "Packets answered in place (DNS NXDOMAIN).",
+        "answered" => "Packets answered in place (DNS NXDOMAIN, REFUSED or sinkhole answers).",
         "events_aggregated" => {
             "DNS queries over the event budget ([dns] event_rate): in dns_summary counts, or sent \
              in full as a name's first or a sample."
@@ -113,6 +113,8 @@ fn dns_help(name: &str) -> &'static str {
         "allowed" => "DNS queries allowed, by attachment point.",
         "blocked" => "DNS queries blocked, by attachment point.",
         "nxdomain_sent" => "NXDOMAIN answers sent, by attachment point.",
+        "sinkhole_sent" => "Sinkhole answers (addresses or NODATA) sent, by attachment point.",
+        "refused_sent" => "REFUSED answers sent, by attachment point.",
         "audited" => "DNS queries that audit mode would have blocked, by attachment point.",
         "tcp" => "DNS queries over TCP, by attachment point.",
         _ => "DNS counter, by attachment point.",

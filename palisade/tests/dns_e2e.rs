@@ -335,6 +335,109 @@ names = ["allowed.test"]
     assert_eq!(names.len(), 2, "{seen:?}");
 }
 
+/// Palisade's NOERROR answer: fast, not authoritative, the question echoed as sent, and
+/// exactly `answers` as its answer records.
+fn assert_palisade_noerror(d: &Dig, name: &str, qtype: &str, answers: &[&str]) {
+    assert_eq!(d.status.as_deref(), Some("NOERROR"), "{d}");
+    assert_eq!(d.answers, answers, "{d}");
+    assert!(
+        d.has_flag("qr") && d.has_flag("ra") && !d.has_flag("aa"),
+        "Palisade's answer, not the resolver's: {d}"
+    );
+    let q = d.question.as_deref().unwrap_or_default();
+    let f: Vec<&str> = q.split_whitespace().collect();
+    assert_eq!(f, [format!(";{name}.").as_str(), "IN", qtype], "{d}");
+    let qt = d.query_time.expect("dig reports the query time");
+    assert!(qt < Duration::from_millis(500), "answered in {qt:?}: {d}");
+}
+
+#[test]
+fn sinkhole_and_refused_answers_reach_dig() {
+    let s = Setup::new("dns-sinkhole");
+    let p = &s.pair;
+    let _xdp = XdpPass::attach(&p.ns_a, &p.if_a);
+    s.baseline("blocked.test");
+    let before = s.unbound.queries().len();
+
+    let daemon = s.palisade(
+        r#"
+[dns.ingress]
+mode = "blocklist"
+action = "sinkhole"
+sinkhole_ipv4 = "192.0.2.1"
+sinkhole_ipv6 = "2001:db8::1"
+sinkhole_ttl = 120
+lists = ["bad"]
+
+[dns.lists.bad]
+names = ["blocked.test"]
+subdomains = true
+"#,
+    );
+    // A and AAAA get the sinkhole's addresses, over both families, with +dnssec's OPT
+    // record and without; other types get NODATA; an allowed name still resolves.
+    let a = s.dig(&p.v4_b, "Blocked.Test", "A", &[]);
+    assert_palisade_noerror(&a, "Blocked.Test", "A", &["192.0.2.1"]);
+    assert!(
+        a.stdout.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 5 && f[1..] == ["120", "IN", "A", "192.0.2.1"]
+        }),
+        "an answer record with TTL 120: {a}"
+    );
+    let aaaa = s.dig(&p.v6_b, "www.blocked.test", "AAAA", &["+dnssec"]);
+    assert_palisade_noerror(&aaaa, "www.blocked.test", "AAAA", &["2001:db8::1"]);
+    let mx = s.dig(&p.v4_b, "blocked.test", "MX", &[]);
+    assert_palisade_noerror(&mx, "blocked.test", "MX", &[]);
+    assert_resolves(
+        &s.dig(&p.v4_b, "allowed.test", "A", &[]),
+        "allowed.test",
+        "A",
+    );
+    let t = daemon.stop();
+    assert!(t.success, "palisade exited with an error: {:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    let blocked = events_for(&events, "blocked.test.");
+    assert!(!blocked.is_empty(), "{:#?}", t.stdout);
+    for e in &blocked {
+        assert_eq!(e["verdict"], "sinkhole", "{e}");
+    }
+
+    let daemon = s.palisade(
+        r#"
+[dns.ingress]
+mode = "blocklist"
+action = "refused"
+lists = ["bad"]
+
+[dns.lists.bad]
+names = ["blocked.test"]
+"#,
+    );
+    for (server, qtype) in [(&p.v4_b, "A"), (&p.v6_b, "AAAA")] {
+        let d = s.dig(server, "blocked.test", qtype, &[]);
+        assert_eq!(d.status.as_deref(), Some("REFUSED"), "{d}");
+        assert!(d.answers.is_empty() && !d.has_flag("aa"), "{d}");
+        let qt = d.query_time.expect("dig reports the query time");
+        assert!(qt < Duration::from_millis(500), "answered in {qt:?}: {d}");
+    }
+    let t = daemon.stop();
+    assert!(t.success, "palisade exited with an error: {:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    assert!(
+        events_for(&events, "blocked.test.")
+            .iter()
+            .all(|e| e["verdict"] == "refused"),
+        "{:#?}",
+        t.stdout
+    );
+
+    // Only the allowed query reached the resolver.
+    let seen = &s.unbound.queries()[before..];
+    let names: Vec<&str> = seen.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["allowed.test."], "{seen:?}");
+}
+
 #[test]
 fn wildcard_blocks_names_below_but_not_the_apex() {
     let s = Setup::new("dns-wildcard");

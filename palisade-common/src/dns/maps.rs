@@ -27,6 +27,11 @@ pub const MODE_ALLOWLIST: u8 = 2;
 /// [`ScopeConfig::action`].
 pub const ACTION_DROP: u8 = 0;
 pub const ACTION_NXDOMAIN: u8 = 1;
+/// Answer REFUSED (RCODE 5).
+pub const ACTION_REFUSED: u8 = 2;
+/// Answer A/AAAA questions with [`DnsGlobal::sinkhole_v4`] / [`DnsGlobal::sinkhole_v6`],
+/// others with NODATA.
+pub const ACTION_SINKHOLE: u8 = 3;
 
 /// [`ScopeConfig::flags`]: report, never block.
 pub const SCOPE_AUDIT: u8 = 1;
@@ -197,8 +202,14 @@ pub struct DnsGlobal {
     /// [`crate::packet::rate_source`]; 0 keeps the whole address).
     pub rate_prefix_v4: u8,
     pub rate_prefix_v6: u8,
+    /// The address a sinkhole answers AAAA questions with.
+    pub sinkhole_v6: [u8; 16],
+    /// The address a sinkhole answers A questions with.
+    pub sinkhole_v4: [u8; 4],
+    /// TTL of sinkhole answers, seconds.
+    pub sinkhole_ttl: u32,
 }
-map_type!(DnsGlobal, 56);
+map_type!(DnsGlobal, 80);
 
 impl DnsGlobal {
     /// The answer budget key of a client: its address (IPv4 mapped into IPv6) cut to the
@@ -254,6 +265,8 @@ pub const STAT_NXDOMAIN_SENT: u32 = 3;
 /// Blocked in audit mode: would have been blocked, was let through.
 pub const STAT_AUDITED: u32 = 4;
 pub const STAT_TCP: u32 = 5;
+pub const STAT_SINKHOLE_SENT: u32 = 6;
+pub const STAT_REFUSED_SENT: u32 = 7;
 pub const DNS_STATS_PER_SCOPE: u32 = 8;
 /// Stable names, indexed by counter.
 pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
@@ -263,8 +276,8 @@ pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
     "nxdomain_sent",
     "audited",
     "tcp",
-    "reserved6",
-    "reserved7",
+    "sinkhole_sent",
+    "refused_sent",
 ];
 
 #[cfg(test)]

@@ -21,13 +21,17 @@ use aya_ebpf::{
 use palisade_common::{
     dns::{
         maps::{
-            ACTION_NXDOMAIN, DnsGlobal, MODE_OFF, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED,
-            SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPES, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED,
-            STAT_NXDOMAIN_SENT, STAT_QUERIES,
+            ACTION_DROP, ACTION_REFUSED, ACTION_SINKHOLE, DnsGlobal, MODE_OFF, SCOPE_AUDIT,
+            SCOPE_BLOCK_MALFORMED, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPES, STAT_ALLOWED,
+            STAT_AUDITED, STAT_BLOCKED, STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_REFUSED_SENT,
+            STAT_SINKHOLE_SENT,
         },
         wire::INSPECT_LEN,
     },
-    event::{DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN},
+    event::{
+        DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN,
+        DNS_VERDICT_REFUSED, DNS_VERDICT_SINKHOLE,
+    },
     firewall::rate_conforms,
     packet::{
         Bytes as _, FAMILY_V4, FRAG_LATER, FRAG_NONE, IPPROTO_TCP, IPPROTO_UDP, MAX_L4_OFFSET,
@@ -37,8 +41,8 @@ use palisade_common::{
 };
 
 use super::{
+    answer,
     inspect::{self, Decision, Request},
-    nxdomain,
     report::{self, Origin},
     stream::{self, Judged},
 };
@@ -134,23 +138,28 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
     report::count(SCOPE_INGRESS, STAT_BLOCKED);
     // Rate-limited and malformed queries are dropped: answering them would amplify.
-    let mut answer = cfg.action == ACTION_NXDOMAIN
+    let mut reply = cfg.action != ACTION_DROP
         && !tcp
         && d.reason != reason::DNS_RATE
         && d.reason != reason::DNS_MALFORMED;
-    if answer {
+    if reply {
         if group_addressed(ctx, p) {
             d.reason = reason::DNS_GROUP_ADDRESS;
-            answer = false;
+            reply = false;
         } else if !answer_budget_ok(global, p) {
             d.reason = reason::DNS_ANSWER_BUDGET;
-            answer = false;
+            reply = false;
         }
     }
     report::count_reason(d.reason);
-    if answer && nxdomain::rewrite(ctx, p, &d) {
-        report::count(SCOPE_INGRESS, STAT_NXDOMAIN_SENT);
-        report::emit(SCOPE_INGRESS, DNS_VERDICT_NXDOMAIN, &d, &origin);
+    if reply && answer::rewrite(ctx, p, &d, cfg.action, global) {
+        let (stat, kind) = match cfg.action {
+            ACTION_SINKHOLE => (STAT_SINKHOLE_SENT, DNS_VERDICT_SINKHOLE),
+            ACTION_REFUSED => (STAT_REFUSED_SENT, DNS_VERDICT_REFUSED),
+            _ => (STAT_NXDOMAIN_SENT, DNS_VERDICT_NXDOMAIN),
+        };
+        report::count(SCOPE_INGRESS, stat);
+        report::emit(SCOPE_INGRESS, kind, &d, &origin);
         return verdict::tx();
     }
     report::emit(SCOPE_INGRESS, DNS_VERDICT_DROP, &d, &origin);
@@ -158,7 +167,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 }
 
 /// Runs the inspector. Not inlined: the request stays out of the hook's frame, on which the
-/// NXDOMAIN rewrite's large frame is stacked.
+/// answer rewrite's large frame is stacked.
 #[inline(never)]
 fn decide(generation: u32, msg_len: usize, whole: bool, d: &mut Decision) -> bool {
     let req = Request {
@@ -173,7 +182,7 @@ fn decide(generation: u32, msg_len: usize, whole: bool, d: &mut Decision) -> boo
 }
 
 /// Judges a TCP segment (see [`stream::judge`]). Not inlined: the segment's layout stays out
-/// of the hook's frame, on which the NXDOMAIN rewrite's large frame is stacked.
+/// of the hook's frame, on which the answer rewrite's large frame is stacked.
 #[inline(never)]
 fn judge_tcp(ctx: &XdpContext, generation: u32, audit: bool, d: &mut Decision) -> Judged {
     let hook = stream::Hook {

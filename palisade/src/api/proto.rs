@@ -149,7 +149,7 @@ pub struct EventFilter {
     /// `firewall` or `dns`.
     #[serde(default)]
     pub kind: Option<String>,
-    /// `drop`, `pass` (= `allow`), `nxdomain` or `audit`.
+    /// `drop`, `pass` (= `allow`), `nxdomain`, `sinkhole`, `refused` or `audit`.
     #[serde(default)]
     pub verdict: Option<String>,
     /// A substring of the DNS name or the firewall rule's name (case-insensitive).
@@ -161,8 +161,8 @@ pub struct EventFilter {
 pub const EVENT_KINDS: [&str; 5] = ["firewall", "dns", "tls", "dhcp", "intel"];
 /// Verdicts a filter accepts (`alert` is the verdict of DHCP rogue reports and intel
 /// events, `tag` of intel events).
-pub const EVENT_VERDICTS: [&str; 8] = [
-    "drop", "pass", "allow", "nxdomain", "audit", "lease", "alert", "tag",
+pub const EVENT_VERDICTS: [&str; 10] = [
+    "drop", "pass", "allow", "nxdomain", "sinkhole", "refused", "audit", "lease", "alert", "tag",
 ];
 
 impl EventFilter {

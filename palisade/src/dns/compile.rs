@@ -7,10 +7,10 @@ use palisade_common::{
         entropy,
         hash::{HashKey, suffix_hashes},
         maps::{
-            ACTION_DROP, ACTION_NXDOMAIN, DnsGlobal, KIND_APEX, KIND_BELOW, MAX_NAME_KEYS,
-            MAX_PORTS, MAX_QTYPES, MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue, SCOPE_AUDIT,
-            SCOPE_BLOCK_MALFORMED, SCOPE_EGRESS, SCOPE_INGRESS, SCOPE_LOG_ALLOWED, SCOPE_RATE,
-            SCOPES, ScopeConfig,
+            ACTION_DROP, ACTION_NXDOMAIN, ACTION_REFUSED, ACTION_SINKHOLE, DnsGlobal, KIND_APEX,
+            KIND_BELOW, MAX_NAME_KEYS, MAX_PORTS, MAX_QTYPES, MODE_ALLOWLIST, MODE_BLOCKLIST,
+            NameKey, NameValue, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED, SCOPE_EGRESS, SCOPE_INGRESS,
+            SCOPE_LOG_ALLOWED, SCOPE_RATE, SCOPES, ScopeConfig,
         },
     },
     firewall::{MAX_RATE, gcra},
@@ -174,6 +174,8 @@ fn scope_config(s: &DnsScope) -> ScopeConfig {
         action: match s.action {
             DnsAction::Drop => ACTION_DROP,
             DnsAction::Nxdomain => ACTION_NXDOMAIN,
+            DnsAction::Refused => ACTION_REFUSED,
+            DnsAction::Sinkhole(_) => ACTION_SINKHOLE,
         },
         ..ScopeConfig::default()
     };
@@ -342,6 +344,11 @@ pub fn compile(
     out.global.answer_prefix_v6 = budget.prefix_v6.min(128);
     out.global.rate_prefix_v4 = dns.rate_prefix.v4;
     out.global.rate_prefix_v6 = dns.rate_prefix.v6;
+    if let Some(DnsAction::Sinkhole(h)) = dns.ingress.as_ref().map(|s| s.action) {
+        out.global.sinkhole_v4 = h.v4.octets();
+        out.global.sinkhole_v6 = h.v6.octets();
+        out.global.sinkhole_ttl = h.ttl;
+    }
     if dns.events.rate > 0 {
         // The burst is one second's worth: `rate` events, then one every interval.
         (out.global.event_interval_ns, out.global.event_tolerance_ns) =

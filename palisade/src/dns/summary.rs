@@ -227,7 +227,7 @@ fn keys_bytes<T: Copy>(k: &T) -> Vec<u8> {
 }
 
 fn summary(k: &DnsAggClient, count: u64, name: String, info: Option<&DnsAggNameInfo>) -> Summary {
-    use palisade_common::event::{DNS_VERDICT_AUDIT, DNS_VERDICT_DROP, DNS_VERDICT_NXDOMAIN};
+    use palisade_common::event::dns_verdict_name;
     let a = k.client;
     Summary {
         kind: "dns_summary",
@@ -237,12 +237,7 @@ fn summary(k: &DnsAggClient, count: u64, name: String, info: Option<&DnsAggNameI
         } else {
             "ingress"
         },
-        verdict: match k.name.verdict {
-            DNS_VERDICT_DROP => "drop",
-            DNS_VERDICT_NXDOMAIN => "nxdomain",
-            DNS_VERDICT_AUDIT => "audit",
-            _ => "allow",
-        },
+        verdict: dns_verdict_name(k.name.verdict),
         reason: reason::name(k.name.reason),
         name,
         qtype: info.map_or_else(|| "?".to_string(), |i| qtype_name(i.qtype)),

@@ -178,7 +178,10 @@
 //! | key | value | default |
 //! | --- | --- | --- |
 //! | `mode` | `"blocklist"`: names in the lists are blocked, every other name resolves; `"allowlist"`: only names in the lists resolve | required |
-//! | `action` | what a blocked query gets: `"nxdomain"`, an NXDOMAIN answer, or `"drop"`. On egress `"nxdomain"` is accepted but falls back to `"drop"`, and the sending process gets `EPERM` at once | `"nxdomain"` on ingress, `"drop"` on egress |
+//! | `action` | what a blocked query gets: `"nxdomain"`, an NXDOMAIN answer; `"sinkhole"`, an A/AAAA answer with the sinkhole's addresses (NODATA for other questions); `"refused"`, a REFUSED answer; or `"drop"`. Answers go only to UDP queries on ingress. On egress `"nxdomain"` is accepted but falls back to `"drop"`, and the sending process gets `EPERM` at once; `"sinkhole"` and `"refused"` are refused there | `"nxdomain"` on ingress, `"drop"` on egress |
+//! | `sinkhole_ipv4` | ingress, `action = "sinkhole"` only: the address A questions get | `"0.0.0.0"` |
+//! | `sinkhole_ipv6` | ingress, `action = "sinkhole"` only: the address AAAA questions get | `"::"` |
+//! | `sinkhole_ttl` | ingress, `action = "sinkhole"` only: the answer record's TTL, seconds, `0..=2147483647` | `60` |
 //! | `lists` | names of `[dns.lists.NAME]` tables, each at most once; may be empty (an empty allowlist blocks every query) | required |
 //! | `audit` | boolean: decide and report, but never block | `false` |
 //! | `malformed` | `"drop"` or `"allow"`: queries that cannot be parsed safely (see [`DnsScope::block_malformed`]): not exactly one question and at most one OPT record ending the message, a compression pointer in the name that does not point strictly backward, more than [`palisade_common::dns::name::MAX_POINTER_HOPS`] pointers, truncated, a TCP query not alone and whole in its segment, a fragmented query. `"allow"` lets a resolver answer names Palisade could not read | `"drop"` |
@@ -394,7 +397,7 @@ use super::model::{
     CT_OVERLOAD_TTL_RANGE_S, CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns,
     DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet,
     NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate, RateLimit, RatePer,
-    Rule, SourcePrefix, TcpFlags,
+    Rule, Sinkhole, SourcePrefix, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
@@ -880,6 +883,9 @@ const INGRESS_KEYS: &[&str] = &[
     "malformed",
     "rate",
     "log_allowed",
+    "sinkhole_ipv4",
+    "sinkhole_ipv6",
+    "sinkhole_ttl",
 ];
 const EGRESS_KEYS: &[&str] = &[
     "mode",
@@ -2231,20 +2237,42 @@ impl Checker<'_> {
         } else {
             DnsAction::Nxdomain
         };
+        let ingress = table == "[dns.ingress]";
         let action = match view.get("action") {
             None => default_action,
             Some(node) => match self.string(node, "action") {
                 Some("nxdomain") => DnsAction::Nxdomain,
                 Some("drop") => DnsAction::Drop,
+                Some(answer @ ("refused" | "sinkhole")) if !ingress => {
+                    let msg = format!(
+                        "action `{answer}` answers queries arriving on the guarded interfaces \
+                         ([dns.ingress]); on egress a blocked query is dropped and the sender \
+                         gets EPERM: use `drop`"
+                    );
+                    self.err(node.at, msg);
+                    default_action
+                }
+                Some("refused") => DnsAction::Refused,
+                Some("sinkhole") => DnsAction::Sinkhole(self.sinkhole(view)),
                 Some(other) => {
-                    let msg =
-                        format!("unknown DNS action `{other}`; expected `nxdomain` or `drop`");
+                    let msg = format!(
+                        "unknown DNS action `{other}`; expected `nxdomain`, `sinkhole`, \
+                         `refused` or `drop`"
+                    );
                     self.err(node.at, msg);
                     default_action
                 }
                 None => default_action,
             },
         };
+        if !matches!(action, DnsAction::Sinkhole(_)) {
+            for key in ["sinkhole_ipv4", "sinkhole_ipv6", "sinkhole_ttl"] {
+                if let Some(node) = view.get(key) {
+                    let msg = format!("`{key}` applies only with action = \"sinkhole\"");
+                    self.err(node.at, msg);
+                }
+            }
+        }
         let list_indices = match view.get("lists") {
             None => {
                 self.err(
@@ -2294,6 +2322,40 @@ impl Checker<'_> {
             rate,
             log_allowed,
         })
+    }
+
+    /// The sinkhole's answer from `[dns.ingress]`: `sinkhole_ipv4`, `sinkhole_ipv6` and
+    /// `sinkhole_ttl`, each defaulted when missing or invalid (with an error recorded).
+    fn sinkhole(&mut self, view: TableView<'_>) -> Sinkhole {
+        let mut h = Sinkhole::default();
+        if let Some(node) = view.get("sinkhole_ipv4")
+            && let Some(text) = self.string(node, "sinkhole_ipv4")
+        {
+            match text.parse::<std::net::Ipv4Addr>() {
+                Ok(a) => h.v4 = a,
+                Err(_) => {
+                    let msg = format!("`sinkhole_ipv4` is not an IPv4 address: `{text}`");
+                    self.err(node.at, msg);
+                }
+            }
+        }
+        if let Some(node) = view.get("sinkhole_ipv6")
+            && let Some(text) = self.string(node, "sinkhole_ipv6")
+        {
+            match text.parse::<std::net::Ipv6Addr>() {
+                Ok(a) => h.v6 = a,
+                Err(_) => {
+                    let msg = format!("`sinkhole_ipv6` is not an IPv6 address: `{text}`");
+                    self.err(node.at, msg);
+                }
+            }
+        }
+        if let Some(node) = view.get("sinkhole_ttl")
+            && let Some(ttl) = self.integer(node, "sinkhole_ttl", 0, i64::from(i32::MAX))
+        {
+            h.ttl = ttl as u32;
+        }
+        h
     }
 
     fn list_refs(&mut self, node: &Node, lists: &HashMap<&str, usize>) -> Vec<usize> {
@@ -4054,6 +4116,37 @@ tcp_flags = "syn"
         assert_eq!(dns.lists.len(), 1);
     }
 
+    #[test]
+    fn dns_answer_actions() {
+        let scope = |text: &str| {
+            parse(&format!(
+                "[dns.ingress]\nmode = \"blocklist\"\nlists = []\n{text}"
+            ))
+            .expect("valid")
+            .dns
+            .ingress
+            .expect("an ingress scope")
+            .action
+        };
+        assert_eq!(scope(""), DnsAction::Nxdomain);
+        assert_eq!(scope("action = \"refused\"\n"), DnsAction::Refused);
+        assert_eq!(
+            scope("action = \"sinkhole\"\n"),
+            DnsAction::Sinkhole(Sinkhole::default())
+        );
+        assert_eq!(
+            scope(
+                "action = \"sinkhole\"\nsinkhole_ipv4 = \"192.0.2.1\"\n\
+                 sinkhole_ipv6 = \"2001:db8::1\"\nsinkhole_ttl = 0\n"
+            ),
+            DnsAction::Sinkhole(Sinkhole {
+                v4: "192.0.2.1".parse().unwrap(),
+                v6: "2001:db8::1".parse().unwrap(),
+                ttl: 0,
+            })
+        );
+    }
+
     /// One case per DNS validation rule: the text and exactly the diagnostics it produces.
     #[test]
     fn each_dns_error_is_located() {
@@ -4113,7 +4206,8 @@ tcp_flags = "syn"
                  extra = true\n",
                 vec![
                     "p.toml:2:8: unknown DNS mode `denylist`; expected `blocklist` or `allowlist`",
-                    "p.toml:3:10: unknown DNS action `refuse`; expected `nxdomain` or `drop`",
+                    "p.toml:3:10: unknown DNS action `refuse`; expected `nxdomain`, \
+                     `sinkhole`, `refused` or `drop`",
                     "p.toml:4:10: unknown DNS list `nope`; define it under [dns.lists.nope]",
                     "p.toml:4:18: `lists` must be a string, found an integer",
                     "p.toml:5:9: `audit` must be true or false, found a string",
@@ -4132,9 +4226,36 @@ tcp_flags = "syn"
                  rate = { qps = 1, burst = 1, per = \"source\" }\n",
                 vec![
                     "p.toml:4:1: unknown key `cgroups` in [dns.ingress]; expected one of \
-                     `mode`, `action`, `lists`, `audit`, `malformed`, `rate`, `log_allowed`",
+                     `mode`, `action`, `lists`, `audit`, `malformed`, `rate`, `log_allowed`, \
+                     `sinkhole_ipv4`, `sinkhole_ipv6`, `sinkhole_ttl`",
                     "p.toml:5:30: unknown key `per` in `rate`; expected one of `qps`, `burst`",
                 ],
+            ),
+            (
+                "[dns.egress]\nmode = \"allowlist\"\nlists = []\naction = \"sinkhole\"\n\
+                 sinkhole_ttl = 5\n",
+                vec![
+                    "p.toml:4:10: action `sinkhole` answers queries arriving on the guarded \
+                     interfaces ([dns.ingress]); on egress a blocked query is dropped and the \
+                     sender gets EPERM: use `drop`",
+                    "p.toml:5:1: unknown key `sinkhole_ttl` in [dns.egress]; expected one of \
+                     `mode`, `action`, `lists`, `audit`, `malformed`, `rate`, `log_allowed`, \
+                     `cgroups`",
+                ],
+            ),
+            (
+                "[dns.ingress]\nmode = \"blocklist\"\nlists = []\naction = \"sinkhole\"\n\
+                 sinkhole_ipv4 = \"1.2.3\"\nsinkhole_ipv6 = \"192.0.2.1\"\nsinkhole_ttl = -1\n",
+                vec![
+                    "p.toml:5:17: `sinkhole_ipv4` is not an IPv4 address: `1.2.3`",
+                    "p.toml:6:17: `sinkhole_ipv6` is not an IPv6 address: `192.0.2.1`",
+                    "p.toml:7:16: `sinkhole_ttl` must be between 0 and 2147483647, found -1",
+                ],
+            ),
+            (
+                "[dns.ingress]\nmode = \"blocklist\"\nlists = []\naction = \"refused\"\n\
+                 sinkhole_ipv4 = \"0.0.0.0\"\n",
+                vec!["p.toml:5:1: `sinkhole_ipv4` applies only with action = \"sinkhole\""],
             ),
             (
                 "[dns.egress]\nmode = \"allowlist\"\nlists = []\ncgroups = []\n",

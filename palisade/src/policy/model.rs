@@ -393,6 +393,48 @@ pub enum DnsAction {
     Drop,
     /// Answer NXDOMAIN (XDP ingress over UDP; elsewhere this falls back to `Drop`).
     Nxdomain,
+    /// Answer REFUSED (XDP ingress over UDP only).
+    Refused,
+    /// Answer A and AAAA questions with these addresses, other questions with NODATA
+    /// (XDP ingress over UDP only): what Pi-hole and blocky answer by default.
+    Sinkhole(Sinkhole),
+}
+
+/// The answer a sinkhole gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sinkhole {
+    pub v4: std::net::Ipv4Addr,
+    pub v6: std::net::Ipv6Addr,
+    /// TTL of the answer record, seconds.
+    pub ttl: u32,
+}
+
+impl Sinkhole {
+    /// Default TTL of a sinkhole answer, seconds.
+    pub const DEFAULT_TTL: u32 = 60;
+}
+
+impl Default for Sinkhole {
+    fn default() -> Self {
+        Self {
+            v4: std::net::Ipv4Addr::UNSPECIFIED,
+            v6: std::net::Ipv6Addr::UNSPECIFIED,
+            ttl: Self::DEFAULT_TTL,
+        }
+    }
+}
+
+impl DnsAction {
+    /// The action's name in the policy.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Drop => "drop",
+            Self::Nxdomain => "nxdomain",
+            Self::Refused => "refused",
+            Self::Sinkhole(_) => "sinkhole",
+        }
+    }
 }
 
 /// How a list entry's name matches.

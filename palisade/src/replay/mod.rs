@@ -60,7 +60,7 @@ pub struct PacketOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NameVerdict {
     pub name: String,
-    /// `allow`, `drop`, `nxdomain` or `audit`.
+    /// `allow`, `drop`, `nxdomain`, `sinkhole`, `refused` or `audit`.
     pub verdict: &'static str,
 }
 
@@ -68,7 +68,7 @@ pub struct NameVerdict {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NameHits {
     pub name: String,
-    /// Count by DNS verdict (`allow`, `drop`, `nxdomain`, `audit`).
+    /// Count by DNS verdict (`allow`, `drop`, `nxdomain`, `sinkhole`, `refused`, `audit`).
     pub verdicts: BTreeMap<&'static str, u64>,
 }
 
