@@ -279,6 +279,7 @@ impl T {
             Allow => x.dns[stat(SCOPE_EGRESS, STAT_ALLOWED)] += 1,
             Audit(_) => x.dns[stat(SCOPE_EGRESS, STAT_AUDITED)] += 1,
             Drop(r) => {
+                x.stats[stats::DROPPED as usize] += 1;
                 x.dns[stat(SCOPE_EGRESS, STAT_BLOCKED)] += 1;
                 x.reasons[r as usize] += 1;
             }
@@ -391,6 +392,7 @@ impl T {
         }
         let (verdict, r) = match want {
             Drop(r) => {
+                x.stats[stats::DROPPED as usize] += 1;
                 x.dns[stat(SCOPE_EGRESS, STAT_BLOCKED)] += 1;
                 x.reasons[r as usize] += 1;
                 ("drop", r)

@@ -196,6 +196,7 @@ fn unchecked(cfg: &ScopeConfig, generation: u32, why: u32, sender: &Sender) -> i
         sender.socket_uid,
     );
     if verdict == DNS_VERDICT_DROP {
+        bump(&STATS, stats::DROPPED);
         DROP
     } else {
         ALLOW
@@ -286,6 +287,7 @@ fn inspect_egress(
     report::count(SCOPE_EGRESS, STAT_BLOCKED);
     report::count_reason(d.reason);
     report::emit(SCOPE_EGRESS, DNS_VERDICT_DROP, &d, &origin);
+    bump(&STATS, stats::DROPPED);
     DROP
 }
 
