@@ -5,9 +5,11 @@
 //! - an allowed name completes the handshake and the HTTP exchange (the server's first
 //!   flight, held back until the verdict, is retransmitted);
 //! - a ClientHello split over several TCP segments (a 400-byte MTU) is still read;
-//! - QUIC (UDP to port 443) does not reach the server.
+//! - QUIC (UDP to port 443) does not reach the server: a real QUIC client (aioquic) that
+//!   completes its handshake without Palisade fails with it, and curl falls back to TCP.
 //!
-//! Needs root, `openssl`, `curl` and `python3`. Run with
+//! Needs root, `openssl`, `curl`, `python3` and aioquic (`cargo xtask setup` installs it into
+//! `.tools/venv`). Run with
 //! `cargo test --release -p palisade --test tls_netns -- --test-threads=1`.
 
 #[path = "support/control.rs"]
@@ -223,4 +225,83 @@ fn quic_does_not_reach_the_server() {
     let out = listener.wait_with_output().expect("listener");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "none");
     assert_eq!(host.scratch.counter("TLS_STATS", TS_QUIC_DROPS), 3);
+}
+
+/// The Python of the repository's environment, which has aioquic (`cargo xtask setup`).
+fn venv_python() -> String {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin/python3");
+    assert!(
+        std::path::Path::new(p).exists(),
+        "{p} is missing: run `cargo xtask setup`"
+    );
+    p.to_owned()
+}
+
+const QUIC_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/quic_peer.py");
+
+/// The aioquic echo server on UDP port 443 of `ns`, killed on drop.
+struct QuicServer(Child);
+
+impl QuicServer {
+    fn start(ns: &str, addr: &str, dir: &std::path::Path) -> Self {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let mut child = command_in(ns, &venv_python())
+            .arg(QUIC_PEER)
+            .args(["server", addr, "443"])
+            .arg(&cert)
+            .arg(&key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the QUIC server");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("server stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
+            .expect("server output");
+        assert_eq!(line.trim(), "listening", "the QUIC server did not start");
+        Self(child)
+    }
+}
+
+impl Drop for QuicServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One QUIC exchange from `ns` to `addr`:443: the client's one-line verdict.
+fn quic_client(ns: &str, addr: &str) -> String {
+    let out = command_in(ns, &venv_python())
+        .arg(QUIC_PEER)
+        .args(["client", addr, "443", "www.allowed.test", "3"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("the QUIC client");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_quic_client_is_refused_and_falls_back_to_tcp() {
+    let pair = NetnsPair::new();
+    let mut host = GuardedHost::new("tls-netns-aioquic", POLICY, &pair.ns_a, &pair.if_a);
+    // The TCP server makes the certificate the QUIC server uses too.
+    let _tcp = Server::start(&pair.ns_a, &host.scratch.dir);
+    let _quic = QuicServer::start(&pair.ns_a, &pair.v4_a, &host.scratch.dir);
+    // Without Palisade the client completes its handshake and the echo: the pair works.
+    assert_eq!(quic_client(&pair.ns_b, &pair.v4_a), "connected");
+
+    host.start();
+    let verdict = quic_client(&pair.ns_b, &pair.v4_a);
+    assert!(verdict.starts_with("failed"), "QUIC got through: {verdict}");
+    let drops = host.scratch.counter("TLS_STATS", TS_QUIC_DROPS);
+    assert!(
+        drops >= 1,
+        "the client's Initial packets were dropped: {drops}"
+    );
+    // What a browser does next: the same name over TCP, decided by its SNI.
+    let (code, body, log) = curl(&pair.ns_b, "www.allowed.test", &pair.v4_a);
+    assert_eq!(code, 0, "{log}");
+    assert!(body.contains("s_server"), "{body}");
 }

@@ -48,7 +48,16 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "chrony",
     "ethtool",
     "isc-dhcp-client",
+    "python3-venv",
 ];
+
+/// Python packages the tests use that Debian does not ship (a QUIC peer), pinned, installed
+/// from PyPI into the repository's own virtual environment [`PYTHON_VENV`].
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[("aioquic", "1.2.0")];
+
+/// The virtual environment for [`PYTHON_PACKAGES`], relative to the workspace root (ignored
+/// by git). Tests run its `bin/python3`.
+pub const PYTHON_VENV: &str = ".tools/venv";
 
 /// The toolchain `aya-build` compiles the kernel programs with.
 const NIGHTLY: &str = "nightly";
@@ -70,6 +79,7 @@ pub fn run(scope: Scope) -> Result<()> {
     bpf_linker()?;
     if scope == Scope::All {
         debian_packages()?;
+        python_packages()?;
         bpffs()?;
     }
     println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
@@ -240,6 +250,60 @@ fn link_llvm(lib_dir: &Path, libllvm: &Path) -> Result<bool> {
         changed = true;
     }
     Ok(changed)
+}
+
+/// Creates [`PYTHON_VENV`] if needed and installs what [`PYTHON_PACKAGES`] lacks there, at
+/// the pinned versions.
+fn python_packages() -> Result<()> {
+    let venv = sys::workspace_root().join(PYTHON_VENV);
+    let python = venv.join("bin/python3");
+    if !python.exists() {
+        println!("creating: the Python environment {}", venv.display());
+        sys::run(sys::command("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let missing = missing_python(&python);
+    if missing.is_empty() {
+        println!(
+            "ok: {} Python packages present in {PYTHON_VENV}",
+            PYTHON_PACKAGES.len()
+        );
+        return Ok(());
+    }
+    println!("installing from PyPI: {}", missing.join(" "));
+    sys::run(
+        sys::command(&python.to_string_lossy())
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&missing)
+            .stdin(Stdio::null()),
+    )?;
+    let still = missing_python(&python);
+    if !still.is_empty() {
+        bail!("pip did not install: {}", still.join(" "));
+    }
+    println!("ok: installed {}", missing.join(" "));
+    Ok(())
+}
+
+/// `name==version` of each of [`PYTHON_PACKAGES`] that `python` does not have at that
+/// version.
+fn missing_python(python: &Path) -> Vec<String> {
+    PYTHON_PACKAGES
+        .iter()
+        .filter(|(name, version)| {
+            let installed = sys::output(sys::command(&python.to_string_lossy()).args([
+                "-c",
+                &format!("import importlib.metadata as m; print(m.version('{name}'))"),
+            ]));
+            installed.as_deref().map(str::trim) != Some(*version)
+        })
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect()
 }
 
 fn debian_packages() -> Result<()> {
