@@ -484,3 +484,91 @@ fn shell_completions_know_replay_and_its_flags() {
         }
     }
 }
+
+/// What the host sends meets the cgroup DNS egress hook and the TC egress chain, and what
+/// arrives meets TC ingress after XDP: a query to a blocked name leaves no further than the
+/// DNS hook, and the TLS gate's verdict, decided from the ClientHello as the daemon decides
+/// it, stops the server's answer and the client's next data.
+#[test]
+fn the_host_side_hooks_and_the_tls_gate_run_too() {
+    use palisade::craft::ClientHelloSpec;
+    const PSH_ACK: u8 = 0x18;
+    let p = policy(
+        "[dns.egress]\nmode = \"blocklist\"\nlists = [\"bad\"]\n\
+         [dns.lists.bad]\nnames = [\"blocked.test\"]\n\
+         [tls]\nmode = \"blocklist\"\nblock = [\"*.blocked.example\"]\n",
+    );
+    let q = |name: &str| {
+        Frame::dns_udp(
+            "192.0.2.10",
+            "198.51.100.53",
+            40000,
+            &DnsQuery::name(name, 1).build(),
+        )
+        .build()
+    };
+    let (client, server, cport) = ("198.51.100.7", "192.0.2.10", 40001);
+    let isn = 1000u32;
+    let mut frames = vec![
+        // Sent by the host: a blocked query, an allowed one.
+        write::sll2(&q("blocked.test"), 4),
+        write::sll2(&q("fine.test"), 4),
+        // A client's connection to the host's port 443, its hello in two segments.
+        write::sll2(
+            &Frame::tcp(client, server, cport, 443, 0x02)
+                .with_tcp_seq(isn)
+                .build(),
+            0,
+        ),
+    ];
+    let hello = ClientHelloSpec::modern("www.blocked.example").records(16_384);
+    for (k, chunk) in hello.chunks(1400).enumerate() {
+        let f = Frame::tcp(client, server, cport, 443, PSH_ACK)
+            .with_tcp_seq(isn + 1 + (k * 1400) as u32)
+            .with_payload(chunk)
+            .build();
+        frames.push(write::sll2(&f, 0));
+    }
+    // The server's answer, then the client's next data.
+    let answer = Frame::tcp(server, client, 443, cport, PSH_ACK)
+        .with_payload(&[0x16, 3, 3, 0, 4, 2, 0, 0, 0])
+        .build();
+    frames.push(write::sll2(&answer, 4));
+    let more = Frame::tcp(client, server, cport, 443, PSH_ACK)
+        .with_payload(b"GET /")
+        .build();
+    frames.push(write::sll2(&more, 0));
+    let packets: Vec<_> = frames
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| (Some(0), i as u64, f))
+        .collect();
+    let records = capture::read(&write::pcapng(&[LINKTYPE_LINUX_SLL2], &packets)).expect("capture");
+    let got = replay::run(&p, &records).expect("replay");
+    let summary: Vec<(&str, &str, Option<&str>)> = got
+        .iter()
+        .map(|o| (o.direction, o.verdict, o.reason))
+        .collect();
+    let blocked = Some(reason::name(reason::DNS_BLOCKED));
+    let tls_blocked = Some(reason::name(reason::TLS_SNI_BLOCKED));
+    let n = got.len();
+    assert_eq!(summary[0], ("out", "drop", blocked), "{got:#?}");
+    assert_eq!(summary[1], ("out", "pass", None), "{got:#?}");
+    for s in &summary[2..n - 2] {
+        assert_eq!(
+            *s,
+            ("in", "pass", None),
+            "SYN and hello segments pass: {got:#?}"
+        );
+    }
+    assert_eq!(summary[n - 2], ("out", "drop", tls_blocked), "{got:#?}");
+    assert_eq!(summary[n - 1], ("in", "drop", tls_blocked), "{got:#?}");
+    // The DNS hook's names, and the gate's decision on the hello's last segment.
+    assert_eq!(got[0].names[0].name, "blocked.test.");
+    assert_eq!(got[0].names[0].verdict, "drop");
+    let decided: Vec<_> = got.iter().filter(|o| !o.tls.is_empty()).collect();
+    assert_eq!(decided.len(), 1, "{got:#?}");
+    assert_eq!(decided[0].packet, n - 2, "the hello's last segment decides");
+    assert_eq!(decided[0].tls[0].sni, "www.blocked.example");
+    assert_eq!(decided[0].tls[0].verdict, "drop");
+}

@@ -4,17 +4,30 @@
 //! The object is loaded unpinned into this process (as the datapath tests load it), the
 //! policy installed into its private maps, and every packet run in capture order, so
 //! connection-tracking state, rate-limit buckets and DNS bindings carry from one packet to
-//! the next as they would on the wire. Packets a cooked capture marks as sent by the host
-//! go through the connection tracker's egress program (they are never dropped there);
-//! every other packet goes through the XDP entry program. What each packet got is read
-//! from the programs' own counters (the drop-reason and per-rule counters, one packet at a
-//! time) and DNS events; nothing is guessed in userspace.
+//! the next as they would on the wire.
+//!
+//! - A packet that arrives goes through the XDP entry program and, when XDP passes it, the
+//!   TC ingress chain as the datapath attaches it ([`INGRESS_CHAIN`]: scrub, NAT, the TLS
+//!   gate), each program getting the frame the one before left.
+//! - A packet a cooked capture (or `--host`) marks as sent by the host goes through the
+//!   cgroup DNS egress hook (the one a local process's socket meets first) and then the TC
+//!   egress chain in the datapath's order ([`EGRESS_CHAIN`]: the load balancer's reverse
+//!   translation, NAT, the connection tracker, scrub, the TLS gate, DHCP snooping, the
+//!   indicator check).
+//! - The TLS gate's ClientHello records are decided after each packet as the daemon decides
+//!   them (`tls::runtime::Gatekeeper`), so a refused flow's later packets are refused.
+//!
+//! What each packet got is read from the programs' own verdicts and counters (the
+//! drop-reason and per-rule counters, one packet at a time), DNS events and the TLS gate's
+//! decisions; nothing is guessed in userspace. The kernel's clock is not the capture's:
+//! rate limits and timeouts run at replay speed.
 
 pub mod capture;
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
 use palisade_common::{
     firewall::DEFAULT_SLOT,
     packet::{self, FAMILY_V4, Frame},
@@ -52,8 +65,113 @@ pub struct PacketOutcome {
     /// The flow, as `proto src:port > dst:port` (absent for frames that are not IP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow: Option<String>,
-    /// `in` (XDP) or `out` (sent by the host, connection tracker's egress program).
+    /// TLS flows this packet's ClientHello decided (see [`TlsVerdict`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsVerdict>,
+    /// `in` (XDP, then TC ingress) or `out` (sent by the host: cgroup egress, then TC
+    /// egress).
     pub direction: &'static str,
+}
+
+/// A TLS flow decided by the gate on a packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsVerdict {
+    /// The server name the ClientHello asked for (empty without one).
+    pub sni: String,
+    /// `pass`, `drop` or `audit`.
+    pub verdict: &'static str,
+    /// The reason's name (`pass` for an allowed flow).
+    pub reason: &'static str,
+}
+
+/// The TC ingress programs, in the order they are attached (after XDP passed the packet).
+pub const INGRESS_CHAIN: [&str; 3] = [
+    crate::scrub::INGRESS,
+    crate::nat::INGRESS,
+    crate::tls::INGRESS,
+];
+
+/// The TC egress programs, in the order they are attached.
+pub const EGRESS_CHAIN: [&str; 7] = [
+    crate::lb::REVERSE,
+    crate::nat::EGRESS,
+    crate::conntrack::EGRESS,
+    crate::scrub::EGRESS,
+    crate::tls::EGRESS,
+    crate::dhcp::EGRESS,
+    crate::intel::EGRESS,
+];
+
+/// `TC_ACT_SHOT`.
+const TC_SHOT: i32 = 2;
+
+/// Runs `frame` through the TC `chain`: the first program that drops it ends the chain.
+/// Returns whether the frame was dropped.
+fn run_chain(bench: &Bench, chain: &[&str], frame: &[u8], number: usize) -> Result<bool> {
+    let mut frame = frame.to_vec();
+    for name in chain {
+        let (verdict, out) = bench
+            .run_tc(name, &frame)
+            .with_context(|| format!("packet {number}: running {name}"))?;
+        if verdict == TC_SHOT {
+            return Ok(true);
+        }
+        frame = out;
+    }
+    Ok(false)
+}
+
+/// Runs what a local process sends through the cgroup DNS egress hook, then the TC egress
+/// chain. Returns whether it was dropped.
+fn run_egress(bench: &Bench, frame: &[u8], number: usize) -> Result<bool> {
+    if let Ok(Frame::Ip(p)) = packet::parse(frame) {
+        let ip = &frame[usize::from(p.l3_offset)..];
+        let allowed = bench
+            .run_egress(ip)
+            .with_context(|| format!("packet {number}: running the cgroup DNS egress hook"))?;
+        if allowed == 0 {
+            return Ok(true);
+        }
+    }
+    run_chain(bench, &EGRESS_CHAIN, frame, number)
+}
+
+/// The TLS gate's decisions, as the daemon makes them, from the records the gate copied.
+struct TlsDecider {
+    ring: RingBuf<MapData>,
+    keeper: crate::tls::runtime::Gatekeeper,
+}
+
+impl TlsDecider {
+    fn new(bench: &mut Bench, policy: &Policy) -> Result<Self> {
+        let ring = bench
+            .ebpf
+            .take_map("TLS_SEGMENTS")
+            .context("the object has no TLS_SEGMENTS map")?;
+        Ok(Self {
+            ring: RingBuf::try_from(ring)?,
+            keeper: crate::tls::runtime::Gatekeeper::new(crate::tls::decide::TlsPolicy::new(
+                &policy.tls,
+                &policy.dns.lists,
+            )),
+        })
+    }
+
+    /// Decides every flow whose ClientHello the last packet completed.
+    fn decide(&mut self, bench: &mut Bench) -> Vec<TlsVerdict> {
+        let now = std::time::Instant::now();
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if let Some(e) = self.keeper.record(&mut bench.ebpf, &item, now) {
+                out.push(TlsVerdict {
+                    sni: e.sni,
+                    verdict: e.verdict,
+                    reason: e.reason,
+                });
+            }
+        }
+        out
+    }
 }
 
 /// A DNS name in one packet and what the DNS inspector decided.
@@ -224,19 +342,24 @@ pub fn run(policy: &Policy, records: &[capture::Record]) -> Result<Vec<PacketOut
     } else {
         Vec::new()
     };
+    let mut tls = TlsDecider::new(&mut bench, policy)?;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         let (verdict, direction) = if r.outgoing {
-            bench
-                .run_ct_egress(&r.frame)
-                .with_context(|| format!("packet {}: running the egress program", r.number))?;
-            ("pass", "out")
+            let dropped = run_egress(&bench, &r.frame, r.number)?;
+            (if dropped { "drop" } else { "pass" }, "out")
         } else {
-            let action = bench
-                .run(&r.frame)
+            let (action, passed) = bench
+                .run_with_output(&r.frame)
                 .with_context(|| format!("packet {}: running the XDP program", r.number))?;
-            (verdict_name(action), "in")
+            let mut verdict = verdict_name(action);
+            // TC ingress sees the frame as XDP left it.
+            if verdict == "pass" && run_chain(&bench, &INGRESS_CHAIN, &passed, r.number)? {
+                verdict = "drop";
+            }
+            (verdict, "in")
         };
+        let tls = tls.decide(&mut bench);
         let now = read_reasons(&bench)?;
         let reason = (verdict == "drop")
             .then(|| {
@@ -271,6 +394,7 @@ pub fn run(policy: &Policy, records: &[capture::Record]) -> Result<Vec<PacketOut
             rule,
             names,
             flow: flow_of(&r.frame).map(|f| f.0),
+            tls,
             direction,
         });
     }
