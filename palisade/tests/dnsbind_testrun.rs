@@ -733,3 +733,213 @@ fn answer_names_are_checked_only_under_a_blocklist() {
     expect_answer(&l, &a, palisade_common::reason::PASS);
     l.install("");
 }
+
+// ---- rebinding protection ----
+
+const REBINDING: &str = r#"
+[dns.bind]
+cgroups = ["/sys/fs/cgroup/unified"]
+grace = 0
+rebinding = "refuse"
+rebinding_allow = ["nas.home.test", "*.corp.test"]
+"#;
+
+/// Runs `a` and checks it is refused by rebinding protection (every counter that moves,
+/// the reason, nothing bound) or passed with its addresses bound.
+fn expect_rebinding(l: &mut Loaded, a: &Answer, refused: bool, what: &str) {
+    use palisade_common::{dnsbind::STAT_ANSWERS_REBINDING, reason::DNS_REBINDING};
+    l.clear();
+    let before = l.stats();
+    let reasons_before = l.reason_count(DNS_REBINDING);
+    let dropped_before = l.dropped();
+    let verdict = l.run(&ip4_udp(53, 40000, &a.bytes()));
+    let after = l.stats();
+    if refused {
+        assert_eq!(verdict, 0, "{what}: dropped");
+        expect_delta(
+            &before,
+            &after,
+            &[
+                (STAT_ANSWERS, 1),
+                (STAT_ANSWERS_REFUSED, 1),
+                (STAT_ANSWERS_REBINDING, 1),
+            ],
+        );
+        assert_eq!(l.reason_count(DNS_REBINDING), reasons_before + 1, "{what}");
+        assert_eq!(
+            l.dropped(),
+            dropped_before + 1,
+            "{what}: counted as dropped"
+        );
+        assert!(l.bindings().is_empty(), "{what}: nothing bound");
+    } else {
+        assert_eq!(verdict, PASS, "{what}: passes");
+        let bound = l.bindings().len();
+        assert!(bound > 0, "{what}: bound");
+        expect_delta(
+            &before,
+            &after,
+            &[(STAT_ANSWERS, 1), (STAT_ADDRS_BOUND, bound as u64)],
+        );
+        assert_eq!(l.reason_count(DNS_REBINDING), reasons_before, "{what}");
+    }
+}
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+/// With `rebinding = "refuse"`, an answer with a private address (any family, any form,
+/// anywhere in the answer) is dropped unless its question is on `rebinding_allow`, matched
+/// as DNS lists match (exact, `*.` below, case folded); a CNAME to an allowed name does not
+/// make a public name allowed. Public addresses pass and bind.
+#[test]
+fn rebinding_answers_are_refused_unless_the_question_is_allowed() {
+    let mut l = loaded();
+    l.install(REBINDING);
+    let private4: [[u8; 4]; 9] = [
+        [10, 0, 0, 5],
+        [127, 0, 0, 1],
+        [172, 16, 3, 4],
+        [172, 31, 255, 255],
+        [192, 168, 1, 1],
+        [169, 254, 169, 254],
+        [100, 64, 0, 1],
+        [0, 0, 0, 0],
+        [0, 1, 2, 3],
+    ];
+    for addr in private4 {
+        let a = Answer::new("www.public.test").rr(A, 60, &addr);
+        expect_rebinding(&mut l, &a, true, &format!("A {addr:?}"));
+    }
+    for s in [
+        "fd00::1",
+        "fc12::1",
+        "fe80::1",
+        "::1",
+        "::",
+        "::ffff:10.0.0.1",
+        "::ffff:127.0.0.1",
+    ] {
+        let a = Answer::new("www.public.test").rr(AAAA, 60, &v6(s));
+        expect_rebinding(&mut l, &a, true, &format!("AAAA {s}"));
+    }
+    // One private record among public ones refuses the whole answer, also past the cap of
+    // bound addresses.
+    let a = Answer::new("www.public.test")
+        .rr(A, 60, &[198, 51, 100, 1])
+        .rr(A, 60, &[10, 9, 9, 9]);
+    expect_rebinding(&mut l, &a, true, "mixed");
+    let mut a = Answer::new("www.public.test");
+    for i in 0..MAX_BOUND_PER_ANSWER {
+        a = a.rr(A, 60, &[198, 51, 100, i as u8]);
+    }
+    let a = a.rr(A, 60, &[192, 168, 0, 1]);
+    expect_rebinding(&mut l, &a, true, "private past the cap");
+    // A CNAME from a public name to an allowed one is the rebinding itself.
+    let a = Answer::new("evil.test")
+        .rr(CNAME, 60, &labels("nas.home.test"))
+        .rr_owned(&labels("nas.home.test"), A, 60, &[192, 168, 1, 10]);
+    expect_rebinding(&mut l, &a, true, "CNAME to an allowed name");
+    // The apex of a `*.` entry is not below it; a name above an exact entry is not it.
+    for q in ["corp.test", "home.test", "x.nas.home.test"] {
+        let a = Answer::new(q).rr(A, 60, &[10, 1, 1, 1]);
+        expect_rebinding(&mut l, &a, true, q);
+    }
+    // Public addresses pass and bind, whatever the name.
+    let a = Answer::new("www.public.test")
+        .rr(A, 60, &[198, 51, 100, 1])
+        .rr(AAAA, 60, &V6)
+        .rr(A, 60, &[172, 32, 0, 1])
+        .rr(A, 60, &[100, 128, 0, 1]);
+    expect_rebinding(&mut l, &a, false, "public");
+    // Allowed names may carry private addresses, in any letter case, also behind a CNAME.
+    for q in [
+        "nas.home.test",
+        "NAS.Home.TEST",
+        "printer.corp.test",
+        "a.b.corp.test",
+    ] {
+        let a = Answer::new(q)
+            .rr(A, 60, &[192, 168, 1, 10])
+            .rr(AAAA, 60, &v6("fd00::10"));
+        expect_rebinding(&mut l, &a, false, q);
+    }
+    let a = Answer::new("git.corp.test")
+        .rr(CNAME, 60, &labels("git.internal"))
+        .rr_owned(&labels("git.internal"), A, 60, &[10, 2, 2, 2]);
+    expect_rebinding(
+        &mut l,
+        &a,
+        false,
+        "allowed question, CNAME to an unlisted name",
+    );
+    // `rebinding` left out: private addresses bind as any other.
+    l.install(&REBINDING.replace(
+        "rebinding = \"refuse\"\nrebinding_allow = [\"nas.home.test\", \"*.corp.test\"]\n",
+        "",
+    ));
+    let a = Answer::new("www.public.test").rr(A, 60, &[10, 0, 0, 5]);
+    expect_rebinding(&mut l, &a, false, "protection off");
+    l.install("");
+}
+
+/// The kernel flags exactly the addresses the shared reference calls private: around the
+/// edges of every range, in both families.
+#[test]
+fn kernel_and_reference_agree_on_private_addresses() {
+    use palisade_common::dnsbind::{is_private, is_private_v4};
+    let mut l = loaded();
+    l.install(REBINDING);
+    let mut v4: Vec<[u8; 4]> = Vec::new();
+    for (a, b) in [
+        (0u8, 0u8),
+        (9, 255),
+        (10, 0),
+        (11, 0),
+        (100, 63),
+        (100, 64),
+        (100, 127),
+        (100, 128),
+        (126, 255),
+        (127, 0),
+        (128, 0),
+        (169, 253),
+        (169, 254),
+        (169, 255),
+        (172, 15),
+        (172, 16),
+        (172, 31),
+        (172, 32),
+        (192, 167),
+        (192, 168),
+        (192, 169),
+        (203, 0),
+    ] {
+        v4.push([a, b, 0, 0]);
+        v4.push([a, b, 255, 255]);
+    }
+    for addr in &v4 {
+        let a = Answer::new("www.public.test").rr(A, 60, addr);
+        expect_rebinding(&mut l, &a, is_private_v4(*addr), &format!("A {addr:?}"));
+    }
+    for s in [
+        "fbff:ffff::1",
+        "fc00::",
+        "fdff:ffff::",
+        "fe00::",
+        "fe7f::1",
+        "fe80::",
+        "febf::1",
+        "fec0::",
+        "::2",
+        "::ffff:172.32.0.1",
+        "::ffff:172.31.0.1",
+        "::100.64.0.1",
+        "2001:db8::",
+    ] {
+        let a = Answer::new("www.public.test").rr(AAAA, 60, &v6(s));
+        expect_rebinding(&mut l, &a, is_private(&v6(s)), &format!("AAAA {s}"));
+    }
+    l.install("");
+}

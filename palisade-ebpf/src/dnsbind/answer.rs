@@ -10,6 +10,9 @@
 //! [`ANSWER_BUF`] bytes are walked; records after them are not bound. Answers over TCP are
 //! not walked (not bound). With resolver pinning on, only answers whose source is a
 //! configured resolver are walked; others pass unbound (counted as `answers_unpinned`).
+//! With rebinding protection on, an answer holding a private address (any of its A/AAAA
+//! records, bound or past the cap) is dropped unless its question is on
+//! `rebinding_allow` ([`check::rebinding`]; reason `dns-rebinding`).
 
 use core::ffi::c_void;
 
@@ -24,9 +27,9 @@ use aya_ebpf::{
 use palisade_common::{
     dnsbind::{
         self, ANSWER_BUF, AnswerWalk, BIND_ON, BindKey, BindValue, MAX_BOUND_PER_ANSWER,
-        MAX_WALK_STEPS, PIN_ON, PIN_RESOLVER, STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS,
-        STAT_ANSWERS_MALFORMED, STAT_ANSWERS_REFUSED, STAT_ANSWERS_UNPINNED, STAT_INTERNAL,
-        WALK_DONE, WALK_MORE,
+        MAX_WALK_STEPS, PIN_ON, PIN_RESOLVER, REBIND_REFUSE, STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED,
+        STAT_ANSWERS, STAT_ANSWERS_MALFORMED, STAT_ANSWERS_REBINDING, STAT_ANSWERS_REFUSED,
+        STAT_ANSWERS_UNPINNED, STAT_INTERNAL, WALK_DONE, WALK_MORE, WALK_PRIVATE,
     },
     packet::{self, Bytes as _, FRAG_NONE, Frame, IPPROTO_UDP, Packet},
     reason, stats,
@@ -75,7 +78,12 @@ pub fn run(ctx: &SkBuffContext) -> i32 {
         count(STAT_INTERNAL);
         return PASS;
     }
-    let verdict = walk_packet(ctx, cfg.grace_ns, cfg.pinned == PIN_ON);
+    let verdict = walk_packet(
+        ctx,
+        cfg.grace_ns,
+        cfg.pinned == PIN_ON,
+        cfg.rebinding == REBIND_REFUSE,
+    );
     // SAFETY: as above.
     unsafe { atomic::exchange(busy, 0) };
     verdict
@@ -95,7 +103,7 @@ fn parse_into(ctx: &SkBuffContext, out: &mut Packet) -> bool {
 }
 
 #[inline(never)]
-fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool) -> i32 {
+fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool, rebinding: bool) -> i32 {
     let Some(s) = BIND_SCRATCH.get_ptr_mut(0) else {
         count(STAT_INTERNAL);
         return PASS;
@@ -173,7 +181,13 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool) -> i32 {
     }
     // SAFETY: the context pointer is the program's own skb.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
-    let why = check::names(cgroup_id);
+    let mut why = check::names(cgroup_id);
+    if why == reason::PASS && rebinding && s.walk.flags & WALK_PRIVATE != 0 {
+        why = check::rebinding(cgroup_id);
+        if why != reason::PASS {
+            count(STAT_ANSWERS_REBINDING);
+        }
+    }
     if why != reason::PASS {
         count(STAT_ANSWERS_REFUSED);
         bump(&STATS, stats::DROPPED);

@@ -14,7 +14,7 @@ use aya::{
 };
 use palisade_common::dnsbind::{
     BIND_ON, BIND_STAT_NAMES, BIND_STATS_COUNT, BindConfig, MAX_BIND_ALLOW, MAX_BIND_PIN,
-    MAX_GRACE_SECS, PIN_DOH, PIN_ON, PIN_RESOLVER,
+    MAX_GRACE_SECS, PIN_DOH, PIN_ON, PIN_RESOLVER, REBIND_REFUSE,
 };
 
 use crate::{
@@ -36,7 +36,7 @@ pub const SOCK_ADDR: [&str; 4] = [
 pub const DEFAULT_GRACE_SECS: u32 = 30;
 
 /// `[dns.bind]`: the cgroups in bind mode and what they may reach without an answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DnsBind {
     /// cgroup v2 directories in bind mode (their descendants included).
     pub cgroups: Vec<PathBuf>,
@@ -50,6 +50,13 @@ pub struct DnsBind {
     pub resolvers: Vec<Cidr>,
     /// Known DNS-over-HTTPS endpoints, refused while pinning is on.
     pub doh_endpoints: Vec<Cidr>,
+    /// Rebinding protection (`rebinding = "refuse"`): answers that put a private address
+    /// ([`palisade_common::dnsbind::is_private`]) behind a name not on
+    /// [`Self::rebinding_allow`] are dropped.
+    pub rebinding_refuse: bool,
+    /// Names whose answers may hold private addresses (`rebinding_allow`), matched as DNS
+    /// list entries are: `name` exactly, `*.name` every name below it.
+    pub rebinding_allow: Vec<crate::policy::model::NameEntry>,
 }
 
 impl Default for DnsBind {
@@ -60,6 +67,8 @@ impl Default for DnsBind {
             allow: Vec::new(),
             resolvers: Vec::new(),
             doh_endpoints: Vec::new(),
+            rebinding_refuse: false,
+            rebinding_allow: Vec::new(),
         }
     }
 }
@@ -180,6 +189,8 @@ pub fn write_config(ebpf: &mut Ebpf, bind: Option<&DnsBind>) -> Result<()> {
         grace_ns: u64::from(b.grace_secs) * 1_000_000_000,
         enabled: BIND_ON,
         pinned: if b.resolvers.is_empty() { 0 } else { PIN_ON },
+        rebinding: if b.rebinding_refuse { REBIND_REFUSE } else { 0 },
+        _pad: 0,
     });
     let mut m: Array<&mut MapData, BindConfig> = Array::try_from(map_mut(ebpf, "BIND_CONFIG")?)?;
     m.set(0, cfg, 0).context("writing the bind settings")?;
