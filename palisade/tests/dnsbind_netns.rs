@@ -647,3 +647,147 @@ print(json.dumps([answer, conn]))
     assert_eq!(refused[0]["cgroup_id"], cg.id(), "{}", refused[0]);
     assert_eq!(refused[0]["verdict"], "drop", "{}", refused[0]);
 }
+
+/// `dig +short` of `name`'s A record at `server`, from the cgroup or outside it: the
+/// answer's lines, `None` when dig got no answer.
+fn dig_a(pair: &NetnsPair, cg: Option<&TestCgroup>, server: &str, name: &str) -> Option<String> {
+    let at = format!("@{server}");
+    let argv = ["dig", "+short", "+time=2", "+tries=1", &at, name, "A"];
+    let out = match cg {
+        Some(cg) => cg.command_in_ns(&pair.ns_a, &argv),
+        None => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &pair.ns_a]).args(argv);
+            c
+        }
+    }
+    .stdin(Stdio::null())
+    .output()
+    .expect("run dig");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.is_empty() && !text.starts_with(";;")).then_some(text)
+}
+
+/// Rebinding protection, end to end: unbound serves public-looking names that lead to
+/// 10.x and 127.0.0.1. From the bind-mode cgroup with `rebinding = "refuse"`, `dig` gets
+/// nothing for them (the resolver did answer: it logged the query) and their addresses stay
+/// refused, while a name on `rebinding_allow` resolves to its private address and connects,
+/// and a public address resolves and connects. Outside the cgroup every name resolves. Each
+/// dropped answer is a `dns-rebinding` event naming the question.
+#[test]
+fn rebinding_answers_are_refused() {
+    require("ip", "iproute2");
+    require("unbound", "unbound");
+    require("dig", "dnsutils");
+    let pair = NetnsPair::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("dns-bind-rebind");
+    let _server = lab(&pair);
+    // A public range, local to B, for the answer that must still pass.
+    ip_in(
+        &pair,
+        &pair.ns_a,
+        &["route", "add", "198.51.100.0/24", "via", &pair.v4_b],
+    );
+    ip_in(
+        &pair,
+        &pair.ns_b,
+        &["route", "add", "local", "198.51.100.0/24", "dev", "lo"],
+    );
+    let zone = vec![
+        "intranet.bind.test. 60 IN A 10.79.0.11".to_owned(),
+        "loop.bind.test. 60 IN A 127.0.0.1".to_owned(),
+        "nas.home.test. 60 IN A 10.79.0.12".to_owned(),
+        "www.bind.test. 60 IN A 198.51.100.7".to_owned(),
+    ];
+    let unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone);
+    let text = format!(
+        r#"
+[dns.bind]
+cgroups = ["{cg}"]
+allow = ["{r}"]
+rebinding = "refuse"
+rebinding_allow = ["nas.home.test"]
+"#,
+        cg = cg.path.display(),
+        r = pair.v4_b
+    );
+    let path = dir.write("policy.toml", &text);
+    check_policy(&path);
+    let run = run_args(&dir, &path, &pair.if_a);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+
+    let connect = |ip: &str| -> Value {
+        let script = r"
+import json, socket, sys
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); print(json.dumps('ok'))
+except OSError as e:
+    print(json.dumps(e.errno))
+";
+        let out = cg
+            .command_in_ns(
+                &pair.ns_a,
+                &["python3", "-c", script, ip, &PORT.to_string()],
+            )
+            .output()
+            .expect("run connect");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+
+    for name in ["intranet.bind.test", "loop.bind.test"] {
+        assert_eq!(
+            dig_a(&pair, Some(&cg), &pair.v4_b, name),
+            None,
+            "{name}: the rebinding answer never reaches dig"
+        );
+        assert!(
+            !unbound.queries_for(name).is_empty(),
+            "{name}: the resolver saw the query and answered: {}",
+            unbound.log_text()
+        );
+    }
+    assert_eq!(
+        connect("10.79.0.11"),
+        libc::EPERM,
+        "a refused answer binds nothing"
+    );
+    assert_eq!(
+        dig_a(&pair, Some(&cg), &pair.v4_b, "nas.home.test").as_deref(),
+        Some("10.79.0.12"),
+        "an allowed name resolves to its private address"
+    );
+    assert_eq!(connect("10.79.0.12"), "ok", "and binds it");
+    assert_eq!(
+        dig_a(&pair, Some(&cg), &pair.v4_b, "www.bind.test").as_deref(),
+        Some("198.51.100.7")
+    );
+    assert_eq!(connect("198.51.100.7"), "ok");
+    assert_eq!(
+        dig_a(&pair, None, &pair.v4_b, "intranet.bind.test").as_deref(),
+        Some("10.79.0.11"),
+        "outside the cgroup nothing is refused"
+    );
+
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    let refused: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["reason"] == "dns-rebinding")
+        .collect();
+    let mut names: Vec<&str> = refused.iter().filter_map(|e| e["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["intranet.bind.test.", "loop.bind.test."],
+        "{refused:?}"
+    );
+    for e in &refused {
+        assert_eq!(e["cgroup_id"], cg.id(), "{e}");
+        assert_eq!(e["verdict"], "drop", "{e}");
+    }
+}
