@@ -468,13 +468,42 @@ impl Drop for PinDir {
     }
 }
 
-/// The bindings map is pinned: a daemon that stops and starts again (same pins) still lets
-/// the cgroup reach what it resolved before, and refuses the rest again.
+/// The programs attached to cgroup `cg` (`bpftool cgroup show`), by name.
+fn cgroup_programs(cg: &TestCgroup) -> Vec<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(&cg.path)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
+    let mut names: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The bindings map and the programs' links are pinned: while the daemon is down (it exited
+/// without unloading) the cgroup stays in bind mode, answers still bind and never-resolved
+/// destinations are still refused; a daemon that starts again adopts the links (no second
+/// attachment) and still lets the cgroup reach what it resolved before; one that unloads
+/// takes bind mode away.
 #[test]
 fn bindings_survive_a_daemon_restart() {
     require("ip", "iproute2");
     require("unbound", "unbound");
     require("nsenter", "util-linux");
+    require("bpftool", "bpftool");
     let pair = NetnsPair::new();
     let cg = TestCgroup::new();
     let dir = TempDir::new("dns-bind-restart");
@@ -504,16 +533,48 @@ fn bindings_survive_a_daemon_restart() {
     let t = daemon.stop();
     assert!(t.success, "{:?}", t.stderr);
     assert!(pins.0.exists(), "the first daemon left its pins");
+    // (`bpftool` shows names cut to 15 bytes.)
+    let attached = cgroup_programs(&cg);
+    assert_eq!(
+        attached.len(),
+        5,
+        "the five bind programs stay attached: {attached:?}"
+    );
+
+    // The daemon is down: bind mode holds.
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("bound", &pair.v4_b, 1, 200, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 200, "resolved before, still reachable: {r}");
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("direct", &pair.v4_b, 1, 200, TRIAL_SECS),
+    );
+    assert_eq!(
+        r["eperm"], 200,
+        "never resolved: refused with the daemon down: {r}"
+    );
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("resolve", &pair.v4_b, 9001, 100, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 100, "answers still bind with the daemon down: {r}");
 
     let daemon = start(&run);
     assert!(
         daemon
             .stderr_now()
             .iter()
-            .any(|l| l.contains("DNS binding on cgroup")),
+            .any(|l| l.contains("DNS binding on cgroup") && l.contains("5 pinned links adopted")),
         "{:?}",
         daemon.stderr_now()
     );
+    let again = cgroup_programs(&cg);
+    assert_eq!(again.len(), 5, "adopted, not attached twice: {again:?}");
     let r = client(
         Some(&cg),
         &pair.ns_a,
@@ -534,6 +595,14 @@ fn bindings_survive_a_daemon_restart() {
     );
     let t = daemon.stop();
     assert!(t.success, "{:?}", t.stderr);
+    // This one unloaded on exit: the links are gone, and with them bind mode.
+    assert_eq!(cgroup_programs(&cg), Vec::<String>::new());
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("direct", &pair.v4_b, 1, 20, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 20, "unloaded: nothing is refused: {r}");
 }
 
 /// CNAME cloaking: under a `[dns.egress]` blocklist, the answer of an unlisted name whose
