@@ -136,7 +136,13 @@ pub const STAT_ANSWERS_UNPINNED: u32 = 11;
 /// Answers dropped by rebinding protection (a private address behind a name not allowed
 /// to carry one).
 pub const STAT_ANSWERS_REBINDING: u32 = 12;
-pub const BIND_STATS_COUNT: u32 = 13;
+/// TCP segments from port 53 holding exactly one whole length-prefixed message, walked as
+/// answers (also counted in `answers`).
+pub const STAT_ANSWERS_TCP: u32 = 13;
+/// TCP segments from port 53 with data that is not exactly one whole message (a message
+/// split across segments, or several in one): not walked, nothing bound.
+pub const STAT_ANSWERS_TCP_UNWALKED: u32 = 14;
+pub const BIND_STATS_COUNT: u32 = 15;
 /// Names of the counters, by index.
 pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "connect_checked",
@@ -152,6 +158,8 @@ pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "pin_refused",
     "answers_unpinned",
     "answers_rebinding",
+    "answers_tcp",
+    "answers_tcp_unwalked",
 ];
 
 /// Walk phases.

@@ -408,7 +408,7 @@ fn bad_compression_pointers_bind_nothing() {
 /// Queries, answers from other ports, TCP, and error answers bind nothing; the counter of
 /// answers moves only for UDP from port 53.
 #[test]
-fn only_udp_answers_from_port_53_bind() {
+fn only_answers_from_port_53_bind() {
     let mut l = loaded();
     l.configure(0);
     let good = Answer::new("p.test").rr(A, 60, &[198, 51, 100, 1]).bytes();
@@ -429,7 +429,8 @@ fn only_udp_answers_from_port_53_bind() {
     let before = l.stats();
     assert_eq!(l.run(&ip4_udp(53, 40000, &nx)), PASS);
     expect_delta(&before, &l.stats(), &[(STAT_ANSWERS, 1)]);
-    // The same bytes over TCP (protocol 6) are not walked.
+    // The same bytes labelled TCP (protocol 6; no TCP header where one should be) are not
+    // walked.
     let mut tcp = ip4_udp(53, 40000, &good);
     tcp[9] = 6;
     let before = l.stats();
@@ -941,5 +942,130 @@ fn kernel_and_reference_agree_on_private_addresses() {
         let a = Answer::new("www.public.test").rr(AAAA, 60, &v6(s));
         expect_rebinding(&mut l, &a, is_private(&v6(s)), &format!("AAAA {s}"));
     }
+    l.install("");
+}
+
+// ---- DNS over TCP ----
+
+/// An IPv4 TCP segment (ACK|PSH) with `options` (a multiple of 4 bytes) and `data`.
+fn ip4_tcp(sport: u16, dport: u16, options: &[u8], data: &[u8]) -> Vec<u8> {
+    let tcp_len = 20 + options.len() + data.len();
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0, 10, 1, 0, 53, 10, 1, 2, 3]);
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x10, 0, 0, 0, 0x20, 0]);
+    p.push((((20 + options.len()) / 4) as u8) << 4);
+    p.extend_from_slice(&[0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    p.extend_from_slice(options);
+    p.extend_from_slice(data);
+    p
+}
+
+/// A DNS message as TCP carries it: its length in two bytes, then the message.
+fn framed(msg: &[u8]) -> Vec<u8> {
+    let mut v = (msg.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(msg);
+    v
+}
+
+/// A TCP segment from port 53 whose data is exactly one length-prefixed answer is walked
+/// and binds (with or without TCP options); a handshake or bare ACK counts nothing; a
+/// message split across segments, or two in one, is not walked and binds nothing (counted
+/// as `answers_tcp_unwalked`); other ports are not looked at.
+#[test]
+fn tcp_answers_in_one_segment_bind() {
+    use palisade_common::dnsbind::{STAT_ANSWERS_TCP, STAT_ANSWERS_TCP_UNWALKED};
+    let mut l = loaded();
+    l.configure(0);
+    let a = Answer::new("tcp.test")
+        .rr(A, 60, &[198, 51, 100, 31])
+        .rr(AAAA, 60, &V6)
+        .bytes();
+    let ts = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    for options in [&[][..], &ts[..]] {
+        l.clear();
+        let before = l.stats();
+        assert_eq!(l.run(&ip4_tcp(53, 40000, options, &framed(&a))), PASS);
+        expect_delta(
+            &before,
+            &l.stats(),
+            &[
+                (STAT_ANSWERS, 1),
+                (STAT_ANSWERS_TCP, 1),
+                (STAT_ADDRS_BOUND, 2),
+            ],
+        );
+        let got: Vec<[u8; 16]> = l.bindings().iter().map(|(k, _)| k.addr).collect();
+        assert_eq!(got, [mapped_v4([198, 51, 100, 31]), V6]);
+    }
+    l.clear();
+    // No data: a handshake or a bare ACK.
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_tcp(53, 40000, &ts, &[])), PASS);
+    expect_delta(&before, &l.stats(), &[]);
+    // Split: the first segment carries the length and part of the message, the second the
+    // rest; neither is walked.
+    let f = framed(&a);
+    for part in [&f[..20], &f[20..], &f[..1]] {
+        let before = l.stats();
+        assert_eq!(l.run(&ip4_tcp(53, 40000, &ts, part)), PASS);
+        expect_delta(&before, &l.stats(), &[(STAT_ANSWERS_TCP_UNWALKED, 1)]);
+    }
+    // Two messages in one segment.
+    let mut two = framed(&a);
+    two.extend_from_slice(&framed(&a));
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_tcp(53, 40000, &ts, &two)), PASS);
+    expect_delta(&before, &l.stats(), &[(STAT_ANSWERS_TCP_UNWALKED, 1)]);
+    // Not from port 53.
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_tcp(853, 40000, &ts, &framed(&a))), PASS);
+    assert_eq!(l.run(&ip4_tcp(40000, 53, &ts, &framed(&a))), PASS);
+    expect_delta(&before, &l.stats(), &[]);
+    assert!(l.bindings().is_empty());
+    // A bad data offset (below 20 bytes, or past the segment) is no answer.
+    let mut bad = ip4_tcp(53, 40000, &[], &framed(&a));
+    bad[32] = 0x40;
+    let short = ip4_tcp(53, 40000, &[], &[]);
+    let mut short_past = short.clone();
+    short_past[32] = 0x60;
+    let before = l.stats();
+    for p in [&bad, &short_past] {
+        assert_eq!(l.run(p), PASS);
+    }
+    expect_delta(&before, &l.stats(), &[]);
+    assert!(l.bindings().is_empty());
+}
+
+/// The answer checks apply to TCP answers as to UDP ones: a rebinding answer in one
+/// segment is dropped.
+#[test]
+fn tcp_answers_are_checked_for_rebinding() {
+    use palisade_common::{
+        dnsbind::{STAT_ANSWERS_REBINDING, STAT_ANSWERS_TCP},
+        reason::DNS_REBINDING,
+    };
+    let mut l = loaded();
+    l.install(REBINDING);
+    let a = Answer::new("www.public.test")
+        .rr(A, 60, &[10, 0, 0, 5])
+        .bytes();
+    let before = l.stats();
+    let reasons = l.reason_count(DNS_REBINDING);
+    assert_eq!(l.run(&ip4_tcp(53, 40000, &[], &framed(&a))), 0, "dropped");
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[
+            (STAT_ANSWERS, 1),
+            (STAT_ANSWERS_TCP, 1),
+            (STAT_ANSWERS_REFUSED, 1),
+            (STAT_ANSWERS_REBINDING, 1),
+        ],
+    );
+    assert_eq!(l.reason_count(DNS_REBINDING), reasons + 1);
+    assert!(l.bindings().is_empty());
     l.install("");
 }
