@@ -720,8 +720,22 @@ print(json.dumps([answer, conn]))
 /// `dig +short` of `name`'s A record at `server`, from the cgroup or outside it: the
 /// answer's lines, `None` when dig got no answer.
 fn dig_a(pair: &NetnsPair, cg: Option<&TestCgroup>, server: &str, name: &str) -> Option<String> {
+    dig(pair, cg, server, name, false)
+}
+
+/// [`dig_a`], over TCP when `tcp` is set.
+fn dig(
+    pair: &NetnsPair,
+    cg: Option<&TestCgroup>,
+    server: &str,
+    name: &str,
+    tcp: bool,
+) -> Option<String> {
     let at = format!("@{server}");
-    let argv = ["dig", "+short", "+time=2", "+tries=1", &at, name, "A"];
+    let proto = if tcp { "+tcp" } else { "+notcp" };
+    let argv = [
+        "dig", "+short", "+time=2", "+tries=1", proto, &at, name, "A",
+    ];
     let out = match cg {
         Some(cg) => cg.command_in_ns(&pair.ns_a, &argv),
         None => {
@@ -859,4 +873,86 @@ except OSError as e:
         assert_eq!(e["cgroup_id"], cg.id(), "{e}");
         assert_eq!(e["verdict"], "drop", "{e}");
     }
+}
+
+/// DNS over TCP binds: `dig +tcp` from the bind-mode cgroup, then a connect to the answer's
+/// address, passes (the answer arrived in one segment and was walked); an address of the
+/// zone never asked for stays refused; a rebinding answer over TCP never reaches dig.
+#[test]
+fn tcp_answers_bind() {
+    require("ip", "iproute2");
+    require("unbound", "unbound");
+    require("dig", "dnsutils");
+    let pair = NetnsPair::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("dns-bind-tcp");
+    let _server = lab(&pair);
+    let mut zone = zone();
+    zone.push("inside.bind.test. 60 IN A 10.79.0.21".to_owned());
+    let unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b, &pair.v6_b], &zone);
+    let text = format!(
+        "{}rebinding = \"refuse\"\nrebinding_allow = [\"h1.bind.test\"]\n",
+        policy(&cg, &pair.v4_b, &pair.v6_b)
+    );
+    let path = dir.write("policy.toml", &text);
+    check_policy(&path);
+    let run = run_args(&dir, &path, &pair.if_a);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+
+    let connect = |ip: &str| -> Value {
+        let script = r"
+import json, socket, sys
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); print(json.dumps('ok'))
+except OSError as e:
+    print(json.dumps(e.errno))
+";
+        let out = cg
+            .command_in_ns(
+                &pair.ns_a,
+                &["python3", "-c", script, ip, &PORT.to_string()],
+            )
+            .output()
+            .expect("run connect");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    assert_eq!(connect("10.77.0.7"), libc::EPERM, "not resolved yet");
+    // h7 (10.77.0.7) is private but the policy allows only h1 to carry private addresses:
+    // with rebinding protection on, only h1's answer may bind. Ask h1 over TCP.
+    assert_eq!(
+        dig(&pair, Some(&cg), &pair.v4_b, "h1.bind.test", true).as_deref(),
+        Some("10.77.0.1"),
+        "dig +tcp gets its answer"
+    );
+    let tcp_queries = unbound
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("h1.bind.test."))
+        .count();
+    assert!(tcp_queries >= 1, "{}", unbound.log_text());
+    assert_eq!(connect("10.77.0.1"), "ok", "a TCP answer binds");
+    assert_eq!(
+        connect("10.77.0.2"),
+        libc::EPERM,
+        "what was not asked stays refused"
+    );
+    assert_eq!(
+        dig(&pair, Some(&cg), &pair.v4_b, "inside.bind.test", true),
+        None,
+        "a rebinding answer over TCP never reaches dig"
+    );
+    assert_eq!(connect("10.79.0.21"), libc::EPERM);
+
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "dns-rebinding" && e["name"] == "inside.bind.test."),
+        "{events:?}"
+    );
 }
