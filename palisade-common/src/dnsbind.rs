@@ -34,6 +34,9 @@ const _: () = assert!(MAX_CHECKED_NAMES.is_power_of_two());
 pub const WALK_CHAIN_TOO_LONG: u32 = 1;
 /// [`AnswerWalk::flags`]: more than [`MAX_CHECKED_NAMES`] distinct names.
 pub const WALK_TOO_MANY_NAMES: u32 = 2;
+/// [`AnswerWalk::flags`]: an A or AAAA record (bound or past the cap) holds a private
+/// address ([`is_private`]).
+pub const WALK_PRIVATE: u32 = 4;
 
 /// Capacity of the bindings map (`BIND_ADDRS`, LRU). When full, the least recently used
 /// binding is evicted: its address is refused until it is resolved again (fail closed).
@@ -93,6 +96,9 @@ map_type!(BindValue, 8);
 pub const BIND_ON: u32 = 1;
 /// `BindConfig::pinned`: `[dns.bind] resolvers` is set; DNS goes only to them.
 pub const PIN_ON: u32 = 1;
+/// `BindConfig::rebinding`: `[dns.bind] rebinding = "refuse"`; answers with private
+/// addresses behind names not on `rebinding_allow` are dropped.
+pub const REBIND_REFUSE: u32 = 1;
 
 /// The bind settings (`BIND_CONFIG`, one entry).
 #[repr(C)]
@@ -103,8 +109,11 @@ pub struct BindConfig {
     pub enabled: u32,
     /// [`PIN_ON`] when the cgroups are pinned to their resolvers.
     pub pinned: u32,
+    /// [`REBIND_REFUSE`] when rebinding protection is on.
+    pub rebinding: u32,
+    pub _pad: u32,
 }
-map_type!(BindConfig, 16);
+map_type!(BindConfig, 24);
 
 /// Counters (`BIND_STATS`, per CPU).
 pub const STAT_CONNECT_CHECKED: u32 = 0;
@@ -124,7 +133,16 @@ pub const STAT_ANSWERS_REFUSED: u32 = 9;
 pub const STAT_PIN_REFUSED: u32 = 10;
 /// Answers from a source that is not a configured resolver, not bound (pinning on).
 pub const STAT_ANSWERS_UNPINNED: u32 = 11;
-pub const BIND_STATS_COUNT: u32 = 12;
+/// Answers dropped by rebinding protection (a private address behind a name not allowed
+/// to carry one).
+pub const STAT_ANSWERS_REBINDING: u32 = 12;
+/// TCP segments from port 53 holding exactly one whole length-prefixed message, walked as
+/// answers (also counted in `answers`).
+pub const STAT_ANSWERS_TCP: u32 = 13;
+/// TCP segments from port 53 with data that is not exactly one whole message (a message
+/// split across segments, or several in one): not walked, nothing bound.
+pub const STAT_ANSWERS_TCP_UNWALKED: u32 = 14;
+pub const BIND_STATS_COUNT: u32 = 15;
 /// Names of the counters, by index.
 pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "connect_checked",
@@ -139,6 +157,9 @@ pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "answers_refused",
     "pin_refused",
     "answers_unpinned",
+    "answers_rebinding",
+    "answers_tcp",
+    "answers_tcp_unwalked",
 ];
 
 /// Walk phases.
@@ -363,6 +384,9 @@ pub fn step(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF]) -> u32 {
                 }
             }
             if class == 1 && (v4 || v6) {
+                if record_is_private(msg, rdata, v4) {
+                    w.flags |= WALK_PRIVATE;
+                }
                 if (w.found_len as usize) < MAX_BOUND_PER_ANSWER {
                     let f = &mut w.found[w.found_len as usize & (MAX_BOUND_PER_ANSWER - 1)];
                     f.ttl = ttl.min(MAX_TTL_SECS);
@@ -410,6 +434,62 @@ pub fn walk(msg: &[u8; ANSWER_BUF], len: usize) -> AnswerWalk {
     w
 }
 
+/// Whether the address of the A (`v4`) or AAAA record whose data starts at `rdata` is
+/// private ([`is_private`]).
+#[inline(always)]
+fn record_is_private(msg: &[u8; ANSWER_BUF], rdata: usize, v4: bool) -> bool {
+    if v4 {
+        is_private_v4([
+            byte(msg, rdata),
+            byte(msg, rdata + 1),
+            byte(msg, rdata + 2),
+            byte(msg, rdata + 3),
+        ])
+    } else {
+        let mut a = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            a[i] = byte(msg, rdata + i);
+            i += 1;
+        }
+        is_private(&a)
+    }
+}
+
+/// Whether an IPv4 address is one a public name should not lead to: this network
+/// (0.0.0.0/8), RFC 1918 (10/8, 172.16/12, 192.168/16), loopback (127/8), link-local
+/// (169.254/16) or shared address space (CGNAT, 100.64/10).
+#[must_use]
+pub const fn is_private_v4(a: [u8; 4]) -> bool {
+    matches!(a[0], 0 | 10 | 127)
+        || (a[0] == 172 && a[1] & 0xf0 == 16)
+        || (a[0] == 192 && a[1] == 168)
+        || (a[0] == 169 && a[1] == 254)
+        || (a[0] == 100 && a[1] & 0xc0 == 64)
+}
+
+/// Whether an IPv6 address (IPv4 as `::ffff:a.b.c.d`) is private for rebinding
+/// protection: the unspecified address and loopback (`::`, `::1`), unique local
+/// (fc00::/7), link-local (fe80::/10), and the IPv4-mapped and IPv4-compatible
+/// (`::a.b.c.d`) forms of a private IPv4 address ([`is_private_v4`]).
+#[must_use]
+pub const fn is_private(a: &[u8; 16]) -> bool {
+    let mut zero10 = true;
+    let mut i = 0;
+    while i < 10 {
+        if a[i] != 0 {
+            zero10 = false;
+        }
+        i += 1;
+    }
+    let v4 = [a[12], a[13], a[14], a[15]];
+    if zero10 && ((a[10] == 0xff && a[11] == 0xff) || (a[10] == 0 && a[11] == 0)) {
+        // `::ffff:a.b.c.d`, and `::a.b.c.d` (`::` and `::1` among them: 0.0.0.0/8).
+        return is_private_v4(v4);
+    }
+    a[0] & 0xfe == 0xfc || (a[0] == 0xfe && a[1] & 0xc0 == 0x80)
+}
+
 /// An IPv4 address as the bindings store it (`::ffff:a.b.c.d`).
 #[must_use]
 pub const fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
@@ -420,6 +500,96 @@ pub const fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn private_addresses() {
+        use super::{is_private, is_private_v4, mapped_v4};
+        let private4 = [
+            [0, 0, 0, 0],
+            [0, 255, 1, 2],
+            [10, 0, 0, 1],
+            [10, 255, 255, 255],
+            [172, 16, 0, 1],
+            [172, 31, 255, 255],
+            [192, 168, 1, 1],
+            [127, 0, 0, 1],
+            [127, 9, 9, 9],
+            [169, 254, 169, 254],
+            [100, 64, 0, 1],
+            [100, 127, 255, 255],
+        ];
+        let public4 = [
+            [1, 1, 1, 1],
+            [9, 255, 255, 255],
+            [11, 0, 0, 0],
+            [172, 15, 255, 255],
+            [172, 32, 0, 0],
+            [192, 167, 1, 1],
+            [192, 169, 0, 0],
+            [169, 253, 0, 1],
+            [100, 63, 255, 255],
+            [100, 128, 0, 0],
+            [128, 0, 0, 1],
+            [198, 51, 100, 1],
+            [255, 255, 255, 255],
+        ];
+        for a in private4 {
+            assert!(is_private_v4(a), "{a:?}");
+            assert!(is_private(&mapped_v4(a)), "mapped {a:?}");
+            let mut compat = [0u8; 16];
+            compat[12..].copy_from_slice(&a);
+            assert!(is_private(&compat), "compatible {a:?}");
+        }
+        for a in public4 {
+            assert!(!is_private_v4(a), "{a:?}");
+            assert!(!is_private(&mapped_v4(a)), "mapped {a:?}");
+        }
+        let v6 = |s: &str| -> [u8; 16] { s.parse::<std::net::Ipv6Addr>().unwrap().octets() };
+        for s in [
+            "::",
+            "::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "febf:ffff::1",
+            "::ffff:10.1.2.3",
+        ] {
+            assert!(is_private(&v6(s)), "{s}");
+        }
+        for s in [
+            "2001:db8::1",
+            "2606:4700::1111",
+            "fec0::1",
+            "fbff::1",
+            "ff02::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(!is_private(&v6(s)), "{s}");
+        }
+    }
+
+    #[test]
+    fn private_records_are_flagged() {
+        let w = run(&answer(&[(1, &[198, 51, 100, 1], 60)]));
+        assert_eq!(w.flags & super::WALK_PRIVATE, 0);
+        let w = run(&answer(&[
+            (1, &[198, 51, 100, 1], 60),
+            (1, &[10, 0, 0, 1], 60),
+        ]));
+        assert_eq!(w.flags & super::WALK_PRIVATE, super::WALK_PRIVATE);
+        let v6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let w = run(&answer(&[(28, &v6, 60)]));
+        assert_eq!(w.flags & super::WALK_PRIVATE, super::WALK_PRIVATE);
+        // Past the per-answer cap still counts.
+        let mut recs: Vec<(u16, &[u8], u32)> = (0..MAX_BOUND_PER_ANSWER)
+            .map(|_| (1u16, &[1u8, 2, 3, 4][..], 5))
+            .collect();
+        recs.push((1, &[127, 0, 0, 1], 5));
+        let w = run(&answer(&recs));
+        assert_eq!(w.skipped, 1);
+        assert_eq!(w.flags & super::WALK_PRIVATE, super::WALK_PRIVATE);
+    }
+
     #[test]
     fn pin_verdicts() {
         use super::{PIN_DOH, PIN_RESOLVER, pin_verdict};

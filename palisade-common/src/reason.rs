@@ -144,6 +144,10 @@ pub const DNS_RESOLVER_PINNED: u32 = 48;
 /// Resolver pinning: a pinned cgroup tried encrypted DNS: port 853 (DoT over TCP, DoQ over
 /// UDP) or any port of a known DoH endpoint (`[dns.bind] doh_endpoints`).
 pub const DNS_ENCRYPTED: u32 = 49;
+/// DNS rebinding protection (`[dns.bind] rebinding = "refuse"`): an answer to a cgroup in
+/// bind mode puts a private address (RFC 1918, loopback, link-local, CGNAT, ULA, 0/8, and
+/// their IPv4-mapped forms) behind a name not on `rebinding_allow`; the answer is dropped.
+pub const DNS_REBINDING: u32 = 50;
 
 /// DHCP (`[dhcp] rogue = "block"`): a DHCPv4 or DHCPv6 server's message from a source
 /// not on `[dhcp] trusted`.
@@ -156,7 +160,7 @@ pub const DHCP_ROGUE_ROUTER: u32 = 43;
 pub const INTEL_DROP: u32 = 44;
 
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 50;
+pub const COUNT: u32 = 51;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -210,6 +214,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-answer-chain",
     "dns-resolver-pinned",
     "dns-encrypted",
+    "dns-rebinding",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -862,7 +862,10 @@ impl Datapath {
     /// # Errors
     /// When a cgroup is missing or the kernel refuses.
     pub fn sync_cgroups(&mut self, policy: &Policy) -> Result<Vec<String>> {
-        let mut notes = self.bind.sync(&mut self.ebpf, policy.dns.bind.as_ref())?;
+        let links_dir = self.layout.links_dir();
+        let mut notes = self
+            .bind
+            .sync(&mut self.ebpf, &links_dir, policy.dns.bind.as_ref())?;
         notes.extend(self.sync_egress_cgroups(policy)?);
         Ok(notes)
     }
@@ -1403,6 +1406,12 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                     if ingress { "ingress" } else { "egress" }
                 ),
                 LinkPin::TcxDhcp { iface } => format!("detached DHCP snooping from {iface}"),
+                LinkPin::Bind { prog, path } => {
+                    format!(
+                        "detached DNS binding ({prog}) from cgroup {}",
+                        path.display()
+                    )
+                }
             });
         }
     }

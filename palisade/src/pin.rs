@@ -12,6 +12,7 @@
 //!     progs-<B>/<PROGRAM>                    B: hash of the kernel object (the build)
 //!     links/xdp-<mode>-<IFACE>               one XDP link per guarded interface
 //!     links/cgroup-<PATH>                    one cgroup_skb egress link per cgroup
+//!     links/bind-<PROG>-<PATH>               the [dns.bind] programs' links, per cgroup
 //! ```
 //!
 //! bpffs holds only BPF objects and directories (and refuses names with dots), so the
@@ -263,6 +264,9 @@ pub enum LinkPin {
     TcxDhcp { iface: String },
     /// `tcx-intel-<iface>`: the indicator check of what leaves (`[intel] egress`).
     TcxIntel { iface: String },
+    /// `bind-<program>-<path>`: one of the `[dns.bind]` programs (`answer`, `connect4`,
+    /// `connect6`, `sendmsg4`, `sendmsg6`) on a cgroup.
+    Bind { prog: String, path: PathBuf },
 }
 
 impl LinkPin {
@@ -290,6 +294,11 @@ impl LinkPin {
                 escape(iface.as_bytes())
             ),
             Self::TcxDhcp { iface } => format!("tcx-dhcp-out-{}", escape(iface.as_bytes())),
+            Self::Bind { prog, path } => format!(
+                "bind-{}-{}",
+                escape(prog.as_bytes()),
+                escape(path.as_os_str().as_bytes())
+            ),
         }
     }
 
@@ -322,6 +331,16 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
             let (ingress, iface) = directed(rest)?;
             return Some(Self::TcxTls { ingress, iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("bind-") {
+            let (prog, path) = rest.split_once('-')?;
+            let prog = String::from_utf8(unescape(prog)?).ok()?;
+            let path: std::ffi::OsString =
+                std::os::unix::ffi::OsStringExt::from_vec(unescape(path)?);
+            return Some(Self::Bind {
+                prog,
+                path: PathBuf::from(path),
+            });
         }
         if let Some(rest) = file_name.strip_prefix("xdp-") {
             let (mode, iface) = rest.split_once('-')?;
@@ -899,6 +918,10 @@ mod tests {
             },
             LinkPin::Cgroup {
                 path: "/sys/fs/cgroup/unified".into(),
+            },
+            LinkPin::Bind {
+                prog: "connect4".into(),
+                path: "/sys/fs/cgroup/unified/app-1.slice".into(),
             },
             LinkPin::TcxScrub {
                 ingress: true,

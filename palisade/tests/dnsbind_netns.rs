@@ -468,13 +468,42 @@ impl Drop for PinDir {
     }
 }
 
-/// The bindings map is pinned: a daemon that stops and starts again (same pins) still lets
-/// the cgroup reach what it resolved before, and refuses the rest again.
+/// The programs attached to cgroup `cg` (`bpftool cgroup show`), by name.
+fn cgroup_programs(cg: &TestCgroup) -> Vec<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(&cg.path)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
+    let mut names: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The bindings map and the programs' links are pinned: while the daemon is down (it exited
+/// without unloading) the cgroup stays in bind mode, answers still bind and never-resolved
+/// destinations are still refused; a daemon that starts again adopts the links (no second
+/// attachment) and still lets the cgroup reach what it resolved before; one that unloads
+/// takes bind mode away.
 #[test]
 fn bindings_survive_a_daemon_restart() {
     require("ip", "iproute2");
     require("unbound", "unbound");
     require("nsenter", "util-linux");
+    require("bpftool", "bpftool");
     let pair = NetnsPair::new();
     let cg = TestCgroup::new();
     let dir = TempDir::new("dns-bind-restart");
@@ -504,16 +533,48 @@ fn bindings_survive_a_daemon_restart() {
     let t = daemon.stop();
     assert!(t.success, "{:?}", t.stderr);
     assert!(pins.0.exists(), "the first daemon left its pins");
+    // (`bpftool` shows names cut to 15 bytes.)
+    let attached = cgroup_programs(&cg);
+    assert_eq!(
+        attached.len(),
+        5,
+        "the five bind programs stay attached: {attached:?}"
+    );
+
+    // The daemon is down: bind mode holds.
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("bound", &pair.v4_b, 1, 200, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 200, "resolved before, still reachable: {r}");
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("direct", &pair.v4_b, 1, 200, TRIAL_SECS),
+    );
+    assert_eq!(
+        r["eperm"], 200,
+        "never resolved: refused with the daemon down: {r}"
+    );
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("resolve", &pair.v4_b, 9001, 100, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 100, "answers still bind with the daemon down: {r}");
 
     let daemon = start(&run);
     assert!(
         daemon
             .stderr_now()
             .iter()
-            .any(|l| l.contains("DNS binding on cgroup")),
+            .any(|l| l.contains("DNS binding on cgroup") && l.contains("5 pinned links adopted")),
         "{:?}",
         daemon.stderr_now()
     );
+    let again = cgroup_programs(&cg);
+    assert_eq!(again.len(), 5, "adopted, not attached twice: {again:?}");
     let r = client(
         Some(&cg),
         &pair.ns_a,
@@ -534,6 +595,14 @@ fn bindings_survive_a_daemon_restart() {
     );
     let t = daemon.stop();
     assert!(t.success, "{:?}", t.stderr);
+    // This one unloaded on exit: the links are gone, and with them bind mode.
+    assert_eq!(cgroup_programs(&cg), Vec::<String>::new());
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("direct", &pair.v4_b, 1, 20, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 20, "unloaded: nothing is refused: {r}");
 }
 
 /// CNAME cloaking: under a `[dns.egress]` blocklist, the answer of an unlisted name whose
@@ -646,4 +715,244 @@ print(json.dumps([answer, conn]))
     );
     assert_eq!(refused[0]["cgroup_id"], cg.id(), "{}", refused[0]);
     assert_eq!(refused[0]["verdict"], "drop", "{}", refused[0]);
+}
+
+/// `dig +short` of `name`'s A record at `server`, from the cgroup or outside it: the
+/// answer's lines, `None` when dig got no answer.
+fn dig_a(pair: &NetnsPair, cg: Option<&TestCgroup>, server: &str, name: &str) -> Option<String> {
+    dig(pair, cg, server, name, false)
+}
+
+/// [`dig_a`], over TCP when `tcp` is set.
+fn dig(
+    pair: &NetnsPair,
+    cg: Option<&TestCgroup>,
+    server: &str,
+    name: &str,
+    tcp: bool,
+) -> Option<String> {
+    let at = format!("@{server}");
+    let proto = if tcp { "+tcp" } else { "+notcp" };
+    let argv = [
+        "dig", "+short", "+time=2", "+tries=1", proto, &at, name, "A",
+    ];
+    let out = match cg {
+        Some(cg) => cg.command_in_ns(&pair.ns_a, &argv),
+        None => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &pair.ns_a]).args(argv);
+            c
+        }
+    }
+    .stdin(Stdio::null())
+    .output()
+    .expect("run dig");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.is_empty() && !text.starts_with(";;")).then_some(text)
+}
+
+/// Rebinding protection, end to end: unbound serves public-looking names that lead to
+/// 10.x and 127.0.0.1. From the bind-mode cgroup with `rebinding = "refuse"`, `dig` gets
+/// nothing for them (the resolver did answer: it logged the query) and their addresses stay
+/// refused, while a name on `rebinding_allow` resolves to its private address and connects,
+/// and a public address resolves and connects. Outside the cgroup every name resolves. Each
+/// dropped answer is a `dns-rebinding` event naming the question.
+#[test]
+fn rebinding_answers_are_refused() {
+    require("ip", "iproute2");
+    require("unbound", "unbound");
+    require("dig", "dnsutils");
+    let pair = NetnsPair::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("dns-bind-rebind");
+    let _server = lab(&pair);
+    // A public range, local to B, for the answer that must still pass.
+    ip_in(
+        &pair,
+        &pair.ns_a,
+        &["route", "add", "198.51.100.0/24", "via", &pair.v4_b],
+    );
+    ip_in(
+        &pair,
+        &pair.ns_b,
+        &["route", "add", "local", "198.51.100.0/24", "dev", "lo"],
+    );
+    let zone = vec![
+        "intranet.bind.test. 60 IN A 10.79.0.11".to_owned(),
+        "loop.bind.test. 60 IN A 127.0.0.1".to_owned(),
+        "nas.home.test. 60 IN A 10.79.0.12".to_owned(),
+        "www.bind.test. 60 IN A 198.51.100.7".to_owned(),
+    ];
+    let unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone);
+    let text = format!(
+        r#"
+[dns.bind]
+cgroups = ["{cg}"]
+allow = ["{r}"]
+rebinding = "refuse"
+rebinding_allow = ["nas.home.test"]
+"#,
+        cg = cg.path.display(),
+        r = pair.v4_b
+    );
+    let path = dir.write("policy.toml", &text);
+    check_policy(&path);
+    let run = run_args(&dir, &path, &pair.if_a);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+
+    let connect = |ip: &str| -> Value {
+        let script = r"
+import json, socket, sys
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); print(json.dumps('ok'))
+except OSError as e:
+    print(json.dumps(e.errno))
+";
+        let out = cg
+            .command_in_ns(
+                &pair.ns_a,
+                &["python3", "-c", script, ip, &PORT.to_string()],
+            )
+            .output()
+            .expect("run connect");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+
+    for name in ["intranet.bind.test", "loop.bind.test"] {
+        assert_eq!(
+            dig_a(&pair, Some(&cg), &pair.v4_b, name),
+            None,
+            "{name}: the rebinding answer never reaches dig"
+        );
+        assert!(
+            !unbound.queries_for(name).is_empty(),
+            "{name}: the resolver saw the query and answered: {}",
+            unbound.log_text()
+        );
+    }
+    assert_eq!(
+        connect("10.79.0.11"),
+        libc::EPERM,
+        "a refused answer binds nothing"
+    );
+    assert_eq!(
+        dig_a(&pair, Some(&cg), &pair.v4_b, "nas.home.test").as_deref(),
+        Some("10.79.0.12"),
+        "an allowed name resolves to its private address"
+    );
+    assert_eq!(connect("10.79.0.12"), "ok", "and binds it");
+    assert_eq!(
+        dig_a(&pair, Some(&cg), &pair.v4_b, "www.bind.test").as_deref(),
+        Some("198.51.100.7")
+    );
+    assert_eq!(connect("198.51.100.7"), "ok");
+    assert_eq!(
+        dig_a(&pair, None, &pair.v4_b, "intranet.bind.test").as_deref(),
+        Some("10.79.0.11"),
+        "outside the cgroup nothing is refused"
+    );
+
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    let refused: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["reason"] == "dns-rebinding")
+        .collect();
+    let mut names: Vec<&str> = refused.iter().filter_map(|e| e["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["intranet.bind.test.", "loop.bind.test."],
+        "{refused:?}"
+    );
+    for e in &refused {
+        assert_eq!(e["cgroup_id"], cg.id(), "{e}");
+        assert_eq!(e["verdict"], "drop", "{e}");
+    }
+}
+
+/// DNS over TCP binds: `dig +tcp` from the bind-mode cgroup, then a connect to the answer's
+/// address, passes (the answer arrived in one segment and was walked); an address of the
+/// zone never asked for stays refused; a rebinding answer over TCP never reaches dig.
+#[test]
+fn tcp_answers_bind() {
+    require("ip", "iproute2");
+    require("unbound", "unbound");
+    require("dig", "dnsutils");
+    let pair = NetnsPair::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("dns-bind-tcp");
+    let _server = lab(&pair);
+    let mut zone = zone();
+    zone.push("inside.bind.test. 60 IN A 10.79.0.21".to_owned());
+    let unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b, &pair.v6_b], &zone);
+    let text = format!(
+        "{}rebinding = \"refuse\"\nrebinding_allow = [\"h1.bind.test\"]\n",
+        policy(&cg, &pair.v4_b, &pair.v6_b)
+    );
+    let path = dir.write("policy.toml", &text);
+    check_policy(&path);
+    let run = run_args(&dir, &path, &pair.if_a);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+
+    let connect = |ip: &str| -> Value {
+        let script = r"
+import json, socket, sys
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); print(json.dumps('ok'))
+except OSError as e:
+    print(json.dumps(e.errno))
+";
+        let out = cg
+            .command_in_ns(
+                &pair.ns_a,
+                &["python3", "-c", script, ip, &PORT.to_string()],
+            )
+            .output()
+            .expect("run connect");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    assert_eq!(connect("10.77.0.7"), libc::EPERM, "not resolved yet");
+    // h7 (10.77.0.7) is private but the policy allows only h1 to carry private addresses:
+    // with rebinding protection on, only h1's answer may bind. Ask h1 over TCP.
+    assert_eq!(
+        dig(&pair, Some(&cg), &pair.v4_b, "h1.bind.test", true).as_deref(),
+        Some("10.77.0.1"),
+        "dig +tcp gets its answer"
+    );
+    let tcp_queries = unbound
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("h1.bind.test."))
+        .count();
+    assert!(tcp_queries >= 1, "{}", unbound.log_text());
+    assert_eq!(connect("10.77.0.1"), "ok", "a TCP answer binds");
+    assert_eq!(
+        connect("10.77.0.2"),
+        libc::EPERM,
+        "what was not asked stays refused"
+    );
+    assert_eq!(
+        dig(&pair, Some(&cg), &pair.v4_b, "inside.bind.test", true),
+        None,
+        "a rebinding answer over TCP never reaches dig"
+    );
+    assert_eq!(connect("10.79.0.21"), libc::EPERM);
+
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
+    let events = dns_events(&t.stdout);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "dns-rebinding" && e["name"] == "inside.bind.test."),
+        "{events:?}"
+    );
 }

@@ -408,7 +408,7 @@ fn bad_compression_pointers_bind_nothing() {
 /// Queries, answers from other ports, TCP, and error answers bind nothing; the counter of
 /// answers moves only for UDP from port 53.
 #[test]
-fn only_udp_answers_from_port_53_bind() {
+fn only_answers_from_port_53_bind() {
     let mut l = loaded();
     l.configure(0);
     let good = Answer::new("p.test").rr(A, 60, &[198, 51, 100, 1]).bytes();
@@ -429,7 +429,8 @@ fn only_udp_answers_from_port_53_bind() {
     let before = l.stats();
     assert_eq!(l.run(&ip4_udp(53, 40000, &nx)), PASS);
     expect_delta(&before, &l.stats(), &[(STAT_ANSWERS, 1)]);
-    // The same bytes over TCP (protocol 6) are not walked.
+    // The same bytes labelled TCP (protocol 6; no TCP header where one should be) are not
+    // walked.
     let mut tcp = ip4_udp(53, 40000, &good);
     tcp[9] = 6;
     let before = l.stats();
@@ -731,5 +732,340 @@ fn answer_names_are_checked_only_under_a_blocklist() {
     expect_answer(&l, &a, palisade_common::reason::PASS);
     l.install("[dns.bind]\ncgroups = [\"/x\"]\ngrace = 0\n");
     expect_answer(&l, &a, palisade_common::reason::PASS);
+    l.install("");
+}
+
+// ---- rebinding protection ----
+
+const REBINDING: &str = r#"
+[dns.bind]
+cgroups = ["/sys/fs/cgroup/unified"]
+grace = 0
+rebinding = "refuse"
+rebinding_allow = ["nas.home.test", "*.corp.test"]
+"#;
+
+/// Runs `a` and checks it is refused by rebinding protection (every counter that moves,
+/// the reason, nothing bound) or passed with its addresses bound.
+fn expect_rebinding(l: &mut Loaded, a: &Answer, refused: bool, what: &str) {
+    use palisade_common::{dnsbind::STAT_ANSWERS_REBINDING, reason::DNS_REBINDING};
+    l.clear();
+    let before = l.stats();
+    let reasons_before = l.reason_count(DNS_REBINDING);
+    let dropped_before = l.dropped();
+    let verdict = l.run(&ip4_udp(53, 40000, &a.bytes()));
+    let after = l.stats();
+    if refused {
+        assert_eq!(verdict, 0, "{what}: dropped");
+        expect_delta(
+            &before,
+            &after,
+            &[
+                (STAT_ANSWERS, 1),
+                (STAT_ANSWERS_REFUSED, 1),
+                (STAT_ANSWERS_REBINDING, 1),
+            ],
+        );
+        assert_eq!(l.reason_count(DNS_REBINDING), reasons_before + 1, "{what}");
+        assert_eq!(
+            l.dropped(),
+            dropped_before + 1,
+            "{what}: counted as dropped"
+        );
+        assert!(l.bindings().is_empty(), "{what}: nothing bound");
+    } else {
+        assert_eq!(verdict, PASS, "{what}: passes");
+        let bound = l.bindings().len();
+        assert!(bound > 0, "{what}: bound");
+        expect_delta(
+            &before,
+            &after,
+            &[(STAT_ANSWERS, 1), (STAT_ADDRS_BOUND, bound as u64)],
+        );
+        assert_eq!(l.reason_count(DNS_REBINDING), reasons_before, "{what}");
+    }
+}
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+/// With `rebinding = "refuse"`, an answer with a private address (any family, any form,
+/// anywhere in the answer) is dropped unless its question is on `rebinding_allow`, matched
+/// as DNS lists match (exact, `*.` below, case folded); a CNAME to an allowed name does not
+/// make a public name allowed. Public addresses pass and bind.
+#[test]
+fn rebinding_answers_are_refused_unless_the_question_is_allowed() {
+    let mut l = loaded();
+    l.install(REBINDING);
+    let private4: [[u8; 4]; 9] = [
+        [10, 0, 0, 5],
+        [127, 0, 0, 1],
+        [172, 16, 3, 4],
+        [172, 31, 255, 255],
+        [192, 168, 1, 1],
+        [169, 254, 169, 254],
+        [100, 64, 0, 1],
+        [0, 0, 0, 0],
+        [0, 1, 2, 3],
+    ];
+    for addr in private4 {
+        let a = Answer::new("www.public.test").rr(A, 60, &addr);
+        expect_rebinding(&mut l, &a, true, &format!("A {addr:?}"));
+    }
+    for s in [
+        "fd00::1",
+        "fc12::1",
+        "fe80::1",
+        "::1",
+        "::",
+        "::ffff:10.0.0.1",
+        "::ffff:127.0.0.1",
+    ] {
+        let a = Answer::new("www.public.test").rr(AAAA, 60, &v6(s));
+        expect_rebinding(&mut l, &a, true, &format!("AAAA {s}"));
+    }
+    // One private record among public ones refuses the whole answer, also past the cap of
+    // bound addresses.
+    let a = Answer::new("www.public.test")
+        .rr(A, 60, &[198, 51, 100, 1])
+        .rr(A, 60, &[10, 9, 9, 9]);
+    expect_rebinding(&mut l, &a, true, "mixed");
+    let mut a = Answer::new("www.public.test");
+    for i in 0..MAX_BOUND_PER_ANSWER {
+        a = a.rr(A, 60, &[198, 51, 100, i as u8]);
+    }
+    let a = a.rr(A, 60, &[192, 168, 0, 1]);
+    expect_rebinding(&mut l, &a, true, "private past the cap");
+    // A CNAME from a public name to an allowed one is the rebinding itself.
+    let a = Answer::new("evil.test")
+        .rr(CNAME, 60, &labels("nas.home.test"))
+        .rr_owned(&labels("nas.home.test"), A, 60, &[192, 168, 1, 10]);
+    expect_rebinding(&mut l, &a, true, "CNAME to an allowed name");
+    // The apex of a `*.` entry is not below it; a name above an exact entry is not it.
+    for q in ["corp.test", "home.test", "x.nas.home.test"] {
+        let a = Answer::new(q).rr(A, 60, &[10, 1, 1, 1]);
+        expect_rebinding(&mut l, &a, true, q);
+    }
+    // Public addresses pass and bind, whatever the name.
+    let a = Answer::new("www.public.test")
+        .rr(A, 60, &[198, 51, 100, 1])
+        .rr(AAAA, 60, &V6)
+        .rr(A, 60, &[172, 32, 0, 1])
+        .rr(A, 60, &[100, 128, 0, 1]);
+    expect_rebinding(&mut l, &a, false, "public");
+    // Allowed names may carry private addresses, in any letter case, also behind a CNAME.
+    for q in [
+        "nas.home.test",
+        "NAS.Home.TEST",
+        "printer.corp.test",
+        "a.b.corp.test",
+    ] {
+        let a = Answer::new(q)
+            .rr(A, 60, &[192, 168, 1, 10])
+            .rr(AAAA, 60, &v6("fd00::10"));
+        expect_rebinding(&mut l, &a, false, q);
+    }
+    let a = Answer::new("git.corp.test")
+        .rr(CNAME, 60, &labels("git.internal"))
+        .rr_owned(&labels("git.internal"), A, 60, &[10, 2, 2, 2]);
+    expect_rebinding(
+        &mut l,
+        &a,
+        false,
+        "allowed question, CNAME to an unlisted name",
+    );
+    // `rebinding` left out: private addresses bind as any other.
+    l.install(&REBINDING.replace(
+        "rebinding = \"refuse\"\nrebinding_allow = [\"nas.home.test\", \"*.corp.test\"]\n",
+        "",
+    ));
+    let a = Answer::new("www.public.test").rr(A, 60, &[10, 0, 0, 5]);
+    expect_rebinding(&mut l, &a, false, "protection off");
+    l.install("");
+}
+
+/// The kernel flags exactly the addresses the shared reference calls private: around the
+/// edges of every range, in both families.
+#[test]
+fn kernel_and_reference_agree_on_private_addresses() {
+    use palisade_common::dnsbind::{is_private, is_private_v4};
+    let mut l = loaded();
+    l.install(REBINDING);
+    let mut v4: Vec<[u8; 4]> = Vec::new();
+    for (a, b) in [
+        (0u8, 0u8),
+        (9, 255),
+        (10, 0),
+        (11, 0),
+        (100, 63),
+        (100, 64),
+        (100, 127),
+        (100, 128),
+        (126, 255),
+        (127, 0),
+        (128, 0),
+        (169, 253),
+        (169, 254),
+        (169, 255),
+        (172, 15),
+        (172, 16),
+        (172, 31),
+        (172, 32),
+        (192, 167),
+        (192, 168),
+        (192, 169),
+        (203, 0),
+    ] {
+        v4.push([a, b, 0, 0]);
+        v4.push([a, b, 255, 255]);
+    }
+    for addr in &v4 {
+        let a = Answer::new("www.public.test").rr(A, 60, addr);
+        expect_rebinding(&mut l, &a, is_private_v4(*addr), &format!("A {addr:?}"));
+    }
+    for s in [
+        "fbff:ffff::1",
+        "fc00::",
+        "fdff:ffff::",
+        "fe00::",
+        "fe7f::1",
+        "fe80::",
+        "febf::1",
+        "fec0::",
+        "::2",
+        "::ffff:172.32.0.1",
+        "::ffff:172.31.0.1",
+        "::100.64.0.1",
+        "2001:db8::",
+    ] {
+        let a = Answer::new("www.public.test").rr(AAAA, 60, &v6(s));
+        expect_rebinding(&mut l, &a, is_private(&v6(s)), &format!("AAAA {s}"));
+    }
+    l.install("");
+}
+
+// ---- DNS over TCP ----
+
+/// An IPv4 TCP segment (ACK|PSH) with `options` (a multiple of 4 bytes) and `data`.
+fn ip4_tcp(sport: u16, dport: u16, options: &[u8], data: &[u8]) -> Vec<u8> {
+    let tcp_len = 20 + options.len() + data.len();
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0, 10, 1, 0, 53, 10, 1, 2, 3]);
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x10, 0, 0, 0, 0x20, 0]);
+    p.push((((20 + options.len()) / 4) as u8) << 4);
+    p.extend_from_slice(&[0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    p.extend_from_slice(options);
+    p.extend_from_slice(data);
+    p
+}
+
+/// A DNS message as TCP carries it: its length in two bytes, then the message.
+fn framed(msg: &[u8]) -> Vec<u8> {
+    let mut v = (msg.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(msg);
+    v
+}
+
+/// A TCP segment from port 53 whose data is exactly one length-prefixed answer is walked
+/// and binds (with or without TCP options); a handshake or bare ACK counts nothing; a
+/// message split across segments, or two in one, is not walked and binds nothing (counted
+/// as `answers_tcp_unwalked`); other ports are not looked at.
+#[test]
+fn tcp_answers_in_one_segment_bind() {
+    use palisade_common::dnsbind::{STAT_ANSWERS_TCP, STAT_ANSWERS_TCP_UNWALKED};
+    let mut l = loaded();
+    l.configure(0);
+    let a = Answer::new("tcp.test")
+        .rr(A, 60, &[198, 51, 100, 31])
+        .rr(AAAA, 60, &V6)
+        .bytes();
+    let ts = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    for options in [&[][..], &ts[..]] {
+        l.clear();
+        let before = l.stats();
+        assert_eq!(l.run(&ip4_tcp(53, 40000, options, &framed(&a))), PASS);
+        expect_delta(
+            &before,
+            &l.stats(),
+            &[
+                (STAT_ANSWERS, 1),
+                (STAT_ANSWERS_TCP, 1),
+                (STAT_ADDRS_BOUND, 2),
+            ],
+        );
+        let got: Vec<[u8; 16]> = l.bindings().iter().map(|(k, _)| k.addr).collect();
+        assert_eq!(got, [mapped_v4([198, 51, 100, 31]), V6]);
+    }
+    l.clear();
+    // No data: a handshake or a bare ACK.
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_tcp(53, 40000, &ts, &[])), PASS);
+    expect_delta(&before, &l.stats(), &[]);
+    // Split: the first segment carries the length and part of the message, the second the
+    // rest; neither is walked.
+    let f = framed(&a);
+    for part in [&f[..20], &f[20..], &f[..1]] {
+        let before = l.stats();
+        assert_eq!(l.run(&ip4_tcp(53, 40000, &ts, part)), PASS);
+        expect_delta(&before, &l.stats(), &[(STAT_ANSWERS_TCP_UNWALKED, 1)]);
+    }
+    // Two messages in one segment.
+    let mut two = framed(&a);
+    two.extend_from_slice(&framed(&a));
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_tcp(53, 40000, &ts, &two)), PASS);
+    expect_delta(&before, &l.stats(), &[(STAT_ANSWERS_TCP_UNWALKED, 1)]);
+    // Not from port 53.
+    let before = l.stats();
+    assert_eq!(l.run(&ip4_tcp(853, 40000, &ts, &framed(&a))), PASS);
+    assert_eq!(l.run(&ip4_tcp(40000, 53, &ts, &framed(&a))), PASS);
+    expect_delta(&before, &l.stats(), &[]);
+    assert!(l.bindings().is_empty());
+    // A bad data offset (below 20 bytes, or past the segment) is no answer.
+    let mut bad = ip4_tcp(53, 40000, &[], &framed(&a));
+    bad[32] = 0x40;
+    let short = ip4_tcp(53, 40000, &[], &[]);
+    let mut short_past = short.clone();
+    short_past[32] = 0x60;
+    let before = l.stats();
+    for p in [&bad, &short_past] {
+        assert_eq!(l.run(p), PASS);
+    }
+    expect_delta(&before, &l.stats(), &[]);
+    assert!(l.bindings().is_empty());
+}
+
+/// The answer checks apply to TCP answers as to UDP ones: a rebinding answer in one
+/// segment is dropped.
+#[test]
+fn tcp_answers_are_checked_for_rebinding() {
+    use palisade_common::{
+        dnsbind::{STAT_ANSWERS_REBINDING, STAT_ANSWERS_TCP},
+        reason::DNS_REBINDING,
+    };
+    let mut l = loaded();
+    l.install(REBINDING);
+    let a = Answer::new("www.public.test")
+        .rr(A, 60, &[10, 0, 0, 5])
+        .bytes();
+    let before = l.stats();
+    let reasons = l.reason_count(DNS_REBINDING);
+    assert_eq!(l.run(&ip4_tcp(53, 40000, &[], &framed(&a))), 0, "dropped");
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[
+            (STAT_ANSWERS, 1),
+            (STAT_ANSWERS_TCP, 1),
+            (STAT_ANSWERS_REFUSED, 1),
+            (STAT_ANSWERS_REBINDING, 1),
+        ],
+    );
+    assert_eq!(l.reason_count(DNS_REBINDING), reasons + 1);
+    assert!(l.bindings().is_empty());
     l.install("");
 }

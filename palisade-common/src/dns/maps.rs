@@ -8,6 +8,10 @@ pub const SCOPE_INGRESS: u8 = 0;
 pub const SCOPE_EGRESS: u8 = 1;
 /// Number of scopes.
 pub const SCOPES: u32 = 2;
+/// [`NameKey::scope`] of the names that `[dns.bind] rebinding_allow` lets carry private
+/// addresses. A list of its own in `DNS_NAMES`, matched like the scopes' lists; it has no
+/// `ScopeConfig` (it is not a scope where queries are seen).
+pub const SCOPE_REBIND: u8 = 2;
 
 /// [`NameKey::kind`]: the entry matches the name itself.
 pub const KIND_APEX: u8 = 0;

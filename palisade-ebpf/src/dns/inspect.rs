@@ -15,7 +15,7 @@ use palisade_common::{
         hash::{self, HashKey},
         maps::{
             ClientKey, KIND_APEX, KIND_BELOW, MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue,
-            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, SCOPES, ScopeConfig,
+            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, SCOPE_REBIND, SCOPES, ScopeConfig,
         },
         name::{MAX_WALK_BYTES, Step, Walker},
         wire::{
@@ -159,6 +159,10 @@ pub fn inspect(req: &Request, out: &mut Decision) -> bool {
 
 /// Flag in `palisade_dns_inspect`'s `total`: the message holds a name taken from an answer.
 pub const NOT_A_QUERY: u32 = 1 << 30;
+/// Flag in `palisade_dns_inspect`'s `total`: match the name against the rebinding allow
+/// list (name keys of scope `SCOPE_REBIND`) instead of the scope's lists; the decision's
+/// `list` says whether it is on it. Only with [`NOT_A_QUERY`].
+pub const REBIND_LIST: u32 = 1 << 29;
 
 /// The inspector as a global BPF function: the verifier checks it once, on its own, instead
 /// of at every call site with the caller's state. A hook inspects every message of a TCP
@@ -190,7 +194,12 @@ pub extern "C" fn palisade_dns_inspect(
     };
     // Bit 30: a name from an answer (`dnsbind::check`), checked against the lists only; it
     // is no query, so it spends no query-rate token.
-    let Some(d) = inspect_inner(cfg, &req, total & NOT_A_QUERY == 0) else {
+    let list_scope = if total & REBIND_LIST != 0 {
+        SCOPE_REBIND
+    } else {
+        scope as u8
+    };
+    let Some(d) = inspect_inner(cfg, &req, total & NOT_A_QUERY == 0, list_scope) else {
         return 0;
     };
     let Some(s) = DNS_SCRATCH.get_ptr_mut(slot) else {
@@ -202,7 +211,12 @@ pub extern "C" fn palisade_dns_inspect(
 }
 
 #[inline(always)]
-fn inspect_inner(cfg: &ScopeConfig, req: &Request, query: bool) -> Option<Decision> {
+fn inspect_inner(
+    cfg: &ScopeConfig,
+    req: &Request,
+    query: bool,
+    list_scope: u8,
+) -> Option<Decision> {
     let (slot, scope, generation, msg_len) = (req.slot, req.scope, req.generation, req.msg_len);
     let block_malformed = cfg.flags & SCOPE_BLOCK_MALFORMED != 0;
     // Left in the map, not copied: the inspector's frame is stacked on the hooks'.
@@ -308,7 +322,7 @@ fn inspect_inner(cfg: &ScopeConfig, req: &Request, query: bool) -> Option<Decisi
     m.suffix = hash::root(key);
     m.labels = labels;
     m.wire_len = wire_len;
-    m.scope = scope;
+    m.scope = list_scope;
     m.generation = generation as u8;
     m.qtype = qtype;
     m.mode = cfg.mode;

@@ -1,5 +1,6 @@
 //! The answer path (cgroup_skb ingress): every UDP datagram from port 53 delivered to a
-//! socket of a cgroup in bind mode is walked as a DNS answer, and each A/AAAA record of an
+//! socket of a cgroup in bind mode, and every TCP segment from port 53 that holds exactly
+//! one whole length-prefixed message ([`tcp_message`]), is walked as a DNS answer, and each A/AAAA record of an
 //! answer that reads to its end binds its address to the socket's cgroup until the record's
 //! TTL plus the grace period has passed.
 //!
@@ -7,9 +8,12 @@
 //! which is fail closed for the connects that would have needed it. Under a `[dns.egress]`
 //! blocklist every name of an answer is checked first ([`super::check`]); an answer with a
 //! blocked name, or a chain too long to check, is dropped. Only the first
-//! [`ANSWER_BUF`] bytes are walked; records after them are not bound. Answers over TCP are
-//! not walked (not bound). With resolver pinning on, only answers whose source is a
+//! [`ANSWER_BUF`] bytes are walked; records after them are not bound. TCP answers split
+//! across segments are not walked (not bound). With resolver pinning on, only answers whose source is a
 //! configured resolver are walked; others pass unbound (counted as `answers_unpinned`).
+//! With rebinding protection on, an answer holding a private address (any of its A/AAAA
+//! records, bound or past the cap) is dropped unless its question is on
+//! `rebinding_allow` ([`check::rebinding`]; reason `dns-rebinding`).
 
 use core::ffi::c_void;
 
@@ -24,11 +28,12 @@ use aya_ebpf::{
 use palisade_common::{
     dnsbind::{
         self, ANSWER_BUF, AnswerWalk, BIND_ON, BindKey, BindValue, MAX_BOUND_PER_ANSWER,
-        MAX_WALK_STEPS, PIN_ON, PIN_RESOLVER, STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS,
-        STAT_ANSWERS_MALFORMED, STAT_ANSWERS_REFUSED, STAT_ANSWERS_UNPINNED, STAT_INTERNAL,
-        WALK_DONE, WALK_MORE,
+        MAX_WALK_STEPS, PIN_ON, PIN_RESOLVER, REBIND_REFUSE, STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED,
+        STAT_ANSWERS, STAT_ANSWERS_MALFORMED, STAT_ANSWERS_REBINDING, STAT_ANSWERS_REFUSED,
+        STAT_ANSWERS_TCP, STAT_ANSWERS_TCP_UNWALKED, STAT_ANSWERS_UNPINNED, STAT_INTERNAL,
+        WALK_DONE, WALK_MORE, WALK_PRIVATE,
     },
-    packet::{self, Bytes as _, FRAG_NONE, Frame, IPPROTO_UDP, Packet},
+    packet::{self, Bytes as _, FRAG_NONE, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet},
     reason, stats,
 };
 
@@ -75,7 +80,12 @@ pub fn run(ctx: &SkBuffContext) -> i32 {
         count(STAT_INTERNAL);
         return PASS;
     }
-    let verdict = walk_packet(ctx, cfg.grace_ns, cfg.pinned == PIN_ON);
+    let verdict = walk_packet(
+        ctx,
+        cfg.grace_ns,
+        cfg.pinned == PIN_ON,
+        cfg.rebinding == REBIND_REFUSE,
+    );
     // SAFETY: as above.
     unsafe { atomic::exchange(busy, 0) };
     verdict
@@ -95,7 +105,7 @@ fn parse_into(ctx: &SkBuffContext, out: &mut Packet) -> bool {
 }
 
 #[inline(never)]
-fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool) -> i32 {
+fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool, rebinding: bool) -> i32 {
     let Some(s) = BIND_SCRATCH.get_ptr_mut(0) else {
         count(STAT_INTERNAL);
         return PASS;
@@ -106,9 +116,38 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool) -> i32 {
         return PASS;
     }
     let p = &s.packet;
-    if p.proto != IPPROTO_UDP || p.sport != DNS_PORT || p.frag != FRAG_NONE {
+    let tcp = p.proto == IPPROTO_TCP;
+    if (p.proto != IPPROTO_UDP && !tcp) || p.sport != DNS_PORT || p.frag != FRAG_NONE {
         return PASS;
     }
+    let l4 = usize::from(p.l4_offset);
+    // Where the message starts in the packet, and its length.
+    let (msg_off, msg_len) = if tcp {
+        match tcp_message(ctx, l4, usize::from(p.l4_len)) {
+            TcpData::None => return PASS,
+            TcpData::Unwalked => {
+                count(STAT_ANSWERS_TCP_UNWALKED);
+                return PASS;
+            }
+            TcpData::Message(off, len) => {
+                count(STAT_ANSWERS_TCP);
+                (off, len)
+            }
+        }
+    } else {
+        // The message is what UDP's length says: the socket layer trims what follows it,
+        // and refuses a datagram whose length claims more than the IP packet holds.
+        let udp_len = match SkbBytes(ctx).load::<2>(l4 + 4) {
+            Some(b) => usize::from(u16::from_be_bytes(b)),
+            None => 0,
+        };
+        if udp_len < 8 || udp_len > usize::from(p.l4_len) {
+            count(STAT_ANSWERS);
+            count(STAT_ANSWERS_MALFORMED);
+            return PASS;
+        }
+        (l4 + 8, udp_len - 8)
+    };
     count(STAT_ANSWERS);
     if pinned
         && BIND_PIN
@@ -119,19 +158,6 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool) -> i32 {
         count(STAT_ANSWERS_UNPINNED);
         return PASS;
     }
-    let l4 = usize::from(p.l4_offset);
-    let msg_off = l4 + 8;
-    // The message is what UDP's length says: the socket layer trims what follows it, and
-    // refuses a datagram whose length claims more than the IP packet holds.
-    let udp_len = match SkbBytes(ctx).load::<2>(l4 + 4) {
-        Some(b) => usize::from(u16::from_be_bytes(b)),
-        None => 0,
-    };
-    if udp_len < 8 || udp_len > usize::from(p.l4_len) {
-        count(STAT_ANSWERS_MALFORMED);
-        return PASS;
-    }
-    let msg_len = udp_len - 8;
     let avail = (ctx.len() as usize).saturating_sub(msg_off).min(msg_len);
     let copied = avail.min(ANSWER_BUF);
     if copied < 12 {
@@ -173,7 +199,13 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool) -> i32 {
     }
     // SAFETY: the context pointer is the program's own skb.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
-    let why = check::names(cgroup_id);
+    let mut why = check::names(cgroup_id);
+    if why == reason::PASS && rebinding && s.walk.flags & WALK_PRIVATE != 0 {
+        why = check::rebinding(cgroup_id);
+        if why != reason::PASS {
+            count(STAT_ANSWERS_REBINDING);
+        }
+    }
     if why != reason::PASS {
         count(STAT_ANSWERS_REFUSED);
         bump(&STATS, stats::DROPPED);
@@ -182,6 +214,40 @@ fn walk_packet(ctx: &SkBuffContext, grace_ns: u64, pinned: bool) -> i32 {
     }
     bind_found(cgroup_id, grace_ns);
     PASS
+}
+
+/// What a TCP segment from port 53 carries.
+enum TcpData {
+    /// No data (a handshake or a bare ACK), or a header that cannot be read: not an answer.
+    None,
+    /// Data that is not exactly one whole message.
+    Unwalked,
+    /// One whole DNS message: where it starts (past its 2-byte length) and its length.
+    Message(usize, usize),
+}
+
+/// DNS over TCP (RFC 1035 4.2.2, RFC 7766): every message is preceded by its length in two
+/// bytes. A segment is walked when its data is exactly one such message (as resolvers send
+/// an answer that fits in one segment, and as GRO may have put a split one back together);
+/// a message split across segments, or several in one, is not walked (not bound: fail
+/// closed). Not inlined: its own frame.
+#[inline(never)]
+fn tcp_message(ctx: &SkBuffContext, l4: usize, l4_len: usize) -> TcpData {
+    let Some([off_byte]) = SkbBytes(ctx).load::<1>(l4 + 12) else {
+        return TcpData::None;
+    };
+    let doff = usize::from(off_byte >> 4) * 4;
+    if doff < 20 || doff >= l4_len {
+        return TcpData::None;
+    }
+    let data = l4_len - doff;
+    let Some(prefix) = SkbBytes(ctx).load::<2>(l4 + doff) else {
+        return TcpData::Unwalked;
+    };
+    if data < 2 || usize::from(u16::from_be_bytes(prefix)) != data - 2 {
+        return TcpData::Unwalked;
+    }
+    TcpData::Message(l4 + doff + 2, data - 2)
 }
 
 /// One step of the walk (`bpf_loop` callback): 0 to go on, 1 to stop.

@@ -28,7 +28,7 @@ use palisade_common::{
 use crate::{
     dns::{
         egress::{claim_slot, release_slot},
-        inspect::{NOT_A_QUERY, palisade_dns_inspect},
+        inspect::{Decision, NOT_A_QUERY, REBIND_LIST, palisade_dns_inspect},
         report::{self, Origin},
     },
     maps::{BIND_SCRATCH, CONTROL, DNS_SCOPES, DNS_SCRATCH},
@@ -38,6 +38,9 @@ use crate::{
 const MAX_NAME: usize = 255;
 /// Labels and pointers an expansion may visit (one per `bpf_loop` step).
 const MAX_EXPAND_STEPS: u32 = 128 + MAX_POINTER_HOPS as u32 + 1;
+
+/// [`judge`]'s result when the name was not judged.
+const NOT_JUDGED: u32 = u32::MAX;
 
 /// Expansion state, in the bind scratch.
 #[repr(C)]
@@ -89,9 +92,9 @@ pub fn names(cgroup_id: u64) -> u32 {
             break;
         }
         let at = u32::from(b.walk.names[i]);
-        if judge(slot, at, b.walk.qtype as u16, generation) {
+        if judge(slot, at, b.walk.qtype as u16, generation, 0) == reason::DNS_BLOCKED {
             why = reason::DNS_ANSWER_BLOCKED;
-            report_blocked(slot, generation, cgroup_id);
+            report_blocked(slot, generation, cgroup_id, why);
             break;
         }
         i += 1;
@@ -100,11 +103,64 @@ pub fn names(cgroup_id: u64) -> u32 {
     why
 }
 
-/// Expands the name at `at` into a query in `slot` and inspects it; true when it is listed.
+/// Rebinding protection (`[dns.bind] rebinding = "refuse"`): an answer whose walk found a
+/// private address passes only when the name asked (the question) is on
+/// `rebinding_allow`. The question, not an owner or CNAME target: a public name whose CNAME
+/// leads to an allowed internal name is the very rebinding this refuses. `reason::PASS` or
+/// `reason::DNS_REBINDING`.
+///
+/// A name that cannot be matched (no egress slot free, the inspector failing, a name it
+/// cannot expand) is not on the list: the answer is refused (fail closed).
 #[inline(never)]
-fn judge(slot: u32, at: u32, qtype: u16, generation: u32) -> bool {
+pub fn rebinding(cgroup_id: u64) -> u32 {
+    let generation = CONTROL.get(0).map_or(0, |c| c.active_gen & 1);
+    let Some(b) = BIND_SCRATCH.get_ptr(0) else {
+        return reason::DNS_REBINDING;
+    };
+    // SAFETY: this CPU's bind scratch, claimed by the caller.
+    let qtype = unsafe { (*b).walk.qtype } as u16;
+    let Some(slot) = claim_slot() else {
+        super::count(palisade_common::dnsbind::STAT_INTERNAL);
+        return reason::DNS_REBINDING;
+    };
+    // The question is always at the message's offset 12 (the first name recorded).
+    let judged = judge(slot, HEADER_LEN as u32, qtype, generation, REBIND_LIST);
+    if judged == NOT_JUDGED
+        && let Some(q) = DNS_SCRATCH.get_ptr_mut(slot)
+    {
+        // The event then names no question rather than whatever the slot held before.
+        // SAFETY: the claimed inspector slot.
+        unsafe { (*q).decision = Decision::malformed(true) };
+    }
+    let allowed = judged != NOT_JUDGED && listed(slot);
+    let why = if allowed {
+        reason::PASS
+    } else {
+        reason::DNS_REBINDING
+    };
+    if why != reason::PASS {
+        report_blocked(slot, generation, cgroup_id, why);
+    }
+    release_slot(slot);
+    why
+}
+
+/// Whether the last inspection in `slot` matched a list entry.
+#[inline(always)]
+fn listed(slot: u32) -> bool {
+    DNS_SCRATCH
+        .get_ptr(slot)
+        // SAFETY: the claimed inspector slot.
+        .is_some_and(|q| unsafe { (*q).decision.list } != u16::MAX)
+}
+
+/// Expands the name at `at` into a query in `slot` and inspects it (with `flags` added to
+/// the inspector's `total`); the decision's reason, [`NOT_JUDGED`] when the name cannot be
+/// read or the inspector failed. (Five scalars in, one out: BPF calls take no more.)
+#[inline(never)]
+fn judge(slot: u32, at: u32, qtype: u16, generation: u32, flags: u32) -> u32 {
     let (Some(b), Some(q)) = (BIND_SCRATCH.get_ptr_mut(0), DNS_SCRATCH.get_ptr_mut(slot)) else {
-        return false;
+        return NOT_JUDGED;
     };
     // SAFETY: this CPU's scratches, claimed.
     let (b, q) = unsafe { (&mut *b, &mut *q) };
@@ -129,11 +185,11 @@ fn judge(slot: u32, at: u32, qtype: u16, generation: u32) -> bool {
     if b.expand.done != 1 {
         // Names the walk recorded end inside the message, but a pointer may still go
         // forward or loop: such a name cannot be read, so neither could a resolver's client.
-        return false;
+        return NOT_JUDGED;
     }
     let end = (b.expand.dst as usize) & (INSPECT_LEN - 1);
     if end + 4 > INSPECT_LEN {
-        return false;
+        return NOT_JUDGED;
     }
     let t = qtype.to_be_bytes();
     q.msg[end] = t[0];
@@ -146,12 +202,12 @@ fn judge(slot: u32, at: u32, qtype: u16, generation: u32) -> bool {
         u32::from(SCOPE_EGRESS),
         generation,
         len,
-        len | (1 << 31) | NOT_A_QUERY,
+        len | (1 << 31) | NOT_A_QUERY | flags,
     ) == 0
     {
-        return false;
+        return NOT_JUDGED;
     }
-    q.decision.reason == reason::DNS_BLOCKED
+    q.decision.reason
 }
 
 /// One label or pointer of the expansion (`bpf_loop` callback): 0 to go on, 1 to stop.
@@ -219,10 +275,10 @@ extern "C" fn expand_step(_index: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Reports a refused answer: the blocked name (as the inspector read it), the resolver's
-/// address and port, the receiving socket's cgroup.
+/// Reports a refused answer: the name that refused it (as the inspector read it), the
+/// resolver's address and port, the receiving socket's cgroup, the reason `why`.
 #[inline(never)]
-fn report_blocked(slot: u32, generation: u32, cgroup_id: u64) {
+fn report_blocked(slot: u32, generation: u32, cgroup_id: u64, why: u32) {
     let (Some(b), Some(q)) = (BIND_SCRATCH.get_ptr(0), DNS_SCRATCH.get_ptr_mut(slot)) else {
         return;
     };
@@ -230,7 +286,7 @@ fn report_blocked(slot: u32, generation: u32, cgroup_id: u64) {
     let (b, q) = unsafe { (&*b, &mut *q) };
     q.packet = b.packet;
     let mut d = q.decision;
-    d.reason = reason::DNS_ANSWER_BLOCKED;
+    d.reason = why;
     report::emit(
         SCOPE_EGRESS,
         DNS_VERDICT_DROP,

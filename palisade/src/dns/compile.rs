@@ -10,7 +10,7 @@ use palisade_common::{
             ACTION_DROP, ACTION_NXDOMAIN, ACTION_REFUSED, ACTION_SINKHOLE, DnsGlobal, KIND_APEX,
             KIND_BELOW, MAX_NAME_KEYS, MAX_PORTS, MAX_QTYPES, MODE_ALLOWLIST, MODE_BLOCKLIST,
             NameKey, NameValue, SCOPE_AUDIT, SCOPE_BLOCK_MALFORMED, SCOPE_EGRESS, SCOPE_INGRESS,
-            SCOPE_LOG_ALLOWED, SCOPE_RATE, SCOPES, ScopeConfig,
+            SCOPE_LOG_ALLOWED, SCOPE_RATE, SCOPE_REBIND, SCOPES, ScopeConfig,
         },
     },
     firewall::{MAX_RATE, gcra},
@@ -391,6 +391,26 @@ pub fn compile(
                         }
                     })?;
                 }
+            }
+        }
+    }
+    // `[dns.bind] rebinding_allow`: a list of its own (scope `SCOPE_REBIND`) the answer
+    // path matches questions against; entries apply to every type and never expire.
+    if let Some(b) = dns.bind.as_ref().filter(|b| b.rebinding_refuse) {
+        let v = NameValue {
+            max_entropy_fp: u32::MAX,
+            list: u16::MAX - 1,
+            ..NameValue::default()
+        };
+        for e in &b.rebinding_allow {
+            let kinds: &[u8] = match e.kind {
+                NameMatch::Exact => &[KIND_APEX],
+                NameMatch::Subdomains => &[KIND_BELOW],
+                NameMatch::ApexAndSubdomains => &[KIND_APEX, KIND_BELOW],
+            };
+            let apex = name_key(key, &e.labels, SCOPE_REBIND, KIND_APEX);
+            for &kind in kinds {
+                out.names.insert(NameKey { kind, ..apex }, v);
             }
         }
     }

@@ -4,7 +4,14 @@
 //! Kernel side: `palisade-ebpf/src/dnsbind/` (answer path and connect path); shared layout
 //! and the answer walker: `palisade_common::dnsbind`. See `docs/design/dns.md`, "Binding".
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -14,11 +21,12 @@ use aya::{
 };
 use palisade_common::dnsbind::{
     BIND_ON, BIND_STAT_NAMES, BIND_STATS_COUNT, BindConfig, MAX_BIND_ALLOW, MAX_BIND_PIN,
-    MAX_GRACE_SECS, PIN_DOH, PIN_ON, PIN_RESOLVER,
+    MAX_GRACE_SECS, PIN_DOH, PIN_ON, PIN_RESOLVER, REBIND_REFUSE,
 };
 
 use crate::{
     maps::{map, map_mut},
+    pin::{self, LinkPin},
     policy::model::{Cidr, Family},
 };
 
@@ -36,7 +44,7 @@ pub const SOCK_ADDR: [&str; 4] = [
 pub const DEFAULT_GRACE_SECS: u32 = 30;
 
 /// `[dns.bind]`: the cgroups in bind mode and what they may reach without an answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DnsBind {
     /// cgroup v2 directories in bind mode (their descendants included).
     pub cgroups: Vec<PathBuf>,
@@ -50,6 +58,13 @@ pub struct DnsBind {
     pub resolvers: Vec<Cidr>,
     /// Known DNS-over-HTTPS endpoints, refused while pinning is on.
     pub doh_endpoints: Vec<Cidr>,
+    /// Rebinding protection (`rebinding = "refuse"`): answers that put a private address
+    /// ([`palisade_common::dnsbind::is_private`]) behind a name not on
+    /// [`Self::rebinding_allow`] are dropped.
+    pub rebinding_refuse: bool,
+    /// Names whose answers may hold private addresses (`rebinding_allow`), matched as DNS
+    /// list entries are: `name` exactly, `*.name` every name below it.
+    pub rebinding_allow: Vec<crate::policy::model::NameEntry>,
 }
 
 impl Default for DnsBind {
@@ -60,6 +75,8 @@ impl Default for DnsBind {
             allow: Vec::new(),
             resolvers: Vec::new(),
             doh_endpoints: Vec::new(),
+            rebinding_refuse: false,
+            rebinding_allow: Vec::new(),
         }
     }
 }
@@ -180,6 +197,8 @@ pub fn write_config(ebpf: &mut Ebpf, bind: Option<&DnsBind>) -> Result<()> {
         grace_ns: u64::from(b.grace_secs) * 1_000_000_000,
         enabled: BIND_ON,
         pinned: if b.resolvers.is_empty() { 0 } else { PIN_ON },
+        rebinding: if b.rebinding_refuse { REBIND_REFUSE } else { 0 },
+        _pad: 0,
     });
     let mut m: Array<&mut MapData, BindConfig> = Array::try_from(map_mut(ebpf, "BIND_CONFIG")?)?;
     m.set(0, cfg, 0).context("writing the bind settings")?;
@@ -215,15 +234,26 @@ pub fn named_counters(ebpf: &Ebpf) -> Vec<crate::stats::Named> {
         .unwrap_or_default()
 }
 
-/// The bind programs' links on one cgroup.
+/// The bind programs' links on one cgroup, pinned under the state's `links/`.
 struct Attached {
     path: PathBuf,
-    _links: Vec<FdLink>,
+    _links: Vec<OwnedFd>,
 }
 
-/// The bind programs, once loaded, and their attachments. The links live with the daemon:
-/// they are not pinned, so binding stops when the daemon exits (the bindings map is pinned
-/// and its entries are there again for the next run).
+/// The programs by the short names their link pins carry (`bind-<short>-<cgroup>`).
+const PROGRAMS: [(&str, &str); 5] = [
+    ("answer", ANSWER),
+    ("connect4", SOCK_ADDR[0]),
+    ("connect6", SOCK_ADDR[1]),
+    ("sendmsg4", SOCK_ADDR[2]),
+    ("sendmsg6", SOCK_ADDR[3]),
+];
+
+/// The bind programs, once loaded, and their attachments. The links are pinned like the
+/// other programs' (`links/bind-<program>-<cgroup>`): a daemon that exits without
+/// unloading, or crashes, leaves the cgroups in bind mode with the last policy's settings,
+/// and the next daemon adopts the links (switching them to its own programs) rather than
+/// attaching twice.
 #[derive(Default)]
 pub struct Attachments {
     loaded: bool,
@@ -231,17 +261,35 @@ pub struct Attachments {
 }
 
 impl Attachments {
-    /// Loads the programs (once) and makes the attachments match `bind`. Returns notes.
+    /// Loads the programs (once) and makes the attachments match `bind`: adopts pinned
+    /// links, attaches and pins what is missing, detaches from cgroups no longer in bind
+    /// mode. Returns notes.
     ///
     /// # Errors
-    /// When a program is refused or a cgroup cannot be attached to.
-    pub fn sync(&mut self, ebpf: &mut Ebpf, bind: Option<&DnsBind>) -> Result<Vec<String>> {
+    /// When a program is refused, a cgroup cannot be attached to, or a link not pinned.
+    pub fn sync(
+        &mut self,
+        ebpf: &mut Ebpf,
+        links_dir: &Path,
+        bind: Option<&DnsBind>,
+    ) -> Result<Vec<String>> {
         let mut notes = Vec::new();
         let wanted: Vec<PathBuf> = bind.map(|b| b.cgroups.clone()).unwrap_or_default();
-        let before = self.cgroups.len();
         self.cgroups.retain(|a| wanted.contains(&a.path));
-        if self.cgroups.len() != before {
-            notes.push("DNS binding removed from cgroups no longer in [dns.bind]".to_owned());
+        let mut removed: Vec<PathBuf> = Vec::new();
+        for (pin, path) in pin::link_pins(links_dir) {
+            if let LinkPin::Bind { path: cg, .. } = pin
+                && !wanted.contains(&cg)
+            {
+                if let Ok(fd) = pin::obj_get(&path) {
+                    let _ = pin::link_detach(fd.as_fd());
+                }
+                let _ = fs::remove_file(&path);
+                if !removed.contains(&cg) {
+                    notes.push(format!("DNS binding removed from cgroup {}", cg.display()));
+                    removed.push(cg);
+                }
+            }
         }
         if wanted.is_empty() {
             return Ok(notes);
@@ -254,8 +302,15 @@ impl Attachments {
             if self.cgroups.iter().any(|a| a.path == cg) {
                 continue;
             }
-            let links = attach(ebpf, &cg)?;
-            notes.push(format!("DNS binding on cgroup {}", cg.display()));
+            let (links, adopted) = attach(ebpf, links_dir, &cg)?;
+            notes.push(if adopted == 0 {
+                format!("DNS binding on cgroup {}", cg.display())
+            } else {
+                format!(
+                    "DNS binding on cgroup {} ({adopted} pinned links adopted)",
+                    cg.display()
+                )
+            });
             self.cgroups.push(Attached {
                 path: cg,
                 _links: links,
@@ -285,31 +340,71 @@ pub fn load(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Attaches the (loaded) programs to one cgroup.
-fn attach(ebpf: &mut Ebpf, cg: &std::path::Path) -> Result<Vec<FdLink>> {
+/// Attaches the (loaded) programs to one cgroup, each link pinned in `links_dir`; a link
+/// pinned there already for this cgroup is adopted (and switched to this object's program).
+/// Returns the links and how many were adopted.
+fn attach(ebpf: &mut Ebpf, links_dir: &Path, cg: &Path) -> Result<(Vec<OwnedFd>, usize)> {
     let open = || fs::File::open(cg).with_context(|| format!("opening cgroup {}", cg.display()));
+    let ino = fs::metadata(cg)
+        .with_context(|| format!("reading cgroup {}", cg.display()))?
+        .ino();
     let mut links = Vec::new();
-    let p: &mut CgroupSkb = ebpf
-        .program_mut(ANSWER)
-        .ok_or_else(|| anyhow!("no program {ANSWER}"))?
-        .try_into()?;
-    let id = p
-        .attach(
-            open()?,
-            CgroupSkbAttachType::Ingress,
-            CgroupAttachMode::Single,
-        )
-        .with_context(|| format!("attaching {ANSWER} to {}", cg.display()))?;
-    links.push(FdLink::try_from(p.take_link(id)?)?);
-    for name in SOCK_ADDR {
-        let p: &mut CgroupSockAddr = ebpf
+    let mut adopted = 0;
+    for (short, name) in PROGRAMS {
+        let pin_path = links_dir.join(
+            LinkPin::Bind {
+                prog: short.to_owned(),
+                path: cg.to_path_buf(),
+            }
+            .file_name(),
+        );
+        let prog = ebpf
             .program_mut(name)
-            .ok_or_else(|| anyhow!("no program {name}"))?
-            .try_into()?;
-        let id = p
-            .attach(open()?, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} to {}", cg.display()))?;
-        links.push(FdLink::try_from(p.take_link(id)?)?);
+            .ok_or_else(|| anyhow!("no program {name}"))?;
+        let prog_id = prog.info()?.id();
+        if let Ok(fd) = pin::obj_get(&pin_path) {
+            match pin::link_info(fd.as_fd()) {
+                Ok(info) if info.link_type == pin::LINK_TYPE_CGROUP && info.cgroup_id == ino => {
+                    if info.prog_id != prog_id {
+                        pin::link_update(fd.as_fd(), prog.fd()?.as_fd()).with_context(|| {
+                            format!(
+                                "switching the pinned {name} link on {} to this build's program",
+                                cg.display()
+                            )
+                        })?;
+                    }
+                    links.push(fd);
+                    adopted += 1;
+                    continue;
+                }
+                _ => {
+                    let _ = pin::link_detach(fd.as_fd());
+                }
+            }
+        }
+        let _ = fs::remove_file(&pin_path);
+        let link = if short == "answer" {
+            let p: &mut CgroupSkb = prog.try_into()?;
+            let id = p
+                .attach(
+                    open()?,
+                    CgroupSkbAttachType::Ingress,
+                    CgroupAttachMode::Single,
+                )
+                .with_context(|| format!("attaching {name} to {}", cg.display()))?;
+            FdLink::try_from(p.take_link(id)?)?
+        } else {
+            let p: &mut CgroupSockAddr = prog.try_into()?;
+            let id = p
+                .attach(open()?, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", cg.display()))?;
+            FdLink::try_from(p.take_link(id)?)?
+        };
+        drop(
+            link.pin(&pin_path)
+                .with_context(|| format!("pinning the {name} link of {}", cg.display()))?,
+        );
+        links.push(pin::obj_get(&pin_path)?);
     }
-    Ok(links)
+    Ok((links, adopted))
 }

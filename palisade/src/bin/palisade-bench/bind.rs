@@ -75,6 +75,63 @@ fn answer(records: &[(u16, Vec<u8>)]) -> Vec<u8> {
     m
 }
 
+/// The answer path with rebinding protection on (`rebinding = "refuse"`): public answers
+/// (the range test on each address), a private answer whose question is allowed (the
+/// question expanded and matched, then bound), and one whose question is not (dropped).
+fn rebinding_rows(
+    ebpf: &mut Ebpf,
+    rounds: usize,
+    repeat: u32,
+    one: &[u8],
+    five: &[u8],
+) -> Result<String> {
+    let private = ip4_udp(53, &answer(&[(1, vec![192, 168, 1, 10])]));
+    let mut out =
+        String::from("\n### With `rebinding = \"refuse\"` (`rebinding_allow` one name)\n\n");
+    out += "| packet | floor | palisade_bind_answer | added | ratio |\n|---|---:|---:|---:|---:|\n";
+    for (allowed, rows) in [
+        (
+            "www.example.com",
+            vec![
+                ("answer, 1 A, public", one),
+                ("answer, CNAME + 4 A, public", five),
+                ("answer, 1 A, private, question allowed", &private[..]),
+            ],
+        ),
+        (
+            "other.example",
+            vec![("answer, 1 A, private, refused", &private[..])],
+        ),
+    ] {
+        let policy = palisade::policy::config::parse_policy(
+            &format!(
+                "[dns.bind]\ncgroups = [\"/x\"]\nrebinding = \"refuse\"\n\
+                 rebinding_allow = [\"{allowed}\"]\n"
+            ),
+            "bench.toml",
+            Path::new("/"),
+        )
+        .map_err(|e| anyhow!("{e:?}"))?;
+        palisade::guard::install(ebpf, &policy)?;
+        for (label, frame) in rows {
+            let mut floor = Vec::new();
+            let mut bind = Vec::new();
+            for _ in 0..rounds {
+                floor.push(test_run(ebpf, FLOOR, frame, repeat)?);
+                bind.push(test_run(ebpf, dnsbind::ANSWER, frame, repeat)?);
+            }
+            let (f, b) = (median(floor), median(bind));
+            let _ = writeln!(
+                out,
+                "| {label} | {f:.0} | {b:.0} | {:.0} | {:.2} |",
+                b - f,
+                b / f
+            );
+        }
+    }
+    Ok(out)
+}
+
 fn test_run(ebpf: &Ebpf, name: &str, frame: &[u8], repeat: u32) -> Result<f64> {
     let p: &CgroupSkb = ebpf
         .program(name)
@@ -207,6 +264,7 @@ pub fn run(rounds: usize, repeat: u32) -> Result<String> {
             b / f
         );
     }
+    out += &rebinding_rows(&mut ebpf, rounds, repeat, &one, &five)?;
     dnsbind::write_config(&mut ebpf, Some(&dnsbind::DnsBind::default()))?;
 
     // connect(): one cgroup with the programs, one without.

@@ -3,7 +3,15 @@
 use super::{Checker, Node};
 use crate::{dnsbind::DnsBind, policy::setfile::parse_cidr};
 
-pub(super) const BIND_KEYS: &[&str] = &["cgroups", "grace", "allow", "resolvers", "doh_endpoints"];
+pub(super) const BIND_KEYS: &[&str] = &[
+    "cgroups",
+    "grace",
+    "allow",
+    "resolvers",
+    "doh_endpoints",
+    "rebinding",
+    "rebinding_allow",
+];
 
 impl Checker<'_> {
     /// `[dns.bind]`. Problems are recorded; the section is then dropped.
@@ -80,7 +88,39 @@ impl Checker<'_> {
                 self.err(n.at, msg);
             }
         }
+        self.rebinding(view.get("rebinding"), view.get("rebinding_allow"), &mut b);
         Some(b)
+    }
+
+    /// `rebinding` and `rebinding_allow`.
+    fn rebinding(&mut self, mode: Option<&Node>, allow: Option<&Node>, b: &mut DnsBind) {
+        if let Some(n) = mode {
+            match self.string(n, "rebinding") {
+                Some("refuse") => b.rebinding_refuse = true,
+                Some("allow") => b.rebinding_refuse = false,
+                Some(other) => {
+                    let msg = format!(
+                        "[dns.bind].rebinding is \"refuse\" or \"allow\", found \"{other}\""
+                    );
+                    self.err(n.at, msg);
+                }
+                None => {}
+            }
+        }
+        let Some(n) = allow else { return };
+        for (text, at) in self.string_list(n, "rebinding_allow") {
+            match crate::policy::namelist::entry(&text, false, self.lines.line(at)) {
+                Ok(e) => b.rebinding_allow.push(e),
+                Err(e) => self.err(at, format!("[dns.bind].rebinding_allow: {e}")),
+            }
+        }
+        if !b.rebinding_refuse {
+            self.err(
+                n.at,
+                "[dns.bind].rebinding_allow needs `rebinding = \"refuse\"`: without it every \
+                 name may carry private addresses",
+            );
+        }
     }
 
     /// A list of prefixes under `[dns.bind]`; bad entries are recorded and left out.
@@ -164,7 +204,7 @@ mod tests {
                 "p.toml:4:10: [dns.bind].allow: host bits set; did you mean 10.0.0.0/8?",
                 "p.toml:4:24: [dns.bind].allow: invalid address or CIDR `x`",
                 "p.toml:5:1: unknown key `port` in [dns.bind]; expected one of `cgroups`, \
-                 `grace`, `allow`, `resolvers`, `doh_endpoints`",
+                 `grace`, `allow`, `resolvers`, `doh_endpoints`, `rebinding`, `rebinding_allow`",
             ]
         );
     }
@@ -216,6 +256,67 @@ mod tests {
         assert_eq!(
             errors("[dns.bind]\ncgroups = [\"/a\"]\nresolvers = []\n"),
             ["p.toml:3:13: [dns.bind].resolvers is empty; leave it out to turn pinning off"]
+        );
+    }
+
+    #[test]
+    fn rebinding_keys_parse_and_their_errors_name_their_place() {
+        use crate::policy::model::NameMatch;
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/a\"]\nrebinding = \"refuse\"\n\
+             rebinding_allow = [\"nas.example.test\", \"*.corp.example.test\"]\n",
+            "p.toml",
+            Path::new("/x"),
+        )
+        .unwrap();
+        let b = p.dns.bind.unwrap();
+        assert!(b.rebinding_refuse);
+        let got: Vec<(Vec<Vec<u8>>, NameMatch)> = b
+            .rebinding_allow
+            .iter()
+            .map(|e| (e.labels.clone(), e.kind))
+            .collect();
+        let l = |s: &str| {
+            s.split('.')
+                .map(|x| x.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            got,
+            [
+                (l("nas.example.test"), NameMatch::Exact),
+                (l("corp.example.test"), NameMatch::Subdomains)
+            ]
+        );
+        let p = parse_policy(
+            "[dns.bind]\ncgroups = [\"/a\"]\n",
+            "p.toml",
+            Path::new("/x"),
+        )
+        .unwrap();
+        let b = p.dns.bind.unwrap();
+        assert!(!b.rebinding_refuse && b.rebinding_allow.is_empty());
+        assert_eq!(
+            errors(
+                "[dns.bind]\ncgroups = [\"/a\"]\nrebinding = \"block\"\n\
+                 rebinding_allow = [\"ok.test\", \"bad..name\"]\n"
+            )[0],
+            "p.toml:3:13: [dns.bind].rebinding is \"refuse\" or \"allow\", found \"block\""
+        );
+        let e = errors(
+            "[dns.bind]\ncgroups = [\"/a\"]\nrebinding = \"refuse\"\nrebinding_allow = [\"bad..name\"]\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("p.toml:4:20: [dns.bind].rebinding_allow: "),
+            "{e:?}"
+        );
+        assert_eq!(
+            errors("[dns.bind]\ncgroups = [\"/a\"]\nrebinding_allow = [\"ok.test\"]\n"),
+            [
+                "p.toml:3:19: [dns.bind].rebinding_allow needs `rebinding = \"refuse\"`: without \
+              it every name may carry private addresses"
+            ]
         );
     }
 }
