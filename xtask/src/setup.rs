@@ -48,6 +48,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "chrony",
     "ethtool",
     "isc-dhcp-client",
+    "tmux",
 ];
 
 /// The toolchain `aya-build` compiles the kernel programs with.
