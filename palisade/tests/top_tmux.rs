@@ -275,19 +275,10 @@ fn top_shows_the_daemons_figures_and_filters_pauses_drills_in_and_quits() {
     assert!(out.status.success(), "{out:?}");
 
     // Rules: the rule's packets and the dropped total are the daemon's.
-    let s = tmux.wait("the rule's 50 drops", |s| first(s, RULE) == Some(50));
+    tmux.wait("the rule's 50 drops", |s| first(s, RULE) == Some(50));
     let st = stats(&host);
     assert_eq!(rule_packets(&st), 50, "{st}");
     let dropped = named(&st["counters"]["global"], "name", "dropped", "value");
-    let s = if total(&s, "dropped") == Some(dropped) {
-        s
-    } else {
-        tmux.wait("the daemon's dropped total", |s| {
-            total(s, "dropped") == Some(dropped)
-        })
-    };
-    let r = row(&s, RULE).unwrap();
-    assert_eq!(r.last().map(String::as_str), Some("drop"), "{s}");
     let queries: u64 = st["counters"]["dns"]
         .as_array()
         .unwrap()
@@ -296,7 +287,11 @@ fn top_shows_the_daemons_figures_and_filters_pauses_drills_in_and_quits() {
         .map(|d| d["value"].as_u64().unwrap())
         .sum();
     assert_eq!(queries, 9, "{st}");
-    assert_eq!(total(&s, "dns"), Some(queries), "{s}");
+    let s = tmux.wait("the daemon's dropped and DNS totals", |s| {
+        total(s, "dropped") == Some(dropped) && total(s, "dns") == Some(queries)
+    });
+    let r = row(&s, RULE).unwrap();
+    assert_eq!(r.last().map(String::as_str), Some("drop"), "{s}");
     assert!(s.lines().any(|l| l.starts_with(" packets/s")), "{s}");
     assert!(s.contains("conntrack "), "{s}");
 
@@ -316,12 +311,13 @@ fn top_shows_the_daemons_figures_and_filters_pauses_drills_in_and_quits() {
     let s = tmux.wait("B as a talker", |s| first(s, &pair.v4_b) == Some(55));
     assert_eq!(row(&s, &pair.v4_b).unwrap()[1], "55", "{s}");
 
-    // Names: 3 + 4 queries for ads.example.com, 2 for tracker.example.net.
+    // Names (dotted, as events write them): 3 + 4 queries for ads.example.com, 2 for
+    // tracker.example.net.
     tmux.keys(&["4"]);
     let s = tmux.wait("the blocked names", |s| {
-        first(s, "ads.example.com") == Some(7) && first(s, "tracker.example.net") == Some(2)
+        first(s, "ads.example.com.") == Some(7) && first(s, "tracker.example.net.") == Some(2)
     });
-    assert_eq!(row(&s, "ads.example.com").unwrap()[1], "7", "{s}");
+    assert_eq!(row(&s, "ads.example.com.").unwrap()[1], "7", "{s}");
 
     // A filter narrows the rows; Esc clears it.
     tmux.type_text("/ads");
@@ -329,7 +325,7 @@ fn top_shows_the_daemons_figures_and_filters_pauses_drills_in_and_quits() {
     let s = tmux.wait("the filtered names", |s| {
         s.contains("/ads") && !s.contains("tracker.example.net")
     });
-    assert_eq!(first(&s, "ads.example.com"), Some(7), "{s}");
+    assert_eq!(first(&s, "ads.example.com."), Some(7), "{s}");
     tmux.keys(&["Escape"]);
     tmux.wait("both names again", |s| s.contains("tracker.example.net"));
 

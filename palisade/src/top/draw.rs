@@ -103,11 +103,15 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App, m: &Model) {
             .add_modifier(Modifier::BOLD),
     )];
     if let Some(s) = m.last() {
+        let every = if app.interval.subsec_millis() == 0 {
+            format!("{}s", app.interval.as_secs())
+        } else {
+            format!("{}ms", app.interval.as_millis())
+        };
         spans.push(Span::raw(format!(
-            " gen {}  up {}  every {:.1}s",
+            " gen {}  up {}  every {every}",
             s.generation,
             duration(s.uptime_secs),
-            app.interval.as_secs_f64()
         )));
     }
     if app.lost > 0 {
