@@ -28,7 +28,7 @@ use std::{
 };
 
 use cgroup::TestCgroup;
-use control::{BIN, GuardedHost, UDP_SEND, cli_json, py, wait_for_streams};
+use control::{BIN, Bg, GuardedHost, UDP_SEND, UDP_STREAM_UNTIL, cli_json, py, wait_for_streams};
 use serde_json::Value;
 use support::netns::NetnsPair;
 
@@ -207,6 +207,7 @@ ports = [53]
 mode = "blocklist"
 action = "drop"
 lists = ["ads"]
+log_allowed = true
 
 [dns.egress]
 mode = "blocklist"
@@ -376,19 +377,43 @@ fn top_shows_the_daemons_figures_and_filters_pauses_drills_in_and_quits() {
         "{s}"
     );
     assert!(s.contains("packets 70"), "{s}");
-    tmux.keys(&["Escape", "Escape"]);
+    // Two escapes sent at once read as one Alt-Escape: one at a time.
+    tmux.keys(&["Escape"]);
     tmux.wait("the table again", |s| s.contains("PACKETS"));
+    tmux.keys(&["Escape"]);
+    tmux.wait("no filter", |s| !s.contains("/block"));
 
     if let Ok(path) = std::env::var("PALISADE_TOP_SCREENSHOT") {
-        // Some steady traffic for the sparklines, then the default view as it stands.
-        for _ in 0..12 {
-            py(&pair, &pair.ns_b, UDP_SEND, &[&pair.v4_a, "9999", "40"]);
-            py(&pair, &pair.ns_b, QUERIES, &args);
-            thread::sleep(Duration::from_millis(INTERVAL_MS));
+        // Steady drops and a changing mix of names for a few seconds, then the names view
+        // as it stands.
+        let stop = host.scratch.file("stop-stream");
+        let _stream = Bg::start(
+            &pair,
+            &pair.ns_b,
+            UDP_STREAM_UNTIL,
+            &[&pair.v4_a, stop.to_str().unwrap(), "30", "0.004", "9999"],
+        );
+        tmux.keys(&["4"]);
+        let names = [
+            "www.example.org",
+            "ads.example.com",
+            "api.example.org",
+            "tracker.example.net",
+            "cdn.example.net",
+            "mail.example.com",
+            "ads.example.com",
+            "updates.example.org",
+        ];
+        for i in 0..30 {
+            let mut q = vec![pair.v4_a.as_str()];
+            q.extend(names.iter().cycle().skip(i % 5).take(1 + (i * 7) % 11));
+            py(&pair, &pair.ns_b, QUERIES, &q);
+            thread::sleep(Duration::from_millis(INTERVAL_MS / 2));
         }
-        thread::sleep(Duration::from_millis(INTERVAL_MS * 2));
         let svg = ansi_svg::render(&tmux.capture(true), 80, "palisade top in 80x24");
         std::fs::write(&path, svg).unwrap();
+        std::fs::write(&stop, "").unwrap();
+        tmux.keys(&["1"]);
     }
 
     // A daemon that goes away is shown, not fatal; its return is picked up.
