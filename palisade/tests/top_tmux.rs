@@ -294,7 +294,8 @@ fn top_shows_the_daemons_figures_and_filters_pauses_drills_in_and_quits() {
     let r = row(&s, RULE).unwrap();
     assert_eq!(r.last().map(String::as_str), Some("drop"), "{s}");
     assert!(s.lines().any(|l| l.starts_with(" packets/s")), "{s}");
-    assert!(s.contains("conntrack "), "{s}");
+    // The tracked flows' share of the tables the policy sized (`[conntrack]` defaults).
+    assert!(s.contains("conntrack ") && s.contains("% full)"), "{s}");
 
     // Drops by reason: every reason that counted, with the daemon's count.
     tmux.keys(&["2"]);

@@ -12,7 +12,7 @@ use ratatui::{
 
 use super::{
     app::App,
-    model::{Model, Row, View},
+    model::{Conntrack, Model, Row, View},
 };
 
 /// Width of the label left of each sparkline.
@@ -189,17 +189,28 @@ fn draw_totals(f: &mut Frame, area: Rect, m: &Model) {
         count(s.dns_blocked)
     );
     match &s.conntrack {
-        Some(c) => text.push_str(&format!(
-            "  conntrack {} ({} new)",
-            count(c.validated + c.unvalidated),
-            count(c.unvalidated)
-        )),
+        Some(c) => text.push_str(&occupancy(c)),
         None => text.push_str("  conntrack off"),
     }
     f.render_widget(
         Paragraph::new(text).style(Style::default().add_modifier(Modifier::BOLD)),
         area,
     );
+}
+
+/// The tracked connections, with the fuller table's share of its capacity when known.
+fn occupancy(c: &Conntrack) -> String {
+    let total = count(c.validated + c.unvalidated);
+    let Some((v, u)) = c.capacity else {
+        return format!("  conntrack {total} ({} new)", count(c.unvalidated));
+    };
+    let share = |n: u64, cap: u64| n as f64 * 100.0 / cap.max(1) as f64;
+    let full = share(c.validated, v).max(share(c.unvalidated, u));
+    if full > 0.0 && full < 1.0 {
+        format!("  conntrack {total} (<1% full)")
+    } else {
+        format!("  conntrack {total} ({full:.0}% full)")
+    }
 }
 
 fn cells(r: &Row) -> [String; 5] {
@@ -477,6 +488,17 @@ mod tests {
         assert_eq!(duration(3725), "1h02m");
         assert_eq!(rate(2.25), "2.2");
         assert_eq!(rate(1234.4), "1234");
+        let mut c = Conntrack {
+            validated: 10,
+            unvalidated: 5,
+            capacity: None,
+            by_state: vec![],
+        };
+        assert_eq!(occupancy(&c), "  conntrack 15 (5 new)");
+        c.capacity = Some((1000, 10));
+        assert_eq!(occupancy(&c), "  conntrack 15 (50% full)");
+        c.capacity = Some((100_000, 100_000));
+        assert_eq!(occupancy(&c), "  conntrack 15 (<1% full)");
     }
 
     #[test]

@@ -249,6 +249,8 @@ pub struct Snapshot {
 pub struct Conntrack {
     pub validated: u64,
     pub unvalidated: u64,
+    /// The tables' capacities, when the daemon says.
+    pub capacity: Option<(u64, u64)>,
     pub by_state: Vec<(String, u64)>,
 }
 

@@ -97,6 +97,9 @@ fn snapshot(c: &mut Client) -> Result<Snapshot> {
         conntrack: status.conntrack.map(|c| Conntrack {
             validated: c.validated,
             unvalidated: c.unvalidated,
+            capacity: status
+                .conntrack_capacity
+                .map(|k| (k.validated, k.unvalidated)),
             by_state: c
                 .by_state
                 .iter()
