@@ -670,6 +670,23 @@ mod tests {
     }
 
     #[test]
+    fn event_tables_get_rates_per_interval() {
+        let mut m = Model::default();
+        m.apply(snap(0, 0, 0, 0), 1.0);
+        for _ in 0..6 {
+            m.event(Seen::parse(&dns("a.example", "drop", "10.0.0.2", "dig", 1)).unwrap());
+        }
+        m.apply(snap(0, 0, 0, 0), 2.0);
+        assert_eq!(m.entry(View::Names, "a.example").unwrap().rate, 3.0);
+        m.apply(snap(0, 0, 0, 0), 1.0);
+        let e = m.entry(View::Names, "a.example").unwrap();
+        assert_eq!(
+            (e.rate, e.history.iter().copied().collect::<Vec<_>>()),
+            (0.0, vec![6, 0])
+        );
+    }
+
+    #[test]
     fn filters_narrow_and_sorts_order() {
         let mut m = Model::default();
         for (name, n) in [("b.example", 3), ("a.example", 1), ("c.other", 2)] {

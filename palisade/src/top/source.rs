@@ -45,18 +45,15 @@ impl Poller {
     /// # Errors
     /// When the daemon cannot be reached or refuses.
     pub fn poll(&mut self) -> Result<Snapshot> {
-        if self.client.is_none() {
-            self.client = Some(Client::connect(&self.socket)?);
+        let client = match &mut self.client {
+            Some(c) => c,
+            None => self.client.insert(Client::connect(&self.socket)?),
+        };
+        let r = snapshot(client);
+        if r.is_err() {
+            self.client = None;
         }
-        let r = self.client.as_mut().map(snapshot);
-        match r {
-            Some(Ok(s)) => Ok(s),
-            Some(Err(e)) => {
-                self.client = None;
-                Err(e)
-            }
-            None => unreachable!("connected above"),
-        }
+        r
     }
 }
 
