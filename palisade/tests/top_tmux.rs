@@ -1,4 +1,4 @@
-//! End to end: `palisade top` in a detached 80x24 tmux session, watching a real daemon.
+//! End to end: `palisade top` in a detached 80x24 tmux terminal, watching a real daemon.
 //!
 //! The daemon guards namespace A: a logged rule drops UDP to port 9999, DNS names on a list
 //! are dropped on ingress (queries from B) and on egress (queries sent by a process in a
@@ -38,11 +38,11 @@ const RULE: &str = "block-udp-9999";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// A tmux server of its own (`-L`), with one detached session running a command; the server
+/// A tmux server of its own (`-L`), with one detached window running a command; the server
 /// is killed on drop.
 struct Tmux {
     server: String,
-    session: String,
+    target: String,
 }
 
 impl Tmux {
@@ -56,11 +56,11 @@ impl Tmux {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let t = Self {
             server: format!("palisade-top-{}-{n}", std::process::id()),
-            session: format!("top{n}"),
+            target: format!("top{n}"),
         };
         let out = t
             .tmux()
-            .args(["-f", "/dev/null", "new-session", "-d", "-s", &t.session])
+            .args(["-f", "/dev/null", "new-session", "-d", "-s", &t.target])
             .args(["-x", &width.to_string(), "-y", &height.to_string()])
             .arg(command)
             .env("TERM", "xterm-256color")
@@ -77,7 +77,7 @@ impl Tmux {
     fn keys(&self, keys: &[&str]) {
         let out = self
             .tmux()
-            .args(["send-keys", "-t", &self.session])
+            .args(["send-keys", "-t", &self.target])
             .args(keys)
             .output()
             .expect("tmux send-keys");
@@ -88,7 +88,7 @@ impl Tmux {
     fn type_text(&self, text: &str) {
         let out = self
             .tmux()
-            .args(["send-keys", "-l", "-t", &self.session, text])
+            .args(["send-keys", "-l", "-t", &self.target, text])
             .output()
             .expect("tmux send-keys");
         assert!(out.status.success(), "tmux send-keys -l {text:?}");
@@ -96,7 +96,7 @@ impl Tmux {
 
     fn capture(&self, colours: bool) -> String {
         let mut c = self.tmux();
-        c.args(["capture-pane", "-p", "-t", &self.session]);
+        c.args(["capture-pane", "-p", "-t", &self.target]);
         if colours {
             c.arg("-e");
         }
@@ -227,7 +227,7 @@ enabled = true
 #[test]
 #[expect(
     clippy::too_many_lines,
-    reason = "one session of top, driven from start to quit"
+    reason = "one run of top, driven from start to quit"
 )]
 fn top_shows_the_daemons_figures_and_filters_pauses_drills_in_and_quits() {
     let pair = NetnsPair::new();
