@@ -43,6 +43,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 struct Tmux {
     server: String,
     target: String,
+    /// The server's socket file, which `kill-server` leaves behind.
+    socket: Option<std::path::PathBuf>,
 }
 
 impl Tmux {
@@ -54,9 +56,10 @@ impl Tmux {
 
     fn start(width: u16, height: u16, command: &str) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let t = Self {
+        let mut t = Self {
             server: format!("palisade-top-{}-{n}", std::process::id()),
             target: format!("top{n}"),
+            socket: None,
         };
         let out = t
             .tmux()
@@ -71,6 +74,13 @@ impl Tmux {
             "tmux new-session: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let out = t
+            .tmux()
+            .args(["display-message", "-p", "#{socket_path}"])
+            .output()
+            .expect("tmux display-message");
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        t.socket = (!path.is_empty()).then(|| path.into());
         t
     }
 
@@ -128,6 +138,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.tmux().arg("kill-server").output();
+        if let Some(p) = &self.socket {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
