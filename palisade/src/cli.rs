@@ -155,6 +155,20 @@ pub enum Command {
     ///   palisade replay --config policy.toml --host 192.0.2.10 eth0.pcap
     #[command(verbatim_doc_comment)]
     Replay(ReplayArgs),
+    /// A live, full-screen view of what the daemon does, read from its control socket.
+    ///
+    /// Packets, drops and DNS queries per second with sparklines; drops by reason; rules;
+    /// top talkers, blocked names, processes and cgroups (from the event stream, since top
+    /// started); conntrack occupancy. Keys: Tab or 1-7 change the view, / filters, s sorts,
+    /// p or Space pauses, Enter shows the selected row's detail, ? helps, q quits. Fits an
+    /// 80x24 terminal.
+    ///
+    /// Examples:
+    ///   palisade top
+    ///   palisade top --interval 500
+    ///   palisade top --once --width 120 --height 40   # one frame as text, for scripts
+    #[command(verbatim_doc_comment)]
+    Top(TopArgs),
     /// Print a shell completion script.
     ///
     /// Examples:
@@ -809,4 +823,21 @@ pub struct ReplayArgs {
     /// The capture (pcap or pcapng).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+/// `palisade top`.
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    /// Refresh interval, in milliseconds (at least 100).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval: u64,
+    /// Print one frame as text (two samples one interval apart) instead of the live view.
+    #[arg(long)]
+    pub once: bool,
+    /// Width of the `--once` frame.
+    #[arg(long, default_value_t = 80, requires = "once")]
+    pub width: u16,
+    /// Height of the `--once` frame.
+    #[arg(long, default_value_t = 24, requires = "once")]
+    pub height: u16,
 }

@@ -1028,6 +1028,12 @@ impl Daemon {
             } else {
                 Vec::new()
             },
+            conntrack_capacity: self.policy.tracks_connections().then(|| {
+                crate::api::proto::CtCapacity {
+                    validated: u64::from(self.policy.conntrack.max_entries),
+                    unvalidated: u64::from(self.policy.conntrack.max_unvalidated),
+                }
+            }),
         }
     }
 

@@ -33,3 +33,4 @@ pub mod shield;
 pub mod stats;
 pub mod testrun;
 pub mod tls;
+pub mod top;

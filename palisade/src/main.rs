@@ -139,6 +139,7 @@ fn main() -> ExitCode {
         Command::Lb(a) => commands::lb(&socket, a.command),
         Command::Leases(j) => commands::leases(&socket, j.json),
         Command::Unload { pin_dir } => commands::unload(&socket, &pin_dir),
+        Command::Top(a) => palisade::top::command(&socket, &a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

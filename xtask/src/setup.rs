@@ -49,6 +49,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "isc-dhcp-client",
     "python3-venv",
+    "tmux",
 ];
 
 /// Python packages the tests use that Debian does not ship (a QUIC peer), pinned, installed

@@ -298,6 +298,17 @@ pub struct Status {
     /// The TLS gate's counters, when the policy has `[tls]` (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<crate::stats::Named>,
+    /// The connection tables' capacities, when connections are tracked (what `conntrack`
+    /// fills).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack_capacity: Option<CtCapacity>,
+}
+
+/// The capacities of the connection tables (`[conntrack] max_entries`, `max_unvalidated`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtCapacity {
+    pub validated: u64,
+    pub unvalidated: u64,
 }
 
 /// The policy in force.
