@@ -155,9 +155,10 @@ pub enum Command {
     ///   palisade replay --config policy.toml --host 192.0.2.10 eth0.pcap
     #[command(verbatim_doc_comment)]
     Replay(ReplayArgs),
-    /// Propose a least-privilege policy from captured traffic.
+    /// Propose a least-privilege policy from captured or live traffic.
     ///
-    /// Reads the captures' connections and DNS answers and writes a policy: inbound services
+    /// Reads the captures' connections and DNS answers (or, with --duration, watches the
+    /// running daemon: its tracked flows and DNS events) and writes a policy: inbound services
     /// become firewall rules, connections to addresses a DNS answer gave become names in a
     /// [dns.egress] allowlist with [dns.bind] (connect only to what was resolved), and other
     /// destinations [dns.bind] allow entries. Each entry's comment is its evidence. Groups
@@ -170,6 +171,7 @@ pub enum Command {
     ///   palisade learn --capture monday.pcap --capture tuesday.pcap --output proposal.toml
     ///   palisade learn --capture train.pcap --never-allow never.toml --min-flows 5
     ///   palisade learn --capture train.pcap --evaluate held-out.pcap --json
+    ///   palisade learn --duration 3600 --output proposal.toml
     #[command(verbatim_doc_comment)]
     Learn(LearnArgs),
     /// Print a shell completion script.
@@ -834,6 +836,11 @@ pub struct LearnArgs {
     /// A capture (pcap or pcapng) to learn from. Repeat for several.
     #[arg(long, value_name = "FILE.pcap")]
     pub capture: Vec<PathBuf>,
+    /// Watch the running daemon for this many seconds instead: flows from its connection
+    /// tracker (the policy must track connections), names, processes and cgroups from its
+    /// DNS events ([dns.egress] log_allowed = true), answers from a packet socket (root).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
     /// Write the proposed policy here instead of stdout.
     #[arg(long, short, value_name = "POLICY.toml")]
     pub output: Option<PathBuf>,

@@ -89,8 +89,8 @@ fn replay(a: &palisade::cli::ReplayArgs) -> ExitCode {
     }
 }
 
-fn learn(a: &palisade::cli::LearnArgs) -> ExitCode {
-    match palisade::learn::command(a) {
+fn learn(a: &palisade::cli::LearnArgs, socket: &std::path::Path) -> ExitCode {
+    match palisade::learn::command(a, socket) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("palisade: {e:#}");
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Replay(args) => return replay(&args),
-        Command::Learn(args) => return learn(&args),
+        Command::Learn(args) => return learn(&args, &socket),
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -9,6 +9,7 @@
 //! programs over held-out traffic and synthetic never-seen flows.
 
 pub mod evaluate;
+pub mod live;
 pub mod observe;
 pub mod propose;
 
@@ -76,9 +77,14 @@ pub fn parse_proposal(text: &str) -> Result<Policy> {
 /// # Errors
 /// When a capture or the never-allow policy cannot be read (the error names the place),
 /// or the kernel programs cannot be loaded for `--evaluate`.
-pub fn command(a: &crate::cli::LearnArgs) -> Result<Report> {
-    if a.capture.is_empty() {
-        bail!("give at least one --capture FILE");
+pub fn command(a: &crate::cli::LearnArgs, socket: &Path) -> Result<Report> {
+    if a.capture.is_empty() && a.duration.is_none() {
+        bail!("give at least one --capture FILE, or --duration SECS to watch the daemon");
+    }
+    if !a.capture.is_empty() && a.duration.is_some() {
+        bail!(
+            "--capture and --duration do not go together: learn from captures or from the daemon"
+        );
     }
     let hosts = a
         .host
@@ -90,20 +96,37 @@ pub fn command(a: &crate::cli::LearnArgs) -> Result<Report> {
         .as_deref()
         .map(|p| load(p, "--never-allow"))
         .transpose()?;
-    let mut records = Vec::new();
-    for path in &a.capture {
-        let mut r = read_capture(path, &hosts)?;
-        records.append(&mut r);
-    }
-    let obs = observe::observe(&records);
+    let (records, obs, seen_cgroups, sources) = match a.duration {
+        Some(secs) => {
+            let l = live::collect(socket, std::time::Duration::from_secs(secs))?;
+            let source = format!(
+                "the daemon at {} ({secs} s, {} DNS events)",
+                socket.display(),
+                l.dns_events
+            );
+            (l.records, l.obs, l.cgroups, vec![source])
+        }
+        None => {
+            let mut records = Vec::new();
+            for path in &a.capture {
+                let mut r = read_capture(path, &hosts)?;
+                records.append(&mut r);
+            }
+            let obs = observe::observe(&records);
+            let sources = a.capture.iter().map(|p| p.display().to_string()).collect();
+            (records, obs, Default::default(), sources)
+        }
+    };
     let opts = propose::Options {
         min_flows: a.min_flows,
-        cgroups: if a.cgroup.is_empty() {
-            vec![DEFAULT_CGROUP.into()]
-        } else {
+        cgroups: if !a.cgroup.is_empty() {
             a.cgroup.clone()
+        } else if !seen_cgroups.is_empty() {
+            seen_cgroups.into_iter().collect()
+        } else {
+            vec![DEFAULT_CGROUP.into()]
         },
-        sources: a.capture.iter().map(|p| p.display().to_string()).collect(),
+        sources,
     };
     let proposal = propose::propose(&obs, &records, never.as_ref(), &opts);
     let policy = parse_proposal(&proposal.text)?;
