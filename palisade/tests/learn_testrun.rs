@@ -493,3 +493,22 @@ impl Drop for Cleanup {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn shell_completions_know_learn_and_its_flags() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = palisade().args(["completions", shell]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        for word in [
+            "learn",
+            "never-allow",
+            "min-flows",
+            "evaluate",
+            "synthetic",
+            "duration",
+        ] {
+            assert!(text.contains(word), "{shell} completions lack {word}");
+        }
+    }
+}

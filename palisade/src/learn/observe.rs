@@ -241,13 +241,15 @@ fn proto_ports(l: &L4<'_>) -> (u16, u16) {
 }
 
 /// Whether the packet opens its connection from its source: a TCP SYN without ACK, an ICMP
-/// echo request, or anything else that comes first. A SYN-ACK seen first means the other
-/// end opened it (the capture began mid-handshake).
+/// echo request, or anything else that comes first. A SYN-ACK or a DNS response seen first
+/// means the other end opened it (the capture began mid-exchange).
 fn opens_from_source(l: &L4<'_>) -> bool {
     match l.proto {
         6 => l.tcp_flags & 0x12 != 0x12,
         1 => l.sport != 0,
         58 => l.sport != 129,
+        // A DNS response seen first answers a query the capture missed.
+        17 => !(l.sport == DNS_PORT && l.payload.get(2).is_some_and(|f| f & 0x80 != 0)),
         _ => true,
     }
 }
@@ -351,4 +353,101 @@ pub fn names_by_addr(answers: &[Answer]) -> BTreeMap<IpAddr, BTreeSet<String>> {
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{craft::Frame, learn::evaluate::answer_message};
+
+    fn rec(frame: Vec<u8>, outgoing: bool) -> Record {
+        Record {
+            number: 0,
+            offset: 0,
+            interface: 0,
+            timestamp_ns: 0,
+            outgoing,
+            frame,
+        }
+    }
+
+    #[test]
+    fn answers_give_the_question_name_and_addresses() {
+        let m = answer_message(
+            1,
+            "WWW.Example.COM",
+            &["192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()],
+            30,
+        );
+        let (name, addrs) = dns_answer(&m).unwrap();
+        assert_eq!(name, "www.example.com");
+        let a: Vec<String> = addrs.iter().map(|(a, t)| format!("{a}/{t}")).collect();
+        assert_eq!(a, ["192.0.2.1/30", "192.0.2.2/30"]);
+        // A query is not an answer, and an answer is not a query.
+        let q = crate::craft::DnsQuery::name("www.example.com", 1).build();
+        assert_eq!(dns_answer(&q), None);
+        assert_eq!(dns_query(&q).as_deref(), Some("www.example.com"));
+        assert_eq!(dns_query(&m), None);
+    }
+
+    #[test]
+    fn malformed_answers_are_left_out() {
+        let m = answer_message(1, "a.example", &["192.0.2.1".parse().unwrap()], 30);
+        for cut in 0..m.len() {
+            // Cut anywhere: no panic; only the whole message reads fully.
+            let got = dns_answer(&m[..cut]);
+            assert!(got.is_none_or(|(_, a)| a.is_empty()) || cut == m.len());
+        }
+        // A pointer loop in the answer's owner name.
+        let mut bad = m.clone();
+        let at = bad.len() - 16;
+        bad[at] = 0xc0;
+        bad[at + 1] = u8::try_from(at).unwrap();
+        assert_eq!(dns_answer(&bad), None);
+    }
+
+    #[test]
+    fn connections_take_their_direction_from_the_opener() {
+        let r = [
+            // The host opens UDP; the reply belongs to the same connection.
+            rec(Frame::udp("10.0.0.2", "192.0.2.9", 40000, 53).build(), true),
+            rec(
+                Frame::udp("192.0.2.9", "10.0.0.2", 53, 40000).build(),
+                false,
+            ),
+            // A peer's SYN: inbound; the host's SYN-ACK joins it.
+            rec(
+                Frame::tcp("192.0.2.7", "10.0.0.2", 5555, 22, 0x02).build(),
+                false,
+            ),
+            rec(
+                Frame::tcp("10.0.0.2", "192.0.2.7", 22, 5555, 0x12).build(),
+                true,
+            ),
+            // A SYN-ACK first (capture began mid-handshake): the host had opened it.
+            rec(
+                Frame::tcp("192.0.2.8", "10.0.0.2", 443, 41000, 0x12).build(),
+                false,
+            ),
+            // Echo request from a peer.
+            rec(Frame::icmp("192.0.2.6", "10.0.0.2", 8, 0).build(), false),
+            rec(Frame::icmp("10.0.0.2", "192.0.2.6", 0, 0).build(), true),
+        ];
+        let o = observe(&r);
+        let got: Vec<(Direction, u8, u16, u16, u64)> = o
+            .connections
+            .iter()
+            .map(|c| (c.direction, c.proto, c.local_port, c.remote_port, c.packets))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Direction::Out, 17, 40000, 53, 2),
+                (Direction::In, 6, 22, 5555, 2),
+                (Direction::Out, 6, 41000, 443, 1),
+                (Direction::In, 1, 8, 8, 2),
+            ]
+        );
+        assert_eq!((o.packets, o.not_ip), (7, 0));
+    }
 }

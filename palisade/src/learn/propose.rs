@@ -277,7 +277,7 @@ pub fn propose(
     let mut resolvers: BTreeMap<IpAddr, Evidence> = BTreeMap::new();
     let mut addrs: BTreeMap<IpAddr, Evidence> = BTreeMap::new();
     let mut withheld: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut denied_names: BTreeSet<String> = BTreeSet::new();
+    let mut denied_names: BTreeMap<String, u64> = BTreeMap::new();
     for c in &obs.connections {
         if let Some(why) = never.and_then(|n| denied_flow(n, c, records)) {
             let what = match c.direction {
@@ -318,7 +318,7 @@ pub fn propose(
                     let mut any = false;
                     for n in ns {
                         if never.is_some_and(|p| denied_name(p, n)) {
-                            denied_names.insert(n.clone());
+                            *denied_names.entry(n.clone()).or_default() += 1;
                             continue;
                         }
                         any = true;
@@ -345,10 +345,10 @@ pub fn propose(
             },
         }
     }
-    for n in &denied_names {
-        withheld
+    for (n, flows) in &denied_names {
+        *withheld
             .entry((format!("name {n}"), "never-allow DNS list".into()))
-            .or_default();
+            .or_default() += flows;
     }
     // Wildcards: three or more siblings under one parent, none of them (nor anything the
     // never-allow lists name under the parent) denied.
@@ -364,7 +364,7 @@ pub fn propose(
         if kids.len() < WILDCARD_SIBLINGS {
             continue;
         }
-        let blocked = denied_names.iter().any(|d| d.ends_with(&format!(".{p}")))
+        let blocked = denied_names.keys().any(|d| d.ends_with(&format!(".{p}")))
             || never.is_some_and(|n| never_lists_below(n, p));
         if blocked {
             continue;
@@ -545,4 +545,183 @@ fn render(
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{learn::observe::observe, policy::config::parse_policy, replay::capture::Record};
+
+    fn rec(frame: Vec<u8>, outgoing: bool, t: u64) -> Record {
+        Record {
+            number: 0,
+            offset: 0,
+            interface: 0,
+            timestamp_ns: t * 1_000_000_000,
+            outgoing,
+            frame,
+        }
+    }
+
+    fn answer(name: &str, addr: &str, port: u16) -> Record {
+        let msg = crate::learn::evaluate::answer_message(7, name, &[addr.parse().unwrap()], 60);
+        rec(
+            crate::craft::Frame::udp("10.0.0.53", "10.0.0.2", 53, port)
+                .with_payload(&msg)
+                .build(),
+            false,
+            1,
+        )
+    }
+
+    fn out(addr: &str, sport: u16, dport: u16, t: u64) -> Record {
+        rec(
+            crate::craft::Frame::udp("10.0.0.2", addr, sport, dport).build(),
+            true,
+            t,
+        )
+    }
+
+    fn opts(min: u64) -> Options {
+        Options {
+            min_flows: min,
+            cgroups: vec!["/sys/fs/cgroup".into()],
+            sources: vec!["t".into()],
+        }
+    }
+
+    #[test]
+    fn utc_formats_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_764_892_800_000_000_000), "2025-12-05T00:00:00Z");
+        assert_eq!(
+            utc(951_782_400_000_000_000 + 59_000_000_000),
+            "2000-02-29T00:00:59Z"
+        );
+    }
+
+    #[test]
+    fn parents_leave_two_labels() {
+        assert_eq!(parent("a.cdn.example.net"), Some("cdn.example.net"));
+        assert_eq!(parent("a.example.net"), Some("example.net"));
+        // No wildcard directly under a top-level domain.
+        assert_eq!(parent("example.net"), None);
+        assert_eq!(parent("net"), None);
+    }
+
+    /// Connections to `n` sibling names, `flows` each; returns the allowed and held entries.
+    fn siblings(n: usize, flows: u16, min: u64) -> (Vec<String>, Vec<String>) {
+        let mut r = Vec::new();
+        for i in 0..n {
+            let addr = format!("198.51.100.{}", i + 1);
+            r.push(answer(&format!("h{i}.example.net"), &addr, 30_000));
+            for f in 0..flows {
+                r.push(out(&addr, 40_000 + f, 443, 2 + u64::from(f)));
+            }
+        }
+        let p = propose(&observe(&r), &r, None, &opts(min));
+        let names = |v: &[Entry]| {
+            v.iter()
+                .filter(|e| e.what.starts_with("name "))
+                .map(|e| e.what.clone())
+                .collect()
+        };
+        (names(&p.allowed), names(&p.held))
+    }
+
+    #[test]
+    fn a_wildcard_needs_three_siblings() {
+        assert_eq!(
+            siblings(2, 3, 3).0,
+            ["name h0.example.net", "name h1.example.net"]
+        );
+        assert_eq!(siblings(3, 3, 3).0, ["name *.example.net"]);
+        // Three siblings with one flow each: the wildcard's evidence is their sum.
+        assert_eq!(siblings(3, 1, 3).0, ["name *.example.net"]);
+        assert_eq!(siblings(3, 1, 4).1, ["name *.example.net"]);
+    }
+
+    #[test]
+    fn flows_to_answered_addresses_count_for_the_name_and_the_rest_by_address() {
+        let r = vec![
+            answer("api.example.com", "198.51.100.7", 30_000),
+            out("198.51.100.7", 40_000, 443, 2),
+            out("198.51.100.7", 40_001, 443, 3),
+            // The same connection again: one flow, two packets.
+            out("198.51.100.7", 40_001, 443, 4),
+            out("203.0.113.1", 40_002, 123, 5),
+        ];
+        let p = propose(&observe(&r), &r, None, &opts(1));
+        let got: Vec<(String, u64, u64)> = p
+            .allowed
+            .iter()
+            .map(|e| (e.what.clone(), e.evidence.flows, e.evidence.packets))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("name api.example.com".into(), 2, 3),
+                // The answer's connection, its query not captured.
+                ("resolver 10.0.0.53".into(), 1, 1),
+                ("addr 203.0.113.1".into(), 1, 1),
+            ]
+        );
+        let e = &p.allowed[0].evidence;
+        assert_eq!((e.first_ns, e.last_ns), (2_000_000_000, 4_000_000_000));
+    }
+
+    #[test]
+    fn a_never_allowed_name_blocks_the_wildcard_over_it() {
+        let mut r = Vec::new();
+        for (i, n) in ["a", "b", "c", "d"].iter().enumerate() {
+            let addr = format!("198.51.100.{}", i + 1);
+            r.push(answer(&format!("{n}.example.net"), &addr, 30_000));
+            for f in 0..3 {
+                r.push(out(&addr, 40_000 + f, 443, 2));
+            }
+        }
+        let never = parse_policy(
+            "[dns.ingress]\nmode = \"blocklist\"\nlists = [\"n\"]\n\
+             [dns.lists.n]\nnames = [\"d.example.net\"]\n",
+            "n.toml",
+            Path::new("/"),
+        )
+        .unwrap();
+        let p = propose(&observe(&r), &r, Some(&never), &opts(3));
+        let allowed: Vec<&str> = p.allowed.iter().map(|e| e.what.as_str()).collect();
+        assert_eq!(
+            allowed,
+            [
+                "name a.example.net",
+                "name b.example.net",
+                "name c.example.net"
+            ]
+        );
+        let withheld: Vec<(&str, u64)> = p
+            .withheld
+            .iter()
+            .map(|w| (w.what.as_str(), w.flows))
+            .collect();
+        assert!(
+            withheld.contains(&("name d.example.net", 3)),
+            "{withheld:?}"
+        );
+        // A never-allow entry below the parent blocks the wildcard even when unseen.
+        let never = parse_policy(
+            "[dns.ingress]\nmode = \"blocklist\"\nlists = [\"n\"]\n\
+             [dns.lists.n]\nnames = [\"*.x.example.net\"]\n",
+            "n.toml",
+            Path::new("/"),
+        )
+        .unwrap();
+        let p = propose(&observe(&r), &r, Some(&never), &opts(3));
+        assert_eq!(
+            p.allowed.len(),
+            4,
+            "four names; the resolver, one flow, is held"
+        );
+        assert!(p.allowed.iter().all(|e| !e.what.contains('*')));
+    }
 }
