@@ -407,6 +407,23 @@ fn the_evaluation_measures_what_a_too_narrow_proposal_refuses() {
     assert_eq!(ev.synthetic_flows, 0);
 }
 
+#[test]
+fn the_synthetic_share_shows_a_permissive_policy() {
+    // Everything allowed, no DNS scope, no binding: every never-seen flow gets in, and the
+    // measurement must say so.
+    let (_, obs, _) = learned();
+    let open = parse_policy(
+        "[firewall]\ndefault = \"allow\"\n",
+        "open.toml",
+        Path::new("/"),
+    )
+    .expect("policy");
+    let synth = evaluate::synthetic(&evaluate::Seen::from(&obs), 100, 11);
+    let ev = evaluate::evaluate(&open, &[], &synth, 11).expect("evaluation");
+    assert_eq!((ev.synthetic_admitted, ev.synthetic_flows), (100, 100));
+    assert_eq!(ev.synthetic_share, 100.0);
+}
+
 fn palisade() -> Command {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
 }
