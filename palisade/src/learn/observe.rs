@@ -161,6 +161,14 @@ fn read_name(msg: &[u8], mut at: usize) -> Option<(String, usize)> {
             return Some((name, resume.unwrap_or(at + 1)));
         }
         let label = msg.get(at + 1..at + 1 + usize::from(len))?;
+        // Host names only: a label with any other byte (a dot, a quote, a space) makes the
+        // name unusable in a policy, so the message is left out.
+        if !label
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        {
+            return None;
+        }
         labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
         at += 1 + usize::from(len);
     }
@@ -388,6 +396,20 @@ mod tests {
         assert_eq!(dns_answer(&q), None);
         assert_eq!(dns_query(&q).as_deref(), Some("www.example.com"));
         assert_eq!(dns_query(&m), None);
+    }
+
+    #[test]
+    fn names_that_are_not_host_names_are_left_out() {
+        for bad in [&b"a\"b"[..], b"a b", b"a.b", b"a\\b", b"a\nb"] {
+            let mut q =
+                crate::craft::DnsQuery::new(vec![bad.to_vec(), b"example".to_vec()], 1).build();
+            assert_eq!(dns_query(&q), None, "{bad:?}");
+            q[2] |= 0x80;
+            assert_eq!(dns_answer(&q), None, "{bad:?}");
+        }
+        let q =
+            crate::craft::DnsQuery::new(vec![b"_sip-1".to_vec(), b"Example".to_vec()], 1).build();
+        assert_eq!(dns_query(&q).as_deref(), Some("_sip-1.example"));
     }
 
     #[test]

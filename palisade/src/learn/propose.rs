@@ -124,7 +124,8 @@ impl Evidence {
         if self.processes.is_empty() {
             s.push_str("; process unknown");
         }
-        s
+        // A comment ends at the line's end: nothing it quotes may end it early.
+        s.replace(|c: char| c.is_control(), " ")
     }
 }
 
@@ -423,7 +424,11 @@ fn rule_text(what: &str, e: &Evidence) -> String {
     let _ = writeln!(s, "[[firewall.rule]]");
     let _ = writeln!(s, "name = \"in-{proto}-{port}\"");
     let _ = writeln!(s, "action = \"allow\"");
-    let _ = writeln!(s, "proto = \"{proto}\"");
+    if proto.parse::<u8>().is_ok() {
+        let _ = writeln!(s, "proto = {proto}");
+    } else {
+        let _ = writeln!(s, "proto = \"{proto}\"");
+    }
     match proto {
         "tcp" | "udp" => {
             let _ = writeln!(s, "dport = {port}");
@@ -438,6 +443,23 @@ fn rule_text(what: &str, e: &Evidence) -> String {
         let _ = writeln!(s, "src = [{}]", v.join(", "));
     }
     s
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn commented(text: &str) -> String {
@@ -492,7 +514,7 @@ fn render(
         let _ = writeln!(s, "\n# {}: {}", e.what, e.evidence.comment());
         s.push_str(&rule_text(&e.what, &e.evidence));
     }
-    let cgroups: Vec<String> = opts.cgroups.iter().map(|c| format!("\"{c}\"")).collect();
+    let cgroups: Vec<String> = opts.cgroups.iter().map(|c| toml_string(c)).collect();
     let _ = writeln!(
         s,
         "\n# Names the host resolved and then connected to. Only these resolve.\n\
@@ -600,6 +622,34 @@ mod tests {
             utc(951_782_400_000_000_000 + 59_000_000_000),
             "2000-02-29T00:00:59Z"
         );
+    }
+
+    #[test]
+    fn cgroup_paths_are_quoted_for_toml() {
+        assert_eq!(
+            toml_string("/sys/fs/cgroup/a\"b\\c\n"),
+            "\"/sys/fs/cgroup/a\\\"b\\\\c\\u000A\""
+        );
+        let r = vec![out("203.0.113.1", 40_000, 123, 1)];
+        let mut o = opts(1);
+        o.cgroups = vec!["/sys/fs/cgroup/we\"ird\\".into()];
+        let p = propose(&observe(&r), &r, None, &o);
+        let policy = crate::learn::parse_proposal(&p.text).expect("loads");
+        assert_eq!(
+            policy.dns.bind.unwrap().cgroups,
+            [std::path::PathBuf::from("/sys/fs/cgroup/we\"ird\\")]
+        );
+    }
+
+    #[test]
+    fn other_protocols_get_numbered_rules_that_load() {
+        let mut f = crate::craft::Frame::udp("192.0.2.9", "10.0.0.2", 1, 2).build();
+        f[14 + 9] = 47;
+        let r: Vec<Record> = (0..3).map(|t| rec(f.clone(), false, t)).collect();
+        let p = propose(&observe(&r), &r, None, &opts(1));
+        assert!(p.text.contains("proto = 47\n"), "{}", p.text);
+        let policy = crate::learn::parse_proposal(&p.text).expect("loads");
+        assert_eq!(policy.firewall.rules.len(), 1);
     }
 
     #[test]
