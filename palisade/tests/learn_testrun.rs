@@ -424,6 +424,34 @@ fn the_synthetic_share_shows_a_permissive_policy() {
     assert_eq!(ev.synthetic_share, 100.0);
 }
 
+#[test]
+fn cooked_captures_carry_the_direction_themselves() {
+    // The same training traffic as Linux cooked v2 in pcapng, with the host's packets
+    // marked as sent (packet type 4): no --host needed, and the same proposal.
+    let t = training();
+    let host: std::net::IpAddr = HOST.parse().unwrap();
+    let cooked: Vec<(Option<u32>, u64, Vec<u8>)> = t
+        .frames
+        .iter()
+        .map(|(ts, f)| {
+            let sent = observe::parse(f).is_some_and(|l| l.src == host);
+            (Some(0), *ts, write::sll2(f, if sent { 4 } else { 0 }))
+        })
+        .collect();
+    let raw = write::pcapng(&[capture::LINKTYPE_LINUX_SLL2], &cooked);
+    let recs = capture::read(&raw).expect("capture");
+    let opts = propose::Options {
+        min_flows: 3,
+        cgroups: vec![learn::DEFAULT_CGROUP.into()],
+        sources: vec!["train.pcap".into()],
+    };
+    let from_cooked = propose::propose(&observe::observe(&recs), &recs, None, &opts);
+    let plain = records(&t.pcap());
+    let from_plain = propose::propose(&observe::observe(&plain), &plain, None, &opts);
+    assert_eq!(from_cooked.text, from_plain.text);
+    assert_eq!(from_cooked.allowed.len(), 9, "{}", from_cooked.text);
+}
+
 fn palisade() -> Command {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
 }
