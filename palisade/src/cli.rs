@@ -169,6 +169,25 @@ pub enum Command {
     ///   palisade top --once --width 120 --height 40   # one frame as text, for scripts
     #[command(verbatim_doc_comment)]
     Top(TopArgs),
+    /// Propose a least-privilege policy from captured or live traffic.
+    ///
+    /// Reads the captures' connections and DNS answers (or, with --duration, watches the
+    /// running daemon: its tracked flows and DNS events) and writes a policy: inbound services
+    /// become firewall rules, connections to addresses a DNS answer gave become names in a
+    /// [dns.egress] allowlist with [dns.bind] (connect only to what was resolved), and other
+    /// destinations [dns.bind] allow entries. Each entry's comment is its evidence. Groups
+    /// seen in fewer than --min-flows connections are held for review (commented out);
+    /// what the --never-allow policy denies is withheld. With --evaluate, the proposal runs
+    /// through the kernel programs (audit mode) over held-out traffic and synthetic
+    /// never-seen flows, and the shares each admits are reported (needs root).
+    ///
+    /// Examples:
+    ///   palisade learn --capture monday.pcap --capture tuesday.pcap --output proposal.toml
+    ///   palisade learn --capture train.pcap --never-allow never.toml --min-flows 5
+    ///   palisade learn --capture train.pcap --evaluate held-out.pcap --json
+    ///   palisade learn --duration 3600 --output proposal.toml
+    #[command(verbatim_doc_comment)]
+    Learn(LearnArgs),
     /// Print a shell completion script.
     ///
     /// Examples:
@@ -840,4 +859,48 @@ pub struct TopArgs {
     /// Height of the `--once` frame.
     #[arg(long, default_value_t = 24, requires = "once")]
     pub height: u16,
+}
+
+/// `palisade learn`.
+#[derive(Debug, Clone, Args)]
+pub struct LearnArgs {
+    /// A capture (pcap or pcapng) to learn from. Repeat for several.
+    #[arg(long, value_name = "FILE.pcap")]
+    pub capture: Vec<PathBuf>,
+    /// Watch the running daemon for this many seconds instead: flows from its connection
+    /// tracker (the policy must track connections), names, processes and cgroups from its
+    /// DNS events ([dns.egress] log_allowed = true), answers from a packet socket (root).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    /// Write the proposed policy here instead of stdout.
+    #[arg(long, short, value_name = "POLICY.toml")]
+    pub output: Option<PathBuf>,
+    /// Connections a service, name or address needs to be allowed; rarer ones are held
+    /// for review.
+    #[arg(long, value_name = "N", default_value_t = crate::learn::DEFAULT_MIN_FLOWS)]
+    pub min_flows: u64,
+    /// A policy that learning cannot override: what its firewall rules, sets and DNS
+    /// blocklists deny is never proposed as allowed.
+    #[arg(long, value_name = "POLICY.toml")]
+    pub never_allow: Option<PathBuf>,
+    /// An address or CIDR block of the captured host (for Ethernet captures): packets from
+    /// it are taken as sent by the host. Repeat for several.
+    #[arg(long, value_name = "CIDR")]
+    pub host: Vec<String>,
+    /// cgroup v2 directory for [dns.egress] and [dns.bind] in the proposal (default the
+    /// cgroup v2 root). Repeat for several.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<String>,
+    /// A held-out capture to evaluate the proposal on (needs root).
+    #[arg(long, value_name = "HELD_OUT.pcap")]
+    pub evaluate: Option<PathBuf>,
+    /// Synthetic never-seen flows for --evaluate.
+    #[arg(long, value_name = "N", default_value_t = crate::learn::evaluate::DEFAULT_SYNTHETIC)]
+    pub synthetic: usize,
+    /// Seed of the synthetic flows.
+    #[arg(long, value_name = "SEED", default_value_t = crate::learn::evaluate::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Print the report as one JSON object, the proposal's text in `policy`.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -20,6 +20,7 @@ pub mod guard;
 pub mod intel;
 pub mod kernel;
 pub mod lb;
+pub mod learn;
 pub mod live;
 pub mod loader;
 pub mod maps;

@@ -89,6 +89,16 @@ fn replay(a: &palisade::cli::ReplayArgs) -> ExitCode {
     }
 }
 
+fn learn(a: &palisade::cli::LearnArgs, socket: &std::path::Path) -> ExitCode {
+    match palisade::learn::command(a, socket) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = match &cli.command {
@@ -113,6 +123,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Replay(args) => return replay(&args),
+        Command::Learn(args) => return learn(&args, &socket),
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
