@@ -136,11 +136,16 @@ impl Intel {
     #[must_use]
     pub fn sizes(&self) -> load::Sizes {
         if self.feeds.is_empty() {
-            load::Sizes { ips: 1, cidrs: 1 }
+            load::Sizes {
+                ips: 1,
+                cidrs: 1,
+                feeds: false,
+            }
         } else {
             load::Sizes {
                 ips: self.max_ips.max(1),
                 cidrs: self.max_cidrs.max(1),
+                feeds: true,
             }
         }
     }
