@@ -246,7 +246,7 @@ fn peak_rss() -> u64 {
 fn memlock(bench: &Bench, name: &str) -> Result<u64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let data: &MapData = match map(&bench.ebpf, name)? {
-        Map::BloomFilter(m) | Map::HashMap(m) | Map::LpmTrie(m) => m,
+        Map::Array(m) | Map::HashMap(m) | Map::LpmTrie(m) => m,
         _ => bail!("{name}: not an indicator map"),
     };
     let fd = data.fd().as_fd().as_raw_fd();
