@@ -561,7 +561,7 @@ fn domains_of_drop_feeds_join_the_dns_block_lists() {
         egress: false,
     };
     let mut rt = palisade::intel::runtime::Runtime::new(SIZES);
-    let out = rt.refresh(&mut b.ebpf, &intel, false);
+    let out = rt.refresh(&mut b.ebpf, &intel);
     assert!(out.domains_changed, "{:?}", out.notes);
     b.install(&rt.with_domains(&policy)).expect("install");
     let dns = |name: &str| {
@@ -585,14 +585,14 @@ fn domains_of_drop_feeds_join_the_dns_block_lists() {
     // The address of the same feed is matched in the kernel.
     assert_eq!(b.run(&udp_from("192.0.2.40")).unwrap(), XDP_DROP);
     // A refresh that removes the domain changes the lists; the same feeds do not.
-    assert!(!rt.refresh(&mut b.ebpf, &intel, false).domains_changed);
+    assert!(!rt.refresh(&mut b.ebpf, &intel).domains_changed);
     std::fs::write(dir.join("drop.txt"), "192.0.2.40\n").unwrap();
-    assert!(rt.refresh(&mut b.ebpf, &intel, false).domains_changed);
+    assert!(rt.refresh(&mut b.ebpf, &intel).domains_changed);
     b.install(&rt.with_domains(&policy)).expect("install");
     assert_eq!(b.run(&dns("evil.example")).unwrap(), XDP_PASS);
     // A feed whose file is gone keeps its last good version.
     std::fs::remove_file(dir.join("drop.txt")).unwrap();
-    let out = rt.refresh(&mut b.ebpf, &intel, false);
+    let out = rt.refresh(&mut b.ebpf, &intel);
     assert!(
         out.notes
             .iter()

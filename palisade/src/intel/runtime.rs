@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use aya::Ebpf;
 
-use super::{Action, Feeds, Intel, load};
+use super::{Action, Feed, Feeds, Fetched, Intel, fetch_feed, load};
 use crate::policy::model::{DnsMode, NameEntry, NameList, NameMatch, Policy};
 
 /// What the daemon keeps between refreshes.
@@ -26,6 +26,8 @@ pub struct Runtime {
     /// The domains of the feeds as last compiled, to tell whether the DNS policy must be
     /// installed again.
     domains: Vec<(String, Vec<String>)>,
+    /// The read of the due feeds running on the feed worker thread.
+    pending: Option<std::thread::JoinHandle<Vec<(String, Fetched)>>>,
 }
 
 /// What a refresh changed.
@@ -48,34 +50,87 @@ impl Runtime {
             refused: 0,
             last_error: None,
             domains: Vec::new(),
+            pending: None,
         }
     }
 
-    /// Reads every feed of `intel` (or only those due, with `due_only`), and swaps the
-    /// result in. A feed that cannot be read keeps its last good version; a set that does
-    /// not fit the maps is refused and the live one stays.
-    pub fn refresh(&mut self, ebpf: &mut Ebpf, intel: &Intel, due_only: bool) -> Outcome {
-        let now = Instant::now();
-        self.due.resize(intel.feeds.len(), now);
+    /// The daemon loop's tick. When the worker thread has finished reading the due feeds,
+    /// takes what it read and swaps the new generation in; while it reads, nothing; else
+    /// starts a read of the feeds that are due on a worker thread. The loop never waits for
+    /// a feed server: fetching and parsing run on the worker.
+    pub fn tick(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Outcome {
         let mut out = Outcome::default();
-        let mut any = !due_only;
-        for (i, feed) in intel.feeds.iter().enumerate() {
-            if due_only && self.due[i] > now {
-                continue;
+        if let Some(h) = self.pending.take() {
+            if !h.is_finished() {
+                self.pending = Some(h);
+                return out;
             }
-            self.due[i] = now + feed.refresh;
-            if due_only {
+            let fetched = h.join().unwrap_or_else(|_| {
                 out.notes
-                    .extend(self.feeds.refresh(intel, Some(feed.name.as_str())));
-                any = true;
+                    .push("intel: the feed worker failed; the live indicators stay".to_string());
+                Vec::new()
+            });
+            if fetched.is_empty() {
+                return out;
             }
-        }
-        if !due_only {
-            out.notes.extend(self.feeds.refresh(intel, None));
-        }
-        if !any {
+            out.notes.extend(self.feeds.apply(intel, fetched));
+            self.swap_into(ebpf, intel, &mut out);
             return out;
         }
+        let now = Instant::now();
+        self.due.resize(intel.feeds.len(), now);
+        let mut due: Vec<Feed> = Vec::new();
+        for (i, feed) in intel.feeds.iter().enumerate() {
+            if self.due[i] <= now {
+                self.due[i] = now + feed.refresh;
+                due.push(feed.clone());
+            }
+        }
+        if due.is_empty() {
+            return out;
+        }
+        let read = move || -> Vec<(String, Fetched)> {
+            due.iter()
+                .map(|f| (f.name.clone(), fetch_feed(f)))
+                .collect()
+        };
+        match std::thread::Builder::new()
+            .name("palisade-feeds".to_string())
+            .spawn(read)
+        {
+            Ok(h) => self.pending = Some(h),
+            Err(e) => out.notes.push(format!(
+                "intel: the feed worker could not start ({e}); the feeds are read at the next tick"
+            )),
+        }
+        out
+    }
+
+    /// Waits for a read in progress on the worker and drops it (the caller reads every feed
+    /// again).
+    fn settle(&mut self) {
+        if let Some(h) = self.pending.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Reads every feed of `intel` now, on the calling thread (at start, before the programs
+    /// attach, and on a reload), and swaps the result in. A feed that cannot be read keeps
+    /// its last good version; a set that does not fit the maps is refused and the live one
+    /// stays.
+    pub fn refresh(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Outcome {
+        self.settle();
+        let now = Instant::now();
+        self.due = intel.feeds.iter().map(|f| now + f.refresh).collect();
+        let mut out = Outcome {
+            notes: self.feeds.refresh(intel, None),
+            ..Outcome::default()
+        };
+        self.swap_into(ebpf, intel, &mut out);
+        out
+    }
+
+    fn swap_into(&mut self, ebpf: &mut Ebpf, intel: &Intel, out: &mut Outcome) {
         match self.swap(ebpf, intel) {
             Ok(c) => {
                 out.notes.push(format!(
@@ -97,7 +152,6 @@ impl Runtime {
                 out.notes.push(msg);
             }
         }
-        out
     }
 
     fn swap(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Result<load::Compiled> {
