@@ -26,8 +26,18 @@ pub struct Runtime {
     /// The domains of the feeds as last compiled, to tell whether the DNS policy must be
     /// installed again.
     domains: Vec<(String, Vec<String>)>,
-    /// The read of the due feeds running on the feed worker thread.
-    pending: Option<std::thread::JoinHandle<Vec<(String, Fetched)>>>,
+    /// The read of the due feeds running on the feed worker thread (which holds
+    /// [`Runtime::feeds`] meanwhile).
+    pending: Option<std::thread::JoinHandle<Read>>,
+}
+
+/// What the feed worker hands back: the feeds with the due ones read again, its notes, and
+/// the merged indicators checked against the capacities.
+#[derive(Debug)]
+struct Read {
+    feeds: Feeds,
+    notes: Vec<String>,
+    compiled: Result<load::Compiled>,
 }
 
 /// What a refresh changed.
@@ -54,10 +64,10 @@ impl Runtime {
         }
     }
 
-    /// The daemon loop's tick. When the worker thread has finished reading the due feeds,
-    /// takes what it read and swaps the new generation in; while it reads, nothing; else
-    /// starts a read of the feeds that are due on a worker thread. The loop never waits for
-    /// a feed server: fetching and parsing run on the worker.
+    /// The daemon loop's tick. When the worker thread has finished reading the due feeds
+    /// (and merging them), writes the idle generation and flips it live; while it reads,
+    /// nothing; else starts a read of the feeds that are due on a worker thread. The loop
+    /// never waits for a feed server: fetching, parsing and merging run on the worker.
     pub fn tick(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Outcome {
         let mut out = Outcome::default();
         if let Some(h) = self.pending.take() {
@@ -65,16 +75,20 @@ impl Runtime {
                 self.pending = Some(h);
                 return out;
             }
-            let fetched = h.join().unwrap_or_else(|_| {
-                out.notes
-                    .push("intel: the feed worker failed; the live indicators stay".to_string());
-                Vec::new()
-            });
-            if fetched.is_empty() {
-                return out;
+            match h.join() {
+                Ok(r) => {
+                    self.feeds = r.feeds;
+                    out.notes.extend(r.notes);
+                    self.finish(ebpf, intel, r.compiled, &mut out);
+                }
+                Err(_) => {
+                    // The worker held the feeds: read every one again at the next tick.
+                    self.due.clear();
+                    out.notes.push(
+                        "intel: the feed worker failed; the live indicators stay".to_string(),
+                    );
+                }
             }
-            out.notes.extend(self.feeds.apply(intel, fetched));
-            self.swap_into(ebpf, intel, &mut out);
             return out;
         }
         let now = Instant::now();
@@ -89,19 +103,32 @@ impl Runtime {
         if due.is_empty() {
             return out;
         }
-        let read = move || -> Vec<(String, Fetched)> {
-            due.iter()
+        let mut feeds = std::mem::take(&mut self.feeds);
+        let intel = intel.clone();
+        let sizes = self.sizes;
+        let read = move || -> Read {
+            let fetched: Vec<(String, Fetched)> = due
+                .iter()
                 .map(|f| (f.name.clone(), fetch_feed(f)))
-                .collect()
+                .collect();
+            let notes = feeds.apply(&intel, fetched);
+            let compiled = load::compile(&intel, &feeds, sizes);
+            Read {
+                feeds,
+                notes,
+                compiled,
+            }
         };
-        match std::thread::Builder::new()
+        if let Err(e) = std::thread::Builder::new()
             .name("palisade-feeds".to_string())
             .spawn(read)
+            .map(|h| self.pending = Some(h))
         {
-            Ok(h) => self.pending = Some(h),
-            Err(e) => out.notes.push(format!(
-                "intel: the feed worker could not start ({e}); the feeds are read at the next tick"
-            )),
+            // The closure, and the feeds with it, is gone: read every one again next tick.
+            self.due.clear();
+            out.notes.push(format!(
+                "intel: the feed worker could not start ({e}); the feeds are read again at the next tick"
+            ));
         }
         out
     }
@@ -109,8 +136,10 @@ impl Runtime {
     /// Waits for a read in progress on the worker and drops it (the caller reads every feed
     /// again).
     fn settle(&mut self) {
-        if let Some(h) = self.pending.take() {
-            let _ = h.join();
+        if let Some(h) = self.pending.take()
+            && let Ok(r) = h.join()
+        {
+            self.feeds = r.feeds;
         }
     }
 
@@ -126,12 +155,20 @@ impl Runtime {
             notes: self.feeds.refresh(intel, None),
             ..Outcome::default()
         };
-        self.swap_into(ebpf, intel, &mut out);
+        let compiled = load::compile(intel, &self.feeds, self.sizes);
+        self.finish(ebpf, intel, compiled, &mut out);
         out
     }
 
-    fn swap_into(&mut self, ebpf: &mut Ebpf, intel: &Intel, out: &mut Outcome) {
-        match self.swap(ebpf, intel) {
+    /// Writes `compiled` into the idle generation and flips it live, or reports why not.
+    fn finish(
+        &mut self,
+        ebpf: &mut Ebpf,
+        intel: &Intel,
+        compiled: Result<load::Compiled>,
+        out: &mut Outcome,
+    ) {
+        match compiled.and_then(|c| self.swap(ebpf, c)) {
             Ok(c) => {
                 out.notes.push(format!(
                     "intel: {} addresses, {} CIDRs, {} domains live from {} feeds (generation {})",
@@ -154,8 +191,7 @@ impl Runtime {
         }
     }
 
-    fn swap(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Result<load::Compiled> {
-        let c = load::compile(intel, &self.feeds, self.sizes)?;
+    fn swap(&mut self, ebpf: &mut Ebpf, c: load::Compiled) -> Result<load::Compiled> {
         load::write(ebpf, &c)?;
         self.swaps += 1;
         self.live = (c.ips.len(), c.cidrs.len(), c.domains.len());
