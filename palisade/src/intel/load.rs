@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, MapData,
+        Array, HashMap, Map, MapData,
         lpm_trie::{Key, LpmTrie},
     },
 };
@@ -268,33 +268,125 @@ pub struct Timing {
     pub trie: std::time::Duration,
 }
 
+/// The idle generation's maps, opened anew (their descriptors duplicated), so that a thread
+/// other than the daemon's loop can write them; the programs read only the live generation.
+pub struct Idle {
+    pub generation: u32,
+    maps: Vec<(&'static str, Map)>,
+}
+
+impl Idle {
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.maps
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m)
+            .ok_or_else(|| anyhow!("no map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.maps
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m)
+            .ok_or_else(|| anyhow!("no map {name}"))
+    }
+
+    fn fd(&self, name: &str) -> Result<i32> {
+        use std::os::fd::AsFd as _;
+        match self.map(name)? {
+            Map::HashMap(m) | Map::Array(m) | Map::LpmTrie(m) => Ok(m.fd().as_fd().as_raw_fd()),
+            _ => bail!("{name} is not an indicator map"),
+        }
+    }
+}
+
+/// Opens the idle generation's maps for [`fill`] and marks that generation empty in
+/// `INTEL_CONTROL` (it is not live; a flip that never comes leaves it marked empty).
+///
+/// # Errors
+/// When a map cannot be read or opened.
+pub fn idle(ebpf: &mut Ebpf) -> Result<Idle> {
+    use std::os::fd::AsFd as _;
+    let mut ctl = control(ebpf)?;
+    let generation = (ctl.active & 1) ^ 1;
+    ctl.enabled[generation as usize] = 0;
+    set_control(ebpf, ctl)?;
+    let mut maps = Vec::new();
+    for name in MAPS[generation as usize] {
+        let owned = match map(ebpf, name)? {
+            Map::HashMap(m) | Map::Array(m) | Map::LpmTrie(m) => {
+                m.fd().as_fd().try_clone_to_owned()?
+            }
+            _ => bail!("{name} is not an indicator map"),
+        };
+        maps.push((name, Map::from_map_data(MapData::from_fd(owned)?)?));
+    }
+    Ok(Idle { generation, maps })
+}
+
+/// A filled generation, ready to be made live by [`flip`].
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub generation: u32,
+    /// Its `INTEL_CONTROL.enabled` bits.
+    pub bits: u32,
+    /// Its bloom filter's block mask.
+    pub bloom_mask: u32,
+    pub timing: Timing,
+}
+
+/// Makes the generation `w` filled live: its bits, then the flip of `INTEL_CONTROL.active`
+/// (one word, read once per packet).
+///
+/// # Errors
+/// When the control word cannot be written, or the generation is live already.
+pub fn flip(ebpf: &mut Ebpf, w: &Written) -> Result<()> {
+    let mut ctl = control(ebpf)?;
+    if ctl.active & 1 == w.generation {
+        bail!("generation {} is live already", w.generation);
+    }
+    ctl.enabled[w.generation as usize] = w.bits;
+    ctl.bloom_mask = w.bloom_mask;
+    set_control(ebpf, ctl)?;
+    ctl.active = w.generation;
+    set_control(ebpf, ctl)?;
+    Ok(())
+}
+
 /// Writes `c` into the idle generation and makes it live; returns the generation.
 ///
 /// # Errors
 /// When a map refuses a write; the live generation is unchanged then.
 pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
-    let mut ctl = control(ebpf)?;
-    let idle = (ctl.active & 1) ^ 1;
-    let [bloom, table, trie, s16, s24] = MAPS[idle as usize];
+    let mut i = idle(ebpf)?;
+    let w = fill(&mut i, c)?;
+    flip(ebpf, &w)?;
+    Ok((w.generation, w.timing))
+}
+
+/// Empties the idle generation's maps and writes `c` into them (not live yet: [`flip`]).
+///
+/// # Errors
+/// When a map refuses a write.
+pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
+    let [bloom, table, trie, s16, s24] = MAPS[idle.generation as usize];
     let mut t = Timing::default();
-    // Nothing may look at the idle generation while it is rewritten; it is not live, but
-    // its bits are cleared first so a flip that never comes leaves it marked empty.
-    ctl.enabled[idle as usize] = 0;
-    set_control(ebpf, ctl)?;
+    let bloom_mask;
     let start = std::time::Instant::now();
     {
-        let h: HashMap<&MapData, [u8; 16], IntelHit> = HashMap::try_from(map(ebpf, table)?)?;
+        let h: HashMap<&MapData, [u8; 16], IntelHit> = HashMap::try_from(idle.map(table)?)?;
         let old: Vec<[u8; 16]> = h.keys().filter_map(Result::ok).collect();
-        batch_delete(raw_fd(ebpf, table)?, &old).with_context(|| format!("emptying {table}"))?;
+        batch_delete(idle.fd(table)?, &old).with_context(|| format!("emptying {table}"))?;
     }
     {
-        let h: HashMap<&MapData, u32, CidrBlock> = HashMap::try_from(map(ebpf, s24)?)?;
+        let h: HashMap<&MapData, u32, CidrBlock> = HashMap::try_from(idle.map(s24)?)?;
         let old: Vec<u32> = h.keys().filter_map(Result::ok).collect();
-        batch_delete(raw_fd(ebpf, s24)?, &old).with_context(|| format!("emptying {s24}"))?;
+        batch_delete(idle.fd(s24)?, &old).with_context(|| format!("emptying {s24}"))?;
     }
     {
         let mut tr: LpmTrie<&mut MapData, CidrData, IntelHit> =
-            LpmTrie::try_from(map_mut(ebpf, trie)?)?;
+            LpmTrie::try_from(idle.map_mut(trie)?)?;
         let old: Vec<Key<CidrData>> = tr.keys().filter_map(Result::ok).collect();
         for k in &old {
             tr.remove(k).with_context(|| format!("emptying {trie}"))?;
@@ -304,12 +396,12 @@ pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
     let start = std::time::Instant::now();
     {
         // The filter is built whole here and written over the array: fresh at every refresh.
-        let fd = raw_fd(ebpf, bloom)?;
+        let fd = idle.fd(bloom)?;
         let blocks = crate::pin::map_info(borrowed(fd))?.4;
         if !blocks.is_power_of_two() {
             bail!("{bloom} holds {blocks} blocks, not a power of two");
         }
-        ctl.bloom_mask = blocks - 1;
+        bloom_mask = blocks - 1;
         let filter = build_bloom(c.ips.keys(), blocks);
         let keys: Vec<u32> = (0..blocks).collect();
         batch_update(fd, &keys, &filter).with_context(|| format!("filling {bloom}"))?;
@@ -319,14 +411,14 @@ pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
     {
         let keys: Vec<[u8; 16]> = c.ips.keys().copied().collect();
         let values: Vec<IntelHit> = c.ips.values().copied().collect();
-        batch_update(raw_fd(ebpf, table)?, &keys, &values)
+        batch_update(idle.fd(table)?, &keys, &values)
             .with_context(|| format!("filling {table}"))?;
     }
     t.table = start.elapsed();
     let start = std::time::Instant::now();
     {
         let mut tr: LpmTrie<&mut MapData, CidrData, IntelHit> =
-            LpmTrie::try_from(map_mut(ebpf, trie)?)?;
+            LpmTrie::try_from(idle.map_mut(trie)?)?;
         for &((addr, bits), hit) in &c.trie {
             tr.insert(&Key::new(bits, CidrData { addr }), hit, 0)
                 .with_context(|| format!("filling {trie}"))?;
@@ -339,7 +431,7 @@ pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
         } else {
             c.v4_16.clone()
         };
-        let fd = raw_fd(ebpf, s16)?;
+        let fd = idle.fd(s16)?;
         let max = crate::pin::map_info(borrowed(fd))?.4 as usize;
         if !c.v4_16.is_empty() && max < c.v4_16.len() {
             bail!(
@@ -352,8 +444,7 @@ pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
             .with_context(|| format!("filling {s16}"))?;
         let keys: Vec<u32> = c.v4_24.keys().copied().collect();
         let values: Vec<CidrBlock> = c.v4_24.values().copied().collect();
-        batch_update(raw_fd(ebpf, s24)?, &keys, &values)
-            .with_context(|| format!("filling {s24}"))?;
+        batch_update(idle.fd(s24)?, &keys, &values).with_context(|| format!("filling {s24}"))?;
     }
     t.trie = start.elapsed();
     let mut bits = 0;
@@ -369,12 +460,12 @@ pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
     if c.egress {
         bits |= CHECK_EGRESS;
     }
-    ctl.enabled[idle as usize] = bits;
-    set_control(ebpf, ctl)?;
-    // The flip: one word, read once per packet.
-    ctl.active = idle;
-    set_control(ebpf, ctl)?;
-    Ok((idle, t))
+    Ok(Written {
+        generation: idle.generation,
+        bits,
+        bloom_mask,
+        timing: t,
+    })
 }
 
 /// A bloom filter of `blocks` blocks (a power of two) over `addrs`, as the kernel reads it
@@ -456,16 +547,6 @@ fn batch_delete<K>(fd: i32, keys: &[K]) -> Result<()> {
         batch_call(BPF_MAP_DELETE_BATCH, &mut attr)?;
     }
     Ok(())
-}
-
-/// The raw descriptor of a hash map or an array, for the batch calls aya does not wrap
-/// (valid while `ebpf` lives).
-fn raw_fd(ebpf: &Ebpf, name: &str) -> Result<i32> {
-    use std::os::fd::AsFd as _;
-    match map(ebpf, name)? {
-        aya::maps::Map::HashMap(m) | aya::maps::Map::Array(m) => Ok(m.fd().as_fd().as_raw_fd()),
-        _ => bail!("{name} is neither a hash map nor an array"),
-    }
 }
 
 fn borrowed<'a>(fd: i32) -> std::os::fd::BorrowedFd<'a> {

@@ -32,12 +32,11 @@ pub struct Runtime {
 }
 
 /// What the feed worker hands back: the feeds with the due ones read again, its notes, and
-/// the merged indicators checked against the capacities.
-#[derive(Debug)]
+/// the merged indicators with the idle generation they were written into (not live yet).
 struct Read {
     feeds: Feeds,
     notes: Vec<String>,
-    compiled: Result<load::Compiled>,
+    written: Result<(load::Compiled, load::Written)>,
 }
 
 /// What a refresh changed.
@@ -64,10 +63,10 @@ impl Runtime {
         }
     }
 
-    /// The daemon loop's tick. When the worker thread has finished reading the due feeds
-    /// (and merging them), writes the idle generation and flips it live; while it reads,
-    /// nothing; else starts a read of the feeds that are due on a worker thread. The loop
-    /// never waits for a feed server: fetching, parsing and merging run on the worker.
+    /// The daemon loop's tick. When the worker thread has finished reading the due feeds,
+    /// merging them and writing the idle generation, flips that generation live; while it
+    /// works, nothing; else starts it on the feeds that are due. The loop never waits for a
+    /// feed server nor for the maps' writes: it only flips the control word.
     pub fn tick(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Outcome {
         let mut out = Outcome::default();
         if let Some(h) = self.pending.take() {
@@ -79,7 +78,7 @@ impl Runtime {
                 Ok(r) => {
                     self.feeds = r.feeds;
                     out.notes.extend(r.notes);
-                    self.finish(ebpf, intel, r.compiled, &mut out);
+                    self.finish(ebpf, intel, r.written, &mut out);
                 }
                 Err(_) => {
                     // The worker held the feeds: read every one again at the next tick.
@@ -103,6 +102,15 @@ impl Runtime {
         if due.is_empty() {
             return out;
         }
+        let mut idle = match load::idle(ebpf) {
+            Ok(i) => i,
+            Err(e) => {
+                out.notes.push(format!(
+                    "intel: the idle generation cannot be opened ({e:#}); the live indicators stay"
+                ));
+                return out;
+            }
+        };
         let mut feeds = std::mem::take(&mut self.feeds);
         let intel = intel.clone();
         let sizes = self.sizes;
@@ -112,11 +120,14 @@ impl Runtime {
                 .map(|f| (f.name.clone(), fetch_feed(f)))
                 .collect();
             let notes = feeds.apply(&intel, fetched);
-            let compiled = load::compile(&intel, &feeds, sizes);
+            let written = load::compile(&intel, &feeds, sizes).and_then(|c| {
+                let w = load::fill(&mut idle, &c)?;
+                Ok((c, w))
+            });
             Read {
                 feeds,
                 notes,
-                compiled,
+                written,
             }
         };
         if let Err(e) = std::thread::Builder::new()
@@ -155,20 +166,24 @@ impl Runtime {
             notes: self.feeds.refresh(intel, None),
             ..Outcome::default()
         };
-        let compiled = load::compile(intel, &self.feeds, self.sizes);
-        self.finish(ebpf, intel, compiled, &mut out);
+        let written = load::compile(intel, &self.feeds, self.sizes).and_then(|c| {
+            let mut idle = load::idle(ebpf)?;
+            let w = load::fill(&mut idle, &c)?;
+            Ok((c, w))
+        });
+        self.finish(ebpf, intel, written, &mut out);
         out
     }
 
-    /// Writes `compiled` into the idle generation and flips it live, or reports why not.
+    /// Flips the generation `written` filled live, or reports why not.
     fn finish(
         &mut self,
         ebpf: &mut Ebpf,
         intel: &Intel,
-        compiled: Result<load::Compiled>,
+        written: Result<(load::Compiled, load::Written)>,
         out: &mut Outcome,
     ) {
-        match compiled.and_then(|c| self.swap(ebpf, c)) {
+        match written.and_then(|(c, w)| self.swap(ebpf, c, &w)) {
             Ok(c) => {
                 out.notes.push(format!(
                     "intel: {} addresses, {} CIDRs, {} domains live from {} feeds (generation {})",
@@ -191,8 +206,13 @@ impl Runtime {
         }
     }
 
-    fn swap(&mut self, ebpf: &mut Ebpf, c: load::Compiled) -> Result<load::Compiled> {
-        load::write(ebpf, &c)?;
+    fn swap(
+        &mut self,
+        ebpf: &mut Ebpf,
+        c: load::Compiled,
+        w: &load::Written,
+    ) -> Result<load::Compiled> {
+        load::flip(ebpf, w)?;
         self.swaps += 1;
         self.live = (c.ips.len(), c.cidrs.len(), c.domains.len());
         Ok(c)
