@@ -3,13 +3,13 @@
 //!
 //! Addresses are keyed as [`crate::packet::Packet`] holds them: 16 bytes, IPv4 mapped into
 //! IPv6 (`::ffff:a.b.c.d`). An IPv4 CIDR `a.b.c.d/n` is the trie prefix `96 + n` of the
-//! mapped address, so one trie and one hash table serve both families.
+//! mapped address, so one set of maps serves both families; IPv4 CIDRs are expanded into
+//! tables at the /16 and /24 strides ([`stride_match`]).
 //!
 //! Every indicator map exists twice, one per generation ([`GENERATIONS`]); the daemon fills
-//! the idle one and flips [`IntelControl::active`], so a refresh is atomic and an indicator
-//! removed from a feed stops matching at the flip (a bloom filter cannot delete: the idle
-//! generation's filter keeps the bits of what it held, which only raises its false
-//! positives, [`IS_BLOOM_FALSE`]).
+//! the idle one (its bloom filter built anew, [`bloom_hash`]) and flips
+//! [`IntelControl::active`], so a refresh is atomic and an indicator removed from a feed stops
+//! matching at the flip.
 
 use crate::map_type;
 
