@@ -3,13 +3,13 @@
 //!
 //! Addresses are keyed as [`crate::packet::Packet`] holds them: 16 bytes, IPv4 mapped into
 //! IPv6 (`::ffff:a.b.c.d`). An IPv4 CIDR `a.b.c.d/n` is the trie prefix `96 + n` of the
-//! mapped address, so one trie and one hash table serve both families.
+//! mapped address, so one set of maps serves both families; IPv4 CIDRs are expanded into
+//! tables at the /16 and /24 strides ([`stride_match`]).
 //!
 //! Every indicator map exists twice, one per generation ([`GENERATIONS`]); the daemon fills
-//! the idle one and flips [`IntelControl::active`], so a refresh is atomic and an indicator
-//! removed from a feed stops matching at the flip (a bloom filter cannot delete: the idle
-//! generation's filter keeps the bits of what it held, which only raises its false
-//! positives, [`IS_BLOOM_FALSE`]).
+//! the idle one (its bloom filter built anew, [`bloom_hash`]) and flips
+//! [`IntelControl::active`], so a refresh is atomic and an indicator removed from a feed stops
+//! matching at the flip.
 
 use crate::map_type;
 
@@ -33,6 +33,8 @@ pub const HAS_IPS: u32 = 1;
 pub const HAS_CIDRS: u32 = 2;
 /// Check the destination of what leaves (TC egress) as well as the source of what arrives.
 pub const CHECK_EGRESS: u32 = 4;
+/// The generation's CIDRs cover IPv4 addresses: the stride tables hold them.
+pub const HAS_CIDRS_V4: u32 = 8;
 
 /// Which generation is live and what each holds (one entry).
 #[repr(C)]
@@ -43,7 +45,9 @@ pub struct IntelControl {
     /// Per generation, [`HAS_IPS`] | [`HAS_CIDRS`] | [`CHECK_EGRESS`]: a generation without
     /// CIDRs never walks the trie, one without addresses never probes the filter.
     pub enabled: [u32; GENERATIONS as usize],
-    pub _pad: u32,
+    /// Blocks of each generation's bloom filter, less one (a power of two less one; both
+    /// generations have the same size): the mask [`bloom_hash`] takes.
+    pub bloom_mask: u32,
 }
 map_type!(IntelControl, 16);
 
@@ -53,7 +57,8 @@ map_type!(IntelControl, 16);
 pub struct IntelHit {
     /// [`ACTION_DROP`], [`ACTION_ALERT`] or [`ACTION_TAG`].
     pub action: u8,
-    pub _pad: u8,
+    /// [`HIT_V4_LONG`] on a trie entry that is an IPv4 prefix longer than /24; 0 elsewhere.
+    pub flags: u8,
     /// The feed's id (its index in the policy), for counters and events.
     pub feed: u16,
 }
@@ -92,6 +97,284 @@ pub fn network(mut addr: [u8; 16], bits: u32) -> [u8; 16] {
         i += 1;
     }
     addr
+}
+
+// ---- The bloom filter in front of the exact table ----
+//
+// A blocked bloom filter in a plain array map (`INTEL_BLOOM_g`): each address sets and tests
+// [`BLOOM_HASHES`] bits of one 512-bit block (a cache line), chosen by [`bloom_hash`]. The
+// daemon builds a generation's filter whole in memory from that generation's addresses and
+// writes it over the array, so every refresh starts from a fresh filter (the kernel's
+// `BPF_MAP_TYPE_BLOOM_FILTER` cannot be cleared). One map read per lookup.
+
+/// 64-bit words of one filter block.
+pub const BLOOM_BLOCK_WORDS: usize = 8;
+/// One filter block: 512 bits.
+pub type BloomBlock = [u64; BLOOM_BLOCK_WORDS];
+/// Bits each address sets.
+pub const BLOOM_HASHES: u32 = 6;
+/// Filter bits per address, at least (the block count is rounded up to a power of two).
+pub const BLOOM_BITS_PER_ENTRY: u64 = 12;
+
+/// Blocks of a filter for `entries` addresses: a power of two, at least one.
+#[must_use]
+pub fn bloom_blocks(entries: u32) -> u32 {
+    let bits = u64::from(entries.max(1)) * BLOOM_BITS_PER_ENTRY;
+    let blocks = bits.div_ceil(BLOOM_BLOCK_WORDS as u64 * 64);
+    let mut n = 1u64;
+    while n < blocks && n < 1 << 31 {
+        n <<= 1;
+    }
+    n as u32
+}
+
+#[inline(always)]
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
+
+/// The block (`mask`: blocks less one) and the bit positions (9 bits each, [`BLOOM_HASHES`]
+/// of them) of `addr`.
+#[inline(always)]
+#[must_use]
+pub fn bloom_hash(addr: &[u8; 16], mask: u32) -> (u32, u64) {
+    let mut lo = 0u64;
+    let mut hi = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        lo |= u64::from(addr[i]) << (8 * i);
+        hi |= u64::from(addr[8 + i]) << (8 * i);
+        i += 1;
+    }
+    let h1 = fmix64(lo ^ fmix64(hi ^ 0x9e37_79b9_7f4a_7c15));
+    let h2 = fmix64(h1 ^ 0x2545_f491_4f6c_dd1d);
+    ((h1 >> 32) as u32 & mask, h2)
+}
+
+/// Whether every bit of `positions` is set in `block`.
+#[inline(always)]
+#[must_use]
+pub fn bloom_test(block: &BloomBlock, positions: u64) -> bool {
+    let mut i = 0;
+    while i < BLOOM_HASHES {
+        let p = (positions >> (9 * i)) & 511;
+        if block[(p >> 6) as usize & (BLOOM_BLOCK_WORDS - 1)] & (1u64 << (p & 63)) == 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Sets the bits of `positions` in `block`.
+pub fn bloom_set(block: &mut BloomBlock, positions: u64) {
+    let mut i = 0;
+    while i < BLOOM_HASHES {
+        let p = (positions >> (9 * i)) & 511;
+        block[(p >> 6) as usize & (BLOOM_BLOCK_WORDS - 1)] |= 1u64 << (p & 63);
+        i += 1;
+    }
+}
+
+// ---- IPv4 CIDRs at fixed strides ----
+//
+// IPv4 CIDRs are not walked in the trie bit by bit: they are expanded, when a generation is
+// written, into two hash-indexed strides, and a lookup is at most two table reads:
+//
+// - `INTEL_V4_16_g`: an array of [`V4_SLASH16_ENTRIES`] [`CidrBlock`]s, one per /16. Its hit
+//   is the longest CIDR of length <= 16 covering the /16 (a /8 writes 256 entries); its
+//   [`BLOCK_LONGER`] bit says that longer CIDRs lie inside.
+// - `INTEL_V4_24_g`: a hash table keyed by the /24 (`a.b.c` as a `u32`), holding an entry for
+//   every /24 that a CIDR longer than /16 touches. Its hit is the longest CIDR of length <= 24
+//   covering the /24 (inherited from the /16 when no /17 to /24 does; a /20 writes 16
+//   entries); [`BLOCK_LONGER`] says that CIDRs longer than /24 lie inside.
+// - CIDRs longer than /24 stay in the trie, flagged [`HIT_V4_LONG`], and are walked only for
+//   an address whose /24 entry has [`BLOCK_LONGER`].
+//
+// IPv6 CIDRs stay in the trie. An IPv6 CIDR shorter than /96 that covers the mapped range
+// `::ffff:0:0/96` (`::/0`, `::/8`, ...) covers every IPv4 address: it is also expanded as an
+// IPv4 `/0`, ranked by its own length. Expansion goes from the shortest CIDR to the longest,
+// so a longer CIDR overrides a shorter one: the result is the longest-prefix match
+// ([`stride_match`] against a trie of the same CIDRs, tested in both the userspace reference
+// and the kernel).
+
+/// Entries of each generation's /16 array: one per IPv4 /16.
+pub const V4_SLASH16_ENTRIES: u32 = 65_536;
+
+/// [`CidrBlock::flags`]: CIDRs longer than this stride's lie inside the block.
+pub const BLOCK_LONGER: u32 = 1;
+
+/// [`IntelHit::flags`] of a trie entry that is an IPv4 CIDR longer than /24: the only trie
+/// matches an IPv4 address takes (a shorter covering IPv6 CIDR is already in its /24 entry).
+pub const HIT_V4_LONG: u8 = 1;
+
+/// One /16 or /24 of IPv4 space: the longest CIDR up to the stride covering it (`hit.action`
+/// 0: none) and [`BLOCK_LONGER`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CidrBlock {
+    pub hit: IntelHit,
+    pub flags: u32,
+}
+map_type!(CidrBlock, 8);
+
+/// Whether `addr` is an IPv4 address as the maps key it (`::ffff:a.b.c.d`).
+#[inline(always)]
+#[must_use]
+pub fn is_mapped_v4(addr: &[u8; 16]) -> bool {
+    addr[0]
+        | addr[1]
+        | addr[2]
+        | addr[3]
+        | addr[4]
+        | addr[5]
+        | addr[6]
+        | addr[7]
+        | addr[8]
+        | addr[9]
+        == 0
+        && addr[10] == 0xff
+        && addr[11] == 0xff
+}
+
+/// The /16 of a mapped IPv4 address: its index in the /16 array.
+#[inline(always)]
+#[must_use]
+pub fn slash16(addr: &[u8; 16]) -> u32 {
+    (u32::from(addr[12]) << 8) | u32::from(addr[13])
+}
+
+/// The /24 of a mapped IPv4 address: its key in the /24 table.
+#[inline(always)]
+#[must_use]
+pub fn slash24(addr: &[u8; 16]) -> u32 {
+    (u32::from(addr[12]) << 16) | (u32::from(addr[13]) << 8) | u32::from(addr[14])
+}
+
+/// Where a CIDR of a generation goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CidrPlace {
+    /// The IPv4 CIDR `(network, length)` the stride tables expand, when it covers IPv4.
+    pub v4: Option<(u32, u32)>,
+    /// Whether the trie holds it (IPv6 CIDRs, IPv4 ones longer than /24).
+    pub trie: bool,
+    /// [`IntelHit::flags`] of its trie entry.
+    pub trie_flags: u8,
+}
+
+/// Where the CIDR `net/bits` (16 bytes, IPv4 mapped, host bits clear) goes.
+#[must_use]
+pub fn place(net: &[u8; 16], bits: u32) -> CidrPlace {
+    let zero = mapped_v4([0; 4]);
+    if bits >= V4_MAPPED_BITS && is_mapped_v4(net) {
+        let len = bits - V4_MAPPED_BITS;
+        let v4 = u32::from_be_bytes([net[12], net[13], net[14], net[15]]);
+        let long = len > 24;
+        CidrPlace {
+            v4: Some((v4, len)),
+            trie: long,
+            trie_flags: if long { HIT_V4_LONG } else { 0 },
+        }
+    } else if bits < V4_MAPPED_BITS && network(zero, bits) == *net {
+        CidrPlace {
+            v4: Some((0, 0)),
+            trie: true,
+            trie_flags: 0,
+        }
+    } else {
+        CidrPlace {
+            v4: None,
+            trie: true,
+            trie_flags: 0,
+        }
+    }
+}
+
+/// The stride tables being built ([`expand_v4`]).
+pub trait StrideTables {
+    /// The /16 entry `index` (every one exists).
+    fn block16(&mut self, index: u32) -> &mut CidrBlock;
+    /// The /24 entry `key`, created as `fresh` when absent; `None` when it is absent and the
+    /// table is full.
+    fn block24(&mut self, key: u32, fresh: CidrBlock) -> Option<&mut CidrBlock>;
+}
+
+/// Writes the IPv4 CIDR `net/len` (host bits clear) with `hit` into `t`. Calls must come in
+/// order of the CIDRs' own lengths (an IPv6 CIDR covering IPv4 ranks by its IPv6 length),
+/// shortest first. `false` when the /24 table is full (the set does not fit).
+pub fn expand_v4<T: StrideTables>(t: &mut T, net: u32, len: u32, hit: IntelHit) -> bool {
+    if len <= 16 {
+        let first = (net >> 16) & !(u32::MAX >> len >> 16);
+        let count = 1u32 << (16 - len);
+        let mut i = 0;
+        while i < count {
+            t.block16(first + i).hit = hit;
+            i += 1;
+        }
+        return true;
+    }
+    let (first, count) = if len <= 24 {
+        ((net >> 8) & !(u32::MAX >> len >> 8), 1u32 << (24 - len))
+    } else {
+        (net >> 8, 1)
+    };
+    let mut i = 0;
+    while i < count {
+        let key = first + i;
+        let b16 = t.block16(key >> 8);
+        b16.flags |= BLOCK_LONGER;
+        let fresh = CidrBlock {
+            hit: b16.hit,
+            flags: 0,
+        };
+        let Some(b24) = t.block24(key, fresh) else {
+            return false;
+        };
+        if len <= 24 {
+            b24.hit = hit;
+        } else {
+            b24.flags |= BLOCK_LONGER;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The longest IPv4 CIDR covering the mapped address `addr`, from the stride tables (`action`
+/// 0: none): `get16` reads the /16 array, `get24` the /24 table, `trie` walks the trie (called
+/// only when the /24 has longer CIDRs inside); each returns a zeroed value when it finds
+/// nothing (plain values, not `Option`s: the verifier refuses the undefined payload of a
+/// `None` that the compiler may copy). The kernel and the userspace reference both use it.
+#[inline(always)]
+pub fn stride_match(
+    addr: &[u8; 16],
+    get16: impl FnOnce(u32) -> CidrBlock,
+    get24: impl FnOnce(u32) -> CidrBlock,
+    trie: impl FnOnce() -> IntelHit,
+) -> IntelHit {
+    let b16 = get16(slash16(addr));
+    let mut best = b16.hit;
+    if b16.flags & BLOCK_LONGER != 0 {
+        let b24 = get24(slash24(addr));
+        if b24.hit.action != 0 || b24.flags != 0 {
+            best = b24.hit;
+        }
+        if b24.flags & BLOCK_LONGER != 0 {
+            let h = trie();
+            if h.action != 0 && h.flags & HIT_V4_LONG != 0 {
+                best = IntelHit {
+                    action: h.action,
+                    flags: 0,
+                    feed: h.feed,
+                };
+            }
+        }
+    }
+    best
 }
 
 // ---- Counters (`INTEL_STATS`, per CPU; ingress then egress) ----
@@ -160,5 +443,52 @@ mod tests {
         assert_eq!(v6[7], 0xff);
         assert_eq!(v6[8], 0x80);
         assert_eq!(v6[9], 0);
+    }
+
+    #[test]
+    fn the_bloom_filter_holds_what_was_set_and_sizes_in_powers_of_two() {
+        assert_eq!(bloom_blocks(0), 1);
+        assert_eq!(bloom_blocks(42), 1);
+        assert_eq!(bloom_blocks(43), 2);
+        assert_eq!(bloom_blocks(10_000_000), 1 << 18);
+        let mask = bloom_blocks(1000) - 1;
+        let mut blocks = [[0u64; BLOOM_BLOCK_WORDS]; 32];
+        for i in 0..1000u32 {
+            let a = mapped_v4(i.to_be_bytes());
+            let (b, pos) = bloom_hash(&a, mask);
+            bloom_set(&mut blocks[b as usize], pos);
+        }
+        let mut false_positives = 0;
+        for i in 0..1000u32 {
+            let (b, pos) = bloom_hash(&mapped_v4(i.to_be_bytes()), mask);
+            assert!(bloom_test(&blocks[b as usize], pos));
+            let (b, pos) = bloom_hash(&mapped_v4((i + 1_000_000).to_be_bytes()), mask);
+            false_positives += u32::from(bloom_test(&blocks[b as usize], pos));
+        }
+        // 16 bits an address here (1000 in 32 blocks): well under 2 %.
+        assert!(false_positives < 20, "{false_positives}");
+    }
+
+    #[test]
+    fn cidrs_are_placed_by_family_and_length() {
+        let v4 = |o, bits: u32| place(&network(mapped_v4(o), 96 + bits), 96 + bits);
+        let p = v4([10, 1, 2, 0], 24);
+        assert_eq!((p.v4, p.trie), (Some((0x0a01_0200, 24)), false));
+        let p = v4([10, 1, 2, 128], 25);
+        assert_eq!(
+            (p.v4, p.trie, p.trie_flags),
+            (Some((0x0a01_0280, 25)), true, HIT_V4_LONG)
+        );
+        // ::/0 and ::/8 cover the mapped range; 2001:db8::/32 does not.
+        assert_eq!(place(&[0; 16], 0).v4, Some((0, 0)));
+        assert_eq!(place(&[0; 16], 8).v4, Some((0, 0)));
+        let mut v6 = [0u8; 16];
+        v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        let p = place(&v6, 32);
+        assert_eq!((p.v4, p.trie, p.trie_flags), (None, true, 0));
+        let a = mapped_v4([1, 2, 3, 4]);
+        assert!(is_mapped_v4(&a));
+        assert!(!is_mapped_v4(&v6));
+        assert_eq!((slash16(&a), slash24(&a)), (0x0102, 0x01_0203));
     }
 }

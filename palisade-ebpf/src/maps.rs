@@ -514,20 +514,20 @@ pub static DHCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DS_COUNT
 
 // ---- Threat intelligence ----
 
-use aya_ebpf::maps::BloomFilter;
-use palisade_common::intel::{CidrData, IS_COUNT, IntelControl, IntelHit};
+use palisade_common::intel::{BloomBlock, CidrBlock, CidrData, IS_COUNT, IntelControl, IntelHit};
 
 /// Which indicator generation is live and what each holds (`[intel]`).
 #[map]
 pub static INTEL_CONTROL: Array<IntelControl> = Array::with_max_entries(1, 0);
 
-/// Bloom filters over the exact indicator addresses, one per generation. Declared with one
-/// entry: the daemon creates them with `[intel] max_ips` (`intel::load::sizes`), so no
-/// memory goes to indicators a policy does not have.
+/// Bloom filters over the exact indicator addresses, one per generation: arrays of 512-bit
+/// blocks (`palisade_common::intel::bloom_hash`) the daemon rewrites whole at each refresh.
+/// Declared with one block: the daemon creates them with `bloom_blocks([intel] max_ips)`
+/// (`intel::load::Sizes`), so no memory goes to indicators a policy does not have.
 #[map]
-pub static INTEL_BLOOM_0: BloomFilter<[u8; 16]> = BloomFilter::with_max_entries(1, 0);
+pub static INTEL_BLOOM_0: Array<BloomBlock> = Array::with_max_entries(1, 0);
 #[map]
-pub static INTEL_BLOOM_1: BloomFilter<[u8; 16]> = BloomFilter::with_max_entries(1, 0);
+pub static INTEL_BLOOM_1: Array<BloomBlock> = Array::with_max_entries(1, 0);
 
 /// Exact indicator addresses (IPv4 mapped) -> action and feed, one per generation; not an
 /// LRU, allocated as entries arrive, capacity `[intel] max_ips`.
@@ -546,6 +546,22 @@ pub static INTEL_CIDRS_0: LpmTrie<CidrData, IntelHit> =
 #[map]
 pub static INTEL_CIDRS_1: LpmTrie<CidrData, IntelHit> =
     LpmTrie::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// IPv4 CIDRs per /16 (`palisade_common::intel::stride_match`), one per generation: 65,536
+/// entries with `[intel]` feeds, 1 without (sized by the daemon).
+#[map]
+pub static INTEL_V4_16_0: Array<CidrBlock> = Array::with_max_entries(1, 0);
+#[map]
+pub static INTEL_V4_16_1: Array<CidrBlock> = Array::with_max_entries(1, 0);
+
+/// IPv4 CIDRs per /24 (the /24s that CIDRs longer than /16 touch), one per generation;
+/// capacity `[intel] max_cidrs`.
+#[map]
+pub static INTEL_V4_24_0: HashMap<u32, CidrBlock> =
+    HashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+#[map]
+pub static INTEL_V4_24_1: HashMap<u32, CidrBlock> =
+    HashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Addresses that matched a feed with `action = "tag"`, with the feed and when last seen,
 /// for the other engines and the daemon. An LRU of tags, not of indicators: a tag pushed

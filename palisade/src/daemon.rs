@@ -153,7 +153,7 @@ impl Daemon {
             return;
         }
         let intel = self.policy.intel.clone();
-        let out = self.intel.refresh(&mut self.dp.ebpf, &intel, true);
+        let out = self.intel.tick(&mut self.dp.ebpf, &intel);
         for n in &out.notes {
             info!("{n}");
             eprintln!("palisade: {n}");
@@ -292,7 +292,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     if !policy.intel.feeds.is_empty() {
         // Before the policy, whose DNS lists take the feeds' domains, and before the
         // programs attach, so they start with the indicators in place.
-        let out = d.intel.refresh(&mut d.dp.ebpf, &policy.intel, false);
+        let out = d.intel.refresh(&mut d.dp.ebpf, &policy.intel);
         for n in out.notes {
             eprintln!("palisade: {n}");
         }
@@ -597,7 +597,7 @@ impl Daemon {
                 // The policy's backend lists become the base again.
                 self.lb_live.after_reload(&p.lb);
                 if p.intel != self.policy.intel {
-                    let out = self.intel.refresh(&mut self.dp.ebpf, &p.intel, false);
+                    let out = self.intel.refresh(&mut self.dp.ebpf, &p.intel);
                     for n in out.notes {
                         eprintln!("palisade: {n}");
                     }

@@ -201,3 +201,96 @@ fn a_feed_over_http_drops_listed_peers_until_a_refresh_removes_them() {
         .and_then(|n| n["value"].as_u64());
     assert!(dropped.is_some_and(|n| n >= 3), "{stats}");
 }
+
+/// A feed server that answers its first request at once and every later one after
+/// `delay_s` seconds, touching `slow_marker` when a slow answer begins; it serves
+/// `dir/feed.txt` as it is when the answer is sent.
+const SLOW_SERVER: &str = r#"
+import http.server, os, sys, time
+port, root, marker, delay = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+seen = [0]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        seen[0] += 1
+        if seen[0] > 1:
+            open(marker, "a").close()
+            time.sleep(delay)
+        body = open(os.path.join(root, "feed.txt"), "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+#[test]
+fn a_slow_feed_server_does_not_hold_up_the_control_socket() {
+    let pair = NetnsPair::new();
+    let port = 19_000 + (std::process::id() % 1000) as u16;
+    let policy = format!(
+        "[firewall]\ndefault = \"allow\"\n\n[intel]\nmax_ips = 1024\nmax_cidrs = 64\n\n\
+         [[intel.feed]]\nname = \"slow\"\nsource = \"http://127.0.0.1:{port}/feed.txt\"\n\
+         action = \"drop\"\nrefresh = 1\n"
+    );
+    let mut host = GuardedHost::new("intel-slow", &policy, &pair.ns_a, &pair.if_a);
+    let dir = host.scratch.file("slow-feed");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("feed.txt"), "192.0.2.1\n").unwrap();
+    let marker = host.scratch.file("slow-began");
+    let _server = FeedServer(
+        command_in(&pair.ns_a, "python3")
+            .args(["-c", SLOW_SERVER, &port.to_string()])
+            .arg(&dir)
+            .arg(&marker)
+            .arg("8")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the slow feed server"),
+    );
+    let probe =
+        format!("import socket\nsocket.create_connection(('127.0.0.1',{port}),timeout=1)\n");
+    assert!(
+        wait_for(Duration::from_secs(20), || exec_in(
+            &pair.ns_a,
+            "python3",
+            &["-c", &probe]
+        )
+        .status
+        .success())
+        .is_some(),
+        "the feed server never listened"
+    );
+
+    // The first read (at start) is answered at once; the peer is not listed yet.
+    host.start();
+    assert!(ping(&pair.ns_b, &pair.v4_a), "not listed yet");
+    // The next version lists the peer; the server holds every later answer for 8 s.
+    std::fs::write(dir.join("feed.txt"), format!("{}\n", pair.v4_b)).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || marker.exists()).is_some(),
+        "the daemon asked for the feed again"
+    );
+    // While the feed is being read, the control socket answers at once.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..8 {
+        let start = Instant::now();
+        let out = cli(&host.socket(), &["status"]);
+        assert!(out.ok, "{out:?}");
+        slowest = slowest.max(start.elapsed());
+        thread::sleep(Duration::from_millis(400));
+    }
+    eprintln!("slowest `palisade status` during the 8 s read: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(3),
+        "status waited for the feed server ({slowest:?})"
+    );
+    // When the answer comes, the loop swaps it in: the peer is dropped.
+    assert!(
+        wait_for(Duration::from_secs(20), || !ping(&pair.ns_b, &pair.v4_a)).is_some(),
+        "the slow answer was applied: {:?}",
+        host.daemon().stderr_now()
+    );
+}

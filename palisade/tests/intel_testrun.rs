@@ -7,6 +7,8 @@
 
 use std::{path::Path, time::Duration};
 
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
 use aya::maps::{HashMap, MapData};
 use palisade::{
     craft::{Frame, ip},
@@ -24,14 +26,19 @@ use palisade_common::{
     event::{FLAG_INTEL_TAGGED, FirewallEvent, KIND_FIREWALL},
     intel::{
         ACTION_ALERT, ACTION_DROP, ACTION_TAG, DIR_EGRESS, DIR_INGRESS, IS_ALERTED, IS_BLOOM_MAYBE,
-        IS_CHECKED, IS_DROPPED, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, KIND_INTEL,
+        IS_CHECKED, IS_DROPPED, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, IntelHit,
+        KIND_INTEL,
     },
     reason, stats,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const SIZES: Sizes = Sizes { ips: 64, cidrs: 16 };
+const SIZES: Sizes = Sizes {
+    ips: 64,
+    cidrs: 16,
+    feeds: true,
+};
 
 /// The loaded programs with an empty (allow-all) policy and indicator maps of [`SIZES`].
 fn bench() -> Bench {
@@ -401,6 +408,21 @@ fn a_feed_set_that_does_not_fit_is_refused_before_anything_changes() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("max_cidrs"), "{err}");
+    // Few CIDRs, but more /24 blocks than the table holds: a /20 is 16 of them.
+    let (intel, loaded) = feeds(&[(
+        "f",
+        Action::Drop,
+        "10.16.0.0/20
+10.99.1.0/24
+",
+    )]);
+    let err = load::compile(&intel, &loaded, SIZES)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/24 blocks") && err.contains("max_cidrs"),
+        "{err}"
+    );
     assert_eq!(load::control(&b.ebpf).unwrap().active, live);
     assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_DROP);
     // Exactly the capacity fits.
@@ -539,7 +561,7 @@ fn domains_of_drop_feeds_join_the_dns_block_lists() {
         egress: false,
     };
     let mut rt = palisade::intel::runtime::Runtime::new(SIZES);
-    let out = rt.refresh(&mut b.ebpf, &intel, false);
+    let out = rt.refresh(&mut b.ebpf, &intel);
     assert!(out.domains_changed, "{:?}", out.notes);
     b.install(&rt.with_domains(&policy)).expect("install");
     let dns = |name: &str| {
@@ -563,14 +585,14 @@ fn domains_of_drop_feeds_join_the_dns_block_lists() {
     // The address of the same feed is matched in the kernel.
     assert_eq!(b.run(&udp_from("192.0.2.40")).unwrap(), XDP_DROP);
     // A refresh that removes the domain changes the lists; the same feeds do not.
-    assert!(!rt.refresh(&mut b.ebpf, &intel, false).domains_changed);
+    assert!(!rt.refresh(&mut b.ebpf, &intel).domains_changed);
     std::fs::write(dir.join("drop.txt"), "192.0.2.40\n").unwrap();
-    assert!(rt.refresh(&mut b.ebpf, &intel, false).domains_changed);
+    assert!(rt.refresh(&mut b.ebpf, &intel).domains_changed);
     b.install(&rt.with_domains(&policy)).expect("install");
     assert_eq!(b.run(&dns("evil.example")).unwrap(), XDP_PASS);
     // A feed whose file is gone keeps its last good version.
     std::fs::remove_file(dir.join("drop.txt")).unwrap();
-    let out = rt.refresh(&mut b.ebpf, &intel, false);
+    let out = rt.refresh(&mut b.ebpf, &intel);
     assert!(
         out.notes
             .iter()
@@ -596,4 +618,252 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The longest CIDR of `c` covering `addr`, by brute force: the reference the stride tables
+/// and the kernel are held to.
+fn reference(
+    c: &load::Compiled,
+    addr: &[u8; 16],
+) -> Option<(u32, palisade_common::intel::IntelHit)> {
+    c.cidrs
+        .iter()
+        .filter(|((net, bits), _)| palisade_common::intel::network(*addr, *bits) == *net)
+        .max_by_key(|((_, bits), _)| *bits)
+        .map(|((_, bits), h)| (*bits, *h))
+}
+
+/// A random CIDR set with much overlap: IPv4 prefixes of every length inside 10.0.0.0/8 (and
+/// a few shorter ones over it), IPv6 ones in 2001:db8::/32, sometimes `::/0` or `::/8` (which
+/// cover every IPv4 address), spread over three feeds.
+fn random_cidrs(rng: &mut StdRng) -> [String; 3] {
+    let mut out: [String; 3] = Default::default();
+    let n = rng.gen_range(1..60);
+    for _ in 0..n {
+        let line = match rng.gen_range(0..10) {
+            0 => {
+                let bits = rng.gen_range(0..=8);
+                format!("{}.0.0.0/{bits}", rng.gen_range(0..=12u8))
+            }
+            1 => {
+                let bits = [0, 8, 16, 33, 48][rng.gen_range(0..5)];
+                if bits == 0 {
+                    "::/0".to_string()
+                } else if bits == 8 {
+                    "::/8".to_string()
+                } else {
+                    format!("2001:db8:{:x}::/{bits}", rng.gen_range(0..4u16))
+                }
+            }
+            _ => {
+                let bits = rng.gen_range(9..=31u32);
+                let a =
+                    0x0a00_0000u32 | (rng.gen_range(0..4u32) << 16) | rng.gen_range(0..0x1_0000u32);
+                let net = a & !(u32::MAX >> bits);
+                format!("{}/{bits}", std::net::Ipv4Addr::from(net))
+            }
+        };
+        let feed = &mut out[rng.gen_range(0..3)];
+        feed.push_str(&line);
+        feed.push('\n');
+    }
+    out
+}
+
+fn addr_of(probe: &str) -> [u8; 16] {
+    key_of(probe.parse().expect("an address"))
+}
+
+fn random_probe(rng: &mut StdRng, c: &load::Compiled) -> String {
+    let cidrs: Vec<_> = c.cidrs.keys().collect();
+    match rng.gen_range(0..4) {
+        0 | 1 if !cidrs.is_empty() => {
+            // Inside a listed CIDR, host bits random.
+            let (net, bits) = cidrs[rng.gen_range(0..cidrs.len())];
+            let mut a = *net;
+            for (i, byte) in a.iter_mut().enumerate() {
+                let start = i as u32 * 8;
+                let keep = bits.saturating_sub(start).min(8);
+                let mask = if keep == 8 { 0xff } else { !(0xffu8 >> keep) };
+                *byte = (*byte & mask) | (rng.r#gen::<u8>() & !mask);
+            }
+            let ip = std::net::Ipv6Addr::from(a);
+            ip.to_ipv4_mapped()
+                .map_or_else(|| ip.to_string(), |v4| v4.to_string())
+        }
+        2 => std::net::Ipv4Addr::from(
+            0x0a00_0000u32 | (rng.gen_range(0..4u32) << 16) | rng.gen_range(0..0x1_0000u32),
+        )
+        .to_string(),
+        _ => format!(
+            "2001:db8:{:x}::{:x}",
+            rng.gen_range(0..4u16),
+            rng.r#gen::<u16>()
+        ),
+    }
+}
+
+const WIDE: Sizes = Sizes {
+    ips: 64,
+    cidrs: 1 << 16,
+    feeds: true,
+};
+
+fn compile_wide(list: &[(&str, Action, &str)]) -> (load::Compiled, Intel, Feeds) {
+    let (mut intel, loaded) = feeds(list);
+    intel.max_cidrs = WIDE.cidrs;
+    let c = load::compile(&intel, &loaded, WIDE).expect("fits");
+    (c, intel, loaded)
+}
+
+#[test]
+fn the_stride_tables_give_the_longest_prefix_match_of_a_reference() {
+    let mut rng = StdRng::seed_from_u64(14);
+    for _ in 0..300 {
+        let set = random_cidrs(&mut rng);
+        let (c, _, _) = compile_wide(&[
+            ("a", Action::Drop, &set[0]),
+            ("b", Action::Alert, &set[1]),
+            ("c", Action::Tag, &set[2]),
+        ]);
+        for _ in 0..200 {
+            let probe = random_probe(&mut rng, &c);
+            let addr = addr_of(&probe);
+            let want = reference(&c, &addr).map(|(_, h)| (h.action, h.feed));
+            let trie = || {
+                c.trie
+                    .iter()
+                    .filter(|((n, b), _)| palisade_common::intel::network(addr, *b) == *n)
+                    .max_by_key(|((_, b), _)| *b)
+                    .map(|(_, h)| *h)
+                    .unwrap_or_default()
+            };
+            let got = if palisade_common::intel::is_mapped_v4(&addr) {
+                if c.v4_16.is_empty() {
+                    IntelHit::default()
+                } else {
+                    palisade_common::intel::stride_match(
+                        &addr,
+                        |i| c.v4_16[i as usize],
+                        |k| c.v4_24.get(&k).copied().unwrap_or_default(),
+                        trie,
+                    )
+                }
+            } else {
+                trie()
+            };
+            let got = Some(got)
+                .filter(|h| h.action != 0)
+                .map(|h| (h.action, h.feed));
+            assert_eq!(got, want, "{probe} in {set:?}");
+        }
+    }
+}
+
+#[test]
+fn the_kernel_matches_random_cidr_sets_as_the_reference_does() {
+    let mut b = Bench::sized(&WIDE.for_loader()).expect("load and verify the kernel programs");
+    let p = config::parse_policy("", "p.toml", Path::new("/")).expect("valid policy");
+    b.install(&p).expect("install");
+    let mut rng = StdRng::seed_from_u64(1414);
+    let (mut hits, mut misses) = (0, 0);
+    for _ in 0..40 {
+        let set = random_cidrs(&mut rng);
+        let list = [
+            ("a", Action::Drop, set[0].as_str()),
+            ("b", Action::Alert, set[1].as_str()),
+            ("c", Action::Tag, set[2].as_str()),
+        ];
+        let (c, _, _) = compile_wide(&list);
+        load::write(&mut b.ebpf, &c).expect("write");
+        b.drain_events();
+        for _ in 0..60 {
+            let probe = random_probe(&mut rng, &c);
+            let want = reference(&c, &addr_of(&probe)).map(|(_, h)| (h.action, h.feed));
+            let verdict = b.run(&udp_from(&probe)).unwrap();
+            let got: Vec<_> = intel_events(&mut b)
+                .iter()
+                .map(|e| (e.action, e.rule as u16))
+                .collect();
+            assert_eq!(
+                got,
+                want.into_iter().collect::<Vec<_>>(),
+                "{probe} in {set:?}"
+            );
+            let dropped = want.is_some_and(|(a, _)| a == ACTION_DROP);
+            assert_eq!(
+                verdict,
+                if dropped { XDP_DROP } else { XDP_PASS },
+                "{probe}"
+            );
+            if want.is_some() {
+                hits += 1;
+            } else {
+                misses += 1;
+            }
+        }
+    }
+    assert!(hits > 500 && misses > 100, "{hits} hits, {misses} misses");
+}
+
+#[test]
+fn every_refresh_starts_from_a_fresh_bloom_filter() {
+    use palisade_common::intel::{IS_BLOOM_FALSE, bloom_blocks, bloom_hash, bloom_test};
+    const SIZED: Sizes = Sizes {
+        ips: 4096,
+        cidrs: 16,
+        feeds: true,
+    };
+    let mut b = Bench::sized(&SIZED.for_loader()).expect("load and verify the kernel programs");
+    let p = config::parse_policy("", "p.toml", Path::new("/")).expect("valid policy");
+    b.install(&p).expect("install");
+    let blocks = bloom_blocks(SIZED.ips);
+    let probes: Vec<String> = (0..2000u32)
+        .map(|i| format!("172.16.{}.{}", i / 250, i % 250))
+        .collect();
+    let mut maybes = Vec::new();
+    for round in 0..6u32 {
+        // Each refresh replaces the whole set by a disjoint one that fills the table.
+        let set: String = (0..SIZED.ips)
+            .map(|i| format!("11.{round}.{}.{}\n", i / 256, i % 256))
+            .collect();
+        let (mut intel, loaded) = feeds(&[("f", Action::Drop, &set)]);
+        intel.max_ips = SIZED.ips;
+        let c = load::compile(&intel, &loaded, SIZED).expect("fits");
+        load::write(&mut b.ebpf, &c).expect("write");
+        assert_eq!(load::control(&b.ebpf).unwrap().bloom_mask, blocks - 1);
+        // What a filter built from this set alone answers.
+        let fresh = load::build_bloom(c.ips.keys(), blocks);
+        let want = probes
+            .iter()
+            .filter(|p| {
+                let (blk, pos) = bloom_hash(&addr_of(p), blocks - 1);
+                bloom_test(&fresh[blk as usize], pos)
+            })
+            .count() as u64;
+        let (maybe0, false0) = (
+            intel_counter(&b, DIR_INGRESS + IS_BLOOM_MAYBE),
+            intel_counter(&b, DIR_INGRESS + IS_BLOOM_FALSE),
+        );
+        for p in &probes {
+            assert_eq!(b.run(&udp_from(p)).unwrap(), XDP_PASS, "{p}");
+        }
+        let maybe = intel_counter(&b, DIR_INGRESS + IS_BLOOM_MAYBE) - maybe0;
+        let false_positives = intel_counter(&b, DIR_INGRESS + IS_BLOOM_FALSE) - false0;
+        assert_eq!((maybe, false_positives), (want, want), "round {round}");
+        // Every listed address is a "maybe" confirmed by the table.
+        assert_eq!(
+            b.run(&udp_from(&format!("11.{round}.3.7"))).unwrap(),
+            XDP_DROP
+        );
+        maybes.push(maybe);
+    }
+    // A fresh filter at every refresh: the rate does not climb with the refreshes (a filter
+    // keeping old bits would answer "maybe" for far more after 6 disjoint sets).
+    let first = maybes[0];
+    assert!(
+        maybes.iter().all(|&m| m <= first * 2 + 20),
+        "maybes per round: {maybes:?}"
+    );
+    assert!(maybes.iter().all(|&m| m < 100), "{maybes:?} of 2000");
 }

@@ -22,10 +22,10 @@ pub fn run(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn decide(ctx: &TcContext) -> u32 {
     // Without indicators, or without `egress`, one array read and nothing else.
-    let Some((generation, enabled)) = super::live() else {
+    let Some(live) = super::live() else {
         return 0;
     };
-    if enabled & CHECK_EGRESS == 0 {
+    if live.1 & CHECK_EGRESS == 0 {
         return 0;
     }
     let p = match packet::parse(&TcBytes::of(ctx)) {
@@ -33,7 +33,7 @@ fn decide(ctx: &TcContext) -> u32 {
         // Not IP, or not parsable: the stack sends what it built.
         Ok(Frame::NotIp) | Err(_) => return 0,
     };
-    let Some(hit) = super::lookup(&p.dst, DIR_EGRESS, generation, enabled, 1) else {
+    let Some(hit) = super::lookup(&p.dst, DIR_EGRESS, live, 1) else {
         return 0;
     };
     // SAFETY: the context's skb pointer is valid for the program's run.

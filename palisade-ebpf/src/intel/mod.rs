@@ -1,6 +1,7 @@
 //! Threat-intelligence indicators (`[intel]`): the source address of what arrives is looked
 //! up in the live generation's indicator maps, a bloom filter in front of an exact table,
-//! then a trie of CIDRs.
+//! then, for IPv4, the CIDR tables at the /16 and /24 strides (a trie only past /24), for
+//! IPv6 a trie of CIDRs.
 //!
 //! The filter answers "surely not" for almost every clean address without touching the
 //! table's buckets; "maybe" is confirmed in the exact table (never an LRU: an indicator is
@@ -16,9 +17,10 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use palisade_common::{
     event::{FLAG_INTEL_TAGGED, FirewallEvent},
     intel::{
-        ACTION_ALERT, ACTION_DROP, ACTION_TAG, CidrData, HAS_CIDRS, HAS_IPS, IS_ALERTED,
-        IS_BLOOM_FALSE, IS_BLOOM_MAYBE, IS_CHECKED, IS_DROPPED, IS_EVENTS_LOST, IS_FEED_HITS,
-        IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, IntelHit, KIND_INTEL, MAX_FEEDS,
+        ACTION_ALERT, ACTION_DROP, ACTION_TAG, CidrData, HAS_CIDRS, HAS_CIDRS_V4, HAS_IPS,
+        IS_ALERTED, IS_BLOOM_FALSE, IS_BLOOM_MAYBE, IS_CHECKED, IS_DROPPED, IS_EVENTS_LOST,
+        IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, IntelHit, KIND_INTEL, MAX_FEEDS,
+        bloom_hash, bloom_test, is_mapped_v4, stride_match,
     },
     packet::Packet,
     reason,
@@ -26,7 +28,8 @@ use palisade_common::{
 
 use crate::maps::{
     EVENTS, INTEL_BLOOM_0, INTEL_BLOOM_1, INTEL_CIDRS_0, INTEL_CIDRS_1, INTEL_CONTROL, INTEL_IPS_0,
-    INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, bump, event_flags,
+    INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, INTEL_V4_16_0, INTEL_V4_16_1,
+    INTEL_V4_24_0, INTEL_V4_24_1, bump, event_flags,
 };
 
 /// The value of a tagged address in `INTEL_TAGGED`: the feed and when it was last seen.
@@ -50,9 +53,10 @@ pub fn tag_flag(addr: &[u8; 16]) -> u8 {
     }
 }
 
-/// The live generation and what it holds, when it holds indicators.
+/// The live generation, what it holds and its bloom filter's block mask, when it holds
+/// indicators.
 #[inline(always)]
-pub fn live() -> Option<(u32, u32)> {
+pub fn live() -> Option<(u32, u32, u32)> {
     let control = INTEL_CONTROL.get(0)?;
     let generation = control.active & 1;
     let enabled = if generation == 0 {
@@ -63,20 +67,27 @@ pub fn live() -> Option<(u32, u32)> {
     if enabled & (HAS_IPS | HAS_CIDRS) == 0 {
         return None;
     }
-    Some((generation, enabled))
+    Some((generation, enabled, control.bloom_mask))
 }
 
 /// Looks `addr` (a map value or the stack) up in generation `generation`, whose contents
 /// `enabled` describes; `slot` is the hook's trie-key slot in `INTEL_SCRATCH`.
 #[inline(always)]
-fn lookup(addr: &[u8; 16], dir: u32, generation: u32, enabled: u32, slot: u32) -> Option<IntelHit> {
+fn lookup(
+    addr: &[u8; 16],
+    dir: u32,
+    (generation, enabled, mask): (u32, u32, u32),
+    slot: u32,
+) -> Option<IntelHit> {
     bump(&INTEL_STATS, dir + IS_CHECKED);
     if enabled & HAS_IPS != 0 {
-        let maybe = if generation == 0 {
-            INTEL_BLOOM_0.contains(addr).is_ok()
+        let (b, positions) = bloom_hash(addr, mask);
+        let block = if generation == 0 {
+            INTEL_BLOOM_0.get(b)
         } else {
-            INTEL_BLOOM_1.contains(addr).is_ok()
+            INTEL_BLOOM_1.get(b)
         };
+        let maybe = block.is_some_and(|bl| bloom_test(bl, positions));
         if maybe {
             bump(&INTEL_STATS, dir + IS_BLOOM_MAYBE);
             // SAFETY: plain data read from a map value.
@@ -94,26 +105,65 @@ fn lookup(addr: &[u8; 16], dir: u32, generation: u32, enabled: u32, slot: u32) -
             bump(&INTEL_STATS, dir + IS_BLOOM_FALSE);
         }
     }
-    if enabled & HAS_CIDRS != 0 {
-        let k = INTEL_SCRATCH.get_ptr_mut(slot)?;
-        // SAFETY: per-CPU slot, used by one hook at a time on this CPU (XDP and TC egress
-        // have one each: XDP may interrupt the egress hook).
-        let key = unsafe {
-            (*k).prefix_len = 128;
-            (*k).data = CidrData { addr: *addr };
-            &*k
-        };
-        let hit = if generation == 0 {
-            INTEL_CIDRS_0.get(key).copied()
-        } else {
-            INTEL_CIDRS_1.get(key).copied()
-        };
-        if let Some(h) = hit {
-            bump(&INTEL_STATS, dir + IS_HIT_CIDR);
-            return Some(h);
+    let hit = if is_mapped_v4(addr) {
+        if enabled & HAS_CIDRS_V4 == 0 {
+            return None;
         }
+        stride_match(
+            addr,
+            |i| {
+                let b = if generation == 0 {
+                    INTEL_V4_16_0.get(i)
+                } else {
+                    INTEL_V4_16_1.get(i)
+                };
+                b.copied().unwrap_or_default()
+            },
+            |k| {
+                // SAFETY: plain data read from a map value.
+                let b = unsafe {
+                    if generation == 0 {
+                        INTEL_V4_24_0.get(&k)
+                    } else {
+                        INTEL_V4_24_1.get(&k)
+                    }
+                };
+                b.copied().unwrap_or_default()
+            },
+            || trie(addr, generation, slot),
+        )
+    } else if enabled & HAS_CIDRS != 0 {
+        trie(addr, generation, slot)
+    } else {
+        return None;
+    };
+    if hit.action == 0 {
+        return None;
     }
-    None
+    bump(&INTEL_STATS, dir + IS_HIT_CIDR);
+    Some(hit)
+}
+
+/// The longest CIDR of generation `generation`'s trie covering `addr` (`action` 0: none);
+/// `slot` is the hook's trie-key slot in `INTEL_SCRATCH`.
+#[inline(always)]
+fn trie(addr: &[u8; 16], generation: u32, slot: u32) -> IntelHit {
+    let Some(k) = INTEL_SCRATCH.get_ptr_mut(slot) else {
+        return IntelHit::default();
+    };
+    // SAFETY: per-CPU slot, used by one hook at a time on this CPU (XDP and TC egress
+    // have one each: XDP may interrupt the egress hook).
+    let key = unsafe {
+        (*k).prefix_len = 128;
+        (*k).data = CidrData { addr: *addr };
+        &*k
+    };
+    let h = if generation == 0 {
+        INTEL_CIDRS_0.get(key)
+    } else {
+        INTEL_CIDRS_1.get(key)
+    };
+    h.copied().unwrap_or_default()
 }
 
 /// Checks the source of an arriving packet: [`reason::INTEL_DROP`] when a feed with
@@ -121,10 +171,10 @@ fn lookup(addr: &[u8; 16], dir: u32, generation: u32, enabled: u32, slot: u32) -
 /// address tagged). Not inlined: its keys and the event get a frame beside the parser's.
 #[inline(never)]
 pub fn check_ingress(ctx: &XdpContext, p: &Packet, dir: u32) -> u32 {
-    let Some((generation, enabled)) = live() else {
+    let Some(live) = live() else {
         return 0;
     };
-    let Some(hit) = lookup(&p.src, dir, generation, enabled, 0) else {
+    let Some(hit) = lookup(&p.src, dir, live, 0) else {
         return 0;
     };
     let len = (ctx.data_end() - ctx.data()) as u32;

@@ -7,12 +7,14 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{
-        Array, BloomFilter, HashMap, MapData,
+        Array, HashMap, Map, MapData,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use palisade_common::intel::{
-    CHECK_EGRESS, CidrData, GENERATIONS, HAS_CIDRS, HAS_IPS, IntelControl, IntelHit, MAX_FEEDS,
+    BloomBlock, CHECK_EGRESS, CidrBlock, CidrData, GENERATIONS, HAS_CIDRS, HAS_CIDRS_V4, HAS_IPS,
+    IntelControl, IntelHit, MAX_FEEDS, StrideTables, V4_SLASH16_ENTRIES, bloom_blocks, bloom_hash,
+    bloom_set, expand_v4, place,
 };
 
 use super::{Feeds, Intel};
@@ -23,22 +25,46 @@ use crate::maps::{map, map_mut};
 pub struct Sizes {
     /// Exact addresses (hash table and bloom filter).
     pub ips: u32,
-    /// CIDRs (trie).
+    /// CIDRs (trie), and /24 blocks (the IPv4 /24 table).
     pub cidrs: u32,
+    /// Whether the policy has feeds: the /16 arrays get their 65,536 entries.
+    pub feeds: bool,
 }
 
-/// The maps sized by [`Sizes`], per generation: bloom filter, exact table, trie.
-pub const MAPS: [[&str; 3]; GENERATIONS as usize] = [
-    ["INTEL_BLOOM_0", "INTEL_IPS_0", "INTEL_CIDRS_0"],
-    ["INTEL_BLOOM_1", "INTEL_IPS_1", "INTEL_CIDRS_1"],
+/// The maps sized by [`Sizes`], per generation: bloom filter, exact table, trie, IPv4 /16
+/// array, IPv4 /24 table.
+pub const MAPS: [[&str; 5]; GENERATIONS as usize] = [
+    [
+        "INTEL_BLOOM_0",
+        "INTEL_IPS_0",
+        "INTEL_CIDRS_0",
+        "INTEL_V4_16_0",
+        "INTEL_V4_24_0",
+    ],
+    [
+        "INTEL_BLOOM_1",
+        "INTEL_IPS_1",
+        "INTEL_CIDRS_1",
+        "INTEL_V4_16_1",
+        "INTEL_V4_24_1",
+    ],
 ];
 
 impl Sizes {
     /// `(map name, max_entries)` for the loader.
     #[must_use]
     pub fn for_loader(self) -> Vec<(&'static str, u32)> {
+        let slash16 = if self.feeds { V4_SLASH16_ENTRIES } else { 1 };
         MAPS.iter()
-            .flat_map(|[b, h, t]| [(*b, self.ips), (*h, self.ips), (*t, self.cidrs)])
+            .flat_map(|[b, h, t, s16, s24]| {
+                [
+                    (*b, bloom_blocks(self.ips)),
+                    (*h, self.ips),
+                    (*t, self.cidrs),
+                    (*s16, slash16),
+                    (*s24, self.cidrs),
+                ]
+            })
             .collect()
     }
 }
@@ -91,6 +117,12 @@ pub fn drop_resized(layout: &crate::pin::Layout, sizes: Sizes) -> Result<Option<
 pub struct Compiled {
     pub ips: BTreeMap<[u8; 16], IntelHit>,
     pub cidrs: BTreeMap<([u8; 16], u32), IntelHit>,
+    /// The IPv4 /16 array ([`V4_SLASH16_ENTRIES`] entries; empty when no CIDR covers IPv4).
+    pub v4_16: Vec<CidrBlock>,
+    /// The IPv4 /24 table.
+    pub v4_24: BTreeMap<u32, CidrBlock>,
+    /// The trie's entries: IPv6 CIDRs and IPv4 ones longer than /24.
+    pub trie: Vec<(([u8; 16], u32), IntelHit)>,
     /// Domains and the action of the first feed that lists them.
     pub domains: BTreeMap<String, super::Action>,
     pub egress: bool,
@@ -115,7 +147,7 @@ pub fn compile(intel: &Intel, feeds: &Feeds, sizes: Sizes) -> Result<Compiled> {
         };
         let hit = IntelHit {
             action: feed.action.code(),
-            _pad: 0,
+            flags: 0,
             feed: id as u16,
         };
         for k in &l.indicators.ips {
@@ -142,7 +174,73 @@ pub fn compile(intel: &Intel, feeds: &Feeds, sizes: Sizes) -> Result<Compiled> {
             sizes.cidrs
         );
     }
+    strides(&mut c, sizes.cidrs)?;
     Ok(c)
+}
+
+/// The stride tables being built: the /16 array and a /24 table of at most `cap` entries.
+struct Tables<'a> {
+    v4_16: &'a mut Vec<CidrBlock>,
+    v4_24: &'a mut BTreeMap<u32, CidrBlock>,
+    cap: usize,
+}
+
+impl StrideTables for Tables<'_> {
+    fn block16(&mut self, index: u32) -> &mut CidrBlock {
+        &mut self.v4_16[index as usize]
+    }
+
+    fn block24(&mut self, key: u32, fresh: CidrBlock) -> Option<&mut CidrBlock> {
+        if self.v4_24.len() >= self.cap && !self.v4_24.contains_key(&key) {
+            return None;
+        }
+        Some(self.v4_24.entry(key).or_insert(fresh))
+    }
+}
+
+/// Expands the CIDRs of `c` into the IPv4 stride tables and the trie (see
+/// `palisade_common::intel`), shortest first so longer ones override.
+///
+/// # Errors
+/// When the /24 table would need more than `cap` entries.
+fn strides(c: &mut Compiled, cap: u32) -> Result<()> {
+    let mut order: Vec<(&([u8; 16], u32), &IntelHit)> = c.cidrs.iter().collect();
+    order.sort_by_key(|((_, bits), _)| *bits);
+    let mut v4_16 = Vec::new();
+    let mut v4_24 = BTreeMap::new();
+    let mut trie = Vec::new();
+    for (&(net, bits), hit) in order {
+        let p = place(&net, bits);
+        if let Some((v4, len)) = p.v4 {
+            if v4_16.is_empty() {
+                v4_16 = vec![CidrBlock::default(); V4_SLASH16_ENTRIES as usize];
+            }
+            let mut t = Tables {
+                v4_16: &mut v4_16,
+                v4_24: &mut v4_24,
+                cap: cap as usize,
+            };
+            if !expand_v4(&mut t, v4, len, *hit) {
+                bail!(
+                    "[intel]: the feeds' IPv4 CIDRs longer than /16 cover more than {cap} /24 \
+                     blocks (a /20 takes 16); the tables hold {cap} (`[intel] max_cidrs`)"
+                );
+            }
+        }
+        if p.trie {
+            trie.push((
+                (net, bits),
+                IntelHit {
+                    flags: p.trie_flags,
+                    ..*hit
+                },
+            ));
+        }
+    }
+    c.v4_16 = v4_16;
+    c.v4_24 = v4_24;
+    c.trie = trie;
+    Ok(())
 }
 
 /// The live generation and what each generation holds.
@@ -170,28 +268,125 @@ pub struct Timing {
     pub trie: std::time::Duration,
 }
 
+/// The idle generation's maps, opened anew (their descriptors duplicated), so that a thread
+/// other than the daemon's loop can write them; the programs read only the live generation.
+pub struct Idle {
+    pub generation: u32,
+    maps: Vec<(&'static str, Map)>,
+}
+
+impl Idle {
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.maps
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m)
+            .ok_or_else(|| anyhow!("no map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.maps
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m)
+            .ok_or_else(|| anyhow!("no map {name}"))
+    }
+
+    fn fd(&self, name: &str) -> Result<i32> {
+        use std::os::fd::AsFd as _;
+        match self.map(name)? {
+            Map::HashMap(m) | Map::Array(m) | Map::LpmTrie(m) => Ok(m.fd().as_fd().as_raw_fd()),
+            _ => bail!("{name} is not an indicator map"),
+        }
+    }
+}
+
+/// Opens the idle generation's maps for [`fill`] and marks that generation empty in
+/// `INTEL_CONTROL` (it is not live; a flip that never comes leaves it marked empty).
+///
+/// # Errors
+/// When a map cannot be read or opened.
+pub fn idle(ebpf: &mut Ebpf) -> Result<Idle> {
+    use std::os::fd::AsFd as _;
+    let mut ctl = control(ebpf)?;
+    let generation = (ctl.active & 1) ^ 1;
+    ctl.enabled[generation as usize] = 0;
+    set_control(ebpf, ctl)?;
+    let mut maps = Vec::new();
+    for name in MAPS[generation as usize] {
+        let owned = match map(ebpf, name)? {
+            Map::HashMap(m) | Map::Array(m) | Map::LpmTrie(m) => {
+                m.fd().as_fd().try_clone_to_owned()?
+            }
+            _ => bail!("{name} is not an indicator map"),
+        };
+        maps.push((name, Map::from_map_data(MapData::from_fd(owned)?)?));
+    }
+    Ok(Idle { generation, maps })
+}
+
+/// A filled generation, ready to be made live by [`flip`].
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub generation: u32,
+    /// Its `INTEL_CONTROL.enabled` bits.
+    pub bits: u32,
+    /// Its bloom filter's block mask.
+    pub bloom_mask: u32,
+    pub timing: Timing,
+}
+
+/// Makes the generation `w` filled live: its bits, then the flip of `INTEL_CONTROL.active`
+/// (one word, read once per packet).
+///
+/// # Errors
+/// When the control word cannot be written, or the generation is live already.
+pub fn flip(ebpf: &mut Ebpf, w: &Written) -> Result<()> {
+    let mut ctl = control(ebpf)?;
+    if ctl.active & 1 == w.generation {
+        bail!("generation {} is live already", w.generation);
+    }
+    ctl.enabled[w.generation as usize] = w.bits;
+    ctl.bloom_mask = w.bloom_mask;
+    set_control(ebpf, ctl)?;
+    ctl.active = w.generation;
+    set_control(ebpf, ctl)?;
+    Ok(())
+}
+
 /// Writes `c` into the idle generation and makes it live; returns the generation.
 ///
 /// # Errors
 /// When a map refuses a write; the live generation is unchanged then.
 pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
-    let mut ctl = control(ebpf)?;
-    let idle = (ctl.active & 1) ^ 1;
-    let [bloom, table, trie] = MAPS[idle as usize];
+    let mut i = idle(ebpf)?;
+    let w = fill(&mut i, c)?;
+    flip(ebpf, &w)?;
+    Ok((w.generation, w.timing))
+}
+
+/// Empties the idle generation's maps and writes `c` into them (not live yet: [`flip`]).
+///
+/// # Errors
+/// When a map refuses a write.
+pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
+    let [bloom, table, trie, s16, s24] = MAPS[idle.generation as usize];
     let mut t = Timing::default();
-    // Nothing may look at the idle generation while it is rewritten; it is not live, but
-    // its bits are cleared first so a flip that never comes leaves it marked empty.
-    ctl.enabled[idle as usize] = 0;
-    set_control(ebpf, ctl)?;
+    let bloom_mask;
     let start = std::time::Instant::now();
     {
-        let h: HashMap<&MapData, [u8; 16], IntelHit> = HashMap::try_from(map(ebpf, table)?)?;
+        let h: HashMap<&MapData, [u8; 16], IntelHit> = HashMap::try_from(idle.map(table)?)?;
         let old: Vec<[u8; 16]> = h.keys().filter_map(Result::ok).collect();
-        batch_delete(raw_fd(ebpf, table)?, &old).with_context(|| format!("emptying {table}"))?;
+        batch_delete(idle.fd(table)?, &old).with_context(|| format!("emptying {table}"))?;
+    }
+    {
+        let h: HashMap<&MapData, u32, CidrBlock> = HashMap::try_from(idle.map(s24)?)?;
+        let old: Vec<u32> = h.keys().filter_map(Result::ok).collect();
+        batch_delete(idle.fd(s24)?, &old).with_context(|| format!("emptying {s24}"))?;
     }
     {
         let mut tr: LpmTrie<&mut MapData, CidrData, IntelHit> =
-            LpmTrie::try_from(map_mut(ebpf, trie)?)?;
+            LpmTrie::try_from(idle.map_mut(trie)?)?;
         let old: Vec<Key<CidrData>> = tr.keys().filter_map(Result::ok).collect();
         for k in &old {
             tr.remove(k).with_context(|| format!("emptying {trie}"))?;
@@ -200,49 +395,89 @@ pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
     t.clear = start.elapsed();
     let start = std::time::Instant::now();
     {
-        // A bloom filter cannot delete: the idle one keeps the bits of what it held before
-        // (it only answers "maybe" more often; the exact table decides).
-        let mut b: BloomFilter<&mut MapData, [u8; 16]> =
-            BloomFilter::try_from(map_mut(ebpf, bloom)?)?;
-        for k in c.ips.keys() {
-            b.insert(k, 0).with_context(|| format!("filling {bloom}"))?;
+        // The filter is built whole here and written over the array: fresh at every refresh.
+        let fd = idle.fd(bloom)?;
+        let blocks = crate::pin::map_info(borrowed(fd))?.4;
+        if !blocks.is_power_of_two() {
+            bail!("{bloom} holds {blocks} blocks, not a power of two");
         }
+        bloom_mask = blocks - 1;
+        let filter = build_bloom(c.ips.keys(), blocks);
+        let keys: Vec<u32> = (0..blocks).collect();
+        batch_update(fd, &keys, &filter).with_context(|| format!("filling {bloom}"))?;
     }
     t.bloom = start.elapsed();
     let start = std::time::Instant::now();
     {
         let keys: Vec<[u8; 16]> = c.ips.keys().copied().collect();
         let values: Vec<IntelHit> = c.ips.values().copied().collect();
-        batch_update(raw_fd(ebpf, table)?, &keys, &values)
+        batch_update(idle.fd(table)?, &keys, &values)
             .with_context(|| format!("filling {table}"))?;
     }
     t.table = start.elapsed();
     let start = std::time::Instant::now();
     {
         let mut tr: LpmTrie<&mut MapData, CidrData, IntelHit> =
-            LpmTrie::try_from(map_mut(ebpf, trie)?)?;
-        for (&(addr, bits), hit) in &c.cidrs {
+            LpmTrie::try_from(idle.map_mut(trie)?)?;
+        for &((addr, bits), hit) in &c.trie {
             tr.insert(&Key::new(bits, CidrData { addr }), hit, 0)
                 .with_context(|| format!("filling {trie}"))?;
         }
+    }
+    {
+        // The /16 array is rewritten whole (an empty one clears what the generation held).
+        let blocks = if c.v4_16.is_empty() {
+            vec![CidrBlock::default(); V4_SLASH16_ENTRIES as usize]
+        } else {
+            c.v4_16.clone()
+        };
+        let fd = idle.fd(s16)?;
+        let max = crate::pin::map_info(borrowed(fd))?.4 as usize;
+        if !c.v4_16.is_empty() && max < c.v4_16.len() {
+            bail!(
+                "{s16} holds {max} entries; IPv4 CIDRs need {}",
+                c.v4_16.len()
+            );
+        }
+        let keys: Vec<u32> = (0..max as u32).collect();
+        batch_update(fd, &keys, &blocks[..max.min(blocks.len())])
+            .with_context(|| format!("filling {s16}"))?;
+        let keys: Vec<u32> = c.v4_24.keys().copied().collect();
+        let values: Vec<CidrBlock> = c.v4_24.values().copied().collect();
+        batch_update(idle.fd(s24)?, &keys, &values).with_context(|| format!("filling {s24}"))?;
     }
     t.trie = start.elapsed();
     let mut bits = 0;
     if !c.ips.is_empty() {
         bits |= HAS_IPS;
     }
-    if !c.cidrs.is_empty() {
+    if !c.trie.is_empty() {
         bits |= HAS_CIDRS;
+    }
+    if !c.v4_16.is_empty() {
+        bits |= HAS_CIDRS_V4;
     }
     if c.egress {
         bits |= CHECK_EGRESS;
     }
-    ctl.enabled[idle as usize] = bits;
-    set_control(ebpf, ctl)?;
-    // The flip: one word, read once per packet.
-    ctl.active = idle;
-    set_control(ebpf, ctl)?;
-    Ok((idle, t))
+    Ok(Written {
+        generation: idle.generation,
+        bits,
+        bloom_mask,
+        timing: t,
+    })
+}
+
+/// A bloom filter of `blocks` blocks (a power of two) over `addrs`, as the kernel reads it
+/// (`palisade_common::intel::bloom_hash`).
+#[must_use]
+pub fn build_bloom<'a>(addrs: impl Iterator<Item = &'a [u8; 16]>, blocks: u32) -> Vec<BloomBlock> {
+    let mut filter = vec![BloomBlock::default(); blocks as usize];
+    for a in addrs {
+        let (b, positions) = bloom_hash(a, blocks - 1);
+        bloom_set(&mut filter[b as usize], positions);
+    }
+    filter
 }
 
 /// Entries a batch call carries.
@@ -284,7 +519,7 @@ fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> Result<()> {
 
 /// Inserts `keys[i] -> values[i]` in batches of [`BATCH`] (one system call each, instead of
 /// one per entry).
-fn batch_update(fd: i32, keys: &[[u8; 16]], values: &[IntelHit]) -> Result<()> {
+fn batch_update<K, V>(fd: i32, keys: &[K], values: &[V]) -> Result<()> {
     for (ks, vs) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
         let mut attr = BatchAttr {
             keys: ks.as_ptr() as u64,
@@ -301,7 +536,7 @@ fn batch_update(fd: i32, keys: &[[u8; 16]], values: &[IntelHit]) -> Result<()> {
     Ok(())
 }
 
-fn batch_delete(fd: i32, keys: &[[u8; 16]]) -> Result<()> {
+fn batch_delete<K>(fd: i32, keys: &[K]) -> Result<()> {
     for ks in keys.chunks(BATCH) {
         let mut attr = BatchAttr {
             keys: ks.as_ptr() as u64,
@@ -314,14 +549,9 @@ fn batch_delete(fd: i32, keys: &[[u8; 16]]) -> Result<()> {
     Ok(())
 }
 
-/// The raw descriptor of a hash map, for the batch calls aya does not wrap (valid while
-/// `ebpf` lives).
-fn raw_fd(ebpf: &Ebpf, name: &str) -> Result<i32> {
-    use std::os::fd::AsFd as _;
-    match map(ebpf, name)? {
-        aya::maps::Map::HashMap(m) => Ok(m.fd().as_fd().as_raw_fd()),
-        _ => bail!("{name} is not a hash map"),
-    }
+fn borrowed<'a>(fd: i32) -> std::os::fd::BorrowedFd<'a> {
+    // SAFETY: `fd` comes from `raw_fd` and stays open while the caller's `ebpf` lives.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
 /// Per-feed hit counters and the per-direction counters, summed over CPUs.

@@ -136,11 +136,16 @@ impl Intel {
     #[must_use]
     pub fn sizes(&self) -> load::Sizes {
         if self.feeds.is_empty() {
-            load::Sizes { ips: 1, cidrs: 1 }
+            load::Sizes {
+                ips: 1,
+                cidrs: 1,
+                feeds: false,
+            }
         } else {
             load::Sizes {
                 ips: self.max_ips.max(1),
                 cidrs: self.max_cidrs.max(1),
+                feeds: true,
             }
         }
     }
@@ -162,23 +167,47 @@ pub struct Loaded {
     pub last_error: Option<String>,
 }
 
+/// What one read of a feed gave: its indicators, or why it failed.
+pub type Fetched = Result<Indicators, String>;
+
+/// Reads and parses `feed` (no state: this runs on the daemon's feed worker).
+pub fn fetch_feed(feed: &Feed) -> Fetched {
+    let label = feed.source.to_string();
+    fetch::fetch(&feed.source)
+        .and_then(|bytes| {
+            let text = String::from_utf8_lossy(&bytes);
+            parse(&text, &feed.format, &label)
+        })
+        .map_err(|e| format!("{e:#}"))
+}
+
 impl Feeds {
-    /// Reads every feed of `intel`; a feed that cannot be read or parsed keeps its last good
-    /// version (and says so in the returned notes).
+    /// Reads every feed of `intel` (or the one named `only`); a feed that cannot be read or
+    /// parsed keeps its last good version (and says so in the returned notes).
     pub fn refresh(&mut self, intel: &Intel, only: Option<&str>) -> Vec<String> {
+        let fetched: Vec<(String, Fetched)> = intel
+            .feeds
+            .iter()
+            .filter(|f| only.is_none_or(|n| n == f.name))
+            .map(|f| (f.name.clone(), fetch_feed(f)))
+            .collect();
+        self.apply(intel, fetched)
+    }
+
+    /// Takes in what reading feeds gave (by feed name): a good read replaces the feed's
+    /// version, a failed one keeps the last good version. Feeds no longer in `intel` are
+    /// forgotten.
+    pub fn apply(&mut self, intel: &Intel, fetched: Vec<(String, Fetched)>) -> Vec<String> {
         let mut notes = Vec::new();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        for feed in &intel.feeds {
-            if only.is_some_and(|n| n != feed.name) {
+        for (name, result) in fetched {
+            let Some(feed) = intel.feeds.iter().find(|f| f.name == name) else {
                 continue;
-            }
+            };
             let label = feed.source.to_string();
-            match fetch::fetch(&feed.source).and_then(|bytes| {
-                let text = String::from_utf8_lossy(&bytes);
-                parse(&text, &feed.format, &label)
-            }) {
+            match result {
                 Ok(ind) => {
                     for b in ind.bad.iter().take(20) {
                         notes.push(format!("intel feed {}: {b}", feed.name));
@@ -201,16 +230,16 @@ impl Feeds {
                 }
                 Err(e) => {
                     let kept = self.loaded.get_mut(&feed.name).map(|l| {
-                        l.last_error = Some(format!("{e:#}"));
+                        l.last_error = Some(e.clone());
                         l.at
                     });
                     notes.push(match kept {
                         Some(at) => format!(
-                            "intel feed {} could not be loaded from {label} ({e:#}); keeping the version read at {at}",
+                            "intel feed {} could not be loaded from {label} ({e}); keeping the version read at {at}",
                             feed.name
                         ),
                         None => format!(
-                            "intel feed {} could not be loaded from {label} ({e:#}); it matches nothing until it loads",
+                            "intel feed {} could not be loaded from {label} ({e}); it matches nothing until it loads",
                             feed.name
                         ),
                     });

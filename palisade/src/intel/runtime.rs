@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use aya::Ebpf;
 
-use super::{Action, Feeds, Intel, load};
+use super::{Action, Feed, Feeds, Fetched, Intel, fetch_feed, load};
 use crate::policy::model::{DnsMode, NameEntry, NameList, NameMatch, Policy};
 
 /// What the daemon keeps between refreshes.
@@ -26,6 +26,17 @@ pub struct Runtime {
     /// The domains of the feeds as last compiled, to tell whether the DNS policy must be
     /// installed again.
     domains: Vec<(String, Vec<String>)>,
+    /// The read of the due feeds running on the feed worker thread (which holds
+    /// [`Runtime::feeds`] meanwhile).
+    pending: Option<std::thread::JoinHandle<Read>>,
+}
+
+/// What the feed worker hands back: the feeds with the due ones read again, its notes, and
+/// the merged indicators with the idle generation they were written into (not live yet).
+struct Read {
+    feeds: Feeds,
+    notes: Vec<String>,
+    written: Result<(load::Compiled, load::Written)>,
 }
 
 /// What a refresh changed.
@@ -48,35 +59,131 @@ impl Runtime {
             refused: 0,
             last_error: None,
             domains: Vec::new(),
+            pending: None,
         }
     }
 
-    /// Reads every feed of `intel` (or only those due, with `due_only`), and swaps the
-    /// result in. A feed that cannot be read keeps its last good version; a set that does
-    /// not fit the maps is refused and the live one stays.
-    pub fn refresh(&mut self, ebpf: &mut Ebpf, intel: &Intel, due_only: bool) -> Outcome {
-        let now = Instant::now();
-        self.due.resize(intel.feeds.len(), now);
+    /// The daemon loop's tick. When the worker thread has finished reading the due feeds,
+    /// merging them and writing the idle generation, flips that generation live; while it
+    /// works, nothing; else starts it on the feeds that are due. The loop never waits for a
+    /// feed server nor for the maps' writes: it only flips the control word.
+    pub fn tick(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Outcome {
         let mut out = Outcome::default();
-        let mut any = !due_only;
-        for (i, feed) in intel.feeds.iter().enumerate() {
-            if due_only && self.due[i] > now {
-                continue;
+        if let Some(h) = self.pending.take() {
+            if !h.is_finished() {
+                self.pending = Some(h);
+                return out;
             }
-            self.due[i] = now + feed.refresh;
-            if due_only {
-                out.notes
-                    .extend(self.feeds.refresh(intel, Some(feed.name.as_str())));
-                any = true;
+            match h.join() {
+                Ok(r) => {
+                    self.feeds = r.feeds;
+                    out.notes.extend(r.notes);
+                    self.finish(ebpf, intel, r.written, &mut out);
+                }
+                Err(_) => {
+                    // The worker held the feeds: read every one again at the next tick.
+                    self.due.clear();
+                    out.notes.push(
+                        "intel: the feed worker failed; the live indicators stay".to_string(),
+                    );
+                }
             }
-        }
-        if !due_only {
-            out.notes.extend(self.feeds.refresh(intel, None));
-        }
-        if !any {
             return out;
         }
-        match self.swap(ebpf, intel) {
+        let now = Instant::now();
+        self.due.resize(intel.feeds.len(), now);
+        let mut due: Vec<Feed> = Vec::new();
+        for (i, feed) in intel.feeds.iter().enumerate() {
+            if self.due[i] <= now {
+                self.due[i] = now + feed.refresh;
+                due.push(feed.clone());
+            }
+        }
+        if due.is_empty() {
+            return out;
+        }
+        let mut idle = match load::idle(ebpf) {
+            Ok(i) => i,
+            Err(e) => {
+                out.notes.push(format!(
+                    "intel: the idle generation cannot be opened ({e:#}); the live indicators stay"
+                ));
+                return out;
+            }
+        };
+        let mut feeds = std::mem::take(&mut self.feeds);
+        let intel = intel.clone();
+        let sizes = self.sizes;
+        let read = move || -> Read {
+            let fetched: Vec<(String, Fetched)> = due
+                .iter()
+                .map(|f| (f.name.clone(), fetch_feed(f)))
+                .collect();
+            let notes = feeds.apply(&intel, fetched);
+            let written = load::compile(&intel, &feeds, sizes).and_then(|c| {
+                let w = load::fill(&mut idle, &c)?;
+                Ok((c, w))
+            });
+            Read {
+                feeds,
+                notes,
+                written,
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("palisade-feeds".to_string())
+            .spawn(read)
+            .map(|h| self.pending = Some(h))
+        {
+            // The closure, and the feeds with it, is gone: read every one again next tick.
+            self.due.clear();
+            out.notes.push(format!(
+                "intel: the feed worker could not start ({e}); the feeds are read again at the next tick"
+            ));
+        }
+        out
+    }
+
+    /// Waits for a read in progress on the worker and drops it (the caller reads every feed
+    /// again).
+    fn settle(&mut self) {
+        if let Some(h) = self.pending.take()
+            && let Ok(r) = h.join()
+        {
+            self.feeds = r.feeds;
+        }
+    }
+
+    /// Reads every feed of `intel` now, on the calling thread (at start, before the programs
+    /// attach, and on a reload), and swaps the result in. A feed that cannot be read keeps
+    /// its last good version; a set that does not fit the maps is refused and the live one
+    /// stays.
+    pub fn refresh(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Outcome {
+        self.settle();
+        let now = Instant::now();
+        self.due = intel.feeds.iter().map(|f| now + f.refresh).collect();
+        let mut out = Outcome {
+            notes: self.feeds.refresh(intel, None),
+            ..Outcome::default()
+        };
+        let written = load::compile(intel, &self.feeds, self.sizes).and_then(|c| {
+            let mut idle = load::idle(ebpf)?;
+            let w = load::fill(&mut idle, &c)?;
+            Ok((c, w))
+        });
+        self.finish(ebpf, intel, written, &mut out);
+        out
+    }
+
+    /// Flips the generation `written` filled live, or reports why not.
+    fn finish(
+        &mut self,
+        ebpf: &mut Ebpf,
+        intel: &Intel,
+        written: Result<(load::Compiled, load::Written)>,
+        out: &mut Outcome,
+    ) {
+        match written.and_then(|(c, w)| self.swap(ebpf, c, &w)) {
             Ok(c) => {
                 out.notes.push(format!(
                     "intel: {} addresses, {} CIDRs, {} domains live from {} feeds (generation {})",
@@ -97,12 +204,15 @@ impl Runtime {
                 out.notes.push(msg);
             }
         }
-        out
     }
 
-    fn swap(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Result<load::Compiled> {
-        let c = load::compile(intel, &self.feeds, self.sizes)?;
-        load::write(ebpf, &c)?;
+    fn swap(
+        &mut self,
+        ebpf: &mut Ebpf,
+        c: load::Compiled,
+        w: &load::Written,
+    ) -> Result<load::Compiled> {
+        load::flip(ebpf, w)?;
         self.swaps += 1;
         self.live = (c.ips.len(), c.cidrs.len(), c.domains.len());
         Ok(c)

@@ -86,8 +86,8 @@ pub struct IntelReport {
 /// The live filter's answers to clean addresses after a write.
 #[derive(Debug, Clone, Serialize)]
 pub struct Staleness {
-    /// Address sets of `ips` entries the live generation's filter has held (1: a fresh
-    /// filter; each refresh that reuses it adds one).
+    /// Address sets of `ips` entries the live generation has held (1: its first write; each
+    /// refresh that reuses it adds one; its filter is rebuilt at each).
     pub sets: usize,
     /// Clean addresses probed (one test run each).
     pub probes: u64,
@@ -203,15 +203,24 @@ fn nth_ip(i: usize, total: usize) -> String {
     }
 }
 
-/// The `i`-th CIDR: IPv4 /24s from 128.0.0.0 up for 90 %, IPv6 /48s for the rest.
+/// The `i`-th CIDR: IPv4 /24s from 128.0.0.0 up for 90 % (but for the second, a /26 inside
+/// 128.0.1.0/24, so that longer CIDRs are measured too), IPv6 /64s for the rest.
 fn nth_cidr(i: usize, total: usize) -> String {
     let v4 = total * 9 / 10;
-    if i < v4 {
+    if i == 1 && v4 > 1 {
+        "128.0.1.64/26".to_string()
+    } else if i < v4 {
         let n = (128u32 << 24) + ((i as u32) << 8);
         format!("{}/24", std::net::Ipv4Addr::from(n))
     } else {
         format!("2001:db8:{:x}:{:x}::/64", 0x100 + (i >> 16), i & 0xffff)
     }
+}
+
+/// An address inside the last IPv6 CIDR of [`nth_cidr`].
+fn cidr_v6_probe(total: usize) -> String {
+    let i = total.saturating_sub(1);
+    format!("2001:db8:{:x}:{:x}::9", 0x100 + (i >> 16), i & 0xffff)
 }
 
 fn text(n: usize, f: impl Fn(usize, usize) -> String) -> String {
@@ -237,7 +246,7 @@ fn peak_rss() -> u64 {
 fn memlock(bench: &Bench, name: &str) -> Result<u64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let data: &MapData = match map(&bench.ebpf, name)? {
-        Map::BloomFilter(m) | Map::HashMap(m) | Map::LpmTrie(m) => m,
+        Map::Array(m) | Map::HashMap(m) | Map::LpmTrie(m) => m,
         _ => bail!("{name}: not an indicator map"),
     };
     let fd = data.fd().as_fd().as_raw_fd();
@@ -268,6 +277,7 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
     let sizes = Sizes {
         ips: u32::try_from(s.ips)?.max(1),
         cidrs: u32::try_from(s.cidrs)?.max(1),
+        feeds: true,
     };
     let mut steps = Vec::new();
     let step = |steps: &mut Vec<Step>, what: &str, start: Instant| {
@@ -345,9 +355,15 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
     step(&mut steps, "write the idle generation and flip", t);
     for (what, d) in [
         ("  of which: empty the idle generation", timing.clear),
-        ("  of which: bloom filter inserts", timing.bloom),
+        (
+            "  of which: bloom filter (built, then written in batches)",
+            timing.bloom,
+        ),
         ("  of which: exact table (batches of 65,536)", timing.table),
-        ("  of which: CIDR trie inserts", timing.trie),
+        (
+            "  of which: CIDRs (trie inserts, /16 and /24 tables in batches)",
+            timing.trie,
+        ),
     ] {
         steps.push(Step {
             what: what.to_string(),
@@ -381,7 +397,11 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
     }
 
     let frames = [
-        ("miss-v4", "a miss (IPv4, filter and trie)", "203.0.113.77"),
+        (
+            "miss-v4",
+            "a miss (IPv4, filter and /16 table)",
+            "203.0.113.77",
+        ),
         (
             "miss-v6",
             "a miss (IPv6, filter and trie)",
@@ -393,7 +413,21 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
             "a hit in the exact table (IPv6)",
             &nth_ip(s.ips - 1, s.ips),
         ),
-        ("hit-cidr-v4", "a hit in the trie (IPv4 /24)", "128.0.2.9"),
+        (
+            "hit-cidr-v4",
+            "a hit on an IPv4 /24 (the /16 and /24 tables)",
+            "128.0.2.9",
+        ),
+        (
+            "hit-cidr-v4-long",
+            "a hit on an IPv4 /26 (the /16 and /24 tables, then the trie)",
+            "128.0.1.70",
+        ),
+        (
+            "hit-cidr-v6",
+            "a hit on an IPv6 /64 (the trie)",
+            &cidr_v6_probe(s.cidrs),
+        ),
     ];
     let frames: Vec<(&str, &str, Vec<u8>)> = frames
         .iter()
@@ -559,12 +593,12 @@ impl IntelReport {
             );
         }
         md.push_str(
-            "\n## Bloom filter staleness\n\nA refresh writes the idle generation, whose filter \
-             keeps the bits of what it held before (a bloom filter cannot delete). Each refresh \
+            "\n## Bloom filter over refreshes\n\nA refresh writes the idle generation and \
+             rebuilds its filter from that refresh's addresses alone. Each refresh \
              below lists a new disjoint set of the same size; clean addresses (none listed) are \
              probed through the firewall after each, and the filter's \"maybe\" answers counted \
              (`bloom_maybe`; each is a false positive, `bloom_false_positive`, confirmed absent \
-             in the exact table).\n\n| sets the live filter has held | probes | maybe | \
+             in the exact table).\n\n| sets the live generation has held | probes | maybe | \
              false-positive rate (`bloom_false_positive` / probes) |\n| ---: | ---: | ---: | ---: |\n",
         );
         for m in &self.staleness {
