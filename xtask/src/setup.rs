@@ -48,7 +48,14 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "chrony",
     "ethtool",
     "isc-dhcp-client",
+    // English words for the dictionary DGA families of `palisade-bench --dga`.
+    "wamerican",
 ];
+
+/// The PyPI package whose Chromium HSTS preload list is the benign side of
+/// `palisade-bench --dga`, and the ignored virtual environment it is installed into.
+const DGA_BENIGN_PACKAGE: &str = "hstspreload==2025.1.1";
+const DGA_VENV: &str = ".tools/dga-venv";
 
 /// The toolchain `aya-build` compiles the kernel programs with.
 const NIGHTLY: &str = "nightly";
@@ -71,6 +78,7 @@ pub fn run(scope: Scope) -> Result<()> {
     if scope == Scope::All {
         debian_packages()?;
         bpffs()?;
+        dga_benign_names()?;
     }
     println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -240,6 +248,26 @@ fn link_llvm(lib_dir: &Path, libllvm: &Path) -> Result<bool> {
         changed = true;
     }
     Ok(changed)
+}
+
+/// Installs `hstspreload` into `.tools/dga-venv` (ignored by git) unless it imports already.
+fn dga_benign_names() -> Result<()> {
+    let venv = sys::workspace_root().join(DGA_VENV);
+    let python = venv.join("bin/python");
+    if sys::output(sys::command(&python.to_string_lossy()).args(["-c", "import hstspreload"]))
+        .is_some()
+    {
+        println!("ok: {DGA_BENIGN_PACKAGE} in {DGA_VENV}");
+        return Ok(());
+    }
+    if !python.exists() {
+        sys::run(sys::command("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    sys::run(sys::command(&venv.join("bin/pip").to_string_lossy()).args([
+        "install",
+        "-q",
+        DGA_BENIGN_PACKAGE,
+    ]))
 }
 
 fn debian_packages() -> Result<()> {

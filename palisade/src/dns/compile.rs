@@ -545,6 +545,7 @@ mod tests {
             dns: Dns {
                 rate_prefix: Default::default(),
                 bind: None,
+                dga: None,
                 ports: vec![53],
                 ingress: Some(scope),
                 egress: None,
