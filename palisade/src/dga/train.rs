@@ -61,14 +61,20 @@ pub fn train(
 ) -> Model {
     // One label in five is held out of the n-gram counts and fits the weights and the
     // calibration: labels the tables were counted from look more benign than new ones.
-    let (fit, counted): (Vec<(usize, &String)>, Vec<(usize, &String)>) =
-        benign.iter().enumerate().partition(|(i, _)| i % 5 == 0);
-    let fit: Vec<&String> = fit.into_iter().map(|(_, l)| l).collect();
+    let mut fit: Vec<&String> = Vec::new();
+    let mut counted: Vec<&String> = Vec::new();
+    for (i, l) in benign.iter().enumerate() {
+        if i % 5 == 0 {
+            fit.push(l);
+        } else {
+            counted.push(l);
+        }
+    }
     let random = &random[..random.len().min(fit.len())];
     let mut uni = vec![0f64; SYMBOLS];
     let mut bi = vec![0f64; SYMBOLS * SYMBOLS];
     let mut tri = vec![0f64; SYMBOLS * SYMBOLS * SYMBOLS];
-    for (_, l) in counted {
+    for l in counted {
         let (mut p2, mut p1) = (BOUNDARY, BOUNDARY);
         for s in l.bytes().map(symbol).chain(std::iter::once(BOUNDARY)) {
             uni[s] += 1.0;
@@ -129,8 +135,8 @@ pub fn train(
         .iter()
         .map(|(x, y)| {
             let mut v = [0.0; FEATURES];
-            for i in 0..FEATURES {
-                v[i] = (x.0[i] - model.mean[i]) / model.scale[i];
+            for (i, vi) in v.iter_mut().enumerate() {
+                *vi = (x.0[i] - model.mean[i]) / model.scale[i];
             }
             (v, *y)
         })
@@ -141,13 +147,13 @@ pub fn train(
         for (x, y) in &z {
             let s = (0..FEATURES).fold(model.bias, |s, i| s + model.weights[i] * x[i]);
             let e = 1.0 / (1.0 + (-s).exp()) - y;
-            for i in 0..FEATURES {
-                grad[i] += e * x[i];
+            for (g, xi) in grad.iter_mut().zip(x) {
+                *g += e * xi;
             }
             grad_b += e;
         }
-        for i in 0..FEATURES {
-            model.weights[i] -= LEARNING_RATE * (grad[i] / n + L2 * model.weights[i]);
+        for (w, g) in model.weights.iter_mut().zip(grad) {
+            *w -= LEARNING_RATE * (g / n + L2 * *w);
         }
         model.bias -= LEARNING_RATE * grad_b / n;
     }
