@@ -207,6 +207,16 @@ fn bad_dga_config_names_its_place() {
     );
     let e = dga_errors("treshold = 5\n");
     assert!(e.contains("unknown key `treshold` in [dns.dga]"), "{e}");
+    let allow = "[dns.ingress]\nmode = \"allowlist\"\nlists = [\"ok\"]\n[dns.lists.ok]\n\
+                 names = [\"example.com\"]\n[dns.dga]\nlist = \"ok\"\n";
+    let e = parse_policy(allow, "p.toml", std::path::Path::new("."))
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("p.toml:7:")
+            && e.contains("`[dns.dga].list`: list `ok` is used by the allowlist in [dns.ingress]"),
+        "{e}"
+    );
     let e = parse_policy("[dns]\ndga = 3\n", "p.toml", std::path::Path::new("."))
         .expect_err("refused")
         .to_string();

@@ -2161,6 +2161,7 @@ impl Checker<'_> {
             .and_then(|c| c.scope)
             .map(|scope| DnsEgress { scope, cgroups });
         dns.dga = view.get("dga").map(|n| self.dns_dga(n, &by_name));
+        self.dga_list_use(&dns, view, &by_name);
         dns.lists = lists.into_iter().map(|l| l.list).collect();
         dns
     }

@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 
-use super::{Checker, Node};
+use super::{Checker, Node, TableView};
 use crate::dga::{
     MAX_SCORE,
     runtime::{DEFAULT_TTL, DgaPolicy},
 };
+use crate::policy::model::{Dns, DnsMode};
 
 pub(super) const DGA_KEYS: &[&str] = &["enabled", "threshold", "list", "ttl"];
 /// Longest `ttl`: a year.
@@ -65,5 +66,39 @@ impl Checker<'_> {
             dga.ttl = DEFAULT_TTL;
         }
         dga
+    }
+
+    /// `[dns.dga] list` must not be a list an allowlist scope uses: adding a reported name
+    /// there would let it through.
+    pub(super) fn dga_list_use(
+        &mut self,
+        dns: &Dns,
+        view: TableView<'_>,
+        lists: &HashMap<&str, usize>,
+    ) {
+        let Some(name) = dns.dga.as_ref().and_then(|d| d.list.as_deref()) else {
+            return;
+        };
+        let Some(&index) = lists.get(name) else {
+            return;
+        };
+        let allowlists = [
+            dns.ingress.as_ref().map(|s| ("[dns.ingress]", s)),
+            dns.egress.as_ref().map(|e| ("[dns.egress]", &e.scope)),
+        ];
+        for (table, scope) in allowlists.into_iter().flatten() {
+            if scope.mode == DnsMode::Allowlist && scope.lists.contains(&index) {
+                let at = view
+                    .get("dga")
+                    .and_then(TableView::of)
+                    .and_then(|v| v.get("list"))
+                    .map_or(0, |n| n.at);
+                let msg = format!(
+                    "`[dns.dga].list`: list `{name}` is used by the allowlist in {table}; \
+                     reported names would be let through (name a list a blocklist uses)"
+                );
+                self.err(at, msg);
+            }
+        }
     }
 }
