@@ -550,6 +550,12 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     println!("{}", moved_line("dhcp", &c.dhcp, "nothing snooped"));
     println!("{}", moved_line("intel", &c.intel, "nothing matched"));
     println!("{}", moved_line("dns bind", &c.bind, "nothing checked"));
+    if let Some(d) = &s.dga {
+        println!(
+            "dga: scored {}  cached {}  reported {}  listed {}  list_failed {}",
+            d.scored, d.cached, d.reported, d.listed, d.list_failed
+        );
+    }
     println!(
         "generation {}; reloads {} ok, {} refused; live changes {} applied, {} refused",
         s.generation, s.reloads_ok, s.reloads_failed, s.live_applied, s.live_refused

@@ -143,6 +143,8 @@ struct Daemon {
     dhcp: crate::dhcp::runtime::Snooper,
     /// Threat-intelligence feeds, their last good versions and their schedule.
     intel: crate::intel::runtime::Runtime,
+    /// `[dns.dga]`: the scores of the names seen in DNS events.
+    dga: crate::dga::runtime::Scorer,
 }
 
 impl Daemon {
@@ -288,6 +290,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         )),
         dhcp: crate::dhcp::runtime::Snooper::default(),
         intel: crate::intel::runtime::Runtime::new(opts.intel_sizes),
+        dga: crate::dga::runtime::Scorer::default(),
     };
     if !policy.intel.feeds.is_empty() {
         // Before the policy, whose DNS lists take the feeds' domains, and before the
@@ -915,6 +918,7 @@ impl Daemon {
             live_refused: self.live_refused,
             counters,
             shield_state: self.shield_state(),
+            dga: self.policy.dns.dga.is_some().then_some(self.dga.stats),
         }
     }
 
@@ -1193,7 +1197,7 @@ impl Daemon {
 
     /// Reads every record in the ring buffer: printed on stdout (unless `--quiet`) and sent
     /// to `palisade events` clients.
-    fn drain(&self, ring: &mut RingBuf<MapData>) {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         let subscribers = self.events.receiver_count() > 0;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
@@ -1232,13 +1236,26 @@ impl Daemon {
                     json: serde_json::to_string(&ev).unwrap_or_default(),
                     text: ev.to_string(),
                 }
-            } else if let Some(ev) = events::decode_dns(&item) {
-                EventLine {
+            } else if let Some(mut ev) = events::decode_dns(&item) {
+                let high = self.dga_score(&mut ev);
+                let line = EventLine {
                     kind: "dns",
                     verdict: ev.verdict.to_string(),
                     names: vec![ev.name.clone()],
                     json: serde_json::to_string(&ev).unwrap_or_default(),
                     text: ev.to_string(),
+                };
+                if let Some(high) = high {
+                    self.publish(&mut out, line, subscribers);
+                    EventLine {
+                        kind: "dga",
+                        verdict: high.verdict.to_string(),
+                        names: vec![high.name.clone()],
+                        json: serde_json::to_string(&high).unwrap_or_default(),
+                        text: high.to_string(),
+                    }
+                } else {
+                    line
                 }
             } else {
                 continue;
@@ -1246,6 +1263,62 @@ impl Daemon {
             self.publish(&mut out, line, subscribers);
         }
         let _ = out.flush();
+        drop(out);
+        self.dga_list();
+    }
+
+    /// Scores the name of a DNS event under `[dns.dga]` (once per name: the scorer caches),
+    /// setting its `dga_score`; a `dga` event when the name is newly above the threshold.
+    fn dga_score(&mut self, ev: &mut events::DnsDecision) -> Option<crate::dga::runtime::DgaEvent> {
+        let policy = self.policy.dns.dga.as_ref().filter(|d| d.enabled)?;
+        let scored = self.dga.score(policy, &ev.name)?;
+        ev.dga_score = Some(scored.score);
+        scored.report.then(|| crate::dga::runtime::DgaEvent {
+            kind: "dga",
+            timestamp_ns: ev.timestamp_ns,
+            name: ev.name.clone(),
+            label: scored.label,
+            score: scored.score,
+            threshold: policy.threshold,
+            scope: ev.scope,
+            verdict: ev.verdict,
+            client: ev.client,
+            list: policy.list.clone(),
+        })
+    }
+
+    /// Adds the names the DGA scorer reported to `[dns.dga] list` for `ttl` seconds, as
+    /// `palisade dns add --ttl` does.
+    fn dga_list(&mut self) {
+        if self.dga.pending.is_empty() {
+            return;
+        }
+        let names = std::mem::take(&mut self.dga.pending);
+        let Some((list, ttl)) = self
+            .policy
+            .dns
+            .dga
+            .as_ref()
+            .and_then(|d| Some((d.list.clone()?, d.ttl)))
+        else {
+            return;
+        };
+        let now = unix_now();
+        let r = self.live("add DGA names", |p| {
+            live::add_dns(p, &list, &names, Some(ttl), &[], false, now)
+        });
+        if r.ok {
+            self.dga.stats.listed += names.len() as u64;
+        } else {
+            self.dga.stats.list_failed += names.len() as u64;
+            let msg = format!(
+                "[dns.dga]: adding {} name(s) to list `{list}` was refused: {}",
+                names.len(),
+                r.error.as_deref().unwrap_or("")
+            );
+            warn!("{msg}");
+            self.last_error = Some(msg);
+        }
     }
 
     /// Reads the client bytes the TLS gate copied out and decides the flows whose hello is

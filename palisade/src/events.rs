@@ -144,6 +144,10 @@ pub struct DnsDecision {
     /// when not.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub intel_tagged: bool,
+    /// The name's DGA score (`0..=1000`, see [`crate::dga`]) when `[dns.dga]` is on; absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dga_score: Option<u16>,
 }
 
 /// Decodes a DNS event record.
@@ -196,6 +200,7 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
             _ => None,
         },
         intel_tagged: e.flags & FLAG_INTEL_TAGGED != 0,
+        dga_score: None,
     })
 }
 
@@ -292,6 +297,9 @@ impl std::fmt::Display for DnsDecision {
         }
         if self.intel_tagged {
             f.write_str(" intel=tagged")?;
+        }
+        if let Some(s) = self.dga_score {
+            write!(f, " dga={s}")?;
         }
         Ok(())
     }

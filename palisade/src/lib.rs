@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod craft;
 pub mod daemon;
 pub mod datapath;
+pub mod dga;
 pub mod dhcp;
 pub mod dns;
 pub mod dnsbind;

@@ -151,6 +151,23 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             o.sample("palisade_shield_total", &[("event", &n.name)], n.value);
         }
     }
+    if let Some(d) = &s.dga {
+        o.family(
+            "palisade_dga_names_total",
+            "counter",
+            "DNS names the [dns.dga] scorer saw: scored (new), cached (seen before), reported \
+             (above the threshold), listed (added to its list), list_failed.",
+        );
+        for (what, v) in [
+            ("scored", d.scored),
+            ("cached", d.cached),
+            ("reported", d.reported),
+            ("listed", d.listed),
+            ("list_failed", d.list_failed),
+        ] {
+            o.sample("palisade_dga_names_total", &[("event", what)], v);
+        }
+    }
     if let Some(st) = &s.shield_state {
         o.family(
             "palisade_shield_heavy_hitters",
@@ -635,6 +652,10 @@ mod tests {
                 hitters: 3,
                 blocked: 2,
             }),
+            dga: Some(crate::dga::runtime::DgaStats {
+                scored: 5,
+                ..Default::default()
+            }),
         };
         let t = render(&s, None);
         assert!(!t.contains("palisade_ct_"));
@@ -651,6 +672,8 @@ mod tests {
         assert!(t.contains("palisade_dns_bind_total{event=\"connect_denied\"} 9\n"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
+        assert!(t.contains("palisade_dga_names_total{event=\"scored\"} 5\n"));
+        assert!(t.contains("palisade_dga_names_total{event=\"listed\"} 0\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));
         assert!(t.contains("palisade_rule_packets_total{rule=\"a\\\"b\",action=\"drop\"} 5\n"));
         assert!(t.contains("palisade_dns_queries_total{scope=\"egress\"} 2\n"));

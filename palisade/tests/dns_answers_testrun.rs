@@ -74,6 +74,7 @@ fn policy(action: DnsAction, answers: AnswerBudget) -> Policy {
         dns: Dns {
             rate_prefix: Default::default(),
             bind: None,
+            dga: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers,

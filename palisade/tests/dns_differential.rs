@@ -595,6 +595,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         dns: Dns {
             rate_prefix: Default::default(),
             bind: None,
+            dga: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,
@@ -858,6 +859,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         dns: Dns {
             rate_prefix: Default::default(),
             bind: None,
+            dga: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,
@@ -1114,6 +1116,7 @@ fn fast_path_boundaries_decide_as_the_reference() {
                 events: palisade::policy::model::DnsEvents::EVERY_QUERY,
                 rate_prefix: Default::default(),
                 bind: None,
+                dga: None,
                 ports: vec![53],
                 answers: AnswerBudget::UNLIMITED,
                 ingress: Some(scope.clone()),

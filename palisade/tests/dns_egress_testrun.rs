@@ -95,6 +95,7 @@ fn policy(
         dns: Dns {
             rate_prefix: Default::default(),
             bind: None,
+            dga: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,

@@ -282,6 +282,7 @@ fn policy(bits: u32) -> Policy {
         dns: Dns {
             rate_prefix: Default::default(),
             bind: None,
+            dga: None,
             ports: vec![53],
             ingress: Some(scope()),
             egress: None,

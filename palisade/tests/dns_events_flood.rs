@@ -86,6 +86,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
         dns: Dns {
             rate_prefix: Default::default(),
             bind: None,
+            dga: None,
             ports: vec![53],
             ingress: Some(DnsScope {
                 mode: DnsMode::Blocklist,

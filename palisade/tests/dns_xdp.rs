@@ -144,6 +144,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         dns: Dns {
             rate_prefix: Default::default(),
             bind: None,
+            dga: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: ports.to_vec(),
             answers: AnswerBudget::UNLIMITED,

@@ -50,11 +50,15 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "isc-dhcp-client",
     "python3-venv",
     "tmux",
+    // English words for the dictionary DGA families of `palisade-bench --dga`.
+    "wamerican",
 ];
 
-/// Python packages the tests use that Debian does not ship (a QUIC peer), pinned, installed
-/// from PyPI into the repository's own virtual environment [`PYTHON_VENV`].
-pub const PYTHON_PACKAGES: &[(&str, &str)] = &[("aioquic", "1.2.0")];
+/// Python packages the tests and benchmarks use that Debian does not ship, pinned, installed
+/// from PyPI into the repository's own virtual environment [`PYTHON_VENV`]: a QUIC peer
+/// (aioquic), and the Chromium HSTS preload list, the benign side of `palisade-bench --dga`
+/// (hstspreload).
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[("aioquic", "1.2.0"), ("hstspreload", "2025.1.1")];
 
 /// The virtual environment for [`PYTHON_PACKAGES`], relative to the workspace root (ignored
 /// by git). Tests run its `bin/python3`.

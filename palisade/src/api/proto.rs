@@ -444,6 +444,9 @@ pub struct Stats {
     /// What the shields are doing now, when the policy has `[shield]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shield_state: Option<crate::shield::ShieldState>,
+    /// What the DGA scorer counted, when the policy has `[dns.dga]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dga: Option<crate::dga::runtime::DgaStats>,
 }
 
 /// `unload`.

@@ -565,6 +565,7 @@ mod tests {
             dns: Dns {
                 rate_prefix: Default::default(),
                 bind: None,
+                dga: None,
                 ports: vec![53],
                 ingress: Some(scope),
                 egress: None,

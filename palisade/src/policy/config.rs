@@ -401,6 +401,7 @@ use super::model::{
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
+mod dga;
 mod dhcp;
 mod dnsbind;
 mod intel;
@@ -874,6 +875,7 @@ const DNS_KEYS: &[&str] = &[
     "rate_prefix_v4",
     "rate_prefix_v6",
     "bind",
+    "dga",
 ];
 const INGRESS_KEYS: &[&str] = &[
     "mode",
@@ -2158,6 +2160,8 @@ impl Checker<'_> {
         dns.egress = egress
             .and_then(|c| c.scope)
             .map(|scope| DnsEgress { scope, cgroups });
+        dns.dga = view.get("dga").map(|n| self.dns_dga(n, &by_name));
+        self.dga_list_use(&dns, view, &by_name);
         dns.lists = lists.into_iter().map(|l| l.list).collect();
         dns
     }
@@ -4011,6 +4015,7 @@ tcp_flags = "syn"
             Dns {
                 rate_prefix: Default::default(),
                 bind: None,
+                dga: None,
                 events: crate::policy::model::DnsEvents::default(),
                 ports: vec![53],
                 ingress: Some(scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![])),

@@ -528,6 +528,8 @@ pub struct Dns {
     pub rate_prefix: SourcePrefix,
     /// Cgroups in bind mode (`[dns.bind]`): they connect only to what they resolved.
     pub bind: Option<crate::dnsbind::DnsBind>,
+    /// DGA scoring of the names in DNS events (`[dns.dga]`).
+    pub dga: Option<crate::dga::runtime::DgaPolicy>,
 }
 
 /// The NXDOMAIN answer budget: a token bucket per client prefix, like response-rate

@@ -305,6 +305,7 @@ fn policy(kind: PolicyKind, set: Option<&NameSet>) -> Policy {
     p.dns = Dns {
         rate_prefix: Default::default(),
         bind: None,
+        dga: None,
         events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
         answers: AnswerBudget::UNLIMITED,

@@ -302,6 +302,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
         dns: Dns {
             rate_prefix: Default::default(),
             bind: None,
+            dga: None,
             ports: vec![53],
             ingress: Some(DnsScope {
                 mode: DnsMode::Blocklist,

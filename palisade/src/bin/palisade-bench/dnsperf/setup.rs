@@ -422,6 +422,7 @@ pub fn policy(list: &[String], action: DnsAction) -> Result<Policy> {
     p.dns = Dns {
         rate_prefix: Default::default(),
         bind: None,
+        dga: None,
         events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
         answers: AnswerBudget::UNLIMITED,

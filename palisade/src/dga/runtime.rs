@@ -1,0 +1,197 @@
+//! The daemon's side of `[dns.dga]`: names from DNS events are scored once each (a bounded
+//! cache), high scores become `dga` events, and, with `list`, the names are added to a DNS
+//! list for `ttl` seconds.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::Model;
+
+/// Names whose score is remembered. When full, the oldest name is forgotten (and would be
+/// scored, and reported, again).
+pub const CACHE_CAPACITY: usize = 16_384;
+/// Default `[dns.dga] threshold`: the score above which a name is reported (chosen from
+/// the measurement in `bench/results/dga-*.md`: at most 0.1 % of benign test names above).
+pub const DEFAULT_THRESHOLD: u16 = 900;
+/// Default `[dns.dga] ttl` (seconds) of names added to `list`.
+pub const DEFAULT_TTL: u64 = 3600;
+
+/// `[dns.dga]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DgaPolicy {
+    pub enabled: bool,
+    /// Names scoring above this (`0..=999`) are reported.
+    pub threshold: u16,
+    /// A `[dns.lists.NAME]` that reported names are added to.
+    pub list: Option<String>,
+    /// How long names stay in `list`, seconds.
+    pub ttl: u64,
+}
+
+impl Default for DgaPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: DEFAULT_THRESHOLD,
+            list: None,
+            ttl: DEFAULT_TTL,
+        }
+    }
+}
+
+/// What the scorer counted (in `palisade stats` and Prometheus).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DgaStats {
+    /// Names scored (cache misses).
+    pub scored: u64,
+    /// Events whose name was already scored.
+    pub cached: u64,
+    /// Names above the threshold (each reported once while cached).
+    pub reported: u64,
+    /// Names added to the `list`.
+    pub listed: u64,
+    /// Additions to the list that were refused.
+    pub list_failed: u64,
+}
+
+/// A high score, reported as a `dga` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DgaEvent {
+    /// Always `dga`.
+    pub kind: &'static str,
+    pub timestamp_ns: u64,
+    /// The question name, as in the `dns` event.
+    pub name: String,
+    /// The label that was scored.
+    pub label: String,
+    pub score: u16,
+    pub threshold: u16,
+    /// The DNS event's scope and verdict.
+    pub scope: &'static str,
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<std::net::IpAddr>,
+    /// The list the name is being added to, when `[dns.dga] list` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+}
+
+impl std::fmt::Display for DgaEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dga {} {} {} label={} score={} threshold={}",
+            self.scope, self.verdict, self.name, self.label, self.score, self.threshold
+        )?;
+        if let Some(c) = self.client {
+            write!(f, " client={c}")?;
+        }
+        if let Some(l) = &self.list {
+            write!(f, " list={l}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Scores names once each.
+#[derive(Debug, Default)]
+pub struct Scorer {
+    cache: HashMap<String, u16>,
+    order: VecDeque<String>,
+    pub stats: DgaStats,
+    /// Names waiting to be added to the list.
+    pub pending: Vec<String>,
+}
+
+/// What scoring one name found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scored {
+    pub label: String,
+    pub score: u16,
+    /// The name was scored now (not from the cache) and is above the threshold.
+    pub report: bool,
+}
+
+impl Scorer {
+    /// Scores `name` (zone-file text) under `policy`; `None` when the name has no
+    /// registrable label. A name above the threshold is reported the first time it is scored
+    /// and queued for the list.
+    pub fn score(&mut self, policy: &DgaPolicy, name: &str) -> Option<Scored> {
+        let key = name.trim_end_matches('.').to_ascii_lowercase();
+        let label = super::registrable(&key)?;
+        if let Some(&score) = self.cache.get(&key) {
+            self.stats.cached += 1;
+            return Some(Scored {
+                label,
+                score,
+                report: false,
+            });
+        }
+        let score = Model::embedded().score_label(&label);
+        self.stats.scored += 1;
+        if self.cache.len() >= CACHE_CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.cache.remove(&old);
+        }
+        self.cache.insert(key.clone(), score);
+        self.order.push_back(key.clone());
+        let report = score > policy.threshold;
+        if report {
+            self.stats.reported += 1;
+            if policy.list.is_some() {
+                self.pending.push(key);
+            }
+        }
+        Some(Scored {
+            label,
+            score,
+            report,
+        })
+    }
+
+    /// Names cached now.
+    #[must_use]
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_scored_once_and_reported_once() {
+        let policy = DgaPolicy {
+            threshold: 500,
+            list: Some("dga".into()),
+            ..DgaPolicy::default()
+        };
+        let mut s = Scorer::default();
+        let first = s.score(&policy, "xjwqkzvbtrplmn.com.").expect("scored");
+        assert!(first.report, "{first:?}");
+        let again = s.score(&policy, "XJWQKZVBTRPLMN.com").expect("scored");
+        assert_eq!((again.score, again.report), (first.score, false));
+        assert_eq!(s.stats.scored, 1);
+        assert_eq!(s.stats.cached, 1);
+        assert_eq!(s.stats.reported, 1);
+        assert_eq!(s.pending, vec!["xjwqkzvbtrplmn.com".to_string()]);
+        assert!(s.score(&policy, "com.").is_none());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let policy = DgaPolicy::default();
+        let mut s = Scorer::default();
+        for i in 0..CACHE_CAPACITY + 10 {
+            s.score(&policy, &format!("name{i}.example.com"));
+        }
+        assert_eq!(s.cached(), CACHE_CAPACITY);
+        // The oldest names were forgotten: scored again, not from the cache.
+        let before = s.stats.scored;
+        s.score(&policy, "name0.example.com");
+        assert_eq!(s.stats.scored, before + 1);
+    }
+}
