@@ -288,6 +288,8 @@ fn intel_suite() {
             ("hit-ip-v4", "drop"),
             ("hit-ip-v6", "drop"),
             ("hit-cidr-v4", "drop"),
+            ("hit-cidr-v4-long", "drop"),
+            ("hit-cidr-v6", "drop"),
         ],
         "{report:#}"
     );
