@@ -30,6 +30,7 @@ pub mod nat;
 pub mod pin;
 pub mod policy;
 pub mod replay;
+pub mod rng;
 pub mod scrub;
 pub mod shield;
 pub mod stats;

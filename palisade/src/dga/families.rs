@@ -8,6 +8,8 @@
 //! own, and carry `-like` in their names. Dictionary families take the word list as input
 //! (`/usr/share/dict/words` from Debian's `wamerican` in the benchmark).
 
+use crate::rng::SplitMix;
+
 /// A family: its name, whether it is dictionary based, and its generator.
 #[derive(Debug, Clone, Copy)]
 pub struct Family {
@@ -61,24 +63,7 @@ pub const FAMILIES: &[Family] = &[
     },
 ];
 
-/// A small, fixed pseudo-random generator (splitmix64) for the `-like` families.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn letters(r: &mut Mix, len: u64, alphabet: &[u8]) -> String {
+fn letters(r: &mut SplitMix, len: u64, alphabet: &[u8]) -> String {
     (0..len)
         .map(|_| char::from(alphabet[r.below(alphabet.len() as u64) as usize]))
         .collect()
@@ -185,7 +170,7 @@ fn cryptolocker(seed: u64, count: usize, _: &[String]) -> Vec<String> {
 /// Conficker-like: 4 to 10 uniform letters under the classic TLDs.
 fn conficker(seed: u64, count: usize, _: &[String]) -> Vec<String> {
     const TLDS: &[&str] = &["com", "net", "org", "info", "biz", "ws", "cn", "cc"];
-    let mut r = Mix(seed ^ 0xc0f1);
+    let mut r = SplitMix::new(seed ^ 0xc0f1);
     (0..count)
         .map(|_| {
             let len = 4 + r.below(7);
@@ -198,7 +183,7 @@ fn conficker(seed: u64, count: usize, _: &[String]) -> Vec<String> {
 /// QakBot-like: 8 to 25 uniform letters.
 fn qakbot(seed: u64, count: usize, _: &[String]) -> Vec<String> {
     const TLDS: &[&str] = &["com", "net", "org", "info", "biz", "org.uk"];
-    let mut r = Mix(seed ^ 0x9a4b);
+    let mut r = SplitMix::new(seed ^ 0x9a4b);
     (0..count)
         .map(|_| {
             let len = 8 + r.below(18);
@@ -213,7 +198,7 @@ fn simda(seed: u64, count: usize, _: &[String]) -> Vec<String> {
     const CONSONANTS: &[u8] = b"qwrtpsdfghjklzxcvbnm";
     const VOWELS: &[u8] = b"eyuioa";
     const TLDS: &[&str] = &["com", "net", "info", "eu", "ru"];
-    let mut r = Mix(seed ^ 0x51d4);
+    let mut r = SplitMix::new(seed ^ 0x51d4);
     (0..count)
         .map(|_| {
             let len = 6 + r.below(7);
@@ -242,7 +227,7 @@ pub fn usable_words(words: &[String]) -> Vec<String> {
     w
 }
 
-fn pick<'w>(r: &mut Mix, words: &'w [String]) -> &'w str {
+fn pick<'w>(r: &mut SplitMix, words: &'w [String]) -> &'w str {
     words
         .get(r.below(words.len().max(1) as u64) as usize)
         .map_or("word", String::as_str)
@@ -251,7 +236,7 @@ fn pick<'w>(r: &mut Mix, words: &'w [String]) -> &'w str {
 /// Suppobox-like: two dictionary words joined (`heavenshake.net`).
 fn suppobox(seed: u64, count: usize, words: &[String]) -> Vec<String> {
     let words = usable_words(words);
-    let mut r = Mix(seed ^ 0x5bb0);
+    let mut r = SplitMix::new(seed ^ 0x5bb0);
     (0..count)
         .map(|_| format!("{}{}.net", pick(&mut r, &words), pick(&mut r, &words)))
         .collect()
@@ -260,7 +245,7 @@ fn suppobox(seed: u64, count: usize, words: &[String]) -> Vec<String> {
 /// Matsnu-like: dictionary words, sometimes hyphen-joined, until the label is 12 to 24 long.
 fn matsnu(seed: u64, count: usize, words: &[String]) -> Vec<String> {
     let words = usable_words(words);
-    let mut r = Mix(seed ^ 0x3a75);
+    let mut r = SplitMix::new(seed ^ 0x3a75);
     (0..count)
         .map(|_| {
             let target = 12 + r.below(13) as usize;

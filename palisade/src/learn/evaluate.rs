@@ -21,6 +21,7 @@ use crate::{
     craft::{DnsQuery, Frame},
     policy::model::{Family, Policy},
     replay::capture::Record,
+    rng::SplitMix,
     testrun::Bench,
 };
 
@@ -43,28 +44,6 @@ pub struct Evaluation {
     /// Held-out flows refused, and synthetic flows admitted (at most 20 of each).
     pub benign_refused: Vec<String>,
     pub synthetic_let_in: Vec<String>,
-}
-
-/// splitmix64: a small, documented generator so a seed always gives the same flows.
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    #[must_use]
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
 }
 
 /// A DNS response to a query for `name` with one A record per address.
