@@ -93,7 +93,7 @@ pub struct PolicyHeader {
     pub fragments: u8,
     pub flags: u8,
     /// Prefix length that groups IPv4 sources under one per-source rate bucket (see
-    /// [`crate::packet::rate_source`]; 0 keeps the whole address).
+    /// [`crate::packet::rate_prefix_bits`]; 0 keeps the whole address).
     pub rate_prefix_v4: u8,
     /// The same for IPv6 sources.
     pub rate_prefix_v6: u8,

@@ -203,7 +203,7 @@ pub struct DnsGlobal {
     /// Prefix length that groups IPv6 clients under one answer budget (0..=128).
     pub answer_prefix_v6: u8,
     /// Prefix lengths that group ingress clients under one query rate bucket (see
-    /// [`crate::packet::rate_source`]; 0 keeps the whole address).
+    /// [`crate::packet::rate_prefix_bits`]; 0 keeps the whole address).
     pub rate_prefix_v4: u8,
     pub rate_prefix_v6: u8,
     /// The address a sinkhole answers AAAA questions with.
