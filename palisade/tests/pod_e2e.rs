@@ -5,7 +5,9 @@
 //! (podman 4.3's `kube play` has no DaemonSet), with two changes a kubelet makes
 //! unnecessary: the legacy seccomp annotation (podman 4.3 ignores `seccompProfile`), and the
 //! ConfigMap volume replaced by a hostPath to a directory this test updates the way kubelet
-//! updates a ConfigMap volume (podman copies a ConfigMap once, at play time).
+//! updates a ConfigMap volume (podman copies a ConfigMap once, at play time); and the
+//! downward API's `spec.nodeName`, `metadata.namespace` and `metadata.uid`, which podman 4.3 cannot resolve, given
+//! as values.
 //! - the pod enforces with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, not privileged;
 //!   the chart's readiness probe, run inside the container, passes;
 //! - a continuous UDP stream to a dropped and an allowed port runs while the pod is
@@ -190,6 +192,16 @@ impl Lab {
             .find(|o| o["kind"] == "DaemonSet")
             .expect("a DaemonSet");
         let mut spec = ds["spec"]["template"]["spec"].clone();
+        // Values a kubelet resolves and podman 4.3 does not: given as the kubelet would.
+        for e in spec["containers"][0]["env"].as_array_mut().unwrap() {
+            let literal = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("spec.nodeName") => "e2e-node",
+                Some("metadata.namespace") => "palisade-system",
+                Some("metadata.uid") => "00000000-0000-4000-8000-000000000e2e",
+                _ => continue,
+            };
+            *e = json!({"name": e["name"], "value": literal});
+        }
         for v in spec["volumes"].as_array_mut().unwrap() {
             if v.get("configMap").is_some() {
                 *v = json!({"name": v["name"], "hostPath": {"path": self.dir.join("configmap"), "type": "Directory"}});
@@ -207,8 +219,9 @@ impl Lab {
         });
         let file = self.dir.join(format!("{name}.json"));
         std::fs::write(&file, pod.to_string()).unwrap();
+        // Before playing: a pod that fails half-way is removed too.
+        self.pods.push(file.clone());
         run(podman().args(["kube", "play", "--quiet"]).arg(&file));
-        self.pods.push(file);
         ds["spec"]["template"]["spec"]["containers"][0].clone()
     }
 

@@ -147,7 +147,7 @@ fn configmap_swaps_reload_and_readiness_follows_the_enforced_policy() {
     let (code, line) = ready(&socket, &file);
     assert_eq!(code, 1, "{line}");
     assert!(
-        line.contains("not ready") && line.contains("[firewall]"),
+        line.contains("not ready") && line.contains("policy.toml:2:11: unknown default action"),
         "{line}"
     );
     assert!(
