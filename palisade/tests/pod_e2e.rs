@@ -13,7 +13,8 @@
 //! - a continuous UDP stream to a dropped and an allowed port runs while the pod is
 //!   deleted, the node runs without an agent, and a pod of another image replaces it: not
 //!   one datagram to the dropped port arrives, and the allowed port sees no gap;
-//! - the new pod adopts the pinned link (no gap) and reloads on a ConfigMap change;
+//! - the new pod, confined by the chart's Localhost seccomp profile (deploy/seccomp/),
+//!   adopts the pinned link (no gap) and reloads on a ConfigMap change;
 //! - the chart's cleanup mode removes the policy, and its container keeps running.
 //!
 //! Needs root, podman, runc and catatonit, helm and the test venv (`cargo xtask setup`):
@@ -207,13 +208,23 @@ impl Lab {
                 *v = json!({"name": v["name"], "hostPath": {"path": self.dir.join("configmap"), "type": "Directory"}});
             }
         }
+        // podman 4.3 takes the profile from the legacy annotation only.
+        let profile = &spec["containers"][0]["securityContext"]["seccompProfile"];
+        let seccomp = match profile["type"].as_str() {
+            Some("Localhost") => format!(
+                "localhost/{}",
+                profile["localhostProfile"].as_str().unwrap()
+            ),
+            Some("Unconfined") => "unconfined".to_string(),
+            other => panic!("seccomp profile {other:?}"),
+        };
         let pod = json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
                 "name": name,
                 "labels": ds["spec"]["template"]["metadata"]["labels"],
-                "annotations": {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"},
+                "annotations": {"seccomp.security.alpha.kubernetes.io/pod": seccomp},
             },
             "spec": spec,
         });
@@ -221,7 +232,10 @@ impl Lab {
         std::fs::write(&file, pod.to_string()).unwrap();
         // Before playing: a pod that fails half-way is removed too.
         self.pods.push(file.clone());
-        run(podman().args(["kube", "play", "--quiet"]).arg(&file));
+        run(podman()
+            .args(["kube", "play", "--quiet", "--seccomp-profile-root"])
+            .arg(root().join("deploy/seccomp"))
+            .arg(&file));
         ds["spec"]["template"]["spec"]["containers"][0].clone()
     }
 
@@ -305,6 +319,20 @@ fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "never: {what}");
         thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The `Seccomp:` mode the kernel reports for the container's main process (0 none, 2
+/// filter).
+fn seccomp_mode(container: &str) -> String {
+    let inspect: Value = serde_json::from_str(&run(podman().args(["inspect", container]))).unwrap();
+    let pid = inspect[0]["State"]["Pid"].as_u64().unwrap();
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// The chart's readiness probe, run inside the container as the kubelet would.
@@ -420,6 +448,7 @@ fn the_charts_pod_enforces_hands_over_without_a_gap_reloads_and_cleans_up() {
     assert_eq!(caps, ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
     assert_eq!(inspect[0]["HostConfig"]["Privileged"], false);
     assert_eq!(inspect[0]["HostConfig"]["NetworkMode"], "host");
+    assert_eq!(seccomp_mode(ctr), "0", "Unconfined by default");
     assert!(!lab.ping(), "drop-icmp enforced by the pod");
     assert!(
         lab.logs(ctr)
@@ -432,7 +461,17 @@ fn the_charts_pod_enforces_hands_over_without_a_gap_reloads_and_cleans_up() {
     thread::sleep(Duration::from_millis(300));
     lab.down();
     assert!(!lab.ping(), "enforced with no agent running");
-    let agent_b = lab.play("palisade-e2e-b", &image_b, &[]);
+    // The new pod runs under the chart's Localhost seccomp profile (deploy/seccomp/).
+    let agent_b = lab.play(
+        "palisade-e2e-b",
+        &image_b,
+        &[
+            "--set",
+            "seccompProfile.type=Localhost",
+            "--set",
+            "seccompProfile.localhostProfile=palisade.json",
+        ],
+    );
     let ctr_b = "palisade-e2e-b-agent";
     let readiness_b = agent_b["readinessProbe"]["exec"]["command"].clone();
     eventually("the new pod is ready", Duration::from_secs(60), || {
@@ -459,6 +498,11 @@ fn the_charts_pod_enforces_hands_over_without_a_gap_reloads_and_cleans_up() {
     assert!(sent > 500, "the stream ran through the rollout ({sent})");
     assert_eq!(count(DROPPED_PORT), 0, "a datagram passed unfiltered");
     assert_eq!(count(ALLOWED_PORT), sent, "the allowed port lost datagrams");
+    assert_eq!(
+        seccomp_mode(ctr_b),
+        "2",
+        "the daemon runs under a seccomp filter"
+    );
     let logs = lab.logs(ctr_b);
     assert!(logs.contains("adopted the pinned link"), "{logs}");
 
