@@ -196,6 +196,31 @@ pub enum Command {
     ///   palisade completions fish > ~/.config/fish/completions/palisade.fish
     #[command(verbatim_doc_comment)]
     Completions { shell: clap_complete::Shell },
+    /// Exit 0 when the daemon enforces, and enforces the policy in FILE (a probe).
+    ///
+    /// Ready means: a program is attached to every interface the daemon guards and, with
+    /// --policy, the policy in force is the current content of FILE (a reload that failed,
+    /// or one not done yet, is not ready). Exit codes: 0 ready, 1 not ready, 3 no daemon
+    /// answers. The Kubernetes chart's startup and readiness probes run it.
+    ///
+    /// Example:
+    ///   palisade ready --policy /etc/palisade/policy.toml
+    #[command(verbatim_doc_comment)]
+    Ready {
+        /// The policy file the daemon must enforce (compared by content).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Remove everything pinned under --pin-dir, then wait for a signal.
+    ///
+    /// The chart's cleanup mode runs it as the DaemonSet's container, so every node drops
+    /// its policy before the chart is uninstalled; a plain `palisade unload` would exit and
+    /// be restarted by the kubelet.
+    Cleanup {
+        /// Where the state is pinned.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
 }
 
 /// `--json`.
@@ -615,6 +640,10 @@ pub struct RunArgs {
     /// Format of log lines on stderr (level from PALISADE_LOG, e.g. `info`).
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Reload when the --config file or its directory's `..data` symlink changes (a
+    /// Kubernetes ConfigMap volume, which kubelet updates by swapping that symlink).
+    #[arg(long, requires = "config")]
+    pub watch_config: bool,
 }
 
 /// Parses `--ttl`: seconds, or a number followed by s, m, h or d.

@@ -756,3 +756,67 @@ pub fn unload(socket: &Path, pin_dir: &Path) -> Result<()> {
 fn col_width(cells: impl Iterator<Item = usize>, min: usize, max: usize) -> usize {
     cells.max().unwrap_or(min).clamp(min, max)
 }
+
+/// `palisade ready`: the probe of a pod (see [`crate::pod::readiness`]); prints why, and
+/// exits 0 (ready), [`crate::pod::EXIT_NOT_READY`] or [`crate::pod::EXIT_NO_DAEMON`].
+#[must_use]
+pub fn ready(socket: &Path, policy: Option<&Path>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let desired = match policy.map(crate::pod::file_digest).transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            println!(
+                "not ready: cannot read {}: {e}",
+                policy.unwrap_or(Path::new("")).display()
+            );
+            return ExitCode::from(crate::pod::EXIT_NOT_READY);
+        }
+    };
+    let status = Client::connect(socket).and_then(|mut c| c.request::<Status>(&Request::Status));
+    match status {
+        Ok(s) => match crate::pod::readiness(&s, desired.as_deref()) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(line) => {
+                println!("{line}");
+                ExitCode::from(crate::pod::EXIT_NOT_READY)
+            }
+        },
+        Err(e) => {
+            println!(
+                "not ready: no daemon answers on {}: {e:#}",
+                socket.display()
+            );
+            ExitCode::from(crate::pod::EXIT_NO_DAEMON)
+        }
+    }
+}
+
+/// `palisade cleanup`: [`unload`], then wait for SIGTERM or SIGINT (the container of the
+/// chart's cleanup mode must keep running, or the kubelet restarts it).
+///
+/// # Errors
+/// When unloading fails or the signals cannot be watched.
+pub fn cleanup(socket: &Path, pin_dir: &Path) -> Result<()> {
+    unload(socket, pin_dir)?;
+    println!(
+        "nothing of palisade is enforced from {}; waiting for the pod to be removed",
+        pin_dir.display()
+    );
+    let _ = std::io::stdout().flush();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    })
+}

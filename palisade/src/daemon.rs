@@ -145,6 +145,10 @@ struct Daemon {
     intel: crate::intel::runtime::Runtime,
     /// `[dns.dga]`: the scores of the names seen in DNS events.
     dga: crate::dga::runtime::Scorer,
+    /// The digest of the policy file in force (`status`, `palisade ready`).
+    policy_digest: Option<String>,
+    /// `--watch-config`: the policy file and its ConfigMap `..data` link.
+    watch: Option<crate::pod::ConfigWatch>,
 }
 
 impl Daemon {
@@ -201,6 +205,8 @@ fn ct_sizes(policy: &Policy) -> carry::Sizes {
 /// # Errors
 /// When the policy is invalid, loading fails, or no interface can be attached.
 pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
+    // Read before the policy: a file changed in between is then seen as changed.
+    let loaded = args.config.as_deref().map(crate::pod::fingerprint);
     let (policy, source) = load_policy(args.config.as_deref())?;
     // Compile once before touching the kernel so a policy that cannot load fails fast.
     crate::firewall::compile::compile(&policy).context("compiling the policy")?;
@@ -291,6 +297,13 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         dhcp: crate::dhcp::runtime::Snooper::default(),
         intel: crate::intel::runtime::Runtime::new(opts.intel_sizes),
         dga: crate::dga::runtime::Scorer::default(),
+        policy_digest: loaded.as_ref().and_then(|f| f.digest.clone()),
+        watch: match (&args.config, &loaded) {
+            (Some(path), Some(f)) if args.watch_config => {
+                Some(crate::pod::ConfigWatch::new(path.clone(), f.clone()))
+            }
+            _ => None,
+        },
     };
     if !policy.intel.feeds.is_empty() {
         // Before the policy, whose DNS lists take the feeds' domains, and before the
@@ -423,6 +436,8 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut intel_tick = tokio::time::interval(crate::intel::runtime::TICK);
     intel_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch_tick = tokio::time::interval(crate::pod::WATCH_INTERVAL);
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
         tokio::select! {
             _ = intel_tick.tick() => {
@@ -466,6 +481,14 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
                 }
                 let r = d.handle(call.request);
                 let _ = call.reply.send(r);
+            }
+            _ = watch_tick.tick(), if d.watch.is_some() => {
+                if d.watch.as_mut().is_some_and(crate::pod::ConfigWatch::changed) {
+                    match d.reload() {
+                        Ok(c) => eprintln!("palisade: the config changed; {}", c.message),
+                        Err(e) => eprintln!("palisade: the config changed; reload refused, the running policy is unchanged: {e}"),
+                    }
+                }
             }
             _ = sighup.recv() => {
                 match d.reload() {
@@ -594,6 +617,10 @@ impl Daemon {
 
     fn reload(&mut self) -> Result<Changed, String> {
         let saved = self.lb_live.clone();
+        let seen = self.args.config.as_deref().map(crate::pod::fingerprint);
+        if let (Some(w), Some(f)) = (self.watch.as_mut(), &seen) {
+            w.saw(f.clone());
+        }
         let result = load_policy(self.args.config.as_deref())
             .map_err(|e| format!("{e:#}"))
             .and_then(|(p, source)| {
@@ -615,6 +642,7 @@ impl Daemon {
         match result {
             Ok((generation, source)) => {
                 self.reloads_ok += 1;
+                self.policy_digest = seen.and_then(|f| f.digest);
                 let discarded = std::mem::take(&mut self.live_changes);
                 self.source = source;
                 info!(
@@ -1038,6 +1066,7 @@ impl Daemon {
                     unvalidated: u64::from(self.policy.conntrack.max_unvalidated),
                 }
             }),
+            policy_digest: self.policy_digest.clone(),
         }
     }
 

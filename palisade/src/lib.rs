@@ -28,6 +28,7 @@ pub mod maps;
 pub mod metrics;
 pub mod nat;
 pub mod pin;
+pub mod pod;
 pub mod policy;
 pub mod replay;
 pub mod rng;

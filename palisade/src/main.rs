@@ -151,6 +151,8 @@ fn main() -> ExitCode {
         Command::Leases(j) => commands::leases(&socket, j.json),
         Command::Unload { pin_dir } => commands::unload(&socket, &pin_dir),
         Command::Top(a) => palisade::top::command(&socket, &a),
+        Command::Ready { policy } => return commands::ready(&socket, policy.as_deref()),
+        Command::Cleanup { pin_dir } => commands::cleanup(&socket, &pin_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

