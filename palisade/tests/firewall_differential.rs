@@ -36,8 +36,8 @@ use palisade::{
         reference::{self, Verdict},
     },
     policy::model::{
-        Action, AddrMatch, Cidr, Family, Firewall, FragmentPolicy, IcmpMatch, IpHeaderMatch, IpSet, Policy,
-        PortRange, Protocol, RateLimit, RatePer, Rule, SourcePrefix, TcpFlags,
+        Action, AddrMatch, Cidr, Family, Firewall, FragmentPolicy, IcmpMatch, IpHeaderMatch, IpSet,
+        Policy, PortRange, Protocol, RateLimit, RatePer, Rule, SourcePrefix, TcpFlags,
     },
     testrun::Bench,
 };
@@ -219,7 +219,9 @@ fn icmp_match(rng: &mut StdRng) -> IcmpMatch {
 fn ip_header_match(rng: &mut StdRng) -> IpHeaderMatch {
     let ttl = |rng: &mut StdRng| {
         let lo = if rng.gen_bool(0.6) {
-            *[0u8, 1, 2, 63, 64, 65, 127, 128, 254, 255].choose(rng).unwrap()
+            *[0u8, 1, 2, 63, 64, 65, 127, 128, 254, 255]
+                .choose(rng)
+                .unwrap()
         } else {
             rng.r#gen()
         };
@@ -394,7 +396,9 @@ fn derive_rule(rng: &mut StdRng, base: &Rule) -> Rule {
         7 => {
             // A wider or narrower TTL range, or none.
             r.ip.ttl = match r.ip.ttl {
-                Some((lo, hi)) if k % 2 == 0 => Some((lo.saturating_sub(k), hi.saturating_add(k))),
+                Some((lo, hi)) if k.is_multiple_of(2) => {
+                    Some((lo.saturating_sub(k), hi.saturating_add(k)))
+                }
                 Some((lo, hi)) => Some((lo.saturating_add(k).min(hi), hi)),
                 None => Some((64 - k, 64 + k)),
             };
@@ -1252,6 +1256,8 @@ struct Tally {
     later_fragments: u64,
     first_fragments: u64,
     rate_limited: u64,
+    /// Frames decided by a rule with a DSCP, ECN or TTL condition.
+    rule_header: u64,
 }
 
 impl Tally {
@@ -1268,6 +1274,9 @@ impl Tally {
                 let r = &p.firewall.rules[rule.unwrap() as usize];
                 if matches!(r.src, AddrMatch::Set(_)) || matches!(r.dst, AddrMatch::Set(_)) {
                     self.rule_set += 1;
+                }
+                if r.ip != IpHeaderMatch::default() {
+                    self.rule_header += 1;
                 }
             }
         }
@@ -1358,7 +1367,7 @@ fn kernel_agrees_with_reference_on_random_policies() {
     );
     if policies >= 10 {
         assert!(
-            t.rule_set > 0 && t.fragments_dropped > 0 && t.rate_limited > 0,
+            t.rule_set > 0 && t.rule_header > 0 && t.fragments_dropped > 0 && t.rate_limited > 0,
             "{t:?}"
         );
         assert!(t.later_fragments > 0 && t.first_fragments > 0 && t.v4 > 0 && t.v6 > 0);

@@ -117,7 +117,11 @@ fn dscp_ecn_and_ttl_decide_in_the_kernel_as_in_the_reference() {
                 Ok(packet::Frame::Ip(pkt)) => pkt,
                 other => panic!("crafted frame does not parse: {other:?}"),
             };
-            assert_eq!((pkt.tos, pkt.ttl), (tos, ttl), "the parser reads both fields");
+            assert_eq!(
+                (pkt.tos, pkt.ttl),
+                (tos, ttl),
+                "the parser reads both fields"
+            );
             assert_eq!(
                 reference::first_match(&p, &pkt),
                 want,
@@ -136,7 +140,11 @@ fn dscp_ecn_and_ttl_decide_in_the_kernel_as_in_the_reference() {
                 Some(rule) => {
                     assert_eq!(action, XDP_DROP, "{what}");
                     assert_eq!(events.len(), 1, "{what}: {events:?}");
-                    assert_eq!((events[0].rule, events[0].reason), (rule, reason::RULE), "{what}");
+                    assert_eq!(
+                        (events[0].rule, events[0].reason),
+                        (rule, reason::RULE),
+                        "{what}"
+                    );
                     let after = bench.rule_hits(rule).unwrap();
                     let before = before.unwrap();
                     assert_eq!(after.packets, before.packets + 1, "{what}");

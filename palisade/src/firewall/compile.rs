@@ -19,8 +19,8 @@ use palisade_common::{
 };
 
 use crate::policy::model::{
-    Action, AddrMatch, Cidr, Family, FragmentPolicy, IpHeaderMatch, Policy, PortRange, RatePer, Rule, TcpFlags,
-    prefix_mask,
+    Action, AddrMatch, Cidr, Family, FragmentPolicy, IpHeaderMatch, Policy, PortRange, RatePer,
+    Rule, TcpFlags, prefix_mask,
 };
 
 /// Rule entries per generation. The hash map holds two generations.
@@ -429,46 +429,46 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
                     (None, None) => 0,
                 };
                 for &(ttl, ttl_mask) in &ttls {
-                let shape = Shape {
-                    family,
-                    src: src.side(),
-                    dst: dst.side(),
-                    proto: rule.protocol.is_some(),
-                    sport: sport_range.is_some(),
-                    dport: dport_range.is_some(),
-                    tcp_flags_mask: flags.mask,
-                    state: rule.state.is_some(),
-                    tos_mask,
-                    ttl_mask,
-                };
-                let best = shapes.entry(shape).or_insert(index);
-                *best = (*best).min(index);
-                for sc in sport_classes.clone() {
-                    for dc in dport_classes.clone() {
-                        for &ct_state in &states {
-                            let key = FlowKey {
-                                tuple: 0,
-                                src: src.addr(),
-                                dst: dst.addr(),
-                                sport_class: sc,
-                                dport_class: dc,
-                                proto: rule.protocol.map_or(0, |p| p.number()),
-                                tcp_flags: flags.value,
-                                ct_state,
-                                tos,
-                                ttl,
-                                _pad: [0; 3],
-                            };
-                            keyed.entry((shape, key)).or_insert(index);
-                            if keyed.len() > MAX_ENTRIES {
-                                return Err(CompileError::TooManyEntries {
-                                    rule: rule_label(rule, index as usize),
-                                    line: rule.line,
-                                });
+                    let shape = Shape {
+                        family,
+                        src: src.side(),
+                        dst: dst.side(),
+                        proto: rule.protocol.is_some(),
+                        sport: sport_range.is_some(),
+                        dport: dport_range.is_some(),
+                        tcp_flags_mask: flags.mask,
+                        state: rule.state.is_some(),
+                        tos_mask,
+                        ttl_mask,
+                    };
+                    let best = shapes.entry(shape).or_insert(index);
+                    *best = (*best).min(index);
+                    for sc in sport_classes.clone() {
+                        for dc in dport_classes.clone() {
+                            for &ct_state in &states {
+                                let key = FlowKey {
+                                    tuple: 0,
+                                    src: src.addr(),
+                                    dst: dst.addr(),
+                                    sport_class: sc,
+                                    dport_class: dc,
+                                    proto: rule.protocol.map_or(0, |p| p.number()),
+                                    tcp_flags: flags.value,
+                                    ct_state,
+                                    tos,
+                                    ttl,
+                                    _pad: [0; 3],
+                                };
+                                keyed.entry((shape, key)).or_insert(index);
+                                if keyed.len() > MAX_ENTRIES {
+                                    return Err(CompileError::TooManyEntries {
+                                        rule: rule_label(rule, index as usize),
+                                        line: rule.line,
+                                    });
+                                }
                             }
                         }
                     }
-                }
                 }
             }
         }
@@ -741,7 +741,11 @@ mod tests {
                 let blocks = ttl_blocks(Some((lo, hi)));
                 for v in 0..=255u8 {
                     let hits = blocks.iter().filter(|&&(b, m)| v & m == b).count();
-                    assert_eq!(hits, usize::from((lo..=hi).contains(&v)), "{lo}-{hi} at {v}");
+                    assert_eq!(
+                        hits,
+                        usize::from((lo..=hi).contains(&v)),
+                        "{lo}-{hi} at {v}"
+                    );
                 }
             }
         }
@@ -768,7 +772,10 @@ mod tests {
             })
             .collect();
         seen.sort_unstable();
-        assert_eq!(seen, vec![(0xff, 46 << 2 | 3, 0xf8, 0), (0xff, 46 << 2 | 3, 0xfe, 8)]);
+        assert_eq!(
+            seen,
+            vec![(0xff, 46 << 2 | 3, 0xf8, 0), (0xff, 46 << 2 | 3, 0xfe, 8)]
+        );
         // A rule without them leaves the masks and key bytes 0.
         let c = compile(&policy(vec![any_rule()], vec![])).unwrap();
         assert_eq!((c.tuples[0].tos_mask, c.tuples[0].ttl_mask), (0, 0));
@@ -2036,22 +2043,24 @@ mod tests {
             prop::option::weighted(0.3, arb_state()),
             arb_ip(),
         )
-            .prop_map(|(action, src, dst, protocol, sp, dp, flags, icmp, state, ip)| {
-                let ports = matches!(protocol, Some(Protocol::Tcp | Protocol::Udp));
-                let is_icmp = matches!(protocol, Some(Protocol::Icmp | Protocol::Icmpv6));
-                RawRule {
-                    action,
-                    src,
-                    dst,
-                    protocol,
-                    src_ports: sp.filter(|_| ports),
-                    dst_ports: dp.filter(|_| ports),
-                    tcp_flags: flags.filter(|_| protocol == Some(Protocol::Tcp)),
-                    icmp: icmp.filter(|_| is_icmp),
-                    state,
-                    ip,
-                }
-            })
+            .prop_map(
+                |(action, src, dst, protocol, sp, dp, flags, icmp, state, ip)| {
+                    let ports = matches!(protocol, Some(Protocol::Tcp | Protocol::Udp));
+                    let is_icmp = matches!(protocol, Some(Protocol::Icmp | Protocol::Icmpv6));
+                    RawRule {
+                        action,
+                        src,
+                        dst,
+                        protocol,
+                        src_ports: sp.filter(|_| ports),
+                        dst_ports: dp.filter(|_| ports),
+                        tcp_flags: flags.filter(|_| protocol == Some(Protocol::Tcp)),
+                        icmp: icmp.filter(|_| is_icmp),
+                        state,
+                        ip,
+                    }
+                },
+            )
     }
 
     /// `c` with another prefix length (host bits cleared).
@@ -2115,7 +2124,9 @@ mod tests {
             // A wider or narrower TTL range, or one around 64; another DSCP.
             8 => {
                 r.ip.ttl = match r.ip.ttl {
-                    Some((lo, hi)) if k % 2 == 0 => Some((lo.saturating_sub(k), hi.saturating_add(k))),
+                    Some((lo, hi)) if k.is_multiple_of(2) => {
+                        Some((lo.saturating_sub(k), hi.saturating_add(k)))
+                    }
                     Some((lo, hi)) => Some((lo.saturating_add(k).min(hi), hi)),
                     None => Some((64 - k, 64 + k)),
                 };

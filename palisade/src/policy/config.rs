@@ -398,9 +398,9 @@ use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 use super::model::{
     Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE,
     CT_OVERLOAD_TTL_RANGE_S, CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns,
-    DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch, IpHeaderMatch, IpSet,
-    NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate, RateLimit, RatePer,
-    Rule, Sinkhole, SourcePrefix, TcpFlags,
+    DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch,
+    IpHeaderMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate,
+    RateLimit, RatePer, Rule, Sinkhole, SourcePrefix, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
@@ -3635,9 +3635,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
             let text = format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n");
             parse(&text).map(|p| p.firewall.rules[0].ip)
         };
-        let ip = |dscp, ecn, ttl| {
-            Ok(IpHeaderMatch { dscp, ecn, ttl })
-        };
+        let ip = |dscp, ecn, ttl| Ok(IpHeaderMatch { dscp, ecn, ttl });
         assert_eq!(rule("dscp = 46"), ip(Some(46), None, None));
         assert_eq!(rule("dscp = \"ef\""), ip(Some(46), None, None));
         assert_eq!(rule("dscp = \"cs6\""), ip(Some(48), None, None));
@@ -3649,10 +3647,11 @@ rate = { pps = 1, burst = 1, per = "rule" }
         assert_eq!(rule("ttl = \"0-9\""), ip(None, None, Some((0, 9))));
         assert_eq!(rule("ttl = \" 64 \""), ip(None, None, Some((64, 64))));
         assert_eq!(rule(""), ip(None, None, None));
-        let bad = |body: &str| {
-            errors(&format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n"))
-        };
-        assert_eq!(bad("dscp = 64"), vec!["p.toml:3:8: `dscp` must be between 0 and 63, found 64"]);
+        let bad = |body: &str| errors(&format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n"));
+        assert_eq!(
+            bad("dscp = 64"),
+            vec!["p.toml:3:8: `dscp` must be between 0 and 63, found 64"]
+        );
         assert_eq!(
             bad("dscp = \"af44\""),
             vec![
@@ -3667,13 +3666,22 @@ rate = { pps = 1, burst = 1, per = "rule" }
                  `ce` or a number 0 to 3"
             ]
         );
-        assert_eq!(bad("ecn = 4"), vec!["p.toml:3:7: `ecn` must be between 0 and 3, found 4"]);
-        assert_eq!(bad("ttl = 256"), vec!["p.toml:3:7: TTL 256 is out of range 0 to 255"]);
+        assert_eq!(
+            bad("ecn = 4"),
+            vec!["p.toml:3:7: `ecn` must be between 0 and 3, found 4"]
+        );
+        assert_eq!(
+            bad("ttl = 256"),
+            vec!["p.toml:3:7: TTL 256 is out of range 0 to 255"]
+        );
         assert_eq!(
             bad("ttl = \"9-1\""),
             vec!["p.toml:3:7: TTL range 9-1 is reversed; the low value comes first"]
         );
-        assert_eq!(bad("ttl = \"1-x\""), vec!["p.toml:3:7: invalid TTL `x` in `ttl`"]);
+        assert_eq!(
+            bad("ttl = \"1-x\""),
+            vec!["p.toml:3:7: invalid TTL `x` in `ttl`"]
+        );
         assert_eq!(
             bad("ttl = true"),
             vec!["p.toml:3:7: `ttl` must be a number or a \"LO-HI\" range, found a boolean"]
