@@ -121,8 +121,15 @@ pub struct Tuple {
     /// 0xff when the tuple keys on the connection-tracking state ([`TUPLE_CT_STATE`]), else
     /// 0: a mask rather than a flag test keeps the key construction branch-free.
     pub ct_state_mask: u8,
+    /// The bits of the packet's TOS / traffic class byte the key holds: `0xfc` for a `dscp`
+    /// condition, `0x03` for `ecn`, both or 0 (no condition, the key's byte stays 0).
+    pub tos_mask: u8,
+    /// The bits of the packet's TTL / hop limit the key holds: a `ttl` range is split into
+    /// aligned blocks, each a value under a mask of high bits (see `docs/design/firewall.md`).
+    pub ttl_mask: u8,
+    pub _pad: [u8; 2],
 }
-map_type!(Tuple, 48);
+map_type!(Tuple, 52);
 
 /// The hash key of a rule entry: a packet's fields masked to one tuple's shape.
 #[repr(C)]
@@ -139,9 +146,13 @@ pub struct FlowKey {
     pub tcp_flags: u8,
     /// The packet's connection-tracking state bit, 0 when the tuple ignores it.
     pub ct_state: u8,
-    pub _pad: [u8; 1],
+    /// The packet's TOS / traffic class under [`Tuple::tos_mask`].
+    pub tos: u8,
+    /// The packet's TTL / hop limit under [`Tuple::ttl_mask`].
+    pub ttl: u8,
+    pub _pad: [u8; 3],
 }
-map_type!(FlowKey, 44);
+map_type!(FlowKey, 48);
 
 /// The value of a rule entry: the first rule (in evaluation order) with that key.
 #[repr(C)]
@@ -382,7 +393,9 @@ pub fn fill_flow_key(k: &mut FlowKey, tuple: u32, t: &Tuple, p: &Packet, classes
     };
     k.tcp_flags = p.tcp_flags & t.tcp_flags_mask;
     k.ct_state = p.ct_state & t.ct_state_mask;
-    k._pad = [0];
+    k.tos = p.tos & t.tos_mask;
+    k.ttl = p.ttl & t.ttl_mask;
+    k._pad = [0; 3];
 }
 
 /// The fastest rate a token bucket takes, in tokens (packets, queries, answers, events) a

@@ -121,9 +121,33 @@ pub struct Packet {
     /// A reason code (`reason::SHIELD_*`) when a shield condemned the packet in the tracker's
     /// stage; the rules stage drops it before any rule. 0 otherwise (the parser leaves it 0).
     pub shield: u8,
+    /// IPv4 type of service or IPv6 traffic class: DSCP in the high six bits, ECN in the low
+    /// two.
+    pub tos: u8,
+    /// IPv4 time to live or IPv6 hop limit.
+    pub ttl: u8,
 }
 
 impl Packet {
+    /// All fields zero.
+    pub const EMPTY: Self = Self {
+        family: 0,
+        proto: 0,
+        frag: 0,
+        tcp_flags: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        l3_offset: 0,
+        l4_offset: 0,
+        l4_len: 0,
+        ct_state: 0,
+        shield: 0,
+        tos: 0,
+        ttl: 0,
+    };
+
     /// The source address as four native-endian words.
     #[inline(always)]
     #[must_use]
@@ -177,6 +201,25 @@ pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Frame, u32> {
     }
 }
 
+/// [`parse_l3`] writing the packet into `out` in place (a map slot), for hooks whose call
+/// chain cannot afford the packet's copies on the stack: `Ok(false)` for a frame that is not
+/// IP (`out` is then unchanged).
+///
+/// # Errors
+/// A drop reason from [`crate::reason`], as [`parse_l3`]; `out` then holds no packet.
+#[inline(always)]
+pub fn parse_l3_into<B: Bytes + ?Sized>(
+    b: &B,
+    ethertype: u16,
+    out: &mut Packet,
+) -> Result<bool, u32> {
+    match ethertype {
+        ETH_P_IP => parse_ipv4_into(b, 0, out).map(|()| true),
+        ETH_P_IPV6 => parse_ipv6_into(b, 0, out).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
 /// Parses a frame that starts with the IP header (what cgroup and some TC hooks see);
 /// `ethertype` says which IP version to expect.
 #[inline(always)]
@@ -190,6 +233,13 @@ pub fn parse_l3<B: Bytes + ?Sized>(b: &B, ethertype: u16) -> Result<Frame, u32> 
 
 #[inline(always)]
 fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
+    let mut p = Packet::EMPTY;
+    parse_ipv4_into(b, off, &mut p)?;
+    Ok(p)
+}
+
+#[inline(always)]
+fn parse_ipv4_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Result<(), u32> {
     let h: [u8; 20] = b.load(off).ok_or(reason::MALFORMED_L3)?;
     if h[0] >> 4 != 4 {
         return Err(reason::MALFORMED_L3);
@@ -207,7 +257,7 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
     let frag_field = u16::from_be_bytes([h[6], h[7]]);
     let more = frag_field & 0x2000 != 0;
     let frag_off = frag_field & 0x1fff;
-    let mut p = Packet {
+    *out = Packet {
         family: FAMILY_V4,
         proto: h[9],
         frag: if frag_off != 0 {
@@ -227,13 +277,21 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
         l4_len: (total - ihl) as u16,
         ct_state: 0,
         shield: 0,
+        tos: h[1],
+        ttl: h[8],
     };
-    parse_l4(b, &mut p)?;
-    Ok(p)
+    parse_l4(b, out)
 }
 
 #[inline(always)]
 fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
+    let mut p = Packet::EMPTY;
+    parse_ipv6_into(b, off, &mut p)?;
+    Ok(p)
+}
+
+#[inline(always)]
+fn parse_ipv6_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Result<(), u32> {
     let h: [u8; 40] = b.load(off).ok_or(reason::MALFORMED_L3)?;
     if h[0] >> 4 != 6 {
         return Err(reason::MALFORMED_L3);
@@ -291,7 +349,7 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
     if ext_len > payload {
         return Err(reason::IPV6_EXT_CHAIN);
     }
-    let mut p = Packet {
+    *out = Packet {
         family: FAMILY_V6,
         proto: next,
         frag,
@@ -305,9 +363,10 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
         l4_len: (payload - ext_len) as u16,
         ct_state: 0,
         shield: 0,
+        tos: h[0] << 4 | h[1] >> 4,
+        ttl: h[7],
     };
-    parse_l4(b, &mut p)?;
-    Ok(p)
+    parse_l4(b, out)
 }
 
 #[inline(always)]

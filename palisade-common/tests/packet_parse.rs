@@ -187,6 +187,8 @@ fn v4(proto: u8, l3: usize, ihl: u8, l4_len: u16) -> Packet {
         tcp_flags: 0,
         ct_state: 0,
         shield: 0,
+        tos: 0,
+        ttl: 64,
         src: v4_mapped(SRC4),
         dst: v4_mapped(DST4),
         sport: 0,
@@ -205,6 +207,8 @@ fn v6(proto: u8, l3: usize, ext_len: usize, l4_len: u16) -> Packet {
         tcp_flags: 0,
         ct_state: 0,
         shield: 0,
+        tos: 0,
+        ttl: 64,
         src: SRC6,
         dst: DST6,
         sport: 0,
@@ -993,4 +997,33 @@ fn rate_sources_are_cut_to_their_family_prefix() {
         [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     );
     assert_eq!(keep_prefix(&v6, rate_prefix_bits(false, 32, 0)), v6);
+}
+
+#[test]
+fn tos_and_ttl_are_read_from_both_families() {
+    // IPv4: the TOS byte and the TTL as they are.
+    let mut f = frame4(&[], 5, 0, IPPROTO_UDP, &udp(1, 2));
+    f[ETH_HLEN + 1] = 0xb9; // DSCP 46 (EF), ECN 1 (ECT(1))
+    f[ETH_HLEN + 8] = 3;
+    let mut want = ports(v4(IPPROTO_UDP, ETH_HLEN, 5, 8), 1, 2);
+    want.tos = 0xb9;
+    want.ttl = 3;
+    ok(&f, want);
+    // IPv6: the traffic class straddles the first two bytes; the hop limit is byte 7.
+    let mut f = frame6(&[], &[], IPPROTO_UDP, &udp(1, 2));
+    f[ETH_HLEN] = 0x6b;
+    f[ETH_HLEN + 1] = 0x9f; // traffic class 0xb9, flow label bits left set
+    f[ETH_HLEN + 7] = 255;
+    let mut want = ports(v6(IPPROTO_UDP, ETH_HLEN, 0, 8), 1, 2);
+    want.tos = 0xb9;
+    want.ttl = 255;
+    ok(&f, want);
+    // A non-first fragment still has its layer-3 fields.
+    let mut f = frame4(&[], 5, 0x0010, IPPROTO_UDP, &[0; 8]);
+    f[ETH_HLEN + 1] = 0x03;
+    f[ETH_HLEN + 8] = 1;
+    let mut want = frag(v4(IPPROTO_UDP, ETH_HLEN, 5, 8), FRAG_LATER);
+    want.tos = 0x03;
+    want.ttl = 1;
+    ok(&f, want);
 }

@@ -58,6 +58,8 @@ pub struct Frame {
     pub ipv4_frag: Option<(u16, bool)>,
     pub ipv6_ext: Vec<ExtHeader>,
     pub ttl: u8,
+    /// IPv4 type of service / IPv6 traffic class (DSCP and ECN).
+    pub tos: u8,
     /// TCP sequence number (layer 4 `Tcp` only).
     pub tcp_seq: u32,
 }
@@ -77,6 +79,7 @@ impl Frame {
             ipv4_frag: None,
             ipv6_ext: Vec::new(),
             ttl: 64,
+            tos: 0,
             tcp_seq: 1,
         }
     }
@@ -154,7 +157,7 @@ impl Frame {
                 let total = (ihl + l4.len()) as u16;
                 let (off, more) = self.ipv4_frag.unwrap_or((0, false));
                 let frag = off & 0x1fff | if more { 0x2000 } else { 0 };
-                let mut h = vec![0x40 | (ihl / 4) as u8, 0];
+                let mut h = vec![0x40 | (ihl / 4) as u8, self.tos];
                 h.extend_from_slice(&total.to_be_bytes());
                 h.extend_from_slice(&[0x12, 0x34]);
                 h.extend_from_slice(&frag.to_be_bytes());
@@ -195,7 +198,7 @@ impl Frame {
                     }
                 }
                 let payload_len = (ext.len() + l4.len()) as u16;
-                let mut h = vec![0x60, 0, 0, 0];
+                let mut h = vec![0x60 | self.tos >> 4, self.tos << 4, 0, 0];
                 h.extend_from_slice(&payload_len.to_be_bytes());
                 h.push(next_kinds[0]);
                 h.push(self.ttl);

@@ -36,8 +36,8 @@ use palisade::{
         reference::{self, Verdict},
     },
     policy::model::{
-        Action, AddrMatch, Cidr, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet, Policy,
-        PortRange, Protocol, RateLimit, RatePer, Rule, SourcePrefix, TcpFlags,
+        Action, AddrMatch, Cidr, Family, Firewall, FragmentPolicy, IcmpMatch, IpHeaderMatch, IpSet,
+        Policy, PortRange, Protocol, RateLimit, RatePer, Rule, SourcePrefix, TcpFlags,
     },
     testrun::Bench,
 };
@@ -214,6 +214,33 @@ fn icmp_match(rng: &mut StdRng) -> IcmpMatch {
     IcmpMatch { icmp_type, code }
 }
 
+/// DSCP, ECN and TTL conditions, each now and then: TTL ranges on the values real packets
+/// carry (1, 64, 128, 255) and their edges, or anywhere.
+fn ip_header_match(rng: &mut StdRng) -> IpHeaderMatch {
+    let ttl = |rng: &mut StdRng| {
+        let lo = if rng.gen_bool(0.6) {
+            *[0u8, 1, 2, 63, 64, 65, 127, 128, 254, 255]
+                .choose(rng)
+                .unwrap()
+        } else {
+            rng.r#gen()
+        };
+        let width = *[0u8, 0, 1, 3, 7, 10, 64, 200, 255].choose(rng).unwrap();
+        (lo, lo.saturating_add(width))
+    };
+    IpHeaderMatch {
+        dscp: rng.gen_bool(0.15).then(|| {
+            if rng.gen_bool(0.6) {
+                *[0u8, 46, 10, 63].choose(rng).unwrap()
+            } else {
+                rng.gen_range(0..64)
+            }
+        }),
+        ecn: rng.gen_bool(0.1).then(|| rng.gen_range(0..4)),
+        ttl: rng.gen_bool(0.2).then(|| ttl(rng)),
+    }
+}
+
 /// Rate limits whose outcome does not depend on timing noise: either a bucket so deep it
 /// never empties, or one packet per second with no burst.
 fn rate_limit(rng: &mut StdRng) -> RateLimit {
@@ -269,6 +296,7 @@ fn random_rule(rng: &mut StdRng, sets: usize) -> Rule {
         tcp_flags: (protocol == Some(Protocol::Tcp) && rng.gen_bool(0.3)).then(|| tcp_flags(rng)),
         icmp: (icmp && rng.gen_bool(0.7)).then(|| icmp_match(rng)),
         state: None,
+        ip: ip_header_match(rng),
         line: 0,
     }
 }
@@ -363,8 +391,22 @@ fn derive_rule(rng: &mut StdRng, base: &Rule) -> Rule {
             }
         }
     };
-    match rng.gen_range(0..7) {
+    match rng.gen_range(0..9) {
         0 => {}
+        7 => {
+            // A wider or narrower TTL range, or none.
+            r.ip.ttl = match r.ip.ttl {
+                Some((lo, hi)) if k.is_multiple_of(2) => {
+                    Some((lo.saturating_sub(k), hi.saturating_add(k)))
+                }
+                Some((lo, hi)) => Some((lo.saturating_add(k).min(hi), hi)),
+                None => Some((64 - k, 64 + k)),
+            };
+        }
+        8 => {
+            r.ip.dscp = None;
+            r.ip.ecn = r.ip.ecn.or(Some(k & 3));
+        }
         1 => resize(&mut r.src, true),
         2 => resize(&mut r.dst, false),
         3 => {
@@ -464,6 +506,14 @@ fn palette_rules(rng: &mut StdRng) -> Vec<Rule> {
                 },
                 icmp: None,
                 state: None,
+                // Nested TTL ranges around 64 and one DSCP: overlapping header conditions in
+                // shapes that differ only by their TTL mask.
+                ip: IpHeaderMatch {
+                    dscp: (rng.gen_range(0..6) == 0).then_some(46),
+                    ecn: None,
+                    ttl: [None, None, Some((0, 255)), Some((60, 70)), Some((64, 64))]
+                        [rng.gen_range(0..5)],
+                },
                 line: 0,
             }
         })
@@ -569,6 +619,9 @@ fn random_frame(rng: &mut StdRng, p: &Policy) -> Frame {
             if aim.dst == AddrMatch::Any {
                 aim.dst = other.dst.clone();
             }
+            aim.ip.dscp = aim.ip.dscp.or(other.ip.dscp);
+            aim.ip.ecn = aim.ip.ecn.or(other.ip.ecn);
+            aim.ip.ttl = aim.ip.ttl.or(other.ip.ttl);
             if aim.protocol.is_none() {
                 aim.protocol = other.protocol;
                 aim.src_ports = other.src_ports;
@@ -699,6 +752,34 @@ fn random_frame(rng: &mut StdRng, p: &Policy) -> Frame {
     }
     let mut f = Frame::new(to_ip(src), to_ip(dst), l4);
     f.payload = payload;
+    let header = target.map(|r| r.ip).unwrap_or_default();
+    let dscp = match header.dscp {
+        Some(d) if follow(rng) => d,
+        Some(d) if rng.gen_bool(0.5) => d ^ (1 << rng.gen_range(0..6)),
+        _ => rng.gen_range(0..64),
+    };
+    let ecn = match header.ecn {
+        Some(e) if follow(rng) => e,
+        _ => rng.gen_range(0..4),
+    };
+    f.tos = dscp << 2 | ecn;
+    let ttls: Vec<(u8, u8)> = rules.iter().filter_map(|r| r.ip.ttl).collect();
+    let ttl_near = |rng: &mut StdRng, (lo, hi): (u8, u8)| match rng.gen_range(0..6) {
+        0 => lo,
+        1 => hi,
+        2 => lo.wrapping_sub(1),
+        3 => hi.wrapping_add(1),
+        _ => rng.gen_range(lo..=hi),
+    };
+    f.ttl = match header.ttl {
+        Some(r) if follow(rng) => ttl_near(rng, r),
+        _ if !ttls.is_empty() && rng.gen_bool(0.7) => {
+            let r = *ttls.choose(rng).unwrap();
+            ttl_near(rng, r)
+        }
+        _ if rng.gen_bool(0.5) => *[1u8, 64, 128, 255].choose(rng).unwrap(),
+        _ => rng.r#gen(),
+    };
     match rng.gen_range(0..10) {
         0..=6 => {}
         7 | 8 => f.vlans = vec![rng.gen_range(1..4095)],
@@ -1175,6 +1256,8 @@ struct Tally {
     later_fragments: u64,
     first_fragments: u64,
     rate_limited: u64,
+    /// Frames decided by a rule with a DSCP, ECN or TTL condition.
+    rule_header: u64,
 }
 
 impl Tally {
@@ -1191,6 +1274,9 @@ impl Tally {
                 let r = &p.firewall.rules[rule.unwrap() as usize];
                 if matches!(r.src, AddrMatch::Set(_)) || matches!(r.dst, AddrMatch::Set(_)) {
                     self.rule_set += 1;
+                }
+                if r.ip != IpHeaderMatch::default() {
+                    self.rule_header += 1;
                 }
             }
         }
@@ -1281,7 +1367,7 @@ fn kernel_agrees_with_reference_on_random_policies() {
     );
     if policies >= 10 {
         assert!(
-            t.rule_set > 0 && t.fragments_dropped > 0 && t.rate_limited > 0,
+            t.rule_set > 0 && t.rule_header > 0 && t.fragments_dropped > 0 && t.rate_limited > 0,
             "{t:?}"
         );
         assert!(t.later_fragments > 0 && t.first_fragments > 0 && t.v4 > 0 && t.v6 > 0);
@@ -1304,6 +1390,7 @@ fn rule(src: AddrMatch, dst: AddrMatch, protocol: Option<Protocol>) -> Rule {
         tcp_flags: None,
         icmp: None,
         state: None,
+        ip: IpHeaderMatch::default(),
         line: 0,
     }
 }
@@ -1602,6 +1689,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         tcp_flags: None,
         icmp: None,
         state: None,
+        ip: IpHeaderMatch::default(),
         line: 0,
     };
     let cidr = |ip: IpAddr, len| Cidr::new(ip, len).unwrap();

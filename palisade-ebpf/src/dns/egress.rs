@@ -60,7 +60,7 @@ use palisade_common::{
         wire::INSPECT_LEN,
     },
     event::{DNS_VERDICT_ALLOW, DNS_VERDICT_AUDIT, DNS_VERDICT_DROP},
-    packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    packet::{self, FRAG_LATER, IPPROTO_TCP, IPPROTO_UDP, Packet},
     reason, stats,
 };
 
@@ -83,13 +83,12 @@ use crate::{
 #[inline(never)]
 fn parse_into(ctx: &SkBuffContext, out: &mut Packet) -> Result<(), u32> {
     let ethertype = u16::from_be(ctx.skb.protocol() as u16);
-    match packet::parse_l3(&SkbBytes(ctx), ethertype)? {
-        Frame::Ip(p) => {
-            *out = p;
-            Ok(())
-        }
+    // In place: the packet's copies on the stack would not fit under the inspector's frames.
+    if packet::parse_l3_into(&SkbBytes(ctx), ethertype, out)? {
+        Ok(())
+    } else {
         // Sockets of the inet families send nothing but IP.
-        Frame::NotIp => Err(reason::MALFORMED_L3),
+        Err(reason::MALFORMED_L3)
     }
 }
 

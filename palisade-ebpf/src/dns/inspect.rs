@@ -45,6 +45,8 @@ const CHUNK: usize = 8;
 pub struct Scratch {
     /// The packet being inspected, parsed by the hook.
     pub packet: Packet,
+    /// Keeps the fields below on the word boundaries the fast walk reads them at.
+    _packet_pad: [u8; (8 - size_of::<Packet>() % 8) % 8],
     /// Whose query-rate bucket the query counts against, set by the hook: the client
     /// address on ingress, the socket's cgroup on egress. (Here rather than in [`Request`],
     /// whose copy on the hook's stack is counted against the verifier's 512 bytes.)

@@ -85,6 +85,8 @@ mod tests {
             tcp_flags: 0,
             ct_state,
             shield: 0,
+            tos: 0,
+            ttl: 64,
             src: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             dst: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
             sport: 5353,

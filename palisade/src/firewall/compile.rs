@@ -19,8 +19,8 @@ use palisade_common::{
 };
 
 use crate::policy::model::{
-    Action, AddrMatch, Cidr, Family, FragmentPolicy, Policy, PortRange, RatePer, Rule, TcpFlags,
-    prefix_mask,
+    Action, AddrMatch, Cidr, Family, FragmentPolicy, IpHeaderMatch, Policy, PortRange, RatePer,
+    Rule, TcpFlags, prefix_mask,
 };
 
 /// Rule entries per generation. The hash map holds two generations.
@@ -102,6 +102,8 @@ struct Shape {
     dport: bool,
     tcp_flags_mask: u8,
     state: bool,
+    tos_mask: u8,
+    ttl_mask: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -200,6 +202,44 @@ fn dport_range(rule: &Rule) -> Option<PortRange> {
     rule.dst_ports
 }
 
+/// The TOS / traffic class value and mask a rule's `dscp` and `ecn` ask for ((0, 0) for
+/// neither).
+fn tos_match(rule: &Rule) -> (u8, u8) {
+    let (mut value, mut mask) = (0, 0);
+    if let Some(d) = rule.ip.dscp {
+        value |= d << 2;
+        mask |= 0xfc;
+    }
+    if let Some(e) = rule.ip.ecn {
+        value |= e & 3;
+        mask |= 0x03;
+    }
+    (value, mask)
+}
+
+/// A TTL range as the fewest aligned blocks, each `(value, mask)`: the values `v` with
+/// `v & mask == value`. Like a CIDR over one byte, each block's mask is a run of high bits,
+/// so a range costs at most 14 blocks (and as many shapes at most 8 distinct masks); `[(0,
+/// 0)]` for no condition.
+#[must_use]
+pub fn ttl_blocks(range: Option<(u8, u8)>) -> Vec<(u8, u8)> {
+    let Some((lo, hi)) = range else {
+        return vec![(0, 0)];
+    };
+    let (mut lo, hi) = (u16::from(lo), u16::from(hi));
+    let mut out = Vec::new();
+    while lo <= hi {
+        // The largest aligned block starting at `lo` that stays within the range.
+        let mut size = 1u16;
+        while size < 256 && lo % (size * 2) == 0 && lo + size * 2 - 1 <= hi {
+            size *= 2;
+        }
+        out.push((lo as u8, !(size - 1) as u8));
+        lo += size;
+    }
+    out
+}
+
 /// The family code used in tuples and set keys.
 #[must_use]
 pub const fn family_code(f: Family) -> u8 {
@@ -258,7 +298,7 @@ fn rate_id(rule: &Rule) -> u32 {
         _ => None,
     };
     let identity = format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}{}",
         rule.name,
         per,
         rule.src,
@@ -268,7 +308,14 @@ fn rate_id(rule: &Rule) -> u32 {
         rule.dst_ports,
         rule.tcp_flags,
         rule.icmp,
-        rule.state
+        rule.state,
+        // Only a rule with a header condition adds to its identity: the buckets of rules
+        // without one keep their identity across this version.
+        if rule.ip == IpHeaderMatch::default() {
+            String::new()
+        } else {
+            format!("|{:?}", rule.ip)
+        }
     );
     // SipHash with fixed keys: the same on every run of this build.
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -367,6 +414,8 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         let dport_classes = dport_range.map_or(0..=0, |r| dports.classes_of(r));
         let flags = rule.tcp_flags.unwrap_or(TcpFlags { value: 0, mask: 0 });
         let states = state_bits(rule);
+        let (tos, tos_mask) = tos_match(rule);
+        let ttls = ttl_blocks(rule.ip.ttl);
         if states.is_empty() {
             // `state` with no bit at all (never written by the config checker) matches
             // nothing, like the reference.
@@ -379,38 +428,44 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
                     (Some(f), _) | (None, Some(f)) => family_code(f),
                     (None, None) => 0,
                 };
-                let shape = Shape {
-                    family,
-                    src: src.side(),
-                    dst: dst.side(),
-                    proto: rule.protocol.is_some(),
-                    sport: sport_range.is_some(),
-                    dport: dport_range.is_some(),
-                    tcp_flags_mask: flags.mask,
-                    state: rule.state.is_some(),
-                };
-                let best = shapes.entry(shape).or_insert(index);
-                *best = (*best).min(index);
-                for sc in sport_classes.clone() {
-                    for dc in dport_classes.clone() {
-                        for &ct_state in &states {
-                            let key = FlowKey {
-                                tuple: 0,
-                                src: src.addr(),
-                                dst: dst.addr(),
-                                sport_class: sc,
-                                dport_class: dc,
-                                proto: rule.protocol.map_or(0, |p| p.number()),
-                                tcp_flags: flags.value,
-                                ct_state,
-                                _pad: [0; 1],
-                            };
-                            keyed.entry((shape, key)).or_insert(index);
-                            if keyed.len() > MAX_ENTRIES {
-                                return Err(CompileError::TooManyEntries {
-                                    rule: rule_label(rule, index as usize),
-                                    line: rule.line,
-                                });
+                for &(ttl, ttl_mask) in &ttls {
+                    let shape = Shape {
+                        family,
+                        src: src.side(),
+                        dst: dst.side(),
+                        proto: rule.protocol.is_some(),
+                        sport: sport_range.is_some(),
+                        dport: dport_range.is_some(),
+                        tcp_flags_mask: flags.mask,
+                        state: rule.state.is_some(),
+                        tos_mask,
+                        ttl_mask,
+                    };
+                    let best = shapes.entry(shape).or_insert(index);
+                    *best = (*best).min(index);
+                    for sc in sport_classes.clone() {
+                        for dc in dport_classes.clone() {
+                            for &ct_state in &states {
+                                let key = FlowKey {
+                                    tuple: 0,
+                                    src: src.addr(),
+                                    dst: dst.addr(),
+                                    sport_class: sc,
+                                    dport_class: dc,
+                                    proto: rule.protocol.map_or(0, |p| p.number()),
+                                    tcp_flags: flags.value,
+                                    ct_state,
+                                    tos,
+                                    ttl,
+                                    _pad: [0; 3],
+                                };
+                                keyed.entry((shape, key)).or_insert(index);
+                                if keyed.len() > MAX_ENTRIES {
+                                    return Err(CompileError::TooManyEntries {
+                                        rule: rule_label(rule, index as usize),
+                                        line: rule.line,
+                                    });
+                                }
                             }
                         }
                     }
@@ -497,6 +552,8 @@ fn tuple_of(shape: Shape, best_rule: u32) -> Tuple {
         family: shape.family,
         best_rule,
         tcp_flags_mask: shape.tcp_flags_mask,
+        tos_mask: shape.tos_mask,
+        ttl_mask: shape.ttl_mask,
         ..Tuple::default()
     };
     for (side, mask, set, flag) in [
@@ -573,6 +630,7 @@ mod tests {
             tcp_flags: None,
             icmp: None,
             state: None,
+            ip: IpHeaderMatch::default(),
             line: 0,
         }
     }
@@ -634,6 +692,8 @@ mod tests {
             tcp_flags: 0,
             ct_state: 0,
             shield: 0,
+            tos: 0,
+            ttl: 64,
             src: stored(src),
             dst: stored(dst),
             sport,
@@ -665,6 +725,83 @@ mod tests {
     }
 
     // ---------------------------------------------------------------- port classes
+
+    #[test]
+    fn ttl_ranges_split_into_the_fewest_aligned_blocks() {
+        assert_eq!(ttl_blocks(None), vec![(0, 0)]);
+        assert_eq!(ttl_blocks(Some((0, 255))), vec![(0, 0)]);
+        assert_eq!(ttl_blocks(Some((64, 64))), vec![(64, 0xff)]);
+        assert_eq!(ttl_blocks(Some((0, 9))), vec![(0, 0xf8), (8, 0xfe)]);
+        assert_eq!(ttl_blocks(Some((255, 255))), vec![(255, 0xff)]);
+        // The worst case: 1..=254 needs 14 blocks.
+        assert_eq!(ttl_blocks(Some((1, 254))).len(), 14);
+        // Every range is covered exactly, value by value.
+        for lo in 0..=255u8 {
+            for hi in lo..=255u8 {
+                let blocks = ttl_blocks(Some((lo, hi)));
+                for v in 0..=255u8 {
+                    let hits = blocks.iter().filter(|&&(b, m)| v & m == b).count();
+                    assert_eq!(
+                        hits,
+                        usize::from((lo..=hi).contains(&v)),
+                        "{lo}-{hi} at {v}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn header_conditions_become_masks_and_key_bytes() {
+        let rule = Rule {
+            ip: IpHeaderMatch {
+                dscp: Some(46),
+                ecn: Some(3),
+                ttl: Some((0, 9)),
+            },
+            ..any_rule()
+        };
+        let c = compile(&policy(vec![rule], vec![])).unwrap();
+        assert_eq!(c.tuples.len(), 2);
+        let mut seen: Vec<(u8, u8, u8, u8)> = c
+            .entries
+            .keys()
+            .map(|k| {
+                let t = c.tuples[k.tuple as usize];
+                (t.tos_mask, k.tos, t.ttl_mask, k.ttl)
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            vec![(0xff, 46 << 2 | 3, 0xf8, 0), (0xff, 46 << 2 | 3, 0xfe, 8)]
+        );
+        // A rule without them leaves the masks and key bytes 0.
+        let c = compile(&policy(vec![any_rule()], vec![])).unwrap();
+        assert_eq!((c.tuples[0].tos_mask, c.tuples[0].ttl_mask), (0, 0));
+        for ttl in [0u8, 9, 10, 255] {
+            for tos in [0u8, 46 << 2, 46 << 2 | 3, 0xff] {
+                let pkt = Packet {
+                    tos,
+                    ttl,
+                    ..tcp("192.0.2.1", "198.51.100.1", 1, 2)
+                };
+                let p = policy(
+                    vec![Rule {
+                        ip: IpHeaderMatch {
+                            dscp: Some(46),
+                            ecn: Some(3),
+                            ttl: Some((0, 9)),
+                        },
+                        ..any_rule()
+                    }],
+                    vec![],
+                );
+                let want = (tos == 46 << 2 | 3 && ttl <= 9).then_some(0);
+                assert_eq!(classify_both(&p, &compile(&p).unwrap(), &pkt), want);
+            }
+        }
+    }
 
     #[test]
     fn port_classes_split_at_every_range_edge() {
@@ -1875,6 +2012,22 @@ mod tests {
         tcp_flags: Option<TcpFlags>,
         icmp: Option<IcmpMatch>,
         state: Option<u8>,
+        ip: IpHeaderMatch,
+    }
+
+    /// DSCP, ECN and TTL conditions, each now and then; TTL ranges around the values hosts
+    /// send with (64, 128, 255) and anywhere.
+    fn arb_ip() -> impl Strategy<Value = IpHeaderMatch> {
+        let ttl = prop_oneof![
+            (0u8..=255, 0u8..=255).prop_map(|(a, b)| (a.min(b), a.max(b))),
+            prop::sample::select(vec![(64u8, 64u8), (60, 70), (0, 63), (1, 255), (128, 255)]),
+        ];
+        (
+            prop::option::weighted(0.2, 0u8..64),
+            prop::option::weighted(0.15, 0u8..4),
+            prop::option::weighted(0.3, ttl),
+        )
+            .prop_map(|(dscp, ecn, ttl)| IpHeaderMatch { dscp, ecn, ttl })
     }
 
     fn arb_raw_rule() -> impl Strategy<Value = RawRule> {
@@ -1888,22 +2041,26 @@ mod tests {
             prop::option::weighted(0.3, arb_tcp_flags()),
             prop::option::weighted(0.6, arb_icmp()),
             prop::option::weighted(0.3, arb_state()),
+            arb_ip(),
         )
-            .prop_map(|(action, src, dst, protocol, sp, dp, flags, icmp, state)| {
-                let ports = matches!(protocol, Some(Protocol::Tcp | Protocol::Udp));
-                let is_icmp = matches!(protocol, Some(Protocol::Icmp | Protocol::Icmpv6));
-                RawRule {
-                    action,
-                    src,
-                    dst,
-                    protocol,
-                    src_ports: sp.filter(|_| ports),
-                    dst_ports: dp.filter(|_| ports),
-                    tcp_flags: flags.filter(|_| protocol == Some(Protocol::Tcp)),
-                    icmp: icmp.filter(|_| is_icmp),
-                    state,
-                }
-            })
+            .prop_map(
+                |(action, src, dst, protocol, sp, dp, flags, icmp, state, ip)| {
+                    let ports = matches!(protocol, Some(Protocol::Tcp | Protocol::Udp));
+                    let is_icmp = matches!(protocol, Some(Protocol::Icmp | Protocol::Icmpv6));
+                    RawRule {
+                        action,
+                        src,
+                        dst,
+                        protocol,
+                        src_ports: sp.filter(|_| ports),
+                        dst_ports: dp.filter(|_| ports),
+                        tcp_flags: flags.filter(|_| protocol == Some(Protocol::Tcp)),
+                        icmp: icmp.filter(|_| is_icmp),
+                        state,
+                        ip,
+                    }
+                },
+            )
     }
 
     /// `c` with another prefix length (host bits cleared).
@@ -1964,6 +2121,17 @@ mod tests {
                 });
                 r.tcp_flags = None;
             }
+            // A wider or narrower TTL range, or one around 64; another DSCP.
+            8 => {
+                r.ip.ttl = match r.ip.ttl {
+                    Some((lo, hi)) if k.is_multiple_of(2) => {
+                        Some((lo.saturating_sub(k), hi.saturating_add(k)))
+                    }
+                    Some((lo, hi)) => Some((lo.saturating_add(k).min(hi), hi)),
+                    None => Some((64 - k, 64 + k)),
+                };
+                r.ip.dscp = r.ip.dscp.map(|d| d ^ (k & 1));
+            }
             // Another state condition: none, a neighbouring bit added, or a single bit.
             _ => {
                 let bit = 1u8 << (k % 4);
@@ -1983,7 +2151,7 @@ mod tests {
             prop::collection::vec(
                 (
                     arb_raw_rule(),
-                    prop::option::weighted(0.35, (any::<Index>(), 0u8..8, 1u8..=8)),
+                    prop::option::weighted(0.35, (any::<Index>(), 0u8..9, 1u8..=8)),
                 ),
                 0..max_rules,
             ),
@@ -2019,6 +2187,7 @@ mod tests {
                                 tcp_flags: r.tcp_flags,
                                 icmp: r.icmp,
                                 state: r.state,
+                                ip: r.ip,
                                 ..any_rule()
                             },
                         };
@@ -2226,6 +2395,11 @@ mod tests {
         /// Take a state bit of the aimed-at rule's `state`, else `CT_STATES[ct_pick]`.
         follow_state: bool,
         ct_pick: Index,
+        /// Take the aimed-at rule's DSCP, ECN and a TTL on or next to its range's edges.
+        follow_ip: bool,
+        ttl_edge: u8,
+        tos_noise: u8,
+        ttl_noise: u8,
     }
 
     /// The values the tracker gives `Packet::ct_state`: unclassified, or one state bit.
@@ -2276,6 +2450,7 @@ mod tests {
             (prop::bool::weighted(0.8), 0u8..3, any::<u8>()),
             prop_oneof![6 => Just(FRAG_NONE), 2 => Just(FRAG_FIRST), 2 => Just(FRAG_LATER)],
             (prop::bool::weighted(0.8), any::<Index>()),
+            (prop::bool::weighted(0.8), 0u8..5, any::<u8>(), any::<u8>()),
         )
             .prop_map(
                 |(
@@ -2286,7 +2461,12 @@ mod tests {
                     (follow_flags, flags_edge, flags_noise),
                     frag,
                     (follow_state, ct_pick),
+                    (follow_ip, ttl_edge, tos_noise, ttl_noise),
                 )| PacketSpec {
+                    follow_ip,
+                    ttl_edge,
+                    tos_noise,
+                    ttl_noise,
                     target,
                     v6,
                     cross,
@@ -2458,6 +2638,25 @@ mod tests {
             }
             _ => CT_STATES[s.ct_pick.index(CT_STATES.len())],
         };
+        let header = target.map(|r| r.ip).unwrap_or_default();
+        let (mut tos, mut ttl) = (s.tos_noise, s.ttl_noise);
+        if s.follow_ip {
+            if let Some(d) = header.dscp {
+                tos = tos & 3 | d << 2;
+            }
+            if let Some(e) = header.ecn {
+                tos = tos & 0xfc | e;
+            }
+            if let Some((lo, hi)) = header.ttl {
+                ttl = match s.ttl_edge {
+                    0 => lo,
+                    1 => hi,
+                    2 => lo.wrapping_sub(1),
+                    3 => hi.wrapping_add(1),
+                    _ => lo + s.ttl_noise % (hi - lo).saturating_add(1).max(1),
+                };
+            }
+        }
         Packet {
             family: if v4 && !s.cross { FAMILY_V4 } else { FAMILY_V6 },
             proto,
@@ -2465,6 +2664,8 @@ mod tests {
             tcp_flags,
             ct_state,
             shield: 0,
+            tos,
+            ttl,
             src,
             dst,
             sport,

@@ -125,7 +125,7 @@ fn matches(policy: &Policy, r: &Rule, p: &Packet) -> bool {
     if r.state.is_some_and(|mask| p.ct_state & mask == 0) {
         return false;
     }
-    true
+    r.ip.matches(p.tos, p.ttl)
 }
 
 #[cfg(test)]
@@ -153,6 +153,8 @@ mod tests {
             tcp_flags: 0,
             ct_state,
             shield: 0,
+            tos: 0,
+            ttl: 64,
             src: v4_mapped([192, 0, 2, 1]),
             dst: v4_mapped([198, 51, 100, 1]),
             sport: 40000,

@@ -88,6 +88,9 @@
 //! | `icmp_code` | `0..=255`; needs `icmp_type` | any code |
 //! | `state` | connection-tracking states: a non-empty list of distinct names among `"new"`, `"established"`, `"related"`, `"invalid"`, or one name as a string; the rule matches packets in any of them. Turns connection tracking on; an error with `[conntrack] enabled = false` | any state, tracked or not |
 //! | `log` | boolean: emit an event for every packet this rule drops | `false` |
+//! | `dscp` | DSCP code point of the IPv4 TOS / IPv6 traffic class: `0..=63`, or `"cs0"`..`"cs7"`, `"af11"`..`"af43"`, `"ef"`, `"va"` | any DSCP |
+//! | `ecn` | ECN codepoint: `"not-ect"` (0), `"ect1"` (1), `"ect0"` (2), `"ce"` (3), or `0..=3` | any ECN |
+//! | `ttl` | IPv4 TTL / IPv6 hop limit: a value `N` (integer or string) or a range `"LO-HI"` with `LO <= HI`, within `0..=255`. Every fragment carries it, so a `ttl` rule meets non-first fragments too | any TTL |
 //!
 //! **Order.** Rules run in order of `priority`, ties in file order. A rule without
 //! `priority` gets `1000000` plus its 0-based position among the rules of the file, so rules
@@ -395,9 +398,9 @@ use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 use super::model::{
     Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE,
     CT_OVERLOAD_TTL_RANGE_S, CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns,
-    DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch, IpSet,
-    NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate, RateLimit, RatePer,
-    Rule, Sinkhole, SourcePrefix, TcpFlags,
+    DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch,
+    IpHeaderMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate,
+    RateLimit, RatePer, Rule, Sinkhole, SourcePrefix, TcpFlags,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
@@ -859,6 +862,9 @@ const RULE_KEYS: &[&str] = &[
     "state",
     "rate",
     "log",
+    "dscp",
+    "ecn",
+    "ttl",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
 const DNS_KEYS: &[&str] = &[
@@ -1576,6 +1582,12 @@ impl Checker<'_> {
             state
         });
 
+        let ip = IpHeaderMatch {
+            dscp: view.get("dscp").and_then(|node| self.dscp(node)),
+            ecn: view.get("ecn").and_then(|node| self.ecn(node)),
+            ttl: view.get("ttl").and_then(|node| self.ttl(node)),
+        };
+
         // Families are only compared once both sides parsed; a broken side already has its
         // own error.
         if let (Some(Some(s)), Some(Some(d)), Some(dst_node)) = (&src, &dst, view.get("dst"))
@@ -1653,8 +1665,97 @@ impl Checker<'_> {
                 code: icmp_code,
             }),
             state,
+            ip,
             line,
         })
+    }
+
+    /// `dscp`: a code point `0..=63` or its name (RFC 2474 class selectors, RFC 2597 assured
+    /// forwarding, RFC 3246 expedited forwarding, RFC 5865 voice admit).
+    fn dscp(&mut self, node: &Node) -> Option<u8> {
+        match &node.val {
+            Val::Int(_) => self.integer(node, "dscp", 0, 63).map(|n| n as u8),
+            Val::Str(name) => match dscp_by_name(name) {
+                Some(v) => Some(v),
+                None => {
+                    let msg = format!(
+                        "unknown DSCP name `{name}`; expected a number 0 to 63, `cs0`..`cs7`, \
+                         `af11`..`af43`, `ef` or `va`"
+                    );
+                    self.err(node.at, msg);
+                    None
+                }
+            },
+            other => {
+                let msg = format!(
+                    "`dscp` must be a number 0 to 63 or a name like \"ef\", found {}",
+                    other.type_name()
+                );
+                self.err(node.at, msg);
+                None
+            }
+        }
+    }
+
+    /// `ecn`: a codepoint `0..=3` or its RFC 3168 name.
+    fn ecn(&mut self, node: &Node) -> Option<u8> {
+        match &node.val {
+            Val::Int(_) => self.integer(node, "ecn", 0, 3).map(|n| n as u8),
+            Val::Str(name) => match name.as_str() {
+                "not-ect" => Some(0),
+                "ect1" => Some(1),
+                "ect0" => Some(2),
+                "ce" => Some(3),
+                _ => {
+                    let msg = format!(
+                        "unknown ECN codepoint `{name}`; expected `not-ect`, `ect1`, `ect0`, `ce` \
+                         or a number 0 to 3"
+                    );
+                    self.err(node.at, msg);
+                    None
+                }
+            },
+            other => {
+                let msg = format!(
+                    "`ecn` must be a codepoint name like \"ce\" or a number 0 to 3, found {}",
+                    other.type_name()
+                );
+                self.err(node.at, msg);
+                None
+            }
+        }
+    }
+
+    /// `ttl`: a value or a `"LO-HI"` range within `0..=255`.
+    fn ttl(&mut self, node: &Node) -> Option<(u8, u8)> {
+        let parse = |text: &str| -> Result<u8, String> {
+            let text = text.trim();
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("invalid TTL `{text}` in `ttl`"));
+            }
+            text.parse::<u8>()
+                .map_err(|_| format!("TTL {text} is out of range 0 to 255"))
+        };
+        let range = match &node.val {
+            Val::Int(n) => u8::try_from(*n)
+                .map(|t| (t, t))
+                .map_err(|_| format!("TTL {n} is out of range 0 to 255")),
+            Val::Str(text) => match text.split_once('-') {
+                None => parse(text).map(|t| (t, t)),
+                Some((lo, hi)) => match (parse(lo), parse(hi)) {
+                    (Ok(lo), Ok(hi)) if lo <= hi => Ok((lo, hi)),
+                    (Ok(lo), Ok(hi)) => Err(format!(
+                        "TTL range {lo}-{hi} is reversed; the low value comes first"
+                    )),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                },
+            },
+            other => Err(format!(
+                "`ttl` must be a number or a \"LO-HI\" range, found {}",
+                other.type_name()
+            )),
+        };
+        range.map_err(|msg| self.err(node.at, msg)).ok()
     }
 
     /// `state`: one state name, or a non-empty list of distinct ones. The bitmask of
@@ -2807,6 +2908,19 @@ fn families(m: &AddrMatch, sets: &SetTable) -> Option<Families> {
 }
 
 /// `"VALUE/MASK"` or `"VALUE"` (mask = value); flag names are case-insensitive.
+/// The DSCP code point a name stands for: `csN` (`8 * N`), `afXY` (`8 * X + 2 * Y`, X in
+/// 1..=4, Y in 1..=3), `ef` (46) and `va` (44).
+fn dscp_by_name(name: &str) -> Option<u8> {
+    let digit = |c: u8, lo: u8, hi: u8| (lo..=hi).contains(&c.wrapping_sub(b'0')).then(|| c - b'0');
+    match name.as_bytes() {
+        b"ef" => Some(46),
+        b"va" => Some(44),
+        [b'c', b's', n] => digit(*n, 0, 7).map(|n| 8 * n),
+        [b'a', b'f', x, y] => Some(8 * digit(*x, 1, 4)? + 2 * digit(*y, 1, 3)?),
+        _ => None,
+    }
+}
+
 fn parse_tcp_flags(text: &str) -> Result<TcpFlags, String> {
     let names = |part: &str| -> Result<u8, String> {
         let mut bits = 0u8;
@@ -3000,6 +3114,7 @@ to = "[fd01::5]:5353"
             tcp_flags: None,
             icmp: None,
             state: None,
+            ip: IpHeaderMatch::default(),
             line,
         }
     }
@@ -3444,7 +3559,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:3:1: unknown key `prot` in firewall rule; expected one of `name`, \
                      `priority`, `action`, `proto`, `src`, `dst`, `sport`, `dport`, `tcp_flags`, \
-                     `icmp_type`, `icmp_code`, `state`, `rate`, `log`",
+                     `icmp_type`, `icmp_code`, `state`, `rate`, `log`, `dscp`, `ecn`, `ttl`",
                 ],
             ),
             (
@@ -3512,6 +3627,65 @@ rate = { pps = 1, burst = 1, per = "rule" }
         for (text, expected) in cases {
             assert_eq!(errors(&text), expected, "for:\n{text}");
         }
+    }
+
+    #[test]
+    fn dscp_ecn_and_ttl_parse_by_number_name_and_range() {
+        let rule = |body: &str| {
+            let text = format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n");
+            parse(&text).map(|p| p.firewall.rules[0].ip)
+        };
+        let ip = |dscp, ecn, ttl| Ok(IpHeaderMatch { dscp, ecn, ttl });
+        assert_eq!(rule("dscp = 46"), ip(Some(46), None, None));
+        assert_eq!(rule("dscp = \"ef\""), ip(Some(46), None, None));
+        assert_eq!(rule("dscp = \"cs6\""), ip(Some(48), None, None));
+        assert_eq!(rule("dscp = \"af41\""), ip(Some(34), None, None));
+        assert_eq!(rule("dscp = \"va\""), ip(Some(44), None, None));
+        assert_eq!(rule("ecn = \"ce\""), ip(None, Some(3), None));
+        assert_eq!(rule("ecn = 1"), ip(None, Some(1), None));
+        assert_eq!(rule("ttl = 1"), ip(None, None, Some((1, 1))));
+        assert_eq!(rule("ttl = \"0-9\""), ip(None, None, Some((0, 9))));
+        assert_eq!(rule("ttl = \" 64 \""), ip(None, None, Some((64, 64))));
+        assert_eq!(rule(""), ip(None, None, None));
+        let bad = |body: &str| errors(&format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n"));
+        assert_eq!(
+            bad("dscp = 64"),
+            vec!["p.toml:3:8: `dscp` must be between 0 and 63, found 64"]
+        );
+        assert_eq!(
+            bad("dscp = \"af44\""),
+            vec![
+                "p.toml:3:8: unknown DSCP name `af44`; expected a number 0 to 63, `cs0`..`cs7`, \
+                 `af11`..`af43`, `ef` or `va`"
+            ]
+        );
+        assert_eq!(
+            bad("ecn = \"ect2\""),
+            vec![
+                "p.toml:3:7: unknown ECN codepoint `ect2`; expected `not-ect`, `ect1`, `ect0`, \
+                 `ce` or a number 0 to 3"
+            ]
+        );
+        assert_eq!(
+            bad("ecn = 4"),
+            vec!["p.toml:3:7: `ecn` must be between 0 and 3, found 4"]
+        );
+        assert_eq!(
+            bad("ttl = 256"),
+            vec!["p.toml:3:7: TTL 256 is out of range 0 to 255"]
+        );
+        assert_eq!(
+            bad("ttl = \"9-1\""),
+            vec!["p.toml:3:7: TTL range 9-1 is reversed; the low value comes first"]
+        );
+        assert_eq!(
+            bad("ttl = \"1-x\""),
+            vec!["p.toml:3:7: invalid TTL `x` in `ttl`"]
+        );
+        assert_eq!(
+            bad("ttl = true"),
+            vec!["p.toml:3:7: `ttl` must be a number or a \"LO-HI\" range, found a boolean"]
+        );
     }
 
     #[test]

@@ -68,6 +68,28 @@ pub struct PortRange {
     pub hi: u16,
 }
 
+/// Conditions on the IP header's own fields (both families): DSCP, ECN and TTL / hop limit.
+/// Each `None` matches every packet; the default matches everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct IpHeaderMatch {
+    /// DSCP code point `0..=63`: the high six bits of the TOS / traffic class byte.
+    pub dscp: Option<u8>,
+    /// ECN codepoint `0..=3`: the low two bits of the TOS / traffic class byte.
+    pub ecn: Option<u8>,
+    /// An inclusive range `lo <= hi` of the IPv4 TTL / IPv6 hop limit.
+    pub ttl: Option<(u8, u8)>,
+}
+
+impl IpHeaderMatch {
+    /// Whether a packet with this TOS / traffic class byte and TTL meets every condition.
+    #[must_use]
+    pub fn matches(&self, tos: u8, ttl: u8) -> bool {
+        self.dscp.is_none_or(|d| tos >> 2 == d)
+            && self.ecn.is_none_or(|e| tos & 3 == e)
+            && self.ttl.is_none_or(|(lo, hi)| (lo..=hi).contains(&ttl))
+    }
+}
+
 /// TCP flags must satisfy `packet_flags & mask == value` (`value & !mask == 0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TcpFlags {
@@ -130,6 +152,8 @@ pub struct Rule {
     /// `palisade_common::conntrack::STATE_*` bits. `None` matches every packet, tracked or
     /// not; `Some` never matches a packet the tracker did not classify (`ct_state == 0`).
     pub state: Option<u8>,
+    /// DSCP, ECN and TTL conditions.
+    pub ip: IpHeaderMatch,
     /// 1-based line of the rule in its config file, for messages (0 when built in code).
     pub line: usize,
 }
@@ -657,6 +681,7 @@ mod tests {
             tcp_flags: None,
             icmp: None,
             state: None,
+            ip: IpHeaderMatch::default(),
             line: 0,
         };
         let mut p = policy();

@@ -109,6 +109,10 @@ struct Args {
     /// 1000,10000,100000,1000000; 10000 with --quick].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     sets: Option<Vec<usize>>,
+    /// IP header conditions (`dscp`, `ecn`, `ttl`) to measure: each is the first rule-count
+    /// workload with one more rule using it, next to that workload in the same run.
+    #[arg(long, value_delimiter = ',', value_name = "KIND,...")]
+    header: Option<Vec<String>>,
     /// Seed for the rule sets, the packets and the round orders.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -276,6 +280,7 @@ pub struct Settings {
     pub target_ms: f64,
     pub rules: Vec<usize>,
     pub sets: Vec<usize>,
+    pub header: Vec<String>,
     pub cpu: Option<usize>,
     pub reload: bool,
     pub seed: u64,
@@ -302,6 +307,7 @@ impl Args {
             target_ms: self
                 .target_ms
                 .unwrap_or(if self.quick { 15.0 } else { 100.0 }),
+            header: self.header.clone().unwrap_or_default(),
             rules: self.rules.clone().unwrap_or_else(|| {
                 if self.quick {
                     vec![0, 1, 100, 1000, 10_000]

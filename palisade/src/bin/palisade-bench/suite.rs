@@ -71,6 +71,14 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
     for &n in &s.rules {
         workloads.push(workload::rules(n, s.seed)?);
     }
+    if let Some(base) = workloads.first() {
+        let extra = s
+            .header
+            .iter()
+            .map(|kind| workload::with_header(base, kind))
+            .collect::<Result<Vec<_>>>()?;
+        workloads.extend(extra);
+    }
     for &n in &s.sets {
         workloads.push(workload::set(n, s.seed)?);
     }

@@ -166,6 +166,7 @@ pub fn rule(action: Action, src: AddrMatch, protocol: Option<Protocol>) -> Rule 
         tcp_flags: None,
         icmp: None,
         state: None,
+        ip: palisade::policy::model::IpHeaderMatch::default(),
         line: 0,
     }
 }
@@ -600,6 +601,41 @@ pub fn rules(n: usize, seed: u64) -> Result<Workload> {
         rules: n,
         set_entries: 0,
         port_rules: ports,
+        policy,
+        probes,
+    })
+}
+
+/// `base` with one more rule at its end that uses an IP header condition no probe meets, so
+/// the verdicts stay and the cost of the condition's shapes shows against `base` measured
+/// in the same run: `dscp` (DSCP 46, one shape), `ecn` (CE, one shape), `ttl` (0-9, two
+/// shapes: 0-7 and 8-9).
+///
+/// # Errors
+/// For another `kind`, or when the policy does not compile.
+pub fn with_header(base: &Workload, kind: &str) -> Result<Workload> {
+    let mut extra = rule(Action::Drop, AddrMatch::Any, None);
+    match kind {
+        "dscp" => extra.ip.dscp = Some(46),
+        "ecn" => extra.ip.ecn = Some(3),
+        "ttl" => extra.ip.ttl = Some((0, 9)),
+        other => bail!("unknown header condition `{other}`; expected dscp, ecn or ttl"),
+    }
+    let mut policy = base.policy.clone();
+    policy.firewall.rules.push(extra);
+    let compiled = compile::compile(&policy).context("compiling a generated policy")?;
+    let mut probes = base.probes.clone();
+    for p in &mut probes {
+        let (action, rule) = classify_frame(&policy, &compiled, &p.frame)?;
+        p.action = action;
+        p.rule = rule;
+    }
+    Ok(Workload {
+        id: format!("{}+{kind}", base.id),
+        kind: base.kind,
+        rules: base.rules + 1,
+        set_entries: base.set_entries,
+        port_rules: base.port_rules,
         policy,
         probes,
     })
