@@ -594,6 +594,7 @@ mod tests {
             tls: crate::tls::Tls::default(),
             dhcp: crate::dhcp::Dhcp::default(),
             intel: crate::intel::Intel::default(),
+            dlp: crate::dlp::Dlp::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2032,6 +2033,7 @@ mod tests {
                         tls: crate::tls::Tls::default(),
                         dhcp: crate::dhcp::Dhcp::default(),
                         intel: crate::intel::Intel::default(),
+                        dlp: crate::dlp::Dlp::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2163,6 +2165,7 @@ mod tests {
                     tls: crate::tls::Tls::default(),
                     dhcp: crate::dhcp::Dhcp::default(),
                     intel: crate::intel::Intel::default(),
+                    dlp: crate::dlp::Dlp::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,
