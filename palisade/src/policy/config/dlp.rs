@@ -155,3 +155,57 @@ impl Checker<'_> {
         Some(Pattern { name, regex })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::dlp::{Action, Builtin};
+    use crate::policy::config::parse_policy;
+
+    fn errors(text: &str) -> String {
+        parse_policy(text, "p.toml", Path::new("."))
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn section_is_read() {
+        let p = parse_policy(
+            "[dlp]\ndetectors = [\"card\"]\naction = \"reset\"\ninterfaces = [\"lo\"]\n\
+             [[dlp.pattern]]\nname = \"emp\"\nregex = \"EMP-[0-9]{6}\"\n",
+            "p.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(p.dlp.enabled);
+        assert_eq!(p.dlp.builtins, vec![Builtin::Card]);
+        assert_eq!(p.dlp.action, Action::Reset);
+        assert_eq!(p.dlp.interfaces, vec!["lo".to_owned()]);
+        assert_eq!(p.dlp.patterns.len(), 1);
+        let none = parse_policy("", "p.toml", Path::new(".")).unwrap();
+        assert!(!none.dlp.enabled);
+    }
+
+    #[test]
+    fn problems_name_their_place() {
+        let e = errors("[dlp]\naction = \"block\"\n");
+        assert!(e.contains("p.toml:2:") && e.contains("[dlp].action"), "{e}");
+        let e = errors("[dlp]\naction = \"reset\"\n");
+        assert!(e.contains("needs [dlp].interfaces"), "{e}");
+        let e = errors("[dlp]\ndetectors = [\"cards\"]\n");
+        assert!(
+            e.contains("p.toml:2:") && e.contains("unknown detector"),
+            "{e}"
+        );
+        let e = errors("[dlp]\n[[dlp.pattern]]\nname = \"x\"\nregex = \"(unclosed\"\n");
+        assert!(
+            e.contains("p.toml:4:") && e.contains("regex of \"x\""),
+            "{e}"
+        );
+        let e = errors("[dlp]\n[[dlp.pattern]]\nname = \"x\"\nregex = \"a*\"\n");
+        assert!(e.contains("matches the empty string"), "{e}");
+        let e = errors("[dlp]\nbogus = 1\n");
+        assert!(e.contains("unknown key `bogus` in [dlp]"), "{e}");
+    }
+}
