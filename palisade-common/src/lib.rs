@@ -9,6 +9,7 @@
 
 pub mod conntrack;
 pub mod dhcp;
+pub mod dlp;
 pub mod dns;
 pub mod dnsbind;
 pub mod event;

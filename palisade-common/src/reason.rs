@@ -159,8 +159,12 @@ pub const DHCP_ROGUE_ROUTER: u32 = 43;
 /// leaves, is an indicator of a feed with `action = "drop"`.
 pub const INTEL_DROP: u32 = 44;
 
+/// DLP (`[dlp] action = "reset"`): a packet of a TCP flow whose TLS plaintext matched a
+/// detector, dropped by the TC egress program.
+pub const DLP_RESET: u32 = 51;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 51;
+pub const COUNT: u32 = 52;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -215,6 +219,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-resolver-pinned",
     "dns-encrypted",
     "dns-rebinding",
+    "dlp-reset",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

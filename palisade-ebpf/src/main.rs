@@ -17,6 +17,7 @@ mod bench;
 mod bytes;
 mod ct;
 mod dhcp;
+mod dlp;
 mod dns;
 mod dnsbind;
 mod firewall;
@@ -225,6 +226,33 @@ pub fn palisade_floor_drop(_ctx: XdpContext) -> u32 {
 #[cgroup_skb]
 pub fn palisade_floor_skb(_ctx: SkBuffContext) -> i32 {
     1
+}
+
+/// DLP: entry of `SSL_write`, `SSL_write_ex`, `SSL_read` and `SSL_read_ex` (which one comes
+/// from the attach cookie). Observes only: fail-open for everything.
+#[aya_ebpf::macros::uprobe]
+pub fn palisade_dlp_enter(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+    dlp::enter(&ctx)
+}
+
+/// DLP: return of the same four functions; hands the plaintext the call moved to userspace.
+#[aya_ebpf::macros::uretprobe]
+pub fn palisade_dlp_leave(ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
+    dlp::leave(&ctx)
+}
+
+/// DLP: the flow of the `SSL_*` call in progress on this thread (tracepoints
+/// `sock:sock_send_length` and `sock:sock_recv_length`).
+#[aya_ebpf::macros::tracepoint]
+pub fn palisade_dlp_sock(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+    dlp::on_sock(&ctx)
+}
+
+/// DLP `action = "reset"` (TC egress): drops the packets of flows whose plaintext matched.
+/// Fail-open for anything not listed.
+#[classifier]
+pub fn palisade_dlp_reset(ctx: TcContext) -> i32 {
+    dlp::reset::run(&ctx)
 }
 
 #[cfg(not(test))]

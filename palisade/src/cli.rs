@@ -221,6 +221,14 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// DLP on TLS plaintext: probes on OpenSSL's SSL_write/SSL_read report secrets that
+    /// processes send or receive (needs root; see docs/design/dlp.md).
+    ///
+    /// Examples:
+    ///   palisade dlp watch --policy /etc/palisade/policy.toml
+    ///   palisade dlp coverage
+    #[command(subcommand, verbatim_doc_comment)]
+    Dlp(DlpCommand),
 }
 
 /// `--json`.
@@ -932,4 +940,35 @@ pub struct LearnArgs {
     /// Print the report as one JSON object, the proposal's text in `policy`.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `palisade dlp`.
+#[derive(Debug, Subcommand)]
+pub enum DlpCommand {
+    /// Probe every OpenSSL libssl in use and report matches of the policy's [dlp] detectors
+    /// as JSON lines on stdout, until interrupted (or for --duration seconds). Processes whose
+    /// TLS cannot be probed are reported as `dlp-uncovered`.
+    ///
+    /// Example:
+    ///   palisade dlp watch --policy policy.toml
+    #[command(verbatim_doc_comment)]
+    Watch {
+        /// The policy file; its [dlp] section is used.
+        #[arg(long, value_name = "POLICY.toml")]
+        policy: PathBuf,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+    },
+    /// List the processes using TLS, covered (their OpenSSL is probed by a running watcher)
+    /// or uncovered (GnuTLS, NSS, Go crypto/tls, rustls, static OpenSSL), with the reason.
+    ///
+    /// Example:
+    ///   palisade dlp coverage --all
+    #[command(verbatim_doc_comment)]
+    Coverage {
+        /// Also list processes without any TLS library.
+        #[arg(long)]
+        all: bool,
+    },
 }

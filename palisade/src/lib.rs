@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod dga;
 pub mod dhcp;
+pub mod dlp;
 pub mod dns;
 pub mod dnsbind;
 pub mod events;

@@ -153,6 +153,7 @@ fn main() -> ExitCode {
         Command::Top(a) => palisade::top::command(&socket, &a),
         Command::Ready { policy } => return commands::ready(&socket, policy.as_deref()),
         Command::Cleanup { pin_dir } => commands::cleanup(&socket, &pin_dir),
+        Command::Dlp(c) => palisade::dlp::command(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,7 @@ fn policy(action: DnsAction, answers: AnswerBudget) -> Policy {
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
+        dlp: palisade::dlp::Dlp::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -276,6 +276,7 @@ fn policy(bits: u32) -> Policy {
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
+        dlp: palisade::dlp::Dlp::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -138,6 +138,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
+        dlp: palisade::dlp::Dlp::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -331,6 +331,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
+        dlp: palisade::dlp::Dlp::default(),
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1415,6 +1416,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
+        dlp: palisade::dlp::Dlp::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -1769,6 +1771,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
+        dlp: palisade::dlp::Dlp::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

@@ -57,6 +57,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "catatonit",
+    // A TLS client on GnuTLS, which DLP must report as uncovered (palisade/tests/dlp_e2e.rs);
+    // libssl3 is the OpenSSL the DLP probes attach to.
+    "gnutls-bin",
+    "libssl3",
 ];
 
 /// Python packages the tests and benchmarks use that Debian does not ship, pinned, installed

@@ -559,6 +559,7 @@ mod tests {
             tls: crate::tls::Tls::default(),
             dhcp: crate::dhcp::Dhcp::default(),
             intel: crate::intel::Intel::default(),
+            dlp: crate::dlp::Dlp::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

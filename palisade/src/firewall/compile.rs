@@ -652,6 +652,7 @@ mod tests {
             tls: crate::tls::Tls::default(),
             dhcp: crate::dhcp::Dhcp::default(),
             intel: crate::intel::Intel::default(),
+            dlp: crate::dlp::Dlp::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2201,6 +2202,7 @@ mod tests {
                         tls: crate::tls::Tls::default(),
                         dhcp: crate::dhcp::Dhcp::default(),
                         intel: crate::intel::Intel::default(),
+                        dlp: crate::dlp::Dlp::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2332,6 +2334,7 @@ mod tests {
                     tls: crate::tls::Tls::default(),
                     dhcp: crate::dhcp::Dhcp::default(),
                     intel: crate::intel::Intel::default(),
+                    dlp: crate::dlp::Dlp::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

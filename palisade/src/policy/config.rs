@@ -406,6 +406,7 @@ use super::namelist::{parse_list_bytes, parse_name};
 
 mod dga;
 mod dhcp;
+mod dlp;
 mod dnsbind;
 mod intel;
 mod lb;
@@ -836,6 +837,7 @@ const TOP_KEYS: &[&str] = &[
     "tls",
     "dhcp",
     "intel",
+    "dlp",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
@@ -1199,6 +1201,10 @@ impl Checker<'_> {
             Some(node) => self.intel(node),
             None => crate::intel::Intel::default(),
         };
+        let dlp = match root.get("dlp") {
+            Some(node) => self.dlp(node),
+            None => crate::dlp::Dlp::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1211,6 +1217,7 @@ impl Checker<'_> {
             tls,
             dhcp,
             intel,
+            dlp,
         })
     }
 
@@ -3292,6 +3299,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 tls: crate::tls::Tls::default(),
                 dhcp: crate::dhcp::Dhcp::default(),
                 intel: crate::intel::Intel::default(),
+                dlp: crate::dlp::Dlp::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3618,9 +3626,10 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
                      `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, \
-                     `dhcp`, `intel`",
+                     `dhcp`, `intel`, `dlp`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
-                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, `dhcp`, `intel`",
+                     `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, `dhcp`, `intel`, \
+                     `dlp`",
                 ],
             ),
         ];

@@ -306,6 +306,7 @@ pub struct Policy {
     pub tls: crate::tls::Tls,
     pub dhcp: crate::dhcp::Dhcp,
     pub intel: crate::intel::Intel,
+    pub dlp: crate::dlp::Dlp,
 }
 
 impl Policy {
@@ -636,6 +637,7 @@ mod tests {
             tls: crate::tls::Tls::default(),
             dhcp: crate::dhcp::Dhcp::default(),
             intel: crate::intel::Intel::default(),
+            dlp: crate::dlp::Dlp::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),

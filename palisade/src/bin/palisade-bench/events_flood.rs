@@ -296,6 +296,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
         tls: palisade::tls::Tls::default(),
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
+        dlp: palisade::dlp::Dlp::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -1,0 +1,295 @@
+//! DLP on TLS plaintext: uprobes on OpenSSL's `SSL_write`, `SSL_write_ex`, `SSL_read` and
+//! `SSL_read_ex` hand the plaintext of each call to userspace, which runs the detectors.
+//!
+//! - The entry probe ([`enter`]) remembers the call's `SSL*`, buffer and (for the `_ex`
+//!   variants) length pointer under the thread's `pid_tgid`. Which function it sits on comes
+//!   from the attach cookie (`COOKIE_EX`, `COOKIE_READ`), so one program serves all four.
+//! - The tracepoints `sock:sock_send_length` and `sock:sock_recv_length` ([`on_sock`]) fill in
+//!   the flow of that call from the socket: the TCP send or receive of an `SSL_*` call runs on
+//!   the same thread within it. (Tracepoints rather than `fentry` on `tcp_sendmsg`: this
+//!   kernel refuses to load tracing programs, and has no kprobes.) The flow is also remembered per `SSL*`, for reads that OpenSSL answers from
+//!   its own buffer without touching the socket.
+//! - The return probe ([`leave`]) reads the bytes the call really moved (its return value, or
+//!   `*len_out` for `_ex`): up to `MAX_CHUNKS` records of `CAPTURE_BYTES` each go to
+//!   `DLP_RECORDS`. Writes are captured on return too: the buffer still holds what was sent,
+//!   and the flow is known by then.
+//!
+//! Uprobes cannot block: the probes only observe (fail-open for everything). The `reset`
+//! action is carried out by [`reset`], a TC egress program, on flows userspace names.
+
+pub mod reset;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns,
+        generated::{bpf_get_attach_cookie, bpf_probe_read_kernel, bpf_probe_read_user},
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use palisade_common::dlp::{
+    CAPTURE_BYTES, COOKIE_EX, COOKIE_READ, DIR_READ, DIR_WRITE, Flow, Inflight, MAX_CHUNKS,
+    MAX_INFLIGHT, MAX_RESETS, MAX_SSL_FLOWS, RING_BYTES, Record, ResetKey, stat,
+};
+
+/// Calls between entry and return, by `pid_tgid`. LRU: a thread killed inside a call leaves
+/// an entry that ages out.
+#[map]
+pub static DLP_INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// The last flow seen for an `SSL*` (keyed by `tgid << 64 | ssl` folded into one u64 pair).
+#[map]
+pub static DLP_SSL_FLOW: LruHashMap<[u64; 2], Flow> =
+    LruHashMap::with_max_entries(MAX_SSL_FLOWS, 0);
+
+/// Captured plaintext, for the detectors.
+#[map]
+pub static DLP_RECORDS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Counters, `dlp::stat::*`.
+#[map]
+pub static DLP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Flows to reset (written by userspace on a match under `action = "reset"`).
+#[map]
+pub static DLP_RESET: HashMap<ResetKey, u64> = HashMap::with_max_entries(MAX_RESETS, 0);
+
+/// `struct sock_common` offsets (stable since the structure's first member is the address
+/// pair; checked against this kernel's BTF in the tests through real flows).
+const SKC_DADDR: usize = 0;
+const SKC_RCV_SADDR: usize = 4;
+const SKC_DPORT: usize = 12;
+const SKC_NUM: usize = 14;
+const SKC_FAMILY: usize = 16;
+const SKC_V6_DADDR: usize = 56;
+const SKC_V6_RCV_SADDR: usize = 72;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[inline(always)]
+pub(crate) fn bump(slot: u32, v: u64) {
+    if let Some(p) = DLP_STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot, valid for the program's run; no one else writes it here.
+        unsafe { *p = (*p).wrapping_add(v) };
+    }
+}
+
+/// Entry of `SSL_write[_ex]` / `SSL_read[_ex]`.
+#[inline(always)]
+pub fn enter(ctx: &ProbeContext) -> u32 {
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let buf: u64 = ctx.arg(1).unwrap_or(0);
+    // SAFETY: the helper only reads the program's own attach cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let len_out: u64 = if cookie & COOKIE_EX != 0 {
+        ctx.arg(3).unwrap_or(0)
+    } else {
+        0
+    };
+    let v = Inflight {
+        ssl,
+        buf,
+        len_out,
+        flow: Flow::default(),
+        has_flow: 0,
+        _pad: 0,
+    };
+    let id = bpf_get_current_pid_tgid();
+    let _ = DLP_INFLIGHT.insert(&id, &v, 0);
+    0
+}
+
+/// Offsets in the `sock_send_length` / `sock_recv_length` tracepoint records (their
+/// `format` files): `void *sk` at 8, `__u16 protocol` at 18.
+const TP_SK: usize = 8;
+const TP_PROTOCOL: usize = 18;
+const IPPROTO_TCP: u16 = 6;
+
+/// `sock:sock_send_length` / `sock:sock_recv_length`: the flow of the `SSL_*` call this
+/// thread is in, if any.
+#[inline(always)]
+pub fn on_sock(ctx: &TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = DLP_INFLIGHT.get_ptr_mut(&id) else {
+        return 0;
+    };
+    // SAFETY: the offsets are those of the tracepoint's record, inside it.
+    let (sk, proto) = unsafe {
+        (
+            ctx.read_at::<u64>(TP_SK).unwrap_or(0),
+            ctx.read_at::<u16>(TP_PROTOCOL).unwrap_or(0),
+        )
+    };
+    if proto != IPPROTO_TCP {
+        return 0;
+    }
+    let Some(flow) = read_flow(sk) else {
+        return 0;
+    };
+    // SAFETY: a value of this map, valid for the program's run.
+    unsafe {
+        if (*call).has_flow == 0 {
+            (*call).flow = flow;
+            (*call).has_flow = 1;
+        }
+        let key = [id >> 32, (*call).ssl];
+        let _ = DLP_SSL_FLOW.insert(&key, &flow, 0);
+    }
+    0
+}
+
+#[inline(always)]
+fn kread<T: Default>(addr: u64) -> T {
+    let mut v = T::default();
+    // SAFETY: the helper copies at most size_of::<T>() bytes into `v`, faulting safely.
+    unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut v).cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const _,
+        );
+    }
+    v
+}
+
+#[inline(always)]
+fn read_flow(sk: u64) -> Option<Flow> {
+    if sk == 0 {
+        return None;
+    }
+    let family: u16 = kread(sk + SKC_FAMILY as u64);
+    let mut f = Flow {
+        family,
+        sport: kread(sk + SKC_NUM as u64),
+        dport: u16::from_be(kread(sk + SKC_DPORT as u64)),
+        ..Flow::default()
+    };
+    if family == AF_INET {
+        let s: [u8; 4] = kread(sk + SKC_RCV_SADDR as u64);
+        let d: [u8; 4] = kread(sk + SKC_DADDR as u64);
+        f.saddr = palisade_common::packet::v4_mapped(s);
+        f.daddr = palisade_common::packet::v4_mapped(d);
+    } else if family == AF_INET6 {
+        f.saddr = kread(sk + SKC_V6_RCV_SADDR as u64);
+        f.daddr = kread(sk + SKC_V6_DADDR as u64);
+    } else {
+        return None;
+    }
+    Some(f)
+}
+
+/// Return of `SSL_write[_ex]` / `SSL_read[_ex]`.
+#[inline(always)]
+pub fn leave(ctx: &RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the helper only reads the program's own attach cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    let Some(call) = (unsafe { DLP_INFLIGHT.get(&id) }).copied() else {
+        bump(stat::NO_ENTRY, 1);
+        return 0;
+    };
+    let _ = DLP_INFLIGHT.remove(&id);
+    bump(stat::CALLS, 1);
+    let rc: i64 = ctx.ret::<i64>();
+    let moved: u64 = if cookie & COOKIE_EX != 0 {
+        // `_ex`: 1 on success, the length behind the fourth argument.
+        if rc as i32 != 1 || call.len_out == 0 {
+            return 0;
+        }
+        let mut n: u64 = 0;
+        // SAFETY: the helper copies 8 bytes from user memory, faulting safely.
+        let r = unsafe { bpf_probe_read_user((&raw mut n).cast(), 8, call.len_out as *const _) };
+        if r != 0 {
+            bump(stat::READ_FAULTS, 1);
+            return 0;
+        }
+        n
+    } else {
+        // The plain variants return an int: > 0 is the length moved.
+        let v = rc as i32;
+        if v <= 0 {
+            return 0;
+        }
+        v as u64
+    };
+    let key = [id >> 32, call.ssl];
+    let (flow, has_flow) = if call.has_flow != 0 {
+        (call.flow, 1u8)
+    // SAFETY: the value is copied out at once.
+    } else if let Some(f) = unsafe { DLP_SSL_FLOW.get(&key) } {
+        (*f, 1u8)
+    } else {
+        bump(stat::NO_FLOW, 1);
+        (Flow::default(), 0u8)
+    };
+    let dir = if cookie & COOKIE_READ != 0 {
+        DIR_READ
+    } else {
+        DIR_WRITE
+    };
+    let window = CAPTURE_BYTES as u64 * MAX_CHUNKS as u64;
+    if moved > window {
+        bump(stat::TRUNCATED_CALLS, 1);
+        bump(stat::TRUNCATED_BYTES, moved - window);
+    }
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let ts = unsafe { bpf_ktime_get_ns() };
+    let mut i: u32 = 0;
+    while i < MAX_CHUNKS {
+        let off = u64::from(i) * CAPTURE_BYTES as u64;
+        if off >= moved {
+            break;
+        }
+        let mut n = moved - off;
+        if n > CAPTURE_BYTES as u64 {
+            n = CAPTURE_BYTES as u64;
+        }
+        let Some(mut slot) = DLP_RECORDS.reserve::<Record>(0) else {
+            bump(stat::LOST, 1);
+            i += 1;
+            continue;
+        };
+        let r = slot.as_mut_ptr();
+        // SAFETY: `r` points into the reserved ring-buffer slot, sized for a `Record`.
+        unsafe {
+            (*r).pid_tgid = id;
+            (*r).ssl = call.ssl;
+            (*r).cgroup = cgroup;
+            (*r).ts_ns = ts;
+            (*r).flow = flow;
+            (*r).comm = comm;
+            (*r).call_len = moved as u32;
+            (*r).offset = off as u32;
+            (*r).dir = dir;
+            (*r).has_flow = has_flow;
+            (*r)._pad = [0; 2];
+            // `n` is in 1..=CAPTURE_BYTES; the mask restates it for the verifier.
+            let len = (n as u32) & (2 * CAPTURE_BYTES as u32 - 1);
+            let len = if len > CAPTURE_BYTES as u32 {
+                CAPTURE_BYTES as u32
+            } else {
+                len
+            };
+            let got = bpf_probe_read_user(
+                (&raw mut (*r).data).cast(),
+                len,
+                (call.buf + off) as *const _,
+            );
+            if got == 0 {
+                (*r).len = len;
+            } else {
+                bump(stat::READ_FAULTS, 1);
+                (*r).len = 0;
+            }
+        }
+        slot.submit(0);
+        bump(stat::RECORDS, 1);
+        i += 1;
+    }
+    0
+}
