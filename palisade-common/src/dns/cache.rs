@@ -53,8 +53,12 @@ pub const CSTAT_INSERTS: u32 = 2;
 pub const CSTAT_INSERTED_NEW: u32 = 3;
 /// Entries removed because they expired.
 pub const CSTAT_REMOVED: u32 = 4;
+/// Fresh answers found but not served: the query came from or went to a group address, the
+/// client's answer budget was spent, or the frame could not be rewritten. The query went on
+/// to the resolver.
+pub const CSTAT_DECLINED: u32 = 5;
 /// Answers not cached, by [`Reject`] (`CSTAT_REJECTED + reject as u32`).
-pub const CSTAT_REJECTED: u32 = 5;
+pub const CSTAT_REJECTED: u32 = 6;
 /// Number of counters.
 pub const CACHE_STATS: u32 = CSTAT_REJECTED + REJECTS;
 
@@ -87,6 +91,7 @@ pub const CACHE_STAT_NAMES: [&str; CACHE_STATS as usize] = [
     "inserts",
     "inserted_new",
     "removed",
+    "declined",
     "rejected_truncated",
     "rejected_rcode",
     "rejected_source",
