@@ -144,7 +144,7 @@ map_type!(PendingValue, 32);
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheConfig {
-    /// The resolver's address (IPv4 in the first 4 bytes).
+    /// The resolver's address (IPv4 v4-mapped, as `packet::Packet` holds addresses).
     pub resolver: [u8; 16],
     pub port: u16,
     /// 0: the cache is off.
@@ -268,13 +268,18 @@ pub const SCAN_DONE: u8 = 1;
 /// [`Scan::state`] `SCAN_REFUSED + reject`: refused.
 pub const SCAN_REFUSED: u8 = 2;
 
-/// Reads a big-endian `u16` at `at` of `msg` (masked into [`MAX_MESSAGE`]).
+/// Byte `at` of `msg`, the index masked into [`MAX_MESSAGE`] where the compiler cannot
+/// drop the mask: it would, knowing the index small from the compares before, and the
+/// kernel's verifier, which does not follow those, needs it.
+#[inline(always)]
+fn byte(msg: &[u8; MAX_MESSAGE], at: usize) -> u8 {
+    msg[core::hint::black_box(at) & (MAX_MESSAGE - 1)]
+}
+
+/// Reads a big-endian `u16` at `at` of `msg` (see [`byte`]).
 #[inline(always)]
 fn be16(msg: &[u8; MAX_MESSAGE], at: usize) -> u16 {
-    u16::from_be_bytes([
-        msg[at & (MAX_MESSAGE - 1)],
-        msg[(at + 1) & (MAX_MESSAGE - 1)],
-    ])
+    u16::from_be_bytes([byte(msg, at), byte(msg, at + 1)])
 }
 
 impl Scan {
@@ -315,7 +320,7 @@ impl Scan {
         if pos >= end || end > MAX_MESSAGE {
             return self.refuse(Reject::Malformed);
         }
-        let b = msg[pos & (MAX_MESSAGE - 1)];
+        let b = byte(msg, pos);
         let fixed = match b & 0xc0 {
             0xc0 => pos + 2,
             0 if b == 0 => pos + 1,

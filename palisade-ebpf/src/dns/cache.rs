@@ -115,7 +115,9 @@ pub fn lookup(generation: u32, wire_len: u16, in_message: u16, qtype: u16) -> bo
     {
         return false;
     }
-    let q = HEADER_LEN + usize::from(wire_len);
+    // Hidden from the compiler, which would drop the masks below as it knows `q` is small;
+    // the verifier does not, and needs them.
+    let q = core::hint::black_box(HEADER_LEN + usize::from(wire_len));
     let m = &s.msg;
     let qclass = u16::from_be_bytes([m[(q + 2) & 511], m[(q + 3) & 511]]);
     // The header checks let at most one additional record through: the OPT record, right
@@ -193,8 +195,11 @@ fn serve_copy(e: &palisade_common::dns::cache::CacheEntry, age: u32, c: &mut Scr
         if r >= records {
             break;
         }
-        let at = usize::from(e.ttl_at[r]);
-        let ttl = aged_ttl(e.ttls[r], age).to_be_bytes();
+        // Masked for the compiler, which otherwise keeps a bounds check (a panic call the
+        // verifier refuses) although `r < MAX_RECORDS`.
+        let j = r & (MAX_RECORDS - 1);
+        let at = usize::from(e.ttl_at[j]);
+        let ttl = aged_ttl(e.ttls[j], age).to_be_bytes();
         let mut k = 0;
         while k < 4 {
             c.msg[(at + k) & (MAX_MESSAGE - 1)] = ttl[k];
@@ -238,7 +243,7 @@ pub fn append(ctx: &XdpContext, at: usize, odd: bool) -> u64 {
         return NOT_WRITTEN;
     }
     // `(n - 1) % 512 + 1` keeps the lengths in 1..=512 in a form the verifier follows.
-    let n = ((len - 1) & (MAX_MESSAGE - 1)) + 1;
+    let n = ((core::hint::black_box(len) - 1) & (MAX_MESSAGE - 1)) + 1;
     // SAFETY: the source is the scratch buffer of MAX_MESSAGE bytes; the helper checks the
     // frame's range itself.
     let r = unsafe {
@@ -360,7 +365,9 @@ fn try_fill(ctx: &TcContext) -> Result<(), Option<Reject>> {
     if qend > msg_len || c.key.wire_len == 0 {
         return Err(Some(Reject::Malformed));
     }
-    let n = ((msg_len - 1) & (MAX_MESSAGE - 1)) + 1;
+    // `(n - 1) % 512 + 1`, hidden from the compiler (which would drop it): 1..=512 where
+    // the verifier sees it.
+    let n = ((core::hint::black_box(msg_len) - 1) & (MAX_MESSAGE - 1)) + 1;
     // SAFETY: into the scratch buffer of MAX_MESSAGE bytes, `n` in 1..=512; the helper
     // checks the packet's range.
     let r = unsafe {
@@ -377,6 +384,8 @@ fn try_fill(ctx: &TcContext) -> Result<(), Option<Reject>> {
     // The question is the query's: uncompressed (the root byte where the query's ended),
     // with its type and class. The resolver echoes the name itself.
     let m = &c.msg;
+    // Hidden from the compiler, as in `lookup`.
+    let qend = core::hint::black_box(qend);
     let qtype = u16::from_be_bytes([m[(qend - 4) & 511], m[(qend - 3) & 511]]);
     let qclass = u16::from_be_bytes([m[(qend - 2) & 511], m[(qend - 1) & 511]]);
     if m[(qend - 5) & 511] != 0 || qtype != c.key.qtype || qclass != c.key.qclass {
@@ -440,7 +449,7 @@ fn store(
     if section_len == 0 {
         return Err(Some(Reject::TooLarge));
     }
-    let n = ((section_len - 1) & (MAX_MESSAGE - 1)) + 1;
+    let n = ((core::hint::black_box(section_len) - 1) & (MAX_MESSAGE - 1)) + 1;
     if n > MAX_SECTION {
         return Err(Some(Reject::TooLarge));
     }
@@ -463,7 +472,9 @@ fn store(
         if i >= records {
             break;
         }
-        let at = usize::from(c.scan.ttl_at[i]);
+        // Masked, as in `serve_copy`.
+        let j = i & (MAX_RECORDS - 1);
+        let at = usize::from(c.scan.ttl_at[j]);
         let m = &c.msg;
         let ttl = u32::from_be_bytes([
             m[at & 511],
@@ -471,8 +482,8 @@ fn store(
             m[(at + 2) & 511],
             m[(at + 3) & 511],
         ]);
-        c.entry.ttl_at[i] = at.wrapping_sub(start) as u16;
-        c.entry.ttls[i] = clamp_ttl(ttl, cfg.min_ttl, cfg.max_ttl);
+        c.entry.ttl_at[j] = at.wrapping_sub(start) as u16;
+        c.entry.ttls[j] = clamp_ttl(ttl, cfg.min_ttl, cfg.max_ttl);
         i += 1;
     }
     c.entry.records = records as u8;

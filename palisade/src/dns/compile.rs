@@ -566,6 +566,7 @@ mod tests {
                 rate_prefix: Default::default(),
                 bind: None,
                 dga: None,
+                cache: None,
                 ports: vec![53],
                 ingress: Some(scope),
                 egress: None,

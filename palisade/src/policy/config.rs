@@ -402,6 +402,7 @@ use super::model::{
 use super::namelist::{parse_list_bytes, parse_name};
 
 mod dga;
+mod dnscache;
 mod dhcp;
 mod dnsbind;
 mod intel;
@@ -876,6 +877,7 @@ const DNS_KEYS: &[&str] = &[
     "rate_prefix_v6",
     "bind",
     "dga",
+    "cache",
 ];
 const INGRESS_KEYS: &[&str] = &[
     "mode",
@@ -2162,6 +2164,9 @@ impl Checker<'_> {
             .map(|scope| DnsEgress { scope, cgroups });
         dns.dga = view.get("dga").map(|n| self.dns_dga(n, &by_name));
         self.dga_list_use(&dns, view, &by_name);
+        dns.cache = view
+            .get("cache")
+            .and_then(|n| self.dns_cache(n, dns.ingress.is_some()));
         dns.lists = lists.into_iter().map(|l| l.list).collect();
         dns
     }
@@ -4016,6 +4021,7 @@ tcp_flags = "syn"
                 rate_prefix: Default::default(),
                 bind: None,
                 dga: None,
+                cache: None,
                 events: crate::policy::model::DnsEvents::default(),
                 ports: vec![53],
                 ingress: Some(scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![])),
