@@ -170,7 +170,10 @@ fn answer_msg(query_msg: &[u8], flags: u16, ttl1: u32, ttl2: u32, addr: &[u8]) -
     m.extend_from_slice(&flags.to_be_bytes());
     m.extend_from_slice(&[0, 1, 0, 2, 0, 0, 0, 0]);
     m.extend_from_slice(&query_msg[12..]);
-    let qtype = u16::from_be_bytes([query_msg[query_msg.len() - 4], query_msg[query_msg.len() - 3]]);
+    let qtype = u16::from_be_bytes([
+        query_msg[query_msg.len() - 4],
+        query_msg[query_msg.len() - 3],
+    ]);
     m.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1]);
     m.extend_from_slice(&ttl1.to_be_bytes());
     let target = b"\x03web\x07example\x04test\x00";
@@ -204,16 +207,26 @@ fn answer_frame(q: &[u8], from: &str, msg: &[u8]) -> Vec<u8> {
     let l3 = 14;
     let (client, port) = if v6 {
         let a: [u8; 16] = q[l3 + 8..l3 + 24].try_into().expect("16 bytes");
-        (Ipv6Addr::from(a).to_string(), u16::from_be_bytes([q[L4_V6], q[L4_V6 + 1]]))
+        (
+            Ipv6Addr::from(a).to_string(),
+            u16::from_be_bytes([q[L4_V6], q[L4_V6 + 1]]),
+        )
     } else {
         let a: [u8; 4] = q[l3 + 12..l3 + 16].try_into().expect("4 bytes");
-        (Ipv4Addr::from(a).to_string(), u16::from_be_bytes([q[L4_V4], q[L4_V4 + 1]]))
+        (
+            Ipv4Addr::from(a).to_string(),
+            u16::from_be_bytes([q[L4_V4], q[L4_V4 + 1]]),
+        )
     };
-    Frame::udp(from, &client, 53, port).with_payload(msg).build()
+    Frame::udp(from, &client, 53, port)
+        .with_payload(msg)
+        .build()
 }
 
 fn fill(b: &Bench, frame: &[u8]) {
-    let (verdict, _) = b.run_tc(dcache::FILL, frame).expect("BPF_PROG_TEST_RUN (TC)");
+    let (verdict, _) = b
+        .run_tc(dcache::FILL, frame)
+        .expect("BPF_PROG_TEST_RUN (TC)");
     assert_eq!(verdict, -1, "the fill never drops (TC_ACT_UNSPEC)");
 }
 
@@ -332,15 +345,22 @@ fn fresh_answer_served_with_the_querys_id_and_case() {
             CLIENT6,
             RESOLVER6,
             AAAA,
-            "2001:db8::80".parse::<Ipv6Addr>().expect("v6").octets().to_vec(),
+            "2001:db8::80"
+                .parse::<Ipv6Addr>()
+                .expect("v6")
+                .octets()
+                .to_vec(),
         ),
     ] {
-        let p = policy(&format!("{}", SocketAddr::new(resolver.parse().expect("ip"), 53)), 0, None);
+        let p = policy(
+            &format!("{}", SocketAddr::new(resolver.parse().expect("ip"), 53)),
+            0,
+            None,
+        );
         let b = bench(&p);
         let q1 = query(client, resolver, 40000, 0x1111, "www.example.test", qtype);
-        let (verdict, _) = expect_counts(&b, &[CSTAT_MISSES], || {
-            b.run_with_output(&q1).expect("run")
-        });
+        let (verdict, _) =
+            expect_counts(&b, &[CSTAT_MISSES], || b.run_with_output(&q1).expect("run"));
         assert_eq!(verdict, XDP_PASS, "a miss goes on to the resolver");
         let msg = answer_msg(dns_of(&q1), 0x8180, 3600, 300, &addr);
         expect_counts(&b, &[CSTAT_INSERTS, CSTAT_INSERTED_NEW], || {
@@ -348,9 +368,8 @@ fn fresh_answer_served_with_the_querys_id_and_case() {
         });
 
         let q2 = query(client, resolver, 40001, 0xbeef, "WwW.eXaMpLe.TeSt", qtype);
-        let (verdict, out) = expect_counts(&b, &[CSTAT_HITS], || {
-            b.run_with_output(&q2).expect("run")
-        });
+        let (verdict, out) =
+            expect_counts(&b, &[CSTAT_HITS], || b.run_with_output(&q2).expect("run"));
         assert_eq!(verdict, XDP_TX, "served from the cache");
         let qlen = "www.example.test".len() + 2 + 4;
         let want = expected(&q2, 0x8180, &records_with_ttls(&msg, qlen, 3600, 300));
@@ -416,10 +435,21 @@ fn truncated_foreign_and_unsolicited_answers_are_not_cached() {
         let before = stats(&b);
         fill(&b, &answer_frame(&q, from, &msg));
         let after = stats(&b);
-        assert_eq!(after[rejected(why)], before[rejected(why)] + 1, "{name}: {why:?}");
-        assert_eq!(after[CSTAT_INSERTS as usize], before[CSTAT_INSERTS as usize], "{name}");
+        assert_eq!(
+            after[rejected(why)],
+            before[rejected(why)] + 1,
+            "{name}: {why:?}"
+        );
+        assert_eq!(
+            after[CSTAT_INSERTS as usize], before[CSTAT_INSERTS as usize],
+            "{name}"
+        );
         let again = query(CLIENT, RESOLVER, 42000 + i as u16, 200 + i as u16, name, A);
-        assert_eq!(b.run_with_output(&again).expect("run").0, XDP_PASS, "{name}");
+        assert_eq!(
+            b.run_with_output(&again).expect("run").0,
+            XDP_PASS,
+            "{name}"
+        );
     }
 
     // An answer nobody asked for (another ID than the query's).

@@ -181,7 +181,10 @@ pub struct CacheEntry {
     /// The bytes after the question.
     pub section: [u8; MAX_SECTION],
 }
-map_type!(CacheEntry, 32 + 2 * MAX_RECORDS + 4 * MAX_RECORDS + MAX_SECTION);
+map_type!(
+    CacheEntry,
+    32 + 2 * MAX_RECORDS + 4 * MAX_RECORDS + MAX_SECTION
+);
 
 impl Default for CacheEntry {
     fn default() -> Self {
@@ -564,30 +567,54 @@ mod tests {
         let mut e = CacheEntry::default();
         let mut tc = m;
         tc[2] |= 0x02;
-        assert_eq!(fill(&tc, len, qend, &cfg(), 0, &mut e), Err(Reject::Truncated));
+        assert_eq!(
+            fill(&tc, len, qend, &cfg(), 0, &mut e),
+            Err(Reject::Truncated)
+        );
         let mut nx = m;
         nx[3] = 0x83;
         assert_eq!(fill(&nx, len, qend, &cfg(), 0, &mut e), Err(Reject::Rcode));
         let mut query = m;
         query[2] &= 0x7f;
-        assert_eq!(fill(&query, len, qend, &cfg(), 0, &mut e), Err(Reject::Rcode));
+        assert_eq!(
+            fill(&query, len, qend, &cfg(), 0, &mut e),
+            Err(Reject::Rcode)
+        );
         // One record more than there is.
         let mut more = m;
         more[7] = 3;
-        assert_eq!(fill(&more, len, qend, &cfg(), 0, &mut e), Err(Reject::Malformed));
+        assert_eq!(
+            fill(&more, len, qend, &cfg(), 0, &mut e),
+            Err(Reject::Malformed)
+        );
         // Bytes after the last record.
-        assert_eq!(fill(&m, len + 1, qend, &cfg(), 0, &mut e), Err(Reject::Malformed));
+        assert_eq!(
+            fill(&m, len + 1, qend, &cfg(), 0, &mut e),
+            Err(Reject::Malformed)
+        );
         // An RDLENGTH past the end.
         let mut long = m;
         long[qend + 11] = 200;
-        assert_eq!(fill(&long, len, qend, &cfg(), 0, &mut e), Err(Reject::Malformed));
+        assert_eq!(
+            fill(&long, len, qend, &cfg(), 0, &mut e),
+            Err(Reject::Malformed)
+        );
         let mut zero = m;
         zero[qend + 24..qend + 28].fill(0);
-        assert_eq!(fill(&zero, len, qend, &cfg(), 0, &mut e), Err(Reject::ZeroTtl));
-        assert_eq!(fill(&m, 513, qend, &cfg(), 0, &mut e), Err(Reject::TooLarge));
+        assert_eq!(
+            fill(&zero, len, qend, &cfg(), 0, &mut e),
+            Err(Reject::ZeroTtl)
+        );
+        assert_eq!(
+            fill(&m, 513, qend, &cfg(), 0, &mut e),
+            Err(Reject::TooLarge)
+        );
         let mut many = m;
         many[11] = 30;
-        assert_eq!(fill(&many, len, qend, &cfg(), 0, &mut e), Err(Reject::TooLarge));
+        assert_eq!(
+            fill(&many, len, qend, &cfg(), 0, &mut e),
+            Err(Reject::TooLarge)
+        );
     }
 
     #[test]

@@ -23,9 +23,8 @@ use palisade_common::{
         cache::{
             CSTAT_DECLINED, CSTAT_HITS, CSTAT_INSERTED_NEW, CSTAT_INSERTS, CSTAT_MISSES,
             CSTAT_REJECTED, CSTAT_REMOVED, CacheConfig, CacheKey, KEY_DO, KEY_EDNS, MAX_MESSAGE,
-            MAX_RECORDS, MAX_SCAN_STEPS, MAX_SECTION, PENDING_MAX_AGE_NS, PendingKey,
-            PendingValue, Reject, SCAN_DONE, Scan, aged_ttl, check_answer_header, clamp_ttl,
-            fresh, record_count,
+            MAX_RECORDS, MAX_SCAN_STEPS, MAX_SECTION, PENDING_MAX_AGE_NS, PendingKey, PendingValue,
+            Reject, SCAN_DONE, Scan, aged_ttl, check_answer_header, clamp_ttl, fresh, record_count,
         },
         wire::{HEADER_LEN, MAX_NAME_WIRE, fold16},
     },
@@ -332,8 +331,7 @@ fn try_fill(ctx: &TcContext) -> Result<(), Option<Reject>> {
     let udp: [u8; 8] = packet::Bytes::load(&b, l4).ok_or(None)?;
     let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
     let dns = l4 + 8;
-    let h: [u8; HEADER_LEN] =
-        packet::Bytes::load(&b, dns).ok_or(Some(Reject::Malformed))?;
+    let h: [u8; HEADER_LEN] = packet::Bytes::load(&b, dns).ok_or(Some(Reject::Malformed))?;
     c.pending = PendingKey {
         client: p.dst,
         port: p.dport,

@@ -84,8 +84,7 @@ impl DnsCache {
 /// When the map cannot be written.
 pub fn write_config(ebpf: &mut Ebpf, generation: u32, cache: Option<&DnsCache>) -> Result<()> {
     let cfg = cache.map(DnsCache::datapath).unwrap_or_default();
-    let mut m: Array<&mut MapData, CacheConfig> =
-        Array::try_from(map_mut(ebpf, "DNS_CACHE_CFG")?)?;
+    let mut m: Array<&mut MapData, CacheConfig> = Array::try_from(map_mut(ebpf, "DNS_CACHE_CFG")?)?;
     m.set(generation, cfg, 0)
         .context("writing the DNS cache settings")?;
     Ok(())

@@ -402,9 +402,9 @@ use super::model::{
 use super::namelist::{parse_list_bytes, parse_name};
 
 mod dga;
-mod dnscache;
 mod dhcp;
 mod dnsbind;
+mod dnscache;
 mod intel;
 mod lb;
 mod nat;

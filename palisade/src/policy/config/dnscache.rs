@@ -128,16 +128,26 @@ mod tests {
                 max_ttl: 600,
             })
         );
-        let off = parse(&format!("{INGRESS}[dns.cache]\nresolver = \"192.0.2.53\"\n"))
-            .expect("valid");
+        let off = parse(&format!(
+            "{INGRESS}[dns.cache]\nresolver = \"192.0.2.53\"\n"
+        ))
+        .expect("valid");
         assert_eq!(off.dns.cache, None, "off by default");
     }
 
     #[test]
     fn bad_settings_are_refused_with_their_place() {
-        let e = errors(&format!("{INGRESS}[dns.cache]\nenabled = true\ncapacity = 70000\nresolver = \"x\"\n"));
-        assert!(e.contains("`[dns.cache].capacity` must be between 1 and 65536"), "{e}");
-        assert!(e.contains("`[dns.cache].resolver`: `x` is not addr[:port]"), "{e}");
+        let e = errors(&format!(
+            "{INGRESS}[dns.cache]\nenabled = true\ncapacity = 70000\nresolver = \"x\"\n"
+        ));
+        assert!(
+            e.contains("`[dns.cache].capacity` must be between 1 and 65536"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`[dns.cache].resolver`: `x` is not addr[:port]"),
+            "{e}"
+        );
         let e = errors("[dns.cache]\nenabled = true\nresolver = \"192.0.2.53\"\n");
         assert!(e.contains("needs `[dns.ingress]`"), "{e}");
         let e = errors(&format!("{INGRESS}[dns.cache]\nenabled = true\n"));
@@ -145,17 +155,32 @@ mod tests {
         let e = errors(&format!(
             "{INGRESS}[dns.cache]\nenabled = true\nresolver = \"192.0.2.53\"\nmin_ttl = 60\nmax_ttl = 10\n"
         ));
-        assert!(e.contains("`[dns.cache].min_ttl` is larger than `max_ttl`"), "{e}");
+        assert!(
+            e.contains("`[dns.cache].min_ttl` is larger than `max_ttl`"),
+            "{e}"
+        );
         let e = errors(&format!("{INGRESS}[dns.cache]\nsize = 1\n"));
         assert!(e.contains("size"), "{e}");
     }
 
     #[test]
     fn resolver_forms() {
-        assert_eq!(resolver("192.0.2.53"), Some("192.0.2.53:53".parse().unwrap()));
-        assert_eq!(resolver("192.0.2.53:5353"), Some("192.0.2.53:5353".parse().unwrap()));
-        assert_eq!(resolver("2001:db8::53"), Some("[2001:db8::53]:53".parse().unwrap()));
-        assert_eq!(resolver("[2001:db8::53]:54"), Some("[2001:db8::53]:54".parse().unwrap()));
+        assert_eq!(
+            resolver("192.0.2.53"),
+            Some("192.0.2.53:53".parse().unwrap())
+        );
+        assert_eq!(
+            resolver("192.0.2.53:5353"),
+            Some("192.0.2.53:5353".parse().unwrap())
+        );
+        assert_eq!(
+            resolver("2001:db8::53"),
+            Some("[2001:db8::53]:53".parse().unwrap())
+        );
+        assert_eq!(
+            resolver("[2001:db8::53]:54"),
+            Some("[2001:db8::53]:54".parse().unwrap())
+        );
         assert_eq!(resolver("0.0.0.0"), None);
         assert_eq!(resolver("192.0.2.53:0"), None);
         assert_eq!(resolver("resolver.example"), None);
