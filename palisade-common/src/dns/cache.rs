@@ -27,7 +27,7 @@ pub const MAX_MESSAGE: usize = 512;
 /// Bytes after the question an entry holds: the message less the header and the smallest
 /// question (the root name, type and class), rounded up to words.
 pub const MAX_SECTION: usize = 496;
-const _: () = assert!(MAX_SECTION >= MAX_MESSAGE - HEADER_LEN - 5 && MAX_SECTION % 8 == 0);
+const _: () = assert!(MAX_SECTION >= MAX_MESSAGE - HEADER_LEN - 5 && MAX_SECTION.is_multiple_of(8));
 /// Records with a TTL an entry holds at most (the OPT record has none).
 pub const MAX_RECORDS: usize = 16;
 /// Records of all kinds an answer may have (OPT included).
