@@ -202,6 +202,13 @@ pub fn palisade_intel_egress(ctx: TcContext) -> i32 {
     intel::egress::run(&ctx)
 }
 
+/// The DNS response cache's fill (TC egress): the configured resolver's answers to queries
+/// seen at XDP ingress are stored (`[dns.cache]`). Never drops: fail-open for everything.
+#[classifier]
+pub fn palisade_dns_cache_fill(ctx: TcContext) -> i32 {
+    dns::cache::fill(&ctx)
+}
+
 /// Removes expired (or flushed) flows and counts the rest; run by userspace through
 /// `BPF_PROG_TEST_RUN`, never attached.
 #[xdp]

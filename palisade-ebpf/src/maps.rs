@@ -619,3 +619,36 @@ pub static BIND_SCRATCH: PerCpuArray<crate::dnsbind::answer::Scratch> =
 /// Whether this CPU's [`BIND_SCRATCH`] is in use (claimed by compare-and-exchange).
 #[map]
 pub static BIND_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// The DNS response cache (`[dns.cache]`, see `dns::cache`).
+
+/// The cache's settings, per generation.
+#[map]
+pub static DNS_CACHE_CFG: Array<palisade_common::dns::cache::CacheConfig> =
+    Array::with_max_entries(GENERATIONS, 0);
+
+/// Cached answers; `[dns.cache] capacity` entries (at most
+/// `palisade_common::dns::cache::MAX_CAPACITY`), least recently used evicted first.
+#[map]
+pub static DNS_CACHE: LruHashMap<
+    palisade_common::dns::cache::CacheKey,
+    palisade_common::dns::cache::CacheEntry,
+> = LruHashMap::with_max_entries(palisade_common::dns::cache::DEFAULT_CAPACITY, 0);
+
+/// Queries seen at ingress waiting for the resolver's answer; an answer without one is not
+/// cached. LRU: under a flood the oldest are forgotten (their answers are then not cached).
+#[map]
+pub static DNS_CACHE_PENDING: LruHashMap<
+    palisade_common::dns::cache::PendingKey,
+    palisade_common::dns::cache::PendingValue,
+> = LruHashMap::with_max_entries(palisade_common::dns::cache::PENDING_CAPACITY, 0);
+
+/// Cache counters (`palisade_common::dns::cache::CSTAT_*`), per CPU.
+#[map]
+pub static DNS_CACHE_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(palisade_common::dns::cache::CACHE_STATS, 0);
+
+/// Working space of the cache's lookup (XDP) and fill (TC), one slot each per CPU.
+#[map]
+pub static DNS_CACHE_SCRATCH: PerCpuArray<crate::dns::cache::Scratch> =
+    PerCpuArray::with_max_entries(crate::dns::cache::CACHE_SLOTS, 0);

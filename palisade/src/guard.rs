@@ -85,6 +85,7 @@ pub fn install_with(
     crate::tls::write_config(ebpf, idle, &policy.tls.gate())?;
     crate::dhcp::write_config(ebpf, idle, &policy.dhcp)?;
     crate::nat::write_config(ebpf, idle, &nat, &policy.nat)?;
+    crate::dns::cache::write_config(ebpf, idle, policy.dns.cache.as_ref())?;
     let control = apply::install(ebpf, &firewall, &dns)?;
     // The load balancer's tables switch on their own slot, right after the rules that let
     // VIP traffic in.

@@ -96,6 +96,7 @@ impl Bench {
             crate::tls::EGRESS,
             crate::dhcp::EGRESS,
             crate::intel::EGRESS,
+            crate::dns::cache::FILL,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

@@ -76,6 +76,7 @@ fn policy(action: DnsAction, answers: AnswerBudget) -> Policy {
             rate_prefix: Default::default(),
             bind: None,
             dga: None,
+            cache: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers,

@@ -97,6 +97,7 @@ fn policy(
             rate_prefix: Default::default(),
             bind: None,
             dga: None,
+            cache: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: vec![53],
             answers: AnswerBudget::UNLIMITED,

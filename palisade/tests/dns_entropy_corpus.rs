@@ -284,6 +284,7 @@ fn policy(bits: u32) -> Policy {
             rate_prefix: Default::default(),
             bind: None,
             dga: None,
+            cache: None,
             ports: vec![53],
             ingress: Some(scope()),
             egress: None,

@@ -88,6 +88,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
             rate_prefix: Default::default(),
             bind: None,
             dga: None,
+            cache: None,
             ports: vec![53],
             ingress: Some(DnsScope {
                 mode: DnsMode::Blocklist,

@@ -146,6 +146,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
             rate_prefix: Default::default(),
             bind: None,
             dga: None,
+            cache: None,
             events: palisade::policy::model::DnsEvents::EVERY_QUERY,
             ports: ports.to_vec(),
             answers: AnswerBudget::UNLIMITED,

@@ -9,10 +9,15 @@
 //! (and usually smaller, since the query's OPT record is not echoed). Only plain packets are
 //! answered (IPv4 without options, IPv6 without extension headers, not a fragment); the
 //! caller drops the rest.
+//!
+//! An answer from the response cache (`super::cache`, action [`ACTION_CACHE`]) is built the
+//! same way: the query's bytes up to the end of the question, the cached header's flags and
+//! counts, and the cached records after the question, TTLs aged.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
 use palisade_common::{
     dns::{
+        cache::serve_header,
         maps::{ACTION_REFUSED, ACTION_SINKHOLE, DnsGlobal},
         wire::{
             HEADER_LEN, MAX_NAME_WIRE, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED,
@@ -23,7 +28,10 @@ use palisade_common::{
     packet::{Bytes as _, FAMILY_V4, FRAG_NONE, MAX_L4_OFFSET, Packet},
 };
 
-use super::inspect::Decision;
+use super::{
+    cache::{self, ACTION_CACHE},
+    inspect::Decision,
+};
 use crate::bytes::XdpFrame;
 
 /// Hop limit / TTL of the answer.
@@ -60,6 +68,12 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision, action: u8, g: &DnsGl
             };
             let qclass = u16::from_be_bytes([q[2], q[3]]);
             (RCODE_NOERROR, sinkhole_record_len(d.qtype, qclass))
+        }
+        ACTION_CACHE => {
+            let Some((_, n)) = cache::served() else {
+                return false;
+            };
+            (RCODE_NOERROR, n)
         }
         _ => (RCODE_NXDOMAIN, 0),
     };
@@ -156,14 +170,25 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision, action: u8, g: &DnsGl
     let Some(mut h) = f.load::<HEADER_LEN>(dns) else {
         return false;
     };
-    make_response_header(&mut h, rcode, u8::from(record != 0));
+    if action == ACTION_CACHE {
+        let Some((cached, _)) = cache::served() else {
+            return false;
+        };
+        serve_header(&mut h, &cached);
+    } else {
+        make_response_header(&mut h, rcode, u8::from(record != 0));
+    }
     if !f.store(dns, &h) {
         return false;
     }
 
     sum += u64::from(sum16(&u)) + u64::from(sum16(&h)) + u64::from(d.question_sum);
     if record != 0 {
-        let share = append_record(&f, dns, d, g);
+        let share = if action == ACTION_CACHE {
+            append_cached(ctx, dns, d)
+        } else {
+            append_record(&f, dns, d, g)
+        };
         if share == NOT_WRITTEN {
             return false;
         }
@@ -175,6 +200,28 @@ pub fn rewrite(ctx: &XdpContext, p: &Packet, d: &Decision, action: u8, g: &DnsGl
     }
     u[6..8].copy_from_slice(&c.to_be_bytes());
     f.store(l4, &u)
+}
+
+/// Writes the cached records after the question; their share of the checksum, or
+/// [`NOT_WRITTEN`]. Not inlined, as [`append_record`].
+#[inline(never)]
+fn append_cached(ctx: &XdpContext, dns: usize, d: &Decision) -> u64 {
+    // Read again, bounded where the verifier sees it (see the headers above).
+    // SAFETY: a field of the decision in the scratch.
+    let in_message = usize::from(unsafe { core::ptr::read_volatile(&raw const d.in_message) });
+    if in_message > MAX_NAME_WIRE || dns > MAX_L4_OFFSET + 8 {
+        return NOT_WRITTEN;
+    }
+    let share = cache::append(
+        ctx,
+        dns + HEADER_LEN + in_message + 4,
+        (HEADER_LEN + in_message + 4) % 2 == 1,
+    );
+    if share == cache::NOT_WRITTEN {
+        NOT_WRITTEN
+    } else {
+        share
+    }
 }
 
 /// What [`append_record`] returns when the record could not be written.

@@ -13,6 +13,9 @@
 //! answers left in its budget: never to or from a broadcast, multicast or unspecified
 //! address (reason `dns-group-address`), and at most `[dns] answer_rate` answers a second
 //! per client prefix (reason `dns-answer-budget`); otherwise it is dropped.
+//!
+//! A query the policy passed may be answered from the response cache (`cache`), under the
+//! same two rules; when it is not, it goes on to the resolver.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_xdp_load_bytes},
@@ -42,6 +45,7 @@ use palisade_common::{
 
 use super::{
     answer,
+    cache::{self, ACTION_CACHE},
     inspect::{self, Decision, Request},
     report::{self, Origin},
     stream::{self, Judged},
@@ -128,6 +132,18 @@ pub fn run(ctx: &XdpContext) -> u32 {
         report::count(SCOPE_INGRESS, STAT_ALLOWED);
         if cfg.flags & SCOPE_LOG_ALLOWED != 0 {
             report::emit(SCOPE_INGRESS, DNS_VERDICT_ALLOW, &d, &origin);
+        }
+        // The response cache, for what the policy passed: a fresh answer is sent back from
+        // here under the same rules as a blocked query's (never to a group address, within
+        // the client's answer budget); otherwise the query goes on to the resolver.
+        if !tcp && cache::lookup(generation, d.wire_len, d.in_message, d.qtype) {
+            let ok = !group_addressed(ctx, p)
+                && answer_budget_ok(global, p)
+                && answer::rewrite(ctx, p, &d, ACTION_CACHE, global);
+            cache::served_count(ok);
+            if ok {
+                return verdict::tx();
+            }
         }
         return verdict::pass();
     }

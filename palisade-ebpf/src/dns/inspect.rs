@@ -159,6 +159,18 @@ pub fn inspect(req: &Request, out: &mut Decision) -> bool {
     true
 }
 
+/// The hash of the whole question name of the last inspection in `slot` (its longest
+/// suffix: the matcher visits every label). Meaningful only after a decision with a parsed
+/// name (`wire_len != 0`).
+#[inline(always)]
+pub fn name_hash(slot: u32) -> (u64, u64) {
+    match DNS_SCRATCH.get_ptr(slot) {
+        // SAFETY: the hook's per-CPU scratch slot.
+        Some(s) => unsafe { (*s).matcher.suffix },
+        None => (0, 0),
+    }
+}
+
 /// Flag in `palisade_dns_inspect`'s `total`: the message holds a name taken from an answer.
 pub const NOT_A_QUERY: u32 = 1 << 30;
 /// Flag in `palisade_dns_inspect`'s `total`: match the name against the rebinding allow

@@ -567,6 +567,7 @@ mod tests {
                 rate_prefix: Default::default(),
                 bind: None,
                 dga: None,
+                cache: None,
                 ports: vec![53],
                 ingress: Some(scope),
                 egress: None,

@@ -408,6 +408,7 @@ mod dga;
 mod dhcp;
 mod dlp;
 mod dnsbind;
+mod dnscache;
 mod intel;
 mod lb;
 mod nat;
@@ -884,6 +885,7 @@ const DNS_KEYS: &[&str] = &[
     "rate_prefix_v6",
     "bind",
     "dga",
+    "cache",
 ];
 const INGRESS_KEYS: &[&str] = &[
     "mode",
@@ -2270,6 +2272,9 @@ impl Checker<'_> {
             .map(|scope| DnsEgress { scope, cgroups });
         dns.dga = view.get("dga").map(|n| self.dns_dga(n, &by_name));
         self.dga_list_use(&dns, view, &by_name);
+        dns.cache = view
+            .get("cache")
+            .and_then(|n| self.dns_cache(n, dns.ingress.is_some()));
         dns.lists = lists.into_iter().map(|l| l.list).collect();
         dns
     }
@@ -4199,6 +4204,7 @@ tcp_flags = "syn"
                 rate_prefix: Default::default(),
                 bind: None,
                 dga: None,
+                cache: None,
                 events: crate::policy::model::DnsEvents::default(),
                 ports: vec![53],
                 ingress: Some(scope(DnsMode::Blocklist, DnsAction::Nxdomain, vec![])),

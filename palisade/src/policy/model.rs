@@ -555,6 +555,8 @@ pub struct Dns {
     pub bind: Option<crate::dnsbind::DnsBind>,
     /// DGA scoring of the names in DNS events (`[dns.dga]`).
     pub dga: Option<crate::dga::runtime::DgaPolicy>,
+    /// The response cache in front of a resolver on this host (`[dns.cache]`).
+    pub cache: Option<crate::dns::cache::DnsCache>,
 }
 
 /// The NXDOMAIN answer budget: a token bucket per client prefix, like response-rate

@@ -306,6 +306,7 @@ fn policy(kind: PolicyKind, set: Option<&NameSet>) -> Policy {
         rate_prefix: Default::default(),
         bind: None,
         dga: None,
+        cache: None,
         events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
         answers: AnswerBudget::UNLIMITED,

@@ -304,6 +304,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
             rate_prefix: Default::default(),
             bind: None,
             dga: None,
+            cache: None,
             ports: vec![53],
             ingress: Some(DnsScope {
                 mode: DnsMode::Blocklist,

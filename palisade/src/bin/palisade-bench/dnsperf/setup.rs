@@ -423,6 +423,7 @@ pub fn policy(list: &[String], action: DnsAction) -> Result<Policy> {
         rate_prefix: Default::default(),
         bind: None,
         dga: None,
+        cache: None,
         events: palisade::policy::model::DnsEvents::EVERY_QUERY,
         ports: vec![53],
         answers: AnswerBudget::UNLIMITED,
