@@ -20,6 +20,7 @@ mod dhcp;
 mod dns;
 mod dnsbind;
 mod firewall;
+mod ids;
 mod intel;
 mod lb;
 mod maps;
@@ -225,6 +226,18 @@ pub fn palisade_floor_drop(_ctx: XdpContext) -> u32 {
 #[cgroup_skb]
 pub fn palisade_floor_skb(_ctx: SkBuffContext) -> i32 {
     1
+}
+
+/// IDS preselection on what arrives on the guarded interfaces (TC ingress). Never drops.
+#[classifier]
+pub fn palisade_ids_ingress(ctx: TcContext) -> i32 {
+    ids::run(&ctx)
+}
+
+/// IDS preselection on what leaves through the guarded interfaces (TC egress). Never drops.
+#[classifier]
+pub fn palisade_ids_egress(ctx: TcContext) -> i32 {
+    ids::run(&ctx)
 }
 
 #[cfg(not(test))]

@@ -96,6 +96,8 @@ impl Bench {
             crate::tls::EGRESS,
             crate::dhcp::EGRESS,
             crate::intel::EGRESS,
+            crate::ids::kernel::INGRESS,
+            crate::ids::kernel::EGRESS,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
