@@ -57,6 +57,10 @@ impl Default for IdsGrams {
     }
 }
 
+/// Bytes of the buffer [`prefilter`] scans: the window and room for the last gram. Bytes
+/// past the payload must be zero.
+pub const IDS_SCAN_BYTES: usize = IDS_WINDOW + IDS_GRAM_MAX;
+
 impl IdsGrams {
     /// Adds the gram `bytes` (2 to 4 bytes; longer input is cut to 4). Returns false, adding
     /// nothing, for input shorter than [`IDS_GRAM_MIN`].
@@ -71,78 +75,84 @@ impl IdsGrams {
         }
         let mut g = [0u8; IDS_GRAM_MAX];
         g[..len].copy_from_slice(&bytes[..len]);
-        let bit = gram_bit(len as u32, g);
+        let packed = (u32::from_le_bytes(g) | FOLD) & gram_mask(len as u32);
+        let bit = gram_bit(len as u32, packed);
         self.words[(bit >> 6) as usize] |= 1u64 << (bit & 63);
         self.lens |= 1 << len;
         true
     }
 
+    /// The bit, as 0 or 1 (arithmetic only: no branch for the verifier to follow).
     #[inline(always)]
     #[must_use]
-    pub fn test(&self, bit: u32) -> bool {
+    pub fn bit(&self, bit: u32) -> u64 {
         let word = ((bit >> 6) as usize) & (IDS_GRAM_WORDS - 1);
-        self.words[word] & (1u64 << (bit & 63)) != 0
+        (self.words[word] >> (bit & 63)) & 1
     }
 }
 
-/// ASCII lower case (the prefilter folds case on both sides).
+/// Case folding of four packed bytes: bit 0x20 set in each. ASCII letters fold to lower case;
+/// a few other byte pairs (such as `@` and a backquote) fold together too, which can only
+/// add false positives.
+pub const FOLD: u32 = 0x2020_2020;
+
+/// The mask keeping the first `len` (2 to 4) of four packed bytes.
 #[inline(always)]
 #[must_use]
-pub const fn fold(b: u8) -> u8 {
-    if b >= b'A' && b <= b'Z' { b + 32 } else { b }
+pub const fn gram_mask(len: u32) -> u32 {
+    ((1u64 << (8 * len)) - 1) as u32
 }
 
-/// The bitmap bit of a gram of `len` bytes (`g[len..]` must be zero). Bytes are case-folded.
+/// The bitmap bit of a gram of `len` bytes, packed little-endian, folded and masked.
 #[inline(always)]
 #[must_use]
-pub fn gram_bit(len: u32, g: [u8; IDS_GRAM_MAX]) -> u32 {
-    let mut packed: u32 = 0;
-    let mut i = 0;
-    while i < IDS_GRAM_MAX {
-        let b = if (i as u32) < len { fold(g[i]) } else { 0 };
-        packed |= (b as u32) << (8 * i);
-        i += 1;
-    }
+pub const fn gram_bit(len: u32, packed: u32) -> u32 {
     let h = (packed ^ len.wrapping_mul(0x9E37_79B1)).wrapping_mul(0x85EB_CA77);
     let h = (h ^ (h >> 15)).wrapping_mul(0xC2B2_AE3D);
     (h ^ (h >> 13)) >> (32 - IDS_GRAM_BITS)
 }
 
-/// The prefilter over the first `len` bytes of a payload, copied into `buf` (bytes past `len`
-/// are ignored). Every loop is bounded by [`IDS_WINDOW`] and [`IDS_GRAM_MAX`].
+/// The prefilter over a payload of `len` bytes whose first bytes are in `buf` (bytes past the
+/// payload zero). The scan is straight-line arithmetic per position: every gram of every
+/// length in use is tested and the hits are or-ed, so the verifier sees one path through a
+/// loop bounded by [`IDS_WINDOW`].
 #[inline(always)]
 #[must_use]
-pub fn prefilter(grams: &IdsGrams, buf: &[u8; IDS_WINDOW], len: usize) -> u32 {
-    let len = if len > IDS_WINDOW { IDS_WINDOW } else { len };
+pub fn prefilter(grams: &IdsGrams, buf: &[u8; IDS_SCAN_BYTES], len: usize) -> u32 {
+    let lens = grams.lens;
+    let mut hit = 0u64;
     let mut pos = 0;
     while pos < IDS_WINDOW {
-        if pos >= len {
-            break;
-        }
-        let mut glen = IDS_GRAM_MIN;
-        while glen <= IDS_GRAM_MAX {
-            if grams.lens & (1 << glen) != 0 && pos + glen <= len {
-                let mut g = [0u8; IDS_GRAM_MAX];
-                let mut i = 0;
-                while i < IDS_GRAM_MAX {
-                    if i < glen && pos + i < IDS_WINDOW {
-                        g[i] = buf[pos + i];
-                    }
-                    i += 1;
-                }
-                if grams.test(gram_bit(glen as u32, g)) {
-                    return IDS_PF_HIT;
-                }
-            }
+        let w = u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) | FOLD;
+        let mut glen = IDS_GRAM_MIN as u32;
+        while glen <= IDS_GRAM_MAX as u32 {
+            let used = u64::from((lens >> glen) & 1);
+            hit |= grams.bit(gram_bit(glen, w & gram_mask(glen))) & used;
             glen += 1;
         }
         pos += 1;
     }
-    if len < IDS_WINDOW {
+    if hit != 0 {
+        IDS_PF_HIT
+    } else if len < IDS_WINDOW {
         IDS_PF_SHORT
     } else {
         IDS_PF_MISS
     }
+}
+
+/// Copies the first bytes of `payload` into a zeroed scan buffer (the userspace side of what
+/// the kernel does with `bpf_skb_load_bytes`).
+#[must_use]
+pub fn scan_buffer(payload: &[u8]) -> [u8; IDS_SCAN_BYTES] {
+    let mut b = [0u8; IDS_SCAN_BYTES];
+    let n = if payload.len() > IDS_WINDOW {
+        IDS_WINDOW
+    } else {
+        payload.len()
+    };
+    b[..n].copy_from_slice(&payload[..n]);
+    b
 }
 
 /// Key of the port groups: a transport protocol and a port (0: the group of rules whose ports
@@ -283,11 +293,8 @@ pub const IS_NAMES: [&str; IS_COUNT as usize] = [
 mod tests {
     use super::*;
 
-    fn window(s: &[u8]) -> ([u8; IDS_WINDOW], usize) {
-        let mut b = [0u8; IDS_WINDOW];
-        let n = s.len().min(IDS_WINDOW);
-        b[..n].copy_from_slice(&s[..n]);
-        (b, s.len())
+    fn window(s: &[u8]) -> ([u8; IDS_SCAN_BYTES], usize) {
+        (scan_buffer(s), s.len())
     }
 
     #[test]

@@ -657,7 +657,7 @@ pub static IDS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(IDS_IS_CO
 #[map]
 pub static IDS_BUDGET: PerCpuArray<crate::ids::Budget> = PerCpuArray::with_max_entries(1, 0);
 
-/// Where the prefilter's window is copied (one per CPU, 64 bytes).
+/// Where the prefilter's window is copied (one per CPU, 68 bytes).
 #[map]
-pub static IDS_SCRATCH: PerCpuArray<[u8; palisade_common::ids::IDS_WINDOW]> =
+pub static IDS_SCRATCH: PerCpuArray<[u8; palisade_common::ids::IDS_SCAN_BYTES]> =
     PerCpuArray::with_max_entries(1, 0);

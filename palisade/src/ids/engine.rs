@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use palisade_common::ids::{
-    IDS_MODE_ALL, IDS_MODE_PREFILTER, IDS_PF_HIT, IDS_PF_SHORT, IDS_WINDOW, IdsGrams, IdsPortGroup,
-    IdsPortKey, prefilter,
+    IDS_MODE_ALL, IDS_MODE_PREFILTER, IDS_PF_HIT, IDS_PF_SHORT, IdsGrams, IdsPortGroup, IdsPortKey,
+    prefilter, scan_buffer,
 };
 use serde::Serialize;
 
@@ -220,9 +220,7 @@ impl Engine {
             let reason = if mode & IDS_MODE_ALL != 0 {
                 "port-group-all"
             } else if mode & IDS_MODE_PREFILTER != 0 {
-                let mut buf = [0u8; IDS_WINDOW];
-                let n = p.payload.len().min(IDS_WINDOW);
-                buf[..n].copy_from_slice(&p.payload[..n]);
+                let buf = scan_buffer(&p.payload);
                 match prefilter(&self.pre.grams, &buf, p.payload.len()) {
                     IDS_PF_HIT => "prefilter",
                     IDS_PF_SHORT if p.proto == 6 => "short-window",
