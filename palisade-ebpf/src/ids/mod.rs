@@ -205,9 +205,16 @@ fn preselect(
     let n = if plen > IDS_WINDOW { IDS_WINDOW } else { plen };
     // In 1..=IDS_WINDOW, in a form the verifier follows.
     let size = (((n - 1) & (IDS_WINDOW - 1)) + 1) as u32;
-    // SAFETY: the per-CPU scratch holds IDS_WINDOW bytes; the helper checks the packet range.
-    let rc =
-        unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, at as u32, buf.cast(), size) };
+    // SAFETY: the per-CPU scratch holds IDS_SCAN_BYTES bytes. It is zeroed first: the scan
+    // reads past a short payload, and must not see the previous packet's bytes there. The
+    // helper checks the packet range.
+    let rc = unsafe {
+        let bytes = buf.cast::<u8>();
+        for i in 0..IDS_SCAN_BYTES {
+            core::ptr::write_volatile(bytes.add(i), 0);
+        }
+        bpf_skb_load_bytes(ctx.skb.skb as *const c_void, at as u32, buf.cast(), size)
+    };
     if rc != 0 {
         bump(&IDS_STATS, IS_NOT_PARSED);
         return None;
