@@ -21,6 +21,7 @@ mod dlp;
 mod dns;
 mod dnsbind;
 mod firewall;
+mod ids;
 mod intel;
 mod lb;
 mod maps;
@@ -260,6 +261,18 @@ pub fn palisade_dlp_sock(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
 #[classifier]
 pub fn palisade_dlp_reset(ctx: TcContext) -> i32 {
     dlp::reset::run(&ctx)
+}
+
+/// IDS preselection on what arrives on the guarded interfaces (TC ingress). Never drops.
+#[classifier]
+pub fn palisade_ids_ingress(ctx: TcContext) -> i32 {
+    ids::run(&ctx)
+}
+
+/// IDS preselection on what leaves through the guarded interfaces (TC egress). Never drops.
+#[classifier]
+pub fn palisade_ids_egress(ctx: TcContext) -> i32 {
+    ids::run(&ctx)
 }
 
 #[cfg(not(test))]

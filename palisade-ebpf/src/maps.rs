@@ -652,3 +652,45 @@ pub static DNS_CACHE_STATS: PerCpuArray<u64> =
 #[map]
 pub static DNS_CACHE_SCRATCH: PerCpuArray<crate::dns::cache::Scratch> =
     PerCpuArray::with_max_entries(crate::dns::cache::CACHE_SLOTS, 0);
+
+// ---- IDS ----
+
+use palisade_common::ids::{
+    IS_COUNT as IDS_IS_COUNT, IdsConfig, IdsFlowKey, IdsFlowState, IdsGrams, IdsPortGroup,
+    IdsPortKey,
+};
+
+/// IDS settings (`palisade_common::ids::IdsConfig`, one entry, 16 bytes).
+#[map]
+pub static IDS_CONFIG: Array<IdsConfig> = Array::with_max_entries(1, 0);
+
+/// The prefilter's gram bitmap (one entry, 8,200 bytes).
+#[map]
+pub static IDS_GRAMS: Array<IdsGrams> = Array::with_max_entries(1, 0);
+
+/// Port groups: (protocol, port) -> mode. 4,096 groups (`ids::preselect::MAX_PORT_GROUPS`).
+#[map]
+pub static IDS_PORT_GROUPS: HashMap<IdsPortKey, IdsPortGroup> = HashMap::with_max_entries(4096, 0);
+
+/// Flows (each direction) selected or sampled out: 65,536 entries, LRU (an evicted flow is
+/// judged again by its next packet).
+#[map]
+pub static IDS_FLOWS: LruHashMap<IdsFlowKey, IdsFlowState> =
+    LruHashMap::with_max_entries(65_536, 0);
+
+/// Payload windows for the full match in userspace (4 MiB: about 3,800 records of 1,080 bytes).
+#[map]
+pub static IDS_RECORDS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// IDS counters (`palisade_common::ids::IS_*`), per CPU.
+#[map]
+pub static IDS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(IDS_IS_COUNT, 0);
+
+/// The per-CPU record budget (a token bucket).
+#[map]
+pub static IDS_BUDGET: PerCpuArray<crate::ids::Budget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the prefilter's window is copied (one per CPU, 68 bytes).
+#[map]
+pub static IDS_SCRATCH: PerCpuArray<[u8; palisade_common::ids::IDS_SCAN_BYTES]> =
+    PerCpuArray::with_max_entries(1, 0);

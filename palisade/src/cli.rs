@@ -229,6 +229,14 @@ pub enum Command {
     ///   palisade dlp coverage
     #[command(subcommand, verbatim_doc_comment)]
     Dlp(DlpCommand),
+    /// IDS signatures (a Suricata-compatible subset): check a rule file, or run the rules over
+    /// a capture offline and print alerts and each flow's coverage.
+    ///
+    /// Examples:
+    ///   palisade ids check /etc/palisade/ids.rules
+    ///   palisade ids pcap --rules ids.rules capture.pcap --json
+    #[command(verbatim_doc_comment, subcommand)]
+    Ids(IdsCommand),
 }
 
 /// `--json`.
@@ -970,5 +978,27 @@ pub enum DlpCommand {
         /// Also list processes without any TLS library.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdsCommand {
+    /// Parse a rule file; the first refused rule is reported as FILE:LINE and the keyword.
+    Check {
+        /// The rule file.
+        rules: PathBuf,
+    },
+    /// Run the rules over a capture (classic pcap) the way the daemon would: the kernel's
+    /// preselection (port groups, prefilter), then the full match on packets and reassembled
+    /// streams. Prints the alerts and the coverage of every flow.
+    Pcap {
+        /// The rule file.
+        #[arg(long)]
+        rules: PathBuf,
+        /// The capture.
+        pcap: PathBuf,
+        /// Print one JSON object (alerts, flows, totals).
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -19,6 +19,7 @@ pub mod dnsbind;
 pub mod events;
 pub mod firewall;
 pub mod guard;
+pub mod ids;
 pub mod intel;
 pub mod kernel;
 pub mod lb;

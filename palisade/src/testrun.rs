@@ -97,6 +97,8 @@ impl Bench {
             crate::dhcp::EGRESS,
             crate::intel::EGRESS,
             crate::dns::cache::FILL,
+            crate::ids::kernel::INGRESS,
+            crate::ids::kernel::EGRESS,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

@@ -98,6 +98,7 @@ pub fn run(scope: Scope) -> Result<()> {
     bpf_linker()?;
     if scope == Scope::All {
         debian_packages()?;
+        suricata()?;
         python_packages()?;
         helm()?;
         bpffs()?;
@@ -480,6 +481,66 @@ fn bpffs_mounted(mounts: &str) -> bool {
         let mut f = l.split_whitespace().skip(1);
         f.next() == Some(BPFFS) && f.next() == Some("bpf")
     })
+}
+
+/// Where setup adds the suite's backports (Suricata is not in Debian 12's main suite; its
+/// backports carry 7.0). The backports suite has apt's low default priority, so nothing else
+/// is taken from it.
+const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/palisade-backports.list";
+
+/// Suricata, the IDS that `ids_suricata.rs` compares Palisade's signatures with.
+fn suricata() -> Result<()> {
+    if sys::command("suricata")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("ok: suricata present");
+        return Ok(());
+    }
+    if !sys::is_root() {
+        bail!("suricata is missing; run `cargo xtask setup` as root to install it");
+    }
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+        .context("no VERSION_CODENAME in /etc/os-release")?;
+    let suite = format!("{codename}-backports");
+    let mut install = vec![
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        APT_LOCK_WAIT,
+    ];
+    if codename == "bookworm" {
+        if !Path::new(BACKPORTS_LIST).exists() {
+            std::fs::write(
+                BACKPORTS_LIST,
+                format!("deb http://deb.debian.org/debian {suite} main\n"),
+            )
+            .with_context(|| format!("writing {BACKPORTS_LIST}"))?;
+        }
+        install.extend(["-t", suite.as_str()]);
+    }
+    println!("installing: suricata");
+    sys::run(
+        sys::command("apt-get")
+            .args(["update", "-q", "-o", APT_LOCK_WAIT])
+            .stdin(Stdio::null()),
+    )?;
+    sys::run(
+        sys::command("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(&install)
+            .arg("suricata")
+            .stdin(Stdio::null()),
+    )?;
+    println!("ok: installed suricata");
+    Ok(())
 }
 
 #[cfg(test)]
