@@ -145,6 +145,10 @@ struct Daemon {
     intel: crate::intel::runtime::Runtime,
     /// `[dns.dga]`: the scores of the names seen in DNS events.
     dga: crate::dga::runtime::Scorer,
+    /// With `--kubernetes`: the controller, which reloads go through.
+    cluster: Option<Arc<crate::fleet::controller::Shared>>,
+    /// With an OTLP endpoint: the event export.
+    otlp: Option<crate::fleet::otlp::Exporter>,
 }
 
 impl Daemon {
@@ -202,6 +206,7 @@ fn ct_sizes(policy: &Policy) -> carry::Sizes {
 /// When the policy is invalid, loading fails, or no interface can be attached.
 pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     let (policy, source) = load_policy(args.config.as_deref())?;
+    let (policy, source) = crate::fleet::agent::initial(&args, (policy, source));
     // Compile once before touching the kernel so a policy that cannot load fails fast.
     crate::firewall::compile::compile(&policy).context("compiling the policy")?;
     if let Some(egress) = &policy.dns.egress {
@@ -291,6 +296,8 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         dhcp: crate::dhcp::runtime::Snooper::default(),
         intel: crate::intel::runtime::Runtime::new(opts.intel_sizes),
         dga: crate::dga::runtime::Scorer::default(),
+        cluster: None,
+        otlp: None,
     };
     if !policy.intel.feeds.is_empty() {
         // Before the policy, whose DNS lists take the feeds' domains, and before the
@@ -389,6 +396,9 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         tokio::time::interval(Duration::from_millis(crate::tls::flows::EXPIRE_INTERVAL_MS));
     tls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    let (mut cluster_rx, cluster) = crate::fleet::agent::start(&args, &d.source).await?;
+    d.cluster = cluster;
+    d.otlp = crate::fleet::agent::otlp(&args)?;
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let access = Access {
         // SAFETY: geteuid has no preconditions.
@@ -466,6 +476,10 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
                 }
                 let r = d.handle(call.request);
                 let _ = call.reply.send(r);
+            }
+            Some(req) = cluster_rx.recv() => {
+                let r = d.apply_cluster(&req.text, req.source);
+                let _ = req.reply.send(r);
             }
             _ = sighup.recv() => {
                 match d.reload() {
@@ -593,6 +607,9 @@ impl Daemon {
     }
 
     fn reload(&mut self) -> Result<Changed, String> {
+        if let Some(c) = &self.cluster {
+            return Ok(crate::fleet::agent::resync(c, self.generation()));
+        }
         let saved = self.lb_live.clone();
         let result = load_policy(self.args.config.as_deref())
             .map_err(|e| format!("{e:#}"))
@@ -919,6 +936,7 @@ impl Daemon {
             counters,
             shield_state: self.shield_state(),
             dga: self.policy.dns.dga.is_some().then_some(self.dga.stats),
+            otlp: self.otlp.as_ref().map(|o| o.counters.snapshot()),
         }
     }
 
@@ -1391,6 +1409,14 @@ impl Daemon {
 
     /// Prints an event (unless `--quiet`) and sends it to `palisade events` clients.
     fn publish(&self, out: &mut impl std::io::Write, line: EventLine, subscribers: bool) {
+        if let Some(o) = &self.otlp {
+            o.offer(crate::fleet::otlp::Record::from_event(
+                line.kind,
+                &line.verdict,
+                &line.json,
+                &line.text,
+            ));
+        }
         if !self.args.quiet {
             let _ = writeln!(
                 out,
@@ -1471,5 +1497,44 @@ impl std::fmt::Debug for Daemon {
             .field("socket", &self.socket)
             .field("source", &self.source)
             .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Applies a merged policy from the cluster controller the way a reload applies the
+    /// file: all of it or nothing.
+    fn apply_cluster(&mut self, text: &str, source: String) -> Result<u32, String> {
+        let saved = self.lb_live.clone();
+        let result = crate::fleet::agent::parse(&self.args, text).and_then(|p| {
+            self.lb_live.after_reload(&p.lb);
+            if p.intel != self.policy.intel {
+                let out = self.intel.refresh(&mut self.dp.ebpf, &p.intel);
+                for n in out.notes {
+                    eprintln!("palisade: {n}");
+                }
+            }
+            self.apply(p)
+        });
+        match result {
+            Ok(generation) => {
+                self.restart_health_checks();
+                self.reloads_ok += 1;
+                self.live_changes = 0;
+                eprintln!(
+                    "palisade: enforcing {source}: {} rules, {} sets (generation {generation})",
+                    self.policy.firewall.rules.len(),
+                    self.policy.sets.len()
+                );
+                self.source = source;
+                Ok(generation)
+            }
+            Err(e) => {
+                self.lb_live = saved;
+                self.reloads_failed += 1;
+                error!("cluster policy refused, the running policy is unchanged: {e}");
+                self.last_error = Some(format!("cluster policy refused: {e}"));
+                Err(e)
+            }
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod dns;
 pub mod dnsbind;
 pub mod events;
 pub mod firewall;
+pub mod fleet;
 pub mod guard;
 pub mod intel;
 pub mod kernel;

@@ -151,6 +151,7 @@ fn main() -> ExitCode {
         Command::Leases(j) => commands::leases(&socket, j.json),
         Command::Unload { pin_dir } => commands::unload(&socket, &pin_dir),
         Command::Top(a) => palisade::top::command(&socket, &a),
+        Command::Crd { check, base } => palisade::fleet::command(&check, base.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
