@@ -109,12 +109,18 @@ fn a_cluster_policy_is_enforced_kept_on_the_host_and_followed_after_an_outage() 
         .enable_all()
         .build()
         .unwrap();
-    let _guard = rt.enter();
     let ns_b = pair.ns_b.clone();
-    let mut api = FakeApi::with_bind(
-        format!("{}:0", pair.v4_b).parse().unwrap(),
-        Arc::new(move |a| in_netns(&ns_b, move || std::net::TcpListener::bind(a).unwrap())),
-    );
+    let at = format!("{}:0", pair.v4_b).parse().unwrap();
+    // The server's socket lives in the peer's namespace; its tasks run on `rt`.
+    let mut api = rt.block_on(async move {
+        FakeApi::with_bind(
+            at,
+            Arc::new(move |a| {
+                let ns = ns_b.clone();
+                in_netns(&ns, move || std::net::TcpListener::bind(a).unwrap())
+            }),
+        )
+    });
     api.change(|c| {
         c.put(NODES, "node-a", node(json!({"zone": "a"})));
         c.put(
@@ -167,7 +173,7 @@ fn a_cluster_policy_is_enforced_kept_on_the_host_and_followed_after_an_outage() 
 
     // Meanwhile the policy is deleted; when the API server returns, pings pass again.
     api.change(|c| c.delete(POLICIES, "no-ping"));
-    api.start();
+    rt.block_on(async { api.start() });
     let took = wait_for("the deletion followed", Duration::from_secs(40), || {
         !agent.rules().iter().any(|r| r == "no-ping.drop-icmp")
     });
