@@ -196,6 +196,8 @@ async fn controller_follows_the_cluster_and_outlives_an_outage() {
     assert!(!t.contains("broken.wide"), "{t}");
     assert_eq!(api.cluster.lock().unwrap().events.len(), 1);
 
+    kept(&state, &t).await;
+
     // Outage: the API server goes away; nothing is applied, the policy stays.
     let applied = shared.applied.load(Ordering::Relaxed);
     api.stop().await;
