@@ -237,6 +237,20 @@ pub enum Command {
     ///   palisade ids pcap --rules ids.rules capture.pcap --json
     #[command(verbatim_doc_comment, subcommand)]
     Ids(IdsCommand),
+    /// Print the `PalisadePolicy` CustomResourceDefinition, or check policy objects.
+    ///
+    /// Examples:
+    ///   palisade crd > palisadepolicy.yaml
+    ///   palisade crd --check edge.yaml --base policy.toml   # compile objects over a base policy
+    #[command(verbatim_doc_comment)]
+    Crd {
+        /// Policy objects (YAML) to compile over the base policy instead of printing.
+        #[arg(long, value_name = "FILE")]
+        check: Vec<PathBuf>,
+        /// The base policy for --check [default: the built-in policy].
+        #[arg(long, value_name = "FILE")]
+        base: Option<PathBuf>,
+    },
 }
 
 /// `--json`.
@@ -660,6 +674,26 @@ pub struct RunArgs {
     /// Kubernetes ConfigMap volume, which kubelet updates by swapping that symlink).
     #[arg(long, requires = "config")]
     pub watch_config: bool,
+    /// Merge the cluster's PalisadePolicy objects that select this node over --config
+    /// (the base policy), as they change. Needs --node-name; the API server is found from
+    /// the pod's service account or KUBECONFIG.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// This node's name, for --kubernetes (the downward API's spec.nodeName).
+    #[arg(long, env = "K8S_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Where --kubernetes keeps the last applied merged policy; it is enforced at start
+    /// until the cluster's lists have synced.
+    #[arg(long, value_name = "FILE", default_value = crate::fleet::DEFAULT_STATE_FILE)]
+    pub applied_policy: PathBuf,
+    /// Export events as OpenTelemetry logs to this collector (http://HOST[:PORT][/PATH]);
+    /// default: OTEL_EXPORTER_OTLP_LOGS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf; default: OTEL_EXPORTER_OTLP_LOGS_PROTOCOL or
+    /// OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
 }
 
 /// Parses `--ttl`: seconds, or a number followed by s, m, h or d.

@@ -149,6 +149,10 @@ struct Daemon {
     policy_digest: Option<String>,
     /// `--watch-config`: the policy file and its ConfigMap `..data` link.
     watch: Option<crate::pod::ConfigWatch>,
+    /// With `--kubernetes`: the controller, which reloads go through.
+    cluster: Option<Arc<crate::fleet::controller::Shared>>,
+    /// With an OTLP endpoint: the event export.
+    otlp: Option<crate::fleet::otlp::Exporter>,
 }
 
 impl Daemon {
@@ -208,6 +212,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     // Read before the policy: a file changed in between is then seen as changed.
     let loaded = args.config.as_deref().map(crate::pod::fingerprint);
     let (policy, source) = load_policy(args.config.as_deref())?;
+    let (policy, source) = crate::fleet::agent::initial(&args, (policy, source));
     // Compile once before touching the kernel so a policy that cannot load fails fast.
     crate::firewall::compile::compile(&policy).context("compiling the policy")?;
     if let Some(egress) = &policy.dns.egress {
@@ -297,13 +302,21 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         dhcp: crate::dhcp::runtime::Snooper::default(),
         intel: crate::intel::runtime::Runtime::new(opts.intel_sizes),
         dga: crate::dga::runtime::Scorer::default(),
-        policy_digest: loaded.as_ref().and_then(|f| f.digest.clone()),
+        // Under --kubernetes the base file is enforced only once merged with the cluster's
+        // objects: not ready until the controller's first merge is applied.
+        policy_digest: if args.kubernetes {
+            None
+        } else {
+            loaded.as_ref().and_then(|f| f.digest.clone())
+        },
         watch: match (&args.config, &loaded) {
             (Some(path), Some(f)) if args.watch_config => {
                 Some(crate::pod::ConfigWatch::new(path.clone(), f.clone()))
             }
             _ => None,
         },
+        cluster: None,
+        otlp: None,
     };
     if !policy.intel.feeds.is_empty() {
         // Before the policy, whose DNS lists take the feeds' domains, and before the
@@ -402,6 +415,9 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         tokio::time::interval(Duration::from_millis(crate::tls::flows::EXPIRE_INTERVAL_MS));
     tls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    let (mut cluster_rx, cluster) = crate::fleet::agent::start(&args, &d.source).await?;
+    d.cluster = cluster;
+    d.otlp = crate::fleet::agent::otlp(&args)?;
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let access = Access {
         // SAFETY: geteuid has no preconditions.
@@ -489,6 +505,10 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
                         Err(e) => eprintln!("palisade: the config changed; reload refused, the running policy is unchanged: {e}"),
                     }
                 }
+            }
+            Some(req) = cluster_rx.recv() => {
+                let r = d.apply_cluster(&req.text, req.source, req.base_digest);
+                let _ = req.reply.send(r);
             }
             _ = sighup.recv() => {
                 match d.reload() {
@@ -616,6 +636,9 @@ impl Daemon {
     }
 
     fn reload(&mut self) -> Result<Changed, String> {
+        if let Some(c) = &self.cluster {
+            return Ok(crate::fleet::agent::resync(c, self.generation()));
+        }
         let saved = self.lb_live.clone();
         let seen = self.args.config.as_deref().map(crate::pod::fingerprint);
         if let (Some(w), Some(f)) = (self.watch.as_mut(), &seen) {
@@ -947,6 +970,7 @@ impl Daemon {
             counters,
             shield_state: self.shield_state(),
             dga: self.policy.dns.dga.is_some().then_some(self.dga.stats),
+            otlp: self.otlp.as_ref().map(|o| o.counters.snapshot()),
         }
     }
 
@@ -1420,6 +1444,14 @@ impl Daemon {
 
     /// Prints an event (unless `--quiet`) and sends it to `palisade events` clients.
     fn publish(&self, out: &mut impl std::io::Write, line: EventLine, subscribers: bool) {
+        if let Some(o) = &self.otlp {
+            o.offer(crate::fleet::otlp::Record::from_event(
+                line.kind,
+                &line.verdict,
+                &line.json,
+                &line.text,
+            ));
+        }
         if !self.args.quiet {
             let _ = writeln!(
                 out,
@@ -1500,5 +1532,50 @@ impl std::fmt::Debug for Daemon {
             .field("socket", &self.socket)
             .field("source", &self.source)
             .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Applies a merged policy from the cluster controller the way a reload applies the
+    /// file: all of it or nothing.
+    fn apply_cluster(
+        &mut self,
+        text: &str,
+        source: String,
+        base_digest: Option<String>,
+    ) -> Result<u32, String> {
+        let saved = self.lb_live.clone();
+        let result = crate::fleet::agent::parse(&self.args, text).and_then(|p| {
+            self.lb_live.after_reload(&p.lb);
+            if p.intel != self.policy.intel {
+                let out = self.intel.refresh(&mut self.dp.ebpf, &p.intel);
+                for n in out.notes {
+                    eprintln!("palisade: {n}");
+                }
+            }
+            self.apply(p)
+        });
+        match result {
+            Ok(generation) => {
+                self.restart_health_checks();
+                self.reloads_ok += 1;
+                self.live_changes = 0;
+                eprintln!(
+                    "palisade: enforcing {source}: {} rules, {} sets (generation {generation})",
+                    self.policy.firewall.rules.len(),
+                    self.policy.sets.len()
+                );
+                self.source = source;
+                self.policy_digest = base_digest;
+                Ok(generation)
+            }
+            Err(e) => {
+                self.lb_live = saved;
+                self.reloads_failed += 1;
+                error!("cluster policy refused, the running policy is unchanged: {e}");
+                self.last_error = Some(format!("cluster policy refused: {e}"));
+                Err(e)
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod dns;
 pub mod dnsbind;
 pub mod events;
 pub mod firewall;
+pub mod fleet;
 pub mod guard;
 pub mod ids;
 pub mod intel;

@@ -155,6 +155,7 @@ fn main() -> ExitCode {
         Command::Ready { policy } => return commands::ready(&socket, policy.as_deref()),
         Command::Cleanup { pin_dir } => commands::cleanup(&socket, &pin_dir),
         Command::Dlp(c) => palisade::dlp::command(c),
+        Command::Crd { check, base } => palisade::fleet::command(&check, base.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -168,6 +168,20 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             o.sample("palisade_dga_names_total", &[("event", what)], v);
         }
     }
+    if let Some(x) = &s.otlp {
+        o.family(
+            "palisade_otlp_records_total",
+            "counter",
+            "Events exported over OTLP, by result: exported, dropped (the queue was full), failed.",
+        );
+        for (what, v) in [
+            ("exported", x.exported),
+            ("dropped", x.dropped),
+            ("failed", x.failed),
+        ] {
+            o.sample("palisade_otlp_records_total", &[("result", what)], v);
+        }
+    }
     if let Some(st) = &s.shield_state {
         o.family(
             "palisade_shield_heavy_hitters",
@@ -656,6 +670,11 @@ mod tests {
                 scored: 5,
                 ..Default::default()
             }),
+            otlp: Some(crate::fleet::otlp::OtlpStats {
+                exported: 3,
+                dropped: 2,
+                failed: 1,
+            }),
         };
         let t = render(&s, None);
         assert!(!t.contains("palisade_ct_"));
@@ -674,6 +693,7 @@ mod tests {
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_dga_names_total{event=\"scored\"} 5\n"));
         assert!(t.contains("palisade_dga_names_total{event=\"listed\"} 0\n"));
+        assert!(t.contains("palisade_otlp_records_total{result=\"dropped\"} 2\n"));
         assert!(t.contains("palisade_drops_total{reason=\"rule\"} 5\n"));
         assert!(t.contains("palisade_rule_packets_total{rule=\"a\\\"b\",action=\"drop\"} 5\n"));
         assert!(t.contains("palisade_dns_queries_total{scope=\"egress\"} 2\n"));

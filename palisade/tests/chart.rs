@@ -38,6 +38,7 @@ const VARIANTS: &[&[&str]] = &[
     &[],
     &["--set", "cleanup=true"],
     &["--set", "policyReload=rollout"],
+    &["--set", "kubernetes.enabled=false"],
     &[
         "--set",
         "seccompProfile.type=Localhost",
@@ -374,6 +375,25 @@ fn daemonset_invariants_hold_in_every_mode() {
             );
         } else {
             assert!(!annotated && watch, "{ctx}: watch mode reloads in place");
+        }
+        let state = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/var/lib/palisade");
+        if extra.contains(&"kubernetes.enabled=false") {
+            assert!(
+                !args.iter().any(|a| a == "--kubernetes") && !state,
+                "{ctx}: the ConfigMap's policy alone"
+            );
+        } else {
+            assert!(
+                args.windows(3).any(|w| w[0] == "--kubernetes"
+                    && w[1] == "--applied-policy"
+                    && w[2] == "/var/lib/palisade/applied.toml")
+                    && state,
+                "{ctx}: policy from the cluster, the last merge kept on the host"
+            );
         }
         if extra.contains(&"interfaces={eth0,eth1}") {
             assert_eq!(args.iter().filter(|a| *a == "--iface").count(), 2, "{ctx}");

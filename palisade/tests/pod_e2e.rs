@@ -179,6 +179,8 @@ impl Lab {
             format!("pinDir={}", self.pin_dir.display()),
             format!("runDir={}", self.dir.join("run").display()),
             "metrics.enabled=false".into(),
+            // No API server under podman: the ConfigMap's policy alone.
+            "kubernetes.enabled=false".into(),
         ] {
             args.push("--set".into());
             args.push(v);

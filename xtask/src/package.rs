@@ -52,6 +52,10 @@ pub fn manifests() -> Result<()> {
     }
     let crd = root.join(CRD);
     if crd.exists() {
+        let dir = root.join(CHART_CRD);
+        if let Some(d) = dir.parent() {
+            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
         fs::copy(&crd, root.join(CHART_CRD)).with_context(|| format!("copying {CRD}"))?;
         println!("copied {CRD} to {CHART_CRD}");
     }

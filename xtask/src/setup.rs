@@ -65,11 +65,16 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 
 /// Python packages the tests and benchmarks use that Debian does not ship, pinned, installed
 /// from PyPI into the repository's own virtual environment [`PYTHON_VENV`]: a QUIC peer
-/// (aioquic), and the Chromium HSTS preload list, the benign side of `palisade-bench --dga`
-/// (hstspreload).
+/// (aioquic), the Chromium HSTS preload list, the benign side of `palisade-bench --dga`
+/// (hstspreload), a JSON Schema validator for the `PalisadePolicy` examples (jsonschema),
+/// the OTLP protobuf and gRPC runtime of the test collector (opentelemetry-proto, grpcio), and the official
+/// Kubernetes schemas (kubernetes-validate).
 pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("aioquic", "1.2.0"),
     ("hstspreload", "2025.1.1"),
+    ("jsonschema", "4.26.0"),
+    ("opentelemetry-proto", "1.45.2"),
+    ("grpcio", "1.85.1"),
     // The official Kubernetes schemas (1.25 to 1.37) the chart's rendering is checked against.
     ("kubernetes-validate", "1.37.0"),
 ];

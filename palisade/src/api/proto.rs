@@ -451,6 +451,9 @@ pub struct Stats {
     /// What the DGA scorer counted, when the policy has `[dns.dga]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dga: Option<crate::dga::runtime::DgaStats>,
+    /// What the OTLP event export counted, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<crate::fleet::otlp::OtlpStats>,
 }
 
 /// `unload`.
