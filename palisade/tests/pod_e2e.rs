@@ -73,7 +73,7 @@ fn policy(with_icmp_drop: bool) -> String {
     );
     if with_icmp_drop {
         p.push_str(
-            "\n[[firewall.rule]]\nname = \"drop-icmp\"\naction = \"drop\"\nproto = \"icmp\"\n",
+            "\n[[firewall.rule]]\nname = \"drop-icmp\"\naction = \"drop\"\nproto = \"icmp\"\nlog = true\n",
         );
     }
     p
@@ -315,6 +315,65 @@ fn configmap_update(dir: &Path, version: u32, text: &str) {
 }
 
 /// Waits up to `limit` until `f` holds.
+/// The OTLP collector of `support/otlp_collector.py` (setup's `.tools/venv`), writing what it
+/// receives to a file; killed on drop.
+struct Collector {
+    child: Child,
+    out: PathBuf,
+    http: u16,
+}
+
+impl Collector {
+    fn start(dir: &Path) -> Self {
+        let out = dir.join("otlp.jsonl");
+        let mut child = Command::new(root().join(".tools/venv/bin/python3"))
+            .arg(root().join("palisade/tests/support/otlp_collector.py"))
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the OTLP collector (run `cargo xtask setup`)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let http = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("collector said {line:?}"));
+        Self { child, out, http }
+    }
+
+    /// Whether a firewall drop of `rule` arrived, with the pod's resource attributes.
+    fn has_drop(&self, rule: &str) -> bool {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines().any(|l| {
+            let req: Value = serde_json::from_str(l).unwrap();
+            req["request"]["resourceLogs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|rl| {
+                    let res = rl["resource"]["attributes"].to_string();
+                    res.contains("k8s.pod.name")
+                        && rl["scopeLogs"].as_array().into_iter().flatten().any(|sl| {
+                            sl["logRecords"].as_array().into_iter().flatten().any(|r| {
+                                r["eventName"] == "palisade.firewall"
+                                    && r["attributes"].to_string().contains(rule)
+                            })
+                        })
+                })
+        })
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -432,8 +491,15 @@ fn the_charts_pod_enforces_hands_over_without_a_gap_reloads_and_cleans_up() {
     let image_b = lab.image("b");
     assert!(lab.ping(), "the lab passes pings before any policy");
 
-    // 1. The first pod: enforcing with its declared capabilities only, ready.
-    let agent = lab.play("palisade-e2e", &image_a, &[]);
+    // 1. The first pod: enforcing with its declared capabilities only, ready, its events
+    //    exported to an OTLP collector on the node (HTTP/protobuf, from the chart's values).
+    let collector = Collector::start(&lab.dir);
+    let endpoint = format!("otlp.endpoint=http://127.0.0.1:{}", collector.http);
+    let agent = lab.play(
+        "palisade-e2e",
+        &image_a,
+        &["--set", &endpoint, "--set", "otlp.protocol=http/protobuf"],
+    );
     let ctr = "palisade-e2e-agent";
     let readiness = agent["readinessProbe"]["exec"]["command"].clone();
     eventually("the pod is ready", Duration::from_secs(60), || {
@@ -452,6 +518,11 @@ fn the_charts_pod_enforces_hands_over_without_a_gap_reloads_and_cleans_up() {
     assert_eq!(inspect[0]["HostConfig"]["NetworkMode"], "host");
     assert_eq!(seccomp_mode(ctr), "0", "Unconfined by default");
     assert!(!lab.ping(), "drop-icmp enforced by the pod");
+    eventually(
+        "the pod's drop event at the OTLP collector",
+        Duration::from_secs(15),
+        || collector.has_drop("drop-icmp"),
+    );
     assert!(
         lab.logs(ctr)
             .contains("palisade: enforcing /etc/palisade/policy.toml")
