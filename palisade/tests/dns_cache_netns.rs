@@ -41,11 +41,18 @@ struct Lab {
     pair: NetnsPair,
 }
 
+/// The cache's capacity in the tests' policy.
+const CAPACITY: u32 = 512;
+
 fn policy(resolver: &str, enabled: bool) -> String {
+    policy_sized(resolver, enabled, CAPACITY)
+}
+
+fn policy_sized(resolver: &str, enabled: bool, capacity: u32) -> String {
     format!(
         "[dns.ingress]\nmode = \"blocklist\"\nlists = [\"bad\"]\n\n\
          [dns.lists.bad]\nnames = [\"blocked.test\"]\n\n\
-         [dns.cache]\nenabled = {enabled}\nresolver = \"{resolver}:53\"\ncapacity = 512\n"
+         [dns.cache]\nenabled = {enabled}\nresolver = \"{resolver}:53\"\ncapacity = {capacity}\n"
     )
 }
 
@@ -96,6 +103,15 @@ impl Lab {
             .find(|n| n["name"] == name)
             .and_then(|n| n["value"].as_u64())
             .unwrap_or_else(|| panic!("no cache counter {name} in {json}"))
+    }
+
+    /// The capacity the pinned map of cached answers was created with.
+    fn capacity(&self) -> u32 {
+        aya::maps::MapData::from_pin(self.host.scratch.pinned_map("DNS_CACHE"))
+            .expect("pinned DNS_CACHE")
+            .info()
+            .expect("map info")
+            .max_entries()
     }
 
     /// The pinned link of the cache's fill on B's veth.
@@ -193,6 +209,25 @@ fn answers_come_from_the_cache_in_the_querys_own_case_and_unbound_sees_none() {
         "{stats:?}"
     );
 
+    // The map was sized by the policy. A capacity beyond the limit is refused with its
+    // place, and the running policy stays; a new capacity waits for a restart.
+    assert_eq!(lab.capacity(), CAPACITY);
+    std::fs::write(&lab.host.policy, policy_sized(&lab.pair.v4_b, true, 70_000)).unwrap();
+    let refused = cli(&lab.host.socket(), &["reload"]);
+    assert!(
+        !refused.ok && format!("{refused:?}").contains("[dns.cache].capacity"),
+        "{refused:?}"
+    );
+    assert_answer(&lab.dig("allowed.test", &[]), "192.0.2.1");
+    assert_eq!(lab.seen("allowed.test"), 1, "still served from the cache");
+    std::fs::write(&lab.host.policy, policy_sized(&lab.pair.v4_b, true, 1024)).unwrap();
+    let later = cli(&lab.host.socket(), &["reload"]);
+    assert!(
+        later.ok && later.stdout.contains("[dns.cache] capacity takes effect when the daemon restarts"),
+        "{later:?}"
+    );
+    assert_eq!(lab.capacity(), CAPACITY);
+
     // A reload that turns the cache off detaches the fill; every query reaches unbound.
     lab.host.reload(&policy(&lab.pair.v4_b, false));
     assert!(!lab.link_pin().exists(), "the fill's link is gone");
@@ -214,7 +249,7 @@ fn answers_come_from_the_cache_in_the_querys_own_case_and_unbound_sees_none() {
 }
 
 #[test]
-fn an_entry_expires_with_its_ttl() {
+fn an_entry_expires_with_its_ttl_and_a_restart_resizes_the_cache() {
     let lab = Lab::new("dnscache-ttl");
     assert_answer(&lab.dig("short.test", &[]), "192.0.2.77");
     lab.wait_entries(1);
@@ -230,6 +265,19 @@ fn an_entry_expires_with_its_ttl() {
         2,
         "expired: the query went on to unbound"
     );
+    // A restart with another capacity creates the map anew at that size, and the fill
+    // (adopted from its pin) fills it.
+    let mut lab = lab;
+    lab.host.take_daemon().kill9();
+    std::fs::write(&lab.host.policy, policy_sized(&lab.pair.v4_b, true, 1024)).unwrap();
+    lab.host.start();
+    assert_eq!(lab.capacity(), 1024);
+    assert!(lab.link_pin().exists());
+    assert_eq!(lab.counter("entries"), 0, "a new map starts empty");
+    assert_answer(&lab.dig("other.test", &[]), "192.0.2.5");
+    lab.wait_entries(1);
+    assert_answer(&lab.dig("other.test", &[]), "192.0.2.5");
+    assert_eq!(lab.seen("other.test"), 1, "the second from the resized cache");
 }
 
 /// A forged answer for the client's port and ID, sent by scapy from the resolver's address
