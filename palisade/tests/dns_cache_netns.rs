@@ -223,7 +223,10 @@ fn answers_come_from_the_cache_in_the_querys_own_case_and_unbound_sees_none() {
     std::fs::write(&lab.host.policy, policy_sized(&lab.pair.v4_b, true, 1024)).unwrap();
     let later = cli(&lab.host.socket(), &["reload"]);
     assert!(
-        later.ok && later.stdout.contains("[dns.cache] capacity takes effect when the daemon restarts"),
+        later.ok
+            && later
+                .stdout
+                .contains("[dns.cache] capacity takes effect when the daemon restarts"),
         "{later:?}"
     );
     assert_eq!(lab.capacity(), CAPACITY);
@@ -277,7 +280,11 @@ fn an_entry_expires_with_its_ttl_and_a_restart_resizes_the_cache() {
     assert_answer(&lab.dig("other.test", &[]), "192.0.2.5");
     lab.wait_entries(1);
     assert_answer(&lab.dig("other.test", &[]), "192.0.2.5");
-    assert_eq!(lab.seen("other.test"), 1, "the second from the resized cache");
+    assert_eq!(
+        lab.seen("other.test"),
+        1,
+        "the second from the resized cache"
+    );
 }
 
 /// A forged answer for the client's port and ID, sent by scapy from the resolver's address
