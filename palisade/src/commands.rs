@@ -550,6 +550,10 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     println!("{}", moved_line("dhcp", &c.dhcp, "nothing snooped"));
     println!("{}", moved_line("intel", &c.intel, "nothing matched"));
     println!("{}", moved_line("dns bind", &c.bind, "nothing checked"));
+    println!(
+        "{}",
+        moved_line("dns cache", &c.dns_cache, "nothing cached")
+    );
     if let Some(d) = &s.dga {
         println!(
             "dga: scored {}  cached {}  reported {}  listed {}  list_failed {}",

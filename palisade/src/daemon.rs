@@ -257,6 +257,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         force_generic: args.generic,
         ct_sizes: ct_sizes(&policy),
         intel_sizes: policy.intel.sizes(),
+        dns_cache_capacity: crate::dns::cache::capacity(policy.dns.cache.as_ref()),
     };
     let mut notes = Vec::new();
     let dp = Datapath::load(&opts, &mut notes)?;
@@ -619,6 +620,20 @@ impl Daemon {
             }
         }
         let generation = self.install(&policy).map_err(|e| format!("{e:#}"))?;
+        match self.dp.sync_dns_cache(&policy) {
+            Ok(notes) => {
+                for n in notes {
+                    eprintln!("palisade: {n}");
+                }
+            }
+            Err(e) => {
+                let msg = format!(
+                    "the policy is installed, but the DNS response cache's attachments failed: {e:#}"
+                );
+                warn!("{msg}");
+                self.last_error = Some(msg);
+            }
+        }
         match self.dp.sync_cgroups(&policy) {
             Ok(notes) => {
                 for n in notes {
@@ -685,6 +700,13 @@ impl Daemon {
                 if self.policy.intel.sizes() != self.intel.sizes {
                     message.push_str(
                         "; the new [intel] capacities take effect when the daemon restarts (the feeds are checked against the running ones)",
+                    );
+                }
+                if crate::dns::cache::capacity(self.policy.dns.cache.as_ref())
+                    != self.dp.dns_cache_capacity
+                {
+                    message.push_str(
+                        "; the new [dns.cache] capacity takes effect when the daemon restarts (the cache starts empty then)",
                     );
                 }
                 if ct_sizes(&self.policy) != self.dp.ct_sizes {

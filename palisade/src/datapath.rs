@@ -69,6 +69,8 @@ pub struct Options {
     pub ct_sizes: carry::Sizes,
     /// Capacities of the indicator maps (`[intel]`).
     pub intel_sizes: crate::intel::load::Sizes,
+    /// Entries of the DNS response cache (`[dns.cache] capacity`).
+    pub dns_cache_capacity: u32,
 }
 
 /// How an attachment came to be.
@@ -145,6 +147,14 @@ pub struct Datapath {
     intel: Vec<SchedClassifier>,
     /// Its link on each guarded interface.
     pub intel_links: Vec<(String, OwnedFd)>,
+    /// The DNS response cache's fill (TC egress), once `[dns.cache]` was enabled.
+    dns_cache: Option<SchedClassifier>,
+    /// Its link on each guarded interface while `[dns.cache]` is enabled.
+    pub dns_cache_links: Vec<(String, OwnedFd)>,
+    /// The guarded interfaces (the cache's fill follows the policy on reloads).
+    ifaces: Vec<String>,
+    /// The entries the DNS response cache was created with.
+    pub dns_cache_capacity: u32,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -159,6 +169,11 @@ pub struct Datapath {
     pub cgroups: Vec<CgroupAttachment>,
     /// The `[dns.bind]` programs' attachments.
     bind: crate::dnsbind::Attachments,
+}
+
+/// Whether `policy` turns the DNS response cache on.
+fn cache_enabled(policy: &Policy) -> bool {
+    policy.dns.cache.as_ref().is_some_and(|c| c.enabled)
 }
 
 fn unix_now() -> u64 {
@@ -189,7 +204,15 @@ impl Datapath {
         if let Some(n) = crate::intel::load::drop_resized(&layout, opts.intel_sizes)? {
             notes.push(n);
         }
-        let mut pinned = loader::load_pinned(&layout, opts.ct_sizes, opts.intel_sizes)?;
+        if let Some(n) = crate::dns::cache::drop_resized(&layout, opts.dns_cache_capacity)? {
+            notes.push(n);
+        }
+        let mut pinned = loader::load_pinned(
+            &layout,
+            opts.ct_sizes,
+            opts.intel_sizes,
+            opts.dns_cache_capacity,
+        )?;
         if let Err(e) = verify_map_shapes(&layout) {
             drop(pinned);
             let aside = opts.pin_dir.join(format!(
@@ -204,7 +227,12 @@ impl Datapath {
                 "pinned maps under {} do not match this build ({e:#}); starting fresh state, the old one is removed once everything is attached",
                 layout.dir().display()
             ));
-            pinned = loader::load_pinned(&layout, opts.ct_sizes, opts.intel_sizes)?;
+            pinned = loader::load_pinned(
+                &layout,
+                opts.ct_sizes,
+                opts.intel_sizes,
+                opts.dns_cache_capacity,
+            )?;
         }
         carried.extend(carry::take_foreign(&layout)?);
         let carry_since = carry::now_ns();
@@ -250,6 +278,10 @@ impl Datapath {
             dhcp_links: Vec::new(),
             intel: Vec::new(),
             intel_links: Vec::new(),
+            dns_cache: None,
+            dns_cache_links: Vec::new(),
+            ifaces: opts.ifaces.clone(),
+            dns_cache_capacity: opts.dns_cache_capacity,
             egress: None,
             programs_reused: false,
             carry: carried,
@@ -284,6 +316,9 @@ impl Datapath {
         self.ensure_tls_programs()?;
         self.ensure_dhcp_program()?;
         self.ensure_intel_program()?;
+        if cache_enabled(policy) {
+            self.ensure_dns_cache_program()?;
+        }
         self.ensure_xdp_programs()?;
         if !self.carry.is_empty() {
             // The old programs ran on while these loaded: refresh the copy just before the
@@ -300,6 +335,8 @@ impl Datapath {
         self.sync_tls(opts, &mut notes)?;
         self.sync_dhcp(opts, &mut notes)?;
         self.sync_intel(opts, &mut notes)?;
+        self.ifaces.clone_from(&opts.ifaces);
+        notes.extend(self.sync_dns_cache(policy)?);
         notes.extend(self.sync_cgroups(policy)?);
         if !self.carry.is_empty() {
             // The new programs run now: bring over what the old ones did meanwhile.
@@ -327,6 +364,7 @@ impl Datapath {
                     .chain(&self.tls_links)
                     .chain(&self.dhcp_links)
                     .chain(&self.intel_links)
+                    .chain(&self.dns_cache_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -600,6 +638,57 @@ impl Datapath {
             notes,
         )?;
         Ok(())
+    }
+
+    /// Loads (or reuses the pinned) fill of the DNS response cache.
+    fn ensure_dns_cache_program(&mut self) -> Result<()> {
+        if self.dns_cache.is_some() {
+            return Ok(());
+        }
+        self.dns_cache = self
+            .tc_programs(&[crate::dns::cache::FILL], "DNS response cache")?
+            .pop();
+        Ok(())
+    }
+
+    /// Makes the DNS response cache's fill (tcx egress, last in the chain: it stores only
+    /// what the programs before it let leave) match `policy`: attached to every guarded
+    /// interface while `[dns.cache] enabled`, adopting pinned links; detached (pins removed)
+    /// otherwise. The XDP lookup follows the generation's settings by itself. Returns notes.
+    ///
+    /// # Errors
+    /// When the program is refused or an attachment fails.
+    pub fn sync_dns_cache(&mut self, policy: &Policy) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        let pins = self.all_link_pins();
+        if cache_enabled(policy) {
+            self.ensure_dns_cache_program()?;
+            let prog = self.dns_cache.as_mut().expect("loaded");
+            self.dns_cache_links = sync_tcx(
+                &self.layout,
+                &pins,
+                prog,
+                Tcx::DnsCache,
+                &self.ifaces,
+                &mut notes,
+            )?;
+        } else {
+            // Every link of ours is pinned: the pins below name them all.
+            for (_, fd) in self.dns_cache_links.drain(..) {
+                let _ = pin::link_detach(fd.as_fd());
+            }
+            for (pin, path, _) in &pins {
+                if let LinkPin::TcxDnsCache { iface } = pin {
+                    if let Ok(fd) = pin::obj_get(path) {
+                        let _ = pin::link_detach(fd.as_fd());
+                    }
+                    fs::remove_file(path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                    notes.push(format!("detached the DNS response cache from {iface}"));
+                }
+            }
+        }
+        Ok(notes)
     }
 
     /// Attaches the TLS gate (tcx ingress and egress) to every guarded interface, like the
@@ -1061,6 +1150,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the egress indicator check from {iface}"));
         }
+        for (iface, fd) in self.dns_cache_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the DNS response cache from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -1093,6 +1186,7 @@ enum Tcx {
     TlsEgress,
     DhcpEgress,
     IntelEgress,
+    DnsCache,
 }
 
 impl Tcx {
@@ -1127,6 +1221,7 @@ impl Tcx {
                 iface,
             },
             Self::DhcpEgress => LinkPin::TcxDhcp { iface },
+            Self::DnsCache => LinkPin::TcxDnsCache { iface },
         }
     }
 
@@ -1178,7 +1273,8 @@ impl Tcx {
             ) => Some(iface),
             (Self::LbReverse, LinkPin::TcxLbReverse { iface })
             | (Self::DhcpEgress, LinkPin::TcxDhcp { iface })
-            | (Self::IntelEgress, LinkPin::TcxIntel { iface }) => Some(iface),
+            | (Self::IntelEgress, LinkPin::TcxIntel { iface })
+            | (Self::DnsCache, LinkPin::TcxDnsCache { iface }) => Some(iface),
             _ => None,
         }
     }
@@ -1192,7 +1288,8 @@ impl Tcx {
             | Self::LbReverse
             | Self::TlsEgress
             | Self::DhcpEgress
-            | Self::IntelEgress => TcAttachType::Egress,
+            | Self::IntelEgress
+            | Self::DnsCache => TcAttachType::Egress,
         }
     }
 
@@ -1208,6 +1305,7 @@ impl Tcx {
             Self::TlsEgress => "the egress TLS gate",
             Self::DhcpEgress => "DHCP snooping",
             Self::IntelEgress => "the egress indicator check",
+            Self::DnsCache => "the DNS response cache",
         }
     }
 }
@@ -1316,7 +1414,8 @@ fn sync_tcx(
             | Tcx::TlsIngress
             | Tcx::TlsEgress
             | Tcx::DhcpEgress
-            | Tcx::IntelEgress => format!("attached {what} to {iface} (tcx)"),
+            | Tcx::IntelEgress
+            | Tcx::DnsCache => format!("attached {what} to {iface} (tcx)"),
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1406,6 +1505,9 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                     if ingress { "ingress" } else { "egress" }
                 ),
                 LinkPin::TcxDhcp { iface } => format!("detached DHCP snooping from {iface}"),
+                LinkPin::TcxDnsCache { iface } => {
+                    format!("detached the DNS response cache from {iface}")
+                }
                 LinkPin::Bind { prog, path } => {
                     format!(
                         "detached DNS binding ({prog}) from cgroup {}",

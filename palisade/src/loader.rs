@@ -106,6 +106,7 @@ pub fn load_pinned(
     layout: &Layout,
     sizes: Sizes,
     intel: crate::intel::load::Sizes,
+    dns_cache: u32,
 ) -> Result<Pinned> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
@@ -136,6 +137,9 @@ pub fn load_pinned(
     for (name, n) in intel.for_loader() {
         loader.map_max_entries(name, n);
     }
+    // The DNS response cache, sized by `[dns.cache] capacity`; a pin of another size was
+    // removed by `dns::cache::drop_resized`.
+    loader.map_max_entries(crate::dns::cache::MAP, dns_cache);
     let ebpf = loader.load(OBJECT).context(
         "loading the kernel object failed; Palisade needs root (or CAP_BPF, CAP_NET_ADMIN and \
          CAP_PERFMON) and a kernel with BPF, BTF and ring buffers (5.8 or newer)",

@@ -259,6 +259,30 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             o.sample("palisade_dns_bind_total", &[("event", &n.name)], n.value);
         }
     }
+    if s.counters.dns_cache.iter().any(|n| n.value > 0) {
+        o.family(
+            "palisade_dns_cache_total",
+            "counter",
+            "The DNS response cache ([dns.cache]): queries answered from it (hits) or sent on \
+             (misses), answers stored (inserts, inserted_new), expired entries removed, \
+             answers declined or rejected by cause, entries evicted to make room.",
+        );
+        for n in s.counters.dns_cache.iter().filter(|n| n.name != "entries") {
+            o.sample("palisade_dns_cache_total", &[("event", &n.name)], n.value);
+        }
+        o.family(
+            "palisade_dns_cache_entries",
+            "gauge",
+            "Answers in the DNS response cache now.",
+        );
+        let entries = s
+            .counters
+            .dns_cache
+            .iter()
+            .find(|n| n.name == "entries")
+            .map_or(0, |n| n.value);
+        o.sample("palisade_dns_cache_entries", &[], entries);
+    }
     if s.counters.nat.iter().any(|n| n.value > 0) {
         o.family(
             "palisade_nat_total",
@@ -659,6 +683,16 @@ mod tests {
                     name: "connect_denied".into(),
                     value: 9,
                 }],
+                dns_cache: vec![
+                    Named {
+                        name: "hits".into(),
+                        value: 11,
+                    },
+                    Named {
+                        name: "entries".into(),
+                        value: 4,
+                    },
+                ],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -689,6 +723,9 @@ mod tests {
         assert!(t.contains("palisade_dhcp_total{event=\"rogue_dropped\"} 2\n"));
         assert!(t.contains("palisade_intel_total{direction=\"ingress\",event=\"hit_cidr\"} 3\n"));
         assert!(t.contains("palisade_dns_bind_total{event=\"connect_denied\"} 9\n"));
+        assert!(t.contains("palisade_dns_cache_total{event=\"hits\"} 11\n"));
+        assert!(t.contains("palisade_dns_cache_entries 4\n"));
+        assert!(!t.contains("palisade_dns_cache_total{event=\"entries\"}"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));
         assert!(t.contains("palisade_shield_syn_cookies_engaged_ports 1\n"));
         assert!(t.contains("palisade_dga_names_total{event=\"scored\"} 5\n"));

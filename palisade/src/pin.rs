@@ -96,6 +96,7 @@ pub fn is_resizable_map(name: &str) -> bool {
         .iter()
         .any(|(n, _)| *n == name)
         || crate::intel::load::is_sized_map(name)
+        || name == crate::dns::cache::MAP
 }
 
 /// The layout id: 16 hex digits over every pinned map's shape, in name order.
@@ -264,6 +265,8 @@ pub enum LinkPin {
     TcxDhcp { iface: String },
     /// `tcx-intel-<iface>`: the indicator check of what leaves (`[intel] egress`).
     TcxIntel { iface: String },
+    /// `tcx-dnscache-<iface>`: the DNS response cache's fill (`[dns.cache]`).
+    TcxDnsCache { iface: String },
     /// `bind-<program>-<path>`: one of the `[dns.bind]` programs (`answer`, `connect4`,
     /// `connect6`, `sendmsg4`, `sendmsg6`) on a cgroup.
     Bind { prog: String, path: PathBuf },
@@ -294,6 +297,7 @@ impl LinkPin {
                 escape(iface.as_bytes())
             ),
             Self::TcxDhcp { iface } => format!("tcx-dhcp-out-{}", escape(iface.as_bytes())),
+            Self::TcxDnsCache { iface } => format!("tcx-dnscache-{}", escape(iface.as_bytes())),
             Self::Bind { prog, path } => format!(
                 "bind-{}-{}",
                 escape(prog.as_bytes()),
@@ -327,6 +331,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-dhcp-out-") {
             let iface = String::from_utf8(unescape(rest)?).ok()?;
             return Some(Self::TcxDhcp { iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-dnscache-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxDnsCache { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
             let (ingress, iface) = directed(rest)?;
@@ -951,6 +959,9 @@ mod tests {
             },
             LinkPin::TcxDhcp {
                 iface: "veth-in".into(),
+            },
+            LinkPin::TcxDnsCache {
+                iface: "eth0.100".into(),
             },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));

@@ -136,6 +136,10 @@ pub struct Counters {
     /// DNS binding's counters (`palisade_common::dnsbind::BIND_STAT_NAMES`).
     #[serde(default)]
     pub bind: Vec<Named>,
+    /// The DNS response cache's counters (`palisade_common::dns::cache::CACHE_STAT_NAMES`),
+    /// then `entries` (a gauge) and `evictions` (see `crate::dns::cache::named_counters`).
+    #[serde(default)]
+    pub dns_cache: Vec<Named>,
 }
 
 impl Counters {
@@ -192,6 +196,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         dhcp: crate::dhcp::named_counters(ebpf),
         intel: crate::intel::named_counters(ebpf),
         bind: crate::dnsbind::named_counters(ebpf),
+        dns_cache: crate::dns::cache::named_counters(ebpf),
     }
 }
 

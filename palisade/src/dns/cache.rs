@@ -90,6 +90,37 @@ pub fn write_config(ebpf: &mut Ebpf, generation: u32, cache: Option<&DnsCache>) 
     Ok(())
 }
 
+/// The capacity `cache` sizes the map of cached answers with (the default without
+/// `[dns.cache]`).
+#[must_use]
+pub fn capacity(cache: Option<&DnsCache>) -> u32 {
+    cache.map_or(DEFAULT_CAPACITY, |c| c.capacity)
+}
+
+/// Removes the pin of the map of cached answers when its capacity differs from `capacity`,
+/// so that the load creates it anew at that size (cached answers are only a copy of the
+/// resolver's: the next queries refill it). Returns a note when it did.
+///
+/// # Errors
+/// When the pin cannot be read or removed.
+pub fn drop_resized(layout: &crate::pin::Layout, capacity: u32) -> Result<Option<String>> {
+    use std::os::fd::AsFd as _;
+    let path = layout.map(MAP);
+    let Ok(fd) = crate::pin::obj_get(&path) else {
+        return Ok(None);
+    };
+    let (_, _, _, _, max, _) = crate::pin::map_info(fd.as_fd())?;
+    if max == capacity {
+        return Ok(None);
+    }
+    drop(fd);
+    std::fs::remove_file(&path)
+        .with_context(|| format!("removing {} to resize it", path.display()))?;
+    Ok(Some(format!(
+        "the DNS response cache is created anew for [dns.cache] capacity = {capacity} (it held up to {max} entries)"
+    )))
+}
+
 /// The counters summed over CPUs, by `CSTAT_*` index.
 ///
 /// # Errors

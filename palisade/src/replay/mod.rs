@@ -13,7 +13,8 @@
 //!   cgroup DNS egress hook (the one a local process's socket meets first) and then the TC
 //!   egress chain in the datapath's order ([`EGRESS_CHAIN`]: the load balancer's reverse
 //!   translation, NAT, the connection tracker, scrub, the TLS gate, DHCP snooping, the
-//!   indicator check).
+//!   indicator check, the DNS response cache's fill, which the datapath attaches only under
+//!   `[dns.cache]` and which without it reads one map slot and lets the packet go).
 //! - The TLS gate's ClientHello records are decided after each packet as the daemon decides
 //!   them (`tls::runtime::Gatekeeper`), so a refused flow's later packets are refused.
 //!
@@ -92,7 +93,7 @@ pub const INGRESS_CHAIN: [&str; 3] = [
 ];
 
 /// The TC egress programs, in the order they are attached.
-pub const EGRESS_CHAIN: [&str; 7] = [
+pub const EGRESS_CHAIN: [&str; 8] = [
     crate::lb::REVERSE,
     crate::nat::EGRESS,
     crate::conntrack::EGRESS,
@@ -100,6 +101,7 @@ pub const EGRESS_CHAIN: [&str; 7] = [
     crate::tls::EGRESS,
     crate::dhcp::EGRESS,
     crate::intel::EGRESS,
+    crate::dns::cache::FILL,
 ];
 
 /// `TC_ACT_SHOT`.
