@@ -8,6 +8,12 @@ use crate::map_type;
 
 /// Bytes of plaintext one record carries.
 pub const CAPTURE_BYTES: usize = 4096;
+/// Bytes of a [`Record`] before its `data`.
+pub const RECORD_HEADER: usize = 104;
+/// Lengths of `data` a record is sent with in the ring buffer: the smallest that holds the
+/// captured bytes (the last is [`CAPTURE_BYTES`]). Userspace reads `len` bytes of it.
+pub const SIZE_CLASSES: [usize; 4] = [128, 512, 1024, CAPTURE_BYTES];
+const _: () = assert!(SIZE_CLASSES[3] == CAPTURE_BYTES);
 /// Records one `SSL_*` call may produce (so up to `CAPTURE_BYTES * MAX_CHUNKS` bytes of it are
 /// inspected; one TLS record holds at most 16 KiB).
 pub const MAX_CHUNKS: u32 = 4;
@@ -112,7 +118,7 @@ pub struct Record {
     pub _pad: [u8; 2],
     pub data: [u8; CAPTURE_BYTES],
 }
-map_type!(Record, 104 + CAPTURE_BYTES);
+map_type!(Record, RECORD_HEADER + CAPTURE_BYTES);
 
 /// Key of `DLP_RESET`: a TCP flow as it appears in an outgoing packet (the local socket's
 /// source and destination), addresses v4-mapped for IPv4.

@@ -301,3 +301,22 @@ fn intel_suite() {
     assert!(out.join("intel-quick.md").exists());
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn dlp_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = quick("dlp", &["--dlp"]);
+    let report = json(out.join("dlp-quick.json"));
+    let cases = report["cases"].as_array().expect("cases");
+    let ids: Vec<&str> = cases.iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!(ids, ["off", "watched", "unread"], "{report:#}");
+    // With the probes, every timed write (and the sink's reads) went through them.
+    for c in &cases[1..] {
+        assert!(c["calls"].as_u64().unwrap() >= 20_000, "{report:#}");
+        assert!(c["p99_us"]["median"].as_f64().is_some(), "{report:#}");
+    }
+    // The watcher keeps up with the quick run's 20,000 writes.
+    assert_eq!(cases[1]["lost"], 0, "{report:#}");
+    assert!(out.join("dlp-quick.md").exists());
+    let _ = std::fs::remove_dir_all(out);
+}

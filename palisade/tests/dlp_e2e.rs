@@ -336,7 +336,8 @@ fn gnutls_client_is_reported_uncovered() {
             && e["pid"] == pid
             && e["reason"].as_str().unwrap().contains("GnuTLS")),
         "{ev:?}"
-    );
+    ); // The summary counts it among the uncovered processes.
+    assert!(counters(&ev)["uncovered"].as_u64().unwrap() >= 1, "{ev:?}");
 }
 
 /// A process whose libssl is another file, visible only in its own mount namespace (as in a

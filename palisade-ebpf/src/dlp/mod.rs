@@ -32,7 +32,8 @@ use aya_ebpf::{
 };
 use palisade_common::dlp::{
     CAPTURE_BYTES, COOKIE_EX, COOKIE_READ, DIR_READ, DIR_WRITE, Flow, Inflight, MAX_CHUNKS,
-    MAX_INFLIGHT, MAX_RESETS, MAX_SSL_FLOWS, RING_BYTES, Record, ResetKey, stat,
+    MAX_INFLIGHT, MAX_RESETS, MAX_SSL_FLOWS, RECORD_HEADER, RING_BYTES, Record, ResetKey,
+    SIZE_CLASSES, stat,
 };
 
 /// Calls between entry and return, by `pid_tgid`. LRU: a thread killed inside a call leaves
@@ -48,6 +49,12 @@ pub static DLP_SSL_FLOW: LruHashMap<[u64; 2], Flow> =
 /// Captured plaintext, for the detectors.
 #[map]
 pub static DLP_RECORDS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// One `Record` per CPU: the probe fills it, then copies only the header and the size class
+/// of the bytes it holds into `DLP_RECORDS` (a 64-byte write costs a 232-byte slot, not a
+/// whole `Record`).
+#[map]
+pub static DLP_SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counters, `dlp::stat::*`.
 #[map]
@@ -249,14 +256,13 @@ pub fn leave(ctx: &RetProbeContext) -> u32 {
         if n > CAPTURE_BYTES as u64 {
             n = CAPTURE_BYTES as u64;
         }
-        let Some(mut slot) = DLP_RECORDS.reserve::<Record>(0) else {
+        let Some(r) = DLP_SCRATCH.get_ptr_mut(0) else {
             bump(stat::LOST, 1);
             i += 1;
             continue;
         };
-        let r = slot.as_mut_ptr();
-        // SAFETY: `r` points into the reserved ring-buffer slot, sized for a `Record`.
-        unsafe {
+        // SAFETY: `r` is this CPU's scratch `Record`, valid for the program's run.
+        let sent = unsafe {
             (*r).pid_tgid = id;
             (*r).ssl = call.ssl;
             (*r).cgroup = cgroup;
@@ -286,10 +292,37 @@ pub fn leave(ctx: &RetProbeContext) -> u32 {
                 bump(stat::READ_FAULTS, 1);
                 (*r).len = 0;
             }
+            output_class(r.cast_const().cast(), (*r).len)
+        };
+        if !sent {
+            bump(stat::LOST, 1);
+            i += 1;
+            continue;
         }
-        slot.submit(0);
         bump(stat::RECORDS, 1);
         i += 1;
     }
     0
+}
+
+/// Sends the header and the smallest size class of `SIZE_CLASSES` that holds `len` bytes of
+/// the record at `r`. Each class is a constant length, as the verifier wants for
+/// `bpf_ringbuf_output`. Returns false when the ring buffer is full.
+#[inline(always)]
+fn output_class(r: *const u8, len: u32) -> bool {
+    let send = |n: usize| -> bool {
+        // SAFETY: `r` is a whole `Record`; `n` is at most its size.
+        let bytes = unsafe { core::slice::from_raw_parts(r, RECORD_HEADER + n) };
+        DLP_RECORDS.output::<[u8]>(bytes, 0).is_ok()
+    };
+    let len = len as usize;
+    if len <= SIZE_CLASSES[0] {
+        send(SIZE_CLASSES[0])
+    } else if len <= SIZE_CLASSES[1] {
+        send(SIZE_CLASSES[1])
+    } else if len <= SIZE_CLASSES[2] {
+        send(SIZE_CLASSES[2])
+    } else {
+        send(SIZE_CLASSES[3])
+    }
 }

@@ -20,7 +20,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TcAttachType, TracePoint, UProbe, uprobe::UProbeAttachPoint},
 };
-use palisade_common::dlp::{COOKIE_EX, COOKIE_READ, DIR_READ, Flow, Record, ResetKey, stat};
+use palisade_common::dlp::{
+    COOKIE_EX, COOKIE_READ, DIR_READ, Flow, RECORD_HEADER, Record, ResetKey, stat,
+};
 use serde_json::json;
 
 use super::{
@@ -55,6 +57,8 @@ pub struct Watcher {
     pub matches: u64,
     /// Flows put in the reset map.
     pub resets: u64,
+    /// Processes reported uncovered (each once while it lives).
+    pub uncovered: u64,
 }
 
 impl Watcher {
@@ -105,6 +109,7 @@ impl Watcher {
             reported: HashSet::new(),
             matches: 0,
             resets: 0,
+            uncovered: 0,
         };
         for lib in coverage::system_libraries()
             .into_iter()
@@ -178,6 +183,7 @@ impl Watcher {
                         Ok(false) => {}
                         Err(e) => {
                             if self.reported.insert(proc_.pid) {
+                                self.uncovered += 1;
                                 emit(
                                     out,
                                     &json!({"event": "dlp-uncovered", "pid": proc_.pid,
@@ -189,6 +195,7 @@ impl Watcher {
                 }
                 Status::Uncovered(reason) => {
                     if self.reported.insert(proc_.pid) {
+                        self.uncovered += 1;
                         emit(
                             out,
                             &json!({"event": "dlp-uncovered", "pid": proc_.pid,
@@ -214,12 +221,9 @@ impl Watcher {
                     .context("map DLP_RECORDS")?,
             )?;
             while let Some(item) = rb.next() {
-                if item.len() < size_of::<Record>() {
-                    continue;
+                if let Some(r) = parse_record(&item) {
+                    records.push(r);
                 }
-                // SAFETY: the kernel wrote a whole `Record` (plain bytes) in the slot.
-                let r: Record = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                records.push(r);
             }
         }
         let n = records.len();
@@ -347,11 +351,30 @@ impl Watcher {
         }
         c.insert("matches".into(), self.matches.into());
         c.insert("resets".into(), self.resets.into());
+        c.insert("uncovered".into(), self.uncovered.into());
         c.insert("streams_evicted".into(), self.scanner.evicted.into());
         emit(out, &json!({"event": "dlp-stopped", "counters": c}));
         let _ = std::fs::remove_file(STATE_FILE);
         Ok(())
     }
+}
+
+/// A record as the ring buffer carries it: the header and a size class of `data` (see
+/// `dlp::SIZE_CLASSES`). `None` when shorter than the header; `len` is clamped to the bytes
+/// present.
+fn parse_record(item: &[u8]) -> Option<Box<Record>> {
+    if item.len() < RECORD_HEADER {
+        return None;
+    }
+    // SAFETY: all-zero bytes are a valid `Record` (integers and byte arrays only).
+    let mut r: Box<Record> = Box::new(unsafe { std::mem::zeroed() });
+    let n = item.len().min(size_of::<Record>());
+    // SAFETY: `Record` is plain bytes (`Pod`); at most its size is copied into it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(item.as_ptr(), (&raw mut *r).cast::<u8>(), n);
+    }
+    r.len = r.len.min((n - RECORD_HEADER) as u32);
+    Some(r)
 }
 
 fn emit(out: &mut dyn Write, v: &serde_json::Value) {

@@ -11,6 +11,7 @@ mod bind;
 mod conntrack;
 mod dga;
 mod dhcp;
+mod dlp;
 mod dns;
 mod dnsperf;
 mod events_flood;
@@ -85,6 +86,7 @@ use clap::Parser;
         palisade-bench --dhcp               DHCP snooping: the kernel's cost per packet with and without [dhcp], the daemon's per record\n  \
         palisade-bench --intel              threat intelligence: loading 10M addresses, 1M CIDRs, 1M domains; match cost at that size\n  \
         palisade-bench --bind               DNS binding: the answer walk per answer and the connect() check per call\n  \
+        palisade-bench --dlp                DLP: what the SSL_* probes add to an SSL_write at 50k calls/s, with and without the watcher reading\n  \
         palisade-bench --dga                DGA scoring: TPR per DGA family at FPR <= 0.1 % on benign names (--dga-train builds the model)"
 )]
 struct Args {
@@ -252,6 +254,14 @@ struct Args {
     /// connect() (against a cgroup without the programs).
     #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield", "tls"])]
     bind: bool,
+    /// Run the DLP suite instead: the per-call cost of a real SSL_write (Python ssl over
+    /// loopback, paced at --dlp-rate) without the probes, with them and the watcher reading
+    /// the records, and with them and the ring buffer unread.
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield", "tls"])]
+    dlp: bool,
+    /// dlp suite: calls per second the client paces itself to [default: 50000].
+    #[arg(long, value_name = "N")]
+    dlp_rate: Option<f64>,
     /// DNS event-flood suite: seconds per configuration and round [default: 2, 0.5 with
     /// --quick].
     #[arg(long, value_name = "S")]
@@ -480,6 +490,21 @@ fn run(args: &Args) -> Result<ExitCode> {
                 rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1),
                 repeat: if args.quick { 100_000 } else { 1_000_000 },
                 iterations: if args.quick { 20_000 } else { 200_000 },
+            },
+            command,
+        )?;
+        let stem = report.write(&s.out)?;
+        println!("{}", report.terminal());
+        println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.dlp {
+        let report = dlp::run(
+            &dlp::DlpSettings {
+                mode: s.mode,
+                rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1),
+                calls: if args.quick { 20_000 } else { 100_000 },
+                rate: args.dlp_rate.unwrap_or(50_000.0).max(1.0),
             },
             command,
         )?;
