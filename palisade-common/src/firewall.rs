@@ -127,7 +127,9 @@ pub struct Tuple {
     /// The bits of the packet's TTL / hop limit the key holds: a `ttl` range is split into
     /// aligned blocks, each a value under a mask of high bits (see `docs/design/firewall.md`).
     pub ttl_mask: u8,
-    pub _pad: [u8; 2],
+    /// The bits of the packet's IP length ([`crate::packet::Packet::ip_len`]) the key holds:
+    /// a `length` range is split into aligned blocks like a `ttl` range, 0 without one.
+    pub length_mask: u16,
 }
 map_type!(Tuple, 52);
 
@@ -150,7 +152,9 @@ pub struct FlowKey {
     pub tos: u8,
     /// The packet's TTL / hop limit under [`Tuple::ttl_mask`].
     pub ttl: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 1],
+    /// The packet's IP length under [`Tuple::length_mask`].
+    pub length: u16,
 }
 map_type!(FlowKey, 48);
 
@@ -395,7 +399,8 @@ pub fn fill_flow_key(k: &mut FlowKey, tuple: u32, t: &Tuple, p: &Packet, classes
     k.ct_state = p.ct_state & t.ct_state_mask;
     k.tos = p.tos & t.tos_mask;
     k.ttl = p.ttl & t.ttl_mask;
-    k._pad = [0; 3];
+    k._pad = [0];
+    k.length = p.ip_len() & t.length_mask;
 }
 
 /// The fastest rate a token bucket takes, in tokens (packets, queries, answers, events) a

@@ -148,6 +148,17 @@ impl Packet {
         ttl: 0,
     };
 
+    /// The IP packet's length as its header gives it (IPv4 total length, IPv6 40 plus the
+    /// payload length), without the link layer: the header's bytes up to layer 4 plus the
+    /// layer-4 bytes. Wrapping, as the verifier cannot see the parser's bounds.
+    #[inline(always)]
+    #[must_use]
+    pub const fn ip_len(&self) -> u16 {
+        self.l4_offset
+            .wrapping_sub(self.l3_offset)
+            .wrapping_add(self.l4_len)
+    }
+
     /// The source address as four native-endian words.
     #[inline(always)]
     #[must_use]

@@ -228,6 +228,23 @@ fn ip_header_match(rng: &mut StdRng) -> IpHeaderMatch {
         let width = *[0u8, 0, 1, 3, 7, 10, 64, 200, 255].choose(rng).unwrap();
         (lo, lo.saturating_add(width))
     };
+    // IP lengths the crafted frames reach (from 20 to a few hundred bytes), with edges on
+    // and beside powers of two, and now and then a range beyond them.
+    let length = |rng: &mut StdRng| {
+        let lo = if rng.gen_bool(0.7) {
+            *[
+                0u16, 20, 28, 40, 48, 63, 64, 65, 100, 127, 128, 129, 255, 256,
+            ]
+            .choose(rng)
+            .unwrap()
+        } else {
+            rng.gen_range(0..400)
+        };
+        // Narrow: a wide range is many blocks, and beside a TTL range more shapes than a
+        // policy may have.
+        let width = *[0u16, 0, 1, 3, 7, 15, 31].choose(rng).unwrap();
+        (lo, lo.saturating_add(width))
+    };
     IpHeaderMatch {
         dscp: rng.gen_bool(0.15).then(|| {
             if rng.gen_bool(0.6) {
@@ -238,6 +255,7 @@ fn ip_header_match(rng: &mut StdRng) -> IpHeaderMatch {
         }),
         ecn: rng.gen_bool(0.1).then(|| rng.gen_range(0..4)),
         ttl: rng.gen_bool(0.2).then(|| ttl(rng)),
+        length: rng.gen_bool(0.15).then(|| length(rng)),
     }
 }
 
@@ -403,6 +421,11 @@ fn derive_rule(rng: &mut StdRng, base: &Rule) -> Rule {
                 Some((lo, hi)) => Some((lo.saturating_add(k).min(hi), hi)),
                 None => Some((64 - k, 64 + k)),
             };
+            // A length range moved by a few bytes at one end.
+            r.ip.length = r.ip.length.map(|(lo, hi)| {
+                let k = u16::from(k);
+                (lo.saturating_add(k).min(hi), hi)
+            });
         }
         8 => {
             r.ip.dscp = None;
@@ -514,6 +537,8 @@ fn palette_rules(rng: &mut StdRng) -> Vec<Rule> {
                     ecn: None,
                     ttl: [None, None, Some((0, 255)), Some((60, 70)), Some((64, 64))]
                         [rng.gen_range(0..5)],
+                    length: [None, None, None, Some((0, 65535)), Some((40, 100))]
+                        [rng.gen_range(0..5)],
                 },
                 line: 0,
             }
@@ -623,6 +648,7 @@ fn random_frame(rng: &mut StdRng, p: &Policy) -> Frame {
             aim.ip.dscp = aim.ip.dscp.or(other.ip.dscp);
             aim.ip.ecn = aim.ip.ecn.or(other.ip.ecn);
             aim.ip.ttl = aim.ip.ttl.or(other.ip.ttl);
+            aim.ip.length = aim.ip.length.or(other.ip.length);
             if aim.protocol.is_none() {
                 aim.protocol = other.protocol;
                 aim.src_ports = other.src_ports;
@@ -828,8 +854,41 @@ fn random_frame(rng: &mut StdRng, p: &Policy) -> Frame {
             f.ipv4_options = vec![1; rng.gen_range(1..=8)];
         }
     }
+    // The IP length last, once the headers are chosen: on or beside an edge of the aimed-at
+    // rule's `length` range (or another rule's), reached by growing or cutting the payload.
+    let lengths: Vec<(u16, u16)> = rules.iter().filter_map(|r| r.ip.length).collect();
+    let length_near = |rng: &mut StdRng, (lo, hi): (u16, u16)| match rng.gen_range(0..6) {
+        0 => lo,
+        1 => hi,
+        2 => lo.wrapping_sub(1),
+        3 => hi.wrapping_add(1),
+        _ => rng.gen_range(lo..=hi),
+    };
+    let goal = match header.length {
+        Some(r) if follow(rng) => Some(length_near(rng, r)),
+        _ if !lengths.is_empty() && rng.gen_bool(0.5) => {
+            let r = *lengths.choose(rng).unwrap();
+            Some(length_near(rng, r))
+        }
+        _ => None,
+    };
+    if let Some(goal) = goal {
+        let now = parse(&f.build()).ip_len();
+        let kept = usize::from(raw_icmp.is_some()) * 8;
+        if goal >= now && goal - now <= MAX_GROWTH {
+            let grown = f.payload.len() + usize::from(goal - now);
+            f.payload.resize(grown, 0x5a);
+        } else if goal < now && f.payload.len() >= kept + usize::from(now - goal) {
+            let cut = f.payload.len() - usize::from(now - goal);
+            f.payload.truncate(cut);
+        }
+    }
     f
 }
+
+/// The most payload a frame grows by to reach a `length` edge: frames stay within what a
+/// test run takes.
+const MAX_GROWTH: u16 = 1400;
 
 fn parse(frame: &[u8]) -> Packet {
     match packet::parse(frame) {
@@ -1230,7 +1289,8 @@ fn show_packet(p: &Packet) -> String {
         }
     };
     format!(
-        "v{} {} -> {} proto {} sport {} dport {:#06x} ({}) flags {:#04x} frag {}",
+        "v{} {} -> {} proto {} sport {} dport {:#06x} ({}) flags {:#04x} frag {} tos {:#04x} \
+         ttl {} length {}",
         p.family,
         addr(&p.src),
         addr(&p.dst),
@@ -1239,7 +1299,10 @@ fn show_packet(p: &Packet) -> String {
         p.dport,
         p.dport,
         p.tcp_flags,
-        p.frag
+        p.frag,
+        p.tos,
+        p.ttl,
+        p.ip_len()
     )
 }
 
@@ -1257,8 +1320,10 @@ struct Tally {
     later_fragments: u64,
     first_fragments: u64,
     rate_limited: u64,
-    /// Frames decided by a rule with a DSCP, ECN or TTL condition.
+    /// Frames decided by a rule with a DSCP, ECN, TTL or length condition.
     rule_header: u64,
+    /// Frames decided by a rule with a `length` condition that is not every length.
+    rule_length: u64,
 }
 
 impl Tally {
@@ -1278,6 +1343,9 @@ impl Tally {
                 }
                 if r.ip != IpHeaderMatch::default() {
                     self.rule_header += 1;
+                }
+                if r.ip.length.is_some_and(|l| l != (0, 65535)) {
+                    self.rule_length += 1;
                 }
             }
         }
@@ -1368,7 +1436,11 @@ fn kernel_agrees_with_reference_on_random_policies() {
     );
     if policies >= 10 {
         assert!(
-            t.rule_set > 0 && t.rule_header > 0 && t.fragments_dropped > 0 && t.rate_limited > 0,
+            t.rule_set > 0
+                && t.rule_header > 0
+                && t.rule_length > 0
+                && t.fragments_dropped > 0
+                && t.rate_limited > 0,
             "{t:?}"
         );
         assert!(t.later_fragments > 0 && t.first_fragments > 0 && t.v4 > 0 && t.v6 > 0);

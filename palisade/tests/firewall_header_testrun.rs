@@ -1,4 +1,4 @@
-//! DSCP, ECN and TTL / hop-limit conditions through the real XDP program (`BPF_PROG_TEST_RUN`):
+//! DSCP, ECN, TTL / hop-limit and IP length conditions through the real XDP program (`BPF_PROG_TEST_RUN`):
 //! a policy written as text (what `palisade check` reads), crafted IPv4 and IPv6 frames on
 //! and beside every edge, and for each the kernel's verdict, the rule its event names, the
 //! rule's counters and the unchanged bytes of a passed frame, next to the reference.
@@ -180,6 +180,144 @@ fn the_ipv6_traffic_class_is_read_across_its_two_bytes() {
     assert_eq!(events[0].rule, 1, "rule ef-ce");
     // The same frame one class bit off passes.
     bytes[ETH_HLEN + 1] ^= 0x40;
+    let (action, _) = bench.run_with_output(&bytes).expect("test run");
+    assert_eq!(action, XDP_PASS);
+    assert!(bench.drain_events().is_empty());
+}
+
+const LENGTH_POLICY: &str = r#"
+[firewall]
+default = "allow"
+log_default = false
+
+# 0: UDP to port 9 of exactly 100 bytes.
+[[firewall.rule]]
+name = "exact-100"
+action = "drop"
+log = true
+proto = "udp"
+dport = 9
+length = 100
+
+# 1: to port 80, from 576 to 1500 bytes.
+[[firewall.rule]]
+name = "mid"
+action = "drop"
+log = true
+dport = 80
+proto = "udp"
+length = "576-1500"
+
+# 2: anything above 1500 bytes.
+[[firewall.rule]]
+name = "big"
+action = "drop"
+log = true
+length = "1501-65535"
+"#;
+
+/// A UDP frame to port `dport` whose IP packet is `length` bytes long, behind `vlans`.
+fn sized_frame(v6: bool, dport: u16, length: u16, vlans: &[u16]) -> Vec<u8> {
+    let (src, dst, headers) = if v6 {
+        ("2001:db8::1", "2001:db8::2", 48)
+    } else {
+        ("192.0.2.1", "198.51.100.2", 28)
+    };
+    let payload = vec![0xa5; usize::from(length - headers)];
+    Frame::udp(src, dst, 40000, dport)
+        .with_payload(&payload)
+        .with_vlans(vlans, false)
+        .build()
+}
+
+#[test]
+fn length_decides_in_the_kernel_as_in_the_reference() {
+    let p = config::parse_policy(LENGTH_POLICY, "length.toml", Path::new("/"))
+        .expect("the policy parses");
+    let mut bench = Bench::new().expect("loading the kernel object (needs root)");
+    bench.install(&p).expect("install");
+    // (dport, IP length, VLAN tags, the rule that must match)
+    let cases: [(u16, u16, &[u16], Option<u32>); 15] = [
+        (9, 99, &[], None),
+        (9, 100, &[], Some(0)),
+        (9, 101, &[], None),
+        (10, 100, &[], None),
+        // Tags are link layer: the length is the IP packet's.
+        (9, 100, &[7], Some(0)),
+        (9, 96, &[7], None),
+        (80, 575, &[], None),
+        (80, 576, &[], Some(1)),
+        (80, 1024, &[], Some(1)),
+        (80, 1500, &[], Some(1)),
+        (80, 1500, &[7, 8], Some(1)),
+        (80, 1501, &[], Some(2)),
+        (9, 1501, &[], Some(2)),
+        (443, 3000, &[], Some(2)),
+        (80, 64, &[], None),
+    ];
+    for v6 in [false, true] {
+        for &(dport, length, vlans, want) in &cases {
+            let bytes = sized_frame(v6, dport, length, vlans);
+            let pkt = match packet::parse(&bytes[..]) {
+                Ok(packet::Frame::Ip(pkt)) => pkt,
+                other => panic!("crafted frame does not parse: {other:?}"),
+            };
+            assert_eq!(pkt.ip_len(), length, "the parser's IP length");
+            let what = format!("v6 {v6} dport {dport} length {length} vlans {vlans:?}");
+            assert_eq!(reference::first_match(&p, &pkt), want, "reference, {what}");
+            let before = want.map(|r| bench.rule_hits(r).unwrap());
+            let default_before = bench.rule_hits(DEFAULT_SLOT).unwrap();
+            let (action, out) = bench.run_with_output(&bytes).expect("test run");
+            let events: Vec<_> = bench
+                .drain_events()
+                .into_iter()
+                .filter(|e| e.kind == KIND_FIREWALL)
+                .collect();
+            let what = format!("kernel, {what}");
+            match want {
+                Some(rule) => {
+                    assert_eq!(action, XDP_DROP, "{what}");
+                    assert_eq!(events.len(), 1, "{what}: {events:?}");
+                    assert_eq!(
+                        (events[0].rule, events[0].reason),
+                        (rule, reason::RULE),
+                        "{what}"
+                    );
+                    let after = bench.rule_hits(rule).unwrap();
+                    let before = before.unwrap();
+                    assert_eq!(after.packets, before.packets + 1, "{what}");
+                    assert_eq!(after.bytes, before.bytes + bytes.len() as u64, "{what}");
+                }
+                None => {
+                    assert_eq!(action, XDP_PASS, "{what}");
+                    assert!(events.is_empty(), "{what}: {events:?}");
+                    assert_eq!(out, bytes, "{what}: a passed frame is not rewritten");
+                    let after = bench.rule_hits(DEFAULT_SLOT).unwrap();
+                    assert_eq!(after.packets, default_before.packets + 1, "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_length_is_the_headers_not_the_frames() {
+    // Ethernet padding after the IP packet (a short frame padded to 60 bytes, or trailing
+    // bytes) does not count: the rule sees the header's length.
+    let p = config::parse_policy(LENGTH_POLICY, "length.toml", Path::new("/"))
+        .expect("the policy parses");
+    let mut bench = Bench::new().expect("loading the kernel object (needs root)");
+    bench.install(&p).expect("install");
+    let mut bytes = sized_frame(false, 9, 100, &[]);
+    bytes.extend_from_slice(&[0; 40]);
+    let (action, _) = bench.run_with_output(&bytes).expect("test run");
+    let events = bench.drain_events();
+    assert_eq!(action, XDP_DROP, "100 bytes of IP in a 154-byte frame");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].rule, 0, "rule exact-100");
+    // The same trailer behind a 99-byte packet: no rule.
+    let mut bytes = sized_frame(false, 9, 99, &[]);
+    bytes.extend_from_slice(&[0; 41]);
     let (action, _) = bench.run_with_output(&bytes).expect("test run");
     assert_eq!(action, XDP_PASS);
     assert!(bench.drain_events().is_empty());

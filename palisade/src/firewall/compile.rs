@@ -104,6 +104,7 @@ struct Shape {
     state: bool,
     tos_mask: u8,
     ttl_mask: u8,
+    length_mask: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -223,18 +224,45 @@ fn tos_match(rule: &Rule) -> (u8, u8) {
 /// 0)]` for no condition.
 #[must_use]
 pub fn ttl_blocks(range: Option<(u8, u8)>) -> Vec<(u8, u8)> {
-    let Some((lo, hi)) = range else {
-        return vec![(0, 0)];
-    };
-    let (mut lo, hi) = (u16::from(lo), u16::from(hi));
+    range.map_or_else(
+        || vec![(0, 0)],
+        |(lo, hi)| {
+            aligned_blocks(u32::from(lo), u32::from(hi), 8)
+                .into_iter()
+                .map(|(v, m)| (v as u8, m as u8))
+                .collect()
+        },
+    )
+}
+
+/// A `length` range as the fewest aligned blocks over the 16-bit IP length, as
+/// [`ttl_blocks`]: at most 30 blocks, whose masks are among 17 runs of high bits; `[(0, 0)]`
+/// for no condition.
+#[must_use]
+pub fn length_blocks(range: Option<(u16, u16)>) -> Vec<(u16, u16)> {
+    range.map_or_else(
+        || vec![(0, 0)],
+        |(lo, hi)| {
+            aligned_blocks(u32::from(lo), u32::from(hi), 16)
+                .into_iter()
+                .map(|(v, m)| (v as u16, m as u16))
+                .collect()
+        },
+    )
+}
+
+/// `lo..=hi` (within `bits` bits) as the fewest blocks `(value, mask)` whose size is a power
+/// of two and whose start is a multiple of it.
+fn aligned_blocks(mut lo: u32, hi: u32, bits: u32) -> Vec<(u32, u32)> {
+    let full = 1u32 << bits;
     let mut out = Vec::new();
     while lo <= hi {
         // The largest aligned block starting at `lo` that stays within the range.
-        let mut size = 1u16;
-        while size < 256 && lo % (size * 2) == 0 && lo + size * 2 - 1 <= hi {
+        let mut size = 1u32;
+        while size < full && lo.is_multiple_of(size * 2) && lo + size * 2 - 1 <= hi {
             size *= 2;
         }
-        out.push((lo as u8, !(size - 1) as u8));
+        out.push((lo, !(size - 1) & (full - 1)));
         lo += size;
     }
     out
@@ -311,10 +339,18 @@ fn rate_id(rule: &Rule) -> u32 {
         rule.state,
         // Only a rule with a header condition adds to its identity: the buckets of rules
         // without one keep their identity across this version.
+        // A `length` condition adds its own part, so rules with the others keep theirs.
         if rule.ip == IpHeaderMatch::default() {
             String::new()
         } else {
-            format!("|{:?}", rule.ip)
+            let ip = IpHeaderMatch {
+                length: None,
+                ..rule.ip
+            };
+            match rule.ip.length {
+                None => format!("|{ip:?}"),
+                Some(length) => format!("|{ip:?}|length {length:?}"),
+            }
         }
     );
     // SipHash with fixed keys: the same on every run of this build.
@@ -416,6 +452,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         let states = state_bits(rule);
         let (tos, tos_mask) = tos_match(rule);
         let ttls = ttl_blocks(rule.ip.ttl);
+        let lengths = length_blocks(rule.ip.length);
         if states.is_empty() {
             // `state` with no bit at all (never written by the config checker) matches
             // nothing, like the reference.
@@ -428,7 +465,10 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
                     (Some(f), _) | (None, Some(f)) => family_code(f),
                     (None, None) => 0,
                 };
-                for &(ttl, ttl_mask) in &ttls {
+                for (&(ttl, ttl_mask), &(length, length_mask)) in ttls
+                    .iter()
+                    .flat_map(|t| lengths.iter().map(move |l| (t, l)))
+                {
                     let shape = Shape {
                         family,
                         src: src.side(),
@@ -440,6 +480,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
                         state: rule.state.is_some(),
                         tos_mask,
                         ttl_mask,
+                        length_mask,
                     };
                     let best = shapes.entry(shape).or_insert(index);
                     *best = (*best).min(index);
@@ -457,7 +498,8 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
                                     ct_state,
                                     tos,
                                     ttl,
-                                    _pad: [0; 3],
+                                    _pad: [0],
+                                    length,
                                 };
                                 keyed.entry((shape, key)).or_insert(index);
                                 if keyed.len() > MAX_ENTRIES {
@@ -554,6 +596,7 @@ fn tuple_of(shape: Shape, best_rule: u32) -> Tuple {
         tcp_flags_mask: shape.tcp_flags_mask,
         tos_mask: shape.tos_mask,
         ttl_mask: shape.ttl_mask,
+        length_mask: shape.length_mask,
         ..Tuple::default()
     };
     for (side, mask, set, flag) in [
@@ -753,12 +796,79 @@ mod tests {
     }
 
     #[test]
+    fn length_ranges_split_into_the_fewest_aligned_blocks() {
+        assert_eq!(length_blocks(None), vec![(0, 0)]);
+        assert_eq!(length_blocks(Some((0, 65535))), vec![(0, 0)]);
+        assert_eq!(length_blocks(Some((1500, 1500))), vec![(1500, 0xffff)]);
+        assert_eq!(length_blocks(Some((0, 1023))), vec![(0, 0xfc00)]);
+        assert_eq!(length_blocks(Some((60, 63))), vec![(60, 0xfffc)]);
+        assert_eq!(
+            length_blocks(Some((1500, 1535))),
+            vec![(1500, 0xfffc), (1504, 0xffe0)]
+        );
+        // The worst case: 1..=65534 needs 30 blocks.
+        assert_eq!(length_blocks(Some((1, 65534))).len(), 30);
+        // Ranges with edges on every side of a power of two are covered exactly.
+        let edges: Vec<u16> = (0..16)
+            .flat_map(|b| {
+                let p = 1u32 << b;
+                [p - 1, p, p + 1].map(|v| v.min(65535) as u16)
+            })
+            .chain([0, 1499, 1500, 1501, 65534, 65535])
+            .collect();
+        for &lo in &edges {
+            for &hi in edges.iter().filter(|&&h| h >= lo) {
+                let blocks = length_blocks(Some((lo, hi)));
+                assert!(blocks.len() <= 30);
+                for &v in &edges {
+                    let hits = blocks.iter().filter(|&&(b, m)| v & m == b).count();
+                    assert_eq!(
+                        hits,
+                        usize::from((lo..=hi).contains(&v)),
+                        "{lo}-{hi} at {v}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_length_condition_keys_on_the_ip_length() {
+        let rule = Rule {
+            ip: IpHeaderMatch {
+                length: Some((60, 63)),
+                ..IpHeaderMatch::default()
+            },
+            ..any_rule()
+        };
+        let p = policy(vec![rule], vec![]);
+        let c = compile(&p).unwrap();
+        assert_eq!(c.tuples.len(), 1);
+        assert_eq!(c.tuples[0].length_mask, 0xfffc);
+        let keys: Vec<u16> = c.entries.keys().map(|k| k.length).collect();
+        assert_eq!(keys, vec![60]);
+        // No `length` condition: mask and key 0.
+        let c0 = compile(&policy(vec![any_rule()], vec![])).unwrap();
+        assert_eq!(c0.tuples[0].length_mask, 0);
+        for length in [0u16, 20, 59, 60, 61, 63, 64, 1500, 65535] {
+            let pkt = Packet {
+                l4_len: length.wrapping_sub(20),
+                ..tcp("192.0.2.1", "198.51.100.1", 1, 2)
+            };
+            assert_eq!(pkt.ip_len(), length);
+            let want = (60..=63).contains(&length).then_some(0);
+            assert_eq!(classify_both(&p, &c, &pkt), want, "length {length}");
+        }
+    }
+
+    #[test]
     fn header_conditions_become_masks_and_key_bytes() {
         let rule = Rule {
             ip: IpHeaderMatch {
                 dscp: Some(46),
                 ecn: Some(3),
                 ttl: Some((0, 9)),
+                length: None,
             },
             ..any_rule()
         };
@@ -793,6 +903,7 @@ mod tests {
                             dscp: Some(46),
                             ecn: Some(3),
                             ttl: Some((0, 9)),
+                            length: None,
                         },
                         ..any_rule()
                     }],
@@ -2023,12 +2134,33 @@ mod tests {
             (0u8..=255, 0u8..=255).prop_map(|(a, b)| (a.min(b), a.max(b))),
             prop::sample::select(vec![(64u8, 64u8), (60, 70), (0, 63), (1, 255), (128, 255)]),
         ];
+        // Lengths anywhere, and around the sizes real packets have (40, 576, 1280, 1500).
+        // Narrow ones anywhere: a wide random range is up to 30 blocks, and with a TTL range
+        // beside it, more shapes than a policy may have.
+        let length = prop_oneof![
+            (any::<u16>(), prop::sample::select(vec![0u16, 1, 3, 7, 15]))
+                .prop_map(|(lo, w)| (lo, lo.saturating_add(w))),
+            prop::sample::select(vec![
+                (40u16, 40u16),
+                (0, 99),
+                (576, 1500),
+                (1280, 65535),
+                (1500, 1500),
+                (0, 65535),
+            ]),
+        ];
         (
             prop::option::weighted(0.2, 0u8..64),
             prop::option::weighted(0.15, 0u8..4),
             prop::option::weighted(0.3, ttl),
+            prop::option::weighted(0.15, length),
         )
-            .prop_map(|(dscp, ecn, ttl)| IpHeaderMatch { dscp, ecn, ttl })
+            .prop_map(|(dscp, ecn, ttl, length)| IpHeaderMatch {
+                dscp,
+                ecn,
+                ttl,
+                length,
+            })
     }
 
     fn arb_raw_rule() -> impl Strategy<Value = RawRule> {
@@ -2132,6 +2264,12 @@ mod tests {
                     None => Some((64 - k, 64 + k)),
                 };
                 r.ip.dscp = r.ip.dscp.map(|d| d ^ (k & 1));
+                r.ip.length = r.ip.length.map(|(lo, hi)| {
+                    (
+                        lo.saturating_sub(u16::from(k)),
+                        hi.saturating_add(u16::from(k)),
+                    )
+                });
             }
             // Another state condition: none, a neighbouring bit added, or a single bit.
             _ => {
@@ -2403,6 +2541,10 @@ mod tests {
         ttl_edge: u8,
         tos_noise: u8,
         ttl_noise: u8,
+        /// The IP length: on or next to an edge of the aimed-at rule's `length` range, else
+        /// the noise.
+        length_edge: u8,
+        length_noise: u16,
     }
 
     /// The values the tracker gives `Packet::ct_state`: unclassified, or one state bit.
@@ -2454,6 +2596,7 @@ mod tests {
             prop_oneof![6 => Just(FRAG_NONE), 2 => Just(FRAG_FIRST), 2 => Just(FRAG_LATER)],
             (prop::bool::weighted(0.8), any::<Index>()),
             (prop::bool::weighted(0.8), 0u8..5, any::<u8>(), any::<u8>()),
+            (0u8..5, any::<u16>()),
         )
             .prop_map(
                 |(
@@ -2465,7 +2608,10 @@ mod tests {
                     frag,
                     (follow_state, ct_pick),
                     (follow_ip, ttl_edge, tos_noise, ttl_noise),
+                    (length_edge, length_noise),
                 )| PacketSpec {
+                    length_edge,
+                    length_noise,
                     follow_ip,
                     ttl_edge,
                     tos_noise,
@@ -2660,6 +2806,16 @@ mod tests {
                 };
             }
         }
+        let length = match header.length {
+            Some((lo, hi)) if s.follow_ip => match s.length_edge {
+                0 => lo,
+                1 => hi,
+                2 => lo.wrapping_sub(1),
+                3 => hi.wrapping_add(1),
+                _ => lo + s.length_noise % (hi - lo).saturating_add(1).max(1),
+            },
+            _ => s.length_noise,
+        };
         Packet {
             family: if v4 && !s.cross { FAMILY_V4 } else { FAMILY_V6 },
             proto,
@@ -2675,7 +2831,8 @@ mod tests {
             dport,
             l3_offset: 14,
             l4_offset: 34,
-            l4_len: 20,
+            // The IP length the header would give: 20 bytes of header before layer 4.
+            l4_len: length.wrapping_sub(20),
         }
     }
 

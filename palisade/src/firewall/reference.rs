@@ -125,7 +125,7 @@ fn matches(policy: &Policy, r: &Rule, p: &Packet) -> bool {
     if r.state.is_some_and(|mask| p.ct_state & mask == 0) {
         return false;
     }
-    r.ip.matches(p.tos, p.ttl)
+    r.ip.matches(p.tos, p.ttl, p.ip_len())
 }
 
 #[cfg(test)]

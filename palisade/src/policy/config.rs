@@ -91,6 +91,7 @@
 //! | `dscp` | DSCP code point of the IPv4 TOS / IPv6 traffic class: `0..=63`, or `"cs0"`..`"cs7"`, `"af11"`..`"af43"`, `"ef"`, `"va"` | any DSCP |
 //! | `ecn` | ECN codepoint: `"not-ect"` (0), `"ect1"` (1), `"ect0"` (2), `"ce"` (3), or `0..=3` | any ECN |
 //! | `ttl` | IPv4 TTL / IPv6 hop limit: a value `N` (integer or string) or a range `"LO-HI"` with `LO <= HI`, within `0..=255`. Every fragment carries it, so a `ttl` rule meets non-first fragments too | any TTL |
+//! | `length` | the IP packet's length as its header says (IPv4 total length, IPv6 40 + payload length; no link-layer header, no VLAN tags): a value `N` or a range `"LO-HI"` within `0..=65535`. Each fragment has its own length | any length |
 //!
 //! **Order.** Rules run in order of `priority`, ties in file order. A rule without
 //! `priority` gets `1000000` plus its 0-based position among the rules of the file, so rules
@@ -868,6 +869,7 @@ const RULE_KEYS: &[&str] = &[
     "dscp",
     "ecn",
     "ttl",
+    "length",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
 const DNS_KEYS: &[&str] = &[
@@ -1595,6 +1597,7 @@ impl Checker<'_> {
             dscp: view.get("dscp").and_then(|node| self.dscp(node)),
             ecn: view.get("ecn").and_then(|node| self.ecn(node)),
             ttl: view.get("ttl").and_then(|node| self.ttl(node)),
+            length: view.get("length").and_then(|node| self.length(node)),
         };
 
         // Families are only compared once both sides parsed; a broken side already has its
@@ -1737,30 +1740,46 @@ impl Checker<'_> {
 
     /// `ttl`: a value or a `"LO-HI"` range within `0..=255`.
     fn ttl(&mut self, node: &Node) -> Option<(u8, u8)> {
-        let parse = |text: &str| -> Result<u8, String> {
+        self.range(node, "ttl", "TTL", 255)
+            .map(|(lo, hi)| (lo as u8, hi as u8))
+    }
+
+    /// `length`: a value or a `"LO-HI"` range within `0..=65535`.
+    fn length(&mut self, node: &Node) -> Option<(u16, u16)> {
+        self.range(node, "length", "length", 65535)
+    }
+
+    /// A value `N` (integer or string) or a `"LO-HI"` range with `LO <= HI <= max`, for the
+    /// rule key `key`; `what` names the value in messages.
+    fn range(&mut self, node: &Node, key: &str, what: &str, max: u16) -> Option<(u16, u16)> {
+        let parse = |text: &str| -> Result<u16, String> {
             let text = text.trim();
             if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("invalid TTL `{text}` in `ttl`"));
+                return Err(format!("invalid {what} `{text}` in `{key}`"));
             }
-            text.parse::<u8>()
-                .map_err(|_| format!("TTL {text} is out of range 0 to 255"))
+            text.parse::<u16>()
+                .ok()
+                .filter(|v| *v <= max)
+                .ok_or_else(|| format!("{what} {text} is out of range 0 to {max}"))
         };
         let range = match &node.val {
-            Val::Int(n) => u8::try_from(*n)
+            Val::Int(n) => u16::try_from(*n)
+                .ok()
+                .filter(|v| *v <= max)
                 .map(|t| (t, t))
-                .map_err(|_| format!("TTL {n} is out of range 0 to 255")),
+                .ok_or_else(|| format!("{what} {n} is out of range 0 to {max}")),
             Val::Str(text) => match text.split_once('-') {
                 None => parse(text).map(|t| (t, t)),
                 Some((lo, hi)) => match (parse(lo), parse(hi)) {
                     (Ok(lo), Ok(hi)) if lo <= hi => Ok((lo, hi)),
                     (Ok(lo), Ok(hi)) => Err(format!(
-                        "TTL range {lo}-{hi} is reversed; the low value comes first"
+                        "{what} range {lo}-{hi} is reversed; the low value comes first"
                     )),
                     (Err(e), _) | (_, Err(e)) => Err(e),
                 },
             },
             other => Err(format!(
-                "`ttl` must be a number or a \"LO-HI\" range, found {}",
+                "`{key}` must be a number or a \"LO-HI\" range, found {}",
                 other.type_name()
             )),
         };
@@ -3572,7 +3591,8 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:3:1: unknown key `prot` in firewall rule; expected one of `name`, \
                      `priority`, `action`, `proto`, `src`, `dst`, `sport`, `dport`, `tcp_flags`, \
-                     `icmp_type`, `icmp_code`, `state`, `rate`, `log`, `dscp`, `ecn`, `ttl`",
+                     `icmp_type`, `icmp_code`, `state`, `rate`, `log`, `dscp`, `ecn`, `ttl`, \
+                     `length`",
                 ],
             ),
             (
@@ -3644,12 +3664,57 @@ rate = { pps = 1, burst = 1, per = "rule" }
     }
 
     #[test]
+    fn length_parses_as_a_value_or_a_range_with_located_errors() {
+        let length = |body: &str| {
+            let text = format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n");
+            parse(&text).map(|p| p.firewall.rules[0].ip.length)
+        };
+        assert_eq!(length("length = 1500"), Ok(Some((1500, 1500))));
+        assert_eq!(length("length = \"0-99\""), Ok(Some((0, 99))));
+        assert_eq!(length("length = \" 576 - 65535 \""), Ok(Some((576, 65535))));
+        assert_eq!(length("length = \"40\""), Ok(Some((40, 40))));
+        assert_eq!(length(""), Ok(None));
+        let bad = |body: &str| errors(&format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n"));
+        assert_eq!(
+            bad("length = 65536"),
+            vec!["p.toml:3:10: length 65536 is out of range 0 to 65535"]
+        );
+        assert_eq!(
+            bad("length = -1"),
+            vec!["p.toml:3:10: length -1 is out of range 0 to 65535"]
+        );
+        assert_eq!(
+            bad("length = \"100-70000\""),
+            vec!["p.toml:3:10: length 70000 is out of range 0 to 65535"]
+        );
+        assert_eq!(
+            bad("length = \"1500-64\""),
+            vec!["p.toml:3:10: length range 1500-64 is reversed; the low value comes first"]
+        );
+        assert_eq!(
+            bad("length = \"big\""),
+            vec!["p.toml:3:10: invalid length `big` in `length`"]
+        );
+        assert_eq!(
+            bad("length = [1, 2]"),
+            vec!["p.toml:3:10: `length` must be a number or a \"LO-HI\" range, found an array"]
+        );
+    }
+
+    #[test]
     fn dscp_ecn_and_ttl_parse_by_number_name_and_range() {
         let rule = |body: &str| {
             let text = format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n");
             parse(&text).map(|p| p.firewall.rules[0].ip)
         };
-        let ip = |dscp, ecn, ttl| Ok(IpHeaderMatch { dscp, ecn, ttl });
+        let ip = |dscp, ecn, ttl| {
+            Ok(IpHeaderMatch {
+                dscp,
+                ecn,
+                ttl,
+                length: None,
+            })
+        };
         assert_eq!(rule("dscp = 46"), ip(Some(46), None, None));
         assert_eq!(rule("dscp = \"ef\""), ip(Some(46), None, None));
         assert_eq!(rule("dscp = \"cs6\""), ip(Some(48), None, None));

@@ -78,15 +78,22 @@ pub struct IpHeaderMatch {
     pub ecn: Option<u8>,
     /// An inclusive range `lo <= hi` of the IPv4 TTL / IPv6 hop limit.
     pub ttl: Option<(u8, u8)>,
+    /// An inclusive range `lo <= hi` of the IP packet's length (IPv4 total length, IPv6 40
+    /// plus the payload length; no link layer).
+    pub length: Option<(u16, u16)>,
 }
 
 impl IpHeaderMatch {
-    /// Whether a packet with this TOS / traffic class byte and TTL meets every condition.
+    /// Whether a packet with this TOS / traffic class byte, TTL and IP length meets every
+    /// condition.
     #[must_use]
-    pub fn matches(&self, tos: u8, ttl: u8) -> bool {
+    pub fn matches(&self, tos: u8, ttl: u8, length: u16) -> bool {
         self.dscp.is_none_or(|d| tos >> 2 == d)
             && self.ecn.is_none_or(|e| tos & 3 == e)
             && self.ttl.is_none_or(|(lo, hi)| (lo..=hi).contains(&ttl))
+            && self
+                .length
+                .is_none_or(|(lo, hi)| (lo..=hi).contains(&length))
     }
 }
 

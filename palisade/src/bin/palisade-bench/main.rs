@@ -111,7 +111,7 @@ struct Args {
     /// 1000,10000,100000,1000000; 10000 with --quick].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     sets: Option<Vec<usize>>,
-    /// IP header conditions (`dscp`, `ecn`, `ttl`) to measure: each is the first rule-count
+    /// IP header conditions (`dscp`, `ecn`, `ttl`, `length`) to measure: each is the first rule-count
     /// workload with one more rule using it, next to that workload in the same run.
     #[arg(long, value_delimiter = ',', value_name = "KIND,...")]
     header: Option<Vec<String>>,

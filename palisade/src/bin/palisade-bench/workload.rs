@@ -609,7 +609,7 @@ pub fn rules(n: usize, seed: u64) -> Result<Workload> {
 /// `base` with one more rule at its end that uses an IP header condition no probe meets, so
 /// the verdicts stay and the cost of the condition's shapes shows against `base` measured
 /// in the same run: `dscp` (DSCP 46, one shape), `ecn` (CE, one shape), `ttl` (0-9, two
-/// shapes: 0-7 and 8-9).
+/// shapes: 0-7 and 8-9), `length` (8192-16383, one shape; longer than any probe).
 ///
 /// # Errors
 /// For another `kind`, or when the policy does not compile.
@@ -619,7 +619,8 @@ pub fn with_header(base: &Workload, kind: &str) -> Result<Workload> {
         "dscp" => extra.ip.dscp = Some(46),
         "ecn" => extra.ip.ecn = Some(3),
         "ttl" => extra.ip.ttl = Some((0, 9)),
-        other => bail!("unknown header condition `{other}`; expected dscp, ecn or ttl"),
+        "length" => extra.ip.length = Some((8192, 16383)),
+        other => bail!("unknown header condition `{other}`; expected dscp, ecn, ttl or length"),
     }
     let mut policy = base.policy.clone();
     policy.firewall.rules.push(extra);
