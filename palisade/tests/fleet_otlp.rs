@@ -204,6 +204,10 @@ async fn events_reach_a_collector_over_http_protobuf() {
     let endpoint = format!("http://127.0.0.1:{}", c.http);
     let mut vars = K8S.to_vec();
     vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint));
+    vars.push((
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "Authorization=Bearer%20lab-token, x-tenant=edge",
+    ));
     let config = Config::from_env(None, None, &env(&vars)).unwrap().unwrap();
     assert_eq!(config.protocol, Protocol::HttpProtobuf);
     assert_eq!(config.path, "/v1/logs");
@@ -216,6 +220,11 @@ async fn events_reach_a_collector_over_http_protobuf() {
     .await
     .unwrap();
     check(&reqs, "http");
+    assert!(
+        reqs.iter()
+            .all(|r| r["authorization"] == "Bearer lab-token"),
+        "the configured header reaches the collector: {reqs:?}"
+    );
     assert_eq!(e.counters.exported.load(Ordering::Relaxed), 2);
     assert_eq!(e.counters.dropped.load(Ordering::Relaxed), 0);
 }
@@ -227,6 +236,12 @@ async fn events_reach_a_collector_over_grpc() {
     let mut vars = K8S.to_vec();
     vars.push(("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", &endpoint));
     vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"));
+    // The signal-specific variable wins over the general one.
+    vars.push(("OTEL_EXPORTER_OTLP_HEADERS", "authorization=general"));
+    vars.push((
+        "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+        "authorization=Bearer%20grpc-token",
+    ));
     let config = Config::from_env(None, None, &env(&vars)).unwrap().unwrap();
     assert_eq!(config.protocol, Protocol::Grpc);
     let e = send_two(config);
@@ -238,6 +253,11 @@ async fn events_reach_a_collector_over_grpc() {
     .await
     .unwrap();
     check(&reqs, "grpc");
+    assert!(
+        reqs.iter()
+            .all(|r| r["authorization"] == "Bearer grpc-token"),
+        "the configured metadata reaches the collector: {reqs:?}"
+    );
     // The export is counted once the collector's answer (grpc-status 0) is read.
     let deadline = Instant::now() + Duration::from_secs(5);
     while e.counters.exported.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
@@ -320,5 +340,35 @@ fn configuration_follows_the_standard_variables() {
         (Protocol::HttpProtobuf, "/base/v1/logs")
     );
     assert!(Config::from_env(Some("https://x:1"), None, &env(&[])).is_err());
+    // Headers: malformed entries and the transport's own headers are refused, naming the
+    // variable; empty entries are skipped.
+    let headers = |v: &str| {
+        Config::from_env(
+            Some("http://x:1"),
+            None,
+            &env(&[("OTEL_EXPORTER_OTLP_HEADERS", v)]),
+        )
+        .map(|c| c.unwrap().headers)
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        headers("a=1,,B=x%2Cy").unwrap(),
+        [
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "x,y".to_string())
+        ]
+    );
+    for bad in [
+        "novalue",
+        "bad name=1",
+        "content-type=text/plain",
+        "a=x%0Ay",
+    ] {
+        let e = headers(bad).unwrap_err();
+        assert!(
+            e.starts_with("OTEL_EXPORTER_OTLP_HEADERS: entry 1"),
+            "{bad}: {e}"
+        );
+    }
     assert!(Config::from_env(Some("http://x:1"), Some("http/json"), &env(&[])).is_err());
 }

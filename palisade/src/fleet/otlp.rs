@@ -3,7 +3,9 @@
 //! Enabled when an endpoint is configured (`--otlp-endpoint`, or the standard
 //! `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`); the protocol comes
 //! from `--otlp-protocol`, `OTEL_EXPORTER_OTLP_LOGS_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`
-//! (`grpc` or `http/protobuf`, the default). Resource attributes: `service.name`
+//! (`grpc` or `http/protobuf`, the default); request headers (a collector's credentials)
+//! from `OTEL_EXPORTER_OTLP_LOGS_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`
+//! (`key=value,key2=value2`, values percent-encoded). Resource attributes: `service.name`
 //! (`OTEL_SERVICE_NAME`, default `palisade`), `service.version`, `host.name`, those of
 //! `OTEL_RESOURCE_ATTRIBUTES`, and the downward API's `K8S_NODE_NAME`, `K8S_POD_NAME`,
 //! `K8S_POD_NAMESPACE`, `K8S_POD_UID` as `k8s.node.name`, `k8s.pod.name`,
@@ -78,6 +80,8 @@ pub struct Config {
     pub resource: Vec<(String, String)>,
     /// The queue's capacity in records.
     pub queue: usize,
+    /// Headers sent with every export request, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Config {
@@ -142,14 +146,66 @@ impl Config {
             }
             Protocol::HttpProtobuf => format!("{}/v1/logs", given_path.trim_end_matches('/')),
         };
+        let headers = match get("OTEL_EXPORTER_OTLP_LOGS_HEADERS") {
+            Some(h) => parse_headers("OTEL_EXPORTER_OTLP_LOGS_HEADERS", &h)?,
+            None => match get("OTEL_EXPORTER_OTLP_HEADERS") {
+                Some(h) => parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &h)?,
+                None => Vec::new(),
+            },
+        };
         Ok(Some(Self {
             authority,
             path,
             protocol,
             resource: resource_attributes(env),
             queue: QUEUE,
+            headers,
         }))
     }
+}
+
+/// Headers that the transport itself sets; a configured one would contradict it.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "connection",
+    "te",
+    "transfer-encoding",
+];
+
+/// `key=value,key2=value2` (values percent-decoded) from the variable `var`.
+///
+/// # Errors
+/// An entry without `=`, a name that is not an HTTP token or one the transport sets, or a
+/// value with control characters, each named with `var`.
+pub fn parse_headers(var: &str, list: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (i, entry) in list.split(',').enumerate() {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let Some((k, v)) = entry.split_once('=') else {
+            bail!("{var}: entry {} ({entry:?}) is not key=value", i + 1);
+        };
+        let name = k.trim().to_ascii_lowercase();
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(token) {
+            bail!("{var}: entry {}: {k:?} is not a header name", i + 1);
+        }
+        if RESERVED_HEADERS.contains(&name.as_str()) {
+            bail!("{var}: entry {}: {name} is set by the transport", i + 1);
+        }
+        let value = percent_decode(v.trim());
+        if value.chars().any(|c| c.is_control()) {
+            bail!(
+                "{var}: entry {}: the value of {name} has control characters",
+                i + 1
+            );
+        }
+        out.push((name, value));
+    }
+    Ok(out)
 }
 
 /// The resource attributes: `OTEL_RESOURCE_ATTRIBUTES`, then the service, host and
@@ -380,12 +436,16 @@ async fn export_http(config: &Config, body: &[u8]) -> Result<()> {
     let mut s = TcpStream::connect(&config.authority)
         .await
         .with_context(|| format!("connecting to {}", config.authority))?;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n",
         config.path,
         config.authority,
         body.len()
     );
+    for (k, v) in &config.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
     s.write_all(head.as_bytes()).await?;
     s.write_all(body).await?;
     let mut reply = Vec::new();
@@ -413,12 +473,15 @@ async fn export_grpc(config: &Config, body: Vec<u8>) -> Result<()> {
     });
     let result = async {
         let mut client = client.ready().await?;
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method("POST")
             .uri(format!("http://{}{}", config.authority, config.path))
             .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())?;
+            .header("te", "trailers");
+        for (k, v) in &config.headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let request = request.body(())?;
         let (response, mut stream) = client.send_request(request, false)?;
         let mut framed = Vec::with_capacity(body.len() + 5);
         framed.push(0); // not compressed

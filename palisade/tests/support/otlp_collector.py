@@ -3,7 +3,8 @@
 chosen by the kernel, both decoded by the official opentelemetry-proto classes.
 
 Prints "GRPC_PORT HTTP_PORT" on its first stdout line, then appends one JSON line per
-request received to OUT: {"transport": "grpc"|"http", "request": <MessageToDict>}.
+request received to OUT: {"transport": "grpc"|"http", "request": <MessageToDict>,
+"authorization": <the request's authorization header or metadata, or null>}.
 """
 import json
 import sys
@@ -20,15 +21,17 @@ OUT = open(sys.argv[1], "a", buffering=1)
 LOCK = threading.Lock()
 
 
-def keep(transport, request):
-    line = json.dumps({"transport": transport, "request": MessageToDict(request)})
+def keep(transport, request, authorization):
+    line = json.dumps(
+        {"transport": transport, "request": MessageToDict(request), "authorization": authorization}
+    )
     with LOCK:
         OUT.write(line + "\n")
 
 
 class Logs(pb_grpc.LogsServiceServicer):
     def Export(self, request, context):
-        keep("grpc", request)
+        keep("grpc", request, dict(context.invocation_metadata()).get("authorization"))
         return pb.ExportLogsServiceResponse()
 
 
@@ -39,7 +42,7 @@ class Http(BaseHTTPRequestHandler):
             return
         request = pb.ExportLogsServiceRequest()
         request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
-        keep("http", request)
+        keep("http", request, self.headers.get("Authorization"))
         body = pb.ExportLogsServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
