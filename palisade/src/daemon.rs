@@ -1346,20 +1346,39 @@ impl Daemon {
     /// setting its `dga_score`; a `dga` event when the name is newly above the threshold.
     fn dga_score(&mut self, ev: &mut events::DnsDecision) -> Option<crate::dga::runtime::DgaEvent> {
         let policy = self.policy.dns.dga.as_ref().filter(|d| d.enabled)?;
-        let scored = self.dga.score(policy, &ev.name)?;
-        ev.dga_score = Some(scored.score);
-        scored.report.then(|| crate::dga::runtime::DgaEvent {
-            kind: "dga",
-            timestamp_ns: ev.timestamp_ns,
-            name: ev.name.clone(),
-            label: scored.label,
-            score: scored.score,
-            threshold: policy.threshold,
-            scope: ev.scope,
-            verdict: ev.verdict,
-            client: ev.client,
-            list: policy.list.clone(),
-        })
+        let (score, event) = self.dga.check(
+            policy,
+            crate::dga::runtime::Seen {
+                name: &ev.name,
+                timestamp_ns: ev.timestamp_ns,
+                scope: ev.scope,
+                verdict: ev.verdict,
+                client: ev.client,
+            },
+        )?;
+        ev.dga_score = Some(score);
+        event
+    }
+
+    /// [`Daemon::dga_score`] for a `dns_summary`: the names counted over the event budget
+    /// are scored too (a flood of generated names is what exhausts the budget).
+    fn dga_score_summary(
+        &mut self,
+        s: &mut crate::dns::summary::Summary,
+    ) -> Option<crate::dga::runtime::DgaEvent> {
+        let policy = self.policy.dns.dga.as_ref().filter(|d| d.enabled)?;
+        let (score, event) = self.dga.check(
+            policy,
+            crate::dga::runtime::Seen {
+                name: &s.name,
+                timestamp_ns: s.timestamp_ns,
+                scope: s.scope,
+                verdict: s.verdict,
+                client: s.client,
+            },
+        )?;
+        s.dga_score = Some(score);
+        event
     }
 
     /// Adds the names the DGA scorer reported to `[dns.dga] list` for `ttl` seconds, as
@@ -1507,7 +1526,8 @@ impl Daemon {
         let subscribers = self.events.receiver_count() > 0;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        for s in collected.summaries {
+        for mut s in collected.summaries {
+            let high = self.dga_score_summary(&mut s);
             let line = EventLine {
                 kind: "dns",
                 verdict: s.verdict.to_string(),
@@ -1516,8 +1536,20 @@ impl Daemon {
                 text: s.to_string(),
             };
             self.publish(&mut out, line, subscribers);
+            if let Some(high) = high {
+                let line = EventLine {
+                    kind: "dga",
+                    verdict: high.verdict.to_string(),
+                    names: vec![high.name.clone()],
+                    json: serde_json::to_string(&high).unwrap_or_default(),
+                    text: high.to_string(),
+                };
+                self.publish(&mut out, line, subscribers);
+            }
         }
         let _ = out.flush();
+        drop(out);
+        self.dga_list();
     }
 
     fn print_summary(&self) {

@@ -104,6 +104,17 @@ pub struct Scorer {
     pub pending: Vec<String>,
 }
 
+/// A name the daemon saw in a `dns` event or a `dns_summary`, with what the `dga` event
+/// repeats of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub name: &'a str,
+    pub timestamp_ns: u64,
+    pub scope: &'static str,
+    pub verdict: &'static str,
+    pub client: Option<std::net::IpAddr>,
+}
+
 /// What scoring one name found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scored {
@@ -151,6 +162,25 @@ impl Scorer {
         })
     }
 
+    /// Scores the name of a DNS event or summary (`scope`, `verdict`, `client` are the
+    /// event's): its score, and a `dga` event when the name is newly above the threshold.
+    pub fn check(&mut self, policy: &DgaPolicy, seen: Seen<'_>) -> Option<(u16, Option<DgaEvent>)> {
+        let scored = self.score(policy, seen.name)?;
+        let event = scored.report.then(|| DgaEvent {
+            kind: "dga",
+            timestamp_ns: seen.timestamp_ns,
+            name: seen.name.to_owned(),
+            label: scored.label,
+            score: scored.score,
+            threshold: policy.threshold,
+            scope: seen.scope,
+            verdict: seen.verdict,
+            client: seen.client,
+            list: policy.list.clone(),
+        });
+        Some((scored.score, event))
+    }
+
     /// Names cached now.
     #[must_use]
     pub fn cached(&self) -> usize {
@@ -179,6 +209,42 @@ mod tests {
         assert_eq!(s.stats.reported, 1);
         assert_eq!(s.pending, vec!["xjwqkzvbtrplmn.com".to_string()]);
         assert!(s.score(&policy, "com.").is_none());
+    }
+
+    #[test]
+    fn a_summary_name_is_checked_like_an_event_name() {
+        let policy = DgaPolicy {
+            threshold: 850,
+            list: Some("dga".into()),
+            ..DgaPolicy::default()
+        };
+        let mut s = Scorer::default();
+        let seen = |name| Seen {
+            name,
+            timestamp_ns: 7,
+            scope: "ingress",
+            verdict: "allowed",
+            client: Some([192, 0, 2, 1].into()),
+        };
+        let (score, event) = s
+            .check(&policy, seen("xkqzjvwptrbnmfdqzxkvw.test"))
+            .expect("scored");
+        let event = event.expect("newly high: a dga event");
+        assert_eq!((event.score, event.threshold), (score, 850));
+        assert_eq!(
+            (event.scope, event.verdict, event.timestamp_ns),
+            ("ingress", "allowed", 7)
+        );
+        assert_eq!(event.list.as_deref(), Some("dga"));
+        assert_eq!(s.pending, vec!["xkqzjvwptrbnmfdqzxkvw.test".to_string()]);
+        // Seen again (another summary interval): scored from the cache, not reported again.
+        let (again, none) = s
+            .check(&policy, seen("xkqzjvwptrbnmfdqzxkvw.test"))
+            .expect("scored");
+        assert_eq!((again, none.is_none()), (score, true));
+        let (_, benign) = s.check(&policy, seen("allowed.test")).expect("scored");
+        assert!(benign.is_none());
+        assert_eq!(s.stats.reported, 1);
     }
 
     #[test]

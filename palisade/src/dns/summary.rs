@@ -53,6 +53,9 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub list: Option<u16>,
     pub generation: u32,
+    /// The name's DGA score under `[dns.dga]` (`0..=999`), as in `dns` events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dga_score: Option<u16>,
 }
 
 impl std::fmt::Display for Summary {
@@ -249,5 +252,6 @@ fn summary(k: &DnsAggClient, count: u64, name: String, info: Option<&DnsAggNameI
         count,
         list: info.and_then(|i| (i.list != u16::MAX).then_some(i.list)),
         generation: info.map_or(0, |i| i.generation),
+        dga_score: None,
     }
 }
