@@ -556,8 +556,8 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     );
     if let Some(d) = &s.dga {
         println!(
-            "dga: scored {}  cached {}  reported {}  listed {}  list_failed {}",
-            d.scored, d.cached, d.reported, d.listed, d.list_failed
+            "dga: scored {}  cached {}  reported {}  listed {}  list_failed {}  list_limited {}",
+            d.scored, d.cached, d.reported, d.listed, d.list_failed, d.list_limited
         );
     }
     println!(

@@ -1384,10 +1384,10 @@ impl Daemon {
     /// Adds the names the DGA scorer reported to `[dns.dga] list` for `ttl` seconds, as
     /// `palisade dns add --ttl` does.
     fn dga_list(&mut self) {
-        if self.dga.pending.is_empty() {
+        let names = self.dga.take_listable(std::time::Instant::now());
+        if names.is_empty() {
             return;
         }
-        let names = std::mem::take(&mut self.dga.pending);
         let Some((list, ttl)) = self
             .policy
             .dns

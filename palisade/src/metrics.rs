@@ -156,7 +156,8 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             "palisade_dga_names_total",
             "counter",
             "DNS names the [dns.dga] scorer saw: scored (new), cached (seen before), reported \
-             (above the threshold), listed (added to its list), list_failed.",
+             (above the threshold), listed (added to its list), list_failed, list_limited (over the \
+             listing budget).",
         );
         for (what, v) in [
             ("scored", d.scored),
@@ -164,6 +165,7 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             ("reported", d.reported),
             ("listed", d.listed),
             ("list_failed", d.list_failed),
+            ("list_limited", d.list_limited),
         ] {
             o.sample("palisade_dga_names_total", &[("event", what)], v);
         }

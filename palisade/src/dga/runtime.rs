@@ -2,7 +2,10 @@
 //! cache), high scores become `dga` events, and, with `list`, the names are added to a DNS
 //! list for `ttl` seconds.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +14,16 @@ use super::Model;
 /// Names whose score is remembered. When full, the oldest name is forgotten (and would be
 /// scored, and reported, again).
 pub const CACHE_CAPACITY: usize = 16_384;
+/// Names added to `list` per [`LIST_WINDOW`] at most: each addition installs the policy
+/// again, so a flood of generated names must not turn into a flood of reinstalls. Names
+/// over the budget are still reported (`dga` events), not listed, and counted
+/// (`list_limited`).
+pub const LIST_BUDGET: usize = 600;
+/// The window of [`LIST_BUDGET`].
+pub const LIST_WINDOW: Duration = Duration::from_secs(60);
+/// Additions are applied as one batch at most this often.
+pub const LIST_BATCH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Default `[dns.dga] threshold`: the score above which a name is reported (chosen from
 /// the measurement in `bench/results/dga-*.md`: at most 0.1 % of benign test names above).
 pub const DEFAULT_THRESHOLD: u16 = 900;
@@ -53,6 +66,9 @@ pub struct DgaStats {
     pub listed: u64,
     /// Additions to the list that were refused.
     pub list_failed: u64,
+    /// Names not listed because the [`LIST_BUDGET`] of their window was spent.
+    #[serde(default)]
+    pub list_limited: u64,
 }
 
 /// A high score, reported as a `dga` event.
@@ -102,6 +118,10 @@ pub struct Scorer {
     pub stats: DgaStats,
     /// Names waiting to be added to the list.
     pub pending: Vec<String>,
+    /// The current [`LIST_WINDOW`]: when it started and how many names it listed.
+    window: Option<(Instant, usize)>,
+    /// When the last batch was taken.
+    last_batch: Option<Instant>,
 }
 
 /// A name the daemon saw in a `dns` event or a `dns_summary`, with what the `dga` event
@@ -181,6 +201,32 @@ impl Scorer {
         Some((scored.score, event))
     }
 
+    /// The pending names to add to the list now: none until [`LIST_BATCH_INTERVAL`] has
+    /// passed since the last batch, and at most what is left of the window's
+    /// [`LIST_BUDGET`] (the rest is dropped and counted in `list_limited`).
+    pub fn take_listable(&mut self, now: Instant) -> Vec<String> {
+        if self.pending.is_empty()
+            || self
+                .last_batch
+                .is_some_and(|t| now.duration_since(t) < LIST_BATCH_INTERVAL)
+        {
+            return Vec::new();
+        }
+        self.last_batch = Some(now);
+        let (start, used) = match self.window {
+            Some((start, used)) if now.duration_since(start) < LIST_WINDOW => (start, used),
+            _ => (now, 0),
+        };
+        let mut names = std::mem::take(&mut self.pending);
+        let room = LIST_BUDGET.saturating_sub(used);
+        if names.len() > room {
+            self.stats.list_limited += (names.len() - room) as u64;
+            names.truncate(room);
+        }
+        self.window = Some((start, used + names.len()));
+        names
+    }
+
     /// Names cached now.
     #[must_use]
     pub fn cached(&self) -> usize {
@@ -245,6 +291,39 @@ mod tests {
         let (_, benign) = s.check(&policy, seen("allowed.test")).expect("scored");
         assert!(benign.is_none());
         assert_eq!(s.stats.reported, 1);
+    }
+
+    #[test]
+    fn list_additions_are_batched_and_budgeted() {
+        let policy = DgaPolicy {
+            threshold: 0,
+            list: Some("dga".into()),
+            ..DgaPolicy::default()
+        };
+        let mut s = Scorer::default();
+        let t0 = Instant::now();
+        let flood = |s: &mut Scorer, from: usize, n: usize| {
+            for i in from..from + n {
+                s.score(&policy, &format!("qx{i}zkvwj.test"));
+            }
+        };
+        flood(&mut s, 0, 10);
+        assert_eq!(s.take_listable(t0).len(), 10);
+        flood(&mut s, 10, 5);
+        // Within a second of the last batch: kept for the next one.
+        assert!(s.take_listable(t0 + Duration::from_millis(500)).is_empty());
+        assert_eq!(s.pending.len(), 5);
+        flood(&mut s, 15, LIST_BUDGET);
+        let t1 = t0 + Duration::from_secs(1);
+        let batch = s.take_listable(t1);
+        assert_eq!(batch.len(), LIST_BUDGET - 10, "the window's budget");
+        assert_eq!(s.stats.list_limited, 15);
+        flood(&mut s, 10_000, 3);
+        assert!(s.take_listable(t1 + Duration::from_secs(2)).is_empty());
+        assert_eq!(s.stats.list_limited, 18);
+        // A new window lists again.
+        flood(&mut s, 20_000, 4);
+        assert_eq!(s.take_listable(t0 + LIST_WINDOW).len(), 4);
     }
 
     #[test]
