@@ -99,12 +99,32 @@ pub fn system_libraries() -> Vec<PathBuf> {
     out
 }
 
-/// The libraries a running watcher probes (from its state file; empty when none runs).
+/// The libraries the running watchers probe (from their state files; empty when none
+/// runs). A file whose watcher is gone (killed before it could remove it) is ignored.
 #[must_use]
 pub fn probed_by_watcher() -> HashSet<LibKey> {
-    fs::read_to_string(super::probe::STATE_FILE)
-        .map(|s| s.lines().filter_map(LibKey::parse).collect())
-        .unwrap_or_default()
+    use super::probe::{STATE_DIR, STATE_PREFIX};
+    let Ok(dir) = fs::read_dir(STATE_DIR) else {
+        return HashSet::new();
+    };
+    let mut out = HashSet::new();
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(STATE_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(text) = fs::read_to_string(e.path()) {
+            out.extend(text.lines().filter_map(LibKey::parse));
+        }
+    }
+    out
 }
 
 /// Every process, with what the probes make of it (`probed`: the libraries probed now).

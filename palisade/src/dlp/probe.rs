@@ -43,8 +43,16 @@ pub const SYMBOLS: [(&str, u64); 4] = [
 /// How often `/proc` is scanned for new libraries and uncovered processes.
 pub const RESCAN: Duration = Duration::from_millis(200);
 
-/// Where the watcher lists the library files it probes, for `palisade dlp coverage`.
-pub const STATE_FILE: &str = "/run/palisade/dlp-probed";
+/// Where each running watcher lists the library files it probes, for `palisade dlp
+/// coverage`: one file per watcher, [`STATE_PREFIX`] followed by its pid.
+pub const STATE_DIR: &str = "/run/palisade";
+/// The name of a watcher's state file in [`STATE_DIR`], before its pid.
+pub const STATE_PREFIX: &str = "dlp-probed.";
+
+/// This watcher's state file.
+fn state_file() -> std::path::PathBuf {
+    std::path::Path::new(STATE_DIR).join(format!("{STATE_PREFIX}{}", std::process::id()))
+}
 
 /// A running watcher.
 pub struct Watcher {
@@ -158,8 +166,8 @@ impl Watcher {
     fn write_state(&self) {
         let mut lines: Vec<String> = self.probed.iter().map(LibKey::line).collect();
         lines.sort();
-        let _ = std::fs::create_dir_all("/run/palisade");
-        let _ = std::fs::write(STATE_FILE, lines.join("\n") + "\n");
+        let _ = std::fs::create_dir_all(STATE_DIR);
+        let _ = std::fs::write(state_file(), lines.join("\n") + "\n");
     }
 
     /// One pass over `/proc`: probes libraries not probed yet, reports processes that use a
@@ -354,7 +362,7 @@ impl Watcher {
         c.insert("uncovered".into(), self.uncovered.into());
         c.insert("streams_evicted".into(), self.scanner.evicted.into());
         emit(out, &json!({"event": "dlp-stopped", "counters": c}));
-        let _ = std::fs::remove_file(STATE_FILE);
+        let _ = std::fs::remove_file(state_file());
         Ok(())
     }
 }
