@@ -1312,7 +1312,17 @@ impl Daemon {
                     text: ev.to_string(),
                 }
             } else if let Some(mut ev) = events::decode_dns(&item) {
-                let high = self.dga_score(&mut ev);
+                let scored = self.dga_check(crate::dga::runtime::Seen {
+                    name: &ev.name,
+                    timestamp_ns: ev.timestamp_ns,
+                    scope: ev.scope,
+                    verdict: ev.verdict,
+                    client: ev.client,
+                });
+                let high = scored.and_then(|(score, event)| {
+                    ev.dga_score = Some(score);
+                    event
+                });
                 let line = EventLine {
                     kind: "dns",
                     verdict: ev.verdict.to_string(),
@@ -1342,43 +1352,16 @@ impl Daemon {
         self.dga_list();
     }
 
-    /// Scores the name of a DNS event under `[dns.dga]` (once per name: the scorer caches),
-    /// setting its `dga_score`; a `dga` event when the name is newly above the threshold.
-    fn dga_score(&mut self, ev: &mut events::DnsDecision) -> Option<crate::dga::runtime::DgaEvent> {
-        let policy = self.policy.dns.dga.as_ref().filter(|d| d.enabled)?;
-        let (score, event) = self.dga.check(
-            policy,
-            crate::dga::runtime::Seen {
-                name: &ev.name,
-                timestamp_ns: ev.timestamp_ns,
-                scope: ev.scope,
-                verdict: ev.verdict,
-                client: ev.client,
-            },
-        )?;
-        ev.dga_score = Some(score);
-        event
-    }
-
-    /// [`Daemon::dga_score`] for a `dns_summary`: the names counted over the event budget
-    /// are scored too (a flood of generated names is what exhausts the budget).
-    fn dga_score_summary(
+    /// Scores a name seen in a `dns` event or a `dns_summary` under `[dns.dga]` (once per
+    /// name: the scorer caches): its score, and a `dga` event when the name is newly above
+    /// the threshold. Summaries are scored too: a flood of generated names is what exhausts
+    /// the event budget.
+    fn dga_check(
         &mut self,
-        s: &mut crate::dns::summary::Summary,
-    ) -> Option<crate::dga::runtime::DgaEvent> {
+        seen: crate::dga::runtime::Seen<'_>,
+    ) -> Option<(u16, Option<crate::dga::runtime::DgaEvent>)> {
         let policy = self.policy.dns.dga.as_ref().filter(|d| d.enabled)?;
-        let (score, event) = self.dga.check(
-            policy,
-            crate::dga::runtime::Seen {
-                name: &s.name,
-                timestamp_ns: s.timestamp_ns,
-                scope: s.scope,
-                verdict: s.verdict,
-                client: s.client,
-            },
-        )?;
-        s.dga_score = Some(score);
-        event
+        self.dga.check(policy, seen)
     }
 
     /// Adds the names the DGA scorer reported to `[dns.dga] list` for `ttl` seconds, as
@@ -1527,7 +1510,17 @@ impl Daemon {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         for mut s in collected.summaries {
-            let high = self.dga_score_summary(&mut s);
+            let scored = self.dga_check(crate::dga::runtime::Seen {
+                name: &s.name,
+                timestamp_ns: s.timestamp_ns,
+                scope: s.scope,
+                verdict: s.verdict,
+                client: s.client,
+            });
+            let high = scored.and_then(|(score, event)| {
+                s.dga_score = Some(score);
+                event
+            });
             let line = EventLine {
                 kind: "dns",
                 verdict: s.verdict.to_string(),
