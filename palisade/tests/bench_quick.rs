@@ -320,3 +320,44 @@ fn dlp_suite() {
     assert!(out.join("dlp-quick.md").exists());
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn dns_cache_suite() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // 50 names, 200 questions: the warm-up and the runs stay short.
+    let out = quick("dnscache", &["--dns-cache", "--dns-cache-names", "50"]);
+    let report = json(out.join("dnscache-quick.json"));
+    let warm = &report["cache_after_warmup"];
+    assert_eq!(
+        warm["entries"], 200,
+        "every (name, type) cached: {report:#}"
+    );
+    let runs = report["runs"].as_array().expect("runs");
+    // Each path flat out and at a fixed rate.
+    assert_eq!(runs.len(), 4, "{report:#}");
+    for r in runs {
+        assert_eq!(r["all_noerror"], true, "{r:#}");
+        let (hits, misses) = (&r["cache_delta"]["hits"], &r["cache_delta"]["misses"]);
+        if r["route"] == "palisade-cache" {
+            // Every answer through Palisade came from the cache: the hit counter moved by at
+            // least the answers dnsperf counted, and nothing missed.
+            assert!(
+                hits.as_u64().unwrap() >= r["completed"].as_u64().unwrap(),
+                "{r:#}"
+            );
+            assert_eq!(misses, 0, "{r:#}");
+        } else {
+            // unbound alone: nothing crossed Palisade.
+            assert_eq!((hits, misses), (&0.into(), &0.into()), "{r:#}");
+        }
+        if r["kind"] == "latency" {
+            assert!(r["latency"]["answers"].as_u64().unwrap() > 0, "{r:#}");
+        }
+    }
+    let after = &report["cache_after_runs"];
+    assert!(after["hits"].as_u64().unwrap() > warm["hits"].as_u64().unwrap());
+    assert_eq!(after["evictions"], 0, "{report:#}");
+    let md = std::fs::read_to_string(out.join("dnscache-quick.md")).expect("markdown report");
+    assert!(md.contains("Ratios (b)/(a)"), "{md}");
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -13,6 +13,7 @@ mod dga;
 mod dhcp;
 mod dlp;
 mod dns;
+mod dnscache;
 mod dnsperf;
 mod events_flood;
 /// The flood generator the tests use too, and the raw BPF helpers it builds on.
@@ -87,7 +88,8 @@ use clap::Parser;
         palisade-bench --intel              threat intelligence: loading 10M addresses, 1M CIDRs, 1M domains; match cost at that size\n  \
         palisade-bench --bind               DNS binding: the answer walk per answer and the connect() check per call\n  \
         palisade-bench --dlp                DLP: what the SSL_* probes add to an SSL_write at 50k calls/s, with and without the watcher reading\n  \
-        palisade-bench --dga                DGA scoring: TPR per DGA family at FPR <= 0.1 % on benign names (--dga-train builds the model)"
+        palisade-bench --dga                DGA scoring: TPR per DGA family at FPR <= 0.1 % on benign names (--dga-train builds the model)\n  \
+        palisade-bench --dns-cache          DNS response cache: unbound's own cache against Palisade's XDP cache in front of it, under dnsperf"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -280,6 +282,22 @@ struct Args {
     /// dnsperf suite: the fixed rate of the drop runs, in queries per second (at least 100).
     #[arg(long, default_value_t = 10_000, value_name = "QPS", value_parser = clap::value_parser!(u32).range(100..))]
     dnsperf_drop_rate: u32,
+    /// Run the DNS response cache suite instead: dnsperf against unbound answering from its
+    /// own warm cache, and against the same unbound behind the daemon with `[dns.cache]` warm
+    /// (queries/s, CPU per query, latency percentiles, ratios, the cache's counters).
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield", "tls"])]
+    dns_cache: bool,
+    /// dns-cache suite: popular names in the query set, each asked as A, AAAA, MX and TXT
+    /// [default: 1000; 200 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4000))]
+    dns_cache_names: Option<u32>,
+    /// dns-cache suite: seconds per run [default: 5; 1 with --quick].
+    #[arg(long, value_name = "S")]
+    dns_cache_seconds: Option<u64>,
+    /// dns-cache suite: the fixed rate of the latency runs, queries per second [default:
+    /// 10000; 2000 with --quick].
+    #[arg(long, value_name = "QPS", value_parser = clap::value_parser!(u32).range(100..))]
+    dns_cache_rate: Option<u32>,
 }
 
 /// Settings once the mode's defaults are applied.
@@ -379,6 +397,10 @@ fn run(args: &Args) -> Result<ExitCode> {
     if args.dnsperf {
         // Before pinning: dnsperf and the servers get CPUs of their own.
         return run_dnsperf(args, &s);
+    }
+    if args.dns_cache {
+        // Before pinning, as dnsperf.
+        return run_dns_cache(args, &s);
     }
     let started = Instant::now();
     let load_start = inspect::loadavg();
@@ -716,6 +738,41 @@ fn run_dnsperf(args: &Args, s: &Settings) -> Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_dns_cache(args: &Args, s: &Settings) -> Result<ExitCode> {
+    let command = std::iter::once("palisade-bench".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let names = args
+        .dns_cache_names
+        .map_or(if args.quick { 200 } else { 1000 }, |n| n as usize);
+    let settings = dnscache::CacheSettings {
+        mode: s.mode,
+        names,
+        lines: if args.quick { 20_000 } else { 100_000 },
+        seconds: args
+            .dns_cache_seconds
+            .unwrap_or(if args.quick { 1 } else { 5 })
+            .max(1),
+        rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+        latency_rate: args
+            .dns_cache_rate
+            .unwrap_or(if args.quick { 2000 } else { 10_000 }),
+        clients: 4,
+        seed: args.seed,
+        out: s.out.clone(),
+    };
+    eprintln!("palisade-bench ({} mode): DNS response cache", s.mode);
+    let report = dnscache::run(&settings, command)?;
+    let stem = report.write(&settings.out)?;
+    println!("wrote {}/{stem}.{{md,json}}", settings.out.display());
+    Ok(if report.served_from_cache() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -113,7 +113,7 @@ pub fn set_affinity(cpu: usize) -> std::io::Result<()> {
 }
 
 /// Pids of the ksoftirqd threads.
-fn ksoftirqd() -> Vec<u32> {
+pub fn ksoftirqd() -> Vec<u32> {
     fs::read_dir("/proc")
         .map(|d| {
             d.flatten()

@@ -16,7 +16,7 @@
 //! in an order shuffled anew, so that drift on a shared machine spreads over all of them.
 
 mod events;
-mod measure;
+pub(crate) mod measure;
 mod report;
 mod setup;
 
