@@ -629,12 +629,14 @@ fn latencies_us(out: &str) -> Vec<f64> {
         .collect()
 }
 
-/// The `p`-th percentile (0..=100) of sorted `v`, nearest rank.
+/// The `p`-th percentile (0..=100, to a tenth) of sorted `v`, nearest rank. The rank is
+/// computed in integers: in floating point, 99.9 % of 1000 rounds up to rank 1000.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    let permille = (p * 10.0).round() as usize;
+    let rank = (permille * sorted.len()).div_ceil(1000);
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
