@@ -36,6 +36,10 @@ pub const GENERATIONS: u32 = 2;
 pub const ACTION_ALLOW: u8 = 0;
 pub const ACTION_DROP: u8 = 1;
 pub const ACTION_RATE_LIMIT: u8 = 2;
+/// Allow, setting the mark and/or the DSCP (see [`crate::action`]).
+pub const ACTION_MARK: u8 = 3;
+/// Allow, and a copy out of another interface (see [`crate::action`]).
+pub const ACTION_MIRROR: u8 = 4;
 
 /// [`RuleMeta::flags`]: emit an event when this rule drops a packet.
 pub const RULE_LOG: u8 = 1;
@@ -184,8 +188,16 @@ pub struct RuleMeta {
     pub rate_interval_ns: u64,
     /// How far ahead of now the bucket's clock may run: `interval * (burst - 1)`.
     pub rate_tolerance_ns: u64,
+    /// A `mark` rule's mark (with [`crate::action::RULE_SET_MARK`]).
+    pub mark: u32,
+    /// A `mark` rule's DSCP code point (with [`crate::action::RULE_SET_DSCP`]).
+    pub dscp: u8,
+    pub _pad2: [u8; 3],
+    /// A `mirror` rule's interface, resolved when the policy was loaded.
+    pub ifindex: u32,
+    pub _pad3: u32,
 }
-map_type!(RuleMeta, 24);
+map_type!(RuleMeta, 40);
 
 /// A rate-limit bucket (`FW_RATE`): the GCRA clock, and the interval it runs at, so a
 /// reload that changes the rule's rate carries what the bucket owes over to the new rate.

@@ -7,6 +7,7 @@
 
 #![no_std]
 
+pub mod action;
 pub mod conntrack;
 pub mod dhcp;
 pub mod dlp;

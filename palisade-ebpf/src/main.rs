@@ -147,6 +147,13 @@ pub fn palisade_scrub_ingress(ctx: TcContext) -> i32 {
     scrub::run(&ctx, palisade_common::scrub::SCRUB_INGRESS)
 }
 
+/// The mark of a `mark` rule, left by the XDP firewall in the frame's metadata, set on the
+/// socket buffer (TC ingress). Never drops: fail-open, see `firewall::action`.
+#[classifier]
+pub fn palisade_action_ingress(ctx: TcContext) -> i32 {
+    firewall::action::ingress(&ctx)
+}
+
 /// Scrub of what leaves through the guarded interfaces (TC egress). Never drops.
 #[classifier]
 pub fn palisade_scrub_egress(ctx: TcContext) -> i32 {

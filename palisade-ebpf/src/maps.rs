@@ -694,3 +694,11 @@ pub static IDS_BUDGET: PerCpuArray<crate::ids::Budget> = PerCpuArray::with_max_e
 #[map]
 pub static IDS_SCRATCH: PerCpuArray<[u8; palisade_common::ids::IDS_SCAN_BYTES]> =
     PerCpuArray::with_max_entries(1, 0);
+
+// ---- Actions ----
+
+/// Counters of the firewall's actions beyond allow and drop (`palisade_common::action::AS_*`),
+/// per CPU.
+#[map]
+pub static ACTION_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(palisade_common::action::AS_COUNT, 0);

@@ -73,6 +73,14 @@ pub fn drop(ctx: &XdpContext, p: Option<&Packet>, d: &Decision) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// An event for a packet a rule let through and acted on (`mark` with `log = true`): the
+/// event's action is `XDP_PASS`, its reason `rule`.
+#[inline(always)]
+pub fn note_pass(ctx: &XdpContext, p: Option<&Packet>, d: &Decision) {
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    emit(ctx, p, d, xdp_action::XDP_PASS as u8, len);
+}
+
 /// Writes a firewall event straight into the ring. Not inlined, and the record is filled in
 /// place rather than built first: a record staged on the stack took a third of the XDP
 /// entry's 512 bytes, which the parser and the rule search, called from the same frame, need.

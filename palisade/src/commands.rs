@@ -554,6 +554,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
         "{}",
         moved_line("dns cache", &c.dns_cache, "nothing cached")
     );
+    println!("{}", moved_line("actions", &c.actions, "nothing marked"));
     if let Some(d) = &s.dga {
         println!(
             "dga: scored {}  cached {}  reported {}  listed {}  list_failed {}  list_limited {}",

@@ -94,6 +94,8 @@ fn action_word(a: &Action) -> &'static str {
         Action::Allow => "allow",
         Action::Drop => "drop",
         Action::RateLimit(_) => "rate-limit",
+        Action::Mark(_) => "mark",
+        Action::Mirror(_) => "mirror",
     }
 }
 

@@ -151,6 +151,10 @@ pub struct Datapath {
     dns_cache: Option<SchedClassifier>,
     /// Its link on each guarded interface while `[dns.cache]` is enabled.
     pub dns_cache_links: Vec<(String, OwnedFd)>,
+    /// The mark of `mark` rules set on the socket buffer (TC ingress), once loaded.
+    mark: Vec<SchedClassifier>,
+    /// Its link on each guarded interface.
+    pub mark_links: Vec<(String, OwnedFd)>,
     /// The guarded interfaces (the cache's fill follows the policy on reloads).
     ifaces: Vec<String>,
     /// The entries the DNS response cache was created with.
@@ -280,6 +284,8 @@ impl Datapath {
             intel_links: Vec::new(),
             dns_cache: None,
             dns_cache_links: Vec::new(),
+            mark: Vec::new(),
+            mark_links: Vec::new(),
             ifaces: opts.ifaces.clone(),
             dns_cache_capacity: opts.dns_cache_capacity,
             egress: None,
@@ -316,6 +322,7 @@ impl Datapath {
         self.ensure_tls_programs()?;
         self.ensure_dhcp_program()?;
         self.ensure_intel_program()?;
+        self.ensure_mark_program()?;
         if cache_enabled(policy) {
             self.ensure_dns_cache_program()?;
         }
@@ -335,6 +342,7 @@ impl Datapath {
         self.sync_tls(opts, &mut notes)?;
         self.sync_dhcp(opts, &mut notes)?;
         self.sync_intel(opts, &mut notes)?;
+        self.sync_mark(opts, &mut notes)?;
         self.ifaces.clone_from(&opts.ifaces);
         notes.extend(self.sync_dns_cache(policy)?);
         notes.extend(self.sync_cgroups(policy)?);
@@ -365,6 +373,7 @@ impl Datapath {
                     .chain(&self.dhcp_links)
                     .chain(&self.intel_links)
                     .chain(&self.dns_cache_links)
+                    .chain(&self.mark_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -634,6 +643,32 @@ impl Datapath {
             &pins,
             &mut self.intel,
             &[Tcx::IntelEgress],
+            &opts.ifaces,
+            notes,
+        )?;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) program that sets the mark of `mark` rules.
+    fn ensure_mark_program(&mut self) -> Result<()> {
+        if !self.mark.is_empty() {
+            return Ok(());
+        }
+        self.mark = self.tc_programs(&[crate::firewall::ACTION_INGRESS], "mark")?;
+        Ok(())
+    }
+
+    /// Attaches the mark program (tcx ingress) to every guarded interface whatever the
+    /// policy: a frame without Palisade's mark metadata costs it two context reads, and a
+    /// reload that adds a `mark` rule needs no attach.
+    fn sync_mark(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_mark_program()?;
+        let pins = self.all_link_pins();
+        self.mark_links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut self.mark,
+            &[Tcx::ActionIngress],
             &opts.ifaces,
             notes,
         )?;
@@ -1187,6 +1222,7 @@ enum Tcx {
     DhcpEgress,
     IntelEgress,
     DnsCache,
+    ActionIngress,
 }
 
 impl Tcx {
@@ -1222,6 +1258,7 @@ impl Tcx {
             },
             Self::DhcpEgress => LinkPin::TcxDhcp { iface },
             Self::DnsCache => LinkPin::TcxDnsCache { iface },
+            Self::ActionIngress => LinkPin::TcxAction { iface },
         }
     }
 
@@ -1274,14 +1311,17 @@ impl Tcx {
             (Self::LbReverse, LinkPin::TcxLbReverse { iface })
             | (Self::DhcpEgress, LinkPin::TcxDhcp { iface })
             | (Self::IntelEgress, LinkPin::TcxIntel { iface })
-            | (Self::DnsCache, LinkPin::TcxDnsCache { iface }) => Some(iface),
+            | (Self::DnsCache, LinkPin::TcxDnsCache { iface })
+            | (Self::ActionIngress, LinkPin::TcxAction { iface }) => Some(iface),
             _ => None,
         }
     }
 
     const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::ScrubIngress | Self::NatIngress | Self::TlsIngress => TcAttachType::Ingress,
+            Self::ScrubIngress | Self::NatIngress | Self::TlsIngress | Self::ActionIngress => {
+                TcAttachType::Ingress
+            }
             Self::CtEgress
             | Self::ScrubEgress
             | Self::NatEgress
@@ -1306,6 +1346,7 @@ impl Tcx {
             Self::DhcpEgress => "DHCP snooping",
             Self::IntelEgress => "the egress indicator check",
             Self::DnsCache => "the DNS response cache",
+            Self::ActionIngress => "the mark of mark rules",
         }
     }
 }
@@ -1387,11 +1428,13 @@ fn sync_tcx(
             .attach_with_options(
                 iface,
                 kind.attach_type(),
-                TcAttachOptions::TcxOrder(if matches!(kind, Tcx::NatEgress | Tcx::LbReverse) {
-                    LinkOrder::first()
-                } else {
-                    LinkOrder::default()
-                }),
+                TcAttachOptions::TcxOrder(
+                    if matches!(kind, Tcx::NatEgress | Tcx::LbReverse | Tcx::ActionIngress) {
+                        LinkOrder::first()
+                    } else {
+                        LinkOrder::default()
+                    },
+                ),
             )
             .with_context(|| format!("attaching {what} to {iface} (tcx needs Linux 6.6)"))?;
         let link = prog.take_link(id)?;
@@ -1415,7 +1458,8 @@ fn sync_tcx(
             | Tcx::TlsEgress
             | Tcx::DhcpEgress
             | Tcx::IntelEgress
-            | Tcx::DnsCache => format!("attached {what} to {iface} (tcx)"),
+            | Tcx::DnsCache
+            | Tcx::ActionIngress => format!("attached {what} to {iface} (tcx)"),
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1499,6 +1543,9 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 }
                 LinkPin::TcxIntel { iface } => {
                     format!("detached the egress indicator check from {iface}")
+                }
+                LinkPin::TcxAction { iface } => {
+                    format!("detached the ingress actions (marks) from {iface}")
                 }
                 LinkPin::TcxTls { ingress, iface } => format!(
                     "detached the {} TLS gate from {iface}",

@@ -504,6 +504,17 @@ pub fn action_word(a: &Action) -> String {
                 "rule"
             }
         ),
+        Action::Mark(m) => {
+            let mut w = String::from("mark");
+            if let Some(mark) = m.mark {
+                w.push_str(&format!(" set_mark {mark:#x}"));
+            }
+            if let Some(dscp) = m.dscp {
+                w.push_str(&format!(" set_dscp {dscp}"));
+            }
+            w
+        }
+        Action::Mirror(m) => format!("mirror to {}", m.iface()),
     }
 }
 

@@ -228,6 +228,23 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             );
         }
     }
+    if !s.counters.actions.is_empty() {
+        o.family(
+            "palisade_action_total",
+            "counter",
+            "What the firewall's actions beyond allow and drop did, by action and event: \
+             packets a mark rule matched, marks handed to TC and set on the socket buffer, \
+             marks with no metadata room, DSCP code points rewritten or skipped.",
+        );
+        for n in &s.counters.actions {
+            let (action, event) = n.name.split_once('_').unwrap_or(("", &n.name));
+            o.sample(
+                "palisade_action_total",
+                &[("action", action), ("event", event)],
+                n.value,
+            );
+        }
+    }
     if s.counters.intel.iter().any(|n| n.value > 0) {
         o.family(
             "palisade_intel_total",
@@ -695,6 +712,10 @@ mod tests {
                         value: 4,
                     },
                 ],
+                actions: vec![Named {
+                    name: "mark_applied".into(),
+                    value: 12,
+                }],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -726,6 +747,7 @@ mod tests {
         assert!(t.contains("palisade_intel_total{direction=\"ingress\",event=\"hit_cidr\"} 3\n"));
         assert!(t.contains("palisade_dns_bind_total{event=\"connect_denied\"} 9\n"));
         assert!(t.contains("palisade_dns_cache_total{event=\"hits\"} 11\n"));
+        assert!(t.contains("palisade_action_total{action=\"mark\",event=\"applied\"} 12\n"));
         assert!(t.contains("palisade_dns_cache_entries 4\n"));
         assert!(!t.contains("palisade_dns_cache_total{event=\"entries\"}"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));

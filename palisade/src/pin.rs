@@ -267,6 +267,8 @@ pub enum LinkPin {
     TcxIntel { iface: String },
     /// `tcx-dnscache-<iface>`: the DNS response cache's fill (`[dns.cache]`).
     TcxDnsCache { iface: String },
+    /// `tcx-action-in-<iface>`: the mark of `mark` rules set on the socket buffer.
+    TcxAction { iface: String },
     /// `bind-<program>-<path>`: one of the `[dns.bind]` programs (`answer`, `connect4`,
     /// `connect6`, `sendmsg4`, `sendmsg6`) on a cgroup.
     Bind { prog: String, path: PathBuf },
@@ -298,6 +300,7 @@ impl LinkPin {
             ),
             Self::TcxDhcp { iface } => format!("tcx-dhcp-out-{}", escape(iface.as_bytes())),
             Self::TcxDnsCache { iface } => format!("tcx-dnscache-{}", escape(iface.as_bytes())),
+            Self::TcxAction { iface } => format!("tcx-action-in-{}", escape(iface.as_bytes())),
             Self::Bind { prog, path } => format!(
                 "bind-{}-{}",
                 escape(prog.as_bytes()),
@@ -335,6 +338,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-dnscache-") {
             let iface = String::from_utf8(unescape(rest)?).ok()?;
             return Some(Self::TcxDnsCache { iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-action-in-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxAction { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
             let (ingress, iface) = directed(rest)?;
@@ -962,6 +969,9 @@ mod tests {
             },
             LinkPin::TcxDnsCache {
                 iface: "eth0.100".into(),
+            },
+            LinkPin::TcxAction {
+                iface: "veth-in".into(),
             },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));

@@ -140,6 +140,9 @@ pub struct Counters {
     /// then `entries` (a gauge) and `evictions` (see `crate::dns::cache::named_counters`).
     #[serde(default)]
     pub dns_cache: Vec<Named>,
+    /// The firewall's actions beyond allow and drop (`palisade_common::action::AS_NAMES`).
+    #[serde(default)]
+    pub actions: Vec<Named>,
 }
 
 impl Counters {
@@ -197,7 +200,24 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         intel: crate::intel::named_counters(ebpf),
         bind: crate::dnsbind::named_counters(ebpf),
         dns_cache: crate::dns::cache::named_counters(ebpf),
+        actions: action_counters(ebpf),
     }
+}
+
+/// The actions' counters (`palisade_common::action::AS_NAMES`), by name; the reserved slots
+/// left out.
+#[must_use]
+pub fn action_counters(ebpf: &Ebpf) -> Vec<Named> {
+    use palisade_common::action::AS_NAMES;
+    AS_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| !name.starts_with("reserved"))
+        .map(|(i, name)| Named {
+            name: (*name).to_string(),
+            value: sum_u64(ebpf, "ACTION_STATS", i as u32),
+        })
+        .collect()
 }
 
 /// The shields' counters, by name.
@@ -230,6 +250,8 @@ impl GenerationRules {
             Action::Allow => "allow",
             Action::Drop => "drop",
             Action::RateLimit(_) => "rate-limit",
+            Action::Mark(_) => "mark",
+            Action::Mirror(_) => "mirror",
         };
         let mut rules: Vec<(u32, String, String)> = policy
             .firewall

@@ -99,6 +99,7 @@ impl Bench {
             crate::dns::cache::FILL,
             crate::ids::kernel::INGRESS,
             crate::ids::kernel::EGRESS,
+            crate::firewall::ACTION_INGRESS,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

@@ -1,5 +1,6 @@
 //! The XDP firewall: parse, pick the live policy generation, classify, act.
 
+pub mod action;
 pub mod classify;
 mod ratelimit;
 
@@ -234,6 +235,32 @@ fn decide(
                 };
                 verdict::drop(ctx, Some(p), &d)
             }
+        }
+        palisade_common::firewall::ACTION_MARK => {
+            action::mark(ctx, meta, p);
+            if log {
+                let d = Decision {
+                    reason: reason::RULE,
+                    rule,
+                    generation,
+                    log,
+                };
+                verdict::note_pass(ctx, Some(p), &d);
+            }
+            allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
+        }
+        palisade_common::firewall::ACTION_MIRROR => {
+            action::mirror(ctx, meta);
+            if log {
+                let d = Decision {
+                    reason: reason::RULE,
+                    rule,
+                    generation,
+                    log,
+                };
+                verdict::note_pass(ctx, Some(p), &d);
+            }
+            allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
         }
         _ => allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0),
     }

@@ -292,6 +292,21 @@ fn rule_meta(rule: &Rule) -> RuleMeta {
             }
             (meta.rate_interval_ns, meta.rate_tolerance_ns) = gcra(rl.pps, rl.burst);
         }
+        Action::Mark(m) => {
+            meta.action = palisade_common::firewall::ACTION_MARK;
+            if let Some(mark) = m.mark {
+                meta.flags |= palisade_common::action::RULE_SET_MARK;
+                meta.mark = mark;
+            }
+            if let Some(dscp) = m.dscp {
+                meta.flags |= palisade_common::action::RULE_SET_DSCP;
+                meta.dscp = dscp;
+            }
+        }
+        Action::Mirror(m) => {
+            meta.action = palisade_common::firewall::ACTION_MIRROR;
+            meta.ifindex = m.ifindex;
+        }
     }
     meta
 }

@@ -5,3 +5,6 @@ pub mod apply;
 pub mod classify;
 pub mod compile;
 pub mod reference;
+
+/// The TC ingress program that sets the mark of `mark` rules (`palisade_common::action`).
+pub const ACTION_INGRESS: &str = "palisade_action_ingress";

@@ -75,6 +75,7 @@ pub fn verdict(policy: &Policy, p: &Packet) -> Verdict {
                 reason: reason::RULE,
             },
             Action::RateLimit(_) => Verdict::RateLimit { rule: i },
+            Action::Mark(_) | Action::Mirror(_) => Verdict::Pass { rule: Some(i) },
         },
     }
 }

@@ -78,7 +78,7 @@
 //! | --- | --- | --- |
 //! | `name` | 1 to 64 of `A-Z a-z 0-9 _ . -`, unique among rules | none |
 //! | `priority` | integer `0..=4294967295`; lower runs first | `1000000` + position in file |
-//! | `action` | `"allow"`, `"drop"` or `"rate-limit"` | required |
+//! | `action` | `"allow"`, `"drop"`, `"rate-limit"` or `"mark"` (allow, setting the mark and/or the DSCP) | required |
 //! | `rate` | `{ pps = N, burst = N, per = "source" \| "rule" }`: required with `"rate-limit"` and only allowed with it; `pps` is `1..=10000000` ([`MAX_RATE`], see [Rates](#rates)), `burst` `1..=4294967295`; `per = "source"` keeps one bucket per source address (per IPv6 /64 by default, see `rate_prefix_v6`), `"rule"` one for the whole rule | `per = "source"` |
 //! | `proto` | `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, `"any"`, or a protocol number `0..=255`. The numbers of IPv6 extension headers (0 Hop-by-Hop, 43 Routing, 44 Fragment, 51 AH, 60 Destination Options) are refused on a rule that could match IPv6: the firewall walks past those headers and matches the protocol after them, so no IPv6 packet has them as its protocol. On a rule limited to IPv4 addresses they are taken (51 is IPv4's AH) | `"any"` |
 //! | `src`, `dst` | an address or CIDR, a non-empty list of them, or `"@set"` | any address |
@@ -92,6 +92,9 @@
 //! | `ecn` | ECN codepoint: `"not-ect"` (0), `"ect1"` (1), `"ect0"` (2), `"ce"` (3), or `0..=3` | any ECN |
 //! | `ttl` | IPv4 TTL / IPv6 hop limit: a value `N` (integer or string) or a range `"LO-HI"` with `LO <= HI`, within `0..=255`. Every fragment carries it, so a `ttl` rule meets non-first fragments too | any TTL |
 //! | `length` | the IP packet's length as its header says (IPv4 total length, IPv6 40 + payload length; no link-layer header, no VLAN tags): a value `N` or a range `"LO-HI"` within `0..=65535`. Each fragment has its own length | any length |
+//! | `set_mark` | `"mark"` only: `0..=4294967295`, the socket buffer's mark (`skb->mark`) for `ip rule fwmark`, tc and nftables | not set |
+//! | `mirror_to` | `"mirror"` only, and required with it: the interface that gets a copy of every packet the rule matches (the packet itself goes on). Resolved to its index when the policy is loaded: a name with no interface is an error, and the running policy stays | not set |
+//! | `set_dscp` | `"mark"` only: `0..=63` or a DSCP name as for `dscp`; the DSCP written into the IP header (ECN kept). A `mark` rule needs `set_mark`, `set_dscp` or both | not set |
 //!
 //! **Order.** Rules run in order of `priority`, ties in file order. A rule without
 //! `priority` gets `1000000` plus its 0-based position among the rules of the file, so rules
@@ -870,6 +873,9 @@ const RULE_KEYS: &[&str] = &[
     "ecn",
     "ttl",
     "length",
+    "set_mark",
+    "set_dscp",
+    "mirror_to",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
 const DNS_KEYS: &[&str] = &[
@@ -963,6 +969,8 @@ enum ActionKind {
     Allow,
     Drop,
     RateLimit,
+    Mark,
+    Mirror,
 }
 
 /// The sets as far as rules need them: the name lookup and what families each holds.
@@ -1492,7 +1500,7 @@ impl Checker<'_> {
             None => {
                 self.err(
                     view.at,
-                    "firewall rule is missing `action` (one of `allow`, `drop`, `rate-limit`)",
+                    "firewall rule is missing `action` (one of `allow`, `drop`, `rate-limit`, `mark`, `mirror`)",
                 );
                 None
             }
@@ -1500,9 +1508,12 @@ impl Checker<'_> {
                 Some("allow") => Some(ActionKind::Allow),
                 Some("drop") => Some(ActionKind::Drop),
                 Some("rate-limit") => Some(ActionKind::RateLimit),
+                Some("mark") => Some(ActionKind::Mark),
+                Some("mirror") => Some(ActionKind::Mirror),
                 Some(other) => {
                     let msg = format!(
-                        "unknown action `{other}`; expected `allow`, `drop` or `rate-limit`"
+                        "unknown action `{other}`; expected `allow`, `drop`, `rate-limit`, \
+                         `mark` or `mirror`"
                     );
                     self.err(node.at, msg);
                     None
@@ -1520,7 +1531,11 @@ impl Checker<'_> {
                 node.at,
                 "action `rate-limit` needs a `rate`, e.g. rate = { pps = 100, burst = 200 }",
             ),
-            (Some(ActionKind::Allow | ActionKind::Drop), _, Some(node)) => {
+            (
+                Some(ActionKind::Allow | ActionKind::Drop | ActionKind::Mark | ActionKind::Mirror),
+                _,
+                Some(node),
+            ) => {
                 self.err(
                     node.at,
                     "`rate` is only allowed with action = \"rate-limit\"",
@@ -1528,6 +1543,9 @@ impl Checker<'_> {
             }
             _ => {}
         }
+
+        let mark = self.mark_action(view, action_kind, action_node);
+        let mirror = self.mirror_action(view, action_kind, action_node);
 
         let log = view
             .get("log")
@@ -1655,6 +1673,8 @@ impl Checker<'_> {
             ActionKind::Allow => Action::Allow,
             ActionKind::Drop => Action::Drop,
             ActionKind::RateLimit => Action::RateLimit(rate?),
+            ActionKind::Mark => Action::Mark(mark?),
+            ActionKind::Mirror => Action::Mirror(mirror?),
         };
         let protocol = match proto {
             ProtoField::Any => None,
@@ -1680,6 +1700,107 @@ impl Checker<'_> {
             ip,
             line,
         })
+    }
+
+    /// A `mark` rule's `set_mark` and `set_dscp` (at least one); errors for either key on
+    /// another action. `None` when not a `mark` rule or on any error.
+    fn mark_action(
+        &mut self,
+        view: TableView<'_>,
+        kind: Option<ActionKind>,
+        action_node: Option<&Node>,
+    ) -> Option<super::model::Mark> {
+        let is_mark = kind == Some(ActionKind::Mark);
+        let errors_before = self.error_count();
+        let mark = view.get("set_mark").and_then(|node| {
+            if !is_mark {
+                self.err(node.at, "`set_mark` is only allowed with action = \"mark\"");
+                return None;
+            }
+            self.integer(node, "set_mark", 0, i64::from(u32::MAX))
+                .map(|n| n as u32)
+        });
+        let dscp = view.get("set_dscp").and_then(|node| {
+            if !is_mark {
+                self.err(node.at, "`set_dscp` is only allowed with action = \"mark\"");
+                return None;
+            }
+            match &node.val {
+                Val::Str(name) => {
+                    let v = dscp_by_name(name);
+                    if v.is_none() {
+                        let msg = format!(
+                            "unknown DSCP name `{name}` in `set_dscp`; expected a number 0 to \
+                             63, `cs0`..`cs7`, `af11`..`af43`, `ef` or `va`"
+                        );
+                        self.err(node.at, msg);
+                    }
+                    v
+                }
+                _ => self.integer(node, "set_dscp", 0, 63).map(|n| n as u8),
+            }
+        });
+        if !is_mark {
+            return None;
+        }
+        if view.get("set_mark").is_none() && view.get("set_dscp").is_none() {
+            let at = action_node.map_or(view.at, |n| n.at);
+            self.err(
+                at,
+                "action `mark` needs `set_mark` (a 32-bit mark, e.g. set_mark = 0x10) or \
+                 `set_dscp` (0 to 63 or a name such as \"ef\"), or both",
+            );
+        }
+        if self.error_count() != errors_before {
+            return None;
+        }
+        Some(super::model::Mark { mark, dscp })
+    }
+
+    /// A `mirror` rule's `mirror_to`: an interface name, resolved to its index here (in the
+    /// network namespace that loads the policy). `None` when not a `mirror` rule or on error.
+    fn mirror_action(
+        &mut self,
+        view: TableView<'_>,
+        kind: Option<ActionKind>,
+        action_node: Option<&Node>,
+    ) -> Option<super::model::Mirror> {
+        let is_mirror = kind == Some(ActionKind::Mirror);
+        let Some(node) = view.get("mirror_to") else {
+            if is_mirror {
+                let at = action_node.map_or(view.at, |n| n.at);
+                self.err(
+                    at,
+                    "action `mirror` needs `mirror_to`, the interface that gets the copies \
+                     (e.g. mirror_to = \"eth2\")",
+                );
+            }
+            return None;
+        };
+        if !is_mirror {
+            self.err(
+                node.at,
+                "`mirror_to` is only allowed with action = \"mirror\"",
+            );
+            return None;
+        }
+        let name = self.string(node, "mirror_to")?;
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+            let msg = format!("`mirror_to` = `{name}` is not an interface name (1 to 15 bytes)");
+            self.err(node.at, msg);
+            return None;
+        }
+        let Some(ifindex) = crate::attach::ifindex(name) else {
+            let msg = format!(
+                "`mirror_to`: there is no network interface named `{name}` (interfaces are \
+                 resolved when the policy is loaded)"
+            );
+            self.err(node.at, msg);
+            return None;
+        };
+        let mut n = [0u8; 16];
+        n[..name.len()].copy_from_slice(name.as_bytes());
+        Some(super::model::Mirror { ifindex, name: n })
     }
 
     /// `dscp`: a code point `0..=63` or its name (RFC 2474 class selectors, RFC 2597 assured

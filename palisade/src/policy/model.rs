@@ -135,6 +135,36 @@ pub enum Action {
     Drop,
     /// Packets within the rate pass, the rest are dropped.
     RateLimit(RateLimit),
+    /// The packet passes, with its mark and/or its DSCP set.
+    Mark(Mark),
+    /// The packet passes, and a copy leaves by another interface.
+    Mirror(Mirror),
+}
+
+/// Where a `mirror` rule sends its copies: an interface resolved when the policy was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mirror {
+    pub ifindex: u32,
+    /// The interface's name (at most 15 bytes, NUL-padded), for listings.
+    pub name: [u8; 16],
+}
+
+impl Mirror {
+    /// The interface's name.
+    #[must_use]
+    pub fn iface(&self) -> &str {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
+        std::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+}
+
+/// What a `mark` rule sets on the packets it lets through; at least one is `Some`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    /// The socket buffer's mark (`skb->mark`), for `ip rule fwmark`, tc and nftables.
+    pub mark: Option<u32>,
+    /// The DSCP code point `0..=63` written into the IP header (ECN kept).
+    pub dscp: Option<u8>,
 }
 
 /// One firewall rule. All conditions must hold for the rule to match.

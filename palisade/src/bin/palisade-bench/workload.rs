@@ -427,6 +427,7 @@ fn classify_frame(
             }
         }
         Some(Action::RateLimit(_)) => bail!("generated policies have no rate limits"),
+        Some(Action::Mark(_) | Action::Mirror(_)) => XDP_PASS,
     };
     Ok((action, rule))
 }
