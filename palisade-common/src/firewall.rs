@@ -58,6 +58,11 @@ pub const TUPLE_SRC_SET: u8 = 8;
 pub const TUPLE_DST_SET: u8 = 16;
 /// [`Tuple::flags`]: the connection-tracking state is part of the key.
 pub const TUPLE_CT_STATE: u8 = 32;
+/// [`Tuple::flags`], with [`TUPLE_SRC_SET`]: the source address must *not* be in `src_set`
+/// (a negated `src`, its CIDRs written as a set of their own).
+pub const TUPLE_SRC_NOT: u8 = 64;
+/// [`Tuple::flags`], with [`TUPLE_DST_SET`]: the destination must not be in `dst_set`.
+pub const TUPLE_DST_NOT: u8 = 128;
 
 /// [`PolicyHeader::fragments`]: drop non-first fragments.
 pub const FRAGMENTS_DROP: u8 = 0;
@@ -101,7 +106,10 @@ pub struct PolicyHeader {
     pub rate_prefix_v4: u8,
     /// The same for IPv6 sources.
     pub rate_prefix_v6: u8,
-    pub _pad: [u8; 3],
+    /// The `LINK_*` bits any tuple uses: 0 spares every packet the reading of its link
+    /// layer ([`Link`]).
+    pub link: u8,
+    pub _pad: [u8; 2],
 }
 map_type!(PolicyHeader, 16);
 
@@ -134,8 +142,101 @@ pub struct Tuple {
     /// The bits of the packet's IP length ([`crate::packet::Packet::ip_len`]) the key holds:
     /// a `length` range is split into aligned blocks like a `ttl` range, 0 without one.
     pub length_mask: u16,
+    /// The source MAC address the frame must carry, under [`LINK_SRC_MAC`] in `link`.
+    pub src_mac: [u8; 6],
+    /// The destination MAC address the frame must carry, under [`LINK_DST_MAC`].
+    pub dst_mac: [u8; 6],
+    /// Which link-layer values of this tuple the frame must carry (`LINK_*` bits): a tuple
+    /// has one value of each, so they are checked before its lookup, as a set is, and the
+    /// key does not grow. 0 for a tuple without link conditions.
+    pub link: u8,
+    pub _link_pad: u8,
+    /// The VLAN id the frame must carry ([`Link::vlan`]), under [`LINK_VLAN`].
+    pub vlan: u16,
+    /// The interface the frame must arrive on ([`Link::ifindex`]), under [`LINK_IFACE`].
+    pub ifindex: u32,
 }
-map_type!(Tuple, 52);
+map_type!(Tuple, 72);
+
+/// [`Tuple::link`] and [`PolicyHeader::link`]: the frame's source MAC must be
+/// [`Tuple::src_mac`].
+pub const LINK_SRC_MAC: u8 = 1;
+/// [`Tuple::link`] and [`PolicyHeader::link`]: the frame's destination MAC must be
+/// [`Tuple::dst_mac`].
+pub const LINK_DST_MAC: u8 = 2;
+/// [`Tuple::link`] and [`PolicyHeader::link`]: the frame's VLAN id must be [`Tuple::vlan`].
+pub const LINK_VLAN: u8 = 4;
+/// [`Tuple::link`] and [`PolicyHeader::link`]: the frame must arrive on interface
+/// [`Tuple::ifindex`].
+pub const LINK_IFACE: u8 = 8;
+/// [`Link::vlan`] of a frame without a VLAN tag (ids are 12 bits).
+pub const VLAN_UNTAGGED: u16 = 0xffff;
+
+/// What the firewall knows of a frame below IP, read only when some tuple of the policy has a
+/// link condition ([`PolicyHeader::link`]): kept apart from [`Packet`], whose copies other
+/// hooks cannot afford to grow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Link {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// The id (low 12 bits of the TCI) of the frame's outermost 802.1Q / 802.1ad tag, or
+    /// [`VLAN_UNTAGGED`]. A tag the NIC took off on receive (VLAN offload) is not in the
+    /// frame and not seen here.
+    pub vlan: u16,
+    pub _pad: u16,
+    /// The interface the frame arrived on (XDP's `ingress_ifindex`); [`read_link`] leaves it
+    /// 0 for its caller to fill.
+    pub ifindex: u32,
+}
+
+/// The link-layer values of an Ethernet frame; `None` when the frame is shorter than its
+/// Ethernet header or its first tag (the parser drops those as `malformed-l2` before any
+/// rule).
+#[inline(always)]
+#[must_use]
+pub fn read_link<B: crate::packet::Bytes + ?Sized>(b: &B) -> Option<Link> {
+    let eth: [u8; crate::packet::ETH_HLEN] = b.load(0)?;
+    let mut l = Link {
+        vlan: VLAN_UNTAGGED,
+        ..Link::default()
+    };
+    let mut i = 0;
+    while i < 6 {
+        l.dst_mac[i] = eth[i];
+        l.src_mac[i] = eth[6 + i];
+        i += 1;
+    }
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    if ethertype == crate::packet::ETH_P_8021Q || ethertype == crate::packet::ETH_P_8021AD {
+        let tci: [u8; 2] = b.load(crate::packet::ETH_HLEN)?;
+        l.vlan = u16::from_be_bytes(tci) & 0x0fff;
+    }
+    Some(l)
+}
+
+/// Whether two MAC addresses are equal, without a call to `memcmp` (which BPF has not).
+#[inline(always)]
+fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let mut diff = 0;
+    let mut i = 0;
+    while i < 6 {
+        diff |= a[i] ^ b[i];
+        i += 1;
+    }
+    diff == 0
+}
+
+/// Whether the frame's link-layer values meet the tuple's link conditions (always, for a
+/// tuple without any).
+#[inline(always)]
+#[must_use]
+pub fn link_applies(t: &Tuple, l: &Link) -> bool {
+    (t.link & LINK_SRC_MAC == 0 || mac_eq(&t.src_mac, &l.src_mac))
+        && (t.link & LINK_DST_MAC == 0 || mac_eq(&t.dst_mac, &l.dst_mac))
+        && (t.link & LINK_VLAN == 0 || t.vlan == l.vlan)
+        && (t.link & LINK_IFACE == 0 || t.ifindex == l.ifindex)
+}
 
 /// The hash key of a rule entry: a packet's fields masked to one tuple's shape.
 #[repr(C)]

@@ -145,6 +145,22 @@ pub fn ifindex(iface: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// The name of interface `index` in this network namespace, or `#index` when there is none
+/// (any more).
+#[must_use]
+pub fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as the call needs.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("#{index}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Attaches the DNS egress program to a cgroup as a pinnable link.
 ///
 /// # Errors

@@ -340,6 +340,33 @@ pub struct RuleAddArgs {
     /// rate-limit: `source` (a bucket per source address) or `rule`.
     #[arg(long)]
     pub rate_per: Option<String>,
+    /// DSCP code point `0..=63` or name (`ef`, `af41`, `cs1`, ...).
+    #[arg(long)]
+    pub dscp: Option<String>,
+    /// ECN codepoint: `not-ect`, `ect1`, `ect0`, `ce` or `0..=3`.
+    #[arg(long)]
+    pub ecn: Option<String>,
+    /// TTL / hop limit `N` or range `LO-HI`.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// IP packet length `N` or range `LO-HI`.
+    #[arg(long)]
+    pub length: Option<String>,
+    /// Ethernet source address, `aa:bb:cc:dd:ee:ff`.
+    #[arg(long)]
+    pub src_mac: Option<String>,
+    /// Ethernet destination address, `aa:bb:cc:dd:ee:ff`.
+    #[arg(long)]
+    pub dst_mac: Option<String>,
+    /// The outermost VLAN tag's id `0..=4095`, or `untagged`.
+    #[arg(long)]
+    pub vlan: Option<String>,
+    /// The interface the frame arrives on, by name.
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// Negate a condition given: `src`, `dst`, `sport`, `dport` or `proto`; repeatable.
+    #[arg(long)]
+    pub not: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -386,6 +386,15 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 rate_pps,
                 rate_burst,
                 rate_per,
+                dscp,
+                ecn,
+                ttl,
+                length,
+                src_mac,
+                dst_mac,
+                vlan,
+                iface,
+                not,
             } = *a;
             let rule = RuleSpec {
                 name,
@@ -403,8 +412,22 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 rate_pps,
                 rate_burst,
                 rate_per,
+                dscp,
+                ecn,
+                ttl,
+                length,
+                src_mac,
+                dst_mac,
+                vlan,
+                iface,
+                not,
             };
-            changed(socket, &Request::AddRule { rule })
+            changed(
+                socket,
+                &Request::AddRule {
+                    rule: Box::new(rule),
+                },
+            )
         }
         RuleCommand::Delete { name } => changed(socket, &Request::DeleteRule { name }),
     }

@@ -12,7 +12,10 @@ use crate::{
     api::proto::RuleSpec,
     policy::{
         config::{self, ConfigError, MAX_RULES},
-        model::{Action, AddrMatch, Family, NameEntry, NameMatch, Policy, Protocol, RatePer, Rule},
+        model::{
+            Action, AddrMatch, Family, NameEntry, NameMatch, Negation, Policy, Protocol, RatePer,
+            Rule,
+        },
         namelist::{format_name, parse_name},
         setfile::{format_cidr, parse_cidr},
     },
@@ -86,6 +89,34 @@ fn parse_rule(policy: &Policy, spec: &RuleSpec, priority: u32) -> Result<Rule, S
     }
     if spec.log {
         rule.insert("log".into(), Value::Boolean(true));
+    }
+    // Header and link conditions: numbers as integers, names and ranges as strings, as a
+    // policy file writes them.
+    for (key, v) in [
+        ("dscp", &spec.dscp),
+        ("ecn", &spec.ecn),
+        ("ttl", &spec.ttl),
+        ("length", &spec.length),
+        ("vlan", &spec.vlan),
+    ] {
+        if let Some(v) = v {
+            rule.insert(key.into(), word(v));
+        }
+    }
+    for (key, v) in [
+        ("src_mac", &spec.src_mac),
+        ("dst_mac", &spec.dst_mac),
+        ("iface", &spec.iface),
+    ] {
+        if let Some(v) = v {
+            rule.insert(key.into(), Value::String(v.clone()));
+        }
+    }
+    if !spec.not.is_empty() {
+        rule.insert(
+            "not".into(),
+            Value::Array(spec.not.iter().cloned().map(Value::String).collect()),
+        );
     }
     if spec.rate_pps.is_some() || spec.rate_burst.is_some() || spec.rate_per.is_some() {
         let mut rate = Table::new();
@@ -569,6 +600,48 @@ pub fn describe(rule: &Rule, policy: &Policy) -> String {
             None => parts.push(format!("icmp-type {}", i.icmp_type)),
         }
     }
+    let range = |(lo, hi): (u16, u16)| {
+        if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        }
+    };
+    if let Some(d) = rule.ip.dscp {
+        parts.push(format!("dscp {d}"));
+    }
+    if let Some(e) = rule.ip.ecn {
+        parts.push(format!("ecn {e}"));
+    }
+    if let Some((lo, hi)) = rule.ip.ttl {
+        parts.push(format!("ttl {}", range((lo.into(), hi.into()))));
+    }
+    if let Some(l) = rule.ip.length {
+        parts.push(format!("length {}", range(l)));
+    }
+    if let Some(m) = rule.link.src_mac {
+        parts.push(format!("src-mac {}", crate::policy::model::show_mac(&m)));
+    }
+    if let Some(m) = rule.link.dst_mac {
+        parts.push(format!("dst-mac {}", crate::policy::model::show_mac(&m)));
+    }
+    match rule.link.vlan {
+        None => {}
+        Some(palisade_common::firewall::VLAN_UNTAGGED) => parts.push("vlan untagged".into()),
+        Some(v) => parts.push(format!("vlan {v}")),
+    }
+    if let Some(i) = rule.link.iface {
+        parts.push(format!("iface {}", crate::attach::ifname(i)));
+    }
+    let n = rule.not;
+    let negated: Vec<&str> = Negation::NAMES
+        .into_iter()
+        .zip([n.src, n.dst, n.sport, n.dport, n.proto])
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+    if !negated.is_empty() {
+        parts.push(format!("not {}", negated.join(",")));
+    }
     if parts.is_empty() {
         "any".into()
     } else {
@@ -645,6 +718,72 @@ names = ["ads.example.com"]
         assert_eq!(last.line, 0);
         assert!(last.priority > next.firewall.rules[1].priority, "{msg}");
         assert_eq!(describe(last, &next), "udp src @bad dport 53");
+
+        // Header and link conditions go through the file's parser too.
+        let mut h = spec("marked", "drop");
+        h.dscp = Some("ef".into());
+        h.ecn = Some("3".into());
+        h.ttl = Some("0-9".into());
+        h.length = Some("1500".into());
+        h.src_mac = Some("02:00:5E:10:00:01".into());
+        h.dst_mac = Some("02-00-5e-10-00-02".into());
+        h.vlan = Some("untagged".into());
+        h.iface = Some("lo".into());
+        let next = add_rule(&p, &h).unwrap().0.unwrap();
+        let last = next.firewall.rules.last().unwrap();
+        assert_eq!(
+            describe(last, &next),
+            "dscp 46 ecn 3 ttl 0-9 length 1500 src-mac 02:00:5e:10:00:01 \
+             dst-mac 02:00:5e:10:00:02 vlan untagged iface lo"
+        );
+        let mut n = spec("not-office", "drop");
+        n.proto = Some("tcp".into());
+        n.dport = Some("22".into());
+        n.src = vec!["10.0.0.0/8".into()];
+        n.not = vec!["src".into(), "dport".into()];
+        let next = add_rule(&p, &n).unwrap().0.unwrap();
+        assert_eq!(
+            describe(next.firewall.rules.last().unwrap(), &next),
+            "tcp src 10.0.0.0/8 dport 22 not src,dport"
+        );
+        n.not = vec!["dst".into()];
+        let e = add_rule(&p, &n).unwrap_err();
+        assert!(
+            e.contains("`not` negates `dst`, but the rule has no `dst` condition"),
+            "{e}"
+        );
+        h.vlan = Some("100".into());
+        let next = add_rule(&p, &h).unwrap().0.unwrap();
+        assert_eq!(next.firewall.rules.last().unwrap().link.vlan, Some(100));
+        for (field, value, message) in [
+            (
+                "vlan",
+                "4096",
+                "`vlan` must be between 0 and 4095, found 4096",
+            ),
+            (
+                "src_mac",
+                "02:00:5e",
+                "invalid MAC address `02:00:5e` in `src_mac`",
+            ),
+            (
+                "iface",
+                "m19nosuch",
+                "no interface named `m19nosuch` on this host",
+            ),
+            ("ttl", "9-0", "TTL range 9-0 is reversed"),
+        ] {
+            let mut bad = spec("bad", "drop");
+            let v = Some(value.to_owned());
+            match field {
+                "vlan" => bad.vlan = v,
+                "src_mac" => bad.src_mac = v,
+                "iface" => bad.iface = v,
+                _ => bad.ttl = v,
+            }
+            let e = add_rule(&p, &bad).unwrap_err();
+            assert!(e.contains(message), "{field}: {e}");
+        }
 
         let mut early = spec("early", "allow");
         early.priority = Some(5);

@@ -225,6 +225,32 @@ impl Bench {
         Ok((r.return_value, out))
     }
 
+    /// Runs the firewall once on `frame` as if it arrived on interface `ifindex` (which must
+    /// exist in this network namespace; without it a run arrives on loopback) and returns
+    /// the XDP action.
+    ///
+    /// # Errors
+    /// When the kernel refuses the run (e.g. no such interface).
+    pub fn run_on(&self, ifindex: u32, frame: &[u8]) -> Result<u32> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(FIREWALL)
+            .ok_or_else(|| anyhow!("no program {FIREWALL}"))?
+            .try_into()?;
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data_end to be the frame's length.
+        let mut ctx = [0u8; 24];
+        let len = u32::try_from(frame.len())?;
+        ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        Ok(prog.test_run(opts)?.return_value)
+    }
+
     /// Runs the TC program `name` `repeat` times on `frame`; the kernel's mean time per run.
     ///
     /// # Errors

@@ -10,8 +10,10 @@
 //!   kernel's action, event and per-rule counters are compared with `reference::verdict`.
 //!
 //! Frames are aimed at the rules: addresses sit on or just beyond CIDR edges, ports on or just
-//! beyond range edges, flags one bit away from the mask. Every run is seeded; a disagreement
-//! is shrunk to a minimal policy before it is reported, with the seed to reproduce it.
+//! beyond range edges, flags one bit away from the mask, MAC addresses on or one bit off a
+//! rule's, VLAN ids on or one off; negated conditions are met by the same frames. Every run is
+//! seeded; a disagreement is shrunk to a minimal policy before it is reported, with the seed
+//! to reproduce it.
 //!
 //! Knobs: `PALISADE_DIFF_SEED` (base seed), `PALISADE_DIFF_POLICIES`, `PALISADE_DIFF_PACKETS`.
 //!
@@ -37,13 +39,14 @@ use palisade::{
     },
     policy::model::{
         Action, AddrMatch, Cidr, Family, Firewall, FragmentPolicy, IcmpMatch, IpHeaderMatch, IpSet,
-        Policy, PortRange, Protocol, RateLimit, RatePer, Rule, SourcePrefix, TcpFlags,
+        LinkMatch, Negation, Policy, PortRange, Protocol, RateLimit, RatePer, Rule, SourcePrefix,
+        TcpFlags,
     },
     testrun::Bench,
 };
 use palisade_common::{
     event::{FirewallEvent, KIND_FIREWALL},
-    firewall::DEFAULT_SLOT,
+    firewall::{DEFAULT_SLOT, Link, VLAN_UNTAGGED, read_link},
     packet::{
         self, FAMILY_V4, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Packet, keep_prefix, rate_prefix_bits,
         v4_mapped,
@@ -259,6 +262,57 @@ fn ip_header_match(rng: &mut StdRng) -> IpHeaderMatch {
     }
 }
 
+/// MAC addresses rules name: the crafted frames' own (`02:00:00:00:00:01` from,
+/// `:02` to), and others differing from them in the first, a middle or the last byte.
+const MACS: [[u8; 6]; 6] = [
+    [2, 0, 0, 0, 0, 1],
+    [2, 0, 0, 0, 0, 2],
+    [2, 0, 0, 0, 0, 0x0a],
+    [3, 0, 0, 0, 0, 1],
+    [2, 0, 0, 1, 0, 2],
+    [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff],
+];
+
+/// VLAN ids rules name: untagged, the priority tag 0, the edges, and a few others.
+const VLANS: [u16; 6] = [VLAN_UNTAGGED, 0, 1, 7, 100, 4095];
+
+/// Source and destination MAC and VLAN conditions, each now and then.
+fn link_match(rng: &mut StdRng) -> LinkMatch {
+    LinkMatch {
+        src_mac: rng.gen_bool(0.1).then(|| *MACS.choose(rng).unwrap()),
+        dst_mac: rng.gen_bool(0.1).then(|| *MACS.choose(rng).unwrap()),
+        vlan: rng.gen_bool(0.12).then(|| *VLANS.choose(rng).unwrap()),
+        // Test runs arrive on loopback; another index is an interface they never arrive on.
+        iface: rng
+            .gen_bool(0.1)
+            .then(|| *[LOOPBACK, LOOPBACK, 1000].choose(rng).unwrap()),
+    }
+}
+
+/// Writes the frame's MAC addresses: those the aimed-at rule names (`aim`), or one byte off
+/// them (the edges of an exact match), or another rule's, or the palette's.
+fn aim_link(rng: &mut StdRng, p: &Policy, aim: LinkMatch, frame: &mut [u8]) {
+    let named: Vec<[u8; 6]> = p
+        .firewall
+        .rules
+        .iter()
+        .flat_map(|r| [r.link.src_mac, r.link.dst_mac])
+        .flatten()
+        .collect();
+    for (own, at) in [(aim.dst_mac, 0), (aim.src_mac, 6)] {
+        let mut mac = match own {
+            Some(m) if rng.gen_bool(0.85) => m,
+            _ if !named.is_empty() && rng.gen_bool(0.5) => *named.choose(rng).unwrap(),
+            _ if rng.gen_bool(0.5) => continue,
+            _ => *MACS.choose(rng).unwrap(),
+        };
+        if rng.gen_bool(0.15) {
+            mac[rng.gen_range(0..6)] ^= 1 << rng.gen_range(0..8);
+        }
+        frame[at..at + 6].copy_from_slice(&mac);
+    }
+}
+
 /// Rate limits whose outcome does not depend on timing noise: either a bucket so deep it
 /// never empties, or one packet per second with no burst.
 fn rate_limit(rng: &mut StdRng) -> RateLimit {
@@ -301,7 +355,7 @@ fn random_rule(rng: &mut StdRng, sets: usize) -> Rule {
         4..=7 => Action::Allow,
         _ => Action::RateLimit(rate_limit(rng)),
     };
-    Rule {
+    let mut rule = Rule {
         name: None,
         priority: 0,
         action,
@@ -315,7 +369,28 @@ fn random_rule(rng: &mut StdRng, sets: usize) -> Rule {
         icmp: (icmp && rng.gen_bool(0.7)).then(|| icmp_match(rng)),
         state: None,
         ip: ip_header_match(rng),
+        link: link_match(rng),
+        not: Negation::default(),
         line: 0,
+    };
+    rule.not = negation(rng, &rule);
+    rule
+}
+
+/// Now and then a condition of `r` negated, as the config checker allows it (a negated
+/// protocol only without port, flag and ICMP conditions).
+fn negation(rng: &mut StdRng, r: &Rule) -> Negation {
+    let mut n = |present: bool| present && rng.gen_bool(0.12);
+    Negation {
+        src: n(r.src != AddrMatch::Any),
+        dst: n(r.dst != AddrMatch::Any),
+        sport: n(r.src_ports.is_some()),
+        dport: n(r.dst_ports.is_some()),
+        proto: n(r.protocol.is_some()
+            && r.src_ports.is_none()
+            && r.dst_ports.is_none()
+            && r.tcp_flags.is_none()
+            && r.icmp.is_none()),
     }
 }
 
@@ -411,7 +486,13 @@ fn derive_rule(rng: &mut StdRng, base: &Rule) -> Rule {
         }
     };
     match rng.gen_range(0..9) {
-        0 => {}
+        // The same conditions, one of them negated or not any more.
+        0 => match k % 4 {
+            0 => r.not.src = !r.not.src,
+            1 => r.not.dport = !r.not.dport,
+            2 => r.not.dst = !r.not.dst,
+            _ => {}
+        },
         7 => {
             // A wider or narrower TTL range, or none.
             r.ip.ttl = match r.ip.ttl {
@@ -430,6 +511,13 @@ fn derive_rule(rng: &mut StdRng, base: &Rule) -> Rule {
         8 => {
             r.ip.dscp = None;
             r.ip.ecn = r.ip.ecn.or(Some(k & 3));
+            // Another MAC or VLAN condition, or the same one added.
+            r.link.vlan = r
+                .link
+                .vlan
+                .map(|v| if v == VLAN_UNTAGGED { 0 } else { v ^ 1 });
+            r.link.dst_mac = r.link.dst_mac.or(Some(MACS[usize::from(k) % MACS.len()]));
+            r.link.src_mac = r.link.src_mac.map(|_| MACS[usize::from(k) % MACS.len()]);
         }
         1 => resize(&mut r.src, true),
         2 => resize(&mut r.dst, false),
@@ -540,6 +628,13 @@ fn palette_rules(rng: &mut StdRng) -> Vec<Rule> {
                     length: [None, None, None, Some((0, 65535)), Some((40, 100))]
                         [rng.gen_range(0..5)],
                 },
+                link: LinkMatch::default(),
+                // Overlapping blocks, one of them negated now and then.
+                not: Negation {
+                    src: rng.gen_range(0..8) == 0,
+                    dport: rng.gen_range(0..8) == 0,
+                    ..Negation::default()
+                },
                 line: 0,
             }
         })
@@ -630,7 +725,7 @@ fn icmp_range(m: IcmpMatch) -> PortRange {
 }
 
 /// A frame aimed at a random rule of `p`, or now and then at nothing in particular.
-fn random_frame(rng: &mut StdRng, p: &Policy) -> Frame {
+fn random_frame(rng: &mut StdRng, p: &Policy) -> (Frame, LinkMatch) {
     let rules = &p.firewall.rules;
     let aim = (!rules.is_empty() && rng.gen_bool(0.9)).then(|| {
         let mut aim = rules.choose(rng).unwrap().clone();
@@ -649,6 +744,9 @@ fn random_frame(rng: &mut StdRng, p: &Policy) -> Frame {
             aim.ip.ecn = aim.ip.ecn.or(other.ip.ecn);
             aim.ip.ttl = aim.ip.ttl.or(other.ip.ttl);
             aim.ip.length = aim.ip.length.or(other.ip.length);
+            aim.link.src_mac = aim.link.src_mac.or(other.link.src_mac);
+            aim.link.dst_mac = aim.link.dst_mac.or(other.link.dst_mac);
+            aim.link.vlan = aim.link.vlan.or(other.link.vlan);
             if aim.protocol.is_none() {
                 aim.protocol = other.protocol;
                 aim.src_ports = other.src_ports;
@@ -807,11 +905,26 @@ fn random_frame(rng: &mut StdRng, p: &Policy) -> Frame {
         _ if rng.gen_bool(0.5) => *[1u8, 64, 128, 255].choose(rng).unwrap(),
         _ => rng.r#gen(),
     };
-    match rng.gen_range(0..10) {
-        0..=6 => {}
-        7 | 8 => f.vlans = vec![rng.gen_range(1..4095)],
-        _ => {
-            f.vlans = vec![rng.gen_range(1..4095), rng.gen_range(1..4095)];
+    // The outermost tag: the aimed-at rule's VLAN, one id off it, untagged, or any.
+    let outer = match target.and_then(|r| r.link.vlan) {
+        Some(VLAN_UNTAGGED) if follow(rng) => Some(None),
+        Some(v) if v != VLAN_UNTAGGED && follow(rng) => Some(Some(match rng.gen_range(0..6) {
+            0 => v.wrapping_sub(1) & 0x0fff,
+            1 => (v + 1) & 0x0fff,
+            _ => v,
+        })),
+        _ => None,
+    };
+    match (outer, rng.gen_range(0..10)) {
+        (Some(None), _) | (None, 0..=6) => {}
+        (Some(Some(v)), 0..=6) => f.vlans = vec![v],
+        (None, 7 | 8) => f.vlans = vec![rng.gen_range(0..4096)],
+        (Some(Some(v)), _) => {
+            f.vlans = vec![v, rng.gen_range(0..4096)];
+            f.qinq = rng.gen_bool(0.5);
+        }
+        (None, _) => {
+            f.vlans = vec![rng.gen_range(0..4096), rng.gen_range(0..4096)];
             f.qinq = rng.gen_bool(0.5);
         }
     }
@@ -883,7 +996,7 @@ fn random_frame(rng: &mut StdRng, p: &Policy) -> Frame {
             f.payload.truncate(cut);
         }
     }
-    f
+    (f, target.map(|r| r.link).unwrap_or_default())
 }
 
 /// The most payload a frame grows by to reach a `length` edge: frames stay within what a
@@ -894,6 +1007,17 @@ fn parse(frame: &[u8]) -> Packet {
     match packet::parse(frame) {
         Ok(packet::Frame::Ip(p)) => p,
         other => panic!("crafted frame did not parse as IP: {other:?}\n{frame:02x?}"),
+    }
+}
+
+/// The index of the loopback interface, where every test run arrives.
+const LOOPBACK: u32 = 1;
+
+/// The frame's link-layer values, as the kernel sees them in a test run.
+fn link(frame: &[u8]) -> Link {
+    Link {
+        ifindex: LOOPBACK,
+        ..read_link(frame).expect("crafted frames have an Ethernet header")
     }
 }
 
@@ -929,11 +1053,11 @@ fn install(bench: &mut Bench, p: &Policy) -> CompiledFirewall {
 }
 
 /// What the probe install must show: every packet dropped with one event naming the rule.
-fn probe_expect(p: &Policy, pkt: &Packet) -> Seen {
+fn probe_expect(p: &Policy, pkt: &Packet, link: &Link) -> Seen {
     let event = if pkt.frag == FRAG_LATER && p.firewall.fragments == FragmentPolicy::Drop {
         (NO_RULE, reason::FRAGMENT)
     } else {
-        match reference::first_match(p, pkt) {
+        match reference::first_match_link(p, pkt, link) {
             Some(rule) => (rule, reason::RULE),
             None => (DEFAULT_SLOT, reason::DEFAULT),
         }
@@ -950,7 +1074,13 @@ type Buckets = HashMap<(u32, [u8; 16]), Instant>;
 
 /// What the policy as generated must do with `pkt`. `None` when the outcome legitimately
 /// depends on timing (a one-per-second bucket that may or may not have refilled).
-fn verdict_expect(p: &Policy, pkt: &Packet, buckets: &Buckets, after_run: Instant) -> Option<Seen> {
+fn verdict_expect(
+    p: &Policy,
+    pkt: &Packet,
+    link: &Link,
+    buckets: &Buckets,
+    after_run: Instant,
+) -> Option<Seen> {
     let fw = &p.firewall;
     let drop = |rule: u32, why: u32, log: bool| Seen {
         action: XDP_DROP,
@@ -960,7 +1090,7 @@ fn verdict_expect(p: &Policy, pkt: &Packet, buckets: &Buckets, after_run: Instan
         action: XDP_PASS,
         event: None,
     };
-    Some(match reference::verdict(p, pkt) {
+    Some(match reference::verdict_link(p, pkt, link) {
         Verdict::Pass { .. } => pass,
         Verdict::Drop {
             rule: Some(rule),
@@ -1016,10 +1146,10 @@ fn check_policy(
     let compiled = install(bench, &probe);
     let generation = apply::control(&bench.ebpf).unwrap().active_gen;
     for (i, frame) in frames.iter().enumerate() {
-        let pkt = parse(frame);
-        let want = probe_expect(&probe, &pkt);
-        let userspace = classify::first_match(&compiled, &pkt);
-        let linear = reference::first_match(&probe, &pkt);
+        let (pkt, link) = (parse(frame), link(frame));
+        let want = probe_expect(&probe, &pkt, &link);
+        let userspace = classify::first_match_link(&compiled, &pkt, &link);
+        let linear = reference::first_match_link(&probe, &pkt, &link);
         if userspace != linear {
             return Err(
                 Failure::new("userspace tuple search vs reference", i, frame, p)
@@ -1055,19 +1185,19 @@ fn check_policy(
     let mut buckets = Buckets::new();
     let mut hits: HashMap<u32, (u64, u64)> = HashMap::new();
     for (i, frame) in frames.iter().enumerate() {
-        let pkt = parse(frame);
+        let (pkt, link) = (parse(frame), link(frame));
         let before = Instant::now();
         let (seen, _) = run(bench, frame);
-        let want = verdict_expect(p, &pkt, &buckets, Instant::now());
+        let want = verdict_expect(p, &pkt, &link, &buckets, Instant::now());
         if want.is_some_and(|w| w != seen) {
             return Err(
                 Failure::new("kernel verdict vs reference::verdict", i, frame, p).detail(format!(
                     "kernel {seen:?}, reference {want:?} ({:?})",
-                    reference::verdict(p, &pkt)
+                    reference::verdict_link(p, &pkt, &link)
                 )),
             );
         }
-        if let Verdict::RateLimit { rule } = reference::verdict(p, &pkt) {
+        if let Verdict::RateLimit { rule } = reference::verdict_link(p, &pkt, &link) {
             if let Action::RateLimit(rl) = p.firewall.rules[rule as usize].action
                 && seen.action == XDP_PASS
             {
@@ -1078,7 +1208,7 @@ fn check_policy(
         let dropped_fragment =
             pkt.frag == FRAG_LATER && p.firewall.fragments == FragmentPolicy::Drop;
         if !dropped_fragment {
-            let slot = reference::first_match(p, &pkt).unwrap_or(DEFAULT_SLOT);
+            let slot = reference::first_match_link(p, &pkt, &link).unwrap_or(DEFAULT_SLOT);
             let h = hits.entry(slot).or_default();
             h.0 += 1;
             h.1 += frame.len() as u64;
@@ -1134,10 +1264,11 @@ fn probe_disagrees(bench: &mut Bench, p: &Policy, frame: &[u8]) -> bool {
         return false;
     };
     bench.install(&probe).expect("install");
-    let pkt = parse(frame);
+    let (pkt, link) = (parse(frame), link(frame));
     let (seen, _) = run(bench, frame);
-    seen != probe_expect(&probe, &pkt)
-        || classify::first_match(&c, &pkt) != reference::first_match(&probe, &pkt)
+    seen != probe_expect(&probe, &pkt, &link)
+        || classify::first_match_link(&c, &pkt, &link)
+            != reference::first_match_link(&probe, &pkt, &link)
 }
 
 /// Whether `frame` alone, first after a fresh install, still shows a verdict disagreement.
@@ -1146,8 +1277,8 @@ fn verdict_disagrees(bench: &mut Bench, p: &Policy, frame: &[u8]) -> bool {
         return false;
     }
     bench.install(p).expect("install");
-    let pkt = parse(frame);
-    let want = verdict_expect(p, &pkt, &Buckets::new(), Instant::now());
+    let (pkt, link) = (parse(frame), link(frame));
+    let want = verdict_expect(p, &pkt, &link, &Buckets::new(), Instant::now());
     let (seen, _) = run(bench, frame);
     want.is_some_and(|w| w != seen)
 }
@@ -1255,7 +1386,8 @@ fn describe_policy(p: &Policy) -> String {
         };
         let _ = writeln!(
             s,
-            "rule {i}: {:?} log={} src {} dst {} proto {:?} sport {:?} dport {:?} flags {:?} icmp {:?}",
+            "rule {i}: {:?} log={} src {} dst {} proto {:?} sport {:?} dport {:?} flags {:?} icmp {:?} \
+             ip {:?} link {:?}",
             r.action,
             r.log,
             addr(&r.src),
@@ -1264,7 +1396,9 @@ fn describe_policy(p: &Policy) -> String {
             r.src_ports,
             r.dst_ports,
             r.tcp_flags,
-            r.icmp
+            r.icmp,
+            r.ip,
+            r.link
         );
     }
     s
@@ -1324,6 +1458,14 @@ struct Tally {
     rule_header: u64,
     /// Frames decided by a rule with a `length` condition that is not every length.
     rule_length: u64,
+    /// Frames decided by a rule with a MAC condition.
+    rule_link: u64,
+    /// Frames decided by a rule with a VLAN condition.
+    rule_vlan: u64,
+    /// Frames decided by a rule with an interface condition.
+    rule_iface: u64,
+    /// Frames decided by a rule with a negated address, port or protocol.
+    rule_not: u64,
 }
 
 impl Tally {
@@ -1346,6 +1488,18 @@ impl Tally {
                 }
                 if r.ip.length.is_some_and(|l| l != (0, 65535)) {
                     self.rule_length += 1;
+                }
+                if r.link.src_mac.is_some() || r.link.dst_mac.is_some() {
+                    self.rule_link += 1;
+                }
+                if r.link.vlan.is_some() {
+                    self.rule_vlan += 1;
+                }
+                if r.link.iface.is_some() {
+                    self.rule_iface += 1;
+                }
+                if r.not != Negation::default() {
+                    self.rule_not += 1;
                 }
             }
         }
@@ -1376,10 +1530,15 @@ fn kernel_agrees_with_reference_on_random_policies() {
         let mut rng = StdRng::seed_from_u64(seed);
         let policy = random_policy(&mut rng);
         let frames: Vec<Vec<u8>> = (0..packets)
-            .map(|_| random_frame(&mut rng, &policy).build())
+            .map(|_| {
+                let (f, aim) = random_frame(&mut rng, &policy);
+                let mut bytes = f.build();
+                aim_link(&mut rng, &policy, aim, &mut bytes);
+                bytes
+            })
             .collect();
         if let Err(f) = check_policy(&mut bench, &policy, &frames, &mut tally) {
-            let pkt = parse(&f.frame);
+            let (pkt, link) = (parse(&f.frame), link(&f.frame));
             let shrink: fn(&mut Bench, &Policy, &[u8]) -> bool =
                 if f.what.contains("verdict") || f.what.contains("counters") {
                     verdict_disagrees
@@ -1397,8 +1556,8 @@ fn kernel_agrees_with_reference_on_random_policies() {
                     format!(
                         "{}reference first match {:?}, verdict {:?}\n",
                         describe_policy(&m),
-                        reference::first_match(&mp, &pkt),
-                        reference::verdict(&m, &pkt)
+                        reference::first_match_link(&mp, &pkt, &link),
+                        reference::verdict_link(&m, &pkt, &link)
                     )
                 },
             );
@@ -1439,6 +1598,10 @@ fn kernel_agrees_with_reference_on_random_policies() {
             t.rule_set > 0
                 && t.rule_header > 0
                 && t.rule_length > 0
+                && t.rule_link > 0
+                && t.rule_vlan > 0
+                && t.rule_iface > 0
+                && t.rule_not > 0
                 && t.fragments_dropped > 0
                 && t.rate_limited > 0,
             "{t:?}"
@@ -1464,6 +1627,8 @@ fn rule(src: AddrMatch, dst: AddrMatch, protocol: Option<Protocol>) -> Rule {
         icmp: None,
         state: None,
         ip: IpHeaderMatch::default(),
+        link: LinkMatch::default(),
+        not: Negation::default(),
         line: 0,
     }
 }
@@ -1718,7 +1883,7 @@ fn kernel_gets_hand_picked_cases_right() {
         for (frame, want) in frames {
             let bytes = frame.build();
             let pkt = parse(&bytes);
-            let expected = probe_expect(&probe, &pkt);
+            let expected = probe_expect(&probe, &pkt, &link(&bytes));
             assert_eq!(
                 expected.event.map(|e| e.0),
                 Some(want),
@@ -1764,6 +1929,8 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         icmp: None,
         state: None,
         ip: IpHeaderMatch::default(),
+        link: LinkMatch::default(),
+        not: Negation::default(),
         line: 0,
     };
     let cidr = |ip: IpAddr, len| Cidr::new(ip, len).unwrap();

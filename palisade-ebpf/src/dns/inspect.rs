@@ -75,6 +75,9 @@ pub struct Scratch {
     walk: WalkCtx,
     matcher: MatchCtx,
     entropy: EntropyCtx,
+    /// The frame's link-layer values, read by the XDP firewall for its rule search when the
+    /// policy has link conditions (`PolicyHeader::link`); stale otherwise, and then unread.
+    pub link: palisade_common::firewall::Link,
 }
 
 // `entropy_exceeds` clears the counts by aligned words.

@@ -10,8 +10,8 @@ use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key}
 use palisade_common::{
     firewall::{
         FlowKey, MAX_RULES, MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS, SET_KEY_PREFIX_BITS,
-        SET_OVERLOAD, SET_PREFIXES, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, fill_flow_key,
-        set_kind_slot, tuple_applies,
+        SET_OVERLOAD, SET_PREFIXES, SetKey, TUPLE_DST_NOT, TUPLE_DST_SET, TUPLE_SRC_NOT,
+        TUPLE_SRC_SET, fill_flow_key, link_applies, set_kind_slot, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
 };
@@ -98,7 +98,7 @@ pub extern "C" fn palisade_fw_search(
         return best | STOPPED;
     };
     // SAFETY: per-CPU slots: the packet written by the caller, the keys this search's own.
-    let (p, keys) = unsafe { (&(*s).packet, &mut *keys) };
+    let (p, link, keys) = unsafe { (&(*s).packet, &(*s).link, &mut *keys) };
     let generation = generation & 1;
     let count = count.min(MAX_TUPLES);
     let mut best = best & !STOPPED;
@@ -115,8 +115,13 @@ pub extern "C" fn palisade_fw_search(
             return best | STOPPED;
         }
         if tuple_applies(t, p)
-            && (t.flags & TUPLE_SRC_SET == 0 || in_set(&mut keys.set, t.src_set, p.family, &p.src))
-            && (t.flags & TUPLE_DST_SET == 0 || in_set(&mut keys.set, t.dst_set, p.family, &p.dst))
+            && (t.link == 0 || link_applies(t, link))
+            && (t.flags & TUPLE_SRC_SET == 0
+                || in_set(&mut keys.set, t.src_set, p.family, &p.src)
+                    == (t.flags & TUPLE_SRC_NOT == 0))
+            && (t.flags & TUPLE_DST_SET == 0
+                || in_set(&mut keys.set, t.dst_set, p.family, &p.dst)
+                    == (t.flags & TUPLE_DST_NOT == 0))
         {
             fill_flow_key(&mut keys.flow, generation << 16 | i, t, p, classes);
             // SAFETY: the value is copied out at once; entries are never mutated in place.

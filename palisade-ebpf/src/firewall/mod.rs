@@ -11,7 +11,7 @@ use palisade_common::{
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, DEFAULT_SLOT, FRAGMENTS_DROP,
         POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED,
-        POLICY_SHIELD, PolicyHeader, RULE_LOG, rule_slot,
+        POLICY_SHIELD, PolicyHeader, RULE_LOG, read_link, rule_slot,
     },
     packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
     reason, stats,
@@ -46,7 +46,17 @@ pub fn run(ctx: &XdpContext) -> u32 {
     // SAFETY: per-CPU slot, used by one XDP stage at a time on this CPU.
     let p = unsafe { &mut (*s).packet };
     match parse_into(ctx, p) {
-        PARSED => {}
+        PARSED => {
+            if header.link != 0 {
+                // Some rule has a link condition: the search reads the frame's link layer
+                // from the slot. A policy without one never reads it.
+                // SAFETY: the same per-CPU slot.
+                unsafe {
+                    (*s).link = read_link(&XdpFrame::of(ctx)).unwrap_or_default();
+                    (*s).link.ifindex = ctx.ingress_ifindex() as u32;
+                }
+            }
+        }
         NOT_IP => {
             bump(&STATS, stats::NOT_IP);
             return verdict::pass();

@@ -31,7 +31,7 @@ pub enum Request {
         list: Option<String>,
     },
     /// Adds a firewall rule.
-    AddRule { rule: RuleSpec },
+    AddRule { rule: Box<RuleSpec> },
     /// Removes the firewall rule with this name.
     DeleteRule { name: String },
     /// Adds addresses or CIDR blocks to a set.
@@ -141,6 +141,27 @@ pub struct RuleSpec {
     pub rate_burst: Option<u32>,
     #[serde(default)]
     pub rate_per: Option<String>,
+    /// IP header and link-layer conditions, in the policy file's words (`dscp = "ef"`,
+    /// `ttl = "0-9"`, `vlan = "untagged"`, ...).
+    #[serde(default)]
+    pub dscp: Option<String>,
+    #[serde(default)]
+    pub ecn: Option<String>,
+    #[serde(default)]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub length: Option<String>,
+    #[serde(default)]
+    pub src_mac: Option<String>,
+    #[serde(default)]
+    pub dst_mac: Option<String>,
+    #[serde(default)]
+    pub vlan: Option<String>,
+    #[serde(default)]
+    pub iface: Option<String>,
+    /// Conditions to negate: `src`, `dst`, `sport`, `dport`, `proto`.
+    #[serde(default)]
+    pub not: Vec<String>,
 }
 
 /// Which events a stream carries. Every condition given must hold.

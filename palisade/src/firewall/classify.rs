@@ -5,16 +5,27 @@
 //! kernel, and the kernel against both.
 
 use palisade_common::{
-    firewall::{TUPLE_DST_SET, TUPLE_SRC_SET, flow_key, tuple_applies},
+    firewall::{
+        Link, TUPLE_DST_NOT, TUPLE_DST_SET, TUPLE_SRC_NOT, TUPLE_SRC_SET, flow_key, link_applies,
+        tuple_applies,
+    },
     packet::{FRAG_LATER, Packet},
 };
 
 use super::compile::CompiledFirewall;
 use crate::policy::model::Cidr;
 
-/// The evaluation index of the first rule matching `p`, as the kernel would find it.
+/// The evaluation index of the first rule matching `p`, as the kernel would find it, for a
+/// frame whose link-layer values are all zero ([`first_match_link`] for others).
 #[must_use]
 pub fn first_match(c: &CompiledFirewall, p: &Packet) -> Option<u32> {
+    first_match_link(c, p, &Link::default())
+}
+
+/// The evaluation index of the first rule matching `p` in a frame with link-layer values
+/// `link`, as the kernel would find it.
+#[must_use]
+pub fn first_match_link(c: &CompiledFirewall, p: &Packet, link: &Link) -> Option<u32> {
     let (sport_class, dport_class) = if p.frag == FRAG_LATER {
         (0, 0)
     } else {
@@ -34,8 +45,11 @@ pub fn first_match(c: &CompiledFirewall, p: &Packet) -> Option<u32> {
                 .is_some_and(|members| set_contains(members, p.family, addr))
         };
         if !tuple_applies(t, p)
-            || (t.flags & TUPLE_SRC_SET != 0 && !in_set(t.src_set, &p.src))
-            || (t.flags & TUPLE_DST_SET != 0 && !in_set(t.dst_set, &p.dst))
+            || !link_applies(t, link)
+            || (t.flags & TUPLE_SRC_SET != 0
+                && in_set(t.src_set, &p.src) != (t.flags & TUPLE_SRC_NOT == 0))
+            || (t.flags & TUPLE_DST_SET != 0
+                && in_set(t.dst_set, &p.dst) != (t.flags & TUPLE_DST_NOT == 0))
         {
             continue;
         }

@@ -9,18 +9,19 @@ use std::collections::{BTreeMap, HashMap};
 use palisade_common::{
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, FRAGMENTS_DROP, FRAGMENTS_MATCH_L3, FlowKey,
-        MAX_RATE, MAX_RULES, MAX_SET_HOSTS, MAX_SET_PREFIXES, MAX_SETS, MAX_TUPLES,
-        POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED,
-        POLICY_SHIELD, POLICY_STATEFUL, PORT_SPACE, PolicyHeader, RULE_LOG, RULE_RATE_PER_SOURCE,
-        RuleMeta, TUPLE_CT_STATE, TUPLE_DPORT, TUPLE_DST_SET, TUPLE_PROTO, TUPLE_SPORT,
-        TUPLE_SRC_SET, Tuple, gcra,
+        LINK_DST_MAC, LINK_IFACE, LINK_SRC_MAC, LINK_VLAN, MAX_RATE, MAX_RULES, MAX_SET_HOSTS,
+        MAX_SET_PREFIXES, MAX_SETS, MAX_TUPLES, POLICY_CT_TRACK, POLICY_LOG_DEFAULT,
+        POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED, POLICY_SHIELD, POLICY_STATEFUL, PORT_SPACE,
+        PolicyHeader, RULE_LOG, RULE_RATE_PER_SOURCE, RuleMeta, TUPLE_CT_STATE, TUPLE_DPORT,
+        TUPLE_DST_NOT, TUPLE_DST_SET, TUPLE_PROTO, TUPLE_SPORT, TUPLE_SRC_NOT, TUPLE_SRC_SET,
+        Tuple, gcra,
     },
     packet::{FAMILY_V4, FAMILY_V6},
 };
 
 use crate::policy::model::{
-    Action, AddrMatch, Cidr, Family, FragmentPolicy, IpHeaderMatch, Policy, PortRange, RatePer,
-    Rule, TcpFlags, prefix_mask,
+    Action, AddrMatch, Cidr, Family, FragmentPolicy, IpHeaderMatch, LinkMatch, Negation, Policy,
+    PortRange, RatePer, Rule, TcpFlags, prefix_mask,
 };
 
 /// Rule entries per generation. The hash map holds two generations.
@@ -33,7 +34,8 @@ pub enum CompileError {
     TooManyRules { count: usize },
     #[error(
         "the rules have {count} distinct shapes (address prefix lengths, sets, protocol, port, \
-         flag and state conditions); at most {MAX_TUPLES} are supported. Rules with the same \
+         flag and state conditions, each MAC address, VLAN id and interface used); at most \
+         {MAX_TUPLES} are supported. Rules with the same \
          prefix lengths and the same kinds of condition share a shape"
     )]
     TooManyTuples { count: usize },
@@ -105,6 +107,9 @@ struct Shape {
     tos_mask: u8,
     ttl_mask: u8,
     length_mask: u16,
+    /// Link-layer values are part of the shape (a tuple holds one of each; see
+    /// `palisade_common::firewall::link_applies`).
+    link: LinkMatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,6 +117,8 @@ enum Side {
     Any,
     Prefix(u8),
     Set(u32),
+    /// Not a member of the set (a negated `src` / `dst`).
+    NotSet(u32),
 }
 
 /// One alternative of a rule's source or destination.
@@ -120,13 +127,14 @@ enum Alt {
     Any,
     Cidr(Cidr),
     Set(u32),
+    NotSet(u32),
 }
 
 impl Alt {
     fn family(self) -> Option<Family> {
         match self {
             Self::Cidr(c) => Some(c.family),
-            Self::Any | Self::Set(_) => None,
+            Self::Any | Self::Set(_) | Self::NotSet(_) => None,
         }
     }
 
@@ -135,14 +143,58 @@ impl Alt {
             Self::Any => Side::Any,
             Self::Cidr(c) => Side::Prefix(c.stored_prefix_len()),
             Self::Set(s) => Side::Set(s),
+            Self::NotSet(s) => Side::NotSet(s),
         }
     }
 
     fn addr(self) -> [u8; 16] {
         match self {
             Self::Cidr(c) => c.addr,
-            Self::Any | Self::Set(_) => [0; 16],
+            Self::Any | Self::Set(_) | Self::NotSet(_) => [0; 16],
         }
+    }
+}
+
+/// The alternatives of a side; a negated side is one: not in its set, or in the set its
+/// CIDRs make (`negated`, the id [`NegatedSets`] gave them).
+fn side_alternatives(m: &AddrMatch, negated: Option<u32>) -> Vec<Alt> {
+    match (m, negated) {
+        (AddrMatch::Any, _) | (_, None) => alternatives(m),
+        (_, Some(set)) => vec![Alt::NotSet(set)],
+    }
+}
+
+/// The sets of a compiled policy: the policy's own, then one for each distinct CIDR list a
+/// rule negates (a negated list is a tuple-level "not in this set" check, so the hash
+/// lookup stays exact).
+struct NegatedSets {
+    sets: Vec<Vec<Cidr>>,
+    /// (rule index, 0 for `src` / 1 for `dst`) -> set id.
+    ids: HashMap<(usize, u8), u32>,
+}
+
+impl NegatedSets {
+    fn new(policy: &Policy) -> Self {
+        let mut sets: Vec<Vec<Cidr>> = policy.sets.iter().map(|s| s.entries.clone()).collect();
+        let mut by_list: HashMap<Vec<Cidr>, u32> = HashMap::new();
+        let mut ids = HashMap::new();
+        for (i, rule) in policy.firewall.rules.iter().enumerate() {
+            for (side, m, negated) in [(0, &rule.src, rule.not.src), (1, &rule.dst, rule.not.dst)] {
+                if !negated {
+                    continue;
+                }
+                let id = match m {
+                    AddrMatch::Any => continue,
+                    AddrMatch::Set(s) => *s as u32,
+                    AddrMatch::Cidrs(list) => *by_list.entry(list.clone()).or_insert_with(|| {
+                        sets.push(list.clone());
+                        (sets.len() - 1) as u32
+                    }),
+                };
+                ids.insert((i, side), id);
+            }
+        }
+        Self { sets, ids }
     }
 }
 
@@ -181,6 +233,20 @@ impl PortClasses {
 
     fn classes_of(&self, r: PortRange) -> std::ops::RangeInclusive<u16> {
         self.class[usize::from(r.lo)]..=self.class[usize::from(r.hi)]
+    }
+
+    /// The classes of a rule's port condition: `[0]` for none, the classes outside the range
+    /// for a negated one (every range boundary is a class boundary, so that is exact).
+    fn key_classes(&self, r: Option<PortRange>, negated: bool) -> Vec<u16> {
+        match r {
+            None => vec![0],
+            Some(r) if !negated => self.classes_of(r).collect(),
+            Some(r) => {
+                let inside = self.classes_of(r);
+                let last = self.class[PORT_SPACE as usize - 1];
+                (0..=last).filter(|c| !inside.contains(c)).collect()
+            }
+        }
     }
 }
 
@@ -341,7 +407,7 @@ fn rate_id(rule: &Rule) -> u32 {
         _ => None,
     };
     let identity = format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}{}",
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}{}{}",
         rule.name,
         per,
         rule.src,
@@ -366,6 +432,16 @@ fn rate_id(rule: &Rule) -> u32 {
                 None => format!("|{ip:?}"),
                 Some(length) => format!("|{ip:?}|length {length:?}"),
             }
+        },
+        // Link conditions and negations likewise, only when present.
+        match (
+            rule.link == LinkMatch::default(),
+            rule.not == Negation::default()
+        ) {
+            (true, true) => String::new(),
+            (false, true) => format!("|{:?}", rule.link),
+            (true, false) => format!("|{:?}", rule.not),
+            (false, false) => format!("|{:?}|{:?}", rule.link, rule.not),
         }
     );
     // SipHash with fixed keys: the same on every run of this build.
@@ -428,12 +504,13 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
             count: fw.rules.len(),
         });
     }
-    if policy.sets.len() > MAX_SETS as usize {
+    let negated = NegatedSets::new(policy);
+    if negated.sets.len() > MAX_SETS as usize {
         return Err(CompileError::TooManySets {
-            count: policy.sets.len(),
+            count: negated.sets.len(),
         });
     }
-    let members = policy.sets.iter().flat_map(|s| &s.entries);
+    let members = negated.sets.iter().flatten();
     let hosts = members
         .clone()
         .filter(|m| m.stored_prefix_len() == 128)
@@ -461,8 +538,14 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         let index = index as u32;
         let sport_range = rule.src_ports;
         let dport_range = dport_range(rule);
-        let sport_classes = sport_range.map_or(0..=0, |r| sports.classes_of(r));
-        let dport_classes = dport_range.map_or(0..=0, |r| dports.classes_of(r));
+        let sport_classes = sports.key_classes(sport_range, rule.not.sport);
+        let dport_classes = dports.key_classes(dport_range, rule.not.dport);
+        // A negated protocol is every other number, one key each.
+        let protos: Vec<u8> = match rule.protocol {
+            None => vec![0],
+            Some(p) if !rule.not.proto => vec![p.number()],
+            Some(p) => (0..=255).filter(|&n| n != p.number()).collect(),
+        };
         let flags = rule.tcp_flags.unwrap_or(TcpFlags { value: 0, mask: 0 });
         let states = state_bits(rule);
         let (tos, tos_mask) = tos_match(rule);
@@ -473,8 +556,11 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
             // nothing, like the reference.
             continue;
         }
-        for src in alternatives(&rule.src) {
-            for dst in alternatives(&rule.dst) {
+        let index_usize = index as usize;
+        let src_alts = side_alternatives(&rule.src, negated.ids.get(&(index_usize, 0)).copied());
+        let dst_alts = side_alternatives(&rule.dst, negated.ids.get(&(index_usize, 1)).copied());
+        for &src in &src_alts {
+            for &dst in &dst_alts {
                 let family = match (src.family(), dst.family()) {
                     (Some(a), Some(b)) if a != b => continue,
                     (Some(f), _) | (None, Some(f)) => family_code(f),
@@ -496,19 +582,23 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
                         tos_mask,
                         ttl_mask,
                         length_mask,
+                        link: rule.link,
                     };
                     let best = shapes.entry(shape).or_insert(index);
                     *best = (*best).min(index);
-                    for sc in sport_classes.clone() {
-                        for dc in dport_classes.clone() {
-                            for &ct_state in &states {
+                    for &sc in &sport_classes {
+                        for &dc in &dport_classes {
+                            for (&ct_state, &proto) in states
+                                .iter()
+                                .flat_map(|s| protos.iter().map(move |p| (s, p)))
+                            {
                                 let key = FlowKey {
                                     tuple: 0,
                                     src: src.addr(),
                                     dst: dst.addr(),
                                     sport_class: sc,
                                     dport_class: dc,
-                                    proto: rule.protocol.map_or(0, |p| p.number()),
+                                    proto,
                                     tcp_flags: flags.value,
                                     ct_state,
                                     tos,
@@ -542,7 +632,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         .enumerate()
         .map(|(i, (s, _))| (*s, i as u32))
         .collect();
-    let tuples = ordered
+    let tuples: Vec<Tuple> = ordered
         .iter()
         .map(|&(shape, best)| tuple_of(shape, best))
         .collect();
@@ -587,6 +677,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         flags,
         rate_prefix_v4: fw.rate_prefix.v4,
         rate_prefix_v6: fw.rate_prefix.v6,
+        link: tuples.iter().fold(0, |bits, t: &Tuple| bits | t.link),
         ..PolicyHeader::default()
     };
     Ok(CompiledFirewall {
@@ -596,7 +687,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         rules: rule_metas(&fw.rules),
         sport_class: sports.class,
         dport_class: dports.class,
-        sets: policy.sets.iter().map(|s| s.entries.clone()).collect(),
+        sets: negated.sets,
         overload_set: policy
             .conntrack
             .overload_set
@@ -614,6 +705,22 @@ fn tuple_of(shape: Shape, best_rule: u32) -> Tuple {
         length_mask: shape.length_mask,
         ..Tuple::default()
     };
+    if let Some(mac) = shape.link.src_mac {
+        t.src_mac = mac;
+        t.link |= LINK_SRC_MAC;
+    }
+    if let Some(mac) = shape.link.dst_mac {
+        t.dst_mac = mac;
+        t.link |= LINK_DST_MAC;
+    }
+    if let Some(vlan) = shape.link.vlan {
+        t.vlan = vlan;
+        t.link |= LINK_VLAN;
+    }
+    if let Some(ifindex) = shape.link.iface {
+        t.ifindex = ifindex;
+        t.link |= LINK_IFACE;
+    }
     for (side, mask, set, flag) in [
         (shape.src, &mut t.src_mask, &mut t.src_set, TUPLE_SRC_SET),
         (shape.dst, &mut t.dst_mask, &mut t.dst_set, TUPLE_DST_SET),
@@ -624,6 +731,15 @@ fn tuple_of(shape: Shape, best_rule: u32) -> Tuple {
             Side::Set(s) => {
                 *set = s;
                 t.flags |= flag;
+            }
+            Side::NotSet(s) => {
+                *set = s;
+                t.flags |= flag
+                    | if flag == TUPLE_SRC_SET {
+                        TUPLE_SRC_NOT
+                    } else {
+                        TUPLE_DST_NOT
+                    };
             }
         }
     }
@@ -689,6 +805,8 @@ mod tests {
             icmp: None,
             state: None,
             ip: IpHeaderMatch::default(),
+            link: LinkMatch::default(),
+            not: Negation::default(),
             line: 0,
         }
     }

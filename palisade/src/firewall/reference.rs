@@ -5,6 +5,7 @@
 
 use palisade_common::{
     conntrack::{STATE_ESTABLISHED, STATE_RELATED},
+    firewall::Link,
     packet::{FAMILY_V4, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, Packet},
     reason,
 };
@@ -28,14 +29,22 @@ pub enum Verdict {
     },
 }
 
-/// The first rule (evaluation index) whose every condition holds for `p`.
+/// The first rule (evaluation index) whose every condition holds for `p`, in a frame whose
+/// link-layer values are all zero ([`first_match_link`] for others).
 #[must_use]
 pub fn first_match(policy: &Policy, p: &Packet) -> Option<u32> {
+    first_match_link(policy, p, &Link::default())
+}
+
+/// The first rule (evaluation index) whose every condition holds for `p` in a frame with
+/// link-layer values `link`.
+#[must_use]
+pub fn first_match_link(policy: &Policy, p: &Packet, link: &Link) -> Option<u32> {
     policy
         .firewall
         .rules
         .iter()
-        .position(|r| matches(policy, r, p))
+        .position(|r| r.link.matches(link) && matches(policy, r, p))
         .map(|i| i as u32)
 }
 
@@ -47,6 +56,12 @@ pub fn first_match(policy: &Policy, p: &Packet) -> Option<u32> {
 /// when the policy drops them.
 #[must_use]
 pub fn verdict(policy: &Policy, p: &Packet) -> Verdict {
+    verdict_link(policy, p, &Link::default())
+}
+
+/// [`verdict`] for a frame with link-layer values `link`.
+#[must_use]
+pub fn verdict_link(policy: &Policy, p: &Packet, link: &Link) -> Verdict {
     let fw = &policy.firewall;
     if p.frag == FRAG_LATER && fw.fragments == FragmentPolicy::Drop {
         return Verdict::Drop {
@@ -60,7 +75,7 @@ pub fn verdict(policy: &Policy, p: &Packet) -> Verdict {
     {
         return Verdict::Pass { rule: None };
     }
-    match first_match(policy, p) {
+    match first_match_link(policy, p, link) {
         None => match fw.default_action {
             Action::Drop => Verdict::Drop {
                 rule: None,
@@ -91,10 +106,17 @@ fn matches(policy: &Policy, r: &Rule, p: &Packet) -> bool {
         AddrMatch::Cidrs(cidrs) => cidrs.iter().any(|c| c.contains(family, addr)),
         AddrMatch::Set(s) => set_contains(&policy.sets[*s].entries, p.family, addr),
     };
-    if !addr_ok(&r.src, &p.src) || !addr_ok(&r.dst, &p.dst) {
+    // A negated condition (`not`) holds when the plain one does not; negating a condition
+    // the rule does not have changes nothing.
+    let side_ok = |m: &AddrMatch, addr: &[u8; 16], negated: bool| {
+        *m == AddrMatch::Any || addr_ok(m, addr) != negated
+    };
+    if !side_ok(&r.src, &p.src, r.not.src) || !side_ok(&r.dst, &p.dst, r.not.dst) {
         return false;
     }
-    if r.protocol.is_some_and(|proto| proto.number() != p.proto) {
+    if r.protocol
+        .is_some_and(|proto| (proto.number() == p.proto) == r.not.proto)
+    {
         return false;
     }
     let needs_l4 =
@@ -103,12 +125,12 @@ fn matches(policy: &Policy, r: &Rule, p: &Packet) -> bool {
         return false;
     }
     if r.src_ports
-        .is_some_and(|pr| !(pr.lo..=pr.hi).contains(&p.sport))
+        .is_some_and(|pr| (pr.lo..=pr.hi).contains(&p.sport) == r.not.sport)
     {
         return false;
     }
     if r.dst_ports
-        .is_some_and(|pr| !(pr.lo..=pr.hi).contains(&p.dport))
+        .is_some_and(|pr| (pr.lo..=pr.hi).contains(&p.dport) == r.not.dport)
     {
         return false;
     }

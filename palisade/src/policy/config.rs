@@ -95,6 +95,10 @@
 //! | `set_mark` | `"mark"` only: `0..=4294967295`, the socket buffer's mark (`skb->mark`) for `ip rule fwmark`, tc and nftables | not set |
 //! | `mirror_to` | `"mirror"` only, and required with it: the interface that gets a copy of every packet the rule matches (the packet itself goes on). Resolved to its index when the policy is loaded: a name with no interface is an error, and the running policy stays | not set |
 //! | `set_dscp` | `"mark"` only: `0..=63` or a DSCP name as for `dscp`; the DSCP written into the IP header (ECN kept). A `mark` rule needs `set_mark`, `set_dscp` or both | not set |
+//! | `src_mac`, `dst_mac` | the frame's Ethernet source / destination address, exactly: `"aa:bb:cc:dd:ee:ff"` (six hex pairs, `:` or `-` between them, any letter case). Each distinct address a policy uses is a rule shape of its own (at most 256 shapes) | any address |
+//! | `iface` | the interface the frame arrives on, by name (`"eth0"`). The name is resolved to the interface's index when the policy is loaded (`palisade check`, start, reload): a name with no interface is an error at that place, and an interface deleted and created again after the load is not the same one until the next reload. Each distinct interface is a rule shape of its own | any interface |
+//! | `not` | a list of the rule's own conditions to negate, among `"src"`, `"dst"`, `"sport"`, `"dport"`, `"proto"` (or one as a string): the rule then needs the packet to fail each of them. A negated address matches every address outside the list or set, of either family; a negated port still needs a packet with ports; a negated `proto` cannot go with port, flag or ICMP conditions. Each name must be a condition of the rule, once | nothing negated |
+//! | `vlan` | the id of the frame's outermost 802.1Q / 802.1ad tag, `0..=4095` (0: a priority tag), or `"untagged"` for a frame without a tag. A tag the NIC strips on receive (VLAN offload) is not in the frame XDP sees: such frames are `"untagged"` here. Each distinct id is a rule shape of its own | any frame |
 //!
 //! **Order.** Rules run in order of `priority`, ties in file order. A rule without
 //! `priority` gets `1000000` plus its 0-based position among the rules of the file, so rules
@@ -394,7 +398,7 @@ use std::path::{Path, PathBuf};
 use palisade_common::{
     conntrack::{STATE_NAMES, TIMEOUT_NAMES, TIMEOUTS},
     dns::entropy::MAX_BITS,
-    firewall::MAX_RATE,
+    firewall::{MAX_RATE, VLAN_UNTAGGED},
     packet::{IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING},
 };
 use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
@@ -403,8 +407,8 @@ use super::model::{
     Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE,
     CT_OVERLOAD_TTL_RANGE_S, CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns,
     DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch,
-    IpHeaderMatch, IpSet, NameEntry, NameList, NameMatch, Policy, PortRange, Protocol, QueryRate,
-    RateLimit, RatePer, Rule, Sinkhole, SourcePrefix, TcpFlags,
+    IpHeaderMatch, IpSet, LinkMatch, NameEntry, NameList, NameMatch, Negation, Policy, PortRange,
+    Protocol, QueryRate, RateLimit, RatePer, Rule, Sinkhole, SourcePrefix, TcpFlags, parse_mac,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
@@ -876,6 +880,11 @@ const RULE_KEYS: &[&str] = &[
     "set_mark",
     "set_dscp",
     "mirror_to",
+    "src_mac",
+    "dst_mac",
+    "vlan",
+    "iface",
+    "not",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
 const DNS_KEYS: &[&str] = &[
@@ -1617,10 +1626,27 @@ impl Checker<'_> {
             ttl: view.get("ttl").and_then(|node| self.ttl(node)),
             length: view.get("length").and_then(|node| self.length(node)),
         };
+        let link = LinkMatch {
+            src_mac: view
+                .get("src_mac")
+                .and_then(|node| self.mac(node, "src_mac")),
+            dst_mac: view
+                .get("dst_mac")
+                .and_then(|node| self.mac(node, "dst_mac")),
+            vlan: view.get("vlan").and_then(|node| self.vlan(node)),
+            iface: view.get("iface").and_then(|node| self.iface(node)),
+        };
+
+        let not = view
+            .get("not")
+            .and_then(|node| self.negation(node, &view))
+            .unwrap_or_default();
 
         // Families are only compared once both sides parsed; a broken side already has its
-        // own error.
+        // own error. A negated side matches addresses of both families.
         if let (Some(Some(s)), Some(Some(d)), Some(dst_node)) = (&src, &dst, view.get("dst"))
+            && !not.src
+            && !not.dst
             && let (Some(sf), Some(df)) = (families(s, sets), families(d, sets))
             && !(sf.v4 && df.v4 || sf.v6 && df.v6)
         {
@@ -1698,6 +1724,8 @@ impl Checker<'_> {
             }),
             state,
             ip,
+            link,
+            not,
             line,
         })
     }
@@ -1801,6 +1829,145 @@ impl Checker<'_> {
         let mut n = [0u8; 16];
         n[..name.len()].copy_from_slice(name.as_bytes());
         Some(super::model::Mirror { ifindex, name: n })
+    }
+
+    /// `not`: a list of the rule's own conditions to negate, among `src`, `dst`, `sport`,
+    /// `dport` and `proto`.
+    fn negation(&mut self, node: &Node, view: &TableView<'_>) -> Option<Negation> {
+        let items: Vec<&Node> = match &node.val {
+            Val::Array(items) => items.iter().collect(),
+            Val::Str(_) => vec![node],
+            other => {
+                let msg = format!(
+                    "`not` must be a list of conditions to negate (e.g. [\"src\", \"dport\"]), \
+                     found {}",
+                    other.type_name()
+                );
+                self.err(node.at, msg);
+                return None;
+            }
+        };
+        let mut not = Negation::default();
+        let mut ok = true;
+        for item in items {
+            let Some(name) = self.string(item, "not") else {
+                ok = false;
+                continue;
+            };
+            let flag = match name {
+                "src" => &mut not.src,
+                "dst" => &mut not.dst,
+                "sport" => &mut not.sport,
+                "dport" => &mut not.dport,
+                "proto" => &mut not.proto,
+                other => {
+                    let msg = format!(
+                        "`not` cannot negate `{other}`; it takes {}",
+                        quoted_list(&Negation::NAMES)
+                    );
+                    self.err(item.at, msg);
+                    ok = false;
+                    continue;
+                }
+            };
+            if *flag {
+                self.err(item.at, format!("`{name}` is negated twice in `not`"));
+                ok = false;
+            } else if view.get(name).is_none() {
+                self.err(
+                    item.at,
+                    format!("`not` negates `{name}`, but the rule has no `{name}` condition"),
+                );
+                ok = false;
+            }
+            if name == "proto"
+                && let Some(key) = ["sport", "dport", "tcp_flags", "icmp_type"]
+                    .into_iter()
+                    .find(|k| view.get(k).is_some())
+            {
+                // Those conditions mean something for one protocol only.
+                self.err(
+                    item.at,
+                    format!("`not` cannot negate `proto` in a rule with `{key}`"),
+                );
+                ok = false;
+            }
+            *flag = true;
+        }
+        ok.then_some(not)
+    }
+
+    /// `iface`: an interface name, resolved to its index here, when the policy is loaded.
+    fn iface(&mut self, node: &Node) -> Option<u32> {
+        let Val::Str(name) = &node.val else {
+            let msg = format!(
+                "`iface` must be an interface name, found {}",
+                node.val.type_name()
+            );
+            self.err(node.at, msg);
+            return None;
+        };
+        match crate::attach::ifindex(name.trim()) {
+            Some(index) => Some(index),
+            None => {
+                self.err(
+                    node.at,
+                    format!(
+                        "no interface named `{name}` on this host (`iface` is resolved when the \
+                         policy is loaded)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `vlan`: the id of the outermost tag, `0..=4095`, or `"untagged"`.
+    fn vlan(&mut self, node: &Node) -> Option<u16> {
+        match &node.val {
+            Val::Int(_) => self.integer(node, "vlan", 0, 4095).map(|n| n as u16),
+            Val::Str(text) if text.trim() == "untagged" => Some(VLAN_UNTAGGED),
+            Val::Str(text) => {
+                self.err(
+                    node.at,
+                    format!(
+                        "invalid VLAN `{text}` in `vlan`; expected an id 0 to 4095 or \"untagged\""
+                    ),
+                );
+                None
+            }
+            other => {
+                let msg = format!(
+                    "`vlan` must be an id 0 to 4095 or \"untagged\", found {}",
+                    other.type_name()
+                );
+                self.err(node.at, msg);
+                None
+            }
+        }
+    }
+
+    /// `src_mac` / `dst_mac`: an exact MAC address, `"aa:bb:cc:dd:ee:ff"`.
+    fn mac(&mut self, node: &Node, key: &str) -> Option<[u8; 6]> {
+        let parsed = match &node.val {
+            Val::Str(text) => parse_mac(text).ok_or_else(|| {
+                format!(
+                    "invalid MAC address `{text}` in `{key}`; expected six hex pairs such as \
+                     \"02:00:5e:10:00:01\""
+                )
+            }),
+            other => Err(format!(
+                "`{key}` must be a MAC address string, found {}",
+                other.type_name()
+            )),
+        };
+        match parsed {
+            Ok(mac) => Some(mac),
+            Err(e) => {
+                self.err(node.at, e);
+                None
+            }
+        }
     }
 
     /// `dscp`: a code point `0..=63` or its name (RFC 2474 class selectors, RFC 2597 assured
@@ -3267,6 +3434,8 @@ to = "[fd01::5]:5353"
             icmp: None,
             state: None,
             ip: IpHeaderMatch::default(),
+            link: LinkMatch::default(),
+            not: Negation::default(),
             line,
         }
     }
@@ -3713,7 +3882,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     "p.toml:3:1: unknown key `prot` in firewall rule; expected one of `name`, \
                      `priority`, `action`, `proto`, `src`, `dst`, `sport`, `dport`, `tcp_flags`, \
                      `icmp_type`, `icmp_code`, `state`, `rate`, `log`, `dscp`, `ecn`, `ttl`, \
-                     `length`",
+                     `length`, `src_mac`, `dst_mac`, `vlan`, `iface`, `not`",
                 ],
             ),
             (
@@ -3782,6 +3951,84 @@ rate = { pps = 1, burst = 1, per = "rule" }
         for (text, expected) in cases {
             assert_eq!(errors(&text), expected, "for:\n{text}");
         }
+    }
+
+    #[test]
+    fn mac_addresses_parse_exactly_with_located_errors() {
+        let link = |body: &str| {
+            let text = format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n");
+            parse(&text).map(|p| p.firewall.rules[0].link)
+        };
+        let mac = [0x02, 0x00, 0x5e, 0x10, 0xab, 0xff];
+        assert_eq!(
+            link("src_mac = \"02:00:5e:10:ab:ff\""),
+            Ok(LinkMatch {
+                src_mac: Some(mac),
+                ..LinkMatch::default()
+            })
+        );
+        assert_eq!(
+            link("dst_mac = \"02-00-5E-10-AB-FF\""),
+            Ok(LinkMatch {
+                dst_mac: Some(mac),
+                ..LinkMatch::default()
+            })
+        );
+        assert_eq!(link(""), Ok(LinkMatch::default()));
+        let bad = |body: &str| errors(&format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n"));
+        for text in [
+            "02:00:5e:10:ab",
+            "02:00:5e:10:ab:ff:00",
+            "02:00:5e:10:ab:fg",
+            "2:0:5e:10:ab:ff",
+            "02:00-5e:10:ab:ff",
+            "",
+        ] {
+            assert_eq!(
+                bad(&format!("src_mac = \"{text}\"")),
+                vec![format!(
+                    "p.toml:3:11: invalid MAC address `{text}` in `src_mac`; expected six hex \
+                     pairs such as \"02:00:5e:10:00:01\""
+                )],
+                "{text}"
+            );
+        }
+        assert_eq!(
+            bad("dst_mac = 7"),
+            vec!["p.toml:3:11: `dst_mac` must be a MAC address string, found an integer"]
+        );
+    }
+
+    #[test]
+    fn vlan_parses_as_an_id_or_untagged_with_located_errors() {
+        let vlan = |body: &str| {
+            let text = format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n");
+            parse(&text).map(|p| p.firewall.rules[0].link.vlan)
+        };
+        assert_eq!(vlan("vlan = 0"), Ok(Some(0)));
+        assert_eq!(vlan("vlan = 4095"), Ok(Some(4095)));
+        assert_eq!(vlan("vlan = \"untagged\""), Ok(Some(VLAN_UNTAGGED)));
+        assert_eq!(vlan(""), Ok(None));
+        let bad = |body: &str| errors(&format!("[[firewall.rule]]\naction = \"drop\"\n{body}\n"));
+        assert_eq!(
+            bad("vlan = 4096"),
+            vec!["p.toml:3:8: `vlan` must be between 0 and 4095, found 4096"]
+        );
+        assert_eq!(
+            bad("vlan = -1"),
+            vec!["p.toml:3:8: `vlan` must be between 0 and 4095, found -1"]
+        );
+        assert_eq!(
+            bad("vlan = \"100\""),
+            vec![
+                "p.toml:3:8: invalid VLAN `100` in `vlan`; expected an id 0 to 4095 or \
+                 \"untagged\""
+            ]
+        );
+        assert_eq!(
+            bad("vlan = [1]"),
+            vec!["p.toml:3:8: `vlan` must be an id 0 to 4095 or \"untagged\", found an array"]
+        );
     }
 
     #[test]

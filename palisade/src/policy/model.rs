@@ -97,6 +97,84 @@ impl IpHeaderMatch {
     }
 }
 
+/// Conditions on the frame below IP (see `palisade_common::firewall::Link`): MAC addresses,
+/// VLAN id and input interface.
+/// Each `None` matches every frame; the default matches everything. A rule with one is
+/// placed in a tuple of its own value (see `docs/design/firewall.md`), so each distinct value
+/// used is a shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct LinkMatch {
+    /// The frame's Ethernet source address.
+    pub src_mac: Option<[u8; 6]>,
+    /// The frame's Ethernet destination address.
+    pub dst_mac: Option<[u8; 6]>,
+    /// The id of the frame's outermost VLAN tag, `0..=4095`, or
+    /// `palisade_common::firewall::VLAN_UNTAGGED` for a frame without one.
+    pub vlan: Option<u16>,
+    /// The interface the frame arrives on, by index: `iface` names it in the config, and the
+    /// name is resolved when the policy is loaded.
+    pub iface: Option<u32>,
+}
+
+impl LinkMatch {
+    /// Whether a frame with these link-layer values meets every condition.
+    #[must_use]
+    pub fn matches(&self, l: &palisade_common::firewall::Link) -> bool {
+        self.src_mac.is_none_or(|m| m == l.src_mac)
+            && self.dst_mac.is_none_or(|m| m == l.dst_mac)
+            && self.vlan.is_none_or(|v| v == l.vlan)
+            && self.iface.is_none_or(|i| i == l.ifindex)
+    }
+}
+
+/// A MAC address written as six pairs of hex digits separated by `:` (or all by `-`), in
+/// either letter case.
+#[must_use]
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let text = text.trim();
+    let sep = if text.contains('-') { '-' } else { ':' };
+    let mut out = [0u8; 6];
+    let mut parts = text.split(sep);
+    for b in &mut out {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Which of a rule's conditions are negated (`not = [...]`): the rule then needs the packet to
+/// fail that condition. The default negates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Negation {
+    /// The source address is *not* in `src` (its CIDRs or set), in either family.
+    pub src: bool,
+    /// The destination address is not in `dst`.
+    pub dst: bool,
+    /// The source port is outside `sport` (the packet still needs ports).
+    pub sport: bool,
+    /// The destination port is outside `dport`.
+    pub dport: bool,
+    /// The protocol is not `proto`.
+    pub proto: bool,
+}
+
+impl Negation {
+    /// The condition names `not` takes, in this order.
+    pub const NAMES: [&str; 5] = ["src", "dst", "sport", "dport", "proto"];
+}
+
+/// `aa:bb:cc:dd:ee:ff`, lower case.
+#[must_use]
+pub fn show_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// TCP flags must satisfy `packet_flags & mask == value` (`value & !mask == 0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TcpFlags {
@@ -191,6 +269,10 @@ pub struct Rule {
     pub state: Option<u8>,
     /// DSCP, ECN and TTL conditions.
     pub ip: IpHeaderMatch,
+    /// Link-layer conditions (MAC addresses).
+    pub link: LinkMatch,
+    /// Negated conditions.
+    pub not: Negation,
     /// 1-based line of the rule in its config file, for messages (0 when built in code).
     pub line: usize,
 }
@@ -723,6 +805,8 @@ mod tests {
             icmp: None,
             state: None,
             ip: IpHeaderMatch::default(),
+            link: LinkMatch::default(),
+            not: Negation::default(),
             line: 0,
         };
         let mut p = policy();

@@ -167,6 +167,8 @@ pub fn rule(action: Action, src: AddrMatch, protocol: Option<Protocol>) -> Rule 
         icmp: None,
         state: None,
         ip: palisade::policy::model::IpHeaderMatch::default(),
+        link: palisade::policy::model::LinkMatch::default(),
+        not: palisade::policy::model::Negation::default(),
         line: 0,
     }
 }
@@ -610,7 +612,9 @@ pub fn rules(n: usize, seed: u64) -> Result<Workload> {
 /// `base` with one more rule at its end that uses an IP header condition no probe meets, so
 /// the verdicts stay and the cost of the condition's shapes shows against `base` measured
 /// in the same run: `dscp` (DSCP 46, one shape), `ecn` (CE, one shape), `ttl` (0-9, two
-/// shapes: 0-7 and 8-9), `length` (8192-16383, one shape; longer than any probe).
+/// shapes: 0-7 and 8-9), `length` (8192-16383, one shape; longer than any probe), and the
+/// link conditions `mac` (a source MAC), `vlan` (id 4000) and `iface` (an index no frame
+/// arrives on), one shape each.
 ///
 /// # Errors
 /// For another `kind`, or when the policy does not compile.
@@ -621,7 +625,15 @@ pub fn with_header(base: &Workload, kind: &str) -> Result<Workload> {
         "ecn" => extra.ip.ecn = Some(3),
         "ttl" => extra.ip.ttl = Some((0, 9)),
         "length" => extra.ip.length = Some((8192, 16383)),
-        other => bail!("unknown header condition `{other}`; expected dscp, ecn, ttl or length"),
+        // Link conditions no probe meets: every frame's link layer is read (the policy now
+        // has a link condition) and the rule's tuple is skipped on a comparison.
+        "mac" => extra.link.src_mac = Some([2, 0, 0, 0, 0, 0x99]),
+        "vlan" => extra.link.vlan = Some(4000),
+        "iface" => extra.link.iface = Some(u32::MAX),
+        other => bail!(
+            "unknown header condition `{other}`; expected dscp, ecn, ttl, length, mac, vlan or \
+             iface"
+        ),
     }
     let mut policy = base.policy.clone();
     policy.firewall.rules.push(extra);
