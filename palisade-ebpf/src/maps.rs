@@ -694,3 +694,9 @@ pub static IDS_BUDGET: PerCpuArray<crate::ids::Budget> = PerCpuArray::with_max_e
 #[map]
 pub static IDS_SCRATCH: PerCpuArray<[u8; palisade_common::ids::IDS_SCAN_BYTES]> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// The ids of the `[dns.bind]` cgroups (`MAX_BIND_CGROUPS`), for the canary answer, which
+/// runs at tcx egress and so is not attached to the cgroups themselves.
+#[map]
+pub static BIND_CGROUPS: HashMap<u64, u8> =
+    HashMap::with_max_entries(palisade_common::dnsbind::MAX_BIND_CGROUPS, 0);

@@ -267,6 +267,9 @@ pub enum LinkPin {
     TcxIntel { iface: String },
     /// `tcx-dnscache-<iface>`: the DNS response cache's fill (`[dns.cache]`).
     TcxDnsCache { iface: String },
+    /// `tcx-dnscanary-<iface>`: the DoH canary answer of resolver pinning
+    /// (`[dns.bind] resolvers`).
+    TcxCanary { iface: String },
     /// `bind-<program>-<path>`: one of the `[dns.bind]` programs (`answer`, `connect4`,
     /// `connect6`, `sendmsg4`, `sendmsg6`) on a cgroup.
     Bind { prog: String, path: PathBuf },
@@ -298,6 +301,7 @@ impl LinkPin {
             ),
             Self::TcxDhcp { iface } => format!("tcx-dhcp-out-{}", escape(iface.as_bytes())),
             Self::TcxDnsCache { iface } => format!("tcx-dnscache-{}", escape(iface.as_bytes())),
+            Self::TcxCanary { iface } => format!("tcx-dnscanary-{}", escape(iface.as_bytes())),
             Self::Bind { prog, path } => format!(
                 "bind-{}-{}",
                 escape(prog.as_bytes()),
@@ -335,6 +339,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-dnscache-") {
             let iface = String::from_utf8(unescape(rest)?).ok()?;
             return Some(Self::TcxDnsCache { iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-dnscanary-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxCanary { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
             let (ingress, iface) = directed(rest)?;
@@ -963,6 +971,7 @@ mod tests {
             LinkPin::TcxDnsCache {
                 iface: "eth0.100".into(),
             },
+            LinkPin::TcxCanary { iface: "lo".into() },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));
         }
