@@ -46,6 +46,13 @@ pub const MAX_BIND_ALLOW: u32 = 4_096;
 /// Capacity of the resolver-pinning table (`BIND_PIN`, an LPM trie): `[dns.bind] resolvers`
 /// and `doh_endpoints` together.
 pub const MAX_BIND_PIN: u32 = 1_024;
+/// Capacity of `BIND_CGROUPS`, the ids of the `[dns.bind]` cgroups (a hash), which the
+/// canary answer (`palisade_bind_canary`, tcx egress) checks a socket's cgroup and its
+/// ancestors against; a policy with more cgroups is refused before anything changes.
+pub const MAX_BIND_CGROUPS: u32 = 256;
+/// Cgroup levels (the root is level 0) the canary answer looks at, from the root down: a
+/// socket deeper than this is judged by its first levels only.
+pub const MAX_CGROUP_LEVELS: u32 = 32;
 /// `BIND_PIN` values: a configured resolver (plain DNS to it passes, its answers bind).
 pub const PIN_RESOLVER: u8 = 1;
 /// `BIND_PIN` values: a known DNS-over-HTTPS endpoint (every connect to it is refused).
@@ -142,7 +149,12 @@ pub const STAT_ANSWERS_TCP: u32 = 13;
 /// TCP segments from port 53 with data that is not exactly one whole message (a message
 /// split across segments, or several in one): not walked, nothing bound.
 pub const STAT_ANSWERS_TCP_UNWALKED: u32 = 14;
-pub const BIND_STATS_COUNT: u32 = 15;
+/// Queries for `use-application-dns.net` from a pinned cgroup, answered NXDOMAIN in the
+/// kernel (`palisade_bind_canary`).
+pub const STAT_CANARY_ANSWERED: u32 = 15;
+/// Queries for the canary from a cgroup not in `[dns.bind]`: passed to the resolver.
+pub const STAT_CANARY_UNPINNED: u32 = 16;
+pub const BIND_STATS_COUNT: u32 = 17;
 /// Names of the counters, by index.
 pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "connect_checked",
@@ -160,6 +172,8 @@ pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "answers_rebinding",
     "answers_tcp",
     "answers_tcp_unwalked",
+    "canary_answered",
+    "canary_unpinned",
 ];
 
 /// Walk phases.

@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod dlp;
 pub mod dns;
 pub mod dnsbind;
+pub mod dnscanary;
 pub mod event;
 pub mod firewall;
 pub mod ids;

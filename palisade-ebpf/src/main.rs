@@ -292,3 +292,11 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// Resolver pinning, tcx egress: answers a pinned cgroup's query for Firefox's DoH canary
+/// (`use-application-dns.net`) NXDOMAIN in place and redirects the answer to the
+/// interface's ingress. Everything else continues unchanged.
+#[classifier]
+pub fn palisade_bind_canary(ctx: TcContext) -> i32 {
+    dnsbind::canary::run(&ctx)
+}

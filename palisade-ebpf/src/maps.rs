@@ -702,3 +702,9 @@ pub static IDS_SCRATCH: PerCpuArray<[u8; palisade_common::ids::IDS_SCAN_BYTES]> 
 #[map]
 pub static ACTION_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(palisade_common::action::AS_COUNT, 0);
+
+/// The ids of the `[dns.bind]` cgroups (`MAX_BIND_CGROUPS`), for the canary answer, which
+/// runs at tcx egress and so is not attached to the cgroups themselves.
+#[map]
+pub static BIND_CGROUPS: HashMap<u64, u8> =
+    HashMap::with_max_entries(palisade_common::dnsbind::MAX_BIND_CGROUPS, 0);

@@ -155,6 +155,9 @@ pub struct Datapath {
     mark: Vec<SchedClassifier>,
     /// Its link on each guarded interface.
     pub mark_links: Vec<(String, OwnedFd)>,
+    /// The DoH canary answer of resolver pinning (tcx egress), and its links.
+    bind_canary: Option<SchedClassifier>,
+    bind_canary_links: Vec<(String, OwnedFd)>,
     /// The guarded interfaces (the cache's fill follows the policy on reloads).
     ifaces: Vec<String>,
     /// The entries the DNS response cache was created with.
@@ -286,6 +289,8 @@ impl Datapath {
             dns_cache_links: Vec::new(),
             mark: Vec::new(),
             mark_links: Vec::new(),
+            bind_canary: None,
+            bind_canary_links: Vec::new(),
             ifaces: opts.ifaces.clone(),
             dns_cache_capacity: opts.dns_cache_capacity,
             egress: None,
@@ -374,6 +379,7 @@ impl Datapath {
                     .chain(&self.intel_links)
                     .chain(&self.dns_cache_links)
                     .chain(&self.mark_links)
+                    .chain(&self.bind_canary_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
             .collect();
@@ -991,6 +997,56 @@ impl Datapath {
             .bind
             .sync(&mut self.ebpf, &links_dir, policy.dns.bind.as_ref())?;
         notes.extend(self.sync_egress_cgroups(policy)?);
+        notes.extend(self.sync_bind_canary(policy)?);
+        Ok(notes)
+    }
+
+    /// Makes the DoH canary answer (tcx egress) match `policy`: while `[dns.bind]` pins its
+    /// cgroups to resolvers, attached to every guarded interface and to `lo` (a local
+    /// resolver's queries leave by it), adopting pinned links; detached (pins removed)
+    /// otherwise. Returns notes.
+    fn sync_bind_canary(&mut self, policy: &Policy) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        let pins = self.all_link_pins();
+        let pinning = policy
+            .dns
+            .bind
+            .as_ref()
+            .is_some_and(|b| !b.resolvers.is_empty());
+        if pinning {
+            if self.bind_canary.is_none() {
+                self.bind_canary = self
+                    .tc_programs(&[crate::dnsbind::CANARY], "DoH canary answer")?
+                    .pop();
+            }
+            let prog = self.bind_canary.as_mut().expect("loaded");
+            let mut ifaces = self.ifaces.clone();
+            if !ifaces.iter().any(|i| i == "lo") {
+                ifaces.push("lo".to_owned());
+            }
+            self.bind_canary_links = sync_tcx(
+                &self.layout,
+                &pins,
+                prog,
+                Tcx::BindCanary,
+                &ifaces,
+                &mut notes,
+            )?;
+        } else {
+            for (_, fd) in self.bind_canary_links.drain(..) {
+                let _ = pin::link_detach(fd.as_fd());
+            }
+            for (pin, path, _) in &pins {
+                if let LinkPin::TcxCanary { iface } = pin {
+                    if let Ok(fd) = pin::obj_get(path) {
+                        let _ = pin::link_detach(fd.as_fd());
+                    }
+                    fs::remove_file(path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                    notes.push(format!("detached the DoH canary answer from {iface}"));
+                }
+            }
+        }
         Ok(notes)
     }
 
@@ -1189,6 +1245,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the DNS response cache from {iface}"));
         }
+        for (iface, fd) in self.bind_canary_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the DoH canary answer from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -1223,6 +1283,7 @@ enum Tcx {
     IntelEgress,
     DnsCache,
     ActionIngress,
+    BindCanary,
 }
 
 impl Tcx {
@@ -1259,6 +1320,7 @@ impl Tcx {
             Self::DhcpEgress => LinkPin::TcxDhcp { iface },
             Self::DnsCache => LinkPin::TcxDnsCache { iface },
             Self::ActionIngress => LinkPin::TcxAction { iface },
+            Self::BindCanary => LinkPin::TcxCanary { iface },
         }
     }
 
@@ -1312,7 +1374,8 @@ impl Tcx {
             | (Self::DhcpEgress, LinkPin::TcxDhcp { iface })
             | (Self::IntelEgress, LinkPin::TcxIntel { iface })
             | (Self::DnsCache, LinkPin::TcxDnsCache { iface })
-            | (Self::ActionIngress, LinkPin::TcxAction { iface }) => Some(iface),
+            | (Self::ActionIngress, LinkPin::TcxAction { iface })
+            | (Self::BindCanary, LinkPin::TcxCanary { iface }) => Some(iface),
             _ => None,
         }
     }
@@ -1329,7 +1392,8 @@ impl Tcx {
             | Self::TlsEgress
             | Self::DhcpEgress
             | Self::IntelEgress
-            | Self::DnsCache => TcAttachType::Egress,
+            | Self::DnsCache
+            | Self::BindCanary => TcAttachType::Egress,
         }
     }
 
@@ -1347,6 +1411,7 @@ impl Tcx {
             Self::IntelEgress => "the egress indicator check",
             Self::DnsCache => "the DNS response cache",
             Self::ActionIngress => "the mark of mark rules",
+            Self::BindCanary => "the DoH canary answer",
         }
     }
 }
@@ -1459,7 +1524,8 @@ fn sync_tcx(
             | Tcx::DhcpEgress
             | Tcx::IntelEgress
             | Tcx::DnsCache
-            | Tcx::ActionIngress => format!("attached {what} to {iface} (tcx)"),
+            | Tcx::ActionIngress
+            | Tcx::BindCanary => format!("attached {what} to {iface} (tcx)"),
         });
     }
     for (pin, path) in pin::link_pins(&layout.links_dir()) {
@@ -1554,6 +1620,9 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 LinkPin::TcxDhcp { iface } => format!("detached DHCP snooping from {iface}"),
                 LinkPin::TcxDnsCache { iface } => {
                     format!("detached the DNS response cache from {iface}")
+                }
+                LinkPin::TcxCanary { iface } => {
+                    format!("detached the DoH canary answer from {iface}")
                 }
                 LinkPin::Bind { prog, path } => {
                     format!(

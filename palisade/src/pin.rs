@@ -269,6 +269,9 @@ pub enum LinkPin {
     TcxDnsCache { iface: String },
     /// `tcx-action-in-<iface>`: the mark of `mark` rules set on the socket buffer.
     TcxAction { iface: String },
+    /// `tcx-dnscanary-<iface>`: the DoH canary answer of resolver pinning
+    /// (`[dns.bind] resolvers`).
+    TcxCanary { iface: String },
     /// `bind-<program>-<path>`: one of the `[dns.bind]` programs (`answer`, `connect4`,
     /// `connect6`, `sendmsg4`, `sendmsg6`) on a cgroup.
     Bind { prog: String, path: PathBuf },
@@ -301,6 +304,7 @@ impl LinkPin {
             Self::TcxDhcp { iface } => format!("tcx-dhcp-out-{}", escape(iface.as_bytes())),
             Self::TcxDnsCache { iface } => format!("tcx-dnscache-{}", escape(iface.as_bytes())),
             Self::TcxAction { iface } => format!("tcx-action-in-{}", escape(iface.as_bytes())),
+            Self::TcxCanary { iface } => format!("tcx-dnscanary-{}", escape(iface.as_bytes())),
             Self::Bind { prog, path } => format!(
                 "bind-{}-{}",
                 escape(prog.as_bytes()),
@@ -342,6 +346,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-action-in-") {
             let iface = String::from_utf8(unescape(rest)?).ok()?;
             return Some(Self::TcxAction { iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-dnscanary-") {
+            let iface = String::from_utf8(unescape(rest)?).ok()?;
+            return Some(Self::TcxCanary { iface });
         }
         if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
             let (ingress, iface) = directed(rest)?;
@@ -973,6 +981,7 @@ mod tests {
             LinkPin::TcxAction {
                 iface: "veth-in".into(),
             },
+            LinkPin::TcxCanary { iface: "lo".into() },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));
         }

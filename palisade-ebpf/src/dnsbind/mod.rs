@@ -6,8 +6,10 @@
 //! - [`connect`] (cgroup sock_addr `connect4/6`, `sendmsg4/6`) lets a connect, or a send on
 //!   an unconnected UDP socket, through only to a bound address or an explicitly allowed
 //!   prefix; anything else fails with `EPERM` (reason `bind-unresolved`).
+//! - [`canary`] (tcx egress) answers Firefox's DoH canary NXDOMAIN for pinned cgroups.
 
 pub mod answer;
+pub mod canary;
 pub(crate) mod check;
 pub mod connect;
 

@@ -16,12 +16,12 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
 };
 use palisade_common::dnsbind::{
-    BIND_ON, BIND_STAT_NAMES, BIND_STATS_COUNT, BindConfig, MAX_BIND_ALLOW, MAX_BIND_PIN,
-    MAX_GRACE_SECS, PIN_DOH, PIN_ON, PIN_RESOLVER, REBIND_REFUSE,
+    BIND_ON, BIND_STAT_NAMES, BIND_STATS_COUNT, BindConfig, MAX_BIND_ALLOW, MAX_BIND_CGROUPS,
+    MAX_BIND_PIN, MAX_GRACE_SECS, PIN_DOH, PIN_ON, PIN_RESOLVER, REBIND_REFUSE,
 };
 
 use crate::{
@@ -39,6 +39,10 @@ pub const SOCK_ADDR: [&str; 4] = [
     "palisade_bind_sendmsg4",
     "palisade_bind_sendmsg6",
 ];
+
+/// The DoH canary answer of resolver pinning (tcx egress on the guarded interfaces and
+/// `lo`).
+pub const CANARY: &str = "palisade_bind_canary";
 
 /// Default grace period past an answer's TTL, in seconds.
 pub const DEFAULT_GRACE_SECS: u32 = 30;
@@ -126,6 +130,12 @@ pub fn fits(bind: &DnsBind) -> Result<()> {
              holds {MAX_BIND_PIN}"
         ));
     }
+    if bind.cgroups.len() > MAX_BIND_CGROUPS as usize {
+        return Err(anyhow!(
+            "[dns.bind].cgroups holds {} cgroups; the kernel table holds {MAX_BIND_CGROUPS}",
+            bind.cgroups.len()
+        ));
+    }
     if bind.grace_secs > MAX_GRACE_SECS {
         return Err(anyhow!(
             "[dns.bind].grace is {} s; at most {MAX_GRACE_SECS}",
@@ -191,6 +201,32 @@ pub fn write_config(ebpf: &mut Ebpf, bind: Option<&DnsBind>) -> Result<()> {
             .collect();
         for k in stale {
             let _ = trie.remove(&k);
+        }
+    }
+    // The cgroup ids the canary answer recognises (a cgroup v2 directory's inode number is
+    // its id). A directory that is gone has no sockets (and the daemon refuses a policy
+    // naming one before it gets here).
+    let ids: Vec<u64> = bind
+        .map(|b| {
+            b.cgroups
+                .iter()
+                .filter_map(|c| fs::metadata(c).ok().map(|m| m.ino()))
+                .collect()
+        })
+        .unwrap_or_default();
+    {
+        let mut m: HashMap<&mut MapData, u64, u8> =
+            HashMap::try_from(map_mut(ebpf, "BIND_CGROUPS")?)?;
+        for id in &ids {
+            m.insert(id, 1, 0).context("writing [dns.bind].cgroups")?;
+        }
+        let stale: Vec<u64> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ids.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.remove(&k);
         }
     }
     let cfg = bind.map_or_else(BindConfig::default, |b| BindConfig {

@@ -20,7 +20,17 @@ impl Checker<'_> {
         let view = self.table(node, "`dns.bind`")?;
         self.check_keys(view, "[dns.bind]", BIND_KEYS);
         match view.get("cgroups") {
-            Some(n) => b.cgroups = self.cgroups(n),
+            Some(n) => {
+                b.cgroups = self.cgroups(n);
+                let max = palisade_common::dnsbind::MAX_BIND_CGROUPS as usize;
+                if b.cgroups.len() > max {
+                    let msg = format!(
+                        "[dns.bind].cgroups lists {} cgroups; at most {max} fit",
+                        b.cgroups.len()
+                    );
+                    self.err(n.at, msg);
+                }
+            }
             None => self.err(
                 view.at,
                 "[dns.bind] needs `cgroups`, the cgroup v2 directories in bind mode",
@@ -206,6 +216,18 @@ mod tests {
                 "p.toml:5:1: unknown key `port` in [dns.bind]; expected one of `cgroups`, \
                  `grace`, `allow`, `resolvers`, `doh_endpoints`, `rebinding`, `rebinding_allow`",
             ]
+        );
+    }
+
+    #[test]
+    fn too_many_bind_cgroups_are_refused_by_place() {
+        let list: Vec<String> = (0..=palisade_common::dnsbind::MAX_BIND_CGROUPS)
+            .map(|i| format!("\"/c{i}\""))
+            .collect();
+        let e = errors(&format!("[dns.bind]\ncgroups = [{}]\n", list.join(", ")));
+        assert_eq!(
+            e,
+            ["p.toml:2:11: [dns.bind].cgroups lists 257 cgroups; at most 256 fit"]
         );
     }
 
