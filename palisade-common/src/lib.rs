@@ -14,6 +14,7 @@ pub mod dns;
 pub mod dnsbind;
 pub mod event;
 pub mod firewall;
+pub mod geoip;
 pub mod ids;
 pub mod intel;
 pub mod lb;
