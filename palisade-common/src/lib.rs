@@ -16,6 +16,7 @@ pub mod dnsbind;
 pub mod dnscanary;
 pub mod event;
 pub mod firewall;
+pub mod geoip;
 pub mod ids;
 pub mod intel;
 pub mod lb;

@@ -155,6 +155,8 @@ struct Daemon {
     cluster: Option<Arc<crate::fleet::controller::Shared>>,
     /// With an OTLP endpoint: the event export.
     otlp: Option<crate::fleet::otlp::Exporter>,
+    /// `[geoip] refresh`: when the country sets were last read.
+    geoip: crate::geoip::Refresher,
 }
 
 impl Daemon {
@@ -177,6 +179,33 @@ impl Daemon {
                 eprintln!("palisade: {msg}");
                 self.last_error = Some(msg);
             }
+        }
+    }
+
+    /// Reads the country data again when `[geoip] refresh` is due and the files changed,
+    /// and installs the new country sets in one generation switch (no gap: packets see the
+    /// old sets or the new ones).
+    fn geoip_tick(&mut self) {
+        match self.geoip.tick(&self.policy, Instant::now()) {
+            crate::geoip::Tick::Changed(next) => match self.install(&next) {
+                Ok(generation) => {
+                    info!(
+                        generation,
+                        "geoip: the country sets were read again and swapped"
+                    );
+                    eprintln!("palisade: geoip: country sets refreshed (generation {generation})");
+                }
+                Err(e) => {
+                    let msg = format!("geoip: the refreshed country sets were refused: {e:#}");
+                    eprintln!("palisade: {msg}");
+                    self.last_error = Some(msg);
+                }
+            },
+            crate::geoip::Tick::Failed(msg) => {
+                eprintln!("palisade: {msg}");
+                self.last_error = Some(msg);
+            }
+            crate::geoip::Tick::Idle | crate::geoip::Tick::Unchanged => {}
         }
     }
 
@@ -320,6 +349,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         },
         cluster: None,
         otlp: None,
+        geoip: crate::geoip::Refresher::default(),
     };
     if !policy.intel.feeds.is_empty() {
         // Before the policy, whose DNS lists take the feeds' domains, and before the
@@ -455,12 +485,17 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut intel_tick = tokio::time::interval(crate::intel::runtime::TICK);
     intel_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut geoip_tick = tokio::time::interval(Duration::from_secs(1));
+    geoip_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch_tick = tokio::time::interval(crate::pod::WATCH_INTERVAL);
     watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
         tokio::select! {
             _ = intel_tick.tick() => {
                 d.intel_tick();
+            }
+            _ = geoip_tick.tick() => {
+                d.geoip_tick();
             }
             _ = summary_tick.tick() => {
                 d.summarize(false);

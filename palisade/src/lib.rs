@@ -19,6 +19,7 @@ pub mod dnsbind;
 pub mod events;
 pub mod firewall;
 pub mod fleet;
+pub mod geoip;
 pub mod guard;
 pub mod ids;
 pub mod intel;

@@ -425,6 +425,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        geoip: None,
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1654,6 +1655,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        geoip: None,
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -2011,6 +2013,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        geoip: None,
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

@@ -829,6 +829,7 @@ mod tests {
             dhcp: crate::dhcp::Dhcp::default(),
             intel: crate::intel::Intel::default(),
             dlp: crate::dlp::Dlp::default(),
+            geoip: None,
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2474,6 +2475,7 @@ mod tests {
                         dhcp: crate::dhcp::Dhcp::default(),
                         intel: crate::intel::Intel::default(),
                         dlp: crate::dlp::Dlp::default(),
+                        geoip: None,
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2606,6 +2608,7 @@ mod tests {
                     dhcp: crate::dhcp::Dhcp::default(),
                     intel: crate::intel::Intel::default(),
                     dlp: crate::dlp::Dlp::default(),
+                    geoip: None,
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

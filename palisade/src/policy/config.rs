@@ -69,6 +69,24 @@
 //!
 //! Both keys are optional; a set with no entries at all is valid and matches nothing.
 //!
+//! ## `[geoip]` and `@country:XX`
+//!
+//! `src = "@country:CN"` (or `dst`, in a list of one, like any set) names the prefixes of a
+//! country in a GeoIP country database; the code is ISO 3166-1 alpha-2, in either case. The
+//! prefixes become a set named `country:CN`, counted, written and swapped like a `[sets.NAME]`.
+//! See [`crate::geoip`] for the formats and the choice of country.
+//!
+//! | key | value | default |
+//! | --- | --- | --- |
+//! | `format` | `"geolite2"` (MaxMind GeoLite2 Country CSV) or `"dbip"` (DB-IP lite country CSV) | required |
+//! | `blocks` | GeoLite2: list of the `Blocks-IPv4.csv` and/or `Blocks-IPv6.csv` files | required with `"geolite2"` |
+//! | `locations` | GeoLite2: the `Locations-en.csv` file (`geoname_id` -> `country_iso_code`) | required with `"geolite2"` |
+//! | `files` | DB-IP: list of `start,end,country` files | required with `"dbip"` |
+//! | `refresh` | seconds (`1..=604800`), or a string `"30m"`, `"6h"`, `"1d"`: read the files again this often when they changed, and swap the country sets | only on reload |
+//!
+//! Relative paths are taken from the policy file's directory. An unknown country (not an ISO
+//! code and not in the data) is an error at the rule; a known one with no data is an empty set.
+//!
 //! ## `[[firewall.rule]]`
 //!
 //! Every condition given must hold for a rule to match; a condition left out matches
@@ -417,6 +435,7 @@ mod dhcp;
 mod dlp;
 mod dnsbind;
 mod dnscache;
+mod geoip;
 mod intel;
 mod lb;
 mod nat;
@@ -847,6 +866,7 @@ const TOP_KEYS: &[&str] = &[
     "dhcp",
     "intel",
     "dlp",
+    "geoip",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
@@ -1175,6 +1195,8 @@ impl Checker<'_> {
                 by_name: HashMap::new(),
             },
         };
+        // Country sets join the named ones before any rule names them.
+        let (geoip, sets) = self.geoip(root.get("geoip"), root.get("firewall"), sets);
         // Before the firewall, whose `stateful` and `state` must know whether tracking is off.
         let conntrack = match root.get("conntrack") {
             Some(node) => self.conntrack(node, &sets),
@@ -1239,6 +1261,7 @@ impl Checker<'_> {
             dhcp,
             intel,
             dlp,
+            geoip,
         })
     }
 
@@ -2278,6 +2301,8 @@ impl Checker<'_> {
     }
 
     fn set_ref(&mut self, name: &str, at: usize, sets: &SetTable) -> Option<AddrMatch> {
+        let country = crate::geoip::canonical_set_name(name);
+        let name = country.as_deref().unwrap_or(name);
         if let Some(&index) = sets.by_name.get(name) {
             return Some(AddrMatch::Set(index));
         }
@@ -3614,6 +3639,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 dhcp: crate::dhcp::Dhcp::default(),
                 intel: crate::intel::Intel::default(),
                 dlp: crate::dlp::Dlp::default(),
+                geoip: None,
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3941,10 +3967,10 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
                      `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, \
-                     `dhcp`, `intel`, `dlp`",
+                     `dhcp`, `intel`, `dlp`, `geoip`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
                      `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, `dhcp`, `intel`, \
-                     `dlp`",
+                     `dlp`, `geoip`",
                 ],
             ),
         ];

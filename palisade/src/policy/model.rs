@@ -426,6 +426,8 @@ pub struct Policy {
     pub dhcp: crate::dhcp::Dhcp,
     pub intel: crate::intel::Intel,
     pub dlp: crate::dlp::Dlp,
+    /// `[geoip]`: the country database behind `@country:XX` sets; `None` without the section.
+    pub geoip: Option<crate::geoip::GeoIp>,
 }
 
 impl Policy {
@@ -759,6 +761,7 @@ mod tests {
             dhcp: crate::dhcp::Dhcp::default(),
             intel: crate::intel::Intel::default(),
             dlp: crate::dlp::Dlp::default(),
+            geoip: None,
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),

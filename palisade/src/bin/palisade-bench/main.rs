@@ -23,6 +23,7 @@ mod events_flood;
     reason = "the bench sends from an ingress interface only; the tests use the rest"
 )]
 mod flood;
+mod geoip;
 mod harness;
 mod inspect;
 mod intel;
@@ -89,7 +90,8 @@ use clap::Parser;
         palisade-bench --bind               DNS binding: the answer walk per answer and the connect() check per call\n  \
         palisade-bench --dlp                DLP: what the SSL_* probes add to an SSL_write at 50k calls/s, with and without the watcher reading\n  \
         palisade-bench --dga                DGA scoring: TPR per DGA family at FPR <= 0.1 % on benign names (--dga-train builds the model)\n  \
-        palisade-bench --dns-cache          DNS response cache: unbound's own cache against Palisade's XDP cache in front of it, under dnsperf"
+        palisade-bench --dns-cache          DNS response cache: unbound's own cache against Palisade's XDP cache in front of it, under dnsperf\n  \
+        palisade-bench --geoip              country sets: loading a GeoLite2-sized database, the cost of a rule on a ~10k-prefix country"
 )]
 struct Args {
     /// A short run for CI: 3 rounds, ~15 ms measurements, up to 10k rules and a 10k-entry set.
@@ -299,6 +301,12 @@ struct Args {
     /// 10000; 2000 with --quick].
     #[arg(long, value_name = "QPS", value_parser = clap::value_parser!(u32).range(100..))]
     dns_cache_rate: Option<u32>,
+    /// Run the country-set suite instead: load a generated GeoIP database of GeoLite2's size
+    /// (400k IPv4 + 500k IPv6 networks) in both formats, then the cost of a rule on a
+    /// country of ~10k prefixes, against the floor, the firewall with no rules and a rule on
+    /// a one-entry set in the same rounds.
+    #[arg(long, conflicts_with_all = ["live", "dnsperf", "conntrack", "dns_events", "shield", "tls"])]
+    geoip: bool,
 }
 
 /// Settings once the mode's defaults are applied.
@@ -574,6 +582,16 @@ fn run(args: &Args) -> Result<ExitCode> {
         let stem = report.write(&s.out)?;
         println!("{}", report.terminal());
         println!("wrote {}/{stem}.{{md,json}}", s.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.geoip {
+        let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 7 }).max(1);
+        let report = geoip::run(rounds, if args.quick { 20_000 } else { 200_000 }, &command)?;
+        println!("{report}");
+        std::fs::create_dir_all(&s.out)?;
+        let path = s.out.join(format!("geoip-{}.md", s.mode));
+        std::fs::write(&path, &report)?;
+        println!("wrote {}", path.display());
         return Ok(ExitCode::SUCCESS);
     }
     if args.bind {

@@ -1,0 +1,150 @@
+//! End to end: a drop rule on `@country:CN` with the real daemon, and a refresh under load.
+//!
+//! The peer namespace has two addresses of each family; a DB-IP lite file written by the test
+//! places one in CN and the other in the US. Pings from the CN addresses are dropped in XDP,
+//! those from the US ones answered. Then the file is rewritten every 300 ms (each version
+//! changes the CN set, keeping both peers where they are) while `[geoip] refresh = 1` swaps
+//! the sets: a ping flood from each address sees no wrong verdict during the swaps.
+
+#[path = "support/control.rs"]
+mod control;
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use control::GuardedHost;
+use support::netns::{NetnsPair, exec_in};
+
+/// `(sent, received)` of `ping -c count -i interval -I from to`.
+fn ping(ns: &str, from: &str, to: &str, count: u32, interval: &str) -> (u32, u32) {
+    let out = exec_in(
+        ns,
+        "ping",
+        &[
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "1",
+            "-I",
+            from,
+            to,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("ping output: {text}"));
+    let num = |key: &str| -> u32 {
+        line.split(',')
+            .find(|p| p.contains(key))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
+    (num("transmitted"), num("received"))
+}
+
+/// The range `start,end,country` line of one address.
+fn one(addr: &str, cc: &str) -> String {
+    format!("{addr},{addr},{cc}\n")
+}
+
+#[test]
+fn a_country_rule_drops_one_peer_address_and_not_the_other_through_refreshes() {
+    let pair = NetnsPair::new();
+    let v4_us = format!("{}.3", pair.v4_b.strip_suffix(".2").expect("x.y.z.2"));
+    let v6_us = format!("{}::3", pair.v6_b.strip_suffix("::2").expect("prefix::2"));
+    for args in [
+        vec!["addr", "add", &format!("{v4_us}/24"), "dev", &pair.if_b],
+        vec![
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6_us}/64"),
+            "dev",
+            &pair.if_b,
+            "nodad",
+        ],
+    ] {
+        let out = exec_in(&pair.ns_b, "ip", &args);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let base =
+        one(&pair.v4_b, "CN") + &one(&v4_us, "US") + &one(&pair.v6_b, "CN") + &one(&v6_us, "US");
+    let other = format!("{base}192.0.2.0,192.0.2.255,CN\n");
+
+    let mut host = GuardedHost::new("geoip-netns", "", &pair.ns_a, &pair.if_a);
+    let db = host.scratch.file("dbip.csv");
+    std::fs::write(&db, &base).unwrap();
+    let policy = format!(
+        "[geoip]\nformat = \"dbip\"\nfiles = [\"{}\"]\nrefresh = 1\n\n\
+         [[firewall.rule]]\nname = \"from-cn\"\naction = \"drop\"\nsrc = \"@country:cn\"\n",
+        db.display()
+    );
+    std::fs::write(&host.policy, &policy).unwrap();
+    host.start();
+
+    for (from, to, want) in [
+        (pair.v4_b.as_str(), pair.v4_a.as_str(), 0),
+        (v4_us.as_str(), pair.v4_a.as_str(), 3),
+        (pair.v6_b.as_str(), pair.v6_a.as_str(), 0),
+        (v6_us.as_str(), pair.v6_a.as_str(), 3),
+    ] {
+        let (sent, got) = ping(&pair.ns_b, from, to, 3, "0.2");
+        assert_eq!((sent, got), (3, want), "ping from {from}");
+    }
+
+    // Rewrite the database every 300 ms while both peers ping at 100 a second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let db = db.clone();
+        thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let text = if n.is_multiple_of(2) { &base } else { &other };
+                // Written beside and renamed, as a database update is installed.
+                let tmp = db.with_extension("tmp");
+                std::fs::write(&tmp, text).unwrap();
+                std::fs::rename(&tmp, &db).unwrap();
+                thread::sleep(Duration::from_millis(300));
+            }
+            n
+        })
+    };
+    let cn = {
+        let (ns, from, to) = (pair.ns_b.clone(), pair.v4_b.clone(), pair.v4_a.clone());
+        thread::spawn(move || ping(&ns, &from, &to, 400, "0.01"))
+    };
+    let us = ping(&pair.ns_b, &v4_us, &pair.v4_a, 400, "0.01");
+    let cn = cn.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    let swaps = host
+        .daemon()
+        .stderr_now()
+        .iter()
+        .filter(|l| l.contains("country sets refreshed"))
+        .count();
+    eprintln!("{writes} database writes, {swaps} swaps; US {us:?}, CN {cn:?}");
+    assert!(
+        swaps >= 2,
+        "the sets were swapped during the flood: {:?}",
+        host.daemon().stderr_now()
+    );
+    assert_eq!(us, (400, 400), "no packet of the US address was dropped");
+    assert_eq!(cn, (400, 0), "no packet of the CN address passed");
+}
