@@ -163,8 +163,12 @@ pub const INTEL_DROP: u32 = 44;
 /// detector, dropped by the TC egress program.
 pub const DLP_RESET: u32 = 51;
 
+/// IDS (`[ids]`): a packet of a flow a `drop` rule matched, dropped in XDP as it arrives or
+/// at tcx as the host sends it.
+pub const IDS_DROP: u32 = 52;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 52;
+pub const COUNT: u32 = 53;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -220,6 +224,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-encrypted",
     "dns-rebinding",
     "dlp-reset",
+    "ids-drop",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

@@ -147,6 +147,10 @@ pub struct Datapath {
     intel: Vec<SchedClassifier>,
     /// Its link on each guarded interface.
     pub intel_links: Vec<(String, OwnedFd)>,
+    /// The IDS preselection, ingress then egress, once loaded.
+    ids: Vec<SchedClassifier>,
+    /// Their links, as the scrub's.
+    pub ids_links: Vec<(String, OwnedFd)>,
     /// The DNS response cache's fill (TC egress), once `[dns.cache]` was enabled.
     dns_cache: Option<SchedClassifier>,
     /// Its link on each guarded interface while `[dns.cache]` is enabled.
@@ -274,6 +278,8 @@ impl Datapath {
             lb_links: Vec::new(),
             tls: Vec::new(),
             tls_links: Vec::new(),
+            ids: Vec::new(),
+            ids_links: Vec::new(),
             dhcp: Vec::new(),
             dhcp_links: Vec::new(),
             intel: Vec::new(),
@@ -316,6 +322,7 @@ impl Datapath {
         self.ensure_tls_programs()?;
         self.ensure_dhcp_program()?;
         self.ensure_intel_program()?;
+        self.ensure_ids_programs()?;
         if cache_enabled(policy) {
             self.ensure_dns_cache_program()?;
         }
@@ -335,6 +342,7 @@ impl Datapath {
         self.sync_tls(opts, &mut notes)?;
         self.sync_dhcp(opts, &mut notes)?;
         self.sync_intel(opts, &mut notes)?;
+        self.sync_ids(opts, &mut notes)?;
         self.ifaces.clone_from(&opts.ifaces);
         notes.extend(self.sync_dns_cache(policy)?);
         notes.extend(self.sync_cgroups(policy)?);
@@ -364,6 +372,7 @@ impl Datapath {
                     .chain(&self.tls_links)
                     .chain(&self.dhcp_links)
                     .chain(&self.intel_links)
+                    .chain(&self.ids_links)
                     .chain(&self.dns_cache_links)
                     .filter_map(|(_, fd)| pin::link_info(fd.as_fd()).ok().map(|i| i.id)),
             )
@@ -634,6 +643,35 @@ impl Datapath {
             &pins,
             &mut self.intel,
             &[Tcx::IntelEgress],
+            &opts.ifaces,
+            notes,
+        )?;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) IDS preselection programs.
+    fn ensure_ids_programs(&mut self) -> Result<()> {
+        if !self.ids.is_empty() {
+            return Ok(());
+        }
+        self.ids = self.tc_programs(
+            &[crate::ids::kernel::INGRESS, crate::ids::kernel::EGRESS],
+            "IDS",
+        )?;
+        Ok(())
+    }
+
+    /// Attaches the IDS preselection (tcx ingress and egress) to every guarded interface
+    /// whatever the policy, like the scrub: without `[ids]` it reads one map slot and lets the
+    /// packet go; `[ids] interfaces` narrows where it looks in the kernel's settings.
+    fn sync_ids(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_ids_programs()?;
+        let pins = self.all_link_pins();
+        self.ids_links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut self.ids,
+            &[Tcx::IdsIngress, Tcx::IdsEgress],
             &opts.ifaces,
             notes,
         )?;
@@ -1154,6 +1192,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the DNS response cache from {iface}"));
         }
+        for (iface, fd) in self.ids_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the IDS from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -1187,6 +1229,8 @@ enum Tcx {
     DhcpEgress,
     IntelEgress,
     DnsCache,
+    IdsIngress,
+    IdsEgress,
 }
 
 impl Tcx {
@@ -1222,6 +1266,14 @@ impl Tcx {
             },
             Self::DhcpEgress => LinkPin::TcxDhcp { iface },
             Self::DnsCache => LinkPin::TcxDnsCache { iface },
+            Self::IdsIngress => LinkPin::TcxIds {
+                ingress: true,
+                iface,
+            },
+            Self::IdsEgress => LinkPin::TcxIds {
+                ingress: false,
+                iface,
+            },
         }
     }
 
@@ -1271,6 +1323,20 @@ impl Tcx {
                     iface,
                 },
             ) => Some(iface),
+            (
+                Self::IdsIngress,
+                LinkPin::TcxIds {
+                    ingress: true,
+                    iface,
+                },
+            )
+            | (
+                Self::IdsEgress,
+                LinkPin::TcxIds {
+                    ingress: false,
+                    iface,
+                },
+            ) => Some(iface),
             (Self::LbReverse, LinkPin::TcxLbReverse { iface })
             | (Self::DhcpEgress, LinkPin::TcxDhcp { iface })
             | (Self::IntelEgress, LinkPin::TcxIntel { iface })
@@ -1281,7 +1347,9 @@ impl Tcx {
 
     const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::ScrubIngress | Self::NatIngress | Self::TlsIngress => TcAttachType::Ingress,
+            Self::ScrubIngress | Self::NatIngress | Self::TlsIngress | Self::IdsIngress => {
+                TcAttachType::Ingress
+            }
             Self::CtEgress
             | Self::ScrubEgress
             | Self::NatEgress
@@ -1289,6 +1357,7 @@ impl Tcx {
             | Self::TlsEgress
             | Self::DhcpEgress
             | Self::IntelEgress
+            | Self::IdsEgress
             | Self::DnsCache => TcAttachType::Egress,
         }
     }
@@ -1306,6 +1375,8 @@ impl Tcx {
             Self::DhcpEgress => "DHCP snooping",
             Self::IntelEgress => "the egress indicator check",
             Self::DnsCache => "the DNS response cache",
+            Self::IdsIngress => "the ingress IDS",
+            Self::IdsEgress => "the egress IDS",
         }
     }
 }
@@ -1415,6 +1486,8 @@ fn sync_tcx(
             | Tcx::TlsEgress
             | Tcx::DhcpEgress
             | Tcx::IntelEgress
+            | Tcx::IdsIngress
+            | Tcx::IdsEgress
             | Tcx::DnsCache => format!("attached {what} to {iface} (tcx)"),
         });
     }
@@ -1508,6 +1581,10 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 LinkPin::TcxDnsCache { iface } => {
                     format!("detached the DNS response cache from {iface}")
                 }
+                LinkPin::TcxIds { ingress, iface } => format!(
+                    "detached the {} IDS from {iface}",
+                    if ingress { "ingress" } else { "egress" }
+                ),
                 LinkPin::Bind { prog, path } => {
                     format!(
                         "detached DNS binding ({prog}) from cgroup {}",

@@ -267,6 +267,8 @@ pub enum LinkPin {
     TcxIntel { iface: String },
     /// `tcx-dnscache-<iface>`: the DNS response cache's fill (`[dns.cache]`).
     TcxDnsCache { iface: String },
+    /// `tcx-ids-in-<iface>`, `tcx-ids-out-<iface>`: the IDS preselection (`[ids]`).
+    TcxIds { ingress: bool, iface: String },
     /// `bind-<program>-<path>`: one of the `[dns.bind]` programs (`answer`, `connect4`,
     /// `connect6`, `sendmsg4`, `sendmsg6`) on a cgroup.
     Bind { prog: String, path: PathBuf },
@@ -298,6 +300,11 @@ impl LinkPin {
             ),
             Self::TcxDhcp { iface } => format!("tcx-dhcp-out-{}", escape(iface.as_bytes())),
             Self::TcxDnsCache { iface } => format!("tcx-dnscache-{}", escape(iface.as_bytes())),
+            Self::TcxIds { ingress, iface } => format!(
+                "tcx-ids-{}-{}",
+                if *ingress { "in" } else { "out" },
+                escape(iface.as_bytes())
+            ),
             Self::Bind { prog, path } => format!(
                 "bind-{}-{}",
                 escape(prog.as_bytes()),
@@ -339,6 +346,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
             let (ingress, iface) = directed(rest)?;
             return Some(Self::TcxTls { ingress, iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-ids-") {
+            let (ingress, iface) = directed(rest)?;
+            return Some(Self::TcxIds { ingress, iface });
         }
         if let Some(rest) = file_name.strip_prefix("bind-") {
             let (prog, path) = rest.split_once('-')?;
@@ -962,6 +973,10 @@ mod tests {
             },
             LinkPin::TcxDnsCache {
                 iface: "eth0.100".into(),
+            },
+            LinkPin::TcxIds {
+                ingress: false,
+                iface: "veth-in".into(),
             },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));

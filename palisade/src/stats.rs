@@ -140,6 +140,11 @@ pub struct Counters {
     /// then `entries` (a gauge) and `evictions` (see `crate::dns::cache::named_counters`).
     #[serde(default)]
     pub dns_cache: Vec<Named>,
+    /// The IDS's counters, when the policy has `[ids]`: the kernel's
+    /// (`palisade_common::ids::IS_NAMES`), the daemon's, then `sid_<sid>` alerts per rule
+    /// (see `crate::ids::runtime::Runtime::named_counters`).
+    #[serde(default)]
+    pub ids: Vec<Named>,
 }
 
 impl Counters {
@@ -197,6 +202,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         intel: crate::intel::named_counters(ebpf),
         bind: crate::dnsbind::named_counters(ebpf),
         dns_cache: crate::dns::cache::named_counters(ebpf),
+        ids: Vec::new(),
     }
 }
 

@@ -69,6 +69,7 @@ fn policy(action: DnsAction, answers: AnswerBudget) -> Policy {
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

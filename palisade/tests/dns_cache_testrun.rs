@@ -71,6 +71,7 @@ fn policy(resolver: &str, budget: u32, extra_block: Option<&str>) -> Policy {
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

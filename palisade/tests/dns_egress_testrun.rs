@@ -90,6 +90,7 @@ fn policy(
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -81,6 +81,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

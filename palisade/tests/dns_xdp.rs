@@ -139,6 +139,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -350,6 +350,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1489,6 +1490,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -1844,6 +1846,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         dhcp: palisade::dhcp::Dhcp::default(),
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

@@ -560,6 +560,7 @@ mod tests {
             dhcp: crate::dhcp::Dhcp::default(),
             intel: crate::intel::Intel::default(),
             dlp: crate::dlp::Dlp::default(),
+            ids: crate::ids::Ids::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

@@ -696,6 +696,7 @@ mod tests {
             dhcp: crate::dhcp::Dhcp::default(),
             intel: crate::intel::Intel::default(),
             dlp: crate::dlp::Dlp::default(),
+            ids: crate::ids::Ids::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2341,6 +2342,7 @@ mod tests {
                         dhcp: crate::dhcp::Dhcp::default(),
                         intel: crate::intel::Intel::default(),
                         dlp: crate::dlp::Dlp::default(),
+                        ids: crate::ids::Ids::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2473,6 +2475,7 @@ mod tests {
                     dhcp: crate::dhcp::Dhcp::default(),
                     intel: crate::intel::Intel::default(),
                     dlp: crate::dlp::Dlp::default(),
+                    ids: crate::ids::Ids::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

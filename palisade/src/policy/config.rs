@@ -410,6 +410,7 @@ mod dhcp;
 mod dlp;
 mod dnsbind;
 mod dnscache;
+mod ids;
 mod intel;
 mod lb;
 mod nat;
@@ -840,6 +841,7 @@ const TOP_KEYS: &[&str] = &[
     "dhcp",
     "intel",
     "dlp",
+    "ids",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
@@ -1209,6 +1211,10 @@ impl Checker<'_> {
             Some(node) => self.dlp(node),
             None => crate::dlp::Dlp::default(),
         };
+        let ids = match root.get("ids") {
+            Some(node) => self.ids(node),
+            None => crate::ids::Ids::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1222,6 +1228,7 @@ impl Checker<'_> {
             dhcp,
             intel,
             dlp,
+            ids,
         })
     }
 
@@ -3324,6 +3331,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 dhcp: crate::dhcp::Dhcp::default(),
                 intel: crate::intel::Intel::default(),
                 dlp: crate::dlp::Dlp::default(),
+                ids: crate::ids::Ids::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3651,10 +3659,10 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
                      `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, \
-                     `dhcp`, `intel`, `dlp`",
+                     `dhcp`, `intel`, `dlp`, `ids`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
                      `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, `dhcp`, `intel`, \
-                     `dlp`",
+                     `dlp`, `ids`",
                 ],
             ),
         ];

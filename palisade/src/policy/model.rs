@@ -314,6 +314,7 @@ pub struct Policy {
     pub dhcp: crate::dhcp::Dhcp,
     pub intel: crate::intel::Intel,
     pub dlp: crate::dlp::Dlp,
+    pub ids: crate::ids::Ids,
 }
 
 impl Policy {
@@ -647,6 +648,7 @@ mod tests {
             dhcp: crate::dhcp::Dhcp::default(),
             intel: crate::intel::Intel::default(),
             dlp: crate::dlp::Dlp::default(),
+            ids: crate::ids::Ids::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),
