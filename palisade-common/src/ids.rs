@@ -191,8 +191,70 @@ pub struct IdsConfig {
     /// Ring fill (bytes) past which the program behaves as if the budget were spent.
     pub ring_high_water: u32,
     pub _pad: u32,
+    /// `[ids] ports`: only packets with one of these as source or destination port are
+    /// looked at (ICMP and other protocols without ports are not, then). All 0: every port.
+    pub ports: [u16; IDS_SCOPE_PORTS],
+    /// `[ids] interfaces`: the interfaces (by index) the program inspects on. All 0: every
+    /// interface it is attached to.
+    pub ifindex: [u32; IDS_SCOPE_IFACES],
 }
-map_type!(IdsConfig, 16);
+map_type!(IdsConfig, 16 + 2 * IDS_SCOPE_PORTS + 4 * IDS_SCOPE_IFACES);
+
+/// Ports `[ids] ports` may list.
+pub const IDS_SCOPE_PORTS: usize = 8;
+/// Interfaces `[ids] interfaces` may list.
+pub const IDS_SCOPE_IFACES: usize = 8;
+
+impl IdsConfig {
+    /// Whether a packet with these ports is in the `ports` scope.
+    #[inline(always)]
+    #[must_use]
+    pub fn port_in_scope(&self, sport: u16, dport: u16) -> bool {
+        if self.ports[0] == 0 {
+            return true;
+        }
+        let mut hit = false;
+        for i in 0..IDS_SCOPE_PORTS {
+            let p = self.ports[i];
+            hit |= p != 0 && (p == sport || p == dport);
+        }
+        hit
+    }
+
+    /// Whether interface `ifindex` is in the `interfaces` scope.
+    #[inline(always)]
+    #[must_use]
+    pub fn iface_in_scope(&self, ifindex: u32) -> bool {
+        if self.ifindex[0] == 0 {
+            return true;
+        }
+        let mut hit = false;
+        for i in 0..IDS_SCOPE_IFACES {
+            hit |= self.ifindex[i] == ifindex;
+        }
+        hit
+    }
+}
+
+/// A flow a `drop` rule matched (`IDS_DROPS`, keyed by the connection tracker's flow key,
+/// `conntrack::CtKey`, which both directions share).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdsDrop {
+    /// The rule's sid.
+    pub sid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` of the matched packet as the program saw it (its record's `ns`).
+    pub matched_ns: u64,
+    /// CLOCK_MONOTONIC when the daemon wrote this entry: from here on the flow is dropped.
+    pub installed_ns: u64,
+    /// Packets dropped since (XDP and tcx), racy across CPUs (a count, not an account).
+    pub dropped: u64,
+}
+map_type!(IdsDrop, 32);
+
+/// Capacity of `IDS_DROPS` (LRU: the oldest dropped flow is forgotten first).
+pub const IDS_DROP_FLOWS: u32 = 65_536;
 
 /// One direction of a flow, as the program sees its packets.
 #[repr(C)]
@@ -249,9 +311,11 @@ pub struct IdsRecord {
     /// Bytes copied into `data`.
     pub len: u32,
     pub _pad: u32,
+    /// `bpf_ktime_get_ns` when the program saw the packet (match-to-drop latency).
+    pub ns: u64,
     pub data: [u8; IDS_RECORD_BYTES],
 }
-map_type!(IdsRecord, 56 + IDS_RECORD_BYTES);
+map_type!(IdsRecord, 64 + IDS_RECORD_BYTES);
 
 /// Per-CPU counters (`IDS_STATS`).
 pub const IS_PACKETS: u32 = 0;
@@ -273,7 +337,12 @@ pub const IS_SAMPLED_PACKETS: u32 = 7;
 pub const IS_FLOWS_SAMPLED_OUT: u32 = 8;
 /// Frames the parser refused, fragments and packets without payload are not counted here.
 pub const IS_NOT_PARSED: u32 = 9;
-pub const IS_COUNT: u32 = 10;
+/// Packets of flows a `drop` rule matched, dropped in XDP as they arrived (by reason
+/// `ids-drop` too).
+pub const IS_FLOW_DROPS: u32 = 10;
+/// ... and at tcx (what the host sends, and what XDP did not see).
+pub const IS_FLOW_DROPS_TC: u32 = 11;
+pub const IS_COUNT: u32 = 12;
 
 /// Counter names for `palisade stats` and Prometheus, by index.
 pub const IS_NAMES: [&str; IS_COUNT as usize] = [
@@ -287,6 +356,8 @@ pub const IS_NAMES: [&str; IS_COUNT as usize] = [
     "packets_sampled_out",
     "flows_sampled_out",
     "not_parsed",
+    "flow_drops_xdp",
+    "flow_drops_tc",
 ];
 
 #[cfg(test)]

@@ -167,8 +167,12 @@ pub const DLP_RESET: u32 = 51;
 /// canary); the query never reaches the resolver and is answered NXDOMAIN in the kernel.
 pub const DNS_DOH_CANARY: u32 = 52;
 
+/// IDS (`[ids]`): a packet of a flow a `drop` rule matched, dropped in XDP as it arrives or
+/// at tcx as the host sends it.
+pub const IDS_DROP: u32 = 53;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 53;
+pub const COUNT: u32 = 54;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -225,6 +229,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dns-rebinding",
     "dlp-reset",
     "dns-doh-canary",
+    "ids-drop",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

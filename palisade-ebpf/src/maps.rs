@@ -690,6 +690,18 @@ pub static IDS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(IDS_IS_CO
 #[map]
 pub static IDS_BUDGET: PerCpuArray<crate::ids::Budget> = PerCpuArray::with_max_entries(1, 0);
 
+/// Flows a `drop` rule matched, keyed like the connection tracker's flows (both directions one
+/// key): 65,536 entries (`IDS_DROP_FLOWS`), LRU. Written by the daemon, read in XDP (what
+/// arrives) and at tcx (what the host sends).
+#[map]
+pub static IDS_DROPS: LruHashMap<CtKey, palisade_common::ids::IdsDrop> =
+    LruHashMap::with_max_entries(palisade_common::ids::IDS_DROP_FLOWS, 0);
+
+/// Where the IDS program parses a packet (one per CPU).
+#[map]
+pub static IDS_PACKET: PerCpuArray<palisade_common::packet::Packet> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Where the prefilter's window is copied (one per CPU, 68 bytes).
 #[map]
 pub static IDS_SCRATCH: PerCpuArray<[u8; palisade_common::ids::IDS_SCAN_BYTES]> =

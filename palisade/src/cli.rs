@@ -636,7 +636,7 @@ pub struct EventsArgs {
     #[arg(long)]
     pub json: bool,
     /// Only events of this kind.
-    #[arg(long, value_parser = ["firewall", "dns", "tls", "dhcp", "intel", "dga"])]
+    #[arg(long, value_parser = ["firewall", "dns", "tls", "dhcp", "intel", "dga", "ids"])]
     pub kind: Option<String>,
     /// Only events with this verdict (`pass` and `allow` are the same).
     #[arg(long, value_parser = ["drop", "pass", "allow", "nxdomain", "sinkhole", "refused", "audit", "lease", "alert", "tag"])]
@@ -1061,5 +1061,17 @@ pub enum IdsCommand {
         /// Print one JSON object (alerts, flows, totals).
         #[arg(long)]
         json: bool,
+    },
+    /// The IDS coverage of each live flow, from the daemon: packets and bytes seen and
+    /// inspected, bytes truncated, why the flow was selected (or that it was sampled out),
+    /// the sids that matched and whether it is dropped.
+    ///
+    /// Examples:
+    ///   palisade ids flows
+    ///   palisade ids flows --json
+    #[command(verbatim_doc_comment)]
+    Flows {
+        #[command(flatten)]
+        json: JsonFlag,
     },
 }

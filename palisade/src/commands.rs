@@ -570,6 +570,9 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     println!("{}", moved_line("nat", &c.nat, "nothing translated"));
     println!("{}", moved_line("lb", &c.lb, "nothing balanced"));
     println!("{}", moved_line("tls", &c.tls, "nothing seen"));
+    if !c.ids.is_empty() {
+        println!("{}", moved_line("ids", &c.ids, "nothing inspected"));
+    }
     println!("{}", moved_line("dhcp", &c.dhcp, "nothing snooped"));
     println!("{}", moved_line("intel", &c.intel, "nothing matched"));
     println!("{}", moved_line("dns bind", &c.bind, "nothing checked"));

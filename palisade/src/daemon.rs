@@ -141,6 +141,8 @@ struct Daemon {
     lb_health: mpsc::Sender<crate::lb::health::Change>,
     /// The TLS gate's daemon side: ClientHellos gathered, decided, enforced.
     tls: crate::tls::runtime::Gatekeeper,
+    /// `[ids]`: the payload ring's reader thread and engine (None until started).
+    ids: Option<crate::ids::runtime::Runtime>,
     /// DHCP snooping's lease table.
     dhcp: crate::dhcp::runtime::Snooper,
     /// Threat-intelligence feeds, their last good versions and their schedule.
@@ -331,6 +333,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             &policy.tls,
             &policy.dns.lists,
         )),
+        ids: None,
         dhcp: crate::dhcp::runtime::Snooper::default(),
         intel: crate::intel::runtime::Runtime::new(opts.intel_sizes),
         dga: crate::dga::runtime::Scorer::default(),
@@ -359,6 +362,15 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             eprintln!("palisade: {n}");
         }
     }
+    // Before the policy: installing it fills the IDS's tables and engine.
+    d.ids = Some(crate::ids::runtime::Runtime::start(
+        &mut d.dp.ebpf,
+        crate::ids::runtime::Output {
+            events: events_tx.clone(),
+            quiet: args.quiet,
+            json: args.json,
+        },
+    )?);
     d.install(&policy).context("installing the policy")?;
     d.restart_health_checks();
     let attach_notes = d.dp.attach(&opts, &policy)?;
@@ -611,6 +623,11 @@ impl Daemon {
             for note in crate::shield::prepare_host(std::path::Path::new("/proc/sys"))? {
                 eprintln!("palisade: {note}");
             }
+        }
+        if let Some(ids) = &self.ids {
+            // The rules are read again here: a rule file changed since the check is refused
+            // before anything else changes.
+            ids.install(&mut self.dp.ebpf, &policy.ids)?;
         }
         self.totals.before_install(&self.dp.ebpf);
         // The feeds' domains join the DNS lists of the generation installed.
@@ -1013,6 +1030,10 @@ impl Daemon {
                     Response::err(e)
                 }
             },
+            Request::IdsFlows => match &self.ids {
+                Some(ids) if self.policy.ids.enabled => Response::ok(&ids.flows(&self.dp.ebpf)),
+                _ => Response::err("the policy has no [ids] section"),
+            },
             Request::Events { .. } | Request::Unload => Response::err("not handled here"),
         }
     }
@@ -1020,6 +1041,11 @@ impl Daemon {
     fn stats(&self) -> proto::Stats {
         let mut counters = stats::read_kernel_counters(&self.dp.ebpf);
         counters.rules = self.totals.totals(&self.dp.ebpf);
+        if self.policy.ids.enabled
+            && let Some(ids) = &self.ids
+        {
+            counters.ids = ids.named_counters(&self.dp.ebpf);
+        }
         proto::Stats {
             generation: self.generation(),
             reloads_ok: self.reloads_ok,

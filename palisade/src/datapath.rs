@@ -147,6 +147,10 @@ pub struct Datapath {
     intel: Vec<SchedClassifier>,
     /// Its link on each guarded interface.
     pub intel_links: Vec<(String, OwnedFd)>,
+    /// The IDS preselection, ingress then egress, once loaded.
+    ids: Vec<SchedClassifier>,
+    /// Their links, as the scrub's.
+    pub ids_links: Vec<(String, OwnedFd)>,
     /// The DNS response cache's fill (TC egress), once `[dns.cache]` was enabled.
     dns_cache: Option<SchedClassifier>,
     /// Its link on each guarded interface while `[dns.cache]` is enabled.
@@ -281,6 +285,8 @@ impl Datapath {
             lb_links: Vec::new(),
             tls: Vec::new(),
             tls_links: Vec::new(),
+            ids: Vec::new(),
+            ids_links: Vec::new(),
             dhcp: Vec::new(),
             dhcp_links: Vec::new(),
             intel: Vec::new(),
@@ -328,6 +334,7 @@ impl Datapath {
         self.ensure_dhcp_program()?;
         self.ensure_intel_program()?;
         self.ensure_mark_program()?;
+        self.ensure_ids_programs()?;
         if cache_enabled(policy) {
             self.ensure_dns_cache_program()?;
         }
@@ -348,6 +355,7 @@ impl Datapath {
         self.sync_dhcp(opts, &mut notes)?;
         self.sync_intel(opts, &mut notes)?;
         self.sync_mark(opts, &mut notes)?;
+        self.sync_ids(opts, &mut notes)?;
         self.ifaces.clone_from(&opts.ifaces);
         notes.extend(self.sync_dns_cache(policy)?);
         notes.extend(self.sync_cgroups(policy)?);
@@ -377,6 +385,7 @@ impl Datapath {
                     .chain(&self.tls_links)
                     .chain(&self.dhcp_links)
                     .chain(&self.intel_links)
+                    .chain(&self.ids_links)
                     .chain(&self.dns_cache_links)
                     .chain(&self.mark_links)
                     .chain(&self.bind_canary_links)
@@ -675,6 +684,35 @@ impl Datapath {
             &pins,
             &mut self.mark,
             &[Tcx::ActionIngress],
+            &opts.ifaces,
+            notes,
+        )?;
+        Ok(())
+    }
+
+    /// Loads (or reuses the pinned) IDS preselection programs.
+    fn ensure_ids_programs(&mut self) -> Result<()> {
+        if !self.ids.is_empty() {
+            return Ok(());
+        }
+        self.ids = self.tc_programs(
+            &[crate::ids::kernel::INGRESS, crate::ids::kernel::EGRESS],
+            "IDS",
+        )?;
+        Ok(())
+    }
+
+    /// Attaches the IDS preselection (tcx ingress and egress) to every guarded interface
+    /// whatever the policy, like the scrub: without `[ids]` it reads one map slot and lets the
+    /// packet go; `[ids] interfaces` narrows where it looks in the kernel's settings.
+    fn sync_ids(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
+        self.ensure_ids_programs()?;
+        let pins = self.all_link_pins();
+        self.ids_links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut self.ids,
+            &[Tcx::IdsIngress, Tcx::IdsEgress],
             &opts.ifaces,
             notes,
         )?;
@@ -1249,6 +1287,10 @@ impl Datapath {
             let _ = pin::link_detach(fd.as_fd());
             done.push(format!("detached the DoH canary answer from {iface}"));
         }
+        for (iface, fd) in self.ids_links.drain(..) {
+            let _ = pin::link_detach(fd.as_fd());
+            done.push(format!("detached the IDS from {iface}"));
+        }
         self.xdp.clear();
         self.cgroups.clear();
         let root = self.layout.root.clone();
@@ -1284,6 +1326,8 @@ enum Tcx {
     DnsCache,
     ActionIngress,
     BindCanary,
+    IdsIngress,
+    IdsEgress,
 }
 
 impl Tcx {
@@ -1321,6 +1365,14 @@ impl Tcx {
             Self::DnsCache => LinkPin::TcxDnsCache { iface },
             Self::ActionIngress => LinkPin::TcxAction { iface },
             Self::BindCanary => LinkPin::TcxCanary { iface },
+            Self::IdsIngress => LinkPin::TcxIds {
+                ingress: true,
+                iface,
+            },
+            Self::IdsEgress => LinkPin::TcxIds {
+                ingress: false,
+                iface,
+            },
         }
     }
 
@@ -1370,6 +1422,20 @@ impl Tcx {
                     iface,
                 },
             ) => Some(iface),
+            (
+                Self::IdsIngress,
+                LinkPin::TcxIds {
+                    ingress: true,
+                    iface,
+                },
+            )
+            | (
+                Self::IdsEgress,
+                LinkPin::TcxIds {
+                    ingress: false,
+                    iface,
+                },
+            ) => Some(iface),
             (Self::LbReverse, LinkPin::TcxLbReverse { iface })
             | (Self::DhcpEgress, LinkPin::TcxDhcp { iface })
             | (Self::IntelEgress, LinkPin::TcxIntel { iface })
@@ -1382,9 +1448,11 @@ impl Tcx {
 
     const fn attach_type(self) -> TcAttachType {
         match self {
-            Self::ScrubIngress | Self::NatIngress | Self::TlsIngress | Self::ActionIngress => {
-                TcAttachType::Ingress
-            }
+            Self::ScrubIngress
+            | Self::NatIngress
+            | Self::TlsIngress
+            | Self::ActionIngress
+            | Self::IdsIngress => TcAttachType::Ingress,
             Self::CtEgress
             | Self::ScrubEgress
             | Self::NatEgress
@@ -1392,6 +1460,7 @@ impl Tcx {
             | Self::TlsEgress
             | Self::DhcpEgress
             | Self::IntelEgress
+            | Self::IdsEgress
             | Self::DnsCache
             | Self::BindCanary => TcAttachType::Egress,
         }
@@ -1412,6 +1481,8 @@ impl Tcx {
             Self::DnsCache => "the DNS response cache",
             Self::ActionIngress => "the mark of mark rules",
             Self::BindCanary => "the DoH canary answer",
+            Self::IdsIngress => "the ingress IDS",
+            Self::IdsEgress => "the egress IDS",
         }
     }
 }
@@ -1523,6 +1594,8 @@ fn sync_tcx(
             | Tcx::TlsEgress
             | Tcx::DhcpEgress
             | Tcx::IntelEgress
+            | Tcx::IdsIngress
+            | Tcx::IdsEgress
             | Tcx::DnsCache
             | Tcx::ActionIngress
             | Tcx::BindCanary => format!("attached {what} to {iface} (tcx)"),
@@ -1624,6 +1697,10 @@ pub fn unload_offline(pin_dir: &Path) -> Result<Vec<String>> {
                 LinkPin::TcxCanary { iface } => {
                     format!("detached the DoH canary answer from {iface}")
                 }
+                LinkPin::TcxIds { ingress, iface } => format!(
+                    "detached the {} IDS from {iface}",
+                    if ingress { "ingress" } else { "egress" }
+                ),
                 LinkPin::Bind { prog, path } => {
                     format!(
                         "detached DNS binding ({prog}) from cgroup {}",

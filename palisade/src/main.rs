@@ -124,7 +124,7 @@ fn main() -> ExitCode {
         }
         Command::Replay(args) => return replay(&args),
         Command::Learn(args) => return learn(&args, &socket),
-        Command::Ids(cmd) => return palisade::ids::command(cmd),
+        Command::Ids(cmd) => return palisade::ids::command(cmd, &socket),
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -341,6 +341,33 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             o.sample("palisade_tls_total", &[("event", &n.name)], n.value);
         }
     }
+    if !s.counters.ids.is_empty() {
+        o.family(
+            "palisade_ids_total",
+            "counter",
+            "The IDS of [ids]: packets looked at, flows selected or sampled out, payload \
+             records sent, payloads truncated, records lost (events_lost), packets of dropped \
+             flows, and the daemon's records read, alerts and drops installed.",
+        );
+        for n in s
+            .counters
+            .ids
+            .iter()
+            .filter(|n| !n.name.starts_with("sid_"))
+        {
+            o.sample("palisade_ids_total", &[("event", &n.name)], n.value);
+        }
+        o.family(
+            "palisade_ids_alerts_total",
+            "counter",
+            "IDS alerts by rule (sid).",
+        );
+        for n in &s.counters.ids {
+            if let Some(sid) = n.name.strip_prefix("sid_") {
+                o.sample("palisade_ids_alerts_total", &[("sid", sid)], n.value);
+            }
+        }
+    }
     if !s.counters.dhcp.is_empty() {
         o.family(
             "palisade_dhcp_total",
@@ -716,6 +743,16 @@ mod tests {
                     name: "mark_applied".into(),
                     value: 12,
                 }],
+                ids: vec![
+                    Named {
+                        name: "flows_sampled_out".into(),
+                        value: 5,
+                    },
+                    Named {
+                        name: "sid_1001".into(),
+                        value: 2,
+                    },
+                ],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -743,6 +780,9 @@ mod tests {
         assert!(t.contains("palisade_nat_total{event=\"port_exhausted\"} 6\n"));
         assert!(t.contains("palisade_lb_total{event=\"encap_v4\"} 6\n"));
         assert!(t.contains("palisade_tls_total{event=\"server_held\"} 6\n"));
+        assert!(t.contains("palisade_ids_total{event=\"flows_sampled_out\"} 5\n"));
+        assert!(t.contains("palisade_ids_alerts_total{sid=\"1001\"} 2\n"));
+        assert!(!t.contains("palisade_ids_total{event=\"sid_1001\"}"));
         assert!(t.contains("palisade_dhcp_total{event=\"rogue_dropped\"} 2\n"));
         assert!(t.contains("palisade_intel_total{direction=\"ingress\",event=\"hit_cidr\"} 3\n"));
         assert!(t.contains("palisade_dns_bind_total{event=\"connect_denied\"} 9\n"));

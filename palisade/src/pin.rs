@@ -272,6 +272,8 @@ pub enum LinkPin {
     /// `tcx-dnscanary-<iface>`: the DoH canary answer of resolver pinning
     /// (`[dns.bind] resolvers`).
     TcxCanary { iface: String },
+    /// `tcx-ids-in-<iface>`, `tcx-ids-out-<iface>`: the IDS preselection (`[ids]`).
+    TcxIds { ingress: bool, iface: String },
     /// `bind-<program>-<path>`: one of the `[dns.bind]` programs (`answer`, `connect4`,
     /// `connect6`, `sendmsg4`, `sendmsg6`) on a cgroup.
     Bind { prog: String, path: PathBuf },
@@ -305,6 +307,11 @@ impl LinkPin {
             Self::TcxDnsCache { iface } => format!("tcx-dnscache-{}", escape(iface.as_bytes())),
             Self::TcxAction { iface } => format!("tcx-action-in-{}", escape(iface.as_bytes())),
             Self::TcxCanary { iface } => format!("tcx-dnscanary-{}", escape(iface.as_bytes())),
+            Self::TcxIds { ingress, iface } => format!(
+                "tcx-ids-{}-{}",
+                if *ingress { "in" } else { "out" },
+                escape(iface.as_bytes())
+            ),
             Self::Bind { prog, path } => format!(
                 "bind-{}-{}",
                 escape(prog.as_bytes()),
@@ -354,6 +361,10 @@ impl LinkPin {
         if let Some(rest) = file_name.strip_prefix("tcx-tls-") {
             let (ingress, iface) = directed(rest)?;
             return Some(Self::TcxTls { ingress, iface });
+        }
+        if let Some(rest) = file_name.strip_prefix("tcx-ids-") {
+            let (ingress, iface) = directed(rest)?;
+            return Some(Self::TcxIds { ingress, iface });
         }
         if let Some(rest) = file_name.strip_prefix("bind-") {
             let (prog, path) = rest.split_once('-')?;
@@ -982,6 +993,10 @@ mod tests {
                 iface: "veth-in".into(),
             },
             LinkPin::TcxCanary { iface: "lo".into() },
+            LinkPin::TcxIds {
+                ingress: false,
+                iface: "veth-in".into(),
+            },
         ] {
             assert_eq!(LinkPin::parse(&pin.file_name()), Some(pin.clone()));
         }

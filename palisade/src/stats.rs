@@ -143,6 +143,11 @@ pub struct Counters {
     /// The firewall's actions beyond allow and drop (`palisade_common::action::AS_NAMES`).
     #[serde(default)]
     pub actions: Vec<Named>,
+    /// The IDS's counters, when the policy has `[ids]`: the kernel's
+    /// (`palisade_common::ids::IS_NAMES`), the daemon's, then `sid_<sid>` alerts per rule
+    /// (see `crate::ids::runtime::Runtime::named_counters`).
+    #[serde(default)]
+    pub ids: Vec<Named>,
 }
 
 impl Counters {
@@ -201,6 +206,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         bind: crate::dnsbind::named_counters(ebpf),
         dns_cache: crate::dns::cache::named_counters(ebpf),
         actions: action_counters(ebpf),
+        ids: Vec::new(),
     }
 }
 

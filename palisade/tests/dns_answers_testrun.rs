@@ -70,6 +70,7 @@ fn policy(action: DnsAction, answers: AnswerBudget) -> Policy {
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
         geoip: None,
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -72,6 +72,7 @@ fn policy(resolver: &str, budget: u32, extra_block: Option<&str>) -> Policy {
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
         geoip: None,
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -91,6 +91,7 @@ fn policy(
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
         geoip: None,
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -278,6 +278,7 @@ fn policy(bits: u32) -> Policy {
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
         geoip: None,
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

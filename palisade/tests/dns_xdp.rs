@@ -140,6 +140,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
         geoip: None,
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall::default(),
         conntrack: Default::default(),
         sets: vec![],

@@ -426,6 +426,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
         geoip: None,
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall {
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
@@ -1656,6 +1657,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
         geoip: None,
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,
@@ -2014,6 +2016,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         intel: palisade::intel::Intel::default(),
         dlp: palisade::dlp::Dlp::default(),
         geoip: None,
+        ids: palisade::ids::Ids::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
             default_action: Action::Drop,

@@ -56,7 +56,7 @@ impl Ids {
                 flags: IDS_ON,
                 budget_per_sec,
                 ring_high_water: 0,
-                _pad: 0,
+                ..IdsConfig::default()
             },
         )
         .unwrap();

@@ -107,6 +107,18 @@ pub fn run(ctx: &XdpContext) -> u32 {
         };
         return verdict::drop(ctx, Some(p), &d);
     }
+    let cut = crate::ids::dropped_at_xdp(p);
+    if cut != 0 {
+        // A flow an IDS `drop` rule matched (`[ids]`): dropped here, before anything else
+        // looks at it.
+        let d = Decision {
+            reason: cut,
+            rule: NO_RULE,
+            generation,
+            log: false,
+        };
+        return verdict::drop(ctx, Some(p), &d);
+    }
     let rogue = crate::dhcp::at_xdp(ctx, generation, p);
     if rogue != 0 {
         // A DHCP server or router not on `[dhcp]`'s trusted list, under "block": dropped

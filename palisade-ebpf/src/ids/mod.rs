@@ -9,8 +9,9 @@
 //! both are counted, as are records the full ring refused and payloads cut to
 //! `IDS_RECORD_BYTES`.
 //!
-//! Never drops (fail-open): the program only observes. Drops of `drop` rules are enforced
-//! elsewhere once userspace has matched.
+//! Fail-open: the preselection never drops. The one drop is of flows a `drop` rule matched
+//! in userspace (`IDS_DROPS`, keyed like the connection tracker's flows): what arrives is
+//! dropped in XDP by the firewall ([`dropped_at_xdp`]), what the host sends here at tcx.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, TC_ACT_UNSPEC},
@@ -19,6 +20,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
+    conntrack::CtKey,
     ids::{
         IDS_FLOW_SAMPLED_OUT, IDS_FLOW_SELECTED, IDS_MODE_ALL, IDS_MODE_PREFILTER, IDS_ON,
         IDS_PF_HIT, IDS_PF_MISS, IDS_RECORD_BYTES, IDS_SCAN_BYTES, IDS_WHY_GROUP_ALL,
@@ -27,14 +29,19 @@ use palisade_common::{
         IS_SAMPLED_PACKETS, IS_TRUNCATED, IdsConfig, IdsFlowKey, IdsFlowState, IdsPortKey,
         IdsRecord, prefilter,
     },
-    packet::{self, FRAG_NONE, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    ids::{IS_FLOW_DROPS, IS_FLOW_DROPS_TC},
+    packet::{
+        self, FRAG_LATER, FRAG_NONE, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        Packet,
+    },
+    reason,
 };
 
 use crate::{
     bytes::TcBytes,
     maps::{
-        IDS_BUDGET, IDS_CONFIG, IDS_FLOWS, IDS_GRAMS, IDS_PORT_GROUPS, IDS_RECORDS, IDS_SCRATCH,
-        IDS_STATS, bump,
+        IDS_BUDGET, IDS_CONFIG, IDS_DROPS, IDS_FLOWS, IDS_GRAMS, IDS_PACKET, IDS_PORT_GROUPS,
+        IDS_RECORDS, IDS_SCRATCH, IDS_STATS, bump,
     },
 };
 
@@ -48,35 +55,135 @@ pub struct Budget {
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// The one exit: the packet always continues.
+/// The one exit: the packet continues, unless its flow was dropped by a `drop` rule.
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    inspect(ctx);
+    let reason = inspect(ctx);
+    if reason != 0 {
+        bump(&IDS_STATS, IS_FLOW_DROPS_TC);
+        return crate::verdict::tc_drop(reason);
+    }
     TC_ACT_UNSPEC
 }
 
+/// The ports a flow is keyed by: TCP's and UDP's, 0 for the rest (the userspace side keys
+/// the drop table the same way).
 #[inline(always)]
-fn inspect(ctx: &TcContext) {
+fn flow_ports(p: &Packet) -> (u16, u16) {
+    if p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP {
+        (p.sport, p.dport)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Whether `p`'s flow is in `IDS_DROPS` (counting the drop on the entry). Not inlined: the
+/// key gets a frame of its own, off the preselection's.
+#[inline(never)]
+fn flow_dropped(p: &Packet) -> bool {
+    let (sport, dport) = flow_ports(p);
+    let (key, _) = CtKey::of(p, sport, dport);
+    let Some(d) = IDS_DROPS.get_ptr_mut(&key) else {
+        return false;
+    };
+    // SAFETY: a map value; a lost increment between CPUs only undercounts.
+    unsafe { (*d).dropped += 1 };
+    true
+}
+
+/// For the XDP firewall: `reason::IDS_DROP` when a packet arriving on a guarded interface
+/// belongs to a flow a `drop` rule matched, else 0. Not inlined: the firewall's frame stays
+/// as it was.
+#[inline(never)]
+pub fn dropped_at_xdp(p: &Packet) -> u32 {
     let Some(cfg) = IDS_CONFIG.get(0) else {
-        return;
+        return 0;
+    };
+    if cfg.flags & IDS_ON == 0 || p.frag == FRAG_LATER {
+        return 0;
+    }
+    if flow_dropped(p) {
+        bump(&IDS_STATS, IS_FLOW_DROPS);
+        return reason::IDS_DROP;
+    }
+    0
+}
+
+/// 0 (the packet continues) or the reason it is dropped.
+#[inline(always)]
+fn inspect(ctx: &TcContext) -> u32 {
+    let Some(cfg) = IDS_CONFIG.get(0) else {
+        return 0;
     };
     if cfg.flags & IDS_ON == 0 {
-        return;
+        return 0;
     }
-    let cfg = *cfg;
-    bump(&IDS_STATS, IS_PACKETS);
-    let bytes = TcBytes::of(ctx);
-    let p = match packet::parse(&bytes) {
-        Ok(Frame::Ip(p)) => p,
-        Ok(Frame::NotIp) => return,
-        Err(_) => {
-            bump(&IDS_STATS, IS_NOT_PARSED);
-            return;
+    // The settings are read in place (a map value): a copy would cost the stack 64 bytes.
+    bytes_and_flow(ctx, cfg)
+}
+
+/// What [`parse_into`] returns.
+const PARSED: u32 = 0;
+const NOT_IP: u32 = 1;
+const NOT_PARSED: u32 = 2;
+
+/// Parses the frame into `out`. Not inlined, and into a per-CPU slot: the parser's
+/// temporaries get a frame of their own, and the packet none, so the preselection below fits
+/// the stack beside them.
+#[inline(never)]
+fn parse_into(ctx: &TcContext, out: &mut Packet) -> u32 {
+    match packet::parse(&TcBytes::of(ctx)) {
+        Ok(Frame::Ip(p)) => {
+            *out = p;
+            PARSED
         }
-    };
-    if p.frag != FRAG_NONE {
-        return;
+        Ok(Frame::NotIp) => NOT_IP,
+        Err(_) => NOT_PARSED,
     }
+}
+
+#[inline(always)]
+fn bytes_and_flow(ctx: &TcContext, cfg: &IdsConfig) -> u32 {
+    let Some(slot) = IDS_PACKET.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, used by one program at a time.
+    let p = unsafe { &mut *slot };
+    match parse_into(ctx, p) {
+        PARSED => {}
+        NOT_IP => return 0,
+        _ => {
+            bump(&IDS_STATS, IS_PACKETS);
+            bump(&IDS_STATS, IS_NOT_PARSED);
+            return 0;
+        }
+    }
+    let p: &Packet = p;
+    if p.frag != FRAG_LATER && flow_dropped(p) {
+        return reason::IDS_DROP;
+    }
+    // SAFETY: the context's socket buffer, read once.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if !cfg.iface_in_scope(ifindex) {
+        return 0;
+    }
+    bump(&IDS_STATS, IS_PACKETS);
+    if p.frag != FRAG_NONE {
+        return 0;
+    }
+    let (sport, dport) = flow_ports(p);
+    if !cfg.port_in_scope(sport, dport) {
+        return 0;
+    }
+    observe(ctx, cfg, p);
+    0
+}
+
+/// The preselection of one parsed packet: records its payload when its flow is selected.
+/// Not inlined: the parser's frame ([`parse_into`]) and this one are never on the stack
+/// together, and the verifier adds the frames of a call chain.
+#[inline(never)]
+fn observe(ctx: &TcContext, cfg: &IdsConfig, p: &Packet) {
     let l4 = usize::from(p.l4_offset);
     let hdr = match p.proto {
         IPPROTO_TCP => {
@@ -119,7 +226,7 @@ fn inspect(ctx: &TcContext) {
             return;
         }
         Some(s) => {
-            if !take_token(&cfg) {
+            if !take_token(cfg) {
                 bump(&IDS_STATS, IS_SAMPLED_PACKETS);
                 return;
             }
@@ -129,7 +236,7 @@ fn inspect(ctx: &TcContext) {
             let Some(why) = preselect(ctx, p.proto, sport, dport, at, plen) else {
                 return;
             };
-            let state = if take_token(&cfg) {
+            let state = if take_token(cfg) {
                 bump(&IDS_STATS, IS_FLOWS_SELECTED);
                 IDS_FLOW_SELECTED
             } else {
@@ -303,6 +410,7 @@ fn emit(
         (*rec).payload_len = plen as u32;
         (*rec).len = size;
         (*rec)._pad = 0;
+        (*rec).ns = bpf_ktime_get_ns();
         bpf_skb_load_bytes(
             ctx.skb.skb as *const c_void,
             at as u32,

@@ -108,6 +108,8 @@ pub enum Request {
     },
     /// The lease table of DHCP snooping (`[dhcp]`).
     DhcpLeases,
+    /// The IDS coverage of each live flow (`[ids]`).
+    IdsFlows,
 }
 
 /// A rule given on the command line. Values are checked by the policy file's own parser.
@@ -179,7 +181,7 @@ pub struct EventFilter {
 }
 
 /// Event kinds a filter accepts.
-pub const EVENT_KINDS: [&str; 5] = ["firewall", "dns", "tls", "dhcp", "intel"];
+pub const EVENT_KINDS: [&str; 6] = ["firewall", "dns", "tls", "dhcp", "intel", "ids"];
 /// Verdicts a filter accepts (`alert` is the verdict of DHCP rogue reports and intel
 /// events, `tag` of intel events).
 pub const EVENT_VERDICTS: [&str; 10] = [

@@ -561,6 +561,7 @@ mod tests {
             intel: crate::intel::Intel::default(),
             dlp: crate::dlp::Dlp::default(),
             geoip: None,
+            ids: crate::ids::Ids::default(),
             firewall: Firewall::default(),
             conntrack: Default::default(),
             sets: vec![],

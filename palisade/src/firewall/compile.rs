@@ -830,6 +830,7 @@ mod tests {
             intel: crate::intel::Intel::default(),
             dlp: crate::dlp::Dlp::default(),
             geoip: None,
+            ids: crate::ids::Ids::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
                 default_action: Action::Drop,
@@ -2476,6 +2477,7 @@ mod tests {
                         intel: crate::intel::Intel::default(),
                         dlp: crate::dlp::Dlp::default(),
                         geoip: None,
+                        ids: crate::ids::Ids::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
                             default_action: if default_drop {
@@ -2609,6 +2611,7 @@ mod tests {
                     intel: crate::intel::Intel::default(),
                     dlp: crate::dlp::Dlp::default(),
                     geoip: None,
+                    ids: crate::ids::Ids::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
                         default_action: Action::Drop,

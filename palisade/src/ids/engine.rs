@@ -71,6 +71,8 @@ pub struct Coverage {
     pub dropped: bool,
     /// Packets seen after the drop.
     pub packets_after_drop: u64,
+    /// The sids that matched, in order.
+    pub sids: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -94,6 +96,8 @@ struct Flow {
     alerted: BTreeMap<u32, ()>,
     /// A `drop` rule matched: the flow is cut, nothing after the match is inspected.
     dropped: bool,
+    /// [`Engine::now_ms`] at its last packet.
+    last_ms: u64,
 }
 
 /// Engine-wide counters.
@@ -113,6 +117,15 @@ pub struct Engine {
     order: Vec<FlowId>,
     pub alerts: Vec<Alert>,
     pub totals: Totals,
+    /// Live traffic (the daemon): the kernel sends only packets with payload, so a TCP flow
+    /// first seen with an ACK and no SYN is taken as established (its handshake was not
+    /// sent), as Suricata's `stream.midstream` does.
+    pub midstream: bool,
+    /// The caller's clock, in milliseconds, stamped on each flow's packets (for [`Self::expire`]).
+    pub now_ms: u64,
+    /// The next packet's payload was cut from this many bytes (a ring record holds at most
+    /// `IDS_RECORD_BYTES`): the stream skips the bytes not seen rather than wait for them.
+    pub wire_len: usize,
 }
 
 impl Engine {
@@ -126,7 +139,20 @@ impl Engine {
             order: Vec::new(),
             alerts: Vec::new(),
             totals: Totals::default(),
+            midstream: false,
+            now_ms: 0,
+            wire_len: 0,
         }
+    }
+
+    /// Forgets flows without a packet for `idle_ms`; returns how many.
+    pub fn expire(&mut self, idle_ms: u64) -> usize {
+        let horizon = self.now_ms.saturating_sub(idle_ms);
+        let before = self.flows.len();
+        self.flows.retain(|_, f| f.last_ms >= horizon);
+        let flows = &self.flows;
+        self.order.retain(|id| flows.contains_key(id));
+        before - self.flows.len()
     }
 
     /// Takes one packet.
@@ -173,6 +199,7 @@ impl Engine {
                     cov: Coverage::default(),
                     alerted: BTreeMap::new(),
                     dropped: false,
+                    last_ms: self.now_ms,
                 },
             );
         }
@@ -184,7 +211,19 @@ impl Engine {
     }
 
     fn step(&mut self, flow: &mut Flow, p: &Packet, to_server: bool) {
+        flow.last_ms = self.now_ms;
+        let cut = std::mem::take(&mut self.wire_len).saturating_sub(p.payload.len());
+        if self.midstream
+            && flow.cov.packets == 0
+            && p.proto == 6
+            && p.flags & (TCP_SYN | TCP_ACK) == TCP_ACK
+        {
+            flow.syn = true;
+            flow.syn_ack = true;
+            flow.established = true;
+        }
         flow.cov.packets += 1;
+        flow.cov.truncated_bytes += cut as u64;
         flow.cov.payload_bytes += p.payload.len() as u64;
         if flow.dropped {
             flow.cov.packets_after_drop += 1;
@@ -240,6 +279,11 @@ impl Engine {
             // Sequence tracking goes on for flows not (yet) selected, so that a flow selected
             // later is reassembled from that point without a false gap.
             reassemble(&mut flow.dirs[d], &mut flow.cov, p.seq, &p.payload, keep);
+            if cut > 0 && flow.dirs[d].next == Some(p.seq.wrapping_add(p.payload.len() as u32)) {
+                // The bytes cut from the record were never seen: the stream goes on after
+                // them (they are counted as truncated above), not waiting for them.
+                flow.dirs[d].next = Some(p.seq.wrapping_add((p.payload.len() + cut) as u32));
+            }
         }
         if keep {
             flow.cov.inspected_bytes += p.payload.len() as u64;
@@ -303,6 +347,7 @@ impl Engine {
             match payload_matches(rule, buf) {
                 Outcome::Match => {
                     flow.alerted.insert(rule.sid, ());
+                    flow.cov.sids.push(rule.sid);
                     if rule.action == Action::Drop {
                         flow.dropped = true;
                         flow.cov.dropped = true;

@@ -10,7 +10,8 @@ use aya::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use palisade_common::ids::{
-    IDS_RECORD_BYTES, IS_COUNT, IdsConfig, IdsGrams, IdsPortGroup, IdsPortKey, IdsRecord,
+    IDS_FLOW_SAMPLED_OUT, IDS_RECORD_BYTES, IS_COUNT, IdsConfig, IdsFlowKey, IdsFlowState,
+    IdsGrams, IdsPortGroup, IdsPortKey, IdsRecord,
 };
 
 use super::{
@@ -78,6 +79,58 @@ pub fn counters(ebpf: &Ebpf) -> Result<[u64; IS_COUNT as usize]> {
         *slot = stats.get(&(i as u32), 0)?.iter().sum();
     }
     Ok(out)
+}
+
+/// The kernel's time (`bpf_ktime_get_ns`) of a ring record's packet, 0 when cut short.
+#[must_use]
+pub fn record_ns(raw: &[u8]) -> u64 {
+    if raw.len() < size_of::<IdsRecord>() {
+        return 0;
+    }
+    // SAFETY: as in `decode`.
+    let rec: IdsRecord = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+    rec.ns
+}
+
+/// The flows the kernel sampled out (`IDS_FLOWS`), once each (the client being the lower
+/// endpoint, the kernel does not know which one opened it).
+#[must_use]
+pub fn sampled_out(ebpf: &Ebpf) -> Vec<super::runtime::FlowReport> {
+    let Some(map) = ebpf.map("IDS_FLOWS") else {
+        return Vec::new();
+    };
+    let Ok(flows) = HashMap::<_, IdsFlowKey, IdsFlowState>::try_from(map) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in flows.iter().filter_map(Result::ok) {
+        if v.state != IDS_FLOW_SAMPLED_OUT || (k.src, k.sport) > (k.dst, k.dport) {
+            continue;
+        }
+        let addr = |a: [u8; 16]| -> IpAddr {
+            if k.family == palisade_common::packet::FAMILY_V4 {
+                IpAddr::from([a[12], a[13], a[14], a[15]])
+            } else {
+                IpAddr::from(a)
+            }
+        };
+        out.push(super::runtime::FlowReport {
+            proto: k.proto,
+            client: addr(k.src).to_string(),
+            client_port: k.sport,
+            server: addr(k.dst).to_string(),
+            server_port: k.dport,
+            state: "sampled-out".into(),
+            packets: 0,
+            payload_bytes: 0,
+            inspected_bytes: 0,
+            truncated_bytes: 0,
+            gaps: 0,
+            sids: Vec::new(),
+            dropped: false,
+        });
+    }
+    out
 }
 
 /// Decodes one ring record into the packet the engine takes (the payload as copied, which may

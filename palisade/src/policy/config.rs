@@ -436,6 +436,7 @@ mod dlp;
 mod dnsbind;
 mod dnscache;
 mod geoip;
+mod ids;
 mod intel;
 mod lb;
 mod nat;
@@ -867,6 +868,7 @@ const TOP_KEYS: &[&str] = &[
     "intel",
     "dlp",
     "geoip",
+    "ids",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "default",
@@ -1248,6 +1250,10 @@ impl Checker<'_> {
             Some(node) => self.dlp(node),
             None => crate::dlp::Dlp::default(),
         };
+        let ids = match root.get("ids") {
+            Some(node) => self.ids(node),
+            None => crate::ids::Ids::default(),
+        };
         Some(Policy {
             firewall: firewall?,
             sets: sets.sets,
@@ -1262,6 +1268,7 @@ impl Checker<'_> {
             intel,
             dlp,
             geoip,
+            ids,
         })
     }
 
@@ -3640,6 +3647,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 intel: crate::intel::Intel::default(),
                 dlp: crate::dlp::Dlp::default(),
                 geoip: None,
+                ids: crate::ids::Ids::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
                     default_action: Action::Allow,
@@ -3967,10 +3975,10 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:1:1: unknown key `firewal` in the top level; expected one of \
                      `firewall`, `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, \
-                     `dhcp`, `intel`, `dlp`, `geoip`",
+                     `dhcp`, `intel`, `dlp`, `geoip`, `ids`",
                     "p.toml:2:2: unknown key `fire` in the top level; expected one of `firewall`, \
                      `sets`, `dns`, `conntrack`, `shield`, `scrub`, `nat`, `lb`, `tls`, `dhcp`, `intel`, \
-                     `dlp`, `geoip`",
+                     `dlp`, `geoip`, `ids`",
                 ],
             ),
         ];

@@ -428,6 +428,7 @@ pub struct Policy {
     pub dlp: crate::dlp::Dlp,
     /// `[geoip]`: the country database behind `@country:XX` sets; `None` without the section.
     pub geoip: Option<crate::geoip::GeoIp>,
+    pub ids: crate::ids::Ids,
 }
 
 impl Policy {
@@ -762,6 +763,7 @@ mod tests {
             intel: crate::intel::Intel::default(),
             dlp: crate::dlp::Dlp::default(),
             geoip: None,
+            ids: crate::ids::Ids::default(),
             firewall: Firewall::default(),
             sets: Vec::new(),
             dns: Dns::default(),
