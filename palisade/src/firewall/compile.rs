@@ -2636,10 +2636,10 @@ mod tests {
     /// refused by design (`more_than_max_tuples_shapes_is_an_error`), so the properties are checked on
     /// the policies that compile.
     fn arb_any_policy() -> impl Strategy<Value = Policy> {
-        prop_oneof![arb_policy(14), arb_palette_policy(40)].prop_filter(
-            "needs more than MAX_TUPLES shapes",
-            |p| !matches!(compile(p), Err(CompileError::TooManyTuples { .. })),
-        )
+        prop_oneof![arb_policy(14), arb_palette_policy(40)]
+            .prop_filter("needs more than MAX_TUPLES shapes", |p| {
+                !matches!(compile(p), Err(CompileError::TooManyTuples { .. }))
+            })
     }
 
     // ---------------------------------------------------------------- random packets

@@ -3916,14 +3916,15 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     "p.toml:3:1: unknown key `prot` in firewall rule; expected one of `name`, \
                      `priority`, `action`, `proto`, `src`, `dst`, `sport`, `dport`, `tcp_flags`, \
                      `icmp_type`, `icmp_code`, `state`, `rate`, `log`, `dscp`, `ecn`, `ttl`, \
-                     `length`, `src_mac`, `dst_mac`, `vlan`, `iface`, `not`",
+                     `length`, `set_mark`, `set_dscp`, `mirror_to`, `src_mac`, `dst_mac`, `vlan`, \
+                     `iface`, `not`",
                 ],
             ),
             (
                 "[[firewall.rule]]\nname = \"x\"\n".to_owned(),
                 vec![
                     "p.toml:1:1: firewall rule is missing `action` (one of `allow`, `drop`, \
-                     `rate-limit`)",
+                     `rate-limit`, `mark`, `mirror`)",
                 ],
             ),
             (

@@ -182,7 +182,7 @@ mod tests {
             e,
             [
                 "p.toml:3:10: `ports` must be between 1 and 65535, found 0",
-                "p.toml:4:18: `budget_per_sec` must be an integer, found string",
+                "p.toml:4:18: `budget_per_sec` must be an integer, found a string",
                 "p.toml:5:1: unknown key `who` in [ids]; expected one of `rules`, `interfaces`, \
                  `ports`, `budget_per_sec`, `ring_high_water`, `drop`",
             ]
