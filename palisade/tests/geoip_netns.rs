@@ -125,26 +125,45 @@ fn a_country_rule_drops_one_peer_address_and_not_the_other_through_refreshes() {
             n
         })
     };
-    let cn = {
-        let (ns, from, to) = (pair.ns_b.clone(), pair.v4_b.clone(), pair.v4_a.clone());
-        thread::spawn(move || ping(&ns, &from, &to, 400, "0.01"))
+    // Both peers ping in rounds of 200 at 100 a second until the daemon has swapped the sets
+    // at least twice during the flood (a loaded machine may refresh less often than once a
+    // second), for at most 8 rounds.
+    let swaps = |host: &GuardedHost| {
+        host.daemon()
+            .stderr_now()
+            .iter()
+            .filter(|l| l.contains("country sets refreshed"))
+            .count()
     };
-    let us = ping(&pair.ns_b, &v4_us, &pair.v4_a, 400, "0.01");
-    let cn = cn.join().unwrap();
+    let before = swaps(&host);
+    let (mut us, mut cn) = ((0, 0), (0, 0));
+    for _ in 0..8 {
+        let cn_round = {
+            let (ns, from, to) = (pair.ns_b.clone(), pair.v4_b.clone(), pair.v4_a.clone());
+            thread::spawn(move || ping(&ns, &from, &to, 200, "0.01"))
+        };
+        let us_round = ping(&pair.ns_b, &v4_us, &pair.v4_a, 200, "0.01");
+        let cn_round = cn_round.join().unwrap();
+        us = (us.0 + us_round.0, us.1 + us_round.1);
+        cn = (cn.0 + cn_round.0, cn.1 + cn_round.1);
+        if swaps(&host) - before >= 2 {
+            break;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let writes = writer.join().unwrap();
-    let swaps = host
-        .daemon()
-        .stderr_now()
-        .iter()
-        .filter(|l| l.contains("country sets refreshed"))
-        .count();
-    eprintln!("{writes} database writes, {swaps} swaps; US {us:?}, CN {cn:?}");
+    let swapped = swaps(&host) - before;
+    eprintln!("{writes} database writes, {swapped} swaps; US {us:?}, CN {cn:?}");
     assert!(
-        swaps >= 2,
+        swapped >= 2,
         "the sets were swapped during the flood: {:?}",
         host.daemon().stderr_now()
     );
-    assert_eq!(us, (400, 400), "no packet of the US address was dropped");
-    assert_eq!(cn, (400, 0), "no packet of the CN address passed");
+    assert_eq!(
+        us.0, us.1,
+        "no packet of the US address was dropped: {us:?}"
+    );
+    assert!(us.0 >= 200, "{us:?}");
+    assert_eq!(cn.1, 0, "no packet of the CN address passed: {cn:?}");
+    assert_eq!(cn.0, us.0, "both peers sent as many: {cn:?} {us:?}");
 }
