@@ -12,6 +12,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         generated::bpf_get_current_cgroup_id,
     },
+    maps::ring_buf::RingBufEntry,
 };
 use palisade_common::{
     dns::{hash::fmix, maps::DNS_STATS_PER_SCOPE},
@@ -404,24 +405,16 @@ fn copy_name_words(from: &[u8; 256], to: &mut [u8; 256], len: u16) {
     }
 }
 
-/// Emits an event for a packet the egress hook could not inspect (no scratch slot, not
-/// parsable): no address, no name, only the reason and the sender. Assembled in the ring
-/// buffer itself, so it needs no scratch slot.
+/// A `DnsEvent` reserved on the ring and zeroed in place, with its kind, reason and time
+/// set; `None` when the ring is full, counted as a lost event. Word stores: a zeroed
+/// `DnsEvent` value would be built on the stack first.
 #[inline(always)]
-pub fn emit_unchecked(
-    scope: u8,
-    verdict: u8,
-    reason: u32,
-    generation: u32,
-    cgroup_id: u64,
-    socket_uid: u32,
-) {
+pub fn reserve_zeroed(reason: u32) -> Option<RingBufEntry<DnsEvent>> {
     let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
         bump(&STATS, stats::EVENTS_LOST);
-        return;
+        return None;
     };
     let ev = entry.as_mut_ptr();
-    // Word stores: a zeroed `DnsEvent` value would be built on the stack first.
     let words = ev.cast::<u64>();
     let mut i = 0;
     while i < size_of::<DnsEvent>() / 8 {
@@ -435,6 +428,26 @@ pub fn emit_unchecked(
     e.reason = reason;
     // SAFETY: a helper with no preconditions.
     e.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    Some(entry)
+}
+
+/// Emits an event for a packet the egress hook could not inspect (no scratch slot, not
+/// parsable): no address, no name, only the reason and the sender. Assembled in the ring
+/// buffer itself, so it needs no scratch slot.
+#[inline(always)]
+pub fn emit_unchecked(
+    scope: u8,
+    verdict: u8,
+    reason: u32,
+    generation: u32,
+    cgroup_id: u64,
+    socket_uid: u32,
+) {
+    let Some(mut entry) = reserve_zeroed(reason) else {
+        return;
+    };
+    // SAFETY: the record is reserved for us and initialised by `reserve_zeroed`.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
     e.cgroup_id = cgroup_id;
     e.generation = generation;
     e.scope = scope;

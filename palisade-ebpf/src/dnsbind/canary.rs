@@ -18,12 +18,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{
-            bpf_redirect, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
-            bpf_skb_store_bytes,
-        },
+    helpers::generated::{
+        bpf_redirect, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
+        bpf_skb_store_bytes,
     },
     programs::TcContext,
 };
@@ -34,13 +31,13 @@ use palisade_common::{
         STAT_INTERNAL,
     },
     dnscanary::{BUF_LEN, CANARY_QNAME, Rewritten, V4_LEN, V4_STORE_LEN, V6_LEN, V6_STORE_LEN},
-    event::{DNS_VERDICT_NXDOMAIN, DnsEvent, KIND_DNS},
+    event::DNS_VERDICT_NXDOMAIN,
     packet::{ETH_HLEN, ETH_P_IPV6},
     reason, stats,
 };
 
 use super::count;
-use crate::maps::{BIND_CGROUPS, BIND_CONFIG, EVENTS, REASON_STATS, STATS, bump, event_flags};
+use crate::maps::{BIND_CGROUPS, BIND_CONFIG, REASON_STATS, STATS, bump, event_flags};
 
 /// Let the next program (or the stack) decide.
 const CONTINUE: i32 = TC_ACT_UNSPEC;
@@ -154,25 +151,11 @@ fn pinned_socket(ctx: &TcContext) -> bool {
 /// the question.
 #[inline(never)]
 fn emit(ctx: &TcContext, buf: &[u8; BUF_LEN], r: &Rewritten) {
-    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
-        bump(&STATS, stats::EVENTS_LOST);
+    let Some(mut entry) = crate::dns::report::reserve_zeroed(reason::DNS_DOH_CANARY) else {
         return;
     };
-    let ev = entry.as_mut_ptr();
-    // Word stores: a zeroed `DnsEvent` value would be built on the stack first.
-    let words = ev.cast::<u64>();
-    let mut i = 0;
-    while i < size_of::<DnsEvent>() / 8 {
-        // SAFETY: inside the reserved record, which is 8-aligned and a multiple of 8 long.
-        unsafe { words.add(i).write(0) };
-        i += 1;
-    }
-    // SAFETY: the record is reserved for us and now fully initialised.
-    let e = unsafe { &mut *ev };
-    e.kind = KIND_DNS;
-    e.reason = reason::DNS_DOH_CANARY;
-    // SAFETY: helpers with no preconditions.
-    e.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the record is reserved for us and initialised by `reserve_zeroed`.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
     // SAFETY: as above.
     e.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     // SAFETY: the program's own context.

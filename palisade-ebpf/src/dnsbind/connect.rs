@@ -18,7 +18,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_ktime_get_ns, generated::bpf_get_current_cgroup_id,
+        bpf_ktime_get_boot_ns, generated::bpf_get_current_cgroup_id,
     },
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -29,14 +29,12 @@ use palisade_common::{
         BIND_ON, BindKey, PIN_ON, PIN_RESOLVER, STAT_CONNECT_BOUND, STAT_CONNECT_CHECKED,
         STAT_CONNECT_DENIED, STAT_CONNECT_EXPLICIT, STAT_INTERNAL, STAT_PIN_REFUSED, pin_verdict,
     },
-    event::{DNS_VERDICT_DROP, DnsEvent, KIND_DNS},
-    reason, stats,
+    event::DNS_VERDICT_DROP,
+    reason,
 };
 
 use super::count;
-use crate::maps::{
-    BIND_ADDRS, BIND_ALLOW, BIND_CONFIG, BIND_PIN, EVENTS, REASON_STATS, STATS, bump, event_flags,
-};
+use crate::maps::{BIND_ADDRS, BIND_ALLOW, BIND_CONFIG, BIND_PIN, REASON_STATS, bump, event_flags};
 
 /// sock_addr verdicts.
 const ALLOW: i32 = 1;
@@ -117,25 +115,11 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
 /// calling process.
 #[inline(never)]
 fn emit(cgroup_id: u64, addr: &[u8; 16], port: u16, how: u8, why: u32) {
-    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
-        bump(&STATS, stats::EVENTS_LOST);
+    let Some(mut entry) = crate::dns::report::reserve_zeroed(why) else {
         return;
     };
-    let ev = entry.as_mut_ptr();
-    // Word stores: a zeroed `DnsEvent` value would be built on the stack first.
-    let words = ev.cast::<u64>();
-    let mut i = 0;
-    while i < size_of::<DnsEvent>() / 8 {
-        // SAFETY: inside the reserved record, which is 8-aligned and a multiple of 8 long.
-        unsafe { words.add(i).write(0) };
-        i += 1;
-    }
-    // SAFETY: the record is reserved for us and now fully initialised.
-    let e = unsafe { &mut *ev };
-    e.kind = KIND_DNS;
-    e.reason = why;
-    // SAFETY: a helper with no preconditions.
-    e.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the record is reserved for us and initialised by `reserve_zeroed`.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
     e.cgroup_id = cgroup_id;
     e.scope = SCOPE_EGRESS;
     e.verdict = DNS_VERDICT_DROP;
