@@ -143,18 +143,32 @@ pub const STAT_ANSWERS_UNPINNED: u32 = 11;
 /// Answers dropped by rebinding protection (a private address behind a name not allowed
 /// to carry one).
 pub const STAT_ANSWERS_REBINDING: u32 = 12;
-/// TCP segments from port 53 holding exactly one whole length-prefixed message, walked as
-/// answers (also counted in `answers`).
+/// Length-prefixed messages of TCP segments from port 53 walked as answers (also counted
+/// in `answers`): whole ones, and split ones once their last segment arrived.
 pub const STAT_ANSWERS_TCP: u32 = 13;
-/// TCP segments from port 53 with data that is not exactly one whole message (a message
-/// split across segments, or several in one): not walked, nothing bound.
+/// TCP answer data not walked, nothing bound: messages past `MAX_TCP_MESSAGES` in a
+/// segment, a length prefix split between segments, a kept message forgotten because a
+/// segment came out of sequence or the table refused it.
 pub const STAT_ANSWERS_TCP_UNWALKED: u32 = 14;
 /// Queries for `use-application-dns.net` from a pinned cgroup, answered NXDOMAIN in the
 /// kernel (`palisade_bind_canary`).
 pub const STAT_CANARY_ANSWERED: u32 = 15;
 /// Queries for the canary from a cgroup not in `[dns.bind]`: passed to the resolver.
 pub const STAT_CANARY_UNPINNED: u32 = 16;
-pub const BIND_STATS_COUNT: u32 = 17;
+/// Queries (UDP or TCP to port 53) from a cgroup in bind mode recorded as pending
+/// (`BIND_QUERIES`).
+pub const STAT_QUERIES_RECORDED: u32 = 17;
+/// Queries that could not be recorded (a question past [`QUERY_BUF`], the CPU's query
+/// scratch in use, a map that refused): their answers bind nothing.
+pub const STAT_QUERIES_UNRECORDED: u32 = 18;
+/// Answers that answer no pending query of the receiving cgroup (spoofed, unsolicited, a
+/// second copy): UDP ones dropped (reason `dns-answer-unsolicited`), TCP ones passed; none
+/// binds anything.
+pub const STAT_ANSWERS_UNSOLICITED: u32 = 19;
+/// TCP answer messages that did not end in their segment, kept (`BIND_TCP_PARTIAL`) until
+/// their last segment arrives.
+pub const STAT_ANSWERS_TCP_PARTIAL: u32 = 20;
+pub const BIND_STATS_COUNT: u32 = 21;
 /// Names of the counters, by index.
 pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "connect_checked",
@@ -174,7 +188,184 @@ pub const BIND_STAT_NAMES: [&str; BIND_STATS_COUNT as usize] = [
     "answers_tcp_unwalked",
     "canary_answered",
     "canary_unpinned",
+    "queries_recorded",
+    "queries_unrecorded",
+    "answers_unsolicited",
+    "answers_tcp_partial",
 ];
+
+/// Capacity of the pending queries (`BIND_QUERIES`, LRU): queries sent by the cgroups in
+/// bind mode and not answered yet. When full, the least recently sent goes: its answer binds
+/// nothing (fail closed; the stub's retry is recorded again).
+pub const QUERY_CAPACITY: u32 = 65_536;
+/// How long a pending query waits for its answer; a later answer binds nothing.
+pub const QUERY_WINDOW_NS: u64 = 30_000_000_000;
+/// Bytes of a query the kernel copies to find its question: the header and the longest
+/// name (255 bytes) with its type and class fit.
+pub const QUERY_BUF: usize = 512;
+const _: () = assert!(QUERY_BUF.is_power_of_two() && QUERY_BUF >= 12 + 255 + 4);
+/// The longest question (name, type, class) hashed, in bytes.
+pub const MAX_QUESTION: usize = 255 + 4;
+
+/// A pending query: this cgroup asked this resolver (address, port), from this local port,
+/// with this id, this question ([`question_hash`]), over this protocol (17 or 6). The
+/// answer path looks up the same key built from the answer, and consumes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct QueryKey {
+    pub cgroup_id: u64,
+    pub question: u64,
+    pub resolver: [u8; 16],
+    pub resolver_port: u16,
+    pub local_port: u16,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+map_type!(QueryKey, 40);
+
+/// When a pending query was sent (`bpf_ktime_get_boot_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueryValue {
+    pub sent_ns: u64,
+}
+map_type!(QueryValue, 8);
+
+/// Whole length-prefixed DNS messages walked per TCP segment (queries recorded, answers
+/// bound); messages past them in the same segment are not (answers past them bind nothing).
+pub const MAX_TCP_MESSAGES: usize = 4;
+
+/// TCP flows whose answer message is split across segments, kept until it is whole
+/// (`BIND_TCP_PARTIAL`, LRU): when full, the least recently used flow's partial message is
+/// lost and binds nothing.
+pub const MAX_TCP_PARTIAL: u32 = 1_024;
+
+/// A TCP flow from a resolver to a socket of a cgroup in bind mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub cgroup_id: u64,
+    pub resolver: [u8; 16],
+    pub local: [u8; 16],
+    pub resolver_port: u16,
+    pub local_port: u16,
+    pub _pad: u32,
+}
+map_type!(FlowKey, 48);
+
+/// A DNS message split across TCP segments, as far as it has arrived: the first
+/// [`ANSWER_BUF`] bytes are kept (the buffer is twice that, so that a copy at any offset
+/// below [`ANSWER_BUF`] of up to [`ANSWER_BUF`] bytes stays inside it, as the verifier
+/// requires).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partial {
+    /// The sequence number of the next byte of the stream expected.
+    pub next_seq: u32,
+    /// The message's length (its 2-byte prefix).
+    pub want: u32,
+    /// Bytes of the message arrived so far.
+    pub have: u32,
+    pub _pad: u32,
+    pub buf: [u8; 2 * ANSWER_BUF],
+}
+map_type!(Partial, 16 + 2 * ANSWER_BUF);
+
+/// FNV-1a, 64 bits.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// One byte of [`question_hash`]: ASCII letters folded to lower case.
+#[inline(always)]
+#[must_use]
+pub const fn hash_byte(h: u64, b: u8) -> u64 {
+    let b = if b.is_ascii_uppercase() { b | 0x20 } else { b };
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// The hash of a question: the `len` bytes from `at` in `msg` (the name in wire form, type
+/// and class), ASCII letters folded to lower case (resolvers echo the question's case, some
+/// not exactly). `len` is cut to [`MAX_QUESTION`]. The userspace reference; the kernel
+/// runs [`hash_byte`] in `bpf_loop`, one byte per step, starting from [`QUESTION_HASH_START`].
+#[must_use]
+pub fn question_hash<const N: usize>(msg: &[u8; N], at: usize, len: usize) -> u64 {
+    let mut h = QUESTION_HASH_START;
+    for i in 0..len.min(MAX_QUESTION) {
+        h = hash_byte(h, msg[(at + i) & (N - 1)]);
+    }
+    h
+}
+
+/// The hash of an empty question (FNV-1a's offset basis).
+pub const QUESTION_HASH_START: u64 = FNV_OFFSET;
+
+/// Whether the message in `msg` (`len` bytes) is a standard query: QR clear, opcode QUERY,
+/// exactly one question.
+#[inline(always)]
+#[must_use]
+pub fn is_standard_query(msg: &[u8; QUERY_BUF], len: usize) -> bool {
+    let flags = u16::from_be_bytes([msg[2], msg[3]]);
+    let qdcount = u16::from_be_bytes([msg[4], msg[5]]);
+    len >= 12 && flags & 0x8000 == 0 && flags & 0x7800 == 0 && qdcount == 1
+}
+
+/// [`question_step`]'s result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuestionStep {
+    /// The next label starts here.
+    Next(usize),
+    /// The question ends here (past its class).
+    End(usize),
+    /// No question: compressed, reserved label type, too long, cut.
+    Bad,
+}
+
+/// One label of a query's question name at `off` (12 for the first). The kernel runs it in
+/// `bpf_loop` (at most 128 steps).
+#[inline(always)]
+#[must_use]
+pub fn question_step(msg: &[u8; QUERY_BUF], off: usize, len: usize) -> QuestionStep {
+    if off >= len || off >= 12 + 255 {
+        return QuestionStep::Bad;
+    }
+    let l = msg[off & (QUERY_BUF - 1)];
+    if l == 0 {
+        let end = off + 1 + 4;
+        return if end <= len {
+            QuestionStep::End(end)
+        } else {
+            QuestionStep::Bad
+        };
+    }
+    if l & 0xc0 != 0 {
+        return QuestionStep::Bad;
+    }
+    QuestionStep::Next(off + 1 + usize::from(l))
+}
+
+/// Labels a question name may have (255 bytes, two per label at least).
+pub const MAX_QUESTION_LABELS: u32 = 128;
+
+/// Where the question of the message in `msg` (`len` bytes) ends (past its class), when
+/// the message is a standard query ([`is_standard_query`]) whose question is uncompressed
+/// and within [`MAX_QUESTION`] bytes; `None` otherwise. The userspace reference of the
+/// query recorder's parser.
+#[must_use]
+pub fn query_question_end(msg: &[u8; QUERY_BUF], len: usize) -> Option<usize> {
+    if !is_standard_query(msg, len) {
+        return None;
+    }
+    let mut off = 12;
+    for _ in 0..MAX_QUESTION_LABELS {
+        match question_step(msg, off, len) {
+            QuestionStep::Next(n) => off = n,
+            QuestionStep::End(e) => return Some(e),
+            QuestionStep::Bad => return None,
+        }
+    }
+    None
+}
 
 /// Walk phases.
 const Q_NAME: u32 = 0;
@@ -228,7 +419,8 @@ pub struct AnswerWalk {
     pub names_len: u32,
     /// The question's type.
     pub qtype: u32,
-    pub _pad: u32,
+    /// Where the question ends (past its class): the question is `12..q_end`.
+    pub q_end: u32,
     /// Where each distinct name starts in the message (a name that is only a compression
     /// pointer is recorded as the name it points to): the question, every owner, every
     /// CNAME target.
@@ -282,7 +474,8 @@ fn be16(msg: &[u8; ANSWER_BUF], at: usize) -> u16 {
 
 /// Starts a walk of the `len` bytes of `msg` (a UDP payload from a DNS server). Answers
 /// that are not responses to a standard query with one question are malformed; answers
-/// with an error code, or without records, are done with nothing found.
+/// with an error code, or without records, are done with nothing found once their question
+/// is walked.
 #[inline(always)]
 pub fn begin(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF], len: usize) {
     w.len = len.min(ANSWER_BUF) as u32;
@@ -297,6 +490,7 @@ pub fn begin(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF], len: usize) {
     w.names_len = 1;
     w.names[0] = 12;
     w.qtype = 0;
+    w.q_end = 0;
     if len < 12 {
         w.state = WALK_MALFORMED;
         return;
@@ -309,10 +503,13 @@ pub fn begin(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF], len: usize) {
         w.state = WALK_MALFORMED;
         return;
     }
-    w.records = u32::from(ancount.min(MAX_ANSWER_RECORDS));
-    if flags & 0x000f != 0 || ancount == 0 {
-        w.state = WALK_DONE;
-    }
+    // An error code or no records: only the question is walked (the answer path matches
+    // it to a pending query), nothing is found.
+    w.records = if flags & 0x000f != 0 {
+        0
+    } else {
+        u32::from(ancount.min(MAX_ANSWER_RECORDS))
+    };
 }
 
 /// Advances the walk by one label or one fixed part; returns its state.
@@ -363,8 +560,12 @@ pub fn step(w: &mut AnswerWalk, msg: &[u8; ANSWER_BUF]) -> u32 {
             } else {
                 w.qtype = u32::from(be16(msg, off));
                 w.off += 4;
+                w.q_end = w.off;
                 w.phase = R_NAME;
                 w.name_at = w.off;
+                if w.records == 0 {
+                    w.state = WALK_DONE;
+                }
             }
         }
         _ => {
@@ -696,7 +897,9 @@ mod tests {
         let mut m = answer(&[(1, &[10, 0, 0, 7], 300)]);
         m[3] = 0x83;
         let w = run(&m);
-        assert_eq!((w.state, w.found_len), (WALK_DONE, 0));
+        assert_eq!((w.state, w.found_len, w.q_end), (WALK_DONE, 0, 30));
+        // An error answer whose question is cut is malformed.
+        assert_eq!(run(&m[..20]).state, WALK_MALFORMED);
     }
 
     #[test]
@@ -778,5 +981,59 @@ mod tests {
     fn ttl_is_capped() {
         let w = run(&answer(&[(1, &[1, 2, 3, 4], u32::MAX)]));
         assert_eq!(w.found[0].ttl, MAX_TTL_SECS);
+    }
+
+    fn query(name: &[u8], flags: u16, qd: u16) -> ([u8; QUERY_BUF], usize) {
+        let mut q = [0u8; QUERY_BUF];
+        q[0] = 0xab;
+        q[1] = 0xcd;
+        q[2..4].copy_from_slice(&flags.to_be_bytes());
+        q[4..6].copy_from_slice(&qd.to_be_bytes());
+        q[12..12 + name.len()].copy_from_slice(name);
+        q[12 + name.len()..16 + name.len()].copy_from_slice(&[0, 1, 0, 1]);
+        (q, 16 + name.len())
+    }
+
+    #[test]
+    fn query_questions_are_found_and_hashed_case_folded() {
+        let (q, len) = query(b"\x03WwW\x07Example\x03org\x00", 0x0100, 1);
+        assert_eq!(query_question_end(&q, len), Some(len));
+        let (l, _) = query(b"\x03www\x07example\x03org\x00", 0x0100, 1);
+        assert_eq!(
+            question_hash(&q, 12, len - 12),
+            question_hash(&l, 12, len - 12)
+        );
+        // Another type, another hash.
+        let mut t = l;
+        t[len - 3] = 28;
+        assert_ne!(
+            question_hash(&t, 12, len - 12),
+            question_hash(&l, 12, len - 12)
+        );
+        // An answer, another opcode, two questions, a cut or compressed name: no question.
+        assert_eq!(
+            query_question_end(&query(b"\x01a\x00", 0x8100, 1).0, 17),
+            None
+        );
+        assert_eq!(
+            query_question_end(&query(b"\x01a\x00", 0x2800, 1).0, 17),
+            None
+        );
+        assert_eq!(
+            query_question_end(&query(b"\x01a\x00", 0x0100, 2).0, 17),
+            None
+        );
+        assert_eq!(
+            query_question_end(&query(b"\x01a\x00", 0x0100, 1).0, 16),
+            None
+        );
+        assert_eq!(
+            query_question_end(&query(b"\xc0\x0c", 0x0100, 1).0, 18),
+            None
+        );
+        // The walk of an answer ends its question where the query's ends.
+        let a = answer(&[(1, &[1, 2, 3, 4], 60)]);
+        let w = run(&a);
+        assert_eq!(w.q_end, 12 + 14 + 4);
     }
 }

@@ -171,8 +171,13 @@ pub const DNS_DOH_CANARY: u32 = 52;
 /// at tcx as the host sends it.
 pub const IDS_DROP: u32 = 53;
 
+/// DNS binding (`[dns.bind]`): a UDP answer to a cgroup in bind mode that answers no query
+/// the cgroup sent (no pending query with its resolver, ports, id and question: spoofed,
+/// unsolicited or a second copy); dropped before the stub reads it.
+pub const DNS_ANSWER_UNSOLICITED: u32 = 54;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 54;
+pub const COUNT: u32 = 55;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -230,6 +235,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dlp-reset",
     "dns-doh-canary",
     "ids-drop",
+    "dns-answer-unsolicited",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

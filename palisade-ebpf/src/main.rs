@@ -300,3 +300,17 @@ static LICENSE: [u8; 4] = *b"GPL\0";
 pub fn palisade_bind_canary(ctx: TcContext) -> i32 {
     dnsbind::canary::run(&ctx)
 }
+
+/// DNS binding, query path: records every DNS query a cgroup in bind mode sends, so that
+/// only answers to them bind. Never drops.
+#[cgroup_skb]
+pub fn palisade_bind_query(ctx: SkBuffContext) -> i32 {
+    dnsbind::query::run(&ctx)
+}
+
+/// The smallest tc program: lets every packet continue. The floor of the DoH canary's cost
+/// in the benchmarks.
+#[classifier]
+pub fn palisade_floor_tc(_ctx: TcContext) -> i32 {
+    aya_ebpf::bindings::TC_ACT_UNSPEC
+}

@@ -620,6 +620,32 @@ pub static BIND_SCRATCH: PerCpuArray<crate::dnsbind::answer::Scratch> =
 #[map]
 pub static BIND_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// The pending queries of the cgroups in bind mode (`QUERY_CAPACITY`, LRU: when full, the
+/// least recently sent goes and its answer binds nothing).
+#[map]
+pub static BIND_QUERIES: LruHashMap<
+    palisade_common::dnsbind::QueryKey,
+    palisade_common::dnsbind::QueryValue,
+> = LruHashMap::with_max_entries(palisade_common::dnsbind::QUERY_CAPACITY, 0);
+
+/// The query recorder's working space, one per CPU.
+#[map]
+pub static QUERY_SCRATCH: PerCpuArray<crate::dnsbind::query::Scratch> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Whether this CPU's [`QUERY_SCRATCH`] is in use (claimed by compare-and-exchange).
+#[map]
+pub static QUERY_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// TCP answer messages split across segments, kept per flow until whole
+/// (`MAX_TCP_PARTIAL`, LRU: when full, the least recently used flow's message is lost and
+/// binds nothing).
+#[map]
+pub static BIND_TCP_PARTIAL: LruHashMap<
+    palisade_common::dnsbind::FlowKey,
+    palisade_common::dnsbind::Partial,
+> = LruHashMap::with_max_entries(palisade_common::dnsbind::MAX_TCP_PARTIAL, 0);
+
 // The DNS response cache (`[dns.cache]`, see `dns::cache`).
 
 /// The cache's settings, per generation.

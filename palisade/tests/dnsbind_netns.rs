@@ -537,8 +537,8 @@ fn bindings_survive_a_daemon_restart() {
     let attached = cgroup_programs(&cg);
     assert_eq!(
         attached.len(),
-        5,
-        "the five bind programs stay attached: {attached:?}"
+        6,
+        "the six bind programs stay attached: {attached:?}"
     );
 
     // The daemon is down: bind mode holds.
@@ -569,12 +569,12 @@ fn bindings_survive_a_daemon_restart() {
         daemon
             .stderr_now()
             .iter()
-            .any(|l| l.contains("DNS binding on cgroup") && l.contains("5 pinned links adopted")),
+            .any(|l| l.contains("DNS binding on cgroup") && l.contains("6 pinned links adopted")),
         "{:?}",
         daemon.stderr_now()
     );
     let again = cgroup_programs(&cg);
-    assert_eq!(again.len(), 5, "adopted, not attached twice: {again:?}");
+    assert_eq!(again.len(), 6, "adopted, not attached twice: {again:?}");
     let r = client(
         Some(&cg),
         &pair.ns_a,
@@ -955,4 +955,342 @@ except OSError as e:
             .any(|e| e["reason"] == "dns-rebinding" && e["name"] == "inside.bind.test."),
         "{events:?}"
     );
+}
+
+/// The client of [`spoofed_answers_bind_nothing`]: asks the resolver for `spoof.bind.test`
+/// (id 0x4242) on a connected UDP socket, prints its port, reads the resolver's answer,
+/// waits (stdin) while answers are spoofed to that port, counts what it then receives, then
+/// connects to the spoofed address.
+const SPOOF_CLIENT: &str = r"
+import json, socket, struct, sys
+resolver, target, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+q.connect((resolver, 53))
+print(json.dumps({'port': q.getsockname()[1]}), flush=True)
+name = b''.join(bytes([len(l)]) + l.encode() for l in 'spoof.bind.test'.split('.')) + b'\0'
+q.send(struct.pack('>HHHHHH', 0x4242, 0x0100, 1, 0, 0, 0) + name + struct.pack('>HH', 1, 1))
+q.settimeout(3)
+r = q.recv(512)
+sys.stdin.readline()
+got = 0
+q.settimeout(1)
+try:
+    while True:
+        q.recv(512)
+        got += 1
+except socket.timeout:
+    pass
+s = socket.socket()
+s.settimeout(2)
+try:
+    s.connect((target, port))
+    c = 'ok'
+except OSError as e:
+    c = e.errno
+print(json.dumps({'rcode': r[3] & 15, 'id': struct.unpack('>H', r[:2])[0], 'spoofed_received': got, 'connect': c}))
+";
+
+/// The spoofer (namespace B, raw socket): answers for `spoof.bind.test` A `target` from the
+/// resolver's address and port 53 to the client's port: the id the client used (its real
+/// answer came already) and 199 guessed ones.
+const SPOOFER: &str = r"
+import random, socket, struct, sys
+resolver, client, cport, target = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+name = b''.join(bytes([len(l)]) + l.encode() for l in 'spoof.bind.test'.split('.')) + b'\0'
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+r.bind((resolver, 0))
+ids = [0x4242] + random.sample(range(65536), 199)
+for i in ids:
+    m = struct.pack('>HHHHHH', i, 0x8180, 1, 1, 0, 0) + name + struct.pack('>HH', 1, 1)
+    m += b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 300, 4) + socket.inet_aton(target)
+    r.sendto(struct.pack('>HHHH', 53, cport, 8 + len(m), 0) + m, (client, 0))
+print(len(ids), flush=True)
+";
+
+/// Answers matched to queries, end to end: real answers from unbound bind (a resolved
+/// address connects), while 200 answers spoofed from the resolver's address and port to the
+/// client's port (the id of the client's query, whose real answer came first, and 199
+/// guessed ids) never reach the client and bind nothing: a connect to the spoofed address is
+/// refused. Each dropped answer is counted and is a `dns-answer-unsolicited` event.
+#[test]
+fn spoofed_answers_bind_nothing() {
+    require("ip", "iproute2");
+    require("unbound", "unbound");
+    let pair = NetnsPair::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("dns-bind-spoof");
+    let _server = lab(&pair);
+    let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b, &pair.v6_b], &zone());
+    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b, &pair.v6_b));
+    check_policy(&path);
+    let run = run_args(&dir, &path, &pair.if_a);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+
+    // Unbound's answers bind.
+    let r = client(
+        Some(&cg),
+        &pair.ns_a,
+        &args("resolve", &pair.v4_b, 1, 200, TRIAL_SECS),
+    );
+    assert_eq!(r["ok"], 200, "answers to real queries bind: {r}");
+
+    let target = "10.78.200.1";
+    let port = PORT.to_string();
+    let mut c = cg
+        .command_in_ns(
+            &pair.ns_a,
+            &["python3", "-c", SPOOF_CLIENT, &pair.v4_b, target, &port],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).expect("client port");
+    let cport = serde_json::from_str::<Value>(&line).expect("port line")["port"].to_string();
+    // Let the real answer arrive first: the query is then no longer pending.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let s = pair.exec(
+        &pair.ns_b,
+        "python3",
+        &["-c", SPOOFER, &pair.v4_b, &pair.v4_a, &cport, target],
+    );
+    assert!(
+        s.status.success(),
+        "spoofer: {}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&s.stdout).trim(), "200");
+    {
+        use std::io::Write as _;
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    line.clear();
+    out.read_line(&mut line).expect("client result");
+    let _ = c.wait();
+    let r: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(r["id"], 0x4242, "the client got the resolver's answer: {r}");
+    assert_eq!(
+        r["spoofed_received"], 0,
+        "no spoofed answer reached it: {r}"
+    );
+    assert_eq!(
+        r["connect"],
+        libc::EPERM,
+        "the spoofed address is not bound: {r}"
+    );
+
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["stats", "--json", "--socket"])
+        .arg(dir.path().join("palisade.sock"))
+        .output()
+        .expect("palisade stats");
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
+    let v: Value = serde_json::from_str(&stats).unwrap_or_else(|e| panic!("{e}: {stats}"));
+    let counter = |name: &str| {
+        v["counters"]["bind"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["value"].as_u64())
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    assert_eq!(counter("answers_unsolicited"), 200, "{stats}");
+    assert!(counter("queries_recorded") >= 201, "{stats}");
+    let events = dns_events(&t.stdout);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "dns-answer-unsolicited"),
+        "{events:?}"
+    );
+}
+
+/// The client of [`tcp_pipelined_and_split_answers_bind`]: sends two queries (A) in one
+/// write on one TCP connection to `server`:53, reads both answers, then connects to each
+/// answer's address and to `never` (never resolved). Prints one JSON line.
+const PIPELINE_CLIENT: &str = r"
+import json, socket, struct, sys
+server, port, never, names = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+def q(i, name):
+    m = struct.pack('>HHHHHH', 0x5100 + i, 0x0100, 1, 0, 0, 0)
+    m += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0' + struct.pack('>HH', 1, 1)
+    return struct.pack('>H', len(m)) + m
+fam = socket.AF_INET6 if ':' in server else socket.AF_INET
+t = socket.socket(fam, socket.SOCK_STREAM)
+t.settimeout(5)
+t.connect((server, 53))
+t.sendall(b''.join(q(i, n) for i, n in enumerate(names)))
+buf = b''
+answers = {}
+while len(answers) < len(names):
+    d = t.recv(4096)
+    if not d:
+        break
+    buf += d
+    while len(buf) >= 2 and len(buf) >= 2 + struct.unpack('>H', buf[:2])[0]:
+        n = struct.unpack('>H', buf[:2])[0]
+        m, buf = buf[2:2 + n], buf[2 + n:]
+        answers[struct.unpack('>H', m[:2])[0] - 0x5100] = socket.inet_ntoa(m[-4:])
+t.close()
+def connect(ip):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((ip, port))
+        return 'ok'
+    except OSError as e:
+        return e.errno
+    finally:
+        s.close()
+out = {'answers': [answers.get(i) for i in range(len(names))]}
+out['connects'] = [connect(a) if a else None for a in out['answers']]
+out['never'] = connect(never)
+print(json.dumps(out))
+";
+
+/// A DNS-over-TCP server (namespace B, `[addr]:53`) that answers the queries of a
+/// connection together: the first answer and the first `cut` bytes of the second in one
+/// write, the rest of the second 100 ms later (TCP_NODELAY: two segments). Names
+/// `h<i>.bind.test` answer `10.77.<i/256>.<i%256>`. Serves one connection per line of input.
+const SPLIT_SERVER: &str = r"
+import socket, struct, sys, time
+addr, cut = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, 53))
+s.listen(8)
+print('ready', flush=True)
+while True:
+    c, _ = s.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b''
+    qs = []
+    while len(qs) < 2:
+        d = c.recv(4096)
+        if not d:
+            break
+        buf += d
+        while len(buf) >= 2 and len(buf) >= 2 + struct.unpack('>H', buf[:2])[0]:
+            n = struct.unpack('>H', buf[:2])[0]
+            qs.append(buf[2:2 + n])
+            buf = buf[2 + n:]
+    out = []
+    for m in qs:
+        name = m[12:m.index(b'\0', 12) + 1]
+        labels, i = [], 0
+        while name[i]:
+            labels.append(name[i + 1:i + 1 + name[i]].decode())
+            i += 1 + name[i]
+        h = int(labels[0][1:])
+        a = m[:2] + struct.pack('>HHHHH', 0x8180, 1, 1, 0, 0) + m[12:12 + len(name) + 4]
+        a += b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 60, 4) + bytes([10, 77, h >> 8, h & 255])
+        out.append(struct.pack('>H', len(a)) + a)
+    data = b''.join(out)
+    first = len(out[0]) + cut
+    c.sendall(data[:first])
+    time.sleep(0.1)
+    c.sendall(data[first:])
+    time.sleep(0.2)
+    c.close()
+";
+
+/// Several DNS messages on one TCP connection, end to end: a python client pipelines two
+/// queries in one write to unbound and reads both answers, and both addresses connect; a
+/// DNS-over-TCP server that sends the first answer with the start of the second in one
+/// segment and the rest in another (cut inside the length prefix, inside the header, inside
+/// the question, inside the record) has both answers bound too. An address never asked for
+/// stays refused.
+#[test]
+fn tcp_pipelined_and_split_answers_bind() {
+    require("ip", "iproute2");
+    require("unbound", "unbound");
+    let pair = NetnsPair::new();
+    let cg = TestCgroup::new();
+    let dir = TempDir::new("dns-bind-tcp-split");
+    let _server = lab(&pair);
+    // unbound on B's IPv4 address; the splitting server on its IPv6 one.
+    let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone());
+    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b, &pair.v6_b));
+    check_policy(&path);
+    let run = run_args(&dir, &path, &pair.if_a);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+    let port = PORT.to_string();
+    let pipeline = |server: &str, names: &[&str]| -> Value {
+        let mut argv = vec!["python3", "-c", PIPELINE_CLIENT, server, &port, "10.78.9.9"];
+        argv.extend_from_slice(names);
+        let out = cg
+            .command_in_ns(&pair.ns_a, &argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run client");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let r = pipeline(&pair.v4_b, &["h41.bind.test", "h42.bind.test"]);
+    assert_eq!(
+        r["answers"],
+        serde_json::json!(["10.77.0.41", "10.77.0.42"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["connects"],
+        serde_json::json!(["ok", "ok"]),
+        "unbound: {r}"
+    );
+    assert_eq!(r["never"], libc::EPERM, "{r}");
+
+    // Cut points in the second message (its length prefix is at 0..2, the header at
+    // 2..14, the question at 14..33, the record from 33).
+    for (k, cut) in [1usize, 2, 7, 20, 40].into_iter().enumerate() {
+        let mut server = pair
+            .command(&pair.ns_b, "python3")
+            .args(["-c", SPLIT_SERVER, &pair.v6_b, &cut.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn split server");
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("split server ready");
+        let _guard = Server(server);
+        let (a, b) = (100 + 2 * k, 101 + 2 * k);
+        let names = [format!("h{a}.bind.test"), format!("h{b}.bind.test")];
+        let r = pipeline(&pair.v6_b, &[&names[0], &names[1]]);
+        assert_eq!(
+            r["answers"],
+            serde_json::json!([format!("10.77.0.{a}"), format!("10.77.0.{b}")]),
+            "cut {cut}: {r}"
+        );
+        if cut == 1 {
+            // A length prefix split between segments is not followed: the second answer
+            // binds nothing (fail closed).
+            assert_eq!(
+                r["connects"],
+                serde_json::json!(["ok", libc::EPERM]),
+                "cut {cut}: {r}"
+            );
+        } else {
+            assert_eq!(
+                r["connects"],
+                serde_json::json!(["ok", "ok"]),
+                "cut {cut}: {r}"
+            );
+        }
+        assert_eq!(r["never"], libc::EPERM, "{r}");
+    }
+    let t = daemon.stop();
+    assert!(t.success, "{:?}", t.stderr);
 }

@@ -26,8 +26,8 @@ use palisade::{
     policy::setfile::parse_cidr,
 };
 use palisade_common::dnsbind::{
-    ANSWER_BUF, BIND_STATS_COUNT, BindConfig, BindKey, BindValue, MAX_BOUND_PER_ANSWER,
-    STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED,
+    ANSWER_BUF, BIND_STATS_COUNT, BindConfig, BindKey, BindValue, MAX_BOUND_PER_ANSWER, QueryKey,
+    QueryValue, STAT_ADDRS_BOUND, STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED,
     STAT_ANSWERS_REFUSED, STAT_ANSWERS_UNPINNED, mapped_v4,
 };
 
@@ -70,6 +70,18 @@ impl Loaded {
         for k in keys {
             m.remove(&k).unwrap();
         }
+        let mut q: HashMap<&mut MapData, QueryKey, QueryValue> =
+            HashMap::try_from(self.ebpf.map_mut("BIND_QUERIES").unwrap()).unwrap();
+        let keys: Vec<QueryKey> = q.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            q.remove(&k).unwrap();
+        }
+    }
+
+    fn queries(&self) -> Vec<(QueryKey, QueryValue)> {
+        let m: HashMap<&MapData, QueryKey, QueryValue> =
+            HashMap::try_from(self.ebpf.map("BIND_QUERIES").unwrap()).unwrap();
+        m.iter().filter_map(Result::ok).collect()
     }
 
     fn bindings(&self) -> Vec<(BindKey, BindValue)> {
@@ -90,19 +102,28 @@ impl Loaded {
         out
     }
 
-    /// Runs the answer program on an IP packet (an Ethernet header is put in front: the
-    /// kernel's test run pulls it, as for every cgroup_skb program).
+    /// Runs the query program on the query `ip` answers ([`query_for`]), when it has one,
+    /// then the answer program on `ip` (an Ethernet header is put in front: the kernel's
+    /// test run pulls it, as for every cgroup_skb program).
     fn run(&self, ip: &[u8]) -> u32 {
-        self.run_repeat(ip, 1).0
+        if let Some(q) = query_for(ip) {
+            assert_eq!(self.run_prog(dnsbind::QUERY, &q, 1).0, PASS, "queries pass");
+        }
+        self.run_answer(ip)
     }
 
-    fn run_repeat(&self, ip: &[u8], repeat: u32) -> (u32, Duration) {
-        let prog: &CgroupSkb = self
-            .ebpf
-            .program(dnsbind::ANSWER)
-            .unwrap()
-            .try_into()
-            .unwrap();
+    /// Runs the answer program alone: no query is recorded first.
+    fn run_answer(&self, ip: &[u8]) -> u32 {
+        self.run_prog(dnsbind::ANSWER, ip, 1).0
+    }
+
+    /// Runs the query program alone.
+    fn run_query(&self, ip: &[u8]) -> u32 {
+        self.run_prog(dnsbind::QUERY, ip, 1).0
+    }
+
+    fn run_prog(&self, name: &str, ip: &[u8], repeat: u32) -> (u32, Duration) {
+        let prog: &CgroupSkb = self.ebpf.program(name).unwrap().try_into().unwrap();
         let ethertype: u16 = if ip[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
         let mut frame = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
         frame.extend_from_slice(&ethertype.to_be_bytes());
@@ -226,14 +247,78 @@ fn delta(before: &[u64], after: &[u64]) -> Vec<u64> {
     after.iter().zip(before).map(|(a, b)| a - b).collect()
 }
 
+/// The query `ip` (an answer packet from these helpers) answers: addresses and ports
+/// swapped, the message cut to its header and question, QR clear, no records; `None` when
+/// the answer's question cannot be read.
+fn query_for(ip: &[u8]) -> Option<Vec<u8>> {
+    let v6 = ip[0] >> 4 == 6;
+    let (l4, proto) = if v6 {
+        (40, ip[6])
+    } else {
+        (usize::from(ip[0] & 0xf) * 4, ip[9])
+    };
+    let tcp = proto == 6;
+    let head = match proto {
+        17 => l4 + 8,
+        6 => l4 + usize::from(*ip.get(l4 + 12)? >> 4) * 4,
+        _ => return None,
+    };
+    let msg = ip.get(head + if tcp { 2 } else { 0 }..)?;
+    let mut off = 12;
+    loop {
+        let l = usize::from(*msg.get(off)?);
+        if l == 0 {
+            break;
+        }
+        if l & 0xc0 != 0 {
+            return None;
+        }
+        off += 1 + l;
+    }
+    let q_end = off + 5;
+    let mut q = msg.get(..q_end)?.to_vec();
+    q[2] = 0x01;
+    q[3] = 0;
+    q[6..12].fill(0);
+    let mut p = ip[..head].to_vec();
+    let (a, b, n) = if v6 { (8, 24, 16) } else { (12, 16, 4) };
+    for i in 0..n {
+        p.swap(a + i, b + i);
+    }
+    for i in 0..2 {
+        p.swap(l4 + i, l4 + 2 + i);
+    }
+    if tcp {
+        p.extend_from_slice(&framed(&q));
+    } else {
+        let udp_len = (8 + q.len()) as u16;
+        p[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
+        p.extend_from_slice(&q);
+    }
+    if v6 {
+        let len = (p.len() - 40) as u16;
+        p[4..6].copy_from_slice(&len.to_be_bytes());
+    } else {
+        let len = p.len() as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+    }
+    Some(p)
+}
+
+/// Asserts the counters moved by `want` exactly; `queries_recorded` is checked only when
+/// `want` names it (the helper [`Loaded::run`] records the query of every answer first).
 fn expect_delta(before: &[u64], after: &[u64], want: &[(u32, u64)]) {
+    use palisade_common::dnsbind::STAT_QUERIES_RECORDED;
     let mut w = vec![0u64; BIND_STATS_COUNT as usize];
     for &(i, n) in want {
         w[i as usize] = n;
     }
+    let mut d = delta(before, after);
+    if !want.iter().any(|&(i, _)| i == STAT_QUERIES_RECORDED) {
+        d[STAT_QUERIES_RECORDED as usize] = 0;
+    }
     assert_eq!(
-        delta(before, after),
-        w,
+        d, w,
         "counter movement (answers, malformed, bound, skipped...)"
     );
 }
@@ -971,12 +1056,11 @@ fn framed(msg: &[u8]) -> Vec<u8> {
 }
 
 /// A TCP segment from port 53 whose data is exactly one length-prefixed answer is walked
-/// and binds (with or without TCP options); a handshake or bare ACK counts nothing; a
-/// message split across segments, or two in one, is not walked and binds nothing (counted
-/// as `answers_tcp_unwalked`); other ports are not looked at.
+/// and binds (with or without TCP options); a handshake or bare ACK counts nothing; other
+/// ports are not looked at.
 #[test]
 fn tcp_answers_in_one_segment_bind() {
-    use palisade_common::dnsbind::{STAT_ANSWERS_TCP, STAT_ANSWERS_TCP_UNWALKED};
+    use palisade_common::dnsbind::STAT_ANSWERS_TCP;
     let mut l = loaded();
     l.configure(0);
     let a = Answer::new("tcp.test")
@@ -1005,20 +1089,8 @@ fn tcp_answers_in_one_segment_bind() {
     let before = l.stats();
     assert_eq!(l.run(&ip4_tcp(53, 40000, &ts, &[])), PASS);
     expect_delta(&before, &l.stats(), &[]);
-    // Split: the first segment carries the length and part of the message, the second the
-    // rest; neither is walked.
-    let f = framed(&a);
-    for part in [&f[..20], &f[20..], &f[..1]] {
-        let before = l.stats();
-        assert_eq!(l.run(&ip4_tcp(53, 40000, &ts, part)), PASS);
-        expect_delta(&before, &l.stats(), &[(STAT_ANSWERS_TCP_UNWALKED, 1)]);
-    }
-    // Two messages in one segment.
-    let mut two = framed(&a);
-    two.extend_from_slice(&framed(&a));
-    let before = l.stats();
-    assert_eq!(l.run(&ip4_tcp(53, 40000, &ts, &two)), PASS);
-    expect_delta(&before, &l.stats(), &[(STAT_ANSWERS_TCP_UNWALKED, 1)]);
+    // Several messages in one segment and messages split across segments:
+    // `tcp_answers_several_per_segment_and_split_bind`.
     // Not from port 53.
     let before = l.stats();
     assert_eq!(l.run(&ip4_tcp(853, 40000, &ts, &framed(&a))), PASS);
@@ -1068,4 +1140,400 @@ fn tcp_answers_are_checked_for_rebinding() {
     assert_eq!(l.reason_count(DNS_REBINDING), reasons + 1);
     assert!(l.bindings().is_empty());
     l.install("");
+}
+
+// ---- answers matched to queries ----
+
+/// The pending-query key the reference builds for a query of `qname` (type A, class IN)
+/// with id 0x1234 from 10.1.2.3:`local_port` to 10.1.0.53:53 over `proto`.
+fn reference_key(qname: &str, local_port: u16, proto: u8) -> QueryKey {
+    use palisade_common::dnsbind::{QUERY_BUF, query_question_end, question_hash};
+    let mut q = [0u8; QUERY_BUF];
+    let mut m = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&labels(qname));
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    q[..m.len()].copy_from_slice(&m);
+    let end = query_question_end(&q, m.len()).expect("a query");
+    QueryKey {
+        cgroup_id: own_cgroup_id(),
+        question: question_hash(&q, 12, end - 12),
+        resolver: mapped_v4([10, 1, 0, 53]),
+        resolver_port: 53,
+        local_port,
+        id: 0x1234,
+        proto,
+        _pad: 0,
+    }
+}
+
+/// A query (the header of `Answer::new`'s id, QR clear) for `qname` from port `sport` to
+/// 10.1.0.53:53.
+fn query4(qname: &str, sport: u16) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&labels(qname));
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    let mut p = ip4_udp(sport, 53, &m);
+    // From 10.1.2.3 to 10.1.0.53.
+    for i in 0..4 {
+        p.swap(12 + i, 16 + i);
+    }
+    p
+}
+
+/// An answer binds only when it answers a pending query of the cgroup: the query program
+/// records (cgroup, resolver address and port, local port, id, question hash, protocol) as
+/// the reference computes it; the matched answer binds and consumes it; a second copy, a
+/// wrong id, local port, resolver address or question, or a query older than the window
+/// binds nothing and the UDP answer is dropped (`answers_unsolicited`, reason
+/// `dns-answer-unsolicited`); the question matches case-folded.
+#[test]
+fn answers_bind_only_when_they_answer_a_recorded_query() {
+    use palisade_common::{
+        dnsbind::{QUERY_WINDOW_NS, STAT_ANSWERS_UNSOLICITED, STAT_QUERIES_RECORDED},
+        reason::DNS_ANSWER_UNSOLICITED,
+    };
+    let mut l = loaded();
+    l.install("");
+    l.configure(0);
+    let ans = Answer::new("match.test").rr(A, 60, &[198, 51, 100, 7]);
+    let answer = ip4_udp(53, 40000, &ans.bytes());
+    let bound = [mapped_v4([198, 51, 100, 7])];
+    let addrs =
+        |l: &Loaded| -> Vec<[u8; 16]> { l.bindings().iter().map(|(k, _)| k.addr).collect() };
+
+    // The query is recorded under the reference's key.
+    let before = l.stats();
+    assert_eq!(l.run_query(&query4("match.test", 40000)), PASS);
+    expect_delta(&before, &l.stats(), &[(STAT_QUERIES_RECORDED, 1)]);
+    let q = l.queries();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0, reference_key("match.test", 40000, 17));
+    assert!(boot_ns() - q[0].1.sent_ns < 10_000_000_000);
+
+    // The matched answer binds and consumes the query.
+    let before = l.stats();
+    assert_eq!(l.run_answer(&answer), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 1), (STAT_ADDRS_BOUND, 1)],
+    );
+    assert_eq!(addrs(&l), bound);
+    assert!(l.queries().is_empty(), "consumed");
+
+    // A second copy binds nothing and is dropped.
+    l.clear();
+    let reasons = l.reason_count(DNS_ANSWER_UNSOLICITED);
+    let before = l.stats();
+    assert_eq!(l.run_answer(&answer), 0, "dropped");
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 1), (STAT_ANSWERS_UNSOLICITED, 1)],
+    );
+    assert_eq!(l.reason_count(DNS_ANSWER_UNSOLICITED), reasons + 1);
+    assert!(l.bindings().is_empty());
+
+    // Wrong id, wrong local port, wrong resolver address, wrong question: none matches the
+    // pending query, which stays for the right answer.
+    let mut wrong_id = answer.clone();
+    wrong_id[28] ^= 0x01;
+    let wrong_port = ip4_udp(53, 40001, &ans.bytes());
+    let mut wrong_resolver = answer.clone();
+    wrong_resolver[15] = 54;
+    let wrong_question = ip4_udp(
+        53,
+        40000,
+        &Answer::new("other.test")
+            .rr(A, 60, &[198, 51, 100, 7])
+            .bytes(),
+    );
+    let mut wrong_type = answer.clone();
+    // The question's type (A -> AAAA): qname "match.test" is 12 bytes from offset 12.
+    wrong_type[28 + 12 + 12 + 1] = 28;
+    assert_eq!(l.run_query(&query4("match.test", 40000)), PASS);
+    for (what, p) in [
+        ("id", &wrong_id),
+        ("local port", &wrong_port),
+        ("resolver", &wrong_resolver),
+        ("question", &wrong_question),
+        ("question type", &wrong_type),
+    ] {
+        let before = l.stats();
+        assert_eq!(l.run_answer(p), 0, "wrong {what}: dropped");
+        expect_delta(
+            &before,
+            &l.stats(),
+            &[(STAT_ANSWERS, 1), (STAT_ANSWERS_UNSOLICITED, 1)],
+        );
+        assert!(l.bindings().is_empty(), "wrong {what}: nothing bound");
+        assert_eq!(
+            l.queries().len(),
+            1,
+            "wrong {what}: the query stays pending"
+        );
+    }
+    assert_eq!(l.run_answer(&answer), PASS);
+    assert_eq!(addrs(&l), bound);
+
+    // The question matches case-folded (resolvers echo 0x20-randomised case).
+    l.clear();
+    assert_eq!(l.run_query(&query4("MaTcH.TeSt", 40000)), PASS);
+    assert_eq!(l.queries()[0].0, reference_key("match.test", 40000, 17));
+    assert_eq!(l.run_answer(&answer), PASS);
+    assert_eq!(addrs(&l), bound);
+
+    // A query older than the window does not match.
+    l.clear();
+    {
+        let mut m: HashMap<&mut MapData, QueryKey, QueryValue> =
+            HashMap::try_from(l.ebpf.map_mut("BIND_QUERIES").unwrap()).unwrap();
+        let sent_ns = boot_ns() - QUERY_WINDOW_NS - 1_000_000_000;
+        m.insert(
+            reference_key("match.test", 40000, 17),
+            QueryValue { sent_ns },
+            0,
+        )
+        .unwrap();
+    }
+    assert_eq!(l.run_answer(&answer), 0, "too late: dropped");
+    assert!(l.bindings().is_empty());
+
+    // An error answer (NXDOMAIN) is matched too: unsolicited, it is dropped; solicited, it
+    // passes and binds nothing.
+    let mut nx = Answer::new("match.test").bytes();
+    nx[3] = 0x83;
+    let before = l.stats();
+    assert_eq!(l.run_answer(&ip4_udp(53, 40000, &nx)), 0);
+    assert_eq!(l.run(&ip4_udp(53, 40000, &nx)), PASS);
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[(STAT_ANSWERS, 2), (STAT_ANSWERS_UNSOLICITED, 1)],
+    );
+
+    // Over TCP an unsolicited answer passes (dropping a segment stalls the stream) and
+    // binds nothing.
+    l.clear();
+    let before = l.stats();
+    assert_eq!(
+        l.run_answer(&ip4_tcp(53, 40000, &[], &framed(&ans.bytes()))),
+        PASS
+    );
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[
+            (STAT_ANSWERS, 1),
+            (palisade_common::dnsbind::STAT_ANSWERS_TCP, 1),
+            (STAT_ANSWERS_UNSOLICITED, 1),
+        ],
+    );
+    assert!(l.bindings().is_empty());
+    // A UDP query does not match a TCP answer, nor a TCP query a UDP one.
+    assert_eq!(l.run_query(&query4("match.test", 40000)), PASS);
+    assert_eq!(
+        l.run_answer(&ip4_tcp(53, 40000, &[], &framed(&ans.bytes()))),
+        PASS
+    );
+    assert!(l.bindings().is_empty());
+    assert_eq!(l.queries().len(), 1);
+}
+
+/// What the query program records: queries to port 53 only; not answers sent to port 53;
+/// a question it cannot parse (compressed) is counted as `queries_unrecorded`; every whole
+/// query of a TCP segment (two pipelined in one), and a query split after its question.
+#[test]
+fn queries_are_recorded_from_udp_and_tcp() {
+    use palisade_common::dnsbind::{STAT_QUERIES_RECORDED, STAT_QUERIES_UNRECORDED};
+    let mut l = loaded();
+    l.install("");
+    l.configure(0);
+    let mut other_port = query4("a.test", 40000);
+    other_port[22..24].copy_from_slice(&5353u16.to_be_bytes());
+    let mut answer_to_53 = query4("a.test", 40000);
+    answer_to_53[30] |= 0x80;
+    let before = l.stats();
+    assert_eq!(l.run_query(&other_port), PASS);
+    assert_eq!(l.run_query(&answer_to_53), PASS);
+    expect_delta(&before, &l.stats(), &[]);
+    assert!(l.queries().is_empty());
+    // A compressed question.
+    let m = [
+        0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1,
+    ];
+    let mut p = ip4_udp(40000, 53, &m);
+    for i in 0..4 {
+        p.swap(12 + i, 16 + i);
+    }
+    let before = l.stats();
+    assert_eq!(l.run_query(&p), PASS);
+    expect_delta(&before, &l.stats(), &[(STAT_QUERIES_UNRECORDED, 1)]);
+    assert!(l.queries().is_empty());
+
+    // Two queries pipelined in one TCP segment, and a third split after its question.
+    let q = |name: &str, id: u8| {
+        let mut m = vec![0x12, id, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+        m.extend_from_slice(&labels(name));
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        // An EDNS OPT record after the question.
+        m.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0]);
+        framed(&m)
+    };
+    let mut data = q("one.test", 1);
+    data.extend_from_slice(&q("two.test", 2));
+    let third = q("three.test", 3);
+    data.extend_from_slice(&third[..third.len() - 5]);
+    let mut seg = ip4_tcp(40000, 53, &[], &data);
+    for i in 0..4 {
+        seg.swap(12 + i, 16 + i);
+    }
+    let before = l.stats();
+    assert_eq!(l.run_query(&seg), PASS);
+    expect_delta(&before, &l.stats(), &[(STAT_QUERIES_RECORDED, 3)]);
+    let mut got: Vec<(u16, u8, u16)> = l
+        .queries()
+        .iter()
+        .map(|(k, _)| (k.id, k.proto, k.local_port))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [(0x1201, 6, 40000), (0x1202, 6, 40000), (0x1203, 6, 40000)]
+    );
+    let mut want = reference_key("two.test", 40000, 6);
+    want.id = 0x1202;
+    assert!(l.queries().iter().any(|(k, _)| *k == want));
+}
+
+/// An IPv4 TCP segment from 10.1.0.53:53 to 10.1.2.3:40000 at sequence number `seq`.
+fn tcp_at(seq: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = ip4_tcp(53, 40000, &[], data);
+    p[24..28].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// Records the TCP query `msg` answers.
+fn record_tcp(l: &Loaded, msg: &[u8]) {
+    let q = query_for(&ip4_tcp(53, 40000, &[], &framed(msg))).expect("a question");
+    assert_eq!(l.run_query(&q), PASS);
+}
+
+/// Several messages in one TCP segment, and a message split across segments: up to
+/// `MAX_TCP_MESSAGES` whole messages of a segment are walked (more are counted as
+/// `answers_tcp_unwalked`); a message that does not end in its segment is kept and walked
+/// when the next segment in sequence completes it, whatever the cut (in the header, the
+/// question, a record), over two or three segments, with a whole message after it; a
+/// retransmission of its first part changes nothing; a segment out of sequence forgets it
+/// (nothing bound); a length prefix split between segments is not followed.
+#[test]
+fn tcp_answers_several_per_segment_and_split_bind() {
+    use palisade_common::dnsbind::{
+        MAX_TCP_MESSAGES, STAT_ANSWERS_TCP, STAT_ANSWERS_TCP_PARTIAL, STAT_ANSWERS_TCP_UNWALKED,
+    };
+    let mut l = loaded();
+    l.install("");
+    l.configure(0);
+    let msg = |i: u8| {
+        Answer::new(&format!("m{i}.tcp.test"))
+            .rr(A, 60, &[198, 51, 100, i])
+            .bytes()
+    };
+    let addrs =
+        |l: &Loaded| -> Vec<[u8; 16]> { l.bindings().iter().map(|(k, _)| k.addr).collect() };
+
+    // Five messages in one segment: the first four bind.
+    let mut data = Vec::new();
+    for i in 1..=5 {
+        record_tcp(&l, &msg(i));
+        data.extend_from_slice(&framed(&msg(i)));
+    }
+    let before = l.stats();
+    assert_eq!(l.run_answer(&tcp_at(1000, &data)), PASS);
+    let walked = MAX_TCP_MESSAGES as u64;
+    expect_delta(
+        &before,
+        &l.stats(),
+        &[
+            (STAT_ANSWERS, walked),
+            (STAT_ANSWERS_TCP, walked),
+            (STAT_ADDRS_BOUND, walked),
+            (STAT_ANSWERS_TCP_UNWALKED, 1),
+        ],
+    );
+    let want: Vec<[u8; 16]> = (1..=4).map(|i| mapped_v4([198, 51, 100, i])).collect();
+    assert_eq!(addrs(&l), want);
+
+    // A message split at every kind of place, then completed by the next segment, which
+    // also holds a whole message.
+    let one = framed(&msg(10));
+    for cut in [2, 3, 7, 14, 20, 30, one.len() - 1] {
+        l.clear();
+        record_tcp(&l, &msg(10));
+        record_tcp(&l, &msg(11));
+        let before = l.stats();
+        assert_eq!(l.run_answer(&tcp_at(5000, &one[..cut])), PASS);
+        expect_delta(&before, &l.stats(), &[(STAT_ANSWERS_TCP_PARTIAL, 1)]);
+        assert!(l.bindings().is_empty(), "cut {cut}: not yet");
+        // The first part again (a retransmission): nothing changes.
+        let before = l.stats();
+        assert_eq!(l.run_answer(&tcp_at(5000, &one[..cut])), PASS);
+        expect_delta(&before, &l.stats(), &[]);
+        let mut rest = one[cut..].to_vec();
+        rest.extend_from_slice(&framed(&msg(11)));
+        let before = l.stats();
+        assert_eq!(l.run_answer(&tcp_at(5000 + cut as u32, &rest)), PASS);
+        expect_delta(
+            &before,
+            &l.stats(),
+            &[
+                (STAT_ANSWERS, 2),
+                (STAT_ANSWERS_TCP, 2),
+                (STAT_ADDRS_BOUND, 2),
+            ],
+        );
+        assert_eq!(
+            addrs(&l),
+            [mapped_v4([198, 51, 100, 10]), mapped_v4([198, 51, 100, 11])],
+            "cut {cut}"
+        );
+    }
+
+    // Three segments, the sequence number wrapping between them.
+    l.clear();
+    record_tcp(&l, &msg(12));
+    let one = framed(&msg(12));
+    let start = u32::MAX - 9;
+    assert_eq!(l.run_answer(&tcp_at(start, &one[..10])), PASS);
+    assert_eq!(
+        l.run_answer(&tcp_at(start.wrapping_add(10), &one[10..25])),
+        PASS
+    );
+    assert!(l.bindings().is_empty());
+    assert_eq!(
+        l.run_answer(&tcp_at(start.wrapping_add(25), &one[25..])),
+        PASS
+    );
+    assert_eq!(addrs(&l), [mapped_v4([198, 51, 100, 12])]);
+
+    // Out of sequence: the kept part is forgotten, nothing binds.
+    l.clear();
+    record_tcp(&l, &msg(13));
+    let one = framed(&msg(13));
+    assert_eq!(l.run_answer(&tcp_at(7000, &one[..20])), PASS);
+    let before = l.stats();
+    assert_eq!(l.run_answer(&tcp_at(7000 + 25, &one[25..])), PASS);
+    expect_delta(&before, &l.stats(), &[(STAT_ANSWERS_TCP_UNWALKED, 1)]);
+    assert_eq!(l.run_answer(&tcp_at(7000 + 20, &one[20..])), PASS);
+    assert!(l.bindings().is_empty(), "out of sequence: nothing bound");
+
+    // A length prefix split between segments: not followed.
+    l.clear();
+    record_tcp(&l, &msg(14));
+    let one = framed(&msg(14));
+    let before = l.stats();
+    assert_eq!(l.run_answer(&tcp_at(9000, &one[..1])), PASS);
+    expect_delta(&before, &l.stats(), &[(STAT_ANSWERS_TCP_UNWALKED, 1)]);
+    let _ = l.run_answer(&tcp_at(9001, &one[1..]));
+    assert!(l.bindings().is_empty());
 }

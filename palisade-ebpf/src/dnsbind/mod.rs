@@ -6,12 +6,15 @@
 //! - [`connect`] (cgroup sock_addr `connect4/6`, `sendmsg4/6`) lets a connect, or a send on
 //!   an unconnected UDP socket, through only to a bound address or an explicitly allowed
 //!   prefix; anything else fails with `EPERM` (reason `bind-unresolved`).
+//! - [`query`] (cgroup_skb egress) records every query the cgroup sends; an answer binds
+//!   only when it answers one of them (and consumes it).
 //! - [`canary`] (tcx egress) answers Firefox's DoH canary NXDOMAIN for pinned cgroups.
 
 pub mod answer;
 pub mod canary;
 pub(crate) mod check;
 pub mod connect;
+pub mod query;
 
 use crate::{atomic, maps::BIND_STATS};
 

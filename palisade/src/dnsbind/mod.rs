@@ -40,6 +40,9 @@ pub const SOCK_ADDR: [&str; 4] = [
     "palisade_bind_sendmsg6",
 ];
 
+/// The query recorder (cgroup_skb egress): only answers to recorded queries bind.
+pub const QUERY: &str = "palisade_bind_query";
+
 /// The DoH canary answer of resolver pinning (tcx egress on the guarded interfaces and
 /// `lo`).
 pub const CANARY: &str = "palisade_bind_canary";
@@ -277,12 +280,13 @@ struct Attached {
 }
 
 /// The programs by the short names their link pins carry (`bind-<short>-<cgroup>`).
-const PROGRAMS: [(&str, &str); 5] = [
+const PROGRAMS: [(&str, &str); 6] = [
     ("answer", ANSWER),
     ("connect4", SOCK_ADDR[0]),
     ("connect6", SOCK_ADDR[1]),
     ("sendmsg4", SOCK_ADDR[2]),
     ("sendmsg6", SOCK_ADDR[3]),
+    ("query", QUERY),
 ];
 
 /// The bind programs, once loaded, and their attachments. The links are pinned like the
@@ -356,16 +360,18 @@ impl Attachments {
     }
 }
 
-/// Verifies the five programs.
+/// Verifies the six programs.
 ///
 /// # Errors
 /// When the kernel refuses one.
 pub fn load(ebpf: &mut Ebpf) -> Result<()> {
-    let p: &mut CgroupSkb = ebpf
-        .program_mut(ANSWER)
-        .ok_or_else(|| anyhow!("kernel object has no program {ANSWER}"))?
-        .try_into()?;
-    p.load().with_context(|| format!("verifying {ANSWER}"))?;
+    for name in [ANSWER, QUERY] {
+        let p: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("kernel object has no program {name}"))?
+            .try_into()?;
+        p.load().with_context(|| format!("verifying {name}"))?;
+    }
     for name in SOCK_ADDR {
         let p: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -419,14 +425,15 @@ fn attach(ebpf: &mut Ebpf, links_dir: &Path, cg: &Path) -> Result<(Vec<OwnedFd>,
             }
         }
         let _ = fs::remove_file(&pin_path);
-        let link = if short == "answer" {
+        let link = if short == "answer" || short == "query" {
             let p: &mut CgroupSkb = prog.try_into()?;
+            let direction = if short == "answer" {
+                CgroupSkbAttachType::Ingress
+            } else {
+                CgroupSkbAttachType::Egress
+            };
             let id = p
-                .attach(
-                    open()?,
-                    CgroupSkbAttachType::Ingress,
-                    CgroupAttachMode::Single,
-                )
+                .attach(open()?, direction, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to {}", cg.display()))?;
             FdLink::try_from(p.take_link(id)?)?
         } else {
