@@ -163,6 +163,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     if !s.tls.is_empty() {
         println!("{}", moved_line("tls", &s.tls, "nothing seen"));
     }
+    if !s.ids.is_empty() {
+        println!("{}", moved_line("ids", &s.ids, "nothing inspected"));
+    }
     Ok(())
 }
 

@@ -362,6 +362,8 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             eprintln!("palisade: {n}");
         }
     }
+    // Before the IDS, whose reader thread exports its alerts too.
+    let otlp = crate::fleet::agent::otlp(&args)?;
     // Before the policy: installing it fills the IDS's tables and engine.
     d.ids = Some(crate::ids::runtime::Runtime::start(
         &mut d.dp.ebpf,
@@ -369,6 +371,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             events: events_tx.clone(),
             quiet: args.quiet,
             json: args.json,
+            otlp: otlp.clone(),
         },
     )?);
     d.install(&policy).context("installing the policy")?;
@@ -462,7 +465,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
 
     let (mut cluster_rx, cluster) = crate::fleet::agent::start(&args, &d.source).await?;
     d.cluster = cluster;
-    d.otlp = crate::fleet::agent::otlp(&args)?;
+    d.otlp = otlp;
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let access = Access {
         // SAFETY: geteuid has no preconditions.
@@ -624,6 +627,11 @@ impl Daemon {
                 eprintln!("palisade: {note}");
             }
         }
+        // The IDS's rules before this install, put back if the switch below fails.
+        let ids_before = self
+            .ids
+            .as_ref()
+            .map(crate::ids::runtime::Runtime::installed);
         if let Some(ids) = &self.ids {
             // The rules are read again here: a rule file changed since the check is refused
             // before anything else changes.
@@ -652,6 +660,11 @@ impl Daemon {
             }
             Err(e) => {
                 self.totals.after_install(None);
+                if let (Some(ids), Some(before)) = (&self.ids, ids_before)
+                    && let Err(r) = ids.restore(&mut self.dp.ebpf, before)
+                {
+                    warn!("putting the IDS's previous rules back failed: {r:#}");
+                }
                 Err(e)
             }
         }
@@ -1168,6 +1181,10 @@ impl Daemon {
                 crate::tls::named_counters(&self.dp.ebpf)
             } else {
                 Vec::new()
+            },
+            ids: match &self.ids {
+                Some(ids) if self.policy.ids.enabled => ids.named_counters(&self.dp.ebpf),
+                _ => Vec::new(),
             },
             conntrack_capacity: self.policy.tracks_connections().then(|| {
                 crate::api::proto::CtCapacity {
