@@ -1549,12 +1549,7 @@ impl Daemon {
     /// Prints an event (unless `--quiet`) and sends it to `palisade events` clients.
     fn publish(&self, out: &mut impl std::io::Write, line: EventLine, subscribers: bool) {
         if let Some(o) = &self.otlp {
-            o.offer(crate::fleet::otlp::Record::from_event(
-                line.kind,
-                &line.verdict,
-                &line.json,
-                &line.text,
-            ));
+            o.offer_event(line.kind, &line.verdict, &line.json, &line.text);
         }
         if !self.args.quiet {
             let _ = writeln!(

@@ -540,12 +540,7 @@ fn publish(out: &Output, events: Vec<IdsEvent>) {
             text: ev.to_string(),
         };
         if let Some(o) = &out.otlp {
-            o.offer(crate::fleet::otlp::Record::from_event(
-                line.kind,
-                &line.verdict,
-                &line.json,
-                &line.text,
-            ));
+            o.offer_event(line.kind, &line.verdict, &line.json, &line.text);
         }
         if !out.quiet {
             let _ = writeln!(w, "{}", if out.json { &line.json } else { &line.text });
