@@ -395,6 +395,9 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 vlan,
                 iface,
                 not,
+                set_mark,
+                set_dscp,
+                mirror_to,
             } = *a;
             let rule = RuleSpec {
                 name,
@@ -421,6 +424,9 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 vlan,
                 iface,
                 not,
+                set_mark,
+                set_dscp,
+                mirror_to,
             };
             changed(
                 socket,
