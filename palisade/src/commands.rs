@@ -398,6 +398,9 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 vlan,
                 iface,
                 not,
+                set_mark,
+                set_dscp,
+                mirror_to,
             } = *a;
             let rule = RuleSpec {
                 name,
@@ -424,6 +427,9 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 vlan,
                 iface,
                 not,
+                set_mark,
+                set_dscp,
+                mirror_to,
             };
             changed(
                 socket,

@@ -54,9 +54,15 @@ fn dhcp_suite() {
 #[test]
 fn test_run_suite() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = quick("testrun", &[]);
+    let out = quick("testrun", &["--header", "same,not"]);
     let md = std::fs::read_to_string(out.join("firewall-quick.md")).expect("markdown report");
     assert!(md.contains("above floor"), "{md}");
+    // The base workload again and with a negated source, each against it in the same run.
+    assert!(
+        md.contains("## Conditions against their base (same run)"),
+        "{md}"
+    );
+    assert!(md.contains("+ same |") && md.contains("+ not |"), "{md}");
     assert!(json(out.join("firewall-quick.json")).is_object());
     assert!(out.join("firewall-quick.svg").exists());
     let _ = std::fs::remove_dir_all(out);

@@ -246,7 +246,7 @@ fn decide(
             verdict::drop(ctx, Some(p), &d)
         }
         ACTION_RATE_LIMIT => {
-            if ratelimit::admit(header, meta, p) {
+            if ratelimit::admit(generation, header, meta, p) {
                 allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
             } else {
                 let d = Decision {

@@ -164,6 +164,14 @@ pub struct RuleSpec {
     /// Conditions to negate: `src`, `dst`, `sport`, `dport`, `proto`.
     #[serde(default)]
     pub not: Vec<String>,
+    /// `mark`: the mark and DSCP to set, in the policy file's words.
+    #[serde(default)]
+    pub set_mark: Option<String>,
+    #[serde(default)]
+    pub set_dscp: Option<String>,
+    /// `mirror`: the interface that gets the copies.
+    #[serde(default)]
+    pub mirror_to: Option<String>,
 }
 
 /// Which events a stream carries. Every condition given must hold.

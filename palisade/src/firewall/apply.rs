@@ -181,23 +181,42 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
             LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
         for (index, members) in c.sets.iter().enumerate() {
             let set = set_id(generation, index as u32);
-            for m in members.iter().filter(|m| m.stored_prefix_len() < 128) {
+            let values = c
+                .country_map
+                .as_ref()
+                .filter(|(i, _)| *i == index)
+                .map(|(_, v)| v);
+            for (at, m) in members.iter().enumerate() {
+                if m.stored_prefix_len() == 128 {
+                    continue;
+                }
+                let value = values.and_then(|v| v.get(at)).copied().unwrap_or(1);
                 let key = SetKey::new(set, family_code(m.family), m.addr);
                 let bits = SET_KEY_PREFIX_BITS + u32::from(m.stored_prefix_len());
-                trie.insert(&Key::new(bits, key), 1, 0)?;
+                trie.insert(&Key::new(bits, key), value, 0)?;
                 kinds[index] |= SET_PREFIXES;
             }
         }
     }
     let mut hosts: Vec<SetKey> = Vec::new();
+    // Each host's value: 1, or its country index in the country map.
+    let mut ones: Vec<u8> = Vec::new();
     for (index, members) in c.sets.iter().enumerate() {
         let set = set_id(generation, index as u32);
-        for m in members.iter().filter(|m| m.stored_prefix_len() == 128) {
+        let values = c
+            .country_map
+            .as_ref()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, v)| v);
+        for (at, m) in members.iter().enumerate() {
+            if m.stored_prefix_len() != 128 {
+                continue;
+            }
             hosts.push(SetKey::new(set, family_code(m.family), m.addr));
+            ones.push(values.and_then(|v| v.get(at)).copied().unwrap_or(1));
             kinds[index] |= SET_HOSTS;
         }
     }
-    let ones = vec![1u8; hosts.len()];
     maps::update_batch(maps::data_of(ebpf, "FW_SET_HOSTS")?, &hosts, &ones)?;
     if let Some(k) = c.overload_set.and_then(|i| kinds.get_mut(i)) {
         *k |= SET_OVERLOAD;

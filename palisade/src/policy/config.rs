@@ -1590,17 +1590,44 @@ impl Checker<'_> {
             .get("log")
             .and_then(|n| self.boolean(n, "log"))
             .unwrap_or(false);
-        let proto = match view.get("proto") {
+        // A string condition written with `!` in front (`src = "!10.0.0.0/8"`, `dport = "!22"`,
+        // `proto = "!udp"`, `src = "!@set"`) is the condition negated, as `not` says it.
+        let banged: Vec<(&str, Node)> = Negation::NAMES
+            .into_iter()
+            .filter_map(|key| match view.get(key) {
+                Some(Node {
+                    at,
+                    val: Val::Str(text),
+                }) => text.trim_start().strip_prefix('!').map(|rest| {
+                    (
+                        key,
+                        Node {
+                            at: *at,
+                            val: Val::Str(rest.trim_start().to_owned()),
+                        },
+                    )
+                }),
+                _ => None,
+            })
+            .collect();
+        let cond = |key: &str| {
+            banged
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, n)| n)
+                .or_else(|| view.get(key))
+        };
+        let proto = match cond("proto") {
             None => ProtoField::Any,
             Some(node) => self.proto(node),
         };
 
-        let src = view.get("src").map(|n| self.addr_match(n, "src", sets));
-        let dst = view.get("dst").map(|n| self.addr_match(n, "dst", sets));
+        let src = cond("src").map(|n| self.addr_match(n, "src", sets));
+        let dst = cond("dst").map(|n| self.addr_match(n, "dst", sets));
 
         let ports_ok = matches!(proto, ProtoField::Is(Protocol::Tcp | Protocol::Udp));
         let port = |this: &mut Self, key: &str| {
-            let node = view.get(key)?;
+            let node = cond(key)?;
             let range = this.port_range(node, key);
             if !ports_ok && proto != ProtoField::Invalid {
                 this.err(node.at, format!("`{key}` needs proto = \"tcp\" or \"udp\""));
@@ -1664,13 +1691,51 @@ impl Checker<'_> {
                 .get("dst_mac")
                 .and_then(|node| self.mac(node, "dst_mac")),
             vlan: view.get("vlan").and_then(|node| self.vlan(node)),
-            iface: view.get("iface").and_then(|node| self.iface(node)),
+            ..LinkMatch::default()
+        };
+        let link = match view.get("iface").and_then(|node| self.iface_list(node)) {
+            Some((first, more)) => LinkMatch {
+                iface: Some(first),
+                more_ifaces: more,
+                ..link
+            },
+            None => link,
         };
 
-        let not = view
+        let mut not = view
             .get("not")
             .and_then(|node| self.negation(node, &view))
             .unwrap_or_default();
+        for (key, node) in &banged {
+            let flag = match *key {
+                "src" => &mut not.src,
+                "dst" => &mut not.dst,
+                "sport" => &mut not.sport,
+                "dport" => &mut not.dport,
+                _ => &mut not.proto,
+            };
+            if *flag {
+                self.err(
+                    node.at,
+                    format!("`{key}` is negated twice, by `!` and by `not`"),
+                );
+            }
+            *flag = true;
+            if *key == "proto" {
+                if proto == ProtoField::Any {
+                    self.err(node.at, "`proto = \"!any\"` can never match");
+                }
+                if let Some(other) = ["sport", "dport", "tcp_flags", "icmp_type"]
+                    .into_iter()
+                    .find(|k| view.get(k).is_some())
+                {
+                    self.err(
+                        node.at,
+                        format!("`!` cannot negate `proto` in a rule with `{other}`"),
+                    );
+                }
+            }
+        }
 
         // Families are only compared once both sides parsed; a broken side already has its
         // own error. A negated side matches addresses of both families.
@@ -1927,7 +1992,51 @@ impl Checker<'_> {
         ok.then_some(not)
     }
 
-    /// `iface`: an interface name, resolved to its index here, when the policy is loaded.
+    /// `iface`: an interface name or a list of them (at most
+    /// [`super::model::MAX_RULE_IFACES`], each once): the first, and the rest padded with 0.
+    fn iface_list(
+        &mut self,
+        node: &Node,
+    ) -> Option<(u32, [u32; super::model::MAX_RULE_IFACES - 1])> {
+        let Val::Array(items) = &node.val else {
+            return self
+                .iface(node)
+                .map(|i| (i, [0; super::model::MAX_RULE_IFACES - 1]));
+        };
+        if items.is_empty() || items.len() > super::model::MAX_RULE_IFACES {
+            self.err(
+                node.at,
+                format!(
+                    "`iface` lists 1 to {} interfaces, found {}",
+                    super::model::MAX_RULE_IFACES,
+                    items.len()
+                ),
+            );
+            return None;
+        }
+        let mut found: Vec<u32> = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match self.iface(item) {
+                Some(i) if found.contains(&i) => {
+                    self.err(item.at, "this interface is already in the `iface` list");
+                    ok = false;
+                }
+                Some(i) => found.push(i),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let mut more = [0; super::model::MAX_RULE_IFACES - 1];
+        for (slot, i) in more.iter_mut().zip(&found[1..]) {
+            *slot = *i;
+        }
+        Some((found[0], more))
+    }
+
+    /// One interface name of `iface`, resolved to its index here, when the policy is loaded.
     fn iface(&mut self, node: &Node) -> Option<u32> {
         let Val::Str(name) = &node.val else {
             let msg = format!(
@@ -2184,10 +2293,15 @@ impl Checker<'_> {
             Some(n) => match self.string(n, "per") {
                 Some("source") => Some(RatePer::Source),
                 Some("rule") => Some(RatePer::Rule),
+                // `[geoip]` is checked with the country sets (`geoip.rs`).
+                Some("country") => Some(RatePer::Country),
                 Some(other) => {
                     self.err(
                         n.at,
-                        format!("unknown `per` value `{other}`; expected `source` or `rule`"),
+                        format!(
+                            "unknown `per` value `{other}`; expected `source`, `rule` or \
+                             `country`"
+                        ),
                     );
                     None
                 }
@@ -3878,7 +3992,8 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:3:8: `rate` is missing `burst`",
                     "p.toml:3:16: `pps` must be between 1 and 10000000, found 0",
-                    "p.toml:3:25: unknown `per` value `host`; expected `source` or `rule`",
+                    "p.toml:3:25: unknown `per` value `host`; expected `source`, `rule` or \
+                     `country`",
                 ],
             ),
             (
