@@ -171,8 +171,12 @@ pub const DNS_DOH_CANARY: u32 = 52;
 /// at tcx as the host sends it.
 pub const IDS_DROP: u32 = 53;
 
+/// A `redirect` rule's packet too big for the interface it was sent to (`redirect_to`, by
+/// `bpf_check_mtu`) or for the route (`route_table`, by the fib lookup's MTU check).
+pub const REDIRECT_TOO_BIG: u32 = 54;
+
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 54;
+pub const COUNT: u32 = 55;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -230,6 +234,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dlp-reset",
     "dns-doh-canary",
     "ids-drop",
+    "redirect-too-big",
 ];
 
 /// The name of a reason code, `"unknown"` for codes this build does not know.

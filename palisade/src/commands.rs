@@ -590,6 +590,10 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
         moved_line("dns cache", &c.dns_cache, "nothing cached")
     );
     println!("{}", moved_line("actions", &c.actions, "nothing marked"));
+    println!(
+        "{}",
+        moved_line("redirect", &c.redirect, "nothing redirected")
+    );
     if let Some(d) = &s.dga {
         println!(
             "dga: scored {}  cached {}  reported {}  listed {}  list_failed {}  list_limited {}",

@@ -96,6 +96,7 @@ fn action_word(a: &Action) -> &'static str {
         Action::RateLimit(_) => "rate-limit",
         Action::Mark(_) => "mark",
         Action::Mirror(_) => "mirror",
+        Action::Redirect(_) => "redirect",
     }
 }
 

@@ -57,7 +57,11 @@ pub fn decode(bytes: &[u8], rule_name: &dyn Fn(u32) -> Option<String>) -> Option
     Some(Event {
         kind: "firewall",
         timestamp_ns: e.timestamp_ns,
-        verdict: if e.action == 1 { "drop" } else { "pass" },
+        verdict: match e.action {
+            1 => "drop",
+            4 => "redirect",
+            _ => "pass",
+        },
         reason: reason::name(e.reason),
         rule: match e.rule {
             u32::MAX => None,

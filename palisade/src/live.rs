@@ -563,6 +563,7 @@ pub fn action_word(a: &Action) -> String {
             w
         }
         Action::Mirror(m) => format!("mirror to {}", m.iface()),
+        Action::Redirect(r) => format!("redirect {}", r.describe()),
     }
 }
 

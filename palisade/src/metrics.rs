@@ -245,6 +245,18 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             );
         }
     }
+    if !s.counters.redirect.is_empty() {
+        o.family(
+            "palisade_redirect_total",
+            "counter",
+            "What redirect rules did, by event: packets matched, sent out of another \
+             interface, dropped as too big, passed to the stack for want of a route, a \
+             neighbour, TTL or device.",
+        );
+        for n in &s.counters.redirect {
+            o.sample("palisade_redirect_total", &[("event", &n.name)], n.value);
+        }
+    }
     if s.counters.intel.iter().any(|n| n.value > 0) {
         o.family(
             "palisade_intel_total",
@@ -743,6 +755,10 @@ mod tests {
                     name: "mark_applied".into(),
                     value: 12,
                 }],
+                redirect: vec![Named {
+                    name: "too_big".into(),
+                    value: 7,
+                }],
                 ids: vec![
                     Named {
                         name: "flows_sampled_out".into(),
@@ -788,6 +804,7 @@ mod tests {
         assert!(t.contains("palisade_dns_bind_total{event=\"connect_denied\"} 9\n"));
         assert!(t.contains("palisade_dns_cache_total{event=\"hits\"} 11\n"));
         assert!(t.contains("palisade_action_total{action=\"mark\",event=\"applied\"} 12\n"));
+        assert!(t.contains("palisade_redirect_total{event=\"too_big\"} 7\n"));
         assert!(t.contains("palisade_dns_cache_entries 4\n"));
         assert!(!t.contains("palisade_dns_cache_total{event=\"entries\"}"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));

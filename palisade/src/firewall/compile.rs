@@ -380,6 +380,16 @@ fn rule_meta(rule: &Rule) -> RuleMeta {
             meta.action = palisade_common::firewall::ACTION_MIRROR;
             meta.ifindex = m.ifindex;
         }
+        Action::Redirect(r) => {
+            meta.action = palisade_common::redirect::ACTION_REDIRECT;
+            match r {
+                crate::policy::model::Redirect::Iface(m) => meta.ifindex = m.ifindex,
+                crate::policy::model::Redirect::Table(t) => {
+                    meta.flags |= palisade_common::redirect::RULE_REDIRECT_FIB;
+                    meta.ifindex = t;
+                }
+            }
+        }
     }
     meta
 }

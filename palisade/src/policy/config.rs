@@ -112,6 +112,8 @@
 //! | `length` | the IP packet's length as its header says (IPv4 total length, IPv6 40 + payload length; no link-layer header, no VLAN tags): a value `N` or a range `"LO-HI"` within `0..=65535`. Each fragment has its own length | any length |
 //! | `set_mark` | `"mark"` only: `0..=4294967295`, the socket buffer's mark (`skb->mark`) for `ip rule fwmark`, tc and nftables | not set |
 //! | `mirror_to` | `"mirror"` only, and required with it: the interface that gets a copy of every packet the rule matches (the packet itself goes on). Resolved to its index when the policy is loaded: a name with no interface is an error, and the running policy stays | not set |
+//! | `redirect_to` | `"redirect"` only: the interface the matching packets leave by, as they are (XDP `bpf_redirect_map`, after an MTU check on that interface). Resolved to its index when the policy is loaded: a name with no interface is an error, and the running policy stays. At most 64 interfaces per policy. A `redirect` rule needs `redirect_to` or `route_table`, not both | not set |
+//! | `route_table` | `"redirect"` only: `1..=4294967295`, a routing table (`254` is `main`); the matching packets go to the next hop `bpf_fib_lookup` finds there, MACs rewritten and TTL / hop limit decremented. See "Actions" in `docs/design/firewall.md` for what happens without a route, a neighbour or room | not set |
 //! | `set_dscp` | `"mark"` only: `0..=63` or a DSCP name as for `dscp`; the DSCP written into the IP header (ECN kept). A `mark` rule needs `set_mark`, `set_dscp` or both | not set |
 //! | `src_mac`, `dst_mac` | the frame's Ethernet source / destination address, exactly: `"aa:bb:cc:dd:ee:ff"` (six hex pairs, `:` or `-` between them, any letter case). Each distinct address a policy uses is a rule shape of its own (at most 256 shapes) | any address |
 //! | `iface` | the interface the frame arrives on, by name (`"eth0"`). The name is resolved to the interface's index when the policy is loaded (`palisade check`, start, reload): a name with no interface is an error at that place, and an interface deleted and created again after the load is not the same one until the next reload. Each distinct interface is a rule shape of its own | any interface |
@@ -907,6 +909,8 @@ const RULE_KEYS: &[&str] = &[
     "vlan",
     "iface",
     "not",
+    "redirect_to",
+    "route_table",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
 const DNS_KEYS: &[&str] = &[
@@ -1002,6 +1006,7 @@ enum ActionKind {
     RateLimit,
     Mark,
     Mirror,
+    Redirect,
 }
 
 /// The sets as far as rules need them: the name lookup and what families each holds.
@@ -1491,6 +1496,21 @@ impl Checker<'_> {
                 rules.push(rule);
             }
         }
+        let redirect_ifaces: std::collections::BTreeSet<u32> = rules
+            .iter()
+            .filter_map(|r| match r.action {
+                Action::Redirect(super::model::Redirect::Iface(m)) => Some(m.ifindex),
+                _ => None,
+            })
+            .collect();
+        if redirect_ifaces.len() > palisade_common::redirect::MAX_REDIRECT_IFACES as usize {
+            let msg = format!(
+                "`redirect_to` names {} interfaces (at most {})",
+                redirect_ifaces.len(),
+                palisade_common::redirect::MAX_REDIRECT_IFACES
+            );
+            self.err(firewall_at, msg);
+        }
         // Stable, so equal priorities keep file order.
         rules.sort_by_key(|r| r.priority);
         rules
@@ -1549,10 +1569,11 @@ impl Checker<'_> {
                 Some("rate-limit") => Some(ActionKind::RateLimit),
                 Some("mark") => Some(ActionKind::Mark),
                 Some("mirror") => Some(ActionKind::Mirror),
+                Some("redirect") => Some(ActionKind::Redirect),
                 Some(other) => {
                     let msg = format!(
                         "unknown action `{other}`; expected `allow`, `drop`, `rate-limit`, \
-                         `mark` or `mirror`"
+                         `mark`, `mirror` or `redirect`"
                     );
                     self.err(node.at, msg);
                     None
@@ -1571,7 +1592,13 @@ impl Checker<'_> {
                 "action `rate-limit` needs a `rate`, e.g. rate = { pps = 100, burst = 200 }",
             ),
             (
-                Some(ActionKind::Allow | ActionKind::Drop | ActionKind::Mark | ActionKind::Mirror),
+                Some(
+                    ActionKind::Allow
+                    | ActionKind::Drop
+                    | ActionKind::Mark
+                    | ActionKind::Mirror
+                    | ActionKind::Redirect,
+                ),
                 _,
                 Some(node),
             ) => {
@@ -1585,6 +1612,7 @@ impl Checker<'_> {
 
         let mark = self.mark_action(view, action_kind, action_node);
         let mirror = self.mirror_action(view, action_kind, action_node);
+        let redirect = self.redirect_action(view, action_kind, action_node);
 
         let log = view
             .get("log")
@@ -1796,6 +1824,7 @@ impl Checker<'_> {
             ActionKind::RateLimit => Action::RateLimit(rate?),
             ActionKind::Mark => Action::Mark(mark?),
             ActionKind::Mirror => Action::Mirror(mirror?),
+            ActionKind::Redirect => Action::Redirect(redirect?),
         };
         let protocol = match proto {
             ProtoField::Any => None,
@@ -1878,6 +1907,83 @@ impl Checker<'_> {
             return None;
         }
         Some(super::model::Mark { mark, dscp })
+    }
+
+    /// A `redirect` rule's `redirect_to` (an interface, resolved here) or `route_table`;
+    /// errors for either key on another action. `None` when not a `redirect` rule or on error.
+    fn redirect_action(
+        &mut self,
+        view: TableView<'_>,
+        kind: Option<ActionKind>,
+        action_node: Option<&Node>,
+    ) -> Option<super::model::Redirect> {
+        let is_redirect = kind == Some(ActionKind::Redirect);
+        let errors_before = self.error_count();
+        let iface = view.get("redirect_to").and_then(|node| {
+            if !is_redirect {
+                self.err(
+                    node.at,
+                    "`redirect_to` is only allowed with action = \"redirect\"",
+                );
+                return None;
+            }
+            let name = self.string(node, "redirect_to")?;
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                let msg =
+                    format!("`redirect_to` = `{name}` is not an interface name (1 to 15 bytes)");
+                self.err(node.at, msg);
+                return None;
+            }
+            let Some(ifindex) = crate::attach::ifindex(name) else {
+                let msg = format!(
+                    "`redirect_to`: there is no network interface named `{name}` (interfaces \
+                     are resolved when the policy is loaded)"
+                );
+                self.err(node.at, msg);
+                return None;
+            };
+            let mut n = [0u8; 16];
+            n[..name.len()].copy_from_slice(name.as_bytes());
+            Some(super::model::Mirror { ifindex, name: n })
+        });
+        let table = view.get("route_table").and_then(|node| {
+            if !is_redirect {
+                self.err(
+                    node.at,
+                    "`route_table` is only allowed with action = \"redirect\"",
+                );
+                return None;
+            }
+            self.integer(node, "route_table", 1, i64::from(u32::MAX))
+                .map(|n| n as u32)
+        });
+        if !is_redirect {
+            return None;
+        }
+        match (view.get("redirect_to"), view.get("route_table")) {
+            (None, None) => {
+                let at = action_node.map_or(view.at, |n| n.at);
+                self.err(
+                    at,
+                    "action `redirect` needs `redirect_to` (an interface, e.g. redirect_to = \
+                     \"eth2\") or `route_table` (a routing table, e.g. route_table = 100)",
+                );
+            }
+            (Some(_), Some(node)) => self.err(
+                node.at,
+                "`route_table` and `redirect_to` exclude each other: a redirect goes either \
+                 out of one interface or to a routing table's next hop",
+            ),
+            _ => {}
+        }
+        if self.error_count() != errors_before {
+            return None;
+        }
+        match (iface, table) {
+            (Some(m), None) => Some(super::model::Redirect::Iface(m)),
+            (None, Some(t)) => Some(super::model::Redirect::Table(t)),
+            _ => None,
+        }
     }
 
     /// A `mirror` rule's `mirror_to`: an interface name, resolved to its index here (in the
@@ -4032,7 +4138,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                      `priority`, `action`, `proto`, `src`, `dst`, `sport`, `dport`, `tcp_flags`, \
                      `icmp_type`, `icmp_code`, `state`, `rate`, `log`, `dscp`, `ecn`, `ttl`, \
                      `length`, `set_mark`, `set_dscp`, `mirror_to`, `src_mac`, `dst_mac`, `vlan`, \
-                     `iface`, `not`",
+                     `iface`, `not`, `redirect_to`, `route_table`",
                 ],
             ),
             (

@@ -254,6 +254,28 @@ pub enum Action {
     Mark(Mark),
     /// The packet passes, and a copy leaves by another interface.
     Mirror(Mirror),
+    /// The packet leaves by another interface from XDP, never entering the stack.
+    Redirect(Redirect),
+}
+
+/// Where a `redirect` rule sends its packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    /// Out of this interface as they are (`redirect_to`, resolved at load).
+    Iface(Mirror),
+    /// To the next hop of this routing table (`route_table`).
+    Table(u32),
+}
+
+impl Redirect {
+    /// How listings show the target: `to IFACE` or `via table N`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Iface(m) => format!("to {}", m.iface()),
+            Self::Table(t) => format!("via table {t}"),
+        }
+    }
 }
 
 /// Where a `mirror` rule sends its copies: an interface resolved when the policy was loaded.

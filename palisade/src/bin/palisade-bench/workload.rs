@@ -430,6 +430,7 @@ fn classify_frame(
         }
         Some(Action::RateLimit(_)) => bail!("generated policies have no rate limits"),
         Some(Action::Mark(_) | Action::Mirror(_)) => XDP_PASS,
+        Some(Action::Redirect(_)) => bail!("generated policies have no redirects"),
     };
     Ok((action, rule))
 }
