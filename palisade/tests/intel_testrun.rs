@@ -822,6 +822,13 @@ fn random_cidrs(rng: &mut StdRng) -> [String; 3] {
                     format!("2001:db8:{:x}::/{bits}", rng.gen_range(0..4u16))
                 }
             }
+            // CIDRs longer than /24 crowded into one /24: some sets fit its slots, others
+            // overflow them into the trie.
+            2 => {
+                let bits = rng.gen_range(25..=31u32);
+                let net = (0x0a00_0000u32 | rng.gen_range(0..256u32)) & !(u32::MAX >> bits);
+                format!("{}/{bits}", std::net::Ipv4Addr::from(net))
+            }
             _ => {
                 let bits = rng.gen_range(9..=31u32);
                 let a =
