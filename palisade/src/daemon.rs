@@ -733,7 +733,7 @@ impl Daemon {
                 // The policy's backend lists become the base again.
                 self.lb_live.after_reload(&p.lb);
                 if p.intel != self.policy.intel {
-                    let out = self.intel.refresh(&mut self.dp.ebpf, &p.intel);
+                    let out = self.intel.change(&mut self.dp.ebpf, &p.intel)?;
                     for n in out.notes {
                         eprintln!("palisade: {n}");
                     }
@@ -1393,6 +1393,13 @@ impl Daemon {
                     text: ev.to_string(),
                 }
             } else if let Some(mut ev) = events::decode_dns(&item) {
+                // A list of the feeds' domains names its feed.
+                if let Some(l) = ev.list {
+                    ev.feed = self
+                        .intel
+                        .list_feed(&self.policy, l)
+                        .map(|(f, _)| f.to_string());
+                }
                 let scored = self.dga_check(crate::dga::runtime::Seen {
                     name: &ev.name,
                     timestamp_ns: ev.timestamp_ns,
@@ -1671,7 +1678,7 @@ impl Daemon {
         let result = crate::fleet::agent::parse(&self.args, text).and_then(|p| {
             self.lb_live.after_reload(&p.lb);
             if p.intel != self.policy.intel {
-                let out = self.intel.refresh(&mut self.dp.ebpf, &p.intel);
+                let out = self.intel.change(&mut self.dp.ebpf, &p.intel)?;
                 for n in out.notes {
                     eprintln!("palisade: {n}");
                 }
