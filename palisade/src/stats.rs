@@ -148,6 +148,11 @@ pub struct Counters {
     /// (see `crate::ids::runtime::Runtime::named_counters`).
     #[serde(default)]
     pub ids: Vec<Named>,
+    /// DLP's counters, when the policy has `[dlp]` (see
+    /// `crate::dlp::probe::Watcher::all_counters`): the probes', the watcher's, and
+    /// `matches_<detector>` per detector.
+    #[serde(default)]
+    pub dlp: Vec<Named>,
 }
 
 impl Counters {
@@ -207,6 +212,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         dns_cache: crate::dns::cache::named_counters(ebpf),
         actions: action_counters(ebpf),
         ids: Vec::new(),
+        dlp: Vec::new(),
     }
 }
 
