@@ -45,9 +45,12 @@ while True:
     c, _ = ls.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// Writes `argv[2]` then `argv[3]` (100 ms apart) on one TLS connection to `argv[1]`.
+/// Writes `argv[2]` then `argv[3]` (100 ms apart) on one TLS connection to `argv[1]`, after
+/// `argv[4]` seconds (a library of its own is probed within a second of its exec: what it
+/// writes before is not seen).
 const CLIENT: &str = r#"
 import socket, ssl, sys, time
+time.sleep(float(sys.argv[4]) if len(sys.argv) > 4 else 0)
 c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
 s = c.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
 s.write(sys.argv[2].encode()); time.sleep(0.1); s.write(sys.argv[3].encode())
@@ -147,7 +150,7 @@ fn daemon_runs_the_probes_and_reports_matches_coverage_and_counters() {
     let copy = dir.join("libssl.so.3");
     fs::copy(lib, &copy).unwrap();
     let script = format!(
-        "mount --bind {} {lib} && exec python3 {} {PORT} 'card=5500-0000-0000-0004' '&y=2'",
+        "mount --bind {} {lib} && exec python3 {} {PORT} 'card=5500-0000-0000-0004' '&y=2' 1",
         copy.display(),
         dir.join("client.py").display(),
     );
@@ -189,7 +192,7 @@ fn daemon_runs_the_probes_and_reports_matches_coverage_and_counters() {
     let want = |evs: &[serde_json::Value]| {
         let m = |pid: u32, kind: &str| {
             evs.iter()
-                .any(|e| e["event"] == "dlp-match" && e["pid"] == pid && e["kind"] == kind)
+                .any(|e| e["event"] == "dlp-match" && e["pid"] == pid && e["secret"] == kind)
         };
         m(curl_pid, "visa")
             && m(py_pid, "aws-access-key-id")

@@ -220,6 +220,10 @@ pub fn event_line(line: &[u8]) -> Option<EventLine> {
         _ => return None,
     };
     if let Some(o) = v.as_object_mut() {
+        // The stream's `kind` is the event's; a match's kind of secret becomes `secret`.
+        if let Some(k) = o.remove("kind") {
+            o.insert("secret".into(), k);
+        }
         o.insert("kind".into(), "dlp".into());
         o.insert("verdict".into(), verdict.into());
     }
@@ -248,6 +252,7 @@ mod tests {
         );
         let j: serde_json::Value = serde_json::from_str(&e.json).unwrap();
         assert_eq!(j["kind"], "dlp");
+        assert_eq!(j["secret"], "visa");
         assert_eq!(j["excerpt"], "4111********1111");
         let u = event_line(
             br#"{"event":"dlp-uncovered","pid":9,"comm":"gnutls-cli","reason":"GnuTLS"}"#,
