@@ -649,7 +649,7 @@ pub struct EventsArgs {
     #[arg(long)]
     pub json: bool,
     /// Only events of this kind.
-    #[arg(long, value_parser = ["firewall", "dns", "tls", "dhcp", "intel", "dga", "ids"])]
+    #[arg(long, value_parser = ["firewall", "dns", "tls", "dhcp", "intel", "dga", "ids", "dlp"])]
     pub kind: Option<String>,
     /// Only events with this verdict (`pass` and `allow` are the same).
     #[arg(long, value_parser = ["drop", "pass", "allow", "nxdomain", "sinkhole", "refused", "audit", "lease", "alert", "tag"])]

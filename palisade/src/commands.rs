@@ -582,6 +582,9 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     if !c.ids.is_empty() {
         println!("{}", moved_line("ids", &c.ids, "nothing inspected"));
     }
+    if !c.dlp.is_empty() {
+        println!("{}", moved_line("dlp", &c.dlp, "nothing captured"));
+    }
     println!("{}", moved_line("dhcp", &c.dhcp, "nothing snooped"));
     println!("{}", moved_line("intel", &c.intel, "nothing matched"));
     println!("{}", moved_line("dns bind", &c.bind, "nothing checked"));

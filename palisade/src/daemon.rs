@@ -144,6 +144,10 @@ struct Daemon {
     tls: crate::tls::runtime::Gatekeeper,
     /// `[ids]`: the payload ring's reader thread and engine (None until started).
     ids: Option<crate::ids::runtime::Runtime>,
+    /// `[dlp]`: the watcher's thread (None while the policy has no enabled `[dlp]`), and where
+    /// its events go.
+    dlp: Option<crate::dlp::runtime::Runtime>,
+    dlp_out: crate::dlp::runtime::Output,
     /// DHCP snooping's lease table.
     dhcp: crate::dhcp::runtime::Snooper,
     /// Threat-intelligence feeds, their last good versions and their schedule.
@@ -335,6 +339,12 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             &policy.dns.lists,
         )),
         ids: None,
+        dlp: None,
+        dlp_out: crate::dlp::runtime::Output {
+            events: events_tx.clone(),
+            quiet: args.quiet,
+            json: args.json,
+        },
         dhcp: crate::dhcp::runtime::Snooper::default(),
         intel: crate::intel::runtime::Runtime::new(opts.intel_sizes),
         dga: crate::dga::runtime::Scorer::default(),
@@ -638,6 +648,9 @@ impl Daemon {
             // before anything else changes.
             ids.install(&mut self.dp.ebpf, &policy.ids)?;
         }
+        // `[dlp]`: a changed section gets its new watcher before the rest is installed (probes
+        // that cannot be attached refuse the policy); it replaces the old one with the policy.
+        let dlp_next = self.dlp_next(&policy.dlp)?;
         self.totals.before_install(&self.dp.ebpf);
         // The feeds' domains join the DNS lists of the generation installed.
         let effective = self.intel.with_domains(policy);
@@ -657,6 +670,9 @@ impl Daemon {
                     &policy.tls,
                     &policy.dns.lists,
                 ));
+                if let Some(next) = dlp_next {
+                    self.dlp = next;
+                }
                 Ok(ctl.generation_counter)
             }
             Err(e) => {
@@ -669,6 +685,24 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+
+    /// The `[dlp]` watcher `p` needs: `None` when the running one (or none) fits, else the new
+    /// one (`Some(None)`: stop it).
+    fn dlp_next(
+        &self,
+        p: &crate::dlp::Dlp,
+    ) -> Result<Option<Option<crate::dlp::runtime::Runtime>>> {
+        let running = self.dlp.as_ref().map(crate::dlp::runtime::Runtime::policy);
+        Ok(match (p.enabled, running) {
+            (false, None) => None,
+            (false, Some(_)) => Some(None),
+            (true, Some(r)) if r == p => None,
+            (true, _) => Some(Some(crate::dlp::runtime::Runtime::start(
+                p,
+                self.dlp_out.clone(),
+            )?)),
+        })
     }
 
     /// Checks what the kernel cannot (cgroups exist), installs, then brings the egress
@@ -1059,6 +1093,9 @@ impl Daemon {
             && let Some(ids) = &self.ids
         {
             counters.ids = ids.named_counters(&self.dp.ebpf);
+        }
+        if let Some(dlp) = &self.dlp {
+            counters.dlp = dlp.named_counters();
         }
         proto::Stats {
             generation: self.generation(),

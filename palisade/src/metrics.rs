@@ -380,6 +380,33 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             }
         }
     }
+    if !s.counters.dlp.is_empty() {
+        o.family(
+            "palisade_dlp_total",
+            "counter",
+            "DLP of [dlp]: probed calls, records captured, lost (ring buffer full), calls and \
+             bytes truncated, calls without a flow, read faults, matches, resets, uncovered \
+             processes, library files probed (a gauge).",
+        );
+        for n in s
+            .counters
+            .dlp
+            .iter()
+            .filter(|n| !n.name.starts_with("matches_"))
+        {
+            o.sample("palisade_dlp_total", &[("event", &n.name)], n.value);
+        }
+        o.family(
+            "palisade_dlp_matches_total",
+            "counter",
+            "DLP matches by detector.",
+        );
+        for n in &s.counters.dlp {
+            if let Some(d) = n.name.strip_prefix("matches_") {
+                o.sample("palisade_dlp_matches_total", &[("detector", d)], n.value);
+            }
+        }
+    }
     if !s.counters.dhcp.is_empty() {
         o.family(
             "palisade_dhcp_total",
@@ -769,6 +796,16 @@ mod tests {
                         value: 2,
                     },
                 ],
+                dlp: vec![
+                    Named {
+                        name: "lost".into(),
+                        value: 3,
+                    },
+                    Named {
+                        name: "matches_card".into(),
+                        value: 4,
+                    },
+                ],
             },
             shield_state: Some(crate::shield::ShieldState {
                 cookies_forced: false,
@@ -799,6 +836,9 @@ mod tests {
         assert!(t.contains("palisade_ids_total{event=\"flows_sampled_out\"} 5\n"));
         assert!(t.contains("palisade_ids_alerts_total{sid=\"1001\"} 2\n"));
         assert!(!t.contains("palisade_ids_total{event=\"sid_1001\"}"));
+        assert!(t.contains("palisade_dlp_total{event=\"lost\"} 3\n"));
+        assert!(t.contains("palisade_dlp_matches_total{detector=\"card\"} 4\n"));
+        assert!(!t.contains("palisade_dlp_total{event=\"matches_card\"}"));
         assert!(t.contains("palisade_dhcp_total{event=\"rogue_dropped\"} 2\n"));
         assert!(t.contains("palisade_intel_total{direction=\"ingress\",event=\"hit_cidr\"} 3\n"));
         assert!(t.contains("palisade_dns_bind_total{event=\"connect_denied\"} 9\n"));

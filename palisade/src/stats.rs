@@ -151,6 +151,11 @@ pub struct Counters {
     /// (see `crate::ids::runtime::Runtime::named_counters`).
     #[serde(default)]
     pub ids: Vec<Named>,
+    /// DLP's counters, when the policy has `[dlp]` (see
+    /// `crate::dlp::probe::Watcher::all_counters`): the probes', the watcher's, and
+    /// `matches_<detector>` per detector.
+    #[serde(default)]
+    pub dlp: Vec<Named>,
 }
 
 impl Counters {
@@ -211,6 +216,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         actions: action_counters(ebpf),
         redirect: redirect_counters(ebpf),
         ids: Vec::new(),
+        dlp: Vec::new(),
     }
 }
 

@@ -189,7 +189,9 @@ pub struct EventFilter {
 }
 
 /// Event kinds a filter accepts.
-pub const EVENT_KINDS: [&str; 7] = ["firewall", "dns", "tls", "dhcp", "intel", "dga", "ids"];
+pub const EVENT_KINDS: [&str; 8] = [
+    "firewall", "dns", "tls", "dhcp", "intel", "dga", "ids", "dlp",
+];
 /// Verdicts a filter accepts (`alert` is the verdict of DHCP rogue reports and intel
 /// events, `tag` of intel events).
 pub const EVENT_VERDICTS: [&str; 10] = [
