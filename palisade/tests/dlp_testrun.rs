@@ -2,7 +2,7 @@
 //! program: a TCP packet of a flow listed in `DLP_RESET` is dropped (`TC_ACT_SHOT`, reason
 //! `dlp-reset`, counter `reset_drops`), the frame left byte for byte as it came; the other
 //! direction is dropped only when listed too; other ports, addresses, UDP, IPv6 flows not
-//! listed, non-IP and truncated frames go on untouched (fail-open).
+//! listed, non-IP frames and frames cut inside the TCP header go on untouched (fail-open).
 //!
 //! Needs root (BPF). Run with `cargo test --release -p palisade --test dlp_testrun`.
 
@@ -91,11 +91,15 @@ fn listed_flows_are_dropped_and_everything_else_goes_on() {
     assert_eq!(run(&b, &v6), TC_ACT_SHOT);
     assert_eq!(counts(&b), (3, 3));
 
-    // Frames it cannot parse go on (fail-open): cut inside the TCP header, cut inside the
-    // IP header, not IP at all.
-    for cut in [14 + 20 + 2, 14 + 10] {
-        assert_eq!(run(&b, &flow[..cut]), TC_ACT_UNSPEC, "cut at {cut}");
-    }
+    // Frames it cannot parse go on (fail-open): cut inside the TCP header, not IP at all.
+    // (An IPv4 frame cut inside its IP header cannot be run: test_run refuses to build its
+    // skb with EINVAL.)
+    assert_eq!(run(&b, &flow[..14 + 20 + 2]), TC_ACT_UNSPEC, "cut in TCP");
+    assert!(
+        b.run_tc(palisade::dlp::probe::RESET, &flow[..14 + 10])
+            .is_err(),
+        "test_run now takes a frame cut inside its IP header: test the program on it"
+    );
     let mut arp = flow.clone();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     assert_eq!(run(&b, &arp), TC_ACT_UNSPEC);
