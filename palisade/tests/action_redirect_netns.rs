@@ -20,6 +20,8 @@
 //! A frame redirected from XDP into a veth is delivered only when the peer of the target
 //! has NAPI running (an XDP program attached, or GRO on): the lab turns GRO on on
 //! `pal-up2o`, and the test checks first that without it the redirected frames are lost.
+//! A redirected frame also leaves without its skb, so a checksum left to offload would arrive
+//! unfinished: the guarded host sends with tx checksum offload off, as a NIC receives.
 //!
 //! Needs root. Run with `cargo test --release -p palisade --test action_redirect_netns`.
 
@@ -257,6 +259,15 @@ fn redirect_rules_send_traffic_out_of_the_other_uplink() {
     ] {
         run_ok(&outside, "sysctl", &["-qw", s]);
     }
+    // A redirected frame leaves XDP without its skb: a checksum the sender's veth left for
+    // offload (CHECKSUM_PARTIAL) would arrive unfinished and the outside host's stack would
+    // drop the datagram. A NIC receives finished checksums; so does the lab, with tx
+    // offload off on the sending side.
+    run_ok(
+        &r.guarded,
+        "ethtool",
+        &["-K", Routed::GUARDED_IF, "tx", "off"],
+    );
     let mut host = GuardedHost::new("action-redirect", &policy("pal-up2"), &router, "veth-rg");
     host.start();
     let rules = cli(&host.socket(), &["list", "rules"]);
@@ -344,7 +355,7 @@ fn redirect_rules_send_traffic_out_of_the_other_uplink() {
     let reload = cli(&host.socket(), &["reload"]);
     let text = format!("{}{}", reload.stdout, reload.stderr);
     assert!(
-        !reload.ok && text.contains("policy.toml:15:") && text.contains("`pal-gone`"),
+        !reload.ok && text.contains("policy.toml:16:15:") && text.contains("`pal-gone`"),
         "{reload:?}"
     );
     let rules = cli(&host.socket(), &["list", "rules"]);
