@@ -18,7 +18,7 @@
 //!   "time exceeded";
 //! - the interface gone from the device map: passed to the stack.
 
-use crate::map_type;
+use crate::{action::csum_replace16, map_type};
 
 /// `RuleMeta::action`: leave by another interface (see the module).
 pub const ACTION_REDIRECT: u8 = 5;
@@ -103,16 +103,6 @@ pub const FIB_NO_NEIGH: i64 = 7;
 /// `BPF_FIB_LKUP_RET_FRAG_NEEDED`.
 pub const FIB_FRAG_NEEDED: i64 = 8;
 
-/// RFC 1624 (eqn. 3): the Internet checksum `check` after one 16-bit word changed from `old`
-/// to `new` (host order of the big-endian words).
-#[must_use]
-pub const fn csum_replace16(check: u16, old: u16, new: u16) -> u16 {
-    let mut sum = (!check) as u32 + (!old) as u32 + new as u32;
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
 /// IPv4: the header's TTL/protocol word and checksum after the TTL is decremented (the
 /// caller has checked TTL > 1).
 #[must_use]
@@ -124,19 +114,7 @@ pub const fn v4_dec_ttl(ttl_proto: u16, check: u16) -> (u16, u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn full(h: &[u8; 20]) -> u16 {
-        let mut sum = 0u32;
-        for i in (0..20).step_by(2) {
-            if i != 10 {
-                sum += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
-            }
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
+    use crate::action::tests::full;
 
     #[test]
     fn ttl_decrement_checksum_matches_a_full_recompute() {
