@@ -117,11 +117,11 @@ pub const fn v6_set_dscp(word0: u16, dscp: u8) -> u16 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The checksum of an IPv4 header computed from scratch.
-    fn full(h: &[u8; 20]) -> u16 {
+    pub(crate) fn full(h: &[u8; 20]) -> u16 {
         let mut sum = 0u32;
         for i in (0..20).step_by(2) {
             if i != 10 {

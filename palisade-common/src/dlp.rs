@@ -32,11 +32,20 @@ pub const RING_BYTES: u32 = 4 << 20;
 pub const COOKIE_EX: u64 = 1;
 /// Attach cookie bit: the probe sits on a read (`SSL_read`/`SSL_read_ex`).
 pub const COOKIE_READ: u64 = 2;
+/// Attach cookie bit: the probe sits on `SSL_free` (forgets the `SSL*`'s flow, so a new
+/// connection whose `SSL*` reuses the address does not inherit it).
+pub const COOKIE_FREE: u64 = 4;
 
 /// Direction of a record: plaintext the process wrote.
 pub const DIR_WRITE: u8 = 0;
 /// Direction of a record: plaintext the process read.
 pub const DIR_READ: u8 = 1;
+/// Kind of a record that carries no plaintext: the flow of an `SSL*` whose write was captured
+/// at entry before its first send (`Record::flow`, `Record::ssl`, `Record::pid_tgid`).
+pub const DIR_FLOW: u8 = 2;
+/// Kind of a record that carries no plaintext: a process exec'd (`Record::pid_tgid`,
+/// `Record::ts_ns`, `Record::comm`), from the `sched:sched_process_exec` tracepoint.
+pub const DIR_EXEC: u8 = 3;
 
 /// Counter slots of `DLP_STATS`.
 pub mod stat {
@@ -91,7 +100,9 @@ pub struct Inflight {
     pub flow: Flow,
     /// 1 once `flow` is set.
     pub has_flow: u32,
-    pub _pad: u32,
+    /// 1 for a write captured at its entry: no return probe follows; the first TCP send
+    /// within it names the `SSL*`'s flow (a `DIR_FLOW` record) and removes the entry.
+    pub entry_only: u32,
 }
 map_type!(Inflight, 72);
 

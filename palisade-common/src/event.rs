@@ -49,6 +49,12 @@ map_type!(FirewallEvent, 72);
 /// [`FirewallEvent::flags`] and [`DnsEvent::flags`]: the peer (the packet's source, the
 /// query's client) is an address an `[intel]` feed with `action = "tag"` marked.
 pub const FLAG_INTEL_TAGGED: u8 = 1;
+/// [`DnsEvent::flags`]: the query's name is listed by an `[intel]` feed with
+/// `action = "alert"` (the query passed; [`DnsEvent::list`] is the feed's list).
+pub const FLAG_INTEL_NAME_ALERT: u8 = 2;
+/// [`DnsEvent::flags`]: the query's name is listed by an `[intel]` feed with `action = "tag"`
+/// (the query passed; [`DnsEvent::list`] is the feed's list).
+pub const FLAG_INTEL_NAME_TAG: u8 = 4;
 
 /// [`DnsEvent::kind`]: a DNS decision.
 pub const KIND_DNS: u32 = 2;

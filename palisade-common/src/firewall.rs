@@ -45,6 +45,9 @@ pub const ACTION_MIRROR: u8 = 4;
 pub const RULE_LOG: u8 = 1;
 /// [`RuleMeta::flags`]: the token bucket is per source address, not per rule.
 pub const RULE_RATE_PER_SOURCE: u8 = 2;
+/// [`RuleMeta::flags`]: a rate-limit rule keeps one bucket per source country (the country
+/// map named by [`PolicyHeader::country_set`]); sources of no country share one bucket.
+pub const RULE_RATE_PER_COUNTRY: u8 = 128;
 
 /// [`Tuple::flags`]: the protocol is part of the key.
 pub const TUPLE_PROTO: u8 = 1;
@@ -109,7 +112,11 @@ pub struct PolicyHeader {
     /// The `LINK_*` bits any tuple uses: 0 spares every packet the reading of its link
     /// layer ([`Link`]).
     pub link: u8,
-    pub _pad: [u8; 2],
+    /// The set index (without the generation bit) of the country map that `per = "country"`
+    /// rate limits look sources up in; its members' values are country indexes (1 and up;
+    /// [`COUNTRY_UNKNOWN`] is no country). Only
+    /// read for a rule with [`RULE_RATE_PER_COUNTRY`].
+    pub country_set: u16,
 }
 map_type!(PolicyHeader, 16);
 
@@ -356,8 +363,8 @@ pub struct RateKey {
     /// The rule's [`RuleMeta::rate_id`].
     pub rule: u32,
     pub _pad: u32,
-    /// The source address cut to the policy's source prefix, or all zero for a per-rule
-    /// bucket.
+    /// The source address cut to the policy's source prefix, all zero for a per-rule
+    /// bucket, or [`country_rate_addr`] for a per-country one.
     pub addr: [u8; 16],
 }
 map_type!(RateKey, 24);
@@ -549,6 +556,20 @@ pub fn rate_conforms(tat: u64, now: u64, interval: u64, tolerance: u64) -> Optio
         return None;
     }
     Some(tat + interval)
+}
+
+/// The country of an address not in the country map: its `per = "country"` bucket is shared
+/// by every such address.
+pub const COUNTRY_UNKNOWN: u8 = 0;
+
+/// The address part of a `per = "country"` rate bucket's key ([`RateKey::addr`]): the
+/// country's index ([`COUNTRY_UNKNOWN`] for none) in the first byte, the rest zero.
+#[inline(always)]
+#[must_use]
+pub const fn country_rate_addr(country: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = country;
+    a
 }
 
 #[cfg(test)]

@@ -212,15 +212,56 @@ pub const BLOCK_LONGER: u32 = 1;
 /// matches an IPv4 address takes (a shorter covering IPv6 CIDR is already in its /24 entry).
 pub const HIT_V4_LONG: u8 = 1;
 
+/// CIDRs longer than /24 a /24 entry holds in place ([`CidrBlock::long`]); a /24 with more
+/// has [`BLOCK_LONGER`] and is looked up in the trie.
+pub const LONG_SLOTS: usize = 4;
+
 /// One /16 or /24 of IPv4 space: the longest CIDR up to the stride covering it (`hit.action`
-/// 0: none) and [`BLOCK_LONGER`].
+/// 0: none), [`BLOCK_LONGER`], and in a /24 entry the CIDRs longer than /24 inside it
+/// ([`long_slot`]), so that most such CIDRs cost no trie walk.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CidrBlock {
     pub hit: IntelHit,
     pub flags: u32,
+    /// [`long_slot`]s, 0 for a free one; in the /16 array always 0.
+    pub long: [u32; LONG_SLOTS],
 }
-map_type!(CidrBlock, 8);
+map_type!(CidrBlock, 24);
+
+/// A CIDR `a.b.c.net/len` (`len` 25 to 32) of a /24, as a slot of [`CidrBlock::long`]: the
+/// last octet of its network, its length, the action and the feed (below [`MAX_FEEDS`]).
+#[must_use]
+pub const fn long_slot(net: u8, len: u32, hit: IntelHit) -> u32 {
+    net as u32 | (len & 0xff) << 8 | (hit.action as u32) << 16 | (hit.feed as u32 & 0xff) << 24
+}
+
+/// The longest CIDR of the slots of `b` covering the address whose last octet is `last`
+/// (`action` 0: none).
+#[inline(always)]
+#[must_use]
+pub fn long_match(b: &CidrBlock, last: u8) -> IntelHit {
+    let mut best = IntelHit::default();
+    let mut best_len = 0;
+    let mut i = 0;
+    while i < LONG_SLOTS {
+        let s = b.long[i];
+        let len = (s >> 8) & 0xff;
+        // `len` is 25 to 32 in a used slot (the mask keeps the top `len - 24` bits of the
+        // last octet), 0 in a free one (never better than `best_len`).
+        let mask = (0xff00u32 >> len.saturating_sub(24).min(8)) as u8;
+        if len > best_len && u32::from(last & mask) == s & 0xff {
+            best_len = len;
+            best = IntelHit {
+                action: (s >> 16) as u8,
+                flags: 0,
+                feed: (s >> 24) as u16,
+            };
+        }
+        i += 1;
+    }
+    best
+}
 
 /// Whether `addr` is an IPv4 address as the maps key it (`::ffff:a.b.c.d`).
 #[inline(always)]
@@ -330,14 +371,20 @@ pub fn expand_v4<T: StrideTables>(t: &mut T, net: u32, len: u32, hit: IntelHit) 
         let fresh = CidrBlock {
             hit: b16.hit,
             flags: 0,
+            long: [0; LONG_SLOTS],
         };
         let Some(b24) = t.block24(key, fresh) else {
             return false;
         };
         if len <= 24 {
             b24.hit = hit;
-        } else {
-            b24.flags |= BLOCK_LONGER;
+        } else if b24.flags & BLOCK_LONGER == 0 {
+            // In a free slot; with none left, the /24 is looked up in the trie (which holds
+            // every CIDR longer than /24).
+            match b24.long.iter_mut().find(|s| **s == 0) {
+                Some(slot) => *slot = long_slot(net as u8, len, hit),
+                None => b24.flags |= BLOCK_LONGER,
+            }
         }
         i += 1;
     }
@@ -371,6 +418,11 @@ pub fn stride_match(
                     flags: 0,
                     feed: h.feed,
                 };
+            }
+        } else {
+            let h = long_match(&b24, addr[15]);
+            if h.action != 0 {
+                best = h;
             }
         }
     }
@@ -467,6 +519,50 @@ mod tests {
         }
         // 16 bits an address here (1000 in 32 blocks): well under 2 %.
         assert!(false_positives < 20, "{false_positives}");
+    }
+
+    #[test]
+    fn a_slash24_holds_longer_cidrs_in_its_slots_until_they_overflow_into_the_trie() {
+        struct T {
+            b16: CidrBlock,
+            b24: Option<CidrBlock>,
+        }
+        impl StrideTables for T {
+            fn block16(&mut self, _: u32) -> &mut CidrBlock {
+                &mut self.b16
+            }
+            fn block24(&mut self, _: u32, fresh: CidrBlock) -> Option<&mut CidrBlock> {
+                Some(self.b24.get_or_insert(fresh))
+            }
+        }
+        let hit = |feed| IntelHit {
+            action: ACTION_DROP,
+            flags: 0,
+            feed,
+        };
+        let mut t = T {
+            b16: CidrBlock::default(),
+            b24: None,
+        };
+        let base = 0x0a01_0200u32;
+        // /25 .0, /26 .64, /28 .96, /32 .100: the four slots.
+        for (i, (last, len)) in [(0u32, 25u32), (64, 26), (96, 28), (100, 32)]
+            .iter()
+            .enumerate()
+        {
+            assert!(expand_v4(&mut t, base | last, *len, hit(i as u16 + 1)));
+        }
+        let b = t.b24.unwrap();
+        assert_eq!(b.flags & BLOCK_LONGER, 0);
+        let feed_of = |last: u8| long_match(&b, last).feed;
+        assert_eq!(
+            [0, 63, 64, 95, 96, 99, 100, 101, 111, 112, 128, 255].map(feed_of),
+            [1, 1, 2, 2, 3, 3, 4, 3, 3, 2, 0, 0]
+        );
+        // A fifth: the /24 goes to the trie, its slots no longer consulted.
+        assert!(expand_v4(&mut t, base | 200, 29, hit(5)));
+        assert_ne!(t.b24.unwrap().flags & BLOCK_LONGER, 0);
+        assert_eq!(long_match(&CidrBlock::default(), 7), IntelHit::default());
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod lb;
 pub mod nat;
 pub mod packet;
 pub mod reason;
+pub mod redirect;
 pub mod scrub;
 pub mod shield;
 pub mod stats;

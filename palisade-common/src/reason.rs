@@ -171,13 +171,17 @@ pub const DNS_DOH_CANARY: u32 = 52;
 /// at tcx as the host sends it.
 pub const IDS_DROP: u32 = 53;
 
+/// A `redirect` rule's packet too big for the interface it was sent to (`redirect_to`, by
+/// `bpf_check_mtu`) or for the route (`route_table`, by the fib lookup's MTU check).
+pub const REDIRECT_TOO_BIG: u32 = 54;
+
 /// DNS binding (`[dns.bind]`): a UDP answer to a cgroup in bind mode that answers no query
 /// the cgroup sent (no pending query with its resolver, ports, id and question: spoofed,
 /// unsolicited or a second copy); dropped before the stub reads it.
-pub const DNS_ANSWER_UNSOLICITED: u32 = 54;
+pub const DNS_ANSWER_UNSOLICITED: u32 = 55;
 
 /// Size of the per-reason counter array.
-pub const COUNT: u32 = 55;
+pub const COUNT: u32 = 56;
 
 /// Short stable names, indexed by reason; used in metrics labels, events and listings.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -235,6 +239,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "dlp-reset",
     "dns-doh-canary",
     "ids-drop",
+    "redirect-too-big",
     "dns-answer-unsolicited",
 ];
 

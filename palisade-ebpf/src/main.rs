@@ -243,14 +243,15 @@ pub fn palisade_floor_skb(_ctx: SkBuffContext) -> i32 {
     1
 }
 
-/// DLP: entry of `SSL_write`, `SSL_write_ex`, `SSL_read` and `SSL_read_ex` (which one comes
-/// from the attach cookie). Observes only: fail-open for everything.
+/// DLP: entry of `SSL_write`, `SSL_write_ex`, `SSL_read`, `SSL_read_ex` and `SSL_free` (which
+/// one comes from the attach cookie); captures writes. Observes only: fail-open for everything.
 #[aya_ebpf::macros::uprobe]
 pub fn palisade_dlp_enter(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
     dlp::enter(&ctx)
 }
 
-/// DLP: return of the same four functions; hands the plaintext the call moved to userspace.
+/// DLP: return of `SSL_read` and `SSL_read_ex`; hands the plaintext the call moved to
+/// userspace.
 #[aya_ebpf::macros::uretprobe]
 pub fn palisade_dlp_leave(ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
     dlp::leave(&ctx)
@@ -261,6 +262,13 @@ pub fn palisade_dlp_leave(ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
 #[aya_ebpf::macros::tracepoint]
 pub fn palisade_dlp_sock(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
     dlp::on_sock(&ctx)
+}
+
+/// DLP: a process exec'd (tracepoint `sched:sched_process_exec`); userspace looks at it at
+/// once instead of at its next scan of `/proc`.
+#[aya_ebpf::macros::tracepoint]
+pub fn palisade_dlp_exec(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+    dlp::on_exec(&ctx)
 }
 
 /// DLP `action = "reset"` (TC egress): drops the packets of flows whose plaintext matched.

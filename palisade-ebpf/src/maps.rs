@@ -746,3 +746,21 @@ pub static ACTION_STATS: PerCpuArray<u64> =
 #[map]
 pub static BIND_CGROUPS: HashMap<u64, u8> =
     HashMap::with_max_entries(palisade_common::dnsbind::MAX_BIND_CGROUPS, 0);
+
+// ---- Redirect ----
+
+/// The interfaces `redirect_to` names, keyed by index (`palisade_common::redirect`):
+/// `MAX_REDIRECT_IFACES` entries, written before a policy naming them goes live.
+#[map]
+pub static REDIRECT_DEVS: aya_ebpf::maps::DevMapHash =
+    aya_ebpf::maps::DevMapHash::with_max_entries(palisade_common::redirect::MAX_REDIRECT_IFACES, 0);
+
+/// Counters of the `redirect` action (`palisade_common::redirect::RS_*`), per CPU.
+#[map]
+pub static REDIRECT_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(palisade_common::redirect::RS_COUNT, 0);
+
+/// The fib lookup's parameters of a route-to redirect, per CPU (64 bytes kept off the stack).
+#[map]
+pub static REDIRECT_FIB: PerCpuArray<palisade_common::redirect::FibParams> =
+    PerCpuArray::with_max_entries(1, 0);

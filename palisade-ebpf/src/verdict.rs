@@ -81,6 +81,14 @@ pub fn note_pass(ctx: &XdpContext, p: Option<&Packet>, d: &Decision) {
     emit(ctx, p, d, xdp_action::XDP_PASS as u8, len);
 }
 
+/// An event for a packet a `redirect` rule sent out of another interface (with `log =
+/// true`): the event's action is `XDP_REDIRECT`, its reason `rule`.
+#[inline(always)]
+pub fn note_redirect(ctx: &XdpContext, p: Option<&Packet>, d: &Decision) {
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    emit(ctx, p, d, xdp_action::XDP_REDIRECT as u8, len);
+}
+
 /// Writes a firewall event straight into the ring. Not inlined, and the record is filled in
 /// place rather than built first: a record staged on the stack took a third of the XDP
 /// entry's 512 bytes, which the parser and the rule search, called from the same frame, need.

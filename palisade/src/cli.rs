@@ -280,6 +280,8 @@ pub enum RuleCommand {
     ///   palisade rule add --name office-ssh --priority 5 --action allow --proto tcp --dport 22 --src 10.0.0.0/8
     ///   palisade rule add --name drop-bad --action drop --src @blocklist --log
     ///   palisade rule add --name ping-limit --action rate-limit --proto icmp --icmp-type 8 --rate-pps 10 --rate-burst 20
+    ///   palisade rule add --name voip-ef --action mark --proto udp --dport 5060 --set-mark 0x2a --set-dscp ef
+    ///   palisade rule add --name tap-dns --action mirror --proto udp --dport 53 --mirror-to tap0
     #[command(verbatim_doc_comment)]
     Add(Box<RuleAddArgs>),
     /// Delete the rule with this name.
@@ -298,7 +300,8 @@ pub struct RuleAddArgs {
     /// The rule's name (1 to 64 of A-Z a-z 0-9 _ . -), unique among rules.
     #[arg(long)]
     pub name: String,
-    /// `allow`, `drop` or `rate-limit`.
+    /// `allow`, `drop`, `rate-limit`, `mark` (with --set-mark and/or --set-dscp) or `mirror`
+    /// (with --mirror-to).
     #[arg(long)]
     pub action: String,
     /// Lower runs first; default: after every existing rule.
@@ -337,7 +340,8 @@ pub struct RuleAddArgs {
     /// rate-limit: bucket size in packets.
     #[arg(long)]
     pub rate_burst: Option<u32>,
-    /// rate-limit: `source` (a bucket per source address) or `rule`.
+    /// rate-limit: `source` (a bucket per source address), `rule`, or `country` (a bucket per
+    /// source country; needs [geoip]).
     #[arg(long)]
     pub rate_per: Option<String>,
     /// DSCP code point `0..=63` or name (`ef`, `af41`, `cs1`, ...).
@@ -367,6 +371,15 @@ pub struct RuleAddArgs {
     /// Negate a condition given: `src`, `dst`, `sport`, `dport` or `proto`; repeatable.
     #[arg(long)]
     pub not: Vec<String>,
+    /// mark: the socket buffer's mark `0..=4294967295` (decimal or 0x hex).
+    #[arg(long)]
+    pub set_mark: Option<String>,
+    /// mark: the DSCP code point written into the IP header, `0..=63` or a name.
+    #[arg(long)]
+    pub set_dscp: Option<String>,
+    /// mirror: the interface that gets a copy of each matching packet.
+    #[arg(long)]
+    pub mirror_to: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -636,7 +649,7 @@ pub struct EventsArgs {
     #[arg(long)]
     pub json: bool,
     /// Only events of this kind.
-    #[arg(long, value_parser = ["firewall", "dns", "tls", "dhcp", "intel", "dga", "ids"])]
+    #[arg(long, value_parser = ["firewall", "dns", "tls", "dhcp", "intel", "dga", "ids", "dlp"])]
     pub kind: Option<String>,
     /// Only events with this verdict (`pass` and `allow` are the same).
     #[arg(long, value_parser = ["drop", "pass", "allow", "nxdomain", "sinkhole", "refused", "audit", "lease", "alert", "tag"])]

@@ -163,6 +163,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
     if !s.tls.is_empty() {
         println!("{}", moved_line("tls", &s.tls, "nothing seen"));
     }
+    if !s.ids.is_empty() {
+        println!("{}", moved_line("ids", &s.ids, "nothing inspected"));
+    }
     Ok(())
 }
 
@@ -395,6 +398,9 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 vlan,
                 iface,
                 not,
+                set_mark,
+                set_dscp,
+                mirror_to,
             } = *a;
             let rule = RuleSpec {
                 name,
@@ -421,6 +427,9 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 vlan,
                 iface,
                 not,
+                set_mark,
+                set_dscp,
+                mirror_to,
             };
             changed(
                 socket,
@@ -573,6 +582,9 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
     if !c.ids.is_empty() {
         println!("{}", moved_line("ids", &c.ids, "nothing inspected"));
     }
+    if !c.dlp.is_empty() {
+        println!("{}", moved_line("dlp", &c.dlp, "nothing captured"));
+    }
     println!("{}", moved_line("dhcp", &c.dhcp, "nothing snooped"));
     println!("{}", moved_line("intel", &c.intel, "nothing matched"));
     println!("{}", moved_line("dns bind", &c.bind, "nothing checked"));
@@ -581,6 +593,10 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
         moved_line("dns cache", &c.dns_cache, "nothing cached")
     );
     println!("{}", moved_line("actions", &c.actions, "nothing marked"));
+    println!(
+        "{}",
+        moved_line("redirect", &c.redirect, "nothing redirected")
+    );
     if let Some(d) = &s.dga {
         println!(
             "dga: scored {}  cached {}  reported {}  listed {}  list_failed {}  list_limited {}",

@@ -96,6 +96,7 @@ fn action_word(a: &Action) -> &'static str {
         Action::RateLimit(_) => "rate-limit",
         Action::Mark(_) => "mark",
         Action::Mirror(_) => "mirror",
+        Action::Redirect(_) => "redirect",
     }
 }
 
@@ -143,6 +144,10 @@ struct Daemon {
     tls: crate::tls::runtime::Gatekeeper,
     /// `[ids]`: the payload ring's reader thread and engine (None until started).
     ids: Option<crate::ids::runtime::Runtime>,
+    /// `[dlp]`: the watcher's thread (None while the policy has no enabled `[dlp]`), and where
+    /// its events go.
+    dlp: Option<crate::dlp::runtime::Runtime>,
+    dlp_out: crate::dlp::runtime::Output,
     /// DHCP snooping's lease table.
     dhcp: crate::dhcp::runtime::Snooper,
     /// Threat-intelligence feeds, their last good versions and their schedule.
@@ -334,6 +339,12 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             &policy.dns.lists,
         )),
         ids: None,
+        dlp: None,
+        dlp_out: crate::dlp::runtime::Output {
+            events: events_tx.clone(),
+            quiet: args.quiet,
+            json: args.json,
+        },
         dhcp: crate::dhcp::runtime::Snooper::default(),
         intel: crate::intel::runtime::Runtime::new(opts.intel_sizes),
         dga: crate::dga::runtime::Scorer::default(),
@@ -362,6 +373,8 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             eprintln!("palisade: {n}");
         }
     }
+    // Before the IDS, whose reader thread exports its alerts too.
+    let otlp = crate::fleet::agent::otlp(&args)?;
     // Before the policy: installing it fills the IDS's tables and engine.
     d.ids = Some(crate::ids::runtime::Runtime::start(
         &mut d.dp.ebpf,
@@ -369,6 +382,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
             events: events_tx.clone(),
             quiet: args.quiet,
             json: args.json,
+            otlp: otlp.clone(),
         },
     )?);
     d.install(&policy).context("installing the policy")?;
@@ -462,7 +476,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
 
     let (mut cluster_rx, cluster) = crate::fleet::agent::start(&args, &d.source).await?;
     d.cluster = cluster;
-    d.otlp = crate::fleet::agent::otlp(&args)?;
+    d.otlp = otlp;
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let access = Access {
         // SAFETY: geteuid has no preconditions.
@@ -624,11 +638,19 @@ impl Daemon {
                 eprintln!("palisade: {note}");
             }
         }
+        // The IDS's rules before this install, put back if the switch below fails.
+        let ids_before = self
+            .ids
+            .as_ref()
+            .map(crate::ids::runtime::Runtime::installed);
         if let Some(ids) = &self.ids {
             // The rules are read again here: a rule file changed since the check is refused
             // before anything else changes.
             ids.install(&mut self.dp.ebpf, &policy.ids)?;
         }
+        // `[dlp]`: a changed section gets its new watcher before the rest is installed (probes
+        // that cannot be attached refuse the policy); it replaces the old one with the policy.
+        let dlp_next = self.dlp_next(&policy.dlp)?;
         self.totals.before_install(&self.dp.ebpf);
         // The feeds' domains join the DNS lists of the generation installed.
         let effective = self.intel.with_domains(policy);
@@ -648,13 +670,39 @@ impl Daemon {
                     &policy.tls,
                     &policy.dns.lists,
                 ));
+                if let Some(next) = dlp_next {
+                    self.dlp = next;
+                }
                 Ok(ctl.generation_counter)
             }
             Err(e) => {
                 self.totals.after_install(None);
+                if let (Some(ids), Some(before)) = (&self.ids, ids_before)
+                    && let Err(r) = ids.restore(&mut self.dp.ebpf, before)
+                {
+                    warn!("putting the IDS's previous rules back failed: {r:#}");
+                }
                 Err(e)
             }
         }
+    }
+
+    /// The `[dlp]` watcher `p` needs: `None` when the running one (or none) fits, else the new
+    /// one (`Some(None)`: stop it).
+    fn dlp_next(
+        &self,
+        p: &crate::dlp::Dlp,
+    ) -> Result<Option<Option<crate::dlp::runtime::Runtime>>> {
+        let running = self.dlp.as_ref().map(crate::dlp::runtime::Runtime::policy);
+        Ok(match (p.enabled, running) {
+            (false, None) => None,
+            (false, Some(_)) => Some(None),
+            (true, Some(r)) if r == p => None,
+            (true, _) => Some(Some(crate::dlp::runtime::Runtime::start(
+                p,
+                self.dlp_out.clone(),
+            )?)),
+        })
     }
 
     /// Checks what the kernel cannot (cgroups exist), installs, then brings the egress
@@ -719,7 +767,7 @@ impl Daemon {
                 // The policy's backend lists become the base again.
                 self.lb_live.after_reload(&p.lb);
                 if p.intel != self.policy.intel {
-                    let out = self.intel.refresh(&mut self.dp.ebpf, &p.intel);
+                    let out = self.intel.change(&mut self.dp.ebpf, &p.intel)?;
                     for n in out.notes {
                         eprintln!("palisade: {n}");
                     }
@@ -1046,6 +1094,9 @@ impl Daemon {
         {
             counters.ids = ids.named_counters(&self.dp.ebpf);
         }
+        if let Some(dlp) = &self.dlp {
+            counters.dlp = dlp.named_counters();
+        }
         proto::Stats {
             generation: self.generation(),
             reloads_ok: self.reloads_ok,
@@ -1168,6 +1219,10 @@ impl Daemon {
                 crate::tls::named_counters(&self.dp.ebpf)
             } else {
                 Vec::new()
+            },
+            ids: match &self.ids {
+                Some(ids) if self.policy.ids.enabled => ids.named_counters(&self.dp.ebpf),
+                _ => Vec::new(),
             },
             conntrack_capacity: self.policy.tracks_connections().then(|| {
                 crate::api::proto::CtCapacity {
@@ -1375,6 +1430,13 @@ impl Daemon {
                     text: ev.to_string(),
                 }
             } else if let Some(mut ev) = events::decode_dns(&item) {
+                // A list of the feeds' domains names its feed.
+                if let Some(l) = ev.list {
+                    ev.feed = self
+                        .intel
+                        .list_feed(&self.policy, l)
+                        .map(|(f, _)| f.to_string());
+                }
                 let scored = self.dga_check(crate::dga::runtime::Seen {
                     name: &ev.name,
                     timestamp_ns: ev.timestamp_ns,
@@ -1532,12 +1594,7 @@ impl Daemon {
     /// Prints an event (unless `--quiet`) and sends it to `palisade events` clients.
     fn publish(&self, out: &mut impl std::io::Write, line: EventLine, subscribers: bool) {
         if let Some(o) = &self.otlp {
-            o.offer(crate::fleet::otlp::Record::from_event(
-                line.kind,
-                &line.verdict,
-                &line.json,
-                &line.text,
-            ));
+            o.offer_event(line.kind, &line.verdict, &line.json, &line.text);
         }
         if !self.args.quiet {
             let _ = writeln!(
@@ -1658,7 +1715,7 @@ impl Daemon {
         let result = crate::fleet::agent::parse(&self.args, text).and_then(|p| {
             self.lb_live.after_reload(&p.lb);
             if p.intel != self.policy.intel {
-                let out = self.intel.refresh(&mut self.dp.ebpf, &p.intel);
+                let out = self.intel.change(&mut self.dp.ebpf, &p.intel)?;
                 for n in out.notes {
                     eprintln!("palisade: {n}");
                 }

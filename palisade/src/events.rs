@@ -57,7 +57,11 @@ pub fn decode(bytes: &[u8], rule_name: &dyn Fn(u32) -> Option<String>) -> Option
     Some(Event {
         kind: "firewall",
         timestamp_ns: e.timestamp_ns,
-        verdict: if e.action == 1 { "drop" } else { "pass" },
+        verdict: match e.action {
+            1 => "drop",
+            4 => "redirect",
+            _ => "pass",
+        },
         reason: reason::name(e.reason),
         rule: match e.rule {
             u32::MAX => None,
@@ -148,6 +152,13 @@ pub struct DnsDecision {
     /// otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dga_score: Option<u16>,
+    /// `alert` or `tag` when the name is listed by an `[intel]` feed with that action (the
+    /// query passed); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intel: Option<&'static str>,
+    /// The `[intel]` feed whose list matched (filled in by the daemon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<String>,
 }
 
 /// Decodes a DNS event record.
@@ -201,6 +212,14 @@ pub fn decode_dns(bytes: &[u8]) -> Option<DnsDecision> {
         },
         intel_tagged: e.flags & FLAG_INTEL_TAGGED != 0,
         dga_score: None,
+        intel: if e.flags & palisade_common::event::FLAG_INTEL_NAME_ALERT != 0 {
+            Some("alert")
+        } else if e.flags & palisade_common::event::FLAG_INTEL_NAME_TAG != 0 {
+            Some("tag")
+        } else {
+            None
+        },
+        feed: None,
     })
 }
 
@@ -300,6 +319,12 @@ impl std::fmt::Display for DnsDecision {
         }
         if let Some(s) = self.dga_score {
             write!(f, " dga={s}")?;
+        }
+        if let Some(i) = self.intel {
+            write!(f, " intel={i}")?;
+        }
+        if let Some(feed) = &self.feed {
+            write!(f, " feed={feed}")?;
         }
         Ok(())
     }

@@ -112,6 +112,23 @@ fn parse_rule(policy: &Policy, spec: &RuleSpec, priority: u32) -> Result<Rule, S
             rule.insert(key.into(), Value::String(v.clone()));
         }
     }
+    if let Some(m) = &spec.set_mark {
+        // `0x2a` as TOML writes it: an integer.
+        let hex = m
+            .strip_prefix("0x")
+            .or_else(|| m.strip_prefix("0X"))
+            .and_then(|h| i64::from_str_radix(h, 16).ok());
+        rule.insert(
+            "set_mark".into(),
+            hex.map_or_else(|| word(m), Value::Integer),
+        );
+    }
+    if let Some(d) = &spec.set_dscp {
+        rule.insert("set_dscp".into(), word(d));
+    }
+    if let Some(i) = &spec.mirror_to {
+        rule.insert("mirror_to".into(), Value::String(i.clone()));
+    }
     if !spec.not.is_empty() {
         rule.insert(
             "not".into(),
@@ -529,10 +546,10 @@ pub fn action_word(a: &Action) -> String {
             "rate-limit {}/s burst {} per {}",
             r.pps,
             r.burst,
-            if r.per == RatePer::Source {
-                "source"
-            } else {
-                "rule"
+            match r.per {
+                RatePer::Source => "source",
+                RatePer::Rule => "rule",
+                RatePer::Country => "country",
             }
         ),
         Action::Mark(m) => {
@@ -546,6 +563,7 @@ pub fn action_word(a: &Action) -> String {
             w
         }
         Action::Mirror(m) => format!("mirror to {}", m.iface()),
+        Action::Redirect(r) => format!("redirect {}", r.describe()),
     }
 }
 
@@ -630,8 +648,14 @@ pub fn describe(rule: &Rule, policy: &Policy) -> String {
         Some(palisade_common::firewall::VLAN_UNTAGGED) => parts.push("vlan untagged".into()),
         Some(v) => parts.push(format!("vlan {v}")),
     }
-    if let Some(i) = rule.link.iface {
-        parts.push(format!("iface {}", crate::attach::ifname(i)));
+    let ifaces: Vec<String> = rule
+        .link
+        .ifaces()
+        .into_iter()
+        .map(crate::attach::ifname)
+        .collect();
+    if !ifaces.is_empty() {
+        parts.push(format!("iface {}", ifaces.join(",")));
     }
     let n = rule.not;
     let negated: Vec<&str> = Negation::NAMES
@@ -923,5 +947,68 @@ names = ["ads.example.com"]
                 .unwrap_err()
                 .contains("not in DNS list")
         );
+    }
+
+    #[test]
+    fn added_rules_take_every_action_with_its_keys() {
+        use crate::policy::model::Mark;
+        let p = policy();
+        let mut m = spec("voip", "mark");
+        m.proto = Some("udp".into());
+        m.dport = Some("5060".into());
+        m.set_mark = Some("0x2a".into());
+        m.set_dscp = Some("ef".into());
+        let next = add_rule(&p, &m).unwrap().0.unwrap();
+        let last = next.firewall.rules.last().unwrap();
+        assert_eq!(
+            last.action,
+            Action::Mark(Mark {
+                mark: Some(0x2a),
+                dscp: Some(46)
+            })
+        );
+        m.set_mark = Some("42".into());
+        m.set_dscp = None;
+        let next = add_rule(&p, &m).unwrap().0.unwrap();
+        assert_eq!(
+            next.firewall.rules.last().unwrap().action,
+            Action::Mark(Mark {
+                mark: Some(42),
+                dscp: None
+            })
+        );
+        let mut t = spec("tap", "mirror");
+        t.mirror_to = Some("lo".into());
+        let next = add_rule(&p, &t).unwrap().0.unwrap();
+        match next.firewall.rules.last().unwrap().action {
+            Action::Mirror(x) => assert_eq!((x.ifindex, x.iface()), (1, "lo")),
+            other => panic!("{other:?}"),
+        }
+        // Each error names the key, in the file parser's words.
+        let mut bare = spec("bare", "mark");
+        bare.proto = Some("udp".into());
+        let mut on_drop = spec("on-drop", "drop");
+        on_drop.set_mark = Some("1".into());
+        let mut dscp = spec("dscp", "mark");
+        dscp.set_dscp = Some("64".into());
+        let mut gone = spec("gone", "mirror");
+        gone.mirror_to = Some("m19nosuch0".into());
+        let mut copy_on_allow = spec("copy", "allow");
+        copy_on_allow.mirror_to = Some("lo".into());
+        for (s, want) in [
+            (&bare, "action `mark` needs `set_mark`"),
+            (
+                &on_drop,
+                "`set_mark` is only allowed with action = \"mark\"",
+            ),
+            (&dscp, "`set_dscp` must be between 0 and 63, found 64"),
+            (&spec("nowhere", "mirror"), "`mirror_to`"),
+            (&gone, "m19nosuch0"),
+            (&copy_on_allow, "`mirror_to`"),
+        ] {
+            let e = add_rule(&p, s).unwrap_err();
+            assert!(e.starts_with(&format!("rule `{}`: ", s.name)), "{e}");
+            assert!(e.contains(want), "{}: {e}", s.name);
+        }
     }
 }

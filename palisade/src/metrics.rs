@@ -245,6 +245,18 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             );
         }
     }
+    if !s.counters.redirect.is_empty() {
+        o.family(
+            "palisade_redirect_total",
+            "counter",
+            "What redirect rules did, by event: packets matched, sent out of another \
+             interface, dropped as too big, passed to the stack for want of a route, a \
+             neighbour, TTL or device.",
+        );
+        for n in &s.counters.redirect {
+            o.sample("palisade_redirect_total", &[("event", &n.name)], n.value);
+        }
+    }
     if s.counters.intel.iter().any(|n| n.value > 0) {
         o.family(
             "palisade_intel_total",
@@ -365,6 +377,33 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
         for n in &s.counters.ids {
             if let Some(sid) = n.name.strip_prefix("sid_") {
                 o.sample("palisade_ids_alerts_total", &[("sid", sid)], n.value);
+            }
+        }
+    }
+    if !s.counters.dlp.is_empty() {
+        o.family(
+            "palisade_dlp_total",
+            "counter",
+            "DLP of [dlp]: probed calls, records captured, lost (ring buffer full), calls and \
+             bytes truncated, calls without a flow, read faults, matches, resets, uncovered \
+             processes, library files probed (a gauge).",
+        );
+        for n in s
+            .counters
+            .dlp
+            .iter()
+            .filter(|n| !n.name.starts_with("matches_"))
+        {
+            o.sample("palisade_dlp_total", &[("event", &n.name)], n.value);
+        }
+        o.family(
+            "palisade_dlp_matches_total",
+            "counter",
+            "DLP matches by detector.",
+        );
+        for n in &s.counters.dlp {
+            if let Some(d) = n.name.strip_prefix("matches_") {
+                o.sample("palisade_dlp_matches_total", &[("detector", d)], n.value);
             }
         }
     }
@@ -743,6 +782,10 @@ mod tests {
                     name: "mark_applied".into(),
                     value: 12,
                 }],
+                redirect: vec![Named {
+                    name: "too_big".into(),
+                    value: 7,
+                }],
                 ids: vec![
                     Named {
                         name: "flows_sampled_out".into(),
@@ -751,6 +794,16 @@ mod tests {
                     Named {
                         name: "sid_1001".into(),
                         value: 2,
+                    },
+                ],
+                dlp: vec![
+                    Named {
+                        name: "lost".into(),
+                        value: 3,
+                    },
+                    Named {
+                        name: "matches_card".into(),
+                        value: 4,
                     },
                 ],
             },
@@ -783,11 +836,15 @@ mod tests {
         assert!(t.contains("palisade_ids_total{event=\"flows_sampled_out\"} 5\n"));
         assert!(t.contains("palisade_ids_alerts_total{sid=\"1001\"} 2\n"));
         assert!(!t.contains("palisade_ids_total{event=\"sid_1001\"}"));
+        assert!(t.contains("palisade_dlp_total{event=\"lost\"} 3\n"));
+        assert!(t.contains("palisade_dlp_matches_total{detector=\"card\"} 4\n"));
+        assert!(!t.contains("palisade_dlp_total{event=\"matches_card\"}"));
         assert!(t.contains("palisade_dhcp_total{event=\"rogue_dropped\"} 2\n"));
         assert!(t.contains("palisade_intel_total{direction=\"ingress\",event=\"hit_cidr\"} 3\n"));
         assert!(t.contains("palisade_dns_bind_total{event=\"connect_denied\"} 9\n"));
         assert!(t.contains("palisade_dns_cache_total{event=\"hits\"} 11\n"));
         assert!(t.contains("palisade_action_total{action=\"mark\",event=\"applied\"} 12\n"));
+        assert!(t.contains("palisade_redirect_total{event=\"too_big\"} 7\n"));
         assert!(t.contains("palisade_dns_cache_entries 4\n"));
         assert!(!t.contains("palisade_dns_cache_total{event=\"entries\"}"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));

@@ -143,11 +143,19 @@ pub struct Counters {
     /// The firewall's actions beyond allow and drop (`palisade_common::action::AS_NAMES`).
     #[serde(default)]
     pub actions: Vec<Named>,
+    /// The `redirect` action (`palisade_common::redirect::RS_NAMES`).
+    #[serde(default)]
+    pub redirect: Vec<Named>,
     /// The IDS's counters, when the policy has `[ids]`: the kernel's
     /// (`palisade_common::ids::IS_NAMES`), the daemon's, then `sid_<sid>` alerts per rule
     /// (see `crate::ids::runtime::Runtime::named_counters`).
     #[serde(default)]
     pub ids: Vec<Named>,
+    /// DLP's counters, when the policy has `[dlp]` (see
+    /// `crate::dlp::probe::Watcher::all_counters`): the probes', the watcher's, and
+    /// `matches_<detector>` per detector.
+    #[serde(default)]
+    pub dlp: Vec<Named>,
 }
 
 impl Counters {
@@ -206,7 +214,9 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         bind: crate::dnsbind::named_counters(ebpf),
         dns_cache: crate::dns::cache::named_counters(ebpf),
         actions: action_counters(ebpf),
+        redirect: redirect_counters(ebpf),
         ids: Vec::new(),
+        dlp: Vec::new(),
     }
 }
 
@@ -222,6 +232,19 @@ pub fn action_counters(ebpf: &Ebpf) -> Vec<Named> {
         .map(|(i, name)| Named {
             name: (*name).to_string(),
             value: sum_u64(ebpf, "ACTION_STATS", i as u32),
+        })
+        .collect()
+}
+
+/// The `redirect` action's counters (`palisade_common::redirect::RS_NAMES`), by name.
+#[must_use]
+pub fn redirect_counters(ebpf: &Ebpf) -> Vec<Named> {
+    palisade_common::redirect::RS_NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Named {
+            name: (*name).to_string(),
+            value: sum_u64(ebpf, "REDIRECT_STATS", i as u32),
         })
         .collect()
 }
@@ -258,6 +281,7 @@ impl GenerationRules {
             Action::RateLimit(_) => "rate-limit",
             Action::Mark(_) => "mark",
             Action::Mirror(_) => "mirror",
+            Action::Redirect(_) => "redirect",
         };
         let mut rules: Vec<(u32, String, String)> = policy
             .firewall

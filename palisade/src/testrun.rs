@@ -100,6 +100,7 @@ impl Bench {
             crate::ids::kernel::INGRESS,
             crate::ids::kernel::EGRESS,
             crate::firewall::ACTION_INGRESS,
+            crate::dlp::probe::RESET,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

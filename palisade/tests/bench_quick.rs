@@ -54,9 +54,15 @@ fn dhcp_suite() {
 #[test]
 fn test_run_suite() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = quick("testrun", &[]);
+    let out = quick("testrun", &["--header", "same,not"]);
     let md = std::fs::read_to_string(out.join("firewall-quick.md")).expect("markdown report");
     assert!(md.contains("above floor"), "{md}");
+    // The base workload again and with a negated source, each against it in the same run.
+    assert!(
+        md.contains("## Conditions against their base (same run)"),
+        "{md}"
+    );
+    assert!(md.contains("+ same |") && md.contains("+ not |"), "{md}");
     assert!(json(out.join("firewall-quick.json")).is_object());
     assert!(out.join("firewall-quick.svg").exists());
     let _ = std::fs::remove_dir_all(out);
@@ -309,9 +315,15 @@ fn dlp_suite() {
     let report = json(out.join("dlp-quick.json"));
     let cases = report["cases"].as_array().expect("cases");
     let ids: Vec<&str> = cases.iter().filter_map(|c| c["id"].as_str()).collect();
-    assert_eq!(ids, ["off", "watched", "unread"], "{report:#}");
-    // With the probes, every timed write (and the sink's reads) went through them.
-    for c in &cases[1..] {
+    assert_eq!(
+        ids,
+        ["off", "watched", "unread", "first", "bare"],
+        "{report:#}"
+    );
+    // With the probes (placed as the daemon places them, or on the first instruction), every
+    // timed write (and the sink's reads) went through them; the bare tracefs probe runs no
+    // program and counts nothing.
+    for c in &cases[1..4] {
         assert!(c["calls"].as_u64().unwrap() >= 20_000, "{report:#}");
         assert!(c["p99_us"]["median"].as_f64().is_some(), "{report:#}");
     }

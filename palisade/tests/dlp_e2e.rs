@@ -2,7 +2,7 @@
 //! OpenSSL, and secrets written by `curl` and by Python's `ssl` to a local TLS server are
 //! reported in every run (a secret split over two writes included), with the flow; a GnuTLS
 //! client is reported as uncovered; a library reached only through another mount namespace
-//! is probed within a second of its process starting; `action = "reset"` stops the flow.
+//! is probed within a second of its exec (on its exec record); `action = "reset"` stops the flow.
 //! Needs root, `curl`, `openssl`, `python3` and `gnutls-cli`.
 
 use std::{
@@ -371,6 +371,12 @@ fn library_in_another_mount_namespace_is_probed_within_a_second() {
     let age = probed["process_age_ms"].as_u64().unwrap();
     eprintln!("probed {} at process age {age} ms", probed["library"]);
     assert!(age <= 1000, "probed at {age} ms");
+    // Found on its exec record, not by the scan of /proc.
+    let ms = probed["exec_to_probe_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("not probed on its exec record: {probed}"));
+    eprintln!("probed {ms} ms after its exec");
+    assert!(ms < 1000.0, "probed {ms} ms after its exec");
     let m = matches_of(&ev, pid, "write");
     assert!(
         m.iter().any(|e| e["kind"] == "mastercard"),

@@ -39,8 +39,8 @@ use palisade::{
     },
     policy::model::{
         Action, AddrMatch, Cidr, Family, Firewall, FragmentPolicy, IcmpMatch, IpHeaderMatch, IpSet,
-        LinkMatch, Negation, Policy, PortRange, Protocol, RateLimit, RatePer, Rule, SourcePrefix,
-        TcpFlags,
+        LinkMatch, MAX_RULE_IFACES, Negation, Policy, PortRange, Protocol, RateLimit, RatePer,
+        Rule, SourcePrefix, TcpFlags,
     },
     testrun::Bench,
 };
@@ -278,7 +278,7 @@ const VLANS: [u16; 6] = [VLAN_UNTAGGED, 0, 1, 7, 100, 4095];
 
 /// Source and destination MAC and VLAN conditions, each now and then.
 fn link_match(rng: &mut StdRng) -> LinkMatch {
-    LinkMatch {
+    let mut link = LinkMatch {
         src_mac: rng.gen_bool(0.1).then(|| *MACS.choose(rng).unwrap()),
         dst_mac: rng.gen_bool(0.1).then(|| *MACS.choose(rng).unwrap()),
         vlan: rng.gen_bool(0.12).then(|| *VLANS.choose(rng).unwrap()),
@@ -286,7 +286,18 @@ fn link_match(rng: &mut StdRng) -> LinkMatch {
         iface: rng
             .gen_bool(0.1)
             .then(|| *[LOOPBACK, LOOPBACK, 1000].choose(rng).unwrap()),
+        more_ifaces: [0; MAX_RULE_IFACES - 1],
+    };
+    // Now and then an `iface` list, loopback first, last or not at all.
+    if link.iface.is_some() && rng.gen_bool(0.4) {
+        let lists: [&[u32]; 3] = [&[LOOPBACK, 1000], &[1000, 1001, LOOPBACK], &[1000, 1001]];
+        let list = *lists.choose(rng).unwrap();
+        link.iface = Some(list[0]);
+        for (slot, i) in link.more_ifaces.iter_mut().zip(&list[1..]) {
+            *slot = *i;
+        }
     }
+    link
 }
 
 /// Writes the frame's MAC addresses: those the aimed-at rule names (`aim`), or one byte off

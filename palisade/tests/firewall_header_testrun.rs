@@ -682,16 +682,31 @@ proto = "udp"
 dport = 80
 iface = "lo"
 vlan = 7
+
+# 2: port 99 on either of two interfaces (a list).
+[[firewall.rule]]
+name = "on-two"
+action = "drop"
+log = true
+proto = "udp"
+dport = 99
+iface = ["m19fw0", "lo"]
 "#;
     let p = config::parse_policy(text, "iface.toml", Path::new("/")).expect("the policy parses");
-    let (lo, dm) = (1, dummy.index());
+    let other = Dummy::new("m19fw1");
+    let (lo, dm, ot) = (1, dummy.index(), other.index());
     assert_eq!(p.firewall.rules[0].link.iface, Some(dm));
     assert_eq!(p.firewall.rules[1].link.iface, Some(lo));
+    assert_eq!(p.firewall.rules[2].link.ifaces(), vec![dm, lo]);
     let c = palisade::firewall::compile::compile(&p).expect("compiles");
     assert_eq!(c.header.link, LINK_IFACE | LINK_VLAN);
     bench.install(&p).expect("install");
     // (input interface, dport, VLAN tags, the rule that must match)
-    let cases: [(u32, u16, &[u16], Option<u32>); 8] = [
+    let cases: [(u32, u16, &[u16], Option<u32>); 12] = [
+        (dm, 99, &[], Some(2)),
+        (lo, 99, &[5], Some(2)),
+        (ot, 99, &[], None),
+        (ot, 53, &[], None),
         (dm, 53, &[], Some(0)),
         (dm, 53, &[7], Some(0)),
         (lo, 53, &[], None),
@@ -754,6 +769,26 @@ vlan = 7
         ),
         "{err}"
     );
+    // An `iface` list: each name resolved, each once, at most eight.
+    for (list, want) in [
+        (
+            "[\"m19fw0\", \"m19nosuch\"]",
+            "iface.toml:32:20: no interface named `m19nosuch`",
+        ),
+        (
+            "[\"lo\", \"lo\"]",
+            "iface.toml:32:16: this interface is already in the `iface` list",
+        ),
+        (
+            "[]",
+            "iface.toml:32:9: `iface` lists 1 to 8 interfaces, found 0",
+        ),
+    ] {
+        let bad = text.replace("[\"m19fw0\", \"lo\"]", list);
+        let err =
+            config::parse_policy(&bad, "iface.toml", Path::new("/")).expect_err("a bad iface list");
+        assert!(err.to_string().contains(want), "{err}");
+    }
 }
 
 const NOT_POLICY: &str = r#"
@@ -804,9 +839,61 @@ dst = "203.0.113.0/24"
 not = ["dst"]
 "#;
 
+/// [`NOT_POLICY`] with each negation written as `!` in front of its condition (line for
+/// line: each `not` line left as a comment).
+fn bang_policy() -> String {
+    NOT_POLICY
+        .replace(
+            "src = \"@office\"\nnot = [\"src\"]",
+            "src = \"!@office\"\n# not",
+        )
+        .replace("dport = 53\ndst", "dport = \"!53\"\ndst")
+        .replace("not = [\"dport\"]", "# not")
+        .replace(
+            "proto = \"udp\"\nsrc = \"198",
+            "proto = \"!udp\"\nsrc = \"198",
+        )
+        .replace("not = \"proto\"", "# not")
+        .replace(
+            "dst = \"203.0.113.0/24\"\nnot = [\"dst\"]",
+            "dst = \"! 203.0.113.0/24\"\n# not",
+        )
+}
+
 fn negated_conditions_decide_in_the_kernel_as_in_the_reference(bench: &mut Bench) {
-    let p =
-        config::parse_policy(NOT_POLICY, "not.toml", Path::new("/")).expect("the policy parses");
+    let bang = bang_policy();
+    assert!(!bang.contains("not ="), "every negation rewritten:\n{bang}");
+    let p = config::parse_policy(&bang, "not.toml", Path::new("/")).expect("the policy parses");
+    let list = config::parse_policy(NOT_POLICY, "not.toml", Path::new("/")).expect("parses");
+    assert_eq!(p, list, "`!` and `not` make the same rules");
+    // Both at once, and `!` where it cannot go, are errors at their place.
+    for (from, to, want) in [
+        (
+            "src = \"!@office\"\n# not",
+            "src = \"!@office\"\nnot = [\"src\"]",
+            "not.toml:16:7: `src` is negated twice, by `!` and by `not`",
+        ),
+        (
+            "proto = \"tcp\"\ndport = 22",
+            "proto = \"!tcp\"\ndport = 22",
+            "not.toml:14:9: `!` cannot negate `proto` in a rule with `dport`",
+        ),
+        (
+            "proto = \"!udp\"",
+            "proto = \"!any\"",
+            "not.toml:34:9: `proto = \"!any\"` can never match",
+        ),
+        (
+            "dport = \"!53\"",
+            "dport = \"!5x\"",
+            "not.toml:25:9: invalid port `5x` in `dport`",
+        ),
+    ] {
+        assert!(bang.contains(from), "{from}");
+        let bad = bang.replacen(from, to, 1);
+        let err = config::parse_policy(&bad, "not.toml", Path::new("/")).expect_err(want);
+        assert!(err.to_string().contains(want), "{err}");
+    }
     let c = palisade::firewall::compile::compile(&p).expect("compiles");
     // The negated CIDR list of rule 3 is a set of its own, after the policy's one.
     assert_eq!(c.sets.len(), 2);

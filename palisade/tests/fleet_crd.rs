@@ -297,3 +297,80 @@ fn an_uncompilable_base_is_an_error_and_a_bad_selector_is_reported() {
         m.rejected[0].error
     );
 }
+
+#[test]
+fn mark_and_mirror_rules_merge_with_their_keys_and_errors_name_their_field() {
+    use palisade::policy::model::Mark;
+    let ok = object(
+        "metadata: {name: act}\nspec:\n  firewall:\n    rules:\n    - {name: voip, action: mark, proto: udp, dport: 5060, setMark: 42, setDscp: ef}\n    - {name: cs1, action: mark, setDscp: 8}\n    - {name: tap, action: mirror, proto: udp, dport: 53, mirrorTo: lo}\n",
+    );
+    let m = merge::check_object(&builtin(), &ok).unwrap();
+    let action = |name: &str| {
+        m.policy
+            .firewall
+            .rules
+            .iter()
+            .find(|r| r.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .action
+    };
+    assert_eq!(
+        action("act.voip"),
+        Action::Mark(Mark {
+            mark: Some(42),
+            dscp: Some(46)
+        })
+    );
+    assert_eq!(
+        action("act.cs1"),
+        Action::Mark(Mark {
+            mark: None,
+            dscp: Some(8)
+        })
+    );
+    match action("act.tap") {
+        Action::Mirror(x) => assert_eq!((x.ifindex, x.iface()), (1, "lo")),
+        other => panic!("{other:?}"),
+    }
+    for (rule, path) in [
+        (
+            "{name: r, action: mark, proto: udp}",
+            "spec.firewall.rules[0].action",
+        ),
+        (
+            "{name: r, action: drop, setMark: 1}",
+            "spec.firewall.rules[0].setMark",
+        ),
+        (
+            "{name: r, action: mark, setDscp: 64}",
+            "spec.firewall.rules[0].setDscp",
+        ),
+        (
+            "{name: r, action: mark, setDscp: xx}",
+            "spec.firewall.rules[0].setDscp",
+        ),
+        ("{name: r, action: mirror}", "spec.firewall.rules[0].action"),
+        (
+            "{name: r, action: mirror, mirrorTo: m19nosuch0}",
+            "spec.firewall.rules[0].mirrorTo",
+        ),
+        (
+            "{name: r, action: allow, mirrorTo: lo}",
+            "spec.firewall.rules[0].mirrorTo",
+        ),
+        (
+            "{name: r, action: rate-limit, rate: {pps: 1, burst: 1, per: country}}",
+            "spec.firewall.rules[0].rate",
+        ),
+    ] {
+        let bad = object(&format!(
+            "metadata: {{name: bad}}\nspec:\n  firewall:\n    rules: [{rule}]\n"
+        ));
+        let e = merge::check_object(&builtin(), &bad).unwrap_err();
+        assert!(
+            e.lines()
+                .any(|l| l.starts_with(&format!("PalisadePolicy/bad: {path}"))),
+            "{rule}: expected an error at {path}, got:\n{e}"
+        );
+    }
+}

@@ -4,111 +4,17 @@
 //! attributes of the environment; a full queue drops and counts. No kernel needed. Run with
 //! `cargo test --release -p palisade --test fleet_otlp`.
 
+mod support;
+
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use palisade::fleet::otlp::{Config, Exporter, Protocol, Record};
 use serde_json::Value;
-
-struct Collector {
-    child: Child,
-    out: PathBuf,
-    grpc: u16,
-    http: u16,
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.out);
-    }
-}
-
-fn collector(tag: &str) -> Collector {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join("../.tools/venv/bin/python3");
-    let out =
-        std::env::temp_dir().join(format!("palisade-otlp-{tag}-{}.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&out);
-    let mut child = Command::new(&python)
-        .arg(root.join("tests/support/otlp_collector.py"))
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask setup`)", python.display()));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ports: Vec<u16> = line
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(ports.len(), 2, "collector said {line:?}");
-    Collector {
-        child,
-        out,
-        grpc: ports[0],
-        http: ports[1],
-    }
-}
-
-/// Waits for `n` log records at the collector; returns the requests.
-fn received(c: &Collector, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let reqs: Vec<Value> = std::fs::read_to_string(&c.out)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let count: usize = reqs.iter().map(|r| records(r).len()).sum();
-        if count >= n || Instant::now() > deadline {
-            assert_eq!(count, n, "log records received: {reqs:?}");
-            return reqs;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn records(req: &Value) -> Vec<Value> {
-    let mut out = Vec::new();
-    for rl in req["request"]["resourceLogs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        for sl in rl["scopeLogs"].as_array().into_iter().flatten() {
-            out.extend(sl["logRecords"].as_array().into_iter().flatten().cloned());
-        }
-    }
-    out
-}
-
-/// Key → value of an OTLP attribute list (`{"key", "value": {"stringValue"...}}`).
-fn attrs(list: &Value) -> BTreeMap<String, Value> {
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .map(|kv| {
-            let v = kv["value"]
-                .as_object()
-                .unwrap()
-                .values()
-                .next()
-                .unwrap()
-                .clone();
-            (kv["key"].as_str().unwrap().to_owned(), v)
-        })
-        .collect()
-}
+use support::otlp::{Collector, attrs, records};
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let m: BTreeMap<String, String> = vars
@@ -200,7 +106,7 @@ const K8S: [(&str, &str); 6] = [
 
 #[tokio::test]
 async fn events_reach_a_collector_over_http_protobuf() {
-    let c = collector("http");
+    let c = Collector::start("http", None);
     let endpoint = format!("http://127.0.0.1:{}", c.http);
     let mut vars = K8S.to_vec();
     vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint));
@@ -213,7 +119,7 @@ async fn events_reach_a_collector_over_http_protobuf() {
     assert_eq!(config.path, "/v1/logs");
     let e = send_two(config);
     let reqs = tokio::task::spawn_blocking(move || {
-        let r = received(&c, 2);
+        let r = c.received(2);
         drop(c);
         r
     })
@@ -231,7 +137,7 @@ async fn events_reach_a_collector_over_http_protobuf() {
 
 #[tokio::test]
 async fn events_reach_a_collector_over_grpc() {
-    let c = collector("grpc");
+    let c = Collector::start("grpc", None);
     let endpoint = format!("http://127.0.0.1:{}", c.grpc);
     let mut vars = K8S.to_vec();
     vars.push(("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", &endpoint));
@@ -246,7 +152,7 @@ async fn events_reach_a_collector_over_grpc() {
     assert_eq!(config.protocol, Protocol::Grpc);
     let e = send_two(config);
     let reqs = tokio::task::spawn_blocking(move || {
-        let r = received(&c, 2);
+        let r = c.received(2);
         drop(c);
         r
     })

@@ -8,7 +8,8 @@
 //!   client to the same server, go on;
 //! - a reload with a rule file that uses an unsupported keyword is refused at `file:line` and
 //!   the running rules keep alerting;
-//! - `palisade stats` and the metrics endpoint carry the counters.
+//! - `palisade stats`, `palisade status` and the metrics endpoint carry the counters, and
+//!   alerts reach an OTLP collector in the daemon's namespace like the other events.
 //!
 //! Needs root, `curl` and `python3`. Run with
 //! `cargo test --release -p palisade --test ids_netns -- --test-threads=1`.
@@ -28,7 +29,10 @@ use palisade_common::{
     ids::{IS_FLOW_DROPS, IS_RECORDS},
     reason,
 };
-use support::netns::{NetnsPair, command_in, exec_in};
+use support::{
+    netns::{NetnsPair, command_in, exec_in},
+    otlp::{Collector, attrs, records},
+};
 
 const RULES: &str = r#"# The lab's rules.
 alert tcp any any -> any 8080 (msg:"admin page probed"; flow:established,to_server; content:"GET"; depth:3; content:"/secret-admin"; distance:1; within:20; classtype:web-application-attack; sid:1001; rev:2;)
@@ -95,15 +99,24 @@ fn curl(ns: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn lab(tag: &str) -> (NetnsPair, GuardedHost, Server) {
+/// The lab: a server namespace guarded by the daemon with the rules, a client namespace.
+/// With `otlp`, a collector in the daemon's namespace receives its events.
+fn lab(tag: &str, otlp: bool) -> (NetnsPair, GuardedHost, Server, Option<Collector>) {
     let pair = NetnsPair::new();
+    let collector = otlp.then(|| Collector::start(tag, Some(&pair.ns_a)));
+    let endpoint = collector
+        .as_ref()
+        .map(|c| format!("http://127.0.0.1:{}", c.http));
     let mut host = GuardedHost::new(tag, POLICY, &pair.ns_a, &pair.if_a);
     std::fs::write(host.scratch.file("ids.rules"), RULES).unwrap();
-    host.start();
+    match &endpoint {
+        Some(e) => host.start_with(&["--otlp-endpoint", e, "--otlp-protocol", "http/protobuf"]),
+        None => host.start(),
+    }
     let www = host.scratch.file("www");
     std::fs::create_dir_all(&www).unwrap();
     let server = Server::start(&pair.ns_a, &www);
-    (pair, host, server)
+    (pair, host, server, collector)
 }
 
 fn events_of(lines: &[String]) -> Vec<serde_json::Value> {
@@ -115,7 +128,8 @@ fn events_of(lines: &[String]) -> Vec<serde_json::Value> {
 
 #[test]
 fn alert_rule_raises_an_event_and_flows_show_the_coverage() {
-    let (pair, host, _server) = lab("ids-netns-alert");
+    // Alerts are exported over OTLP like the daemon's other events.
+    let (pair, host, _server, collector) = lab("ids-netns-alert", true);
     let events = BgCli::start(&host.socket(), &["events", "--kind", "ids", "--json"]);
     wait_for_streams(&host.socket(), 1);
     let base = format!("http://{}:8080", pair.v4_a);
@@ -190,6 +204,40 @@ fn alert_rule_raises_an_event_and_flows_show_the_coverage() {
         host.scratch.counter("IDS_STATS", IS_RECORDS) >= 2,
         "the kernel sent the requests"
     );
+    // `palisade status` shows the IDS's counters.
+    let status = cli_json(&host.socket(), &["status", "--json"]);
+    let ids = status["ids"].as_array().unwrap();
+    assert!(
+        ids.iter()
+            .any(|n| n["name"] == "sid_1001" && n["value"] == 1),
+        "{status}"
+    );
+    let text = cli(&host.socket(), &["status"]).stdout;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ids"))
+        .unwrap_or_default();
+    assert!(line.contains("alerts 1"), "{text}");
+    // The alert reached the OTLP collector as a log record of its own (INFO: an alert).
+    let collector = collector.unwrap();
+    let ok = eventually(Duration::from_secs(10), || {
+        collector
+            .requests()
+            .iter()
+            .flat_map(records)
+            .any(|r| r["eventName"] == "palisade.ids")
+    });
+    let recs: Vec<serde_json::Value> = collector.requests().iter().flat_map(records).collect();
+    assert!(ok, "no palisade.ids record: {recs:?}");
+    let alert = recs
+        .iter()
+        .find(|r| r["eventName"] == "palisade.ids")
+        .unwrap();
+    let a = attrs(&alert["attributes"]);
+    assert_eq!(a["palisade.sid"], "1001", "{alert}");
+    assert_eq!(a["palisade.msg"], "admin page probed", "{alert}");
+    assert_eq!(a["palisade.verdict"], "alert", "{alert}");
+    assert_eq!(alert["severityNumber"], "SEVERITY_NUMBER_INFO", "{alert}");
     // A reload with an unsupported keyword is refused at its line; the rules in force stay.
     std::fs::write(host.scratch.file("ids.rules"), BAD_RULES).unwrap();
     let r = cli(&host.socket(), &["reload"]);
@@ -211,7 +259,7 @@ fn alert_rule_raises_an_event_and_flows_show_the_coverage() {
 
 #[test]
 fn drop_rule_cuts_its_flow_in_xdp_and_leaves_the_others() {
-    let (pair, host, _server) = lab("ids-netns-drop");
+    let (pair, host, _server, _) = lab("ids-netns-drop", false);
     let events = BgCli::start(&host.socket(), &["events", "--kind", "ids", "--json"]);
     wait_for_streams(&host.socket(), 1);
     let base = format!("http://{}:8080", pair.v4_a);

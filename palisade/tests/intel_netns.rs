@@ -294,3 +294,68 @@ fn a_slow_feed_server_does_not_hold_up_the_control_socket() {
         host.daemon().stderr_now()
     );
 }
+
+/// `INTEL_CONTROL` as the daemon pinned it: the live generation and what each holds.
+fn intel_control(host: &GuardedHost) -> palisade_common::intel::IntelControl {
+    use aya::maps::{Array, Map, MapData};
+    let data = MapData::from_pin(host.scratch.pinned_map("INTEL_CONTROL")).expect("pinned");
+    let arr: Array<MapData, palisade_common::intel::IntelControl> =
+        Array::try_from(Map::Array(data)).expect("array");
+    arr.get(&0, 0).expect("read INTEL_CONTROL")
+}
+
+#[test]
+fn intel_is_added_refused_and_removed_by_reload_without_a_restart() {
+    let pair = NetnsPair::new();
+    let base = "[firewall]\ndefault = \"allow\"\n";
+    let mut host = GuardedHost::new("intel-reload", base, &pair.ns_a, &pair.if_a);
+    let feed = host.scratch.file("peer.txt");
+    std::fs::write(&feed, format!("{}\n", pair.v4_b)).unwrap();
+    let with_feed = |path: &Path| {
+        format!(
+            "{base}\n[intel]\n\n[[intel.feed]]\nname = \"peer\"\nsource = \"{}\"\n\
+             action = \"drop\"\nrefresh = 3600\n",
+            path.display()
+        )
+    };
+    host.start();
+    assert!(ping(&pair.ns_b, &pair.v4_a), "no [intel] yet");
+    assert_eq!(intel_control(&host).enabled, [0, 0]);
+
+    // Added by a reload: the indicators go live in the maps made at start.
+    host.reload(&with_feed(&feed));
+    assert!(!ping(&pair.ns_b, &pair.v4_a), "the listed peer is dropped");
+    assert!(host.scratch.counter("REASON_STATS", reason::INTEL_DROP) >= 1);
+    let live = intel_control(&host);
+    assert_ne!(live.enabled[(live.active & 1) as usize], 0);
+
+    // A feed set the maps made at start cannot hold: the reload is refused, saying which
+    // capacity, and the running indicators stay.
+    let big = host.scratch.file("big.txt");
+    let mut text = String::with_capacity(70_000 * 14);
+    for i in 0..70_000u32 {
+        let [_, b, c, d] = i.to_be_bytes();
+        text.push_str(&format!("10.{b}.{c}.{}\n", d));
+    }
+    std::fs::write(&big, text).unwrap();
+    std::fs::write(&host.policy, with_feed(&big)).unwrap();
+    let r = cli(&host.socket(), &["reload"]);
+    assert!(!r.ok, "{r:?}");
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        said.contains("the feeds list 70000 addresses; the tables hold 65536")
+            && said.contains("restart it"),
+        "{said}"
+    );
+    assert_eq!(
+        intel_control(&host),
+        live,
+        "the live generation is unchanged"
+    );
+    assert!(!ping(&pair.ns_b, &pair.v4_a), "the peer is still dropped");
+
+    // Removed by a reload: both generations are emptied and the peer passes.
+    host.reload(base);
+    assert_eq!(intel_control(&host).enabled, [0, 0]);
+    assert!(ping(&pair.ns_b, &pair.v4_a), "the peer passes again");
+}

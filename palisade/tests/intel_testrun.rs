@@ -603,6 +603,173 @@ fn domains_of_drop_feeds_join_the_dns_block_lists() {
     assert_eq!(b.run(&udp_from("192.0.2.40")).unwrap(), XDP_DROP);
 }
 
+/// A query: its name, the XDP and egress verdicts, and the event: verdict, intel, list.
+type Case<'a> = (&'a str, u32, u32, Option<(&'a str, Option<&'a str>, u16)>);
+
+#[test]
+fn domains_of_alert_and_tag_feeds_pass_with_an_event_naming_the_feed_in_both_dns_hooks() {
+    let mut b = bench();
+    let tmp = TempDir::new("palisade-intel-dns-actions");
+    let dir = tmp.0.clone();
+    std::fs::write(
+        dir.join("blocked.txt"),
+        "blocked.example\nbad.watched.example\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("watch.txt"),
+        "watched.example\nblocked.example\nsub.blocked.example\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("label.txt"), "tagged.example\n").unwrap();
+    // Both hooks, in blocklist mode, with their default `log_allowed = false`: what an
+    // alert or tag passes is reported all the same.
+    let policy = config::parse_policy(
+        "[dns.ingress]\nmode = \"blocklist\"\naction = \"drop\"\nlists = []\n\
+         [dns.egress]\nmode = \"blocklist\"\nlists = []\n",
+        "p.toml",
+        Path::new("/"),
+    )
+    .expect("valid policy");
+    let feed = |name: &str, action| Feed {
+        name: name.to_string(),
+        source: Source::File(dir.join(format!("{name}.txt"))),
+        format: Format::Plain,
+        action,
+        refresh: Duration::from_secs(60),
+        line: 1,
+    };
+    let intel = Intel {
+        max_ips: SIZES.ips,
+        max_cidrs: SIZES.cidrs,
+        feeds: vec![
+            feed("watch", Action::Alert),
+            feed("blocked", Action::Drop),
+            feed("label", Action::Tag),
+        ],
+        egress: false,
+    };
+    let mut rt = palisade::intel::runtime::Runtime::new(SIZES);
+    assert!(rt.refresh(&mut b.ebpf, &intel).domains_changed);
+    let installed = rt.with_domains(&policy);
+    b.install(&installed).expect("install");
+    let names: Vec<&str> = installed
+        .dns
+        .lists
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["intel-watch:alert", "intel-blocked", "intel-label:tag"]
+    );
+    b.drain_dns_events();
+    let msg = |name: &str| palisade::craft::DnsQuery::name(name, 1).build();
+    let xdp = |name: &str| Frame::dns_udp("10.0.0.2", "10.0.0.53", 40_000, &msg(name)).build();
+    let egress =
+        |name: &str| Frame::dns_udp("10.0.0.2", "10.0.0.53", 40_000, &msg(name)).build_ip();
+    const ALLOW: u32 = 1;
+    const DROP: u32 = 0;
+    // (name, XDP verdict, egress verdict, event: (verdict, intel, list)).
+    let cases: [Case; 8] = [
+        (
+            "watched.example",
+            XDP_PASS,
+            ALLOW,
+            Some(("allow", Some("alert"), 0)),
+        ),
+        (
+            "www.Watched.example",
+            XDP_PASS,
+            ALLOW,
+            Some(("allow", Some("alert"), 0)),
+        ),
+        (
+            "tagged.example",
+            XDP_PASS,
+            ALLOW,
+            Some(("allow", Some("tag"), 2)),
+        ),
+        // On the drop feed and the alert feed: the block stays.
+        ("blocked.example", XDP_DROP, DROP, Some(("drop", None, 1))),
+        // A drop entry below an alert entry blocks...
+        (
+            "bad.watched.example",
+            XDP_DROP,
+            DROP,
+            Some(("drop", None, 1)),
+        ),
+        (
+            "x.bad.watched.example",
+            XDP_DROP,
+            DROP,
+            Some(("drop", None, 1)),
+        ),
+        // ... and an alert entry below a drop entry does not lift it.
+        (
+            "sub.blocked.example",
+            XDP_DROP,
+            DROP,
+            Some(("drop", None, 1)),
+        ),
+        ("clean.example", XDP_PASS, ALLOW, None),
+    ];
+    for (name, want_xdp, want_egress, want_event) in cases {
+        for hook in ["ingress", "egress"] {
+            let (verdict, want) = if hook == "ingress" {
+                (b.run(&xdp(name)).unwrap(), want_xdp)
+            } else {
+                (b.run_egress(&egress(name)).unwrap(), want_egress)
+            };
+            assert_eq!(verdict, want, "{hook} {name}");
+            let events = b.drain_dns_events();
+            match want_event {
+                None => assert!(events.is_empty(), "{hook} {name}: {events:?}"),
+                Some((v, intel, list)) => {
+                    assert_eq!(events.len(), 1, "{hook} {name}: {events:?}");
+                    let e = &events[0];
+                    assert_eq!(e.scope, hook, "{name}");
+                    assert_eq!(e.verdict, v, "{hook} {name}");
+                    assert_eq!(e.intel, intel, "{hook} {name}");
+                    assert_eq!(e.list, Some(list), "{hook} {name}");
+                    assert_eq!(
+                        e.reason,
+                        if v == "drop" { "dns-blocked" } else { "pass" },
+                        "{hook} {name}"
+                    );
+                    assert_eq!(
+                        e.name.trim_end_matches('.'),
+                        name.to_ascii_lowercase(),
+                        "{hook}"
+                    );
+                    // The daemon names the feed from the list.
+                    let feed = rt.list_feed(&policy, list).map(|(f, a)| (f, a.name()));
+                    let want_feed = match list {
+                        0 => ("watch", "alert"),
+                        1 => ("blocked", "drop"),
+                        _ => ("label", "tag"),
+                    };
+                    assert_eq!(feed, Some(want_feed));
+                }
+            }
+        }
+    }
+    // Text and JSON carry the action.
+    b.run(&xdp("watched.example")).unwrap();
+    let mut e = b.drain_dns_events().remove(0);
+    e.feed = Some("watch".into());
+    let text = e.to_string();
+    assert!(text.contains(" intel=alert feed=watch"), "{text}");
+    let json = serde_json::to_value(&e).unwrap();
+    assert_eq!(json["intel"], "alert");
+    assert_eq!(json["feed"], "watch");
+    // Without `[intel]` lists, a scope whose name entries are its own is unchanged: the
+    // alert list's name entry matches the scope's lists only.
+    b.install(&policy).expect("install");
+    assert_eq!(b.run(&xdp("watched.example")).unwrap(), XDP_PASS);
+    assert!(b.drain_dns_events().is_empty());
+}
+
 /// A scratch directory, removed on drop (also when the test fails).
 struct TempDir(std::path::PathBuf);
 
@@ -654,6 +821,13 @@ fn random_cidrs(rng: &mut StdRng) -> [String; 3] {
                 } else {
                     format!("2001:db8:{:x}::/{bits}", rng.gen_range(0..4u16))
                 }
+            }
+            // CIDRs longer than /24 crowded into one /24: some sets fit its slots, others
+            // overflow them into the trie.
+            2 => {
+                let bits = rng.gen_range(25..=31u32);
+                let net = (0x0a00_0000u32 | rng.gen_range(0..256u32)) & !(u32::MAX >> bits);
+                format!("{}/{bits}", std::net::Ipv4Addr::from(net))
             }
             _ => {
                 let bits = rng.gen_range(9..=31u32);

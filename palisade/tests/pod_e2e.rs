@@ -36,6 +36,7 @@ use std::{
 
 use control::BIN;
 use serde_json::{Value, json};
+use support::otlp::{Collector, records};
 
 const IMAGE: &str = "localhost/palisade-e2e";
 /// UDP ports of the continuous stream: the policy drops the first.
@@ -314,66 +315,32 @@ fn configmap_update(dir: &Path, version: u32, text: &str) {
     }
 }
 
-/// Waits up to `limit` until `f` holds.
-/// The OTLP collector of `support/otlp_collector.py` (setup's `.tools/venv`), writing what it
-/// receives to a file; killed on drop.
-struct Collector {
-    child: Child,
-    out: PathBuf,
-    http: u16,
-}
-
-impl Collector {
-    fn start(dir: &Path) -> Self {
-        let out = dir.join("otlp.jsonl");
-        let mut child = Command::new(root().join(".tools/venv/bin/python3"))
-            .arg(root().join("palisade/tests/support/otlp_collector.py"))
-            .arg(&out)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the OTLP collector (run `cargo xtask setup`)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let http = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("collector said {line:?}"));
-        Self { child, out, http }
-    }
-
-    /// Whether a firewall drop of `rule` arrived, with the pod's resource attributes.
-    fn has_drop(&self, rule: &str) -> bool {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        text.lines().any(|l| {
-            let req: Value = serde_json::from_str(l).unwrap();
-            req["request"]["resourceLogs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|rl| {
-                    let res = rl["resource"]["attributes"].to_string();
-                    res.contains("k8s.pod.name")
-                        && rl["scopeLogs"].as_array().into_iter().flatten().any(|sl| {
-                            sl["logRecords"].as_array().into_iter().flatten().any(|r| {
-                                r["eventName"] == "palisade.firewall"
-                                    && r["attributes"].to_string().contains(rule)
-                            })
-                        })
-                })
+/// Whether a firewall drop of `rule` reached `collector`, with the pod's resource attributes.
+fn has_drop(collector: &Collector, rule: &str) -> bool {
+    let pod_logs = |req: &Value| {
+        let logs: Vec<Value> = req["request"]["resourceLogs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|rl| {
+                rl["resource"]["attributes"]
+                    .to_string()
+                    .contains("k8s.pod.name")
+            })
+            .cloned()
+            .collect();
+        json!({ "request": { "resourceLogs": logs } })
+    };
+    collector
+        .requests()
+        .iter()
+        .flat_map(|req| records(&pod_logs(req)))
+        .any(|r| {
+            r["eventName"] == "palisade.firewall" && r["attributes"].to_string().contains(rule)
         })
-    }
 }
 
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// Waits up to `limit` until `f` holds.
 fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -493,7 +460,7 @@ fn the_charts_pod_enforces_hands_over_without_a_gap_reloads_and_cleans_up() {
 
     // 1. The first pod: enforcing with its declared capabilities only, ready, its events
     //    exported to an OTLP collector on the node (HTTP/protobuf, from the chart's values).
-    let collector = Collector::start(&lab.dir);
+    let collector = Collector::start("pod-e2e", None);
     let endpoint = format!("otlp.endpoint=http://127.0.0.1:{}", collector.http);
     let agent = lab.play(
         "palisade-e2e",
@@ -521,7 +488,7 @@ fn the_charts_pod_enforces_hands_over_without_a_gap_reloads_and_cleans_up() {
     eventually(
         "the pod's drop event at the OTLP collector",
         Duration::from_secs(15),
-        || collector.has_drop("drop-icmp"),
+        || has_drop(&collector, "drop-icmp"),
     );
     assert!(
         lab.logs(ctr)

@@ -148,7 +148,13 @@ pub struct NameValue {
     pub qtypes: [u16; MAX_QTYPES],
     /// Index of the list the entry came from (for events).
     pub list: u16,
-    pub _pad: [u8; 2],
+    /// 0: the scope's mode decides (a blocklist blocks, an allowlist allows). Under a
+    /// blocklist, [`crate::intel::ACTION_ALERT`] or [`crate::intel::ACTION_TAG`] (the names
+    /// of an `[intel]` feed with that action): the query passes and is reported, with
+    /// [`crate::event::FLAG_INTEL_NAME_ALERT`] or [`crate::event::FLAG_INTEL_NAME_TAG`]. A
+    /// blocking entry on any suffix of the name wins over such an entry, however specific.
+    pub intel: u8,
+    pub _pad: [u8; 1],
 }
 map_type!(NameValue, 24);
 

@@ -1,18 +1,22 @@
 //! DLP on TLS plaintext: uprobes on OpenSSL's `SSL_write`, `SSL_write_ex`, `SSL_read` and
 //! `SSL_read_ex` hand the plaintext of each call to userspace, which runs the detectors.
 //!
-//! - The entry probe ([`enter`]) remembers the call's `SSL*`, buffer and (for the `_ex`
-//!   variants) length pointer under the thread's `pid_tgid`. Which function it sits on comes
-//!   from the attach cookie (`COOKIE_EX`, `COOKIE_READ`), so one program serves all four.
+//! - Writes are captured by the entry probe ([`enter`]), from the call's arguments: the buffer
+//!   holds what is about to be sent. It sits on the first instruction of `SSL_write[_ex]`
+//!   the kernel emulates (a branch a few bytes in), so a call costs one trap and no
+//!   single-step, and no return probe. Which function a probe sits on comes from the attach
+//!   cookie (`COOKIE_EX`, `COOKIE_READ`, `COOKIE_FREE`), so one program serves all of them.
+//! - For reads it remembers the call's `SSL*`, buffer and (for `SSL_read_ex`) length pointer
+//!   under the thread's `pid_tgid`; the return probe ([`leave`]) reads the bytes the call
+//!   really moved (its return value, or `*len_out`): up to `MAX_CHUNKS` records of
+//!   `CAPTURE_BYTES` each go to `DLP_RECORDS`.
 //! - The tracepoints `sock:sock_send_length` and `sock:sock_recv_length` ([`on_sock`]) fill in
-//!   the flow of that call from the socket: the TCP send or receive of an `SSL_*` call runs on
+//!   the flow of a call from the socket: the TCP send or receive of an `SSL_*` call runs on
 //!   the same thread within it. (Tracepoints rather than `fentry` on `tcp_sendmsg`: this
-//!   kernel refuses to load tracing programs, and has no kprobes.) The flow is also remembered per `SSL*`, for reads that OpenSSL answers from
-//!   its own buffer without touching the socket.
-//! - The return probe ([`leave`]) reads the bytes the call really moved (its return value, or
-//!   `*len_out` for `_ex`): up to `MAX_CHUNKS` records of `CAPTURE_BYTES` each go to
-//!   `DLP_RECORDS`. Writes are captured on return too: the buffer still holds what was sent,
-//!   and the flow is known by then.
+//!   kernel refuses to load tracing programs, and has no kprobes.) The flow is remembered per
+//!   `SSL*` (`DLP_SSL_FLOW`, forgotten on `SSL_free`), for writes captured before their send
+//!   and reads that OpenSSL answers from its own buffer. A write before the first send of
+//!   its `SSL*` goes out without a flow; that send then sends a `DIR_FLOW` record naming it.
 //!
 //! Uprobes cannot block: the probes only observe (fail-open for everything). The `reset`
 //! action is carried out by [`reset`], a TC egress program, on flows userspace names.
@@ -31,9 +35,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use palisade_common::dlp::{
-    CAPTURE_BYTES, COOKIE_EX, COOKIE_READ, DIR_READ, DIR_WRITE, Flow, Inflight, MAX_CHUNKS,
-    MAX_INFLIGHT, MAX_RESETS, MAX_SSL_FLOWS, RECORD_HEADER, RING_BYTES, Record, ResetKey,
-    SIZE_CLASSES, stat,
+    CAPTURE_BYTES, COOKIE_EX, COOKIE_FREE, COOKIE_READ, DIR_EXEC, DIR_FLOW, DIR_READ, DIR_WRITE,
+    Flow, Inflight, MAX_CHUNKS, MAX_INFLIGHT, MAX_RESETS, MAX_SSL_FLOWS, RECORD_HEADER, RING_BYTES,
+    Record, ResetKey, SIZE_CLASSES, stat,
 };
 
 /// Calls between entry and return, by `pid_tgid`. LRU: a thread killed inside a call leaves
@@ -84,28 +88,72 @@ pub(crate) fn bump(slot: u32, v: u64) {
     }
 }
 
-/// Entry of `SSL_write[_ex]` / `SSL_read[_ex]`.
+/// Entry of `SSL_write[_ex]` / `SSL_read[_ex]` (and `SSL_free`).
+///
+/// - A write is captured here, from its arguments: the buffer holds what is about to be sent,
+///   and no return probe is needed (on writes the probe sits on the first branch the kernel
+///   emulates, see `palisade/src/dlp/prologue.rs`: one trap per call, no single-step). Its
+///   flow is the one last seen for the `SSL*`; before the first send of a connection it is
+///   not known yet, so an `entry_only` in-flight entry lets [`on_sock`] report it.
+/// - A read is remembered for its return probe, which captures what it moved.
+/// - `SSL_free` forgets the `SSL*`'s flow.
 #[inline(always)]
 pub fn enter(ctx: &ProbeContext) -> u32 {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
-    let buf: u64 = ctx.arg(1).unwrap_or(0);
     // SAFETY: the helper only reads the program's own attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    let len_out: u64 = if cookie & COOKIE_EX != 0 {
-        ctx.arg(3).unwrap_or(0)
-    } else {
-        0
-    };
-    let v = Inflight {
-        ssl,
-        buf,
-        len_out,
-        flow: Flow::default(),
-        has_flow: 0,
-        _pad: 0,
-    };
     let id = bpf_get_current_pid_tgid();
-    let _ = DLP_INFLIGHT.insert(&id, &v, 0);
+    let key = [id >> 32, ssl];
+    if cookie & COOKIE_FREE != 0 {
+        let _ = DLP_SSL_FLOW.remove(&key);
+    } else if cookie & COOKIE_READ == 0 {
+        let buf: u64 = ctx.arg(1).unwrap_or(0);
+        let num: u64 = ctx.arg(2).unwrap_or(0);
+        // `_ex`: a size_t; the plain variant: an int, nothing to send when <= 0.
+        let moved = if cookie & COOKIE_EX != 0 {
+            num
+        } else if (num as i32) <= 0 {
+            0
+        } else {
+            u64::from(num as u32)
+        };
+        bump(stat::CALLS, 1);
+        if moved != 0 {
+            // SAFETY: the value is copied out at once.
+            let (flow, has_flow) = match unsafe { DLP_SSL_FLOW.get(&key) } {
+                Some(f) => (*f, 1u8),
+                None => {
+                    let v = Inflight {
+                        ssl,
+                        buf,
+                        len_out: 0,
+                        flow: Flow::default(),
+                        has_flow: 0,
+                        entry_only: 1,
+                    };
+                    let _ = DLP_INFLIGHT.insert(&id, &v, 0);
+                    (Flow::default(), 0u8)
+                }
+            };
+            capture(id, ssl, buf, moved, flow, has_flow, DIR_WRITE);
+        }
+    } else {
+        let buf: u64 = ctx.arg(1).unwrap_or(0);
+        let len_out: u64 = if cookie & COOKIE_EX != 0 {
+            ctx.arg(3).unwrap_or(0)
+        } else {
+            0
+        };
+        let v = Inflight {
+            ssl,
+            buf,
+            len_out,
+            flow: Flow::default(),
+            has_flow: 0,
+            entry_only: 0,
+        };
+        let _ = DLP_INFLIGHT.insert(&id, &v, 0);
+    }
     0
 }
 
@@ -137,15 +185,85 @@ pub fn on_sock(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     // SAFETY: a value of this map, valid for the program's run.
-    unsafe {
+    let (ssl, entry_only) = unsafe {
         if (*call).has_flow == 0 {
             (*call).flow = flow;
             (*call).has_flow = 1;
         }
-        let key = [id >> 32, (*call).ssl];
-        let _ = DLP_SSL_FLOW.insert(&key, &flow, 0);
+        ((*call).ssl, (*call).entry_only)
+    };
+    let key = [id >> 32, ssl];
+    let _ = DLP_SSL_FLOW.insert(&key, &flow, 0);
+    if entry_only != 0 {
+        // A write captured at its entry without a flow: its first send names it.
+        let _ = DLP_INFLIGHT.remove(&id);
+        send_flow(id, ssl, flow);
     }
     0
+}
+
+/// `sched:sched_process_exec`: a `DIR_EXEC` record (the header only) naming the process, so
+/// that userspace looks at its libraries at once.
+#[inline(always)]
+pub fn on_exec(_ctx: &TracePointContext) -> u32 {
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    send_header(
+        bpf_get_current_pid_tgid(),
+        0,
+        Flow::default(),
+        DIR_EXEC,
+        comm,
+    );
+    0
+}
+
+/// A `DIR_FLOW` record (the header only): `ssl`'s flow, for the write records before it.
+#[inline(always)]
+fn send_flow(id: u64, ssl: u64, flow: Flow) {
+    send_header(id, ssl, flow, DIR_FLOW, [0; 16]);
+}
+
+/// The header of a [`Record`] (its first `RECORD_HEADER` bytes, same layout), built on the
+/// stack for records without plaintext: the per-CPU scratch belongs to the probes, which a
+/// tracepoint on the same CPU could otherwise overwrite mid-record.
+#[repr(C)]
+struct Header {
+    pid_tgid: u64,
+    ssl: u64,
+    cgroup: u64,
+    ts_ns: u64,
+    flow: Flow,
+    comm: [u8; 16],
+    call_len: u32,
+    offset: u32,
+    len: u32,
+    dir: u8,
+    has_flow: u8,
+    _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Header>() == RECORD_HEADER);
+
+/// A record without plaintext (`DIR_FLOW`, `DIR_EXEC`): its header only.
+#[inline(always)]
+fn send_header(id: u64, ssl: u64, flow: Flow, dir: u8, comm: [u8; 16]) {
+    let h = Header {
+        pid_tgid: id,
+        ssl,
+        cgroup: 0,
+        // SAFETY: the helper has no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        flow,
+        comm,
+        call_len: 0,
+        offset: 0,
+        len: 0,
+        dir,
+        has_flow: u8::from(dir == DIR_FLOW),
+        _pad: [0; 2],
+    };
+    if DLP_RECORDS.output::<Header>(&h, 0).is_err() {
+        bump(stat::LOST, 1);
+    }
 }
 
 #[inline(always)]
@@ -188,7 +306,7 @@ fn read_flow(sk: u64) -> Option<Flow> {
     Some(f)
 }
 
-/// Return of `SSL_write[_ex]` / `SSL_read[_ex]`.
+/// Return of `SSL_read[_ex]`.
 #[inline(always)]
 pub fn leave(ctx: &RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
@@ -233,11 +351,13 @@ pub fn leave(ctx: &RetProbeContext) -> u32 {
         bump(stat::NO_FLOW, 1);
         (Flow::default(), 0u8)
     };
-    let dir = if cookie & COOKIE_READ != 0 {
-        DIR_READ
-    } else {
-        DIR_WRITE
-    };
+    capture(id, call.ssl, call.buf, moved, flow, has_flow, DIR_READ);
+    0
+}
+
+/// Sends up to `MAX_CHUNKS` windows of `moved` bytes at `buf` (user memory) to `DLP_RECORDS`.
+#[inline(always)]
+fn capture(id: u64, ssl: u64, buf: u64, moved: u64, flow: Flow, has_flow: u8, dir: u8) {
     let window = CAPTURE_BYTES as u64 * MAX_CHUNKS as u64;
     if moved > window {
         bump(stat::TRUNCATED_CALLS, 1);
@@ -264,7 +384,7 @@ pub fn leave(ctx: &RetProbeContext) -> u32 {
         // SAFETY: `r` is this CPU's scratch `Record`, valid for the program's run.
         let sent = unsafe {
             (*r).pid_tgid = id;
-            (*r).ssl = call.ssl;
+            (*r).ssl = ssl;
             (*r).cgroup = cgroup;
             (*r).ts_ns = ts;
             (*r).flow = flow;
@@ -281,11 +401,8 @@ pub fn leave(ctx: &RetProbeContext) -> u32 {
             } else {
                 len
             };
-            let got = bpf_probe_read_user(
-                (&raw mut (*r).data).cast(),
-                len,
-                (call.buf + off) as *const _,
-            );
+            let got =
+                bpf_probe_read_user((&raw mut (*r).data).cast(), len, (buf + off) as *const _);
             if got == 0 {
                 (*r).len = len;
             } else {
@@ -302,7 +419,6 @@ pub fn leave(ctx: &RetProbeContext) -> u32 {
         bump(stat::RECORDS, 1);
         i += 1;
     }
-    0
 }
 
 /// Sends the header and the smallest size class of `SIZE_CLASSES` that holds `len` bytes of

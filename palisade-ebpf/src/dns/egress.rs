@@ -273,7 +273,8 @@ fn inspect_egress(
     };
     if d.reason == reason::PASS {
         report::count(SCOPE_EGRESS, STAT_ALLOWED);
-        if cfg.flags & SCOPE_LOG_ALLOWED != 0 {
+        // A name of an `[intel]` alert or tag feed is reported whatever `log_allowed`.
+        if cfg.flags & SCOPE_LOG_ALLOWED != 0 || inspect::intel_flags(origin.slot, &d) != 0 {
             report::emit(SCOPE_EGRESS, DNS_VERDICT_ALLOW, &d, &origin);
         }
         return ALLOW;

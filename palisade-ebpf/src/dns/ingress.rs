@@ -130,7 +130,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
     };
     if d.reason == reason::PASS {
         report::count(SCOPE_INGRESS, STAT_ALLOWED);
-        if cfg.flags & SCOPE_LOG_ALLOWED != 0 {
+        // A name of an `[intel]` alert or tag feed is reported whatever `log_allowed`.
+        if cfg.flags & SCOPE_LOG_ALLOWED != 0 || inspect::intel_flags(origin.slot, &d) != 0 {
             report::emit(SCOPE_INGRESS, DNS_VERDICT_ALLOW, &d, &origin);
         }
         // The response cache, for what the policy passed: a fresh answer is sent back from

@@ -23,7 +23,9 @@ use palisade_common::{
             check_query_header,
         },
     },
+    event::{FLAG_INTEL_NAME_ALERT, FLAG_INTEL_NAME_TAG},
     firewall::rate_conforms,
+    intel::{ACTION_ALERT, ACTION_TAG},
     packet::Packet,
     reason,
 };
@@ -171,6 +173,27 @@ pub fn name_hash(slot: u32) -> (u64, u64) {
         // SAFETY: the hook's per-CPU scratch slot.
         Some(s) => unsafe { (*s).matcher.suffix },
         None => (0, 0),
+    }
+}
+
+/// The `[intel]` flags of the last inspection in `slot` whose decision is `d`
+/// ([`FLAG_INTEL_NAME_ALERT`], [`FLAG_INTEL_NAME_TAG`]; 0 when no entry matched or the
+/// matching entry is not an `[intel]` alert or tag): a query the hook passes but must
+/// report.
+#[inline(always)]
+pub fn intel_flags(slot: u32, d: &Decision) -> u8 {
+    if d.list == u16::MAX {
+        return 0;
+    }
+    let Some(s) = DNS_SCRATCH.get_ptr(slot) else {
+        return 0;
+    };
+    // SAFETY: the hook's per-CPU scratch slot; `list` is set only when this inspection
+    // found an entry, whose value the matcher holds.
+    match unsafe { (*s).matcher.value.intel } {
+        ACTION_ALERT => FLAG_INTEL_NAME_ALERT,
+        ACTION_TAG => FLAG_INTEL_NAME_TAG,
+        _ => 0,
     }
 }
 
@@ -365,7 +388,8 @@ fn inspect_inner(
         d.list = m.value.list;
     }
     d.reason = match cfg.mode {
-        MODE_BLOCKLIST if m.found => reason::DNS_BLOCKED,
+        // An `[intel]` alert or tag entry passes (the hook reports it, `intel_flags`).
+        MODE_BLOCKLIST if m.found && m.value.intel == 0 => reason::DNS_BLOCKED,
         MODE_ALLOWLIST if !m.found => reason::DNS_NOT_ALLOWED,
         MODE_ALLOWLIST if m.expired => reason::DNS_EXPIRED,
         MODE_ALLOWLIST if m.value.max_entropy_fp != u32::MAX && m.best > 0 => {
@@ -536,7 +560,11 @@ fn match_one(s: &mut Scratch, index: u64) {
             let expired = v.expires_boot_ns != 0 && m.now > v.expires_boot_ns;
             // An expired blocklist entry no longer blocks; an expired allowlist entry is
             // reported as such if it is the most specific match.
-            if !(expired && m.mode == MODE_BLOCKLIST) {
+            // Under a blocklist a blocking entry found on a shorter suffix stays: an
+            // `[intel]` alert or tag entry below it does not lift the block.
+            let lifts_block =
+                m.mode == MODE_BLOCKLIST && m.found && m.value.intel == 0 && v.intel != 0;
+            if !(expired && m.mode == MODE_BLOCKLIST) && !lifts_block {
                 m.found = true;
                 m.expired = expired;
                 m.best = label as u8;

@@ -145,7 +145,7 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     ev.tcp = u8::from(o.tcp);
     ev.list = d.list;
     ev.sent = sent;
-    ev.flags = crate::intel::tag_flag(&s.packet.src);
+    ev.flags = crate::intel::tag_flag(&s.packet.src) | super::inspect::intel_flags(o.slot, d);
     process_fields(ev, o.task, o.cgroup_id, o.socket_uid);
     copy_name_words(&s.name, &mut ev.name, d.wire_len);
     entry.submit(event_flags());

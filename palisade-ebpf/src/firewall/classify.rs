@@ -9,9 +9,9 @@
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use palisade_common::{
     firewall::{
-        FlowKey, MAX_RULES, MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS, SET_KEY_PREFIX_BITS,
-        SET_OVERLOAD, SET_PREFIXES, SetKey, TUPLE_DST_NOT, TUPLE_DST_SET, TUPLE_SRC_NOT,
-        TUPLE_SRC_SET, fill_flow_key, link_applies, set_kind_slot, tuple_applies,
+        COUNTRY_UNKNOWN, FlowKey, MAX_RULES, MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS,
+        SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SetKey, TUPLE_DST_NOT, TUPLE_DST_SET,
+        TUPLE_SRC_NOT, TUPLE_SRC_SET, fill_flow_key, link_applies, set_kind_slot, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
 };
@@ -158,4 +158,35 @@ fn in_set(key: &mut Key<SetKey>, set: u32, family: u8, addr: &[u8; 16]) -> bool 
     // SAFETY: a helper with no preconditions.
     kind & SET_OVERLOAD != 0
         && crate::ct::overload::member(&mut key.data, unsafe { bpf_ktime_get_coarse_ns() })
+}
+
+/// The country index of `addr` in the country map (set `set`, generation bit included) of a
+/// `per = "country"` rate limit: its value in the set's host hash, else in its prefix trie
+/// (the longest prefix holding it), else [`COUNTRY_UNKNOWN`]. Uses the search's per-CPU key,
+/// the search being over by then.
+#[inline(always)]
+pub fn country_of(set: u32, family: u8, addr: &[u8; 16]) -> u8 {
+    let Some(keys) = FW_SEARCH.get_ptr_mut(0) else {
+        return COUNTRY_UNKNOWN;
+    };
+    // SAFETY: this CPU's slot, not in use outside the search.
+    let key = unsafe { &mut (*keys).set };
+    let kind = FW_SET_KIND
+        .get(set_kind_slot(set))
+        .copied()
+        .unwrap_or(SET_HOSTS | SET_PREFIXES);
+    key.prefix_len = SET_KEY_PREFIX_BITS + 128;
+    key.data = SetKey::new(set, family, *addr);
+    if kind & SET_HOSTS != 0 {
+        // SAFETY: the value is copied out at once.
+        if let Some(c) = unsafe { FW_SET_HOSTS.get(&key.data) } {
+            return *c;
+        }
+    }
+    if kind & SET_PREFIXES != 0
+        && let Some(c) = FW_SETS.get(&*key)
+    {
+        return *c;
+    }
+    COUNTRY_UNKNOWN
 }

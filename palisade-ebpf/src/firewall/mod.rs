@@ -3,6 +3,7 @@
 pub mod action;
 pub mod classify;
 mod ratelimit;
+pub mod redirect;
 
 use aya_ebpf::programs::XdpContext;
 use palisade_common::{
@@ -246,7 +247,7 @@ fn decide(
             verdict::drop(ctx, Some(p), &d)
         }
         ACTION_RATE_LIMIT => {
-            if ratelimit::admit(header, meta, p) {
+            if ratelimit::admit(generation, header, meta, p) {
                 allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
             } else {
                 let d = Decision {
@@ -283,6 +284,34 @@ fn decide(
                 verdict::note_pass(ctx, Some(p), &d);
             }
             allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
+        }
+        palisade_common::redirect::ACTION_REDIRECT => {
+            let outcome = redirect::redirect(ctx, meta, p);
+            if outcome == redirect::TOO_BIG {
+                let d = Decision {
+                    reason: reason::REDIRECT_TOO_BIG,
+                    rule,
+                    generation,
+                    log,
+                };
+                return verdict::drop(ctx, Some(p), &d);
+            }
+            if outcome != redirect::SENT {
+                return allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0);
+            }
+            if track {
+                ct::commit();
+            }
+            if log {
+                let d = Decision {
+                    reason: reason::RULE,
+                    rule,
+                    generation,
+                    log,
+                };
+                verdict::note_redirect(ctx, Some(p), &d);
+            }
+            aya_ebpf::bindings::xdp_action::XDP_REDIRECT
         }
         _ => allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0),
     }

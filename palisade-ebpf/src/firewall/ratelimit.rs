@@ -6,14 +6,17 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{
-    firewall::{PolicyHeader, RULE_RATE_PER_SOURCE, RateBucket, RateKey, RuleMeta},
+    firewall::{
+        PolicyHeader, RULE_RATE_PER_COUNTRY, RULE_RATE_PER_SOURCE, RateBucket, RateKey, RuleMeta,
+        country_rate_addr, set_id,
+    },
     packet::{FAMILY_V4, Packet, cut_to_prefix, rate_prefix_bits},
 };
 
 use crate::maps::FW_RATE;
 
 #[inline(always)]
-pub fn admit(header: &PolicyHeader, meta: &RuleMeta, p: &Packet) -> bool {
+pub fn admit(generation: u32, header: &PolicyHeader, meta: &RuleMeta, p: &Packet) -> bool {
     let mut key = RateKey {
         rule: meta.rate_id,
         _pad: 0,
@@ -29,6 +32,10 @@ pub fn admit(header: &PolicyHeader, meta: &RuleMeta, p: &Packet) -> bool {
             header.rate_prefix_v6,
         );
         cut_to_prefix(&mut key.addr, bits);
+    } else if meta.flags & RULE_RATE_PER_COUNTRY != 0 {
+        // One bucket per source country, looked up in the generation's country map.
+        let set = set_id(generation & 1, u32::from(header.country_set));
+        key.addr = country_rate_addr(super::classify::country_of(set, p.family, &p.src));
     }
     // SAFETY: a helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -164,6 +164,14 @@ pub struct RuleSpec {
     /// Conditions to negate: `src`, `dst`, `sport`, `dport`, `proto`.
     #[serde(default)]
     pub not: Vec<String>,
+    /// `mark`: the mark and DSCP to set, in the policy file's words.
+    #[serde(default)]
+    pub set_mark: Option<String>,
+    #[serde(default)]
+    pub set_dscp: Option<String>,
+    /// `mirror`: the interface that gets the copies.
+    #[serde(default)]
+    pub mirror_to: Option<String>,
 }
 
 /// Which events a stream carries. Every condition given must hold.
@@ -181,7 +189,9 @@ pub struct EventFilter {
 }
 
 /// Event kinds a filter accepts.
-pub const EVENT_KINDS: [&str; 6] = ["firewall", "dns", "tls", "dhcp", "intel", "ids"];
+pub const EVENT_KINDS: [&str; 8] = [
+    "firewall", "dns", "tls", "dhcp", "intel", "dga", "ids", "dlp",
+];
 /// Verdicts a filter accepts (`alert` is the verdict of DHCP rogue reports and intel
 /// events, `tag` of intel events).
 pub const EVENT_VERDICTS: [&str; 10] = [
@@ -321,6 +331,10 @@ pub struct Status {
     /// The TLS gate's counters, when the policy has `[tls]` (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<crate::stats::Named>,
+    /// The IDS's counters (kernel preselection, ring, engine, alerts per sid), when the
+    /// policy has `[ids]` (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<crate::stats::Named>,
     /// The connection tables' capacities, when connections are tracked (what `conntrack`
     /// fills).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,6 +4,8 @@
 pub mod coverage;
 pub mod detect;
 pub mod probe;
+pub mod prologue;
+pub mod runtime;
 pub mod stream;
 
 /// What a match does beyond its event.

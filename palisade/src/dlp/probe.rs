@@ -3,7 +3,7 @@
 //! runs the scanner and reports matches (and processes it cannot cover) as JSON lines.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     io::Write,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -18,10 +18,14 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TcAttachType, TracePoint, UProbe, uprobe::UProbeAttachPoint},
+    programs::{
+        SchedClassifier, TcAttachType, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint},
+    },
 };
 use palisade_common::dlp::{
-    COOKIE_EX, COOKIE_READ, DIR_READ, Flow, RECORD_HEADER, Record, ResetKey, stat,
+    COOKIE_EX, COOKIE_FREE, COOKIE_READ, DIR_EXEC, DIR_FLOW, DIR_READ, Flow, RECORD_HEADER, Record,
+    ResetKey, stat,
 };
 use serde_json::json;
 
@@ -40,8 +44,34 @@ pub const SYMBOLS: [(&str, u64); 4] = [
     ("SSL_read_ex", COOKIE_READ | COOKIE_EX),
 ];
 
-/// How often `/proc` is scanned for new libraries and uncovered processes.
-pub const RESCAN: Duration = Duration::from_millis(200);
+/// The TC egress program of `action = "reset"`.
+pub const RESET: &str = "palisade_dlp_reset";
+
+/// `SSL_free`, probed at entry to forget its `SSL*`'s flow.
+pub const FREE_SYMBOL: &str = "SSL_free";
+
+/// Where the entry probes of writes and `SSL_free` sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// On the first instruction the kernel emulates ([`super::prologue::entry_offset`]):
+    /// one trap per call.
+    #[default]
+    Emulated,
+    /// On the function's first instruction, single-stepped by the kernel (two traps per call;
+    /// for `palisade-bench --dlp` to measure the difference).
+    FirstInstruction,
+}
+
+/// How long a write record whose `SSL*` has no flow yet waits for its `DIR_FLOW` record
+/// (the send that follows the probe within the call) before it is scanned without one.
+pub const FLOW_WAIT: Duration = Duration::from_millis(20);
+/// Write records held for their flow at most (the oldest is scanned without one beyond).
+pub const MAX_WAITING: usize = 4096;
+
+/// How often all of `/proc` is scanned for new libraries and uncovered processes. A process
+/// that exec's is looked at on its exec record (see [`EXEC_CHECKS_MS`]); the scan finds the
+/// libraries opened later and the processes of before the watcher.
+pub const RESCAN: Duration = Duration::from_secs(1);
 
 /// Where each running watcher lists the library files it probes, for `palisade dlp
 /// coverage`: one file per watcher, [`STATE_PREFIX`] followed by its pid.
@@ -67,6 +97,48 @@ pub struct Watcher {
     pub resets: u64,
     /// Processes reported uncovered (each once while it lives).
     pub uncovered: u64,
+    placement: Placement,
+    /// Write records waiting for their `SSL*`'s flow, in arrival order, with when they came.
+    waiting: Vec<(Instant, Box<Record>)>,
+    /// Write records scanned without a flow after [`FLOW_WAIT`].
+    pub late_no_flow: u64,
+    /// Matches per detector name.
+    pub by_detector: std::collections::BTreeMap<String, u64>,
+    execs: Vec<Exec>,
+    /// Exec records read.
+    pub execs_seen: u64,
+}
+
+/// A process that exec'd, looked at until its libraries say what it is.
+#[derive(Debug, Clone, Copy)]
+struct Exec {
+    pid: u32,
+    /// When it exec'd (`CLOCK_MONOTONIC`, from the kernel).
+    ts_ns: u64,
+    /// When its record was read.
+    seen: Instant,
+    /// Checks done so far.
+    checks: usize,
+}
+
+/// When a process that exec'd is looked at, after its exec record is read (ms): the dynamic
+/// loader maps its libraries within the first milliseconds; a library opened later
+/// (`dlopen`, e.g. Python's `import ssl`) is found by these or by the next [`RESCAN`].
+pub const EXEC_CHECKS_MS: [u64; 6] = [0, 2, 10, 50, 250, 800];
+/// Processes that exec'd being looked at, at most (more wait for the next [`RESCAN`]).
+pub const MAX_EXECS: usize = 1024;
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock of `bpf_ktime_get_ns`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 impl Watcher {
@@ -76,6 +148,14 @@ impl Watcher {
     /// # Errors
     /// When the object cannot be loaded or a probe cannot be attached.
     pub fn start(p: &Dlp) -> Result<Self> {
+        Self::start_placed(p, Placement::Emulated)
+    }
+
+    /// [`Watcher::start`] with the write probes at `placement`.
+    ///
+    /// # Errors
+    /// As [`Watcher::start`].
+    pub fn start_placed(p: &Dlp, placement: Placement) -> Result<Self> {
         let detectors = Detectors::new(p).context("compiling the [dlp] patterns")?;
         let mut ebpf = crate::loader::load()?;
         let enter: &mut UProbe = ebpf
@@ -97,9 +177,16 @@ impl Watcher {
             tp.attach("sock", event)
                 .with_context(|| format!("attaching palisade_dlp_sock to sock:{event}"))?;
         }
+        let exec: &mut TracePoint = ebpf
+            .program_mut("palisade_dlp_exec")
+            .context("program palisade_dlp_exec")?
+            .try_into()?;
+        exec.load().context("loading palisade_dlp_exec")?;
+        exec.attach("sched", "sched_process_exec")
+            .context("attaching palisade_dlp_exec to sched:sched_process_exec")?;
         if p.action == Action::Reset {
             let tc: &mut SchedClassifier = ebpf
-                .program_mut("palisade_dlp_reset")
+                .program_mut(RESET)
                 .context("program palisade_dlp_reset")?
                 .try_into()?;
             tc.load().context("loading palisade_dlp_reset")?;
@@ -118,6 +205,12 @@ impl Watcher {
             matches: 0,
             resets: 0,
             uncovered: 0,
+            placement,
+            waiting: Vec::new(),
+            late_no_flow: 0,
+            by_detector: std::collections::BTreeMap::new(),
+            execs: Vec::new(),
+            execs_seen: 0,
         };
         for lib in coverage::system_libraries()
             .into_iter()
@@ -129,7 +222,9 @@ impl Watcher {
         Ok(w)
     }
 
-    /// Attaches the four probes to one library file (once per file).
+    /// Attaches the probes to one library file (once per file): the entry probe on the four
+    /// functions and `SSL_free`, the return probe on the two reads. Writes and `SSL_free` are
+    /// probed at [`Placement`] (a library without `SSL_free` goes without it).
     ///
     /// # Errors
     /// When the file cannot be read or a probe cannot be attached.
@@ -138,19 +233,44 @@ impl Watcher {
         if self.probed.contains(&key) {
             return Ok(false);
         }
-        for prog in ["palisade_dlp_enter", "palisade_dlp_leave"] {
-            let pr: &mut UProbe = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
-            for (sym, cookie) in SYMBOLS {
-                pr.attach(
-                    UProbeAttachPoint {
-                        location: sym.into(),
-                        cookie: Some(cookie),
-                    },
-                    path,
-                    aya::programs::uprobe::UProbeScope::AllProcesses,
-                )
-                .with_context(|| format!("attaching {prog} to {sym} in {}", path.display()))?;
+        let entry_offset = |sym: &str| match self.placement {
+            Placement::Emulated => super::prologue::entry_offset(path, sym),
+            Placement::FirstInstruction => 0,
+        };
+        let mut points: Vec<(&str, &str, u64, u64)> = Vec::new();
+        for (sym, cookie) in SYMBOLS {
+            if cookie & COOKIE_READ == 0 {
+                points.push(("palisade_dlp_enter", sym, entry_offset(sym), cookie));
+            } else {
+                points.push(("palisade_dlp_enter", sym, 0, cookie));
+                points.push(("palisade_dlp_leave", sym, 0, cookie));
             }
+        }
+        let has_free = super::prologue::function_bytes(path, FREE_SYMBOL).is_ok();
+        if has_free {
+            points.push((
+                "palisade_dlp_enter",
+                FREE_SYMBOL,
+                entry_offset(FREE_SYMBOL),
+                COOKIE_FREE,
+            ));
+        }
+        for (prog, sym, offset, cookie) in points {
+            let pr: &mut UProbe = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
+            pr.attach(
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::SymbolOffset(sym, offset),
+                    cookie: Some(cookie),
+                },
+                path,
+                aya::programs::uprobe::UProbeScope::AllProcesses,
+            )
+            .with_context(|| {
+                format!(
+                    "attaching {prog} to {sym}+{offset:#x} in {}",
+                    path.display()
+                )
+            })?;
         }
         self.probed.insert(key);
         self.write_state();
@@ -174,44 +294,81 @@ impl Watcher {
     /// TLS library it cannot probe (each once).
     pub fn rescan(&mut self, out: &mut dyn Write) {
         for proc_ in coverage::scan(&self.probed) {
-            match &proc_.status {
-                Status::Probeable { path, .. } => {
-                    let t0 = proc_.age;
-                    match self.probe(path) {
-                        Ok(true) => emit(
-                            out,
-                            &json!({
-                                "event": "dlp-probed",
-                                "library": path.display().to_string(),
-                                "pid": proc_.pid,
-                                "comm": proc_.comm,
-                                "process_age_ms": t0.map(|d| d.as_millis() as u64),
-                            }),
-                        ),
-                        Ok(false) => {}
-                        Err(e) => {
-                            if self.reported.insert(proc_.pid) {
-                                self.uncovered += 1;
-                                emit(
-                                    out,
-                                    &json!({"event": "dlp-uncovered", "pid": proc_.pid,
-                                        "comm": proc_.comm, "reason": format!("{e:#}")}),
-                                );
-                            }
-                        }
+            self.handle(&proc_, None, out);
+        }
+    }
+
+    /// Probes a process's libssl if it is new, or reports the process uncovered (once).
+    /// `exec_ns`: when it exec'd (`CLOCK_MONOTONIC`), for `exec_to_probe_ms`. Returns
+    /// whether there is nothing more to learn of it (covered, probed or uncovered).
+    fn handle(
+        &mut self,
+        proc_: &coverage::Proc,
+        exec_ns: Option<u64>,
+        out: &mut dyn Write,
+    ) -> bool {
+        match &proc_.status {
+            Status::Probeable { path, .. } => match self.probe(path) {
+                Ok(true) => {
+                    let mut ev = json!({
+                        "event": "dlp-probed",
+                        "library": path.display().to_string(),
+                        "pid": proc_.pid,
+                        "comm": proc_.comm,
+                        "process_age_ms": proc_.age.map(|d| d.as_millis() as u64),
+                    });
+                    if let Some(t) = exec_ns {
+                        let ms = monotonic_ns().saturating_sub(t) as f64 / 1e6;
+                        ev["exec_to_probe_ms"] = json!((ms * 1000.0).round() / 1000.0);
                     }
+                    emit(out, &ev);
+                    true
                 }
-                Status::Uncovered(reason) => {
-                    if self.reported.insert(proc_.pid) {
-                        self.uncovered += 1;
-                        emit(
-                            out,
-                            &json!({"event": "dlp-uncovered", "pid": proc_.pid,
-                                "comm": proc_.comm, "reason": reason}),
-                        );
-                    }
+                Ok(false) => true,
+                Err(e) => {
+                    self.report_uncovered(proc_, &format!("{e:#}"), out);
+                    true
                 }
-                Status::Covered { .. } | Status::NoTls => {}
+            },
+            Status::Uncovered(reason) => {
+                self.report_uncovered(proc_, reason, out);
+                true
+            }
+            Status::Covered { .. } => true,
+            Status::NoTls => false,
+        }
+    }
+
+    fn report_uncovered(&mut self, proc_: &coverage::Proc, reason: &str, out: &mut dyn Write) {
+        if self.reported.insert(proc_.pid) {
+            self.uncovered += 1;
+            emit(
+                out,
+                &json!({"event": "dlp-uncovered", "pid": proc_.pid,
+                    "comm": proc_.comm, "reason": reason}),
+            );
+        }
+    }
+
+    /// Looks at the processes that exec'd whose next check is due (see [`EXEC_CHECKS_MS`]).
+    fn check_execs(&mut self, out: &mut dyn Write) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.execs.len() {
+            let e = self.execs[i];
+            if now.duration_since(e.seen) < Duration::from_millis(EXEC_CHECKS_MS[e.checks]) {
+                i += 1;
+                continue;
+            }
+            let done = match coverage::process(e.pid, &self.probed) {
+                Some(p) => self.handle(&p, Some(e.ts_ns), out),
+                None => true,
+            };
+            if done || e.checks + 1 >= EXEC_CHECKS_MS.len() {
+                self.execs.swap_remove(i);
+            } else {
+                self.execs[i].checks += 1;
+                i += 1;
             }
         }
     }
@@ -235,10 +392,73 @@ impl Watcher {
             }
         }
         let n = records.len();
+        let now = Instant::now();
         for r in records {
+            self.arrive(r, now, out);
+        }
+        self.release(now, false, out);
+        Ok(n)
+    }
+
+    /// Scans the held writes whose flow did not come within [`FLOW_WAIT`] (all of them with
+    /// `all`) without one.
+    pub fn release(&mut self, now: Instant, all: bool, out: &mut dyn Write) {
+        while self
+            .waiting
+            .first()
+            .is_some_and(|(t, _)| all || now.duration_since(*t) >= FLOW_WAIT)
+        {
+            let (_, r) = self.waiting.remove(0);
+            self.late_no_flow += 1;
             self.record(&r, out);
         }
-        Ok(n)
+    }
+
+    /// Scans a record, or holds a write whose `SSL*` has no flow yet (and every record of
+    /// that stream after it, to keep their order) until its `DIR_FLOW` record names it.
+    fn arrive(&mut self, r: Box<Record>, now: Instant, out: &mut dyn Write) {
+        let same = |a: &Record, b: &Record| a.pid_tgid >> 32 == b.pid_tgid >> 32 && a.ssl == b.ssl;
+        if r.dir == DIR_EXEC {
+            self.execs_seen += 1;
+            let e = Exec {
+                pid: (r.pid_tgid >> 32) as u32,
+                ts_ns: r.ts_ns,
+                seen: now,
+                checks: 0,
+            };
+            // A process that exec's again (a shell's `exec`) starts over from its last exec.
+            if let Some(old) = self.execs.iter_mut().find(|o| o.pid == e.pid) {
+                *old = e;
+            } else if self.execs.len() < MAX_EXECS {
+                self.execs.push(e);
+            }
+            return;
+        }
+        if r.dir == DIR_FLOW {
+            let mut i = 0;
+            while i < self.waiting.len() {
+                if same(&self.waiting[i].1, &r) {
+                    let (_, mut w) = self.waiting.remove(i);
+                    w.flow = r.flow;
+                    w.has_flow = 1;
+                    self.record(&w, out);
+                } else {
+                    i += 1;
+                }
+            }
+            return;
+        }
+        let held = self.waiting.iter().any(|(_, w)| same(w, &r));
+        if held || (r.dir != DIR_READ && r.has_flow == 0) {
+            self.waiting.push((now, r));
+            if self.waiting.len() > MAX_WAITING {
+                let (_, w) = self.waiting.remove(0);
+                self.late_no_flow += 1;
+                self.record(&w, out);
+            }
+            return;
+        }
+        self.record(&r, out);
     }
 
     fn record(&mut self, r: &Record, out: &mut dyn Write) {
@@ -252,6 +472,7 @@ impl Watcher {
         let hits = self.scanner.push(key, &r.data[..len]);
         for h in hits {
             self.matches += 1;
+            *self.by_detector.entry(h.detector.clone()).or_default() += 1;
             let mut reset = false;
             if self.action == Action::Reset && r.has_flow != 0 && r.flow.family != 0 {
                 reset = self.reset(&r.flow).is_ok();
@@ -325,10 +546,60 @@ impl Watcher {
         let mut out = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let v = m.get(&(i as u32), 0)?;
-            out.push((*name, v.iter().sum()));
+            // Writes captured at entry whose flow never came count as `no_flow` too.
+            let late = if *name == "no_flow" {
+                self.late_no_flow
+            } else {
+                0
+            };
+            out.push((*name, v.iter().sum::<u64>() + late));
         }
         debug_assert_eq!(names.len(), stat::COUNT as usize);
         Ok(out)
+    }
+
+    /// One turn of the watcher's loop: rescans `/proc` when [`RESCAN`] has passed since
+    /// `last`, drains the records (sleeping 2 ms when there were none).
+    ///
+    /// # Errors
+    /// As [`Watcher::drain`].
+    pub fn tick(&mut self, last: &mut Instant, out: &mut dyn Write) -> Result<()> {
+        if last.elapsed() >= RESCAN {
+            self.rescan(out);
+            *last = Instant::now();
+            self.reported
+                .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        }
+        let n = self.drain(out)?;
+        self.check_execs(out);
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = out.flush();
+        Ok(())
+    }
+
+    /// Every counter: the kernel's ([`Watcher::counters`]), then `matches`, `resets`,
+    /// `uncovered`, `streams_evicted`, `libraries_probed` and `matches_<detector>` per
+    /// detector that matched.
+    #[must_use]
+    pub fn all_counters(&self) -> Vec<(String, u64)> {
+        let mut c: Vec<(String, u64)> = self
+            .counters()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        c.push(("matches".into(), self.matches));
+        c.push(("resets".into(), self.resets));
+        c.push(("uncovered".into(), self.uncovered));
+        c.push(("streams_evicted".into(), self.scanner.evicted));
+        c.push(("libraries_probed".into(), self.probed.len() as u64));
+        c.push(("execs".into(), self.execs_seen));
+        for (d, n) in &self.by_detector {
+            c.push((format!("matches_{d}"), *n));
+        }
+        c
     }
 
     /// Runs until `stop`: drains records, rescans `/proc` every [`RESCAN`].
@@ -337,33 +608,27 @@ impl Watcher {
     /// As [`Watcher::drain`].
     pub fn run(&mut self, stop: &Arc<AtomicBool>, out: &mut dyn Write) -> Result<()> {
         let mut last = Instant::now() - RESCAN;
-        let mut exited: HashMap<u32, ()> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
-            if last.elapsed() >= RESCAN {
-                self.rescan(out);
-                last = Instant::now();
-                exited.clear();
-                self.reported
-                    .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            }
-            if self.drain(out)? == 0 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            let _ = out.flush();
+            self.tick(&mut last, out)?;
         }
         self.drain(out)?;
-        let counters = self.counters()?;
+        self.release(Instant::now(), true, out);
         let mut c = serde_json::Map::new();
-        for (k, v) in counters {
-            c.insert(k.to_owned(), v.into());
+        for (k, v) in self.all_counters() {
+            if !k.starts_with("matches_") && k != "libraries_probed" && k != "execs" {
+                c.insert(k, v.into());
+            }
         }
-        c.insert("matches".into(), self.matches.into());
-        c.insert("resets".into(), self.resets.into());
-        c.insert("uncovered".into(), self.uncovered.into());
-        c.insert("streams_evicted".into(), self.scanner.evicted.into());
         emit(out, &json!({"event": "dlp-stopped", "counters": c}));
         let _ = std::fs::remove_file(state_file());
         Ok(())
+    }
+}
+
+impl Drop for Watcher {
+    /// Its probes go with its object; its state file goes too.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(state_file());
     }
 }
 

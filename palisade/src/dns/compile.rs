@@ -364,8 +364,15 @@ pub fn compile(
         out.scopes[usize::from(scope)] = scope_config(cfg);
         for &list in &cfg.lists {
             let l = &dns.lists[list];
+            // The names of `[intel]` alert and tag feeds pass and are reported (blocklists).
+            let intel = if cfg.mode == DnsMode::Blocklist {
+                crate::intel::runtime::list_action(&l.name)
+            } else {
+                0
+            };
             for e in &l.entries {
-                let v = entry_value(e, list, clock, &l.name)?;
+                let mut v = entry_value(e, list, clock, &l.name)?;
+                v.intel = intel;
                 let kinds: &[u8] = match e.kind {
                     NameMatch::Exact => &[KIND_APEX],
                     NameMatch::Subdomains => &[KIND_BELOW],
@@ -379,6 +386,15 @@ pub fn compile(
                         origin.insert(k, (list, e.line));
                         continue;
                     };
+                    if old.intel != v.intel {
+                        // A name both blocked and reported by `[intel]`: the block stays
+                        // (between an alert and a tag, the first feed's).
+                        if v.intel == 0 {
+                            *old = v;
+                            origin.insert(k, (list, e.line));
+                        }
+                        continue;
+                    }
                     *old = merge(old, &v).map_err(|why| {
                         let (first, first_line) = origin.get(&k).copied().unwrap_or_default();
                         DnsCompileError::ConflictingDuplicates {

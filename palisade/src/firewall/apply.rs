@@ -7,7 +7,7 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, MapData, lpm_trie::Key},
+    maps::{Array, DevMapHash, LpmTrie, MapData, lpm_trie::Key},
 };
 use palisade_common::firewall::{
     Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleRef,
@@ -69,6 +69,8 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
     write_port_classes(ebpf, idle, c).context("writing port classes")?;
     let epoch = current.generation_counter.wrapping_add(1);
     write_rules(ebpf, idle, c).context("writing rules")?;
+    let redirect_devs = redirect_ifaces(c);
+    add_redirect_devs(ebpf, &redirect_devs).context("writing the redirect interfaces")?;
     {
         let mut tuples: Array<&mut MapData, Tuple> = Array::try_from(map_mut(ebpf, "FW_TUPLES")?)?;
         for (i, t) in c.tuples.iter().enumerate() {
@@ -91,10 +93,54 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
         active_gen: idle,
         generation_counter: epoch,
     };
-    let mut ctl: Array<&mut MapData, Control> = Array::try_from(map_mut(ebpf, "CONTROL")?)?;
-    // The single write that makes the new policy live.
-    ctl.set(0, next, 0)?;
+    {
+        let mut ctl: Array<&mut MapData, Control> = Array::try_from(map_mut(ebpf, "CONTROL")?)?;
+        // The single write that makes the new policy live.
+        ctl.set(0, next, 0)?;
+    }
+    remove_redirect_devs(ebpf, &redirect_devs).context("clearing the redirect interfaces")?;
     Ok(next)
+}
+
+/// The interfaces the `redirect_to` of `c`'s rules name (direct redirects).
+fn redirect_ifaces(c: &CompiledFirewall) -> Vec<u32> {
+    use palisade_common::redirect::{ACTION_REDIRECT, RULE_REDIRECT_FIB};
+    let mut v: Vec<u32> = c
+        .rules
+        .iter()
+        .filter(|m| m.action == ACTION_REDIRECT && m.flags & RULE_REDIRECT_FIB == 0)
+        .map(|m| m.ifindex)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Puts `ifaces` into `REDIRECT_DEVS` before the policy naming them goes live.
+fn add_redirect_devs(ebpf: &mut Ebpf, ifaces: &[u32]) -> Result<()> {
+    if ifaces.is_empty() {
+        return Ok(());
+    }
+    let mut devs: DevMapHash<&mut MapData> = DevMapHash::try_from(map_mut(ebpf, "REDIRECT_DEVS")?)?;
+    for &i in ifaces {
+        devs.insert(i, i, None, 0)
+            .with_context(|| format!("interface index {i}"))?;
+    }
+    Ok(())
+}
+
+/// Removes from `REDIRECT_DEVS` what the live policy (`keep`) no longer names.
+fn remove_redirect_devs(ebpf: &mut Ebpf, keep: &[u32]) -> Result<()> {
+    let mut devs: DevMapHash<&mut MapData> = DevMapHash::try_from(map_mut(ebpf, "REDIRECT_DEVS")?)?;
+    let stale: Vec<u32> = devs
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(k))
+        .collect();
+    for k in stale {
+        devs.remove(k)?;
+    }
+    Ok(())
 }
 
 /// Removes every entry that belongs to `generation` from the keyed maps. Arrays need no
@@ -181,23 +227,42 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
             LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
         for (index, members) in c.sets.iter().enumerate() {
             let set = set_id(generation, index as u32);
-            for m in members.iter().filter(|m| m.stored_prefix_len() < 128) {
+            let values = c
+                .country_map
+                .as_ref()
+                .filter(|(i, _)| *i == index)
+                .map(|(_, v)| v);
+            for (at, m) in members.iter().enumerate() {
+                if m.stored_prefix_len() == 128 {
+                    continue;
+                }
+                let value = values.and_then(|v| v.get(at)).copied().unwrap_or(1);
                 let key = SetKey::new(set, family_code(m.family), m.addr);
                 let bits = SET_KEY_PREFIX_BITS + u32::from(m.stored_prefix_len());
-                trie.insert(&Key::new(bits, key), 1, 0)?;
+                trie.insert(&Key::new(bits, key), value, 0)?;
                 kinds[index] |= SET_PREFIXES;
             }
         }
     }
     let mut hosts: Vec<SetKey> = Vec::new();
+    // Each host's value: 1, or its country index in the country map.
+    let mut ones: Vec<u8> = Vec::new();
     for (index, members) in c.sets.iter().enumerate() {
         let set = set_id(generation, index as u32);
-        for m in members.iter().filter(|m| m.stored_prefix_len() == 128) {
+        let values = c
+            .country_map
+            .as_ref()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, v)| v);
+        for (at, m) in members.iter().enumerate() {
+            if m.stored_prefix_len() != 128 {
+                continue;
+            }
             hosts.push(SetKey::new(set, family_code(m.family), m.addr));
+            ones.push(values.and_then(|v| v.get(at)).copied().unwrap_or(1));
             kinds[index] |= SET_HOSTS;
         }
     }
-    let ones = vec![1u8; hosts.len()];
     maps::update_batch(maps::data_of(ebpf, "FW_SET_HOSTS")?, &hosts, &ones)?;
     if let Some(k) = c.overload_set.and_then(|i| kinds.get_mut(i)) {
         *k |= SET_OVERLOAD;

@@ -91,6 +91,10 @@ pub struct CompiledFirewall {
     /// The set index of `[conntrack] overload_set` when connections are tracked: rules
     /// naming it also match its dynamic members (`SET_OVERLOAD`).
     pub overload_set: Option<usize>,
+    /// The country map of `per = "country"` rate limits, when a rule has one: its set index
+    /// (also in [`PolicyHeader::country_set`]) and, for each of its members in order, the
+    /// country index written as the member's value (every other set's members have value 1).
+    pub country_map: Option<(usize, Vec<u8>)>,
 }
 
 /// The shape of one expanded rule condition: what decides which tuple it lands in.
@@ -356,6 +360,9 @@ fn rule_meta(rule: &Rule) -> RuleMeta {
             if rl.per == RatePer::Source {
                 meta.flags |= RULE_RATE_PER_SOURCE;
             }
+            if rl.per == RatePer::Country {
+                meta.flags |= palisade_common::firewall::RULE_RATE_PER_COUNTRY;
+            }
             (meta.rate_interval_ns, meta.rate_tolerance_ns) = gcra(rl.pps, rl.burst);
         }
         Action::Mark(m) => {
@@ -372,6 +379,16 @@ fn rule_meta(rule: &Rule) -> RuleMeta {
         Action::Mirror(m) => {
             meta.action = palisade_common::firewall::ACTION_MIRROR;
             meta.ifindex = m.ifindex;
+        }
+        Action::Redirect(r) => {
+            meta.action = palisade_common::redirect::ACTION_REDIRECT;
+            match r {
+                crate::policy::model::Redirect::Iface(m) => meta.ifindex = m.ifindex,
+                crate::policy::model::Redirect::Table(t) => {
+                    meta.flags |= palisade_common::redirect::RULE_REDIRECT_FIB;
+                    meta.ifindex = t;
+                }
+            }
         }
     }
     meta
@@ -504,7 +521,8 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
             count: fw.rules.len(),
         });
     }
-    let negated = NegatedSets::new(policy);
+    let mut negated = NegatedSets::new(policy);
+    let country_map = country_map(policy, &mut negated.sets);
     if negated.sets.len() > MAX_SETS as usize {
         return Err(CompileError::TooManySets {
             count: negated.sets.len(),
@@ -556,6 +574,8 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
             // nothing, like the reference.
             continue;
         }
+        // An `iface` list is one alternative per interface, each in shapes of its own.
+        let links = rule.link.alternatives();
         let index_usize = index as usize;
         let src_alts = side_alternatives(&rule.src, negated.ids.get(&(index_usize, 0)).copied());
         let dst_alts = side_alternatives(&rule.dst, negated.ids.get(&(index_usize, 1)).copied());
@@ -566,9 +586,10 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
                     (Some(f), _) | (None, Some(f)) => family_code(f),
                     (None, None) => 0,
                 };
-                for (&(ttl, ttl_mask), &(length, length_mask)) in ttls
+                for (&(ttl, ttl_mask), &(length, length_mask), link) in ttls
                     .iter()
                     .flat_map(|t| lengths.iter().map(move |l| (t, l)))
+                    .flat_map(|(t, l)| links.iter().map(move |k| (t, l, *k)))
                 {
                     let shape = Shape {
                         family,
@@ -582,7 +603,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
                         tos_mask,
                         ttl_mask,
                         length_mask,
-                        link: rule.link,
+                        link,
                     };
                     let best = shapes.entry(shape).or_insert(index);
                     *best = (*best).min(index);
@@ -678,7 +699,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         rate_prefix_v4: fw.rate_prefix.v4,
         rate_prefix_v6: fw.rate_prefix.v6,
         link: tuples.iter().fold(0, |bits, t: &Tuple| bits | t.link),
-        ..PolicyHeader::default()
+        country_set: country_map.as_ref().map_or(0, |(i, _)| *i as u16),
     };
     Ok(CompiledFirewall {
         header,
@@ -692,7 +713,54 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
             .conntrack
             .overload_set
             .filter(|i| *i < policy.sets.len() && policy.tracks_connections()),
+        country_map,
     })
+}
+
+/// For a policy with a `per = "country"` rate limit, the country map: every member of the
+/// country sets (`country:XX`, each filled from `[geoip]` with all the countries of the
+/// data), appended to `sets` as one more set, with each member's country index. The country
+/// sets no rule names are emptied in `sets`: their members live once, in the map. `None`
+/// (and `sets` untouched) for a policy without such a rule.
+fn country_map(policy: &Policy, sets: &mut Vec<Vec<Cidr>>) -> Option<(usize, Vec<u8>)> {
+    let per_country = policy
+        .firewall
+        .rules
+        .iter()
+        .any(|r| matches!(r.action, Action::RateLimit(rl) if rl.per == RatePer::Country));
+    if !per_country {
+        return None;
+    }
+    let named: std::collections::HashSet<usize> = policy
+        .firewall
+        .rules
+        .iter()
+        .flat_map(|r| [&r.src, &r.dst])
+        .filter_map(|m| match m {
+            AddrMatch::Set(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    let mut members = Vec::new();
+    let mut values = Vec::new();
+    for (index, set) in policy.sets.iter().enumerate() {
+        let Some(country) = crate::geoip::set_country(&set.name)
+            .filter(|_| crate::geoip::canonical_set_name(&set.name).as_deref() == Some(&set.name))
+            .and_then(crate::geoip::country_index)
+        else {
+            continue;
+        };
+        members.extend_from_slice(&set.entries);
+        values.resize(members.len(), country);
+        if !named.contains(&index)
+            && policy.conntrack.overload_set != Some(index)
+            && let Some(s) = sets.get_mut(index)
+        {
+            s.clear();
+        }
+    }
+    sets.push(members);
+    Some((sets.len() - 1, values))
 }
 
 fn tuple_of(shape: Shape, best_rule: u32) -> Tuple {

@@ -77,6 +77,10 @@ pub enum RuleAction {
     Drop,
     /// Let it through within `rate`.
     RateLimit,
+    /// Let it through with its mark (`setMark`) and/or DSCP (`setDscp`) set.
+    Mark,
+    /// Let it through, and send a copy out of `mirrorTo`.
+    Mirror,
 }
 
 /// Who shares a rate limit's bucket.
@@ -87,6 +91,8 @@ pub enum RatePer {
     Source,
     /// One bucket for the whole rule.
     Rule,
+    /// One bucket per source country (needs `[geoip]` in the base policy).
+    Country,
 }
 
 /// A token bucket.
@@ -149,6 +155,16 @@ pub struct RuleSpec {
     /// Emit an event for every packet the rule drops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<bool>,
+    /// `mark` only: the socket buffer's mark, for `ip rule fwmark`, tc and nftables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mark: Option<u32>,
+    /// `mark` only: the DSCP code point written into the IP header, `0..=63` or a name
+    /// (`"ef"`, `"af41"`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_dscp: Option<IntOrString>,
+    /// `mirror` only, and required with it: the interface that gets a copy of each packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_to: Option<String>,
 }
 
 /// A connection-tracking state.

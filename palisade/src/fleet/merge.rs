@@ -291,6 +291,8 @@ fn rule_keys(policy: &str, r: &RuleSpec) -> Vec<(&'static str, &'static str, Val
         RuleAction::Allow => "allow",
         RuleAction::Drop => "drop",
         RuleAction::RateLimit => "rate-limit",
+        RuleAction::Mark => "mark",
+        RuleAction::Mirror => "mirror",
     };
     out.push(("action", "action", Value::String(action.into())));
     if let Some(rate) = &r.rate {
@@ -301,10 +303,20 @@ fn rule_keys(policy: &str, r: &RuleSpec) -> Vec<(&'static str, &'static str, Val
             let w = match per {
                 RatePer::Source => "source",
                 RatePer::Rule => "rule",
+                RatePer::Country => "country",
             };
             t.insert("per".into(), Value::String(w.into()));
         }
         out.push(("rate", "rate", Value::Table(t)));
+    }
+    if let Some(m) = r.set_mark {
+        out.push(("set_mark", "setMark", Value::Integer(i64::from(m))));
+    }
+    if let Some(d) = &r.set_dscp {
+        out.push(("set_dscp", "setDscp", port_value(d)));
+    }
+    if let Some(i) = &r.mirror_to {
+        out.push(("mirror_to", "mirrorTo", Value::String(i.clone())));
     }
     if let Some(p) = &r.proto {
         out.push(("proto", "proto", Value::String(p.clone())));

@@ -384,6 +384,12 @@ impl Exporter {
         Self { tx, counters }
     }
 
+    /// Queues an event (its kind, verdict, JSON and text forms) as a record; see
+    /// [`Exporter::offer`].
+    pub fn offer_event(&self, kind: &str, verdict: &str, json: &str, text: &str) -> bool {
+        self.offer(Record::from_event(kind, verdict, json, text))
+    }
+
     /// Queues a record; when the queue is full it is dropped and counted. Never waits.
     pub fn offer(&self, r: Record) -> bool {
         if self.tx.try_send(r).is_ok() {

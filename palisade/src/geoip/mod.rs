@@ -87,6 +87,23 @@ pub fn is_iso_code(code: [u8; 2]) -> bool {
     ISO_CODES.split(' ').any(|c| c.as_bytes() == code)
 }
 
+/// Every code [`is_iso_code`] accepts, in a fixed order (new codes are only ever appended).
+pub fn iso_codes() -> impl Iterator<Item = [u8; 2]> {
+    ISO_CODES
+        .split(' ')
+        .filter_map(|c| country_code(c.as_bytes()))
+}
+
+/// The index of a country in the kernel's country map (`per = "country"` rate buckets): its
+/// place in [`iso_codes`] plus one, so stable across reloads and refreshes; `None` for a code
+/// outside the list (its sources count as of no country).
+#[must_use]
+pub fn country_index(code: [u8; 2]) -> Option<u8> {
+    iso_codes()
+        .position(|c| c == code)
+        .and_then(|i| u8::try_from(i + 1).ok())
+}
+
 /// The set name for the text after `@` when it names a country (`country:cn` ->
 /// `country:CN`); `None` for any other set.
 #[must_use]

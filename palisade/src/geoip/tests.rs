@@ -194,3 +194,77 @@ fn codes_and_set_names() {
     assert_eq!(set_country("country:US"), Some(*b"US"));
     assert_eq!(set_country("country:USA"), None);
 }
+
+#[test]
+fn country_indexes_are_fixed_and_fit_a_byte() {
+    let codes: Vec<[u8; 2]> = iso_codes().collect();
+    assert!(codes.len() > 240 && codes.len() < 255, "{}", codes.len());
+    assert_eq!(country_index(*b"AD"), Some(1));
+    assert_eq!(country_index(*b"XK"), Some(codes.len() as u8));
+    assert_eq!(country_index(*b"ZZ"), None);
+    let unique: BTreeSet<[u8; 2]> = codes.iter().copied().collect();
+    assert_eq!(unique.len(), codes.len());
+}
+
+#[test]
+fn per_country_rate_limits_compile_to_one_country_map() {
+    let dir = std::env::temp_dir().join(format!("palisade-geoip-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("db.csv"),
+        "192.0.2.0,192.0.2.255,CN\n198.51.100.7,198.51.100.7,US\n2001:db8::,2001:db8::ffff,US\n\
+         203.0.113.0,203.0.113.255,ZZ\n",
+    )
+    .unwrap();
+    let text = "[geoip]\nformat = \"dbip\"\nfiles = [\"db.csv\"]\n\
+                [[firewall.rule]]\nname = \"cn\"\naction = \"drop\"\nsrc = \"@country:CN\"\n\
+                [[firewall.rule]]\naction = \"rate-limit\"\nrate = { pps = 5, burst = 5, per = \"country\" }\n";
+    let p = crate::policy::config::parse_policy(text, "p.toml", &dir).unwrap();
+    // Every ISO country has its set; CN is the rule's.
+    assert_eq!(p.sets.len(), iso_codes().count());
+    let c = crate::firewall::compile::compile(&p).unwrap();
+    let (map, values) = c.country_map.clone().expect("a country map");
+    assert_eq!(map, p.sets.len());
+    assert_eq!(usize::from(c.header.country_set), map);
+    let cn = country_index(*b"CN").unwrap();
+    let us = country_index(*b"US").unwrap();
+    let mut got: Vec<(String, u8)> = c.sets[map]
+        .iter()
+        .map(format_cidr)
+        .zip(values.iter().copied())
+        .collect();
+    got.sort();
+    // ZZ is no ISO country: its sources are of no country (the unknown bucket).
+    assert_eq!(
+        got,
+        vec![
+            ("192.0.2.0/24".to_owned(), cn),
+            ("198.51.100.7/32".to_owned(), us),
+            ("2001:db8::/112".to_owned(), us),
+        ]
+    );
+    // The country sets no rule names are written empty: their members live in the map.
+    let by_name = |n: &str| p.sets.iter().position(|s| s.name == n).unwrap();
+    assert_eq!(c.sets[by_name("country:CN")].len(), 1);
+    assert!(c.sets[by_name("country:US")].is_empty());
+    assert_eq!(
+        c.rules[1].flags & palisade_common::firewall::RULE_RATE_PER_COUNTRY,
+        palisade_common::firewall::RULE_RATE_PER_COUNTRY
+    );
+    // Without a per-country rule there is no map, and no set for countries no rule names.
+    let plain = text.replace(", per = \"country\"", "");
+    let p = crate::policy::config::parse_policy(&plain, "p.toml", &dir).unwrap();
+    assert_eq!(p.sets.len(), 1);
+    let c = crate::firewall::compile::compile(&p).unwrap();
+    assert_eq!((c.country_map, c.header.country_set), (None, 0));
+    // Without [geoip] the `per` line is the error.
+    let bare = text.split_once("[[firewall.rule]]\naction").unwrap().1;
+    let bare = format!("[[firewall.rule]]\naction{bare}");
+    let e = crate::policy::config::parse_policy(&bare, "p.toml", &dir).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("p.toml:3:36: `per = \"country\"` needs a [geoip] section"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -59,6 +59,19 @@ struct Shared {
     drops: Mutex<HashMap<MapData, CtKey, IdsDrop>>,
     drop_enabled: AtomicBool,
     stop: AtomicBool,
+    /// What the kernel and the engine hold now (see [`Installed`]).
+    installed: Mutex<Installed>,
+}
+
+/// The rules and settings the IDS runs with, kept so that a policy switch that fails after
+/// the IDS took its new rules can put the previous ones back without reading the rule files
+/// again ([`Runtime::restore`]).
+#[derive(Clone, Debug, Default)]
+pub struct Installed {
+    enabled: bool,
+    rules: Vec<super::rules::Rule>,
+    cfg: IdsConfig,
+    drop: bool,
 }
 
 /// One alert as the event stream carries it.
@@ -117,6 +130,8 @@ pub struct Output {
     pub events: broadcast::Sender<Arc<EventLine>>,
     pub quiet: bool,
     pub json: bool,
+    /// The OTLP exporter, when events are exported (alerts go there as the daemon's do).
+    pub otlp: Option<crate::fleet::otlp::Exporter>,
 }
 
 /// The running IDS: the ring's reader thread and what it shares with the daemon.
@@ -166,6 +181,7 @@ impl Runtime {
             drops: Mutex::new(drops),
             drop_enabled: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            installed: Mutex::new(Installed::default()),
         });
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -185,7 +201,40 @@ impl Runtime {
     /// When the rules cannot be read (the policy checker read them already) or a map write
     /// fails.
     pub fn install(&self, ebpf: &mut Ebpf, ids: &Ids) -> Result<()> {
-        if !ids.enabled {
+        let next = if ids.enabled {
+            Installed {
+                enabled: true,
+                rules: super::load_rules(&ids.rules).map_err(|e| anyhow!("[ids] rules: {e}"))?,
+                cfg: config(ids)?,
+                drop: ids.drop,
+            }
+        } else {
+            Installed::default()
+        };
+        self.apply(ebpf, next)
+    }
+
+    /// What the IDS runs with now, for [`Runtime::restore`].
+    #[must_use]
+    pub fn installed(&self) -> Installed {
+        lock(&self.shared.installed).clone()
+    }
+
+    /// Puts back what [`Runtime::installed`] returned before an install whose policy switch
+    /// then failed.
+    ///
+    /// # Errors
+    /// When a map write fails.
+    pub fn restore(&self, ebpf: &mut Ebpf, previous: Installed) -> Result<()> {
+        self.apply(ebpf, previous)
+    }
+
+    fn apply(&self, ebpf: &mut Ebpf, next: Installed) -> Result<()> {
+        if next.enabled {
+            kernel::install(ebpf, &Preselect::build(&next.rules), next.cfg)?;
+            *lock(&self.shared.engine) = live_engine(next.rules.clone());
+            self.shared.drop_enabled.store(next.drop, Ordering::Relaxed);
+        } else {
             kernel::install(ebpf, &Preselect::build(&[]), IdsConfig::default())?;
             *lock(&self.shared.engine) = live_engine(Vec::new());
             self.shared.drop_enabled.store(false, Ordering::Relaxed);
@@ -194,14 +243,8 @@ impl Runtime {
             for k in keys {
                 let _ = drops.remove(&k);
             }
-            return Ok(());
         }
-        let rules = super::load_rules(&ids.rules).map_err(|e| anyhow!("[ids] rules: {e}"))?;
-        let pre = Preselect::build(&rules);
-        let cfg = config(ids)?;
-        kernel::install(ebpf, &pre, cfg)?;
-        *lock(&self.shared.engine) = live_engine(rules);
-        self.shared.drop_enabled.store(ids.drop, Ordering::Relaxed);
+        *lock(&self.shared.installed) = next;
         Ok(())
     }
 
@@ -496,6 +539,9 @@ fn publish(out: &Output, events: Vec<IdsEvent>) {
             json: serde_json::to_string(&ev).unwrap_or_default(),
             text: ev.to_string(),
         };
+        if let Some(o) = &out.otlp {
+            o.offer_event(line.kind, &line.verdict, &line.json, &line.text);
+        }
         if !out.quiet {
             let _ = writeln!(w, "{}", if out.json { &line.json } else { &line.text });
         }

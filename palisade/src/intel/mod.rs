@@ -29,6 +29,11 @@ pub const DEFAULT_MAX_IPS: u32 = 1 << 20;
 pub const DEFAULT_MAX_CIDRS: u32 = 1 << 18;
 /// The largest capacity either may be given (the bench loads 10M addresses and 1M CIDRs).
 pub const MAX_CAPACITY: u32 = 1 << 25;
+/// Capacity of the exact tables when the policy has no feeds: room for feeds added by a
+/// reload (restart with `[intel]` in the policy for more).
+pub const STANDBY_IPS: u32 = 1 << 16;
+/// Capacity of the CIDR tables when the policy has no feeds.
+pub const STANDBY_CIDRS: u32 = 1 << 14;
 /// Default refresh interval.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -131,15 +136,16 @@ pub struct Intel {
 }
 
 impl Intel {
-    /// The map capacities this section asks for: 1 each without feeds, so a policy with no
-    /// `[intel]` costs no indicator memory.
+    /// The map capacities this section asks for: without feeds, [`STANDBY_IPS`] and
+    /// [`STANDBY_CIDRS`] (about 4 MiB of kernel memory for both generations), so that
+    /// `[intel]` can be added by a reload; a reload whose feeds need more is refused.
     #[must_use]
     pub fn sizes(&self) -> load::Sizes {
         if self.feeds.is_empty() {
             load::Sizes {
-                ips: 1,
-                cidrs: 1,
-                feeds: false,
+                ips: STANDBY_IPS,
+                cidrs: STANDBY_CIDRS,
+                feeds: true,
             }
         } else {
             load::Sizes {
@@ -152,7 +158,7 @@ impl Intel {
 }
 
 /// The last good indicators of every feed, by name, and what the last attempt said.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Feeds {
     pub loaded: BTreeMap<String, Loaded>,
 }

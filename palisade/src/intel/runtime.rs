@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use aya::Ebpf;
 
+use palisade_common::intel::{ACTION_ALERT, ACTION_TAG};
+
 use super::{Action, Feed, Feeds, Fetched, Intel, fetch_feed, load};
 use crate::policy::model::{DnsMode, NameEntry, NameList, NameMatch, Policy};
 
@@ -45,6 +47,8 @@ pub struct Outcome {
     pub notes: Vec<String>,
     /// The feeds' domains changed: the policy must be installed again for the DNS lists.
     pub domains_changed: bool,
+    /// Why the read set was refused (it does not fit the maps); the live one stays.
+    pub refused: Option<String>,
 }
 
 impl Runtime {
@@ -175,6 +179,38 @@ impl Runtime {
         out
     }
 
+    /// A reload's change of `[intel]` to `intel`: reads every feed and swaps the result in,
+    /// or refuses it (a set that does not fit the maps, created when the daemon started) with
+    /// the live indicators and the feeds' last good versions as they were. A section without
+    /// feeds empties both generations, so nothing of the old feeds stays in the kernel.
+    ///
+    /// # Errors
+    /// The refusal, naming the capacity that cannot be met.
+    pub fn change(&mut self, ebpf: &mut Ebpf, intel: &Intel) -> Result<Outcome, String> {
+        self.settle();
+        let saved = self.feeds.clone();
+        let mut out = self.refresh(ebpf, intel);
+        if let Some(why) = out.refused.take() {
+            self.feeds = saved;
+            let created = if self.sizes == intel.sizes() {
+                String::new()
+            } else {
+                format!(
+                    " (the maps were created for {} addresses and {} CIDRs when the daemon                      started; restart it to create them for `[intel] max_ips` and `max_cidrs`)",
+                    self.sizes.ips, self.sizes.cidrs
+                )
+            };
+            return Err(format!("{why}{created}"));
+        }
+        if intel.feeds.is_empty() {
+            // The generation that was live until now holds the old feeds: empty it too.
+            let again = self.refresh(ebpf, intel);
+            out.notes.extend(again.notes);
+            out.domains_changed |= again.domains_changed;
+        }
+        Ok(out)
+    }
+
     /// Flips the generation `written` filled live, or reports why not.
     fn finish(
         &mut self,
@@ -202,6 +238,7 @@ impl Runtime {
                 let msg = format!("intel: refresh refused, the live indicators stay: {e:#}");
                 self.last_error = Some(msg.clone());
                 out.notes.push(msg);
+                out.refused = Some(format!("{e:#}"));
             }
         }
     }
@@ -218,30 +255,67 @@ impl Runtime {
         Ok(c)
     }
 
-    /// `policy` with the domains of its drop feeds as DNS block lists, used by every DNS
-    /// scope in blocklist mode. Domains of alert and tag feeds are matched by no DNS scope
-    /// (a DNS scope's audit setting is the scope's, not a list's): they are reported once
-    /// in `notes`.
+    /// `policy` with the domains of its feeds as DNS lists, used by every DNS scope in
+    /// blocklist mode: a drop feed's block, an alert or tag feed's pass and are reported
+    /// ([`list_name`]).
     #[must_use]
     pub fn with_domains(&self, policy: &Policy) -> Policy {
         with_domains(policy, &self.domains)
     }
+
+    /// The feed whose domains make DNS list `index` of the policy installed from `policy`
+    /// (the feeds' lists come after the policy's own), with its action.
+    #[must_use]
+    pub fn list_feed(&self, policy: &Policy, index: u16) -> Option<(&str, Action)> {
+        let (name, _) = self
+            .domains
+            .get(usize::from(index).checked_sub(policy.dns.lists.len())?)?;
+        let action = match list_action(name) {
+            ACTION_ALERT => Action::Alert,
+            ACTION_TAG => Action::Tag,
+            _ => Action::Drop,
+        };
+        let feed = name.strip_prefix("intel-")?;
+        Some((feed.split(':').next().unwrap_or(feed), action))
+    }
 }
 
-/// The DNS lists the feeds make: `(list name, domains)`, drop feeds only.
+/// The DNS list of a feed's domains: `intel-<feed>` for a drop feed, `intel-<feed>:alert`
+/// and `intel-<feed>:tag` for the others. No `[dns.lists]` name holds a `:`, so the DNS
+/// compiler tells the feeds' alert and tag lists by it ([`list_action`]).
+#[must_use]
+pub fn list_name(feed: &Feed) -> String {
+    match feed.action {
+        Action::Drop => format!("intel-{}", feed.name),
+        a => format!("intel-{}:{}", feed.name, a.name()),
+    }
+}
+
+/// What the entries of DNS list `name` do under a blocklist: [`ACTION_ALERT`] or
+/// [`ACTION_TAG`] for an alert or tag feed's list ([`list_name`]), 0 (block) for any other.
+#[must_use]
+pub fn list_action(name: &str) -> u8 {
+    if !name.starts_with("intel-") {
+        return 0;
+    }
+    if name.ends_with(":alert") {
+        ACTION_ALERT
+    } else if name.ends_with(":tag") {
+        ACTION_TAG
+    } else {
+        0
+    }
+}
+
+/// The DNS lists the feeds make: `(list name, domains)`, in policy order.
 fn domain_lists(intel: &Intel, feeds: &Feeds) -> Vec<(String, Vec<String>)> {
     intel
         .feeds
         .iter()
-        .filter(|f| f.action == Action::Drop)
         .filter_map(|f| {
             let l = feeds.loaded.get(&f.name)?;
-            (!l.indicators.domains.is_empty()).then(|| {
-                (
-                    format!("intel-{}", f.name),
-                    l.indicators.domains.iter().cloned().collect(),
-                )
-            })
+            (!l.indicators.domains.is_empty())
+                .then(|| (list_name(f), l.indicators.domains.iter().cloned().collect()))
         })
         .collect()
 }

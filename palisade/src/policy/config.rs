@@ -112,6 +112,8 @@
 //! | `length` | the IP packet's length as its header says (IPv4 total length, IPv6 40 + payload length; no link-layer header, no VLAN tags): a value `N` or a range `"LO-HI"` within `0..=65535`. Each fragment has its own length | any length |
 //! | `set_mark` | `"mark"` only: `0..=4294967295`, the socket buffer's mark (`skb->mark`) for `ip rule fwmark`, tc and nftables | not set |
 //! | `mirror_to` | `"mirror"` only, and required with it: the interface that gets a copy of every packet the rule matches (the packet itself goes on). Resolved to its index when the policy is loaded: a name with no interface is an error, and the running policy stays | not set |
+//! | `redirect_to` | `"redirect"` only: the interface the matching packets leave by, as they are (XDP `bpf_redirect_map`, after an MTU check on that interface). Resolved to its index when the policy is loaded: a name with no interface is an error, and the running policy stays. At most 64 interfaces per policy. A `redirect` rule needs `redirect_to` or `route_table`, not both | not set |
+//! | `route_table` | `"redirect"` only: `1..=4294967295`, a routing table (`254` is `main`); the matching packets go to the next hop `bpf_fib_lookup` finds there, MACs rewritten and TTL / hop limit decremented. See "Actions" in `docs/design/firewall.md` for what happens without a route, a neighbour or room | not set |
 //! | `set_dscp` | `"mark"` only: `0..=63` or a DSCP name as for `dscp`; the DSCP written into the IP header (ECN kept). A `mark` rule needs `set_mark`, `set_dscp` or both | not set |
 //! | `src_mac`, `dst_mac` | the frame's Ethernet source / destination address, exactly: `"aa:bb:cc:dd:ee:ff"` (six hex pairs, `:` or `-` between them, any letter case). Each distinct address a policy uses is a rule shape of its own (at most 256 shapes) | any address |
 //! | `iface` | the interface the frame arrives on, by name (`"eth0"`). The name is resolved to the interface's index when the policy is loaded (`palisade check`, start, reload): a name with no interface is an error at that place, and an interface deleted and created again after the load is not the same one until the next reload. Each distinct interface is a rule shape of its own | any interface |
@@ -907,6 +909,8 @@ const RULE_KEYS: &[&str] = &[
     "vlan",
     "iface",
     "not",
+    "redirect_to",
+    "route_table",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
 const DNS_KEYS: &[&str] = &[
@@ -1002,6 +1006,7 @@ enum ActionKind {
     RateLimit,
     Mark,
     Mirror,
+    Redirect,
 }
 
 /// The sets as far as rules need them: the name lookup and what families each holds.
@@ -1491,6 +1496,21 @@ impl Checker<'_> {
                 rules.push(rule);
             }
         }
+        let redirect_ifaces: std::collections::BTreeSet<u32> = rules
+            .iter()
+            .filter_map(|r| match r.action {
+                Action::Redirect(super::model::Redirect::Iface(m)) => Some(m.ifindex),
+                _ => None,
+            })
+            .collect();
+        if redirect_ifaces.len() > palisade_common::redirect::MAX_REDIRECT_IFACES as usize {
+            let msg = format!(
+                "`redirect_to` names {} interfaces (at most {})",
+                redirect_ifaces.len(),
+                palisade_common::redirect::MAX_REDIRECT_IFACES
+            );
+            self.err(firewall_at, msg);
+        }
         // Stable, so equal priorities keep file order.
         rules.sort_by_key(|r| r.priority);
         rules
@@ -1549,10 +1569,11 @@ impl Checker<'_> {
                 Some("rate-limit") => Some(ActionKind::RateLimit),
                 Some("mark") => Some(ActionKind::Mark),
                 Some("mirror") => Some(ActionKind::Mirror),
+                Some("redirect") => Some(ActionKind::Redirect),
                 Some(other) => {
                     let msg = format!(
                         "unknown action `{other}`; expected `allow`, `drop`, `rate-limit`, \
-                         `mark` or `mirror`"
+                         `mark`, `mirror` or `redirect`"
                     );
                     self.err(node.at, msg);
                     None
@@ -1571,7 +1592,13 @@ impl Checker<'_> {
                 "action `rate-limit` needs a `rate`, e.g. rate = { pps = 100, burst = 200 }",
             ),
             (
-                Some(ActionKind::Allow | ActionKind::Drop | ActionKind::Mark | ActionKind::Mirror),
+                Some(
+                    ActionKind::Allow
+                    | ActionKind::Drop
+                    | ActionKind::Mark
+                    | ActionKind::Mirror
+                    | ActionKind::Redirect,
+                ),
                 _,
                 Some(node),
             ) => {
@@ -1585,22 +1612,50 @@ impl Checker<'_> {
 
         let mark = self.mark_action(view, action_kind, action_node);
         let mirror = self.mirror_action(view, action_kind, action_node);
+        let redirect = self.redirect_action(view, action_kind, action_node);
 
         let log = view
             .get("log")
             .and_then(|n| self.boolean(n, "log"))
             .unwrap_or(false);
-        let proto = match view.get("proto") {
+        // A string condition written with `!` in front (`src = "!10.0.0.0/8"`, `dport = "!22"`,
+        // `proto = "!udp"`, `src = "!@set"`) is the condition negated, as `not` says it.
+        let banged: Vec<(&str, Node)> = Negation::NAMES
+            .into_iter()
+            .filter_map(|key| match view.get(key) {
+                Some(Node {
+                    at,
+                    val: Val::Str(text),
+                }) => text.trim_start().strip_prefix('!').map(|rest| {
+                    (
+                        key,
+                        Node {
+                            at: *at,
+                            val: Val::Str(rest.trim_start().to_owned()),
+                        },
+                    )
+                }),
+                _ => None,
+            })
+            .collect();
+        let cond = |key: &str| {
+            banged
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, n)| n)
+                .or_else(|| view.get(key))
+        };
+        let proto = match cond("proto") {
             None => ProtoField::Any,
             Some(node) => self.proto(node),
         };
 
-        let src = view.get("src").map(|n| self.addr_match(n, "src", sets));
-        let dst = view.get("dst").map(|n| self.addr_match(n, "dst", sets));
+        let src = cond("src").map(|n| self.addr_match(n, "src", sets));
+        let dst = cond("dst").map(|n| self.addr_match(n, "dst", sets));
 
         let ports_ok = matches!(proto, ProtoField::Is(Protocol::Tcp | Protocol::Udp));
         let port = |this: &mut Self, key: &str| {
-            let node = view.get(key)?;
+            let node = cond(key)?;
             let range = this.port_range(node, key);
             if !ports_ok && proto != ProtoField::Invalid {
                 this.err(node.at, format!("`{key}` needs proto = \"tcp\" or \"udp\""));
@@ -1664,13 +1719,51 @@ impl Checker<'_> {
                 .get("dst_mac")
                 .and_then(|node| self.mac(node, "dst_mac")),
             vlan: view.get("vlan").and_then(|node| self.vlan(node)),
-            iface: view.get("iface").and_then(|node| self.iface(node)),
+            ..LinkMatch::default()
+        };
+        let link = match view.get("iface").and_then(|node| self.iface_list(node)) {
+            Some((first, more)) => LinkMatch {
+                iface: Some(first),
+                more_ifaces: more,
+                ..link
+            },
+            None => link,
         };
 
-        let not = view
+        let mut not = view
             .get("not")
             .and_then(|node| self.negation(node, &view))
             .unwrap_or_default();
+        for (key, node) in &banged {
+            let flag = match *key {
+                "src" => &mut not.src,
+                "dst" => &mut not.dst,
+                "sport" => &mut not.sport,
+                "dport" => &mut not.dport,
+                _ => &mut not.proto,
+            };
+            if *flag {
+                self.err(
+                    node.at,
+                    format!("`{key}` is negated twice, by `!` and by `not`"),
+                );
+            }
+            *flag = true;
+            if *key == "proto" {
+                if proto == ProtoField::Any {
+                    self.err(node.at, "`proto = \"!any\"` can never match");
+                }
+                if let Some(other) = ["sport", "dport", "tcp_flags", "icmp_type"]
+                    .into_iter()
+                    .find(|k| view.get(k).is_some())
+                {
+                    self.err(
+                        node.at,
+                        format!("`!` cannot negate `proto` in a rule with `{other}`"),
+                    );
+                }
+            }
+        }
 
         // Families are only compared once both sides parsed; a broken side already has its
         // own error. A negated side matches addresses of both families.
@@ -1731,6 +1824,7 @@ impl Checker<'_> {
             ActionKind::RateLimit => Action::RateLimit(rate?),
             ActionKind::Mark => Action::Mark(mark?),
             ActionKind::Mirror => Action::Mirror(mirror?),
+            ActionKind::Redirect => Action::Redirect(redirect?),
         };
         let protocol = match proto {
             ProtoField::Any => None,
@@ -1813,6 +1907,83 @@ impl Checker<'_> {
             return None;
         }
         Some(super::model::Mark { mark, dscp })
+    }
+
+    /// A `redirect` rule's `redirect_to` (an interface, resolved here) or `route_table`;
+    /// errors for either key on another action. `None` when not a `redirect` rule or on error.
+    fn redirect_action(
+        &mut self,
+        view: TableView<'_>,
+        kind: Option<ActionKind>,
+        action_node: Option<&Node>,
+    ) -> Option<super::model::Redirect> {
+        let is_redirect = kind == Some(ActionKind::Redirect);
+        let errors_before = self.error_count();
+        let iface = view.get("redirect_to").and_then(|node| {
+            if !is_redirect {
+                self.err(
+                    node.at,
+                    "`redirect_to` is only allowed with action = \"redirect\"",
+                );
+                return None;
+            }
+            let name = self.string(node, "redirect_to")?;
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                let msg =
+                    format!("`redirect_to` = `{name}` is not an interface name (1 to 15 bytes)");
+                self.err(node.at, msg);
+                return None;
+            }
+            let Some(ifindex) = crate::attach::ifindex(name) else {
+                let msg = format!(
+                    "`redirect_to`: there is no network interface named `{name}` (interfaces \
+                     are resolved when the policy is loaded)"
+                );
+                self.err(node.at, msg);
+                return None;
+            };
+            let mut n = [0u8; 16];
+            n[..name.len()].copy_from_slice(name.as_bytes());
+            Some(super::model::Mirror { ifindex, name: n })
+        });
+        let table = view.get("route_table").and_then(|node| {
+            if !is_redirect {
+                self.err(
+                    node.at,
+                    "`route_table` is only allowed with action = \"redirect\"",
+                );
+                return None;
+            }
+            self.integer(node, "route_table", 1, i64::from(u32::MAX))
+                .map(|n| n as u32)
+        });
+        if !is_redirect {
+            return None;
+        }
+        match (view.get("redirect_to"), view.get("route_table")) {
+            (None, None) => {
+                let at = action_node.map_or(view.at, |n| n.at);
+                self.err(
+                    at,
+                    "action `redirect` needs `redirect_to` (an interface, e.g. redirect_to = \
+                     \"eth2\") or `route_table` (a routing table, e.g. route_table = 100)",
+                );
+            }
+            (Some(_), Some(node)) => self.err(
+                node.at,
+                "`route_table` and `redirect_to` exclude each other: a redirect goes either \
+                 out of one interface or to a routing table's next hop",
+            ),
+            _ => {}
+        }
+        if self.error_count() != errors_before {
+            return None;
+        }
+        match (iface, table) {
+            (Some(m), None) => Some(super::model::Redirect::Iface(m)),
+            (None, Some(t)) => Some(super::model::Redirect::Table(t)),
+            _ => None,
+        }
     }
 
     /// A `mirror` rule's `mirror_to`: an interface name, resolved to its index here (in the
@@ -1927,7 +2098,51 @@ impl Checker<'_> {
         ok.then_some(not)
     }
 
-    /// `iface`: an interface name, resolved to its index here, when the policy is loaded.
+    /// `iface`: an interface name or a list of them (at most
+    /// [`super::model::MAX_RULE_IFACES`], each once): the first, and the rest padded with 0.
+    fn iface_list(
+        &mut self,
+        node: &Node,
+    ) -> Option<(u32, [u32; super::model::MAX_RULE_IFACES - 1])> {
+        let Val::Array(items) = &node.val else {
+            return self
+                .iface(node)
+                .map(|i| (i, [0; super::model::MAX_RULE_IFACES - 1]));
+        };
+        if items.is_empty() || items.len() > super::model::MAX_RULE_IFACES {
+            self.err(
+                node.at,
+                format!(
+                    "`iface` lists 1 to {} interfaces, found {}",
+                    super::model::MAX_RULE_IFACES,
+                    items.len()
+                ),
+            );
+            return None;
+        }
+        let mut found: Vec<u32> = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match self.iface(item) {
+                Some(i) if found.contains(&i) => {
+                    self.err(item.at, "this interface is already in the `iface` list");
+                    ok = false;
+                }
+                Some(i) => found.push(i),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let mut more = [0; super::model::MAX_RULE_IFACES - 1];
+        for (slot, i) in more.iter_mut().zip(&found[1..]) {
+            *slot = *i;
+        }
+        Some((found[0], more))
+    }
+
+    /// One interface name of `iface`, resolved to its index here, when the policy is loaded.
     fn iface(&mut self, node: &Node) -> Option<u32> {
         let Val::Str(name) = &node.val else {
             let msg = format!(
@@ -2184,10 +2399,15 @@ impl Checker<'_> {
             Some(n) => match self.string(n, "per") {
                 Some("source") => Some(RatePer::Source),
                 Some("rule") => Some(RatePer::Rule),
+                // `[geoip]` is checked with the country sets (`geoip.rs`).
+                Some("country") => Some(RatePer::Country),
                 Some(other) => {
                     self.err(
                         n.at,
-                        format!("unknown `per` value `{other}`; expected `source` or `rule`"),
+                        format!(
+                            "unknown `per` value `{other}`; expected `source`, `rule` or \
+                             `country`"
+                        ),
                     );
                     None
                 }
@@ -3878,7 +4098,8 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 vec![
                     "p.toml:3:8: `rate` is missing `burst`",
                     "p.toml:3:16: `pps` must be between 1 and 10000000, found 0",
-                    "p.toml:3:25: unknown `per` value `host`; expected `source` or `rule`",
+                    "p.toml:3:25: unknown `per` value `host`; expected `source`, `rule` or \
+                     `country`",
                 ],
             ),
             (
@@ -3917,7 +4138,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                      `priority`, `action`, `proto`, `src`, `dst`, `sport`, `dport`, `tcp_flags`, \
                      `icmp_type`, `icmp_code`, `state`, `rate`, `log`, `dscp`, `ecn`, `ttl`, \
                      `length`, `set_mark`, `set_dscp`, `mirror_to`, `src_mac`, `dst_mac`, `vlan`, \
-                     `iface`, `not`",
+                     `iface`, `not`, `redirect_to`, `route_table`",
                 ],
             ),
             (

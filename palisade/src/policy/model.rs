@@ -114,7 +114,13 @@ pub struct LinkMatch {
     /// The interface the frame arrives on, by index: `iface` names it in the config, and the
     /// name is resolved when the policy is loaded.
     pub iface: Option<u32>,
+    /// More interfaces of an `iface` list (`iface = ["eth0", "eth1"]`), 0 for none: the
+    /// frame may arrive on `iface` or on any of these. Each is a shape of its own.
+    pub more_ifaces: [u32; MAX_RULE_IFACES - 1],
 }
+
+/// Interfaces one rule's `iface` list may name.
+pub const MAX_RULE_IFACES: usize = 8;
 
 impl LinkMatch {
     /// Whether a frame with these link-layer values meets every condition.
@@ -123,7 +129,35 @@ impl LinkMatch {
         self.src_mac.is_none_or(|m| m == l.src_mac)
             && self.dst_mac.is_none_or(|m| m == l.dst_mac)
             && self.vlan.is_none_or(|v| v == l.vlan)
-            && self.iface.is_none_or(|i| i == l.ifindex)
+            && self.iface.is_none_or(|i| {
+                i == l.ifindex || self.more_ifaces.iter().any(|&m| m != 0 && m == l.ifindex)
+            })
+    }
+
+    /// The interfaces the rule names: `iface`, then those of `more_ifaces`.
+    #[must_use]
+    pub fn ifaces(&self) -> Vec<u32> {
+        self.iface
+            .into_iter()
+            .chain(self.more_ifaces.iter().copied().filter(|&m| m != 0))
+            .collect()
+    }
+
+    /// One link condition per interface of an `iface` list (each a single interface); the
+    /// condition itself when it names at most one.
+    #[must_use]
+    pub fn alternatives(&self) -> Vec<Self> {
+        if self.more_ifaces.iter().all(|&m| m == 0) {
+            return vec![*self];
+        }
+        self.ifaces()
+            .into_iter()
+            .map(|i| Self {
+                iface: Some(i),
+                more_ifaces: [0; MAX_RULE_IFACES - 1],
+                ..*self
+            })
+            .collect()
     }
 }
 
@@ -196,6 +230,9 @@ pub enum RatePer {
     Source,
     /// One bucket for the whole rule.
     Rule,
+    /// One bucket for each source country of the `[geoip]` data (`per = "country"`), one more
+    /// for the sources of no country.
+    Country,
 }
 
 /// A token bucket: `pps` tokens per second, holding at most `burst` tokens.
@@ -217,6 +254,28 @@ pub enum Action {
     Mark(Mark),
     /// The packet passes, and a copy leaves by another interface.
     Mirror(Mirror),
+    /// The packet leaves by another interface from XDP, never entering the stack.
+    Redirect(Redirect),
+}
+
+/// Where a `redirect` rule sends its packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    /// Out of this interface as they are (`redirect_to`, resolved at load).
+    Iface(Mirror),
+    /// To the next hop of this routing table (`route_table`).
+    Table(u32),
+}
+
+impl Redirect {
+    /// How listings show the target: `to IFACE` or `via table N`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Iface(m) => format!("to {}", m.iface()),
+            Self::Table(t) => format!("via table {t}"),
+        }
+    }
 }
 
 /// Where a `mirror` rule sends its copies: an interface resolved when the policy was loaded.

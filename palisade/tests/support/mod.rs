@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod flood;
 pub mod netns;
 pub mod ntp;
+pub mod otlp;
 pub mod rawbpf;
 pub mod routed;
 pub mod vlan;

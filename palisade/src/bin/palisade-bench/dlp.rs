@@ -2,8 +2,11 @@
 //! (the system's OpenSSL) writes 64-byte records to a TLS sink on loopback at a paced rate and
 //! times each call; the same client runs without the probes, with the probes attached and the
 //! watcher consuming the records (scanning them with the detectors), and with the probes
-//! attached but nobody reading the ring buffer, in every round. The baseline is the run
-//! without probes of the same round.
+//! attached but nobody reading the ring buffer, in every round; and, to show what the
+//! placement of the write probe saves, with it on `SSL_write_ex`'s first instruction (which
+//! the kernel single-steps) instead of the first branch it emulates. The baseline is the run
+//! without probes of the same round. A last run has a tracefs uprobe event (no BPF
+//! program) at the write probe's place: what the trap alone costs.
 
 use std::{
     fmt::Write as _,
@@ -14,7 +17,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use palisade::dlp::{Builtin, Dlp, probe::Watcher};
+use palisade::dlp::{
+    Builtin, Dlp,
+    probe::{Placement, Watcher},
+};
 use serde::Serialize;
 
 use crate::{runner::Spread, utc_now};
@@ -95,7 +101,18 @@ pub struct DlpReport {
     pub rounds: usize,
     pub calls: usize,
     pub rate: f64,
+    /// `/proc/loadavg`'s 1-minute load average before and after the rounds (2 CPUs shared
+    /// with whatever else runs).
+    pub load_before: f64,
+    pub load_after: f64,
     pub cases: Vec<CaseResult>,
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 #[derive(Clone, Copy)]
@@ -103,6 +120,52 @@ struct Run {
     p50: f64,
     p99: f64,
     rate: f64,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const BARE_EVENT: &str = "palisade_bench/dlp_bare";
+
+/// A tracefs uprobe event on the system's `SSL_write_ex` where the watcher puts its write
+/// probe: the cost of the trap alone, with no BPF program. Removed on drop.
+struct BareProbe;
+
+impl BareProbe {
+    fn add() -> Result<Self> {
+        use std::io::Write as _;
+        let lib = palisade::dlp::coverage::system_libraries()
+            .into_iter()
+            .next()
+            .context("no system libssl")?;
+        let off = palisade::dlp::prologue::function_offset(&lib, "SSL_write_ex")?
+            + palisade::dlp::prologue::entry_offset(&lib, "SSL_write_ex");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(Path::new(TRACEFS).join("uprobe_events"))?;
+        // One write: the kernel parses each write(2) as a command of its own.
+        f.write_all(format!("p:{BARE_EVENT} {}:{off:#x}\n", lib.display()).as_bytes())?;
+        let probe = Self;
+        std::fs::write(
+            Path::new(TRACEFS).join(format!("events/{BARE_EVENT}/enable")),
+            "1",
+        )?;
+        Ok(probe)
+    }
+}
+
+impl Drop for BareProbe {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        let _ = std::fs::write(
+            Path::new(TRACEFS).join(format!("events/{BARE_EVENT}/enable")),
+            "0",
+        );
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(Path::new(TRACEFS).join("uprobe_events"))
+        {
+            let _ = f.write_all(format!("-:{BARE_EVENT}\n").as_bytes());
+        }
+    }
 }
 
 /// A child killed on drop.
@@ -209,17 +272,32 @@ pub fn run(s: &DlpSettings, command: String) -> Result<DlpReport> {
         builtins: Builtin::ALL.to_vec(),
         ..Dlp::default()
     };
-    const IDS: [(&str, &str); 3] = [
+    const IDS: [(&str, &str); 5] = [
         ("off", "no probes (baseline)"),
         ("watched", "probes, the watcher consuming"),
         ("unread", "probes, the ring buffer not read"),
+        (
+            "first",
+            "write probe on the first instruction (single-stepped), the watcher consuming",
+        ),
+        (
+            "bare",
+            "a uprobe with no program at the write probe's place (tracefs event): the floor",
+        ),
     ];
+    let load_before = load_average();
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); IDS.len()];
     let mut counts = [[0u64; 3]; IDS.len()];
+    debug_assert_eq!(IDS[4].0, "bare");
     for _ in 0..s.rounds {
         runs[0].push(finish(client(&dir.0, port, s)?)?);
-        for (i, consume) in [(1, true), (2, false)] {
-            let mut w = Watcher::start(&policy).context("starting the DLP probes")?;
+        for (i, consume, placement) in [
+            (1, true, Placement::Emulated),
+            (2, false, Placement::Emulated),
+            (3, true, Placement::FirstInstruction),
+        ] {
+            let mut w =
+                Watcher::start_placed(&policy, placement).context("starting the DLP probes")?;
             let mut kid = client(&dir.0, port, s)?;
             let mut sinkout = std::io::sink();
             // The client prints once, at its end (less than a pipe's buffer): read it once it
@@ -232,11 +310,15 @@ pub fn run(s: &DlpSettings, command: String) -> Result<DlpReport> {
             }
             let r = finish(kid)?;
             w.drain(&mut sinkout)?;
+            w.release(std::time::Instant::now(), true, &mut sinkout);
             counts[i][0] += counter(&w, "calls");
             counts[i][1] += counter(&w, "records");
             counts[i][2] += counter(&w, "lost");
             runs[i].push(r);
         }
+        let bare = BareProbe::add().context("adding the tracefs uprobe event")?;
+        runs[4].push(finish(client(&dir.0, port, s)?)?);
+        drop(bare);
     }
     let base = runs[0].clone();
     let cases = IDS
@@ -274,6 +356,8 @@ pub fn run(s: &DlpSettings, command: String) -> Result<DlpReport> {
         rounds: s.rounds,
         calls: s.calls,
         rate: s.rate,
+        load_before,
+        load_after: load_average(),
         cases,
     })
 }
@@ -281,8 +365,8 @@ pub fn run(s: &DlpSettings, command: String) -> Result<DlpReport> {
 impl DlpReport {
     pub fn terminal(&self) -> String {
         let mut out = format!(
-            "DLP: SSL_write of 64 bytes ({} rounds x {} calls paced at {:.0}/s)\n",
-            self.rounds, self.calls, self.rate
+            "DLP: SSL_write of 64 bytes ({} rounds x {} calls paced at {:.0}/s, load {:.2} -> {:.2})\n",
+            self.rounds, self.calls, self.rate, self.load_before, self.load_after
         );
         for c in &self.cases {
             let _ = writeln!(
@@ -309,10 +393,18 @@ impl DlpReport {
             "# DLP probe cost per SSL_write\n\n{} · `{}` · mode {}\n\n{} rounds; in each, a Python \
              `ssl` client writes {} records of 64 bytes to a TLS sink on loopback, paced at \
              {:.0} calls/s, once per configuration. Baseline: the run without probes of the \
-             same round. Target: at most 2 us added at p99.\n\n| configuration | p50 us | p99 us \
+             same round. Target: at most 2 us added at p99. Load average (1 min) {:.2} \
+             before, {:.2} after.\n\n| configuration | p50 us | p99 us \
              | added p50 | added p99 | x baseline p99 | calls/s | records | lost |\n| --- | ---: \
              | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-            self.generated, self.command, self.mode, self.rounds, self.calls, self.rate
+            self.generated,
+            self.command,
+            self.mode,
+            self.rounds,
+            self.calls,
+            self.rate,
+            self.load_before,
+            self.load_after
         );
         for c in &self.cases {
             let _ = writeln!(

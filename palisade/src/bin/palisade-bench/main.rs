@@ -115,9 +115,10 @@ struct Args {
     /// 1000,10000,100000,1000000; 10000 with --quick].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     sets: Option<Vec<usize>>,
-    /// IP header and link conditions (`dscp`, `ecn`, `ttl`, `length`, `mac`, `vlan`, `iface`) to
-    /// measure: each is the first rule-count workload with one more rule using it, next to
-    /// that workload in the same run.
+    /// IP header and link conditions (`dscp`, `ecn`, `ttl`, `length`, `mac`, `vlan`, `iface`,
+    /// `ifaces` (a list of two), `not` (a negated source)) to measure: each is the first
+    /// rule-count workload with one more rule using it, next to that workload in the same run,
+    /// with its ratio to it; `same` loads that workload again unchanged (the run's noise).
     #[arg(long, value_delimiter = ',', value_name = "KIND,...")]
     header: Option<Vec<String>>,
     /// Seed for the rule sets, the packets and the round orders.

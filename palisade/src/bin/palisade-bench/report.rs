@@ -189,6 +189,44 @@ impl Report {
         t
     }
 
+    /// The configurations made from another by one more rule (`ID+KIND`, `--header`), each
+    /// against that one: the ratio of their costs above the floor, round by round.
+    pub fn against_base_table(&self) -> Option<String> {
+        let floor = self.floor()?;
+        let mut t = String::from(
+            "| configuration | ns/packet | above floor (ns) | base above floor (ns) | ratio to base |\n\
+             |---|---:|---:|---:|---:|\n",
+        );
+        let mut any = false;
+        for c in &self.configs {
+            let Some((base_id, kind)) = c.id.split_once('+') else {
+                continue;
+            };
+            let Some(base) = self.configs.iter().find(|b| b.id == base_id) else {
+                continue;
+            };
+            let ratios: Vec<f64> = c
+                .per_round_ns
+                .iter()
+                .zip(&base.per_round_ns)
+                .zip(&floor.per_round_ns)
+                .filter(|((_, b), f)| **b - **f > 0.0)
+                .map(|((x, b), f)| (x - f) / (b - f))
+                .collect();
+            let _ = writeln!(
+                t,
+                "| {} + {kind} | {} | {} | {} | {} |",
+                label(base),
+                ns(&c.ns_per_packet),
+                ns(&c.above_floor_ns),
+                ns(&base.above_floor_ns),
+                ratio(&Spread::of(&ratios))
+            );
+            any = true;
+        }
+        any.then_some(t)
+    }
+
     fn class_table(&self) -> String {
         let mut t = String::from("| configuration |");
         let mut sep = String::from("|---|");
@@ -409,6 +447,16 @@ impl Report {
         m.push_str("## Cost per packet\n\n");
         m.push_str(&self.cost_table());
         let _ = writeln!(m, "\n![cost per packet against rule count]({svg_name})\n");
+        if let Some(t) = self.against_base_table() {
+            m.push_str("## Conditions against their base (same run)\n\n");
+            m.push_str(
+                "Each row is the base configuration with one more rule using the condition \
+                 (`same`: the base loaded again, unchanged), measured in the same rounds. The \
+                 ratio is taken round by round, cost above the floor over the base's.\n\n",
+            );
+            m.push_str(&t);
+            m.push('\n');
+        }
         m.push_str("## Growth with the number of rules\n\n");
         m.push_str(&self.growth_text());
         m.push_str(

@@ -430,6 +430,7 @@ fn classify_frame(
         }
         Some(Action::RateLimit(_)) => bail!("generated policies have no rate limits"),
         Some(Action::Mark(_) | Action::Mirror(_)) => XDP_PASS,
+        Some(Action::Redirect(_)) => bail!("generated policies have no redirects"),
     };
     Ok((action, rule))
 }
@@ -630,13 +631,30 @@ pub fn with_header(base: &Workload, kind: &str) -> Result<Workload> {
         "mac" => extra.link.src_mac = Some([2, 0, 0, 0, 0, 0x99]),
         "vlan" => extra.link.vlan = Some(4000),
         "iface" => extra.link.iface = Some(u32::MAX),
+        // Two interfaces no probe arrives on: two tuples skipped on a comparison.
+        "ifaces" => {
+            extra.link.iface = Some(u32::MAX);
+            extra.link.more_ifaces[0] = u32::MAX - 1;
+        }
+        // Every source outside one /24: a set tuple searched with a "not a member" lookup.
+        "not" => {
+            extra.src = AddrMatch::Cidrs(vec![
+                Cidr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 0)), 24)
+                    .context("a valid block")?,
+            ]);
+            extra.not.src = true;
+        }
+        // The base policy again, unchanged: what two loads of one policy differ by in this run.
+        "same" => {}
         other => bail!(
-            "unknown header condition `{other}`; expected dscp, ecn, ttl, length, mac, vlan or \
-             iface"
+            "unknown header condition `{other}`; expected dscp, ecn, ttl, length, mac, vlan, \
+             iface, ifaces, not or same"
         ),
     }
     let mut policy = base.policy.clone();
-    policy.firewall.rules.push(extra);
+    if kind != "same" {
+        policy.firewall.rules.push(extra);
+    }
     let compiled = compile::compile(&policy).context("compiling a generated policy")?;
     let mut probes = base.probes.clone();
     for p in &mut probes {
@@ -647,7 +665,7 @@ pub fn with_header(base: &Workload, kind: &str) -> Result<Workload> {
     Ok(Workload {
         id: format!("{}+{kind}", base.id),
         kind: base.kind,
-        rules: base.rules + 1,
+        rules: base.rules + usize::from(kind != "same"),
         set_entries: base.set_entries,
         port_rules: base.port_rules,
         policy,

@@ -26,6 +26,22 @@ fn country_refs(node: &Node, out: &mut Vec<(String, usize)>) {
     }
 }
 
+/// Where the firewall says `per = "country"` (a rate limit with one bucket per country).
+fn per_country_refs(node: &Node, out: &mut Vec<usize>) {
+    match &node.val {
+        Val::Array(items) => items.iter().for_each(|n| per_country_refs(n, out)),
+        Val::Table(entries) => {
+            for e in entries {
+                if e.key == "per" && matches!(&e.node.val, Val::Str(s) if s == "country") {
+                    out.push(e.node.at);
+                }
+                per_country_refs(&e.node, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 impl Checker<'_> {
     /// `[geoip]`, and one set `country:XX` for every `@country:XX` the firewall names, filled
     /// from the database. Problems are recorded; a country that cannot be read gets an empty
@@ -42,6 +58,30 @@ impl Checker<'_> {
             country_refs(fw, &mut refs);
         }
         let mut wanted = BTreeSet::new();
+        let mut per_country = Vec::new();
+        if let Some(fw) = firewall {
+            per_country_refs(fw, &mut per_country);
+        }
+        if let Some(&at) = per_country.first() {
+            if node.is_none() {
+                self.err(
+                    at,
+                    "`per = \"country\"` needs a [geoip] section naming the country database",
+                );
+            }
+            // Every country of the data gets its set: together they are the country map.
+            for c in geoip::iso_codes() {
+                wanted.insert(c);
+                let name = format!("{SET_PREFIX}{}", String::from_utf8_lossy(&c));
+                if !sets.by_name.contains_key(&name) {
+                    sets.by_name.insert(name.clone(), sets.sets.len());
+                    sets.sets.push(IpSet {
+                        name,
+                        entries: Vec::new(),
+                    });
+                }
+            }
+        }
         for (code, at) in &refs {
             match country_code(code.as_bytes()) {
                 Some(_) if node.is_none() => {

@@ -277,7 +277,11 @@ action = "tag"
         );
         assert_eq!(p.intel.sizes().ips, 5000);
         let none = parse_policy("", "p.toml", Path::new("/")).unwrap();
-        assert_eq!(none.intel.sizes().ips, 1, "no feeds, no indicator memory");
+        assert_eq!(
+            none.intel.sizes().ips,
+            crate::intel::STANDBY_IPS,
+            "no feeds: room for a reload that adds [intel]"
+        );
     }
 
     #[test]
