@@ -263,6 +263,10 @@ fn query_for(ip: &[u8]) -> Option<Vec<u8>> {
         6 => l4 + usize::from(*ip.get(l4 + 12)? >> 4) * 4,
         _ => return None,
     };
+    // A TCP header shorter than its minimum (a frame labelled TCP that is not) has no query.
+    if head < l4 + 8 || head > ip.len() {
+        return None;
+    }
     let msg = ip.get(head + if tcp { 2 } else { 0 }..)?;
     let mut off = 12;
     loop {
