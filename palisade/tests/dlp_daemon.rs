@@ -6,11 +6,13 @@
 //! - A process whose libssl is another file, visible only in its own mount namespace, is
 //!   probed on its exec record (`sched:sched_process_exec`) well within a second of its
 //!   exec, and its secret is caught; the measured exec-to-probe time is printed.
-//! - A GnuTLS client and a statically linked Go program (`kubectl`, crypto/tls) are `dlp`
-//!   events of their own: uncovered, with the reason.
+//! - A GnuTLS client, a statically linked Go program (`kubectl`, crypto/tls) and a
+//!   statically linked rustls program (`rustup`, the toolchain installer, sending its
+//!   ClientHello to a local port that never answers) are `dlp` events of their own:
+//!   uncovered, with the reason.
 //! - A reload without `[dlp]` stops the probes: the counters go away.
 //!
-//! Needs root, `curl`, `openssl`, `python3`, `unshare`, `gnutls-cli` and `kubectl`.
+//! Needs root, `curl`, `openssl`, `python3`, `unshare`, `gnutls-cli`, `kubectl` and `rustup`.
 //! `cargo test --release -p palisade --test dlp_daemon -- --test-threads=1`.
 
 #[path = "support/control.rs"]
@@ -99,6 +101,24 @@ impl Drop for Server {
     }
 }
 
+/// The `rustup` the toolchain was installed with: on `PATH`, else under `CARGO_HOME` or
+/// `~/.cargo/bin`.
+fn rustup_path() -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("rustup"))
+            .find(|f| f.is_file())
+    });
+    on_path
+        .or_else(|| {
+            let home = std::env::var_os("CARGO_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+            Some(home.join("bin/rustup")).filter(|f| f.is_file())
+        })
+        .expect("rustup (a statically linked rustls program) is installed with the toolchain")
+}
+
 fn events_of(lines: &[String]) -> Vec<serde_json::Value> {
     lines
         .iter()
@@ -183,6 +203,20 @@ fn daemon_runs_the_probes_and_reports_matches_coverage_and_counters() {
         .spawn()
         .unwrap();
     let kubectl_pid = kubectl.id();
+    // rustls, statically linked (rustup): its ClientHello goes to a port that accepts the
+    // connection and never reads, so the process stays in the handshake until killed. Both
+    // dist and update roots point there: nothing leaves the host.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("https://{}", silent.local_addr().unwrap());
+    let mut rustup = Command::new(rustup_path())
+        .arg("check")
+        .env("RUSTUP_DIST_SERVER", &silent_url)
+        .env("RUSTUP_UPDATE_ROOT", format!("{silent_url}/rustup"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rustup_pid = rustup.id();
     // The server never answers: curl ends on its --max-time; its write went out before.
     let mut curl = curl;
     let _ = curl.wait();
@@ -197,7 +231,7 @@ fn daemon_runs_the_probes_and_reports_matches_coverage_and_counters() {
         m(curl_pid, "visa")
             && m(py_pid, "aws-access-key-id")
             && m(ns_pid, "mastercard")
-            && [gnutls_pid, kubectl_pid].iter().all(|&pid| {
+            && [gnutls_pid, kubectl_pid, rustup_pid].iter().all(|&pid| {
                 evs.iter()
                     .any(|e| e["event"] == "dlp-uncovered" && e["pid"] == pid)
             })
@@ -205,7 +239,7 @@ fn daemon_runs_the_probes_and_reports_matches_coverage_and_counters() {
     let ok = eventually(Duration::from_secs(10), || {
         want(&events_of(&events.lines.lock().unwrap()))
     });
-    for c in [&mut gnutls, &mut kubectl] {
+    for c in [&mut gnutls, &mut kubectl, &mut rustup] {
         let _ = c.kill();
         let _ = c.wait();
     }
@@ -261,6 +295,13 @@ fn daemon_runs_the_probes_and_reports_matches_coverage_and_counters() {
         go["reason"].as_str().unwrap().contains("Go crypto/tls"),
         "{go}"
     );
+    let rs = evs
+        .iter()
+        .find(|e| e["event"] == "dlp-uncovered" && e["pid"] == rustup_pid)
+        .unwrap();
+    assert_eq!(rs["verdict"], "alert");
+    assert!(rs["reason"].as_str().unwrap().contains("rustls"), "{rs}");
+    drop(silent);
     // No secret in clear.
     let all = lines.join("\n");
     assert!(!all.contains("4111 1111 1111 1111") && !all.contains("AKIAIOSFODNN7EXAMPLE"));
