@@ -32,9 +32,9 @@ use aya_ebpf::{
 use palisade_common::{
     dns::maps::SCOPE_EGRESS,
     dnsbind::{
-        self, ANSWER_BUF, AnswerWalk, BIND_ON, BindKey, BindValue, FlowKey, MAX_BOUND_PER_ANSWER,
-        MAX_QUESTION, MAX_TCP_MESSAGES, MAX_WALK_STEPS, PIN_ON, PIN_RESOLVER, Partial,
-        QUERY_WINDOW_NS, QUESTION_HASH_START, QueryKey, REBIND_REFUSE, STAT_ADDRS_BOUND,
+        self, ANSWER_BUF, AnswerWalk, BindConfig, BindKey, BindValue, FlowKey,
+        MAX_BOUND_PER_ANSWER, MAX_QUESTION, MAX_TCP_MESSAGES, MAX_WALK_STEPS, PIN_ON, PIN_RESOLVER,
+        Partial, QUERY_WINDOW_NS, QUESTION_HASH_START, QueryKey, REBIND_REFUSE, STAT_ADDRS_BOUND,
         STAT_ADDRS_SKIPPED, STAT_ANSWERS, STAT_ANSWERS_MALFORMED, STAT_ANSWERS_REBINDING,
         STAT_ANSWERS_REFUSED, STAT_ANSWERS_TCP, STAT_ANSWERS_TCP_PARTIAL,
         STAT_ANSWERS_TCP_UNWALKED, STAT_ANSWERS_UNPINNED, STAT_ANSWERS_UNSOLICITED, STAT_INTERNAL,
@@ -48,10 +48,9 @@ use palisade_common::{
 use super::{add, check, count};
 
 use crate::{
-    atomic,
     bytes::SkbBytes,
     maps::{
-        BIND_ADDRS, BIND_BUSY, BIND_CONFIG, BIND_PIN, BIND_QUERIES, BIND_SCRATCH, BIND_TCP_PARTIAL,
+        BIND_ADDRS, BIND_BUSY, BIND_PIN, BIND_QUERIES, BIND_SCRATCH, BIND_TCP_PARTIAL,
         REASON_STATS, STATS, bump, event_flags,
     },
 };
@@ -87,24 +86,12 @@ const DROP: i32 = 0;
 
 #[inline(always)]
 pub fn run(ctx: &SkBuffContext) -> i32 {
-    let Some(cfg) = BIND_CONFIG.get(0) else {
-        count(STAT_INTERNAL);
-        return PASS;
-    };
-    if cfg.enabled != BIND_ON {
-        return PASS;
-    }
-    let Some(busy) = BIND_BUSY.get_ptr_mut(0) else {
-        count(STAT_INTERNAL);
-        return PASS;
-    };
-    // A run preempted (threaded softirqs) or interrupted on this CPU keeps the scratch; the
-    // other binds nothing.
-    // SAFETY: an aligned u64 in a map value.
-    if !unsafe { atomic::compare_exchange(busy, 0, 1) } {
-        count(STAT_INTERNAL);
-        return PASS;
-    }
+    super::claimed(&BIND_BUSY, PASS, |cfg| walk_answer(ctx, cfg))
+}
+
+/// The answer walk with this CPU's scratch claimed.
+#[inline(always)]
+fn walk_answer(ctx: &SkBuffContext, cfg: &BindConfig) -> i32 {
     // Read back as pass or drop. The walk ends in a global function whose result the
     // verifier sees as any scalar, while the compiler knows it is 0 or 1 and would fold a
     // plain comparison away: `black_box` keeps the comparison in the program.
@@ -114,10 +101,7 @@ pub fn run(ctx: &SkBuffContext) -> i32 {
         cfg.pinned == PIN_ON,
         cfg.rebinding == REBIND_REFUSE,
     ));
-    let verdict = if walked == DROP { DROP } else { PASS };
-    // SAFETY: as above.
-    unsafe { atomic::exchange(busy, 0) };
-    verdict
+    if walked == DROP { DROP } else { PASS }
 }
 
 /// Parses the packet into the scratch. Not inlined: its temporaries get their own frame.

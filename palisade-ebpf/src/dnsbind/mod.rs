@@ -16,7 +16,41 @@ pub(crate) mod check;
 pub mod connect;
 pub mod query;
 
-use crate::{atomic, maps::BIND_STATS};
+use aya_ebpf::maps::PerCpuArray;
+use palisade_common::dnsbind::{BIND_ON, BindConfig, STAT_INTERNAL};
+
+use crate::{
+    atomic,
+    maps::{BIND_CONFIG, BIND_STATS},
+};
+
+/// Runs `walk` on the configuration with this CPU's scratch claimed through its flag in `busy`, when `[dns.bind]`
+/// is on; `idle` otherwise. A run preempted (threaded softirqs) or interrupted on this CPU
+/// (a softirq's TCP retransmit) keeps the scratch; the other does nothing and is counted as
+/// `internal`, as is a missing configuration or flag.
+#[inline(always)]
+fn claimed(busy: &PerCpuArray<u64>, idle: i32, walk: impl FnOnce(&BindConfig) -> i32) -> i32 {
+    let Some(cfg) = BIND_CONFIG.get(0) else {
+        count(STAT_INTERNAL);
+        return idle;
+    };
+    if cfg.enabled != BIND_ON {
+        return idle;
+    }
+    let Some(flag) = busy.get_ptr_mut(0) else {
+        count(STAT_INTERNAL);
+        return idle;
+    };
+    // SAFETY: an aligned u64 in a map value.
+    if !unsafe { atomic::compare_exchange(flag, 0, 1) } {
+        count(STAT_INTERNAL);
+        return idle;
+    }
+    let verdict = walk(cfg);
+    // SAFETY: as above.
+    unsafe { atomic::exchange(flag, 0) };
+    verdict
+}
 
 /// Counts one event in the binding counters. Atomic: the sock_addr hooks run preemptibly,
 /// and a softirq on the same CPU may count at the same time.

@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use palisade_common::{
     dnsbind::{
-        BIND_ON, DNS_PORT, MAX_QUESTION, MAX_QUESTION_LABELS, MAX_TCP_MESSAGES, QUERY_BUF,
+        DNS_PORT, MAX_QUESTION, MAX_QUESTION_LABELS, MAX_TCP_MESSAGES, QUERY_BUF,
         QUESTION_HASH_START, QueryKey, QueryValue, QuestionStep, STAT_INTERNAL,
         STAT_QUERIES_RECORDED, STAT_QUERIES_UNRECORDED, hash_byte, is_standard_query,
         question_step,
@@ -34,9 +34,8 @@ use palisade_common::{
 
 use super::count;
 use crate::{
-    atomic,
     bytes::SkbBytes,
-    maps::{BIND_CONFIG, BIND_QUERIES, QUERY_BUSY, QUERY_SCRATCH},
+    maps::{BIND_QUERIES, QUERY_BUSY, QUERY_SCRATCH},
 };
 
 /// The recorder's per-CPU working space.
@@ -60,28 +59,10 @@ const PASS: i32 = 1;
 
 #[inline(always)]
 pub fn run(ctx: &SkBuffContext) -> i32 {
-    let Some(cfg) = BIND_CONFIG.get(0) else {
-        count(STAT_INTERNAL);
-        return PASS;
-    };
-    if cfg.enabled != BIND_ON {
-        return PASS;
-    }
-    let Some(busy) = QUERY_BUSY.get_ptr_mut(0) else {
-        count(STAT_INTERNAL);
-        return PASS;
-    };
-    // A send interrupted on this CPU (a softirq's TCP retransmit) keeps the scratch; the
-    // other records nothing.
-    // SAFETY: an aligned u64 in a map value.
-    if !unsafe { atomic::compare_exchange(busy, 0, 1) } {
-        count(STAT_INTERNAL);
-        return PASS;
-    }
-    record_packet(ctx);
-    // SAFETY: as above.
-    unsafe { atomic::exchange(busy, 0) };
-    PASS
+    super::claimed(&QUERY_BUSY, PASS, |_| {
+        record_packet(ctx);
+        PASS
+    })
 }
 
 #[inline(never)]
