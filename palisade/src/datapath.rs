@@ -327,14 +327,13 @@ impl Datapath {
         // Every program is loaded (and verified, which takes long) before any hook switches,
         // so the hooks switch within moments of each other.
         self.ensure_tc_program()?;
-        self.ensure_scrub_programs()?;
-        self.ensure_nat_programs()?;
+        for group in TcGroup::BEFORE_LB {
+            self.ensure_group(group)?;
+        }
         self.ensure_lb_reverse()?;
-        self.ensure_tls_programs()?;
-        self.ensure_dhcp_program()?;
-        self.ensure_intel_program()?;
-        self.ensure_mark_program()?;
-        self.ensure_ids_programs()?;
+        for group in TcGroup::AFTER_LB {
+            self.ensure_group(group)?;
+        }
         if cache_enabled(policy) {
             self.ensure_dns_cache_program()?;
         }
@@ -348,14 +347,13 @@ impl Datapath {
         self.fill_tail_calls()?;
         self.sync_xdp(opts, &mut notes)?;
         self.sync_tc(opts, &mut notes)?;
-        self.sync_scrub(opts, &mut notes)?;
-        self.sync_nat(opts, &mut notes)?;
+        for group in TcGroup::BEFORE_LB {
+            self.sync_group(group, opts, &mut notes)?;
+        }
         self.sync_lb_reverse(opts, &mut notes)?;
-        self.sync_tls(opts, &mut notes)?;
-        self.sync_dhcp(opts, &mut notes)?;
-        self.sync_intel(opts, &mut notes)?;
-        self.sync_mark(opts, &mut notes)?;
-        self.sync_ids(opts, &mut notes)?;
+        for group in TcGroup::AFTER_LB {
+            self.sync_group(group, opts, &mut notes)?;
+        }
         self.ifaces.clone_from(&opts.ifaces);
         notes.extend(self.sync_dns_cache(policy)?);
         notes.extend(self.sync_cgroups(policy)?);
@@ -540,42 +538,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// Loads (or reuses the pinned) scrub programs.
-    fn ensure_scrub_programs(&mut self) -> Result<()> {
-        if !self.scrub.is_empty() {
-            return Ok(());
-        }
-        self.scrub = self.tc_programs(&[crate::scrub::INGRESS, crate::scrub::EGRESS], "scrub")?;
-        Ok(())
-    }
-
-    /// Loads (or reuses the pinned) NAT programs.
-    fn ensure_nat_programs(&mut self) -> Result<()> {
-        if !self.nat.is_empty() {
-            return Ok(());
-        }
-        self.nat = self.tc_programs(&[crate::nat::INGRESS, crate::nat::EGRESS], "NAT")?;
-        Ok(())
-    }
-
-    /// Attaches the NAT programs to every guarded interface (each translates only on the
-    /// `[nat] out` interface, read from its generation's settings, so a reload moves NAT
-    /// without attaching anything). The egress program goes first in the tcx chain, before
-    /// the egress tracker: the tracker must see what leaves translated.
-    fn sync_nat(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
-        self.ensure_nat_programs()?;
-        let pins = self.all_link_pins();
-        self.nat_links = sync_tcx_group(
-            &self.layout,
-            &pins,
-            &mut self.nat,
-            &[Tcx::NatIngress, Tcx::NatEgress],
-            &opts.ifaces,
-            notes,
-        )?;
-        Ok(())
-    }
-
     /// Loads (or reuses the pinned) TC programs `names` of `what`.
     fn tc_programs(&mut self, names: &[&str], what: &str) -> Result<Vec<SchedClassifier>> {
         let mut progs = Vec::new();
@@ -598,6 +560,58 @@ impl Datapath {
             progs.push(SchedClassifier::from_pin(&path)?);
         }
         Ok(progs)
+    }
+
+    /// The programs of `group` once loaded, and their links.
+    fn group_mut(
+        &mut self,
+        group: TcGroup,
+    ) -> (&mut Vec<SchedClassifier>, &mut Vec<(String, OwnedFd)>) {
+        match group {
+            TcGroup::Scrub => (&mut self.scrub, &mut self.scrub_links),
+            TcGroup::Nat => (&mut self.nat, &mut self.nat_links),
+            TcGroup::Tls => (&mut self.tls, &mut self.tls_links),
+            TcGroup::Dhcp => (&mut self.dhcp, &mut self.dhcp_links),
+            TcGroup::Intel => (&mut self.intel, &mut self.intel_links),
+            TcGroup::Mark => (&mut self.mark, &mut self.mark_links),
+            TcGroup::Ids => (&mut self.ids, &mut self.ids_links),
+        }
+    }
+
+    /// Loads (or reuses the pinned) programs of `group`, unless they are loaded.
+    fn ensure_group(&mut self, group: TcGroup) -> Result<()> {
+        if !self.group_mut(group).0.is_empty() {
+            return Ok(());
+        }
+        let progs = self.tc_programs(group.names(), group.what())?;
+        *self.group_mut(group).0 = progs;
+        Ok(())
+    }
+
+    /// Attaches the programs of `group` to every guarded interface, adopting pinned links
+    /// ([`sync_tcx_group`]).
+    fn sync_group(
+        &mut self,
+        group: TcGroup,
+        opts: &Options,
+        notes: &mut Vec<String>,
+    ) -> Result<()> {
+        self.ensure_group(group)?;
+        let pins = self.all_link_pins();
+        // Taken out while the layout is borrowed, and put back whatever the outcome.
+        let mut progs = std::mem::take(self.group_mut(group).0);
+        let links = sync_tcx_group(
+            &self.layout,
+            &pins,
+            &mut progs,
+            group.kinds(),
+            &opts.ifaces,
+            notes,
+        );
+        let (loaded, linked) = self.group_mut(group);
+        *loaded = progs;
+        *linked = links?;
+        Ok(())
     }
 
     /// Loads (or reuses the pinned) reverse translation of the load balancer.
@@ -623,96 +637,6 @@ impl Datapath {
             &pins,
             prog,
             Tcx::LbReverse,
-            &opts.ifaces,
-            notes,
-        )?;
-        Ok(())
-    }
-
-    /// Loads (or reuses the pinned) TLS gate programs.
-    fn ensure_tls_programs(&mut self) -> Result<()> {
-        if !self.tls.is_empty() {
-            return Ok(());
-        }
-        self.tls = self.tc_programs(&[crate::tls::INGRESS, crate::tls::EGRESS], "TLS gate")?;
-        Ok(())
-    }
-
-    /// Loads (or reuses the pinned) indicator check of what leaves.
-    fn ensure_intel_program(&mut self) -> Result<()> {
-        if !self.intel.is_empty() {
-            return Ok(());
-        }
-        self.intel = self.tc_programs(&[crate::intel::EGRESS], "intel")?;
-        Ok(())
-    }
-
-    /// Attaches the indicator check (tcx egress) to every guarded interface whatever the
-    /// policy: without `[intel] egress` it reads one map slot and lets the packet go, and
-    /// a refresh that turns it on needs no attach.
-    fn sync_intel(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
-        self.ensure_intel_program()?;
-        let pins = self.all_link_pins();
-        self.intel_links = sync_tcx_group(
-            &self.layout,
-            &pins,
-            &mut self.intel,
-            &[Tcx::IntelEgress],
-            &opts.ifaces,
-            notes,
-        )?;
-        Ok(())
-    }
-
-    /// Loads (or reuses the pinned) program that sets the mark of `mark` rules.
-    fn ensure_mark_program(&mut self) -> Result<()> {
-        if !self.mark.is_empty() {
-            return Ok(());
-        }
-        self.mark = self.tc_programs(&[crate::firewall::ACTION_INGRESS], "mark")?;
-        Ok(())
-    }
-
-    /// Attaches the mark program (tcx ingress) to every guarded interface whatever the
-    /// policy: a frame without Palisade's mark metadata costs it two context reads, and a
-    /// reload that adds a `mark` rule needs no attach.
-    fn sync_mark(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
-        self.ensure_mark_program()?;
-        let pins = self.all_link_pins();
-        self.mark_links = sync_tcx_group(
-            &self.layout,
-            &pins,
-            &mut self.mark,
-            &[Tcx::ActionIngress],
-            &opts.ifaces,
-            notes,
-        )?;
-        Ok(())
-    }
-
-    /// Loads (or reuses the pinned) IDS preselection programs.
-    fn ensure_ids_programs(&mut self) -> Result<()> {
-        if !self.ids.is_empty() {
-            return Ok(());
-        }
-        self.ids = self.tc_programs(
-            &[crate::ids::kernel::INGRESS, crate::ids::kernel::EGRESS],
-            "IDS",
-        )?;
-        Ok(())
-    }
-
-    /// Attaches the IDS preselection (tcx ingress and egress) to every guarded interface
-    /// whatever the policy, like the scrub: without `[ids]` it reads one map slot and lets the
-    /// packet go; `[ids] interfaces` narrows where it looks in the kernel's settings.
-    fn sync_ids(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
-        self.ensure_ids_programs()?;
-        let pins = self.all_link_pins();
-        self.ids_links = sync_tcx_group(
-            &self.layout,
-            &pins,
-            &mut self.ids,
-            &[Tcx::IdsIngress, Tcx::IdsEgress],
             &opts.ifaces,
             notes,
         )?;
@@ -768,66 +692,6 @@ impl Datapath {
             }
         }
         Ok(notes)
-    }
-
-    /// Attaches the TLS gate (tcx ingress and egress) to every guarded interface, like the
-    /// scrub: whatever the policy, since without `[tls]` it reads one map slot and lets the
-    /// packet go.
-    fn sync_tls(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
-        self.ensure_tls_programs()?;
-        let pins = self.all_link_pins();
-        self.tls_links = sync_tcx_group(
-            &self.layout,
-            &pins,
-            &mut self.tls,
-            &[Tcx::TlsIngress, Tcx::TlsEgress],
-            &opts.ifaces,
-            notes,
-        )?;
-        Ok(())
-    }
-
-    /// Loads (or reuses the pinned) DHCP snooping program.
-    fn ensure_dhcp_program(&mut self) -> Result<()> {
-        if !self.dhcp.is_empty() {
-            return Ok(());
-        }
-        self.dhcp = self.tc_programs(&[crate::dhcp::EGRESS], "DHCP snooping")?;
-        Ok(())
-    }
-
-    /// Attaches DHCP snooping (tcx egress) to every guarded interface, whatever the policy,
-    /// like the scrub: without `[dhcp]` it reads one map slot and lets the packet go.
-    fn sync_dhcp(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
-        self.ensure_dhcp_program()?;
-        let pins = self.all_link_pins();
-        self.dhcp_links = sync_tcx_group(
-            &self.layout,
-            &pins,
-            &mut self.dhcp,
-            &[Tcx::DhcpEgress],
-            &opts.ifaces,
-            notes,
-        )?;
-        Ok(())
-    }
-
-    /// Attaches the scrub programs (tcx ingress and egress) to every guarded interface, like
-    /// the egress tracker. They are attached whatever the policy: with no `[scrub]` they
-    /// read one map slot and let the packet go, and a reload that turns scrub on then needs
-    /// no attachment.
-    fn sync_scrub(&mut self, opts: &Options, notes: &mut Vec<String>) -> Result<()> {
-        self.ensure_scrub_programs()?;
-        let pins = self.all_link_pins();
-        self.scrub_links = sync_tcx_group(
-            &self.layout,
-            &pins,
-            &mut self.scrub,
-            &[Tcx::ScrubIngress, Tcx::ScrubEgress],
-            &opts.ifaces,
-            notes,
-        )?;
-        Ok(())
     }
 
     fn ensure_egress_program(&mut self) -> Result<()> {
@@ -1483,6 +1347,85 @@ impl Tcx {
             Self::BindCanary => "the DoH canary answer",
             Self::IdsIngress => "the ingress IDS",
             Self::IdsEgress => "the egress IDS",
+        }
+    }
+}
+
+/// A feature's tcx programs, attached to every guarded interface after the egress tracker
+/// (adopting pinned links and switching them to this build's programs, like it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TcGroup {
+    /// Scrub (ingress and egress), whatever the policy: with no `[scrub]` they read one map
+    /// slot and let the packet go, and a reload that turns scrub on then needs no
+    /// attachment.
+    Scrub,
+    /// NAT (ingress and egress): each translates only on the `[nat] out` interface, read from
+    /// its generation's settings, so a reload moves NAT without attaching anything. The
+    /// egress program goes first in the tcx chain, before the egress tracker: the tracker
+    /// must see what leaves translated.
+    Nat,
+    /// The TLS gate (ingress and egress), whatever the policy: without `[tls]` it reads one
+    /// map slot and lets the packet go.
+    Tls,
+    /// DHCP snooping (egress), whatever the policy: without `[dhcp]` it reads one map slot
+    /// and lets the packet go.
+    Dhcp,
+    /// The indicator check (egress) whatever the policy: without `[intel] egress` it reads
+    /// one map slot and lets the packet go, and a refresh that turns it on needs no attach.
+    Intel,
+    /// The mark of `mark` rules (ingress) whatever the policy: a frame without Palisade's
+    /// mark metadata costs it two context reads, and a reload that adds a `mark` rule needs
+    /// no attach.
+    Mark,
+    /// The IDS preselection (ingress and egress) whatever the policy: without `[ids]` it
+    /// reads one map slot and lets the packet go; `[ids] interfaces` narrows where it looks
+    /// in the kernel's settings.
+    Ids,
+}
+
+impl TcGroup {
+    /// The groups attached before the load balancer's reverse translation, in order (the
+    /// order of the tcx chains).
+    const BEFORE_LB: [Self; 2] = [Self::Scrub, Self::Nat];
+    /// The groups attached after it, in order.
+    const AFTER_LB: [Self; 5] = [Self::Tls, Self::Dhcp, Self::Intel, Self::Mark, Self::Ids];
+
+    /// The programs, in the order of [`Self::kinds`].
+    const fn names(self) -> &'static [&'static str] {
+        match self {
+            Self::Scrub => &[crate::scrub::INGRESS, crate::scrub::EGRESS],
+            Self::Nat => &[crate::nat::INGRESS, crate::nat::EGRESS],
+            Self::Tls => &[crate::tls::INGRESS, crate::tls::EGRESS],
+            Self::Dhcp => &[crate::dhcp::EGRESS],
+            Self::Intel => &[crate::intel::EGRESS],
+            Self::Mark => &[crate::firewall::ACTION_INGRESS],
+            Self::Ids => &[crate::ids::kernel::INGRESS, crate::ids::kernel::EGRESS],
+        }
+    }
+
+    /// Where each program attaches.
+    const fn kinds(self) -> &'static [Tcx] {
+        match self {
+            Self::Scrub => &[Tcx::ScrubIngress, Tcx::ScrubEgress],
+            Self::Nat => &[Tcx::NatIngress, Tcx::NatEgress],
+            Self::Tls => &[Tcx::TlsIngress, Tcx::TlsEgress],
+            Self::Dhcp => &[Tcx::DhcpEgress],
+            Self::Intel => &[Tcx::IntelEgress],
+            Self::Mark => &[Tcx::ActionIngress],
+            Self::Ids => &[Tcx::IdsIngress, Tcx::IdsEgress],
+        }
+    }
+
+    /// What the kernel's refusal of a program calls the feature.
+    const fn what(self) -> &'static str {
+        match self {
+            Self::Scrub => "scrub",
+            Self::Nat => "NAT",
+            Self::Tls => "TLS gate",
+            Self::Dhcp => "DHCP snooping",
+            Self::Intel => "intel",
+            Self::Mark => "mark",
+            Self::Ids => "IDS",
         }
     }
 }

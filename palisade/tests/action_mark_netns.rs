@@ -23,18 +23,11 @@
 mod control;
 mod support;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use control::{GuardedHost, cli, cli_json};
 use palisade_common::action::{AS_DSCP_REWRITTEN, AS_MARK_APPLIED};
-use support::{
-    netns::{command_in, exec_in},
-    routed::Routed,
-};
+use support::routed::{Listener, Routed, run_ok};
 
 const MARK: u32 = 0x2a;
 const SENT: usize = 20;
@@ -97,16 +90,6 @@ for fam, dst in ((socket.AF_INET, v4), (socket.AF_INET6, v6)):
         time.sleep(0.002)
 "#;
 
-fn run_ok(ns: &str, program: &str, args: &[&str]) -> String {
-    let out = exec_in(ns, program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Packets the other uplink (`pal-dummy`) transmitted.
 fn dummy_tx(ns: &str) -> u64 {
     let out = run_ok(ns, "ip", &["-s", "-j", "link", "show", "dev", "pal-dummy"]);
@@ -128,42 +111,23 @@ fn in_hdr_errors(ns: &str) -> u64 {
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
-struct Receiver {
-    child: Child,
-    stop: std::path::PathBuf,
-}
+struct Receiver(Listener);
 
 impl Receiver {
     fn start(ns: &str, stop: std::path::PathBuf) -> Self {
-        let mut child = command_in(ns, "python3")
-            .args(["-c", RECEIVE, stop.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn receiver");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        Self { child, stop }
+        Self(Listener::start(
+            ns,
+            RECEIVE,
+            &[stop.to_str().unwrap()],
+            stop.clone(),
+        ))
     }
 
-    fn finish(mut self) -> Vec<serde_json::Value> {
-        std::fs::write(&self.stop, b"").unwrap();
-        let mut out = Vec::new();
-        for l in BufReader::new(self.child.stdout.take().unwrap()).lines() {
-            out.push(serde_json::from_str(&l.unwrap()).expect("json line"));
-        }
-        let _ = self.child.wait();
-        out
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn finish(self) -> Vec<serde_json::Value> {
+        let out = self.0.finish();
+        out.lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
     }
 }
 
@@ -174,23 +138,7 @@ fn marked_traffic_takes_the_fwmark_route_and_dscp_is_rewritten_on_the_wire() {
     // The policy route the mark selects: table 100 sends the outside host into another
     // uplink, a veth pair with static neighbours, so that what is routed there is sent at
     // once (its transmit counter counts the packets).
-    run_ok(
-        &router,
-        "ip",
-        &[
-            "link",
-            "add",
-            "pal-dummy",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "pal-dummyp",
-        ],
-    );
-    for i in ["pal-dummy", "pal-dummyp"] {
-        run_ok(&router, "ip", &["link", "set", i, "up"]);
-    }
+    r.add_router_port("pal-dummy", "pal-dummyp");
     for addr in [Routed::OUTSIDE_V4, Routed::OUTSIDE_V6] {
         run_ok(
             &router,
@@ -223,33 +171,8 @@ fn marked_traffic_takes_the_fwmark_route_and_dscp_is_rewritten_on_the_wire() {
             ],
         );
     }
-    run_ok(
-        &router,
-        "ip",
-        &[
-            "route",
-            "add",
-            Routed::OUTSIDE_V4,
-            "dev",
-            "pal-dummy",
-            "table",
-            "100",
-        ],
-    );
-    run_ok(
-        &router,
-        "ip",
-        &[
-            "-6",
-            "route",
-            "add",
-            Routed::OUTSIDE_V6,
-            "dev",
-            "pal-dummy",
-            "table",
-            "100",
-        ],
-    );
+    r.route_in_table("-4", "100", Routed::OUTSIDE_V4, None, "pal-dummy");
+    r.route_in_table("-6", "100", Routed::OUTSIDE_V6, None, "pal-dummy");
 
     let mut host = GuardedHost::new("action-mark", &policy(), &router, "veth-rg");
     let started = Instant::now();

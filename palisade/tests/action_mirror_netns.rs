@@ -19,18 +19,11 @@
 mod control;
 mod support;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use control::{GuardedHost, cli, cli_json};
 use palisade_common::action::{AS_MIRROR_FAILED, AS_MIRROR_SENT};
-use support::{
-    netns::{command_in, exec_in},
-    routed::Routed,
-};
+use support::routed::{Listener, Routed, run_ok};
 
 const SENT: usize = 20;
 
@@ -95,53 +88,16 @@ for fam, dst in ((socket.AF_INET, v4), (socket.AF_INET6, v6)):
         time.sleep(0.002)
 "#;
 
-fn run_ok(ns: &str, program: &str, args: &[&str]) -> String {
-    let out = exec_in(ns, program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Counter {
-    child: Child,
-    stop: std::path::PathBuf,
-}
+struct Counter(Listener);
 
 impl Counter {
     fn start(ns: &str, mode: &str, iface: &str, stop: std::path::PathBuf) -> Self {
-        let _ = std::fs::remove_file(&stop);
-        let mut child = command_in(ns, "python3")
-            .args(["-c", COUNT, mode, iface, stop.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn counter");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        Self { child, stop }
+        let args = [mode, iface, stop.to_str().unwrap()];
+        Self(Listener::start(ns, COUNT, &args, stop.clone()))
     }
 
-    fn finish(mut self) -> serde_json::Value {
-        std::fs::write(&self.stop, b"").unwrap();
-        let mut line = String::new();
-        BufReader::new(self.child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let _ = self.child.wait();
-        serde_json::from_str(&line).expect("counts")
-    }
-}
-
-impl Drop for Counter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn finish(self) -> serde_json::Value {
+        serde_json::from_str(&self.0.finish()).expect("counts")
     }
 }
 
@@ -168,16 +124,7 @@ fn send(r: &Routed) {
 fn copies_leave_by_the_mirror_interface_while_the_originals_are_delivered() {
     let r = Routed::new();
     let router = r.router.clone();
-    run_ok(
-        &router,
-        "ip",
-        &[
-            "link", "add", "pal-mir", "type", "veth", "peer", "name", "pal-mirp",
-        ],
-    );
-    for i in ["pal-mir", "pal-mirp"] {
-        run_ok(&router, "ip", &["link", "set", i, "up"]);
-    }
+    r.add_router_port("pal-mir", "pal-mirp");
     let mut host = GuardedHost::new("action-mirror", &policy("pal-mir"), &router, "veth-rg");
     host.start();
     let rules = cli(&host.socket(), &["list", "rules"]);

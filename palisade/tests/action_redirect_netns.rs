@@ -29,21 +29,14 @@
 mod control;
 mod support;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use control::{GuardedHost, cli, cli_json};
 use palisade_common::{
     reason,
     redirect::{RS_NO_NEIGH, RS_SENT, RS_TOO_BIG},
 };
-use support::{
-    netns::{command_in, exec_in},
-    routed::Routed,
-};
+use support::routed::{Listener, Routed, run_ok};
 
 const SENT: usize = 10;
 
@@ -114,54 +107,17 @@ for fam, dst in ((socket.AF_INET, v4), (socket.AF_INET6, v6)):
         time.sleep(0.002)
 "#;
 
-fn run_ok(ns: &str, program: &str, args: &[&str]) -> String {
-    let out = exec_in(ns, program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Counter {
-    child: Child,
-    stop: std::path::PathBuf,
-}
+struct Counter(Listener);
 
 impl Counter {
     fn start(ns: &str, ifaces: &[&str], stop: std::path::PathBuf) -> Self {
-        let _ = std::fs::remove_file(&stop);
-        let mut child = command_in(ns, "python3")
-            .args(["-c", COUNT, stop.to_str().unwrap()])
-            .args(ifaces)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn counter");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        Self { child, stop }
+        let mut args = vec![stop.to_str().unwrap()];
+        args.extend(ifaces);
+        Self(Listener::start(ns, COUNT, &args, stop.clone()))
     }
 
-    fn finish(mut self) -> serde_json::Value {
-        std::fs::write(&self.stop, b"").unwrap();
-        let mut line = String::new();
-        BufReader::new(self.child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let _ = self.child.wait();
-        serde_json::from_str(&line).expect("counts")
-    }
-}
-
-impl Drop for Counter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn finish(self) -> serde_json::Value {
+        serde_json::from_str(&self.0.finish()).expect("counts")
     }
 }
 
@@ -203,53 +159,14 @@ fn exchange(
 fn redirect_rules_send_traffic_out_of_the_other_uplink() {
     let r = Routed::new();
     let (router, outside) = (r.router.clone(), r.outside.clone());
-    run_ok(
-        &router,
-        "ip",
-        &[
-            "link", "add", "pal-up2", "mtu", "1400", "type", "veth", "peer", "name", "pal-up2o",
-            "mtu", "1400", "netns", &outside,
-        ],
+    r.add_uplink(
+        ("pal-up2", "pal-up2o"),
+        "1400",
+        ("10.71.3.254/24", "fd71:3::fe/64"),
+        ("10.71.3.1/24", "fd71:3::1/64"),
     );
-    for (ns, iface, v4, v6) in [
-        (&router, "pal-up2", "10.71.3.254/24", "fd71:3::fe/64"),
-        (&outside, "pal-up2o", "10.71.3.1/24", "fd71:3::1/64"),
-    ] {
-        run_ok(ns, "ip", &["addr", "add", v4, "dev", iface]);
-        run_ok(ns, "ip", &["-6", "addr", "add", v6, "dev", iface, "nodad"]);
-        run_ok(ns, "ip", &["link", "set", iface, "up"]);
-    }
-    run_ok(
-        &router,
-        "ip",
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.71.3.1",
-            "dev",
-            "pal-up2",
-            "table",
-            "100",
-        ],
-    );
-    run_ok(
-        &router,
-        "ip",
-        &[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd71:3::1",
-            "dev",
-            "pal-up2",
-            "table",
-            "100",
-        ],
-    );
+    r.route_in_table("-4", "100", "default", Some("10.71.3.1"), "pal-up2");
+    r.route_in_table("-6", "100", "default", Some("fd71:3::1"), "pal-up2");
     // Replies to the guarded host leave the outside host by its default route (veth-o): the
     // path is asymmetric, so the outside host must not filter by reverse path.
     for s in [

@@ -18,10 +18,11 @@
 #[path = "support/control.rs"]
 mod control;
 mod support;
+#[path = "support/tls_server.rs"]
+mod tls_server;
 
 use std::{
     fs,
-    io::Read as _,
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -65,32 +66,14 @@ struct Server(Child);
 
 impl Server {
     fn start(dir: &Path) -> Self {
-        let st = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .args(["-subj", "/CN=localhost", "-keyout"])
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        fs::write(dir.join("server.py"), SERVER).unwrap();
-        fs::write(dir.join("client.py"), CLIENT).unwrap();
-        let mut c = Command::new("python3")
-            .arg(dir.join("server.py"))
-            .arg(PORT.to_string())
-            .arg(dir.join("cert.pem"))
-            .arg(dir.join("key.pem"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut b = [0u8; 6];
-        c.stdout.as_mut().unwrap().read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"ready\n");
-        Self(c)
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+        tls_server::prepare(dir, &key, SERVER, CLIENT);
+        let port = PORT.to_string();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        Self(tls_server::start(
+            dir,
+            &[port.as_ref(), cert.as_ref(), key.as_ref()],
+        ))
     }
 }
 

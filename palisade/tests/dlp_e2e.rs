@@ -5,9 +5,11 @@
 //! is probed within a second of its exec (on its exec record); `action = "reset"` stops the flow.
 //! Needs root, `curl`, `openssl`, `python3` and `gnutls-cli`.
 
+#[path = "support/tls_server.rs"]
+mod tls_server;
+
 use std::{
     fs,
-    io::Read as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::sleep,
@@ -91,32 +93,17 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("palisade-dlp-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=localhost", "-keyout"])
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        fs::write(dir.join("server.py"), SERVER).unwrap();
-        fs::write(dir.join("client.py"), CLIENT).unwrap();
-        let mut server = Command::new("python3")
-            .arg(dir.join("server.py"))
-            .arg(port.to_string())
-            .arg(dir.join("server.log"))
-            .arg(dir.join("cert.pem"))
-            .arg(dir.join("key.pem"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut b = [0u8; 6];
-        server.stdout.as_mut().unwrap().read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"ready\n");
+        tls_server::prepare(&dir, &["-newkey", "rsa:2048"], SERVER, CLIENT);
+        let port_arg = port.to_string();
+        let (log, cert, key) = (
+            dir.join("server.log"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        );
+        let server = tls_server::start(
+            &dir,
+            &[port_arg.as_ref(), log.as_ref(), cert.as_ref(), key.as_ref()],
+        );
         Self { dir, server, port }
     }
 

@@ -15,7 +15,7 @@ mod control;
 mod support;
 
 use control::{GuardedHost, cli_json};
-use support::netns::{NetnsPair, exec_in};
+use support::netns::{NetnsPair, exec_in, ping_counts};
 
 const PEER_MAC: &str = "02:00:5e:19:00:01";
 const OTHER_MAC: &str = "02:00:5e:19:00:99";
@@ -25,20 +25,7 @@ fn ping(ns: &str, from: &str, to: &str, extra: &[&str]) -> (u32, u32) {
     let mut args = vec!["-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", "-I", from];
     args.extend_from_slice(extra);
     args.push(to);
-    let out = exec_in(ns, "ping", &args);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("ping output: {text}"));
-    let num = |key: &str| -> u32 {
-        line.split(',')
-            .find(|p| p.contains(key))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{key} in {line}"))
-    };
-    (num("transmitted"), num("received"))
+    ping_counts(ns, &args)
 }
 
 fn ip(ns: &str, args: &[&str]) {

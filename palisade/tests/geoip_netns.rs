@@ -20,40 +20,17 @@ use std::{
 };
 
 use control::GuardedHost;
-use support::netns::{NetnsPair, exec_in};
+use support::netns::{NetnsPair, exec_in, ping_counts};
 
 /// `(sent, received)` of `ping -c count -i interval -I from to`.
 fn ping(ns: &str, from: &str, to: &str, count: u32, interval: &str) -> (u32, u32) {
-    let out = exec_in(
+    let count = count.to_string();
+    ping_counts(
         ns,
-        "ping",
         &[
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            interval,
-            "-W",
-            "1",
-            "-I",
-            from,
-            to,
+            "-n", "-q", "-c", &count, "-i", interval, "-W", "1", "-I", from, to,
         ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("ping output: {text}"));
-    let num = |key: &str| -> u32 {
-        line.split(',')
-            .find(|p| p.contains(key))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{key} in {line}"))
-    };
-    (num("transmitted"), num("received"))
+    )
 }
 
 /// The range `start,end,country` line of one address.

@@ -533,6 +533,27 @@ fn egress_checks_destinations_when_the_policy_asks() {
     assert_eq!(events[0].reason, reason::INTEL_DROP);
 }
 
+/// `[intel]` of this file's sizes (no egress check) with a plain-text feed `dir/NAME.txt` of
+/// each `(NAME, action)`, read every minute.
+fn file_feeds(dir: &Path, list: &[(&str, Action)]) -> Intel {
+    Intel {
+        max_ips: SIZES.ips,
+        max_cidrs: SIZES.cidrs,
+        feeds: list
+            .iter()
+            .map(|&(name, action)| Feed {
+                name: name.to_string(),
+                source: Source::File(dir.join(format!("{name}.txt"))),
+                format: Format::Plain,
+                action,
+                refresh: Duration::from_secs(60),
+                line: 1,
+            })
+            .collect(),
+        egress: false,
+    }
+}
+
 #[test]
 fn domains_of_drop_feeds_join_the_dns_block_lists() {
     let mut b = bench();
@@ -546,20 +567,7 @@ fn domains_of_drop_feeds_join_the_dns_block_lists() {
         Path::new("/"),
     )
     .expect("valid policy");
-    let feed = |name: &str, action| Feed {
-        name: name.to_string(),
-        source: Source::File(dir.join(format!("{name}.txt"))),
-        format: Format::Plain,
-        action,
-        refresh: Duration::from_secs(60),
-        line: 1,
-    };
-    let intel = Intel {
-        max_ips: SIZES.ips,
-        max_cidrs: SIZES.cidrs,
-        feeds: vec![feed("drop", Action::Drop), feed("alert", Action::Alert)],
-        egress: false,
-    };
+    let intel = file_feeds(&dir, &[("drop", Action::Drop), ("alert", Action::Alert)]);
     let mut rt = palisade::intel::runtime::Runtime::new(SIZES);
     let out = rt.refresh(&mut b.ebpf, &intel);
     assert!(out.domains_changed, "{:?}", out.notes);
@@ -631,24 +639,14 @@ fn domains_of_alert_and_tag_feeds_pass_with_an_event_naming_the_feed_in_both_dns
         Path::new("/"),
     )
     .expect("valid policy");
-    let feed = |name: &str, action| Feed {
-        name: name.to_string(),
-        source: Source::File(dir.join(format!("{name}.txt"))),
-        format: Format::Plain,
-        action,
-        refresh: Duration::from_secs(60),
-        line: 1,
-    };
-    let intel = Intel {
-        max_ips: SIZES.ips,
-        max_cidrs: SIZES.cidrs,
-        feeds: vec![
-            feed("watch", Action::Alert),
-            feed("blocked", Action::Drop),
-            feed("label", Action::Tag),
+    let intel = file_feeds(
+        &dir,
+        &[
+            ("watch", Action::Alert),
+            ("blocked", Action::Drop),
+            ("label", Action::Tag),
         ],
-        egress: false,
-    };
+    );
     let mut rt = palisade::intel::runtime::Runtime::new(SIZES);
     assert!(rt.refresh(&mut b.ebpf, &intel).domains_changed);
     let installed = rt.with_domains(&policy);

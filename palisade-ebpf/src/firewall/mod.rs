@@ -63,74 +63,40 @@ pub fn run(ctx: &XdpContext) -> u32 {
             return verdict::pass();
         }
         reason => {
-            let d = Decision {
-                reason,
-                rule: NO_RULE,
-                generation,
-                log: header.flags & POLICY_LOG_MALFORMED != 0,
-            };
-            return verdict::drop(ctx, None, &d);
+            let log = header.flags & POLICY_LOG_MALFORMED != 0;
+            return drop_before_rules(ctx, None, reason, generation, log);
         }
     }
     if p.frag == FRAG_LATER {
         bump(&STATS, stats::FRAGMENTS);
         if header.fragments == FRAGMENTS_DROP {
-            let d = Decision {
-                reason: reason::FRAGMENT,
-                rule: NO_RULE,
-                generation,
-                log: header.flags & POLICY_LOG_FRAGMENTS != 0,
-            };
-            return verdict::drop(ctx, Some(p), &d);
+            let log = header.flags & POLICY_LOG_FRAGMENTS != 0;
+            return drop_before_rules(ctx, Some(p), reason::FRAGMENT, generation, log);
         }
     }
     let listed = crate::intel::check_ingress(ctx, p, palisade_common::intel::DIR_INGRESS);
     if listed != 0 {
         // The source is an indicator of a feed that drops (`[intel]`); the match was
         // reported with its feed already.
-        let d = Decision {
-            reason: listed,
-            rule: NO_RULE,
-            generation,
-            log: false,
-        };
-        return verdict::drop(ctx, Some(p), &d);
+        return drop_before_rules(ctx, Some(p), listed, generation, false);
     }
     let refused = crate::tls::refused_at_xdp(generation, p);
     if refused != 0 {
         // A flow the TLS gate's verdict refused: dropped here, before anything else looks
         // at it (its resets and new SYNs go on to the gate in TC).
-        let d = Decision {
-            reason: refused,
-            rule: NO_RULE,
-            generation,
-            log: false,
-        };
-        return verdict::drop(ctx, Some(p), &d);
+        return drop_before_rules(ctx, Some(p), refused, generation, false);
     }
     let cut = crate::ids::dropped_at_xdp(p);
     if cut != 0 {
         // A flow an IDS `drop` rule matched (`[ids]`): dropped here, before anything else
         // looks at it.
-        let d = Decision {
-            reason: cut,
-            rule: NO_RULE,
-            generation,
-            log: false,
-        };
-        return verdict::drop(ctx, Some(p), &d);
+        return drop_before_rules(ctx, Some(p), cut, generation, false);
     }
     let rogue = crate::dhcp::at_xdp(ctx, generation, p);
     if rogue != 0 {
         // A DHCP server or router not on `[dhcp]`'s trusted list, under "block": dropped
         // before any socket (a DHCP client's packet socket) sees it.
-        let d = Decision {
-            reason: rogue,
-            rule: NO_RULE,
-            generation,
-            log: false,
-        };
-        return verdict::drop(ctx, Some(p), &d);
+        return drop_before_rules(ctx, Some(p), rogue, generation, false);
     }
     if header.flags & POLICY_CT_TRACK != 0 {
         // The tracker is a stage of its own (its code would not fit this program's stack):
@@ -141,6 +107,42 @@ pub fn run(ctx: &XdpContext) -> u32 {
         bump(&STATS, stats::INTERNAL);
     }
     decide(ctx, generation, header, p, false)
+}
+
+/// Drops a packet before the rules look at it (malformed, a fragment, or condemned by an
+/// earlier stage): no rule decided, `reason` says who did.
+#[inline(always)]
+fn drop_before_rules(
+    ctx: &XdpContext,
+    p: Option<&packet::Packet>,
+    reason: u32,
+    generation: u32,
+    log: bool,
+) -> u32 {
+    let d = Decision {
+        reason,
+        rule: NO_RULE,
+        generation,
+        log,
+    };
+    verdict::drop(ctx, p, &d)
+}
+
+/// Reports a packet that a logging rule let through and acted on: an event with reason
+/// `rule` and action `XDP_PASS` (`mark`, `mirror`), or `XDP_REDIRECT` when `redirected`.
+#[inline(always)]
+fn note_action(ctx: &XdpContext, p: &packet::Packet, rule: u32, generation: u32, redirected: bool) {
+    let d = Decision {
+        reason: reason::RULE,
+        rule,
+        generation,
+        log: true,
+    };
+    if redirected {
+        verdict::note_redirect(ctx, Some(p), &d);
+    } else {
+        verdict::note_pass(ctx, Some(p), &d);
+    }
 }
 
 /// What [`parse_into`] returns for an IP packet.
@@ -181,22 +183,10 @@ pub fn run_rules(ctx: &XdpContext) -> u32 {
     let p = unsafe { &(*s).packet };
     if p.shield != 0 {
         // Condemned by a shield in the tracker's stage.
-        let d = Decision {
-            reason: u32::from(p.shield),
-            rule: NO_RULE,
-            generation,
-            log: true,
-        };
-        return verdict::drop(ctx, Some(p), &d);
+        return drop_before_rules(ctx, Some(p), u32::from(p.shield), generation, true);
     }
     if p.ct_state & STATE_OVER_LIMIT != 0 {
-        let d = Decision {
-            reason: reason::CT_LIMIT,
-            rule: NO_RULE,
-            generation,
-            log: true,
-        };
-        return verdict::drop(ctx, Some(p), &d);
+        return drop_before_rules(ctx, Some(p), reason::CT_LIMIT, generation, true);
     }
     decide(ctx, generation, header, p, true)
 }
@@ -262,26 +252,14 @@ fn decide(
         palisade_common::firewall::ACTION_MARK => {
             action::mark(ctx, meta, p);
             if log {
-                let d = Decision {
-                    reason: reason::RULE,
-                    rule,
-                    generation,
-                    log,
-                };
-                verdict::note_pass(ctx, Some(p), &d);
+                note_action(ctx, p, rule, generation, false);
             }
             allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
         }
         palisade_common::firewall::ACTION_MIRROR => {
             action::mirror(ctx, meta);
             if log {
-                let d = Decision {
-                    reason: reason::RULE,
-                    rule,
-                    generation,
-                    log,
-                };
-                verdict::note_pass(ctx, Some(p), &d);
+                note_action(ctx, p, rule, generation, false);
             }
             allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
         }
@@ -303,13 +281,7 @@ fn decide(
                 ct::commit();
             }
             if log {
-                let d = Decision {
-                    reason: reason::RULE,
-                    rule,
-                    generation,
-                    log,
-                };
-                verdict::note_redirect(ctx, Some(p), &d);
+                note_action(ctx, p, rule, generation, true);
             }
             aya_ebpf::bindings::xdp_action::XDP_REDIRECT
         }

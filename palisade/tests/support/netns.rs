@@ -169,3 +169,22 @@ pub fn tcp_info(s: &std::net::TcpStream) -> libc::tcp_info {
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
     info
 }
+
+/// `(transmitted, received)` of `ping` with `args` run in namespace `ns`, read from its
+/// summary line.
+pub fn ping_counts(ns: &str, args: &[&str]) -> (u32, u32) {
+    let out = exec_in(ns, "ping", args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("ping output: {text}"));
+    let num = |key: &str| -> u32 {
+        line.split(',')
+            .find(|p| p.contains(key))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
+    (num("transmitted"), num("received"))
+}

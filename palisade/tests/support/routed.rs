@@ -229,3 +229,139 @@ impl Drop for Routed {
         }
     }
 }
+
+/// Runs `program` with `args` in namespace `ns`, asserts it succeeded and returns its
+/// standard output.
+pub fn run_ok(ns: &str, program: &str, args: &[&str]) -> String {
+    let out = exec_in(ns, program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// More ports on the router, for the actions that send traffic somewhere else than the
+/// routing table would.
+impl Routed {
+    /// A veth pair inside the router, both ends up: `port` leads nowhere but to `peer`, where
+    /// a packet socket sees what the router sends into `port`.
+    pub fn add_router_port(&self, port: &str, peer: &str) {
+        run_ok(
+            &self.router,
+            "ip",
+            &["link", "add", port, "type", "veth", "peer", "name", peer],
+        );
+        for i in [port, peer] {
+            run_ok(&self.router, "ip", &["link", "set", i, "up"]);
+        }
+    }
+
+    /// A second link from the router (`port`) to the outside host (`peer`) with MTU `mtu`;
+    /// the addresses are `(v4/len, v6/len)` of each end.
+    pub fn add_uplink(
+        &self,
+        (port, peer): (&str, &str),
+        mtu: &str,
+        router_addrs: (&str, &str),
+        outside_addrs: (&str, &str),
+    ) {
+        run_ok(
+            &self.router,
+            "ip",
+            &[
+                "link",
+                "add",
+                port,
+                "mtu",
+                mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer,
+                "mtu",
+                mtu,
+                "netns",
+                &self.outside,
+            ],
+        );
+        for (ns, iface, (v4, v6)) in [
+            (&self.router, port, router_addrs),
+            (&self.outside, peer, outside_addrs),
+        ] {
+            run_ok(ns, "ip", &["addr", "add", v4, "dev", iface]);
+            run_ok(ns, "ip", &["-6", "addr", "add", v6, "dev", iface, "nodad"]);
+            run_ok(ns, "ip", &["link", "set", iface, "up"]);
+        }
+    }
+
+    /// Routes `dst` in the router's routing table `table` out of `dev`, through `via` when
+    /// given; `family` is `-4` or `-6`.
+    pub fn route_in_table(
+        &self,
+        family: &str,
+        table: &str,
+        dst: &str,
+        via: Option<&str>,
+        dev: &str,
+    ) {
+        let mut args = vec![family, "route", "add", dst];
+        if let Some(gateway) = via {
+            args.extend(["via", gateway]);
+        }
+        args.extend(["dev", dev, "table", table]);
+        run_ok(&self.router, "ip", &args);
+    }
+}
+
+/// A Python script in a namespace that watches traffic until a stop file exists: it prints
+/// `ready` once it listens, and what it saw when it stops.
+pub struct Listener {
+    child: std::process::Child,
+    stop: std::path::PathBuf,
+}
+
+impl Listener {
+    /// Starts `script` with `args` (which name `stop`) in `ns` and waits for its `ready`.
+    pub fn start(ns: &str, script: &str, args: &[&str], stop: std::path::PathBuf) -> Self {
+        use std::io::BufRead as _;
+        let _ = std::fs::remove_file(&stop);
+        let mut child = command_in(ns, "python3")
+            .args(["-c", script])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn listener");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self { child, stop }
+    }
+
+    /// Creates the stop file and returns what the script printed after `ready`.
+    pub fn finish(mut self) -> String {
+        use std::io::Read as _;
+        std::fs::write(&self.stop, b"").unwrap();
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = self.child.wait();
+        out
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
