@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint},
@@ -100,6 +100,8 @@ pub struct Watcher {
     placement: Placement,
     /// Write records waiting for their `SSL*`'s flow, in arrival order, with when they came.
     waiting: Vec<(Instant, Box<Record>)>,
+    /// The records' ring buffer, taken out of the object (`DLP_RECORDS`).
+    ring: Option<RingBuf<MapData>>,
     /// Write records scanned without a flow after [`FLOW_WAIT`].
     pub late_no_flow: u64,
     /// Matches per detector name.
@@ -196,7 +198,9 @@ impl Watcher {
                 })?;
             }
         }
+        let ring = RingBuf::try_from(ebpf.take_map("DLP_RECORDS").context("map DLP_RECORDS")?)?;
         let mut w = Self {
+            ring: Some(ring),
             ebpf,
             scanner: Scanner::new(detectors),
             action: p.action,
@@ -378,24 +382,24 @@ impl Watcher {
     /// # Errors
     /// When the ring buffer map is missing (a broken build).
     pub fn drain(&mut self, out: &mut dyn Write) -> Result<usize> {
-        let mut records = Vec::new();
-        {
-            let mut rb = RingBuf::try_from(
-                self.ebpf
-                    .map_mut("DLP_RECORDS")
-                    .context("map DLP_RECORDS")?,
-            )?;
-            while let Some(item) = rb.next() {
-                if let Some(r) = parse_record(&item) {
-                    records.push(r);
-                }
+        let mut ring = self
+            .ring
+            .take()
+            .context("map DLP_RECORDS (the ring buffer)")?;
+        let now = Instant::now();
+        let mut n = 0;
+        // One record's room for the whole batch: a record is copied out of the ring into it
+        // and scanned there; only a write that must wait for its flow gets its own copy.
+        // SAFETY: all-zero bytes are a valid `Record` (integers and byte arrays only).
+        let mut scratch: Box<Record> = Box::new(unsafe { std::mem::zeroed() });
+        while let Some(item) = ring.next() {
+            if fill_record(&mut scratch, &item) {
+                drop(item);
+                n += 1;
+                self.arrive(&scratch, now, out);
             }
         }
-        let n = records.len();
-        let now = Instant::now();
-        for r in records {
-            self.arrive(r, now, out);
-        }
+        self.ring = Some(ring);
         self.release(now, false, out);
         Ok(n)
     }
@@ -416,7 +420,7 @@ impl Watcher {
 
     /// Scans a record, or holds a write whose `SSL*` has no flow yet (and every record of
     /// that stream after it, to keep their order) until its `DIR_FLOW` record names it.
-    fn arrive(&mut self, r: Box<Record>, now: Instant, out: &mut dyn Write) {
+    fn arrive(&mut self, r: &Record, now: Instant, out: &mut dyn Write) {
         let same = |a: &Record, b: &Record| a.pid_tgid >> 32 == b.pid_tgid >> 32 && a.ssl == b.ssl;
         if r.dir == DIR_EXEC {
             self.execs_seen += 1;
@@ -437,7 +441,7 @@ impl Watcher {
         if r.dir == DIR_FLOW {
             let mut i = 0;
             while i < self.waiting.len() {
-                if same(&self.waiting[i].1, &r) {
+                if same(&self.waiting[i].1, r) {
                     let (_, mut w) = self.waiting.remove(i);
                     w.flow = r.flow;
                     w.has_flow = 1;
@@ -448,9 +452,9 @@ impl Watcher {
             }
             return;
         }
-        let held = self.waiting.iter().any(|(_, w)| same(w, &r));
+        let held = self.waiting.iter().any(|(_, w)| same(w, r));
         if held || (r.dir != DIR_READ && r.has_flow == 0) {
-            self.waiting.push((now, r));
+            self.waiting.push((now, Box::new(*r)));
             if self.waiting.len() > MAX_WAITING {
                 let (_, w) = self.waiting.remove(0);
                 self.late_no_flow += 1;
@@ -458,7 +462,7 @@ impl Watcher {
             }
             return;
         }
-        self.record(&r, out);
+        self.record(r, out);
     }
 
     fn record(&mut self, r: &Record, out: &mut dyn Write) {
@@ -632,22 +636,21 @@ impl Drop for Watcher {
     }
 }
 
-/// A record as the ring buffer carries it: the header and a size class of `data` (see
-/// `dlp::SIZE_CLASSES`). `None` when shorter than the header; `len` is clamped to the bytes
-/// present.
-fn parse_record(item: &[u8]) -> Option<Box<Record>> {
+/// Copies a record as the ring buffer carries it (the header and a size class of `data`, see
+/// `dlp::SIZE_CLASSES`) into `r`; false, with `r` unusable, when shorter than the header.
+/// `len` is clamped to the bytes present, so the bytes of `data` past them (left from an
+/// earlier record) are never read.
+fn fill_record(r: &mut Record, item: &[u8]) -> bool {
     if item.len() < RECORD_HEADER {
-        return None;
+        return false;
     }
-    // SAFETY: all-zero bytes are a valid `Record` (integers and byte arrays only).
-    let mut r: Box<Record> = Box::new(unsafe { std::mem::zeroed() });
     let n = item.len().min(size_of::<Record>());
     // SAFETY: `Record` is plain bytes (`Pod`); at most its size is copied into it.
     unsafe {
         std::ptr::copy_nonoverlapping(item.as_ptr(), (&raw mut *r).cast::<u8>(), n);
     }
     r.len = r.len.min((n - RECORD_HEADER) as u32);
-    Some(r)
+    true
 }
 
 fn emit(out: &mut dyn Write, v: &serde_json::Value) {
