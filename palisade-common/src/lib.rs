@@ -27,6 +27,7 @@ pub mod redirect;
 pub mod scrub;
 pub mod shield;
 pub mod stats;
+pub mod steer;
 pub mod tls;
 
 /// Implements `aya::Pod` for map types when the `user` feature is on, and checks the size

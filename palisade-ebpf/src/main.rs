@@ -154,6 +154,14 @@ pub fn palisade_action_ingress(ctx: TcContext) -> i32 {
     firewall::action::ingress(&ctx)
 }
 
+/// A `steer` rule's packet on the CPU it was handed to (the CPU map's program): counted per
+/// CPU, then on to the stack.
+#[xdp(map = "cpumap")]
+pub fn palisade_steer_cpu(_ctx: XdpContext) -> u32 {
+    maps::bump(&maps::STEER_STATS, palisade_common::steer::SS_ARRIVED);
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
 /// Scrub of what leaves through the guarded interfaces (TC egress). Never drops.
 #[classifier]
 pub fn palisade_scrub_egress(ctx: TcContext) -> i32 {

@@ -764,3 +764,18 @@ pub static REDIRECT_STATS: PerCpuArray<u64> =
 #[map]
 pub static REDIRECT_FIB: PerCpuArray<palisade_common::redirect::FibParams> =
     PerCpuArray::with_max_entries(1, 0);
+
+// ---- Steer ----
+
+/// The CPUs `steer` rules hand packets to (`palisade_common::steer`): a CPU map of
+/// `STEER_MAX_CPU` entries, each with its queue size and the program `palisade_steer_cpu`,
+/// written before a policy naming the CPU goes live.
+#[map]
+pub static STEER_CPUS: aya_ebpf::maps::CpuMap =
+    aya_ebpf::maps::CpuMap::with_max_entries(palisade_common::steer::STEER_MAX_CPU, 0);
+
+/// Counters of the `steer` action (`palisade_common::steer::SS_*`), per CPU: `arrived` per
+/// CPU tells where the steered packets were processed.
+#[map]
+pub static STEER_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(palisade_common::steer::SS_COUNT, 0);

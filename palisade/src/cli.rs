@@ -282,6 +282,9 @@ pub enum RuleCommand {
     ///   palisade rule add --name ping-limit --action rate-limit --proto icmp --icmp-type 8 --rate-pps 10 --rate-burst 20
     ///   palisade rule add --name voip-ef --action mark --proto udp --dport 5060 --set-mark 0x2a --set-dscp ef
     ///   palisade rule add --name tap-dns --action mirror --proto udp --dport 53 --mirror-to tap0
+    ///   palisade rule add --name out-b --action redirect --dst 198.51.100.0/24 --redirect-to eth2
+    ///   palisade rule add --name via-100 --action redirect --src 10.1.0.0/16 --route-table 100
+    ///   palisade rule add --name spread-syslog --action steer --proto udp --dport 514 --cpus 2,3
     #[command(verbatim_doc_comment)]
     Add(Box<RuleAddArgs>),
     /// Delete the rule with this name.
@@ -300,8 +303,9 @@ pub struct RuleAddArgs {
     /// The rule's name (1 to 64 of A-Z a-z 0-9 _ . -), unique among rules.
     #[arg(long)]
     pub name: String,
-    /// `allow`, `drop`, `rate-limit`, `mark` (with --set-mark and/or --set-dscp) or `mirror`
-    /// (with --mirror-to).
+    /// `allow`, `drop`, `rate-limit`, `mark` (with --set-mark and/or --set-dscp), `mirror`
+    /// (with --mirror-to), `redirect` (with --redirect-to or --route-table) or `steer` (with
+    /// --cpus).
     #[arg(long)]
     pub action: String,
     /// Lower runs first; default: after every existing rule.
@@ -380,6 +384,18 @@ pub struct RuleAddArgs {
     /// mirror: the interface that gets a copy of each matching packet.
     #[arg(long)]
     pub mirror_to: Option<String>,
+    /// redirect: the interface the matching packets leave by, as they are.
+    #[arg(long)]
+    pub redirect_to: Option<String>,
+    /// redirect: the routing table (`254` is main) whose next hop the packets go to.
+    #[arg(long)]
+    pub route_table: Option<u32>,
+    /// steer: the CPUs the matching flows are spread over, e.g. `0,1`.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<u32>,
+    /// steer: the CPU map entry's queue size `1..=16384` (default 2048).
+    #[arg(long)]
+    pub queue_size: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -401,6 +401,10 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 set_mark,
                 set_dscp,
                 mirror_to,
+                redirect_to,
+                route_table,
+                cpus,
+                queue_size,
             } = *a;
             let rule = RuleSpec {
                 name,
@@ -430,6 +434,10 @@ pub fn rule(socket: &Path, cmd: RuleCommand) -> Result<()> {
                 set_mark,
                 set_dscp,
                 mirror_to,
+                redirect_to,
+                route_table,
+                cpus,
+                queue_size,
             };
             changed(
                 socket,
@@ -597,6 +605,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
         "{}",
         moved_line("redirect", &c.redirect, "nothing redirected")
     );
+    println!("{}", moved_line("steer", &c.steer, "nothing steered"));
     if let Some(d) = &s.dga {
         println!(
             "dga: scored {}  cached {}  reported {}  listed {}  list_failed {}  list_limited {}",

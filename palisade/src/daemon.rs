@@ -97,6 +97,7 @@ fn action_word(a: &Action) -> &'static str {
         Action::Mark(_) => "mark",
         Action::Mirror(_) => "mirror",
         Action::Redirect(_) => "redirect",
+        Action::Steer(_) => "steer",
     }
 }
 

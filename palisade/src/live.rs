@@ -129,6 +129,26 @@ fn parse_rule(policy: &Policy, spec: &RuleSpec, priority: u32) -> Result<Rule, S
     if let Some(i) = &spec.mirror_to {
         rule.insert("mirror_to".into(), Value::String(i.clone()));
     }
+    if let Some(i) = &spec.redirect_to {
+        rule.insert("redirect_to".into(), Value::String(i.clone()));
+    }
+    if let Some(t) = spec.route_table {
+        rule.insert("route_table".into(), Value::Integer(i64::from(t)));
+    }
+    if !spec.cpus.is_empty() {
+        rule.insert(
+            "cpus".into(),
+            Value::Array(
+                spec.cpus
+                    .iter()
+                    .map(|c| Value::Integer(i64::from(*c)))
+                    .collect(),
+            ),
+        );
+    }
+    if let Some(q) = spec.queue_size {
+        rule.insert("queue_size".into(), Value::Integer(i64::from(q)));
+    }
     if !spec.not.is_empty() {
         rule.insert(
             "not".into(),
@@ -564,6 +584,7 @@ pub fn action_word(a: &Action) -> String {
         }
         Action::Mirror(m) => format!("mirror to {}", m.iface()),
         Action::Redirect(r) => format!("redirect {}", r.describe()),
+        Action::Steer(s) => format!("steer to cpus {:?}", s.cpus()),
     }
 }
 
@@ -951,7 +972,7 @@ names = ["ads.example.com"]
 
     #[test]
     fn added_rules_take_every_action_with_its_keys() {
-        use crate::policy::model::Mark;
+        use crate::policy::model::{Mark, Redirect};
         let p = policy();
         let mut m = spec("voip", "mark");
         m.proto = Some("udp".into());
@@ -984,6 +1005,27 @@ names = ["ads.example.com"]
             Action::Mirror(x) => assert_eq!((x.ifindex, x.iface()), (1, "lo")),
             other => panic!("{other:?}"),
         }
+        let mut out = spec("out", "redirect");
+        out.redirect_to = Some("lo".into());
+        let next = add_rule(&p, &out).unwrap().0.unwrap();
+        match next.firewall.rules.last().unwrap().action {
+            Action::Redirect(Redirect::Iface(x)) => assert_eq!((x.ifindex, x.iface()), (1, "lo")),
+            other => panic!("{other:?}"),
+        }
+        let mut via = spec("via", "redirect");
+        via.route_table = Some(100);
+        let next = add_rule(&p, &via).unwrap().0.unwrap();
+        let last = next.firewall.rules.last().unwrap();
+        assert_eq!(last.action, Action::Redirect(Redirect::Table(100)));
+        assert_eq!(action_word(&last.action), "redirect via table 100");
+        let mut st = spec("spread", "steer");
+        st.cpus = vec![0];
+        st.queue_size = Some(4096);
+        let next = add_rule(&p, &st).unwrap().0.unwrap();
+        match next.firewall.rules.last().unwrap().action {
+            Action::Steer(s) => assert_eq!((s.cpus(), s.queue_size), (&[0u8][..], 4096)),
+            other => panic!("{other:?}"),
+        }
         // Each error names the key, in the file parser's words.
         let mut bare = spec("bare", "mark");
         bare.proto = Some("udp".into());
@@ -995,6 +1037,24 @@ names = ["ads.example.com"]
         gone.mirror_to = Some("m19nosuch0".into());
         let mut copy_on_allow = spec("copy", "allow");
         copy_on_allow.mirror_to = Some("lo".into());
+        let mut both = spec("both", "redirect");
+        both.redirect_to = Some("lo".into());
+        both.route_table = Some(100);
+        let mut no_table = spec("table0", "redirect");
+        no_table.route_table = Some(0);
+        let mut nowhere_dev = spec("gone-out", "redirect");
+        nowhere_dev.redirect_to = Some("m19nosuch0".into());
+        let mut table_on_drop = spec("tdrop", "drop");
+        table_on_drop.route_table = Some(100);
+        let mut far_cpu = spec("far", "steer");
+        far_cpu.cpus = vec![64];
+        let mut twice = spec("twice", "steer");
+        twice.cpus = vec![0, 0];
+        let mut deep = spec("deep", "steer");
+        deep.cpus = vec![0];
+        deep.queue_size = Some(16385);
+        let mut cpus_on_allow = spec("cpus-allow", "allow");
+        cpus_on_allow.cpus = vec![0];
         for (s, want) in [
             (&bare, "action `mark` needs `set_mark`"),
             (
@@ -1005,6 +1065,28 @@ names = ["ads.example.com"]
             (&spec("nowhere", "mirror"), "`mirror_to`"),
             (&gone, "m19nosuch0"),
             (&copy_on_allow, "`mirror_to`"),
+            (
+                &spec("astray", "redirect"),
+                "action `redirect` needs `redirect_to`",
+            ),
+            (&both, "`route_table` and `redirect_to` exclude each other"),
+            (&no_table, "`route_table`"),
+            (
+                &nowhere_dev,
+                "`redirect_to`: there is no network interface named `m19nosuch0`",
+            ),
+            (
+                &table_on_drop,
+                "`route_table` is only allowed with action = \"redirect\"",
+            ),
+            (&spec("nocpus", "steer"), "action `steer` needs `cpus`"),
+            (&far_cpu, "`cpus`"),
+            (&twice, "CPU 0 is named twice in `cpus`"),
+            (&deep, "`queue_size`"),
+            (
+                &cpus_on_allow,
+                "`cpus` is only allowed with action = \"steer\"",
+            ),
         ] {
             let e = add_rule(&p, s).unwrap_err();
             assert!(e.starts_with(&format!("rule `{}`: ", s.name)), "{e}");

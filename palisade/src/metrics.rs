@@ -257,6 +257,17 @@ pub fn render(s: &Stats, ct: Option<&CtStats>) -> String {
             o.sample("palisade_redirect_total", &[("event", &n.name)], n.value);
         }
     }
+    if !s.counters.steer.is_empty() {
+        o.family(
+            "palisade_steer_total",
+            "counter",
+            "What steer rules did, by event: packets matched, handed to a CPU, passed for want \
+             of a CPU map entry, and arrived on their CPU.",
+        );
+        for n in &s.counters.steer {
+            o.sample("palisade_steer_total", &[("event", &n.name)], n.value);
+        }
+    }
     if s.counters.intel.iter().any(|n| n.value > 0) {
         o.family(
             "palisade_intel_total",
@@ -786,6 +797,10 @@ mod tests {
                     name: "too_big".into(),
                     value: 7,
                 }],
+                steer: vec![Named {
+                    name: "arrived".into(),
+                    value: 9,
+                }],
                 ids: vec![
                     Named {
                         name: "flows_sampled_out".into(),
@@ -845,6 +860,7 @@ mod tests {
         assert!(t.contains("palisade_dns_cache_total{event=\"hits\"} 11\n"));
         assert!(t.contains("palisade_action_total{action=\"mark\",event=\"applied\"} 12\n"));
         assert!(t.contains("palisade_redirect_total{event=\"too_big\"} 7\n"));
+        assert!(t.contains("palisade_steer_total{event=\"arrived\"} 9\n"));
         assert!(t.contains("palisade_dns_cache_entries 4\n"));
         assert!(!t.contains("palisade_dns_cache_total{event=\"entries\"}"));
         assert!(t.contains("palisade_shield_heavy_hitters{state=\"blocked\"} 2\n"));

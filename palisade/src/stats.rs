@@ -146,6 +146,9 @@ pub struct Counters {
     /// The `redirect` action (`palisade_common::redirect::RS_NAMES`).
     #[serde(default)]
     pub redirect: Vec<Named>,
+    /// The `steer` action (`palisade_common::steer::SS_NAMES`).
+    #[serde(default)]
+    pub steer: Vec<Named>,
     /// The IDS's counters, when the policy has `[ids]`: the kernel's
     /// (`palisade_common::ids::IS_NAMES`), the daemon's, then `sid_<sid>` alerts per rule
     /// (see `crate::ids::runtime::Runtime::named_counters`).
@@ -215,6 +218,7 @@ pub fn read_kernel_counters(ebpf: &Ebpf) -> Counters {
         dns_cache: crate::dns::cache::named_counters(ebpf),
         actions: action_counters(ebpf),
         redirect: redirect_counters(ebpf),
+        steer: steer_counters(ebpf),
         ids: Vec::new(),
         dlp: Vec::new(),
     }
@@ -245,6 +249,20 @@ pub fn redirect_counters(ebpf: &Ebpf) -> Vec<Named> {
         .map(|(i, name)| Named {
             name: (*name).to_string(),
             value: sum_u64(ebpf, "REDIRECT_STATS", i as u32),
+        })
+        .collect()
+}
+
+/// The `steer` action's counters (`palisade_common::steer::SS_NAMES`), by name, summed over
+/// CPUs.
+#[must_use]
+pub fn steer_counters(ebpf: &Ebpf) -> Vec<Named> {
+    palisade_common::steer::SS_NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Named {
+            name: (*name).to_string(),
+            value: sum_u64(ebpf, "STEER_STATS", i as u32),
         })
         .collect()
 }
@@ -282,6 +300,7 @@ impl GenerationRules {
             Action::Mark(_) => "mark",
             Action::Mirror(_) => "mirror",
             Action::Redirect(_) => "redirect",
+            Action::Steer(_) => "steer",
         };
         let mut rules: Vec<(u32, String, String)> = policy
             .firewall

@@ -6,7 +6,9 @@
 //! - `dscp = "ef"`: `ping -Q 0xb8` (DSCP 46) is dropped;
 //! - `src_mac`: the peer's MAC drops, another MAC on the same kind of rule does not;
 //! - `iface = [...]`: a list naming `veth-b` (second) drops, one naming two other interfaces
-//!   does not.
+//!   does not;
+//! - `vlan = 10` on an 802.1Q-tagged link: VLAN 10 pings are dropped, untagged and VLAN 20
+//!   ones answered.
 //!
 //! The peer sees the answers (or none), and `palisade stats` counts each rule's packets.
 
@@ -113,4 +115,43 @@ fn ttl_dscp_mac_and_iface_lists_drop_real_pings() {
         assert_eq!(packets(name), want, "rule {name}: {json}");
     }
     ip(&pair.ns_b, &["link", "del", "veth-c"]);
+}
+
+/// `vlan = 10` on real 802.1Q frames. This kernel has no VLAN devices (`8021q`), so the link
+/// is tagged by `support/vlan.rs` (tcx taggers on both ends, `txvlan` off so that the tag is
+/// in the frame XDP sees): pings over the link untagged are answered, tagged with VLAN 10
+/// dropped by the rule, tagged with VLAN 20 answered; only the VLAN 10 pings count on the
+/// rule.
+#[test]
+fn a_vlan_rule_drops_pings_on_its_vlan_only() {
+    use support::vlan::VlanEnd;
+    let pair = NetnsPair::new();
+    let policy = "[firewall]\ndefault = \"allow\"\n\n\
+                  [[firewall.rule]]\nname = \"vlan-10\"\naction = \"drop\"\nproto = \"icmp\"\nvlan = 10\n";
+    let mut host = GuardedHost::new("match-vlan", policy, &pair.ns_b, &pair.if_b);
+    host.start();
+    let (a, b) = (pair.v4_a.as_str(), pair.v4_b.as_str());
+    let packets = || {
+        let json = cli_json(&host.socket(), &["stats", "--json"]);
+        json["counters"]["rules"]
+            .as_array()
+            .expect("counters.rules")
+            .iter()
+            .find(|r| r["rule"] == "vlan-10")
+            .and_then(|r| r["packets"].as_u64())
+            .unwrap_or_else(|| panic!("rule vlan-10 in {json}"))
+    };
+    assert_eq!(ping(&pair.ns_a, a, b, &[]), (3, 3), "untagged");
+    assert_eq!(packets(), 0);
+    for (vid, want, hits) in [(10u16, 0u32, 3u64), (20, 3, 3)] {
+        let ends = [
+            VlanEnd::attach(&pair.ns_a, &pair.if_a, vid),
+            VlanEnd::attach(&pair.ns_b, &pair.if_b, vid),
+        ];
+        assert_eq!(ping(&pair.ns_a, a, b, &[]), (3, want), "VLAN {vid}");
+        assert_eq!(packets(), hits, "after the pings on VLAN {vid}");
+        drop(ends);
+    }
+    assert_eq!(ping(&pair.ns_a, a, b, &[]), (3, 3), "untagged again");
+    assert_eq!(packets(), 3);
 }

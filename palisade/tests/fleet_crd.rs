@@ -374,3 +374,119 @@ fn mark_and_mirror_rules_merge_with_their_keys_and_errors_name_their_field() {
         );
     }
 }
+
+#[test]
+fn redirect_rules_merge_with_their_keys_and_errors_name_their_field() {
+    use palisade::policy::model::Redirect;
+    let ok = object(
+        "metadata: {name: out}\nspec:\n  firewall:\n    rules:\n    - {name: direct, action: redirect, proto: udp, dport: 9000, redirectTo: lo}\n    - {name: via, action: redirect, dst: [198.51.100.0/24], routeTable: 100}\n",
+    );
+    let m = merge::check_object(&builtin(), &ok).unwrap();
+    let action = |name: &str| {
+        m.policy
+            .firewall
+            .rules
+            .iter()
+            .find(|r| r.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .action
+    };
+    match action("out.direct") {
+        Action::Redirect(Redirect::Iface(x)) => assert_eq!((x.ifindex, x.iface()), (1, "lo")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(action("out.via"), Action::Redirect(Redirect::Table(100)));
+    // The schema knows the action and the keys: a valid object has no schema errors.
+    let doc: serde_json::Value = serde_json::to_value(&ok).unwrap();
+    assert_eq!(schema_errors(&[doc]), vec![Vec::<String>::new()]);
+    for (rule, path) in [
+        (
+            "{name: r, action: redirect}",
+            "spec.firewall.rules[0].action",
+        ),
+        (
+            "{name: r, action: redirect, redirectTo: lo, routeTable: 100}",
+            "spec.firewall.rules[0].routeTable",
+        ),
+        (
+            "{name: r, action: redirect, redirectTo: m19nosuch0}",
+            "spec.firewall.rules[0].redirectTo",
+        ),
+        (
+            "{name: r, action: redirect, routeTable: 0}",
+            "spec.firewall.rules[0].routeTable",
+        ),
+        (
+            "{name: r, action: allow, redirectTo: lo}",
+            "spec.firewall.rules[0].redirectTo",
+        ),
+        (
+            "{name: r, action: drop, routeTable: 100}",
+            "spec.firewall.rules[0].routeTable",
+        ),
+    ] {
+        let bad = object(&format!(
+            "metadata: {{name: bad}}\nspec:\n  firewall:\n    rules: [{rule}]\n"
+        ));
+        let e = merge::check_object(&builtin(), &bad).unwrap_err();
+        assert!(
+            e.lines()
+                .any(|l| l.starts_with(&format!("PalisadePolicy/bad: {path}"))),
+            "{rule}: expected an error at {path}, got:\n{e}"
+        );
+    }
+}
+
+#[test]
+fn steer_rules_merge_with_their_keys_and_errors_name_their_field() {
+    let ok = object(
+        "metadata: {name: cpu}\nspec:\n  firewall:\n    rules:\n    - {name: spread, action: steer, proto: udp, dport: 514, cpus: [0], queueSize: 4096}\n",
+    );
+    let m = merge::check_object(&builtin(), &ok).unwrap();
+    let rule = m
+        .policy
+        .firewall
+        .rules
+        .iter()
+        .find(|r| r.name.as_deref() == Some("cpu.spread"))
+        .expect("cpu.spread");
+    match rule.action {
+        Action::Steer(s) => assert_eq!((s.cpus(), s.queue_size), (&[0u8][..], 4096)),
+        other => panic!("{other:?}"),
+    }
+    let doc: serde_json::Value = serde_json::to_value(&ok).unwrap();
+    assert_eq!(schema_errors(&[doc]), vec![Vec::<String>::new()]);
+    for (rule, path) in [
+        ("{name: r, action: steer}", "spec.firewall.rules[0].action"),
+        (
+            "{name: r, action: steer, cpus: [0, 0]}",
+            "spec.firewall.rules[0].cpus",
+        ),
+        (
+            "{name: r, action: steer, cpus: [64]}",
+            "spec.firewall.rules[0].cpus",
+        ),
+        (
+            "{name: r, action: steer, cpus: [0], queueSize: 0}",
+            "spec.firewall.rules[0].queueSize",
+        ),
+        (
+            "{name: r, action: allow, cpus: [0]}",
+            "spec.firewall.rules[0].cpus",
+        ),
+        (
+            "{name: r, action: drop, queueSize: 8}",
+            "spec.firewall.rules[0].queueSize",
+        ),
+    ] {
+        let bad = object(&format!(
+            "metadata: {{name: bad}}\nspec:\n  firewall:\n    rules: [{rule}]\n"
+        ));
+        let e = merge::check_object(&builtin(), &bad).unwrap_err();
+        assert!(
+            e.lines()
+                .any(|l| l.starts_with(&format!("PalisadePolicy/bad: {path}"))),
+            "{rule}: expected an error at {path}, got:\n{e}"
+        );
+    }
+}

@@ -4,6 +4,7 @@ pub mod action;
 pub mod classify;
 mod ratelimit;
 pub mod redirect;
+mod steer;
 
 use aya_ebpf::programs::XdpContext;
 use palisade_common::{
@@ -282,6 +283,24 @@ fn decide(
             }
             if log {
                 note_action(ctx, p, rule, generation, true);
+            }
+            aya_ebpf::bindings::xdp_action::XDP_REDIRECT
+        }
+        palisade_common::steer::ACTION_STEER => {
+            if !steer::steer(meta, p) {
+                return allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0);
+            }
+            if track {
+                ct::commit();
+            }
+            if log {
+                let d = Decision {
+                    reason: reason::RULE,
+                    rule,
+                    generation,
+                    log,
+                };
+                verdict::note_redirect(ctx, Some(p), &d);
             }
             aya_ebpf::bindings::xdp_action::XDP_REDIRECT
         }

@@ -172,6 +172,17 @@ pub struct RuleSpec {
     /// `mirror`: the interface that gets the copies.
     #[serde(default)]
     pub mirror_to: Option<String>,
+    /// `redirect`: the interface the packets leave by, as they are.
+    #[serde(default)]
+    pub redirect_to: Option<String>,
+    /// `redirect`: the routing table whose next hop the packets go to (route-to).
+    #[serde(default)]
+    pub route_table: Option<u32>,
+    /// `steer`: the CPUs its flows are spread over, and the CPU map queue size.
+    #[serde(default)]
+    pub cpus: Vec<u32>,
+    #[serde(default)]
+    pub queue_size: Option<u32>,
 }
 
 /// Which events a stream carries. Every condition given must hold.

@@ -71,6 +71,7 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
     write_rules(ebpf, idle, c).context("writing rules")?;
     let redirect_devs = redirect_ifaces(c);
     add_redirect_devs(ebpf, &redirect_devs).context("writing the redirect interfaces")?;
+    add_steer_cpus(ebpf, &c.steer_cpus).context("writing the steer CPUs")?;
     {
         let mut tuples: Array<&mut MapData, Tuple> = Array::try_from(map_mut(ebpf, "FW_TUPLES")?)?;
         for (i, t) in c.tuples.iter().enumerate() {
@@ -100,6 +101,42 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
     }
     remove_redirect_devs(ebpf, &redirect_devs).context("clearing the redirect interfaces")?;
     Ok(next)
+}
+
+/// The program the CPU map runs on a steered packet's new CPU.
+pub const STEER_CPU_PROGRAM: &str = "palisade_steer_cpu";
+
+/// Puts the CPUs `steer` rules name into `STEER_CPUS` (each with the largest queue size a rule
+/// asks for, and the program that counts arrivals), before the policy goes live. Entries stay:
+/// an idle entry costs a sleeping kernel thread, and rewriting one restarts it.
+fn add_steer_cpus(ebpf: &mut Ebpf, want: &[(u32, u32)]) -> Result<()> {
+    use palisade_common::steer::STEER_MAX_CPU;
+    if want.is_empty() {
+        return Ok(());
+    }
+    let prog: &mut aya::programs::Xdp = ebpf
+        .program_mut(STEER_CPU_PROGRAM)
+        .ok_or_else(|| anyhow::anyhow!("no program {STEER_CPU_PROGRAM}"))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load().context("loading the steer CPU program")?;
+    }
+    let fd = prog.fd()?.try_clone()?;
+    let mut cpus: aya::maps::CpuMap<&mut MapData> =
+        aya::maps::CpuMap::try_from(map_mut(ebpf, "STEER_CPUS")?)?;
+    for &(cpu, q) in want {
+        if cpu >= STEER_MAX_CPU {
+            continue;
+        }
+        let same = cpus
+            .get(cpu, 0)
+            .is_ok_and(|v| v.queue_size == q && v.prog_id.is_some());
+        if !same {
+            cpus.set(cpu, q, Some(&fd), 0)
+                .with_context(|| format!("CPU {cpu} (queue size {q})"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The interfaces the `redirect_to` of `c`'s rules name (direct redirects).

@@ -95,6 +95,8 @@ pub struct CompiledFirewall {
     /// (also in [`PolicyHeader::country_set`]) and, for each of its members in order, the
     /// country index written as the member's value (every other set's members have value 1).
     pub country_map: Option<(usize, Vec<u8>)>,
+    /// The CPUs of `steer` rules with the largest queue size a rule asks for each.
+    pub steer_cpus: Vec<(u32, u32)>,
 }
 
 /// The shape of one expanded rule condition: what decides which tuple it lands in.
@@ -389,6 +391,10 @@ fn rule_meta(rule: &Rule) -> RuleMeta {
                     meta.ifindex = t;
                 }
             }
+        }
+        Action::Steer(s) => {
+            meta.action = palisade_common::steer::ACTION_STEER;
+            (meta.mark, meta.ifindex, meta.dscp) = palisade_common::steer::pack_cpus(s.cpus());
         }
     }
     meta
@@ -701,7 +707,17 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         link: tuples.iter().fold(0, |bits, t: &Tuple| bits | t.link),
         country_set: country_map.as_ref().map_or(0, |(i, _)| *i as u16),
     };
+    let mut steer_cpus = std::collections::BTreeMap::<u32, u32>::new();
+    for r in &fw.rules {
+        if let Action::Steer(s) = r.action {
+            for &c in s.cpus() {
+                let q = steer_cpus.entry(u32::from(c)).or_insert(0);
+                *q = (*q).max(s.queue_size);
+            }
+        }
+    }
     Ok(CompiledFirewall {
+        steer_cpus: steer_cpus.into_iter().collect(),
         header,
         tuples,
         entries,

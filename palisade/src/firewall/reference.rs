@@ -92,7 +92,7 @@ pub fn verdict_link(policy: &Policy, p: &Packet, link: &Link) -> Verdict {
             Action::RateLimit(_) => Verdict::RateLimit { rule: i },
             Action::Mark(_) | Action::Mirror(_) => Verdict::Pass { rule: Some(i) },
             // Whether it leaves depends on the interfaces and routes, not on the rules.
-            Action::Redirect(_) => Verdict::Pass { rule: Some(i) },
+            Action::Redirect(_) | Action::Steer(_) => Verdict::Pass { rule: Some(i) },
         },
     }
 }

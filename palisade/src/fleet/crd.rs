@@ -81,6 +81,10 @@ pub enum RuleAction {
     Mark,
     /// Let it through, and send a copy out of `mirrorTo`.
     Mirror,
+    /// Send it out of `redirectTo` as it is, or to the next hop of `routeTable`, from XDP.
+    Redirect,
+    /// Hand it to one of `cpus` (by its flow's hash) through a CPU map.
+    Steer,
 }
 
 /// Who shares a rate limit's bucket.
@@ -165,6 +169,23 @@ pub struct RuleSpec {
     /// `mirror` only, and required with it: the interface that gets a copy of each packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_to: Option<String>,
+    /// `redirect` only: the interface the matching packets leave by, as they are. A
+    /// `redirect` rule needs this or `routeTable`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_to: Option<String>,
+    /// `redirect` only: a routing table (`254` is `main`); the packets go to the next hop
+    /// found there, MACs rewritten and TTL / hop limit decremented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub route_table: Option<u32>,
+    /// `steer` only, and required with it: 1 to 8 distinct online CPU numbers below 64; each
+    /// flow goes to one of them, picked by a hash of its addresses, ports and protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<u32>,
+    /// `steer` only: the CPU map entry's queue size, `1..=16384` (default 2048).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub queue_size: Option<u32>,
 }
 
 /// A connection-tracking state.

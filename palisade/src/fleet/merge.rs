@@ -293,6 +293,8 @@ fn rule_keys(policy: &str, r: &RuleSpec) -> Vec<(&'static str, &'static str, Val
         RuleAction::RateLimit => "rate-limit",
         RuleAction::Mark => "mark",
         RuleAction::Mirror => "mirror",
+        RuleAction::Redirect => "redirect",
+        RuleAction::Steer => "steer",
     };
     out.push(("action", "action", Value::String(action.into())));
     if let Some(rate) = &r.rate {
@@ -317,6 +319,23 @@ fn rule_keys(policy: &str, r: &RuleSpec) -> Vec<(&'static str, &'static str, Val
     }
     if let Some(i) = &r.mirror_to {
         out.push(("mirror_to", "mirrorTo", Value::String(i.clone())));
+    }
+    if let Some(i) = &r.redirect_to {
+        out.push(("redirect_to", "redirectTo", Value::String(i.clone())));
+    }
+    if let Some(t) = r.route_table {
+        out.push(("route_table", "routeTable", Value::Integer(i64::from(t))));
+    }
+    if !r.cpus.is_empty() {
+        let cpus = r
+            .cpus
+            .iter()
+            .map(|c| Value::Integer(i64::from(*c)))
+            .collect();
+        out.push(("cpus", "cpus", Value::Array(cpus)));
+    }
+    if let Some(q) = r.queue_size {
+        out.push(("queue_size", "queueSize", Value::Integer(i64::from(q))));
     }
     if let Some(p) = &r.proto {
         out.push(("proto", "proto", Value::String(p.clone())));

@@ -114,6 +114,8 @@
 //! | `mirror_to` | `"mirror"` only, and required with it: the interface that gets a copy of every packet the rule matches (the packet itself goes on). Resolved to its index when the policy is loaded: a name with no interface is an error, and the running policy stays | not set |
 //! | `redirect_to` | `"redirect"` only: the interface the matching packets leave by, as they are (XDP `bpf_redirect_map`, after an MTU check on that interface). Resolved to its index when the policy is loaded: a name with no interface is an error, and the running policy stays. At most 64 interfaces per policy. A `redirect` rule needs `redirect_to` or `route_table`, not both | not set |
 //! | `route_table` | `"redirect"` only: `1..=4294967295`, a routing table (`254` is `main`); the matching packets go to the next hop `bpf_fib_lookup` finds there, MACs rewritten and TTL / hop limit decremented. See "Actions" in `docs/design/firewall.md` for what happens without a route, a neighbour or room | not set |
+//! | `cpus` | `"steer"` only, and required with it: 1 to 8 distinct online CPU numbers below 64, e.g. `[0, 1]`; each flow goes to one of them, picked by a hash of its addresses, ports and protocol | not set |
+//! | `queue_size` | `"steer"` only: `1..=16384`, the CPU map entry's queue (frames waiting for the CPU); CPUs shared by rules get the largest | `2048` |
 //! | `set_dscp` | `"mark"` only: `0..=63` or a DSCP name as for `dscp`; the DSCP written into the IP header (ECN kept). A `mark` rule needs `set_mark`, `set_dscp` or both | not set |
 //! | `src_mac`, `dst_mac` | the frame's Ethernet source / destination address, exactly: `"aa:bb:cc:dd:ee:ff"` (six hex pairs, `:` or `-` between them, any letter case). Each distinct address a policy uses is a rule shape of its own (at most 256 shapes) | any address |
 //! | `iface` | the interface the frame arrives on, by name (`"eth0"`). The name is resolved to the interface's index when the policy is loaded (`palisade check`, start, reload): a name with no interface is an error at that place, and an interface deleted and created again after the load is not the same one until the next reload. Each distinct interface is a rule shape of its own | any interface |
@@ -911,6 +913,8 @@ const RULE_KEYS: &[&str] = &[
     "not",
     "redirect_to",
     "route_table",
+    "cpus",
+    "queue_size",
 ];
 const RATE_KEYS: &[&str] = &["pps", "burst", "per"];
 const DNS_KEYS: &[&str] = &[
@@ -1007,6 +1011,7 @@ enum ActionKind {
     Mark,
     Mirror,
     Redirect,
+    Steer,
 }
 
 /// The sets as far as rules need them: the name lookup and what families each holds.
@@ -1570,10 +1575,11 @@ impl Checker<'_> {
                 Some("mark") => Some(ActionKind::Mark),
                 Some("mirror") => Some(ActionKind::Mirror),
                 Some("redirect") => Some(ActionKind::Redirect),
+                Some("steer") => Some(ActionKind::Steer),
                 Some(other) => {
                     let msg = format!(
                         "unknown action `{other}`; expected `allow`, `drop`, `rate-limit`, \
-                         `mark`, `mirror` or `redirect`"
+                         `mark`, `mirror`, `redirect` or `steer`"
                     );
                     self.err(node.at, msg);
                     None
@@ -1597,7 +1603,8 @@ impl Checker<'_> {
                     | ActionKind::Drop
                     | ActionKind::Mark
                     | ActionKind::Mirror
-                    | ActionKind::Redirect,
+                    | ActionKind::Redirect
+                    | ActionKind::Steer,
                 ),
                 _,
                 Some(node),
@@ -1613,6 +1620,7 @@ impl Checker<'_> {
         let mark = self.mark_action(view, action_kind, action_node);
         let mirror = self.mirror_action(view, action_kind, action_node);
         let redirect = self.redirect_action(view, action_kind, action_node);
+        let steer = self.steer_action(view, action_kind, action_node);
 
         let log = view
             .get("log")
@@ -1825,6 +1833,7 @@ impl Checker<'_> {
             ActionKind::Mark => Action::Mark(mark?),
             ActionKind::Mirror => Action::Mirror(mirror?),
             ActionKind::Redirect => Action::Redirect(redirect?),
+            ActionKind::Steer => Action::Steer(steer?),
         };
         let protocol = match proto {
             ProtoField::Any => None,
@@ -1984,6 +1993,86 @@ impl Checker<'_> {
             (None, Some(t)) => Some(super::model::Redirect::Table(t)),
             _ => None,
         }
+    }
+
+    /// A `steer` rule's `cpus` and `queue_size`; errors for either key on another action.
+    /// `None` when not a `steer` rule or on error.
+    fn steer_action(
+        &mut self,
+        view: TableView<'_>,
+        kind: Option<ActionKind>,
+        action_node: Option<&Node>,
+    ) -> Option<super::model::Steer> {
+        use palisade_common::steer::{
+            DEFAULT_QUEUE_SIZE, MAX_QUEUE_SIZE, MAX_RULE_CPUS, STEER_MAX_CPU,
+        };
+        let is_steer = kind == Some(ActionKind::Steer);
+        let errors_before = self.error_count();
+        let queue_size = view.get("queue_size").and_then(|node| {
+            if !is_steer {
+                self.err(
+                    node.at,
+                    "`queue_size` is only allowed with action = \"steer\"",
+                );
+                return None;
+            }
+            self.integer(node, "queue_size", 1, i64::from(MAX_QUEUE_SIZE))
+                .map(|n| n as u32)
+        });
+        let Some(node) = view.get("cpus") else {
+            if is_steer {
+                let at = action_node.map_or(view.at, |n| n.at);
+                self.err(
+                    at,
+                    "action `steer` needs `cpus`, the CPUs its flows are spread over (e.g. \
+                     cpus = [0, 1])",
+                );
+            }
+            return None;
+        };
+        if !is_steer {
+            self.err(node.at, "`cpus` is only allowed with action = \"steer\"");
+            return None;
+        }
+        let Val::Array(items) = &node.val else {
+            self.err(
+                node.at,
+                "`cpus` must be an array of CPU numbers, e.g. cpus = [0, 1]",
+            );
+            return None;
+        };
+        if items.is_empty() || items.len() > MAX_RULE_CPUS {
+            let msg = format!(
+                "`cpus` must name 1 to {MAX_RULE_CPUS} CPUs, found {}",
+                items.len()
+            );
+            self.err(node.at, msg);
+            return None;
+        }
+        let online = aya::util::online_cpus().unwrap_or_default();
+        let mut cpus = [0u8; MAX_RULE_CPUS];
+        for (i, item) in items.iter().enumerate() {
+            let Some(c) = self.integer(item, "cpus", 0, i64::from(STEER_MAX_CPU) - 1) else {
+                continue;
+            };
+            if cpus[..i].contains(&(c as u8)) {
+                self.err(item.at, format!("CPU {c} is named twice in `cpus`"));
+            } else if !online.contains(&(c as u32)) {
+                self.err(
+                    item.at,
+                    format!("`cpus`: CPU {c} is not online on this host (online: {online:?})"),
+                );
+            }
+            cpus[i] = c as u8;
+        }
+        if self.error_count() != errors_before {
+            return None;
+        }
+        Some(super::model::Steer {
+            cpus,
+            n: items.len() as u8,
+            queue_size: queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+        })
     }
 
     /// A `mirror` rule's `mirror_to`: an interface name, resolved to its index here (in the
@@ -4138,7 +4227,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                      `priority`, `action`, `proto`, `src`, `dst`, `sport`, `dport`, `tcp_flags`, \
                      `icmp_type`, `icmp_code`, `state`, `rate`, `log`, `dscp`, `ecn`, `ttl`, \
                      `length`, `set_mark`, `set_dscp`, `mirror_to`, `src_mac`, `dst_mac`, `vlan`, \
-                     `iface`, `not`, `redirect_to`, `route_table`",
+                     `iface`, `not`, `redirect_to`, `route_table`, `cpus`, `queue_size`",
                 ],
             ),
             (

@@ -256,6 +256,26 @@ pub enum Action {
     Mirror(Mirror),
     /// The packet leaves by another interface from XDP, never entering the stack.
     Redirect(Redirect),
+    /// The packet is handed to one CPU of a set, by its flow's hash.
+    Steer(Steer),
+}
+
+/// The CPUs a `steer` rule spreads its flows over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steer {
+    /// The CPU numbers, `n` of them.
+    pub cpus: [u8; palisade_common::steer::MAX_RULE_CPUS],
+    pub n: u8,
+    /// The CPU map entry's queue size.
+    pub queue_size: u32,
+}
+
+impl Steer {
+    /// The CPUs.
+    #[must_use]
+    pub fn cpus(&self) -> &[u8] {
+        &self.cpus[..usize::from(self.n).min(self.cpus.len())]
+    }
 }
 
 /// Where a `redirect` rule sends its packets.

@@ -430,7 +430,9 @@ fn classify_frame(
         }
         Some(Action::RateLimit(_)) => bail!("generated policies have no rate limits"),
         Some(Action::Mark(_) | Action::Mirror(_)) => XDP_PASS,
-        Some(Action::Redirect(_)) => bail!("generated policies have no redirects"),
+        Some(Action::Redirect(_) | Action::Steer(_)) => {
+            bail!("generated policies have no redirects")
+        }
     };
     Ok((action, rule))
 }
