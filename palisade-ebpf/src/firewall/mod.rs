@@ -294,13 +294,7 @@ fn decide(
                 ct::commit();
             }
             if log {
-                let d = Decision {
-                    reason: reason::RULE,
-                    rule,
-                    generation,
-                    log,
-                };
-                verdict::note_redirect(ctx, Some(p), &d);
+                note_action(ctx, p, rule, generation, true);
             }
             aya_ebpf::bindings::xdp_action::XDP_REDIRECT
         }
