@@ -429,6 +429,151 @@ pub fn stride_match(
     best
 }
 
+// ---- IPv6 CIDRs at the /64 stride ----
+//
+// `INTEL_V6_64_g`: a hash table keyed by the /64 (the address's first 8 bytes as a big-endian
+// `u64`), so that a hit on an IPv6 CIDR of /49 to /64 is one hash lookup instead of a trie
+// walk. Its entries ([`V6Block`]):
+//
+// - every /64 that a CIDR of /[`V6_STRIDE_MIN`] to /64 covers (a /56 writes 256 entries), with
+//   the longest such CIDR, and inheriting, when it is longer, the longest trie-held CIDR of
+//   /64 or shorter covering the /64;
+// - every /64 holding a CIDR longer than /64 ([`BLOCK_LONGER`]: the trie, which holds every
+//   such CIDR flagged [`HIT_V6_LONG`], is walked for it).
+//
+// CIDRs shorter than /[`V6_STRIDE_MIN`] stay in the trie (walked only when the address's /64
+// has no entry and the generation has such CIDRs, [`HAS_CIDRS_V6_SHORT`]). Expansion is
+// bounded by the table's capacity: a CIDR whose /64s do not fit what is left of it stays in
+// the trie as a short one (the daemon's plan, `intel::load`; the /64s of CIDRs longer than /64
+// always fit, one each at most, as the table holds as many entries as the trie).
+
+/// Shortest IPv6 CIDR expanded into the /64 table (a /49 takes 32,768 entries).
+pub const V6_STRIDE_MIN: u32 = 49;
+/// The stride of the IPv6 table.
+pub const V6_STRIDE: u32 = 64;
+
+/// [`IntelControl::enabled`]: the generation's /64 table holds IPv6 CIDRs ([`v6_match`]).
+pub const HAS_CIDRS_V6_64: u32 = 16;
+/// The trie holds IPv6 CIDRs of /64 or shorter the /64 table has no entry for (walked for an
+/// IPv6 address whose /64 has no entry).
+pub const HAS_CIDRS_V6_SHORT: u32 = 32;
+
+/// [`IntelHit::flags`] of a trie entry that is an IPv6 CIDR longer than /64: the only trie
+/// matches an IPv6 address with a /64 entry takes.
+pub const HIT_V6_LONG: u8 = 2;
+
+/// One IPv6 /64: the longest CIDR of /64 or shorter covering it (`hit.action` 0: none), that
+/// CIDR's length, and [`BLOCK_LONGER`] when CIDRs longer than /64 lie inside. An entry that
+/// exists has `len` or `flags` set.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct V6Block {
+    pub hit: IntelHit,
+    pub len: u16,
+    pub flags: u16,
+}
+map_type!(V6Block, 8);
+
+/// The /64 of an address: its key in the /64 table.
+#[inline(always)]
+#[must_use]
+pub fn slash64(addr: &[u8; 16]) -> u64 {
+    u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ])
+}
+
+/// The /64 table being built ([`expand_v6`]).
+pub trait V6Table {
+    /// The /64 entry `key`, created as `fresh` when absent; `None` when it is absent and the
+    /// table is full.
+    fn block64(&mut self, key: u64, fresh: V6Block) -> Option<&mut V6Block>;
+}
+
+/// How many /64 entries the IPv6 CIDR of `len` bits writes: `2^(64 - len)` for /49 to /64,
+/// one (its own /64, marked [`BLOCK_LONGER`]) past /64, none below /[`V6_STRIDE_MIN`].
+#[must_use]
+pub const fn v6_entries(len: u32) -> u64 {
+    if len < V6_STRIDE_MIN {
+        0
+    } else if len <= V6_STRIDE {
+        1 << (V6_STRIDE - len)
+    } else {
+        1
+    }
+}
+
+/// Writes the IPv6 CIDR whose /64 prefix is `net` (host bits clear) and length `len`
+/// (/[`V6_STRIDE_MIN`] or longer) with `hit` into `t`, in any order: a /49 to /64 becomes the
+/// hit of each of its /64s where it is the longest, a longer one marks its /64
+/// [`BLOCK_LONGER`]. `inherit(key)` gives a /64 created now its longest covering CIDR of /64
+/// or shorter held by the trie (length, hit; `(0, default)`: none). `false` when the table is
+/// full.
+pub fn expand_v6<T: V6Table>(
+    t: &mut T,
+    net: u64,
+    len: u32,
+    hit: IntelHit,
+    mut inherit: impl FnMut(u64) -> (u32, IntelHit),
+) -> bool {
+    let count = v6_entries(len);
+    let mut i = 0;
+    while i < count {
+        let key = net.wrapping_add(i);
+        let (ilen, ihit) = inherit(key);
+        let fresh = V6Block {
+            hit: ihit,
+            len: ilen as u16,
+            flags: 0,
+        };
+        let Some(b) = t.block64(key, fresh) else {
+            return false;
+        };
+        if len > V6_STRIDE {
+            b.flags |= BLOCK_LONGER as u16;
+        } else if len as u16 >= b.len {
+            b.hit = hit;
+            b.len = len as u16;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The longest IPv6 CIDR covering `addr` (not IPv4 mapped) from the /64 table and the trie
+/// (`action` 0: none): `get64` reads the /64 table (a zeroed value when it has no entry),
+/// `trie` walks the trie, called only for a /64 with [`BLOCK_LONGER`], or for one without an
+/// entry when `short_in_trie` ([`HAS_CIDRS_V6_SHORT`]). The kernel and the userspace reference
+/// both use it.
+#[inline(always)]
+pub fn v6_match(
+    addr: &[u8; 16],
+    get64: impl FnOnce(u64) -> V6Block,
+    trie: impl FnOnce() -> IntelHit,
+    short_in_trie: bool,
+) -> IntelHit {
+    let b = get64(slash64(addr));
+    if b.len == 0 && b.flags == 0 {
+        return if short_in_trie {
+            trie()
+        } else {
+            IntelHit::default()
+        };
+    }
+    let mut best = b.hit;
+    if b.flags & BLOCK_LONGER as u16 != 0 {
+        let h = trie();
+        if h.action != 0 && h.flags & HIT_V6_LONG != 0 {
+            best = IntelHit {
+                action: h.action,
+                flags: 0,
+                feed: h.feed,
+            };
+        }
+    }
+    best
+}
+
 // ---- Counters (`INTEL_STATS`, per CPU; ingress then egress) ----
 
 /// Packets whose address was checked.
@@ -563,6 +708,77 @@ mod tests {
         assert!(expand_v4(&mut t, base | 200, 29, hit(5)));
         assert_ne!(t.b24.unwrap().flags & BLOCK_LONGER, 0);
         assert_eq!(long_match(&CidrBlock::default(), 7), IntelHit::default());
+    }
+
+    #[test]
+    fn a_slash64_takes_the_longest_cidr_over_it_and_marks_longer_ones_for_the_trie() {
+        extern crate std;
+        use std::collections::BTreeMap;
+        struct T(BTreeMap<u64, V6Block>, usize);
+        impl V6Table for T {
+            fn block64(&mut self, key: u64, fresh: V6Block) -> Option<&mut V6Block> {
+                if self.0.len() >= self.1 && !self.0.contains_key(&key) {
+                    return None;
+                }
+                Some(self.0.entry(key).or_insert(fresh))
+            }
+        }
+        let hit = |feed| IntelHit {
+            action: ACTION_DROP,
+            flags: 0,
+            feed,
+        };
+        let none = |_| (0, IntelHit::default());
+        let mut t = T(BTreeMap::new(), 300);
+        let base = 0x2001_0db8_0000_0000u64;
+        // A /56 (256 /64s), then a /60 inside it (longer: wins its 16), in either order.
+        assert!(expand_v6(&mut t, base | 0x10, 60, hit(2), none));
+        assert!(expand_v6(&mut t, base, 56, hit(1), none));
+        assert_eq!(t.0.len(), 256);
+        assert_eq!((t.0[&base].hit.feed, t.0[&base].len), (1, 56));
+        assert_eq!(
+            (t.0[&(base | 0x1f)].hit.feed, t.0[&(base | 0x1f)].len),
+            (2, 60)
+        );
+        assert_eq!(t.0[&(base | 0x20)].hit.feed, 1);
+        // A /80 marks its /64; a fresh one inherits the trie's CIDR over it.
+        assert!(expand_v6(&mut t, base | 0x20, 80, hit(3), none));
+        assert_eq!(t.0[&(base | 0x20)].flags, BLOCK_LONGER as u16);
+        let far = 0x2001_0db9_0000_0000u64;
+        assert!(expand_v6(&mut t, far, 96, hit(3), |_| (32, hit(4))));
+        assert_eq!(
+            t.0[&far],
+            V6Block {
+                hit: hit(4),
+                len: 32,
+                flags: BLOCK_LONGER as u16
+            }
+        );
+        // Full: 300 entries, a /56 elsewhere does not fit.
+        assert!(!expand_v6(&mut t, far | 0x100, 56, hit(5), none));
+        assert_eq!(
+            (
+                v6_entries(48),
+                v6_entries(49),
+                v6_entries(64),
+                v6_entries(65)
+            ),
+            (0, 32_768, 1, 1)
+        );
+        // Matching: the entry's hit, the trie's only when longer than /64 and marked.
+        let mut addr = [0u8; 16];
+        addr[..8].copy_from_slice(&(base | 0x20).to_be_bytes());
+        let get = |k| t.0.get(&k).copied().unwrap_or_default();
+        let long = IntelHit {
+            flags: HIT_V6_LONG,
+            ..hit(3)
+        };
+        assert_eq!(v6_match(&addr, get, || long, false), hit(3));
+        assert_eq!(v6_match(&addr, get, || hit(9), false), hit(1));
+        addr[..8].copy_from_slice(&0x2001_0dba_0000_0000u64.to_be_bytes());
+        assert_eq!(v6_match(&addr, get, || hit(9), true), hit(9));
+        assert_eq!(v6_match(&addr, get, || hit(9), false), IntelHit::default());
+        assert_eq!(slash64(&addr), 0x2001_0dba_0000_0000);
     }
 
     #[test]

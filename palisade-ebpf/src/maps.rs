@@ -779,3 +779,14 @@ pub static STEER_CPUS: aya_ebpf::maps::CpuMap =
 #[map]
 pub static STEER_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(palisade_common::steer::SS_COUNT, 0);
+
+// ---- Threat intelligence: IPv6 CIDRs at the /64 stride ----
+
+/// IPv6 CIDRs per /64 (`palisade_common::intel::v6_match`: CIDRs of /49 to /64 expanded, the
+/// /64s holding longer ones marked), one per generation; capacity `[intel] max_cidrs`.
+#[map]
+pub static INTEL_V6_64_0: HashMap<u64, palisade_common::intel::V6Block> =
+    HashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+#[map]
+pub static INTEL_V6_64_1: HashMap<u64, palisade_common::intel::V6Block> =
+    HashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);

@@ -296,6 +296,8 @@ fn intel_suite() {
             ("hit-cidr-v4", "drop"),
             ("hit-cidr-v4-long", "drop"),
             ("hit-cidr-v6", "drop"),
+            ("miss-v6-trie", "pass"),
+            ("hit-cidr-v6-trie", "drop"),
         ],
         "{report:#}"
     );

@@ -805,7 +805,9 @@ fn random_cidrs(rng: &mut StdRng) -> [String; 3] {
     let mut out: [String; 3] = Default::default();
     let n = rng.gen_range(1..60);
     for _ in 0..n {
-        let line = match rng.gen_range(0..10) {
+        let line = match rng.gen_range(0..12) {
+            // IPv6 at the /64 stride: /49 to /64, and longer ones inside a few /64s.
+            10 | 11 => random_v6_cidr(rng, 8),
             0 => {
                 let bits = rng.gen_range(0..=8);
                 format!("{}.0.0.0/{bits}", rng.gen_range(0..=12u8))
@@ -842,6 +844,67 @@ fn random_cidrs(rng: &mut StdRng) -> [String; 3] {
     out
 }
 
+/// An IPv6 CIDR of 2001:db8:0::/48 to 2001:db8:2::/48: one of /49 to /64 (its fourth group
+/// small or random) or, as often, one longer than /64 inside one of the first `spread` /64s.
+fn random_v6_cidr(rng: &mut StdRng, spread: u16) -> String {
+    let group4 = if rng.gen_bool(0.5) {
+        rng.gen_range(0..32u16)
+    } else {
+        rng.r#gen()
+    };
+    let bits = if rng.gen_bool(0.5) {
+        rng.gen_range(49..=64u32)
+    } else {
+        rng.gen_range(65..=127u32)
+    };
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    a[5] = rng.gen_range(0..3u8);
+    if bits > 64 {
+        a[6..8].copy_from_slice(&rng.gen_range(0..spread).to_be_bytes());
+        rng.fill(&mut a[8..]);
+    } else {
+        a[6..8].copy_from_slice(&group4.to_be_bytes());
+    }
+    let net = palisade_common::intel::network(a, bits);
+    format!("{}/{bits}", std::net::Ipv6Addr::from(net))
+}
+
+/// What the tables of `c` answer for `addr`, read as the kernel reads them: the IPv4 strides,
+/// the IPv6 /64 table, the trie (by brute force over its entries).
+fn tables_match(c: &load::Compiled, addr: &[u8; 16]) -> IntelHit {
+    use palisade_common::intel::{is_mapped_v4, network, stride_match, v6_match};
+    let trie = || {
+        c.trie
+            .iter()
+            .filter(|((n, b), _)| network(*addr, *b) == *n)
+            .max_by_key(|((_, b), _)| *b)
+            .map(|(_, h)| *h)
+            .unwrap_or_default()
+    };
+    if is_mapped_v4(addr) {
+        if c.v4_16.is_empty() {
+            IntelHit::default()
+        } else {
+            stride_match(
+                addr,
+                |i| c.v4_16[i as usize],
+                |k| c.v4_24.get(&k).copied().unwrap_or_default(),
+                trie,
+            )
+        }
+    } else if !c.v6_64.is_empty() {
+        v6_match(
+            addr,
+            |k| c.v6_64.get(&k).copied().unwrap_or_default(),
+            trie,
+            c.v6_short,
+        )
+    } else {
+        trie()
+    }
+}
+
 fn addr_of(probe: &str) -> [u8; 16] {
     key_of(probe.parse().expect("an address"))
 }
@@ -867,9 +930,15 @@ fn random_probe(rng: &mut StdRng, c: &load::Compiled) -> String {
             0x0a00_0000u32 | (rng.gen_range(0..4u32) << 16) | rng.gen_range(0..0x1_0000u32),
         )
         .to_string(),
-        _ => format!(
+        _ if rng.gen_bool(0.5) => format!(
             "2001:db8:{:x}::{:x}",
             rng.gen_range(0..4u16),
+            rng.r#gen::<u16>()
+        ),
+        _ => format!(
+            "2001:db8:{:x}:{:x}::{:x}",
+            rng.gen_range(0..3u16),
+            rng.gen_range(0..32u16),
             rng.r#gen::<u16>()
         ),
     }
@@ -891,6 +960,7 @@ fn compile_wide(list: &[(&str, Action, &str)]) -> (load::Compiled, Intel, Feeds)
 #[test]
 fn the_stride_tables_give_the_longest_prefix_match_of_a_reference() {
     let mut rng = StdRng::seed_from_u64(14);
+    let (mut in_table, mut past_table) = (0, 0);
     for _ in 0..300 {
         let set = random_cidrs(&mut rng);
         let (c, _, _) = compile_wide(&[
@@ -902,34 +972,122 @@ fn the_stride_tables_give_the_longest_prefix_match_of_a_reference() {
             let probe = random_probe(&mut rng, &c);
             let addr = addr_of(&probe);
             let want = reference(&c, &addr).map(|(_, h)| (h.action, h.feed));
-            let trie = || {
-                c.trie
-                    .iter()
-                    .filter(|((n, b), _)| palisade_common::intel::network(addr, *b) == *n)
-                    .max_by_key(|((_, b), _)| *b)
-                    .map(|(_, h)| *h)
-                    .unwrap_or_default()
-            };
-            let got = if palisade_common::intel::is_mapped_v4(&addr) {
-                if c.v4_16.is_empty() {
-                    IntelHit::default()
-                } else {
-                    palisade_common::intel::stride_match(
-                        &addr,
-                        |i| c.v4_16[i as usize],
-                        |k| c.v4_24.get(&k).copied().unwrap_or_default(),
-                        trie,
-                    )
-                }
-            } else {
-                trie()
-            };
-            let got = Some(got)
+            let got = Some(tables_match(&c, &addr))
                 .filter(|h| h.action != 0)
                 .map(|h| (h.action, h.feed));
             assert_eq!(got, want, "{probe} in {set:?}");
         }
+        in_table += usize::from(!c.v6_64.is_empty());
+        past_table +=
+            usize::from(c.trie.iter().any(|((n, b), _)| {
+                (49..=64).contains(b) && !palisade_common::intel::is_mapped_v4(n)
+            }));
     }
+    // Sets with IPv6 CIDRs in the /64 table, and sets whose /49s and /50s did not all fit it.
+    assert!(in_table > 200 && past_table >= 3, "{in_table} {past_table}");
+}
+
+/// Maps of 64 CIDRs, so that a /58 (64 /64s) or two /60s fill the /64 table.
+const NARROW: Sizes = Sizes {
+    ips: 64,
+    cidrs: 64,
+    feeds: true,
+};
+
+#[test]
+fn the_kernel_matches_ipv6_cidrs_at_the_slash64_stride_and_past_its_capacity() {
+    use palisade_common::intel::{HAS_CIDRS_V6_64, HAS_CIDRS_V6_SHORT};
+    let mut b = Bench::sized(&NARROW.for_loader()).expect("load and verify the kernel programs");
+    let p = config::parse_policy("", "p.toml", Path::new("/")).expect("valid policy");
+    b.install(&p).expect("install");
+    let compile = |list: &[(&str, Action, &str)]| {
+        let (mut intel, loaded) = feeds(list);
+        intel.max_cidrs = NARROW.cidrs;
+        load::compile(&intel, &loaded, NARROW).expect("fits")
+    };
+    // CIDRs in the stride tables only (an empty trie, no addresses) match too.
+    for (cidr, inside, outside) in [
+        ("10.9.0.0/16", "10.9.1.1", "10.8.1.1"),
+        ("2001:db8:5:7::/64", "2001:db8:5:7::9", "2001:db8:5:8::9"),
+    ] {
+        let c = compile(&[("a", Action::Drop, cidr)]);
+        assert!(c.trie.is_empty() && c.ips.is_empty(), "{cidr}");
+        load::write(&mut b.ebpf, &c).expect("write");
+        assert_eq!(b.run(&udp_from(inside)).unwrap(), XDP_DROP, "{inside}");
+        assert_eq!(b.run(&udp_from(outside)).unwrap(), XDP_PASS, "{outside}");
+    }
+    let mut rng = StdRng::seed_from_u64(6464);
+    let (mut fell_back, mut all_in, mut short) = (0, 0, 0);
+    for _ in 0..30 {
+        let mut set: [String; 3] = Default::default();
+        // Small sets (whose /49 to /64 CIDRs often all fit) and large ones (which overflow).
+        let most = if rng.gen_bool(0.5) { 6 } else { 40 };
+        let lines = rng.gen_range(1..most);
+        for _ in 0..lines {
+            let line = if rng.gen_range(0..8) == 0 {
+                format!(
+                    "2001:db8:{:x}::/{}",
+                    rng.gen_range(0..3u16),
+                    [33, 47, 48][rng.gen_range(0..3)]
+                )
+            } else {
+                random_v6_cidr(&mut rng, 40)
+            };
+            let feed = &mut set[rng.gen_range(0..3)];
+            feed.push_str(&line);
+            feed.push('\n');
+        }
+        let list = [
+            ("a", Action::Drop, set[0].as_str()),
+            ("b", Action::Alert, set[1].as_str()),
+            ("c", Action::Tag, set[2].as_str()),
+        ];
+        let c = compile(&list);
+        assert!(c.v6_64.len() <= NARROW.cidrs as usize, "{}", c.v6_64.len());
+        load::write(&mut b.ebpf, &c).expect("write");
+        let ctl = load::control(&b.ebpf).unwrap();
+        let bits = ctl.enabled[ctl.active as usize];
+        assert_eq!(bits & HAS_CIDRS_V6_64 != 0, !c.v6_64.is_empty());
+        assert_eq!(bits & HAS_CIDRS_V6_SHORT != 0, c.v6_short);
+        if c.trie.iter().any(|((_, bits), _)| (49..=64).contains(bits)) {
+            fell_back += 1;
+        } else if !c.v6_64.is_empty() {
+            all_in += 1;
+        }
+        short += usize::from(c.v6_short);
+        b.drain_events();
+        for _ in 0..60 {
+            let probe = random_probe(&mut rng, &c);
+            let addr = addr_of(&probe);
+            let want = reference(&c, &addr).map(|(_, h)| (h.action, h.feed));
+            let table = Some(tables_match(&c, &addr))
+                .filter(|h| h.action != 0)
+                .map(|h| (h.action, h.feed));
+            assert_eq!(table, want, "{probe} in {set:?}");
+            let verdict = b.run(&udp_from(&probe)).unwrap();
+            let got: Vec<_> = intel_events(&mut b)
+                .iter()
+                .map(|e| (e.action, e.rule as u16))
+                .collect();
+            assert_eq!(
+                got,
+                want.into_iter().collect::<Vec<_>>(),
+                "{probe} in {set:?}"
+            );
+            let dropped = want.is_some_and(|(a, _)| a == ACTION_DROP);
+            assert_eq!(
+                verdict,
+                if dropped { XDP_DROP } else { XDP_PASS },
+                "{probe}"
+            );
+        }
+    }
+    // Sets whose /49 to /64 CIDRs all went into the table, sets where some stayed in the
+    // trie for want of room, sets with short ones in the trie.
+    assert!(
+        fell_back > 3 && all_in > 3 && short > 3,
+        "{fell_back} {all_in} {short}"
+    );
 }
 
 #[test]

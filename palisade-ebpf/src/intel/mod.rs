@@ -1,7 +1,7 @@
 //! Threat-intelligence indicators (`[intel]`): the source address of what arrives is looked
 //! up in the live generation's indicator maps, a bloom filter in front of an exact table,
 //! then, for IPv4, the CIDR tables at the /16 and /24 strides (a trie only past /24), for
-//! IPv6 a trie of CIDRs.
+//! IPv6 the table at the /64 stride (a trie only past /64 and below /49).
 //!
 //! The filter answers "surely not" for almost every clean address without touching the
 //! table's buckets; "maybe" is confirmed in the exact table (never an LRU: an indicator is
@@ -17,10 +17,10 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use palisade_common::{
     event::{FLAG_INTEL_TAGGED, FirewallEvent},
     intel::{
-        ACTION_ALERT, ACTION_DROP, ACTION_TAG, CidrData, HAS_CIDRS, HAS_CIDRS_V4, HAS_IPS,
-        IS_ALERTED, IS_BLOOM_FALSE, IS_BLOOM_MAYBE, IS_CHECKED, IS_DROPPED, IS_EVENTS_LOST,
-        IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, IntelHit, KIND_INTEL, MAX_FEEDS,
-        bloom_hash, bloom_test, is_mapped_v4, stride_match,
+        ACTION_ALERT, ACTION_DROP, ACTION_TAG, CidrData, HAS_CIDRS, HAS_CIDRS_V4, HAS_CIDRS_V6_64,
+        HAS_CIDRS_V6_SHORT, HAS_IPS, IS_ALERTED, IS_BLOOM_FALSE, IS_BLOOM_MAYBE, IS_CHECKED,
+        IS_DROPPED, IS_EVENTS_LOST, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, IntelHit,
+        KIND_INTEL, MAX_FEEDS, bloom_hash, bloom_test, is_mapped_v4, stride_match, v6_match,
     },
     packet::Packet,
     reason,
@@ -29,7 +29,7 @@ use palisade_common::{
 use crate::maps::{
     EVENTS, INTEL_BLOOM_0, INTEL_BLOOM_1, INTEL_CIDRS_0, INTEL_CIDRS_1, INTEL_CONTROL, INTEL_IPS_0,
     INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, INTEL_V4_16_0, INTEL_V4_16_1,
-    INTEL_V4_24_0, INTEL_V4_24_1, bump, event_flags,
+    INTEL_V4_24_0, INTEL_V4_24_1, INTEL_V6_64_0, INTEL_V6_64_1, bump, event_flags,
 };
 
 /// The value of a tagged address in `INTEL_TAGGED`: the feed and when it was last seen.
@@ -64,7 +64,7 @@ pub fn live() -> Option<(u32, u32, u32)> {
     } else {
         control.enabled[1]
     };
-    if enabled & (HAS_IPS | HAS_CIDRS) == 0 {
+    if enabled & (HAS_IPS | HAS_CIDRS | HAS_CIDRS_V4 | HAS_CIDRS_V6_64) == 0 {
         return None;
     }
     Some((generation, enabled, control.bloom_mask))
@@ -131,6 +131,23 @@ fn lookup(
                 b.copied().unwrap_or_default()
             },
             || trie(addr, generation, slot),
+        )
+    } else if enabled & HAS_CIDRS_V6_64 != 0 {
+        v6_match(
+            addr,
+            |k| {
+                // SAFETY: plain data read from a map value.
+                let b = unsafe {
+                    if generation == 0 {
+                        INTEL_V6_64_0.get(&k)
+                    } else {
+                        INTEL_V6_64_1.get(&k)
+                    }
+                };
+                b.copied().unwrap_or_default()
+            },
+            || trie(addr, generation, slot),
+            enabled & HAS_CIDRS_V6_SHORT != 0,
         )
     } else if enabled & HAS_CIDRS != 0 {
         trie(addr, generation, slot)

@@ -1,7 +1,10 @@
 //! Writing indicators into the kernel: the idle generation is emptied and filled, then made
 //! live with one write of `INTEL_CONTROL` (see `docs/design/intel.md`).
 
-use std::{collections::BTreeMap, os::fd::AsRawFd as _};
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    os::fd::AsRawFd as _,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -12,9 +15,10 @@ use aya::{
     },
 };
 use palisade_common::intel::{
-    BloomBlock, CHECK_EGRESS, CidrBlock, CidrData, GENERATIONS, HAS_CIDRS, HAS_CIDRS_V4, HAS_IPS,
-    IntelControl, IntelHit, MAX_FEEDS, StrideTables, V4_SLASH16_ENTRIES, bloom_blocks, bloom_hash,
-    bloom_set, expand_v4, place,
+    BloomBlock, CHECK_EGRESS, CidrBlock, CidrData, GENERATIONS, HAS_CIDRS, HAS_CIDRS_V4,
+    HAS_CIDRS_V6_64, HAS_CIDRS_V6_SHORT, HAS_IPS, HIT_V4_LONG, HIT_V6_LONG, IntelControl, IntelHit,
+    MAX_FEEDS, StrideTables, V4_SLASH16_ENTRIES, V6_STRIDE, V6_STRIDE_MIN, V6Block, V6Table,
+    bloom_blocks, bloom_hash, bloom_set, expand_v4, expand_v6, place, slash64, v6_entries,
 };
 
 use super::{Feeds, Intel};
@@ -25,21 +29,22 @@ use crate::maps::{map, map_mut};
 pub struct Sizes {
     /// Exact addresses (hash table and bloom filter).
     pub ips: u32,
-    /// CIDRs (trie), and /24 blocks (the IPv4 /24 table).
+    /// CIDRs (trie), /24 blocks (the IPv4 /24 table) and /64 blocks (the IPv6 /64 table).
     pub cidrs: u32,
     /// Whether the policy has feeds: the /16 arrays get their 65,536 entries.
     pub feeds: bool,
 }
 
 /// The maps sized by [`Sizes`], per generation: bloom filter, exact table, trie, IPv4 /16
-/// array, IPv4 /24 table.
-pub const MAPS: [[&str; 5]; GENERATIONS as usize] = [
+/// array, IPv4 /24 table, IPv6 /64 table.
+pub const MAPS: [[&str; 6]; GENERATIONS as usize] = [
     [
         "INTEL_BLOOM_0",
         "INTEL_IPS_0",
         "INTEL_CIDRS_0",
         "INTEL_V4_16_0",
         "INTEL_V4_24_0",
+        "INTEL_V6_64_0",
     ],
     [
         "INTEL_BLOOM_1",
@@ -47,6 +52,7 @@ pub const MAPS: [[&str; 5]; GENERATIONS as usize] = [
         "INTEL_CIDRS_1",
         "INTEL_V4_16_1",
         "INTEL_V4_24_1",
+        "INTEL_V6_64_1",
     ],
 ];
 
@@ -56,13 +62,14 @@ impl Sizes {
     pub fn for_loader(self) -> Vec<(&'static str, u32)> {
         let slash16 = if self.feeds { V4_SLASH16_ENTRIES } else { 1 };
         MAPS.iter()
-            .flat_map(|[b, h, t, s16, s24]| {
+            .flat_map(|[b, h, t, s16, s24, s64]| {
                 [
                     (*b, bloom_blocks(self.ips)),
                     (*h, self.ips),
                     (*t, self.cidrs),
                     (*s16, slash16),
                     (*s24, self.cidrs),
+                    (*s64, self.cidrs),
                 ]
             })
             .collect()
@@ -121,7 +128,12 @@ pub struct Compiled {
     pub v4_16: Vec<CidrBlock>,
     /// The IPv4 /24 table.
     pub v4_24: BTreeMap<u32, CidrBlock>,
-    /// The trie's entries: IPv6 CIDRs and IPv4 ones longer than /24.
+    /// The IPv6 /64 table (empty when no IPv6 CIDR of /49 or longer is listed).
+    pub v6_64: BTreeMap<u64, V6Block>,
+    /// Whether the trie holds IPv6 CIDRs of /64 or shorter (`HAS_CIDRS_V6_SHORT`).
+    pub v6_short: bool,
+    /// The trie's entries: IPv6 CIDRs the /64 table does not hold (shorter than /49, or past
+    /// its capacity), IPv6 ones longer than /64 and IPv4 ones longer than /24.
     pub trie: Vec<(([u8; 16], u32), IntelHit)>,
     /// Domains and the action of the first feed that lists them.
     pub domains: BTreeMap<String, super::Action>,
@@ -134,6 +146,19 @@ pub struct Compiled {
 /// When the indicators do not fit `sizes`, or there are more feeds than the counters hold;
 /// nothing has been written then.
 pub fn compile(intel: &Intel, feeds: &Feeds, sizes: Sizes) -> Result<Compiled> {
+    compile_with(intel, feeds, sizes, true)
+}
+
+/// [`compile`] with every IPv6 CIDR in the trie and no /64 table, as before the table
+/// existed: the baseline `palisade-bench --intel` measures the table against.
+///
+/// # Errors
+/// As [`compile`].
+pub fn compile_without_v6_table(intel: &Intel, feeds: &Feeds, sizes: Sizes) -> Result<Compiled> {
+    compile_with(intel, feeds, sizes, false)
+}
+
+fn compile_with(intel: &Intel, feeds: &Feeds, sizes: Sizes, v6_table: bool) -> Result<Compiled> {
     if intel.feeds.len() > MAX_FEEDS as usize {
         bail!("[intel]: {} feeds; at most {MAX_FEEDS}", intel.feeds.len());
     }
@@ -174,7 +199,7 @@ pub fn compile(intel: &Intel, feeds: &Feeds, sizes: Sizes) -> Result<Compiled> {
             sizes.cidrs
         );
     }
-    strides(&mut c, sizes.cidrs)?;
+    strides(&mut c, sizes.cidrs, v6_table)?;
     Ok(c)
 }
 
@@ -198,12 +223,12 @@ impl StrideTables for Tables<'_> {
     }
 }
 
-/// Expands the CIDRs of `c` into the IPv4 stride tables and the trie (see
-/// `palisade_common::intel`), shortest first so longer ones override.
+/// Expands the CIDRs of `c` into the IPv4 stride tables, the trie and (with `v6_table`) the
+/// IPv6 /64 table (see `palisade_common::intel`), shortest first so longer ones override.
 ///
 /// # Errors
 /// When the /24 table would need more than `cap` entries.
-fn strides(c: &mut Compiled, cap: u32) -> Result<()> {
+fn strides(c: &mut Compiled, cap: u32, v6_table: bool) -> Result<()> {
     let mut order: Vec<(&([u8; 16], u32), &IntelHit)> = c.cidrs.iter().collect();
     order.sort_by_key(|((_, bits), _)| *bits);
     let mut v4_16 = Vec::new();
@@ -228,10 +253,11 @@ fn strides(c: &mut Compiled, cap: u32) -> Result<()> {
             }
         }
         if p.trie {
+            let long_v6 = p.trie_flags == 0 && bits > V6_STRIDE;
             trie.push((
                 (net, bits),
                 IntelHit {
-                    flags: p.trie_flags,
+                    flags: if long_v6 { HIT_V6_LONG } else { p.trie_flags },
                     ..*hit
                 },
             ));
@@ -240,7 +266,105 @@ fn strides(c: &mut Compiled, cap: u32) -> Result<()> {
     c.v4_16 = v4_16;
     c.v4_24 = v4_24;
     c.trie = trie;
+    if !v6_table {
+        return Ok(());
+    }
+    let (v6_64, in_trie) = plan_v6(&c.trie, cap);
+    c.v6_short =
+        c.trie.iter().zip(&in_trie).any(|(((net, bits), h), keep)| {
+            *keep && is_v6_trie(net, *bits, h) && *bits <= V6_STRIDE
+        });
+    let mut keep = in_trie.into_iter();
+    c.trie.retain(|_| keep.next().unwrap_or(true));
+    c.v6_64 = v6_64;
     Ok(())
+}
+
+/// Whether a trie entry matches IPv6 addresses (it is not an IPv4 CIDR).
+fn is_v6_trie(net: &[u8; 16], bits: u32, hit: &IntelHit) -> bool {
+    hit.flags & HIT_V4_LONG == 0 && !(bits >= 96 && palisade_common::intel::is_mapped_v4(net))
+}
+
+/// The IPv6 /64 table of the trie's entries `trie` (at most `cap` entries), and which entries
+/// stay in the trie. Entries longer than /64 stay (flagged `HIT_V6_LONG`), each /64 holding
+/// one marked; CIDRs of /49 to /64 go into the table, longest first, while what they would
+/// write (`v6_entries`, overlaps counted twice) fits what is left of `cap`; the others stay.
+fn plan_v6(trie: &[(([u8; 16], u32), IntelHit)], cap: u32) -> (BTreeMap<u64, V6Block>, Vec<bool>) {
+    let mut keep = vec![true; trie.len()];
+    let mut table = BTreeMap::new();
+    let v6: Vec<usize> = (0..trie.len())
+        .filter(|&i| is_v6_trie(&trie[i].0.0, trie[i].0.1, &trie[i].1))
+        .collect();
+    let long: std::collections::BTreeSet<u64> = v6
+        .iter()
+        .filter(|&&i| trie[i].0.1 > V6_STRIDE)
+        .map(|&i| slash64(&trie[i].0.0))
+        .collect();
+    // Never more than `cap`: each is a CIDR, and `compile` refuses more CIDRs than `cap`.
+    let mut left = u64::from(cap).saturating_sub(long.len() as u64);
+    let mut mid: Vec<usize> = v6
+        .iter()
+        .copied()
+        .filter(|&i| (V6_STRIDE_MIN..=V6_STRIDE).contains(&trie[i].0.1))
+        .collect();
+    mid.sort_by_key(|&i| std::cmp::Reverse(trie[i].0.1));
+    for i in mid {
+        let need = v6_entries(trie[i].0.1);
+        if need <= left {
+            left -= need;
+            keep[i] = false;
+        }
+    }
+    // What stays in the trie at /64 or shorter, by length: what a new /64 entry inherits.
+    let mut short: BTreeMap<u32, StdHashMap<u64, IntelHit>> = BTreeMap::new();
+    for &i in &v6 {
+        let ((net, bits), hit) = trie[i];
+        if keep[i] && bits <= V6_STRIDE {
+            short.entry(bits).or_default().insert(slash64(&net), hit);
+        }
+    }
+    let inherit = |key: u64| {
+        for (bits, nets) in short.iter().rev() {
+            let mask = if *bits == 0 {
+                0
+            } else {
+                u64::MAX << (V6_STRIDE - bits)
+            };
+            if let Some(h) = nets.get(&(key & mask)) {
+                return (*bits, *h);
+            }
+        }
+        (0, IntelHit::default())
+    };
+    let mut t = V6Tables {
+        v6_64: &mut table,
+        cap: cap as usize,
+    };
+    for &i in &v6 {
+        let ((net, bits), hit) = trie[i];
+        if bits > V6_STRIDE || !keep[i] {
+            let hit = IntelHit { flags: 0, ..hit };
+            // Within `cap` by the count above.
+            let fits = expand_v6(&mut t, slash64(&net), bits, hit, inherit);
+            debug_assert!(fits);
+        }
+    }
+    (table, keep)
+}
+
+/// The IPv6 /64 table being built, of at most `cap` entries.
+struct V6Tables<'a> {
+    v6_64: &'a mut BTreeMap<u64, V6Block>,
+    cap: usize,
+}
+
+impl V6Table for V6Tables<'_> {
+    fn block64(&mut self, key: u64, fresh: V6Block) -> Option<&mut V6Block> {
+        if self.v6_64.len() >= self.cap && !self.v6_64.contains_key(&key) {
+            return None;
+        }
+        Some(self.v6_64.entry(key).or_insert(fresh))
+    }
 }
 
 /// The live generation and what each generation holds.
@@ -370,7 +494,7 @@ pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
 /// # Errors
 /// When a map refuses a write.
 pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
-    let [bloom, table, trie, s16, s24] = MAPS[idle.generation as usize];
+    let [bloom, table, trie, s16, s24, s64] = MAPS[idle.generation as usize];
     let mut t = Timing::default();
     let bloom_mask;
     let start = std::time::Instant::now();
@@ -383,6 +507,11 @@ pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
         let h: HashMap<&MapData, u32, CidrBlock> = HashMap::try_from(idle.map(s24)?)?;
         let old: Vec<u32> = h.keys().filter_map(Result::ok).collect();
         batch_delete(idle.fd(s24)?, &old).with_context(|| format!("emptying {s24}"))?;
+    }
+    {
+        let h: HashMap<&MapData, u64, V6Block> = HashMap::try_from(idle.map(s64)?)?;
+        let old: Vec<u64> = h.keys().filter_map(Result::ok).collect();
+        batch_delete(idle.fd(s64)?, &old).with_context(|| format!("emptying {s64}"))?;
     }
     {
         let mut tr: LpmTrie<&mut MapData, CidrData, IntelHit> =
@@ -445,6 +574,9 @@ pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
         let keys: Vec<u32> = c.v4_24.keys().copied().collect();
         let values: Vec<CidrBlock> = c.v4_24.values().copied().collect();
         batch_update(idle.fd(s24)?, &keys, &values).with_context(|| format!("filling {s24}"))?;
+        let keys: Vec<u64> = c.v6_64.keys().copied().collect();
+        let values: Vec<V6Block> = c.v6_64.values().copied().collect();
+        batch_update(idle.fd(s64)?, &keys, &values).with_context(|| format!("filling {s64}"))?;
     }
     t.trie = start.elapsed();
     let mut bits = 0;
@@ -456,6 +588,12 @@ pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
     }
     if !c.v4_16.is_empty() {
         bits |= HAS_CIDRS_V4;
+    }
+    if !c.v6_64.is_empty() {
+        bits |= HAS_CIDRS_V6_64;
+    }
+    if c.v6_short {
+        bits |= HAS_CIDRS_V6_SHORT;
     }
     if c.egress {
         bits |= CHECK_EGRESS;

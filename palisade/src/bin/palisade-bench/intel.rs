@@ -377,6 +377,14 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         "a refresh of the same set (the other generation)",
         t,
     );
+    // The baseline of the IPv6 /64 table: the same set with every IPv6 CIDR in the trie, in
+    // the other generation; each measurement makes the generation it needs live.
+    let with_table = load::control(&bench.ebpf)?;
+    load::write(
+        &mut bench.ebpf,
+        &load::compile_without_v6_table(&intel, &feeds, sizes)?,
+    )?;
+    let trie_only = load::control(&bench.ebpf)?;
     // The domains go into the DNS policy, as the daemon installs them.
     let lists: Vec<(String, Vec<String>)> = vec![(
         "intel-domains".to_string(),
@@ -404,7 +412,7 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         ),
         (
             "miss-v6",
-            "a miss (IPv6, filter and trie)",
+            "a miss (IPv6, filter and /64 table)",
             "2001:db8:ffff::1",
         ),
         ("hit-ip-v4", "a hit in the exact table (IPv4)", "11.0.0.5"),
@@ -425,7 +433,17 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         ),
         (
             "hit-cidr-v6",
-            "a hit on an IPv6 /64 (the trie)",
+            "a hit on an IPv6 /64 (the /64 table)",
+            &cidr_v6_probe(s.cidrs),
+        ),
+        (
+            "miss-v6-trie",
+            "a miss (IPv6, filter and trie: no /64 table, as before it)",
+            "2001:db8:ffff::1",
+        ),
+        (
+            "hit-cidr-v6-trie",
+            "a hit on an IPv6 /64 (the trie: no /64 table, as before it)",
             &cidr_v6_probe(s.cidrs),
         ),
     ];
@@ -440,8 +458,16 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
             (*id, *what, Frame::udp(src, dst, 40_000, 9).build())
         })
         .collect();
+    let generation = |id: &str| {
+        if id.ends_with("-trie") {
+            trie_only
+        } else {
+            with_table
+        }
+    };
     let mut verdicts = Vec::new();
     for (id, _, frame) in &frames {
+        set_enabled(&mut bench, Some(generation(id)))?;
         let want = if id.starts_with("miss") { 2 } else { 1 };
         let got = bench.run(frame)?;
         if got != want {
@@ -451,7 +477,8 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
     }
     let mut samples = vec![(Vec::new(), Vec::new(), Vec::new()); frames.len()];
     for round in 0..s.rounds {
-        for (i, (_, _, frame)) in frames.iter().enumerate() {
+        for (i, (id, _, frame)) in frames.iter().enumerate() {
+            set_enabled(&mut bench, Some(generation(id)))?;
             let floor = bench
                 .run_prog("palisade_floor_pass", frame, s.repeat)?
                 .duration
