@@ -206,6 +206,16 @@ fn lab(pair: &NetnsPair) -> Server {
     Server(child)
 }
 
+/// Writes `text` as the policy in `dir`, checks it with `palisade check`, and starts the
+/// daemon on A's interface, in A's namespace with the host's cgroup tree.
+fn start_daemon(pair: &NetnsPair, dir: &TempDir, text: &str) -> Daemon {
+    let path = dir.write("policy.toml", text);
+    check_policy(&path);
+    let run = run_args(dir, &path, &pair.if_a);
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    Daemon::start_command(palisade_with_cgroups(pair, &pair.ns_a, &run))
+}
+
 fn zone() -> Vec<String> {
     // The bulk trials' names, then fresh ones for the v4-mapped and UDP trials.
     let mut v: Vec<String> = (1..=NAMES)
@@ -273,11 +283,7 @@ fn bind_mode_connects_only_to_resolved_addresses() {
     let _server = lab(&pair);
     let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b, &pair.v6_b], &zone());
 
-    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b, &pair.v6_b));
-    check_policy(&path);
-    let run = run_args(&dir, &path, &pair.if_a);
-    let run: Vec<&str> = run.iter().map(String::as_str).collect();
-    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+    let daemon = start_daemon(&pair, &dir, &policy(&cg, &pair.v4_b, &pair.v6_b));
     let note = format!("palisade: DNS binding on cgroup {}", cg.path.display());
     assert!(
         daemon.stderr_now().contains(&note),
@@ -641,11 +647,7 @@ allow = ["{r}"]
         cg = cg.path.display(),
         r = pair.v4_b
     );
-    let path = dir.write("policy.toml", &text);
-    check_policy(&path);
-    let run = run_args(&dir, &path, &pair.if_a);
-    let run: Vec<&str> = run.iter().map(String::as_str).collect();
-    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+    let daemon = start_daemon(&pair, &dir, &text);
 
     let script = r"
 import json, socket, struct, sys
@@ -795,11 +797,7 @@ rebinding_allow = ["nas.home.test"]
         cg = cg.path.display(),
         r = pair.v4_b
     );
-    let path = dir.write("policy.toml", &text);
-    check_policy(&path);
-    let run = run_args(&dir, &path, &pair.if_a);
-    let run: Vec<&str> = run.iter().map(String::as_str).collect();
-    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+    let daemon = start_daemon(&pair, &dir, &text);
 
     let connect = |ip: &str| -> Value {
         let script = r"
@@ -894,11 +892,7 @@ fn tcp_answers_bind() {
         "{}rebinding = \"refuse\"\nrebinding_allow = [\"h1.bind.test\"]\n",
         policy(&cg, &pair.v4_b, &pair.v6_b)
     );
-    let path = dir.write("policy.toml", &text);
-    check_policy(&path);
-    let run = run_args(&dir, &path, &pair.if_a);
-    let run: Vec<&str> = run.iter().map(String::as_str).collect();
-    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+    let daemon = start_daemon(&pair, &dir, &text);
 
     let connect = |ip: &str| -> Value {
         let script = r"
@@ -1021,11 +1015,7 @@ fn spoofed_answers_bind_nothing() {
     let dir = TempDir::new("dns-bind-spoof");
     let _server = lab(&pair);
     let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b, &pair.v6_b], &zone());
-    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b, &pair.v6_b));
-    check_policy(&path);
-    let run = run_args(&dir, &path, &pair.if_a);
-    let run: Vec<&str> = run.iter().map(String::as_str).collect();
-    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+    let daemon = start_daemon(&pair, &dir, &policy(&cg, &pair.v4_b, &pair.v6_b));
 
     // Unbound's answers bind.
     let r = client(
@@ -1215,11 +1205,7 @@ fn tcp_pipelined_and_split_answers_bind() {
     let _server = lab(&pair);
     // unbound on B's IPv4 address; the splitting server on its IPv6 one.
     let _unbound = Unbound::start_with(&pair.ns_b, &[&pair.v4_b], &zone());
-    let path = dir.write("policy.toml", &policy(&cg, &pair.v4_b, &pair.v6_b));
-    check_policy(&path);
-    let run = run_args(&dir, &path, &pair.if_a);
-    let run: Vec<&str> = run.iter().map(String::as_str).collect();
-    let daemon = Daemon::start_command(palisade_with_cgroups(&pair, &pair.ns_a, &run));
+    let daemon = start_daemon(&pair, &dir, &policy(&cg, &pair.v4_b, &pair.v6_b));
     let port = PORT.to_string();
     let pipeline = |server: &str, names: &[&str]| -> Value {
         let mut argv = vec!["python3", "-c", PIPELINE_CLIENT, server, &port, "10.78.9.9"];
