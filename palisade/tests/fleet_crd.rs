@@ -363,15 +363,7 @@ fn mark_and_mirror_rules_merge_with_their_keys_and_errors_name_their_field() {
             "spec.firewall.rules[0].rate",
         ),
     ] {
-        let bad = object(&format!(
-            "metadata: {{name: bad}}\nspec:\n  firewall:\n    rules: [{rule}]\n"
-        ));
-        let e = merge::check_object(&builtin(), &bad).unwrap_err();
-        assert!(
-            e.lines()
-                .any(|l| l.starts_with(&format!("PalisadePolicy/bad: {path}"))),
-            "{rule}: expected an error at {path}, got:\n{e}"
-        );
+        rule_is_refused_at(rule, path);
     }
 }
 
@@ -425,15 +417,7 @@ fn redirect_rules_merge_with_their_keys_and_errors_name_their_field() {
             "spec.firewall.rules[0].routeTable",
         ),
     ] {
-        let bad = object(&format!(
-            "metadata: {{name: bad}}\nspec:\n  firewall:\n    rules: [{rule}]\n"
-        ));
-        let e = merge::check_object(&builtin(), &bad).unwrap_err();
-        assert!(
-            e.lines()
-                .any(|l| l.starts_with(&format!("PalisadePolicy/bad: {path}"))),
-            "{rule}: expected an error at {path}, got:\n{e}"
-        );
+        rule_is_refused_at(rule, path);
     }
 }
 
@@ -479,14 +463,19 @@ fn steer_rules_merge_with_their_keys_and_errors_name_their_field() {
             "spec.firewall.rules[0].queueSize",
         ),
     ] {
-        let bad = object(&format!(
-            "metadata: {{name: bad}}\nspec:\n  firewall:\n    rules: [{rule}]\n"
-        ));
-        let e = merge::check_object(&builtin(), &bad).unwrap_err();
-        assert!(
-            e.lines()
-                .any(|l| l.starts_with(&format!("PalisadePolicy/bad: {path}"))),
-            "{rule}: expected an error at {path}, got:\n{e}"
-        );
+        rule_is_refused_at(rule, path);
     }
+}
+
+/// A PalisadePolicy whose one firewall rule is `rule` is refused with an error at `path`.
+fn rule_is_refused_at(rule: &str, path: &str) {
+    let bad = object(&format!(
+        "metadata: {{name: bad}}\nspec:\n  firewall:\n    rules: [{rule}]\n"
+    ));
+    let e = merge::check_object(&builtin(), &bad).unwrap_err();
+    assert!(
+        e.lines()
+            .any(|l| l.starts_with(&format!("PalisadePolicy/bad: {path}"))),
+        "{rule}: expected an error at {path}, got:\n{e}"
+    );
 }
