@@ -117,6 +117,13 @@ fn dns_help(name: &str) -> &'static str {
         "refused_sent" => "REFUSED answers sent, by attachment point.",
         "audited" => "DNS queries that audit mode would have blocked, by attachment point.",
         "tcp" => "DNS queries over TCP, by attachment point.",
+        "intel_alerted" => {
+            "DNS queries passed for a name of an [intel] feed with action alert, by attachment \
+             point."
+        }
+        "intel_tagged" => {
+            "DNS queries passed for a name of an [intel] feed with action tag, by attachment point."
+        }
         _ => "DNS counter, by attachment point.",
     }
 }

@@ -23,6 +23,9 @@ use palisade::{
     testrun::Bench,
 };
 use palisade_common::{
+    dns::maps::{
+        DNS_STATS_PER_SCOPE, SCOPE_EGRESS, SCOPE_INGRESS, STAT_INTEL_ALERTED, STAT_INTEL_TAGGED,
+    },
     event::{FLAG_INTEL_TAGGED, FirewallEvent, KIND_FIREWALL},
     intel::{
         ACTION_ALERT, ACTION_DROP, ACTION_TAG, DIR_EGRESS, DIR_INGRESS, IS_ALERTED, IS_BLOOM_MAYBE,
@@ -712,14 +715,35 @@ fn domains_of_alert_and_tag_feeds_pass_with_an_event_naming_the_feed_in_both_dns
         ),
         ("clean.example", XDP_PASS, ALLOW, None),
     ];
+    // The scope's `intel_alerted` and `intel_tagged` counters.
+    let intel_counts = |b: &Bench, scope: u8| {
+        let dns = b.counters().unwrap().dns;
+        let at = |stat: u32| dns[(u32::from(scope) * DNS_STATS_PER_SCOPE + stat) as usize];
+        (at(STAT_INTEL_ALERTED), at(STAT_INTEL_TAGGED))
+    };
     for (name, want_xdp, want_egress, want_event) in cases {
         for hook in ["ingress", "egress"] {
+            let scope = if hook == "ingress" {
+                SCOPE_INGRESS
+            } else {
+                SCOPE_EGRESS
+            };
+            let before = intel_counts(&b, scope);
             let (verdict, want) = if hook == "ingress" {
                 (b.run(&xdp(name)).unwrap(), want_xdp)
             } else {
                 (b.run_egress(&egress(name)).unwrap(), want_egress)
             };
             assert_eq!(verdict, want, "{hook} {name}");
+            // Each passed query for an alert or tag name is counted once, under its action.
+            let after = intel_counts(&b, scope);
+            let intel = want_event.and_then(|(_, intel, _)| intel);
+            let want_counts = match intel {
+                Some("alert") => (before.0 + 1, before.1),
+                Some("tag") => (before.0, before.1 + 1),
+                _ => before,
+            };
+            assert_eq!(after, want_counts, "{hook} {name}: (alerted, tagged)");
             let events = b.drain_dns_events();
             match want_event {
                 None => assert!(events.is_empty(), "{hook} {name}: {events:?}"),

@@ -277,7 +277,11 @@ pub const STAT_AUDITED: u32 = 4;
 pub const STAT_TCP: u32 = 5;
 pub const STAT_SINKHOLE_SENT: u32 = 6;
 pub const STAT_REFUSED_SENT: u32 = 7;
-pub const DNS_STATS_PER_SCOPE: u32 = 8;
+/// Passed queries for a name of an `[intel]` feed whose action is `alert`.
+pub const STAT_INTEL_ALERTED: u32 = 8;
+/// Passed queries for a name of an `[intel]` feed whose action is `tag`.
+pub const STAT_INTEL_TAGGED: u32 = 9;
+pub const DNS_STATS_PER_SCOPE: u32 = 10;
 /// Stable names, indexed by counter.
 pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
     "queries",
@@ -288,6 +292,8 @@ pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
     "tcp",
     "sinkhole_sent",
     "refused_sent",
+    "intel_alerted",
+    "intel_tagged",
 ];
 
 #[cfg(test)]

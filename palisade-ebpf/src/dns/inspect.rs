@@ -15,7 +15,8 @@ use palisade_common::{
         hash::{self, HashKey},
         maps::{
             ClientKey, KIND_APEX, KIND_BELOW, MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue,
-            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, SCOPE_REBIND, SCOPES, ScopeConfig,
+            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, SCOPE_REBIND, SCOPES, STAT_INTEL_ALERTED,
+            STAT_INTEL_TAGGED, ScopeConfig,
         },
         name::{MAX_WALK_BYTES, Step, Walker},
         wire::{
@@ -242,11 +243,39 @@ pub extern "C" fn palisade_dns_inspect(
     let Some(d) = inspect_inner(cfg, &req, total & NOT_A_QUERY == 0, list_scope) else {
         return 0;
     };
+    // SAFETY: `Decision` is two aligned words of plain integers.
+    let words: [u64; 2] = unsafe { core::mem::transmute(d) };
+    finish(slot, words[0], words[1])
+}
+
+/// Leaves the decision (`words`, a [`Decision`]) in the scratch slot and counts a query passed
+/// for a name of an `[intel]` alert or tag feed (`intel_alerted`, `intel_tagged` of its scope).
+/// Returns 1, or 0 when the slot cannot be read.
+///
+/// A function of its own, taking scalars only: counted in the inspector's frame, the
+/// counter's key and the values kept alive for it grew that frame, which is on the hooks'
+/// longest call chains, past the verifier's 512 bytes. This frame is smaller than those of
+/// the other calls the inspector makes, so no chain grows.
+#[inline(never)]
+fn finish(slot: u32, w0: u64, w1: u64) -> u32 {
     let Some(s) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return 0;
     };
+    // SAFETY: the words of a `Decision`, as `palisade_dns_inspect` made them.
+    let d: Decision = unsafe { core::mem::transmute([w0, w1]) };
     // SAFETY: the caller's per-CPU scratch slot.
     unsafe { (*s).decision = d };
+    // SAFETY: as above; the matcher was written by this inspection.
+    let m = unsafe { &(*s).matcher };
+    // `list` is set only when this inspection found an entry, whose value the matcher holds.
+    if m.query && d.reason == reason::PASS && d.list != u16::MAX {
+        let stat = match m.value.intel {
+            ACTION_ALERT => STAT_INTEL_ALERTED,
+            ACTION_TAG => STAT_INTEL_TAGGED,
+            _ => return 1,
+        };
+        super::report::count(m.scope, stat);
+    }
     1
 }
 
@@ -264,6 +293,9 @@ fn inspect_inner(
     let scratch = DNS_SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: per-CPU scratch slot of this hook, used by one program at a time.
     let s = unsafe { &mut *scratch };
+    // Stored where `query` is last used anyway: kept alive to the end, it took a stack slot
+    // the inspector's frame has no room for.
+    s.matcher.query = query;
     // The rate limit comes before any parsing: a flood of unparsable queries spends the
     // client's tokens like any other.
     if query && cfg.flags & SCOPE_RATE != 0 && !rate_ok(cfg, scope, &s.rate_key) {
@@ -502,6 +534,8 @@ struct MatchCtx {
     labels: u8,
     wire_len: u16,
     scope: u8,
+    /// A query (not a name taken from an answer): counted by [`count_intel`].
+    query: bool,
     generation: u8,
     qtype: u16,
     mode: u8,
