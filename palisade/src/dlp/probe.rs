@@ -155,9 +155,6 @@ pub const SOCK: &str = "palisade_dlp_sock";
 pub const EXEC: &str = "palisade_dlp_exec";
 /// Every program of the watcher.
 pub const PROGRAMS: [&str; 5] = [ENTER, LEAVE, SOCK, EXEC, RESET];
-/// The maps the watcher itself reads or writes (the probes' other maps, `DLP_INFLIGHT` and
-/// `DLP_SSL_FLOW`, are the programs' own).
-pub const MAPS: [&str; 3] = ["DLP_RECORDS", "DLP_STATS", "DLP_RESET"];
 
 /// Where a watcher's programs and maps come from.
 #[derive(Clone, Copy)]
