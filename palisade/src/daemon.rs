@@ -672,7 +672,12 @@ impl Daemon {
                     &policy.dns.lists,
                 ));
                 if let Some(next) = dlp_next {
+                    // The old watcher stops (dropped) before the new one reads the ring
+                    // buffer they share.
                     self.dlp = next;
+                }
+                if let Some(d) = &self.dlp {
+                    d.resume();
                 }
                 Ok(ctl.generation_counter)
             }
@@ -691,7 +696,7 @@ impl Daemon {
     /// The `[dlp]` watcher `p` needs: `None` when the running one (or none) fits, else the new
     /// one (`Some(None)`: stop it).
     fn dlp_next(
-        &self,
+        &mut self,
         p: &crate::dlp::Dlp,
     ) -> Result<Option<Option<crate::dlp::runtime::Runtime>>> {
         let running = self.dlp.as_ref().map(crate::dlp::runtime::Runtime::policy);
@@ -699,10 +704,16 @@ impl Daemon {
             (false, None) => None,
             (false, Some(_)) => Some(None),
             (true, Some(r)) if r == p => None,
-            (true, _) => Some(Some(crate::dlp::runtime::Runtime::start(
-                p,
-                self.dlp_out.clone(),
-            )?)),
+            (true, _) => {
+                // The programs of the daemon's object, loaded once (pinned); the watcher
+                // attaches them.
+                self.dp.load_dlp().context("[dlp]: loading the probes")?;
+                Some(Some(crate::dlp::runtime::Runtime::start(
+                    p,
+                    self.dlp_out.clone(),
+                    &self.dp.layout,
+                )?))
+            }
         })
     }
 

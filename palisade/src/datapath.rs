@@ -614,6 +614,33 @@ impl Datapath {
         Ok(())
     }
 
+    /// Loads the DLP programs of the object and pins them, unless they are pinned (a pinned
+    /// program of this build and layout refers to these maps): the `[dlp]` watcher opens
+    /// them from their pins and attaches them (`dlp::probe::Source::Pinned`), so a reload
+    /// loads nothing again.
+    ///
+    /// # Errors
+    /// When the kernel refuses a program or it cannot be pinned.
+    pub fn load_dlp(&mut self) -> Result<()> {
+        for name in crate::dlp::probe::PROGRAMS {
+            let path = self.layout.prog(name);
+            if path.exists() {
+                continue;
+            }
+            let loaded = self.ebpf.program(name).is_some_and(|p| p.fd().is_ok());
+            if !loaded {
+                crate::dlp::probe::load_program(&mut self.ebpf, name)?;
+            }
+            let prog = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("kernel object has no program {name}"))?;
+            prog.pin(&path)
+                .with_context(|| format!("pinning {name} at {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Loads (or reuses the pinned) reverse translation of the load balancer.
     fn ensure_lb_reverse(&mut self) -> Result<()> {
         if self.lb_reverse.is_some() {

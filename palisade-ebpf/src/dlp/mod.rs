@@ -25,6 +25,7 @@ pub mod reset;
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_ns,
@@ -53,12 +54,6 @@ pub static DLP_SSL_FLOW: LruHashMap<[u64; 2], Flow> =
 /// Captured plaintext, for the detectors.
 #[map]
 pub static DLP_RECORDS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
-
-/// One `Record` per CPU: the probe fills it, then copies only the header and the size class
-/// of the bytes it holds into `DLP_RECORDS` (a 64-byte write costs a 232-byte slot, not a
-/// whole `Record`).
-#[map]
-pub static DLP_SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counters, `dlp::stat::*`.
 #[map]
@@ -106,6 +101,7 @@ pub fn enter(ctx: &ProbeContext) -> u32 {
     let key = [id >> 32, ssl];
     if cookie & COOKIE_FREE != 0 {
         let _ = DLP_SSL_FLOW.remove(&key);
+        forget_stale(id);
     } else if cookie & COOKIE_READ == 0 {
         let buf: u64 = ctx.arg(1).unwrap_or(0);
         let num: u64 = ctx.arg(2).unwrap_or(0);
@@ -118,22 +114,30 @@ pub fn enter(ctx: &ProbeContext) -> u32 {
             u64::from(num as u32)
         };
         bump(stat::CALLS, 1);
-        if moved != 0 {
+        let known = if moved != 0 {
             // SAFETY: the value is copied out at once.
-            let (flow, has_flow) = match unsafe { DLP_SSL_FLOW.get(&key) } {
-                Some(f) => (*f, 1u8),
-                None => {
-                    let v = Inflight {
-                        ssl,
-                        buf,
-                        len_out: 0,
-                        flow: Flow::default(),
-                        has_flow: 0,
-                        entry_only: 1,
-                    };
-                    let _ = DLP_INFLIGHT.insert(&id, &v, 0);
-                    (Flow::default(), 0u8)
-                }
+            unsafe { DLP_SSL_FLOW.get(&key) }.copied()
+        } else {
+            None
+        };
+        if moved != 0 && known.is_none() {
+            // Replaces whatever the thread left (see `forget_stale`).
+            let v = Inflight {
+                ssl,
+                buf,
+                len_out: 0,
+                flow: Flow::default(),
+                has_flow: 0,
+                entry_only: 1,
+            };
+            let _ = DLP_INFLIGHT.insert(&id, &v, 0);
+        } else {
+            forget_stale(id);
+        }
+        if moved != 0 {
+            let (flow, has_flow) = match known {
+                Some(f) => (f, 1u8),
+                None => (Flow::default(), 0u8),
             };
             capture(id, ssl, buf, moved, flow, has_flow, DIR_WRITE);
         }
@@ -155,6 +159,20 @@ pub fn enter(ctx: &ProbeContext) -> u32 {
         let _ = DLP_INFLIGHT.insert(&id, &v, 0);
     }
     0
+}
+
+/// Forgets what an earlier call of thread `id` left in `DLP_INFLIGHT`. At the entry of an
+/// `SSL_*` call the thread is in no other one, so an entry still there is stale: a write
+/// captured before its first send whose call returned without sending (it failed, or its
+/// `SSL*` writes to a memory BIO). Left there, the thread's next TCP send (another
+/// connection's) would name its flow for that write's `SSL*`. The lookup is lock-free and the
+/// delete runs only when an entry is there.
+#[inline(always)]
+fn forget_stale(id: u64) {
+    // SAFETY: only tested for presence.
+    if unsafe { DLP_INFLIGHT.get(&id) }.is_some() {
+        let _ = DLP_INFLIGHT.remove(&id);
+    }
 }
 
 /// Offsets in the `sock_send_length` / `sock_recv_length` tracepoint records (their
@@ -224,9 +242,9 @@ fn send_flow(id: u64, ssl: u64, flow: Flow) {
 }
 
 /// The header of a [`Record`] (its first `RECORD_HEADER` bytes, same layout), built on the
-/// stack for records without plaintext: the per-CPU scratch belongs to the probes, which a
-/// tracepoint on the same CPU could otherwise overwrite mid-record.
+/// stack: alone for records without plaintext, copied into each [`Slot`] of a capture.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Header {
     pid_tgid: u64,
     ssl: u64,
@@ -261,7 +279,10 @@ fn send_header(id: u64, ssl: u64, flow: Flow, dir: u8, comm: [u8; 16]) {
         has_flow: u8::from(dir == DIR_FLOW),
         _pad: [0; 2],
     };
-    if DLP_RECORDS.output::<Header>(&h, 0).is_err() {
+    if DLP_RECORDS
+        .output::<Header>(&h, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
         bump(stat::LOST, 1);
     }
 }
@@ -363,9 +384,22 @@ fn capture(id: u64, ssl: u64, buf: u64, moved: u64, flow: Flow, has_flow: u8, di
         bump(stat::TRUNCATED_CALLS, 1);
         bump(stat::TRUNCATED_BYTES, moved - window);
     }
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let ts = unsafe { bpf_ktime_get_ns() };
+    let mut h = Header {
+        pid_tgid: id,
+        ssl,
+        // SAFETY: the helper has no preconditions.
+        cgroup: unsafe { bpf_get_current_cgroup_id() },
+        // SAFETY: the helper has no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        flow,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        call_len: moved as u32,
+        offset: 0,
+        len: 0,
+        dir,
+        has_flow,
+        _pad: [0; 2],
+    };
     let mut i: u32 = 0;
     while i < MAX_CHUNKS {
         let off = u64::from(i) * CAPTURE_BYTES as u64;
@@ -376,69 +410,58 @@ fn capture(id: u64, ssl: u64, buf: u64, moved: u64, flow: Flow, has_flow: u8, di
         if n > CAPTURE_BYTES as u64 {
             n = CAPTURE_BYTES as u64;
         }
-        let Some(r) = DLP_SCRATCH.get_ptr_mut(0) else {
-            bump(stat::LOST, 1);
-            i += 1;
-            continue;
+        h.offset = off as u32;
+        let (n, src) = (n as u32, buf + off);
+        let sent = if n as usize <= SIZE_CLASSES[0] {
+            emit::<{ SIZE_CLASSES[0] }>(&h, src, n)
+        } else if n as usize <= SIZE_CLASSES[1] {
+            emit::<{ SIZE_CLASSES[1] }>(&h, src, n)
+        } else if n as usize <= SIZE_CLASSES[2] {
+            emit::<{ SIZE_CLASSES[2] }>(&h, src, n)
+        } else {
+            emit::<{ SIZE_CLASSES[3] }>(&h, src, n)
         };
-        // SAFETY: `r` is this CPU's scratch `Record`, valid for the program's run.
-        let sent = unsafe {
-            (*r).pid_tgid = id;
-            (*r).ssl = ssl;
-            (*r).cgroup = cgroup;
-            (*r).ts_ns = ts;
-            (*r).flow = flow;
-            (*r).comm = comm;
-            (*r).call_len = moved as u32;
-            (*r).offset = off as u32;
-            (*r).dir = dir;
-            (*r).has_flow = has_flow;
-            (*r)._pad = [0; 2];
-            // `n` is in 1..=CAPTURE_BYTES; the mask restates it for the verifier.
-            let len = (n as u32) & (2 * CAPTURE_BYTES as u32 - 1);
-            let len = if len > CAPTURE_BYTES as u32 {
-                CAPTURE_BYTES as u32
-            } else {
-                len
-            };
-            let got =
-                bpf_probe_read_user((&raw mut (*r).data).cast(), len, (buf + off) as *const _);
-            if got == 0 {
-                (*r).len = len;
-            } else {
-                bump(stat::READ_FAULTS, 1);
-                (*r).len = 0;
-            }
-            output_class(r.cast_const().cast(), (*r).len)
-        };
-        if !sent {
-            bump(stat::LOST, 1);
-            i += 1;
-            continue;
-        }
-        bump(stat::RECORDS, 1);
+        bump(if sent { stat::RECORDS } else { stat::LOST }, 1);
         i += 1;
     }
 }
 
-/// Sends the header and the smallest size class of `SIZE_CLASSES` that holds `len` bytes of
-/// the record at `r`. Each class is a constant length, as the verifier wants for
-/// `bpf_ringbuf_output`. Returns false when the ring buffer is full.
-#[inline(always)]
-fn output_class(r: *const u8, len: u32) -> bool {
-    let send = |n: usize| -> bool {
-        // SAFETY: `r` is a whole `Record`; `n` is at most its size.
-        let bytes = unsafe { core::slice::from_raw_parts(r, RECORD_HEADER + n) };
-        DLP_RECORDS.output::<[u8]>(bytes, 0).is_ok()
-    };
-    let len = len as usize;
-    if len <= SIZE_CLASSES[0] {
-        send(SIZE_CLASSES[0])
-    } else if len <= SIZE_CLASSES[1] {
-        send(SIZE_CLASSES[1])
-    } else if len <= SIZE_CLASSES[2] {
-        send(SIZE_CLASSES[2])
-    } else {
-        send(SIZE_CLASSES[3])
-    }
+/// A record as reserved in `DLP_RECORDS`: the header and `N` bytes of plaintext, `N` one of
+/// `SIZE_CLASSES` (the layout of a [`Record`] cut after `N` bytes of `data`).
+#[repr(C)]
+struct Slot<const N: usize> {
+    h: Header,
+    data: [u8; N],
 }
+
+/// Reserves a `Slot<N>` in the ring buffer and copies the header and `len` (at most `N`)
+/// bytes at `src` (user memory) straight into it: one copy of the plaintext, no per-CPU
+/// scratch. The size is a constant per class, as the verifier wants for
+/// `bpf_ringbuf_reserve`. The watcher polls the ring, so the commit wakes no one
+/// (`BPF_RB_NO_WAKEUP`: no `irq_work` per record). Returns false when the ring is full.
+#[inline(always)]
+fn emit<const N: usize>(h: &Header, src: u64, len: u32) -> bool {
+    let Some(mut e) = DLP_RECORDS.reserve::<Slot<N>>(0) else {
+        return false;
+    };
+    let p = e.as_mut_ptr();
+    // `len` is in 1..=N; the mask and the bound restate it for the verifier.
+    let n = len & (2 * N as u32 - 1);
+    let n = if n > N as u32 { N as u32 } else { n };
+    // SAFETY: `p` is the reserved slot, valid and writable until it is submitted; the helper
+    // copies at most `n <= N` bytes into its `data`, faulting safely.
+    unsafe {
+        (&raw mut (*p).h).write(*h);
+        let got = bpf_probe_read_user((&raw mut (*p).data).cast(), n, src as *const _);
+        (*p).h.len = if got == 0 {
+            n
+        } else {
+            bump(stat::READ_FAULTS, 1);
+            0
+        };
+    }
+    e.submit(u64::from(BPF_RB_NO_WAKEUP));
+    true
+}
+const _: () =
+    assert!(core::mem::size_of::<Slot<CAPTURE_BYTES>>() == core::mem::size_of::<Record>());

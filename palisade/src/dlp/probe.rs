@@ -14,12 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        SchedClassifier, TcAttachType, TracePoint, UProbe,
+        ProbeKind, SchedClassifier, TcAttachType, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint},
     },
 };
@@ -28,6 +28,8 @@ use palisade_common::dlp::{
     ResetKey, stat,
 };
 use serde_json::json;
+
+use crate::pin::Layout;
 
 use super::{
     Action, Dlp,
@@ -86,7 +88,7 @@ fn state_file() -> std::path::PathBuf {
 
 /// A running watcher.
 pub struct Watcher {
-    ebpf: Ebpf,
+    kernel: Kernel,
     scanner: Scanner,
     action: Action,
     probed: HashSet<LibKey>,
@@ -100,8 +102,6 @@ pub struct Watcher {
     placement: Placement,
     /// Write records waiting for their `SSL*`'s flow, in arrival order, with when they came.
     waiting: Vec<(Instant, Box<Record>)>,
-    /// The records' ring buffer, taken out of the object (`DLP_RECORDS`).
-    ring: Option<RingBuf<MapData>>,
     /// Write records scanned without a flow after [`FLOW_WAIT`].
     pub late_no_flow: u64,
     /// Matches per detector name.
@@ -109,6 +109,8 @@ pub struct Watcher {
     execs: Vec<Exec>,
     /// Exec records read.
     pub execs_seen: u64,
+    /// Whether it writes its state file ([`Watcher::publish_state`]).
+    state: bool,
 }
 
 /// A process that exec'd, looked at until its libraries say what it is.
@@ -126,7 +128,7 @@ struct Exec {
 /// When a process that exec'd is looked at, after its exec record is read (ms): the dynamic
 /// loader maps its libraries within the first milliseconds; a library opened later
 /// (`dlopen`, e.g. Python's `import ssl`) is found by these or by the next [`RESCAN`].
-pub const EXEC_CHECKS_MS: [u64; 6] = [0, 2, 10, 50, 250, 800];
+pub const EXEC_CHECKS_MS: [u64; 8] = [0, 2, 10, 50, 250, 800, 1500, 3000];
 /// Processes that exec'd being looked at, at most (more wait for the next [`RESCAN`]).
 pub const MAX_EXECS: usize = 1024;
 
@@ -143,65 +145,213 @@ fn monotonic_ns() -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
+/// The entry probe (`SSL_write[_ex]`, `SSL_read[_ex]`, `SSL_free`).
+pub const ENTER: &str = "palisade_dlp_enter";
+/// The return probe of reads.
+pub const LEAVE: &str = "palisade_dlp_leave";
+/// The flow of a call, on `sock:sock_send_length` and `sock:sock_recv_length`.
+pub const SOCK: &str = "palisade_dlp_sock";
+/// The exec record, on `sched:sched_process_exec`.
+pub const EXEC: &str = "palisade_dlp_exec";
+/// Every program of the watcher.
+pub const PROGRAMS: [&str; 5] = [ENTER, LEAVE, SOCK, EXEC, RESET];
+
+/// Where a watcher's programs and maps come from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// A kernel object of its own, loaded now and gone with the watcher (`palisade dlp
+    /// watch`, `palisade-bench --dlp`).
+    Own,
+    /// The daemon's object: the programs it loaded and pinned under this layout
+    /// (`Datapath::load_dlp`) and its pinned maps, so `palisade stats`, the pins and
+    /// `DLP_RESET` are one set of maps, and a reload loads nothing again.
+    Pinned(&'a Layout),
+}
+
+/// The watcher's handles on the programs (each attached by the watcher, detached when it
+/// goes) and on the maps it uses.
+struct Kernel {
+    enter: UProbe,
+    leave: UProbe,
+    sock: TracePoint,
+    exec: TracePoint,
+    /// Only under `action = "reset"`.
+    reset: Option<SchedClassifier>,
+    ring: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    resets: BpfHashMap<MapData, ResetKey, u64>,
+}
+
+impl Kernel {
+    /// Handles on the programs and maps of `source` (an own object is loaded and its programs
+    /// verified here).
+    fn open(source: Source<'_>, with_reset: bool) -> Result<Self> {
+        match source {
+            Source::Own => Self::own(with_reset),
+            Source::Pinned(layout) => Self::pinned(layout, with_reset),
+        }
+    }
+
+    fn own(with_reset: bool) -> Result<Self> {
+        let mut ebpf = crate::loader::load()?;
+        for name in PROGRAMS {
+            if name != RESET || with_reset {
+                load_program(&mut ebpf, name)?;
+            }
+        }
+        // Handles of their own on the loaded programs (cloned fds): the object can go, the
+        // programs stay loaded while a handle holds them.
+        let info = |name: &str| -> Result<aya::programs::ProgramInfo> {
+            ebpf.program(name)
+                .with_context(|| format!("program {name}"))?
+                .info()
+                .with_context(|| format!("program {name}"))
+        };
+        // SAFETY: the object declares both as uprobes (`#[uprobe]`, `#[uretprobe]`).
+        let (enter, leave) = unsafe {
+            (
+                UProbe::from_program_info(info(ENTER)?, ENTER.into(), ProbeKind::Entry)?,
+                UProbe::from_program_info(info(LEAVE)?, LEAVE.into(), ProbeKind::Return)?,
+            )
+        };
+        let sock = TracePoint::from_program_info(info(SOCK)?, SOCK.into())?;
+        let exec = TracePoint::from_program_info(info(EXEC)?, EXEC.into())?;
+        let reset = if with_reset {
+            Some(SchedClassifier::from_program_info(
+                info(RESET)?,
+                RESET.into(),
+            )?)
+        } else {
+            None
+        };
+        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("map {name}"));
+        Ok(Self {
+            enter,
+            leave,
+            sock,
+            exec,
+            reset,
+            ring: RingBuf::try_from(take("DLP_RECORDS")?)?,
+            stats: PerCpuArray::try_from(take("DLP_STATS")?)?,
+            resets: BpfHashMap::try_from(take("DLP_RESET")?)?,
+        })
+    }
+
+    fn pinned(layout: &Layout, with_reset: bool) -> Result<Self> {
+        let prog = |name: &str| layout.prog(name);
+        let ctx = |name: &str| {
+            format!(
+                "program {name} pinned at {} (loaded by the daemon)",
+                layout.prog(name).display()
+            )
+        };
+        let map = |name: &str| -> Result<aya::maps::Map> {
+            let path = layout.map(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("map {name} pinned at {}", path.display()))?;
+            Ok(aya::maps::Map::from_map_data(data)?)
+        };
+        Ok(Self {
+            enter: UProbe::from_pin(prog(ENTER), ProbeKind::Entry).with_context(|| ctx(ENTER))?,
+            leave: UProbe::from_pin(prog(LEAVE), ProbeKind::Return).with_context(|| ctx(LEAVE))?,
+            sock: TracePoint::from_pin(prog(SOCK)).with_context(|| ctx(SOCK))?,
+            exec: TracePoint::from_pin(prog(EXEC)).with_context(|| ctx(EXEC))?,
+            reset: if with_reset {
+                Some(SchedClassifier::from_pin(prog(RESET)).with_context(|| ctx(RESET))?)
+            } else {
+                None
+            },
+            ring: RingBuf::try_from(map("DLP_RECORDS")?)?,
+            stats: PerCpuArray::try_from(map("DLP_STATS")?)?,
+            resets: BpfHashMap::try_from(map("DLP_RESET")?)?,
+        })
+    }
+}
+
+/// Where tracefs is mounted by convention; the tracepoints' ids are read there.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs at [`TRACEFS`] when no tracefs is there or at the old debugfs place (a
+/// machine that mounts neither at boot), as the daemon mounts bpffs: attaching a tracepoint
+/// reads its id from tracefs. Before the first attach of the process (aya looks once).
+fn ensure_tracefs() -> Result<()> {
+    let mounted = |dir: &str| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    // SAFETY: plain C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mounting tracefs at {TRACEFS} (for the sock and exec tracepoints): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Loads (verifies) program `name` of `ebpf`, one of [`PROGRAMS`].
+///
+/// # Errors
+/// When the object has no such program or the kernel refuses it.
+pub fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("kernel object has no program {name}"))?;
+    match prog {
+        aya::programs::Program::UProbe(p) => p.load(),
+        aya::programs::Program::TracePoint(p) => p.load(),
+        aya::programs::Program::SchedClassifier(p) => p.load(),
+        _ => bail!("program {name} is not of a kind the DLP watcher uses"),
+    }
+    .with_context(|| format!("loading {name}"))
+}
+
 impl Watcher {
-    /// Loads the probes and attaches them to the system's libssl and the policy's
-    /// `libraries`; the reset program goes on `interfaces` under `action = "reset"`.
+    /// Loads the probes (an object of its own) and attaches them to the system's libssl and
+    /// the policy's `libraries`; the reset program goes on `interfaces` under `action =
+    /// "reset"`.
     ///
     /// # Errors
     /// When the object cannot be loaded or a probe cannot be attached.
     pub fn start(p: &Dlp) -> Result<Self> {
-        Self::start_placed(p, Placement::Emulated)
+        Self::start_placed(p, Placement::Emulated, Source::Own)
     }
 
-    /// [`Watcher::start`] with the write probes at `placement`.
+    /// [`Watcher::start`] with the write probes at `placement`, and the programs and maps of
+    /// `source`.
     ///
     /// # Errors
     /// As [`Watcher::start`].
-    pub fn start_placed(p: &Dlp, placement: Placement) -> Result<Self> {
+    pub fn start_placed(p: &Dlp, placement: Placement, source: Source<'_>) -> Result<Self> {
         let detectors = Detectors::new(p).context("compiling the [dlp] patterns")?;
-        let mut ebpf = crate::loader::load()?;
-        let enter: &mut UProbe = ebpf
-            .program_mut("palisade_dlp_enter")
-            .context("program palisade_dlp_enter")?
-            .try_into()?;
-        enter.load().context("loading palisade_dlp_enter")?;
-        let leave: &mut UProbe = ebpf
-            .program_mut("palisade_dlp_leave")
-            .context("program palisade_dlp_leave")?
-            .try_into()?;
-        leave.load().context("loading palisade_dlp_leave")?;
-        let tp: &mut TracePoint = ebpf
-            .program_mut("palisade_dlp_sock")
-            .context("program palisade_dlp_sock")?
-            .try_into()?;
-        tp.load().context("loading palisade_dlp_sock")?;
+        let mut k = Kernel::open(source, p.action == Action::Reset)?;
+        ensure_tracefs()?;
         for event in ["sock_send_length", "sock_recv_length"] {
-            tp.attach("sock", event)
-                .with_context(|| format!("attaching palisade_dlp_sock to sock:{event}"))?;
+            k.sock
+                .attach("sock", event)
+                .with_context(|| format!("attaching {SOCK} to sock:{event}"))?;
         }
-        let exec: &mut TracePoint = ebpf
-            .program_mut("palisade_dlp_exec")
-            .context("program palisade_dlp_exec")?
-            .try_into()?;
-        exec.load().context("loading palisade_dlp_exec")?;
-        exec.attach("sched", "sched_process_exec")
-            .context("attaching palisade_dlp_exec to sched:sched_process_exec")?;
-        if p.action == Action::Reset {
-            let tc: &mut SchedClassifier = ebpf
-                .program_mut(RESET)
-                .context("program palisade_dlp_reset")?
-                .try_into()?;
-            tc.load().context("loading palisade_dlp_reset")?;
+        k.exec
+            .attach("sched", "sched_process_exec")
+            .with_context(|| format!("attaching {EXEC} to sched:sched_process_exec"))?;
+        if let Some(tc) = k.reset.as_mut() {
             for iface in &p.interfaces {
                 tc.attach(iface, TcAttachType::Egress).with_context(|| {
                     format!("[dlp].interfaces: attaching to {iface} (TC egress)")
                 })?;
             }
         }
-        let ring = RingBuf::try_from(ebpf.take_map("DLP_RECORDS").context("map DLP_RECORDS")?)?;
         let mut w = Self {
-            ring: Some(ring),
-            ebpf,
+            kernel: k,
             scanner: Scanner::new(detectors),
             action: p.action,
             probed: HashSet::new(),
@@ -215,6 +365,7 @@ impl Watcher {
             by_detector: std::collections::BTreeMap::new(),
             execs: Vec::new(),
             execs_seen: 0,
+            state: matches!(source, Source::Own),
         };
         for lib in coverage::system_libraries()
             .into_iter()
@@ -244,23 +395,22 @@ impl Watcher {
         let mut points: Vec<(&str, &str, u64, u64)> = Vec::new();
         for (sym, cookie) in SYMBOLS {
             if cookie & COOKIE_READ == 0 {
-                points.push(("palisade_dlp_enter", sym, entry_offset(sym), cookie));
+                points.push((ENTER, sym, entry_offset(sym), cookie));
             } else {
-                points.push(("palisade_dlp_enter", sym, 0, cookie));
-                points.push(("palisade_dlp_leave", sym, 0, cookie));
+                points.push((ENTER, sym, 0, cookie));
+                points.push((LEAVE, sym, 0, cookie));
             }
         }
         let has_free = super::prologue::function_bytes(path, FREE_SYMBOL).is_ok();
         if has_free {
-            points.push((
-                "palisade_dlp_enter",
-                FREE_SYMBOL,
-                entry_offset(FREE_SYMBOL),
-                COOKIE_FREE,
-            ));
+            points.push((ENTER, FREE_SYMBOL, entry_offset(FREE_SYMBOL), COOKIE_FREE));
         }
         for (prog, sym, offset, cookie) in points {
-            let pr: &mut UProbe = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
+            let pr = if prog == ENTER {
+                &mut self.kernel.enter
+            } else {
+                &mut self.kernel.leave
+            };
             pr.attach(
                 UProbeAttachPoint {
                     location: UProbeAttachLocation::SymbolOffset(sym, offset),
@@ -287,7 +437,18 @@ impl Watcher {
         self.probed.len()
     }
 
+    /// Writes the state file from now on (for `palisade dlp coverage`), and at once. Under
+    /// the daemon a watcher does so once it took over from the one before, whose state file
+    /// (the daemon's pid) goes when that one stops.
+    pub fn publish_state(&mut self) {
+        self.state = true;
+        self.write_state();
+    }
+
     fn write_state(&self) {
+        if !self.state {
+            return;
+        }
         let mut lines: Vec<String> = self.probed.iter().map(LibKey::line).collect();
         lines.sort();
         let _ = std::fs::create_dir_all(STATE_DIR);
@@ -296,9 +457,17 @@ impl Watcher {
 
     /// One pass over `/proc`: probes libraries not probed yet, reports processes that use a
     /// TLS library it cannot probe (each once).
+    /// A process still looked at since its exec ([`EXEC_CHECKS_MS`]) keeps its exec time:
+    /// found by the scan first, its `dlp-probed` still says `exec_to_probe_ms`.
     pub fn rescan(&mut self, out: &mut dyn Write) {
         for proc_ in coverage::scan(&self.probed) {
-            self.handle(&proc_, None, out);
+            let exec = self.execs.iter().position(|e| e.pid == proc_.pid);
+            let exec_ns = exec.map(|i| self.execs[i].ts_ns);
+            if self.handle(&proc_, exec_ns, out)
+                && let Some(i) = exec
+            {
+                self.execs.swap_remove(i);
+            }
         }
     }
 
@@ -382,24 +551,23 @@ impl Watcher {
     /// # Errors
     /// When the ring buffer map is missing (a broken build).
     pub fn drain(&mut self, out: &mut dyn Write) -> Result<usize> {
-        let mut ring = self
-            .ring
-            .take()
-            .context("map DLP_RECORDS (the ring buffer)")?;
         let now = Instant::now();
         let mut n = 0;
         // One record's room for the whole batch: a record is copied out of the ring into it
         // and scanned there; only a write that must wait for its flow gets its own copy.
         // SAFETY: all-zero bytes are a valid `Record` (integers and byte arrays only).
         let mut scratch: Box<Record> = Box::new(unsafe { std::mem::zeroed() });
-        while let Some(item) = ring.next() {
-            if fill_record(&mut scratch, &item) {
-                drop(item);
+        loop {
+            // The item is let go (the ring's space freed) before the record is scanned.
+            let filled = match self.kernel.ring.next() {
+                Some(item) => fill_record(&mut scratch, &item),
+                None => break,
+            };
+            if filled {
                 n += 1;
                 self.arrive(&scratch, now, out);
             }
         }
-        self.ring = Some(ring);
         self.release(now, false, out);
         Ok(n)
     }
@@ -502,8 +670,7 @@ impl Watcher {
 
     /// Puts a flow (both directions) in the reset map.
     fn reset(&mut self, f: &Flow) -> Result<()> {
-        let mut m: BpfHashMap<_, ResetKey, u64> =
-            BpfHashMap::try_from(self.ebpf.map_mut("DLP_RESET").context("map DLP_RESET")?)?;
+        let m = &mut self.kernel.resets;
         let now = 1;
         m.insert(
             ResetKey {
@@ -534,8 +701,7 @@ impl Watcher {
     /// # Errors
     /// When the map is missing.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
-        let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("DLP_STATS").context("map DLP_STATS")?)?;
+        let m = &self.kernel.stats;
         let names = [
             "calls",
             "records",
@@ -630,9 +796,11 @@ impl Watcher {
 }
 
 impl Drop for Watcher {
-    /// Its probes go with its object; its state file goes too.
+    /// Its probes go with its handles; its state file goes too, if it wrote one.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(state_file());
+        if self.state {
+            let _ = std::fs::remove_file(state_file());
+        }
     }
 }
 

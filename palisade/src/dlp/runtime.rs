@@ -1,10 +1,12 @@
-//! The daemon's side of `[dlp]`: the watcher ([`super::probe::Watcher`], its own probes and
-//! ring buffer) runs on a thread of its own; its JSON lines become `dlp` events on the
-//! daemon's stream, and its counters are published for `palisade stats` and `/metrics`.
+//! The daemon's side of `[dlp]`: the watcher ([`super::probe::Watcher`]) runs on a thread of
+//! its own, with the programs and maps of the daemon's object (loaded once and pinned, see
+//! `Datapath::load_dlp`); its JSON lines become `dlp` events on the daemon's stream, and its
+//! counters are published for `palisade stats` and `/metrics`.
 //!
-//! A reload that changes `[dlp]` starts a new watcher before the old one stops (a policy
-//! whose probes cannot be attached is refused and the old watcher goes on); one that drops
-//! the section stops it.
+//! A reload that changes `[dlp]` attaches a new watcher before the old one stops (a policy
+//! whose probes cannot be attached is refused and the old watcher goes on); the new one
+//! reads the ring buffer they share only once the old one stopped ([`Runtime::resume`]).
+//! One that drops the section stops it.
 
 use std::{
     io::Write,
@@ -19,8 +21,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::sync::broadcast;
 
-use super::{Dlp, probe::Watcher};
-use crate::{api::server::EventLine, stats::Named};
+use super::{
+    Dlp,
+    probe::{Placement, Source, Watcher},
+};
+use crate::{api::server::EventLine, pin::Layout, stats::Named};
 
 /// How often the thread publishes its counters.
 pub const PUBLISH: Duration = Duration::from_millis(250);
@@ -38,23 +43,36 @@ pub struct Runtime {
     policy: Dlp,
     stop: Arc<AtomicBool>,
     counters: Arc<Mutex<Vec<Named>>>,
+    /// Set by [`Runtime::resume`]: the thread reads the ring buffer from then on.
+    go: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Runtime {
-    /// Loads and attaches the probes (on the calling thread, so a failure is the caller's),
-    /// then runs the watcher on its own thread.
+    /// Attaches the probes of `layout`'s pinned programs (on the calling thread, so a failure
+    /// is the caller's), then runs the watcher on its own thread, which waits for
+    /// [`Runtime::resume`] before it reads anything.
     ///
     /// # Errors
-    /// When the probes cannot be loaded or attached (`[dlp]` named in the error).
-    pub fn start(p: &Dlp, out: Output) -> Result<Self> {
-        let mut w = Watcher::start(p).context("[dlp]: starting the probes")?;
+    /// When the probes cannot be opened or attached (`[dlp]` named in the error).
+    pub fn start(p: &Dlp, out: Output, layout: &Layout) -> Result<Self> {
+        let mut w = Watcher::start_placed(p, Placement::Emulated, Source::Pinned(layout))
+            .context("[dlp]: starting the probes")?;
         let stop = Arc::new(AtomicBool::new(false));
+        let go = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Mutex::new(named(&w)));
-        let (s, c) = (Arc::clone(&stop), Arc::clone(&counters));
+        let (s, c, g) = (Arc::clone(&stop), Arc::clone(&counters), Arc::clone(&go));
         let thread = std::thread::Builder::new()
             .name("palisade-dlp".into())
             .spawn(move || {
+                // The watcher before this one may still read the shared ring buffer.
+                while !g.load(Ordering::Acquire) {
+                    if s.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                w.publish_state();
                 let mut sink = EventSink {
                     out,
                     line: Vec::new(),
@@ -80,8 +98,15 @@ impl Runtime {
             policy: p.clone(),
             stop,
             counters,
+            go,
             thread: Some(thread),
         })
+    }
+
+    /// Lets the thread read the ring buffer: the caller stopped the watcher before this one,
+    /// if any (idempotent).
+    pub fn resume(&self) {
+        self.go.store(true, Ordering::Release);
     }
 
     /// The section it runs.

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use palisade::dlp::{
     Builtin, Dlp,
-    probe::{Placement, Watcher},
+    probe::{Placement, Source, Watcher},
 };
 use serde::Serialize;
 
@@ -296,8 +296,8 @@ pub fn run(s: &DlpSettings, command: String) -> Result<DlpReport> {
             (2, false, Placement::Emulated),
             (3, true, Placement::FirstInstruction),
         ] {
-            let mut w =
-                Watcher::start_placed(&policy, placement).context("starting the DLP probes")?;
+            let mut w = Watcher::start_placed(&policy, placement, Source::Own)
+                .context("starting the DLP probes")?;
             let mut kid = client(&dir.0, port, s)?;
             let mut sinkout = std::io::sink();
             // The client prints once, at its end (less than a pipe's buffer): read it once it
