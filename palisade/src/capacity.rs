@@ -4,7 +4,7 @@
 //! Each of these maps holds both policy generations: the next policy is written next to the
 //! running one, then one write makes it live. The daemon creates them at start for twice the
 //! room one generation needs ([`Room::sized`]): what the policy holds with headroom, at least
-//! [`MIN_ROOM`], or what the configuration asks for (`[firewall] capacity_rules`,
+//! [`default_room`], or what the configuration asks for (`[firewall] capacity_rules`,
 //! `capacity_set_hosts`, `capacity_set_prefixes`, `[dns] capacity_names`) when larger. A
 //! generation's room is half of what a map holds, so each generation has the room it was
 //! checked against whatever the other one holds, and a full map (`E2BIG`) cannot happen
@@ -29,10 +29,20 @@ use crate::{
     policy::model::Policy,
 };
 
-/// The least room a generation gets in each map: small policies (the default one, a few
-/// hundred rules) all share one layout, and a policy can grow a little by reload or live
-/// edits without a restart.
-pub const MIN_ROOM: u32 = 4096;
+/// The least room a generation gets in each map, whatever the policy: the capacities every
+/// policy had before the maps were sized, so that live edits and `[intel]` feed domains (which
+/// join the lists after the start and are not counted when sizing) keep the room they had.
+/// The memory of a small policy follows it once a running daemon can grow its maps; until
+/// then a smaller floor would turn ordinary live growth into refusals.
+#[must_use]
+pub const fn default_room(kind: Kind) -> u32 {
+    match kind {
+        Kind::Rules => 1 << 21,
+        Kind::SetHosts => 1 << 20,
+        Kind::SetPrefixes => 1 << 20,
+        Kind::Names => 1 << 21,
+    }
+}
 
 /// One of the maps sized by the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +159,7 @@ impl Room {
 
     /// The room to create the maps with for a policy that needs `need`: each need with a
     /// quarter more, rounded up to a power of two (the hash maps' bucket arrays are powers of
-    /// two anyway), at least [`MIN_ROOM`], or `configured` when larger; never past
+    /// two anyway), at least [`default_room`], or `configured` when larger; never past
     /// [`Kind::hard_max`] (a need past it was refused by the compilers). `configured` holds 0
     /// for settings not given.
     #[must_use]
@@ -159,7 +169,7 @@ impl Room {
             let n = u64::from(need.get(kind));
             let grown = (n + n / 4).max(1).next_power_of_two();
             let room = grown
-                .max(u64::from(MIN_ROOM))
+                .max(u64::from(default_room(kind)))
                 .max(u64::from(configured.get(kind)))
                 .min(u64::from(kind.hard_max()));
             *out.slot(kind) = room as u32;
@@ -273,14 +283,14 @@ mod tests {
         let none = Room::default();
         assert_eq!(
             Room::sized(none, none),
-            room(MIN_ROOM, MIN_ROOM, MIN_ROOM, MIN_ROOM)
+            room(1 << 21, 1 << 20, 1 << 20, 1 << 21)
         );
         // 1.2M hosts: a quarter more is 1.5M, rounded up to 2^21.
         let big = Room::sized(room(4000, 1_200_000, 0, 2_500_000), none);
-        assert_eq!(big, room(8192, 1 << 21, MIN_ROOM, 1 << 22));
+        assert_eq!(big, room(1 << 21, 1 << 21, 1 << 20, 1 << 22));
         // A configured capacity wins when larger, and is kept as written.
         let configured = Room::sized(room(10, 10, 10, 10), room(0, 3_000_000, 0, 100));
-        assert_eq!(configured, room(MIN_ROOM, 3_000_000, MIN_ROOM, MIN_ROOM));
+        assert_eq!(configured, room(1 << 21, 3_000_000, 1 << 20, 1 << 21));
         // Never past the hard maximum, even for a need close to it.
         let near = Room::sized(room(Kind::Rules.hard_max(), 0, 0, 0), none);
         assert_eq!(near.rules, Kind::Rules.hard_max());
@@ -292,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_policy_over_its_room_is_refused_naming_the_setting() {
-        let maps = room(MIN_ROOM, 1 << 20, MIN_ROOM, 1 << 21);
+        let maps = room(1 << 21, 1 << 20, 1 << 20, 1 << 21);
         assert_eq!(Room::check(room(4096, 1 << 20, 1, 5), maps), Ok(()));
         let e = Room::check(room(1, 1_200_000, 1, 1), maps).unwrap_err();
         assert_eq!(e.kind, Kind::SetHosts);

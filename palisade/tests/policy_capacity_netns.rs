@@ -83,8 +83,8 @@ fn a_set_of_1_2m_hosts_is_refused_by_a_reload_then_sized_by_a_restart_reloads_an
     g.start();
     let prog = control::pinned_firewall(&g.scratch.pin_dir());
     // A small policy gets small maps: the minimum room for each of two generations.
-    assert_eq!(max_entries(&g, "FW_SET_HOSTS"), 2 * 4096);
-    assert_eq!(max_entries(&g, "FW_RULES"), 2 * 4096);
+    assert_eq!(max_entries(&g, "FW_SET_HOSTS"), 2 << 20);
+    assert_eq!(max_entries(&g, "FW_RULES"), 2 << 21);
     assert_eq!(run_pinned(&prog, &frames), vec![1, 2, 2, 2, 2]);
 
     // The big set does not fit the running maps: refused, naming the setting, nothing changes.

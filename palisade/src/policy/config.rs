@@ -52,7 +52,9 @@
 //!
 //! A policy may hold at most [`MAX_RULES`] rules. The maps of rule entries, set members and
 //! DNS names are created when the daemon starts with two generations of the room the policy
-//! needs (a quarter more, rounded up to a power of two, at least 4,096 entries) or of the
+//! needs (a quarter more, rounded up to a power of two, at least the fixed capacities of
+//! before: 2,097,152 rule entries, 1,048,576 single addresses and as many prefixes, 2,097,152
+//! DNS name keys) or of the
 //! `capacity_*` settings when larger; a reload or live edit that does not fit is refused
 //! naming the setting (see [`crate::capacity`]).
 //!
