@@ -24,11 +24,20 @@ pub const DEFAULT_SLOT: u32 = MAX_RULES;
 pub const PORT_SPACE: u32 = 65_536;
 /// Named sets per generation.
 pub const MAX_SETS: u32 = 1024;
-/// Set members per generation that are single addresses (`FW_SET_HOSTS`), and members that are
-/// shorter prefixes (`FW_SETS`). Each map holds two generations' worth, so that the next policy
-/// is written next to the running one.
-pub const MAX_SET_HOSTS: u32 = 1 << 20;
-pub const MAX_SET_PREFIXES: u32 = 1 << 20;
+/// Set members one generation may ever hold that are single addresses (`FW_SET_HOSTS`), and
+/// members that are shorter prefixes (`FW_SETS`): the hard maxima of `[firewall]
+/// capacity_set_hosts` and `capacity_set_prefixes`. Each map holds two generations of the room
+/// the daemon sizes it with, so that the next policy is written next to the running one.
+pub const MAX_SET_HOSTS: u32 = 1 << 24;
+pub const MAX_SET_PREFIXES: u32 = 1 << 24;
+/// Rule entries one generation may ever hold (`FW_RULES`): the hard maximum of `[firewall]
+/// capacity_rules`.
+pub const MAX_RULE_ENTRIES: u32 = 1 << 21;
+/// Room per generation the kernel object declares in the set maps and the rule map: what a
+/// load that does not size them gets (tests, benchmarks). The daemon creates them with the
+/// room the policy needs instead.
+pub const DECLARED_SET_ROOM: u32 = 1 << 20;
+pub const DECLARED_RULE_ROOM: u32 = 1 << 21;
 /// Generations of every policy map.
 pub const GENERATIONS: u32 = 2;
 

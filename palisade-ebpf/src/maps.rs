@@ -1,5 +1,6 @@
 //! Every map the kernel programs use, in one place, so the names userspace looks up are easy
-//! to find. Sizes here are defaults; userspace may resize the large ones at load time.
+//! to find. Sizes here are defaults; userspace may resize the large ones at load time (the
+//! daemon sizes the policy maps from the policy: `palisade::capacity`).
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -9,7 +10,7 @@ use aya_ebpf::{
 use palisade_common::{
     event::EVENT_WAKEUP_BYTES,
     firewall::{
-        Control, FlowKey, GENERATIONS, MAX_SET_HOSTS, MAX_SET_PREFIXES, MAX_SETS, MAX_TUPLES,
+        Control, DECLARED_RULE_ROOM, DECLARED_SET_ROOM, FlowKey, GENERATIONS, MAX_SETS, MAX_TUPLES,
         PORT_SPACE, PolicyHeader, RULE_SLOTS, RateKey, RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
     },
     reason, stats,
@@ -27,10 +28,13 @@ pub static FW_HEADER: Array<PolicyHeader> = Array::with_max_entries(GENERATIONS,
 #[map]
 pub static FW_TUPLES: Array<Tuple> = Array::with_max_entries(GENERATIONS * MAX_TUPLES, 0);
 
-/// Rule entries of every tuple of both generations.
+/// Rule entries of every tuple of both generations. The daemon creates it with twice the
+/// room the policy needs (`palisade::capacity`); the size here is for a bare load.
 #[map]
-pub static FW_RULES: HashMap<FlowKey, RuleRef> =
-    HashMap::with_max_entries(1 << 22, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+pub static FW_RULES: HashMap<FlowKey, RuleRef> = HashMap::with_max_entries(
+    GENERATIONS * DECLARED_RULE_ROOM,
+    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+);
 
 /// Rule actions, `rule_slot(gen, rule)`.
 #[map]
@@ -45,18 +49,20 @@ pub static FW_SPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PO
 pub static FW_DPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PORT_SPACE, 0);
 
 /// Members of every named set that are shorter prefixes than one address: key
-/// `(set id, family, address)`, prefix length `40 + stored bits`.
+/// `(set id, family, address)`, prefix length `40 + stored bits`. Sized by the daemon as
+/// `FW_RULES` is.
 #[map]
 pub static FW_SETS: LpmTrie<SetKey, u8> = LpmTrie::with_max_entries(
-    GENERATIONS * MAX_SET_PREFIXES,
+    GENERATIONS * DECLARED_SET_ROOM,
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );
 
 /// Members of every named set that are single addresses (IPv4 /32, IPv6 /128): the same key,
 /// matched exactly. A hash lookup stays flat as a blocklist grows; a trie walk does not.
+/// Sized by the daemon as `FW_RULES` is.
 #[map]
 pub static FW_SET_HOSTS: HashMap<SetKey, u8> = HashMap::with_max_entries(
-    GENERATIONS * MAX_SET_HOSTS,
+    GENERATIONS * DECLARED_SET_ROOM,
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );
 
@@ -138,10 +144,12 @@ pub static DNS_GLOBAL: Array<DnsGlobal> = Array::with_max_entries(GENERATIONS, 0
 #[map]
 pub static DNS_SCOPES: Array<ScopeConfig> = Array::with_max_entries(GENERATIONS * SCOPES, 0);
 
-/// Every name entry of every scope and generation.
+/// Every name entry of every scope and generation. Sized by the daemon as `FW_RULES` is.
 #[map]
-pub static DNS_NAMES: HashMap<NameKey, NameValue> =
-    HashMap::with_max_entries(1 << 22, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+pub static DNS_NAMES: HashMap<NameKey, NameValue> = HashMap::with_max_entries(
+    GENERATIONS * palisade_common::dns::maps::DECLARED_NAME_ROOM,
+    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+);
 
 /// Per generation, a filter of `DNS_NAMES`' keys: a suffix whose bits are not set is not
 /// looked up (see `NameFilter`).

@@ -6,6 +6,7 @@ use aya::{Ebpf, maps::ProgramArray, programs::Xdp};
 use palisade_common::firewall::Control;
 
 use crate::{
+    capacity::Room,
     dns,
     firewall::{apply, compile},
     maps::map_mut,
@@ -64,6 +65,9 @@ pub fn install_with(
     let key = apply::hash_key(ebpf)?;
     let dns = dns::compile::compile(policy, &key, &dns::compile::Clock::now())
         .context("compiling the DNS policy")?;
+    // A policy the running maps cannot hold next to the live one is refused here, naming the
+    // setting that makes room, rather than by a full map half way through the writes.
+    Room::check(Room::needed(&firewall, &dns), Room::of_maps(ebpf)?)?;
     // The tracker's timeouts apply at once (they are not part of a generation); the flows
     // themselves carry over every policy change.
     // The interface and addresses NAT needs are looked up before anything is written: a

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod attach;
+pub mod capacity;
 pub mod cli;
 pub mod commands;
 pub mod conntrack;

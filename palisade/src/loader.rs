@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::{
+    capacity::Room,
     conntrack::carry::{self, Sizes},
     kernel,
     pin::{self, Layout, MapShape},
@@ -75,13 +76,31 @@ pub fn build_id() -> String {
     format!("{:016x}", pin::fnv64(OBJECT))
 }
 
-/// The pin layout of this build under `root`.
+/// [`map_shapes`], with the policy maps at the capacities `room` creates them with
+/// (`capacity::Room::for_loader`).
+///
+/// # Errors
+/// As [`map_shapes`].
+pub fn sized_shapes(room: &Room) -> Result<Vec<MapShape>> {
+    let sizes = room.for_loader();
+    let mut shapes = map_shapes()?;
+    for s in &mut shapes {
+        if let Some(&(_, n)) = sizes.iter().find(|(name, _)| *name == s.name) {
+            s.max_entries = n;
+        }
+    }
+    Ok(shapes)
+}
+
+/// The pin layout of this build under `root`, with the policy maps sized for `room`: a
+/// daemon that needs other capacities builds a new state next to the old one and moves the
+/// attachments over, as after an upgrade.
 ///
 /// # Errors
 /// When the object cannot be parsed.
-pub fn layout(root: PathBuf) -> Result<Layout> {
+pub fn layout(root: PathBuf, room: &Room) -> Result<Layout> {
     Ok(Layout {
-        layout_id: pin::layout_id(&map_shapes()?),
+        layout_id: pin::layout_id(&sized_shapes(room)?),
         build_id: build_id(),
         root,
     })
@@ -98,7 +117,8 @@ pub struct Pinned {
 
 /// Loads the object with every shared map pinned under `layout`: a map already pinned there
 /// is reused as it is (contents, counters, ring buffer and all), a missing one is created and
-/// pinned (the connection tracking tables with `sizes`).
+/// pinned (the connection tracking tables with `sizes`, the policy maps with `room`, which
+/// the layout already accounts for).
 ///
 /// # Errors
 /// As [`load`], or when a pin cannot be created.
@@ -107,6 +127,7 @@ pub fn load_pinned(
     sizes: Sizes,
     intel: crate::intel::load::Sizes,
     dns_cache: u32,
+    room: &Room,
 ) -> Result<Pinned> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
@@ -127,28 +148,59 @@ pub fn load_pinned(
     for (name, path) in &paths {
         loader.map_pin_path(name.as_str(), path.as_path());
     }
-    // Used when the tables are created; pinned ones of another size were moved aside by
-    // `conntrack::carry::take_resized`.
-    for (name, table) in carry::TABLES {
-        loader.map_max_entries(name, sizes.of(table));
-    }
-    // The indicator maps, sized by `[intel]`; pins of another size were removed by
-    // `intel::load::drop_resized`.
-    for (name, n) in intel.for_loader() {
+    for (name, n) in capacities(sizes, intel, dns_cache, room) {
         loader.map_max_entries(name, n);
     }
-    // The DNS response cache, sized by `[dns.cache] capacity`; a pin of another size was
-    // removed by `dns::cache::drop_resized`.
-    loader.map_max_entries(crate::dns::cache::MAP, dns_cache);
     let ebpf = loader.load(OBJECT).context(
         "loading the kernel object failed; Palisade needs root (or CAP_BPF, CAP_NET_ADMIN and \
-         CAP_PERFMON) and a kernel with BPF, BTF and ring buffers (5.8 or newer)",
+         CAP_PERFMON) and a kernel with BPF and BTF (Linux 6.6 or newer)",
     )?;
     Ok(Pinned {
         ebpf,
         created,
         reused,
     })
+}
+
+/// `(map name, max_entries)` of every map the daemon sizes from the policy and the
+/// configuration, used when a map is created (a pinned one is reused as it is).
+#[must_use]
+pub fn capacities(
+    sizes: Sizes,
+    intel: crate::intel::load::Sizes,
+    dns_cache: u32,
+    room: &Room,
+) -> Vec<(&'static str, u32)> {
+    // The tracking tables; pinned ones of another size were moved aside by
+    // `conntrack::carry::take_resized`.
+    let mut out: Vec<(&'static str, u32)> = carry::TABLES
+        .iter()
+        .map(|&(name, table)| (name, sizes.of(table)))
+        .collect();
+    // The indicator maps, sized by `[intel]`; pins of another size were removed by
+    // `intel::load::drop_resized`.
+    out.extend(intel.for_loader());
+    // The DNS response cache, sized by `[dns.cache] capacity`; a pin of another size was
+    // removed by `dns::cache::drop_resized`.
+    out.push((crate::dns::cache::MAP, dns_cache));
+    // The policy maps, sized for the policy (`capacity`); another size is another layout.
+    out.extend(room.for_loader());
+    out
+}
+
+/// [`capacities`] as a daemon starting with `policy` (compiled as `fw`) sizes the maps: what
+/// the benchmarks load to measure the memory a policy pins.
+#[must_use]
+pub fn capacities_of(
+    policy: &crate::policy::model::Policy,
+    fw: &crate::firewall::compile::CompiledFirewall,
+) -> Vec<(&'static str, u32)> {
+    capacities(
+        Sizes::of_policy(policy),
+        policy.intel.sizes(),
+        crate::dns::cache::capacity(policy.dns.cache.as_ref()),
+        &Room::for_policy(policy, fw),
+    )
 }
 
 fn check_privileges() -> Result<()> {

@@ -76,6 +76,7 @@ fn policy(action: DnsAction, answers: AnswerBudget) -> Policy {
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            capacity_names: 0,
             bind: None,
             dga: None,
             cache: None,

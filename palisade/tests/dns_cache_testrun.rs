@@ -78,6 +78,7 @@ fn policy(resolver: &str, budget: u32, extra_block: Option<&str>) -> Policy {
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            capacity_names: 0,
             bind: None,
             dga: None,
             cache: Some(DnsCache::new(resolver.parse().expect("resolver"))),

@@ -597,6 +597,7 @@ fn run_mode(b: &mut Bench, seed: u64, mode: DnsMode, cases: usize) -> Tally {
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
             rate_prefix: Default::default(),
+            capacity_names: 0,
             bind: None,
             dga: None,
             cache: None,
@@ -865,6 +866,7 @@ fn reference_agrees_with_hickory_on_crafted_edge_cases() {
         conntrack: palisade::policy::model::Conntrack::default(),
         dns: Dns {
             rate_prefix: Default::default(),
+            capacity_names: 0,
             bind: None,
             dga: None,
             cache: None,
@@ -1125,6 +1127,7 @@ fn fast_path_boundaries_decide_as_the_reference() {
             conntrack: palisade::policy::model::Conntrack::default(),
             dns: Dns {
                 events: palisade::policy::model::DnsEvents::EVERY_QUERY,
+                capacity_names: 0,
                 rate_prefix: Default::default(),
                 bind: None,
                 dga: None,

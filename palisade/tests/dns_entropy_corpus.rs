@@ -284,6 +284,7 @@ fn policy(bits: u32) -> Policy {
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            capacity_names: 0,
             bind: None,
             dga: None,
             cache: None,

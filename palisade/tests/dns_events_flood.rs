@@ -88,6 +88,7 @@ fn policy(names: &[&str], events: DnsEvents) -> Policy {
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            capacity_names: 0,
             bind: None,
             dga: None,
             cache: None,

@@ -146,6 +146,7 @@ fn policy(scope: Option<DnsScope>, entries: Vec<NameEntry>, ports: &[u16]) -> Po
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            capacity_names: 0,
             bind: None,
             dga: None,
             cache: None,

@@ -439,6 +439,7 @@ fn random_policy(rng: &mut StdRng) -> Policy {
         geoip: None,
         ids: palisade::ids::Ids::default(),
         firewall: Firewall {
+            capacity: Default::default(),
             // Per-source buckets of whole addresses, the default prefixes, or wider ones.
             rate_prefix: SourcePrefix {
                 v4: *[32u8, 32, 24, 1].choose(rng).unwrap(),
@@ -1671,6 +1672,7 @@ fn hand_policy(rules: Vec<Rule>, sets: Vec<IpSet>, fragments: FragmentPolicy) ->
         ids: palisade::ids::Ids::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
+            capacity: Default::default(),
             default_action: Action::Drop,
             log_default: true,
             fragments,
@@ -2030,6 +2032,7 @@ fn hundred_thousand_rules_and_a_million_set_members() {
         ids: palisade::ids::Ids::default(),
         firewall: Firewall {
             rate_prefix: Default::default(),
+            capacity: Default::default(),
             default_action: Action::Drop,
             log_default: true,
             fragments: FragmentPolicy::MatchL3,

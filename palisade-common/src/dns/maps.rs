@@ -85,9 +85,13 @@ impl NameKey {
     }
 }
 
-/// Name keys one generation may hold: two generations share `DNS_NAMES`, whose capacity is
-/// twice this, so a new policy is written in full next to the running one.
-pub const MAX_NAME_KEYS: usize = 1 << 21;
+/// Name keys one generation may ever hold: the hard maximum of `[dns] capacity_names`. Two
+/// generations share `DNS_NAMES`, created with twice the room the daemon sizes for the
+/// policy, so a new policy is written in full next to the running one.
+pub const MAX_NAME_KEYS: usize = 1 << 24;
+/// Room per generation the kernel object declares in `DNS_NAMES`: what a load that does not
+/// size it gets (tests, benchmarks).
+pub const DECLARED_NAME_ROOM: u32 = 1 << 21;
 
 /// Words of one generation's name filter: 2^18 words, 16M bits, 2 MiB.
 pub const FILTER_WORDS: usize = 1 << 18;

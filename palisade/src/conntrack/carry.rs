@@ -56,6 +56,15 @@ pub struct Sizes {
 }
 
 impl Sizes {
+    /// The sizes `policy`'s `[conntrack]` asks for.
+    #[must_use]
+    pub const fn of_policy(policy: &crate::policy::model::Policy) -> Self {
+        Self {
+            validated: policy.conntrack.max_entries,
+            unvalidated: policy.conntrack.max_unvalidated,
+        }
+    }
+
     #[must_use]
     pub const fn of(&self, t: Table) -> u32 {
         match t {

@@ -17,7 +17,7 @@ use palisade_common::{
 };
 
 use crate::policy::{
-    model::{DnsAction, DnsMode, DnsScope, NameEntry, NameMatch, Policy},
+    model::{Dns, DnsAction, DnsMode, DnsScope, NameEntry, NameMatch, Policy},
     namelist::format_name,
 };
 
@@ -43,8 +43,8 @@ pub enum DnsCompileError {
     /// More name keys than one generation's share of `DNS_NAMES` holds.
     #[error(
         "the DNS lists make {keys} name entries (a name listed with its subdomains makes two, \
-         one per scope that uses its list); at most {MAX_NAME_KEYS} are supported, so that the \
-         next policy can be written next to the running one"
+         one per scope that uses its list); one policy generation may hold at most \
+         {MAX_NAME_KEYS}, the most `[dns] capacity_names` can give"
     )]
     TooManyNames { keys: usize },
     /// Two entries for the same name and coverage whose union one map entry cannot hold.
@@ -284,6 +284,37 @@ pub fn name_key(key: &HashKey, labels: &[Vec<u8>], scope: u8, kind: u8) -> NameK
     }
 }
 
+/// The name keys `dns` makes at most, in one generation (fewer when entries share a key):
+/// what the daemon sizes `DNS_NAMES` for (`crate::capacity`). It does not depend on the hash
+/// key or the clock, so a daemon started again with the same policy sizes the map the same.
+#[must_use]
+pub fn key_bound(dns: &Dns) -> usize {
+    let kinds = |e: &NameEntry| match e.kind {
+        NameMatch::ApexAndSubdomains => 2,
+        NameMatch::Exact | NameMatch::Subdomains => 1,
+    };
+    let lists: usize = [dns.ingress.as_ref(), dns.egress.as_ref().map(|e| &e.scope)]
+        .into_iter()
+        .flatten()
+        .flat_map(|s| &s.lists)
+        .map(|&l| dns.lists[l].entries.iter().map(kinds).sum::<usize>())
+        .sum();
+    let rebinding: usize = dns
+        .bind
+        .as_ref()
+        .filter(|b| b.rebinding_refuse)
+        .map_or(0, |b| b.rebinding_allow.iter().map(kinds).sum());
+    lists + rebinding
+}
+
+/// Refuses more name keys than one generation may ever hold.
+fn names_fit(keys: usize) -> Result<(), DnsCompileError> {
+    if keys > MAX_NAME_KEYS {
+        return Err(DnsCompileError::TooManyNames { keys });
+    }
+    Ok(())
+}
+
 /// Compiles `policy.dns` with the maps' hash key.
 ///
 /// # Errors
@@ -321,13 +352,7 @@ pub fn compile(
         return Err(DnsCompileError::RateTooHigh { what, rate });
     }
     let mut out = CompiledDns::default();
-    // At most this many keys (fewer when entries share one).
-    let keys: usize = [dns.ingress.as_ref(), dns.egress.as_ref().map(|e| &e.scope)]
-        .into_iter()
-        .flatten()
-        .flat_map(|s| &s.lists)
-        .map(|&l| 2 * dns.lists[l].entries.len())
-        .sum();
+    let keys = key_bound(dns);
     out.names.reserve(keys.min(2 * MAX_NAME_KEYS));
     // Where each key's first entry came from: (list, line), for conflict messages.
     let mut origin: HashMap<NameKey, (usize, usize), KeyHash> =
@@ -430,11 +455,7 @@ pub fn compile(
             }
         }
     }
-    if out.names.len() > MAX_NAME_KEYS {
-        return Err(DnsCompileError::TooManyNames {
-            keys: out.names.len(),
-        });
-    }
+    names_fit(out.names.len())?;
     Ok(out)
 }
 
@@ -583,6 +604,7 @@ mod tests {
             sets: vec![],
             dns: Dns {
                 rate_prefix: Default::default(),
+                capacity_names: 0,
                 bind: None,
                 dga: None,
                 cache: None,
@@ -646,36 +668,45 @@ mod tests {
         );
     }
 
-    /// One generation's share of the name map: a list that makes more keys than that is
-    /// refused by the compiler, before anything is written.
+    /// The hard maximum of one generation: more keys are refused by the compiler, before
+    /// anything is written (the room of the running map is checked at install, see
+    /// `crate::capacity`); the bound the daemon sizes the map for counts a name listed with
+    /// its subdomains twice, and every scope that uses its list.
     #[test]
-    fn name_lists_beyond_a_generations_share_are_refused() {
-        let clock = Clock {
-            unix_now_ns: 0,
-            boot_now_ns: 1,
-        };
-        // A name with its subdomains makes two keys.
-        let list = |n: usize| NameList {
-            name: "big".into(),
-            entries: (0..n)
-                .map(|i| NameEntry {
-                    kind: NameMatch::ApexAndSubdomains,
-                    ..entry(&format!("n{i}.example"), &[], None, i + 1)
-                })
-                .collect(),
-        };
-        let over = policy(vec![list(MAX_NAME_KEYS / 2 + 1)]);
+    fn name_keys_beyond_the_hard_maximum_are_refused_and_bounded() {
+        assert_eq!(names_fit(MAX_NAME_KEYS), Ok(()));
         assert_eq!(
-            compile(&over, &HashKey::default(), &clock)
+            names_fit(MAX_NAME_KEYS + 2)
                 .expect_err("too many names")
                 .to_string(),
             format!(
                 "the DNS lists make {} name entries (a name listed with its subdomains makes \
-                 two, one per scope that uses its list); at most {MAX_NAME_KEYS} are supported, \
-                 so that the next policy can be written next to the running one",
+                 two, one per scope that uses its list); one policy generation may hold at \
+                 most {MAX_NAME_KEYS}, the most `[dns] capacity_names` can give",
                 MAX_NAME_KEYS + 2
             )
         );
+        let clock = Clock {
+            unix_now_ns: 0,
+            boot_now_ns: 1,
+        };
+        let list = |n: usize| NameList {
+            name: "big".into(),
+            entries: (0..n)
+                .map(|i| NameEntry {
+                    kind: if i % 2 == 0 {
+                        NameMatch::ApexAndSubdomains
+                    } else {
+                        NameMatch::Exact
+                    },
+                    ..entry(&format!("n{i}.example"), &[], None, i + 1)
+                })
+                .collect(),
+        };
+        let p = policy(vec![list(1000)]);
+        let c = compile(&p, &HashKey::default(), &clock).expect("compiles");
+        assert_eq!(c.names.len(), 1500);
+        assert_eq!(key_bound(&p.dns), 1500);
     }
 
     /// A policy built in code meets the same bound on rates as the checker's, and the fastest

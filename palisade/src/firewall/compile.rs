@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use palisade_common::{
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, FRAGMENTS_DROP, FRAGMENTS_MATCH_L3, FlowKey,
-        LINK_DST_MAC, LINK_IFACE, LINK_SRC_MAC, LINK_VLAN, MAX_RATE, MAX_RULES, MAX_SET_HOSTS,
-        MAX_SET_PREFIXES, MAX_SETS, MAX_TUPLES, POLICY_CT_TRACK, POLICY_LOG_DEFAULT,
+        LINK_DST_MAC, LINK_IFACE, LINK_SRC_MAC, LINK_VLAN, MAX_RATE, MAX_RULE_ENTRIES, MAX_RULES,
+        MAX_SET_HOSTS, MAX_SET_PREFIXES, MAX_SETS, MAX_TUPLES, POLICY_CT_TRACK, POLICY_LOG_DEFAULT,
         POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED, POLICY_SHIELD, POLICY_STATEFUL, PORT_SPACE,
         PolicyHeader, RULE_LOG, RULE_RATE_PER_SOURCE, RuleMeta, TUPLE_CT_STATE, TUPLE_DPORT,
         TUPLE_DST_NOT, TUPLE_DST_SET, TUPLE_PROTO, TUPLE_SPORT, TUPLE_SRC_NOT, TUPLE_SRC_SET,
@@ -24,8 +24,9 @@ use crate::policy::model::{
     PortRange, RatePer, Rule, TcpFlags, prefix_mask,
 };
 
-/// Rule entries per generation. The hash map holds two generations.
-pub const MAX_ENTRIES: usize = 2 * 1024 * 1024;
+/// Rule entries one generation may ever hold (the most `[firewall] capacity_rules` gives); the
+/// rule map of a running daemon may have less room (`crate::capacity`).
+pub const MAX_ENTRIES: usize = MAX_RULE_ENTRIES as usize;
 
 /// Why a valid policy still cannot be loaded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,20 +42,22 @@ pub enum CompileError {
     TooManyTuples { count: usize },
     #[error(
         "rule {rule} (line {line}) expands to too many entries: the policy would need more than \
-         {MAX_ENTRIES} (wide port ranges crossed with many distinct port boundaries multiply)"
+         {MAX_ENTRIES}, the most `[firewall] capacity_rules` can give (wide port ranges crossed \
+         with many distinct port boundaries multiply)"
     )]
     TooManyEntries { rule: String, line: usize },
     #[error("{count} sets; at most {MAX_SETS} are supported")]
     TooManySets { count: usize },
     /// More set members than one generation's share of the set maps.
     #[error(
-        "the sets hold {count} {what} in all; at most {limit} are supported, so that the next \
-         policy can be written next to the running one"
+        "the sets hold {count} {what} in all; one policy generation may hold at most {limit}, \
+         the most `{setting}` can give"
     )]
     TooManySetMembers {
         count: usize,
         what: &'static str,
         limit: u32,
+        setting: &'static str,
     },
     #[error(
         "`stateful = true` needs connection tracking, but [conntrack] turns it off \
@@ -487,6 +490,36 @@ fn state_bits(rule: &Rule) -> Vec<u8> {
     }
 }
 
+/// Refuses set members past the hard maxima of one generation: `hosts` single addresses and
+/// `prefixes` shorter prefixes, counted over every set. (What the running maps have room
+/// for is checked when the policy is installed, `crate::capacity`.)
+fn members_fit(hosts: usize, prefixes: usize) -> Result<(), CompileError> {
+    for (count, what, limit, setting) in [
+        (
+            hosts,
+            "single addresses",
+            MAX_SET_HOSTS,
+            "[firewall] capacity_set_hosts",
+        ),
+        (
+            prefixes,
+            "prefixes shorter than one address",
+            MAX_SET_PREFIXES,
+            "[firewall] capacity_set_prefixes",
+        ),
+    ] {
+        if count > limit as usize {
+            return Err(CompileError::TooManySetMembers {
+                count,
+                what,
+                limit,
+                setting,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Compiles `policy`'s firewall.
 ///
 /// A rule with `state` expands, like a port range into its classes, into one key per state
@@ -539,19 +572,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         .clone()
         .filter(|m| m.stored_prefix_len() == 128)
         .count();
-    let prefixes = members.count() - hosts;
-    for (count, what, limit) in [
-        (hosts, "single addresses", MAX_SET_HOSTS),
-        (
-            prefixes,
-            "prefixes shorter than one address",
-            MAX_SET_PREFIXES,
-        ),
-    ] {
-        if count > limit as usize {
-            return Err(CompileError::TooManySetMembers { count, what, limit });
-        }
-    }
+    members_fit(hosts, members.count() - hosts)?;
     let sports = PortClasses::new(fw.rules.iter().filter_map(|r| r.src_ports));
     let dports = PortClasses::new(fw.rules.iter().filter_map(dport_range));
 
@@ -917,6 +938,7 @@ mod tests {
             ids: crate::ids::Ids::default(),
             firewall: Firewall {
                 rate_prefix: Default::default(),
+                capacity: Default::default(),
                 default_action: Action::Drop,
                 log_default: false,
                 fragments: FragmentPolicy::MatchL3,
@@ -1817,43 +1839,47 @@ mod tests {
         );
     }
 
-    /// Set members beyond one generation's share of the set maps are refused, counted over
-    /// every set, hosts and prefixes each against their own map.
+    /// Set members beyond the hard maxima of one generation are refused, hosts and prefixes
+    /// each against their own; a policy within them compiles, and its members are counted
+    /// over every set (the room of the running maps is checked at install, see
+    /// `crate::capacity`).
     #[test]
-    fn set_members_beyond_a_generations_share_are_refused() {
-        fn refs(v: &[String]) -> Vec<&str> {
-            v.iter().map(String::as_str).collect()
-        }
-        let addr = |a: u32, i: u32| format!("{a}.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255);
-        let hosts: Vec<String> = (0..=MAX_SET_HOSTS).map(|i| addr(10, i)).collect();
-        let half = hosts.len() / 2;
-        // Split over two sets: the limit is on the sum.
-        let sets = vec![
-            set("a", &refs(&hosts[..half])),
-            set("b", &refs(&hosts[half..])),
-        ];
+    fn set_members_beyond_the_hard_maxima_are_refused() {
         assert_eq!(
-            compile(&policy(vec![], sets)).map(|_| ()),
+            members_fit(MAX_SET_HOSTS as usize, MAX_SET_PREFIXES as usize),
+            Ok(())
+        );
+        assert_eq!(
+            members_fit(MAX_SET_HOSTS as usize + 1, 0),
             Err(CompileError::TooManySetMembers {
                 count: MAX_SET_HOSTS as usize + 1,
                 what: "single addresses",
-                limit: MAX_SET_HOSTS
+                limit: MAX_SET_HOSTS,
+                setting: "[firewall] capacity_set_hosts",
             })
         );
-        // At the limit it compiles.
-        let sets = vec![set("a", &refs(&hosts[..MAX_SET_HOSTS as usize]))];
-        assert!(compile(&policy(vec![], sets)).is_ok());
-        let prefixes: Vec<String> = (0..=MAX_SET_PREFIXES)
-            .map(|i| addr(11, 2 * i).replace("/32", "/31"))
-            .collect();
+        let e = members_fit(0, MAX_SET_PREFIXES as usize + 1).unwrap_err();
         assert_eq!(
-            compile(&policy(vec![], vec![set("p", &refs(&prefixes))])).map(|_| ()),
-            Err(CompileError::TooManySetMembers {
-                count: MAX_SET_PREFIXES as usize + 1,
-                what: "prefixes shorter than one address",
-                limit: MAX_SET_PREFIXES
-            })
+            e.to_string(),
+            format!(
+                "the sets hold {} prefixes shorter than one address in all; one policy \
+                 generation may hold at most {MAX_SET_PREFIXES}, the most \
+                 `[firewall] capacity_set_prefixes` can give",
+                MAX_SET_PREFIXES + 1
+            )
         );
+        fn refs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let hosts: Vec<String> = (0..3000)
+            .map(|i| format!("10.0.{}.{}/32", i >> 8, i & 255))
+            .collect();
+        let sets = vec![
+            set("a", &refs(&hosts[..1000])),
+            set("b", &refs(&hosts[1000..])),
+        ];
+        let c = compile(&policy(vec![], sets)).expect("compiles");
+        assert_eq!(c.sets.iter().map(Vec::len).sum::<usize>(), 3000);
     }
 
     #[test]
@@ -2564,6 +2590,7 @@ mod tests {
                         ids: crate::ids::Ids::default(),
                         firewall: Firewall {
                             rate_prefix: Default::default(),
+                            capacity: Default::default(),
                             default_action: if default_drop {
                                 Action::Drop
                             } else {
@@ -2698,6 +2725,7 @@ mod tests {
                     ids: crate::ids::Ids::default(),
                     firewall: Firewall {
                         rate_prefix: Default::default(),
+                        capacity: Default::default(),
                         default_action: Action::Drop,
                         log_default: false,
                         fragments: if frag_drop {

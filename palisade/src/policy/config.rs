@@ -46,8 +46,17 @@
 //! | `rate_prefix_v6` | `1..=128`: the IPv6 sources in one prefix of this length share the bucket of a `per = "source"` rate limit, so a client cannot get a fresh bucket for each address of the /64 it is given | `64` |
 //! | `rate_prefix_v4` | `1..=32`: the same for IPv4 sources | `32` |
 //! | `stateful` | boolean: accept every packet of an established or related connection before any rule is tried, so rules only decide which connections may start. Turns connection tracking on (see [Connection tracking](#connection-tracking)); an error with `[conntrack] enabled = false` | `false` |
+//! | `capacity_rules` | integer `1..=2097152`: rule entries (`FW_RULES`) one policy generation has room for, when more than the policy needs; lets a running daemon take reloads and live edits that grow the rules. Applies when the daemon starts (see [`crate::capacity`]) | sized from the policy |
+//! | `capacity_set_hosts` | integer `1..=16777216`: set members that are single addresses (`FW_SET_HOSTS`) one generation has room for, as `capacity_rules` | sized from the policy |
+//! | `capacity_set_prefixes` | integer `1..=16777216`: set members that are shorter prefixes (`FW_SETS`, with the `@country:XX` sets) one generation has room for, as `capacity_rules` | sized from the policy |
 //!
-//! A policy may hold at most [`MAX_RULES`] rules.
+//! A policy may hold at most [`MAX_RULES`] rules. The maps of rule entries, set members and
+//! DNS names are created when the daemon starts with two generations of the room the policy
+//! needs (a quarter more, rounded up to a power of two, at least the fixed capacities of
+//! before: 2,097,152 rule entries, 1,048,576 single addresses and as many prefixes, 2,097,152
+//! DNS name keys) or of the
+//! `capacity_*` settings when larger; a reload or live edit that does not fit is refused
+//! naming the setting (see [`crate::capacity`]).
 //!
 //! ## Rates
 //!
@@ -201,6 +210,7 @@
 //! | `rate_prefix_v6` | `1..=128`: IPv6 clients in one prefix of this length share the query rate bucket of `[dns.ingress] rate` (egress buckets are per cgroup) | `64` |
 //! | `rate_prefix_v4` | `1..=32`: the same for IPv4 clients | `32` |
 //! | `event_sample` | integer `0..=4294967295`: over the event budget, one aggregated query in this many is still reported in full (`"sent": "sample"`); `0` = none | `1000` ([`DnsEvents::DEFAULT_SAMPLE`](super::model::DnsEvents::DEFAULT_SAMPLE)) |
+//! | `capacity_names` | integer `1..=16777216`: DNS name entries (`DNS_NAMES`) one policy generation has room for, when more than the lists need (a name with its subdomains makes two, once per scope that uses its list; the domains of `[intel]` feeds count too). Applies when the daemon starts, as `[firewall] capacity_rules` | sized from the policy |
 //!
 //! Blocked queries sent to or from a broadcast or multicast MAC or IP address (or from the
 //! unspecified address) are never answered: they are dropped with reason
@@ -428,9 +438,10 @@ use toml_edit::{ImDocument, InlineTable, Item, Table as TomlTable, Value};
 use super::model::{
     Action, AddrMatch, AnswerBudget, CT_MAX_ENTRIES_RANGE, CT_MAX_UNVALIDATED_RANGE,
     CT_OVERLOAD_TTL_RANGE_S, CT_PER_SOURCE_RANGE, CT_TIMEOUT_RANGE_S, Cidr, Conntrack, Dns,
-    DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FragmentPolicy, IcmpMatch,
-    IpHeaderMatch, IpSet, LinkMatch, NameEntry, NameList, NameMatch, Negation, Policy, PortRange,
-    Protocol, QueryRate, RateLimit, RatePer, Rule, Sinkhole, SourcePrefix, TcpFlags, parse_mac,
+    DnsAction, DnsEgress, DnsMode, DnsScope, Family, Firewall, FirewallCapacity, FragmentPolicy,
+    IcmpMatch, IpHeaderMatch, IpSet, LinkMatch, NameEntry, NameList, NameMatch, Negation, Policy,
+    PortRange, Protocol, QueryRate, RateLimit, RatePer, Rule, Sinkhole, SourcePrefix, TcpFlags,
+    parse_mac,
 };
 use super::namelist::{parse_list_bytes, parse_name};
 
@@ -881,6 +892,9 @@ const FIREWALL_KEYS: &[&str] = &[
     "stateful",
     "rate_prefix_v4",
     "rate_prefix_v6",
+    "capacity_rules",
+    "capacity_set_hosts",
+    "capacity_set_prefixes",
     "rule",
 ];
 const SET_KEYS: &[&str] = &["entries", "files"];
@@ -933,6 +947,7 @@ const DNS_KEYS: &[&str] = &[
     "bind",
     "dga",
     "cache",
+    "capacity_names",
 ];
 const INGRESS_KEYS: &[&str] = &[
     "mode",
@@ -1430,14 +1445,29 @@ impl Checker<'_> {
             Some(node) => self.rules(node, view.at, sets, ct_disabled_at),
         };
         let rate_prefix = self.source_prefix(view);
+        let capacity = FirewallCapacity {
+            rules: self.capacity(view, crate::capacity::Kind::Rules),
+            set_hosts: self.capacity(view, crate::capacity::Kind::SetHosts),
+            set_prefixes: self.capacity(view, crate::capacity::Kind::SetPrefixes),
+        };
         (self.error_count() == errors_before).then_some(Firewall {
             rate_prefix,
+            capacity,
             default_action,
             log_default: log_default.unwrap_or(false),
             fragments,
             stateful: stateful.unwrap_or(false),
             rules,
         })
+    }
+
+    /// The capacity setting of `kind` in `view` (`[firewall]` or `[dns]`): `1..=` its hard
+    /// maximum, 0 when not set.
+    fn capacity(&mut self, view: TableView<'_>, kind: crate::capacity::Kind) -> u32 {
+        let key = kind.setting().rsplit(' ').next().unwrap_or_default();
+        view.get(key)
+            .and_then(|n| self.integer(n, key, 1, i64::from(kind.hard_max())))
+            .map_or(0, |v| v as u32)
     }
 
     /// `rate_prefix_v4` and `rate_prefix_v6` of `[firewall]` or `[dns]`: how per-source rate
@@ -2851,6 +2881,7 @@ impl Checker<'_> {
                 .map_or(128, |v| v as u8);
         }
         dns.rate_prefix = self.source_prefix(view);
+        dns.capacity_names = self.capacity(view, crate::capacity::Kind::Names);
         dns.bind = view.get("bind").and_then(|n| self.dns_bind(n));
         if let Some(rate) = view
             .get("event_rate")
@@ -3912,6 +3943,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
             policy.firewall,
             Firewall {
                 rate_prefix: Default::default(),
+                capacity: Default::default(),
                 default_action: Action::Drop,
                 log_default: true,
                 fragments: FragmentPolicy::Drop,
@@ -3959,6 +3991,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                 ids: crate::ids::Ids::default(),
                 firewall: Firewall {
                     rate_prefix: Default::default(),
+                    capacity: Default::default(),
                     default_action: Action::Allow,
                     log_default: false,
                     fragments: FragmentPolicy::MatchL3,
@@ -4524,7 +4557,8 @@ tcp_flags = "syn"
             [
                 "p.toml:2:11: the default action cannot be `rate-limit`; use `allow` or `drop`",
                 "p.toml:3:1: unknown key `bogus` in [firewall]; expected one of `default`, \
-                 `log_default`, `fragments`, `stateful`, `rate_prefix_v4`, `rate_prefix_v6`, `rule`",
+                 `log_default`, `fragments`, `stateful`, `rate_prefix_v4`, `rate_prefix_v6`, \
+                 `capacity_rules`, `capacity_set_hosts`, `capacity_set_prefixes`, `rule`",
                 "p.toml:6:12: prefix length 33 is too long for an IPv4 address (at most 32) in \
                  `1.2.3.4/33`",
                 "p.toml:9:10: action `rate-limit` needs a `rate`, e.g. rate = { pps = 100, burst \
@@ -4928,6 +4962,38 @@ tcp_flags = "syn"
     }
 
     #[test]
+    fn capacity_settings() {
+        let p = parse("[firewall]\n[dns]\n").expect("valid");
+        assert_eq!(p.firewall.capacity, FirewallCapacity::default());
+        assert_eq!(p.dns.capacity_names, 0);
+        let p = parse(
+            "[firewall]\ncapacity_rules = 1\ncapacity_set_hosts = 2000000\n\
+             capacity_set_prefixes = 16777216\n[dns]\ncapacity_names = 3000000\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            p.firewall.capacity,
+            FirewallCapacity {
+                rules: 1,
+                set_hosts: 2_000_000,
+                set_prefixes: 16_777_216,
+            }
+        );
+        assert_eq!(p.dns.capacity_names, 3_000_000);
+        assert_eq!(
+            errors(
+                "[firewall]\ncapacity_rules = 2097153\ncapacity_set_hosts = 0\n\
+                 [dns]\ncapacity_names = \"big\"\n"
+            ),
+            [
+                "p.toml:2:18: `capacity_rules` must be between 1 and 2097152, found 2097153",
+                "p.toml:3:22: `capacity_set_hosts` must be between 1 and 16777216, found 0",
+                "p.toml:5:18: `capacity_names` must be an integer, found a string",
+            ]
+        );
+    }
+
+    #[test]
     fn dns_answer_budget_keys() {
         let dns = parse("[dns.ingress]\nmode = \"blocklist\"\nlists = []\n")
             .expect("valid")
@@ -4980,6 +5046,7 @@ tcp_flags = "syn"
             policy.dns,
             Dns {
                 rate_prefix: Default::default(),
+                capacity_names: 0,
                 bind: None,
                 dga: None,
                 cache: None,

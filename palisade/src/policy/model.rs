@@ -382,6 +382,18 @@ pub struct Firewall {
     pub rules: Vec<Rule>,
     /// How `per = "source"` rate buckets group source addresses.
     pub rate_prefix: SourcePrefix,
+    /// Room per generation asked for by `capacity_rules`, `capacity_set_hosts` and
+    /// `capacity_set_prefixes` (0: not set, sized from the policy; see `crate::capacity`).
+    pub capacity: FirewallCapacity,
+}
+
+/// `[firewall]`'s capacity settings: entries one policy generation may hold in the rule
+/// map and the two set maps, when more than the policy needs (0: not set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FirewallCapacity {
+    pub rules: u32,
+    pub set_hosts: u32,
+    pub set_prefixes: u32,
 }
 
 /// How per-source rate buckets group addresses: one bucket for each prefix of these lengths,
@@ -416,6 +428,7 @@ impl Default for Firewall {
             stateful: false,
             rules: Vec::new(),
             rate_prefix: SourcePrefix::DEFAULT,
+            capacity: FirewallCapacity::default(),
         }
     }
 }
@@ -758,6 +771,9 @@ pub struct Dns {
     pub dga: Option<crate::dga::runtime::DgaPolicy>,
     /// The response cache in front of a resolver on this host (`[dns.cache]`).
     pub cache: Option<crate::dns::cache::DnsCache>,
+    /// Name entries one policy generation may hold, when more than the policy needs
+    /// (`capacity_names`; 0: not set, sized from the policy; see `crate::capacity`).
+    pub capacity_names: u32,
 }
 
 /// The NXDOMAIN answer budget: a token bucket per client prefix, like response-rate

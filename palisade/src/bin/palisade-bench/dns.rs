@@ -304,6 +304,7 @@ fn policy(kind: PolicyKind, set: Option<&NameSet>) -> Policy {
     };
     p.dns = Dns {
         rate_prefix: Default::default(),
+        capacity_names: 0,
         bind: None,
         dga: None,
         cache: None,

@@ -304,6 +304,7 @@ fn policy(events: DnsEvents) -> Result<Policy> {
         sets: vec![],
         dns: Dns {
             rate_prefix: Default::default(),
+            capacity_names: 0,
             bind: None,
             dga: None,
             cache: None,

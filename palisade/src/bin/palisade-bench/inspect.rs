@@ -107,6 +107,50 @@ pub fn maps_of(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<String, MapMemory>> {
     Ok(out)
 }
 
+/// The ids of the maps this process holds open, with the fd of each (the first found).
+///
+/// # Errors
+/// When `/proc/self/fd` cannot be read.
+pub fn open_maps() -> Result<BTreeMap<u32, i32>> {
+    let mut out = BTreeMap::new();
+    for e in fs::read_dir("/proc/self/fd").context("reading /proc/self/fd")? {
+        let Some(fd) = e?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // Closed since it was listed, or not a map: skipped.
+        if let Ok(Some(id)) = fdinfo_field(fd, "map_id") {
+            out.entry(id as u32).or_insert(fd);
+        }
+    }
+    Ok(out)
+}
+
+/// The memory of every map this process opened since `before` ([`open_maps`]) was taken,
+/// by map name: the maps of an object loaded in between.
+///
+/// # Errors
+/// When a map cannot be inspected.
+pub fn maps_since(before: &BTreeMap<u32, i32>) -> Result<BTreeMap<String, MapMemory>> {
+    let mut out = BTreeMap::new();
+    for (id, fd) in open_maps()? {
+        if before.contains_key(&id) {
+            continue;
+        }
+        let m = MapInfo::from_id(id).with_context(|| format!("map id {id}"))?;
+        let name = m.name_as_str().unwrap_or("?").to_string();
+        let memlock = fdinfo_field(fd, "memlock")?.unwrap_or(0);
+        out.insert(
+            name.clone(),
+            MapMemory {
+                name,
+                max_entries: m.max_entries(),
+                memlock_bytes: memlock,
+            },
+        );
+    }
+    Ok(out)
+}
+
 fn fdinfo_field(fd: i32, key: &str) -> Result<Option<u64>> {
     let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
     Ok(text.lines().find_map(|l| {

@@ -40,15 +40,16 @@ pub struct Install {
     pub maps: BTreeMap<String, MapMemory>,
     /// FW_RULES + FW_SETS + FW_SET_HOSTS after the reload, when both generations hold the policy.
     pub rule_maps_two_generations_bytes: Option<u64>,
+    /// Every map of an object sized as the daemon sizes it for this policy, after one
+    /// install: what the daemon pins.
+    pub sized: BTreeMap<String, MapMemory>,
+    /// The policy-sized maps of that object once both generations hold the policy.
+    pub sized_two_generations_bytes: Option<u64>,
 }
 
 impl Install {
-    pub fn total_bytes(&self) -> u64 {
-        self.maps.values().map(|m| m.memlock_bytes).sum()
-    }
-
-    fn map_bytes(&self, name: &str) -> u64 {
-        self.maps.get(name).map_or(0, |m| m.memlock_bytes)
+    fn sized_bytes(&self, name: &str) -> u64 {
+        self.sized.get(name).map_or(0, |m| m.memlock_bytes)
     }
 }
 
@@ -115,6 +116,8 @@ pub struct Report {
     pub verifier: Vec<ProgramReport>,
     pub growth: Growth,
     pub round_orders: Vec<Vec<String>>,
+    /// Every map the daemon pins for the embedded default policy, sized as it sizes them.
+    pub default_policy_maps: Vec<MapMemory>,
 }
 
 /// Least-squares slope of ln(y) over ln(x).
@@ -254,14 +257,14 @@ impl Report {
 
     fn install_table(&self) -> String {
         let mut t = String::from(
-            "| configuration | tuples | hash entries | compile (ms) | install (ms) | reload (ms) | FW_RULES (MiB) | sets: FW_SETS + FW_SET_HOSTS (MiB) | all maps (MiB) | rule maps, 2 generations (MiB) |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| configuration | tuples | hash entries | compile (ms) | install (ms) | reload (ms) | FW_RULES (MiB) | sets: FW_SETS + FW_SET_HOSTS (MiB) | DNS_NAMES (MiB) | every map the daemon pins (MiB) | sized maps, 2 generations (MiB) |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for c in &self.configs {
             let Some(i) = &c.install else { continue };
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 label(c),
                 i.tuples,
                 i.hash_entries,
@@ -269,11 +272,44 @@ impl Report {
                 i.install_ms,
                 i.reload_ms
                     .map_or_else(|| "–".into(), |r| format!("{r:.1}")),
-                mib(i.map_bytes("FW_RULES")),
-                mib(i.map_bytes("FW_SETS") + i.map_bytes("FW_SET_HOSTS")),
-                mib(i.total_bytes()),
-                i.rule_maps_two_generations_bytes
+                mib(i.sized_bytes("FW_RULES")),
+                mib(i.sized_bytes("FW_SETS") + i.sized_bytes("FW_SET_HOSTS")),
+                mib(i.sized_bytes("DNS_NAMES")),
+                mib(i.sized.values().map(|m| m.memlock_bytes).sum()),
+                i.sized_two_generations_bytes
                     .map_or_else(|| "–".into(), mib),
+            );
+        }
+        t
+    }
+
+    /// Every map the daemon pins for the embedded default policy, largest first.
+    fn default_policy_table(&self) -> String {
+        let total: u64 = self
+            .default_policy_maps
+            .iter()
+            .map(|m| m.memlock_bytes)
+            .sum();
+        let mut maps: Vec<&MapMemory> = self.default_policy_maps.iter().collect();
+        maps.sort_by(|a, b| {
+            b.memlock_bytes
+                .cmp(&a.memlock_bytes)
+                .then(a.name.cmp(&b.name))
+        });
+        let mut t = format!(
+            "\n### The embedded default policy\n\nEvery map the daemon pins for it, sized as it sizes them: {} MiB in {} maps. \
+             The largest (names as the kernel keeps them, 15 characters):\n\n\
+             | map | capacity | memlock (MiB) |\n|---|---:|---:|\n",
+            mib(total),
+            maps.len()
+        );
+        for m in maps.iter().take(20) {
+            let _ = writeln!(
+                t,
+                "| `{}` | {} | {} |",
+                m.name,
+                m.max_entries,
+                mib(m.memlock_bytes)
             );
         }
         t
@@ -487,10 +523,15 @@ impl Report {
              generation, swap), so map writes are roughly install minus compile. `reload`: \
              installing the same policy again once both generations hold it (compile, clear the \
              stale generation, write, swap), what a live reload costs. Memory is the kernel's `memlock` from each map's fdinfo after the \
-             first install; the hash map's bucket array is allocated up front for its maximum \
-             size, its entries on demand.\n\n",
+             first install into an object whose maps are sized as the daemon sizes them for that policy (`palisade::capacity`: \
+             the rule, set and name maps hold two generations of what the policy needs plus a quarter, rounded up to a power \
+             of two, at least the default room of before); a hash map's bucket array is allocated up front for its capacity, its entries on \
+             demand. `every map the daemon pins`: all maps of that object, the connection tracking tables, ring buffers and the \
+             other engines' maps included. `sized maps, 2 generations`: FW_RULES, FW_SETS, FW_SET_HOSTS and DNS_NAMES once \
+             both generations hold the policy.\n\n",
         );
         m.push_str(&self.install_table());
+        m.push_str(&self.default_policy_table());
         m.push_str("\n## Raw data\n\nEvery round of every configuration, the round orders and the per-map memory are in the JSON file next to this one.\n");
         m
     }

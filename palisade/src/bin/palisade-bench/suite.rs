@@ -48,6 +48,7 @@ fn install(bench: &mut Loaded, policy: &Policy, reload: bool) -> Result<Install>
                 .sum(),
         );
     }
+    let (sized, sized_two) = sized_memory(policy, &compiled, reload)?;
     Ok(Install {
         compile_ms,
         install_ms,
@@ -56,7 +57,40 @@ fn install(bench: &mut Loaded, policy: &Policy, reload: bool) -> Result<Install>
         hash_entries: compiled.entries.len(),
         maps,
         rule_maps_two_generations_bytes: two,
+        sized,
+        sized_two_generations_bytes: sized_two,
     })
+}
+
+/// The policy-sized maps (`palisade::capacity`), as the daemon creates them.
+const SIZED: [&str; 4] = ["FW_RULES", "FW_SETS", "FW_SET_HOSTS", "DNS_NAMES"];
+
+/// The memory of every map of an object sized as a daemon starting with `policy` sizes it
+/// (`loader::capacities_of`), after one install; with `both`, also the policy-sized maps once
+/// both generations hold the policy. Only maps are created (no program is verified).
+pub fn sized_memory(
+    policy: &Policy,
+    compiled: &compile::CompiledFirewall,
+    both: bool,
+) -> Result<(BTreeMap<String, inspect::MapMemory>, Option<u64>)> {
+    let before = inspect::open_maps()?;
+    let mut ebpf =
+        palisade::loader::load_sized(&palisade::loader::capacities_of(policy, compiled))?;
+    palisade::guard::install(&mut ebpf, policy).context("installing into the sized maps")?;
+    let maps = inspect::maps_since(&before)?;
+    let two = if both {
+        palisade::guard::install(&mut ebpf, policy)?;
+        let after = inspect::maps_since(&before)?;
+        Some(
+            SIZED
+                .iter()
+                .filter_map(|n| after.get(*n).map(|m| m.memlock_bytes))
+                .sum(),
+        )
+    } else {
+        None
+    };
+    Ok((maps, two))
 }
 /// Runs the suite and writes `firewall-<mode>.{md,json,svg}`. Exit status 2 when a program is
 /// over the verifier budget or failed to load.
@@ -266,7 +300,14 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
         .filter(|p| !p.within_budget)
         .map(|p| p.program.clone())
         .collect();
+    let default_policy = palisade::policy::config::default_policy();
+    let (default_maps, _) = sized_memory(
+        &default_policy,
+        &compile::compile(&default_policy).context("compiling the default policy")?,
+        false,
+    )?;
     let report = Report {
+        default_policy_maps: default_maps.into_values().collect(),
         suite: "firewall",
         mode: s.mode.to_string(),
         generated_at: utc_now(),

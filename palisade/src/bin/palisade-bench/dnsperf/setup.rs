@@ -421,6 +421,7 @@ pub fn policy(list: &[String], action: DnsAction) -> Result<Policy> {
     let mut p = workload::empty_policy();
     p.dns = Dns {
         rate_prefix: Default::default(),
+        capacity_names: 0,
         bind: None,
         dga: None,
         cache: None,

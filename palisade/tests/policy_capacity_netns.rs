@@ -1,0 +1,208 @@
+//! The policy maps sized from the policy, with the real daemon: a set of 1.2M hosts and a
+//! list of 2.5M DNS names each install, reload, take a live edit and survive a restart; a
+//! policy that outgrows the running maps is refused by a reload with the setting that makes
+//! room named (the running policy stays), and a restart with it sizes new maps and moves the
+//! attachment over.
+//!
+//! Verdicts are read with test runs of the pinned firewall program against the pinned maps
+//! (1 = `XDP_DROP`, 2 = `XDP_PASS`), so they are the ones real traffic gets.
+
+#[path = "support/control.rs"]
+mod control;
+mod support;
+
+use std::{
+    os::fd::AsFd as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use control::{GuardedHost, cli, run_pinned};
+use palisade::craft;
+use support::netns::NetnsPair;
+
+const HOSTS: u32 = 1_200_000;
+const NAMES: u32 = 2_500_000;
+
+/// Host `i` of the big set: `10.0.0.0` upwards.
+fn host(i: u32) -> String {
+    format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)
+}
+
+/// The capacity of a map the daemon pinned.
+fn max_entries(g: &GuardedHost, map: &str) -> u32 {
+    let fd = palisade::pin::obj_get(&g.scratch.pinned_map(map)).expect("open the pinned map");
+    palisade::pin::map_info(fd.as_fd()).expect("map info").4
+}
+
+/// A policy dropping sources in set `big`, read from `hosts`.
+fn set_policy(hosts: &Path) -> String {
+    format!(
+        "[sets.big]\nfiles = [\"{}\"]\n\n[[firewall.rule]]\nname = \"big\"\naction = \"drop\"\nsrc = \"@big\"\n",
+        hosts.display()
+    )
+}
+
+fn write_hosts(path: &Path, n: u32) {
+    let text: String = (0..n).map(|i| host(i) + "\n").collect();
+    std::fs::write(path, text).expect("hosts file");
+}
+
+/// Kills the daemon (its pins stay, as after a crash) and starts it again; returns how long
+/// the start took.
+fn restart(g: &mut GuardedHost) -> Duration {
+    g.take_daemon().kill9();
+    let t = Instant::now();
+    g.start();
+    t.elapsed()
+}
+
+fn stderr_has(g: &GuardedHost, what: &str) -> bool {
+    g.daemon().stderr_now().iter().any(|l| l.contains(what))
+}
+
+#[test]
+fn a_set_of_1_2m_hosts_is_refused_by_a_reload_then_sized_by_a_restart_reloads_and_edits() {
+    let pair = NetnsPair::new();
+    let udp = |src: &str| craft::Frame::udp(src, &pair.v4_b, 40000, 9000).build();
+    let frames: Vec<Vec<u8>> = [
+        host(5),
+        host(1_000_000),
+        host(HOSTS - 1),
+        "10.250.0.1".into(),
+        pair.v4_a.clone(),
+    ]
+    .iter()
+    .map(|s| udp(s))
+    .collect();
+    let small = std::env::temp_dir().join(format!("palisade-cap-small-{}", std::process::id()));
+    write_hosts(&small, 10);
+    let mut g = GuardedHost::new("cap-set", &set_policy(&small), &pair.ns_b, &pair.if_b);
+    let big = g.scratch.file("big-hosts.txt");
+    write_hosts(&big, HOSTS);
+    g.start();
+    let prog = control::pinned_firewall(&g.scratch.pin_dir());
+    // A small policy gets small maps: the minimum room for each of two generations.
+    assert_eq!(max_entries(&g, "FW_SET_HOSTS"), 2 << 20);
+    assert_eq!(max_entries(&g, "FW_RULES"), 2 << 21);
+    assert_eq!(run_pinned(&prog, &frames), vec![1, 2, 2, 2, 2]);
+
+    // The big set does not fit the running maps: refused, naming the setting, nothing changes.
+    std::fs::write(&g.policy, set_policy(&big)).unwrap();
+    let r = cli(&g.socket(), &["reload"]);
+    assert!(!r.ok, "{r:?}");
+    assert!(
+        r.stderr.contains("[firewall] capacity_set_hosts")
+            && r.stderr
+                .contains("1200000 set members that are single addresses"),
+        "{r:?}"
+    );
+    assert_eq!(run_pinned(&prog, &frames), vec![1, 2, 2, 2, 2]);
+
+    // A restart sizes the maps for it (2^21 per generation: 1.2M and a quarter, rounded up)
+    // in a new layout and moves the attachment over.
+    let took = restart(&mut g);
+    eprintln!("restart into a new layout for {HOSTS} hosts: {took:?}");
+    assert!(
+        stderr_has(&g, "moved the pinned link"),
+        "{:?}",
+        g.daemon().stderr_now()
+    );
+    assert_eq!(max_entries(&g, "FW_SET_HOSTS"), 2 << 21);
+    let prog = control::pinned_firewall(&g.scratch.pin_dir());
+    assert_eq!(run_pinned(&prog, &frames), vec![1, 1, 1, 2, 2]);
+
+    // Reloads fit now: the next generation is written next to the running one, twice (both
+    // generations full).
+    for _ in 0..2 {
+        let t = Instant::now();
+        let r = cli(&g.socket(), &["reload"]);
+        assert!(r.ok && r.stdout.contains("reloaded"), "{r:?}");
+        eprintln!("reload of {HOSTS} hosts: {:?}", t.elapsed());
+    }
+    assert_eq!(run_pinned(&prog, &frames), vec![1, 1, 1, 2, 2]);
+
+    // A live edit is one more generation.
+    let t = Instant::now();
+    let r = cli(&g.socket(), &["set", "add", "big", "10.250.0.1"]);
+    assert!(r.ok, "{r:?}");
+    eprintln!("live edit of {HOSTS} hosts: {:?}", t.elapsed());
+    assert_eq!(run_pinned(&prog, &frames), vec![1, 1, 1, 1, 2]);
+
+    // A restart with the same policy adopts the pins (same sizes, same layout).
+    let took = restart(&mut g);
+    eprintln!("adopting restart with {HOSTS} hosts: {took:?}");
+    assert!(
+        stderr_has(&g, "adopted the pinned link"),
+        "{:?}",
+        g.daemon().stderr_now()
+    );
+    assert_eq!(max_entries(&g, "FW_SET_HOSTS"), 2 << 21);
+    // The file again: the live edit is gone, the big set enforced.
+    assert_eq!(run_pinned(&prog, &frames), vec![1, 1, 1, 2, 2]);
+    let _ = std::fs::remove_file(&small);
+}
+
+#[test]
+fn a_list_of_2_5m_names_installs_reloads_takes_a_live_edit_and_survives_a_restart() {
+    let pair = NetnsPair::new();
+    let query = |name: &str| {
+        craft::Frame::dns_udp(
+            &pair.v4_a,
+            &pair.v4_b,
+            40000,
+            &craft::DnsQuery::name(name, 1).build(),
+        )
+        .build()
+    };
+    let name = |i: u32| format!("n{i}.big.example");
+    let queries: Vec<Vec<u8>> = [
+        name(0),
+        name(NAMES - 1),
+        "added.example".into(),
+        "fine.example".into(),
+    ]
+    .iter()
+    .map(|n| query(n))
+    .collect();
+    let mut g = GuardedHost::new("cap-names", "", &pair.ns_b, &pair.if_b);
+    let names = g.scratch.file("names.txt");
+    let text: String = (0..NAMES).map(|i| name(i) + "\n").collect();
+    std::fs::write(&names, text).expect("names file");
+    std::fs::write(
+        &g.policy,
+        format!(
+            "[dns.ingress]\nmode = \"blocklist\"\naction = \"drop\"\nlists = [\"big\"]\n\n[dns.lists.big]\nfiles = [\"{}\"]\n",
+            names.display()
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    g.start();
+    eprintln!("start with {NAMES} names: {:?}", t.elapsed());
+    // 2.5M exact names and a quarter, rounded up: 2^22 per generation.
+    assert_eq!(max_entries(&g, "DNS_NAMES"), 2 << 22);
+    let prog = control::pinned_firewall(&g.scratch.pin_dir());
+    assert_eq!(run_pinned(&prog, &queries), vec![1, 1, 2, 2]);
+    for _ in 0..2 {
+        let t = Instant::now();
+        let r = cli(&g.socket(), &["reload"]);
+        assert!(r.ok && r.stdout.contains("reloaded"), "{r:?}");
+        eprintln!("reload of {NAMES} names: {:?}", t.elapsed());
+    }
+    assert_eq!(run_pinned(&prog, &queries), vec![1, 1, 2, 2]);
+    let t = Instant::now();
+    let r = cli(&g.socket(), &["dns", "add", "big", "added.example"]);
+    assert!(r.ok, "{r:?}");
+    eprintln!("live edit of {NAMES} names: {:?}", t.elapsed());
+    assert_eq!(run_pinned(&prog, &queries), vec![1, 1, 1, 2]);
+    let took = restart(&mut g);
+    eprintln!("adopting restart with {NAMES} names: {took:?}");
+    assert!(
+        stderr_has(&g, "adopted the pinned link"),
+        "{:?}",
+        g.daemon().stderr_now()
+    );
+    assert_eq!(max_entries(&g, "DNS_NAMES"), 2 << 22);
+    assert_eq!(run_pinned(&prog, &queries), vec![1, 1, 2, 2]);
+}
