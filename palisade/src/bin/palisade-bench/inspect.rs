@@ -92,17 +92,8 @@ pub fn maps_of(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<String, MapMemory>> {
     let mut out = BTreeMap::new();
     for id in ids {
         let m = MapInfo::from_id(id).with_context(|| format!("map id {id}"))?;
-        let name = m.name_as_str().unwrap_or("?").to_string();
         let fd = m.fd()?;
-        let memlock = fdinfo_field(fd.as_fd().as_raw_fd(), "memlock")?.unwrap_or(0);
-        out.insert(
-            name.clone(),
-            MapMemory {
-                name,
-                max_entries: m.max_entries(),
-                memlock_bytes: memlock,
-            },
-        );
+        insert_memory(&mut out, &m, fd.as_fd().as_raw_fd())?;
     }
     Ok(out)
 }
@@ -137,18 +128,24 @@ pub fn maps_since(before: &BTreeMap<u32, i32>) -> Result<BTreeMap<String, MapMem
             continue;
         }
         let m = MapInfo::from_id(id).with_context(|| format!("map id {id}"))?;
-        let name = m.name_as_str().unwrap_or("?").to_string();
-        let memlock = fdinfo_field(fd, "memlock")?.unwrap_or(0);
-        out.insert(
-            name.clone(),
-            MapMemory {
-                name,
-                max_entries: m.max_entries(),
-                memlock_bytes: memlock,
-            },
-        );
+        insert_memory(&mut out, &m, fd)?;
     }
     Ok(out)
+}
+
+/// Adds the memory of map `m`, open as `fd`, to `out` under its name.
+fn insert_memory(out: &mut BTreeMap<String, MapMemory>, m: &MapInfo, fd: i32) -> Result<()> {
+    let name = m.name_as_str().unwrap_or("?").to_string();
+    let memlock = fdinfo_field(fd, "memlock")?.unwrap_or(0);
+    out.insert(
+        name.clone(),
+        MapMemory {
+            name,
+            max_entries: m.max_entries(),
+            memlock_bytes: memlock,
+        },
+    );
+    Ok(())
 }
 
 fn fdinfo_field(fd: i32, key: &str) -> Result<Option<u64>> {
