@@ -17,7 +17,8 @@ const _: () = assert!(SIZE_CLASSES[3] == CAPTURE_BYTES);
 /// Records one `SSL_*` call may produce (so up to `CAPTURE_BYTES * MAX_CHUNKS` bytes of it are
 /// inspected; one TLS record holds at most 16 KiB).
 pub const MAX_CHUNKS: u32 = 4;
-/// Calls in flight (between a probe's entry and its return) tracked at once.
+/// Reads in flight (between a probe's entry and its return) tracked at once, and as many
+/// writes waiting for their connection's first send.
 pub const MAX_INFLIGHT: u32 = 16_384;
 /// `SSL*` -> flow entries remembered, for reads answered from OpenSSL's own buffer (no
 /// `tcp_recvmsg` inside the call).
@@ -100,9 +101,7 @@ pub struct Inflight {
     pub flow: Flow,
     /// 1 once `flow` is set.
     pub has_flow: u32,
-    /// 1 for a write captured at its entry: no return probe follows; the first TCP send
-    /// within it names the `SSL*`'s flow (a `DIR_FLOW` record) and removes the entry.
-    pub entry_only: u32,
+    pub _pad: u32,
 }
 map_type!(Inflight, 72);
 
@@ -113,6 +112,7 @@ pub struct Record {
     pub pid_tgid: u64,
     pub ssl: u64,
     pub cgroup: u64,
+    /// `bpf_ktime_get_ns` at an exec (`DIR_EXEC`, `DIR_FLOW`); 0 in records of plaintext.
     pub ts_ns: u64,
     pub flow: Flow,
     pub comm: [u8; 16],

@@ -272,6 +272,14 @@ pub fn palisade_dlp_sock(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
     dlp::on_sock(&ctx)
 }
 
+/// DLP: the flow of a TCP send inside an `SSL_*` call (raw tracepoint
+/// `tcp:tcp_sendmsg_locked`, Linux 6.8 and later: no trace record is built, and only TCP
+/// sends run it). On kernels without it, `palisade_dlp_sock` takes `sock:sock_send_length`.
+#[aya_ebpf::macros::raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
+pub fn palisade_dlp_tcp_send(ctx: aya_ebpf::programs::RawTracePointContext) -> u32 {
+    dlp::on_tcp_send(&ctx)
+}
+
 /// DLP: a process exec'd (tracepoint `sched:sched_process_exec`); userspace looks at it at
 /// once instead of at its next scan of `/proc`.
 #[aya_ebpf::macros::tracepoint]

@@ -336,6 +336,18 @@ fn daemon_runs_the_probes_and_reports_matches_coverage_and_counters() {
     assert_eq!(sample(&m, "palisade_dlp_total{event=\"lost\"}"), Some(0));
     assert!(sample(&m, "palisade_dlp_total{event=\"uncovered\"}").unwrap_or(0) >= 1);
 
+    // The probes are the daemon's own programs, pinned beside its firewall (one object:
+    // the counters above and `DLP_RESET` are the pinned maps).
+    let pinned = control::pinned_firewall(&host.scratch.pin_dir());
+    let progs = pinned.parent().unwrap();
+    for name in palisade::dlp::probe::PROGRAMS {
+        assert!(
+            progs.join(name).exists(),
+            "{name} is not pinned in {}",
+            progs.display()
+        );
+    }
+
     // Without [dlp] the probes go: no counters.
     host.reload("[firewall]\ndefault = \"allow\"\n");
     let stats = cli_json(&host.socket(), &["stats", "--json"]);

@@ -504,3 +504,60 @@ fn reset_action_stops_the_flow() {
     );
     assert!(counters(&ev)["reset_drops"].as_u64().unwrap() > 0, "{ev:?}");
 }
+
+/// On a kernel without the raw tracepoint `tcp:tcp_sendmsg_locked` (before 6.8) the sends
+/// are seen on `sock:sock_send_length`, as the receives: the first write of a connection,
+/// captured before its first send, still gets its flow from that send, the second write
+/// the one kept for its `SSL*`, and the server's reads the flow of their receives.
+#[test]
+fn sends_seen_on_the_sock_tracepoint_name_the_flow_too() {
+    use palisade::dlp::probe::{Placement, Sends, Source, Watcher};
+
+    let lab = Lab::new("socktp", 18_436);
+    let policy = palisade::policy::config::load_policy(&lab.policy("action = \"alert\"")).unwrap();
+    let mut w = Watcher::start_hooked(
+        &policy.dlp,
+        Placement::Emulated,
+        Sends::Tracepoint,
+        Source::Own,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut c = lab.client("key=AKIAIOSFODNN7EXAMPLE", "&card=4111 1111 1111 1111", "0");
+    let pid = c.id();
+    let mut last = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        w.tick(&mut last, &mut out).unwrap();
+    }
+    // The server reads a moment after the client has gone.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(500) {
+        w.tick(&mut last, &mut out).unwrap();
+    }
+    w.drain(&mut out).unwrap();
+    w.release(Instant::now(), true, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    let ev: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let m = matches_of(&ev, pid, "write");
+    for kind in ["aws-access-key-id", "visa"] {
+        let e = m
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} write match of {pid} in\n{text}"));
+        assert_eq!(e["flow"]["dport"], u64::from(lab.port), "{e}");
+        assert_eq!(e["flow"]["dst"], "127.0.0.1", "{e}");
+    }
+    assert!(
+        ev.iter().any(|e| e["event"] == "dlp-match"
+            && e["direction"] == "read"
+            && e["kind"] == "visa"
+            && e["flow"]["sport"] == u64::from(lab.port)),
+        "no read-side match with its flow in\n{text}"
+    );
+    let counters: std::collections::HashMap<String, u64> = w.all_counters().into_iter().collect();
+    assert_eq!(counters["lost"], 0, "{counters:?}");
+    assert_eq!(counters["no_flow"], 0, "{counters:?}");
+}

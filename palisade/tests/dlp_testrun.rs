@@ -105,3 +105,55 @@ fn listed_flows_are_dropped_and_everything_else_goes_on() {
     assert_eq!(run(&b, &arp), TC_ACT_UNSPEC);
     assert_eq!(counts(&b), (3, 3));
 }
+
+/// A listed flow's entry keeps the time of the last packet it stopped; the watcher's sweep
+/// (`expire_resets`) lets go of the flows that stopped nothing for the hold time, and only
+/// those.
+#[test]
+fn flows_that_stop_nothing_for_the_hold_time_are_let_go() {
+    use palisade::dlp::probe::{expire_resets, monotonic_ns};
+    use std::time::Duration;
+
+    let mut b = Bench::new().unwrap();
+    let live = key("10.0.0.1", 40_000, "10.0.0.2", 443);
+    let gone = key("10.0.0.1", 40_001, "10.0.0.2", 443);
+    // Both listed long ago (1 ns after boot).
+    list(&mut b, live);
+    list(&mut b, gone);
+    let before = monotonic_ns();
+    let frame = Frame::tcp("10.0.0.1", "10.0.0.2", 40_000, 443, ACK).build();
+    assert_eq!(run(&b, &frame), TC_ACT_SHOT);
+    let after = monotonic_ns();
+
+    let mut m: HashMap<_, ResetKey, u64> =
+        HashMap::try_from(b.map_mut("DLP_RESET").unwrap()).unwrap();
+    let stamped = m.get(&live, 0).unwrap();
+    assert!(
+        (before..=after).contains(&stamped),
+        "the stopped packet's time {stamped} is not within {before}..={after}"
+    );
+    assert_eq!(
+        m.get(&gone, 0).unwrap(),
+        1,
+        "a flow that stopped nothing keeps its time"
+    );
+
+    let hold = Duration::from_secs(60);
+    assert_eq!(expire_resets(&mut m, after, hold).unwrap(), 1);
+    assert!(m.get(&gone, 0).is_err(), "the idle flow is still listed");
+    assert_eq!(
+        m.get(&live, 0).unwrap(),
+        stamped,
+        "the live flow was let go"
+    );
+    // Not yet at the hold time after its packet; then gone.
+    assert_eq!(
+        expire_resets(&mut m, stamped + hold.as_nanos() as u64 - 1, hold).unwrap(),
+        0
+    );
+    assert_eq!(
+        expire_resets(&mut m, stamped + hold.as_nanos() as u64, hold).unwrap(),
+        1
+    );
+    assert!(m.keys().next().is_none(), "the map is not empty");
+}

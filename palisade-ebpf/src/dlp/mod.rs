@@ -10,13 +10,16 @@
 //!   under the thread's `pid_tgid`; the return probe ([`leave`]) reads the bytes the call
 //!   really moved (its return value, or `*len_out`): up to `MAX_CHUNKS` records of
 //!   `CAPTURE_BYTES` each go to `DLP_RECORDS`.
-//! - The tracepoints `sock:sock_send_length` and `sock:sock_recv_length` ([`on_sock`]) fill in
-//!   the flow of a call from the socket: the TCP send or receive of an `SSL_*` call runs on
-//!   the same thread within it. (Tracepoints rather than `fentry` on `tcp_sendmsg`: this
-//!   kernel refuses to load tracing programs, and has no kprobes.) The flow is remembered per
-//!   `SSL*` (`DLP_SSL_FLOW`, forgotten on `SSL_free`), for writes captured before their send
-//!   and reads that OpenSSL answers from its own buffer. A write before the first send of
-//!   its `SSL*` goes out without a flow; that send then sends a `DIR_FLOW` record naming it.
+//! - Tracepoints fill in the flow of a call from the socket: the TCP send or receive of an
+//!   `SSL_*` call runs on the same thread within it. Receives are seen on
+//!   `sock:sock_recv_length` ([`on_sock`]), sends on the raw tracepoint
+//!   `tcp:tcp_sendmsg_locked` ([`on_tcp_send`]; `sock:sock_send_length` on kernels before
+//!   6.8). (Tracepoints rather than `fentry` on `tcp_sendmsg`: this kernel refuses to load
+//!   tracing programs, and has no kprobes.) The flow is remembered per `SSL*`
+//!   (`DLP_SSL_FLOW`, forgotten on `SSL_free`), for writes and for reads that OpenSSL
+//!   answers from its own buffer. A write before the first send of its `SSL*` goes out
+//!   without a flow and is left pending (`DLP_PENDING`); that send then sends a `DIR_FLOW`
+//!   record naming it.
 //!
 //! Uprobes cannot block: the probes only observe (fail-open for everything). The `reset`
 //! action is carried out by [`reset`], a TC egress program, on flows userspace names.
@@ -32,8 +35,8 @@ use aya_ebpf::{
         generated::{bpf_get_attach_cookie, bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use palisade_common::dlp::{
     CAPTURE_BYTES, COOKIE_EX, COOKIE_FREE, COOKIE_READ, DIR_EXEC, DIR_FLOW, DIR_READ, DIR_WRITE,
@@ -41,10 +44,23 @@ use palisade_common::dlp::{
     Record, ResetKey, SIZE_CLASSES, stat,
 };
 
-/// Calls between entry and return, by `pid_tgid`. LRU: a thread killed inside a call leaves
+/// Reads between entry and return, by `pid_tgid`. LRU: a thread killed inside a call leaves
 /// an entry that ages out.
 #[map]
 pub static DLP_INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// Writes captured at their entry before the first send of their connection, by
+/// `pid_tgid`: the call's `SSL*`, whose flow that send names (a `DIR_FLOW` record). LRU: a
+/// thread killed inside the call leaves an entry that ages out.
+#[map]
+pub static DLP_PENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// One slot: entries put into `DLP_PENDING` less those taken out, so at least what it holds
+/// (an entry the LRU evicts leaves it higher). While it is 0 no thread has a pending write:
+/// the send hooks and the calls' entries look nothing up, the common case once every
+/// connection has sent.
+#[map]
+pub static DLP_PENDING_LIVE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// The last flow seen for an `SSL*` (keyed by `tgid << 64 | ssl` folded into one u64 pair).
 #[map]
@@ -72,6 +88,7 @@ const SKC_NUM: usize = 14;
 const SKC_FAMILY: usize = 16;
 const SKC_V6_DADDR: usize = 56;
 const SKC_V6_RCV_SADDR: usize = 72;
+const _: () = assert!(SKC_V6_RCV_SADDR == SKC_V6_DADDR + 16);
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -89,7 +106,7 @@ pub(crate) fn bump(slot: u32, v: u64) {
 ///   and no return probe is needed (on writes the probe sits on the first branch the kernel
 ///   emulates, see `palisade/src/dlp/prologue.rs`: one trap per call, no single-step). Its
 ///   flow is the one last seen for the `SSL*`; before the first send of a connection it is
-///   not known yet, so an `entry_only` in-flight entry lets [`on_sock`] report it.
+///   not known yet, so the write is left pending in `DLP_PENDING` for that send to name.
 /// - A read is remembered for its return probe, which captures what it moved.
 /// - `SSL_free` forgets the `SSL*`'s flow.
 #[inline(always)]
@@ -99,9 +116,10 @@ pub fn enter(ctx: &ProbeContext) -> u32 {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let id = bpf_get_current_pid_tgid();
     let key = [id >> 32, ssl];
+    // The thread is in no other `SSL_*` call now, so a write it left pending is stale.
+    forget_pending(id);
     if cookie & COOKIE_FREE != 0 {
         let _ = DLP_SSL_FLOW.remove(&key);
-        forget_stale(id);
     } else if cookie & COOKIE_READ == 0 {
         let buf: u64 = ctx.arg(1).unwrap_or(0);
         let num: u64 = ctx.arg(2).unwrap_or(0);
@@ -114,30 +132,16 @@ pub fn enter(ctx: &ProbeContext) -> u32 {
             u64::from(num as u32)
         };
         bump(stat::CALLS, 1);
-        let known = if moved != 0 {
-            // SAFETY: the value is copied out at once.
-            unsafe { DLP_SSL_FLOW.get(&key) }.copied()
-        } else {
-            None
-        };
-        if moved != 0 && known.is_none() {
-            // Replaces whatever the thread left (see `forget_stale`).
-            let v = Inflight {
-                ssl,
-                buf,
-                len_out: 0,
-                flow: Flow::default(),
-                has_flow: 0,
-                entry_only: 1,
-            };
-            let _ = DLP_INFLIGHT.insert(&id, &v, 0);
-        } else {
-            forget_stale(id);
-        }
         if moved != 0 {
+            // SAFETY: the value is copied out at once.
+            let known = unsafe { DLP_SSL_FLOW.get(&key) }.copied();
             let (flow, has_flow) = match known {
                 Some(f) => (f, 1u8),
-                None => (Flow::default(), 0u8),
+                None => {
+                    // The connection has not sent yet: its first send names the flow.
+                    add_pending(id, ssl);
+                    (Flow::default(), 0u8)
+                }
             };
             capture(id, ssl, buf, moved, flow, has_flow, DIR_WRITE);
         }
@@ -154,24 +158,45 @@ pub fn enter(ctx: &ProbeContext) -> u32 {
             len_out,
             flow: Flow::default(),
             has_flow: 0,
-            entry_only: 0,
+            _pad: 0,
         };
         let _ = DLP_INFLIGHT.insert(&id, &v, 0);
     }
     0
 }
 
-/// Forgets what an earlier call of thread `id` left in `DLP_INFLIGHT`. At the entry of an
-/// `SSL_*` call the thread is in no other one, so an entry still there is stale: a write
-/// captured before its first send whose call returned without sending (it failed, or its
-/// `SSL*` writes to a memory BIO). Left there, the thread's next TCP send (another
-/// connection's) would name its flow for that write's `SSL*`. The lookup is lock-free and the
-/// delete runs only when an entry is there.
+/// The `SSL*` of the write thread `id` left pending, if any: one array read while no thread
+/// has one.
 #[inline(always)]
-fn forget_stale(id: u64) {
-    // SAFETY: only tested for presence.
-    if unsafe { DLP_INFLIGHT.get(&id) }.is_some() {
-        let _ = DLP_INFLIGHT.remove(&id);
+fn pending_of(id: u64) -> Option<u64> {
+    if DLP_PENDING_LIVE.get(0).is_none_or(|n| *n == 0) {
+        return None;
+    }
+    // SAFETY: the value is copied out at once.
+    unsafe { DLP_PENDING.get(&id) }.copied()
+}
+
+/// A write of thread `id` on `ssl` is pending. The count goes up first, so it is never
+/// below what the map holds.
+#[inline(always)]
+fn add_pending(id: u64, ssl: u64) {
+    if let Some(n) = DLP_PENDING_LIVE.get_ptr_mut(0) {
+        // SAFETY: the slot is a valid, 8-aligned map value.
+        unsafe { crate::atomic::add(n, 1) };
+    }
+    let _ = DLP_PENDING.insert(&id, &ssl, 0);
+}
+
+/// Takes thread `id`'s pending write out, if it has one. Only the thread's own probes
+/// touch its entry, so the count goes down once per entry taken.
+#[inline(always)]
+fn forget_pending(id: u64) {
+    if pending_of(id).is_some()
+        && DLP_PENDING.remove(&id).is_ok()
+        && let Some(n) = DLP_PENDING_LIVE.get_ptr_mut(0)
+    {
+        // SAFETY: as in `add_pending`; adding all ones takes one away.
+        unsafe { crate::atomic::add(n, u64::MAX) };
     }
 }
 
@@ -181,14 +206,16 @@ const TP_SK: usize = 8;
 const TP_PROTOCOL: usize = 18;
 const IPPROTO_TCP: u16 = 6;
 
-/// `sock:sock_send_length` / `sock:sock_recv_length`: the flow of the `SSL_*` call this
-/// thread is in, if any.
+/// `sock:sock_recv_length` (and `sock:sock_send_length` where `tcp:tcp_sendmsg_locked` is
+/// missing): the flow of the `SSL_*` call this thread is in, if any.
 #[inline(always)]
 pub fn on_sock(ctx: &TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let Some(call) = DLP_INFLIGHT.get_ptr_mut(&id) else {
+    let pending = pending_of(id);
+    let call = DLP_INFLIGHT.get_ptr_mut(&id);
+    if pending.is_none() && call.is_none() {
         return 0;
-    };
+    }
     // SAFETY: the offsets are those of the tracepoint's record, inside it.
     let (sk, proto) = unsafe {
         (
@@ -202,22 +229,80 @@ pub fn on_sock(ctx: &TracePointContext) -> u32 {
     let Some(flow) = read_flow(sk) else {
         return 0;
     };
-    // SAFETY: a value of this map, valid for the program's run.
-    let (ssl, entry_only) = unsafe {
-        if (*call).has_flow == 0 {
-            (*call).flow = flow;
-            (*call).has_flow = 1;
-        }
-        ((*call).ssl, (*call).entry_only)
-    };
-    let key = [id >> 32, ssl];
-    let _ = DLP_SSL_FLOW.insert(&key, &flow, 0);
-    if entry_only != 0 {
-        // A write captured at its entry without a flow: its first send names it.
-        let _ = DLP_INFLIGHT.remove(&id);
-        send_flow(id, ssl, flow);
+    if let Some(ssl) = pending {
+        name_pending(id, ssl, flow);
+    }
+    if let Some(call) = call {
+        // SAFETY: a value of this map, valid for the program's run.
+        let ssl = unsafe {
+            if (*call).has_flow == 0 {
+                (*call).flow = flow;
+                (*call).has_flow = 1;
+            }
+            (*call).ssl
+        };
+        remember_flow(id, ssl, &flow);
     }
     0
+}
+
+/// `tcp:tcp_sendmsg_locked` (raw; its first argument is the socket, and it fires only for
+/// TCP): the flow of the write this thread left pending, if any. Writes of connections whose
+/// flow is known leave nothing pending, so their sends cost one array read.
+#[inline(always)]
+pub fn on_tcp_send(ctx: &RawTracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if let Some(ssl) = pending_of(id)
+        && let Some(flow) = read_flow(ctx.arg::<u64>(0))
+    {
+        name_pending(id, ssl, flow);
+    }
+    0
+}
+
+/// The first send of the connection of the write thread `id` left pending on `ssl`: the
+/// `SSL*`'s flow is remembered, and a `DIR_FLOW` record names it for the write's records.
+#[inline(always)]
+fn name_pending(id: u64, ssl: u64, flow: Flow) {
+    remember_flow(id, ssl, &flow);
+    forget_pending(id);
+    send_flow(id, ssl, flow);
+}
+
+/// Keeps `flow` as the flow of thread `id`'s process's `ssl`. Every read of a connection
+/// names the same flow: the LRU update (a bucket lock and a node) only when it is new.
+#[inline(always)]
+fn remember_flow(id: u64, ssl: u64, flow: &Flow) {
+    let key = [id >> 32, ssl];
+    // SAFETY: only compared, at once.
+    if !unsafe { DLP_SSL_FLOW.get(&key) }.is_some_and(|f| same_flow(f, flow)) {
+        let _ = DLP_SSL_FLOW.insert(&key, flow, 0);
+    }
+}
+
+/// Whether two flows are equal, compared a word at a time (no `memcmp`, which this target
+/// has not, and no vector code).
+#[inline(always)]
+fn same_flow(a: &Flow, b: &Flow) -> bool {
+    let (x, y) = (words(a), words(b));
+    ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0
+}
+
+/// The 40 bytes of a flow as five words.
+#[inline(always)]
+fn words(f: &Flow) -> [u64; 5] {
+    let p = (&raw const *f).cast::<u64>();
+    // SAFETY: `Flow` is 40 bytes of plain data (`map_type!` checks the size); the reads
+    // are unaligned ones.
+    unsafe {
+        [
+            p.read_unaligned(),
+            p.add(1).read_unaligned(),
+            p.add(2).read_unaligned(),
+            p.add(3).read_unaligned(),
+            p.add(4).read_unaligned(),
+        ]
+    }
 }
 
 /// `sched:sched_process_exec`: a `DIR_EXEC` record (the header only) naming the process, so
@@ -301,26 +386,47 @@ fn kread<T: Default>(addr: u64) -> T {
     v
 }
 
+/// The head of `struct sock_common`: the IPv4 pair, the ports and the family (the bytes
+/// from `SKC_DADDR` to `SKC_FAMILY`, read in one copy).
+#[repr(C)]
+#[derive(Default)]
+struct SockHead {
+    daddr: [u8; 4],
+    rcv_saddr: [u8; 4],
+    _hash: u32,
+    dport: u16,
+    num: u16,
+    family: u16,
+    _state: u16,
+}
+const _: () = assert!(
+    core::mem::offset_of!(SockHead, rcv_saddr) == SKC_RCV_SADDR
+        && core::mem::offset_of!(SockHead, dport) == SKC_DPORT
+        && core::mem::offset_of!(SockHead, num) == SKC_NUM
+        && core::mem::offset_of!(SockHead, family) == SKC_FAMILY
+);
+
+/// The flow of socket `sk`: two copies from the kernel at most (the head, then for IPv6
+/// the address pair, `SKC_V6_DADDR` and `SKC_V6_RCV_SADDR` being adjacent).
 #[inline(always)]
 fn read_flow(sk: u64) -> Option<Flow> {
     if sk == 0 {
         return None;
     }
-    let family: u16 = kread(sk + SKC_FAMILY as u64);
+    let head: SockHead = kread(sk + SKC_DADDR as u64);
     let mut f = Flow {
-        family,
-        sport: kread(sk + SKC_NUM as u64),
-        dport: u16::from_be(kread(sk + SKC_DPORT as u64)),
+        family: head.family,
+        sport: head.num,
+        dport: u16::from_be(head.dport),
         ..Flow::default()
     };
-    if family == AF_INET {
-        let s: [u8; 4] = kread(sk + SKC_RCV_SADDR as u64);
-        let d: [u8; 4] = kread(sk + SKC_DADDR as u64);
-        f.saddr = palisade_common::packet::v4_mapped(s);
-        f.daddr = palisade_common::packet::v4_mapped(d);
-    } else if family == AF_INET6 {
-        f.saddr = kread(sk + SKC_V6_RCV_SADDR as u64);
-        f.daddr = kread(sk + SKC_V6_DADDR as u64);
+    if head.family == AF_INET {
+        f.saddr = palisade_common::packet::v4_mapped(head.rcv_saddr);
+        f.daddr = palisade_common::packet::v4_mapped(head.daddr);
+    } else if head.family == AF_INET6 {
+        let pair: [[u8; 16]; 2] = kread(sk + SKC_V6_DADDR as u64);
+        f.daddr = pair[0];
+        f.saddr = pair[1];
     } else {
         return None;
     }
@@ -389,8 +495,8 @@ fn capture(id: u64, ssl: u64, buf: u64, moved: u64, flow: Flow, has_flow: u8, di
         ssl,
         // SAFETY: the helper has no preconditions.
         cgroup: unsafe { bpf_get_current_cgroup_id() },
-        // SAFETY: the helper has no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        // Only exec records carry a time: a clock read per call is saved.
+        ts_ns: 0,
         flow,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         call_len: moved as u32,

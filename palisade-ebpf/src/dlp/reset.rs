@@ -1,7 +1,8 @@
 //! The `reset` action of `[dlp]` (TC egress): packets of a flow that userspace put in
 //! `DLP_RESET` after a detector matched its plaintext are dropped with `dlp-reset`, so the
 //! connection stalls and the data never leaves. Fail-open for everything else: a frame it
-//! cannot parse, or any flow not listed, goes on.
+//! cannot parse, or any flow not listed, goes on. Each packet stopped writes the time into
+//! the flow's entry, which userspace removes once nothing was stopped for `RESET_HOLD`.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use palisade_common::{
@@ -40,6 +41,12 @@ fn listed(ctx: &TcContext) -> bool {
         sport: p.sport,
         dport: p.dport,
     };
-    // SAFETY: the value is only tested for presence.
-    unsafe { super::DLP_RESET.get(&key).is_some() }
+    let Some(last) = super::DLP_RESET.get_ptr_mut(&key) else {
+        return false;
+    };
+    // The time of the last packet stopped: userspace lets go of a flow that stopped
+    // nothing for a while (`RESET_HOLD`), one whose connection is gone.
+    // SAFETY: a value of this map, valid for the program's run; a plain 8-byte store.
+    unsafe { *last = aya_ebpf::helpers::bpf_ktime_get_ns() };
+    true
 }

@@ -19,7 +19,7 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        ProbeKind, SchedClassifier, TcAttachType, TracePoint, UProbe,
+        ProbeKind, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint},
     },
 };
@@ -64,6 +64,18 @@ pub enum Placement {
     FirstInstruction,
 }
 
+/// Which hook sees the TCP sends that name the flow of a pending write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sends {
+    /// The raw tracepoint `tcp:tcp_sendmsg_locked` ([`TCP_SEND`]) where the kernel has it
+    /// (6.8 and later), else `sock:sock_send_length`.
+    #[default]
+    Raw,
+    /// `sock:sock_send_length` ([`SOCK`]), as on kernels without the raw tracepoint (for
+    /// the tests of that path and for `palisade-bench --dlp` to measure the difference).
+    Tracepoint,
+}
+
 /// How long a write record whose `SSL*` has no flow yet waits for its `DIR_FLOW` record
 /// (the send that follows the probe within the call) before it is scanned without one.
 pub const FLOW_WAIT: Duration = Duration::from_millis(20);
@@ -97,6 +109,8 @@ pub struct Watcher {
     pub matches: u64,
     /// Flows put in the reset map.
     pub resets: u64,
+    /// Flows let go from `DLP_RESET` after [`RESET_HOLD`] without a packet stopped.
+    pub resets_expired: u64,
     /// Processes reported uncovered (each once while it lives).
     pub uncovered: u64,
     placement: Placement,
@@ -132,8 +146,41 @@ pub const EXEC_CHECKS_MS: [u64; 8] = [0, 2, 10, 50, 250, 800, 1500, 3000];
 /// Processes that exec'd being looked at, at most (more wait for the next [`RESCAN`]).
 pub const MAX_EXECS: usize = 1024;
 
+/// How long a flow stays in `DLP_RESET` after the last packet it stopped (or after it was
+/// listed, when none came): longer than TCP retransmits before it gives up (about 15 minutes
+/// with the default `net.ipv4.tcp_retries2`), so a connection still trying keeps its entry
+/// and the entry of one that is gone frees its room.
+pub const RESET_HOLD: Duration = Duration::from_secs(20 * 60);
+
+/// Removes from `DLP_RESET` the flows that stopped nothing for `hold` up to `now_ns`
+/// (`CLOCK_MONOTONIC`); returns how many.
+///
+/// # Errors
+/// When the map cannot be read.
+pub fn expire_resets<T: std::borrow::BorrowMut<MapData>>(
+    map: &mut BpfHashMap<T, ResetKey, u64>,
+    now_ns: u64,
+    hold: Duration,
+) -> Result<usize> {
+    let hold = u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX);
+    let stale: Vec<ResetKey> = map
+        .iter()
+        .filter_map(std::result::Result::ok)
+        .filter(|(_, last)| now_ns.saturating_sub(*last) >= hold)
+        .map(|(k, _)| k)
+        .collect();
+    let mut removed = 0;
+    for k in &stale {
+        // Gone already (another watcher's sweep) is fine.
+        if map.remove(k).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds (the clock of `bpf_ktime_get_ns`).
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -145,16 +192,27 @@ fn monotonic_ns() -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
+/// Records in one drain from which the watcher reads again at once instead of sleeping:
+/// a sixteenth of what the ring holds in records of the smallest size class. Below it the
+/// records come at less than 512,000 a second, and a 2 ms sleep leaves the ring far from
+/// full.
+const BUSY_DRAIN: usize = 1024;
+
 /// The entry probe (`SSL_write[_ex]`, `SSL_read[_ex]`, `SSL_free`).
 pub const ENTER: &str = "palisade_dlp_enter";
 /// The return probe of reads.
 pub const LEAVE: &str = "palisade_dlp_leave";
-/// The flow of a call, on `sock:sock_send_length` and `sock:sock_recv_length`.
+/// The flow of a call, on `sock:sock_recv_length` (and `sock:sock_send_length` on a kernel
+/// without `tcp:tcp_sendmsg_locked`).
 pub const SOCK: &str = "palisade_dlp_sock";
+/// The flow of a call's TCP sends, on the raw tracepoint `tcp:tcp_sendmsg_locked`.
+pub const TCP_SEND: &str = "palisade_dlp_tcp_send";
+/// The raw tracepoint [`TCP_SEND`] goes on (Linux 6.8 and later).
+const TCP_SEND_TRACEPOINT: &str = "tcp_sendmsg_locked";
 /// The exec record, on `sched:sched_process_exec`.
 pub const EXEC: &str = "palisade_dlp_exec";
 /// Every program of the watcher.
-pub const PROGRAMS: [&str; 5] = [ENTER, LEAVE, SOCK, EXEC, RESET];
+pub const PROGRAMS: [&str; 6] = [ENTER, LEAVE, SOCK, TCP_SEND, EXEC, RESET];
 
 /// Where a watcher's programs and maps come from.
 #[derive(Clone, Copy)]
@@ -174,6 +232,7 @@ struct Kernel {
     enter: UProbe,
     leave: UProbe,
     sock: TracePoint,
+    tcp_send: RawTracePoint,
     exec: TracePoint,
     /// Only under `action = "reset"`.
     reset: Option<SchedClassifier>,
@@ -215,6 +274,7 @@ impl Kernel {
             )
         };
         let sock = TracePoint::from_program_info(info(SOCK)?, SOCK.into())?;
+        let tcp_send = RawTracePoint::from_program_info(info(TCP_SEND)?, TCP_SEND.into())?;
         let exec = TracePoint::from_program_info(info(EXEC)?, EXEC.into())?;
         let reset = if with_reset {
             Some(SchedClassifier::from_program_info(
@@ -229,6 +289,7 @@ impl Kernel {
             enter,
             leave,
             sock,
+            tcp_send,
             exec,
             reset,
             ring: RingBuf::try_from(take("DLP_RECORDS")?)?,
@@ -255,6 +316,7 @@ impl Kernel {
             enter: UProbe::from_pin(prog(ENTER), ProbeKind::Entry).with_context(|| ctx(ENTER))?,
             leave: UProbe::from_pin(prog(LEAVE), ProbeKind::Return).with_context(|| ctx(LEAVE))?,
             sock: TracePoint::from_pin(prog(SOCK)).with_context(|| ctx(SOCK))?,
+            tcp_send: RawTracePoint::from_pin(prog(TCP_SEND)).with_context(|| ctx(TCP_SEND))?,
             exec: TracePoint::from_pin(prog(EXEC)).with_context(|| ctx(EXEC))?,
             reset: if with_reset {
                 Some(SchedClassifier::from_pin(prog(RESET)).with_context(|| ctx(RESET))?)
@@ -309,6 +371,7 @@ pub fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     match prog {
         aya::programs::Program::UProbe(p) => p.load(),
         aya::programs::Program::TracePoint(p) => p.load(),
+        aya::programs::Program::RawTracePoint(p) => p.load(),
         aya::programs::Program::SchedClassifier(p) => p.load(),
         _ => bail!("program {name} is not of a kind the DLP watcher uses"),
     }
@@ -326,16 +389,36 @@ impl Watcher {
         Self::start_placed(p, Placement::Emulated, Source::Own)
     }
 
-    /// [`Watcher::start`] with the write probes at `placement`, and the programs and maps of
-    /// `source`.
+    /// [`Watcher::start_hooked`] with the sends on [`Sends::Raw`].
     ///
     /// # Errors
     /// As [`Watcher::start`].
     pub fn start_placed(p: &Dlp, placement: Placement, source: Source<'_>) -> Result<Self> {
+        Self::start_hooked(p, placement, Sends::Raw, source)
+    }
+
+    /// [`Watcher::start`] with the write probes at `placement`, the sends seen by `sends`,
+    /// and the programs and maps of `source`.
+    ///
+    /// # Errors
+    /// As [`Watcher::start`].
+    pub fn start_hooked(
+        p: &Dlp,
+        placement: Placement,
+        sends: Sends,
+        source: Source<'_>,
+    ) -> Result<Self> {
         let detectors = Detectors::new(p).context("compiling the [dlp] patterns")?;
         let mut k = Kernel::open(source, p.action == Action::Reset)?;
         ensure_tracefs()?;
-        for event in ["sock_send_length", "sock_recv_length"] {
+        // TCP sends on the raw tracepoint, where the kernel has it: no trace record is built
+        // for them, and no other protocol's send runs the program. Else on
+        // `sock:sock_send_length`, as the receives.
+        let mut events = vec!["sock_recv_length"];
+        if sends == Sends::Tracepoint || k.tcp_send.attach(TCP_SEND_TRACEPOINT).is_err() {
+            events.push("sock_send_length");
+        }
+        for event in events {
             k.sock
                 .attach("sock", event)
                 .with_context(|| format!("attaching {SOCK} to sock:{event}"))?;
@@ -358,6 +441,7 @@ impl Watcher {
             reported: HashSet::new(),
             matches: 0,
             resets: 0,
+            resets_expired: 0,
             uncovered: 0,
             placement,
             waiting: Vec::new(),
@@ -671,7 +755,7 @@ impl Watcher {
     /// Puts a flow (both directions) in the reset map.
     fn reset(&mut self, f: &Flow) -> Result<()> {
         let m = &mut self.kernel.resets;
-        let now = 1;
+        let now = monotonic_ns();
         m.insert(
             ResetKey {
                 saddr: f.saddr,
@@ -729,12 +813,16 @@ impl Watcher {
     }
 
     /// One turn of the watcher's loop: rescans `/proc` when [`RESCAN`] has passed since
-    /// `last`, drains the records (sleeping 2 ms when there were none).
+    /// `last`, drains the records, then sleeps 2 ms unless there were [`BUSY_DRAIN`] or more
+    /// (the ring filling faster than that goes on at once).
     ///
     /// # Errors
     /// As [`Watcher::drain`].
     pub fn tick(&mut self, last: &mut Instant, out: &mut dyn Write) -> Result<()> {
         if last.elapsed() >= RESCAN {
+            if let Ok(n) = expire_resets(&mut self.kernel.resets, monotonic_ns(), RESET_HOLD) {
+                self.resets_expired += n as u64;
+            }
             self.rescan(out);
             *last = Instant::now();
             self.reported
@@ -742,7 +830,9 @@ impl Watcher {
         }
         let n = self.drain(out)?;
         self.check_execs(out);
-        if n == 0 {
+        if n < BUSY_DRAIN {
+            // Read in batches: a reader that went back to the ring at once would wake for
+            // each record, and take a CPU from the writers it watches.
             std::thread::sleep(Duration::from_millis(2));
         }
         let _ = out.flush();
@@ -762,6 +852,7 @@ impl Watcher {
             .collect();
         c.push(("matches".into(), self.matches));
         c.push(("resets".into(), self.resets));
+        c.push(("resets_expired".into(), self.resets_expired));
         c.push(("uncovered".into(), self.uncovered));
         c.push(("streams_evicted".into(), self.scanner.evicted));
         c.push(("libraries_probed".into(), self.probed.len() as u64));

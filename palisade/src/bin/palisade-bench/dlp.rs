@@ -4,9 +4,10 @@
 //! watcher consuming the records (scanning them with the detectors), and with the probes
 //! attached but nobody reading the ring buffer, in every round; and, to show what the
 //! placement of the write probe saves, with it on `SSL_write_ex`'s first instruction (which
-//! the kernel single-steps) instead of the first branch it emulates. The baseline is the run
-//! without probes of the same round. A last run has a tracefs uprobe event (no BPF
-//! program) at the write probe's place: what the trap alone costs.
+//! the kernel single-steps) instead of the first branch it emulates, and, to show what the
+//! raw tracepoint saves, with the sends seen on `sock:sock_send_length` as on kernels before
+//! 6.8. The baseline is the run without probes of the same round. A last run has a tracefs
+//! uprobe event (no BPF program) at the write probe's place: what the trap alone costs.
 
 use std::{
     fmt::Write as _,
@@ -19,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use palisade::dlp::{
     Builtin, Dlp,
-    probe::{Placement, Source, Watcher},
+    probe::{Placement, Sends, Source, Watcher},
 };
 use serde::Serialize;
 
@@ -272,7 +273,7 @@ pub fn run(s: &DlpSettings, command: String) -> Result<DlpReport> {
         builtins: Builtin::ALL.to_vec(),
         ..Dlp::default()
     };
-    const IDS: [(&str, &str); 5] = [
+    const IDS: [(&str, &str); 6] = [
         ("off", "no probes (baseline)"),
         ("watched", "probes, the watcher consuming"),
         ("unread", "probes, the ring buffer not read"),
@@ -284,6 +285,10 @@ pub fn run(s: &DlpSettings, command: String) -> Result<DlpReport> {
             "bare",
             "a uprobe with no program at the write probe's place (tracefs event): the floor",
         ),
+        (
+            "sock-tp",
+            "sends on `sock:sock_send_length` (kernels before 6.8), the watcher consuming",
+        ),
     ];
     let load_before = load_average();
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); IDS.len()];
@@ -291,12 +296,13 @@ pub fn run(s: &DlpSettings, command: String) -> Result<DlpReport> {
     debug_assert_eq!(IDS[4].0, "bare");
     for _ in 0..s.rounds {
         runs[0].push(finish(client(&dir.0, port, s)?)?);
-        for (i, consume, placement) in [
-            (1, true, Placement::Emulated),
-            (2, false, Placement::Emulated),
-            (3, true, Placement::FirstInstruction),
+        for (i, consume, placement, sends) in [
+            (1, true, Placement::Emulated, Sends::Raw),
+            (2, false, Placement::Emulated, Sends::Raw),
+            (3, true, Placement::FirstInstruction, Sends::Raw),
+            (5, true, Placement::Emulated, Sends::Tracepoint),
         ] {
-            let mut w = Watcher::start_placed(&policy, placement, Source::Own)
+            let mut w = Watcher::start_hooked(&policy, placement, sends, Source::Own)
                 .context("starting the DLP probes")?;
             let mut kid = client(&dir.0, port, s)?;
             let mut sinkout = std::io::sink();
