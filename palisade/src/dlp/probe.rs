@@ -111,6 +111,8 @@ pub struct Watcher {
     pub resets: u64,
     /// Flows let go from `DLP_RESET` after [`RESET_HOLD`] without a packet stopped.
     pub resets_expired: u64,
+    /// When the watcher started: it lets no flow go before it has run for [`RESET_HOLD`].
+    started: Instant,
     /// Processes reported uncovered (each once while it lives).
     pub uncovered: u64,
     placement: Placement,
@@ -449,6 +451,7 @@ impl Watcher {
             by_detector: std::collections::BTreeMap::new(),
             execs: Vec::new(),
             execs_seen: 0,
+            started: Instant::now(),
             state: matches!(source, Source::Own),
         };
         for lib in coverage::system_libraries()
@@ -820,7 +823,12 @@ impl Watcher {
     /// As [`Watcher::drain`].
     pub fn tick(&mut self, last: &mut Instant, out: &mut dyn Write) -> Result<()> {
         if last.elapsed() >= RESCAN {
-            if let Ok(n) = expire_resets(&mut self.kernel.resets, monotonic_ns(), RESET_HOLD) {
+            // Only once this watcher has run for the hold time itself: the entries a watcher
+            // before it listed (another build's among them) have had every chance to stop a
+            // packet and show they are still needed.
+            if self.started.elapsed() >= RESET_HOLD
+                && let Ok(n) = expire_resets(&mut self.kernel.resets, monotonic_ns(), RESET_HOLD)
+            {
                 self.resets_expired += n as u64;
             }
             self.rescan(out);
