@@ -319,16 +319,17 @@ fn dlp_suite() {
     let ids: Vec<&str> = cases.iter().filter_map(|c| c["id"].as_str()).collect();
     assert_eq!(
         ids,
-        ["off", "watched", "unread", "first", "bare"],
+        ["off", "watched", "unread", "first", "bare", "sock-tp"],
         "{report:#}"
     );
-    // With the probes (placed as the daemon places them, or on the first instruction), every
-    // timed write (and the sink's reads) went through them; the bare tracefs probe runs no
-    // program and counts nothing.
-    for c in &cases[1..4] {
+    // With the probes (placed as the daemon places them, or on the first instruction, and
+    // with the sends on either hook), every timed write (and the sink's reads) went through
+    // them; the bare tracefs probe runs no program and counts nothing.
+    for c in cases[1..4].iter().chain(&cases[5..6]) {
         assert!(c["calls"].as_u64().unwrap() >= 20_000, "{report:#}");
         assert!(c["p99_us"]["median"].as_f64().is_some(), "{report:#}");
     }
+    assert_eq!(cases[4]["calls"], 0, "{report:#}");
     // The watcher keeps up with the quick run's 20,000 writes.
     assert_eq!(cases[1]["lost"], 0, "{report:#}");
     assert!(out.join("dlp-quick.md").exists());

@@ -680,11 +680,23 @@ pub fn with_header(base: &Workload, kind: &str) -> Result<Workload> {
 /// # Errors
 /// When the generated policy does not compile.
 pub fn set(n: usize, seed: u64) -> Result<Workload> {
+    if n < 2 {
+        bail!(
+            "--sets: a set of {n} entries cannot be measured: the probes hit both an address \
+             and a /24 of the set, so a set needs at least 2 entries"
+        );
+    }
     let mut rng = Rng::new(seed ^ 0x5e7 ^ (n as u64).wrapping_mul(0x9e37_79b9));
     let mut seen = HashSet::with_capacity(n);
     let mut entries = Vec::with_capacity(n);
     while entries.len() < n {
-        let len = if rng.chance(70) { 32 } else { 24 };
+        // The first two entries are one of each kind, so that the probes find both.
+        let len = match entries.len() {
+            0 => 32,
+            1 => 24,
+            _ if rng.chance(70) => 32,
+            _ => 24,
+        };
         let c = cidr(public_v4(&mut rng), len);
         if seen.insert(c) {
             entries.push(c);
