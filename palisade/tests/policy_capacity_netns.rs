@@ -11,11 +11,7 @@
 mod control;
 mod support;
 
-use std::{
-    os::fd::AsFd as _,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{os::fd::AsFd as _, path::Path, time::Instant};
 
 use control::{GuardedHost, cli, run_pinned};
 use palisade::craft;
@@ -50,11 +46,26 @@ fn write_hosts(path: &Path, n: u32) {
 
 /// Kills the daemon (its pins stay, as after a crash) and starts it again; returns how long
 /// the start took.
-fn restart(g: &mut GuardedHost) -> Duration {
+/// Kills the daemon and starts it again; asserts that it said `expect` (how it took the
+/// pinned link over) and prints how long the start took, as `what`.
+fn restart(g: &mut GuardedHost, expect: &str, what: &str) {
     g.take_daemon().kill9();
     let t = Instant::now();
     g.start();
-    t.elapsed()
+    eprintln!("{what}: {:?}", t.elapsed());
+    assert!(stderr_has(g, expect), "{:?}", g.daemon().stderr_now());
+}
+
+/// Runs the CLI command `args`; asserts it succeeded (and, for a reload, said so) and prints
+/// how long it took, as `what`.
+fn timed(g: &GuardedHost, args: &[&str], what: &str) {
+    let t = Instant::now();
+    let r = cli(&g.socket(), args);
+    assert!(
+        r.ok && (args != ["reload"] || r.stdout.contains("reloaded")),
+        "{r:?}"
+    );
+    eprintln!("{what}: {:?}", t.elapsed());
 }
 
 fn stderr_has(g: &GuardedHost, what: &str) -> bool {
@@ -101,12 +112,10 @@ fn a_set_of_1_2m_hosts_is_refused_by_a_reload_then_sized_by_a_restart_reloads_an
 
     // A restart sizes the maps for it (2^21 per generation: 1.2M and a quarter, rounded up)
     // in a new layout and moves the attachment over.
-    let took = restart(&mut g);
-    eprintln!("restart into a new layout for {HOSTS} hosts: {took:?}");
-    assert!(
-        stderr_has(&g, "moved the pinned link"),
-        "{:?}",
-        g.daemon().stderr_now()
+    restart(
+        &mut g,
+        "moved the pinned link",
+        &format!("restart into a new layout for {HOSTS} hosts"),
     );
     assert_eq!(max_entries(&g, "FW_SET_HOSTS"), 2 << 21);
     let prog = control::pinned_firewall(&g.scratch.pin_dir());
@@ -115,27 +124,23 @@ fn a_set_of_1_2m_hosts_is_refused_by_a_reload_then_sized_by_a_restart_reloads_an
     // Reloads fit now: the next generation is written next to the running one, twice (both
     // generations full).
     for _ in 0..2 {
-        let t = Instant::now();
-        let r = cli(&g.socket(), &["reload"]);
-        assert!(r.ok && r.stdout.contains("reloaded"), "{r:?}");
-        eprintln!("reload of {HOSTS} hosts: {:?}", t.elapsed());
+        timed(&g, &["reload"], &format!("reload of {HOSTS} hosts"));
     }
     assert_eq!(run_pinned(&prog, &frames), vec![1, 1, 1, 2, 2]);
 
     // A live edit is one more generation.
-    let t = Instant::now();
-    let r = cli(&g.socket(), &["set", "add", "big", "10.250.0.1"]);
-    assert!(r.ok, "{r:?}");
-    eprintln!("live edit of {HOSTS} hosts: {:?}", t.elapsed());
+    timed(
+        &g,
+        &["set", "add", "big", "10.250.0.1"],
+        &format!("live edit of {HOSTS} hosts"),
+    );
     assert_eq!(run_pinned(&prog, &frames), vec![1, 1, 1, 1, 2]);
 
     // A restart with the same policy adopts the pins (same sizes, same layout).
-    let took = restart(&mut g);
-    eprintln!("adopting restart with {HOSTS} hosts: {took:?}");
-    assert!(
-        stderr_has(&g, "adopted the pinned link"),
-        "{:?}",
-        g.daemon().stderr_now()
+    restart(
+        &mut g,
+        "adopted the pinned link",
+        &format!("adopting restart with {HOSTS} hosts"),
     );
     assert_eq!(max_entries(&g, "FW_SET_HOSTS"), 2 << 21);
     // The file again: the live edit is gone, the big set enforced.
@@ -185,23 +190,19 @@ fn a_list_of_2_5m_names_installs_reloads_takes_a_live_edit_and_survives_a_restar
     let prog = control::pinned_firewall(&g.scratch.pin_dir());
     assert_eq!(run_pinned(&prog, &queries), vec![1, 1, 2, 2]);
     for _ in 0..2 {
-        let t = Instant::now();
-        let r = cli(&g.socket(), &["reload"]);
-        assert!(r.ok && r.stdout.contains("reloaded"), "{r:?}");
-        eprintln!("reload of {NAMES} names: {:?}", t.elapsed());
+        timed(&g, &["reload"], &format!("reload of {NAMES} names"));
     }
     assert_eq!(run_pinned(&prog, &queries), vec![1, 1, 2, 2]);
-    let t = Instant::now();
-    let r = cli(&g.socket(), &["dns", "add", "big", "added.example"]);
-    assert!(r.ok, "{r:?}");
-    eprintln!("live edit of {NAMES} names: {:?}", t.elapsed());
+    timed(
+        &g,
+        &["dns", "add", "big", "added.example"],
+        &format!("live edit of {NAMES} names"),
+    );
     assert_eq!(run_pinned(&prog, &queries), vec![1, 1, 1, 2]);
-    let took = restart(&mut g);
-    eprintln!("adopting restart with {NAMES} names: {took:?}");
-    assert!(
-        stderr_has(&g, "adopted the pinned link"),
-        "{:?}",
-        g.daemon().stderr_now()
+    restart(
+        &mut g,
+        "adopted the pinned link",
+        &format!("adopting restart with {NAMES} names"),
     );
     assert_eq!(max_entries(&g, "DNS_NAMES"), 2 << 22);
     assert_eq!(run_pinned(&prog, &queries), vec![1, 1, 2, 2]);
