@@ -279,6 +279,72 @@ pub struct FlowKey {
 }
 map_type!(FlowKey, 48);
 
+impl FlowKey {
+    /// A hash of the whole key (all 48 bytes, read as twelve native 32-bit words, paired
+    /// into six 64-bit lanes, each multiplied by its own odd constant, summed, then mixed):
+    /// what [`RuleFilter`] places the key by. The high bits are the well-mixed ones.
+    #[inline(always)]
+    #[must_use]
+    pub fn filter_hash(&self) -> u64 {
+        // SAFETY: 48 bytes of plain integers with no implicit padding (checked by
+        // `map_type!`), alignment 4 as `[u32; 12]`.
+        let w: [u32; 12] = unsafe { core::mem::transmute(*self) };
+        let lane = |i: usize| u64::from(w[2 * i]) | u64::from(w[2 * i + 1]) << 32;
+        // Six independent products (no chain between them), then one multiply to mix.
+        let h = lane(0)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(lane(1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
+            .wrapping_add(lane(2).wrapping_mul(0x1656_67b1_9e37_79f9))
+            .wrapping_add(lane(3).wrapping_mul(0x85eb_ca77_c2b2_ae63))
+            .wrapping_add(lane(4).wrapping_mul(0x27d4_eb2f_1656_67c5))
+            .wrapping_add(lane(5).wrapping_mul(0xff51_afd7_ed55_8ccd));
+        (h ^ h >> 31).wrapping_mul(0xc4ce_b9fe_1a85_ec53)
+    }
+}
+
+/// 64-bit words of a [`RuleFilter`]: 4M bits, 512 KiB per generation.
+pub const RULE_FILTER_WORDS: usize = 1 << 16;
+
+/// A per-generation filter of the rule keys (`FW_RULES`), a Bloom filter blocked by word:
+/// each key sets two bits of one 64-bit word. The search looks a tuple's key up in
+/// `FW_RULES` only when both of its bits are set, so a tuple that cannot match costs an
+/// array word instead of a hash-map lookup. False positives cost a lookup and change
+/// nothing; there are no false negatives, as every key of a generation is added before the
+/// generation goes live. With 100k keys about 0.2 % of absent keys pass, with 1M about 14 %.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RuleFilter {
+    pub words: [u64; RULE_FILTER_WORDS],
+}
+map_type!(RuleFilter, RULE_FILTER_WORDS * 8);
+
+impl RuleFilter {
+    /// Where a key's two bits are: the word's index and the mask of both bits, from the top
+    /// bits of [`FlowKey::filter_hash`].
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot(h: u64) -> (usize, u64) {
+        let word = (h >> 48) as usize & (RULE_FILTER_WORDS - 1);
+        let bits = (1u64 << ((h >> 42) & 63)) | (1u64 << ((h >> 36) & 63));
+        (word, bits)
+    }
+
+    /// Adds the key.
+    #[inline]
+    pub fn insert(&mut self, key: &FlowKey) {
+        let (word, bits) = Self::slot(key.filter_hash());
+        self.words[word] |= bits;
+    }
+
+    /// Whether the key may be in the set.
+    #[inline(always)]
+    #[must_use]
+    pub fn may_hold(&self, key: &FlowKey) -> bool {
+        let (word, bits) = Self::slot(key.filter_hash());
+        self.words[word] & bits == bits
+    }
+}
+
 /// The value of a rule entry: the first rule (in evaluation order) with that key.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -583,6 +649,9 @@ pub const fn country_rate_addr(country: u8) -> [u8; 16] {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::{boxed::Box, vec::Vec};
+
     use super::*;
 
     const S: u64 = 1_000_000_000;
@@ -616,5 +685,70 @@ mod tests {
             f.conforms(now, i1, t1).is_none(),
             "no refill from a rate change"
         );
+    }
+
+    /// A key shaped like the search's: tuple `t` of generation `g`, an IPv4 source under a
+    /// /24 mask and a port class.
+    fn key(g: u32, t: u32, src: u32, class: u16) -> FlowKey {
+        let mut k = FlowKey {
+            tuple: g << 16 | t,
+            dport_class: class,
+            proto: 6,
+            ..FlowKey::default()
+        };
+        k.src[10..12].copy_from_slice(&[0xff, 0xff]);
+        k.src[12..16].copy_from_slice(&(src & 0xffff_ff00).to_be_bytes());
+        k
+    }
+
+    #[test]
+    fn the_rule_filter_holds_every_key_and_lets_few_others_through() {
+        // SAFETY: all-zero words are an empty filter.
+        let mut f: Box<RuleFilter> = unsafe { Box::new_zeroed().assume_init() };
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let held: Vec<FlowKey> = (0..100_000)
+            .map(|_| {
+                let r = next();
+                key(0, (r % 10) as u32, (r >> 8) as u32, (r >> 40) as u16 % 64)
+            })
+            .collect();
+        for k in &held {
+            f.insert(k);
+        }
+        assert!(held.iter().all(|k| f.may_hold(k)), "no false negatives");
+        // The same shapes in the other generation, and other addresses: absent keys.
+        let probes = 100_000;
+        let passed = (0..probes)
+            .filter(|_| {
+                let r = next();
+                f.may_hold(&key(
+                    1,
+                    (r % 10) as u32,
+                    (r >> 8) as u32,
+                    (r >> 40) as u16 % 64,
+                ))
+            })
+            .count();
+        // Two bits of one word per key, 100k keys in 4M bits: about 0.2 % pass.
+        assert!(
+            passed * 100 < probes,
+            "{passed} of {probes} absent keys passed"
+        );
+        // A key differing in one field from a held one is told apart as often.
+        let near = held
+            .iter()
+            .filter(|k| {
+                let mut other = **k;
+                other.dport_class ^= 0x100;
+                f.may_hold(&other)
+            })
+            .count();
+        assert!(near * 100 < held.len(), "{near} near keys passed");
     }
 }

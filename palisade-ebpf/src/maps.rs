@@ -36,6 +36,12 @@ pub static FW_RULES: HashMap<FlowKey, RuleRef> = HashMap::with_max_entries(
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );
 
+/// A filter of each generation's `FW_RULES` keys (`RuleFilter`, 512 KiB a generation): the
+/// search skips the hash lookup of a tuple whose key the filter says is absent.
+#[map]
+pub static FW_RULE_FILTER: Array<palisade_common::firewall::RuleFilter> =
+    Array::with_max_entries(GENERATIONS, 0);
+
 /// Rule actions, `rule_slot(gen, rule)`.
 #[map]
 pub static FW_RULE_META: Array<RuleMeta> = Array::with_max_entries(GENERATIONS * RULE_SLOTS, 0);

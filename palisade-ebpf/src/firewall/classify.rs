@@ -17,8 +17,8 @@ use palisade_common::{
 };
 
 use crate::maps::{
-    DNS_SCRATCH, FW_DPORT_CLASS, FW_RULES, FW_SEARCH, FW_SET_HOSTS, FW_SET_KIND, FW_SETS,
-    FW_SPORT_CLASS, FW_TUPLES, SLOT_XDP,
+    DNS_SCRATCH, FW_DPORT_CLASS, FW_RULE_FILTER, FW_RULES, FW_SEARCH, FW_SET_HOSTS, FW_SET_KIND,
+    FW_SETS, FW_SPORT_CLASS, FW_TUPLES, SLOT_XDP,
 };
 
 /// The search's map keys, in a per-CPU map: the search's frame stacks on the firewall's,
@@ -102,6 +102,7 @@ pub extern "C" fn palisade_fw_search(
     let generation = generation & 1;
     let count = count.min(MAX_TUPLES);
     let mut best = best & !STOPPED;
+    let filter = FW_RULE_FILTER.get(generation);
     let mut j = 0;
     while j < CHUNK {
         let i = from + j;
@@ -124,8 +125,12 @@ pub extern "C" fn palisade_fw_search(
                     == (t.flags & TUPLE_DST_NOT == 0))
         {
             fill_flow_key(&mut keys.flow, generation << 16 | i, t, p, classes);
+            // The filter first: a key it has never seen is not in the table. (A missing
+            // filter lets every lookup through.)
+            let maybe = filter.is_none_or(|f| f.may_hold(&keys.flow));
             // SAFETY: the value is copied out at once; entries are never mutated in place.
-            if let Some(r) = unsafe { FW_RULES.get(&keys.flow) }
+            if maybe
+                && let Some(r) = unsafe { FW_RULES.get(&keys.flow) }
                 && r.rule < best
             {
                 best = r.rule;

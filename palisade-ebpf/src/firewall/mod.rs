@@ -338,12 +338,12 @@ pub fn allowed(
     }
     if p.frag != FRAG_LATER
         && (p.proto == IPPROTO_UDP || p.proto == IPPROTO_TCP)
-        && DNS_GLOBAL
-            .get(generation)
-            .is_some_and(|g| g.is_dns_port(p.dport))
         && DNS_SCOPES
             .get(generation * SCOPES + u32::from(SCOPE_INGRESS))
             .is_some_and(|c| c.mode != MODE_OFF)
+        && DNS_GLOBAL
+            .get(generation)
+            .is_some_and(|g| g.is_dns_port(p.dport))
     {
         // The parsed packet is in the handoff slot already; the DNS program runs next on
         // this CPU.

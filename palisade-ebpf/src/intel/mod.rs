@@ -185,9 +185,19 @@ fn trie(addr: &[u8; 16], generation: u32, slot: u32) -> IntelHit {
 
 /// Checks the source of an arriving packet: [`reason::INTEL_DROP`] when a feed with
 /// `action = "drop"` lists it, 0 to go on (an alert or a tag has been reported and the
-/// address tagged). Not inlined: its keys and the event get a frame beside the parser's.
-#[inline(never)]
+/// address tagged). Inline while no generation holds indicators (one array read); the
+/// lookup is a call of its own, so its keys and the event get a frame beside the parser's.
+#[inline(always)]
 pub fn check_ingress(ctx: &XdpContext, p: &Packet, dir: u32) -> u32 {
+    if live().is_none() {
+        return 0;
+    }
+    check_ingress_live(ctx, p, dir)
+}
+
+/// [`check_ingress`] while a generation holds indicators.
+#[inline(never)]
+fn check_ingress_live(ctx: &XdpContext, p: &Packet, dir: u32) -> u32 {
     let Some(live) = live() else {
         return 0;
     };

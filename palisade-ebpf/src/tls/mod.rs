@@ -213,19 +213,27 @@ fn begins_hello(ctx: &TcContext, at: usize, len: usize) -> bool {
 
 /// For the XDP firewall: the reason a packet arriving on a guarded interface belongs to a
 /// flow the gate refused, or 0. Resets and new SYNs are let on to the gate in TC (a reset
-/// closes the flow; a SYN starts the ports over). Not inlined: the firewall's frame stays
-/// as it was.
-#[inline(never)]
+/// closes the flow; a SYN starts the ports over). What no gate can concern is decided here,
+/// inline; the flow lookup is a call of its own, so the firewall's frame stays as it was and
+/// a packet the gate is off for pays no call.
+#[inline(always)]
 pub fn refused_at_xdp(generation: u32, p: &Packet) -> u32 {
     if p.proto != IPPROTO_TCP || p.frag != FRAG_NONE || p.tcp_flags & (TCP_RST | TCP_SYN) != 0 {
         return 0;
     }
+    match TLS_CONFIG.get(generation) {
+        Some(cfg) if cfg.flags & GATE_ON != 0 => refused_flow(generation, p),
+        _ => 0,
+    }
+}
+
+/// [`refused_at_xdp`] past its checks: the flow's verdict, for a TCP segment (neither a reset
+/// nor a SYN) while the gate is on.
+#[inline(never)]
+fn refused_flow(generation: u32, p: &Packet) -> u32 {
     let Some(cfg) = TLS_CONFIG.get(generation) else {
         return 0;
     };
-    if cfg.flags & GATE_ON == 0 {
-        return 0;
-    }
     let to_server = cfg.watches(p.dport);
     if !to_server && !cfg.watches(p.sport) {
         return 0;

@@ -10,9 +10,9 @@ use aya::{
     maps::{Array, DevMapHash, LpmTrie, MapData, lpm_trie::Key},
 };
 use palisade_common::firewall::{
-    Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleRef,
-    RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SetKey, TUPLE_DST_SET,
-    TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
+    Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleFilter,
+    RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SetKey,
+    TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
 };
 
 use palisade_common::dns::{
@@ -338,14 +338,24 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result
     const _: () = assert!(size_of::<RuleStats>().is_multiple_of(8));
     let zeros = vec![RuleStats::default(); stat_slots.len() * cpus];
     maps::update_batch(maps::data_of(ebpf, "FW_RULE_STATS")?, &stat_slots, &zeros)?;
+    // SAFETY: all-zero words are an empty filter.
+    let mut filter: Box<RuleFilter> = unsafe { Box::new_zeroed().assume_init() };
     let (keys, refs): (Vec<FlowKey>, Vec<RuleRef>) = c
         .entries
         .iter()
         .map(|(key, &rule)| {
             let mut key = *key;
             key.tuple |= generation << 16;
+            filter.insert(&key);
             (key, RuleRef { rule, _pad: 0 })
         })
         .collect();
+    {
+        let mut filters: Array<&mut MapData, RuleFilter> =
+            Array::try_from(map_mut(ebpf, "FW_RULE_FILTER")?)?;
+        // By reference: the filter by value would be a 512 KiB copy on the stack.
+        #[expect(clippy::needless_borrows_for_generic_args, reason = "a 512 KiB value")]
+        filters.set(generation, &*filter, 0)?;
+    }
     maps::update_batch(maps::data_of(ebpf, "FW_RULES")?, &keys, &refs)
 }
