@@ -804,3 +804,11 @@ pub static INTEL_V6_64_0: HashMap<u64, palisade_common::intel::V6Block> =
 #[map]
 pub static INTEL_V6_64_1: HashMap<u64, palisade_common::intel::V6Block> =
     HashMap::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// A filter of the /64s in `INTEL_V6_64_g` (`palisade_common::intel::v6_filter_slot`: two
+/// bits of one word per /64), one per generation; sized by the daemon with the /64 table
+/// (`v6_filter_words`).
+#[map]
+pub static INTEL_V6_FILTER_0: Array<u64> = Array::with_max_entries(1, 0);
+#[map]
+pub static INTEL_V6_FILTER_1: Array<u64> = Array::with_max_entries(1, 0);

@@ -20,7 +20,8 @@ use palisade_common::{
         ACTION_ALERT, ACTION_DROP, ACTION_TAG, CidrData, HAS_CIDRS, HAS_CIDRS_V4, HAS_CIDRS_V6_64,
         HAS_CIDRS_V6_SHORT, HAS_IPS, IS_ALERTED, IS_BLOOM_FALSE, IS_BLOOM_MAYBE, IS_CHECKED,
         IS_DROPPED, IS_EVENTS_LOST, IS_FEED_HITS, IS_HIT_CIDR, IS_HIT_IP, IS_TAGGED, IntelHit,
-        KIND_INTEL, MAX_FEEDS, bloom_hash, bloom_test, is_mapped_v4, stride_match, v6_match,
+        KIND_INTEL, MAX_FEEDS, V6Block, bloom_hash, bloom_test, is_mapped_v4, stride_match,
+        v6_filter_slot, v6_match,
     },
     packet::Packet,
     reason,
@@ -29,7 +30,8 @@ use palisade_common::{
 use crate::maps::{
     EVENTS, INTEL_BLOOM_0, INTEL_BLOOM_1, INTEL_CIDRS_0, INTEL_CIDRS_1, INTEL_CONTROL, INTEL_IPS_0,
     INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, INTEL_V4_16_0, INTEL_V4_16_1,
-    INTEL_V4_24_0, INTEL_V4_24_1, INTEL_V6_64_0, INTEL_V6_64_1, bump, event_flags,
+    INTEL_V4_24_0, INTEL_V4_24_1, INTEL_V6_64_0, INTEL_V6_64_1, INTEL_V6_FILTER_0,
+    INTEL_V6_FILTER_1, bump, event_flags,
 };
 
 /// The value of a tagged address in `INTEL_TAGGED`: the feed and when it was last seen.
@@ -53,10 +55,10 @@ pub fn tag_flag(addr: &[u8; 16]) -> u8 {
     }
 }
 
-/// The live generation, what it holds and its bloom filter's block mask, when it holds
-/// indicators.
+/// The live generation, what it holds, its bloom filter's block mask and its /64 filter's
+/// word mask, when it holds indicators.
 #[inline(always)]
-pub fn live() -> Option<(u32, u32, u32)> {
+pub fn live() -> Option<(u32, u32, u32, u32)> {
     let control = INTEL_CONTROL.get(0)?;
     let generation = control.active & 1;
     let enabled = if generation == 0 {
@@ -67,7 +69,12 @@ pub fn live() -> Option<(u32, u32, u32)> {
     if enabled & (HAS_IPS | HAS_CIDRS | HAS_CIDRS_V4 | HAS_CIDRS_V6_64) == 0 {
         return None;
     }
-    Some((generation, enabled, control.bloom_mask))
+    Some((
+        generation,
+        enabled,
+        control.bloom_mask,
+        control.v6_filter_mask,
+    ))
 }
 
 /// Looks `addr` (a map value or the stack) up in generation `generation`, whose contents
@@ -76,7 +83,7 @@ pub fn live() -> Option<(u32, u32, u32)> {
 fn lookup(
     addr: &[u8; 16],
     dir: u32,
-    (generation, enabled, mask): (u32, u32, u32),
+    (generation, enabled, mask, v6_mask): (u32, u32, u32, u32),
     slot: u32,
 ) -> Option<IntelHit> {
     bump(&INTEL_STATS, dir + IS_CHECKED);
@@ -136,6 +143,17 @@ fn lookup(
         v6_match(
             addr,
             |k| {
+                // The filter first: a /64 it says is absent has no entry (a word that
+                // cannot be read lets the lookup through).
+                let (w, bits) = v6_filter_slot(k, v6_mask);
+                let word = if generation == 0 {
+                    INTEL_V6_FILTER_0.get(w)
+                } else {
+                    INTEL_V6_FILTER_1.get(w)
+                };
+                if word.is_some_and(|x| *x & bits != bits) {
+                    return V6Block::default();
+                }
                 // SAFETY: plain data read from a map value.
                 let b = unsafe {
                     if generation == 0 {

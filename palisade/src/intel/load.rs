@@ -19,6 +19,7 @@ use palisade_common::intel::{
     HAS_CIDRS_V6_64, HAS_CIDRS_V6_SHORT, HAS_IPS, HIT_V4_LONG, HIT_V6_LONG, IntelControl, IntelHit,
     MAX_FEEDS, StrideTables, V4_SLASH16_ENTRIES, V6_STRIDE, V6_STRIDE_MIN, V6Block, V6Table,
     bloom_blocks, bloom_hash, bloom_set, expand_v4, expand_v6, place, slash64, v6_entries,
+    v6_filter_slot, v6_filter_words,
 };
 
 use super::{Feeds, Intel};
@@ -36,8 +37,8 @@ pub struct Sizes {
 }
 
 /// The maps sized by [`Sizes`], per generation: bloom filter, exact table, trie, IPv4 /16
-/// array, IPv4 /24 table, IPv6 /64 table.
-pub const MAPS: [[&str; 6]; GENERATIONS as usize] = [
+/// array, IPv4 /24 table, IPv6 /64 table, IPv6 /64 filter.
+pub const MAPS: [[&str; 7]; GENERATIONS as usize] = [
     [
         "INTEL_BLOOM_0",
         "INTEL_IPS_0",
@@ -45,6 +46,7 @@ pub const MAPS: [[&str; 6]; GENERATIONS as usize] = [
         "INTEL_V4_16_0",
         "INTEL_V4_24_0",
         "INTEL_V6_64_0",
+        "INTEL_V6_FILTER_0",
     ],
     [
         "INTEL_BLOOM_1",
@@ -53,6 +55,7 @@ pub const MAPS: [[&str; 6]; GENERATIONS as usize] = [
         "INTEL_V4_16_1",
         "INTEL_V4_24_1",
         "INTEL_V6_64_1",
+        "INTEL_V6_FILTER_1",
     ],
 ];
 
@@ -62,7 +65,7 @@ impl Sizes {
     pub fn for_loader(self) -> Vec<(&'static str, u32)> {
         let slash16 = if self.feeds { V4_SLASH16_ENTRIES } else { 1 };
         MAPS.iter()
-            .flat_map(|[b, h, t, s16, s24, s64]| {
+            .flat_map(|[b, h, t, s16, s24, s64, f64]| {
                 [
                     (*b, bloom_blocks(self.ips)),
                     (*h, self.ips),
@@ -70,6 +73,7 @@ impl Sizes {
                     (*s16, slash16),
                     (*s24, self.cidrs),
                     (*s64, self.cidrs),
+                    (*f64, v6_filter_words(self.cidrs)),
                 ]
             })
             .collect()
@@ -457,6 +461,8 @@ pub struct Written {
     pub bits: u32,
     /// Its bloom filter's block mask.
     pub bloom_mask: u32,
+    /// Its /64 filter's word mask.
+    pub v6_filter_mask: u32,
     pub timing: Timing,
 }
 
@@ -472,6 +478,7 @@ pub fn flip(ebpf: &mut Ebpf, w: &Written) -> Result<()> {
     }
     ctl.enabled[w.generation as usize] = w.bits;
     ctl.bloom_mask = w.bloom_mask;
+    ctl.v6_filter_mask = w.v6_filter_mask;
     set_control(ebpf, ctl)?;
     ctl.active = w.generation;
     set_control(ebpf, ctl)?;
@@ -494,9 +501,10 @@ pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
 /// # Errors
 /// When a map refuses a write.
 pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
-    let [bloom, table, trie, s16, s24, s64] = MAPS[idle.generation as usize];
+    let [bloom, table, trie, s16, s24, s64, f64] = MAPS[idle.generation as usize];
     let mut t = Timing::default();
     let bloom_mask;
+    let v6_filter_mask;
     let start = std::time::Instant::now();
     {
         let h: HashMap<&MapData, [u8; 16], IntelHit> = HashMap::try_from(idle.map(table)?)?;
@@ -574,6 +582,21 @@ pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
         let keys: Vec<u32> = c.v4_24.keys().copied().collect();
         let values: Vec<CidrBlock> = c.v4_24.values().copied().collect();
         batch_update(idle.fd(s24)?, &keys, &values).with_context(|| format!("filling {s24}"))?;
+        // The /64 filter is built whole and written over the array before the table: fresh
+        // at every refresh, and holding every /64 of the table.
+        let fd = idle.fd(f64)?;
+        let words = crate::pin::map_info(borrowed(fd))?.4;
+        if !words.is_power_of_two() {
+            bail!("{f64} holds {words} words, not a power of two");
+        }
+        v6_filter_mask = words - 1;
+        let mut filter = vec![0u64; words as usize];
+        for &k in c.v6_64.keys() {
+            let (w, bits) = v6_filter_slot(k, v6_filter_mask);
+            filter[w as usize] |= bits;
+        }
+        let slots: Vec<u32> = (0..words).collect();
+        batch_update(fd, &slots, &filter).with_context(|| format!("filling {f64}"))?;
         let keys: Vec<u64> = c.v6_64.keys().copied().collect();
         let values: Vec<V6Block> = c.v6_64.values().copied().collect();
         batch_update(idle.fd(s64)?, &keys, &values).with_context(|| format!("filling {s64}"))?;
@@ -602,6 +625,7 @@ pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
         generation: idle.generation,
         bits,
         bloom_mask,
+        v6_filter_mask,
         timing: t,
     })
 }
