@@ -36,10 +36,17 @@ pub static FW_RULES: HashMap<FlowKey, RuleRef> = HashMap::with_max_entries(
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );
 
-/// A filter of each generation's `FW_RULES` keys (`RuleFilter`, 512 KiB a generation): the
+/// A filter of each generation's `FW_RULES` keys (`KeyFilter`, 512 KiB a generation): the
 /// search skips the hash lookup of a tuple whose key the filter says is absent.
 #[map]
-pub static FW_RULE_FILTER: Array<palisade_common::firewall::RuleFilter> =
+pub static FW_RULE_FILTER: Array<palisade_common::firewall::KeyFilter> =
+    Array::with_max_entries(GENERATIONS, 0);
+
+/// A filter of the granules (IPv4 /24, IPv6 /64) of each generation's set prefixes
+/// (`KeyFilter`, 512 KiB a generation): a set's trie is walked only for an address whose
+/// granule may hold one of its prefixes (sets with shorter prefixes always walk it).
+#[map]
+pub static FW_SET_FILTER: Array<palisade_common::firewall::KeyFilter> =
     Array::with_max_entries(GENERATIONS, 0);
 
 /// Rule actions, `rule_slot(gen, rule)`.

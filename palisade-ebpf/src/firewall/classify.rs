@@ -10,15 +10,16 @@ use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key}
 use palisade_common::{
     firewall::{
         COUNTRY_UNKNOWN, FlowKey, MAX_RULES, MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS,
-        SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SetKey, TUPLE_DST_NOT, TUPLE_DST_SET,
-        TUPLE_SRC_NOT, TUPLE_SRC_SET, fill_flow_key, link_applies, set_kind_slot, tuple_applies,
+        SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SET_PREFIXES_SHORT, SetKey, TUPLE_DST_NOT,
+        TUPLE_DST_SET, TUPLE_SRC_NOT, TUPLE_SRC_SET, fill_flow_key, link_applies,
+        prefix_granule_hash, set_kind_slot, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
 };
 
 use crate::maps::{
-    DNS_SCRATCH, FW_DPORT_CLASS, FW_RULE_FILTER, FW_RULES, FW_SEARCH, FW_SET_HOSTS, FW_SET_KIND,
-    FW_SETS, FW_SPORT_CLASS, FW_TUPLES, SLOT_XDP,
+    DNS_SCRATCH, FW_DPORT_CLASS, FW_RULE_FILTER, FW_RULES, FW_SEARCH, FW_SET_FILTER, FW_SET_HOSTS,
+    FW_SET_KIND, FW_SETS, FW_SPORT_CLASS, FW_TUPLES, SLOT_XDP,
 };
 
 /// The search's map keys, in a per-CPU map: the search's frame stacks on the firewall's,
@@ -150,19 +151,33 @@ fn in_set(key: &mut Key<SetKey>, set: u32, family: u8, addr: &[u8; 16]) -> bool 
     let kind = FW_SET_KIND
         .get(set_kind_slot(set))
         .copied()
-        .unwrap_or(SET_HOSTS | SET_PREFIXES);
+        .unwrap_or(SET_HOSTS | SET_PREFIXES | SET_PREFIXES_SHORT);
     key.prefix_len = SET_KEY_PREFIX_BITS + 128;
     key.data = SetKey::new(set, family, *addr);
     // SAFETY: the value is only tested for presence.
     if kind & SET_HOSTS != 0 && unsafe { FW_SET_HOSTS.get(&key.data) }.is_some() {
         return true;
     }
-    if kind & SET_PREFIXES != 0 && FW_SETS.get(&*key).is_some() {
+    if kind & SET_PREFIXES != 0
+        && trie_may_hold(kind, set, family, addr)
+        && FW_SETS.get(&*key).is_some()
+    {
         return true;
     }
     // SAFETY: a helper with no preconditions.
     kind & SET_OVERLOAD != 0
         && crate::ct::overload::member(&mut key.data, unsafe { bpf_ktime_get_coarse_ns() })
+}
+
+/// Whether set `set`'s trie may hold a prefix covering `addr`: always for a set with prefixes
+/// shorter than the granule ([`SET_PREFIXES_SHORT`]), else when the set filter has the
+/// address's granule (its /24 or /64; a filter that cannot be read lets the walk through).
+#[inline(always)]
+fn trie_may_hold(kind: u8, set: u32, family: u8, addr: &[u8; 16]) -> bool {
+    kind & SET_PREFIXES_SHORT != 0
+        || FW_SET_FILTER
+            .get(set >> 31)
+            .is_none_or(|f| f.may_hold_hash(prefix_granule_hash(set, family, addr)))
 }
 
 /// The country index of `addr` in the country map (set `set`, generation bit included) of a
@@ -179,7 +194,7 @@ pub fn country_of(set: u32, family: u8, addr: &[u8; 16]) -> u8 {
     let kind = FW_SET_KIND
         .get(set_kind_slot(set))
         .copied()
-        .unwrap_or(SET_HOSTS | SET_PREFIXES);
+        .unwrap_or(SET_HOSTS | SET_PREFIXES | SET_PREFIXES_SHORT);
     key.prefix_len = SET_KEY_PREFIX_BITS + 128;
     key.data = SetKey::new(set, family, *addr);
     if kind & SET_HOSTS != 0 {
@@ -189,6 +204,7 @@ pub fn country_of(set: u32, family: u8, addr: &[u8; 16]) -> u8 {
         }
     }
     if kind & SET_PREFIXES != 0
+        && trie_may_hold(kind, set, family, addr)
         && let Some(c) = FW_SETS.get(&*key)
     {
         return *c;

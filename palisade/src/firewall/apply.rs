@@ -10,9 +10,10 @@ use aya::{
     maps::{Array, DevMapHash, LpmTrie, MapData, lpm_trie::Key},
 };
 use palisade_common::firewall::{
-    Control, DEFAULT_SLOT, FlowKey, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleFilter,
-    RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SetKey,
-    TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, rule_slot, set_id, set_kind_slot,
+    Control, DEFAULT_SLOT, FlowKey, KeyFilter, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader,
+    RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES,
+    SET_PREFIXES_SHORT, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, prefix_granule_bits,
+    prefix_granule_hash, rule_slot, set_id, set_kind_slot,
 };
 
 use palisade_common::dns::{
@@ -259,6 +260,8 @@ fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> 
 /// slot never keeps the kind of an earlier policy's set).
 fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
     let mut kinds = vec![0u8; MAX_SETS as usize];
+    // SAFETY: all-zero words are an empty filter.
+    let mut filter: Box<KeyFilter> = unsafe { Box::new_zeroed().assume_init() };
     {
         let mut trie: LpmTrie<&mut MapData, SetKey, u8> =
             LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
@@ -274,10 +277,18 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
                     continue;
                 }
                 let value = values.and_then(|v| v.get(at)).copied().unwrap_or(1);
-                let key = SetKey::new(set, family_code(m.family), m.addr);
+                let family = family_code(m.family);
+                let key = SetKey::new(set, family, m.addr);
                 let bits = SET_KEY_PREFIX_BITS + u32::from(m.stored_prefix_len());
                 trie.insert(&Key::new(bits, key), value, 0)?;
                 kinds[index] |= SET_PREFIXES;
+                // The filter places a prefix by its granule (/24, /64); a shorter one spans
+                // many, and its set walks the trie for every address.
+                if u32::from(m.stored_prefix_len()) >= prefix_granule_bits(family) {
+                    filter.insert_hash(prefix_granule_hash(set, family, &m.addr));
+                } else {
+                    kinds[index] |= SET_PREFIXES_SHORT;
+                }
             }
         }
     }
@@ -301,6 +312,13 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
         }
     }
     maps::update_batch(maps::data_of(ebpf, "FW_SET_HOSTS")?, &hosts, &ones)?;
+    {
+        let mut filters: Array<&mut MapData, KeyFilter> =
+            Array::try_from(map_mut(ebpf, "FW_SET_FILTER")?)?;
+        // By reference: the filter by value would be a 512 KiB copy on the stack.
+        #[expect(clippy::needless_borrows_for_generic_args, reason = "a 512 KiB value")]
+        filters.set(generation, &*filter, 0)?;
+    }
     if let Some(k) = c.overload_set.and_then(|i| kinds.get_mut(i)) {
         *k |= SET_OVERLOAD;
     }
@@ -339,7 +357,7 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result
     let zeros = vec![RuleStats::default(); stat_slots.len() * cpus];
     maps::update_batch(maps::data_of(ebpf, "FW_RULE_STATS")?, &stat_slots, &zeros)?;
     // SAFETY: all-zero words are an empty filter.
-    let mut filter: Box<RuleFilter> = unsafe { Box::new_zeroed().assume_init() };
+    let mut filter: Box<KeyFilter> = unsafe { Box::new_zeroed().assume_init() };
     let (keys, refs): (Vec<FlowKey>, Vec<RuleRef>) = c
         .entries
         .iter()
@@ -351,7 +369,7 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result
         })
         .collect();
     {
-        let mut filters: Array<&mut MapData, RuleFilter> =
+        let mut filters: Array<&mut MapData, KeyFilter> =
             Array::try_from(map_mut(ebpf, "FW_RULE_FILTER")?)?;
         // By reference: the filter by value would be a 512 KiB copy on the stack.
         #[expect(clippy::needless_borrows_for_generic_args, reason = "a 512 KiB value")]
