@@ -55,9 +55,8 @@ pub struct IntelControl {
 map_type!(IntelControl, 20);
 
 /// Words (64-bit) of a generation's IPv6 /64 filter for a /64 table of `entries` entries: one
-/// word per two entries, a power of two (4 bytes per entry, a tenth of the table's own
-/// memory). Each /64 sets two bits of one word, so at a full table about 0.4 % of absent /64s
-/// pass the filter.
+/// word per two entries, a power of two (4 bytes per entry of room: 4 MiB for 1M). Each /64
+/// sets two bits of one word, so at a full table about 0.4 % of absent /64s pass the filter.
 #[must_use]
 pub fn v6_filter_words(entries: u32) -> u32 {
     (entries / 2).max(1).next_power_of_two()
