@@ -153,6 +153,53 @@ pub fn bloom_blocks(entries: u32) -> u32 {
     n as u32
 }
 
+/// An address key (`[u8; 16]`, IPv4 mapped) as two little-endian words: bytes 0 to 7 in
+/// `lo`, 8 to 15 in `hi`. The kernel reads them with word loads once per packet, and every
+/// step of a lookup (filter hash, family, strides) works on the words instead of re-reading
+/// bytes; [`AddrWords::of`] is the byte-wise reference the daemon and the tests use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrWords {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl AddrWords {
+    #[inline(always)]
+    #[must_use]
+    pub fn of(addr: &[u8; 16]) -> Self {
+        let mut lo = 0u64;
+        let mut hi = 0u64;
+        let mut i = 0;
+        while i < 8 {
+            lo |= u64::from(addr[i]) << (8 * i);
+            hi |= u64::from(addr[8 + i]) << (8 * i);
+            i += 1;
+        }
+        Self { lo, hi }
+    }
+
+    /// Whether the address is IPv4 as the maps key it (`::ffff:a.b.c.d`).
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_mapped_v4(self) -> bool {
+        self.lo == 0 && self.hi as u32 == 0xffff_0000
+    }
+
+    /// The IPv4 address of a mapped key, `a.b.c.d` as `a << 24 | b << 16 | c << 8 | d`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn v4(self) -> u32 {
+        ((self.hi >> 32) as u32).swap_bytes()
+    }
+
+    /// The /64: the first 8 bytes as a big-endian `u64` (the /64 table's key).
+    #[inline(always)]
+    #[must_use]
+    pub const fn slash64(self) -> u64 {
+        self.lo.swap_bytes()
+    }
+}
+
 /// The block (`mask`: blocks less one) and the bit positions (9 bits each, [`BLOOM_HASHES`]
 /// of them) of `addr`. The two halves are multiplied independently (their products are
 /// computed side by side), folded, and mixed once for the block and once more for the
@@ -160,16 +207,15 @@ pub fn bloom_blocks(entries: u32) -> u32 {
 #[inline(always)]
 #[must_use]
 pub fn bloom_hash(addr: &[u8; 16], mask: u32) -> (u32, u64) {
-    let mut lo = 0u64;
-    let mut hi = 0u64;
-    let mut i = 0;
-    while i < 8 {
-        lo |= u64::from(addr[i]) << (8 * i);
-        hi |= u64::from(addr[8 + i]) << (8 * i);
-        i += 1;
-    }
-    let a = (lo ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    let b = (hi ^ 0x2545_f491_4f6c_dd1d).wrapping_mul(0x94d0_49bb_1331_11eb);
+    bloom_hash_words(AddrWords::of(addr), mask)
+}
+
+/// [`bloom_hash`] of an address already read as words.
+#[inline(always)]
+#[must_use]
+pub const fn bloom_hash_words(w: AddrWords, mask: u32) -> (u32, u64) {
+    let a = (w.lo ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let b = (w.hi ^ 0x2545_f491_4f6c_dd1d).wrapping_mul(0x94d0_49bb_1331_11eb);
     let mut h1 = a ^ b.rotate_left(32);
     h1 ^= h1 >> 31;
     h1 = h1.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -291,19 +337,7 @@ pub fn long_match(b: &CidrBlock, last: u8) -> IntelHit {
 #[inline(always)]
 #[must_use]
 pub fn is_mapped_v4(addr: &[u8; 16]) -> bool {
-    addr[0]
-        | addr[1]
-        | addr[2]
-        | addr[3]
-        | addr[4]
-        | addr[5]
-        | addr[6]
-        | addr[7]
-        | addr[8]
-        | addr[9]
-        == 0
-        && addr[10] == 0xff
-        && addr[11] == 0xff
+    AddrWords::of(addr).is_mapped_v4()
 }
 
 /// The /16 of a mapped IPv4 address: its index in the /16 array.
@@ -415,22 +449,22 @@ pub fn expand_v4<T: StrideTables>(t: &mut T, net: u32, len: u32, hit: IntelHit) 
     true
 }
 
-/// The longest IPv4 CIDR covering the mapped address `addr`, from the stride tables (`action`
-/// 0: none): `get16` reads the /16 array, `get24` the /24 table, `trie` walks the trie (called
+/// The longest IPv4 CIDR covering the IPv4 address `v4` ([`AddrWords::v4`] of a mapped key),
+/// from the stride tables (`action` 0: none): `get16` reads the /16 array, `get24` the /24 table, `trie` walks the trie (called
 /// only when the /24 has longer CIDRs inside); each returns a zeroed value when it finds
 /// nothing (plain values, not `Option`s: the verifier refuses the undefined payload of a
 /// `None` that the compiler may copy). The kernel and the userspace reference both use it.
 #[inline(always)]
 pub fn stride_match(
-    addr: &[u8; 16],
+    v4: u32,
     get16: impl FnOnce(u32) -> CidrBlock,
     get24: impl FnOnce(u32) -> CidrBlock,
     trie: impl FnOnce() -> IntelHit,
 ) -> IntelHit {
-    let b16 = get16(slash16(addr));
+    let b16 = get16(v4 >> 16);
     let mut best = b16.hit;
     if b16.flags & BLOCK_LONGER != 0 {
-        let b24 = get24(slash24(addr));
+        let b24 = get24(v4 >> 8);
         if b24.hit.action != 0 || b24.flags != 0 {
             best = b24.hit;
         }
@@ -444,7 +478,7 @@ pub fn stride_match(
                 };
             }
         } else {
-            let h = long_match(&b24, addr[15]);
+            let h = long_match(&b24, v4 as u8);
             if h.action != 0 {
                 best = h;
             }
@@ -564,19 +598,20 @@ pub fn expand_v6<T: V6Table>(
     true
 }
 
-/// The longest IPv6 CIDR covering `addr` (not IPv4 mapped) from the /64 table and the trie
-/// (`action` 0: none): `get64` reads the /64 table (a zeroed value when it has no entry),
+/// The longest IPv6 CIDR covering an address (not IPv4 mapped) whose /64 is `key64`
+/// ([`AddrWords::slash64`]), from the /64 table and the trie (`action` 0: none): `get64`
+/// reads the /64 table (a zeroed value when it has no entry),
 /// `trie` walks the trie, called only for a /64 with [`BLOCK_LONGER`], or for one without an
 /// entry when `short_in_trie` ([`HAS_CIDRS_V6_SHORT`]). The kernel and the userspace reference
 /// both use it.
 #[inline(always)]
 pub fn v6_match(
-    addr: &[u8; 16],
+    key64: u64,
     get64: impl FnOnce(u64) -> V6Block,
     trie: impl FnOnce() -> IntelHit,
     short_in_trie: bool,
 ) -> IntelHit {
-    let b = get64(slash64(addr));
+    let b = get64(key64);
     if b.len == 0 && b.flags == 0 {
         return if short_in_trie {
             trie()
@@ -828,12 +863,50 @@ mod tests {
             flags: HIT_V6_LONG,
             ..hit(3)
         };
-        assert_eq!(v6_match(&addr, get, || long, false), hit(3));
-        assert_eq!(v6_match(&addr, get, || hit(9), false), hit(1));
+        let key = |a: &[u8; 16]| AddrWords::of(a).slash64();
+        assert_eq!(v6_match(key(&addr), get, || long, false), hit(3));
+        assert_eq!(v6_match(key(&addr), get, || hit(9), false), hit(1));
         addr[..8].copy_from_slice(&0x2001_0dba_0000_0000u64.to_be_bytes());
-        assert_eq!(v6_match(&addr, get, || hit(9), true), hit(9));
-        assert_eq!(v6_match(&addr, get, || hit(9), false), IntelHit::default());
+        assert_eq!(v6_match(key(&addr), get, || hit(9), true), hit(9));
+        assert_eq!(
+            v6_match(key(&addr), get, || hit(9), false),
+            IntelHit::default()
+        );
         assert_eq!(slash64(&addr), 0x2001_0dba_0000_0000);
+        assert_eq!(key(&addr), slash64(&addr));
+    }
+
+    #[test]
+    fn address_words_answer_as_the_bytes_do() {
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for i in 0..20_000 {
+            let mut a = [0u8; 16];
+            for b in &mut a {
+                *b = next() as u8;
+            }
+            // Mostly near-mapped addresses: one byte of the prefix off at most.
+            if i % 4 != 0 {
+                a[..10].fill(0);
+                a[10] = 0xff;
+                a[11] = 0xff;
+                if i % 4 == 2 {
+                    a[(next() % 12) as usize] ^= 1 << (next() % 8);
+                }
+            }
+            let w = AddrWords::of(&a);
+            let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+            assert_eq!(w.is_mapped_v4(), mapped, "{a:?}");
+            assert_eq!(is_mapped_v4(&a), mapped);
+            assert_eq!(w.v4(), u32::from_be_bytes([a[12], a[13], a[14], a[15]]));
+            assert_eq!(w.slash64(), slash64(&a));
+            assert_eq!(bloom_hash(&a, 1023), bloom_hash_words(w, 1023));
+        }
     }
 
     #[test]
@@ -857,5 +930,12 @@ mod tests {
         assert!(is_mapped_v4(&a));
         assert!(!is_mapped_v4(&v6));
         assert_eq!((slash16(&a), slash24(&a)), (0x0102, 0x01_0203));
+        let w = AddrWords::of(&a);
+        assert!(w.is_mapped_v4() && !AddrWords::of(&v6).is_mapped_v4());
+        assert_eq!(w.v4(), 0x0102_0304);
+        assert_eq!(
+            (w.v4() >> 16, w.v4() >> 8, w.v4() as u8),
+            (0x0102, 0x01_0203, 4)
+        );
     }
 }

@@ -897,7 +897,7 @@ fn random_v6_cidr(rng: &mut StdRng, spread: u16) -> String {
 /// What the tables of `c` answer for `addr`, read as the kernel reads them: the IPv4 strides,
 /// the IPv6 /64 table, the trie (by brute force over its entries).
 fn tables_match(c: &load::Compiled, addr: &[u8; 16]) -> IntelHit {
-    use palisade_common::intel::{is_mapped_v4, network, stride_match, v6_match};
+    use palisade_common::intel::{AddrWords, network, stride_match, v6_match};
     let trie = || {
         c.trie
             .iter()
@@ -906,12 +906,13 @@ fn tables_match(c: &load::Compiled, addr: &[u8; 16]) -> IntelHit {
             .map(|(_, h)| *h)
             .unwrap_or_default()
     };
-    if is_mapped_v4(addr) {
+    let words = AddrWords::of(addr);
+    if words.is_mapped_v4() {
         if c.v4_16.is_empty() {
             IntelHit::default()
         } else {
             stride_match(
-                addr,
+                words.v4(),
                 |i| c.v4_16[i as usize],
                 |k| c.v4_24.get(&k).copied().unwrap_or_default(),
                 trie,
@@ -919,7 +920,7 @@ fn tables_match(c: &load::Compiled, addr: &[u8; 16]) -> IntelHit {
         }
     } else if !c.v6_64.is_empty() {
         v6_match(
-            addr,
+            words.slash64(),
             |k| c.v6_64.get(&k).copied().unwrap_or_default(),
             trie,
             c.v6_short,
