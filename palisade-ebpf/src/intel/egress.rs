@@ -33,7 +33,7 @@ fn decide(ctx: &TcContext) -> u32 {
         // Not IP, or not parsable: the stack sends what it built.
         Ok(Frame::NotIp) | Err(_) => return 0,
     };
-    let Some(hit) = super::lookup(&p.dst, DIR_EGRESS, live, 1) else {
+    let Some(hit) = super::lookup(&p.dst, super::words(&p.dst), DIR_EGRESS, live, 1) else {
         return 0;
     };
     // SAFETY: the context's skb pointer is valid for the program's run.

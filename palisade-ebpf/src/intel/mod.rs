@@ -91,18 +91,37 @@ fn words(addr: &[u8; 16]) -> AddrWords {
     }
 }
 
-/// Looks `addr` (a [`Packet`] field in a map value or on the stack) up in generation
-/// `generation`, whose contents `enabled` describes; `slot` is the hook's trie-key slot in
-/// `INTEL_SCRATCH`.
+/// The packet's address fields are 4-aligned when the packet starts 4-aligned: the XDP
+/// handoff slot's packet starts its map value, which the kernel aligns to 8.
+const _: () = assert!(
+    core::mem::offset_of!(Packet, src) % 4 == 0 && core::mem::offset_of!(Packet, dst) % 4 == 0
+);
+const _: () = assert!(core::mem::offset_of!(crate::dns::inspect::Scratch, packet) % 8 == 0);
+
+/// [`words`] of an address field of the handoff slot's packet, with four 32-bit loads.
+#[inline(always)]
+fn slot_words(addr: &[u8; 16]) -> AddrWords {
+    let p = addr.as_ptr().cast::<u32>();
+    // SAFETY: 4 reads of 4 bytes within the 16; `addr` is 4-aligned (asserted above).
+    let h = |i: usize| u64::from(unsafe { p.add(i).read() });
+    AddrWords {
+        lo: h(0) | h(1) << 32,
+        hi: h(2) | h(3) << 32,
+    }
+}
+
+/// Looks `addr` (a [`Packet`] field in a map value or on the stack; `w`, its words) up in
+/// generation `generation`, whose contents `enabled` describes; `slot` is the hook's
+/// trie-key slot in `INTEL_SCRATCH`.
 #[inline(always)]
 fn lookup(
     addr: &[u8; 16],
+    w: AddrWords,
     dir: u32,
     (generation, enabled, mask, v6_mask): (u32, u32, u32, u32),
     slot: u32,
 ) -> Option<IntelHit> {
     bump(&INTEL_STATS, dir + IS_CHECKED);
-    let w = words(addr);
     if enabled & HAS_IPS != 0 {
         let (b, positions) = bloom_hash_words(w, mask);
         let block = if generation == 0 {
@@ -222,7 +241,7 @@ fn trie(w: AddrWords, generation: u32, slot: u32) -> IntelHit {
     h.copied().unwrap_or_default()
 }
 
-/// Checks the source of an arriving packet: [`reason::INTEL_DROP`] when a feed with
+/// Checks the source of an arriving packet (`p`: the XDP handoff slot's): [`reason::INTEL_DROP`] when a feed with
 /// `action = "drop"` lists it, 0 to go on (an alert or a tag has been reported and the
 /// address tagged). The lookup is in line (a call and its return cost about as much as the
 /// filter test of a miss); only a match calls out, so the event gets a frame of its own.
@@ -231,7 +250,7 @@ pub fn check_ingress(ctx: &XdpContext, p: &Packet, dir: u32) -> u32 {
     let Some(live) = live() else {
         return 0;
     };
-    let Some(hit) = lookup(&p.src, dir, live, 0) else {
+    let Some(hit) = lookup(&p.src, slot_words(&p.src), dir, live, 0) else {
         return 0;
     };
     report_ingress(

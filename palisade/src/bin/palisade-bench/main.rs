@@ -567,7 +567,10 @@ fn run(args: &Args) -> Result<ExitCode> {
                 // Many short rounds rather than a few long ones: a round the VM's host
                 // disturbs (a descheduled vCPU, deferred frees of the maps a refresh
                 // emptied) moves a few samples, not the median.
-                rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 31 }).max(1),
+                rounds: args
+                    .rounds
+                    .unwrap_or(if args.quick { 3 } else { 31 })
+                    .max(1),
                 repeat: if args.quick { 20_000 } else { 50_000 },
                 ips: args
                     .intel_ips
