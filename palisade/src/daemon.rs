@@ -1427,13 +1427,12 @@ impl Daemon {
                 {
                     ev.rule = Some(n.clone());
                 }
-                EventLine {
-                    kind: "firewall",
-                    verdict: ev.verdict.to_string(),
-                    names: ev.rule.iter().cloned().collect(),
-                    json: serde_json::to_string(&ev).unwrap_or_default(),
-                    text: ev.to_string(),
-                }
+                EventLine::render(
+                    "firewall",
+                    ev.verdict,
+                    ev.rule.iter().cloned().collect(),
+                    &ev,
+                )
             } else if let Some(ev) = crate::intel::decode_event(&item, &|id| {
                 self.policy
                     .intel
@@ -1441,13 +1440,7 @@ impl Daemon {
                     .get(id as usize)
                     .map(|f| f.name.clone())
             }) {
-                EventLine {
-                    kind: "intel",
-                    verdict: ev.verdict.to_string(),
-                    names: ev.rule.iter().cloned().collect(),
-                    json: serde_json::to_string(&ev).unwrap_or_default(),
-                    text: ev.to_string(),
-                }
+                EventLine::render("intel", ev.verdict, ev.rule.iter().cloned().collect(), &ev)
             } else if let Some(mut ev) = events::decode_dns(&item) {
                 // A list of the feeds' domains names its feed.
                 if let Some(l) = ev.list {
@@ -1467,22 +1460,10 @@ impl Daemon {
                     ev.dga_score = Some(score);
                     event
                 });
-                let line = EventLine {
-                    kind: "dns",
-                    verdict: ev.verdict.to_string(),
-                    names: vec![ev.name.clone()],
-                    json: serde_json::to_string(&ev).unwrap_or_default(),
-                    text: ev.to_string(),
-                };
+                let line = EventLine::render("dns", ev.verdict, vec![ev.name.clone()], &ev);
                 if let Some(high) = high {
                     self.publish(&mut out, line, subscribers);
-                    EventLine {
-                        kind: "dga",
-                        verdict: high.verdict.to_string(),
-                        names: vec![high.name.clone()],
-                        json: serde_json::to_string(&high).unwrap_or_default(),
-                        text: high.to_string(),
-                    }
+                    EventLine::render("dga", high.verdict, vec![high.name.clone()], &high)
                 } else {
                     line
                 }
@@ -1569,13 +1550,7 @@ impl Daemon {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         for ev in events {
-            let line = EventLine {
-                kind: "tls",
-                verdict: ev.verdict.to_string(),
-                names: vec![ev.sni.clone()],
-                json: serde_json::to_string(&ev).unwrap_or_default(),
-                text: ev.to_string(),
-            };
+            let line = EventLine::render("tls", ev.verdict, vec![ev.sni.clone()], &ev);
             self.publish(&mut out, line, subscribers);
         }
         let _ = out.flush();
@@ -1598,13 +1573,12 @@ impl Daemon {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         for ev in events {
-            let line = EventLine {
-                kind: "dhcp",
-                verdict: ev.verdict.to_string(),
-                names: ev.hostname.iter().cloned().collect(),
-                json: serde_json::to_string(&ev).unwrap_or_default(),
-                text: ev.to_string(),
-            };
+            let line = EventLine::render(
+                "dhcp",
+                ev.verdict,
+                ev.hostname.iter().cloned().collect(),
+                &ev,
+            );
             self.publish(&mut out, line, subscribers);
         }
         let _ = out.flush();
@@ -1660,22 +1634,10 @@ impl Daemon {
                 s.dga_score = Some(score);
                 event
             });
-            let line = EventLine {
-                kind: "dns",
-                verdict: s.verdict.to_string(),
-                names: vec![s.name.clone()],
-                json: serde_json::to_string(&s).unwrap_or_default(),
-                text: s.to_string(),
-            };
+            let line = EventLine::render("dns", s.verdict, vec![s.name.clone()], &s);
             self.publish(&mut out, line, subscribers);
             if let Some(high) = high {
-                let line = EventLine {
-                    kind: "dga",
-                    verdict: high.verdict.to_string(),
-                    names: vec![high.name.clone()],
-                    json: serde_json::to_string(&high).unwrap_or_default(),
-                    text: high.to_string(),
-                };
+                let line = EventLine::render("dga", high.verdict, vec![high.name.clone()], &high);
                 self.publish(&mut out, line, subscribers);
             }
         }

@@ -246,7 +246,9 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
 /// A wire-format name as zone-file text (`www.example.com.`; `.` for the root).
 #[must_use]
 pub fn wire_name_to_text(wire: &[u8]) -> String {
-    let mut out = String::new();
+    use std::fmt::Write as _;
+    // The text is as long as the wire name when nothing needs escaping: one allocation.
+    let mut out = String::with_capacity(wire.len().max(1));
     let mut i = 0;
     while let Some(&len) = wire.get(i) {
         if len == 0 || len & 0xc0 != 0 {
@@ -260,7 +262,9 @@ pub fn wire_name_to_text(wire: &[u8]) -> String {
                     out.push(char::from(b));
                 }
                 0x21..=0x7e => out.push(char::from(b)),
-                _ => out.push_str(&format!("\\{b:03}")),
+                _ => {
+                    let _ = write!(out, "\\{b:03}");
+                }
             }
         }
         out.push('.');

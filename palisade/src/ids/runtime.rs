@@ -532,13 +532,7 @@ fn publish(out: &Output, events: Vec<IdsEvent>) {
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
     for ev in events {
-        let line = EventLine {
-            kind: "ids",
-            verdict: ev.verdict.to_string(),
-            names: vec![ev.msg.clone()],
-            json: serde_json::to_string(&ev).unwrap_or_default(),
-            text: ev.to_string(),
-        };
+        let line = EventLine::render("ids", ev.verdict, vec![ev.msg.clone()], &ev);
         if let Some(o) = &out.otlp {
             o.offer_event(line.kind, &line.verdict, &line.json, &line.text);
         }
