@@ -143,6 +143,15 @@ pub const DNS_AGG_NAMES: u32 = 16_384;
 /// one interval. An LRU: past it, the least recently used count is lost (the global
 /// `events_aggregated` counter still has every query).
 pub const DNS_AGG_CLIENTS: u32 = 65_536;
+/// Slots per bank and CPU of the kernel's `DNS_EVENT_COUNTS` (a power of two): the (name,
+/// client) keys of one interval a CPU counts in a plain array slot. A key whose slot another
+/// key of the interval holds is counted in `DNS_EVENT_CLIENTS` instead.
+pub const DNS_AGG_COUNT_SLOTS: u32 = 8_192;
+/// Banks of `DNS_EVENT_COUNTS`: interval `e` counts into bank `e % 3`. The daemon collects
+/// interval `e - 2` once it has started `e`, so the bank it reads and clears is never the one
+/// the programs count into, nor the one a program that read the epoch just before the
+/// advance may still be writing.
+pub const DNS_AGG_COUNT_BANKS: u32 = 3;
 /// How often the daemon turns the aggregated counts into summary events.
 pub const DNS_SUMMARY_INTERVAL_MS: u64 = 1_000;
 
@@ -201,3 +210,47 @@ pub struct DnsAggClient {
     pub _pad: [u8; 7],
 }
 map_type!(DnsAggClient, 56);
+
+impl DnsAggClient {
+    /// The key's fingerprint: a 64-bit mix of the name's keyed hash, the outcome, the
+    /// interval and the client, never 0 (the value of a slot never used). It identifies the
+    /// key in its `DNS_EVENT_COUNTS` slot (a plain array slot holds 16 bytes, not the
+    /// 56-byte key) and picks the slot. The name's hash is keyed, so a sender choosing
+    /// client addresses cannot make two keys share a fingerprint.
+    #[inline(always)]
+    #[must_use]
+    pub fn fingerprint(&self) -> u64 {
+        let n = &self.name;
+        let outcome = u64::from(n.reason)
+            | u64::from(n.name_len) << 32
+            | u64::from(n.scope) << 48
+            | u64::from(n.verdict) << 56;
+        // The client address as two native-endian words (the kernel and the daemon share the
+        // host's byte order), read as words: byte loads would cost the kernel 16 loads.
+        let w = core::ptr::from_ref(self).cast::<u64>();
+        // SAFETY: words 4 and 5 of the 8-aligned 56-byte key are its client address (offset
+        // 32, checked below).
+        let (c0, c1) = unsafe { (w.add(4).read(), w.add(5).read()) };
+        let h =
+            crate::dns::hash::fmix(n.hash[0] ^ u64::from(n.epoch) ^ u64::from(self.family) << 32);
+        let h = crate::dns::hash::fmix(h ^ outcome ^ c0);
+        crate::dns::hash::fmix(h ^ c1) | 1
+    }
+}
+
+const _: () = assert!(
+    core::mem::offset_of!(DnsAggClient, client) == 32 && core::mem::align_of::<DnsAggClient>() == 8
+);
+
+/// A slot of `DNS_EVENT_COUNTS`: one CPU's count of one (name, client) key in one interval.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsAggCount {
+    /// [`DnsAggClient::fingerprint`] of the key, 0 for a slot never used or cleared.
+    pub fingerprint: u64,
+    /// Queries counted; 0 for a free slot.
+    pub count: u32,
+    /// The interval of the count (the key's `epoch`).
+    pub epoch: u32,
+}
+map_type!(DnsAggCount, 16);

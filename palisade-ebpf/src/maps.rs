@@ -222,6 +222,18 @@ pub static DNS_EVENT_NAMES: LruHashMap<
 pub static DNS_EVENT_CLIENTS: LruPerCpuHashMap<palisade_common::event::DnsAggClient, u64> =
     LruPerCpuHashMap::with_max_entries(palisade_common::event::DNS_AGG_CLIENTS, 0);
 
+/// Aggregated query counts per CPU in plain array slots, direct-mapped by the (name,
+/// client) key's fingerprint: [`palisade_common::event::DNS_AGG_COUNT_BANKS`] banks (one per
+/// interval, in turn) of [`palisade_common::event::DNS_AGG_COUNT_SLOTS`] slots of 16 bytes
+/// per CPU. A key whose slot another key of the interval holds is counted in
+/// [`DNS_EVENT_CLIENTS`].
+#[map]
+pub static DNS_EVENT_COUNTS: PerCpuArray<palisade_common::event::DnsAggCount> =
+    PerCpuArray::with_max_entries(
+        palisade_common::event::DNS_AGG_COUNT_BANKS * palisade_common::event::DNS_AGG_COUNT_SLOTS,
+        0,
+    );
+
 /// Per CPU, the names this CPU sent or counted lately over the event budget, direct-mapped
 /// by the name's hash; [`crate::dns::report::SEEN_SLOTS`] slots (40 bytes each per CPU).
 #[map]

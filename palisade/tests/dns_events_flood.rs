@@ -463,3 +463,180 @@ names = ["blocked.test"]
         events.len()
     );
 }
+
+/// Per (name, client): the queries sent less those reported in full.
+fn expected_counts(
+    sent: &BTreeMap<(String, String), u64>,
+    events: &[DnsDecision],
+) -> BTreeMap<(String, String), u64> {
+    let mut expected = sent.clone();
+    for e in events {
+        let client = e.client.expect("client address").to_string();
+        *expected
+            .get_mut(&(e.name.clone(), client))
+            .expect("an event for a key that was sent") -= 1;
+    }
+    expected.retain(|_, n| *n > 0);
+    expected
+}
+
+/// Per (name, client): the summaries' counts, one summary per key.
+fn summarized(c: &Collected) -> BTreeMap<(String, String), u64> {
+    let mut counted = BTreeMap::new();
+    for s in &c.summaries {
+        let key = (
+            s.name.clone(),
+            s.client.expect("client address").to_string(),
+        );
+        assert!(
+            counted.insert(key, s.count).is_none(),
+            "one summary per key"
+        );
+    }
+    counted
+}
+
+/// Floods `names` from `clients` clients `rounds` times over: the queries sent per key.
+fn flood_keys(
+    b: &Bench,
+    names: &[String],
+    clients: usize,
+    rounds: usize,
+) -> BTreeMap<(String, String), u64> {
+    let mut sent = BTreeMap::new();
+    for _ in 0..rounds {
+        for c in 0..clients {
+            let client = format!("10.{}.{}.{}", 40 + c / 65_536, (c / 256) % 256, c % 256);
+            for n in names {
+                assert_eq!(b.run(&frame(&client, n)).expect("test run"), XDP_DROP);
+                *sent.entry((format!("{n}."), client.clone())).or_default() += 1;
+            }
+        }
+    }
+    sent
+}
+
+/// This CPU's used slots of `DNS_EVENT_COUNTS` and the queries they hold, and the queries
+/// counted in `DNS_EVENT_CLIENTS` (the keys whose slot another key held).
+fn counted_where(b: &Bench) -> (u64, u64, u64) {
+    use palisade_common::event::{DnsAggClient, DnsAggCount};
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    let fd = |name: &str| -> std::os::fd::OwnedFd {
+        use std::os::fd::AsFd as _;
+        let m = b.ebpf.map(name).unwrap_or_else(|| panic!("no {name} map"));
+        match m {
+            aya::maps::Map::PerCpuArray(m) | aya::maps::Map::PerCpuLruHashMap(m) => m
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .expect("duplicating the map's fd"),
+            _ => panic!("{name} is not a per-CPU map"),
+        }
+    };
+    let (mut used, mut in_slots) = (0, 0);
+    let counts = fd("DNS_EVENT_COUNTS");
+    let size = size_of::<DnsAggCount>();
+    let (_, values) =
+        palisade::pin::map_entries_batch(std::os::fd::AsFd::as_fd(&counts), 4, size * cpus, 4096)
+            .expect("reading DNS_EVENT_COUNTS");
+    for v in values.chunks_exact(size * cpus) {
+        // CPU 0's slot (the tests run there).
+        // SAFETY: plain old data of its size.
+        let c: DnsAggCount = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+        if c.count != 0 {
+            used += 1;
+            in_slots += u64::from(c.count);
+        }
+    }
+    let clients = fd("DNS_EVENT_CLIENTS");
+    let (_, values) = palisade::pin::map_entries_batch(
+        std::os::fd::AsFd::as_fd(&clients),
+        size_of::<DnsAggClient>(),
+        8 * cpus,
+        4096,
+    )
+    .expect("reading DNS_EVENT_CLIENTS");
+    let in_map = values
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        .sum();
+    (used, in_slots, in_map)
+}
+
+/// More (name, client) keys in an interval than a CPU has count slots: the keys that find
+/// their slot taken are counted in the LRU map, and the summaries still give every key its
+/// exact count, the two places added up.
+#[test]
+fn keys_beyond_the_count_slots_are_counted_exactly() {
+    const CLIENTS: usize = 400;
+    let names: Vec<String> = (0..30).map(|i| format!("n{i}.slots.example")).collect();
+    let mut b = setup(&policy(
+        &["*.slots.example"],
+        DnsEvents { rate: 1, sample: 0 },
+    ));
+    let aggregated = stat(&b, stats::EVENTS_AGGREGATED);
+    let sent = flood_keys(&b, &names, CLIENTS, 2);
+    let aggregated = stat(&b, stats::EVENTS_AGGREGATED) - aggregated;
+    let events = b.drain_dns_events();
+    let (in_budget, first, samples) = split(&events);
+    assert!(samples.is_empty(), "sampling is off");
+    assert_eq!(
+        in_budget.len() as u64 + aggregated,
+        (names.len() * CLIENTS * 2) as u64
+    );
+
+    let slots = u64::from(palisade_common::event::DNS_AGG_COUNT_SLOTS);
+    let (used, in_slots, in_map) = counted_where(&b);
+    assert!(
+        used > slots / 2 && used <= slots,
+        "{used} slots used by 12,000 keys"
+    );
+    assert!(
+        in_map > 0,
+        "keys whose slot was taken are counted in the map"
+    );
+    assert_eq!(
+        in_slots + in_map,
+        aggregated - first.len() as u64,
+        "every aggregated query not sent in full is counted once"
+    );
+
+    let collected = collect(&b);
+    assert_eq!(collected.unattributed, 0);
+    assert_eq!(collected.queries, aggregated - first.len() as u64);
+    assert_eq!(summarized(&collected), expected_counts(&sent, &events));
+    assert_eq!(counted_where(&b), (0, 0, 0), "collecting clears the slots");
+}
+
+/// Each interval counts into its own bank of slots: collecting takes the interval before the
+/// one just closed, exactly, while the next is being counted; a bank collected and cleared
+/// is used again three intervals later.
+#[test]
+fn intervals_count_into_their_own_banks() {
+    let names: Vec<String> = (0..5).map(|i| format!("n{i}.banks.example")).collect();
+    let mut b = setup(&policy(
+        &["*.banks.example"],
+        DnsEvents { rate: 1, sample: 0 },
+    ));
+    let mut c = Collector::open(&b.ebpf).expect("opening the aggregate maps");
+    let flood = |b: &mut Bench, rounds| {
+        let sent = flood_keys(b, &names, 20, rounds);
+        expected_counts(&sent, &b.drain_dns_events())
+    };
+    // Interval e.
+    let first = flood(&mut b, 3);
+    assert!(!first.is_empty());
+    let got = c.collect().expect("collecting");
+    assert!(
+        got.summaries.is_empty(),
+        "interval e is still open to stragglers"
+    );
+    // Interval e + 1.
+    let second = flood(&mut b, 2);
+    assert_eq!(summarized(&c.collect().expect("collecting")), first);
+    assert_eq!(summarized(&c.collect().expect("collecting")), second);
+    // Interval e + 3 counts into interval e's bank again, cleared.
+    let fourth = flood(&mut b, 4);
+    assert_eq!(summarized(&c.collect_all().expect("collecting")), fourth);
+    assert_eq!(counted_where(&b), (0, 0, 0));
+}

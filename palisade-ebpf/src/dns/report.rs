@@ -17,8 +17,8 @@ use aya_ebpf::{
 use palisade_common::{
     dns::{hash::fmix, maps::DNS_STATS_PER_SCOPE},
     event::{
-        DNS_SENT_FIRST, DNS_SENT_IN_BUDGET, DNS_SENT_SAMPLE, DnsAggClient, DnsAggName,
-        DnsAggNameInfo, DnsEvent, KIND_DNS,
+        DNS_AGG_COUNT_BANKS, DNS_AGG_COUNT_SLOTS, DNS_SENT_FIRST, DNS_SENT_IN_BUDGET,
+        DNS_SENT_SAMPLE, DnsAggClient, DnsAggName, DnsAggNameInfo, DnsEvent, KIND_DNS,
     },
     stats,
 };
@@ -60,9 +60,9 @@ fn process_fields(ev: &mut DnsEvent, task: bool, cgroup_id: u64, socket_uid: u32
 
 use super::inspect::{Decision, Scratch};
 use crate::maps::{
-    DNS_AGG_SCRATCH, DNS_EVENT_BUDGET, DNS_EVENT_CLIENTS, DNS_EVENT_EPOCH, DNS_EVENT_NAMES,
-    DNS_EVENT_SEEN, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS, REASON_STATS, STATS, bump,
-    event_flags,
+    DNS_AGG_SCRATCH, DNS_EVENT_BUDGET, DNS_EVENT_CLIENTS, DNS_EVENT_COUNTS, DNS_EVENT_EPOCH,
+    DNS_EVENT_NAMES, DNS_EVENT_SEEN, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS,
+    REASON_STATS, STATS, bump, event_flags,
 };
 
 /// Adds one to a scope's DNS counter.
@@ -269,8 +269,55 @@ fn over_budget(a: &mut AggScratch, s: &Scratch, slot: u32) -> u8 {
         let _ = DNS_EVENT_NAMES.insert(&k.name, v, u64::from(BPF_NOEXIST));
         seen.named = 1;
     }
-    count_client(k);
+    count_key(slot);
     COUNTED
+}
+
+/// Adds one to this CPU's count of the (name, client) key in `DNS_AGG_SCRATCH[slot]`: in
+/// the key's slot of `DNS_EVENT_COUNTS` when the slot is free or already the key's, in
+/// `DNS_EVENT_CLIENTS` when another key of the interval holds it.
+///
+/// The slot is a plain per-CPU array value of 16 bytes (the key's fingerprint, its count and
+/// interval): the count of a flood from many clients touches one small slot, where an
+/// update of the LRU map hashed the 56-byte key, walked a bucket and read the element and
+/// its per-CPU value, cache misses each once the keys outgrow the cache. The key itself
+/// goes into `DNS_EVENT_CLIENTS` once, with a count of 0, when it takes its slot: that is
+/// where the daemon finds the name and client of the slot's count.
+///
+/// A subprogram of its own: `aggregate`'s frame has no room for more values.
+#[inline(never)]
+fn count_key(slot: u32) {
+    let Some(a) = DNS_AGG_SCRATCH.get_ptr(slot) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch value.
+    let k = unsafe { &(*a).key };
+    let fingerprint = k.fingerprint();
+    let epoch = k.name.epoch;
+    let index = (epoch % DNS_AGG_COUNT_BANKS) * DNS_AGG_COUNT_SLOTS
+        + (fingerprint as u32 & (DNS_AGG_COUNT_SLOTS - 1));
+    let Some(c) = DNS_EVENT_COUNTS.get_ptr_mut(index) else {
+        count_client(k);
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array.
+    let c = unsafe { &mut *c };
+    if c.fingerprint == fingerprint && c.epoch == epoch {
+        c.count += 1;
+        return;
+    }
+    if c.count != 0 && c.epoch == epoch {
+        // Another key of this interval holds the slot.
+        count_client(k);
+        return;
+    }
+    // A free slot (never used, cleared by the daemon, or left from an interval the daemon
+    // collected: the bank of interval `e` last held `e - 3`, collected before `e` began).
+    c.fingerprint = fingerprint;
+    c.epoch = epoch;
+    c.count = 1;
+    // Another CPU may have put the key there already.
+    let _ = DNS_EVENT_CLIENTS.insert(k, &0, u64::from(BPF_NOEXIST));
 }
 
 /// Slots of `DNS_EVENT_SEEN` per CPU (a power of two).

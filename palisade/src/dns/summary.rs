@@ -2,6 +2,11 @@
 //! event budget, `[dns] event_rate`), collected from its aggregate maps and turned into
 //! `dns_summary` events, one per (scope, verdict, reason, name, client) and interval.
 //!
+//! The kernel counts a (name, client) key in its slot of `DNS_EVENT_COUNTS` (per CPU, one bank
+//! per interval, found by the key's fingerprint) and puts the key itself in `DNS_EVENT_CLIENTS`
+//! with a count of 0; a key whose slot another key holds is counted in `DNS_EVENT_CLIENTS`.
+//! A summary's count is the two added up.
+//!
 //! The kernel tags every count with the summary interval (`DNS_EVENT_EPOCH`). Collecting
 //! advances the interval and takes the intervals before the one just closed, so no program
 //! can still be adding to what is read; a summary therefore arrives one to two intervals after
@@ -19,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use aya::Ebpf;
 use palisade_common::{
     dns::maps::SCOPE_EGRESS,
-    event::{DnsAggClient, DnsAggName, DnsAggNameInfo},
+    event::{DnsAggClient, DnsAggCount, DnsAggName, DnsAggNameInfo},
     packet::FAMILY_V4,
     reason,
 };
@@ -78,6 +83,9 @@ pub struct Collected {
     pub summaries: Vec<Summary>,
     /// Aggregated queries collected (the sum of the summaries' counts).
     pub queries: u64,
+    /// Queries counted in a `DNS_EVENT_COUNTS` slot whose key was pushed out of the full
+    /// `DNS_EVENT_CLIENTS` map: their name and client are unknown, so no summary has them.
+    pub unattributed: u64,
 }
 
 /// Reads and clears the kernel's aggregate maps.
@@ -85,6 +93,7 @@ pub struct Collected {
 pub struct Collector {
     names: OwnedFd,
     clients: OwnedFd,
+    counts: OwnedFd,
     epoch_map: OwnedFd,
     /// The interval the kernel is counting into.
     epoch: u32,
@@ -100,7 +109,8 @@ fn map_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
         aya::maps::Map::HashMap(m)
         | aya::maps::Map::LruHashMap(m)
         | aya::maps::Map::PerCpuLruHashMap(m)
-        | aya::maps::Map::Array(m) => m.fd().as_fd().try_clone_to_owned()?,
+        | aya::maps::Map::Array(m)
+        | aya::maps::Map::PerCpuArray(m) => m.fd().as_fd().try_clone_to_owned()?,
         _ => bail!("{name} is not a hash map or an array"),
     };
     Ok(fd)
@@ -118,6 +128,7 @@ impl Collector {
         Ok(Self {
             names: map_fd(ebpf, "DNS_EVENT_NAMES")?,
             clients: map_fd(ebpf, "DNS_EVENT_CLIENTS")?,
+            counts: map_fd(ebpf, "DNS_EVENT_COUNTS")?,
             epoch_map,
             epoch: u32::from_ne_bytes(v),
             cpus: aya::util::nr_cpus()
@@ -179,10 +190,11 @@ impl Collector {
                 )
             };
             if wanted(k.epoch) {
-                done.extend_from_slice(&keys_bytes(&k));
+                done.extend_from_slice(keys_bytes(&k));
                 names.insert(k, v);
             }
         }
+        let mut slots = self.take_slots(&wanted)?;
         let client_key = size_of::<DnsAggClient>();
         let value_size = 8 * self.cpus;
         let (keys, values) =
@@ -199,11 +211,17 @@ impl Collector {
             if !wanted(k.name.epoch) {
                 continue;
             }
-            gone.extend_from_slice(&keys_bytes(&k));
+            gone.extend_from_slice(keys_bytes(&k));
+            // The key's count: what each CPU counted in its slot, and in this map when the
+            // slot was another key's (the key was put here with 0 when it took its slot).
             let count: u64 = v
                 .chunks_exact(8)
                 .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
-                .sum();
+                .sum::<u64>()
+                + slots.remove(&(k.fingerprint(), k.name.epoch)).unwrap_or(0);
+            if count == 0 {
+                continue;
+            }
             out.queries += count;
             let info = names.get(&k.name);
             let name = texts
@@ -217,16 +235,56 @@ impl Collector {
                 .clone();
             out.summaries.push(summary(&k, count, name, info));
         }
+        out.unattributed = slots.values().sum();
         pin::map_delete_batch(self.clients.as_fd(), &gone, client_key)?;
         pin::map_delete_batch(self.names.as_fd(), &done, name_key)?;
         Ok(out)
     }
 }
 
-fn keys_bytes<T: Copy>(k: &T) -> Vec<u8> {
+impl Collector {
+    /// The counts of the wanted intervals in `DNS_EVENT_COUNTS`, summed over the CPUs per
+    /// (fingerprint, interval); their slots are cleared. A wanted interval's bank is one
+    /// the programs no longer count into (see [`DNS_AGG_COUNT_BANKS`]), so clearing it
+    /// races with no program.
+    ///
+    /// [`DNS_AGG_COUNT_BANKS`]: palisade_common::event::DNS_AGG_COUNT_BANKS
+    fn take_slots(&self, wanted: &impl Fn(u32) -> bool) -> io::Result<HashMap<(u64, u32), u64>> {
+        const SLOT: usize = size_of::<DnsAggCount>();
+        let value_size = SLOT * self.cpus;
+        let mut counts: HashMap<(u64, u32), u64> = HashMap::new();
+        let (mut keys, mut cleared) = (Vec::new(), Vec::new());
+        pin::map_chunks_batch(self.counts.as_fd(), 4, value_size, BATCH, |ks, vs| {
+            for (k, v) in ks.chunks_exact(4).zip(vs.chunks_exact(value_size)) {
+                let mut taken = false;
+                let at = cleared.len();
+                cleared.extend_from_slice(v);
+                for (cpu, c) in v.chunks_exact(SLOT).enumerate() {
+                    // SAFETY: plain old data, the chunk has its size.
+                    let c: DnsAggCount = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
+                    if c.count != 0 && wanted(c.epoch) {
+                        *counts.entry((c.fingerprint, c.epoch)).or_default() += u64::from(c.count);
+                        cleared[at + cpu * SLOT..at + (cpu + 1) * SLOT].fill(0);
+                        taken = true;
+                    }
+                }
+                if taken {
+                    keys.extend_from_slice(k);
+                } else {
+                    cleared.truncate(at);
+                }
+            }
+        })?;
+        if !keys.is_empty() {
+            pin::map_update_batch(self.counts.as_fd(), &keys, &cleared, keys.len() / 4)?;
+        }
+        Ok(counts)
+    }
+}
+
+fn keys_bytes<T: Copy>(k: &T) -> &[u8] {
     // SAFETY: `T` is a plain-old-data map key; its bytes are what the kernel hashed.
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(k).cast::<u8>(), size_of::<T>()) }
-        .to_vec()
 }
 
 fn summary(k: &DnsAggClient, count: u64, name: String, info: Option<&DnsAggNameInfo>) -> Summary {
