@@ -24,6 +24,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, PerCpuArray, PerCpuValues, RingBuf};
 use palisade::{
+    api::server::EventLine,
     craft::{DnsQuery, Frame},
     dns::summary::Collector,
     events::decode_dns,
@@ -85,6 +86,9 @@ enum Path {
     /// `event_rate = 0` and nobody reading: the ring is full and each record is refused at
     /// once. The inspection without delivering events.
     Unread,
+    /// The budget of [`Path::Budget`] with nobody reading or collecting: the kernel's
+    /// bookkeeping alone (the interval never advances, so no count is ever new).
+    BudgetUnread,
 }
 
 impl Path {
@@ -93,6 +97,7 @@ impl Path {
             Self::EveryQuery => "every query an event (event_rate = 0)",
             Self::Budget => "event budget (event_rate = 1000)",
             Self::Unread => "no reader, ring full (records refused)",
+            Self::BudgetUnread => "event budget, nobody reading or collecting",
         }
     }
 }
@@ -229,9 +234,11 @@ fn render_ring(ring: &mut RingBuf<MapData>, read: &AtomicU64) -> u64 {
     while let Some(item) = ring.next() {
         if let Some(ev) = decode_dns(&item) {
             firsts += u64::from(ev.sent == Some("first"));
-            std::hint::black_box((
-                serde_json::to_string(&ev).unwrap_or_default(),
-                ev.to_string(),
+            std::hint::black_box(EventLine::render(
+                "dns",
+                ev.verdict,
+                vec![ev.name.clone()],
+                &ev,
             ));
         }
         read.fetch_add(1, Ordering::Relaxed);
@@ -243,7 +250,7 @@ fn render_summaries(c: &mut Collector, all: bool) -> (u64, u64) {
     let got = if all { c.collect_all() } else { c.collect() };
     let Ok(got) = got else { return (0, 0) };
     for s in &got.summaries {
-        std::hint::black_box((serde_json::to_string(s).unwrap_or_default(), s.to_string()));
+        std::hint::black_box(EventLine::render("dns", s.verdict, vec![s.name.clone()], s));
     }
     (got.summaries.len() as u64, got.queries)
 }
@@ -365,7 +372,7 @@ fn flood(
     s: &FloodSettings,
     rng: &mut Rng,
 ) -> Result<Run> {
-    let events = if path == Path::Budget {
+    let events = if matches!(path, Path::Budget | Path::BudgetUnread) {
         DnsEvents {
             rate: BUDGET_RATE,
             ..DnsEvents::default()
@@ -385,7 +392,7 @@ fn flood(
         .map(|i| query(&client(i / 32), &format!("blocked{}.example", i % 32)))
         .collect();
     let ring = b.take_events().ok_or_else(|| anyhow!("no event ring"))?;
-    let (reader, idle_ring) = if path == Path::Unread {
+    let (reader, idle_ring) = if matches!(path, Path::Unread | Path::BudgetUnread) {
         (None, Some(ring))
     } else {
         (
@@ -500,7 +507,15 @@ pub fn run(s: &FloodSettings, command: String) -> Result<()> {
     let mut rng = Rng::new(s.seed);
     let configs: Vec<(Workload, Path)> = [Workload::FewNames, Workload::DistinctNames]
         .into_iter()
-        .flat_map(|w| [Path::Unread, Path::EveryQuery, Path::Budget].map(|p| (w, p)))
+        .flat_map(|w| {
+            [
+                Path::Unread,
+                Path::EveryQuery,
+                Path::Budget,
+                Path::BudgetUnread,
+            ]
+            .map(|p| (w, p))
+        })
         .collect();
     let mut runs = Vec::new();
     let mut floor_single = Vec::new();
@@ -513,7 +528,7 @@ pub fn run(s: &FloodSettings, command: String) -> Result<()> {
             let mut r = flood(&mut b, w, p, s, &mut rng)?;
             r.round = round;
             r.floor_ns = f1;
-            if r.lost > 0 && p != Path::Unread {
+            if r.lost > 0 && !matches!(p, Path::Unread | Path::BudgetUnread) {
                 bail!(
                     "{} / {}: {} events lost with a reader",
                     w.label(),
