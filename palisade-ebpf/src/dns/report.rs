@@ -294,8 +294,9 @@ fn count_key(slot: u32) {
     let k = unsafe { &(*a).key };
     let fingerprint = k.fingerprint();
     let epoch = k.name.epoch;
+    // The slot from the fingerprint's high half: its lowest bit is always 1.
     let index = (epoch % DNS_AGG_COUNT_BANKS) * DNS_AGG_COUNT_SLOTS
-        + (fingerprint as u32 & (DNS_AGG_COUNT_SLOTS - 1));
+        + ((fingerprint >> 32) as u32 & (DNS_AGG_COUNT_SLOTS - 1));
     let Some(c) = DNS_EVENT_COUNTS.get_ptr_mut(index) else {
         count_client(k);
         return;
