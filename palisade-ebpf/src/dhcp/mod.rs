@@ -87,18 +87,16 @@ impl Source for TcContext {
 #[inline(always)]
 pub fn at_xdp(ctx: &XdpContext, generation: u32, p: &Packet) -> u32 {
     match DHCP_CONFIG.get(generation & 1) {
-        Some(cfg) if cfg.flags & DHCP_ON != 0 => snoop_xdp(ctx, generation, p),
+        Some(cfg) if cfg.flags & DHCP_ON != 0 => snoop_xdp(ctx, generation, cfg.flags, p),
         _ => 0,
     }
 }
 
-/// [`at_xdp`] while snooping is on.
+/// [`at_xdp`] while snooping is on: `flags` is the generation's configuration's, read once
+/// by the caller.
 #[inline(never)]
-fn snoop_xdp(ctx: &XdpContext, generation: u32, p: &Packet) -> u32 {
-    let Some(cfg) = DHCP_CONFIG.get(generation & 1) else {
-        return 0;
-    };
-    snoop(ctx, generation, cfg.flags, p, REC_INGRESS)
+fn snoop_xdp(ctx: &XdpContext, generation: u32, flags: u32, p: &Packet) -> u32 {
+    snoop(ctx, generation, flags, p, REC_INGRESS)
 }
 
 /// The egress hook: snoops a leaving frame; the one exit of the TC program.

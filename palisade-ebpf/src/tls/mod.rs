@@ -26,7 +26,7 @@ use palisade_common::{
         FLOW_ALLOWED, FLOW_BLOCKED, FLOW_PENDING, GATE_BLOCK_QUIC, GATE_FAIL_CLOSED, GATE_ON,
         GateFlow, GateKey, MAX_SEGMENT_RECORDS, PENDING_LIMIT, SEGMENT_BYTES, SINCE_SHIFT,
         SegmentRecord, TS_ADOPTED, TS_BLOCKED_DROPS, TS_FLOWS, TS_NOT_PARSED, TS_QUIC_DROPS,
-        TS_RECORD_LOST, TS_RECORDS, TS_SERVER_HELD, TS_STALE, TS_UNTRACKED,
+        TS_RECORD_LOST, TS_RECORDS, TS_SERVER_HELD, TS_STALE, TS_UNTRACKED, TlsGateConfig,
     },
 };
 
@@ -222,18 +222,16 @@ pub fn refused_at_xdp(generation: u32, p: &Packet) -> u32 {
         return 0;
     }
     match TLS_CONFIG.get(generation) {
-        Some(cfg) if cfg.flags & GATE_ON != 0 => refused_flow(generation, p),
+        Some(cfg) if cfg.flags & GATE_ON != 0 => refused_flow(cfg, p),
         _ => 0,
     }
 }
 
 /// [`refused_at_xdp`] past its checks: the flow's verdict, for a TCP segment (neither a reset
-/// nor a SYN) while the gate is on.
+/// nor a SYN) while the gate is on; `cfg` is the generation's configuration, read once by the
+/// caller.
 #[inline(never)]
-fn refused_flow(generation: u32, p: &Packet) -> u32 {
-    let Some(cfg) = TLS_CONFIG.get(generation) else {
-        return 0;
-    };
+fn refused_flow(cfg: &TlsGateConfig, p: &Packet) -> u32 {
     let to_server = cfg.watches(p.dport);
     if !to_server && !cfg.watches(p.sport) {
         return 0;

@@ -181,6 +181,20 @@ fn remove_redirect_devs(ebpf: &mut Ebpf, keep: &[u32]) -> Result<()> {
     Ok(())
 }
 
+/// Writes generation `generation`'s filter (a Bloom filter built whole by the daemon) into
+/// the array map `name`, by reference: by value it would be copied on the stack (512 KiB to
+/// 2 MiB).
+fn write_filter<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    generation: u32,
+    filter: &T,
+) -> Result<()> {
+    let mut filters: Array<&mut MapData, T> = Array::try_from(map_mut(ebpf, name)?)?;
+    filters.set(generation, filter, 0)?;
+    Ok(())
+}
+
 /// Removes every entry that belongs to `generation` from the keyed maps. Arrays need no
 /// clearing: everything they hold for a generation is rewritten by `install`.
 ///
@@ -236,13 +250,7 @@ fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> 
         })
         .unzip();
     maps::update_batch(maps::data_of(ebpf, "DNS_NAMES")?, &keys, &values)?;
-    {
-        let mut filters: Array<&mut MapData, NameFilter> =
-            Array::try_from(map_mut(ebpf, "DNS_FILTER")?)?;
-        // By reference: the filter by value would be a 2 MiB copy on the stack.
-        #[expect(clippy::needless_borrows_for_generic_args, reason = "a 2 MiB value")]
-        filters.set(generation, &*filter, 0)?;
-    }
+    write_filter(ebpf, "DNS_FILTER", generation, &*filter)?;
     {
         let mut scopes: Array<&mut MapData, ScopeConfig> =
             Array::try_from(map_mut(ebpf, "DNS_SCOPES")?)?;
@@ -312,13 +320,7 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
         }
     }
     maps::update_batch(maps::data_of(ebpf, "FW_SET_HOSTS")?, &hosts, &ones)?;
-    {
-        let mut filters: Array<&mut MapData, KeyFilter> =
-            Array::try_from(map_mut(ebpf, "FW_SET_FILTER")?)?;
-        // By reference: the filter by value would be a 512 KiB copy on the stack.
-        #[expect(clippy::needless_borrows_for_generic_args, reason = "a 512 KiB value")]
-        filters.set(generation, &*filter, 0)?;
-    }
+    write_filter(ebpf, "FW_SET_FILTER", generation, &*filter)?;
     if let Some(k) = c.overload_set.and_then(|i| kinds.get_mut(i)) {
         *k |= SET_OVERLOAD;
     }
@@ -368,12 +370,6 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result
             (key, RuleRef { rule, _pad: 0 })
         })
         .collect();
-    {
-        let mut filters: Array<&mut MapData, KeyFilter> =
-            Array::try_from(map_mut(ebpf, "FW_RULE_FILTER")?)?;
-        // By reference: the filter by value would be a 512 KiB copy on the stack.
-        #[expect(clippy::needless_borrows_for_generic_args, reason = "a 512 KiB value")]
-        filters.set(generation, &*filter, 0)?;
-    }
+    write_filter(ebpf, "FW_RULE_FILTER", generation, &*filter)?;
     maps::update_batch(maps::data_of(ebpf, "FW_RULES")?, &keys, &refs)
 }
