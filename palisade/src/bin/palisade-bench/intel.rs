@@ -56,7 +56,10 @@ pub struct Cost {
     pub verdict: String,
     /// Median over rounds of the kernel's mean ns per run.
     pub ns: Spread,
-    /// The same less the floor (`palisade_floor_pass` on the same frame) of its round.
+    /// The floor (`palisade_floor_pass` on the same frame) of each round: how fast the
+    /// machine ran (it doubles in the shared VM's slow periods).
+    pub floor_ns: Spread,
+    /// The cost less the floor of its round.
     pub above_floor_ns: Spread,
     /// The same less the firewall with no indicators live, on the same frame, in its round.
     pub above_firewall_ns: Spread,
@@ -475,7 +478,7 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         }
         verdicts.push(if want == 1 { "drop" } else { "pass" });
     }
-    let mut samples = vec![(Vec::new(), Vec::new(), Vec::new()); frames.len()];
+    let mut samples = vec![(Vec::new(), Vec::new(), Vec::new(), Vec::new()); frames.len()];
     for round in 0..s.rounds {
         for (i, (id, _, frame)) in frames.iter().enumerate() {
             set_enabled(&mut bench, Some(generation(id)))?;
@@ -496,6 +499,7 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
             samples[i].0.push(on);
             samples[i].1.push(on - floor);
             samples[i].2.push(on - off);
+            samples[i].3.push(floor);
         }
         eprintln!("  round {}/{} measured", round + 1, s.rounds);
     }
@@ -503,11 +507,12 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         .iter()
         .zip(samples)
         .zip(verdicts)
-        .map(|(((id, what, _), (ns, floor, fw)), verdict)| Cost {
+        .map(|(((id, what, _), (ns, floor, fw, base)), verdict)| Cost {
             id: (*id).to_string(),
             what: (*what).to_string(),
             verdict: verdict.to_string(),
             ns: Spread::of(&ns),
+            floor_ns: Spread::of(&base),
             above_floor_ns: Spread::of(&floor),
             above_firewall_ns: Spread::of(&fw),
         })
@@ -604,18 +609,23 @@ impl IntelReport {
             }
         );
         md.push_str(
-            "\n## Match cost per packet (BPF_PROG_TEST_RUN)\n\n| packet | ns (median) | min | max | \
-             above the floor | above the firewall without indicators |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+            "\n## Match cost per packet (BPF_PROG_TEST_RUN)\n\nMedians over the rounds; the floor \
+             column is the empty program's own time, which rises in the shared machine's slow \
+             periods, and the minimum above the floor is the least disturbed round's.\n\n\
+             | packet | ns (median) | min | max | floor | above the floor | above the floor, min | \
+             above the firewall without indicators |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for c in &self.costs {
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 c.what,
                 c.ns.median,
                 c.ns.min,
                 c.ns.max,
+                c.floor_ns.median,
                 c.above_floor_ns.median,
+                c.above_floor_ns.min,
                 c.above_firewall_ns.median
             );
         }
