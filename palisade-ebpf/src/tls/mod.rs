@@ -26,7 +26,7 @@ use palisade_common::{
         FLOW_ALLOWED, FLOW_BLOCKED, FLOW_PENDING, GATE_BLOCK_QUIC, GATE_FAIL_CLOSED, GATE_ON,
         GateFlow, GateKey, MAX_SEGMENT_RECORDS, PENDING_LIMIT, SEGMENT_BYTES, SINCE_SHIFT,
         SegmentRecord, TS_ADOPTED, TS_BLOCKED_DROPS, TS_FLOWS, TS_NOT_PARSED, TS_QUIC_DROPS,
-        TS_RECORD_LOST, TS_RECORDS, TS_SERVER_HELD, TS_STALE, TS_UNTRACKED, TlsGateConfig,
+        TS_RECORD_LOST, TS_RECORDS, TS_SERVER_HELD, TS_STALE, TS_UNTRACKED,
     },
 };
 
@@ -222,16 +222,20 @@ pub fn refused_at_xdp(generation: u32, p: &Packet) -> u32 {
         return 0;
     }
     match TLS_CONFIG.get(generation) {
-        Some(cfg) if cfg.flags & GATE_ON != 0 => refused_flow(cfg, p),
+        Some(cfg) if cfg.flags & GATE_ON != 0 => refused_flow(generation, p),
         _ => 0,
     }
 }
 
 /// [`refused_at_xdp`] past its checks: the flow's verdict, for a TCP segment (neither a reset
-/// nor a SYN) while the gate is on; `cfg` is the generation's configuration, read once by the
-/// caller.
+/// nor a SYN) while the gate is on. It reads the configuration again rather than taking the
+/// caller's map-value pointer: with the pointer as an argument the verifier processed about
+/// 65,000 more instructions for `palisade_firewall` (measured: 325k against 260k).
 #[inline(never)]
-fn refused_flow(cfg: &TlsGateConfig, p: &Packet) -> u32 {
+fn refused_flow(generation: u32, p: &Packet) -> u32 {
+    let Some(cfg) = TLS_CONFIG.get(generation) else {
+        return 0;
+    };
     let to_server = cfg.watches(p.dport);
     if !to_server && !cfg.watches(p.sport) {
         return 0;
