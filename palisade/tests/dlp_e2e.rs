@@ -494,9 +494,16 @@ fn reset_action_stops_the_flow() {
     assert!(!m.is_empty() && m[0]["action"] == "reset", "{ev:?}");
     let got = fs::read(lab.dir.join("server.log")).unwrap_or_default();
     let got = String::from_utf8_lossy(&got);
-    assert!(
-        got.contains("AKIA"),
-        "the secret's own write went out: {got}"
+    // The write that matched is scanned while it is being sent: it usually reaches the
+    // server, but not when the flow is listed before its segment leaves (seen once, in a
+    // whole-suite run on a loaded machine). Either way, nothing after it may arrive.
+    eprintln!(
+        "the matched write {} the server",
+        if got.contains("AKIA") {
+            "reached"
+        } else {
+            "was stopped before"
+        }
     );
     assert!(
         !got.contains("AFTER-THE-MATCH"),
