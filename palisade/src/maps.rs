@@ -1,6 +1,10 @@
 //! Looking up the kernel maps by name, with errors that say which map is missing.
 
-use std::os::fd::{AsFd as _, BorrowedFd};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    os::fd::{AsFd as _, BorrowedFd},
+};
 
 use anyhow::{Result, anyhow};
 use aya::{
@@ -102,6 +106,107 @@ pub fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K]) -> Result<()> {
     pin::map_delete_batch(fd(map), bytes(keys), size_of::<K>())
         .map_err(|e| anyhow!("deleting {} map entries: {e}", keys.len()))?;
     Ok(())
+}
+
+/// A hasher for map keys, which are short and few bytes apart: eight bytes per step (a
+/// multiply and a rotate) rather than the default's keyed rounds. The keys come from the
+/// operator's policy or are hashed with the datapath's secret key, not from the network.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // Folds the high bits, which the multiply mixes best, into the low ones the table
+        // indexes by.
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+/// What [`sync_batch`] did to a map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Entries that already held the wanted value and were left alone.
+    pub kept: usize,
+    /// Entries written: missing, or holding another value.
+    pub written: usize,
+    /// Entries deleted: held but not wanted.
+    pub deleted: usize,
+}
+
+/// Makes the entries of `map` (a hash map, or the LPM trie, whose batch operations the kernel
+/// runs key by key) that `mine` picks exactly `keys[i] -> values[i]` (`K`, `V` the map's key
+/// and value types; not for per-CPU maps). The entries it holds are
+/// read many at a time (`BPF_MAP_LOOKUP_BATCH`); those not wanted are deleted first, so the
+/// map never holds more of them than the larger of the old and the new set, then the missing
+/// ones and those with another value are written (`BPF_MAP_UPDATE_BATCH`). An entry that
+/// already holds its value is not touched: writing a policy into a generation that holds
+/// a similar one costs what differs, not what it holds.
+///
+/// # Errors
+/// When the kernel refuses a batch. The entries are then part old, part new; a later call
+/// makes them whole again, since it starts from what the map holds.
+pub fn sync_batch<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    mine: impl Fn(&K) -> bool,
+    keys: &[K],
+    values: &[V],
+) -> Result<Synced> {
+    anyhow::ensure!(keys.len() == values.len(), "a value for every key");
+    let (ks, vs) = (size_of::<K>(), size_of::<V>());
+    // What the map holds of `mine`, as bytes: one key after the other, and their values.
+    let (mut held_keys, mut held_values) = (Vec::new(), Vec::new());
+    pin::map_chunks_batch(fd(map), ks, vs, BATCH as u32, |k, v| {
+        for (k, v) in k.chunks_exact(ks).zip(v.chunks_exact(vs)) {
+            // SAFETY: each chunk holds the bytes of one key, written by the kernel.
+            if mine(&unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<K>()) }) {
+                held_keys.extend_from_slice(k);
+                held_values.extend_from_slice(v);
+            }
+        }
+    })
+    .map_err(|e| anyhow!("reading map entries: {e}"))?;
+    let mut held: HashMap<&[u8], &[u8], BuildHasherDefault<WordHasher>> =
+        HashMap::with_capacity_and_hasher(
+            held_keys.len() / ks.max(1),
+            BuildHasherDefault::default(),
+        );
+    held.extend(held_keys.chunks_exact(ks).zip(held_values.chunks_exact(vs)));
+    let mut out = Synced::default();
+    let (mut new_keys, mut new_values) = (Vec::new(), Vec::new());
+    let (key_bytes, value_bytes) = (bytes(keys), bytes(values));
+    for (k, v) in key_bytes.chunks_exact(ks).zip(value_bytes.chunks_exact(vs)) {
+        match held.remove(k) {
+            Some(old) if old == v => out.kept += 1,
+            _ => {
+                new_keys.extend_from_slice(k);
+                new_values.extend_from_slice(v);
+            }
+        }
+    }
+    let gone: Vec<u8> = held.into_keys().flatten().copied().collect();
+    out.deleted = gone.len() / ks.max(1);
+    if !gone.is_empty() {
+        pin::map_delete_batch(fd(map), &gone, ks)
+            .map_err(|e| anyhow!("deleting {} map entries: {e}", out.deleted))?;
+    }
+    out.written = new_keys.len() / ks.max(1);
+    for (k, v) in new_keys
+        .chunks(BATCH * ks)
+        .zip(new_values.chunks(BATCH * vs))
+    {
+        pin::map_update_batch(fd(map), k, v, k.len() / ks)
+            .map_err(|e| anyhow!("writing {} map entries: {e}", k.len() / ks))?;
+    }
+    Ok(out)
 }
 
 /// The keys of a hash map (`K`, `V` its key and value types) that `keep` picks, read many at

@@ -697,7 +697,8 @@ pub fn map_entries_batch(
     Ok((keys, values))
 }
 
-/// Reads a hash map `chunk` entries per `BPF_MAP_LOOKUP_BATCH` call and hands each chunk's
+/// Reads a map (a hash map, or the LPM trie, which the kernel walks key by key) `chunk`
+/// entries per `BPF_MAP_LOOKUP_BATCH` call and hands each chunk's
 /// keys and values (one after the other) to `f`, so a caller that keeps a few of them does
 /// not hold the whole map in memory.
 ///
@@ -710,7 +711,9 @@ pub fn map_chunks_batch(
     chunk: u32,
     mut f: impl FnMut(&[u8], &[u8]),
 ) -> io::Result<()> {
-    let mut cursor = [0u64; 1];
+    // The position between calls: a bucket index for the hash maps, a whole key for the
+    // maps the kernel walks key by key (the LPM trie), so room for either.
+    let mut cursor = vec![0u64; key_size.div_ceil(8).max(1)];
     let mut first = true;
     let mut kbuf = vec![0u8; key_size * chunk as usize];
     let mut vbuf = vec![0u8; value_size * chunk as usize];

@@ -900,6 +900,144 @@ files = ["{}"]
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A reload brings each keyed map of the idle generation to the new policy entry by entry:
+/// the entries it already holds with the same value are left alone, those not wanted are
+/// deleted, the missing ones and those with another value are written, and the other
+/// generation's entries are never touched. Checked on the exact hash and on the LPM trie
+/// (whose batch operations the kernel runs key by key), by what the kernel holds after each
+/// step.
+#[test]
+fn a_reload_writes_only_what_differs_and_never_the_other_generation() {
+    use aya::maps::lpm_trie::Key;
+    use palisade::maps::{self, Synced};
+    use palisade_common::firewall::{SET_KEY_PREFIX_BITS, SetKey, set_id};
+    let fw = fw("");
+    let addr = |i: u32| v4_mapped([10, 9, (i >> 8) as u8, i as u8]);
+    let host = |generation: u32, i: u32| SetKey::new(set_id(generation, 3), FAMILY_V4, addr(i));
+    let prefix = |generation: u32, i: u32| {
+        Key::new(
+            SET_KEY_PREFIX_BITS + 96 + 24,
+            SetKey::new(
+                set_id(generation, 3),
+                FAMILY_V4,
+                v4_mapped([10, i as u8, (i >> 8) as u8, 0]),
+            ),
+        )
+    };
+    let gen0 = |set: [u8; 4]| u32::from_be_bytes(set) >> 31 == 0;
+    // Everything each map holds, as (key bytes, value).
+    fn held<K: aya::Pod>(m: &aya::maps::MapData) -> Vec<(Vec<u8>, u8)> {
+        let (keys, values) = palisade::pin::map_entries_batch(
+            std::os::fd::AsFd::as_fd(m.fd()),
+            size_of::<K>(),
+            1,
+            4096,
+        )
+        .expect("reading the map");
+        let mut out: Vec<(Vec<u8>, u8)> = keys
+            .chunks_exact(size_of::<K>())
+            .map(<[u8]>::to_vec)
+            .zip(values)
+            .collect();
+        out.sort();
+        out
+    }
+    fn bytes_of<K: aya::Pod>(k: &K) -> Vec<u8> {
+        // SAFETY: map keys are plain data without padding.
+        unsafe { std::slice::from_raw_parts((k as *const K).cast::<u8>(), size_of::<K>()) }.to_vec()
+    }
+    let hosts = maps::data_of(&fw.bench.ebpf, "FW_SET_HOSTS").expect("FW_SET_HOSTS");
+    let trie = maps::data_of(&fw.bench.ebpf, "FW_SETS").expect("FW_SETS");
+    // The other generation holds 100 entries of the same set index in each map.
+    let other_hosts: Vec<SetKey> = (0..100).map(|i| host(1, i)).collect();
+    let other_prefixes: Vec<Key<SetKey>> = (0..100).map(|i| prefix(1, i)).collect();
+    maps::update_batch(hosts, &other_hosts, &[7u8; 100]).expect("writing generation 1");
+    for k in &other_prefixes {
+        palisade::pin::map_update(std::os::fd::AsFd::as_fd(trie.fd()), &bytes_of(k), &[7], 0)
+            .expect("writing generation 1");
+    }
+    // First: 0..1000 into an empty generation 0. Then 500..1500, with 700..800 of another
+    // value.
+    let value = |step: u32, i: u32| {
+        if step == 1 && (700..800).contains(&i) {
+            2u8
+        } else {
+            1
+        }
+    };
+    for (step, range, want) in [
+        (
+            0u32,
+            0..1000u32,
+            Synced {
+                kept: 0,
+                written: 1000,
+                deleted: 0,
+            },
+        ),
+        (
+            1,
+            500..1500,
+            Synced {
+                kept: 400,
+                written: 600,
+                deleted: 500,
+            },
+        ),
+        // The same again: nothing to write.
+        (
+            1,
+            500..1500,
+            Synced {
+                kept: 1000,
+                written: 0,
+                deleted: 0,
+            },
+        ),
+    ] {
+        let values: Vec<u8> = range.clone().map(|i| value(step, i)).collect();
+        let keys: Vec<SetKey> = range.clone().map(|i| host(0, i)).collect();
+        let got = maps::sync_batch(hosts, |k: &SetKey| gen0(k.set), &keys, &values)
+            .expect("syncing the hash");
+        assert_eq!(got, want, "hash, step {step} {range:?}");
+        let keys: Vec<Key<SetKey>> = range.clone().map(|i| prefix(0, i)).collect();
+        let got = maps::sync_batch(trie, |k: &Key<SetKey>| gen0(k.data().set), &keys, &values)
+            .expect("syncing the trie");
+        assert_eq!(got, want, "trie, step {step} {range:?}");
+        // The maps hold exactly generation 1's entries and the wanted ones.
+        let mut expect_hosts: Vec<(Vec<u8>, u8)> = other_hosts
+            .iter()
+            .map(|k| (bytes_of(k), 7))
+            .chain(
+                range
+                    .clone()
+                    .map(|i| (bytes_of(&host(0, i)), value(step, i))),
+            )
+            .collect();
+        expect_hosts.sort();
+        assert_eq!(
+            held::<SetKey>(hosts),
+            expect_hosts,
+            "hash after step {step}"
+        );
+        let mut expect_prefixes: Vec<(Vec<u8>, u8)> = other_prefixes
+            .iter()
+            .map(|k| (bytes_of(k), 7))
+            .chain(
+                range
+                    .clone()
+                    .map(|i| (bytes_of(&prefix(0, i)), value(step, i))),
+            )
+            .collect();
+        expect_prefixes.sort();
+        assert_eq!(
+            held::<Key<SetKey>>(trie),
+            expect_prefixes,
+            "trie after step {step}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Protocols, ports, flags, ICMP
 

@@ -7,7 +7,7 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, LpmTrie, MapData, lpm_trie::Key},
+    maps::{Array, DevMapHash, MapData, lpm_trie::Key},
 };
 use palisade_common::firewall::{
     Control, DEFAULT_SLOT, FlowKey, KeyFilter, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader,
@@ -64,7 +64,8 @@ pub fn hash_key(ebpf: &mut Ebpf) -> Result<HashKey> {
 pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Result<Control> {
     let current = control(ebpf)?;
     let idle = (current.active_gen ^ 1) & 1;
-    clear_generation(ebpf, idle).context("clearing the idle policy generation")?;
+    // The keyed maps of the idle generation are brought to the new policy entry by entry
+    // (`maps::sync_batch`): what they already hold of it is not written again.
     write_dns(ebpf, idle, dns).context("writing DNS names")?;
     write_sets(ebpf, idle, c).context("writing set members")?;
     write_port_classes(ebpf, idle, c).context("writing port classes")?;
@@ -195,45 +196,6 @@ fn write_filter<T: aya::Pod>(
     Ok(())
 }
 
-/// Removes every entry that belongs to `generation` from the keyed maps. Arrays need no
-/// clearing: everything they hold for a generation is rewritten by `install`.
-///
-/// `FW_RATE` is not walked: the datapath writes it, and walking an LRU that a flood of
-/// spoofed sources keeps changing might never end. Its keys are the rules' identities
-/// ([`RuleMeta::rate_id`]), which a reload keeps; buckets of rules that are gone are
-/// evicted first as they are never used again.
-fn clear_generation(ebpf: &mut Ebpf, generation: u32) -> Result<()> {
-    // The hash maps are read and cleared many keys per syscall.
-    clear_hash::<FlowKey, RuleRef>(ebpf, "FW_RULES", |k| k.tuple >> 16 == generation)?;
-    clear_hash::<SetKey, u8>(ebpf, "FW_SET_HOSTS", |k| {
-        u32::from_be_bytes(k.set) >> 31 == generation
-    })?;
-    clear_hash::<NameKey, NameValue>(ebpf, "DNS_NAMES", |k| u32::from(k.generation) == generation)?;
-    // The trie has no batch operations: key by key (it holds only the sets' prefixes).
-    let mut sets: LpmTrie<&mut MapData, SetKey, u8> = LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
-    let stale: Vec<Key<SetKey>> = sets
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| u32::from_be_bytes(k.data().set) >> 31 == generation)
-        .collect();
-    for k in stale {
-        sets.remove(&k)?;
-    }
-    Ok(())
-}
-
-/// Deletes the keys of hash map `name` that `stale` picks.
-fn clear_hash<K: aya::Pod, V: aya::Pod>(
-    ebpf: &Ebpf,
-    name: &str,
-    stale: impl Fn(&K) -> bool,
-) -> Result<()> {
-    let m = maps::data_of(ebpf, name)?;
-    let keys: Vec<K> =
-        maps::keys_batch::<K, V>(m, stale).with_context(|| format!("reading {name}"))?;
-    maps::delete_batch(m, &keys).with_context(|| format!("clearing {name}"))
-}
-
 fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> {
     // SAFETY: all-zero words are an empty filter.
     let mut filter: Box<NameFilter> = unsafe { Box::new_zeroed().assume_init() };
@@ -249,7 +211,13 @@ fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> 
             (k, *v)
         })
         .unzip();
-    maps::update_batch(maps::data_of(ebpf, "DNS_NAMES")?, &keys, &values)?;
+    maps::sync_batch(
+        maps::data_of(ebpf, "DNS_NAMES")?,
+        |k: &NameKey| u32::from(k.generation) == generation,
+        &keys,
+        &values,
+    )
+    .context("DNS_NAMES")?;
     write_filter(ebpf, "DNS_FILTER", generation, &*filter)?;
     {
         let mut scopes: Array<&mut MapData, ScopeConfig> =
@@ -270,39 +238,10 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
     let mut kinds = vec![0u8; MAX_SETS as usize];
     // SAFETY: all-zero words are an empty filter.
     let mut filter: Box<KeyFilter> = unsafe { Box::new_zeroed().assume_init() };
-    {
-        let mut trie: LpmTrie<&mut MapData, SetKey, u8> =
-            LpmTrie::try_from(map_mut(ebpf, "FW_SETS")?)?;
-        for (index, members) in c.sets.iter().enumerate() {
-            let set = set_id(generation, index as u32);
-            let values = c
-                .country_map
-                .as_ref()
-                .filter(|(i, _)| *i == index)
-                .map(|(_, v)| v);
-            for (at, m) in members.iter().enumerate() {
-                if m.stored_prefix_len() == 128 {
-                    continue;
-                }
-                let value = values.and_then(|v| v.get(at)).copied().unwrap_or(1);
-                let family = family_code(m.family);
-                let key = SetKey::new(set, family, m.addr);
-                let bits = SET_KEY_PREFIX_BITS + u32::from(m.stored_prefix_len());
-                trie.insert(&Key::new(bits, key), value, 0)?;
-                kinds[index] |= SET_PREFIXES;
-                // The filter places a prefix by its granule (/24, /64); a shorter one spans
-                // many, and its set walks the trie for every address.
-                if u32::from(m.stored_prefix_len()) >= prefix_granule_bits(family) {
-                    filter.insert_hash(prefix_granule_hash(set, family, &m.addr));
-                } else {
-                    kinds[index] |= SET_PREFIXES_SHORT;
-                }
-            }
-        }
-    }
-    let mut hosts: Vec<SetKey> = Vec::new();
-    // Each host's value: 1, or its country index in the country map.
-    let mut ones: Vec<u8> = Vec::new();
+    // The generation's prefixes (for the trie) and single addresses (for the exact hash),
+    // each with its value: 1, or its country index in the country map.
+    let (mut prefixes, mut prefix_values) = (Vec::<Key<SetKey>>::new(), Vec::<u8>::new());
+    let (mut hosts, mut host_values) = (Vec::<SetKey>::new(), Vec::<u8>::new());
     for (index, members) in c.sets.iter().enumerate() {
         let set = set_id(generation, index as u32);
         let values = c
@@ -311,15 +250,51 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
             .filter(|(i, _)| *i == index)
             .map(|(_, v)| v);
         for (at, m) in members.iter().enumerate() {
-            if m.stored_prefix_len() != 128 {
+            let value = values.and_then(|v| v.get(at)).copied().unwrap_or(1);
+            let family = family_code(m.family);
+            let key = SetKey::new(set, family, m.addr);
+            if m.stored_prefix_len() == 128 {
+                hosts.push(key);
+                host_values.push(value);
+                kinds[index] |= SET_HOSTS;
                 continue;
             }
-            hosts.push(SetKey::new(set, family_code(m.family), m.addr));
-            ones.push(values.and_then(|v| v.get(at)).copied().unwrap_or(1));
-            kinds[index] |= SET_HOSTS;
+            let bits = SET_KEY_PREFIX_BITS + u32::from(m.stored_prefix_len());
+            prefixes.push(Key::new(bits, key));
+            prefix_values.push(value);
+            kinds[index] |= SET_PREFIXES;
+            // The filter places a prefix by its granule (/24, /64); a shorter one spans
+            // many, and its set walks the trie for every address.
+            if u32::from(m.stored_prefix_len()) >= prefix_granule_bits(family) {
+                filter.insert_hash(prefix_granule_hash(set, family, &m.addr));
+            } else {
+                kinds[index] |= SET_PREFIXES_SHORT;
+            }
         }
     }
-    maps::update_batch(maps::data_of(ebpf, "FW_SET_HOSTS")?, &hosts, &ones)?;
+    // The two maps are brought up to date at the same time, one on another thread: most of
+    // the work is the kernel's, per entry, and each map takes its own locks.
+    let (trie, exact) = (
+        maps::data_of(ebpf, "FW_SETS")?,
+        maps::data_of(ebpf, "FW_SET_HOSTS")?,
+    );
+    let mine = |set: [u8; 4]| u32::from_be_bytes(set) >> 31 == generation;
+    std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            maps::sync_batch(
+                trie,
+                |k: &Key<SetKey>| mine(k.data().set),
+                &prefixes,
+                &prefix_values,
+            )
+            .context("FW_SETS")
+        });
+        let h = maps::sync_batch(exact, |k: &SetKey| mine(k.set), &hosts, &host_values)
+            .context("FW_SET_HOSTS");
+        t.join()
+            .map_err(|_| anyhow::anyhow!("FW_SETS: the writing thread panicked"))?
+            .and(h)
+    })?;
     write_filter(ebpf, "FW_SET_FILTER", generation, &*filter)?;
     if let Some(k) = c.overload_set.and_then(|i| kinds.get_mut(i)) {
         *k |= SET_OVERLOAD;
@@ -371,5 +346,12 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result
         })
         .collect();
     write_filter(ebpf, "FW_RULE_FILTER", generation, &*filter)?;
-    maps::update_batch(maps::data_of(ebpf, "FW_RULES")?, &keys, &refs)
+    maps::sync_batch(
+        maps::data_of(ebpf, "FW_RULES")?,
+        |k: &FlowKey| k.tuple >> 16 == generation,
+        &keys,
+        &refs,
+    )
+    .context("FW_RULES")?;
+    Ok(())
 }

@@ -245,6 +245,39 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` with the calling thread allowed on every CPU, then puts its CPU mask back: the
+/// daemon installs a policy unpinned, and the install spreads its map writes over threads.
+pub fn on_all_cpus<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: cpu_set_t is plain data, filled and read by the kernel.
+    let mut before: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let saved =
+        unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut before) } == 0;
+    if saved {
+        let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for cpu in 0..num_cpus_online() {
+            // SAFETY: cpu < CPU_SETSIZE (checked by num_cpus_online).
+            unsafe { libc::CPU_SET(cpu, &mut all) };
+        }
+        // SAFETY: as above.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &all) };
+    }
+    let out = f();
+    if saved {
+        // SAFETY: as above.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &before) };
+    }
+    out
+}
+
+/// The CPUs online (not the calling thread's mask, which may be one of them).
+fn num_cpus_online() -> usize {
+    // SAFETY: sysconf only reads.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n)
+        .unwrap_or(1)
+        .clamp(1, libc::CPU_SETSIZE as usize)
+}
+
 /// How busy the machine was while the benchmark ran. The kernel's test-run timer leaves out
 /// the time the benchmark was not running, but neighbours still share caches and memory
 /// bandwidth, so a loaded machine shows as wider min–max ranges.

@@ -47,6 +47,11 @@ pub struct MapMemory {
     pub bytes: u64,
 }
 
+/// A measurement is quiet when its floor is at most this many times the run's lowest floor.
+/// The shared machine has periods in which every program, the empty one too, takes about
+/// twice as long; the medians over all rounds mix them in, the quiet ones leave them out.
+pub const QUIET: f64 = 1.2;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Cost {
     pub id: String,
@@ -61,6 +66,13 @@ pub struct Cost {
     pub floor_ns: Spread,
     /// The cost less the floor of its round.
     pub above_floor_ns: Spread,
+    /// The cost over the floor of its round (1.0: as fast as the empty program).
+    pub ratio_to_floor: Spread,
+    /// `above_floor_ns` over the quiet measurements alone: those whose floor was at most
+    /// [`QUIET`] times the lowest floor of the run (the machine at its usual speed).
+    pub quiet_above_floor_ns: Spread,
+    /// How many of the rounds were quiet for this packet.
+    pub quiet_rounds: usize,
     /// The same less the firewall with no indicators live, on the same frame, in its round.
     pub above_firewall_ns: Spread,
 }
@@ -478,7 +490,8 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         }
         verdicts.push(if want == 1 { "drop" } else { "pass" });
     }
-    let mut samples = vec![(Vec::new(), Vec::new(), Vec::new(), Vec::new()); frames.len()];
+    let mut samples =
+        vec![(Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()); frames.len()];
     for round in 0..s.rounds {
         for (i, (id, _, frame)) in frames.iter().enumerate() {
             set_enabled(&mut bench, Some(generation(id)))?;
@@ -500,21 +513,37 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
             samples[i].1.push(on - floor);
             samples[i].2.push(on - off);
             samples[i].3.push(floor);
+            samples[i].4.push(on / floor);
         }
         eprintln!("  round {}/{} measured", round + 1, s.rounds);
     }
+    let lowest = samples
+        .iter()
+        .flat_map(|s| s.3.iter().copied())
+        .fold(f64::INFINITY, f64::min);
     let costs = frames
         .iter()
         .zip(samples)
         .zip(verdicts)
-        .map(|(((id, what, _), (ns, floor, fw, base)), verdict)| Cost {
-            id: (*id).to_string(),
-            what: (*what).to_string(),
-            verdict: verdict.to_string(),
-            ns: Spread::of(&ns),
-            floor_ns: Spread::of(&base),
-            above_floor_ns: Spread::of(&floor),
-            above_firewall_ns: Spread::of(&fw),
+        .map(|(((id, what, _), (ns, floor, fw, base, ratio)), verdict)| {
+            let quiet: Vec<f64> = floor
+                .iter()
+                .zip(&base)
+                .filter(|&(_, &b)| b <= lowest * QUIET)
+                .map(|(&f, _)| f)
+                .collect();
+            Cost {
+                id: (*id).to_string(),
+                what: (*what).to_string(),
+                verdict: verdict.to_string(),
+                ns: Spread::of(&ns),
+                floor_ns: Spread::of(&base),
+                above_floor_ns: Spread::of(&floor),
+                ratio_to_floor: Spread::of(&ratio),
+                quiet_above_floor_ns: Spread::of(&quiet),
+                quiet_rounds: quiet.len(),
+                above_firewall_ns: Spread::of(&fw),
+            }
         })
         .collect();
     let staleness = staleness(&mut bench, s, sizes)?;
@@ -611,14 +640,18 @@ impl IntelReport {
         md.push_str(
             "\n## Match cost per packet (BPF_PROG_TEST_RUN)\n\nMedians over the rounds; the floor \
              column is the empty program's own time, which rises in the shared machine's slow \
-             periods, and the minimum above the floor is the least disturbed round's.\n\n\
+             periods, and the minimum above the floor is the least disturbed round's. The quiet \
+             rounds of a packet are those whose floor was at most 1.2 times the lowest floor of \
+             the run; their median leaves the slow periods out.\n\n\
              | packet | ns (median) | min | max | floor | above the floor | above the floor, min | \
-             above the firewall without indicators |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+             ratio to the floor | above the floor, quiet rounds (how many) | \
+             above the firewall without indicators |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for c in &self.costs {
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× | {} | {:.1} |",
                 c.what,
                 c.ns.median,
                 c.ns.min,
@@ -626,6 +659,12 @@ impl IntelReport {
                 c.floor_ns.median,
                 c.above_floor_ns.median,
                 c.above_floor_ns.min,
+                c.ratio_to_floor.median,
+                if c.quiet_rounds == 0 {
+                    "–".to_string()
+                } else {
+                    format!("{:.1} ({})", c.quiet_above_floor_ns.median, c.quiet_rounds)
+                },
                 c.above_firewall_ns.median
             );
         }

@@ -34,8 +34,9 @@ fn install(bench: &mut Loaded, policy: &Policy, reload: bool) -> Result<Install>
     let maps = inspect::maps_of(&bench.ebpf, FIREWALL)?;
     let (mut reload_ms, mut two) = (None, None);
     if reload {
-        // Fill the other generation, then reload once more: that last one clears a full
-        // generation, like every reload of a running daemon.
+        // Fill the other generation, then reload once more: that last one writes into a
+        // generation that holds the policy already (its entries are read and compared, none
+        // written), like a reload of a running daemon whose policy did not change.
         bench.install(policy)?;
         let t = Instant::now();
         bench.install(policy)?;
@@ -137,7 +138,8 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
     for w in &workloads {
         let t = Instant::now();
         let mut bench = Loaded::new(benches.is_empty()).context("loading the kernel object")?;
-        let i = install(&mut bench, &w.policy, s.reload).with_context(|| w.id.clone())?;
+        let i = inspect::on_all_cpus(|| install(&mut bench, &w.policy, s.reload))
+            .with_context(|| w.id.clone())?;
         if let Some(p) = pin.as_mut() {
             let names: &[&str] = if benches.is_empty() {
                 &[FIREWALL, FLOOR_PASS, FLOOR_DROP]
