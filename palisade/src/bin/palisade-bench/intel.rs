@@ -47,6 +47,30 @@ pub struct MapMemory {
     pub bytes: u64,
 }
 
+/// The floor counts as settled within this factor of its value before the load.
+const SETTLED: f64 = 1.15;
+/// The longest wait for the floor to settle.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(180);
+/// A round whose floor went above this factor of its value before the load is measured again.
+const SLOW: f64 = 1.3;
+/// The longest time spent measuring rounds again.
+const SLOW_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The wait before the rounds for the machine to settle after the load.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Settle {
+    /// The empty program's time (ns per run) before the indicators were loaded.
+    pub floor_before_ns: f64,
+    /// Its time when the rounds started.
+    pub floor_at_start_ns: f64,
+    pub waited_seconds: f64,
+    /// Whether it came back within [`SETTLED`] of its value before the load.
+    pub settled: bool,
+    /// Rounds measured in a slow period (a floor above [`SLOW`] times its value before the
+    /// load) and measured again.
+    pub discarded_rounds: usize,
+}
+
 /// A measurement is quiet when its floor is at most this many times the run's lowest floor.
 /// The shared machine has periods in which every program, the empty one too, takes about
 /// twice as long; the medians over all rounds mix them in, the quiet ones leave them out.
@@ -94,6 +118,7 @@ pub struct IntelReport {
     /// Whether the domains fit the DNS policy's tables, and the error when not.
     pub dns: Result<(), String>,
     pub costs: Vec<Cost>,
+    pub settle: Settle,
     /// The bloom filter's false positives as refreshes accumulate stale bits.
     pub staleness: Vec<Staleness>,
 }
@@ -312,6 +337,19 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         Path::new("/"),
     )?;
     bench.install(&policy)?;
+    // The machine's speed before the load: the empty program on a plain frame.
+    let probe = Frame::udp("10.0.0.2", "10.0.0.1", 40_000, 9).build();
+    let floor_now = |bench: &mut Bench| -> Result<f64> {
+        Ok(bench
+            .run_prog("palisade_floor_pass", &probe, s.repeat)?
+            .duration
+            .as_nanos() as f64)
+    };
+    let floor_before = (0..5)
+        .map(|_| floor_now(&mut bench))
+        .collect::<Result<Vec<f64>>>()?
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
 
     let t = Instant::now();
     let feeds_text = [
@@ -490,10 +528,51 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         }
         verdicts.push(if want == 1 { "drop" } else { "pass" });
     }
+    // Loading millions of entries leaves the kernel work to do (freeing the refresh's old
+    // tables, among others) that slows every program for a while, the empty one too: the
+    // rounds start once the floor is back within SETTLED of its value before the load three
+    // times in a row, or after SETTLE_MAX.
+    let t = Instant::now();
+    let mut calm = 0;
+    let mut floor_settled = floor_now(&mut bench)?;
+    while calm < 3 && t.elapsed() < SETTLE_MAX {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        floor_settled = floor_now(&mut bench)?;
+        calm = if floor_settled <= floor_before * SETTLED {
+            calm + 1
+        } else {
+            0
+        };
+    }
+    let mut settle = Settle {
+        floor_before_ns: floor_before,
+        floor_at_start_ns: floor_settled,
+        waited_seconds: t.elapsed().as_secs_f64(),
+        settled: calm >= 3,
+        discarded_rounds: 0,
+    };
+    eprintln!(
+        "  settle: floor {:.1} ns before the load, {:.1} ns after waiting {:.1} s{}",
+        settle.floor_before_ns,
+        settle.floor_at_start_ns,
+        settle.waited_seconds,
+        if settle.settled {
+            ""
+        } else {
+            " (not settled: measured anyway)"
+        }
+    );
     let mut samples =
         vec![(Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()); frames.len()];
-    for round in 0..s.rounds {
-        for (i, (id, _, frame)) in frames.iter().enumerate() {
+    // A round in which the empty program ran more than SLOW times its time before the load
+    // fell in a slow period of the machine: it is discarded and measured again two seconds
+    // later, for at most SLOW_RETRY in all (then rounds are kept whatever their floor).
+    let retry_until = Instant::now() + SLOW_RETRY;
+    let mut discarded = 0usize;
+    let mut round = 0;
+    while round < s.rounds {
+        let mut taken = Vec::with_capacity(frames.len());
+        for (id, _, frame) in &frames {
             set_enabled(&mut bench, Some(generation(id)))?;
             let floor = bench
                 .run_prog("palisade_floor_pass", frame, s.repeat)?
@@ -509,14 +588,29 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
                 .run_prog(palisade::testrun::FIREWALL, frame, s.repeat)?
                 .duration
                 .as_nanos() as f64;
+            taken.push((on, floor, off));
+        }
+        let slowest = taken.iter().map(|t| t.1).fold(0.0, f64::max);
+        if slowest > floor_before * SLOW && Instant::now() < retry_until {
+            discarded += 1;
+            eprintln!(
+                "  round {} discarded: the floor reached {slowest:.1} ns; measured again in 2 s",
+                round + 1
+            );
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            continue;
+        }
+        for (i, (on, floor, off)) in taken.into_iter().enumerate() {
             samples[i].0.push(on);
             samples[i].1.push(on - floor);
             samples[i].2.push(on - off);
             samples[i].3.push(floor);
             samples[i].4.push(on / floor);
         }
-        eprintln!("  round {}/{} measured", round + 1, s.rounds);
+        round += 1;
+        eprintln!("  round {}/{} measured", round, s.rounds);
     }
+    settle.discarded_rounds = discarded;
     let lowest = samples
         .iter()
         .flat_map(|s| s.3.iter().copied())
@@ -561,6 +655,7 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
         peak_rss: peak_rss(),
         dns,
         costs,
+        settle,
         staleness,
     })
 }
@@ -637,12 +732,28 @@ impl IntelReport {
                 Err(e) => format!("refused ({e})"),
             }
         );
+        let _ = write!(
+            md,
+            "\n## Match cost per packet (BPF_PROG_TEST_RUN)\n\nThe rounds started once the empty \
+             program's time was back within {:.0} % of its value before the load, three times in a \
+             row (at most {} s): {:.1} ns before, {:.1} ns when they started, after {:.1} s{}.\n",
+            (SETTLED - 1.0) * 100.0,
+            SETTLE_MAX.as_secs(),
+            self.settle.floor_before_ns,
+            self.settle.floor_at_start_ns,
+            self.settle.waited_seconds,
+            if self.settle.settled {
+                ""
+            } else {
+                " (it did not settle: measured anyway)"
+            }
+        );
         md.push_str(
-            "\n## Match cost per packet (BPF_PROG_TEST_RUN)\n\nMedians over the rounds; the floor \
+            "\nMedians over the rounds; the floor \
              column is the empty program's own time, which rises in the shared machine's slow \
              periods, and the minimum above the floor is the least disturbed round's. The quiet \
-             rounds of a packet are those whose floor was at most 1.2 times the lowest floor of \
-             the run; their median leaves the slow periods out.\n\n\
+             rounds of a packet are those whose floor was at most 1.2 times (`QUIET`) the lowest \
+             floor of the run; their median leaves the slow periods out.\n\n\
              | packet | ns (median) | min | max | floor | above the floor | above the floor, min | \
              ratio to the floor | above the floor, quiet rounds (how many) | \
              above the firewall without indicators |\n\

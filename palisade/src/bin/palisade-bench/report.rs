@@ -31,9 +31,13 @@ pub struct Install {
     /// The first install into a freshly loaded object: compile everything, write the idle
     /// generation, swap.
     pub install_ms: f64,
-    /// A reload of the same policy once both generations hold it: clear the stale
-    /// generation, write the new one, swap. What a `palisade reload` costs in steady state.
+    /// A reload of the same policy once both generations hold it: compile, read the idle
+    /// generation and write what differs (nothing), swap. What a `palisade reload` costs
+    /// when the policy did not change.
     pub reload_ms: Option<f64>,
+    /// A reload to a policy of the same size with other members and rules (another seed),
+    /// into a generation that holds the first one: every entry is deleted and written.
+    pub replace_ms: Option<f64>,
     pub tuples: usize,
     pub hash_entries: usize,
     /// Kernel-charged memory of every map after the first install (one generation live).
@@ -257,20 +261,22 @@ impl Report {
 
     fn install_table(&self) -> String {
         let mut t = String::from(
-            "| configuration | tuples | hash entries | compile (ms) | install (ms) | reload (ms) | FW_RULES (MiB) | sets: FW_SETS + FW_SET_HOSTS (MiB) | DNS_NAMES (MiB) | every map the daemon pins (MiB) | sized maps, 2 generations (MiB) |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| configuration | tuples | hash entries | compile (ms) | install (ms) | reload, same policy (ms) | reload, every entry changed (ms) | FW_RULES (MiB) | sets: FW_SETS + FW_SET_HOSTS (MiB) | DNS_NAMES (MiB) | every map the daemon pins (MiB) | sized maps, 2 generations (MiB) |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for c in &self.configs {
             let Some(i) = &c.install else { continue };
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
                 label(c),
                 i.tuples,
                 i.hash_entries,
                 i.compile_ms,
                 i.install_ms,
                 i.reload_ms
+                    .map_or_else(|| "–".into(), |r| format!("{r:.1}")),
+                i.replace_ms
                     .map_or_else(|| "–".into(), |r| format!("{r:.1}")),
                 mib(i.sized_bytes("FW_RULES")),
                 mib(i.sized_bytes("FW_SETS") + i.sized_bytes("FW_SET_HOSTS")),

@@ -24,7 +24,12 @@ fn ms_since(t: Instant) -> f64 {
 
 /// Installs `policy`, timing the firewall compiler alone and the whole install (compile
 /// everything, write the idle generation, swap), then (when asked) a steady-state reload.
-fn install(bench: &mut Loaded, policy: &Policy, reload: bool) -> Result<Install> {
+fn install(
+    bench: &mut Loaded,
+    policy: &Policy,
+    reload: bool,
+    changed: Option<&Policy>,
+) -> Result<Install> {
     let t = Instant::now();
     let compiled = compile::compile(policy).context("compiling")?;
     let compile_ms = ms_since(t);
@@ -32,7 +37,7 @@ fn install(bench: &mut Loaded, policy: &Policy, reload: bool) -> Result<Install>
     bench.install(policy).context("installing")?;
     let install_ms = ms_since(t);
     let maps = inspect::maps_of(&bench.ebpf, FIREWALL)?;
-    let (mut reload_ms, mut two) = (None, None);
+    let (mut reload_ms, mut replace_ms, mut two) = (None, None, None);
     if reload {
         // Fill the other generation, then reload once more: that last one writes into a
         // generation that holds the policy already (its entries are read and compared, none
@@ -48,12 +53,22 @@ fn install(bench: &mut Loaded, policy: &Policy, reload: bool) -> Result<Install>
                 .filter_map(|n| after.get(*n).map(|m| m.memlock_bytes))
                 .sum(),
         );
+        if let Some(other) = changed {
+            let t = Instant::now();
+            bench
+                .install(other)
+                .context("installing the changed policy")?;
+            replace_ms = Some(ms_since(t));
+            // The measured policy live again (its generation still holds it).
+            bench.install(policy)?;
+        }
     }
     let (sized, sized_two) = sized_memory(policy, &compiled, reload)?;
     Ok(Install {
         compile_ms,
         install_ms,
         reload_ms,
+        replace_ms,
         tuples: compiled.tuples.len(),
         hash_entries: compiled.entries.len(),
         maps,
@@ -138,7 +153,16 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
     for w in &workloads {
         let t = Instant::now();
         let mut bench = Loaded::new(benches.is_empty()).context("loading the kernel object")?;
-        let i = inspect::on_all_cpus(|| install(&mut bench, &w.policy, s.reload))
+        // The same workload from another seed: every rule or member changed.
+        let changed = match w.kind {
+            _ if !s.reload => None,
+            Kind::Rules if !w.id.contains('+') => {
+                Some(workload::rules(w.rules, s.seed.wrapping_add(1))?.policy)
+            }
+            Kind::Set => Some(workload::set(w.set_entries, s.seed.wrapping_add(1))?.policy),
+            _ => None,
+        };
+        let i = inspect::on_all_cpus(|| install(&mut bench, &w.policy, s.reload, changed.as_ref()))
             .with_context(|| w.id.clone())?;
         if let Some(p) = pin.as_mut() {
             let names: &[&str] = if benches.is_empty() {
@@ -153,7 +177,7 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
             }
         }
         eprintln!(
-            "  {:<12} {} tuples, {} hash entries: compile {:.1} ms, install {:.1} ms{} (load+install {:.1} s)",
+            "  {:<12} {} tuples, {} hash entries: compile {:.1} ms, install {:.1} ms{}{} (load+install {:.1} s)",
             w.id,
             i.tuples,
             i.hash_entries,
@@ -161,6 +185,9 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
             i.install_ms,
             i.reload_ms
                 .map_or_else(String::new, |r| format!(", reload {r:.1} ms")),
+            i.replace_ms.map_or_else(String::new, |r| format!(
+                ", reload with every entry changed {r:.1} ms"
+            )),
             t.elapsed().as_secs_f64()
         );
         benches.push(bench);
