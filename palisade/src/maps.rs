@@ -199,12 +199,29 @@ pub fn sync_batch<K: aya::Pod, V: aya::Pod>(
             .map_err(|e| anyhow!("deleting {} map entries: {e}", out.deleted))?;
     }
     out.written = new_keys.len() / ks.max(1);
-    for (k, v) in new_keys
-        .chunks(BATCH * ks)
-        .zip(new_values.chunks(BATCH * vs))
-    {
-        pin::map_update_batch(fd(map), k, v, k.len() / ks)
-            .map_err(|e| anyhow!("writing {} map entries: {e}", k.len() / ks))?;
+    let write = |keys: &[u8], values: &[u8]| -> Result<()> {
+        for (k, v) in keys.chunks(BATCH * ks).zip(values.chunks(BATCH * vs)) {
+            pin::map_update_batch(fd(map), k, v, k.len() / ks)
+                .map_err(|e| anyhow!("writing {} map entries: {e}", k.len() / ks))?;
+        }
+        Ok(())
+    };
+    if out.written < 2 * BATCH {
+        write(&new_keys, &new_values)?;
+    } else {
+        // Two halves at once: the kernel's work per entry dominates, and the hash map locks
+        // per bucket.
+        let half = out.written / 2;
+        let (k1, k2) = new_keys.split_at(half * ks);
+        let (v1, v2) = new_values.split_at(half * vs);
+        std::thread::scope(|s| {
+            let other = s.spawn(|| write(k2, v2));
+            let mine = write(k1, v1);
+            other
+                .join()
+                .map_err(|_| anyhow!("a map writing thread panicked"))?
+                .and(mine)
+        })?;
     }
     Ok(out)
 }

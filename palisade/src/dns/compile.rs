@@ -17,7 +17,7 @@ use palisade_common::{
 };
 
 use crate::policy::{
-    model::{Dns, DnsAction, DnsMode, DnsScope, NameEntry, NameMatch, Policy},
+    model::{Dns, DnsAction, DnsMode, DnsScope, NameEntry, NameList, NameMatch, Policy},
     namelist::format_name,
 };
 
@@ -315,6 +315,94 @@ fn names_fit(keys: usize) -> Result<(), DnsCompileError> {
     Ok(())
 }
 
+/// The scopes that take lists, with their configuration when present.
+fn scopes_of(dns: &Dns) -> [(u8, Option<&DnsScope>); 2] {
+    [
+        (SCOPE_INGRESS, dns.ingress.as_ref()),
+        (SCOPE_EGRESS, dns.egress.as_ref().map(|e| &e.scope)),
+    ]
+}
+
+/// What `[intel]` makes of a list's names in scope `cfg`: the names of alert and tag feeds
+/// pass and are reported (in blocklists); 0 for every other list.
+fn list_intel(cfg: &DnsScope, l: &NameList) -> u8 {
+    if cfg.mode == DnsMode::Blocklist {
+        crate::intel::runtime::list_action(&l.name)
+    } else {
+        0
+    }
+}
+
+/// The apex keys of `entries` in `scope`, on two threads for a long list (hashing the names
+/// is most of the compiler's work after the table).
+fn apex_keys(key: &HashKey, entries: &[NameEntry], scope: u8) -> Vec<NameKey> {
+    let keys = |part: &[NameEntry]| -> Vec<NameKey> {
+        part.iter()
+            .map(|e| name_key(key, &e.labels, scope, KIND_APEX))
+            .collect()
+    };
+    if entries.len() < 1 << 16 {
+        return keys(entries);
+    }
+    let (first, second) = entries.split_at(entries.len() / 2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| keys(second));
+        let mut out = keys(first);
+        // A panic in the other half (none is possible short of a bug) is raised here too.
+        out.extend(
+            other
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        );
+        out
+    })
+}
+
+/// The key kinds an entry is written under.
+const fn kinds_of(e: &NameEntry) -> &'static [u8] {
+    match e.kind {
+        NameMatch::Exact => &[KIND_APEX],
+        NameMatch::Subdomains => &[KIND_BELOW],
+        NameMatch::ApexAndSubdomains => &[KIND_APEX, KIND_BELOW],
+    }
+}
+
+/// Where the value key `k` held when the entry `stop` (in its scope) conflicted with it came
+/// from: `(list, line)`. The lists are walked again as [`compile`] walks them, so that
+/// compiling keeps no table of origins for the rare message that needs one.
+fn origin_of(dns: &Dns, key: &HashKey, k: &NameKey, stop: (u8, &NameEntry)) -> (usize, usize) {
+    // The holder so far and its `[intel]` action.
+    let mut holder: Option<((usize, usize), u8)> = None;
+    for (scope, cfg) in scopes_of(dns) {
+        let Some(cfg) = cfg else { continue };
+        for &list in &cfg.lists {
+            let l = &dns.lists[list];
+            let intel = list_intel(cfg, l);
+            for e in &l.entries {
+                if scope == stop.0 && std::ptr::eq(e, stop.1) {
+                    return holder.map_or((list, e.line), |h| h.0);
+                }
+                let apex = name_key(key, &e.labels, scope, KIND_APEX);
+                if !kinds_of(e)
+                    .iter()
+                    .any(|&kind| NameKey { kind, ..apex } == *k)
+                {
+                    continue;
+                }
+                match holder {
+                    None => holder = Some(((list, e.line), intel)),
+                    // A block replaces an `[intel]` report, as in `compile`.
+                    Some((_, held)) if held != intel && intel == 0 => {
+                        holder = Some(((list, e.line), 0));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    holder.map_or((0, 0), |h| h.0)
+}
+
 /// Compiles `policy.dns` with the maps' hash key.
 ///
 /// # Errors
@@ -354,9 +442,6 @@ pub fn compile(
     let mut out = CompiledDns::default();
     let keys = key_bound(dns);
     out.names.reserve(keys.min(2 * MAX_NAME_KEYS));
-    // Where each key's first entry came from: (list, line), for conflict messages.
-    let mut origin: HashMap<NameKey, (usize, usize), KeyHash> =
-        HashMap::with_capacity_and_hasher(keys.min(2 * MAX_NAME_KEYS), KeyHash);
     out.global.ports[..dns.ports.len()].copy_from_slice(&dns.ports);
     let budget = dns.answers;
     if budget.per_second > 0 {
@@ -380,48 +465,36 @@ pub fn compile(
             gcra(dns.events.rate, dns.events.rate);
         out.global.event_sample = dns.events.sample;
     }
-    let scopes = [
-        (SCOPE_INGRESS, dns.ingress.as_ref()),
-        (SCOPE_EGRESS, dns.egress.as_ref().map(|e| &e.scope)),
-    ];
-    for (scope, cfg) in scopes {
+    for (scope, cfg) in scopes_of(dns) {
         let Some(cfg) = cfg else { continue };
         out.scopes[usize::from(scope)] = scope_config(cfg);
         for &list in &cfg.lists {
             let l = &dns.lists[list];
-            // The names of `[intel]` alert and tag feeds pass and are reported (blocklists).
-            let intel = if cfg.mode == DnsMode::Blocklist {
-                crate::intel::runtime::list_action(&l.name)
-            } else {
-                0
-            };
-            for e in &l.entries {
+            let intel = list_intel(cfg, l);
+            let apexes = apex_keys(key, &l.entries, scope);
+            for (e, &apex) in l.entries.iter().zip(&apexes) {
                 let mut v = entry_value(e, list, clock, &l.name)?;
                 v.intel = intel;
-                let kinds: &[u8] = match e.kind {
-                    NameMatch::Exact => &[KIND_APEX],
-                    NameMatch::Subdomains => &[KIND_BELOW],
-                    NameMatch::ApexAndSubdomains => &[KIND_APEX, KIND_BELOW],
-                };
-                let apex = name_key(key, &e.labels, scope, KIND_APEX);
-                for &kind in kinds {
+                for &kind in kinds_of(e) {
                     let k = NameKey { kind, ..apex };
-                    let Some(old) = out.names.get_mut(&k) else {
-                        out.names.insert(k, v);
-                        origin.insert(k, (list, e.line));
-                        continue;
+                    // One probe of the table per key: most keys are new.
+                    let old = match out.names.entry(k) {
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(v);
+                            continue;
+                        }
+                        std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
                     };
                     if old.intel != v.intel {
                         // A name both blocked and reported by `[intel]`: the block stays
                         // (between an alert and a tag, the first feed's).
                         if v.intel == 0 {
                             *old = v;
-                            origin.insert(k, (list, e.line));
                         }
                         continue;
                     }
                     *old = merge(old, &v).map_err(|why| {
-                        let (first, first_line) = origin.get(&k).copied().unwrap_or_default();
+                        let (first, first_line) = origin_of(dns, key, &k, (scope, e));
                         DnsCompileError::ConflictingDuplicates {
                             name: format_entry(e),
                             list: l.name.clone(),
@@ -444,13 +517,8 @@ pub fn compile(
             ..NameValue::default()
         };
         for e in &b.rebinding_allow {
-            let kinds: &[u8] = match e.kind {
-                NameMatch::Exact => &[KIND_APEX],
-                NameMatch::Subdomains => &[KIND_BELOW],
-                NameMatch::ApexAndSubdomains => &[KIND_APEX, KIND_BELOW],
-            };
             let apex = name_key(key, &e.labels, SCOPE_REBIND, KIND_APEX);
-            for &kind in kinds {
+            for &kind in kinds_of(e) {
                 out.names.insert(NameKey { kind, ..apex }, v);
             }
         }

@@ -533,7 +533,9 @@ pub fn run(s: &Settings, command: String) -> Result<bool> {
             loaded.install(p)?;
             None
         } else {
-            Some(install(&mut loaded, kind, names, p)?)
+            Some(crate::inspect::on_all_cpus(|| {
+                install(&mut loaded, kind, names, p)
+            })?)
         };
         if let Some(pin) = pin.as_mut() {
             let progs: &[&str] = if benches.is_empty() {
@@ -1118,7 +1120,7 @@ impl DnsReport {
         m.push_str(
             "`DNS compile`: the DNS compiler alone (hashing every name into its map key). \
              `install`: the whole first install into a freshly loaded object (both compilers, \
-             map writes, generation swap). Memory is the kernel's `memlock` from each map's \
+             map writes, generation swap), run on every CPU as the daemon runs it. Memory is the kernel's `memlock` from each map's \
              fdinfo after the install; DNS_NAMES is a hash map without preallocation, charged \
              per entry.\n\n",
         );
