@@ -12,6 +12,35 @@ use crate::reason;
 /// the frame.
 pub trait Bytes {
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// The `W` four-byte words from `offset` on, each in frame order (`to_ne_bytes` gives
+    /// its bytes back in the frame's order); `None` when they are not all inside the frame.
+    /// The parser reads its headers this way: a frame where whole words may be loaded (XDP,
+    /// direct packet access in TC) overrides it with one bounds check and one instruction
+    /// per word, where `load` of an array takes one load per byte on the BPF target and
+    /// spills each byte to the stack.
+    #[inline(always)]
+    fn words32<const W: usize>(&self, offset: usize) -> Option<[u32; W]> {
+        let mut out = [0u32; W];
+        let mut i = 0;
+        while i < W {
+            out[i] = u32::from_ne_bytes(self.load::<4>(offset + 4 * i)?);
+            i += 1;
+        }
+        Some(out)
+    }
+
+    /// The `W` eight-byte words from `offset` on, as [`Bytes::words32`].
+    #[inline(always)]
+    fn words64<const W: usize>(&self, offset: usize) -> Option<[u64; W]> {
+        let mut out = [0u64; W];
+        let mut i = 0;
+        while i < W {
+            out[i] = u64::from_ne_bytes(self.load::<8>(offset + 8 * i)?);
+            i += 1;
+        }
+        Some(out)
+    }
 }
 
 impl Bytes for [u8] {
@@ -188,8 +217,10 @@ pub enum Frame {
 /// bytes of TCP/UDP/ICMP/ICMPv6. The error is a drop reason from [`crate::reason`].
 #[inline(always)]
 pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Frame, u32> {
-    let eth: [u8; ETH_HLEN] = b.load(0).ok_or(reason::MALFORMED_L2)?;
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    // The last word of the Ethernet header: its load checks the whole header is there.
+    let [eth] = b.words32::<1>(ETH_HLEN - 4).ok_or(reason::MALFORMED_L2)?;
+    let eth = eth.to_ne_bytes();
+    let mut ethertype = u16::from_be_bytes([eth[2], eth[3]]);
     let mut off = ETH_HLEN;
     let mut depth = 0;
     // Bounded by VLAN_MAX_DEPTH + 1 so a third tag is seen and rejected.
@@ -200,7 +231,8 @@ pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Frame, u32> {
         if depth == VLAN_MAX_DEPTH {
             return Err(reason::MALFORMED_L2);
         }
-        let tag: [u8; 4] = b.load(off).ok_or(reason::MALFORMED_L2)?;
+        let [tag] = b.words32::<1>(off).ok_or(reason::MALFORMED_L2)?;
+        let tag = tag.to_ne_bytes();
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         off += 4;
         depth += 1;
@@ -251,7 +283,10 @@ fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
 
 #[inline(always)]
 fn parse_ipv4_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Result<(), u32> {
-    let h: [u8; 20] = b.load(off).ok_or(reason::MALFORMED_L3)?;
+    let [h, frag_word, ttl_proto, src, dst] = b
+        .words32::<5>(off)
+        .ok_or(reason::MALFORMED_L3)?
+        .map(u32::to_ne_bytes);
     if h[0] >> 4 != 4 {
         return Err(reason::MALFORMED_L3);
     }
@@ -265,12 +300,12 @@ fn parse_ipv4_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Re
     if b.load::<1>(off + ihl - 1).is_none() {
         return Err(reason::MALFORMED_L3);
     }
-    let frag_field = u16::from_be_bytes([h[6], h[7]]);
+    let frag_field = u16::from_be_bytes([frag_word[2], frag_word[3]]);
     let more = frag_field & 0x2000 != 0;
     let frag_off = frag_field & 0x1fff;
     *out = Packet {
         family: FAMILY_V4,
-        proto: h[9],
+        proto: ttl_proto[1],
         frag: if frag_off != 0 {
             FRAG_LATER
         } else if more {
@@ -279,8 +314,8 @@ fn parse_ipv4_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Re
             FRAG_NONE
         },
         tcp_flags: 0,
-        src: v4_mapped([h[12], h[13], h[14], h[15]]),
-        dst: v4_mapped([h[16], h[17], h[18], h[19]]),
+        src: v4_mapped(src),
+        dst: v4_mapped(dst),
         sport: 0,
         dport: 0,
         l3_offset: off as u16,
@@ -289,7 +324,7 @@ fn parse_ipv4_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Re
         ct_state: 0,
         shield: 0,
         tos: h[1],
-        ttl: h[8],
+        ttl: ttl_proto[0],
     };
     parse_l4(b, out)
 }
@@ -303,15 +338,15 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
 
 #[inline(always)]
 fn parse_ipv6_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Result<(), u32> {
-    let h: [u8; 40] = b.load(off).ok_or(reason::MALFORMED_L3)?;
+    let [h, src_high, src_low, dst_high, dst_low] =
+        b.words64::<5>(off).ok_or(reason::MALFORMED_L3)?;
+    let h = h.to_ne_bytes();
     if h[0] >> 4 != 6 {
         return Err(reason::MALFORMED_L3);
     }
     let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
-    dst.copy_from_slice(&h[24..40]);
+    let src = words_to_address(src_high, src_low);
+    let dst = words_to_address(dst_high, dst_low);
     let mut next = h[6];
     let mut l4 = off + 40;
     let mut frag = FRAG_NONE;
@@ -380,6 +415,15 @@ fn parse_ipv6_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Re
     parse_l4(b, out)
 }
 
+/// Two words in frame order (as [`Bytes::word64`] reads them) as the 16 bytes they hold.
+#[inline(always)]
+fn words_to_address(high: u64, low: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&high.to_ne_bytes());
+    out[8..].copy_from_slice(&low.to_ne_bytes());
+    out
+}
+
 #[inline(always)]
 const fn is_ext_header(next: u8) -> bool {
     matches!(
@@ -399,16 +443,24 @@ fn parse_l4<B: Bytes + ?Sized>(b: &B, p: &mut Packet) -> Result<(), u32> {
     }
     match p.proto {
         IPPROTO_TCP => {
-            let t: [u8; 20] = b.load(off).ok_or(reason::MALFORMED_L4)?;
-            if t[12] >> 4 < 5 || p.l4_len < 20 {
+            // The fixed header's five words; only the ports and the data offset and flags
+            // are kept.
+            let [ports, _, _, t, _] = b
+                .words32::<5>(off)
+                .ok_or(reason::MALFORMED_L4)?
+                .map(u32::to_ne_bytes);
+            if t[0] >> 4 < 5 || p.l4_len < 20 {
                 return Err(reason::MALFORMED_L4);
             }
-            p.sport = u16::from_be_bytes([t[0], t[1]]);
-            p.dport = u16::from_be_bytes([t[2], t[3]]);
-            p.tcp_flags = t[13];
+            p.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            p.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            p.tcp_flags = t[1];
         }
         IPPROTO_UDP => {
-            let u: [u8; 8] = b.load(off).ok_or(reason::MALFORMED_L4)?;
+            let [u, _] = b
+                .words32::<2>(off)
+                .ok_or(reason::MALFORMED_L4)?
+                .map(u32::to_ne_bytes);
             if p.l4_len < 8 {
                 return Err(reason::MALFORMED_L4);
             }
@@ -416,7 +468,10 @@ fn parse_l4<B: Bytes + ?Sized>(b: &B, p: &mut Packet) -> Result<(), u32> {
             p.dport = u16::from_be_bytes([u[2], u[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let i: [u8; 4] = b.load(off).ok_or(reason::MALFORMED_L4)?;
+            let [i] = b
+                .words32::<1>(off)
+                .ok_or(reason::MALFORMED_L4)?
+                .map(u32::to_ne_bytes);
             if p.l4_len < 4 {
                 return Err(reason::MALFORMED_L4);
             }

@@ -19,6 +19,16 @@ impl Bytes for XdpBytes<'_> {
         // SAFETY: the range was just checked to lie inside the frame.
         Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
     }
+
+    #[inline(always)]
+    fn words32<const W: usize>(&self, offset: usize) -> Option<[u32; W]> {
+        XdpFrame::of(self.0).words32(offset)
+    }
+
+    #[inline(always)]
+    fn words64<const W: usize>(&self, offset: usize) -> Option<[u64; W]> {
+        XdpFrame::of(self.0).words64(offset)
+    }
 }
 
 /// The packet a socket-buffer program (cgroup_skb, TC) sees.
@@ -63,6 +73,16 @@ impl Bytes for TcBytes {
         }
         // SAFETY: the range was just checked to lie inside the linear data.
         Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn words32<const W: usize>(&self, offset: usize) -> Option<[u32; W]> {
+        words32_in(self.start, self.end, offset)
+    }
+
+    #[inline(always)]
+    fn words64<const W: usize>(&self, offset: usize) -> Option<[u64; W]> {
+        words64_in(self.start, self.end, offset)
     }
 }
 
@@ -129,6 +149,16 @@ impl Bytes for XdpFrame {
         // SAFETY: the range was just checked to lie inside the frame.
         Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const [u8; N]) })
     }
+
+    #[inline(always)]
+    fn words32<const W: usize>(&self, offset: usize) -> Option<[u32; W]> {
+        words32_in(self.start, self.end, offset)
+    }
+
+    #[inline(always)]
+    fn words64<const W: usize>(&self, offset: usize) -> Option<[u64; W]> {
+        words64_in(self.start, self.end, offset)
+    }
 }
 
 /// Loads the eight bytes at packet address `at` as one little-endian word, whatever its
@@ -147,10 +177,71 @@ unsafe fn load_word(at: usize) -> u64 {
             "{v} = *(u64 *)({p} + 0)",
             p = in(reg) at,
             v = lateout(reg) v,
-            options(readonly, nostack, preserves_flags),
+            options(pure, readonly, nostack, preserves_flags),
         );
     }
     v
+}
+
+/// Loads the four bytes at packet address `at` as one word, whatever its alignment, as
+/// [`load_word`] does eight.
+///
+/// # Safety
+/// `at..at + 4` must have been checked against the frame's end.
+#[inline(always)]
+unsafe fn load_half(at: usize) -> u32 {
+    let v: u64;
+    // SAFETY: the caller checked the range; the instruction only reads.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u32 *)({p} + 0)",
+            p = in(reg) at,
+            v = lateout(reg) v,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    // The load zero-extends: the high half is 0.
+    v as u32
+}
+
+/// [`Bytes::words32`] for packet memory from `start` to `end`: one bounds check, then one
+/// load per word. The first word's address is made opaque before the check, so that the
+/// check and every load use that one register (plus a constant): the verifier then knows
+/// all of them lie inside the frame. Left to itself, the compiler folds each word's constant
+/// into the variable offset, and the verifier sees unrelated pointers.
+#[inline(always)]
+fn words32_in<const W: usize>(start: usize, end: usize, offset: usize) -> Option<[u32; W]> {
+    let mut at = start + offset;
+    opaque(&mut at);
+    if at + 4 * W > end {
+        return None;
+    }
+    let mut out = [0u32; W];
+    let mut i = 0;
+    while i < W {
+        // SAFETY: `at..at + 4 * W` was just checked to lie inside the frame.
+        out[i] = unsafe { load_half(at + 4 * i) };
+        i += 1;
+    }
+    Some(out)
+}
+
+/// [`Bytes::words64`] for packet memory from `start` to `end`, as [`words32_in`].
+#[inline(always)]
+fn words64_in<const W: usize>(start: usize, end: usize, offset: usize) -> Option<[u64; W]> {
+    let mut at = start + offset;
+    opaque(&mut at);
+    if at + 8 * W > end {
+        return None;
+    }
+    let mut out = [0u64; W];
+    let mut i = 0;
+    while i < W {
+        // SAFETY: `at..at + 8 * W` was just checked to lie inside the frame.
+        out[i] = unsafe { load_word(at + 8 * i) };
+        i += 1;
+    }
+    Some(out)
 }
 
 /// Hides where `v` came from from the compiler, which otherwise folds arithmetic into

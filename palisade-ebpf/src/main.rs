@@ -9,7 +9,7 @@
 // them through the compiler's intrinsics.
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic intrinsics, see `atomic`")]
-// Inline assembly on this target: one unaligned packet load (`bytes::load_word`).
+// Inline assembly on this target: unaligned packet loads (`bytes::load_word`, `load_half`).
 #![feature(asm_experimental_arch)]
 
 mod atomic;
