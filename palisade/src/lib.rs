@@ -25,6 +25,7 @@ pub mod guard;
 pub mod ids;
 pub mod intel;
 pub mod kernel;
+pub mod keyhash;
 pub mod lb;
 pub mod learn;
 pub mod live;

@@ -2,7 +2,6 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
     os::fd::{AsFd as _, BorrowedFd},
 };
 
@@ -12,7 +11,7 @@ use aya::{
     maps::{Map, MapData},
 };
 
-use crate::pin;
+use crate::{keyhash::KeyHash, pin};
 
 /// The map called `name`.
 ///
@@ -108,29 +107,6 @@ pub fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K]) -> Result<()> {
     Ok(())
 }
 
-/// A hasher for map keys, which are short and few bytes apart: eight bytes per step (a
-/// multiply and a rotate) rather than the default's keyed rounds. The keys come from the
-/// operator's policy or are hashed with the datapath's secret key, not from the network.
-#[derive(Default)]
-struct WordHasher(u64);
-
-impl Hasher for WordHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(w))
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        // Folds the high bits, which the multiply mixes best, into the low ones the table
-        // indexes by.
-        self.0 ^ (self.0 >> 29)
-    }
-}
-
 /// What [`sync_batch`] did to a map.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Synced {
@@ -174,11 +150,8 @@ pub fn sync_batch<K: aya::Pod, V: aya::Pod>(
         }
     })
     .map_err(|e| anyhow!("reading map entries: {e}"))?;
-    let mut held: HashMap<&[u8], &[u8], BuildHasherDefault<WordHasher>> =
-        HashMap::with_capacity_and_hasher(
-            held_keys.len() / ks.max(1),
-            BuildHasherDefault::default(),
-        );
+    let mut held: HashMap<&[u8], &[u8], KeyHash> =
+        HashMap::with_capacity_and_hasher(held_keys.len() / ks.max(1), KeyHash);
     held.extend(held_keys.chunks_exact(ks).zip(held_values.chunks_exact(vs)));
     let mut out = Synced::default();
     let (mut new_keys, mut new_values) = (Vec::new(), Vec::new());

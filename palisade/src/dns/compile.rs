@@ -16,6 +16,7 @@ use palisade_common::{
     firewall::{MAX_RATE, gcra},
 };
 
+use crate::keyhash::KeyHash;
 use crate::policy::{
     model::{Dns, DnsAction, DnsMode, DnsScope, NameEntry, NameList, NameMatch, Policy},
     namelist::format_name,
@@ -70,46 +71,6 @@ pub struct CompiledDns {
     pub global: DnsGlobal,
     pub scopes: [ScopeConfig; SCOPES as usize],
     pub names: HashMap<NameKey, NameValue, KeyHash>,
-}
-
-/// Hashes name keys for the compiler's tables. The keys are already keyed, uniformly
-/// distributed hashes, so a light mix of their words is enough, and cheaper than SipHash per
-/// key; nobody can aim collisions at a secret-keyed hash.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KeyHash;
-
-impl std::hash::BuildHasher for KeyHash {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(0)
-    }
-}
-
-/// See [`KeyHash`].
-#[derive(Debug, Clone, Copy)]
-pub struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(29) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 31)
-    }
 }
 
 /// Clock offsets for turning unix expiry times into the kernel's boot-time clock.
