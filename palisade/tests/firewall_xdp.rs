@@ -946,6 +946,20 @@ fn a_reload_writes_only_what_differs_and_never_the_other_generation() {
         // SAFETY: map keys are plain data without padding.
         unsafe { std::slice::from_raw_parts((k as *const K).cast::<u8>(), size_of::<K>()) }.to_vec()
     }
+    // What a map must hold: the other generation's entries (value 7) and the wanted ones,
+    // as `held` lists them.
+    fn expected<K: aya::Pod>(
+        other: &[K],
+        wanted: impl Iterator<Item = (K, u8)>,
+    ) -> Vec<(Vec<u8>, u8)> {
+        let mut out: Vec<(Vec<u8>, u8)> = other
+            .iter()
+            .map(|k| (bytes_of(k), 7))
+            .chain(wanted.map(|(k, v)| (bytes_of(&k), v)))
+            .collect();
+        out.sort();
+        out
+    }
     let hosts = maps::data_of(&fw.bench.ebpf, "FW_SET_HOSTS").expect("FW_SET_HOSTS");
     let trie = maps::data_of(&fw.bench.ebpf, "FW_SETS").expect("FW_SETS");
     // The other generation holds 100 entries of the same set index in each map.
@@ -1005,34 +1019,20 @@ fn a_reload_writes_only_what_differs_and_never_the_other_generation() {
             .expect("syncing the trie");
         assert_eq!(got, want, "trie, step {step} {range:?}");
         // The maps hold exactly generation 1's entries and the wanted ones.
-        let mut expect_hosts: Vec<(Vec<u8>, u8)> = other_hosts
-            .iter()
-            .map(|k| (bytes_of(k), 7))
-            .chain(
-                range
-                    .clone()
-                    .map(|i| (bytes_of(&host(0, i)), value(step, i))),
-            )
-            .collect();
-        expect_hosts.sort();
         assert_eq!(
             held::<SetKey>(hosts),
-            expect_hosts,
+            expected(
+                &other_hosts,
+                range.clone().map(|i| (host(0, i), value(step, i)))
+            ),
             "hash after step {step}"
         );
-        let mut expect_prefixes: Vec<(Vec<u8>, u8)> = other_prefixes
-            .iter()
-            .map(|k| (bytes_of(k), 7))
-            .chain(
-                range
-                    .clone()
-                    .map(|i| (bytes_of(&prefix(0, i)), value(step, i))),
-            )
-            .collect();
-        expect_prefixes.sort();
         assert_eq!(
             held::<Key<SetKey>>(trie),
-            expect_prefixes,
+            expected(
+                &other_prefixes,
+                range.clone().map(|i| (prefix(0, i), value(step, i)))
+            ),
             "trie after step {step}"
         );
     }
