@@ -29,6 +29,8 @@ use crate::{runner::Spread, utc_now};
 
 pub struct IntelSettings {
     pub mode: &'static str,
+    /// `--quick`: a check that the suite runs, not a measurement.
+    pub quick: bool,
     pub rounds: usize,
     /// Runs per measurement (the kernel's mean over them).
     pub repeat: u32,
@@ -540,7 +542,7 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
     let mut calm = 0;
     let mut floor_settled = floor_now(&mut bench)?;
     // `--quick` checks that the suite runs, not what it measures: no waiting.
-    let full = s.mode != "quick";
+    let full = !s.quick;
     while full && calm < 3 && t.elapsed() < SETTLE_MAX {
         std::thread::sleep(std::time::Duration::from_millis(500));
         floor_settled = floor_now(&mut bench)?;

@@ -564,6 +564,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         let report = intel::run(
             &intel::IntelSettings {
                 mode: s.mode,
+                quick: args.quick,
                 // Many short rounds rather than a few long ones: a round the VM's host
                 // disturbs (a descheduled vCPU, deferred frees of the maps a refresh
                 // emptied) moves a few samples, not the median.
