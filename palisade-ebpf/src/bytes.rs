@@ -77,12 +77,12 @@ impl Bytes for TcBytes {
 
     #[inline(always)]
     fn words32<const W: usize>(&self, offset: usize) -> Option<[u32; W]> {
-        words32_in(self.start, self.end, offset)
+        words_in(self.start, self.end, offset)
     }
 
     #[inline(always)]
     fn words64<const W: usize>(&self, offset: usize) -> Option<[u64; W]> {
-        words64_in(self.start, self.end, offset)
+        words_in(self.start, self.end, offset)
     }
 }
 
@@ -152,12 +152,12 @@ impl Bytes for XdpFrame {
 
     #[inline(always)]
     fn words32<const W: usize>(&self, offset: usize) -> Option<[u32; W]> {
-        words32_in(self.start, self.end, offset)
+        words_in(self.start, self.end, offset)
     }
 
     #[inline(always)]
     fn words64<const W: usize>(&self, offset: usize) -> Option<[u64; W]> {
-        words64_in(self.start, self.end, offset)
+        words_in(self.start, self.end, offset)
     }
 }
 
@@ -204,41 +204,54 @@ unsafe fn load_half(at: usize) -> u32 {
     v as u32
 }
 
-/// [`Bytes::words32`] for packet memory from `start` to `end`: one bounds check, then one
-/// load per word. The first word's address is made opaque before the check, so that the
-/// check and every load use that one register (plus a constant): the verifier then knows
-/// all of them lie inside the frame. Left to itself, the compiler folds each word's constant
-/// into the variable offset, and the verifier sees unrelated pointers.
-#[inline(always)]
-fn words32_in<const W: usize>(start: usize, end: usize, offset: usize) -> Option<[u32; W]> {
-    let mut at = start + offset;
-    opaque(&mut at);
-    if at + 4 * W > end {
-        return None;
-    }
-    let mut out = [0u32; W];
-    let mut i = 0;
-    while i < W {
-        // SAFETY: `at..at + 4 * W` was just checked to lie inside the frame.
-        out[i] = unsafe { load_half(at + 4 * i) };
-        i += 1;
-    }
-    Some(out)
+/// A word the frame is read in: what [`words_in`] loads.
+trait Word: Copy + Default {
+    const SIZE: usize;
+
+    /// The word at packet address `at`, whatever its alignment.
+    ///
+    /// # Safety
+    /// `at..at + SIZE` must have been checked against the frame's end.
+    unsafe fn load(at: usize) -> Self;
 }
 
-/// [`Bytes::words64`] for packet memory from `start` to `end`, as [`words32_in`].
+impl Word for u32 {
+    const SIZE: usize = 4;
+
+    #[inline(always)]
+    unsafe fn load(at: usize) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { load_half(at) }
+    }
+}
+
+impl Word for u64 {
+    const SIZE: usize = 8;
+
+    #[inline(always)]
+    unsafe fn load(at: usize) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { load_word(at) }
+    }
+}
+
+/// [`Bytes::words32`] and [`Bytes::words64`] for packet memory from `start` to `end`: one
+/// bounds check, then one load per word. The first word's address is made opaque before the
+/// check, so that the check and every load use that one register (plus a constant): the
+/// verifier then knows all of them lie inside the frame. Left to itself, the compiler folds
+/// each word's constant into the variable offset, and the verifier sees unrelated pointers.
 #[inline(always)]
-fn words64_in<const W: usize>(start: usize, end: usize, offset: usize) -> Option<[u64; W]> {
+fn words_in<T: Word, const W: usize>(start: usize, end: usize, offset: usize) -> Option<[T; W]> {
     let mut at = start + offset;
     opaque(&mut at);
-    if at + 8 * W > end {
+    if at + T::SIZE * W > end {
         return None;
     }
-    let mut out = [0u64; W];
+    let mut out = [T::default(); W];
     let mut i = 0;
     while i < W {
-        // SAFETY: `at..at + 8 * W` was just checked to lie inside the frame.
-        out[i] = unsafe { load_word(at + 8 * i) };
+        // SAFETY: `at..at + SIZE * W` was just checked to lie inside the frame.
+        out[i] = unsafe { T::load(at + T::SIZE * i) };
         i += 1;
     }
     Some(out)
