@@ -40,6 +40,18 @@ impl Bytes for SkbBytes<'_> {
         // bpf_skb_load_bytes checks the range itself.
         self.0.load::<[u8; N]>(offset).ok()
     }
+
+    /// One helper call for all the words (the default would make one per word).
+    #[inline(always)]
+    fn words32<const W: usize>(&self, offset: usize) -> Option<[u32; W]> {
+        self.0.load::<[u32; W]>(offset).ok()
+    }
+
+    /// One helper call for all the words.
+    #[inline(always)]
+    fn words64<const W: usize>(&self, offset: usize) -> Option<[u64; W]> {
+        self.0.load::<[u64; W]>(offset).ok()
+    }
 }
 
 /// The linear part of the frame a TC program sees (from the Ethernet header), read directly
