@@ -7,6 +7,15 @@
 //! the TC ingress program `palisade_action_ingress` reads it back and sets `skb->mark`, where
 //! `ip rule fwmark`, tc filters and nftables see it. The DSCP rewrite is a change of packet
 //! bytes, done in XDP itself, so that every later stage and the stack see the new value.
+//!
+//! Some kernels do not let XDP programs call `bpf_xdp_adjust_meta` (the loader probes it). There
+//! the firewall hands the action over through a table instead, `ACTION_HANDOFF`, keyed by the
+//! packet's own bytes ([`HandoffKey`]: the first 48 bytes from its IP header, or 28 when the
+//! frame is shorter), which the TC program reads from the socket buffer the same way and
+//! takes the entry it finds. Two packets with the same 48 bytes (the same flow, IP id or
+//! sequence number, lengths and checksums: a retransmission) match the same rule and share
+//! one entry, so the second one gets no mark; a packet dropped between XDP and TC leaves its
+//! entry behind until the table's least recently used entries make room.
 
 use crate::map_type;
 
@@ -31,6 +40,57 @@ pub struct ActionMeta {
     pub ifindex: u32,
 }
 map_type!(ActionMeta, 16);
+
+impl ActionMeta {
+    /// Palisade's action (magic set): `META_*` bits `flags`, with its mark and interface.
+    #[must_use]
+    pub const fn new(flags: u32, mark: u32, ifindex: u32) -> Self {
+        Self {
+            magic: ACTION_META_MAGIC,
+            flags,
+            mark,
+            ifindex,
+        }
+    }
+}
+
+/// Bytes of a packet that identify it to the handoff table: from the start of its IP header
+/// (the IPv6 header and 8 bytes of the next, or the IPv4 header, options and the start of
+/// the transport header).
+pub const HANDOFF_LEN: usize = 48;
+/// The fewest bytes a packet's key holds: an IPv4 header and 8 bytes after it; a frame
+/// shorter than [`HANDOFF_LEN`] from its IP header is keyed by these, the rest zero.
+pub const HANDOFF_SHORT_LEN: usize = 28;
+/// Entries of `ACTION_HANDOFF` (LRU: an entry a dropped packet left behind goes first).
+pub const HANDOFF_ENTRIES: u32 = 8192;
+
+/// The key of `ACTION_HANDOFF`: [`HANDOFF_LEN`] bytes of the packet from its IP header (or
+/// [`HANDOFF_SHORT_LEN`], the rest zero).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffKey {
+    pub bytes: [u8; HANDOFF_LEN],
+}
+map_type!(HandoffKey, 48);
+
+impl HandoffKey {
+    /// The key of a packet given its bytes from the start of its IP header, as the kernel
+    /// builds it: the first [`HANDOFF_LEN`] bytes, or [`HANDOFF_SHORT_LEN`] of a shorter
+    /// packet (the rest zero); `None` below that.
+    #[must_use]
+    pub fn of(ip: &[u8]) -> Option<Self> {
+        let n = if ip.len() >= HANDOFF_LEN {
+            HANDOFF_LEN
+        } else if ip.len() >= HANDOFF_SHORT_LEN {
+            HANDOFF_SHORT_LEN
+        } else {
+            return None;
+        };
+        let mut bytes = [0; HANDOFF_LEN];
+        bytes[..n].copy_from_slice(&ip[..n]);
+        Some(Self { bytes })
+    }
+}
 
 /// [`crate::firewall::RuleMeta::flags`]: a `mark` rule sets the packet's mark.
 pub const RULE_SET_MARK: u8 = 4;
@@ -59,6 +119,10 @@ pub const AS_MIRROR_NO_ROOM: u32 = 7;
 pub const AS_MIRROR_SENT: u32 = 8;
 /// Copies the kernel refused (the interface gone or down since the policy was loaded).
 pub const AS_MIRROR_FAILED: u32 = 9;
+/// Actions handed to TC through `ACTION_HANDOFF` (a kernel without XDP metadata).
+pub const AS_HANDOFF_WRITTEN: u32 = 10;
+/// Handed-over actions the TC program found and took.
+pub const AS_HANDOFF_TAKEN: u32 = 11;
 /// Slots of `ACTION_STATS`.
 pub const AS_COUNT: u32 = 16;
 /// Counter names, by index.
@@ -73,8 +137,8 @@ pub const AS_NAMES: [&str; AS_COUNT as usize] = [
     "mirror_no_room",
     "mirror_sent",
     "mirror_failed",
-    "reserved10",
-    "reserved11",
+    "handoff_written",
+    "handoff_taken",
     "reserved12",
     "reserved13",
     "reserved14",
@@ -119,6 +183,23 @@ pub const fn v6_set_dscp(word0: u16, dscp: u8) -> u16 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn handoff_keys_take_48_bytes_or_28_and_nothing_shorter() {
+        let ip: [u8; 60] = core::array::from_fn(|i| i as u8 + 1);
+        let long = HandoffKey::of(&ip).expect("48 bytes");
+        assert_eq!(&long.bytes[..], &ip[..48]);
+        let short = HandoffKey::of(&ip[..40]).expect("28 bytes");
+        assert_eq!(&short.bytes[..28], &ip[..28]);
+        assert!(short.bytes[28..].iter().all(|&b| b == 0), "the rest zero");
+        assert_eq!(HandoffKey::of(&ip[..27]), None);
+        // Packets that differ past the bytes a key holds share it; before, they do not.
+        let mut other = ip;
+        other[50] ^= 1;
+        assert_eq!(HandoffKey::of(&other), Some(long));
+        other[47] ^= 1;
+        assert_ne!(HandoffKey::of(&other), Some(long));
+    }
 
     /// The checksum of an IPv4 header computed from scratch.
     pub(crate) fn full(h: &[u8; 20]) -> u16 {

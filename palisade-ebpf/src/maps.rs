@@ -1,20 +1,41 @@
 //! Every map the kernel programs use, in one place, so the names userspace looks up are easy
-//! to find. Sizes here are defaults; userspace may resize the large ones at load time (the
-//! daemon sizes the policy maps from the policy: `palisade::capacity`).
+//! to find. Sizes here are defaults; userspace may resize the large ones at load time.
+//!
+//! The policy tables that grow with the policy (`FW_RULES`, `FW_SET_HOSTS`, `FW_SETS`,
+//! `DNS_NAMES`) are arrays of maps: one table per generation, which the daemon creates
+//! sized for the policy it holds (`palisade::capacity`) and swaps in before that generation
+//! goes live.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    macros::map,
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    btf_maps,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
     event::EVENT_WAKEUP_BYTES,
     firewall::{
-        Control, DECLARED_RULE_ROOM, DECLARED_SET_ROOM, FlowKey, GENERATIONS, MAX_SETS, MAX_TUPLES,
-        PORT_SPACE, PolicyHeader, RULE_SLOTS, RateKey, RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
+        Control, FlowKey, GENERATIONS, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS,
+        RateKey, RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
     },
     reason, stats,
 };
+
+/// The flags of every policy table: hash buckets up front, entries on demand (an LPM trie
+/// allows no other).
+const TABLE_FLAGS: usize = BPF_F_NO_PREALLOC as usize;
+
+/// A generation's rule entries (the template: the daemon creates each with its own size).
+pub type RuleTable = btf_maps::HashMap<FlowKey, RuleRef, 1, TABLE_FLAGS>;
+/// A generation's set members that are single addresses.
+pub type SetHostTable = btf_maps::HashMap<SetKey, u8, 1, TABLE_FLAGS>;
+/// A generation's set members that are shorter prefixes.
+pub type SetPrefixTable = btf_maps::LpmTrie<SetKey, u8, 1, TABLE_FLAGS>;
+/// A generation's DNS name entries.
+pub type NameTable = btf_maps::HashMap<NameKey, NameValue, 1, TABLE_FLAGS>;
+
+/// Policy tables, one per generation.
+const GENERATION_SLOTS: usize = GENERATIONS as usize;
 
 /// Which generation is live.
 #[map]
@@ -28,13 +49,10 @@ pub static FW_HEADER: Array<PolicyHeader> = Array::with_max_entries(GENERATIONS,
 #[map]
 pub static FW_TUPLES: Array<Tuple> = Array::with_max_entries(GENERATIONS * MAX_TUPLES, 0);
 
-/// Rule entries of every tuple of both generations. The daemon creates it with twice the
-/// room the policy needs (`palisade::capacity`); the size here is for a bare load.
-#[map]
-pub static FW_RULES: HashMap<FlowKey, RuleRef> = HashMap::with_max_entries(
-    GENERATIONS * DECLARED_RULE_ROOM,
-    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
-);
+/// Rule entries of every tuple, one table per generation.
+#[btf_map]
+pub static FW_RULES: btf_maps::ArrayOfMaps<RuleTable, GENERATION_SLOTS> =
+    btf_maps::ArrayOfMaps::new();
 
 /// A filter of each generation's `FW_RULES` keys (`KeyFilter`, 512 KiB a generation): the
 /// search skips the hash lookup of a tuple whose key the filter says is absent.
@@ -62,22 +80,17 @@ pub static FW_SPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PO
 pub static FW_DPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PORT_SPACE, 0);
 
 /// Members of every named set that are shorter prefixes than one address: key
-/// `(set id, family, address)`, prefix length `40 + stored bits`. Sized by the daemon as
-/// `FW_RULES` is.
-#[map]
-pub static FW_SETS: LpmTrie<SetKey, u8> = LpmTrie::with_max_entries(
-    GENERATIONS * DECLARED_SET_ROOM,
-    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
-);
+/// `(set id, family, address)`, prefix length `40 + stored bits`; one trie per generation.
+#[btf_map]
+pub static FW_SETS: btf_maps::ArrayOfMaps<SetPrefixTable, GENERATION_SLOTS> =
+    btf_maps::ArrayOfMaps::new();
 
 /// Members of every named set that are single addresses (IPv4 /32, IPv6 /128): the same key,
-/// matched exactly. A hash lookup stays flat as a blocklist grows; a trie walk does not.
-/// Sized by the daemon as `FW_RULES` is.
-#[map]
-pub static FW_SET_HOSTS: HashMap<SetKey, u8> = HashMap::with_max_entries(
-    GENERATIONS * DECLARED_SET_ROOM,
-    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
-);
+/// matched exactly, one table per generation. A hash lookup stays flat as a blocklist grows;
+/// a trie walk does not.
+#[btf_map]
+pub static FW_SET_HOSTS: btf_maps::ArrayOfMaps<SetHostTable, GENERATION_SLOTS> =
+    btf_maps::ArrayOfMaps::new();
 
 /// What each set holds (`SET_HOSTS`, `SET_PREFIXES`), `set_kind_slot(set id)`: a set without
 /// prefixes never walks the trie, one without hosts never probes the hash.
@@ -157,12 +170,10 @@ pub static DNS_GLOBAL: Array<DnsGlobal> = Array::with_max_entries(GENERATIONS, 0
 #[map]
 pub static DNS_SCOPES: Array<ScopeConfig> = Array::with_max_entries(GENERATIONS * SCOPES, 0);
 
-/// Every name entry of every scope and generation. Sized by the daemon as `FW_RULES` is.
-#[map]
-pub static DNS_NAMES: HashMap<NameKey, NameValue> = HashMap::with_max_entries(
-    GENERATIONS * palisade_common::dns::maps::DECLARED_NAME_ROOM,
-    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
-);
+/// Every name entry of every scope, one table per generation.
+#[btf_map]
+pub static DNS_NAMES: btf_maps::ArrayOfMaps<NameTable, GENERATION_SLOTS> =
+    btf_maps::ArrayOfMaps::new();
 
 /// Per generation, a filter of `DNS_NAMES`' keys: a suffix whose bits are not set is not
 /// looked up (see `NameFilter`).
@@ -767,6 +778,14 @@ pub static IDS_SCRATCH: PerCpuArray<[u8; palisade_common::ids::IDS_SCAN_BYTES]> 
     PerCpuArray::with_max_entries(1, 0);
 
 // ---- Actions ----
+
+/// Actions the firewall hands to `palisade_action_ingress` on a kernel without XDP metadata,
+/// keyed by the packet's bytes (see `palisade_common::action`; 8,192 entries, LRU).
+#[map]
+pub static ACTION_HANDOFF: LruHashMap<
+    palisade_common::action::HandoffKey,
+    palisade_common::action::ActionMeta,
+> = LruHashMap::with_max_entries(palisade_common::action::HANDOFF_ENTRIES, 0);
 
 /// Counters of the firewall's actions beyond allow and drop (`palisade_common::action::AS_*`),
 /// per CPU.

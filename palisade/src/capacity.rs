@@ -1,27 +1,30 @@
-//! Capacities of the policy maps that grow with the policy: `FW_RULES`, `FW_SET_HOSTS`,
-//! `FW_SETS` and `DNS_NAMES`.
+//! The policy tables that grow with the policy: `FW_RULES`, `FW_SET_HOSTS`, `FW_SETS` and
+//! `DNS_NAMES`.
 //!
-//! Each of these maps holds both policy generations: the next policy is written next to the
-//! running one, then one write makes it live. The daemon creates them at start for twice the
-//! room one generation needs ([`Room::sized`]): what the policy holds with headroom, at least
-//! [`default_room`], or what the configuration asks for (`[firewall] capacity_rules`,
-//! `capacity_set_hosts`, `capacity_set_prefixes`, `[dns] capacity_names`) when larger. A
-//! generation's room is half of what a map holds, so each generation has the room it was
-//! checked against whatever the other one holds, and a full map (`E2BIG`) cannot happen
-//! half way through a reload: [`Room::check`] refuses, before anything changes, a policy that
-//! does not fit the running maps, naming the setting that makes room.
-//!
-//! The capacities are part of the pin layout (`pin::layout_id`), so a daemon started with a
-//! policy that needs other sizes builds a complete new state next to the old one and moves
-//! every attachment over in one step, as it does after an upgrade.
+//! Each is an array of maps with one table per policy generation. A policy is written into
+//! the idle generation's table, then one write makes it live; so each generation has a
+//! table of its own size, whatever the other one holds. An install sizes the idle
+//! generation's table for what it is about to hold ([`Room::sized`]): what the policy needs
+//! plus a quarter, rounded up to a power of two, at least [`MIN_ROOM`], or what the
+//! configuration asks for (`[firewall] capacity_rules`, `capacity_set_hosts`,
+//! `capacity_set_prefixes`, `[dns] capacity_names`) when larger. A table too small for the
+//! policy, or more than [`SHRINK_FACTOR`] times the size it needs, is replaced by a new one
+//! of the right size, written whole, and put in the generation's slot before the generation
+//! goes live ([`table_for`]); packets only ever read the live generation's slot. A policy
+//! that outgrows its maps is therefore an ordinary install, not an error, and the memory
+//! follows the policy both ways. What cannot be installed at all is a generation past
+//! [`Kind::hard_max`], which [`Room::check`] refuses before anything changes.
 
 use std::os::fd::AsFd as _;
 
 use anyhow::{Context as _, Result};
-use aya::Ebpf;
+use aya::{
+    Ebpf,
+    maps::{ArrayOfMaps, MapData, MapError},
+};
 use palisade_common::{
-    dns::maps::MAX_NAME_KEYS,
-    firewall::{GENERATIONS, MAX_RULE_ENTRIES, MAX_SET_HOSTS, MAX_SET_PREFIXES},
+    dns::maps::{MAX_NAME_KEYS, NameKey, NameValue},
+    firewall::{FlowKey, MAX_RULE_ENTRIES, MAX_SET_HOSTS, MAX_SET_PREFIXES, RuleRef, SetKey},
 };
 
 use crate::{
@@ -29,20 +32,13 @@ use crate::{
     policy::model::Policy,
 };
 
-/// The least room a generation gets in each map, whatever the policy: the capacities every
-/// policy had before the maps were sized, so that live edits and `[intel]` feed domains (which
-/// join the lists after the start and are not counted when sizing) keep the room they had.
-/// The memory of a small policy follows it once a running daemon can grow its maps; until
-/// then a smaller floor would turn ordinary live growth into refusals.
-#[must_use]
-pub const fn default_room(kind: Kind) -> u32 {
-    match kind {
-        Kind::Rules => 1 << 21,
-        Kind::SetHosts => 1 << 20,
-        Kind::SetPrefixes => 1 << 20,
-        Kind::Names => 1 << 21,
-    }
-}
+/// The least room a generation's table is created with: a table is never smaller, so a
+/// small policy's live edits grow into it without a new table (16 KiB of buckets).
+pub const MIN_ROOM: u32 = 1 << 10;
+
+/// A table holding more than this many times the room its policy needs is replaced by a
+/// smaller one at the next install, so that memory follows a policy that shrank.
+pub const SHRINK_FACTOR: u32 = 4;
 
 /// One of the maps sized by the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +68,48 @@ impl Kind {
         }
     }
 
-    /// The configuration setting that raises the room.
+    /// The name of generation `generation`'s table, as the kernel lists it.
+    #[must_use]
+    pub const fn table_name(self, generation: u32) -> &'static str {
+        match (self, generation & 1) {
+            (Self::Rules, 0) => "FW_RULES_0",
+            (Self::Rules, _) => "FW_RULES_1",
+            (Self::SetHosts, 0) => "FW_SET_HOSTS_0",
+            (Self::SetHosts, _) => "FW_SET_HOSTS_1",
+            (Self::SetPrefixes, 0) => "FW_SETS_0",
+            (Self::SetPrefixes, _) => "FW_SETS_1",
+            (Self::Names, 0) => "DNS_NAMES_0",
+            (Self::Names, _) => "DNS_NAMES_1",
+        }
+    }
+
+    /// `(map type, key size, value size)` of a table, as the kernel's template has them.
+    fn shape(self) -> (u32, u32, u32) {
+        use aya_obj::generated::bpf_map_type::{BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE};
+        let size = |n: usize| n as u32;
+        match self {
+            Self::Rules => (
+                BPF_MAP_TYPE_HASH as u32,
+                size(size_of::<FlowKey>()),
+                size(size_of::<RuleRef>()),
+            ),
+            Self::SetHosts => (BPF_MAP_TYPE_HASH as u32, size(size_of::<SetKey>()), 1),
+            // The trie's key is the prefix length, then the set key.
+            Self::SetPrefixes => (
+                BPF_MAP_TYPE_LPM_TRIE as u32,
+                size(4 + size_of::<SetKey>()),
+                1,
+            ),
+            Self::Names => (
+                BPF_MAP_TYPE_HASH as u32,
+                size(size_of::<NameKey>()),
+                size(size_of::<NameValue>()),
+            ),
+        }
+    }
+
+    /// The configuration setting that makes a generation's table larger than its policy
+    /// needs.
     #[must_use]
     pub const fn setting(self) -> &'static str {
         match self {
@@ -94,9 +131,9 @@ impl Kind {
         }
     }
 
-    /// The most one generation may ever hold (the largest value of [`Self::setting`]): the
-    /// bucket array of a hash map of twice this many entries is 2 x 16 bytes per entry, and
-    /// a compiler that expands a policy past it would need gigabytes.
+    /// The most one generation may ever hold (the largest value of [`Self::setting`]): a
+    /// hash table's bucket array is 16 bytes per entry of room, and a compiler that expands
+    /// a policy past it would need gigabytes.
     #[must_use]
     pub const fn hard_max(self) -> u32 {
         match self {
@@ -157,11 +194,11 @@ impl Room {
         }
     }
 
-    /// The room to create the maps with for a policy that needs `need`: each need with a
-    /// quarter more, rounded up to a power of two (the hash maps' bucket arrays are powers of
-    /// two anyway), at least [`default_room`], or `configured` when larger; never past
-    /// [`Kind::hard_max`] (a need past it was refused by the compilers). `configured` holds 0
-    /// for settings not given.
+    /// The room to create a generation's tables with for a policy that needs `need`: each
+    /// need with a quarter more, rounded up to a power of two (the hash tables' bucket arrays
+    /// are powers of two anyway), at least [`MIN_ROOM`], or `configured` when larger; never
+    /// past [`Kind::hard_max`] (a need past it is refused by [`Self::check`]). `configured`
+    /// holds 0 for settings not given.
     #[must_use]
     pub fn sized(need: Self, configured: Self) -> Self {
         let mut out = Self::default();
@@ -169,7 +206,7 @@ impl Room {
             let n = u64::from(need.get(kind));
             let grown = (n + n / 4).max(1).next_power_of_two();
             let room = grown
-                .max(u64::from(default_room(kind)))
+                .max(u64::from(MIN_ROOM))
                 .max(u64::from(configured.get(kind)))
                 .min(u64::from(kind.hard_max()));
             *out.slot(kind) = room as u32;
@@ -189,49 +226,34 @@ impl Room {
         }
     }
 
-    /// The room a daemon starting with `policy` (compiled as `fw`) creates the maps with:
-    /// [`Self::sized`] for what it holds and what it configures. The DNS names are counted
-    /// with [`crate::dns::compile::key_bound`], which depends on neither the hash key nor
-    /// the clock, so the same policy always gets the same sizes (and the same layout).
+    /// The most a generation may hold of each kind ([`Kind::hard_max`]).
     #[must_use]
-    pub fn for_policy(policy: &Policy, fw: &CompiledFirewall) -> Self {
-        let need = Self::needed(fw, &CompiledDns::default());
-        let names = crate::dns::compile::key_bound(&policy.dns);
-        Self::sized(
-            Self {
-                names: u32::try_from(names).unwrap_or(u32::MAX),
-                ..need
-            },
-            Self::configured(policy),
-        )
-    }
-
-    /// `(map name, max_entries)` for the loader: two generations of this room.
-    #[must_use]
-    pub fn for_loader(&self) -> Vec<(&'static str, u32)> {
-        Kind::ALL
-            .iter()
-            .map(|&k| (k.map(), self.get(k).saturating_mul(GENERATIONS)))
-            .collect()
-    }
-
-    /// The room of the maps `ebpf` holds: half of each map's capacity.
-    ///
-    /// # Errors
-    /// When a map is missing or its information cannot be read.
-    pub fn of_maps(ebpf: &Ebpf) -> Result<Self> {
+    pub fn limits() -> Self {
         let mut out = Self::default();
         for kind in Kind::ALL {
-            let data = maps::data_of(ebpf, kind.map())?;
-            let (_, _, _, _, max, _) = pin::map_info(data.fd().as_fd())
-                .with_context(|| format!("reading the capacity of {}", kind.map()))?;
-            *out.slot(kind) = max / GENERATIONS;
+            *out.slot(kind) = kind.hard_max();
+        }
+        out
+    }
+
+    /// The room of generation `generation`'s tables in `ebpf` (0 for a table not created
+    /// yet).
+    ///
+    /// # Errors
+    /// When a table's information cannot be read.
+    pub fn of_tables(ebpf: &Ebpf, generation: u32) -> Result<Self> {
+        let mut out = Self::default();
+        for kind in Kind::ALL {
+            *out.slot(kind) = match table(ebpf, kind, generation)? {
+                Some(t) => room_of(&t)?,
+                None => 0,
+            };
         }
         Ok(out)
     }
 
-    /// Refuses a policy needing `need` that does not fit a generation of maps with `room`,
-    /// naming the first map it overflows and the setting that makes room.
+    /// Refuses a policy needing `need` past `room` (the limits of [`Self::limits`]), naming
+    /// the first table it overflows.
     ///
     /// # Errors
     /// [`TooBig`] for the first kind over its room.
@@ -247,22 +269,84 @@ impl Room {
     }
 }
 
-/// A policy that does not fit the running maps.
+/// A policy one generation cannot hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the policy holds {need} {what} in one generation, but {map} has room for {room} per \
-     generation (it holds two: the running policy and the next). Set {setting} = {need} or \
-     more (at most {max}) and restart the daemon; a restart also sizes the maps for the \
-     policy it starts with",
+    "the policy holds {need} {what} in one generation, but a generation of {map} holds at \
+     most {room}; split the policy's lists or sets",
     what = kind.what(),
     map = kind.map(),
-    setting = kind.setting(),
-    max = kind.hard_max()
 )]
 pub struct TooBig {
     pub kind: Kind,
     pub need: u32,
     pub room: u32,
+}
+
+/// The room of a table: its capacity.
+fn room_of(t: &MapData) -> Result<u32> {
+    let (_, _, _, _, max, _) =
+        pin::map_info(t.fd().as_fd()).context("reading a table's capacity")?;
+    Ok(max)
+}
+
+/// Generation `generation`'s table of `kind`, if one was put in its slot.
+///
+/// # Errors
+/// When the array of tables cannot be read.
+pub fn table(ebpf: &Ebpf, kind: Kind, generation: u32) -> Result<Option<MapData>> {
+    let outer: ArrayOfMaps<&MapData, MapData> =
+        ArrayOfMaps::try_from(maps::map(ebpf, kind.map())?)?;
+    match outer.get(&(generation & 1), 0) {
+        Ok(t) => Ok(Some(t)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}'s table", kind.map())),
+    }
+}
+
+/// Generation `generation`'s table of `kind`, ready to be written with a policy for which
+/// [`Room::sized`] gave `room`: the table in the slot when its capacity holds `need` and is
+/// at most [`SHRINK_FACTOR`] times `room`, else a new empty table of `room` entries, put in
+/// the slot. Returns it, and whether it is new (empty).
+///
+/// Only for the idle generation: packets read the live one's slot only.
+///
+/// # Errors
+/// When the kernel cannot create the table (memory) or the slot cannot be written.
+pub fn table_for(
+    ebpf: &mut Ebpf,
+    kind: Kind,
+    generation: u32,
+    need: u32,
+    room: u32,
+) -> Result<(MapData, bool)> {
+    if let Some(t) = table(ebpf, kind, generation)? {
+        let held = room_of(&t)?;
+        if held >= need && held / SHRINK_FACTOR <= room {
+            return Ok((t, false));
+        }
+    }
+    let (map_type, key_size, value_size) = kind.shape();
+    let obj = aya_obj::Map::new_from_params(
+        map_type,
+        key_size,
+        value_size,
+        room,
+        aya_obj::generated::BPF_F_NO_PREALLOC,
+    );
+    let fresh = MapData::create(obj, kind.table_name(generation), None).with_context(|| {
+        format!(
+            "creating {} with room for {room} {}",
+            kind.table_name(generation),
+            kind.what()
+        )
+    })?;
+    let mut outer: ArrayOfMaps<&mut MapData, MapData> =
+        ArrayOfMaps::try_from(maps::map_mut(ebpf, kind.map())?)?;
+    outer
+        .set(generation & 1, &fresh, 0)
+        .with_context(|| format!("putting {} in its slot", kind.table_name(generation)))?;
+    Ok((fresh, true))
 }
 
 #[cfg(test)]
@@ -281,42 +365,45 @@ mod tests {
     #[test]
     fn sizes_have_headroom_a_minimum_and_follow_the_configuration() {
         let none = Room::default();
-        assert_eq!(
-            Room::sized(none, none),
-            room(1 << 21, 1 << 20, 1 << 20, 1 << 21)
-        );
-        // 1.2M hosts: a quarter more is 1.5M, rounded up to 2^21.
-        let big = Room::sized(room(4000, 1_200_000, 0, 2_500_000), none);
-        assert_eq!(big, room(1 << 21, 1 << 21, 1 << 20, 1 << 22));
+        let m = MIN_ROOM;
+        assert_eq!(Room::sized(none, none), room(m, m, m, m));
+        // 1.2M hosts: a quarter more is 1.5M, rounded up to 2^21; 3 rules get the minimum.
+        let big = Room::sized(room(3, 1_200_000, 0, 2_500_000), none);
+        assert_eq!(big, room(m, 1 << 21, m, 1 << 22));
+        // 4000 entries: 5000, rounded up to 8192.
+        assert_eq!(Room::sized(room(4000, 0, 0, 0), none).rules, 8192);
         // A configured capacity wins when larger, and is kept as written.
         let configured = Room::sized(room(10, 10, 10, 10), room(0, 3_000_000, 0, 100));
-        assert_eq!(configured, room(1 << 21, 3_000_000, 1 << 20, 1 << 21));
+        assert_eq!(configured, room(m, 3_000_000, m, m));
         // Never past the hard maximum, even for a need close to it.
         let near = Room::sized(room(Kind::Rules.hard_max(), 0, 0, 0), none);
         assert_eq!(near.rules, Kind::Rules.hard_max());
-        assert_eq!(
-            near.for_loader()[0],
-            ("FW_RULES", 2 * Kind::Rules.hard_max())
-        );
     }
 
     #[test]
-    fn a_policy_over_its_room_is_refused_naming_the_setting() {
-        let maps = room(1 << 21, 1 << 20, 1 << 20, 1 << 21);
-        assert_eq!(Room::check(room(4096, 1 << 20, 1, 5), maps), Ok(()));
-        let e = Room::check(room(1, 1_200_000, 1, 1), maps).unwrap_err();
-        assert_eq!(e.kind, Kind::SetHosts);
+    fn a_policy_past_the_limit_is_refused_naming_the_table() {
+        let limits = Room::limits();
+        assert_eq!(Room::check(room(4096, 1 << 20, 1, 5), limits), Ok(()));
+        let e = Room::check(room(1, 1, 1, (1 << 24) + 1), limits).unwrap_err();
+        assert_eq!(e.kind, Kind::Names);
         let msg = e.to_string();
         assert!(
-            msg.contains("1200000 set members that are single addresses"),
+            msg.contains("16777217 DNS name entries")
+                && msg.contains("DNS_NAMES holds at most 16777216"),
             "{msg}"
         );
-        assert!(msg.contains("FW_SET_HOSTS has room for 1048576"), "{msg}");
-        assert!(
-            msg.contains("[firewall] capacity_set_hosts = 1200000"),
-            "{msg}"
-        );
-        let e = Room::check(room(1, 1, 1, 1 << 22), maps).unwrap_err();
-        assert!(e.to_string().contains("[dns] capacity_names"), "{e}");
+        let e = Room::check(room(Kind::Rules.hard_max() + 1, 1, 1, 1), limits).unwrap_err();
+        assert_eq!(e.kind, Kind::Rules);
+    }
+
+    #[test]
+    fn every_table_has_a_kernel_name_of_its_own() {
+        let names: std::collections::BTreeSet<&str> = Kind::ALL
+            .iter()
+            .flat_map(|k| [k.table_name(0), k.table_name(1)])
+            .collect();
+        assert_eq!(names.len(), 8);
+        // The kernel keeps 15 characters of a map's name.
+        assert!(names.iter().all(|n| n.len() <= 15), "{names:?}");
     }
 }

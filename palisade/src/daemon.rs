@@ -249,11 +249,8 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
     let loaded = args.config.as_deref().map(crate::pod::fingerprint);
     let (policy, source) = load_policy(args.config.as_deref())?;
     let (policy, source) = crate::fleet::agent::initial(&args, (policy, source));
-    // Compile once before touching the kernel so a policy that cannot load fails fast; the
-    // policy maps are sized for what it holds.
-    let compiled = crate::firewall::compile::compile(&policy).context("compiling the policy")?;
-    let policy_room = crate::capacity::Room::for_policy(&policy, &compiled);
-    drop(compiled);
+    // Compile once before touching the kernel so a policy that cannot load fails fast.
+    drop(crate::firewall::compile::compile(&policy).context("compiling the policy")?);
     if let Some(egress) = &policy.dns.egress {
         for c in &egress.cgroups {
             attach::effective_cgroup(c)?;
@@ -297,7 +294,6 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         ct_sizes: ct_sizes(&policy),
         intel_sizes: policy.intel.sizes(),
         dns_cache_capacity: crate::dns::cache::capacity(policy.dns.cache.as_ref()),
-        policy_room,
     };
     let mut notes = Vec::new();
     let dp = Datapath::load(&opts, &mut notes)?;
@@ -770,7 +766,6 @@ impl Daemon {
             return Ok(crate::fleet::agent::resync(c, self.generation()));
         }
         let saved = self.lb_live.clone();
-        let configured = crate::capacity::Room::configured(&self.policy);
         let seen = self.args.config.as_deref().map(crate::pod::fingerprint);
         if let (Some(w), Some(f)) = (self.watch.as_mut(), &seen) {
             w.saw(f.clone());
@@ -823,11 +818,6 @@ impl Daemon {
                 {
                     message.push_str(
                         "; the new [dns.cache] capacity takes effect when the daemon restarts (the cache starts empty then)",
-                    );
-                }
-                if crate::capacity::Room::configured(&self.policy) != configured {
-                    message.push_str(
-                        "; the new capacity settings take effect when the daemon restarts (the policy maps are then created anew and the attachments move over)",
                     );
                 }
                 if ct_sizes(&self.policy) != self.dp.ct_sizes {

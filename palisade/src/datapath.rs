@@ -71,8 +71,6 @@ pub struct Options {
     pub intel_sizes: crate::intel::load::Sizes,
     /// Entries of the DNS response cache (`[dns.cache] capacity`).
     pub dns_cache_capacity: u32,
-    /// Room per generation of the policy maps (`capacity::Room::sized`); part of the layout.
-    pub policy_room: crate::capacity::Room,
 }
 
 /// How an attachment came to be.
@@ -212,7 +210,7 @@ impl Datapath {
             )),
         }
         let lock = PinLock::acquire(&opts.pin_dir)?;
-        let layout = loader::layout(opts.pin_dir.clone(), &opts.policy_room)?;
+        let layout = loader::layout(opts.pin_dir.clone())?;
         let mut carried = carry::take_resized(&layout, opts.ct_sizes)?;
         if let Some(n) = crate::intel::load::drop_resized(&layout, opts.intel_sizes)? {
             notes.push(n);
@@ -225,9 +223,8 @@ impl Datapath {
             opts.ct_sizes,
             opts.intel_sizes,
             opts.dns_cache_capacity,
-            &opts.policy_room,
         )?;
-        if let Err(e) = verify_map_shapes(&layout, &opts.policy_room) {
+        if let Err(e) = verify_map_shapes(&layout) {
             drop(pinned);
             let aside = opts.pin_dir.join(format!(
                 "layout-{}-damaged-{}",
@@ -246,7 +243,6 @@ impl Datapath {
                 opts.ct_sizes,
                 opts.intel_sizes,
                 opts.dns_cache_capacity,
-                &opts.policy_room,
             )?;
         }
         carried.extend(carry::take_foreign(&layout)?);
@@ -1590,8 +1586,8 @@ fn sync_tcx(
 
 /// Checks every pinned map against this build's definition (a pin edited by hand, or left
 /// by a build whose layout hash collided).
-fn verify_map_shapes(layout: &Layout, room: &crate::capacity::Room) -> Result<()> {
-    for s in loader::sized_shapes(room)? {
+fn verify_map_shapes(layout: &Layout) -> Result<()> {
+    for s in loader::map_shapes()? {
         if !pin::is_pinned_map(&s.name) {
             continue;
         }

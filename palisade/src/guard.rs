@@ -65,9 +65,11 @@ pub fn install_with(
     let key = apply::hash_key(ebpf)?;
     let dns = dns::compile::compile(policy, &key, &dns::compile::Clock::now())
         .context("compiling the DNS policy")?;
-    // A policy the running maps cannot hold next to the live one is refused here, naming the
-    // setting that makes room, rather than by a full map half way through the writes.
-    Room::check(Room::needed(&firewall, &dns), Room::of_maps(ebpf)?)?;
+    // A policy past what a generation's tables may hold is refused here, before anything
+    // changes; below that, the idle generation's tables are sized for it.
+    let need = Room::needed(&firewall, &dns);
+    Room::check(need, Room::limits())?;
+    let room = Room::sized(need, Room::configured(policy));
     // The tracker's timeouts apply at once (they are not part of a generation); the flows
     // themselves carry over every policy change.
     // The interface and addresses NAT needs are looked up before anything is written: a
@@ -90,7 +92,7 @@ pub fn install_with(
     crate::dhcp::write_config(ebpf, idle, &policy.dhcp)?;
     crate::nat::write_config(ebpf, idle, &nat, &policy.nat)?;
     crate::dns::cache::write_config(ebpf, idle, policy.dns.cache.as_ref())?;
-    let control = apply::install(ebpf, &firewall, &dns)?;
+    let control = apply::install(ebpf, &firewall, &dns, &room)?;
     // The load balancer's tables switch on their own slot, right after the rules that let
     // VIP traffic in.
     crate::lb::install(ebpf, &policy.lb, lb_live)

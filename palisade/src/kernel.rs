@@ -107,6 +107,18 @@ pub fn check() -> Result<()> {
     }
 }
 
+/// `BPF_FUNC_xdp_adjust_meta`.
+const XDP_ADJUST_META: i32 = 54;
+
+/// Whether XDP programs may call `bpf_xdp_adjust_meta` on this kernel (probed once: some
+/// builds leave it out). Without it the firewall hands its `mark` and `mirror` actions to
+/// the TC program through a table instead of the frame's metadata (`palisade_common::action`).
+#[must_use]
+pub fn xdp_metadata() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| crate::pin::xdp_helper_available(XDP_ADJUST_META))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,19 @@ use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::{
-    capacity::Room,
     conntrack::carry::{self, Sizes},
     kernel,
     pin::{self, Layout, MapShape},
 };
+
+/// The read-only global telling the programs whether XDP metadata is available
+/// (`kernel::xdp_metadata`).
+const XDP_META_GLOBAL: &str = "PALISADE_XDP_META";
+
+/// The value of [`XDP_META_GLOBAL`] for this kernel.
+fn features() -> u32 {
+    u32::from(kernel::xdp_metadata())
+}
 
 /// The BPF object built from `palisade-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
@@ -36,6 +44,8 @@ pub fn load_sized(sizes: &[(&str, u32)]) -> Result<Ebpf> {
     check_privileges()?;
     raise_memlock();
     let mut loader = EbpfLoader::new();
+    let meta = features();
+    loader.override_global(XDP_META_GLOBAL, &meta, true);
     for &(name, n) in sizes {
         loader.map_max_entries(name, n);
     }
@@ -76,31 +86,13 @@ pub fn build_id() -> String {
     format!("{:016x}", pin::fnv64(OBJECT))
 }
 
-/// [`map_shapes`], with the policy maps at the capacities `room` creates them with
-/// (`capacity::Room::for_loader`).
-///
-/// # Errors
-/// As [`map_shapes`].
-pub fn sized_shapes(room: &Room) -> Result<Vec<MapShape>> {
-    let sizes = room.for_loader();
-    let mut shapes = map_shapes()?;
-    for s in &mut shapes {
-        if let Some(&(_, n)) = sizes.iter().find(|(name, _)| *name == s.name) {
-            s.max_entries = n;
-        }
-    }
-    Ok(shapes)
-}
-
-/// The pin layout of this build under `root`, with the policy maps sized for `room`: a
-/// daemon that needs other capacities builds a new state next to the old one and moves the
-/// attachments over, as after an upgrade.
+/// The pin layout of this build under `root`.
 ///
 /// # Errors
 /// When the object cannot be parsed.
-pub fn layout(root: PathBuf, room: &Room) -> Result<Layout> {
+pub fn layout(root: PathBuf) -> Result<Layout> {
     Ok(Layout {
-        layout_id: pin::layout_id(&sized_shapes(room)?),
+        layout_id: pin::layout_id(&map_shapes()?),
         build_id: build_id(),
         root,
     })
@@ -117,8 +109,7 @@ pub struct Pinned {
 
 /// Loads the object with every shared map pinned under `layout`: a map already pinned there
 /// is reused as it is (contents, counters, ring buffer and all), a missing one is created and
-/// pinned (the connection tracking tables with `sizes`, the policy maps with `room`, which
-/// the layout already accounts for).
+/// pinned (the connection tracking tables with `sizes`).
 ///
 /// # Errors
 /// As [`load`], or when a pin cannot be created.
@@ -127,7 +118,6 @@ pub fn load_pinned(
     sizes: Sizes,
     intel: crate::intel::load::Sizes,
     dns_cache: u32,
-    room: &Room,
 ) -> Result<Pinned> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
@@ -145,10 +135,12 @@ pub fn load_pinned(
         names.iter().cloned().partition(|n| layout.map(n).exists());
     let paths: Vec<(String, PathBuf)> = names.iter().map(|n| (n.clone(), layout.map(n))).collect();
     let mut loader = EbpfLoader::new();
+    let meta = features();
+    loader.override_global(XDP_META_GLOBAL, &meta, true);
     for (name, path) in &paths {
         loader.map_pin_path(name.as_str(), path.as_path());
     }
-    for (name, n) in capacities(sizes, intel, dns_cache, room) {
+    for (name, n) in capacities(sizes, intel, dns_cache) {
         loader.map_max_entries(name, n);
     }
     let ebpf = loader.load(OBJECT).context(
@@ -162,14 +154,14 @@ pub fn load_pinned(
     })
 }
 
-/// `(map name, max_entries)` of every map the daemon sizes from the policy and the
-/// configuration, used when a map is created (a pinned one is reused as it is).
+/// `(map name, max_entries)` of every map the daemon sizes from the configuration when it
+/// loads the object, used when a map is created (a pinned one is reused as it is). The
+/// policy tables are sized at each install instead (`capacity`).
 #[must_use]
 pub fn capacities(
     sizes: Sizes,
     intel: crate::intel::load::Sizes,
     dns_cache: u32,
-    room: &Room,
 ) -> Vec<(&'static str, u32)> {
     // The tracking tables; pinned ones of another size were moved aside by
     // `conntrack::carry::take_resized`.
@@ -183,23 +175,17 @@ pub fn capacities(
     // The DNS response cache, sized by `[dns.cache] capacity`; a pin of another size was
     // removed by `dns::cache::drop_resized`.
     out.push((crate::dns::cache::MAP, dns_cache));
-    // The policy maps, sized for the policy (`capacity`); another size is another layout.
-    out.extend(room.for_loader());
     out
 }
 
-/// [`capacities`] as a daemon starting with `policy` (compiled as `fw`) sizes the maps: what
-/// the benchmarks load to measure the memory a policy pins.
+/// [`capacities`] as a daemon starting with `policy` sizes the maps: what the benchmarks
+/// load to measure the memory a policy pins.
 #[must_use]
-pub fn capacities_of(
-    policy: &crate::policy::model::Policy,
-    fw: &crate::firewall::compile::CompiledFirewall,
-) -> Vec<(&'static str, u32)> {
+pub fn capacities_of(policy: &crate::policy::model::Policy) -> Vec<(&'static str, u32)> {
     capacities(
         Sizes::of_policy(policy),
         policy.intel.sizes(),
         crate::dns::cache::capacity(policy.dns.cache.as_ref()),
-        &Room::for_policy(policy, fw),
     )
 }
 

@@ -580,6 +580,39 @@ fn sys_bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
     }
 }
 
+/// Whether the kernel lets an XDP program call helper `helper`: a program of four
+/// instructions (call it, return `XDP_PASS`) is offered to the verifier and dropped. An
+/// error other than the verifier's refusal (no privileges, no BPF) counts as no.
+#[must_use]
+pub fn xdp_helper_available(helper: i32) -> bool {
+    const BPF_PROG_LOAD: u32 = 5;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    // `r2 = 0; call helper; r0 = XDP_PASS; exit` (r1 holds the context on entry).
+    let insn = |code: u8, regs: u8, imm: i32| -> u64 {
+        u64::from(code) | u64::from(regs) << 8 | u64::from(imm as u32) << 32
+    };
+    let prog: [u64; 4] = [
+        insn(0xb7, 0x02, 0),
+        insn(0x85, 0x00, helper),
+        insn(0xb7, 0x00, 2),
+        insn(0x95, 0x00, 0),
+    ];
+    let license = c"GPL";
+    let mut a = Attr::new();
+    a.put_u32(0, BPF_PROG_TYPE_XDP);
+    a.put_u32(4, prog.len() as u32);
+    a.put_u64(8, prog.as_ptr() as u64);
+    a.put_u64(16, license.as_ptr() as u64);
+    match sys_bpf(BPF_PROG_LOAD, &mut a) {
+        Ok(fd) => {
+            // SAFETY: the kernel returned a new fd that nothing else owns; closed at once.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Opens a pinned object.
 ///
 /// # Errors

@@ -10,6 +10,7 @@ use aya::{
     programs::{CgroupSkb, SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use palisade_common::{
+    action::{ActionMeta, HandoffKey},
     dns::maps::{DNS_STATS_PER_SCOPE, SCOPES},
     event::{FirewallEvent, KIND_DNS},
     firewall::{RuleStats, rule_slot},
@@ -204,6 +205,52 @@ impl Bench {
         let r = prog.test_run(opts)?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value as i32, out))
+    }
+
+    /// What a run that returned `out` for a frame of `frame_len` bytes left for the TC action
+    /// program, and the frame itself: the [`ActionMeta`] in front of the frame, or, on a
+    /// kernel without XDP metadata (`kernel::xdp_metadata`), the entry of `ACTION_HANDOFF`
+    /// under the frame's key (its IP header at `l3`), which is taken out as the TC program
+    /// would.
+    ///
+    /// # Errors
+    /// When the handoff table cannot be read.
+    pub fn action_left(
+        &self,
+        out: &[u8],
+        frame_len: usize,
+        l3: usize,
+    ) -> Result<(Option<ActionMeta>, Vec<u8>)> {
+        if crate::kernel::xdp_metadata() {
+            let (meta, frame) = out.split_at(out.len().saturating_sub(frame_len));
+            let m = (meta.len() >= size_of::<ActionMeta>()).then(|| {
+                let word =
+                    |i: usize| u32::from_ne_bytes(meta[i..i + 4].try_into().expect("4 bytes"));
+                ActionMeta {
+                    magic: word(0),
+                    flags: word(4),
+                    mark: word(8),
+                    ifindex: word(12),
+                }
+            });
+            return Ok((m, frame.to_vec()));
+        }
+        let Some(key) = out.get(l3..).and_then(HandoffKey::of) else {
+            return Ok((None, out.to_vec()));
+        };
+        let table: aya::maps::HashMap<&aya::maps::MapData, HandoffKey, ActionMeta> =
+            aya::maps::HashMap::try_from(crate::maps::map(&self.ebpf, "ACTION_HANDOFF")?)?;
+        match table.get(&key, 0) {
+            Ok(m) => {
+                crate::maps::delete_batch(
+                    crate::maps::data_of(&self.ebpf, "ACTION_HANDOFF")?,
+                    &[key],
+                )?;
+                Ok((Some(m), out.to_vec()))
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok((None, out.to_vec())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Runs the firewall (and, by tail call, the DNS inspector) on `frame` and returns the

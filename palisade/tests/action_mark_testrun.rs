@@ -1,6 +1,7 @@
 //! The `mark` action in the kernel, through `BPF_PROG_TEST_RUN` on the XDP firewall: the
-//! verdict (pass), the mark metadata written in front of the frame (magic and mark, byte by
-//! byte), the DSCP rewritten with the ECN bits kept and the IPv4 header checksum equal to
+//! verdict (pass), the mark handed to the TC program (the metadata written in front of the
+//! frame, or on a kernel without XDP metadata the handoff table's entry under the frame's
+//! key: magic, flags and mark), the DSCP rewritten with the ECN bits kept and the IPv4 header checksum equal to
 //! one computed from scratch (IPv4, IPv6, behind a VLAN tag), the action counters, the event
 //! of a `log = true` rule; and the config errors a bad `mark` rule gets, each at its line.
 //!
@@ -17,8 +18,8 @@ use palisade::{
     testrun::{Bench, sum_counter},
 };
 use palisade_common::action::{
-    ACTION_META_MAGIC, AS_DSCP_REWRITTEN, AS_MARK_MATCHED, AS_MARK_META_WRITTEN, AS_MARK_NO_ROOM,
-    META_MARK,
+    ACTION_META_MAGIC, AS_DSCP_REWRITTEN, AS_HANDOFF_WRITTEN, AS_MARK_MATCHED,
+    AS_MARK_META_WRITTEN, AS_MARK_NO_ROOM, ActionMeta, META_MARK,
 };
 
 const XDP_PASS: u32 = 2;
@@ -87,20 +88,31 @@ fn with_tos(f: &Frame, tos: u8) -> Vec<u8> {
     f.build()
 }
 
-/// Splits what a run left into the metadata in front of the frame and the frame, given the
-/// frame's length.
-fn split_meta(out: &[u8], frame_len: usize) -> (&[u8], &[u8]) {
-    assert!(out.len() >= frame_len, "output shorter than the frame");
-    out.split_at(out.len() - frame_len)
+/// What a run that returned `out` left for the TC program (the metadata, or the handoff
+/// table's entry, see `Bench::action_left`) and the frame, given the frame's length and its
+/// IP header's offset.
+fn split_meta(b: &Bench, out: &[u8], frame_len: usize, l3: usize) -> (Option<ActionMeta>, Vec<u8>) {
+    b.action_left(out, frame_len, l3)
+        .expect("reading what the run left")
 }
 
-/// The 16 metadata bytes of a mark: magic, flags, mark, reserved (host order).
-fn meta_bytes(mark: u32) -> Vec<u8> {
-    let mut m = ACTION_META_MAGIC.to_ne_bytes().to_vec();
-    m.extend_from_slice(&META_MARK.to_ne_bytes());
-    m.extend_from_slice(&mark.to_ne_bytes());
-    m.extend_from_slice(&[0; 4]);
-    m
+/// What a mark hands over: magic, flags, mark, no interface.
+const fn mark_meta(mark: u32) -> Option<ActionMeta> {
+    Some(ActionMeta {
+        magic: ACTION_META_MAGIC,
+        flags: META_MARK,
+        mark,
+        ifindex: 0,
+    })
+}
+
+/// The counter of marks handed over: in the metadata, or through the handoff table.
+fn written() -> u32 {
+    if palisade::kernel::xdp_metadata() {
+        AS_MARK_META_WRITTEN
+    } else {
+        AS_HANDOFF_WRITTEN
+    }
 }
 
 /// The IPv4 header at `l3` sums (with its checksum) to zero.
@@ -116,7 +128,7 @@ fn mark_and_dscp_ipv4_meta_and_checksum_byte_by_byte() {
     b.drain_events();
     let before = (
         actions(&b, AS_MARK_MATCHED),
-        actions(&b, AS_MARK_META_WRITTEN),
+        actions(&b, written()),
         actions(&b, AS_DSCP_REWRITTEN),
     );
     let mut f = Frame::udp("192.0.2.7", "198.51.100.1", 40000, 5060).with_payload(b"INVITE");
@@ -124,17 +136,17 @@ fn mark_and_dscp_ipv4_meta_and_checksum_byte_by_byte() {
     let input = with_tos(&f, 0b0000_0001);
     let (verdict, out) = b.run_with_output(&input).expect("run");
     assert_eq!(verdict, XDP_PASS);
-    let (meta, frame) = split_meta(&out, input.len());
-    assert_eq!(meta, meta_bytes(0x2a).as_slice(), "mark metadata");
+    let (meta, frame) = split_meta(&b, &out, input.len(), 14);
+    assert_eq!(meta, mark_meta(0x2a), "mark handed over");
     let expected = with_tos(&f, (EF << 2) | 1);
     assert_eq!(
         frame,
         expected.as_slice(),
         "DSCP EF, ECN kept, checksum recomputed"
     );
-    assert!(v4_header_valid(frame, 14));
+    assert!(v4_header_valid(&frame, 14));
     assert_eq!(actions(&b, AS_MARK_MATCHED), before.0 + 1);
-    assert_eq!(actions(&b, AS_MARK_META_WRITTEN), before.1 + 1);
+    assert_eq!(actions(&b, written()), before.1 + 1);
     assert_eq!(actions(&b, AS_DSCP_REWRITTEN), before.2 + 1);
     // `log = true`: one event, a pass by the rule.
     let ev = b.drain_events();
@@ -149,13 +161,14 @@ fn mark_and_dscp_ipv4_meta_and_checksum_byte_by_byte() {
         let input = with_tos(&f, tos);
         let (verdict, out) = b.run_with_output(&input).expect("run");
         assert_eq!(verdict, XDP_PASS);
-        let (_, frame) = split_meta(&out, input.len());
+        let (meta, frame) = split_meta(&b, &out, input.len(), 14);
+        assert_eq!(meta, mark_meta(0x2a), "tos {tos:#x}");
         assert_eq!(
             frame,
             with_tos(&f, (EF << 2) | (tos & 3)).as_slice(),
             "tos {tos:#x}"
         );
-        assert!(v4_header_valid(frame, 14));
+        assert!(v4_header_valid(&frame, 14));
     }
 }
 
@@ -173,6 +186,11 @@ fn dscp_only_leaves_no_metadata_and_mark_only_leaves_the_bytes_alone() {
         "no metadata, DSCP 10 behind the tag"
     );
     assert!(v4_header_valid(&out, 18));
+    assert_eq!(
+        split_meta(&b, &out, out.len(), 18).0,
+        None,
+        "nothing handed over"
+    );
 
     // Mark only: the frame untouched, the mark (all ones) in front.
     let f = Frame::udp("192.0.2.9", "198.51.100.1", 5555, 9000);
@@ -180,8 +198,8 @@ fn dscp_only_leaves_no_metadata_and_mark_only_leaves_the_bytes_alone() {
     let before = actions(&b, AS_MARK_NO_ROOM);
     let (verdict, out) = b.run_with_output(&input).expect("run");
     assert_eq!(verdict, XDP_PASS);
-    let (meta, frame) = split_meta(&out, input.len());
-    assert_eq!(meta, meta_bytes(u32::MAX).as_slice());
+    let (meta, frame) = split_meta(&b, &out, input.len(), 14);
+    assert_eq!(meta, mark_meta(u32::MAX));
     assert_eq!(frame, input.as_slice());
     assert_eq!(actions(&b, AS_MARK_NO_ROOM), before);
 
@@ -190,6 +208,11 @@ fn dscp_only_leaves_no_metadata_and_mark_only_leaves_the_bytes_alone() {
     let (verdict, out) = b.run_with_output(&other).expect("run");
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(out, other);
+    assert_eq!(
+        split_meta(&b, &out, out.len(), 14).0,
+        None,
+        "nothing handed over"
+    );
     let dropped = with_tos(&Frame::udp("192.0.2.9", "198.51.100.1", 5555, 9999), 0x30);
     assert_eq!(b.run_with_output(&dropped).expect("run").0, XDP_DROP);
 }
@@ -207,14 +230,14 @@ fn mark_and_dscp_ipv6_keep_the_flow_label() {
     input[16] = 0x12;
     let (verdict, out) = b.run_with_output(&input).expect("run");
     assert_eq!(verdict, XDP_PASS);
-    let (meta, frame) = split_meta(&out, input.len());
-    assert_eq!(meta, meta_bytes(0x2a).as_slice());
+    let (meta, frame) = split_meta(&b, &out, input.len(), 14);
+    assert_eq!(meta, mark_meta(0x2a));
     let mut expected = input.clone();
     // Version 6, traffic class EF with ECN 01, flow label 0xb12..: 0x6b 0x9b -> bytes 14, 15.
     let tc = (EF << 2) | 1;
     expected[14] = 0x60 | (tc >> 4);
     expected[15] = (tc << 4) | 0x0b;
-    assert_eq!(frame, expected.as_slice());
+    assert_eq!(frame, expected);
 }
 
 fn errors(text: &str) -> String {

@@ -1,6 +1,6 @@
 //! The `mirror` action in the kernel, through `BPF_PROG_TEST_RUN` on the XDP firewall: the
-//! verdict (pass), the frame untouched, the metadata naming the mirror interface byte by
-//! byte, the counters; and the config errors a bad `mirror` rule gets, each at its line,
+//! verdict (pass), the frame untouched, what is handed to the TC program (the metadata, or on
+//! a kernel without XDP metadata the handoff table's entry) naming the mirror interface, the counters; and the config errors a bad `mirror` rule gets, each at its line,
 //! among them an interface that does not exist.
 //!
 //! Needs root (BPF). Run with `cargo test --release -p palisade --test action_mirror_testrun`.
@@ -13,7 +13,7 @@ use palisade::{
     testrun::{Bench, sum_counter},
 };
 use palisade_common::action::{
-    ACTION_META_MAGIC, AS_MIRROR_MATCHED, AS_MIRROR_NO_ROOM, META_MIRROR,
+    ACTION_META_MAGIC, AS_MIRROR_MATCHED, AS_MIRROR_NO_ROOM, ActionMeta, META_MIRROR,
 };
 
 const XDP_PASS: u32 = 2;
@@ -45,27 +45,34 @@ fn mirror_leaves_the_frame_and_names_the_interface_in_the_metadata() {
         actions(&b, AS_MIRROR_MATCHED),
         actions(&b, AS_MIRROR_NO_ROOM),
     );
-    for frame in [
-        Frame::udp("192.0.2.7", "198.51.100.1", 40000, 4789)
-            .with_payload(b"vxlan")
-            .build(),
-        Frame::udp("2001:db8::7", "2001:db8::1", 40000, 4789)
-            .with_vlans(&[12], false)
-            .build(),
+    for (frame, l3) in [
+        (
+            Frame::udp("192.0.2.7", "198.51.100.1", 40000, 4789)
+                .with_payload(b"vxlan")
+                .build(),
+            14,
+        ),
+        (
+            Frame::udp("2001:db8::7", "2001:db8::1", 40000, 4789)
+                .with_vlans(&[12], false)
+                .build(),
+            18,
+        ),
     ] {
         let (verdict, out) = b.run_with_output(&frame).expect("run");
         assert_eq!(verdict, XDP_PASS);
-        assert_eq!(out.len(), frame.len() + 16, "16 bytes of metadata in front");
-        let mut meta = ACTION_META_MAGIC.to_ne_bytes().to_vec();
-        meta.extend_from_slice(&META_MIRROR.to_ne_bytes());
-        meta.extend_from_slice(&0u32.to_ne_bytes());
-        meta.extend_from_slice(&1u32.to_ne_bytes());
+        let (left, rest) = b.action_left(&out, frame.len(), l3).expect("handed over");
         assert_eq!(
-            &out[..16],
-            meta.as_slice(),
+            left,
+            Some(ActionMeta {
+                magic: ACTION_META_MAGIC,
+                flags: META_MIRROR,
+                mark: 0,
+                ifindex: 1,
+            }),
             "magic, mirror, no mark, ifindex of lo"
         );
-        assert_eq!(&out[16..], frame.as_slice(), "the frame itself untouched");
+        assert_eq!(rest, frame, "the frame itself untouched");
     }
     assert_eq!(actions(&b, AS_MIRROR_MATCHED), before.0 + 2);
     assert_eq!(actions(&b, AS_MIRROR_NO_ROOM), before.1);

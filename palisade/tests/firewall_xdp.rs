@@ -867,13 +867,27 @@ files = ["{}"]
             names.display()
         )
     };
-    // Entries held by the host hash and the name map.
+    // Entries held by the host tables and the name tables of both generations.
     let count = |fw: &Fw| -> (usize, usize) {
-        let m = |n| maps::data_of(&fw.bench.ebpf, n).expect("map data");
-        let hosts = maps::keys_batch::<SetKey, u8>(m("FW_SET_HOSTS"), |_| true).expect("hosts");
-        let names =
-            maps::keys_batch::<NameKey, NameValue>(m("DNS_NAMES"), |_| true).expect("names");
-        (hosts.len(), names.len())
+        use palisade::capacity::{Kind, table};
+        let tables = |kind| {
+            (0..2).filter_map(move |g| table(&fw.bench.ebpf, kind, g).expect("reading a slot"))
+        };
+        let hosts: usize = tables(Kind::SetHosts)
+            .map(|t| {
+                maps::keys_batch::<SetKey, u8>(&t, |_| true)
+                    .expect("hosts")
+                    .len()
+            })
+            .sum();
+        let names: usize = tables(Kind::Names)
+            .map(|t| {
+                maps::keys_batch::<NameKey, NameValue>(&t, |_| true)
+                    .expect("names")
+                    .len()
+            })
+            .sum();
+        (hosts, names)
     };
     let dst = "198.51.100.1";
     let mut fw = fw(&policy(0));
@@ -900,10 +914,10 @@ files = ["{}"]
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A reload brings each keyed map of the idle generation to the new policy entry by entry:
+/// A reload brings each table of the idle generation to the new policy entry by entry:
 /// the entries it already holds with the same value are left alone, those not wanted are
-/// deleted, the missing ones and those with another value are written, and the other
-/// generation's entries are never touched. Checked on the exact hash and on the LPM trie
+/// deleted, the missing ones and those with another value are written, and entries the sync
+/// is not about (another generation's keys) are never touched. Checked on the exact hash and on the LPM trie
 /// (whose batch operations the kernel runs key by key), by what the kernel holds after each
 /// step.
 #[test]
@@ -911,7 +925,7 @@ fn a_reload_writes_only_what_differs_and_never_the_other_generation() {
     use aya::maps::lpm_trie::Key;
     use palisade::maps::{self, Synced};
     use palisade_common::firewall::{SET_KEY_PREFIX_BITS, SetKey, set_id};
-    let fw = fw("");
+    let mut fw = fw("");
     let addr = |i: u32| v4_mapped([10, 9, (i >> 8) as u8, i as u8]);
     let host = |generation: u32, i: u32| SetKey::new(set_id(generation, 3), FAMILY_V4, addr(i));
     let prefix = |generation: u32, i: u32| {
@@ -960,9 +974,16 @@ fn a_reload_writes_only_what_differs_and_never_the_other_generation() {
         out.sort();
         out
     }
-    let hosts = maps::data_of(&fw.bench.ebpf, "FW_SET_HOSTS").expect("FW_SET_HOSTS");
-    let trie = maps::data_of(&fw.bench.ebpf, "FW_SETS").expect("FW_SETS");
-    // The other generation holds 100 entries of the same set index in each map.
+    // Generation 0's tables (idle: the policy went into generation 1), new and empty.
+    let table = |ebpf: &mut aya::Ebpf, kind| {
+        let (t, fresh) = palisade::capacity::table_for(ebpf, kind, 0, 2000, 4096).expect("a table");
+        assert!(fresh, "generation 0 had no table yet");
+        t
+    };
+    let hosts = &table(&mut fw.bench.ebpf, palisade::capacity::Kind::SetHosts);
+    let trie = &table(&mut fw.bench.ebpf, palisade::capacity::Kind::SetPrefixes);
+    // Entries of the other generation's set (as a table shared by both would hold them): 100
+    // of the same set index in each map, which the sync must leave alone.
     let other_hosts: Vec<SetKey> = (0..100).map(|i| host(1, i)).collect();
     let other_prefixes: Vec<Key<SetKey>> = (0..100).map(|i| prefix(1, i)).collect();
     maps::update_batch(hosts, &other_hosts, &[7u8; 100]).expect("writing generation 1");

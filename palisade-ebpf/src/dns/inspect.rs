@@ -545,6 +545,31 @@ struct MatchCtx {
     /// Index of the first label of the longest matching suffix.
     best: u8,
     value: NameValue,
+    /// The keys of the two lookups of a suffix (`lookup_name`), kept here rather than on the
+    /// stack under the inspector's frames: the generation's slot in `DNS_NAMES`, and the
+    /// suffix's `NameKey` words.
+    table: u32,
+    key: [u64; 3],
+}
+
+/// The entry of `key` (a `NameKey`'s words) in the name table of `DNS_NAMES` slot `table`;
+/// `None` when there is none, or no table yet (before the generation's first install).
+///
+/// # Safety
+/// The entry is read in place: copy what is needed at once.
+#[inline(always)]
+unsafe fn lookup_name(table: &u32, key: &[u64; 3]) -> Option<&'static NameValue> {
+    use aya_ebpf::helpers::generated::bpf_map_lookup_elem;
+    let outer = core::ptr::from_ref(&DNS_NAMES).cast_mut().cast::<c_void>();
+    // SAFETY: a map and a key of its size (`u32`); the result is a map or null.
+    let inner = unsafe { bpf_map_lookup_elem(outer, core::ptr::from_ref(table).cast()) };
+    if inner.is_null() {
+        return None;
+    }
+    // SAFETY: the generation's name table and a key with the bytes of a `NameKey`.
+    let v = unsafe { bpf_map_lookup_elem(inner, core::ptr::from_ref(key).cast()) };
+    // SAFETY: null, or an entry of the table, a `NameValue`.
+    unsafe { v.cast::<NameValue>().as_ref() }
 }
 
 /// Visits suffixes from the shortest (the last label) to the whole name; a later (longer)
@@ -573,7 +598,7 @@ fn match_one(s: &mut Scratch, index: u64) {
             return;
         }
     }
-    let key = NameKey::key_words(
+    m.key = NameKey::key_words(
         m.suffix.0,
         m.suffix.1,
         m.wire_len.wrapping_sub(u16::from(s.starts[label])),
@@ -581,10 +606,9 @@ fn match_one(s: &mut Scratch, index: u64) {
         kind,
         m.generation,
     );
-    // SAFETY: `key` has the bytes of a `NameKey` and its alignment (`NameKey::key_words`).
-    let key = unsafe { &*key.as_ptr().cast::<NameKey>() };
+    m.table = u32::from(m.generation);
     // SAFETY: the value is copied out at once.
-    if let Some(v) = unsafe { DNS_NAMES.get(key) } {
+    if let Some(v) = unsafe { lookup_name(&m.table, &m.key) } {
         if v.applies_to(m.qtype) {
             // The clock is read once per query, and only when an entry can expire.
             if v.expires_boot_ns != 0 && m.now == 0 {

@@ -104,6 +104,10 @@ pub extern "C" fn palisade_fw_search(
     let count = count.min(MAX_TUPLES);
     let mut best = best & !STOPPED;
     let filter = FW_RULE_FILTER.get(generation);
+    // The generation's rule table (none before its first install: nothing matches).
+    let Some(rules) = FW_RULES.get(generation) else {
+        return best | STOPPED;
+    };
     let mut j = 0;
     while j < CHUNK {
         let i = from + j;
@@ -131,7 +135,7 @@ pub extern "C" fn palisade_fw_search(
             let maybe = filter.is_none_or(|f| f.may_hold(&keys.flow));
             // SAFETY: the value is copied out at once; entries are never mutated in place.
             if maybe
-                && let Some(r) = unsafe { FW_RULES.get(&keys.flow) }
+                && let Some(r) = unsafe { rules.get(&keys.flow) }
                 && r.rule < best
             {
                 best = r.rule;
@@ -154,13 +158,18 @@ fn in_set(key: &mut Key<SetKey>, set: u32, family: u8, addr: &[u8; 16]) -> bool 
         .unwrap_or(SET_HOSTS | SET_PREFIXES | SET_PREFIXES_SHORT);
     key.prefix_len = SET_KEY_PREFIX_BITS + 128;
     key.data = SetKey::new(set, family, *addr);
-    // SAFETY: the value is only tested for presence.
-    if kind & SET_HOSTS != 0 && unsafe { FW_SET_HOSTS.get(&key.data) }.is_some() {
+    // The tables of the set's generation (its id's top bit).
+    if kind & SET_HOSTS != 0
+        && let Some(hosts) = FW_SET_HOSTS.get(set >> 31)
+        // SAFETY: the value is only tested for presence.
+        && unsafe { hosts.get(&key.data) }.is_some()
+    {
         return true;
     }
     if kind & SET_PREFIXES != 0
         && trie_may_hold(kind, set, family, addr)
-        && FW_SETS.get(&*key).is_some()
+        && let Some(trie) = FW_SETS.get(set >> 31)
+        && trie.get(&*key).is_some()
     {
         return true;
     }
@@ -197,15 +206,17 @@ pub fn country_of(set: u32, family: u8, addr: &[u8; 16]) -> u8 {
         .unwrap_or(SET_HOSTS | SET_PREFIXES | SET_PREFIXES_SHORT);
     key.prefix_len = SET_KEY_PREFIX_BITS + 128;
     key.data = SetKey::new(set, family, *addr);
-    if kind & SET_HOSTS != 0 {
+    if kind & SET_HOSTS != 0
+        && let Some(hosts) = FW_SET_HOSTS.get(set >> 31)
         // SAFETY: the value is copied out at once.
-        if let Some(c) = unsafe { FW_SET_HOSTS.get(&key.data) } {
-            return *c;
-        }
+        && let Some(c) = unsafe { hosts.get(&key.data) }
+    {
+        return *c;
     }
     if kind & SET_PREFIXES != 0
         && trie_may_hold(kind, set, family, addr)
-        && let Some(c) = FW_SETS.get(&*key)
+        && let Some(trie) = FW_SETS.get(set >> 31)
+        && let Some(c) = trie.get(&*key)
     {
         return *c;
     }

@@ -258,7 +258,7 @@ fn decide(
             allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0)
         }
         palisade_common::firewall::ACTION_MIRROR => {
-            action::mirror(ctx, meta);
+            action::mirror(ctx, meta, p);
             if log {
                 note_action(ctx, p, rule, generation, false);
             }

@@ -22,6 +22,7 @@ use palisade_common::dns::{
 };
 
 use super::compile::{CompiledFirewall, family_code};
+use crate::capacity::{self, Kind, Room};
 use crate::dns::compile::CompiledDns;
 use crate::maps::{self, map, map_mut};
 
@@ -57,20 +58,38 @@ pub fn hash_key(ebpf: &mut Ebpf) -> Result<HashKey> {
     Ok(key)
 }
 
-/// Installs `c` (and `dns`) and makes it live. Returns the new control word.
+/// Installs `c` (and `dns`) and makes it live, the idle generation's tables sized with
+/// `room` (`capacity::Room::sized` for what they hold). Returns the new control word.
 ///
 /// # Errors
 /// When a map write fails; the previous policy then stays live.
-pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Result<Control> {
+pub fn install(
+    ebpf: &mut Ebpf,
+    c: &CompiledFirewall,
+    dns: &CompiledDns,
+    room: &Room,
+) -> Result<Control> {
     let current = control(ebpf)?;
     let idle = (current.active_gen ^ 1) & 1;
-    // The keyed maps of the idle generation are brought to the new policy entry by entry
+    // The idle generation's tables, new ones where the policy outgrew them (or shrank well
+    // below them); the live generation's are not touched.
+    let need = Room::needed(c, dns);
+    let table = |ebpf: &mut Ebpf, kind: Kind| {
+        capacity::table_for(ebpf, kind, idle, need.get(kind), room.get(kind)).map(|(t, _)| t)
+    };
+    let tables = Tables {
+        rules: table(ebpf, Kind::Rules)?,
+        hosts: table(ebpf, Kind::SetHosts)?,
+        prefixes: table(ebpf, Kind::SetPrefixes)?,
+        names: table(ebpf, Kind::Names)?,
+    };
+    // The tables of the idle generation are brought to the new policy entry by entry
     // (`maps::sync_batch`): what they already hold of it is not written again.
-    write_dns(ebpf, idle, dns).context("writing DNS names")?;
-    write_sets(ebpf, idle, c).context("writing set members")?;
+    write_dns(ebpf, &tables.names, idle, dns).context("writing DNS names")?;
+    write_sets(ebpf, &tables, idle, c).context("writing set members")?;
     write_port_classes(ebpf, idle, c).context("writing port classes")?;
     let epoch = current.generation_counter.wrapping_add(1);
-    write_rules(ebpf, idle, c).context("writing rules")?;
+    write_rules(ebpf, &tables.rules, idle, c).context("writing rules")?;
     let redirect_devs = redirect_ifaces(c);
     add_redirect_devs(ebpf, &redirect_devs).context("writing the redirect interfaces")?;
     add_steer_cpus(ebpf, &c.steer_cpus).context("writing the steer CPUs")?;
@@ -103,6 +122,14 @@ pub fn install(ebpf: &mut Ebpf, c: &CompiledFirewall, dns: &CompiledDns) -> Resu
     }
     remove_redirect_devs(ebpf, &redirect_devs).context("clearing the redirect interfaces")?;
     Ok(next)
+}
+
+/// The idle generation's tables (see `capacity`).
+struct Tables {
+    rules: MapData,
+    hosts: MapData,
+    prefixes: MapData,
+    names: MapData,
 }
 
 /// The program the CPU map runs on a steered packet's new CPU.
@@ -196,7 +223,7 @@ fn write_filter<T: aya::Pod>(
     Ok(())
 }
 
-fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> {
+fn write_dns(ebpf: &mut Ebpf, table: &MapData, generation: u32, dns: &CompiledDns) -> Result<()> {
     // SAFETY: all-zero words are an empty filter.
     let mut filter: Box<NameFilter> = unsafe { Box::new_zeroed().assume_init() };
     let (keys, values): (Vec<NameKey>, Vec<NameValue>) = dns
@@ -211,13 +238,7 @@ fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> 
             (k, *v)
         })
         .unzip();
-    maps::sync_batch(
-        maps::data_of(ebpf, "DNS_NAMES")?,
-        |k: &NameKey| u32::from(k.generation) == generation,
-        &keys,
-        &values,
-    )
-    .context("DNS_NAMES")?;
+    maps::sync_batch(table, |_: &NameKey| true, &keys, &values).context("DNS_NAMES")?;
     write_filter(ebpf, "DNS_FILTER", generation, &*filter)?;
     {
         let mut scopes: Array<&mut MapData, ScopeConfig> =
@@ -234,7 +255,12 @@ fn write_dns(ebpf: &mut Ebpf, generation: u32, dns: &CompiledDns) -> Result<()> 
 /// Writes every set's members: single addresses into the exact hash, shorter prefixes into
 /// the trie, and what each set holds into `FW_SET_KIND` (every slot of the generation, so a
 /// slot never keeps the kind of an earlier policy's set).
-fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
+fn write_sets(
+    ebpf: &mut Ebpf,
+    tables: &Tables,
+    generation: u32,
+    c: &CompiledFirewall,
+) -> Result<()> {
     let mut kinds = vec![0u8; MAX_SETS as usize];
     // SAFETY: all-zero words are an empty filter.
     let mut filter: Box<KeyFilter> = unsafe { Box::new_zeroed().assume_init() };
@@ -274,22 +300,13 @@ fn write_sets(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<
     }
     // The two maps are brought up to date at the same time, one on another thread: most of
     // the work is the kernel's, per entry, and each map takes its own locks.
-    let (trie, exact) = (
-        maps::data_of(ebpf, "FW_SETS")?,
-        maps::data_of(ebpf, "FW_SET_HOSTS")?,
-    );
-    let mine = |set: [u8; 4]| u32::from_be_bytes(set) >> 31 == generation;
+    let (trie, exact) = (&tables.prefixes, &tables.hosts);
     std::thread::scope(|s| {
         let t = s.spawn(|| {
-            maps::sync_batch(
-                trie,
-                |k: &Key<SetKey>| mine(k.data().set),
-                &prefixes,
-                &prefix_values,
-            )
-            .context("FW_SETS")
+            maps::sync_batch(trie, |_: &Key<SetKey>| true, &prefixes, &prefix_values)
+                .context("FW_SETS")
         });
-        let h = maps::sync_batch(exact, |k: &SetKey| mine(k.set), &hosts, &host_values)
+        let h = maps::sync_batch(exact, |_: &SetKey| true, &hosts, &host_values)
             .context("FW_SET_HOSTS");
         t.join()
             .map_err(|_| anyhow::anyhow!("FW_SETS: the writing thread panicked"))?
@@ -318,7 +335,12 @@ fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) ->
     Ok(())
 }
 
-fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
+fn write_rules(
+    ebpf: &mut Ebpf,
+    table: &MapData,
+    generation: u32,
+    c: &CompiledFirewall,
+) -> Result<()> {
     let slots: Vec<u32> = (0..c.rules.len() as u32)
         .map(|i| rule_slot(generation, i))
         .collect();
@@ -346,12 +368,6 @@ fn write_rules(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result
         })
         .collect();
     write_filter(ebpf, "FW_RULE_FILTER", generation, &*filter)?;
-    maps::sync_batch(
-        maps::data_of(ebpf, "FW_RULES")?,
-        |k: &FlowKey| k.tuple >> 16 == generation,
-        &keys,
-        &refs,
-    )
-    .context("FW_RULES")?;
+    maps::sync_batch(table, |_: &FlowKey| true, &keys, &refs).context("FW_RULES")?;
     Ok(())
 }

@@ -46,17 +46,15 @@
 //! | `rate_prefix_v6` | `1..=128`: the IPv6 sources in one prefix of this length share the bucket of a `per = "source"` rate limit, so a client cannot get a fresh bucket for each address of the /64 it is given | `64` |
 //! | `rate_prefix_v4` | `1..=32`: the same for IPv4 sources | `32` |
 //! | `stateful` | boolean: accept every packet of an established or related connection before any rule is tried, so rules only decide which connections may start. Turns connection tracking on (see [Connection tracking](#connection-tracking)); an error with `[conntrack] enabled = false` | `false` |
-//! | `capacity_rules` | integer `1..=2097152`: rule entries (`FW_RULES`) one policy generation has room for, when more than the policy needs; lets a running daemon take reloads and live edits that grow the rules. Applies when the daemon starts (see [`crate::capacity`]) | sized from the policy |
-//! | `capacity_set_hosts` | integer `1..=16777216`: set members that are single addresses (`FW_SET_HOSTS`) one generation has room for, as `capacity_rules` | sized from the policy |
-//! | `capacity_set_prefixes` | integer `1..=16777216`: set members that are shorter prefixes (`FW_SETS`, with the `@country:XX` sets) one generation has room for, as `capacity_rules` | sized from the policy |
+//! | `capacity_rules` | integer `1..=2097152`: the least room, in rule entries, of a policy generation's rule table (`FW_RULES`), when more than the policy needs: live edits that grow the rules up to it are written without a new table. Applies from the next install (see [`crate::capacity`]) | sized from the policy |
+//! | `capacity_set_hosts` | integer `1..=16777216`: the least room of a generation's table of set members that are single addresses (`FW_SET_HOSTS`), as `capacity_rules` | sized from the policy |
+//! | `capacity_set_prefixes` | integer `1..=16777216`: the least room of a generation's table of set members that are shorter prefixes (`FW_SETS`, with the `@country:XX` sets), as `capacity_rules` | sized from the policy |
 //!
-//! A policy may hold at most [`MAX_RULES`] rules. The maps of rule entries, set members and
-//! DNS names are created when the daemon starts with two generations of the room the policy
-//! needs (a quarter more, rounded up to a power of two, at least the fixed capacities of
-//! before: 2,097,152 rule entries, 1,048,576 single addresses and as many prefixes, 2,097,152
-//! DNS name keys) or of the
-//! `capacity_*` settings when larger; a reload or live edit that does not fit is refused
-//! naming the setting (see [`crate::capacity`]).
+//! A policy may hold at most [`MAX_RULES`] rules. The tables of rule entries, set members
+//! and DNS names are sized at every install for the generation being written (a quarter
+//! more than it needs, rounded up to a power of two, at least 1,024 entries, or the
+//! `capacity_*` settings when larger), so a reload or live edit that needs more gets bigger
+//! tables; only a generation past the hard maxima is refused (see [`crate::capacity`]).
 //!
 //! ## Rates
 //!
@@ -210,7 +208,7 @@
 //! | `rate_prefix_v6` | `1..=128`: IPv6 clients in one prefix of this length share the query rate bucket of `[dns.ingress] rate` (egress buckets are per cgroup) | `64` |
 //! | `rate_prefix_v4` | `1..=32`: the same for IPv4 clients | `32` |
 //! | `event_sample` | integer `0..=4294967295`: over the event budget, one aggregated query in this many is still reported in full (`"sent": "sample"`); `0` = none | `1000` ([`DnsEvents::DEFAULT_SAMPLE`](super::model::DnsEvents::DEFAULT_SAMPLE)) |
-//! | `capacity_names` | integer `1..=16777216`: DNS name entries (`DNS_NAMES`) one policy generation has room for, when more than the lists need (a name with its subdomains makes two, once per scope that uses its list; the domains of `[intel]` feeds count too). Applies when the daemon starts, as `[firewall] capacity_rules` | sized from the policy |
+//! | `capacity_names` | integer `1..=16777216`: the least room, in DNS name entries, of a generation's name table (`DNS_NAMES`), when more than the lists need (a name with its subdomains makes two, once per scope that uses its list; the domains of `[intel]` feeds count too), as `[firewall] capacity_rules` | sized from the policy |
 //!
 //! Blocked queries sent to or from a broadcast or multicast MAC or IP address (or from the
 //! unspecified address) are never answered: they are dropped with reason

@@ -95,7 +95,28 @@ pub fn maps_of(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<String, MapMemory>> {
         let fd = m.fd()?;
         insert_memory(&mut out, &m, fd.as_fd().as_raw_fd())?;
     }
+    add_tables(ebpf, &mut out)?;
     Ok(out)
+}
+
+/// Adds the per-generation tables of the policy's arrays of maps (`palisade::capacity`) to
+/// their array's entry in `out`: its memory and capacity are then those of the tables it
+/// holds (and its own slots).
+fn add_tables(ebpf: &Ebpf, out: &mut BTreeMap<String, MapMemory>) -> Result<()> {
+    use palisade::capacity::{Kind, table};
+    for kind in Kind::ALL {
+        let Some(entry) = out.get_mut(kind.map()) else {
+            continue;
+        };
+        for generation in 0..2 {
+            if let Some(t) = table(ebpf, kind, generation)? {
+                let fd = t.fd().as_fd().as_raw_fd();
+                entry.memlock_bytes += fdinfo_field(fd, "memlock")?.unwrap_or(0);
+                entry.max_entries += fdinfo_field(fd, "max_entries")?.unwrap_or(0) as u32;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The ids of the maps this process holds open, with the fd of each (the first found).
@@ -117,11 +138,12 @@ pub fn open_maps() -> Result<BTreeMap<u32, i32>> {
 }
 
 /// The memory of every map this process opened since `before` ([`open_maps`]) was taken,
-/// by map name: the maps of an object loaded in between.
+/// by map name: the maps of an object loaded in between (`ebpf`), its policy tables
+/// included.
 ///
 /// # Errors
 /// When a map cannot be inspected.
-pub fn maps_since(before: &BTreeMap<u32, i32>) -> Result<BTreeMap<String, MapMemory>> {
+pub fn maps_since(ebpf: &Ebpf, before: &BTreeMap<u32, i32>) -> Result<BTreeMap<String, MapMemory>> {
     let mut out = BTreeMap::new();
     for (id, fd) in open_maps()? {
         if before.contains_key(&id) {
@@ -130,6 +152,7 @@ pub fn maps_since(before: &BTreeMap<u32, i32>) -> Result<BTreeMap<String, MapMem
         let m = MapInfo::from_id(id).with_context(|| format!("map id {id}"))?;
         insert_memory(&mut out, &m, fd)?;
     }
+    add_tables(ebpf, &mut out)?;
     Ok(out)
 }
 

@@ -530,8 +530,8 @@ impl Report {
              installing the same policy again once both generations hold it (compile, clear the \
              stale generation, write, swap), what a live reload costs. Memory is the kernel's `memlock` from each map's fdinfo after the \
              first install into an object whose maps are sized as the daemon sizes them for that policy (`palisade::capacity`: \
-             the rule, set and name maps hold two generations of what the policy needs plus a quarter, rounded up to a power \
-             of two, at least the default room of before); a hash map's bucket array is allocated up front for its capacity, its entries on \
+             the rule, set and name tables of a generation hold what it needs plus a quarter, rounded up to a power \
+             of two, at least 1,024 entries; each array of tables counts the tables it holds); a hash table's bucket array is allocated up front for its capacity, its entries on \
              demand. `every map the daemon pins`: all maps of that object, the connection tracking tables, ring buffers and the \
              other engines' maps included. `sized maps, 2 generations`: FW_RULES, FW_SETS, FW_SET_HOSTS and DNS_NAMES once \
              both generations hold the policy.\n\n",

@@ -63,7 +63,7 @@ fn install(
             bench.install(policy)?;
         }
     }
-    let (sized, sized_two) = sized_memory(policy, &compiled, reload)?;
+    let (sized, sized_two) = sized_memory(policy, reload)?;
     Ok(Install {
         compile_ms,
         install_ms,
@@ -78,25 +78,23 @@ fn install(
     })
 }
 
-/// The policy-sized maps (`palisade::capacity`), as the daemon creates them.
+/// The policy tables sized at each install (`palisade::capacity`), by their arrays.
 const SIZED: [&str; 4] = ["FW_RULES", "FW_SETS", "FW_SET_HOSTS", "DNS_NAMES"];
 
 /// The memory of every map of an object sized as a daemon starting with `policy` sizes it
-/// (`loader::capacities_of`), after one install; with `both`, also the policy-sized maps once
+/// (`loader::capacities_of`), after one install; with `both`, also the policy tables once
 /// both generations hold the policy. Only maps are created (no program is verified).
 pub fn sized_memory(
     policy: &Policy,
-    compiled: &compile::CompiledFirewall,
     both: bool,
 ) -> Result<(BTreeMap<String, inspect::MapMemory>, Option<u64>)> {
     let before = inspect::open_maps()?;
-    let mut ebpf =
-        palisade::loader::load_sized(&palisade::loader::capacities_of(policy, compiled))?;
+    let mut ebpf = palisade::loader::load_sized(&palisade::loader::capacities_of(policy))?;
     palisade::guard::install(&mut ebpf, policy).context("installing into the sized maps")?;
-    let maps = inspect::maps_since(&before)?;
+    let maps = inspect::maps_since(&ebpf, &before)?;
     let two = if both {
         palisade::guard::install(&mut ebpf, policy)?;
-        let after = inspect::maps_since(&before)?;
+        let after = inspect::maps_since(&ebpf, &before)?;
         Some(
             SIZED
                 .iter()
@@ -330,11 +328,7 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
         .map(|p| p.program.clone())
         .collect();
     let default_policy = palisade::policy::config::default_policy();
-    let (default_maps, _) = sized_memory(
-        &default_policy,
-        &compile::compile(&default_policy).context("compiling the default policy")?,
-        false,
-    )?;
+    let (default_maps, _) = sized_memory(&default_policy, false)?;
     let report = Report {
         default_policy_maps: default_maps.into_values().collect(),
         suite: "firewall",
