@@ -415,13 +415,23 @@ fn flood(tag: &str, cookies: &str) -> Outcome {
         .collect();
 
     // The answers really left: every cookie SYN-ACK reached the router, or was dropped by
-    // the veth pair for a full ring.
-    assert!(
-        answers + ring_full >= counters[SH_COOKIE_SENT as usize],
-        "the router received {answers} frames ({ring_full} dropped on the way) for {} cookie \
-         SYN-ACKs",
-        counters[SH_COOKIE_SENT as usize]
-    );
+    // the veth pair for a full ring. On a kernel without live-frames test runs the flood runs
+    // in copy mode (`support::flood`), where an `XDP_TX` verdict ends the run: the flood's
+    // answers are then counted, not sent (the real clients' cookies below still leave).
+    if support::flood::live_frames() {
+        assert!(
+            answers + ring_full >= counters[SH_COOKIE_SENT as usize],
+            "the router received {answers} frames ({ring_full} dropped on the way) for {} \
+             cookie SYN-ACKs",
+            counters[SH_COOKIE_SENT as usize]
+        );
+    } else {
+        assert!(
+            counters[SH_COOKIE_SENT as usize] >= u64::from(FLOOD) / 2,
+            "{} cookie SYN-ACKs for a flood of {FLOOD}",
+            counters[SH_COOKIE_SENT as usize]
+        );
+    }
 
     // Every established flow carries on, and none was reset.
     for (i, c) in flows.iter().enumerate() {

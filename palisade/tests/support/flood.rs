@@ -16,6 +16,12 @@
 //!
 //! Used by `conntrack_flood.rs`, `shield_flood.rs`, the bench's SYN-flood suite and its
 //! load-balancer suite's live frames.
+//!
+//! Some kernels refuse live-frames test runs (`EPERM`). There [`Generator::send`] runs the
+//! same programs in the test run's copy mode instead ([`live_frames`] says which): every
+//! frame is stamped and goes through the generator and the program it hands on to, with all
+//! the state that program keeps, but a frame's verdict ends the run: nothing reaches the
+//! stack or leaves by `XDP_TX`.
 
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 
@@ -461,6 +467,7 @@ impl Generator {
     }
 
     fn run(&self, count: u32, ifindex: Option<u32>) {
+        let live = live_frames();
         let mut ctx = XdpMd {
             data_end: self.template.len() as u32,
             ingress_ifindex: ifindex.unwrap_or(0),
@@ -471,16 +478,54 @@ impl Generator {
             data_size_in: self.template.len() as u32,
             data_in: self.template.as_ptr() as u64,
             repeat: count,
-            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-            batch_size: BATCH,
+            flags: if live { BPF_F_TEST_XDP_LIVE_FRAMES } else { 0 },
+            batch_size: if live { BATCH } else { 0 },
             ..TestRun::default()
         };
         if ifindex.is_some() {
             attr.ctx_size_in = size_of::<XdpMd>() as u32;
             attr.ctx_in = std::ptr::from_mut(&mut ctx) as u64;
         }
-        bpf(BPF_PROG_TEST_RUN, &mut attr).expect("BPF_PROG_TEST_RUN in live-frames mode");
+        bpf(BPF_PROG_TEST_RUN, &mut attr).expect("BPF_PROG_TEST_RUN of the flood generator");
     }
+}
+
+/// Why a measurement that needs live frames was not made on a kernel that refuses them.
+pub const LIVE_REFUSED: &str = "this kernel refuses BPF_PROG_TEST_RUN in XDP live-frames mode (EPERM): frames cannot be \
+     injected into the stack";
+
+/// Whether this kernel runs XDP test runs in live-frames mode (probed once, with a program
+/// that drops its frame): some refuse it with `EPERM`.
+#[must_use]
+pub fn live_frames() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        // r0 = XDP_DROP; exit
+        let code = [insn(0xb7, 0, 0, 0, XDP_DROP), insn(0x95, 0, 0, 0, 0)];
+        let license = c"GPL";
+        let mut attr = ProgLoad {
+            prog_type: BPF_PROG_TYPE_XDP,
+            insn_cnt: code.len() as u32,
+            insns: code.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            expected_attach_type: BPF_XDP,
+            ..ProgLoad::default()
+        };
+        let Ok(prog) = bpf(BPF_PROG_LOAD, &mut attr).map(owned) else {
+            return false;
+        };
+        let frame = [0u8; 64];
+        let mut attr = TestRun {
+            prog_fd: prog.as_raw_fd() as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat: 1,
+            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size: BATCH,
+            ..TestRun::default()
+        };
+        bpf(BPF_PROG_TEST_RUN, &mut attr).is_ok()
+    })
 }
 
 /// A one's-complement sum folded to 16 bits.

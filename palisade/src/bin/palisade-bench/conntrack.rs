@@ -414,6 +414,7 @@ pub fn run(s: &CtSettings, command: String) -> Result<CtReport> {
     let (live, live_skipped) = match &s.live {
         None => (None, Some("not asked for".to_string())),
         Some(_) if !crate::live::tools::have("nft") => (None, Some("not installed: nft".into())),
+        Some(_) if !crate::flood::live_frames() => (None, Some(crate::flood::LIVE_REFUSED.into())),
         Some(l) => (Some(live::run(l)?), None),
     };
     Ok(CtReport {

@@ -73,6 +73,8 @@ pub struct LbReport {
     pub ipvs_available: bool,
     /// Live frames: Palisade against plain forwarding and nftables' DNAT.
     pub live: Option<lb_live::LiveReport>,
+    /// Why the live part was not measured, when it was asked for.
+    pub live_skipped: Option<String>,
     pub elapsed_s: f64,
 }
 
@@ -198,11 +200,17 @@ pub fn run(s: &LbSettings, command: String) -> Result<LbReport> {
             above_floor_ns: Spread::of(&above[i]),
         })
         .collect();
+    // Each configuration's check counts the frames leaving toward the backends: they must
+    // reach the stack.
+    let live_frames = crate::flood::live_frames();
     let live = s
         .live
         .as_ref()
+        .filter(|_| live_frames)
         .map(|l| lb_live::run(l, &mut dnat, &mut dsr, &mut plain))
         .transpose()?;
+    let live_skipped =
+        (s.live.is_some() && !live_frames).then(|| crate::flood::LIVE_REFUSED.to_string());
     let dsr_ns = results[2].above_floor_ns.median;
     let fw_ns = results[1].above_floor_ns.median;
     Ok(LbReport {
@@ -217,6 +225,7 @@ pub fn run(s: &LbSettings, command: String) -> Result<LbReport> {
         dsr_to_firewall_ratio: if fw_ns > 0.0 { dsr_ns / fw_ns } else { 0.0 },
         ipvs_available: Path::new("/proc/net/ip_vs").exists(),
         live,
+        live_skipped,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -273,7 +282,10 @@ impl LbReport {
 
     fn live_section(&self) -> String {
         let Some(l) = &self.live else {
-            return "The live part was skipped (`--lb-no-live`).\n".to_string();
+            return match &self.live_skipped {
+                Some(why) => format!("The live part was not measured: {why}.\n"),
+                None => "The live part was skipped (`--lb-no-live`).\n".to_string(),
+            };
         };
         format!(
             "## Live frames\n\n{} established flows (one 64-byte ACK each, in turn) to the VIP, \

@@ -71,6 +71,8 @@ pub struct ShieldReport {
     pub goal_ns: f64,
     /// The live SYN flood (`synflood.rs`), unless skipped.
     pub live: Option<crate::synflood::FloodReport>,
+    /// Why the live SYN flood was not measured, when it was asked for.
+    pub live_skipped: Option<String>,
     pub elapsed_s: f64,
 }
 
@@ -201,7 +203,17 @@ pub fn run(s: &ShieldSettings, command: String) -> Result<ShieldReport> {
     let synack = results[2].above_floor_ns.median;
     let stack = results[1].above_floor_ns.median;
     drop((off, on));
-    let live = s.live.as_ref().map(crate::synflood::run).transpose()?;
+    // The flood's peers (the kernel's own SYN cookies, the clients) need frames that reach
+    // the stack.
+    let live_frames = crate::flood::live_frames();
+    let live = s
+        .live
+        .as_ref()
+        .filter(|_| live_frames)
+        .map(crate::synflood::run)
+        .transpose()?;
+    let live_skipped =
+        (s.live.is_some() && !live_frames).then(|| crate::flood::LIVE_REFUSED.to_string());
     Ok(ShieldReport {
         generated: utc_now(),
         command,
@@ -214,6 +226,7 @@ pub fn run(s: &ShieldSettings, command: String) -> Result<ShieldReport> {
         synack_to_stack_ratio: if stack > 0.0 { synack / stack } else { 0.0 },
         goal_ns: GOAL_NS,
         live,
+        live_skipped,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -313,7 +326,10 @@ impl ShieldReport {
                 l.table(),
                 l.summary()
             ),
-            None => md,
+            None => match &self.live_skipped {
+                Some(why) => format!("{md}\n## Live SYN flood\n\nNot measured: {why}.\n"),
+                None => md,
+            },
         };
         std::fs::write(dir.join(format!("{stem}.md")), md)?;
         std::fs::write(

@@ -97,6 +97,22 @@ struct Plan {
 fn plan(s: &LiveSettings) -> Plan {
     let mut todo = vec![(Tool::NoFilter, 0), (Tool::XdpDrop, 0)];
     let mut skipped = Vec::new();
+    if !crate::flood::live_frames() {
+        // Every configuration sends live frames: nothing can be measured.
+        for (tool, _) in todo.drain(..) {
+            skipped.push((
+                tool.slug().to_string(),
+                crate::flood::LIVE_REFUSED.to_string(),
+            ));
+        }
+        for tool in Tool::SCALED {
+            for &n in &s.sizes {
+                let id = format!("{}-{}", tool.slug(), short_count(n));
+                skipped.push((id, crate::flood::LIVE_REFUSED.to_string()));
+            }
+        }
+        return Plan { todo, skipped };
+    }
     for tool in Tool::SCALED {
         let missing: Vec<&str> = tool.needs().iter().copied().filter(|c| !have(c)).collect();
         for &n in &s.sizes {
