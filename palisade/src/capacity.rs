@@ -15,12 +15,16 @@
 //! follows the policy both ways. What cannot be installed at all is a generation past
 //! [`Kind::hard_max`], which [`Room::check`] refuses before anything changes.
 
-use std::os::fd::AsFd as _;
+use std::{
+    os::fd::AsFd as _,
+    path::PathBuf,
+    sync::{Mutex, PoisonError},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{ArrayOfMaps, MapData, MapError},
+    maps::{ArrayOfMaps, MapData},
 };
 use palisade_common::{
     dns::maps::{MAX_NAME_KEYS, NameKey, NameValue},
@@ -290,18 +294,61 @@ fn room_of(t: &MapData) -> Result<u32> {
     Ok(max)
 }
 
-/// Generation `generation`'s table of `kind`, if one was put in its slot.
+/// Where the daemon pins the tables it creates (its layout's `tables` directory), if it
+/// pins: a daemon holding `CAP_BPF` but not `CAP_SYS_ADMIN` cannot open a map by its id, so
+/// after a restart it opens the tables by their pins.
+static PIN_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Pins every table created from now on under `dir` (created if missing), and looks tables
+/// up there first; `None` stops pinning (the tests' and the benchmarks' objects).
 ///
 /// # Errors
-/// When the array of tables cannot be read.
-pub fn table(ebpf: &Ebpf, kind: Kind, generation: u32) -> Result<Option<MapData>> {
-    let outer: ArrayOfMaps<&MapData, MapData> =
-        ArrayOfMaps::try_from(maps::map(ebpf, kind.map())?)?;
-    match outer.get(&(generation & 1), 0) {
-        Ok(t) => Ok(Some(t)),
-        Err(MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}'s table", kind.map())),
+/// When the directory cannot be created.
+pub fn pin_tables_under(dir: Option<PathBuf>) -> Result<()> {
+    if let Some(d) = &dir {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    *PIN_DIR.lock().unwrap_or_else(PoisonError::into_inner) = dir;
+    Ok(())
+}
+
+fn pin_dir() -> Option<PathBuf> {
+    PIN_DIR
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// Generation `generation`'s table of `kind`, if one was put in its slot: opened by its pin
+/// when one under [`pin_tables_under`]'s directory is that table, else by its id.
+///
+/// # Errors
+/// When the array of tables cannot be read, or the table cannot be opened.
+pub fn table(ebpf: &Ebpf, kind: Kind, generation: u32) -> Result<Option<MapData>> {
+    let outer = maps::map(ebpf, kind.map())?;
+    let aya::maps::Map::ArrayOfMaps(outer) = outer else {
+        anyhow::bail!("{} is not an array of tables", kind.map());
+    };
+    // The slot holds the table's id (a lookup from userspace returns ids, not maps).
+    let mut id = [0u8; 4];
+    let slot = (generation & 1).to_ne_bytes();
+    let found = pin::map_lookup(outer.fd().as_fd(), &slot, &mut id)
+        .with_context(|| format!("reading {}'s slot {}", kind.map(), generation & 1))?;
+    if !found {
+        return Ok(None);
+    }
+    let id = u32::from_ne_bytes(id);
+    if let Some(dir) = pin_dir()
+        && let Ok(fd) = pin::obj_get(&dir.join(kind.table_name(generation)))
+        && pin::map_info(fd.as_fd()).is_ok_and(|info| info.1 == id)
+    {
+        return Ok(Some(MapData::from_fd(fd).with_context(|| {
+            format!("opening {}", kind.table_name(generation))
+        })?));
+    }
+    MapData::from_id(id)
+        .map(Some)
+        .with_context(|| format!("reading {}'s table", kind.map()))
 }
 
 /// Generation `generation`'s table of `kind`, ready to be written with a policy for which
@@ -341,6 +388,14 @@ pub fn table_for(
             kind.what()
         )
     })?;
+    if let Some(dir) = pin_dir() {
+        // Pinned before it goes in the slot, so a restarted daemon always finds the slot's
+        // table pinned; the pin of the table it replaces goes.
+        let path = dir.join(kind.table_name(generation));
+        let _ = std::fs::remove_file(&path);
+        pin::obj_pin(fresh.fd().as_fd(), &path)
+            .with_context(|| format!("pinning {}", path.display()))?;
+    }
     let mut outer: ArrayOfMaps<&mut MapData, MapData> =
         ArrayOfMaps::try_from(maps::map_mut(ebpf, kind.map())?)?;
     outer

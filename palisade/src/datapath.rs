@@ -245,6 +245,8 @@ impl Datapath {
                 opts.dns_cache_capacity,
             )?;
         }
+        // The policy's tables are created at each install, pinned here (see `capacity`).
+        crate::capacity::pin_tables_under(Some(layout.tables_dir()))?;
         carried.extend(carry::take_foreign(&layout)?);
         let carry_since = carry::now_ns();
         if !carried.is_empty() {

@@ -190,6 +190,11 @@ impl Layout {
     pub fn links_dir(&self) -> PathBuf {
         self.dir().join("links")
     }
+    /// The policy's per-generation tables (`capacity`), pinned by their names.
+    #[must_use]
+    pub fn tables_dir(&self) -> PathBuf {
+        self.dir().join("tables")
+    }
 
     /// Creates the directories of this layout.
     ///
