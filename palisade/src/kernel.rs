@@ -107,6 +107,21 @@ pub fn check() -> Result<()> {
     }
 }
 
+/// Waits until every program run that began before the call has ended: an RCU grace period,
+/// which `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for (`synchronize_rcu` in the kernel; BPF
+/// programs run inside RCU read-side sections). A writer that switched a double-buffered
+/// table calls it before rewriting the slot it switched away from, so no packet that read the
+/// old switch still uses that slot. Where the kernel refuses the call, a pause far longer
+/// than any program run stands in for it.
+pub fn wait_for_readers() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integers and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// `BPF_FUNC_xdp_adjust_meta`.
 const XDP_ADJUST_META: i32 = 54;
 

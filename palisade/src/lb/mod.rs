@@ -520,6 +520,9 @@ pub fn install(ebpf: &mut Ebpf, lb: &Lb, live: &Live) -> Result<()> {
         m.get(&0, 0).context("reading LB_CONTROL")?
     };
     let idle = (control.active ^ 1) & 1;
+    // Packets that read the control word before the last switch may still be using the idle
+    // slot: they end first, then nothing reads it.
+    crate::kernel::wait_for_readers();
     // The idle slot's keys of the last change go first: nothing reads that slot.
     clear_slot::<LbService>(ebpf, "LB_VIPS", idle)?;
     clear_slot::<LbReverse>(ebpf, "LB_REVERSE", idle)?;
