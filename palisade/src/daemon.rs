@@ -294,6 +294,11 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         ct_sizes: ct_sizes(&policy),
         intel_sizes: policy.intel.sizes(),
         dns_cache_capacity: crate::dns::cache::capacity(policy.dns.cache.as_ref()),
+        engine_sizes: if args.kubernetes {
+            crate::capacity::engines::full_sizes()?
+        } else {
+            crate::capacity::engines::sizes_for(&policy)?
+        },
     };
     let mut notes = Vec::new();
     let dp = Datapath::load(&opts, &mut notes)?;
@@ -820,6 +825,12 @@ impl Daemon {
                         "; the new [dns.cache] capacity takes effect when the daemon restarts (the cache starts empty then)",
                     );
                 }
+                if let Some(n) =
+                    crate::capacity::engines::grown_by(&self.policy, &self.dp.engine_sizes)
+                {
+                    message.push_str("; ");
+                    message.push_str(&n);
+                }
                 if ct_sizes(&self.policy) != self.dp.ct_sizes {
                     message.push_str(
                         "; the new [conntrack] table sizes take effect when the daemon restarts (tracked connections are carried over)",
@@ -864,8 +875,15 @@ impl Daemon {
                         self.live_applied += 1;
                         self.live_changes += 1;
                         info!(change = what, generation, "{msg}");
+                        let mut message = msg;
+                        if let Some(n) =
+                            crate::capacity::engines::grown_by(&self.policy, &self.dp.engine_sizes)
+                        {
+                            message.push_str("; ");
+                            message.push_str(&n);
+                        }
                         Response::ok(&Changed {
-                            message: msg,
+                            message,
                             generation,
                         })
                     }

@@ -71,6 +71,8 @@ pub struct Options {
     pub intel_sizes: crate::intel::load::Sizes,
     /// Entries of the DNS response cache (`[dns.cache] capacity`).
     pub dns_cache_capacity: u32,
+    /// Capacities of the engines' state maps, by use (`capacity::engines`).
+    pub engine_sizes: Vec<(&'static str, u32)>,
 }
 
 /// How an attachment came to be.
@@ -166,6 +168,8 @@ pub struct Datapath {
     ifaces: Vec<String>,
     /// The entries the DNS response cache was created with.
     pub dns_cache_capacity: u32,
+    /// The capacities the engines' state maps were created with (`capacity::engines`).
+    pub engine_sizes: Vec<(&'static str, u32)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.
     pub programs_reused: bool,
@@ -218,11 +222,16 @@ impl Datapath {
         if let Some(n) = crate::dns::cache::drop_resized(&layout, opts.dns_cache_capacity)? {
             notes.push(n);
         }
+        notes.extend(crate::capacity::engines::drop_resized(
+            &layout,
+            &opts.engine_sizes,
+        )?);
         let mut pinned = loader::load_pinned(
             &layout,
             opts.ct_sizes,
             opts.intel_sizes,
             opts.dns_cache_capacity,
+            &opts.engine_sizes,
         )?;
         if let Err(e) = verify_map_shapes(&layout) {
             drop(pinned);
@@ -243,6 +252,7 @@ impl Datapath {
                 opts.ct_sizes,
                 opts.intel_sizes,
                 opts.dns_cache_capacity,
+                &opts.engine_sizes,
             )?;
         }
         // The policy's tables are created at each install, pinned here (see `capacity`).
@@ -301,6 +311,7 @@ impl Datapath {
             bind_canary_links: Vec::new(),
             ifaces: opts.ifaces.clone(),
             dns_cache_capacity: opts.dns_cache_capacity,
+            engine_sizes: opts.engine_sizes.clone(),
             egress: None,
             programs_reused: false,
             carry: carried,

@@ -118,6 +118,7 @@ pub fn load_pinned(
     sizes: Sizes,
     intel: crate::intel::load::Sizes,
     dns_cache: u32,
+    engines: &[(&'static str, u32)],
 ) -> Result<Pinned> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
@@ -140,7 +141,7 @@ pub fn load_pinned(
     for (name, path) in &paths {
         loader.map_pin_path(name.as_str(), path.as_path());
     }
-    for (name, n) in capacities(sizes, intel, dns_cache) {
+    for (name, n) in capacities(sizes, intel, dns_cache, engines) {
         loader.map_max_entries(name, n);
     }
     let ebpf = loader.load(OBJECT).context(
@@ -162,6 +163,7 @@ pub fn capacities(
     sizes: Sizes,
     intel: crate::intel::load::Sizes,
     dns_cache: u32,
+    engines: &[(&'static str, u32)],
 ) -> Vec<(&'static str, u32)> {
     // The tracking tables; pinned ones of another size were moved aside by
     // `conntrack::carry::take_resized`.
@@ -175,18 +177,24 @@ pub fn capacities(
     // The DNS response cache, sized by `[dns.cache] capacity`; a pin of another size was
     // removed by `dns::cache::drop_resized`.
     out.push((crate::dns::cache::MAP, dns_cache));
+    // The engines' state maps, by use; pins of another size were removed by
+    // `capacity::engines::drop_resized`.
+    out.extend_from_slice(engines);
     out
 }
 
 /// [`capacities`] as a daemon starting with `policy` sizes the maps: what the benchmarks
 /// load to measure the memory a policy pins.
-#[must_use]
-pub fn capacities_of(policy: &crate::policy::model::Policy) -> Vec<(&'static str, u32)> {
-    capacities(
+///
+/// # Errors
+/// When the embedded object cannot be parsed.
+pub fn capacities_of(policy: &crate::policy::model::Policy) -> Result<Vec<(&'static str, u32)>> {
+    Ok(capacities(
         Sizes::of_policy(policy),
         policy.intel.sizes(),
         crate::dns::cache::capacity(policy.dns.cache.as_ref()),
-    )
+        &crate::capacity::engines::sizes_for(policy)?,
+    ))
 }
 
 fn check_privileges() -> Result<()> {

@@ -2,6 +2,7 @@
 //! list of 2.5M DNS names each install, reload, take a live edit and survive a restart; a
 //! policy that outgrows the running tables gets new ones in the reload itself (the other
 //! generation's table is left as it is), and a policy that shrank gets smaller ones again.
+//! The engines' state maps are sized by use when the daemon starts (`capacity::engines`).
 //!
 //! Verdicts are read with test runs of the pinned firewall program against the pinned maps
 //! (1 = `XDP_DROP`, 2 = `XDP_PASS`), so they are the ones real traffic gets.
@@ -205,4 +206,69 @@ fn a_list_of_2_5m_names_installs_reloads_takes_a_live_edit_and_survives_a_restar
     );
     assert_eq!(rooms(&g, "DNS_NAMES"), vec![1 << 22, 1 << 22]);
     assert_eq!(run_pinned(&prog, &queries), vec![1, 1, 2, 2]);
+}
+
+/// The capacity of the map the daemon pinned as `name`.
+fn capacity(g: &GuardedHost, name: &str) -> u32 {
+    let fd = palisade::pin::obj_get(&g.scratch.pinned_map(name)).expect("open the pinned map");
+    palisade::pin::map_info(fd.as_fd()).expect("map info").4
+}
+
+#[test]
+fn the_maps_of_an_engine_are_small_until_a_start_with_a_policy_that_uses_it() {
+    let pair = NetnsPair::new();
+    let plain = "[[firewall.rule]]\nname = \"web\"\naction = \"allow\"\nproto = \"tcp\"\ndport = 80\n";
+    let limited = "[[firewall.rule]]\nname = \"limit\"\naction = \"rate-limit\"\nrate = { pps = 1, burst = 2 }\nproto = \"udp\"\ndport = 9000\n";
+    let mut g = GuardedHost::new("cap-engines", plain, &pair.ns_b, &pair.if_b);
+    g.start();
+    let prog = control::pinned_firewall(&g.scratch.pin_dir());
+    let frame = craft::Frame::udp(&pair.v4_a, &pair.v4_b, 40000, 9000).build();
+    let declared = |name: &str| {
+        palisade::loader::map_shapes()
+            .expect("shapes")
+            .into_iter()
+            .find(|s| s.name == name)
+            .expect("in the object")
+            .max_entries
+    };
+    // No engine in use: idle sizes, far below what the object declares.
+    for name in ["FW_RATE", "LB_FLOWS", "BIND_ADDRS", "IDS_FLOWS"] {
+        assert_eq!(capacity(&g, name), 1024, "{name}");
+        assert!(declared(name) > 1024, "{name}");
+    }
+    assert_eq!(
+        capacity(&g, "DNS_CACHE"),
+        palisade::dns::cache::IDLE_CAPACITY
+    );
+    assert_eq!(run_pinned(&prog, &[frame.clone()]), vec![2]);
+
+    // A reload that turns rate limiting on works at once, and says its map is still small.
+    std::fs::write(&g.policy, limited).unwrap();
+    let r = cli(&g.socket(), &["reload"]);
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.stdout.contains("rate-limit rules (FW_RATE 1024)") && r.stdout.contains("restarts"),
+        "{r:?}"
+    );
+    assert_eq!(capacity(&g, "FW_RATE"), 1024);
+    let burst = run_pinned(&prog, &vec![frame.clone(); 4]);
+    assert_eq!(burst[..2], [2, 2], "{burst:?}");
+    assert!(burst[2..].contains(&1), "over the burst: dropped ({burst:?})");
+
+    // A restart gives the map its full size (anew, empty); the other engines stay small.
+    restart(&mut g, "created anew", "restart resizing FW_RATE");
+    assert!(stderr_has(&g, "FW_RATE 1024 -> "), "{:?}", g.daemon().stderr_now());
+    assert_eq!(capacity(&g, "FW_RATE"), declared("FW_RATE"));
+    assert_eq!(capacity(&g, "LB_FLOWS"), 1024);
+    let prog = control::pinned_firewall(&g.scratch.pin_dir());
+    let burst = run_pinned(&prog, &vec![frame.clone(); 4]);
+    assert_eq!(burst[..2], [2, 2], "a fresh bucket: {burst:?}");
+    assert!(burst[2..].contains(&1), "{burst:?}");
+    let r = cli(&g.socket(), &["reload"]);
+    assert!(r.ok && !r.stdout.contains("idle sizes"), "{r:?}");
+
+    // Without the engine again, the next start gives the memory back.
+    std::fs::write(&g.policy, plain).unwrap();
+    restart(&mut g, "created anew", "restart shrinking FW_RATE");
+    assert_eq!(capacity(&g, "FW_RATE"), 1024);
 }

@@ -90,11 +90,18 @@ pub fn write_config(ebpf: &mut Ebpf, generation: u32, cache: Option<&DnsCache>) 
     Ok(())
 }
 
-/// The capacity `cache` sizes the map of cached answers with (the default without
-/// `[dns.cache]`).
+/// Entries of the map of cached answers when the cache is off: it is never written then,
+/// and a reload that turns the cache on works with this room until the daemon restarts.
+pub const IDLE_CAPACITY: u32 = 64;
+
+/// The capacity `cache` sizes the map of cached answers with ([`IDLE_CAPACITY`] without
+/// `[dns.cache]` or with it disabled).
 #[must_use]
 pub fn capacity(cache: Option<&DnsCache>) -> u32 {
-    cache.map_or(DEFAULT_CAPACITY, |c| c.capacity)
+    match cache {
+        Some(c) if c.enabled => c.capacity,
+        _ => IDLE_CAPACITY,
+    }
 }
 
 /// Removes the pin of the map of cached answers when its capacity differs from `capacity`,

@@ -89,7 +89,7 @@ pub fn sized_memory(
     both: bool,
 ) -> Result<(BTreeMap<String, inspect::MapMemory>, Option<u64>)> {
     let before = inspect::open_maps()?;
-    let mut ebpf = palisade::loader::load_sized(&palisade::loader::capacities_of(policy))?;
+    let mut ebpf = palisade::loader::load_sized(&palisade::loader::capacities_of(policy)?)?;
     palisade::guard::install(&mut ebpf, policy).context("installing into the sized maps")?;
     let maps = inspect::maps_since(&ebpf, &before)?;
     let two = if both {

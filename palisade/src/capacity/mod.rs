@@ -15,6 +15,8 @@
 //! follows the policy both ways. What cannot be installed at all is a generation past
 //! [`Kind::hard_max`], which [`Room::check`] refuses before anything changes.
 
+pub mod engines;
+
 use std::{
     os::fd::AsFd as _,
     path::PathBuf,
