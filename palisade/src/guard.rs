@@ -79,6 +79,9 @@ pub fn install_with(
         .datapath(&crate::nat::ThisHost)
         .context("resolving [nat]")?;
     crate::conntrack::write_config(ebpf, &crate::policy::conntrack::ct_config(policy))?;
+    // The idle generation was live until the last install: packets that read the generation
+    // before that switch may still be running on it. Wait for them before rewriting it.
+    crate::kernel::wait_for_readers();
     // The shields of the generation about to go live; the live one's stay as they are.
     let idle = (apply::control(ebpf)?.active_gen ^ 1) & 1;
     // The sketch's seed comes from the hash key: random, and kept with the pinned state.
