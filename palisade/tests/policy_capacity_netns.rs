@@ -217,7 +217,8 @@ fn capacity(g: &GuardedHost, name: &str) -> u32 {
 #[test]
 fn the_maps_of_an_engine_are_small_until_a_start_with_a_policy_that_uses_it() {
     let pair = NetnsPair::new();
-    let plain = "[[firewall.rule]]\nname = \"web\"\naction = \"allow\"\nproto = \"tcp\"\ndport = 80\n";
+    let plain =
+        "[[firewall.rule]]\nname = \"web\"\naction = \"allow\"\nproto = \"tcp\"\ndport = 80\n";
     let limited = "[[firewall.rule]]\nname = \"limit\"\naction = \"rate-limit\"\nrate = { pps = 1, burst = 2 }\nproto = \"udp\"\ndport = 9000\n";
     let mut g = GuardedHost::new("cap-engines", plain, &pair.ns_b, &pair.if_b);
     g.start();
@@ -240,7 +241,7 @@ fn the_maps_of_an_engine_are_small_until_a_start_with_a_policy_that_uses_it() {
         capacity(&g, "DNS_CACHE"),
         palisade::dns::cache::IDLE_CAPACITY
     );
-    assert_eq!(run_pinned(&prog, &[frame.clone()]), vec![2]);
+    assert_eq!(run_pinned(&prog, std::slice::from_ref(&frame)), vec![2]);
 
     // A reload that turns rate limiting on works at once, and says its map is still small.
     std::fs::write(&g.policy, limited).unwrap();
@@ -253,11 +254,18 @@ fn the_maps_of_an_engine_are_small_until_a_start_with_a_policy_that_uses_it() {
     assert_eq!(capacity(&g, "FW_RATE"), 1024);
     let burst = run_pinned(&prog, &vec![frame.clone(); 4]);
     assert_eq!(burst[..2], [2, 2], "{burst:?}");
-    assert!(burst[2..].contains(&1), "over the burst: dropped ({burst:?})");
+    assert!(
+        burst[2..].contains(&1),
+        "over the burst: dropped ({burst:?})"
+    );
 
     // A restart gives the map its full size (anew, empty); the other engines stay small.
     restart(&mut g, "created anew", "restart resizing FW_RATE");
-    assert!(stderr_has(&g, "FW_RATE 1024 -> "), "{:?}", g.daemon().stderr_now());
+    assert!(
+        stderr_has(&g, "FW_RATE 1024 -> "),
+        "{:?}",
+        g.daemon().stderr_now()
+    );
     assert_eq!(capacity(&g, "FW_RATE"), declared("FW_RATE"));
     assert_eq!(capacity(&g, "LB_FLOWS"), 1024);
     let prog = control::pinned_firewall(&g.scratch.pin_dir());

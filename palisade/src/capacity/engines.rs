@@ -366,7 +366,11 @@ mod tests {
                 panic!("{} is not in the object", m.map)
             };
             assert!(pin::is_pinned_map(m.map));
-            assert!(m.idle <= shape.max_entries, "{}: idle above declared", m.map);
+            assert!(
+                m.idle <= shape.max_entries,
+                "{}: idle above declared",
+                m.map
+            );
         }
     }
 }
