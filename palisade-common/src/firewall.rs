@@ -15,10 +15,8 @@ use crate::{map_type, packet::Packet};
 pub const MAX_TUPLES: u32 = 256;
 /// Rules per generation (after nothing: a rule with a list of CIDRs is still one rule).
 pub const MAX_RULES: u32 = 131_072;
-/// Slots in the rule metadata and rule counter arrays per generation: the rules, then one for
-/// the default action.
-pub const RULE_SLOTS: u32 = MAX_RULES + 1;
-/// The slot of the default action within a generation.
+/// The rule index that stands for the default action (in events and counters): past every
+/// rule. Its counters are kept apart (`FW_DEFAULT_STATS`), the rules' in a table per generation.
 pub const DEFAULT_SLOT: u32 = MAX_RULES;
 /// Ports (and ICMP type/code pairs) per port-class array per generation.
 pub const PORT_SPACE: u32 = 65_536;
@@ -126,8 +124,21 @@ pub struct PolicyHeader {
     /// [`COUNTRY_UNKNOWN`] is no country). Only
     /// read for a rule with [`RULE_RATE_PER_COUNTRY`].
     pub country_set: u16,
+    /// The generation's rule counter table holds one run of this many slots per CPU: rule
+    /// `r`'s counters on CPU `c` are at [`rule_stats_slot`]`(stride, c, r)`. Set when the
+    /// policy is written (0 in the compiler's header).
+    pub rule_stride: u32,
 }
-map_type!(PolicyHeader, 16);
+map_type!(PolicyHeader, 20);
+
+/// The slot of rule `rule`'s counters on CPU `cpu` in a rule counter table of `stride` slots
+/// per CPU: each CPU has a run of its own, so no two CPUs write one cache line (but at the
+/// runs' ends).
+#[inline(always)]
+#[must_use]
+pub const fn rule_stats_slot(stride: u32, cpu: u32, rule: u32) -> u32 {
+    cpu.wrapping_mul(stride).wrapping_add(rule)
+}
 
 /// One rule shape. `src_mask`/`dst_mask` are over the 16-byte address form.
 #[repr(C)]
@@ -549,13 +560,6 @@ pub const fn set_kind_slot(id: u32) -> u32 {
 #[must_use]
 pub const fn set_id(generation: u32, set: u32) -> u32 {
     generation << 31 | set
-}
-
-/// The slot of `rule` in a generation's rule arrays.
-#[inline(always)]
-#[must_use]
-pub const fn rule_slot(generation: u32, rule: u32) -> u32 {
-    generation * RULE_SLOTS + rule
 }
 
 /// Whether the tuple can match a packet at all, before any lookup.

@@ -2,12 +2,15 @@
 //! to find. Sizes here are defaults; userspace may resize the large ones at load time.
 //!
 //! The policy tables that grow with the policy (`FW_RULES`, `FW_SET_HOSTS`, `FW_SETS`,
-//! `DNS_NAMES`) are arrays of maps: one table per generation, which the daemon creates
+//! `DNS_NAMES`, `FW_RULE_META`, `FW_RULE_STATS`) are arrays of maps: one table per generation, which the daemon creates
 //! sized for the policy it holds (`palisade::capacity`) and swaps in before that generation
 //! goes live.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP,
+    },
     btf_maps,
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
@@ -15,8 +18,8 @@ use aya_ebpf::{
 use palisade_common::{
     event::EVENT_WAKEUP_BYTES,
     firewall::{
-        Control, FlowKey, GENERATIONS, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RULE_SLOTS,
-        RateKey, RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
+        Control, FlowKey, GENERATIONS, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RateKey,
+        RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
     },
     reason, stats,
 };
@@ -33,6 +36,15 @@ pub type SetHostTable = btf_maps::HashMap<SetKey, u8, 1, TABLE_FLAGS>;
 pub type SetPrefixTable = btf_maps::LpmTrie<SetKey, u8, 1, TABLE_FLAGS>;
 /// A generation's DNS name entries.
 pub type NameTable = btf_maps::HashMap<NameKey, NameValue, 1, TABLE_FLAGS>;
+
+/// Arrays in an array of maps may differ in size only with this flag (which also keeps the
+/// verifier from inlining their lookups).
+const INNER_ARRAY_FLAGS: usize = BPF_F_INNER_MAP as usize;
+/// A generation's rule actions, by evaluation index.
+pub type RuleMetaTable = btf_maps::Array<RuleMeta, 1, INNER_ARRAY_FLAGS>;
+/// A generation's per-rule packet and byte counters: a run of slots per CPU
+/// (`rule_stats_slot`), since only plain arrays may vary in size in an array of maps.
+pub type RuleStatsTable = btf_maps::Array<RuleStats, 1, INNER_ARRAY_FLAGS>;
 
 /// Policy tables, one per generation.
 const GENERATION_SLOTS: usize = GENERATIONS as usize;
@@ -67,9 +79,11 @@ pub static FW_RULE_FILTER: Array<palisade_common::firewall::KeyFilter> =
 pub static FW_SET_FILTER: Array<palisade_common::firewall::KeyFilter> =
     Array::with_max_entries(GENERATIONS, 0);
 
-/// Rule actions, `rule_slot(gen, rule)`.
-#[map]
-pub static FW_RULE_META: Array<RuleMeta> = Array::with_max_entries(GENERATIONS * RULE_SLOTS, 0);
+/// Rule actions, one table per generation, by evaluation index: read only when a rule
+/// matched.
+#[btf_map]
+pub static FW_RULE_META: btf_maps::ArrayOfMaps<RuleMetaTable, GENERATION_SLOTS> =
+    btf_maps::ArrayOfMaps::new();
 
 /// Port -> source-port class, `gen * PORT_SPACE + port`.
 #[map]
@@ -108,10 +122,16 @@ pub static FW_SEARCH: PerCpuArray<crate::firewall::classify::SearchKeys> =
 pub static FW_RATE: LruHashMap<RateKey, palisade_common::firewall::RateBucket> =
     LruHashMap::with_max_entries(65_536, 0);
 
-/// Per-rule packet and byte counters, `rule_slot(gen, rule)`.
+/// Per-rule packet and byte counters, one table per generation, by CPU and evaluation index
+/// (`rule_stats_slot`): counted only when a rule matched.
+#[btf_map]
+pub static FW_RULE_STATS: btf_maps::ArrayOfMaps<RuleStatsTable, GENERATION_SLOTS> =
+    btf_maps::ArrayOfMaps::new();
+
+/// The default action's packet and byte counters, by generation: a plain array, so the
+/// packets no rule matches pay one inlined lookup.
 #[map]
-pub static FW_RULE_STATS: PerCpuArray<RuleStats> =
-    PerCpuArray::with_max_entries(GENERATIONS * RULE_SLOTS, 0);
+pub static FW_DEFAULT_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(GENERATIONS, 0);
 
 /// Drops per reason.
 #[map]

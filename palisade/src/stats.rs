@@ -1,11 +1,14 @@
 //! Reading the kernel's per-CPU counters, and per-rule totals that survive policy changes.
 //!
-//! Rule counters live per generation in `FW_RULE_STATS` and the slots of a generation are
-//! zeroed when a new policy is written into it. [`RuleTotals`] folds a generation's counts
+//! Rule counters live per generation, in the generation's `FW_RULE_STATS` table (the default
+//! action's in `FW_DEFAULT_STATS`), and are zeroed when a new policy is written into it. [`RuleTotals`] folds a generation's counts
 //! into running totals, by rule name, just before its slots are reused, so a rule's packets
 //! and bytes keep counting up across reloads and live changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::fd::AsFd as _,
+};
 
 use anyhow::Result;
 use aya::{
@@ -14,7 +17,7 @@ use aya::{
 };
 use palisade_common::{
     dns::maps::{DNS_STATS_PER_SCOPE, SCOPES, STAT_NAMES},
-    firewall::{DEFAULT_SLOT, RuleStats, rule_slot},
+    firewall::{DEFAULT_SLOT, PolicyHeader, RuleStats, rule_stats_slot},
     reason,
     shield::SH_NAMES,
     stats,
@@ -23,18 +26,83 @@ use serde::{Deserialize, Serialize};
 
 use crate::maps::map;
 
+/// The rule counters of one generation, read at once.
+pub struct GenerationCounters {
+    /// The generation's counter table, slot by slot (`rule_stats_slot`).
+    slots: Vec<RuleStats>,
+    /// Slots per CPU.
+    stride: u32,
+    default: RuleStats,
+}
+
+impl GenerationCounters {
+    /// Reads generation `generation`'s counters in `ebpf`.
+    ///
+    /// # Errors
+    /// When the maps cannot be read.
+    pub fn open(ebpf: &Ebpf, generation: u32) -> Result<Self> {
+        let generation = generation & 1;
+        let defaults: PerCpuArray<&MapData, RuleStats> =
+            PerCpuArray::try_from(map(ebpf, "FW_DEFAULT_STATS")?)?;
+        let default = summed_stats(defaults.get(&generation, 0)?.iter());
+        let header: aya::maps::Array<&MapData, PolicyHeader> =
+            aya::maps::Array::try_from(map(ebpf, "FW_HEADER")?)?;
+        let stride = header.get(&generation, 0)?.rule_stride;
+        let mut slots = Vec::new();
+        if let Some(t) = crate::capacity::table(ebpf, crate::capacity::Kind::RuleStats, generation)?
+        {
+            let (ks, vs) = (size_of::<u32>(), size_of::<RuleStats>());
+            crate::pin::map_chunks_batch(t.fd().as_fd(), ks, vs, 1 << 16, |k, v| {
+                for (k, v) in k.chunks_exact(ks).zip(v.chunks_exact(vs)) {
+                    let slot = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) as usize;
+                    if slots.len() <= slot {
+                        slots.resize(slot + 1, RuleStats::default());
+                    }
+                    // SAFETY: the bytes of one value, written by the kernel.
+                    slots[slot] = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("reading the rule counters: {e}"))?;
+        }
+        Ok(Self {
+            slots,
+            stride,
+            default,
+        })
+    }
+
+    /// Packets and bytes that hit `rule` (evaluation index or `DEFAULT_SLOT`), summed over
+    /// CPUs; zero for a rule past the table.
+    #[must_use]
+    pub fn get(&self, rule: u32) -> RuleStats {
+        if rule == DEFAULT_SLOT {
+            return self.default;
+        }
+        if rule >= self.stride {
+            return RuleStats::default();
+        }
+        let runs = (0..crate::capacity::possible_cpus()).filter_map(|cpu| {
+            self.slots
+                .get(rule_stats_slot(self.stride, cpu, rule) as usize)
+        });
+        summed_stats(runs)
+    }
+}
+
+fn summed_stats<'a>(v: impl IntoIterator<Item = &'a RuleStats>) -> RuleStats {
+    v.into_iter().fold(RuleStats::default(), |a, s| RuleStats {
+        packets: a.packets + s.packets,
+        bytes: a.bytes + s.bytes,
+    })
+}
+
 /// Packets and bytes that hit `rule` (evaluation index or `DEFAULT_SLOT`) in `generation`,
 /// summed over CPUs.
 ///
 /// # Errors
-/// When the map cannot be read.
+/// When the maps cannot be read.
 pub fn rule_stats(ebpf: &Ebpf, generation: u32, rule: u32) -> Result<RuleStats> {
-    let m: PerCpuArray<&MapData, RuleStats> = PerCpuArray::try_from(map(ebpf, "FW_RULE_STATS")?)?;
-    let v = m.get(&rule_slot(generation, rule), 0)?;
-    Ok(v.iter().fold(RuleStats::default(), |a, s| RuleStats {
-        packets: a.packets + s.packets,
-        bytes: a.bytes + s.bytes,
-    }))
+    Ok(GenerationCounters::open(ebpf, generation)?.get(rule))
 }
 
 /// Entry `index` of the per-CPU `u64` array `name`, summed over CPUs (0 when unreadable).
@@ -324,12 +392,13 @@ impl GenerationRules {
     }
 
     fn read(&self, ebpf: &Ebpf) -> Vec<(String, RuleStats)> {
+        let counters = GenerationCounters::open(ebpf, self.generation).ok();
         self.rules
             .iter()
             .map(|(slot, name, _)| {
                 (
                     name.clone(),
-                    rule_stats(ebpf, self.generation, *slot).unwrap_or_default(),
+                    counters.as_ref().map(|c| c.get(*slot)).unwrap_or_default(),
                 )
             })
             .collect()

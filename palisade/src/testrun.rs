@@ -13,7 +13,7 @@ use palisade_common::{
     action::{ActionMeta, HandoffKey},
     dns::maps::{DNS_STATS_PER_SCOPE, SCOPES},
     event::{FirewallEvent, KIND_DNS},
-    firewall::{RuleStats, rule_slot},
+    firewall::RuleStats,
     reason, stats,
 };
 
@@ -391,13 +391,7 @@ impl Bench {
     /// When the maps cannot be read.
     pub fn rule_hits(&self, rule: u32) -> Result<RuleStats> {
         let generation = apply::control(&self.ebpf)?.active_gen;
-        let m: PerCpuArray<&MapData, RuleStats> =
-            PerCpuArray::try_from(map(&self.ebpf, "FW_RULE_STATS")?)?;
-        let v = m.get(&rule_slot(generation, rule), 0)?;
-        Ok(v.iter().fold(RuleStats::default(), |a, s| RuleStats {
-            packets: a.packets + s.packets,
-            bytes: a.bytes + s.bytes,
-        }))
+        crate::stats::rule_stats(&self.ebpf, generation, rule)
     }
 
     /// Every firewall event waiting in the ring buffer.

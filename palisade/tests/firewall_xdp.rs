@@ -2711,3 +2711,90 @@ fn every_cut_of_qinq_tcp_ipv6_with_extension_headers() {
     fw.check(&padded, Drop("ssh"));
     assert_eq!(fw.hits_of("ssh").packets, 2);
 }
+
+/// Pins the calling thread to `cpu` (test runs execute on the caller's CPU).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the set outlives the call; 0 is this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(rc, 0, "pinning to CPU {cpu}");
+}
+
+#[test]
+fn rule_counters_live_in_tables_sized_by_the_rules_and_sum_every_cpu() {
+    use palisade::capacity::{Kind, room_of, table};
+    // 3,000 rules: the generation's rule tables are sized for them (a quarter more, rounded
+    // up to 4,096), past the least room of 1,024 a small policy gets.
+    let mut toml = String::from("[firewall]\ndefault = \"allow\"\n");
+    for i in 0..3000 {
+        toml.push_str(&format!(
+            "[[firewall.rule]]\nname = \"r{i}\"\naction = \"{}\"\nproto = \"udp\"\ndport = {}\n",
+            if i % 2 == 0 { "allow" } else { "drop" },
+            10_000 + i
+        ));
+    }
+    let mut fw = fw(&toml);
+    let generation = fw.generation();
+    let room = |fw: &Fw, kind: Kind| {
+        let t = table(&fw.bench.ebpf, kind, fw.generation())
+            .expect("reading the slot")
+            .expect("a table in the live slot");
+        room_of(&t, kind).expect("its capacity")
+    };
+    assert_eq!(room(&fw, Kind::RuleMeta), 4096);
+    assert_eq!(room(&fw, Kind::RuleStats), 4096);
+    let cpus = palisade::capacity::possible_cpus();
+    let stats = table(&fw.bench.ebpf, Kind::RuleStats, generation)
+        .unwrap()
+        .unwrap();
+    let (_, _, _, _, slots, _) =
+        palisade::pin::map_info(std::os::fd::AsFd::as_fd(stats.fd())).unwrap();
+    assert_eq!(slots, 4096 * cpus, "a run of 4,096 slots per CPU");
+
+    // The last rule (a drop) and the first (an allow), hit on each CPU this machine has
+    // online, a different number of times on each: the counters sum every CPU's run.
+    let last = Frame::udp("192.0.2.1", "192.0.2.2", 5, 12_999).build();
+    let first = Frame::udp("192.0.2.1", "192.0.2.2", 5, 10_000).build();
+    let miss = Frame::udp("192.0.2.1", "192.0.2.2", 5, 9_999).build();
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut sent = 0u64;
+    for cpu in 0..online {
+        pin_to(cpu);
+        for _ in 0..=cpu {
+            assert_eq!(fw.bench.run(&last).unwrap(), XDP_DROP);
+            assert_eq!(fw.bench.run(&first).unwrap(), XDP_PASS);
+            assert_eq!(fw.bench.run(&miss).unwrap(), XDP_PASS);
+            sent += 1;
+        }
+    }
+    let want = |n: u64, len: usize| RuleStats {
+        packets: n,
+        bytes: n * len as u64,
+    };
+    assert_eq!(fw.hits(2999), want(sent, last.len()));
+    assert_eq!(fw.hits(0), want(sent, first.len()));
+    assert_eq!(fw.hits(1), want(0, 0));
+    assert_eq!(fw.hits(DEFAULT_SLOT), want(sent, miss.len()));
+    let _ = fw.bench.drain_events();
+
+    // A small policy: its generation's tables get the least room, its counters start at
+    // zero, and the big policy's generation keeps its tables until it is written again.
+    fw.install(
+        "[[firewall.rule]]\nname = \"one\"\naction = \"drop\"\nproto = \"udp\"\ndport = 12999\n",
+    );
+    assert_eq!(room(&fw, Kind::RuleMeta), 1024);
+    assert_eq!(room(&fw, Kind::RuleStats), 1024);
+    assert_eq!(fw.hits(0), want(0, 0));
+    assert_eq!(fw.hits(DEFAULT_SLOT), want(0, 0));
+    assert_eq!(fw.bench.run(&last).unwrap(), XDP_DROP);
+    assert_eq!(fw.bench.run(&miss).unwrap(), XDP_PASS);
+    assert_eq!(fw.hits(0), want(1, last.len()));
+    assert_eq!(fw.hits(DEFAULT_SLOT), want(1, miss.len()));
+    assert_eq!(fw.generation(), generation ^ 1);
+    let big = table(&fw.bench.ebpf, Kind::RuleStats, generation)
+        .unwrap()
+        .unwrap();
+    assert_eq!(room_of(&big, Kind::RuleStats).unwrap(), 4096);
+}

@@ -13,7 +13,7 @@ use palisade_common::{
     firewall::{
         ACTION_ALLOW, ACTION_DROP, ACTION_RATE_LIMIT, DEFAULT_SLOT, FRAGMENTS_DROP,
         POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED,
-        POLICY_SHIELD, PolicyHeader, RULE_LOG, read_link, rule_slot,
+        POLICY_SHIELD, PolicyHeader, RULE_LOG, read_link, rule_stats_slot,
     },
     packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
     reason, stats,
@@ -23,8 +23,9 @@ use crate::{
     bytes::XdpFrame,
     ct, lb,
     maps::{
-        CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_HEADER, FW_RULE_META, FW_RULE_STATS,
-        SLOT_XDP, STATS, TAIL_CT, TAIL_DNS, TAIL_LB, TAIL_SYNCOOKIE, XDP_TAILS, bump,
+        CONTROL, DNS_GLOBAL, DNS_SCOPES, DNS_SCRATCH, FW_DEFAULT_STATS, FW_HEADER, FW_RULE_META,
+        FW_RULE_STATS, SLOT_XDP, STATS, TAIL_CT, TAIL_DNS, TAIL_LB, TAIL_SYNCOOKIE, XDP_TAILS,
+        bump,
     },
     shield,
     verdict::{self, Decision, NO_RULE},
@@ -202,28 +203,28 @@ fn decide(
     track: bool,
 ) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let rule = classify::first_match(generation, header, p).unwrap_or(DEFAULT_SLOT);
-    let slot = rule_slot(generation, rule);
-    if let Some(s) = FW_RULE_STATS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += len;
-        }
-    }
-    if rule == DEFAULT_SLOT {
+    let Some(rule) = classify::first_match(generation, header, p) else {
+        count(FW_DEFAULT_STATS.get_ptr_mut(generation), len);
         if header.default_action == ACTION_ALLOW {
             return allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0);
         }
         let d = Decision {
             reason: reason::DEFAULT,
-            rule,
+            rule: DEFAULT_SLOT,
             generation,
             log: header.flags & POLICY_LOG_DEFAULT != 0,
         };
         return verdict::drop(ctx, Some(p), &d);
-    }
-    let Some(meta) = FW_RULE_META.get(slot) else {
+    };
+    // SAFETY: a helper with no preconditions.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    count(
+        FW_RULE_STATS
+            .get(generation)
+            .and_then(|t| t.get_ptr_mut(rule_stats_slot(header.rule_stride, cpu, rule))),
+        len,
+    );
+    let Some(meta) = FW_RULE_META.get(generation).and_then(|t| t.get(rule)) else {
         return verdict::internal_error();
     };
     let log = meta.flags & RULE_LOG != 0;
@@ -299,6 +300,19 @@ fn decide(
             aya_ebpf::bindings::xdp_action::XDP_REDIRECT
         }
         _ => allowed(ctx, generation, p, track, header.flags & POLICY_SHIELD != 0),
+    }
+}
+
+/// Counts a packet of `len` bytes into a rule's (or the default's) counters of this CPU.
+#[inline(always)]
+fn count(stats: Option<*mut palisade_common::firewall::RuleStats>, len: u64) {
+    if let Some(s) = stats {
+        // SAFETY: this CPU's value (a per-CPU map's, or this CPU's run of the rule table):
+        // no other writer while this program runs.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+        }
     }
 }
 

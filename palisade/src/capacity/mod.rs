@@ -1,5 +1,6 @@
-//! The policy tables that grow with the policy: `FW_RULES`, `FW_SET_HOSTS`, `FW_SETS` and
-//! `DNS_NAMES`.
+//! The policy tables that grow with the policy: `FW_RULES`, `FW_SET_HOSTS`, `FW_SETS`,
+//! `DNS_NAMES`, and the rules' actions and counters `FW_RULE_META` and `FW_RULE_STATS`
+//! (arrays by evaluation index).
 //!
 //! Each is an array of maps with one table per policy generation. A policy is written into
 //! the idle generation's table, then one write makes it live; so each generation has a
@@ -30,7 +31,10 @@ use aya::{
 };
 use palisade_common::{
     dns::maps::{MAX_NAME_KEYS, NameKey, NameValue},
-    firewall::{FlowKey, MAX_RULE_ENTRIES, MAX_SET_HOSTS, MAX_SET_PREFIXES, RuleRef, SetKey},
+    firewall::{
+        FlowKey, MAX_RULE_ENTRIES, MAX_RULES, MAX_SET_HOSTS, MAX_SET_PREFIXES, RuleMeta, RuleRef,
+        RuleStats, SetKey,
+    },
 };
 
 use crate::{
@@ -57,11 +61,24 @@ pub enum Kind {
     SetPrefixes,
     /// DNS name entries (`DNS_NAMES`): one per name and scope that uses its list.
     Names,
+    /// Rule actions (`FW_RULE_META`): one per rule.
+    RuleMeta,
+    /// Rule counters (`FW_RULE_STATS`): one per rule and CPU, a run of slots per CPU
+    /// (`palisade_common::firewall::rule_stats_slot`); its room counts rules, the table holds
+    /// that many slots per CPU.
+    RuleStats,
 }
 
 impl Kind {
-    /// Every kind, in the order of [`Room`]'s fields.
-    pub const ALL: [Self; 4] = [Self::Rules, Self::SetHosts, Self::SetPrefixes, Self::Names];
+    /// Every kind, in the order of [`Room`]'s fields (the two rule arrays share one).
+    pub const ALL: [Self; 6] = [
+        Self::Rules,
+        Self::SetHosts,
+        Self::SetPrefixes,
+        Self::Names,
+        Self::RuleMeta,
+        Self::RuleStats,
+    ];
 
     /// The kernel map.
     #[must_use]
@@ -71,6 +88,8 @@ impl Kind {
             Self::SetHosts => "FW_SET_HOSTS",
             Self::SetPrefixes => "FW_SETS",
             Self::Names => "DNS_NAMES",
+            Self::RuleMeta => "FW_RULE_META",
+            Self::RuleStats => "FW_RULE_STATS",
         }
     }
 
@@ -86,12 +105,18 @@ impl Kind {
             (Self::SetPrefixes, _) => "FW_SETS_1",
             (Self::Names, 0) => "DNS_NAMES_0",
             (Self::Names, _) => "DNS_NAMES_1",
+            (Self::RuleMeta, 0) => "FW_RULE_META_0",
+            (Self::RuleMeta, _) => "FW_RULE_META_1",
+            (Self::RuleStats, 0) => "FW_RULE_STATS_0",
+            (Self::RuleStats, _) => "FW_RULE_STATS_1",
         }
     }
 
     /// `(map type, key size, value size)` of a table, as the kernel's template has them.
     fn shape(self) -> (u32, u32, u32) {
-        use aya_obj::generated::bpf_map_type::{BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE};
+        use aya_obj::generated::bpf_map_type::{
+            BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE,
+        };
         let size = |n: usize| n as u32;
         match self {
             Self::Rules => (
@@ -111,6 +136,29 @@ impl Kind {
                 size(size_of::<NameKey>()),
                 size(size_of::<NameValue>()),
             ),
+            Self::RuleMeta => (BPF_MAP_TYPE_ARRAY as u32, 4, size(size_of::<RuleMeta>())),
+            Self::RuleStats => (BPF_MAP_TYPE_ARRAY as u32, 4, size(size_of::<RuleStats>())),
+        }
+    }
+
+    /// Map slots per entry: a rule counter is one slot per CPU.
+    #[must_use]
+    pub fn slots_per_entry(self) -> u32 {
+        match self {
+            Self::RuleStats => possible_cpus(),
+            _ => 1,
+        }
+    }
+
+    /// The flags a table is created with, as the template has them: hash tables allocate
+    /// entries on demand; arrays (allocated whole) carry the flag that lets arrays of
+    /// another size than the template into the slot.
+    const fn flags(self) -> u32 {
+        match self {
+            Self::Rules | Self::SetHosts | Self::SetPrefixes | Self::Names => {
+                aya_obj::generated::BPF_F_NO_PREALLOC
+            }
+            Self::RuleMeta | Self::RuleStats => aya_obj::generated::BPF_F_INNER_MAP,
         }
     }
 
@@ -123,6 +171,7 @@ impl Kind {
             Self::SetHosts => "[firewall] capacity_set_hosts",
             Self::SetPrefixes => "[firewall] capacity_set_prefixes",
             Self::Names => "[dns] capacity_names",
+            Self::RuleMeta | Self::RuleStats => "[firewall] rules",
         }
     }
 
@@ -134,6 +183,7 @@ impl Kind {
             Self::SetHosts => "set members that are single addresses",
             Self::SetPrefixes => "set members that are prefixes shorter than one address",
             Self::Names => "DNS name entries (one per name and scope that uses its list)",
+            Self::RuleMeta | Self::RuleStats => "rules",
         }
     }
 
@@ -147,6 +197,7 @@ impl Kind {
             Self::SetHosts => MAX_SET_HOSTS,
             Self::SetPrefixes => MAX_SET_PREFIXES,
             Self::Names => MAX_NAME_KEYS as u32,
+            Self::RuleMeta | Self::RuleStats => MAX_RULES,
         }
     }
 }
@@ -159,6 +210,8 @@ pub struct Room {
     pub set_hosts: u32,
     pub set_prefixes: u32,
     pub names: u32,
+    /// Rules: the slots of the rule action and counter arrays.
+    pub rules_listed: u32,
 }
 
 impl Room {
@@ -170,6 +223,7 @@ impl Room {
             Kind::SetHosts => self.set_hosts,
             Kind::SetPrefixes => self.set_prefixes,
             Kind::Names => self.names,
+            Kind::RuleMeta | Kind::RuleStats => self.rules_listed,
         }
     }
 
@@ -179,6 +233,7 @@ impl Room {
             Kind::SetHosts => &mut self.set_hosts,
             Kind::SetPrefixes => &mut self.set_prefixes,
             Kind::Names => &mut self.names,
+            Kind::RuleMeta | Kind::RuleStats => &mut self.rules_listed,
         }
     }
 
@@ -197,6 +252,7 @@ impl Room {
             set_hosts: n(hosts),
             set_prefixes: n(prefixes),
             names: n(dns.names.len()),
+            rules_listed: n(fw.rules.len()),
         }
     }
 
@@ -229,6 +285,7 @@ impl Room {
             set_hosts: c.set_hosts,
             set_prefixes: c.set_prefixes,
             names: policy.dns.capacity_names,
+            rules_listed: 0,
         }
     }
 
@@ -251,7 +308,7 @@ impl Room {
         let mut out = Self::default();
         for kind in Kind::ALL {
             *out.slot(kind) = match table(ebpf, kind, generation)? {
-                Some(t) => room_of(&t)?,
+                Some(t) => room_of(&t, kind)?,
                 None => 0,
             };
         }
@@ -289,11 +346,27 @@ pub struct TooBig {
     pub room: u32,
 }
 
-/// The room of a table: its capacity.
-fn room_of(t: &MapData) -> Result<u32> {
+/// The room of a table of `kind`: its capacity, in entries of `kind` ([`Kind::slots_per_entry`]).
+///
+/// # Errors
+/// When the table's information cannot be read.
+pub fn room_of(t: &MapData, kind: Kind) -> Result<u32> {
     let (_, _, _, _, max, _) =
         pin::map_info(t.fd().as_fd()).context("reading a table's capacity")?;
-    Ok(max)
+    Ok(max / kind.slots_per_entry())
+}
+
+/// The CPUs the kernel may run programs on (`/sys/devices/system/cpu/possible`), read once.
+#[must_use]
+pub fn possible_cpus() -> u32 {
+    static CPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        aya::util::nr_cpus()
+            .ok()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(1)
+            .max(1)
+    })
 }
 
 /// Where the daemon pins the tables it creates (its layout's `tables` directory), if it
@@ -370,19 +443,14 @@ pub fn table_for(
     room: u32,
 ) -> Result<(MapData, bool)> {
     if let Some(t) = table(ebpf, kind, generation)? {
-        let held = room_of(&t)?;
+        let held = room_of(&t, kind)?;
         if held >= need && held / SHRINK_FACTOR <= room {
             return Ok((t, false));
         }
     }
     let (map_type, key_size, value_size) = kind.shape();
-    let obj = aya_obj::Map::new_from_params(
-        map_type,
-        key_size,
-        value_size,
-        room,
-        aya_obj::generated::BPF_F_NO_PREALLOC,
-    );
+    let slots = room.saturating_mul(kind.slots_per_entry());
+    let obj = aya_obj::Map::new_from_params(map_type, key_size, value_size, slots, kind.flags());
     let fresh = MapData::create(obj, kind.table_name(generation), None).with_context(|| {
         format!(
             "creating {} with room for {room} {}",
@@ -410,12 +478,15 @@ pub fn table_for(
 mod tests {
     use super::*;
 
+    /// A room whose rule arrays are as large as its rule entries (the tests below look at
+    /// the hash tables).
     fn room(rules: u32, set_hosts: u32, set_prefixes: u32, names: u32) -> Room {
         Room {
             rules,
             set_hosts,
             set_prefixes,
             names,
+            rules_listed: rules,
         }
     }
 
@@ -459,7 +530,7 @@ mod tests {
             .iter()
             .flat_map(|k| [k.table_name(0), k.table_name(1)])
             .collect();
-        assert_eq!(names.len(), 8);
+        assert_eq!(names.len(), 12);
         // The kernel keeps 15 characters of a map's name.
         assert!(names.iter().all(|n| n.len() <= 15), "{names:?}");
     }

@@ -10,10 +10,10 @@ use aya::{
     maps::{Array, DevMapHash, MapData, lpm_trie::Key},
 };
 use palisade_common::firewall::{
-    Control, DEFAULT_SLOT, FlowKey, KeyFilter, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader,
-    RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES,
-    SET_PREFIXES_SHORT, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, prefix_granule_bits,
-    prefix_granule_hash, rule_slot, set_id, set_kind_slot,
+    Control, FlowKey, KeyFilter, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleRef,
+    RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SET_PREFIXES_SHORT,
+    SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, prefix_granule_bits, prefix_granule_hash,
+    rule_stats_slot, set_id, set_kind_slot,
 };
 
 use palisade_common::dns::{
@@ -82,6 +82,8 @@ pub fn install(
         hosts: table(ebpf, Kind::SetHosts)?,
         prefixes: table(ebpf, Kind::SetPrefixes)?,
         names: table(ebpf, Kind::Names)?,
+        meta: table(ebpf, Kind::RuleMeta)?,
+        stats: table(ebpf, Kind::RuleStats)?,
     };
     // The tables of the idle generation are brought to the new policy entry by entry
     // (`maps::sync_batch`): what they already hold of it is not written again.
@@ -89,7 +91,7 @@ pub fn install(
     write_sets(ebpf, &tables, idle, c).context("writing set members")?;
     write_port_classes(ebpf, idle, c).context("writing port classes")?;
     let epoch = current.generation_counter.wrapping_add(1);
-    write_rules(ebpf, &tables.rules, idle, c).context("writing rules")?;
+    let rule_stride = write_rules(ebpf, &tables, idle, c).context("writing rules")?;
     let redirect_devs = redirect_ifaces(c);
     add_redirect_devs(ebpf, &redirect_devs).context("writing the redirect interfaces")?;
     add_steer_cpus(ebpf, &c.steer_cpus).context("writing the steer CPUs")?;
@@ -109,7 +111,14 @@ pub fn install(
     {
         let mut header: Array<&mut MapData, PolicyHeader> =
             Array::try_from(map_mut(ebpf, "FW_HEADER")?)?;
-        header.set(idle, c.header, 0)?;
+        header.set(
+            idle,
+            PolicyHeader {
+                rule_stride,
+                ..c.header
+            },
+            0,
+        )?;
     }
     let next = Control {
         active_gen: idle,
@@ -130,6 +139,8 @@ struct Tables {
     hosts: MapData,
     prefixes: MapData,
     names: MapData,
+    meta: MapData,
+    stats: MapData,
 }
 
 /// The program the CPU map runs on a steered packet's new CPU.
@@ -335,26 +346,36 @@ fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) ->
     Ok(())
 }
 
+/// Writes the rules' actions, zeroes their counters and writes their entries; returns the
+/// counter table's slots per CPU (the header's `rule_stride`).
 fn write_rules(
     ebpf: &mut Ebpf,
-    table: &MapData,
+    tables: &Tables,
     generation: u32,
     c: &CompiledFirewall,
-) -> Result<()> {
-    let slots: Vec<u32> = (0..c.rules.len() as u32)
-        .map(|i| rule_slot(generation, i))
+) -> Result<u32> {
+    let table = &tables.rules;
+    let rules = c.rules.len() as u32;
+    let slots: Vec<u32> = (0..rules).collect();
+    maps::update_batch(&tables.meta, &slots, &c.rules)?;
+    // Every CPU's counters of every rule start at zero, in each CPU's run of the table; the
+    // default action's too (one value per CPU, as the per-CPU batch layout has it).
+    let cpus = capacity::possible_cpus();
+    let stride = capacity::room_of(&tables.stats, Kind::RuleStats)?;
+    let stat_slots: Vec<u32> = (0..cpus)
+        .flat_map(|cpu| (0..rules).map(move |r| rule_stats_slot(stride, cpu, r)))
         .collect();
-    maps::update_batch(maps::data_of(ebpf, "FW_RULE_META")?, &slots, &c.rules)?;
-    // Every CPU's counters of every rule (and the default) start at zero: one value per CPU
-    // per slot, as the per-CPU batch layout has it.
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    let stat_slots: Vec<u32> = (0..c.rules.len() as u32)
-        .chain([DEFAULT_SLOT])
-        .map(|rule| rule_slot(generation, rule))
-        .collect();
+    maps::update_batch(
+        &tables.stats,
+        &stat_slots,
+        &vec![RuleStats::default(); stat_slots.len()],
+    )?;
     const _: () = assert!(size_of::<RuleStats>().is_multiple_of(8));
-    let zeros = vec![RuleStats::default(); stat_slots.len() * cpus];
-    maps::update_batch(maps::data_of(ebpf, "FW_RULE_STATS")?, &stat_slots, &zeros)?;
+    maps::update_batch(
+        maps::data_of(ebpf, "FW_DEFAULT_STATS")?,
+        &[generation & 1],
+        &vec![RuleStats::default(); cpus as usize],
+    )?;
     // SAFETY: all-zero words are an empty filter.
     let mut filter: Box<KeyFilter> = unsafe { Box::new_zeroed().assume_init() };
     let (keys, refs): (Vec<FlowKey>, Vec<RuleRef>) = c
@@ -369,5 +390,5 @@ fn write_rules(
         .collect();
     write_filter(ebpf, "FW_RULE_FILTER", generation, &*filter)?;
     maps::sync_batch(table, |_: &FlowKey| true, &keys, &refs).context("FW_RULES")?;
-    Ok(())
+    Ok(stride)
 }

@@ -727,6 +727,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         rate_prefix_v6: fw.rate_prefix.v6,
         link: tuples.iter().fold(0, |bits, t: &Tuple| bits | t.link),
         country_set: country_map.as_ref().map_or(0, |(i, _)| *i as u16),
+        rule_stride: 0,
     };
     let mut steer_cpus = std::collections::BTreeMap::<u32, u32>::new();
     for r in &fw.rules {
