@@ -533,7 +533,7 @@ impl Report {
              the rule, set and name tables of a generation hold what it needs plus a quarter, rounded up to a power \
              of two, at least 1,024 entries; each array of tables counts the tables it holds); a hash table's bucket array is allocated up front for its capacity, its entries on \
              demand. `every map the daemon pins`: all maps of that object, the connection tracking tables, ring buffers and the \
-             other engines' maps included. `sized maps, 2 generations`: FW_RULES, FW_SETS, FW_SET_HOSTS and DNS_NAMES once \
+             other engines' maps included. `sized maps, 2 generations`: FW_RULES, FW_SETS, FW_SET_HOSTS, DNS_NAMES, FW_RULE_META and FW_RULE_STATS once \
              both generations hold the policy.\n\n",
         );
         m.push_str(&self.install_table());

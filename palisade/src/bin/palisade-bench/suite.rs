@@ -79,7 +79,14 @@ fn install(
 }
 
 /// The policy tables sized at each install (`palisade::capacity`), by their arrays.
-const SIZED: [&str; 4] = ["FW_RULES", "FW_SETS", "FW_SET_HOSTS", "DNS_NAMES"];
+const SIZED: [&str; 6] = [
+    "FW_RULES",
+    "FW_SETS",
+    "FW_SET_HOSTS",
+    "DNS_NAMES",
+    "FW_RULE_META",
+    "FW_RULE_STATS",
+];
 
 /// The memory of every map of an object sized as a daemon starting with `policy` sizes it
 /// (`loader::capacities_of`), after one install; with `both`, also the policy tables once
