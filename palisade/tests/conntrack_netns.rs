@@ -72,6 +72,14 @@ name = "nd-advert"
 action = "allow"
 proto = "icmpv6"
 icmp_type = 136
+
+# The router's multicast listener reports (sent at link-up, at random times within a second
+# or two): not what these tests count.
+[[firewall.rule]]
+name = "mld-report"
+action = "allow"
+proto = "icmpv6"
+icmp_type = 143
 {extra}
 [conntrack]
 enabled = true
