@@ -12,7 +12,9 @@
 //! from the cluster (`--kubernetes`) creates every map here at full size ([`full_sizes`]).
 //!
 //! Maps indexed by position (arrays of rules, services or sketch cells) are not here: their
-//! size is part of their addressing.
+//! size is part of their addressing. Nor are hash maps that userspace fills and that must
+//! hold all it writes (the load balancer's reverse table, written at each install; DLP's
+//! reset list): a small one would make a reload fail half-way, not run small.
 
 use std::{collections::BTreeMap, os::fd::AsFd as _};
 
@@ -146,7 +148,7 @@ const fn ring(map: &'static str, engine: Engine) -> EngineMap {
 }
 
 /// Every map sized by use, with its engine.
-pub const MAPS: [EngineMap; 30] = [
+pub const MAPS: [EngineMap; 28] = [
     table("FW_RATE", Engine::RateRules),
     table("ACTION_HANDOFF", Engine::PacketActions),
     table("DNS_RATE", Engine::DnsInspection),
@@ -165,7 +167,6 @@ pub const MAPS: [EngineMap; 30] = [
     table("NAT_EGRESS", Engine::Nat),
     table("NAT_INGRESS", Engine::Nat),
     table("LB_FLOWS", Engine::Lb),
-    table("LB_REVERSE", Engine::Lb),
     table("TLS_FLOWS", Engine::Tls),
     ring("TLS_SEGMENTS", Engine::Tls),
     ring("DHCP_RECORDS", Engine::Dhcp),
@@ -176,7 +177,6 @@ pub const MAPS: [EngineMap; 30] = [
     table("DLP_INFLIGHT", Engine::Dlp),
     table("DLP_PENDING", Engine::Dlp),
     table("DLP_SSL_FLOW", Engine::Dlp),
-    table("DLP_RESET", Engine::Dlp),
     ring("DLP_RECORDS", Engine::Dlp),
 ];
 
