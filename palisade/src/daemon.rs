@@ -825,12 +825,7 @@ impl Daemon {
                         "; the new [dns.cache] capacity takes effect when the daemon restarts (the cache starts empty then)",
                     );
                 }
-                if let Some(n) =
-                    crate::capacity::engines::grown_by(&self.policy, &self.dp.engine_sizes)
-                {
-                    message.push_str("; ");
-                    message.push_str(&n);
-                }
+                self.note_idle_engines(&mut message);
                 if ct_sizes(&self.policy) != self.dp.ct_sizes {
                     message.push_str(
                         "; the new [conntrack] table sizes take effect when the daemon restarts (tracked connections are carried over)",
@@ -847,6 +842,15 @@ impl Daemon {
                 self.last_error = Some(format!("reload refused: {e}"));
                 Err(e)
             }
+        }
+    }
+
+    /// Adds to a reply what the running policy uses of engines whose maps were created
+    /// idle (`capacity::engines::grown_by`).
+    fn note_idle_engines(&self, message: &mut String) {
+        if let Some(n) = crate::capacity::engines::grown_by(&self.policy, &self.dp.engine_sizes) {
+            message.push_str("; ");
+            message.push_str(&n);
         }
     }
 
@@ -876,12 +880,7 @@ impl Daemon {
                         self.live_changes += 1;
                         info!(change = what, generation, "{msg}");
                         let mut message = msg;
-                        if let Some(n) =
-                            crate::capacity::engines::grown_by(&self.policy, &self.dp.engine_sizes)
-                        {
-                            message.push_str("; ");
-                            message.push_str(&n);
-                        }
+                        self.note_idle_engines(&mut message);
                         Response::ok(&Changed {
                             message,
                             generation,

@@ -98,7 +98,8 @@ pub fn install_with(
     let control = apply::install(ebpf, &firewall, &dns, &room)?;
     // The load balancer's tables switch on their own slot, right after the rules that let
     // VIP traffic in.
-    crate::lb::install(ebpf, &policy.lb, lb_live)
+    // The wait above covers the load balancer's slot too: its last switch came before it.
+    crate::lb::install_after_wait(ebpf, &policy.lb, lb_live)
         .context("installing the load balancer's tables")?;
     crate::dnsbind::write_config(ebpf, policy.dns.bind.as_ref())?;
     Ok(control)

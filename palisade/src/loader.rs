@@ -55,11 +55,21 @@ pub fn load_sized(sizes: &[(&str, u32)]) -> Result<Ebpf> {
     )
 }
 
-/// The shape of every map the object defines, as the layout hash sees it.
+/// The shape of every map the object defines, as the layout hash sees it: parsed from the
+/// object once (a start asks several times: the layout, the pins, the engines' sizes).
 ///
 /// # Errors
 /// When the embedded object cannot be parsed (a broken build).
 pub fn map_shapes() -> Result<Vec<MapShape>> {
+    static SHAPES: std::sync::OnceLock<Vec<MapShape>> = std::sync::OnceLock::new();
+    if let Some(s) = SHAPES.get() {
+        return Ok(s.clone());
+    }
+    let shapes = parse_map_shapes()?;
+    Ok(SHAPES.get_or_init(|| shapes).clone())
+}
+
+fn parse_map_shapes() -> Result<Vec<MapShape>> {
     if OBJECT.is_empty() {
         bail!("this build has no kernel programs (it was built with AYA_BUILD_SKIP)");
     }

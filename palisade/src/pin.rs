@@ -873,6 +873,36 @@ pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     })
 }
 
+/// The capacity of the map pinned at `path`, or `None` when nothing is pinned there.
+///
+/// # Errors
+/// When the pin is not a map.
+pub fn pinned_max_entries(path: &Path) -> io::Result<Option<u32>> {
+    let Ok(fd) = obj_get(path) else {
+        return Ok(None);
+    };
+    Ok(Some(map_info(fd.as_fd())?.4))
+}
+
+/// Removes the map pinned at `path` when its capacity is not `want` (so that the next load
+/// creates it anew at that size). Returns the capacity it had, or `None` when it was kept
+/// or nothing is pinned there.
+///
+/// # Errors
+/// When the pin cannot be read or removed.
+pub fn drop_if_resized(path: &Path, want: u32) -> Result<Option<u32>> {
+    match pinned_max_entries(path)
+        .with_context(|| format!("reading pinned map {}", path.display()))?
+    {
+        Some(max) if max != want => {
+            fs::remove_file(path)
+                .with_context(|| format!("removing {} to resize it", path.display()))?;
+            Ok(Some(max))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// What the kernel says about a map: `(type, id, key size, value size, max entries, flags)`.
 ///
 /// # Errors

@@ -210,8 +210,9 @@ fn a_list_of_2_5m_names_installs_reloads_takes_a_live_edit_and_survives_a_restar
 
 /// The capacity of the map the daemon pinned as `name`.
 fn capacity(g: &GuardedHost, name: &str) -> u32 {
-    let fd = palisade::pin::obj_get(&g.scratch.pinned_map(name)).expect("open the pinned map");
-    palisade::pin::map_info(fd.as_fd()).expect("map info").4
+    palisade::pin::pinned_max_entries(&g.scratch.pinned_map(name))
+        .expect("map info")
+        .expect("a pinned map")
 }
 
 #[test]

@@ -16,9 +16,9 @@
 //! hold all it writes (the load balancer's reverse table, written at each install; DLP's
 //! reset list): a small one would make a reload fail half-way, not run small.
 
-use std::{collections::BTreeMap, os::fd::AsFd as _};
+use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::{pin, policy::model::Policy};
 
@@ -252,18 +252,9 @@ fn declared() -> Result<BTreeMap<String, u32>> {
 pub fn drop_resized(layout: &pin::Layout, sizes: &[(&'static str, u32)]) -> Result<Vec<String>> {
     let mut resized: BTreeMap<Engine, Vec<String>> = BTreeMap::new();
     for &(name, want) in sizes {
-        let path = layout.map(name);
-        let Ok(fd) = pin::obj_get(&path) else {
+        let Some(max) = pin::drop_if_resized(&layout.map(name), want)? else {
             continue;
         };
-        let (_, _, _, _, max, _) = pin::map_info(fd.as_fd())
-            .with_context(|| format!("reading pinned map {}", path.display()))?;
-        drop(fd);
-        if max == want {
-            continue;
-        }
-        std::fs::remove_file(&path)
-            .with_context(|| format!("removing {} to resize it", path.display()))?;
         let engine = MAPS.iter().find(|m| m.map == name).map(|m| m.engine);
         if let Some(e) = engine {
             resized

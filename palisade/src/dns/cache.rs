@@ -111,18 +111,9 @@ pub fn capacity(cache: Option<&DnsCache>) -> u32 {
 /// # Errors
 /// When the pin cannot be read or removed.
 pub fn drop_resized(layout: &crate::pin::Layout, capacity: u32) -> Result<Option<String>> {
-    use std::os::fd::AsFd as _;
-    let path = layout.map(MAP);
-    let Ok(fd) = crate::pin::obj_get(&path) else {
+    let Some(max) = crate::pin::drop_if_resized(&layout.map(MAP), capacity)? else {
         return Ok(None);
     };
-    let (_, _, _, _, max, _) = crate::pin::map_info(fd.as_fd())?;
-    if max == capacity {
-        return Ok(None);
-    }
-    drop(fd);
-    std::fs::remove_file(&path)
-        .with_context(|| format!("removing {} to resize it", path.display()))?;
     Ok(Some(format!(
         "the DNS response cache is created anew for [dns.cache] capacity = {capacity} (it held up to {max} entries)"
     )))

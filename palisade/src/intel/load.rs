@@ -93,14 +93,10 @@ pub fn is_sized_map(name: &str) -> bool {
 /// # Errors
 /// When a pin cannot be read or removed.
 pub fn drop_resized(layout: &crate::pin::Layout, sizes: Sizes) -> Result<Option<String>> {
-    use std::os::fd::AsFd as _;
     let mut stale = false;
     for (name, want) in sizes.for_loader() {
-        let Ok(fd) = crate::pin::obj_get(&layout.map(name)) else {
-            continue;
-        };
-        let (_, _, _, _, max, _) = crate::pin::map_info(fd.as_fd())?;
-        stale |= max != want;
+        let max = crate::pin::pinned_max_entries(&layout.map(name))?;
+        stale |= max.is_some_and(|max| max != want);
     }
     if !stale {
         return Ok(None);

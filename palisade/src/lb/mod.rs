@@ -513,6 +513,20 @@ pub fn global(lb: &Lb) -> LbGlobal {
 /// # Errors
 /// When the tables do not fit or a map cannot be written; the live slot is then unchanged.
 pub fn install(ebpf: &mut Ebpf, lb: &Lb, live: &Live) -> Result<()> {
+    install_tables(ebpf, lb, live, true)
+}
+
+/// [`install`] for a caller that has waited for in-flight packets
+/// (`kernel::wait_for_readers`) since the last switch: a whole policy install, which waits
+/// before it writes anything.
+///
+/// # Errors
+/// As [`install`].
+pub fn install_after_wait(ebpf: &mut Ebpf, lb: &Lb, live: &Live) -> Result<()> {
+    install_tables(ebpf, lb, live, false)
+}
+
+fn install_tables(ebpf: &mut Ebpf, lb: &Lb, live: &Live, wait: bool) -> Result<()> {
     let views = view(lb, live);
     fits(&views)?;
     let control = {
@@ -522,7 +536,9 @@ pub fn install(ebpf: &mut Ebpf, lb: &Lb, live: &Live) -> Result<()> {
     let idle = (control.active ^ 1) & 1;
     // Packets that read the control word before the last switch may still be using the idle
     // slot: they end first, then nothing reads it.
-    crate::kernel::wait_for_readers();
+    if wait {
+        crate::kernel::wait_for_readers();
+    }
     // The idle slot's keys of the last change go first: nothing reads that slot.
     clear_slot::<LbService>(ebpf, "LB_VIPS", idle)?;
     clear_slot::<LbReverse>(ebpf, "LB_REVERSE", idle)?;
