@@ -22,6 +22,46 @@ pub const DEFAULT_SLOT: u32 = MAX_RULES;
 pub const PORT_SPACE: u32 = 65_536;
 /// Named sets per generation.
 pub const MAX_SETS: u32 = 1024;
+
+/// The entries of the port-class arrays (`FW_SPORT_CLASS`, `FW_DPORT_CLASS`): the port's
+/// class in the low 16 bits, and above it one bit for each of the first [`port_word::TUPLES`]
+/// tuples that may hold a rule for a packet with this port: a tuple that ignores the port,
+/// or one with a rule on the port's class. The search skips a tuple whose bit is clear in
+/// either word before building its key (the key could not be in the table).
+pub mod port_word {
+    /// The first tuples of a generation the words know: a tuple past them is searched for
+    /// every packet its other conditions allow.
+    pub const TUPLES: u32 = 48;
+    /// Every tuple may match: what a packet without ports (a non-first fragment) searches.
+    pub const ALL: u64 = u64::MAX >> 16;
+
+    /// The word of a port in class `class` that tuples `tuples` may match.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(class: u16, tuples: u64) -> u64 {
+        class as u64 | (tuples & ALL) << 16
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn class(word: u64) -> u16 {
+        word as u16
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn tuples(word: u64) -> u64 {
+        word >> 16
+    }
+
+    /// Whether tuple `index` may match a packet whose ports allow `tuples` (the tuple bits
+    /// of its two words, and-ed): always past the first [`TUPLES`].
+    #[inline(always)]
+    #[must_use]
+    pub const fn may_match(tuples: u64, index: u32) -> bool {
+        index >= TUPLES || tuples >> index & 1 != 0
+    }
+}
 /// Set members one generation may ever hold that are single addresses (`FW_SET_HOSTS`), and
 /// members that are shorter prefixes (`FW_SETS`): the hard maxima of `[firewall]
 /// capacity_set_hosts` and `capacity_set_prefixes`. Each map holds two generations of the room

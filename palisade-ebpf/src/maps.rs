@@ -85,13 +85,14 @@ pub static FW_SET_FILTER: Array<palisade_common::firewall::KeyFilter> =
 pub static FW_RULE_META: btf_maps::ArrayOfMaps<RuleMetaTable, GENERATION_SLOTS> =
     btf_maps::ArrayOfMaps::new();
 
-/// Port -> source-port class, `gen * PORT_SPACE + port`.
+/// Port -> source-port class and the tuples it may match (`port_word`),
+/// `gen * PORT_SPACE + port`.
 #[map]
-pub static FW_SPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PORT_SPACE, 0);
+pub static FW_SPORT_CLASS: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_SPACE, 0);
 
-/// Port (or ICMP `type << 8 | code`) -> destination-port class.
+/// Port (or ICMP `type << 8 | code`) -> destination-port class and its tuples.
 #[map]
-pub static FW_DPORT_CLASS: Array<u16> = Array::with_max_entries(GENERATIONS * PORT_SPACE, 0);
+pub static FW_DPORT_CLASS: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_SPACE, 0);
 
 /// Members of every named set that are shorter prefixes than one address: key
 /// `(set id, family, address)`, prefix length `40 + stored bits`; one trie per generation.

@@ -2798,3 +2798,52 @@ fn rule_counters_live_in_tables_sized_by_the_rules_and_sum_every_cpu() {
         .unwrap();
     assert_eq!(room_of(&big, Kind::RuleStats).unwrap(), 4096);
 }
+
+#[test]
+fn port_words_skip_tuples_without_a_rule_for_the_port_and_keep_those_past_them() {
+    // 60 shapes (one IPv6 source prefix length each, /32 to /91), rule `i` in tuple `i`
+    // (tuples go by their first rule): 40 with a destination port, then 20 with a source
+    // port. The port words know the first 48 tuples; the last 12 are searched for every
+    // packet, so the rules there must match as the first ones do.
+    let mut toml = String::from("[firewall]\ndefault = \"allow\"\n");
+    for i in 0..60u16 {
+        let side = if i < 40 { "dport" } else { "sport" };
+        toml.push_str(&format!(
+            "[[firewall.rule]]\nname = \"r{i}\"\naction = \"drop\"\nproto = \"tcp\"\n\
+             src = [\"2001:db8::/{}\"]\n{side} = {}\n",
+            32 + i,
+            1000 + i
+        ));
+    }
+    // And one with no port past them all: the words let it through for any port.
+    toml.push_str(
+        "[[firewall.rule]]\nname = \"tail\"\naction = \"drop\"\nproto = \"udp\"\n\
+         src = [\"2001:db8::/92\"]\n",
+    );
+    let mut fw = fw(&toml);
+    let src = "2001:db8::5";
+    let dst = "2001:db8:1::1";
+    for i in [0u16, 1, 39] {
+        let f = tcp_ports(src, dst, SPORT, 1000 + i);
+        assert_eq!(fw.bench.run(&f).unwrap(), XDP_DROP, "dport {}", 1000 + i);
+        assert_eq!(fw.hits(fw.rule(&format!("r{i}"))).packets, 1, "r{i}");
+    }
+    // Source ports: tuples 40 to 47 (known to the words) and 48 to 59 (past them).
+    for i in [40u16, 47, 48, 59] {
+        let f = tcp_ports(src, dst, 1000 + i, 80);
+        assert_eq!(fw.bench.run(&f).unwrap(), XDP_DROP, "sport {}", 1000 + i);
+        assert_eq!(fw.hits(fw.rule(&format!("r{i}"))).packets, 1, "r{i}");
+    }
+    // A port no rule names: every tuple with ports is skipped, the packet takes the default.
+    let miss = tcp_ports(src, dst, 999, 999);
+    assert_eq!(fw.bench.run(&miss).unwrap(), XDP_PASS);
+    assert_eq!(fw.hits(DEFAULT_SLOT).packets, 1);
+    // A destination port of a rule from a source the rule's prefix does not cover.
+    let other = tcp_ports("2001:db9::5", dst, SPORT, 1000);
+    assert_eq!(fw.bench.run(&other).unwrap(), XDP_PASS);
+    assert_eq!(fw.hits(DEFAULT_SLOT).packets, 2);
+    let tail = Frame::udp(src, dst, 999, 999).build();
+    assert_eq!(fw.bench.run(&tail).unwrap(), XDP_DROP);
+    assert_eq!(fw.hits(fw.rule("tail")).packets, 1);
+    let _ = fw.bench.drain_events();
+}

@@ -11,7 +11,7 @@ use palisade_common::{
     firewall::{
         COUNTRY_UNKNOWN, FlowKey, MAX_RULES, MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS,
         SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SET_PREFIXES_SHORT, SetKey, TUPLE_DST_NOT,
-        TUPLE_DST_SET, TUPLE_SRC_NOT, TUPLE_SRC_SET, fill_flow_key, link_applies,
+        TUPLE_DST_SET, TUPLE_SRC_NOT, TUPLE_SRC_SET, fill_flow_key, link_applies, port_word,
         prefix_granule_hash, set_kind_slot, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
@@ -40,30 +40,38 @@ pub fn first_match(generation: u32, header: &PolicyHeader, p: &Packet) -> Option
         // No rules: nothing to search (a policy of only a default action, or DNS only).
         return None;
     }
-    let (sport_class, dport_class) = if p.frag == FRAG_LATER {
-        (0, 0)
+    // The ports' words: their classes, and the tuples that may hold a rule for them (a
+    // word that cannot be read lets every tuple through; it cannot happen).
+    let (sport, dport) = if p.frag == FRAG_LATER {
+        (
+            port_word::new(0, port_word::ALL),
+            port_word::new(0, port_word::ALL),
+        )
     } else {
         let base = generation * PORT_SPACE;
+        let all = port_word::new(0, port_word::ALL);
         (
             FW_SPORT_CLASS
                 .get(base + u32::from(p.sport))
                 .copied()
-                .unwrap_or(0),
+                .unwrap_or(all),
             FW_DPORT_CLASS
                 .get(base + u32::from(p.dport))
                 .copied()
-                .unwrap_or(0),
+                .unwrap_or(all),
         )
     };
     // The search reads the packet from the per-CPU handoff slot, where `p` is (a global
     // function takes scalars only). It goes a chunk of tuples per call, so the verifier walks
     // the loop of one chunk, not of all `MAX_TUPLES`.
-    let classes = u32::from(sport_class) << 16 | u32::from(dport_class);
+    let classes = u32::from(port_word::class(sport)) << 16 | u32::from(port_word::class(dport));
+    let tuples = port_word::tuples(sport) & port_word::tuples(dport);
     let count = header.tuple_count.min(MAX_TUPLES);
     let mut best = NONE;
     let mut from = 0;
     while from < count {
-        let r = palisade_fw_search(generation, from, count, classes, best);
+        let span = generation << 31 | count << 16 | from;
+        let r = palisade_fw_search(span, classes, best, chunk_tuples(tuples, from));
         best = r & !STOPPED;
         if r & STOPPED != 0 {
             break;
@@ -73,6 +81,22 @@ pub fn first_match(generation: u32, header: &PolicyHeader, p: &Packet) -> Option
     if best == NONE { None } else { Some(best) }
 }
 
+/// The bits of the tuples `from..from + CHUNK` in `tuples` (the tuples the packet's ports
+/// may match, [`port_word`]), tuple `from` in bit 0; set for the tuples past those the
+/// words know. Worked out here so that the search tests a bit by its loop counter alone,
+/// which keeps the verifier's walk of its loop as it was.
+#[inline(always)]
+fn chunk_tuples(tuples: u64, from: u32) -> u32 {
+    let wide = tuples | !port_word::ALL;
+    match from {
+        0 => wide as u32,
+        CHUNK => (wide >> CHUNK) as u32,
+        _ => u32::MAX,
+    }
+}
+
+const _: () = assert!(CHUNK == 32 && port_word::TUPLES <= 2 * CHUNK);
+
 /// Tuples searched per call of [`palisade_fw_search`].
 const CHUNK: u32 = 32;
 /// Set in what [`palisade_fw_search`] returns when no later tuple can beat its result.
@@ -80,28 +104,25 @@ const STOPPED: u32 = 1 << 31;
 
 const _: () = assert!(MAX_TUPLES % CHUNK == 0 && MAX_RULES < NONE);
 
-/// Searches tuples `from..from + CHUNK` (and below `count`) of `generation` for the packet in
+/// Searches tuples `from..from + CHUNK` (and below `count`) of `generation` (`span`: the
+/// generation in bit 31, `count` from bit 16, `from` in the low bits) for the packet in
 /// the XDP handoff slot: the best (lowest) evaluation index among their matching rules and
 /// `best`, the best found so far ([`NONE`] for none), with [`STOPPED`] set when the
 /// search can stop (tuples are sorted by their best rule, so once a match beats a tuple's,
 /// none that follows can). `classes` holds the packet's source port class in its high half,
-/// the destination's in its low half.
+/// the destination's in its low half; `chunk_tuples`, the tuples of the chunk its ports may
+/// match ([`chunk_tuples`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn palisade_fw_search(
-    generation: u32,
-    from: u32,
-    count: u32,
-    classes: u32,
-    best: u32,
-) -> u32 {
+pub extern "C" fn palisade_fw_search(span: u32, classes: u32, best: u32, chunk_tuples: u32) -> u32 {
     let (Some(s), Some(keys)) = (DNS_SCRATCH.get_ptr(SLOT_XDP), FW_SEARCH.get_ptr_mut(0)) else {
         return best | STOPPED;
     };
     // SAFETY: per-CPU slots: the packet written by the caller, the keys this search's own.
     let (p, link, keys) = unsafe { (&(*s).packet, &(*s).link, &mut *keys) };
-    let generation = generation & 1;
-    let count = count.min(MAX_TUPLES);
+    let generation = span >> 31;
+    let count = (span >> 16 & 0x7fff).min(MAX_TUPLES);
+    let from = span & 0xffff;
     let mut best = best & !STOPPED;
     let filter = FW_RULE_FILTER.get(generation);
     // The generation's rule table (none before its first install: nothing matches).
@@ -113,6 +134,16 @@ pub extern "C" fn palisade_fw_search(
         let i = from + j;
         if i >= count {
             break;
+        }
+        let rest = chunk_tuples >> j;
+        if rest == 0 {
+            // No tuple left in the chunk may match.
+            break;
+        }
+        j += 1;
+        if rest & 1 == 0 {
+            // Its key cannot be in the table.
+            continue;
         }
         let Some(t) = FW_TUPLES.get(generation * MAX_TUPLES + i) else {
             return best | STOPPED;
@@ -141,7 +172,6 @@ pub extern "C" fn palisade_fw_search(
                 best = r.rule;
             }
         }
-        j += 1;
     }
     best
 }

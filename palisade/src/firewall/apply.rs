@@ -334,14 +334,12 @@ fn write_sets(
 }
 
 fn write_port_classes(ebpf: &mut Ebpf, generation: u32, c: &CompiledFirewall) -> Result<()> {
-    for (name, classes) in [
-        ("FW_SPORT_CLASS", &c.sport_class),
-        ("FW_DPORT_CLASS", &c.dport_class),
-    ] {
-        let slots: Vec<u32> = (0..classes.len() as u32)
+    for (name, dst) in [("FW_SPORT_CLASS", false), ("FW_DPORT_CLASS", true)] {
+        let words = c.port_words(dst);
+        let slots: Vec<u32> = (0..words.len() as u32)
             .map(|port| generation * PORT_SPACE + port)
             .collect();
-        maps::update_batch(maps::data_of(ebpf, name)?, &slots, classes)?;
+        maps::update_batch(maps::data_of(ebpf, name)?, &slots, &words)?;
     }
     Ok(())
 }

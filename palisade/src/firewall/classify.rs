@@ -7,7 +7,7 @@
 use palisade_common::{
     firewall::{
         Link, TUPLE_DST_NOT, TUPLE_DST_SET, TUPLE_SRC_NOT, TUPLE_SRC_SET, flow_key, link_applies,
-        tuple_applies,
+        port_word, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
 };
@@ -26,12 +26,17 @@ pub fn first_match(c: &CompiledFirewall, p: &Packet) -> Option<u32> {
 /// `link`, as the kernel would find it.
 #[must_use]
 pub fn first_match_link(c: &CompiledFirewall, p: &Packet, link: &Link) -> Option<u32> {
-    let (sport_class, dport_class) = if p.frag == FRAG_LATER {
-        (0, 0)
+    let (sport_class, dport_class, by_ports) = if p.frag == FRAG_LATER {
+        (0, 0, port_word::ALL)
     } else {
-        (
+        let (s, d) = (
             c.sport_class[usize::from(p.sport)],
             c.dport_class[usize::from(p.dport)],
+        );
+        (
+            s,
+            d,
+            c.sport_tuples[usize::from(s)] & c.dport_tuples[usize::from(d)],
         )
     };
     let mut best = u32::MAX;
@@ -44,7 +49,8 @@ pub fn first_match_link(c: &CompiledFirewall, p: &Packet, link: &Link) -> Option
                 .get(set as usize)
                 .is_some_and(|members| set_contains(members, p.family, addr))
         };
-        if !tuple_applies(t, p)
+        if !port_word::may_match(by_ports, i as u32)
+            || !tuple_applies(t, p)
             || !link_applies(t, link)
             || (t.flags & TUPLE_SRC_SET != 0
                 && in_set(t.src_set, &p.src) != (t.flags & TUPLE_SRC_NOT == 0))

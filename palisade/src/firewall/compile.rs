@@ -14,7 +14,7 @@ use palisade_common::{
         POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED, POLICY_SHIELD, POLICY_STATEFUL, PORT_SPACE,
         PolicyHeader, RULE_LOG, RULE_RATE_PER_SOURCE, RuleMeta, TUPLE_CT_STATE, TUPLE_DPORT,
         TUPLE_DST_NOT, TUPLE_DST_SET, TUPLE_PROTO, TUPLE_SPORT, TUPLE_SRC_NOT, TUPLE_SRC_SET,
-        Tuple, gcra,
+        Tuple, gcra, port_word,
     },
     packet::{FAMILY_V4, FAMILY_V6},
 };
@@ -89,6 +89,10 @@ pub struct CompiledFirewall {
     /// `PORT_SPACE` entries each.
     pub sport_class: Vec<u16>,
     pub dport_class: Vec<u16>,
+    /// By port class: the tuples (bits of [`port_word`]) a packet whose source or
+    /// destination port is in that class may match.
+    pub sport_tuples: Vec<u64>,
+    pub dport_tuples: Vec<u64>,
     /// Members of each set, by set index.
     pub sets: Vec<Vec<Cidr>>,
     /// The set index of `[conntrack] overload_set` when connections are tracked: rules
@@ -100,6 +104,53 @@ pub struct CompiledFirewall {
     pub country_map: Option<(usize, Vec<u8>)>,
     /// The CPUs of `steer` rules with the largest queue size a rule asks for each.
     pub steer_cpus: Vec<(u32, u32)>,
+}
+
+impl CompiledFirewall {
+    /// The entries of the source (`dst` false) or destination port-class array: each
+    /// port's [`port_word`], its class and the tuples its class may match.
+    #[must_use]
+    pub fn port_words(&self, dst: bool) -> Vec<u64> {
+        let (class, tuples) = if dst {
+            (&self.dport_class, &self.dport_tuples)
+        } else {
+            (&self.sport_class, &self.sport_tuples)
+        };
+        class
+            .iter()
+            .map(|&c| port_word::new(c, tuples[usize::from(c)]))
+            .collect()
+    }
+}
+
+/// By port class, the tuples (of the first [`port_word::TUPLES`]) a packet with a port of
+/// that class may match in the dimension `flag` ([`TUPLE_SPORT`] or [`TUPLE_DPORT`]): the
+/// tuples that ignore it, and those holding a key with the class (`class_of` the key's).
+fn class_tuples(
+    tuples: &[Tuple],
+    entries: &HashMap<FlowKey, u32>,
+    flag: u8,
+    classes: &[u16],
+    class_of: fn(&FlowKey) -> u16,
+) -> Vec<u64> {
+    let known = |i: usize| i < port_word::TUPLES as usize;
+    let always = tuples
+        .iter()
+        .enumerate()
+        .filter(|&(i, t)| known(i) && t.flags & flag == 0)
+        .fold(0u64, |bits, (i, _)| bits | 1 << i);
+    let count = classes.last().map_or(1, |&c| usize::from(c) + 1);
+    let mut by_class = vec![always; count];
+    for k in entries.keys() {
+        let i = k.tuple as usize;
+        if known(i)
+            && tuples[i].flags & flag != 0
+            && let Some(bits) = by_class.get_mut(usize::from(class_of(k)))
+        {
+            *bits |= 1 << i;
+        }
+    }
+    by_class
 }
 
 /// The shape of one expanded rule condition: what decides which tuple it lands in.
@@ -684,13 +735,19 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         .iter()
         .map(|&(shape, best)| tuple_of(shape, best))
         .collect();
-    let entries = keyed
+    let entries: HashMap<FlowKey, u32> = keyed
         .into_iter()
         .map(|((shape, mut key), rule)| {
             key.tuple = tuple_index[&shape];
             (key, rule)
         })
         .collect();
+    let sport_tuples = class_tuples(&tuples, &entries, TUPLE_SPORT, &sports.class, |k| {
+        k.sport_class
+    });
+    let dport_tuples = class_tuples(&tuples, &entries, TUPLE_DPORT, &dports.class, |k| {
+        k.dport_class
+    });
 
     let mut flags = 0;
     if fw.log_default {
@@ -746,6 +803,8 @@ pub fn compile(policy: &Policy) -> Result<CompiledFirewall, CompileError> {
         rules: rule_metas(&fw.rules),
         sport_class: sports.class,
         dport_class: dports.class,
+        sport_tuples,
+        dport_tuples,
         sets: negated.sets,
         overload_set: policy
             .conntrack
@@ -1197,6 +1256,49 @@ mod tests {
         assert_eq!(classes_of(0), [1]);
         assert_eq!(classes_of(1), [3, 4]);
         assert_eq!(classes_of(2), [5]);
+    }
+
+    #[test]
+    fn port_words_carry_the_tuples_each_port_may_match() {
+        // Tuple 0: TCP to port 80; tuple 1: any packet from 10/8 (no port); tuple 2: UDP
+        // from source port 53.
+        let p = policy(
+            vec![
+                tcp_rule(Some((80, 80))),
+                Rule {
+                    src: AddrMatch::Cidrs(vec![cidr("10.0.0.0/8")]),
+                    ..any_rule()
+                },
+                Rule {
+                    protocol: Some(Protocol::Udp),
+                    src_ports: Some(PortRange { lo: 53, hi: 53 }),
+                    ..any_rule()
+                },
+            ],
+            vec![],
+        );
+        let c = compile(&p).unwrap();
+        let (sports, dports) = (c.port_words(false), c.port_words(true));
+        assert_eq!(sports.len(), PORT_SPACE as usize);
+        assert_eq!(dports.len(), PORT_SPACE as usize);
+        for port in [0usize, 53, 79, 80, 81, 65535] {
+            assert_eq!(port_word::class(dports[port]), c.dport_class[port]);
+            assert_eq!(port_word::class(sports[port]), c.sport_class[port]);
+            let d = if port == 80 { 0b111 } else { 0b110 };
+            let s = if port == 53 { 0b111 } else { 0b011 };
+            assert_eq!(port_word::tuples(dports[port]), d, "dport {port}");
+            assert_eq!(port_word::tuples(sports[port]), s, "sport {port}");
+        }
+        // Both words must allow a tuple: from port 53 to port 80, every tuple; from 53 to
+        // 443, not the port-80 tuple.
+        let both = |sp: usize, dp: usize| {
+            port_word::tuples(sports[sp]) & port_word::tuples(dports[dp])
+        };
+        assert_eq!(both(53, 80), 0b111);
+        assert_eq!(both(53, 443), 0b110);
+        assert_eq!(both(5, 443), 0b010);
+        assert!(!port_word::may_match(both(5, 443), 0));
+        assert!(port_word::may_match(0, port_word::TUPLES), "past the words: always");
     }
 
     #[test]
