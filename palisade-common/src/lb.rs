@@ -87,7 +87,7 @@ map_type!(VipKey, 24);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LbService {
-    /// Index of the service in its slot (`ring_slot`, `backend_slot`).
+    /// Index of the service in its slot (its Maglev table in the slot's `LB_RINGS` array, `backend_slot`).
     pub index: u32,
     pub mode: u8,
     /// Non-zero when some backend takes new flows.
@@ -121,7 +121,7 @@ pub struct LbReverse {
 }
 map_type!(LbReverse, 24);
 
-/// A Maglev table (`LB_RINGS`, one per slot and service): backend indexes.
+/// A Maglev table (in `LB_RINGS`: one per slot and service): backend indexes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ring {
@@ -164,10 +164,11 @@ pub struct LbGate {
 }
 map_type!(LbGate, 8);
 
-/// Index of the Maglev table of `service` in `slot` (`LB_RINGS`).
+/// Index of `service` in `slot` among the services of both slots (its run of
+/// `LB_BACKENDS`).
 #[inline(always)]
 #[must_use]
-pub const fn ring_slot(slot: u32, service: u32) -> u32 {
+pub const fn service_slot(slot: u32, service: u32) -> u32 {
     (slot & 1) * MAX_SERVICES + service % MAX_SERVICES
 }
 
@@ -175,7 +176,7 @@ pub const fn ring_slot(slot: u32, service: u32) -> u32 {
 #[inline(always)]
 #[must_use]
 pub const fn backend_slot(slot: u32, service: u32, b: u32) -> u32 {
-    ring_slot(slot, service) * MAX_BACKENDS + (b & (MAX_BACKENDS - 1))
+    service_slot(slot, service) * MAX_BACKENDS + (b & (MAX_BACKENDS - 1))
 }
 
 /// Counters of `LB_STATS` (per CPU).

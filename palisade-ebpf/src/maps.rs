@@ -509,10 +509,15 @@ pub static LB_VIPS: HashMap<VipKey, LbService> = HashMap::with_max_entries(VIP_E
 pub static LB_BACKENDS: Array<LbBackend> =
     Array::with_max_entries(LB_SLOTS * MAX_SERVICES * MAX_BACKENDS, 0);
 
-/// Maglev tables, `ring_slot(slot, service)`: 65,537 backend indexes each (128 KiB; 8 MiB
-/// for both slots of every service).
-#[map]
-pub static LB_RINGS: Array<Ring> = Array::with_max_entries(LB_SLOTS * MAX_SERVICES, 0);
+/// A slot's Maglev tables, by service index: 65,537 backend indexes each (128 KiB). The
+/// template: the daemon creates each slot's with room for its services.
+pub type RingTable = btf_maps::Array<Ring, 1, INNER_ARRAY_FLAGS>;
+
+/// Maglev tables, one array per slot (none while the slot has no service): 128 KiB per
+/// service and slot.
+#[btf_map]
+pub static LB_RINGS: btf_maps::ArrayOfMaps<RingTable, { LB_SLOTS as usize }> =
+    btf_maps::ArrayOfMaps::new();
 
 /// Flows and their backends, kept across table changes. An LRU; insertions are rate-gated
 /// per CPU (`LB_GATE`), so a flood of new flows cannot push the live ones out.

@@ -540,6 +540,7 @@ impl PinLock {
 // ---- raw BPF syscalls -------------------------------------------------------------------
 
 const BPF_MAP_LOOKUP_ELEM: u32 = 1;
+const BPF_MAP_DELETE_ELEM: u32 = 3;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_MAP_GET_NEXT_KEY: u32 = 4;
 const BPF_OBJ_PIN: u32 = 6;
@@ -696,6 +697,22 @@ pub fn map_lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Resul
     a.put_u64(8, key.as_ptr() as u64);
     a.put_u64(16, value.as_mut_ptr() as u64);
     match sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `BPF_MAP_DELETE_ELEM`; false when the key was absent (for an array of maps, a slot
+/// already empty).
+///
+/// # Errors
+/// When `fd` is not a map or the key does not match its size.
+pub fn map_delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    let mut a = Attr::new();
+    a.put_u32(0, fd.as_raw_fd() as u32);
+    a.put_u64(8, key.as_ptr() as u64);
+    match sys_bpf(BPF_MAP_DELETE_ELEM, &mut a) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),

@@ -825,3 +825,60 @@ fn dsr_flows_are_not_condemned_as_invalid_when_the_replies_bypass_the_balancer()
     assert_eq!(run(&b, &stray).0, XDP_DROP);
     assert_eq!(b.reason_count(reason::SHIELD_TCP_INVALID).unwrap(), 1);
 }
+
+/// The number of Maglev tables in each slot's array (`None`: the slot holds no array), the
+/// live slot's first.
+fn ring_tables(b: &Bench) -> [Option<u32>; 2] {
+    let control: aya::maps::Array<&aya::maps::MapData, palisade_common::lb::LbControl> =
+        aya::maps::Array::try_from(b.ebpf.map("LB_CONTROL").expect("LB_CONTROL"))
+            .expect("an array");
+    let live = control.get(&0, 0).expect("reading LB_CONTROL").active & 1;
+    [live, live ^ 1].map(|slot| {
+        palisade::capacity::slot_table(&b.ebpf, lb::RINGS, lb::RING_TABLES[slot as usize], slot)
+            .expect("reading LB_RINGS")
+            .map(|t| {
+                palisade::pin::map_info(std::os::fd::AsFd::as_fd(t.fd()))
+                    .expect("the table's information")
+                    .4
+            })
+    })
+}
+
+#[test]
+fn the_maglev_tables_follow_the_services_of_each_slot() {
+    let none = "[firewall]\ndefault = \"allow\"\n";
+    // No service: no table in either slot (the 64 fixed tables took 8 MiB).
+    let mut b = bench(&policy(none));
+    assert_eq!(ring_tables(&b), [None, None]);
+    // Three services: the slot just written holds three tables, and they balance.
+    let p = policy(&services("dsr"));
+    b.install(&p).expect("install");
+    assert_eq!(ring_tables(&b), [Some(3), None]);
+    let query = Frame::udp("2001:db8:5::7", "2001:db8::53", 40_000, 53).build();
+    let (backend, hash) = reference(&p, &Live::default(), "dns6", ip("2001:db8:5::7"), 40_000);
+    assert_eq!(
+        run(&b, &query),
+        (XDP_PASS, encapsulated(&query, backend, hash))
+    );
+    // Two services: the other slot gets two tables; the three stay until theirs is written
+    // again.
+    let mut two = services("dsr");
+    two.truncate(
+        two.find("[[lb.service]]\nname = \"dns6\"")
+            .expect("the third service"),
+    );
+    let p = policy(&two);
+    b.install(&p).expect("install");
+    assert_eq!(ring_tables(&b), [Some(2), Some(3)]);
+    let syn = Frame::tcp("198.51.100.8", "10.0.0.100", 40_001, 80, SYN).build();
+    let (backend, hash) = reference(&p, &Live::default(), "web4", ip("198.51.100.8"), 40_001);
+    assert_eq!(run(&b, &syn), (XDP_PASS, encapsulated(&syn, backend, hash)));
+    // The third service's VIP is no longer balanced (a new client: no flow of its own).
+    let other = Frame::udp("2001:db8:5::8", "2001:db8::53", 40_000, 53).build();
+    assert_eq!(run(&b, &other), (XDP_PASS, other.clone()));
+    // No service again: each slot is emptied as it is written.
+    b.install(&policy(none)).expect("install");
+    assert_eq!(ring_tables(&b), [None, Some(2)]);
+    b.install(&policy(none)).expect("install");
+    assert_eq!(ring_tables(&b), [None, None]);
+}

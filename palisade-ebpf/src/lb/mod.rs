@@ -27,7 +27,7 @@ use palisade_common::{
         LS_ENCAP_V4, LS_ENCAP_V6, LS_FLOW_HITS, LS_ICMP_STEERED, LS_INSERT_GATED, LS_INSERTED,
         LS_NEW_FLOWS, LS_NO_BACKEND, LS_PACKETS, LS_REWRITE_FAILED, LS_TO_STACK, LS_TX,
         LS_UNSUPPORTED, LbFlow, LbFlowKey, LbGlobal, LbService, MODE_DNAT, MODE_DSR, NO_BACKEND,
-        VipKey, backend_slot, encap_source, flow_hash, gate_admits, ring_index, ring_slot,
+        VipKey, backend_slot, encap_source, flow_hash, gate_admits, ring_index,
     },
     packet::{
         Bytes as _, ETH_HLEN, FAMILY_V4, FRAG_LATER, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -286,7 +286,7 @@ pub fn maglev(slot: u32, global: &LbGlobal, svc: &LbService, key: &LbFlowKey) ->
         key.sport,
         key.dport,
     );
-    let ring = LB_RINGS.get(ring_slot(slot, svc.index))?;
+    let ring = LB_RINGS.get(slot & 1)?.get(svc.index)?;
     let b = *ring.slots.get(ring_index(hash) as usize)?;
     if b == NO_BACKEND {
         return None;

@@ -400,30 +400,102 @@ fn pin_dir() -> Option<PathBuf> {
 /// # Errors
 /// When the array of tables cannot be read, or the table cannot be opened.
 pub fn table(ebpf: &Ebpf, kind: Kind, generation: u32) -> Result<Option<MapData>> {
-    let outer = maps::map(ebpf, kind.map())?;
-    let aya::maps::Map::ArrayOfMaps(outer) = outer else {
-        anyhow::bail!("{} is not an array of tables", kind.map());
+    slot_table(ebpf, kind.map(), kind.table_name(generation), generation)
+}
+
+/// The arrays of tables the daemon fills (the policy's [`Kind`]s and the load balancer's
+/// Maglev tables), each with the names of its two slots' tables.
+pub fn arrays_of_tables() -> impl Iterator<Item = (&'static str, [&'static str; 2])> {
+    Kind::ALL
+        .into_iter()
+        .map(|k| (k.map(), [k.table_name(0), k.table_name(1)]))
+        .chain([(crate::lb::RINGS, crate::lb::RING_TABLES)])
+}
+
+/// The table in slot `slot` of the array of tables `outer`, if any, named `name` (its pin's
+/// name): opened by its pin when one under [`pin_tables_under`]'s directory is that table,
+/// else by its id.
+///
+/// # Errors
+/// When the array of tables cannot be read, or the table cannot be opened.
+pub fn slot_table(ebpf: &Ebpf, outer: &str, name: &str, slot: u32) -> Result<Option<MapData>> {
+    let aya::maps::Map::ArrayOfMaps(outer_map) = maps::map(ebpf, outer)? else {
+        anyhow::bail!("{outer} is not an array of tables");
     };
     // The slot holds the table's id (a lookup from userspace returns ids, not maps).
     let mut id = [0u8; 4];
-    let slot = (generation & 1).to_ne_bytes();
-    let found = pin::map_lookup(outer.fd().as_fd(), &slot, &mut id)
-        .with_context(|| format!("reading {}'s slot {}", kind.map(), generation & 1))?;
+    let key = (slot & 1).to_ne_bytes();
+    let found = pin::map_lookup(outer_map.fd().as_fd(), &key, &mut id)
+        .with_context(|| format!("reading {outer}'s slot {}", slot & 1))?;
     if !found {
         return Ok(None);
     }
     let id = u32::from_ne_bytes(id);
     if let Some(dir) = pin_dir()
-        && let Ok(fd) = pin::obj_get(&dir.join(kind.table_name(generation)))
+        && let Ok(fd) = pin::obj_get(&dir.join(name))
         && pin::map_info(fd.as_fd()).is_ok_and(|info| info.1 == id)
     {
-        return Ok(Some(MapData::from_fd(fd).with_context(|| {
-            format!("opening {}", kind.table_name(generation))
-        })?));
+        return Ok(Some(
+            MapData::from_fd(fd).with_context(|| format!("opening {name}"))?,
+        ));
     }
     MapData::from_id(id)
         .map(Some)
-        .with_context(|| format!("reading {}'s table", kind.map()))
+        .with_context(|| format!("reading {outer}'s table"))
+}
+
+/// A new empty table named `name` of `slots` entries, with the kernel's `(map type, key
+/// size, value size)` `shape` and `flags`, pinned (when the daemon pins tables) and put in
+/// slot `slot` of the array of tables `outer`. `what` describes its room for messages.
+///
+/// Only for an idle slot: packets read the live one only.
+///
+/// # Errors
+/// When the kernel cannot create the table (memory) or the slot cannot be written.
+pub fn new_slot_table(
+    ebpf: &mut Ebpf,
+    (outer, name, slot): (&str, &'static str, u32),
+    (map_type, key_size, value_size): (u32, u32, u32),
+    flags: u32,
+    slots: u32,
+    what: impl FnOnce() -> String,
+) -> Result<MapData> {
+    let obj = aya_obj::Map::new_from_params(map_type, key_size, value_size, slots, flags);
+    let fresh = MapData::create(obj, name, None)
+        .with_context(|| format!("creating {name} with room for {}", what()))?;
+    if let Some(dir) = pin_dir() {
+        // Pinned before it goes in the slot, so a restarted daemon always finds the slot's
+        // table pinned; the pin of the table it replaces goes.
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        pin::obj_pin(fresh.fd().as_fd(), &path)
+            .with_context(|| format!("pinning {}", path.display()))?;
+    }
+    let mut outer_map: ArrayOfMaps<&mut MapData, MapData> =
+        ArrayOfMaps::try_from(maps::map_mut(ebpf, outer)?)?;
+    outer_map
+        .set(slot & 1, &fresh, 0)
+        .with_context(|| format!("putting {name} in its slot"))?;
+    Ok(fresh)
+}
+
+/// Empties slot `slot` of the array of tables `outer` (the table in it, named `name`, goes
+/// with its pin once nothing holds it). Only for an idle slot.
+///
+/// # Errors
+/// When the slot cannot be written.
+pub fn clear_slot_table(ebpf: &mut Ebpf, outer: &str, name: &str, slot: u32) -> Result<()> {
+    let aya::maps::Map::ArrayOfMaps(outer_map) = maps::map(ebpf, outer)? else {
+        anyhow::bail!("{outer} is not an array of tables");
+    };
+    let key = (slot & 1).to_ne_bytes();
+    // An empty slot stays empty.
+    pin::map_delete(outer_map.fd().as_fd(), &key)
+        .with_context(|| format!("emptying {outer}'s slot {}", slot & 1))?;
+    if let Some(dir) = pin_dir() {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    Ok(())
 }
 
 /// Generation `generation`'s table of `kind`, ready to be written with a policy for which
@@ -448,29 +520,15 @@ pub fn table_for(
             return Ok((t, false));
         }
     }
-    let (map_type, key_size, value_size) = kind.shape();
     let slots = room.saturating_mul(kind.slots_per_entry());
-    let obj = aya_obj::Map::new_from_params(map_type, key_size, value_size, slots, kind.flags());
-    let fresh = MapData::create(obj, kind.table_name(generation), None).with_context(|| {
-        format!(
-            "creating {} with room for {room} {}",
-            kind.table_name(generation),
-            kind.what()
-        )
-    })?;
-    if let Some(dir) = pin_dir() {
-        // Pinned before it goes in the slot, so a restarted daemon always finds the slot's
-        // table pinned; the pin of the table it replaces goes.
-        let path = dir.join(kind.table_name(generation));
-        let _ = std::fs::remove_file(&path);
-        pin::obj_pin(fresh.fd().as_fd(), &path)
-            .with_context(|| format!("pinning {}", path.display()))?;
-    }
-    let mut outer: ArrayOfMaps<&mut MapData, MapData> =
-        ArrayOfMaps::try_from(maps::map_mut(ebpf, kind.map())?)?;
-    outer
-        .set(generation & 1, &fresh, 0)
-        .with_context(|| format!("putting {} in its slot", kind.table_name(generation)))?;
+    let fresh = new_slot_table(
+        ebpf,
+        (kind.map(), kind.table_name(generation), generation),
+        kind.shape(),
+        kind.flags(),
+        slots,
+        || format!("{room} {}", kind.what()),
+    )?;
     Ok((fresh, true))
 }
 

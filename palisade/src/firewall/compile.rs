@@ -1291,14 +1291,16 @@ mod tests {
         }
         // Both words must allow a tuple: from port 53 to port 80, every tuple; from 53 to
         // 443, not the port-80 tuple.
-        let both = |sp: usize, dp: usize| {
-            port_word::tuples(sports[sp]) & port_word::tuples(dports[dp])
-        };
+        let both =
+            |sp: usize, dp: usize| port_word::tuples(sports[sp]) & port_word::tuples(dports[dp]);
         assert_eq!(both(53, 80), 0b111);
         assert_eq!(both(53, 443), 0b110);
         assert_eq!(both(5, 443), 0b010);
         assert!(!port_word::may_match(both(5, 443), 0));
-        assert!(port_word::may_match(0, port_word::TUPLES), "past the words: always");
+        assert!(
+            port_word::may_match(0, port_word::TUPLES),
+            "past the words: always"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use palisade_common::{
     lb::{
         BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, LB_SLOTS, LS_COUNT, LS_NAMES, LbBackend,
         LbControl, LbGlobal, LbReverse, LbService, MAX_BACKENDS, MAX_SERVICES, MODE_DNAT, MODE_DSR,
-        Permutation, RING_SIZE, Ring, VipKey, backend_slot, build_ring, ring_slot,
+        Permutation, RING_SIZE, Ring, VipKey, backend_slot, build_ring,
     },
     packet::{FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP},
 };
@@ -546,12 +546,12 @@ fn install_tables(ebpf: &mut Ebpf, lb: &Lb, live: &Live, wait: bool) -> Result<(
         let mut m: Array<&mut MapData, LbGlobal> = Array::try_from(map_mut(ebpf, "LB_GLOBAL")?)?;
         m.set(idle, global(lb), 0).context("writing LB_GLOBAL")?;
     }
+    let rings = ring_table(ebpf, idle, lb.services.len() as u32)?;
     for (i, (svc, v)) in lb.services.iter().zip(&views).enumerate() {
         let i = i as u32;
         let ring = ring(lb.hash_seed, v);
-        {
-            let mut m: Array<&mut MapData, Ring> = Array::try_from(map_mut(ebpf, "LB_RINGS")?)?;
-            m.set(ring_slot(idle, i), ring.as_ref(), 0)
+        if let Some(t) = &rings {
+            crate::maps::update_batch(t, &[i], std::slice::from_ref(ring.as_ref()))
                 .with_context(|| format!("writing the Maglev table of {:?}", svc.name))?;
         }
         {
@@ -647,6 +647,44 @@ fn install_tables(ebpf: &mut Ebpf, lb: &Lb, live: &Live, wait: bool) -> Result<(
     m.set(0, next, 0)
         .context("switching the load balancer's tables")?;
     Ok(())
+}
+
+/// The array of Maglev tables, one per slot (`LB_RINGS` holds them: a service's table is at
+/// its index in its slot's).
+pub const RINGS: &str = "LB_RINGS";
+/// The names of the slots' arrays of Maglev tables (their pins' names).
+pub const RING_TABLES: [&str; 2] = ["LB_RINGS_0", "LB_RINGS_1"];
+
+/// Slot `slot`'s array of Maglev tables, with room for `services` (none: the slot is
+/// emptied, and a configuration without services holds no table at all): the one in the
+/// slot when its size fits, else a new one. Only for the idle slot.
+fn ring_table(ebpf: &mut Ebpf, slot: u32, services: u32) -> Result<Option<MapData>> {
+    let name = RING_TABLES[(slot & 1) as usize];
+    if services == 0 {
+        crate::capacity::clear_slot_table(ebpf, RINGS, name, slot)?;
+        return Ok(None);
+    }
+    if let Some(t) = crate::capacity::slot_table(ebpf, RINGS, name, slot)? {
+        let (_, _, _, _, held, _) = crate::pin::map_info(std::os::fd::AsFd::as_fd(t.fd()))
+            .context("reading the Maglev tables' capacity")?;
+        if held == services {
+            return Ok(Some(t));
+        }
+    }
+    let shape = (
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        size_of::<Ring>() as u32,
+    );
+    crate::capacity::new_slot_table(
+        ebpf,
+        (RINGS, name, slot),
+        shape,
+        aya_obj::generated::BPF_F_INNER_MAP,
+        services,
+        || format!("{services} Maglev tables"),
+    )
+    .map(Some)
 }
 
 /// Removes the keys of `slot` from the hash map `name` (values of type `V`).

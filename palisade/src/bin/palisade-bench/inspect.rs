@@ -99,17 +99,17 @@ pub fn maps_of(ebpf: &Ebpf, name: &str) -> Result<BTreeMap<String, MapMemory>> {
     Ok(out)
 }
 
-/// Adds the per-generation tables of the policy's arrays of maps (`palisade::capacity`) to
-/// their array's entry in `out`: its memory and capacity are then those of the tables it
-/// holds (and its own slots).
+/// Adds the tables in the slots of the arrays of maps the daemon fills
+/// (`palisade::capacity::arrays_of_tables`) to their array's entry in `out`: its memory and
+/// capacity are then those of the tables it holds (and its own slots).
 fn add_tables(ebpf: &Ebpf, out: &mut BTreeMap<String, MapMemory>) -> Result<()> {
-    use palisade::capacity::{Kind, table};
-    for kind in Kind::ALL {
-        let Some(entry) = out.get_mut(kind.map()) else {
+    use palisade::capacity::{arrays_of_tables, slot_table};
+    for (outer, names) in arrays_of_tables() {
+        let Some(entry) = out.get_mut(outer) else {
             continue;
         };
-        for generation in 0..2 {
-            if let Some(t) = table(ebpf, kind, generation)? {
+        for (slot, name) in (0..).zip(names) {
+            if let Some(t) = slot_table(ebpf, outer, name, slot)? {
                 let fd = t.fd().as_fd().as_raw_fd();
                 entry.memlock_bytes += fdinfo_field(fd, "memlock")?.unwrap_or(0);
                 entry.max_entries += fdinfo_field(fd, "max_entries")?.unwrap_or(0) as u32;
