@@ -398,10 +398,10 @@ pub static NAT_INGRESS: HashMap<NatKey, NatEntry> = HashMap::with_max_entries(
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );
 
-/// Port forwards of both generations.
+/// Port forwards of both generations (written by the daemon; allocated as they are).
 #[map]
 pub static NAT_FORWARDS: HashMap<ForwardKey, ForwardTarget> =
-    HashMap::with_max_entries(GENERATIONS * MAX_FORWARDS, 0);
+    HashMap::with_max_entries(GENERATIONS * MAX_FORWARDS, BPF_F_NO_PREALLOC);
 
 /// NAT counters (`palisade_common::nat::NS_*`), per CPU.
 #[map]
@@ -525,8 +525,11 @@ pub static LB_RINGS: btf_maps::ArrayOfMaps<RingTable, { LB_SLOTS as usize }> =
 pub static LB_FLOWS: LruHashMap<LbFlowKey, LbFlow> = LruHashMap::with_max_entries(FLOW_ENTRIES, 0);
 
 /// DNAT backends by (slot, address, protocol, port): the VIP their replies come back from.
+/// Written by the daemon at each install; allocated as entries are (buckets only while the
+/// load balancer has no DNAT service).
 #[map]
-pub static LB_REVERSE: HashMap<VipKey, LbReverse> = HashMap::with_max_entries(REVERSE_ENTRIES, 0);
+pub static LB_REVERSE: HashMap<VipKey, LbReverse> =
+    HashMap::with_max_entries(REVERSE_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The flow-insertion bucket of each CPU.
 #[map]
@@ -764,9 +767,11 @@ pub static IDS_CONFIG: Array<IdsConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static IDS_GRAMS: Array<IdsGrams> = Array::with_max_entries(1, 0);
 
-/// Port groups: (protocol, port) -> mode. 4,096 groups (`ids::preselect::MAX_PORT_GROUPS`).
+/// Port groups: (protocol, port) -> mode. 4,096 groups (`ids::preselect::MAX_PORT_GROUPS`),
+/// written by the daemon and allocated as they are.
 #[map]
-pub static IDS_PORT_GROUPS: HashMap<IdsPortKey, IdsPortGroup> = HashMap::with_max_entries(4096, 0);
+pub static IDS_PORT_GROUPS: HashMap<IdsPortKey, IdsPortGroup> =
+    HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 /// Flows (each direction) selected or sampled out: 65,536 entries, LRU (an evicted flow is
 /// judged again by its next packet).

@@ -77,7 +77,8 @@ pub static DLP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COU
 
 /// Flows to reset (written by userspace on a match under `action = "reset"`).
 #[map]
-pub static DLP_RESET: HashMap<ResetKey, u64> = HashMap::with_max_entries(MAX_RESETS, 0);
+pub static DLP_RESET: HashMap<ResetKey, u64> =
+    HashMap::with_max_entries(MAX_RESETS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// `struct sock_common` offsets (stable since the structure's first member is the address
 /// pair; checked against this kernel's BTF in the tests through real flows).
