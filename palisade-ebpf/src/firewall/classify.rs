@@ -42,14 +42,11 @@ pub fn first_match(generation: u32, header: &PolicyHeader, p: &Packet) -> Option
     }
     // The ports' words: their classes, and the tuples that may hold a rule for them (a
     // word that cannot be read lets every tuple through; it cannot happen).
+    let all = port_word::new(0, port_word::ALL);
     let (sport, dport) = if p.frag == FRAG_LATER {
-        (
-            port_word::new(0, port_word::ALL),
-            port_word::new(0, port_word::ALL),
-        )
+        (all, all)
     } else {
         let base = generation * PORT_SPACE;
-        let all = port_word::new(0, port_word::ALL);
         (
             FW_SPORT_CLASS
                 .get(base + u32::from(p.sport))
