@@ -173,10 +173,7 @@ const _: () = assert!(MAX_SETS > 0);
 use aya_ebpf::maps::ProgramArray;
 use palisade_common::dns::{
     hash::HashKey,
-    maps::{
-        ClientKey, DNS_STATS_PER_SCOPE, DnsGlobal, NameFilter, NameKey, NameValue, SCOPES,
-        ScopeConfig,
-    },
+    maps::{ClientKey, DNS_STATS_PER_SCOPE, DnsGlobal, NameKey, NameValue, SCOPES, ScopeConfig},
 };
 
 /// The secret key of the name hashes (set once when the maps are created).
@@ -196,10 +193,15 @@ pub static DNS_SCOPES: Array<ScopeConfig> = Array::with_max_entries(GENERATIONS 
 pub static DNS_NAMES: btf_maps::ArrayOfMaps<NameTable, GENERATION_SLOTS> =
     btf_maps::ArrayOfMaps::new();
 
-/// Per generation, a filter of `DNS_NAMES`' keys: a suffix whose bits are not set is not
-/// looked up (see `NameFilter`).
-#[map]
-pub static DNS_FILTER: Array<NameFilter> = Array::with_max_entries(GENERATIONS, 0);
+/// A generation's filter of its name keys (`NameFilter`): word 0 the mask, then the bit
+/// words. The template: the daemon creates each generation's with room for its keys.
+pub type FilterTable = btf_maps::Array<u64, 1, INNER_ARRAY_FLAGS>;
+
+/// Per generation, a filter of `DNS_NAMES`' keys, sized by them (`filter_words`): a suffix
+/// whose bits are not set is not looked up.
+#[btf_map]
+pub static DNS_FILTER: btf_maps::ArrayOfMaps<FilterTable, GENERATION_SLOTS> =
+    btf_maps::ArrayOfMaps::new();
 
 /// Per-client query buckets (GCRA time).
 #[map]
@@ -430,7 +432,7 @@ use palisade_common::conntrack::{
 /// max_entries` when it creates the map.
 pub const CT_EST_DEFAULT: u32 = 262_144;
 /// Default capacity of [`CT_NEW`] (`[conntrack] max_unvalidated`).
-pub const CT_NEW_DEFAULT: u32 = 65_536;
+pub const CT_NEW_DEFAULT: u32 = 16_384;
 
 /// Validated flows: a completed handshake, an answered datagram, or a flow this host sends
 /// on. Only such flows enter, so a flood from spoofed sources cannot fill it; not an LRU, so

@@ -55,7 +55,7 @@ const CHUNK: u32 = 1 << 15;
 /// the generator adds a counter.
 const FLOOD_BASE: u32 = 0x6440_0000;
 /// Default capacity of the table of unvalidated flows (`[conntrack] max_unvalidated`).
-const CT_NEW_CAPACITY: u64 = 65_536;
+const CT_NEW_CAPACITY: u64 = 16_384;
 
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SSH: u16 = 22;

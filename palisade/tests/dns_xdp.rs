@@ -38,8 +38,8 @@ use palisade_common::{
     dns::{
         entropy,
         maps::{
-            DNS_STATS_PER_SCOPE, SCOPE_INGRESS, STAT_ALLOWED, STAT_AUDITED, STAT_BLOCKED,
-            STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_TCP,
+            DNS_STATS_PER_SCOPE, FILTER_MIN_WORDS, SCOPE_INGRESS, STAT_ALLOWED, STAT_AUDITED,
+            STAT_BLOCKED, STAT_NXDOMAIN_SENT, STAT_QUERIES, STAT_TCP, filter_words,
         },
     },
     packet::{self, Frame as Parsed, IPPROTO_TCP, TCP_SYN},
@@ -2122,6 +2122,69 @@ fn a_new_policy_leaves_no_stale_names_behind() {
             Nx(reason::DNS_BLOCKED),
             ev("three.example.", "A"),
         ),
+    ]);
+}
+
+/// The live generation's name filter: its table's entries (bit words and the mask word) and
+/// the mask in its word 0.
+fn live_filter(t: &T) -> (u32, u64) {
+    use std::os::fd::AsFd as _;
+    let live = apply::control(&t.b.ebpf).expect("CONTROL").active_gen & 1;
+    let (outer, names) = palisade::capacity::NAME_FILTERS;
+    let table = palisade::capacity::slot_table(&t.b.ebpf, outer, names[live as usize], live)
+        .expect("reading DNS_FILTER")
+        .expect("the live generation has a name filter");
+    let entries = palisade::pin::map_info(table.fd().as_fd())
+        .expect("the filter's info")
+        .4;
+    let words: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(table)).expect("an array of words");
+    (entries, words.get(&0, 0).expect("the mask word"))
+}
+
+#[test]
+fn the_name_filter_of_each_generation_is_sized_by_its_names() {
+    let mut t = setup(blocklist(), vec![entry("one.example")]);
+    assert_eq!(
+        live_filter(&t),
+        (FILTER_MIN_WORDS + 1, u64::from(FILTER_MIN_WORDS - 1))
+    );
+    // 20,000 names: the other generation's filter grows to hold them, and its mask says so.
+    let names: Vec<String> = (0..20_000).map(|i| format!("n{i}.big.example")).collect();
+    t.again(blocklist(), names.iter().map(|n| entry(n)).collect());
+    let (entries, mask) = live_filter(&t);
+    assert_eq!(
+        u64::from(entries),
+        mask + 2,
+        "the mask covers the table's bit words"
+    );
+    assert!(
+        entries > filter_words(20_000),
+        "{entries} words for 20,000 names"
+    );
+    for n in ["n0.big.example", "n12345.big.example", "n19999.big.example"] {
+        t.check(&q(n, A), Nx(reason::DNS_BLOCKED), ev(&format!("{n}."), "A"));
+    }
+    for n in ["n20000.big.example", "big.example", "one.example"] {
+        t.check(&q(n, A), Allow, ev(&format!("{n}."), "A"));
+    }
+    // Back to one name: the generation that held the small filter keeps it, and the next
+    // install replaces the large one with a small one.
+    t.again(blocklist(), vec![entry("two.example")]);
+    assert_eq!(live_filter(&t).0, FILTER_MIN_WORDS + 1);
+    t.again(blocklist(), vec![entry("three.example")]);
+    assert_eq!(
+        live_filter(&t),
+        (FILTER_MIN_WORDS + 1, u64::from(FILTER_MIN_WORDS - 1))
+    );
+    t.checks(&[
+        (
+            q("three.example", A),
+            Nx(reason::DNS_BLOCKED),
+            ev("three.example.", "A"),
+        ),
+        (q("n0.big.example", A), Allow, ev("n0.big.example.", "A")),
+        (q("two.example", A), Allow, ev("two.example.", "A")),
     ]);
 }
 

@@ -93,49 +93,88 @@ pub const MAX_NAME_KEYS: usize = 1 << 24;
 /// size it gets (tests, benchmarks).
 pub const DECLARED_NAME_ROOM: u32 = 1 << 21;
 
-/// Words of one generation's name filter: 2^18 words, 16M bits, 2 MiB.
-pub const FILTER_WORDS: usize = 1 << 18;
+/// The fewest bit words of a generation's name filter (512 bytes).
+pub const FILTER_MIN_WORDS: u32 = 1 << 6;
+/// The most bit words of a generation's name filter (32 MiB, for 16M keys).
+pub const FILTER_MAX_WORDS: u32 = 1 << 22;
 
-/// A per-generation filter of the name keys (a Bloom filter blocked by word: each key sets
-/// two bits of one 64-bit word). The inspector looks a suffix up in `DNS_NAMES` only when
-/// both of its bits are set, so a name on no list costs no hash-map lookup, only one array
-/// word per suffix. False positives cost a lookup and change nothing; there are no false
-/// negatives, as every key of a generation is added before the generation goes live. With
-/// 1M keys about 2 % of lookups of absent suffixes pass, with 2M about 7 %.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct NameFilter {
-    pub words: [u64; FILTER_WORDS],
+/// Bit words of the name filter of a generation of `keys` name keys: a quarter of a word
+/// (16 bits) per key, rounded up to a power of two, within [`FILTER_MIN_WORDS`] and
+/// [`FILTER_MAX_WORDS`]. With two bits per key that keeps about 2 % of the lookups of absent
+/// suffixes passing at any size, as 2 MiB did for 1M keys when the filter had one size.
+#[must_use]
+pub const fn filter_words(keys: u32) -> u32 {
+    let want = keys.div_ceil(4);
+    let words = if want <= FILTER_MIN_WORDS {
+        FILTER_MIN_WORDS
+    } else {
+        want.next_power_of_two()
+    };
+    if words > FILTER_MAX_WORDS {
+        FILTER_MAX_WORDS
+    } else {
+        words
+    }
 }
-map_type!(NameFilter, FILTER_WORDS * 8);
+
+/// A generation's filter of the name keys (a Bloom filter blocked by word: each key sets
+/// two bits of one 64-bit word), stored as its table in `DNS_FILTER`: word 0 holds the mask
+/// of the bit words (their count, a power of two, minus one), and bit word `i` is table
+/// word `1 + i`. The inspector reads the mask once per query and looks a suffix up in
+/// `DNS_NAMES` only when both of its bits are set, so a name on no list costs no hash-map
+/// lookup, only one array word per suffix. False positives cost a lookup and change nothing;
+/// there are no false negatives, as every key of a generation is added before the generation
+/// goes live. The table is sized by the generation's keys ([`filter_words`]).
+pub struct NameFilter;
 
 impl NameFilter {
-    /// Where a key's two bits are: the word's index and the mask of both bits. From the
-    /// suffix hash's first lane (already a full-avalanche mix) with the scope and the kind
-    /// mixed in, so that an exact entry does not set the bits of the wildcard with the same
-    /// suffix.
+    /// Where a key's two bits are: a hash that picks the word (the table word is
+    /// [`Self::index`] of it), and the mask of both bits. From the suffix hash's first lane
+    /// (already a full-avalanche mix) with the scope and the kind mixed in, so that an exact
+    /// entry does not set the bits of the wildcard with the same suffix.
     #[inline(always)]
     #[must_use]
-    pub const fn slot(a: u64, scope: u8, kind: u8) -> (usize, u64) {
+    pub const fn slot(a: u64, scope: u8, kind: u8) -> (u32, u64) {
         let h = a ^ ((((scope as u64) << 1) | kind as u64) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let word = (h >> 40) as usize & (FILTER_WORDS - 1);
+        let word = (h >> 40) as u32;
         let bits = (1u64 << (h & 63)) | (1u64 << ((h >> 6) & 63));
         (word, bits)
     }
 
-    /// Adds the key.
-    #[inline]
-    pub fn insert(&mut self, key: &NameKey) {
-        let (word, bits) = Self::slot(key.a, key.scope, key.kind);
-        self.words[word] |= bits;
-    }
-
-    /// Whether the key may be in the set.
+    /// The table word holding the bits of word hash `word` under `mask` (word 0 of the
+    /// table).
     #[inline(always)]
     #[must_use]
-    pub fn may_hold(&self, a: u64, scope: u8, kind: u8) -> bool {
+    pub const fn index(word: u32, mask: u32) -> u32 {
+        1 + (word & mask)
+    }
+
+    /// Makes `table` an empty filter: zero bits, and its mask in word 0. `table` holds a
+    /// power of two of bit words plus the mask word.
+    pub fn clear(table: &mut [u64]) {
+        let words = table.len().saturating_sub(1);
+        debug_assert!(words.is_power_of_two());
+        table.fill(0);
+        if let Some(m) = table.first_mut() {
+            *m = words.saturating_sub(1) as u64;
+        }
+    }
+
+    /// Adds the key to the filter `table` (made by [`Self::clear`]).
+    #[inline]
+    pub fn insert(table: &mut [u64], key: &NameKey) {
+        let (word, bits) = Self::slot(key.a, key.scope, key.kind);
+        let i = Self::index(word, table[0] as u32) as usize;
+        table[i] |= bits;
+    }
+
+    /// Whether the filter `table` may hold the key.
+    #[inline]
+    #[must_use]
+    pub fn may_hold(table: &[u64], a: u64, scope: u8, kind: u8) -> bool {
         let (word, bits) = Self::slot(a, scope, kind);
-        self.words[word] & bits == bits
+        let i = Self::index(word, table[0] as u32) as usize;
+        table[i] & bits == bits
     }
 }
 
@@ -303,18 +342,18 @@ pub const STAT_NAMES: [&str; DNS_STATS_PER_SCOPE as usize] = [
 #[cfg(test)]
 mod tests {
     extern crate std;
-    use std::boxed::Box;
 
     use super::*;
 
-    fn empty_filter() -> Box<NameFilter> {
-        // SAFETY: all-zero words are an empty filter.
-        unsafe { Box::new_zeroed().assume_init() }
+    fn empty_filter(keys: u32) -> std::vec::Vec<u64> {
+        let mut t = std::vec![0u64; filter_words(keys) as usize + 1];
+        NameFilter::clear(&mut t);
+        t
     }
 
     #[test]
     fn filter_holds_what_was_inserted_and_rejects_most_else() {
-        let mut f = empty_filter();
+        let mut f = empty_filter(200_000);
         let mut x = 0x0123_4567_89ab_cdefu64;
         let mut next = || {
             x = crate::dns::hash::fmix(x.wrapping_add(0x9e37_79b9_7f4a_7c15));
@@ -329,18 +368,34 @@ mod tests {
             })
             .collect();
         for k in &keys {
-            f.insert(k);
+            NameFilter::insert(&mut f, k);
         }
-        assert!(keys.iter().all(|k| f.may_hold(k.a, k.scope, k.kind)));
+        assert!(
+            keys.iter()
+                .all(|k| NameFilter::may_hold(&f, k.a, k.scope, k.kind))
+        );
         // The same hashes under the other kind, and fresh hashes: absent. With 200k keys in
-        // 16M bits about 0.1 % pass (two bits of 2.4 % density, or one when they coincide);
-        // allow three times that.
+        // 65,536 words (4M bits, 10 % density) about 1.5 % pass (two bits, or one when they
+        // coincide); allow twice that.
         let absent = (0..100_000)
             .map(|i| (next(), (i % 2) as u8, (i / 2 % 2) as u8))
             .chain(keys.iter().map(|k| (k.a, k.scope, k.kind ^ 1)))
-            .filter(|&(a, scope, kind)| f.may_hold(a, scope, kind))
+            .filter(|&(a, scope, kind)| NameFilter::may_hold(&f, a, scope, kind))
             .count();
-        assert!(absent < 900, "{absent} false positives in 300k");
+        assert!(absent < 9_000, "{absent} false positives in 300k");
+    }
+
+    #[test]
+    fn filter_sizes_follow_the_keys_as_powers_of_two() {
+        assert_eq!(filter_words(0), FILTER_MIN_WORDS);
+        assert_eq!(filter_words(3), FILTER_MIN_WORDS);
+        assert_eq!(filter_words(257), 128);
+        assert_eq!(filter_words(1 << 20), 1 << 18);
+        assert_eq!(filter_words((1 << 20) + 1), 1 << 19);
+        assert_eq!(filter_words(u32::MAX), FILTER_MAX_WORDS);
+        let t = empty_filter(1000);
+        assert_eq!(t.len(), 257);
+        assert_eq!(t[0], 255);
     }
 
     #[test]
@@ -348,8 +403,10 @@ mod tests {
         for a in [0, 1, u64::MAX, 0x8000_0000_0000_0000] {
             for (scope, kind) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                 let (word, bits) = NameFilter::slot(a, scope, kind);
-                assert!(word < FILTER_WORDS);
+                assert!(word < 1 << 24);
                 assert!((1..=2).contains(&bits.count_ones()));
+                let i = NameFilter::index(word, FILTER_MIN_WORDS - 1);
+                assert!((1..=FILTER_MIN_WORDS).contains(&i));
             }
         }
     }

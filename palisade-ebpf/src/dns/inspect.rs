@@ -14,8 +14,8 @@ use palisade_common::{
         entropy::{NLOGN, TABLE_LEN, exceeds},
         hash::{self, HashKey},
         maps::{
-            ClientKey, KIND_APEX, KIND_BELOW, MODE_ALLOWLIST, MODE_BLOCKLIST, NameKey, NameValue,
-            SCOPE_BLOCK_MALFORMED, SCOPE_RATE, SCOPE_REBIND, SCOPES, STAT_INTEL_ALERTED,
+            ClientKey, KIND_APEX, KIND_BELOW, MODE_ALLOWLIST, MODE_BLOCKLIST, NameFilter, NameKey,
+            NameValue, SCOPE_BLOCK_MALFORMED, SCOPE_RATE, SCOPE_REBIND, SCOPES, STAT_INTEL_ALERTED,
             STAT_INTEL_TAGGED, ScopeConfig,
         },
         name::{MAX_WALK_BYTES, Step, Walker},
@@ -550,6 +550,36 @@ struct MatchCtx {
     /// suffix's `NameKey` words.
     table: u32,
     key: [u64; 3],
+    /// The mask of the generation's name filter (read once per query), or [`NO_FILTER`];
+    /// the filter word of the suffix being matched (the key of its lookup) and its bits,
+    /// kept here rather than on the stack under the inspector's frames.
+    filter_mask: u32,
+    filter_index: u32,
+    filter_bits: u64,
+}
+
+/// [`MatchCtx::filter_mask`] when the generation has no filter table: every suffix is looked
+/// up.
+const NO_FILTER: u32 = u32::MAX;
+
+/// Word `index` of the name filter in `DNS_FILTER` slot `table` (word 0: its mask); `None`
+/// when there is no such table or word.
+///
+/// # Safety
+/// None beyond the raw lookups; the word is read in place, so copy it at once.
+#[inline(always)]
+unsafe fn filter_word(table: &u32, index: &u32) -> Option<u64> {
+    use aya_ebpf::helpers::generated::bpf_map_lookup_elem;
+    let outer = core::ptr::from_ref(&DNS_FILTER).cast_mut().cast::<c_void>();
+    // SAFETY: a map and a key of its size (`u32`); the result is a map or null.
+    let inner = unsafe { bpf_map_lookup_elem(outer, core::ptr::from_ref(table).cast()) };
+    if inner.is_null() {
+        return None;
+    }
+    // SAFETY: the generation's filter, an array of `u64`, and a `u32` index.
+    let v = unsafe { bpf_map_lookup_elem(inner, core::ptr::from_ref(index).cast()) };
+    // SAFETY: null, or a word of the table.
+    unsafe { v.cast::<u64>().as_ref() }.copied()
 }
 
 /// The entry of `key` (a `NameKey`'s words) in the name table of `DNS_NAMES` slot `table`;
@@ -591,11 +621,26 @@ fn match_one(s: &mut Scratch, index: u64) {
     let h = s.hashes[label];
     m.suffix = hash::extend(m.suffix, (h[0], h[1]));
     let kind = if label == 0 { KIND_APEX } else { KIND_BELOW };
+    m.table = u32::from(m.generation);
     // Most suffixes are on no list: the generation's filter says so without a lookup. A
-    // filter that cannot be read filters nothing.
-    if let Some(f) = DNS_FILTER.get(u32::from(m.generation)) {
-        if !f.may_hold(m.suffix.0, m.scope, kind) {
-            return;
+    // filter that cannot be read filters nothing. Its mask is read with the first suffix.
+    if index == 0 {
+        m.filter_index = 0;
+        // SAFETY: the word is copied out at once.
+        m.filter_mask = match unsafe { filter_word(&m.table, &m.filter_index) } {
+            Some(mask) => mask as u32,
+            None => NO_FILTER,
+        };
+    }
+    if m.filter_mask != NO_FILTER {
+        let (word, bits) = NameFilter::slot(m.suffix.0, m.scope, kind);
+        m.filter_index = NameFilter::index(word, m.filter_mask);
+        m.filter_bits = bits;
+        // SAFETY: the word is copied out at once.
+        if let Some(w) = unsafe { filter_word(&m.table, &m.filter_index) } {
+            if w & m.filter_bits != m.filter_bits {
+                return;
+            }
         }
     }
     m.key = NameKey::key_words(
@@ -606,7 +651,6 @@ fn match_one(s: &mut Scratch, index: u64) {
         kind,
         m.generation,
     );
-    m.table = u32::from(m.generation);
     // SAFETY: the value is copied out at once.
     if let Some(v) = unsafe { lookup_name(&m.table, &m.key) } {
         if v.applies_to(m.qtype) {

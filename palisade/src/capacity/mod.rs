@@ -403,13 +403,13 @@ pub fn table(ebpf: &Ebpf, kind: Kind, generation: u32) -> Result<Option<MapData>
     slot_table(ebpf, kind.map(), kind.table_name(generation), generation)
 }
 
-/// The arrays of tables the daemon fills (the policy's [`Kind`]s and the load balancer's
-/// Maglev tables), each with the names of its two slots' tables.
+/// The arrays of tables the daemon fills (the policy's [`Kind`]s, the load balancer's
+/// Maglev tables and the DNS name filters), each with the names of its two slots' tables.
 pub fn arrays_of_tables() -> impl Iterator<Item = (&'static str, [&'static str; 2])> {
     Kind::ALL
         .into_iter()
         .map(|k| (k.map(), [k.table_name(0), k.table_name(1)]))
-        .chain([(crate::lb::RINGS, crate::lb::RING_TABLES)])
+        .chain([(crate::lb::RINGS, crate::lb::RING_TABLES), NAME_FILTERS])
 }
 
 /// The table in slot `slot` of the array of tables `outer`, if any, named `name` (its pin's
@@ -497,6 +497,46 @@ pub fn clear_slot_table(ebpf: &mut Ebpf, outer: &str, name: &str, slot: u32) -> 
     }
     Ok(())
 }
+
+/// The array in slot `slot` of the array of tables `outer` (named `name`), of `entries`
+/// values of `value_size` bytes: the one in the slot when it has exactly that many entries,
+/// else a new, zeroed one put in the slot. Returns it, and whether it is new. `what`
+/// describes its room for messages. Only for an idle slot.
+///
+/// # Errors
+/// When the slot cannot be read, or the kernel cannot create the array (memory).
+pub fn array_table(
+    ebpf: &mut Ebpf,
+    (outer, name, slot): (&str, &'static str, u32),
+    value_size: u32,
+    entries: u32,
+    what: impl FnOnce() -> String,
+) -> Result<(MapData, bool)> {
+    if let Some(t) = slot_table(ebpf, outer, name, slot)? {
+        let (_, _, _, _, held, _) = pin::map_info(t.fd().as_fd())
+            .with_context(|| format!("reading the capacity of {name}"))?;
+        if held == entries {
+            return Ok((t, false));
+        }
+    }
+    let shape = (
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        value_size,
+    );
+    let fresh = new_slot_table(
+        ebpf,
+        (outer, name, slot),
+        shape,
+        aya_obj::generated::BPF_F_INNER_MAP,
+        entries,
+        what,
+    )?;
+    Ok((fresh, true))
+}
+
+/// The array of tables of the DNS name filters, and the names of its generations' filters.
+pub const NAME_FILTERS: (&str, [&str; 2]) = ("DNS_FILTER", ["DNS_FILTER_0", "DNS_FILTER_1"]);
 
 /// Generation `generation`'s table of `kind`, ready to be written with a policy for which
 /// [`Room::sized`] gave `room`: the table in the slot when its capacity holds `need` and is

@@ -18,7 +18,7 @@ use palisade_common::firewall::{
 
 use palisade_common::dns::{
     hash::HashKey,
-    maps::{DnsGlobal, NameFilter, NameKey, NameValue, SCOPES, ScopeConfig},
+    maps::{DnsGlobal, NameFilter, NameKey, NameValue, SCOPES, ScopeConfig, filter_words},
 };
 
 use super::compile::{CompiledFirewall, family_code};
@@ -234,9 +234,27 @@ fn write_filter<T: aya::Pod>(
     Ok(())
 }
 
+/// Writes generation `generation`'s name filter (`filter`: its mask word, then its bit
+/// words) into its table in `DNS_FILTER`, made anew when its size changes. Every word is
+/// written, so what a table reused from an earlier policy held is gone.
+fn write_name_filter(ebpf: &mut Ebpf, generation: u32, filter: &[u64]) -> Result<()> {
+    let (outer, names) = capacity::NAME_FILTERS;
+    let name = names[(generation & 1) as usize];
+    let words = filter.len() as u32;
+    let (table, _) = capacity::array_table(
+        ebpf,
+        (outer, name, generation),
+        size_of::<u64>() as u32,
+        words,
+        || format!("a name filter of {} words", words - 1),
+    )?;
+    let index: Vec<u32> = (0..words).collect();
+    maps::update_batch(&table, &index, filter).context("writing the DNS name filter")
+}
+
 fn write_dns(ebpf: &mut Ebpf, table: &MapData, generation: u32, dns: &CompiledDns) -> Result<()> {
-    // SAFETY: all-zero words are an empty filter.
-    let mut filter: Box<NameFilter> = unsafe { Box::new_zeroed().assume_init() };
+    let mut filter = vec![0u64; filter_words(dns.names.len() as u32) as usize + 1];
+    NameFilter::clear(&mut filter);
     let (keys, values): (Vec<NameKey>, Vec<NameValue>) = dns
         .names
         .iter()
@@ -245,12 +263,12 @@ fn write_dns(ebpf: &mut Ebpf, table: &MapData, generation: u32, dns: &CompiledDn
                 generation: generation as u8,
                 ..*k
             };
-            filter.insert(&k);
+            NameFilter::insert(&mut filter, &k);
             (k, *v)
         })
         .unzip();
     maps::sync_batch(table, |_: &NameKey| true, &keys, &values).context("DNS_NAMES")?;
-    write_filter(ebpf, "DNS_FILTER", generation, &*filter)?;
+    write_name_filter(ebpf, generation, &filter)?;
     {
         let mut scopes: Array<&mut MapData, ScopeConfig> =
             Array::try_from(map_mut(ebpf, "DNS_SCOPES")?)?;

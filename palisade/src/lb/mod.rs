@@ -664,27 +664,14 @@ fn ring_table(ebpf: &mut Ebpf, slot: u32, services: u32) -> Result<Option<MapDat
         crate::capacity::clear_slot_table(ebpf, RINGS, name, slot)?;
         return Ok(None);
     }
-    if let Some(t) = crate::capacity::slot_table(ebpf, RINGS, name, slot)? {
-        let (_, _, _, _, held, _) = crate::pin::map_info(std::os::fd::AsFd::as_fd(t.fd()))
-            .context("reading the Maglev tables' capacity")?;
-        if held == services {
-            return Ok(Some(t));
-        }
-    }
-    let shape = (
-        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
-        4,
-        size_of::<Ring>() as u32,
-    );
-    crate::capacity::new_slot_table(
+    crate::capacity::array_table(
         ebpf,
         (RINGS, name, slot),
-        shape,
-        aya_obj::generated::BPF_F_INNER_MAP,
+        size_of::<Ring>() as u32,
         services,
         || format!("{services} Maglev tables"),
     )
-    .map(Some)
+    .map(|(t, _)| Some(t))
 }
 
 /// Removes the keys of `slot` from the hash map `name` (values of type `V`).

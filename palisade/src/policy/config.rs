@@ -297,7 +297,7 @@
 //! | --- | --- | --- |
 //! | `enabled` | boolean: `false` keeps tracking off even though the section is present; then `stateful = true` and `state` are errors | `true` |
 //! | `max_entries` | integer `1024..=16777216`: capacity of the table of validated flows (a completed handshake, an answered datagram); only validated flows enter it, so a flood of spoofed packets cannot evict them | `262144` |
-//! | `max_unvalidated` | integer `1024..=4194304`: capacity of the table of flows not validated yet (a SYN, an unanswered UDP datagram or echo request); least recently used entries make room when it is full | `65536` |
+//! | `max_unvalidated` | integer `1024..=4194304`: capacity of the table of flows not validated yet (a SYN, an unanswered UDP datagram or echo request); least recently used entries make room when it is full | `16384` |
 //! | `max_per_source` | integer `0..=1000000`: validated flows one outside address may have open at once; a new flow over it is dropped (reason `conn-limit`); `0` for no limit | `0` |
 //! | `new_per_source` | integer `0..=1000000`: new flows one outside address may open per second (bursts of as many); over it they are dropped (reason `conn-limit`); `0` for no limit | `0` |
 //! | `overload_set` | string: the name of a set declared under `[sets.NAME]` (it may have no entries); an address that goes over `max_per_source` or `new_per_source` joins it for `overload_ttl` seconds, and every rule naming `"@NAME"` matches it like a listed member (so `src = "@NAME"` with `action = "drop"` shuts it out). Needs one of those limits and tracking on. Members stay through reloads and restarts; `palisade ct overload` lists them | none |
@@ -551,7 +551,7 @@ stateful = true          # packets of established and related connections pass f
 [conntrack]              # connection tracking; the values below are the defaults
 # enabled = true
 # max_entries = 262144        # connections tracked once validated (answered)
-# max_unvalidated = 65536     # flows not answered yet (SYNs, lone UDP); least recent go
+# max_unvalidated = 16384     # flows not answered yet (SYNs, lone UDP); least recent go
 # max_per_source = 0          # open flows per outside address (0: no limit)
 # new_per_source = 0          # new flows per second per outside address (0: no limit)
 # overload_ttl = 600          # seconds an address over a limit stays in `overload_set`
@@ -4006,7 +4006,7 @@ rate = { pps = 1, burst = 1, per = "rule" }
                     present: false,
                     timeouts_s: palisade_common::conntrack::DEFAULT_TIMEOUTS_S,
                     max_entries: 262_144,
-                    max_unvalidated: 65_536,
+                    max_unvalidated: 16_384,
                     max_per_source: 0,
                     new_per_source: 0,
                     overload_set: None,
@@ -5850,7 +5850,7 @@ other = 9
         assert_eq!(ct.timeouts_s, want);
         assert_eq!((ct.present, ct.enabled, ct.line), (true, true, 1));
         assert_eq!(ct.max_entries, 262_144);
-        assert_eq!(ct.max_unvalidated, 65_536);
+        assert_eq!(ct.max_unvalidated, 16_384);
         let ct = parse("conntrack = { max_entries = 2048, enabled = false }\n")
             .expect("valid")
             .conntrack;

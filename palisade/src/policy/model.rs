@@ -438,7 +438,7 @@ pub const DEFAULT_CT_MAX_ENTRIES: u32 = 262_144;
 /// Bounds of [`Conntrack::max_entries`].
 pub const CT_MAX_ENTRIES_RANGE: std::ops::RangeInclusive<u32> = 1024..=16_777_216;
 /// Default capacity of the LRU table of flows not validated yet (SYNs, unanswered UDP).
-pub const DEFAULT_CT_MAX_UNVALIDATED: u32 = 65_536;
+pub const DEFAULT_CT_MAX_UNVALIDATED: u32 = 16_384;
 /// Bounds of [`Conntrack::max_unvalidated`].
 pub const CT_MAX_UNVALIDATED_RANGE: std::ops::RangeInclusive<u32> = 1024..=4_194_304;
 /// Bounds of [`Conntrack::max_per_source`] and [`Conntrack::new_per_source`] (0: no limit).
@@ -872,7 +872,7 @@ mod tests {
         assert!(ct.enabled && !ct.present);
         assert_eq!(ct.line, 0);
         assert_eq!(ct.max_entries, 262_144);
-        assert_eq!(ct.max_unvalidated, 65_536);
+        assert_eq!(ct.max_unvalidated, 16_384);
         // The same timeouts as the datapath's own defaults.
         let ns: Vec<u64> = ct.timeouts_s.iter().map(|s| s * 1_000_000_000).collect();
         assert_eq!(ns, CtConfig::defaults().timeout_ns);
