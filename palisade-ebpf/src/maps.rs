@@ -338,9 +338,15 @@ pub static SHIELD_PORTS: Array<PortState> = Array::with_max_entries(PORT_SLOTS, 
 pub static SHIELD_LISTENERS: Array<u64> = Array::with_max_entries(LISTENER_SLOTS, 0);
 
 /// The count-min sketch of the per-source limits (`shield::sources`): 4 rows of 65 536
-/// window-stamped counters, and the global echo counter; shared by every CPU (2 MiB).
-#[map]
-pub static SHIELD_SKETCH: Array<u64> = Array::with_max_entries(SKETCH_CELLS, 0);
+/// window-stamped counters, and the global echo counter; shared by every CPU (2 MiB). One
+/// size, so its lookups stay inlined.
+pub type SketchTable = btf_maps::Array<u64, { SKETCH_CELLS as usize }, 0>;
+
+/// Slot 0 holds the sketch while the policy has per-source limits, and nothing otherwise:
+/// the daemon creates it before a generation that uses it goes live, and removes it once
+/// none does, so a policy without them pins none of its memory.
+#[btf_map]
+pub static SHIELD_SKETCH: btf_maps::ArrayOfMaps<SketchTable, 1> = btf_maps::ArrayOfMaps::new();
 
 /// The heavy hitters: source prefixes that went over `source_rate`, blocked while their
 /// block lasts; the least recently updated are evicted when full (65 536 entries, 3.4 MiB

@@ -89,6 +89,10 @@ pub fn install_with(
         crate::shield::host_wscale(std::path::Path::new("/proc/sys"))
     });
     crate::shield::within_scrub(&mut shield, &policy.scrub);
+    let sketch = policy.shield.sources_on();
+    if sketch {
+        crate::shield::ensure_sketch(ebpf)?;
+    }
     crate::shield::write_config(ebpf, idle, &shield)?;
     crate::scrub::write_config(ebpf, idle, &policy.scrub.datapath())?;
     crate::tls::write_config(ebpf, idle, &policy.tls.gate())?;
@@ -96,6 +100,10 @@ pub fn install_with(
     crate::nat::write_config(ebpf, idle, &nat, &policy.nat)?;
     crate::dns::cache::write_config(ebpf, idle, policy.dns.cache.as_ref())?;
     let control = apply::install(ebpf, &firewall, &dns, &room)?;
+    // The generation that may have used the sketch is no longer live.
+    if !sketch {
+        crate::shield::drop_sketch(ebpf)?;
+    }
     // The load balancer's tables switch on their own slot, right after the rules that let
     // VIP traffic in.
     // The wait above covers the load balancer's slot too: its last switch came before it.

@@ -249,11 +249,35 @@ fn a_reload_neither_refills_the_counts_nor_keeps_an_old_rate() {
     // And the old rate again: still over it.
     b.install(&policy("source_rate = 20\n")).unwrap();
     assert_eq!(next(&b), XDP_DROP);
-    // No limit at all: nothing counted nor dropped.
+    assert!(
+        has_sketch(&b),
+        "a policy with per-source limits has its sketch"
+    );
+    // No limit at all: nothing counted nor dropped, and no sketch kept.
     b.install(&policy("tcp_invalid = \"drop\"\n")).unwrap();
+    assert!(
+        !has_sketch(&b),
+        "the sketch goes with the last per-source limit"
+    );
     let before = counter(&b, SH_SOURCE_LIMITED);
     assert_eq!(next(&b), XDP_PASS);
     assert_eq!(counter(&b, SH_SOURCE_LIMITED), before);
+    // Limits again: a new sketch, counting from nothing.
+    b.install(&policy("source_rate = 20\n")).unwrap();
+    assert!(has_sketch(&b));
+    fresh_window();
+    for _ in 0..limit {
+        assert_eq!(next(&b), XDP_PASS);
+    }
+    assert_eq!(next(&b), XDP_DROP);
+}
+
+/// Whether the per-source limits' sketch is in its slot.
+fn has_sketch(b: &Bench) -> bool {
+    let (outer, name) = palisade::shield::SKETCH;
+    palisade::capacity::slot_table(&b.ebpf, outer, name, 0)
+        .expect("reading SHIELD_SKETCH")
+        .is_some()
 }
 
 /// An echo request (IPv4 type 8, IPv6 type 128) with `payload` bytes of payload.

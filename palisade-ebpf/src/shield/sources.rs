@@ -1,6 +1,6 @@
 //! Per-source limits at scale (`[shield] source_rate`, `icmp_echo_*`): sources are
 //! aggregated by prefix (`source_prefix_v4`/`_v6`, /24 and /64 say "one network") and counted
-//! in a count-min sketch (`SHIELD_SKETCH`) of fixed size, so a flood from millions of
+//! in a count-min sketch (`SHIELD_SKETCH`'s table) of fixed size, so a flood from millions of
 //! addresses costs no memory per address; only the prefixes that go over the rate (the heavy
 //! hitters) are remembered, in `SHIELD_HITTERS`, and blocked there for `source_block`.
 //!
@@ -124,10 +124,10 @@ fn count(key: &SourceKey, class: u32, seed: u32, w: u32) -> u32 {
 }
 
 /// Counts one packet in cell `i` for window `w`; returns the cell's count including it (0
-/// when the cell cannot be read: fail-open).
+/// when the cell cannot be read, or there is no sketch: fail-open).
 #[inline(always)]
 fn count_cell(i: u32, w: u32) -> u32 {
-    let Some(c) = SHIELD_SKETCH.get_ptr_mut(i) else {
+    let Some(c) = SHIELD_SKETCH.get(0).and_then(|t| t.get_ptr_mut(i)) else {
         return 0;
     };
     // SAFETY: a live map value shared by every CPU. Two CPUs restarting the same cell at a

@@ -404,12 +404,17 @@ pub fn table(ebpf: &Ebpf, kind: Kind, generation: u32) -> Result<Option<MapData>
 }
 
 /// The arrays of tables the daemon fills (the policy's [`Kind`]s, the load balancer's
-/// Maglev tables and the DNS name filters), each with the names of its two slots' tables.
-pub fn arrays_of_tables() -> impl Iterator<Item = (&'static str, [&'static str; 2])> {
+/// Maglev tables, the DNS name filters and the shields' sketch), each with the names of its
+/// slots' tables.
+pub fn arrays_of_tables() -> impl Iterator<Item = (&'static str, Vec<&'static str>)> {
     Kind::ALL
         .into_iter()
-        .map(|k| (k.map(), [k.table_name(0), k.table_name(1)]))
-        .chain([(crate::lb::RINGS, crate::lb::RING_TABLES), NAME_FILTERS])
+        .map(|k| (k.map(), vec![k.table_name(0), k.table_name(1)]))
+        .chain([
+            (crate::lb::RINGS, crate::lb::RING_TABLES.to_vec()),
+            (NAME_FILTERS.0, NAME_FILTERS.1.to_vec()),
+            (crate::shield::SKETCH.0, vec![crate::shield::SKETCH.1]),
+        ])
 }
 
 /// The table in slot `slot` of the array of tables `outer`, if any, named `name` (its pin's

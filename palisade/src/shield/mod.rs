@@ -14,7 +14,7 @@ use aya::{
 };
 use palisade_common::shield::{
     PORT_SLOTS, PORT_WORDS, PortState, SH_COUNT, SHIELD_AMPLIFICATION, SHIELD_SOURCES, SHIELD_SYN,
-    SHIELD_SYN_FORCE, SHIELD_TCP_INVALID, ShieldConfig, set_port_bit, window_limit,
+    SHIELD_SYN_FORCE, SHIELD_TCP_INVALID, SKETCH_CELLS, ShieldConfig, set_port_bit, window_limit,
 };
 
 use serde::{Deserialize, Serialize};
@@ -259,6 +259,41 @@ pub fn prepare_host(proc_sys: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(notes)
+}
+
+/// The array holding the per-source limits' sketch in its one slot, and the sketch's name
+/// (its pin's).
+pub const SKETCH: (&str, &str) = ("SHIELD_SKETCH", "SHIELD_SKETCH_0");
+
+/// Puts a sketch in [`SKETCH`]'s slot if there is none: before a generation with per-source
+/// limits goes live. One already there is kept with its counts (they are stamped with their
+/// window, so a reload neither refills nor needs to clear them).
+///
+/// # Errors
+/// When the slot cannot be read, or the kernel cannot create the sketch (memory).
+pub fn ensure_sketch(ebpf: &mut Ebpf) -> Result<()> {
+    let (outer, name) = SKETCH;
+    if crate::capacity::slot_table(ebpf, outer, name, 0)?.is_some() {
+        return Ok(());
+    }
+    let shape = (
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        size_of::<u64>() as u32,
+    );
+    crate::capacity::new_slot_table(ebpf, (outer, name, 0), shape, 0, SKETCH_CELLS, || {
+        format!("{SKETCH_CELLS} sketch counters")
+    })?;
+    Ok(())
+}
+
+/// Empties [`SKETCH`]'s slot: once the live generation has no per-source limits.
+///
+/// # Errors
+/// When the slot cannot be written.
+pub fn drop_sketch(ebpf: &mut Ebpf) -> Result<()> {
+    let (outer, name) = SKETCH;
+    crate::capacity::clear_slot_table(ebpf, outer, name, 0)
 }
 
 /// Writes `config` into the shield slot of `generation` (before that generation goes live).
