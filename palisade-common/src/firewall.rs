@@ -353,8 +353,37 @@ impl FlowKey {
     }
 }
 
-/// 64-bit words of a [`KeyFilter`]: 4M bits, 512 KiB per generation.
-pub const KEY_FILTER_WORDS: usize = 1 << 16;
+/// The most 64-bit words of a generation's [`KeyFilter`]: 4M bits, 512 KiB.
+pub const KEY_FILTER_MAX_WORDS: u32 = 1 << 16;
+/// The fewest words of a generation's [`KeyFilter`]: 2 KiB.
+pub const KEY_FILTER_MIN_WORDS: u32 = 1 << 8;
+/// Entries before the words of a filter map: the mask of generation 0's words, then
+/// generation 1's (0: that generation's words were never written in this map).
+pub const KEY_FILTER_HEADER: u32 = 2;
+
+/// Words per generation of a filter sized for `keys` keys: half a word (32 bits) per key,
+/// rounded up to a power of two, within [`KEY_FILTER_MIN_WORDS`] and
+/// [`KEY_FILTER_MAX_WORDS`] (the density the filters had at 100k keys when they had one size).
+#[must_use]
+pub const fn key_filter_words(keys: u32) -> u32 {
+    let want = keys.div_ceil(2);
+    let words = if want <= KEY_FILTER_MIN_WORDS {
+        KEY_FILTER_MIN_WORDS
+    } else {
+        want.next_power_of_two()
+    };
+    if words > KEY_FILTER_MAX_WORDS {
+        KEY_FILTER_MAX_WORDS
+    } else {
+        words
+    }
+}
+
+/// Entries of a filter map holding two generations of `words` words.
+#[must_use]
+pub const fn key_filter_entries(words: u32) -> u32 {
+    KEY_FILTER_HEADER + 2 * words
+}
 
 /// A per-generation filter of keys, a Bloom filter blocked by word: each key (by a 64-bit
 /// hash of it) sets two bits of one 64-bit word. Two filters use it: the rule keys
@@ -363,52 +392,50 @@ pub const KEY_FILTER_WORDS: usize = 1 << 16;
 /// lookup) and the granules of the sets' prefixes (`FW_SET_FILTER`, [`prefix_granule_hash`]:
 /// a set's trie is walked only for an address whose /24 or /64 may hold one of its prefixes).
 /// False positives cost a lookup and change nothing; there are no false negatives, as every
-/// key of a generation is added before the generation goes live. With 100k keys about 0.2 %
-/// of absent keys pass, with 1M about 14 %.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct KeyFilter {
-    pub words: [u64; KEY_FILTER_WORDS],
-}
-map_type!(KeyFilter, KEY_FILTER_WORDS * 8);
+/// key of a generation is added before the generation goes live.
+///
+/// Each map is a plain array of words, sized when the daemon creates it
+/// ([`key_filter_words`] of the policy it starts with, or of the configured capacity): its
+/// [`KEY_FILTER_HEADER`] entries hold each generation's mask (its word count, a power of two,
+/// minus one), written after its words; generation `g`'s words follow at
+/// `KEY_FILTER_HEADER + g * words`. A mask of 0 (a map created since that generation was
+/// written) lets every key through. A policy with more keys than the map was sized for fills
+/// it more densely: more false positives, never a false negative.
+pub struct KeyFilter;
 
 impl KeyFilter {
-    /// Where a key's two bits are: the word's index and the mask of both bits, from the top
-    /// bits of [`FlowKey::filter_hash`].
+    /// Where a key's two bits are: a 16-bit hash that picks the word (see [`Self::index`])
+    /// and the mask of both bits, from the top bits of the key's hash.
     #[inline(always)]
     #[must_use]
-    pub const fn slot(h: u64) -> (usize, u64) {
-        let word = (h >> 48) as usize & (KEY_FILTER_WORDS - 1);
+    pub const fn slot(h: u64) -> (u32, u64) {
+        let word = (h >> 48) as u32;
         let bits = (1u64 << ((h >> 42) & 63)) | (1u64 << ((h >> 36) & 63));
         (word, bits)
     }
 
-    /// Adds the key with hash `h`.
-    #[inline]
-    pub fn insert_hash(&mut self, h: u64) {
-        let (word, bits) = Self::slot(h);
-        self.words[word] |= bits;
-    }
-
-    /// Whether the key with hash `h` may have been added.
+    /// The map entry of word hash `word` of generation `generation`, whose mask is `mask`.
     #[inline(always)]
     #[must_use]
-    pub fn may_hold_hash(&self, h: u64) -> bool {
-        let (word, bits) = Self::slot(h);
-        self.words[word] & bits == bits
+    pub const fn index(generation: u32, word: u32, mask: u32) -> u32 {
+        KEY_FILTER_HEADER + generation * (mask + 1) + (word & mask)
     }
 
-    /// Adds the rule key.
+    /// Adds the key with hash `h` to a generation's `words` (a power of two of them).
     #[inline]
-    pub fn insert(&mut self, key: &FlowKey) {
-        self.insert_hash(key.filter_hash());
+    pub fn insert_hash(words: &mut [u64], h: u64) {
+        let (word, bits) = Self::slot(h);
+        let mask = words.len().saturating_sub(1) as u32;
+        words[(word & mask) as usize] |= bits;
     }
 
-    /// Whether the rule key may have been added.
-    #[inline(always)]
+    /// Whether the key with hash `h` may have been added to `words`.
+    #[inline]
     #[must_use]
-    pub fn may_hold(&self, key: &FlowKey) -> bool {
-        self.may_hold_hash(key.filter_hash())
+    pub fn may_hold_hash(words: &[u64], h: u64) -> bool {
+        let (word, bits) = Self::slot(h);
+        let mask = words.len().saturating_sub(1) as u32;
+        words[(word & mask) as usize] & bits == bits
     }
 }
 
@@ -744,7 +771,7 @@ pub const fn country_rate_addr(country: u8) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     extern crate std;
-    use std::{boxed::Box, vec::Vec};
+    use std::vec::Vec;
 
     use super::*;
 
@@ -827,9 +854,29 @@ mod tests {
     }
 
     #[test]
+    fn key_filters_are_sized_by_their_keys_and_generations_do_not_overlap() {
+        assert_eq!(key_filter_words(0), KEY_FILTER_MIN_WORDS);
+        assert_eq!(key_filter_words(3), KEY_FILTER_MIN_WORDS);
+        assert_eq!(key_filter_words(1000), 512);
+        assert_eq!(key_filter_words(100_000), KEY_FILTER_MAX_WORDS);
+        assert_eq!(key_filter_words(u32::MAX), KEY_FILTER_MAX_WORDS);
+        let words = 512;
+        let mask = words - 1;
+        let entries = key_filter_entries(words);
+        for h in [0, u64::MAX, 0x1234_5678_9abc_def0] {
+            let (w, _) = KeyFilter::slot(h);
+            let g0 = KeyFilter::index(0, w, mask);
+            let g1 = KeyFilter::index(1, w, mask);
+            assert!((KEY_FILTER_HEADER..KEY_FILTER_HEADER + words).contains(&g0));
+            assert!((KEY_FILTER_HEADER + words..entries).contains(&g1));
+        }
+    }
+
+    #[test]
     fn the_rule_filter_holds_every_key_and_lets_few_others_through() {
-        // SAFETY: all-zero words are an empty filter.
-        let mut f: Box<KeyFilter> = unsafe { Box::new_zeroed().assume_init() };
+        let mut f = std::vec![0u64; key_filter_words(100_000) as usize];
+        assert_eq!(f.len(), KEY_FILTER_MAX_WORDS as usize);
+        let may_hold = |f: &[u64], k: &FlowKey| KeyFilter::may_hold_hash(f, k.filter_hash());
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             rng ^= rng << 13;
@@ -844,20 +891,18 @@ mod tests {
             })
             .collect();
         for k in &held {
-            f.insert(k);
+            KeyFilter::insert_hash(&mut f, k.filter_hash());
         }
-        assert!(held.iter().all(|k| f.may_hold(k)), "no false negatives");
+        assert!(held.iter().all(|k| may_hold(&f, k)), "no false negatives");
         // The same shapes in the other generation, and other addresses: absent keys.
         let probes = 100_000;
         let passed = (0..probes)
             .filter(|_| {
                 let r = next();
-                f.may_hold(&key(
-                    1,
-                    (r % 10) as u32,
-                    (r >> 8) as u32,
-                    (r >> 40) as u16 % 64,
-                ))
+                may_hold(
+                    &f,
+                    &key(1, (r % 10) as u32, (r >> 8) as u32, (r >> 40) as u16 % 64),
+                )
             })
             .count();
         // Two bits of one word per key, 100k keys in 4M bits: about 0.2 % pass.
@@ -871,7 +916,7 @@ mod tests {
             .filter(|k| {
                 let mut other = **k;
                 other.dport_class ^= 0x100;
-                f.may_hold(&other)
+                may_hold(&f, &other)
             })
             .count();
         assert!(near * 100 < held.len(), "{near} near keys passed");

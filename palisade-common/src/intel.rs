@@ -255,7 +255,8 @@ pub fn bloom_set(block: &mut BloomBlock, positions: u64) {
 // IPv4 CIDRs are not walked in the trie bit by bit: they are expanded, when a generation is
 // written, into two hash-indexed strides, and a lookup is at most two table reads:
 //
-// - `INTEL_V4_16_g`: an array of [`V4_SLASH16_ENTRIES`] [`CidrBlock`]s, one per /16. Its hit
+// - `INTEL_V4_16_g` (slot `g` of `INTEL_V4_16`, there while generation `g` holds IPv4
+//   CIDRs): an array of [`V4_SLASH16_ENTRIES`] [`CidrBlock`]s, one per /16. Its hit
 //   is the longest CIDR of length <= 16 covering the /16 (a /8 writes 256 entries); its
 //   [`BLOCK_LONGER`] bit says that longer CIDRs lie inside.
 // - `INTEL_V4_24_g`: a hash table keyed by the /24 (`a.b.c` as a `u32`), holding an entry for

@@ -66,18 +66,23 @@ pub static FW_TUPLES: Array<Tuple> = Array::with_max_entries(GENERATIONS * MAX_T
 pub static FW_RULES: btf_maps::ArrayOfMaps<RuleTable, GENERATION_SLOTS> =
     btf_maps::ArrayOfMaps::new();
 
-/// A filter of each generation's `FW_RULES` keys (`KeyFilter`, 512 KiB a generation): the
-/// search skips the hash lookup of a tuple whose key the filter says is absent.
+/// A filter of each generation's `FW_RULES` keys (`KeyFilter`: the masks, then each
+/// generation's words): the search skips the hash lookup of a tuple whose key the filter
+/// says is absent. Declared at the largest size; the daemon creates it sized by its policy.
 #[map]
-pub static FW_RULE_FILTER: Array<palisade_common::firewall::KeyFilter> =
-    Array::with_max_entries(GENERATIONS, 0);
+pub static FW_RULE_FILTER: Array<u64> = Array::with_max_entries(
+    palisade_common::firewall::key_filter_entries(palisade_common::firewall::KEY_FILTER_MAX_WORDS),
+    0,
+);
 
 /// A filter of the granules (IPv4 /24, IPv6 /64) of each generation's set prefixes
-/// (`KeyFilter`, 512 KiB a generation): a set's trie is walked only for an address whose
-/// granule may hold one of its prefixes (sets with shorter prefixes always walk it).
+/// (`KeyFilter`, laid out as `FW_RULE_FILTER`): a set's trie is walked only for an address
+/// whose granule may hold one of its prefixes (sets with shorter prefixes always walk it).
 #[map]
-pub static FW_SET_FILTER: Array<palisade_common::firewall::KeyFilter> =
-    Array::with_max_entries(GENERATIONS, 0);
+pub static FW_SET_FILTER: Array<u64> = Array::with_max_entries(
+    palisade_common::firewall::key_filter_entries(palisade_common::firewall::KEY_FILTER_MAX_WORDS),
+    0,
+);
 
 /// Rule actions, one table per generation, by evaluation index: read only when a rule
 /// matched.
@@ -595,7 +600,9 @@ pub static DHCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DS_COUNT
 
 // ---- Threat intelligence ----
 
-use palisade_common::intel::{BloomBlock, CidrBlock, CidrData, IS_COUNT, IntelControl, IntelHit};
+use palisade_common::intel::{
+    BloomBlock, CidrBlock, CidrData, IS_COUNT, IntelControl, IntelHit, V4_SLASH16_ENTRIES,
+};
 
 /// Which indicator generation is live and what each holds (`[intel]`).
 #[map]
@@ -628,12 +635,15 @@ pub static INTEL_CIDRS_0: LpmTrie<CidrData, IntelHit> =
 pub static INTEL_CIDRS_1: LpmTrie<CidrData, IntelHit> =
     LpmTrie::with_max_entries(1, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
-/// IPv4 CIDRs per /16 (`palisade_common::intel::stride_match`), one per generation: 65,536
-/// entries with `[intel]` feeds, 1 without (sized by the daemon).
-#[map]
-pub static INTEL_V4_16_0: Array<CidrBlock> = Array::with_max_entries(1, 0);
-#[map]
-pub static INTEL_V4_16_1: Array<CidrBlock> = Array::with_max_entries(1, 0);
+/// A generation's IPv4 CIDRs per /16 (`palisade_common::intel::stride_match`): 65,536
+/// entries (1.5 MiB). One size, so its lookups stay inlined.
+pub type V4Slash16Table = btf_maps::Array<CidrBlock, { V4_SLASH16_ENTRIES as usize }, 0>;
+
+/// Each generation's /16 array, in its slot only while that generation holds IPv4 CIDRs
+/// (the daemon creates it with them): no memory for feeds without any, or no feeds.
+#[btf_map]
+pub static INTEL_V4_16: btf_maps::ArrayOfMaps<V4Slash16Table, GENERATION_SLOTS> =
+    btf_maps::ArrayOfMaps::new();
 
 /// IPv4 CIDRs per /24 (the /24s that CIDRs longer than /16 touch), one per generation;
 /// capacity `[intel] max_cidrs`.

@@ -295,9 +295,13 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         intel_sizes: policy.intel.sizes(),
         dns_cache_capacity: crate::dns::cache::capacity(policy.dns.cache.as_ref()),
         engine_sizes: if args.kubernetes {
-            crate::capacity::engines::full_sizes()?
+            let mut s = crate::capacity::engines::full_sizes()?;
+            s.extend(crate::capacity::key_filter_full_sizes());
+            s
         } else {
-            crate::capacity::engines::sizes_for(&policy)?
+            let mut s = crate::capacity::engines::sizes_for(&policy)?;
+            s.extend(crate::capacity::key_filter_sizes(&policy)?);
+            s
         },
     };
     let mut notes = Vec::new();
@@ -851,6 +855,32 @@ impl Daemon {
         if let Some(n) = crate::capacity::engines::grown_by(&self.policy, &self.dp.engine_sizes) {
             message.push_str("; ");
             message.push_str(&n);
+        }
+        // Key filters smaller than this policy's keys would size them: denser, still exact.
+        // (Filters created at their largest cannot be short: no compile for them.)
+        let full = crate::capacity::key_filter_full_sizes();
+        let at_most = |(map, n): &(&str, u32)| {
+            self.dp
+                .engine_sizes
+                .iter()
+                .any(|(m, have)| m == map && have >= n)
+        };
+        if full.iter().all(at_most) {
+            return;
+        }
+        let small: Vec<String> = crate::capacity::key_filter_sizes(&self.policy)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(map, want)| {
+                let (_, have) = self.dp.engine_sizes.iter().find(|(n, _)| *n == map)?;
+                (*have < want).then(|| format!("{map} {have} of {want}"))
+            })
+            .collect();
+        if !small.is_empty() {
+            message.push_str(&format!(
+                "; the firewall's key filters were sized for a smaller policy when the daemon started ({}): more lookups pass them until it restarts",
+                small.join(", ")
+            ));
         }
     }
 

@@ -71,7 +71,8 @@ pub struct Options {
     pub intel_sizes: crate::intel::load::Sizes,
     /// Entries of the DNS response cache (`[dns.cache] capacity`).
     pub dns_cache_capacity: u32,
-    /// Capacities of the engines' state maps, by use (`capacity::engines`).
+    /// Capacities of the engines' state maps, by use (`capacity::engines`), and of the key
+    /// filters, by the policy's keys (`capacity::key_filter_sizes`).
     pub engine_sizes: Vec<(&'static str, u32)>,
 }
 
@@ -168,7 +169,8 @@ pub struct Datapath {
     ifaces: Vec<String>,
     /// The entries the DNS response cache was created with.
     pub dns_cache_capacity: u32,
-    /// The capacities the engines' state maps were created with (`capacity::engines`).
+    /// The capacities the engines' state maps and the key filters were created with
+    /// (`capacity::engines`, `capacity::key_filter_sizes`).
     pub engine_sizes: Vec<(&'static str, u32)>,
     egress: Option<CgroupSkb>,
     /// Whether the XDP programs came from pins rather than a fresh load.

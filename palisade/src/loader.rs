@@ -187,8 +187,8 @@ pub fn capacities(
     // The DNS response cache, sized by `[dns.cache] capacity`; a pin of another size was
     // removed by `dns::cache::drop_resized`.
     out.push((crate::dns::cache::MAP, dns_cache));
-    // The engines' state maps, by use; pins of another size were removed by
-    // `capacity::engines::drop_resized`.
+    // The engines' state maps, by use, and the key filters, by the policy's keys; pins of
+    // another size were removed by `capacity::engines::drop_resized`.
     out.extend_from_slice(engines);
     out
 }
@@ -199,11 +199,13 @@ pub fn capacities(
 /// # Errors
 /// When the embedded object cannot be parsed.
 pub fn capacities_of(policy: &crate::policy::model::Policy) -> Result<Vec<(&'static str, u32)>> {
+    let mut sized = crate::capacity::engines::sizes_for(policy)?;
+    sized.extend(crate::capacity::key_filter_sizes(policy)?);
     Ok(capacities(
         Sizes::of_policy(policy),
         policy.intel.sizes(),
         crate::dns::cache::capacity(policy.dns.cache.as_ref()),
-        &crate::capacity::engines::sizes_for(policy)?,
+        &sized,
     ))
 }
 

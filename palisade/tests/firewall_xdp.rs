@@ -2847,3 +2847,86 @@ fn port_words_skip_tuples_without_a_rule_for_the_port_and_keep_those_past_them()
     assert_eq!(fw.hits(fw.rule("tail")).packets, 1);
     let _ = fw.bench.drain_events();
 }
+
+#[test]
+fn key_filters_sized_for_a_small_policy_hide_no_rule_of_a_larger_one() {
+    use palisade_common::firewall::{KEY_FILTER_MIN_WORDS, key_filter_entries};
+    // The smallest filters (256 words each), as a daemon started with a small policy has
+    // them; before any install their masks are zero and let every key through.
+    let small = key_filter_entries(KEY_FILTER_MIN_WORDS);
+    let bench = Bench::sized(&[("FW_RULE_FILTER", small), ("FW_SET_FILTER", small)])
+        .expect("loading and verifying the kernel programs (needs root)");
+    let masks = |b: &Bench, name: &str| -> Vec<u64> {
+        let a: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(b.ebpf.map(name).expect("the filter map")).unwrap();
+        (0..2).map(|g| a.get(&g, 0).unwrap()).collect()
+    };
+    assert_eq!(masks(&bench, "FW_RULE_FILTER"), [0, 0]);
+    let mut fw = Fw {
+        bench,
+        policy: config::default_policy(),
+    };
+    // 4,000 rules of one shape (one source address each) and a set of 4,000 /24s: over ten
+    // keys a word, where the filters let most absent keys through too.
+    let mut toml = String::from("[firewall]\ndefault = \"allow\"\n[sets.nets]\nentries = [");
+    for i in 0..4000u32 {
+        toml.push_str(&format!("\"10.{}.{}.0/24\",", i >> 8, i & 255));
+    }
+    toml.push_str("]\n");
+    for i in 0..4000u32 {
+        toml.push_str(&format!(
+            "[[firewall.rule]]\nname = \"r{i}\"\naction = \"drop\"\nproto = \"udp\"\n\
+             src = [\"192.0.{}.{}/32\"]\n",
+            (i >> 8) + 100,
+            i & 255
+        ));
+    }
+    toml.push_str(
+        "[[firewall.rule]]\nname = \"nets\"\naction = \"drop\"\nproto = \"tcp\"\nsrc = \"@nets\"\n",
+    );
+    fw.install(&toml);
+    let live = palisade::firewall::apply::control(&fw.bench.ebpf)
+        .unwrap()
+        .active_gen;
+    let rule_masks = masks(&fw.bench, "FW_RULE_FILTER");
+    assert_eq!(
+        rule_masks[live as usize],
+        u64::from(KEY_FILTER_MIN_WORDS - 1)
+    );
+    assert_eq!(
+        masks(&fw.bench, "FW_SET_FILTER")[live as usize],
+        u64::from(KEY_FILTER_MIN_WORDS - 1)
+    );
+    // Every rule still matches, and an address no rule names does not.
+    for i in [0u32, 1, 1234, 3999] {
+        let src = format!("192.0.{}.{}", (i >> 8) + 100, i & 255);
+        assert_eq!(
+            fw.bench.run(&udp(&src, "198.51.100.1", 53)).unwrap(),
+            XDP_DROP,
+            "{src}"
+        );
+        assert_eq!(fw.hits(fw.rule(&format!("r{i}"))).packets, 1, "r{i}");
+    }
+    assert_eq!(
+        fw.bench
+            .run(&udp("192.0.200.1", "198.51.100.1", 53))
+            .unwrap(),
+        XDP_PASS
+    );
+    // Every /24 of the set still holds its addresses.
+    for i in [0u32, 77, 3999] {
+        let src = format!("10.{}.{}.9", i >> 8, i & 255);
+        assert_eq!(
+            fw.bench.run(&tcp(&src, "198.51.100.1", 80)).unwrap(),
+            XDP_DROP,
+            "{src}"
+        );
+    }
+    assert_eq!(
+        fw.bench
+            .run(&tcp("10.200.0.9", "198.51.100.1", 80))
+            .unwrap(),
+        XDP_PASS
+    );
+    assert_eq!(fw.hits(fw.rule("nets")).packets, 3);
+}

@@ -37,11 +37,7 @@ use palisade_common::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const SIZES: Sizes = Sizes {
-    ips: 64,
-    cidrs: 16,
-    feeds: true,
-};
+const SIZES: Sizes = Sizes { ips: 64, cidrs: 16 };
 
 /// The loaded programs with an empty (allow-all) policy and indicator maps of [`SIZES`].
 fn bench() -> Bench {
@@ -356,6 +352,14 @@ fn as_bytes(e: &FirewallEvent) -> Vec<u8> {
     .to_vec()
 }
 
+/// Whether generation `generation` holds an IPv4 /16 array.
+fn has_slash16(b: &Bench, generation: u32) -> bool {
+    let (outer, names) = load::SLASH16;
+    palisade::capacity::slot_table(&b.ebpf, outer, names[generation as usize], generation)
+        .expect("reading INTEL_V4_16")
+        .is_some()
+}
+
 #[test]
 fn a_refresh_swaps_generations_and_removed_indicators_stop_matching() {
     let mut b = bench();
@@ -366,9 +370,11 @@ fn a_refresh_swaps_generations_and_removed_indicators_stop_matching() {
     assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_DROP);
     assert_eq!(b.run(&udp_from("198.51.100.1")).unwrap(), XDP_DROP);
     assert_eq!(b.run(&udp_from("192.0.2.11")).unwrap(), XDP_PASS);
+    assert!(has_slash16(&b, g1), "IPv4 CIDRs have their /16 array");
     let g2 = write(&mut b, &[("f", Action::Drop, "192.0.2.11\n")]);
     assert_ne!(g1, g2);
     assert_eq!(load::control(&b.ebpf).unwrap().active, g2);
+    assert!(!has_slash16(&b, g2), "no IPv4 CIDR, no /16 array");
     assert_eq!(b.run(&udp_from("192.0.2.10")).unwrap(), XDP_PASS, "removed");
     assert_eq!(
         b.run(&udp_from("198.51.100.1")).unwrap(),
@@ -380,6 +386,10 @@ fn a_refresh_swaps_generations_and_removed_indicators_stop_matching() {
     // though its bloom filter still has the bits.
     let g3 = write(&mut b, &[("f", Action::Drop, "2001:db8::1\n")]);
     assert_eq!(g3, g1);
+    assert!(
+        !has_slash16(&b, g3),
+        "the earlier /16 array is gone with its CIDRs"
+    );
     for src in ["192.0.2.10", "198.51.100.1", "192.0.2.11"] {
         assert_eq!(b.run(&udp_from(src)).unwrap(), XDP_PASS, "{src}");
     }
@@ -972,7 +982,6 @@ fn random_probe(rng: &mut StdRng, c: &load::Compiled) -> String {
 const WIDE: Sizes = Sizes {
     ips: 64,
     cidrs: 1 << 16,
-    feeds: true,
 };
 
 fn compile_wide(list: &[(&str, Action, &str)]) -> (load::Compiled, Intel, Feeds) {
@@ -1013,11 +1022,7 @@ fn the_stride_tables_give_the_longest_prefix_match_of_a_reference() {
 }
 
 /// Maps of 64 CIDRs, so that a /58 (64 /64s) or two /60s fill the /64 table.
-const NARROW: Sizes = Sizes {
-    ips: 64,
-    cidrs: 64,
-    feeds: true,
-};
+const NARROW: Sizes = Sizes { ips: 64, cidrs: 64 };
 
 #[test]
 fn the_kernel_matches_ipv6_cidrs_at_the_slash64_stride_and_past_its_capacity() {
@@ -1167,7 +1172,6 @@ fn every_refresh_starts_from_a_fresh_bloom_filter() {
     const SIZED: Sizes = Sizes {
         ips: 4096,
         cidrs: 16,
-        feeds: true,
     };
     let mut b = Bench::sized(&SIZED.for_loader()).expect("load and verify the kernel programs");
     let p = config::parse_policy("", "p.toml", Path::new("/")).expect("valid policy");

@@ -6,13 +6,16 @@
 //! before: one callback call per tuple, and on kernels that return through a return thunk,
 //! every call and return is dear.)
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_coarse_ns,
+    maps::{Array, lpm_trie::Key},
+};
 use palisade_common::{
     firewall::{
-        COUNTRY_UNKNOWN, FlowKey, MAX_RULES, MAX_TUPLES, PORT_SPACE, PolicyHeader, SET_HOSTS,
-        SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SET_PREFIXES_SHORT, SetKey, TUPLE_DST_NOT,
-        TUPLE_DST_SET, TUPLE_SRC_NOT, TUPLE_SRC_SET, fill_flow_key, link_applies, port_word,
-        prefix_granule_hash, set_kind_slot, tuple_applies,
+        COUNTRY_UNKNOWN, FlowKey, KeyFilter, MAX_RULES, MAX_TUPLES, PORT_SPACE, PolicyHeader,
+        SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SET_PREFIXES_SHORT, SetKey,
+        TUPLE_DST_NOT, TUPLE_DST_SET, TUPLE_SRC_NOT, TUPLE_SRC_SET, fill_flow_key, link_applies,
+        port_word, prefix_granule_hash, set_kind_slot, tuple_applies,
     },
     packet::{FRAG_LATER, Packet},
 };
@@ -121,7 +124,8 @@ pub extern "C" fn palisade_fw_search(span: u32, classes: u32, best: u32, chunk_t
     let count = (span >> 16 & 0x7fff).min(MAX_TUPLES);
     let from = span & 0xffff;
     let mut best = best & !STOPPED;
-    let filter = FW_RULE_FILTER.get(generation);
+    // The mask of the generation's rule filter (0: none, every key is looked up).
+    let filter_mask = FW_RULE_FILTER.get(generation).copied().unwrap_or(0) as u32;
     // The generation's rule table (none before its first install: nothing matches).
     let Some(rules) = FW_RULES.get(generation) else {
         return best | STOPPED;
@@ -160,7 +164,13 @@ pub extern "C" fn palisade_fw_search(span: u32, classes: u32, best: u32, chunk_t
             fill_flow_key(&mut keys.flow, generation << 16 | i, t, p, classes);
             // The filter first: a key it has never seen is not in the table. (A missing
             // filter lets every lookup through.)
-            let maybe = filter.is_none_or(|f| f.may_hold(&keys.flow));
+            let maybe = filter_mask == 0
+                || key_may_hold(
+                    &FW_RULE_FILTER,
+                    generation,
+                    filter_mask,
+                    keys.flow.filter_hash(),
+                );
             // SAFETY: the value is copied out at once; entries are never mutated in place.
             if maybe
                 && let Some(r) = unsafe { rules.get(&keys.flow) }
@@ -210,10 +220,28 @@ fn in_set(key: &mut Key<SetKey>, set: u32, family: u8, addr: &[u8; 16]) -> bool 
 /// address's granule (its /24 or /64; a filter that cannot be read lets the walk through).
 #[inline(always)]
 fn trie_may_hold(kind: u8, set: u32, family: u8, addr: &[u8; 16]) -> bool {
-    kind & SET_PREFIXES_SHORT != 0
-        || FW_SET_FILTER
-            .get(set >> 31)
-            .is_none_or(|f| f.may_hold_hash(prefix_granule_hash(set, family, addr)))
+    if kind & SET_PREFIXES_SHORT != 0 {
+        return true;
+    }
+    let generation = set >> 31;
+    let mask = FW_SET_FILTER.get(generation).copied().unwrap_or(0) as u32;
+    mask == 0
+        || key_may_hold(
+            &FW_SET_FILTER,
+            generation,
+            mask,
+            prefix_granule_hash(set, family, addr),
+        )
+}
+
+/// Whether the key with hash `h` may be in generation `generation`'s words of the filter
+/// map `filter`, whose mask is `mask` (a word that cannot be read lets the key through).
+#[inline(always)]
+fn key_may_hold(filter: &Array<u64>, generation: u32, mask: u32, h: u64) -> bool {
+    let (word, bits) = KeyFilter::slot(h);
+    filter
+        .get(KeyFilter::index(generation, word, mask))
+        .is_none_or(|w| *w & bits == bits)
 }
 
 /// The country index of `addr` in the country map (set `set`, generation bit included) of a

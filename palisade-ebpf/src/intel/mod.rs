@@ -29,9 +29,9 @@ use palisade_common::{
 
 use crate::maps::{
     EVENTS, INTEL_BLOOM_0, INTEL_BLOOM_1, INTEL_CIDRS_0, INTEL_CIDRS_1, INTEL_CONTROL, INTEL_IPS_0,
-    INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, INTEL_V4_16_0, INTEL_V4_16_1,
-    INTEL_V4_24_0, INTEL_V4_24_1, INTEL_V6_64_0, INTEL_V6_64_1, INTEL_V6_FILTER_0,
-    INTEL_V6_FILTER_1, bump, event_flags,
+    INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, INTEL_V4_16, INTEL_V4_24_0,
+    INTEL_V4_24_1, INTEL_V6_64_0, INTEL_V6_64_1, INTEL_V6_FILTER_0, INTEL_V6_FILTER_1, bump,
+    event_flags,
 };
 
 /// The value of a tagged address in `INTEL_TAGGED`: the feed and when it was last seen.
@@ -154,12 +154,11 @@ fn lookup(
         stride_match(
             w.v4(),
             |i| {
-                let b = if generation == 0 {
-                    INTEL_V4_16_0.get(i)
-                } else {
-                    INTEL_V4_16_1.get(i)
-                };
-                b.copied().unwrap_or_default()
+                INTEL_V4_16
+                    .get(generation)
+                    .and_then(|t| t.get(i))
+                    .copied()
+                    .unwrap_or_default()
             },
             |k| {
                 // SAFETY: plain data read from a map value.

@@ -12,7 +12,8 @@
 //! from the cluster (`--kubernetes`) creates every map here at full size ([`full_sizes`]).
 //!
 //! Maps indexed by position (arrays of rules, services or sketch cells) are not here: their
-//! size is part of their addressing. Nor are hash maps that userspace fills and that must
+//! size is part of their addressing. The DNS event aggregation's direct-mapped slots are the
+//! exception: a slot they cannot read has a fallback that is always correct. Nor are hash maps that userspace fills and that must
 //! hold all it writes (the load balancer's reverse table, written at each install; DLP's
 //! reset list): a small one would make a reload fail half-way, not run small.
 
@@ -148,7 +149,7 @@ const fn ring(map: &'static str, engine: Engine) -> EngineMap {
 }
 
 /// Every map sized by use, with its engine.
-pub const MAPS: [EngineMap; 28] = [
+pub const MAPS: [EngineMap; 30] = [
     table("FW_RATE", Engine::RateRules),
     table("ACTION_HANDOFF", Engine::PacketActions),
     table("DNS_RATE", Engine::DnsInspection),
@@ -156,6 +157,11 @@ pub const MAPS: [EngineMap; 28] = [
     table("DNS_STREAMS", Engine::DnsInspection),
     table("DNS_EVENT_NAMES", Engine::DnsInspection),
     table("DNS_EVENT_CLIENTS", Engine::DnsInspection),
+    // Direct-mapped by hash, yet sized here: a slot past an idle map's end cannot be read,
+    // and the programs then take the slower way that is always there (a name sent in full
+    // instead of counted, a count in `DNS_EVENT_CLIENTS` instead of its slot).
+    small("DNS_EVENT_SEEN", Engine::DnsInspection, 1),
+    small("DNS_EVENT_COUNTS", Engine::DnsInspection, 1),
     table("BIND_ADDRS", Engine::DnsBind),
     table("BIND_QUERIES", Engine::DnsBind),
     // Its entries hold a partial TCP message each (2 KiB).

@@ -404,8 +404,8 @@ pub fn table(ebpf: &Ebpf, kind: Kind, generation: u32) -> Result<Option<MapData>
 }
 
 /// The arrays of tables the daemon fills (the policy's [`Kind`]s, the load balancer's
-/// Maglev tables, the DNS name filters and the shields' sketch), each with the names of its
-/// slots' tables.
+/// Maglev tables, the DNS name filters, the indicators' IPv4 /16 arrays and the shields'
+/// sketch), each with the names of its slots' tables.
 pub fn arrays_of_tables() -> impl Iterator<Item = (&'static str, Vec<&'static str>)> {
     Kind::ALL
         .into_iter()
@@ -413,6 +413,10 @@ pub fn arrays_of_tables() -> impl Iterator<Item = (&'static str, Vec<&'static st
         .chain([
             (crate::lb::RINGS, crate::lb::RING_TABLES.to_vec()),
             (NAME_FILTERS.0, NAME_FILTERS.1.to_vec()),
+            (
+                crate::intel::load::SLASH16.0,
+                crate::intel::load::SLASH16.1.to_vec(),
+            ),
             (crate::shield::SKETCH.0, vec![crate::shield::SKETCH.1]),
         ])
 }
@@ -538,6 +542,43 @@ pub fn array_table(
         what,
     )?;
     Ok((fresh, true))
+}
+
+/// The key filter maps (`palisade_common::firewall::KeyFilter`), with the kind of table
+/// whose keys each filters: sized when the daemon creates them, by [`key_filter_sizes`].
+pub const KEY_FILTERS: [(&str, Kind); 2] = [
+    ("FW_RULE_FILTER", Kind::Rules),
+    ("FW_SET_FILTER", Kind::SetPrefixes),
+];
+
+/// `(map, entries)` of the key filter maps for a daemon starting with `policy`: words for
+/// the room its first generation's tables get ([`Room::sized`] of what it needs and of the
+/// configured capacities). A later policy with more keys fills them more densely (more
+/// lookups get through, never a wrong verdict) until the daemon restarts.
+///
+/// # Errors
+/// When the firewall policy does not compile.
+pub fn key_filter_sizes(policy: &Policy) -> Result<Vec<(&'static str, u32)>> {
+    use palisade_common::firewall::{key_filter_entries, key_filter_words};
+    let fw = crate::firewall::compile::compile(policy).context("compiling the firewall policy")?;
+    let room = Room::sized(
+        Room::needed(&fw, &CompiledDns::default()),
+        Room::configured(policy),
+    );
+    Ok(KEY_FILTERS
+        .iter()
+        .map(|&(map, kind)| (map, key_filter_entries(key_filter_words(room.get(kind)))))
+        .collect())
+}
+
+/// The key filter maps at their largest: for a daemon whose policy comes later.
+#[must_use]
+pub fn key_filter_full_sizes() -> Vec<(&'static str, u32)> {
+    use palisade_common::firewall::{KEY_FILTER_MAX_WORDS, key_filter_entries};
+    KEY_FILTERS
+        .iter()
+        .map(|&(map, _)| (map, key_filter_entries(KEY_FILTER_MAX_WORDS)))
+        .collect()
 }
 
 /// The array of tables of the DNS name filters, and the names of its generations' filters.

@@ -10,10 +10,10 @@ use aya::{
     maps::{Array, DevMapHash, MapData, lpm_trie::Key},
 };
 use palisade_common::firewall::{
-    Control, FlowKey, KeyFilter, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RuleRef,
-    RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES, SET_PREFIXES_SHORT,
-    SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, prefix_granule_bits, prefix_granule_hash,
-    rule_stats_slot, set_id, set_kind_slot,
+    Control, FlowKey, KEY_FILTER_HEADER, KeyFilter, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader,
+    RuleRef, RuleStats, SET_HOSTS, SET_KEY_PREFIX_BITS, SET_OVERLOAD, SET_PREFIXES,
+    SET_PREFIXES_SHORT, SetKey, TUPLE_DST_SET, TUPLE_SRC_SET, Tuple, key_filter_entries,
+    prefix_granule_bits, prefix_granule_hash, rule_stats_slot, set_id, set_kind_slot,
 };
 
 use palisade_common::dns::{
@@ -220,18 +220,35 @@ fn remove_redirect_devs(ebpf: &mut Ebpf, keep: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// Writes generation `generation`'s filter (a Bloom filter built whole by the daemon) into
-/// the array map `name`, by reference: by value it would be copied on the stack (512 KiB to
-/// 2 MiB).
-fn write_filter<T: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &str,
-    generation: u32,
-    filter: &T,
-) -> Result<()> {
-    let mut filters: Array<&mut MapData, T> = Array::try_from(map_mut(ebpf, name)?)?;
-    filters.set(generation, filter, 0)?;
-    Ok(())
+/// The words of one generation of the key filter map `name` (`KeyFilter`'s layout), empty,
+/// as many as the map was created with room for.
+///
+/// # Errors
+/// When the map cannot be read, or its size is not two powers of two of words and the masks.
+fn key_filter(ebpf: &Ebpf, name: &str) -> Result<Vec<u64>> {
+    use std::os::fd::AsFd as _;
+    let m = maps::data_of(ebpf, name)?;
+    let entries = crate::pin::map_info(m.fd().as_fd())
+        .with_context(|| format!("reading the size of {name}"))?
+        .4;
+    let words = entries.saturating_sub(KEY_FILTER_HEADER) / 2;
+    anyhow::ensure!(
+        words.is_power_of_two() && key_filter_entries(words) == entries,
+        "{name} holds {entries} entries, not two generations of a power of two of words"
+    );
+    Ok(vec![0; words as usize])
+}
+
+/// Writes generation `generation`'s `words` into the key filter map `name`, then its mask:
+/// until the mask is written, the generation's filter lets every key through.
+fn write_key_filter(ebpf: &Ebpf, name: &str, generation: u32, words: &[u64]) -> Result<()> {
+    let m = maps::data_of(ebpf, name)?;
+    let n = words.len() as u32;
+    let g = generation & 1;
+    let index: Vec<u32> = (0..n).map(|i| KEY_FILTER_HEADER + g * n + i).collect();
+    maps::update_batch(m, &index, words).with_context(|| format!("writing {name}"))?;
+    maps::update_batch(m, &[g], &[u64::from(n - 1)])
+        .with_context(|| format!("writing {name}'s mask"))
 }
 
 /// Writes generation `generation`'s name filter (`filter`: its mask word, then its bit
@@ -291,8 +308,7 @@ fn write_sets(
     c: &CompiledFirewall,
 ) -> Result<()> {
     let mut kinds = vec![0u8; MAX_SETS as usize];
-    // SAFETY: all-zero words are an empty filter.
-    let mut filter: Box<KeyFilter> = unsafe { Box::new_zeroed().assume_init() };
+    let mut filter = key_filter(ebpf, "FW_SET_FILTER")?;
     // The generation's prefixes (for the trie) and single addresses (for the exact hash),
     // each with its value: 1, or its country index in the country map.
     let (mut prefixes, mut prefix_values) = (Vec::<Key<SetKey>>::new(), Vec::<u8>::new());
@@ -321,7 +337,7 @@ fn write_sets(
             // The filter places a prefix by its granule (/24, /64); a shorter one spans
             // many, and its set walks the trie for every address.
             if u32::from(m.stored_prefix_len()) >= prefix_granule_bits(family) {
-                filter.insert_hash(prefix_granule_hash(set, family, &m.addr));
+                KeyFilter::insert_hash(&mut filter, prefix_granule_hash(set, family, &m.addr));
             } else {
                 kinds[index] |= SET_PREFIXES_SHORT;
             }
@@ -341,7 +357,7 @@ fn write_sets(
             .map_err(|_| anyhow::anyhow!("FW_SETS: the writing thread panicked"))?
             .and(h)
     })?;
-    write_filter(ebpf, "FW_SET_FILTER", generation, &*filter)?;
+    write_key_filter(ebpf, "FW_SET_FILTER", generation, &filter)?;
     if let Some(k) = c.overload_set.and_then(|i| kinds.get_mut(i)) {
         *k |= SET_OVERLOAD;
     }
@@ -392,19 +408,18 @@ fn write_rules(
         &[generation & 1],
         &vec![RuleStats::default(); cpus as usize],
     )?;
-    // SAFETY: all-zero words are an empty filter.
-    let mut filter: Box<KeyFilter> = unsafe { Box::new_zeroed().assume_init() };
+    let mut filter = key_filter(ebpf, "FW_RULE_FILTER")?;
     let (keys, refs): (Vec<FlowKey>, Vec<RuleRef>) = c
         .entries
         .iter()
         .map(|(key, &rule)| {
             let mut key = *key;
             key.tuple |= generation << 16;
-            filter.insert(&key);
+            KeyFilter::insert_hash(&mut filter, key.filter_hash());
             (key, RuleRef { rule, _pad: 0 })
         })
         .collect();
-    write_filter(ebpf, "FW_RULE_FILTER", generation, &*filter)?;
+    write_key_filter(ebpf, "FW_RULE_FILTER", generation, &filter)?;
     maps::sync_batch(table, |_: &FlowKey| true, &keys, &refs).context("FW_RULES")?;
     Ok(stride)
 }

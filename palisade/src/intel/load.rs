@@ -32,18 +32,16 @@ pub struct Sizes {
     pub ips: u32,
     /// CIDRs (trie), /24 blocks (the IPv4 /24 table) and /64 blocks (the IPv6 /64 table).
     pub cidrs: u32,
-    /// Whether the policy has feeds: the /16 arrays get their 65,536 entries.
-    pub feeds: bool,
 }
 
-/// The maps sized by [`Sizes`], per generation: bloom filter, exact table, trie, IPv4 /16
-/// array, IPv4 /24 table, IPv6 /64 table, IPv6 /64 filter.
-pub const MAPS: [[&str; 7]; GENERATIONS as usize] = [
+/// The maps sized by [`Sizes`], per generation: bloom filter, exact table, trie, IPv4 /24
+/// table, IPv6 /64 table, IPv6 /64 filter. The IPv4 /16 arrays are not sized: each
+/// generation's is created with its IPv4 CIDRs ([`SLASH16`]).
+pub const MAPS: [[&str; 6]; GENERATIONS as usize] = [
     [
         "INTEL_BLOOM_0",
         "INTEL_IPS_0",
         "INTEL_CIDRS_0",
-        "INTEL_V4_16_0",
         "INTEL_V4_24_0",
         "INTEL_V6_64_0",
         "INTEL_V6_FILTER_0",
@@ -52,25 +50,26 @@ pub const MAPS: [[&str; 7]; GENERATIONS as usize] = [
         "INTEL_BLOOM_1",
         "INTEL_IPS_1",
         "INTEL_CIDRS_1",
-        "INTEL_V4_16_1",
         "INTEL_V4_24_1",
         "INTEL_V6_64_1",
         "INTEL_V6_FILTER_1",
     ],
 ];
 
+/// The array of each generation's IPv4 /16 array, and the names of those arrays: a
+/// generation holds one only while it has IPv4 CIDRs.
+pub const SLASH16: (&str, [&str; 2]) = ("INTEL_V4_16", ["INTEL_V4_16_0", "INTEL_V4_16_1"]);
+
 impl Sizes {
     /// `(map name, max_entries)` for the loader.
     #[must_use]
     pub fn for_loader(self) -> Vec<(&'static str, u32)> {
-        let slash16 = if self.feeds { V4_SLASH16_ENTRIES } else { 1 };
         MAPS.iter()
-            .flat_map(|[b, h, t, s16, s24, s64, f64]| {
+            .flat_map(|[b, h, t, s24, s64, f64]| {
                 [
                     (*b, bloom_blocks(self.ips)),
                     (*h, self.ips),
                     (*t, self.cidrs),
-                    (*s16, slash16),
                     (*s24, self.cidrs),
                     (*s64, self.cidrs),
                     (*f64, v6_filter_words(self.cidrs)),
@@ -397,6 +396,8 @@ pub struct Timing {
 pub struct Idle {
     pub generation: u32,
     maps: Vec<(&'static str, Map)>,
+    /// The array of /16 arrays ([`SLASH16`]), whose idle slot [`fill`] writes.
+    slash16: std::os::fd::OwnedFd,
 }
 
 impl Idle {
@@ -446,7 +447,51 @@ pub fn idle(ebpf: &mut Ebpf) -> Result<Idle> {
         };
         maps.push((name, Map::from_map_data(MapData::from_fd(owned)?)?));
     }
-    Ok(Idle { generation, maps })
+    let slash16 = match map(ebpf, SLASH16.0)? {
+        Map::ArrayOfMaps(m) => m.fd().as_fd().try_clone_to_owned()?,
+        _ => bail!("{} is not an array of maps", SLASH16.0),
+    };
+    Ok(Idle {
+        generation,
+        maps,
+        slash16,
+    })
+}
+
+/// Puts the idle generation's IPv4 /16 array in its slot of [`SLASH16`]: a new array
+/// holding `blocks` (all [`V4_SLASH16_ENTRIES`] of them), or none when there are none (no
+/// IPv4 CIDRs), which frees the one an earlier refresh left there.
+fn write_slash16(idle: &Idle, blocks: &[CidrBlock]) -> Result<()> {
+    use std::os::fd::AsFd as _;
+    let (outer, names) = SLASH16;
+    let name = names[(idle.generation & 1) as usize];
+    let slot = (idle.generation & 1).to_ne_bytes();
+    if blocks.is_empty() {
+        crate::pin::map_delete(idle.slash16.as_fd(), &slot)
+            .with_context(|| format!("emptying {outer}'s slot {}", idle.generation))?;
+        return Ok(());
+    }
+    if blocks.len() != V4_SLASH16_ENTRIES as usize {
+        bail!(
+            "{name} holds {V4_SLASH16_ENTRIES} entries, not {}",
+            blocks.len()
+        );
+    }
+    let obj = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        size_of::<CidrBlock>() as u32,
+        V4_SLASH16_ENTRIES,
+        0,
+    );
+    let table = MapData::create(obj, name, None).with_context(|| format!("creating {name}"))?;
+    let fd = table.fd().as_fd().as_raw_fd();
+    let keys: Vec<u32> = (0..V4_SLASH16_ENTRIES).collect();
+    batch_update(fd, &keys, blocks).with_context(|| format!("filling {name}"))?;
+    // The slot holds its own reference: the table lives on once `table` is dropped.
+    crate::pin::map_update(idle.slash16.as_fd(), &slot, &(fd as u32).to_ne_bytes(), 0)
+        .with_context(|| format!("putting {name} in its slot"))?;
+    Ok(())
 }
 
 /// A filled generation, ready to be made live by [`flip`].
@@ -497,7 +542,7 @@ pub fn write(ebpf: &mut Ebpf, c: &Compiled) -> Result<(u32, Timing)> {
 /// # Errors
 /// When a map refuses a write.
 pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
-    let [bloom, table, trie, s16, s24, s64, f64] = MAPS[idle.generation as usize];
+    let [bloom, table, trie, s24, s64, f64] = MAPS[idle.generation as usize];
     let mut t = Timing::default();
     let bloom_mask;
     let v6_filter_mask;
@@ -558,23 +603,7 @@ pub fn fill(idle: &mut Idle, c: &Compiled) -> Result<Written> {
         }
     }
     {
-        // The /16 array is rewritten whole (an empty one clears what the generation held).
-        let blocks = if c.v4_16.is_empty() {
-            vec![CidrBlock::default(); V4_SLASH16_ENTRIES as usize]
-        } else {
-            c.v4_16.clone()
-        };
-        let fd = idle.fd(s16)?;
-        let max = crate::pin::map_info(borrowed(fd))?.4 as usize;
-        if !c.v4_16.is_empty() && max < c.v4_16.len() {
-            bail!(
-                "{s16} holds {max} entries; IPv4 CIDRs need {}",
-                c.v4_16.len()
-            );
-        }
-        let keys: Vec<u32> = (0..max as u32).collect();
-        batch_update(fd, &keys, &blocks[..max.min(blocks.len())])
-            .with_context(|| format!("filling {s16}"))?;
+        write_slash16(idle, &c.v4_16)?;
         let keys: Vec<u32> = c.v4_24.keys().copied().collect();
         let values: Vec<CidrBlock> = c.v4_24.values().copied().collect();
         batch_update(idle.fd(s24)?, &keys, &values).with_context(|| format!("filling {s24}"))?;

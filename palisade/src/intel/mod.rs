@@ -31,9 +31,9 @@ pub const DEFAULT_MAX_CIDRS: u32 = 1 << 18;
 pub const MAX_CAPACITY: u32 = 1 << 25;
 /// Capacity of the exact tables when the policy has no feeds: room for feeds added by a
 /// reload (restart with `[intel]` in the policy for more).
-pub const STANDBY_IPS: u32 = 1 << 16;
+pub const STANDBY_IPS: u32 = 1 << 14;
 /// Capacity of the CIDR tables when the policy has no feeds.
-pub const STANDBY_CIDRS: u32 = 1 << 14;
+pub const STANDBY_CIDRS: u32 = 1 << 12;
 /// Default refresh interval.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -137,7 +137,7 @@ pub struct Intel {
 
 impl Intel {
     /// The map capacities this section asks for: without feeds, [`STANDBY_IPS`] and
-    /// [`STANDBY_CIDRS`] (about 4 MiB of kernel memory for both generations), so that
+    /// [`STANDBY_CIDRS`] (under 1 MiB of kernel memory for both generations), so that
     /// `[intel]` can be added by a reload; a reload whose feeds need more is refused.
     #[must_use]
     pub fn sizes(&self) -> load::Sizes {
@@ -145,13 +145,11 @@ impl Intel {
             load::Sizes {
                 ips: STANDBY_IPS,
                 cidrs: STANDBY_CIDRS,
-                feeds: true,
             }
         } else {
             load::Sizes {
                 ips: self.max_ips.max(1),
                 cidrs: self.max_cidrs.max(1),
-                feeds: true,
             }
         }
     }

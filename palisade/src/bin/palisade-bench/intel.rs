@@ -323,7 +323,6 @@ pub fn run(s: &IntelSettings, command: String) -> Result<IntelReport> {
     let sizes = Sizes {
         ips: u32::try_from(s.ips)?.max(1),
         cidrs: u32::try_from(s.cidrs)?.max(1),
-        feeds: true,
     };
     let mut steps = Vec::new();
     let step = |steps: &mut Vec<Step>, what: &str, start: Instant| {
