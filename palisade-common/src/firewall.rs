@@ -366,17 +366,7 @@ pub const KEY_FILTER_HEADER: u32 = 2;
 /// [`KEY_FILTER_MAX_WORDS`] (the density the filters had at 100k keys when they had one size).
 #[must_use]
 pub const fn key_filter_words(keys: u32) -> u32 {
-    let want = keys.div_ceil(2);
-    let words = if want <= KEY_FILTER_MIN_WORDS {
-        KEY_FILTER_MIN_WORDS
-    } else {
-        want.next_power_of_two()
-    };
-    if words > KEY_FILTER_MAX_WORDS {
-        KEY_FILTER_MAX_WORDS
-    } else {
-        words
-    }
+    crate::pow2_within(keys.div_ceil(2), KEY_FILTER_MIN_WORDS, KEY_FILTER_MAX_WORDS)
 }
 
 /// Entries of a filter map holding two generations of `words` words.

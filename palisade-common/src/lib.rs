@@ -41,3 +41,15 @@ macro_rules! map_type {
     };
 }
 pub(crate) use map_type;
+
+/// `want` rounded up to a power of two, within `min` and `max` (both powers of two): the
+/// size of a filter sized by its keys.
+#[must_use]
+pub const fn pow2_within(want: u32, min: u32, max: u32) -> u32 {
+    let n = if want <= min {
+        min
+    } else {
+        want.next_power_of_two()
+    };
+    if n > max { max } else { n }
+}

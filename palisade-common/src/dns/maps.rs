@@ -104,17 +104,7 @@ pub const FILTER_MAX_WORDS: u32 = 1 << 22;
 /// suffixes passing at any size, as 2 MiB did for 1M keys when the filter had one size.
 #[must_use]
 pub const fn filter_words(keys: u32) -> u32 {
-    let want = keys.div_ceil(4);
-    let words = if want <= FILTER_MIN_WORDS {
-        FILTER_MIN_WORDS
-    } else {
-        want.next_power_of_two()
-    };
-    if words > FILTER_MAX_WORDS {
-        FILTER_MAX_WORDS
-    } else {
-        words
-    }
+    crate::pow2_within(keys.div_ceil(4), FILTER_MIN_WORDS, FILTER_MAX_WORDS)
 }
 
 /// A generation's filter of the name keys (a Bloom filter blocked by word: each key sets
