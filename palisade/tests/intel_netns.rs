@@ -343,8 +343,10 @@ fn intel_is_added_refused_and_removed_by_reload_without_a_restart() {
     assert!(!r.ok, "{r:?}");
     let said = format!("{}{}", r.stdout, r.stderr);
     assert!(
-        said.contains("the feeds list 70000 addresses; the tables hold 65536")
-            && said.contains("restart it"),
+        said.contains(&format!(
+            "the feeds list 70000 addresses; the tables hold {}",
+            palisade::intel::STANDBY_IPS
+        )) && said.contains("when the daemon started; restart it"),
         "{said}"
     );
     assert_eq!(

@@ -196,7 +196,8 @@ impl Runtime {
                 String::new()
             } else {
                 format!(
-                    " (the maps were created for {} addresses and {} CIDRs when the daemon                      started; restart it to create them for `[intel] max_ips` and `max_cidrs`)",
+                    " (the maps were created for {} addresses and {} CIDRs when the daemon \
+                     started; restart it to create them for `[intel] max_ips` and `max_cidrs`)",
                     self.sizes.ips, self.sizes.cidrs
                 )
             };
