@@ -198,15 +198,16 @@ pub static DNS_SCOPES: Array<ScopeConfig> = Array::with_max_entries(GENERATIONS 
 pub static DNS_NAMES: btf_maps::ArrayOfMaps<NameTable, GENERATION_SLOTS> =
     btf_maps::ArrayOfMaps::new();
 
-/// A generation's filter of its name keys (`NameFilter`): word 0 the mask, then the bit
-/// words. The template: the daemon creates each generation's with room for its keys.
-pub type FilterTable = btf_maps::Array<u64, 1, INNER_ARRAY_FLAGS>;
-
-/// Per generation, a filter of `DNS_NAMES`' keys, sized by them (`filter_words`): a suffix
-/// whose bits are not set is not looked up.
-#[btf_map]
-pub static DNS_FILTER: btf_maps::ArrayOfMaps<FilterTable, GENERATION_SLOTS> =
-    btf_maps::ArrayOfMaps::new();
+/// Per generation, a filter of `DNS_NAMES`' keys (`NameFilter`: the masks, then each
+/// generation's words): a suffix whose bits are not set is not looked up. Declared at
+/// `FILTER_DECLARED_WORDS` a generation; the daemon creates it sized by its policy's names.
+#[map]
+pub static DNS_FILTER: Array<u64> = Array::with_max_entries(
+    palisade_common::firewall::key_filter_entries(
+        palisade_common::dns::maps::FILTER_DECLARED_WORDS,
+    ),
+    0,
+);
 
 /// Per-client query buckets (GCRA time).
 #[map]

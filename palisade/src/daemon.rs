@@ -296,7 +296,7 @@ pub async fn run(args: RunArgs, socket: PathBuf) -> Result<()> {
         dns_cache_capacity: crate::dns::cache::capacity(policy.dns.cache.as_ref()),
         engine_sizes: if args.kubernetes {
             let mut s = crate::capacity::engines::full_sizes()?;
-            s.extend(crate::capacity::key_filter_full_sizes());
+            s.extend(crate::capacity::key_filter_full_sizes()?);
             s
         } else {
             let mut s = crate::capacity::engines::sizes_for(&policy)?;
@@ -858,7 +858,7 @@ impl Daemon {
         }
         // Key filters smaller than this policy's keys would size them: denser, still exact.
         // (Filters created at their largest cannot be short: no compile for them.)
-        let full = crate::capacity::key_filter_full_sizes();
+        let full = crate::capacity::key_filter_full_sizes().unwrap_or_default();
         let at_most = |(map, n): &(&str, u32)| {
             self.dp
                 .engine_sizes

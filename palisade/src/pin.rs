@@ -98,7 +98,9 @@ pub fn is_resizable_map(name: &str) -> bool {
         || crate::intel::load::is_sized_map(name)
         || name == crate::dns::cache::MAP
         || crate::capacity::engines::is_sized_map(name)
-        || crate::capacity::KEY_FILTERS.iter().any(|(n, _)| *n == name)
+        || crate::capacity::KEY_FILTERS
+            .iter()
+            .any(|(n, _, _)| *n == name)
 }
 
 /// The layout id: 16 hex digits over every pinned map's shape, in name order.

@@ -107,21 +107,27 @@ pub const fn filter_words(keys: u32) -> u32 {
     crate::pow2_within(keys.div_ceil(4), FILTER_MIN_WORDS, FILTER_MAX_WORDS)
 }
 
+/// Bit words per generation the kernel object declares in `DNS_FILTER` (2 MiB): what a load
+/// that does not size it gets (tests, benchmarks, a daemon whose policy comes later).
+pub const FILTER_DECLARED_WORDS: u32 = 1 << 18;
+
 /// A generation's filter of the name keys (a Bloom filter blocked by word: each key sets
-/// two bits of one 64-bit word), stored as its table in `DNS_FILTER`: word 0 holds the mask
-/// of the bit words (their count, a power of two, minus one), and bit word `i` is table
-/// word `1 + i`. The inspector reads the mask once per query and looks a suffix up in
+/// two bits of one 64-bit word), in `DNS_FILTER`, laid out as the firewall's key filters
+/// (`crate::firewall::KeyFilter`): each generation's mask first (its word count, a power of
+/// two, minus one; 0 lets every suffix through), then generation 0's words and generation
+/// 1's. The daemon sizes the map when it starts, by the policy's name keys
+/// ([`filter_words`]). The inspector reads the mask once per query and looks a suffix up in
 /// `DNS_NAMES` only when both of its bits are set, so a name on no list costs no hash-map
 /// lookup, only one array word per suffix. False positives cost a lookup and change nothing;
-/// there are no false negatives, as every key of a generation is added before the generation
-/// goes live. The table is sized by the generation's keys ([`filter_words`]).
+/// there are no false negatives, as every key of a generation is added before its mask is
+/// written and the generation goes live.
 pub struct NameFilter;
 
 impl NameFilter {
-    /// Where a key's two bits are: a hash that picks the word (the table word is
-    /// [`Self::index`] of it), and the mask of both bits. From the suffix hash's first lane
-    /// (already a full-avalanche mix) with the scope and the kind mixed in, so that an exact
-    /// entry does not set the bits of the wildcard with the same suffix.
+    /// Where a key's two bits are: a hash that picks the word (see [`Self::index`]), and the
+    /// mask of both bits. From the suffix hash's first lane (already a full-avalanche mix)
+    /// with the scope and the kind mixed in, so that an exact entry does not set the bits of
+    /// the wildcard with the same suffix.
     #[inline(always)]
     #[must_use]
     pub const fn slot(a: u64, scope: u8, kind: u8) -> (u32, u64) {
@@ -131,40 +137,28 @@ impl NameFilter {
         (word, bits)
     }
 
-    /// The table word holding the bits of word hash `word` under `mask` (word 0 of the
-    /// table).
+    /// The map entry of word hash `word` of generation `generation`, whose mask is `mask`.
     #[inline(always)]
     #[must_use]
-    pub const fn index(word: u32, mask: u32) -> u32 {
-        1 + (word & mask)
+    pub const fn index(generation: u32, word: u32, mask: u32) -> u32 {
+        crate::firewall::KEY_FILTER_HEADER + generation * (mask + 1) + (word & mask)
     }
 
-    /// Makes `table` an empty filter: zero bits, and its mask in word 0. `table` holds a
-    /// power of two of bit words plus the mask word.
-    pub fn clear(table: &mut [u64]) {
-        let words = table.len().saturating_sub(1);
-        debug_assert!(words.is_power_of_two());
-        table.fill(0);
-        if let Some(m) = table.first_mut() {
-            *m = words.saturating_sub(1) as u64;
-        }
-    }
-
-    /// Adds the key to the filter `table` (made by [`Self::clear`]).
+    /// Adds the key to a generation's `words` (a power of two of them).
     #[inline]
-    pub fn insert(table: &mut [u64], key: &NameKey) {
+    pub fn insert(words: &mut [u64], key: &NameKey) {
         let (word, bits) = Self::slot(key.a, key.scope, key.kind);
-        let i = Self::index(word, table[0] as u32) as usize;
-        table[i] |= bits;
+        let mask = words.len().saturating_sub(1) as u32;
+        words[(word & mask) as usize] |= bits;
     }
 
-    /// Whether the filter `table` may hold the key.
+    /// Whether a generation's `words` may hold the key.
     #[inline]
     #[must_use]
-    pub fn may_hold(table: &[u64], a: u64, scope: u8, kind: u8) -> bool {
+    pub fn may_hold(words: &[u64], a: u64, scope: u8, kind: u8) -> bool {
         let (word, bits) = Self::slot(a, scope, kind);
-        let i = Self::index(word, table[0] as u32) as usize;
-        table[i] & bits == bits
+        let mask = words.len().saturating_sub(1) as u32;
+        words[(word & mask) as usize] & bits == bits
     }
 }
 
@@ -336,9 +330,7 @@ mod tests {
     use super::*;
 
     fn empty_filter(keys: u32) -> std::vec::Vec<u64> {
-        let mut t = std::vec![0u64; filter_words(keys) as usize + 1];
-        NameFilter::clear(&mut t);
-        t
+        std::vec![0u64; filter_words(keys) as usize]
     }
 
     #[test]
@@ -383,9 +375,7 @@ mod tests {
         assert_eq!(filter_words(1 << 20), 1 << 18);
         assert_eq!(filter_words((1 << 20) + 1), 1 << 19);
         assert_eq!(filter_words(u32::MAX), FILTER_MAX_WORDS);
-        let t = empty_filter(1000);
-        assert_eq!(t.len(), 257);
-        assert_eq!(t[0], 255);
+        assert_eq!(empty_filter(1000).len(), 256);
     }
 
     #[test]
@@ -395,8 +385,10 @@ mod tests {
                 let (word, bits) = NameFilter::slot(a, scope, kind);
                 assert!(word < 1 << 24);
                 assert!((1..=2).contains(&bits.count_ones()));
-                let i = NameFilter::index(word, FILTER_MIN_WORDS - 1);
-                assert!((1..=FILTER_MIN_WORDS).contains(&i));
+                let g0 = NameFilter::index(0, word, FILTER_MIN_WORDS - 1);
+                let g1 = NameFilter::index(1, word, FILTER_MIN_WORDS - 1);
+                assert!((2..2 + FILTER_MIN_WORDS).contains(&g0));
+                assert!((2 + FILTER_MIN_WORDS..2 + 2 * FILTER_MIN_WORDS).contains(&g1));
             }
         }
     }

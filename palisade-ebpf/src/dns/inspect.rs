@@ -550,35 +550,23 @@ struct MatchCtx {
     /// suffix's `NameKey` words.
     table: u32,
     key: [u64; 3],
-    /// The mask of the generation's name filter (read once per query), or [`NO_FILTER`];
-    /// the filter word of the suffix being matched (the key of its lookup) and its bits,
+    /// The mask of the generation's name filter, read with the first suffix (0: none); the
+    /// entry of the filter word being read (the key of its lookup) and the suffix's bits,
     /// kept here rather than on the stack under the inspector's frames.
     filter_mask: u32,
     filter_index: u32,
     filter_bits: u64,
 }
 
-/// [`MatchCtx::filter_mask`] when the generation has no filter table: every suffix is looked
-/// up.
-const NO_FILTER: u32 = u32::MAX;
-
-/// Word `index` of the name filter in `DNS_FILTER` slot `table` (word 0: its mask); `None`
-/// when there is no such table or word.
-///
-/// # Safety
-/// None beyond the raw lookups; the word is read in place, so copy it at once.
+/// Entry `index` of `DNS_FILTER` (a mask or a filter word), `None` past its end. The key is
+/// read where it is: an index passed by value would take a stack slot of its own.
 #[inline(always)]
-unsafe fn filter_word(table: &u32, index: &u32) -> Option<u64> {
+fn filter_word(index: &u32) -> Option<u64> {
     use aya_ebpf::helpers::generated::bpf_map_lookup_elem;
-    let outer = core::ptr::from_ref(&DNS_FILTER).cast_mut().cast::<c_void>();
-    // SAFETY: a map and a key of its size (`u32`); the result is a map or null.
-    let inner = unsafe { bpf_map_lookup_elem(outer, core::ptr::from_ref(table).cast()) };
-    if inner.is_null() {
-        return None;
-    }
-    // SAFETY: the generation's filter, an array of `u64`, and a `u32` index.
-    let v = unsafe { bpf_map_lookup_elem(inner, core::ptr::from_ref(index).cast()) };
-    // SAFETY: null, or a word of the table.
+    let map = core::ptr::from_ref(&DNS_FILTER).cast_mut().cast::<c_void>();
+    // SAFETY: an array map and a key of its size (`u32`); the result is null or a `u64`.
+    let v = unsafe { bpf_map_lookup_elem(map, core::ptr::from_ref(index).cast()) };
+    // SAFETY: null, or a word of the map.
     unsafe { v.cast::<u64>().as_ref() }.copied()
 }
 
@@ -622,22 +610,18 @@ fn match_one(s: &mut Scratch, index: u64) {
     m.suffix = hash::extend(m.suffix, (h[0], h[1]));
     let kind = if label == 0 { KIND_APEX } else { KIND_BELOW };
     m.table = u32::from(m.generation);
-    // Most suffixes are on no list: the generation's filter says so without a lookup. A
-    // filter that cannot be read filters nothing. Its mask is read with the first suffix.
+    // Most suffixes are on no list: the generation's filter says so without a lookup. Its
+    // mask is read with the first suffix; 0 (never written), or a word that cannot be
+    // read, filters nothing.
     if index == 0 {
-        m.filter_index = 0;
-        // SAFETY: the word is copied out at once.
-        m.filter_mask = match unsafe { filter_word(&m.table, &m.filter_index) } {
-            Some(mask) => mask as u32,
-            None => NO_FILTER,
-        };
+        m.filter_index = m.table;
+        m.filter_mask = filter_word(&m.filter_index).unwrap_or(0) as u32;
     }
-    if m.filter_mask != NO_FILTER {
+    if m.filter_mask != 0 {
         let (word, bits) = NameFilter::slot(m.suffix.0, m.scope, kind);
-        m.filter_index = NameFilter::index(word, m.filter_mask);
+        m.filter_index = NameFilter::index(m.table, word, m.filter_mask);
         m.filter_bits = bits;
-        // SAFETY: the word is copied out at once.
-        if let Some(w) = unsafe { filter_word(&m.table, &m.filter_index) } {
+        if let Some(w) = filter_word(&m.filter_index) {
             if w & m.filter_bits != m.filter_bits {
                 return;
             }

@@ -404,15 +404,14 @@ pub fn table(ebpf: &Ebpf, kind: Kind, generation: u32) -> Result<Option<MapData>
 }
 
 /// The arrays of tables the daemon fills (the policy's [`Kind`]s, the load balancer's
-/// Maglev tables, the DNS name filters, the indicators' IPv4 /16 arrays and the shields'
-/// sketch), each with the names of its slots' tables.
+/// Maglev tables, the indicators' IPv4 /16 arrays and the shields' sketch), each with the
+/// names of its slots' tables.
 pub fn arrays_of_tables() -> impl Iterator<Item = (&'static str, Vec<&'static str>)> {
     Kind::ALL
         .into_iter()
         .map(|k| (k.map(), vec![k.table_name(0), k.table_name(1)]))
         .chain([
             (crate::lb::RINGS, crate::lb::RING_TABLES.to_vec()),
-            (NAME_FILTERS.0, NAME_FILTERS.1.to_vec()),
             (
                 crate::intel::load::SLASH16.0,
                 crate::intel::load::SLASH16.1.to_vec(),
@@ -544,45 +543,66 @@ pub fn array_table(
     Ok((fresh, true))
 }
 
-/// The key filter maps (`palisade_common::firewall::KeyFilter`), with the kind of table
-/// whose keys each filters: sized when the daemon creates them, by [`key_filter_sizes`].
-pub const KEY_FILTERS: [(&str, Kind); 2] = [
-    ("FW_RULE_FILTER", Kind::Rules),
-    ("FW_SET_FILTER", Kind::SetPrefixes),
+/// The words of one generation of a filter for a room of that many keys.
+pub type FilterWords = fn(u32) -> u32;
+
+/// The filter maps (`palisade_common::firewall::KeyFilter`, and the DNS name filter laid
+/// out the same way), with the kind of table whose keys each filters and the words a
+/// generation gets for a room of that many keys: sized when the daemon creates them, by
+/// [`key_filter_sizes`].
+pub const KEY_FILTERS: [(&str, Kind, FilterWords); 3] = [
+    (
+        "FW_RULE_FILTER",
+        Kind::Rules,
+        palisade_common::firewall::key_filter_words,
+    ),
+    (
+        "FW_SET_FILTER",
+        Kind::SetPrefixes,
+        palisade_common::firewall::key_filter_words,
+    ),
+    (
+        "DNS_FILTER",
+        Kind::Names,
+        palisade_common::dns::maps::filter_words,
+    ),
 ];
 
-/// `(map, entries)` of the key filter maps for a daemon starting with `policy`: words for
-/// the room its first generation's tables get ([`Room::sized`] of what it needs and of the
+/// `(map, entries)` of the filter maps for a daemon starting with `policy`: words for the
+/// room its first generation's tables get ([`Room::sized`] of what it needs and of the
 /// configured capacities). A later policy with more keys fills them more densely (more
 /// lookups get through, never a wrong verdict) until the daemon restarts.
 ///
 /// # Errors
 /// When the firewall policy does not compile.
 pub fn key_filter_sizes(policy: &Policy) -> Result<Vec<(&'static str, u32)>> {
-    use palisade_common::firewall::{key_filter_entries, key_filter_words};
+    use palisade_common::firewall::key_filter_entries;
     let fw = crate::firewall::compile::compile(policy).context("compiling the firewall policy")?;
-    let room = Room::sized(
-        Room::needed(&fw, &CompiledDns::default()),
-        Room::configured(policy),
-    );
+    let mut need = Room::needed(&fw, &CompiledDns::default());
+    need.names = u32::try_from(crate::dns::compile::key_bound(&policy.dns)).unwrap_or(u32::MAX);
+    let room = Room::sized(need, Room::configured(policy));
     Ok(KEY_FILTERS
         .iter()
-        .map(|&(map, kind)| (map, key_filter_entries(key_filter_words(room.get(kind)))))
+        .map(|&(map, kind, words)| (map, key_filter_entries(words(room.get(kind)))))
         .collect())
 }
 
-/// The key filter maps at their largest: for a daemon whose policy comes later.
-#[must_use]
-pub fn key_filter_full_sizes() -> Vec<(&'static str, u32)> {
-    use palisade_common::firewall::{KEY_FILTER_MAX_WORDS, key_filter_entries};
-    KEY_FILTERS
+/// The filter maps at the size the object declares: for a daemon whose policy comes later.
+///
+/// # Errors
+/// When the object cannot be parsed.
+pub fn key_filter_full_sizes() -> Result<Vec<(&'static str, u32)>> {
+    let shapes = crate::loader::map_shapes()?;
+    Ok(KEY_FILTERS
         .iter()
-        .map(|&(map, _)| (map, key_filter_entries(KEY_FILTER_MAX_WORDS)))
-        .collect()
+        .filter_map(|&(map, _, _)| {
+            shapes
+                .iter()
+                .find(|s| s.name == map)
+                .map(|s| (map, s.max_entries))
+        })
+        .collect())
 }
-
-/// The array of tables of the DNS name filters, and the names of its generations' filters.
-pub const NAME_FILTERS: (&str, [&str; 2]) = ("DNS_FILTER", ["DNS_FILTER_0", "DNS_FILTER_1"]);
 
 /// Generation `generation`'s table of `kind`, ready to be written with a policy for which
 /// [`Room::sized`] gave `room`: the table in the slot when its capacity holds `need` and is

@@ -18,7 +18,7 @@ use palisade_common::firewall::{
 
 use palisade_common::dns::{
     hash::HashKey,
-    maps::{DnsGlobal, NameFilter, NameKey, NameValue, SCOPES, ScopeConfig, filter_words},
+    maps::{DnsGlobal, NameFilter, NameKey, NameValue, SCOPES, ScopeConfig},
 };
 
 use super::compile::{CompiledFirewall, family_code};
@@ -220,7 +220,8 @@ fn remove_redirect_devs(ebpf: &mut Ebpf, keep: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// The words of one generation of the key filter map `name` (`KeyFilter`'s layout), empty,
+/// The words of one generation of the key filter map `name` (`KeyFilter`'s layout, which
+/// the name filter shares), empty,
 /// as many as the map was created with room for.
 ///
 /// # Errors
@@ -251,27 +252,8 @@ fn write_key_filter(ebpf: &Ebpf, name: &str, generation: u32, words: &[u64]) -> 
         .with_context(|| format!("writing {name}'s mask"))
 }
 
-/// Writes generation `generation`'s name filter (`filter`: its mask word, then its bit
-/// words) into its table in `DNS_FILTER`, made anew when its size changes. Every word is
-/// written, so what a table reused from an earlier policy held is gone.
-fn write_name_filter(ebpf: &mut Ebpf, generation: u32, filter: &[u64]) -> Result<()> {
-    let (outer, names) = capacity::NAME_FILTERS;
-    let name = names[(generation & 1) as usize];
-    let words = filter.len() as u32;
-    let (table, _) = capacity::array_table(
-        ebpf,
-        (outer, name, generation),
-        size_of::<u64>() as u32,
-        words,
-        || format!("a name filter of {} words", words - 1),
-    )?;
-    let index: Vec<u32> = (0..words).collect();
-    maps::update_batch(&table, &index, filter).context("writing the DNS name filter")
-}
-
 fn write_dns(ebpf: &mut Ebpf, table: &MapData, generation: u32, dns: &CompiledDns) -> Result<()> {
-    let mut filter = vec![0u64; filter_words(dns.names.len() as u32) as usize + 1];
-    NameFilter::clear(&mut filter);
+    let mut filter = key_filter(ebpf, "DNS_FILTER")?;
     let (keys, values): (Vec<NameKey>, Vec<NameValue>) = dns
         .names
         .iter()
@@ -285,7 +267,7 @@ fn write_dns(ebpf: &mut Ebpf, table: &MapData, generation: u32, dns: &CompiledDn
         })
         .unzip();
     maps::sync_batch(table, |_: &NameKey| true, &keys, &values).context("DNS_NAMES")?;
-    write_name_filter(ebpf, generation, &filter)?;
+    write_key_filter(ebpf, "DNS_FILTER", generation, &filter)?;
     {
         let mut scopes: Array<&mut MapData, ScopeConfig> =
             Array::try_from(map_mut(ebpf, "DNS_SCOPES")?)?;
