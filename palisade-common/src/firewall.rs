@@ -415,8 +415,7 @@ impl KeyFilter {
     #[inline]
     pub fn insert_hash(words: &mut [u64], h: u64) {
         let (word, bits) = Self::slot(h);
-        let mask = words.len().saturating_sub(1) as u32;
-        words[(word & mask) as usize] |= bits;
+        Self::set(words, word, bits);
     }
 
     /// Whether the key with hash `h` may have been added to `words`.
@@ -424,6 +423,21 @@ impl KeyFilter {
     #[must_use]
     pub fn may_hold_hash(words: &[u64], h: u64) -> bool {
         let (word, bits) = Self::slot(h);
+        Self::test(words, word, bits)
+    }
+
+    /// Sets `bits` in the word that word hash `word` picks among a generation's `words` (a
+    /// power of two of them): the userspace side of every filter laid out as this one.
+    #[inline]
+    pub fn set(words: &mut [u64], word: u32, bits: u64) {
+        let mask = words.len().saturating_sub(1) as u32;
+        words[(word & mask) as usize] |= bits;
+    }
+
+    /// Whether all of `bits` are set in the word that word hash `word` picks.
+    #[inline]
+    #[must_use]
+    pub fn test(words: &[u64], word: u32, bits: u64) -> bool {
         let mask = words.len().saturating_sub(1) as u32;
         words[(word & mask) as usize] & bits == bits
     }

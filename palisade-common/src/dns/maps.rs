@@ -1,7 +1,7 @@
 //! DNS map keys and values. Like the firewall's, every policy map is split into two
 //! generations selected by `Control::active_gen`.
 
-use crate::map_type;
+use crate::{firewall::KeyFilter, map_type};
 
 /// Scope of a DNS policy: where the query was seen.
 pub const SCOPE_INGRESS: u8 = 0;
@@ -141,15 +141,14 @@ impl NameFilter {
     #[inline(always)]
     #[must_use]
     pub const fn index(generation: u32, word: u32, mask: u32) -> u32 {
-        crate::firewall::KEY_FILTER_HEADER + generation * (mask + 1) + (word & mask)
+        KeyFilter::index(generation, word, mask)
     }
 
     /// Adds the key to a generation's `words` (a power of two of them).
     #[inline]
     pub fn insert(words: &mut [u64], key: &NameKey) {
         let (word, bits) = Self::slot(key.a, key.scope, key.kind);
-        let mask = words.len().saturating_sub(1) as u32;
-        words[(word & mask) as usize] |= bits;
+        KeyFilter::set(words, word, bits);
     }
 
     /// Whether a generation's `words` may hold the key.
@@ -157,8 +156,7 @@ impl NameFilter {
     #[must_use]
     pub fn may_hold(words: &[u64], a: u64, scope: u8, kind: u8) -> bool {
         let (word, bits) = Self::slot(a, scope, kind);
-        let mask = words.len().saturating_sub(1) as u32;
-        words[(word & mask) as usize] & bits == bits
+        KeyFilter::test(words, word, bits)
     }
 }
 

@@ -508,8 +508,8 @@ pub fn clear_slot_table(ebpf: &mut Ebpf, outer: &str, name: &str, slot: u32) -> 
 
 /// The array in slot `slot` of the array of tables `outer` (named `name`), of `entries`
 /// values of `value_size` bytes: the one in the slot when it has exactly that many entries,
-/// else a new, zeroed one put in the slot. Returns it, and whether it is new. `what`
-/// describes its room for messages. Only for an idle slot.
+/// else a new, zeroed one put in the slot. `what` describes its room for messages. Only for
+/// an idle slot.
 ///
 /// # Errors
 /// When the slot cannot be read, or the kernel cannot create the array (memory).
@@ -519,12 +519,12 @@ pub fn array_table(
     value_size: u32,
     entries: u32,
     what: impl FnOnce() -> String,
-) -> Result<(MapData, bool)> {
+) -> Result<MapData> {
     if let Some(t) = slot_table(ebpf, outer, name, slot)? {
         let (_, _, _, _, held, _) = pin::map_info(t.fd().as_fd())
             .with_context(|| format!("reading the capacity of {name}"))?;
         if held == entries {
-            return Ok((t, false));
+            return Ok(t);
         }
     }
     let shape = (
@@ -532,15 +532,14 @@ pub fn array_table(
         4,
         value_size,
     );
-    let fresh = new_slot_table(
+    new_slot_table(
         ebpf,
         (outer, name, slot),
         shape,
         aya_obj::generated::BPF_F_INNER_MAP,
         entries,
         what,
-    )?;
-    Ok((fresh, true))
+    )
 }
 
 /// The words of one generation of a filter for a room of that many keys.

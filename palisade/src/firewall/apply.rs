@@ -221,8 +221,7 @@ fn remove_redirect_devs(ebpf: &mut Ebpf, keep: &[u32]) -> Result<()> {
 }
 
 /// The words of one generation of the key filter map `name` (`KeyFilter`'s layout, which
-/// the name filter shares), empty,
-/// as many as the map was created with room for.
+/// the name filter shares), empty, as many as the map was created with room for.
 ///
 /// # Errors
 /// When the map cannot be read, or its size is not two powers of two of words and the masks.

@@ -671,7 +671,7 @@ fn ring_table(ebpf: &mut Ebpf, slot: u32, services: u32) -> Result<Option<MapDat
         services,
         || format!("{services} Maglev tables"),
     )
-    .map(|(t, _)| Some(t))
+    .map(Some)
 }
 
 /// Removes the keys of `slot` from the hash map `name` (values of type `V`).
