@@ -976,9 +976,11 @@ fn a_reload_writes_only_what_differs_and_never_the_other_generation() {
     }
     // Generation 0's tables (idle: the policy went into generation 1), new and empty.
     let table = |ebpf: &mut aya::Ebpf, kind| {
-        let (t, fresh) = palisade::capacity::table_for(ebpf, kind, 0, 2000, 4096).expect("a table");
-        assert!(fresh, "generation 0 had no table yet");
-        t
+        let before = palisade::capacity::table(ebpf, kind, 0).expect("reading the slot");
+        assert!(before.is_none(), "generation 0 had no table yet");
+        let mut t =
+            palisade::capacity::tables_for(ebpf, 0, &[(kind, 2000, 4096)]).expect("a table");
+        t.remove(0)
     };
     let hosts = &table(&mut fw.bench.ebpf, palisade::capacity::Kind::SetHosts);
     let trie = &table(&mut fw.bench.ebpf, palisade::capacity::Kind::SetPrefixes);

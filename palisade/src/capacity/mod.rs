@@ -11,7 +11,7 @@
 //! `capacity_set_prefixes`, `[dns] capacity_names`) when larger. A table too small for the
 //! policy, or more than [`SHRINK_FACTOR`] times the size it needs, is replaced by a new one
 //! of the right size, written whole, and put in the generation's slot before the generation
-//! goes live ([`table_for`]); packets only ever read the live generation's slot. A policy
+//! goes live ([`tables_for`]); packets only ever read the live generation's slot. A policy
 //! that outgrows its maps is therefore an ordinary install, not an error, and the memory
 //! follows the policy both ways. What cannot be installed at all is a generation past
 //! [`Kind::hard_max`], which [`Room::check`] refuses before anything changes.
@@ -25,10 +25,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::{
-    Ebpf,
-    maps::{ArrayOfMaps, MapData},
-};
+use aya::{Ebpf, maps::MapData};
 use palisade_common::{
     dns::maps::{MAX_NAME_KEYS, NameKey, NameValue},
     firewall::{
@@ -463,6 +460,21 @@ pub fn slot_table(ebpf: &Ebpf, outer: &str, name: &str, slot: u32) -> Result<Opt
 pub fn new_slot_table(
     ebpf: &mut Ebpf,
     (outer, name, slot): (&str, &'static str, u32),
+    shape: (u32, u32, u32),
+    flags: u32,
+    slots: u32,
+    what: impl FnOnce() -> String,
+) -> Result<MapData> {
+    let fresh = new_table(name, shape, flags, slots, what)?;
+    put_in_slot(outer_fd(ebpf, outer)?.as_fd(), (outer, name, slot), &fresh)?;
+    Ok(fresh)
+}
+
+/// [`new_slot_table`] without the slot: the new table, pinned when the daemon pins tables
+/// (before it goes in a slot, so that a restarted daemon always finds a slot's table
+/// pinned; the pin of the table it replaces goes).
+fn new_table(
+    name: &'static str,
     (map_type, key_size, value_size): (u32, u32, u32),
     flags: u32,
     slots: u32,
@@ -472,19 +484,45 @@ pub fn new_slot_table(
     let fresh = MapData::create(obj, name, None)
         .with_context(|| format!("creating {name} with room for {}", what()))?;
     if let Some(dir) = pin_dir() {
-        // Pinned before it goes in the slot, so a restarted daemon always finds the slot's
-        // table pinned; the pin of the table it replaces goes.
         let path = dir.join(name);
         let _ = std::fs::remove_file(&path);
         pin::obj_pin(fresh.fd().as_fd(), &path)
             .with_context(|| format!("pinning {}", path.display()))?;
     }
-    let mut outer_map: ArrayOfMaps<&mut MapData, MapData> =
-        ArrayOfMaps::try_from(maps::map_mut(ebpf, outer)?)?;
-    outer_map
-        .set(slot & 1, &fresh, 0)
-        .with_context(|| format!("putting {name} in its slot"))?;
     Ok(fresh)
+}
+
+/// A descriptor of the array of tables `outer`, of its own (one that may go to another
+/// thread).
+///
+/// # Errors
+/// When the object has no such array of tables.
+pub fn outer_fd(ebpf: &Ebpf, outer: &str) -> Result<std::os::fd::OwnedFd> {
+    let aya::maps::Map::ArrayOfMaps(m) = maps::map(ebpf, outer)? else {
+        anyhow::bail!("{outer} is not an array of tables");
+    };
+    m.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .with_context(|| format!("opening {outer}"))
+}
+
+/// Puts `table` (named `name`) in slot `slot` of the array of tables `outer` (`fd`, its
+/// descriptor). The slot holds its own reference to the table. The kernel returns from the
+/// write only after a grace period (no program still reads the table the slot held), some
+/// milliseconds.
+///
+/// # Errors
+/// When the slot cannot be written.
+pub fn put_in_slot(
+    fd: std::os::fd::BorrowedFd<'_>,
+    (outer, name, slot): (&str, &str, u32),
+    table: &MapData,
+) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let table_fd = table.fd().as_fd().as_raw_fd() as u32;
+    pin::map_update(fd, &(slot & 1).to_ne_bytes(), &table_fd.to_ne_bytes(), 0)
+        .with_context(|| format!("putting {name} in {outer}'s slot {}", slot & 1))
 }
 
 /// Empties slot `slot` of the array of tables `outer` (the table in it, named `name`, goes
@@ -603,38 +641,66 @@ pub fn key_filter_full_sizes() -> Result<Vec<(&'static str, u32)>> {
         .collect())
 }
 
-/// Generation `generation`'s table of `kind`, ready to be written with a policy for which
-/// [`Room::sized`] gave `room`: the table in the slot when its capacity holds `need` and is
+/// Generation `generation`'s tables of the kinds in `wants`, each `(kind, need, room)` with
+/// the room [`Room::sized`] gave: the table in the slot when its capacity holds `need` and is
 /// at most [`SHRINK_FACTOR`] times `room`, else a new empty table of `room` entries, put in
-/// the slot. Returns it, and whether it is new (empty).
+/// the slot. Returns them in the order of `wants`.
+///
+/// The new tables go in their slots from threads of their own: every write of an array of
+/// tables waits a grace period (some milliseconds), and the waits overlap (a first install
+/// creates every table: about 55 ms one after the other on this kind of machine).
 ///
 /// Only for the idle generation: packets read the live one's slot only.
 ///
 /// # Errors
-/// When the kernel cannot create the table (memory) or the slot cannot be written.
-pub fn table_for(
-    ebpf: &mut Ebpf,
-    kind: Kind,
+/// When the kernel cannot create a table (memory) or a slot cannot be written; tables made
+/// before the error stay in their (idle) slots.
+pub fn tables_for(
+    ebpf: &Ebpf,
     generation: u32,
-    need: u32,
-    room: u32,
-) -> Result<(MapData, bool)> {
-    if let Some(t) = table(ebpf, kind, generation)? {
-        let held = room_of(&t, kind)?;
-        if held >= need && held / SHRINK_FACTOR <= room {
-            return Ok((t, false));
+    wants: &[(Kind, u32, u32)],
+) -> Result<Vec<MapData>> {
+    let mut out: Vec<Option<MapData>> = Vec::with_capacity(wants.len());
+    let mut fresh = Vec::new();
+    for (i, &(kind, need, room)) in wants.iter().enumerate() {
+        if let Some(t) = table(ebpf, kind, generation)? {
+            let held = room_of(&t, kind)?;
+            if held >= need && held / SHRINK_FACTOR <= room {
+                out.push(Some(t));
+                continue;
+            }
         }
+        out.push(None);
+        fresh.push((i, kind, room, outer_fd(ebpf, kind.map())?));
     }
-    let slots = room.saturating_mul(kind.slots_per_entry());
-    let fresh = new_slot_table(
-        ebpf,
-        (kind.map(), kind.table_name(generation), generation),
-        kind.shape(),
-        kind.flags(),
-        slots,
-        || format!("{room} {}", kind.what()),
-    )?;
-    Ok((fresh, true))
+    let made: Vec<Result<(usize, MapData)>> = std::thread::scope(|s| {
+        let threads: Vec<_> = fresh
+            .iter()
+            .map(|(i, kind, room, fd)| {
+                s.spawn(move || -> Result<(usize, MapData)> {
+                    let name = kind.table_name(generation);
+                    let slots = room.saturating_mul(kind.slots_per_entry());
+                    let t = new_table(name, kind.shape(), kind.flags(), slots, || {
+                        format!("{room} {}", kind.what())
+                    })?;
+                    put_in_slot(fd.as_fd(), (kind.map(), name, generation), &t)?;
+                    Ok((*i, t))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    for m in made {
+        let (i, t) = m?;
+        out[i] = Some(t);
+    }
+    out.into_iter()
+        .zip(wants)
+        .map(|(t, (kind, _, _))| t.with_context(|| format!("no table for {}", kind.what())))
+        .collect()
 }
 
 #[cfg(test)]

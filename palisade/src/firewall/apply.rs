@@ -74,16 +74,18 @@ pub fn install(
     // The idle generation's tables, new ones where the policy outgrew them (or shrank well
     // below them); the live generation's are not touched.
     let need = Room::needed(c, dns);
-    let table = |ebpf: &mut Ebpf, kind: Kind| {
-        capacity::table_for(ebpf, kind, idle, need.get(kind), room.get(kind)).map(|(t, _)| t)
-    };
+    let wants = Kind::ALL.map(|kind| (kind, need.get(kind), room.get(kind)));
+    let [rules, hosts, prefixes, names, meta, stats]: [MapData; 6] =
+        capacity::tables_for(ebpf, idle, &wants)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("a table for every kind"))?;
     let tables = Tables {
-        rules: table(ebpf, Kind::Rules)?,
-        hosts: table(ebpf, Kind::SetHosts)?,
-        prefixes: table(ebpf, Kind::SetPrefixes)?,
-        names: table(ebpf, Kind::Names)?,
-        meta: table(ebpf, Kind::RuleMeta)?,
-        stats: table(ebpf, Kind::RuleStats)?,
+        rules,
+        hosts,
+        prefixes,
+        names,
+        meta,
+        stats,
     };
     // The tables of the idle generation are brought to the new policy entry by entry
     // (`maps::sync_batch`): what they already hold of it is not written again.

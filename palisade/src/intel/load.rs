@@ -485,13 +485,11 @@ fn write_slash16(idle: &Idle, blocks: &[CidrBlock]) -> Result<()> {
         0,
     );
     let table = MapData::create(obj, name, None).with_context(|| format!("creating {name}"))?;
-    let fd = table.fd().as_fd().as_raw_fd();
     let keys: Vec<u32> = (0..V4_SLASH16_ENTRIES).collect();
-    batch_update(fd, &keys, blocks).with_context(|| format!("filling {name}"))?;
+    batch_update(table.fd().as_fd().as_raw_fd(), &keys, blocks)
+        .with_context(|| format!("filling {name}"))?;
     // The slot holds its own reference: the table lives on once `table` is dropped.
-    crate::pin::map_update(idle.slash16.as_fd(), &slot, &(fd as u32).to_ne_bytes(), 0)
-        .with_context(|| format!("putting {name} in its slot"))?;
-    Ok(())
+    crate::capacity::put_in_slot(idle.slash16.as_fd(), (outer, name, idle.generation), &table)
 }
 
 /// A filled generation, ready to be made live by [`flip`].
