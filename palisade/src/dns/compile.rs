@@ -1,7 +1,5 @@
 //! Compiles the DNS part of a [`Policy`] into map contents for one generation.
 
-use std::collections::HashMap;
-
 use palisade_common::{
     dns::{
         entropy,
@@ -16,7 +14,6 @@ use palisade_common::{
     firewall::{MAX_RATE, gcra},
 };
 
-use crate::keyhash::KeyHash;
 use crate::policy::{
     model::{Dns, DnsAction, DnsMode, DnsScope, NameEntry, NameList, NameMatch, Policy},
     namelist::format_name,
@@ -70,7 +67,25 @@ pub enum DnsCompileError {
 pub struct CompiledDns {
     pub global: DnsGlobal,
     pub scopes: [ScopeConfig; SCOPES as usize],
-    pub names: HashMap<NameKey, NameValue, KeyHash>,
+    /// Every name key with its value, each key once, in the order of [`key_order`].
+    pub names: Vec<(NameKey, NameValue)>,
+}
+
+/// The order of [`CompiledDns::names`]: by the key's fields.
+fn key_order(k: &NameKey) -> (u64, u64, u16, u8, u8) {
+    (k.a, k.b, k.wire_len, k.scope, k.kind)
+}
+
+/// A name key an entry makes, with its value and where it came from: the entry `entry` of
+/// list `list` in scope `scope`, the `seq`th key of the walk of the lists (for the message
+/// of a conflict).
+struct Made {
+    key: NameKey,
+    value: NameValue,
+    scope: u8,
+    list: u32,
+    entry: u32,
+    seq: u32,
 }
 
 /// Clock offsets for turning unix expiry times into the kernel's boot-time clock.
@@ -401,8 +416,8 @@ pub fn compile(
         return Err(DnsCompileError::RateTooHigh { what, rate });
     }
     let mut out = CompiledDns::default();
-    let keys = key_bound(dns);
-    out.names.reserve(keys.min(2 * MAX_NAME_KEYS));
+    // Every key each entry makes, in the lists' order; sorted by key below.
+    let mut made: Vec<Made> = Vec::with_capacity(key_bound(dns).min(2 * MAX_NAME_KEYS));
     out.global.ports[..dns.ports.len()].copy_from_slice(&dns.ports);
     let budget = dns.answers;
     if budget.per_second > 0 {
@@ -433,38 +448,18 @@ pub fn compile(
             let l = &dns.lists[list];
             let intel = list_intel(cfg, l);
             let apexes = apex_keys(key, &l.entries, scope);
-            for (e, &apex) in l.entries.iter().zip(&apexes) {
+            for (i, (e, &apex)) in l.entries.iter().zip(&apexes).enumerate() {
                 let mut v = entry_value(e, list, clock, &l.name)?;
                 v.intel = intel;
                 for &kind in kinds_of(e) {
-                    let k = NameKey { kind, ..apex };
-                    // One probe of the table per key: most keys are new.
-                    let old = match out.names.entry(k) {
-                        std::collections::hash_map::Entry::Vacant(slot) => {
-                            slot.insert(v);
-                            continue;
-                        }
-                        std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
-                    };
-                    if old.intel != v.intel {
-                        // A name both blocked and reported by `[intel]`: the block stays
-                        // (between an alert and a tag, the first feed's).
-                        if v.intel == 0 {
-                            *old = v;
-                        }
-                        continue;
-                    }
-                    *old = merge(old, &v).map_err(|why| {
-                        let (first, first_line) = origin_of(dns, key, &k, (scope, e));
-                        DnsCompileError::ConflictingDuplicates {
-                            name: format_entry(e),
-                            list: l.name.clone(),
-                            line: e.line,
-                            first_list: dns.lists[first].name.clone(),
-                            first_line,
-                            why,
-                        }
-                    })?;
+                    made.push(Made {
+                        key: NameKey { kind, ..apex },
+                        value: v,
+                        scope,
+                        list: list as u32,
+                        entry: i as u32,
+                        seq: made.len() as u32,
+                    });
                 }
             }
         }
@@ -480,12 +475,85 @@ pub fn compile(
         for e in &b.rebinding_allow {
             let apex = name_key(key, &e.labels, SCOPE_REBIND, KIND_APEX);
             for &kind in kinds_of(e) {
-                out.names.insert(NameKey { kind, ..apex }, v);
+                // Always the same value: a name listed twice merges into itself.
+                made.push(Made {
+                    key: NameKey { kind, ..apex },
+                    value: v,
+                    scope: SCOPE_REBIND,
+                    list: u32::MAX,
+                    entry: 0,
+                    seq: made.len() as u32,
+                });
             }
         }
     }
+    out.names = fold_keys(dns, key, made)?;
     names_fit(out.names.len())?;
     Ok(out)
+}
+
+/// The keys of `made` (in the lists' order), each once with its value: the entries of one
+/// key folded in that order, as a block replaces an `[intel]` report and [`merge`] joins the
+/// rest. The keys are sorted (the walk's order breaking ties) rather than gathered in a
+/// hash table, whose random writes cost more with a million names.
+///
+/// # Errors
+/// [`DnsCompileError::ConflictingDuplicates`] for the conflict an entry-by-entry walk of
+/// the lists meets first.
+fn fold_keys(
+    dns: &Dns,
+    key: &HashKey,
+    mut made: Vec<Made>,
+) -> Result<Vec<(NameKey, NameValue)>, DnsCompileError> {
+    made.sort_unstable_by_key(|m| (key_order(&m.key), m.seq));
+    let mut out: Vec<(NameKey, NameValue)> = Vec::with_capacity(made.len());
+    // The conflict met first in the walk of the lists: the key, and the entry that could
+    // not join its value. Keys sort apart from one another, so every key's first conflict
+    // is weighed and the earliest one reported.
+    let mut conflict: Option<(Made, &'static str)> = None;
+    let mut failed = false;
+    for m in made {
+        let Some((_, old)) = out.last_mut().filter(|(k, _)| *k == m.key) else {
+            out.push((m.key, m.value));
+            failed = false;
+            continue;
+        };
+        if failed {
+            continue;
+        }
+        let v = m.value;
+        if old.intel != v.intel {
+            // A name both blocked and reported by `[intel]`: the block stays (between an
+            // alert and a tag, the first feed's).
+            if v.intel == 0 {
+                *old = v;
+            }
+            continue;
+        }
+        match merge(old, &v) {
+            Ok(joined) => *old = joined,
+            Err(why) => {
+                failed = true;
+                if conflict.as_ref().is_none_or(|(first, _)| m.seq < first.seq) {
+                    conflict = Some((m, why));
+                }
+            }
+        }
+    }
+    let Some((m, why)) = conflict else {
+        return Ok(out);
+    };
+    let l = &dns.lists[m.list as usize];
+    let e = &l.entries[m.entry as usize];
+    let (first, first_line) = origin_of(dns, key, &m.key, (m.scope, e));
+    Err(DnsCompileError::ConflictingDuplicates {
+        name: format_entry(e),
+        list: l.name.clone(),
+        line: e.line,
+        first_list: dns.lists[first].name.clone(),
+        first_line,
+        why,
+    })
 }
 
 #[cfg(test)]
@@ -689,10 +757,7 @@ mod tests {
         let c = compile(&p, &HashKey::default(), &clock).expect("compiles");
         assert_eq!(c.names.len(), 1);
         assert_eq!(
-            c.names
-                .values()
-                .next()
-                .map(|v| (v.qtypes, v.max_entropy_fp)),
+            c.names.first().map(|(_, v)| (v.qtypes, v.max_entropy_fp)),
             Some(([0; MAX_QTYPES], entropy::bound_fp(160)))
         );
     }
