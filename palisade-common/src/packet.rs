@@ -626,3 +626,153 @@ pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    /// An Ethernet header with `tags` VLAN tags and the ethertype `ethertype`.
+    fn eth(tags: usize, ethertype: u16) -> Vec<u8> {
+        let mut f = std::vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        for i in 0..tags {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&(100 + i as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    /// An IPv4 header (no options) for `payload` bytes of `proto`, `frag` its fragment field.
+    fn ipv4(proto: u8, frag: u16, payload: usize) -> Vec<u8> {
+        let total = (20 + payload) as u16;
+        let mut h = std::vec![0x45, 0xb8];
+        h.extend_from_slice(&total.to_be_bytes());
+        h.extend_from_slice(&[0, 1]);
+        h.extend_from_slice(&frag.to_be_bytes());
+        h.extend_from_slice(&[61, proto, 0, 0, 192, 0, 2, 7, 198, 51, 100, 9]);
+        h
+    }
+
+    /// An IPv6 header for `payload` bytes, the first next header `next`.
+    fn ipv6(next: u8, payload: usize) -> Vec<u8> {
+        let mut h = std::vec![0x6a, 0x50, 0, 0];
+        h.extend_from_slice(&(payload as u16).to_be_bytes());
+        h.extend_from_slice(&[next, 17]);
+        h.extend((0..16u8).map(|i| 0x20 + i));
+        h.extend((0..16u8).map(|i| 0xf0 ^ i));
+        h
+    }
+
+    fn tcp(flags: u8) -> Vec<u8> {
+        let mut t = std::vec![0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags];
+        t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+        t
+    }
+
+    fn udp() -> Vec<u8> {
+        std::vec![0x30, 0x39, 0x00, 0x35, 0, 12, 0, 0, 1, 2, 3, 4]
+    }
+
+    fn frames() -> Vec<Vec<u8>> {
+        let t = tcp(TCP_SYN | TCP_ACK);
+        let u = udp();
+        let icmp = std::vec![128, 0, 0, 0, 0, 1, 0, 1];
+        let hop = std::vec![IPPROTO_ICMPV6, 0, 1, 4, 0, 0, 0, 0];
+        let frag = std::vec![IPPROTO_UDP, 0, 0, 1, 0, 0, 0, 7];
+        std::vec![
+            // IPv4 TCP; UDP behind two VLAN tags; a first and a later fragment.
+            [eth(0, ETH_P_IP), ipv4(IPPROTO_TCP, 0, t.len()), t.clone()].concat(),
+            [eth(2, ETH_P_IP), ipv4(IPPROTO_UDP, 0, u.len()), u.clone()].concat(),
+            [
+                eth(0, ETH_P_IP),
+                ipv4(IPPROTO_UDP, 0x2000, u.len()),
+                u.clone()
+            ]
+            .concat(),
+            [
+                eth(0, ETH_P_IP),
+                ipv4(IPPROTO_UDP, 0x0010, u.len()),
+                u.clone()
+            ]
+            .concat(),
+            // IPv6 TCP; ICMPv6 behind a hop-by-hop header; UDP behind a first fragment
+            // header.
+            [eth(0, ETH_P_IPV6), ipv6(IPPROTO_TCP, t.len()), t].concat(),
+            [eth(1, ETH_P_IPV6), ipv6(IPPROTO_HOPOPTS, 16), hop, icmp].concat(),
+            [
+                eth(0, ETH_P_IPV6),
+                ipv6(IPPROTO_FRAGMENT, 8 + u.len()),
+                frag,
+                u
+            ]
+            .concat(),
+        ]
+    }
+
+    /// A packet whose every field holds something the parser must overwrite (a slot's last
+    /// packet, a shield's reason, the tracker's state).
+    const STALE: Packet = Packet {
+        family: 9,
+        proto: 9,
+        frag: 9,
+        tcp_flags: 0xff,
+        src: [0xaa; 16],
+        dst: [0xbb; 16],
+        sport: 1,
+        dport: 2,
+        l3_offset: 3,
+        l4_offset: 4,
+        l4_len: 5,
+        ct_state: 6,
+        shield: 7,
+        tos: 8,
+        ttl: 9,
+    };
+
+    /// The in-place parser leaves a slot exactly as the copying one builds the packet,
+    /// whatever the slot held: every field is written.
+    #[test]
+    fn parse_into_writes_every_field_as_parse_builds_it() {
+        for f in frames() {
+            let Ok(Frame::Ip(want)) = parse(f.as_slice()) else {
+                panic!("a well-formed IP frame: {f:02x?}");
+            };
+            let mut slot = STALE;
+            assert_eq!(parse_into(f.as_slice(), &mut slot), Ok(true));
+            assert_eq!(slot, want, "frame {f:02x?}");
+            assert_eq!(
+                parse_into(f.as_slice(), &mut Packet::EMPTY.clone()),
+                Ok(true)
+            );
+        }
+        // The addresses, as the classifier reads them.
+        let mut slot = STALE;
+        let f = &frames()[0];
+        assert_eq!(parse_into(f.as_slice(), &mut slot), Ok(true));
+        assert_eq!(slot.src, v4_mapped([192, 0, 2, 7]));
+        assert_eq!(slot.dst, v4_mapped([198, 51, 100, 9]));
+        assert_eq!(
+            (slot.sport, slot.dport, slot.ttl, slot.tos),
+            (40000, 443, 61, 0xb8)
+        );
+    }
+
+    /// Not IP: the slot is left as it was. Malformed: the same reason as the copying parser.
+    #[test]
+    fn parse_into_leaves_other_frames_and_refuses_as_parse() {
+        let arp = [eth(0, 0x0806), std::vec![0; 28]].concat();
+        let mut slot = STALE;
+        assert_eq!(parse_into(arp.as_slice(), &mut slot), Ok(false));
+        assert_eq!(slot, STALE);
+        for f in frames() {
+            for cut in [10, 20, 30, 40, 50] {
+                let short = &f[..cut.min(f.len())];
+                let want = parse(short).map(|fr| matches!(fr, Frame::Ip(_)));
+                assert_eq!(parse_into(short, &mut STALE.clone()), want, "{short:02x?}");
+            }
+        }
+    }
+}

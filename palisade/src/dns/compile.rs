@@ -762,6 +762,43 @@ mod tests {
         );
     }
 
+    /// With many conflicts, the one reported is the first an entry-by-entry walk of the
+    /// scope's lists meets (the scope's order of lists, then each list's lines), not the
+    /// first of the keys' sorted order.
+    #[test]
+    fn the_first_conflict_of_the_walk_is_reported() {
+        let clock = Clock {
+            unix_now_ns: 0,
+            boot_now_ns: 1,
+        };
+        let list = |name: &str, qtypes: &[u16], bits: Option<u32>, first_line: usize| NameList {
+            name: name.into(),
+            entries: (0..50)
+                .map(|i| entry(&format!("n{i}.example"), qtypes, bits, first_line + i))
+                .collect(),
+        };
+        let mut p = policy(vec![
+            list("a", &[A], Some(40), 1),
+            list("b", &[TXT], None, 101),
+        ]);
+        // The scope walks list `b` first.
+        p.dns.ingress.as_mut().expect("a scope").lists = vec![1, 0];
+        let err = compile(&p, &HashKey::default(), &clock).expect_err("conflicts");
+        assert!(
+            err.to_string()
+                .starts_with("list `a` line 1: `n0.example` is also listed in list `b` line 101,"),
+            "{err}"
+        );
+        // In the lists' own order, `b`'s first line is the first conflict.
+        p.dns.ingress.as_mut().expect("a scope").lists = vec![0, 1];
+        let err = compile(&p, &HashKey::default(), &clock).expect_err("conflicts");
+        assert!(
+            err.to_string()
+                .starts_with("list `b` line 101: `n0.example` is also listed in list `a` line 1,"),
+            "{err}"
+        );
+    }
+
     /// The hard maximum of one generation: more keys are refused by the compiler, before
     /// anything is written (the room of the running map is checked at install, see
     /// `crate::capacity`); the bound the daemon sizes the map for counts a name listed with
