@@ -150,12 +150,19 @@ pub fn sync_batch<K: aya::Pod, V: aya::Pod>(
         }
     })
     .map_err(|e| anyhow!("reading map entries: {e}"))?;
+    let (key_bytes, value_bytes) = (bytes(keys), bytes(values));
+    let mut out = Synced::default();
+    if held_keys.is_empty() {
+        // Nothing of `mine` held (a new table, a first install): every entry is written
+        // straight from the caller's lists, without a table of what is held or a copy.
+        out.written = keys.len();
+        write_batches(map, (ks, vs), key_bytes, value_bytes)?;
+        return Ok(out);
+    }
     let mut held: HashMap<&[u8], &[u8], KeyHash> =
         HashMap::with_capacity_and_hasher(held_keys.len() / ks.max(1), KeyHash);
     held.extend(held_keys.chunks_exact(ks).zip(held_values.chunks_exact(vs)));
-    let mut out = Synced::default();
     let (mut new_keys, mut new_values) = (Vec::new(), Vec::new());
-    let (key_bytes, value_bytes) = (bytes(keys), bytes(values));
     for (k, v) in key_bytes.chunks_exact(ks).zip(value_bytes.chunks_exact(vs)) {
         match held.remove(k) {
             Some(old) if old == v => out.kept += 1,
@@ -172,6 +179,23 @@ pub fn sync_batch<K: aya::Pod, V: aya::Pod>(
             .map_err(|e| anyhow!("deleting {} map entries: {e}", out.deleted))?;
     }
     out.written = new_keys.len() / ks.max(1);
+    write_batches(map, (ks, vs), &new_keys, &new_values)?;
+    Ok(out)
+}
+
+/// Writes `keys` and `values` (the bytes of whole keys and values of sizes `(ks, vs)`) into
+/// `map` with `BPF_MAP_UPDATE_BATCH`, [`BATCH`] entries a call; from two threads at once
+/// for more than two batches (the kernel's work per entry dominates, and the hash map locks
+/// per bucket).
+///
+/// # Errors
+/// When the kernel refuses a batch.
+fn write_batches(
+    map: &MapData,
+    (ks, vs): (usize, usize),
+    keys: &[u8],
+    values: &[u8],
+) -> Result<()> {
     let write = |keys: &[u8], values: &[u8]| -> Result<()> {
         for (k, v) in keys.chunks(BATCH * ks).zip(values.chunks(BATCH * vs)) {
             pin::map_update_batch(fd(map), k, v, k.len() / ks)
@@ -179,24 +203,21 @@ pub fn sync_batch<K: aya::Pod, V: aya::Pod>(
         }
         Ok(())
     };
-    if out.written < 2 * BATCH {
-        write(&new_keys, &new_values)?;
-    } else {
-        // Two halves at once: the kernel's work per entry dominates, and the hash map locks
-        // per bucket.
-        let half = out.written / 2;
-        let (k1, k2) = new_keys.split_at(half * ks);
-        let (v1, v2) = new_values.split_at(half * vs);
-        std::thread::scope(|s| {
-            let other = s.spawn(|| write(k2, v2));
-            let mine = write(k1, v1);
-            other
-                .join()
-                .map_err(|_| anyhow!("a map writing thread panicked"))?
-                .and(mine)
-        })?;
+    let count = keys.len() / ks.max(1);
+    if count < 2 * BATCH {
+        return write(keys, values);
     }
-    Ok(out)
+    let half = count / 2;
+    let (k1, k2) = keys.split_at(half * ks);
+    let (v1, v2) = values.split_at(half * vs);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| write(k2, v2));
+        let mine = write(k1, v1);
+        other
+            .join()
+            .map_err(|_| anyhow!("a map writing thread panicked"))?
+            .and(mine)
+    })
 }
 
 /// The keys of a hash map (`K`, `V` its key and value types) that `keep` picks, read many at
