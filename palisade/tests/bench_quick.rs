@@ -40,6 +40,12 @@ fn live_refused(report: &serde_json::Value, field: &str) -> bool {
     true
 }
 
+/// Whether `cmd` is an executable on the PATH.
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
 fn json(path: PathBuf) -> serde_json::Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?} is not JSON: {e}"))
@@ -77,7 +83,34 @@ fn test_run_suite() {
         "{md}"
     );
     assert!(md.contains("+ same |") && md.contains("+ not |"), "{md}");
-    assert!(json(out.join("firewall-quick.json")).is_object());
+    // xdp-filter, the reference, ran in the same rounds on its own packets (it dropped the
+    // listed hosts and passed the rest: the suite checks every verdict), next to Palisade's
+    // host blocklist of the same size.
+    let report = json(out.join("firewall-quick.json"));
+    let configs = report["configs"].as_array().expect("configurations");
+    let kinds: Vec<&str> = configs.iter().filter_map(|c| c["kind"].as_str()).collect();
+    assert!(kinds.contains(&"hosts"), "{report:#}");
+    assert!(md.contains("## Against xdp-filter (same run)"), "{md}");
+    if on_path("xdp-filter") {
+        assert!(
+            report["xdp_filter"]["program"]
+                .as_str()
+                .is_some_and(|p| !p.is_empty()),
+            "{:#}",
+            report["xdp_filter"]
+        );
+        let x = configs
+            .iter()
+            .find(|c| c["kind"] == "xdpfilter")
+            .expect("an xdp-filter configuration");
+        assert_eq!(x["set_entries"], 10_000);
+        assert!(x["dropped_probes"].as_u64().is_some_and(|n| n > 0), "{x:#}");
+        assert!(md.contains("ratio to xdp-filter"), "{md}");
+        // Its pins are gone with it.
+        assert!(!std::path::Path::new("/sys/fs/bpf/xdp-filter").exists());
+    } else {
+        assert!(report["xdp_filter"]["skipped"].is_string(), "{report:#}");
+    }
     assert!(out.join("firewall-quick.svg").exists());
     let _ = std::fs::remove_dir_all(out);
 }

@@ -57,6 +57,8 @@ pub struct LoadFailure {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub failures: Vec<LoadFailure>,
+    /// XDP programs of other tools run next to this object's ([`Loaded::adopt`]), by name.
+    foreign: Vec<(&'static str, Xdp)>,
 }
 
 impl Loaded {
@@ -86,7 +88,11 @@ impl Loaded {
         {
             guard::link_tail_calls(&mut ebpf)?;
         }
-        Ok(Self { ebpf, failures })
+        Ok(Self {
+            ebpf,
+            failures,
+            foreign: Vec::new(),
+        })
     }
 
     /// Compiles and installs `policy` as the daemon does.
@@ -119,16 +125,24 @@ impl Loaded {
             .try_into()?)
     }
 
-    /// Runs the XDP program `name` on `frame`, `repeat` times.
+    /// Takes another tool's loaded XDP program (xdp-filter's), to run it as `name`.
+    pub fn adopt(&mut self, name: &'static str, prog: Xdp) {
+        self.foreign.push((name, prog));
+    }
+
+    /// Runs the XDP program `name` (of the object, or adopted) on `frame`, `repeat` times.
     ///
     /// # Errors
     /// When the kernel refuses the run.
     pub fn run_prog(&self, name: &str, frame: &[u8], repeat: u32) -> Result<Outcome> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(name)
-            .ok_or_else(|| anyhow!("no program {name}"))?
-            .try_into()?;
+        let prog: &Xdp = match self.foreign.iter().find(|(n, _)| *n == name) {
+            Some((_, p)) => p,
+            None => self
+                .ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("no program {name}"))?
+                .try_into()?,
+        };
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);

@@ -47,6 +47,7 @@ mod suite;
 mod synflood;
 mod tls;
 mod workload;
+mod xdp_filter;
 
 use std::{
     path::{Path, PathBuf},
@@ -60,7 +61,7 @@ use clap::Parser;
 /// Measures the cost per packet of Palisade's XDP firewall against the size of its policy.
 ///
 /// Runs the firewall with 0 to 100k rules and with a rule on a set of up to 1M entries, plus
-/// an empty XDP program as the floor, through BPF_PROG_TEST_RUN over a mix of 64 packets, in
+/// an empty XDP program as the floor and xdp-filter as the reference, through BPF_PROG_TEST_RUN over a mix of 64 packets, in
 /// interleaved rounds. Reports ns per packet above the floor (median, min, max over rounds),
 /// the verifier's instruction count for each program, install times and map memory, as
 /// markdown, JSON and an SVG chart.
@@ -115,6 +116,14 @@ struct Args {
     /// 1000,10000,100000,1000000; 10000 with --quick].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     sets: Option<Vec<usize>>,
+    /// Host blocklist sizes to measure (one rule whose source is a set of N single IPv4
+    /// addresses), next to xdp-filter holding 10k of them [default: 10000,1000000; 10000
+    /// with --quick].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    hosts: Option<Vec<usize>>,
+    /// Do not measure xdp-filter (xdp-tools) as the reference in the test-run suite.
+    #[arg(long)]
+    no_xdp_filter: bool,
     /// IP header and link conditions (`dscp`, `ecn`, `ttl`, `length`, `mac`, `vlan`, `iface`,
     /// `ifaces` (a list of two), `not` (a negated source)) to measure: each is the first
     /// rule-count workload with one more rule using it, next to that workload in the same run,
@@ -318,6 +327,9 @@ pub struct Settings {
     pub target_ms: f64,
     pub rules: Vec<usize>,
     pub sets: Vec<usize>,
+    pub hosts: Vec<usize>,
+    /// Measure xdp-filter as the reference in the test-run suite.
+    pub xdp_filter: bool,
     pub header: Vec<String>,
     pub cpu: Option<usize>,
     pub reload: bool,
@@ -360,6 +372,14 @@ impl Args {
                     vec![1000, 10_000, 100_000, 1_000_000]
                 }
             }),
+            hosts: self.hosts.clone().unwrap_or_else(|| {
+                if self.quick {
+                    vec![10_000]
+                } else {
+                    vec![10_000, 1_000_000]
+                }
+            }),
+            xdp_filter: !self.no_xdp_filter,
             cpu: if self.no_pin {
                 None
             } else {

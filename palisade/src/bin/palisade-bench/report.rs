@@ -106,6 +106,21 @@ pub struct Growth {
     pub smallest_to_largest: Option<String>,
 }
 
+/// xdp-filter as the run's reference.
+#[derive(Debug, Serialize)]
+pub struct XdpFilterRun {
+    /// The program xdp-filter chose for its features; none when it was not measured.
+    pub program: Option<String>,
+    /// Addresses it held (its maximum).
+    pub entries: usize,
+    /// Why it was not measured.
+    pub skipped: Option<String>,
+}
+
+/// The goal of the comparison: a 1M-host blocklist costs at most this many times
+/// xdp-filter's cost at its maximum, above the floor.
+pub const XDP_FILTER_GOAL: f64 = 1.5;
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub suite: &'static str,
@@ -117,6 +132,7 @@ pub struct Report {
     pub conditions: Conditions,
     pub method: Method,
     pub configs: Vec<ConfigResult>,
+    pub xdp_filter: XdpFilterRun,
     pub verifier: Vec<ProgramReport>,
     pub growth: Growth,
     pub round_orders: Vec<Vec<String>>,
@@ -160,6 +176,14 @@ fn label(c: &ConfigResult) -> String {
         Kind::Rules if c.rules == 1 => "firewall, 1 rule".into(),
         Kind::Rules => format!("firewall, {} rules", short_count(c.rules)),
         Kind::Set => format!("firewall, 1 rule, set of {}", short_count(c.set_entries)),
+        Kind::Hosts => format!(
+            "firewall, 1 rule, {} hosts (IPv4 /32)",
+            short_count(c.set_entries)
+        ),
+        Kind::XdpFilter => format!(
+            "xdp-filter, {} hosts (reference)",
+            short_count(c.set_entries)
+        ),
     }
 }
 
@@ -232,6 +256,56 @@ impl Report {
             any = true;
         }
         any.then_some(t)
+    }
+
+    /// Every Palisade configuration against xdp-filter: the ratio of their costs above the
+    /// floor, round by round (the median of the ratios, not the ratio of the medians).
+    pub fn xdp_filter_table(&self) -> Option<String> {
+        let floor = self.floor()?;
+        let x = self.configs.iter().find(|c| c.kind == Kind::XdpFilter)?;
+        let mut t = String::from(
+            "| configuration | above floor (ns) | xdp-filter above floor (ns) | ratio to xdp-filter | goal |\n\
+             |---|---:|---:|---:|---|\n",
+        );
+        for c in self
+            .configs
+            .iter()
+            .filter(|c| !matches!(c.kind, Kind::Floor | Kind::XdpFilter))
+        {
+            let ratios: Vec<f64> = c
+                .per_round_ns
+                .iter()
+                .zip(&x.per_round_ns)
+                .zip(&floor.per_round_ns)
+                .filter(|((_, r), f)| **r - **f > 0.0)
+                .map(|((c, r), f)| (c - f) / (r - f))
+                .collect();
+            if ratios.is_empty() {
+                continue;
+            }
+            let spread = Spread::of(&ratios);
+            let goal = if c.kind == Kind::Hosts && c.set_entries >= 1_000_000 {
+                format!(
+                    "≤ {XDP_FILTER_GOAL:.1}×: {}",
+                    if spread.median <= XDP_FILTER_GOAL {
+                        "met"
+                    } else {
+                        "not met"
+                    }
+                )
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {goal} |",
+                label(c),
+                ns(&c.above_floor_ns),
+                ns(&x.above_floor_ns),
+                ratio(&spread)
+            );
+        }
+        Some(t)
     }
 
     fn class_table(&self) -> String {
@@ -498,6 +572,30 @@ impl Report {
             );
             m.push_str(&t);
             m.push('\n');
+        }
+        m.push_str("## Against xdp-filter (same run)\n\n");
+        match (self.xdp_filter_table(), &self.xdp_filter.skipped) {
+            (Some(t), _) => {
+                let _ = writeln!(
+                    m,
+                    "xdp-filter (xdp-tools) holds {} IPv4 source addresses, its maximum, loaded by \
+                     its own command (`load -m native -p allow -f ipv4`, program `{}`) on a veth \
+                     end of a private namespace; its program runs under `BPF_PROG_TEST_RUN` in \
+                     the same rounds as Palisade's, on the packets of the `{}`-host workload \
+                     (half from listed hosts, dropped; half misses, passed). The ratio is taken \
+                     round by round, cost above the floor over xdp-filter's. Goal: a 1M-host \
+                     blocklist at most {XDP_FILTER_GOAL:.1}× xdp-filter's cost.\n",
+                    self.xdp_filter.entries,
+                    self.xdp_filter.program.as_deref().unwrap_or("?"),
+                    short_count(self.xdp_filter.entries),
+                );
+                m.push_str(&t);
+                m.push('\n');
+            }
+            (None, Some(why)) => {
+                let _ = writeln!(m, "Not measured: {why}.\n");
+            }
+            (None, None) => m.push_str("Not measured.\n\n"),
         }
         m.push_str("## Growth with the number of rules\n\n");
         m.push_str(&self.growth_text());

@@ -11,12 +11,17 @@ use crate::{
     Settings,
     harness::{ALL_PROGRAMS, FLOOR_DROP, FLOOR_PASS, Loaded},
     inspect, netns,
+    report::XdpFilterRun,
     report::{ClassResult, ConfigResult, Growth, Install, Method, ProbeInfo, Report, loglog_slope},
     rng::Rng,
     runner::{self, Expect, Spread, Target},
     utc_now,
     workload::{self, Kind, ProbeClass, Workload, XDP_DROP, XDP_PASS, short_count},
+    xdp_filter,
 };
+
+/// The name xdp-filter's program is run under.
+const XDP_FILTER: &str = "xdp-filter";
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
@@ -137,6 +142,9 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
     for &n in &s.sets {
         workloads.push(workload::set(n, s.seed)?);
     }
+    for &n in &s.hosts {
+        workloads.push(workload::hosts(n, s.seed)?);
+    }
     if workloads.is_empty() {
         bail!("nothing to measure: give --rules or --sets");
     }
@@ -199,6 +207,31 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
         installs.push(i);
     }
 
+    // xdp-filter, the reference: 10k hosts (its maximum), the list and the packets of the
+    // host workload of that size (the same seed makes the same ones).
+    let reference_workload = workload::hosts(xdp_filter::CAPACITY, s.seed)?;
+    let mut reference = None;
+    let mut reference_skipped = None;
+    if s.xdp_filter {
+        match xdp_filter::Reference::new(&workload::host_list(&reference_workload)) {
+            Ok((r, prog)) => {
+                benches[0].adopt(XDP_FILTER, prog);
+                eprintln!(
+                    "  xdp-filter   {} addresses, program {}",
+                    xdp_filter::CAPACITY,
+                    r.program_name
+                );
+                reference = Some(r);
+            }
+            Err(e) => {
+                eprintln!("palisade-bench: xdp-filter not measured: {e:#}");
+                reference_skipped = Some(format!("{e:#}"));
+            }
+        }
+    } else {
+        reference_skipped = Some("--no-xdp-filter".into());
+    }
+
     let verifier = ALL_PROGRAMS
         .iter()
         .map(|p| inspect::program(&benches[0].ebpf, p, &benches[0].failures, s.verifier_budget))
@@ -229,6 +262,16 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
             bench: b,
             program: FIREWALL,
             probes: &w.probes,
+            expect: Expect::PerProbe,
+            repeat: 0,
+        });
+    }
+    if reference.is_some() {
+        targets.push(Target {
+            id: "xdp-filter-10k".into(),
+            bench: &benches[0],
+            program: XDP_FILTER,
+            probes: &reference_workload.probes,
             expect: Expect::PerProbe,
             repeat: 0,
         });
@@ -282,6 +325,8 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
         }
         let (kind, rules, set_entries, port_rules, install) = if i < 2 {
             (Kind::Floor, 0, 0, 0, None)
+        } else if i - 2 == workloads.len() {
+            (Kind::XdpFilter, 0, xdp_filter::CAPACITY, 0, None)
         } else {
             let w = &workloads[i - 2];
             (
@@ -360,6 +405,11 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
             order: "shuffled anew each round",
         },
         configs,
+        xdp_filter: XdpFilterRun {
+            program: reference.as_ref().map(|r| r.program_name.clone()),
+            entries: xdp_filter::CAPACITY,
+            skipped: reference_skipped,
+        },
         verifier,
         growth,
         round_orders: orders

@@ -106,6 +106,11 @@ pub enum Kind {
     Rules,
     /// One rule whose source is a set of N entries.
     Set,
+    /// One rule whose source is a set of N single IPv4 addresses (a host blocklist, as
+    /// xdp-filter holds one).
+    Hosts,
+    /// xdp-filter (xdp-tools) holding N IPv4 source addresses: the reference.
+    XdpFilter,
 }
 
 /// A policy and its packets.
@@ -746,6 +751,73 @@ pub fn set(n: usize, seed: u64) -> Result<Workload> {
         policy,
         probes,
     })
+}
+
+/// One rule whose source is a set of `n` distinct IPv4 addresses: the host blocklist the
+/// xdp-filter comparison is about. Half the packets come from members, the rest miss.
+///
+/// # Errors
+/// When the packets cannot be aimed.
+pub fn hosts(n: usize, seed: u64) -> Result<Workload> {
+    if n == 0 {
+        bail!("--hosts: a blocklist of 0 addresses has nothing to hit");
+    }
+    let mut rng = Rng::new(seed ^ 0x4057 ^ (n as u64).wrapping_mul(0x9e37_79b9));
+    let mut seen = HashSet::with_capacity(n);
+    let mut entries = Vec::with_capacity(n);
+    while entries.len() < n {
+        let a = public_v4(&mut rng);
+        if seen.insert(a) {
+            entries.push(cidr(a, 32));
+        }
+    }
+    let mut policy = empty_policy();
+    policy.sets.push(IpSet {
+        name: "blocklist".into(),
+        entries,
+    });
+    policy
+        .firewall
+        .rules
+        .push(rule(Action::Drop, AddrMatch::Set(0), None));
+    let members = &policy.sets[0].entries;
+    let mut probes: Vec<Probe> = (0..PROBES / 2)
+        .map(|_| {
+            let c = members[rng.below(members.len() as u64) as usize];
+            Probe {
+                class: ProbeClass::Set,
+                frame: any_traffic(host_in(&c, &mut rng), &mut rng).build(),
+                action: XDP_DROP,
+                rule: Some(0),
+            }
+        })
+        .collect();
+    // Misses come from 100.64.0.0/10 and 2001:db8::/32, which no member is in.
+    probes.extend(misses(PROBES - probes.len(), &policy, None, &mut rng)?);
+    Ok(Workload {
+        id: format!("hosts-{}", short_count(n)),
+        kind: Kind::Hosts,
+        rules: 1,
+        set_entries: n,
+        port_rules: 0,
+        policy,
+        probes,
+    })
+}
+
+/// The IPv4 addresses of a [`hosts`] workload's blocklist.
+pub fn host_list(w: &Workload) -> Vec<Ipv4Addr> {
+    w.policy
+        .sets
+        .first()
+        .map(|s| {
+            s.entries
+                .iter()
+                .filter(|c| c.family == Family::V4 && c.prefix_len == 32)
+                .filter_map(|c| Ipv6Addr::from(c.addr).to_ipv4_mapped())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

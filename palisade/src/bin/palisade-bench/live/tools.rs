@@ -135,7 +135,7 @@ impl Tool {
     pub const fn limit(self) -> Option<(usize, &'static str)> {
         match self {
             Self::XdpFilter => Some((
-                XDP_FILTER_CAPACITY,
+                crate::xdp_filter::CAPACITY,
                 "xdp-filter keeps IPv4 addresses in a per-CPU hash map of 10,000 entries \
                  (filter_ipv4, max_entries checked when it is loaded): it cannot hold more",
             )),
@@ -161,12 +161,6 @@ impl Tool {
         )
     }
 }
-
-/// Entries in xdp-filter's `filter_ipv4` map (xdp-tools 1.x); [`install_tool`] checks the
-/// map the tool actually created.
-pub const XDP_FILTER_CAPACITY: usize = 10_000;
-/// Where xdp-filter pins its IPv4 address map.
-const XDP_FILTER_IPV4_MAP: &str = "/sys/fs/bpf/xdp-filter/filter_ipv4";
 
 pub fn have(cmd: &str) -> bool {
     std::env::var_os("PATH")
@@ -354,27 +348,7 @@ pub fn install_tool(tool: Tool, list: &[std::net::Ipv4Addr], ns: &Netns) -> Resu
                 None,
             )?;
         }
-        Tool::XdpFilter => {
-            ns_run(
-                ns,
-                "xdp-filter",
-                &["load", FILT_IF, "-m", "native", "-p", "allow", "-f", "ipv4"],
-                None,
-            )?;
-            let capacity = aya::maps::MapData::from_pin(XDP_FILTER_IPV4_MAP)
-                .and_then(|m| m.info())
-                .map(|i| i.max_entries() as usize)
-                .map_err(|e| anyhow!("reading {XDP_FILTER_IPV4_MAP}: {e}"))?;
-            if list.len() > capacity {
-                bail!(
-                    "xdp-filter's filter_ipv4 holds {capacity} entries, {} asked",
-                    list.len()
-                );
-            }
-            for a in list {
-                ns_run(ns, "xdp-filter", &["ip", "-m", "src", &a.to_string()], None)?;
-            }
-        }
+        Tool::XdpFilter => crate::xdp_filter::load(ns, FILT_IF, list)?,
         _ => bail!("{} is not a separate tool", tool.slug()),
     }
     Ok(())
@@ -408,7 +382,10 @@ pub fn remove_tool(tool: Tool, ns: &Netns) {
             ("iptables-legacy", &["-t", "raw", "-F", "PREROUTING"]),
             ("ipset", &["destroy", IPSET]),
         ],
-        Tool::XdpFilter => &[("xdp-filter", &["unload", FILT_IF])],
+        Tool::XdpFilter => {
+            crate::xdp_filter::unload(ns, FILT_IF);
+            &[]
+        }
         _ => &[],
     };
     for (program, args) in steps {
