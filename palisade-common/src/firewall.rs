@@ -217,13 +217,35 @@ pub struct Tuple {
     /// has one value of each, so they are checked before its lookup, as a set is, and the
     /// key does not grow. 0 for a tuple without link conditions.
     pub link: u8,
-    pub _link_pad: u8,
+    /// 1 when the tuple's key takes nothing from the packet ([`Tuple::is_keyless`]): every
+    /// packet the tuple applies to has the same key, whose rule is `best_rule`, so the search
+    /// takes that rule without building the key or looking it up. Set by the compiler.
+    pub keyless: u8,
     /// The VLAN id the frame must carry ([`Link::vlan`]), under [`LINK_VLAN`].
     pub vlan: u16,
     /// The interface the frame must arrive on ([`Link::ifindex`]), under [`LINK_IFACE`].
     pub ifindex: u32,
 }
 map_type!(Tuple, 72);
+
+impl Tuple {
+    /// Whether the tuple's key holds no value from the packet: no address bits, protocol,
+    /// ports, TCP flags, connection state, TOS, TTL or length (its conditions, if any, are
+    /// the family, sets and link values, checked before the key). Such a tuple has one key,
+    /// the same for every packet, and so one entry: its rules share it, and the entry's rule
+    /// is the first of them, `best_rule`.
+    #[must_use]
+    pub fn is_keyless(&self) -> bool {
+        self.src_mask == [0; 16]
+            && self.dst_mask == [0; 16]
+            && self.flags & (TUPLE_PROTO | TUPLE_SPORT | TUPLE_DPORT | TUPLE_CT_STATE) == 0
+            && self.tcp_flags_mask == 0
+            && self.ct_state_mask == 0
+            && self.tos_mask == 0
+            && self.ttl_mask == 0
+            && self.length_mask == 0
+    }
+}
 
 /// [`Tuple::link`] and [`PolicyHeader::link`]: the frame's source MAC must be
 /// [`Tuple::src_mac`].

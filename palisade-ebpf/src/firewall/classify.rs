@@ -161,6 +161,12 @@ pub extern "C" fn palisade_fw_search(span: u32, classes: u32, best: u32, chunk_t
                 || in_set(&mut keys.set, t.dst_set, p.family, &p.dst)
                     == (t.flags & TUPLE_DST_NOT == 0))
         {
+            if t.keyless != 0 {
+                // One key for every packet, and its rule is the tuple's first: no lookup.
+                // (`best_rule < best`, tested above.)
+                best = t.best_rule;
+                continue;
+            }
             fill_flow_key(&mut keys.flow, generation << 16 | i, t, p, classes);
             // The filter first: a key it has never seen is not in the table. (A missing
             // filter lets every lookup through.)
@@ -193,8 +199,7 @@ fn in_set(key: &mut Key<SetKey>, set: u32, family: u8, addr: &[u8; 16]) -> bool 
         .get(set_kind_slot(set))
         .copied()
         .unwrap_or(SET_HOSTS | SET_PREFIXES | SET_PREFIXES_SHORT);
-    key.prefix_len = SET_KEY_PREFIX_BITS + 128;
-    key.data = SetKey::new(set, family, *addr);
+    put_set_key(key, set, family, addr);
     // The tables of the set's generation (its id's top bit).
     if kind & SET_HOSTS != 0
         && let Some(hosts) = FW_SET_HOSTS.get(set >> 31)
@@ -214,6 +219,45 @@ fn in_set(key: &mut Key<SetKey>, set: u32, family: u8, addr: &[u8; 16]) -> bool 
     kind & SET_OVERLOAD != 0
         && crate::ct::overload::member(&mut key.data, unsafe { bpf_ktime_get_coarse_ns() })
 }
+
+/// Writes the key of `addr` (of `family`) in set `set` into `key`, as `SetKey::new` makes
+/// it, a 32-bit word at a time. Assigned as a value, the key was stored byte by byte, and its
+/// three bytes of padding were zeroed by a call of `memset`, a BPF function of its own, on
+/// every set lookup (seen in samples of the JITed search).
+#[inline(always)]
+fn put_set_key(key: &mut Key<SetKey>, set: u32, family: u8, addr: &[u8; 16]) {
+    key.prefix_len = SET_KEY_PREFIX_BITS + 128;
+    let to = (&raw mut key.data).cast::<u32>();
+    let from = addr.as_ptr().cast::<u16>();
+    // SAFETY: `SetKey` is six 32-bit words (set, family and padding, the address), 4-aligned
+    // in the search's per-CPU keys (asserted below), where every caller's key is. The
+    // address is read by 16-bit words, its alignment in the packet (asserted with
+    // `fill_flow_key`'s). Volatile, so the words are not merged back into a byte copy.
+    unsafe {
+        core::ptr::write_volatile(to, u32::from_ne_bytes(set.to_be_bytes()));
+        core::ptr::write_volatile(to.add(1), u32::from_ne_bytes([family, 0, 0, 0]));
+        let mut i = 0;
+        while i < 4 {
+            let lo = from.add(2 * i).read().to_ne_bytes();
+            let hi = from.add(2 * i + 1).read().to_ne_bytes();
+            core::ptr::write_volatile(
+                to.add(2 + i),
+                u32::from_ne_bytes([lo[0], lo[1], hi[0], hi[1]]),
+            );
+            i += 1;
+        }
+    }
+}
+
+// The key's words are 4-aligned: `Key` is packed (align 1), so it is the key's place in the
+// per-CPU value (8-aligned, as every map value) that aligns them.
+const _: () = assert!(
+    size_of::<SetKey>() == 24
+        && core::mem::offset_of!(SetKey, family) == 4
+        && core::mem::offset_of!(SetKey, addr) == 8
+        && core::mem::offset_of!(Key<SetKey>, data) == 4
+        && core::mem::offset_of!(SearchKeys, set) % 4 == 0
+);
 
 /// Whether set `set`'s trie may hold a prefix covering `addr`: always for a set with prefixes
 /// shorter than the granule ([`SET_PREFIXES_SHORT`]), else when the set filter has the
@@ -259,8 +303,7 @@ pub fn country_of(set: u32, family: u8, addr: &[u8; 16]) -> u8 {
         .get(set_kind_slot(set))
         .copied()
         .unwrap_or(SET_HOSTS | SET_PREFIXES | SET_PREFIXES_SHORT);
-    key.prefix_len = SET_KEY_PREFIX_BITS + 128;
-    key.data = SetKey::new(set, family, *addr);
+    put_set_key(key, set, family, addr);
     if kind & SET_HOSTS != 0
         && let Some(hosts) = FW_SET_HOSTS.get(set >> 31)
         // SAFETY: the value is copied out at once.

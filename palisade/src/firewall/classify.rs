@@ -59,6 +59,11 @@ pub fn first_match_link(c: &CompiledFirewall, p: &Packet, link: &Link) -> Option
         {
             continue;
         }
+        if t.keyless != 0 {
+            // As the kernel: the tuple's one key holds its first rule.
+            best = t.best_rule;
+            continue;
+        }
         let key = flow_key(0, i as u32, t, p, sport_class, dport_class);
         if let Some(&rule) = c.entries.get(&key) {
             best = best.min(rule);

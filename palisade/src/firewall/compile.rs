@@ -921,6 +921,7 @@ fn tuple_of(shape: Shape, best_rule: u32) -> Tuple {
         t.flags |= TUPLE_CT_STATE;
         t.ct_state_mask = 0xff;
     }
+    t.keyless = u8::from(t.is_keyless());
     t
 }
 
@@ -1469,6 +1470,64 @@ mod tests {
         assert_eq!(
             classify_both(&p, &c, &tcp("11.4.5.6", "192.0.2.1", 1, 23)),
             None
+        );
+    }
+
+    #[test]
+    fn tuples_whose_key_takes_nothing_from_the_packet_are_keyless() {
+        let p = policy(
+            vec![
+                // A set and nothing else: keyless.
+                Rule {
+                    src: AddrMatch::Set(0),
+                    ..any_rule()
+                },
+                tcp_rule(Some((22, 22))),
+                // No condition at all: keyless, and shared with rule 4.
+                any_rule(),
+                // A set and a protocol: the protocol is in the key.
+                Rule {
+                    src: AddrMatch::Set(0),
+                    ..tcp_rule(None)
+                },
+                any_rule(),
+                // A prefix: its bits are in the key.
+                Rule {
+                    src: cidrs(&["10.0.0.0/8"]),
+                    ..any_rule()
+                },
+            ],
+            vec![set("blocked", &["203.0.113.9/32", "192.0.2.0/24"])],
+        );
+        let c = compile(&p).unwrap();
+        let shapes: Vec<(u32, u8)> = c.tuples.iter().map(|t| (t.best_rule, t.keyless)).collect();
+        assert_eq!(shapes, [(0, 1), (1, 0), (2, 1), (3, 0), (5, 0)]);
+        for t in &c.tuples {
+            assert_eq!(t.keyless != 0, t.is_keyless());
+        }
+        // The keyless tuple of rules 2 and 4 has one entry, for rule 2.
+        assert_eq!(
+            entries_of_tuple(&c, 2)
+                .iter()
+                .map(|e| e.1)
+                .collect::<Vec<_>>(),
+            [2]
+        );
+        assert_eq!(
+            classify_both(&p, &c, &tcp("203.0.113.9", "192.0.2.1", 1, 80)),
+            Some(0)
+        );
+        assert_eq!(
+            classify_both(&p, &c, &tcp("192.0.2.77", "10.0.0.1", 1, 22)),
+            Some(0)
+        );
+        assert_eq!(
+            classify_both(&p, &c, &tcp("198.51.100.1", "192.0.2.1", 1, 22)),
+            Some(1)
+        );
+        assert_eq!(
+            classify_both(&p, &c, &tcp("10.1.2.3", "192.0.2.1", 1, 80)),
+            Some(2)
         );
     }
 
