@@ -688,6 +688,67 @@ src = "@empty"
 }
 
 #[test]
+fn keyless_tuples_take_their_first_rule() {
+    // Rules whose key takes nothing from the packet (a set and nothing else, no condition at
+    // all) are decided without a key lookup: the tuple's first rule. Two rules share each
+    // such tuple here; the first must win, and a rule with a key field between them must
+    // still be searched.
+    let mut fw = fw(r#"
+[sets.hosts]
+entries = ["192.0.2.7", "2001:db8::7", "198.51.100.0/24"]
+
+[[firewall.rule]]
+name = "hosts-web"
+action = "allow"
+src = "@hosts"
+proto = "tcp"
+dport = 443
+
+[[firewall.rule]]
+name = "hosts"
+action = "drop"
+src = "@hosts"
+
+[[firewall.rule]]
+name = "hosts-again"
+action = "allow"
+src = "@hosts"
+
+[[firewall.rule]]
+name = "ssh"
+action = "allow"
+proto = "tcp"
+dport = 22
+
+[[firewall.rule]]
+name = "everything"
+action = "drop"
+
+[[firewall.rule]]
+name = "everything-again"
+action = "allow"
+"#);
+    let c = palisade::firewall::compile::compile(&fw.policy).expect("compiles");
+    assert_eq!(
+        c.tuples.iter().filter(|t| t.keyless != 0).count(),
+        2,
+        "{:?}",
+        c.tuples
+    );
+    fw.checks(&[
+        (tcp("192.0.2.7", "203.0.113.1", 443), Allow("hosts-web")),
+        (tcp("192.0.2.7", "203.0.113.1", 22), Drop("hosts")),
+        (udp("198.51.100.9", "203.0.113.1", 53), Drop("hosts")),
+        (tcp("2001:db8::7", "2001:db8:1::1", 80), Drop("hosts")),
+        (tcp("203.0.113.9", "203.0.113.1", 22), Allow("ssh")),
+        (tcp("203.0.113.9", "203.0.113.1", 80), Drop("everything")),
+        (tcp("2001:db8::8", "2001:db8:1::1", 443), Drop("everything")),
+    ]);
+    assert_eq!(fw.hits_of("hosts-again").packets, 0);
+    assert_eq!(fw.hits_of("everything-again").packets, 0);
+}
+
+#[test]
 fn ipv6_packets_with_a_v4_mapped_source() {
     // An IPv6 packet from ::ffff:10.0.0.1 carries the same 16 address bytes as an IPv4 packet
     // from 10.0.0.1; only the family differs. What matches it:
