@@ -187,6 +187,18 @@ fn label(c: &ConfigResult) -> String {
     }
 }
 
+/// `c`'s cost above the floor over `base`'s, round by round (rounds where `base` is not
+/// above the floor left out).
+fn ratios_above_floor(c: &ConfigResult, base: &ConfigResult, floor: &ConfigResult) -> Vec<f64> {
+    c.per_round_ns
+        .iter()
+        .zip(&base.per_round_ns)
+        .zip(&floor.per_round_ns)
+        .filter(|((_, b), f)| **b - **f > 0.0)
+        .map(|((x, b), f)| (x - f) / (b - f))
+        .collect()
+}
+
 impl Report {
     fn floor(&self) -> Option<&ConfigResult> {
         self.configs.iter().find(|c| c.kind == Kind::Floor)
@@ -236,14 +248,7 @@ impl Report {
             let Some(base) = self.configs.iter().find(|b| b.id == base_id) else {
                 continue;
             };
-            let ratios: Vec<f64> = c
-                .per_round_ns
-                .iter()
-                .zip(&base.per_round_ns)
-                .zip(&floor.per_round_ns)
-                .filter(|((_, b), f)| **b - **f > 0.0)
-                .map(|((x, b), f)| (x - f) / (b - f))
-                .collect();
+            let ratios = ratios_above_floor(c, base, floor);
             let _ = writeln!(
                 t,
                 "| {} + {kind} | {} | {} | {} | {} |",
@@ -272,14 +277,7 @@ impl Report {
             .iter()
             .filter(|c| !matches!(c.kind, Kind::Floor | Kind::XdpFilter))
         {
-            let ratios: Vec<f64> = c
-                .per_round_ns
-                .iter()
-                .zip(&x.per_round_ns)
-                .zip(&floor.per_round_ns)
-                .filter(|((_, r), f)| **r - **f > 0.0)
-                .map(|((c, r), f)| (c - f) / (r - f))
-                .collect();
+            let ratios = ratios_above_floor(c, x, floor);
             if ratios.is_empty() {
                 continue;
             }

@@ -680,6 +680,20 @@ pub fn with_header(base: &Workload, kind: &str) -> Result<Workload> {
     })
 }
 
+/// A policy of one drop rule whose source is the set `blocklist` of `entries`.
+pub fn set_blocklist(entries: Vec<Cidr>) -> Policy {
+    let mut policy = empty_policy();
+    policy.sets.push(IpSet {
+        name: "blocklist".into(),
+        entries,
+    });
+    policy
+        .firewall
+        .rules
+        .push(rule(Action::Drop, AddrMatch::Set(0), None));
+    policy
+}
+
 /// One rule that drops sources in a set of `n` entries (70 % /32, 30 % /24, IPv4).
 ///
 /// # Errors
@@ -707,15 +721,7 @@ pub fn set(n: usize, seed: u64) -> Result<Workload> {
             entries.push(c);
         }
     }
-    let mut policy = empty_policy();
-    policy.sets.push(IpSet {
-        name: "blocklist".into(),
-        entries,
-    });
-    policy
-        .firewall
-        .rules
-        .push(rule(Action::Drop, AddrMatch::Set(0), None));
+    let policy = set_blocklist(entries);
     // Membership is known by construction (misses come from 100.64.0.0/10, which no entry
     // covers), so the linear userspace set check is not needed; the kernel's verdicts are
     // still checked during the run.
@@ -771,15 +777,7 @@ pub fn hosts(n: usize, seed: u64) -> Result<Workload> {
             entries.push(cidr(a, 32));
         }
     }
-    let mut policy = empty_policy();
-    policy.sets.push(IpSet {
-        name: "blocklist".into(),
-        entries,
-    });
-    policy
-        .firewall
-        .rules
-        .push(rule(Action::Drop, AddrMatch::Set(0), None));
+    let policy = set_blocklist(entries);
     let members = &policy.sets[0].entries;
     let mut probes: Vec<Probe> = (0..PROBES / 2)
         .map(|_| {
@@ -867,6 +865,25 @@ mod tests {
     fn set_probes() {
         let w = set(1000, 3).unwrap();
         let c = compile::compile(&w.policy).unwrap();
+        for p in &w.probes {
+            assert_eq!(classify_frame(&w.policy, &c, &p.frame).unwrap().0, p.action);
+        }
+    }
+
+    #[test]
+    fn host_blocklists_are_distinct_ipv4_addresses_and_half_the_packets_hit() {
+        let w = hosts(1000, 3).unwrap();
+        let list = host_list(&w);
+        assert_eq!(list.len(), 1000);
+        assert_eq!(list.iter().collect::<HashSet<_>>().len(), 1000);
+        // The same seed and size make the same list (the xdp-filter reference relies on it).
+        assert_eq!(host_list(&hosts(1000, 3).unwrap()), list);
+        let c = compile::compile(&w.policy).unwrap();
+        assert_eq!(c.tuples.len(), 1);
+        assert_ne!(c.tuples[0].keyless, 0);
+        assert_eq!(w.probes.len(), PROBES);
+        let drops = w.probes.iter().filter(|p| p.action == XDP_DROP).count();
+        assert_eq!(drops, PROBES / 2);
         for p in &w.probes {
             assert_eq!(classify_frame(&w.policy, &c, &p.frame).unwrap().0, p.action);
         }

@@ -11,7 +11,7 @@ use aya::programs::{XdpMode, xdp::XdpLinkId};
 use palisade::{
     guard::FIREWALL,
     policy::config::MAX_RULES,
-    policy::model::{Action, AddrMatch, IpSet, Policy},
+    policy::model::{Action, AddrMatch, Policy},
     testrun::sum_counter,
 };
 use palisade_common::stats;
@@ -21,7 +21,7 @@ use super::FILT_IF;
 use crate::{
     harness::{FLOOR_DROP, FLOOR_PASS, Loaded},
     netns::Netns,
-    workload::{cidr, empty_policy, rule, short_count},
+    workload::{cidr, empty_policy, rule, set_blocklist, short_count},
 };
 
 const NFT_TABLE: &str = "palisade_bench";
@@ -235,21 +235,14 @@ pub fn detach(base: &mut Loaded, program: &'static str, link: XdpLinkId) -> Resu
 }
 
 pub fn blocklist_policy(tool: Tool, list: &[std::net::Ipv4Addr]) -> Policy {
-    let mut p = empty_policy();
     if tool == Tool::PalisadeSet {
-        p.sets.push(IpSet {
-            name: "blocklist".into(),
-            entries: list.iter().map(|a| cidr(*a, 32)).collect(),
-        });
-        p.firewall
-            .rules
-            .push(rule(Action::Drop, AddrMatch::Set(0), None));
-    } else {
-        p.firewall.rules = list
-            .iter()
-            .map(|a| rule(Action::Drop, AddrMatch::Cidrs(vec![cidr(*a, 32)]), None))
-            .collect();
+        return set_blocklist(list.iter().map(|a| cidr(*a, 32)).collect());
     }
+    let mut p = empty_policy();
+    p.firewall.rules = list
+        .iter()
+        .map(|a| rule(Action::Drop, AddrMatch::Cidrs(vec![cidr(*a, 32)]), None))
+        .collect();
     p
 }
 
