@@ -41,7 +41,9 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Bumped by hand when the meaning of a map's contents changes without its shape changing,
 /// so such a build is treated as incompatible with the pins of an older one.
-const LAYOUT_EPOCH: &str = "palisade-layout-1";
+/// - 2: DNS label hashes are no longer finalised (`LabelHasher::finish`), so every name key
+///   of `DNS_NAMES`, every `DNS_FILTER` bit and every response-cache key changed meaning.
+const LAYOUT_EPOCH: &str = "palisade-layout-2";
 
 /// 64-bit FNV-1a: stable across builds and Rust versions (unlike `DefaultHasher`).
 #[must_use]

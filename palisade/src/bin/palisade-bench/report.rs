@@ -218,6 +218,7 @@ impl Report {
                 .map_or_else(|| "–".into(), |i| i.tuples.to_string());
             let (rules, entries) = match c.kind {
                 Kind::Floor => ("–".into(), "–".into()),
+                Kind::XdpFilter => ("–".into(), c.set_entries.to_string()),
                 _ => (c.rules.to_string(), c.set_entries.to_string()),
             };
             let _ = writeln!(
@@ -683,7 +684,7 @@ impl Report {
                 s,
                 "{:<34} {:>7} {:>9} {:>6}  {:>22}  {:>22}  {:>7.2}x",
                 label(c),
-                if c.kind == Kind::Floor {
+                if matches!(c.kind, Kind::Floor | Kind::XdpFilter) {
                     "-".into()
                 } else {
                     c.rules.to_string()

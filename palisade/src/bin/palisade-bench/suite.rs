@@ -173,6 +173,7 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
                 Some(workload::rules(w.rules, s.seed.wrapping_add(1))?.policy)
             }
             Kind::Set => Some(workload::set(w.set_entries, s.seed.wrapping_add(1))?.policy),
+            Kind::Hosts => Some(workload::hosts(w.set_entries, s.seed.wrapping_add(1))?.policy),
             _ => None,
         };
         let i = inspect::on_all_cpus(|| install(&mut bench, &w.policy, s.reload, changed.as_ref()))
