@@ -11,8 +11,10 @@ use crate::{
     Settings,
     harness::{ALL_PROGRAMS, FLOOR_DROP, FLOOR_PASS, Loaded},
     inspect, netns,
-    report::XdpFilterRun,
-    report::{ClassResult, ConfigResult, Growth, Install, Method, ProbeInfo, Report, loglog_slope},
+    report::{
+        ClassResult, ConfigResult, Growth, Install, Method, ProbeInfo, Report, XdpFilterRun,
+        loglog_slope,
+    },
     rng::Rng,
     runner::{self, Expect, Spread, Target},
     utc_now,
@@ -146,7 +148,7 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
         workloads.push(workload::hosts(n, s.seed)?);
     }
     if workloads.is_empty() {
-        bail!("nothing to measure: give --rules or --sets");
+        bail!("nothing to measure: give --rules, --sets or --hosts");
     }
 
     // Declared before the objects so that it outlives their attachments.
@@ -269,7 +271,7 @@ pub fn run(s: &Settings, command: String, started: Instant, load_start: f64) -> 
     }
     if reference.is_some() {
         targets.push(Target {
-            id: "xdp-filter-10k".into(),
+            id: format!("xdp-filter-{}", short_count(xdp_filter::CAPACITY)),
             bench: &benches[0],
             program: XDP_FILTER,
             probes: &reference_workload.probes,
