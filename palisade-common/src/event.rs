@@ -5,6 +5,9 @@ use crate::map_type;
 /// [`FirewallEvent::kind`]: a firewall verdict.
 pub const KIND_FIREWALL: u32 = 1;
 
+/// Bytes of the kernel's event ring (`EVENTS`), shared by every program that reports.
+pub const EVENT_RING_BYTES: u32 = 1 << 20;
+
 /// The kernel programs wake the event reader only once this many bytes wait in the ring
 /// (`BPF_RB_FORCE_WAKEUP`); below it they submit without a wakeup (`BPF_RB_NO_WAKEUP`). A
 /// wakeup per record costs the CPU that handles the packet several microseconds (measured in

@@ -16,7 +16,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
-    event::EVENT_WAKEUP_BYTES,
+    event::{EVENT_RING_BYTES, EVENT_WAKEUP_BYTES},
     firewall::{
         Control, FlowKey, GENERATIONS, MAX_SETS, MAX_TUPLES, PORT_SPACE, PolicyHeader, RateKey,
         RuleMeta, RuleRef, RuleStats, SetKey, Tuple,
@@ -149,7 +149,24 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT,
 
 /// Events to userspace.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Reserves a record of `T` on [`EVENTS`]; `None` when the ring has no room for it (the
+/// caller counts the lost event).
+///
+/// A ring the reader has fallen behind on is seen from its positions first
+/// (`BPF_RB_AVAIL_DATA`, read without a lock): a reservation takes the ring's spinlock even to
+/// fail, and under a flood with nobody reading every event would pay for it. The check can
+/// only be stale towards "full" by what the reader consumed in the last instant.
+#[inline(always)]
+pub fn reserve_event<T>() -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
+    // A record takes its 8-byte header and is padded to 8 bytes.
+    let need = (size_of::<T>() as u64 + 8 + 7) & !7;
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) + need > u64::from(EVENT_RING_BYTES) {
+        return None;
+    }
+    EVENTS.reserve::<T>(0)
+}
 
 /// Submit flags for a record on [`EVENTS`]: wake the reader only once a batch waits (see
 /// `palisade_common::event::EVENT_WAKEUP_BYTES`).

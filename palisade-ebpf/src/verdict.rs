@@ -14,7 +14,7 @@ use palisade_common::{
     reason, stats,
 };
 
-use crate::maps::{EVENTS, REASON_STATS, STATS, bump, event_flags};
+use crate::maps::{REASON_STATS, STATS, bump, event_flags, reserve_event};
 
 /// Who decided, for counters and events.
 pub struct Decision {
@@ -94,7 +94,7 @@ pub fn note_redirect(ctx: &XdpContext, p: Option<&Packet>, d: &Decision) {
 /// entry's 512 bytes, which the parser and the rule search, called from the same frame, need.
 #[inline(never)]
 fn emit(ctx: &XdpContext, p: Option<&Packet>, d: &Decision, action: u8, packet_len: u32) {
-    let Some(mut entry) = EVENTS.reserve::<FirewallEvent>(0) else {
+    let Some(mut entry) = reserve_event::<FirewallEvent>() else {
         bump(&STATS, stats::EVENTS_LOST);
         return;
     };

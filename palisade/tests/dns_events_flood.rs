@@ -326,6 +326,48 @@ fn rate_zero_never_aggregates_and_repeat_floods_are_counted() {
     assert_eq!(collected.summaries[0].name, "ads.example.");
 }
 
+/// With nobody reading, the ring takes exactly what the kernel's reservation would take,
+/// every query after that is a lost event (counted), and a drained ring takes events again:
+/// the programs look at the ring's free room before they reserve.
+#[test]
+fn a_full_ring_loses_the_rest_and_takes_events_again_once_drained() {
+    const QUERIES: u32 = 5_000;
+    let f = frame("10.2.0.9", "ads.example");
+    let mut b = setup(&policy(&["ads.example"], DnsEvents::EVERY_QUERY));
+    let lost = stat(&b, stats::EVENTS_LOST);
+    let r = b
+        .run_prog(palisade::testrun::FIREWALL, &f, QUERIES)
+        .expect("test run");
+    assert_eq!(r.action, XDP_DROP);
+    let lost = stat(&b, stats::EVENTS_LOST) - lost;
+    let held = b.drain_dns_events().len() as u64;
+    // A record is its 8-byte header and the event, padded to 8 bytes; the kernel refuses a
+    // reservation that would fill the ring to its last byte.
+    let record = (size_of::<palisade_common::event::DnsEvent>() as u64 + 8).div_ceil(8) * 8;
+    let fits = (u64::from(palisade_common::event::EVENT_RING_BYTES) - 1) / record;
+    assert!(u64::from(QUERIES) > fits, "the flood must outgrow the ring");
+    assert_eq!(
+        held, fits,
+        "the ring held fewer records than it has room for"
+    );
+    assert_eq!(
+        held + lost,
+        u64::from(QUERIES),
+        "every query an event or a lost one"
+    );
+    let lost = stat(&b, stats::EVENTS_LOST);
+    let r = b
+        .run_prog(palisade::testrun::FIREWALL, &f, 3)
+        .expect("test run");
+    assert_eq!(r.action, XDP_DROP);
+    assert_eq!(
+        b.drain_dns_events().len(),
+        3,
+        "a drained ring takes events again"
+    );
+    assert_eq!(stat(&b, stats::EVENTS_LOST), lost);
+}
+
 #[test]
 fn many_distinct_names_each_reach_an_event_every_interval() {
     let mut b = setup(&policy(

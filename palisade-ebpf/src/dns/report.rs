@@ -15,7 +15,10 @@ use aya_ebpf::{
     maps::ring_buf::RingBufEntry,
 };
 use palisade_common::{
-    dns::{hash::fmix, maps::DNS_STATS_PER_SCOPE},
+    dns::{
+        hash::fmix,
+        maps::{DNS_STATS_PER_SCOPE, SCOPE_INGRESS},
+    },
     event::{
         DNS_AGG_COUNT_BANKS, DNS_AGG_COUNT_SLOTS, DNS_SENT_FIRST, DNS_SENT_IN_BUDGET,
         DNS_SENT_SAMPLE, DnsAggClient, DnsAggName, DnsAggNameInfo, DnsEvent, KIND_DNS,
@@ -62,7 +65,7 @@ use super::inspect::{Decision, Scratch};
 use crate::maps::{
     DNS_AGG_SCRATCH, DNS_EVENT_BUDGET, DNS_EVENT_CLIENTS, DNS_EVENT_COUNTS, DNS_EVENT_EPOCH,
     DNS_EVENT_NAMES, DNS_EVENT_SEEN, DNS_GLOBAL, DNS_KEY, DNS_SCRATCH, DNS_STATS, EVENTS,
-    REASON_STATS, STATS, bump, event_flags,
+    REASON_STATS, STATS, bump, event_flags, reserve_event,
 };
 
 /// Adds one to a scope's DNS counter.
@@ -102,8 +105,6 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     };
     // SAFETY: per-CPU scratch value.
     let s = unsafe { &*s };
-    // SAFETY: a helper with no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     // Without a budget every query is an event: no call into the aggregation.
     let budget = DNS_GLOBAL
         .get(o.generation)
@@ -112,7 +113,8 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
         aggregate(
             o.slot,
             o.generation,
-            now,
+            // SAFETY: a helper with no preconditions.
+            unsafe { bpf_ktime_get_ns() },
             d,
             u32::from(scope) << 8 | u32::from(verdict),
         )
@@ -122,7 +124,16 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     if sent == COUNTED {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
+    // Ingress takes the lockless look at the ring first: a flood from outside with nobody
+    // reading would otherwise take the ring's lock for every record it cannot have. Egress
+    // (local senders) reserves at once: its deepest call chain has no stack left for the
+    // check's live values.
+    let reserved = if scope == SCOPE_INGRESS {
+        reserve_event::<DnsEvent>()
+    } else {
+        EVENTS.reserve::<DnsEvent>(0)
+    };
+    let Some(mut entry) = reserved else {
         bump(&STATS, stats::EVENTS_LOST);
         return;
     };
@@ -131,7 +142,11 @@ pub fn emit(scope: u8, verdict: u8, d: &Decision, o: &Origin) {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.kind = KIND_DNS;
     ev.reason = d.reason;
-    ev.timestamp_ns = now;
+    // The clock is read once the record is had (a second time for a query over the budget
+    // that is still sent): it costs about as much as the rest of a lost event, which a flood
+    // with nobody reading pays for every query.
+    // SAFETY: a helper with no preconditions.
+    ev.timestamp_ns = unsafe { bpf_ktime_get_ns() };
     ev.cgroup_id = o.cgroup_id;
     ev.ifindex = o.ifindex;
     ev.generation = o.generation;
@@ -458,7 +473,7 @@ fn copy_name_words(from: &[u8; 256], to: &mut [u8; 256], len: u16) {
 /// `DnsEvent` value would be built on the stack first.
 #[inline(always)]
 pub fn reserve_zeroed(reason: u32) -> Option<RingBufEntry<DnsEvent>> {
-    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
+    let Some(mut entry) = reserve_event::<DnsEvent>() else {
         bump(&STATS, stats::EVENTS_LOST);
         return None;
     };

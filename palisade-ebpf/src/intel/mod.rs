@@ -28,10 +28,10 @@ use palisade_common::{
 };
 
 use crate::maps::{
-    EVENTS, INTEL_BLOOM_0, INTEL_BLOOM_1, INTEL_CIDRS_0, INTEL_CIDRS_1, INTEL_CONTROL, INTEL_IPS_0,
+    INTEL_BLOOM_0, INTEL_BLOOM_1, INTEL_CIDRS_0, INTEL_CIDRS_1, INTEL_CONTROL, INTEL_IPS_0,
     INTEL_IPS_1, INTEL_SCRATCH, INTEL_STATS, INTEL_TAGGED, INTEL_V4_16, INTEL_V4_24_0,
     INTEL_V4_24_1, INTEL_V6_64_0, INTEL_V6_64_1, INTEL_V6_FILTER_0, INTEL_V6_FILTER_1, bump,
-    event_flags,
+    event_flags, reserve_event,
 };
 
 /// The value of a tagged address in `INTEL_TAGGED`: the feed and when it was last seen.
@@ -312,7 +312,7 @@ fn act(p: &Packet, addr: &[u8; 16], hit: IntelHit, dir: u32, ifindex: u32, len: 
 /// feed id and `action` the feed's action.
 #[inline(always)]
 fn emit(p: &Packet, hit: IntelHit, reason_code: u32, ifindex: u32, packet_len: u32, dir: u32) {
-    let Some(mut entry) = EVENTS.reserve::<FirewallEvent>(0) else {
+    let Some(mut entry) = reserve_event::<FirewallEvent>() else {
         bump(&INTEL_STATS, dir + IS_EVENTS_LOST);
         return;
     };

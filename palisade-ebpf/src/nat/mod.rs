@@ -49,8 +49,8 @@ use palisade_common::{
 use crate::{
     bytes::TcBytes,
     maps::{
-        CONTROL, EVENTS, NAT_CONFIG, NAT_EGRESS, NAT_FORWARDS, NAT_INGRESS, NAT_SCRATCH, NAT_STATS,
-        REASON_STATS, STATS, bump, event_flags,
+        CONTROL, NAT_CONFIG, NAT_EGRESS, NAT_FORWARDS, NAT_INGRESS, NAT_SCRATCH, NAT_STATS,
+        REASON_STATS, STATS, bump, event_flags, reserve_event,
     },
 };
 
@@ -141,7 +141,7 @@ pub fn run(ctx: &TcContext, ingress: bool) -> i32 {
 /// are new flows that found no port or no room, rare by nature, so every one is sent.
 #[inline(never)]
 fn emit_drop(ctx: &TcContext, p: &Packet, reason: u32, generation: u32) {
-    let Some(mut entry) = EVENTS.reserve::<FirewallEvent>(0) else {
+    let Some(mut entry) = reserve_event::<FirewallEvent>() else {
         bump(&STATS, stats::EVENTS_LOST);
         return;
     };
