@@ -472,6 +472,10 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// The longest wait for a quiet machine before a timed install (`inspect::settle`); quick
+/// runs do not wait.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// First installs and reloads timed per policy: one time taken alone moves by a tenth or
 /// more on a busy machine.
 pub const INSTALL_RUNS: usize = 3;
@@ -492,13 +496,31 @@ fn runs_cell(median: f64, runs: &[f64]) -> String {
     format!("{median:.0} [{min:.0}–{max:.0}]")
 }
 
-fn install(bench: &mut Loaded, kind: PolicyKind, names: usize, p: &Policy) -> Result<DnsInstall> {
+fn install(
+    bench: &mut Loaded,
+    kind: PolicyKind,
+    names: usize,
+    p: &Policy,
+    settle: std::time::Duration,
+) -> Result<DnsInstall> {
     let key = apply::hash_key(&mut bench.ebpf)?;
     let t = Instant::now();
     let compiled = dns_compile::compile(p, &key, &Clock::now()).context("compiling DNS")?;
     let compile_ms = ms_since(t);
     let name_keys = compiled.names.len();
     drop(compiled);
+    // Every timed install starts on a quiet machine: not while the kernel still frees the
+    // tables of an object dropped before it.
+    let quiet = || {
+        let (waited, quiet) = inspect::settle(settle);
+        if !quiet && !settle.is_zero() {
+            eprintln!(
+                "  the machine was not quiet after {:.1} s: timing the install anyway",
+                waited.as_secs_f64()
+            );
+        }
+    };
+    quiet();
     let t = Instant::now();
     bench.install(p).context("installing")?;
     let mut install_runs_ms = vec![ms_since(t)];
@@ -507,6 +529,7 @@ fn install(bench: &mut Loaded, kind: PolicyKind, names: usize, p: &Policy) -> Re
     // measurements need are verified), dropped after.
     for _ in 1..INSTALL_RUNS {
         let mut fresh = Loaded::new(false).context("loading another kernel object")?;
+        quiet();
         let t = Instant::now();
         fresh.install(p).context("installing")?;
         install_runs_ms.push(ms_since(t));
@@ -516,6 +539,7 @@ fn install(bench: &mut Loaded, kind: PolicyKind, names: usize, p: &Policy) -> Re
     bench.install(p).context("installing again")?;
     let mut reload_runs_ms = Vec::with_capacity(INSTALL_RUNS);
     for _ in 0..INSTALL_RUNS {
+        quiet();
         let t = Instant::now();
         bench.install(p).context("reloading")?;
         reload_runs_ms.push(ms_since(t));
@@ -543,6 +567,11 @@ pub fn run(s: &Settings, command: String) -> Result<bool> {
     let started = Instant::now();
     let load_start = inspect::loadavg();
     let mut rng = Rng::new(s.seed ^ 0xd115);
+    let settle = if s.mode == "quick" {
+        std::time::Duration::ZERO
+    } else {
+        SETTLE_LIMIT
+    };
     if s.dns_sizes.is_empty() {
         return Ok(true);
     }
@@ -583,7 +612,7 @@ pub fn run(s: &Settings, command: String) -> Result<bool> {
             None
         } else {
             Some(crate::inspect::on_all_cpus(|| {
-                install(&mut loaded, kind, names, p)
+                install(&mut loaded, kind, names, p, settle)
             })?)
         };
         if let Some(pin) = pin.as_mut() {
@@ -730,6 +759,15 @@ pub fn run(s: &Settings, command: String) -> Result<bool> {
                 repeat: 0,
             });
         }
+    }
+    // The rounds start once the kernel has freed the objects the installs dropped: its
+    // workers would share the CPUs and caches with the first measurements.
+    let (waited, quiet) = inspect::settle(settle);
+    if !quiet && !settle.is_zero() {
+        eprintln!(
+            "the machine was not quiet after {:.1} s: measuring anyway",
+            waited.as_secs_f64()
+        );
     }
     eprintln!("calibrating (target {:.0} ms per measurement)", s.target_ms);
     for t in &mut targets {

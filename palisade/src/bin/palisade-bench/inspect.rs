@@ -322,6 +322,42 @@ pub fn loadavg() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Busy and total jiffies of all CPUs together, from `/proc/stat`.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Waits until the machine is quiet: the CPUs less than 10 % busy over 200 ms, at most
+/// `limit`. Dropping a loaded object leaves its maps to the kernel, whose workers free them
+/// (a table of a million entries takes seconds); an install timed meanwhile shares the CPUs
+/// with that freeing. Returns how long it waited, and whether the machine became quiet.
+pub fn settle(limit: std::time::Duration) -> (std::time::Duration, bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        let Some((b0, t0)) = cpu_jiffies() else {
+            return (start.elapsed(), false);
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let Some((b1, t1)) = cpu_jiffies() else {
+            return (start.elapsed(), false);
+        };
+        if t1 > t0 && (b1 - b0) * 10 < t1 - t0 {
+            return (start.elapsed(), true);
+        }
+    }
+    (start.elapsed(), false)
+}
+
 fn rusage_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
