@@ -511,15 +511,7 @@ fn install(
     drop(compiled);
     // Every timed install starts on a quiet machine: not while the kernel still frees the
     // tables of an object dropped before it.
-    let quiet = || {
-        let (waited, quiet) = inspect::settle(settle);
-        if !quiet && !settle.is_zero() {
-            eprintln!(
-                "  the machine was not quiet after {:.1} s: timing the install anyway",
-                waited.as_secs_f64()
-            );
-        }
-    };
+    let quiet = || inspect::settle(settle, "timing the install");
     quiet();
     let t = Instant::now();
     bench.install(p).context("installing")?;
@@ -762,13 +754,7 @@ pub fn run(s: &Settings, command: String) -> Result<bool> {
     }
     // The rounds start once the kernel has freed the objects the installs dropped: its
     // workers would share the CPUs and caches with the first measurements.
-    let (waited, quiet) = inspect::settle(settle);
-    if !quiet && !settle.is_zero() {
-        eprintln!(
-            "the machine was not quiet after {:.1} s: measuring anyway",
-            waited.as_secs_f64()
-        );
-    }
+    inspect::settle(settle, "measuring");
     eprintln!("calibrating (target {:.0} ms per measurement)", s.target_ms);
     for t in &mut targets {
         t.calibrate(s.target_ms).with_context(|| t.id.clone())?;

@@ -338,24 +338,30 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
 }
 
 /// Waits until the machine is quiet: the CPUs less than 10 % busy over 200 ms, at most
-/// `limit`. Dropping a loaded object leaves its maps to the kernel, whose workers free them
-/// (a table of a million entries takes seconds); an install timed meanwhile shares the CPUs
-/// with that freeing. Returns how long it waited, and whether the machine became quiet.
-pub fn settle(limit: std::time::Duration) -> (std::time::Duration, bool) {
+/// `limit` (not at all when it is zero). Dropping a loaded object leaves its maps to the
+/// kernel, whose workers free them (a table of a million entries takes seconds); a
+/// measurement taken meanwhile shares the CPUs with that freeing. When the wait ends without
+/// quiet, says so on stderr before `what` goes on.
+pub fn settle(limit: std::time::Duration, what: &str) {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
         let Some((b0, t0)) = cpu_jiffies() else {
-            return (start.elapsed(), false);
+            return;
         };
         std::thread::sleep(std::time::Duration::from_millis(200));
         let Some((b1, t1)) = cpu_jiffies() else {
-            return (start.elapsed(), false);
+            return;
         };
         if t1 > t0 && (b1 - b0) * 10 < t1 - t0 {
-            return (start.elapsed(), true);
+            return;
         }
     }
-    (start.elapsed(), false)
+    if !limit.is_zero() {
+        eprintln!(
+            "  the machine was not quiet after {:.1} s: {what} anyway",
+            start.elapsed().as_secs_f64()
+        );
+    }
 }
 
 fn rusage_seconds(who: libc::c_int) -> f64 {
