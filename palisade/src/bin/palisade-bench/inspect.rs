@@ -322,15 +322,33 @@ pub fn loadavg() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Busy and total jiffies of all CPUs together, from `/proc/stat`.
-fn cpu_jiffies() -> Option<(u64, u64)> {
+/// The time fields, in clock ticks, of a CPU line of `/proc/stat` (user, nice, system, idle,
+/// iowait, irq, softirq, steal, ...): of all CPUs together for `None`, of `cpuN` for
+/// `Some(N)`. `None` when the file or the line cannot be read; a field that does not parse
+/// reads 0.
+pub fn proc_stat_ticks(cpu: Option<usize>) -> Option<Vec<u64>> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let name = cpu.map_or_else(|| "cpu".to_string(), |c| format!("cpu{c}"));
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of `/proc/stat`.
+pub fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
+}
+
+/// Busy and total ticks of all CPUs together, from `/proc/stat`.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let v = proc_stat_ticks(None)?;
     // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);

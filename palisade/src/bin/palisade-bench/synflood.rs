@@ -140,22 +140,11 @@ fn irq_time_accounted() -> bool {
 
 /// `/proc/stat`'s irq and softirq time of `cpu`, in seconds.
 fn irq_seconds(cpu: usize) -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let name = format!("cpu{cpu}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-        .ok_or_else(|| anyhow!("no {name} in /proc/stat"))?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
+    let f = crate::inspect::proc_stat_ticks(Some(cpu))
+        .ok_or_else(|| anyhow!("no cpu{cpu} in /proc/stat"))?;
     // user nice system idle iowait irq softirq
     let ticks = f.get(5).copied().unwrap_or(0) + f.get(6).copied().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Ok(ticks as f64 / hz as f64)
+    Ok(ticks as f64 / crate::inspect::clk_tck())
 }
 
 /// The `TcpExt` counters of the calling thread's namespace.

@@ -33,29 +33,18 @@ use crate::{inspect, netns::Netns};
 // ---------------------------------------------------------------------------------------------
 // CPU and memory readings
 
-fn clk_tck() -> f64 {
-    // SAFETY: plain sysconf.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
 /// (non-idle, softirq) seconds of the whole machine.
 fn proc_stat() -> Result<(f64, f64)> {
-    let text = fs::read_to_string("/proc/stat")?;
-    let line = text
-        .lines()
-        .next()
-        .ok_or_else(|| anyhow!("empty /proc/stat"))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
+    let v = inspect::proc_stat_ticks(None).ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
     if v.len() < 7 {
-        bail!("short /proc/stat cpu line: {line}");
+        bail!("short /proc/stat cpu line: {v:?}");
     }
     // user nice system idle iowait irq softirq steal ...
     let busy = v[0] + v[1] + v[2] + v[5] + v[6];
-    Ok((busy as f64 / clk_tck(), v[6] as f64 / clk_tck()))
+    Ok((
+        busy as f64 / inspect::clk_tck(),
+        v[6] as f64 / inspect::clk_tck(),
+    ))
 }
 
 /// CPU time of every thread of process `pid`, in seconds: the scheduler's runtime in
@@ -86,7 +75,7 @@ fn stat_cpu(path: &Path) -> f64 {
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let get = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    (get(11) + get(12)) as f64 / clk_tck()
+    (get(11) + get(12)) as f64 / inspect::clk_tck()
 }
 
 pub fn proc_rss(pid: u32) -> u64 {
